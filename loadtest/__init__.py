@@ -1,0 +1,1 @@
+"""Benchmark harness: promptproxy against a direct connection and a minimal pass-through."""

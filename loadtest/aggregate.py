@@ -1,0 +1,119 @@
+"""From per-round cells to the figures we report.
+
+Each round measures every (scenario, target) once, direct included, so "added" figures
+compare a proxy with the direct run of the same round. Rounds are then combined by the
+median of every figure: one round disturbed by another process on a shared machine does
+not move the result, where pooling all samples would let it spoil p99.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+from loadtest.targets import DIRECT, MINIMAL, PROMPTPROXY, PROMPTPROXY_SWAP, TARGETS
+
+Cell = dict[str, Any]
+
+
+def value(cell: Cell | None, *path: str) -> float | None:
+    node: Any = cell
+    for key in path:
+        if not isinstance(node, dict) or node.get(key) is None:
+            return None
+        node = node[key]
+    return float(node)
+
+
+def find(
+    cells: Sequence[Cell], scenario: str, target: str, round_: int | None = None
+) -> Cell | None:
+    for cell in cells:
+        same_round = round_ is None or cell.get("round") == round_
+        if cell["scenario"] == scenario and cell["target"] == target and same_round:
+            return cell
+    return None
+
+
+def add_deltas(runs: Sequence[Cell]) -> None:
+    """Fill ``added_ms`` of each proxy run: its percentiles minus direct's, same round."""
+    for cell in runs:
+        direct = find(runs, cell["scenario"], DIRECT, cell.get("round"))
+        if cell["target"] == DIRECT or direct is None:
+            cell["added_ms"] = None
+            continue
+        added: dict[str, float | None] = {}
+        for kind, prefix in (("latency_ms", ""), ("ttfb_ms", "ttfb_")):
+            for q in ("p50", "p90", "p99"):
+                mine, base = value(cell, kind, q), value(direct, kind, q)
+                added[prefix + q] = None if mine is None or base is None else mine - base
+        cell["added_ms"] = added
+
+
+def _median_tree(nodes: Sequence[Any]) -> Any:
+    first = nodes[0]
+    if isinstance(first, dict):
+        return {
+            k: _median_tree([n.get(k) if isinstance(n, dict) else None for n in nodes])
+            for k in first
+        }
+    if isinstance(first, int | float) and not isinstance(first, bool):
+        numbers = [float(n) for n in nodes if isinstance(n, int | float)]
+        return statistics.median(numbers)
+    return first
+
+
+def combine(runs: Sequence[Cell]) -> list[Cell]:
+    """One cell per (scenario, target): medians over rounds; counts summed, RSS the max."""
+    scenarios = dict.fromkeys(c["scenario"] for c in runs)
+    present = {(c["scenario"], c["target"]) for c in runs}
+    keys = [(s, t) for s in scenarios for t in TARGETS if (s, t) in present]
+    combined = []
+    for scenario, target in keys:
+        group = [c for c in runs if c["scenario"] == scenario and c["target"] == target]
+        cell = _median_tree(group)
+        cell.pop("round", None)
+        cell["rounds"] = len(group)
+        for count in ("requested", "ok", "errors"):
+            cell[count] = sum(c[count] for c in group)
+        cell["error_samples"] = [s for c in group for s in c["error_samples"]][:5]
+        cell["stopped_early"] = next(
+            (c["stopped_early"] for c in group if c["stopped_early"]), None
+        )
+        rss = [c["peak_rss_mib"] for c in group if c["peak_rss_mib"] is not None]
+        cell["peak_rss_mib"] = max(rss) if rss else None
+        cpu = [c["cpu_us_per_req"]["target"] for c in group if c["cpu_us_per_req"]["target"]]
+        cell["cpu_us_per_req_range"] = [min(cpu), max(cpu)] if cpu else None
+        combined.append(cell)
+    return combined
+
+
+def cpu_ratios(cells: Sequence[Cell]) -> dict[str, float | None]:
+    """promptproxy CPU/request / minimal CPU/request, per scenario."""
+    ratios: dict[str, float | None] = {}
+    for scenario in dict.fromkeys(c["scenario"] for c in cells):
+        mine = value(find(cells, scenario, PROMPTPROXY), "cpu_us_per_req", "target")
+        base = value(find(cells, scenario, MINIMAL), "cpu_us_per_req", "target")
+        ratios[scenario] = mine / base if mine is not None and base else None
+    return ratios
+
+
+def swap_in_cost(cells: Sequence[Cell]) -> dict[str, dict[str, float | None]]:
+    """What prompt swap-in adds over plain pass-through, per scenario, in the same run."""
+    cost: dict[str, dict[str, float | None]] = {}
+    for scenario in dict.fromkeys(c["scenario"] for c in cells):
+        plain, swap = find(cells, scenario, PROMPTPROXY), find(cells, scenario, PROMPTPROXY_SWAP)
+        if plain is None or swap is None:
+            continue
+
+        def delta(*path: str, a: Cell = swap, b: Cell = plain) -> float | None:
+            x, y = value(a, *path), value(b, *path)
+            return None if x is None or y is None else x - y
+
+        cost[scenario] = {
+            "cpu_us_per_req": delta("cpu_us_per_req", "target"),
+            "latency_p50_ms": delta("latency_ms", "p50"),
+            "latency_p99_ms": delta("latency_ms", "p99"),
+        }
+    return cost

@@ -1,0 +1,390 @@
+"""promptproxy benchmark: one command, four targets, three scenarios, one JSON file.
+
+    python -m loadtest.bench            # full run, about 7 minutes on 2 cores
+    python -m loadtest.bench --soak     # 100k requests through promptproxy, RSS drift (~1 min)
+
+The target under test (promptproxy, with or without swap-in, or the minimal pass-through) runs
+pinned to one core; the simulated provider and the load generator (this process) share
+the other, so both proxies are measured on equal terms in the same run. Each proxy cell
+gets a fresh process, so its peak RSS is its own. CPU time is read from the target process
+around the measured phase only (after a warm-up, with a short settle on both sides so the
+log writer thread has flushed), and divided by the measured requests.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if not __package__:  # `python loadtest/bench.py`: make the `loadtest` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse
+import asyncio
+import datetime as dt
+import importlib.metadata
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+import psutil
+
+from loadtest import aggregate, report
+from loadtest.loadgen import LoadGenerator, chat_request, summarize_ms
+from loadtest.measure import (
+    SETTLE_S,
+    BenchError,
+    Cell,
+    CellConfig,
+    access_log_lines,
+    count_events,
+    measure_cell,
+)
+from loadtest.procs import REPO_ROOT, Fleet, StartError
+from loadtest.scenarios import BY_NAME
+from loadtest.targets import (
+    DIRECT,
+    OURS,
+    PROMPTPROXY_SWAP,
+    TARGETS,
+    Running,
+    start_minimal,
+    start_promptproxy,
+    start_simulator,
+)
+
+RESULTS_DIR = REPO_ROOT / "loadtest" / "results"
+
+
+@dataclass(frozen=True, slots=True)
+class Pinning:
+    target: int | None
+    load: int | None
+    note: str
+
+    @property
+    def target_cores(self) -> set[int] | None:
+        return None if self.target is None else {self.target}
+
+
+def pin_self(target_core: int, load_core: int) -> Pinning:
+    """Pin this process (load generator) before it starts anything: children inherit it."""
+    available = os.sched_getaffinity(0)
+    if target_core == load_core or not {target_core, load_core} <= available:
+        return Pinning(None, None, f"not pinned: need two distinct cores of {sorted(available)}")
+    os.sched_setaffinity(0, {load_core})
+    return Pinning(
+        target_core,
+        load_core,
+        f"target on core {target_core}; simulator and load generator on core {load_core}",
+    )
+
+
+def _round_order(targets: list[str], round_: int) -> list[str]:
+    """Direct first; the proxies swap places every round so neither always goes first."""
+    proxies = [t for t in targets if t != DIRECT]
+    if round_ % 2:
+        proxies.reverse()
+    return [DIRECT, *proxies] if DIRECT in targets else proxies
+
+
+def _start_target(name: str, fleet: Fleet, sim: Running, pinning: Pinning, label: str) -> Running:
+    if name in OURS:
+        swap = name == PROMPTPROXY_SWAP
+        return start_promptproxy(fleet, sim.base_url, pinning.target_cores, label, swap=swap)
+    return start_minimal(fleet, sim.base_url, pinning.target_cores, label)
+
+
+def _progress(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+async def run_bench(args: argparse.Namespace, fleet: Fleet, pinning: Pinning) -> dict[str, Any]:
+    cfg = CellConfig(
+        clients=args.clients,
+        warmup=args.warmup,
+        requests=args.requests,
+        max_seconds=args.max_seconds,
+        target_core=pinning.target,
+        load_core=pinning.load,
+    )
+    sim = start_simulator(fleet, None)  # inherits this process's core
+    scenarios = [BY_NAME[s] for s in args.scenarios]
+    expected = {
+        s.name: await count_events(sim.base_url + "/chat/completions", s) for s in scenarios
+    }
+    runs: list[Cell] = []
+    for round_ in range(args.rounds):
+        for scenario in scenarios:
+            for name in _round_order(args.targets, round_):
+                label = f"r{round_}-{scenario.name}-{name}"
+                if name == DIRECT:
+                    cell = await measure_cell(scenario, None, sim, cfg, expected[scenario.name])
+                else:
+                    target = _start_target(name, fleet, sim, pinning, label)
+                    try:
+                        cell = await measure_cell(
+                            scenario, target, sim, cfg, expected[scenario.name]
+                        )
+                    finally:
+                        fleet.stop(target.proc)
+                cell["round"] = round_
+                runs.append(cell)
+                cpu = aggregate.value(cell, "cpu_us_per_req", "target")
+                p50 = aggregate.value(cell, "latency_ms", "p50")
+                _progress(
+                    f"{label}: {cell['rps']:.0f} req/s, {cell['errors']} errors"
+                    + ("" if p50 is None else f", p50 {p50:.2f} ms")
+                    + ("" if cpu is None else f", {cpu:.0f} us/req")
+                )
+    aggregate.add_deltas(runs)
+    cells = aggregate.combine(runs)
+    return {
+        "scenarios": {s.name: s.description for s in scenarios},
+        "requests_per_cell": {s.name: s.requests(args.requests) for s in scenarios},
+        "cells": cells,
+        "cpu_ratio_promptproxy_vs_minimal": aggregate.cpu_ratios(cells),
+        "swap_in_cost": aggregate.swap_in_cost(cells),
+        "checks": [*report.bench_checks(cells, args.clients), report.access_log_check(runs)],
+        "runs": runs,
+    }
+
+
+async def run_soak(args: argparse.Namespace, fleet: Fleet, pinning: Pinning) -> dict[str, Any]:
+    """Drive promptproxy with many requests; sample its RSS after every step."""
+    sim = start_simulator(fleet, None)
+    target = start_promptproxy(fleet, sim.base_url, pinning.target_cores, "soak-promptproxy")
+    spec = chat_request(
+        target.base_url + "/chat/completions",
+        stream=False,
+        extra_headers=BY_NAME["nonstream_0ms"].sim_headers,
+    )
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + args.soak_max_seconds
+    points: list[dict[str, Any]] = []
+    done = errors = 0
+    cpu_before = target.proc.cpu_seconds()
+    async with LoadGenerator(spec, clients=args.clients) as gen:
+        while done < args.soak_requests and (remaining := deadline - loop.time()) > 0:
+            step = await gen.run(
+                min(args.soak_step, args.soak_requests - done), max_seconds=remaining
+            )
+            done += step.completed
+            errors += step.errors
+            await asyncio.sleep(SETTLE_S)
+            target.proc.check_alive()
+            latency = summarize_ms(step.latencies_s) or {}
+            points.append(
+                {
+                    "requests": done,
+                    "rss_mib": target.proc.rss_mib(),
+                    "rps": step.rps,
+                    "p50_ms": latency.get("p50"),
+                    "p99_ms": latency.get("p99"),
+                    "errors": step.errors,
+                }
+            )
+            _progress(
+                f"soak: {done} requests, RSS {points[-1]['rss_mib']:.1f} MiB, {step.rps:.0f} req/s"
+            )
+            if step.stopped_early:
+                break
+    cpu_s = target.proc.cpu_seconds() - cpu_before
+    first = next((p for p in points if p["requests"] >= args.soak_step), None)
+    last = points[-1] if points and done >= args.soak_requests else None
+    drift = None
+    if first is not None and last is not None and first is not last:
+        drift = (last["rss_mib"] - first["rss_mib"]) / first["rss_mib"] * 100
+    soak = {
+        "clients": args.clients,
+        "requested": args.soak_requests,
+        "completed": done,
+        "errors": errors,
+        "points": points,
+        "rss_first_step_mib": None if first is None else first["rss_mib"],
+        "rss_last_mib": None if last is None else last["rss_mib"],
+        "drift_pct": drift,
+        "peak_rss_mib": target.proc.peak_rss_mib(),
+        "cpu_us_per_req": cpu_s / done * 1e6 if done else None,
+        "access_log_lines": access_log_lines(target.proc),
+    }
+    return {"soak": soak, "checks": report.soak_checks(soak)}
+
+
+# --- the command ------------------------------------------------------------------------
+
+
+def _git_revision() -> str | None:
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "proxy"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return rev + ("+uncommitted proxy/ changes" if dirty else "")
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def machine_facts(
+    args: argparse.Namespace, pinning: Pinning, started: dt.datetime
+) -> dict[str, Any]:
+    return {
+        "date": started.isoformat(timespec="seconds"),
+        "duration_s": round((dt.datetime.now(dt.UTC) - started).total_seconds(), 1),
+        "command": " ".join(sys.orig_argv),
+        "cwd": os.getcwd(),
+        "nproc": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "aiohttp": aiohttp.__version__,
+        "uvloop": importlib.metadata.version("uvloop"),
+        "orjson": orjson.__version__,
+        "git": _git_revision(),
+        "pinning": pinning.note,
+        "clients": args.clients,
+        "warmup_requests": args.warmup,
+        "requests_arg": args.requests,
+        "rounds": args.rounds,
+        "loadavg_at_end": os.getloadavg(),
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtest.bench", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--clients", type=int, default=16, help="concurrent keep-alive clients")
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=3000,
+        help="measured requests per cell and round (nonstream_0ms sends 4x as many)",
+    )
+    parser.add_argument("--warmup", type=int, default=500, help="warm-up requests per cell")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="repeat every cell; the median is reported"
+    )
+    parser.add_argument(
+        "--scenarios", nargs="+", choices=list(BY_NAME), default=list(BY_NAME), metavar="NAME"
+    )
+    parser.add_argument("--targets", nargs="+", choices=TARGETS, default=list(TARGETS))
+    parser.add_argument(
+        "--max-seconds", type=float, default=180.0, help="time limit of one load phase"
+    )
+    parser.add_argument("--target-core", type=int, default=0)
+    parser.add_argument("--load-core", type=int, default=1)
+    parser.add_argument("--soak", action="store_true", help="run only the RSS soak")
+    parser.add_argument("--soak-requests", type=int, default=100_000)
+    parser.add_argument("--soak-step", type=int, default=10_000, help="RSS sampled every N")
+    parser.add_argument("--soak-max-seconds", type=float, default=900.0)
+    parser.add_argument("--output", type=Path, help="JSON result file")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs")
+    args = parser.parse_args(argv)
+    if args.output is None:
+        args.output = RESULTS_DIR / ("soak-latest.json" if args.soak else "latest.json")
+    if DIRECT not in args.targets and not args.soak:
+        parser.error("--targets must include direct: added latency is measured against it")
+    return args
+
+
+def print_report(result: dict[str, Any]) -> None:
+    meta = result["meta"]
+    print(f"\npromptproxy benchmark, {meta['date']}, {meta['cpu_model']}, nproc {meta['nproc']}")
+    print(f"{meta['pinning']}; {meta['clients']} clients")
+    if "cells" in result:
+        counts = ", ".join(f"{k} {v}" for k, v in result["requests_per_cell"].items())
+        print(f"median of {meta['rounds']} rounds; measured requests per round: {counts}\n")
+        print(report.latency_table(result["cells"]) + "\n")
+        print(report.resource_table(result["cells"]) + "\n")
+        if result["swap_in_cost"]:
+            print(report.swap_in_table(result["swap_in_cost"]) + "\n")
+        noisy = report.disturbed_cells(result["runs"])
+        if noisy:
+            print(f"warning: other load on our cores during {', '.join(noisy)}\n")
+    if "soak" in result:
+        soak = result["soak"]
+        print(report.soak_table(soak) + "\n")
+        drift = soak["drift_pct"]
+        print(
+            f"RSS drift {'-' if drift is None else f'{drift:+.2f}'} %, peak RSS "
+            f"{soak['peak_rss_mib']:.1f} MiB, {soak['cpu_us_per_req']:.0f} us CPU/request, "
+            f"{soak['access_log_lines']} access-log lines\n"
+        )
+    print(report.checks_table(result["checks"]))
+
+
+async def _run(args: argparse.Namespace, fleet: Fleet, pinning: Pinning) -> dict[str, Any]:
+    if args.soak:
+        return await run_soak(args, fleet, pinning)
+    return await run_bench(args, fleet, pinning)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import uvloop
+
+    args = parse_args(argv)
+    started = dt.datetime.now(dt.UTC)
+    pinning = pin_self(args.target_core, args.load_core)
+    # A plain `kill` must also reach the `finally` blocks that stop the children.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    log_dir = Path(tempfile.mkdtemp(prefix="promptproxy-bench-"))
+    keep_logs = args.keep_logs
+    try:
+        with Fleet(log_dir) as fleet:
+            result = uvloop.run(_run(args, fleet, pinning))
+    except (StartError, BenchError) as exc:
+        keep_logs = True
+        print(f"error: {exc}\n(process logs kept in {log_dir})", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; every child process was stopped", file=sys.stderr)
+        return 130
+    finally:
+        if not keep_logs:
+            shutil.rmtree(log_dir, ignore_errors=True)
+    result = {"meta": machine_facts(args, pinning, started), **result}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_bytes(
+        orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+    )
+    print_report(result)
+    print(f"\nresults written to {args.output}")
+    if args.keep_logs:
+        print(f"process logs in {log_dir}")
+    failed = any(c["name"].startswith("failed requests") and not c["met"] for c in result["checks"])
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""Readable tables, and the issue's targets checked against the combined cells."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from loadtest.aggregate import Cell, cpu_ratios, find, value
+from loadtest.targets import MINIMAL, PROMPTPROXY
+
+# From the issue. The "minimal" column of the checks shows the pass-through's own figure.
+CPU_RATIO_MAX = 2.0
+ADDED_P50_MAX_MS = 2.0
+ADDED_P99_MAX_MS = 5.0
+ADDED_TTFB_P50_MAX_MS = 1.5
+RSS_DRIFT_MAX_PCT = 5.0
+LATENCY_SCENARIO = "nonstream_50ms"
+TTFB_SCENARIO = "stream_20x5ms"
+TARGET_CLIENTS = 16
+# Below this, "foreign" busy time is mostly CPU-accounting granularity.
+FOREIGN_WARN_PCT = 15.0
+
+
+def _fmt(number: float | None, digits: int = 2, signed: bool = False) -> str:
+    if number is None or math.isnan(number):
+        return "-"
+    if round(number, digits) == 0:
+        number = 0.0  # no "-0"
+    return f"{number:+.{digits}f}" if signed else f"{number:.{digits}f}"
+
+
+def render(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int = 2) -> str:
+    """A plain-text table; the first ``left`` columns are labels, the rest right-aligned."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            c.ljust(w) if i < left else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def latency_table(cells: Sequence[Cell]) -> str:
+    headers = (
+        "scenario",
+        "target",
+        "ok",
+        "err",
+        "req/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "+p50",
+        "+p99",
+        "ttfb p50",
+        "ttfb p99",
+        "+ttfb p50",
+        "+ttfb p99",
+    )
+    rows = [
+        (
+            c["scenario"],
+            c["target"],
+            str(c["ok"]),
+            str(c["errors"]),
+            _fmt(c["rps"], 0),
+            _fmt(value(c, "latency_ms", "p50")),
+            _fmt(value(c, "latency_ms", "p90")),
+            _fmt(value(c, "latency_ms", "p99")),
+            _fmt(value(c, "added_ms", "p50"), signed=True),
+            _fmt(value(c, "added_ms", "p99"), signed=True),
+            _fmt(value(c, "ttfb_ms", "p50")),
+            _fmt(value(c, "ttfb_ms", "p99")),
+            _fmt(value(c, "added_ms", "ttfb_p50"), signed=True),
+            _fmt(value(c, "added_ms", "ttfb_p99"), signed=True),
+        )
+        for c in cells
+    ]
+    return render(headers, rows)
+
+
+def resource_table(cells: Sequence[Cell]) -> str:
+    ratios = cpu_ratios(cells)
+    headers = (
+        "scenario",
+        "target",
+        "CPU us/req",
+        "(min-max)",
+        "vs minimal",
+        "ctx sw/req",
+        "peak RSS MiB",
+        "core0 %",
+        "sim us/req",
+        "loadgen us/req",
+        "core1 %",
+        "foreign % c0/c1",
+    )
+    rows = []
+    for c in cells:
+        spread = c.get("cpu_us_per_req_range")
+        ratio = ratios.get(c["scenario"]) if c["target"] == PROMPTPROXY else None
+        foreign = f"{_fmt(value(c, 'foreign_pct', 'target_core'), 0)}/" + _fmt(
+            value(c, "foreign_pct", "load_core"), 0
+        )
+        rows.append(
+            (
+                c["scenario"],
+                c["target"],
+                _fmt(value(c, "cpu_us_per_req", "target"), 0),
+                f"({spread[0]:.0f}-{spread[1]:.0f})" if spread else "",
+                "" if ratio is None else f"{ratio:.2f}x",
+                _fmt(value(c, "context_switches_per_req"), 1),
+                _fmt(value(c, "peak_rss_mib"), 1),
+                _fmt(value(c, "core_busy_pct", "target"), 0),
+                _fmt(value(c, "cpu_us_per_req", "simulator"), 0),
+                _fmt(value(c, "cpu_us_per_req", "loadgen"), 0),
+                _fmt(value(c, "core_busy_pct", "load"), 0),
+                foreign,
+            )
+        )
+    return render(headers, rows)
+
+
+def _check(name: str, measured: float | None, limit: float, minimal: float | None) -> Cell:
+    return {
+        "name": name,
+        "value": measured,
+        "limit": limit,
+        "minimal": minimal,
+        "met": None if measured is None else measured <= limit,
+    }
+
+
+def bench_checks(cells: Sequence[Cell], clients: int) -> list[Cell]:
+    checks = [
+        _check(f"CPU/request promptproxy / minimal, {scenario}", ratio, CPU_RATIO_MAX, None)
+        for scenario, ratio in cpu_ratios(cells).items()
+    ]
+    note = "" if clients == TARGET_CLIENTS else f" (defined at 16 clients; ran {clients})"
+    pp, mini = find(cells, LATENCY_SCENARIO, PROMPTPROXY), find(cells, LATENCY_SCENARIO, MINIMAL)
+    for q, limit in (("p50", ADDED_P50_MAX_MS), ("p99", ADDED_P99_MAX_MS)):
+        checks.append(
+            _check(
+                f"added latency {q} ms, {LATENCY_SCENARIO}{note}",
+                value(pp, "added_ms", q),
+                limit,
+                value(mini, "added_ms", q),
+            )
+        )
+    pp, mini = find(cells, TTFB_SCENARIO, PROMPTPROXY), find(cells, TTFB_SCENARIO, MINIMAL)
+    checks.append(
+        _check(
+            f"added TTFB p50 ms, {TTFB_SCENARIO}",
+            value(pp, "added_ms", "ttfb_p50"),
+            ADDED_TTFB_P50_MAX_MS,
+            value(mini, "added_ms", "ttfb_p50"),
+        )
+    )
+    failed = sum(c["errors"] for c in cells)
+    checks.append(_check("failed requests, all cells", float(failed), 0.0, None))
+    return checks
+
+
+def access_log_check(runs: Sequence[Cell]) -> Cell:
+    """promptproxy must write one access-log line per request; the cost counts only if so."""
+    logged = [r for r in runs if "access_log_lines" in r]
+    missing = sum(max(0, r["access_log_expected"] - r["access_log_lines"]) for r in logged)
+    return _check("access-log lines missing (promptproxy)", float(missing), 0.0, None)
+
+
+def disturbed_cells(runs: Sequence[Cell], threshold_pct: float = FOREIGN_WARN_PCT) -> list[str]:
+    """Runs during which something else kept one of our cores busy (shared machine)."""
+    noisy = []
+    for r in runs:
+        cores = (value(r, "foreign_pct", "target_core"), value(r, "foreign_pct", "load_core"))
+        worst = max((v for v in cores if v is not None), default=0.0)
+        if worst > threshold_pct:
+            noisy.append(f"round {r.get('round')} {r['scenario']}/{r['target']} ({worst:.0f}%)")
+    return noisy
+
+
+def soak_checks(soak: Cell) -> list[Cell]:
+    return [
+        _check("RSS drift % from 10k to 100k requests", soak["drift_pct"], RSS_DRIFT_MAX_PCT, None),
+        _check("failed requests, soak", float(soak["errors"]), 0.0, None),
+    ]
+
+
+def checks_table(checks: Sequence[Cell]) -> str:
+    rows = [
+        (
+            {True: "MET", False: "MISSED", None: "n/a"}[c["met"]],
+            c["name"],
+            _fmt(c["value"]),
+            _fmt(c["limit"]),
+            _fmt(c["minimal"]),
+        )
+        for c in checks
+    ]
+    return render(("result", "target", "promptproxy", "limit", "minimal"), rows)
+
+
+def soak_table(soak: Cell) -> str:
+    rows = [
+        (
+            str(p["requests"]),
+            _fmt(p["rss_mib"], 1),
+            _fmt(p["rps"], 0),
+            _fmt(p["p50_ms"]),
+            _fmt(p["p99_ms"]),
+            str(p["errors"]),
+        )
+        for p in soak["points"]
+    ]
+    return render(("requests", "RSS MiB", "req/s", "p50 ms", "p99 ms", "errors"), rows, left=0)
+
+
+def swap_in_table(cost: dict[str, dict[str, float | None]]) -> str:
+    rows = [
+        (
+            scenario,
+            _fmt(c["cpu_us_per_req"], 0, signed=True),
+            _fmt(c["latency_p50_ms"], 2, signed=True),
+            _fmt(c["latency_p99_ms"], 2, signed=True),
+        )
+        for scenario, c in cost.items()
+    ]
+    return "swap-in cost (promptproxy_swap - promptproxy, same run)\n" + render(
+        ("scenario", "CPU us/req", "p50 ms", "p99 ms"), rows
+    )

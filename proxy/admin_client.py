@@ -1,0 +1,81 @@
+"""A small synchronous client for the admin API, used by the CLI (stdlib only)."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+import orjson
+
+
+class AdminError(Exception):
+    def __init__(self, message: str, status: int | None = None, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.param = param
+
+
+class AdminClient:
+    def __init__(self, base_url: str, token: str | None, timeout: float = 10.0) -> None:
+        self._base = base_url.rstrip("/") + "/admin/v1"
+        self._token = token
+        self._timeout = timeout
+
+    def _call(
+        self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None
+    ) -> Any:
+        url = self._base + path
+        if query:
+            url += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
+        headers = {"Accept": "application/json"}
+        data = None
+        if body is not None:
+            data = orjson.dumps(body)
+            headers["Content-Type"] = "application/json"
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        request = urllib.request.Request(url, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=self._timeout) as resp:
+                return orjson.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            payload = exc.read()
+            try:
+                error = orjson.loads(payload)["error"]
+                raise AdminError(error["message"], exc.code, error.get("param")) from None
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                raise AdminError(f"HTTP {exc.code} from {url}", exc.code) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise AdminError(f"cannot reach the admin API at {self._base} ({reason})") from None
+
+    def push(self, slug: str, version: dict[str, Any]) -> Any:
+        return self._call("POST", f"/prompts/{slug}/versions", version)
+
+    def list_prompts(self) -> Any:
+        return self._call("GET", "/prompts")
+
+    def get_prompt(self, slug: str) -> Any:
+        return self._call("GET", f"/prompts/{slug}")
+
+    def get_version(self, slug: str, version: int) -> Any:
+        return self._call("GET", f"/prompts/{slug}/versions/{version}")
+
+    def diff(self, slug: str, a: int, b: int) -> Any:
+        return self._call("GET", f"/prompts/{slug}/diff", query={"from": a, "to": b})
+
+    def promote(self, slug: str, version: int, reason: str) -> Any:
+        return self._call(
+            "POST", f"/prompts/{slug}/promote", {"version": version, "reason": reason}
+        )
+
+    def rollback(self, slug: str, reason: str) -> Any:
+        return self._call("POST", f"/prompts/{slug}/rollback", {"reason": reason})
+
+    def history(self, slug: str, at: str | None = None) -> Any:
+        return self._call("GET", f"/prompts/{slug}/history", query={"at": at})
+
+    def audit(self, slug: str | None = None, limit: int = 100) -> Any:
+        return self._call("GET", "/audit", query={"slug": slug, "limit": limit})

@@ -1,0 +1,137 @@
+"""The `promptproxy` command. `python -m proxy` is the same."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from proxy import __version__
+from proxy.cli_prompts import prompts
+from proxy.config import ConfigError, Settings, load_config
+
+
+def _load(config: Path | None, overrides: dict[str, Any]) -> Settings:
+    try:
+        return load_config(config, overrides=overrides)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="promptproxy")
+def main() -> None:
+    """promptproxy: a release lifecycle for LLM prompts, at the network layer."""
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="PROMPTPROXY_CONFIG",
+    help="YAML config file (see config/).",
+)
+@click.option("--host", help="Data-plane listen address (default 0.0.0.0).")
+@click.option("--port", type=int, help="Data-plane port (default 8080).")
+@click.option("--admin-host", help="Admin listen address (default 127.0.0.1).")
+@click.option("--admin-port", type=int, help="Admin port: /metrics, /healthz, /readyz (8081).")
+@click.option(
+    "--upstream", help="Base URL of the OpenAI-compatible provider, e.g. https://api.openai.com/v1."
+)
+@click.option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")
+@click.option(
+    "--store",
+    envvar="PROMPTPROXY_STORE",
+    help="Registry store: embedded:PATH (default) or redis://host:port/db.",
+)
+def serve(
+    config_path: Path | None,
+    host: str | None,
+    port: int | None,
+    admin_host: str | None,
+    admin_port: int | None,
+    upstream: str | None,
+    log_level: str | None,
+    store: str | None,
+) -> None:
+    """Run the proxy."""
+    from proxy.server import run
+
+    settings = _load(
+        config_path,
+        {
+            "server.host": host,
+            "server.port": port,
+            "server.admin_host": admin_host,
+            "server.admin_port": admin_port,
+            "upstream.base_url": upstream,
+            "logging.level": log_level,
+            "registry.store": store,
+        },
+    )
+    run(settings)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8090, show_default=True, type=int)
+@click.option(
+    "--first-byte-ms",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Delay before the response headers.",
+)
+@click.option(
+    "--chunk-delay-ms",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Delay between streamed events.",
+)
+@click.option(
+    "--chunks", default=8, show_default=True, type=int, help="Content chunks per streamed answer."
+)
+@click.option(
+    "--api-key", envvar="PROMPTPROXY_SIM_API_KEY", help="Require this bearer key (401 otherwise)."
+)
+def simulate(
+    host: str,
+    port: int,
+    first_byte_ms: float,
+    chunk_delay_ms: float,
+    chunks: int,
+    api_key: str | None,
+) -> None:
+    """Run the simulated OpenAI-compatible provider (for tests, demos and benchmarks)."""
+    from proxy.simulator import SimulatorSettings, serve_simulator
+
+    settings = SimulatorSettings(
+        first_byte_ms=first_byte_ms, chunk_delay_ms=chunk_delay_ms, chunks=chunks, api_key=api_key
+    )
+    try:
+        import uvloop
+
+        uvloop.run(serve_simulator(host, port, settings))
+    except KeyboardInterrupt:
+        pass
+
+
+main.add_command(prompts)
+
+
+@main.group("config")
+def config_group() -> None:
+    """Configuration tools."""
+
+
+@config_group.command("check")
+@click.argument("path", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+def config_check(path: Path) -> None:
+    """Validate a config file; exit 2 listing every problem by field path."""
+    settings = _load(path, {})
+    click.echo(f"{path}: OK (upstream {settings.config.upstream.base_url})")

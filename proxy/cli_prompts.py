@@ -1,0 +1,289 @@
+"""`promptproxy prompts ...`: the prompt registry from a terminal or a CI job.
+
+Every command but `lint` talks to the admin API (the same service layer as the HTTP API).
+Tables for people, `--output json` for scripts; any error exits non-zero.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+
+from proxy.admin_client import AdminClient, AdminError
+
+DEFAULT_ADMIN_URL = "http://127.0.0.1:8081"
+
+
+def _when(ts: float | None) -> str:
+    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts)) + "Z"
+
+
+def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
+    cells = [[str(h) for h in headers]] + [["-" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in cells
+    )
+
+
+class Context:
+    def __init__(self, admin_url: str, token: str | None, output: str) -> None:
+        self.client = AdminClient(admin_url, token)
+        self.output = output
+
+    def emit(self, data: Any, human: Callable[[Any], str]) -> None:
+        if self.output == "json":
+            click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+        else:
+            click.echo(human(data))
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+def _run(action: Callable[[], None]) -> None:
+    try:
+        action()
+    except AdminError as exc:
+        where = f" (param: {exc.param})" if exc.param else ""
+        click.echo(f"error: {exc}{where}", err=True)
+        sys.exit(1)
+
+
+@click.group("prompts")
+@click.option(
+    "--admin-url",
+    envvar="PROMPTPROXY_ADMIN_URL",
+    default=DEFAULT_ADMIN_URL,
+    show_default=True,
+    help="Admin API base URL.",
+)
+@click.option("--token", envvar="PROMPTPROXY_ADMIN_TOKEN", help="Admin token (for writes).")
+@click.option(
+    "--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+@click.pass_context
+def prompts(ctx: click.Context, admin_url: str, token: str | None, output: str) -> None:
+    """Manage prompt versions: push, promote, roll back, inspect."""
+    ctx.obj = Context(admin_url, token, output)
+
+
+def _version_payload(draft: Any) -> dict[str, Any]:
+    return {
+        "template": draft.template,
+        "variables": [v.to_dict() for v in draft.variables],
+        "model": draft.model,
+        "params": draft.params,
+        "author": draft.author or None,
+        "changelog": draft.changelog,
+    }
+
+
+@prompts.command()
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@pass_ctx
+def push(ctx: Context, path: Path) -> None:
+    """Push a prompt file, or every prompt file in a folder (idempotent)."""
+    from proxy.registry.prompt_files import PromptFileError, load_prompt_dir, load_prompt_file
+
+    try:
+        items = load_prompt_dir(path) if path.is_dir() else [(path, load_prompt_file(path))]
+    except PromptFileError as exc:
+        for problem in exc.problems:
+            click.echo(problem, err=True)
+        sys.exit(1)
+
+    def action() -> None:
+        results = []
+        for file, draft in items:
+            answer = ctx.client.push(draft.slug, _version_payload(draft))
+            v = answer["version"]
+            results.append(
+                {
+                    "file": str(file),
+                    "slug": v["slug"],
+                    "version": v["version"],
+                    "created": answer["created"],
+                    "status": v["status"],
+                }
+            )
+        ctx.emit(
+            results,
+            lambda rs: table(
+                [
+                    (
+                        r["slug"],
+                        r["version"],
+                        "created" if r["created"] else "unchanged",
+                        r["status"],
+                        r["file"],
+                    )
+                    for r in rs
+                ],
+                ["SLUG", "VERSION", "RESULT", "STATUS", "FILE"],
+            ),
+        )
+
+    _run(action)
+
+
+@prompts.command("list")
+@pass_ctx
+def list_(ctx: Context) -> None:
+    """List prompts with their prod and latest versions."""
+    _run(
+        lambda: ctx.emit(
+            ctx.client.list_prompts()["data"],
+            lambda rows: table(
+                [
+                    (
+                        r["slug"],
+                        r["prod_version"],
+                        r["latest_version"],
+                        r["versions"],
+                        _when(r["updated_at"]),
+                    )
+                    for r in rows
+                ],
+                ["SLUG", "PROD", "LATEST", "VERSIONS", "UPDATED"],
+            ),
+        )
+    )
+
+
+@prompts.command()
+@click.argument("slug")
+@click.argument("version", type=int, required=False)
+@pass_ctx
+def show(ctx: Context, slug: str, version: int | None) -> None:
+    """Show a prompt's versions, or one version in full."""
+
+    def one(v: dict[str, Any]) -> str:
+        head = [
+            f"{v['slug']} v{v['version']}  [{v['status']}]  sha256 {v['sha256'][:12]}",
+            f"author: {v['author']}   created: {_when(v['created_at'])}",
+            f"model: {v['model'] or '-'}   params: {v['params'] or '-'}",
+            "variables: " + (", ".join(x["name"] for x in v["variables"]) or "-"),
+            f"changelog: {v['changelog'] or '-'}",
+            "",
+            v["template"],
+        ]
+        return "\n".join(head)
+
+    def action() -> None:
+        if version is not None:
+            ctx.emit(ctx.client.get_version(slug, version), one)
+            return
+        ctx.emit(
+            ctx.client.get_prompt(slug),
+            lambda p: table(
+                [
+                    (
+                        v["version"],
+                        v["status"],
+                        v["author"],
+                        _when(v["created_at"]),
+                        v["model"],
+                        v["changelog"],
+                    )
+                    for v in p["data"]
+                ],
+                ["VERSION", "STATUS", "AUTHOR", "CREATED", "MODEL", "CHANGELOG"],
+            ),
+        )
+
+    _run(action)
+
+
+@prompts.command()
+@click.argument("slug")
+@click.argument("a", type=int)
+@click.argument("b", type=int)
+@pass_ctx
+def diff(ctx: Context, slug: str, a: int, b: int) -> None:
+    """Diff two versions of a prompt."""
+    _run(
+        lambda: ctx.emit(ctx.client.diff(slug, a, b), lambda d: d["diff"].rstrip() or "(identical)")
+    )
+
+
+def _audit_line(e: dict[str, Any]) -> str:
+    return (
+        f"{e['slug']}: v{e['version']} {e['from_status'] or '-'} -> {e['to_status']} "
+        f"by {e['actor']} at {_when(e['at'])}" + (f" ({e['reason']})" if e["reason"] else "")
+    )
+
+
+@prompts.command()
+@click.argument("slug")
+@click.argument("version", type=int)
+@click.option("--reason", default="", help="Why (kept in the audit log).")
+@pass_ctx
+def promote(ctx: Context, slug: str, version: int, reason: str) -> None:
+    """Make VERSION the prod version of SLUG."""
+    _run(lambda: ctx.emit(ctx.client.promote(slug, version, reason), _audit_line))
+
+
+@prompts.command()
+@click.argument("slug")
+@click.option("--reason", default="", help="Why (kept in the audit log).")
+@pass_ctx
+def rollback(ctx: Context, slug: str, reason: str) -> None:
+    """Make the previous prod version of SLUG prod again."""
+    _run(lambda: ctx.emit(ctx.client.rollback(slug, reason), _audit_line))
+
+
+@prompts.command()
+@click.argument("slug")
+@click.option("--at", help="ISO-8601 instant: which version was prod then.")
+@pass_ctx
+def history(ctx: Context, slug: str, at: str | None) -> None:
+    """The audit history of SLUG, or its prod version at an instant."""
+
+    def action() -> None:
+        data = ctx.client.history(slug, at)
+        if at is not None:
+            ctx.emit(data, lambda d: f"{slug} at {at}: prod version {d['prod_version'] or 'none'}")
+        else:
+            ctx.emit(
+                data["data"],
+                lambda rows: table(
+                    [
+                        (
+                            e["seq"],
+                            _when(e["at"]),
+                            e["action"],
+                            e["version"],
+                            e["from_status"],
+                            e["to_status"],
+                            e["actor"],
+                            e["reason"],
+                        )
+                        for e in rows
+                    ],
+                    ["SEQ", "AT", "ACTION", "VERSION", "FROM", "TO", "ACTOR", "REASON"],
+                ),
+            )
+
+    _run(action)
+
+
+@prompts.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def lint(folder: Path) -> None:
+    """Validate a folder of prompt files offline; exit 1 listing every problem."""
+    from proxy.registry.prompt_files import lint_prompt_dir
+
+    problems = lint_prompt_dir(folder)
+    for problem in problems:
+        click.echo(problem, err=True)
+    if problems:
+        sys.exit(1)
+    click.echo(f"{folder}: OK")

@@ -1,0 +1,266 @@
+"""Configuration: one YAML file, validated at start, plus secrets read from the environment.
+
+This is the only module that reads config files or environment variables. A bad file stops
+the process with every problem listed by field path (``ConfigError``). Secrets never live in
+the file: the file names an environment variable (``api_key_env``) and we read it here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+#: Models that keep their own metric series; anything else is folded into `other` so a typo'd
+#: or hostile model name cannot create unbounded series.
+DEFAULT_METRIC_MODELS = (
+    "gpt-4o",
+    "gpt-4o-mini",
+    "gpt-4.1",
+    "gpt-4.1-mini",
+    "gpt-4.1-nano",
+    "gpt-5",
+    "gpt-5-mini",
+    "gpt-5-nano",
+    "o3",
+    "o4-mini",
+    "text-embedding-3-small",
+    "text-embedding-3-large",
+    "sim-model",
+)
+
+
+class ConfigError(Exception):
+    """Every problem found in the configuration, one per line, prefixed by its field path."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+        self.problems = problems
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Section):
+    host: str = "0.0.0.0"
+    port: int = Field(8080, ge=0, le=65535)
+    admin_host: str = "127.0.0.1"
+    admin_port: int = Field(8081, ge=0, le=65535)
+    #: Request bodies above this answer 413. Images in chat requests need 10-20 MiB.
+    max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    #: On SIGTERM: readiness turns 503 at once, open requests get this long to finish.
+    shutdown_grace_seconds: float = Field(25.0, ge=0)
+
+
+class UpstreamConfig(_Section):
+    #: Base URL of the OpenAI-compatible provider, including its `/v1`.
+    base_url: str = "https://api.openai.com/v1"
+    #: Name of the environment variable holding the provider key. When set, the proxy sends
+    #: that key upstream in place of the client's `Authorization`; when unset, the client's
+    #: own `Authorization` is forwarded.
+    api_key_env: str | None = None
+    connect_timeout_seconds: float = Field(5.0, gt=0)
+    #: Longest silence allowed between two reads from the provider (headers or body bytes).
+    read_timeout_seconds: float = Field(600.0, gt=0)
+    max_connections: int = Field(1000, ge=1)
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an absolute http(s) URL such as https://api.openai.com/v1")
+        if parts.query or parts.fragment:
+            raise ValueError("must not carry a query string or fragment")
+        return value.rstrip("/")
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _check_env_name(cls, value: str | None) -> str | None:
+        if value is not None and not _ENV_NAME.match(value):
+            raise ValueError("must be an environment variable name, not the key itself")
+        return value
+
+
+class SimulatorConfig(_Section):
+    """The bundled simulated provider, started in-process by `serve` when enabled."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(8090, ge=0, le=65535)
+    first_byte_ms: float = Field(0.0, ge=0)
+    chunk_delay_ms: float = Field(0.0, ge=0)
+    chunks: int = Field(8, ge=1, le=10_000)
+
+
+class LoggingConfig(_Section):
+    level: str = "INFO"
+
+    @field_validator("level")
+    @classmethod
+    def _check_level(cls, value: str) -> str:
+        upper = value.upper()
+        if upper not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
+        return upper
+
+
+class MetricsConfig(_Section):
+    models: tuple[str, ...] = DEFAULT_METRIC_MODELS
+
+
+class RegistryConfig(_Section):
+    #: `embedded:PATH` (a file on this machine, no server) or `redis://host:port/db` (shared by
+    #: replicas). Overridden by `--store` or `PROMPTPROXY_STORE`.
+    store: str = "embedded:.promptproxy/registry.db"
+    #: Key prefix in Redis, so several deployments can share one server.
+    redis_prefix: str = "promptproxy:"
+    #: A folder of prompt files pushed at start (idempotent); a prompt with no prod version
+    #: gets the pushed one promoted. For first runs and demos.
+    bootstrap_dir: str | None = None
+
+    @field_validator("store")
+    @classmethod
+    def _check_store(cls, value: str) -> str:
+        if value.startswith(("redis://", "rediss://", "unix://")):
+            return value
+        if value.startswith("embedded:") and len(value) > len("embedded:"):
+            return value
+        raise ValueError("must be `embedded:PATH` or a redis:// URL")
+
+
+class AdminToken(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    #: Environment variable holding the token (tokens never go in the file).
+    env: str
+    role: str = Field("admin", pattern=r"^(admin|read)$")
+
+    @field_validator("env")
+    @classmethod
+    def _check_env(cls, value: str) -> str:
+        if not _ENV_NAME.match(value):
+            raise ValueError("must be an environment variable name, not the token itself")
+        return value
+
+
+class AdminConfig(_Section):
+    #: Named tokens; `PROMPTPROXY_ADMIN_TOKEN`, when set, adds one named `admin`.
+    tokens: tuple[AdminToken, ...] = ()
+
+
+class ProxyConfig(_Section):
+    server: ServerConfig = ServerConfig()
+    upstream: UpstreamConfig = UpstreamConfig()
+    registry: RegistryConfig = RegistryConfig()
+    admin: AdminConfig = AdminConfig()
+    simulator: SimulatorConfig = SimulatorConfig()
+    logging: LoggingConfig = LoggingConfig()
+    metrics: MetricsConfig = MetricsConfig()
+
+
+@dataclass(frozen=True, slots=True)
+class TokenGrant:
+    name: str
+    token: str
+    role: str  # "admin" or "read"
+
+    def __repr__(self) -> str:
+        return f"TokenGrant(name={self.name!r}, role={self.role!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The validated file plus what came from the environment."""
+
+    config: ProxyConfig
+    upstream_api_key: str | None
+    admin_tokens: tuple[TokenGrant, ...] = ()
+
+    def __repr__(self) -> str:  # never print a secret
+        key = "set" if self.upstream_api_key else "unset"
+        return (
+            f"Settings(config={self.config!r}, upstream_api_key=<{key}>, "
+            f"admin_tokens={list(self.admin_tokens)!r})"
+        )
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(root)"
+
+
+def _set_path(raw: dict[str, Any], path: str, value: Any) -> None:
+    section, _, key = path.partition(".")
+    node = raw.setdefault(section, {})
+    if not isinstance(node, dict):
+        raise ConfigError([f"{section}: must be a mapping"])
+    node[key] = value
+
+
+def load_config(
+    path: Path | None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Read, merge and validate the configuration.
+
+    ``overrides`` maps dotted paths (``"upstream.base_url"``) to values given on the command
+    line; they win over the file and are validated like it.
+    """
+    env = os.environ if environ is None else environ
+    raw: Any = {}
+    if path is not None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError([f"{path}: cannot read ({exc.strerror})"]) from exc
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError([f"{path}: not valid YAML: {exc}"]) from exc
+        if not isinstance(raw, dict):
+            raise ConfigError([f"{path}: the top level must be a mapping of sections"])
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_path(raw, dotted, value)
+    store = env.get("PROMPTPROXY_STORE")
+    if store and not (overrides or {}).get("registry.store"):
+        _set_path(raw, "registry.store", store)
+    try:
+        config = ProxyConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(
+            [f"{_field_path(err['loc'])}: {err['msg']}" for err in exc.errors()]
+        ) from None
+
+    problems: list[str] = []
+    api_key: str | None = None
+    if config.upstream.api_key_env is not None:
+        api_key = env.get(config.upstream.api_key_env) or None
+        if api_key is None:
+            problems.append(
+                f"upstream.api_key_env: environment variable "
+                f"{config.upstream.api_key_env} is not set or empty"
+            )
+    tokens: list[TokenGrant] = []
+    for index, spec in enumerate(config.admin.tokens):
+        value = env.get(spec.env)
+        if not value:
+            problems.append(f"admin.tokens.{index}.env: environment variable {spec.env} is not set")
+        else:
+            tokens.append(TokenGrant(spec.name, value, spec.role))
+    default_token = env.get("PROMPTPROXY_ADMIN_TOKEN")
+    if default_token:
+        tokens.append(TokenGrant("admin", default_token, "admin"))
+    if problems:
+        raise ConfigError(problems)
+    return Settings(config=config, upstream_api_key=api_key, admin_tokens=tuple(tokens))

@@ -1,0 +1,125 @@
+"""The proxy's own errors, one hierarchy, rendered in the OpenAI error shape.
+
+An upstream 4xx/5xx answer is *data* and is relayed untouched; only the failures the
+proxy itself detects are ``ProxyError``. ``web.middlewares`` is the one place that turns
+them into HTTP responses.
+
+    ProxyError (500 api_error)
+     ├── InvalidRequest (400 invalid_request_error)
+     │    └── PayloadTooLarge (413)
+     ├── RouteNotFound (404 invalid_request_error)
+     ├── NotFound (404 invalid_request_error: unknown prompt or version)
+     ├── Conflict (409 invalid_request_error: no prod version, forbidden status move)
+     ├── Unauthorized (401 authentication_error) / Forbidden (403 permission_error)
+     ├── UpstreamError (502 api_error)
+     │    ├── UpstreamTimeout (504)
+     │    └── UpstreamUnavailable (502, connect/transport failure)
+     └── ServiceUnavailable (503, e.g. draining, registry store unreachable)
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import orjson
+
+
+class ProxyError(Exception):
+    status: ClassVar[int] = 500
+    openai_type: ClassVar[str] = "api_error"
+    default_code: ClassVar[str | None] = "internal_error"
+    #: Name used in metrics (`error_class` label) and logs; bounded by the class tree.
+    error_class: ClassVar[str] = "internal"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code if code is not None else self.default_code
+
+    def to_openai_body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.openai_type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_openai_body())
+
+
+class InvalidRequest(ProxyError):
+    status = 400
+    openai_type = "invalid_request_error"
+    default_code = "invalid_request"
+    error_class = "invalid_request"
+
+
+class PayloadTooLarge(InvalidRequest):
+    status = 413
+    default_code = "request_too_large"
+    error_class = "payload_too_large"
+
+
+class RouteNotFound(ProxyError):
+    status = 404
+    openai_type = "invalid_request_error"
+    default_code = "unknown_url"
+    error_class = "not_found"
+
+
+class NotFound(ProxyError):
+    status = 404
+    openai_type = "invalid_request_error"
+    default_code = "not_found"
+    error_class = "not_found"
+
+
+class Conflict(ProxyError):
+    status = 409
+    openai_type = "invalid_request_error"
+    default_code = "conflict"
+    error_class = "conflict"
+
+
+class Unauthorized(ProxyError):
+    status = 401
+    openai_type = "authentication_error"
+    default_code = "invalid_admin_token"
+    error_class = "unauthorized"
+
+
+class Forbidden(ProxyError):
+    status = 403
+    openai_type = "permission_error"
+    default_code = "forbidden"
+    error_class = "forbidden"
+
+
+class UpstreamError(ProxyError):
+    status = 502
+    openai_type = "api_error"
+    default_code = "upstream_error"
+    error_class = "upstream"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    default_code = "upstream_timeout"
+    error_class = "upstream_timeout"
+
+
+class UpstreamUnavailable(UpstreamError):
+    status = 502
+    default_code = "upstream_unavailable"
+    error_class = "upstream_unavailable"
+
+
+class ServiceUnavailable(ProxyError):
+    status = 503
+    openai_type = "api_error"
+    default_code = "service_unavailable"
+    error_class = "unavailable"

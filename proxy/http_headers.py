@@ -1,0 +1,72 @@
+"""Which headers cross the proxy, in each direction (RFC 9110 section 7.6.1)."""
+
+from __future__ import annotations
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
+# Recomputed or chosen by the proxy itself rather than copied from the other side.
+_REQUEST_DROP = _HOP_BY_HOP | {"host", "content-length", "accept-encoding", "expect"}
+_RESPONSE_DROP = _HOP_BY_HOP | {"content-length"}
+
+REQUEST_ID_HEADER = "x-promptproxy-request-id"
+
+
+def _connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
+    values = headers.getall("connection", ())
+    if not values:
+        return frozenset()
+    return frozenset(
+        token.strip().lower() for value in values for token in value.split(",") if token.strip()
+    )
+
+
+def _copy(
+    headers: CIMultiDictProxy[str], drop: frozenset[str], extra_drop: frozenset[str] = frozenset()
+) -> CIMultiDict[str]:
+    named = _connection_tokens(headers)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower in drop or lower in named or lower in extra_drop:
+            continue
+        out.add(name, value)
+    return out
+
+
+def upstream_request_headers(
+    client_headers: CIMultiDictProxy[str],
+    api_key: str | None,
+    drop: frozenset[str] = frozenset(),
+) -> CIMultiDict[str]:
+    """Headers to send upstream: the client's, less hop-by-hop and the proxy's own controls.
+
+    With a configured provider key the client's credentials are replaced, never merged.
+    We ask for an identity encoding so the proxy can read usage from what it relays.
+    """
+    out = _copy(client_headers, _REQUEST_DROP, drop)
+    if api_key is not None:
+        out.popall("authorization", None)
+        out.popall("api-key", None)
+        out["Authorization"] = f"Bearer {api_key}"
+    out["Accept-Encoding"] = "identity"
+    return out
+
+
+def client_response_headers(upstream_headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    """Upstream response headers for the client: everything but hop-by-hop and length."""
+    return _copy(upstream_headers, _RESPONSE_DROP)

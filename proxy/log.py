@@ -1,0 +1,145 @@
+"""JSON log lines, written off the event loop, with one redaction layer for every sink.
+
+Records are formatted on the loop (cheap, orjson) and written in batches by a writer thread
+(``LineSink``) so a slow stderr or disk never blocks a request. Every free-text field passes through
+``redact`` so an exception that quotes a URL with ``?key=`` or an ``Authorization`` header
+cannot leak a secret.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import re
+import sys
+import threading
+import time
+from typing import IO, Any
+
+import orjson
+
+ACCESS_LOGGER = "promptproxy.access"
+APP_LOGGER = "promptproxy"
+
+_SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"), r"\1[REDACTED]"),
+    (re.compile(r"\bsk-[A-Za-z0-9_-]{6,}"), "sk-[REDACTED]"),
+    (re.compile(r"(?i)([?&](?:api[-_]?key|key|token|access_token)=)[^&\s\"']+"), r"\1[REDACTED]"),
+    (
+        re.compile(r"(?i)((?:authorization|api-key|x-api-key)[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]+"),
+        r"\1[REDACTED]",
+    ),
+)
+
+
+def redact(text: str) -> str:
+    for pattern, replacement in _SECRET_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line. A record whose ``msg`` is a dict is merged in as fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields: dict[str, Any] = {
+            "ts": round(record.created, 6),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+        }
+        if isinstance(record.msg, dict):
+            fields.update(record.msg)
+        else:
+            fields["msg"] = redact(record.getMessage())
+        if record.exc_info:
+            fields["exc"] = redact(self.formatException(record.exc_info))
+        return orjson.dumps(fields, default=str).decode()
+
+
+class LineSink:
+    """Hands finished log lines to a writer thread that writes them in batches.
+
+    One thread wake-up per line cost more CPU than the proxying itself (the writer takes the
+    GIL from the event loop on the same core). The writer drains everything queued, writes
+    it with one call, then pauses ``batch_interval``; while it pauses, producers only append.
+    The queue is bounded: past ``max_lines`` lines are dropped and counted, never blocking.
+    """
+
+    _STOP = object()
+
+    def __init__(
+        self, stream: IO[str], max_lines: int = 100_000, batch_interval: float = 0.002
+    ) -> None:
+        self._stream = stream
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._max_lines = max_lines
+        self._interval = batch_interval
+        self._thread = threading.Thread(target=self._run, name="promptproxy-log", daemon=True)
+        self.dropped = 0
+
+    def put(self, line: str) -> None:
+        if self._queue.qsize() >= self._max_lines:
+            self.dropped += 1
+            return
+        self._queue.put(line)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Write what is queued, then end the writer thread."""
+        self._queue.put(self._STOP)
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            batch: list[str] = []
+            stopping = False
+            while True:
+                if item is self._STOP:
+                    stopping = True
+                    break
+                batch.append(str(item))
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                try:
+                    self._stream.write("\n".join(batch) + "\n")
+                    self._stream.flush()
+                except (OSError, ValueError):
+                    pass  # nowhere left to report a broken log stream
+            if stopping:
+                return
+            time.sleep(self._interval)
+
+
+class _SinkHandler(logging.Handler):
+    def __init__(self, sink: LineSink) -> None:
+        super().__init__()
+        self._sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._sink.put(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+
+def setup_logging(level: str, stream: IO[str] | None = None) -> LineSink:
+    """Route the app's loggers to JSON lines on ``stream``; the caller stops the sink."""
+    sink = LineSink(stream or sys.stderr)
+    handler = _SinkHandler(sink)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger(APP_LOGGER)
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+    aio = logging.getLogger("aiohttp")
+    aio.handlers[:] = [handler]
+    aio.setLevel(logging.WARNING)
+    aio.propagate = False
+    sink.start()
+    return sink

@@ -1,0 +1,1 @@
+"""The request path, one module per stage; ``run.py`` writes down their order."""

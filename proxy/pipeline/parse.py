@@ -1,0 +1,105 @@
+"""Stage 1, parse: path and raw body bytes to a ``ParsedRequest``. Pure.
+
+Only the JSON routes the product understands are parsed; every other ``/v1/*`` request is
+forwarded as it came. A body is re-encoded only when the proxy has to change it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote
+
+import orjson
+
+from proxy.errors import InvalidRequest
+from proxy.models import ParsedRequest, Route
+
+_ROUTES = {
+    "chat/completions": Route.CHAT,
+    "completions": Route.COMPLETIONS,
+    "embeddings": Route.EMBEDDINGS,
+    "responses": Route.RESPONSES,
+    "models": Route.MODELS,
+}
+_JSON_POST_ROUTES = frozenset({Route.CHAT, Route.COMPLETIONS, Route.EMBEDDINGS, Route.RESPONSES})
+# Only these two SSE formats carry the OpenAI `include_usage` chunk.
+_USAGE_OPTION_ROUTES = frozenset({Route.CHAT, Route.COMPLETIONS})
+
+
+_INCLUDE_USAGE_MEMBER = b'"stream_options":{"include_usage":true},'
+
+
+def _insert_first_member(body: bytes, member: bytes) -> bytes:
+    """Add a member to a non-empty JSON object without re-encoding, so every byte the
+    client sent (number formats, key order, unknown fields) still reaches the provider."""
+    brace = body.index(b"{")
+    return body[: brace + 1] + member + body[brace + 1 :]
+
+
+def classify(tail: str) -> Route:
+    """Map the path below ``/v1/`` to its route name."""
+    route = _ROUTES.get(tail)
+    if route is not None:
+        return route
+    head = tail.split("/", 1)[0]
+    if head == "responses":
+        return Route.RESPONSES
+    if head == "models":
+        return Route.MODELS
+    return Route.OTHER
+
+
+def check_path(tail: str) -> None:
+    """Refuse dot segments: the upstream URL is the configured base plus this tail, nothing else."""
+    for segment in tail.split("/"):
+        if unquote(segment) in (".", ".."):
+            raise InvalidRequest("the request path must not contain '.' or '..' segments")
+
+
+def _is_post_body_route(route: Route, method: str, tail: str) -> bool:
+    if method != "POST" or route not in _JSON_POST_ROUTES:
+        return False
+    # `/v1/responses/{id}/cancel` and friends are POSTs without a model body.
+    return route is not Route.RESPONSES or tail == "responses"
+
+
+def parse_request(route: Route, method: str, tail: str, body: bytes) -> ParsedRequest:
+    if not _is_post_body_route(route, method, tail):
+        return ParsedRequest(route=route, body=body)
+    try:
+        payload: Any = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(
+            f"We could not parse the JSON body of your request: {exc}", code="invalid_json"
+        ) from None
+    if not isinstance(payload, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+
+    model = payload.get("model")
+    return ParsedRequest(
+        route=route,
+        body=body,
+        payload=payload,
+        model=model if isinstance(model, str) else None,
+        stream=payload.get("stream") is True,
+    )
+
+
+def encode_outbound(parsed: ParsedRequest, payload_changed: bool) -> tuple[bytes, bool]:
+    """The body to send upstream, and whether the proxy added `include_usage` to it.
+
+    Unchanged bodies go out as the client sent them, byte for byte.
+    """
+    payload = parsed.payload
+    body = orjson.dumps(payload) if payload_changed else parsed.body
+    if payload is None or not parsed.stream or parsed.route not in _USAGE_OPTION_ROUTES:
+        return body, False
+    options = payload.get("stream_options")
+    # Without usage the token metrics would be blind on streams; the extra chunk is
+    # dropped again before the client sees it.
+    if options is None and "stream_options" not in payload:
+        return _insert_first_member(body, _INCLUDE_USAGE_MEMBER), True
+    if isinstance(options, dict) and options.get("include_usage") is not True:
+        payload["stream_options"] = {**options, "include_usage": True}
+        return orjson.dumps(payload), True
+    return body, False

@@ -1,0 +1,85 @@
+"""Stage 6, record: one metrics update and one JSON log line per finished exchange.
+
+Called from a ``finally`` so cancelled (client gone) and failed requests are counted too.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from proxy.log import ACCESS_LOGGER
+from proxy.metrics import ProxyMetrics
+from proxy.models import Exchange
+
+
+def status_class(status: int) -> str:
+    return f"{status // 100}xx" if 100 <= status < 600 else "none"
+
+
+def error_class_for_status(status: int) -> str | None:
+    if status == 429:
+        return "upstream_429"
+    if 400 <= status < 500:
+        return "upstream_4xx"
+    if status >= 500:
+        return "upstream_5xx"
+    return None
+
+
+class Recorder:
+    def __init__(self, metrics: ProxyMetrics) -> None:
+        self._metrics = metrics
+        self._log = logging.getLogger(ACCESS_LOGGER)
+
+    def observe(self, exchange: Exchange) -> None:
+        if exchange.duration is None:
+            exchange.duration = time.perf_counter() - exchange.started
+        if exchange.error_class is None:
+            exchange.error_class = error_class_for_status(exchange.status)
+        self._update_metrics(exchange)
+        if self._log.isEnabledFor(logging.INFO):
+            self._log.info(self._log_fields(exchange))
+
+    def _update_metrics(self, ex: Exchange) -> None:
+        m = self._metrics
+        # The model sent is the operator's choice (a pin, or what the client asked for); the
+        # answered one is often a dated id.
+        model = m.model_label(ex.model_sent or ex.model_requested or ex.model_answered)
+        series = m.series(
+            ex.route.value, model, m.slug_label(ex.slug), ex.version or "", ex.arm or ""
+        )
+        series.requests(status_class(ex.status)).inc()
+        series.duration.observe(ex.duration or 0.0)
+        if ex.error_class is not None:
+            series.errors(ex.error_class).inc()
+        if ex.ttfb is not None and ex.stream:
+            series.ttft.observe(ex.ttfb)
+        if ex.input_tokens:
+            series.input_tokens.inc(ex.input_tokens)
+        if ex.output_tokens:
+            series.output_tokens.inc(ex.output_tokens)
+
+    @staticmethod
+    def _log_fields(ex: Exchange) -> dict[str, object]:
+        return {
+            "event": "request",
+            "request_id": ex.request_id,
+            "upstream_request_id": ex.upstream_request_id,
+            "method": ex.method,
+            "route": ex.route.value,
+            "slug": ex.slug,
+            "version": ex.version,
+            "arm": ex.arm,
+            "model_requested": ex.model_requested,
+            "model_sent": ex.model_sent,
+            "model_answered": ex.model_answered,
+            "stream": ex.stream,
+            "status": ex.status,
+            "latency_ms": round((ex.duration or 0.0) * 1000, 3),
+            "ttfb_ms": None if ex.ttfb is None else round(ex.ttfb * 1000, 3),
+            "input_tokens": ex.input_tokens,
+            "output_tokens": ex.output_tokens,
+            "finish_reason": ex.finish_reason,
+            "error_class": ex.error_class,
+        }

@@ -1,0 +1,85 @@
+"""Stage 2, resolve: which prompt version a request runs, from the in-process snapshot.
+
+Never touches the store: a registry outage must not slow or fail a request whose prompt is
+already known.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from multidict import CIMultiDictProxy
+
+from proxy.errors import Conflict, InvalidRequest, NotFound
+from proxy.models import SLUG_PATTERN, Route
+from proxy.registry.models import PromptVersion, RegistrySnapshot
+
+SLUG_HEADER = "x-prompt-slug"
+VERSION_HEADER = "x-prompt-version"
+#: The proxy's own request controls; never forwarded to the provider.
+CONTROL_HEADERS = frozenset({SLUG_HEADER, VERSION_HEADER})
+#: Routes whose body carries a system prompt the proxy can replace.
+SWAP_ROUTES = frozenset({Route.CHAT, Route.RESPONSES})
+
+
+@dataclass(frozen=True, slots=True)
+class PromptRef:
+    slug: str
+    pinned_version: int | None = None
+
+
+def prompt_ref(url_slug: str | None, headers: CIMultiDictProxy[str]) -> PromptRef | None:
+    """The prompt a request names, by its `/p/{slug}/v1` base URL or the `X-Prompt-Slug` header."""
+    header_slug = headers.get(SLUG_HEADER)
+    if header_slug is not None and not SLUG_PATTERN.match(header_slug):
+        raise InvalidRequest(
+            "X-Prompt-Slug must match [A-Za-z0-9._-]{1,64}.", param=SLUG_HEADER, code="invalid_slug"
+        )
+    if url_slug is not None and header_slug is not None and url_slug != header_slug:
+        raise InvalidRequest(
+            f"The URL names prompt '{url_slug}' but X-Prompt-Slug names '{header_slug}'.",
+            param=SLUG_HEADER,
+            code="conflicting_slug",
+        )
+    slug = url_slug or header_slug
+    pin = headers.get(VERSION_HEADER)
+    if slug is None:
+        if pin is not None:
+            raise InvalidRequest(
+                "X-Prompt-Version needs a prompt: use /p/{slug}/v1 or X-Prompt-Slug.",
+                param=VERSION_HEADER,
+            )
+        return None
+    pinned: int | None = None
+    if pin is not None:
+        if not pin.isdigit() or int(pin) < 1:
+            raise NotFound(
+                f"X-Prompt-Version must be a version number (1, 2, ...), got {pin!r}.",
+                param=VERSION_HEADER,
+                code="version_not_found",
+            )
+        pinned = int(pin)
+    return PromptRef(slug, pinned)
+
+
+def resolve(snapshot: RegistrySnapshot, ref: PromptRef) -> PromptVersion:
+    versions = snapshot.versions.get(ref.slug)
+    if not versions:
+        raise NotFound(f"No prompt named '{ref.slug}'.", param="slug", code="prompt_not_found")
+    if ref.pinned_version is not None:
+        version = versions.get(ref.pinned_version)
+        if version is None:
+            raise NotFound(
+                f"Prompt '{ref.slug}' has no version {ref.pinned_version}.",
+                param=VERSION_HEADER,
+                code="version_not_found",
+            )
+        return version
+    prod = snapshot.prod.get(ref.slug)
+    if prod is None:
+        raise Conflict(
+            f"Prompt '{ref.slug}' has no prod version yet: promote one first.",
+            param="slug",
+            code="no_prod_version",
+        )
+    return versions[prod]

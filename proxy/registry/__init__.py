@@ -1,0 +1,1 @@
+"""The prompt registry: immutable versions, status moves, audit log, stores, snapshots."""

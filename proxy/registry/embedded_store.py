@@ -1,0 +1,312 @@
+"""``EmbeddedStore``: the single-machine registry store, one SQLite file, no server.
+
+All sqlite work runs on one dedicated worker thread that owns the connection, so the event
+loop never blocks and in-process calls are serialized. Several *processes* may share the
+file: WAL lets readers proceed during a write, ``BEGIN IMMEDIATE`` takes the write lock up
+front (waiting up to ``busy_timeout``), so concurrent pushes get distinct consecutive
+numbers. Every write bumps the ``revision`` row in the same transaction; other processes
+notice by polling it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from proxy.registry import embedded_schema as sql
+from proxy.registry import lifecycle
+from proxy.registry.models import AuditEntry, PromptVersion, RegistrySnapshot, Status, VersionDraft
+from proxy.registry.store import (
+    PromptNotFound,
+    StoreUnavailable,
+    VersionNotFound,
+)
+
+T = TypeVar("T")
+
+
+class EmbeddedStore:
+    def __init__(
+        self, path: Path | str, *, busy_timeout: float = 5.0, poll_interval: float = 0.2
+    ) -> None:
+        """Cheap: the file is opened (and created/migrated) on first use or by ``open``."""
+        self.path = Path(path)
+        self._busy_timeout = busy_timeout
+        self._poll_interval = poll_interval
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry-sqlite")
+        self._conn: sqlite3.Connection | None = None  # touched only on the worker thread
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls, path: Path | str, *, busy_timeout: float = 5.0, poll_interval: float = 0.2
+    ) -> EmbeddedStore:
+        """Create the store and open/migrate the file now, so a bad path fails at startup."""
+        store = cls(path, busy_timeout=busy_timeout, poll_interval=poll_interval)
+        try:
+            await store.revision()
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise StoreUnavailable(f"registry store {self.path} is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._on_worker, fn)
+
+    def _on_worker(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            if self._conn is None:
+                self._conn = sql.connect(self.path, self._busy_timeout)
+            return fn(self._conn)
+        except (sqlite3.IntegrityError, sqlite3.ProgrammingError):
+            raise  # a bug in this module, not an unavailable store
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreUnavailable(f"registry database {self.path}: {exc}") from exc
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in one ``BEGIN IMMEDIATE`` transaction; any exception rolls it back."""
+
+        def txn(conn: sqlite3.Connection) -> T:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return result
+
+        return await self._run(txn)
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in one read transaction: a consistent view across several SELECTs."""
+
+        def txn(conn: sqlite3.Connection) -> T:
+            conn.execute("BEGIN")
+            try:
+                return fn(conn)
+            finally:
+                conn.execute("COMMIT")
+
+        return await self._run(txn)
+
+    # -- reads ----------------------------------------------------------------------------
+
+    async def get_version(self, slug: str, version: int) -> PromptVersion:
+        def read(conn: sqlite3.Connection) -> PromptVersion:
+            row = conn.execute(
+                "SELECT body, status FROM versions WHERE slug = ? AND version = ?",
+                (slug, version),
+            ).fetchone()
+            if row is None:
+                sql.require_slug(conn, slug)
+                raise VersionNotFound(f"{slug} has no version {version}")
+            return sql.row_to_version(row[0], row[1])
+
+        return await self._read(read)
+
+    async def list_versions(self, slug: str) -> Sequence[PromptVersion]:
+        def read(conn: sqlite3.Connection) -> list[PromptVersion]:
+            rows = conn.execute(
+                "SELECT body, status FROM versions WHERE slug = ? ORDER BY version", (slug,)
+            ).fetchall()
+            if not rows:
+                raise PromptNotFound(f"no prompt {slug!r}")
+            return [sql.row_to_version(body, status) for body, status in rows]
+
+        return await self._read(read)
+
+    async def list_slugs(self) -> Sequence[str]:
+        def read(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute("SELECT DISTINCT slug FROM versions ORDER BY slug").fetchall()
+            return [slug for (slug,) in rows]
+
+        return await self._read(read)
+
+    async def audit(
+        self, slug: str | None = None, limit: int = 100, before_seq: int | None = None
+    ) -> Sequence[AuditEntry]:
+        if limit <= 0:
+            return []
+        where: list[str] = ["seq < ?"]
+        params: list[int | str] = [before_seq if before_seq is not None else 2**63 - 1]
+        if slug is not None:
+            where.append("slug = ?")
+            params.append(slug)
+        query = (
+            f"SELECT {sql.AUDIT_COLUMNS} FROM audit WHERE {' AND '.join(where)} "
+            "ORDER BY seq DESC LIMIT ?"
+        )
+
+        def read(conn: sqlite3.Connection) -> list[AuditEntry]:
+            return [sql.row_to_audit(row) for row in conn.execute(query, (*params, limit))]
+
+        return await self._read(read)
+
+    async def revision(self) -> int:
+        return await self._run(sql.revision)
+
+    async def snapshot(self) -> RegistrySnapshot:
+        def read(conn: sqlite3.Connection) -> RegistrySnapshot:
+            revision = sql.revision(conn)
+            versions: dict[str, dict[int, PromptVersion]] = {}
+            prod: dict[str, int] = {}
+            for body, status in conn.execute("SELECT body, status FROM versions"):
+                version = sql.row_to_version(body, status)
+                versions.setdefault(version.slug, {})[version.version] = version
+                if version.status is Status.PROD:
+                    prod[version.slug] = version.version
+            return RegistrySnapshot(revision=revision, versions=versions, prod=prod)
+
+        return await self._read(read)
+
+    async def wait_for_change(self, known_revision: int, max_wait: float) -> int:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, max_wait)
+        while True:
+            current = await self.revision()
+            remaining = deadline - loop.time()
+            if current != known_revision or remaining <= 0:
+                return current
+            await asyncio.sleep(min(self._poll_interval, remaining))
+
+    # -- writes ---------------------------------------------------------------------------
+
+    async def create_version(
+        self, draft: VersionDraft, actor: str, created_at: float
+    ) -> tuple[PromptVersion, bool]:
+        sha = draft.content_sha256()
+
+        def write(conn: sqlite3.Connection) -> tuple[PromptVersion, bool]:
+            latest = conn.execute(
+                "SELECT version, sha256, body, status FROM versions WHERE slug = ? "
+                "ORDER BY version DESC LIMIT 1",
+                (draft.slug,),
+            ).fetchone()
+            if latest is not None and latest[1] == sha:
+                return sql.row_to_version(latest[2], latest[3]), False
+            version = draft.to_version(1 if latest is None else latest[0] + 1, created_at)
+            conn.execute(
+                "INSERT INTO versions (slug, version, sha256, created_at, body, status) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    version.slug,
+                    version.version,
+                    sha,
+                    created_at,
+                    sql.version_body(version),
+                    version.status.value,
+                ),
+            )
+            sql.append_audit(
+                conn,
+                at=created_at,
+                actor=actor,
+                action=lifecycle.CREATE_ACTION,
+                slug=draft.slug,
+                version=version.version,
+                from_status=None,
+                to_status=Status.DRAFT,
+                reason=draft.changelog,
+            )
+            return version, True
+
+        return await self._write(write)
+
+    async def promote(
+        self, slug: str, version: int, actor: str, reason: str, at: float
+    ) -> AuditEntry:
+        def write(conn: sqlite3.Connection) -> AuditEntry:
+            current = sql.status_of(conn, slug, version)
+            lifecycle.check_promote(slug, version, current)
+            previous = sql.current_prod(conn, slug)
+            if previous is not None:
+                sql.put_status(conn, slug, previous, Status.DEPRECATED)
+            sql.put_status(conn, slug, version, Status.PROD)
+            return sql.append_audit(
+                conn,
+                at=at,
+                actor=actor,
+                action=lifecycle.PROMOTE_ACTION,
+                slug=slug,
+                version=version,
+                from_status=current,
+                to_status=Status.PROD,
+                reason=reason,
+                previous_prod=previous,
+            )
+
+        return await self._write(write)
+
+    async def rollback(self, slug: str, actor: str, reason: str, at: float) -> AuditEntry:
+        def write(conn: sqlite3.Connection) -> AuditEntry:
+            sql.require_slug(conn, slug)
+            events = conn.execute(
+                "SELECT action, version FROM audit WHERE slug = ? AND action IN (?, ?) "
+                "ORDER BY seq",
+                (slug, lifecycle.PROMOTE_ACTION, lifecycle.ROLLBACK_ACTION),
+            ).fetchall()
+            current, target = lifecycle.rollback_pair(slug, lifecycle.prod_stack(events))
+            target_status = sql.status_of(conn, slug, target)
+            sql.put_status(conn, slug, current, Status.DEPRECATED)
+            sql.put_status(conn, slug, target, Status.PROD)
+            return sql.append_audit(
+                conn,
+                at=at,
+                actor=actor,
+                action=lifecycle.ROLLBACK_ACTION,
+                slug=slug,
+                version=target,
+                from_status=target_status,
+                to_status=Status.PROD,
+                reason=reason,
+                previous_prod=current,
+            )
+
+        return await self._write(write)
+
+    async def set_status(
+        self, slug: str, version: int, status: Status, actor: str, reason: str, at: float
+    ) -> AuditEntry:
+        def write(conn: sqlite3.Connection) -> AuditEntry:
+            current = sql.status_of(conn, slug, version)
+            lifecycle.check_set_status(slug, version, current, status)
+            sql.put_status(conn, slug, version, status)
+            return sql.append_audit(
+                conn,
+                at=at,
+                actor=actor,
+                action=lifecycle.SET_STATUS_ACTION,
+                slug=slug,
+                version=version,
+                from_status=current,
+                to_status=status,
+                reason=reason,
+            )
+
+        return await self._write(write)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+
+        def close_conn() -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, close_conn)
+        finally:
+            self._executor.shutdown(wait=False)

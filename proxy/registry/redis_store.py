@@ -1,0 +1,314 @@
+"""``RedisStore``: the registry store for many replicas, on ``redis.asyncio``.
+
+Every multi-key write is one Lua script (``redis_scripts``), so it is atomic and a crash
+cannot leave half of it behind; key schema in ``redis_scripts`` too. Reads that span keys
+use MULTI (and WATCH on the revision for the snapshot), so they see one consistent state.
+
+Failure policy: a dead or paused Redis must fail fast, never hang. The client has explicit
+socket timeouts and a short bounded retry, and every call also runs under an overall
+deadline (``op_timeout``) as a backstop. Any connection/timeout/server error becomes
+``StoreUnavailable``. A write that fails that way has an unknown outcome (the script may
+have run); re-pushing the same content is safe because creates are idempotent by content.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import orjson
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError, ResponseError, WatchError
+
+from proxy.registry import lifecycle
+from proxy.registry import redis_scripts as scripts
+from proxy.registry.models import AuditEntry, PromptVersion, RegistrySnapshot, Status, VersionDraft
+from proxy.registry.redis_notify import ChangeHints
+from proxy.registry.store import (
+    InvalidTransition,
+    PromptNotFound,
+    StoreError,
+    StoreUnavailable,
+    VersionNotFound,
+)
+
+T = TypeVar("T")
+
+_DOMAIN_ERRORS: tuple[tuple[str, type[StoreError]], ...] = (
+    (scripts.PROMPT_NOT_FOUND, PromptNotFound),
+    (scripts.VERSION_NOT_FOUND, VersionNotFound),
+    (scripts.INVALID_TRANSITION, InvalidTransition),
+)
+_SNAPSHOT_ATTEMPTS = 10
+
+
+class RedisStore:
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        prefix: str = "promptproxy:",
+        poll_interval: float = 0.5,
+        op_timeout: float = 1.5,
+    ) -> None:
+        """The store owns ``client`` and closes it in ``close``. Use ``from_url`` unless
+        you need custom client settings; the client must have ``decode_responses=True``."""
+        self._client = client
+        self.keys = scripts.RedisKeys(prefix)
+        self._poll_interval = poll_interval
+        self._op_timeout = op_timeout
+        self._hints = ChangeHints(client, self.keys.channel, op_timeout)
+        self._closed = False
+        self._create = client.register_script(scripts.CREATE)
+        self._promote = client.register_script(scripts.PROMOTE)
+        self._rollback = client.register_script(scripts.ROLLBACK)
+        self._set_status = client.register_script(scripts.SET_STATUS)
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        prefix: str = "promptproxy:",
+        socket_timeout: float = 0.5,
+        connect_timeout: float = 0.5,
+        retries: int = 1,
+        health_check_interval: int = 5,
+        poll_interval: float = 0.5,
+        op_timeout: float = 1.5,
+    ) -> RedisStore:
+        """No I/O here: the pool connects on first use."""
+        scripts.RedisKeys(prefix)  # refuse a bad prefix before building a client
+        # Pinned rather than left to redis-py defaults, which changed across releases: one
+        # retry is enough to replace a stale pooled connection (e.g. after a Redis restart),
+        # more would only delay the failure a caller needs to see.
+        client = Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_connect_timeout=connect_timeout,
+            socket_timeout=socket_timeout,
+            retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), retries),
+            health_check_interval=health_check_interval,
+            client_name="promptproxy-registry",
+        )
+        return cls(client, prefix=prefix, poll_interval=poll_interval, op_timeout=op_timeout)
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    async def _guard(self, call: Callable[[], Awaitable[T]]) -> T:
+        if self._closed:
+            raise StoreUnavailable("registry store is closed")
+        try:
+            async with asyncio.timeout(self._op_timeout):
+                return await call()
+        except ResponseError as exc:
+            message = str(exc)
+            for code, error in _DOMAIN_ERRORS:
+                if message.startswith(code + " "):
+                    raise error(message[len(code) + 1 :]) from None
+            raise StoreUnavailable(f"redis refused a registry command: {message}") from exc
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise StoreUnavailable(
+                f"redis unavailable for the prompt registry: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _write_args(self, slug: str, actor: str, reason: str, at: float) -> list[str]:
+        return [self.keys.channel, slug, actor, reason, repr(float(at))]
+
+    # -- reads ----------------------------------------------------------------------------
+
+    async def get_version(self, slug: str, version: int) -> PromptVersion:
+        async def read() -> list[Any]:
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.hget(self.keys.versions(slug), str(version))
+                pipe.hget(self.keys.status(slug), str(version))
+                pipe.exists(self.keys.versions(slug))
+                return await pipe.execute()
+
+        body, status, exists = await self._guard(read)
+        if body is None or status is None:
+            if not exists:
+                raise PromptNotFound(f"no prompt {slug!r}")
+            raise VersionNotFound(f"{slug} has no version {version}")
+        return scripts.decode_version(body, status)
+
+    async def list_versions(self, slug: str) -> Sequence[PromptVersion]:
+        async def read() -> list[Any]:
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.hgetall(self.keys.versions(slug))
+                pipe.hgetall(self.keys.status(slug))
+                return await pipe.execute()
+
+        bodies, statuses = await self._guard(read)
+        if not bodies:
+            raise PromptNotFound(f"no prompt {slug!r}")
+        return list(scripts.decode_versions(bodies, statuses).values())  # numbered order
+
+    async def list_slugs(self) -> Sequence[str]:
+        async def read() -> set[bytes | str]:
+            return await self._client.smembers(self.keys.slugs)
+
+        return sorted(scripts.text(slug) for slug in await self._guard(read))
+
+    async def audit(
+        self, slug: str | None = None, limit: int = 100, before_seq: int | None = None
+    ) -> Sequence[AuditEntry]:
+        if limit <= 0:
+            return []
+        key = self.keys.audit if slug is None else self.keys.slug_audit(slug)
+        newest = "+" if before_seq is None else f"({before_seq}-0"
+
+        async def read() -> list[Any]:
+            return await self._client.xrevrange(key, newest, "-", count=limit) or []
+
+        entries = await self._guard(read)
+        return [scripts.decode_audit(entry_id, fields) for entry_id, fields in entries]
+
+    async def revision(self) -> int:
+        async def read() -> bytes | str | None:
+            return await self._client.get(self.keys.revision)
+
+        return int(await self._guard(read) or 0)
+
+    async def snapshot(self) -> RegistrySnapshot:
+        for _ in range(_SNAPSHOT_ATTEMPTS):
+            snapshot = await self._guard(self._snapshot_once)
+            if snapshot is not None:
+                return snapshot
+        raise StoreUnavailable(f"registry changed during {_SNAPSHOT_ATTEMPTS} snapshot reads")
+
+    async def _snapshot_once(self) -> RegistrySnapshot | None:
+        """One optimistic read: every write INCRs the revision, so WATCHing it makes EXEC
+        fail (None) if anything changed between listing the slugs and reading them."""
+        async with self._client.pipeline(transaction=True) as pipe:
+            await pipe.watch(self.keys.revision)
+            slugs = sorted(scripts.text(slug) for slug in await pipe.smembers(self.keys.slugs))
+            pipe.multi()  # type: ignore[no-untyped-call]
+            pipe.get(self.keys.revision)
+            for slug in slugs:
+                pipe.hgetall(self.keys.versions(slug))
+                pipe.hgetall(self.keys.status(slug))
+            try:
+                results = await pipe.execute()
+            except WatchError:
+                return None
+        versions: dict[str, dict[int, PromptVersion]] = {}
+        prod: dict[str, int] = {}
+        for i, slug in enumerate(slugs):
+            by_number = scripts.decode_versions(results[1 + 2 * i], results[2 + 2 * i])
+            versions[slug] = by_number
+            for number, version in by_number.items():
+                if version.status is Status.PROD:
+                    prod[slug] = number
+        return RegistrySnapshot(revision=int(results[0] or 0), versions=versions, prod=prod)
+
+    # -- change notification --------------------------------------------------------------
+
+    async def wait_for_change(self, known_revision: int, max_wait: float) -> int:
+        """The revision key is the truth, read at least every ``poll_interval``; pub/sub
+        (``ChangeHints``) only makes it prompt. If Redis is down this raises
+        ``StoreUnavailable`` fast rather than waiting out ``max_wait``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, max_wait)
+        while True:
+            current = await self.revision()
+            remaining = deadline - loop.time()
+            if current != known_revision or remaining <= 0:
+                return current
+            await self._hints.wait(min(self._poll_interval, remaining))
+
+    # -- writes ---------------------------------------------------------------------------
+
+    async def create_version(
+        self, draft: VersionDraft, actor: str, created_at: float
+    ) -> tuple[PromptVersion, bool]:
+        sha = draft.content_sha256()
+        fields = draft.to_version(0, created_at).to_dict()  # the number is assigned in Lua
+        del fields["version"], fields["status"]
+        args = [*self._write_args(draft.slug, actor, draft.changelog, created_at), sha]
+        args.append(orjson.dumps(fields).decode())
+        keys = self.keys.for_write(draft.slug)
+
+        async def run() -> list[Any]:
+            return await self._create(keys=keys, args=args)  # type: ignore[no-any-return]
+
+        created, _, body, status = await self._guard(run)
+        return scripts.decode_version(body, status), bool(created)
+
+    async def promote(
+        self, slug: str, version: int, actor: str, reason: str, at: float
+    ) -> AuditEntry:
+        keys = self.keys.for_write(slug)
+        args = [*self._write_args(slug, actor, reason, at), str(version)]
+
+        async def run() -> list[Any]:
+            return await self._promote(keys=keys, args=args)  # type: ignore[no-any-return]
+
+        seq, from_status, previous = await self._guard(run)
+        return AuditEntry(
+            seq=int(seq),
+            at=at,
+            actor=actor,
+            action=lifecycle.PROMOTE_ACTION,
+            slug=slug,
+            version=version,
+            from_status=Status(from_status),
+            to_status=Status.PROD,
+            reason=reason,
+            previous_prod=int(previous) if previous else None,
+        )
+
+    async def rollback(self, slug: str, actor: str, reason: str, at: float) -> AuditEntry:
+        keys = self.keys.for_write(slug)
+        args = self._write_args(slug, actor, reason, at)
+
+        async def run() -> list[Any]:
+            return await self._rollback(keys=keys, args=args)  # type: ignore[no-any-return]
+
+        seq, target, from_status, current = await self._guard(run)
+        return AuditEntry(
+            seq=int(seq),
+            at=at,
+            actor=actor,
+            action=lifecycle.ROLLBACK_ACTION,
+            slug=slug,
+            version=int(target),
+            from_status=Status(from_status),
+            to_status=Status.PROD,
+            reason=reason,
+            previous_prod=int(current),
+        )
+
+    async def set_status(
+        self, slug: str, version: int, status: Status, actor: str, reason: str, at: float
+    ) -> AuditEntry:
+        keys = self.keys.for_write(slug)
+        args = [*self._write_args(slug, actor, reason, at), str(version), status.value]
+
+        async def run() -> list[Any]:
+            return await self._set_status(keys=keys, args=args)  # type: ignore[no-any-return]
+
+        seq, from_status = await self._guard(run)
+        return AuditEntry(
+            seq=int(seq),
+            at=at,
+            actor=actor,
+            action=lifecycle.SET_STATUS_ACTION,
+            slug=slug,
+            version=version,
+            from_status=Status(from_status),
+            to_status=status,
+            reason=reason,
+        )
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._hints.close()
+        with contextlib.suppress(RedisError, OSError):
+            await self._client.aclose(close_connection_pool=True)

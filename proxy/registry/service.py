@@ -1,0 +1,193 @@
+"""RegistryService: the prompt use cases, shared by the admin API and (through it) the CLI.
+
+Validation, ids and timestamps live here; stores only persist. Store and template errors
+are translated once into the ``ProxyError`` tree so the API answers them in the OpenAI shape.
+"""
+
+from __future__ import annotations
+
+import difflib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from proxy.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
+from proxy.models import SLUG_PATTERN
+from proxy.registry.models import AuditEntry, PromptVersion, Status, VersionDraft
+from proxy.registry.store import (
+    InvalidTransition,
+    PromptNotFound,
+    PromptStore,
+    StoreUnavailable,
+    VersionNotFound,
+)
+from proxy.registry.templates import TemplateProblem, check_template
+
+
+@dataclass(frozen=True, slots=True)
+class PromptSummary:
+    slug: str
+    prod_version: int | None
+    latest_version: int
+    versions: int
+    updated_at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "slug": self.slug,
+            "prod_version": self.prod_version,
+            "latest_version": self.latest_version,
+            "versions": self.versions,
+            "updated_at": self.updated_at,
+        }
+
+
+@contextmanager
+def _store_errors(slug: str | None = None) -> Iterator[None]:
+    try:
+        yield
+    except StoreUnavailable as exc:
+        raise ServiceUnavailable(
+            f"The prompt registry store is unavailable, so changes cannot be saved now ({exc}). "
+            "The proxy keeps serving the last known prompts; retry when the store is back.",
+            code="registry_unavailable",
+        ) from None
+    except PromptNotFound:
+        raise NotFound(
+            f"No prompt named '{slug}'.", param="slug", code="prompt_not_found"
+        ) from None
+    except VersionNotFound as exc:
+        raise NotFound(
+            str(exc) or "No such version.", param="version", code="version_not_found"
+        ) from None
+    except InvalidTransition as exc:
+        raise Conflict(str(exc), code="invalid_transition") from None
+
+
+def check_slug(slug: str) -> None:
+    if not SLUG_PATTERN.match(slug):
+        raise InvalidRequest(
+            f"Invalid prompt slug {slug!r}: it must match [A-Za-z0-9._-]{{1,64}}.",
+            param="slug",
+            code="invalid_slug",
+        )
+
+
+class RegistryService:
+    def __init__(self, store: PromptStore, clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._clock = clock
+
+    async def push(self, draft: VersionDraft, actor: str) -> tuple[PromptVersion, bool]:
+        """Create a version (or return the latest if its content is identical)."""
+        check_slug(draft.slug)
+        try:
+            check_template(draft.template, draft.variables)
+        except TemplateProblem as exc:
+            where = f" (line {exc.line}" + (f", column {exc.column})" if exc.column else ")")
+            raise InvalidRequest(
+                f"Template rejected: {exc.message}{where if exc.line else ''}",
+                param="template",
+                code="invalid_template",
+            ) from None
+        with _store_errors(draft.slug):
+            return await self._store.create_version(draft, actor, self._clock())
+
+    async def list_prompts(self) -> list[PromptSummary]:
+        with _store_errors():
+            snapshot = await self._store.snapshot()  # one consistent read, not one per slug
+        return [
+            _summarize(slug, list(snapshot.versions[slug].values()))
+            for slug in sorted(snapshot.versions)
+        ]
+
+    async def get_prompt(self, slug: str) -> tuple[PromptSummary, Sequence[PromptVersion]]:
+        check_slug(slug)
+        with _store_errors(slug):
+            versions = await self._store.list_versions(slug)
+            if not versions:
+                raise PromptNotFound(slug)
+        return _summarize(slug, versions), versions
+
+    async def get_version(self, slug: str, version: int) -> PromptVersion:
+        check_slug(slug)
+        with _store_errors(slug):
+            return await self._store.get_version(slug, version)
+
+    async def promote(self, slug: str, version: int, actor: str, reason: str) -> AuditEntry:
+        check_slug(slug)
+        with _store_errors(slug):
+            return await self._store.promote(slug, version, actor, reason, self._clock())
+
+    async def rollback(self, slug: str, actor: str, reason: str) -> AuditEntry:
+        check_slug(slug)
+        with _store_errors(slug):
+            return await self._store.rollback(slug, actor, reason, self._clock())
+
+    async def audit(
+        self, slug: str | None = None, limit: int = 100, before_seq: int | None = None
+    ) -> Sequence[AuditEntry]:
+        if slug is not None:
+            check_slug(slug)
+        with _store_errors(slug):
+            return await self._store.audit(slug, limit, before_seq)
+
+    async def prod_at(self, slug: str, at: float) -> int | None:
+        """Which version was prod at instant ``at`` (None if none was), from the audit log."""
+        await self.get_prompt(slug)  # 404 for unknown slugs
+        prod: int | None = None
+        for entry in reversed(await self._full_audit(slug)):
+            if entry.at > at:
+                break
+            if entry.to_status is Status.PROD:
+                prod = entry.version
+            elif entry.from_status is Status.PROD and entry.version == prod:
+                prod = None
+        return prod
+
+    async def _full_audit(self, slug: str) -> list[AuditEntry]:
+        entries: list[AuditEntry] = []
+        before: int | None = None
+        with _store_errors(slug):
+            while True:
+                page = await self._store.audit(slug, 500, before)
+                entries.extend(page)
+                if len(page) < 500:
+                    return entries
+                before = page[-1].seq
+
+    async def diff(self, slug: str, a: int, b: int) -> str:
+        old, new = await self.get_version(slug, a), await self.get_version(slug, b)
+        lines: list[str] = []
+        for label, left, right in (
+            ("model", str(old.model), str(new.model)),
+            ("variables", _vars(old), _vars(new)),
+            ("params", str(old.params), str(new.params)),
+        ):
+            if left != right:
+                lines.append(f"{label}: {left} -> {right}\n")
+        lines.extend(
+            difflib.unified_diff(
+                old.template.splitlines(keepends=True),
+                new.template.splitlines(keepends=True),
+                fromfile=f"{slug}@v{a}",
+                tofile=f"{slug}@v{b}",
+            )
+        )
+        return "".join(line if line.endswith("\n") else line + "\n" for line in lines)
+
+
+def _summarize(slug: str, versions: Sequence[PromptVersion]) -> PromptSummary:
+    return PromptSummary(
+        slug=slug,
+        prod_version=next((v.version for v in versions if v.status is Status.PROD), None),
+        latest_version=max(v.version for v in versions),
+        versions=len(versions),
+        updated_at=max(v.created_at for v in versions),
+    )
+
+
+def _vars(version: PromptVersion) -> str:
+    return ", ".join(v.name for v in version.variables)

@@ -1,0 +1,127 @@
+"""The in-process registry snapshot the request path reads, and the task that refreshes it.
+
+The request path never waits on the store: it reads ``SnapshotHolder.current``, a frozen
+value replaced whole. ``SnapshotRefresher`` waits for the store to report a change
+(notification, with polling as the fallback), loads a new snapshot and swaps it in. When the
+store is unreachable the last good snapshot keeps serving; a snapshot that suddenly reads
+empty never replaces a non-empty one (a FLUSHALL or a wrong database must not wipe prompts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from proxy.log import APP_LOGGER
+from proxy.registry.models import RegistrySnapshot
+from proxy.registry.store import PromptStore, StoreUnavailable
+
+_log = logging.getLogger(APP_LOGGER)
+
+EMPTY = RegistrySnapshot(revision=0, versions={}, prod={})
+
+
+class SnapshotHolder:
+    """What the hot path reads. Replaced whole, never mutated."""
+
+    __slots__ = ("_on_apply", "confirmed_at", "current", "last_error", "loaded")
+
+    def __init__(self, on_apply: Callable[[RegistrySnapshot], None] | None = None) -> None:
+        self.current: RegistrySnapshot = EMPTY
+        self.loaded = False
+        #: monotonic time the snapshot was last known to match the store
+        self.confirmed_at = time.monotonic()
+        self.last_error: str | None = None
+        self._on_apply = on_apply
+
+    def apply(self, snapshot: RegistrySnapshot) -> bool:
+        """Swap in ``snapshot``; refuse an empty one over a non-empty one."""
+        if snapshot.empty and not self.current.empty:
+            _log.warning(
+                "registry read empty at revision %d; keeping the last good snapshot (revision %d)",
+                snapshot.revision,
+                self.current.revision,
+            )
+            return False
+        self.current = snapshot
+        self.loaded = True
+        self.confirm()
+        if self._on_apply is not None:
+            self._on_apply(snapshot)
+        return True
+
+    def confirm(self) -> None:
+        self.confirmed_at = time.monotonic()
+        self.last_error = None
+
+    @property
+    def staleness(self) -> float:
+        return time.monotonic() - self.confirmed_at
+
+    @property
+    def healthy(self) -> bool:
+        return self.last_error is None
+
+
+class SnapshotRefresher:
+    """Keeps a ``SnapshotHolder`` in step with the store until cancelled."""
+
+    def __init__(
+        self,
+        store: PromptStore,
+        holder: SnapshotHolder,
+        *,
+        max_wait: float = 1.0,
+        on_error: Callable[[str], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._holder = holder
+        self._max_wait = max_wait
+        self._on_error = on_error
+        #: Last revision read from the store, applied or refused. Waiting on the served
+        #: snapshot's revision instead would spin after a refused (empty) read.
+        self._seen_revision = -1
+
+    async def load_once(self) -> bool:
+        """Load a snapshot now; False (and the holder marked stale) if the store failed."""
+        try:
+            self._apply(await self._store.snapshot())
+        except StoreUnavailable as exc:
+            self._failed("snapshot", exc)
+            return False
+        return True
+
+    def _apply(self, snapshot: RegistrySnapshot) -> None:
+        self._seen_revision = snapshot.revision
+        if not self._holder.apply(snapshot):
+            self._holder.confirm()  # we did reach the store; the refusal is logged
+
+    async def run(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                if not self._holder.loaded and not await self.load_once():
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 2.0)
+                    continue
+                known = self._seen_revision
+                revision = await self._store.wait_for_change(known, self._max_wait)
+                if revision != known:
+                    self._apply(await self._store.snapshot())
+                else:
+                    self._holder.confirm()
+                backoff = 0.1
+            except StoreUnavailable as exc:
+                self._failed("refresh", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    def _failed(self, op: str, exc: Exception) -> None:
+        message = str(exc) or type(exc).__name__
+        if self._holder.last_error != message:
+            _log.warning("registry %s failed, serving the last good snapshot: %s", op, message)
+        self._holder.last_error = message
+        if self._on_error is not None:
+            self._on_error(op)

@@ -1,0 +1,99 @@
+"""Process lifecycle: uvloop, the two listeners, SIGTERM -> drain -> exit."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from contextlib import AsyncExitStack
+
+from aiohttp import web
+
+from proxy.config import Settings
+from proxy.log import APP_LOGGER, LineSink, setup_logging
+from proxy.services import open_services
+from proxy.simulator import SimulatorSettings, start_simulator
+from proxy.web.app import build_admin_app, build_data_app
+
+_log = logging.getLogger(APP_LOGGER)
+
+
+async def _start_site(runner: web.AppRunner, host: str, port: int) -> str:
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=1024)
+    await site.start()
+    return site.name
+
+
+async def serve(settings: Settings, stop: asyncio.Event, log_sink: LineSink | None = None) -> None:
+    """Run until ``stop`` is set, then drain open requests within the grace period."""
+    config = settings.config
+    async with AsyncExitStack() as stack:
+        if config.simulator.enabled:
+            sim = config.simulator
+            sim_runner, sim_port = await start_simulator(
+                sim.host,
+                sim.port,
+                SimulatorSettings(
+                    first_byte_ms=sim.first_byte_ms,
+                    chunk_delay_ms=sim.chunk_delay_ms,
+                    chunks=sim.chunks,
+                ),
+            )
+            stack.push_async_callback(sim_runner.cleanup)
+            _log.info("simulated provider listening on http://%s:%d/v1", sim.host, sim_port)
+
+        services = await stack.enter_async_context(open_services(settings))
+        if log_sink is not None:
+            services.metrics.log_lines_dropped.set_function(lambda: log_sink.dropped)
+        grace = config.server.shutdown_grace_seconds
+        data_runner = web.AppRunner(
+            build_data_app(services),
+            # Cancel the handler when the client disconnects, so the upstream request is
+            # closed at once instead of when the next chunk fails to write.
+            handler_cancellation=True,
+            access_log=None,
+            shutdown_timeout=grace,
+        )
+        admin_runner = web.AppRunner(build_admin_app(services), access_log=None)
+        stack.push_async_callback(admin_runner.cleanup)
+        data_name = await _start_site(data_runner, config.server.host, config.server.port)
+        try:
+            admin_name = await _start_site(
+                admin_runner, config.server.admin_host, config.server.admin_port
+            )
+            _log.info(
+                "promptproxy serving data plane on %s, admin on %s, upstream %s",
+                data_name,
+                admin_name,
+                config.upstream.base_url,
+            )
+            await stop.wait()
+            _log.info("shutting down: readiness is now 503, draining for up to %.0fs", grace)
+            services.lifecycle.start_draining()
+        finally:
+            await data_runner.cleanup()
+
+
+async def _main(settings: Settings, log_sink: LineSink) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await serve(settings, stop, log_sink)
+
+
+def run(settings: Settings) -> None:
+    sink = setup_logging(settings.config.logging.level)
+    try:
+        if sys.platform != "win32":
+            import uvloop
+
+            uvloop.run(_main(settings, sink))
+        else:
+            asyncio.run(_main(settings, sink))
+    finally:
+        sink.stop()

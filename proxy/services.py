@@ -1,0 +1,118 @@
+"""Process-wide resources, created once, closed once: ``async with open_services(settings)``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from proxy.config import Settings
+from proxy.log import APP_LOGGER
+from proxy.metrics import ProxyMetrics
+from proxy.pipeline.forward import UpstreamClient, make_session
+from proxy.pipeline.record import Recorder
+from proxy.registry.factory import describe_store, open_store
+from proxy.registry.models import RegistrySnapshot
+from proxy.registry.service import RegistryService
+from proxy.registry.snapshot import SnapshotHolder, SnapshotRefresher
+from proxy.registry.templates import PromptRenderer
+from proxy.tasks import BackgroundTasks
+
+_log = logging.getLogger(APP_LOGGER)
+
+
+class Lifecycle:
+    """Whether the process still takes work; flipped once on SIGTERM."""
+
+    __slots__ = ("_draining", "_metrics")
+
+    def __init__(self, metrics: ProxyMetrics) -> None:
+        self._draining = False
+        self._metrics = metrics
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def start_draining(self) -> None:
+        self._draining = True
+        self._metrics.draining.set(1)
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    settings: Settings
+    upstream: UpstreamClient
+    metrics: ProxyMetrics
+    recorder: Recorder
+    lifecycle: Lifecycle
+    snapshot: SnapshotHolder
+    refresher: SnapshotRefresher
+    renderer: PromptRenderer
+    registry: RegistryService
+
+    @property
+    def upstream_api_key(self) -> str | None:
+        return self.settings.upstream_api_key
+
+    @property
+    def store_name(self) -> str:
+        return describe_store(self.settings.config.registry)
+
+
+def _snapshot_observer(metrics: ProxyMetrics) -> SnapshotHolder:
+    def on_apply(snapshot: RegistrySnapshot) -> None:
+        metrics.set_known_slugs(snapshot.versions)
+        metrics.registry_revision.set(snapshot.revision)
+
+    holder = SnapshotHolder(on_apply)
+    metrics.registry_staleness.set_function(lambda: holder.staleness)
+    metrics.registry_up.set_function(lambda: 1.0 if holder.healthy else 0.0)
+    return holder
+
+
+@asynccontextmanager
+async def open_services(settings: Settings) -> AsyncIterator[Services]:
+    config = settings.config
+    metrics = ProxyMetrics(CollectorRegistry(auto_describe=True), config.metrics.models)
+    async with AsyncExitStack() as stack:
+        session = make_session(config.upstream)
+        stack.push_async_callback(session.close)
+        store = await open_store(config.registry)
+        stack.push_async_callback(store.close)
+        holder = _snapshot_observer(metrics)
+        refresher = SnapshotRefresher(
+            store, holder, on_error=lambda op: metrics.registry_errors.labels(op).inc()
+        )
+        registry = RegistryService(store)
+        tasks = BackgroundTasks()
+        stack.push_async_callback(tasks.close)
+
+        if config.registry.bootstrap_dir is not None:
+            from proxy.registry.bootstrap import bootstrap_prompts
+
+            await bootstrap_prompts(registry, Path(config.registry.bootstrap_dir))
+        # Best effort: with the store down at a cold start, readiness stays 503 until the
+        # refresher gets a first snapshot.
+        await refresher.load_once()
+        tasks.spawn(refresher.run(), name="registry-refresher")
+        _log.info(
+            "prompt registry: %s, revision %d",
+            describe_store(config.registry),
+            holder.current.revision,
+        )
+        yield Services(
+            settings=settings,
+            upstream=UpstreamClient(session, config.upstream),
+            metrics=metrics,
+            recorder=Recorder(metrics),
+            lifecycle=Lifecycle(metrics),
+            snapshot=holder,
+            refresher=refresher,
+            renderer=PromptRenderer(),
+            registry=registry,
+        )

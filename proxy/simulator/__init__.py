@@ -1,0 +1,16 @@
+"""A fake OpenAI-compatible provider for tests, first-run demos and load benchmarks.
+
+Deterministic (identical requests give byte-identical bodies), cheap per request,
+and steerable per request through ``x-sim-*`` headers or ``sim-*`` model names
+(see ``proxy.simulator.faults``).
+"""
+
+from .app import build_simulator_app, serve_simulator, start_simulator
+from .settings import SimulatorSettings
+
+__all__ = [
+    "SimulatorSettings",
+    "build_simulator_app",
+    "serve_simulator",
+    "start_simulator",
+]

@@ -1,0 +1,150 @@
+"""OpenAI-shaped error bodies.
+
+SDKs and the proxy branch on ``error.type``/``error.code``, so each status maps to
+the type/code pair OpenAI actually uses for it rather than a generic placeholder.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Final
+
+import orjson
+from aiohttp import web
+
+from .settings import DEFAULT_RETRY_AFTER_MS, EXHAUSTED_RATE_LIMIT_HEADERS, JSON_HEADERS
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorSpec:
+    type: str
+    code: str | None
+    message: str
+
+
+_CATALOG: Final = MappingProxyType(
+    {
+        400: ErrorSpec(
+            "invalid_request_error",
+            "invalid_value",
+            "Simulated bad request: invalid value for '{param}'.",
+        ),
+        401: ErrorSpec(
+            "invalid_request_error",
+            "invalid_api_key",
+            "Incorrect API key provided. You can find your API key at "
+            "https://platform.openai.com/account/api-keys.",
+        ),
+        403: ErrorSpec(
+            "permission_error",
+            "permission_denied",
+            "Simulated permission error: you are not allowed to sample from this model.",
+        ),
+        404: ErrorSpec(
+            "invalid_request_error",
+            "model_not_found",
+            "The model `{model}` does not exist or you do not have access to it.",
+        ),
+        409: ErrorSpec(
+            "invalid_request_error",
+            "conflict",
+            "Simulated conflict: another request modified this resource.",
+        ),
+        422: ErrorSpec(
+            "invalid_request_error",
+            "unprocessable_entity",
+            "Simulated unprocessable entity: the request was well-formed but invalid.",
+        ),
+        429: ErrorSpec(
+            "requests",
+            "rate_limit_exceeded",
+            "Rate limit reached for {model} on requests per min (RPM): Limit 10000, "
+            "Used 10000, Requested 1. Please try again in {retry_s}s.",
+        ),
+        500: ErrorSpec(
+            "server_error",
+            "server_error",
+            "The server had an error while processing your request. Sorry about that!",
+        ),
+        502: ErrorSpec("server_error", "bad_gateway", "Simulated bad gateway."),
+        503: ErrorSpec(
+            "server_error",
+            "service_unavailable",
+            "The engine is currently overloaded, please try again later.",
+        ),
+        504: ErrorSpec("server_error", "timeout", "Simulated gateway timeout."),
+    }
+)
+
+_GENERIC_CLIENT: Final = ErrorSpec(
+    "invalid_request_error", None, "Simulated error with status {status}."
+)
+_GENERIC_SERVER: Final = ErrorSpec("server_error", None, "Simulated error with status {status}.")
+
+# Statuses after which a real provider tells clients when to come back.
+_RETRY_AFTER_STATUSES: Final = frozenset({429, 503})
+
+
+class RequestError(Exception):
+    """A client mistake detected while reading a request; rendered as a 400."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+def error_body(message: str, type_: str, param: str | None, code: str | None) -> bytes:
+    return orjson.dumps(
+        {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    )
+
+
+def json_error(
+    status: int,
+    message: str,
+    type_: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    merged = {**JSON_HEADERS, **headers} if headers else JSON_HEADERS
+    return web.Response(status=status, body=error_body(message, type_, param, code), headers=merged)
+
+
+def request_error_response(exc: RequestError) -> web.Response:
+    return json_error(400, exc.message, param=exc.param, code=exc.code)
+
+
+def simulated_error(
+    status: int, *, model: str, param: str, retry_after_ms: int | None
+) -> web.Response:
+    """The response for ``x-sim-status`` / ``sim-status-<code>``."""
+    spec = _CATALOG.get(status) or (_GENERIC_CLIENT if status < 500 else _GENERIC_SERVER)
+    retry_ms = retry_after_ms if retry_after_ms is not None else DEFAULT_RETRY_AFTER_MS
+    message = spec.message.format(
+        param=param, model=model or "unknown", status=status, retry_s=_seconds(retry_ms)
+    )
+    headers: dict[str, str] = {}
+    if status == 429:
+        headers.update(EXHAUSTED_RATE_LIMIT_HEADERS)
+    if status in _RETRY_AFTER_STATUSES or retry_after_ms is not None:
+        headers["retry-after"] = _seconds(retry_ms)
+        headers["retry-after-ms"] = str(retry_ms)
+    return json_error(
+        status,
+        message,
+        spec.type,
+        param if status == 400 else ("model" if status == 404 else None),
+        spec.code,
+        headers,
+    )
+
+
+def _seconds(ms: int) -> str:
+    # retry-after is whole seconds by spec; round up so clients never come back early.
+    return str(math.ceil(ms / 1000))

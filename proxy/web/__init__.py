@@ -1,0 +1,1 @@
+"""aiohttp wiring: apps, thin handlers, the error middleware."""

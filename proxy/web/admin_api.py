@@ -1,0 +1,202 @@
+"""Admin API handlers: parse JSON, call RegistryService, serialize. Nothing else."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, TypeVar
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from proxy.errors import InvalidRequest
+from proxy.registry.models import VariableSpec, VersionDraft
+from proxy.services import Services
+from proxy.web.admin_auth import authorize
+from proxy.web.keys import SERVICES
+from proxy.web.openapi import OPENAPI
+
+PREFIX = "/admin/v1"
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class VariableIn(_Body):
+    name: str
+    type: str | None = None
+    default: Any = None
+
+
+class VersionIn(_Body):
+    template: str = Field(min_length=1)
+    variables: list[VariableIn] = []
+    model: str | None = None
+    params: dict[str, Any] = {}
+    author: str | None = None
+    changelog: str = ""
+
+
+class PromoteIn(_Body):
+    version: int = Field(ge=1)
+    reason: str = ""
+
+
+class RollbackIn(_Body):
+    reason: str = ""
+
+
+_B = TypeVar("_B", bound=_Body)
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+async def _parse(request: web.Request, model: type[_B]) -> _B:
+    raw = await request.read()
+    try:
+        return model.model_validate_json(raw or b"{}")
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        path = ".".join(str(p) for p in first["loc"]) or None
+        raise InvalidRequest(f"Invalid request body: {path}: {first['msg']}", param=path) from None
+
+
+def _services(request: web.Request) -> Services:
+    return request.app[SERVICES]
+
+
+def _actor(request: web.Request, *, write: bool) -> str:
+    return authorize(request, _services(request).settings.admin_tokens, write=write)
+
+
+def _int(value: str, name: str) -> int:
+    if not value.isdigit():
+        raise InvalidRequest(f"`{name}` must be a positive integer.", param=name)
+    return int(value)
+
+
+def _draft(slug: str, body: VersionIn, actor: str) -> VersionDraft:
+    return VersionDraft(
+        slug=slug,
+        template=body.template,
+        variables=tuple(
+            VariableSpec(v.name, v.type, v.default, has_default="default" in v.model_fields_set)
+            for v in body.variables
+        ),
+        model=body.model,
+        params=body.params,
+        author=body.author or actor,
+        changelog=body.changelog,
+    )
+
+
+async def create_version(request: web.Request) -> web.Response:
+    actor = _actor(request, write=True)
+    slug = request.match_info["slug"]
+    body = await _parse(request, VersionIn)
+    version, created = await _services(request).registry.push(_draft(slug, body, actor), actor)
+    return _json({"created": created, "version": version.to_dict()}, 201 if created else 200)
+
+
+async def list_prompts(request: web.Request) -> web.Response:
+    _actor(request, write=False)
+    prompts = await _services(request).registry.list_prompts()
+    return _json({"data": [p.to_dict() for p in prompts]})
+
+
+async def get_prompt(request: web.Request) -> web.Response:
+    _actor(request, write=False)
+    summary, versions = await _services(request).registry.get_prompt(request.match_info["slug"])
+    return _json({**summary.to_dict(), "data": [v.to_dict() for v in versions]})
+
+
+async def get_version(request: web.Request) -> web.Response:
+    _actor(request, write=False)
+    number = _int(request.match_info["version"], "version")
+    version = await _services(request).registry.get_version(request.match_info["slug"], number)
+    return _json(version.to_dict())
+
+
+async def promote(request: web.Request) -> web.Response:
+    actor = _actor(request, write=True)
+    body = await _parse(request, PromoteIn)
+    entry = await _services(request).registry.promote(
+        request.match_info["slug"], body.version, actor, body.reason
+    )
+    return _json(entry.to_dict())
+
+
+async def rollback(request: web.Request) -> web.Response:
+    actor = _actor(request, write=True)
+    body = await _parse(request, RollbackIn)
+    entry = await _services(request).registry.rollback(
+        request.match_info["slug"], actor, body.reason
+    )
+    return _json(entry.to_dict())
+
+
+def _instant(value: str) -> float:
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidRequest(
+            "`at` must be an ISO-8601 time such as 2026-11-24T10:00:00Z.", param="at"
+        ) from None
+    if moment.tzinfo is None:
+        raise InvalidRequest("`at` must carry a time zone (e.g. Z or +00:00).", param="at")
+    return moment.timestamp()
+
+
+async def history(request: web.Request) -> web.Response:
+    _actor(request, write=False)
+    registry = _services(request).registry
+    slug = request.match_info["slug"]
+    at = request.query.get("at")
+    if at is not None:
+        instant = _instant(at)
+        return _json(
+            {"slug": slug, "at": at, "prod_version": await registry.prod_at(slug, instant)}
+        )
+    await registry.get_prompt(slug)
+    entries = await registry.audit(slug, limit=_int(request.query.get("limit", "100"), "limit"))
+    return _json({"data": [e.to_dict() for e in entries]})
+
+
+async def audit(request: web.Request) -> web.Response:
+    _actor(request, write=False)
+    before = request.query.get("before")
+    entries = await _services(request).registry.audit(
+        request.query.get("slug"),
+        limit=min(_int(request.query.get("limit", "100"), "limit"), 1000),
+        before_seq=None if before is None else _int(before, "before"),
+    )
+    return _json({"data": [e.to_dict() for e in entries]})
+
+
+async def diff(request: web.Request) -> web.Response:
+    _actor(request, write=False)
+    a = _int(request.query.get("from", ""), "from")
+    b = _int(request.query.get("to", ""), "to")
+    text = await _services(request).registry.diff(request.match_info["slug"], a, b)
+    return _json({"diff": text})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return _json(OPENAPI)
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get(f"{PREFIX}/openapi.json", openapi)
+    r.add_get(f"{PREFIX}/prompts", list_prompts)
+    r.add_get(f"{PREFIX}/prompts/{{slug}}", get_prompt)
+    r.add_post(f"{PREFIX}/prompts/{{slug}}/versions", create_version)
+    r.add_get(f"{PREFIX}/prompts/{{slug}}/versions/{{version}}", get_version)
+    r.add_post(f"{PREFIX}/prompts/{{slug}}/promote", promote)
+    r.add_post(f"{PREFIX}/prompts/{{slug}}/rollback", rollback)
+    r.add_get(f"{PREFIX}/prompts/{{slug}}/history", history)
+    r.add_get(f"{PREFIX}/prompts/{{slug}}/diff", diff)
+    r.add_get(f"{PREFIX}/audit", audit)

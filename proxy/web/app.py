@@ -1,0 +1,28 @@
+"""Builds the two applications: the data plane and the operator (admin) plane. Wiring only."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from proxy.services import Services
+from proxy.web import admin_api, admin_routes, proxy_routes
+from proxy.web.keys import SERVICES
+from proxy.web.middlewares import error_middleware
+
+
+def build_data_app(services: Services) -> web.Application:
+    app = web.Application(
+        middlewares=[error_middleware],
+        client_max_size=services.settings.config.server.max_body_bytes,
+    )
+    app[SERVICES] = services
+    proxy_routes.add_routes(app)
+    return app
+
+
+def build_admin_app(services: Services) -> web.Application:
+    app = web.Application(middlewares=[error_middleware])
+    app[SERVICES] = services
+    admin_routes.add_routes(app)
+    admin_api.add_routes(app)
+    return app

@@ -1,0 +1,54 @@
+"""The one place where errors become HTTP responses, in the OpenAI error shape."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from proxy.errors import InvalidRequest, ProxyError, RouteNotFound
+from proxy.http_headers import REQUEST_ID_HEADER
+from proxy.log import APP_LOGGER
+from proxy.web.keys import REQUEST_ID
+
+_log = logging.getLogger(APP_LOGGER)
+
+
+def new_request_id() -> str:
+    return secrets.token_hex(12)
+
+
+def error_response(exc: ProxyError, request_id: str) -> web.Response:
+    return web.Response(
+        status=exc.status,
+        body=exc.to_json(),
+        content_type="application/json",
+        headers={REQUEST_ID_HEADER: request_id},
+    )
+
+
+def _from_http_exception(exc: web.HTTPException) -> ProxyError:
+    if exc.status == 404:
+        return RouteNotFound("Unknown request URL. Send OpenAI API calls under /v1/.")
+    error = InvalidRequest(exc.reason or "Bad request.")
+    error.status = exc.status  # type: ignore[misc]
+    return error
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request_id = new_request_id()
+    request[REQUEST_ID] = request_id
+    try:
+        return await handler(request)
+    except ProxyError as exc:
+        return error_response(exc, request_id)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(_from_http_exception(exc), request_id)
+    except Exception:
+        _log.exception("unhandled error in request %s", request_id)
+        return error_response(ProxyError("The proxy failed to handle the request."), request_id)

@@ -1,0 +1,243 @@
+"""The admin API's OpenAPI 3.1 description, served at /admin/v1/openapi.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from proxy import __version__
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _ok(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_ERRORS = {
+    code: {"description": text, "content": {"application/json": {"schema": _ref("Error")}}}
+    for code, text in (
+        ("400", "Invalid input (param names the field or variable)"),
+        ("401", "Missing or invalid admin token"),
+        ("403", "Read-only token used for a write"),
+        ("404", "Unknown prompt or version"),
+        ("409", "Forbidden status move (e.g. nothing to roll back to)"),
+        ("503", "Registry store unavailable; the proxy keeps serving the last snapshot"),
+    )
+}
+_SLUG = {
+    "name": "slug",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
+}
+
+
+def _op(
+    summary: str, response: dict[str, Any], *, write: bool = False, **extra: Any
+) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "responses": {"200": response, **_ERRORS}}
+    if write:
+        op["security"] = [{"bearer": []}]
+    op.update(extra)
+    return op
+
+
+def _body(name: str) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": _ref(name)}}}
+
+
+_STATUS = {"type": "string", "enum": ["draft", "candidate", "prod", "deprecated"]}
+_SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["message", "type", "param", "code"],
+                "properties": {
+                    "message": {"type": "string"},
+                    "type": {"type": "string"},
+                    "param": {"type": ["string", "null"]},
+                    "code": {"type": ["string", "null"]},
+                },
+            }
+        },
+    },
+    "Variable": {
+        "type": "object",
+        "required": ["name"],
+        "properties": {
+            "name": {"type": "string"},
+            "type": {
+                "type": ["string", "null"],
+                "enum": ["string", "number", "integer", "boolean", None],
+            },
+            "default": {},
+        },
+    },
+    "VersionIn": {
+        "type": "object",
+        "required": ["template"],
+        "additionalProperties": False,
+        "properties": {
+            "template": {
+                "type": "string",
+                "description": "Jinja2 (sandboxed) system prompt, e.g. Hello {{ customer_name }}",
+            },
+            "variables": {"type": "array", "items": _ref("Variable")},
+            "model": {
+                "type": ["string", "null"],
+                "description": "Model pin, e.g. gpt-4o-2024-08-06",
+            },
+            "params": {"type": "object", "description": "Default generation parameters"},
+            "author": {"type": ["string", "null"]},
+            "changelog": {"type": "string"},
+        },
+    },
+    "Version": {
+        "type": "object",
+        "properties": {
+            "slug": {"type": "string"},
+            "version": {"type": "integer"},
+            "template": {"type": "string"},
+            "variables": {"type": "array", "items": _ref("Variable")},
+            "model": {"type": ["string", "null"]},
+            "params": {"type": "object"},
+            "author": {"type": "string"},
+            "changelog": {"type": "string"},
+            "created_at": {"type": "number"},
+            "sha256": {"type": "string"},
+            "status": _STATUS,
+        },
+    },
+    "Summary": {
+        "type": "object",
+        "properties": {
+            "slug": {"type": "string"},
+            "prod_version": {"type": ["integer", "null"]},
+            "latest_version": {"type": "integer"},
+            "versions": {"type": "integer"},
+            "updated_at": {"type": "number"},
+        },
+    },
+    "AuditEntry": {
+        "type": "object",
+        "properties": {
+            "seq": {"type": "integer"},
+            "at": {"type": "number"},
+            "actor": {"type": "string"},
+            "action": {"type": "string"},
+            "slug": {"type": "string"},
+            "version": {"type": ["integer", "null"]},
+            "from_status": {"type": ["string", "null"]},
+            "to_status": {"type": ["string", "null"]},
+            "reason": {"type": "string"},
+            "previous_prod": {"type": ["integer", "null"]},
+        },
+    },
+    "PromoteIn": {
+        "type": "object",
+        "required": ["version"],
+        "properties": {"version": {"type": "integer", "minimum": 1}, "reason": {"type": "string"}},
+    },
+    "RollbackIn": {"type": "object", "properties": {"reason": {"type": "string"}}},
+}
+
+_LIST = {"type": "object", "properties": {"data": {"type": "array"}}}
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "promptproxy admin API",
+        "version": __version__,
+        "description": "Prompt registry: immutable versions, promote, rollback, audit.",
+    },
+    "components": {
+        "schemas": _SCHEMAS,
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+    },
+    "paths": {
+        "/admin/v1/prompts": {"get": _op("List prompts", _ok(_LIST))},
+        "/admin/v1/prompts/{slug}": {
+            "parameters": [_SLUG],
+            "get": _op("A prompt and its versions", _ok(_LIST)),
+        },
+        "/admin/v1/prompts/{slug}/versions": {
+            "parameters": [_SLUG],
+            "post": _op(
+                "Create a version (idempotent: identical content returns the latest, 200)",
+                _ok(
+                    {
+                        "type": "object",
+                        "properties": {"created": {"type": "boolean"}, "version": _ref("Version")},
+                    }
+                ),
+                write=True,
+                requestBody=_body("VersionIn"),
+            ),
+        },
+        "/admin/v1/prompts/{slug}/versions/{version}": {
+            "parameters": [
+                _SLUG,
+                {"name": "version", "in": "path", "required": True, "schema": {"type": "integer"}},
+            ],
+            "get": _op("One version", _ok(_ref("Version"))),
+        },
+        "/admin/v1/prompts/{slug}/promote": {
+            "parameters": [_SLUG],
+            "post": _op(
+                "Make a version prod; the former prod becomes deprecated",
+                _ok(_ref("AuditEntry")),
+                write=True,
+                requestBody=_body("PromoteIn"),
+            ),
+        },
+        "/admin/v1/prompts/{slug}/rollback": {
+            "parameters": [_SLUG],
+            "post": _op(
+                "Make the last former prod prod again",
+                _ok(_ref("AuditEntry")),
+                write=True,
+                requestBody={
+                    "required": False,
+                    "content": {"application/json": {"schema": _ref("RollbackIn")}},
+                },
+            ),
+        },
+        "/admin/v1/prompts/{slug}/history": {
+            "parameters": [
+                _SLUG,
+                {
+                    "name": "at",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "string", "format": "date-time"},
+                    "description": "ISO-8601 instant: answer which version was prod then",
+                },
+            ],
+            "get": _op(
+                "Audit entries of a prompt, or the prod version at an instant",
+                _ok({"type": "object"}),
+            ),
+        },
+        "/admin/v1/prompts/{slug}/diff": {
+            "parameters": [
+                _SLUG,
+                {"name": "from", "in": "query", "required": True, "schema": {"type": "integer"}},
+                {"name": "to", "in": "query", "required": True, "schema": {"type": "integer"}},
+            ],
+            "get": _op("Unified diff between two versions", _ok({"type": "object"})),
+        },
+        "/admin/v1/audit": {
+            "parameters": [
+                {"name": "slug", "in": "query", "required": False, "schema": {"type": "string"}},
+                {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer"}},
+                {"name": "before", "in": "query", "required": False, "schema": {"type": "integer"}},
+            ],
+            "get": _op("The append-only audit log, newest first", _ok({"type": "object"})),
+        },
+    },
+}

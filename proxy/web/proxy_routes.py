@@ -1,0 +1,50 @@
+"""Data-plane handlers: thin wrappers that find the path parts and call the pipeline."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from proxy.errors import InvalidRequest
+from proxy.models import SLUG_PATTERN
+from proxy.pipeline.run import handle
+from proxy.web.keys import REQUEST_ID, SERVICES
+
+_V1 = "/v1"
+
+
+async def proxy_v1(request: web.Request) -> web.StreamResponse:
+    raw_tail = request.raw_path[len(_V1) :]
+    return await handle(
+        request.app[SERVICES],
+        request,
+        request[REQUEST_ID],
+        request.match_info["tail"],
+        raw_tail,
+        slug=None,
+    )
+
+
+async def proxy_slug_v1(request: web.Request) -> web.StreamResponse:
+    slug = request.match_info["slug"]
+    if not SLUG_PATTERN.match(slug):
+        raise InvalidRequest(
+            "The prompt slug in the URL must match [A-Za-z0-9._-]{1,64}.",
+            param="slug",
+            code="invalid_slug",
+        )
+    # A valid slug has no characters that percent-encoding changes, so the raw prefix is
+    # exactly "/p/" + slug + "/v1".
+    raw_tail = request.raw_path[len("/p/") + len(slug) + len(_V1) :]
+    return await handle(
+        request.app[SERVICES],
+        request,
+        request[REQUEST_ID],
+        request.match_info["tail"],
+        raw_tail,
+        slug=slug,
+    )
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_route("*", "/v1/{tail:.*}", proxy_v1)
+    app.router.add_route("*", "/p/{slug}/v1/{tail:.*}", proxy_slug_v1)

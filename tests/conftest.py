@@ -1,0 +1,27 @@
+"""Process fixtures shared by the integration and end-to-end suites (module-scoped)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.processes import ProxyProc, proxy, simulator
+
+
+@pytest.fixture(scope="module")
+def procs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("procs")
+
+
+@pytest.fixture(scope="module")
+def sim_url(procs_dir: Path) -> Iterator[str]:
+    with simulator(procs_dir) as (url, _):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def proxy_proc(procs_dir: Path, sim_url: str) -> Iterator[ProxyProc]:
+    with proxy(procs_dir, sim_url, "upstream:\n  read_timeout_seconds: 2\n") as proc:
+        yield proc

@@ -1,0 +1,200 @@
+"""Three proxy replicas on one Redis registry: a change through any replica is served by all,
+fast; a Redis outage fails no request and heals by itself."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import redis
+
+from tests.processes import ProxyProc, proxy
+from tests.redis_server import RedisServer, running_redis
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "integration-admin-token"
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.fixture(scope="module")
+def redis_server(procs_dir: Path) -> Iterator[RedisServer]:
+    workdir = procs_dir / "redis"
+    workdir.mkdir(exist_ok=True)
+    with running_redis(workdir) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def replicas(procs_dir: Path, sim_url: str, redis_server: RedisServer) -> Iterator[list[ProxyProc]]:
+    with ExitStack() as stack:
+        yield [
+            stack.enter_context(
+                proxy(
+                    procs_dir,
+                    sim_url,
+                    store=redis_server.url,
+                    env={"PROMPTPROXY_ADMIN_TOKEN": TOKEN},
+                )
+            )
+            for _ in range(3)
+        ]
+
+
+async def admin_post(replica: ProxyProc, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{replica.admin_url}/admin/v1{path}", json=body, headers=ADMIN) as resp,
+    ):
+        return resp.status, await resp.json()
+
+
+async def served_version(
+    session: aiohttp.ClientSession, replica: ProxyProc, slug: str
+) -> str | None:
+    async with session.post(
+        f"{replica.url.removesuffix('/v1')}/p/{slug}/v1/chat/completions", json=CHAT
+    ) as resp:
+        await resp.read()
+        return resp.headers.get("x-prompt-version") if resp.status == 200 else None
+
+
+async def seed(replica: ProxyProc, slug: str) -> None:
+    for text in ("good prompt", "bad prompt"):
+        status, _ = await admin_post(replica, f"/prompts/{slug}/versions", {"template": text})
+        assert status in (200, 201)
+    for version in (1, 2):
+        status, _ = await admin_post(replica, f"/prompts/{slug}/promote", {"version": version})
+        assert status == 200
+
+
+async def until_all_serve(
+    replicas: list[ProxyProc], slug: str, version: str, limit: float
+) -> list[float]:
+    """Seconds until each replica first serves ``version`` (polled every 10 ms)."""
+    started = time.monotonic()
+    seen: dict[int, float] = {}
+    async with aiohttp.ClientSession() as session:
+        while len(seen) < len(replicas) and time.monotonic() - started < limit:
+            for i, replica in enumerate(replicas):
+                if i not in seen and await served_version(session, replica, slug) == version:
+                    seen[i] = time.monotonic() - started
+            await asyncio.sleep(0.01)
+    assert len(seen) == len(replicas), f"only {sorted(seen)} serve v{version} after {limit}s"
+    return [seen[i] for i in range(len(replicas))]
+
+
+async def test_rollback_through_one_replica_reaches_all_three(replicas: list[ProxyProc]) -> None:
+    await seed(replicas[0], "checkout")
+    await until_all_serve(replicas, "checkout", "2", limit=5)
+    started = time.monotonic()
+    status, entry = await admin_post(
+        replicas[1], "/prompts/checkout/rollback", {"reason": "regression"}
+    )
+    assert (status, entry["version"]) == (200, 1)
+    times = await until_all_serve(replicas, "checkout", "1", limit=5)
+    print(
+        f"\nrollback propagation (pub/sub): {[round(t * 1000) for t in times]} ms, "
+        f"total {round((time.monotonic() - started) * 1000)} ms"
+    )
+    assert max(times) < 1.0
+
+
+async def test_rollback_reaches_all_replicas_with_notifications_cut(
+    replicas: list[ProxyProc], redis_server: RedisServer
+) -> None:
+    await seed(replicas[0], "billing")
+    await until_all_serve(replicas, "billing", "2", limit=5)
+    client = redis.Redis.from_url(redis_server.url)
+    stop = asyncio.Event()
+
+    async def keep_cutting_pubsub() -> None:
+        while not stop.is_set():
+            client.client_kill_filter(_type="pubsub")
+            await asyncio.sleep(0.05)
+
+    cutter = asyncio.create_task(keep_cutting_pubsub())
+    try:
+        await asyncio.sleep(0.2)
+        status, _ = await admin_post(replicas[2], "/prompts/billing/rollback", {})
+        assert status == 200
+        times = await until_all_serve(replicas, "billing", "1", limit=8)
+    finally:
+        stop.set()
+        await cutter
+        client.close()
+    print(f"\nrollback propagation (pub/sub cut, polling): {[round(t * 1000) for t in times]} ms")
+    assert max(times) < 5.0
+
+
+async def test_redis_outage_fails_no_request_and_heals(
+    replicas: list[ProxyProc], redis_server: RedisServer
+) -> None:
+    await seed(replicas[0], "outage")
+    await until_all_serve(replicas, "outage", "2", limit=5)
+    results: list[str | None] = []
+    stop = asyncio.Event()
+
+    async def traffic(replica: ProxyProc) -> None:
+        async with aiohttp.ClientSession() as session:
+            while not stop.is_set():
+                results.append(await served_version(session, replica, "outage"))
+
+    workers = [asyncio.create_task(traffic(r)) for r in replicas for _ in range(3)]
+    try:
+        await asyncio.sleep(0.5)
+        redis_server.kill()
+        await asyncio.sleep(2.0)
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{replicas[0].admin_url}/readyz") as resp:
+                assert resp.status == 200
+                detail = await resp.json()
+            async with session.get(f"{replicas[0].admin_url}/metrics") as resp:
+                metrics = await resp.text()
+        assert detail["registry"]["state"] == "unavailable"
+        assert "promptproxy_registry_up 0.0" in metrics
+        status, body = await admin_post(replicas[0], "/prompts/outage/rollback", {})
+        assert status == 503
+        assert "unavailable" in body["error"]["message"]
+        redis_server.restart()
+        await asyncio.sleep(1.0)
+    finally:
+        stop.set()
+        await asyncio.gather(*workers)
+    assert len(results) > 100
+    assert results.count("2") == len(results), f"failures: {len([r for r in results if r != '2'])}"
+    # Healed by itself: a change after the outage reaches every replica.
+    await seed(replicas[1], "after-outage")
+    await until_all_serve(replicas, "after-outage", "2", limit=10)
+
+
+async def test_registry_reading_empty_keeps_the_last_good_snapshot(
+    replicas: list[ProxyProc], redis_server: RedisServer
+) -> None:
+    await seed(replicas[0], "flush")
+    await until_all_serve(replicas, "flush", "2", limit=5)
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        client.flushall()
+    finally:
+        client.close()
+    await asyncio.sleep(2.0)
+    async with aiohttp.ClientSession() as session:
+        assert [await served_version(session, r, "flush") for r in replicas] == ["2", "2", "2"]
+
+
+async def test_concurrent_pushes_through_two_replicas(replicas: list[ProxyProc]) -> None:
+    pushes = [
+        admin_post(replicas[i % 2], "/prompts/race/versions", {"template": f"variant {i}"})
+        for i in range(40)
+    ]
+    answers = await asyncio.gather(*pushes)
+    numbers = sorted(body["version"]["version"] for status, body in answers if status == 201)
+    assert numbers == list(range(1, 41))

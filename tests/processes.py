@@ -1,0 +1,153 @@
+"""Real processes on 127.0.0.1 for integration and end-to-end tests, always bounded in time."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+START_TIMEOUT = 15.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_until(check: callable, timeout: float, what: str, proc: subprocess.Popen[bytes]) -> None:  # type: ignore[valid-type]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode} before it was ready")
+        with contextlib.suppress(OSError):
+            if check():
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} not ready after {timeout}s")
+
+
+def _port_open(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        return True
+
+
+def _http_ok(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=1) as resp:
+        return bool(resp.status == 200)
+
+
+@dataclass
+class Proc:
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def log_lines(self) -> list[dict[str, object]]:
+        lines = []
+        for raw in self.log_path.read_bytes().splitlines():
+            with contextlib.suppress(orjson.JSONDecodeError):
+                lines.append(orjson.loads(raw))
+        return lines
+
+    def access_lines(self) -> list[dict[str, object]]:
+        return [line for line in self.log_lines() if line.get("event") == "request"]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(5)
+        return self.popen.returncode
+
+
+def _spawn(
+    args: Sequence[str], log_path: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "proxy", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+        )
+
+
+@contextlib.contextmanager
+def simulator(tmp: Path, *extra: str) -> Iterator[tuple[str, Proc]]:
+    """A simulated provider process; yields its base URL (with /v1)."""
+    port = free_port()
+    proc = Proc(
+        _spawn(["simulate", "--port", str(port), *extra], tmp / f"sim-{port}.log"),
+        tmp / f"sim-{port}.log",
+    )
+    try:
+        _wait_until(lambda: _port_open(port), START_TIMEOUT, "simulator", proc.popen)
+        yield f"http://127.0.0.1:{port}/v1", proc
+    finally:
+        proc.stop(signal.SIGKILL)
+
+
+@dataclass
+class ProxyProc(Proc):
+    url: str  # data plane base URL, with /v1
+    admin_url: str
+
+
+@contextlib.contextmanager
+def proxy(
+    tmp: Path,
+    upstream: str,
+    config_text: str | None = None,
+    *,
+    store: str | None = None,
+    env: dict[str, str] | None = None,
+) -> Iterator[ProxyProc]:
+    """A `promptproxy serve` process in front of ``upstream``; yields once /readyz is 200.
+
+    Without ``store`` it gets its own embedded registry file under ``tmp``."""
+    port, admin_port = free_port(), free_port()
+    args = [
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--admin-port",
+        str(admin_port),
+        "--upstream",
+        upstream,
+    ]
+    args += ["--store", store or f"embedded:{tmp / f'registry-{port}.db'}"]
+    if config_text is not None:
+        config = tmp / f"proxy-{port}.yaml"
+        config.write_text(config_text)
+        args += ["--config", str(config)]
+    log_path = tmp / f"proxy-{port}.log"
+    popen = _spawn(args, log_path, env)
+    proc = ProxyProc(
+        popen, log_path, f"http://127.0.0.1:{port}/v1", f"http://127.0.0.1:{admin_port}"
+    )
+    try:
+        _wait_until(lambda: _http_ok(f"{proc.admin_url}/readyz"), START_TIMEOUT, "proxy", popen)
+        yield proc
+    finally:
+        proc.stop(signal.SIGKILL)

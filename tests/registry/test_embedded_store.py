@@ -1,0 +1,195 @@
+"""What only the embedded (SQLite file) store has: a file on disk shared by processes."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from proxy.registry.embedded_store import EmbeddedStore
+from proxy.registry.models import Status, VersionDraft
+from proxy.registry.store import StoreUnavailable
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def draft(template: str) -> VersionDraft:
+    return VersionDraft(slug="greet", template=template)
+
+
+async def test_the_registry_survives_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "registry.db"
+    store = await EmbeddedStore.open(path)
+    await store.create_version(draft("a"), "alice", 1.0)
+    await store.create_version(draft("b"), "alice", 2.0)
+    await store.promote("greet", 2, "alice", "ship", 3.0)
+    before = (await store.snapshot(), list(await store.audit()))
+    await store.close()
+
+    reopened = await EmbeddedStore.open(path)
+    try:
+        assert (await reopened.snapshot(), list(await reopened.audit())) == before
+        version, created = await reopened.create_version(draft("c"), "bob", 4.0)
+        assert (version.version, created) == (3, True)
+    finally:
+        await reopened.close()
+
+
+_OPENER = """
+import asyncio, sys, time
+from pathlib import Path
+from proxy.registry.embedded_store import EmbeddedStore
+from proxy.registry.models import VersionDraft
+
+path, go, tag = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+Path(f"{go}.{tag}").touch()  # ready
+deadline = time.monotonic() + 20
+while not go.exists():
+    assert time.monotonic() < deadline
+    time.sleep(0.0005)
+
+
+async def main() -> None:
+    # Open/push/close in a loop: opens race with the schema creation and with the
+    # checkpoint another process runs when it closes the file last.
+    for i in range(10):
+        store = await EmbeddedStore.open(path)
+        draft = VersionDraft(slug="greet", template=f"{tag}-{i}")
+        await store.create_version(draft, tag, time.time())
+        await store.close()
+
+
+asyncio.run(main())
+"""
+
+
+async def test_workers_opening_a_fresh_file_together_all_succeed(tmp_path: Path) -> None:
+    # Several proxy workers starting at once all create/migrate the same new file.
+    path, go = tmp_path / "new" / "registry.db", tmp_path / "go"
+    tags = [f"w{i}" for i in range(6)]
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _OPENER,
+            str(path),
+            str(go),
+            tag,
+            cwd=REPO,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for tag in tags
+    ]
+
+    def all_ready() -> bool:
+        return all(Path(f"{go}.{tag}").exists() for tag in tags)
+
+    try:
+        async with asyncio.timeout(20):
+            while not all_ready():
+                assert all(p.returncode is None for p in procs), "a worker died early"
+                await asyncio.sleep(0.01)
+            go.touch()
+            errors = [(await p.communicate())[1].decode() for p in procs]
+    finally:
+        for p in procs:
+            if p.returncode is None:
+                p.kill()
+                await p.wait()
+    assert [p.returncode for p in procs] == [0] * 6, errors
+
+    store = await EmbeddedStore.open(path)
+    try:
+        versions = await store.list_versions("greet")
+        assert [v.version for v in versions] == list(range(1, 61))
+        assert {v.template for v in versions} == {f"{t}-{i}" for t in tags for i in range(10)}
+    finally:
+        await store.close()
+
+
+async def test_a_file_from_a_newer_promptproxy_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "registry.db"
+    await (await EmbeddedStore.open(path)).close()
+    with sqlite3.connect(path) as raw:
+        raw.execute("PRAGMA user_version = 99")
+    raw.close()
+    with pytest.raises(StoreUnavailable, match=r"schema v99.*upgrade promptproxy"):
+        await EmbeddedStore.open(path)
+
+
+async def test_an_unusable_path_is_store_unavailable(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("not a directory")
+    with pytest.raises(StoreUnavailable):
+        await EmbeddedStore.open(tmp_path / "a-file" / "registry.db")
+    (tmp_path / "garbage.db").write_bytes(b"definitely not sqlite" * 100)
+    with pytest.raises(StoreUnavailable, match=r"garbage\.db"):
+        await EmbeddedStore.open(tmp_path / "garbage.db")
+
+
+async def test_a_lock_held_too_long_fails_without_blocking_the_event_loop(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "registry.db"
+    store = await EmbeddedStore.open(path, busy_timeout=0.5)
+    await store.create_version(draft("a"), "alice", 1.0)
+    # Another process (here: another connection) sits on the write lock.
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticking = asyncio.create_task(ticker())
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="locked"):
+            await store.create_version(draft("b"), "alice", 2.0)
+        elapsed = time.monotonic() - started
+        # Readers are not blocked by a writer (WAL).
+        assert (await store.get_version("greet", 1)).template == "a"
+    finally:
+        ticking.cancel()
+        other.execute("ROLLBACK")
+        other.close()
+    assert 0.4 < elapsed < 2.0, elapsed
+    assert ticks >= 20, f"event loop starved during the wait: {ticks} ticks"
+
+    version, created = await store.create_version(draft("b"), "alice", 3.0)
+    assert (version.version, created) == (2, True)
+    assert len(await store.audit()) == 2
+    await store.close()
+
+
+async def test_the_file_itself_refuses_to_edit_history(tmp_path: Path) -> None:
+    path = tmp_path / "registry.db"
+    store = await EmbeddedStore.open(path)
+    await store.create_version(draft("a"), "alice", 1.0)
+    await store.set_status("greet", 1, Status.CANDIDATE, "alice", "", 2.0)
+    await store.close()
+
+    raw = sqlite3.connect(path, isolation_level=None)
+    try:
+        for statement in (
+            "UPDATE versions SET body = '{}'",
+            "DELETE FROM versions",
+            "UPDATE audit SET actor = 'mallory'",
+            "DELETE FROM audit",
+        ):
+            with pytest.raises(sqlite3.IntegrityError):
+                raw.execute(statement)
+        raw.execute("UPDATE versions SET status = 'prod'")  # status is the one mutable column
+        with pytest.raises(sqlite3.IntegrityError):  # a second prod, whatever the code path
+            raw.execute(
+                "INSERT INTO versions SELECT slug, 2, sha256, created_at, body, 'prod' "
+                "FROM versions"
+            )
+    finally:
+        raw.close()

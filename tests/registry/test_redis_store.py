@@ -1,0 +1,112 @@
+"""What only the Redis store has: a shared server, its key layout and its connections."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+from redis.crc import key_slot
+
+from proxy.registry.models import VersionDraft
+from proxy.registry.redis_store import RedisStore
+from tests.redis_server import RedisServer
+
+
+@pytest.fixture
+async def raw(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_server.url, decode_responses=True, socket_timeout=2)
+    yield client
+    await client.aclose()
+
+
+async def test_every_key_is_under_the_prefix_in_one_cluster_slot(
+    redis_server: RedisServer, raw: Redis
+) -> None:
+    store = RedisStore.from_url(redis_server.url, prefix="team-a:")
+    neighbour = RedisStore.from_url(redis_server.url, prefix="team-b:")
+    try:
+        await store.create_version(VersionDraft(slug="greet", template="a"), "x", 1.0)
+        await store.create_version(VersionDraft(slug="greet", template="b"), "x", 2.0)
+        await store.promote("greet", 1, "x", "", 3.0)
+        await store.promote("greet", 2, "x", "", 4.0)
+        await neighbour.create_version(VersionDraft(slug="greet", template="z"), "y", 1.0)
+
+        keys = [key async for key in raw.scan_iter("team-a:*")]
+        assert keys
+        assert all(key.startswith("team-a:{registry}:") for key in keys)
+        assert len({key_slot(key.encode()) for key in keys}) == 1  # one slot: scripts work
+        # Two prefixes on one server are two independent registries.
+        assert [v.template for v in await neighbour.list_versions("greet")] == ["z"]
+        assert (await neighbour.snapshot()).prod == {}
+    finally:
+        await store.close()
+        await neighbour.close()
+
+
+async def test_waiting_for_changes_reuses_its_connections(
+    redis_server: RedisServer, raw: Redis
+) -> None:
+    # The snapshot refresher waits about once a second, forever: no connection churn.
+    store = RedisStore.from_url(redis_server.url, prefix=f"churn-{time.monotonic_ns()}:")
+    try:
+        known = await store.revision()
+        await store.wait_for_change(known, 0.1)
+        before = int((await raw.info("stats"))["total_connections_received"])
+        for _ in range(8):
+            assert await store.wait_for_change(known, 0.1) == known
+        after = int((await raw.info("stats"))["total_connections_received"])
+        assert after - before == 0
+    finally:
+        await store.close()
+
+
+def test_a_prefix_that_would_break_the_hash_tag_is_refused() -> None:
+    with pytest.raises(ValueError, match="hash tag"):
+        RedisStore.from_url("redis://127.0.0.1:1/0", prefix="bad{prefix}:")
+
+
+async def test_a_write_wakes_waiters_at_once_not_at_the_next_poll(
+    redis_server: RedisServer,
+) -> None:
+    prefix = f"wake-{time.monotonic_ns()}:"
+    waiter_store = RedisStore.from_url(redis_server.url, prefix=prefix, poll_interval=0.5)
+    writer = RedisStore.from_url(redis_server.url, prefix=prefix)
+    try:
+        latencies = []
+        for i in range(5):  # the first wait (fresh subscription) included
+            known = await waiter_store.revision()
+            waiter = asyncio.create_task(waiter_store.wait_for_change(known, 5.0))
+            await asyncio.sleep(0.05)
+            started = time.monotonic()
+            await writer.create_version(VersionDraft(slug="greet", template=f"v{i}"), "x", 1.0)
+            assert await asyncio.wait_for(waiter, 3.0) == known + 1
+            latencies.append(time.monotonic() - started)
+        assert max(latencies) < 0.25, latencies  # polling alone would take up to 0.5 s
+    finally:
+        await waiter_store.close()
+        await writer.close()
+
+
+async def test_a_cancelled_wait_leaves_the_store_usable(redis_server: RedisServer) -> None:
+    # The snapshot refresher is cancelled at shutdown or reload, mid-wait.
+    prefix = f"cancel-{time.monotonic_ns()}:"
+    store = RedisStore.from_url(redis_server.url, prefix=prefix)
+    writer = RedisStore.from_url(redis_server.url, prefix=prefix)
+    try:
+        known = await store.revision()
+        waiter = asyncio.create_task(store.wait_for_change(known, 5.0))
+        await asyncio.sleep(0.1)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+
+        waiter = asyncio.create_task(store.wait_for_change(known, 5.0))
+        await asyncio.sleep(0.1)
+        await writer.create_version(VersionDraft(slug="greet", template="a"), "x", 1.0)
+        assert await asyncio.wait_for(waiter, 2.0) == known + 1
+    finally:
+        await store.close()
+        await writer.close()

@@ -1,0 +1,72 @@
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from proxy.http_headers import client_response_headers, upstream_request_headers
+
+
+def proxy(*pairs: tuple[str, str]) -> CIMultiDictProxy[str]:
+    return CIMultiDictProxy(CIMultiDict(pairs))
+
+
+def test_hop_by_hop_and_connection_named_headers_are_stripped() -> None:
+    headers = proxy(
+        ("Host", "proxy"),
+        ("Connection", "keep-alive, X-Foo"),
+        ("X-Foo", "1"),
+        ("Keep-Alive", "5"),
+        ("TE", "trailers"),
+        ("Upgrade", "h2c"),
+        ("Proxy-Authorization", "Basic x"),
+        ("Transfer-Encoding", "chunked"),
+        ("Content-Length", "10"),
+        ("Accept-Encoding", "gzip"),
+        ("Authorization", "Bearer client"),
+        ("OpenAI-Organization", "org"),
+        ("X-Stainless-Retry-Count", "1"),
+    )
+    out = upstream_request_headers(headers, api_key=None)
+    assert dict(out) == {
+        "Authorization": "Bearer client",
+        "OpenAI-Organization": "org",
+        "X-Stainless-Retry-Count": "1",
+        "Accept-Encoding": "identity",
+    }
+
+
+def test_configured_key_replaces_client_credentials() -> None:
+    out = upstream_request_headers(
+        proxy(("Authorization", "Bearer client"), ("api-key", "c")), api_key="sk-server"
+    )
+    assert out.getall("Authorization") == ["Bearer sk-server"]
+    assert "api-key" not in out
+
+
+def test_extra_control_headers_can_be_dropped() -> None:
+    out = upstream_request_headers(
+        proxy(("X-Prompt-Slug", "s")), None, drop=frozenset({"x-prompt-slug"})
+    )
+    assert "X-Prompt-Slug" not in out
+
+
+def test_response_headers_keep_provider_metadata() -> None:
+    upstream = proxy(
+        ("Content-Type", "application/json"),
+        ("Content-Length", "3"),
+        ("Connection", "close"),
+        ("x-request-id", "req_1"),
+        ("openai-processing-ms", "12"),
+        ("retry-after-ms", "500"),
+        ("x-ratelimit-remaining-tokens", "0"),
+        ("Set-Cookie", "a=b"),
+    )
+    out = client_response_headers(upstream)
+    assert "Content-Length" not in out
+    assert "Connection" not in out
+    for name in (
+        "x-request-id",
+        "openai-processing-ms",
+        "retry-after-ms",
+        "x-ratelimit-remaining-tokens",
+        "Content-Type",
+        "Set-Cookie",
+    ):
+        assert out[name] == upstream[name]

@@ -1,0 +1,73 @@
+import io
+import logging
+import time
+
+import orjson
+import pytest
+
+from proxy.log import APP_LOGGER, JsonFormatter, LineSink, redact, setup_logging
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Authorization: Bearer sk-CANARY123456789",
+        "GET https://generativelanguage.example/v1/models?key=CANARY123456789&alt=sse",
+        "headers={'api-key': 'CANARY123456789'}",
+        "upstream said: invalid key sk-proj-CANARY123456789",
+        '{"x-api-key": "CANARY123456789"}',
+    ],
+)
+def test_redact_masks_secrets(text: str) -> None:
+    assert "CANARY123456789" not in redact(text)
+
+
+def test_formatter_merges_dict_messages_and_redacts_text() -> None:
+    formatter = JsonFormatter()
+    record = logging.makeLogRecord({"msg": {"event": "request", "status": 200}, "name": "a"})
+    assert orjson.loads(formatter.format(record))["status"] == 200
+    try:
+        raise ValueError("bad url https://x/?key=sk-CANARY1234567")
+    except ValueError:
+        import sys
+
+        record = logging.makeLogRecord({"msg": "failed", "exc_info": sys.exc_info()})
+    line = formatter.format(record)
+    assert "CANARY" not in line
+    assert orjson.loads(line)["msg"] == "failed"
+
+
+def test_setup_logging_writes_json_lines_from_a_thread() -> None:
+    stream = io.StringIO()
+    listener = setup_logging("INFO", stream)
+    try:
+        logging.getLogger(APP_LOGGER + ".access").info({"event": "request", "n": 1})
+        logging.getLogger(APP_LOGGER).debug("hidden")
+        deadline = time.monotonic() + 2
+        while "request" not in stream.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        listener.stop()
+    lines = [orjson.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line["event"] for line in lines] == ["request"]
+
+
+def test_sink_batches_keeps_order_and_flushes_on_stop() -> None:
+    stream = io.StringIO()
+    sink = LineSink(stream, batch_interval=0.05)
+    sink.start()
+    for n in range(1000):
+        sink.put(f"line {n}")
+    sink.stop()
+    assert stream.getvalue().splitlines() == [f"line {n}" for n in range(1000)]
+
+
+def test_sink_is_bounded_and_counts_what_it_drops() -> None:
+    stream = io.StringIO()
+    sink = LineSink(stream, max_lines=10)  # not started: nothing drains the queue
+    for n in range(25):
+        sink.put(f"line {n}")
+    assert sink.dropped == 15
+    sink.start()
+    sink.stop()
+    assert len(stream.getvalue().splitlines()) == 10

@@ -1,0 +1,120 @@
+import time
+from typing import Any
+
+from proxy.models import Exchange, Route
+from proxy.pipeline.observe import StreamObserver, observe_body
+
+
+def exchange(route: Route = Route.CHAT) -> Exchange:
+    return Exchange(request_id="r", method="POST", route=route, started=time.perf_counter())
+
+
+def ev(data: str, event: str | None = None) -> bytes:
+    prefix = f"event: {event}\n" if event else ""
+    return f"{prefix}data: {data}\n\n".encode()
+
+
+CHAT_STREAM = [
+    ev(
+        '{"id":"c","model":"gpt-4o-2024","choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}],"usage":null}'
+    ),
+    ev(
+        '{"id":"c","model":"gpt-4o-2024","choices":[{"index":0,"delta":{},"finish_reason":"length"}],"usage":null}'
+    ),
+    ev(
+        '{"id":"c","model":"gpt-4o-2024","choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10}}'
+    ),
+    ev("[DONE]"),
+]
+
+
+def test_stream_records_model_finish_reason_and_usage() -> None:
+    ex = exchange()
+    observer = StreamObserver(ex, strip_usage_chunk=False)
+    kept = [raw for raw in CHAT_STREAM if observer.accept(raw)]
+    assert kept == CHAT_STREAM
+    assert (ex.model_answered, ex.finish_reason) == ("gpt-4o-2024", "length")
+    assert (ex.input_tokens, ex.output_tokens) == (7, 3)
+
+
+def test_injected_usage_chunk_is_dropped_but_counted() -> None:
+    ex = exchange()
+    observer = StreamObserver(ex, strip_usage_chunk=True)
+    kept = [raw for raw in CHAT_STREAM if observer.accept(raw)]
+    assert kept == [CHAT_STREAM[0], CHAT_STREAM[1], CHAT_STREAM[3]]
+    assert (ex.input_tokens, ex.output_tokens) == (7, 3)
+
+
+def test_error_event_inside_stream_is_noticed_and_relayed() -> None:
+    ex = exchange()
+    observer = StreamObserver(ex, strip_usage_chunk=True)
+    assert observer.accept(CHAT_STREAM[0])
+    assert observer.accept(ev('{"error":{"message":"boom","type":"server_error"}}'))
+    assert observer.upstream_error
+
+
+def test_responses_stream_reads_the_final_event() -> None:
+    ex = exchange(Route.RESPONSES)
+    observer = StreamObserver(ex, strip_usage_chunk=False)
+    final = (
+        '{"type":"response.completed","response":{"model":"gpt-4o","status":"completed",'
+        '"usage":{"input_tokens":5,"output_tokens":9}}}'
+    )
+    for raw in (
+        ev('{"type":"response.output_text.delta","delta":"x"}', "response.output_text.delta"),
+        ev(final, "response.completed"),
+    ):
+        assert observer.accept(raw)
+    assert (ex.model_answered, ex.finish_reason, ex.input_tokens, ex.output_tokens) == (
+        "gpt-4o",
+        "completed",
+        5,
+        9,
+    )
+
+
+def test_body_observation_for_chat_and_embeddings() -> None:
+    ex = exchange()
+    observe_body(
+        ex,
+        b'{"model":"m1","choices":[{"finish_reason":"tool_calls"}],'
+        b'"usage":{"prompt_tokens":4,"completion_tokens":2}}',
+    )
+    assert (ex.model_answered, ex.finish_reason, ex.input_tokens, ex.output_tokens) == (
+        "m1",
+        "tool_calls",
+        4,
+        2,
+    )
+    emb = exchange(Route.EMBEDDINGS)
+    observe_body(emb, b'{"model":"e","data":[],"usage":{"prompt_tokens":3,"total_tokens":3}}')
+    assert (emb.input_tokens, emb.output_tokens) == (3, None)
+
+
+def test_garbage_body_is_ignored() -> None:
+    ex = exchange()
+    observe_body(ex, b"<html>bad gateway</html>")
+    assert ex.model_answered is None
+
+
+def test_only_marked_events_are_decoded_after_the_first(monkeypatch: Any) -> None:
+    import proxy.pipeline.observe as observe
+
+    decoded: list[bytes] = []
+    real = observe._loads
+
+    def counting(data: bytes) -> Any:
+        decoded.append(data)
+        return real(data)
+
+    monkeypatch.setattr(observe, "_loads", counting)
+    ex = exchange()
+    observer = StreamObserver(ex, strip_usage_chunk=True)
+    plain = ev(
+        '{"id":"c","model":"m","choices":[{"index":0,"delta":{"content":"x"},"finish_reason":null}]}'
+    )
+    stream = [plain] * 50 + CHAT_STREAM[1:]
+    kept = [raw for raw in stream if observer.accept(raw)]
+    assert len(kept) == 51 + 1  # the injected usage chunk is gone
+    assert len(decoded) == 3  # first chunk, finish chunk, usage chunk
+    assert (ex.finish_reason, ex.output_tokens) == ("length", 3)

@@ -1,0 +1,213 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from proxy.registry.models import VariableSpec
+from proxy.registry.prompt_files import (
+    PromptFileError,
+    lint_prompt_dir,
+    load_prompt_dir,
+    load_prompt_file,
+)
+from proxy.registry.templates import PromptRenderer
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "config" / "prompts"
+
+SUPPORT = """\
+---
+variables:
+  - name: customer_name
+    type: string
+  - name: tone
+    default: friendly
+model: gpt-4o-2024-08-06
+params:
+  temperature: 0.3
+author: ada
+changelog: first
+---
+Hello {{ customer_name }}.
+Be {{ tone }}.
+"""
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text.encode())
+    return path
+
+
+def test_markdown_file(tmp_path: Path) -> None:
+    draft = load_prompt_file(write(tmp_path, "support-reply.md", SUPPORT))
+    assert draft.slug == "support-reply"
+    assert draft.template == "Hello {{ customer_name }}.\nBe {{ tone }}.\n"
+    assert draft.variables == (
+        VariableSpec("customer_name", "string"),
+        VariableSpec("tone", None, "friendly", True),
+    )
+    assert draft.model == "gpt-4o-2024-08-06"
+    assert draft.params == {"temperature": 0.3}
+    assert (draft.author, draft.changelog) == ("ada", "first")
+
+
+def test_body_is_kept_byte_for_byte(tmp_path: Path) -> None:
+    body = "\n  indented\r\n{{ x }}\n\n"
+    text = "---\r\nslug: s\r\nvariables: [x]\r\n---\r\n" + body
+    assert load_prompt_file(write(tmp_path, "a.md", text)).template == body
+    no_newline = load_prompt_file(write(tmp_path, "b.md", "---\nslug: b\n---\nend"))
+    assert no_newline.template == "end"
+
+
+def test_yaml_file_and_mapping_variables(tmp_path: Path) -> None:
+    text = """\
+slug: classify
+variables:
+  labels: {type: list, default: [a, b]}
+  strict: boolean
+  notes:
+template: |
+  Labels: {{ labels|join(", ") }}{{ strict }}{{ notes }}
+"""
+    draft = load_prompt_file(write(tmp_path, "x.yml", text))
+    assert draft.slug == "classify"
+    assert draft.template == 'Labels: {{ labels|join(", ") }}{{ strict }}{{ notes }}\n'
+    assert draft.variables == (
+        VariableSpec("labels", "list", ["a", "b"], True),
+        VariableSpec("strict", "boolean"),
+        VariableSpec("notes"),
+    )
+
+
+def problems_of(path: Path) -> list[str]:
+    with pytest.raises(PromptFileError) as info:
+        load_prompt_file(path)
+    assert str(info.value) == "\n".join(info.value.problems)
+    return info.value.problems
+
+
+def test_missing_and_unclosed_front_matter(tmp_path: Path) -> None:
+    [found] = problems_of(write(tmp_path, "a.md", "Hello"))
+    assert found.endswith("a.md:1: front matter missing: the file must start with a line '---'")
+    [found] = problems_of(write(tmp_path, "b.md", "---\nslug: b\nHello"))
+    assert "not closed" in found
+
+
+def test_invalid_yaml_has_the_file_line(tmp_path: Path) -> None:
+    [found] = problems_of(write(tmp_path, "a.md", "---\nslug: a\nvariables: [x\n---\nHi"))
+    assert ":4: invalid YAML: expected ',' or ']'" in found  # where the list should end
+    [found] = problems_of(write(tmp_path, "b.md", "---\nslug: a\nmodel: a: b\n---\nHi"))
+    assert ":3: invalid YAML" in found
+
+
+def test_template_lines_are_file_lines(tmp_path: Path) -> None:
+    text = "---\nvariables: [name]\n---\nline 4\n{{ name }}\n{{ nope }}\n"
+    [found] = problems_of(write(tmp_path, "a.md", text))
+    assert found.endswith("a.md:6: variables used but not declared: 'nope'")
+    text = "slug: y\ntemplate: |\n  line 3\n  {{ ''.__class__ }}\n"
+    [found] = problems_of(write(tmp_path, "y.yaml", text))
+    assert ":4: attribute '__class__' is private" in found
+
+
+def test_every_problem_in_one_file(tmp_path: Path) -> None:
+    text = """\
+---
+slug: bad slug!
+colour: red
+variables:
+  - name: ok
+  - name: 2bad
+  - name: typed
+    type: str
+  - name: n
+    type: integer
+    default: "3"
+    colour: x
+params:
+  model: x
+author: [1]
+---
+{{ ok }} {{ missing }}
+{% include 'x' %}
+"""
+    found = problems_of(write(tmp_path, "p.md", text))
+    expected = [
+        ":2: bad slug 'bad slug!'",
+        ":3: unknown key 'colour'",
+        ":6: invalid variable name '2bad'",
+        ":7: variable 'typed' has unknown type 'str'",
+        ":9: variable 'n': unknown keys colour",
+        ":9: default '3' of variable 'n' is not of type integer",
+        ":13: params may not set 'model'",
+        ":15: author must be text",
+        ":17: variables used but not declared: 'missing'",
+        ":18: {% include %} is not available",
+    ]
+    assert len(found) == len(expected), found
+    for line, fragment in zip(found, expected, strict=True):
+        assert fragment in line, (line, fragment)
+
+
+def test_empty_template_and_duplicate_keys(tmp_path: Path) -> None:
+    found = problems_of(write(tmp_path, "e.md", "---\nauthor: a\nauthor: b\n---\n\n"))
+    assert any(":3: key 'author' appears twice" in p for p in found)
+    assert any("template is empty" in p for p in found)
+
+
+def test_directory_reports_every_file(tmp_path: Path) -> None:
+    write(tmp_path, "good.md", SUPPORT)
+    write(tmp_path, "README.md", "# not a prompt")
+    write(tmp_path, ".hidden/x.md", "not a prompt")
+    write(tmp_path, "notes.txt", "ignored")
+    write(tmp_path, "a/broken-syntax.md", "---\n---\nok\n{% if %}\n")
+    write(tmp_path, "a/undeclared.yaml", "template: |\n  {{ who }}\n")
+    write(tmp_path, "b/dup.md", "---\nslug: good\n---\nagain\n")
+    write(tmp_path, "c/no-front.md", "just text\n")
+    lint = lint_prompt_dir(tmp_path)
+    with pytest.raises(PromptFileError) as info:
+        load_prompt_dir(tmp_path)
+    assert info.value.problems == lint
+    assert lint == [
+        f"{tmp_path}/a/broken-syntax.md:4: syntax error: "
+        "Expected an expression, got 'end of statement block'",
+        f"{tmp_path}/a/undeclared.yaml:2: variables used but not declared: 'who'",
+        f"{tmp_path}/c/no-front.md:1: front matter missing: the file must start with a line '---'",
+        f"{tmp_path}/good.md: slug 'good' is also defined in {tmp_path}/b/dup.md",
+    ]
+
+
+def test_directory_loads_sorted(tmp_path: Path) -> None:
+    write(tmp_path, "z.md", "---\n---\nz\n")
+    write(tmp_path, "sub/a.yaml", "template: a\n")
+    loaded = load_prompt_dir(tmp_path)
+    assert [(p.relative_to(tmp_path).as_posix(), d.slug) for p, d in loaded] == [
+        ("sub/a.yaml", "a"),
+        ("z.md", "z"),
+    ]
+    assert lint_prompt_dir(tmp_path) == []
+
+
+def test_lint_edge_cases(tmp_path: Path) -> None:
+    assert lint_prompt_dir(tmp_path) == [f"{tmp_path}: no prompt files (*.md, *.yaml, *.yml) found"]
+    assert "not a file or directory" in lint_prompt_dir(tmp_path / "missing")[0]
+    single = write(tmp_path, "one.md", "---\n---\n{{ x }}\n")
+    assert lint_prompt_dir(single) == [f"{single}:3: variables used but not declared: 'x'"]
+
+
+def test_shipped_examples_load_lint_clean_and_render() -> None:
+    assert lint_prompt_dir(EXAMPLES) == []
+    drafts = {draft.slug: draft for _, draft in load_prompt_dir(EXAMPLES)}
+    assert {"support-reply", "summarize", "classify-ticket"} <= drafts.keys()
+    assert any(d.model for d in drafts.values())
+    renderer = PromptRenderer()
+    support = drafts["support-reply"]
+    values = {"customer_name": "Ada", "product": "Acme Cloud"}
+    text = renderer.render("s", support.template, support.variables, values)
+    assert "Ada" in text
+    assert "Acme Cloud" in text
+    assert "{" not in text
+    for slug in ("summarize", "classify-ticket"):
+        draft = drafts[slug]
+        assert "{" not in renderer.render(slug, draft.template, draft.variables, {})

@@ -1,0 +1,62 @@
+import pytest
+
+from proxy.sse import SSESplitter, parse_event
+
+STREAM = (
+    b'data: {"id":"1","choices":[{"delta":{"content":"Hel"}}]}\n\n'
+    b'event: response.output_text.delta\ndata: {"delta":"lo"}\n\n'
+    b"data: line one\ndata: line two\r\n\r\n"
+    b": keep-alive comment\n\n"
+    b"data: [DONE]\n\n"
+)
+
+
+def split_all(chunks: list[bytes]) -> list[bytes]:
+    splitter = SSESplitter()
+    events: list[bytes] = []
+    for chunk in chunks:
+        events.extend(splitter.feed(chunk))
+    tail = splitter.flush()
+    return [*events, tail] if tail else events
+
+
+@pytest.mark.parametrize("cut", range(1, len(STREAM)))
+def test_split_at_every_byte_gives_the_same_events_and_bytes(cut: int) -> None:
+    whole = split_all([STREAM])
+    assert split_all([STREAM[:cut], STREAM[cut:]]) == whole
+    assert b"".join(whole) == STREAM
+
+
+def test_one_byte_at_a_time() -> None:
+    events = split_all([bytes([b]) for b in STREAM])
+    assert len(events) == 5
+    assert b"".join(events) == STREAM
+
+
+def test_parse_event_fields() -> None:
+    events = split_all([STREAM])
+    named = parse_event(events[1])
+    assert named.event == "response.output_text.delta"
+    assert named.data == b'{"delta":"lo"}'
+    assert parse_event(events[2]).data == b"line one\nline two"
+    assert parse_event(events[3]).data == b""
+    assert parse_event(events[4]).is_done
+
+
+def test_unterminated_last_event_is_kept_for_flush() -> None:
+    splitter = SSESplitter()
+    assert splitter.feed(b"data: a\n\ndata: b") == [b"data: a\n\n"]
+    assert splitter.pending == len(b"data: b")
+    assert splitter.flush() == b"data: b"
+
+
+def test_an_event_that_never_ends_is_not_buffered_without_limit() -> None:
+    splitter = SSESplitter(max_pending=1000)
+    data = b"data: " + b"x" * 5000
+    pieces: list[bytes] = []
+    for start in range(0, len(data), 300):
+        pieces.extend(splitter.feed(data[start : start + 300]))
+        assert splitter.pending <= 1000
+    pieces.extend(splitter.feed(b"\n\ndata: next\n\n"))
+    assert b"".join(pieces) == data + b"\n\ndata: next\n\n"
+    assert pieces[-1] == b"data: next\n\n"
