@@ -1,13 +1,24 @@
-"""Process fixtures shared by the integration and end-to-end suites (module-scoped)."""
+"""Fixtures shared by the suites: process fixtures (module-scoped) and the scratch dir."""
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.processes import ProxyProc, proxy, simulator
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _scratch_under_pytest_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Scratch files the helpers make (``make_settings`` stores) go under pytest's own
+    temporary tree, which pytest prunes, instead of piling up in /tmp."""
+    previous = tempfile.tempdir
+    tempfile.tempdir = str(tmp_path_factory.mktemp("scratch"))
+    yield
+    tempfile.tempdir = previous
 
 
 @pytest.fixture(scope="module")

@@ -61,10 +61,12 @@ class ChangeHints:
                     return  # subscribed: re-read now, a write may have slipped in before
                 if await self._guarded(self._next_message(self._pubsub, deadline), seconds):
                     return
-            except (RedisError, OSError, TimeoutError):
-                await self._drop()
             except _Stopped:
                 pass
+            except Exception:
+                # Any failure, including a client-library bug on a cut connection, only
+                # costs the hint: drop the subscription and poll.
+                await self._drop()
         # Quiet, broken or unsubscribable: never let the caller poll faster than asked.
         idle = deadline - loop.time()
         if idle > 0:

@@ -117,6 +117,13 @@ class SnapshotRefresher:
                 self._failed("refresh", exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
+            except Exception as exc:
+                # A client-library bug must not end this loop: a replica whose refresher
+                # died would serve its old snapshot forever and ignore every rollback.
+                _log.exception("registry refresher hit an unexpected error; retrying")
+                self._failed("refresh", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
 
     def _failed(self, op: str, exc: Exception) -> None:
         message = str(exc) or type(exc).__name__

@@ -21,6 +21,7 @@ class Flaky:
         self.store = store
         self.down = False
         self.empty = False
+        self.bugs = 0  # this many calls raise an error no store should raise
 
     async def snapshot(self) -> RegistrySnapshot:
         if self.down:
@@ -29,6 +30,9 @@ class Flaky:
         return RegistrySnapshot(snap.revision + 1, {}, {}) if self.empty else snap
 
     async def wait_for_change(self, known: int, max_wait: float) -> int:
+        if self.bugs:
+            self.bugs -= 1
+            raise AttributeError("'NoneType' object has no attribute 'read'")
         if self.down:
             raise StoreUnavailable("store is down")
         if self.empty:
@@ -101,6 +105,23 @@ async def test_store_outage_keeps_serving_and_recovers(store: Flaky) -> None:
         store.down = False
         await publish(store, "p", "two")
         await until(lambda: holder.healthy and holder.current.prod.get("p") == 2)
+    finally:
+        task.cancel()
+
+
+async def test_an_unexpected_error_does_not_end_the_refresher(store: Flaky) -> None:
+    holder = SnapshotHolder()
+    refresher = SnapshotRefresher(store, holder, max_wait=0.2)  # type: ignore[arg-type]
+    await publish(store, "p", "one")
+    assert await refresher.load_once()
+    store.bugs = 3
+    task = asyncio.create_task(refresher.run())
+    try:
+        await until(lambda: not holder.healthy)  # reported like an outage
+        await until(lambda: store.bugs == 0)
+        await publish(store, "p", "two")
+        await until(lambda: holder.healthy and holder.current.prod.get("p") == 2)
+        assert not task.done()
     finally:
         task.cancel()
 
