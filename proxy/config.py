@@ -158,6 +158,56 @@ class AdminConfig(_Section):
     tokens: tuple[AdminToken, ...] = ()
 
 
+class RolloutsConfig(_Section):
+    #: Header naming the caller's tenant, for rollouts with `sticky: tenant`. When a request
+    #: lacks it, the tenant is a hash of the caller's `Authorization` (one key per tenant).
+    tenant_header: str = Field("x-tenant-id", pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$")
+
+
+class ShadowSinkConfig(_Section):
+    #: `auto`: a capped Redis Stream when the registry store is Redis, else rotated files.
+    kind: str = Field("auto", pattern=r"^(auto|redis|files)$")
+    #: Folder of the rotated JSON-lines files (`pairs.jsonl`, `pairs.jsonl.1`, ...).
+    dir: str = ".promptproxy/shadow"
+    max_file_bytes: int = Field(64 * 1024 * 1024, ge=4096)
+    #: Rotated files kept besides the one being written.
+    max_files: int = Field(8, ge=1, le=1000)
+    #: Approximate cap on the entries of each slug's Redis Stream (XADD MAXLEN ~).
+    redis_max_entries: int = Field(100_000, ge=100)
+    #: Each recorded output is cut to this many characters (the pair says it was cut).
+    max_output_chars: int = Field(32 * 1024, ge=256)
+    #: Pairs waiting to be written; beyond this they are dropped and counted.
+    queue_size: int = Field(10_000, ge=1)
+
+
+class ShadowConfig(_Section):
+    #: Where shadow copies are sent; defaults to `upstream.base_url`. Always its own client
+    #: session and connection pool, so shadows never queue with user traffic.
+    base_url: str | None = None
+    #: Shadow calls running at once; beyond this they wait in the queue.
+    max_in_flight: int = Field(64, ge=1)
+    #: Shadow calls waiting for a slot; beyond this they are dropped and counted.
+    queue_size: int = Field(256, ge=0)
+    #: A queued shadow older than this is dropped (its primary is long gone).
+    queue_max_age_seconds: float = Field(5.0, gt=0)
+    connect_timeout_seconds: float = Field(5.0, gt=0)
+    #: Whole shadow call, first byte to last.
+    timeout_seconds: float = Field(120.0, gt=0)
+    #: Larger request bodies are not shadowed (counted): a shadow must not double memory.
+    max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    max_connections: int = Field(100, ge=1)
+    #: How long a finished shadow waits for its primary to finish before giving up the pair.
+    pair_wait_seconds: float = Field(900.0, gt=0)
+    sink: ShadowSinkConfig = ShadowSinkConfig()
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        return UpstreamConfig._check_base_url(value)
+
+
 class ProxyConfig(_Section):
     server: ServerConfig = ServerConfig()
     upstream: UpstreamConfig = UpstreamConfig()
@@ -166,6 +216,8 @@ class ProxyConfig(_Section):
     simulator: SimulatorConfig = SimulatorConfig()
     logging: LoggingConfig = LoggingConfig()
     metrics: MetricsConfig = MetricsConfig()
+    rollouts: RolloutsConfig = RolloutsConfig()
+    shadow: ShadowConfig = ShadowConfig()
 
 
 @dataclass(frozen=True, slots=True)

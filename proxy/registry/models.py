@@ -8,6 +8,8 @@ move is an ``AuditEntry``. ``content_sha256`` covers what defines a version's be
 from __future__ import annotations
 
 import hashlib
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -146,6 +148,9 @@ class AuditEntry:
     reason: str
     #: For promote/rollback: the version that was prod before (None if there was none).
     previous_prod: int | None = None
+    #: Structured facts of the change beyond the status move, e.g. a rollout's mode,
+    #: percentage and id (``Rollout.audit_detail``). JSON-safe values only.
+    detail: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -159,6 +164,7 @@ class AuditEntry:
             "to_status": None if self.to_status is None else self.to_status.value,
             "reason": self.reason,
             "previous_prod": self.previous_prod,
+            "detail": None if self.detail is None else dict(self.detail),
         }
 
     @classmethod
@@ -174,7 +180,133 @@ class AuditEntry:
             to_status=None if data.get("to_status") is None else Status(data["to_status"]),
             reason=data.get("reason", ""),
             previous_prod=data.get("previous_prod"),
+            detail=data.get("detail"),
         )
+
+
+class RolloutMode(StrEnum):
+    CANARY = "canary"
+    SHADOW = "shadow"
+
+
+class StickyKind(StrEnum):
+    HEADER = "header"
+    USER = "user"
+    TENANT = "tenant"
+    NONE = "none"
+
+
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$")
+#: Headers that must never be a sticky key: they carry secrets, or they are the proxy's own.
+_FORBIDDEN_STICKY_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "api-key", "cookie", "x-api-key"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StickyKey:
+    """What makes assignment sticky: ``header:<name>``, ``user``, ``tenant`` or ``none``."""
+
+    kind: StickyKind
+    #: Lower-cased header name, for ``kind == HEADER`` only.
+    header: str | None = None
+
+    @classmethod
+    def parse(cls, spec: str) -> StickyKey:
+        """``ValueError`` with a message fit for an API answer when ``spec`` is not valid."""
+        name, sep, header = spec.partition(":")
+        if sep:
+            if name != StickyKind.HEADER:
+                raise ValueError(f"unknown sticky key {spec!r}")
+            header = header.strip().lower()
+            if not _HEADER_NAME.match(header):
+                raise ValueError(f"sticky header name {header!r} is not a valid header name")
+            if header in _FORBIDDEN_STICKY_HEADERS:
+                raise ValueError(f"{header!r} carries credentials and cannot be a sticky key")
+            return cls(StickyKind.HEADER, header)
+        try:
+            kind = StickyKind(spec)
+        except ValueError:
+            raise ValueError(
+                f"sticky must be 'header:<name>', 'user', 'tenant' or 'none', not {spec!r}"
+            ) from None
+        if kind is StickyKind.HEADER:
+            raise ValueError("sticky 'header' needs a header name: 'header:x-user-id'")
+        return cls(kind)
+
+    def __str__(self) -> str:
+        return f"header:{self.header}" if self.kind is StickyKind.HEADER else self.kind.value
+
+
+#: Assignment resolution: percentages are stored as basis points (0.01 % steps).
+BASIS_POINTS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Rollout:
+    """A candidate version on trial for one slug: canary (a share of callers really get it)
+    or shadow (a share of requests also run on it, unseen). At most one per slug.
+
+    ``id`` is fixed when the rollout starts and is part of the assignment hash, so changing
+    ``basis_points`` keeps cohorts (monotone ramp) while a new rollout reshuffles them.
+    """
+
+    slug: str
+    id: str
+    candidate: int
+    mode: RolloutMode
+    #: Share of keys on the candidate arm, in 1/10000 (``2500`` = 25 %).
+    basis_points: int
+    sticky: StickyKey
+    started_at: float
+    updated_at: float
+    #: Who started it.
+    actor: str
+    #: The candidate's status before the rollout made it ``candidate``; abort restores it.
+    restore_status: Status
+
+    @property
+    def percent(self) -> float:
+        return self.basis_points / 100
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "slug": self.slug,
+            "id": self.id,
+            "candidate": self.candidate,
+            "mode": self.mode.value,
+            "percent": self.percent,
+            "basis_points": self.basis_points,
+            "sticky": str(self.sticky),
+            "started_at": self.started_at,
+            "updated_at": self.updated_at,
+            "actor": self.actor,
+            "restore_status": self.restore_status.value,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Rollout:
+        return cls(
+            slug=data["slug"],
+            id=data["id"],
+            candidate=int(data["candidate"]),
+            mode=RolloutMode(data["mode"]),
+            basis_points=int(data["basis_points"]),
+            sticky=StickyKey.parse(data["sticky"]),
+            started_at=float(data["started_at"]),
+            updated_at=float(data["updated_at"]),
+            actor=data.get("actor", ""),
+            restore_status=Status(data["restore_status"]),
+        )
+
+    def audit_detail(self) -> dict[str, Any]:
+        """What an audit entry about this rollout records beside the status move."""
+        return {
+            "rollout_id": self.id,
+            "mode": self.mode.value,
+            "percent": self.percent,
+            "sticky": str(self.sticky),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +321,8 @@ class RegistrySnapshot:
     versions: dict[str, dict[int, PromptVersion]]
     #: slug -> prod version number (slugs without prod are absent)
     prod: dict[str, int]
+    #: slug -> the running rollout (slugs without one are absent)
+    rollouts: dict[str, Rollout] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:

@@ -12,6 +12,11 @@ Rules every implementation keeps, and the contract tests check:
   between.
 - ``revision`` increases on every write; ``wait_for_change`` returns soon after any write by
   any process (notification where the store has one, polling otherwise) or on timeout.
+- Rollouts (at most one per slug; see ``lifecycle`` for the rules): ``start_rollout`` makes
+  the candidate ``candidate`` and stores the rollout, ``update_rollout`` changes only its
+  percentage, ``abort_rollout`` removes it and restores the candidate's former status,
+  ``promote_rollout`` makes the candidate prod exactly like ``promote`` and removes the
+  rollout. Each is one atomic step with its audit entry; ``snapshot`` carries the rollouts.
 - Store failures raise ``StoreUnavailable``; lookups of missing things raise
   ``VersionNotFound``/``PromptNotFound``; forbidden moves raise ``InvalidTransition``.
 """
@@ -21,7 +26,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from proxy.registry.models import AuditEntry, PromptVersion, RegistrySnapshot, Status, VersionDraft
+from proxy.registry.models import (
+    AuditEntry,
+    PromptVersion,
+    RegistrySnapshot,
+    Rollout,
+    RolloutMode,
+    Status,
+    StickyKey,
+    VersionDraft,
+)
 
 
 class StoreError(Exception):
@@ -70,6 +84,41 @@ class PromptStore(Protocol):
         self, slug: str | None = None, limit: int = 100, before_seq: int | None = None
     ) -> Sequence[AuditEntry]:
         """Newest first."""
+        ...
+
+    async def start_rollout(
+        self,
+        slug: str,
+        rollout_id: str,
+        candidate: int,
+        mode: RolloutMode,
+        basis_points: int,
+        sticky: StickyKey,
+        actor: str,
+        reason: str,
+        at: float,
+    ) -> tuple[Rollout, AuditEntry]:
+        """Start a rollout of ``candidate``; ``InvalidTransition`` if one is running or the
+        candidate cannot be one (``lifecycle.check_rollout_candidate``)."""
+        ...
+
+    async def update_rollout(
+        self, slug: str, rollout_id: str, basis_points: int, actor: str, reason: str, at: float
+    ) -> tuple[Rollout, AuditEntry]:
+        """Change the percentage of the running rollout ``rollout_id`` (its id, mode,
+        candidate and sticky key stay); ``InvalidTransition`` if it is no longer running."""
+        ...
+
+    async def get_rollout(self, slug: str) -> Rollout | None: ...
+
+    async def abort_rollout(self, slug: str, actor: str, reason: str, at: float) -> AuditEntry:
+        """End the running rollout without promotion; the candidate gets back the status it
+        had before (``Rollout.restore_status``). ``InvalidTransition`` if none is running."""
+        ...
+
+    async def promote_rollout(self, slug: str, actor: str, reason: str, at: float) -> AuditEntry:
+        """Make the running rollout's candidate prod (the former prod becomes deprecated, as
+        with ``promote``) and end the rollout. ``InvalidTransition`` if none is running."""
         ...
 
     async def revision(self) -> int: ...

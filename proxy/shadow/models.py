@@ -1,0 +1,98 @@
+"""Plain data of the shadow subsystem. No I/O here.
+
+The request pipeline builds a ``ShadowRequest`` and hands it to ``ShadowRunner.submit``
+together with a future it resolves with the primary's ``ArmResult`` when the primary ends
+(in its ``finally``, so failed and cancelled primaries resolve it too). The shadow task owns
+the pair: it waits for that future and writes one ``Pair``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from proxy.models import Route
+
+
+class ShadowKind(StrEnum):
+    #: The rollout's candidate version: what the comparison is about.
+    CANDIDATE = "candidate"
+    #: The stable version a second time: the noise floor (stable against itself).
+    STABLE = "stable"
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowRequest:
+    pair_id: str
+    #: The primary's ``x-promptproxy-request-id``, to join pairs with access logs.
+    request_id: str
+    slug: str
+    rollout_id: str
+    kind: ShadowKind
+    primary_version: int
+    shadow_version: int
+    route: Route
+    method: str
+    #: Path and query after ``/v1/``, undecoded, exactly as the primary sent it upstream.
+    raw_tail: str
+    #: Outbound headers as sent upstream for the primary (hop-by-hop and control headers
+    #: already removed; the provider key is in here, never log it).
+    headers: Mapping[str, str]
+    #: The body rendered with ``shadow_version``, encoded, ready to send.
+    body: bytes
+    stream: bool
+    #: The proxy added ``stream_options.include_usage``: the usage chunk is ours.
+    usage_injected: bool
+    #: The model sent upstream in the shadow body (for the metric label).
+    model: str | None
+    #: ``time.monotonic()`` when submitted; the queue drops entries older than its limit.
+    submitted_at: float
+
+
+@dataclass(slots=True)
+class ToolCall:
+    name: str
+    arguments: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"name": self.name, "arguments": self.arguments}
+
+
+@dataclass(slots=True)
+class ArmResult:
+    """What one arm (primary or shadow) answered, as far as the pair needs it."""
+
+    version: int
+    status: int = 0
+    text: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    finish_reason: str | None = None
+    model: str | None = None
+    #: Seconds, request start to last byte.
+    latency: float | None = None
+    #: Seconds to the first content event (streams only).
+    ttft: float | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    #: Why the arm failed (``upstream_5xx``, ``timeout``, ``client_disconnected``...).
+    error_class: str | None = None
+    #: The output text was cut to the sink's ``max_output_chars``.
+    truncated: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "status": self.status,
+            "text": self.text,
+            "tool_calls": [call.to_dict() for call in self.tool_calls],
+            "finish_reason": self.finish_reason,
+            "model": self.model,
+            "latency_ms": None if self.latency is None else round(self.latency * 1000, 3),
+            "ttft_ms": None if self.ttft is None else round(self.ttft * 1000, 3),
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "error_class": self.error_class,
+            "truncated": self.truncated,
+        }
