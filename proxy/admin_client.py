@@ -79,3 +79,20 @@ class AdminClient:
 
     def audit(self, slug: str | None = None, limit: int = 100) -> Any:
         return self._call("GET", "/audit", query={"slug": slug, "limit": limit})
+
+    # -- rollouts -------------------------------------------------------------------------
+
+    def set_rollout(self, slug: str, rollout: dict[str, Any]) -> Any:
+        return self._call("PUT", f"/prompts/{slug}/rollout", rollout)
+
+    def get_rollout(self, slug: str) -> Any:
+        return self._call("GET", f"/prompts/{slug}/rollout")
+
+    def list_rollouts(self) -> Any:
+        return self._call("GET", "/rollouts")
+
+    def abort_rollout(self, slug: str, reason: str) -> Any:
+        return self._call("DELETE", f"/prompts/{slug}/rollout", {"reason": reason})
+
+    def promote_rollout(self, slug: str, reason: str) -> Any:
+        return self._call("POST", f"/prompts/{slug}/rollout/promote", {"reason": reason})

@@ -10,6 +10,7 @@ import click
 
 from proxy import __version__
 from proxy.cli_prompts import prompts
+from proxy.cli_rollout import rollout
 from proxy.config import ConfigError, Settings, load_config
 
 
@@ -122,6 +123,7 @@ def simulate(
 
 
 main.add_command(prompts)
+main.add_command(rollout)
 
 
 @main.group("config")

@@ -8,11 +8,12 @@ prompt). No request ids, users or tenants ever become labels.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from proxy import __version__
+from proxy.registry.models import Rollout
 
 # Seconds; doubling from 5 ms to ~82 s covers both cache hits and long reasoning answers.
 LATENCY_BUCKETS = (
@@ -161,6 +162,19 @@ class ProxyMetrics:
             "Log lines dropped because the log writer fell behind (a count since start).",
             registry=registry,
         )
+        self.rollout_percent = Gauge(
+            "promptproxy_rollout_percent",
+            "Running rollouts: share of keys on the candidate, by mode (canary: served by it; "
+            "shadow: also sent to it). Absent when no rollout runs.",
+            ("slug", "mode", "candidate"),
+            registry=registry,
+        )
+        self.rollout_unkeyed = Counter(
+            "promptproxy_rollout_unkeyed",
+            "Requests under a sticky rollout that carried no sticky key; they stay on stable.",
+            ("slug",),
+            registry=registry,
+        )
         Info("promptproxy_build", "Build information.", registry=registry).info(
             {"version": __version__}
         )
@@ -180,6 +194,14 @@ class ProxyMetrics:
     def set_known_slugs(self, slugs: Iterable[str]) -> None:
         """Slugs that keep their own series (the registry's); others count as `other`."""
         self._slugs = frozenset(slugs)
+
+    def set_rollouts(self, rollouts: Mapping[str, Rollout]) -> None:
+        """Mirror the snapshot's rollouts (called on every snapshot swap, which is rare)."""
+        self.rollout_percent.clear()
+        for slug, rollout in rollouts.items():
+            self.rollout_percent.labels(slug, rollout.mode.value, str(rollout.candidate)).set(
+                rollout.percent
+            )
 
     def slug_label(self, slug: str | None) -> str:
         if slug is None:

@@ -9,6 +9,7 @@ OpenAI-style error event and no ``[DONE]``.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import aiohttp
 import orjson
@@ -19,6 +20,9 @@ from proxy.errors import UpstreamTimeout, UpstreamUnavailable
 from proxy.models import Exchange, Route
 from proxy.pipeline.observe import StreamObserver, observe_body
 from proxy.sse import SSESplitter
+
+if TYPE_CHECKING:
+    from proxy.shadow.capture import OutputCapture
 
 _SSE_HEADERS = (("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no"))
 # Larger answers of other kinds (file downloads, audio) are streamed, never held whole.
@@ -38,21 +42,27 @@ async def relay(
     exchange: Exchange,
     strip_usage_chunk: bool,
     headers: CIMultiDict[str],
+    capture: OutputCapture | None = None,
 ) -> web.StreamResponse:
-    """``strip_usage_chunk``: the proxy asked for usage, so the client must not see it."""
+    """``strip_usage_chunk``: the proxy asked for usage, so the client must not see it.
+    ``capture``: keep a copy of the answer's text (shadowed requests only: it costs a
+    JSON decode per event)."""
     content_type = _content_type(upstream)
     if content_type == "text/event-stream":
-        return await _relay_events(request, upstream, exchange, strip_usage_chunk, headers)
+        return await _relay_events(request, upstream, exchange, strip_usage_chunk, headers, capture)
     length = upstream.content_length
     if (content_type == "application/json" and exchange.route in _OBSERVED_ROUTES) or (
         length is not None and length <= _BUFFER_LIMIT
     ):
-        return await _relay_body(upstream, exchange, headers)
+        return await _relay_body(upstream, exchange, headers, capture)
     return await _relay_raw(request, upstream, exchange, headers)
 
 
 async def _relay_body(
-    upstream: aiohttp.ClientResponse, exchange: Exchange, headers: CIMultiDict[str]
+    upstream: aiohttp.ClientResponse,
+    exchange: Exchange,
+    headers: CIMultiDict[str],
+    capture: OutputCapture | None,
 ) -> web.Response:
     try:
         body = await upstream.read()
@@ -64,6 +74,8 @@ async def _relay_body(
         ) from None
     if exchange.route in _OBSERVED_ROUTES and upstream.status < 300:
         observe_body(exchange, body)
+        if capture is not None:
+            capture.body(body)
     return web.Response(status=upstream.status, body=body, headers=headers)
 
 
@@ -93,6 +105,7 @@ async def _relay_events(
     exchange: Exchange,
     strip_usage_chunk: bool,
     headers: CIMultiDict[str],
+    capture: OutputCapture | None,
 ) -> web.StreamResponse:
     for name, value in _SSE_HEADERS:  # keep proxies and caches in front of us from buffering
         headers.setdefault(name, value)
@@ -102,7 +115,11 @@ async def _relay_events(
     try:
         try:
             async for chunk in upstream.content.iter_any():
-                out = [raw for raw in splitter.feed(chunk) if observer.accept(raw)]
+                events = splitter.feed(chunk)
+                if capture is not None:
+                    for raw in events:
+                        capture.event(raw)
+                out = [raw for raw in events if observer.accept(raw)]
                 if out:
                     if exchange.ttfb is None:
                         exchange.ttfb = time.perf_counter() - exchange.started
@@ -119,6 +136,8 @@ async def _relay_events(
             return response
         tail = splitter.flush()
         if tail:
+            if capture is not None:
+                capture.event(tail)
             await response.write(tail)
         if observer.upstream_error:
             exchange.error_class = "upstream_stream_error"

@@ -2,16 +2,20 @@
 
 1. parse    body bytes -> ParsedRequest (400 on malformed JSON); the prompt the request names
 2. resolve  prompt slug (+ version pin) -> PromptVersion, from the in-process snapshot only
-3. choose   sticky arm: stable / canary / shadow         (canary milestone; `stable` for now)
-4. render   template + caller variables -> outbound body, encoded once
-5. forward  one pooled ClientSession -> provider; relay the answer to the client
-6. record   metrics + one JSON log line, in `finally`, so failures and disconnects count
+3. choose   the arm, sticky per (slug, rollout, key): stable, canary (the candidate answers)
+            or stable plus a shadow copy to the candidate; a version pin is its own arm
+4. render   template + caller variables -> outbound body, encoded once (and the shadow's)
+5. forward  one pooled ClientSession -> provider; relay the answer to the client. A shadow
+            copy was handed to the ShadowRunner just before: never awaited from here
+6. record   metrics + one JSON log line, in `finally`, so failures and disconnects count;
+            then the primary's half of a shadow pair is handed over
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -19,14 +23,18 @@ from multidict import CIMultiDict
 from proxy.errors import PayloadTooLarge, ProxyError
 from proxy.http_headers import REQUEST_ID_HEADER, client_response_headers, upstream_request_headers
 from proxy.models import Exchange
+from proxy.pipeline.arms import decide, shadow_copy
+from proxy.pipeline.choose import Arm, Decision
 from proxy.pipeline.parse import check_path, classify, encode_outbound, parse_request
 from proxy.pipeline.relay import relay
 from proxy.pipeline.render import render_into
 from proxy.pipeline.resolve import CONTROL_HEADERS, SWAP_ROUTES, prompt_ref, resolve
-from proxy.registry.models import PromptVersion
+from proxy.registry.models import PromptVersion, RolloutMode
 from proxy.services import Services
+from proxy.shadow.models import ArmResult, ShadowRequest
 
-STABLE_ARM = "stable"
+if TYPE_CHECKING:  # TEMP until proxy.shadow.capture lands
+    from proxy.shadow.capture import OutputCapture
 
 #: nginx's convention for "client closed the connection before the answer was complete".
 CLIENT_CLOSED_STATUS = 499
@@ -63,6 +71,8 @@ async def handle(
     )
     metrics = services.metrics
     metrics.in_flight.inc()
+    primary_half: asyncio.Future[ArmResult] | None = None
+    capture: OutputCapture | None = None
     try:
         check_path(tail)
         ref = prompt_ref(slug, request.headers)
@@ -72,18 +82,38 @@ async def handle(
         exchange.model_requested = parsed.model
         exchange.stream = parsed.stream
 
-        version: PromptVersion | None = None
+        decision: Decision | None = None
         if ref is not None and parsed.payload is not None and exchange.route in SWAP_ROUTES:
-            version = resolve(services.snapshot.current, ref)  # 2
-            exchange.version = str(version.version)
-            exchange.arm = STABLE_ARM  # 3
-            render_into(exchange.route, parsed.payload, version, services.renderer)  # 4
-            exchange.model_sent = version.model
-        outbound_body, usage_injected = encode_outbound(parsed, payload_changed=version is not None)
+            snapshot = services.snapshot.current
+            stable = resolve(snapshot, ref)  # 2
+            decision = decide(services, snapshot, ref, stable, request.headers, parsed, request_id)
+            exchange.version = str(decision.version.version)  # 3
+            exchange.arm = decision.arm.value
+            render_into(exchange.route, parsed.payload, decision.version, services.renderer)  # 4
+            exchange.model_sent = decision.version.model
+        elif ref is not None:
+            _count_unshadowable(services, ref.slug)
+        outbound_body, usage_injected = encode_outbound(
+            parsed, payload_changed=decision is not None
+        )
 
         outbound_headers = upstream_request_headers(
             request.headers, services.upstream_api_key, drop=CONTROL_HEADERS
         )
+        if decision is not None and decision.shadow is not None:
+            shadow = shadow_copy(services, exchange, parsed, decision, raw_tail, outbound_headers)
+            if isinstance(shadow, ShadowRequest):
+                primary_half = asyncio.get_running_loop().create_future()
+                if services.shadow.submit(shadow, primary_half):
+                    from proxy.shadow.capture import OutputCapture  # TEMP
+
+                    capture = OutputCapture(
+                        exchange.route, services.settings.config.shadow.sink.max_output_chars
+                    )
+                else:
+                    primary_half = None
+            else:
+                services.shadow.skip(decision.version.slug, shadow)
         upstream = await services.upstream.open(  # 5
             request.method, raw_tail, outbound_headers, outbound_body
         )
@@ -92,9 +122,9 @@ async def handle(
             exchange.upstream_request_id = upstream.headers.get("x-request-id")
             headers = client_response_headers(upstream.headers)
             headers[REQUEST_ID_HEADER] = request_id
-            if version is not None:
-                _add_prompt_headers(headers, version, exchange)
-            return await relay(request, upstream, exchange, usage_injected, headers)
+            if decision is not None:
+                _add_prompt_headers(headers, decision.version, exchange)
+            return await relay(request, upstream, exchange, usage_injected, headers, capture)
     except ProxyError as exc:
         exchange.status = exc.status
         exchange.error_class = exc.error_class
@@ -109,6 +139,32 @@ async def handle(
     finally:
         metrics.in_flight.dec()
         services.recorder.observe(exchange)  # 6
+        if primary_half is not None:
+            primary_half.set_result(_primary_result(exchange, capture))
+
+
+def _count_unshadowable(services: Services, slug: str) -> None:
+    """A request naming a slug under a shadow rollout on a route that is never shadowed."""
+    rollout = services.snapshot.current.rollouts.get(slug)
+    if rollout is not None and rollout.mode is RolloutMode.SHADOW:
+        services.shadow.skip(slug, "not_completion")
+
+
+def _primary_result(exchange: Exchange, capture: OutputCapture | None) -> ArmResult:
+    result = (
+        capture.result(int(exchange.version or 0))
+        if capture is not None
+        else ArmResult(version=int(exchange.version or 0))
+    )
+    result.status = exchange.status
+    result.latency = exchange.duration
+    result.ttft = exchange.ttfb if exchange.stream else None
+    result.input_tokens = exchange.input_tokens
+    result.output_tokens = exchange.output_tokens
+    result.finish_reason = exchange.finish_reason or result.finish_reason
+    result.model = exchange.model_answered or result.model
+    result.error_class = exchange.error_class
+    return result
 
 
 def _add_prompt_headers(
@@ -116,4 +172,4 @@ def _add_prompt_headers(
 ) -> None:
     headers["x-prompt-slug"] = version.slug
     headers["x-prompt-version"] = str(version.version)
-    headers["x-prompt-arm"] = exchange.arm or STABLE_ARM
+    headers["x-prompt-arm"] = exchange.arm or Arm.STABLE.value

@@ -7,6 +7,8 @@ are translated once into the ``ProxyError`` tree so the API answers them in the 
 from __future__ import annotations
 
 import difflib
+import math
+import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -15,7 +17,15 @@ from typing import Any
 
 from proxy.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
 from proxy.models import SLUG_PATTERN
-from proxy.registry.models import AuditEntry, PromptVersion, Status, VersionDraft
+from proxy.registry.models import (
+    AuditEntry,
+    PromptVersion,
+    Rollout,
+    RolloutMode,
+    Status,
+    StickyKey,
+    VersionDraft,
+)
 from proxy.registry.store import (
     InvalidTransition,
     PromptNotFound,
@@ -126,6 +136,96 @@ class RegistryService:
         with _store_errors(slug):
             return await self._store.rollback(slug, actor, reason, self._clock())
 
+    # -- rollouts ---------------------------------------------------------------------------
+
+    async def set_rollout(
+        self,
+        slug: str,
+        candidate: int,
+        mode: RolloutMode,
+        percent: float,
+        sticky: str | None,
+        actor: str,
+        reason: str,
+    ) -> RolloutChange:
+        """Start a rollout, or change the percentage of the running one when ``candidate``
+        and ``mode`` are the same (its id, and so its cohorts, are kept)."""
+        check_slug(slug)
+        points = basis_points(percent)
+        key = parse_sticky(sticky) if sticky is not None else None
+        with _store_errors(slug):
+            running = await self._store.get_rollout(slug)
+            if running is None:
+                versions = await self._store.list_versions(slug)
+                if not versions:
+                    raise PromptNotFound(slug)
+                if not any(v.status is Status.PROD for v in versions):
+                    raise Conflict(
+                        f"{slug} has no prod version to compare the candidate with: promote "
+                        "one first.",
+                        code="no_prod_version",
+                    )
+                rollout, entry = await self._store.start_rollout(
+                    slug,
+                    secrets.token_hex(6),
+                    candidate,
+                    mode,
+                    points,
+                    key or StickyKey.parse("none"),
+                    actor,
+                    reason,
+                    self._clock(),
+                )
+                return RolloutChange(rollout, entry, started=True)
+            if running.candidate != candidate or running.mode is not mode:
+                raise Conflict(
+                    f"{slug} already has a {running.mode.value} rollout of "
+                    f"v{running.candidate}: change its percentage (same candidate and mode), "
+                    "promote it or abort it before starting another.",
+                    param="candidate",
+                    code="rollout_running",
+                )
+            if key is not None and key != running.sticky:
+                raise Conflict(
+                    f"The running rollout is sticky on '{running.sticky}'; changing the key "
+                    "would reshuffle every cohort. Abort it and start a new one instead.",
+                    param="sticky",
+                    code="rollout_running",
+                )
+            if points == running.basis_points:
+                return RolloutChange(running, None, started=False)
+            rollout, entry = await self._store.update_rollout(
+                slug, running.id, points, actor, reason, self._clock()
+            )
+            return RolloutChange(rollout, entry, started=False)
+
+    async def get_rollout(self, slug: str) -> Rollout:
+        check_slug(slug)
+        with _store_errors(slug):
+            rollout = await self._store.get_rollout(slug)
+            if rollout is None:
+                if not await self._store.list_versions(slug):
+                    raise PromptNotFound(slug)
+                raise NotFound(
+                    f"{slug} has no rollout running.", param="slug", code="rollout_not_found"
+                )
+        return rollout
+
+    async def list_rollouts(self) -> list[Rollout]:
+        with _store_errors():
+            snapshot = await self._store.snapshot()
+        return [snapshot.rollouts[slug] for slug in sorted(snapshot.rollouts)]
+
+    async def abort_rollout(self, slug: str, actor: str, reason: str) -> AuditEntry:
+        check_slug(slug)
+        with _store_errors(slug):
+            return await self._store.abort_rollout(slug, actor, reason, self._clock())
+
+    async def promote_rollout(self, slug: str, actor: str, reason: str) -> AuditEntry:
+        check_slug(slug)
+        with _store_errors(slug):
+            return await self._store.promote_rollout(slug, actor, reason, self._clock())
+
     async def audit(
         self, slug: str | None = None, limit: int = 100, before_seq: int | None = None
     ) -> Sequence[AuditEntry]:
@@ -177,6 +277,40 @@ class RegistryService:
             )
         )
         return "".join(line if line.endswith("\n") else line + "\n" for line in lines)
+
+
+def basis_points(percent: float) -> int:
+    """``percent`` (0 to 100 in steps of 0.01) as basis points, or ``InvalidRequest``."""
+    if not math.isfinite(percent) or not 0 <= percent <= 100:
+        raise InvalidRequest(
+            f"percent must be between 0 and 100, got {percent}.",
+            param="percent",
+            code="invalid_percent",
+        )
+    points = round(percent * 100)
+    if abs(percent * 100 - points) > 1e-6:
+        raise InvalidRequest(
+            f"percent moves in steps of 0.01, got {percent}.",
+            param="percent",
+            code="invalid_percent",
+        )
+    return points
+
+
+def parse_sticky(spec: str) -> StickyKey:
+    try:
+        return StickyKey.parse(spec)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc) + ".", param="sticky", code="invalid_sticky") from None
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutChange:
+    """What a PUT did: started a rollout, changed its percentage, or nothing (same values)."""
+
+    rollout: Rollout
+    audit: AuditEntry | None
+    started: bool
 
 
 def _summarize(slug: str, versions: Sequence[PromptVersion]) -> PromptSummary:

@@ -19,17 +19,17 @@ from proxy.web.openapi import OPENAPI
 PREFIX = "/admin/v1"
 
 
-class _Body(BaseModel):
+class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class VariableIn(_Body):
+class VariableIn(Body):
     name: str
     type: str | None = None
     default: Any = None
 
 
-class VersionIn(_Body):
+class VersionIn(Body):
     template: str = Field(min_length=1)
     variables: list[VariableIn] = []
     model: str | None = None
@@ -38,23 +38,23 @@ class VersionIn(_Body):
     changelog: str = ""
 
 
-class PromoteIn(_Body):
+class PromoteIn(Body):
     version: int = Field(ge=1)
     reason: str = ""
 
 
-class RollbackIn(_Body):
+class RollbackIn(Body):
     reason: str = ""
 
 
-_B = TypeVar("_B", bound=_Body)
+_B = TypeVar("_B", bound=Body)
 
 
-def _json(data: Any, status: int = 200) -> web.Response:
+def json_response(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
-async def _parse(request: web.Request, model: type[_B]) -> _B:
+async def parse_body(request: web.Request, model: type[_B]) -> _B:
     raw = await request.read()
     try:
         return model.model_validate_json(raw or b"{}")
@@ -64,12 +64,12 @@ async def _parse(request: web.Request, model: type[_B]) -> _B:
         raise InvalidRequest(f"Invalid request body: {path}: {first['msg']}", param=path) from None
 
 
-def _services(request: web.Request) -> Services:
+def services_of(request: web.Request) -> Services:
     return request.app[SERVICES]
 
 
-def _actor(request: web.Request, *, write: bool) -> str:
-    return authorize(request, _services(request).settings.admin_tokens, write=write)
+def actor_of(request: web.Request, *, write: bool) -> str:
+    return authorize(request, services_of(request).settings.admin_tokens, write=write)
 
 
 def _int(value: str, name: str) -> int:
@@ -94,48 +94,50 @@ def _draft(slug: str, body: VersionIn, actor: str) -> VersionDraft:
 
 
 async def create_version(request: web.Request) -> web.Response:
-    actor = _actor(request, write=True)
+    actor = actor_of(request, write=True)
     slug = request.match_info["slug"]
-    body = await _parse(request, VersionIn)
-    version, created = await _services(request).registry.push(_draft(slug, body, actor), actor)
-    return _json({"created": created, "version": version.to_dict()}, 201 if created else 200)
+    body = await parse_body(request, VersionIn)
+    version, created = await services_of(request).registry.push(_draft(slug, body, actor), actor)
+    return json_response(
+        {"created": created, "version": version.to_dict()}, 201 if created else 200
+    )
 
 
 async def list_prompts(request: web.Request) -> web.Response:
-    _actor(request, write=False)
-    prompts = await _services(request).registry.list_prompts()
-    return _json({"data": [p.to_dict() for p in prompts]})
+    actor_of(request, write=False)
+    prompts = await services_of(request).registry.list_prompts()
+    return json_response({"data": [p.to_dict() for p in prompts]})
 
 
 async def get_prompt(request: web.Request) -> web.Response:
-    _actor(request, write=False)
-    summary, versions = await _services(request).registry.get_prompt(request.match_info["slug"])
-    return _json({**summary.to_dict(), "data": [v.to_dict() for v in versions]})
+    actor_of(request, write=False)
+    summary, versions = await services_of(request).registry.get_prompt(request.match_info["slug"])
+    return json_response({**summary.to_dict(), "data": [v.to_dict() for v in versions]})
 
 
 async def get_version(request: web.Request) -> web.Response:
-    _actor(request, write=False)
+    actor_of(request, write=False)
     number = _int(request.match_info["version"], "version")
-    version = await _services(request).registry.get_version(request.match_info["slug"], number)
-    return _json(version.to_dict())
+    version = await services_of(request).registry.get_version(request.match_info["slug"], number)
+    return json_response(version.to_dict())
 
 
 async def promote(request: web.Request) -> web.Response:
-    actor = _actor(request, write=True)
-    body = await _parse(request, PromoteIn)
-    entry = await _services(request).registry.promote(
+    actor = actor_of(request, write=True)
+    body = await parse_body(request, PromoteIn)
+    entry = await services_of(request).registry.promote(
         request.match_info["slug"], body.version, actor, body.reason
     )
-    return _json(entry.to_dict())
+    return json_response(entry.to_dict())
 
 
 async def rollback(request: web.Request) -> web.Response:
-    actor = _actor(request, write=True)
-    body = await _parse(request, RollbackIn)
-    entry = await _services(request).registry.rollback(
+    actor = actor_of(request, write=True)
+    body = await parse_body(request, RollbackIn)
+    entry = await services_of(request).registry.rollback(
         request.match_info["slug"], actor, body.reason
     )
-    return _json(entry.to_dict())
+    return json_response(entry.to_dict())
 
 
 def _instant(value: str) -> float:
@@ -151,41 +153,45 @@ def _instant(value: str) -> float:
 
 
 async def history(request: web.Request) -> web.Response:
-    _actor(request, write=False)
-    registry = _services(request).registry
+    actor_of(request, write=False)
+    registry = services_of(request).registry
     slug = request.match_info["slug"]
     at = request.query.get("at")
     if at is not None:
         instant = _instant(at)
-        return _json(
+        return json_response(
             {"slug": slug, "at": at, "prod_version": await registry.prod_at(slug, instant)}
         )
     await registry.get_prompt(slug)
     entries = await registry.audit(slug, limit=_int(request.query.get("limit", "100"), "limit"))
-    return _json({"data": [e.to_dict() for e in entries]})
+    return json_response({"data": [e.to_dict() for e in entries]})
 
 
 async def audit(request: web.Request) -> web.Response:
-    _actor(request, write=False)
+    actor_of(request, write=False)
     before = request.query.get("before")
-    entries = await _services(request).registry.audit(
+    entries = await services_of(request).registry.audit(
         request.query.get("slug"),
         limit=min(_int(request.query.get("limit", "100"), "limit"), 1000),
         before_seq=None if before is None else _int(before, "before"),
     )
-    return _json({"data": [e.to_dict() for e in entries]})
+    return json_response({"data": [e.to_dict() for e in entries]})
 
 
 async def diff(request: web.Request) -> web.Response:
-    _actor(request, write=False)
+    actor_of(request, write=False)
     a = _int(request.query.get("from", ""), "from")
     b = _int(request.query.get("to", ""), "to")
-    text = await _services(request).registry.diff(request.match_info["slug"], a, b)
-    return _json({"diff": text})
+    text = await services_of(request).registry.diff(request.match_info["slug"], a, b)
+    return json_response({"diff": text})
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return _json(OPENAPI)
+    return json_response(OPENAPI)
+
+
+# The names these had before they were shared with admin_rollouts.py.
+_json, _parse, _services, _actor, _Body = json_response, parse_body, services_of, actor_of, Body
 
 
 def add_routes(app: web.Application) -> None:

@@ -22,7 +22,7 @@ _ERRORS = {
         ("401", "Missing or invalid admin token"),
         ("403", "Read-only token used for a write"),
         ("404", "Unknown prompt or version"),
-        ("409", "Forbidden status move (e.g. nothing to roll back to)"),
+        ("409", "Forbidden move (nothing to roll back to, a second rollout...)"),
         ("503", "Registry store unavailable; the proxy keeps serving the last snapshot"),
     )
 }
@@ -136,6 +136,43 @@ _SCHEMAS: dict[str, Any] = {
             "to_status": {"type": ["string", "null"]},
             "reason": {"type": "string"},
             "previous_prod": {"type": ["integer", "null"]},
+            "detail": {
+                "type": ["object", "null"],
+                "description": "Rollout changes: rollout_id, mode, percent, sticky",
+            },
+        },
+    },
+    "RolloutIn": {
+        "type": "object",
+        "required": ["candidate", "mode", "percent"],
+        "additionalProperties": False,
+        "properties": {
+            "candidate": {"type": "integer", "minimum": 1},
+            "mode": {"type": "string", "enum": ["canary", "shadow"]},
+            "percent": {"type": "number", "minimum": 0, "maximum": 100, "multipleOf": 0.01},
+            "sticky": {
+                "type": ["string", "null"],
+                "description": "header:<name>, user, tenant or none. Omitted: none for a new "
+                "rollout, the running rollout's key for a percentage change",
+            },
+            "reason": {"type": "string"},
+        },
+    },
+    "Rollout": {
+        "type": "object",
+        "properties": {
+            "slug": {"type": "string"},
+            "id": {"type": "string"},
+            "candidate": {"type": "integer"},
+            "mode": {"type": "string", "enum": ["canary", "shadow"]},
+            "percent": {"type": "number"},
+            "basis_points": {"type": "integer"},
+            "sticky": {"type": "string"},
+            "started_at": {"type": "number"},
+            "updated_at": {"type": "number"},
+            "actor": {"type": "string"},
+            "restore_status": _STATUS,
+            "prod_version": {"type": ["integer", "null"]},
         },
     },
     "PromoteIn": {
@@ -153,7 +190,7 @@ OPENAPI: dict[str, Any] = {
     "info": {
         "title": "promptproxy admin API",
         "version": __version__,
-        "description": "Prompt registry: immutable versions, promote, rollback, audit.",
+        "description": "Prompt registry: immutable versions, promote, rollback, rollouts, audit.",
     },
     "components": {
         "schemas": _SCHEMAS,
@@ -231,6 +268,39 @@ OPENAPI: dict[str, Any] = {
             ],
             "get": _op("Unified diff between two versions", _ok({"type": "object"})),
         },
+        "/admin/v1/prompts/{slug}/rollout": {
+            "parameters": [_SLUG],
+            "put": _op(
+                "Start a canary or shadow rollout (201), or change the running one's percentage "
+                "with the same candidate and mode (200; cohorts are kept)",
+                _ok(_ref("Rollout")),
+                write=True,
+                requestBody=_body("RolloutIn"),
+            ),
+            "get": _op("The running rollout (404 if none)", _ok(_ref("Rollout"))),
+            "delete": _op(
+                "Abort: all traffic back to stable, the candidate back to its former status",
+                _ok(_ref("AuditEntry")),
+                write=True,
+                requestBody={
+                    "required": False,
+                    "content": {"application/json": {"schema": _ref("RollbackIn")}},
+                },
+            ),
+        },
+        "/admin/v1/prompts/{slug}/rollout/promote": {
+            "parameters": [_SLUG],
+            "post": _op(
+                "Make the candidate prod in one step and end the rollout",
+                _ok(_ref("AuditEntry")),
+                write=True,
+                requestBody={
+                    "required": False,
+                    "content": {"application/json": {"schema": _ref("RollbackIn")}},
+                },
+            ),
+        },
+        "/admin/v1/rollouts": {"get": _op("Every running rollout", _ok(_LIST))},
         "/admin/v1/audit": {
             "parameters": [
                 {"name": "slug", "in": "query", "required": False, "schema": {"type": "string"}},

@@ -1,0 +1,111 @@
+"""Stages 3 and 4 for requests under a rollout: decide the arm, and build the shadow copy.
+
+``choose`` holds the pure decision; this module feeds it the request's sticky key and turns
+a sampled shadow decision into a ready-to-send ``ShadowRequest``. The shadow body is
+rendered from the client's original bytes, so the primary's render never leaks into it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+import orjson
+
+from proxy.errors import InvalidRequest
+from proxy.models import Exchange, ParsedRequest
+from proxy.pipeline.choose import Arm, Decision, ShadowSkip, choose, shadow_skip, sticky_value
+from proxy.pipeline.parse import encode_outbound
+from proxy.pipeline.render import render_into
+from proxy.pipeline.resolve import PromptRef
+from proxy.registry.models import PromptVersion, RegistrySnapshot
+from proxy.services import Services
+from proxy.shadow.models import ShadowKind, ShadowRequest
+
+#: A candidate that cannot render this request (e.g. it declares a variable the caller does
+#: not send) is a finding for the operator, not an error for the caller.
+RENDER_FAILED = "render_failed"
+
+
+def decide(
+    services: Services,
+    snapshot: RegistrySnapshot,
+    ref: PromptRef,
+    stable: PromptVersion,
+    headers: Mapping[str, str],
+    parsed: ParsedRequest,
+    request_id: str,
+) -> Decision:
+    if ref.pinned_version is not None:
+        return Decision(Arm.PINNED, stable)
+    rollout = snapshot.rollouts.get(ref.slug)
+    if rollout is None:
+        return Decision(Arm.STABLE, stable)
+    key = sticky_value(
+        rollout.sticky,
+        headers,
+        parsed.payload or {},
+        tenant_header=services.settings.config.rollouts.tenant_header,
+        request_id=request_id,
+    )
+    decision = choose(snapshot, stable, key)
+    if decision.unkeyed:
+        metrics = services.metrics
+        metrics.rollout_unkeyed.labels(metrics.slug_label(ref.slug)).inc()
+    return decision
+
+
+def shadow_copy(
+    services: Services,
+    exchange: Exchange,
+    parsed: ParsedRequest,
+    decision: Decision,
+    raw_tail: str,
+    headers: Mapping[str, str],
+) -> ShadowRequest | str:
+    """The shadow request for a sampled decision, or the reason it is not sent.
+    ``headers`` are the primary's outbound headers (same credentials, same provider)."""
+    candidate, rollout = decision.shadow, decision.rollout
+    if candidate is None or rollout is None or parsed.payload is None:
+        raise ValueError("shadow_copy needs a sampled shadow decision on a JSON request")
+    skip: str | None = shadow_skip(
+        parsed.route,
+        exchange.method,
+        parsed.payload,
+        len(parsed.body),
+        services.settings.config.shadow.max_body_bytes,
+    )
+    if skip is not None:
+        return skip
+    payload = orjson.loads(parsed.body)
+    try:
+        render_into(parsed.route, payload, candidate, services.renderer)
+    except InvalidRequest:
+        return RENDER_FAILED
+    shadow_parsed = ParsedRequest(
+        route=parsed.route, body=parsed.body, payload=payload, stream=parsed.stream
+    )
+    body, usage_injected = encode_outbound(shadow_parsed, payload_changed=True)
+    model = payload.get("model")
+    return ShadowRequest(
+        pair_id=exchange.request_id,
+        request_id=exchange.request_id,
+        slug=candidate.slug,
+        rollout_id=rollout.id,
+        kind=ShadowKind.CANDIDATE,
+        primary_version=decision.version.version,
+        shadow_version=candidate.version,
+        route=parsed.route,
+        method=exchange.method,
+        raw_tail=raw_tail,
+        # A copy: the primary's multidict belongs to a request that ends before the shadow.
+        headers=dict(headers),
+        body=body,
+        stream=parsed.stream,
+        usage_injected=usage_injected,
+        model=model if isinstance(model, str) else None,
+        submitted_at=time.monotonic(),
+    )
+
+
+__all__ = ["RENDER_FAILED", "ShadowSkip", "decide", "shadow_copy"]

@@ -1,0 +1,153 @@
+"""Stage 3, choose: which version a request runs on (its arm), and whether it is shadowed.
+
+Pure and deterministic: the arm is a function of (slug, rollout id, sticky key) only, so the
+same caller lands on the same arm on every replica and after restarts, without any shared
+state (TensorZero and Envoy's ``runtime_fraction`` do the same). The key is hashed into one
+of 10,000 buckets and a rollout at ``p`` basis points takes buckets ``[0, p)``: raising the
+percentage keeps every caller already on the candidate, lowering it removes the callers in
+the highest buckets, the newest ones. A new rollout has a new id and so new cohorts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from proxy.models import Route
+from proxy.registry.models import (
+    BASIS_POINTS,
+    PromptVersion,
+    RegistrySnapshot,
+    Rollout,
+    RolloutMode,
+    StickyKey,
+    StickyKind,
+)
+
+
+class Arm(StrEnum):
+    """The bounded set of arm labels (headers, logs, metrics)."""
+
+    STABLE = "stable"
+    CANARY = "canary"
+    #: ``X-Prompt-Version`` chose the version: outside any rollout and its analysis.
+    PINNED = "pinned"
+    SHADOW = "shadow"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    arm: Arm
+    #: The version that answers the caller.
+    version: PromptVersion
+    #: The running rollout of the slug, if any (also for callers left on stable).
+    rollout: Rollout | None = None
+    #: The candidate to run in the background (shadow rollouts, sampled requests only).
+    shadow: PromptVersion | None = None
+    #: A rollout with a sticky key found none on this request.
+    unkeyed: bool = False
+
+
+def bucket(slug: str, rollout_id: str, key: str) -> int:
+    """The key's bucket in ``[0, BASIS_POINTS)`` for this rollout: uniform, stable, and
+    independent between rollouts (the rollout id is in the hash)."""
+    digest = hashlib.blake2b(
+        b"\x1f".join((slug.encode(), rollout_id.encode(), key.encode("utf-8", "surrogatepass"))),
+        digest_size=8,
+    ).digest()
+    # Scaling a 64-bit value (instead of taking it modulo 10,000) keeps every bucket
+    # equally likely to within 2**-50.
+    return (int.from_bytes(digest, "big") * BASIS_POINTS) >> 64
+
+
+def takes_candidate(rollout: Rollout, key: str) -> bool:
+    return bucket(rollout.slug, rollout.id, key) < rollout.basis_points
+
+
+def tenant_of(headers: Mapping[str, str], tenant_header: str) -> str | None:
+    """The tenant header, else a digest of the caller's credentials (one key per tenant).
+    Only the digest is ever used, so the key itself goes nowhere."""
+    tenant = headers.get(tenant_header)
+    if tenant:
+        return "t:" + tenant
+    credentials = headers.get("authorization") or headers.get("api-key")
+    if not credentials:
+        return None
+    return "k:" + hashlib.sha256(credentials.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def sticky_value(
+    sticky: StickyKey,
+    headers: Mapping[str, str],
+    payload: Mapping[str, Any],
+    *,
+    tenant_header: str,
+    request_id: str,
+) -> str | None:
+    """The value that makes assignment sticky for this request; None when it has none."""
+    if sticky.kind is StickyKind.HEADER:
+        assert sticky.header is not None
+        return headers.get(sticky.header) or None
+    if sticky.kind is StickyKind.USER:
+        # The Responses API's replacement for `user` is `safety_identifier`.
+        for name in ("user", "safety_identifier"):
+            value = payload.get(name)
+            if isinstance(value, str) and value:
+                return value
+        return None
+    if sticky.kind is StickyKind.TENANT:
+        return tenant_of(headers, tenant_header)
+    return request_id  # `none`: a fresh draw per request
+
+
+def choose(
+    snapshot: RegistrySnapshot,
+    stable: PromptVersion,
+    key: str | None,
+) -> Decision:
+    """Decide the arm of a request whose prod version is ``stable``. ``key`` is the
+    request's sticky value for the slug's rollout (see ``sticky_value``)."""
+    rollout = snapshot.rollouts.get(stable.slug)
+    if rollout is None:
+        return Decision(Arm.STABLE, stable)
+    candidate = snapshot.versions.get(stable.slug, {}).get(rollout.candidate)
+    if candidate is None or candidate.version == stable.version:
+        # The snapshot is consistent, so this cannot happen; if it does, serve stable.
+        return Decision(Arm.STABLE, stable, rollout)
+    if key is None:
+        return Decision(Arm.STABLE, stable, rollout, unkeyed=True)
+    if not takes_candidate(rollout, key):
+        return Decision(Arm.STABLE, stable, rollout)
+    if rollout.mode is RolloutMode.CANARY:
+        return Decision(Arm.CANARY, candidate, rollout)
+    return Decision(Arm.STABLE, stable, rollout, shadow=candidate)
+
+
+class ShadowSkip(StrEnum):
+    """Why a sampled request was not shadowed (metric label values)."""
+
+    NOT_COMPLETION = "not_completion"
+    SIDE_EFFECTS = "side_effects"
+    BODY_TOO_LARGE = "body_too_large"
+
+
+SHADOW_ROUTES = frozenset({Route.CHAT, Route.COMPLETIONS, Route.RESPONSES})
+
+
+def shadow_skip(
+    route: Route, method: str, payload: Mapping[str, Any], body_size: int, max_body: int
+) -> ShadowSkip | None:
+    """None when a copy of this request may be sent: a completion-style call that stores
+    nothing on the provider's side (Diffy and Flagger mirror only idempotent calls)."""
+    if route not in SHADOW_ROUTES or method != "POST":
+        return ShadowSkip.NOT_COMPLETION
+    store = payload.get("store")
+    # The Responses API stores by default; chat completions only when asked to.
+    if store is True or (route is Route.RESPONSES and store is not False):
+        return ShadowSkip.SIDE_EFFECTS
+    if body_size > max_body:
+        return ShadowSkip.BODY_TOO_LARGE
+    return None

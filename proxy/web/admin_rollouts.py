@@ -1,0 +1,93 @@
+"""Admin API for rollouts: parse JSON, call RegistryService, serialize. Nothing else.
+
+PUT    /admin/v1/prompts/{slug}/rollout          start, or change the percentage
+GET    /admin/v1/prompts/{slug}/rollout          the running rollout (404 if none)
+DELETE /admin/v1/prompts/{slug}/rollout          abort: all traffic back to stable
+POST   /admin/v1/prompts/{slug}/rollout/promote  the candidate becomes prod; ends it
+GET    /admin/v1/rollouts                        every running rollout
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from pydantic import Field
+
+from proxy.registry.models import Rollout, RolloutMode
+from proxy.web.admin_api import PREFIX, Body, actor_of, json_response, parse_body, services_of
+
+
+class RolloutIn(Body):
+    candidate: int = Field(ge=1)
+    mode: RolloutMode
+    #: 0 to 100 in steps of 0.01; validated by the service so the message is the same for
+    #: every front end.
+    percent: float
+    #: `header:<name>`, `user`, `tenant` or `none`. Omitted: `none` for a new rollout, the
+    #: running rollout's key for a percentage change.
+    sticky: str | None = None
+    reason: str = ""
+
+
+class ReasonIn(Body):
+    reason: str = ""
+
+
+def _view(rollout: Rollout, prod: int | None) -> dict[str, object]:
+    return {**rollout.to_dict(), "prod_version": prod}
+
+
+async def _prod_of(request: web.Request, slug: str) -> int | None:
+    summary, _ = await services_of(request).registry.get_prompt(slug)
+    return summary.prod_version
+
+
+async def put_rollout(request: web.Request) -> web.Response:
+    actor = actor_of(request, write=True)
+    slug = request.match_info["slug"]
+    body = await parse_body(request, RolloutIn)
+    change = await services_of(request).registry.set_rollout(
+        slug, body.candidate, body.mode, body.percent, body.sticky, actor, body.reason
+    )
+    view = _view(change.rollout, await _prod_of(request, slug))
+    view["audit"] = None if change.audit is None else change.audit.to_dict()
+    return json_response(view, 201 if change.started else 200)
+
+
+async def get_rollout(request: web.Request) -> web.Response:
+    actor_of(request, write=False)
+    slug = request.match_info["slug"]
+    rollout = await services_of(request).registry.get_rollout(slug)
+    return json_response(_view(rollout, await _prod_of(request, slug)))
+
+
+async def delete_rollout(request: web.Request) -> web.Response:
+    actor = actor_of(request, write=True)
+    body = await parse_body(request, ReasonIn)
+    entry = await services_of(request).registry.abort_rollout(
+        request.match_info["slug"], actor, body.reason or request.query.get("reason", "")
+    )
+    return json_response(entry.to_dict())
+
+
+async def promote_rollout(request: web.Request) -> web.Response:
+    actor = actor_of(request, write=True)
+    body = await parse_body(request, ReasonIn)
+    entry = await services_of(request).registry.promote_rollout(
+        request.match_info["slug"], actor, body.reason
+    )
+    return json_response(entry.to_dict())
+
+
+async def list_rollouts(request: web.Request) -> web.Response:
+    actor_of(request, write=False)
+    rollouts = await services_of(request).registry.list_rollouts()
+    return json_response({"data": [r.to_dict() for r in rollouts]})
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_put(f"{PREFIX}/prompts/{{slug}}/rollout", put_rollout)
+    r.add_get(f"{PREFIX}/prompts/{{slug}}/rollout", get_rollout)
+    r.add_delete(f"{PREFIX}/prompts/{{slug}}/rollout", delete_rollout)
+    r.add_post(f"{PREFIX}/prompts/{{slug}}/rollout/promote", promote_rollout)
+    r.add_get(f"{PREFIX}/rollouts", list_rollouts)
