@@ -12,12 +12,12 @@ from typing import Any
 
 import orjson
 
-from proxy.registry.models import AuditEntry, PromptVersion, Status
+from proxy.registry.models import AuditEntry, PromptVersion, Rollout, Status
 from proxy.registry.store import PromptNotFound, StoreUnavailable, VersionNotFound
 
-#: Bumped whenever the DDL below changes; ``PRAGMA user_version`` holds the file's version.
-SCHEMA_VERSION = 1
-
+# Each step is frozen once released: a file at version N gets steps N+1.. applied, and a fresh
+# file gets them all, so fresh and upgraded files cannot differ. Change the schema by adding a
+# step, never by editing one.
 _SCHEMA_V1: tuple[str, ...] = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
     "INSERT INTO meta (key, value) VALUES ('revision', 0)",
@@ -58,8 +58,49 @@ _SCHEMA_V1: tuple[str, ...] = (
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
 )
 
+_SCHEMA_V2: tuple[str, ...] = (
+    # Structured facts of a change (a rollout's id, mode, percent...), JSON. Adding a column
+    # fires no trigger, and the append-only triggers cover the new column as they are
+    # table-wide.
+    "ALTER TABLE audit ADD COLUMN detail TEXT",
+    """CREATE TABLE rollouts (
+        slug TEXT PRIMARY KEY,
+        id TEXT NOT NULL CHECK (id <> ''),
+        candidate INTEGER NOT NULL,
+        mode TEXT NOT NULL CHECK (mode IN ('canary', 'shadow')),
+        basis_points INTEGER NOT NULL CHECK (basis_points BETWEEN 0 AND 10000),
+        sticky TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        actor TEXT NOT NULL,
+        restore_status TEXT NOT NULL CHECK (restore_status IN ('draft', 'candidate'))
+    ) WITHOUT ROWID""",
+    # As with immutability, the file itself keeps the rollout rules a bug could break: the
+    # candidate exists and stays 'candidate' while the rollout runs (so ending it must
+    # delete the row first), and only the percentage of a running rollout changes.
+    """CREATE TRIGGER rollouts_candidate_exists BEFORE INSERT ON rollouts
+        WHEN (SELECT status FROM versions WHERE slug = NEW.slug AND version = NEW.candidate)
+            IS NOT 'candidate'
+        BEGIN SELECT RAISE(ABORT, 'a rollout candidate must be a candidate version'); END""",
+    """CREATE TRIGGER rollouts_fixed
+        BEFORE UPDATE OF slug, id, candidate, mode, sticky, started_at, actor, restore_status
+        ON rollouts
+        BEGIN SELECT RAISE(ABORT, 'a running rollout only changes its percentage'); END""",
+    """CREATE TRIGGER versions_rollout_candidate BEFORE UPDATE OF status ON versions
+        WHEN NEW.status <> 'candidate' AND EXISTS (
+            SELECT 1 FROM rollouts WHERE slug = OLD.slug AND candidate = OLD.version)
+        BEGIN SELECT RAISE(ABORT, 'the candidate of a running rollout stays candidate'); END""",
+)
+
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2)
+#: ``PRAGMA user_version`` holds the file's version: how many ``_MIGRATIONS`` it has had.
+SCHEMA_VERSION = len(_MIGRATIONS)  # 2
+
 AUDIT_COLUMNS = (
-    "seq, at, actor, action, slug, version, from_status, to_status, reason, previous_prod"
+    "seq, at, actor, action, slug, version, from_status, to_status, reason, previous_prod, detail"
+)
+ROLLOUT_COLUMNS = (
+    "slug, id, candidate, mode, basis_points, sticky, started_at, updated_at, actor, restore_status"
 )
 
 
@@ -107,9 +148,10 @@ def migrate(conn: sqlite3.Connection, path: Path) -> None:
                 f"{path} has registry schema v{found}; this promptproxy understands up to "
                 f"v{SCHEMA_VERSION} (upgrade promptproxy)"
             )
-        if found == 0:
-            for statement in _SCHEMA_V1:
-                conn.execute(statement)
+        if found < SCHEMA_VERSION:
+            for step in _MIGRATIONS[found:]:
+                for statement in step:
+                    conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
@@ -132,19 +174,16 @@ def row_to_version(body: str, status: str) -> PromptVersion:
 
 
 def row_to_audit(row: tuple[Any, ...]) -> AuditEntry:
-    seq, at, actor, action, slug, version, from_status, to_status, reason, previous_prod = row
-    return AuditEntry(
-        seq=seq,
-        at=at,
-        actor=actor,
-        action=action,
-        slug=slug,
-        version=version,
-        from_status=None if from_status is None else Status(from_status),
-        to_status=None if to_status is None else Status(to_status),
-        reason=reason,
-        previous_prod=previous_prod,
-    )
+    """An ``audit`` row, columns in ``AUDIT_COLUMNS`` order."""
+    data = dict(zip(AUDIT_COLUMNS.split(", "), row, strict=True))
+    if data["detail"] is not None:
+        data["detail"] = orjson.loads(data["detail"])
+    return AuditEntry.from_dict(data)
+
+
+def row_to_rollout(row: tuple[Any, ...]) -> Rollout:
+    """A ``rollouts`` row, columns in ``ROLLOUT_COLUMNS`` order."""
+    return Rollout.from_dict(dict(zip(ROLLOUT_COLUMNS.split(", "), row, strict=True)))
 
 
 # -- statements run on the worker thread, inside the caller's transaction -------------------
@@ -176,6 +215,45 @@ def current_prod(conn: sqlite3.Connection, slug: str) -> int | None:
     return None if row is None else int(row[0])
 
 
+def running_rollout(conn: sqlite3.Connection, slug: str) -> Rollout | None:
+    row = conn.execute(f"SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE slug = ?", (slug,)).fetchone()
+    return None if row is None else row_to_rollout(row)
+
+
+def all_rollouts(conn: sqlite3.Connection) -> dict[str, Rollout]:
+    rows = conn.execute(f"SELECT {ROLLOUT_COLUMNS} FROM rollouts")
+    return {rollout.slug: rollout for rollout in map(row_to_rollout, rows)}
+
+
+def insert_rollout(conn: sqlite3.Connection, rollout: Rollout) -> None:
+    conn.execute(
+        f"INSERT INTO rollouts ({ROLLOUT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            rollout.slug,
+            rollout.id,
+            rollout.candidate,
+            rollout.mode.value,
+            rollout.basis_points,
+            str(rollout.sticky),
+            rollout.started_at,
+            rollout.updated_at,
+            rollout.actor,
+            rollout.restore_status.value,
+        ),
+    )
+
+
+def put_rollout_percentage(conn: sqlite3.Connection, rollout: Rollout) -> None:
+    conn.execute(
+        "UPDATE rollouts SET basis_points = ?, updated_at = ? WHERE slug = ?",
+        (rollout.basis_points, rollout.updated_at, rollout.slug),
+    )
+
+
+def delete_rollout(conn: sqlite3.Connection, slug: str) -> None:
+    conn.execute("DELETE FROM rollouts WHERE slug = ?", (slug,))
+
+
 def put_status(conn: sqlite3.Connection, slug: str, version: int, status: Status) -> None:
     conn.execute(
         "UPDATE versions SET status = ? WHERE slug = ? AND version = ?",
@@ -195,11 +273,12 @@ def append_audit(
     to_status: Status | None,
     reason: str,
     previous_prod: int | None = None,
+    detail: dict[str, Any] | None = None,
 ) -> AuditEntry:
     """Append one audit entry and bump the revision: every write goes through here."""
     cursor = conn.execute(
         "INSERT INTO audit (at, actor, action, slug, version, from_status, to_status, reason, "
-        "previous_prod) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "previous_prod, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             at,
             actor,
@@ -210,6 +289,7 @@ def append_audit(
             None if to_status is None else to_status.value,
             reason,
             previous_prod,
+            None if detail is None else orjson.dumps(detail).decode(),
         ),
     )
     conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'revision'")
@@ -226,4 +306,5 @@ def append_audit(
         to_status=to_status,
         reason=reason,
         previous_prod=previous_prod,
+        detail=detail,
     )

@@ -11,6 +11,7 @@ notice by polling it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +20,16 @@ from typing import TypeVar
 
 from proxy.registry import embedded_schema as sql
 from proxy.registry import lifecycle
-from proxy.registry.models import AuditEntry, PromptVersion, RegistrySnapshot, Status, VersionDraft
+from proxy.registry.models import (
+    AuditEntry,
+    PromptVersion,
+    RegistrySnapshot,
+    Rollout,
+    RolloutMode,
+    Status,
+    StickyKey,
+    VersionDraft,
+)
 from proxy.registry.store import (
     PromptNotFound,
     StoreUnavailable,
@@ -166,7 +176,9 @@ class EmbeddedStore:
                 versions.setdefault(version.slug, {})[version.version] = version
                 if version.status is Status.PROD:
                     prod[version.slug] = version.version
-            return RegistrySnapshot(revision=revision, versions=versions, prod=prod)
+            return RegistrySnapshot(
+                revision=revision, versions=versions, prod=prod, rollouts=sql.all_rollouts(conn)
+            )
 
         return await self._read(read)
 
@@ -229,22 +241,11 @@ class EmbeddedStore:
         def write(conn: sqlite3.Connection) -> AuditEntry:
             current = sql.status_of(conn, slug, version)
             lifecycle.check_promote(slug, version, current)
-            previous = sql.current_prod(conn, slug)
-            if previous is not None:
-                sql.put_status(conn, slug, previous, Status.DEPRECATED)
-            sql.put_status(conn, slug, version, Status.PROD)
-            return sql.append_audit(
-                conn,
-                at=at,
-                actor=actor,
-                action=lifecycle.PROMOTE_ACTION,
-                slug=slug,
-                version=version,
-                from_status=current,
-                to_status=Status.PROD,
-                reason=reason,
-                previous_prod=previous,
+            running = sql.running_rollout(conn, slug)
+            lifecycle.check_promote_during_rollout(
+                slug, version, None if running is None else running.candidate
             )
+            return _promote(conn, slug, version, current, running, actor, reason, at)
 
         return await self._write(write)
 
@@ -281,6 +282,10 @@ class EmbeddedStore:
         def write(conn: sqlite3.Connection) -> AuditEntry:
             current = sql.status_of(conn, slug, version)
             lifecycle.check_set_status(slug, version, current, status)
+            running = sql.running_rollout(conn, slug)
+            lifecycle.check_set_status_during_rollout(
+                slug, version, None if running is None else running.candidate
+            )
             sql.put_status(conn, slug, version, status)
             return sql.append_audit(
                 conn,
@@ -293,6 +298,116 @@ class EmbeddedStore:
                 to_status=status,
                 reason=reason,
             )
+
+        return await self._write(write)
+
+    # -- rollouts -------------------------------------------------------------------------
+
+    async def get_rollout(self, slug: str) -> Rollout | None:
+        return await self._read(lambda conn: sql.running_rollout(conn, slug))
+
+    async def start_rollout(
+        self,
+        slug: str,
+        rollout_id: str,
+        candidate: int,
+        mode: RolloutMode,
+        basis_points: int,
+        sticky: StickyKey,
+        actor: str,
+        reason: str,
+        at: float,
+    ) -> tuple[Rollout, AuditEntry]:
+        lifecycle.check_rollout_values(basis_points, rollout_id, sticky)
+
+        def write(conn: sqlite3.Connection) -> tuple[Rollout, AuditEntry]:
+            current = sql.status_of(conn, slug, candidate)
+            running = sql.running_rollout(conn, slug)
+            lifecycle.check_no_rollout(slug, None if running is None else running.candidate)
+            lifecycle.check_rollout_candidate(slug, candidate, current)
+            rollout = Rollout(
+                slug=slug,
+                id=rollout_id,
+                candidate=candidate,
+                mode=mode,
+                basis_points=basis_points,
+                sticky=sticky,
+                started_at=at,
+                updated_at=at,
+                actor=actor,
+                restore_status=current,
+            )
+            sql.put_status(conn, slug, candidate, Status.CANDIDATE)
+            sql.insert_rollout(conn, rollout)
+            entry = sql.append_audit(
+                conn,
+                at=at,
+                actor=actor,
+                action=lifecycle.ROLLOUT_START_ACTION,
+                slug=slug,
+                version=candidate,
+                from_status=current,
+                to_status=Status.CANDIDATE,
+                reason=reason,
+                detail=rollout.audit_detail(),
+            )
+            return rollout, entry
+
+        return await self._write(write)
+
+    async def update_rollout(
+        self, slug: str, rollout_id: str, basis_points: int, actor: str, reason: str, at: float
+    ) -> tuple[Rollout, AuditEntry]:
+        lifecycle.check_rollout_values(basis_points)
+
+        def write(conn: sqlite3.Connection) -> tuple[Rollout, AuditEntry]:
+            before = _require_rollout(conn, slug, rollout_id)
+            rollout = dataclasses.replace(before, basis_points=basis_points, updated_at=at)
+            sql.put_rollout_percentage(conn, rollout)
+            entry = sql.append_audit(
+                conn,
+                at=at,
+                actor=actor,
+                action=lifecycle.ROLLOUT_UPDATE_ACTION,
+                slug=slug,
+                version=rollout.candidate,
+                from_status=None,
+                to_status=None,
+                reason=reason,
+                detail={**rollout.audit_detail(), "from_percent": before.percent},
+            )
+            return rollout, entry
+
+        return await self._write(write)
+
+    async def abort_rollout(self, slug: str, actor: str, reason: str, at: float) -> AuditEntry:
+        def write(conn: sqlite3.Connection) -> AuditEntry:
+            rollout = _require_rollout(conn, slug)
+            current = sql.status_of(conn, slug, rollout.candidate)
+            restored = rollout.restore_status if current is Status.CANDIDATE else current
+            sql.delete_rollout(conn, slug)  # first: the file keeps a running candidate's status
+            sql.put_status(conn, slug, rollout.candidate, restored)
+            return sql.append_audit(
+                conn,
+                at=at,
+                actor=actor,
+                action=lifecycle.ROLLOUT_ABORT_ACTION,
+                slug=slug,
+                version=rollout.candidate,
+                from_status=current,
+                to_status=restored,
+                reason=reason,
+                detail=rollout.audit_detail(),
+            )
+
+        return await self._write(write)
+
+    async def promote_rollout(self, slug: str, actor: str, reason: str, at: float) -> AuditEntry:
+        def write(conn: sqlite3.Connection) -> AuditEntry:
+            rollout = _require_rollout(conn, slug)
+            current = sql.status_of(conn, slug, rollout.candidate)
+            lifecycle.check_promote(slug, rollout.candidate, current)
+            return _promote(conn, slug, rollout.candidate, current, rollout, actor, reason, at)
 
         return await self._write(write)
 
@@ -310,3 +425,49 @@ class EmbeddedStore:
             await asyncio.get_running_loop().run_in_executor(self._executor, close_conn)
         finally:
             self._executor.shutdown(wait=False)
+
+
+# -- write steps shared by several operations, run inside their transaction -----------------
+
+
+def _require_rollout(conn: sqlite3.Connection, slug: str, rollout_id: str | None = None) -> Rollout:
+    sql.require_slug(conn, slug)
+    running = sql.running_rollout(conn, slug)
+    lifecycle.check_rollout_running(slug, None if running is None else running.id, rollout_id)
+    assert running is not None  # check_rollout_running refused otherwise
+    return running
+
+
+def _promote(
+    conn: sqlite3.Connection,
+    slug: str,
+    version: int,
+    current: Status,
+    running: Rollout | None,
+    actor: str,
+    reason: str,
+    at: float,
+) -> AuditEntry:
+    """Make ``version`` prod, the former prod deprecated; ``running`` (the rollout of this
+    very version, if any) ends with it. The caller has checked the move is allowed."""
+    detail = None
+    if running is not None:
+        detail = {**running.audit_detail(), lifecycle.ROLLOUT_PROMOTED_DETAIL: True}
+        sql.delete_rollout(conn, slug)  # first: the file keeps a running candidate's status
+    previous = sql.current_prod(conn, slug)
+    if previous is not None:
+        sql.put_status(conn, slug, previous, Status.DEPRECATED)
+    sql.put_status(conn, slug, version, Status.PROD)
+    return sql.append_audit(
+        conn,
+        at=at,
+        actor=actor,
+        action=lifecycle.PROMOTE_ACTION,
+        slug=slug,
+        version=version,
+        from_status=current,
+        to_status=Status.PROD,
+        reason=reason,
+        previous_prod=previous,
+        detail=detail,
+    )
