@@ -12,6 +12,10 @@ Cluster keeps every key in one slot and the scripts may touch them all):
 ``P{registry}:status:<slug>``      hash    version number -> status
 ``P{registry}:prod_stack:<slug>``  list    rollback history, top (right end) = current
                                            prod; see ``lifecycle.prod_stack``
+``P{registry}:rollout:<slug>``     hash    the running rollout, absent when none: fields
+                                           id candidate mode basis_points sticky
+                                           started_at updated_at actor restore_status
+                                           (``Rollout.from_dict`` reads it as is)
 ``P{registry}:audit_seq``          string  last audit ``seq`` (INCR)
 ``P{registry}:audit``              stream  every audit entry, entry id ``<seq>-0``
 ``P{registry}:audit:<slug>``       stream  the same entries for one slug (for paging by slug)
@@ -19,22 +23,37 @@ Cluster keeps every key in one slot and the scripts may touch them all):
 
 Versions are numbered 1..n without gaps, so ``HLEN versions:<slug>`` is the latest number.
 Audit stream fields: at actor action slug version from_status to_status reason
-previous_prod, with "" for None.
+previous_prod detail (JSON object), with "" for None.
+
+A rollout is a hash of text fields, not one JSON value, because ``update_rollout`` changes
+two of them in Lua: re-encoding JSON there would round timestamps (cjson keeps 14 digits).
 
 Each script checks everything before its first write: Redis runs a script atomically but
 does not undo the writes it made before an error. Errors the caller must map to store
 exceptions are returned as ``PROMPT_NOT_FOUND|VERSION_NOT_FOUND|INVALID_TRANSITION <msg>``.
+The refusals (which moves, and their messages) are generated from the ``lifecycle`` checks
+(``redis_lua_rules``), so the Redis store cannot drift from the embedded one. Rollout
+scripts are in ``redis_rollout_scripts``; the helpers they share with ``PROMOTE`` are here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import orjson
 
-from proxy.registry.lifecycle import SET_STATUS_MOVES
-from proxy.registry.models import AuditEntry, PromptVersion, Status
+from proxy.registry import lifecycle
+from proxy.registry.models import AuditEntry, PromptVersion, Rollout, Status
+from proxy.registry.redis_lua_rules import (
+    SLUG,
+    A,
+    B,
+    lua_move_refusals,
+    lua_refusal,
+    lua_status_refusals,
+)
 
 PROMPT_NOT_FOUND = "PROMPT_NOT_FOUND"
 VERSION_NOT_FOUND = "VERSION_NOT_FOUND"
@@ -84,6 +103,9 @@ class RedisKeys:
     def prod_stack(self, slug: str) -> str:
         return self._key("prod_stack", slug)
 
+    def rollout(self, slug: str) -> str:
+        return self._key("rollout", slug)
+
     def for_write(self, slug: str) -> list[str]:
         """KEYS of every write script, in the order the Lua prelude expects."""
         return [
@@ -95,144 +117,178 @@ class RedisKeys:
             self.status(slug),
             self.prod_stack(slug),
             self.slugs,
+            self.rollout(slug),
         ]
+
+
+_PROMOTE_REFUSED = lua_status_refusals(partial(lifecycle.check_promote, SLUG, A))
+_PROMOTE_DURING_ROLLOUT = lua_refusal(partial(lifecycle.check_promote_during_rollout, SLUG, A, B))
+_NO_PROD = lua_refusal(partial(lifecycle.rollback_pair, SLUG, []))
+_NO_FORMER_PROD = lua_refusal(partial(lifecycle.rollback_pair, SLUG, [A]))
+_SET_STATUS_REFUSED = lua_move_refusals(partial(lifecycle.check_set_status, SLUG, A))
+_SET_STATUS_DURING_ROLLOUT = lua_refusal(
+    partial(lifecycle.check_set_status_during_rollout, SLUG, A, A)
+)
 
 
 # KEYS: see RedisKeys.for_write. ARGV[1] channel, ARGV[2] slug, ARGV[3] actor, ARGV[4] reason,
 # ARGV[5] at (a float's repr, kept as text so Lua's number formatting cannot round it).
-_PRELUDE = f"""
-local K_REV, K_SEQ, K_AUDIT, K_SLUG_AUDIT = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local K_VERSIONS, K_STATUS, K_STACK, K_SLUGS = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+PRELUDE = f"""
+local K_REV, K_SEQ, K_AUDIT, KSLUG_AUDIT = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local K_VERSIONS, K_STATUS, K_STACK, KSLUGS = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local K_ROLLOUT = KEYS[9]
 local CHANNEL, SLUG, ACTOR, REASON, AT = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 
 local function fail(code, msg)
   return redis.error_reply(code .. ' ' .. msg)
 end
 
+local function refuse(msg)
+  return fail('{INVALID_TRANSITION}', msg)
+end
+
 -- Append one audit entry, bump and publish the revision; returns the entry's seq.
-local function commit(action, version, from_status, to_status, previous_prod)
+local function commit(action, version, from_status, to_status, previous_prod, detail)
   local seq = redis.call('INCR', K_SEQ)
   local fields = {{'at', AT, 'actor', ACTOR, 'action', action, 'slug', SLUG,
     'version', version, 'from_status', from_status or '', 'to_status', to_status or '',
-    'reason', REASON, 'previous_prod', previous_prod or ''}}
+    'reason', REASON, 'previous_prod', previous_prod or '', 'detail', detail or ''}}
   local id = seq .. '-0'
   redis.call('XADD', K_AUDIT, id, unpack(fields))
-  redis.call('XADD', K_SLUG_AUDIT, id, unpack(fields))
+  redis.call('XADD', KSLUG_AUDIT, id, unpack(fields))
   local rev = redis.call('INCR', K_REV)
   redis.call('PUBLISH', CHANNEL, rev)
   return seq
 end
 
-local function require_version(version)
+local function require_slug()
   if redis.call('EXISTS', K_VERSIONS) == 0 then
-    return nil, fail('{PROMPT_NOT_FOUND}', 'no prompt ' .. SLUG)
+    return fail('{PROMPT_NOT_FOUND}', 'no prompt ' .. SLUG)
   end
+end
+
+local function require_version(version)
+  local err = require_slug()
+  if err then return nil, err end
   local status = redis.call('HGET', K_STATUS, version)
   if not status then
     return nil, fail('{VERSION_NOT_FOUND}', SLUG .. ' has no version ' .. version)
   end
   return status
 end
+
+-- The running rollout's candidate (a version number, as text) or nil.
+local function running_candidate()
+  return redis.call('HGET', K_ROLLOUT, 'candidate') or nil
+end
+
+-- Python's repr of basis_points / 100 (Rollout.percent): '25.0', '12.5', '0.01'.
+local function percent(basis_points)
+  local n = tonumber(basis_points)
+  local text = string.format('%d.%02d', math.floor(n / 100), n % 100)
+  return (string.gsub(text, '0$', ''))
+end
+
+-- Rollout.audit_detail() of the running rollout as JSON, plus ``extra`` (',"key":value').
+-- Written by hand: the contract tests compare it with Rollout.audit_detail.
+local function rollout_detail(extra)
+  local r = redis.call('HMGET', K_ROLLOUT, 'id', 'mode', 'basis_points', 'sticky')
+  return '{{"rollout_id":' .. cjson.encode(r[1]) .. ',"mode":' .. cjson.encode(r[2])
+    .. ',"percent":' .. percent(r[3]) .. ',"sticky":' .. cjson.encode(r[4]) .. extra .. '}}'
+end
+
+-- Make ``version`` (now ``status``) prod, the former prod deprecated; a rollout of this
+-- version ends with it. Returns {{seq, status, former prod or "", detail or ""}}.
+local function promote_version(version, status)
+  local detail = nil
+  if running_candidate() == version then
+    detail = rollout_detail(',"{lifecycle.ROLLOUT_PROMOTED_DETAIL}":true')
+    redis.call('DEL', K_ROLLOUT)
+  end
+  local previous = redis.call('LINDEX', K_STACK, -1)
+  if previous then redis.call('HSET', K_STATUS, previous, 'deprecated') end
+  redis.call('HSET', K_STATUS, version, 'prod')
+  redis.call('LREM', K_STACK, 0, version)
+  redis.call('RPUSH', K_STACK, version)
+  local seq = commit('{lifecycle.PROMOTE_ACTION}', version, status, 'prod', previous or nil,
+    detail)
+  return {{seq, status, previous or '', detail or ''}}
+end
+
+local PROMOTE_REFUSED = {_PROMOTE_REFUSED}
 """
 
 # ARGV[6] sha256, ARGV[7] the version's JSON without "version" (a non-empty object).
 # Returns {created (0|1), version, json, status}.
 CREATE = (
-    _PRELUDE
-    + """
+    PRELUDE
+    + f"""
 local n = redis.call('HLEN', K_VERSIONS)
 if n > 0 then
   local latest = redis.call('HGET', K_VERSIONS, n)
   if cjson.decode(latest)['sha256'] == ARGV[6] then
-    return {0, n, latest, redis.call('HGET', K_STATUS, n)}
+    return {{0, n, latest, redis.call('HGET', K_STATUS, n)}}
   end
 end
 n = n + 1
-local body = '{"version":' .. n .. ',' .. string.sub(ARGV[7], 2)
+local body = '{{"version":' .. n .. ',' .. string.sub(ARGV[7], 2)
 redis.call('HSET', K_VERSIONS, n, body)
 redis.call('HSET', K_STATUS, n, 'draft')
-redis.call('SADD', K_SLUGS, SLUG)
-commit('create', n, nil, 'draft', nil)
-return {1, n, body, 'draft'}
+redis.call('SADD', KSLUGS, SLUG)
+commit('{lifecycle.CREATE_ACTION}', n, nil, 'draft', nil, nil)
+return {{1, n, body, 'draft'}}
 """
 )
 
-# ARGV[6] version. Returns {seq, from_status, previous_prod or ""}.
+# ARGV[6] version. Returns what promote_version does.
 PROMOTE = (
-    _PRELUDE
+    PRELUDE
     + f"""
+local DURING_ROLLOUT = {_PROMOTE_DURING_ROLLOUT}
 local version = ARGV[6]
 local status, err = require_version(version)
 if err then return err end
-if status == 'prod' then
-  return fail('{INVALID_TRANSITION}', SLUG .. ' v' .. version .. ' is already prod')
-end
-local previous = redis.call('LINDEX', K_STACK, -1)
-if previous then redis.call('HSET', K_STATUS, previous, 'deprecated') end
-redis.call('HSET', K_STATUS, version, 'prod')
-redis.call('LREM', K_STACK, 0, version)
-redis.call('RPUSH', K_STACK, version)
-local seq = commit('promote', version, status, 'prod', previous or nil)
-return {{seq, status, previous or ''}}
+if PROMOTE_REFUSED[status] then return refuse(PROMOTE_REFUSED[status](version)) end
+local running = running_candidate()
+if running and running ~= version then return refuse(DURING_ROLLOUT(version, running)) end
+return promote_version(version, status)
 """
 )
 
 # Returns {seq, target, target's former status, former prod}.
 ROLLBACK = (
-    _PRELUDE
+    PRELUDE
     + f"""
-if redis.call('EXISTS', K_VERSIONS) == 0 then
-  return fail('{PROMPT_NOT_FOUND}', 'no prompt ' .. SLUG)
-end
+local NO_PROD, NO_FORMER = {_NO_PROD}, {_NO_FORMER_PROD}
+local err = require_slug()
+if err then return err end
 local current = redis.call('LINDEX', K_STACK, -1)
-if not current then
-  return fail('{INVALID_TRANSITION}', SLUG .. ' has no prod version to roll back')
-end
+if not current then return refuse(NO_PROD()) end
 local target = redis.call('LINDEX', K_STACK, -2)
-if not target then
-  return fail('{INVALID_TRANSITION}',
-    SLUG .. ' v' .. current .. ' is prod and there is no former prod')
-end
+if not target then return refuse(NO_FORMER(current)) end
 local target_status = redis.call('HGET', K_STATUS, target)
 redis.call('RPOP', K_STACK)
 redis.call('HSET', K_STATUS, current, 'deprecated')
 redis.call('HSET', K_STATUS, target, 'prod')
-local seq = commit('rollback', target, target_status, 'prod', current)
+local seq = commit('{lifecycle.ROLLBACK_ACTION}', target, target_status, 'prod', current, nil)
 return {{seq, target, target_status, current}}
 """
 )
 
-
-def _lua_moves() -> str:
-    rows = [
-        f"['{src.value}'] = {{" + ", ".join(f"['{dst.value}'] = true" for dst in dsts) + "}"
-        for src, dsts in SET_STATUS_MOVES.items()
-    ]
-    return "{" + ", ".join(rows) + "}"
-
-
-# ARGV[6] version, ARGV[7] target status. Mirrors lifecycle.check_set_status.
-# Returns {seq, from_status}.
+# ARGV[6] version, ARGV[7] target status. Returns {seq, from_status}.
 SET_STATUS = (
-    _PRELUDE
+    PRELUDE
     + f"""
-local MOVES = {_lua_moves()}
+local REFUSED = {_SET_STATUS_REFUSED}
+local DURING_ROLLOUT = {_SET_STATUS_DURING_ROLLOUT}
 local version, target = ARGV[6], ARGV[7]
 local status, err = require_version(version)
 if err then return err end
-local where = SLUG .. ' v' .. version
-if target == 'prod' then
-  return fail('{INVALID_TRANSITION}', where .. ': use promote to make a version prod')
-end
-if status == 'prod' then
-  return fail('{INVALID_TRANSITION}',
-    where .. ' is prod: use promote (another version) or rollback to replace it')
-end
-if not MOVES[status][target] then
-  return fail('{INVALID_TRANSITION}', where .. ': ' .. status .. ' -> ' .. target .. ' not allowed')
-end
+local refused = REFUSED[status][target]
+if refused then return refuse(refused(version)) end
+if running_candidate() == version then return refuse(DURING_ROLLOUT(version)) end
 redis.call('HSET', K_STATUS, version, target)
-local seq = commit('set_status', version, status, target, nil)
+local seq = commit('{lifecycle.SET_STATUS_ACTION}', version, status, target, nil, nil)
 return {{seq, status}}
 """
 )
@@ -257,6 +313,17 @@ def decode_versions(bodies: dict[Any, Any], statuses: dict[Any, Any]) -> dict[in
     return {n: decode_version(body, status) for n, body, status in numbered}
 
 
+def decode_rollout(slug: str, fields: dict[Any, Any]) -> Rollout | None:
+    """The ``rollout:<slug>`` hash (HGETALL: empty when no rollout runs)."""
+    if not fields:
+        return None
+    return Rollout.from_dict({"slug": slug, **{text(k): text(v) for k, v in fields.items()}})
+
+
+def decode_detail(raw: bytes | str | None) -> dict[str, Any] | None:
+    return orjson.loads(raw) if raw else None
+
+
 def decode_audit(entry_id: bytes | str, raw: dict[Any, Any]) -> AuditEntry:
     fields = {text(k): text(v) for k, v in raw.items()}
 
@@ -277,4 +344,5 @@ def decode_audit(entry_id: bytes | str, raw: dict[Any, Any]) -> AuditEntry:
         to_status=status("to_status"),
         reason=fields.get("reason", ""),
         previous_prod=number("previous_prod"),
+        detail=decode_detail(fields.get("detail")),
     )

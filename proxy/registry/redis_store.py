@@ -25,8 +25,18 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError, ResponseError, WatchError
 
 from proxy.registry import lifecycle
+from proxy.registry import redis_rollout_scripts as rollout_scripts
 from proxy.registry import redis_scripts as scripts
-from proxy.registry.models import AuditEntry, PromptVersion, RegistrySnapshot, Status, VersionDraft
+from proxy.registry.models import (
+    AuditEntry,
+    PromptVersion,
+    RegistrySnapshot,
+    Rollout,
+    RolloutMode,
+    Status,
+    StickyKey,
+    VersionDraft,
+)
 from proxy.registry.redis_notify import ChangeHints
 from proxy.registry.store import (
     InvalidTransition,
@@ -67,6 +77,10 @@ class RedisStore:
         self._promote = client.register_script(scripts.PROMOTE)
         self._rollback = client.register_script(scripts.ROLLBACK)
         self._set_status = client.register_script(scripts.SET_STATUS)
+        self._start_rollout = client.register_script(rollout_scripts.START)
+        self._update_rollout = client.register_script(rollout_scripts.UPDATE)
+        self._abort_rollout = client.register_script(rollout_scripts.ABORT)
+        self._promote_rollout = client.register_script(rollout_scripts.PROMOTE)
 
     @classmethod
     def from_url(
@@ -192,19 +206,26 @@ class RedisStore:
             for slug in slugs:
                 pipe.hgetall(self.keys.versions(slug))
                 pipe.hgetall(self.keys.status(slug))
+                pipe.hgetall(self.keys.rollout(slug))
             try:
                 results = await pipe.execute()
             except WatchError:
                 return None
         versions: dict[str, dict[int, PromptVersion]] = {}
         prod: dict[str, int] = {}
+        rollouts: dict[str, Rollout] = {}
         for i, slug in enumerate(slugs):
-            by_number = scripts.decode_versions(results[1 + 2 * i], results[2 + 2 * i])
+            bodies, statuses, rollout = results[1 + 3 * i : 4 + 3 * i]
+            by_number = scripts.decode_versions(bodies, statuses)
             versions[slug] = by_number
             for number, version in by_number.items():
                 if version.status is Status.PROD:
                     prod[slug] = number
-        return RegistrySnapshot(revision=int(results[0] or 0), versions=versions, prod=prod)
+            if (running := scripts.decode_rollout(slug, rollout)) is not None:
+                rollouts[slug] = running
+        return RegistrySnapshot(
+            revision=int(results[0] or 0), versions=versions, prod=prod, rollouts=rollouts
+        )
 
     # -- change notification --------------------------------------------------------------
 
@@ -248,7 +269,14 @@ class RedisStore:
         async def run() -> list[Any]:
             return await self._promote(keys=keys, args=args)  # type: ignore[no-any-return]
 
-        seq, from_status, previous = await self._guard(run)
+        return self._promoted(slug, version, actor, reason, at, await self._guard(run))
+
+    @staticmethod
+    def _promoted(
+        slug: str, version: int, actor: str, reason: str, at: float, result: list[Any]
+    ) -> AuditEntry:
+        """The audit entry of a promote, from what the Lua ``promote_version`` returned."""
+        seq, from_status, previous, detail = result
         return AuditEntry(
             seq=int(seq),
             at=at,
@@ -260,6 +288,7 @@ class RedisStore:
             to_status=Status.PROD,
             reason=reason,
             previous_prod=int(previous) if previous else None,
+            detail=scripts.decode_detail(detail),
         )
 
     async def rollback(self, slug: str, actor: str, reason: str, at: float) -> AuditEntry:
@@ -304,6 +333,126 @@ class RedisStore:
             to_status=status,
             reason=reason,
         )
+
+    # -- rollouts -------------------------------------------------------------------------
+
+    async def get_rollout(self, slug: str) -> Rollout | None:
+        async def read() -> dict[Any, Any]:
+            return await self._client.hgetall(self.keys.rollout(slug))
+
+        return scripts.decode_rollout(slug, await self._guard(read))
+
+    async def start_rollout(
+        self,
+        slug: str,
+        rollout_id: str,
+        candidate: int,
+        mode: RolloutMode,
+        basis_points: int,
+        sticky: StickyKey,
+        actor: str,
+        reason: str,
+        at: float,
+    ) -> tuple[Rollout, AuditEntry]:
+        lifecycle.check_rollout_values(basis_points, rollout_id, sticky)
+        keys = self.keys.for_write(slug)
+        args = [
+            *self._write_args(slug, actor, reason, at),
+            rollout_id,
+            str(candidate),
+            mode.value,
+            str(basis_points),
+            str(sticky),
+        ]
+
+        async def run() -> list[Any]:
+            return await self._start_rollout(keys=keys, args=args)  # type: ignore[no-any-return]
+
+        seq, from_status, detail = await self._guard(run)
+        restore = Status(from_status)
+        rollout = Rollout(
+            slug=slug,
+            id=rollout_id,
+            candidate=candidate,
+            mode=mode,
+            basis_points=basis_points,
+            sticky=sticky,
+            started_at=at,
+            updated_at=at,
+            actor=actor,
+            restore_status=restore,
+        )
+        entry = AuditEntry(
+            seq=int(seq),
+            at=at,
+            actor=actor,
+            action=lifecycle.ROLLOUT_START_ACTION,
+            slug=slug,
+            version=candidate,
+            from_status=restore,
+            to_status=Status.CANDIDATE,
+            reason=reason,
+            detail=scripts.decode_detail(detail),
+        )
+        return rollout, entry
+
+    async def update_rollout(
+        self, slug: str, rollout_id: str, basis_points: int, actor: str, reason: str, at: float
+    ) -> tuple[Rollout, AuditEntry]:
+        lifecycle.check_rollout_values(basis_points)
+        keys = self.keys.for_write(slug)
+        args = [*self._write_args(slug, actor, reason, at), rollout_id, str(basis_points)]
+
+        async def run() -> list[Any]:
+            return await self._update_rollout(keys=keys, args=args)  # type: ignore[no-any-return]
+
+        seq, detail, flat = await self._guard(run)
+        rollout = scripts.decode_rollout(slug, dict(zip(flat[::2], flat[1::2], strict=True)))
+        assert rollout is not None  # the script returns the rollout it just changed
+        entry = AuditEntry(
+            seq=int(seq),
+            at=at,
+            actor=actor,
+            action=lifecycle.ROLLOUT_UPDATE_ACTION,
+            slug=slug,
+            version=rollout.candidate,
+            from_status=None,
+            to_status=None,
+            reason=reason,
+            detail=scripts.decode_detail(detail),
+        )
+        return rollout, entry
+
+    async def abort_rollout(self, slug: str, actor: str, reason: str, at: float) -> AuditEntry:
+        keys = self.keys.for_write(slug)
+        args = self._write_args(slug, actor, reason, at)
+
+        async def run() -> list[Any]:
+            return await self._abort_rollout(keys=keys, args=args)  # type: ignore[no-any-return]
+
+        seq, candidate, from_status, to_status, detail = await self._guard(run)
+        return AuditEntry(
+            seq=int(seq),
+            at=at,
+            actor=actor,
+            action=lifecycle.ROLLOUT_ABORT_ACTION,
+            slug=slug,
+            version=int(candidate),
+            from_status=Status(from_status),
+            to_status=Status(to_status),
+            reason=reason,
+            detail=scripts.decode_detail(detail),
+        )
+
+    async def promote_rollout(self, slug: str, actor: str, reason: str, at: float) -> AuditEntry:
+        keys = self.keys.for_write(slug)
+        args = self._write_args(slug, actor, reason, at)
+
+        async def run() -> list[Any]:
+            return await self._promote_rollout(keys=keys, args=args)  # type: ignore[no-any-return]
+
+        candidate, *promoted = await self._guard(run)
+        return self._promoted(slug, int(candidate), actor, reason, at, promoted)
 
     async def close(self) -> None:
         if self._closed:
