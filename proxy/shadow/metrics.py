@@ -1,0 +1,93 @@
+"""Shadow metrics, on the app's own registry next to ``ProxyMetrics``.
+
+Labels stay bounded: ``slug`` goes through ``ProxyMetrics.slug_label`` (registry slugs, else
+``other``), ``outcome`` and ``reason`` come from fixed sets. Pair ids never become labels.
+The per-request families (tokens, latency, errors) are counted on ``ProxyMetrics`` with
+``arm="shadow"``; see ``runner``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+OTHER = "other"
+
+#: Why a shadow was not sent. The runner drops for the first four; the pipeline reports the
+#: rest through ``ShadowRunner.skip``. Anything else is counted as ``other``.
+DROP_REASONS = frozenset(
+    {
+        "queue_full",
+        "stale",
+        "draining",
+        "cancelled",
+        "side_effects",
+        "not_completion",
+        "body_too_large",
+        "render_failed",
+        "responses_store",
+        OTHER,
+    }
+)
+REQUEST_OUTCOMES = ("sent", "completed", "failed")
+#: ``written``: persisted by the sink. ``sink_dropped``: lost (sink queue full, sink down).
+#: ``unpaired``: handed to the sink without its primary half (also counted when written).
+PAIR_OUTCOMES = ("written", "unpaired", "sink_dropped")
+
+
+def _fold_all(slug: str | None) -> str:
+    return "" if slug is None else OTHER
+
+
+class ShadowMetrics:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        slug_label: Callable[[str | None], str] = _fold_all,
+    ) -> None:
+        """``slug_label`` is ``ProxyMetrics.slug_label``; without it every slug is ``other``."""
+        self._slug_label = slug_label
+        self.requests = Counter(
+            "promptproxy_shadow_requests",
+            "Shadow calls: sent to the provider, then completed (2xx, whole answer) or failed.",
+            ("slug", "outcome"),
+            registry=registry,
+        )
+        self.dropped = Counter(
+            "promptproxy_shadow_dropped",
+            "Shadows not sent, by reason (queue full, stale in queue, draining, or skipped by "
+            "the pipeline: side effects, not a completion, body too large).",
+            ("slug", "reason"),
+            registry=registry,
+        )
+        self.pairs = Counter(
+            "promptproxy_shadow_pairs",
+            "Primary/shadow pairs: written by the sink, unpaired (primary never finished), "
+            "or dropped by the sink.",
+            ("outcome",),
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "promptproxy_shadow_in_flight",
+            "Shadow calls running now.",
+            registry=registry,
+        )
+        self.queue_depth = Gauge(
+            "promptproxy_shadow_queue_depth",
+            "Shadow calls waiting for a slot.",
+            registry=registry,
+        )
+        for outcome in PAIR_OUTCOMES:  # export zeros, so rates work from the first scrape
+            self.pairs.labels(outcome)
+
+    def request(self, slug: str, outcome: str) -> None:
+        self.requests.labels(self._slug_label(slug), outcome).inc()
+
+    def drop(self, slug: str, reason: str) -> None:
+        label = reason if reason in DROP_REASONS else OTHER
+        self.dropped.labels(self._slug_label(slug), label).inc()
+
+    def pair(self, outcome: str, count: int = 1) -> None:
+        """Thread-safe: the file sink's writer thread reports from outside the loop."""
+        self.pairs.labels(outcome).inc(count)

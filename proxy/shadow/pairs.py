@@ -1,0 +1,166 @@
+"""The pair record (one per shadow call, both halves side by side) and where pairs go.
+
+A pair is redacted once, when it is built: every output text, tool-call name and argument
+passes through ``proxy.log.redact``, so a key a model echoes back (or a prompt leaks) never
+reaches a sink, a follower or the admin API.
+
+Sinks (``PairSink``) take pairs without blocking (``add``; a full queue or a dead backend
+drops and counts, never raises into the caller), serve them back oldest first (``read``)
+and stream new ones (``follow``). ``open_pair_sink`` picks the implementation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+
+from proxy.config import ConfigError, RegistryConfig, ShadowConfig
+from proxy.log import redact
+from proxy.shadow.metrics import ShadowMetrics
+from proxy.shadow.models import ArmResult, ShadowRequest
+
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+#: ``follow`` with a ``since`` replays at most this many recorded pairs before going live.
+FOLLOW_BACKLOG = 10_000
+
+
+class SinkUnavailable(Exception):
+    """The sink's backend cannot be read now (Redis down); writes never raise this."""
+
+
+def _arm_dict(arm: ArmResult) -> dict[str, Any]:
+    data = arm.to_dict()
+    data["text"] = redact(arm.text)
+    data["tool_calls"] = [
+        {"name": redact(call.name), "arguments": redact(call.arguments)} for call in arm.tool_calls
+    ]
+    return data
+
+
+@dataclass(frozen=True, slots=True)
+class PairMeta:
+    """What a pair needs from its ``ShadowRequest``. A shadow waiting for its primary keeps
+    only this, not the request (headers with the provider key, a body up to a MiB)."""
+
+    pair_id: str
+    slug: str
+    rollout_id: str
+    kind: str
+    request_id: str
+    route: str
+    stream: bool
+
+    @classmethod
+    def of(cls, request: ShadowRequest) -> PairMeta:
+        return cls(
+            pair_id=request.pair_id,
+            slug=request.slug,
+            rollout_id=request.rollout_id,
+            kind=request.kind.value,
+            request_id=request.request_id,
+            route=request.route.value,
+            stream=request.stream,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Pair:
+    pair_id: str
+    #: Unix seconds when the pair was recorded (both halves known, or the wait gave up).
+    ts: float
+    slug: str
+    rollout_id: str
+    kind: str
+    request_id: str
+    route: str
+    stream: bool
+    #: None when the primary never reported within ``pair_wait_seconds``.
+    primary: dict[str, Any] | None
+    shadow: dict[str, Any]
+
+    @classmethod
+    def build(
+        cls,
+        meta: PairMeta | ShadowRequest,
+        primary: ArmResult | None,
+        shadow: ArmResult,
+        ts: float,
+    ) -> Pair:
+        if isinstance(meta, ShadowRequest):
+            meta = PairMeta.of(meta)
+        return cls(
+            pair_id=meta.pair_id,
+            ts=ts,
+            slug=meta.slug,
+            rollout_id=meta.rollout_id,
+            kind=meta.kind,
+            request_id=meta.request_id,
+            route=meta.route,
+            stream=meta.stream,
+            primary=None if primary is None else _arm_dict(primary),
+            shadow=_arm_dict(shadow),
+        )
+
+    @property
+    def paired(self) -> bool:
+        return self.primary is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        # Field order matters: sinks find a slug with a byte search on `"slug":` near the start.
+        return {
+            "pair_id": self.pair_id,
+            "ts": self.ts,
+            "slug": self.slug,
+            "rollout_id": self.rollout_id,
+            "kind": self.kind,
+            "request_id": self.request_id,
+            "route": self.route,
+            "stream": self.stream,
+            "primary": self.primary,
+            "shadow": self.shadow,
+        }
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+
+class PairSink(Protocol):
+    def add(self, pair: Pair) -> None:
+        """Queue one pair for writing. Never blocks, never raises: drops and counts."""
+
+    async def read(self, slug: str, since: float | None, limit: int) -> list[dict[str, Any]]:
+        """Recorded pairs of ``slug``, oldest first: the first ``limit`` at or after ``since``
+        (unix seconds), or the last ``limit`` when ``since`` is None. Raises
+        ``SinkUnavailable`` when the backend cannot be read."""
+        ...
+
+    def follow(self, slug: str, since: float | None) -> AsyncIterator[dict[str, Any]]:
+        """Pairs recorded since ``since`` (none when None), then new ones as they are
+        recorded, until the sink closes. Rides out backend outages instead of raising."""
+        ...
+
+    async def close(self) -> None:
+        """Write what is queued (bounded wait), then release files or connections."""
+
+
+def open_pair_sink(
+    config: ShadowConfig, registry: RegistryConfig, metrics: ShadowMetrics | None = None
+) -> PairSink:
+    """A capped Redis Stream per slug when ``sink.kind`` is redis, or auto with a Redis
+    registry (so replicas share one view); else rotated JSON-lines files. No I/O here."""
+    from prometheus_client import CollectorRegistry
+
+    counters = metrics or ShadowMetrics(CollectorRegistry(auto_describe=True))
+    kind = config.sink.kind
+    if kind == "redis" or (kind == "auto" and registry.store.startswith(_REDIS_SCHEMES)):
+        from proxy.shadow.sink_redis import RedisPairSink
+
+        if not registry.store.startswith(_REDIS_SCHEMES):
+            raise ConfigError(["shadow.sink.kind: `redis` needs registry.store to be a Redis URL"])
+        return RedisPairSink(registry.store, registry.redis_prefix, config.sink, counters)
+    from proxy.shadow.sink_files import FilePairSink
+
+    return FilePairSink(config.sink, counters)
