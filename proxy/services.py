@@ -20,6 +20,7 @@ from proxy.registry.models import RegistrySnapshot
 from proxy.registry.service import RegistryService
 from proxy.registry.snapshot import SnapshotHolder, SnapshotRefresher
 from proxy.registry.templates import PromptRenderer
+from proxy.shadow.runner import ShadowRunner, open_shadow_runner
 from proxy.tasks import BackgroundTasks
 
 _log = logging.getLogger(APP_LOGGER)
@@ -54,6 +55,7 @@ class Services:
     refresher: SnapshotRefresher
     renderer: PromptRenderer
     registry: RegistryService
+    shadow: ShadowRunner
 
     @property
     def upstream_api_key(self) -> str | None:
@@ -100,6 +102,10 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         # refresher gets a first snapshot.
         await refresher.load_once()
         tasks.spawn(refresher.run(), name="registry-refresher")
+        shadow = open_shadow_runner(config, metrics)
+        # Closed first (the stack unwinds in reverse), after the data plane drained: shadows
+        # get a short grace, never the whole shutdown budget.
+        stack.push_async_callback(shadow.close, min(5.0, config.server.shutdown_grace_seconds))
         _log.info(
             "prompt registry: %s, revision %d",
             describe_store(config.registry),
@@ -115,4 +121,5 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             refresher=refresher,
             renderer=PromptRenderer(),
             registry=registry,
+            shadow=shadow,
         )
