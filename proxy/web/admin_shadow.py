@@ -1,0 +1,178 @@
+"""Admin API for shadow pairs: read them back, or follow them live, as JSON lines.
+
+``GET /admin/v1/prompts/{slug}/shadow/pairs?since=10m&limit=100&follow=false``
+
+One pair per line (``application/x-ndjson``), oldest first. ``since`` is seconds ago
+(``600``), a duration (``10m``, ``2h``, ``1d``), a unix timestamp or an ISO-8601 time; without
+it, the last ``limit`` pairs. With ``follow=true`` the response stays open and new pairs are
+written as they are recorded; an empty line every ~15 s keeps idle connections (and the
+proxies in between) from timing out. A follow ends when the client goes away or the process
+starts draining. Read role suffices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from datetime import datetime
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from proxy.errors import InvalidRequest, ServiceUnavailable
+from proxy.log import APP_LOGGER
+from proxy.models import SLUG_PATTERN
+from proxy.services import Services
+from proxy.shadow.pairs import SinkUnavailable
+from proxy.web.admin_auth import authorize
+from proxy.web.keys import SERVICES
+
+_log = logging.getLogger(APP_LOGGER)
+
+PREFIX = "/admin/v1"
+NDJSON = "application/x-ndjson"
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 10_000
+HEARTBEAT_SECONDS = 15.0
+#: How often a quiet follow checks for a gone client or a draining process.
+_TICK = 1.0
+_FOLLOW_BUFFER = 1000
+_WRITE_BATCH = 64
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_SINCE = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
+# A bare number this large is a unix timestamp (2001-09-09 onwards), not seconds ago.
+_EPOCH_FLOOR = 1e9
+
+
+def parse_since(value: str | None, now: float) -> float | None:
+    """``since`` as unix seconds; None when absent."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    match = _SINCE.fullmatch(text)
+    if match is not None:
+        number, unit = float(match.group(1)), match.group(2)
+        if not unit and number >= _EPOCH_FLOOR:
+            return number
+        return now - number * _UNITS[unit]
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise InvalidRequest(
+            "`since` must be seconds ago (600), a duration (10m, 2h, 1d), a unix timestamp "
+            "or an ISO-8601 time with a zone (2026-11-24T10:00:00Z).",
+            param="since",
+        )
+    return moment.timestamp()
+
+
+def parse_limit(value: str | None) -> int:
+    if value is None:
+        return DEFAULT_LIMIT
+    if not value.isdigit() or not 1 <= int(value) <= MAX_LIMIT:
+        raise InvalidRequest(f"`limit` must be an integer from 1 to {MAX_LIMIT}.", param="limit")
+    return int(value)
+
+
+def parse_flag(value: str | None, name: str) -> bool:
+    if value is None:
+        return False
+    lowered = value.lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no", ""):
+        return False
+    raise InvalidRequest(f"`{name}` must be true or false.", param=name)
+
+
+def _line(record: dict[str, Any]) -> bytes:
+    return orjson.dumps(record) + b"\n"
+
+
+def _start() -> web.StreamResponse:
+    response = web.StreamResponse()
+    response.content_type = NDJSON
+    # Keep proxies in front of the admin port from buffering a live tail.
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"
+    return response
+
+
+async def shadow_pairs(request: web.Request) -> web.StreamResponse:
+    services: Services = request.app[SERVICES]
+    authorize(request, services.settings.admin_tokens, write=False)
+    slug = request.match_info["slug"]
+    if not SLUG_PATTERN.match(slug):
+        raise InvalidRequest("The prompt slug must match [A-Za-z0-9._-]{1,64}.", param="slug")
+    since = parse_since(request.query.get("since"), time.time())
+    limit = parse_limit(request.query.get("limit"))
+    if parse_flag(request.query.get("follow"), "follow"):
+        return await _follow(request, services, slug, since)
+    try:
+        records = await services.shadow.sink.read(slug, since, limit)
+    except SinkUnavailable as exc:
+        raise ServiceUnavailable(f"The shadow pair store is unavailable: {exc}") from None
+    response = _start()
+    await response.prepare(request)
+    for start in range(0, len(records), _WRITE_BATCH):
+        await response.write(b"".join(_line(r) for r in records[start : start + _WRITE_BATCH]))
+    await response.write_eof()
+    return response
+
+
+async def _follow(
+    request: web.Request, services: Services, slug: str, since: float | None
+) -> web.StreamResponse:
+    response = _start()
+    await response.prepare(request)
+    buffer: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(_FOLLOW_BUFFER)
+
+    async def pump() -> None:
+        try:
+            async for record in services.shadow.sink.follow(slug, since):
+                await buffer.put(record)
+        except Exception:  # headers are out: end the stream rather than the request task
+            _log.exception("following shadow pairs of %s failed", slug)
+        finally:
+            with contextlib.suppress(asyncio.QueueFull):
+                buffer.put_nowait(None)  # the sink closed: end the response
+
+    # Held here and cancelled in `finally`: it never outlives the request.
+    reader = asyncio.get_running_loop().create_task(pump(), name=f"shadow-follow-{slug}")
+    loop = asyncio.get_running_loop()
+    last_write = loop.time()
+    try:
+        while not services.lifecycle.draining:
+            try:
+                async with asyncio.timeout(_TICK):
+                    record = await buffer.get()
+            except TimeoutError:
+                if request.transport is None or request.transport.is_closing():
+                    break
+                if loop.time() - last_write >= HEARTBEAT_SECONDS:
+                    await response.write(b"\n")
+                    last_write = loop.time()
+                continue
+            if record is None:
+                break
+            await response.write(_line(record))
+            last_write = loop.time()
+        with contextlib.suppress(ConnectionResetError):
+            await response.write_eof()
+    except ConnectionResetError:
+        pass  # the client went away
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+    return response
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get(f"{PREFIX}/prompts/{{slug}}/shadow/pairs", shadow_pairs)
