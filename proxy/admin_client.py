@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import http.client
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -96,3 +98,58 @@ class AdminClient:
 
     def promote_rollout(self, slug: str, reason: str) -> Any:
         return self._call("POST", f"/prompts/{slug}/rollout/promote", {"reason": reason})
+
+    # -- shadow pairs ---------------------------------------------------------------------
+
+    def _open_lines(
+        self, path: str, query: dict[str, Any], timeout: float
+    ) -> http.client.HTTPResponse:
+        """A JSON-lines (`application/x-ndjson`) GET, open; the caller closes it."""
+        url = (
+            self._base
+            + path
+            + "?"
+            + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
+        )
+        headers = {"Accept": "application/x-ndjson"}
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        request = urllib.request.Request(url, method="GET", headers=headers)
+        try:
+            response: http.client.HTTPResponse = urllib.request.urlopen(request, timeout=timeout)
+        except urllib.error.HTTPError as exc:
+            try:
+                error = orjson.loads(exc.read())["error"]
+                raise AdminError(error["message"], exc.code, error.get("param")) from None
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                raise AdminError(f"HTTP {exc.code} from {url}", exc.code) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise AdminError(f"cannot reach the admin API at {self._base} ({reason})") from None
+        return response
+
+    def shadow_pairs(
+        self, slug: str, since: str | None = None, limit: int | None = None
+    ) -> list[Any]:
+        """Recorded shadow pairs of ``slug``, oldest first."""
+        query = {"since": since, "limit": limit}
+        with self._open_lines(f"/prompts/{slug}/shadow/pairs", query, self._timeout) as resp:
+            try:
+                return [orjson.loads(line) for line in resp if line.strip()]
+            except (OSError, orjson.JSONDecodeError) as exc:
+                raise AdminError(f"the pair stream broke off ({exc})") from None
+
+    def follow_shadow_pairs(
+        self, slug: str, since: str | None = None, idle_timeout: float = 60.0
+    ) -> Iterator[Any]:
+        """Shadow pairs as they are recorded (after those since ``since``), until the
+        server ends the stream. The server sends an empty line every ~15 s while idle, so
+        ``idle_timeout`` only fires when the connection is really dead."""
+        query = {"since": since, "follow": "true"}
+        with self._open_lines(f"/prompts/{slug}/shadow/pairs", query, idle_timeout) as resp:
+            try:
+                for line in resp:
+                    if line.strip():
+                        yield orjson.loads(line)
+            except (OSError, orjson.JSONDecodeError) as exc:
+                raise AdminError(f"the pair stream broke off ({exc})") from None

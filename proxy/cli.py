@@ -11,6 +11,7 @@ import click
 from proxy import __version__
 from proxy.cli_prompts import prompts
 from proxy.cli_rollout import rollout
+from proxy.cli_shadow import shadow
 from proxy.config import ConfigError, Settings, load_config
 
 
@@ -124,6 +125,7 @@ def simulate(
 
 main.add_command(prompts)
 main.add_command(rollout)
+main.add_command(shadow)
 
 
 @main.group("config")
