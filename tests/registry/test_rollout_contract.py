@@ -1,0 +1,665 @@
+"""The rollout part of the ``PromptStore`` contract, run against both stores.
+
+Refusals must carry the exact text of the ``lifecycle`` check (the Redis store runs the
+rules in Lua), so each refusal is compared with what the Python check itself says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from proxy.registry import lifecycle
+from proxy.registry.models import (
+    AuditEntry,
+    RegistrySnapshot,
+    Rollout,
+    RolloutMode,
+    Status,
+    StickyKey,
+    StickyKind,
+)
+from proxy.registry.store import (
+    InvalidTransition,
+    PromptNotFound,
+    PromptStore,
+    VersionNotFound,
+)
+from tests.registry.conftest import StoreFactory
+from tests.registry.helpers import T0, prod_of, push, statuses
+
+BY_USER = StickyKey.parse("user")
+BY_HEADER = StickyKey.parse("header:X-Cohort")
+
+
+async def start(
+    store: PromptStore,
+    candidate: int = 2,
+    *,
+    slug: str = "greet",
+    rollout_id: str = "r-1",
+    mode: RolloutMode = RolloutMode.CANARY,
+    basis_points: int = 2500,
+    sticky: StickyKey = BY_USER,
+    actor: str = "alice",
+    reason: str = "try it",
+    at: float = T0 + 100,
+) -> tuple[Rollout, AuditEntry]:
+    return await store.start_rollout(
+        slug, rollout_id, candidate, mode, basis_points, sticky, actor, reason, at
+    )
+
+
+def refusal(check: Callable[..., object], *args: Any) -> str:
+    """What a lifecycle check refuses with: both stores must say exactly this."""
+    with pytest.raises(InvalidTransition) as info:
+        check(*args)
+    return str(info.value)
+
+
+async def everything(store: PromptStore) -> tuple[RegistrySnapshot, list[AuditEntry]]:
+    return await store.snapshot(), list(await store.audit(limit=1000))
+
+
+async def with_prod(store: PromptStore, *templates: str) -> None:
+    """``greet`` with versions ``templates`` (at least 2) and v1 prod."""
+    await push(store, *templates)
+    await store.promote("greet", 1, "alice", "launch", T0 + 10)
+
+
+# -- start ----------------------------------------------------------------------------------
+
+
+async def test_start_makes_a_draft_the_candidate_and_audits_it(store: PromptStore) -> None:
+    await with_prod(store, "a", "b")
+    revision = await store.revision()
+
+    rollout, entry = await start(
+        store, mode=RolloutMode.SHADOW, basis_points=1250, sticky=BY_HEADER, at=T0 + 100
+    )
+
+    assert rollout == Rollout(
+        slug="greet",
+        id="r-1",
+        candidate=2,
+        mode=RolloutMode.SHADOW,
+        basis_points=1250,
+        sticky=StickyKey(StickyKind.HEADER, "x-cohort"),
+        started_at=T0 + 100,
+        updated_at=T0 + 100,
+        actor="alice",
+        restore_status=Status.DRAFT,
+    )
+    assert await store.get_rollout("greet") == rollout
+    assert await statuses(store) == {1: Status.PROD, 2: Status.CANDIDATE}
+    assert await prod_of(store) == 1  # a rollout does not touch prod
+    assert (entry.action, entry.slug, entry.version) == ("rollout_start", "greet", 2)
+    assert (entry.from_status, entry.to_status) == (Status.DRAFT, Status.CANDIDATE)
+    assert (entry.actor, entry.reason, entry.at, entry.previous_prod) == (
+        "alice",
+        "try it",
+        T0 + 100,
+        None,
+    )
+    assert entry.detail == {
+        "rollout_id": "r-1",
+        "mode": "shadow",
+        "percent": 12.5,
+        "sticky": "header:x-cohort",
+    }
+    assert entry.detail == rollout.audit_detail()
+    assert (await store.audit(limit=1))[0] == entry  # read back as written
+    assert await store.revision() == revision + 1
+
+
+@pytest.mark.parametrize(
+    "rollout_id",
+    ["01HZX3K9Q7", 'a/b "quoted" \\ é ✓', "x" * 200],
+    ids=["plain", "json-hostile", "long"],
+)
+async def test_the_rollout_id_is_stored_verbatim(store: PromptStore, rollout_id: str) -> None:
+    await with_prod(store, "a", "b")
+    rollout, entry = await start(store, rollout_id=rollout_id)
+    assert rollout.id == rollout_id
+    assert (await store.get_rollout("greet")) == rollout
+    assert (await store.snapshot()).rollouts["greet"].id == rollout_id
+    assert (await store.audit(limit=1))[0].detail == {**rollout.audit_detail()}
+    assert entry.detail is not None
+    assert entry.detail["rollout_id"] == rollout_id
+
+
+@pytest.mark.parametrize("basis_points", [0, 1, 10, 1250, 3333, 9999, 10_000])
+async def test_percentages_read_back_exactly(store: PromptStore, basis_points: int) -> None:
+    await with_prod(store, "a", "b")
+    rollout, entry = await start(store, basis_points=basis_points)
+    assert (await store.get_rollout("greet")) == rollout
+    assert rollout.basis_points == basis_points
+    for detail in (entry.detail, (await store.audit(limit=1))[0].detail):
+        assert detail is not None
+        # A float, as Rollout.percent is, so an API shows 25.0 whichever store answered.
+        assert type(detail["percent"]) is float
+        assert detail["percent"] == basis_points / 100
+
+    _, update = await store.update_rollout("greet", "r-1", 5000, "bob", "", T0 + 200)
+    assert update.detail is not None
+    assert type(update.detail["from_percent"]) is float
+    assert update.detail["from_percent"] == basis_points / 100
+
+
+async def test_a_candidate_version_stays_candidate_after_abort(store: PromptStore) -> None:
+    await with_prod(store, "a", "b")
+    await store.set_status("greet", 2, Status.CANDIDATE, "qa", "evals pass", T0 + 20)
+
+    rollout, entry = await start(store)
+    assert rollout.restore_status is Status.CANDIDATE
+    assert (entry.from_status, entry.to_status) == (Status.CANDIDATE, Status.CANDIDATE)
+
+    aborted = await store.abort_rollout("greet", "bob", "enough", T0 + 200)
+    assert (aborted.from_status, aborted.to_status) == (Status.CANDIDATE, Status.CANDIDATE)
+    assert await statuses(store) == {1: Status.PROD, 2: Status.CANDIDATE}
+
+
+async def test_start_refusals_name_the_problem(store: PromptStore) -> None:
+    await push(store, "a", "b", "c", "d")
+    await store.promote("greet", 1, "alice", "", T0 + 1)
+    await store.promote("greet", 2, "alice", "", T0 + 2)  # v1 deprecated
+
+    with pytest.raises(InvalidTransition) as prod:
+        await start(store, candidate=2)
+    assert str(prod.value) == refusal(lifecycle.check_rollout_candidate, "greet", 2, Status.PROD)
+    with pytest.raises(InvalidTransition) as deprecated:
+        await start(store, candidate=1)
+    assert str(deprecated.value) == refusal(
+        lifecycle.check_rollout_candidate, "greet", 1, Status.DEPRECATED
+    )
+    with pytest.raises(PromptNotFound):
+        await start(store, slug="missing")
+    with pytest.raises(VersionNotFound):
+        await start(store, candidate=9)
+
+    await start(store, candidate=3, rollout_id="first")
+    for candidate in (3, 4):  # the same candidate again, or another: one rollout per slug
+        with pytest.raises(InvalidTransition) as second:
+            await start(store, candidate=candidate, rollout_id="second")
+        assert str(second.value) == refusal(lifecycle.check_no_rollout, "greet", 3)
+    running = await store.get_rollout("greet")
+    assert running is not None
+    assert running.id == "first"
+    assert await statuses(store) == {
+        1: Status.DEPRECATED,
+        2: Status.PROD,
+        3: Status.CANDIDATE,
+        4: Status.DRAFT,
+    }
+
+
+@pytest.mark.parametrize(
+    ("basis_points", "rollout_id", "sticky"),
+    [
+        (-1, "r", BY_USER),
+        (10_001, "r", BY_USER),
+        (True, "r", BY_USER),
+        (2500, "", BY_USER),
+        (2500, "r", StickyKey(StickyKind.HEADER, None)),
+        (2500, "r", StickyKey(StickyKind.HEADER, "authorization")),
+    ],
+    ids=["negative", "over-100%", "bool", "empty-id", "header-without-name", "secret-header"],
+)
+async def test_the_store_never_persists_a_garbage_rollout(
+    store: PromptStore, basis_points: int, rollout_id: str, sticky: StickyKey
+) -> None:
+    await with_prod(store, "a", "b")
+    before = await everything(store)
+    with pytest.raises(ValueError, match=r"."):
+        await start(store, basis_points=basis_points, rollout_id=rollout_id, sticky=sticky)
+    assert await everything(store) == before
+
+    await start(store, rollout_id="good")
+    before = await everything(store)
+    with pytest.raises(ValueError, match=r"basis_points"):
+        await store.update_rollout("greet", "good", 10_001, "bob", "", T0 + 200)
+    assert await everything(store) == before
+
+
+# -- update ---------------------------------------------------------------------------------
+
+
+async def test_update_changes_only_the_percentage(store: PromptStore) -> None:
+    await with_prod(store, "a", "b")
+    started, _ = await start(store, basis_points=500, sticky=BY_HEADER, actor="alice")
+    revision = await store.revision()
+
+    rollout, entry = await store.update_rollout("greet", "r-1", 5000, "bob", "ramp", T0 + 300)
+
+    assert rollout == Rollout(
+        slug="greet",
+        id="r-1",
+        candidate=2,
+        mode=RolloutMode.CANARY,
+        basis_points=5000,
+        sticky=started.sticky,
+        started_at=started.started_at,
+        updated_at=T0 + 300,
+        actor="alice",  # who started it
+        restore_status=Status.DRAFT,
+    )
+    assert await store.get_rollout("greet") == rollout
+    assert (entry.action, entry.version, entry.actor, entry.reason, entry.at) == (
+        "rollout_update",
+        2,
+        "bob",
+        "ramp",
+        T0 + 300,
+    )
+    assert (entry.from_status, entry.to_status, entry.previous_prod) == (None, None, None)
+    assert entry.detail == {**rollout.audit_detail(), "from_percent": 5.0}
+    assert entry.detail["percent"] == 50.0
+    assert (await store.audit(limit=1))[0] == entry
+    assert await store.revision() == revision + 1
+    assert await statuses(store) == {1: Status.PROD, 2: Status.CANDIDATE}
+
+
+async def test_update_needs_the_running_rollout(store: PromptStore) -> None:
+    await with_prod(store, "a", "b", "c")
+    with pytest.raises(InvalidTransition) as none:
+        await store.update_rollout("greet", "r-1", 100, "bob", "", T0 + 200)
+    assert str(none.value) == refusal(lifecycle.check_rollout_running, "greet", None, "r-1")
+
+    await start(store, rollout_id="r-1")
+    with pytest.raises(InvalidTransition) as other:
+        await store.update_rollout("greet", "r-0", 100, "bob", "", T0 + 200)
+    assert str(other.value) == refusal(lifecycle.check_rollout_running, "greet", "r-1", "r-0")
+
+    # A client that read r-1 must not ramp the rollout that replaced it.
+    await store.abort_rollout("greet", "bob", "", T0 + 300)
+    await start(store, candidate=3, rollout_id="r-2", basis_points=100)
+    with pytest.raises(InvalidTransition, match="no running rollout with id r-1"):
+        await store.update_rollout("greet", "r-1", 9000, "bob", "", T0 + 400)
+    running = await store.get_rollout("greet")
+    assert running is not None
+    assert (running.id, running.basis_points) == ("r-2", 100)
+    with pytest.raises(PromptNotFound):
+        await store.update_rollout("missing", "r-1", 100, "bob", "", T0)
+
+
+# -- abort ----------------------------------------------------------------------------------
+
+
+async def test_abort_restores_a_draft_and_frees_the_slug(store: PromptStore) -> None:
+    await with_prod(store, "a", "b")
+    rollout, _ = await start(store, basis_points=700)
+    revision = await store.revision()
+
+    entry = await store.abort_rollout("greet", "bob", "bad evals", T0 + 500)
+
+    assert await store.get_rollout("greet") is None
+    assert "greet" not in (await store.snapshot()).rollouts
+    assert await statuses(store) == {1: Status.PROD, 2: Status.DRAFT}
+    assert (entry.action, entry.version, entry.actor, entry.reason, entry.at) == (
+        "rollout_abort",
+        2,
+        "bob",
+        "bad evals",
+        T0 + 500,
+    )
+    assert (entry.from_status, entry.to_status) == (Status.CANDIDATE, Status.DRAFT)
+    assert entry.detail == rollout.audit_detail()
+    assert (await store.audit(limit=1))[0] == entry
+    assert await store.revision() == revision + 1
+
+    # The slug is free again; a new rollout (new id) of the same version can start.
+    again, _ = await start(store, rollout_id="r-2", at=T0 + 600)
+    assert again.restore_status is Status.DRAFT
+    assert await store.get_rollout("greet") == again
+
+
+async def test_abort_and_promote_need_a_running_rollout(store: PromptStore) -> None:
+    await with_prod(store, "a", "b")
+    expected = refusal(lifecycle.check_rollout_running, "greet", None)
+    for end in (store.abort_rollout, store.promote_rollout):
+        with pytest.raises(InvalidTransition) as info:
+            await end("greet", "bob", "", T0 + 200)
+        assert str(info.value) == expected
+        with pytest.raises(PromptNotFound):
+            await end("missing", "bob", "", T0 + 200)
+    assert await store.get_rollout("missing") is None
+    assert await store.get_rollout("greet") is None
+
+
+# -- promote ----------------------------------------------------------------------------------
+
+
+async def test_promote_rollout_is_a_promote_that_ends_the_rollout(store: PromptStore) -> None:
+    await with_prod(store, "a", "b")
+    rollout, _ = await start(store)
+    await store.update_rollout("greet", "r-1", 10_000, "bob", "all in", T0 + 200)
+    revision = await store.revision()
+
+    entry = await store.promote_rollout("greet", "carol", "ship it", T0 + 300)
+
+    assert await store.get_rollout("greet") is None
+    snap = await store.snapshot()
+    assert (snap.prod, snap.rollouts) == ({"greet": 2}, {})
+    assert await statuses(store) == {1: Status.DEPRECATED, 2: Status.PROD}
+    assert (entry.action, entry.version, entry.previous_prod) == ("promote", 2, 1)
+    assert (entry.from_status, entry.to_status) == (Status.CANDIDATE, Status.PROD)
+    assert (entry.actor, entry.reason, entry.at) == ("carol", "ship it", T0 + 300)
+    assert entry.detail == {
+        **rollout.audit_detail(),
+        "percent": 100.0,  # the percentage it ended at
+        lifecycle.ROLLOUT_PROMOTED_DETAIL: True,
+    }
+    assert (await store.audit(limit=1))[0] == entry
+    assert await store.revision() == revision + 1  # one step, one audit entry
+
+    # The prod history saw a promote: rollback returns to the former prod, then stops.
+    back = await store.rollback("greet", "oncall", "v2 is broken", T0 + 400)
+    assert (back.version, back.previous_prod) == (1, 2)
+    assert await statuses(store) == {1: Status.PROD, 2: Status.DEPRECATED}
+    with pytest.raises(InvalidTransition, match="no former prod"):
+        await store.rollback("greet", "oncall", "", T0 + 500)
+
+
+async def test_promote_rollout_without_a_former_prod(store: PromptStore) -> None:
+    await push(store, "a", "b")
+    await start(store, candidate=1)
+    entry = await store.promote_rollout("greet", "carol", "", T0 + 300)
+    assert (entry.version, entry.previous_prod) == (1, None)
+    assert await statuses(store) == {1: Status.PROD, 2: Status.DRAFT}
+
+
+async def test_promoting_the_candidate_ends_its_rollout(store: PromptStore) -> None:
+    await with_prod(store, "a", "b")
+    rollout, _ = await start(store)
+
+    entry = await store.promote("greet", 2, "carol", "ship it", T0 + 300)
+
+    assert await store.get_rollout("greet") is None
+    assert await statuses(store) == {1: Status.DEPRECATED, 2: Status.PROD}
+    assert (entry.action, entry.version, entry.previous_prod) == ("promote", 2, 1)
+    assert entry.detail == {**rollout.audit_detail(), lifecycle.ROLLOUT_PROMOTED_DETAIL: True}
+    assert (await store.audit(limit=1))[0] == entry
+    assert (await store.rollback("greet", "oncall", "", T0 + 400)).version == 1
+
+
+async def test_promote_of_another_version_waits_for_the_rollout(store: PromptStore) -> None:
+    await with_prod(store, "a", "b", "c")
+    await start(store, candidate=2)
+    with pytest.raises(InvalidTransition) as info:
+        await store.promote("greet", 3, "carol", "", T0 + 300)
+    assert str(info.value) == refusal(lifecycle.check_promote_during_rollout, "greet", 3, 2)
+    with pytest.raises(InvalidTransition) as already:  # the current prod: nothing to do
+        await store.promote("greet", 1, "carol", "", T0 + 300)
+    assert str(already.value) == refusal(lifecycle.check_promote, "greet", 1, Status.PROD)
+
+    await store.abort_rollout("greet", "carol", "", T0 + 400)
+    entry = await store.promote("greet", 3, "carol", "", T0 + 500)
+    assert entry.detail is None  # an ordinary promote
+    assert await statuses(store) == {1: Status.DEPRECATED, 2: Status.DRAFT, 3: Status.PROD}
+
+
+# -- set_status and rollback during a rollout -------------------------------------------------
+
+
+async def test_set_status_leaves_the_running_candidate_alone(store: PromptStore) -> None:
+    await with_prod(store, "a", "b", "c")
+    await start(store, candidate=2)
+    with pytest.raises(InvalidTransition) as info:
+        await store.set_status("greet", 2, Status.DEPRECATED, "qa", "", T0 + 200)
+    assert str(info.value) == refusal(lifecycle.check_set_status_during_rollout, "greet", 2, 2)
+    # Other versions still move.
+    await store.set_status("greet", 3, Status.DEPRECATED, "qa", "", T0 + 300)
+    assert await statuses(store) == {1: Status.PROD, 2: Status.CANDIDATE, 3: Status.DEPRECATED}
+
+
+async def test_rollback_works_during_a_rollout_and_keeps_it(store: PromptStore) -> None:
+    await push(store, "a", "b", "c")
+    await store.promote("greet", 1, "alice", "", T0 + 1)
+    await store.promote("greet", 2, "alice", "", T0 + 2)
+    rollout, _ = await start(store, candidate=3)
+
+    back = await store.rollback("greet", "oncall", "v2 is broken", T0 + 300)
+
+    assert (back.version, back.previous_prod, back.detail) == (1, 2, None)
+    assert await store.get_rollout("greet") == rollout
+    snap = await store.snapshot()
+    assert (snap.prod, snap.rollouts) == ({"greet": 1}, {"greet": rollout})
+    assert await statuses(store) == {1: Status.PROD, 2: Status.DEPRECATED, 3: Status.CANDIDATE}
+
+    # Promoting the rollout afterwards replaces the restored prod.
+    entry = await store.promote_rollout("greet", "carol", "", T0 + 400)
+    assert (entry.version, entry.previous_prod) == (3, 1)
+    assert (await store.rollback("greet", "oncall", "", T0 + 500)).version == 1
+
+
+# -- audit, revision, snapshot ---------------------------------------------------------------
+
+
+async def test_other_changes_have_no_detail(store: PromptStore) -> None:
+    await push(store, "a", "b", "c")
+    await store.promote("greet", 1, "alice", "", T0 + 1)
+    await store.promote("greet", 2, "alice", "", T0 + 2)
+    await store.rollback("greet", "alice", "", T0 + 3)
+    await store.set_status("greet", 3, Status.CANDIDATE, "alice", "", T0 + 4)
+    entries = list(await store.audit())
+    assert [e.action for e in entries] == [
+        "set_status",
+        "rollback",
+        "promote",
+        "promote",
+        "create",
+        "create",
+        "create",
+    ]
+    assert [e.detail for e in entries] == [None] * 7
+
+
+async def test_each_rollout_write_is_one_revision_and_one_audit_entry(
+    store: PromptStore,
+) -> None:
+    await with_prod(store, "a", "b", "c")
+    await push(store, "x", "y", slug="other")
+    writes: list[Callable[[], Awaitable[object]]] = [
+        lambda: start(store, candidate=2),
+        lambda: start(store, slug="other", candidate=2, rollout_id="o-1", basis_points=9),
+        lambda: store.update_rollout("greet", "r-1", 5000, "bob", "", T0 + 200),
+        lambda: store.abort_rollout("greet", "bob", "", T0 + 300),
+        lambda: start(store, candidate=3, rollout_id="r-2"),
+        lambda: store.promote_rollout("greet", "bob", "", T0 + 400),
+        lambda: store.promote("other", 2, "bob", "", T0 + 500),
+    ]
+    for write in writes:
+        revision, entries = await store.revision(), len(await store.audit(limit=1000))
+        await write()
+        assert await store.revision() == revision + 1
+        assert len(await store.audit(limit=1000)) == entries + 1
+    snap = await store.snapshot()
+    assert (snap.prod, snap.rollouts) == ({"greet": 3, "other": 2}, {})
+
+
+async def test_the_snapshot_carries_every_running_rollout(store: PromptStore) -> None:
+    assert (await store.snapshot()).rollouts == {}
+    await with_prod(store, "a", "b")
+    await push(store, "x", "y", slug="other")
+    await push(store, "z", slug="quiet")
+    greet, _ = await start(store)
+    other, _ = await start(store, slug="other", candidate=1, mode=RolloutMode.SHADOW)
+
+    snap = await store.snapshot()
+
+    assert snap.rollouts == {"greet": greet, "other": other}  # "quiet" has none: absent
+    assert snap.revision == await store.revision()
+    assert snap.versions["greet"][2].status is Status.CANDIDATE
+    assert snap.versions["other"][1].status is Status.CANDIDATE
+    assert snap.prod == {"greet": 1}
+
+
+async def test_snapshots_taken_during_rollout_writes_are_consistent(
+    store: PromptStore, store_factory: StoreFactory
+) -> None:
+    # The rollout and its candidate's status move together: no snapshot may see one
+    # without the other.
+    await with_prod(store, "a", "b")
+    reader = await store_factory.new()
+
+    async def churn() -> None:
+        # Breathers between writes: a registry is written at human pace, and back-to-back
+        # writes would only exhaust the Redis snapshot's optimistic retries.
+        for i in range(15):
+            await start(store, rollout_id=f"r-{i}", at=T0 + i)
+            await asyncio.sleep(0.002)
+            await store.update_rollout("greet", f"r-{i}", 5000, "w", "", T0 + i)
+            await asyncio.sleep(0.002)
+            await store.abort_rollout("greet", "w", "", T0 + i)
+            await asyncio.sleep(0.002)
+
+    writing = asyncio.ensure_future(churn())
+    snapshots = []
+    while not writing.done():
+        snapshots.append(await reader.snapshot())
+        await asyncio.sleep(0)
+    await writing
+    seen_running = 0
+    for snap in snapshots:
+        running = snap.rollouts.get("greet")
+        status = snap.versions["greet"][2].status
+        if running is None:
+            assert status is Status.DRAFT, snap
+        else:
+            seen_running += 1
+            assert status is Status.CANDIDATE, snap
+    assert seen_running, "no snapshot caught a running rollout: nothing was tested"
+
+
+async def test_a_rollout_write_wakes_other_replicas(
+    store: PromptStore, store_factory: StoreFactory
+) -> None:
+    await with_prod(store, "a", "b")
+    other = await store_factory.new()
+    known = await store.revision()
+    waiter = asyncio.create_task(store.wait_for_change(known, max_wait=10.0))
+    await asyncio.sleep(0.2)
+    await start(other)
+    assert await asyncio.wait_for(waiter, timeout=3.0) == known + 1
+    assert (await store.snapshot()).rollouts["greet"].candidate == 2
+
+
+# -- refusals write nothing ------------------------------------------------------------------
+
+Refused = Callable[[PromptStore], Awaitable[object]]
+
+
+def _start(slug: str, candidate: int, **kw: Any) -> Refused:
+    return lambda store: start(store, slug=slug, candidate=candidate, rollout_id="late", **kw)
+
+
+_REFUSED: list[tuple[str, Refused, type[Exception], str | None]] = [
+    (
+        "second-rollout",
+        _start("greet", 4),
+        InvalidTransition,
+        refusal(lifecycle.check_no_rollout, "greet", 3),
+    ),
+    (
+        "start-prod",
+        _start("other", 2),
+        InvalidTransition,
+        refusal(lifecycle.check_rollout_candidate, "other", 2, Status.PROD),
+    ),
+    (
+        "start-deprecated",
+        _start("other", 1),
+        InvalidTransition,
+        refusal(lifecycle.check_rollout_candidate, "other", 1, Status.DEPRECATED),
+    ),
+    ("start-unknown-version", _start("other", 9), VersionNotFound, None),
+    ("start-unknown-prompt", _start("missing", 1), PromptNotFound, None),
+    ("start-bad-percent", _start("other", 3, basis_points=10_001), ValueError, None),
+    (
+        "update-wrong-id",
+        lambda s: s.update_rollout("greet", "nope", 10, "x", "", T0),
+        InvalidTransition,
+        refusal(lifecycle.check_rollout_running, "greet", "r-1", "nope"),
+    ),
+    (
+        "update-none-running",
+        lambda s: s.update_rollout("other", "r-1", 10, "x", "", T0),
+        InvalidTransition,
+        refusal(lifecycle.check_rollout_running, "other", None, "r-1"),
+    ),
+    (
+        "abort-none-running",
+        lambda s: s.abort_rollout("other", "x", "", T0),
+        InvalidTransition,
+        refusal(lifecycle.check_rollout_running, "other", None),
+    ),
+    (
+        "promote-rollout-none-running",
+        lambda s: s.promote_rollout("other", "x", "", T0),
+        InvalidTransition,
+        refusal(lifecycle.check_rollout_running, "other", None),
+    ),
+    (
+        "promote-draft-during-rollout",
+        lambda s: s.promote("greet", 4, "x", "", T0),
+        InvalidTransition,
+        refusal(lifecycle.check_promote_during_rollout, "greet", 4, 3),
+    ),
+    (
+        "promote-deprecated-during-rollout",
+        lambda s: s.promote("greet", 1, "x", "", T0),
+        InvalidTransition,
+        refusal(lifecycle.check_promote_during_rollout, "greet", 1, 3),
+    ),
+    (
+        "promote-prod-during-rollout",
+        lambda s: s.promote("greet", 2, "x", "", T0),
+        InvalidTransition,
+        refusal(lifecycle.check_promote, "greet", 2, Status.PROD),
+    ),
+    (
+        "set-status-of-candidate",
+        lambda s: s.set_status("greet", 3, Status.DEPRECATED, "x", "", T0),
+        InvalidTransition,
+        refusal(lifecycle.check_set_status_during_rollout, "greet", 3, 3),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("operation", "error", "message"),
+    [case[1:] for case in _REFUSED],
+    ids=[case[0] for case in _REFUSED],
+)
+async def test_a_refused_rollout_change_writes_nothing(
+    store: PromptStore, operation: Refused, error: type[Exception], message: str | None
+) -> None:
+    # greet: v1 deprecated, v2 prod, v3 in a rollout, v4 draft. other: v1 deprecated,
+    # v2 prod, v3 draft, no rollout.
+    for slug in ("greet", "other"):
+        await push(store, "a", "b", "c", slug=slug)
+        await store.promote(slug, 1, "alice", "", T0 + 1)
+        await store.promote(slug, 2, "alice", "", T0 + 2)
+    await push(store, "d")
+    await start(store, candidate=3, rollout_id="r-1")
+    before = await everything(store)
+
+    with pytest.raises(error) as info:
+        await operation(store)
+
+    if message is not None:
+        assert str(info.value) == message
+    assert await everything(store) == before
+    # Nor was the prod history touched (it is not in the snapshot): rollback still returns
+    # to v1, and the candidate still goes back to draft.
+    await store.abort_rollout("greet", "x", "", T0 + 10)
+    assert (await store.rollback("greet", "x", "", T0 + 11)).version == 1
+    assert await statuses(store) == {
+        1: Status.PROD,
+        2: Status.DEPRECATED,
+        3: Status.DRAFT,
+        4: Status.DRAFT,
+    }
