@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from proxy.registry.embedded_store import EmbeddedStore
-from proxy.registry.models import Status, VersionDraft
+from proxy.registry.models import RolloutMode, Status, StickyKey, VersionDraft
 from proxy.registry.store import StoreUnavailable
 
 REPO = Path(__file__).resolve().parents[2]
@@ -193,3 +193,46 @@ async def test_the_file_itself_refuses_to_edit_history(tmp_path: Path) -> None:
             )
     finally:
         raw.close()
+
+
+async def test_the_file_itself_keeps_the_rollout_rules(tmp_path: Path) -> None:
+    path = tmp_path / "registry.db"
+    store = await EmbeddedStore.open(path)
+    for template in ("a", "b", "c"):
+        await store.create_version(draft(template), "alice", 1.0)
+    await store.promote("greet", 1, "alice", "", 2.0)
+    await store.start_rollout(
+        "greet", "r-1", 2, RolloutMode.CANARY, 2500, StickyKey.parse("user"), "alice", "", 3.0
+    )
+    await store.close()
+
+    raw = sqlite3.connect(path, isolation_level=None)
+    try:
+        for statement in (
+            # The running candidate keeps its status (end the rollout first).
+            "UPDATE versions SET status = 'deprecated' WHERE version = 2",
+            "UPDATE versions SET status = 'draft' WHERE version = 2",
+            # Only the percentage of a running rollout changes, and only within 0..100 %.
+            "UPDATE rollouts SET candidate = 3",
+            "UPDATE rollouts SET id = 'r-2'",
+            "UPDATE rollouts SET sticky = 'none'",
+            "UPDATE rollouts SET basis_points = 10001",
+            # One rollout per slug, of a version that is a candidate.
+            "INSERT INTO rollouts SELECT slug, 'r-2', candidate, mode, basis_points, sticky, "
+            "started_at, updated_at, actor, restore_status FROM rollouts",
+            "INSERT INTO rollouts SELECT 'other', 'r-2', 3, mode, basis_points, sticky, "
+            "started_at, updated_at, actor, restore_status FROM rollouts",
+        ):
+            with pytest.raises(sqlite3.IntegrityError):
+                raw.execute(statement)
+        raw.execute("UPDATE rollouts SET basis_points = 5000, updated_at = 4.0")
+    finally:
+        raw.close()
+
+    reopened = await EmbeddedStore.open(path)
+    try:
+        rollout = await reopened.get_rollout("greet")
+        assert rollout is not None
+        assert (rollout.id, rollout.candidate, rollout.basis_points) == ("r-1", 2, 5000)
+    finally:
+        await reopened.close()
