@@ -128,9 +128,19 @@ async def call_shadow(
     arm.status = status
     arm.latency = time.perf_counter() - started
     arm.ttft = ttft if request.stream else None
-    if error_class is None:
-        error_class = error_class_for_status(status)
-    if error_class is None and capture.upstream_error:
-        error_class = "upstream_stream_error"
-    arm.error_class = error_class
+    arm.error_class = error_class or _answer_error(status, capture)
     return arm
+
+
+def _answer_error(status: int, capture: OutputCapture) -> str | None:
+    """Why an answer that arrived whole still does not count as a completed shadow."""
+    by_status = error_class_for_status(status)
+    if by_status is not None:
+        return by_status
+    if 300 <= status < 400:  # never followed: the shadow got no answer
+        return "upstream_redirect"
+    if capture.upstream_error:
+        return "upstream_stream_error"
+    if capture.garbage and not capture.has_content:
+        return "invalid_answer"
+    return None

@@ -1,0 +1,116 @@
+"""Pair records (redaction), sink choice, and the bounded shadow metric labels."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry
+
+from proxy.config import ConfigError, RegistryConfig, ShadowConfig
+from proxy.metrics import ProxyMetrics
+from proxy.models import Route
+from proxy.shadow.metrics import ShadowMetrics
+from proxy.shadow.models import ArmResult, ShadowKind, ShadowRequest, ToolCall
+from proxy.shadow.pairs import Pair, open_pair_sink
+from proxy.shadow.sink_files import FilePairSink
+from proxy.shadow.sink_redis import RedisPairSink
+
+SECRET = "sk-CANARYabcdef1234567890"
+
+
+def shadow_request(**changes: object) -> ShadowRequest:
+    fields: dict[str, object] = {
+        "pair_id": "pair-1",
+        "request_id": "req-1",
+        "slug": "support",
+        "rollout_id": "ro-1",
+        "kind": ShadowKind.CANDIDATE,
+        "primary_version": 1,
+        "shadow_version": 2,
+        "route": Route.CHAT,
+        "method": "POST",
+        "raw_tail": "/chat/completions",
+        "headers": {"Authorization": f"Bearer {SECRET}"},
+        "body": b'{"model":"gpt-4o-mini"}',
+        "stream": True,
+        "usage_injected": True,
+        "model": "gpt-4o-mini",
+        "submitted_at": time.monotonic(),
+    }
+    fields.update(changes)
+    return ShadowRequest(**fields)  # type: ignore[arg-type]
+
+
+def test_pair_is_one_record_with_both_halves_and_the_join_keys() -> None:
+    primary = ArmResult(version=1, status=200, text="stable", latency=0.5, ttft=0.1)
+    shadow = ArmResult(version=2, status=200, text="candidate", latency=0.25)
+    record = orjson.loads(Pair.build(shadow_request(), primary, shadow, 1700000000.5).to_json())
+    assert {k: record[k] for k in ("pair_id", "request_id", "slug", "rollout_id", "kind")} == {
+        "pair_id": "pair-1",
+        "request_id": "req-1",
+        "slug": "support",
+        "rollout_id": "ro-1",
+        "kind": "candidate",
+    }
+    assert (record["ts"], record["route"], record["stream"]) == (
+        1700000000.5,
+        "chat.completions",
+        True,
+    )
+    assert (record["primary"]["text"], record["primary"]["ttft_ms"]) == ("stable", 100.0)
+    assert (record["shadow"]["text"], record["shadow"]["latency_ms"]) == ("candidate", 250.0)
+
+
+def test_secrets_in_outputs_never_reach_the_record() -> None:
+    leaky = ArmResult(
+        version=2,
+        text=f"Your key is {SECRET}, use Authorization: Bearer {SECRET}",
+        tool_calls=[
+            ToolCall("call_api", f'{{"api_key": "{SECRET}", "url": "https://x/?key=abc"}}')
+        ],
+    )
+    primary = ArmResult(version=1, text=f"echo {SECRET}")
+    encoded = Pair.build(shadow_request(), primary, leaky, time.time()).to_json()
+    assert b"CANARY" not in encoded
+    assert b"abc" not in encoded
+    record = orjson.loads(encoded)
+    assert "sk-[REDACTED]" in record["shadow"]["text"]
+    assert "[REDACTED]" in record["shadow"]["tool_calls"][0]["arguments"]
+
+
+def test_a_pair_without_its_primary_says_so() -> None:
+    pair = Pair.build(shadow_request(), None, ArmResult(version=2), time.time())
+    assert not pair.paired
+    assert orjson.loads(pair.to_json())["primary"] is None
+
+
+def test_the_sink_follows_the_registry_store(tmp_path: Path) -> None:
+    embedded = RegistryConfig(store=f"embedded:{tmp_path}/r.db")
+    redis = RegistryConfig(store="redis://127.0.0.1:1/0")
+    files_cfg = ShadowConfig.model_validate({"sink": {"dir": str(tmp_path)}})
+    assert isinstance(open_pair_sink(files_cfg, embedded), FilePairSink)
+    assert isinstance(open_pair_sink(files_cfg, redis), RedisPairSink)  # no I/O until used
+    forced = ShadowConfig.model_validate({"sink": {"kind": "files", "dir": str(tmp_path)}})
+    assert isinstance(open_pair_sink(forced, redis), FilePairSink)
+    wrong = ShadowConfig.model_validate({"sink": {"kind": "redis"}})
+    with pytest.raises(ConfigError, match="redis"):
+        open_pair_sink(wrong, embedded)
+
+
+def test_metric_labels_stay_bounded() -> None:
+    proxy_metrics = ProxyMetrics(CollectorRegistry(), ["gpt-4o-mini"])
+    proxy_metrics.set_known_slugs(["support"])
+    metrics = ShadowMetrics(proxy_metrics.registry, proxy_metrics.slug_label)
+    metrics.drop("support", "queue_full")
+    metrics.drop("made-up-slug-123", "side_effects")
+    metrics.drop("support", "some new reason")
+    sample = proxy_metrics.registry.get_sample_value
+    assert sample("promptproxy_shadow_dropped_total", {"slug": "support", "reason": "queue_full"})
+    assert sample("promptproxy_shadow_dropped_total", {"slug": "other", "reason": "side_effects"})
+    assert sample("promptproxy_shadow_dropped_total", {"slug": "support", "reason": "other"})
+    # Pair outcomes exist from the start, so a dashboard's rate() works before the first pair.
+    for outcome in ("written", "unpaired", "sink_dropped"):
+        assert sample("promptproxy_shadow_pairs_total", {"outcome": outcome}) == 0.0
