@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from proxy.registry.models import Status, VersionDraft
+from proxy.registry.models import RolloutMode, Status, StickyKey, VersionDraft
 from proxy.registry.redis_store import RedisStore
 from proxy.registry.store import StoreUnavailable
 from tests.redis_server import RedisServer
@@ -74,6 +74,13 @@ def operations(store: RedisStore) -> dict[str, Callable[[], Awaitable[Any]]]:
             "greet", 1, Status.CANDIDATE, "alice", "", time.time()
         ),
         "wait_for_change": lambda: store.wait_for_change(-1, 5.0),
+        "get_rollout": lambda: store.get_rollout("greet"),
+        "start_rollout": lambda: store.start_rollout(
+            "greet", "r-1", 1, RolloutMode.CANARY, 100, StickyKey.parse("none"), "a", "", 1.0
+        ),
+        "update_rollout": lambda: store.update_rollout("greet", "r-1", 200, "a", "", 1.0),
+        "abort_rollout": lambda: store.abort_rollout("greet", "a", "", 1.0),
+        "promote_rollout": lambda: store.promote_rollout("greet", "a", "", 1.0),
     }
 
 

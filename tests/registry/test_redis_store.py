@@ -10,7 +10,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.crc import key_slot
 
-from proxy.registry.models import VersionDraft
+from proxy.registry.models import RolloutMode, StickyKey, VersionDraft
 from proxy.registry.redis_store import RedisStore
 from tests.redis_server import RedisServer
 
@@ -32,15 +32,20 @@ async def test_every_key_is_under_the_prefix_in_one_cluster_slot(
         await store.create_version(VersionDraft(slug="greet", template="b"), "x", 2.0)
         await store.promote("greet", 1, "x", "", 3.0)
         await store.promote("greet", 2, "x", "", 4.0)
+        await store.create_version(VersionDraft(slug="greet", template="c"), "x", 5.0)
+        await store.start_rollout(
+            "greet", "r-1", 3, RolloutMode.CANARY, 100, StickyKey.parse("user"), "x", "", 6.0
+        )
         await neighbour.create_version(VersionDraft(slug="greet", template="z"), "y", 1.0)
 
         keys = [key async for key in raw.scan_iter("team-a:*")]
-        assert keys
+        assert store.keys.rollout("greet") in keys
         assert all(key.startswith("team-a:{registry}:") for key in keys)
         assert len({key_slot(key.encode()) for key in keys}) == 1  # one slot: scripts work
         # Two prefixes on one server are two independent registries.
         assert [v.template for v in await neighbour.list_versions("greet")] == ["z"]
         assert (await neighbour.snapshot()).prod == {}
+        assert await neighbour.get_rollout("greet") is None
     finally:
         await store.close()
         await neighbour.close()
@@ -110,3 +115,30 @@ async def test_a_cancelled_wait_leaves_the_store_usable(redis_server: RedisServe
     finally:
         await store.close()
         await writer.close()
+
+
+async def test_audit_entries_written_before_details_existed_still_read(
+    redis_server: RedisServer, raw: Redis
+) -> None:
+    # Streams written by an earlier promptproxy have no "detail" field.
+    store = RedisStore.from_url(redis_server.url, prefix=f"old-{time.monotonic_ns()}:")
+    try:
+        await store.create_version(VersionDraft(slug="greet", template="a"), "x", 1.0)
+        old = {
+            "at": "2.5",
+            "actor": "ops",
+            "action": "set_status",
+            "slug": "greet",
+            "version": "1",
+            "from_status": "draft",
+            "to_status": "candidate",
+            "reason": "",
+            "previous_prod": "",
+        }
+        for key in (store.keys.audit, store.keys.slug_audit("greet")):
+            await raw.xadd(key, old, id="1000-0")
+        newest, create = await store.audit(slug="greet")
+        assert (newest.seq, newest.action, newest.detail) == (1000, "set_status", None)
+        assert (create.action, create.detail) == ("create", None)
+    finally:
+        await store.close()

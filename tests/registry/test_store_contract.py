@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from proxy.registry import lifecycle
 from proxy.registry.models import AuditEntry, Status, VariableSpec
 from proxy.registry.store import (
     InvalidTransition,
@@ -528,3 +529,38 @@ async def test_pushes_from_two_processes_lose_nothing(
     creates = await store.audit(slug="shared", limit=100)
     assert sorted(e.version for e in creates if e.version is not None) == list(range(1, 61))
     assert await store.revision() == 60
+
+
+async def test_refusals_say_what_the_lifecycle_rules_say(store: PromptStore) -> None:
+    # The Redis store generates its Lua refusals from the lifecycle checks; both stores must
+    # answer with exactly the checks' texts.
+    def expected(check: Any, *args: Any) -> str:
+        with pytest.raises(InvalidTransition) as info:
+            check(*args)
+        return str(info.value)
+
+    await push(store, "a", "b", "c", "d")
+    with pytest.raises(InvalidTransition) as no_prod:
+        await store.rollback("greet", "x", "", T0)
+    assert str(no_prod.value) == expected(lifecycle.rollback_pair, "greet", [])
+    await store.promote("greet", 1, "x", "", T0)
+    with pytest.raises(InvalidTransition) as no_former:
+        await store.rollback("greet", "x", "", T0)
+    assert str(no_former.value) == expected(lifecycle.rollback_pair, "greet", [1])
+    with pytest.raises(InvalidTransition) as already:
+        await store.promote("greet", 1, "x", "", T0)
+    assert str(already.value) == expected(lifecycle.check_promote, "greet", 1, Status.PROD)
+
+    await store.set_status("greet", 3, Status.CANDIDATE, "x", "", T0)
+    await store.set_status("greet", 4, Status.DEPRECATED, "x", "", T0)
+    current = {1: Status.PROD, 2: Status.DRAFT, 3: Status.CANDIDATE, 4: Status.DEPRECATED}
+    for version, status in current.items():
+        for target in Status:
+            if target in lifecycle.SET_STATUS_MOVES[status] and status is not Status.PROD:
+                continue  # allowed: not a refusal
+            with pytest.raises(InvalidTransition) as info:
+                await store.set_status("greet", version, target, "x", "", T0)
+            assert str(info.value) == expected(
+                lifecycle.check_set_status, "greet", version, status, target
+            )
+    assert await statuses(store) == current
