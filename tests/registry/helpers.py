@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from proxy.registry.models import Status, VersionDraft
-from proxy.registry.store import PromptStore
+import pytest
+
+from proxy.registry.models import (
+    AuditEntry,
+    RegistrySnapshot,
+    Rollout,
+    RolloutMode,
+    Status,
+    StickyKey,
+    VersionDraft,
+)
+from proxy.registry.store import InvalidTransition, PromptStore
 
 REPO = Path(__file__).resolve().parents[2]
 T0 = 1_700_000_000.123456
@@ -30,3 +41,36 @@ async def prod_of(store: PromptStore, slug: str = "greet") -> int | None:
 
 async def statuses(store: PromptStore, slug: str = "greet") -> dict[int, Status]:
     return {v.version: v.status for v in await store.list_versions(slug)}
+
+
+BY_USER = StickyKey.parse("user")
+BY_HEADER = StickyKey.parse("header:X-Cohort")
+
+
+async def start(
+    store: PromptStore,
+    candidate: int = 2,
+    *,
+    slug: str = "greet",
+    rollout_id: str = "r-1",
+    mode: RolloutMode = RolloutMode.CANARY,
+    basis_points: int = 2500,
+    sticky: StickyKey = BY_USER,
+    actor: str = "alice",
+    reason: str = "try it",
+    at: float = T0 + 100,
+) -> tuple[Rollout, AuditEntry]:
+    return await store.start_rollout(
+        slug, rollout_id, candidate, mode, basis_points, sticky, actor, reason, at
+    )
+
+
+def refusal(check: Callable[..., object], *args: Any) -> str:
+    """What a lifecycle check refuses with: both stores must say exactly this."""
+    with pytest.raises(InvalidTransition) as info:
+        check(*args)
+    return str(info.value)
+
+
+async def everything(store: PromptStore) -> tuple[RegistrySnapshot, list[AuditEntry]]:
+    return await store.snapshot(), list(await store.audit(limit=1000))

@@ -29,7 +29,7 @@ from proxy.registry.store import (
     VersionNotFound,
 )
 from tests.registry.conftest import StoreFactory
-from tests.registry.helpers import REPO, T0, draft, prod_of, push, statuses
+from tests.registry.helpers import REPO, T0, draft, prod_of, push, refusal, statuses
 
 # -- creation and reads ---------------------------------------------------------------------
 
@@ -534,22 +534,17 @@ async def test_pushes_from_two_processes_lose_nothing(
 async def test_refusals_say_what_the_lifecycle_rules_say(store: PromptStore) -> None:
     # The Redis store generates its Lua refusals from the lifecycle checks; both stores must
     # answer with exactly the checks' texts.
-    def expected(check: Any, *args: Any) -> str:
-        with pytest.raises(InvalidTransition) as info:
-            check(*args)
-        return str(info.value)
-
     await push(store, "a", "b", "c", "d")
     with pytest.raises(InvalidTransition) as no_prod:
         await store.rollback("greet", "x", "", T0)
-    assert str(no_prod.value) == expected(lifecycle.rollback_pair, "greet", [])
+    assert str(no_prod.value) == refusal(lifecycle.rollback_pair, "greet", [])
     await store.promote("greet", 1, "x", "", T0)
     with pytest.raises(InvalidTransition) as no_former:
         await store.rollback("greet", "x", "", T0)
-    assert str(no_former.value) == expected(lifecycle.rollback_pair, "greet", [1])
+    assert str(no_former.value) == refusal(lifecycle.rollback_pair, "greet", [1])
     with pytest.raises(InvalidTransition) as already:
         await store.promote("greet", 1, "x", "", T0)
-    assert str(already.value) == expected(lifecycle.check_promote, "greet", 1, Status.PROD)
+    assert str(already.value) == refusal(lifecycle.check_promote, "greet", 1, Status.PROD)
 
     await store.set_status("greet", 3, Status.CANDIDATE, "x", "", T0)
     await store.set_status("greet", 4, Status.DEPRECATED, "x", "", T0)
@@ -560,7 +555,7 @@ async def test_refusals_say_what_the_lifecycle_rules_say(store: PromptStore) -> 
                 continue  # allowed: not a refusal
             with pytest.raises(InvalidTransition) as info:
                 await store.set_status("greet", version, target, "x", "", T0)
-            assert str(info.value) == expected(
+            assert str(info.value) == refusal(
                 lifecycle.check_set_status, "greet", version, status, target
             )
     assert await statuses(store) == current
