@@ -22,8 +22,6 @@ import time
 from collections import deque
 from typing import Any
 
-from prometheus_client import CollectorRegistry
-
 from proxy.config import ProxyConfig, ShadowConfig
 from proxy.log import ACCESS_LOGGER, APP_LOGGER
 from proxy.metrics import ProxyMetrics
@@ -55,16 +53,15 @@ class ShadowRunner:
         base_url: str,
         sink: PairSink,
         metrics: ProxyMetrics,
-        shadow_metrics: ShadowMetrics | None = None,
+        shadow_metrics: ShadowMetrics,
     ) -> None:
-        """Call from a running loop (it opens the shadow's ``ClientSession``)."""
+        """Call from a running loop (it opens the shadow's ``ClientSession``).
+        ``shadow_metrics`` is the instance the sink counts on too (one per registry)."""
         self._config = config
         self._base_url = base_url
         self.sink = sink
         self._metrics = metrics
-        self._shadow_metrics = shadow_metrics or ShadowMetrics(
-            CollectorRegistry(auto_describe=True), metrics.slug_label
-        )
+        self._shadow_metrics = shadow_metrics
         self._session = make_shadow_session(config)
         self._queue: deque[_Entry] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
