@@ -69,6 +69,7 @@ class Services:
 def _snapshot_observer(metrics: ProxyMetrics) -> SnapshotHolder:
     def on_apply(snapshot: RegistrySnapshot) -> None:
         metrics.set_known_slugs(snapshot.versions)
+        metrics.set_rollouts(snapshot.rollouts)
         metrics.registry_revision.set(snapshot.revision)
 
     holder = SnapshotHolder(on_apply)

@@ -9,7 +9,6 @@ OpenAI-style error event and no ``[DONE]``.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 import aiohttp
 import orjson
@@ -19,10 +18,8 @@ from multidict import CIMultiDict
 from proxy.errors import UpstreamTimeout, UpstreamUnavailable
 from proxy.models import Exchange, Route
 from proxy.pipeline.observe import StreamObserver, observe_body
+from proxy.shadow.capture import OutputCapture
 from proxy.sse import SSESplitter
-
-if TYPE_CHECKING:
-    from proxy.shadow.capture import OutputCapture
 
 _SSE_HEADERS = (("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no"))
 # Larger answers of other kinds (file downloads, audio) are streamed, never held whole.

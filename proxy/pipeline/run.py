@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -31,10 +30,8 @@ from proxy.pipeline.render import render_into
 from proxy.pipeline.resolve import CONTROL_HEADERS, SWAP_ROUTES, prompt_ref, resolve
 from proxy.registry.models import PromptVersion, RolloutMode
 from proxy.services import Services
+from proxy.shadow.capture import OutputCapture
 from proxy.shadow.models import ArmResult, ShadowRequest
-
-if TYPE_CHECKING:  # TEMP until proxy.shadow.capture lands
-    from proxy.shadow.capture import OutputCapture
 
 #: nginx's convention for "client closed the connection before the answer was complete".
 CLIENT_CLOSED_STATUS = 499
@@ -105,8 +102,6 @@ async def handle(
             if isinstance(shadow, ShadowRequest):
                 primary_half = asyncio.get_running_loop().create_future()
                 if services.shadow.submit(shadow, primary_half):
-                    from proxy.shadow.capture import OutputCapture  # TEMP
-
                     capture = OutputCapture(
                         exchange.route, services.settings.config.shadow.sink.max_output_chars
                     )
