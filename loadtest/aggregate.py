@@ -12,7 +12,14 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from loadtest.targets import DIRECT, MINIMAL, PROMPTPROXY, PROMPTPROXY_SWAP, TARGETS
+from loadtest.targets import (
+    DIRECT,
+    MINIMAL,
+    PROMPTPROXY,
+    PROMPTPROXY_SWAP,
+    ROLLOUTS,
+    TARGETS,
+)
 
 Cell = dict[str, Any]
 
@@ -116,4 +123,29 @@ def swap_in_cost(cells: Sequence[Cell]) -> dict[str, dict[str, float | None]]:
             "latency_p50_ms": delta("latency_ms", "p50"),
             "latency_p99_ms": delta("latency_ms", "p99"),
         }
+    return cost
+
+
+def rollout_cost(cells: Sequence[Cell]) -> dict[str, dict[str, dict[str, float | None]]]:
+    """What each rollout target adds over plain swap-in, per scenario, in the same run; for
+    shadow also per shadowed request (the delta divided by the shadowed share)."""
+    cost: dict[str, dict[str, dict[str, float | None]]] = {}
+    for target, (_, percent) in ROLLOUTS.items():
+        for scenario in dict.fromkeys(c["scenario"] for c in cells):
+            base, cell = find(cells, scenario, PROMPTPROXY_SWAP), find(cells, scenario, target)
+            if base is None or cell is None:
+                continue
+
+            def delta(*path: str, a: Cell = cell, b: Cell = base) -> float | None:
+                x, y = value(a, *path), value(b, *path)
+                return None if x is None or y is None else x - y
+
+            cpu = delta("cpu_us_per_req", "target")
+            cost.setdefault(target, {})[scenario] = {
+                "percent": percent,
+                "cpu_us_per_req": cpu,
+                "cpu_us_per_affected_req": None if cpu is None else cpu * 100 / percent,
+                "latency_p50_ms": delta("latency_ms", "p50"),
+                "latency_p99_ms": delta("latency_ms", "p99"),
+            }
     return cost

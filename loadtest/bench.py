@@ -53,6 +53,7 @@ from loadtest.targets import (
     DIRECT,
     OURS,
     PROMPTPROXY_SWAP,
+    ROLLOUTS,
     TARGETS,
     Running,
     start_minimal,
@@ -98,7 +99,9 @@ def _round_order(targets: list[str], round_: int) -> list[str]:
 def _start_target(name: str, fleet: Fleet, sim: Running, pinning: Pinning, label: str) -> Running:
     if name in OURS:
         swap = name == PROMPTPROXY_SWAP
-        return start_promptproxy(fleet, sim.base_url, pinning.target_cores, label, swap=swap)
+        return start_promptproxy(
+            fleet, sim.base_url, pinning.target_cores, label, swap=swap, rollout=ROLLOUTS.get(name)
+        )
     return start_minimal(fleet, sim.base_url, pinning.target_cores, label)
 
 
@@ -152,6 +155,7 @@ async def run_bench(args: argparse.Namespace, fleet: Fleet, pinning: Pinning) ->
         "cells": cells,
         "cpu_ratio_promptproxy_vs_minimal": aggregate.cpu_ratios(cells),
         "swap_in_cost": aggregate.swap_in_cost(cells),
+        "rollout_cost": aggregate.rollout_cost(cells),
         "checks": [*report.bench_checks(cells, args.clients), report.access_log_check(runs)],
         "runs": runs,
     }
@@ -329,6 +333,8 @@ def print_report(result: dict[str, Any]) -> None:
         print(report.resource_table(result["cells"]) + "\n")
         if result["swap_in_cost"]:
             print(report.swap_in_table(result["swap_in_cost"]) + "\n")
+        if result.get("rollout_cost"):
+            print(report.rollout_table(result["rollout_cost"]) + "\n")
         noisy = report.disturbed_cells(result["runs"])
         if noisy:
             print(f"warning: other load on our cores during {', '.join(noisy)}\n")

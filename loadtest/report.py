@@ -230,3 +230,27 @@ def swap_in_table(cost: dict[str, dict[str, float | None]]) -> str:
     return "swap-in cost (promptproxy_swap - promptproxy, same run)\n" + render(
         ("scenario", "CPU us/req", "p50 ms", "p99 ms"), rows
     )
+
+
+def rollout_table(cost: dict[str, dict[str, dict[str, float | None]]]) -> str:
+    rows = [
+        (
+            target,
+            scenario,
+            _fmt(c["cpu_us_per_req"], 0, signed=True),
+            _fmt(c["cpu_us_per_affected_req"], 0, signed=True),
+            _fmt(c["latency_p50_ms"], 2, signed=True),
+            _fmt(c["latency_p99_ms"], 2, signed=True),
+        )
+        for target, by_scenario in cost.items()
+        for scenario, c in by_scenario.items()
+    ]
+    return (
+        "rollout cost (target - promptproxy_swap, same run; per affected request = the delta "
+        "divided by the canary or shadow share)\n"
+        + render(
+            ("target", "scenario", "CPU us/req", "per affected", "p50 ms", "p99 ms"),
+            rows,
+            left=2,
+        )
+    )

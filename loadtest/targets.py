@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+import time
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +18,18 @@ PROMPTPROXY = "promptproxy"
 #: promptproxy with prompt swap-in on every request (base URL /p/bench/v1): resolve the prompt
 #: from the snapshot, render its template, replace the system message, re-encode the body.
 PROMPTPROXY_SWAP = "promptproxy_swap"
+#: promptproxy_swap with a 10 % canary rollout (sticky per request): a tenth of the requests
+#: render the candidate version instead.
+PROMPTPROXY_CANARY = "promptproxy_canary"
+#: promptproxy_swap with a 25 % shadow rollout: a quarter of the requests are also sent, in
+#: the background, to the candidate (same simulator), captured, paired and written to the
+#: pairs file. The difference from promptproxy_swap is what shadowing costs.
+PROMPTPROXY_SHADOW = "promptproxy_shadow"
 MINIMAL = "minimal"
-TARGETS = (DIRECT, PROMPTPROXY, PROMPTPROXY_SWAP, MINIMAL)
-OURS = frozenset({PROMPTPROXY, PROMPTPROXY_SWAP})
+TARGETS = (DIRECT, PROMPTPROXY, PROMPTPROXY_SWAP, PROMPTPROXY_CANARY, PROMPTPROXY_SHADOW, MINIMAL)
+OURS = frozenset({PROMPTPROXY, PROMPTPROXY_SWAP, PROMPTPROXY_CANARY, PROMPTPROXY_SHADOW})
+#: Target -> (mode, percent) of the rollout it runs.
+ROLLOUTS = {PROMPTPROXY_CANARY: ("canary", 10.0), PROMPTPROXY_SHADOW: ("shadow", 25.0)}
 
 # Renders to the same system prompt the load generator sends, so both proxies forward bodies
 # of the same size; the variables take their defaults, the request body stays identical.
@@ -28,6 +40,13 @@ variables:
 ---
 You are a concise assistant for {{ shop }}. Answer in at most {{ sentences }} sentences and \
 never invent titles."""
+
+# Same length and shape as the stable prompt, so the two arms cost the provider the same.
+_CANDIDATE_TEMPLATE = (
+    "You are a concise assistant for {{ shop }}. Reply in at most {{ sentences }} sentences "
+    "and never invent titles."
+)
+_ADMIN_TOKEN = "bench-admin-token"
 
 _MINIMAL_SCRIPT = Path(__file__).resolve().parent / "minimal_proxy.py"
 # Python import and aiohttp setup take about a second; a slow CI box gets plenty of slack.
@@ -74,6 +93,7 @@ def start_promptproxy(
     wrapper: Sequence[str] = (),
     *,
     swap: bool = False,
+    rollout: tuple[str, float] | None = None,
 ) -> Running:
     port, admin = free_ports(2)
     command = [
@@ -84,18 +104,60 @@ def start_promptproxy(
     # Left alone, the embedded prompt registry would be created inside the repository and
     # shared by every proxy of the run; each one gets its own in the scratch directory.
     store = f"embedded:{fleet.log_dir / label}-registry.db"
+    swap = swap or rollout is not None
     if swap:
         prompts = fleet.log_dir / f"{label}-prompts"
         prompts.mkdir(exist_ok=True)
         (prompts / "bench.md").write_text(_BENCH_PROMPT)
         config = fleet.log_dir / f"{label}.yaml"
-        config.write_text(f"registry:\n  bootstrap_dir: {prompts}\n")
+        config.write_text(
+            f"registry:\n  bootstrap_dir: {prompts}\n"
+            f"shadow:\n  sink:\n    dir: {fleet.log_dir / label}-pairs\n"
+        )
         command += ["--config", str(config)]
-    proc = fleet.start(label, command, cores, _clean_env(PROMPTPROXY_STORE=store), wrapper)
+    env = _clean_env(PROMPTPROXY_STORE=store, PROMPTPROXY_ADMIN_TOKEN=_ADMIN_TOKEN)
+    proc = fleet.start(label, command, cores, env, wrapper)
     proc.wait_ready(http_ok(admin, "/readyz"), READY_TIMEOUT_S)
+    if rollout is not None:
+        _start_rollout(admin, *rollout)
+        name = next(t for t, r in ROLLOUTS.items() if r == rollout)
+        return Running(name, f"http://127.0.0.1:{port}/p/bench/v1", proc)
     if swap:
         return Running(PROMPTPROXY_SWAP, f"http://127.0.0.1:{port}/p/bench/v1", proc)
     return Running(PROMPTPROXY, f"http://127.0.0.1:{port}/v1", proc)
+
+
+def _admin(admin_port: int, method: str, path: str, body: dict[str, object]) -> None:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{admin_port}/admin/v1{path}",
+        data=json.dumps(body).encode(),
+        method=method,
+        headers={"Authorization": f"Bearer {_ADMIN_TOKEN}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        resp.read()
+
+
+def _start_rollout(admin_port: int, mode: str, percent: float) -> None:
+    """Push a candidate version of the bench prompt and roll it out; wait until served."""
+    _admin(admin_port, "POST", "/prompts/bench/versions", {
+        "template": _CANDIDATE_TEMPLATE,
+        "variables": [
+            {"name": "shop", "type": "string", "default": "an online bookshop"},
+            {"name": "sentences", "type": "string", "default": "three"},
+        ],
+    })  # fmt: skip
+    _admin(admin_port, "PUT", "/prompts/bench/rollout", {
+        "candidate": 2, "mode": mode, "percent": percent, "sticky": "none",
+    })  # fmt: skip
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while True:
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/readyz", timeout=5) as resp:
+            if json.loads(resp.read())["registry"]["revision"] >= 4:
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError("the rollout never reached the proxy's snapshot")
+        time.sleep(0.05)
 
 
 def start_minimal(
