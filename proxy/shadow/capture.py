@@ -87,15 +87,20 @@ class OutputCapture:
         if b"data:" not in raw or (self._full and _AFTER_CAP.search(raw) is None):
             return
         try:
-            parsed = parse_event(raw)
-            if not parsed.data or parsed.is_done:
+            name: str | None = None
+            data = raw[6:].rstrip(b"\r\n") if raw.startswith(b"data: ") else b""
+            if not data or b"\n" in data or b"\r" in data:
+                # Not the common one-line `data: {...}` event: take the full parser.
+                parsed = parse_event(raw)
+                name, data = parsed.event, parsed.data
+            if not data or data == b"[DONE]":
                 return
-            payload = orjson.loads(parsed.data)
+            payload = orjson.loads(data)
             if not isinstance(payload, dict):
                 self.garbage += 1
                 return
             if self._route is Route.RESPONSES:
-                self._responses_event(parsed.event, payload)
+                self._responses_event(name, payload)
             else:
                 self._chunk(payload)
         except Exception:  # the provider's bytes must never break the relay
