@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
+from prometheus_client import CollectorRegistry
 
 from proxy.config import ConfigError, RegistryConfig, ShadowConfig
 from proxy.log import redact
@@ -151,8 +152,6 @@ def open_pair_sink(
 ) -> PairSink:
     """A capped Redis Stream per slug when ``sink.kind`` is redis, or auto with a Redis
     registry (so replicas share one view); else rotated JSON-lines files. No I/O here."""
-    from prometheus_client import CollectorRegistry
-
     counters = metrics or ShadowMetrics(CollectorRegistry(auto_describe=True))
     kind = config.sink.kind
     if kind == "redis" or (kind == "auto" and registry.store.startswith(_REDIS_SCHEMES)):
