@@ -16,7 +16,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -188,6 +195,8 @@ class ShadowConfig(_Section):
     max_in_flight: int = Field(64, ge=1)
     #: Shadow calls waiting for a slot; beyond this they are dropped and counted.
     queue_size: int = Field(256, ge=0)
+    #: The queued bodies' total size is capped too (beyond it: dropped and counted).
+    queue_max_bytes: int = Field(32 * 1024 * 1024, ge=0)
     #: A queued shadow older than this is dropped (its primary is long gone).
     queue_max_age_seconds: float = Field(5.0, gt=0)
     connect_timeout_seconds: float = Field(5.0, gt=0)
@@ -218,6 +227,17 @@ class ProxyConfig(_Section):
     metrics: MetricsConfig = MetricsConfig()
     rollouts: RolloutsConfig = RolloutsConfig()
     shadow: ShadowConfig = ShadowConfig()
+
+    @model_validator(mode="after")
+    def _redis_sink_needs_redis(self) -> ProxyConfig:
+        if self.shadow.sink.kind == "redis" and not self.registry.store.startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise ValueError(
+                "shadow.sink.kind: `redis` writes pairs to the registry's Redis, but "
+                "registry.store is not Redis; use `files` or `auto`"
+            )
+        return self
 
 
 @dataclass(frozen=True, slots=True)

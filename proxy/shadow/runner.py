@@ -4,8 +4,8 @@ Isolation rules (reliability guide A1), all enforced here:
 
 - ``submit`` never blocks or awaits: it starts the shadow, queues it, or drops and counts it.
 - At most ``max_in_flight`` shadow calls run, on their own session and pool; beyond that a
-  bounded queue, beyond that drops (``queue_full``). A queued copy older than
-  ``queue_max_age_seconds`` is dropped when its turn comes (``stale``).
+  queue bounded in entries and in body bytes, beyond that drops (``queue_full``). A queued
+  copy older than ``queue_max_age_seconds`` is dropped when its turn comes (``stale``).
 - A finished shadow gives its slot back *before* waiting for its primary, so slow
   primaries never hold shadow capacity; the wait keeps only the pair's metadata.
 - Every task is held by strong reference and drained by ``close``.
@@ -66,6 +66,9 @@ class ShadowRunner:
         self._queue: deque[_Entry] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self._running = 0
+        #: Bodies held by the queue: bounded too, so queued shadows cannot eat the memory
+        #: that ``queue_size`` times ``max_body_bytes`` would allow.
+        self._queued_bytes = 0
         self._closing = False
 
     @property
@@ -95,8 +98,12 @@ class ShadowRunner:
         if self._running < self._config.max_in_flight:
             self._start(request, primary)
             return True
-        if len(self._queue) < self._config.queue_size:
+        if (
+            len(self._queue) < self._config.queue_size
+            and self._queued_bytes + len(request.body) <= self._config.queue_max_bytes
+        ):
             self._queue.append((request, primary))
+            self._queued_bytes += len(request.body)
             self._shadow_metrics.queue_depth.set(len(self._queue))
             return True
         self._shadow_metrics.drop(request.slug, "queue_full")
@@ -128,6 +135,7 @@ class ShadowRunner:
         now = time.monotonic()
         while self._queue and not self._closing and self._running < self._config.max_in_flight:
             request, primary = self._queue.popleft()
+            self._queued_bytes -= len(request.body)
             if now - request.submitted_at > max_age:
                 self._shadow_metrics.drop(request.slug, "stale")
                 continue
@@ -222,6 +230,7 @@ class ShadowRunner:
         while self._queue:
             request, _ = self._queue.popleft()
             self._shadow_metrics.drop(request.slug, "draining")
+        self._queued_bytes = 0
         self._shadow_metrics.queue_depth.set(0)
         tasks = set(self._tasks)
         if tasks:

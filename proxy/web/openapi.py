@@ -301,6 +301,43 @@ OPENAPI: dict[str, Any] = {
             ),
         },
         "/admin/v1/rollouts": {"get": _op("Every running rollout", _ok(_LIST))},
+        "/admin/v1/prompts/{slug}/shadow/pairs": {
+            "parameters": [
+                _SLUG,
+                {
+                    "name": "since",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "string"},
+                    "description": "How far back: seconds (600), a duration (10m, 2h), a unix "
+                    "time or an ISO-8601 time with a zone",
+                },
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 10000},
+                },
+                {
+                    "name": "follow",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "boolean"},
+                    "description": "Keep the response open and stream new pairs as they come",
+                },
+            ],
+            "get": {
+                "summary": "Shadow pairs of a prompt (stable and candidate answers side by "
+                "side), oldest first, one JSON object per line",
+                "responses": {
+                    "200": {
+                        "description": "JSON lines",
+                        "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+                    },
+                    **_ERRORS,
+                },
+            },
+        },
         "/admin/v1/audit": {
             "parameters": [
                 {"name": "slug", "in": "query", "required": False, "schema": {"type": "string"}},

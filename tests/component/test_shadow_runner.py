@@ -355,6 +355,26 @@ async def test_submit_never_waits_and_the_cap_holds(
     assert h.outcome("completed") == 12
 
 
+async def test_the_queue_is_bounded_in_bytes_too(
+    provider: tuple[Provider, str], harness_factory: Callable[..., Harness]
+) -> None:
+    fake, _ = provider
+    big = orjson.dumps(
+        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x" * 4000}]}
+    )
+    h = harness_factory(max_in_flight=1, queue_size=100, queue_max_bytes=3 * len(big))
+    accepted = [h.runner.submit(shadow_request("/wait", body=big), resolved()) for _ in range(10)]
+    # One runs, three fit the byte budget, the rest are dropped although entries are left.
+    assert accepted.count(True) == 4
+    assert (h.runner.in_flight, h.runner.queued) == (1, 3)
+    assert h.dropped("queue_full") == 6
+    fake.release.set()
+    await eventually(lambda: len(h.sink.pairs) == 4)
+    # The budget is given back as the queue drains.
+    assert h.runner.submit(shadow_request("/ok", body=big), resolved())
+    await eventually(lambda: len(h.sink.pairs) == 5)
+
+
 async def test_stale_queued_copies_are_dropped_when_their_turn_comes(
     provider: tuple[Provider, str], harness_factory: Callable[..., Harness]
 ) -> None:

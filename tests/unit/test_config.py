@@ -79,3 +79,15 @@ def test_settings_repr_hides_the_key() -> None:
     settings = load_config(None, environ={})
     object.__setattr__(settings, "upstream_api_key", "sk-secret")
     assert "sk-secret" not in repr(settings)
+
+
+def test_a_redis_pair_sink_needs_a_redis_store() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, environ={}, overrides={"shadow.sink": {"kind": "redis"}})
+    assert "shadow.sink.kind" in str(err.value)
+    settings = load_config(
+        None,
+        environ={},
+        overrides={"shadow.sink": {"kind": "redis"}, "registry.store": "redis://127.0.0.1:1/0"},
+    )
+    assert settings.config.shadow.sink.kind == "redis"
