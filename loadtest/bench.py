@@ -36,7 +36,7 @@ import aiohttp
 import orjson
 import psutil
 
-from loadtest import aggregate, report
+from loadtest import aggregate, report, shadow_isolation
 from loadtest.loadgen import LoadGenerator, chat_request, summarize_ms
 from loadtest.measure import (
     SETTLE_S,
@@ -109,8 +109,8 @@ def _progress(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
-async def run_bench(args: argparse.Namespace, fleet: Fleet, pinning: Pinning) -> dict[str, Any]:
-    cfg = CellConfig(
+def _cell_config(args: argparse.Namespace, pinning: Pinning) -> CellConfig:
+    return CellConfig(
         clients=args.clients,
         warmup=args.warmup,
         requests=args.requests,
@@ -118,6 +118,10 @@ async def run_bench(args: argparse.Namespace, fleet: Fleet, pinning: Pinning) ->
         target_core=pinning.target,
         load_core=pinning.load,
     )
+
+
+async def run_bench(args: argparse.Namespace, fleet: Fleet, pinning: Pinning) -> dict[str, Any]:
+    cfg = _cell_config(args, pinning)
     sim = start_simulator(fleet, None)  # inherits this process's core
     scenarios = [BY_NAME[s] for s in args.scenarios]
     expected = {
@@ -309,6 +313,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--target-core", type=int, default=0)
     parser.add_argument("--load-core", type=int, default=1)
     parser.add_argument("--soak", action="store_true", help="run only the RSS soak")
+    parser.add_argument(
+        "--shadow-isolation",
+        action="store_true",
+        help="run only the shadow isolation check (faulty shadow upstream vs shadow off)",
+    )
     parser.add_argument("--soak-requests", type=int, default=100_000)
     parser.add_argument("--soak-step", type=int, default=10_000, help="RSS sampled every N")
     parser.add_argument("--soak-max-seconds", type=float, default=900.0)
@@ -317,7 +326,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.output is None:
         args.output = RESULTS_DIR / ("soak-latest.json" if args.soak else "latest.json")
-    if DIRECT not in args.targets and not args.soak:
+    if DIRECT not in args.targets and not (args.soak or args.shadow_isolation):
         parser.error("--targets must include direct: added latency is measured against it")
     return args
 
@@ -326,6 +335,9 @@ def print_report(result: dict[str, Any]) -> None:
     meta = result["meta"]
     print(f"\npromptproxy benchmark, {meta['date']}, {meta['cpu_model']}, nproc {meta['nproc']}")
     print(f"{meta['pinning']}; {meta['clients']} clients")
+    if "shadow_isolation" in result:
+        print(shadow_isolation.isolation_table(result["shadow_isolation"]))
+        return
     if "cells" in result:
         counts = ", ".join(f"{k} {v}" for k, v in result["requests_per_cell"].items())
         print(f"median of {meta['rounds']} rounds; measured requests per round: {counts}\n")
@@ -353,6 +365,10 @@ def print_report(result: dict[str, Any]) -> None:
 async def _run(args: argparse.Namespace, fleet: Fleet, pinning: Pinning) -> dict[str, Any]:
     if args.soak:
         return await run_soak(args, fleet, pinning)
+    if args.shadow_isolation:
+        return await shadow_isolation.run_shadow_isolation(
+            args, fleet, pinning.target_cores, _cell_config(args, pinning)
+        )
     return await run_bench(args, fleet, pinning)
 
 

@@ -73,14 +73,19 @@ def _clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def start_simulator(fleet: Fleet, cores: set[int] | None) -> Running:
+def start_simulator(
+    fleet: Fleet, cores: set[int] | None, *extra: str, label: str = "simulator"
+) -> Running:
     (port,) = free_ports(1)
     proc = fleet.start(
-        "simulator",
-        [sys.executable, "-m", "proxy", "simulate", "--host", "127.0.0.1", "--port", str(port)],
+        label,
+        [
+            sys.executable, "-m", "proxy", "simulate",
+            "--host", "127.0.0.1", "--port", str(port), *extra,
+        ],
         cores,
         _clean_env(),
-    )
+    )  # fmt: skip
     proc.wait_ready(http_ok(port, "/_sim/health"), READY_TIMEOUT_S)
     return Running("simulator", f"http://127.0.0.1:{port}/v1", proc)
 
@@ -94,6 +99,8 @@ def start_promptproxy(
     *,
     swap: bool = False,
     rollout: tuple[str, float] | None = None,
+    shadow_url: str | None = None,
+    candidate_model: str | None = None,
 ) -> Running:
     port, admin = free_ports(2)
     command = [
@@ -113,14 +120,15 @@ def start_promptproxy(
         config.write_text(
             f"registry:\n  bootstrap_dir: {prompts}\n"
             f"shadow:\n  sink:\n    dir: {fleet.log_dir / label}-pairs\n"
+            + (f"  base_url: {shadow_url}\n" if shadow_url else "")
         )
         command += ["--config", str(config)]
     env = _clean_env(PROMPTPROXY_STORE=store, PROMPTPROXY_ADMIN_TOKEN=_ADMIN_TOKEN)
     proc = fleet.start(label, command, cores, env, wrapper)
     proc.wait_ready(http_ok(admin, "/readyz"), READY_TIMEOUT_S)
     if rollout is not None:
-        _start_rollout(admin, *rollout)
-        name = next(t for t, r in ROLLOUTS.items() if r == rollout)
+        _start_rollout(admin, *rollout, model=candidate_model)
+        name = next((t for t, r in ROLLOUTS.items() if r == rollout), label)
         return Running(name, f"http://127.0.0.1:{port}/p/bench/v1", proc)
     if swap:
         return Running(PROMPTPROXY_SWAP, f"http://127.0.0.1:{port}/p/bench/v1", proc)
@@ -138,10 +146,11 @@ def _admin(admin_port: int, method: str, path: str, body: dict[str, object]) -> 
         resp.read()
 
 
-def _start_rollout(admin_port: int, mode: str, percent: float) -> None:
+def _start_rollout(admin_port: int, mode: str, percent: float, model: str | None) -> None:
     """Push a candidate version of the bench prompt and roll it out; wait until served."""
     _admin(admin_port, "POST", "/prompts/bench/versions", {
         "template": _CANDIDATE_TEMPLATE,
+        "model": model,
         "variables": [
             {"name": "shop", "type": "string", "default": "an online bookshop"},
             {"name": "sentences", "type": "string", "default": "three"},
