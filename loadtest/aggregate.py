@@ -71,11 +71,12 @@ def _median_tree(nodes: Sequence[Any]) -> Any:
     return first
 
 
-def combine(runs: Sequence[Cell]) -> list[Cell]:
-    """One cell per (scenario, target): medians over rounds; counts summed, RSS the max."""
+def combine(runs: Sequence[Cell], names: Sequence[str] = TARGETS) -> list[Cell]:
+    """One cell per (scenario, target): medians over rounds; counts summed, RSS the max.
+    ``names``: the targets to keep, in report order."""
     scenarios = dict.fromkeys(c["scenario"] for c in runs)
     present = {(c["scenario"], c["target"]) for c in runs}
-    keys = [(s, t) for s in scenarios for t in TARGETS if (s, t) in present]
+    keys = [(s, t) for s in scenarios for t in names if (s, t) in present]
     combined = []
     for scenario, target in keys:
         group = [c for c in runs if c["scenario"] == scenario and c["target"] == target]

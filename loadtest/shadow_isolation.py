@@ -70,7 +70,7 @@ async def run_shadow_isolation(
                 f"p99 {_p99(cell) or 0:.2f} ms",
                 flush=True,
             )
-    cells = aggregate.combine(runs)
+    cells = aggregate.combine(runs, (PROMPTPROXY_SWAP, *FAULTS))
     base = _p99(aggregate.find(cells, SCENARIO, PROMPTPROXY_SWAP))
     verdicts = []
     for fault in FAULTS:
@@ -87,7 +87,20 @@ async def run_shadow_isolation(
                 "met": None if p99 is None or limit is None else p99 <= limit,
             }
         )
-    return {"shadow_isolation": verdicts, "cells": cells, "runs": runs}
+    checks = [
+        {
+            "name": f"primary p99 ms with {v['fault']}",
+            "value": v["p99_ms"],
+            "limit": v["limit_ms"],
+            "met": v["met"],
+        }
+        for v in verdicts
+    ]
+    errors = sum(c["errors"] for c in cells)
+    checks.append(
+        {"name": "failed requests, all cells", "value": errors, "limit": 0, "met": errors == 0}
+    )
+    return {"shadow_isolation": verdicts, "checks": checks, "cells": cells, "runs": runs}
 
 
 def isolation_table(verdicts: list[dict[str, Any]]) -> str:

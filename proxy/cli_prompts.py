@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 import orjson
@@ -57,18 +57,35 @@ def _run(action: Callable[[], None]) -> None:
         sys.exit(1)
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def admin_options(token_help: str = "Admin token (for writes).") -> Callable[[F], F]:
+    """The options every admin-API command group takes: where, with which token, which
+    output. They fill the group's ``Context``."""
+
+    def decorate(group: F) -> F:
+        group = click.option(
+            "--output",
+            "-o",
+            type=click.Choice(["table", "json"]),
+            default="table",
+            show_default=True,
+        )(group)
+        group = click.option("--token", envvar="PROMPTPROXY_ADMIN_TOKEN", help=token_help)(group)
+        return click.option(
+            "--admin-url",
+            envvar="PROMPTPROXY_ADMIN_URL",
+            default=DEFAULT_ADMIN_URL,
+            show_default=True,
+            help="Admin API base URL.",
+        )(group)
+
+    return decorate
+
+
 @click.group("prompts")
-@click.option(
-    "--admin-url",
-    envvar="PROMPTPROXY_ADMIN_URL",
-    default=DEFAULT_ADMIN_URL,
-    show_default=True,
-    help="Admin API base URL.",
-)
-@click.option("--token", envvar="PROMPTPROXY_ADMIN_TOKEN", help="Admin token (for writes).")
-@click.option(
-    "--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True
-)
+@admin_options()
 @click.pass_context
 def prompts(ctx: click.Context, admin_url: str, token: str | None, output: str) -> None:
     """Manage prompt versions: push, promote, roll back, inspect."""
@@ -240,6 +257,18 @@ def rollback(ctx: Context, slug: str, reason: str) -> None:
     _run(lambda: ctx.emit(ctx.client.rollback(slug, reason), _audit_line))
 
 
+def _detail(detail: dict[str, Any] | None) -> str | None:
+    """A rollout's facts in an audit row: `canary 25% (was 10%)`, `shadow 5%, ended`."""
+    if not detail or "mode" not in detail:
+        return None
+    text = f"{detail['mode']} {detail['percent']:g}%"
+    if detail.get("from_percent") is not None:
+        text += f" (was {detail['from_percent']:g}%)"
+    if detail.get("ended_rollout"):
+        text += ", ended"
+    return text
+
+
 @prompts.command()
 @click.argument("slug")
 @click.option("--at", help="ISO-8601 instant: which version was prod then.")
@@ -264,11 +293,12 @@ def history(ctx: Context, slug: str, at: str | None) -> None:
                             e["from_status"],
                             e["to_status"],
                             e["actor"],
+                            _detail(e.get("detail")),
                             e["reason"],
                         )
                         for e in rows
                     ],
-                    ["SEQ", "AT", "ACTION", "VERSION", "FROM", "TO", "ACTOR", "REASON"],
+                    ["SEQ", "AT", "ACTION", "VERSION", "FROM", "TO", "ACTOR", "DETAIL", "REASON"],
                 ),
             )
 

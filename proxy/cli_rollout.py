@@ -10,21 +10,11 @@ from typing import Any
 
 import click
 
-from proxy.cli_prompts import DEFAULT_ADMIN_URL, Context, _run, _when, pass_ctx, table
+from proxy.cli_prompts import Context, _run, _when, admin_options, pass_ctx, table
 
 
 @click.group("rollout")
-@click.option(
-    "--admin-url",
-    envvar="PROMPTPROXY_ADMIN_URL",
-    default=DEFAULT_ADMIN_URL,
-    show_default=True,
-    help="Admin API base URL.",
-)
-@click.option("--token", envvar="PROMPTPROXY_ADMIN_TOKEN", help="Admin token (for writes).")
-@click.option(
-    "--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True
-)
+@admin_options()
 @click.pass_context
 def rollout(ctx: click.Context, admin_url: str, token: str | None, output: str) -> None:
     """Try a candidate version on real traffic: canary, shadow, ramp, promote, abort."""

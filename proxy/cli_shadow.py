@@ -14,7 +14,7 @@ from typing import Any
 import click
 import orjson
 
-from proxy.cli_prompts import DEFAULT_ADMIN_URL, Context, _run, _when, pass_ctx
+from proxy.cli_prompts import Context, _run, _when, admin_options, pass_ctx
 
 #: Pairs fetched per admin API call while exporting (the API allows up to 10,000).
 EXPORT_PAGE = 1000
@@ -63,19 +63,7 @@ def _print(pairs: Iterable[Any], output: str) -> int:
 
 
 @click.group("shadow")
-@click.option(
-    "--admin-url",
-    envvar="PROMPTPROXY_ADMIN_URL",
-    default=DEFAULT_ADMIN_URL,
-    show_default=True,
-    help="Admin API base URL.",
-)
-@click.option(
-    "--token", envvar="PROMPTPROXY_ADMIN_TOKEN", help="Admin token (read role is enough)."
-)
-@click.option(
-    "--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True
-)
+@admin_options("Admin token (read role is enough).")
 @click.pass_context
 def shadow(ctx: click.Context, admin_url: str, token: str | None, output: str) -> None:
     """Shadow pairs: the stable answer users got next to the candidate's, per request."""
