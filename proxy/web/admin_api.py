@@ -190,10 +190,6 @@ async def openapi(request: web.Request) -> web.Response:
     return json_response(OPENAPI)
 
 
-# The names these had before they were shared with admin_rollouts.py.
-_json, _parse, _services, _actor, _Body = json_response, parse_body, services_of, actor_of, Body
-
-
 def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_get(f"{PREFIX}/openapi.json", openapi)

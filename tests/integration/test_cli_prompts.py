@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.processes import ProxyProc, proxy
+from tests.processes import ProxyProc, free_port, proxy
 
 pytestmark = pytest.mark.integration
 
@@ -96,7 +96,8 @@ def test_errors_exit_non_zero_with_a_message(admin_proxy: ProxyProc, tmp_path: P
     no_token = cli(admin_proxy, "promote", "x", "1", token=None)
     assert no_token.returncode == 1
     assert "token" in no_token.stderr.lower()
-    unreachable = cli(None, "list")
+    # A port nothing listens on: the default (8081) may be taken by a proxy someone runs.
+    unreachable = cli(None, "--admin-url", f"http://127.0.0.1:{free_port()}", "list")
     assert unreachable.returncode == 1
     assert "cannot reach" in unreachable.stderr
 
