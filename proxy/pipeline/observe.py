@@ -33,15 +33,21 @@ def _loads(data: bytes) -> Any:
         return None
 
 
-def _record_usage(exchange: Exchange, usage: Any) -> None:
+def usage_tokens(usage: Any) -> tuple[int | None, int | None]:
+    """(input, output) tokens of a provider's `usage` object; None where it says nothing."""
     if not isinstance(usage, dict):
-        return
+        return None, None
     # Chat/completions/embeddings say prompt/completion; the Responses API says input/output.
     inp = usage.get("prompt_tokens", usage.get("input_tokens"))
     out = usage.get("completion_tokens", usage.get("output_tokens"))
-    if isinstance(inp, int):
+    return (inp if isinstance(inp, int) else None), (out if isinstance(out, int) else None)
+
+
+def _record_usage(exchange: Exchange, usage: Any) -> None:
+    inp, out = usage_tokens(usage)
+    if inp is not None:
         exchange.input_tokens = inp
-    if isinstance(out, int):
+    if out is not None:
         exchange.output_tokens = out
 
 

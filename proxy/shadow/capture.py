@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from proxy.models import Route
+from proxy.pipeline.observe import usage_tokens
 from proxy.shadow.models import ArmResult, ToolCall
 from proxy.sse import parse_event
 
@@ -177,14 +178,10 @@ class OutputCapture:
             call.size += len(arguments)
 
     def _usage(self, usage: Any) -> None:
-        if not isinstance(usage, dict):
-            return
-        # Chat/completions say prompt/completion; the Responses API says input/output.
-        inp = usage.get("prompt_tokens", usage.get("input_tokens"))
-        out = usage.get("completion_tokens", usage.get("output_tokens"))
-        if isinstance(inp, int):
+        inp, out = usage_tokens(usage)
+        if inp is not None:
             self.input_tokens = inp
-        if isinstance(out, int):
+        if out is not None:
             self.output_tokens = out
 
     def _model(self, model: Any) -> None:
