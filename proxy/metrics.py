@@ -76,6 +76,27 @@ class Series:
             )
         return child
 
+    def observe(
+        self,
+        status_class: str,
+        duration: float,
+        ttft: float | None,
+        input_tokens: int | None,
+        output_tokens: int | None,
+        error_class: str | None,
+    ) -> None:
+        """Count one finished call (a request, or a shadow copy of one)."""
+        self.requests(status_class).inc()
+        self.duration.observe(duration)
+        if ttft is not None:
+            self.ttft.observe(ttft)
+        if input_tokens:
+            self.input_tokens.inc(input_tokens)
+        if output_tokens:
+            self.output_tokens.inc(output_tokens)
+        if error_class is not None:
+            self.errors(error_class).inc()
+
     def errors(self, error_class: str) -> Counter:
         child = self._errors.get(error_class)
         if child is None:

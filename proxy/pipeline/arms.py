@@ -14,7 +14,7 @@ import orjson
 
 from proxy.errors import InvalidRequest
 from proxy.models import Exchange, ParsedRequest
-from proxy.pipeline.choose import Arm, Decision, ShadowSkip, choose, shadow_skip, sticky_value
+from proxy.pipeline.choose import Arm, Decision, choose, shadow_skip, sticky_value
 from proxy.pipeline.parse import encode_outbound
 from proxy.pipeline.render import render_into
 from proxy.pipeline.resolve import PromptRef
@@ -106,6 +106,3 @@ def shadow_copy(
         model=model if isinstance(model, str) else None,
         submitted_at=time.monotonic(),
     )
-
-
-__all__ = ["RENDER_FAILED", "ShadowSkip", "decide", "shadow_copy"]

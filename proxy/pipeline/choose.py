@@ -134,7 +134,8 @@ class ShadowSkip(StrEnum):
     BODY_TOO_LARGE = "body_too_large"
 
 
-SHADOW_ROUTES = frozenset({Route.CHAT, Route.COMPLETIONS, Route.RESPONSES})
+#: The routes a prompt is swapped into and that a copy may be sent for.
+SHADOW_ROUTES = frozenset({Route.CHAT, Route.RESPONSES})
 
 
 def shadow_skip(

@@ -49,16 +49,14 @@ class Recorder:
         series = m.series(
             ex.route.value, model, m.slug_label(ex.slug), ex.version or "", ex.arm or ""
         )
-        series.requests(status_class(ex.status)).inc()
-        series.duration.observe(ex.duration or 0.0)
-        if ex.error_class is not None:
-            series.errors(ex.error_class).inc()
-        if ex.ttfb is not None and ex.stream:
-            series.ttft.observe(ex.ttfb)
-        if ex.input_tokens:
-            series.input_tokens.inc(ex.input_tokens)
-        if ex.output_tokens:
-            series.output_tokens.inc(ex.output_tokens)
+        series.observe(
+            status_class(ex.status),
+            ex.duration or 0.0,
+            ex.ttfb if ex.stream else None,
+            ex.input_tokens,
+            ex.output_tokens,
+            ex.error_class,
+        )
 
     @staticmethod
     def _log_fields(ex: Exchange) -> dict[str, object]:

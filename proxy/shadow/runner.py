@@ -25,6 +25,7 @@ from typing import Any
 from proxy.config import ProxyConfig, ShadowConfig
 from proxy.log import ACCESS_LOGGER, APP_LOGGER
 from proxy.metrics import ProxyMetrics
+from proxy.pipeline.choose import Arm
 from proxy.pipeline.record import status_class
 from proxy.shadow.call import call_shadow, make_shadow_session
 from proxy.shadow.metrics import ShadowMetrics
@@ -34,7 +35,7 @@ from proxy.shadow.pairs import Pair, PairMeta, PairSink, open_pair_sink
 _log = logging.getLogger(APP_LOGGER)
 _access = logging.getLogger(ACCESS_LOGGER)
 
-SHADOW_ARM = "shadow"
+SHADOW_ARM = Arm.SHADOW.value
 
 _Entry = tuple[ShadowRequest, "asyncio.Future[ArmResult]"]
 
@@ -186,16 +187,14 @@ class ShadowRunner:
             str(request.shadow_version),
             SHADOW_ARM,
         )
-        series.requests(status_class(arm.status)).inc()
-        series.duration.observe(arm.latency or 0.0)
-        if arm.ttft is not None:
-            series.ttft.observe(arm.ttft)
-        if arm.input_tokens:
-            series.input_tokens.inc(arm.input_tokens)
-        if arm.output_tokens:
-            series.output_tokens.inc(arm.output_tokens)
-        if arm.error_class is not None:
-            series.errors(arm.error_class).inc()
+        series.observe(
+            status_class(arm.status),
+            arm.latency or 0.0,
+            arm.ttft,
+            arm.input_tokens,
+            arm.output_tokens,
+            arm.error_class,
+        )
         if _access.isEnabledFor(logging.INFO):
             _access.info(self._log_fields(request, arm))
 
