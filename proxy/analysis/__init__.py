@@ -1,0 +1,1 @@
+"""Automated rollout analysis: pooled per-arm statistics, verdicts, and the analyser that acts on them."""
