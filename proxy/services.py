@@ -10,6 +10,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from proxy.analysis.analyser import Analyser
 from proxy.config import Settings
 from proxy.log import APP_LOGGER
 from proxy.metrics import ProxyMetrics
@@ -56,6 +57,7 @@ class Services:
     renderer: PromptRenderer
     registry: RegistryService
     shadow: ShadowRunner
+    analysis: Analyser
 
     @property
     def upstream_api_key(self) -> str | None:
@@ -123,4 +125,5 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             renderer=PromptRenderer(),
             registry=registry,
             shadow=shadow,
+            analysis=Analyser(),
         )
