@@ -23,10 +23,12 @@ from .settings import (
 from .state import (
     BODY_KEY,
     MODELS_BODY_KEY,
+    RANDOM_KEY,
     REQUEST_LOG_KEY,
     RESPONSE_STORE_KEY,
     SETTINGS_KEY,
     STARTED_KEY,
+    RandomSource,
     ReceivedBody,
     RequestLog,
     ResponseStore,
@@ -42,6 +44,7 @@ def build_simulator_app(settings: SimulatorSettings) -> web.Application:
     app[REQUEST_LOG_KEY] = RequestLog(settings.record_requests)
     app[RESPONSE_STORE_KEY] = ResponseStore(RESPONSE_STORE_LIMIT)
     app[MODELS_BODY_KEY] = models_list_body()
+    app[RANDOM_KEY] = RandomSource(settings.seed)
     app.on_response_prepare.append(_stamp_headers)
     app.router.add_post("/v1/chat/completions", handlers.chat_completions)
     app.router.add_post("/v1/completions", handlers.completions)

@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 
 from . import content
+from .directives import Steering
 from .errors import RequestError
 from .framing import DONE, ChunkFramer, interleave
 from .params import Body, flag, include_usage, max_output_tokens, optional_int, require_model, usage
@@ -44,7 +45,7 @@ class ChatAnswer:
         return usage(self.prompt_tokens, sum(c.completion_tokens for c in self.choices))
 
 
-def plan_chat(body: Body, chunks: int) -> ChatAnswer:
+def plan_chat(body: Body, chunks: int, steering: Steering | None = None) -> ChatAnswer:
     """Validate the request and decide the full answer; rendering is then mechanical."""
     model = require_model(body)
     messages = body.get("messages")
@@ -57,7 +58,9 @@ def plan_chat(body: Body, chunks: int) -> ChatAnswer:
     prompt = content.last_user_text(messages)
     tools = _selected_tools(body)
     choices = tuple(
-        _tool_choice(i, digest, tools) if tools else _text_choice(i, prompt, chunks, limit)
+        _tool_choice(i, digest, tools)
+        if tools
+        else _text_choice(i, prompt, chunks, limit, steering)
         for i in range(n)
     )
     prompt_tokens = sum(
@@ -75,9 +78,16 @@ def plan_chat(body: Body, chunks: int) -> ChatAnswer:
     )
 
 
-def _text_choice(index: int, prompt: str, chunks: int, limit: int | None) -> Choice:
-    text, cut = content.truncate_words(content.answer_text(prompt, index, chunks), limit)
-    return Choice(index, text, (), "length" if cut else "stop", content.count_tokens(text))
+def _text_choice(
+    index: int, prompt: str, chunks: int, limit: int | None, steering: Steering | None
+) -> Choice:
+    text = content.answer_text(prompt, index, chunks)
+    steered_cut = False
+    if steering is not None:
+        text, steered_cut = steering.shape(text, index)
+    text, cut = content.truncate_words(text, limit)
+    finish = "length" if cut or steered_cut else "stop"
+    return Choice(index, text, (), finish, content.count_tokens(text))
 
 
 def _tool_choice(index: int, digest: bytes, tools: Sequence[Mapping[str, Any]]) -> Choice:

@@ -2,8 +2,9 @@
 
 Everything here is a pure function of the request so identical requests produce
 byte-identical answers, which is what lets tests compare "direct" against
-"through the proxy". Token counts are whitespace-separated words: cheap, stable
-and close enough to real tokenizers for usage accounting tests.
+"through the proxy" (the random ``[[sim ...]]`` effects live in ``directives``).
+Token counts are whitespace-separated words: cheap, stable and close enough to
+real tokenizers for usage accounting tests.
 """
 
 from __future__ import annotations
@@ -96,6 +97,22 @@ def answer_text(prompt: str, variant: int = 0, min_words: int = 0) -> str:
     start = (variant * 7) % len(_FILLER)
     filler = " ".join(_FILLER[(start + i) % len(_FILLER)] for i in range(filler_count))
     return f"{head}{sep}{filler.capitalize()}."
+
+
+def stretch_answer(text: str, factor: float, variant: int = 0) -> str:
+    """``text`` with about ``factor`` times as many words: filler added, or words dropped.
+
+    Deterministic like the rest of this module, so ``longer=F`` alone does not make
+    identical requests differ.
+    """
+    words = text.split(" ")
+    target = max(1, round(len(words) * factor))
+    if target <= len(words):
+        kept = " ".join(words[:target]).rstrip(".")
+        return kept + "."
+    start = (variant * 7 + len(words)) % len(_FILLER)
+    extra = [_FILLER[(start + i) % len(_FILLER)] for i in range(target - len(words))]
+    return " ".join([*words[:-1], words[-1].rstrip("."), *extra]) + "."
 
 
 def truncate_words(text: str, limit: int | None) -> tuple[str, bool]:

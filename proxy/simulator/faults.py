@@ -13,6 +13,20 @@ model names (handy when a client library does not let you set headers).
 | x-sim-fault: drop      | sim-drop               | abort the TCP connection mid-answer      |
 | x-sim-fault: hang      | sim-hang               | never send headers                       |
 | x-sim-fault: hang-mid-stream | sim-hang-mid-stream | send first events, then stall        |
+
+A third channel is the request body: a ``[[sim ...]]`` marker in the system or
+developer message (chat) or in ``instructions`` (Responses API) steers answer
+quality for every request rendered from that prompt, e.g.
+``[[sim truncate=0.2 error=0.1 noise=0.3 longer=1.5]]``:
+
+| directive    | range    | effect                                                        |
+|--------------|----------|---------------------------------------------------------------|
+| truncate=P   | 0..1     | answer cut short with probability P, finish_reason ``length`` |
+| error=P      | 0..1     | 500 with probability P (the x-sim-status error path)          |
+| noise=P      | 0..1     | each answer word swapped for a random one with probability P  |
+| longer=F     | >0..100  | about F times as many answer words                            |
+
+Bad values give a 400 naming the directive. Details: ``proxy.simulator.directives``.
 """
 
 from __future__ import annotations

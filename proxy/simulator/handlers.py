@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -10,6 +11,7 @@ from aiohttp import web
 
 from .chat import chat_body, chat_events, plan_chat
 from .completions import completion_body, completion_events, plan_completion
+from .directives import Directives, Steering, chat_directives, responses_directives
 from .embeddings import embeddings_body, model_object
 from .errors import RequestError, json_error, simulated_error
 from .faults import Fault, RequestControl, parse_control
@@ -19,6 +21,7 @@ from .settings import JSON_HEADERS, RATE_LIMIT_HEADERS, SSE_HEADERS
 from .state import (
     BODY_KEY,
     MODELS_BODY_KEY,
+    RANDOM_KEY,
     REQUEST_LOG_KEY,
     RESPONSE_STORE_KEY,
     SETTINGS_KEY,
@@ -47,6 +50,19 @@ def _control(request: web.Request, model: str) -> RequestControl:
     return parse_control(request.headers, model, request.app[SETTINGS_KEY])
 
 
+def _steer(
+    request: web.Request, directives: Directives, control: RequestControl
+) -> tuple[RequestControl, Steering | None]:
+    """Draw the ``error`` directive and hand out the request's generator for the answer."""
+    if not directives.active:
+        return control, None  # no generator, no draws: unsteered answers stay deterministic
+    steering = Steering(directives, request.app[RANDOM_KEY].request_rng())
+    # An explicit x-sim-status still wins; the draw happens anyway so seeded runs stay aligned.
+    if steering.fails() and control.status is None:
+        control = replace(control, status=500)
+    return control, steering
+
+
 async def _short_circuit(
     request: web.Request, control: RequestControl, model: str, param: str
 ) -> web.StreamResponse | None:
@@ -68,10 +84,10 @@ def _wants_stream(body: Body) -> bool:
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = _json_body(request)
-    control = _control(request, model_of(body))
+    control, steering = _steer(request, chat_directives(body), _control(request, model_of(body)))
     if (early := await _short_circuit(request, control, model_of(body), "messages")) is not None:
         return early
-    answer = plan_chat(body, control.chunks)
+    answer = plan_chat(body, control.chunks, steering)
     if _wants_stream(body):
         return await send_events(request, chat_events(answer, control.chunks), control, _SSE_RATE)
     return await send_json(request, chat_body(answer), control, _JSON_RATE)
@@ -99,10 +115,11 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
 
 async def create_response(request: web.Request) -> web.StreamResponse:
     body = _json_body(request)
-    control = _control(request, model_of(body))
+    directives = responses_directives(body)
+    control, steering = _steer(request, directives, _control(request, model_of(body)))
     if (early := await _short_circuit(request, control, model_of(body), "input")) is not None:
         return early
-    answer = plan_response(body, control.chunks)
+    answer = plan_response(body, control.chunks, steering)
     if answer.store and control.fault is None:
         request.app[RESPONSE_STORE_KEY].put(answer.id, answer.response)
     if _wants_stream(body):

@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 
 from . import content
+from .directives import Steering
 from .framing import named_event
 from .params import Body, flag, optional_int, require_model
 
@@ -29,7 +30,7 @@ class ResponsesAnswer:
         return self.response["store"] is not False
 
 
-def plan_response(body: Body, chunks: int) -> ResponsesAnswer:
+def plan_response(body: Body, chunks: int, steering: Steering | None = None) -> ResponsesAnswer:
     model = require_model(body)
     limit = optional_int(body, "max_output_tokens")
     store = flag(body, "store", True)
@@ -38,7 +39,13 @@ def plan_response(body: Body, chunks: int) -> ResponsesAnswer:
     prompt, input_tokens = _prompt(body.get("input"))
     if isinstance(instructions, str):
         input_tokens += content.count_tokens(instructions)
-    text, cut = content.truncate_words(content.answer_text(prompt, 0, chunks), limit)
+    text = content.answer_text(prompt, 0, chunks)
+    steered_cut = False
+    if steering is not None:
+        text, steered_cut = steering.shape(text, 0)
+    text, cut = content.truncate_words(text, limit)
+    # A directive cut reports like a max_output_tokens cut: the only reason a client can see.
+    cut = cut or steered_cut
     digest = content.request_digest(body)
     created = content.created_from(digest)
     message_id = "msg_" + digest[16:32].hex()

@@ -25,6 +25,12 @@ class SimulatorSettings:
     """When set, ``/v1`` requests without ``Authorization: Bearer <api_key>`` get 401."""
     record_requests: int = 1000
     """Size of the bounded in-memory log of received requests (0 disables)."""
+    seed: int | None = None
+    """Seed for ``[[sim ...]]`` directive randomness; None draws OS entropy per request.
+
+    With a seed, a run that sends the same requests in the same order gets the same
+    answers, which keeps rate tests reproducible.
+    """
 
     def __post_init__(self) -> None:
         # Fail at startup rather than on the first request with a confusing error.

@@ -6,6 +6,8 @@ in one process (tests start many) without sharing anything.
 
 from __future__ import annotations
 
+import os
+import random
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -88,10 +90,30 @@ class ResponseStore:
         return self._items.get(response_id)
 
 
+class RandomSource:
+    """Hands each steered request its own ``random.Random``.
+
+    Without a seed every request is seeded from ``os.urandom``, so identical requests
+    differ the way real sampling does; with one, a seeded generator hands out the
+    per-request seeds so the sequence repeats run after run.
+    """
+
+    __slots__ = ("_seeds",)
+
+    def __init__(self, seed: int | None) -> None:
+        self._seeds = None if seed is None else random.Random(seed)
+
+    def request_rng(self) -> random.Random:
+        if self._seeds is None:
+            return random.Random(os.urandom(16))
+        return random.Random(self._seeds.getrandbits(64))
+
+
 SETTINGS_KEY = web.AppKey("sim_settings", SimulatorSettings)
 REQUEST_LOG_KEY = web.AppKey("sim_request_log", RequestLog)
 RESPONSE_STORE_KEY = web.AppKey("sim_response_store", ResponseStore)
 MODELS_BODY_KEY = web.AppKey("sim_models_body", bytes)
+RANDOM_KEY = web.AppKey("sim_random", RandomSource)
 
 STARTED_KEY = web.RequestKey("sim_started", float)
 BODY_KEY = web.RequestKey("sim_body", ReceivedBody)
