@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import yaml
@@ -122,8 +122,44 @@ class LoggingConfig(_Section):
         return upper
 
 
+class ModelPrice(_Section):
+    #: US dollars per million tokens, as on the provider's price page.
+    input: float = Field(ge=0, allow_inf_nan=False)
+    output: float = Field(ge=0, allow_inf_nan=False)
+
+
 class MetricsConfig(_Section):
+    #: Models that keep their own `model` label; any other model counts as `other`.
     models: tuple[str, ...] = DEFAULT_METRIC_MODELS
+    #: Price table for `promptproxy_cost_usd_total`, by the model name sent upstream. A model
+    #: without a price adds no cost (the estimate is a floor, never a guess).
+    prices: dict[str, ModelPrice] = {}
+
+    def price_table(self) -> dict[str, tuple[float, float]]:
+        return {model: (price.input, price.output) for model, price in self.prices.items()}
+
+
+class FeedbackConfig(_Section):
+    #: Outcome names `/v1/feedback` accepts (bounded: they become metric labels).
+    names: tuple[Annotated[str, Field(pattern=r"^[a-z0-9_.-]{1,64}$")], ...] = (
+        "thumbs_up",
+        "thumbs_down",
+        "escalated",
+        "resolved",
+        "rating",
+    )
+    #: How long after an answer its request id still takes feedback.
+    ttl_seconds: float = Field(86_400.0, gt=0, le=30 * 86_400)
+    #: Request ids remembered in memory with the embedded store (oldest forgotten first);
+    #: with Redis they live in Redis, with `ttl_seconds` as their expiry.
+    max_local_entries: int = Field(200_000, ge=1000)
+
+
+class AnalysisConfig(_Section):
+    #: Each replica adds its per-arm counts to the pool (Redis, or memory) this often.
+    flush_seconds: float = Field(2.0, gt=0, le=60)
+    #: The analysis lease: another replica takes over this long after its holder vanished.
+    lease_seconds: float = Field(10.0, ge=2, le=300)
 
 
 class RegistryConfig(_Section):
@@ -207,6 +243,9 @@ class ShadowConfig(_Section):
     max_connections: int = Field(100, ge=1)
     #: How long a finished shadow waits for its primary to finish before giving up the pair.
     pair_wait_seconds: float = Field(900.0, gt=0)
+    #: Noise calibration: this share of shadowed requests also runs the *stable* version a
+    #: second time, so divergence can be judged against stable's own variability.
+    noise_share: float = Field(0.2, ge=0, le=1)
     sink: ShadowSinkConfig = ShadowSinkConfig()
 
     @field_validator("base_url")
@@ -227,6 +266,8 @@ class ProxyConfig(_Section):
     metrics: MetricsConfig = MetricsConfig()
     rollouts: RolloutsConfig = RolloutsConfig()
     shadow: ShadowConfig = ShadowConfig()
+    feedback: FeedbackConfig = FeedbackConfig()
+    analysis: AnalysisConfig = AnalysisConfig()
 
     @model_validator(mode="after")
     def _redis_sink_needs_redis(self) -> ProxyConfig:

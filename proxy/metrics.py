@@ -1,19 +1,24 @@
 """Prometheus metrics on a registry the app owns (never the global one).
 
 Label values are bounded: ``route`` is an enum, ``model`` is allow-listed (else ``other``),
-``status_class`` is ``2xx``..``5xx``, ``error_class`` comes from a fixed set, and ``slug``,
-``version`` and ``arm`` are filled only from the registry (empty when the request names no
-prompt). No request ids, users or tenants ever become labels.
+``status_class`` is ``2xx``..``5xx``, ``error_class`` and ``finish_reason`` come from fixed
+sets, ``slug`` is a registry slug (else ``other``), ``version`` is one *in use* (a slug's prod,
+its rollout's candidate; else ``other``) and ``arm`` is an enum (all three empty when the
+request names no prompt). No request ids, users or tenants ever become labels. When a version
+goes out of use its series are removed, so a slug keeps a handful of series however many
+versions it has had. docs/metrics.md lists every family.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 from collections.abc import Iterable, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, Summary
 
 from proxy import __version__
-from proxy.registry.models import Rollout
+from proxy.registry.models import RegistrySnapshot, Rollout
 
 # Seconds; doubling from 5 ms to ~82 s covers both cache hits and long reasoning answers.
 LATENCY_BUCKETS = (
@@ -34,9 +39,35 @@ LATENCY_BUCKETS = (
     81.92,
 )
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+#: Output tokens per answer: OpenTelemetry's `gen_ai.client.token.usage` buckets (x4), cut at
+#: 64k tokens, which is beyond any model's output limit today.
+ANSWER_TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536)
+#: Seconds a 250 ms sleep overshoots; anything near 100 ms means requests stall.
+LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+#: Finish reasons keep their name; anything else a provider invents is `other`. The Responses
+#: API's spellings map onto the chat ones so one PromQL query covers both routes.
+_FINISH_REASONS = {
+    "stop": "stop",
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "content_filter": "content_filter",
+    "function_call": "function_call",
+    "completed": "stop",
+    "max_output_tokens": "length",
+}
 
 PROMPT_LABELS = ("slug", "version", "arm")
 OTHER = "other"
+
+#: USD per million tokens, (input, output), by the model name sent upstream.
+Prices = Mapping[str, tuple[float, float]]
+
+
+def finish_reason_label(reason: str | None) -> str | None:
+    if reason is None:
+        return None
+    return _FINISH_REASONS.get(reason, OTHER)
 
 
 class Series:
@@ -49,8 +80,11 @@ class Series:
 
     __slots__ = (
         "_errors",
+        "_finish",
         "_metrics",
         "_requests",
+        "answer_tokens",
+        "cost",
         "duration",
         "input_tokens",
         "key",
@@ -65,8 +99,11 @@ class Series:
         self.ttft = metrics.ttft.labels(*key)
         self.input_tokens = metrics.tokens.labels(*key, "input")
         self.output_tokens = metrics.tokens.labels(*key, "output")
+        self.answer_tokens = metrics.answer_tokens.labels(*key)
+        self.cost = metrics.cost.labels(*key[1:])
         self._requests: dict[str, Counter] = {}
         self._errors: dict[str, Counter] = {}
+        self._finish: dict[str, Counter] = {}
 
     def requests(self, status_class: str) -> Counter:
         child = self._requests.get(status_class)
@@ -84,18 +121,55 @@ class Series:
         input_tokens: int | None,
         output_tokens: int | None,
         error_class: str | None,
+        finish_reason: str | None = None,
+        price: tuple[float, float] | None = None,
     ) -> None:
-        """Count one finished call (a request, or a shadow copy of one)."""
+        """Count one finished call (a request, or a shadow copy of one). ``price`` is the
+        model's (input, output) USD per million tokens, when the config knows it."""
         self.requests(status_class).inc()
         self.duration.observe(duration)
         if ttft is not None:
             self.ttft.observe(ttft)
         if input_tokens:
             self.input_tokens.inc(input_tokens)
+        if output_tokens is not None and error_class is None:
+            self.answer_tokens.observe(output_tokens)
         if output_tokens:
             self.output_tokens.inc(output_tokens)
+        if price is not None and (input_tokens or output_tokens):
+            cost = ((input_tokens or 0) * price[0] + (output_tokens or 0) * price[1]) / 1e6
+            if cost > 0 and math.isfinite(cost):
+                self.cost.inc(cost)
         if error_class is not None:
             self.errors(error_class).inc()
+        reason = finish_reason_label(finish_reason)
+        if reason is not None:
+            self.finish_reason(reason).inc()
+
+    def finish_reason(self, reason: str) -> Counter:
+        child = self._finish.get(reason)
+        if child is None:
+            child = self._finish[reason] = self._metrics.finish_reasons.labels(*self.key, reason)
+        return child
+
+    def _remove(self) -> None:
+        """Drop every child of this label set from the registry (the version left use)."""
+        m, key = self._metrics, self.key
+        route, _, slug, version, arm = key
+        for family, labels in (
+            (m.duration, key),
+            (m.ttft, key),
+            (m.answer_tokens, key),
+            (m.tokens, (*key, "input")),
+            (m.tokens, (*key, "output")),
+            (m.cost, key[1:]),
+            *((m.requests, (*key, sc)) for sc in self._requests),
+            *((m.finish_reasons, (*key, fr)) for fr in self._finish),
+            *((m.errors, (route, ec, slug, version, arm)) for ec in self._errors),
+        ):
+            # The cost child is shared by the routes of one (model, slug, version, arm).
+            with contextlib.suppress(KeyError):
+                family.remove(*labels)
 
     def errors(self, error_class: str) -> Counter:
         child = self._errors.get(error_class)
@@ -108,10 +182,20 @@ class Series:
 
 
 class ProxyMetrics:
-    def __init__(self, registry: CollectorRegistry, models: Iterable[str]) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        models: Iterable[str],
+        prices: Prices | None = None,
+        feedback_names: Iterable[str] = (),
+    ) -> None:
         self.registry = registry
         self._models = frozenset(models)
+        self._prices: Prices = dict(prices or {})
+        self._feedback_names = frozenset(feedback_names)
         self._slugs: frozenset[str] = frozenset()
+        #: slug -> the versions that keep their own label (as strings)
+        self._in_use: dict[str, frozenset[str]] = {}
         self._series: dict[tuple[str, str, str, str, str], Series] = {}
         base = ("route", "model", *PROMPT_LABELS)
         self.requests = Counter(
@@ -145,6 +229,34 @@ class ProxyMetrics:
             "promptproxy_tokens",
             "Tokens reported by the provider, by direction (input, output).",
             (*base, "direction"),
+            registry=registry,
+        )
+        self.finish_reasons = Counter(
+            "promptproxy_finish_reasons",
+            "Answers by finish reason (stop, length, tool_calls, content_filter, "
+            "function_call, other). A rising `length` share means truncated answers.",
+            (*base, "finish_reason"),
+            registry=registry,
+        )
+        self.answer_tokens = Histogram(
+            "promptproxy_answer_tokens",
+            "Output tokens per successful answer (the answer length).",
+            base,
+            buckets=ANSWER_TOKEN_BUCKETS,
+            registry=registry,
+        )
+        self.cost = Counter(
+            "promptproxy_cost_usd",
+            "Estimated cost in US dollars, from the token counts and the configured price "
+            "table (models without a price add nothing).",
+            ("model", *PROMPT_LABELS),
+            registry=registry,
+        )
+        self.feedback = Summary(
+            "promptproxy_feedback_value",
+            "Downstream outcomes posted to /v1/feedback, attributed to the slug, version and "
+            "arm that answered (count and sum of values; mean = sum / count).",
+            (*PROMPT_LABELS, "name"),
             registry=registry,
         )
         self.in_flight = Gauge(
@@ -196,12 +308,48 @@ class ProxyMetrics:
             ("slug",),
             registry=registry,
         )
+        self.redis_errors = Counter(
+            "promptproxy_redis_errors",
+            "Failed Redis operations outside the registry refresher (analysis statistics, "
+            "lease, verdicts, feedback index), by operation.",
+            ("op",),
+            registry=registry,
+        )
+        self.loop_lag = Histogram(
+            "promptproxy_event_loop_lag_seconds",
+            "How late the event loop wakes a 250 ms timer: time every request waits too.",
+            buckets=LOOP_LAG_BUCKETS,
+            registry=registry,
+        )
+        self.analysis_verdicts = Counter(
+            "promptproxy_analysis_verdicts",
+            "Automated rollout analysis verdicts (pass, fail, inconclusive), counted by the "
+            "replica holding the slug's analysis lease.",
+            ("slug", "verdict"),
+            registry=registry,
+        )
+        self.analysis_actions = Counter(
+            "promptproxy_analysis_actions",
+            "Rollout changes made by the analyser (abort, ramp, promote).",
+            ("slug", "action"),
+            registry=registry,
+        )
+        self.analysis_leader = Gauge(
+            "promptproxy_analysis_leader",
+            "1 on the replica holding the slug's analysis lease.",
+            ("slug",),
+            registry=registry,
+        )
         Info("promptproxy_build", "Build information.", registry=registry).info(
             {"version": __version__}
         )
 
     def series(self, route: str, model: str, slug: str, version: str, arm: str) -> Series:
-        key = (route, model, slug, version, arm)
+        """The cached children for these labels; ``slug`` and ``version`` are raw and folded
+        here (``model`` is already a label: see ``model_label``)."""
+        key = (route, model, self.slug_label(slug) if slug else "", "", arm)
+        if slug and version:
+            key = (*key[:3], self.version_label(slug, version), arm)
         found = self._series.get(key)
         if found is None:
             found = self._series[key] = Series(self, key)
@@ -212,9 +360,38 @@ class ProxyMetrics:
             return ""
         return model if model in self._models else OTHER
 
+    def price_of(self, model: str | None) -> tuple[float, float] | None:
+        return None if model is None else self._prices.get(model)
+
+    def feedback_label(self, name: str) -> str:
+        return name if name in self._feedback_names else OTHER
+
+    def version_label(self, slug: str, version: str) -> str:
+        return version if version in self._in_use.get(slug, ()) else OTHER
+
     def set_known_slugs(self, slugs: Iterable[str]) -> None:
         """Slugs that keep their own series (the registry's); others count as `other`."""
         self._slugs = frozenset(slugs)
+
+    def set_registry(self, snapshot: RegistrySnapshot) -> None:
+        """Follow a new snapshot: its slugs, its versions in use, its rollouts. Series of
+        versions that left use are removed (their later requests count as `other`)."""
+        self.set_known_slugs(snapshot.versions)
+        in_use: dict[str, set[str]] = {slug: {str(v)} for slug, v in snapshot.prod.items()}
+        for slug, rollout in snapshot.rollouts.items():
+            in_use.setdefault(slug, set()).add(str(rollout.candidate))
+        self._in_use = {slug: frozenset(versions) for slug, versions in in_use.items()}
+        self._prune()
+        self.set_rollouts(snapshot.rollouts)
+
+    def _prune(self) -> None:
+        for key in list(self._series):
+            _, _, slug, version, _ = key
+            if not version or version == OTHER:
+                continue
+            if slug in self._slugs and version in self._in_use.get(slug, ()):
+                continue
+            self._series.pop(key)._remove()
 
     def set_rollouts(self, rollouts: Mapping[str, Rollout]) -> None:
         """Mirror the snapshot's rollouts (called on every snapshot swap, which is rare)."""

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from proxy.analysis.analyser import Analyser
 from proxy.config import Settings
 from proxy.log import APP_LOGGER
+from proxy.loop_lag import watch_loop_lag
 from proxy.metrics import ProxyMetrics
 from proxy.pipeline.forward import UpstreamClient, make_session
 from proxy.pipeline.record import Recorder
@@ -70,8 +71,7 @@ class Services:
 
 def _snapshot_observer(metrics: ProxyMetrics) -> SnapshotHolder:
     def on_apply(snapshot: RegistrySnapshot) -> None:
-        metrics.set_known_slugs(snapshot.versions)
-        metrics.set_rollouts(snapshot.rollouts)
+        metrics.set_registry(snapshot)
         metrics.registry_revision.set(snapshot.revision)
 
     holder = SnapshotHolder(on_apply)
@@ -83,7 +83,12 @@ def _snapshot_observer(metrics: ProxyMetrics) -> SnapshotHolder:
 @asynccontextmanager
 async def open_services(settings: Settings) -> AsyncIterator[Services]:
     config = settings.config
-    metrics = ProxyMetrics(CollectorRegistry(auto_describe=True), config.metrics.models)
+    metrics = ProxyMetrics(
+        CollectorRegistry(auto_describe=True),
+        config.metrics.models,
+        config.metrics.price_table(),
+        config.feedback.names,
+    )
     async with AsyncExitStack() as stack:
         session = make_session(config.upstream)
         stack.push_async_callback(session.close)
@@ -105,6 +110,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         # refresher gets a first snapshot.
         await refresher.load_once()
         tasks.spawn(refresher.run(), name="registry-refresher")
+        tasks.spawn(watch_loop_lag(metrics.loop_lag), name="loop-lag")
         shadow = open_shadow_runner(config, metrics)
         # Closed first (the stack unwinds in reverse), after the data plane drained: shadows
         # get a short grace, never the whole shutdown budget.

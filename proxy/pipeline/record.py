@@ -46,9 +46,7 @@ class Recorder:
         # The model sent is the operator's choice (a pin, or what the client asked for); the
         # answered one is often a dated id.
         model = m.model_label(ex.model_sent or ex.model_requested or ex.model_answered)
-        series = m.series(
-            ex.route.value, model, m.slug_label(ex.slug), ex.version or "", ex.arm or ""
-        )
+        series = m.series(ex.route.value, model, ex.slug or "", ex.version or "", ex.arm or "")
         series.observe(
             status_class(ex.status),
             ex.duration or 0.0,
@@ -56,6 +54,8 @@ class Recorder:
             ex.input_tokens,
             ex.output_tokens,
             ex.error_class,
+            ex.finish_reason,
+            m.price_of(ex.model_sent or ex.model_requested or ex.model_answered),
         )
 
     @staticmethod

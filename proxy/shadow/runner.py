@@ -183,7 +183,7 @@ class ShadowRunner:
         series = m.series(
             request.route.value,
             m.model_label(request.model),
-            m.slug_label(request.slug),
+            request.slug,
             str(request.shadow_version),
             SHADOW_ARM,
         )
@@ -194,6 +194,8 @@ class ShadowRunner:
             arm.input_tokens,
             arm.output_tokens,
             arm.error_class,
+            arm.finish_reason,
+            m.price_of(request.model),
         )
         if _access.isEnabledFor(logging.INFO):
             _access.info(self._log_fields(request, arm))
