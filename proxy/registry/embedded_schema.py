@@ -92,15 +92,31 @@ _SCHEMA_V2: tuple[str, ...] = (
         BEGIN SELECT RAISE(ABORT, 'the candidate of a running rollout stays candidate'); END""",
 )
 
-_MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2)
+_SCHEMA_V3: tuple[str, ...] = (
+    # The rollout's automated-analysis policy (``AnalysisPolicy.to_dict`` as JSON), NULL for
+    # none: rows of older files read as rollouts without one.
+    "ALTER TABLE rollouts ADD COLUMN analysis TEXT "
+    "CHECK (analysis IS NULL OR json_valid(analysis))",
+    # The policy is as fixed as the candidate while the rollout runs: a trigger cannot be
+    # altered, so it is replaced by one that also covers the new column.
+    "DROP TRIGGER rollouts_fixed",
+    """CREATE TRIGGER rollouts_fixed
+        BEFORE UPDATE OF slug, id, candidate, mode, sticky, started_at, actor, restore_status,
+            analysis
+        ON rollouts
+        BEGIN SELECT RAISE(ABORT, 'a running rollout only changes its percentage'); END""",
+)
+
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3)
 #: ``PRAGMA user_version`` holds the file's version: how many ``_MIGRATIONS`` it has had.
-SCHEMA_VERSION = len(_MIGRATIONS)  # 2
+SCHEMA_VERSION = len(_MIGRATIONS)  # 3
 
 AUDIT_COLUMNS = (
     "seq, at, actor, action, slug, version, from_status, to_status, reason, previous_prod, detail"
 )
 ROLLOUT_COLUMNS = (
-    "slug, id, candidate, mode, basis_points, sticky, started_at, updated_at, actor, restore_status"
+    "slug, id, candidate, mode, basis_points, sticky, started_at, updated_at, actor, "
+    "restore_status, analysis"
 )
 
 
@@ -183,7 +199,10 @@ def row_to_audit(row: tuple[Any, ...]) -> AuditEntry:
 
 def row_to_rollout(row: tuple[Any, ...]) -> Rollout:
     """A ``rollouts`` row, columns in ``ROLLOUT_COLUMNS`` order."""
-    return Rollout.from_dict(dict(zip(ROLLOUT_COLUMNS.split(", "), row, strict=True)))
+    data = dict(zip(ROLLOUT_COLUMNS.split(", "), row, strict=True))
+    if data["analysis"] is not None:
+        data["analysis"] = orjson.loads(data["analysis"])
+    return Rollout.from_dict(data)
 
 
 # -- statements run on the worker thread, inside the caller's transaction -------------------
@@ -227,7 +246,7 @@ def all_rollouts(conn: sqlite3.Connection) -> dict[str, Rollout]:
 
 def insert_rollout(conn: sqlite3.Connection, rollout: Rollout) -> None:
     conn.execute(
-        f"INSERT INTO rollouts ({ROLLOUT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT INTO rollouts ({ROLLOUT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             rollout.slug,
             rollout.id,
@@ -239,6 +258,7 @@ def insert_rollout(conn: sqlite3.Connection, rollout: Rollout) -> None:
             rollout.updated_at,
             rollout.actor,
             rollout.restore_status.value,
+            None if rollout.analysis is None else orjson.dumps(rollout.analysis.to_dict()).decode(),
         ),
     )
 

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from proxy.analysis.policy import AnalysisPolicy
 from proxy.registry import embedded_schema as sql
 from proxy.registry import lifecycle
 from proxy.registry.models import (
@@ -317,8 +318,9 @@ class EmbeddedStore:
         actor: str,
         reason: str,
         at: float,
+        analysis: AnalysisPolicy | None = None,
     ) -> tuple[Rollout, AuditEntry]:
-        lifecycle.check_rollout_values(basis_points, rollout_id, sticky)
+        lifecycle.check_rollout_values(basis_points, rollout_id, sticky, analysis)
 
         def write(conn: sqlite3.Connection) -> tuple[Rollout, AuditEntry]:
             current = sql.status_of(conn, slug, candidate)
@@ -336,6 +338,7 @@ class EmbeddedStore:
                 updated_at=at,
                 actor=actor,
                 restore_status=current,
+                analysis=analysis,
             )
             sql.put_status(conn, slug, candidate, Status.CANDIDATE)
             sql.insert_rollout(conn, rollout)

@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
+from proxy.analysis.policy import AnalysisPolicy
 from proxy.registry.models import BASIS_POINTS, Status, StickyKey
 from proxy.registry.store import InvalidTransition
 
@@ -84,7 +85,10 @@ def check_rollout_candidate(slug: str, version: int, current: Status) -> None:
 
 
 def check_rollout_values(
-    basis_points: int, rollout_id: str | None = None, sticky: StickyKey | None = None
+    basis_points: int,
+    rollout_id: str | None = None,
+    sticky: StickyKey | None = None,
+    analysis: AnalysisPolicy | None = None,
 ) -> None:
     """``ValueError`` for what no store may persist. Requests are validated by the service
     with friendlier messages; this is the stores' last line, so a bug cannot write a rollout
@@ -97,6 +101,8 @@ def check_rollout_values(
         raise ValueError("a rollout needs a non-empty id")
     if sticky is not None and StickyKey.parse(str(sticky)) != sticky:
         raise ValueError(f"sticky key {sticky!r} does not read back as itself")
+    if analysis is not None and AnalysisPolicy.from_dict(analysis.to_dict()) != analysis:
+        raise ValueError(f"analysis policy {analysis!r} does not read back as itself")
 
 
 def check_no_rollout(slug: str, running_candidate: int | None) -> None:

@@ -16,6 +16,9 @@ from typing import Any
 
 import orjson
 
+from proxy.analysis.policy import AnalysisPolicy
+from proxy.registry.percent import BASIS_POINTS as BASIS_POINTS
+
 
 class Status(StrEnum):
     DRAFT = "draft"
@@ -238,10 +241,6 @@ class StickyKey:
         return f"header:{self.header}" if self.kind is StickyKind.HEADER else self.kind.value
 
 
-#: Assignment resolution: percentages are stored as basis points (0.01 % steps).
-BASIS_POINTS = 10_000
-
-
 @dataclass(frozen=True, slots=True)
 class Rollout:
     """A candidate version on trial for one slug: canary (a share of callers really get it)
@@ -264,6 +263,9 @@ class Rollout:
     actor: str
     #: The candidate's status before the rollout made it ``candidate``; abort restores it.
     restore_status: Status
+    #: Automated analysis: the analyser judges, ramps through ``analysis.steps`` and aborts
+    #: by this policy. Fixed for the rollout's life (abort and restart to change it).
+    analysis: AnalysisPolicy | None = None
 
     @property
     def percent(self) -> float:
@@ -282,10 +284,14 @@ class Rollout:
             "updated_at": self.updated_at,
             "actor": self.actor,
             "restore_status": self.restore_status.value,
+            "analysis": None if self.analysis is None else self.analysis.to_dict(),
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Rollout:
+        """The rollout ``to_dict`` describes; ``analysis`` is the policy's JSON object
+        (stores decode their text first), absent or null for none."""
+        analysis = data.get("analysis")
         return cls(
             slug=data["slug"],
             id=data["id"],
@@ -297,16 +303,22 @@ class Rollout:
             updated_at=float(data["updated_at"]),
             actor=data.get("actor", ""),
             restore_status=Status(data["restore_status"]),
+            analysis=None if analysis is None else AnalysisPolicy.from_dict(analysis),
         )
 
     def audit_detail(self) -> dict[str, Any]:
-        """What an audit entry about this rollout records beside the status move."""
-        return {
+        """What an audit entry about this rollout records beside the status move. The
+        policy only when there is one, so entries of rollouts without one keep the shape
+        they always had; with one, every entry says which rules the analyser acted on."""
+        detail: dict[str, Any] = {
             "rollout_id": self.id,
             "mode": self.mode.value,
             "percent": self.percent,
             "sticky": str(self.sticky),
         }
+        if self.analysis is not None:
+            detail["analysis"] = self.analysis.to_dict()
+        return detail
 
 
 @dataclass(frozen=True, slots=True)

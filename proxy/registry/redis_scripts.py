@@ -15,7 +15,8 @@ Cluster keeps every key in one slot and the scripts may touch them all):
 ``P{registry}:rollout:<slug>``     hash    the running rollout, absent when none: fields
                                            id candidate mode basis_points sticky
                                            started_at updated_at actor restore_status
-                                           (``Rollout.from_dict`` reads it as is)
+                                           (``Rollout.from_dict`` reads them as is), and
+                                           analysis (the policy's JSON; absent: none)
 ``P{registry}:audit_seq``          string  last audit ``seq`` (INCR)
 ``P{registry}:audit``              stream  every audit entry, entry id ``<seq>-0``
 ``P{registry}:audit:<slug>``       stream  the same entries for one slug (for paging by slug)
@@ -190,11 +191,15 @@ local function percent(basis_points)
 end
 
 -- Rollout.audit_detail() of the running rollout as JSON, plus ``extra`` (',"key":value').
--- Written by hand: the contract tests compare it with Rollout.audit_detail.
+-- Written by hand: the contract tests compare it with Rollout.audit_detail. The policy is
+-- spliced in as the JSON text Python wrote, never decoded: cjson would round its floats.
 local function rollout_detail(extra)
-  local r = redis.call('HMGET', K_ROLLOUT, 'id', 'mode', 'basis_points', 'sticky')
+  local r = redis.call('HMGET', K_ROLLOUT, 'id', 'mode', 'basis_points', 'sticky', 'analysis')
+  local analysis = ''
+  if r[5] then analysis = ',"analysis":' .. r[5] end
   return '{{"rollout_id":' .. cjson.encode(r[1]) .. ',"mode":' .. cjson.encode(r[2])
-    .. ',"percent":' .. percent(r[3]) .. ',"sticky":' .. cjson.encode(r[4]) .. extra .. '}}'
+    .. ',"percent":' .. percent(r[3]) .. ',"sticky":' .. cjson.encode(r[4]) .. analysis
+    .. extra .. '}}'
 end
 
 -- Make ``version`` (now ``status``) prod, the former prod deprecated; a rollout of this
@@ -317,7 +322,10 @@ def decode_rollout(slug: str, fields: dict[Any, Any]) -> Rollout | None:
     """The ``rollout:<slug>`` hash (HGETALL: empty when no rollout runs)."""
     if not fields:
         return None
-    return Rollout.from_dict({"slug": slug, **{text(k): text(v) for k, v in fields.items()}})
+    data: dict[str, Any] = {"slug": slug, **{text(k): text(v) for k, v in fields.items()}}
+    if "analysis" in data:
+        data["analysis"] = orjson.loads(data["analysis"])
+    return Rollout.from_dict(data)
 
 
 def decode_detail(raw: bytes | str | None) -> dict[str, Any] | None:

@@ -24,6 +24,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError, ResponseError, WatchError
 
+from proxy.analysis.policy import AnalysisPolicy
 from proxy.registry import lifecycle
 from proxy.registry import redis_rollout_scripts as rollout_scripts
 from proxy.registry import redis_scripts as scripts
@@ -353,8 +354,9 @@ class RedisStore:
         actor: str,
         reason: str,
         at: float,
+        analysis: AnalysisPolicy | None = None,
     ) -> tuple[Rollout, AuditEntry]:
-        lifecycle.check_rollout_values(basis_points, rollout_id, sticky)
+        lifecycle.check_rollout_values(basis_points, rollout_id, sticky, analysis)
         keys = self.keys.for_write(slug)
         args = [
             *self._write_args(slug, actor, reason, at),
@@ -363,6 +365,7 @@ class RedisStore:
             mode.value,
             str(basis_points),
             str(sticky),
+            "" if analysis is None else orjson.dumps(analysis.to_dict()).decode(),
         ]
 
         async def run() -> list[Any]:
@@ -381,6 +384,7 @@ class RedisStore:
             updated_at=at,
             actor=actor,
             restore_status=restore,
+            analysis=analysis,
         )
         entry = AuditEntry(
             seq=int(seq),

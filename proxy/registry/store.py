@@ -17,6 +17,8 @@ Rules every implementation keeps, and the contract tests check:
   percentage, ``abort_rollout`` removes it and restores the candidate's former status,
   ``promote_rollout`` makes the candidate prod exactly like ``promote`` and removes the
   rollout. Each is one atomic step with its audit entry; ``snapshot`` carries the rollouts.
+  A rollout's analysis policy is stored in the same step as its start and never changes;
+  rollouts stored before policies existed read back with ``analysis=None``.
 - Store failures raise ``StoreUnavailable``; lookups of missing things raise
   ``VersionNotFound``/``PromptNotFound``; forbidden moves raise ``InvalidTransition``.
 """
@@ -26,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from proxy.analysis.policy import AnalysisPolicy
 from proxy.registry.models import (
     AuditEntry,
     PromptVersion,
@@ -97,16 +100,19 @@ class PromptStore(Protocol):
         actor: str,
         reason: str,
         at: float,
+        analysis: AnalysisPolicy | None = None,
     ) -> tuple[Rollout, AuditEntry]:
-        """Start a rollout of ``candidate``; ``InvalidTransition`` if one is running or the
-        candidate cannot be one (``lifecycle.check_rollout_candidate``)."""
+        """Start a rollout of ``candidate``, with its automated-analysis policy if any;
+        ``InvalidTransition`` if one is running or the candidate cannot be one
+        (``lifecycle.check_rollout_candidate``)."""
         ...
 
     async def update_rollout(
         self, slug: str, rollout_id: str, basis_points: int, actor: str, reason: str, at: float
     ) -> tuple[Rollout, AuditEntry]:
         """Change the percentage of the running rollout ``rollout_id`` (its id, mode,
-        candidate and sticky key stay); ``InvalidTransition`` if it is no longer running."""
+        candidate, sticky key and analysis policy stay); ``InvalidTransition`` if it is no
+        longer running."""
         ...
 
     async def get_rollout(self, slug: str) -> Rollout | None: ...

@@ -9,6 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from proxy.analysis.policy import AnalysisPolicy
 from proxy.registry.embedded_store import EmbeddedStore
 from proxy.registry.models import RolloutMode, Status, StickyKey, VersionDraft
 
@@ -50,6 +51,35 @@ _V1_DDL = (
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
     """CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
+)
+
+# What schema v2 added (rollouts, audit detail), frozen for the same reason.
+_V2_DDL = (
+    "ALTER TABLE audit ADD COLUMN detail TEXT",
+    """CREATE TABLE rollouts (
+        slug TEXT PRIMARY KEY,
+        id TEXT NOT NULL CHECK (id <> ''),
+        candidate INTEGER NOT NULL,
+        mode TEXT NOT NULL CHECK (mode IN ('canary', 'shadow')),
+        basis_points INTEGER NOT NULL CHECK (basis_points BETWEEN 0 AND 10000),
+        sticky TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        actor TEXT NOT NULL,
+        restore_status TEXT NOT NULL CHECK (restore_status IN ('draft', 'candidate'))
+    ) WITHOUT ROWID""",
+    """CREATE TRIGGER rollouts_candidate_exists BEFORE INSERT ON rollouts
+        WHEN (SELECT status FROM versions WHERE slug = NEW.slug AND version = NEW.candidate)
+            IS NOT 'candidate'
+        BEGIN SELECT RAISE(ABORT, 'a rollout candidate must be a candidate version'); END""",
+    """CREATE TRIGGER rollouts_fixed
+        BEFORE UPDATE OF slug, id, candidate, mode, sticky, started_at, actor, restore_status
+        ON rollouts
+        BEGIN SELECT RAISE(ABORT, 'a running rollout only changes its percentage'); END""",
+    """CREATE TRIGGER versions_rollout_candidate BEFORE UPDATE OF status ON versions
+        WHEN NEW.status <> 'candidate' AND EXISTS (
+            SELECT 1 FROM rollouts WHERE slug = OLD.slug AND candidate = OLD.version)
+        BEGIN SELECT RAISE(ABORT, 'the candidate of a running rollout stays candidate'); END""",
 )
 
 TEMPLATES = {1: "Hi {{ name }}", 2: "Hello {{ name }}", 3: "Hey {{ name }}"}
@@ -100,6 +130,35 @@ def write_v1_file(path: Path) -> None:
         raw.close()
 
 
+# A running rollout as a v2 store kept it, and the audit entry of its start.
+V2_ROLLOUT = ("greet", "r-old", 3, "canary", 1000, "user", 40.0, 40.0, "carol", "draft")
+V2_DETAIL = {"rollout_id": "r-old", "mode": "canary", "percent": 10.0, "sticky": "user"}
+POLICY = AnalysisPolicy(interval=30.0, min_samples=50, steps=(500, 2500, 10_000))
+
+
+def write_v2_file(path: Path) -> None:
+    """A v1 registry that promptproxy with schema v2 upgraded, then ran a canary of v3 on."""
+    write_v1_file(path)
+    raw = sqlite3.connect(path, isolation_level=None)
+    try:
+        raw.execute("BEGIN")
+        for statement in _V2_DDL:
+            raw.execute(statement)
+        raw.execute("UPDATE versions SET status = 'candidate' WHERE slug = 'greet' AND version = 3")
+        raw.execute("INSERT INTO rollouts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", V2_ROLLOUT)
+        raw.execute(
+            "INSERT INTO audit (at, actor, action, slug, version, from_status, to_status, "
+            "reason, previous_prod, detail) VALUES (40.0, 'carol', 'rollout_start', 'greet', 3, "
+            "'draft', 'candidate', 'v2 era', NULL, ?)",
+            (orjson.dumps(V2_DETAIL).decode(),),
+        )
+        raw.execute("UPDATE meta SET value = value + 1 WHERE key = 'revision'")
+        raw.execute("PRAGMA user_version = 2")
+        raw.execute("COMMIT")
+    finally:
+        raw.close()
+
+
 def schema_of(path: Path) -> tuple[int, list[tuple[str, str, str]]]:
     raw = sqlite3.connect(path)
     try:
@@ -134,8 +193,18 @@ async def test_a_v1_file_is_upgraded_in_place_and_keeps_everything(tmp_path: Pat
         # The new features work on the upgraded file, and the old history still counts:
         # rollback finds v1 from the v1-era promote entries.
         rollout, started = await store.start_rollout(
-            "greet", "r-1", 3, RolloutMode.CANARY, 2500, StickyKey.parse("user"), "bob", "", 30.0
+            "greet",
+            "r-1",
+            3,
+            RolloutMode.CANARY,
+            2500,
+            StickyKey.parse("user"),
+            "bob",
+            "",
+            30.0,
+            POLICY,
         )
+        assert rollout.analysis == POLICY
         assert (await store.audit(limit=1))[0].detail == rollout.audit_detail()
         assert (await store.rollback("greet", "bob", "", 31.0)).version == 1
         assert await store.get_rollout("greet") == rollout
@@ -143,7 +212,7 @@ async def test_a_v1_file_is_upgraded_in_place_and_keeps_everything(tmp_path: Pat
     finally:
         await store.close()
 
-    reopened = await EmbeddedStore.open(path)  # already v2: opens without migrating again
+    reopened = await EmbeddedStore.open(path)  # already v3: opens without migrating again
     try:
         assert (await reopened.snapshot(), list(await reopened.audit())) == after
         assert started in after[1]
@@ -153,7 +222,7 @@ async def test_a_v1_file_is_upgraded_in_place_and_keeps_everything(tmp_path: Pat
     fresh = tmp_path / "fresh.db"
     await (await EmbeddedStore.open(fresh)).close()
     assert schema_of(path) == schema_of(fresh)
-    assert schema_of(path)[0] == 2
+    assert schema_of(path)[0] == 3
 
 
 async def test_the_upgraded_file_still_refuses_to_edit_history(tmp_path: Path) -> None:
@@ -190,3 +259,55 @@ async def test_workers_opening_a_v1_file_together_upgrade_it_once(tmp_path: Path
     finally:
         for store in stores:
             await store.close()
+
+
+async def test_a_v2_file_keeps_its_running_rollout_without_a_policy(tmp_path: Path) -> None:
+    path = tmp_path / "registry.db"
+    write_v2_file(path)
+
+    store = await EmbeddedStore.open(path)
+    try:
+        assert await store.revision() == len(HISTORY) + 1
+        running = await store.get_rollout("greet")
+        assert running is not None
+        assert (running.id, running.candidate, running.basis_points, running.actor) == (
+            "r-old",
+            3,
+            1000,
+            "carol",
+        )
+        assert running.analysis is None
+        assert (await store.snapshot()).rollouts == {"greet": running}
+        assert (await store.audit(limit=1))[0].detail == V2_DETAIL == running.audit_detail()
+
+        # A ramp of the old rollout works and it still has no policy.
+        ramped, entry = await store.update_rollout("greet", "r-old", 2500, "carol", "", 41.0)
+        assert (ramped.basis_points, ramped.analysis) == (2500, None)
+        assert entry.detail == {**V2_DETAIL, "percent": 25.0, "from_percent": 10.0}
+
+        # Once it ends, a new rollout on the upgraded file carries a policy, kept by ramps.
+        await store.abort_rollout("greet", "carol", "", 42.0)
+        started, _ = await store.start_rollout(
+            "greet",
+            "r-new",
+            3,
+            RolloutMode.SHADOW,
+            500,
+            StickyKey.parse("none"),
+            "dan",
+            "",
+            43.0,
+            POLICY,
+        )
+        ramped, entry = await store.update_rollout("greet", "r-new", 2500, "dan", "", 44.0)
+        assert ramped.analysis == started.analysis == POLICY
+        assert entry.detail is not None
+        assert entry.detail["analysis"] == POLICY.to_dict()
+        assert (await store.snapshot()).rollouts["greet"] == ramped
+    finally:
+        await store.close()
+
+    fresh = tmp_path / "fresh.db"
+    await (await EmbeddedStore.open(fresh)).close()
+    assert schema_of(path) == schema_of(fresh)
+    assert schema_of(path)[0] == 3

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from proxy.analysis.policy import AnalysisPolicy
 from proxy.registry.embedded_store import EmbeddedStore
 from proxy.registry.models import RolloutMode, Status, StickyKey, VersionDraft
 from proxy.registry.store import StoreUnavailable
@@ -202,7 +203,16 @@ async def test_the_file_itself_keeps_the_rollout_rules(tmp_path: Path) -> None:
         await store.create_version(draft(template), "alice", 1.0)
     await store.promote("greet", 1, "alice", "", 2.0)
     await store.start_rollout(
-        "greet", "r-1", 2, RolloutMode.CANARY, 2500, StickyKey.parse("user"), "alice", "", 3.0
+        "greet",
+        "r-1",
+        2,
+        RolloutMode.CANARY,
+        2500,
+        StickyKey.parse("user"),
+        "alice",
+        "",
+        3.0,
+        AnalysisPolicy(steps=(500, 2500)),
     )
     await store.close()
 
@@ -217,11 +227,14 @@ async def test_the_file_itself_keeps_the_rollout_rules(tmp_path: Path) -> None:
             "UPDATE rollouts SET id = 'r-2'",
             "UPDATE rollouts SET sticky = 'none'",
             "UPDATE rollouts SET basis_points = 10001",
+            # The analysis policy is as fixed as the candidate.
+            "UPDATE rollouts SET analysis = '{\"interval\": 5}'",
+            "UPDATE rollouts SET analysis = NULL",
             # One rollout per slug, of a version that is a candidate.
             "INSERT INTO rollouts SELECT slug, 'r-2', candidate, mode, basis_points, sticky, "
-            "started_at, updated_at, actor, restore_status FROM rollouts",
+            "started_at, updated_at, actor, restore_status, analysis FROM rollouts",
             "INSERT INTO rollouts SELECT 'other', 'r-2', 3, mode, basis_points, sticky, "
-            "started_at, updated_at, actor, restore_status FROM rollouts",
+            "started_at, updated_at, actor, restore_status, analysis FROM rollouts",
         ):
             with pytest.raises(sqlite3.IntegrityError):
                 raw.execute(statement)
@@ -234,5 +247,6 @@ async def test_the_file_itself_keeps_the_rollout_rules(tmp_path: Path) -> None:
         rollout = await reopened.get_rollout("greet")
         assert rollout is not None
         assert (rollout.id, rollout.candidate, rollout.basis_points) == ("r-1", 2, 5000)
+        assert rollout.analysis == AnalysisPolicy(steps=(500, 2500))
     finally:
         await reopened.close()
