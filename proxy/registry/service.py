@@ -7,7 +7,6 @@ are translated once into the ``ProxyError`` tree so the API answers them in the 
 from __future__ import annotations
 
 import difflib
-import math
 import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -15,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from proxy.analysis.policy import AnalysisPolicy
 from proxy.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
 from proxy.models import SLUG_PATTERN
 from proxy.registry.models import (
@@ -26,6 +26,7 @@ from proxy.registry.models import (
     StickyKey,
     VersionDraft,
 )
+from proxy.registry.percent import to_basis_points
 from proxy.registry.store import (
     InvalidTransition,
     PromptNotFound,
@@ -147,9 +148,13 @@ class RegistryService:
         sticky: str | None,
         actor: str,
         reason: str,
+        analysis: AnalysisPolicy | None = None,
     ) -> RolloutChange:
         """Start a rollout, or change the percentage of the running one when ``candidate``
-        and ``mode`` are the same (its id, and so its cohorts, are kept)."""
+        and ``mode`` are the same (its id, and so its cohorts, are kept).
+
+        ``analysis`` is the automated-analysis policy of a new rollout. On a running one it
+        may be omitted (the policy stays) or repeated, never changed."""
         check_slug(slug)
         points = basis_points(percent)
         key = parse_sticky(sticky) if sticky is not None else None
@@ -175,6 +180,7 @@ class RegistryService:
                     actor,
                     reason,
                     self._clock(),
+                    analysis,
                 )
                 return RolloutChange(rollout, entry, started=True)
             if running.candidate != candidate or running.mode is not mode:
@@ -190,6 +196,16 @@ class RegistryService:
                     f"The running rollout is sticky on '{running.sticky}'; changing the key "
                     "would reshuffle every cohort. Abort it and start a new one instead.",
                     param="sticky",
+                    code="rollout_running",
+                )
+            if analysis is not None and analysis != running.analysis:
+                # Verdicts so far were judged by the running policy; a new one would
+                # silently reinterpret them (its step index, its failure count).
+                has = "no analysis policy" if running.analysis is None else "another policy"
+                raise Conflict(
+                    f"The running rollout has {has}, and a policy is fixed for a rollout's "
+                    "life. Abort it and start a new one with this policy instead.",
+                    param="analysis",
                     code="rollout_running",
                 )
             if points == running.basis_points:
@@ -281,20 +297,10 @@ class RegistryService:
 
 def basis_points(percent: float) -> int:
     """``percent`` (0 to 100 in steps of 0.01) as basis points, or ``InvalidRequest``."""
-    if not math.isfinite(percent) or not 0 <= percent <= 100:
-        raise InvalidRequest(
-            f"percent must be between 0 and 100, got {percent}.",
-            param="percent",
-            code="invalid_percent",
-        )
-    points = round(percent * 100)
-    if abs(percent * 100 - points) > 1e-6:
-        raise InvalidRequest(
-            f"percent moves in steps of 0.01, got {percent}.",
-            param="percent",
-            code="invalid_percent",
-        )
-    return points
+    try:
+        return to_basis_points(percent)
+    except ValueError as exc:
+        raise InvalidRequest(f"percent {exc}.", param="percent", code="invalid_percent") from None
 
 
 def parse_sticky(spec: str) -> StickyKey:
