@@ -1,7 +1,8 @@
 """Admin API for rollouts: parse JSON, call RegistryService, serialize. Nothing else.
 
 PUT    /admin/v1/prompts/{slug}/rollout          start, or change the percentage
-GET    /admin/v1/prompts/{slug}/rollout          the running rollout (404 if none)
+GET    /admin/v1/prompts/{slug}/rollout          the running rollout (404 if none), with
+                                                 its analysis state
 DELETE /admin/v1/prompts/{slug}/rollout          abort: all traffic back to stable
 POST   /admin/v1/prompts/{slug}/rollout/promote  the candidate becomes prod; ends it
 GET    /admin/v1/rollouts                        every running rollout
@@ -9,9 +10,13 @@ GET    /admin/v1/rollouts                        every running rollout
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 from pydantic import Field
 
+from proxy.analysis.policy import AnalysisPolicy, PolicyError
+from proxy.errors import InvalidRequest
 from proxy.registry.models import Rollout, RolloutMode
 from proxy.web.admin_api import PREFIX, Body, actor_of, json_response, parse_body, services_of
 
@@ -25,6 +30,10 @@ class RolloutIn(Body):
     #: `header:<name>`, `user`, `tenant` or `none`. Omitted: `none` for a new rollout, the
     #: running rollout's key for a percentage change.
     sticky: str | None = None
+    #: Automated-analysis policy (``AnalysisPolicy`` JSON shape). Omitted on a percentage
+    #: change: the running rollout's policy stays. Parsed by ``AnalysisPolicy.from_dict``,
+    #: not pydantic, so every front end gets the same messages and param paths.
+    analysis: dict[str, Any] | None = None
     reason: str = ""
 
 
@@ -41,12 +50,30 @@ async def _prod_of(request: web.Request, slug: str) -> int | None:
     return summary.prod_version
 
 
+def _policy(raw: dict[str, Any] | None) -> AnalysisPolicy | None:
+    if raw is None:
+        return None
+    try:
+        return AnalysisPolicy.from_dict(raw)
+    except PolicyError as exc:
+        raise InvalidRequest(
+            f"Invalid analysis policy: {exc}.", param=exc.param, code="invalid_analysis"
+        ) from None
+
+
 async def put_rollout(request: web.Request) -> web.Response:
     actor = actor_of(request, write=True)
     slug = request.match_info["slug"]
     body = await parse_body(request, RolloutIn)
     change = await services_of(request).registry.set_rollout(
-        slug, body.candidate, body.mode, body.percent, body.sticky, actor, body.reason
+        slug,
+        body.candidate,
+        body.mode,
+        body.percent,
+        body.sticky,
+        actor,
+        body.reason,
+        analysis=_policy(body.analysis),
     )
     view = _view(change.rollout, await _prod_of(request, slug))
     view["audit"] = None if change.audit is None else change.audit.to_dict()
@@ -56,8 +83,11 @@ async def put_rollout(request: web.Request) -> web.Response:
 async def get_rollout(request: web.Request) -> web.Response:
     actor_of(request, write=False)
     slug = request.match_info["slug"]
-    rollout = await services_of(request).registry.get_rollout(slug)
-    return json_response(_view(rollout, await _prod_of(request, slug)))
+    services = services_of(request)
+    rollout = await services.registry.get_rollout(slug)
+    view = _view(rollout, await _prod_of(request, slug))
+    view["analysis_state"] = await services.analysis.status(rollout)
+    return json_response(view)
 
 
 async def delete_rollout(request: web.Request) -> web.Response:

@@ -155,7 +155,170 @@ _SCHEMAS: dict[str, Any] = {
                 "description": "header:<name>, user, tenant or none. Omitted: none for a new "
                 "rollout, the running rollout's key for a percentage change",
             },
+            "analysis": {
+                "anyOf": [_ref("AnalysisPolicy"), {"type": "null"}],
+                "description": "Automated analysis of a new rollout. Omitted or null on a "
+                "percentage change: the running policy stays; a different one is a 409 "
+                "(abort and start again to change it). An invalid policy is a 400 whose "
+                "param names the field, e.g. analysis.steps[2]",
+            },
             "reason": {"type": "string"},
+        },
+    },
+    "AnalysisPolicy": {
+        "type": "object",
+        "additionalProperties": False,
+        "description": "Omitted fields take their defaults",
+        "properties": {
+            "interval": {
+                "type": "number",
+                "minimum": 1,
+                "maximum": 86400,
+                "default": 60,
+                "description": "Seconds between verdicts",
+            },
+            "min_samples": {
+                "type": "integer",
+                "minimum": 1,
+                "default": 100,
+                "description": "Requests per arm per window before a verdict can pass or fail",
+            },
+            "failure_limit": {
+                "type": "integer",
+                "minimum": 0,
+                "default": 0,
+                "description": "Failed verdicts tolerated; the next failure aborts",
+            },
+            "steps": {
+                "type": "array",
+                "items": {
+                    "type": "number",
+                    "exclusiveMinimum": 0,
+                    "maximum": 100,
+                    "multipleOf": 0.01,
+                },
+                "default": [],
+                "description": "Percents to ramp through, strictly ascending; empty: the "
+                "analyser never ramps or promotes by itself",
+            },
+            "alpha": {
+                "type": "number",
+                "exclusiveMinimum": 0,
+                "maximum": 0.5,
+                "default": 0.01,
+                "description": "Significance level of every statistical test",
+            },
+            "thresholds": _ref("AnalysisThresholds"),
+        },
+    },
+    "AnalysisThresholds": {
+        "type": "object",
+        "additionalProperties": False,
+        "description": "Limits of the checks; null turns a check off",
+        "properties": {
+            "error_rate_increase": {
+                "type": ["number", "null"],
+                "minimum": 0,
+                "maximum": 1,
+                "default": 0.02,
+                "description": "Canary error share minus stable's (absolute)",
+            },
+            "p95_latency_ratio": {
+                "type": ["number", "null"],
+                "minimum": 1,
+                "default": 1.5,
+                "description": "Canary p95 duration / stable p95",
+            },
+            "p95_ttft_ratio": {
+                "type": ["number", "null"],
+                "minimum": 1,
+                "default": 1.5,
+                "description": "Canary p95 time to first token / stable p95 (streams)",
+            },
+            "length_finish_increase": {
+                "type": ["number", "null"],
+                "minimum": 0,
+                "maximum": 1,
+                "default": 0.05,
+                "description": 'Share of finish_reason "length", canary minus stable',
+            },
+            "answer_length_drift": {
+                "type": ["number", "null"],
+                "exclusiveMinimum": 0,
+                "default": 0.3,
+                "description": "|canary mean output tokens / stable mean - 1|",
+            },
+            "shadow_divergence": {
+                "type": ["boolean", "null"],
+                "default": True,
+                "description": "Use the noise-calibrated shadow verdict (shadow mode only)",
+            },
+            "feedback_drop": {
+                "type": ["object", "null"],
+                "default": None,
+                "additionalProperties": False,
+                "required": ["name", "max_drop"],
+                "properties": {
+                    "name": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,64}$"},
+                    "max_drop": {"type": "number", "minimum": 0},
+                },
+                "description": "Largest tolerated drop of a feedback score's mean, stable "
+                "minus canary",
+            },
+        },
+    },
+    "AnalysisState": {
+        "type": "object",
+        "properties": {
+            "step": {
+                "type": ["integer", "null"],
+                "description": "Index into the policy's steps",
+            },
+            "failures": {"type": "integer"},
+            "next_at": {"type": "number"},
+            "holder": {
+                "type": ["string", "null"],
+                "description": "The replica holding the analysis lease",
+            },
+            "verdicts": {
+                "type": "array",
+                "items": _ref("Verdict"),
+                "description": "Newest first",
+            },
+        },
+    },
+    "Verdict": {
+        "type": "object",
+        "properties": {
+            "at": {"type": "number"},
+            "rollout_id": {"type": "string"},
+            "verdict": {"type": "string", "enum": ["pass", "fail", "inconclusive"]},
+            "percent": {"type": "number"},
+            "window": {
+                "type": "object",
+                "properties": {"start": {"type": "number"}, "end": {"type": "number"}},
+            },
+            "samples": {
+                "type": "object",
+                "properties": {"stable": {"type": "integer"}, "canary": {"type": "integer"}},
+            },
+            "checks": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string"},
+                        "result": {"type": "string", "enum": ["pass", "fail", "inconclusive"]},
+                        "stable": {"type": ["number", "null"]},
+                        "candidate": {"type": ["number", "null"]},
+                        "limit": {"type": ["number", "null"]},
+                        "p_value": {"type": ["number", "null"]},
+                        "note": {"type": "string"},
+                    },
+                },
+            },
+            "action": {"type": ["string", "null"], "enum": ["abort", "ramp", "promote", None]},
+            "actor": {"type": "string"},
         },
     },
     "Rollout": {
@@ -172,8 +335,23 @@ _SCHEMAS: dict[str, Any] = {
             "updated_at": {"type": "number"},
             "actor": {"type": "string"},
             "restore_status": _STATUS,
+            "analysis": {"anyOf": [_ref("AnalysisPolicy"), {"type": "null"}]},
             "prod_version": {"type": ["integer", "null"]},
         },
+    },
+    "RolloutStatus": {
+        "allOf": [
+            _ref("Rollout"),
+            {
+                "type": "object",
+                "properties": {
+                    "analysis_state": {
+                        "anyOf": [_ref("AnalysisState"), {"type": "null"}],
+                        "description": "null when the rollout has no analysis policy",
+                    }
+                },
+            },
+        ]
     },
     "PromoteIn": {
         "type": "object",
@@ -277,7 +455,10 @@ OPENAPI: dict[str, Any] = {
                 write=True,
                 requestBody=_body("RolloutIn"),
             ),
-            "get": _op("The running rollout (404 if none)", _ok(_ref("Rollout"))),
+            "get": _op(
+                "The running rollout (404 if none) and its analysis state",
+                _ok(_ref("RolloutStatus")),
+            ),
             "delete": _op(
                 "Abort: all traffic back to stable, the candidate back to its former status",
                 _ok(_ref("AuditEntry")),

@@ -162,6 +162,21 @@ async def test_promoting_the_rollout_makes_the_candidate_prod(clients: Clients) 
         ({"mode": "canary", "percent": 5}, 400, "candidate"),
         ({"candidate": 9, "mode": "canary", "percent": 5}, 404, "version"),
         ({"candidate": 1, "mode": "canary", "percent": 5}, 409, None),  # already prod
+        (canary_body(5, analysis={"steps": [5, 25, 10]}), 400, "analysis.steps[2]"),
+        (canary_body(5, analysis={"steps": [5, 0.001]}), 400, "analysis.steps[1]"),
+        (canary_body(5, analysis={"interval": 0}), 400, "analysis.interval"),
+        (canary_body(5, analysis={"min_samples": "many"}), 400, "analysis.min_samples"),
+        (
+            canary_body(5, analysis={"thresholds": {"p95_latency_ratio": 0.5}}),
+            400,
+            "analysis.thresholds.p95_latency_ratio",
+        ),
+        (
+            canary_body(5, analysis={"thresholds": {"p99": 2}}),
+            400,
+            "analysis.thresholds.p99",
+        ),
+        (canary_body(5, analysis={"cadence": 5}), 400, "analysis.cadence"),
     ],
 )
 async def test_invalid_rollouts_say_why(
@@ -319,3 +334,102 @@ async def test_abort_sends_everyone_back_to_stable(clients: Clients, upstream: A
         assert (resp.headers["x-prompt-arm"], resp.headers["x-prompt-version"]) == ("stable", "1")
     text = await (await admin.get("/metrics")).text()
     assert "promptproxy_rollout_percent{" not in text
+
+
+POLICY = {
+    "interval": 30,
+    "min_samples": 50,
+    "failure_limit": 1,
+    "steps": [5, 25, 50, 100],
+    "thresholds": {"p95_ttft_ratio": None, "feedback_drop": {"name": "thumbs_up", "max_drop": 0.1}},
+}
+# What the API answers for POLICY: every field, defaults filled in, numbers as stored.
+POLICY_OUT = {
+    "interval": 30.0,
+    "min_samples": 50,
+    "failure_limit": 1,
+    "steps": [5.0, 25.0, 50.0, 100.0],
+    "alpha": 0.01,
+    "thresholds": {
+        "error_rate_increase": 0.02,
+        "p95_latency_ratio": 1.5,
+        "p95_ttft_ratio": None,
+        "length_finish_increase": 0.05,
+        "answer_length_drift": 0.3,
+        "shadow_divergence": True,
+        "feedback_drop": {"name": "thumbs_up", "max_drop": 0.1},
+    },
+}
+
+
+async def test_a_rollout_carries_its_analysis_policy(
+    clients: Clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, admin, services = clients
+    await seed(admin)
+    seen: list[Rollout] = []
+
+    async def status(self: object, rollout: Rollout) -> dict[str, Any]:
+        seen.append(rollout)
+        return {"step": 0, "failures": 0, "next_at": 1.0, "holder": None, "verdicts": []}
+
+    monkeypatch.setattr(type(services.analysis), "status", status)
+
+    status_code, started = await call(
+        admin, "PUT", "/prompts/support/rollout", canary_body(5, analysis=POLICY)
+    )
+    assert status_code == 201, started
+    assert started["analysis"] == POLICY_OUT
+    assert started["audit"]["detail"]["analysis"] == POLICY_OUT
+
+    status_code, got = await call(admin, "GET", "/prompts/support/rollout", headers=READER)
+    assert status_code == 200
+    assert got["analysis"] == POLICY_OUT
+    assert got["analysis_state"]["step"] == 0
+    assert [(r.id, r.analysis is not None) for r in seen] == [(started["id"], True)]
+    _, listed = await call(admin, "GET", "/rollouts", headers=READER)
+    assert listed["data"][0]["analysis"] == POLICY_OUT
+
+    # A ramp without a policy keeps it; repeating the same policy is fine too.
+    status_code, ramped = await call(admin, "PUT", "/prompts/support/rollout", canary_body(25))
+    assert (status_code, ramped["analysis"]) == (200, POLICY_OUT)
+    status_code, ramped = await call(
+        admin, "PUT", "/prompts/support/rollout", canary_body(50, analysis=POLICY_OUT)
+    )
+    assert (status_code, ramped["percent"], ramped["analysis"]) == (200, 50.0, POLICY_OUT)
+
+    # A different policy on the running rollout is refused, even without a percent change.
+    for percent in (50, 60):
+        body = canary_body(percent, analysis={**POLICY, "failure_limit": 3})
+        status_code, answer = await call(admin, "PUT", "/prompts/support/rollout", body)
+        assert status_code == 409, answer
+        assert (answer["error"]["code"], answer["error"]["param"]) == (
+            "rollout_running",
+            "analysis",
+        )
+        assert "Abort it" in answer["error"]["message"]
+    _, got = await call(admin, "GET", "/prompts/support/rollout")
+    assert (got["percent"], got["analysis"]) == (50.0, POLICY_OUT)
+
+    # The way to change it: abort, start again.
+    await call(admin, "DELETE", "/prompts/support/rollout")
+    status_code, again = await call(
+        admin, "PUT", "/prompts/support/rollout", canary_body(5, analysis={"steps": []})
+    )
+    assert status_code == 201, again
+    assert (again["analysis"]["steps"], again["analysis"]["interval"]) == ([], 60.0)
+
+
+async def test_a_rollout_without_a_policy_shows_none(clients: Clients) -> None:
+    _, admin, _ = clients
+    await seed(admin)
+    status, started = await call(admin, "PUT", "/prompts/support/rollout", canary_body(5))
+    assert (status, started["analysis"]) == (201, None)
+    assert "analysis" not in started["audit"]["detail"]
+    _, got = await call(admin, "GET", "/prompts/support/rollout")
+    assert (got["analysis"], got["analysis_state"]) == (None, None)
+    # A policy cannot be added to a rollout that runs without one.
+    status, answer = await call(
+        admin, "PUT", "/prompts/support/rollout", canary_body(10, analysis={})
+    )
+    assert (status, answer["error"]["param"]) == (409, "analysis")
