@@ -6,9 +6,12 @@ people, `--output json` for scripts, any error exits non-zero.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import click
+import yaml
 
 from proxy.cli_prompts import Context, _run, _when, admin_options, pass_ctx, table
 
@@ -46,6 +49,108 @@ def _describe(r: dict[str, Any]) -> str:
         f"  started     {_when(r['started_at'])} by {r['actor']}",
         f"  updated     {_when(r['updated_at'])}",
     ]
+    policy = r.get("analysis")
+    lines.extend(describe_policy(policy) if policy else ["  analysis    none (manual rollout)"])
+    if r.get("analysis_state"):
+        lines.append(describe_analysis_state(r["analysis_state"], policy or {}))
+    return "\n".join(lines)
+
+
+def _num(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def describe_policy(p: Mapping[str, Any]) -> list[str]:
+    """A policy (the API's JSON shape) in two lines: its rhythm, then its checks."""
+    steps = p.get("steps") or []
+    limit = int(p.get("failure_limit", 0))
+    tolerance = (
+        "aborts on the first failed verdict"
+        if limit == 0
+        else f"tolerates {limit} failed verdict{'s' if limit > 1 else ''}"
+    )
+    ramp = " -> ".join(f"{s:g}%" for s in steps) if steps else "none (never ramps by itself)"
+    t = p.get("thresholds") or {}
+    checks = [
+        f"{label}{t[key]:g}"
+        for key, label in (
+            ("error_rate_increase", "error rate +"),
+            ("p95_latency_ratio", "p95 latency x"),
+            ("p95_ttft_ratio", "p95 TTFT x"),
+            ("length_finish_increase", "length finishes +"),
+            ("answer_length_drift", "answer length ±"),
+        )
+        if t.get(key) is not None
+    ]
+    if t.get("shadow_divergence"):
+        checks.append("shadow divergence")
+    if feedback := t.get("feedback_drop"):
+        checks.append(f"feedback {feedback['name']} -{feedback['max_drop']:g}")
+    return [
+        f"  analysis    every {p.get('interval', 60):g}s, {p.get('min_samples')} samples per "
+        f"arm, alpha {p.get('alpha', 0.01):g}, {tolerance}; steps {ramp}",
+        f"  checks      {', '.join(checks) if checks else 'none'}",
+    ]
+
+
+_VERDICT_HEADERS = ("TIME", "VERDICT", "PERCENT", "STABLE", "CANARY", "ACTION")
+_CHECK_HEADERS = ("CHECK", "RESULT", "STABLE", "CANDIDATE", "LIMIT", "P-VALUE", "NOTE")
+#: Older verdicts are in ``--output json``; a terminal shows the recent trend.
+_SHOWN_VERDICTS = 10
+
+
+def describe_analysis_state(state: Mapping[str, Any], policy: Mapping[str, Any]) -> str:
+    """The analyser's state of one rollout: where it is, then its last verdicts (newest
+    first), then the checks of the newest one."""
+    steps = policy.get("steps") or []
+    step = state.get("step")
+    if step is None:
+        where = "before the first step" if steps else "no steps"
+    else:
+        percent = f" ({steps[step]:g}%)" if 0 <= step < len(steps) else ""
+        where = f"{step + 1} of {len(steps)}{percent}"
+    lines = [
+        f"  step        {where}",
+        f"  failures    {state.get('failures', 0)} (tolerated: {policy.get('failure_limit', 0)})",
+        f"  next        {_when(state.get('next_at'))}",
+        f"  lease       {state.get('holder') or 'no replica holds it'}",
+    ]
+    verdicts = state.get("verdicts") or []
+    if not verdicts:
+        lines.append("  no verdict yet")
+        return "\n".join(lines)
+    rows = [
+        (
+            _when(v.get("at")),
+            v.get("verdict"),
+            f"{v['percent']:g}%" if v.get("percent") is not None else None,
+            (v.get("samples") or {}).get("stable"),
+            (v.get("samples") or {}).get("canary"),
+            v.get("action"),
+        )
+        for v in verdicts[:_SHOWN_VERDICTS]
+    ]
+    newest = verdicts[0]
+    checks = [
+        (
+            c.get("name"),
+            c.get("result"),
+            _num(c.get("stable")),
+            _num(c.get("candidate")),
+            _num(c.get("limit")),
+            _num(c.get("p_value"), 2),
+            c.get("note") or "",
+        )
+        for c in newest.get("checks") or []
+    ]
+    lines += ["", table(rows, _VERDICT_HEADERS)]
+    if checks:
+        lines += ["", f"checks of the verdict at {_when(newest.get('at'))}:"]
+        lines.append(table(checks, _CHECK_HEADERS))
     return "\n".join(lines)
 
 
@@ -90,6 +195,18 @@ def status(ctx: Context, slug: str | None) -> None:
     help="What keeps a caller on one arm: header:<name>, user, tenant or none "
     "(default for a new rollout: none).",
 )
+@click.option(
+    "--analysis",
+    "analysis_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Automated-analysis policy: a YAML or JSON file (see docs/rollouts.md).",
+)
+@click.option("--interval", type=float, help="Analysis: seconds between verdicts.")
+@click.option("--min-samples", type=int, help="Analysis: requests per arm a verdict needs.")
+@click.option(
+    "--failure-limit", type=int, help="Analysis: failed verdicts tolerated before the abort."
+)
+@click.option("--steps", help="Analysis: percents to ramp through, e.g. 1,5,25,50 ('' for none).")
 @click.option("--reason", default="", help="Why (kept in the audit log).")
 @pass_ctx
 def set_(
@@ -99,9 +216,18 @@ def set_(
     canary: float | None,
     shadow: float | None,
     sticky: str | None,
+    analysis_file: Path | None,
+    interval: float | None,
+    min_samples: int | None,
+    failure_limit: int | None,
+    steps: str | None,
     reason: str,
 ) -> None:
-    """Start a rollout of CANDIDATE, or change the running one's percentage."""
+    """Start a rollout of CANDIDATE, or change the running one's percentage.
+
+    With --analysis or any of the analysis flags (which override the file's values) the
+    rollout gets an automated-analysis policy; the flags alone start from the defaults.
+    A running rollout keeps its policy: to change it, abort and start again."""
     if (canary is None) == (shadow is None):
         raise click.UsageError("give exactly one of --canary PERCENT or --shadow PERCENT")
     mode, percent = ("canary", canary) if canary is not None else ("shadow", shadow)
@@ -113,7 +239,39 @@ def set_(
     }
     if sticky is not None:
         body["sticky"] = sticky
+    flags = {"interval": interval, "min_samples": min_samples, "failure_limit": failure_limit}
+    overrides: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
+    if steps is not None:
+        overrides["steps"] = _parse_steps(steps)
+    if analysis_file is not None or overrides:
+        policy = _read_policy(analysis_file) if analysis_file is not None else {}
+        body["analysis"] = {**policy, **overrides}
     _run(lambda: ctx.emit(ctx.client.set_rollout(slug, body), _describe))
+
+
+def _parse_steps(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise click.BadParameter(
+            f"expected percents separated by commas, like 1,5,25,50; got {text!r}",
+            param_hint="--steps",
+        ) from None
+
+
+def _read_policy(path: Path) -> dict[str, Any]:
+    """The policy object of a YAML or JSON file (JSON is YAML). Only its shape is checked
+    here; the proxy validates the values and names the field it refuses."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc}", param_hint="--analysis") from None
+    if not isinstance(data, dict):
+        raise click.BadParameter(
+            f"{path} must hold a policy object (interval, steps, thresholds...)",
+            param_hint="--analysis",
+        )
+    return data
 
 
 @rollout.command()

@@ -12,6 +12,8 @@ from typing import Any
 import orjson
 import pytest
 
+from proxy.analysis.policy import AnalysisPolicy
+from proxy.cli_rollout import describe_analysis_state
 from tests.processes import ProxyProc, proxy
 
 pytestmark = pytest.mark.integration
@@ -119,3 +121,203 @@ def test_canary_ramp_abort_then_shadow_and_promote(admin_proxy: ProxyProc, tmp_p
     history = ok(cli(admin_proxy, "prompts", "history", "cli-rollout"))
     for expected in ("canary 10%", "canary 25% (was 10%)", "shadow 5%, ended", "too long"):
         assert expected in history, history
+
+
+def test_a_rollout_set_with_analysis_flags_shows_its_policy(
+    admin_proxy: ProxyProc, tmp_path: Path
+) -> None:
+    seed(admin_proxy, tmp_path, "cli-analysis")
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(
+        "interval: 120\nmin_samples: 500\nsteps: [10, 20]\n"
+        "thresholds:\n  p95_ttft_ratio: null\n  feedback_drop: {name: thumbs_up, max_drop: 0.1}\n"
+    )
+    out = ok(
+        cli(
+            admin_proxy,
+            "rollout",
+            "set",
+            "cli-analysis",
+            "--candidate",
+            "2",
+            "--canary",
+            "1",
+            "--analysis",
+            str(policy_file),
+            # The flags win over the file.
+            "--steps",
+            "1,5,25,50",
+            "--interval",
+            "30",
+            "--failure-limit",
+            "2",
+        )
+    )
+    assert "every 30s, 500 samples per arm" in out
+    assert "tolerates 2 failed verdicts" in out
+    assert "steps 1% -> 5% -> 25% -> 50%" in out
+
+    status = ok(cli(admin_proxy, "rollout", "status", "cli-analysis"))
+    assert "every 30s, 500 samples per arm, alpha 0.01, tolerates 2 failed verdicts" in status
+    assert "steps 1% -> 5% -> 25% -> 50%" in status
+    assert "p95 latency x1.5" in status
+    assert "p95 TTFT" not in status  # turned off in the file
+    assert "feedback thumbs_up -0.1" in status
+    raw = as_json(cli(admin_proxy, "rollout", "-o", "json", "status", "cli-analysis"))
+    assert raw["analysis"]["steps"] == [1.0, 5.0, 25.0, 50.0]
+    assert raw["analysis"]["interval"] == 30.0
+    assert "analysis_state" in raw
+
+    # A ramp keeps the policy; a different one is refused with the reason.
+    assert "steps 1% -> 5% -> 25% -> 50%" in ok(
+        cli(admin_proxy, "rollout", "ramp", "cli-analysis", "5")
+    )
+    refused = cli(
+        admin_proxy,
+        "rollout",
+        "set",
+        "cli-analysis",
+        "--candidate",
+        "2",
+        "--canary",
+        "5",
+        "--min-samples",
+        "10",
+    )
+    assert refused.returncode == 1
+    assert "Abort it" in refused.stderr
+    assert "(param: analysis)" in refused.stderr
+    ok(cli(admin_proxy, "rollout", "abort", "cli-analysis"))
+
+    # A bad policy names its field; no flags, no policy.
+    bad = cli(
+        admin_proxy,
+        "rollout",
+        "set",
+        "cli-analysis",
+        "--candidate",
+        "2",
+        "--canary",
+        "5",
+        "--steps",
+        "5,1",
+    )
+    assert bad.returncode == 1
+    assert "(param: analysis.steps[1])" in bad.stderr
+    plain = as_json(
+        cli(
+            admin_proxy,
+            "rollout",
+            "-o",
+            "json",
+            "set",
+            "cli-analysis",
+            "--candidate",
+            "2",
+            "--canary",
+            "5",
+        )
+    )
+    assert plain["analysis"] is None
+    assert "analysis    none" in ok(cli(admin_proxy, "rollout", "status", "cli-analysis"))
+    ok(cli(admin_proxy, "rollout", "abort", "cli-analysis"))
+
+
+STATE = {
+    "step": 1,
+    "failures": 1,
+    "next_at": 1732450060.0,
+    "holder": "analyser:web-2:4242",
+    "verdicts": [
+        {
+            "at": 1732450000.0,
+            "rollout_id": "abc",
+            "verdict": "fail",
+            "percent": 5.0,
+            "window": {"start": 1732449940.0, "end": 1732450000.0},
+            "samples": {"stable": 1800, "canary": 190},
+            "checks": [
+                {
+                    "name": "error_rate",
+                    "result": "fail",
+                    "stable": 0.004,
+                    "candidate": 0.10212345,
+                    "limit": 0.02,
+                    "p_value": 1.234e-9,
+                    "note": "10.2% vs 0.4%",
+                },
+                {
+                    "name": "p95_latency",
+                    "result": "pass",
+                    "stable": 1.2,
+                    "candidate": 1.3,
+                    "limit": 1.5,
+                    "p_value": None,
+                    "note": "",
+                },
+            ],
+            "action": "abort",
+            "actor": "analyser:web-2:4242",
+        },
+        {
+            "at": 1732449940.0,
+            "rollout_id": "abc",
+            "verdict": "pass",
+            "percent": 1.0,
+            "window": {"start": 1732449880.0, "end": 1732449940.0},
+            "samples": {"stable": 1700, "canary": 20},
+            "checks": [],
+            "action": "ramp",
+            "actor": "analyser:web-2:4242",
+        },
+    ],
+}
+
+
+def test_status_renders_the_analysers_verdicts() -> None:
+    policy = AnalysisPolicy(failure_limit=1, steps=(100, 500, 2500)).to_dict()
+    text = describe_analysis_state(STATE, policy)
+    lines = text.splitlines()
+    assert "  step        2 of 3 (5%)" in lines
+    assert "  failures    1 (tolerated: 1)" in lines
+    assert "  lease       analyser:web-2:4242" in lines
+    assert "2024-11-24 12:07:40Z" in text  # next verdict
+    verdicts = lines.index(next(line for line in lines if line.startswith("TIME")))
+    assert lines[verdicts].split() == ["TIME", "VERDICT", "PERCENT", "STABLE", "CANARY", "ACTION"]
+    # Newest first, one row each: time, verdict, percent, samples stable/canary, action.
+    assert lines[verdicts + 1].split() == [
+        "2024-11-24",
+        "12:06:40Z",
+        "fail",
+        "5%",
+        "1800",
+        "190",
+        "abort",
+    ]
+    assert lines[verdicts + 2].split() == [
+        "2024-11-24",
+        "12:05:40Z",
+        "pass",
+        "1%",
+        "1700",
+        "20",
+        "ramp",
+    ]
+    # Then the checks of the newest verdict: name, result, values, limit, p-value, note.
+    assert "checks of the verdict at 2024-11-24 12:06:40Z:" in lines
+    check_rows = [line.split(maxsplit=6) for line in lines if line.startswith(("error_", "p95_"))]
+    assert check_rows == [
+        ["error_rate", "fail", "0.004", "0.1021", "0.02", "1.2e-09", "10.2% vs 0.4%"],
+        ["p95_latency", "pass", "1.2", "1.3", "1.5", "-"],
+    ]
+
+
+def test_status_before_the_first_verdict() -> None:
+    text = describe_analysis_state(
+        {"step": None, "failures": 0, "next_at": 1732450060.0, "holder": None, "verdicts": []},
+        AnalysisPolicy().to_dict(),
+    )
+    assert "  step        no steps" in text
+    assert "no replica holds it" in text
+    assert "no verdict yet" in text
+    assert "TIME" not in text
