@@ -377,12 +377,15 @@ class ProxyMetrics:
         """Follow a new snapshot: its slugs, its versions in use, its rollouts. Series of
         versions that left use are removed (their later requests count as `other`)."""
         self.set_known_slugs(snapshot.versions)
-        in_use: dict[str, set[str]] = {slug: {str(v)} for slug, v in snapshot.prod.items()}
+        in_use: dict[str, set[int]] = {slug: {v} for slug, v in snapshot.prod.items()}
         for slug, rollout in snapshot.rollouts.items():
-            in_use.setdefault(slug, set()).add(str(rollout.candidate))
-        self._in_use = {slug: frozenset(versions) for slug, versions in in_use.items()}
-        self._prune()
+            in_use.setdefault(slug, set()).add(rollout.candidate)
+        self.set_versions_in_use(in_use)
         self.set_rollouts(snapshot.rollouts)
+
+    def set_versions_in_use(self, in_use: Mapping[str, Iterable[int]]) -> None:
+        self._in_use = {slug: frozenset(map(str, vs)) for slug, vs in in_use.items()}
+        self._prune()
 
     def _prune(self) -> None:
         for key in list(self._series):

@@ -59,3 +59,5 @@ class Exchange:
     output_tokens: int | None = None
     finish_reason: str | None = None
     error_class: str | None = None
+    #: The running rollout of the slug when the request was under one (for the analysis).
+    rollout_id: str | None = None

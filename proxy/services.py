@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -10,7 +11,9 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from proxy.analysis.analyser import Analyser
+from proxy.analysis.analyser import Analyser, replica_id
+from proxy.analysis.setup import open_backend
+from proxy.analysis.window import WindowRecorder
 from proxy.config import Settings
 from proxy.log import APP_LOGGER
 from proxy.loop_lag import watch_loop_lag
@@ -111,7 +114,21 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         await refresher.load_once()
         tasks.spawn(refresher.run(), name="registry-refresher")
         tasks.spawn(watch_loop_lag(metrics.loop_lag), name="loop-lag")
-        shadow = open_shadow_runner(config, metrics)
+        window = WindowRecorder(time.time)
+        backend = await stack.enter_async_context(open_backend(config, replica_id()))
+        analysis = Analyser(
+            config=config.analysis,
+            snapshot=lambda: holder.current,
+            registry=registry,
+            recorder=window,
+            pool=backend.pool,
+            lease=backend.lease,
+            state=backend.state,
+            metrics=metrics,
+        )
+        analysis.start()
+        stack.push_async_callback(analysis.close)
+        shadow = open_shadow_runner(config, metrics, window)
         # Closed first (the stack unwinds in reverse), after the data plane drained: shadows
         # get a short grace, never the whole shutdown budget.
         stack.push_async_callback(shadow.close, min(5.0, config.server.shutdown_grace_seconds))
@@ -124,12 +141,12 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             settings=settings,
             upstream=UpstreamClient(session, config.upstream),
             metrics=metrics,
-            recorder=Recorder(metrics),
+            recorder=Recorder(metrics, window),
             lifecycle=Lifecycle(metrics),
             snapshot=holder,
             refresher=refresher,
             renderer=PromptRenderer(),
             registry=registry,
             shadow=shadow,
-            analysis=Analyser(),
+            analysis=analysis,
         )

@@ -1,1 +1,2 @@
-"""Automated rollout analysis: pooled per-arm statistics, verdicts, and the analyser that acts on them."""
+"""Automated rollout analysis: pooled per-arm statistics, verdicts, and the analyser
+that acts on them."""

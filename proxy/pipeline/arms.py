@@ -7,6 +7,8 @@ rendered from the client's original bytes, so the primary's render never leaks i
 
 from __future__ import annotations
 
+import dataclasses
+import random
 import time
 from collections.abc import Mapping
 
@@ -20,6 +22,7 @@ from proxy.pipeline.render import render_into
 from proxy.pipeline.resolve import PromptRef
 from proxy.registry.models import PromptVersion, RegistrySnapshot
 from proxy.services import Services
+from proxy.shadow.compare import expects_json
 from proxy.shadow.models import ShadowKind, ShadowRequest
 
 #: A candidate that cannot render this request (e.g. it declares a variable the caller does
@@ -105,4 +108,30 @@ def shadow_copy(
         usage_injected=usage_injected,
         model=model if isinstance(model, str) else None,
         submitted_at=time.monotonic(),
+        expect_json=expects_json(payload),
+    )
+
+
+def noise_copy(
+    services: Services,
+    candidate: ShadowRequest,
+    stable_version: int,
+    stable_body: bytes,
+    usage_injected: bool,
+    model: str | None,
+) -> ShadowRequest | None:
+    """On ``shadow.noise_share`` of the shadowed requests, the stable version a second time
+    (the primary's own outbound body): its pair measures how much stable differs from
+    itself, the floor a candidate's divergence is judged against."""
+    share = services.settings.config.shadow.noise_share
+    # Sampling needs no stickiness and no reproducibility, only the share.
+    if share <= 0 or random.random() >= share:
+        return None
+    return dataclasses.replace(
+        candidate,
+        kind=ShadowKind.STABLE,
+        shadow_version=stable_version,
+        body=stable_body,
+        usage_injected=usage_injected,
+        model=model,
     )

@@ -8,9 +8,13 @@ from __future__ import annotations
 import logging
 import time
 
+from proxy.analysis.window import WindowArm, WindowRecorder
 from proxy.log import ACCESS_LOGGER
 from proxy.metrics import ProxyMetrics
 from proxy.models import Exchange
+
+#: The arms a rollout's analysis compares (pinned callers chose their version themselves).
+_ANALYSED_ARMS = frozenset({WindowArm.STABLE.value, WindowArm.CANARY.value})
 
 
 def status_class(status: int) -> str:
@@ -28,8 +32,9 @@ def error_class_for_status(status: int) -> str | None:
 
 
 class Recorder:
-    def __init__(self, metrics: ProxyMetrics) -> None:
+    def __init__(self, metrics: ProxyMetrics, window: WindowRecorder | None = None) -> None:
         self._metrics = metrics
+        self._window = window
         self._log = logging.getLogger(ACCESS_LOGGER)
 
     def observe(self, exchange: Exchange) -> None:
@@ -38,6 +43,8 @@ class Recorder:
         if exchange.error_class is None:
             exchange.error_class = error_class_for_status(exchange.status)
         self._update_metrics(exchange)
+        if self._window is not None and exchange.rollout_id is not None:
+            self._count_for_analysis(exchange)
         if self._log.isEnabledFor(logging.INFO):
             self._log.info(self._log_fields(exchange))
 
@@ -56,6 +63,23 @@ class Recorder:
             ex.error_class,
             ex.finish_reason,
             m.price_of(ex.model_sent or ex.model_requested or ex.model_answered),
+        )
+
+    def _count_for_analysis(self, ex: Exchange) -> None:
+        if ex.arm not in _ANALYSED_ARMS or ex.slug is None or ex.rollout_id is None:
+            return
+        if ex.error_class == "client_disconnected":
+            return  # a caller hanging up says nothing about the prompt
+        assert self._window is not None
+        self._window.observe_call(
+            ex.slug,
+            ex.rollout_id,
+            ex.arm,
+            failed=ex.error_class is not None,
+            duration=ex.duration,
+            ttft=ex.ttfb if ex.stream else None,
+            output_tokens=ex.output_tokens,
+            finish_reason=ex.finish_reason,
         )
 
     @staticmethod

@@ -22,7 +22,7 @@ from multidict import CIMultiDict
 from proxy.errors import PayloadTooLarge, ProxyError
 from proxy.http_headers import REQUEST_ID_HEADER, client_response_headers, upstream_request_headers
 from proxy.models import Exchange
-from proxy.pipeline.arms import decide, shadow_copy
+from proxy.pipeline.arms import decide, noise_copy, shadow_copy
 from proxy.pipeline.choose import Arm, Decision
 from proxy.pipeline.parse import check_path, classify, encode_outbound, parse_request
 from proxy.pipeline.relay import relay
@@ -86,6 +86,8 @@ async def handle(
             decision = decide(services, snapshot, ref, stable, request.headers, parsed, request_id)
             exchange.version = str(decision.version.version)  # 3
             exchange.arm = decision.arm.value
+            if decision.rollout is not None:
+                exchange.rollout_id = decision.rollout.id
             render_into(exchange.route, parsed.payload, decision.version, services.renderer)  # 4
             exchange.model_sent = decision.version.model
         elif ref is not None:
@@ -101,7 +103,18 @@ async def handle(
             shadow = shadow_copy(services, exchange, parsed, decision, raw_tail, outbound_headers)
             if isinstance(shadow, ShadowRequest):
                 primary_half = asyncio.get_running_loop().create_future()
-                if services.shadow.submit(shadow, primary_half):
+                submitted = services.shadow.submit(shadow, primary_half)
+                noise = noise_copy(
+                    services,
+                    shadow,
+                    decision.version.version,
+                    outbound_body,
+                    usage_injected,
+                    exchange.model_sent or exchange.model_requested,
+                )
+                if noise is not None:
+                    submitted = services.shadow.submit(noise, primary_half) or submitted
+                if submitted:
                     capture = OutputCapture(
                         exchange.route, services.settings.config.shadow.sink.max_output_chars
                     )

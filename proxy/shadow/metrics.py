@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from proxy.shadow.compare import Divergence
 
 OTHER = "other"
+DIVERGENCE_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
 
 #: Why a shadow was not sent. The runner drops for the first four; the pipeline reports the
 #: rest through ``ShadowRunner.skip``. Anything else is counted as ``other``.
@@ -78,6 +81,14 @@ class ShadowMetrics:
             "Shadow calls waiting for a slot.",
             registry=registry,
         )
+        self.divergence = Histogram(
+            "promptproxy_shadow_divergence",
+            "Divergence of shadow pairs, 0 (same) to 1, by kind (candidate: stable against "
+            "the candidate; stable: stable against itself, the noise floor) and measure.",
+            ("slug", "kind", "measure"),
+            buckets=DIVERGENCE_BUCKETS,
+            registry=registry,
+        )
         for outcome in PAIR_OUTCOMES:  # export zeros, so rates work from the first scrape
             self.pairs.labels(outcome)
 
@@ -87,6 +98,12 @@ class ShadowMetrics:
     def drop(self, slug: str, reason: str) -> None:
         label = reason if reason in DROP_REASONS else OTHER
         self.dropped.labels(self._slug_label(slug), label).inc()
+
+    def diverged(self, slug: str, kind: str, divergence: Divergence) -> None:
+        label = self._slug_label(slug)
+        for measure, value in divergence.to_dict().items():
+            if value is not None:
+                self.divergence.labels(label, kind, measure).observe(value)
 
     def pair(self, outcome: str, count: int = 1) -> None:
         """Thread-safe: the file sink's writer thread reports from outside the loop."""

@@ -49,6 +49,8 @@ class ShadowRequest:
     model: str | None
     #: ``time.monotonic()`` when submitted; the queue drops entries older than its limit.
     submitted_at: float
+    #: The request asked for a JSON answer (``response_format``): JSON validity is compared.
+    expect_json: bool = False
 
 
 @dataclass(slots=True)

@@ -53,6 +53,7 @@ class PairMeta:
     request_id: str
     route: str
     stream: bool
+    expect_json: bool = False
 
     @classmethod
     def of(cls, request: ShadowRequest) -> PairMeta:
@@ -64,6 +65,7 @@ class PairMeta:
             request_id=request.request_id,
             route=request.route.value,
             stream=request.stream,
+            expect_json=request.expect_json,
         )
 
 
@@ -81,6 +83,10 @@ class Pair:
     #: None when the primary never reported within ``pair_wait_seconds``.
     primary: dict[str, Any] | None
     shadow: dict[str, Any]
+    expect_json: bool = False
+    #: Divergence measures of the two halves (``compare.MEASURES``); None unless both
+    #: answered successfully.
+    divergence: dict[str, float | None] | None = None
 
     @classmethod
     def build(
@@ -89,6 +95,7 @@ class Pair:
         primary: ArmResult | None,
         shadow: ArmResult,
         ts: float,
+        divergence: dict[str, float | None] | None = None,
     ) -> Pair:
         if isinstance(meta, ShadowRequest):
             meta = PairMeta.of(meta)
@@ -103,6 +110,8 @@ class Pair:
             stream=meta.stream,
             primary=None if primary is None else _arm_dict(primary),
             shadow=_arm_dict(shadow),
+            expect_json=meta.expect_json,
+            divergence=divergence,
         )
 
     @property
@@ -122,6 +131,8 @@ class Pair:
             "stream": self.stream,
             "primary": self.primary,
             "shadow": self.shadow,
+            "expect_json": self.expect_json,
+            "divergence": self.divergence,
         }
 
     def to_json(self) -> bytes:

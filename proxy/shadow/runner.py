@@ -11,7 +11,9 @@ Isolation rules (reliability guide A1), all enforced here:
 - Every task is held by strong reference and drained by ``close``.
 
 Each started shadow writes exactly one pair: with both halves, with ``primary: null`` when
-the primary did not report within ``pair_wait_seconds`` (or shutdown came first).
+the primary did not report within ``pair_wait_seconds`` (or shutdown came first). When both
+halves answered, the pair carries its divergence measures (``compare``), computed here, off
+the request path, and counted for the rollout analysis (``WindowRecorder``).
 """
 
 from __future__ import annotations
@@ -22,14 +24,16 @@ import time
 from collections import deque
 from typing import Any
 
+from proxy.analysis.window import WindowArm, WindowRecorder
 from proxy.config import ProxyConfig, ShadowConfig
 from proxy.log import ACCESS_LOGGER, APP_LOGGER
 from proxy.metrics import ProxyMetrics
 from proxy.pipeline.choose import Arm
 from proxy.pipeline.record import status_class
 from proxy.shadow.call import call_shadow, make_shadow_session
+from proxy.shadow.compare import Divergence, divergence
 from proxy.shadow.metrics import ShadowMetrics
-from proxy.shadow.models import ArmResult, ShadowRequest
+from proxy.shadow.models import ArmResult, ShadowKind, ShadowRequest
 from proxy.shadow.pairs import Pair, PairMeta, PairSink, open_pair_sink
 
 _log = logging.getLogger(APP_LOGGER)
@@ -55,6 +59,7 @@ class ShadowRunner:
         sink: PairSink,
         metrics: ProxyMetrics,
         shadow_metrics: ShadowMetrics,
+        window: WindowRecorder | None = None,
     ) -> None:
         """Call from a running loop (it opens the shadow's ``ClientSession``).
         ``shadow_metrics`` is the instance the sink counts on too (one per registry)."""
@@ -63,6 +68,7 @@ class ShadowRunner:
         self.sink = sink
         self._metrics = metrics
         self._shadow_metrics = shadow_metrics
+        self._window = window
         self._session = make_shadow_session(config)
         self._queue: deque[_Entry] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -160,19 +166,49 @@ class ShadowRunner:
             self._release()
         self._record_call(request, arm)
         del request  # the pair wait below must not keep the headers and body alive
+        written = False
         try:
             if not primary.done():
                 await asyncio.wait({primary}, timeout=self._config.pair_wait_seconds)
-        finally:  # on timeout, and on cancellation at shutdown: still one pair
-            self._write_pair(meta, primary, arm)
+            self._write_pair(meta, primary, arm, compare=True)
+            written = True
+        finally:  # on cancellation at shutdown: still one pair
+            if not written:
+                self._write_pair(meta, primary, arm)
 
     def _write_pair(
-        self, meta: PairMeta, primary: asyncio.Future[ArmResult], arm: ArmResult
+        self,
+        meta: PairMeta,
+        primary: asyncio.Future[ArmResult],
+        arm: ArmResult,
+        compare: bool = False,
     ) -> None:
         half = _primary_half(primary)
         if half is None:
             self._shadow_metrics.pair("unpaired")
-        self.sink.add(Pair.build(meta, half, arm, time.time()))
+        diverged = self._compare(meta, half, arm) if compare and half is not None else None
+        self.sink.add(
+            Pair.build(
+                meta,
+                half,
+                arm,
+                time.time(),
+                None if diverged is None else diverged.to_dict(),
+            )
+        )
+
+    def _compare(self, meta: PairMeta, primary: ArmResult, shadow: ArmResult) -> Divergence | None:
+        """Divergence of two successful answers; a failed half is an error, counted as one,
+        not a divergence."""
+        if not (_answered(primary) and _answered(shadow)):
+            return None
+        diverged = divergence(primary, shadow, meta.expect_json)
+        self._shadow_metrics.diverged(meta.slug, meta.kind, diverged)
+        if self._window is not None:
+            self._window.observe_divergence(
+                meta.slug, meta.rollout_id, meta.kind == ShadowKind.STABLE.value, diverged
+            )
+        return diverged
 
     def _record_call(self, request: ShadowRequest, arm: ArmResult) -> None:
         """Shadow counters, plus the per-request families with ``arm="shadow"`` so shadow
@@ -180,6 +216,18 @@ class ShadowRunner:
         m = self._metrics
         ok = arm.error_class is None
         self._shadow_metrics.request(request.slug, "completed" if ok else "failed")
+        # A shadow cancelled at shutdown says nothing about the candidate.
+        if self._window is not None and arm.error_class != "cancelled":
+            self._window.observe_call(
+                request.slug,
+                request.rollout_id,
+                (WindowArm.RERUN if request.kind is ShadowKind.STABLE else WindowArm.SHADOW).value,
+                failed=not ok,
+                duration=arm.latency,
+                ttft=arm.ttft,
+                output_tokens=arm.output_tokens,
+                finish_reason=arm.finish_reason,
+            )
         series = m.series(
             request.route.value,
             m.model_label(request.model),
@@ -246,7 +294,13 @@ class ShadowRunner:
             await self._session.close()
 
 
-def open_shadow_runner(config: ProxyConfig, metrics: ProxyMetrics) -> ShadowRunner:
+def _answered(arm: ArmResult) -> bool:
+    return arm.error_class is None and 200 <= arm.status < 300
+
+
+def open_shadow_runner(
+    config: ProxyConfig, metrics: ProxyMetrics, window: WindowRecorder | None = None
+) -> ShadowRunner:
     """The runner the app uses: metrics on the app's registry, the configured sink, and
     ``shadow.base_url`` or else the upstream's. Call from a running loop."""
     shadow_metrics = ShadowMetrics(metrics.registry, metrics.slug_label)
@@ -257,4 +311,5 @@ def open_shadow_runner(config: ProxyConfig, metrics: ProxyMetrics) -> ShadowRunn
         sink,
         metrics,
         shadow_metrics,
+        window,
     )

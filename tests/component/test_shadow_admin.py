@@ -44,6 +44,8 @@ async def clients(tmp_path: Path, sim_url: str) -> AsyncIterator[Clients]:
             "upstream.base_url": sim_url,
             "admin.tokens": [{"name": "dashboards", "env": "READ_TOKEN", "role": "read"}],
             "shadow.sink": {"dir": str(tmp_path / "pairs")},
+            # Every shadowed request also re-runs stable: the noise pairs are checked too.
+            "shadow.noise_share": 1.0,
         },
     )
     async with proxy_clients(settings) as trio:
@@ -222,7 +224,13 @@ async def test_a_shadow_rollout_records_pairs_readable_through_the_admin_api(
         assert resp.headers["x-prompt-version"] == "1"  # users get the stable answer
         await resp.read()
 
-    pairs = await recorded(admin, 2, since="5m")
+    recorded_pairs = await recorded(admin, 4, since="5m")
+    pairs = [p for p in recorded_pairs if p["kind"] == "candidate"]
+    noise = [p for p in recorded_pairs if p["kind"] == "stable"]
+    assert len(pairs) == len(noise) == 2
+    # The noise pairs ran stable twice on the same request: the floor candidates are judged on.
+    assert {(p["primary"]["version"], p["shadow"]["version"]) for p in noise} == {(1, 1)}
+    assert all(p["divergence"]["text_distance"] is not None for p in recorded_pairs)
     assert {p["stream"] for p in pairs} == {False, True}
     for p in pairs:
         assert (p["primary"]["version"], p["shadow"]["version"]) == (1, 2)

@@ -143,6 +143,7 @@ class Harness:
     def __init__(self, base_url: str, **config: Any) -> None:
         self.metrics = ProxyMetrics(CollectorRegistry(), ["gpt-4o-mini"])
         self.metrics.set_known_slugs(["support"])
+        self.metrics.set_versions_in_use({"support": [1, 2]})
         self.config = ShadowConfig.model_validate({"pair_wait_seconds": 5, **config})
         self.sink = ListSink()
         shadow_metrics = ShadowMetrics(self.metrics.registry, self.metrics.slug_label)

@@ -103,6 +103,7 @@ def test_the_sink_follows_the_registry_store(tmp_path: Path) -> None:
 def test_metric_labels_stay_bounded() -> None:
     proxy_metrics = ProxyMetrics(CollectorRegistry(), ["gpt-4o-mini"])
     proxy_metrics.set_known_slugs(["support"])
+    proxy_metrics.set_versions_in_use({"support": [1, 2]})
     metrics = ShadowMetrics(proxy_metrics.registry, proxy_metrics.slug_label)
     metrics.drop("support", "queue_full")
     metrics.drop("made-up-slug-123", "side_effects")

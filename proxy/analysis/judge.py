@@ -1,0 +1,280 @@
+"""One verdict: the candidate arm against stable over the same window. Pure.
+
+Every check compares the two arms and fails only when the difference is both beyond the
+policy's limit *and* statistically supported at the policy's ``alpha`` (a one-sided test in
+the direction that hurts). The limit keeps a trivial but significant shift (thousands of
+samples) from aborting a rollout; the test keeps a large but lucky difference (a handful
+of samples) from doing so. That is Kayenta's approach, reduced to the checks an LLM prompt
+needs.
+
+Verdict: ``inconclusive`` while either arm has fewer than ``min_samples`` requests in the
+window or any check lacks data (it holds: never a pass on too little evidence); else
+``fail`` if any check fails; else ``pass``. A check whose population is absent on both arms
+(no streams, so no time to first token) is ``skipped``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from proxy.analysis.policy import AnalysisPolicy
+from proxy.analysis.stats import (
+    mann_whitney_greater,
+    mean_less,
+    two_proportion_greater,
+)
+from proxy.analysis.window import ArmStats
+from proxy.shadow.compare import MEASURES, DivergenceCounts, shadow_verdict
+
+Result = Literal["pass", "fail", "inconclusive", "skipped"]
+Verdict = Literal["pass", "fail", "inconclusive"]
+
+#: Sub-populations (streams, finished answers, feedback, shadow pairs) are a fraction of the
+#: requests: they need fewer samples than ``min_samples``, but never fewer than this.
+_MIN_SUBSAMPLE = 10
+_MAX_SUBSAMPLE = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    result: Result
+    stable: float | None
+    candidate: float | None
+    limit: float | None
+    p_value: float | None
+    note: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "result": self.result,
+            "stable": _round(self.stable),
+            "candidate": _round(self.candidate),
+            "limit": self.limit,
+            "p_value": None if self.p_value is None else float(f"{self.p_value:.3g}"),
+            "note": self.note,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    verdict: Verdict
+    checks: tuple[Check, ...]
+    samples: dict[str, int]
+
+    @property
+    def failed(self) -> tuple[Check, ...]:
+        return tuple(c for c in self.checks if c.result == "fail")
+
+    def summary(self) -> str:
+        """One line for an audit entry: the checks that failed, with their numbers."""
+        return "; ".join(f"{c.name}: {c.note}" for c in self.failed) or self.verdict
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else float(f"{value:.4g}")
+
+
+def _subsample(policy: AnalysisPolicy) -> int:
+    return max(_MIN_SUBSAMPLE, min(policy.min_samples, _MAX_SUBSAMPLE))
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value * 100:.1f} %"
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value * 1000:.0f} ms"
+
+
+def _proportion_check(
+    name: str,
+    what: str,
+    limit: float | None,
+    alpha: float,
+    stable: tuple[int, int],
+    candidate: tuple[int, int],
+    needed: int,
+) -> Check | None:
+    if limit is None:
+        return None
+    (k1, n1), (k2, n2) = stable, candidate
+    if n1 == 0 and n2 == 0:
+        return Check(name, "skipped", None, None, limit, None, f"no {what} data")
+    s = k1 / n1 if n1 else None
+    c = k2 / n2 if n2 else None
+    if n1 < needed or n2 < needed:
+        note = f"too few samples ({n1} stable, {n2} candidate; {needed} needed)"
+        return Check(name, "inconclusive", s, c, limit, None, note)
+    assert s is not None
+    assert c is not None
+    p = two_proportion_greater(k1, n1, k2, n2)
+    failed = c - s > limit and p < alpha
+    note = f"{what} {_pct(c)} vs stable {_pct(s)} (limit +{limit * 100:.1f} points)"
+    return Check(name, "fail" if failed else "pass", s, c, limit, p, note)
+
+
+def _latency_check(
+    name: str,
+    which: str,
+    limit: float | None,
+    alpha: float,
+    stable: ArmStats,
+    candidate: ArmStats,
+    needed: int,
+) -> Check | None:
+    if limit is None:
+        return None
+    s_counts, c_counts = stable.latency_counts(which), candidate.latency_counts(which)
+    n1, n2 = sum(s_counts), sum(c_counts)
+    if n1 == 0 and n2 == 0:
+        return Check(name, "skipped", None, None, limit, None, "no samples on either arm")
+    s, c = stable.quantile(0.95, which), candidate.quantile(0.95, which)
+    if n1 < needed or n2 < needed:
+        note = f"too few samples ({n1} stable, {n2} candidate; {needed} needed)"
+        return Check(name, "inconclusive", s, c, limit, None, note)
+    assert s is not None
+    assert c is not None
+    p = mann_whitney_greater(s_counts, c_counts).p_value
+    ratio = c / s if s > 0 else float("inf")
+    failed = ratio > limit and p < alpha
+    note = f"p95 {_ms(c)} vs stable {_ms(s)}: x{ratio:.2f} (limit x{limit:g})"
+    return Check(name, "fail" if failed else "pass", s, c, limit, p, note)
+
+
+def _answer_length_check(
+    limit: float | None, alpha: float, stable: ArmStats, candidate: ArmStats, needed: int
+) -> Check | None:
+    if limit is None:
+        return None
+    a, b = stable.answer_tokens, candidate.answer_tokens
+    if a.n == 0 and b.n == 0:
+        return Check("answer_length", "skipped", None, None, limit, None, "no token counts")
+    s, c = a.mean, b.mean
+    if a.n < needed or b.n < needed or not s:
+        note = f"too few answers ({a.n:.0f} stable, {b.n:.0f} candidate; {needed} needed)"
+        return Check("answer_length", "inconclusive", s, c, limit, None, note)
+    assert c is not None
+    drift = c / s - 1
+    # Two-sided: answers that got much shorter are as suspect as ones that got longer.
+    shorter = mean_less(int(a.n), a.total, a.squares, int(b.n), b.total, b.squares)
+    longer = mean_less(int(b.n), b.total, b.squares, int(a.n), a.total, a.squares)
+    p = min(1.0, 2 * min(shorter, longer))
+    failed = abs(drift) > limit and p < alpha
+    note = f"mean {c:.0f} tokens vs stable {s:.0f}: {drift:+.0%} (limit +/-{limit:.0%})"
+    return Check("answer_length", "fail" if failed else "pass", s, c, limit, p, note)
+
+
+def _feedback_check(
+    policy: AnalysisPolicy, alpha: float, stable: ArmStats, candidate: ArmStats, needed: int
+) -> Check | None:
+    name, limit = policy.thresholds.feedback_name, policy.thresholds.feedback_max_drop
+    if name is None or limit is None:
+        return None
+    a, b = stable.feedback.get(name), candidate.feedback.get(name)
+    n1, n2 = (a.n if a else 0), (b.n if b else 0)
+    s, c = (a.mean if a else None), (b.mean if b else None)
+    check = f"feedback:{name}"
+    if a is None or b is None or n1 < needed or n2 < needed or s is None or c is None:
+        note = f"too few feedback events ({n1:.0f} stable, {n2:.0f} candidate; {needed} needed)"
+        return Check(check, "inconclusive", s, c, limit, None, note)
+    p = mean_less(int(a.n), a.total, a.squares, int(b.n), b.total, b.squares)
+    failed = s - c > limit and p < alpha
+    note = f"mean {c:.3g} vs stable {s:.3g} (limit -{limit:g})"
+    return Check(check, "fail" if failed else "pass", s, c, limit, p, note)
+
+
+def _divergence_check(
+    alpha: float, noise: DivergenceCounts, candidate: DivergenceCounts, needed: int
+) -> Check:
+    verdict = shadow_verdict(noise, candidate, alpha=alpha / len(MEASURES), min_pairs=needed)
+    text = next(m for m in verdict.measures if m.measure == "text_distance")
+    failed = [m for m in verdict.measures if m.result == "fail"]
+    if verdict.result == "inconclusive":
+        note = f"too few pairs ({text.noise_n} noise, {text.candidate_n} candidate)"
+    elif failed:
+        note = ", ".join(
+            f"{m.measure} {m.candidate_mean:.3f} vs noise {m.noise_mean:.3f}"
+            for m in failed
+            if m.candidate_mean is not None and m.noise_mean is not None
+        )
+    else:
+        note = "candidate diverges no more than stable from itself"
+    p_values = [m.p_value for m in (failed or [text]) if m.p_value is not None]
+    return Check(
+        "shadow_divergence",
+        verdict.result,
+        text.noise_mean,
+        text.candidate_mean,
+        None,
+        min(p_values) if p_values else None,
+        note,
+    )
+
+
+def judge(
+    policy: AnalysisPolicy,
+    stable: ArmStats,
+    candidate: ArmStats,
+    divergence: tuple[DivergenceCounts, DivergenceCounts] | None = None,
+) -> Judgement:
+    """``divergence`` is (noise, candidate) pair counts for a shadow rollout, else None."""
+    t = policy.thresholds
+    needed = _subsample(policy)
+    # Bonferroni: every check gets its share of alpha, so the chance that a candidate no
+    # different from stable fails *some* check stays near alpha, not alpha times the
+    # number of checks. The shadow verdict splits its share again over its measures.
+    enabled = sum(
+        limit is not None
+        for limit in (
+            t.error_rate_increase,
+            t.p95_latency_ratio,
+            t.p95_ttft_ratio,
+            t.length_finish_increase,
+            t.answer_length_drift,
+            t.feedback_max_drop,
+        )
+    ) + int(divergence is not None and t.shadow_divergence)
+    alpha = policy.alpha / max(1, enabled)
+    checks = [
+        _proportion_check(
+            "error_rate",
+            "errors",
+            t.error_rate_increase,
+            alpha,
+            (stable.errors, stable.requests),
+            (candidate.errors, candidate.requests),
+            policy.min_samples,
+        ),
+        _latency_check(
+            "p95_latency", "latency", t.p95_latency_ratio, alpha, stable, candidate, needed
+        ),
+        _latency_check("p95_ttft", "ttft", t.p95_ttft_ratio, alpha, stable, candidate, needed),
+        _proportion_check(
+            "length_finish",
+            "truncated",
+            t.length_finish_increase,
+            alpha,
+            (stable.truncated, stable.finished),
+            (candidate.truncated, candidate.finished),
+            needed,
+        ),
+        _answer_length_check(t.answer_length_drift, alpha, stable, candidate, needed),
+        _feedback_check(policy, alpha, stable, candidate, needed),
+    ]
+    if divergence is not None and t.shadow_divergence:
+        checks.append(_divergence_check(alpha, *divergence, needed))
+    done = tuple(c for c in checks if c is not None)
+    samples = {"stable": stable.requests, "candidate": candidate.requests}
+    verdict: Verdict
+    if min(samples.values()) < policy.min_samples:
+        verdict = "inconclusive"
+    elif any(c.result == "fail" for c in done):
+        verdict = "fail"
+    elif any(c.result == "inconclusive" for c in done):
+        verdict = "inconclusive"
+    else:
+        verdict = "pass"
+    return Judgement(verdict, done, samples)

@@ -1,0 +1,183 @@
+"""The pool: every replica's per-arm counts, added up, so a verdict covers all the traffic.
+
+Each replica's ``WindowRecorder`` is drained every ``analysis.flush_seconds`` into the pool;
+the analyser reads a window (a range of one-second slots) back as one ``ArmStats`` per arm.
+
+- ``MemoryStatsPool``: one process (the embedded store): the pool is a dict.
+- ``RedisStatsPool``: one hash per (slug, rollout, slot) that replicas add to with
+  ``HINCRBY``/``HINCRBYFLOAT`` (commutative, so no replica ever reads before writing), plus
+  one hash per rollout with the shadow pairs' divergence counts, cumulative. Keys expire,
+  so a finished rollout leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from redis.asyncio import Redis
+
+from proxy.analysis.window import (
+    SLOT_SECONDS,
+    ArmStats,
+    RolloutBatch,
+    RolloutKey,
+    merge_arms,
+)
+from proxy.shadow.compare import DivergenceCounts
+
+#: Slots are kept this long past the longest window that may read them.
+_SLOT_GRACE_SECONDS = 120
+#: Divergence counts outlive the rollout by a day, for a late `rollout status`.
+_DIVERGENCE_TTL_SECONDS = 86_400
+
+
+@dataclass(slots=True)
+class PooledWindow:
+    """What the analyser judges: per-arm counts over a window, divergence since the start."""
+
+    arms: dict[str, ArmStats] = field(default_factory=dict)
+    noise: DivergenceCounts = field(default_factory=DivergenceCounts)
+    candidate: DivergenceCounts = field(default_factory=DivergenceCounts)
+
+    def arm(self, name: str) -> ArmStats:
+        return self.arms.get(name) or ArmStats()
+
+
+class StatsPool(Protocol):
+    async def add(self, batches: Mapping[RolloutKey, RolloutBatch], keep_seconds: float) -> None:
+        """Add what replicas counted. ``keep_seconds``: the longest window that will read
+        these slots. Raises on failure (the caller keeps the batch for the next flush)."""
+        ...
+
+    async def read(self, slug: str, rollout_id: str, start: float, end: float) -> PooledWindow:
+        """Counts of the slots in ``[start, end)`` (unix seconds), and divergence so far."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def _slots(start: float, end: float) -> range:
+    return range(int(start) // SLOT_SECONDS, int(end) // SLOT_SECONDS)
+
+
+class MemoryStatsPool:
+    def __init__(self) -> None:
+        self._slots: dict[RolloutKey, dict[int, dict[str, ArmStats]]] = {}
+        self._noise: dict[RolloutKey, DivergenceCounts] = {}
+        self._candidate: dict[RolloutKey, DivergenceCounts] = {}
+        self._keep: dict[RolloutKey, float] = {}
+
+    async def add(self, batches: Mapping[RolloutKey, RolloutBatch], keep_seconds: float) -> None:
+        for key, batch in batches.items():
+            slots = self._slots.setdefault(key, {})
+            for slot, arms in batch.slots.items():
+                held = slots.setdefault(slot, {})
+                for arm, stats in arms.items():
+                    held.setdefault(arm, ArmStats()).merge(stats)
+            self._noise.setdefault(key, DivergenceCounts()).merge(batch.noise)
+            self._candidate.setdefault(key, DivergenceCounts()).merge(batch.candidate)
+            self._keep[key] = max(self._keep.get(key, 0.0), keep_seconds)
+            newest = max(slots, default=0)
+            horizon = newest - int(self._keep[key] + _SLOT_GRACE_SECONDS) // SLOT_SECONDS
+            for slot in [s for s in slots if s < horizon]:
+                del slots[slot]
+
+    async def read(self, slug: str, rollout_id: str, start: float, end: float) -> PooledWindow:
+        key = (slug, rollout_id)
+        slots = self._slots.get(key, {})
+        window = PooledWindow(arms=merge_arms(slots[s] for s in _slots(start, end) if s in slots))
+        window.noise.merge(self._noise.get(key, DivergenceCounts()))
+        window.candidate.merge(self._candidate.get(key, DivergenceCounts()))
+        return window
+
+    def forget(self, keep: set[RolloutKey]) -> None:
+        """Drop the counts of rollouts that ended (there is no expiry in memory)."""
+        for store in (self._slots, self._noise, self._candidate, self._keep):
+            for key in [k for k in store if k not in keep]:
+                del store[key]
+
+    async def close(self) -> None:
+        return None
+
+
+_FLOAT_FIELDS = ("tok:", "fb:")
+_NOISE = "noise"
+_CANDIDATE = "candidate"
+
+
+class RedisStatsPool:
+    def __init__(self, client: Redis, prefix: str) -> None:
+        """``client`` is shared with the lease and the state store; its owner closes it."""
+        self._redis = client
+        self._prefix = prefix + "{analysis}:"
+
+    def _slot_key(self, slug: str, rollout_id: str, slot: int) -> str:
+        return f"{self._prefix}w:{slug}:{rollout_id}:{slot}"
+
+    def _divergence_key(self, slug: str, rollout_id: str) -> str:
+        return f"{self._prefix}div:{slug}:{rollout_id}"
+
+    async def add(self, batches: Mapping[RolloutKey, RolloutBatch], keep_seconds: float) -> None:
+        ttl = int(keep_seconds + _SLOT_GRACE_SECONDS)
+        pipe = self._redis.pipeline(transaction=False)
+        for (slug, rollout_id), batch in batches.items():
+            for slot, arms in batch.slots.items():
+                key = self._slot_key(slug, rollout_id, slot)
+                for arm, stats in arms.items():
+                    _increments(pipe, key, arm, stats.to_fields())
+                pipe.expire(key, ttl)
+            div = self._divergence_key(slug, rollout_id)
+            wrote = False
+            for kind, counts in ((_NOISE, batch.noise), (_CANDIDATE, batch.candidate)):
+                fields = counts.to_fields()
+                if fields:
+                    _increments(pipe, div, kind, fields)
+                    wrote = True
+            if wrote:
+                pipe.expire(div, _DIVERGENCE_TTL_SECONDS)
+        await pipe.execute()
+
+    async def read(self, slug: str, rollout_id: str, start: float, end: float) -> PooledWindow:
+        pipe = self._redis.pipeline(transaction=False)
+        for slot in _slots(start, end):
+            pipe.hgetall(self._slot_key(slug, rollout_id, slot))
+        pipe.hgetall(self._divergence_key(slug, rollout_id))
+        *slot_hashes, divergence = await pipe.execute()
+        window = PooledWindow(arms=merge_arms(_split(raw) for raw in slot_hashes if raw))
+        by_kind = _split_fields(divergence or {})
+        window.noise = DivergenceCounts.from_fields(
+            {k: int(float(v)) for k, v in by_kind.get(_NOISE, {}).items()}
+        )
+        window.candidate = DivergenceCounts.from_fields(
+            {k: int(float(v)) for k, v in by_kind.get(_CANDIDATE, {}).items()}
+        )
+        return window
+
+    async def close(self) -> None:
+        return None
+
+
+def _increments(pipe: Any, key: str, arm: str, fields: Mapping[str, float]) -> None:
+    for name, value in fields.items():
+        # Sums may be fractional (feedback values), and HINCRBY refuses a field that ever
+        # held a fraction: sums always go through HINCRBYFLOAT, counts through HINCRBY.
+        if name.startswith(_FLOAT_FIELDS):
+            pipe.hincrbyfloat(key, f"{arm}|{name}", float(value))
+        else:
+            pipe.hincrby(key, f"{arm}|{name}", int(value))
+
+
+def _split_fields(raw: Mapping[Any, Any]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for key, value in raw.items():
+        text = key.decode() if isinstance(key, bytes) else str(key)
+        arm, sep, name = text.partition("|")
+        if sep:
+            out.setdefault(arm, {})[name] = float(value)
+    return out
+
+
+def _split(raw: Mapping[Any, Any]) -> dict[str, ArmStats]:
+    return {arm: ArmStats.from_fields(fields) for arm, fields in _split_fields(raw).items()}
