@@ -385,3 +385,17 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     result = promtool("check", "rules", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_docs_list_every_exported_family() -> None:
+    docs = (ROOT / "docs" / "metrics.md").read_text()
+    registry = CollectorRegistry()
+    ProxyMetrics(registry, ["gpt-4o-mini"])
+    ShadowMetrics(registry)
+    shown = {"counter": "_total", "info": "_info"}
+    missing = [
+        family.name + shown.get(family.type, "")
+        for family in registry.collect()
+        if f"`{family.name}{shown.get(family.type, '')}`" not in docs
+    ]
+    assert missing == [], "families missing from docs/metrics.md"
