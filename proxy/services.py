@@ -15,6 +15,7 @@ from proxy.analysis.analyser import Analyser, replica_id
 from proxy.analysis.setup import open_backend
 from proxy.analysis.window import WindowRecorder
 from proxy.config import Settings
+from proxy.feedback import FeedbackService, open_request_index
 from proxy.log import APP_LOGGER
 from proxy.loop_lag import watch_loop_lag
 from proxy.metrics import ProxyMetrics
@@ -62,6 +63,7 @@ class Services:
     registry: RegistryService
     shadow: ShadowRunner
     analysis: Analyser
+    feedback: FeedbackService
 
     @property
     def upstream_api_key(self) -> str | None:
@@ -128,6 +130,9 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         )
         analysis.start()
         stack.push_async_callback(analysis.close)
+        index = open_request_index(config.feedback, backend.redis, backend.prefix, metrics)
+        stack.push_async_callback(index.close)
+        feedback = FeedbackService(config.feedback, index, metrics, window)
         shadow = open_shadow_runner(config, metrics, window)
         # Closed first (the stack unwinds in reverse), after the data plane drained: shadows
         # get a short grace, never the whole shutdown budget.
@@ -141,7 +146,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             settings=settings,
             upstream=UpstreamClient(session, config.upstream),
             metrics=metrics,
-            recorder=Recorder(metrics, window),
+            recorder=Recorder(metrics, window, feedback.remember),
             lifecycle=Lifecycle(metrics),
             snapshot=holder,
             refresher=refresher,
@@ -149,4 +154,5 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             registry=registry,
             shadow=shadow,
             analysis=analysis,
+            feedback=feedback,
         )

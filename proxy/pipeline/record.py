@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from proxy.analysis.window import WindowArm, WindowRecorder
 from proxy.log import ACCESS_LOGGER
@@ -32,9 +33,16 @@ def error_class_for_status(status: int) -> str | None:
 
 
 class Recorder:
-    def __init__(self, metrics: ProxyMetrics, window: WindowRecorder | None = None) -> None:
+    def __init__(
+        self,
+        metrics: ProxyMetrics,
+        window: WindowRecorder | None = None,
+        answered: Callable[[Exchange], None] | None = None,
+    ) -> None:
+        """``answered`` sees every finished exchange (the feedback index)."""
         self._metrics = metrics
         self._window = window
+        self._answered = answered
         self._log = logging.getLogger(ACCESS_LOGGER)
 
     def observe(self, exchange: Exchange) -> None:
@@ -45,6 +53,8 @@ class Recorder:
         self._update_metrics(exchange)
         if self._window is not None and exchange.rollout_id is not None:
             self._count_for_analysis(exchange)
+        if self._answered is not None:
+            self._answered(exchange)
         if self._log.isEnabledFor(logging.INFO):
             self._log.info(self._log_fields(exchange))
 

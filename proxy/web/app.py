@@ -5,7 +5,14 @@ from __future__ import annotations
 from aiohttp import web
 
 from proxy.services import Services
-from proxy.web import admin_api, admin_rollouts, admin_routes, admin_shadow, proxy_routes
+from proxy.web import (
+    admin_api,
+    admin_rollouts,
+    admin_routes,
+    admin_shadow,
+    feedback_routes,
+    proxy_routes,
+)
 from proxy.web.keys import SERVICES
 from proxy.web.middlewares import error_middleware
 
@@ -16,6 +23,7 @@ def build_data_app(services: Services) -> web.Application:
         client_max_size=services.settings.config.server.max_body_bytes,
     )
     app[SERVICES] = services
+    feedback_routes.add_routes(app)
     proxy_routes.add_routes(app)
     return app
 

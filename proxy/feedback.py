@@ -1,0 +1,282 @@
+"""Downstream outcomes (a thumbs down, an escalated ticket) attached to the answer they judge.
+
+Every answer to a request that named a prompt is remembered by its request id (the
+``x-promptproxy-request-id`` header the caller got) with the slug, version, arm and rollout
+that produced it. ``POST /v1/feedback`` looks the id up and counts the value for that
+version and arm: in ``promptproxy_feedback_value`` and, under a rollout, in the pooled
+counts the analyser's feedback check reads.
+
+- ``MemoryRequestIndex``: the embedded store's single process; bounded, oldest forgotten.
+- ``RedisRequestIndex``: one key per answer with ``feedback.ttl_seconds`` as its expiry, so
+  feedback may reach any replica. The request path only appends to a list; a background
+  task writes the batch in one pipeline, so no request ever waits on Redis.
+
+Feedback is idempotent per (request id, name): a retried POST is not counted twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+from redis.asyncio import Redis
+
+from proxy.analysis.window import WindowArm, WindowRecorder
+from proxy.config import FeedbackConfig
+from proxy.errors import InvalidRequest, NotFound, ServiceUnavailable
+from proxy.log import APP_LOGGER
+from proxy.metrics import ProxyMetrics
+from proxy.models import Exchange
+
+_log = logging.getLogger(APP_LOGGER)
+
+#: Request ids are the proxy's own (`req-` + hex) or a caller's `x-request-id`-like value.
+_MAX_ID_LENGTH = 128
+_FLUSH_SECONDS = 0.5
+#: Answers waiting to be written to Redis; beyond this the oldest are dropped (their
+#: feedback will get a 404), never the request path's memory.
+_MAX_PENDING = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """Who answered a request: what feedback on it is attributed to."""
+
+    slug: str
+    version: str
+    arm: str
+    rollout_id: str | None
+    at: float
+
+    def to_json(self) -> bytes:
+        return orjson.dumps([self.slug, self.version, self.arm, self.rollout_id, self.at])
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Answered:
+        slug, version, arm, rollout_id, at = orjson.loads(raw)
+        return cls(str(slug), str(version), str(arm), rollout_id, float(at))
+
+
+class RequestIndex(Protocol):
+    def remember(self, request_id: str, answered: Answered) -> None:
+        """Never blocks, never raises: called on the request path."""
+        ...
+
+    async def lookup(self, request_id: str) -> Answered | None: ...
+
+    async def first_feedback(self, request_id: str, name: str) -> bool:
+        """True the first time (request id, name) is seen, False on a repeat."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class MemoryRequestIndex:
+    def __init__(
+        self, ttl: float, max_entries: int, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._ttl = ttl
+        self._max = max_entries
+        self._clock = clock
+        self._answers: OrderedDict[str, Answered] = OrderedDict()
+        self._seen: dict[str, set[str]] = {}
+
+    def remember(self, request_id: str, answered: Answered) -> None:
+        self._answers[request_id] = answered
+        self._answers.move_to_end(request_id)
+        while len(self._answers) > self._max:
+            old, _ = self._answers.popitem(last=False)
+            self._seen.pop(old, None)
+
+    async def lookup(self, request_id: str) -> Answered | None:
+        answered = self._answers.get(request_id)
+        if answered is None or answered.at + self._ttl < self._clock():
+            return None
+        return answered
+
+    async def first_feedback(self, request_id: str, name: str) -> bool:
+        names = self._seen.setdefault(request_id, set())
+        if name in names:
+            return False
+        names.add(name)
+        return True
+
+    async def close(self) -> None:
+        return None
+
+
+class RedisRequestIndex:
+    def __init__(
+        self, client: Redis, prefix: str, ttl: float, on_error: Callable[[str], None]
+    ) -> None:
+        self._redis = client
+        self._prefix = prefix + "answer:"
+        self._ttl = max(1, int(ttl))
+        self._on_error = on_error
+        self._pending: OrderedDict[str, Answered] = OrderedDict()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="feedback-index")
+
+    def remember(self, request_id: str, answered: Answered) -> None:
+        self._pending[request_id] = answered
+        if len(self._pending) > _MAX_PENDING:
+            self._pending.popitem(last=False)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(_FLUSH_SECONDS)
+            await self.flush()
+
+    async def flush(self) -> None:
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, OrderedDict()
+        pipe = self._redis.pipeline(transaction=False)
+        for request_id, answered in batch.items():
+            pipe.set(self._prefix + request_id, answered.to_json(), ex=self._ttl)
+        try:
+            await pipe.execute()
+        except Exception as exc:
+            self._on_error("request_index")
+            _log.warning("feedback index: %d answers not written: %s", len(batch), exc)
+            # Keep them for the next try, newest last, within the bound.
+            batch.update(self._pending)
+            self._pending = batch
+            while len(self._pending) > _MAX_PENDING:
+                self._pending.popitem(last=False)
+
+    async def lookup(self, request_id: str) -> Answered | None:
+        pending = self._pending.get(request_id)
+        if pending is not None:
+            return pending
+        raw = await self._redis.get(self._prefix + request_id)
+        return None if raw is None else Answered.from_json(raw)
+
+    async def first_feedback(self, request_id: str, name: str) -> bool:
+        key = f"{self._prefix}{request_id}:fb:{name}"
+        return bool(await self._redis.set(key, b"1", nx=True, ex=self._ttl))
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.flush()
+
+
+def open_request_index(
+    config: FeedbackConfig, redis: Redis | None, prefix: str, metrics: ProxyMetrics
+) -> RequestIndex:
+    if redis is None:
+        return MemoryRequestIndex(config.ttl_seconds, config.max_local_entries)
+    index = RedisRequestIndex(
+        redis,
+        prefix,
+        config.ttl_seconds,
+        on_error=lambda op: metrics.redis_errors.labels(op).inc(),
+    )
+    index.start()
+    return index
+
+
+_ANALYSED_ARMS = frozenset({WindowArm.STABLE.value, WindowArm.CANARY.value})
+
+
+class FeedbackService:
+    def __init__(
+        self,
+        config: FeedbackConfig,
+        index: RequestIndex,
+        metrics: ProxyMetrics,
+        window: WindowRecorder | None,
+    ) -> None:
+        self._names = frozenset(config.names)
+        self._ttl = config.ttl_seconds
+        self.index = index
+        self._metrics = metrics
+        self._window = window
+
+    def remember(self, exchange: Exchange) -> None:
+        """Called for every finished request; only those a prompt answered are kept."""
+        if exchange.slug is None or exchange.version is None or exchange.arm is None:
+            return
+        self.index.remember(
+            exchange.request_id,
+            Answered(
+                exchange.slug, exchange.version, exchange.arm, exchange.rollout_id, time.time()
+            ),
+        )
+
+    async def record(self, request_id: Any, name: Any, value: Any) -> dict[str, Any]:
+        if not isinstance(request_id, str) or not 0 < len(request_id) <= _MAX_ID_LENGTH:
+            raise InvalidRequest(
+                "`request_id` must be the x-promptproxy-request-id of an answer.",
+                param="request_id",
+            )
+        if name not in self._names:
+            known = ", ".join(sorted(self._names))
+            raise InvalidRequest(
+                f"Unknown feedback name {name!r}; this proxy takes: {known} "
+                "(configure feedback.names).",
+                param="name",
+                code="unknown_feedback_name",
+            )
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise InvalidRequest("`value` must be a finite number.", param="value")
+        try:
+            answered = await self.index.lookup(request_id)
+            if answered is None:
+                raise NotFound(
+                    f"No answer with request id {request_id!r} is known: it never named a "
+                    f"prompt, or it is older than {self._ttl:g} seconds.",
+                    param="request_id",
+                    code="request_not_found",
+                )
+            first = await self.index.first_feedback(request_id, name)
+        except (NotFound, InvalidRequest):
+            raise
+        except Exception as exc:
+            self._metrics.redis_errors.labels("feedback").inc()
+            raise ServiceUnavailable(
+                "Feedback cannot be recorded right now (the shared store is unreachable)."
+            ) from exc
+        if first:
+            self._count(answered, name, float(value))
+        return {
+            "request_id": request_id,
+            "name": name,
+            "value": value,
+            "slug": answered.slug,
+            "version": int(answered.version),
+            "arm": answered.arm,
+            "recorded": first,
+        }
+
+    def _count(self, answered: Answered, name: str, value: float) -> None:
+        m = self._metrics
+        m.feedback.labels(
+            m.slug_label(answered.slug),
+            m.version_label(answered.slug, answered.version),
+            answered.arm,
+            m.feedback_label(name),
+        ).observe(value)
+        if (
+            self._window is not None
+            and answered.rollout_id is not None
+            and answered.arm in _ANALYSED_ARMS
+        ):
+            self._window.observe_feedback(
+                answered.slug, answered.rollout_id, answered.arm, name, value
+            )
