@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import math
 import socket
 import struct
 import time
@@ -344,6 +346,182 @@ async def test_bad_requests_get_openai_errors(client: Client) -> None:
 async def test_unknown_fields_are_ignored(client: Client) -> None:
     resp = await client.post(CHAT, json={**CHAT_BODY, "vendor_extension": {"x": 1}, "seed": 7})
     assert resp.status == 200
+
+
+# --- [[sim ...]] directives in the system prompt --------------------------------------------
+
+# Rate tests send ROUNDS identical requests. A fixed seed makes them repeatable; the
+# tolerance does not lean on it: 4.5 binomial standard deviations (p=0.2: sd 0.018, p=0.1:
+# sd 0.013 at 500 draws) fail with probability about 1e-5 for any seed, while a broken
+# rate (e.g. 0 or 2p) is still far outside the band.
+ROUNDS = 500
+SEED = 20240611
+
+
+def _rate_tolerance(p: float) -> float:
+    return 4.5 * math.sqrt(p * (1 - p) / ROUNDS)
+
+
+def directed(system: str, **extra: Any) -> dict[str, Any]:
+    messages = [{"role": "system", "content": system}, *USER]
+    return {"model": "gpt-4o-mini", "messages": messages, **extra}
+
+
+# sha256 of the bodies for requests without a directive, computed with the simulator as it
+# was before directives existed (commit f6b468d): they must stay byte-identical.
+_PLAIN_SYSTEM = "You are terse. [sim] [[simulate]]"
+_GOLDEN = (
+    (
+        CHAT,
+        directed(_PLAIN_SYSTEM),
+        "e38daf46b4a09df03a64cdb0a5f0cf7023ad170c96299e01acdc2a419d0b8bee",
+    ),
+    (
+        CHAT,
+        directed(_PLAIN_SYSTEM, stream=True, stream_options={"include_usage": True}),
+        "fa731c51fb01b844712ee49aedc29cd3ee012a58f027eaa0ca23f3110cc7f174",
+    ),
+    (
+        "/v1/responses",
+        {"model": "gpt-4o-mini", "input": "Hi there", "instructions": _PLAIN_SYSTEM},
+        "09eb5ba9415d9993d8082843dbebda5f79d8e996e042527c004ebd028b357f07",
+    ),
+)
+
+
+@pytest.mark.parametrize(("path", "body", "digest"), _GOLDEN)
+async def test_answers_without_directives_are_unchanged(
+    client: Client, path: str, body: dict[str, Any], digest: str
+) -> None:
+    raw = await (await client.post(path, json=body)).read()
+    assert hashlib.sha256(raw).hexdigest() == digest
+
+
+async def _finish_reasons(client: Client, body: dict[str, Any]) -> list[tuple[str, int]]:
+    """(finish_reason, answer words) of ROUNDS identical requests."""
+    outcomes = []
+    for _ in range(ROUNDS):
+        resp = await client.post(CHAT, json=body)
+        assert resp.status == 200
+        if body.get("stream"):
+            events = sse_data(await resp.text())
+            assert events[-1] == "[DONE]"
+            final = events[-2]["choices"][0]  # the finish chunk, right before [DONE]
+            text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events[:-1])
+        else:
+            final = (await resp.json())["choices"][0]
+            text = final["message"]["content"]
+        outcomes.append((final["finish_reason"], len(text.split())))
+    return outcomes
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_truncate_directive_cuts_about_that_share(
+    make_client: MakeClient, stream: bool
+) -> None:
+    client = await make_client(seed=SEED)
+    body = directed("Answer well. [[sim truncate=0.2]]", stream=stream)
+    outcomes = await _finish_reasons(client, body)
+    cut = [words for reason, words in outcomes if reason == "length"]
+    whole = {words for reason, words in outcomes if reason == "stop"}
+    assert len(whole) == 1
+    assert max(cut) < min(whole)
+    share = len(cut) / ROUNDS
+    assert abs(share - 0.2) <= _rate_tolerance(0.2), share
+
+
+async def test_error_directive_fails_about_that_share_with_openai_500(
+    make_client: MakeClient,
+) -> None:
+    client = await make_client(seed=SEED)
+    statuses = []
+    for _ in range(ROUNDS):
+        resp = await client.post(CHAT, json=directed("[[sim error=0.1]]"))
+        statuses.append(resp.status)
+        if resp.status == 500:
+            error = (await resp.json())["error"]
+            assert (error["type"], error["code"]) == ("server_error", "server_error")
+    assert set(statuses) == {200, 500}
+    assert abs(statuses.count(500) / ROUNDS - 0.1) <= _rate_tolerance(0.1)
+
+
+async def test_explicit_status_header_wins_over_error_directive(client: Client) -> None:
+    resp = await client.post(
+        CHAT, json=directed("[[sim error=1]]"), headers={"x-sim-status": "429"}
+    )
+    assert resp.status == 429
+
+
+async def test_noise_directive_makes_identical_requests_differ(client: Client) -> None:
+    noisy = directed("[[sim noise=0.3]]")
+    texts = set()
+    for _ in range(5):
+        answer = await (await client.post(CHAT, json=noisy)).json()
+        text = answer["choices"][0]["message"]["content"]
+        assert answer["usage"]["completion_tokens"] == len(text.split())
+        texts.add(text)
+    # Five equal answers need all 13 words kept in every one of them: 0.7**65, about 1e-10.
+    assert len(texts) > 1
+    quiet = directed("[[sim noise=0]]")
+    bodies = {await (await client.post(CHAT, json=quiet)).read() for _ in range(3)}
+    assert len(bodies) == 1
+
+
+async def test_longer_directive_doubles_completion_tokens(client: Client) -> None:
+    plain = await (await client.post(CHAT, json=directed("Answer."))).json()
+    longer = await (await client.post(CHAT, json=directed("Answer. [[sim longer=2]]"))).json()
+    base_tokens = plain["usage"]["completion_tokens"]
+    tokens = longer["usage"]["completion_tokens"]
+    assert 1.9 <= tokens / base_tokens <= 2.1
+    assert tokens == len(longer["choices"][0]["message"]["content"].split())
+    assert longer["choices"][0]["finish_reason"] == "stop"
+
+
+async def test_responses_instructions_carry_directives(client: Client) -> None:
+    body = {"model": "m", "input": "hi", "instructions": "[[sim truncate=1]]"}
+    cut = await (await client.post("/v1/responses", json=body)).json()
+    assert cut["status"] == "incomplete"
+    assert cut["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert cut["usage"]["output_tokens"] == len(cut["output"][0]["content"][0]["text"].split())
+    streamed = await (await client.post("/v1/responses", json={**body, "stream": True})).text()
+    assert "event: response.incomplete\n" in streamed
+    assert "event: response.completed\n" not in streamed
+    failing = {"model": "m", "input": [{"role": "developer", "content": "[[sim error=1]]"}]}
+    assert (await client.post("/v1/responses", json=failing)).status == 500
+
+
+async def test_same_seed_replays_the_same_noisy_answers(make_client: MakeClient) -> None:
+    body = directed("[[sim noise=0.5 truncate=0.5]]")
+    runs = []
+    for _ in range(2):
+        client = await make_client(seed=SEED)
+        runs.append([await (await client.post(CHAT, json=body)).read() for _ in range(5)])
+    assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize(
+    ("system", "named"),
+    [
+        ("[[sim truncate=2]]", "truncate=2"),
+        ("[[sim error=-0.1]]", "error=-0.1"),
+        ("[[sim noise=lots]]", "noise=lots"),
+        ("[[sim longer=0]]", "longer=0"),
+        ("[[sim shorter=2]]", "shorter=2"),
+        ("[[sim truncate]]", "truncate"),
+    ],
+)
+async def test_invalid_directive_is_a_400_naming_it(
+    client: Client, system: str, named: str
+) -> None:
+    resp = await client.post(CHAT, json=directed(system))
+    assert resp.status == 400
+    error = (await resp.json())["error"]
+    assert (error["type"], error["param"], error["code"]) == (
+        "invalid_request_error",
+        "messages",
+        "invalid_value",
+    )
+    assert repr(named) in error["message"]
 
 
 # --- request log --------------------------------------------------------------------------
