@@ -60,7 +60,8 @@ def replica_id() -> str:
 
 
 def _candidate_arm(rollout: Rollout) -> str:
-    return WindowArm.SHADOW.value if rollout.mode is RolloutMode.SHADOW else WindowArm.CANARY
+    # Plain str, never the enum: orjson refuses str subclasses as dict keys.
+    return WindowArm.SHADOW.value if rollout.mode is RolloutMode.SHADOW else WindowArm.CANARY.value
 
 
 class Analyser:

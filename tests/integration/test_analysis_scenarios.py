@@ -1,0 +1,57 @@
+"""The analyser against the fake provider, real processes: a candidate that truncates or
+errors is aborted by itself; one that differs only by sampling noise is left alone.
+
+``loadtest/analysis_scenarios.py`` holds the scenarios and repeats them for the figures
+(time to abort, false alarms over many runs); this runs each once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from loadtest.analysis_scenarios import SCENARIOS, TEST_POLICY, Client, run_once
+from tests.processes import ProxyProc, proxy
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+CONFIG = "analysis:\n  flush_seconds: 0.5\nlogging:\n  level: WARNING\n"
+
+
+@pytest.fixture(scope="module")
+def analysed_proxy(procs_dir: Path, sim_url: str) -> Iterator[ProxyProc]:
+    with proxy(procs_dir, sim_url, CONFIG, env={"PROMPTPROXY_ADMIN_TOKEN": "scenario"}) as proc:
+        yield proc
+
+
+@pytest.fixture
+async def client(analysed_proxy: ProxyProc) -> AsyncIterator[Client]:
+    async with aiohttp.ClientSession() as session:
+        yield Client(
+            session, analysed_proxy.url[: -len("/v1")], analysed_proxy.admin_url, "scenario"
+        )
+
+
+@pytest.mark.parametrize("name", ["truncates-20pct", "errors-10pct", "shadow-rambles"])
+async def test_a_worse_candidate_is_aborted_by_the_analyser(client: Client, name: str) -> None:
+    result = await run_once(client, SCENARIOS[name], timeout=20)
+    assert result.aborted, result
+    assert result.abort_reason is not None
+    assert result.abort_reason.startswith("analysis failed:")
+    # First verdict: one interval plus the flush settle after the canary starts.
+    assert result.time_to_abort is not None
+    assert result.time_to_abort < 3 * TEST_POLICY["interval"] + 3
+
+
+@pytest.mark.parametrize("name", ["noise-only", "shadow-noise-only"])
+async def test_a_candidate_differing_only_by_noise_is_not_flagged(
+    client: Client, name: str
+) -> None:
+    # As long as the aborts above take, twice over: at least two verdicts.
+    result = await run_once(client, SCENARIOS[name], timeout=8)
+    assert not result.aborted, result
+    assert result.verdicts.get("fail", 0) == 0, result
+    assert result.verdicts.get("pass", 0) >= 1, result
