@@ -155,7 +155,7 @@ async def run_once(
     scenario: Scenario,
     *,
     policy: dict[str, Any] | None = None,
-    timeout: float = 15.0,
+    run_seconds: float = 15.0,
     concurrency: int = 12,
 ) -> RunResult:
     slug = f"{scenario.name}-{uuid.uuid4().hex[:8]}"
@@ -184,7 +184,7 @@ async def run_once(
     workers = [asyncio.create_task(drive()) for _ in range(concurrency)]
     last_state: dict[str, Any] | None = None
     try:
-        while time.monotonic() - t0 < timeout:
+        while time.monotonic() - t0 < run_seconds:
             await asyncio.sleep(0.2)
             status, body = await client.admin("GET", f"/prompts/{slug}/rollout")
             if status == 404:
@@ -248,9 +248,8 @@ def summarize(results: list[RunResult]) -> dict[str, Any]:
 
 
 async def _main(args: argparse.Namespace) -> None:
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    # Run from the repository root (`python -m loadtest...`): the process helpers are the
+    # test suite's own.
     from tests.processes import proxy, simulator
 
     config = (
@@ -259,18 +258,18 @@ async def _main(args: argparse.Namespace) -> None:
         "metrics:\n  models: [gpt-4o-mini]\n"
     )
     results: list[RunResult] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        with simulator(Path(tmp)) as (sim_url, _):
-            with proxy(
-                Path(tmp), sim_url, config, env={"PROMPTPROXY_ADMIN_TOKEN": "bench"}
-            ) as proc:
-                async with aiohttp.ClientSession() as session:
-                    client = Client(session, proc.url[: -len("/v1")], proc.admin_url, "bench")
-                    for run in range(args.runs):
-                        for name in args.scenario or list(SCENARIOS):
-                            result = await run_once(client, SCENARIOS[name], timeout=args.timeout)
-                            results.append(result)
-                            print(f"run {run + 1} {name}: {asdict(result)}", flush=True)
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        simulator(Path(tmp)) as (sim_url, _),
+        proxy(Path(tmp), sim_url, config, env={"PROMPTPROXY_ADMIN_TOKEN": "bench"}) as proc,
+    ):
+        async with aiohttp.ClientSession() as session:
+            client = Client(session, proc.url[: -len("/v1")], proc.admin_url, "bench")
+            for run in range(args.runs):
+                for name in args.scenario or list(SCENARIOS):
+                    result = await run_once(client, SCENARIOS[name], run_seconds=args.seconds)
+                    results.append(result)
+                    print(f"run {run + 1} {name}: {asdict(result)}", flush=True)
     summary = {
         "policy": TEST_POLICY,
         "canary_percent": CANARY_PERCENT,
@@ -285,7 +284,7 @@ async def _main(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=10)
-    parser.add_argument("--timeout", type=float, default=15.0)
+    parser.add_argument("--seconds", type=float, default=15.0, help="longest run")
     parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS))
     asyncio.run(_main(parser.parse_args()))
 

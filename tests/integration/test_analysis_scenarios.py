@@ -37,7 +37,7 @@ async def client(analysed_proxy: ProxyProc) -> AsyncIterator[Client]:
 
 @pytest.mark.parametrize("name", ["truncates-20pct", "errors-10pct", "shadow-rambles"])
 async def test_a_worse_candidate_is_aborted_by_the_analyser(client: Client, name: str) -> None:
-    result = await run_once(client, SCENARIOS[name], timeout=20)
+    result = await run_once(client, SCENARIOS[name], run_seconds=20)
     assert result.aborted, result
     assert result.abort_reason is not None
     assert result.abort_reason.startswith("analysis failed:")
@@ -51,7 +51,7 @@ async def test_a_candidate_differing_only_by_noise_is_not_flagged(
     client: Client, name: str
 ) -> None:
     # As long as the aborts above take, twice over: at least two verdicts.
-    result = await run_once(client, SCENARIOS[name], timeout=8)
+    result = await run_once(client, SCENARIOS[name], run_seconds=8)
     assert not result.aborted, result
     assert result.verdicts.get("fail", 0) == 0, result
     assert result.verdicts.get("pass", 0) >= 1, result

@@ -45,6 +45,9 @@ def config(shadow_url: str, sink_dir: Path) -> str:
         f"  max_in_flight: {CAP}\n"
         f"  queue_size: {QUEUE}\n"
         "  timeout_seconds: 30\n"
+        # One shadow per request, so every shadow is accounted for (noise re-runs are
+        # shadows like any other; test_shadow_admin covers them).
+        "  noise_share: 0\n"
         "  sink:\n"
         f"    dir: {sink_dir}\n"
     )
