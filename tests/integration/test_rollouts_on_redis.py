@@ -63,7 +63,10 @@ async def arm_of(session: aiohttp.ClientSession, replica: ProxyProc, slug: str, 
         headers={"x-user-id": user},
     ) as resp:
         await resp.read()
-        assert resp.status == 200
+        if resp.status != 200:
+            # A replica that has not caught up yet (404 unknown slug, 409 no prod version):
+            # never equal to an expected arm, so the polling callers wait for it.
+            return f"status:{resp.status}"
         return f"{resp.headers['x-prompt-arm']}:{resp.headers['x-prompt-version']}"
 
 
