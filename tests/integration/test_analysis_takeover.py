@@ -1,0 +1,233 @@
+"""Two proxy replicas on one Redis analyse a canary rollout: exactly one holds the slug's
+analysis lease; when it is SIGKILLed the other takes over within the lease length, and the
+verdicts carry on in the same list (the state lives in Redis, not in the dead process)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.processes import ProxyProc, proxy
+from tests.redis_server import RedisServer, running_redis
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "integration-admin-token"
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+SLUG = "takeover"
+LEASE_SECONDS = 3.0
+CONFIG = f"analysis:\n  lease_seconds: {LEASE_SECONDS}\n  flush_seconds: 0.5\n"
+#: A healthy candidate passes: one interval-second window per verdict, a few samples, limits
+#: no healthy arm comes near, and failures tolerated anyway (an abort would end the test).
+POLICY: dict[str, Any] = {
+    "interval": 1,
+    "min_samples": 3,
+    "failure_limit": 1000,
+    "steps": [],
+    "thresholds": {
+        "error_rate_increase": 0.5,
+        "p95_latency_ratio": 100,
+        "p95_ttft_ratio": None,
+        "length_finish_increase": None,
+        "answer_length_drift": None,
+    },
+}
+LEADER = re.compile(r'^promptproxy_analysis_leader\{slug="takeover"\} (\S+)$', re.MULTILINE)
+
+
+@pytest.fixture(scope="module")
+def redis_server(procs_dir: Path) -> Iterator[RedisServer]:
+    workdir = procs_dir / "redis-analysis"
+    workdir.mkdir(exist_ok=True)
+    with running_redis(workdir) as server:
+        yield server
+
+
+@pytest.fixture
+def replicas(procs_dir: Path, sim_url: str, redis_server: RedisServer) -> Iterator[list[ProxyProc]]:
+    with ExitStack() as stack:
+        yield [
+            stack.enter_context(
+                proxy(
+                    procs_dir,
+                    sim_url,
+                    CONFIG,
+                    store=redis_server.url,
+                    env={"PROMPTPROXY_ADMIN_TOKEN": TOKEN},
+                )
+            )
+            for _ in range(2)
+        ]
+
+
+async def admin(
+    session: aiohttp.ClientSession, replica: ProxyProc, method: str, path: str, body: Any = None
+) -> tuple[int, Any]:
+    async with session.request(
+        method, f"{replica.admin_url}/admin/v1{path}", json=body, headers=ADMIN
+    ) as resp:
+        return resp.status, await resp.json()
+
+
+async def leader_gauge(session: aiohttp.ClientSession, replica: ProxyProc) -> float:
+    async with session.get(f"{replica.admin_url}/metrics") as resp:
+        assert resp.status == 200
+        match = LEADER.search(await resp.text())
+    return float(match.group(1)) if match else 0.0
+
+
+async def analysis_state(session: aiohttp.ClientSession, replica: ProxyProc) -> dict[str, Any]:
+    status, view = await admin(session, replica, "GET", f"/prompts/{SLUG}/rollout")
+    assert status == 200, view
+    state: dict[str, Any] = view["analysis_state"]
+    return state
+
+
+def pid_of(holder: str | None) -> int | None:
+    """Replica ids are ``host:pid:suffix``."""
+    return None if holder is None else int(holder.split(":")[-2])
+
+
+async def drive_traffic(replicas: list[ProxyProc], stop: asyncio.Event) -> int:
+    """Light traffic through every live replica until ``stop``; returns requests answered."""
+    answered = 0
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+        while not stop.is_set():
+            for replica in replicas:
+                if replica.popen.poll() is not None:
+                    continue
+                with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+                    async with session.post(
+                        f"{replica.url.removesuffix('/v1')}/p/{SLUG}/v1/chat/completions",
+                        json=CHAT,
+                    ) as resp:
+                        await resp.read()
+                        answered += resp.status == 200
+            await asyncio.sleep(0.02)
+    return answered
+
+
+class Sampler:
+    """Samples who leads on every live replica, and keeps what it saw."""
+
+    def __init__(self, session: aiohttp.ClientSession, replicas: list[ProxyProc]) -> None:
+        self.session = session
+        self.replicas = replicas
+        self.samples: list[tuple[float, list[int]]] = []
+
+    async def leaders(self) -> list[int]:
+        """Pids of the live replicas whose gauge says they lead; never more than one."""
+        live = [r for r in self.replicas if r.popen.poll() is None]
+        gauges = await asyncio.gather(*(leader_gauge(self.session, r) for r in live))
+        leading = [r.pid for r, g in zip(live, gauges, strict=True) if g == 1.0]
+        self.samples.append((time.monotonic(), leading))
+        assert len(leading) <= 1, f"two leaders at once: {leading}"
+        return leading
+
+
+async def until(check: Any, limit: float, what: str) -> float:
+    started = time.monotonic()
+    while not await check():
+        assert time.monotonic() - started < limit, f"{what}: not within {limit} s"
+        await asyncio.sleep(0.1)
+    return time.monotonic() - started
+
+
+async def test_the_other_replica_takes_over_the_analysis_of_a_killed_holder(
+    replicas: list[ProxyProc],
+) -> None:
+    stop = asyncio.Event()
+    traffic = asyncio.create_task(drive_traffic(replicas, stop))
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as session:
+        first = replicas[0]
+        for text in ("stable prompt", "candidate prompt"):
+            status, _ = await admin(
+                session, first, "POST", f"/prompts/{SLUG}/versions", {"template": text}
+            )
+            assert status == 201
+        status, _ = await admin(session, first, "POST", f"/prompts/{SLUG}/promote", {"version": 1})
+        assert status == 200
+        body = {"candidate": 2, "mode": "canary", "percent": 50, "analysis": POLICY}
+        status, rollout = await admin(session, first, "PUT", f"/prompts/{SLUG}/rollout", body)
+        assert status == 201, rollout
+        sampler = Sampler(session, replicas)
+
+        # One replica takes the lease, and both tell the same holder.
+        async def one_leader() -> bool:
+            return len(await sampler.leaders()) == 1
+
+        await until(one_leader, 5, "a leader")
+        led = time.monotonic()
+        [holder_pid] = await sampler.leaders()
+        holder = next(r for r in replicas if r.pid == holder_pid)
+        survivor = next(r for r in replicas if r is not holder)
+        for replica in replicas:
+            assert pid_of((await analysis_state(session, replica))["holder"]) == holder_pid
+
+        # Verdicts come, decided by the holder.
+        async def two_verdicts() -> bool:
+            assert len(await sampler.leaders()) == 1
+            return len((await analysis_state(session, survivor))["verdicts"]) >= 2
+
+        await until(two_verdicts, 8, "two verdicts before the kill")
+        before = (await analysis_state(session, survivor))["verdicts"]
+        assert {v["rollout_id"] for v in before} == {rollout["id"]}
+        assert {pid_of(v["actor"].removeprefix("analyser:")) for v in before} == {holder_pid}
+        assert {v["verdict"] for v in before} <= {"pass", "inconclusive"}
+        assert any(v["samples"]["canary"] > 0 for v in before), before
+
+        holder.stop(signal.SIGKILL)
+        killed = time.monotonic()
+
+        async def survivor_leads() -> bool:
+            leading = await sampler.leaders()
+            if leading != [survivor.pid]:
+                return False
+            state = await analysis_state(session, survivor)
+            return pid_of(state["holder"]) == survivor.pid
+
+        takeover = await until(survivor_leads, LEASE_SECONDS + 3, "takeover")
+        print(f"\nanalysis takeover after SIGKILL of the holder: {takeover:.2f} s")
+        # The lease outlives its holder's last renewal (at most one 0.5 s tick before the
+        # kill) by lease_seconds; the survivor notices at its next tick.
+        assert LEASE_SECONDS - 0.6 < takeover < LEASE_SECONDS + 2
+
+        # The survivor carries on the same verdict list, the dead holder's verdicts kept.
+        async def two_more() -> bool:
+            assert await sampler.leaders() == [survivor.pid]
+            verdicts: list[dict[str, Any]] = (await analysis_state(session, survivor))["verdicts"]
+            return len([v for v in verdicts if v["at"] > before[0]["at"]]) >= 2
+
+        await until(two_more, 6, "two more verdicts after the takeover")
+        state = await analysis_state(session, survivor)
+    stop.set()
+    answered = await asyncio.wait_for(traffic, 5)
+
+    after = state["verdicts"]
+    assert after[len(after) - len(before) :] == before
+    new = after[: len(after) - len(before)]
+    assert {v["rollout_id"] for v in new} == {rollout["id"]}
+    assert {pid_of(v["actor"].removeprefix("analyser:")) for v in new} == {survivor.pid}
+    assert all(v["at"] > killed - time.monotonic() + time.time() for v in new)
+    assert state["failures"] == 0
+    # The survivor judges the pooled counts: a healthy candidate passes.
+    assert any(v["verdict"] == "pass" and v["samples"]["canary"] >= 3 for v in new), new
+    assert answered > 20
+    # Every sample from the first lease to the kill, and after the takeover, saw exactly
+    # one leader (and none ever saw two: ``Sampler.leaders`` asserts that).
+    outside_gap = [
+        leading for at, leading in sampler.samples if led <= at < killed or at >= killed + takeover
+    ]
+    assert len(outside_gap) > 10
+    assert all(len(leading) == 1 for leading in outside_gap), sampler.samples
