@@ -21,7 +21,8 @@ from proxy.registry.percent import BASIS_POINTS, to_basis_points
 _ROOT = "analysis"
 _THRESHOLDS = f"{_ROOT}.thresholds"
 _FEEDBACK = f"{_THRESHOLDS}.feedback_drop"
-MAX_INTERVAL = 86_400.0
+#: Pool slots are one second long and live two intervals: an hour keeps that small.
+MAX_INTERVAL = 3_600.0
 MAX_ALPHA = 0.5
 # Feedback names become a metric label value and a Redis key part: keep them plain.
 _FEEDBACK_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
