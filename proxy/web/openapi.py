@@ -173,7 +173,7 @@ _SCHEMAS: dict[str, Any] = {
             "interval": {
                 "type": "number",
                 "minimum": 1,
-                "maximum": 86400,
+                "maximum": 3600,
                 "default": 60,
                 "description": "Seconds between verdicts",
             },
