@@ -9,7 +9,7 @@ import contextlib
 import re
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -55,10 +55,15 @@ def redis_server(procs_dir: Path) -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def replicas(procs_dir: Path, sim_url: str, redis_server: RedisServer) -> Iterator[list[ProxyProc]]:
+def start_replica(
+    procs_dir: Path, sim_url: str, redis_server: RedisServer
+) -> Iterator[Callable[[], ProxyProc]]:
+    """Starts a replica on the shared Redis (blocking until it is ready); all are killed at
+    the end."""
     with ExitStack() as stack:
-        yield [
-            stack.enter_context(
+
+        def start() -> ProxyProc:
+            return stack.enter_context(
                 proxy(
                     procs_dir,
                     sim_url,
@@ -67,8 +72,8 @@ def replicas(procs_dir: Path, sim_url: str, redis_server: RedisServer) -> Iterat
                     env={"PROMPTPROXY_ADMIN_TOKEN": TOKEN},
                 )
             )
-            for _ in range(2)
-        ]
+
+        yield start
 
 
 async def admin(
@@ -80,10 +85,14 @@ async def admin(
         return resp.status, await resp.json()
 
 
-async def leader_gauge(session: aiohttp.ClientSession, replica: ProxyProc) -> float:
-    async with session.get(f"{replica.admin_url}/metrics") as resp:
-        assert resp.status == 200
-        match = LEADER.search(await resp.text())
+async def leader_gauge(session: aiohttp.ClientSession, replica: ProxyProc) -> float | None:
+    """The replica's leader gauge for the slug; None when it no longer answers (stopping)."""
+    try:
+        async with session.get(f"{replica.admin_url}/metrics") as resp:
+            assert resp.status == 200
+            match = LEADER.search(await resp.text())
+    except aiohttp.ClientError:
+        return None
     return float(match.group(1)) if match else 0.0
 
 
@@ -97,6 +106,13 @@ async def analysis_state(session: aiohttp.ClientSession, replica: ProxyProc) -> 
 def pid_of(holder: str | None) -> int | None:
     """Replica ids are ``host:pid:suffix``."""
     return None if holder is None else int(holder.split(":")[-2])
+
+
+def actor_pid(verdict: dict[str, Any]) -> int | None:
+    """The pid of the replica that recorded a verdict (actor ``analyser:<replica id>``)."""
+    actor: str = verdict["actor"]
+    assert actor.startswith("analyser:")
+    return pid_of(actor.removeprefix("analyser:"))
 
 
 async def drive_traffic(replicas: list[ProxyProc], stop: asyncio.Event) -> int:
@@ -145,10 +161,12 @@ async def until(check: Any, limit: float, what: str) -> float:
 
 
 async def test_the_other_replica_takes_over_the_analysis_of_a_killed_holder(
-    replicas: list[ProxyProc],
+    start_replica: Callable[[], ProxyProc],
 ) -> None:
+    replicas = [start_replica(), start_replica()]
+    live = list(replicas)  # grows with a newcomer later; traffic and sampling follow it
     stop = asyncio.Event()
-    traffic = asyncio.create_task(drive_traffic(replicas, stop))
+    traffic = asyncio.create_task(drive_traffic(live, stop))
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as session:
         first = replicas[0]
         for text in ("stable prompt", "candidate prompt"):
@@ -161,7 +179,7 @@ async def test_the_other_replica_takes_over_the_analysis_of_a_killed_holder(
         body = {"candidate": 2, "mode": "canary", "percent": 50, "analysis": POLICY}
         status, rollout = await admin(session, first, "PUT", f"/prompts/{SLUG}/rollout", body)
         assert status == 201, rollout
-        sampler = Sampler(session, replicas)
+        sampler = Sampler(session, live)
 
         # One replica takes the lease, and both tell the same holder.
         async def one_leader() -> bool:
@@ -183,16 +201,15 @@ async def test_the_other_replica_takes_over_the_analysis_of_a_killed_holder(
         await until(two_verdicts, 8, "two verdicts before the kill")
         before = (await analysis_state(session, survivor))["verdicts"]
         assert {v["rollout_id"] for v in before} == {rollout["id"]}
-        assert {pid_of(v["actor"].removeprefix("analyser:")) for v in before} == {holder_pid}
+        assert {actor_pid(v) for v in before} == {holder_pid}
         assert {v["verdict"] for v in before} <= {"pass", "inconclusive"}
         assert any(v["samples"]["canary"] > 0 for v in before), before
 
         holder.stop(signal.SIGKILL)
-        killed = time.monotonic()
+        killed, killed_at = time.monotonic(), time.time()
 
         async def survivor_leads() -> bool:
-            leading = await sampler.leaders()
-            if leading != [survivor.pid]:
+            if await sampler.leaders() != [survivor.pid]:
                 return False
             state = await analysis_state(session, survivor)
             return pid_of(state["holder"]) == survivor.pid
@@ -211,23 +228,55 @@ async def test_the_other_replica_takes_over_the_analysis_of_a_killed_holder(
 
         await until(two_more, 6, "two more verdicts after the takeover")
         state = await analysis_state(session, survivor)
+        after = state["verdicts"]
+        assert after[len(after) - len(before) :] == before
+        new = after[: len(after) - len(before)]
+        assert {v["rollout_id"] for v in new} == {rollout["id"]}
+        assert {actor_pid(v) for v in new} == {survivor.pid}
+        assert all(v["at"] > killed_at for v in new)
+        assert state["failures"] == 0
+        # The survivor judges the pooled counts: a healthy candidate passes.
+        assert any(v["verdict"] == "pass" and v["samples"]["canary"] >= 3 for v in new), new
+        took_over = time.monotonic()
+
+        # A graceful stop hands the lease over at once: a new replica joins, the survivor
+        # gets SIGTERM and gives the lease up on its way out.
+        newcomer = await asyncio.to_thread(start_replica)
+        live.append(newcomer)
+        await asyncio.sleep(1.0)  # the newcomer ticks and finds the lease taken
+        assert await sampler.leaders() == [survivor.pid]
+        terminated = time.monotonic()
+        stopping = asyncio.create_task(asyncio.to_thread(survivor.stop, signal.SIGTERM))
+
+        async def newcomer_leads() -> bool:
+            return await sampler.leaders() == [newcomer.pid]
+
+        handover = await until(newcomer_leads, LEASE_SECONDS + 3, "handover")
+        print(f"analysis handover after SIGTERM of the holder: {handover:.2f} s")
+        assert await stopping == 0
+        # Well before the lease could have expired: it was released, not abandoned.
+        assert handover < LEASE_SECONDS - 1
+
+        async def newcomer_verdict() -> bool:
+            verdicts = (await analysis_state(session, newcomer))["verdicts"]
+            return bool(verdicts) and actor_pid(verdicts[0]) == newcomer.pid
+
+        await until(newcomer_verdict, 4, "a verdict by the newcomer")
+        last = await analysis_state(session, newcomer)
     stop.set()
     answered = await asyncio.wait_for(traffic, 5)
 
-    after = state["verdicts"]
-    assert after[len(after) - len(before) :] == before
-    new = after[: len(after) - len(before)]
-    assert {v["rollout_id"] for v in new} == {rollout["id"]}
-    assert {pid_of(v["actor"].removeprefix("analyser:")) for v in new} == {survivor.pid}
-    assert all(v["at"] > killed - time.monotonic() + time.time() for v in new)
-    assert state["failures"] == 0
-    # The survivor judges the pooled counts: a healthy candidate passes.
-    assert any(v["verdict"] == "pass" and v["samples"]["canary"] >= 3 for v in new), new
+    assert last["verdicts"][-len(after) :] == after
+    assert last["failures"] == 0
     assert answered > 20
-    # Every sample from the first lease to the kill, and after the takeover, saw exactly
-    # one leader (and none ever saw two: ``Sampler.leaders`` asserts that).
+    # Every sample from the first lease on saw exactly one leader, but in the gaps after the
+    # kill and the stop (and none ever saw two: ``Sampler.leaders`` asserts that).
+    gaps = [(killed, killed + takeover), (terminated, terminated + handover)]
     outside_gap = [
-        leading for at, leading in sampler.samples if led <= at < killed or at >= killed + takeover
+        leading
+        for at, leading in sampler.samples
+        if at >= led and not any(start <= at < end for start, end in gaps)
     ]
     assert len(outside_gap) > 10
     assert all(len(leading) == 1 for leading in outside_gap), sampler.samples
+    assert took_over < terminated
