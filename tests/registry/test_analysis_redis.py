@@ -6,18 +6,27 @@ the analysis state with its last verdicts survives for whoever holds the lease n
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
+from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
+from proxy.analysis.analyser import Analyser
 from proxy.analysis.lease import RedisLease
+from proxy.analysis.policy import AnalysisPolicy
 from proxy.analysis.pool import MemoryStatsPool, PooledWindow, RedisStatsPool
 from proxy.analysis.state import MAX_VERDICTS, AnalysisState, RedisStateStore
-from proxy.analysis.window import ArmStats, RolloutBatch, RolloutKey
+from proxy.analysis.window import ArmStats, RolloutBatch, RolloutKey, WindowRecorder
+from proxy.config import AnalysisConfig
+from proxy.log import APP_LOGGER
+from proxy.metrics import ProxyMetrics
+from proxy.registry.models import RegistrySnapshot, Rollout, RolloutMode, Status, StickyKey
+from proxy.registry.service import RegistryService
 from proxy.shadow.compare import Divergence
 from tests.redis_server import RedisServer
 
@@ -251,3 +260,72 @@ async def test_a_new_rollout_starts_a_fresh_verdict_list(clients: list[Redis], p
     state, verdicts = await RedisStateStore(clients[1], prefix).load("greet")
     assert state == new
     assert verdicts == [verdict("r-2", 7)]
+
+
+# -- a Redis outage, as the analyser sees it -------------------------------------------------
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Analyser.tick resets its error count at the end of every tick, so errors in a "
+    "row across ticks never reach _QUIET_ERRORS and a lasting outage stays at warning level",
+)
+async def test_a_lasting_redis_outage_is_logged_at_error_level(
+    fresh_redis_server: RedisServer, prefix: str
+) -> None:
+    client = Redis.from_url(fresh_redis_server.url, socket_connect_timeout=0.2)
+    policy = AnalysisPolicy(interval=60, min_samples=10)
+    now = time.time()
+    rollout = Rollout(
+        slug="greet",
+        id="r-1",
+        candidate=2,
+        mode=RolloutMode.CANARY,
+        basis_points=1000,
+        sticky=StickyKey.parse("none"),
+        started_at=now,
+        updated_at=now,
+        actor="alice",
+        restore_status=Status.DRAFT,
+        analysis=policy,
+    )
+    snapshot = RegistrySnapshot(revision=1, versions={}, prod={}, rollouts={"greet": rollout})
+    analyser = Analyser(
+        config=AnalysisConfig(),
+        snapshot=lambda: snapshot,
+        registry=cast(RegistryService, None),  # never reached: no verdict is due
+        recorder=WindowRecorder(time.time),
+        pool=RedisStatsPool(client, prefix),
+        lease=RedisLease(client, prefix, "replica-a", 5),
+        state=RedisStateStore(client, prefix),
+        metrics=ProxyMetrics(CollectorRegistry(), ["gpt-4o-mini"]),
+    )
+    logger = logging.getLogger(APP_LOGGER)
+    records = Records()
+    logger.addHandler(records)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        await analyser.tick()
+        assert not [r for r in records.records if r.levelno >= logging.WARNING]
+        fresh_redis_server.kill()
+        for _ in range(8):  # four seconds of outage at the analyser's pace
+            await analyser.tick()
+    finally:
+        logger.removeHandler(records)
+        logger.setLevel(level)
+        await client.aclose()
+
+    warnings = [r for r in records.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 8  # one failed lease renewal per tick
+    # "Store errors tolerated in a row before the analyser logs at error level": 3.
+    assert [r.levelno for r in warnings][3:] == [logging.ERROR] * 5
