@@ -1,0 +1,211 @@
+"""The analyser's decisions on the real registry, with a hand-driven clock and counts.
+
+Counts go straight into a ``WindowRecorder`` at chosen times; each ``tick`` is one look by
+the lease holder. What an operator would see is checked: whether the rollout still runs and
+at what percentage, the prod version, who changed it and why (the audit), and the verdicts
+``status`` reports.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from proxy.analysis.analyser import Analyser
+from proxy.analysis.lease import LocalLease
+from proxy.analysis.policy import AnalysisPolicy
+from proxy.analysis.pool import MemoryStatsPool
+from proxy.analysis.state import MemoryStateStore
+from proxy.analysis.window import WindowRecorder
+from proxy.config import AnalysisConfig
+from proxy.errors import NotFound
+from proxy.registry.models import Rollout, RolloutMode, VersionDraft
+from proxy.services import Services
+from tests.support import make_settings, proxy_clients
+
+SLUG = "support"
+INTERVAL = 10.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        # The registry stamps rollouts with the real time: start from it.
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def services(tmp_path: Path) -> AsyncIterator[Services]:
+    settings = make_settings(
+        **{
+            "registry.store": f"embedded:{tmp_path / 'registry.db'}",
+            "shadow.sink": {"dir": str(tmp_path / "shadow")},
+        }
+    )
+    async with proxy_clients(settings) as (_, _, services):
+        yield services
+
+
+class Harness:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.clock = Clock()
+        self.recorder = WindowRecorder(self.clock)
+        self.analyser = Analyser(
+            config=AnalysisConfig(flush_seconds=1.0),
+            snapshot=lambda: services.snapshot.current,
+            registry=services.registry,
+            recorder=self.recorder,
+            pool=MemoryStatsPool(),
+            lease=LocalLease("test-replica"),
+            state=MemoryStateStore(),
+            metrics=services.metrics,
+            clock=self.clock,
+        )
+
+    async def start(
+        self, policy: dict[str, Any], percent: float = 10, mode: RolloutMode = RolloutMode.CANARY
+    ) -> Rollout:
+        registry = self.services.registry
+        for n in (1, 2):
+            await registry.push(VersionDraft(slug=SLUG, template=f"v{n}"), actor="test")
+        await registry.promote(SLUG, 1, "test", "")
+        change = await registry.set_rollout(
+            SLUG,
+            2,
+            mode,
+            percent,
+            "none",
+            "operator",
+            "",
+            AnalysisPolicy.from_dict({"interval": INTERVAL, "min_samples": 50, **policy}),
+        )
+        await self.refresh()
+        self.clock.now = max(self.clock.now, change.rollout.updated_at)
+        return change.rollout
+
+    async def refresh(self) -> None:
+        assert await self.services.refresher.load_once()
+
+    def traffic(self, arm: str, requests: int, errors: int = 0, truncated: int = 0) -> None:
+        rollout = self.services.snapshot.current.rollouts[SLUG]
+        for i in range(requests):
+            self.recorder.observe_call(
+                SLUG,
+                rollout.id,
+                arm,
+                failed=i < errors,
+                duration=0.2 + (i % 7) * 0.01,
+                ttft=None,
+                output_tokens=40 + i % 5,
+                finish_reason="length" if i < truncated else "stop",
+            )
+
+    async def interval(self, candidate_arm: str = "canary", **candidate: int) -> None:
+        """One interval of traffic, then the verdict that judges it."""
+        self.clock.now += 1
+        self.traffic("stable", 400)
+        self.traffic(candidate_arm, **{"requests": 100, **candidate})
+        self.clock.now += INTERVAL + 2
+        await self.analyser.flush()
+        await self.analyser.tick()
+        await self.refresh()
+
+    async def rollout(self) -> Rollout | None:
+        try:
+            return await self.services.registry.get_rollout(SLUG)
+        except NotFound:
+            return None
+
+    async def verdicts(self, rollout: Rollout) -> list[dict[str, Any]]:
+        status = await self.analyser.status(rollout)
+        assert status is not None
+        return list(status["verdicts"])
+
+    async def last_audit(self) -> Any:
+        (entry,) = await self.services.registry.audit(SLUG, limit=1)
+        return entry
+
+
+async def test_a_failing_candidate_is_aborted_after_the_tolerated_failures(
+    services: Services,
+) -> None:
+    h = Harness(services)
+    rollout = await h.start({"failure_limit": 1})
+
+    await h.interval(errors=15)  # 15 % errors against none: a failed verdict, tolerated
+    assert await h.rollout() is not None
+    (verdict,) = await h.verdicts(rollout)
+    assert verdict["verdict"] == "fail"
+    assert verdict["action"] is None
+    error_check = next(c for c in verdict["checks"] if c["name"] == "error_rate")
+    assert (error_check["result"], error_check["candidate"]) == ("fail", 0.15)
+
+    await h.interval(errors=15)  # the second one aborts
+    assert await h.rollout() is None
+    entry = await h.last_audit()
+    assert entry.action == "rollout_abort"
+    assert entry.actor == "analyser:test-replica"
+    assert "error_rate: errors 15.0 % vs stable 0.0 %" in entry.reason
+    assert services.snapshot.current.prod[SLUG] == 1
+
+
+async def test_a_passing_candidate_is_ramped_through_the_steps_then_promoted(
+    services: Services,
+) -> None:
+    h = Harness(services)
+    await h.start({"steps": [10, 50]})
+
+    await h.interval()
+    rollout = await h.rollout()
+    assert rollout is not None
+    assert rollout.percent == 50
+    assert (await h.last_audit()).reason == "analysis passed at 10 %"
+
+    # Right after the ramp, the window starts at the ramp: the 10 % traffic is not reused.
+    await h.interval()
+    assert await h.rollout() is None
+    entry = await h.last_audit()
+    assert (entry.action, entry.actor) == ("promote", "analyser:test-replica")
+    assert services.snapshot.current.prod[SLUG] == 2
+
+
+async def test_too_few_samples_hold_the_rollout(services: Services) -> None:
+    h = Harness(services)
+    rollout = await h.start({"steps": [10, 50], "min_samples": 500})
+    await h.interval()
+    await h.interval()
+    current = await h.rollout()
+    assert current is not None
+    assert current.percent == 10
+    assert [v["verdict"] for v in await h.verdicts(rollout)] == ["inconclusive"] * 2
+
+
+async def test_a_truncating_candidate_fails_even_with_no_errors(services: Services) -> None:
+    h = Harness(services)
+    rollout = await h.start({})
+    await h.interval(truncated=20)
+    assert await h.rollout() is None
+    assert "length_finish" in (await h.last_audit()).reason
+    (verdict,) = await h.verdicts(rollout)
+    assert verdict["action"] == "abort"
+
+
+async def test_a_shadow_rollout_ramps_but_is_never_promoted_by_the_analyser(
+    services: Services,
+) -> None:
+    h = Harness(services)
+    await h.start(
+        {"steps": [10, 50], "thresholds": {"shadow_divergence": False}}, mode=RolloutMode.SHADOW
+    )
+    for _ in range(3):
+        await h.interval(candidate_arm="shadow")
+    rollout = await h.rollout()
+    assert rollout is not None  # still shadowing, at the last step: a human starts the canary
+    assert rollout.percent == 50
