@@ -90,6 +90,9 @@ class AdminClient:
     def get_rollout(self, slug: str) -> Any:
         return self._call("GET", f"/prompts/{slug}/rollout")
 
+    def get_analysis(self, slug: str) -> Any:
+        return self._call("GET", f"/prompts/{slug}/analysis")
+
     def list_rollouts(self) -> Any:
         return self._call("GET", "/rollouts")
 

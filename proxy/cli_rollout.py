@@ -13,6 +13,7 @@ from typing import Any
 import click
 import yaml
 
+from proxy.admin_client import AdminError
 from proxy.cli_prompts import Context, _run, _when, admin_options, pass_ctx, table
 
 
@@ -50,10 +51,27 @@ def _describe(r: dict[str, Any]) -> str:
         f"  updated     {_when(r['updated_at'])}",
     ]
     policy = r.get("analysis")
-    lines.extend(describe_policy(policy) if policy else ["  analysis    none (manual rollout)"])
+    lines.extend(
+        describe_policy(policy, r["mode"]) if policy else ["  analysis    none (manual rollout)"]
+    )
     if r.get("analysis_state"):
         lines.append(describe_analysis_state(r["analysis_state"], policy or {}))
     return "\n".join(lines)
+
+
+def _describe_ended(last: dict[str, Any]) -> str:
+    """The last analysed rollout of a slug that has none running (aborted, promoted)."""
+    verdicts = last.get("verdicts") or []
+    head = f"{last['slug']}: no rollout running; the last analysed one was {last['rollout_id']}"
+    action = next((v.get("action") for v in verdicts if v.get("action")), None)
+    if action in ("abort", "promote"):
+        head += f", ended by the analyser ({action})"
+    state = {**last, "holder": None, "next_at": None, "step": None}
+    body = describe_analysis_state(state, {})
+    # Step, next verdict and lease belong to a running rollout only.
+    running_only = ("  step", "  next", "  lease")
+    kept = [line for line in body.splitlines() if not line.startswith(running_only)]
+    return "\n".join([head, *kept])
 
 
 def _num(value: Any, digits: int = 4) -> str:
@@ -64,7 +82,7 @@ def _num(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-def describe_policy(p: Mapping[str, Any]) -> list[str]:
+def describe_policy(p: Mapping[str, Any], mode: str = "canary") -> list[str]:
     """A policy (the API's JSON shape) in two lines: its rhythm, then its checks."""
     steps = p.get("steps") or []
     limit = int(p.get("failure_limit", 0))
@@ -86,7 +104,7 @@ def describe_policy(p: Mapping[str, Any]) -> list[str]:
         )
         if t.get(key) is not None
     ]
-    if t.get("shadow_divergence"):
+    if t.get("shadow_divergence") and mode == "shadow":
         checks.append("shadow divergence")
     if feedback := t.get("feedback_drop"):
         checks.append(f"feedback {feedback['name']} -{feedback['max_drop']:g}")
@@ -97,7 +115,7 @@ def describe_policy(p: Mapping[str, Any]) -> list[str]:
     ]
 
 
-_VERDICT_HEADERS = ("TIME", "VERDICT", "PERCENT", "STABLE", "CANARY", "ACTION")
+_VERDICT_HEADERS = ("TIME", "VERDICT", "PERCENT", "STABLE", "CANDIDATE", "ACTION")
 _CHECK_HEADERS = ("CHECK", "RESULT", "STABLE", "CANDIDATE", "LIMIT", "P-VALUE", "NOTE")
 #: Older verdicts are in ``--output json``; a terminal shows the recent trend.
 _SHOWN_VERDICTS = 10
@@ -129,7 +147,8 @@ def describe_analysis_state(state: Mapping[str, Any], policy: Mapping[str, Any])
             v.get("verdict"),
             f"{v['percent']:g}%" if v.get("percent") is not None else None,
             (v.get("samples") or {}).get("stable"),
-            (v.get("samples") or {}).get("canary"),
+            # The candidate arm: `canary`, or `shadow` for a shadow rollout.
+            (v.get("samples") or {}).get("canary", (v.get("samples") or {}).get("shadow")),
             v.get("action"),
         )
         for v in verdicts[:_SHOWN_VERDICTS]
@@ -174,7 +193,17 @@ def status(ctx: Context, slug: str | None) -> None:
 
     def action() -> None:
         if slug is not None:
-            ctx.emit(ctx.client.get_rollout(slug), _describe)
+            try:
+                ctx.emit(ctx.client.get_rollout(slug), _describe)
+            except AdminError as exc:
+                if exc.status != 404:
+                    raise
+                # No rollout running: if the analyser ended one, say why.
+                try:
+                    last = ctx.client.get_analysis(slug)
+                except AdminError:
+                    raise exc from None
+                ctx.emit(last, _describe_ended)
             return
         rows = ctx.client.list_rollouts()["data"]
         ctx.emit(

@@ -37,7 +37,7 @@ from proxy.models import Exchange
 
 _log = logging.getLogger(APP_LOGGER)
 
-#: Request ids are the proxy's own (`req-` + hex) or a caller's `x-request-id`-like value.
+#: The proxy's request ids are 24 hex characters; anything much longer is not one.
 _MAX_ID_LENGTH = 128
 _FLUSH_SECONDS = 0.5
 #: Answers waiting to be written to Redis; beyond this the oldest are dropped (their

@@ -155,7 +155,9 @@ class Analyser:
         }
         for slug in list(self._leading - rollouts.keys()):
             self._leading.discard(slug)
-            self._metrics.analysis_leader.labels(slug).set(0)
+            # The rollout ended: its series goes, so `sum by (slug)` of it means "running".
+            with contextlib.suppress(KeyError):
+                self._metrics.analysis_leader.remove(slug)
             with contextlib.suppress(Exception):
                 await self._lease.release(slug)
         forget = getattr(self._pool, "forget", None)
@@ -277,6 +279,19 @@ class Analyser:
         self._metrics.analysis_actions.labels(slug, action).inc()
 
     # -- admin view -----------------------------------------------------------------------
+
+    async def last(self, slug: str) -> dict[str, Any] | None:
+        """The slug's latest analysed rollout, running or ended: its id, failure count and
+        verdicts. After an abort, this is where the failed checks are read."""
+        state, verdicts = await self._state.load(slug)
+        if state is None:
+            return None
+        return {
+            "slug": slug,
+            "rollout_id": state.rollout_id,
+            "failures": state.failures,
+            "verdicts": verdicts,
+        }
 
     async def status(self, rollout: Rollout) -> dict[str, Any] | None:
         """The rollout's analysis state for the admin API; None when it has no policy."""

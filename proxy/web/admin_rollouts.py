@@ -16,8 +16,9 @@ from aiohttp import web
 from pydantic import Field
 
 from proxy.analysis.policy import AnalysisPolicy, PolicyError
-from proxy.errors import InvalidRequest
+from proxy.errors import InvalidRequest, NotFound
 from proxy.registry.models import Rollout, RolloutMode
+from proxy.registry.service import check_slug
 from proxy.web.admin_api import PREFIX, Body, actor_of, json_response, parse_body, services_of
 
 
@@ -61,11 +62,35 @@ def _policy(raw: dict[str, Any] | None) -> AnalysisPolicy | None:
         ) from None
 
 
+def _check_feedback(policy: AnalysisPolicy | None, mode: RolloutMode, names: Any) -> None:
+    """A feedback check that can never get data would hold the rollout forever: refuse it."""
+    name = None if policy is None else policy.thresholds.feedback_name
+    if name is None:
+        return
+    param = "analysis.thresholds.feedback_drop.name"
+    if mode is RolloutMode.SHADOW:
+        raise InvalidRequest(
+            "A shadow rollout serves nobody the candidate, so no feedback can reach it: "
+            "drop feedback_drop or use a canary.",
+            param=param,
+            code="invalid_analysis",
+        )
+    if name not in names:
+        raise InvalidRequest(
+            f"Feedback {name!r} is not one this proxy takes (feedback.names: {', '.join(names)}).",
+            param=param,
+            code="invalid_analysis",
+        )
+
+
 async def put_rollout(request: web.Request) -> web.Response:
     actor = actor_of(request, write=True)
     slug = request.match_info["slug"]
     body = await parse_body(request, RolloutIn)
-    change = await services_of(request).registry.set_rollout(
+    services = services_of(request)
+    policy = _policy(body.analysis)
+    _check_feedback(policy, body.mode, services.settings.config.feedback.names)
+    change = await services.registry.set_rollout(
         slug,
         body.candidate,
         body.mode,
@@ -73,7 +98,7 @@ async def put_rollout(request: web.Request) -> web.Response:
         body.sticky,
         actor,
         body.reason,
-        analysis=_policy(body.analysis),
+        analysis=policy,
     )
     view = _view(change.rollout, await _prod_of(request, slug))
     view["audit"] = None if change.audit is None else change.audit.to_dict()
@@ -88,6 +113,20 @@ async def get_rollout(request: web.Request) -> web.Response:
     view = _view(rollout, await _prod_of(request, slug))
     view["analysis_state"] = await services.analysis.status(rollout)
     return json_response(view)
+
+
+async def get_analysis(request: web.Request) -> web.Response:
+    actor_of(request, write=False)
+    slug = request.match_info["slug"]
+    check_slug(slug)
+    last = await services_of(request).analysis.last(slug)
+    if last is None:
+        raise NotFound(
+            f"No rollout of {slug!r} has been analysed (or its verdicts expired).",
+            param="slug",
+            code="analysis_not_found",
+        )
+    return json_response(last)
 
 
 async def delete_rollout(request: web.Request) -> web.Response:
@@ -118,6 +157,7 @@ def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_put(f"{PREFIX}/prompts/{{slug}}/rollout", put_rollout)
     r.add_get(f"{PREFIX}/prompts/{{slug}}/rollout", get_rollout)
+    r.add_get(f"{PREFIX}/prompts/{{slug}}/analysis", get_analysis)
     r.add_delete(f"{PREFIX}/prompts/{{slug}}/rollout", delete_rollout)
     r.add_post(f"{PREFIX}/prompts/{{slug}}/rollout/promote", promote_rollout)
     r.add_get(f"{PREFIX}/rollouts", list_rollouts)

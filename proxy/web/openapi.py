@@ -287,6 +287,16 @@ _SCHEMAS: dict[str, Any] = {
             },
         },
     },
+    "LastAnalysis": {
+        "type": "object",
+        "required": ["slug", "rollout_id", "failures", "verdicts"],
+        "properties": {
+            "slug": {"type": "string"},
+            "rollout_id": {"type": "string"},
+            "failures": {"type": "integer"},
+            "verdicts": {"type": "array", "items": _ref("Verdict")},
+        },
+    },
     "Verdict": {
         "type": "object",
         "properties": {
@@ -467,6 +477,14 @@ OPENAPI: dict[str, Any] = {
                     "required": False,
                     "content": {"application/json": {"schema": _ref("RollbackIn")}},
                 },
+            ),
+        },
+        "/admin/v1/prompts/{slug}/analysis": {
+            "parameters": [_SLUG],
+            "get": _op(
+                "The latest analysed rollout of the slug, running or ended (after an abort: "
+                "the verdicts that caused it); 404 if none",
+                _ok(_ref("LastAnalysis")),
             ),
         },
         "/admin/v1/prompts/{slug}/rollout/promote": {

@@ -209,3 +209,21 @@ async def test_a_shadow_rollout_ramps_but_is_never_promoted_by_the_analyser(
     rollout = await h.rollout()
     assert rollout is not None  # still shadowing, at the last step: a human starts the canary
     assert rollout.percent == 50
+
+
+async def test_after_an_abort_the_failed_checks_stay_readable(services: Services) -> None:
+    from proxy.cli_rollout import _describe_ended
+
+    h = Harness(services)
+    rollout = await h.start({})
+    await h.interval(errors=30)
+    assert await h.rollout() is None
+
+    last = await h.analyser.last(SLUG)
+    assert last is not None
+    assert last["rollout_id"] == rollout.id
+    assert last["verdicts"][0]["action"] == "abort"
+    text = _describe_ended(last)
+    assert "ended by the analyser (abort)" in text
+    assert "error_rate" in text
+    assert "fail" in text

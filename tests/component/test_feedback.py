@@ -166,3 +166,34 @@ async def test_requests_without_a_prompt_take_no_feedback(clients: Clients) -> N
         "/v1/feedback", json={"request_id": request_id, "name": "thumbs_up", "value": 1}
     )
     assert resp.status == 404
+
+
+@pytest.mark.parametrize(
+    ("mode", "name", "message"),
+    [
+        ("canary", "made-up", "not one this proxy takes"),
+        ("shadow", "thumbs_down", "serves nobody the candidate"),
+    ],
+)
+async def test_a_feedback_check_that_could_never_get_data_is_refused(
+    clients: Clients, mode: str, name: str, message: str
+) -> None:
+    _, admin, _ = clients
+    for n in (1, 2):
+        resp = await admin.post(
+            "/admin/v1/prompts/support/versions", json={"template": f"v{n}"}, headers=ADMIN
+        )
+        assert resp.status == 201
+    resp = await admin.post("/admin/v1/prompts/support/promote", json={"version": 1}, headers=ADMIN)
+    assert resp.status == 200
+    rollout = {
+        "candidate": 2,
+        "mode": mode,
+        "percent": 10,
+        "analysis": {"thresholds": {"feedback_drop": {"name": name, "max_drop": 0.1}}},
+    }
+    resp = await admin.put("/admin/v1/prompts/support/rollout", json=rollout, headers=ADMIN)
+    assert resp.status == 400
+    error = (await resp.json())["error"]
+    assert error["param"] == "analysis.thresholds.feedback_drop.name"
+    assert message in error["message"]
