@@ -163,6 +163,7 @@ class Analyser:
         forget = getattr(self._pool, "forget", None)
         if forget is not None:
             forget({(slug, r.id) for slug, r in self._snapshot().rollouts.items()})
+        errors_before = self._errors
         for slug, rollout in rollouts.items():
             try:
                 held = await self._lease.hold(slug)
@@ -178,7 +179,8 @@ class Analyser:
                     _log.info("analysis of %s skipped: %s", slug, exc)
                 except Exception as exc:
                     self._store_error("analysis_state", exc)
-        self._errors = 0
+        if self._errors == errors_before:
+            self._errors = 0  # a clean tick ends a run of errors
 
     def _set_leading(self, slug: str, held: bool) -> None:
         if held and slug not in self._leading:

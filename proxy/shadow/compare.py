@@ -43,16 +43,17 @@ Result = Literal["pass", "fail", "inconclusive"]
 
 
 def bin_of(value: float) -> int:
-    """Bin ``i`` holds [i/50, (i+1)/50); 1.0 (and anything above) goes to the last bin."""
+    """The bin nearest to ``value`` on the grid ``i / 49``: 0 and 1 (the only values of the
+    yes/no measures, and the commonest of the others) land exactly on a bin; values outside
+    [0, 1] are clamped."""
     if value != value:  # NaN
         raise ValueError("a divergence cannot be NaN")
-    return min(DIVERGENCE_BINS - 1, max(0, int(value * DIVERGENCE_BINS)))
+    return min(DIVERGENCE_BINS - 1, max(0, round(value * (DIVERGENCE_BINS - 1))))
 
 
 def bin_value(index: int) -> float:
-    """The value a bin stands for in means: ``i / 49``, so that 0 and 1 (the only values
-    of the yes/no measures, and the commonest of the others) come back exact; elsewhere
-    the error is at most 0.01, well inside any useful margin."""
+    """The value a bin stands for: ``i / 49``, within 1/98 (about 0.01) of every value the
+    bin holds, well inside any useful margin."""
     return index / (DIVERGENCE_BINS - 1)
 
 

@@ -274,11 +274,6 @@ class Records(logging.Handler):
         self.records.append(record)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Analyser.tick resets its error count at the end of every tick, so errors in a "
-    "row across ticks never reach _QUIET_ERRORS and a lasting outage stays at warning level",
-)
 async def test_a_lasting_redis_outage_is_logged_at_error_level(
     fresh_redis_server: RedisServer, prefix: str
 ) -> None:
