@@ -1,8 +1,9 @@
 """``POST /v1/feedback``: a downstream outcome for an answer, by its request id.
 
 Body: ``{"request_id": "<x-promptproxy-request-id>", "name": "escalated", "value": 1}``.
-Answers 200 with the slug, version and arm the outcome was attributed to (``recorded: false`` on a repeat),
-400 for a bad body, 404 ``request_not_found`` for an unknown or expired id.
+Answers 200 with the slug, version and arm the outcome was attributed to (``recorded:
+false`` on a repeat), 400 for a bad body, 404 ``request_not_found`` for an unknown or
+expired id.
 """
 
 from __future__ import annotations
