@@ -9,10 +9,10 @@ suffices), one line per pair for people, `--output json` for scripts, errors exi
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 import orjson
@@ -104,15 +104,25 @@ def tail(ctx: Context, slug: str, since: str | None, count: int | None) -> None:
         sys.exit(130)
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _pair_range(command: F) -> F:
+    """``--since`` and ``--limit``: which pairs a command reads (export and report)."""
+    command = click.option(
+        "--limit", type=click.IntRange(min=1), help="At most this many pairs (oldest first)."
+    )(command)
+    return click.option(
+        "--since",
+        default="1h",
+        show_default=True,
+        help="Pairs recorded since: seconds ago (600), 10m, 2h, 1d, or a unix time.",
+    )(command)
+
+
 @shadow.command()
 @click.argument("slug")
-@click.option(
-    "--since",
-    default="1h",
-    show_default=True,
-    help="Pairs recorded since: seconds ago (600), 10m, 2h, 1d, or a unix time.",
-)
-@click.option("--limit", type=click.IntRange(min=1), help="At most this many pairs (oldest first).")
+@_pair_range
 @pass_ctx
 def export(ctx: Context, slug: str, since: str, limit: int | None) -> None:
     """Write the pairs of SLUG as JSON lines on stdout, oldest first, for offline evaluation."""
@@ -383,13 +393,7 @@ def _fail(message: str) -> None:
 
 @shadow.command()
 @click.argument("slug")
-@click.option(
-    "--since",
-    default="1h",
-    show_default=True,
-    help="Pairs recorded since: seconds ago (600), 10m, 2h, 1d, or a unix time.",
-)
-@click.option("--limit", type=click.IntRange(min=1), help="At most this many pairs (oldest first).")
+@_pair_range
 @click.option(
     "--alpha",
     type=click.FloatRange(0, 0.5, min_open=True),

@@ -42,7 +42,8 @@ async def clients(tmp_path: Path) -> AsyncIterator[Clients]:
         yield trio
 
 
-async def seed_canary(admin: TestClient[Any, Any], services: Services) -> None:
+async def seed(admin: TestClient[Any, Any]) -> None:
+    """support: v1 prod, v2 a draft."""
     for n in (1, 2):
         resp = await admin.post(
             "/admin/v1/prompts/support/versions", json={"template": f"v{n}"}, headers=ADMIN
@@ -50,6 +51,10 @@ async def seed_canary(admin: TestClient[Any, Any], services: Services) -> None:
         assert resp.status == 201
     resp = await admin.post("/admin/v1/prompts/support/promote", json={"version": 1}, headers=ADMIN)
     assert resp.status == 200
+
+
+async def seed_canary(admin: TestClient[Any, Any], services: Services) -> None:
+    await seed(admin)
     rollout = {"candidate": 2, "mode": "canary", "percent": 50, "sticky": "header:x-user-id"}
     resp = await admin.put("/admin/v1/prompts/support/rollout", json=rollout, headers=ADMIN)
     assert resp.status == 201, await resp.text()
@@ -179,13 +184,7 @@ async def test_a_feedback_check_that_could_never_get_data_is_refused(
     clients: Clients, mode: str, name: str, message: str
 ) -> None:
     _, admin, _ = clients
-    for n in (1, 2):
-        resp = await admin.post(
-            "/admin/v1/prompts/support/versions", json={"template": f"v{n}"}, headers=ADMIN
-        )
-        assert resp.status == 201
-    resp = await admin.post("/admin/v1/prompts/support/promote", json={"version": 1}, headers=ADMIN)
-    assert resp.status == 200
+    await seed(admin)
     rollout = {
         "candidate": 2,
         "mode": mode,
