@@ -148,11 +148,13 @@ class FeedbackConfig(_Section):
         "resolved",
         "rating",
     )
-    #: How long after an answer its request id still takes feedback.
-    ttl_seconds: float = Field(86_400.0, gt=0, le=30 * 86_400)
-    #: Request ids remembered in memory with the embedded store (oldest forgotten first);
-    #: with Redis they live in Redis, with `ttl_seconds` as their expiry.
-    max_local_entries: int = Field(200_000, ge=1000)
+    #: How long after an answer its request id still takes feedback. With Redis each answer
+    #: that named a prompt is one key for this long (about 150 bytes): size Redis for
+    #: requests per second x ttl_seconds keys.
+    ttl_seconds: float = Field(21_600.0, gt=0, le=30 * 86_400)
+    #: Request ids remembered in memory with the embedded store (oldest forgotten first,
+    #: about 300 bytes each); with Redis they live in Redis, with `ttl_seconds` as expiry.
+    max_local_entries: int = Field(100_000, ge=1000)
 
 
 class AnalysisConfig(_Section):

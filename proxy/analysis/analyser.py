@@ -88,6 +88,9 @@ class Analyser:
         self._metrics = metrics
         self._clock = clock
         self._leading: set[str] = set()
+        #: The state of the rollouts this replica analyses, as it last saved it: only the
+        #: lease holder writes it, so while the lease is held, a tick needs no read.
+        self._states: dict[str, AnalysisState] = {}
         self._errors = 0
         self._tasks = BackgroundTasks()
 
@@ -160,9 +163,7 @@ class Analyser:
                 self._metrics.analysis_leader.remove(slug)
             with contextlib.suppress(Exception):
                 await self._lease.release(slug)
-        forget = getattr(self._pool, "forget", None)
-        if forget is not None:
-            forget({(slug, r.id) for slug, r in self._snapshot().rollouts.items()})
+        self._pool.forget({(slug, r.id) for slug, r in self._snapshot().rollouts.items()})
         errors_before = self._errors
         for slug, rollout in rollouts.items():
             try:
@@ -188,6 +189,7 @@ class Analyser:
             _log.info("analysing rollouts of %s (lease taken by %s)", slug, self._lease.replica)
         elif not held:
             self._leading.discard(slug)
+            self._states.pop(slug, None)  # another replica may change it now
         self._metrics.analysis_leader.labels(slug).set(1 if held else 0)
 
     def _store_error(self, op: str, exc: Exception) -> None:
@@ -204,7 +206,9 @@ class Analyser:
         policy = rollout.analysis
         assert policy is not None
         now = self._clock()
-        state, _ = await self._state.load(rollout.slug)
+        state = self._states.get(rollout.slug)
+        if state is None or state.rollout_id != rollout.id:
+            state, _ = await self._state.load(rollout.slug)
         if state is None or state.rollout_id != rollout.id:
             state = AnalysisState(
                 rollout_id=rollout.id,
@@ -213,6 +217,7 @@ class Analyser:
                 next_at=rollout.updated_at + policy.interval + self._settle(),
             )
             await self._state.save(rollout.slug, state)
+        self._states[rollout.slug] = state
         if rollout.updated_at > state.step_started_at:
             # An operator changed the percentage: judge the new share on its own traffic.
             state.step_started_at = rollout.updated_at

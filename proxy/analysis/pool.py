@@ -55,6 +55,11 @@ class StatsPool(Protocol):
         """Counts of the slots in ``[start, end)`` (unix seconds), and divergence so far."""
         ...
 
+    def forget(self, keep: set[RolloutKey]) -> None:
+        """Drop what belongs to rollouts not in ``keep`` (they ended), where nothing expires
+        by itself."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -154,6 +159,9 @@ class RedisStatsPool:
             {k: int(float(v)) for k, v in by_kind.get(_CANDIDATE, {}).items()}
         )
         return window
+
+    def forget(self, keep: set[RolloutKey]) -> None:
+        return None  # Redis keys expire by themselves
 
     async def close(self) -> None:
         return None
