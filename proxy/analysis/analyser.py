@@ -179,6 +179,8 @@ class Analyser:
                     # The rollout changed under us (an operator aborted or promoted it).
                     _log.info("analysis of %s skipped: %s", slug, exc)
                 except Exception as exc:
+                    # What was not saved must not be acted on later: read it back next time.
+                    self._states.pop(slug, None)
                     self._store_error("analysis_state", exc)
         if self._errors == errors_before:
             self._errors = 0  # a clean tick ends a run of errors
