@@ -199,11 +199,15 @@ async def run_once(
         (e for e in _entries(history) if e.get("action") == "rollout_abort"),
         None,
     )
+    # Every verdict of the run, also the one that ended it (GET .../analysis outlives it).
+    analysed, last = await client.admin("GET", f"/prompts/{slug}/analysis")
+    if analysed == 200:
+        last_state = last
     verdicts: dict[str, int] = {}
     for verdict in (last_state or {}).get("verdicts", []):
         verdicts[verdict["verdict"]] = verdicts.get(verdict["verdict"], 0) + 1
     if abort is None and status != 404:
-        # Not aborted: end the rollout so the next run starts clean.
+        # Still running: end the rollout so the next run starts clean.
         await client.admin("DELETE", f"/prompts/{slug}/rollout")
     return RunResult(
         scenario=scenario.name,
