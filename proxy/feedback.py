@@ -23,10 +23,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
-from redis.asyncio import Redis
 
 from proxy.analysis.window import WindowArm, WindowRecorder
 from proxy.config import FeedbackConfig
@@ -34,6 +33,9 @@ from proxy.errors import InvalidRequest, NotFound, ServiceUnavailable
 from proxy.log import APP_LOGGER
 from proxy.metrics import ProxyMetrics
 from proxy.models import Exchange
+
+if TYPE_CHECKING:  # redis is imported only when a Redis store is configured
+    from redis.asyncio import Redis
 
 _log = logging.getLogger(APP_LOGGER)
 

@@ -8,9 +8,11 @@ With the embedded store there is one process, which always holds it.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from redis.asyncio import Redis
+if TYPE_CHECKING:  # redis is imported only when a Redis store is configured
+    from redis.asyncio import Redis
+
 
 # Take the lease when it is free, renew it when it is ours; one round trip, no race.
 _HOLD = """

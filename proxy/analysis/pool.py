@@ -14,9 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
-
-from redis.asyncio import Redis
+from typing import TYPE_CHECKING, Any, Protocol
 
 from proxy.analysis.window import (
     SLOT_SECONDS,
@@ -26,6 +24,9 @@ from proxy.analysis.window import (
     merge_arms,
 )
 from proxy.shadow.compare import DivergenceCounts
+
+if TYPE_CHECKING:  # redis is imported only when a Redis store is configured
+    from redis.asyncio import Redis
 
 #: Slots are kept this long past the longest window that may read them.
 _SLOT_GRACE_SECONDS = 120

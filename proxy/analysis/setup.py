@@ -6,15 +6,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-
-from redis.asyncio import Redis
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
+from typing import TYPE_CHECKING
 
 from proxy.analysis.lease import Lease, LocalLease, RedisLease
 from proxy.analysis.pool import MemoryStatsPool, RedisStatsPool, StatsPool
 from proxy.analysis.state import MemoryStateStore, RedisStateStore, StateStore
 from proxy.config import ProxyConfig
+
+if TYPE_CHECKING:  # redis is imported only when a Redis store is configured
+    from redis.asyncio import Redis
 
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
@@ -53,6 +53,10 @@ async def open_backend(
 
 
 def _client(url: str) -> Redis:
+    from redis.asyncio import Redis
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+
     # Background work only, but bounded all the same: a frozen Redis must cost a tick, not
     # hang the analyser (reliability guide, Redis client settings).
     return Redis.from_url(

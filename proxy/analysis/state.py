@@ -9,10 +9,12 @@ crash, and ``rollout status`` shows the same verdicts on every replica.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
-from redis.asyncio import Redis
+
+if TYPE_CHECKING:  # redis is imported only when a Redis store is configured
+    from redis.asyncio import Redis
 
 #: Verdicts kept per rollout, newest first.
 MAX_VERDICTS = 20
