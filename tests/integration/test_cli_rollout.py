@@ -283,7 +283,14 @@ def test_status_renders_the_analysers_verdicts() -> None:
     assert "  lease       analyser:web-2:4242" in lines
     assert "2024-11-24 12:07:40Z" in text  # next verdict
     verdicts = lines.index(next(line for line in lines if line.startswith("TIME")))
-    assert lines[verdicts].split() == ["TIME", "VERDICT", "PERCENT", "STABLE", "CANDIDATE", "ACTION"]
+    assert lines[verdicts].split() == [
+        "TIME",
+        "VERDICT",
+        "PERCENT",
+        "STABLE",
+        "CANDIDATE",
+        "ACTION",
+    ]
     # Newest first, one row each: time, verdict, percent, samples stable/candidate, action.
     assert lines[verdicts + 1].split() == [
         "2024-11-24",
