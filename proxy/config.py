@@ -164,6 +164,9 @@ class AnalysisConfig(_Section):
     lease_seconds: float = Field(10.0, ge=2, le=300)
 
 
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
 class RegistryConfig(_Section):
     #: `embedded:PATH` (a file on this machine, no server) or `redis://host:port/db` (shared by
     #: replicas). Overridden by `--store` or `PROMPTPROXY_STORE`.
@@ -174,10 +177,15 @@ class RegistryConfig(_Section):
     #: gets the pushed one promoted. For first runs and demos.
     bootstrap_dir: str | None = None
 
+    @property
+    def uses_redis(self) -> bool:
+        """The store is Redis, shared by replicas (else an embedded file, one process)."""
+        return self.store.startswith(REDIS_SCHEMES)
+
     @field_validator("store")
     @classmethod
     def _check_store(cls, value: str) -> str:
-        if value.startswith(("redis://", "rediss://", "unix://")):
+        if value.startswith(REDIS_SCHEMES):
             return value
         if value.startswith("embedded:") and len(value) > len("embedded:"):
             return value
@@ -273,9 +281,7 @@ class ProxyConfig(_Section):
 
     @model_validator(mode="after")
     def _redis_sink_needs_redis(self) -> ProxyConfig:
-        if self.shadow.sink.kind == "redis" and not self.registry.store.startswith(
-            ("redis://", "rediss://", "unix://")
-        ):
+        if self.shadow.sink.kind == "redis" and not self.registry.uses_redis:
             raise ValueError(
                 "shadow.sink.kind: `redis` writes pairs to the registry's Redis, but "
                 "registry.store is not Redis; use `files` or `auto`"

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
-from proxy.analysis.window import WindowArm, WindowRecorder
+from proxy.analysis.window import SERVED_ARMS, WindowRecorder
 from proxy.config import FeedbackConfig
 from proxy.errors import InvalidRequest, NotFound, ServiceUnavailable
 from proxy.log import APP_LOGGER
@@ -91,8 +91,8 @@ class MemoryRequestIndex:
         self._seen: dict[str, set[str]] = {}
 
     def remember(self, request_id: str, answered: Answered) -> None:
+        # Request ids are unique: a plain insert keeps the dict in arrival order.
         self._answers[request_id] = answered
-        self._answers.move_to_end(request_id)
         while len(self._answers) > self._max:
             old, _ = self._answers.popitem(last=False)
             self._seen.pop(old, None)
@@ -189,9 +189,6 @@ def open_request_index(
     return index
 
 
-_ANALYSED_ARMS = frozenset({WindowArm.STABLE.value, WindowArm.CANARY.value})
-
-
 class FeedbackService:
     def __init__(
         self,
@@ -277,7 +274,7 @@ class FeedbackService:
         if (
             self._window is not None
             and answered.rollout_id is not None
-            and answered.arm in _ANALYSED_ARMS
+            and answered.arm in SERVED_ARMS
         ):
             self._window.observe_feedback(
                 answered.slug, answered.rollout_id, answered.arm, name, value

@@ -221,7 +221,8 @@ class Analyser:
             await self._state.save(rollout.slug, state)
         self._states[rollout.slug] = state
         if rollout.updated_at > state.step_started_at:
-            # An operator changed the percentage: judge the new share on its own traffic.
+            # The percentage changed (an operator, or our own ramp): judge the new share on
+            # its own traffic.
             state.step_started_at = rollout.updated_at
             state.next_at = max(state.next_at, rollout.updated_at + policy.interval)
             await self._state.save(rollout.slug, state)
@@ -244,9 +245,9 @@ class Analyser:
             state.failures += 1
         action = _next_action(rollout, policy, judgement, state)
         record = _verdict_record(rollout, judgement, start, end, now, action, self.actor)
+        # A ramp is seen on a later tick like an operator's (``rollout.updated_at``): one
+        # mechanism starts the next window at the new percentage, whoever changed it.
         state.next_at = now + policy.interval
-        if action is not None:
-            state.step_started_at = now
         # The verdict is stored before acting, so even a failed action leaves its evidence.
         await self._state.save(rollout.slug, state, record)
         _log.info(

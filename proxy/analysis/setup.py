@@ -16,8 +16,6 @@ from proxy.config import ProxyConfig
 if TYPE_CHECKING:  # redis is imported only when a Redis store is configured
     from redis.asyncio import Redis
 
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
-
 
 @dataclass(frozen=True, slots=True)
 class AnalysisBackend:
@@ -34,7 +32,7 @@ async def open_backend(
     config: ProxyConfig, replica: str, redis_factory: Callable[[str], Redis] | None = None
 ) -> AsyncIterator[AnalysisBackend]:
     registry = config.registry
-    if not registry.store.startswith(_REDIS_SCHEMES):
+    if not registry.uses_redis:
         yield AnalysisBackend(
             MemoryStatsPool(), LocalLease(replica), MemoryStateStore(), None, registry.redis_prefix
         )

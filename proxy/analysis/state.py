@@ -77,11 +77,6 @@ class MemoryStateStore:
         if verdict is not None:
             self._verdicts[slug] = [verdict, *self._verdicts[slug]][:MAX_VERDICTS]
 
-    def forget(self, keep: set[str]) -> None:
-        for slug in [s for s in self._states if s not in keep]:
-            del self._states[slug]
-            self._verdicts.pop(slug, None)
-
 
 class RedisStateStore:
     def __init__(self, client: Redis, prefix: str) -> None:

@@ -39,6 +39,10 @@ class WindowArm(StrEnum):
     RERUN = "rerun"
 
 
+#: The served arms a rollout's analysis compares, for requests and feedback alike (pinned
+#: callers chose their version themselves; shadow calls are counted by the runner).
+SERVED_ARMS = frozenset({WindowArm.STABLE.value, WindowArm.CANARY.value})
+
 #: Pseudo-arms holding the shadow pairs' divergence counts, cumulative over the rollout.
 DIVERGENCE_NOISE = "div_noise"
 DIVERGENCE_CANDIDATE = "div_candidate"

@@ -9,13 +9,10 @@ import logging
 import time
 from collections.abc import Callable
 
-from proxy.analysis.window import WindowArm, WindowRecorder
+from proxy.analysis.window import SERVED_ARMS, WindowRecorder
 from proxy.log import ACCESS_LOGGER
 from proxy.metrics import ProxyMetrics
 from proxy.models import Exchange
-
-#: The arms a rollout's analysis compares (pinned callers chose their version themselves).
-_ANALYSED_ARMS = frozenset({WindowArm.STABLE.value, WindowArm.CANARY.value})
 
 
 def status_class(status: int) -> str:
@@ -52,7 +49,7 @@ class Recorder:
             exchange.error_class = error_class_for_status(exchange.status)
         self._update_metrics(exchange)
         if self._window is not None and exchange.rollout_id is not None:
-            self._count_for_analysis(exchange)
+            _count_for_analysis(self._window, exchange, exchange.rollout_id)
         if self._answered is not None:
             self._answered(exchange)
         if self._log.isEnabledFor(logging.INFO):
@@ -62,7 +59,8 @@ class Recorder:
         m = self._metrics
         # The model sent is the operator's choice (a pin, or what the client asked for); the
         # answered one is often a dated id.
-        model = m.model_label(ex.model_sent or ex.model_requested or ex.model_answered)
+        sent = ex.model_sent or ex.model_requested or ex.model_answered
+        model = m.model_label(sent)
         series = m.series(ex.route.value, model, ex.slug or "", ex.version or "", ex.arm or "")
         series.observe(
             status_class(ex.status),
@@ -72,24 +70,7 @@ class Recorder:
             ex.output_tokens,
             ex.error_class,
             ex.finish_reason,
-            m.price_of(ex.model_sent or ex.model_requested or ex.model_answered),
-        )
-
-    def _count_for_analysis(self, ex: Exchange) -> None:
-        if ex.arm not in _ANALYSED_ARMS or ex.slug is None or ex.rollout_id is None:
-            return
-        if ex.error_class == "client_disconnected":
-            return  # a caller hanging up says nothing about the prompt
-        assert self._window is not None
-        self._window.observe_call(
-            ex.slug,
-            ex.rollout_id,
-            ex.arm,
-            failed=ex.error_class is not None,
-            duration=ex.duration,
-            ttft=ex.ttfb if ex.stream else None,
-            output_tokens=ex.output_tokens,
-            finish_reason=ex.finish_reason,
+            m.price_of(sent),
         )
 
     @staticmethod
@@ -115,3 +96,19 @@ class Recorder:
             "finish_reason": ex.finish_reason,
             "error_class": ex.error_class,
         }
+
+
+def _count_for_analysis(window: WindowRecorder, ex: Exchange, rollout_id: str) -> None:
+    # A caller hanging up says nothing about the prompt.
+    if ex.arm not in SERVED_ARMS or ex.slug is None or ex.error_class == "client_disconnected":
+        return
+    window.observe_call(
+        ex.slug,
+        rollout_id,
+        ex.arm,
+        failed=ex.error_class is not None,
+        duration=ex.duration,
+        ttft=ex.ttfb if ex.stream else None,
+        output_tokens=ex.output_tokens,
+        finish_reason=ex.finish_reason,
+    )

@@ -23,7 +23,6 @@ from proxy.log import redact
 from proxy.shadow.metrics import ShadowMetrics
 from proxy.shadow.models import ArmResult, ShadowRequest
 
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 #: ``follow`` with a ``since`` replays at most this many recorded pairs before going live.
 FOLLOW_BACKLOG = 10_000
 
@@ -165,10 +164,10 @@ def open_pair_sink(
     registry (so replicas share one view); else rotated JSON-lines files. No I/O here."""
     counters = metrics or ShadowMetrics(CollectorRegistry(auto_describe=True))
     kind = config.sink.kind
-    if kind == "redis" or (kind == "auto" and registry.store.startswith(_REDIS_SCHEMES)):
+    if kind == "redis" or (kind == "auto" and registry.uses_redis):
         from proxy.shadow.sink_redis import RedisPairSink
 
-        if not registry.store.startswith(_REDIS_SCHEMES):
+        if not registry.uses_redis:
             raise ConfigError(["shadow.sink.kind: `redis` needs registry.store to be a Redis URL"])
         return RedisPairSink(registry.store, registry.redis_prefix, config.sink, counters)
     from proxy.shadow.sink_files import FilePairSink
