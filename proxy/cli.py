@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from proxy import __version__
+from proxy.cli_context import admin_options
 from proxy.cli_prompts import prompts
 from proxy.cli_rollout import rollout
 from proxy.cli_shadow import shadow
@@ -25,6 +26,7 @@ def _load(config: Path | None, overrides: dict[str, Any]) -> Settings:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="promptproxy")
+@admin_options()
 def main() -> None:
     """promptproxy: a release lifecycle for LLM prompts, at the network layer."""
 
