@@ -62,7 +62,9 @@ def serve(
     log_level: str | None,
     store: str | None,
 ) -> None:
-    """Run the proxy."""
+    """Run the proxy. Exits 2 on a bad config, 1 when it cannot start (a busy port, an
+    upstream on this machine that does not answer), with one line on stderr."""
+    from proxy.preflight import StartupError
     from proxy.server import run
 
     settings = _load(
@@ -77,7 +79,11 @@ def serve(
             "registry.store": store,
         },
     )
-    run(settings)
+    try:
+        run(settings)
+    except StartupError as exc:
+        click.echo(f"promptproxy: {exc}", err=True)
+        sys.exit(1)
 
 
 @main.command()
