@@ -51,7 +51,9 @@ def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     return value
 
 
-def admin_options(token_help: str = "Admin token (for writes).") -> Callable[[F], F]:
+def admin_options(
+    token_help: str = "Admin API token (read role for reads, admin for writes).",
+) -> Callable[[F], F]:
     """Add `--admin-url`, `--token` and `-o/--output` to a group or a command. They carry no
     value into the function; `pass_ctx` reads them back."""
 
