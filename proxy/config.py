@@ -308,12 +308,21 @@ class ProxyConfig(_Section):
 
     @model_validator(mode="after")
     def _simulator_is_the_upstream(self) -> ProxyConfig:
-        # The bundled simulator and an upstream on this machine with another port: the
-        # proxy would start "ready" and answer every request with 502.
+        # The bundled simulator enabled, and an upstream on this machine on another port:
+        # the proxy would forward everything to a port the simulator does not listen on.
         sim, base_url = self.simulator, self.upstream.base_url
-        host = urlsplit(base_url).hostname or ""
-        same_host = host == sim.host or (is_local_host(host) and is_local_host(sim.host))
-        if sim.enabled and same_host and url_port(base_url) != sim.port:
+        if not sim.enabled:
+            return self
+
+        def on_sim_host(url: str) -> bool:
+            host = urlsplit(url).hostname or ""
+            return host == sim.host or (is_local_host(host) and is_local_host(sim.host))
+
+        def is_sim(url: str | None) -> bool:
+            return url is not None and on_sim_host(url) and url_port(url) == sim.port
+
+        # A local model server as upstream with the simulator only for shadows is fine.
+        if on_sim_host(base_url) and not is_sim(base_url) and not is_sim(self.shadow.base_url):
             raise ValueError(
                 f"simulator.port is {sim.port} but upstream.base_url ({base_url}) uses port "
                 f"{url_port(base_url)}: the proxy would forward to a port nobody listens on; "

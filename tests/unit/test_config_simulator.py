@@ -33,5 +33,15 @@ def test_agreeing_or_unrelated_upstreams_are_fine(base_url: str, sim_host: str) 
     )
 
 
+def test_a_local_upstream_with_the_simulator_for_shadows_is_fine() -> None:
+    make_settings(
+        **{
+            "upstream.base_url": "http://127.0.0.1:8000/v1",
+            "shadow.base_url": "http://127.0.0.1:8090/v1",
+            "simulator.enabled": True,
+        }
+    )
+
+
 def test_a_disabled_simulator_is_not_checked() -> None:
     make_settings(**{"upstream.base_url": "http://127.0.0.1:8091/v1"})
