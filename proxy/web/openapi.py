@@ -331,6 +331,36 @@ _SCHEMAS: dict[str, Any] = {
             "actor": {"type": "string"},
         },
     },
+    "ServedAt": {
+        "type": "object",
+        "properties": {
+            "slug": {"type": "string"},
+            "at": {"type": "string"},
+            "prod_version": {"type": ["integer", "null"]},
+            "rollout": {
+                "description": "The rollout running at `at`, from its audit entries; null "
+                "if none. A field an older audit entry does not record is null.",
+                "anyOf": [
+                    {
+                        "type": "object",
+                        "properties": {
+                            "id": {"type": ["string", "null"]},
+                            "candidate": {"type": ["integer", "null"]},
+                            "mode": {
+                                "type": ["string", "null"],
+                                "enum": ["canary", "shadow", None],
+                            },
+                            "percent": {"type": ["number", "null"]},
+                            "sticky": {"type": ["string", "null"]},
+                            "started_at": {"type": "number"},
+                            "percent_since": {"type": "number"},
+                        },
+                    },
+                    {"type": "null"},
+                ],
+            },
+        },
+    },
     "Rollout": {
         "type": "object",
         "properties": {
@@ -444,8 +474,21 @@ OPENAPI: dict[str, Any] = {
                 },
             ],
             "get": _op(
-                "Audit entries of a prompt, or the prod version at an instant",
-                _ok({"type": "object"}),
+                "Audit entries of a prompt; with `at`, what it served then: the prod version "
+                "and the rollout running then (candidate, mode, percent, sticky key)",
+                _ok(
+                    {
+                        "anyOf": [
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "data": {"type": "array", "items": _ref("AuditEntry")}
+                                },
+                            },
+                            _ref("ServedAt"),
+                        ]
+                    }
+                ),
             ),
         },
         "/admin/v1/prompts/{slug}/diff": {
