@@ -567,6 +567,15 @@ OPENAPI: dict[str, Any] = {
                     "schema": {"type": "boolean"},
                     "description": "Keep the response open and stream new pairs as they come",
                 },
+                {
+                    "name": "rollout",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "string"},
+                    "description": "Only this rollout's pairs: its id, or `latest` (the running "
+                    "rollout, else the last one; 404 if the prompt never had one). Not with "
+                    "`follow`. Without it, the pairs of every rollout",
+                },
             ],
             "get": {
                 "summary": "Shadow pairs of a prompt (stable and candidate answers side by "
@@ -574,11 +583,35 @@ OPENAPI: dict[str, Any] = {
                 "responses": {
                     "200": {
                         "description": "JSON lines",
+                        "headers": {
+                            "X-Promptproxy-Rollout": {
+                                "description": "The rollout whose pairs these are, when "
+                                "`rollout` was given",
+                                "schema": {"type": "string"},
+                            }
+                        },
                         "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
                     },
                     **_ERRORS,
                 },
             },
+        },
+        "/admin/v1/prompts/{slug}/shadow/rollout": {
+            "parameters": [_SLUG],
+            "get": _op(
+                "Which rollout `rollout=latest` selects now: the running one, else the last "
+                "(404 if the prompt never had one)",
+                _ok(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "slug": {"type": "string"},
+                            "rollout_id": {"type": "string"},
+                            "running": {"type": "boolean"},
+                        },
+                    }
+                ),
+            ),
         },
         "/admin/v1/audit": {
             "parameters": [
