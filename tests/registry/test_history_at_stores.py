@@ -44,3 +44,20 @@ async def test_state_at_names_prod_and_what_each_rollout_served(store: PromptSto
         1, RolloutAt("r-shadow", 3, "shadow", 20.0, "header:x-cohort", T0 + 400, T0 + 400)
     )
     assert await at(600) == StateAt(3, None)  # promoted: the rollout ended with it
+
+
+async def test_latest_rollout_is_the_running_one_else_the_last_started(
+    store: PromptStore,
+) -> None:
+    """What `shadow report` and `shadow export` read by default."""
+    service = RegistryService(store)
+    await push(store, "a", "b", "c")
+    await store.promote("greet", 1, "alice", "launch", T0 + 10)
+    assert await service.latest_rollout("greet") is None
+    await start(store, 2, rollout_id="r-first", at=T0 + 100)
+    assert await service.latest_rollout("greet") == ("r-first", True)
+    await store.abort_rollout("greet", "alice", "", T0 + 200)
+    assert await service.latest_rollout("greet") == ("r-first", False)
+    await start(store, 3, rollout_id="r-second", at=T0 + 300)
+    await store.promote_rollout("greet", "alice", "", T0 + 400)
+    assert await service.latest_rollout("greet") == ("r-second", False)
