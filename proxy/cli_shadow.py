@@ -150,7 +150,9 @@ class ChosenRollout:
     running: bool | None
 
     def describe(self) -> str:
-        state = {True: "running", False: "the last one, ended", None: "as asked"}[self.running]
+        state = {True: "running", False: "the last one, ended", None: "named with --rollout"}[
+            self.running
+        ]
         return f"rollout {self.id} ({state})"
 
 

@@ -71,7 +71,7 @@ async def test_report_judges_the_running_rollout_only_and_names_it(clients: Clie
     assert (data["rollout_id"], data["rollout_running"], data["result"]) == (new, True, "pass")
 
     earlier = await cli(admin, "report", SLUG, "--rollout", old)
-    assert f"rollout {old} (as asked)" in earlier.output
+    assert f"rollout {old} (named with --rollout)" in earlier.output
     assert earlier.output.rstrip().splitlines()[-1].startswith("verdict: fail")
 
 
