@@ -131,11 +131,18 @@ class AdminClient:
             raise AdminError(f"cannot reach the admin API at {self._base} ({reason})") from None
         return response
 
+    def shadow_rollout(self, slug: str) -> Any:
+        return self._call("GET", f"/prompts/{slug}/shadow/rollout")
+
     def shadow_pairs(
-        self, slug: str, since: str | None = None, limit: int | None = None
+        self,
+        slug: str,
+        since: str | None = None,
+        limit: int | None = None,
+        rollout: str | None = None,
     ) -> list[Any]:
-        """Recorded shadow pairs of ``slug``, oldest first."""
-        query = {"since": since, "limit": limit}
+        """Recorded shadow pairs of ``slug``, oldest first; of one rollout when given."""
+        query = {"since": since, "limit": limit, "rollout": rollout}
         with self._open_lines(f"/prompts/{slug}/shadow/pairs", query, self._timeout) as resp:
             try:
                 return [orjson.loads(line) for line in resp if line.strip()]

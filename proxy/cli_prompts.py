@@ -227,15 +227,17 @@ def _detail(detail: dict[str, Any] | None) -> str | None:
 
 @prompts.command()
 @click.argument("slug")
-@click.option("--at", help="ISO-8601 instant: which version was prod then.")
+@click.option(
+    "--at", help="ISO-8601 instant: which version was prod then, and what a rollout served."
+)
 @pass_ctx
 def history(ctx: Context, slug: str, at: str | None) -> None:
-    """The audit history of SLUG, or its prod version at an instant."""
+    """The audit history of SLUG, or what it served at an instant."""
 
     def action() -> None:
         data = ctx.client.history(slug, at)
         if at is not None:
-            ctx.emit(data, lambda d: f"{slug} at {at}: prod version {d['prod_version'] or 'none'}")
+            ctx.emit(data, lambda d: _served_at(slug, at, d))
         else:
             ctx.emit(
                 data["data"],
@@ -259,6 +261,34 @@ def history(ctx: Context, slug: str, at: str | None) -> None:
             )
 
     _run(action)
+
+
+def _known(value: Any) -> str:
+    # Audit entries written before a field was recorded cannot say it.
+    return "unknown" if value is None else str(value)
+
+
+def _served_at(slug: str, at: str, data: dict[str, Any]) -> str:
+    """Prod at the instant and, during a rollout, what the rollout served."""
+    prod = data["prod_version"]
+    text = f"{slug} at {at}: prod version {prod if prod is not None else 'none'}"
+    rollout = data.get("rollout")
+    if rollout is None:
+        return text + "; no rollout running"
+    percent = rollout["percent"]
+    share = "an unknown share" if percent is None else f"{percent:g}%"
+    candidate = f"version {_known(rollout['candidate'])}"
+    if rollout["mode"] == "shadow":
+        served = f"shadow of {candidate}: callers served prod, {share} of requests copied to it"
+    elif rollout["mode"] == "canary":
+        served = f"canary of {candidate} serving {share} of callers"
+    else:
+        served = f"rollout of {candidate} ({_known(rollout['mode'])} mode) at {share}"
+    return (
+        f"{text}; {served}, sticky {_known(rollout['sticky'])} "
+        f"(rollout {_known(rollout['id'])}, started {_when(rollout['started_at'])}, "
+        f"at this share since {_when(rollout['percent_since'])})"
+    )
 
 
 @prompts.command()

@@ -199,8 +199,17 @@ def status(ctx: Context, slug: str | None) -> None:
                 # No rollout running: if the analyser ended one, say why.
                 try:
                     last = ctx.client.get_analysis(slug)
-                except AdminError:
-                    raise exc from None
+                except AdminError as missing:
+                    if missing.status != 404:
+                        raise
+                    # An answer, not an error (docs/operations.md), once the prompt
+                    # exists; an unknown prompt is still one (get_prompt raises its 404).
+                    ctx.client.get_prompt(slug)
+                    ctx.emit(
+                        {"slug": slug, "rollout": None},
+                        lambda _: f"{slug} has no rollout running.",
+                    )
+                    return
                 ctx.emit(last, _describe_ended)
             return
         rows = ctx.client.list_rollouts()["data"]

@@ -106,7 +106,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _pair_range(command: F) -> F:
-    """``--since`` and ``--limit``: which pairs a command reads (export and report)."""
+    """``--since``, ``--limit`` and ``--rollout``: which pairs a command reads (export and
+    report)."""
+    command = click.option(
+        "--rollout",
+        "rollout_id",
+        help="Pairs of this rollout id. Default: the running rollout, else the last one.",
+    )(command)
     command = click.option(
         "--limit", type=click.IntRange(min=1), help="At most this many pairs (oldest first)."
     )(command)
@@ -122,26 +128,54 @@ def _pair_range(command: F) -> F:
 @click.argument("slug")
 @_pair_range
 @pass_ctx
-def export(ctx: Context, slug: str, since: str, limit: int | None) -> None:
-    """Write the pairs of SLUG as JSON lines on stdout, oldest first, for offline evaluation."""
+def export(ctx: Context, slug: str, since: str, limit: int | None, rollout_id: str | None) -> None:
+    """Write the pairs of one rollout of SLUG as JSON lines on stdout, oldest first, for
+    offline evaluation. Which rollout goes to stderr."""
 
     def action() -> None:
-        for pair in fetch_pairs(ctx, slug, since, limit):
+        chosen = choose_rollout(ctx, slug, rollout_id)
+        click.echo(f"{slug}: pairs of {chosen.describe()}", err=True)
+        for pair in fetch_pairs(ctx, slug, since, limit, chosen.id):
             click.echo(orjson.dumps(pair).decode())
 
     _run(action)
 
 
-def fetch_pairs(ctx: Context, slug: str, since: str, limit: int | None) -> Iterator[Any]:
-    """The pairs of SLUG recorded since ``since``, oldest first, each once, at most
-    ``limit``: pages through the admin API, which caps one answer."""
+@dataclass(frozen=True, slots=True)
+class ChosenRollout:
+    id: str
+    #: None when named with --rollout (the CLI does not check it is running).
+    running: bool | None
+
+    def describe(self) -> str:
+        state = {True: "running", False: "the last one, ended", None: "named with --rollout"}[
+            self.running
+        ]
+        return f"rollout {self.id} ({state})"
+
+
+def choose_rollout(ctx: Context, slug: str, rollout_id: str | None) -> ChosenRollout:
+    """The rollout whose pairs a command reads: the one named, else the one the admin API
+    calls latest (running, else the last). Resolved once, so every page is of the same
+    rollout even if a new one starts meanwhile."""
+    if rollout_id is not None:
+        return ChosenRollout(rollout_id, None)
+    latest = ctx.client.shadow_rollout(slug)
+    return ChosenRollout(latest["rollout_id"], bool(latest["running"]))
+
+
+def fetch_pairs(
+    ctx: Context, slug: str, since: str, limit: int | None, rollout_id: str
+) -> Iterator[Any]:
+    """The pairs of one rollout of SLUG recorded since ``since``, oldest first, each once,
+    at most ``limit``: pages through the admin API, which caps one answer."""
     cursor = since
     boundary: set[str] = set()  # pairs at the cursor's instant, already yielded
     written = 0
     while limit is None or written < limit:
         want = EXPORT_PAGE if limit is None else min(EXPORT_PAGE, limit - written)
         ask = want + len(boundary)
-        page = ctx.client.shadow_pairs(slug, since=cursor, limit=ask)
+        page = ctx.client.shadow_pairs(slug, since=cursor, limit=ask, rollout=rollout_id)
         fresh = [p for p in page if p["pair_id"] not in boundary][:want]
         yield from fresh
         written += len(fresh)
@@ -227,6 +261,7 @@ def _quantile(values: list[float], q: float) -> float | None:
 @dataclass(slots=True)
 class ShadowReport:
     slug: str
+    rollout: ChosenRollout
     since: str
     noise: _Side
     candidate: _Side
@@ -246,6 +281,8 @@ class ShadowReport:
             measures.append(row)
         return {
             "slug": self.slug,
+            "rollout_id": self.rollout.id,
+            "rollout_running": self.rollout.running,
             "since": self.since,
             "pairs": {
                 "stable": self.noise.pairs,
@@ -262,6 +299,7 @@ class ShadowReport:
 
 def build_report(
     slug: str,
+    rollout: ChosenRollout,
     since: str,
     pairs: Iterable[Mapping[str, Any]],
     *,
@@ -282,7 +320,9 @@ def build_report(
     verdict = shadow_verdict(
         noise.counts, candidate.counts, alpha=alpha, margin=margin, min_pairs=min_pairs
     )
-    return ShadowReport(slug, since, noise, candidate, skipped, verdict, alpha, margin, min_pairs)
+    return ShadowReport(
+        slug, rollout, since, noise, candidate, skipped, verdict, alpha, margin, min_pairs
+    )
 
 
 def _num(value: float | None) -> str:
@@ -296,7 +336,8 @@ def _p(value: float | None) -> str:
 def report_text(report: ShadowReport) -> str:
     data = report.to_dict()
     head = (
-        f"{report.slug}: pairs since {report.since}: {report.noise.pairs} stable vs stable "
+        f"{report.slug}, {report.rollout.describe()}: pairs since {report.since}: "
+        f"{report.noise.pairs} stable vs stable "
         f"(noise), {report.candidate.pairs} stable vs candidate; {report.skipped} skipped "
         f"(unpaired or failed)"
     )
@@ -371,7 +412,8 @@ def write_chart(report: ShadowReport, path: Path) -> None:
     summary.text(
         0.02,
         0.5,
-        f"{report.slug}: {report.verdict.result}\n\n"
+        f"{report.slug}: {report.verdict.result}\n"
+        f"rollout {report.rollout.id}\n\n"
         f"pairs since {report.since}:\n"
         f"  {report.noise.pairs} stable vs stable\n"
         f"  {report.candidate.pairs} stable vs candidate\n\n"
@@ -424,12 +466,16 @@ def report(
     slug: str,
     since: str,
     limit: int | None,
+    rollout_id: str | None,
     alpha: float,
     margin: float,
     min_pairs: int,
     png: Path | None,
 ) -> None:
     """Does the candidate of SLUG diverge from stable more than stable from itself?
+
+    Judges one rollout's pairs: the running rollout, else the last one (--rollout ID for
+    another); the report names it.
 
     Compares, per measure, the stable-vs-stable pairs (the noise: stable run twice) with
     the stable-vs-candidate pairs, by a one-sided Mann-Whitney U test. A report: exits 0
@@ -442,10 +488,12 @@ def report(
             _fail(f"--png needs matplotlib: {_INSTALL_REPORT}")
 
     def action() -> None:
+        chosen = choose_rollout(ctx, slug, rollout_id)
         made = build_report(
             slug,
+            chosen,
             since,
-            fetch_pairs(ctx, slug, since, limit),
+            fetch_pairs(ctx, slug, since, limit, chosen.id),
             alpha=alpha,
             margin=margin,
             min_pairs=min_pairs,

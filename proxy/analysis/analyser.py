@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from proxy.analysis.judge import Judgement, judge
+from proxy.analysis.judge import Judgement, judge, without_stable
 from proxy.analysis.lease import Lease
 from proxy.analysis.policy import AnalysisPolicy
 from proxy.analysis.pool import StatsPool
@@ -41,6 +41,7 @@ from proxy.errors import ProxyError
 from proxy.log import APP_LOGGER
 from proxy.metrics import ProxyMetrics
 from proxy.registry.models import RegistrySnapshot, Rollout, RolloutMode
+from proxy.registry.percent import BASIS_POINTS
 from proxy.registry.service import RegistryService
 from proxy.tasks import BackgroundTasks
 
@@ -234,12 +235,12 @@ class Analyser:
         divergence = (
             (window.noise, window.candidate) if rollout.mode is RolloutMode.SHADOW else None
         )
-        judgement = judge(
-            policy,
-            window.arm(WindowArm.STABLE.value),
-            window.arm(_candidate_arm(rollout)),
-            divergence,
-        )
+        stable = window.arm(WindowArm.STABLE.value)
+        candidate = window.arm(_candidate_arm(rollout))
+        if rollout.mode is RolloutMode.CANARY and rollout.basis_points >= BASIS_POINTS:
+            judgement = without_stable(stable, candidate)
+        else:
+            judgement = judge(policy, stable, candidate, divergence)
         self._metrics.analysis_verdicts.labels(rollout.slug, judgement.verdict).inc()
         if judgement.verdict == "fail":
             state.failures += 1

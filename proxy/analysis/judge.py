@@ -278,3 +278,18 @@ def judge(
     else:
         verdict = "pass"
     return Judgement(verdict, done, samples)
+
+
+def without_stable(stable: ArmStats, candidate: ArmStats) -> Judgement:
+    """The verdict of a canary at 100 %: stable serves nobody, so whatever stable counts
+    the window holds are leftovers from before the step, not a baseline. Never a pass or a
+    fail on them: inconclusive, saying why."""
+    note = (
+        "the canary serves 100 %: stable has no traffic to compare with "
+        f"({stable.requests} stable requests left over are not judged); "
+        "promote, or lower the percentage to analyse"
+    )
+    check = Check("stable_traffic", "inconclusive", stable.requests, None, None, None, note)
+    return Judgement(
+        "inconclusive", (check,), {"stable": stable.requests, "candidate": candidate.requests}
+    )

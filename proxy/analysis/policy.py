@@ -152,7 +152,8 @@ class AnalysisPolicy:
     #: Failed verdicts tolerated; the next one aborts the rollout.
     failure_limit: int = 0
     #: Percentages to ramp through, in basis points (like ``Rollout.basis_points``),
-    #: strictly ascending; empty: the analyser never ramps or promotes by itself.
+    #: strictly ascending, each below 100 %: a passed last step promotes. Empty: the
+    #: analyser never ramps or promotes by itself.
     steps: tuple[int, ...] = ()
     #: Significance level of every statistical test.
     alpha: float = 0.01
@@ -177,9 +178,9 @@ class AnalysisPolicy:
         previous = 0
         for i, points in enumerate(self.steps):
             where = f"{_ROOT}.steps[{i}]"
-            if _not_int(points) or not 0 < points <= BASIS_POINTS:
+            if _not_int(points) or not 0 < points < BASIS_POINTS:
                 raise PolicyError(
-                    f"a step must be above 0 and at most 100 percent, got {points!r} basis points",
+                    f"a step must be above 0 and below 100 percent, got {points!r} basis points",
                     where,
                 )
             if points <= previous:
@@ -198,6 +199,16 @@ class AnalysisPolicy:
     @property
     def step_percents(self) -> tuple[float, ...]:
         return tuple(points / 100 for points in self.steps)
+
+    @classmethod
+    def from_stored(cls, data: Mapping[str, Any]) -> AnalysisPolicy:
+        """A policy a rollout was stored with. Rollouts started before steps of 100 %
+        were refused may end their steps with one: it is dropped, since promotion follows
+        the last step, which is what that step led to (after a verdict on leftovers)."""
+        steps = data.get("steps")
+        if isinstance(steps, list) and steps and steps[-1] == 100:
+            data = {**data, "steps": steps[:-1]}
+        return cls.from_dict(data)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AnalysisPolicy:
@@ -279,6 +290,14 @@ def _steps(value: Any) -> tuple[int, ...]:
             raise PolicyError(f"a step {exc}", at) from None
         if bp == 0:
             raise PolicyError("a step must be above 0 percent", at)
+        if bp == BASIS_POINTS:
+            # At 100 % stable serves nobody, so a verdict there could only compare the
+            # candidate with stable requests left over from the step before.
+            raise PolicyError(
+                "a step must be below 100 percent: the candidate is promoted when the "
+                "last step passes, and at 100 % stable has no traffic to judge it against",
+                at,
+            )
         points.append(bp)
     return tuple(points)
 

@@ -303,7 +303,7 @@ class Rollout:
             updated_at=float(data["updated_at"]),
             actor=data.get("actor", ""),
             restore_status=Status(data["restore_status"]),
-            analysis=None if analysis is None else AnalysisPolicy.from_dict(analysis),
+            analysis=None if analysis is None else AnalysisPolicy.from_stored(analysis),
         )
 
     def audit_detail(self) -> dict[str, Any]:

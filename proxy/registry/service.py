@@ -17,6 +17,8 @@ from typing import Any
 from proxy.analysis.policy import AnalysisPolicy
 from proxy.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
 from proxy.models import SLUG_PATTERN
+from proxy.registry.history import StateAt, state_at
+from proxy.registry.lifecycle import ROLLOUT_START_ACTION
 from proxy.registry.models import (
     AuditEntry,
     PromptVersion,
@@ -250,18 +252,32 @@ class RegistryService:
         with _store_errors(slug):
             return await self._store.audit(slug, limit, before_seq)
 
-    async def prod_at(self, slug: str, at: float) -> int | None:
-        """Which version was prod at instant ``at`` (None if none was), from the audit log."""
+    async def state_at(self, slug: str, at: float) -> StateAt:
+        """Which version was prod at instant ``at`` and what the rollout running then (if
+        any) served: candidate, mode, percent, sticky key. From the audit log."""
         await self.get_prompt(slug)  # 404 for unknown slugs
-        prod: int | None = None
-        for entry in reversed(await self._full_audit(slug)):
-            if entry.at > at:
-                break
-            if entry.to_status is Status.PROD:
-                prod = entry.version
-            elif entry.from_status is Status.PROD and entry.version == prod:
-                prod = None
-        return prod
+        return state_at(await self._full_audit(slug), at)
+
+    async def latest_rollout(self, slug: str) -> tuple[str, bool] | None:
+        """The id of the slug's running rollout, else of the last one that ran (from the
+        audit log), with whether it runs; None if the slug never had one."""
+        check_slug(slug)
+        with _store_errors(slug):
+            running = await self._store.get_rollout(slug)
+        if running is not None:
+            return running.id, True
+        await self.get_prompt(slug)  # 404 for unknown slugs
+        before: int | None = None
+        with _store_errors(slug):
+            while True:
+                page = await self._store.audit(slug, 500, before)
+                for entry in page:  # newest first
+                    rollout_id = (entry.detail or {}).get("rollout_id")
+                    if entry.action == ROLLOUT_START_ACTION and isinstance(rollout_id, str):
+                        return rollout_id, False
+                if len(page) < 500:
+                    return None
+                before = page[-1].seq
 
     async def _full_audit(self, slug: str) -> list[AuditEntry]:
         entries: list[AuditEntry] = []

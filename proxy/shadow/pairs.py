@@ -142,10 +142,13 @@ class PairSink(Protocol):
     def add(self, pair: Pair) -> None:
         """Queue one pair for writing. Never blocks, never raises: drops and counts."""
 
-    async def read(self, slug: str, since: float | None, limit: int) -> list[dict[str, Any]]:
+    async def read(
+        self, slug: str, since: float | None, limit: int, rollout_id: str | None = None
+    ) -> list[dict[str, Any]]:
         """Recorded pairs of ``slug``, oldest first: the first ``limit`` at or after ``since``
-        (unix seconds), or the last ``limit`` when ``since`` is None. Raises
-        ``SinkUnavailable`` when the backend cannot be read."""
+        (unix seconds), or the last ``limit`` when ``since`` is None; only those of
+        ``rollout_id`` when given (the limit counts those). Raises ``SinkUnavailable`` when
+        the backend cannot be read."""
         ...
 
     def follow(self, slug: str, since: float | None) -> AsyncIterator[dict[str, Any]]:

@@ -178,7 +178,9 @@ class FilePairSink:
                 numbered.append((int(suffix), path))
         return [path for _, path in sorted(numbered, reverse=True)] + [self.path]
 
-    def _read_sync(self, slug: str, since: float | None, limit: int) -> list[dict[str, Any]]:
+    def _read_sync(
+        self, slug: str, since: float | None, limit: int, rollout_id: str | None
+    ) -> list[dict[str, Any]]:
         needle = b'"slug":' + orjson.dumps(slug) + b","
         found: deque[dict[str, Any]] = deque(maxlen=limit if since is None else None)
         for path in self._files():
@@ -197,6 +199,8 @@ class FilePairSink:
                             continue
                         if not isinstance(record, dict) or record.get("slug") != slug:
                             continue
+                        if rollout_id is not None and record.get("rollout_id") != rollout_id:
+                            continue
                         ts = record.get("ts")
                         if since is not None and not (isinstance(ts, float | int) and ts >= since):
                             continue
@@ -207,10 +211,12 @@ class FilePairSink:
                 continue
         return list(found)
 
-    async def read(self, slug: str, since: float | None, limit: int) -> list[dict[str, Any]]:
+    async def read(
+        self, slug: str, since: float | None, limit: int, rollout_id: str | None = None
+    ) -> list[dict[str, Any]]:
         if limit <= 0:
             return []
-        return await asyncio.to_thread(self._read_sync, slug, since, limit)
+        return await asyncio.to_thread(self._read_sync, slug, since, limit, rollout_id)
 
     async def follow(self, slug: str, since: float | None) -> AsyncIterator[dict[str, Any]]:
         if self._closed:

@@ -206,10 +206,10 @@ class RedisPairSink:
             ) from exc
 
     async def _since(
-        self, slug: str, since: float, limit: int
+        self, slug: str, since: float, limit: int, rollout_id: str | None = None
     ) -> tuple[list[dict[str, Any]], bytes | None]:
-        """The first ``limit`` records at or after ``since``, and the id of the last entry
-        looked at (where a follow goes on)."""
+        """The first ``limit`` records at or after ``since`` (of ``rollout_id`` only, when
+        given), and the id of the last entry looked at (where a follow goes on)."""
         key = self.key(slug)
         start: bytes = str(max(0, int((since - CLOCK_SLACK) * 1000))).encode()
         last: bytes | None = None
@@ -221,7 +221,9 @@ class RedisPairSink:
             for entry_id, fields in entries:
                 last = entry_id
                 record = _decode(fields)
-                if record is not None and _ts(record) >= since:
+                if record is None or _ts(record) < since:
+                    continue
+                if rollout_id is None or record.get("rollout_id") == rollout_id:
                     out.append(record)
                     if len(out) >= limit:
                         break
@@ -230,17 +232,45 @@ class RedisPairSink:
             start = b"(" + entries[-1][0]
         return out, last
 
-    async def read(self, slug: str, since: float | None, limit: int) -> list[dict[str, Any]]:
+    async def read(
+        self, slug: str, since: float | None, limit: int, rollout_id: str | None = None
+    ) -> list[dict[str, Any]]:
         if limit <= 0:
             return []
         if since is not None:
-            records, _ = await self._since(slug, since, limit)
+            records, _ = await self._since(slug, since, limit, rollout_id)
             return records
-        entries: list[_Entry] = (
-            await self._call(self._reader.xrevrange(self.key(slug), "+", "-", count=limit)) or []
-        )
-        decoded = (_decode(fields) for _, fields in reversed(entries))
-        return [record for record in decoded if record is not None]
+        if rollout_id is None:
+            entries: list[_Entry] = (
+                await self._call(self._reader.xrevrange(self.key(slug), "+", "-", count=limit))
+                or []
+            )
+            decoded = (_decode(fields) for _, fields in reversed(entries))
+            return [record for record in decoded if record is not None]
+        return await self._last_of_rollout(slug, limit, rollout_id)
+
+    async def _last_of_rollout(
+        self, slug: str, limit: int, rollout_id: str
+    ) -> list[dict[str, Any]]:
+        """The last ``limit`` records of one rollout: pages back from the newest entry,
+        since the stream holds the slug's earlier rollouts too."""
+        key = self.key(slug)
+        end: bytes | str = "+"
+        newest_first: list[dict[str, Any]] = []
+        while len(newest_first) < limit:
+            entries: list[_Entry] = (
+                await self._call(self._reader.xrevrange(key, end, "-", count=_PAGE)) or []
+            )
+            for _, fields in entries:
+                record = _decode(fields)
+                if record is not None and record.get("rollout_id") == rollout_id:
+                    newest_first.append(record)
+                    if len(newest_first) >= limit:
+                        break
+            if len(entries) < _PAGE:
+                break
+            end = b"(" + entries[-1][0]
+        return newest_first[::-1]
 
     async def _start(self, slug: str, since: float | None) -> tuple[list[dict[str, Any]], bytes]:
         if since is None:

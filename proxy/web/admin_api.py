@@ -158,9 +158,14 @@ async def history(request: web.Request) -> web.Response:
     slug = request.match_info["slug"]
     at = request.query.get("at")
     if at is not None:
-        instant = _instant(at)
+        state = await registry.state_at(slug, _instant(at))
         return json_response(
-            {"slug": slug, "at": at, "prod_version": await registry.prod_at(slug, instant)}
+            {
+                "slug": slug,
+                "at": at,
+                "prod_version": state.prod_version,
+                "rollout": None if state.rollout is None else state.rollout.to_dict(),
+            }
         )
     await registry.get_prompt(slug)
     entries = await registry.audit(slug, limit=_int(request.query.get("limit", "100"), "limit"))

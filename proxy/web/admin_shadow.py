@@ -1,13 +1,18 @@
 """Admin API for shadow pairs: read them back, or follow them live, as JSON lines.
 
-``GET /admin/v1/prompts/{slug}/shadow/pairs?since=10m&limit=100&follow=false``
+``GET /admin/v1/prompts/{slug}/shadow/pairs?since=10m&limit=100&follow=false&rollout=ID``
 
-One pair per line (``application/x-ndjson``), oldest first. ``since`` is seconds ago
-(``600``), a duration (``10m``, ``2h``, ``1d``), a unix timestamp or an ISO-8601 time; without
-it, the last ``limit`` pairs. With ``follow=true`` the response stays open and new pairs are
-written as they are recorded; an empty line every ~15 s keeps idle connections (and the
-proxies in between) from timing out. A follow ends when the client goes away or the process
-starts draining. Read role suffices.
+One pair per line (``application/x-ndjson``), oldest first. ``rollout`` keeps the pairs of
+one rollout: its id, or ``latest`` for the running rollout, else the last one that ran (the
+``X-Promptproxy-Rollout`` response header names it); without it, every rollout's pairs.
+``since`` is seconds ago (``600``), a duration (``10m``, ``2h``, ``1d``), a unix timestamp or
+an ISO-8601 time; without it, the last ``limit`` pairs. With ``follow=true`` the response
+stays open and new pairs are written as they are recorded; an empty line every ~15 s keeps
+idle connections (and the proxies in between) from timing out. A follow ends when the
+client goes away or the process starts draining. Read role suffices.
+
+``GET /admin/v1/prompts/{slug}/shadow/rollout``: which rollout ``latest`` means now, so a
+client paging through pairs pins one id (a new rollout starting mid-export must not mix in).
 """
 
 from __future__ import annotations
@@ -23,11 +28,12 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy.errors import InvalidRequest, ServiceUnavailable
+from proxy.errors import InvalidRequest, NotFound, ServiceUnavailable
 from proxy.log import APP_LOGGER
 from proxy.models import SLUG_PATTERN
 from proxy.services import Services
 from proxy.shadow.pairs import SinkUnavailable
+from proxy.web.admin_api import json_response
 from proxy.web.admin_auth import authorize
 from proxy.web.keys import SERVICES
 
@@ -46,6 +52,9 @@ _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SINCE = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
 # A bare number this large is a unix timestamp (2001-09-09 onwards), not seconds ago.
 _EPOCH_FLOOR = 1e9
+LATEST = "latest"
+ROLLOUT_HEADER = "X-Promptproxy-Rollout"
+_ROLLOUT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 def parse_since(value: str | None, now: float) -> float | None:
@@ -91,6 +100,32 @@ def parse_flag(value: str | None, name: str) -> bool:
     raise InvalidRequest(f"`{name}` must be true or false.", param=name)
 
 
+async def _latest(services: Services, slug: str) -> tuple[str, bool]:
+    found = await services.registry.latest_rollout(slug)
+    if found is None:
+        raise NotFound(
+            f"{slug} has had no rollout, so it has no shadow pairs to choose from.",
+            param="rollout",
+            code="rollout_not_found",
+        )
+    return found
+
+
+async def parse_rollout(services: Services, slug: str, value: str | None) -> str | None:
+    """The rollout id whose pairs to keep: None for all, ``latest`` resolved now."""
+    if value is None:
+        return None
+    if value == LATEST:
+        rollout_id, _ = await _latest(services, slug)
+        return rollout_id
+    if not _ROLLOUT_ID.fullmatch(value):
+        raise InvalidRequest(
+            "`rollout` must be a rollout id or `latest` (the running rollout, else the last).",
+            param="rollout",
+        )
+    return value
+
+
 def _line(record: dict[str, Any]) -> bytes:
     return orjson.dumps(record) + b"\n"
 
@@ -112,13 +147,19 @@ async def shadow_pairs(request: web.Request) -> web.StreamResponse:
         raise InvalidRequest("The prompt slug must match [A-Za-z0-9._-]{1,64}.", param="slug")
     since = parse_since(request.query.get("since"), time.time())
     limit = parse_limit(request.query.get("limit"))
-    if parse_flag(request.query.get("follow"), "follow"):
+    follow = parse_flag(request.query.get("follow"), "follow")
+    rollout_id = await parse_rollout(services, slug, request.query.get("rollout"))
+    if follow:
+        if rollout_id is not None:
+            raise InvalidRequest("`rollout` is not supported with `follow`.", param="rollout")
         return await _follow(request, services, slug, since)
     try:
-        records = await services.shadow.sink.read(slug, since, limit)
+        records = await services.shadow.sink.read(slug, since, limit, rollout_id)
     except SinkUnavailable as exc:
         raise ServiceUnavailable(f"The shadow pair store is unavailable: {exc}") from None
     response = _start()
+    if rollout_id is not None:
+        response.headers[ROLLOUT_HEADER] = rollout_id
     await response.prepare(request)
     for start in range(0, len(records), _WRITE_BATCH):
         await response.write(b"".join(_line(r) for r in records[start : start + _WRITE_BATCH]))
@@ -174,5 +215,17 @@ async def _follow(
     return response
 
 
+async def shadow_rollout(request: web.Request) -> web.Response:
+    """Which rollout ``rollout=latest`` selects now: the running one, else the last."""
+    services: Services = request.app[SERVICES]
+    authorize(request, services.settings.admin_tokens, write=False)
+    slug = request.match_info["slug"]
+    if not SLUG_PATTERN.match(slug):
+        raise InvalidRequest("The prompt slug must match [A-Za-z0-9._-]{1,64}.", param="slug")
+    rollout_id, running = await _latest(services, slug)
+    return json_response({"slug": slug, "rollout_id": rollout_id, "running": running})
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get(f"{PREFIX}/prompts/{{slug}}/shadow/pairs", shadow_pairs)
+    app.router.add_get(f"{PREFIX}/prompts/{{slug}}/shadow/rollout", shadow_rollout)

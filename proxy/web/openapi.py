@@ -331,6 +331,36 @@ _SCHEMAS: dict[str, Any] = {
             "actor": {"type": "string"},
         },
     },
+    "ServedAt": {
+        "type": "object",
+        "properties": {
+            "slug": {"type": "string"},
+            "at": {"type": "string"},
+            "prod_version": {"type": ["integer", "null"]},
+            "rollout": {
+                "description": "The rollout running at `at`, from its audit entries; null "
+                "if none. A field an older audit entry does not record is null.",
+                "anyOf": [
+                    {
+                        "type": "object",
+                        "properties": {
+                            "id": {"type": ["string", "null"]},
+                            "candidate": {"type": ["integer", "null"]},
+                            "mode": {
+                                "type": ["string", "null"],
+                                "enum": ["canary", "shadow", None],
+                            },
+                            "percent": {"type": ["number", "null"]},
+                            "sticky": {"type": ["string", "null"]},
+                            "started_at": {"type": "number"},
+                            "percent_since": {"type": "number"},
+                        },
+                    },
+                    {"type": "null"},
+                ],
+            },
+        },
+    },
     "Rollout": {
         "type": "object",
         "properties": {
@@ -444,8 +474,21 @@ OPENAPI: dict[str, Any] = {
                 },
             ],
             "get": _op(
-                "Audit entries of a prompt, or the prod version at an instant",
-                _ok({"type": "object"}),
+                "Audit entries of a prompt; with `at`, what it served then: the prod version "
+                "and the rollout running then (candidate, mode, percent, sticky key)",
+                _ok(
+                    {
+                        "anyOf": [
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "data": {"type": "array", "items": _ref("AuditEntry")}
+                                },
+                            },
+                            _ref("ServedAt"),
+                        ]
+                    }
+                ),
             ),
         },
         "/admin/v1/prompts/{slug}/diff": {
@@ -524,6 +567,15 @@ OPENAPI: dict[str, Any] = {
                     "schema": {"type": "boolean"},
                     "description": "Keep the response open and stream new pairs as they come",
                 },
+                {
+                    "name": "rollout",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "string"},
+                    "description": "Only this rollout's pairs: its id, or `latest` (the running "
+                    "rollout, else the last one; 404 if the prompt never had one). Not with "
+                    "`follow`. Without it, the pairs of every rollout",
+                },
             ],
             "get": {
                 "summary": "Shadow pairs of a prompt (stable and candidate answers side by "
@@ -531,11 +583,35 @@ OPENAPI: dict[str, Any] = {
                 "responses": {
                     "200": {
                         "description": "JSON lines",
+                        "headers": {
+                            "X-Promptproxy-Rollout": {
+                                "description": "The rollout whose pairs these are, when "
+                                "`rollout` was given",
+                                "schema": {"type": "string"},
+                            }
+                        },
                         "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
                     },
                     **_ERRORS,
                 },
             },
+        },
+        "/admin/v1/prompts/{slug}/shadow/rollout": {
+            "parameters": [_SLUG],
+            "get": _op(
+                "Which rollout `rollout=latest` selects now: the running one, else the last "
+                "(404 if the prompt never had one)",
+                _ok(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "slug": {"type": "string"},
+                            "rollout_id": {"type": "string"},
+                            "running": {"type": "boolean"},
+                        },
+                    }
+                ),
+            ),
         },
         "/admin/v1/audit": {
             "parameters": [

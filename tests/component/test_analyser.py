@@ -227,3 +227,30 @@ async def test_after_an_abort_the_failed_checks_stay_readable(services: Services
     assert "ended by the analyser (abort)" in text
     assert "error_rate" in text
     assert "fail" in text
+
+
+async def test_a_canary_at_100_percent_is_not_judged_on_stable_leftovers(
+    services: Services,
+) -> None:
+    """An operator may still set a canary to 100 %: stable then serves nobody, and the few
+    stable requests a window holds (from before the step) are no baseline. The analyser
+    holds with an inconclusive verdict that says why, and neither passes nor promotes."""
+    h = Harness(services)
+    rollout = await h.start({"min_samples": 10}, percent=100)
+    h.clock.now += 1
+    h.traffic("stable", 12)  # in flight when the step was taken
+    h.traffic("canary", 100)
+    h.clock.now += INTERVAL + 2
+    await h.analyser.flush()
+    await h.analyser.tick()
+    await h.refresh()
+
+    current = await h.rollout()
+    assert current is not None
+    assert current.percent == 100
+    (verdict,) = await h.verdicts(rollout)
+    assert verdict["verdict"] == "inconclusive"
+    assert verdict["samples"] == {"stable": 12, "canary": 100}
+    (check,) = verdict["checks"]
+    assert check["name"] == "stable_traffic"
+    assert "stable has no traffic to compare with" in check["note"]

@@ -164,6 +164,7 @@ async def test_promoting_the_rollout_makes_the_candidate_prod(clients: Clients) 
         ({"candidate": 1, "mode": "canary", "percent": 5}, 409, None),  # already prod
         (canary_body(5, analysis={"steps": [5, 25, 10]}), 400, "analysis.steps[2]"),
         (canary_body(5, analysis={"steps": [5, 0.001]}), 400, "analysis.steps[1]"),
+        (canary_body(5, analysis={"steps": [5, 100]}), 400, "analysis.steps[1]"),
         (canary_body(5, analysis={"interval": 0}), 400, "analysis.interval"),
         (canary_body(5, analysis={"min_samples": "many"}), 400, "analysis.min_samples"),
         (
@@ -340,7 +341,7 @@ POLICY = {
     "interval": 30,
     "min_samples": 50,
     "failure_limit": 1,
-    "steps": [5, 25, 50, 100],
+    "steps": [5, 25, 50, 75],
     "thresholds": {"p95_ttft_ratio": None, "feedback_drop": {"name": "thumbs_up", "max_drop": 0.1}},
 }
 # What the API answers for POLICY: every field, defaults filled in, numbers as stored.
@@ -348,7 +349,7 @@ POLICY_OUT = {
     "interval": 30.0,
     "min_samples": 50,
     "failure_limit": 1,
-    "steps": [5.0, 25.0, 50.0, 100.0],
+    "steps": [5.0, 25.0, 50.0, 75.0],
     "alpha": 0.01,
     "thresholds": {
         "error_rate_increase": 0.02,

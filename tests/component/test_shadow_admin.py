@@ -142,7 +142,7 @@ async def test_an_unreachable_pair_store_is_a_503(
 ) -> None:
     _, admin, services = clients
 
-    async def down(slug: str, since: float | None, limit: int) -> list[dict[str, Any]]:
+    async def down(*_: Any) -> list[dict[str, Any]]:
         raise SinkUnavailable("redis unavailable for shadow pairs: ConnectionError")
 
     monkeypatch.setattr(services.shadow.sink, "read", down)

@@ -79,22 +79,24 @@ async def test_export_writes_json_lines_since_a_duration(clients: Clients) -> No
         services.shadow.sink.add(pair(n, now - 100 + n))
     await stored(services, 5)
 
-    result = await cli(admin, "export", "support", "--since", "10m")
+    result = await cli(admin, "export", "support", "--rollout", "ro", "--since", "10m")
     assert result.exit_code == 0, result.output
-    exported = [orjson.loads(line) for line in result.output.splitlines()]
+    exported = [orjson.loads(line) for line in result.stdout.splitlines()]
     assert [p["pair_id"] for p in exported] == ["p1", "p2", "p3", "p4"]
     assert exported[0]["primary"]["text"] == "stable"
     assert exported[0]["shadow"]["text"] == "candidate"
 
-    default = await cli(admin, "export", "support")
-    assert [orjson.loads(line)["pair_id"] for line in default.output.splitlines()] == [
+    default = await cli(admin, "export", "support", "--rollout", "ro")
+    assert [orjson.loads(line)["pair_id"] for line in default.stdout.splitlines()] == [
         "p1",
         "p2",
         "p3",
         "p4",
     ]
-    limited = await cli(admin, "export", "support", "--since", "3h", "--limit", "2")
-    assert [orjson.loads(line)["pair_id"] for line in limited.output.splitlines()] == ["p0", "p1"]
+    limited = await cli(
+        admin, "export", "support", "--rollout", "ro", "--since", "3h", "--limit", "2"
+    )
+    assert [orjson.loads(line)["pair_id"] for line in limited.stdout.splitlines()] == ["p0", "p1"]
 
 
 async def test_export_pages_through_pairs_recorded_at_the_same_instant(
@@ -107,9 +109,9 @@ async def test_export_pages_through_pairs_recorded_at_the_same_instant(
     for n, ts in enumerate(stamps):
         services.shadow.sink.add(pair(n, ts))
     await stored(services, len(stamps))
-    result = await cli(admin, "export", "support", "--since", "1m")
+    result = await cli(admin, "export", "support", "--rollout", "ro", "--since", "1m")
     assert result.exit_code == 0, result.output
-    ids = [orjson.loads(line)["pair_id"] for line in result.output.splitlines()]
+    ids = [orjson.loads(line)["pair_id"] for line in result.stdout.splitlines()]
     assert ids == [f"p{n}" for n in range(len(stamps))]  # each once, in order
 
 
@@ -144,10 +146,10 @@ async def test_tail_json_prints_raw_pairs(clients: Clients) -> None:
 
 async def test_errors_exit_non_zero_with_a_message(clients: Clients) -> None:
     _, admin, _ = clients
-    no_token = await cli(admin, "export", "support", token=None)
+    no_token = await cli(admin, "export", "support", "--rollout", "ro", token=None)
     assert no_token.exit_code == 1
     assert "token" in no_token.output.lower()
-    bad_since = await cli(admin, "export", "support", "--since", "last tuesday")
+    bad_since = await cli(admin, "export", "support", "--rollout", "ro", "--since", "last tuesday")
     assert bad_since.exit_code == 1
     assert "param: since" in bad_since.output
     env = {"PROMPTPROXY_ADMIN_URL": f"http://127.0.0.1:{free_port()}"}

@@ -68,6 +68,8 @@ class Seeder:
         self.services = services
         self.rng = random.Random(seed)
         self.count = 0
+        #: The rollout the pairs belong to (what `shadow report --rollout` selects).
+        self.rollout_id = "ro"
 
     def add(
         self,
@@ -78,7 +80,9 @@ class Seeder:
     ) -> None:
         self.count += 1
         n = self.count
-        meta = PairMeta(f"p{n}", SLUG, "ro", kind.value, f"r{n}", Route.CHAT.value, False)
+        meta = PairMeta(
+            f"p{n}", SLUG, self.rollout_id, kind.value, f"r{n}", Route.CHAT.value, False
+        )
         base = Pair.build(meta, primary, shadow, time.time() - 600 + n * 0.01)
         if extra:
             values = {f.name: getattr(base, f.name) for f in fields(Pair)}
@@ -141,7 +145,7 @@ async def test_an_off_track_candidate_fails_and_the_report_says_where(clients: C
     seeder.candidate_off_track(40)
     await seeder.stored()
 
-    result = await cli(admin, "report", SLUG)
+    result = await cli(admin, "report", SLUG, "--rollout", "ro")
     assert result.exit_code == 0, result.output  # a report, whatever the verdict
     assert "40 stable vs stable (noise), 40 stable vs candidate; 0 skipped" in result.output
     text = row(result.output, "text_distance")
@@ -162,7 +166,7 @@ async def test_a_copy_of_stable_passes(clients: Clients) -> None:
     seeder.candidate_like_stable(40)
     await seeder.stored()
 
-    result = await cli(admin, "report", SLUG)
+    result = await cli(admin, "report", SLUG, "--rollout", "ro")
     assert result.exit_code == 0, result.output
     assert row(result.output, "text_distance")[-1] == "pass"
     assert result.output.rstrip().splitlines()[-1].startswith("verdict: pass")
@@ -181,7 +185,7 @@ async def test_json_output_counts_skipped_pairs_and_honours_the_thresholds(
     seeder.add(ShadowKind.CANDIDATE, good, failed)
     await seeder.stored()
 
-    default = await cli(admin, "-o", "json", "report", SLUG)
+    default = await cli(admin, "-o", "json", "report", SLUG, "--rollout", "ro")
     assert default.exit_code == 0, default.output
     data = orjson.loads(default.output)
     assert data["pairs"] == {"stable": 12, "candidate": 12, "skipped": 2}
@@ -194,7 +198,7 @@ async def test_json_output_counts_skipped_pairs_and_honours_the_thresholds(
         "finish_reason_changed",
     ]
 
-    relaxed = await cli(admin, "-o", "json", "report", SLUG, "--min-pairs", "10")
+    relaxed = await cli(admin, "-o", "json", "report", SLUG, "--rollout", "ro", "--min-pairs", "10")
     data = orjson.loads(relaxed.output)
     assert data["result"] == "fail"
     text = data["measures"][0]
@@ -203,10 +207,12 @@ async def test_json_output_counts_skipped_pairs_and_honours_the_thresholds(
     assert text["p_value"] < 1e-3
 
     # A margin of 1 cannot be exceeded: significant, but not by enough to fail.
-    lenient = await cli(admin, "-o", "json", "report", SLUG, "--min-pairs", "10", "--margin", "1")
+    lenient = await cli(
+        admin, "-o", "json", "report", SLUG, "--rollout", "ro", "--min-pairs", "10", "--margin", "1"
+    )
     assert orjson.loads(lenient.output)["result"] == "pass"
 
-    limited = await cli(admin, "-o", "json", "report", SLUG, "--limit", "12")
+    limited = await cli(admin, "-o", "json", "report", SLUG, "--rollout", "ro", "--limit", "12")
     assert orjson.loads(limited.output)["pairs"] == {"stable": 12, "candidate": 0, "skipped": 0}
 
 
@@ -226,7 +232,7 @@ async def test_a_stored_divergence_is_used_and_json_is_judged_when_the_pair_says
         seeder.add(ShadowKind.CANDIDATE, same, seeder.answer(2, "```json"), expect_json=True)
     await seeder.stored()
 
-    data = orjson.loads((await cli(admin, "-o", "json", "report", SLUG)).output)
+    data = orjson.loads((await cli(admin, "-o", "json", "report", SLUG, "--rollout", "ro")).output)
     by_name = {m["measure"]: m for m in data["measures"]}
     # Half the candidate pairs at the stored 0.8, half near 0.9 ("```json" against the
     # object); computed from the identical halves, the first half would be 0.
@@ -245,14 +251,16 @@ async def test_png_chart_is_written(clients: Clients, tmp_path: Path) -> None:
     await seeder.stored()
     chart = tmp_path / "report.png"
 
-    result = await cli(admin, "report", SLUG, "--png", str(chart))
+    result = await cli(admin, "report", SLUG, "--rollout", "ro", "--png", str(chart))
     assert result.exit_code == 0, result.output
     assert "verdict: fail" in result.output
     data = chart.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(data) > 20_000  # five panels of plots, not an empty canvas
 
-    unwritable = await cli(admin, "report", SLUG, "--png", str(tmp_path / "no" / "x.png"))
+    unwritable = await cli(
+        admin, "report", SLUG, "--rollout", "ro", "--png", str(tmp_path / "no" / "x.png")
+    )
     assert unwritable.exit_code == 1
     assert "cannot write" in unwritable.output
 
@@ -260,7 +268,9 @@ async def test_png_chart_is_written(clients: Clients, tmp_path: Path) -> None:
 def test_png_without_matplotlib_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
     env = {"PROMPTPROXY_ADMIN_URL": f"http://127.0.0.1:{free_port()}"}
-    result = CliRunner().invoke(main, ["shadow", "report", SLUG, "--png", "x.png"], env=env)
+    result = CliRunner().invoke(
+        main, ["shadow", "report", SLUG, "--rollout", "ro", "--png", "x.png"], env=env
+    )
     assert result.exit_code == 1
     assert "promptproxy[report]" in result.output
     assert "cannot reach" not in result.output  # refused before fetching anything
@@ -268,10 +278,10 @@ def test_png_without_matplotlib_says_what_to_install(monkeypatch: pytest.MonkeyP
 
 async def test_errors_exit_non_zero(clients: Clients) -> None:
     _, admin, _ = clients
-    no_token = await cli(admin, "report", SLUG, token=None)
+    no_token = await cli(admin, "report", SLUG, "--rollout", "ro", token=None)
     assert no_token.exit_code == 1
-    bad_since = await cli(admin, "report", SLUG, "--since", "last tuesday")
+    bad_since = await cli(admin, "report", SLUG, "--rollout", "ro", "--since", "last tuesday")
     assert bad_since.exit_code == 1
     assert "param: since" in bad_since.output
-    bad_alpha = await cli(admin, "report", SLUG, "--alpha", "0.9")
+    bad_alpha = await cli(admin, "report", SLUG, "--rollout", "ro", "--alpha", "0.9")
     assert bad_alpha.exit_code == 2

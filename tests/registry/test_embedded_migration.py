@@ -133,7 +133,7 @@ def write_v1_file(path: Path) -> None:
 # A running rollout as a v2 store kept it, and the audit entry of its start.
 V2_ROLLOUT = ("greet", "r-old", 3, "canary", 1000, "user", 40.0, 40.0, "carol", "draft")
 V2_DETAIL = {"rollout_id": "r-old", "mode": "canary", "percent": 10.0, "sticky": "user"}
-POLICY = AnalysisPolicy(interval=30.0, min_samples=50, steps=(500, 2500, 10_000))
+POLICY = AnalysisPolicy(interval=30.0, min_samples=50, steps=(500, 2500, 7_500))
 
 
 def write_v2_file(path: Path) -> None:

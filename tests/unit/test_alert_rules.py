@@ -176,6 +176,25 @@ def test_alert_says_what_where_how_bad_and_what_to_do(group: str, rule: dict[str
     assert url.removeprefix(RUNBOOK_PREFIX) in operations_anchors()
 
 
+VOLUME_GATE = re.compile(r'\{arm="stable"\} \* 300 >= (\d+)')
+
+
+def test_every_arm_comparison_gates_volume_on_stable_too() -> None:
+    """Two arms differ by chance; on few requests, by a lot (docs/metrics.md, "How the
+    rollout alerts tell a regression from noise"). A rule comparing a candidate arm with
+    stable must see enough requests on both, not only on the candidate."""
+    compared = [
+        rule
+        for rule in alert_rules()
+        if 'arm="stable"' in rule["expr"] and re.search(r'arm=~?"canary', rule["expr"])
+    ]
+    assert len(compared) == 3
+    for rule in compared:
+        gates = [int(n) for n in VOLUME_GATE.findall(rule["expr"])]
+        assert gates, f"{rule['alert']} has no volume gate on stable"
+        assert min(gates) >= 100, rule["alert"]
+
+
 def test_recording_rules_follow_the_level_metric_operations_convention() -> None:
     for rule in recording_rules():
         level, metric, operations = rule["record"].split(":")

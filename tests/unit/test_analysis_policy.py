@@ -73,7 +73,7 @@ def test_the_spec_example_reads_as_written() -> None:
     "policy",
     [
         AnalysisPolicy(),
-        AnalysisPolicy(steps=(1, 2, 3333, 9999, 10_000)),
+        AnalysisPolicy(steps=(1, 2, 3333, 9999)),
         AnalysisPolicy(
             interval=3_600.0,
             min_samples=1,
@@ -118,6 +118,8 @@ def test_shadow_divergence_null_turns_the_check_off() -> None:
         ({"steps": [-1]}, "analysis.steps[0]", "between 0 and 100"),
         ({"steps": [5, 100.5]}, "analysis.steps[1]", "between 0 and 100"),
         ({"steps": [1, 2.005]}, "analysis.steps[1]", "steps of 0.01"),
+        ({"steps": [5, 25, 100]}, "analysis.steps[2]", "below 100 percent"),
+        ({"steps": [100]}, "analysis.steps[0]", "promoted when the last step passes"),
         ({"alpha": 0}, "analysis.alpha", "above 0"),
         ({"alpha": 0.6}, "analysis.alpha", "at most 0.5"),
         ({"thresholds": None}, "analysis.thresholds", "must be an object"),
@@ -199,3 +201,21 @@ def test_a_policy_built_in_code_is_checked_too() -> None:
     with pytest.raises(PolicyError) as info:
         Thresholds(feedback_name="thumbs_up")
     assert info.value.param == "analysis.thresholds.feedback_drop.max_drop"
+
+
+def test_a_step_of_100_percent_is_refused_in_code_too() -> None:
+    """At 100 % stable serves nobody: a verdict there would judge leftovers."""
+    with pytest.raises(PolicyError) as info:
+        AnalysisPolicy(steps=(500, 10_000))
+    assert info.value.param == "analysis.steps[1]"
+    assert "below 100 percent" in str(info.value)
+
+
+def test_a_stored_last_step_of_100_percent_is_dropped_so_old_rollouts_still_load() -> None:
+    """Rollouts started before the refusal carry a last step of 100: the registry must still
+    read them, and their ramp ends where promotion now follows."""
+    stored = AnalysisPolicy(steps=(500, 2500)).to_dict() | {"steps": [5.0, 25.0, 100.0]}
+    assert AnalysisPolicy.from_stored(stored).steps == (500, 2500)
+    assert AnalysisPolicy.from_stored({"steps": [100]}).steps == ()
+    with pytest.raises(PolicyError):
+        AnalysisPolicy.from_dict(stored)

@@ -1,0 +1,96 @@
+"""What a slug served at a past instant, replayed from its audit log. Pure.
+
+The prod version alone does not say what ran during a rollout: a canary served its candidate
+to a share of callers, a shadow copied a share of requests to it. Every rollout entry of the
+audit log carries the rollout's facts (``Rollout.audit_detail``: id, mode, percent, sticky
+key), so the log alone answers "what ran at 14:05" without the rollout record, which is
+gone once the rollout ends.
+
+Entries written before a field was recorded answer ``None`` for it rather than a guess.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from proxy.registry.lifecycle import (
+    PROMOTE_ACTION,
+    ROLLOUT_ABORT_ACTION,
+    ROLLOUT_PROMOTED_DETAIL,
+    ROLLOUT_START_ACTION,
+    ROLLOUT_UPDATE_ACTION,
+)
+from proxy.registry.models import AuditEntry, Status
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutAt:
+    """The rollout running at an instant, as its last audit entry before then left it."""
+
+    id: str | None
+    candidate: int | None
+    #: ``canary``: ``percent`` of callers were served the candidate; ``shadow``: callers
+    #: were served prod and ``percent`` of requests were copied to the candidate.
+    mode: str | None
+    percent: float | None
+    sticky: str | None
+    started_at: float
+    #: When the percentage last changed (the start, or the latest update).
+    percent_since: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "candidate": self.candidate,
+            "mode": self.mode,
+            "percent": self.percent,
+            "sticky": self.sticky,
+            "started_at": self.started_at,
+            "percent_since": self.percent_since,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class StateAt:
+    prod_version: int | None
+    rollout: RolloutAt | None
+
+
+def state_at(entries: Iterable[AuditEntry], at: float) -> StateAt:
+    """Prod and the running rollout at instant ``at`` (entries stamped ``at`` included),
+    from one slug's audit entries in any order."""
+    prod: int | None = None
+    rollout: RolloutAt | None = None
+    for entry in sorted(entries, key=lambda e: e.seq):
+        if entry.at > at:
+            break
+        if entry.to_status is Status.PROD:
+            prod = entry.version
+        elif entry.from_status is Status.PROD and entry.version == prod:
+            prod = None
+        detail: Mapping[str, Any] = entry.detail or {}
+        if entry.action == ROLLOUT_START_ACTION:
+            rollout = _rollout(entry, detail, entry.at)
+        elif entry.action == ROLLOUT_UPDATE_ACTION:
+            started = entry.at if rollout is None else rollout.started_at
+            rollout = _rollout(entry, detail, started)
+        elif entry.action == ROLLOUT_ABORT_ACTION or (
+            entry.action == PROMOTE_ACTION and detail.get(ROLLOUT_PROMOTED_DETAIL)
+        ):
+            rollout = None
+    return StateAt(prod, rollout)
+
+
+def _rollout(entry: AuditEntry, detail: Mapping[str, Any], started_at: float) -> RolloutAt:
+    percent = detail.get("percent")
+    return RolloutAt(
+        id=detail.get("rollout_id"),
+        candidate=entry.version,
+        mode=detail.get("mode"),
+        percent=None if percent is None else float(percent),
+        sticky=detail.get("sticky"),
+        started_at=started_at,
+        percent_since=entry.at,
+    )

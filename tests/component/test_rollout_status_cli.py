@@ -1,0 +1,66 @@
+"""`rollout status SLUG` with nothing running answers (exit 0) as docs/operations.md says,
+instead of failing; an unknown prompt is still an error."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient
+from click.testing import CliRunner, Result
+
+from proxy.cli import main
+from proxy.registry.models import RolloutMode, VersionDraft
+from proxy.services import Services
+from tests.support import make_settings, proxy_clients
+
+READ_TOKEN = "read-secret"
+Clients = tuple[TestClient[Any, Any], TestClient[Any, Any], Services]
+
+
+@pytest.fixture
+async def clients(tmp_path: Path) -> AsyncIterator[Clients]:
+    settings = make_settings(
+        environ={"READ_TOKEN": READ_TOKEN},
+        **{
+            "registry.store": f"embedded:{tmp_path / 'registry.db'}",
+            "admin.tokens": [{"name": "dashboards", "env": "READ_TOKEN", "role": "read"}],
+        },
+    )
+    async with proxy_clients(settings) as trio:
+        yield trio
+
+
+async def status(admin: TestClient[Any, Any], *args: str) -> Result:
+    env = {
+        "PROMPTPROXY_ADMIN_URL": str(admin.make_url("")).rstrip("/"),
+        "PROMPTPROXY_ADMIN_TOKEN": READ_TOKEN,
+    }
+    return await asyncio.to_thread(CliRunner().invoke, main, ["rollout", *args], env=env)
+
+
+async def test_status_of_a_prompt_with_nothing_running_answers(clients: Clients) -> None:
+    _, admin, services = clients
+    registry = services.registry
+    for n in (1, 2):
+        await registry.push(VersionDraft(slug="support", template=f"v{n}"), actor="test")
+    await registry.promote("support", 1, "test", "")
+
+    never = await status(admin, "status", "support")
+    assert (never.exit_code, never.stdout) == (0, "support has no rollout running.\n")
+
+    await registry.set_rollout("support", 2, RolloutMode.CANARY, 10, None, "operator", "")
+    await registry.abort_rollout("support", "operator", "")
+    after_abort = await status(admin, "status", "support")
+    assert (after_abort.exit_code, after_abort.stdout) == (0, "support has no rollout running.\n")
+
+    as_json = await status(admin, "-o", "json", "status", "support")
+    assert orjson.loads(as_json.stdout) == {"slug": "support", "rollout": None}
+
+    unknown = await status(admin, "status", "nobody")
+    assert unknown.exit_code == 1
+    assert "nobody" in unknown.stderr
