@@ -90,7 +90,7 @@ async def test_admin_url_anywhere_overrides_the_environment(admin: str, where: s
 
 async def test_innermost_admin_url_wins(admin: str) -> None:
     outer, middle = dead_url(), dead_url()
-    args = ["--admin-url", outer, "shadow", "--admin-url", middle, "export", "support-reply"]
+    args = ["--admin-url", outer, "prompts", "--admin-url", middle, "list"]
     result = await cli(
         [*args, "--admin-url", admin],
         {"PROMPTPROXY_ADMIN_TOKEN": TOKEN},
