@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from proxy import __version__
+from proxy.cli_fleet import fleet
 from proxy.cli_prompts import prompts
 from proxy.cli_rollout import rollout
 from proxy.cli_shadow import shadow
@@ -126,6 +127,7 @@ def simulate(
 main.add_command(prompts)
 main.add_command(rollout)
 main.add_command(shadow)
+main.add_command(fleet)
 
 
 @main.group("config")
