@@ -114,7 +114,15 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         )
         board = open_board(config.registry, config.fleet, backend.redis)
         stack.push_async_callback(board.close)
-        fleet = Fleet(board, me, config.fleet.live_seconds)
+        heartbeat = Heartbeat(
+            board,
+            me,
+            holder,
+            applied,
+            config.fleet.heartbeat_seconds,
+            FleetMetrics(metrics.registry).heartbeat_errors.inc,
+        )
+        fleet = Fleet(board, me, config.fleet.live_seconds, local=heartbeat.beat)
         registry = RegistryService(store, serve=refresher.serve, fleet=fleet)
         tasks = BackgroundTasks()
         stack.push_async_callback(tasks.close)
@@ -128,14 +136,6 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         await refresher.load_once()
         tasks.spawn(refresher.run(), name="registry-refresher")
         tasks.spawn(watch_loop_lag(metrics.loop_lag), name="loop-lag")
-        heartbeat = Heartbeat(
-            board,
-            me,
-            holder,
-            applied,
-            config.fleet.heartbeat_seconds,
-            FleetMetrics(metrics.registry).heartbeat_errors.inc,
-        )
         beating = tasks.spawn(heartbeat.run(), name="fleet-heartbeat")
         window = WindowRecorder(time.time)
         analysis = Analyser(

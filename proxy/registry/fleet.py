@@ -160,7 +160,8 @@ class FleetWait:
 
 
 class Fleet:
-    """Reads the board; ``me`` is this process's replica id."""
+    """Reads the board; ``me`` is this process's replica id, and ``local`` what its next
+    heartbeat will say (its own row shows that, not the beat a few ms old)."""
 
     def __init__(
         self,
@@ -168,6 +169,7 @@ class Fleet:
         me: str,
         live_seconds: float,
         *,
+        local: Callable[[], ReplicaBeat] | None = None,
         poll_seconds: float = 0.01,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -175,6 +177,7 @@ class Fleet:
         self.board = board
         self.me = me
         self._live_seconds = live_seconds
+        self._local = local
         self._poll = poll_seconds
         self._clock = clock
         self._sleep = sleep
@@ -184,6 +187,8 @@ class Fleet:
         read = await self.board.read()
         views = []
         for beat, beat_at in read.entries:
+            if beat.replica == self.me and self._local is not None:
+                beat = self._local()
             age = max(read.now - beat_at, 0.0)
             views.append(ReplicaView(beat, age, age <= self._live_seconds))
         return sorted(views, key=lambda v: v.replica)
