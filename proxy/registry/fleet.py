@@ -130,7 +130,7 @@ class FleetWait:
     confirmed: tuple[str, ...]
     #: the ones that did not confirm in time, as last seen (None: never seen on the board)
     missing: tuple[tuple[str, ReplicaView | None], ...]
-    #: seconds from the start of the wait to the last confirmation (or the timeout)
+    #: seconds from the write to the last confirmation (or the timeout)
     elapsed: float
     timeout: float
     error: str | None = None
@@ -193,11 +193,15 @@ class Fleet:
             views.append(ReplicaView(beat, age, age <= self._live_seconds))
         return sorted(views, key=lambda v: v.replica)
 
-    async def wait(self, revision: int, within: float, here: bool) -> FleetWait:
+    async def wait(
+        self, revision: int, within: float, here: bool, started: float | None = None
+    ) -> FleetWait:
         """Wait until every replica live now serves ``revision`` or later, at most
-        ``within`` seconds. ``here``: this process already serves it (known locally, so
-        its own heartbeat need not be read back)."""
-        started = self._clock()
+        ``within`` seconds from ``started`` (a ``clock`` reading taken before the write; by
+        default now). ``here``: this process already serves it (known locally, so its own
+        heartbeat need not be read back)."""
+        if started is None:
+            started = self._clock()
         try:
             views = {v.replica: v for v in await self.replicas()}
         except FleetError as exc:

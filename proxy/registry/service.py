@@ -165,15 +165,16 @@ class RegistryService:
             return None, False
         return revision, await self._serve(revision)
 
-    async def served(self, wait: float | None = None) -> Served:
+    async def served(self, wait: float | None = None, since: float | None = None) -> Served:
         """Where the latest write stands: whether this process serves the store's current
         revision and, with ``wait`` (seconds), once every live replica does, or who did not
-        in time."""
+        in time. ``since``: ``time.monotonic()`` before the write, which the wait and its
+        reported time count from."""
         check_wait(wait)
         revision, here = await self._serve_here()
         if wait is None or self._fleet is None or revision is None:
             return Served(revision, here, None)
-        return Served(revision, here, await self._fleet.wait(revision, wait, here))
+        return Served(revision, here, await self._fleet.wait(revision, wait, here, since))
 
     async def fleet_status(self) -> FleetStatus:
         if self._fleet is None:

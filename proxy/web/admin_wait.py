@@ -8,6 +8,9 @@ serves the change (it loads it before answering, unless the store failed just th
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+
 from aiohttp import web
 
 from proxy.errors import InvalidRequest
@@ -15,8 +18,20 @@ from proxy.registry.service import check_wait
 from proxy.web.keys import SERVICES
 
 
-def wait_of(request: web.Request) -> float | None:
-    """The `wait` query parameter, checked before anything is written."""
+@dataclass(frozen=True, slots=True)
+class Wait:
+    seconds: float | None
+    #: monotonic time just before the write: the reported confirmation time counts from it
+    started: float
+
+
+def wait_of(request: web.Request) -> Wait:
+    """The `wait` query parameter, checked before anything is written; call it just
+    before the write."""
+    return Wait(_seconds(request), time.monotonic())
+
+
+def _seconds(request: web.Request) -> float | None:
     raw = request.query.get("wait")
     if raw is None or raw == "":
         return None
@@ -29,5 +44,6 @@ def wait_of(request: web.Request) -> float | None:
     return check_wait(value)
 
 
-async def served(request: web.Request, wait: float | None) -> dict[str, object]:
-    return (await request.app[SERVICES].registry.served(wait)).to_dict()
+async def served(request: web.Request, wait: Wait) -> dict[str, object]:
+    registry = request.app[SERVICES].registry
+    return (await registry.served(wait.seconds, wait.started)).to_dict()
