@@ -114,3 +114,11 @@ def test_a_frozen_replica_is_named_as_not_confirming(
     # The write was made all the same, and with JSON out the answer names it too.
     history = orjson.loads(ok(cli(replicas[1], "prompts", "-o", "json", "show", "billing")))
     assert [v["status"] for v in history["data"] if v["version"] == 1] == ["prod"]
+
+
+def test_a_replica_shut_down_cleanly_leaves_the_board(replicas: list[ProxyProc]) -> None:
+    # Last in this module: it stops a replica of the shared fixture.
+    leaving = replicas[2]
+    assert leaving.stop(signal.SIGTERM) == 0
+    status = orjson.loads(ok(cli(replicas[0], "fleet", "-o", "json")))
+    assert sorted(int(r["pid"]) for r in status["data"]) == sorted(r.pid for r in replicas[:2])
