@@ -97,6 +97,8 @@ class ReplicaView:
     #: seconds since its last heartbeat
     age: float
     live: bool
+    #: seconds since its snapshot was last known to match the store, now
+    staleness: float
 
     @property
     def replica(self) -> str:
@@ -112,7 +114,7 @@ class ReplicaView:
             "revision": b.revision,
             "behind": None if store_revision is None else max(store_revision - b.revision, 0),
             "served_at": b.served_at,
-            "staleness_seconds": round(b.staleness + self.age, 3),
+            "staleness_seconds": round(self.staleness, 3),
             "heartbeat_age_seconds": round(self.age, 3),
             "healthy": b.healthy,
             "live": self.live,
@@ -187,10 +189,12 @@ class Fleet:
         read = await self.board.read()
         views = []
         for beat, beat_at in read.entries:
+            age = max(read.now - beat_at, 0.0)
+            staleness = beat.staleness + age
             if beat.replica == self.me and self._local is not None:
                 beat = self._local()
-            age = max(read.now - beat_at, 0.0)
-            views.append(ReplicaView(beat, age, age <= self._live_seconds))
+                staleness = beat.staleness
+            views.append(ReplicaView(beat, age, age <= self._live_seconds, staleness))
         return sorted(views, key=lambda v: v.replica)
 
     async def wait(

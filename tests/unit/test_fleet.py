@@ -187,3 +187,14 @@ def test_beats_survive_a_round_trip_and_junk_is_ignored() -> None:
     assert ReplicaBeat.from_json(b.to_json()) == b
     assert ReplicaBeat.from_json(b"{}") is None
     assert ReplicaBeat.from_json(b"not json") is None
+
+
+async def test_this_replicas_row_shows_what_it_serves_now(board: FakeBoard, clock: Clock) -> None:
+    clock.t = 10.0
+    board.add("a", last_beat=9.5)  # its last heartbeat said revision 1
+    board.add("b", last_beat=9.5)
+    local = ReplicaBeat("a", "host", 1, "0.1.0", 2, 100.0, 0.1, True)
+    listed = Fleet(board, "a", live_seconds=5.0, local=lambda: local, clock=clock)
+    mine, theirs = await listed.replicas()
+    assert (mine.beat.revision, mine.staleness) == (2, 0.1)
+    assert (theirs.beat.revision, theirs.staleness) == (1, 0.7)  # 0.2 at the beat + 0.5 since
