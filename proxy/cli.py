@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from proxy import __version__
+from proxy.cli_context import admin_options
 from proxy.cli_fleet import fleet
 from proxy.cli_prompts import prompts
 from proxy.cli_rollout import rollout
@@ -26,6 +27,7 @@ def _load(config: Path | None, overrides: dict[str, Any]) -> Settings:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="promptproxy")
+@admin_options()
 def main() -> None:
     """promptproxy: a release lifecycle for LLM prompts, at the network layer."""
 
@@ -61,7 +63,9 @@ def serve(
     log_level: str | None,
     store: str | None,
 ) -> None:
-    """Run the proxy."""
+    """Run the proxy. Exits 2 on a bad config, 1 when it cannot start (a busy port, an
+    upstream on this machine that does not answer), with one line on stderr."""
+    from proxy.preflight import StartupError
     from proxy.server import run
 
     settings = _load(
@@ -76,7 +80,11 @@ def serve(
             "registry.store": store,
         },
     )
-    run(settings)
+    try:
+        run(settings)
+    except StartupError as exc:
+        click.echo(f"promptproxy: {exc}", err=True)
+        sys.exit(1)
 
 
 @main.command()

@@ -7,7 +7,8 @@ from typing import Any
 
 import click
 
-from proxy.cli_prompts import Context, _run, admin_options, table
+from proxy.cli_context import Context, pass_ctx
+from proxy.cli_prompts import _run, table
 
 _HEADERS = ("REPLICA", "REVISION", "BEHIND", "STALENESS", "HEARTBEAT", "LIVE", "VERSION")
 
@@ -38,8 +39,7 @@ def _describe(status: dict[str, Any]) -> str:
 
 
 @click.command("fleet")
-@admin_options(token_help="Admin token (a read token is enough).")
-def fleet(admin_url: str, token: str | None, output: str) -> None:
+@pass_ctx
+def fleet(ctx: Context) -> None:
     """List the replicas: the registry revision each serves, staleness, live or not."""
-    ctx = Context(admin_url, token, output)
     _run(lambda: ctx.emit(ctx.client.fleet(), _describe))

@@ -10,15 +10,15 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
-import orjson
 
-from proxy.admin_client import AdminClient, AdminError
+from proxy.admin_client import AdminError
+from proxy.cli_context import Context, admin_options, pass_ctx
 from proxy.cli_served import report_served, wait_options, wait_seconds
 
-DEFAULT_ADMIN_URL = "http://127.0.0.1:8081"
+__all__ = ["Context", "admin_options", "pass_ctx"]
 
 
 def _when(ts: float | None) -> str:
@@ -34,21 +34,6 @@ def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
     )
 
 
-class Context:
-    def __init__(self, admin_url: str, token: str | None, output: str) -> None:
-        self.client = AdminClient(admin_url, token)
-        self.output = output
-
-    def emit(self, data: Any, human: Callable[[Any], str]) -> None:
-        if self.output == "json":
-            click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
-        else:
-            click.echo(human(data))
-
-
-pass_ctx = click.make_pass_decorator(Context)
-
-
 def _run(action: Callable[[], None]) -> None:
     try:
         action()
@@ -58,39 +43,10 @@ def _run(action: Callable[[], None]) -> None:
         sys.exit(1)
 
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def admin_options(token_help: str = "Admin token (for writes).") -> Callable[[F], F]:
-    """The options every admin-API command group takes: where, with which token, which
-    output. They fill the group's ``Context``."""
-
-    def decorate(group: F) -> F:
-        group = click.option(
-            "--output",
-            "-o",
-            type=click.Choice(["table", "json"]),
-            default="table",
-            show_default=True,
-        )(group)
-        group = click.option("--token", envvar="PROMPTPROXY_ADMIN_TOKEN", help=token_help)(group)
-        return click.option(
-            "--admin-url",
-            envvar="PROMPTPROXY_ADMIN_URL",
-            default=DEFAULT_ADMIN_URL,
-            show_default=True,
-            help="Admin API base URL.",
-        )(group)
-
-    return decorate
-
-
 @click.group("prompts")
 @admin_options()
-@click.pass_context
-def prompts(ctx: click.Context, admin_url: str, token: str | None, output: str) -> None:
+def prompts() -> None:
     """Manage prompt versions: push, promote, roll back, inspect."""
-    ctx.obj = Context(admin_url, token, output)
 
 
 def _version_payload(draft: Any) -> dict[str, Any]:

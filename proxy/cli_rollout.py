@@ -20,10 +20,8 @@ from proxy.cli_served import report_served, wait_options, wait_seconds
 
 @click.group("rollout")
 @admin_options()
-@click.pass_context
-def rollout(ctx: click.Context, admin_url: str, token: str | None, output: str) -> None:
+def rollout() -> None:
     """Try a candidate version on real traffic: canary, shadow, ramp, promote, abort."""
-    ctx.obj = Context(admin_url, token, output)
 
 
 def _row(r: dict[str, Any]) -> tuple[Any, ...]:

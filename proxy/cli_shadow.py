@@ -77,10 +77,8 @@ def _print(pairs: Iterable[Any], output: str) -> int:
 
 @click.group("shadow")
 @admin_options("Admin token (read role is enough).")
-@click.pass_context
-def shadow(ctx: click.Context, admin_url: str, token: str | None, output: str) -> None:
+def shadow() -> None:
     """Shadow pairs: the stable answer users got next to the candidate's, per request."""
-    ctx.obj = Context(admin_url, token, output)
 
 
 @shadow.command()

@@ -7,12 +7,13 @@ the file: the file names an environment variable (``api_key_env``) and we read i
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -44,6 +45,23 @@ DEFAULT_METRIC_MODELS = (
     "text-embedding-3-large",
     "sim-model",
 )
+
+
+def is_local_host(host: str) -> bool:
+    """The host names this machine: `localhost`, a loopback address or the any-address."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_unspecified
+
+
+def url_port(url: str) -> int:
+    """The port an http(s) URL connects to, explicit or the scheme's default."""
+    parts = urlsplit(url)
+    return parts.port or (443 if parts.scheme == "https" else 80)
 
 
 class ConfigError(Exception):
@@ -80,6 +98,11 @@ class UpstreamConfig(_Section):
     #: Longest silence allowed between two reads from the provider (headers or body bytes).
     read_timeout_seconds: float = Field(600.0, gt=0)
     max_connections: int = Field(1000, ge=1)
+    #: At start, one TCP connect to the upstream. `auto`: an upstream on this machine that
+    #: does not answer stops the start (exit 1), a remote one only logs a warning (a provider
+    #: blip must not crash-loop a fleet); `fail`: any unreachable upstream stops it; `warn`:
+    #: never stops it; `off`: no probe.
+    check_at_start: Literal["auto", "fail", "warn", "off"] = "auto"
 
     @field_validator("base_url")
     @classmethod
@@ -87,6 +110,10 @@ class UpstreamConfig(_Section):
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an absolute http(s) URL such as https://api.openai.com/v1")
+        try:
+            parts.port  # noqa: B018 - raises on a port that is not a number in 0-65535
+        except ValueError:
+            raise ValueError("has an invalid port") from None
         if parts.query or parts.fragment:
             raise ValueError("must not carry a query string or fragment")
         return value.rstrip("/")
@@ -298,6 +325,30 @@ class ProxyConfig(_Section):
     feedback: FeedbackConfig = FeedbackConfig()
     analysis: AnalysisConfig = AnalysisConfig()
     fleet: FleetConfig = FleetConfig()
+
+    @model_validator(mode="after")
+    def _simulator_is_the_upstream(self) -> ProxyConfig:
+        # The bundled simulator enabled, and an upstream on this machine on another port:
+        # the proxy would forward everything to a port the simulator does not listen on.
+        sim, base_url = self.simulator, self.upstream.base_url
+        if not sim.enabled:
+            return self
+
+        def on_sim_host(url: str) -> bool:
+            host = urlsplit(url).hostname or ""
+            return host == sim.host or (is_local_host(host) and is_local_host(sim.host))
+
+        def is_sim(url: str | None) -> bool:
+            return url is not None and on_sim_host(url) and url_port(url) == sim.port
+
+        # A local model server as upstream with the simulator only for shadows is fine.
+        if on_sim_host(base_url) and not is_sim(base_url) and not is_sim(self.shadow.base_url):
+            raise ValueError(
+                f"simulator.port is {sim.port} but upstream.base_url ({base_url}) uses port "
+                f"{url_port(base_url)}: the proxy would forward to a port nobody listens on; "
+                "make them agree (or set simulator.enabled: false)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _redis_sink_needs_redis(self) -> ProxyConfig:

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from proxy.config import Settings
 from proxy.log import APP_LOGGER, LineSink, setup_logging
+from proxy.preflight import check_upstream, listen_error
 from proxy.services import open_services
 from proxy.simulator import SimulatorSettings, start_simulator
 from proxy.web.app import build_admin_app, build_data_app
@@ -21,10 +22,13 @@ from proxy.web.app import build_admin_app, build_data_app
 _log = logging.getLogger(APP_LOGGER)
 
 
-async def _start_site(runner: web.AppRunner, host: str, port: int) -> str:
+async def _start_site(runner: web.AppRunner, host: str, port: int, what: str, setting: str) -> str:
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=1024)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        raise listen_error(what, setting, host, port, exc) from None
     return site.name
 
 
@@ -34,18 +38,24 @@ async def serve(settings: Settings, stop: asyncio.Event, log_sink: LineSink | No
     async with AsyncExitStack() as stack:
         if config.simulator.enabled:
             sim = config.simulator
-            sim_runner, sim_port = await start_simulator(
-                sim.host,
-                sim.port,
-                SimulatorSettings(
-                    first_byte_ms=sim.first_byte_ms,
-                    chunk_delay_ms=sim.chunk_delay_ms,
-                    chunks=sim.chunks,
-                ),
-            )
+            try:
+                sim_runner, sim_port = await start_simulator(
+                    sim.host,
+                    sim.port,
+                    SimulatorSettings(
+                        first_byte_ms=sim.first_byte_ms,
+                        chunk_delay_ms=sim.chunk_delay_ms,
+                        chunks=sim.chunks,
+                    ),
+                )
+            except OSError as exc:
+                raise listen_error(
+                    "simulated provider", "simulator.port", sim.host, sim.port, exc
+                ) from None
             stack.push_async_callback(sim_runner.cleanup)
             _log.info("simulated provider listening on http://%s:%d/v1", sim.host, sim_port)
 
+        await check_upstream(config)
         services = await stack.enter_async_context(open_services(settings))
         if log_sink is not None:
             services.metrics.log_lines_dropped.set_function(lambda: log_sink.dropped)
@@ -60,10 +70,16 @@ async def serve(settings: Settings, stop: asyncio.Event, log_sink: LineSink | No
         )
         admin_runner = web.AppRunner(build_admin_app(services), access_log=None)
         stack.push_async_callback(admin_runner.cleanup)
-        data_name = await _start_site(data_runner, config.server.host, config.server.port)
+        data_name = await _start_site(
+            data_runner, config.server.host, config.server.port, "data plane", "server.port"
+        )
         try:
             admin_name = await _start_site(
-                admin_runner, config.server.admin_host, config.server.admin_port
+                admin_runner,
+                config.server.admin_host,
+                config.server.admin_port,
+                "admin endpoints",
+                "server.admin_port",
             )
             _freeze_startup_heap()
             _log.info(

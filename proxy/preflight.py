@@ -1,0 +1,95 @@
+"""What `serve` checks before it says it is ready, and the one-line errors it stops with.
+
+A busy port or an upstream nobody listens on is a setup mistake. The operator gets one line
+naming what failed and the setting to change, and the process exits 1; not a traceback,
+and not a "ready" proxy that answers every request with 502.
+
+Whether an unreachable upstream stops the start is `upstream.check_at_start`:
+
+- ``auto`` (default): fatal when the upstream is on this machine (a loopback address, or the
+  bundled simulator): nothing outside the process can fix that, it is the wrong port or a
+  provider that was not started. A remote provider that does not answer only logs a warning:
+  a provider blip while a fleet restarts must not crash-loop every replica, and requests
+  get 502 until it answers, exactly as if the blip had come a minute later.
+- ``fail``: fatal for any upstream. ``warn``: never fatal. ``off``: no probe.
+
+The probe is one TCP connect (no request, so no key and no cost), bounded by
+`upstream.connect_timeout_seconds` and at most `PROBE_TIMEOUT_S`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+from urllib.parse import urlsplit
+
+from proxy.config import ProxyConfig, is_local_host, url_port
+from proxy.log import APP_LOGGER
+
+_log = logging.getLogger(APP_LOGGER)
+
+PROBE_TIMEOUT_S = 3.0
+
+
+class StartupError(Exception):
+    """The proxy cannot start; the message is one line for the operator."""
+
+
+def listen_error(what: str, setting: str, host: str, port: int, exc: OSError) -> StartupError:
+    """A listener that could not bind, as one line naming the setting to change."""
+    if exc.errno == errno.EADDRINUSE:
+        reason = "the port is already in use (another promptproxy, or another program)"
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        reason = "that address is not on this machine"
+    elif exc.errno == errno.EACCES:
+        reason = "permission denied (ports below 1024 need privileges)"
+    else:
+        reason = exc.strerror or str(exc)
+    return StartupError(f"cannot listen on {host}:{port} for the {what} ({setting}): {reason}")
+
+
+async def _connect(host: str, port: int, within: float) -> str | None:
+    """None when something accepts a TCP connection at host:port, else why not."""
+    try:
+        async with asyncio.timeout(within):
+            _, writer = await asyncio.open_connection(host, port)
+    except TimeoutError:
+        return f"no answer within {within:g}s"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    writer.close()
+    # We only wanted to know it accepts; a reset on close says nothing more.
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return None
+
+
+def _fatal(config: ProxyConfig, host: str) -> bool:
+    mode = config.upstream.check_at_start
+    if mode == "fail":
+        return True
+    return mode == "auto" and is_local_host(host)
+
+
+async def check_upstream(config: ProxyConfig) -> None:
+    """Probe the upstream once; raise ``StartupError`` when that is fatal (see the module)."""
+    upstream = config.upstream
+    if upstream.check_at_start == "off":
+        return
+    host = urlsplit(upstream.base_url).hostname or ""
+    port = url_port(upstream.base_url)
+    timeout = min(upstream.connect_timeout_seconds, PROBE_TIMEOUT_S)
+    reason = await _connect(host, port, timeout)
+    if reason is None:
+        return
+    message = (
+        f"upstream {upstream.base_url} is unreachable ({host}:{port}: {reason}); "
+        "check upstream.base_url (or --upstream), or that the provider is running"
+    )
+    if _fatal(config, host):
+        raise StartupError(message)
+    _log.warning(
+        "%s; serving anyway (upstream.check_at_start: %s)", message, upstream.check_at_start
+    )
