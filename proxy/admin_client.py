@@ -26,8 +26,17 @@ class AdminClient:
         self._timeout = timeout
 
     def _call(
-        self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: dict[str, Any] | None = None,
+        wait: float | None = None,
     ) -> Any:
+        """``wait``: seconds the proxy may wait for every replica (writes only); the HTTP
+        call then gets that much longer."""
+        if wait is not None:
+            query = {**(query or {}), "wait": f"{wait:g}"}
         url = self._base + path
         if query:
             url += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
@@ -40,7 +49,8 @@ class AdminClient:
             headers["Authorization"] = f"Bearer {self._token}"
         request = urllib.request.Request(url, data=data, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(request, timeout=self._timeout) as resp:
+            timeout = self._timeout + (wait or 0.0)
+            with urllib.request.urlopen(request, timeout=timeout) as resp:
                 return orjson.loads(resp.read())
         except urllib.error.HTTPError as exc:
             payload = exc.read()
@@ -68,13 +78,12 @@ class AdminClient:
     def diff(self, slug: str, a: int, b: int) -> Any:
         return self._call("GET", f"/prompts/{slug}/diff", query={"from": a, "to": b})
 
-    def promote(self, slug: str, version: int, reason: str) -> Any:
-        return self._call(
-            "POST", f"/prompts/{slug}/promote", {"version": version, "reason": reason}
-        )
+    def promote(self, slug: str, version: int, reason: str, wait: float | None = None) -> Any:
+        body = {"version": version, "reason": reason}
+        return self._call("POST", f"/prompts/{slug}/promote", body, wait=wait)
 
-    def rollback(self, slug: str, reason: str) -> Any:
-        return self._call("POST", f"/prompts/{slug}/rollback", {"reason": reason})
+    def rollback(self, slug: str, reason: str, wait: float | None = None) -> Any:
+        return self._call("POST", f"/prompts/{slug}/rollback", {"reason": reason}, wait=wait)
 
     def history(self, slug: str, at: str | None = None) -> Any:
         return self._call("GET", f"/prompts/{slug}/history", query={"at": at})
@@ -84,8 +93,8 @@ class AdminClient:
 
     # -- rollouts -------------------------------------------------------------------------
 
-    def set_rollout(self, slug: str, rollout: dict[str, Any]) -> Any:
-        return self._call("PUT", f"/prompts/{slug}/rollout", rollout)
+    def set_rollout(self, slug: str, rollout: dict[str, Any], wait: float | None = None) -> Any:
+        return self._call("PUT", f"/prompts/{slug}/rollout", rollout, wait=wait)
 
     def get_rollout(self, slug: str) -> Any:
         return self._call("GET", f"/prompts/{slug}/rollout")
@@ -96,11 +105,15 @@ class AdminClient:
     def list_rollouts(self) -> Any:
         return self._call("GET", "/rollouts")
 
-    def abort_rollout(self, slug: str, reason: str) -> Any:
-        return self._call("DELETE", f"/prompts/{slug}/rollout", {"reason": reason})
+    def abort_rollout(self, slug: str, reason: str, wait: float | None = None) -> Any:
+        return self._call("DELETE", f"/prompts/{slug}/rollout", {"reason": reason}, wait=wait)
 
-    def promote_rollout(self, slug: str, reason: str) -> Any:
-        return self._call("POST", f"/prompts/{slug}/rollout/promote", {"reason": reason})
+    def promote_rollout(self, slug: str, reason: str, wait: float | None = None) -> Any:
+        body = {"reason": reason}
+        return self._call("POST", f"/prompts/{slug}/rollout/promote", body, wait=wait)
+
+    def fleet(self) -> Any:
+        return self._call("GET", "/fleet")
 
     # -- shadow pairs ---------------------------------------------------------------------
 

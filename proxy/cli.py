@@ -10,6 +10,7 @@ import click
 
 from proxy import __version__
 from proxy.cli_context import admin_options
+from proxy.cli_fleet import fleet
 from proxy.cli_prompts import prompts
 from proxy.cli_rollout import rollout
 from proxy.cli_shadow import shadow
@@ -134,6 +135,7 @@ def simulate(
 main.add_command(prompts)
 main.add_command(rollout)
 main.add_command(shadow)
+main.add_command(fleet)
 
 
 @main.group("config")

@@ -16,6 +16,7 @@ import click
 
 from proxy.admin_client import AdminError
 from proxy.cli_context import Context, admin_options, pass_ctx
+from proxy.cli_served import report_served, wait_options, wait_seconds
 
 __all__ = ["Context", "admin_options", "pass_ctx"]
 
@@ -198,19 +199,33 @@ def _audit_line(e: dict[str, Any]) -> str:
 @click.argument("slug")
 @click.argument("version", type=int)
 @click.option("--reason", default="", help="Why (kept in the audit log).")
+@wait_options
 @pass_ctx
-def promote(ctx: Context, slug: str, version: int, reason: str) -> None:
+def promote(ctx: Context, slug: str, version: int, reason: str, wait: bool, timeout: float) -> None:
     """Make VERSION the prod version of SLUG."""
-    _run(lambda: ctx.emit(ctx.client.promote(slug, version, reason), _audit_line))
+
+    def action() -> None:
+        answer = ctx.client.promote(slug, version, reason, wait_seconds(wait, timeout))
+        ctx.emit(answer, _audit_line)
+        report_served(ctx.output, f"v{answer['version']}", answer)
+
+    _run(action)
 
 
 @prompts.command()
 @click.argument("slug")
 @click.option("--reason", default="", help="Why (kept in the audit log).")
+@wait_options
 @pass_ctx
-def rollback(ctx: Context, slug: str, reason: str) -> None:
+def rollback(ctx: Context, slug: str, reason: str, wait: bool, timeout: float) -> None:
     """Make the previous prod version of SLUG prod again."""
-    _run(lambda: ctx.emit(ctx.client.rollback(slug, reason), _audit_line))
+
+    def action() -> None:
+        answer = ctx.client.rollback(slug, reason, wait_seconds(wait, timeout))
+        ctx.emit(answer, _audit_line)
+        report_served(ctx.output, f"v{answer['version']}", answer)
+
+    _run(action)
 
 
 def _detail(detail: dict[str, Any] | None) -> str | None:

@@ -15,6 +15,7 @@ import yaml
 
 from proxy.admin_client import AdminError
 from proxy.cli_prompts import Context, _run, _when, admin_options, pass_ctx, table
+from proxy.cli_served import report_served, wait_options, wait_seconds
 
 
 @click.group("rollout")
@@ -244,6 +245,7 @@ def status(ctx: Context, slug: str | None) -> None:
 )
 @click.option("--steps", help="Analysis: percents to ramp through, e.g. 1,5,25,50 ('' for none).")
 @click.option("--reason", default="", help="Why (kept in the audit log).")
+@wait_options
 @pass_ctx
 def set_(
     ctx: Context,
@@ -258,6 +260,8 @@ def set_(
     failure_limit: int | None,
     steps: str | None,
     reason: str,
+    wait: bool,
+    timeout: float,
 ) -> None:
     """Start a rollout of CANDIDATE, or change the running one's percentage.
 
@@ -282,7 +286,14 @@ def set_(
     if analysis_file is not None or overrides:
         policy = _read_policy(analysis_file) if analysis_file is not None else {}
         body["analysis"] = {**policy, **overrides}
-    _run(lambda: ctx.emit(ctx.client.set_rollout(slug, body), _describe))
+    _run(lambda: _set_and_report(ctx, slug, body, wait_seconds(wait, timeout)))
+
+
+def _set_and_report(ctx: Context, slug: str, body: dict[str, Any], wait: float | None) -> None:
+    answer = ctx.client.set_rollout(slug, body, wait)
+    ctx.emit(answer, _describe)
+    label = f"{answer['mode']} of v{answer['candidate']} at {answer['percent']:g}%"
+    report_served(ctx.output, label, answer)
 
 
 def _parse_steps(text: str) -> list[float]:
@@ -314,8 +325,9 @@ def _read_policy(path: Path) -> dict[str, Any]:
 @click.argument("slug")
 @click.argument("percent", type=float)
 @click.option("--reason", default="", help="Why (kept in the audit log).")
+@wait_options
 @pass_ctx
-def ramp(ctx: Context, slug: str, percent: float, reason: str) -> None:
+def ramp(ctx: Context, slug: str, percent: float, reason: str, wait: bool, timeout: float) -> None:
     """Change the running rollout's percentage; callers already on the candidate stay."""
 
     def action() -> None:
@@ -327,7 +339,7 @@ def ramp(ctx: Context, slug: str, percent: float, reason: str) -> None:
             "sticky": running["sticky"],
             "reason": reason,
         }
-        ctx.emit(ctx.client.set_rollout(slug, body), _describe)
+        _set_and_report(ctx, slug, body, wait_seconds(wait, timeout))
 
     _run(action)
 
@@ -335,16 +347,30 @@ def ramp(ctx: Context, slug: str, percent: float, reason: str) -> None:
 @rollout.command()
 @click.argument("slug")
 @click.option("--reason", default="", help="Why (kept in the audit log).")
+@wait_options
 @pass_ctx
-def promote(ctx: Context, slug: str, reason: str) -> None:
+def promote(ctx: Context, slug: str, reason: str, wait: bool, timeout: float) -> None:
     """Make the candidate prod (the former prod is deprecated) and end the rollout."""
-    _run(lambda: ctx.emit(ctx.client.promote_rollout(slug, reason), _audit_line))
+
+    def action() -> None:
+        answer = ctx.client.promote_rollout(slug, reason, wait_seconds(wait, timeout))
+        ctx.emit(answer, _audit_line)
+        report_served(ctx.output, f"v{answer['version']}", answer)
+
+    _run(action)
 
 
 @rollout.command()
 @click.argument("slug")
 @click.option("--reason", default="", help="Why (kept in the audit log).")
+@wait_options
 @pass_ctx
-def abort(ctx: Context, slug: str, reason: str) -> None:
+def abort(ctx: Context, slug: str, reason: str, wait: bool, timeout: float) -> None:
     """End the rollout: all traffic back to stable, the candidate back to its status."""
-    _run(lambda: ctx.emit(ctx.client.abort_rollout(slug, reason), _audit_line))
+
+    def action() -> None:
+        answer = ctx.client.abort_rollout(slug, reason, wait_seconds(wait, timeout))
+        ctx.emit(answer, _audit_line)
+        report_served(ctx.output, f"abort of the v{answer['version']} rollout", answer)
+
+    _run(action)

@@ -191,6 +191,25 @@ class AnalysisConfig(_Section):
     lease_seconds: float = Field(10.0, ge=2, le=300)
 
 
+class FleetConfig(_Section):
+    #: Each replica writes the registry revision it serves to the shared store this often,
+    #: and at once after it loads a new snapshot.
+    heartbeat_seconds: float = Field(1.0, gt=0, le=60)
+    #: A replica heard from within this long is live: admin writes with `wait` wait for it.
+    live_seconds: float = Field(5.0, gt=0, le=600)
+    #: The entry of a replica not heard from for this long is removed from the board.
+    forget_seconds: float = Field(3600.0, ge=60, le=30 * 86_400)
+
+    @model_validator(mode="after")
+    def _live_spans_beats(self) -> FleetConfig:
+        if self.live_seconds < 2 * self.heartbeat_seconds:
+            raise ValueError(
+                "live_seconds must be at least twice heartbeat_seconds, or a replica "
+                "that misses one beat looks gone"
+            )
+        return self
+
+
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
@@ -305,6 +324,7 @@ class ProxyConfig(_Section):
     shadow: ShadowConfig = ShadowConfig()
     feedback: FeedbackConfig = FeedbackConfig()
     analysis: AnalysisConfig = AnalysisConfig()
+    fleet: FleetConfig = FleetConfig()
 
     @model_validator(mode="after")
     def _simulator_is_the_upstream(self) -> ProxyConfig:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -22,6 +24,9 @@ from proxy.metrics import ProxyMetrics
 from proxy.pipeline.forward import UpstreamClient, make_session
 from proxy.pipeline.record import Recorder
 from proxy.registry.factory import describe_store, open_store
+from proxy.registry.fleet import Fleet
+from proxy.registry.fleet_heartbeat import AppliedSignal, Heartbeat
+from proxy.registry.fleet_setup import FleetMetrics, open_board
 from proxy.registry.models import RegistrySnapshot
 from proxy.registry.service import RegistryService
 from proxy.registry.snapshot import SnapshotHolder, SnapshotRefresher
@@ -74,10 +79,11 @@ class Services:
         return describe_store(self.settings.config.registry)
 
 
-def _snapshot_observer(metrics: ProxyMetrics) -> SnapshotHolder:
+def _snapshot_observer(metrics: ProxyMetrics, applied: AppliedSignal) -> SnapshotHolder:
     def on_apply(snapshot: RegistrySnapshot) -> None:
         metrics.set_registry(snapshot)
         metrics.registry_revision.set(snapshot.revision)
+        applied.applied(snapshot.revision)
 
     holder = SnapshotHolder(on_apply)
     metrics.registry_staleness.set_function(lambda: holder.staleness)
@@ -99,11 +105,25 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         stack.push_async_callback(session.close)
         store = await open_store(config.registry)
         stack.push_async_callback(store.close)
-        holder = _snapshot_observer(metrics)
+        me = replica_id()
+        backend = await stack.enter_async_context(open_backend(config, me))
+        applied = AppliedSignal()
+        holder = _snapshot_observer(metrics, applied)
         refresher = SnapshotRefresher(
             store, holder, on_error=lambda op: metrics.registry_errors.labels(op).inc()
         )
-        registry = RegistryService(store)
+        board = open_board(config.registry, config.fleet, backend.redis)
+        stack.push_async_callback(board.close)
+        heartbeat = Heartbeat(
+            board,
+            me,
+            holder,
+            applied,
+            config.fleet.heartbeat_seconds,
+            FleetMetrics(metrics.registry).heartbeat_errors.inc,
+        )
+        fleet = Fleet(board, me, config.fleet.live_seconds, local=heartbeat.beat)
+        registry = RegistryService(store, serve=refresher.serve, fleet=fleet)
         tasks = BackgroundTasks()
         stack.push_async_callback(tasks.close)
 
@@ -116,8 +136,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         await refresher.load_once()
         tasks.spawn(refresher.run(), name="registry-refresher")
         tasks.spawn(watch_loop_lag(metrics.loop_lag), name="loop-lag")
+        beating = tasks.spawn(heartbeat.run(), name="fleet-heartbeat")
         window = WindowRecorder(time.time)
-        backend = await stack.enter_async_context(open_backend(config, replica_id()))
         analysis = Analyser(
             config=config.analysis,
             snapshot=lambda: holder.current,
@@ -137,6 +157,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         # Closed first (the stack unwinds in reverse), after the data plane drained: shadows
         # get a short grace, never the whole shutdown budget.
         stack.push_async_callback(shadow.close, min(5.0, config.server.shutdown_grace_seconds))
+        # First to run on the way out: off the board before anything closes.
+        stack.push_async_callback(_leave_fleet, beating, heartbeat)
         _log.info(
             "prompt registry: %s, revision %d",
             describe_store(config.registry),
@@ -156,3 +178,10 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             analysis=analysis,
             feedback=feedback,
         )
+
+
+async def _leave_fleet(beating: asyncio.Task[None], heartbeat: Heartbeat) -> None:
+    beating.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await beating
+    await heartbeat.leave()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import secrets
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 from proxy.analysis.policy import AnalysisPolicy
 from proxy.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
 from proxy.models import SLUG_PATTERN
+from proxy.registry.fleet import Fleet, FleetError, FleetWait, ReplicaView
 from proxy.registry.history import StateAt, state_at
 from proxy.registry.lifecycle import ROLLOUT_START_ACTION
 from proxy.registry.models import (
@@ -88,10 +89,110 @@ def check_slug(slug: str) -> None:
         )
 
 
+#: Longest wait for the fleet an admin write accepts: the CLI's HTTP call must outlive it.
+MAX_WAIT_SECONDS = 60.0
+
+
+def check_wait(wait: float | None) -> float | None:
+    if wait is not None and not 0 < wait <= MAX_WAIT_SECONDS:
+        raise InvalidRequest(
+            f"`wait` is seconds to wait for every replica, above 0 and at most "
+            f"{MAX_WAIT_SECONDS:g}.",
+            param="wait",
+            code="invalid_wait",
+        )
+    return wait
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """Who serves a write: this process (``here``), and with a wait, the live replicas."""
+
+    #: the store's revision once the write was done (None if it could not be read)
+    revision: int | None
+    here: bool
+    fleet: FleetWait | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "revision": self.revision,
+            "here": self.here,
+            "fleet": None if self.fleet is None else self.fleet.to_dict(),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class FleetStatus:
+    #: the store's revision (None if it could not be read)
+    revision: int | None
+    me: str
+    replicas: Sequence[ReplicaView]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "revision": self.revision,
+            "replica": self.me,
+            "live": sum(1 for r in self.replicas if r.live),
+            "data": [r.to_dict(self.revision, self.me) for r in self.replicas],
+        }
+
+
 class RegistryService:
-    def __init__(self, store: PromptStore, clock: Callable[[], float] = time.time) -> None:
+    """``serve(revision)`` makes this process serve that registry revision now (True once it
+    does): every write awaits it before answering, so whoever wrote, through this process,
+    reads the change on its very next request. ``fleet`` tells where the other replicas
+    stand."""
+
+    def __init__(
+        self,
+        store: PromptStore,
+        clock: Callable[[], float] = time.time,
+        *,
+        serve: Callable[[int], Awaitable[bool]] | None = None,
+        fleet: Fleet | None = None,
+    ) -> None:
         self._store = store
         self._clock = clock
+        self._serve = serve
+        self._fleet = fleet
+
+    async def _serve_here(self) -> tuple[int | None, bool]:
+        """After a write: load it here before answering. Never raises: the write is done,
+        and a failure to load it only means this process does not serve it yet."""
+        if self._serve is None:
+            return None, False
+        try:
+            revision = await self._store.revision()
+        except StoreUnavailable:
+            return None, False
+        return revision, await self._serve(revision)
+
+    async def served(self, wait: float | None = None, since: float | None = None) -> Served:
+        """Where the latest write stands: whether this process serves the store's current
+        revision and, with ``wait`` (seconds), once every live replica does, or who did not
+        in time. ``since``: ``time.monotonic()`` before the write, which the wait and its
+        reported time count from."""
+        check_wait(wait)
+        revision, here = await self._serve_here()
+        if wait is None or self._fleet is None or revision is None:
+            return Served(revision, here, None)
+        return Served(revision, here, await self._fleet.wait(revision, wait, here, since))
+
+    async def fleet_status(self) -> FleetStatus:
+        if self._fleet is None:
+            raise ServiceUnavailable("This process keeps no fleet board.", code="fleet_unavailable")
+        try:
+            revision: int | None = await self._store.revision()
+        except StoreUnavailable:
+            revision = None
+        try:
+            replicas = await self._fleet.replicas()
+        except FleetError as exc:
+            raise ServiceUnavailable(
+                f"The fleet board in the shared store cannot be read now ({exc}).",
+                code="fleet_unavailable",
+            ) from None
+        return FleetStatus(revision, self._fleet.me, replicas)
 
     async def push(self, draft: VersionDraft, actor: str) -> tuple[PromptVersion, bool]:
         """Create a version (or return the latest if its content is identical)."""
@@ -106,7 +207,9 @@ class RegistryService:
                 code="invalid_template",
             ) from None
         with _store_errors(draft.slug):
-            return await self._store.create_version(draft, actor, self._clock())
+            result = await self._store.create_version(draft, actor, self._clock())
+        await self._serve_here()
+        return result
 
     async def list_prompts(self) -> list[PromptSummary]:
         with _store_errors():
@@ -132,12 +235,16 @@ class RegistryService:
     async def promote(self, slug: str, version: int, actor: str, reason: str) -> AuditEntry:
         check_slug(slug)
         with _store_errors(slug):
-            return await self._store.promote(slug, version, actor, reason, self._clock())
+            entry = await self._store.promote(slug, version, actor, reason, self._clock())
+        await self._serve_here()
+        return entry
 
     async def rollback(self, slug: str, actor: str, reason: str) -> AuditEntry:
         check_slug(slug)
         with _store_errors(slug):
-            return await self._store.rollback(slug, actor, reason, self._clock())
+            entry = await self._store.rollback(slug, actor, reason, self._clock())
+        await self._serve_here()
+        return entry
 
     # -- rollouts ---------------------------------------------------------------------------
 
@@ -184,6 +291,7 @@ class RegistryService:
                     self._clock(),
                     analysis,
                 )
+                await self._serve_here()
                 return RolloutChange(rollout, entry, started=True)
             if running.candidate != candidate or running.mode is not mode:
                 raise Conflict(
@@ -215,7 +323,8 @@ class RegistryService:
             rollout, entry = await self._store.update_rollout(
                 slug, running.id, points, actor, reason, self._clock()
             )
-            return RolloutChange(rollout, entry, started=False)
+        await self._serve_here()
+        return RolloutChange(rollout, entry, started=False)
 
     async def get_rollout(self, slug: str) -> Rollout:
         check_slug(slug)
@@ -237,12 +346,16 @@ class RegistryService:
     async def abort_rollout(self, slug: str, actor: str, reason: str) -> AuditEntry:
         check_slug(slug)
         with _store_errors(slug):
-            return await self._store.abort_rollout(slug, actor, reason, self._clock())
+            entry = await self._store.abort_rollout(slug, actor, reason, self._clock())
+        await self._serve_here()
+        return entry
 
     async def promote_rollout(self, slug: str, actor: str, reason: str) -> AuditEntry:
         check_slug(slug)
         with _store_errors(slug):
-            return await self._store.promote_rollout(slug, actor, reason, self._clock())
+            entry = await self._store.promote_rollout(slug, actor, reason, self._clock())
+        await self._serve_here()
+        return entry
 
     async def audit(
         self, slug: str | None = None, limit: int = 100, before_seq: int | None = None

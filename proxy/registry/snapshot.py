@@ -83,15 +83,37 @@ class SnapshotRefresher:
         #: Last revision read from the store, applied or refused. Waiting on the served
         #: snapshot's revision instead would spin after a refused (empty) read.
         self._seen_revision = -1
+        #: Held from a snapshot read to its apply. The loop and ``serve`` (after an admin
+        #: write) both load; unserialized, a read started before a write could be applied
+        #: after one that includes it, and the process would serve the older state again.
+        self._loading = asyncio.Lock()
 
     async def load_once(self) -> bool:
         """Load a snapshot now; False (and the holder marked stale) if the store failed."""
         try:
-            self._apply(await self._store.snapshot())
+            await self._load()
         except StoreUnavailable as exc:
             self._failed("snapshot", exc)
             return False
         return True
+
+    async def serve(self, revision: int) -> bool:
+        """Make the holder serve ``revision`` (or a later one) now, loading if it does not
+        yet: True once it does, False if the store failed or the read was refused."""
+        if self._holder.current.revision >= revision:
+            return True
+        try:
+            async with self._loading:
+                if self._holder.current.revision < revision:
+                    self._apply(await self._store.snapshot())
+        except StoreUnavailable as exc:
+            self._failed("snapshot", exc)
+            return False
+        return self._holder.current.revision >= revision
+
+    async def _load(self) -> None:
+        async with self._loading:
+            self._apply(await self._store.snapshot())
 
     def _apply(self, snapshot: RegistrySnapshot) -> None:
         self._seen_revision = snapshot.revision
@@ -108,8 +130,9 @@ class SnapshotRefresher:
                     continue
                 known = self._seen_revision
                 revision = await self._store.wait_for_change(known, self._max_wait)
-                if revision != known:
-                    self._apply(await self._store.snapshot())
+                # ``serve`` may have loaded it meanwhile; then there is nothing to do.
+                if revision != self._seen_revision:
+                    await self._load()
                 else:
                     self._holder.confirm()
                 backoff = 0.1

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from proxy.errors import InvalidRequest
 from proxy.registry.models import VariableSpec, VersionDraft
 from proxy.services import Services
+from proxy.web import admin_wait
 from proxy.web.admin_auth import authorize
 from proxy.web.keys import SERVICES
 from proxy.web.openapi import OPENAPI
@@ -97,9 +98,15 @@ async def create_version(request: web.Request) -> web.Response:
     actor = actor_of(request, write=True)
     slug = request.match_info["slug"]
     body = await parse_body(request, VersionIn)
+    wait = admin_wait.wait_of(request)
     version, created = await services_of(request).registry.push(_draft(slug, body, actor), actor)
     return json_response(
-        {"created": created, "version": version.to_dict()}, 201 if created else 200
+        {
+            "created": created,
+            "version": version.to_dict(),
+            "served": await admin_wait.served(request, wait),
+        },
+        201 if created else 200,
     )
 
 
@@ -125,19 +132,21 @@ async def get_version(request: web.Request) -> web.Response:
 async def promote(request: web.Request) -> web.Response:
     actor = actor_of(request, write=True)
     body = await parse_body(request, PromoteIn)
+    wait = admin_wait.wait_of(request)
     entry = await services_of(request).registry.promote(
         request.match_info["slug"], body.version, actor, body.reason
     )
-    return json_response(entry.to_dict())
+    return json_response({**entry.to_dict(), "served": await admin_wait.served(request, wait)})
 
 
 async def rollback(request: web.Request) -> web.Response:
     actor = actor_of(request, write=True)
     body = await parse_body(request, RollbackIn)
+    wait = admin_wait.wait_of(request)
     entry = await services_of(request).registry.rollback(
         request.match_info["slug"], actor, body.reason
     )
-    return json_response(entry.to_dict())
+    return json_response({**entry.to_dict(), "served": await admin_wait.served(request, wait)})
 
 
 def _instant(value: str) -> float:

@@ -19,6 +19,7 @@ from proxy.analysis.policy import AnalysisPolicy, PolicyError
 from proxy.errors import InvalidRequest, NotFound
 from proxy.registry.models import Rollout, RolloutMode
 from proxy.registry.service import check_slug
+from proxy.web import admin_wait
 from proxy.web.admin_api import PREFIX, Body, actor_of, json_response, parse_body, services_of
 
 
@@ -90,6 +91,7 @@ async def put_rollout(request: web.Request) -> web.Response:
     services = services_of(request)
     policy = _policy(body.analysis)
     _check_feedback(policy, body.mode, services.settings.config.feedback.names)
+    wait = admin_wait.wait_of(request)
     change = await services.registry.set_rollout(
         slug,
         body.candidate,
@@ -102,6 +104,7 @@ async def put_rollout(request: web.Request) -> web.Response:
     )
     view = _view(change.rollout, await _prod_of(request, slug))
     view["audit"] = None if change.audit is None else change.audit.to_dict()
+    view["served"] = await admin_wait.served(request, wait)
     return json_response(view, 201 if change.started else 200)
 
 
@@ -132,19 +135,21 @@ async def get_analysis(request: web.Request) -> web.Response:
 async def delete_rollout(request: web.Request) -> web.Response:
     actor = actor_of(request, write=True)
     body = await parse_body(request, ReasonIn)
+    wait = admin_wait.wait_of(request)
     entry = await services_of(request).registry.abort_rollout(
         request.match_info["slug"], actor, body.reason or request.query.get("reason", "")
     )
-    return json_response(entry.to_dict())
+    return json_response({**entry.to_dict(), "served": await admin_wait.served(request, wait)})
 
 
 async def promote_rollout(request: web.Request) -> web.Response:
     actor = actor_of(request, write=True)
     body = await parse_body(request, ReasonIn)
+    wait = admin_wait.wait_of(request)
     entry = await services_of(request).registry.promote_rollout(
         request.match_info["slug"], actor, body.reason
     )
-    return json_response(entry.to_dict())
+    return json_response({**entry.to_dict(), "served": await admin_wait.served(request, wait)})
 
 
 async def list_rollouts(request: web.Request) -> web.Response:

@@ -403,6 +403,77 @@ _SCHEMAS: dict[str, Any] = {
 
 _LIST = {"type": "object", "properties": {"data": {"type": "array"}}}
 
+_SCHEMAS["FleetWait"] = {
+    "type": "object",
+    "description": "How a change reached the replicas live when it was written",
+    "properties": {
+        "revision": {"type": "integer", "description": "registry revision waited for"},
+        "replicas": {"type": "integer", "description": "live replicas waited for"},
+        "confirmed": {"type": "integer", "description": "those serving the revision or later"},
+        "complete": {"type": "boolean"},
+        "elapsed_ms": {"type": "integer"},
+        "timeout_seconds": {"type": "number"},
+        "missing": {
+            "type": "array",
+            "description": "replicas that did not confirm in time, as last seen",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "replica": {"type": "string"},
+                    "revision": {"type": ["integer", "null"]},
+                    "heartbeat_age_seconds": {"type": ["number", "null"]},
+                },
+            },
+        },
+        "error": {"type": ["string", "null"], "description": "the fleet board failed"},
+    },
+}
+_SCHEMAS["Served"] = {
+    "type": "object",
+    "description": "Who serves the write: the answering process, and with `wait` the fleet",
+    "properties": {
+        "revision": {"type": ["integer", "null"], "description": "store revision after it"},
+        "here": {
+            "type": "boolean",
+            "description": "the answering process serves it (false only if its store read "
+            "failed right after the write; the write is made either way)",
+        },
+        "fleet": {"anyOf": [_ref("FleetWait"), {"type": "null"}]},
+    },
+}
+_SCHEMAS["Replica"] = {
+    "type": "object",
+    "properties": {
+        "replica": {"type": "string", "description": "host:pid:suffix"},
+        "host": {"type": "string"},
+        "pid": {"type": "integer"},
+        "version": {"type": "string", "description": "promptproxy version"},
+        "revision": {"type": "integer", "description": "registry revision it serves"},
+        "behind": {"type": ["integer", "null"], "description": "revisions behind the store"},
+        "served_at": {"type": ["number", "null"]},
+        "staleness_seconds": {"type": "number"},
+        "heartbeat_age_seconds": {"type": "number"},
+        "healthy": {"type": "boolean"},
+        "live": {"type": "boolean"},
+        "this": {"type": "boolean", "description": "the replica that answered"},
+    },
+}
+_WAIT = {
+    "name": "wait",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": 60},
+    "description": "Seconds to wait until every live replica serves the change; `served.fleet` "
+    "then says who confirmed and names who did not",
+}
+
+
+def _written(name: str) -> dict[str, Any]:
+    return _ok(
+        {"allOf": [_ref(name), {"type": "object", "properties": {"served": _ref("Served")}}]}
+    )
+
+
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {
@@ -427,11 +498,16 @@ OPENAPI: dict[str, Any] = {
                 _ok(
                     {
                         "type": "object",
-                        "properties": {"created": {"type": "boolean"}, "version": _ref("Version")},
+                        "properties": {
+                            "created": {"type": "boolean"},
+                            "version": _ref("Version"),
+                            "served": _ref("Served"),
+                        },
                     }
                 ),
                 write=True,
                 requestBody=_body("VersionIn"),
+                parameters=[_WAIT],
             ),
         },
         "/admin/v1/prompts/{slug}/versions/{version}": {
@@ -445,17 +521,19 @@ OPENAPI: dict[str, Any] = {
             "parameters": [_SLUG],
             "post": _op(
                 "Make a version prod; the former prod becomes deprecated",
-                _ok(_ref("AuditEntry")),
+                _written("AuditEntry"),
                 write=True,
                 requestBody=_body("PromoteIn"),
+                parameters=[_WAIT],
             ),
         },
         "/admin/v1/prompts/{slug}/rollback": {
             "parameters": [_SLUG],
             "post": _op(
                 "Make the last former prod prod again",
-                _ok(_ref("AuditEntry")),
+                _written("AuditEntry"),
                 write=True,
+                parameters=[_WAIT],
                 requestBody={
                     "required": False,
                     "content": {"application/json": {"schema": _ref("RollbackIn")}},
@@ -504,9 +582,10 @@ OPENAPI: dict[str, Any] = {
             "put": _op(
                 "Start a canary or shadow rollout (201), or change the running one's percentage "
                 "with the same candidate and mode (200; cohorts are kept)",
-                _ok(_ref("Rollout")),
+                _written("Rollout"),
                 write=True,
                 requestBody=_body("RolloutIn"),
+                parameters=[_WAIT],
             ),
             "get": _op(
                 "The running rollout (404 if none) and its analysis state",
@@ -514,8 +593,9 @@ OPENAPI: dict[str, Any] = {
             ),
             "delete": _op(
                 "Abort: all traffic back to stable, the candidate back to its former status",
-                _ok(_ref("AuditEntry")),
+                _written("AuditEntry"),
                 write=True,
+                parameters=[_WAIT],
                 requestBody={
                     "required": False,
                     "content": {"application/json": {"schema": _ref("RollbackIn")}},
@@ -534,8 +614,9 @@ OPENAPI: dict[str, Any] = {
             "parameters": [_SLUG],
             "post": _op(
                 "Make the candidate prod in one step and end the rollout",
-                _ok(_ref("AuditEntry")),
+                _written("AuditEntry"),
                 write=True,
+                parameters=[_WAIT],
                 requestBody={
                     "required": False,
                     "content": {"application/json": {"schema": _ref("RollbackIn")}},
@@ -543,6 +624,23 @@ OPENAPI: dict[str, Any] = {
             ),
         },
         "/admin/v1/rollouts": {"get": _op("Every running rollout", _ok(_LIST))},
+        "/admin/v1/fleet": {
+            "get": _op(
+                "Every replica on the fleet board: the registry revision it serves, how far "
+                "behind the store, how stale, live or not",
+                _ok(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "revision": {"type": ["integer", "null"]},
+                            "replica": {"type": "string", "description": "the one answering"},
+                            "live": {"type": "integer"},
+                            "data": {"type": "array", "items": _ref("Replica")},
+                        },
+                    }
+                ),
+            )
+        },
         "/admin/v1/prompts/{slug}/shadow/pairs": {
             "parameters": [
                 _SLUG,

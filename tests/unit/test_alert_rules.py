@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
 from proxy.metrics import ProxyMetrics
+from proxy.registry.fleet_setup import FleetMetrics
 from proxy.shadow.metrics import DROP_REASONS, REQUEST_OUTCOMES, ShadowMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -411,6 +412,7 @@ def test_docs_list_every_exported_family() -> None:
     registry = CollectorRegistry()
     ProxyMetrics(registry, ["gpt-4o-mini"])
     ShadowMetrics(registry)
+    FleetMetrics(registry)
     shown = {"counter": "_total", "info": "_info"}
     missing = [
         family.name + shown.get(family.type, "")

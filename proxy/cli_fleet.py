@@ -1,0 +1,45 @@
+"""`promptproxy fleet`: every replica on the fleet board, the registry revision it serves,
+how far behind the store and how stale it is, and whether it is live."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from proxy.cli_context import Context, pass_ctx
+from proxy.cli_prompts import _run, table
+
+_HEADERS = ("REPLICA", "REVISION", "BEHIND", "STALENESS", "HEARTBEAT", "LIVE", "VERSION")
+
+
+def _row(r: dict[str, Any]) -> tuple[Any, ...]:
+    return (
+        r["replica"] + (" *" if r.get("this") else ""),
+        r["revision"],
+        r["behind"],
+        f"{r['staleness_seconds']:.1f}s",
+        f"{r['heartbeat_age_seconds']:.1f}s ago",
+        "yes" if r["live"] else "no",
+        r["version"],
+    )
+
+
+def _describe(status: dict[str, Any]) -> str:
+    rows = status["data"]
+    revision = status["revision"]
+    head = (
+        f"store revision {revision if revision is not None else 'unknown'}; "
+        f"{status['live']} live replica{'s' if status['live'] != 1 else ''} "
+        f"(* answered this call)"
+    )
+    if not rows:
+        return head + "\nno replica has reported yet"
+    return head + "\n" + table([_row(r) for r in rows], _HEADERS)
+
+
+@click.command("fleet")
+@pass_ctx
+def fleet(ctx: Context) -> None:
+    """List the replicas: the registry revision each serves, staleness, live or not."""
+    _run(lambda: ctx.emit(ctx.client.fleet(), _describe))
