@@ -1,0 +1,240 @@
+"""Reliability row C3: an admin ramp of a canary from 10 % to 0 % under load reaches every
+replica within the promised time (2 s by notification, 5 s with the pub/sub connections
+killed just before the ramp: the refresher's polling must catch it), and from then on no
+caller gets a canary answer.
+
+Three replicas share one real redis-server; traffic runs on every replica throughout, each
+request with a fresh sticky key so about 10 % land on the canary before the ramp. A replica
+has applied the ramp when a probe key that sits in the canary's 10 % gets the stable answer
+there (the arm is a pure function of the snapshot, so that is the snapshot changing).
+
+The 2 s / 5 s bounds are the product's promises (docs/rollouts.md, reliability guide A6), so
+they are deadlines here. Each run prints one ``FIGURES {json}`` line with the measured times;
+``python -m loadtest.fault_rows`` repeats the runs and collects them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+import redis
+
+from proxy.pipeline.choose import bucket
+from tests.processes import ProxyProc, proxy
+from tests.redis_server import RedisServer, running_redis
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "integration-admin-token"
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+ENV = {"PROMPTPROXY_ADMIN_TOKEN": TOKEN}
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+STICKY_HEADER = "x-user-id"
+WORKERS_PER_REPLICA = 2
+PROMISE = {False: 2.0, True: 5.0}  # seconds, by whether pub/sub was killed before the ramp
+AFTER_APPLY = 1.0  # seconds of load kept up after the last replica applied
+
+
+@pytest.fixture(scope="module")
+def redis_server(procs_dir: Path) -> Iterator[RedisServer]:
+    workdir = procs_dir / "redis-ramp"
+    workdir.mkdir(exist_ok=True)
+    with running_redis(workdir) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def replicas(procs_dir: Path, sim_url: str, redis_server: RedisServer) -> Iterator[list[ProxyProc]]:
+    with ExitStack() as stack:
+        yield [
+            stack.enter_context(proxy(procs_dir, sim_url, store=redis_server.url, env=ENV))
+            for _ in range(3)
+        ]
+
+
+async def admin(replica: ProxyProc, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(
+            method, f"{replica.admin_url}/admin/v1{path}", json=body, headers=ADMIN
+        ) as resp,
+    ):
+        return resp.status, await resp.json()
+
+
+async def arm_of(session: aiohttp.ClientSession, replica: ProxyProc, slug: str, key: str) -> str:
+    async with session.post(
+        f"{replica.url.removesuffix('/v1')}/p/{slug}/v1/chat/completions",
+        json=CHAT,
+        headers={STICKY_HEADER: key},
+    ) as resp:
+        await resp.read()
+        if resp.status != 200:
+            return f"status:{resp.status}"
+        return f"{resp.headers['x-prompt-arm']}:{resp.headers['x-prompt-version']}"
+
+
+@dataclass
+class Answer:
+    replica: int
+    started: float  # monotonic
+    arm: str
+
+
+@dataclass
+class Load:
+    """Continuous traffic on every replica, each request with a new sticky key."""
+
+    replicas: list[ProxyProc]
+    slug: str
+    answers: list[Answer] = field(default_factory=list)
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._worker(i))
+            for i in range(len(self.replicas))
+            for _ in range(WORKERS_PER_REPLICA)
+        ]
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+    async def _worker(self, index: int) -> None:
+        replica = self.replicas[index]
+        async with aiohttp.ClientSession() as session:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                arm = await arm_of(session, replica, self.slug, uuid.uuid4().hex)
+                self.answers.append(Answer(index, started, arm))
+
+
+async def until_all(replicas: list[ProxyProc], slug: str, key: str, arm: str) -> None:
+    """Setup only: wait (bounded) until every replica serves ``key`` on ``arm``."""
+    deadline = time.monotonic() + 10
+    async with aiohttp.ClientSession() as session:
+        while [await arm_of(session, r, slug, key) for r in replicas] != [arm] * len(replicas):
+            assert time.monotonic() < deadline, f"setup: not every replica serves {arm}"
+            await asyncio.sleep(0.02)
+
+
+async def applied_times(
+    replicas: list[ProxyProc], slug: str, probe: str, since: float, limit: float
+) -> list[float]:
+    """Seconds from ``since`` until each replica answers the canary ``probe`` key from
+    stable, polled per replica until ``limit`` seconds after ``since``."""
+    applied: dict[int, float] = {}
+    async with aiohttp.ClientSession() as session:
+        while len(applied) < len(replicas):
+            for i, replica in enumerate(replicas):
+                if i not in applied and await arm_of(session, replica, slug, probe) == "stable:1":
+                    applied[i] = time.monotonic() - since
+            missing = sorted(set(range(len(replicas))) - set(applied))
+            assert time.monotonic() - since < limit or not missing, (
+                f"replicas {missing} still serve the canary {limit}s after the ramp"
+            )
+            await asyncio.sleep(0.005)
+    return [applied[i] for i in range(len(replicas))]
+
+
+def canary_key(slug: str, rollout_id: str, basis_points: int) -> str:
+    return next(
+        key
+        for key in (f"probe-{n}" for n in itertools.count())
+        if bucket(slug, rollout_id, key) < basis_points
+    )
+
+
+async def ramp_to_zero_under_load(
+    replicas: list[ProxyProc], redis_url: str, slug: str, *, kill_pubsub: bool
+) -> dict[str, Any]:
+    for text in ("stable prompt", "candidate prompt"):
+        path = f"/prompts/{slug}/versions"
+        status, _ = await admin(replicas[0], "POST", path, {"template": text})
+        assert status == 201
+    status, _ = await admin(replicas[0], "POST", f"/prompts/{slug}/promote", {"version": 1})
+    assert status == 200
+    body = {"candidate": 2, "mode": "canary", "percent": 10, "sticky": f"header:{STICKY_HEADER}"}
+    status, rollout = await admin(replicas[0], "PUT", f"/prompts/{slug}/rollout", body)
+    assert status == 201, rollout
+    probe = canary_key(slug, rollout["id"], 1000)
+    await until_all(replicas, slug, probe, "canary:2")
+
+    load = Load(replicas, slug)
+    load.start()
+    client = redis.Redis.from_url(redis_url)
+    try:
+        # Enough traffic that the canary is seen on every replica before the ramp: the
+        # "no canary afterwards" check below could not fail otherwise.
+        deadline = time.monotonic() + 15
+        while {a.replica for a in load.answers if a.arm == "canary:2"} != {0, 1, 2}:
+            assert time.monotonic() < deadline, "setup: the 10 % canary never answered"
+            await asyncio.sleep(0.05)
+        killed = 0
+        if kill_pubsub:
+            killed = int(client.client_kill_filter(_type="pubsub"))
+        body["percent"] = 0
+        ramped_at = time.monotonic()
+        status, ramped = await admin(replicas[1], "PUT", f"/prompts/{slug}/rollout", body)
+        committed = time.monotonic() - ramped_at
+        assert (status, ramped["id"], ramped["percent"]) == (200, rollout["id"], 0), ramped
+        applied = await applied_times(replicas, slug, probe, ramped_at, PROMISE[kill_pubsub])
+        await asyncio.sleep(AFTER_APPLY)
+    finally:
+        await load.stop()
+        client.close()
+
+    before = [a for a in load.answers if a.started < ramped_at]
+    after = [a for a in load.answers if a.started >= ramped_at + applied[a.replica]]
+    assert {a.arm for a in load.answers} <= {"canary:2", "stable:1"}, "a request failed"
+    late_canary = [a for a in after if a.arm == "canary:2"]
+    assert not late_canary, f"{len(late_canary)} canary answers after the replica applied 0 %"
+    assert len(after) > 10 * len(replicas)
+    figures = {
+        "row": "C3",
+        "pubsub_killed": kill_pubsub,
+        "pubsub_connections_killed": killed,
+        "admin_put_s": round(committed, 4),
+        "applied_s": [round(t, 4) for t in applied],
+        "requests_before": len(before),
+        "canary_share_before": round(
+            sum(a.arm == "canary:2" for a in before) / max(1, len(before)), 4
+        ),
+        "requests_after_apply": len(after),
+        "canary_after_apply": len(late_canary),
+    }
+    print("\nFIGURES " + orjson.dumps(figures).decode())
+    return figures
+
+
+async def test_ramp_to_zero_reaches_every_replica_by_notification(
+    replicas: list[ProxyProc], redis_server: RedisServer
+) -> None:
+    figures = await ramp_to_zero_under_load(
+        replicas, redis_server.url, "ramp-notified", kill_pubsub=False
+    )
+    assert max(figures["applied_s"]) <= PROMISE[False]
+
+
+async def test_ramp_to_zero_reaches_every_replica_with_pubsub_killed(
+    replicas: list[ProxyProc], redis_server: RedisServer
+) -> None:
+    figures = await ramp_to_zero_under_load(
+        replicas, redis_server.url, "ramp-pubsub-killed", kill_pubsub=True
+    )
+    # Each replica holds one change subscription; all of them were cut before the ramp.
+    assert figures["pubsub_connections_killed"] >= len(replicas)
+    assert max(figures["applied_s"]) <= PROMISE[True]
