@@ -1,7 +1,8 @@
 """Reliability row C3: an admin ramp of a canary from 10 % to 0 % under load reaches every
 replica within the promised time (2 s by notification, 5 s with the pub/sub connections
-killed just before the ramp: the refresher's polling must catch it), and from then on no
-caller gets a canary answer.
+killed by ``CLIENT KILL TYPE pubsub``, either once just before the ramp or over and over from
+then on, so that only the refresher's polling can see the change), and from then on no caller
+gets a canary answer.
 
 Three replicas share one real redis-server; traffic runs on every replica throughout, each
 request with a fresh sticky key so about 10 % land on the canary before the ramp. A replica
@@ -28,7 +29,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-import redis
+import redis.asyncio
 
 from proxy.pipeline.choose import bucket
 from tests.processes import ProxyProc, proxy
@@ -42,7 +43,9 @@ ENV = {"PROMPTPROXY_ADMIN_TOKEN": TOKEN}
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 STICKY_HEADER = "x-user-id"
 WORKERS_PER_REPLICA = 2
-PROMISE = {False: 2.0, True: 5.0}  # seconds, by whether pub/sub was killed before the ramp
+# Seconds, by how pub/sub is killed: not at all, once just before the ramp, or every 50 ms
+# from just before the ramp until every replica applied it.
+PROMISE = {"never": 2.0, "once": 5.0, "throughout": 5.0}
 AFTER_APPLY = 1.0  # seconds of load kept up after the last replica applied
 
 
@@ -150,6 +153,12 @@ async def applied_times(
     return [applied[i] for i in range(len(replicas))]
 
 
+async def keep_killing_pubsub(client: redis.asyncio.Redis, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        await client.client_kill_filter(_type="pubsub")
+        await asyncio.sleep(0.05)
+
+
 def canary_key(slug: str, rollout_id: str, basis_points: int) -> str:
     return next(
         key
@@ -159,7 +168,7 @@ def canary_key(slug: str, rollout_id: str, basis_points: int) -> str:
 
 
 async def ramp_to_zero_under_load(
-    replicas: list[ProxyProc], redis_url: str, slug: str, *, kill_pubsub: bool
+    replicas: list[ProxyProc], redis_url: str, slug: str, *, kill_pubsub: str
 ) -> dict[str, Any]:
     for text in ("stable prompt", "candidate prompt"):
         path = f"/prompts/{slug}/versions"
@@ -175,7 +184,9 @@ async def ramp_to_zero_under_load(
 
     load = Load(replicas, slug)
     load.start()
-    client = redis.Redis.from_url(redis_url)
+    client = redis.asyncio.Redis.from_url(redis_url)
+    cutting = asyncio.Event()
+    cutter: asyncio.Task[None] | None = None
     try:
         # Enough traffic that the canary is seen on every replica before the ramp: the
         # "no canary afterwards" check below could not fail otherwise.
@@ -184,18 +195,24 @@ async def ramp_to_zero_under_load(
             assert time.monotonic() < deadline, "setup: the 10 % canary never answered"
             await asyncio.sleep(0.05)
         killed = 0
-        if kill_pubsub:
-            killed = int(client.client_kill_filter(_type="pubsub"))
+        if kill_pubsub != "never":
+            killed = int(await client.client_kill_filter(_type="pubsub"))
+        if kill_pubsub == "throughout":
+            cutter = asyncio.create_task(keep_killing_pubsub(client, cutting))
         body["percent"] = 0
         ramped_at = time.monotonic()
         status, ramped = await admin(replicas[1], "PUT", f"/prompts/{slug}/rollout", body)
         committed = time.monotonic() - ramped_at
         assert (status, ramped["id"], ramped["percent"]) == (200, rollout["id"], 0), ramped
         applied = await applied_times(replicas, slug, probe, ramped_at, PROMISE[kill_pubsub])
+        cutting.set()
         await asyncio.sleep(AFTER_APPLY)
     finally:
+        cutting.set()
+        if cutter is not None:
+            await cutter
         await load.stop()
-        client.close()
+        await client.aclose()
 
     before = [a for a in load.answers if a.started < ramped_at]
     after = [a for a in load.answers if a.started >= ramped_at + applied[a.replica]]
@@ -224,17 +241,18 @@ async def test_ramp_to_zero_reaches_every_replica_by_notification(
     replicas: list[ProxyProc], redis_server: RedisServer
 ) -> None:
     figures = await ramp_to_zero_under_load(
-        replicas, redis_server.url, "ramp-notified", kill_pubsub=False
+        replicas, redis_server.url, "ramp-notified", kill_pubsub="never"
     )
-    assert max(figures["applied_s"]) <= PROMISE[False]
+    assert max(figures["applied_s"]) <= PROMISE["never"]
 
 
+@pytest.mark.parametrize("kill_pubsub", ["once", "throughout"])
 async def test_ramp_to_zero_reaches_every_replica_with_pubsub_killed(
-    replicas: list[ProxyProc], redis_server: RedisServer
+    replicas: list[ProxyProc], redis_server: RedisServer, kill_pubsub: str
 ) -> None:
     figures = await ramp_to_zero_under_load(
-        replicas, redis_server.url, "ramp-pubsub-killed", kill_pubsub=True
+        replicas, redis_server.url, f"ramp-pubsub-{kill_pubsub}", kill_pubsub=kill_pubsub
     )
     # Each replica holds one change subscription; all of them were cut before the ramp.
     assert figures["pubsub_connections_killed"] >= len(replicas)
-    assert max(figures["applied_s"]) <= PROMISE[True]
+    assert max(figures["applied_s"]) <= PROMISE[kill_pubsub]
