@@ -6,8 +6,9 @@ kind.
 The 503s come from the simulator (``x-sim-status``); an httpx event hook asks for them on
 the attempts whose ``x-stainless-retry-count`` is below 2, so the third attempt succeeds.
 The proxy sees nothing of that beyond the headers it forwards. The arm of every attempt is
-read on both sides: the proxy's ``x-prompt-arm`` response header, and the system prompt the
-simulator received (the candidate's text or stable's).
+read three ways: the proxy's ``x-prompt-arm`` response header, the proxy's access log line
+for that request id, and the prompt the simulator received (the candidate's text or
+stable's, as the system message or the Responses API's ``instructions``).
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class Attempts:
 
     def __init__(self) -> None:
         self.seen: dict[str, list[tuple[int, int, str | None]]] = defaultdict(list)
+        self.request_ids: dict[str, list[str]] = defaultdict(list)
 
     def on_request(self, request: httpx.Request) -> None:
         if int(request.headers["x-stainless-retry-count"]) < FAILED_ATTEMPTS:
@@ -78,6 +80,9 @@ class Attempts:
 
     def on_response(self, response: httpx.Response) -> None:
         request = response.request
+        self.request_ids[request.headers[CALL_HEADER]].append(
+            response.headers["x-promptproxy-request-id"]
+        )
         self.seen[request.headers[CALL_HEADER]].append(
             (
                 int(request.headers["x-stainless-retry-count"]),
@@ -89,8 +94,8 @@ class Attempts:
 
 def key_options(carrier: str, key: str) -> dict[str, Any]:
     """How a call carries its sticky key (the API key is set on the client instead)."""
-    if carrier == "user":
-        return {"user": key}
+    if carrier in ("user", "safety_identifier"):
+        return {carrier: key}
     if carrier == "api-key":
         return {}
     return {"extra_headers": {carrier: key}}
@@ -102,31 +107,69 @@ def simulator_arms(sim_url: str, limit: int) -> dict[str, list[tuple[int, str]]]
     arms = {text: arm for arm, text in PROMPTS.items()}
     out: dict[str, list[tuple[int, str]]] = defaultdict(list)
     for entry in seen:
-        headers = entry["headers"]
+        headers, body = entry["headers"], entry["body"]
         if CALL_HEADER in headers:
+            prompt = body["instructions"] if "input" in body else body["messages"][0]["content"]
             out[headers[CALL_HEADER]].append(
-                (
-                    int(headers["x-stainless-retry-count"]),
-                    arms.get(entry["body"]["messages"][0]["content"], "unknown"),
-                )
+                (int(headers["x-stainless-retry-count"]), arms.get(prompt, "unknown"))
             )
     return out
 
 
+def logged_arms(proc: ProxyProc, request_ids: set[str]) -> dict[str, object]:
+    """The arm of each request id in the proxy's access log (written off the loop, so
+    polled until every id is there)."""
+    deadline = time.monotonic() + 10
+    while True:
+        lines = {line["request_id"]: line for line in proc.access_lines()}
+        if request_ids <= lines.keys():
+            return {rid: lines[rid]["arm"] for rid in request_ids}
+        assert time.monotonic() < deadline, "access log lines missing"
+        time.sleep(0.05)
+
+
+def call(client: openai.OpenAI, api: str, n: int, options: dict[str, Any]) -> str:
+    """One logical call, half of them streamed (a 503 before any event is retried too);
+    returns the arm the successful attempt answered from."""
+    stream = n % 2 == 1
+    if api == "responses":
+        raw: Any = client.responses.with_raw_response.create(
+            model="gpt-4o-mini", input=f"question {n}", stream=stream, **options
+        )
+        if stream:
+            assert any(e.type == "response.completed" for e in raw.parse())
+        else:
+            assert raw.parse().output_text
+    else:
+        raw = client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": f"question {n}"}],
+            stream=stream,
+            **options,
+        )
+        if stream:
+            assert "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+        else:
+            assert raw.parse().choices[0].message.content
+    return str(raw.headers["x-prompt-arm"])
+
+
 @pytest.mark.parametrize(
-    ("sticky", "carrier"),
+    ("api", "sticky", "carrier"),
     [
-        ("user", "user"),
-        ("header:x-user-id", "x-user-id"),
-        ("tenant", "x-tenant-id"),
+        ("chat", "user", "user"),
+        ("chat", "header:x-user-id", "x-user-id"),
+        ("chat", "tenant", "x-tenant-id"),
         # No tenant header: the key is a digest of the caller's Authorization.
-        ("tenant", "api-key"),
+        ("chat", "tenant", "api-key"),
+        ("responses", "user", "safety_identifier"),
+        ("responses", "header:x-user-id", "x-user-id"),
     ],
 )
 def test_every_sdk_retry_lands_on_the_arm_of_the_first_attempt(
-    canary_proxy: ProxyProc, sim_url: str, sticky: str, carrier: str
+    canary_proxy: ProxyProc, sim_url: str, api: str, sticky: str, carrier: str
 ) -> None:
-    slug = f"retries-{sticky.replace(':', '-')}-{carrier}"
+    slug = f"retries-{api}-{sticky.replace(':', '-')}-{carrier}"
     start_canary(canary_proxy, slug, sticky)
     attempts = Attempts()
     http_client = openai.DefaultHttpxClient(
@@ -139,26 +182,19 @@ def test_every_sdk_retry_lands_on_the_arm_of_the_first_attempt(
     answered: dict[str, str] = {}
     with client:
         for n in range(KEYS):
-            call = f"{slug}-call-{n}"
+            name = f"{slug}-call-{n}"
             options = key_options(carrier, f"key-{n}")
-            options.setdefault("extra_headers", {})[CALL_HEADER] = call
+            options.setdefault("extra_headers", {})[CALL_HEADER] = name
             caller = client.with_options(api_key=f"sk-key-{n}") if carrier == "api-key" else client
-            messages = [{"role": "user", "content": f"question {n}"}]
-            if n % 2:  # half of the calls streamed: a 503 before any event is retried too
-                raw = caller.chat.completions.with_raw_response.create(
-                    model="gpt-4o-mini", messages=messages, stream=True, **options
-                )
-                assert "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
-            else:
-                raw = caller.chat.completions.with_raw_response.create(
-                    model="gpt-4o-mini", messages=messages, **options
-                )
-                assert raw.parse().choices[0].message.content
-            answered[call] = raw.headers["x-prompt-arm"]
+            answered[name] = call(caller, api, n, options)
 
     assert set(answered.values()) == {"canary", "stable"}, "both arms must be exercised"
     upstream = simulator_arms(sim_url, KEYS * (FAILED_ATTEMPTS + 1) + 10)
-    for call, arm in answered.items():
+    for name, arm in answered.items():
         expected = [(retry, 503, arm) for retry in range(FAILED_ATTEMPTS)]
-        assert attempts.seen[call] == [*expected, (FAILED_ATTEMPTS, 200, arm)], call
-        assert sorted(upstream[call]) == [(r, arm) for r in range(FAILED_ATTEMPTS + 1)], call
+        assert attempts.seen[name] == [*expected, (FAILED_ATTEMPTS, 200, arm)], name
+        assert sorted(upstream[name]) == [(r, arm) for r in range(FAILED_ATTEMPTS + 1)], name
+    ids = {rid for rids in attempts.request_ids.values() for rid in rids}
+    logged = logged_arms(canary_proxy, ids)
+    for name, arm in answered.items():
+        assert [logged[rid] for rid in attempts.request_ids[name]] == [arm] * 3, name
