@@ -23,6 +23,7 @@ import httpx2 as httpx
 import openai
 import pytest
 
+from proxy.pipeline.choose import bucket
 from tests.processes import ProxyProc, proxy
 
 pytestmark = pytest.mark.integration
@@ -52,7 +53,8 @@ def until_served(proc: ProxyProc, wanted: int) -> None:
         time.sleep(0.02)
 
 
-def start_canary(proc: ProxyProc, slug: str, sticky: str) -> None:
+def start_canary(proc: ProxyProc, slug: str, sticky: str) -> str:
+    """A 50 % canary of v2 over v1; returns the rollout id."""
     known = revision(proc)
     with httpx.Client(base_url=f"{proc.admin_url}/admin/v1", headers=AUTH) as admin:
         for text in (PROMPTS["stable"], PROMPTS["canary"]):
@@ -63,18 +65,25 @@ def start_canary(proc: ProxyProc, slug: str, sticky: str) -> None:
         started = admin.put(f"/prompts/{slug}/rollout", json=rollout)
         assert started.status_code == 201, started.text
     until_served(proc, known + 4)
+    return str(started.json()["id"])
 
 
 class Attempts:
     """The event hooks: inject the 503s and record what each attempt got from the proxy."""
 
-    def __init__(self) -> None:
+    def __init__(self, fault: str = "503") -> None:
+        self.fault = fault
         self.seen: dict[str, list[tuple[int, int, str | None]]] = defaultdict(list)
         self.request_ids: dict[str, list[str]] = defaultdict(list)
 
     def on_request(self, request: httpx.Request) -> None:
-        if int(request.headers["x-stainless-retry-count"]) < FAILED_ATTEMPTS:
-            request.headers["x-sim-status"] = "503"
+        if int(request.headers["x-stainless-retry-count"]) >= FAILED_ATTEMPTS:
+            return
+        if self.fault == "drop":
+            # The provider drops the connection: the proxy itself answers 502.
+            request.headers["x-sim-fault"] = "drop"
+        else:
+            request.headers["x-sim-status"] = self.fault
             # Retried after 1 ms (the SDK honours retry-after-ms) instead of its backoff.
             request.headers["x-sim-retry-after-ms"] = "1"
 
@@ -128,10 +137,12 @@ def logged_arms(proc: ProxyProc, request_ids: set[str]) -> dict[str, object]:
         time.sleep(0.05)
 
 
-def call(client: openai.OpenAI, api: str, n: int, options: dict[str, Any]) -> str:
-    """One logical call, half of them streamed (a 503 before any event is retried too);
-    returns the arm the successful attempt answered from."""
-    stream = n % 2 == 1
+def call(
+    client: openai.OpenAI, api: str, n: int, options: dict[str, Any], *, streams: bool = True
+) -> str:
+    """One logical call, half of them streamed if ``streams`` (a 503 before any event is
+    retried too); returns the arm the successful attempt answered from."""
+    stream = streams and n % 2 == 1
     if api == "responses":
         raw: Any = client.responses.with_raw_response.create(
             model="gpt-4o-mini", input=f"question {n}", stream=stream, **options
@@ -197,4 +208,44 @@ def test_every_sdk_retry_lands_on_the_arm_of_the_first_attempt(
     ids = {rid for rids in attempts.request_ids.values() for rid in rids}
     logged = logged_arms(canary_proxy, ids)
     for name, arm in answered.items():
+        assert [logged[rid] for rid in attempts.request_ids[name]] == [arm] * 3, name
+
+
+def test_retries_after_failures_the_proxy_reports_itself_keep_the_arm(
+    canary_proxy: ProxyProc, sim_url: str
+) -> None:
+    """The provider drops the connection on the first two attempts, so the proxy answers
+    502 itself (no ``x-prompt-arm`` on those: the error middleware builds them); the SDK
+    retries, and the simulator and the access log show all three attempts on one arm."""
+    slug = "retries-dropped"
+    rollout_id = start_canary(canary_proxy, slug, "header:x-user-id")
+    # The SDK's own backoff applies here (no retry-after on the proxy's 502, about 1.3 s per
+    # call), so fewer calls, with keys chosen to cover both arms.
+    canary = [k for k in (f"key-{n}" for n in range(100)) if bucket(slug, rollout_id, k) < 5000]
+    stable = [k for k in (f"key-{n}" for n in range(100)) if bucket(slug, rollout_id, k) >= 5000]
+    keys = canary[:4] + stable[:4]
+    attempts = Attempts(fault="drop")
+    http_client = openai.DefaultHttpxClient(
+        event_hooks={"request": [attempts.on_request], "response": [attempts.on_response]}
+    )
+    root = canary_proxy.url.removesuffix("/v1")
+    client = openai.OpenAI(
+        base_url=f"{root}/p/{slug}/v1", api_key="sk-test", max_retries=2, http_client=http_client
+    )
+    answered: dict[str, str] = {}
+    with client:
+        for n, key in enumerate(keys):
+            name = f"{slug}-call-{n}"
+            options = {"extra_headers": {"x-user-id": key, CALL_HEADER: name}}
+            # Streams are left out: a dropped stream has already answered 200 and is not retried.
+            answered[name] = call(client, "chat", n, options, streams=False)
+
+    assert list(answered.values()) == ["canary"] * 4 + ["stable"] * 4
+    upstream = simulator_arms(sim_url, len(keys) * (FAILED_ATTEMPTS + 1) + 10)
+    ids = {rid for rids in attempts.request_ids.values() for rid in rids}
+    logged = logged_arms(canary_proxy, ids)
+    for name, arm in answered.items():
+        statuses = [status for _, status, _ in attempts.seen[name]]
+        assert statuses == [502] * FAILED_ATTEMPTS + [200], name
+        assert sorted(upstream[name]) == [(r, arm) for r in range(FAILED_ATTEMPTS + 1)], name
         assert [logged[rid] for rid in attempts.request_ids[name]] == [arm] * 3, name
