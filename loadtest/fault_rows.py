@@ -10,7 +10,8 @@ summary per row:
   the shadow off and with every request shadowed to a 10 s slow upstream.
 - C3: seconds from the admin ramp 10 % -> 0 % until each of three replicas serves stable to
   a key that was on the canary: by pub/sub notification, with pub/sub killed once just
-  before the ramp, and with pub/sub killed every 50 ms from then on (polling only).
+  before the ramp, and with pub/sub killed every 50 ms from then on (polling only); and the
+  same after nine rapid ramps 10 -> 0 -> 10 ... through alternating replicas.
 
 Not pinned to cores (unlike ``loadtest.bench``): the numbers carry the machine's noise.
 """
@@ -70,9 +71,10 @@ def summarise(figures: list[dict[str, Any]]) -> dict[str, Any]:
             stat: spread([f[side][stat] for f in s2])
             for stat in ("total_s", "mean_ms", "p50_ms", "p99_ms", "max_ms")
         }
-    for killed in ("never", "once", "throughout"):
-        runs = [f for f in c3 if f["pubsub_killed"] == killed]
-        out["C3"][f"pubsub_killed_{killed}"] = {
+    for killed, flaps in sorted({(f["pubsub_killed"], f["flaps"]) for f in c3}):
+        runs = [f for f in c3 if (f["pubsub_killed"], f["flaps"]) == (killed, flaps)]
+        name = f"pubsub_killed_{killed}" + (f"_after_{flaps}_rapid_ramps" if flaps else "")
+        out["C3"][name] = {
             "slowest_replica_s": spread([max(f["applied_s"]) for f in runs]),
             "every_replica_s": spread([t for f in runs for t in f["applied_s"]]),
             "canary_after_apply": sum(f["canary_after_apply"] for f in runs),

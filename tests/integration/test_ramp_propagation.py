@@ -183,8 +183,11 @@ def canary_key(slug: str, rollout_id: str, basis_points: int) -> str:
 
 
 async def ramp_to_zero_under_load(
-    replicas: list[ProxyProc], redis_url: str, slug: str, *, kill_pubsub: str
+    replicas: list[ProxyProc], redis_url: str, slug: str, *, kill_pubsub: str, flaps: int = 0
 ) -> dict[str, Any]:
+    """The C3 scenario. ``flaps`` > 0 first moves the rollout 10 -> 0 -> 10 ... that many
+    times, alternating the replica the change goes through, right before the final 0 %:
+    every replica must end on the last write, not on one it read on the way."""
     for text in ("stable prompt", "candidate prompt"):
         path = f"/prompts/{slug}/versions"
         status, _ = await admin(replicas[0], "POST", path, {"template": text})
@@ -214,6 +217,10 @@ async def ramp_to_zero_under_load(
             killed = int(await client.client_kill_filter(_type="pubsub"))
         if kill_pubsub == "throughout":
             cutter = asyncio.create_task(keep_killing_pubsub(client, cutting))
+        for flap in range(flaps):
+            body["percent"] = 0 if flap % 2 == 0 else 10
+            status, _ = await admin(replicas[flap % 3], "PUT", f"/prompts/{slug}/rollout", body)
+            assert status == 200
         body["percent"] = 0
         ramped_at = time.monotonic()
         status, ramped = await admin(replicas[1], "PUT", f"/prompts/{slug}/rollout", body)
@@ -238,6 +245,7 @@ async def ramp_to_zero_under_load(
         "row": "C3",
         "pubsub_killed": kill_pubsub,
         "pubsub_connections_killed": killed,
+        "flaps": flaps,
         "admin_put_s": round(committed, 4),
         "applied_s": [round(t, 4) for t in applied],
         "requests_before": len(before),
@@ -269,4 +277,14 @@ async def test_ramp_to_zero_reaches_every_replica_with_pubsub_killed(
     )
     # Each replica holds one change subscription; all of them were cut before the ramp.
     assert figures["pubsub_connections_killed"] >= len(replicas)
+    assert max(figures["applied_s"]) <= PROMISE[kill_pubsub]
+
+
+@pytest.mark.parametrize("kill_pubsub", ["never", "throughout"])
+async def test_the_last_of_rapid_ramps_wins_on_every_replica(
+    replicas: list[ProxyProc], redis_server: RedisServer, kill_pubsub: str
+) -> None:
+    figures = await ramp_to_zero_under_load(
+        replicas, redis_server.url, f"ramp-flaps-{kill_pubsub}", kill_pubsub=kill_pubsub, flaps=9
+    )
     assert max(figures["applied_s"]) <= PROMISE[kill_pubsub]
