@@ -21,6 +21,7 @@ from proxy.loop_lag import watch_loop_lag
 from proxy.metrics import ProxyMetrics
 from proxy.pipeline.forward import UpstreamClient, make_session
 from proxy.pipeline.record import Recorder
+from proxy.registry.bootstrap import start_registry
 from proxy.registry.factory import describe_store, open_store
 from proxy.registry.models import RegistrySnapshot
 from proxy.registry.service import RegistryService
@@ -107,14 +108,10 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         tasks = BackgroundTasks()
         stack.push_async_callback(tasks.close)
 
-        if config.registry.bootstrap_dir is not None:
-            from proxy.registry.bootstrap import bootstrap_prompts
-
-            await bootstrap_prompts(registry, Path(config.registry.bootstrap_dir))
-        # Best effort: with the store down at a cold start, readiness stays 503 until the
-        # refresher gets a first snapshot.
-        await refresher.load_once()
-        tasks.spawn(refresher.run(), name="registry-refresher")
+        bootstrap_dir = config.registry.bootstrap_dir
+        await start_registry(
+            registry, refresher, tasks, None if bootstrap_dir is None else Path(bootstrap_dir)
+        )
         tasks.spawn(watch_loop_lag(metrics.loop_lag), name="loop-lag")
         window = WindowRecorder(time.time)
         backend = await stack.enter_async_context(open_backend(config, replica_id()))
