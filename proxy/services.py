@@ -24,6 +24,7 @@ from proxy.pipeline.record import Recorder
 from proxy.registry.bootstrap import start_registry
 from proxy.registry.factory import describe_store, open_store
 from proxy.registry.models import RegistrySnapshot
+from proxy.registry.recovery import RegistryRecovery
 from proxy.registry.service import RegistryService
 from proxy.registry.snapshot import SnapshotHolder, SnapshotRefresher
 from proxy.registry.templates import PromptRenderer
@@ -62,6 +63,7 @@ class Services:
     refresher: SnapshotRefresher
     renderer: PromptRenderer
     registry: RegistryService
+    recovery: RegistryRecovery
     shadow: ShadowRunner
     analysis: Analyser
     feedback: FeedbackService
@@ -83,6 +85,7 @@ def _snapshot_observer(metrics: ProxyMetrics) -> SnapshotHolder:
     holder = SnapshotHolder(on_apply)
     metrics.registry_staleness.set_function(lambda: holder.staleness)
     metrics.registry_up.set_function(lambda: 1.0 if holder.healthy else 0.0)
+    metrics.registry_store_replaced.set_function(lambda: 0.0 if holder.replaced is None else 1.0)
     return holder
 
 
@@ -149,6 +152,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             refresher=refresher,
             renderer=PromptRenderer(),
             registry=registry,
+            recovery=RegistryRecovery(store, holder),
             shadow=shadow,
             analysis=analysis,
             feedback=feedback,

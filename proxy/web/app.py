@@ -7,6 +7,7 @@ from aiohttp import web
 from proxy.services import Services
 from proxy.web import (
     admin_api,
+    admin_registry,
     admin_rollouts,
     admin_routes,
     admin_shadow,
@@ -35,4 +36,5 @@ def build_admin_app(services: Services) -> web.Application:
     admin_api.add_routes(app)
     admin_shadow.add_routes(app)
     admin_rollouts.add_routes(app)
+    admin_registry.add_routes(app)
     return app
