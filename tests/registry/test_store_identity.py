@@ -18,8 +18,13 @@ from pathlib import Path
 import pytest
 import redis.asyncio
 
+from proxy.errors import Conflict
+from proxy.registry.backup import ImageError, RegistryImage
 from proxy.registry.embedded_store import EmbeddedStore
-from proxy.registry.models import Status
+from proxy.registry.models import RegistrySnapshot, RolloutMode, Status, StickyKey
+from proxy.registry.recovery import RegistryRecovery
+from proxy.registry.service import RegistryService
+from proxy.registry.snapshot import SnapshotHolder, SnapshotRefresher
 from proxy.registry.store import PromptStore, StoreReplaced
 from tests.registry.conftest import StoreFactory
 from tests.registry.helpers import T0, draft, push
@@ -92,6 +97,8 @@ async def test_a_lost_store_is_reported_and_refuses_every_write(
         with pytest.raises(StoreReplaced):
             await write()
         assert "greet" not in await store.list_slugs(), f"{name} wrote into the lost store"
+    if accident is _empty and store_factory.kind == "redis":
+        assert await store.generation() is None  # no new registry started either
 
 
 async def test_a_process_that_never_saw_the_store_adopts_it(
@@ -137,3 +144,150 @@ async def test_an_older_copy_put_back_is_a_lost_store(tmp_path: Path) -> None:
             await store.create_version(draft("four"), "alice", time.time())
     finally:
         await store.close()
+
+
+# -- recovery: restore from a replica's snapshot, export and import ---------------------------
+
+
+async def _served(store: PromptStore) -> RegistrySnapshot:
+    """A registry with a history: prod v2 after v1, a canary of v3, a draft v4."""
+    await push(store, "one", "two", "three", "four")
+    await store.promote("greet", 1, "alice", "", T0)
+    await store.promote("greet", 2, "alice", "", T0 + 1)
+    await store.start_rollout(
+        "greet", "r1", 3, RolloutMode.CANARY, 2500, StickyKey.parse("user"), "bob", "", T0 + 2
+    )
+    await push(store, "hello", slug="other")
+    return await store.snapshot()
+
+
+def _replica(store: PromptStore) -> tuple[SnapshotHolder, SnapshotRefresher, RegistryRecovery]:
+    holder = SnapshotHolder()
+    return holder, SnapshotRefresher(store, holder), RegistryRecovery(store, holder, lambda: T0)
+
+
+@pytest.mark.parametrize("accident", [_empty, _replace], ids=["emptied", "replaced"])
+async def test_a_replica_keeps_serving_a_lost_store_and_restores_it(
+    store_factory: StoreFactory,
+    tmp_path: Path,
+    accident: Callable[[StoreFactory, Path], Awaitable[None]],
+) -> None:
+    store = await store_factory.new()
+    served = await _served(store)
+    holder, refresher, recovery = _replica(store)
+    assert await refresher.load_once()
+    assert holder.replaced is None
+
+    await accident(store_factory, tmp_path)
+    if store_factory.kind == "embedded" and accident is _replace:
+        # The file refuses to delete history: the operator moves the stranger away first.
+        assert store_factory.db_path is not None
+        store_factory.db_path.unlink()
+        _drop_wal(store_factory.db_path)
+
+    assert not await refresher.load_once()
+    assert holder.replaced is not None and "emptied or replaced" in holder.replaced
+    assert holder.current == served  # still serving every prompt
+    assert holder.healthy  # the store answers: registry_up stays 1, the problem is its data
+    with pytest.raises(Conflict) as refused:
+        await RegistryService(store).push(draft("pushed into the void"), "alice")
+    assert refused.value.code == "registry_store_replaced"
+    assert "restore" in refused.value.message
+
+    result = await recovery.restore_from_snapshot("ops", "FLUSHALL by mistake")
+
+    assert result.generation == served.generation
+    assert result.revision > served.revision
+    assert await refresher.load_once()
+    assert holder.replaced is None
+    restored = await store.snapshot()
+    assert (restored.versions, restored.prod, restored.rollouts, restored.generation) == (
+        served.versions,
+        served.prod,
+        served.rollouts,
+        served.generation,
+    )
+    entry = (await store.audit("greet", limit=1))[0]
+    assert (entry.action, entry.actor) == ("restore", "ops")
+    assert "snapshot of a replica" in entry.reason and "FLUSHALL by mistake" in entry.reason
+    # Numbering continues: version numbers never restart.
+    version, created = await store.create_version(draft("five"), "alice", T0 + 9)
+    assert (version.version, created) == (5, True)
+    # Other instances bound to the registry (other replicas) accept it again by themselves.
+    other = await store_factory.new()
+    assert (await other.snapshot()).generation == served.generation
+
+
+async def test_restore_is_refused_while_the_store_is_the_served_registry(
+    store_factory: StoreFactory,
+) -> None:
+    store = await store_factory.new()
+    await _served(store)
+    _, refresher, recovery = _replica(store)
+    assert await refresher.load_once()
+    with pytest.raises(Conflict) as refused:
+        await recovery.restore_from_snapshot("ops", "")
+    assert refused.value.code == "registry_not_lost"
+
+
+async def test_export_then_import_into_an_empty_store_is_the_same_registry(
+    store_factory: StoreFactory, tmp_path: Path
+) -> None:
+    store = await store_factory.new()
+    await _served(store)
+    await store.abort_rollout("greet", "bob", "", T0 + 3)
+    await store.promote("greet", 3, "alice", "", T0 + 4)
+    _, _, recovery = _replica(store)
+    exported = await recovery.export()
+    raw = exported.to_json()
+    original_audit = list(reversed(await store.audit(limit=1000)))
+
+    target = await EmbeddedStore.open(tmp_path / "imported.db")
+    try:
+        _, _, into = _replica(target)
+        result = await into.import_image(RegistryImage.from_json(raw), "ops", "disaster drill")
+        assert (result.prompts, result.versions, result.unchanged) == (2, 5, False)
+        source, copy = await store.snapshot(), await target.snapshot()
+        assert (copy.versions, copy.prod, copy.rollouts, copy.generation) == (
+            source.versions,
+            source.prod,
+            source.rollouts,
+            source.generation,
+        )
+        audit = list(reversed(await target.audit(limit=1000)))
+        assert audit[: len(original_audit)] == original_audit
+        assert {e.action for e in audit[len(original_audit) :]} == {"restore"}
+        # Importing the same content again changes nothing.
+        revision = await target.revision()
+        assert (await into.import_image(RegistryImage.from_json(raw), "ops", "")).unchanged
+        assert await target.revision() == revision
+        # The rollback history came along: both roll back to the same version.
+        assert (await target.rollback("greet", "ops", "", T0 + 5)).version == 2
+        assert (await store.rollback("greet", "ops", "", T0 + 5)).version == 2
+    finally:
+        await target.close()
+
+
+async def test_import_into_a_store_with_other_prompts_is_refused(
+    store_factory: StoreFactory,
+) -> None:
+    store = await store_factory.new()
+    await _served(store)
+    _, _, recovery = _replica(store)
+    exported = await recovery.export()
+    assert (await recovery.import_image(exported, "ops", "")).unchanged
+    await push(store, "changed")
+    with pytest.raises(Conflict) as refused:
+        await recovery.import_image(exported, "ops", "")
+    assert refused.value.code == "registry_not_empty"
+
+
+def test_an_export_in_another_format_is_refused() -> None:
+    with pytest.raises(ImageError, match="format"):
+        RegistryImage.from_json(b'{"format": "something-else/9"}')
+    with pytest.raises(ImageError, match="gaps"):
+        RegistryImage.from_json(
+            b'{"format": "promptproxy-registry/1", "generation": "g", "revision": 1, '
+            b'"versions": [{"slug": "a", "version": 2, "template": "t", "created_at": 1, '
+            b'"sha256": "x", "status": "draft"}]}'
+        )
