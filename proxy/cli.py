@@ -10,6 +10,7 @@ import click
 
 from proxy import __version__
 from proxy.cli_prompts import prompts
+from proxy.cli_registry import registry
 from proxy.cli_rollout import rollout
 from proxy.cli_shadow import shadow
 from proxy.config import ConfigError, Settings, load_config
@@ -126,6 +127,7 @@ def simulate(
 main.add_command(prompts)
 main.add_command(rollout)
 main.add_command(shadow)
+main.add_command(registry)
 
 
 @main.group("config")

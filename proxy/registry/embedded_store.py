@@ -105,8 +105,6 @@ class EmbeddedStore:
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` in one ``BEGIN IMMEDIATE`` transaction; any exception rolls it back."""
 
-        self._identity.check_writable()
-
         def txn(conn: sqlite3.Connection) -> T:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -127,15 +125,7 @@ class EmbeddedStore:
 
     def _check_generation(self, conn: sqlite3.Connection) -> None:
         """In the write transaction: the file is the registry this store is bound to."""
-        found = sql.generation(conn)
-        bound = self._identity.generation
-        if bound is None and found is not None:
-            self._identity.bind(found)
-        elif found != bound:
-            raise StoreReplaced(
-                f"the registry file {self.path} holds {describe(found)}, not the registry "
-                f"this process served (generation {bound}): it was emptied or replaced"
-            )
+        self._identity.check_write(sql.generation(conn), sql.revision(conn))
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` in one read transaction: a consistent view across several SELECTs."""

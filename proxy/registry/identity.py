@@ -62,15 +62,20 @@ class IdentityGuard:
         if self.generation is None:
             self.generation = generation
 
+    def check_write(self, generation: str | None, revision: int) -> None:
+        """Before a write: what the store holds now. Binds if unbound; else as ``observe``
+        (so a write after a restore does not wait for the next snapshot read)."""
+        if self.generation is None:
+            if generation is not None:
+                self.generation = generation
+            return
+        self.observe(generation, revision)
+
     def restored(self, generation: str, revision: int) -> None:
         """This process wrote ``generation`` back (an operator's restore)."""
         self.generation = generation
         self.revision = max(self.revision, revision)
         self.lost = None
-
-    def check_writable(self) -> None:
-        if self.lost is not None:
-            raise StoreReplaced(self.lost)
 
     def _lose(self, message: str) -> None:
         self.lost = message

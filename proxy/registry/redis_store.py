@@ -157,7 +157,18 @@ class RedisStore:
             raise
 
     async def _bound_generation(self) -> str:
-        self._identity.check_writable()
+        if self._identity.lost is not None:
+            # Found lost before: look again (a restore may have brought it back) rather
+            # than wait for the next snapshot read. Raises if it still is.
+            async def read() -> list[Any]:
+                async with self._client.pipeline(transaction=True) as pipe:
+                    pipe.get(self.keys.generation)
+                    pipe.get(self.keys.revision)
+                    return await pipe.execute()
+
+            found, revision = await self._guard(read)
+            generation = None if found is None else scripts.text(found)
+            self._identity.check_write(generation, int(revision or 0))
         if self._identity.generation is None:
             # Never read a generation: a fresh store (or one written before generations
             # existed) gets one now, unless another process has just set it.

@@ -186,7 +186,8 @@ async def test_a_replica_keeps_serving_a_lost_store_and_restores_it(
         _drop_wal(store_factory.db_path)
 
     assert not await refresher.load_once()
-    assert holder.replaced is not None and "emptied or replaced" in holder.replaced
+    assert holder.replaced is not None
+    assert "emptied or replaced" in holder.replaced
     assert holder.current == served  # still serving every prompt
     assert holder.healthy  # the store answers: registry_up stays 1, the problem is its data
     with pytest.raises(Conflict) as refused:
@@ -209,7 +210,8 @@ async def test_a_replica_keeps_serving_a_lost_store_and_restores_it(
     )
     entry = (await store.audit("greet", limit=1))[0]
     assert (entry.action, entry.actor) == ("restore", "ops")
-    assert "snapshot of a replica" in entry.reason and "FLUSHALL by mistake" in entry.reason
+    assert "snapshot of a replica" in entry.reason
+    assert "FLUSHALL by mistake" in entry.reason
     # Numbering continues: version numbers never restart.
     version, created = await store.create_version(draft("five"), "alice", T0 + 9)
     assert (version.version, created) == (5, True)
