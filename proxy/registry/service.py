@@ -81,7 +81,7 @@ def _store_errors(slug: str | None = None) -> Iterator[None]:
             f"The prompt registry store lost its data ({exc}). Replicas keep serving their "
             "last good snapshot; changes are refused until an operator restores the store: "
             "`promptproxy registry restore --from-replica` or `promptproxy registry import "
-            "FILE` (docs/operations.md#registry-store-replaced).",
+            "FILE` (docs/operations.md#registry-store-lost).",
             code="registry_store_replaced",
         ) from None
 

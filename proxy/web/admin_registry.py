@@ -51,7 +51,7 @@ async def import_(request: web.Request) -> web.Response:
         raise InvalidRequest(f"Invalid registry export: {exc}", code="invalid_export") from None
     reason = request.query.get("reason", "")
     result = await services_of(request).recovery.import_image(image, actor, reason)
-    return json_response(result.to_dict(), status=200 if result.unchanged else 201)
+    return json_response(result.to_dict())
 
 
 def add_routes(app: web.Application) -> None:
