@@ -295,7 +295,13 @@ class EmbeddedStore:
                 "ORDER BY seq",
                 (slug, lifecycle.PROMOTE_ACTION, lifecycle.ROLLBACK_ACTION),
             ).fetchall()
-            current, target = lifecycle.rollback_pair(slug, lifecycle.prod_stack(events))
+            stack = lifecycle.prod_stack(events)
+            prod = sql.current_prod(conn, slug)
+            if prod is not None and (not stack or stack[-1] != prod):
+                # Restored from a snapshot, which has no audit log: the history starts at
+                # the restore, with the prod it had (as the Redis store's prod stack does).
+                stack = [v for v in stack if v != prod] + [prod]
+            current, target = lifecycle.rollback_pair(slug, stack)
             target_status = sql.status_of(conn, slug, target)
             sql.put_status(conn, slug, current, Status.DEPRECATED)
             sql.put_status(conn, slug, target, Status.PROD)

@@ -25,7 +25,7 @@ from proxy.registry.models import RegistrySnapshot, RolloutMode, Status, StickyK
 from proxy.registry.recovery import RegistryRecovery
 from proxy.registry.service import RegistryService
 from proxy.registry.snapshot import SnapshotHolder, SnapshotRefresher
-from proxy.registry.store import PromptStore, StoreReplaced
+from proxy.registry.store import InvalidTransition, PromptStore, StoreReplaced
 from tests.registry.conftest import StoreFactory
 from tests.registry.helpers import T0, draft, push
 
@@ -212,6 +212,9 @@ async def test_a_replica_keeps_serving_a_lost_store_and_restores_it(
     assert (entry.action, entry.actor) == ("restore", "ops")
     assert "snapshot of a replica" in entry.reason
     assert "FLUSHALL by mistake" in entry.reason
+    # A snapshot has no audit log: rollback history starts at the restore, on both stores.
+    with pytest.raises(InvalidTransition, match="v2 is prod and there is no former prod"):
+        await store.rollback("greet", "ops", "", T0 + 9)
     # Numbering continues: version numbers never restart.
     version, created = await store.create_version(draft("five"), "alice", T0 + 9)
     assert (version.version, created) == (5, True)
