@@ -208,17 +208,19 @@ class EmbeddedStore:
                 versions.setdefault(version.slug, {})[version.version] = version
                 if version.status is Status.PROD:
                     prod[version.slug] = version.version
-            return RegistrySnapshot(
+            snapshot = RegistrySnapshot(
                 revision=revision,
                 versions=versions,
                 prod=prod,
                 rollouts=sql.all_rollouts(conn),
                 generation=sql.generation(conn),
             )
+            # On the worker thread, so reads and write checks are observed in the order
+            # they were made (an older read observed late would look like going back).
+            self._identity.observe(snapshot.generation, snapshot.revision)
+            return snapshot
 
-        snapshot = await self._read(read)
-        self._identity.observe(snapshot.generation, snapshot.revision)
-        return snapshot
+        return await self._read(read)
 
     async def wait_for_change(self, known_revision: int, max_wait: float) -> int:
         loop = asyncio.get_running_loop()

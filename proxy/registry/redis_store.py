@@ -80,6 +80,7 @@ class RedisStore:
         self._hints = ChangeHints(client, self.keys.channel, op_timeout)
         self._closed = False
         self._identity = IdentityGuard()
+        self._observing = asyncio.Lock()
         self._init = client.register_script(scripts.INIT)
         self._create = client.register_script(scripts.CREATE)
         self._promote = client.register_script(scripts.PROMOTE)
@@ -158,28 +159,36 @@ class RedisStore:
 
     async def _bound_generation(self) -> str:
         if self._identity.lost is not None:
-            # Found lost before: look again (a restore may have brought it back) rather
-            # than wait for the next snapshot read. Raises if it still is.
-            async def read() -> list[Any]:
-                async with self._client.pipeline(transaction=True) as pipe:
-                    pipe.get(self.keys.generation)
-                    pipe.get(self.keys.revision)
-                    return await pipe.execute()
-
-            found, revision = await self._guard(read)
-            generation = None if found is None else scripts.text(found)
-            self._identity.check_write(generation, int(revision or 0))
+            async with self._observing:
+                await self._look_again()
         if self._identity.generation is None:
-            # Never read a generation: a fresh store (or one written before generations
-            # existed) gets one now, unless another process has just set it.
-            fresh = new_generation()
-
-            async def init() -> bytes | str:
-                return await self._init(keys=[self.keys.generation], args=[fresh])  # type: ignore[no-any-return]
-
-            self._identity.bind(scripts.text(await self._guard(init)))
+            await self._stamp_generation()
         assert self._identity.generation is not None
         return self._identity.generation
+
+    async def _look_again(self) -> None:
+        """Found lost before: read the identity again (a restore may have brought it back)
+        rather than wait for the next snapshot read. Raises if it still is lost."""
+
+        async def read() -> list[Any]:
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.get(self.keys.generation)
+                pipe.get(self.keys.revision)
+                return await pipe.execute()
+
+        found, revision = await self._guard(read)
+        generation = None if found is None else scripts.text(found)
+        self._identity.check_write(generation, int(revision or 0))
+
+    async def _stamp_generation(self) -> None:
+        """Never read a generation: a fresh store (or one written before generations
+        existed) gets one now, unless another process has just set it (SET NX)."""
+        fresh = new_generation()
+
+        async def init() -> bytes | str:
+            return await self._init(keys=[self.keys.generation], args=[fresh])  # type: ignore[no-any-return]
+
+        self._identity.bind(scripts.text(await self._guard(init)))
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -244,13 +253,23 @@ class RedisStore:
         return int(await self._guard(read) or 0)
 
     async def snapshot(self) -> RegistrySnapshot:
+        # Serialized, so reads are observed in the order they were made: a slower, older
+        # read observed after a newer one would look like the revision going back.
+        async with self._observing:
+            return await self._snapshot()
+
+    async def _snapshot(self) -> RegistrySnapshot:
         for _ in range(_SNAPSHOT_ATTEMPTS):
             snapshot = await self._guard(self._snapshot_once)
             if snapshot is None:
                 continue
-            if snapshot.generation is None and not snapshot.empty:
+            if (
+                snapshot.generation is None
+                and not snapshot.empty
+                and self._identity.generation is None
+            ):
                 # Written before generations existed: stamp it (SET NX) and read again.
-                await self._bound_generation()
+                await self._stamp_generation()
                 continue
             self._identity.observe(snapshot.generation, snapshot.revision)
             return snapshot
