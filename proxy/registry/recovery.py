@@ -135,6 +135,7 @@ class RegistryRecovery:
                     "replica's snapshot, or empty the store first.",
                     code="registry_not_empty",
                 )
+            self._refuse_reused_numbers(image)
             found = await self._store.generation()
             revision = await self._store.restore(
                 image,
@@ -146,6 +147,26 @@ class RegistryRecovery:
                 self._clock(),
             )
         return _result("file", image, revision)
+
+    def _refuse_reused_numbers(self, image: RegistryImage) -> None:
+        """An export older than what this replica served would hand out again numbers that
+        already named other content (version numbers never restart)."""
+        served = self._holder.current
+        if served.generation != image.generation:
+            return
+        behind = sorted(
+            f"{slug} v{max(numbered)} (export: v{max(image.versions.get(slug, {0: None}))})"
+            for slug, numbered in served.versions.items()
+            if numbered and max(numbered) > max(image.versions.get(slug, {0: None}))
+        )
+        if behind:
+            raise Conflict(
+                "The export is older than the registry this replica served ("
+                + ", ".join(behind)
+                + "): importing it would reuse version numbers. Restore from a replica's "
+                "snapshot instead (`promptproxy registry restore --from-replica`).",
+                code="export_older_than_served",
+            )
 
     async def _full_audit(self) -> list[AuditEntry]:
         entries: list[AuditEntry] = []

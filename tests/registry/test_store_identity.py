@@ -296,3 +296,26 @@ def test_an_export_in_another_format_is_refused() -> None:
             b'"versions": [{"slug": "a", "version": 2, "template": "t", "created_at": 1, '
             b'"sha256": "x", "status": "draft"}]}'
         )
+
+
+async def test_an_export_older_than_the_served_registry_is_not_imported(
+    store_factory: StoreFactory, tmp_path: Path
+) -> None:
+    """Importing it would number the next push v5 again, a v5 that already named other
+    content: the replica that served v5 refuses and points at the snapshot restore."""
+    store = await store_factory.new()
+    await _served(store)
+    _, refresher, recovery = _replica(store)
+    old_export = await recovery.export()
+    await push(store, "five")
+    assert await refresher.load_once()
+    await _empty(store_factory, tmp_path)
+    assert not await refresher.load_once()
+
+    with pytest.raises(Conflict) as refused:
+        await recovery.import_image(old_export, "ops", "")
+    assert refused.value.code == "export_older_than_served"
+    assert "greet v5 (export: v4)" in refused.value.message
+    await recovery.restore_from_snapshot("ops", "")
+    version, _ = await store.create_version(draft("six"), "alice", T0)
+    assert version.version == 6
