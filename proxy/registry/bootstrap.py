@@ -25,6 +25,7 @@ _log = logging.getLogger(APP_LOGGER)
 ACTOR = "bootstrap"
 _FIRST_RETRY = 0.1
 _MAX_RETRY = 2.0
+_ATTEMPTS_ON_ERROR = 3
 
 
 async def bootstrap_prompts(service: RegistryService, folder: Path) -> int:
@@ -46,15 +47,24 @@ async def bootstrap_prompts(service: RegistryService, folder: Path) -> int:
     return created_count
 
 
-async def bootstrap_when_reachable(service: RegistryService, folder: Path) -> int:
+async def bootstrap_when_reachable(service: RegistryService, folder: Path) -> int | None:
     """``bootstrap_prompts``, retried (with backoff) for as long as the store is unavailable.
-    Any other error (a bad prompt file) is raised at once."""
+    Other failures (another replica promoting the same prompt at the same moment) get a
+    few more attempts, then the bootstrap is given up (None): the replica must still load
+    its snapshot and serve rather than stay unready forever."""
     delay = _FIRST_RETRY
+    failures = 0
     while True:
         try:
             return await bootstrap_prompts(service, folder)
         except ServiceUnavailable as exc:
             _log.warning("registry bootstrap from %s waits for the store: %s", folder, exc)
+        except Exception:
+            failures += 1
+            _log.exception("registry bootstrap from %s failed (attempt %d)", folder, failures)
+            if failures >= _ATTEMPTS_ON_ERROR:
+                _log.error("registry bootstrap from %s given up; serving the store as is", folder)
+                return None
         await asyncio.sleep(delay)
         delay = min(delay * 2, _MAX_RETRY)
 
