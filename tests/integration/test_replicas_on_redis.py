@@ -206,6 +206,7 @@ async def test_registry_reading_empty_keeps_the_last_good_snapshot(
     client = redis.Redis.from_url(redis_server.url)
     try:
         client.flushall()
+        flushed = time.monotonic()
     finally:
         client.close()
     # Every replica reports the loss (readiness degraded but routable, a metric), keeps
@@ -221,6 +222,9 @@ async def test_registry_reading_empty_keeps_the_last_good_snapshot(
             metrics = await resp.text()
         assert "promptproxy_registry_store_replaced 1.0" in metrics
         assert "promptproxy_registry_up 1.0" in metrics
+    print(
+        f"\nFLUSHALL reported by all replicas after {round((time.monotonic() - flushed) * 1000)} ms"
+    )
     async with aiohttp.ClientSession() as session:
         assert [await served_version(session, r, "flush") for r in replicas] == ["2", "2", "2"]
     status, body = await admin_post(replicas[1], "/prompts/flush/versions", {"template": "new"})
@@ -237,8 +241,12 @@ async def test_registry_reading_empty_keeps_the_last_good_snapshot(
         replicas[2], "/registry/restore", {"source": "snapshot", "reason": "FLUSHALL"}
     )
     assert status == 200, body
+    restored = time.monotonic()
     for replica in replicas:
         await until_registry_state(replica, "ok", limit=10)
+    print(
+        f"restore accepted by all replicas after {round((time.monotonic() - restored) * 1000)} ms"
+    )
     status, body = await admin_post(replicas[0], "/prompts/flush/versions", {"template": "new"})
     assert (status, body["version"]["version"]) == (201, 3), body  # numbering continues
     async with (
