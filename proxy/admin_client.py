@@ -63,6 +63,18 @@ class AdminClient:
             reason = getattr(exc, "reason", exc)
             raise AdminError(f"cannot reach the admin API at {self._base} ({reason})") from None
 
+    def registry_status(self) -> Any:
+        return self._call("GET", "/registry")
+
+    def restore_registry(self, reason: str) -> Any:
+        return self._call("POST", "/registry/restore", {"source": "snapshot", "reason": reason})
+
+    def export_registry(self) -> Any:
+        return self._call("GET", "/registry/export")
+
+    def import_registry(self, image: Any, reason: str) -> Any:
+        return self._call("POST", "/registry/import", image, {"reason": reason or None})
+
     def push(self, slug: str, version: dict[str, Any]) -> Any:
         return self._call("POST", f"/prompts/{slug}/versions", version)
 

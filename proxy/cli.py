@@ -12,6 +12,7 @@ from proxy import __version__
 from proxy.cli_context import admin_options
 from proxy.cli_fleet import fleet
 from proxy.cli_prompts import prompts
+from proxy.cli_registry import registry
 from proxy.cli_rollout import rollout
 from proxy.cli_shadow import shadow
 from proxy.config import ConfigError, Settings, load_config
@@ -136,6 +137,7 @@ main.add_command(prompts)
 main.add_command(rollout)
 main.add_command(shadow)
 main.add_command(fleet)
+main.add_command(registry)
 
 
 @main.group("config")

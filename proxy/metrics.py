@@ -274,6 +274,13 @@ class ProxyMetrics:
             "1 while the registry store answers; 0 while serving the last good snapshot.",
             registry=registry,
         )
+        self.registry_store_replaced = Gauge(
+            "promptproxy_registry_store_replaced",
+            "1 while the registry store is not the registry this replica serves (emptied, "
+            "replaced or put back to an older copy): the last good snapshot keeps serving and "
+            "admin writes are refused until an operator restores the store.",
+            registry=registry,
+        )
         self.registry_revision = Gauge(
             "promptproxy_registry_revision",
             "Store revision of the snapshot being served.",

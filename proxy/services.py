@@ -23,11 +23,13 @@ from proxy.loop_lag import watch_loop_lag
 from proxy.metrics import ProxyMetrics
 from proxy.pipeline.forward import UpstreamClient, make_session
 from proxy.pipeline.record import Recorder
+from proxy.registry.bootstrap import start_registry
 from proxy.registry.factory import describe_store, open_store
 from proxy.registry.fleet import Fleet
 from proxy.registry.fleet_heartbeat import AppliedSignal, Heartbeat
 from proxy.registry.fleet_setup import FleetMetrics, open_board
 from proxy.registry.models import RegistrySnapshot
+from proxy.registry.recovery import RegistryRecovery
 from proxy.registry.service import RegistryService
 from proxy.registry.snapshot import SnapshotHolder, SnapshotRefresher
 from proxy.registry.templates import PromptRenderer
@@ -66,6 +68,7 @@ class Services:
     refresher: SnapshotRefresher
     renderer: PromptRenderer
     registry: RegistryService
+    recovery: RegistryRecovery
     shadow: ShadowRunner
     analysis: Analyser
     feedback: FeedbackService
@@ -88,6 +91,7 @@ def _snapshot_observer(metrics: ProxyMetrics, applied: AppliedSignal) -> Snapsho
     holder = SnapshotHolder(on_apply)
     metrics.registry_staleness.set_function(lambda: holder.staleness)
     metrics.registry_up.set_function(lambda: 1.0 if holder.healthy else 0.0)
+    metrics.registry_store_replaced.set_function(lambda: 0.0 if holder.replaced is None else 1.0)
     return holder
 
 
@@ -127,14 +131,10 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         tasks = BackgroundTasks()
         stack.push_async_callback(tasks.close)
 
-        if config.registry.bootstrap_dir is not None:
-            from proxy.registry.bootstrap import bootstrap_prompts
-
-            await bootstrap_prompts(registry, Path(config.registry.bootstrap_dir))
-        # Best effort: with the store down at a cold start, readiness stays 503 until the
-        # refresher gets a first snapshot.
-        await refresher.load_once()
-        tasks.spawn(refresher.run(), name="registry-refresher")
+        bootstrap_dir = config.registry.bootstrap_dir
+        await start_registry(
+            registry, refresher, tasks, None if bootstrap_dir is None else Path(bootstrap_dir)
+        )
         tasks.spawn(watch_loop_lag(metrics.loop_lag), name="loop-lag")
         beating = tasks.spawn(heartbeat.run(), name="fleet-heartbeat")
         window = WindowRecorder(time.time)
@@ -174,6 +174,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             refresher=refresher,
             renderer=PromptRenderer(),
             registry=registry,
+            recovery=RegistryRecovery(store, holder),
             shadow=shadow,
             analysis=analysis,
             feedback=feedback,

@@ -120,8 +120,10 @@ def proxy(
     *,
     store: str | None = None,
     env: dict[str, str] | None = None,
+    ready: bool = True,
 ) -> Iterator[ProxyProc]:
-    """A `promptproxy serve` process in front of ``upstream``; yields once /readyz is 200.
+    """A `promptproxy serve` process in front of ``upstream``; yields once /readyz is 200
+    (once /healthz is, with ``ready=False``: a process that cannot be ready yet).
 
     Without ``store`` it gets its own embedded registry file under ``tmp``."""
     port, admin_port = free_port(), free_port()
@@ -147,7 +149,8 @@ def proxy(
         popen, log_path, f"http://127.0.0.1:{port}/v1", f"http://127.0.0.1:{admin_port}"
     )
     try:
-        _wait_until(lambda: _http_ok(f"{proc.admin_url}/readyz"), START_TIMEOUT, "proxy", popen)
+        probe = f"{proc.admin_url}/{'readyz' if ready else 'healthz'}"
+        _wait_until(lambda: _http_ok(probe), START_TIMEOUT, "proxy", popen)
         yield proc
     finally:
         proc.stop(signal.SIGKILL)

@@ -107,9 +107,19 @@ _SCHEMA_V3: tuple[str, ...] = (
         BEGIN SELECT RAISE(ABORT, 'a running rollout only changes its percentage'); END""",
 )
 
-_MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3)
+_SCHEMA_V4: tuple[str, ...] = (
+    # The registry's identity (``proxy.registry.identity``): one random generation, written
+    # in the same transaction that creates (or upgrades) the file, never changed after.
+    """CREATE TABLE identity (
+        singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+        generation TEXT NOT NULL CHECK (generation <> '')
+    )""",
+    "INSERT INTO identity (singleton, generation) VALUES (1, lower(hex(randomblob(16))))",
+)
+
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4)
 #: ``PRAGMA user_version`` holds the file's version: how many ``_MIGRATIONS`` it has had.
-SCHEMA_VERSION = len(_MIGRATIONS)  # 3
+SCHEMA_VERSION = len(_MIGRATIONS)  # 4
 
 AUDIT_COLUMNS = (
     "seq, at, actor, action, slug, version, from_status, to_status, reason, previous_prod, detail"
@@ -212,6 +222,11 @@ def revision(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()[0])
 
 
+def generation(conn: sqlite3.Connection) -> str | None:
+    row = conn.execute("SELECT generation FROM identity WHERE singleton = 1").fetchone()
+    return None if row is None else str(row[0])
+
+
 def require_slug(conn: sqlite3.Connection, slug: str) -> None:
     if conn.execute("SELECT 1 FROM versions WHERE slug = ? LIMIT 1", (slug,)).fetchone() is None:
         raise PromptNotFound(f"no prompt {slug!r}")
@@ -278,6 +293,26 @@ def put_status(conn: sqlite3.Connection, slug: str, version: int, status: Status
     conn.execute(
         "UPDATE versions SET status = ? WHERE slug = ? AND version = ?",
         (status.value, slug, version),
+    )
+
+
+def insert_audit(conn: sqlite3.Connection, entry: AuditEntry) -> None:
+    """An entry with its seq as it is (a restore); does not bump the revision."""
+    conn.execute(
+        f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            entry.seq,
+            entry.at,
+            entry.actor,
+            entry.action,
+            entry.slug,
+            entry.version,
+            None if entry.from_status is None else entry.from_status.value,
+            None if entry.to_status is None else entry.to_status.value,
+            entry.reason,
+            entry.previous_prod,
+            None if entry.detail is None else orjson.dumps(dict(entry.detail)).decode(),
+        ),
     )
 
 

@@ -6,12 +6,18 @@ file: WAL lets readers proceed during a write, ``BEGIN IMMEDIATE`` takes the wri
 front (waiting up to ``busy_timeout``), so concurrent pushes get distinct consecutive
 numbers. Every write bumps the ``revision`` row in the same transaction; other processes
 notice by polling it.
+
+Identity (``proxy.registry.identity``): the file's generation is bound on first use, and
+every write transaction checks it before writing. A file replaced or deleted under a running
+process (a restored volume, a wrong mount) is noticed by its inode changing: the store
+reopens the path and, finding another generation, refuses writes with ``StoreReplaced``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +27,8 @@ from typing import TypeVar
 from proxy.analysis.policy import AnalysisPolicy
 from proxy.registry import embedded_schema as sql
 from proxy.registry import lifecycle
+from proxy.registry.backup import RegistryImage
+from proxy.registry.identity import IdentityGuard, describe
 from proxy.registry.models import (
     AuditEntry,
     PromptVersion,
@@ -32,7 +40,9 @@ from proxy.registry.models import (
     VersionDraft,
 )
 from proxy.registry.store import (
+    InvalidTransition,
     PromptNotFound,
+    StoreReplaced,
     StoreUnavailable,
     VersionNotFound,
 )
@@ -50,7 +60,9 @@ class EmbeddedStore:
         self._poll_interval = poll_interval
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry-sqlite")
         self._conn: sqlite3.Connection | None = None  # touched only on the worker thread
+        self._file: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file
         self._closed = False
+        self._identity = IdentityGuard()
 
     @classmethod
     async def open(
@@ -59,7 +71,8 @@ class EmbeddedStore:
         """Create the store and open/migrate the file now, so a bad path fails at startup."""
         store = cls(path, busy_timeout=busy_timeout, poll_interval=poll_interval)
         try:
-            await store.revision()
+            found = await store._read(lambda conn: (sql.generation(conn), sql.revision(conn)))
+            store._identity.observe(*found)
         except BaseException:
             await store.close()
             raise
@@ -75,8 +88,14 @@ class EmbeddedStore:
 
     def _on_worker(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         try:
+            if self._conn is not None and self._file != _file_id(self.path):
+                # Replaced or deleted under us: reopen the path, so the identity check
+                # sees what is there now rather than the old inode this connection holds.
+                self._conn.close()
+                self._conn = None
             if self._conn is None:
                 self._conn = sql.connect(self.path, self._busy_timeout)
+                self._file = _file_id(self.path)
             return fn(self._conn)
         except (sqlite3.IntegrityError, sqlite3.ProgrammingError):
             raise  # a bug in this module, not an unavailable store
@@ -89,6 +108,7 @@ class EmbeddedStore:
         def txn(conn: sqlite3.Connection) -> T:
             conn.execute("BEGIN IMMEDIATE")
             try:
+                self._check_generation(conn)
                 result = fn(conn)
                 conn.execute("COMMIT")
             except BaseException:
@@ -97,7 +117,15 @@ class EmbeddedStore:
                 raise
             return result
 
-        return await self._run(txn)
+        try:
+            return await self._run(txn)
+        except StoreReplaced as exc:
+            self._identity.lost = str(exc)
+            raise
+
+    def _check_generation(self, conn: sqlite3.Connection) -> None:
+        """In the write transaction: the file is the registry this store is bound to."""
+        self._identity.check_write(sql.generation(conn), sql.revision(conn))
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` in one read transaction: a consistent view across several SELECTs."""
@@ -164,6 +192,9 @@ class EmbeddedStore:
 
         return await self._read(read)
 
+    async def generation(self) -> str | None:
+        return await self._run(sql.generation)
+
     async def revision(self) -> int:
         return await self._run(sql.revision)
 
@@ -177,9 +208,17 @@ class EmbeddedStore:
                 versions.setdefault(version.slug, {})[version.version] = version
                 if version.status is Status.PROD:
                     prod[version.slug] = version.version
-            return RegistrySnapshot(
-                revision=revision, versions=versions, prod=prod, rollouts=sql.all_rollouts(conn)
+            snapshot = RegistrySnapshot(
+                revision=revision,
+                versions=versions,
+                prod=prod,
+                rollouts=sql.all_rollouts(conn),
+                generation=sql.generation(conn),
             )
+            # On the worker thread, so reads and write checks are observed in the order
+            # they were made (an older read observed late would look like going back).
+            self._identity.observe(snapshot.generation, snapshot.revision)
+            return snapshot
 
         return await self._read(read)
 
@@ -258,7 +297,13 @@ class EmbeddedStore:
                 "ORDER BY seq",
                 (slug, lifecycle.PROMOTE_ACTION, lifecycle.ROLLBACK_ACTION),
             ).fetchall()
-            current, target = lifecycle.rollback_pair(slug, lifecycle.prod_stack(events))
+            stack = lifecycle.prod_stack(events)
+            prod = sql.current_prod(conn, slug)
+            if prod is not None and (not stack or stack[-1] != prod):
+                # Restored from a snapshot, which has no audit log: the history starts at
+                # the restore, with the prod it had (as the Redis store's prod stack does).
+                stack = [v for v in stack if v != prod] + [prod]
+            current, target = lifecycle.rollback_pair(slug, stack)
             target_status = sql.status_of(conn, slug, target)
             sql.put_status(conn, slug, current, Status.DEPRECATED)
             sql.put_status(conn, slug, target, Status.PROD)
@@ -414,6 +459,37 @@ class EmbeddedStore:
 
         return await self._write(write)
 
+    # -- restore --------------------------------------------------------------------------
+
+    async def restore(
+        self,
+        image: RegistryImage,
+        expect: str | None,
+        after_revision: int,
+        actor: str,
+        reason: str,
+        at: float,
+    ) -> int:
+        """Write ``image`` into the file, if it holds generation ``expect`` and no versions
+        (the file refuses to delete history, so a file with other prompts must be moved
+        away by the operator first)."""
+        entries = image.restore_entries(actor, reason, at)
+
+        def txn(conn: sqlite3.Connection) -> int:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                revision = _restore(conn, image, expect, after_revision, entries)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return revision
+
+        revision = await self._run(txn)
+        self._identity.restored(image.generation, revision)
+        return revision
+
     async def close(self) -> None:
         if self._closed:
             return
@@ -428,6 +504,56 @@ class EmbeddedStore:
             await asyncio.get_running_loop().run_in_executor(self._executor, close_conn)
         finally:
             self._executor.shutdown(wait=False)
+
+
+def _restore(
+    conn: sqlite3.Connection,
+    image: RegistryImage,
+    expect: str | None,
+    after_revision: int,
+    entries: list[AuditEntry],
+) -> int:
+    found = sql.generation(conn)
+    if found != expect:
+        raise InvalidTransition(
+            f"the store holds {describe(found)}, not {describe(expect)} as when the restore "
+            "was asked for: look again before restoring"
+        )
+    if conn.execute("SELECT 1 FROM versions LIMIT 1").fetchone() is not None:
+        raise InvalidTransition(
+            "the registry file holds prompts, and its history cannot be deleted: move the "
+            "file away (keep it), then restore into the new empty file"
+        )
+    for numbered in image.versions.values():
+        for version in numbered.values():
+            conn.execute(
+                "INSERT INTO versions (slug, version, sha256, created_at, body, status) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    version.slug,
+                    version.version,
+                    version.sha256,
+                    version.created_at,
+                    sql.version_body(version),
+                    version.status.value,
+                ),
+            )
+    for rollout in image.rollouts.values():
+        sql.insert_rollout(conn, rollout)
+    for entry in [*image.audit, *entries]:
+        sql.insert_audit(conn, entry)
+    revision = max(image.revision, after_revision, sql.revision(conn)) + 1
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'revision'", (revision,))
+    conn.execute("UPDATE identity SET generation = ? WHERE singleton = 1", (image.generation,))
+    return revision
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 # -- write steps shared by several operations, run inside their transaction -----------------

@@ -335,6 +335,8 @@ class RegistrySnapshot:
     prod: dict[str, int]
     #: slug -> the running rollout (slugs without one are absent)
     rollouts: dict[str, Rollout] = field(default_factory=dict)
+    #: The store's identity (``proxy.registry.identity``); None: not initialised yet.
+    generation: str | None = None
 
     @property
     def empty(self) -> bool:

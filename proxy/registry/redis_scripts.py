@@ -5,6 +5,9 @@ Cluster keeps every key in one slot and the scripts may touch them all):
 
 =================================  ======  ===============================================
 ``P{registry}:revision``           string  change counter, INCR'd by every write
+``P{registry}:generation``         string  the registry's identity (``identity``): SET NX
+                                           by the first write, or by the first read of
+                                           a store written before generations existed
 ``P{registry}:changes``            channel every write PUBLISHes the new revision here
 ``P{registry}:slugs``              set     every slug that has at least one version
 ``P{registry}:versions:<slug>``    hash    version number -> JSON (immutable: written once,
@@ -31,7 +34,9 @@ two of them in Lua: re-encoding JSON there would round timestamps (cjson keeps 1
 
 Each script checks everything before its first write: Redis runs a script atomically but
 does not undo the writes it made before an error. Errors the caller must map to store
-exceptions are returned as ``PROMPT_NOT_FOUND|VERSION_NOT_FOUND|INVALID_TRANSITION <msg>``.
+exceptions are returned as ``PROMPT_NOT_FOUND|VERSION_NOT_FOUND|INVALID_TRANSITION <msg>``,
+or ``STORE_REPLACED <msg>``: every write script gets the generation its caller is bound to
+as its last ARGV and refuses before anything else when the store holds another (or none).
 The refusals (which moves, and their messages) are generated from the ``lifecycle`` checks
 (``redis_lua_rules``), so the Redis store cannot drift from the embedded one. Rollout
 scripts are in ``redis_rollout_scripts``; the helpers they share with ``PROMOTE`` are here.
@@ -59,6 +64,7 @@ from proxy.registry.redis_lua_rules import (
 PROMPT_NOT_FOUND = "PROMPT_NOT_FOUND"
 VERSION_NOT_FOUND = "VERSION_NOT_FOUND"
 INVALID_TRANSITION = "INVALID_TRANSITION"
+STORE_REPLACED = "STORE_REPLACED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +81,10 @@ class RedisKeys:
     @property
     def revision(self) -> str:
         return self._key("revision")
+
+    @property
+    def generation(self) -> str:
+        return self._key("generation")
 
     @property
     def channel(self) -> str:
@@ -119,6 +129,7 @@ class RedisKeys:
             self.prod_stack(slug),
             self.slugs,
             self.rollout(slug),
+            self.generation,
         ]
 
 
@@ -133,15 +144,24 @@ _SET_STATUS_DURING_ROLLOUT = lua_refusal(
 
 
 # KEYS: see RedisKeys.for_write. ARGV[1] channel, ARGV[2] slug, ARGV[3] actor, ARGV[4] reason,
-# ARGV[5] at (a float's repr, kept as text so Lua's number formatting cannot round it).
+# ARGV[5] at (a float's repr, kept as text so Lua's number formatting cannot round it), then
+# the script's own arguments, and last the generation the caller is bound to.
 PRELUDE = f"""
 local K_REV, K_SEQ, K_AUDIT, KSLUG_AUDIT = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local K_VERSIONS, K_STATUS, K_STACK, KSLUGS = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local K_ROLLOUT = KEYS[9]
+local K_ROLLOUT, K_GENERATION = KEYS[9], KEYS[10]
 local CHANNEL, SLUG, ACTOR, REASON, AT = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 
 local function fail(code, msg)
   return redis.error_reply(code .. ' ' .. msg)
+end
+
+local found_generation = redis.call('GET', K_GENERATION)
+if found_generation ~= ARGV[#ARGV] then
+  return fail('{STORE_REPLACED}', 'the registry store holds '
+    .. (found_generation and ('generation ' .. found_generation) or 'no generation (emptied)')
+    .. ', not the registry this process served (generation ' .. ARGV[#ARGV]
+    .. '): it was emptied or replaced')
 end
 
 local function refuse(msg)
@@ -221,6 +241,12 @@ local function promote_version(version, status)
 end
 
 local PROMOTE_REFUSED = {_PROMOTE_REFUSED}
+"""
+
+# KEYS[1] generation, ARGV[1] a new generation. Returns the generation the store has now.
+INIT = """
+redis.call('SET', KEYS[1], ARGV[1], 'NX')
+return redis.call('GET', KEYS[1])
 """
 
 # ARGV[6] sha256, ARGV[7] the version's JSON without "version" (a non-empty object).
@@ -330,6 +356,26 @@ def decode_rollout(slug: str, fields: dict[Any, Any]) -> Rollout | None:
 
 def decode_detail(raw: bytes | str | None) -> dict[str, Any] | None:
     return orjson.loads(raw) if raw else None
+
+
+def encode_audit(entry: AuditEntry) -> dict[str, str]:
+    """The stream fields of an entry, as the Lua ``commit`` writes them ("" for None)."""
+
+    def opt(value: object) -> str:
+        return "" if value is None else str(value)
+
+    return {
+        "at": repr(float(entry.at)),
+        "actor": entry.actor,
+        "action": entry.action,
+        "slug": entry.slug,
+        "version": opt(entry.version),
+        "from_status": "" if entry.from_status is None else entry.from_status.value,
+        "to_status": "" if entry.to_status is None else entry.to_status.value,
+        "reason": entry.reason,
+        "previous_prod": opt(entry.previous_prod),
+        "detail": "" if entry.detail is None else orjson.dumps(dict(entry.detail)).decode(),
+    }
 
 
 def decode_audit(entry_id: bytes | str, raw: dict[Any, Any]) -> AuditEntry:

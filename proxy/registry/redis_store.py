@@ -22,12 +22,15 @@ import orjson
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError, ResponseError, WatchError
 
 from proxy.analysis.policy import AnalysisPolicy
 from proxy.registry import lifecycle
 from proxy.registry import redis_rollout_scripts as rollout_scripts
 from proxy.registry import redis_scripts as scripts
+from proxy.registry.backup import RegistryImage
+from proxy.registry.identity import IdentityGuard, describe, new_generation
 from proxy.registry.models import (
     AuditEntry,
     PromptVersion,
@@ -43,6 +46,7 @@ from proxy.registry.store import (
     InvalidTransition,
     PromptNotFound,
     StoreError,
+    StoreReplaced,
     StoreUnavailable,
     VersionNotFound,
 )
@@ -53,6 +57,7 @@ _DOMAIN_ERRORS: tuple[tuple[str, type[StoreError]], ...] = (
     (scripts.PROMPT_NOT_FOUND, PromptNotFound),
     (scripts.VERSION_NOT_FOUND, VersionNotFound),
     (scripts.INVALID_TRANSITION, InvalidTransition),
+    (scripts.STORE_REPLACED, StoreReplaced),
 )
 _SNAPSHOT_ATTEMPTS = 10
 
@@ -74,6 +79,9 @@ class RedisStore:
         self._op_timeout = op_timeout
         self._hints = ChangeHints(client, self.keys.channel, op_timeout)
         self._closed = False
+        self._identity = IdentityGuard()
+        self._observing = asyncio.Lock()
+        self._init = client.register_script(scripts.INIT)
         self._create = client.register_script(scripts.CREATE)
         self._promote = client.register_script(scripts.PROMOTE)
         self._rollback = client.register_script(scripts.ROLLBACK)
@@ -134,6 +142,54 @@ class RedisStore:
     def _write_args(self, slug: str, actor: str, reason: str, at: float) -> list[str]:
         return [self.keys.channel, slug, actor, reason, repr(float(at))]
 
+    async def _write(self, script: AsyncScript, slug: str, args: list[str]) -> list[Any]:
+        """Run a write script for ``slug``, bound to this instance's generation (see
+        ``identity``): the script refuses atomically if the store holds another or none."""
+        generation = await self._bound_generation()
+        keys = self.keys.for_write(slug)
+
+        async def run() -> list[Any]:
+            return await script(keys=keys, args=[*args, generation])  # type: ignore[no-any-return]
+
+        try:
+            return await self._guard(run)
+        except StoreReplaced as exc:
+            self._identity.lost = str(exc)
+            raise
+
+    async def _bound_generation(self) -> str:
+        if self._identity.lost is not None:
+            async with self._observing:
+                await self._look_again()
+        if self._identity.generation is None:
+            await self._stamp_generation()
+        assert self._identity.generation is not None
+        return self._identity.generation
+
+    async def _look_again(self) -> None:
+        """Found lost before: read the identity again (a restore may have brought it back)
+        rather than wait for the next snapshot read. Raises if it still is lost."""
+
+        async def read() -> list[Any]:
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.get(self.keys.generation)
+                pipe.get(self.keys.revision)
+                return await pipe.execute()
+
+        found, revision = await self._guard(read)
+        generation = None if found is None else scripts.text(found)
+        self._identity.check_write(generation, int(revision or 0))
+
+    async def _stamp_generation(self) -> None:
+        """Never read a generation: a fresh store (or one written before generations
+        existed) gets one now, unless another process has just set it (SET NX)."""
+        fresh = new_generation()
+
+        async def init() -> bytes | str:
+            return await self._init(keys=[self.keys.generation], args=[fresh])  # type: ignore[no-any-return]
+
+        self._identity.bind(scripts.text(await self._guard(init)))
+
     # -- reads ----------------------------------------------------------------------------
 
     async def get_version(self, slug: str, version: int) -> PromptVersion:
@@ -183,6 +239,13 @@ class RedisStore:
         entries = await self._guard(read)
         return [scripts.decode_audit(entry_id, fields) for entry_id, fields in entries]
 
+    async def generation(self) -> str | None:
+        async def read() -> bytes | str | None:
+            return await self._client.get(self.keys.generation)
+
+        found = await self._guard(read)
+        return None if found is None else scripts.text(found)
+
     async def revision(self) -> int:
         async def read() -> bytes | str | None:
             return await self._client.get(self.keys.revision)
@@ -190,20 +253,37 @@ class RedisStore:
         return int(await self._guard(read) or 0)
 
     async def snapshot(self) -> RegistrySnapshot:
+        # Serialized, so reads are observed in the order they were made: a slower, older
+        # read observed after a newer one would look like the revision going back.
+        async with self._observing:
+            return await self._snapshot()
+
+    async def _snapshot(self) -> RegistrySnapshot:
         for _ in range(_SNAPSHOT_ATTEMPTS):
             snapshot = await self._guard(self._snapshot_once)
-            if snapshot is not None:
-                return snapshot
+            if snapshot is None:
+                continue
+            if (
+                snapshot.generation is None
+                and not snapshot.empty
+                and self._identity.generation is None
+            ):
+                # Written before generations existed: stamp it (SET NX) and read again.
+                await self._stamp_generation()
+                continue
+            self._identity.observe(snapshot.generation, snapshot.revision)
+            return snapshot
         raise StoreUnavailable(f"registry changed during {_SNAPSHOT_ATTEMPTS} snapshot reads")
 
     async def _snapshot_once(self) -> RegistrySnapshot | None:
         """One optimistic read: every write INCRs the revision, so WATCHing it makes EXEC
         fail (None) if anything changed between listing the slugs and reading them."""
         async with self._client.pipeline(transaction=True) as pipe:
-            await pipe.watch(self.keys.revision)
+            await pipe.watch(self.keys.revision, self.keys.generation)
             slugs = sorted(scripts.text(slug) for slug in await pipe.smembers(self.keys.slugs))
             pipe.multi()  # type: ignore[no-untyped-call]
             pipe.get(self.keys.revision)
+            pipe.get(self.keys.generation)
             for slug in slugs:
                 pipe.hgetall(self.keys.versions(slug))
                 pipe.hgetall(self.keys.status(slug))
@@ -216,7 +296,7 @@ class RedisStore:
         prod: dict[str, int] = {}
         rollouts: dict[str, Rollout] = {}
         for i, slug in enumerate(slugs):
-            bodies, statuses, rollout = results[1 + 3 * i : 4 + 3 * i]
+            bodies, statuses, rollout = results[2 + 3 * i : 5 + 3 * i]
             by_number = scripts.decode_versions(bodies, statuses)
             versions[slug] = by_number
             for number, version in by_number.items():
@@ -225,7 +305,11 @@ class RedisStore:
             if (running := scripts.decode_rollout(slug, rollout)) is not None:
                 rollouts[slug] = running
         return RegistrySnapshot(
-            revision=int(results[0] or 0), versions=versions, prod=prod, rollouts=rollouts
+            revision=int(results[0] or 0),
+            versions=versions,
+            prod=prod,
+            rollouts=rollouts,
+            generation=None if results[1] is None else scripts.text(results[1]),
         )
 
     # -- change notification --------------------------------------------------------------
@@ -253,24 +337,18 @@ class RedisStore:
         del fields["version"], fields["status"]
         args = [*self._write_args(draft.slug, actor, draft.changelog, created_at), sha]
         args.append(orjson.dumps(fields).decode())
-        keys = self.keys.for_write(draft.slug)
 
-        async def run() -> list[Any]:
-            return await self._create(keys=keys, args=args)  # type: ignore[no-any-return]
-
-        created, _, body, status = await self._guard(run)
+        created, _, body, status = await self._write(self._create, draft.slug, args)
         return scripts.decode_version(body, status), bool(created)
 
     async def promote(
         self, slug: str, version: int, actor: str, reason: str, at: float
     ) -> AuditEntry:
-        keys = self.keys.for_write(slug)
         args = [*self._write_args(slug, actor, reason, at), str(version)]
 
-        async def run() -> list[Any]:
-            return await self._promote(keys=keys, args=args)  # type: ignore[no-any-return]
-
-        return self._promoted(slug, version, actor, reason, at, await self._guard(run))
+        return self._promoted(
+            slug, version, actor, reason, at, await self._write(self._promote, slug, args)
+        )
 
     @staticmethod
     def _promoted(
@@ -293,13 +371,9 @@ class RedisStore:
         )
 
     async def rollback(self, slug: str, actor: str, reason: str, at: float) -> AuditEntry:
-        keys = self.keys.for_write(slug)
         args = self._write_args(slug, actor, reason, at)
 
-        async def run() -> list[Any]:
-            return await self._rollback(keys=keys, args=args)  # type: ignore[no-any-return]
-
-        seq, target, from_status, current = await self._guard(run)
+        seq, target, from_status, current = await self._write(self._rollback, slug, args)
         return AuditEntry(
             seq=int(seq),
             at=at,
@@ -316,13 +390,9 @@ class RedisStore:
     async def set_status(
         self, slug: str, version: int, status: Status, actor: str, reason: str, at: float
     ) -> AuditEntry:
-        keys = self.keys.for_write(slug)
         args = [*self._write_args(slug, actor, reason, at), str(version), status.value]
 
-        async def run() -> list[Any]:
-            return await self._set_status(keys=keys, args=args)  # type: ignore[no-any-return]
-
-        seq, from_status = await self._guard(run)
+        seq, from_status = await self._write(self._set_status, slug, args)
         return AuditEntry(
             seq=int(seq),
             at=at,
@@ -357,7 +427,6 @@ class RedisStore:
         analysis: AnalysisPolicy | None = None,
     ) -> tuple[Rollout, AuditEntry]:
         lifecycle.check_rollout_values(basis_points, rollout_id, sticky, analysis)
-        keys = self.keys.for_write(slug)
         args = [
             *self._write_args(slug, actor, reason, at),
             rollout_id,
@@ -368,10 +437,7 @@ class RedisStore:
             "" if analysis is None else orjson.dumps(analysis.to_dict()).decode(),
         ]
 
-        async def run() -> list[Any]:
-            return await self._start_rollout(keys=keys, args=args)  # type: ignore[no-any-return]
-
-        seq, from_status, detail = await self._guard(run)
+        seq, from_status, detail = await self._write(self._start_rollout, slug, args)
         restore = Status(from_status)
         rollout = Rollout(
             slug=slug,
@@ -404,13 +470,9 @@ class RedisStore:
         self, slug: str, rollout_id: str, basis_points: int, actor: str, reason: str, at: float
     ) -> tuple[Rollout, AuditEntry]:
         lifecycle.check_rollout_values(basis_points)
-        keys = self.keys.for_write(slug)
         args = [*self._write_args(slug, actor, reason, at), rollout_id, str(basis_points)]
 
-        async def run() -> list[Any]:
-            return await self._update_rollout(keys=keys, args=args)  # type: ignore[no-any-return]
-
-        seq, detail, flat = await self._guard(run)
+        seq, detail, flat = await self._write(self._update_rollout, slug, args)
         rollout = scripts.decode_rollout(slug, dict(zip(flat[::2], flat[1::2], strict=True)))
         assert rollout is not None  # the script returns the rollout it just changed
         entry = AuditEntry(
@@ -428,13 +490,11 @@ class RedisStore:
         return rollout, entry
 
     async def abort_rollout(self, slug: str, actor: str, reason: str, at: float) -> AuditEntry:
-        keys = self.keys.for_write(slug)
         args = self._write_args(slug, actor, reason, at)
 
-        async def run() -> list[Any]:
-            return await self._abort_rollout(keys=keys, args=args)  # type: ignore[no-any-return]
-
-        seq, candidate, from_status, to_status, detail = await self._guard(run)
+        seq, candidate, from_status, to_status, detail = await self._write(
+            self._abort_rollout, slug, args
+        )
         return AuditEntry(
             seq=int(seq),
             at=at,
@@ -449,14 +509,100 @@ class RedisStore:
         )
 
     async def promote_rollout(self, slug: str, actor: str, reason: str, at: float) -> AuditEntry:
-        keys = self.keys.for_write(slug)
         args = self._write_args(slug, actor, reason, at)
 
-        async def run() -> list[Any]:
-            return await self._promote_rollout(keys=keys, args=args)  # type: ignore[no-any-return]
-
-        candidate, *promoted = await self._guard(run)
+        candidate, *promoted = await self._write(self._promote_rollout, slug, args)
         return self._promoted(slug, int(candidate), actor, reason, at, promoted)
+
+    # -- restore --------------------------------------------------------------------------
+
+    async def restore(
+        self,
+        image: RegistryImage,
+        expect: str | None,
+        after_revision: int,
+        actor: str,
+        reason: str,
+        at: float,
+    ) -> int:
+        """Replace the registry keys with ``image`` in one MULTI, if the store still holds
+        generation ``expect`` (WATCHed: a concurrent change refuses the restore)."""
+        entries = image.restore_entries(actor, reason, at)
+
+        async def write() -> int:
+            async with self._client.pipeline(transaction=True) as pipe:
+                await pipe.watch(self.keys.generation, self.keys.revision, self.keys.slugs)
+                found = await pipe.get(self.keys.generation)
+                found = None if found is None else scripts.text(found)
+                if found != expect:
+                    raise InvalidTransition(
+                        f"the store holds {describe(found)}, not {describe(expect)} as when "
+                        "the restore was asked for: look again before restoring"
+                    )
+                old = [scripts.text(slug) for slug in await pipe.smembers(self.keys.slugs)]
+                revision = (
+                    max(
+                        image.revision, after_revision, int(await pipe.get(self.keys.revision) or 0)
+                    )
+                    + 1
+                )
+                pipe.multi()  # type: ignore[no-untyped-call]
+                for slug in old:
+                    pipe.delete(
+                        self.keys.versions(slug),
+                        self.keys.status(slug),
+                        self.keys.prod_stack(slug),
+                        self.keys.rollout(slug),
+                        self.keys.slug_audit(slug),
+                    )
+                pipe.delete(self.keys.slugs, self.keys.audit, self.keys.audit_seq)
+                self._queue_image(pipe, image, [*image.audit, *entries])
+                pipe.set(self.keys.audit_seq, entries[-1].seq if entries else 0)
+                pipe.set(self.keys.revision, revision)
+                pipe.set(self.keys.generation, image.generation)
+                pipe.publish(self.keys.channel, revision)
+                try:
+                    await pipe.execute()
+                except WatchError:
+                    raise InvalidTransition(
+                        "the store changed while restoring: look again before restoring"
+                    ) from None
+                return revision
+
+        revision = await self._guard(write)
+        self._identity.restored(image.generation, revision)
+        return revision
+
+    def _queue_image(self, pipe: Any, image: RegistryImage, audit: list[AuditEntry]) -> None:
+        for slug, numbered in image.versions.items():
+            pipe.sadd(self.keys.slugs, slug)
+            for number, version in numbered.items():
+                body = version.to_dict()
+                del body["status"]
+                pipe.hset(self.keys.versions(slug), str(number), orjson.dumps(body).decode())
+                pipe.hset(self.keys.status(slug), str(number), version.status.value)
+            stack = image.prod_stack(slug)
+            if stack:
+                pipe.rpush(self.keys.prod_stack(slug), *map(str, stack))
+        for slug, rollout in image.rollouts.items():
+            fields = {
+                "id": rollout.id,
+                "candidate": str(rollout.candidate),
+                "mode": rollout.mode.value,
+                "basis_points": str(rollout.basis_points),
+                "sticky": str(rollout.sticky),
+                "started_at": repr(float(rollout.started_at)),
+                "updated_at": repr(float(rollout.updated_at)),
+                "actor": rollout.actor,
+                "restore_status": rollout.restore_status.value,
+            }
+            if rollout.analysis is not None:
+                fields["analysis"] = orjson.dumps(rollout.analysis.to_dict()).decode()
+            pipe.hset(self.keys.rollout(slug), mapping=fields)
+        for entry in audit:
+            fields = scripts.encode_audit(entry)
+            pipe.xadd(self.keys.audit, fields, id=f"{entry.seq}-0")
+            pipe.xadd(self.keys.slug_audit(entry.slug), fields, id=f"{entry.seq}-0")
 
     async def close(self) -> None:
         if self._closed:

@@ -34,6 +34,7 @@ from proxy.registry.store import (
     InvalidTransition,
     PromptNotFound,
     PromptStore,
+    StoreReplaced,
     StoreUnavailable,
     VersionNotFound,
 )
@@ -78,6 +79,14 @@ def _store_errors(slug: str | None = None) -> Iterator[None]:
         ) from None
     except InvalidTransition as exc:
         raise Conflict(str(exc), code="invalid_transition") from None
+    except StoreReplaced as exc:
+        raise Conflict(
+            f"The prompt registry store lost its data ({exc}). Replicas keep serving their "
+            "last good snapshot; changes are refused until an operator restores the store: "
+            "`promptproxy registry restore --from-replica` or `promptproxy registry import "
+            "FILE` (docs/operations.md#registry-store-lost).",
+            code="registry_store_replaced",
+        ) from None
 
 
 def check_slug(slug: str) -> None:

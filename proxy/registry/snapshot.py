@@ -5,6 +5,10 @@ value replaced whole. ``SnapshotRefresher`` waits for the store to report a chan
 (notification, with polling as the fallback), loads a new snapshot and swaps it in. When the
 store is unreachable the last good snapshot keeps serving; a snapshot that suddenly reads
 empty never replaces a non-empty one (a FLUSHALL or a wrong database must not wipe prompts).
+A store that reads as another registry than the one served (``StoreReplaced``: emptied,
+replaced, put back to an older copy; see ``identity``) is not applied either: the holder
+records it in ``replaced`` (readiness and a metric report it) until a read finds the served
+registry again, after an operator's restore.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from collections.abc import Callable
 
 from proxy.log import APP_LOGGER
 from proxy.registry.models import RegistrySnapshot
-from proxy.registry.store import PromptStore, StoreUnavailable
+from proxy.registry.store import PromptStore, StoreReplaced, StoreUnavailable
 
 _log = logging.getLogger(APP_LOGGER)
 
@@ -26,7 +30,7 @@ EMPTY = RegistrySnapshot(revision=0, versions={}, prod={})
 class SnapshotHolder:
     """What the hot path reads. Replaced whole, never mutated."""
 
-    __slots__ = ("_on_apply", "confirmed_at", "current", "last_error", "loaded")
+    __slots__ = ("_on_apply", "confirmed_at", "current", "last_error", "loaded", "replaced")
 
     def __init__(self, on_apply: Callable[[RegistrySnapshot], None] | None = None) -> None:
         self.current: RegistrySnapshot = EMPTY
@@ -34,6 +38,8 @@ class SnapshotHolder:
         #: monotonic time the snapshot was last known to match the store
         self.confirmed_at = time.monotonic()
         self.last_error: str | None = None
+        #: Why the store is not the registry being served (None while it is).
+        self.replaced: str | None = None
         self._on_apply = on_apply
 
     def apply(self, snapshot: RegistrySnapshot) -> bool:
@@ -95,6 +101,9 @@ class SnapshotRefresher:
         except StoreUnavailable as exc:
             self._failed("snapshot", exc)
             return False
+        except StoreReplaced as exc:
+            self._lost(exc)
+            return False
         return True
 
     async def serve(self, revision: int) -> bool:
@@ -117,6 +126,9 @@ class SnapshotRefresher:
 
     def _apply(self, snapshot: RegistrySnapshot) -> None:
         self._seen_revision = snapshot.revision
+        if self._holder.replaced is not None:
+            _log.warning("registry store holds the served registry again (restored)")
+            self._holder.replaced = None
         if not self._holder.apply(snapshot):
             self._holder.confirm()  # we did reach the store; the refusal is logged
 
@@ -140,6 +152,12 @@ class SnapshotRefresher:
                 self._failed("refresh", exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
+            except StoreReplaced as exc:
+                # Reachable, but not the registry we serve: keep serving, say so, and look
+                # again (a restore brings it back). Not confirmed, so staleness grows.
+                self._lost(exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
             except Exception as exc:
                 # A client-library bug must not end this loop: a replica whose refresher
                 # died would serve its old snapshot forever and ignore every rollback.
@@ -147,6 +165,18 @@ class SnapshotRefresher:
                 self._failed("refresh", exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
+
+    def _lost(self, exc: StoreReplaced) -> None:
+        message = str(exc)
+        if self._holder.replaced != message:
+            _log.error(
+                "registry store lost: %s; serving the last good snapshot (revision %d), admin "
+                "writes refused until an operator restores it (docs/operations.md)",
+                message,
+                self._holder.current.revision,
+            )
+        self._holder.replaced = message
+        self._holder.last_error = None  # the store answers; what is wrong is ``replaced``
 
     def _failed(self, op: str, exc: Exception) -> None:
         message = str(exc) or type(exc).__name__

@@ -19,6 +19,11 @@ Rules every implementation keeps, and the contract tests check:
   rollout. Each is one atomic step with its audit entry; ``snapshot`` carries the rollouts.
   A rollout's analysis policy is stored in the same step as its start and never changes;
   rollouts stored before policies existed read back with ``analysis=None``.
+- Identity (``identity``): a store has a generation, written once when it is first
+  initialised and carried in ``snapshot``. A store that reads with no generation or another
+  one, or with a revision lower than one already read, than the one this instance bound to
+  raises ``StoreReplaced`` on ``snapshot``, and every write refuses with it, checked
+  atomically with the write: an emptied store is a lost registry, never an empty one.
 - Store failures raise ``StoreUnavailable``; lookups of missing things raise
   ``VersionNotFound``/``PromptNotFound``; forbidden moves raise ``InvalidTransition``.
 """
@@ -26,7 +31,7 @@ Rules every implementation keeps, and the contract tests check:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from proxy.analysis.policy import AnalysisPolicy
 from proxy.registry.models import (
@@ -40,6 +45,9 @@ from proxy.registry.models import (
     VersionDraft,
 )
 
+if TYPE_CHECKING:  # backup imports lifecycle, which imports this module's errors
+    from proxy.registry.backup import RegistryImage
+
 
 class StoreError(Exception):
     pass
@@ -47,6 +55,11 @@ class StoreError(Exception):
 
 class StoreUnavailable(StoreError):
     """The backing store cannot be reached or did not answer in time."""
+
+
+class StoreReplaced(StoreError):
+    """The store is not the registry this process served: emptied, replaced, or put back
+    to an older copy (``identity``). Writes are refused until an operator restores it."""
 
 
 class PromptNotFound(StoreError):
@@ -134,6 +147,26 @@ class PromptStore(Protocol):
     async def wait_for_change(self, known_revision: int, max_wait: float) -> int:
         """Return the current revision once it differs from ``known_revision``, or after
         ``max_wait`` seconds."""
+        ...
+
+    async def generation(self) -> str | None:
+        """The generation the store holds now, unchecked (None: none)."""
+        ...
+
+    async def restore(
+        self,
+        image: RegistryImage,
+        expect: str | None,
+        after_revision: int,
+        actor: str,
+        reason: str,
+        at: float,
+    ) -> int:
+        """Write ``image`` (numbers, hashes, statuses, rollouts, audit, generation) plus one
+        ``restore`` audit entry per slug, in one atomic step, if the store still holds
+        generation ``expect``; ``InvalidTransition`` otherwise. The revision becomes higher
+        than ``after_revision``, the image's and the store's. The embedded store also
+        requires no versions (its history cannot be deleted); Redis replaces its keys."""
         ...
 
     async def close(self) -> None: ...

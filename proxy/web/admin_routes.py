@@ -15,13 +15,19 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """Ready once a registry snapshot is loaded, until draining. A store outage after that
-    does not make us unready: the last good snapshot keeps serving (reported in `registry`)."""
+    does not make us unready: the last good snapshot keeps serving (reported in `registry`).
+    Nor does a lost store (``state: replaced``): every replica would turn unready at once and
+    nothing would serve; the replica serves its snapshot, answers degraded, and says why."""
     services = request.app[SERVICES]
     holder = services.snapshot
+    state = "ok" if holder.healthy else "unavailable"
+    if holder.replaced is not None:
+        state = "replaced"
     registry = {
         "store": services.store_name,
-        "state": "ok" if holder.healthy else "unavailable",
-        "error": holder.last_error,
+        "state": state,
+        "error": holder.replaced or holder.last_error,
+        "generation": holder.current.generation,
         "revision": holder.current.revision,
         "prompts": len(holder.current.versions),
         "staleness_seconds": round(holder.staleness, 3),
@@ -31,7 +37,7 @@ async def readyz(request: web.Request) -> web.Response:
         return web.json_response({"status": "draining", "registry": registry}, status=503)
     if not holder.loaded:
         return web.json_response({"status": "starting", "registry": registry}, status=503)
-    status = "ready" if holder.healthy else "degraded"
+    status = "ready" if state == "ok" else "degraded"
     return web.json_response({"status": status, "registry": registry})
 
 

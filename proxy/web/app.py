@@ -8,6 +8,7 @@ from proxy.services import Services
 from proxy.web import (
     admin_api,
     admin_fleet,
+    admin_registry,
     admin_rollouts,
     admin_routes,
     admin_shadow,
@@ -37,4 +38,5 @@ def build_admin_app(services: Services) -> web.Application:
     admin_shadow.add_routes(app)
     admin_rollouts.add_routes(app)
     admin_fleet.add_routes(app)
+    admin_registry.add_routes(app)
     return app

@@ -474,6 +474,75 @@ def _written(name: str) -> dict[str, Any]:
     )
 
 
+# The registry store itself: identity, restore after a loss, export and import (backups).
+_RESTORE_RESULT = {
+    "type": "object",
+    "properties": {
+        "source": {"type": "string", "enum": ["snapshot", "file"]},
+        "generation": {"type": "string"},
+        "revision": {"type": "integer"},
+        "prompts": {"type": "integer"},
+        "versions": {"type": "integer"},
+        "unchanged": {"type": "boolean"},
+    },
+}
+_EXPORT = {
+    "type": "object",
+    "required": ["format", "generation", "revision", "versions"],
+    "properties": {
+        "format": {"const": "promptproxy-registry/1"},
+        "generation": {"type": "string"},
+        "revision": {"type": "integer"},
+        "versions": {"type": "array", "items": _ref("Version")},
+        "rollouts": {"type": "array", "items": {"type": "object"}},
+        "audit": {"type": "array", "items": _ref("AuditEntry")},
+    },
+}
+_REGISTRY_PATHS: dict[str, Any] = {
+    "/admin/v1/registry": {
+        "get": _op(
+            "Whether the store is the registry this replica serves (state ok or replaced)",
+            _ok({"type": "object"}),
+        )
+    },
+    "/admin/v1/registry/restore": {
+        "post": _op(
+            "Restore a lost store (emptied or replaced) from this replica's snapshot",
+            _ok(_RESTORE_RESULT),
+            write=True,
+            requestBody={
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["source"],
+                            "properties": {
+                                "source": {"const": "snapshot"},
+                                "reason": {"type": "string"},
+                            },
+                        }
+                    }
+                },
+            },
+        )
+    },
+    "/admin/v1/registry/export": {
+        "get": _op("The whole registry: versions, statuses, rollouts, audit", _ok(_EXPORT))
+    },
+    "/admin/v1/registry/import": {
+        "post": _op(
+            "Load an export into an empty (or lost) store; the same content is a no-op",
+            _ok(_RESTORE_RESULT),
+            write=True,
+            parameters=[
+                {"name": "reason", "in": "query", "required": False, "schema": {"type": "string"}}
+            ],
+            requestBody={"required": True, "content": {"application/json": {"schema": _EXPORT}}},
+        )
+    },
+}
+
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {
@@ -719,5 +788,6 @@ OPENAPI: dict[str, Any] = {
             ],
             "get": _op("The append-only audit log, newest first", _ok({"type": "object"})),
         },
+        **_REGISTRY_PATHS,
     },
 }

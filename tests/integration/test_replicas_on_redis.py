@@ -189,7 +189,11 @@ async def test_redis_outage_fails_no_request_and_heals(
         await asyncio.gather(*workers)
     assert len(results) > 100
     assert results.count("2") == len(results), f"failures: {len([r for r in results if r != '2'])}"
-    # Healed by itself: a change after the outage reaches every replica.
+    # The server came back empty (no persistence): a lost registry, not an empty one. One
+    # restore from a replica's snapshot brings the store, and so every replica, back.
+    await until_registry_state(replicas[0], "replaced", limit=10)
+    status, body = await admin_post(replicas[0], "/registry/restore", {"source": "snapshot"})
+    assert status == 200, body
     await seed(replicas[1], "after-outage")
     await until_all_serve(replicas, "after-outage", "2", limit=10)
 
@@ -202,11 +206,55 @@ async def test_registry_reading_empty_keeps_the_last_good_snapshot(
     client = redis.Redis.from_url(redis_server.url)
     try:
         client.flushall()
+        flushed = time.monotonic()
     finally:
         client.close()
-    await asyncio.sleep(2.0)
+    # Every replica reports the loss (readiness degraded but routable, a metric), keeps
+    # serving, and refuses changes instead of starting a new registry at v1.
+    for replica in replicas:
+        detail = await until_registry_state(replica, "replaced", limit=10)
+        assert detail["status"] == "degraded"
+        assert "emptied or replaced" in detail["registry"]["error"]
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{replica.admin_url}/metrics") as resp,
+        ):
+            metrics = await resp.text()
+        assert "promptproxy_registry_store_replaced 1.0" in metrics
+        assert "promptproxy_registry_up 1.0" in metrics
+    print(
+        f"\nFLUSHALL reported by all replicas after {round((time.monotonic() - flushed) * 1000)} ms"
+    )
     async with aiohttp.ClientSession() as session:
         assert [await served_version(session, r, "flush") for r in replicas] == ["2", "2", "2"]
+    status, body = await admin_post(replicas[1], "/prompts/flush/versions", {"template": "new"})
+    assert (status, body["error"]["code"]) == (409, "registry_store_replaced"), body
+    assert "restore" in body["error"]["message"]
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        # The refused push wrote nothing, not even a generation (other keys: analysis).
+        assert client.keys("*{registry}*") == []
+    finally:
+        client.close()
+
+    status, body = await admin_post(
+        replicas[2], "/registry/restore", {"source": "snapshot", "reason": "FLUSHALL"}
+    )
+    assert status == 200, body
+    restored = time.monotonic()
+    for replica in replicas:
+        await until_registry_state(replica, "ok", limit=10)
+    print(
+        f"restore accepted by all replicas after {round((time.monotonic() - restored) * 1000)} ms"
+    )
+    status, body = await admin_post(replicas[0], "/prompts/flush/versions", {"template": "new"})
+    assert (status, body["version"]["version"]) == (201, 3), body  # numbering continues
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{replicas[0].admin_url}/admin/v1/audit?slug=flush", headers=ADMIN) as resp,
+    ):
+        actions = [entry["action"] for entry in (await resp.json())["data"]]
+    assert actions[:2] == ["create", "restore"]
 
 
 async def test_concurrent_pushes_through_two_replicas(replicas: list[ProxyProc]) -> None:

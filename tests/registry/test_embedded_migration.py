@@ -212,7 +212,7 @@ async def test_a_v1_file_is_upgraded_in_place_and_keeps_everything(tmp_path: Pat
     finally:
         await store.close()
 
-    reopened = await EmbeddedStore.open(path)  # already v3: opens without migrating again
+    reopened = await EmbeddedStore.open(path)  # already current: opens without migrating again
     try:
         assert (await reopened.snapshot(), list(await reopened.audit())) == after
         assert started in after[1]
@@ -222,7 +222,7 @@ async def test_a_v1_file_is_upgraded_in_place_and_keeps_everything(tmp_path: Pat
     fresh = tmp_path / "fresh.db"
     await (await EmbeddedStore.open(fresh)).close()
     assert schema_of(path) == schema_of(fresh)
-    assert schema_of(path)[0] == 3
+    assert schema_of(path)[0] == 4
 
 
 async def test_the_upgraded_file_still_refuses_to_edit_history(tmp_path: Path) -> None:
@@ -310,4 +310,4 @@ async def test_a_v2_file_keeps_its_running_rollout_without_a_policy(tmp_path: Pa
     fresh = tmp_path / "fresh.db"
     await (await EmbeddedStore.open(fresh)).close()
     assert schema_of(path) == schema_of(fresh)
-    assert schema_of(path)[0] == 3
+    assert schema_of(path)[0] == 4

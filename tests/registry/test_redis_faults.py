@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 
 from proxy.registry.models import RolloutMode, Status, StickyKey, VersionDraft
 from proxy.registry.redis_store import RedisStore
-from proxy.registry.store import StoreUnavailable
+from proxy.registry.store import StoreReplaced, StoreUnavailable
 from tests.redis_server import RedisServer
 
 PREFIX = "faults:"
@@ -95,13 +95,22 @@ async def test_killed_redis_fails_fast_and_the_same_store_recovers(
     assert max(times.values()) < 1.0, times
 
     server.restart()  # same port, empty (no persistence)
-    # No new store, no reconnect call: the pool reconnects, the scripts are reloaded.
+    # No new store, no reconnect call: the pool reconnects, the scripts are reloaded. The
+    # restarted server lost the registry, so the store refuses to write into it (identity)
+    # rather than start numbering again from 1.
     async with asyncio.timeout(3):
         assert await store.revision() == 0
-        version, created = await store.create_version(draft("b"), "alice", time.time())
-    assert (version.version, created) == (1, True)
-    await store.promote("greet", 1, "alice", "", time.time())
-    assert (await store.snapshot()).prod == {"greet": 1}
+        with pytest.raises(StoreReplaced):
+            await store.create_version(draft("b"), "alice", time.time())
+    fresh = RedisStore.from_url(server.url, prefix=PREFIX)  # a process that never saw it
+    try:
+        async with asyncio.timeout(3):
+            version, created = await fresh.create_version(draft("b"), "alice", time.time())
+        assert (version.version, created) == (1, True)
+        await fresh.promote("greet", 1, "alice", "", time.time())
+        assert (await fresh.snapshot()).prod == {"greet": 1}
+    finally:
+        await fresh.close()
 
 
 async def test_paused_redis_fails_fast_instead_of_hanging(

@@ -1,0 +1,192 @@
+"""Operator recovery of a lost registry store: restore it from this replica's snapshot, or
+export and import the whole registry (``backup.RegistryImage``). Shared by the admin API
+and, through it, the CLI.
+
+The restore keeps the registry's generation, so every replica that served it accepts the
+store again by itself (see ``identity``); numbers, hashes, statuses and rollouts come back
+as they were, and numbering continues (version numbers never restart).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from proxy.errors import Conflict
+from proxy.registry.backup import RegistryImage
+from proxy.registry.models import AuditEntry
+from proxy.registry.service import _store_errors
+from proxy.registry.snapshot import SnapshotHolder
+from proxy.registry.store import PromptStore, StoreReplaced
+
+_AUDIT_PAGE = 500
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreResult:
+    source: str
+    generation: str
+    revision: int
+    prompts: int
+    versions: int
+    unchanged: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "generation": self.generation,
+            "revision": self.revision,
+            "prompts": self.prompts,
+            "versions": self.versions,
+            "unchanged": self.unchanged,
+        }
+
+
+class RegistryRecovery:
+    def __init__(
+        self,
+        store: PromptStore,
+        holder: SnapshotHolder,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._holder = holder
+        self._clock = clock
+
+    def status(self) -> dict[str, Any]:
+        served = self._holder.current
+        return {
+            "state": "replaced" if self._holder.replaced is not None else "ok",
+            "problem": self._holder.replaced,
+            "generation": served.generation,
+            "revision": served.revision,
+            "prompts": len(served.versions),
+        }
+
+    async def restore_from_snapshot(self, actor: str, reason: str) -> RestoreResult:
+        """Write this replica's served snapshot into the store, which must be lost."""
+        if self._holder.replaced is None:
+            raise Conflict(
+                "The registry store is the registry this replica serves: there is nothing to "
+                "restore (restoring would overwrite newer changes).",
+                code="registry_not_lost",
+            )
+        served = self._holder.current
+        if served.generation is None or served.empty:
+            raise Conflict(
+                "This replica has no snapshot of the registry to restore from: ask a replica "
+                "that served it, or import an export file.",
+                code="no_snapshot",
+            )
+        image = RegistryImage.from_snapshot(served)
+        note = reason or "the store was emptied or replaced"
+        with _store_errors():
+            found = await self._store.generation()
+            revision = await self._store.restore(
+                image,
+                found,
+                served.revision,
+                actor,
+                f"restored from the snapshot of a replica (revision {served.revision}): {note}",
+                self._clock(),
+            )
+        return _result("snapshot", image, revision)
+
+    async def export(self) -> RegistryImage:
+        with _store_errors():
+            snapshot = await self._store.snapshot()
+            audit = await self._full_audit()
+        if snapshot.generation is None:
+            raise Conflict(
+                "The registry store has never been written to: there is nothing to export.",
+                code="registry_empty",
+            )
+        return RegistryImage(
+            snapshot.generation,
+            snapshot.revision,
+            snapshot.versions,
+            snapshot.rollouts,
+            tuple(reversed(audit)),
+        )
+
+    async def import_image(self, image: RegistryImage, actor: str, reason: str) -> RestoreResult:
+        """Write an export into an empty (or lost) store; the same content again is a no-op;
+        anything else is refused (it would overwrite a registry)."""
+        with _store_errors():
+            try:
+                current = RegistryImage.from_snapshot(await self._store.snapshot())
+            except StoreReplaced:
+                current = None  # lost: allowed when it holds no prompts
+            except ValueError:
+                current = None  # never initialised
+            if current is not None and not current.empty:
+                if current.content() == image.content():
+                    return _result("file", image, current.revision, unchanged=True)
+                raise Conflict(
+                    f"The registry store already holds {len(current.versions)} prompts: an "
+                    "import only goes into an empty store (or one holding the same content).",
+                    code="registry_not_empty",
+                )
+            if await self._store.list_slugs():
+                raise Conflict(
+                    "The registry store is lost but holds other prompts: restore from a "
+                    "replica's snapshot, or empty the store first.",
+                    code="registry_not_empty",
+                )
+            self._refuse_reused_numbers(image)
+            found = await self._store.generation()
+            revision = await self._store.restore(
+                image,
+                found,
+                self._holder.current.revision,
+                actor,
+                f"imported from an export (revision {image.revision})"
+                + (f": {reason}" if reason else ""),
+                self._clock(),
+            )
+        return _result("file", image, revision)
+
+    def _refuse_reused_numbers(self, image: RegistryImage) -> None:
+        """An export older than what this replica served would hand out again numbers that
+        already named other content (version numbers never restart)."""
+        served = self._holder.current
+        if served.generation != image.generation:
+            return
+        behind = sorted(
+            f"{slug} v{max(numbered)} (export: v{max(image.versions.get(slug, {0: None}))})"
+            for slug, numbered in served.versions.items()
+            if numbered and max(numbered) > max(image.versions.get(slug, {0: None}))
+        )
+        if behind:
+            raise Conflict(
+                "The export is older than the registry this replica served ("
+                + ", ".join(behind)
+                + "): importing it would reuse version numbers. Restore from a replica's "
+                "snapshot instead (`promptproxy registry restore --from-replica`).",
+                code="export_older_than_served",
+            )
+
+    async def _full_audit(self) -> list[AuditEntry]:
+        entries: list[AuditEntry] = []
+        before: int | None = None
+        while True:
+            page = await self._store.audit(None, _AUDIT_PAGE, before)
+            entries.extend(page)
+            if len(page) < _AUDIT_PAGE:
+                return entries
+            before = page[-1].seq
+
+
+def _result(
+    source: str, image: RegistryImage, revision: int, *, unchanged: bool = False
+) -> RestoreResult:
+    return RestoreResult(
+        source=source,
+        generation=image.generation,
+        revision=revision,
+        prompts=len(image.versions),
+        versions=sum(len(v) for v in image.versions.values()),
+        unchanged=unchanged,
+    )

@@ -1,0 +1,62 @@
+"""Admin API for the registry store itself: its identity, restore, export and import.
+Parse, call ``RegistryRecovery``, serialize."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from aiohttp import web
+
+from proxy.errors import InvalidRequest
+from proxy.registry.backup import ImageError, RegistryImage
+from proxy.web.admin_api import PREFIX, Body, actor_of, json_response, parse_body, services_of
+
+#: An import body can hold every version ever pushed; the admin app's default limit is 1 MiB.
+MAX_IMPORT_BYTES = 256 * 1024 * 1024
+
+
+class RestoreIn(Body):
+    source: Literal["snapshot"]
+    reason: str = ""
+
+
+async def registry_status(request: web.Request) -> web.Response:
+    actor_of(request, write=False)
+    return json_response(services_of(request).recovery.status())
+
+
+async def restore(request: web.Request) -> web.Response:
+    actor = actor_of(request, write=True)
+    body = await parse_body(request, RestoreIn)
+    result = await services_of(request).recovery.restore_from_snapshot(actor, body.reason)
+    return json_response(result.to_dict())
+
+
+async def export(request: web.Request) -> web.Response:
+    actor_of(request, write=False)
+    image = await services_of(request).recovery.export()
+    return web.Response(body=image.to_json(), content_type="application/json")
+
+
+async def import_(request: web.Request) -> web.Response:
+    actor = actor_of(request, write=True)
+    if request.content_length is not None and request.content_length > MAX_IMPORT_BYTES:
+        raise InvalidRequest(f"An import body is limited to {MAX_IMPORT_BYTES} bytes.")
+    raw = await request.content.read(MAX_IMPORT_BYTES + 1)
+    if len(raw) > MAX_IMPORT_BYTES:
+        raise InvalidRequest(f"An import body is limited to {MAX_IMPORT_BYTES} bytes.")
+    try:
+        image = RegistryImage.from_json(raw)
+    except ImageError as exc:
+        raise InvalidRequest(f"Invalid registry export: {exc}", code="invalid_export") from None
+    reason = request.query.get("reason", "")
+    result = await services_of(request).recovery.import_image(image, actor, reason)
+    return json_response(result.to_dict())
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get(f"{PREFIX}/registry", registry_status)
+    r.add_post(f"{PREFIX}/registry/restore", restore)
+    r.add_get(f"{PREFIX}/registry/export", export)
+    r.add_post(f"{PREFIX}/registry/import", import_)

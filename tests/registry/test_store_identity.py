@@ -1,0 +1,321 @@
+"""A store that lost its data is not an empty registry (both stores).
+
+A store instance binds to the generation it first reads or creates. Emptied (FLUSHALL, a
+deleted file), replaced (another registry) or put back to an older copy, the store raises
+``StoreReplaced`` on ``snapshot`` and refuses every write atomically: nothing is written,
+so version numbers can never restart at 1 in an emptied store.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+import redis.asyncio
+
+from proxy.errors import Conflict
+from proxy.registry.backup import ImageError, RegistryImage
+from proxy.registry.embedded_store import EmbeddedStore
+from proxy.registry.models import RegistrySnapshot, RolloutMode, Status, StickyKey
+from proxy.registry.recovery import RegistryRecovery
+from proxy.registry.service import RegistryService
+from proxy.registry.snapshot import SnapshotHolder, SnapshotRefresher
+from proxy.registry.store import InvalidTransition, PromptStore, StoreReplaced
+from tests.registry.conftest import StoreFactory
+from tests.registry.helpers import T0, draft, push
+
+
+def _drop_wal(path: Path) -> None:
+    for suffix in ("-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+async def _flushall(factory: StoreFactory) -> None:
+    client = redis.asyncio.Redis.from_url(factory.redis_url)
+    try:
+        await client.flushall()
+    finally:
+        await client.aclose()
+
+
+async def _empty(factory: StoreFactory, tmp_path: Path) -> None:
+    """What an operator's accident does: FLUSHALL, or the file gone (a lost volume)."""
+    if factory.kind == "redis":
+        await _flushall(factory)
+    else:
+        assert factory.db_path is not None
+        factory.db_path.unlink()
+        _drop_wal(factory.db_path)
+
+
+async def _replace(factory: StoreFactory, tmp_path: Path) -> None:
+    """Another registry where this one was: a wrong database, another volume."""
+    if factory.kind == "redis":
+        await _flushall(factory)
+        other = await factory.new()
+        await push(other, "someone else's prompt", slug="other")
+    else:
+        assert factory.db_path is not None
+        other_path = tmp_path / "other.db"
+        other = await EmbeddedStore.open(other_path)
+        await push(other, "someone else's prompt", slug="other")
+        await other.close()
+        os.replace(other_path, factory.db_path)
+        _drop_wal(factory.db_path)  # a replaced volume brings no stale WAL along
+
+
+def _writes(store: PromptStore) -> dict[str, Callable[[], Awaitable[object]]]:
+    return {
+        "create_version": lambda: store.create_version(draft("new"), "alice", T0),
+        "promote": lambda: store.promote("greet", 1, "alice", "", T0),
+        "rollback": lambda: store.rollback("greet", "alice", "", T0),
+        "set_status": lambda: store.set_status("greet", 1, Status.CANDIDATE, "alice", "", T0),
+    }
+
+
+@pytest.mark.parametrize("accident", [_empty, _replace], ids=["emptied", "replaced"])
+async def test_a_lost_store_is_reported_and_refuses_every_write(
+    store_factory: StoreFactory,
+    tmp_path: Path,
+    accident: Callable[[StoreFactory, Path], Awaitable[None]],
+) -> None:
+    store = await store_factory.new()
+    assert await push(store, "one", "two") == [1, 2]
+    served = await store.snapshot()
+    assert served.generation
+
+    await accident(store_factory, tmp_path)
+
+    with pytest.raises(StoreReplaced, match="emptied or replaced"):
+        await store.snapshot()
+    for name, write in _writes(store).items():
+        with pytest.raises(StoreReplaced):
+            await write()
+        assert "greet" not in await store.list_slugs(), f"{name} wrote into the lost store"
+    if accident is _empty and store_factory.kind == "redis":
+        assert await store.generation() is None  # no new registry started either
+
+
+async def test_a_process_that_never_saw_the_store_adopts_it(
+    store_factory: StoreFactory, tmp_path: Path
+) -> None:
+    """A fresh install (or a replica started after the accident) has nothing to compare
+    with: it starts a generation with its first write, and keeps it."""
+    store = await store_factory.new()
+    assert (await store.snapshot()).generation is None or store_factory.kind == "embedded"
+    await push(store, "one")
+    first = (await store.snapshot()).generation
+    assert first
+    other = await store_factory.new()
+    await push(other, "two")
+    assert (await store.snapshot()).generation == (await other.snapshot()).generation == first
+
+
+async def test_concurrent_first_writes_agree_on_one_generation(
+    store_factory: StoreFactory,
+) -> None:
+    a, b = await store_factory.new(), await store_factory.new()
+    await push(a, "from a", slug="a")
+    await push(b, "from b", slug="b")
+    assert (await a.snapshot()).generation == (await b.snapshot()).generation
+
+
+async def test_an_older_copy_put_back_is_a_lost_store(tmp_path: Path) -> None:
+    path = tmp_path / "registry.db"
+    store = await EmbeddedStore.open(path)
+    try:
+        await push(store, "one")
+        await store.snapshot()
+        backup = tmp_path / "backup.db"
+        with closing(sqlite3.connect(path)) as live, closing(sqlite3.connect(backup)) as copy:
+            live.backup(copy)
+        await push(store, "two", "three")
+        await store.snapshot()
+        os.replace(backup, path)
+        _drop_wal(path)
+        with pytest.raises(StoreReplaced, match="went back"):
+            await store.snapshot()
+        with pytest.raises(StoreReplaced, match="went back"):
+            await store.create_version(draft("four"), "alice", time.time())
+    finally:
+        await store.close()
+
+
+# -- recovery: restore from a replica's snapshot, export and import ---------------------------
+
+
+async def _served(store: PromptStore) -> RegistrySnapshot:
+    """A registry with a history: prod v2 after v1, a canary of v3, a draft v4."""
+    await push(store, "one", "two", "three", "four")
+    await store.promote("greet", 1, "alice", "", T0)
+    await store.promote("greet", 2, "alice", "", T0 + 1)
+    await store.start_rollout(
+        "greet", "r1", 3, RolloutMode.CANARY, 2500, StickyKey.parse("user"), "bob", "", T0 + 2
+    )
+    await push(store, "hello", slug="other")
+    return await store.snapshot()
+
+
+def _replica(store: PromptStore) -> tuple[SnapshotHolder, SnapshotRefresher, RegistryRecovery]:
+    holder = SnapshotHolder()
+    return holder, SnapshotRefresher(store, holder), RegistryRecovery(store, holder, lambda: T0)
+
+
+@pytest.mark.parametrize("accident", [_empty, _replace], ids=["emptied", "replaced"])
+async def test_a_replica_keeps_serving_a_lost_store_and_restores_it(
+    store_factory: StoreFactory,
+    tmp_path: Path,
+    accident: Callable[[StoreFactory, Path], Awaitable[None]],
+) -> None:
+    store = await store_factory.new()
+    served = await _served(store)
+    holder, refresher, recovery = _replica(store)
+    assert await refresher.load_once()
+    assert holder.replaced is None
+
+    await accident(store_factory, tmp_path)
+    if store_factory.kind == "embedded" and accident is _replace:
+        # The file refuses to delete history: the operator moves the stranger away first.
+        assert store_factory.db_path is not None
+        store_factory.db_path.unlink()
+        _drop_wal(store_factory.db_path)
+
+    assert not await refresher.load_once()
+    assert holder.replaced is not None
+    assert "emptied or replaced" in holder.replaced
+    assert holder.current == served  # still serving every prompt
+    assert holder.healthy  # the store answers: registry_up stays 1, the problem is its data
+    with pytest.raises(Conflict) as refused:
+        await RegistryService(store).push(draft("pushed into the void"), "alice")
+    assert refused.value.code == "registry_store_replaced"
+    assert "restore" in refused.value.message
+
+    result = await recovery.restore_from_snapshot("ops", "FLUSHALL by mistake")
+
+    assert result.generation == served.generation
+    assert result.revision > served.revision
+    assert await refresher.load_once()
+    assert holder.replaced is None
+    restored = await store.snapshot()
+    assert (restored.versions, restored.prod, restored.rollouts, restored.generation) == (
+        served.versions,
+        served.prod,
+        served.rollouts,
+        served.generation,
+    )
+    entry = (await store.audit("greet", limit=1))[0]
+    assert (entry.action, entry.actor) == ("restore", "ops")
+    assert "snapshot of a replica" in entry.reason
+    assert "FLUSHALL by mistake" in entry.reason
+    # A snapshot has no audit log: rollback history starts at the restore, on both stores.
+    with pytest.raises(InvalidTransition, match="v2 is prod and there is no former prod"):
+        await store.rollback("greet", "ops", "", T0 + 9)
+    # Numbering continues: version numbers never restart.
+    version, created = await store.create_version(draft("five"), "alice", T0 + 9)
+    assert (version.version, created) == (5, True)
+    # Other instances bound to the registry (other replicas) accept it again by themselves.
+    other = await store_factory.new()
+    assert (await other.snapshot()).generation == served.generation
+
+
+async def test_restore_is_refused_while_the_store_is_the_served_registry(
+    store_factory: StoreFactory,
+) -> None:
+    store = await store_factory.new()
+    await _served(store)
+    _, refresher, recovery = _replica(store)
+    assert await refresher.load_once()
+    with pytest.raises(Conflict) as refused:
+        await recovery.restore_from_snapshot("ops", "")
+    assert refused.value.code == "registry_not_lost"
+
+
+async def test_export_then_import_into_an_empty_store_is_the_same_registry(
+    store_factory: StoreFactory, tmp_path: Path
+) -> None:
+    store = await store_factory.new()
+    await _served(store)
+    await store.abort_rollout("greet", "bob", "", T0 + 3)
+    await store.promote("greet", 3, "alice", "", T0 + 4)
+    _, _, recovery = _replica(store)
+    exported = await recovery.export()
+    raw = exported.to_json()
+    original_audit = list(reversed(await store.audit(limit=1000)))
+
+    target = await EmbeddedStore.open(tmp_path / "imported.db")
+    try:
+        _, _, into = _replica(target)
+        result = await into.import_image(RegistryImage.from_json(raw), "ops", "disaster drill")
+        assert (result.prompts, result.versions, result.unchanged) == (2, 5, False)
+        source, copy = await store.snapshot(), await target.snapshot()
+        assert (copy.versions, copy.prod, copy.rollouts, copy.generation) == (
+            source.versions,
+            source.prod,
+            source.rollouts,
+            source.generation,
+        )
+        audit = list(reversed(await target.audit(limit=1000)))
+        assert audit[: len(original_audit)] == original_audit
+        assert {e.action for e in audit[len(original_audit) :]} == {"restore"}
+        # Importing the same content again changes nothing.
+        revision = await target.revision()
+        assert (await into.import_image(RegistryImage.from_json(raw), "ops", "")).unchanged
+        assert await target.revision() == revision
+        # The rollback history came along: both roll back to the same version.
+        assert (await target.rollback("greet", "ops", "", T0 + 5)).version == 2
+        assert (await store.rollback("greet", "ops", "", T0 + 5)).version == 2
+    finally:
+        await target.close()
+
+
+async def test_import_into_a_store_with_other_prompts_is_refused(
+    store_factory: StoreFactory,
+) -> None:
+    store = await store_factory.new()
+    await _served(store)
+    _, _, recovery = _replica(store)
+    exported = await recovery.export()
+    assert (await recovery.import_image(exported, "ops", "")).unchanged
+    await push(store, "changed")
+    with pytest.raises(Conflict) as refused:
+        await recovery.import_image(exported, "ops", "")
+    assert refused.value.code == "registry_not_empty"
+
+
+def test_an_export_in_another_format_is_refused() -> None:
+    with pytest.raises(ImageError, match="format"):
+        RegistryImage.from_json(b'{"format": "something-else/9"}')
+    with pytest.raises(ImageError, match="gaps"):
+        RegistryImage.from_json(
+            b'{"format": "promptproxy-registry/1", "generation": "g", "revision": 1, '
+            b'"versions": [{"slug": "a", "version": 2, "template": "t", "created_at": 1, '
+            b'"sha256": "x", "status": "draft"}]}'
+        )
+
+
+async def test_an_export_older_than_the_served_registry_is_not_imported(
+    store_factory: StoreFactory, tmp_path: Path
+) -> None:
+    """Importing it would number the next push v5 again, a v5 that already named other
+    content: the replica that served v5 refuses and points at the snapshot restore."""
+    store = await store_factory.new()
+    await _served(store)
+    _, refresher, recovery = _replica(store)
+    old_export = await recovery.export()
+    await push(store, "five")
+    assert await refresher.load_once()
+    await _empty(store_factory, tmp_path)
+    assert not await refresher.load_once()
+
+    with pytest.raises(Conflict) as refused:
+        await recovery.import_image(old_export, "ops", "")
+    assert refused.value.code == "export_older_than_served"
+    assert "greet v5 (export: v4)" in refused.value.message
+    await recovery.restore_from_snapshot("ops", "")
+    version, _ = await store.create_version(draft("six"), "alice", T0)
+    assert version.version == 6
