@@ -52,8 +52,8 @@ async def open_backend(
 
 def _client(url: str) -> Redis:
     from redis.asyncio import Redis
+    from redis.asyncio.retry import Retry
     from redis.backoff import ExponentialBackoff
-    from redis.retry import Retry
 
     # Background work only, but bounded all the same: a frozen Redis must cost a tick, not
     # hang the analyser (reliability guide, Redis client settings).
