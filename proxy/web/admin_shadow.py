@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import re
 import time
 from datetime import datetime
@@ -56,6 +57,8 @@ def parse_since(value: str | None, now: float) -> float | None:
     match = _SINCE.fullmatch(text)
     if match is not None:
         number, unit = float(match.group(1)), match.group(2)
+        if not math.isfinite(number * _UNITS[unit]):
+            raise InvalidRequest("`since` is too large a number.", param="since")
         if not unit and number >= _EPOCH_FLOOR:
             return number
         return now - number * _UNITS[unit]
@@ -75,7 +78,8 @@ def parse_since(value: str | None, now: float) -> float | None:
 def parse_limit(value: str | None) -> int:
     if value is None:
         return DEFAULT_LIMIT
-    if not value.isdigit() or not 1 <= int(value) <= MAX_LIMIT:
+    # ASCII digits only: str.isdigit() also takes '²', which int() refuses.
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_LIMIT:
         raise InvalidRequest(f"`limit` must be an integer from 1 to {MAX_LIMIT}.", param="limit")
     return int(value)
 
