@@ -180,6 +180,25 @@ async def test_nested_variable_errors_are_named_like_the_other_paths(
     await _refused(resp, "variables[1].name")
 
 
+@pytest.mark.parametrize(
+    ("method", "url", "allowed"),
+    [
+        ("TRACE", "/admin/v1/prompts", {"GET", "HEAD"}),
+        ("PATCH", "/admin/v1/prompts/p/rollout", {"GET", "HEAD", "PUT", "DELETE"}),
+        ("GET", "/admin/v1/prompts/p/versions", {"POST"}),
+    ],
+)
+async def test_a_wrong_method_is_a_405_that_says_which_are_allowed(
+    admin: TestClient[Any, Any], method: str, url: str, allowed: set[str]
+) -> None:
+    resp = await admin.request(method, url, headers=ADMIN)
+    assert resp.status == 405
+    assert set(resp.headers["Allow"].replace(" ", "").split(",")) == allowed
+    error = (await resp.json())["error"]
+    assert (error["type"], error["code"]) == ("invalid_request_error", "method_not_allowed")
+    assert method in error["message"]
+
+
 # -- the largest values the edge lets through, on both stores ------------------------------
 
 
