@@ -1,4 +1,4 @@
-"""`prompt_variables` on a request that names no prompt is refused, not forwarded."""
+"""Prompt naming mistakes on the data plane: clear 4xx answers, never forwarded or a 500."""
 
 from __future__ import annotations
 
@@ -20,3 +20,15 @@ async def test_prompt_variables_without_a_prompt_are_a_400_and_never_forwarded()
     assert error["code"] == "prompt_not_named"
     assert "/p/{slug}/v1" in error["message"]
     assert "X-Prompt-Slug" in error["message"]
+
+
+async def test_a_non_ascii_digit_version_pin_is_refused_not_a_500() -> None:
+    body = {"model": "m", "messages": []}
+    async with proxy_clients() as (data, _, _):
+        resp = await data.post(
+            "/v1/chat/completions",
+            json=body,
+            headers={"X-Prompt-Slug": "support", "X-Prompt-Version": "²"},  # '²'.isdigit()
+        )
+        assert resp.status == 404, await resp.text()
+        assert (await resp.json())["error"]["param"] == "x-prompt-version"
