@@ -191,13 +191,13 @@ async def history(request: web.Request) -> web.Response:
     registry = services_of(request).registry
     slug = request.match_info["slug"]
     at = request.query.get("at")
+    limit = positive_int(request.query.get("limit", "100"), "limit")  # checked with `at` too
     if at is not None:
         instant = _instant(at)
         return json_response(
             {"slug": slug, "at": at, "prod_version": await registry.prod_at(slug, instant)}
         )
     await registry.get_prompt(slug)
-    limit = positive_int(request.query.get("limit", "100"), "limit")
     entries = await registry.audit(slug, limit=limit)
     return json_response({"data": [e.to_dict() for e in entries]})
 
