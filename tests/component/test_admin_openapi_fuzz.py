@@ -148,7 +148,13 @@ def _config(url: str) -> schemathesis.Config:
             "headers": {"Authorization": f"Bearer {TOKEN}"},
             "workers": 1,
             "request-timeout": 5,
-            "generation": {"max-examples": MAX_EXAMPLES, "deterministic": True},
+            # No example database: replaying a past run's failures would make runs differ
+            # (and write .hypothesis/ into the checkout).
+            "generation": {
+                "max-examples": MAX_EXAMPLES,
+                "deterministic": True,
+                "database": "none",
+            },
             "phases": {
                 "examples": {"enabled": True},
                 "coverage": {"enabled": True},
