@@ -34,7 +34,7 @@ from proxy.web.openapi import OPENAPI
 from tests.support import make_settings
 
 TOKEN = "fuzz-admin-token"
-#: Fuzzing examples per operation; with the coverage phase's own cases the run makes ~2,000
+#: Fuzzing examples per operation; with the coverage phase's own cases the run makes ~1,000
 #: requests in about 6 s (2-core machine).
 MAX_EXAMPLES = 20
 #: Operations whose bodies have rules JSON Schema cannot state, so a schema-valid body may
