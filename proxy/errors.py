@@ -6,7 +6,8 @@ them into HTTP responses.
 
     ProxyError (500 api_error)
      ├── InvalidRequest (400 invalid_request_error)
-     │    └── PayloadTooLarge (413)
+     │    ├── PayloadTooLarge (413)
+     │    └── MethodNotAllowed (405, answered with `Allow`)
      ├── RouteNotFound (404 invalid_request_error)
      ├── NotFound (404 invalid_request_error: unknown prompt or version)
      ├── Conflict (409 invalid_request_error: no prod version, forbidden status move)
@@ -62,6 +63,16 @@ class PayloadTooLarge(InvalidRequest):
     status = 413
     default_code = "request_too_large"
     error_class = "payload_too_large"
+
+
+class MethodNotAllowed(InvalidRequest):
+    status = 405
+    default_code = "method_not_allowed"
+
+    def __init__(self, message: str, *, allowed: tuple[str, ...]) -> None:
+        super().__init__(message)
+        #: The methods the path takes, for the `Allow` header RFC 9110 requires on a 405.
+        self.allowed = allowed
 
 
 class RouteNotFound(ProxyError):

@@ -13,6 +13,7 @@ import orjson
 
 from proxy.errors import InvalidRequest
 from proxy.models import ParsedRequest, Route
+from proxy.pipeline.render import VARIABLES_FIELD
 
 _ROUTES = {
     "chat/completions": Route.CHAT,
@@ -63,7 +64,10 @@ def _is_post_body_route(route: Route, method: str, tail: str) -> bool:
     return route is not Route.RESPONSES or tail == "responses"
 
 
-def parse_request(route: Route, method: str, tail: str, body: bytes) -> ParsedRequest:
+def parse_request(
+    route: Route, method: str, tail: str, body: bytes, *, prompt_named: bool = False
+) -> ParsedRequest:
+    """``prompt_named``: the request names a prompt (``/p/{slug}/v1`` or ``X-Prompt-Slug``)."""
     if not _is_post_body_route(route, method, tail):
         return ParsedRequest(route=route, body=body)
     try:
@@ -75,6 +79,16 @@ def parse_request(route: Route, method: str, tail: str, body: bytes) -> ParsedRe
     if not isinstance(payload, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
 
+    # The proxy's own field: forwarded, the provider would refuse it or, worse, ignore it and
+    # answer without the prompt. A dict lookup on the payload parsed anyway.
+    if not prompt_named and VARIABLES_FIELD in payload:
+        raise InvalidRequest(
+            f"`{VARIABLES_FIELD}` fills a registry prompt, but this request names none. Name "
+            "the prompt with the base URL /p/{slug}/v1 (e.g. http://proxy:8080/p/support/v1) "
+            "or the X-Prompt-Slug header, or drop the field.",
+            param=VARIABLES_FIELD,
+            code="prompt_not_named",
+        )
     model = payload.get("model")
     return ParsedRequest(
         route=route,

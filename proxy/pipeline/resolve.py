@@ -52,7 +52,8 @@ def prompt_ref(url_slug: str | None, headers: CIMultiDictProxy[str]) -> PromptRe
         return None
     pinned: int | None = None
     if pin is not None:
-        if not pin.isdigit() or int(pin) < 1:
+        # ASCII only: "²".isdigit() is true and int() refuses it.
+        if not (pin.isascii() and pin.isdigit()) or int(pin) < 1:
             raise NotFound(
                 f"X-Prompt-Version must be a version number (1, 2, ...), got {pin!r}.",
                 param=VERSION_HEADER,

@@ -75,7 +75,9 @@ async def handle(
         ref = prompt_ref(slug, request.headers)
         exchange.slug = ref.slug if ref is not None else None
         body = await read_body(request, services.settings.config.server.max_body_bytes)
-        parsed = parse_request(exchange.route, request.method, tail, body)  # 1
+        parsed = parse_request(  # 1
+            exchange.route, request.method, tail, body, prompt_named=ref is not None
+        )
         exchange.model_requested = parsed.model
         exchange.stream = parsed.stream
 

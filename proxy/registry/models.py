@@ -8,6 +8,7 @@ move is an ``AuditEntry``. ``content_sha256`` covers what defines a version's be
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,6 +26,36 @@ class Status(StrEnum):
     CANDIDATE = "candidate"
     PROD = "prod"
     DEPRECATED = "deprecated"
+
+
+#: The widest integers a registry keeps: SQLite's INTEGER is a signed 64-bit value, and orjson
+#: (which writes every stored version and its content hash) encodes nothing wider.
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
+
+def unstorable_value(value: Any, path: str) -> tuple[str, str] | None:
+    """The first place in a JSON value a version cannot keep as it was sent, and why; None if
+    there is none. NaN and Infinity are not JSON (orjson would store them as null and the
+    provider would get null), and integers beyond 64 bits cannot be encoded at all.
+
+    ``path`` names ``value`` in the answer; nested places extend it as ``a.b[0]``."""
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:  # a loop, not recursion: the depth of a request body is the caller's choice
+        item, where = stack.pop()
+        if isinstance(item, bool) or item is None or isinstance(item, str):
+            continue
+        if isinstance(item, int):
+            if not INT64_MIN <= item <= INT64_MAX:
+                return where, "integers must fit in 64 bits (-2^63 to 2^63-1)"
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return where, f"numbers must be finite, not {item}"
+        elif isinstance(item, Mapping):
+            stack.extend(reversed([(v, f"{where}.{k}") for k, v in item.items()]))
+        elif isinstance(item, list | tuple):
+            stack.extend(reversed([(v, f"{where}[{i}]") for i, v in enumerate(item)]))
+    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,12 +60,14 @@ class PromptSummary:
 
 
 @contextmanager
-def _store_errors(slug: str | None = None) -> Iterator[None]:
+def _store_errors(slug: str | None = None, *, reading: bool = False) -> Iterator[None]:
+    """``reading``: the call only reads, so an outage must not claim a change was lost."""
     try:
         yield
     except StoreUnavailable as exc:
+        what = "the registry cannot be read" if reading else "changes cannot be saved"
         raise ServiceUnavailable(
-            f"The prompt registry store is unavailable, so changes cannot be saved now ({exc}). "
+            f"The prompt registry store is unavailable, so {what} now ({exc}). "
             "The proxy keeps serving the last known prompts; retry when the store is back.",
             code="registry_unavailable",
         ) from None
@@ -221,7 +223,7 @@ class RegistryService:
         return result
 
     async def list_prompts(self) -> list[PromptSummary]:
-        with _store_errors():
+        with _store_errors(reading=True):
             snapshot = await self._store.snapshot()  # one consistent read, not one per slug
         return [
             _summarize(slug, list(snapshot.versions[slug].values()))
@@ -230,7 +232,7 @@ class RegistryService:
 
     async def get_prompt(self, slug: str) -> tuple[PromptSummary, Sequence[PromptVersion]]:
         check_slug(slug)
-        with _store_errors(slug):
+        with _store_errors(slug, reading=True):
             versions = await self._store.list_versions(slug)
             if not versions:
                 raise PromptNotFound(slug)
@@ -238,7 +240,7 @@ class RegistryService:
 
     async def get_version(self, slug: str, version: int) -> PromptVersion:
         check_slug(slug)
-        with _store_errors(slug):
+        with _store_errors(slug, reading=True):
             return await self._store.get_version(slug, version)
 
     async def promote(self, slug: str, version: int, actor: str, reason: str) -> AuditEntry:
@@ -337,7 +339,7 @@ class RegistryService:
 
     async def get_rollout(self, slug: str) -> Rollout:
         check_slug(slug)
-        with _store_errors(slug):
+        with _store_errors(slug, reading=True):
             rollout = await self._store.get_rollout(slug)
             if rollout is None:
                 if not await self._store.list_versions(slug):
@@ -348,7 +350,7 @@ class RegistryService:
         return rollout
 
     async def list_rollouts(self) -> list[Rollout]:
-        with _store_errors():
+        with _store_errors(reading=True):
             snapshot = await self._store.snapshot()
         return [snapshot.rollouts[slug] for slug in sorted(snapshot.rollouts)]
 
@@ -371,7 +373,7 @@ class RegistryService:
     ) -> Sequence[AuditEntry]:
         if slug is not None:
             check_slug(slug)
-        with _store_errors(slug):
+        with _store_errors(slug, reading=True):
             return await self._store.audit(slug, limit, before_seq)
 
     async def state_at(self, slug: str, at: float) -> StateAt:
@@ -404,7 +406,7 @@ class RegistryService:
     async def _full_audit(self, slug: str) -> list[AuditEntry]:
         entries: list[AuditEntry] = []
         before: int | None = None
-        with _store_errors(slug):
+        with _store_errors(slug, reading=True):
             while True:
                 page = await self._store.audit(slug, 500, before)
                 entries.extend(page)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from proxy.errors import InvalidRequest
-from proxy.registry.models import VariableSpec, VersionDraft
+from proxy.registry.models import INT64_MAX, VariableSpec, VersionDraft, unstorable_value
 from proxy.services import Services
 from proxy.web import admin_wait
 from proxy.web.admin_auth import authorize
@@ -30,6 +32,10 @@ class VariableIn(Body):
     default: Any = None
 
 
+#: Version numbers, audit sequence numbers and limits: what a store can hold (SQLite INTEGER).
+Count = Annotated[int, Field(ge=1, le=INT64_MAX)]
+
+
 class VersionIn(Body):
     template: str = Field(min_length=1)
     variables: list[VariableIn] = []
@@ -40,7 +46,7 @@ class VersionIn(Body):
 
 
 class PromoteIn(Body):
-    version: int = Field(ge=1)
+    version: Count
     reason: str = ""
 
 
@@ -55,14 +61,32 @@ def json_response(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
+def field_path(loc: Sequence[int | str]) -> str | None:
+    """A pydantic error location as the API names fields: ``variables[0].default``."""
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
+    return path or None
+
+
 async def parse_body(request: web.Request, model: type[_B]) -> _B:
     raw = await request.read()
     try:
         return model.model_validate_json(raw or b"{}")
     except ValidationError as exc:
         first = exc.errors()[0]
-        path = ".".join(str(p) for p in first["loc"]) or None
-        raise InvalidRequest(f"Invalid request body: {path}: {first['msg']}", param=path) from None
+        path = field_path(first["loc"])
+        where = f"{path}: " if path else ""
+        raise InvalidRequest(f"Invalid request body: {where}{first['msg']}", param=path) from None
+
+
+def check_storable(value: Any, path: str) -> None:
+    """400 naming the place when a JSON value holds something a version cannot keep faithfully
+    (see ``unstorable_value``); pydantic's JSON parser accepts NaN, Infinity and big integers."""
+    found = unstorable_value(value, path)
+    if found is not None:
+        where, why = found
+        raise InvalidRequest(f"Invalid request body: {where}: {why}.", param=where)
 
 
 def services_of(request: web.Request) -> Services:
@@ -73,13 +97,23 @@ def actor_of(request: web.Request, *, write: bool) -> str:
     return authorize(request, services_of(request).settings.admin_tokens, write=write)
 
 
-def _int(value: str, name: str) -> int:
-    if not value.isdigit():
-        raise InvalidRequest(f"`{name}` must be a positive integer.", param=name)
+# ASCII digits only: str.isdigit() also takes '²' and '٣', and int() refuses the first.
+_POSITIVE = re.compile(r"0*[1-9][0-9]{0,18}")
+
+
+def positive_int(value: str, name: str) -> int:
+    """A path or query integer from 1 to 2^63-1, or a 400 naming it (never a store overflow)."""
+    if _POSITIVE.fullmatch(value) is None or int(value) > INT64_MAX:
+        raise InvalidRequest(
+            f"`{name}` must be an integer from 1 to {INT64_MAX}, not {value[:40]!r}.", param=name
+        )
     return int(value)
 
 
 def _draft(slug: str, body: VersionIn, actor: str) -> VersionDraft:
+    check_storable(body.params, "params")
+    for index, variable in enumerate(body.variables):
+        check_storable(variable.default, f"variables[{index}].default")
     return VersionDraft(
         slug=slug,
         template=body.template,
@@ -124,7 +158,7 @@ async def get_prompt(request: web.Request) -> web.Response:
 
 async def get_version(request: web.Request) -> web.Response:
     actor_of(request, write=False)
-    number = _int(request.match_info["version"], "version")
+    number = positive_int(request.match_info["version"], "version")
     version = await services_of(request).registry.get_version(request.match_info["slug"], number)
     return json_response(version.to_dict())
 
@@ -166,6 +200,7 @@ async def history(request: web.Request) -> web.Response:
     registry = services_of(request).registry
     slug = request.match_info["slug"]
     at = request.query.get("at")
+    limit = positive_int(request.query.get("limit", "100"), "limit")  # checked with `at` too
     if at is not None:
         state = await registry.state_at(slug, _instant(at))
         return json_response(
@@ -177,7 +212,7 @@ async def history(request: web.Request) -> web.Response:
             }
         )
     await registry.get_prompt(slug)
-    entries = await registry.audit(slug, limit=_int(request.query.get("limit", "100"), "limit"))
+    entries = await registry.audit(slug, limit=limit)
     return json_response({"data": [e.to_dict() for e in entries]})
 
 
@@ -186,16 +221,16 @@ async def audit(request: web.Request) -> web.Response:
     before = request.query.get("before")
     entries = await services_of(request).registry.audit(
         request.query.get("slug"),
-        limit=min(_int(request.query.get("limit", "100"), "limit"), 1000),
-        before_seq=None if before is None else _int(before, "before"),
+        limit=min(positive_int(request.query.get("limit", "100"), "limit"), 1000),
+        before_seq=None if before is None else positive_int(before, "before"),
     )
     return json_response({"data": [e.to_dict() for e in entries]})
 
 
 async def diff(request: web.Request) -> web.Response:
     actor_of(request, write=False)
-    a = _int(request.query.get("from", ""), "from")
-    b = _int(request.query.get("to", ""), "to")
+    a = positive_int(request.query.get("from", ""), "from")
+    b = positive_int(request.query.get("to", ""), "to")
     text = await services_of(request).registry.diff(request.match_info["slug"], a, b)
     return json_response({"diff": text})
 

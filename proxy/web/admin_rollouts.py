@@ -13,18 +13,26 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-from pydantic import Field
 
 from proxy.analysis.policy import AnalysisPolicy, PolicyError
 from proxy.errors import InvalidRequest, NotFound
 from proxy.registry.models import Rollout, RolloutMode
 from proxy.registry.service import check_slug
 from proxy.web import admin_wait
-from proxy.web.admin_api import PREFIX, Body, actor_of, json_response, parse_body, services_of
+from proxy.web.admin_api import (
+    PREFIX,
+    Body,
+    Count,
+    actor_of,
+    check_storable,
+    json_response,
+    parse_body,
+    services_of,
+)
 
 
 class RolloutIn(Body):
-    candidate: int = Field(ge=1)
+    candidate: Count
     mode: RolloutMode
     #: 0 to 100 in steps of 0.01; validated by the service so the message is the same for
     #: every front end.
@@ -55,6 +63,8 @@ async def _prod_of(request: web.Request, slug: str) -> int | None:
 def _policy(raw: dict[str, Any] | None) -> AnalysisPolicy | None:
     if raw is None:
         return None
+    # The policy is stored as JSON: a count beyond 64 bits would fail there, after checks.
+    check_storable(raw, "analysis")
     try:
         return AnalysisPolicy.from_dict(raw)
     except PolicyError as exc:

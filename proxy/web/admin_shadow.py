@@ -49,7 +49,9 @@ _TICK = 1.0
 _FOLLOW_BUFFER = 1000
 _WRITE_BATCH = 64
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_SINCE = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
+#: ASCII digits (``\d`` takes other scripts' too), and few enough to stay a finite time.
+SINCE_NUMBER = r"([0-9]{1,15}(?:\.[0-9]{1,9})?)([smhd]?)"
+_SINCE = re.compile(SINCE_NUMBER)
 # A bare number this large is a unix timestamp (2001-09-09 onwards), not seconds ago.
 _EPOCH_FLOOR = 1e9
 LATEST = "latest"
@@ -84,7 +86,8 @@ def parse_since(value: str | None, now: float) -> float | None:
 def parse_limit(value: str | None) -> int:
     if value is None:
         return DEFAULT_LIMIT
-    if not value.isdigit() or not 1 <= int(value) <= MAX_LIMIT:
+    # ASCII digits only: str.isdigit() also takes '²', which int() refuses.
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_LIMIT:
         raise InvalidRequest(f"`limit` must be an integer from 1 to {MAX_LIMIT}.", param="limit")
     return int(value)
 

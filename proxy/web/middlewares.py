@@ -8,7 +8,7 @@ import secrets
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from proxy.errors import InvalidRequest, ProxyError, RouteNotFound
+from proxy.errors import InvalidRequest, MethodNotAllowed, ProxyError, RouteNotFound
 from proxy.http_headers import REQUEST_ID_HEADER
 from proxy.log import APP_LOGGER
 from proxy.web.keys import REQUEST_ID
@@ -21,17 +21,26 @@ def new_request_id() -> str:
 
 
 def error_response(exc: ProxyError, request_id: str) -> web.Response:
+    headers = {REQUEST_ID_HEADER: request_id}
+    if isinstance(exc, MethodNotAllowed):
+        headers["Allow"] = ", ".join(exc.allowed)
     return web.Response(
         status=exc.status,
         body=exc.to_json(),
         content_type="application/json",
-        headers={REQUEST_ID_HEADER: request_id},
+        headers=headers,
     )
 
 
 def _from_http_exception(exc: web.HTTPException) -> ProxyError:
     if exc.status == 404:
         return RouteNotFound("Unknown request URL. Send OpenAI API calls under /v1/.")
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = tuple(sorted(exc.allowed_methods))
+        return MethodNotAllowed(
+            f"{exc.method} is not allowed here; this URL takes {', '.join(allowed)}.",
+            allowed=allowed,
+        )
     error = InvalidRequest(exc.reason or "Bad request.")
     error.status = exc.status  # type: ignore[misc]
     return error

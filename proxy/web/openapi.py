@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from proxy import __version__
+from proxy.registry.models import INT64_MAX
+from proxy.registry.templates import VARIABLE_TYPES
+from proxy.web.admin_shadow import SINCE_NUMBER
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -26,18 +29,32 @@ _ERRORS = {
         ("503", "Registry store unavailable; the proxy keeps serving the last snapshot"),
     )
 }
-_SLUG = {
-    "name": "slug",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
+_SLUG_SCHEMA = {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}
+_SLUG = {"name": "slug", "in": "path", "required": True, "schema": _SLUG_SCHEMA}
+#: Version numbers, audit sequence numbers, limits: what the stores hold (SQLite INTEGER).
+_COUNT = {"type": "integer", "minimum": 1, "maximum": INT64_MAX}
+#: A JSON value a version keeps as sent: numbers finite, integers within 64 bits (NaN,
+#: Infinity and wider integers are a 400 naming their path). JSON Schema has no "finite".
+_JSON_VALUE = {
+    "description": "Any JSON value; integers from -2^63 to 2^63-1, no NaN or Infinity",
 }
 
 
+def _query(name: str, schema: dict[str, Any], *, required: bool = False, **extra: Any) -> Any:
+    return {"name": name, "in": "query", "required": required, "schema": schema, **extra}
+
+
 def _op(
-    summary: str, response: dict[str, Any], *, write: bool = False, **extra: Any
+    summary: str,
+    response: dict[str, Any],
+    *,
+    write: bool = False,
+    created: bool = False,
+    **extra: Any,
 ) -> dict[str, Any]:
-    op: dict[str, Any] = {"summary": summary, "responses": {"200": response, **_ERRORS}}
+    """``created``: the call may also answer 201 (it made something new) with the same body."""
+    responses = {"200": response, **({"201": response} if created else {}), **_ERRORS}
+    op: dict[str, Any] = {"summary": summary, "responses": responses}
     if write:
         op["security"] = [{"bearer": []}]
     op.update(extra)
@@ -49,6 +66,9 @@ def _body(name: str) -> dict[str, Any]:
 
 
 _STATUS = {"type": "string", "enum": ["draft", "candidate", "prod", "deprecated"]}
+# StickyKey.parse: the header name is stripped and lower-cased; the token characters of
+# RFC 9110. The credential headers it refuses are named in the description.
+_STICKY_PATTERN = r"^(none|user|tenant|header:[ \t]*[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}[ \t]*)$"
 _SCHEMAS: dict[str, Any] = {
     "Error": {
         "type": "object",
@@ -69,13 +89,23 @@ _SCHEMAS: dict[str, Any] = {
     "Variable": {
         "type": "object",
         "required": ["name"],
+        "additionalProperties": False,
         "properties": {
-            "name": {"type": "string"},
+            "name": {
+                "type": "string",
+                "pattern": "^[A-Za-z_][A-Za-z0-9_]*$",
+                "description": "A template variable (Jinja's own names, like range or loop, "
+                "are reserved)",
+            },
             "type": {
                 "type": ["string", "null"],
-                "enum": ["string", "number", "integer", "boolean", None],
+                "enum": [*sorted(t for t in VARIABLE_TYPES if t), None],
             },
-            "default": {},
+            "default": {
+                **_JSON_VALUE,
+                "description": "Present: the caller may omit the variable. "
+                + _JSON_VALUE["description"],
+            },
         },
     },
     "VersionIn": {
@@ -85,14 +115,21 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {
             "template": {
                 "type": "string",
-                "description": "Jinja2 (sandboxed) system prompt, e.g. Hello {{ customer_name }}",
+                "minLength": 1,
+                "description": "Jinja2 (sandboxed) system prompt, e.g. Hello {{ customer_name }}. "
+                "A template the sandbox refuses, or one using undeclared variables, is a 400 "
+                "whose param is template",
             },
             "variables": {"type": "array", "items": _ref("Variable")},
             "model": {
                 "type": ["string", "null"],
                 "description": "Model pin, e.g. gpt-4o-2024-08-06",
             },
-            "params": {"type": "object", "description": "Default generation parameters"},
+            "params": {
+                "type": "object",
+                "additionalProperties": _JSON_VALUE,
+                "description": "Default generation parameters. " + _JSON_VALUE["description"],
+            },
             "author": {"type": ["string", "null"]},
             "changelog": {"type": "string"},
         },
@@ -147,13 +184,15 @@ _SCHEMAS: dict[str, Any] = {
         "required": ["candidate", "mode", "percent"],
         "additionalProperties": False,
         "properties": {
-            "candidate": {"type": "integer", "minimum": 1},
+            "candidate": _COUNT,
             "mode": {"type": "string", "enum": ["canary", "shadow"]},
             "percent": {"type": "number", "minimum": 0, "maximum": 100, "multipleOf": 0.01},
             "sticky": {
                 "type": ["string", "null"],
+                "pattern": _STICKY_PATTERN,
                 "description": "header:<name>, user, tenant or none. Omitted: none for a new "
-                "rollout, the running rollout's key for a percentage change",
+                "rollout, the running rollout's key for a percentage change. Headers that carry "
+                "credentials (authorization, api-key, cookie...) are refused",
             },
             "analysis": {
                 "anyOf": [_ref("AnalysisPolicy"), {"type": "null"}],
@@ -396,9 +435,14 @@ _SCHEMAS: dict[str, Any] = {
     "PromoteIn": {
         "type": "object",
         "required": ["version"],
-        "properties": {"version": {"type": "integer", "minimum": 1}, "reason": {"type": "string"}},
+        "additionalProperties": False,
+        "properties": {"version": _COUNT, "reason": {"type": "string"}},
     },
-    "RollbackIn": {"type": "object", "properties": {"reason": {"type": "string"}}},
+    "RollbackIn": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {"reason": {"type": "string"}},
+    },
 }
 
 _LIST = {"type": "object", "properties": {"data": {"type": "array"}}}
@@ -548,7 +592,10 @@ OPENAPI: dict[str, Any] = {
     "info": {
         "title": "promptproxy admin API",
         "version": __version__,
-        "description": "Prompt registry: immutable versions, promote, rollback, rollouts, audit.",
+        "description": "Prompt registry: immutable versions, promote, rollback, rollouts, audit. "
+        "Every error is in the OpenAI shape; a 400's param names the field (params.a.b[0], "
+        "variables[1].default). A method a path does not take is a 405 whose Allow header lists "
+        "the ones it does.",
     },
     "components": {
         "schemas": _SCHEMAS,
@@ -575,6 +622,7 @@ OPENAPI: dict[str, Any] = {
                     }
                 ),
                 write=True,
+                created=True,
                 requestBody=_body("VersionIn"),
                 parameters=[_WAIT],
             ),
@@ -582,7 +630,7 @@ OPENAPI: dict[str, Any] = {
         "/admin/v1/prompts/{slug}/versions/{version}": {
             "parameters": [
                 _SLUG,
-                {"name": "version", "in": "path", "required": True, "schema": {"type": "integer"}},
+                {"name": "version", "in": "path", "required": True, "schema": _COUNT},
             ],
             "get": _op("One version", _ok(_ref("Version"))),
         },
@@ -619,6 +667,7 @@ OPENAPI: dict[str, Any] = {
                     "schema": {"type": "string", "format": "date-time"},
                     "description": "ISO-8601 instant: answer which version was prod then",
                 },
+                _query("limit", _COUNT, description="Most entries to return (newest first)"),
             ],
             "get": _op(
                 "Audit entries of a prompt; with `at`, what it served then: the prod version "
@@ -641,8 +690,8 @@ OPENAPI: dict[str, Any] = {
         "/admin/v1/prompts/{slug}/diff": {
             "parameters": [
                 _SLUG,
-                {"name": "from", "in": "query", "required": True, "schema": {"type": "integer"}},
-                {"name": "to", "in": "query", "required": True, "schema": {"type": "integer"}},
+                _query("from", _COUNT, required=True),
+                _query("to", _COUNT, required=True),
             ],
             "get": _op("Unified diff between two versions", _ok({"type": "object"})),
         },
@@ -653,6 +702,7 @@ OPENAPI: dict[str, Any] = {
                 "with the same candidate and mode (200; cohorts are kept)",
                 _written("Rollout"),
                 write=True,
+                created=True,
                 requestBody=_body("RolloutIn"),
                 parameters=[_WAIT],
             ),
@@ -717,7 +767,12 @@ OPENAPI: dict[str, Any] = {
                     "name": "since",
                     "in": "query",
                     "required": False,
-                    "schema": {"type": "string"},
+                    "schema": {
+                        "anyOf": [
+                            {"type": "string", "pattern": f"^{SINCE_NUMBER}$"},
+                            {"type": "string", "format": "date-time"},
+                        ]
+                    },
                     "description": "How far back: seconds (600), a duration (10m, 2h), a unix "
                     "time or an ISO-8601 time with a zone",
                 },
@@ -782,9 +837,9 @@ OPENAPI: dict[str, Any] = {
         },
         "/admin/v1/audit": {
             "parameters": [
-                {"name": "slug", "in": "query", "required": False, "schema": {"type": "string"}},
-                {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer"}},
-                {"name": "before", "in": "query", "required": False, "schema": {"type": "integer"}},
+                _query("slug", _SLUG_SCHEMA),
+                _query("limit", _COUNT, description="Most entries to return; at most 1000 are"),
+                _query("before", _COUNT, description="Entries with a smaller seq (paging)"),
             ],
             "get": _op("The append-only audit log, newest first", _ok({"type": "object"})),
         },

@@ -103,3 +103,20 @@ def test_a_changed_payload_is_encoded_once_with_usage_added() -> None:
         "stream": True,
         "stream_options": {"include_usage": True},
     }
+
+
+@pytest.mark.parametrize(
+    ("route", "tail"), [(Route.CHAT, "chat/completions"), (Route.RESPONSES, "responses")]
+)
+def test_prompt_variables_without_a_named_prompt_say_how_to_name_one(
+    route: Route, tail: str
+) -> None:
+    body = b'{"model": "m", "messages": [], "prompt_variables": {"name": "Ada"}}'
+    with pytest.raises(InvalidRequest) as info:
+        parse_request(route, "POST", tail, body)
+    assert info.value.param == "prompt_variables"
+    assert "/p/{slug}/v1" in info.value.message
+    assert "X-Prompt-Slug" in info.value.message
+    parsed = parse_request(route, "POST", tail, body, prompt_named=True)
+    assert parsed.payload is not None
+    assert parsed.payload["prompt_variables"] == {"name": "Ada"}
