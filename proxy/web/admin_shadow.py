@@ -35,6 +35,7 @@ from proxy.services import Services
 from proxy.shadow.pairs import SinkUnavailable
 from proxy.web.admin_api import json_response
 from proxy.web.admin_auth import authorize
+from proxy.web.admin_formats import SINCE_NUMBER
 from proxy.web.keys import SERVICES
 
 _log = logging.getLogger(APP_LOGGER)
@@ -49,8 +50,6 @@ _TICK = 1.0
 _FOLLOW_BUFFER = 1000
 _WRITE_BATCH = 64
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-#: ASCII digits (``\d`` takes other scripts' too), and few enough to stay a finite time.
-SINCE_NUMBER = r"([0-9]{1,15}(?:\.[0-9]{1,9})?)([smhd]?)"
 _SINCE = re.compile(SINCE_NUMBER)
 # A bare number this large is a unix timestamp (2001-09-09 onwards), not seconds ago.
 _EPOCH_FLOOR = 1e9
@@ -153,9 +152,7 @@ async def shadow_pairs(request: web.Request) -> web.StreamResponse:
     follow = parse_flag(request.query.get("follow"), "follow")
     rollout_id = await parse_rollout(services, slug, request.query.get("rollout"))
     if follow:
-        if rollout_id is not None:
-            raise InvalidRequest("`rollout` is not supported with `follow`.", param="rollout")
-        return await _follow(request, services, slug, since)
+        return await _follow(request, services, slug, since, rollout_id)
     try:
         records = await services.shadow.sink.read(slug, since, limit, rollout_id)
     except SinkUnavailable as exc:
@@ -171,16 +168,23 @@ async def shadow_pairs(request: web.Request) -> web.StreamResponse:
 
 
 async def _follow(
-    request: web.Request, services: Services, slug: str, since: float | None
+    request: web.Request,
+    services: Services,
+    slug: str,
+    since: float | None,
+    rollout_id: str | None,
 ) -> web.StreamResponse:
     response = _start()
+    if rollout_id is not None:
+        response.headers[ROLLOUT_HEADER] = rollout_id
     await response.prepare(request)
     buffer: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(_FOLLOW_BUFFER)
 
     async def pump() -> None:
         try:
             async for record in services.shadow.sink.follow(slug, since):
-                await buffer.put(record)
+                if rollout_id is None or record.get("rollout_id") == rollout_id:
+                    await buffer.put(record)
         except Exception:  # headers are out: end the stream rather than the request task
             _log.exception("following shadow pairs of %s failed", slug)
         finally:

@@ -7,7 +7,7 @@ from typing import Any
 from proxy import __version__
 from proxy.registry.models import INT64_MAX
 from proxy.registry.templates import VARIABLE_TYPES
-from proxy.web.admin_shadow import SINCE_NUMBER
+from proxy.web.admin_formats import SINCE_NUMBER
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -533,6 +533,7 @@ _RESTORE_RESULT = {
 _EXPORT = {
     "type": "object",
     "required": ["format", "generation", "revision", "versions"],
+    "additionalProperties": False,
     "properties": {
         "format": {"const": "promptproxy-registry/1"},
         "generation": {"type": "string"},
@@ -561,6 +562,7 @@ _REGISTRY_PATHS: dict[str, Any] = {
                         "schema": {
                             "type": "object",
                             "required": ["source"],
+                            "additionalProperties": False,
                             "properties": {
                                 "source": {"const": "snapshot"},
                                 "reason": {"type": "string"},
@@ -793,9 +795,9 @@ OPENAPI: dict[str, Any] = {
                     "name": "rollout",
                     "in": "query",
                     "required": False,
-                    "schema": {"type": "string"},
+                    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
                     "description": "Only this rollout's pairs: its id, or `latest` (the running "
-                    "rollout, else the last one; 404 if the prompt never had one). Not with "
+                    "rollout, else the last one; 404 if the prompt never had one), also with "
                     "`follow`. Without it, the pairs of every rollout",
                 },
             ],

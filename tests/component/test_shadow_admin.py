@@ -52,9 +52,9 @@ async def clients(tmp_path: Path, sim_url: str) -> AsyncIterator[Clients]:
         yield trio
 
 
-def pair(n: int, ts: float, slug: str = "support") -> Pair:
+def pair(n: int, ts: float, slug: str = "support", rollout: str = "ro") -> Pair:
     meta = PairMeta(
-        f"p{n}", slug, "ro", ShadowKind.CANDIDATE.value, f"r{n}", Route.CHAT.value, False
+        f"p{n}", slug, rollout, ShadowKind.CANDIDATE.value, f"r{n}", Route.CHAT.value, False
     )
     return Pair.build(meta, ArmResult(version=1, text="a"), ArmResult(version=2, text="b"), ts)
 
@@ -175,6 +175,27 @@ async def test_follow_streams_new_pairs_with_heartbeats_until_draining(
     async with asyncio.timeout(5):
         rest = await resp.content.read()  # the server ends the response
     assert rest.strip() == b""
+
+
+async def test_follow_keeps_only_the_named_rollouts_pairs(
+    clients: Clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(admin_shadow, "_TICK", 0.05)
+    _, admin, services = clients
+    now = time.time()
+    services.shadow.sink.add(pair(1, now - 30, rollout="earlier"))
+    services.shadow.sink.add(pair(2, now - 20))
+    await recorded(admin, 2)
+
+    params = {"since": "1m", "follow": "true", "rollout": "ro"}
+    resp = await admin.get(PAIRS, params=params, headers=READER)
+    assert resp.status == 200
+    assert resp.headers["X-Promptproxy-Rollout"] == "ro"
+    assert orjson.loads(await resp.content.readline())["pair_id"] == "p2"
+    services.shadow.sink.add(pair(3, time.time(), rollout="earlier"))
+    services.shadow.sink.add(pair(4, time.time()))
+    assert orjson.loads(await resp.content.readline())["pair_id"] == "p4"
+    resp.close()
 
 
 async def test_follow_ends_when_the_client_goes_away(
