@@ -7,7 +7,7 @@ from typing import Literal
 
 from aiohttp import web
 
-from proxy.errors import InvalidRequest
+from proxy.errors import InvalidRequest, PayloadTooLarge
 from proxy.registry.backup import ImageError, RegistryImage
 from proxy.web.admin_api import PREFIX, Body, actor_of, json_response, parse_body, services_of
 
@@ -40,11 +40,7 @@ async def export(request: web.Request) -> web.Response:
 
 async def import_(request: web.Request) -> web.Response:
     actor = actor_of(request, write=True)
-    if request.content_length is not None and request.content_length > MAX_IMPORT_BYTES:
-        raise InvalidRequest(f"An import body is limited to {MAX_IMPORT_BYTES} bytes.")
-    raw = await request.content.read(MAX_IMPORT_BYTES + 1)
-    if len(raw) > MAX_IMPORT_BYTES:
-        raise InvalidRequest(f"An import body is limited to {MAX_IMPORT_BYTES} bytes.")
+    raw = await _read_import(request)
     try:
         image = RegistryImage.from_json(raw)
     except ImageError as exc:
@@ -52,6 +48,22 @@ async def import_(request: web.Request) -> web.Response:
     reason = request.query.get("reason", "")
     result = await services_of(request).recovery.import_image(image, actor, reason)
     return json_response(result.to_dict())
+
+
+async def _read_import(request: web.Request) -> bytes:
+    """The whole body, up to the cap. ``StreamReader.read(n)`` returns what has arrived so
+    far, so a chunked upload is read piece by piece until its end."""
+    too_large = PayloadTooLarge(f"An import body is limited to {MAX_IMPORT_BYTES} bytes.")
+    if request.content_length is not None and request.content_length > MAX_IMPORT_BYTES:
+        raise too_large
+    pieces: list[bytes] = []
+    size = 0
+    while piece := await request.content.read(MAX_IMPORT_BYTES + 1 - size):
+        pieces.append(piece)
+        size += len(piece)
+        if size > MAX_IMPORT_BYTES:
+            raise too_large
+    return b"".join(pieces)
 
 
 def add_routes(app: web.Application) -> None:

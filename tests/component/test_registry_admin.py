@@ -4,6 +4,7 @@ not lost is refused; a lost store file is reported and restored."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -115,3 +116,27 @@ async def test_a_replaced_file_is_reported_refused_and_restored(
         "/admin/v1/prompts/greet/versions", json={"template": "three"}, headers=ADMIN
     )
     assert (await resp.json())["version"]["version"] == 3
+
+
+async def test_an_import_sent_in_many_chunks_is_read_whole(clients: Clients) -> None:
+    """A chunked upload arrives in pieces: the handler must read to the end, not take the
+    first piece for the whole export."""
+    _, admin, _, _ = clients
+    for n in range(3):
+        resp = await admin.post(
+            "/admin/v1/prompts/chunky/versions",
+            json={"template": f"Version {n} " + "x" * 20_000},
+            headers=ADMIN,
+        )
+        assert resp.status == 201, await resp.text()
+    exported = await (await admin.get("/admin/v1/registry/export", headers=ADMIN)).read()
+    assert len(exported) > 60_000
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for start in range(0, len(exported), 1024):
+            yield exported[start : start + 1024]
+            await asyncio.sleep(0.001)  # the server sees the body arrive in pieces
+
+    resp = await admin.post("/admin/v1/registry/import", data=pieces(), headers=ADMIN)
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["unchanged"] is True
