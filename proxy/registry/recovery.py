@@ -17,7 +17,7 @@ from typing import Any
 from proxy.errors import Conflict
 from proxy.registry.backup import RegistryImage
 from proxy.registry.models import AuditEntry
-from proxy.registry.service import _store_errors
+from proxy.registry.service import store_errors
 from proxy.registry.snapshot import SnapshotHolder
 from proxy.registry.store import PromptStore, StoreReplaced
 
@@ -82,7 +82,7 @@ class RegistryRecovery:
             )
         image = RegistryImage.from_snapshot(served)
         note = reason or "the store was emptied or replaced"
-        with _store_errors():
+        with store_errors():
             found = await self._store.generation()
             revision = await self._store.restore(
                 image,
@@ -95,7 +95,7 @@ class RegistryRecovery:
         return _result("snapshot", image, revision)
 
     async def export(self) -> RegistryImage:
-        with _store_errors():
+        with store_errors(reading=True):
             snapshot = await self._store.snapshot()
             audit = await self._full_audit()
         if snapshot.generation is None:
@@ -114,7 +114,7 @@ class RegistryRecovery:
     async def import_image(self, image: RegistryImage, actor: str, reason: str) -> RestoreResult:
         """Write an export into an empty (or lost) store; the same content again is a no-op;
         anything else is refused (it would overwrite a registry)."""
-        with _store_errors():
+        with store_errors():
             try:
                 current = RegistryImage.from_snapshot(await self._store.snapshot())
             except StoreReplaced:

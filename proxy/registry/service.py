@@ -60,7 +60,7 @@ class PromptSummary:
 
 
 @contextmanager
-def _store_errors(slug: str | None = None, *, reading: bool = False) -> Iterator[None]:
+def store_errors(slug: str | None = None, *, reading: bool = False) -> Iterator[None]:
     """``reading``: the call only reads, so an outage must not claim a change was lost."""
     try:
         yield
@@ -217,13 +217,13 @@ class RegistryService:
                 param="template",
                 code="invalid_template",
             ) from None
-        with _store_errors(draft.slug):
+        with store_errors(draft.slug):
             result = await self._store.create_version(draft, actor, self._clock())
         await self._serve_here()
         return result
 
     async def list_prompts(self) -> list[PromptSummary]:
-        with _store_errors(reading=True):
+        with store_errors(reading=True):
             snapshot = await self._store.snapshot()  # one consistent read, not one per slug
         return [
             _summarize(slug, list(snapshot.versions[slug].values()))
@@ -232,7 +232,7 @@ class RegistryService:
 
     async def get_prompt(self, slug: str) -> tuple[PromptSummary, Sequence[PromptVersion]]:
         check_slug(slug)
-        with _store_errors(slug, reading=True):
+        with store_errors(slug, reading=True):
             versions = await self._store.list_versions(slug)
             if not versions:
                 raise PromptNotFound(slug)
@@ -240,19 +240,19 @@ class RegistryService:
 
     async def get_version(self, slug: str, version: int) -> PromptVersion:
         check_slug(slug)
-        with _store_errors(slug, reading=True):
+        with store_errors(slug, reading=True):
             return await self._store.get_version(slug, version)
 
     async def promote(self, slug: str, version: int, actor: str, reason: str) -> AuditEntry:
         check_slug(slug)
-        with _store_errors(slug):
+        with store_errors(slug):
             entry = await self._store.promote(slug, version, actor, reason, self._clock())
         await self._serve_here()
         return entry
 
     async def rollback(self, slug: str, actor: str, reason: str) -> AuditEntry:
         check_slug(slug)
-        with _store_errors(slug):
+        with store_errors(slug):
             entry = await self._store.rollback(slug, actor, reason, self._clock())
         await self._serve_here()
         return entry
@@ -278,7 +278,7 @@ class RegistryService:
         check_slug(slug)
         points = basis_points(percent)
         key = parse_sticky(sticky) if sticky is not None else None
-        with _store_errors(slug):
+        with store_errors(slug):
             running = await self._store.get_rollout(slug)
             if running is None:
                 versions = await self._store.list_versions(slug)
@@ -339,7 +339,7 @@ class RegistryService:
 
     async def get_rollout(self, slug: str) -> Rollout:
         check_slug(slug)
-        with _store_errors(slug, reading=True):
+        with store_errors(slug, reading=True):
             rollout = await self._store.get_rollout(slug)
             if rollout is None:
                 if not await self._store.list_versions(slug):
@@ -350,20 +350,20 @@ class RegistryService:
         return rollout
 
     async def list_rollouts(self) -> list[Rollout]:
-        with _store_errors(reading=True):
+        with store_errors(reading=True):
             snapshot = await self._store.snapshot()
         return [snapshot.rollouts[slug] for slug in sorted(snapshot.rollouts)]
 
     async def abort_rollout(self, slug: str, actor: str, reason: str) -> AuditEntry:
         check_slug(slug)
-        with _store_errors(slug):
+        with store_errors(slug):
             entry = await self._store.abort_rollout(slug, actor, reason, self._clock())
         await self._serve_here()
         return entry
 
     async def promote_rollout(self, slug: str, actor: str, reason: str) -> AuditEntry:
         check_slug(slug)
-        with _store_errors(slug):
+        with store_errors(slug):
             entry = await self._store.promote_rollout(slug, actor, reason, self._clock())
         await self._serve_here()
         return entry
@@ -373,7 +373,7 @@ class RegistryService:
     ) -> Sequence[AuditEntry]:
         if slug is not None:
             check_slug(slug)
-        with _store_errors(slug, reading=True):
+        with store_errors(slug, reading=True):
             return await self._store.audit(slug, limit, before_seq)
 
     async def state_at(self, slug: str, at: float) -> StateAt:
@@ -386,13 +386,13 @@ class RegistryService:
         """The id of the slug's running rollout, else of the last one that ran (from the
         audit log), with whether it runs; None if the slug never had one."""
         check_slug(slug)
-        with _store_errors(slug):
+        with store_errors(slug, reading=True):
             running = await self._store.get_rollout(slug)
         if running is not None:
             return running.id, True
         await self.get_prompt(slug)  # 404 for unknown slugs
         before: int | None = None
-        with _store_errors(slug):
+        with store_errors(slug, reading=True):
             while True:
                 page = await self._store.audit(slug, 500, before)
                 for entry in page:  # newest first
@@ -406,7 +406,7 @@ class RegistryService:
     async def _full_audit(self, slug: str) -> list[AuditEntry]:
         entries: list[AuditEntry] = []
         before: int | None = None
-        with _store_errors(slug, reading=True):
+        with store_errors(slug, reading=True):
             while True:
                 page = await self._store.audit(slug, 500, before)
                 entries.extend(page)

@@ -31,7 +31,8 @@ READS: list[Callable[[], Awaitable[Any]]] = [
     lambda: SERVICE.get_version("p", 1),
     lambda: SERVICE.diff("p", 1, 2),
     lambda: SERVICE.audit("p"),
-    lambda: SERVICE.prod_at("p", 0.0),
+    lambda: SERVICE.state_at("p", 0.0),
+    lambda: SERVICE.latest_rollout("p"),
     SERVICE.list_rollouts,
     lambda: SERVICE.get_rollout("p"),
 ]
