@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from proxy.models import SLUG_PATTERN
-from proxy.registry.models import VariableSpec, VersionDraft
+from proxy.registry.models import VariableSpec, VersionDraft, unstorable_value
 from proxy.registry.templates import template_problems
 
 SUFFIXES = (".md", ".yaml", ".yml")
@@ -167,6 +167,9 @@ def _build(
     if not isinstance(params, dict) or not _is_json(params):
         problem("params", "params must be a mapping of JSON values (e.g. temperature: 0.2)")
         params = {}
+    elif (unstorable := unstorable_value(params, "params")) is not None:
+        where, why = unstorable
+        problem("params", f"{where}: {why}")
     for name in sorted(_RESERVED_PARAMS & params.keys()):
         problem("params", f"params may not set {name!r}")
     author, changelog = data.get("author") or "", data.get("changelog") or ""
@@ -237,8 +240,13 @@ def _variables(
             message = "each variable needs a name" if given in (None, "") else "names are text"
             problems.append((line, f"{message} (got {given!r})"))
             continue
-        if "default" in entry and not _is_json(entry["default"]):
-            problems.append((line, f"default of variable {name!r} must be a JSON value"))
+        if "default" in entry:
+            if not _is_json(entry["default"]):
+                problems.append((line, f"default of variable {name!r} must be a JSON value"))
+            elif (unstorable := unstorable_value(entry["default"], "default")) is not None:
+                problems.append(
+                    (line, f"default of variable {name!r} must be a JSON value: {unstorable[1]}")
+                )
         specs.append(
             VariableSpec(
                 name=entry["name"],

@@ -211,3 +211,26 @@ def test_shipped_examples_load_lint_clean_and_render() -> None:
     for slug in ("summarize", "classify-ticket"):
         draft = drafts[slug]
         assert "{" not in renderer.render(slug, draft.template, draft.variables, {})
+
+
+def test_numbers_a_version_cannot_keep_are_problems_with_their_place(tmp_path: Path) -> None:
+    """YAML reads `.nan`, `.inf` and integers past 64 bits; the registry would store the
+    first two as null and cannot encode the third, so lint and push refuse them here."""
+    text = """\
+---
+variables:
+  - name: n
+    default: .inf
+params:
+  temperature: .nan
+---
+{{ n }}
+"""
+    found = problems_of(write(tmp_path, "p.md", text))
+    assert len(found) == 2, found
+    assert ":3: default of variable 'n' must be a JSON value: numbers must be finite" in found[0]
+    assert ":5: params.temperature: numbers must be finite" in found[1]
+    huge = "---\nparams:\n  logit_bias: {'50256': [1, 99999999999999999999]}\n---\nHi\n"
+    found = problems_of(write(tmp_path, "q.md", huge))
+    assert len(found) == 1, found
+    assert ":2: params.logit_bias.50256[1]: integers must fit in 64 bits" in found[0]
