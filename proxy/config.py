@@ -67,6 +67,14 @@ class ServerConfig(_Section):
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     #: On SIGTERM: readiness turns 503 at once, open requests get this long to finish.
     shutdown_grace_seconds: float = Field(25.0, ge=0)
+    #: A client connection must deliver a complete request line and headers this long after
+    #: it opened, or after the first byte of its next request; else it is closed (slowloris).
+    #: Both ports.
+    header_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    #: An idle keep-alive connection (between requests) is closed after this long. Keep it
+    #: above the idle timeout of any load balancer in front (AWS ALB: 60 s), so the balancer,
+    #: not the proxy, closes first. Both ports.
+    keepalive_timeout_seconds: float = Field(75.0, gt=0, le=3600)
 
 
 class UpstreamConfig(_Section):

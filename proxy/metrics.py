@@ -340,6 +340,20 @@ class ProxyMetrics:
             ("slug",),
             registry=registry,
         )
+        self.connections_closed = Counter(
+            "promptproxy_connections_closed",
+            "Client connections the proxy closed on a deadline, by port (data, admin) and "
+            "reason: header_timeout (no complete request head in time: slow or silent "
+            "clients, slowloris) or idle (keep-alive connection unused too long).",
+            ("port", "reason"),
+            registry=registry,
+        )
+        self.connections_open = Gauge(
+            "promptproxy_connections_open",
+            "Client connections open now, by port (data, admin).",
+            ("port",),
+            registry=registry,
+        )
         Info("promptproxy_build", "Build information.", registry=registry).info(
             {"version": __version__}
         )

@@ -12,19 +12,47 @@ from contextlib import AsyncExitStack
 
 from aiohttp import web
 
-from proxy.config import Settings
+from proxy.config import ServerConfig, Settings
 from proxy.log import APP_LOGGER, LineSink, setup_logging
+from proxy.metrics import ProxyMetrics
 from proxy.services import open_services
 from proxy.simulator import SimulatorSettings, start_simulator
 from proxy.web.app import build_admin_app, build_data_app
+from proxy.web.conn_guard import ConnectionLimits, GuardedSite
 
 _log = logging.getLogger(APP_LOGGER)
 
 
-async def _start_site(runner: web.AppRunner, host: str, port: int) -> str:
+async def _start_site(
+    runner: web.AppRunner,
+    host: str,
+    port: int,
+    *,
+    label: str,
+    server: ServerConfig,
+    metrics: ProxyMetrics,
+) -> str:
+    """One listener whose connections get the header and keep-alive deadlines."""
     await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=1024)
+    closed = {
+        reason: metrics.connections_closed.labels(label, reason)
+        for reason in ("header_timeout", "idle")
+    }
+    site = GuardedSite(
+        runner,
+        host,
+        port,
+        limits=ConnectionLimits(
+            header_timeout=server.header_timeout_seconds,
+            keepalive_timeout=server.keepalive_timeout_seconds,
+        ),
+        on_close=lambda reason: closed[reason].inc(),
+        backlog=1024,
+    )
     await site.start()
+    handlers = runner.server
+    if handlers is not None:
+        metrics.connections_open.labels(label).set_function(lambda: len(handlers.connections))
     return site.name
 
 
@@ -60,10 +88,22 @@ async def serve(settings: Settings, stop: asyncio.Event, log_sink: LineSink | No
         )
         admin_runner = web.AppRunner(build_admin_app(services), access_log=None)
         stack.push_async_callback(admin_runner.cleanup)
-        data_name = await _start_site(data_runner, config.server.host, config.server.port)
+        data_name = await _start_site(
+            data_runner,
+            config.server.host,
+            config.server.port,
+            label="data",
+            server=config.server,
+            metrics=services.metrics,
+        )
         try:
             admin_name = await _start_site(
-                admin_runner, config.server.admin_host, config.server.admin_port
+                admin_runner,
+                config.server.admin_host,
+                config.server.admin_port,
+                label="admin",
+                server=config.server,
+                metrics=services.metrics,
             )
             _freeze_startup_heap()
             _log.info(

@@ -11,6 +11,7 @@ from aiohttp.typedefs import Handler
 from proxy.errors import InvalidRequest, ProxyError, RouteNotFound
 from proxy.http_headers import REQUEST_ID_HEADER
 from proxy.log import APP_LOGGER
+from proxy.web.conn_guard import request_started
 from proxy.web.keys import REQUEST_ID
 
 _log = logging.getLogger(APP_LOGGER)
@@ -41,6 +42,8 @@ def _from_http_exception(exc: web.HTTPException) -> ProxyError:
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id = new_request_id()
     request[REQUEST_ID] = request_id
+    # The connection's header/idle deadlines pause while a request runs.
+    connection = request_started(request)
     try:
         return await handler(request)
     except ProxyError as exc:
@@ -52,3 +55,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         _log.exception("unhandled error in request %s", request_id)
         return error_response(ProxyError("The proxy failed to handle the request."), request_id)
+    finally:
+        if connection is not None:
+            connection.request_finished()
