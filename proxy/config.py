@@ -87,7 +87,13 @@ class UpstreamConfig(_Section):
     connect_timeout_seconds: float = Field(5.0, gt=0)
     #: Longest silence allowed between two reads from the provider (headers or body bytes).
     read_timeout_seconds: float = Field(600.0, gt=0)
-    max_connections: int = Field(1000, ge=1)
+    #: Upstream connections open at once (each one also holds a client connection, so the
+    #: proxy needs about twice this in file descriptors). An LLM stream holds its
+    #: connection for its whole answer, so this is the number of concurrent calls.
+    max_connections: int = Field(4096, ge=1)
+    #: With every connection in use, a request waits this long for a free one, then gets a
+    #: retryable 503 (`upstream_pool_exhausted`). The TCP connect has its own timeout after.
+    pool_wait_seconds: float = Field(2.0, gt=0, le=600)
 
     @field_validator("base_url")
     @classmethod

@@ -15,6 +15,7 @@ them into HTTP responses.
      │    ├── UpstreamTimeout (504)
      │    └── UpstreamUnavailable (502, connect/transport failure)
      └── ServiceUnavailable (503, e.g. draining, registry store unreachable)
+          └── UpstreamPoolExhausted (503 + retry-after: no free upstream connection)
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ class ProxyError(Exception):
     default_code: ClassVar[str | None] = "internal_error"
     #: Name used in metrics (`error_class` label) and logs; bounded by the class tree.
     error_class: ClassVar[str] = "internal"
+    #: Seconds, sent as `retry-after` when set: the failure is the proxy's load, so a retry
+    #: (which the OpenAI SDKs make on 503 anyway) is expected to succeed.
+    retry_after: ClassVar[int | None] = None
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -123,3 +127,11 @@ class ServiceUnavailable(ProxyError):
     openai_type = "api_error"
     default_code = "service_unavailable"
     error_class = "unavailable"
+
+
+class UpstreamPoolExhausted(ServiceUnavailable):
+    """Every pooled upstream connection stayed in use for `upstream.pool_wait_seconds`."""
+
+    default_code = "upstream_pool_exhausted"
+    error_class = "upstream_pool_exhausted"
+    retry_after = 1

@@ -354,6 +354,22 @@ class ProxyMetrics:
             ("port",),
             registry=registry,
         )
+        self.upstream_pool_in_use = Gauge(
+            "promptproxy_upstream_pool_in_use",
+            "Upstream connections in use now (a stream holds one for its whole answer).",
+            registry=registry,
+        )
+        self.upstream_pool_waiting = Gauge(
+            "promptproxy_upstream_pool_waiting",
+            "Requests waiting for a free upstream connection (all upstream.max_connections "
+            "in use); after upstream.pool_wait_seconds they get a 503.",
+            registry=registry,
+        )
+        self.upstream_pool_limit = Gauge(
+            "promptproxy_upstream_pool_limit",
+            "upstream.max_connections: the pool's size.",
+            registry=registry,
+        )
         Info("promptproxy_build", "Build information.", registry=registry).info(
             {"version": __version__}
         )

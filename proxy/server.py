@@ -13,8 +13,10 @@ from contextlib import AsyncExitStack
 from aiohttp import web
 
 from proxy.config import ServerConfig, Settings
+from proxy.fd_limit import raise_soft_limit
 from proxy.log import APP_LOGGER, LineSink, setup_logging
 from proxy.metrics import ProxyMetrics
+from proxy.pipeline.forward import PoolUsage
 from proxy.services import open_services
 from proxy.simulator import SimulatorSettings, start_simulator
 from proxy.web.app import build_admin_app, build_data_app
@@ -59,6 +61,7 @@ async def _start_site(
 async def serve(settings: Settings, stop: asyncio.Event, log_sink: LineSink | None = None) -> None:
     """Run until ``stop`` is set, then drain open requests within the grace period."""
     config = settings.config
+    raise_soft_limit(config)
     async with AsyncExitStack() as stack:
         if config.simulator.enabled:
             sim = config.simulator
@@ -77,6 +80,7 @@ async def serve(settings: Settings, stop: asyncio.Event, log_sink: LineSink | No
         services = await stack.enter_async_context(open_services(settings))
         if log_sink is not None:
             services.metrics.log_lines_dropped.set_function(lambda: log_sink.dropped)
+        _watch_upstream_pool(services.upstream.pool, services.metrics)
         grace = config.server.shutdown_grace_seconds
         data_runner = web.AppRunner(
             build_data_app(services),
@@ -117,6 +121,15 @@ async def serve(settings: Settings, stop: asyncio.Event, log_sink: LineSink | No
             services.lifecycle.start_draining()
         finally:
             await data_runner.cleanup()
+
+
+def _watch_upstream_pool(pool: PoolUsage | None, metrics: ProxyMetrics) -> None:
+    """The pool gauges are read on scrape, so the request path pays nothing for them."""
+    if pool is None:
+        return
+    metrics.upstream_pool_in_use.set_function(pool.in_use)
+    metrics.upstream_pool_waiting.set_function(pool.waiting)
+    metrics.upstream_pool_limit.set(pool.limit)
 
 
 def _freeze_startup_heap() -> None:

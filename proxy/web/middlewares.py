@@ -22,11 +22,14 @@ def new_request_id() -> str:
 
 
 def error_response(exc: ProxyError, request_id: str) -> web.Response:
+    headers = {REQUEST_ID_HEADER: request_id}
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(exc.retry_after)
     return web.Response(
         status=exc.status,
         body=exc.to_json(),
         content_type="application/json",
-        headers={REQUEST_ID_HEADER: request_id},
+        headers=headers,
     )
 
 
