@@ -8,7 +8,7 @@ import secrets
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from proxy.errors import InvalidRequest, ProxyError, RouteNotFound
+from proxy.errors import InvalidRequest, PayloadTooLarge, ProxyError, RouteNotFound
 from proxy.http_headers import REQUEST_ID_HEADER
 from proxy.log import APP_LOGGER
 from proxy.web.conn_guard import request_started
@@ -41,6 +41,19 @@ def _from_http_exception(exc: web.HTTPException) -> ProxyError:
     return error
 
 
+async def _answer_and_close(request: web.Request, response: web.Response) -> web.Response:
+    """Send the answer, then close the connection instead of reading the rest of the body.
+
+    After a handler returns, aiohttp reads and discards an unread request body for up to
+    10 s ("lingering") to keep the connection reusable: at local-network speed that is the
+    whole of a multi-GiB upload. Refusing a body for its size must not cost reading it."""
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()
+    return response
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id = new_request_id()
@@ -49,6 +62,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     connection = request_started(request)
     try:
         return await handler(request)
+    except PayloadTooLarge as exc:
+        return await _answer_and_close(request, error_response(exc, request_id))
     except ProxyError as exc:
         return error_response(exc, request_id)
     except web.HTTPException as exc:
