@@ -75,6 +75,9 @@ class ServerConfig(_Section):
     #: above the idle timeout of any load balancer in front (AWS ALB: 60 s), so the balancer,
     #: not the proxy, closes first. Both ports.
     keepalive_timeout_seconds: float = Field(75.0, gt=0, le=3600)
+    #: A request body must arrive whole within this long after its headers, else 408 and
+    #: the connection is closed (a slowloris that trickles the body instead). Both ports.
+    body_timeout_seconds: float = Field(60.0, gt=0, le=3600)
 
 
 class UpstreamConfig(_Section):

@@ -6,7 +6,8 @@ them into HTTP responses.
 
     ProxyError (500 api_error)
      ├── InvalidRequest (400 invalid_request_error)
-     │    └── PayloadTooLarge (413)
+     │    ├── PayloadTooLarge (413, closes the connection)
+     │    └── RequestBodyTimeout (408, closes the connection)
      ├── RouteNotFound (404 invalid_request_error)
      ├── NotFound (404 invalid_request_error: unknown prompt or version)
      ├── Conflict (409 invalid_request_error: no prod version, forbidden status move)
@@ -34,6 +35,9 @@ class ProxyError(Exception):
     #: Seconds, sent as `retry-after` when set: the failure is the proxy's load, so a retry
     #: (which the OpenAI SDKs make on 503 anyway) is expected to succeed.
     retry_after: ClassVar[int | None] = None
+    #: Close the client connection after the answer: the request body was not read to its
+    #: end, and reading (discarding) the rest is what the error exists to avoid.
+    close_connection: ClassVar[bool] = False
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -66,6 +70,7 @@ class PayloadTooLarge(InvalidRequest):
     status = 413
     default_code = "request_too_large"
     error_class = "payload_too_large"
+    close_connection = True
 
 
 class RouteNotFound(ProxyError):
@@ -135,3 +140,12 @@ class UpstreamPoolExhausted(ServiceUnavailable):
     default_code = "upstream_pool_exhausted"
     error_class = "upstream_pool_exhausted"
     retry_after = 1
+
+
+class RequestBodyTimeout(InvalidRequest):
+    """The request body did not arrive within `server.body_timeout_seconds`."""
+
+    status = 408
+    default_code = "request_timeout"
+    error_class = "request_timeout"
+    close_connection = True

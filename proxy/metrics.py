@@ -344,7 +344,8 @@ class ProxyMetrics:
             "promptproxy_connections_closed",
             "Client connections the proxy closed on a deadline, by port (data, admin) and "
             "reason: header_timeout (no complete request head in time: slow or silent "
-            "clients, slowloris) or idle (keep-alive connection unused too long).",
+            "clients, slowloris), body_timeout (body still incomplete; answered 408) or idle "
+            "(keep-alive connection unused too long).",
             ("port", "reason"),
             registry=registry,
         )

@@ -20,7 +20,7 @@ from proxy.pipeline.forward import PoolUsage
 from proxy.services import open_services
 from proxy.simulator import SimulatorSettings, start_simulator
 from proxy.web.app import build_admin_app, build_data_app
-from proxy.web.conn_guard import ConnectionLimits, GuardedSite
+from proxy.web.conn_guard import REASONS, ConnectionLimits, GuardedSite
 
 _log = logging.getLogger(APP_LOGGER)
 
@@ -36,10 +36,7 @@ async def _start_site(
 ) -> str:
     """One listener whose connections get the header and keep-alive deadlines."""
     await runner.setup()
-    closed = {
-        reason: metrics.connections_closed.labels(label, reason)
-        for reason in ("header_timeout", "idle")
-    }
+    closed = {reason: metrics.connections_closed.labels(label, reason) for reason in REASONS}
     site = GuardedSite(
         runner,
         host,
@@ -47,6 +44,7 @@ async def _start_site(
         limits=ConnectionLimits(
             header_timeout=server.header_timeout_seconds,
             keepalive_timeout=server.keepalive_timeout_seconds,
+            body_timeout=server.body_timeout_seconds,
         ),
         on_close=lambda reason: closed[reason].inc(),
         backlog=1024,

@@ -8,8 +8,10 @@ is in one of three phases:
 - waiting for a request head (from accept, or from the first byte of the next request on a
   kept-alive connection): closed ``header_timeout`` later unless the head is complete. The
   deadline is not moved by further bytes, so trickling does not help;
-- in a request (the app's handler runs: body, upstream call, streaming answer): no deadline
-  here, the request's own timeouts apply;
+- in a request (the app's handler runs: body, upstream call, streaming answer): only the
+  body has a deadline, ``body_timeout`` after the head; when it passes with the body still
+  incomplete, the body stream fails with ``RequestBodyTimeout`` (408, connection closed).
+  The upstream call and the answer have the request's own timeouts;
 - idle between two requests: closed ``keepalive_timeout`` after the last answer.
 
 "In a request" is reported by the app's middleware (``request_started`` /
@@ -25,25 +27,31 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from aiohttp import web
+from aiohttp import StreamReader, web
 from yarl import URL
+
+from proxy.errors import RequestBodyTimeout
 
 HEADER_TIMEOUT: Final = "header_timeout"
 IDLE: Final = "idle"
+BODY_TIMEOUT: Final = "body_timeout"
+REASONS: Final = (HEADER_TIMEOUT, IDLE, BODY_TIMEOUT)
 
 
 @dataclass(frozen=True, slots=True)
 class ConnectionLimits:
     header_timeout: float
     keepalive_timeout: float
+    body_timeout: float = 60.0
 
 
-#: Called with the reason (`header_timeout` or `idle`) each time a connection is closed.
+#: Called with the reason (`header_timeout`, `idle` or `body_timeout`) each time a
+#: connection is closed for one.
 OnClose = Callable[[str], None]
 
 
 class GuardedRequestHandler(web.RequestHandler):
-    __slots__ = ("_busy", "_deadline", "_limits", "_on_close", "_phase")
+    __slots__ = ("_body", "_busy", "_deadline", "_limits", "_on_close", "_phase")
 
     def __init__(
         self,
@@ -61,6 +69,7 @@ class GuardedRequestHandler(web.RequestHandler):
         self._busy = 0
         self._deadline: asyncio.TimerHandle | None = None
         self._phase: str | None = None
+        self._body: StreamReader | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -76,12 +85,17 @@ class GuardedRequestHandler(web.RequestHandler):
         self._disarm()
         super().connection_lost(exc)
 
-    def request_started(self) -> None:
+    def request_started(self, body: StreamReader | None) -> None:
+        """``body``: the request's body stream, if it has one still to arrive."""
         self._busy += 1
         self._disarm()
+        if body is not None and not body.is_eof():
+            self._body = body
+            self._arm(BODY_TIMEOUT, self._limits.body_timeout)
 
     def request_finished(self) -> None:
         self._busy -= 1
+        self._body = None
         if not self._busy and self.transport is not None:
             self._arm(IDLE, self._limits.keepalive_timeout)
 
@@ -100,6 +114,9 @@ class GuardedRequestHandler(web.RequestHandler):
     def _expire(self) -> None:
         self._deadline = None
         transport = self.transport
+        if self._phase == BODY_TIMEOUT:
+            self._expire_body()
+            return
         if self._busy or transport is None or self._phase is None:
             return
         if transport.get_write_buffer_size():
@@ -109,6 +126,19 @@ class GuardedRequestHandler(web.RequestHandler):
         self._on_close(self._phase)
         self._phase = None
         self.force_close()
+
+    def _expire_body(self) -> None:
+        body, self._body, self._phase = self._body, None, None
+        if body is None or body.is_eof() or self.transport is None:
+            return
+        self._on_close(BODY_TIMEOUT)
+        # The handler reading the body gets the error and answers 408; the middleware then
+        # closes the connection rather than read the rest.
+        body.set_exception(
+            RequestBodyTimeout(
+                f"The request body did not arrive within {self._limits.body_timeout:g}s."
+            )
+        )
 
 
 class GuardedSite(web.BaseSite):
@@ -165,6 +195,6 @@ def request_started(request: web.BaseRequest) -> GuardedRequestHandler | None:
     can call ``request_finished`` on it afterwards (None on a plain aiohttp connection)."""
     protocol = request.protocol
     if isinstance(protocol, GuardedRequestHandler):
-        protocol.request_started()
+        protocol.request_started(request.content if request.body_exists else None)
         return protocol
     return None

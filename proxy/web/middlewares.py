@@ -8,7 +8,7 @@ import secrets
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from proxy.errors import InvalidRequest, PayloadTooLarge, ProxyError, RouteNotFound
+from proxy.errors import InvalidRequest, ProxyError, RouteNotFound
 from proxy.http_headers import REQUEST_ID_HEADER
 from proxy.log import APP_LOGGER
 from proxy.web.conn_guard import request_started
@@ -58,13 +58,13 @@ async def _answer_and_close(request: web.Request, response: web.Response) -> web
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id = new_request_id()
     request[REQUEST_ID] = request_id
-    # The connection's header/idle deadlines pause while a request runs.
+    # The connection's header/idle deadlines pause while a request runs; its body gets one.
     connection = request_started(request)
     try:
         return await handler(request)
-    except PayloadTooLarge as exc:
-        return await _answer_and_close(request, error_response(exc, request_id))
     except ProxyError as exc:
+        if exc.close_connection:
+            return await _answer_and_close(request, error_response(exc, request_id))
         return error_response(exc, request_id)
     except web.HTTPException as exc:
         if exc.status < 400:

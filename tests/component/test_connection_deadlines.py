@@ -14,11 +14,13 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import http_parser, web, web_protocol
 
+from proxy.pipeline.run import read_body
 from proxy.web.conn_guard import ConnectionLimits, GuardedSite
 from proxy.web.middlewares import error_middleware
 
 HEADER_TIMEOUT = 0.5
 KEEPALIVE = 1.5
+BODY_TIMEOUT = 1.0
 #: Upper bound for "the server closed it": far below aiohttp's own 3,630 s keep-alive.
 CLOSE_WITHIN = 10.0
 HEAD = b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\n"
@@ -40,6 +42,11 @@ async def _slow(request: web.Request) -> web.Response:
     return web.Response(text="slow")
 
 
+async def _upload(request: web.Request) -> web.Response:
+    body = await read_body(request, 1024 * 1024)
+    return web.Response(text=f"got {len(body)}")
+
+
 @pytest.fixture(params=["c", "python"])
 async def listener(
     request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
@@ -54,6 +61,7 @@ async def listener(
     app = web.Application(middlewares=[error_middleware])
     app.router.add_get("/ok", _ok)
     app.router.add_get("/slow", _slow)
+    app.router.add_post("/upload", _upload)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
     found = Listener()
@@ -61,7 +69,9 @@ async def listener(
         runner,
         "127.0.0.1",
         0,
-        limits=ConnectionLimits(header_timeout=HEADER_TIMEOUT, keepalive_timeout=KEEPALIVE),
+        limits=ConnectionLimits(
+            header_timeout=HEADER_TIMEOUT, keepalive_timeout=KEEPALIVE, body_timeout=BODY_TIMEOUT
+        ),
         on_close=found.closed.append,
     )
     await site.start()
@@ -145,5 +155,44 @@ async def test_a_request_running_past_both_deadlines_is_answered(listener: Liste
     reader, writer = await _connect(listener.port)
     writer.write(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
     assert (await _response(reader)).endswith(b"slow")
+    assert listener.closed == []
+    writer.close()
+
+
+async def test_a_trickled_body_gets_408_at_the_body_deadline_and_is_closed(
+    listener: Listener,
+) -> None:
+    reader, writer = await _connect(listener.port)
+    writer.write(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n")
+
+    async def trickle() -> None:
+        with contextlib.suppress(ConnectionError):
+            while True:
+                writer.write(b"a")
+                await writer.drain()
+                await asyncio.sleep(BODY_TIMEOUT / 5)
+
+    task = asyncio.create_task(trickle())
+    try:
+        answer = await _closed_by_server(reader)
+    finally:
+        task.cancel()
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    assert b'"code":"request_timeout"' in answer
+    assert b"Connection: close" in answer
+    assert listener.closed == ["body_timeout"]
+    writer.close()
+
+
+async def test_a_body_that_arrives_within_the_deadline_is_served(listener: Listener) -> None:
+    reader, writer = await _connect(listener.port)
+    writer.write(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 6\r\n\r\nabc")
+    await asyncio.sleep(BODY_TIMEOUT / 2)
+    writer.write(b"def")
+    assert (await _response(reader)).endswith(b"got 6")
+    # Past the body deadline now: a finished body is not cut afterwards.
+    await asyncio.sleep(BODY_TIMEOUT)
+    writer.write(HEAD)
+    assert (await _response(reader)).endswith(b"ok")
     assert listener.closed == []
     writer.close()
