@@ -18,6 +18,23 @@ from proxy.errors import UpstreamPoolExhausted, UpstreamTimeout, UpstreamUnavail
 _SKIP_AUTO_HEADERS = frozenset({"User-Agent", "Accept", "Content-Type"})
 
 
+def _timeout(config: UpstreamConfig, *, queued: bool) -> aiohttp.ClientTimeout:
+    """``connect`` covers waiting for a free pooled connection *and* opening one;
+    ``sock_connect`` bounds the TCP/TLS connect alone. A request that finds the pool full
+    may wait ``pool_wait_seconds`` in all (a freed connection is reused, so no connect
+    follows); any other request keeps its full connect timeout, plus the wait as a bound
+    should the pool fill up just before it. Without ``connect`` a request queued for ever."""
+    connect = config.pool_wait_seconds
+    if not queued:
+        connect += config.connect_timeout_seconds
+    return aiohttp.ClientTimeout(
+        total=None,
+        connect=connect,
+        sock_connect=config.connect_timeout_seconds,
+        sock_read=config.read_timeout_seconds,
+    )
+
+
 def make_session(config: UpstreamConfig) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(
         limit=config.max_connections, limit_per_host=0, ttl_dns_cache=300
@@ -28,15 +45,7 @@ def make_session(config: UpstreamConfig) -> aiohttp.ClientSession:
         auto_decompress=False,
         # A shared jar would hand one client's provider cookies to every other client.
         cookie_jar=aiohttp.DummyCookieJar(),
-        timeout=aiohttp.ClientTimeout(
-            total=None,
-            # `connect` covers waiting for a free pooled connection *and* opening one;
-            # `sock_connect` bounds the TCP/TLS connect alone. Without `connect`, a request
-            # would queue for a connection for ever once the pool is full.
-            connect=config.pool_wait_seconds + config.connect_timeout_seconds,
-            sock_connect=config.connect_timeout_seconds,
-            sock_read=config.read_timeout_seconds,
-        ),
+        timeout=_timeout(config, queued=False),
         trust_env=False,
     )
 
@@ -68,6 +77,8 @@ class UpstreamClient:
         self._session = session
         self._base = config.base_url
         self._pool_wait = config.pool_wait_seconds
+        self._timeout = _timeout(config, queued=False)
+        self._queued_timeout = _timeout(config, queued=True)
         self.pool = PoolUsage(session.connector) if session.connector is not None else None
 
     async def open(
@@ -91,6 +102,8 @@ class UpstreamClient:
                 data=body if body else None,
                 allow_redirects=False,
                 skip_auto_headers=_SKIP_AUTO_HEADERS,
+                # Only a request that has to queue gets the shorter bound.
+                timeout=self._queued_timeout if queued else self._timeout,
             )
         except aiohttp.ConnectionTimeoutError:
             if queued:

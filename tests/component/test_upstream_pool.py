@@ -61,6 +61,8 @@ async def test_a_full_pool_answers_a_retryable_503_after_the_wait(
             "upstream.base_url": url,
             "upstream.max_connections": 2,
             "upstream.pool_wait_seconds": 0.5,
+            # The pool wait alone is bounded: not the wait plus a (long) connect timeout.
+            "upstream.connect_timeout_seconds": 60,
         }
     )
     async with proxy_clients(settings) as (data, _, services):
