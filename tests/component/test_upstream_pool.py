@@ -83,6 +83,18 @@ async def test_a_full_pool_answers_a_retryable_503_after_the_wait(
         assert set(error) == {"message", "type", "param", "code"}
         assert pool.waiting() == 0
         assert upstream.arrived == 2  # the refused call never reached the provider
+        # What PromptUpstreamPoolExhausted alerts on.
+        refused = services.metrics.registry.get_sample_value(
+            "promptproxy_errors_total",
+            {
+                "route": "chat.completions",
+                "error_class": "upstream_pool_exhausted",
+                "slug": "",
+                "version": "",
+                "arm": "",
+            },
+        )
+        assert refused == 1
 
         upstream.release.set()
         for task in held:
