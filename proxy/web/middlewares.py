@@ -48,9 +48,13 @@ async def _answer_and_close(request: web.Request, response: web.Response) -> web
     10 s ("lingering") to keep the connection reusable: at local-network speed that is the
     whole of a multi-GiB upload. Refusing a body for its size must not cost reading it."""
     response.force_close()
-    await response.prepare(request)
-    await response.write_eof()
-    request.protocol.force_close()
+    try:
+        await response.prepare(request)
+        await response.write_eof()
+    except ConnectionError:
+        pass  # the client is gone already; closing is all that is left to do
+    finally:
+        request.protocol.force_close()
     return response
 
 
