@@ -85,6 +85,17 @@ class ServerConfig(_Section):
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     #: On SIGTERM: readiness turns 503 at once, open requests get this long to finish.
     shutdown_grace_seconds: float = Field(25.0, ge=0)
+    #: A client connection must deliver a complete request line and headers this long after
+    #: it opened, or after the first byte of its next request; else it is closed (slowloris).
+    #: Both ports.
+    header_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    #: An idle keep-alive connection (between requests) is closed after this long. Keep it
+    #: above the idle timeout of any load balancer in front (AWS ALB: 60 s), so the balancer,
+    #: not the proxy, closes first. Both ports.
+    keepalive_timeout_seconds: float = Field(75.0, gt=0, le=3600)
+    #: A request body must arrive whole within this long after its headers, else 408 and
+    #: the connection is closed (a slowloris that trickles the body instead). Both ports.
+    body_timeout_seconds: float = Field(60.0, gt=0, le=3600)
 
 
 class UpstreamConfig(_Section):
@@ -97,7 +108,13 @@ class UpstreamConfig(_Section):
     connect_timeout_seconds: float = Field(5.0, gt=0)
     #: Longest silence allowed between two reads from the provider (headers or body bytes).
     read_timeout_seconds: float = Field(600.0, gt=0)
-    max_connections: int = Field(1000, ge=1)
+    #: Upstream connections open at once (each one also holds a client connection, so the
+    #: proxy needs about twice this in file descriptors). An LLM stream holds its
+    #: connection for its whole answer, so this is the number of concurrent calls.
+    max_connections: int = Field(4096, ge=1)
+    #: With every connection in use, a request waits this long for a free one, then gets a
+    #: retryable 503 (`upstream_pool_exhausted`). The TCP connect has its own timeout after.
+    pool_wait_seconds: float = Field(2.0, gt=0, le=600)
     #: At start, one TCP connect to the upstream. `auto`: an upstream on this machine that
     #: does not answer stops the start (exit 1), a remote one only logs a warning (a provider
     #: blip must not crash-loop a fleet); `fail`: any unreachable upstream stops it; `warn`:

@@ -6,7 +6,8 @@ them into HTTP responses.
 
     ProxyError (500 api_error)
      ├── InvalidRequest (400 invalid_request_error)
-     │    ├── PayloadTooLarge (413)
+     │    ├── PayloadTooLarge (413, closes the connection)
+     │    ├── RequestBodyTimeout (408, closes the connection)
      │    └── MethodNotAllowed (405, answered with `Allow`)
      ├── RouteNotFound (404 invalid_request_error)
      ├── NotFound (404 invalid_request_error: unknown prompt or version)
@@ -16,6 +17,7 @@ them into HTTP responses.
      │    ├── UpstreamTimeout (504)
      │    └── UpstreamUnavailable (502, connect/transport failure)
      └── ServiceUnavailable (503, e.g. draining, registry store unreachable)
+          └── UpstreamPoolExhausted (503 + retry-after: no free upstream connection)
 """
 
 from __future__ import annotations
@@ -31,6 +33,12 @@ class ProxyError(Exception):
     default_code: ClassVar[str | None] = "internal_error"
     #: Name used in metrics (`error_class` label) and logs; bounded by the class tree.
     error_class: ClassVar[str] = "internal"
+    #: Seconds, sent as `retry-after` when set: the failure is the proxy's load, so a retry
+    #: (which the OpenAI SDKs make on 503 anyway) is expected to succeed.
+    retry_after: ClassVar[int | None] = None
+    #: Close the client connection after the answer: the request body was not read to its
+    #: end, and reading (discarding) the rest is what the error exists to avoid.
+    close_connection: ClassVar[bool] = False
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -63,6 +71,7 @@ class PayloadTooLarge(InvalidRequest):
     status = 413
     default_code = "request_too_large"
     error_class = "payload_too_large"
+    close_connection = True
 
 
 class MethodNotAllowed(InvalidRequest):
@@ -134,3 +143,20 @@ class ServiceUnavailable(ProxyError):
     openai_type = "api_error"
     default_code = "service_unavailable"
     error_class = "unavailable"
+
+
+class UpstreamPoolExhausted(ServiceUnavailable):
+    """Every pooled upstream connection stayed in use for `upstream.pool_wait_seconds`."""
+
+    default_code = "upstream_pool_exhausted"
+    error_class = "upstream_pool_exhausted"
+    retry_after = 1
+
+
+class RequestBodyTimeout(InvalidRequest):
+    """The request body did not arrive within `server.body_timeout_seconds`."""
+
+    status = 408
+    default_code = "request_timeout"
+    error_class = "request_timeout"
+    close_connection = True

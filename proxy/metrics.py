@@ -347,6 +347,37 @@ class ProxyMetrics:
             ("slug",),
             registry=registry,
         )
+        self.connections_closed = Counter(
+            "promptproxy_connections_closed",
+            "Client connections the proxy closed on a deadline, by port (data, admin) and "
+            "reason: header_timeout (no complete request head in time: slow or silent "
+            "clients, slowloris), body_timeout (body still incomplete; answered 408) or idle "
+            "(keep-alive connection unused too long).",
+            ("port", "reason"),
+            registry=registry,
+        )
+        self.connections_open = Gauge(
+            "promptproxy_connections_open",
+            "Client connections open now, by port (data, admin).",
+            ("port",),
+            registry=registry,
+        )
+        self.upstream_pool_in_use = Gauge(
+            "promptproxy_upstream_pool_in_use",
+            "Upstream connections in use now (a stream holds one for its whole answer).",
+            registry=registry,
+        )
+        self.upstream_pool_waiting = Gauge(
+            "promptproxy_upstream_pool_waiting",
+            "Requests waiting for a free upstream connection (all upstream.max_connections "
+            "in use); after upstream.pool_wait_seconds they get a 503.",
+            registry=registry,
+        )
+        self.upstream_pool_limit = Gauge(
+            "promptproxy_upstream_pool_limit",
+            "upstream.max_connections: the pool's size.",
+            registry=registry,
+        )
         Info("promptproxy_build", "Build information.", registry=registry).info(
             {"version": __version__}
         )

@@ -12,29 +12,61 @@ from contextlib import AsyncExitStack
 
 from aiohttp import web
 
-from proxy.config import Settings
+from proxy.config import ServerConfig, Settings
+from proxy.fd_limit import raise_soft_limit
 from proxy.log import APP_LOGGER, LineSink, setup_logging
+from proxy.metrics import ProxyMetrics
+from proxy.pipeline.forward import PoolUsage
 from proxy.preflight import check_upstream, listen_error
 from proxy.services import open_services
 from proxy.simulator import SimulatorSettings, start_simulator
 from proxy.web.app import build_admin_app, build_data_app
+from proxy.web.conn_guard import REASONS, ConnectionLimits, GuardedSite
 
 _log = logging.getLogger(APP_LOGGER)
 
 
-async def _start_site(runner: web.AppRunner, host: str, port: int, what: str, setting: str) -> str:
+async def _start_site(
+    runner: web.AppRunner,
+    host: str,
+    port: int,
+    *,
+    label: str,
+    what: str,
+    setting: str,
+    server: ServerConfig,
+    metrics: ProxyMetrics,
+) -> str:
+    """One listener whose connections get the header and keep-alive deadlines; a port it
+    cannot take is one clear line (``listen_error``), not a traceback."""
     await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=1024)
+    closed = {reason: metrics.connections_closed.labels(label, reason) for reason in REASONS}
+    site = GuardedSite(
+        runner,
+        host,
+        port,
+        limits=ConnectionLimits(
+            header_timeout=server.header_timeout_seconds,
+            keepalive_timeout=server.keepalive_timeout_seconds,
+            body_timeout=server.body_timeout_seconds,
+        ),
+        on_close=lambda reason: closed[reason].inc(),
+        backlog=1024,
+    )
     try:
         await site.start()
     except OSError as exc:
         raise listen_error(what, setting, host, port, exc) from None
+    handlers = runner.server
+    if handlers is not None:
+        metrics.connections_open.labels(label).set_function(lambda: len(handlers.connections))
     return site.name
 
 
 async def serve(settings: Settings, stop: asyncio.Event, log_sink: LineSink | None = None) -> None:
     """Run until ``stop`` is set, then drain open requests within the grace period."""
     config = settings.config
+    raise_soft_limit(config)
     async with AsyncExitStack() as stack:
         if config.simulator.enabled:
             sim = config.simulator
@@ -59,6 +91,7 @@ async def serve(settings: Settings, stop: asyncio.Event, log_sink: LineSink | No
         services = await stack.enter_async_context(open_services(settings))
         if log_sink is not None:
             services.metrics.log_lines_dropped.set_function(lambda: log_sink.dropped)
+        _watch_upstream_pool(services.upstream.pool, services.metrics)
         grace = config.server.shutdown_grace_seconds
         data_runner = web.AppRunner(
             build_data_app(services),
@@ -71,15 +104,25 @@ async def serve(settings: Settings, stop: asyncio.Event, log_sink: LineSink | No
         admin_runner = web.AppRunner(build_admin_app(services), access_log=None)
         stack.push_async_callback(admin_runner.cleanup)
         data_name = await _start_site(
-            data_runner, config.server.host, config.server.port, "data plane", "server.port"
+            data_runner,
+            config.server.host,
+            config.server.port,
+            label="data",
+            what="data plane",
+            setting="server.port",
+            server=config.server,
+            metrics=services.metrics,
         )
         try:
             admin_name = await _start_site(
                 admin_runner,
                 config.server.admin_host,
                 config.server.admin_port,
-                "admin endpoints",
-                "server.admin_port",
+                label="admin",
+                what="admin endpoints",
+                setting="server.admin_port",
+                server=config.server,
+                metrics=services.metrics,
             )
             _freeze_startup_heap()
             _log.info(
@@ -93,6 +136,15 @@ async def serve(settings: Settings, stop: asyncio.Event, log_sink: LineSink | No
             services.lifecycle.start_draining()
         finally:
             await data_runner.cleanup()
+
+
+def _watch_upstream_pool(pool: PoolUsage | None, metrics: ProxyMetrics) -> None:
+    """The pool gauges are read on scrape, so the request path pays nothing for them."""
+    if pool is None:
+        return
+    metrics.upstream_pool_in_use.set_function(pool.in_use)
+    metrics.upstream_pool_waiting.set_function(pool.waiting)
+    metrics.upstream_pool_limit.set(pool.limit)
 
 
 def _freeze_startup_heap() -> None:

@@ -11,6 +11,7 @@ from aiohttp.typedefs import Handler
 from proxy.errors import InvalidRequest, MethodNotAllowed, ProxyError, RouteNotFound
 from proxy.http_headers import REQUEST_ID_HEADER
 from proxy.log import APP_LOGGER
+from proxy.web.conn_guard import request_started
 from proxy.web.keys import REQUEST_ID
 
 _log = logging.getLogger(APP_LOGGER)
@@ -24,6 +25,8 @@ def error_response(exc: ProxyError, request_id: str) -> web.Response:
     headers = {REQUEST_ID_HEADER: request_id}
     if isinstance(exc, MethodNotAllowed):
         headers["Allow"] = ", ".join(exc.allowed)
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(exc.retry_after)
     return web.Response(
         status=exc.status,
         body=exc.to_json(),
@@ -46,13 +49,34 @@ def _from_http_exception(exc: web.HTTPException) -> ProxyError:
     return error
 
 
+async def _answer_and_close(request: web.Request, response: web.Response) -> web.Response:
+    """Send the answer, then close the connection instead of reading the rest of the body.
+
+    After a handler returns, aiohttp reads and discards an unread request body for up to
+    10 s ("lingering") to keep the connection reusable: at local-network speed that is the
+    whole of a multi-GiB upload. Refusing a body for its size must not cost reading it."""
+    response.force_close()
+    try:
+        await response.prepare(request)
+        await response.write_eof()
+    except ConnectionError:
+        pass  # the client is gone already; closing is all that is left to do
+    finally:
+        request.protocol.force_close()
+    return response
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id = new_request_id()
     request[REQUEST_ID] = request_id
+    # The connection's header/idle deadlines pause while a request runs; its body gets one.
+    connection = request_started(request)
     try:
         return await handler(request)
     except ProxyError as exc:
+        if exc.close_connection:
+            return await _answer_and_close(request, error_response(exc, request_id))
         return error_response(exc, request_id)
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -61,3 +85,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         _log.exception("unhandled error in request %s", request_id)
         return error_response(ProxyError("The proxy failed to handle the request."), request_id)
+    finally:
+        if connection is not None:
+            connection.request_finished()

@@ -12,8 +12,24 @@ from proxy.web.keys import REQUEST_ID, SERVICES
 _V1 = "/v1"
 
 
+def _raw_tail(request: web.Request, prefix: str) -> str:
+    """The still-encoded path and query below ``prefix``, from the parsed target the router
+    matched. Not ``request.raw_path``: for an absolute-form target (``GET
+    http://host/v1/models``, which HTTP/1.1 servers must accept) that is the whole URL,
+    and cutting the prefix off it sent ``/v1p://host/v1/models`` upstream."""
+    raw = request.rel_url.raw_path_qs
+    if not raw.startswith(prefix + "/"):
+        # The router matched the decoded path; a percent-encoded prefix (`/%761/...`) would
+        # make the raw cut land elsewhere.
+        raise InvalidRequest(
+            f"The request path must start with {prefix}/ as plain characters.",
+            code="invalid_path",
+        )
+    return raw[len(prefix) :]
+
+
 async def proxy_v1(request: web.Request) -> web.StreamResponse:
-    raw_tail = request.raw_path[len(_V1) :]
+    raw_tail = _raw_tail(request, _V1)
     return await handle(
         request.app[SERVICES],
         request,
@@ -34,7 +50,7 @@ async def proxy_slug_v1(request: web.Request) -> web.StreamResponse:
         )
     # A valid slug has no characters that percent-encoding changes, so the raw prefix is
     # exactly "/p/" + slug + "/v1".
-    raw_tail = request.raw_path[len("/p/") + len(slug) + len(_V1) :]
+    raw_tail = _raw_tail(request, f"/p/{slug}{_V1}")
     return await handle(
         request.app[SERVICES],
         request,

@@ -1,0 +1,200 @@
+"""Deadlines for client connections that are not inside a request: slowloris protection.
+
+aiohttp's server has one timer, ``keepalive_timeout``, and no deadline for reading a
+request's head: a client that trickles header bytes, or opens a socket and sends nothing,
+holds a file descriptor for as long as that timer (3,630 s by default). Here each connection
+is in one of three phases:
+
+- waiting for a request head (from accept, or from the first byte of the next request on a
+  kept-alive connection): closed ``header_timeout`` later unless the head is complete. The
+  deadline is not moved by further bytes, so trickling does not help;
+- in a request (the app's handler runs: body, upstream call, streaming answer): only the
+  body has a deadline, ``body_timeout`` after the head; when it passes with the body still
+  incomplete, the body stream fails with ``RequestBodyTimeout`` (408, connection closed).
+  The upstream call and the answer have the request's own timeouts;
+- idle between two requests: closed ``keepalive_timeout`` after the last answer.
+
+"In a request" is reported by the app's middleware (``request_started`` /
+``request_finished``), the first code that runs once aiohttp has parsed a head, whichever
+parser (C llhttp or Python) is in use. aiohttp's own keep-alive timer stays as a backstop,
+set past both deadlines so it never fires first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from aiohttp import StreamReader, web
+from yarl import URL
+
+from proxy.errors import RequestBodyTimeout
+
+HEADER_TIMEOUT: Final = "header_timeout"
+IDLE: Final = "idle"
+BODY_TIMEOUT: Final = "body_timeout"
+REASONS: Final = (HEADER_TIMEOUT, IDLE, BODY_TIMEOUT)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    header_timeout: float
+    keepalive_timeout: float
+    body_timeout: float = 60.0
+
+
+#: Called with the reason (`header_timeout`, `idle` or `body_timeout`) each time a
+#: connection is closed for one.
+OnClose = Callable[[str], None]
+
+
+class GuardedRequestHandler(web.RequestHandler):
+    __slots__ = ("_body", "_busy", "_deadline", "_limits", "_on_close", "_phase")
+
+    def __init__(
+        self,
+        manager: web.Server,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        limits: ConnectionLimits,
+        on_close: OnClose,
+        **kwargs: Any,
+    ) -> None:
+        backstop = max(limits.header_timeout, limits.keepalive_timeout) + 1.0
+        super().__init__(manager, loop=loop, keepalive_timeout=backstop, **kwargs)
+        self._limits = limits
+        self._on_close = on_close
+        self._busy = 0
+        self._deadline: asyncio.TimerHandle | None = None
+        self._phase: str | None = None
+        self._body: StreamReader | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._arm(HEADER_TIMEOUT, self._limits.header_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self._phase == IDLE and not self._busy and data:
+            # The first byte of the next request starts its header deadline.
+            self._arm(HEADER_TIMEOUT, self._limits.header_timeout)
+        super().data_received(data)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def request_started(self, body: StreamReader | None) -> None:
+        """``body``: the request's body stream, if it has one still to arrive."""
+        self._busy += 1
+        self._disarm()
+        if body is not None and not body.is_eof():
+            self._body = body
+            self._arm(BODY_TIMEOUT, self._limits.body_timeout)
+
+    def request_finished(self) -> None:
+        self._busy -= 1
+        self._body = None
+        if not self._busy and self.transport is not None:
+            self._arm(IDLE, self._limits.keepalive_timeout)
+
+    def _arm(self, phase: str, delay: float) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._phase = phase
+        self._deadline = self._loop.call_later(delay, self._expire)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        self._phase = None
+
+    def _expire(self) -> None:
+        self._deadline = None
+        transport = self.transport
+        if self._phase == BODY_TIMEOUT:
+            self._expire_body()
+            return
+        if self._busy or transport is None or self._phase is None:
+            return
+        if transport.get_write_buffer_size():
+            # The last answer is still going out to a slow reader: not idle yet.
+            self._arm(self._phase, self._limits.keepalive_timeout)
+            return
+        self._on_close(self._phase)
+        self._phase = None
+        self.force_close()
+
+    def _expire_body(self) -> None:
+        body, self._body, self._phase = self._body, None, None
+        if body is None or body.is_eof() or self.transport is None:
+            return
+        self._on_close(BODY_TIMEOUT)
+        # The handler reading the body gets the error and answers 408; the middleware then
+        # closes the connection rather than read the rest.
+        body.set_exception(
+            RequestBodyTimeout(
+                f"The request body did not arrive within {self._limits.body_timeout:g}s."
+            )
+        )
+
+
+class GuardedSite(web.BaseSite):
+    """A TCP listener whose connections are ``GuardedRequestHandler``s."""
+
+    __slots__ = ("_bound_port", "_host", "_limits", "_on_close", "_port")
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        *,
+        limits: ConnectionLimits,
+        on_close: OnClose,
+        backlog: int = 1024,
+    ) -> None:
+        super().__init__(runner, backlog=backlog)
+        self._host = host
+        self._port = port
+        self._limits = limits
+        self._on_close = on_close
+        self._bound_port: int | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with port 0), once started."""
+        return self._bound_port if self._bound_port is not None else self._port
+
+    @property
+    def name(self) -> str:
+        return str(URL.build(scheme="http", host=self._host or "0.0.0.0", port=self.port))
+
+    async def start(self) -> None:
+        await super().start()
+        server = self._runner.server
+        assert server is not None, "call runner.setup() first"
+        loop = asyncio.get_running_loop()
+
+        def handler() -> GuardedRequestHandler:
+            # access_log=None: request lines are logged by the pipeline, not by aiohttp.
+            return GuardedRequestHandler(
+                server, loop=loop, limits=self._limits, on_close=self._on_close, access_log=None
+            )
+
+        listener = await loop.create_server(handler, self._host, self._port, backlog=self._backlog)
+        self._server = listener
+        if listener.sockets:
+            self._bound_port = int(listener.sockets[0].getsockname()[1])
+
+
+def request_started(request: web.BaseRequest) -> GuardedRequestHandler | None:
+    """Tell the request's connection that a request is running; returns it, so the caller
+    can call ``request_finished`` on it afterwards (None on a plain aiohttp connection)."""
+    protocol = request.protocol
+    if isinstance(protocol, GuardedRequestHandler):
+        protocol.request_started(request.content if request.body_exists else None)
+        return protocol
+    return None
