@@ -18,10 +18,8 @@ from proxy.cli_prompts import Context, _run, admin_options, pass_ctx
 
 @click.group("registry")
 @admin_options()
-@click.pass_context
-def registry(ctx: click.Context, admin_url: str, token: str | None, output: str) -> None:
+def registry() -> None:
     """The registry store: identity, restore after a loss, export and import (backups)."""
-    ctx.obj = Context(admin_url, token, output)
 
 
 def _status_line(data: Any) -> str:
