@@ -133,7 +133,11 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
 
         bootstrap_dir = config.registry.bootstrap_dir
         await start_registry(
-            registry, refresher, tasks, None if bootstrap_dir is None else Path(bootstrap_dir)
+            registry,
+            refresher,
+            holder,
+            tasks,
+            None if bootstrap_dir is None else Path(bootstrap_dir),
         )
         tasks.spawn(watch_loop_lag(metrics.loop_lag), name="loop-lag")
         beating = tasks.spawn(heartbeat.run(), name="fleet-heartbeat")

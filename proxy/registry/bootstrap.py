@@ -18,7 +18,7 @@ from proxy.errors import ServiceUnavailable
 from proxy.log import APP_LOGGER
 from proxy.registry.prompt_files import load_prompt_dir
 from proxy.registry.service import RegistryService
-from proxy.registry.snapshot import SnapshotRefresher
+from proxy.registry.snapshot import SnapshotHolder, SnapshotRefresher
 from proxy.tasks import BackgroundTasks
 
 _log = logging.getLogger(APP_LOGGER)
@@ -72,18 +72,23 @@ async def bootstrap_when_reachable(service: RegistryService, folder: Path) -> in
 async def start_registry(
     service: RegistryService,
     refresher: SnapshotRefresher,
+    holder: SnapshotHolder,
     tasks: BackgroundTasks,
     bootstrap_dir: Path | None,
 ) -> None:
     """Bootstrap (if configured) and load the first snapshot now when the store answers,
     else leave both to a background task: the process starts either way, and is ready
-    once it has a snapshot (which then includes the bootstrapped prompts)."""
+    once it has a snapshot and the bootstrap is done (``holder.ready``)."""
     if bootstrap_dir is not None:
         try:  # a broken folder (not a store error) still fails the start: a config error
             await bootstrap_prompts(service, bootstrap_dir)
         except ServiceUnavailable as exc:
             _log.warning("registry store unavailable at start, bootstrap deferred: %s", exc)
-            tasks.spawn(_bootstrap_then_refresh(service, refresher, bootstrap_dir), name="registry")
+            holder.bootstrap_pending = True
+            tasks.spawn(
+                _bootstrap_then_refresh(service, refresher, holder, bootstrap_dir),
+                name="registry",
+            )
             return
     # Best effort: with the store down at a cold start, readiness stays 503 until the
     # refresher gets a first snapshot.
@@ -92,7 +97,10 @@ async def start_registry(
 
 
 async def _bootstrap_then_refresh(
-    service: RegistryService, refresher: SnapshotRefresher, folder: Path
+    service: RegistryService, refresher: SnapshotRefresher, holder: SnapshotHolder, folder: Path
 ) -> None:
-    await bootstrap_when_reachable(service, folder)
+    try:
+        await bootstrap_when_reachable(service, folder)
+    finally:
+        holder.bootstrap_pending = False
     await refresher.run()

@@ -30,7 +30,15 @@ EMPTY = RegistrySnapshot(revision=0, versions={}, prod={})
 class SnapshotHolder:
     """What the hot path reads. Replaced whole, never mutated."""
 
-    __slots__ = ("_on_apply", "confirmed_at", "current", "last_error", "loaded", "replaced")
+    __slots__ = (
+        "_on_apply",
+        "bootstrap_pending",
+        "confirmed_at",
+        "current",
+        "last_error",
+        "loaded",
+        "replaced",
+    )
 
     def __init__(self, on_apply: Callable[[RegistrySnapshot], None] | None = None) -> None:
         self.current: RegistrySnapshot = EMPTY
@@ -40,6 +48,10 @@ class SnapshotHolder:
         self.last_error: str | None = None
         #: Why the store is not the registry being served (None while it is).
         self.replaced: str | None = None
+        #: A bootstrap deferred by a cold start has not finished: its writes already load
+        #: snapshots here (read your writes), but a prompt pushed and not yet promoted has
+        #: no prod version, so the replica must not take traffic before the bootstrap ends.
+        self.bootstrap_pending = False
         self._on_apply = on_apply
 
     def apply(self, snapshot: RegistrySnapshot) -> bool:
@@ -69,6 +81,11 @@ class SnapshotHolder:
     @property
     def healthy(self) -> bool:
         return self.last_error is None
+
+    @property
+    def ready(self) -> bool:
+        """A snapshot is loaded and no deferred bootstrap is still writing into it."""
+        return self.loaded and not self.bootstrap_pending
 
 
 class SnapshotRefresher:

@@ -14,7 +14,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready once a registry snapshot is loaded, until draining. A store outage after that
+    """Ready once a registry snapshot is loaded (and a bootstrap deferred by a cold start
+    is done), until draining. A store outage after that
     does not make us unready: the last good snapshot keeps serving (reported in `registry`).
     Nor does a lost store (``state: replaced``): every replica would turn unready at once and
     nothing would serve; the replica serves its snapshot, answers degraded, and says why."""
@@ -32,10 +33,11 @@ async def readyz(request: web.Request) -> web.Response:
         "prompts": len(holder.current.versions),
         "staleness_seconds": round(holder.staleness, 3),
         "snapshot_loaded": holder.loaded,
+        "bootstrap_pending": holder.bootstrap_pending,
     }
     if services.lifecycle.draining:
         return web.json_response({"status": "draining", "registry": registry}, status=503)
-    if not holder.loaded:
+    if not holder.ready:
         return web.json_response({"status": "starting", "registry": registry}, status=503)
     status = "ready" if state == "ok" else "degraded"
     return web.json_response({"status": status, "registry": registry})

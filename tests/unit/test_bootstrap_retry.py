@@ -3,13 +3,19 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from proxy.errors import Conflict, ServiceUnavailable
-from proxy.registry.bootstrap import bootstrap_when_reachable
+from proxy.registry.bootstrap import bootstrap_when_reachable, start_registry
+from proxy.registry.embedded_store import EmbeddedStore
 from proxy.registry.models import PromptVersion
-from proxy.registry.service import PromptSummary
+from proxy.registry.service import PromptSummary, RegistryService
+from proxy.registry.snapshot import SnapshotHolder, SnapshotRefresher
+from proxy.registry.store import StoreUnavailable
+from proxy.tasks import BackgroundTasks
 
 
 class FakeService:
@@ -32,6 +38,7 @@ class FakeService:
 
 
 def _folder(tmp_path: Path) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "greet.md").write_text("---\nauthor: t\n---\nSay hello.\n")
     return tmp_path
 
@@ -46,3 +53,61 @@ async def test_gives_up_on_an_error_retrying_cannot_fix(tmp_path: Path) -> None:
     service = FakeService([Conflict("no")] * 10)
     assert await bootstrap_when_reachable(service, _folder(tmp_path)) is None  # type: ignore[arg-type]
     assert service.pushes == 3
+
+
+async def _until(check: Callable[[], bool]) -> None:
+    """Poll state other tasks own (there is no event to wait on) for up to 10 s."""
+    for _ in range(1000):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached in 10 s")
+
+
+class GatedStore:
+    """An embedded store that is down until ``up`` is set, and holds every promote until
+    ``promote_gate`` is set: the moment between a bootstrap's push and its promote."""
+
+    def __init__(self, inner: EmbeddedStore) -> None:
+        self._inner = inner
+        self.up = False
+        self.promote_gate = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if not callable(attr):
+            return attr
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            if not self.up:
+                raise StoreUnavailable("connection refused")
+            if name == "promote":
+                await self.promote_gate.wait()
+            return await attr(*args, **kwargs)
+
+        return call
+
+
+async def test_a_deferred_bootstrap_keeps_the_replica_unready_until_it_is_done(
+    tmp_path: Path,
+) -> None:
+    """The push already loads a snapshot here (read your writes); readiness must still wait
+    for the promote, or a replica takes traffic for a prompt with no prod version (409)."""
+    store = GatedStore(EmbeddedStore(tmp_path / "registry.db"))
+    holder = SnapshotHolder()
+    refresher = SnapshotRefresher(store, holder)  # type: ignore[arg-type]
+    service = RegistryService(store, serve=refresher.serve)  # type: ignore[arg-type]
+    tasks = BackgroundTasks()
+    await start_registry(service, refresher, holder, tasks, _folder(tmp_path / "prompts"))
+    try:
+        assert not holder.ready
+        store.up = True
+        await _until(lambda: holder.loaded)  # pushed and served here, not yet promoted
+        assert "greet" in holder.current.versions
+        assert not holder.ready
+        store.promote_gate.set()
+        await _until(lambda: holder.ready)
+        assert holder.current.prod["greet"] == 1
+    finally:
+        await tasks.close()
+        await store.close()
