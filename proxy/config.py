@@ -25,6 +25,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -403,8 +404,16 @@ class Settings:
         )
 
 
-def _field_path(loc: tuple[int | str, ...]) -> str:
-    return ".".join(str(part) for part in loc) or "(root)"
+def _problem(err: ErrorDetails) -> str:
+    """One line per problem. A check across sections (a model validator) has no field of
+    its own and names its fields in its message, so it stands alone, without pydantic's
+    "Value error, " wrapping."""
+    message = err["msg"]
+    if err["type"] == "value_error" and "error" in err.get("ctx", {}):
+        message = str(err["ctx"]["error"])
+    if not err["loc"]:
+        return message
+    return f"{'.'.join(str(part) for part in err['loc'])}: {message}"
 
 
 def _set_path(raw: dict[str, Any], path: str, value: Any) -> None:
@@ -448,7 +457,7 @@ def load_config(
         config = ProxyConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(
-            [f"{_field_path(err['loc'])}: {err['msg']}" for err in exc.errors()]
+            [_problem(err) for err in exc.errors()]
         ) from None
 
     problems: list[str] = []
