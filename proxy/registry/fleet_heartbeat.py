@@ -74,8 +74,11 @@ class Heartbeat:
         while True:
             self._signal.changed.clear()
             await self.publish()
+            # ``asyncio.timeout``, not ``wait_for``: on Python 3.11 ``wait_for`` drops a
+            # cancel that lands as the event is set, and shutdown then waits on this loop.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._signal.changed.wait(), self._interval)
+                async with asyncio.timeout(self._interval):
+                    await self._signal.changed.wait()
 
     async def publish(self) -> bool:
         try:

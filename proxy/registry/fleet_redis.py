@@ -13,6 +13,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from proxy.registry.fleet import BoardRead, FleetError, ReplicaBeat
+from proxy.tasks import interruptible
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -54,8 +55,11 @@ def _failure_types() -> tuple[type[BaseException], ...]:
 
 
 class RedisFleetBoard:
-    def __init__(self, client: Redis, prefix: str, forget_seconds: float) -> None:
+    def __init__(
+        self, client: Redis, prefix: str, forget_seconds: float, op_timeout: float = 1.5
+    ) -> None:
         self._client = client
+        self._op_timeout = op_timeout
         self._keys = [f"{prefix}fleet:info", f"{prefix}fleet:beat"]
         self._forget_ms = int(forget_seconds * 1000)
         self._publish = client.register_script(_PUBLISH)
@@ -64,8 +68,14 @@ class RedisFleetBoard:
         self._failures = _failure_types()
 
     async def _call(self, script: Any, args: list[Any]) -> Any:
+        """Bounded (a shutdown's last ``remove`` must not wait out a frozen Redis), and in a
+        task of its own: redis-py can swallow a cancel (see ``proxy.tasks``), and the
+        heartbeat cancelled mid-write would then beat on and hold the shutdown."""
         try:
-            return await script(keys=self._keys, args=args)
+            async with asyncio.timeout(self._op_timeout):
+                return await interruptible(
+                    script(keys=self._keys, args=args), grace=self._op_timeout
+                )
         except self._failures as exc:
             raise FleetError(str(exc) or type(exc).__name__) from None
 

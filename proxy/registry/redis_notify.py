@@ -21,6 +21,8 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
+from proxy.tasks import cancel_and_wait, interruptible
+
 T = TypeVar("T")
 
 
@@ -74,12 +76,16 @@ class ChangeHints:
 
     async def _guarded(self, io: Coroutine[Any, Any, T], seconds: float) -> T:
         """Run pub/sub ``io`` as a task ``close`` can stop, bounded by ``seconds`` plus
-        ``op_timeout``; a cancelled caller cancels it too (and marks the connection)."""
-        task = asyncio.create_task(io)
+        ``op_timeout``; a cancelled caller cancels it too (and marks the connection).
+
+        The caller never awaits the I/O task itself: redis-py can swallow a cancel (see
+        ``proxy.tasks``), and a caller awaiting the task directly would then get its result
+        instead of its cancel and go on waiting and subscribing after shutdown."""
+        task = asyncio.ensure_future(io)
         self._io, self._suspect = task, True
         try:
             async with asyncio.timeout(seconds + self._op_timeout):
-                result = await task
+                result = await interruptible(task, grace=self._op_timeout)
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
@@ -106,14 +112,15 @@ class ChangeHints:
     async def _drop(self) -> None:
         pubsub, self._pubsub, self._suspect = self._pubsub, None, False
         if pubsub is not None:
+            # ``PubSub.aclose`` finishes its teardown even when cancelled (it waits on a
+            # future that ignores cancel): only a task of its own can be given up on.
             with contextlib.suppress(RedisError, OSError, TimeoutError):
                 async with asyncio.timeout(self._op_timeout):
-                    await pubsub.aclose()
+                    await interruptible(pubsub.aclose(), grace=0.0)
 
     async def close(self) -> None:
         self._closed = True
         io = self._io
-        if io is not None and not io.done():
-            io.cancel()
-            await asyncio.wait({io})
+        if io is not None:
+            await cancel_and_wait(io, self._op_timeout)
         await self._drop()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import orjson
@@ -50,6 +50,7 @@ from proxy.registry.store import (
     StoreUnavailable,
     VersionNotFound,
 )
+from proxy.tasks import interruptible
 
 T = TypeVar("T")
 
@@ -122,12 +123,14 @@ class RedisStore:
 
     # -- plumbing -------------------------------------------------------------------------
 
-    async def _guard(self, call: Callable[[], Awaitable[T]]) -> T:
+    async def _guard(self, call: Callable[[], Coroutine[Any, Any, T]]) -> T:
         if self._closed:
             raise StoreUnavailable("registry store is closed")
         try:
             async with asyncio.timeout(self._op_timeout):
-                return await call()
+                # In a task of its own: redis-py can swallow a cancel (see ``proxy.tasks``),
+                # which would cost the refresher its shutdown and this timeout its bound.
+                return await interruptible(call(), grace=self._op_timeout)
         except ResponseError as exc:
             message = str(exc)
             for code, error in _DOMAIN_ERRORS:
@@ -609,5 +612,6 @@ class RedisStore:
             return
         self._closed = True
         await self._hints.close()
-        with contextlib.suppress(RedisError, OSError):
-            await self._client.aclose(close_connection_pool=True)
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            async with asyncio.timeout(self._op_timeout):
+                await interruptible(self._client.aclose(close_connection_pool=True), grace=0.0)
