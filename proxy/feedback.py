@@ -33,6 +33,7 @@ from proxy.errors import InvalidRequest, NotFound, ServiceUnavailable
 from proxy.log import APP_LOGGER
 from proxy.metrics import ProxyMetrics
 from proxy.models import Exchange
+from proxy.tasks import cancel_and_wait, interruptible
 
 if TYPE_CHECKING:  # redis is imported only when a Redis store is configured
     from redis.asyncio import Redis
@@ -45,6 +46,8 @@ _FLUSH_SECONDS = 0.5
 #: Answers waiting to be written to Redis; beyond this the oldest are dropped (their
 #: feedback will get a 404), never the request path's memory.
 _MAX_PENDING = 100_000
+#: How long closing waits for the flush loop to stop and for the last flush.
+_CLOSE_GRACE = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +149,9 @@ class RedisRequestIndex:
         for request_id, answered in batch.items():
             pipe.set(self._prefix + request_id, answered.to_json(), ex=self._ttl)
         try:
-            await pipe.execute()
+            # In a task of its own: a cancel lost inside redis-py must not keep the flush
+            # loop (and so shutdown) running.
+            await interruptible(pipe.execute(), grace=_CLOSE_GRACE)
         except Exception as exc:
             self._on_error("request_index")
             _log.warning("feedback index: %d answers not written: %s", len(batch), exc)
@@ -169,9 +174,13 @@ class RedisRequestIndex:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        await self.flush()
+            await cancel_and_wait(self._task, _CLOSE_GRACE)
+        # The last answers get one bounded try: a frozen Redis must not hold up shutdown.
+        try:
+            async with asyncio.timeout(_CLOSE_GRACE):
+                await self.flush()
+        except TimeoutError:
+            _log.warning("feedback index: %d answers not written at shutdown", len(self._pending))
 
 
 def open_request_index(
