@@ -6,14 +6,16 @@ Figures only: nothing here asserts anything.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,15 +51,18 @@ def start_proxy(
     return port, admin, proc
 
 
-def start_simulator(fleet: Fleet) -> str:
-    """The simulated provider, ready on return: its base URL (``.../v1``)."""
-    (port,) = free_ports(1)
-    sim = fleet.start(
-        "simulator",
-        [sys.executable, "-m", "proxy", "simulate", "--host", "127.0.0.1", "--port", str(port)],
-    )
-    sim.wait_ready(http_ok(port, "/_sim/health"), 30)
-    return f"http://127.0.0.1:{port}/v1"
+@contextlib.contextmanager
+def fleet_with_simulator(prefix: str) -> Iterator[tuple[Fleet, str]]:
+    """A fleet logging to a scratch directory, with the simulated provider already ready in
+    it: (fleet, the simulator's base URL ``.../v1``). Every child is stopped on the way out."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as scratch, Fleet(Path(scratch)) as fleet:
+        (port,) = free_ports(1)
+        sim = fleet.start(
+            "simulator",
+            [sys.executable, "-m", "proxy", "simulate", "--host", "127.0.0.1", "--port", str(port)],
+        )
+        sim.wait_ready(http_ok(port, "/_sim/health"), 30)
+        yield fleet, f"http://127.0.0.1:{port}/v1"
 
 
 def _git_revision() -> str:

@@ -26,7 +26,6 @@ import os
 import re
 import statistics
 import sys
-import tempfile
 import time
 import urllib.request
 from collections import Counter
@@ -36,8 +35,8 @@ from typing import Any
 
 import aiohttp
 
-from loadtest.experiment import raise_nofile_limit, start_proxy, start_simulator, write_results
-from loadtest.procs import Fleet, ManagedProcess
+from loadtest.experiment import fleet_with_simulator, raise_nofile_limit, start_proxy, write_results
+from loadtest.procs import ManagedProcess
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pool-pressure.json"
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hi"}]}
@@ -206,11 +205,7 @@ def _table(phases: list[Phase]) -> str:
 async def main(args: argparse.Namespace) -> int:
     nofile = raise_nofile_limit()
     phases: list[Phase] = []
-    with (
-        tempfile.TemporaryDirectory(prefix="pool-pressure-") as scratch,
-        Fleet(Path(scratch)) as fleet,
-    ):
-        sim_url = start_simulator(fleet)
+    with fleet_with_simulator("pool-pressure-") as (fleet, sim_url):
         for target, config in TARGETS.items():
             if args.only and target not in args.only:
                 continue

@@ -23,7 +23,6 @@ import contextlib
 import json
 import re
 import sys
-import tempfile
 import time
 import urllib.request
 from dataclasses import asdict, dataclass, field
@@ -32,7 +31,7 @@ from pathlib import Path
 import aiohttp
 import psutil
 
-from loadtest.experiment import raise_nofile_limit, start_proxy, start_simulator, write_results
+from loadtest.experiment import fleet_with_simulator, raise_nofile_limit, start_proxy, write_results
 from loadtest.procs import Fleet
 
 RESULTS = Path(__file__).resolve().parent / "results" / "slowloris.json"
@@ -222,11 +221,7 @@ def _table(results: list[Result]) -> str:
 async def main(args: argparse.Namespace) -> int:
     nofile = raise_nofile_limit()
     results: list[Result] = []
-    with (
-        tempfile.TemporaryDirectory(prefix="slowloris-") as scratch,
-        Fleet(Path(scratch)) as fleet,
-    ):
-        sim_url = start_simulator(fleet)
+    with fleet_with_simulator("slowloris-") as (fleet, sim_url):
         for name, (config, attack) in PHASES.items():
             result = await run_phase(
                 name, fleet, sim_url, config, attack, args.seconds, args.sockets
