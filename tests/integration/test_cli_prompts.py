@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def replica(procs_dir: Path, sim_url: str) -> Iterator[ProxyProc]:
+def admin_proxy(procs_dir: Path, sim_url: str) -> Iterator[ProxyProc]:
     with proxy(procs_dir, sim_url, env={"PROMPTPROXY_ADMIN_TOKEN": TOKEN}) as proc:
         yield proc
 
@@ -49,48 +49,51 @@ def as_json(result: subprocess.CompletedProcess[str]) -> Any:
     return orjson.loads(result.stdout)
 
 
-def test_push_promote_rollback_cycle(replica: ProxyProc, tmp_path: Path) -> None:
+def test_push_promote_rollback_cycle(admin_proxy: ProxyProc, tmp_path: Path) -> None:
     folder = tmp_path / "prompts"
     shutil.copytree(REPO / "config" / "prompts", folder)
 
-    pushed = as_json(cli(replica, "-o", "json", "push", str(folder)))
+    pushed = as_json(cli(admin_proxy, "-o", "json", "push", str(folder)))
     assert {p["slug"] for p in pushed} == {"support-reply", "summarize", "classify-ticket"}
     assert all(p["created"] for p in pushed)
-    again = as_json(cli(replica, "-o", "json", "push", str(folder)))
+    again = as_json(cli(admin_proxy, "-o", "json", "push", str(folder)))
     assert not any(p["created"] for p in again)  # idempotent sync of a folder
 
     reply = folder / "support-reply.md"
     reply.write_text(reply.read_text() + "- Sign off with the team name.\n")
-    (changed,) = [p for p in as_json(cli(replica, "-o", "json", "push", str(reply)))]
+    (changed,) = [p for p in as_json(cli(admin_proxy, "-o", "json", "push", str(reply)))]
     assert (changed["slug"], changed["version"], changed["created"]) == ("support-reply", 2, True)
 
     for version in ("1", "2"):
-        assert cli(replica, "promote", "support-reply", version, "--reason", "ship").returncode == 0
-    listed = {p["slug"]: p for p in as_json(cli(replica, "-o", "json", "list"))}
+        assert (
+            cli(admin_proxy, "promote", "support-reply", version, "--reason", "ship").returncode
+            == 0
+        )
+    listed = {p["slug"]: p for p in as_json(cli(admin_proxy, "-o", "json", "list"))}
     assert listed["support-reply"]["prod_version"] == 2
 
-    diff = cli(replica, "diff", "support-reply", "1", "2")
+    diff = cli(admin_proxy, "diff", "support-reply", "1", "2")
     assert diff.returncode == 0
     assert "+- Sign off with the team name." in diff.stdout
 
-    rolled = cli(replica, "rollback", "support-reply", "--reason", "complaints")
+    rolled = cli(admin_proxy, "rollback", "support-reply", "--reason", "complaints")
     assert rolled.returncode == 0, rolled.stderr
     assert "v1" in rolled.stdout
     assert "prod" in rolled.stdout
-    shown = as_json(cli(replica, "-o", "json", "show", "support-reply"))
+    shown = as_json(cli(admin_proxy, "-o", "json", "show", "support-reply"))
     assert [v["status"] for v in shown["data"]] == ["prod", "deprecated"]
-    table = cli(replica, "history", "support-reply")
+    table = cli(admin_proxy, "history", "support-reply")
     assert "rollback" in table.stdout
     assert "complaints" in table.stdout
-    one = cli(replica, "show", "support-reply", "1")
+    one = cli(admin_proxy, "show", "support-reply", "1")
     assert "You are a support agent" in one.stdout
 
 
-def test_errors_exit_non_zero_with_a_message(replica: ProxyProc, tmp_path: Path) -> None:
-    missing = cli(replica, "show", "no-such-prompt")
+def test_errors_exit_non_zero_with_a_message(admin_proxy: ProxyProc, tmp_path: Path) -> None:
+    missing = cli(admin_proxy, "show", "no-such-prompt")
     assert missing.returncode == 1
     assert "no-such-prompt" in missing.stderr
-    no_token = cli(replica, "promote", "x", "1", token=None)
+    no_token = cli(admin_proxy, "promote", "x", "1", token=None)
     assert no_token.returncode == 1
     assert "token" in no_token.stderr.lower()
     # A port nothing listens on: the default (8081) may be taken by a proxy someone runs.

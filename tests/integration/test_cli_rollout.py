@@ -22,7 +22,7 @@ TOKEN = "cli-admin-token"
 
 
 @pytest.fixture(scope="module")
-def replica(procs_dir: Path, sim_url: str) -> Iterator[ProxyProc]:
+def admin_proxy(procs_dir: Path, sim_url: str) -> Iterator[ProxyProc]:
     with proxy(procs_dir, sim_url, env={"PROMPTPROXY_ADMIN_TOKEN": TOKEN}) as proc:
         yield proc
 
@@ -58,11 +58,11 @@ def seed(proc: ProxyProc, tmp_path: Path, slug: str) -> None:
     ok(cli(proc, "prompts", "promote", slug, "1"))
 
 
-def test_canary_ramp_abort_then_shadow_and_promote(replica: ProxyProc, tmp_path: Path) -> None:
-    seed(replica, tmp_path, "cli-rollout")
+def test_canary_ramp_abort_then_shadow_and_promote(admin_proxy: ProxyProc, tmp_path: Path) -> None:
+    seed(admin_proxy, tmp_path, "cli-rollout")
     out = ok(
         cli(
-            replica,
+            admin_proxy,
             "rollout",
             "set",
             "cli-rollout",
@@ -79,29 +79,29 @@ def test_canary_ramp_abort_then_shadow_and_promote(replica: ProxyProc, tmp_path:
     assert "canary rollout of v2 at 10% (stable: v1)" in out
     assert "header:x-user-id" in out
 
-    out = ok(cli(replica, "rollout", "ramp", "cli-rollout", "25"))
+    out = ok(cli(admin_proxy, "rollout", "ramp", "cli-rollout", "25"))
     assert "at 25%" in out
     assert "header:x-user-id" in out  # the ramp kept the key
-    table = ok(cli(replica, "rollout", "status"))
+    table = ok(cli(admin_proxy, "rollout", "status"))
     assert "cli-rollout" in table
     assert "25%" in table
 
-    out = ok(cli(replica, "rollout", "abort", "cli-rollout", "--reason", "too long"))
+    out = ok(cli(admin_proxy, "rollout", "abort", "cli-rollout", "--reason", "too long"))
     assert "rollout_abort" in out
     assert "candidate -> draft" in out
-    assert "no rollout running" in ok(cli(replica, "rollout", "status"))
+    assert "no rollout running" in ok(cli(admin_proxy, "rollout", "status"))
 
-    refused = cli(replica, "rollout", "set", "cli-rollout", "--candidate", "2")
+    refused = cli(admin_proxy, "rollout", "set", "cli-rollout", "--candidate", "2")
     assert refused.returncode != 0
     assert "--canary" in refused.stderr
-    missing = cli(replica, "rollout", "abort", "cli-rollout")
+    missing = cli(admin_proxy, "rollout", "abort", "cli-rollout")
     assert missing.returncode == 1
     assert "error:" in missing.stderr
     assert "rollout" in missing.stderr
 
     shadow = as_json(
         cli(
-            replica,
+            admin_proxy,
             "rollout",
             "-o",
             "json",
@@ -114,19 +114,19 @@ def test_canary_ramp_abort_then_shadow_and_promote(replica: ProxyProc, tmp_path:
         )
     )
     assert (shadow["mode"], shadow["candidate"], shadow["sticky"]) == ("shadow", 3, "none")
-    promoted = as_json(cli(replica, "rollout", "-o", "json", "promote", "cli-rollout"))
+    promoted = as_json(cli(admin_proxy, "rollout", "-o", "json", "promote", "cli-rollout"))
     assert (promoted["action"], promoted["version"]) == ("promote", 3)
     assert promoted["to_status"] == "prod"
 
-    history = ok(cli(replica, "prompts", "history", "cli-rollout"))
+    history = ok(cli(admin_proxy, "prompts", "history", "cli-rollout"))
     for expected in ("canary 10%", "canary 25% (was 10%)", "shadow 5%, ended", "too long"):
         assert expected in history, history
 
 
 def test_a_rollout_set_with_analysis_flags_shows_its_policy(
-    replica: ProxyProc, tmp_path: Path
+    admin_proxy: ProxyProc, tmp_path: Path
 ) -> None:
-    seed(replica, tmp_path, "cli-analysis")
+    seed(admin_proxy, tmp_path, "cli-analysis")
     policy_file = tmp_path / "policy.yaml"
     policy_file.write_text(
         "interval: 120\nmin_samples: 500\nsteps: [10, 20]\n"
@@ -134,7 +134,7 @@ def test_a_rollout_set_with_analysis_flags_shows_its_policy(
     )
     out = ok(
         cli(
-            replica,
+            admin_proxy,
             "rollout",
             "set",
             "cli-analysis",
@@ -157,23 +157,23 @@ def test_a_rollout_set_with_analysis_flags_shows_its_policy(
     assert "tolerates 2 failed verdicts" in out
     assert "steps 1% -> 5% -> 25% -> 50%" in out
 
-    status = ok(cli(replica, "rollout", "status", "cli-analysis"))
+    status = ok(cli(admin_proxy, "rollout", "status", "cli-analysis"))
     assert "every 30s, 500 samples per arm, alpha 0.01, tolerates 2 failed verdicts" in status
     assert "steps 1% -> 5% -> 25% -> 50%" in status
     assert "p95 latency x1.5" in status
     assert "p95 TTFT" not in status  # turned off in the file
     assert "feedback thumbs_up -0.1" in status
-    raw = as_json(cli(replica, "rollout", "-o", "json", "status", "cli-analysis"))
+    raw = as_json(cli(admin_proxy, "rollout", "-o", "json", "status", "cli-analysis"))
     assert raw["analysis"]["steps"] == [1.0, 5.0, 25.0, 50.0]
     assert raw["analysis"]["interval"] == 30.0
     assert "analysis_state" in raw
 
     # A ramp keeps the policy; a different one is refused with the reason.
     assert "steps 1% -> 5% -> 25% -> 50%" in ok(
-        cli(replica, "rollout", "ramp", "cli-analysis", "5")
+        cli(admin_proxy, "rollout", "ramp", "cli-analysis", "5")
     )
     refused = cli(
-        replica,
+        admin_proxy,
         "rollout",
         "set",
         "cli-analysis",
@@ -187,11 +187,11 @@ def test_a_rollout_set_with_analysis_flags_shows_its_policy(
     assert refused.returncode == 1
     assert "Abort it" in refused.stderr
     assert "(param: analysis)" in refused.stderr
-    ok(cli(replica, "rollout", "abort", "cli-analysis"))
+    ok(cli(admin_proxy, "rollout", "abort", "cli-analysis"))
 
     # A bad policy names its field; no flags, no policy.
     bad = cli(
-        replica,
+        admin_proxy,
         "rollout",
         "set",
         "cli-analysis",
@@ -206,7 +206,7 @@ def test_a_rollout_set_with_analysis_flags_shows_its_policy(
     assert "(param: analysis.steps[1])" in bad.stderr
     plain = as_json(
         cli(
-            replica,
+            admin_proxy,
             "rollout",
             "-o",
             "json",
@@ -219,8 +219,8 @@ def test_a_rollout_set_with_analysis_flags_shows_its_policy(
         )
     )
     assert plain["analysis"] is None
-    assert "analysis    none" in ok(cli(replica, "rollout", "status", "cli-analysis"))
-    ok(cli(replica, "rollout", "abort", "cli-analysis"))
+    assert "analysis    none" in ok(cli(admin_proxy, "rollout", "status", "cli-analysis"))
+    ok(cli(admin_proxy, "rollout", "abort", "cli-analysis"))
 
 
 STATE = {
