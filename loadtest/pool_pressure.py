@@ -23,13 +23,9 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import re
-import resource
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections import Counter
@@ -39,7 +35,8 @@ from typing import Any
 
 import aiohttp
 
-from loadtest.procs import REPO_ROOT, Fleet, ManagedProcess, free_ports, http_ok
+from loadtest.experiment import fleet_with_simulator, raise_nofile_limit, start_proxy, write_results
+from loadtest.procs import ManagedProcess
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pool-pressure.json"
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hi"}]}
@@ -180,25 +177,6 @@ async def run_phase(
     return phase
 
 
-def _start_proxy(
-    fleet: Fleet, name: str, upstream: str, config: str
-) -> tuple[str, int, ManagedProcess]:
-    port, admin = free_ports(2)
-    config_path = fleet.log_dir / f"{name}.yaml"
-    config_path.write_text(config)
-    proc = fleet.start(
-        name,
-        [
-            sys.executable, "-m", "proxy", "serve", "--host", "127.0.0.1",
-            "--port", str(port), "--admin-port", str(admin), "--upstream", upstream,
-            "--store", f"embedded:{fleet.log_dir / name}.db", "--config", str(config_path),
-            "--log-level", "WARNING",
-        ],
-    )  # fmt: skip
-    proc.wait_ready(http_ok(admin, "/readyz"), 30)
-    return f"http://127.0.0.1:{port}/v1", admin, proc
-
-
 def _table(phases: list[Phase]) -> str:
     lines = [
         "target               calls TTFB p50 / p90 / p99 / max (s)   call statuses"
@@ -224,28 +202,10 @@ def _table(phases: list[Phase]) -> str:
     return "\n".join(lines)
 
 
-def _git_revision() -> str:
-    return subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True
-    ).stdout.strip()
-
-
 async def main(args: argparse.Namespace) -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    nofile = raise_nofile_limit()
     phases: list[Phase] = []
-    with (
-        tempfile.TemporaryDirectory(prefix="pool-pressure-") as scratch,
-        Fleet(Path(scratch)) as fleet,
-    ):
-        (sim_port,) = free_ports(1)
-        sim = fleet.start(
-            "simulator",
-            [sys.executable, "-m", "proxy", "simulate", "--host", "127.0.0.1",
-             "--port", str(sim_port)],
-        )  # fmt: skip
-        sim.wait_ready(http_ok(sim_port, "/_sim/health"), 30)
-        sim_url = f"http://127.0.0.1:{sim_port}/v1"
+    with fleet_with_simulator("pool-pressure-") as (fleet, sim_url):
         for target, config in TARGETS.items():
             if args.only and target not in args.only:
                 continue
@@ -253,7 +213,8 @@ async def main(args: argparse.Namespace) -> int:
             if config is None:
                 base, admin = sim_url, None
             else:
-                base, admin, proc = _start_proxy(fleet, target, sim_url, config)
+                port, admin, proc = start_proxy(fleet, target, sim_url, config)
+                base = f"http://127.0.0.1:{port}/v1"
             load = os.getloadavg()[0]
             cpu = proc.cpu_seconds() if proc is not None else None
             phase = await run_phase(
@@ -271,24 +232,15 @@ async def main(args: argparse.Namespace) -> int:
                 fleet.stop(proc)
             phases.append(phase)
             print(_table([phase]).splitlines()[-1], flush=True)
-    revision = _git_revision()
-    report = {
-        "command": " ".join(sys.argv),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "git": revision,
-        "machine": {"nproc": len(os.sched_getaffinity(0)),
-                    "python": platform.python_version(), "nofile": [soft, hard]},
-        "scenario": {
-            "streams": args.streams, "stream_seconds": args.stream_seconds,
-            "calls": args.calls, "call_seconds": args.call_seconds,
-        },
-        "phases": [asdict(p) for p in phases],
-    }  # fmt: skip
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
     print()
     print(_table(phases))
-    print(f"\nwritten to {RESULTS.relative_to(REPO_ROOT)}")
+    scenario = {
+        "streams": args.streams,
+        "stream_seconds": args.stream_seconds,
+        "calls": args.calls,
+        "call_seconds": args.call_seconds,
+    }
+    write_results(RESULTS, nofile, scenario, [asdict(p) for p in phases])
     return 0
 
 

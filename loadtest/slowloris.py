@@ -21,13 +21,8 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
-import platform
 import re
-import resource
-import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from dataclasses import asdict, dataclass, field
@@ -36,7 +31,8 @@ from pathlib import Path
 import aiohttp
 import psutil
 
-from loadtest.procs import REPO_ROOT, Fleet, free_ports, http_ok
+from loadtest.experiment import fleet_with_simulator, raise_nofile_limit, start_proxy, write_results
+from loadtest.procs import Fleet
 
 RESULTS = Path(__file__).resolve().parent / "results" / "slowloris.json"
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hi"}]}
@@ -161,19 +157,7 @@ def _closed_total(admin: int) -> dict[str, float]:
 async def run_phase(
     name: str, fleet: Fleet, sim_url: str, config: str, attack: bool, seconds: float, sockets: int
 ) -> Result:
-    port, admin = free_ports(2)
-    config_path = fleet.log_dir / f"{name}.yaml"
-    config_path.write_text(config)
-    proc = fleet.start(
-        name,
-        [
-            sys.executable, "-m", "proxy", "serve", "--host", "127.0.0.1",
-            "--port", str(port), "--admin-port", str(admin), "--upstream", sim_url,
-            "--store", f"embedded:{fleet.log_dir / name}.db", "--config", str(config_path),
-            "--log-level", "WARNING",
-        ],
-    )  # fmt: skip
-    proc.wait_ready(http_ok(admin, "/readyz"), 30)
+    port, admin, proc = start_proxy(fleet, name, sim_url, config)
     ps = psutil.Process(proc.pid)
     result = Result(name)
     fds = [ps.num_fds()]
@@ -234,56 +218,20 @@ def _table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def _git_revision() -> str:
-    return subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True
-    ).stdout.strip()
-
-
 async def main(args: argparse.Namespace) -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    nofile = raise_nofile_limit()
     results: list[Result] = []
-    with (
-        tempfile.TemporaryDirectory(prefix="slowloris-") as scratch,
-        Fleet(Path(scratch)) as fleet,
-    ):
-        (sim_port,) = free_ports(1)
-        sim = fleet.start(
-            "simulator",
-            [sys.executable, "-m", "proxy", "simulate", "--host", "127.0.0.1",
-             "--port", str(sim_port)],
-        )  # fmt: skip
-        sim.wait_ready(http_ok(sim_port, "/_sim/health"), 30)
+    with fleet_with_simulator("slowloris-") as (fleet, sim_url):
         for name, (config, attack) in PHASES.items():
             result = await run_phase(
-                name,
-                fleet,
-                f"http://127.0.0.1:{sim_port}/v1",
-                config,
-                attack,
-                args.seconds,
-                args.sockets,
+                name, fleet, sim_url, config, attack, args.seconds, args.sockets
             )
             results.append(result)
             print(_table([result]).splitlines()[-1], flush=True)
-    report = {
-        "command": " ".join(sys.argv),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "git": _git_revision(),
-        "machine": {
-            "nproc": len(os.sched_getaffinity(0)),
-            "python": platform.python_version(),
-            "nofile": [soft, hard],
-        },
-        "scenario": {"sockets": args.sockets, "seconds": args.seconds, "legit_clients": 16},
-        "phases": [asdict(r) for r in results],
-    }
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
     print()
     print(_table(results))
-    print(f"\nwritten to {RESULTS.relative_to(REPO_ROOT)}")
+    scenario = {"sockets": args.sockets, "seconds": args.seconds, "legit_clients": 16}
+    write_results(RESULTS, nofile, scenario, [asdict(r) for r in results])
     return 0
 
 
@@ -294,8 +242,7 @@ def cli() -> None:
     parser.add_argument("--attack-port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.attack_port:
-        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        raise_nofile_limit()
         print(json.dumps(asyncio.run(_attack(args.attack_port, args.sockets, args.seconds))))
         return
     sys.exit(asyncio.run(main(args)))

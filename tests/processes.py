@@ -13,10 +13,19 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import orjson
 
 START_TIMEOUT = 15.0
+#: The admin token the tests start replicas with, and the header that carries it.
+ADMIN_TOKEN = "integration-admin-token"
+ADMIN_ENV = {"PROMPTPROXY_ADMIN_TOKEN": ADMIN_TOKEN}
+ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+#: The header the tests' rollouts take their sticky key from.
+STICKY_HEADER = "x-user-id"
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
 
 def free_port() -> int:
@@ -154,3 +163,39 @@ def proxy(
         yield proc
     finally:
         proc.stop(signal.SIGKILL)
+
+
+def proxy_with_token(
+    tmp: Path, upstream: str, config_text: str | None = None, *, store: str | None = None
+) -> contextlib.AbstractContextManager[ProxyProc]:
+    """A proxy that takes ``ADMIN_TOKEN`` on its admin port (see ``proxy``)."""
+    return proxy(tmp, upstream, config_text, store=store, env=ADMIN_ENV)
+
+
+async def admin(replica: ProxyProc, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    """One admin API call with ``ADMIN_TOKEN``: (status, JSON body)."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(
+            method, f"{replica.admin_url}/admin/v1{path}", json=body, headers=ADMIN_HEADERS
+        ) as resp,
+    ):
+        return resp.status, await resp.json()
+
+
+async def arm_of(
+    session: aiohttp.ClientSession, replica: ProxyProc, slug: str, sticky_key: str
+) -> str:
+    """``arm:version`` that served one chat call for ``sticky_key`` (in ``STICKY_HEADER``), or
+    ``status:N`` when it was not a 200."""
+    async with session.post(
+        f"{replica.url.removesuffix('/v1')}/p/{slug}/v1/chat/completions",
+        json=CHAT,
+        headers={STICKY_HEADER: sticky_key},
+    ) as resp:
+        await resp.read()
+        if resp.status != 200:
+            # A replica that has not caught up yet (404 unknown slug, 409 no prod version):
+            # never equal to an expected arm, so the polling callers wait for it.
+            return f"status:{resp.status}"
+        return f"{resp.headers['x-prompt-arm']}:{resp.headers['x-prompt-version']}"

@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 from aioresponses import aioresponses
+from click.testing import CliRunner, Result
 
+from proxy.cli import main
 from proxy.config import Settings, load_config
 from proxy.services import Services, open_services
 from proxy.web.app import build_admin_app, build_data_app
 
 FAKE_UPSTREAM = "http://upstream.test/v1"
+#: The two admin tokens of ``admin_settings``: full access, and read-only ("dashboards").
+ADMIN_TOKEN = "admin-secret"
+READ_TOKEN = "read-secret"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+READER = {"Authorization": f"Bearer {READ_TOKEN}"}
+
+Clients = tuple[TestClient[Any, Any], TestClient[Any, Any], Services]
 
 
 def make_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -25,6 +36,32 @@ def make_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     merged: dict[str, Any] = {"upstream.base_url": FAKE_UPSTREAM, "registry.store": store}
     merged.update(overrides)
     return load_config(None, environ=environ or {}, overrides=merged)
+
+
+def admin_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    """``make_settings`` with both admin tokens, the embedded store and the shadow sink
+    under ``tmp_path``."""
+    return make_settings(
+        environ={"PROMPTPROXY_ADMIN_TOKEN": ADMIN_TOKEN, "READ_TOKEN": READ_TOKEN},
+        **{
+            "registry.store": f"embedded:{tmp_path / 'registry.db'}",
+            "admin.tokens": [{"name": "dashboards", "env": "READ_TOKEN", "role": "read"}],
+            "shadow.sink": {"dir": str(tmp_path / "pairs")},
+            **overrides,
+        },
+    )
+
+
+async def run_cli(
+    admin: TestClient[Any, Any], *args: str, token: str | None = READ_TOKEN
+) -> Result:
+    """``promptproxy ARGS`` against the in-process admin app, with ``token`` (none: no
+    token at all). The CLI is synchronous (urllib), so it runs in a worker thread while
+    the test's event loop serves the admin API."""
+    env = {"PROMPTPROXY_ADMIN_URL": str(admin.make_url("")).rstrip("/")}
+    if token is not None:
+        env["PROMPTPROXY_ADMIN_TOKEN"] = token
+    return await asyncio.to_thread(CliRunner().invoke, main, list(args), env=env)
 
 
 @asynccontextmanager

@@ -3,34 +3,13 @@ embedded store (the multi-process behaviour is in tests/integration/test_fleet_o
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
 from proxy.registry.store import StoreUnavailable
-from proxy.services import Services
-from tests.support import make_settings, proxy_clients
-
-ADMIN = {"Authorization": "Bearer admin-secret"}
-READER = {"Authorization": "Bearer read-secret"}
-
-Clients = tuple[TestClient[Any, Any], TestClient[Any, Any], Services]
-
-
-@pytest.fixture
-async def clients(tmp_path: Path) -> AsyncIterator[Clients]:
-    settings = make_settings(
-        environ={"PROMPTPROXY_ADMIN_TOKEN": "admin-secret", "READ_TOKEN": "read-secret"},
-        **{
-            "registry.store": f"embedded:{tmp_path / 'registry.db'}",
-            "admin.tokens": [{"name": "dashboards", "env": "READ_TOKEN", "role": "read"}],
-        },
-    )
-    async with proxy_clients(settings) as trio:
-        yield trio
+from tests.support import ADMIN, READER, Clients
 
 
 async def post(admin: TestClient[Any, Any], path: str, body: Any, **query: str) -> Any:

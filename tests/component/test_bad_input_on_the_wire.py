@@ -101,6 +101,14 @@ async def _raw_exchange(port: int, request: bytes) -> bytes:
     return head + body
 
 
+async def _through_proxy(upstream_url: str, request: bytes) -> bytes:
+    """``request`` as raw bytes to a proxy in front of ``upstream_url``; its raw answer."""
+    settings: Any = make_settings(**{"upstream.base_url": upstream_url})
+    async with proxy_clients(settings) as (data, _, _services):
+        assert data.server.port is not None
+        return await _raw_exchange(data.server.port, request)
+
+
 @pytest.mark.parametrize(
     ("target", "expected"),
     [
@@ -116,12 +124,7 @@ async def test_the_upstream_gets_the_parsed_path_of_any_request_target(
     upstream: tuple[RecordingUpstream, str], target: str, expected: str
 ) -> None:
     recorder, url = upstream
-    settings: Any = make_settings(**{"upstream.base_url": url})
-    async with proxy_clients(settings) as (data, _, _services):
-        assert data.server.port is not None
-        answer = await _raw_exchange(
-            data.server.port, f"GET {target} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
-        )
+    answer = await _through_proxy(url, f"GET {target} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
     assert recorder.paths == [expected]
 
@@ -130,12 +133,7 @@ async def test_a_percent_encoded_v1_prefix_is_refused(
     upstream: tuple[RecordingUpstream, str],
 ) -> None:
     recorder, url = upstream
-    settings: Any = make_settings(**{"upstream.base_url": url})
-    async with proxy_clients(settings) as (data, _, _services):
-        assert data.server.port is not None
-        answer = await _raw_exchange(
-            data.server.port, b"GET /%761/models HTTP/1.1\r\nHost: t\r\n\r\n"
-        )
+    answer = await _through_proxy(url, b"GET /%761/models HTTP/1.1\r\nHost: t\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
     assert b'"code":"invalid_path"' in answer
     assert recorder.paths == []

@@ -98,6 +98,35 @@ async def _response(reader: asyncio.StreamReader) -> bytes:
     return head + await reader.readexactly(length)
 
 
+async def _kept_connection(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection that has been answered once and is kept alive for the next request."""
+    reader, writer = await _connect(port)
+    writer.write(HEAD)
+    assert (await _response(reader)).endswith(b"ok")
+    return reader, writer
+
+
+@contextlib.asynccontextmanager
+async def _trickling(
+    writer: asyncio.StreamWriter, chunk: bytes, every: float
+) -> AsyncIterator[None]:
+    """Sends ``chunk`` every ``every`` seconds while the block runs (or until the server
+    closes the connection)."""
+
+    async def trickle() -> None:
+        with contextlib.suppress(ConnectionError):
+            while True:
+                writer.write(chunk)
+                await writer.drain()
+                await asyncio.sleep(every)
+
+    task = asyncio.create_task(trickle())
+    try:
+        yield
+    finally:
+        task.cancel()
+
+
 async def test_a_silent_connection_is_closed_at_the_header_deadline(listener: Listener) -> None:
     reader, writer = await _connect(listener.port)
     assert await _closed_by_server(reader) == b""
@@ -107,20 +136,9 @@ async def test_a_silent_connection_is_closed_at_the_header_deadline(listener: Li
 
 async def test_trickling_header_bytes_does_not_extend_the_deadline(listener: Listener) -> None:
     reader, writer = await _connect(listener.port)
-
-    async def trickle() -> None:
-        writer.write(b"GET /ok HTTP/1.1\r\nHost: t\r\n")
-        with contextlib.suppress(ConnectionError):
-            while True:
-                writer.write(b"X-Slow: 1\r\n")
-                await writer.drain()
-                await asyncio.sleep(HEADER_TIMEOUT / 5)
-
-    task = asyncio.create_task(trickle())
-    try:
+    writer.write(b"GET /ok HTTP/1.1\r\nHost: t\r\n")
+    async with _trickling(writer, b"X-Slow: 1\r\n", HEADER_TIMEOUT / 5):
         assert await _closed_by_server(reader) == b""
-    finally:
-        task.cancel()
     assert listener.closed == ["header_timeout"]
     writer.close()
 
@@ -128,9 +146,7 @@ async def test_trickling_header_bytes_does_not_extend_the_deadline(listener: Lis
 async def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(
     listener: Listener,
 ) -> None:
-    reader, writer = await _connect(listener.port)
-    writer.write(HEAD)
-    assert (await _response(reader)).endswith(b"ok")
+    reader, writer = await _kept_connection(listener.port)
     # Idle for longer than the header deadline but within keep-alive: still usable.
     await asyncio.sleep(HEADER_TIMEOUT * 1.5)
     writer.write(HEAD)
@@ -143,9 +159,7 @@ async def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(
 async def test_the_next_request_head_on_a_kept_connection_has_a_deadline(
     listener: Listener,
 ) -> None:
-    reader, writer = await _connect(listener.port)
-    writer.write(HEAD)
-    assert (await _response(reader)).endswith(b"ok")
+    reader, writer = await _kept_connection(listener.port)
     writer.write(b"GET /ok HTTP/1.1\r\n")  # and never the rest
     assert await _closed_by_server(reader) == b""
     assert listener.closed == ["header_timeout"]
@@ -165,19 +179,8 @@ async def test_a_trickled_body_gets_408_at_the_body_deadline_and_is_closed(
 ) -> None:
     reader, writer = await _connect(listener.port)
     writer.write(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n")
-
-    async def trickle() -> None:
-        with contextlib.suppress(ConnectionError):
-            while True:
-                writer.write(b"a")
-                await writer.drain()
-                await asyncio.sleep(BODY_TIMEOUT / 5)
-
-    task = asyncio.create_task(trickle())
-    try:
+    async with _trickling(writer, b"a", BODY_TIMEOUT / 5):
         answer = await _closed_by_server(reader)
-    finally:
-        task.cancel()
     assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
     assert b'"code":"request_timeout"' in answer
     assert b"Connection: close" in answer

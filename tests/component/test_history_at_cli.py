@@ -3,37 +3,14 @@ rollout: not only the prod version, but what the rollout served then."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 from aiohttp.test_utils import TestClient
-from click.testing import CliRunner
 
-from proxy.cli import main
 from proxy.registry.models import RolloutMode, VersionDraft
-from proxy.services import Services
-from tests.support import make_settings, proxy_clients
-
-READ_TOKEN = "read-secret"
-Clients = tuple[TestClient[Any, Any], TestClient[Any, Any], Services]
-
-
-@pytest.fixture
-async def clients(tmp_path: Path) -> AsyncIterator[Clients]:
-    settings = make_settings(
-        environ={"READ_TOKEN": READ_TOKEN},
-        **{
-            "registry.store": f"embedded:{tmp_path / 'registry.db'}",
-            "admin.tokens": [{"name": "dashboards", "env": "READ_TOKEN", "role": "read"}],
-        },
-    )
-    async with proxy_clients(settings) as trio:
-        yield trio
+from tests.support import READER, Clients, run_cli
 
 
 def iso(ts: float) -> str:
@@ -41,12 +18,7 @@ def iso(ts: float) -> str:
 
 
 async def history_at(admin: TestClient[Any, Any], when: float, *output: str) -> str:
-    env = {
-        "PROMPTPROXY_ADMIN_URL": str(admin.make_url("")).rstrip("/"),
-        "PROMPTPROXY_ADMIN_TOKEN": READ_TOKEN,
-    }
-    args = ["prompts", *output, "history", "support", "--at", iso(when)]
-    result = await asyncio.to_thread(CliRunner().invoke, main, args, env=env)
+    result = await run_cli(admin, "prompts", *output, "history", "support", "--at", iso(when))
     assert result.exit_code == 0, result.output
     return result.output
 
@@ -93,6 +65,6 @@ async def test_history_at_an_instant_during_a_canary_says_what_the_canary_served
     resp = await admin.get(
         "/admin/v1/prompts/support/history",
         params={"at": iso(aborted.at + 1)},
-        headers={"Authorization": f"Bearer {READ_TOKEN}"},
+        headers=READER,
     )
     assert (await resp.json())["rollout"] is None

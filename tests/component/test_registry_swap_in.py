@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +12,16 @@ from aiohttp.test_utils import TestClient
 from openapi_spec_validator import validate
 
 from proxy.services import Services
-from tests.support import FAKE_UPSTREAM, make_settings, proxy_clients, upstream_mock
+from tests.support import (
+    ADMIN,
+    FAKE_UPSTREAM,
+    READER,
+    Clients,
+    make_settings,
+    proxy_clients,
+    upstream_mock,
+)
 
-ADMIN = {"Authorization": "Bearer admin-secret"}
-READER = {"Authorization": "Bearer read-secret"}
 CHAT_URL = f"{FAKE_UPSTREAM}/chat/completions"
 ANSWER = {
     "id": "c",
@@ -35,21 +40,6 @@ SUPPORT = {
     ],
     "changelog": "first",
 }
-
-Clients = tuple[TestClient[Any, Any], TestClient[Any, Any], Services]
-
-
-@pytest.fixture
-async def clients(tmp_path: Path) -> AsyncIterator[Clients]:
-    settings = make_settings(
-        environ={"PROMPTPROXY_ADMIN_TOKEN": "admin-secret", "READ_TOKEN": "read-secret"},
-        **{
-            "registry.store": f"embedded:{tmp_path / 'registry.db'}",
-            "admin.tokens": [{"name": "dashboards", "env": "READ_TOKEN", "role": "read"}],
-        },
-    )
-    async with proxy_clients(settings) as trio:
-        yield trio
 
 
 @pytest.fixture

@@ -3,44 +3,18 @@ instead of failing; an unknown prompt is still an error."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 from aiohttp.test_utils import TestClient
-from click.testing import CliRunner, Result
+from click.testing import Result
 
-from proxy.cli import main
 from proxy.registry.models import RolloutMode, VersionDraft
-from proxy.services import Services
-from tests.support import make_settings, proxy_clients
-
-READ_TOKEN = "read-secret"
-Clients = tuple[TestClient[Any, Any], TestClient[Any, Any], Services]
-
-
-@pytest.fixture
-async def clients(tmp_path: Path) -> AsyncIterator[Clients]:
-    settings = make_settings(
-        environ={"READ_TOKEN": READ_TOKEN},
-        **{
-            "registry.store": f"embedded:{tmp_path / 'registry.db'}",
-            "admin.tokens": [{"name": "dashboards", "env": "READ_TOKEN", "role": "read"}],
-        },
-    )
-    async with proxy_clients(settings) as trio:
-        yield trio
+from tests.support import Clients, run_cli
 
 
 async def status(admin: TestClient[Any, Any], *args: str) -> Result:
-    env = {
-        "PROMPTPROXY_ADMIN_URL": str(admin.make_url("")).rstrip("/"),
-        "PROMPTPROXY_ADMIN_TOKEN": READ_TOKEN,
-    }
-    return await asyncio.to_thread(CliRunner().invoke, main, ["rollout", *args], env=env)
+    return await run_cli(admin, "rollout", *args)
 
 
 async def test_status_of_a_prompt_with_nothing_running_answers(clients: Clients) -> None:

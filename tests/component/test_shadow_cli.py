@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -24,24 +22,7 @@ from proxy.services import Services
 from proxy.shadow.models import ArmResult, ShadowKind
 from proxy.shadow.pairs import Pair, PairMeta
 from tests.processes import free_port
-from tests.support import make_settings, proxy_clients
-
-READ_TOKEN = "read-secret"
-
-Clients = tuple[TestClient[Any, Any], TestClient[Any, Any], Services]
-
-
-@pytest.fixture
-async def clients(tmp_path: Path) -> AsyncIterator[Clients]:
-    settings = make_settings(
-        environ={"READ_TOKEN": READ_TOKEN},
-        **{
-            "admin.tokens": [{"name": "dashboards", "env": "READ_TOKEN", "role": "read"}],
-            "shadow.sink": {"dir": str(tmp_path / "pairs")},
-        },
-    )
-    async with proxy_clients(settings) as trio:
-        yield trio
+from tests.support import READ_TOKEN, Clients, run_cli
 
 
 def pair(n: int, ts: float, primary_text: str = "stable", finish: str = "stop") -> Pair:
@@ -57,10 +38,7 @@ def pair(n: int, ts: float, primary_text: str = "stable", finish: str = "stop") 
 
 
 async def cli(admin: TestClient[Any, Any], *args: str, token: str | None = READ_TOKEN) -> Result:
-    env = {"PROMPTPROXY_ADMIN_URL": str(admin.make_url("")).rstrip("/")}
-    if token is not None:
-        env["PROMPTPROXY_ADMIN_TOKEN"] = token
-    return await asyncio.to_thread(CliRunner().invoke, main, ["shadow", *args], env=env)
+    return await run_cli(admin, "shadow", *args, token=token)
 
 
 async def stored(services: Services, count: int) -> None:

@@ -10,7 +10,6 @@ import asyncio
 import random
 import sys
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -24,24 +23,11 @@ from proxy.models import Route
 from proxy.services import Services
 from proxy.shadow.models import ArmResult, ShadowKind
 from proxy.shadow.pairs import Pair, PairMeta
-from tests.component.test_shadow_cli import READ_TOKEN, Clients, cli
+from tests.component.test_shadow_cli import cli
 from tests.processes import free_port
-from tests.support import make_settings, proxy_clients
+from tests.support import Clients
 
 SLUG = "support"
-
-
-@pytest.fixture
-async def clients(tmp_path: Path) -> AsyncIterator[Clients]:
-    settings = make_settings(
-        environ={"READ_TOKEN": READ_TOKEN},
-        **{
-            "admin.tokens": [{"name": "dashboards", "env": "READ_TOKEN", "role": "read"}],
-            "shadow.sink": {"dir": str(tmp_path / "pairs")},
-        },
-    )
-    async with proxy_clients(settings) as trio:
-        yield trio
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,33 +3,13 @@ the last one, or `--rollout ID`; an earlier rollout of the same slug never leaks
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import orjson
-import pytest
 
 from proxy.registry.models import RolloutMode, VersionDraft
 from proxy.services import Services
-from tests.component.test_shadow_cli import READ_TOKEN, Clients, cli
+from tests.component.test_shadow_cli import cli
 from tests.component.test_shadow_report import SLUG, Seeder
-from tests.support import make_settings, proxy_clients
-
-READER = {"Authorization": f"Bearer {READ_TOKEN}"}
-
-
-@pytest.fixture
-async def clients(tmp_path: Path) -> AsyncIterator[Clients]:
-    settings = make_settings(
-        environ={"READ_TOKEN": READ_TOKEN},
-        **{
-            "registry.store": f"embedded:{tmp_path / 'registry.db'}",
-            "admin.tokens": [{"name": "dashboards", "env": "READ_TOKEN", "role": "read"}],
-            "shadow.sink": {"dir": str(tmp_path / "pairs")},
-        },
-    )
-    async with proxy_clients(settings) as trio:
-        yield trio
+from tests.support import READER, Clients
 
 
 async def shadow_of(services: Services, candidate: int) -> str:

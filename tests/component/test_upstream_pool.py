@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import TestClient, TestServer
 
+from proxy.pipeline.forward import PoolUsage
+from proxy.services import Services
 from tests.support import make_settings, proxy_clients
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
@@ -44,6 +48,25 @@ async def provider() -> AsyncIterator[tuple[Provider, str]]:
         await server.close()
 
 
+@asynccontextmanager
+async def _pooled_proxy(
+    url: str, max_connections: int, pool_wait_seconds: float, **more: Any
+) -> AsyncIterator[tuple[TestClient[Any, Any], Services, PoolUsage]]:
+    """The proxy in front of ``url`` with that pool: its data client, services and pool."""
+    settings = make_settings(
+        **{
+            "upstream.base_url": url,
+            "upstream.max_connections": max_connections,
+            "upstream.pool_wait_seconds": pool_wait_seconds,
+            **more,
+        }
+    )
+    async with proxy_clients(settings) as (data, _, services):
+        pool = services.upstream.pool
+        assert pool is not None
+        yield data, services, pool
+
+
 async def _until(check: object, what: str) -> None:
     for _ in range(200):
         if callable(check) and check():
@@ -56,18 +79,9 @@ async def test_a_full_pool_answers_a_retryable_503_after_the_wait(
     provider: tuple[Provider, str],
 ) -> None:
     upstream, url = provider
-    settings = make_settings(
-        **{
-            "upstream.base_url": url,
-            "upstream.max_connections": 2,
-            "upstream.pool_wait_seconds": 0.5,
-            # The pool wait alone is bounded: not the wait plus a (long) connect timeout.
-            "upstream.connect_timeout_seconds": 60,
-        }
-    )
-    async with proxy_clients(settings) as (data, _, services):
-        pool = services.upstream.pool
-        assert pool is not None
+    # The pool wait alone is bounded: not the wait plus a (long) connect timeout.
+    more = {"upstream.connect_timeout_seconds": 60}
+    async with _pooled_proxy(url, 2, 0.5, **more) as (data, services, pool):
         held = [asyncio.create_task(data.post("/v1/chat/completions", json=CHAT)) for _ in range(2)]
         await _until(lambda: upstream.arrived == 2, "both calls reached the provider")
         assert pool.in_use() == 2
@@ -107,16 +121,7 @@ async def test_a_call_that_waits_less_than_the_bound_is_served(
     provider: tuple[Provider, str],
 ) -> None:
     upstream, url = provider
-    settings = make_settings(
-        **{
-            "upstream.base_url": url,
-            "upstream.max_connections": 1,
-            "upstream.pool_wait_seconds": 30,
-        }
-    )
-    async with proxy_clients(settings) as (data, _, services):
-        pool = services.upstream.pool
-        assert pool is not None
+    async with _pooled_proxy(url, 1, 30) as (data, _, pool):
         first = asyncio.create_task(data.post("/v1/chat/completions", json=CHAT))
         await _until(lambda: upstream.arrived == 1, "the first call reached the provider")
         second = asyncio.create_task(data.post("/v1/chat/completions", json=CHAT))

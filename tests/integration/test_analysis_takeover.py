@@ -17,14 +17,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.processes import ProxyProc, proxy
-from tests.redis_server import RedisServer, running_redis
+from tests.processes import ADMIN_HEADERS, CHAT, ProxyProc, proxy_with_token
+from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
 
-TOKEN = "integration-admin-token"
-ADMIN = {"Authorization": f"Bearer {TOKEN}"}
-CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 SLUG = "takeover"
 LEASE_SECONDS = 3.0
 CONFIG = f"analysis:\n  lease_seconds: {LEASE_SECONDS}\n  flush_seconds: 0.5\n"
@@ -46,14 +43,6 @@ POLICY: dict[str, Any] = {
 LEADER = re.compile(r'^promptproxy_analysis_leader\{slug="takeover"\} (\S+)$', re.MULTILINE)
 
 
-@pytest.fixture(scope="module")
-def redis_server(procs_dir: Path) -> Iterator[RedisServer]:
-    workdir = procs_dir / "redis-analysis"
-    workdir.mkdir(exist_ok=True)
-    with running_redis(workdir) as server:
-        yield server
-
-
 @pytest.fixture
 def start_replica(
     procs_dir: Path, sim_url: str, redis_server: RedisServer
@@ -64,13 +53,7 @@ def start_replica(
 
         def start() -> ProxyProc:
             return stack.enter_context(
-                proxy(
-                    procs_dir,
-                    sim_url,
-                    CONFIG,
-                    store=redis_server.url,
-                    env={"PROMPTPROXY_ADMIN_TOKEN": TOKEN},
-                )
+                proxy_with_token(procs_dir, sim_url, CONFIG, store=redis_server.url)
             )
 
         yield start
@@ -80,7 +63,7 @@ async def admin(
     session: aiohttp.ClientSession, replica: ProxyProc, method: str, path: str, body: Any = None
 ) -> tuple[int, Any]:
     async with session.request(
-        method, f"{replica.admin_url}/admin/v1{path}", json=body, headers=ADMIN
+        method, f"{replica.admin_url}/admin/v1{path}", json=body, headers=ADMIN_HEADERS
     ) as resp:
         return resp.status, await resp.json()
 

@@ -9,49 +9,20 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
 
 import orjson
 import pytest
 
-from tests.processes import ProxyProc, proxy
-from tests.redis_server import RedisServer, running_redis
+from tests.processes import ADMIN_TOKEN, ProxyProc
 
 pytestmark = pytest.mark.integration
-
-TOKEN = "fleet-admin-token"
-
-
-@pytest.fixture(scope="module")
-def redis_server(procs_dir: Path) -> Iterator[RedisServer]:
-    workdir = procs_dir / "redis"
-    workdir.mkdir(exist_ok=True)
-    with running_redis(workdir) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def replicas(procs_dir: Path, sim_url: str, redis_server: RedisServer) -> Iterator[list[ProxyProc]]:
-    with ExitStack() as stack:
-        yield [
-            stack.enter_context(
-                proxy(
-                    procs_dir,
-                    sim_url,
-                    store=redis_server.url,
-                    env={"PROMPTPROXY_ADMIN_TOKEN": TOKEN},
-                )
-            )
-            for _ in range(3)
-        ]
 
 
 def cli(replica: ProxyProc, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROMPTPROXY_")}
     env["PROMPTPROXY_ADMIN_URL"] = replica.admin_url
-    env["PROMPTPROXY_ADMIN_TOKEN"] = TOKEN
+    env["PROMPTPROXY_ADMIN_TOKEN"] = ADMIN_TOKEN
     return subprocess.run(
         [sys.executable, "-m", "proxy", *args],
         capture_output=True,

@@ -20,10 +20,7 @@ import asyncio
 import itertools
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import ExitStack
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -32,60 +29,16 @@ import pytest
 import redis.asyncio
 
 from proxy.pipeline.choose import bucket
-from tests.processes import ProxyProc, proxy
-from tests.redis_server import RedisServer, running_redis
+from tests.processes import STICKY_HEADER, ProxyProc, admin, arm_of
+from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
 
-TOKEN = "integration-admin-token"
-ADMIN = {"Authorization": f"Bearer {TOKEN}"}
-ENV = {"PROMPTPROXY_ADMIN_TOKEN": TOKEN}
-CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
-STICKY_HEADER = "x-user-id"
 WORKERS_PER_REPLICA = 2
 # Seconds, by how pub/sub is killed: not at all, once just before the ramp, or every 50 ms
 # from just before the ramp until every replica applied it.
 PROMISE = {"never": 2.0, "once": 5.0, "throughout": 5.0}
 AFTER_APPLY = 100  # requests each replica answers after it applied the ramp, at least
-
-
-@pytest.fixture(scope="module")
-def redis_server(procs_dir: Path) -> Iterator[RedisServer]:
-    workdir = procs_dir / "redis-ramp"
-    workdir.mkdir(exist_ok=True)
-    with running_redis(workdir) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def replicas(procs_dir: Path, sim_url: str, redis_server: RedisServer) -> Iterator[list[ProxyProc]]:
-    with ExitStack() as stack:
-        yield [
-            stack.enter_context(proxy(procs_dir, sim_url, store=redis_server.url, env=ENV))
-            for _ in range(3)
-        ]
-
-
-async def admin(replica: ProxyProc, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.request(
-            method, f"{replica.admin_url}/admin/v1{path}", json=body, headers=ADMIN
-        ) as resp,
-    ):
-        return resp.status, await resp.json()
-
-
-async def arm_of(session: aiohttp.ClientSession, replica: ProxyProc, slug: str, key: str) -> str:
-    async with session.post(
-        f"{replica.url.removesuffix('/v1')}/p/{slug}/v1/chat/completions",
-        json=CHAT,
-        headers={STICKY_HEADER: key},
-    ) as resp:
-        await resp.read()
-        if resp.status != 200:
-            return f"status:{resp.status}"
-        return f"{resp.headers['x-prompt-arm']}:{resp.headers['x-prompt-version']}"
 
 
 @dataclass

@@ -15,23 +15,12 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.processes import ProxyProc, proxy
-from tests.redis_server import RedisServer, running_redis
+from tests.processes import ADMIN_HEADERS, CHAT, ProxyProc, proxy_with_token
+from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
 
-TOKEN = "ryw-admin-token"
-ADMIN = {"Authorization": f"Bearer {TOKEN}"}
-CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 ROUNDS = 40
-
-
-@pytest.fixture(scope="module")
-def redis_server(procs_dir: Path) -> Iterator[RedisServer]:
-    workdir = procs_dir / "redis"
-    workdir.mkdir(exist_ok=True)
-    with running_redis(workdir) as server:
-        yield server
 
 
 @pytest.fixture(scope="module", params=["embedded", "redis"])
@@ -39,8 +28,7 @@ def replica(
     request: pytest.FixtureRequest, procs_dir: Path, sim_url: str, redis_server: RedisServer
 ) -> Iterator[ProxyProc]:
     store = redis_server.url if request.param == "redis" else None
-    env = {"PROMPTPROXY_ADMIN_TOKEN": TOKEN}
-    with proxy(procs_dir, sim_url, store=store, env=env) as proc:
+    with proxy_with_token(procs_dir, sim_url, store=store) as proc:
         yield proc
 
 
@@ -51,7 +39,7 @@ class Operator:
 
     async def write(self, method: str, path: str, body: dict[str, Any]) -> Any:
         url = f"{self.replica.admin_url}/admin/v1{path}"
-        async with self.session.request(method, url, json=body, headers=ADMIN) as resp:
+        async with self.session.request(method, url, json=body, headers=ADMIN_HEADERS) as resp:
             assert resp.status in (200, 201), await resp.text()
             answer = await resp.json()
         assert answer["served"]["here"] is True, answer

@@ -5,55 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 import redis
 
-from tests.processes import ProxyProc, proxy
-from tests.redis_server import RedisServer, running_redis
+from tests.processes import ADMIN_HEADERS, CHAT, ProxyProc, admin
+from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
-
-TOKEN = "integration-admin-token"
-ADMIN = {"Authorization": f"Bearer {TOKEN}"}
-CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
-
-
-@pytest.fixture(scope="module")
-def redis_server(procs_dir: Path) -> Iterator[RedisServer]:
-    workdir = procs_dir / "redis"
-    workdir.mkdir(exist_ok=True)
-    with running_redis(workdir) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def replicas(procs_dir: Path, sim_url: str, redis_server: RedisServer) -> Iterator[list[ProxyProc]]:
-    with ExitStack() as stack:
-        yield [
-            stack.enter_context(
-                proxy(
-                    procs_dir,
-                    sim_url,
-                    store=redis_server.url,
-                    env={"PROMPTPROXY_ADMIN_TOKEN": TOKEN},
-                )
-            )
-            for _ in range(3)
-        ]
-
-
-async def admin_post(replica: ProxyProc, path: str, body: dict[str, Any]) -> tuple[int, Any]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(f"{replica.admin_url}/admin/v1{path}", json=body, headers=ADMIN) as resp,
-    ):
-        return resp.status, await resp.json()
 
 
 async def served_version(
@@ -68,10 +29,10 @@ async def served_version(
 
 async def seed(replica: ProxyProc, slug: str) -> None:
     for text in ("good prompt", "bad prompt"):
-        status, _ = await admin_post(replica, f"/prompts/{slug}/versions", {"template": text})
+        status, _ = await admin(replica, "POST", f"/prompts/{slug}/versions", {"template": text})
         assert status in (200, 201)
     for version in (1, 2):
-        status, _ = await admin_post(replica, f"/prompts/{slug}/promote", {"version": version})
+        status, _ = await admin(replica, "POST", f"/prompts/{slug}/promote", {"version": version})
         assert status == 200
 
 
@@ -109,8 +70,8 @@ async def test_rollback_through_one_replica_reaches_all_three(replicas: list[Pro
     await seed(replicas[0], "checkout")
     await until_all_serve(replicas, "checkout", "2", limit=5)
     started = time.monotonic()
-    status, entry = await admin_post(
-        replicas[1], "/prompts/checkout/rollback", {"reason": "regression"}
+    status, entry = await admin(
+        replicas[1], "POST", "/prompts/checkout/rollback", {"reason": "regression"}
     )
     assert (status, entry["version"]) == (200, 1)
     times = await until_all_serve(replicas, "checkout", "1", limit=5)
@@ -137,7 +98,7 @@ async def test_rollback_reaches_all_replicas_with_notifications_cut(
     cutter = asyncio.create_task(keep_cutting_pubsub())
     try:
         await asyncio.sleep(0.2)
-        status, _ = await admin_post(replicas[2], "/prompts/billing/rollback", {})
+        status, _ = await admin(replicas[2], "POST", "/prompts/billing/rollback", {})
         assert status == 200
         times = await until_all_serve(replicas, "billing", "1", limit=8)
     finally:
@@ -177,7 +138,7 @@ async def test_redis_outage_fails_no_request_and_heals(
             metrics = await resp.text()
         assert detail["status"] == "degraded"
         assert "promptproxy_registry_up 0.0" in metrics
-        status, body = await admin_post(replicas[0], "/prompts/outage/rollback", {})
+        status, body = await admin(replicas[0], "POST", "/prompts/outage/rollback", {})
         assert status == 503
         assert "unavailable" in body["error"]["message"]
         await asyncio.sleep(0.5)
@@ -192,7 +153,7 @@ async def test_redis_outage_fails_no_request_and_heals(
     # The server came back empty (no persistence): a lost registry, not an empty one. One
     # restore from a replica's snapshot brings the store, and so every replica, back.
     await until_registry_state(replicas[0], "replaced", limit=10)
-    status, body = await admin_post(replicas[0], "/registry/restore", {"source": "snapshot"})
+    status, body = await admin(replicas[0], "POST", "/registry/restore", {"source": "snapshot"})
     assert status == 200, body
     await seed(replicas[1], "after-outage")
     await until_all_serve(replicas, "after-outage", "2", limit=10)
@@ -227,7 +188,7 @@ async def test_registry_reading_empty_keeps_the_last_good_snapshot(
     )
     async with aiohttp.ClientSession() as session:
         assert [await served_version(session, r, "flush") for r in replicas] == ["2", "2", "2"]
-    status, body = await admin_post(replicas[1], "/prompts/flush/versions", {"template": "new"})
+    status, body = await admin(replicas[1], "POST", "/prompts/flush/versions", {"template": "new"})
     assert (status, body["error"]["code"]) == (409, "registry_store_replaced"), body
     assert "restore" in body["error"]["message"]
     client = redis.Redis.from_url(redis_server.url)
@@ -237,8 +198,8 @@ async def test_registry_reading_empty_keeps_the_last_good_snapshot(
     finally:
         client.close()
 
-    status, body = await admin_post(
-        replicas[2], "/registry/restore", {"source": "snapshot", "reason": "FLUSHALL"}
+    status, body = await admin(
+        replicas[2], "POST", "/registry/restore", {"source": "snapshot", "reason": "FLUSHALL"}
     )
     assert status == 200, body
     restored = time.monotonic()
@@ -247,11 +208,13 @@ async def test_registry_reading_empty_keeps_the_last_good_snapshot(
     print(
         f"restore accepted by all replicas after {round((time.monotonic() - restored) * 1000)} ms"
     )
-    status, body = await admin_post(replicas[0], "/prompts/flush/versions", {"template": "new"})
+    status, body = await admin(replicas[0], "POST", "/prompts/flush/versions", {"template": "new"})
     assert (status, body["version"]["version"]) == (201, 3), body  # numbering continues
     async with (
         aiohttp.ClientSession() as session,
-        session.get(f"{replicas[0].admin_url}/admin/v1/audit?slug=flush", headers=ADMIN) as resp,
+        session.get(
+            f"{replicas[0].admin_url}/admin/v1/audit?slug=flush", headers=ADMIN_HEADERS
+        ) as resp,
     ):
         actions = [entry["action"] for entry in (await resp.json())["data"]]
     assert actions[:2] == ["create", "restore"]
@@ -259,7 +222,7 @@ async def test_registry_reading_empty_keeps_the_last_good_snapshot(
 
 async def test_concurrent_pushes_through_two_replicas(replicas: list[ProxyProc]) -> None:
     pushes = [
-        admin_post(replicas[i % 2], "/prompts/race/versions", {"template": f"variant {i}"})
+        admin(replicas[i % 2], "POST", "/prompts/race/versions", {"template": f"variant {i}"})
         for i in range(40)
     ]
     answers = await asyncio.gather(*pushes)

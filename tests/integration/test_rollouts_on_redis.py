@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -15,59 +13,12 @@ import aiohttp
 import pytest
 
 from proxy.pipeline.choose import bucket
-from tests.processes import ProxyProc, proxy
-from tests.redis_server import RedisServer, running_redis
+from tests.processes import ProxyProc, admin, arm_of, proxy_with_token
+from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
 
-TOKEN = "integration-admin-token"
-ADMIN = {"Authorization": f"Bearer {TOKEN}"}
-CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 USERS = [f"user-{i}" for i in range(300)]
-
-
-@pytest.fixture(scope="module")
-def redis_server(procs_dir: Path) -> Iterator[RedisServer]:
-    workdir = procs_dir / "redis-rollouts"
-    workdir.mkdir(exist_ok=True)
-    with running_redis(workdir) as server:
-        yield server
-
-
-def start_replica(procs_dir: Path, sim_url: str, redis_server: RedisServer) -> Any:
-    return proxy(procs_dir, sim_url, store=redis_server.url, env={"PROMPTPROXY_ADMIN_TOKEN": TOKEN})
-
-
-@pytest.fixture(scope="module")
-def replicas(procs_dir: Path, sim_url: str, redis_server: RedisServer) -> Iterator[list[ProxyProc]]:
-    with ExitStack() as stack:
-        yield [
-            stack.enter_context(start_replica(procs_dir, sim_url, redis_server)) for _ in range(3)
-        ]
-
-
-async def admin(replica: ProxyProc, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.request(
-            method, f"{replica.admin_url}/admin/v1{path}", json=body, headers=ADMIN
-        ) as resp,
-    ):
-        return resp.status, await resp.json()
-
-
-async def arm_of(session: aiohttp.ClientSession, replica: ProxyProc, slug: str, user: str) -> str:
-    async with session.post(
-        f"{replica.url.removesuffix('/v1')}/p/{slug}/v1/chat/completions",
-        json=CHAT,
-        headers={"x-user-id": user},
-    ) as resp:
-        await resp.read()
-        if resp.status != 200:
-            # A replica that has not caught up yet (404 unknown slug, 409 no prod version):
-            # never equal to an expected arm, so the polling callers wait for it.
-            return f"status:{resp.status}"
-        return f"{resp.headers['x-prompt-arm']}:{resp.headers['x-prompt-version']}"
 
 
 async def arms(replica: ProxyProc, slug: str) -> dict[str, str]:
@@ -118,7 +69,7 @@ async def test_every_replica_and_a_restart_agree_on_every_caller(
         assert await arms(replica, "sticky") == want
 
     # A replica started after the rollout (a restart, a scale-up) agrees too.
-    with start_replica(procs_dir, sim_url, redis_server) as newcomer:
+    with proxy_with_token(procs_dir, sim_url, store=redis_server.url) as newcomer:
         assert await arms(newcomer, "sticky") == want
 
     # Ramp 20 % -> 40 % through another replica: everyone on the canary stays there.

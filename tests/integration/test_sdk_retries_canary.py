@@ -24,12 +24,10 @@ import openai
 import pytest
 
 from proxy.pipeline.choose import bucket
-from tests.processes import ProxyProc, proxy
+from tests.processes import ADMIN_HEADERS, ProxyProc, proxy_with_token
 
 pytestmark = pytest.mark.integration
 
-TOKEN = "integration-admin-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 KEYS = 24
 FAILED_ATTEMPTS = 2  # answered 503; the SDK's max_retries=2 then makes the third succeed
 PROMPTS = {"stable": "You are stable.", "canary": "You are the candidate."}
@@ -38,7 +36,7 @@ CALL_HEADER = "x-test-call"
 
 @pytest.fixture(scope="module")
 def canary_proxy(procs_dir: Path, sim_url: str) -> Iterator[ProxyProc]:
-    with proxy(procs_dir, sim_url, env={"PROMPTPROXY_ADMIN_TOKEN": TOKEN}) as proc:
+    with proxy_with_token(procs_dir, sim_url) as proc:
         yield proc
 
 
@@ -56,7 +54,7 @@ def until_served(proc: ProxyProc, wanted: int) -> None:
 def start_canary(proc: ProxyProc, slug: str, sticky: str) -> str:
     """A 50 % canary of v2 over v1; returns the rollout id."""
     known = revision(proc)
-    with httpx.Client(base_url=f"{proc.admin_url}/admin/v1", headers=AUTH) as admin:
+    with httpx.Client(base_url=f"{proc.admin_url}/admin/v1", headers=ADMIN_HEADERS) as admin:
         for text in (PROMPTS["stable"], PROMPTS["canary"]):
             created = admin.post(f"/prompts/{slug}/versions", json={"template": text})
             assert created.status_code == 201, created.text
@@ -75,6 +73,19 @@ class Attempts:
         self.fault = fault
         self.seen: dict[str, list[tuple[int, int, str | None]]] = defaultdict(list)
         self.request_ids: dict[str, list[str]] = defaultdict(list)
+
+    def client(self, proc: ProxyProc, slug: str) -> openai.OpenAI:
+        """An SDK client on ``slug``'s prompt URL (``max_retries=2``) that runs these hooks."""
+        http_client = openai.DefaultHttpxClient(
+            event_hooks={"request": [self.on_request], "response": [self.on_response]}
+        )
+        root = proc.url.removesuffix("/v1")
+        return openai.OpenAI(
+            base_url=f"{root}/p/{slug}/v1",
+            api_key="sk-test",
+            max_retries=2,
+            http_client=http_client,
+        )
 
     def on_request(self, request: httpx.Request) -> None:
         if int(request.headers["x-stainless-retry-count"]) >= FAILED_ATTEMPTS:
@@ -183,13 +194,7 @@ def test_every_sdk_retry_lands_on_the_arm_of_the_first_attempt(
     slug = f"retries-{api}-{sticky.replace(':', '-')}-{carrier}"
     start_canary(canary_proxy, slug, sticky)
     attempts = Attempts()
-    http_client = openai.DefaultHttpxClient(
-        event_hooks={"request": [attempts.on_request], "response": [attempts.on_response]}
-    )
-    root = canary_proxy.url.removesuffix("/v1")
-    client = openai.OpenAI(
-        base_url=f"{root}/p/{slug}/v1", api_key="sk-test", max_retries=2, http_client=http_client
-    )
+    client = attempts.client(canary_proxy, slug)
     answered: dict[str, str] = {}
     with client:
         for n in range(KEYS):
@@ -225,13 +230,7 @@ def test_retries_after_failures_the_proxy_reports_itself_keep_the_arm(
     stable = [k for k in (f"key-{n}" for n in range(100)) if bucket(slug, rollout_id, k) >= 5000]
     keys = canary[:4] + stable[:4]
     attempts = Attempts(fault="drop")
-    http_client = openai.DefaultHttpxClient(
-        event_hooks={"request": [attempts.on_request], "response": [attempts.on_response]}
-    )
-    root = canary_proxy.url.removesuffix("/v1")
-    client = openai.OpenAI(
-        base_url=f"{root}/p/{slug}/v1", api_key="sk-test", max_retries=2, http_client=http_client
-    )
+    client = attempts.client(canary_proxy, slug)
     answered: dict[str, str] = {}
     with client:
         for n, key in enumerate(keys):

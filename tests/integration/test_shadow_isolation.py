@@ -20,12 +20,17 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.processes import ProxyProc, free_port, proxy, simulator
+from tests.processes import (
+    ADMIN_HEADERS,
+    ProxyProc,
+    admin,
+    free_port,
+    proxy_with_token,
+    simulator,
+)
 
 pytestmark = pytest.mark.integration
 
-TOKEN = "integration-admin-token"
-ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 CAP = 4
 QUEUE = 8
 REQUESTS = 240
@@ -51,16 +56,6 @@ def config(shadow_url: str, sink_dir: Path) -> str:
         "  sink:\n"
         f"    dir: {sink_dir}\n"
     )
-
-
-async def admin(replica: ProxyProc, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.request(
-            method, f"{replica.admin_url}/admin/v1{path}", json=body, headers=ADMIN
-        ) as resp,
-    ):
-        return resp.status, await resp.json()
 
 
 async def metric(replica: ProxyProc, name: str, labels: str = "") -> float:
@@ -164,12 +159,7 @@ async def test_a_faulty_shadow_upstream_never_reaches_the_primary(
     }[fault]
     # The simulator answers 500 to this model: only the candidate (the shadow) pins it.
     candidate_model = "sim-status-500" if fault == "error_500" else None
-    with proxy(
-        procs_dir,
-        sim_url,
-        config(shadow_url, tmp_path / "pairs"),
-        env={"PROMPTPROXY_ADMIN_TOKEN": TOKEN},
-    ) as replica:
+    with proxy_with_token(procs_dir, sim_url, config(shadow_url, tmp_path / "pairs")) as replica:
         await seed(replica, candidate_model)
         _, peak = await run_scenario(replica)
         assert peak <= CAP
@@ -193,13 +183,12 @@ async def test_a_faulty_shadow_upstream_never_reaches_the_primary(
 async def test_every_finished_shadow_is_paired_with_its_primary(
     procs_dir: Path, sim_url: str, tmp_path: Path
 ) -> None:
-    with proxy(
+    with proxy_with_token(
         procs_dir,
         sim_url,
         config(sim_url, tmp_path / "pairs")
         .replace(f"max_in_flight: {CAP}", "max_in_flight: 64")
         .replace(f"queue_size: {QUEUE}", "queue_size: 1024"),
-        env={"PROMPTPROXY_ADMIN_TOKEN": TOKEN},
     ) as replica:
         await seed(replica, None)
         await run_scenario(replica)
@@ -221,7 +210,7 @@ async def test_every_finished_shadow_is_paired_with_its_primary(
             session.get(
                 f"{replica.admin_url}/admin/v1/prompts/support/shadow/pairs",
                 params={"since": "10m", "limit": "10000"},
-                headers=ADMIN,
+                headers=ADMIN_HEADERS,
             ) as resp,
         ):
             assert resp.status == 200

@@ -31,24 +31,36 @@ def dead_port() -> int:
 
 
 def serve(
-    tmp_path: Path, *args: str, config: str | None = None
+    tmp_path: Path,
+    *,
+    port: int | None = None,
+    admin_port: int | None = None,
+    upstream: str | None = None,
+    config: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run `serve` to its end. A proxy that starts anyway would run until the timeout, which
-    fails the test."""
+    """Run `serve` to its end (ports not given are free ones). A proxy that starts anyway
+    would run until the timeout, which fails the test."""
     argv = ["serve", "--host", "127.0.0.1", "--store", f"embedded:{tmp_path / 'registry.db'}"]
+    argv += ["--port", str(port or free_port()), "--admin-port", str(admin_port or free_port())]
+    if upstream is not None:
+        argv += ["--upstream", upstream]
     if config is not None:
         path = tmp_path / "proxy.yaml"
         path.write_text(config)
         argv += ["--config", str(path)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROMPTPROXY_")}
     return subprocess.run(
-        [sys.executable, "-m", "proxy", *argv, *args],
+        [sys.executable, "-m", "proxy", *argv],
         capture_output=True,
         text=True,
         env=env,
         cwd=tmp_path,
         timeout=30,
     )
+
+
+def simulator_config(upstream: str, sim_port: int) -> str:
+    return f"upstream:\n  base_url: {upstream}\nsimulator:\n  enabled: true\n  port: {sim_port}\n"
 
 
 def error_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
@@ -60,9 +72,7 @@ def error_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
 def test_a_busy_data_port_is_one_line_and_exit_1(
     tmp_path: Path, sim_url: str, busy_port: int
 ) -> None:
-    result = serve(
-        tmp_path, "--port", str(busy_port), "--admin-port", str(free_port()), "--upstream", sim_url
-    )
+    result = serve(tmp_path, port=busy_port, upstream=sim_url)
     assert result.returncode == 1
     assert error_lines(result) == [
         f"promptproxy: cannot listen on 127.0.0.1:{busy_port} for the data plane (server.port): "
@@ -73,9 +83,7 @@ def test_a_busy_data_port_is_one_line_and_exit_1(
 def test_a_busy_admin_port_is_one_line_and_exit_1(
     tmp_path: Path, sim_url: str, busy_port: int
 ) -> None:
-    result = serve(
-        tmp_path, "--port", str(free_port()), "--admin-port", str(busy_port), "--upstream", sim_url
-    )
+    result = serve(tmp_path, admin_port=busy_port, upstream=sim_url)
     assert result.returncode == 1
     (line,) = error_lines(result)
     assert f"127.0.0.1:{busy_port} for the admin endpoints (server.admin_port)" in line
@@ -83,13 +91,8 @@ def test_a_busy_admin_port_is_one_line_and_exit_1(
 
 
 def test_a_busy_simulator_port_is_one_line_and_exit_1(tmp_path: Path, busy_port: int) -> None:
-    config = (
-        f"upstream:\n  base_url: http://127.0.0.1:{busy_port}/v1\n"
-        f"simulator:\n  enabled: true\n  port: {busy_port}\n"
-    )
-    result = serve(
-        tmp_path, "--port", str(free_port()), "--admin-port", str(free_port()), config=config
-    )
+    config = simulator_config(f"http://127.0.0.1:{busy_port}/v1", busy_port)
+    result = serve(tmp_path, config=config)
     assert result.returncode == 1
     (line,) = error_lines(result)
     assert f"127.0.0.1:{busy_port} for the simulated provider (simulator.port)" in line
@@ -97,15 +100,7 @@ def test_a_busy_simulator_port_is_one_line_and_exit_1(tmp_path: Path, busy_port:
 
 def test_an_unreachable_local_upstream_is_one_line_and_exit_1(tmp_path: Path) -> None:
     upstream = f"http://127.0.0.1:{dead_port()}/v1"
-    result = serve(
-        tmp_path,
-        "--port",
-        str(free_port()),
-        "--admin-port",
-        str(free_port()),
-        "--upstream",
-        upstream,
-    )
+    result = serve(tmp_path, upstream=upstream)
     assert result.returncode == 1
     (line,) = error_lines(result)
     assert line.startswith(f"promptproxy: upstream {upstream} is unreachable")
@@ -114,13 +109,8 @@ def test_an_unreachable_local_upstream_is_one_line_and_exit_1(tmp_path: Path) ->
 
 def test_a_simulator_on_another_port_than_the_upstream_is_a_config_error(tmp_path: Path) -> None:
     sim_port, upstream_port = dead_port(), dead_port()
-    config = (
-        f"upstream:\n  base_url: http://localhost:{upstream_port}/v1\n"
-        f"simulator:\n  enabled: true\n  port: {sim_port}\n"
-    )
-    result = serve(
-        tmp_path, "--port", str(free_port()), "--admin-port", str(free_port()), config=config
-    )
+    config = simulator_config(f"http://localhost:{upstream_port}/v1", sim_port)
+    result = serve(tmp_path, config=config)
     assert result.returncode == 2
     problems = [line for line in error_lines(result) if line.startswith("  - ")]
     assert len(problems) == 1

@@ -69,6 +69,13 @@ async def _replace(factory: StoreFactory, tmp_path: Path) -> None:
         _drop_wal(factory.db_path)  # a replaced volume brings no stale WAL along
 
 
+Accident = Callable[[StoreFactory, Path], Awaitable[None]]
+#: Each test marked with it runs once per way of losing the store.
+every_accident = pytest.mark.parametrize(
+    "accident", [_empty, _replace], ids=["emptied", "replaced"]
+)
+
+
 def _writes(store: PromptStore) -> dict[str, Callable[[], Awaitable[object]]]:
     return {
         "create_version": lambda: store.create_version(draft("new"), "alice", T0),
@@ -78,11 +85,9 @@ def _writes(store: PromptStore) -> dict[str, Callable[[], Awaitable[object]]]:
     }
 
 
-@pytest.mark.parametrize("accident", [_empty, _replace], ids=["emptied", "replaced"])
+@every_accident
 async def test_a_lost_store_is_reported_and_refuses_every_write(
-    store_factory: StoreFactory,
-    tmp_path: Path,
-    accident: Callable[[StoreFactory, Path], Awaitable[None]],
+    store_factory: StoreFactory, tmp_path: Path, accident: Accident
 ) -> None:
     store = await store_factory.new()
     assert await push(store, "one", "two") == [1, 2]
@@ -166,11 +171,9 @@ def _replica(store: PromptStore) -> tuple[SnapshotHolder, SnapshotRefresher, Reg
     return holder, SnapshotRefresher(store, holder), RegistryRecovery(store, holder, lambda: T0)
 
 
-@pytest.mark.parametrize("accident", [_empty, _replace], ids=["emptied", "replaced"])
+@every_accident
 async def test_a_replica_keeps_serving_a_lost_store_and_restores_it(
-    store_factory: StoreFactory,
-    tmp_path: Path,
-    accident: Callable[[StoreFactory, Path], Awaitable[None]],
+    store_factory: StoreFactory, tmp_path: Path, accident: Accident
 ) -> None:
     store = await store_factory.new()
     served = await _served(store)
