@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -34,9 +33,11 @@ from proxy.registry.service import RegistryService
 from proxy.registry.snapshot import SnapshotHolder, SnapshotRefresher
 from proxy.registry.templates import PromptRenderer
 from proxy.shadow.runner import ShadowRunner, open_shadow_runner
-from proxy.tasks import BackgroundTasks
+from proxy.tasks import BackgroundTasks, cancel_and_wait
 
 _log = logging.getLogger(APP_LOGGER)
+#: How long leaving the fleet waits for the heartbeat task to stop.
+_LEAVE_GRACE = 2.0
 
 
 class Lifecycle:
@@ -186,7 +187,6 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
 
 
 async def _leave_fleet(beating: asyncio.Task[None], heartbeat: Heartbeat) -> None:
-    beating.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await beating
+    # Bounded: a heartbeat that lost its cancel inside a store call must not hold up exit.
+    await cancel_and_wait(beating, _LEAVE_GRACE)
     await heartbeat.leave()
