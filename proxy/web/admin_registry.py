@@ -44,7 +44,9 @@ async def import_(request: web.Request) -> web.Response:
     try:
         image = RegistryImage.from_json(raw)
     except ImageError as exc:
-        raise InvalidRequest(f"Invalid registry export: {exc}", code="invalid_export") from None
+        raise InvalidRequest(
+            f"Invalid registry export: {exc}", param=exc.param, code="invalid_export"
+        ) from None
     reason = request.query.get("reason", "")
     result = await services_of(request).recovery.import_image(image, actor, reason)
     return json_response(result.to_dict())

@@ -290,11 +290,12 @@ async def test_import_into_a_store_with_other_prompts_is_refused(
 def test_an_export_in_another_format_is_refused() -> None:
     with pytest.raises(ImageError, match="format"):
         RegistryImage.from_json(b'{"format": "something-else/9"}')
+    sha = draft("t", slug="a").content_sha256()
     with pytest.raises(ImageError, match="gaps"):
         RegistryImage.from_json(
             b'{"format": "promptproxy-registry/1", "generation": "g", "revision": 1, '
             b'"versions": [{"slug": "a", "version": 2, "template": "t", "created_at": 1, '
-            b'"sha256": "x", "status": "draft"}]}'
+            b'"sha256": "' + sha.encode() + b'", "status": "draft"}]}'
         )
 
 
