@@ -456,9 +456,7 @@ def load_config(
     try:
         config = ProxyConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(
-            [_problem(err) for err in exc.errors()]
-        ) from None
+        raise ConfigError([_problem(err) for err in exc.errors()]) from None
 
     problems: list[str] = []
     api_key: str | None = None
