@@ -18,6 +18,7 @@ import orjson
 
 from proxy.models import SLUG_PATTERN
 from proxy.registry import lifecycle
+from proxy.registry.identity import describe
 from proxy.registry.models import (
     INT64_MAX,
     AuditEntry,
@@ -29,6 +30,7 @@ from proxy.registry.models import (
     VersionDraft,
     unstorable_value,
 )
+from proxy.registry.store import InvalidTransition
 from proxy.registry.templates import template_problems
 
 FORMAT = "promptproxy-registry/1"
@@ -42,6 +44,42 @@ class ImageError(ValueError):
     def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(f"{param}: {message}" if param else message)
         self.param = param
+
+
+class RestoreRefused(InvalidTransition):
+    """The store holds prompts a restore would destroy (another registry, or newer changes
+    of this one) and the operator did not ask to overwrite them."""
+
+
+def restore_keeps_audit(
+    found: str | None, revision: int, holds_versions: bool, image: RegistryImage, floor: int
+) -> bool:
+    """Whether a restore of ``image`` may go into a store holding generation ``found`` at
+    ``revision`` without ``overwrite`` (``RestoreRefused`` if not), and whether it keeps the
+    store's audit log: it does when the store holds the same registry, whose audit is its
+    history (an older copy put back), and appends after its last entry. ``floor``: the
+    highest revision the caller knows this registry reached."""
+    if found is not None and found == image.generation:
+        if not holds_versions or revision < max(image.revision, floor):
+            return True
+        raise RestoreRefused(
+            f"The registry store holds this registry (generation {found}) at revision "
+            f"{revision}, not older than what is being restored (revision "
+            f"{max(image.revision, floor)}): restoring would throw away newer changes. "
+            "Pass overwrite (`--overwrite`) only if you mean to replace them."
+        )
+    if holds_versions and found is not None:
+        raise RestoreRefused(
+            f"The registry store holds prompts of another registry ({describe(found)}): "
+            "restoring would destroy them. If the store URL or database is wrong, fix it "
+            "and restart instead; pass overwrite (`--overwrite`) only to replace that registry."
+        )
+    return False
+
+
+def overwrite_keeps_audit(found: str | None, image: RegistryImage) -> bool:
+    """With ``overwrite``: the store's audit is kept only if it is this registry's."""
+    return found is not None and found == image.generation
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,9 +124,13 @@ class RegistryImage:
             stack = [n for n in stack if n != prod] + [prod]
         return stack if prod is not None else []
 
-    def restore_entries(self, actor: str, reason: str, at: float) -> list[AuditEntry]:
-        """One audit entry per restored slug (seq assigned by the store)."""
-        last = max((e.seq for e in self.audit), default=0)
+    def restore_entries(
+        self, actor: str, reason: str, at: float, after_seq: int = 0
+    ) -> list[AuditEntry]:
+        """One audit entry per restored slug, numbered after the image's audit and
+        ``after_seq`` (the last seq of an audit log the restore keeps)."""
+        last = max((e.seq for e in self.audit), default=after_seq)
+        last = max(last, after_seq)
         return [
             AuditEntry(
                 seq=last + i,

@@ -27,7 +27,7 @@ from typing import TypeVar
 from proxy.analysis.policy import AnalysisPolicy
 from proxy.registry import embedded_schema as sql
 from proxy.registry import lifecycle
-from proxy.registry.backup import RegistryImage
+from proxy.registry.backup import RegistryImage, RestoreRefused
 from proxy.registry.identity import IdentityGuard, describe
 from proxy.registry.models import (
     AuditEntry,
@@ -469,6 +469,8 @@ class EmbeddedStore:
         actor: str,
         reason: str,
         at: float,
+        *,
+        overwrite: bool = False,
     ) -> int:
         """Write ``image`` into the file, if it holds generation ``expect`` and no versions
         (the file refuses to delete history, so a file with other prompts must be moved
@@ -520,9 +522,10 @@ def _restore(
             "was asked for: look again before restoring"
         )
     if conn.execute("SELECT 1 FROM versions LIMIT 1").fetchone() is not None:
-        raise InvalidTransition(
-            "the registry file holds prompts, and its history cannot be deleted: move the "
-            "file away (keep it), then restore into the new empty file"
+        raise RestoreRefused(
+            "The registry file holds prompts, and its history cannot be deleted (not even "
+            "with overwrite): move the file away (keep it), then restore into the new empty "
+            "file. If the configured path is wrong, fix it and restart instead."
         )
     for numbered in image.versions.values():
         for version in numbered.values():

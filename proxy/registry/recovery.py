@@ -10,12 +10,13 @@ as they were, and numbering continues (version numbers never restart).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from proxy.errors import Conflict
-from proxy.registry.backup import RegistryImage
+from proxy.registry.backup import RegistryImage, RestoreRefused
 from proxy.registry.models import AuditEntry
 from proxy.registry.service import store_errors
 from proxy.registry.snapshot import SnapshotHolder
@@ -65,8 +66,12 @@ class RegistryRecovery:
             "prompts": len(served.versions),
         }
 
-    async def restore_from_snapshot(self, actor: str, reason: str) -> RestoreResult:
-        """Write this replica's served snapshot into the store, which must be lost."""
+    async def restore_from_snapshot(
+        self, actor: str, reason: str, *, overwrite: bool = False
+    ) -> RestoreResult:
+        """Write this replica's served snapshot into the store, which must be lost. A store
+        holding prompts is refused unless it is an older copy of this registry, or
+        ``overwrite`` (see ``backup.restore_keeps_audit``)."""
         if self._holder.replaced is None:
             raise Conflict(
                 "The registry store is the registry this replica serves: there is nothing to "
@@ -82,7 +87,7 @@ class RegistryRecovery:
             )
         image = RegistryImage.from_snapshot(served)
         note = reason or "the store was emptied or replaced"
-        with store_errors():
+        with store_errors(), _refusals():
             found = await self._store.generation()
             revision = await self._store.restore(
                 image,
@@ -91,6 +96,7 @@ class RegistryRecovery:
                 actor,
                 f"restored from the snapshot of a replica (revision {served.revision}): {note}",
                 self._clock(),
+                overwrite=overwrite,
             )
         return _result("snapshot", image, revision)
 
@@ -111,30 +117,29 @@ class RegistryRecovery:
             tuple(reversed(audit)),
         )
 
-    async def import_image(self, image: RegistryImage, actor: str, reason: str) -> RestoreResult:
+    async def import_image(
+        self, image: RegistryImage, actor: str, reason: str, *, overwrite: bool = False
+    ) -> RestoreResult:
         """Write an export into an empty (or lost) store; the same content again is a no-op;
-        anything else is refused (it would overwrite a registry)."""
-        with store_errors():
+        a store holding other prompts is refused unless it is an older copy of this
+        registry, or ``overwrite`` (see ``backup.restore_keeps_audit``)."""
+        with store_errors(), _refusals():
             try:
                 current = RegistryImage.from_snapshot(await self._store.snapshot())
             except StoreReplaced:
-                current = None  # lost: allowed when it holds no prompts
+                current = None  # lost: the store decides below what it may overwrite
             except ValueError:
                 current = None  # never initialised
             if current is not None and not current.empty:
                 if current.content() == image.content():
                     return _result("file", image, current.revision, unchanged=True)
-                raise Conflict(
-                    f"The registry store already holds {len(current.versions)} prompts: an "
-                    "import only goes into an empty store (or one holding the same content).",
-                    code="registry_not_empty",
-                )
-            if await self._store.list_slugs():
-                raise Conflict(
-                    "The registry store is lost but holds other prompts: restore from a "
-                    "replica's snapshot, or empty the store first.",
-                    code="registry_not_empty",
-                )
+                if not overwrite:
+                    raise Conflict(
+                        f"The registry store already holds {len(current.versions)} prompts: "
+                        "an import only goes into an empty store (or one holding the same "
+                        "content); pass overwrite (`--overwrite`) to replace them.",
+                        code="registry_not_empty",
+                    )
             self._refuse_reused_numbers(image)
             found = await self._store.generation()
             revision = await self._store.restore(
@@ -145,6 +150,7 @@ class RegistryRecovery:
                 f"imported from an export (revision {image.revision})"
                 + (f": {reason}" if reason else ""),
                 self._clock(),
+                overwrite=overwrite,
             )
         return _result("file", image, revision)
 
@@ -177,6 +183,14 @@ class RegistryRecovery:
             if len(page) < _AUDIT_PAGE:
                 return entries
             before = page[-1].seq
+
+
+@contextmanager
+def _refusals() -> Iterator[None]:
+    try:
+        yield
+    except RestoreRefused as exc:
+        raise Conflict(str(exc), code="registry_not_empty") from None
 
 
 def _result(

@@ -23,6 +23,11 @@ Cluster keeps every key in one slot and the scripts may touch them all):
 ``P{registry}:audit_seq``          string  last audit ``seq`` (INCR)
 ``P{registry}:audit``              stream  every audit entry, entry id ``<seq>-0``
 ``P{registry}:audit:<slug>``       stream  the same entries for one slug (for paging by slug)
+``P{registry}:last_restore``       string  id of the last restore that was applied (read
+                                           back when its answer was lost)
+``P{registry}:staging:<id>:...``   any     a restore being written (see ``RESTORE_FLIP``):
+                                           the keys above under ``staging:<id>:``, with a
+                                           TTL, renamed into place by one script
 =================================  ======  ===============================================
 
 Versions are numbered 1..n without gaps, so ``HLEN versions:<slug>`` is the latest number.
@@ -101,6 +106,15 @@ class RedisKeys:
     @property
     def audit(self) -> str:
         return self._key("audit")
+
+    @property
+    def last_restore(self) -> str:
+        return self._key("last_restore")
+
+    def staged(self, restore_id: str, key: str) -> str:
+        """Where restore ``restore_id`` writes ``key`` before putting it in place."""
+        tag = self.prefix + "{registry}:"
+        return tag + f"staging:{restore_id}:" + key[len(tag) :]
 
     def slug_audit(self, slug: str) -> str:
         return self._key("audit", slug)
@@ -323,6 +337,50 @@ local seq = commit('{lifecycle.SET_STATUS_ACTION}', version, status, target, nil
 return {{seq, status}}
 """
 )
+
+
+# Put a staged restore in place, all or nothing. KEYS[1] generation, KEYS[2] revision,
+# KEYS[3] audit_seq, KEYS[4] last_restore, then ARGV[8] keys to delete, ARGV[9] (staged, live)
+# pairs to rename, ARGV[10] (staged, live) stream pairs whose entries are appended to the
+# live stream (an audit log the restore keeps). ARGV[1] generation expected ('' for none),
+# ARGV[2] revision expected (the store's when the restore read it: any write since bumps
+# it), ARGV[3] the generation to write, ARGV[4] the new revision, ARGV[5] the last audit
+# seq, ARGV[6] channel, ARGV[7] the restore's id.
+# Every check (and every staged key's presence) comes before the first write.
+RESTORE_FLIP = f"""
+local found = redis.call('GET', KEYS[1]) or ''
+local revision = redis.call('GET', KEYS[2]) or '0'
+if found ~= ARGV[1] or tonumber(revision) ~= tonumber(ARGV[2]) then
+  return redis.error_reply('{INVALID_TRANSITION} the store changed while restoring: '
+    .. 'look again before restoring')
+end
+local n_delete, n_rename, n_append = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local first_rename = 5 + n_delete
+local first_append = first_rename + 2 * n_rename
+for i = first_rename, first_append + 2 * n_append - 1, 2 do
+  if redis.call('EXISTS', KEYS[i]) == 0 then
+    return redis.error_reply('{INVALID_TRANSITION} the staged restore expired before it '
+      .. 'was put in place: restore again')
+  end
+end
+for i = 5, first_rename - 1 do redis.call('DEL', KEYS[i]) end
+for i = first_rename, first_append - 1, 2 do
+  redis.call('RENAME', KEYS[i], KEYS[i + 1])
+  redis.call('PERSIST', KEYS[i + 1])
+end
+for i = first_append, first_append + 2 * n_append - 1, 2 do
+  for _, entry in ipairs(redis.call('XRANGE', KEYS[i], '-', '+')) do
+    redis.call('XADD', KEYS[i + 1], entry[1], unpack(entry[2]))
+  end
+  redis.call('DEL', KEYS[i])
+end
+redis.call('SET', KEYS[3], ARGV[5])
+redis.call('SET', KEYS[2], ARGV[4])
+redis.call('SET', KEYS[1], ARGV[3])
+redis.call('SET', KEYS[4], ARGV[7])
+redis.call('PUBLISH', ARGV[6], ARGV[4])
+return ARGV[4]
+"""
 
 
 # -- decoding what the keys hold ------------------------------------------------------------
