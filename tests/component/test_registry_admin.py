@@ -14,6 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from proxy.registry.embedded_store import EmbeddedStore
+from proxy.registry.models import VersionDraft
 from proxy.services import Services
 from tests.support import make_settings, proxy_clients
 
@@ -223,3 +224,28 @@ async def test_an_export_with_a_fault_is_a_400_naming_the_field_and_writes_nothi
         assert not await check.list_slugs()
     finally:
         await check.close()
+
+
+async def test_a_restore_over_a_file_with_other_prompts_is_a_409_saying_what_to_do(
+    clients: Clients, tmp_path: Path
+) -> None:
+    _, admin, services, db = clients
+    resp = await admin.post(
+        "/admin/v1/prompts/greet/versions", json={"template": "ours"}, headers=ADMIN
+    )
+    assert resp.status == 201
+    assert await services.refresher.load_once()
+    other = tmp_path / "other.db"
+    theirs = await EmbeddedStore.open(other)
+    await theirs.create_version(VersionDraft("theirs", "their prompt"), "bob", 1.0)
+    await theirs.close()
+    _put_in_place(other, db)  # a wrong volume, holding another deployment's registry
+    assert not await services.refresher.load_once()
+
+    for body in ({"source": "snapshot"}, {"source": "snapshot", "overwrite": True}):
+        resp = await admin.post("/admin/v1/registry/restore", json=body, headers=ADMIN)
+        error = await error_of(resp, 409)
+        assert error["code"] == "registry_not_empty"
+        assert "move the file away" in error["message"]
+    resp = await admin.post("/admin/v1/registry/import?overwrite=yes", json={}, headers=ADMIN)
+    assert (await error_of(resp, 400))["param"] == "overwrite"
