@@ -15,8 +15,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.errors import Conflict
+from proxy.errors import Conflict, ServiceUnavailable
 from proxy.registry.backup import RegistryImage, RestoreRefused
+from proxy.registry.fleet import Fleet, FleetError, ReplicaView
 from proxy.registry.models import AuditEntry
 from proxy.registry.service import store_errors
 from proxy.registry.snapshot import SnapshotHolder
@@ -51,10 +52,13 @@ class RegistryRecovery:
         store: PromptStore,
         holder: SnapshotHolder,
         clock: Callable[[], float] = time.time,
+        *,
+        fleet: Fleet | None = None,
     ) -> None:
         self._store = store
         self._holder = holder
         self._clock = clock
+        self._fleet = fleet
 
     def status(self) -> dict[str, Any]:
         served = self._holder.current
@@ -86,19 +90,50 @@ class RegistryRecovery:
                 code="no_snapshot",
             )
         image = RegistryImage.from_snapshot(served)
+        floor = await self._fleet_floor(served.generation, served.revision)
         note = reason or "the store was emptied or replaced"
         with store_errors(), _refusals():
             found = await self._store.generation()
             revision = await self._store.restore(
                 image,
                 found,
-                served.revision,
+                floor,
                 actor,
                 f"restored from the snapshot of a replica (revision {served.revision}): {note}",
                 self._clock(),
                 overwrite=overwrite,
             )
         return _result("snapshot", image, revision)
+
+    async def _fleet_floor(self, generation: str, revision: int) -> int:
+        """The highest revision any replica on the fleet board served: the restore goes
+        above it, so no revision number names two states. Refuses when a live replica of
+        this registry served a newer one than this replica: restoring this older snapshot
+        would hand out again the version numbers it has seen (restore from it instead)."""
+        if self._fleet is None:
+            return revision
+        try:
+            views = await self._fleet.replicas()
+        except FleetError as exc:
+            raise ServiceUnavailable(
+                f"The fleet board cannot be read now ({exc}), so whether another replica "
+                "served a newer snapshot cannot be checked; retry when it answers.",
+                code="fleet_unavailable",
+            ) from None
+        fresher = sorted(
+            (v for v in views if v.live and v.replica != self._fleet.me and _same(v, generation)),
+            key=lambda v: -v.beat.revision,
+        )
+        if fresher and fresher[0].beat.revision > revision:
+            best = fresher[0].beat
+            raise Conflict(
+                f"Replica {best.replica} serves a newer snapshot of this registry (revision "
+                f"{best.revision}) than this one (revision {revision}): restoring this one "
+                "would lose changes and reuse version numbers. Restore from that replica "
+                "(--admin-url of it).",
+                code="fresher_replica",
+            )
+        return max([revision, *(v.beat.revision for v in views)])
 
     async def export(self) -> RegistryImage:
         with store_errors(reading=True):
@@ -191,6 +226,13 @@ def _refusals() -> Iterator[None]:
         yield
     except RestoreRefused as exc:
         raise Conflict(str(exc), code="registry_not_empty") from None
+
+
+def _same(view: ReplicaView, generation: str) -> bool:
+    """Whether ``view`` serves ``generation``; a beat that does not say is counted as
+    serving it (a refusal names the replica, which the operator can check)."""
+    served = getattr(view.beat, "generation", None)
+    return served is None or served == generation
 
 
 def _result(
