@@ -35,6 +35,9 @@ from proxy.registry.templates import template_problems
 
 FORMAT = "promptproxy-registry/1"
 RESTORE_ACTION = "restore"
+#: Key of a restore entry's detail holding the rollout that was running (see
+#: ``RegistryImage.restore_entries``).
+RESTORED_ROLLOUT = "rollout"
 
 
 class ImageError(ValueError):
@@ -128,24 +131,37 @@ class RegistryImage:
         self, actor: str, reason: str, at: float, after_seq: int = 0
     ) -> list[AuditEntry]:
         """One audit entry per restored slug, numbered after the image's audit and
-        ``after_seq`` (the last seq of an audit log the restore keeps)."""
-        last = max((e.seq for e in self.audit), default=after_seq)
-        last = max(last, after_seq)
-        return [
-            AuditEntry(
-                seq=last + i,
-                at=at,
-                actor=actor,
-                action=RESTORE_ACTION,
-                slug=slug,
-                version=max(self.versions[slug]),
-                from_status=None,
-                to_status=None,
-                reason=reason,
-                detail={"generation": self.generation, "revision": self.revision},
+        ``after_seq`` (the last seq of an audit log the restore keeps). Each is a starting
+        point for history (``history.state_at``): it names the prod it restored (version,
+        ``to_status`` prod) and, in ``detail[RESTORED_ROLLOUT]``, the rollout running."""
+        last = max([after_seq, *(e.seq for e in self.audit)])
+        entries = []
+        for i, slug in enumerate(sorted(self.versions), start=1):
+            numbered = self.versions[slug]
+            prod = next((n for n, v in numbered.items() if v.status is Status.PROD), None)
+            detail: dict[str, Any] = {"generation": self.generation, "revision": self.revision}
+            if (rollout := self.rollouts.get(slug)) is not None:
+                detail[RESTORED_ROLLOUT] = {
+                    **rollout.audit_detail(),
+                    "candidate": rollout.candidate,
+                    "started_at": rollout.started_at,
+                    "updated_at": rollout.updated_at,
+                }
+            entries.append(
+                AuditEntry(
+                    seq=last + i,
+                    at=at,
+                    actor=actor,
+                    action=RESTORE_ACTION,
+                    slug=slug,
+                    version=max(numbered) if prod is None else prod,
+                    from_status=None,
+                    to_status=None if prod is None else Status.PROD,
+                    reason=reason,
+                    detail=detail,
+                )
             )
-            for i, slug in enumerate(sorted(self.versions), start=1)
-        ]
+        return entries
 
     def to_json(self) -> bytes:
         data = {

@@ -328,3 +328,31 @@ async def test_an_export_older_than_the_served_registry_is_not_imported(
     await recovery.restore_from_snapshot("ops", "")
     version, _ = await store.create_version(draft("six"), "alice", T0)
     assert version.version == 6
+
+
+async def test_history_after_a_restore_from_a_replica_says_what_was_running(
+    store_factory: StoreFactory, tmp_path: Path
+) -> None:
+    """A snapshot has no audit log: the restore entry is where history starts, so it must
+    say what ran (prod v1 and a 10 % canary of v2), not 'nothing'."""
+    store = await store_factory.new()
+    await push(store, "one", "two")
+    await store.promote("greet", 1, "alice", "", T0)
+    await store.start_rollout(
+        "greet", "r1", 2, RolloutMode.CANARY, 1000, StickyKey.parse("user"), "bob", "", T0 + 1
+    )
+    holder = SnapshotHolder()
+    assert await SnapshotRefresher(store, holder).load_once()
+    await _empty(store_factory, tmp_path)
+    assert not await SnapshotRefresher(store, holder).load_once()
+    await RegistryRecovery(store, holder, lambda: T0 + 10).restore_from_snapshot("ops", "")
+
+    state = await RegistryService(store).state_at("greet", T0 + 20)
+
+    assert state.prod_version == 1
+    assert state.rollout is not None
+    assert (state.rollout.id, state.rollout.candidate, state.rollout.mode) == ("r1", 2, "canary")
+    assert (state.rollout.percent, state.rollout.sticky) == (10.0, "user")
+    assert state.rollout.started_at == T0 + 1
+    # Before the restore, history knows nothing (the log starts there).
+    assert (await RegistryService(store).state_at("greet", T0 + 5)).prod_version is None
