@@ -41,7 +41,8 @@ Each script checks everything before its first write: Redis runs a script atomic
 does not undo the writes it made before an error. Errors the caller must map to store
 exceptions are returned as ``PROMPT_NOT_FOUND|VERSION_NOT_FOUND|INVALID_TRANSITION <msg>``,
 or ``STORE_REPLACED <msg>``: every write script gets the generation its caller is bound to
-as its last ARGV and refuses before anything else when the store holds another (or none).
+as its last ARGV (and the highest revision it read before that) and refuses before anything
+else when the store holds another generation (or none), or a lower revision.
 The refusals (which moves, and their messages) are generated from the ``lifecycle`` checks
 (``redis_lua_rules``), so the Redis store cannot drift from the embedded one. Rollout
 scripts are in ``redis_rollout_scripts``; the helpers they share with ``PROMOTE`` are here.
@@ -159,7 +160,9 @@ _SET_STATUS_DURING_ROLLOUT = lua_refusal(
 
 # KEYS: see RedisKeys.for_write. ARGV[1] channel, ARGV[2] slug, ARGV[3] actor, ARGV[4] reason,
 # ARGV[5] at (a float's repr, kept as text so Lua's number formatting cannot round it), then
-# the script's own arguments, and last the generation the caller is bound to.
+# the script's own arguments, then the highest revision the caller has read (-1: none), and
+# last the generation the caller is bound to. A store holding another generation, or a
+# lower revision (an older copy of this registry put back), refuses the write atomically.
 PRELUDE = f"""
 local K_REV, K_SEQ, K_AUDIT, KSLUG_AUDIT = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local K_VERSIONS, K_STATUS, K_STACK, KSLUGS = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
@@ -176,6 +179,12 @@ if found_generation ~= ARGV[#ARGV] then
     .. (found_generation and ('generation ' .. found_generation) or 'no generation (emptied)')
     .. ', not the registry this process served (generation ' .. ARGV[#ARGV]
     .. '): it was emptied or replaced')
+end
+local found_revision = tonumber(redis.call('GET', K_REV) or '0')
+if found_revision < tonumber(ARGV[#ARGV - 1]) then
+  return fail('{STORE_REPLACED}', 'the registry store went back from revision '
+    .. ARGV[#ARGV - 1] .. ' to ' .. found_revision .. ' (generation ' .. ARGV[#ARGV]
+    .. '): an older copy was put back')
 end
 
 local function refuse(msg)

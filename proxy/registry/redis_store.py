@@ -153,13 +153,16 @@ class RedisStore:
         return [self.keys.channel, slug, actor, reason, repr(float(at))]
 
     async def _write(self, script: AsyncScript, slug: str, args: list[str]) -> list[Any]:
-        """Run a write script for ``slug``, bound to this instance's generation (see
-        ``identity``): the script refuses atomically if the store holds another or none."""
+        """Run a write script for ``slug``, bound to this instance's generation and the
+        highest revision it read (see ``identity``): the script refuses atomically if the
+        store holds another generation or none, or went back to a lower revision."""
         generation = await self._bound_generation()
         keys = self.keys.for_write(slug)
 
+        seen = str(self._identity.revision)
+
         async def run() -> list[Any]:
-            return await script(keys=keys, args=[*args, generation])  # type: ignore[no-any-return]
+            return await script(keys=keys, args=[*args, seen, generation])  # type: ignore[no-any-return]
 
         try:
             return await self._guard(run)

@@ -18,7 +18,7 @@ from proxy.registry.models import PromptVersion, Status, VersionDraft
 from proxy.registry.recovery import RegistryRecovery
 from proxy.registry.redis_store import RedisStore
 from proxy.registry.snapshot import SnapshotHolder, SnapshotRefresher
-from proxy.registry.store import InvalidTransition
+from proxy.registry.store import InvalidTransition, StoreReplaced
 from tests.redis_server import RedisServer
 from tests.registry.helpers import T0, push
 
@@ -240,3 +240,23 @@ async def test_restoring_over_a_newer_state_of_the_registry_is_refused(
     with pytest.raises(Conflict) as refused:
         await recovery.import_image(image, "ops", "")
     assert refused.value.code == "registry_not_empty"
+
+
+async def test_a_write_into_an_older_copy_put_back_is_refused_before_any_read(
+    redis_server: RedisServer,
+    prefix: str,
+    stores: list[RedisStore],
+    raw: redis.asyncio.Redis,
+) -> None:
+    """Same generation, lower revision: the write script itself refuses, not only the next
+    snapshot read (writes went into the old copy until one happened)."""
+    store = _open(stores, redis_server, prefix)
+    await push(store, "one")
+    older = await _copy(raw, prefix)
+    await push(store, "two", "three")
+    await store.snapshot()  # this process has seen revision 3
+    await _put_back(raw, prefix, older)
+
+    with pytest.raises(StoreReplaced, match="went back from revision 3 to 1"):
+        await store.create_version(VersionDraft("greet", "four"), "alice", T0)
+    assert len(await raw.hgetall(store.keys.versions("greet"))) == 1
