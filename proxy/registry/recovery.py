@@ -10,7 +10,7 @@ as they were, and numbering continues (version numbers never restart).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +24,7 @@ from proxy.registry.snapshot import SnapshotHolder
 from proxy.registry.store import PromptStore, StoreReplaced
 
 _AUDIT_PAGE = 500
+_EXPORT_ATTEMPTS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,11 +55,15 @@ class RegistryRecovery:
         clock: Callable[[], float] = time.time,
         *,
         fleet: Fleet | None = None,
+        serve: Callable[[int], Awaitable[bool]] | None = None,
     ) -> None:
+        """``serve``: loads a revision here (``SnapshotRefresher.serve``), so a restore is
+        served (and ``status`` says ok) as soon as it is answered."""
         self._store = store
         self._holder = holder
         self._clock = clock
         self._fleet = fleet
+        self._serve = serve
 
     def status(self) -> dict[str, Any]:
         served = self._holder.current
@@ -103,6 +108,7 @@ class RegistryRecovery:
                 self._clock(),
                 overwrite=overwrite,
             )
+        await self._serve_restored(revision)
         return _result("snapshot", image, revision)
 
     async def _fleet_floor(self, generation: str, revision: int) -> int:
@@ -135,21 +141,35 @@ class RegistryRecovery:
             )
         return max([revision, *(v.beat.revision for v in views)])
 
+    async def _serve_restored(self, revision: int) -> None:
+        if self._serve is not None:
+            await self._serve(revision)  # never raises; the refresher catches up otherwise
+
     async def export(self) -> RegistryImage:
-        with store_errors(reading=True):
-            snapshot = await self._store.snapshot()
-            audit = await self._full_audit()
-        if snapshot.generation is None:
-            raise Conflict(
-                "The registry store has never been written to: there is nothing to export.",
-                code="registry_empty",
+        """The snapshot and the audit log of one revision: read both, then the revision
+        again; a write in between (every write bumps it) means read again."""
+        for _ in range(_EXPORT_ATTEMPTS):
+            with store_errors(reading=True):
+                snapshot = await self._store.snapshot()
+                audit = await self._full_audit()
+                if await self._store.revision() != snapshot.revision:
+                    continue
+            if snapshot.generation is None:
+                raise Conflict(
+                    "The registry store has never been written to: there is nothing to export.",
+                    code="registry_empty",
+                )
+            return RegistryImage(
+                snapshot.generation,
+                snapshot.revision,
+                snapshot.versions,
+                snapshot.rollouts,
+                tuple(reversed(audit)),
             )
-        return RegistryImage(
-            snapshot.generation,
-            snapshot.revision,
-            snapshot.versions,
-            snapshot.rollouts,
-            tuple(reversed(audit)),
+        raise ServiceUnavailable(
+            f"The registry changed during each of {_EXPORT_ATTEMPTS} attempts to export it; "
+            "retry when it is quieter.",
+            code="registry_busy",
         )
 
     async def import_image(
@@ -187,6 +207,7 @@ class RegistryRecovery:
                 self._clock(),
                 overwrite=overwrite,
             )
+        await self._serve_restored(revision)
         return _result("file", image, revision)
 
     def _refuse_reused_numbers(self, image: RegistryImage) -> None:

@@ -111,6 +111,9 @@ async def test_a_replaced_file_is_reported_refused_and_restored(
     )
     assert resp.status == 200, await resp.text()
     assert (await resp.json())["versions"] == 2
+    # Read your writes: the answering replica serves the restore as soon as it answers.
+    status = await (await admin.get("/admin/v1/registry", headers=READER)).json()
+    assert (status["state"], status["problem"]) == ("ok", None)
     assert await services.refresher.load_once()
     assert (await (await admin.get("/readyz")).json())["registry"]["state"] == "ok"
     resp = await admin.post(
