@@ -624,7 +624,7 @@ class RedisStore:
         def at(key: str) -> str:
             return staged.setdefault(key, self.keys.staged(restore_id, key))
 
-        commands: list[Callable[[Any], Any]] = []
+        commands: list[partial[Any]] = []
         for slug, numbered in image.versions.items():
             commands.append(partial(_sadd, at(self.keys.slugs), slug))
             for number, version in numbered.items():
@@ -657,11 +657,12 @@ class RedisStore:
             for start in range(0, len(commands), _STAGE_CHUNK):
                 chunk = commands[start : start + _STAGE_CHUNK]
 
-                async def write(chunk: list[Callable[[Any], Any]] = chunk) -> None:
+                async def write(chunk: list[partial[Any]] = chunk) -> None:
                     async with self._client.pipeline(transaction=False) as pipe:
                         for command in chunk:
                             command(pipe)
-                        for key in staged.values():
+                        # Each staged key expires: those this chunk wrote (first argument).
+                        for key in {command.args[0] for command in chunk}:
                             pipe.expire(key, _STAGED_TTL_S)
                         await pipe.execute()
 
