@@ -372,6 +372,19 @@ for i = first_rename, first_append + 2 * n_append - 1, 2 do
       .. 'was put in place: restore again')
   end
 end
+-- An XADD refused half-way would leave the rest undone: every appended entry must follow
+-- the live stream's newest one.
+local function seq_of(entry_id)
+  return tonumber((string.gsub(entry_id, '-.*', '')))
+end
+for i = first_append, first_append + 2 * n_append - 1, 2 do
+  local first = redis.call('XRANGE', KEYS[i], '-', '+', 'COUNT', 1)[1][1]
+  local newest = redis.call('XREVRANGE', KEYS[i + 1], '+', '-', 'COUNT', 1)[1]
+  if newest and seq_of(newest[1]) >= seq_of(first) then
+    return redis.error_reply('{INVALID_TRANSITION} the store changed while restoring: '
+      .. 'look again before restoring')
+  end
+end
 for i = 5, first_rename - 1 do redis.call('DEL', KEYS[i]) end
 for i = first_rename, first_append - 1, 2 do
   redis.call('RENAME', KEYS[i], KEYS[i + 1])

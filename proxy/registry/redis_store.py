@@ -599,11 +599,14 @@ class RedisStore:
             pipe.get(self.keys.revision)
             pipe.get(self.keys.audit_seq)
             pipe.smembers(self.keys.slugs)
-            found, revision, seq, slugs = await pipe.execute()
+            pipe.xrevrange(self.keys.audit, "+", "-", count=1)
+            found, revision, seq, slugs, newest = await pipe.execute()
+        # The stream's newest entry too: a kept log is appended after both.
+        last = max([int(seq or 0), *(int(scripts.text(i).split("-", 1)[0]) for i, _ in newest)])
         return (
             None if found is None else scripts.text(found),
             int(revision or 0),
-            int(seq or 0),
+            last,
             sorted(scripts.text(slug) for slug in slugs),
         )
 
