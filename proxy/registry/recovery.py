@@ -145,6 +145,17 @@ class RegistryRecovery:
         if self._serve is not None:
             await self._serve(revision)  # never raises; the refresher catches up otherwise
 
+    async def _board_floor(self, revision: int) -> int:
+        """``revision`` or the highest on the fleet board (an import goes above every
+        revision a replica served); without a readable board, ``revision``."""
+        if self._fleet is None:
+            return revision
+        try:
+            views = await self._fleet.replicas()
+        except FleetError:
+            return revision
+        return max([revision, *(v.beat.revision for v in views)])
+
     async def export(self) -> RegistryImage:
         """The snapshot and the audit log of one revision: read both, then the revision
         again; a write in between (every write bumps it) means read again."""
@@ -200,7 +211,7 @@ class RegistryRecovery:
             revision = await self._store.restore(
                 image,
                 found,
-                self._holder.current.revision,
+                await self._board_floor(self._holder.current.revision),
                 actor,
                 f"imported from an export (revision {image.revision})"
                 + (f": {reason}" if reason else ""),

@@ -68,3 +68,21 @@ async def test_a_restore_from_a_staler_replica_is_refused_naming_the_fresher_one
     board.beats["b"] = (served + 3, 60.0)
     result = await recovery.restore_from_snapshot("ops", "")
     assert result.revision == served + 10
+
+
+async def test_an_import_goes_above_every_revision_on_the_board(
+    store_factory: StoreFactory, tmp_path: Path
+) -> None:
+    store = await store_factory.new()
+    await push(store, "one")
+    holder = SnapshotHolder()
+    recovery = RegistryRecovery(store, holder, lambda: T0)
+    export = await recovery.export()
+    await _empty(store_factory, tmp_path)
+    store = await store_factory.new()  # a fresh process: it never saw the registry
+    board = Board({"me": (0, 0.5), "old": (export.revision + 40, 60.0)})
+    into = RegistryRecovery(store, SnapshotHolder(), lambda: T0, fleet=Fleet(board, "me", 5.0))
+
+    result = await into.import_image(export, "ops", "")
+
+    assert result.revision == export.revision + 41
