@@ -349,9 +349,16 @@ def _rollouts(
             raise ImageError(f"not a rollout: {type(exc).__name__}: {exc}", where) from None
         if rollout.slug in rollouts:
             raise ImageError(f"{rollout.slug} has two rollouts", f"{where}.slug")
-        if rollout.candidate not in versions.get(rollout.slug, {}):
+        candidate = versions.get(rollout.slug, {}).get(rollout.candidate)
+        if candidate is None:
             raise ImageError(
                 f"{rollout.slug} has no version {rollout.candidate}", f"{where}.candidate"
+            )
+        if candidate.status is not Status.CANDIDATE:
+            raise ImageError(
+                f"{rollout.slug} v{rollout.candidate} is {candidate.status.value}: the "
+                "candidate of a running rollout has status candidate",
+                f"{where}.candidate",
             )
         rollouts[rollout.slug] = rollout
     return rollouts

@@ -166,22 +166,26 @@ def _broken(export: dict[str, Any], fault: str) -> dict[str, Any]:
         versions[1]["template"] = "Hello {{ name"
     elif fault == "sha256":
         versions[1]["template"] = "edited by hand"
+    elif fault == "rollout of a draft":
+        export["rollouts"] = [_rollout(candidate=2)]
     elif fault == "rollout candidate":
-        export["rollouts"] = [
-            {
-                "slug": "greet",
-                "id": "r1",
-                "candidate": 9,
-                "mode": "canary",
-                "basis_points": 1000,
-                "sticky": "user",
-                "started_at": 1.0,
-                "updated_at": 1.0,
-                "actor": "ops",
-                "restore_status": "draft",
-            }
-        ]
+        export["rollouts"] = [_rollout(candidate=9)]
     return export
+
+
+def _rollout(candidate: int) -> dict[str, Any]:
+    return {
+        "slug": "greet",
+        "id": "r1",
+        "candidate": candidate,
+        "mode": "canary",
+        "basis_points": 1000,
+        "sticky": "user",
+        "started_at": 1.0,
+        "updated_at": 1.0,
+        "actor": "ops",
+        "restore_status": "draft",
+    }
 
 
 @pytest.mark.parametrize(
@@ -196,6 +200,7 @@ def _broken(export: dict[str, Any], fault: str) -> dict[str, Any]:
         ("template", "versions[1].template"),
         ("sha256", "versions[1].sha256"),
         ("rollout candidate", "rollouts[0].candidate"),
+        ("rollout of a draft", "rollouts[0].candidate"),
     ],
 )
 async def test_an_export_with_a_fault_is_a_400_naming_the_field_and_writes_nothing(
