@@ -347,6 +347,11 @@ def _rollouts(
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ImageError(f"not a rollout: {type(exc).__name__}: {exc}", where) from None
+        if rollout.restore_status not in (Status.DRAFT, Status.CANDIDATE):
+            raise ImageError(
+                "a rollout returns its candidate to draft or candidate",
+                f"{where}.restore_status",
+            )
         if rollout.slug in rollouts:
             raise ImageError(f"{rollout.slug} has two rollouts", f"{where}.slug")
         candidate = versions.get(rollout.slug, {}).get(rollout.candidate)

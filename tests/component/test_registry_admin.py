@@ -166,6 +166,9 @@ def _broken(export: dict[str, Any], fault: str) -> dict[str, Any]:
         versions[1]["template"] = "Hello {{ name"
     elif fault == "sha256":
         versions[1]["template"] = "edited by hand"
+    elif fault == "restore status":
+        versions[1]["status"] = "candidate"
+        export["rollouts"] = [{**_rollout(candidate=2), "restore_status": "prod"}]
     elif fault == "rollout of a draft":
         export["rollouts"] = [_rollout(candidate=2)]
     elif fault == "rollout candidate":
@@ -201,6 +204,7 @@ def _rollout(candidate: int) -> dict[str, Any]:
         ("sha256", "versions[1].sha256"),
         ("rollout candidate", "rollouts[0].candidate"),
         ("rollout of a draft", "rollouts[0].candidate"),
+        ("restore status", "rollouts[0].restore_status"),
     ],
 )
 async def test_an_export_with_a_fault_is_a_400_naming_the_field_and_writes_nothing(
