@@ -40,6 +40,11 @@ RESTORE_ACTION = "restore"
 RESTORED_ROLLOUT = "rollout"
 
 
+#: Highest revision or audit seq an export may carry: both stores count on from there
+#: (the restore itself adds one per prompt), and neither counts past 2^63-1.
+MAX_COUNTER = 2**62
+
+
 class ImageError(ValueError):
     """The file is not a registry export this promptproxy reads; ``param`` names the field
     at fault (``versions[3].sha256``), None for the file as a whole."""
@@ -193,7 +198,7 @@ class RegistryImage:
         generation = data.get("generation")
         if not isinstance(generation, str) or not generation or len(generation) > 128:
             raise ImageError("must be a non-empty string (at most 128 characters)", "generation")
-        revision = _int(data.get("revision"), "revision", low=0)
+        revision = _int(data.get("revision"), "revision", low=0, high=MAX_COUNTER)
         versions = _versions(_list(data.get("versions"), "versions"))
         rollouts = _rollouts(_list(data.get("rollouts", []), "rollouts"), versions)
         audit = _audit(_list(data.get("audit", []), "audit"))
@@ -215,10 +220,10 @@ def _object(value: Any, where: str) -> dict[str, Any]:
     return value
 
 
-def _int(value: Any, where: str, *, low: int = 1) -> int:
+def _int(value: Any, where: str, *, low: int = 1, high: int = INT64_MAX) -> int:
     # bool is an int to Python, not to an export.
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= INT64_MAX:
-        raise ImageError(f"must be an integer from {low} to {INT64_MAX}", where)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ImageError(f"must be an integer from {low} to {high}", where)
     return value
 
 
@@ -374,7 +379,7 @@ def _audit(items: list[Any]) -> tuple[AuditEntry, ...]:
     for i, item in enumerate(items):
         where = f"audit[{i}]"
         data = _object(item, where)
-        seq = _int(data.get("seq"), f"{where}.seq")
+        seq = _int(data.get("seq"), f"{where}.seq", high=MAX_COUNTER)
         if entries and seq <= entries[-1].seq:
             raise ImageError(
                 f"seq must increase strictly, oldest first (after {entries[-1].seq})",

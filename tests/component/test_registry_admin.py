@@ -151,6 +151,8 @@ def _broken(export: dict[str, Any], fault: str) -> dict[str, Any]:
     versions, audit = export["versions"], export["audit"]
     if fault == "huge seq":
         audit[-1]["seq"] = 2**63
+    elif fault == "no room after seq":
+        audit[-1]["seq"] = 2**63 - 1
     elif fault == "huge revision":
         export["revision"] = 2**63
     elif fault == "detail a string":
@@ -195,6 +197,7 @@ def _rollout(candidate: int) -> dict[str, Any]:
     ("fault", "param"),
     [
         ("huge seq", "audit[2].seq"),
+        ("no room after seq", "audit[2].seq"),
         ("huge revision", "revision"),
         ("detail a string", "audit[0].detail"),
         ("duplicate seq", "audit[1].seq"),
