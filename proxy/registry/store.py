@@ -169,7 +169,8 @@ class PromptStore(Protocol):
         generation ``expect``; ``InvalidTransition`` otherwise. The revision becomes higher
         than ``after_revision``, the image's and the store's. A store holding versions is
         refused (``backup.RestoreRefused``) unless ``backup.restore_keeps_audit`` allows it
-        or ``overwrite``; the embedded store always refuses (its history cannot be deleted)."""
+        (no generation on Redis; an older copy of this registry on both) or ``overwrite``
+        (Redis only: the embedded file's history cannot be deleted)."""
         ...
 
     async def close(self) -> None: ...

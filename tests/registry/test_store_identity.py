@@ -356,3 +356,49 @@ async def test_history_after_a_restore_from_a_replica_says_what_was_running(
     assert state.rollout.started_at == T0 + 1
     # Before the restore, history knows nothing (the log starts there).
     assert (await RegistryService(store).state_at("greet", T0 + 5)).prod_version is None
+
+
+async def test_restoring_over_an_older_copy_of_the_file_keeps_its_audit_log(
+    tmp_path: Path,
+) -> None:
+    """An older copy of the registry file put back: the restore brings its versions and
+    statuses forward and keeps its audit log (moving the file away would have lost it)."""
+    path = tmp_path / "registry.db"
+    store = await EmbeddedStore.open(path)
+    try:
+        await push(store, "one", "two")
+        await store.promote("greet", 1, "alice", "first prod", T0)
+        holder, refresher, _ = _replica(store)
+        assert await refresher.load_once()
+        backup = tmp_path / "backup.db"
+        with closing(sqlite3.connect(path)) as live, closing(sqlite3.connect(backup)) as copy:
+            live.backup(copy)
+        await push(store, "three")
+        await store.promote("greet", 3, "alice", "", T0 + 1)
+        await store.start_rollout(
+            "greet", "r1", 2, RolloutMode.CANARY, 500, StickyKey.parse("user"), "bob", "", T0 + 2
+        )
+        assert await refresher.load_once()
+        served = holder.current
+        os.replace(backup, path)
+        _drop_wal(path)
+        assert not await refresher.load_once()
+
+        await RegistryRecovery(store, holder, lambda: T0 + 3).restore_from_snapshot("ops", "")
+
+        restored = await store.snapshot()
+        assert (restored.versions, restored.prod, restored.rollouts) == (
+            served.versions,
+            served.prod,
+            served.rollouts,
+        )
+        audit = list(reversed(await store.audit(limit=100)))
+        assert [(e.seq, e.action) for e in audit] == [
+            (1, "create"),
+            (2, "create"),
+            (3, "promote"),
+            (4, "restore"),
+        ]
+        assert audit[2].reason == "first prod"
+    finally:
+        await store.close()
