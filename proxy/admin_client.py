@@ -66,14 +66,16 @@ class AdminClient:
     def registry_status(self) -> Any:
         return self._call("GET", "/registry")
 
-    def restore_registry(self, reason: str) -> Any:
-        return self._call("POST", "/registry/restore", {"source": "snapshot", "reason": reason})
+    def restore_registry(self, reason: str, overwrite: bool = False) -> Any:
+        body = {"source": "snapshot", "reason": reason, "overwrite": overwrite}
+        return self._call("POST", "/registry/restore", body)
 
     def export_registry(self) -> Any:
         return self._call("GET", "/registry/export")
 
-    def import_registry(self, image: Any, reason: str) -> Any:
-        return self._call("POST", "/registry/import", image, {"reason": reason or None})
+    def import_registry(self, image: Any, reason: str, overwrite: bool = False) -> Any:
+        query = {"reason": reason or None, "overwrite": "true" if overwrite else None}
+        return self._call("POST", "/registry/import", image, query)
 
     def push(self, slug: str, version: dict[str, Any]) -> Any:
         return self._call("POST", f"/prompts/{slug}/versions", version)

@@ -15,6 +15,11 @@ import orjson
 
 from proxy.cli_prompts import Context, _run, admin_options, pass_ctx
 
+_OVERWRITE_HELP = (
+    "Replace the prompts the store holds (another registry's, or newer changes of this "
+    "one); without it that is refused. For a wrong database, fix the URL instead."
+)
+
 
 @click.group("registry")
 @admin_options()
@@ -54,10 +59,11 @@ def status(ctx: Context) -> None:
     help="Write the snapshot this replica serves (the --admin-url one) into the store.",
 )
 @click.option("--reason", default="", help="Recorded in the audit log.")
+@click.option("--overwrite", is_flag=True, help=_OVERWRITE_HELP)
 @pass_ctx
-def restore(ctx: Context, from_replica: bool, reason: str) -> None:
+def restore(ctx: Context, from_replica: bool, reason: str, overwrite: bool) -> None:
     """Restore a lost store (emptied or replaced) from a replica's snapshot."""
-    _run(lambda: ctx.emit(ctx.client.restore_registry(reason), _result_line))
+    _run(lambda: ctx.emit(ctx.client.restore_registry(reason, overwrite), _result_line))
 
 
 @registry.command("export")
@@ -78,12 +84,13 @@ def export_(ctx: Context, file: Path) -> None:
 @registry.command("import")
 @click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.option("--reason", default="", help="Recorded in the audit log.")
+@click.option("--overwrite", is_flag=True, help=_OVERWRITE_HELP)
 @pass_ctx
-def import_(ctx: Context, file: Path, reason: str) -> None:
+def import_(ctx: Context, file: Path, reason: str, overwrite: bool) -> None:
     """Load an export FILE into an empty (or lost) store; the same content is a no-op."""
     try:
         image = orjson.loads(file.read_bytes())
     except orjson.JSONDecodeError as exc:
         click.echo(f"error: {file} is not JSON: {exc}", err=True)
         sys.exit(1)
-    _run(lambda: ctx.emit(ctx.client.import_registry(image, reason), _result_line))
+    _run(lambda: ctx.emit(ctx.client.import_registry(image, reason, overwrite), _result_line))

@@ -179,7 +179,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             refresher=refresher,
             renderer=PromptRenderer(),
             registry=registry,
-            recovery=RegistryRecovery(store, holder),
+            recovery=RegistryRecovery(store, holder, fleet=fleet, serve=refresher.serve),
             shadow=shadow,
             analysis=analysis,
             feedback=feedback,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from typing import Any, TypeVar
 
 from proxy.log import APP_LOGGER
@@ -32,7 +32,7 @@ _RECANCEL_SECONDS = 0.2
 CLOSE_SECONDS = 10.0
 
 
-async def interruptible(io: Coroutine[Any, Any, T] | asyncio.Future[T], *, grace: float) -> T:
+async def interruptible(io: Awaitable[T], *, grace: float) -> T:
     """Await ``io`` (a coroutine, or a task already made) in a task of its own, so that
     cancelling the caller always raises CancelledError in the caller, even where the library
     under ``io`` swallows cancels. On cancel, ``io`` is cancelled too and given ``grace``

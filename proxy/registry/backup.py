@@ -9,21 +9,85 @@ every replica that served it recovers by itself, and numbering continues where i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
 
+from proxy.models import SLUG_PATTERN
 from proxy.registry import lifecycle
-from proxy.registry.models import AuditEntry, PromptVersion, RegistrySnapshot, Rollout, Status
+from proxy.registry.identity import describe
+from proxy.registry.models import (
+    INT64_MAX,
+    AuditEntry,
+    PromptVersion,
+    RegistrySnapshot,
+    Rollout,
+    Status,
+    VariableSpec,
+    VersionDraft,
+    unstorable_value,
+)
+from proxy.registry.store import InvalidTransition
+from proxy.registry.templates import template_problems
 
 FORMAT = "promptproxy-registry/1"
 RESTORE_ACTION = "restore"
+#: Key of a restore entry's detail holding the rollout that was running (see
+#: ``RegistryImage.restore_entries``).
+RESTORED_ROLLOUT = "rollout"
+
+
+#: Highest revision or audit seq an export may carry: both stores count on from there
+#: (the restore itself adds one per prompt), and neither counts past 2^63-1.
+MAX_COUNTER = 2**62
 
 
 class ImageError(ValueError):
-    """The file is not a registry export this promptproxy reads."""
+    """The file is not a registry export this promptproxy reads; ``param`` names the field
+    at fault (``versions[3].sha256``), None for the file as a whole."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(f"{param}: {message}" if param else message)
+        self.param = param
+
+
+class RestoreRefused(InvalidTransition):
+    """The store holds prompts a restore would destroy (another registry, or newer changes
+    of this one) and the operator did not ask to overwrite them."""
+
+
+def restore_keeps_audit(
+    found: str | None, revision: int, holds_versions: bool, image: RegistryImage, floor: int
+) -> bool:
+    """Whether a restore of ``image`` may go into a store holding generation ``found`` at
+    ``revision`` without ``overwrite`` (``RestoreRefused`` if not), and whether it keeps the
+    store's audit log: it does when the store holds the same registry, whose audit is its
+    history (an older copy put back), and appends after its last entry. ``floor``: the
+    highest revision the caller knows this registry reached."""
+    if found is not None and found == image.generation:
+        if not holds_versions or revision < max(image.revision, floor):
+            return True
+        raise RestoreRefused(
+            f"The registry store holds this registry (generation {found}) at revision "
+            f"{revision}, not older than what is being restored (revision "
+            f"{max(image.revision, floor)}): restoring would throw away newer changes. "
+            "Pass overwrite (`--overwrite`) only if you mean to replace them."
+        )
+    if holds_versions and found is not None:
+        raise RestoreRefused(
+            f"The registry store holds prompts of another registry ({describe(found)}): "
+            "restoring would destroy them. If the store URL or database is wrong, fix it "
+            "and restart instead; pass overwrite (`--overwrite`) only to replace that registry."
+        )
+    return False
+
+
+def overwrite_keeps_audit(found: str | None, image: RegistryImage) -> bool:
+    """With ``overwrite``: the store's audit is kept only if it is this registry's."""
+    return found is not None and found == image.generation
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,24 +132,41 @@ class RegistryImage:
             stack = [n for n in stack if n != prod] + [prod]
         return stack if prod is not None else []
 
-    def restore_entries(self, actor: str, reason: str, at: float) -> list[AuditEntry]:
-        """One audit entry per restored slug (seq assigned by the store)."""
-        last = max((e.seq for e in self.audit), default=0)
-        return [
-            AuditEntry(
-                seq=last + i,
-                at=at,
-                actor=actor,
-                action=RESTORE_ACTION,
-                slug=slug,
-                version=max(self.versions[slug]),
-                from_status=None,
-                to_status=None,
-                reason=reason,
-                detail={"generation": self.generation, "revision": self.revision},
+    def restore_entries(
+        self, actor: str, reason: str, at: float, after_seq: int = 0
+    ) -> list[AuditEntry]:
+        """One audit entry per restored slug, numbered after the image's audit and
+        ``after_seq`` (the last seq of an audit log the restore keeps). Each is a starting
+        point for history (``history.state_at``): it names the prod it restored (version,
+        ``to_status`` prod) and, in ``detail[RESTORED_ROLLOUT]``, the rollout running."""
+        last = max([after_seq, *(e.seq for e in self.audit)])
+        entries = []
+        for i, slug in enumerate(sorted(self.versions), start=1):
+            numbered = self.versions[slug]
+            prod = next((n for n, v in numbered.items() if v.status is Status.PROD), None)
+            detail: dict[str, Any] = {"generation": self.generation, "revision": self.revision}
+            if (rollout := self.rollouts.get(slug)) is not None:
+                detail[RESTORED_ROLLOUT] = {
+                    **rollout.audit_detail(),
+                    "candidate": rollout.candidate,
+                    "started_at": rollout.started_at,
+                    "updated_at": rollout.updated_at,
+                }
+            entries.append(
+                AuditEntry(
+                    seq=last + i,
+                    at=at,
+                    actor=actor,
+                    action=RESTORE_ACTION,
+                    slug=slug,
+                    version=max(numbered) if prod is None else prod,
+                    from_status=None,
+                    to_status=None if prod is None else Status.PROD,
+                    reason=reason,
+                    detail=detail,
+                )
             )
-            for i, slug in enumerate(sorted(self.versions), start=1)
-        ]
+        return entries
 
     def to_json(self) -> bytes:
         data = {
@@ -102,31 +183,224 @@ class RegistryImage:
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> RegistryImage:
+        """Parse and check an export as strictly as a push: nothing a store would refuse
+        (or fail on half-way through a restore) gets past this; ``ImageError.param`` names
+        the first field at fault."""
         try:
             data = orjson.loads(raw)
-            if not isinstance(data, dict) or data.get("format") != FORMAT:
-                found = data.get("format") if isinstance(data, dict) else None
-                raise ImageError(f"not a registry export in format {FORMAT!r} (found {found!r})")
-            versions: dict[str, dict[int, PromptVersion]] = {}
-            for item in data["versions"]:
-                version = PromptVersion.from_dict(item)
-                versions.setdefault(version.slug, {})[version.version] = version
-            for slug, numbered in versions.items():
-                if sorted(numbered) != list(range(1, len(numbered) + 1)):
-                    raise ImageError(f"{slug}: version numbers must be 1..n without gaps")
-            rollouts = {r["slug"]: Rollout.from_dict(r) for r in data.get("rollouts", [])}
-            audit = tuple(
-                sorted((AuditEntry.from_dict(e) for e in data.get("audit", [])), key=_seq)
+        except orjson.JSONDecodeError as exc:
+            raise ImageError(f"not JSON: {exc}") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            found = data.get("format") if isinstance(data, dict) else None
+            raise ImageError(
+                f"not a registry export in format {FORMAT!r} (found {found!r})", "format"
             )
-            generation = data["generation"]
-            if not isinstance(generation, str) or not generation:
-                raise ImageError("generation must be a non-empty string")
-            return cls(generation, int(data["revision"]), versions, rollouts, audit)
-        except ImageError:
-            raise
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise ImageError(f"not a valid registry export: {type(exc).__name__}: {exc}") from None
+        generation = data.get("generation")
+        if not isinstance(generation, str) or not generation or len(generation) > 128:
+            raise ImageError("must be a non-empty string (at most 128 characters)", "generation")
+        revision = _int(data.get("revision"), "revision", low=0, high=MAX_COUNTER)
+        versions = _versions(_list(data.get("versions"), "versions"))
+        rollouts = _rollouts(_list(data.get("rollouts", []), "rollouts"), versions)
+        audit = _audit(_list(data.get("audit", []), "audit"))
+        return cls(generation, revision, versions, rollouts, audit)
 
 
-def _seq(entry: AuditEntry) -> int:
-    return entry.seq
+# -- checking an export, field by field ------------------------------------------------------
+
+
+def _list(value: Any, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise ImageError("must be a list", where)
+    return value
+
+
+def _object(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ImageError("must be an object", where)
+    return value
+
+
+def _int(value: Any, where: str, *, low: int = 1, high: int = INT64_MAX) -> int:
+    # bool is an int to Python, not to an export.
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ImageError(f"must be an integer from {low} to {high}", where)
+    return value
+
+
+def _opt_int(value: Any, where: str) -> int | None:
+    return None if value is None else _int(value, where)
+
+
+def _str(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise ImageError("must be a string", where)
+    return value
+
+
+def _time(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ImageError("must be a finite number (unix seconds)", where)
+    return float(value)
+
+
+def _status(value: Any, where: str, *, optional: bool = False) -> Status | None:
+    if value is None and optional:
+        return None
+    try:
+        return Status(value)
+    except ValueError:
+        choices = ", ".join(s.value for s in Status)
+        raise ImageError(f"must be one of {choices}", where) from None
+
+
+def _storable(value: Any, where: str) -> None:
+    found = unstorable_value(value, where)
+    if found is not None:
+        raise ImageError(found[1], found[0])
+
+
+def _versions(items: list[Any]) -> dict[str, dict[int, PromptVersion]]:
+    versions: dict[str, dict[int, PromptVersion]] = {}
+    checked: dict[bytes, str | None] = {}  # content -> template problem (many share one)
+    for i, item in enumerate(items):
+        where = f"versions[{i}]"
+        version = _version(_object(item, where), where, checked)
+        numbered = versions.setdefault(version.slug, {})
+        if version.version in numbered:
+            raise ImageError(f"{version.slug} v{version.version} appears twice", f"{where}.version")
+        numbered[version.version] = version
+    for slug, numbered in versions.items():
+        if sorted(numbered) != list(range(1, len(numbered) + 1)):
+            raise ImageError(f"{slug}: version numbers must be 1..n without gaps", "versions")
+        prods = sorted(n for n, v in numbered.items() if v.status is Status.PROD)
+        if len(prods) > 1:
+            raise ImageError(
+                f"{slug}: only one version can be prod (found v{prods[0]} and v{prods[1]})",
+                "versions",
+            )
+    return versions
+
+
+def _version(item: dict[str, Any], where: str, checked: dict[bytes, str | None]) -> PromptVersion:
+    slug = _str(item.get("slug"), f"{where}.slug")
+    if not SLUG_PATTERN.match(slug):
+        raise ImageError("a slug must match [A-Za-z0-9._-]{1,64}", f"{where}.slug")
+    number = _int(item.get("version"), f"{where}.version")
+    template = _str(item.get("template"), f"{where}.template")
+    variables = []
+    for j, spec in enumerate(_list(item.get("variables", []), f"{where}.variables")):
+        at = f"{where}.variables[{j}]"
+        spec = _object(spec, at)
+        kind = spec.get("type")
+        if kind is not None:
+            _str(kind, f"{at}.type")
+        if "default" in spec:
+            _storable(spec["default"], f"{at}.default")
+        variables.append(
+            VariableSpec(
+                _str(spec.get("name"), f"{at}.name"),
+                kind,
+                spec.get("default"),
+                has_default="default" in spec,
+            )
+        )
+    model = item.get("model")
+    if model is not None:
+        _str(model, f"{where}.model")
+    params = _object(item.get("params") or {}, f"{where}.params")
+    _storable(params, f"{where}.params")
+    draft = VersionDraft(
+        slug=slug,
+        template=template,
+        variables=tuple(variables),
+        model=model,
+        params=params,
+        author=_str(item.get("author", ""), f"{where}.author"),
+        changelog=_str(item.get("changelog", ""), f"{where}.changelog"),
+    )
+    content = orjson.dumps([template, [v.to_dict() for v in variables]])
+    if content not in checked:
+        problems = template_problems(template, variables)
+        checked[content] = str(problems[0]) if problems else None
+    if (problem := checked[content]) is not None:
+        raise ImageError(f"the template is refused: {problem}", f"{where}.template")
+    sha = draft.content_sha256()
+    if item.get("sha256") != sha:
+        raise ImageError(
+            "does not match the version's content (template, variables, model, params)",
+            f"{where}.sha256",
+        )
+    status = _status(item.get("status"), f"{where}.status")
+    assert status is not None
+    return replace(
+        draft.to_version(number, _time(item.get("created_at"), f"{where}.created_at")),
+        status=status,
+    )
+
+
+def _rollouts(
+    items: list[Any], versions: Mapping[str, Mapping[int, PromptVersion]]
+) -> dict[str, Rollout]:
+    rollouts: dict[str, Rollout] = {}
+    for i, item in enumerate(items):
+        where = f"rollouts[{i}]"
+        data = _object(item, where)
+        try:
+            rollout = Rollout.from_dict(data)
+            lifecycle.check_rollout_values(
+                rollout.basis_points, rollout.id, rollout.sticky, rollout.analysis
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ImageError(f"not a rollout: {type(exc).__name__}: {exc}", where) from None
+        if rollout.restore_status not in (Status.DRAFT, Status.CANDIDATE):
+            raise ImageError(
+                "a rollout returns its candidate to draft or candidate",
+                f"{where}.restore_status",
+            )
+        if rollout.slug in rollouts:
+            raise ImageError(f"{rollout.slug} has two rollouts", f"{where}.slug")
+        candidate = versions.get(rollout.slug, {}).get(rollout.candidate)
+        if candidate is None:
+            raise ImageError(
+                f"{rollout.slug} has no version {rollout.candidate}", f"{where}.candidate"
+            )
+        if candidate.status is not Status.CANDIDATE:
+            raise ImageError(
+                f"{rollout.slug} v{rollout.candidate} is {candidate.status.value}: the "
+                "candidate of a running rollout has status candidate",
+                f"{where}.candidate",
+            )
+        rollouts[rollout.slug] = rollout
+    return rollouts
+
+
+def _audit(items: list[Any]) -> tuple[AuditEntry, ...]:
+    entries: list[AuditEntry] = []
+    for i, item in enumerate(items):
+        where = f"audit[{i}]"
+        data = _object(item, where)
+        seq = _int(data.get("seq"), f"{where}.seq", high=MAX_COUNTER)
+        if entries and seq <= entries[-1].seq:
+            raise ImageError(
+                f"seq must increase strictly, oldest first (after {entries[-1].seq})",
+                f"{where}.seq",
+            )
+        detail = data.get("detail")
+        if detail is not None:
+            _storable(_object(detail, f"{where}.detail"), f"{where}.detail")
+        entries.append(
+            AuditEntry(
+                seq=seq,
+                at=_time(data.get("at"), f"{where}.at"),
+                actor=_str(data.get("actor"), f"{where}.actor"),
+                action=_str(data.get("action"), f"{where}.action"),
+                slug=_str(data.get("slug"), f"{where}.slug"),
+                version=_opt_int(data.get("version"), f"{where}.version"),
+                from_status=_status(data.get("from_status"), f"{where}.from_status", optional=True),
+                to_status=_status(data.get("to_status"), f"{where}.to_status", optional=True),
+                reason=_str(data.get("reason", ""), f"{where}.reason"),
+                previous_prod=_opt_int(data.get("previous_prod"), f"{where}.previous_prod"),
+                detail=detail,
+            )
+        )
+    return tuple(entries)

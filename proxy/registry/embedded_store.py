@@ -27,7 +27,7 @@ from typing import TypeVar
 from proxy.analysis.policy import AnalysisPolicy
 from proxy.registry import embedded_schema as sql
 from proxy.registry import lifecycle
-from proxy.registry.backup import RegistryImage
+from proxy.registry.backup import RegistryImage, RestoreRefused
 from proxy.registry.identity import IdentityGuard, describe
 from proxy.registry.models import (
     AuditEntry,
@@ -469,16 +469,20 @@ class EmbeddedStore:
         actor: str,
         reason: str,
         at: float,
+        *,
+        overwrite: bool = False,
     ) -> int:
-        """Write ``image`` into the file, if it holds generation ``expect`` and no versions
-        (the file refuses to delete history, so a file with other prompts must be moved
-        away by the operator first)."""
-        entries = image.restore_entries(actor, reason, at)
+        """Write ``image`` into the file, if it holds generation ``expect`` and no versions,
+        or an older copy of the same registry (same generation, lower revision: its versions
+        are a prefix of the image's; their statuses, the new versions and the rollouts come
+        from the image, its audit log stays and the restore's entries follow it). A file
+        with other prompts is refused even with ``overwrite``: its history cannot be
+        deleted, the operator moves it away first."""
 
         def txn(conn: sqlite3.Connection) -> int:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                revision = _restore(conn, image, expect, after_revision, entries)
+                revision = _restore(conn, image, expect, after_revision, actor, reason, at)
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -511,7 +515,9 @@ def _restore(
     image: RegistryImage,
     expect: str | None,
     after_revision: int,
-    entries: list[AuditEntry],
+    actor: str,
+    reason: str,
+    at: float,
 ) -> int:
     found = sql.generation(conn)
     if found != expect:
@@ -519,13 +525,29 @@ def _restore(
             f"the store holds {describe(found)}, not {describe(expect)} as when the restore "
             "was asked for: look again before restoring"
         )
-    if conn.execute("SELECT 1 FROM versions LIMIT 1").fetchone() is not None:
-        raise InvalidTransition(
-            "the registry file holds prompts, and its history cannot be deleted: move the "
-            "file away (keep it), then restore into the new empty file"
+    stored_revision = sql.revision(conn)
+    held = {
+        (slug, number): sha
+        for slug, number, sha in conn.execute("SELECT slug, version, sha256 FROM versions")
+    }
+    older_copy = (
+        bool(held)
+        and found == image.generation
+        and stored_revision < max(image.revision, after_revision)
+    )
+    if held and not older_copy:
+        raise RestoreRefused(
+            "The registry file holds prompts, and its history cannot be deleted (not even "
+            "with overwrite): move the file away (keep it), then restore into the new empty "
+            "file. If the configured path is wrong, fix it and restart instead."
         )
+    after_seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM audit").fetchone()[0]
+    if older_copy:
+        _bring_forward(conn, image, held)
     for numbered in image.versions.values():
         for version in numbered.values():
+            if (version.slug, version.version) in held:
+                continue
             conn.execute(
                 "INSERT INTO versions (slug, version, sha256, created_at, body, status) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
@@ -540,12 +562,38 @@ def _restore(
             )
     for rollout in image.rollouts.values():
         sql.insert_rollout(conn, rollout)
-    for entry in [*image.audit, *entries]:
+    entries = image.restore_entries(actor, reason, at, after_seq)
+    for entry in [*(e for e in image.audit if e.seq > after_seq), *entries]:
         sql.insert_audit(conn, entry)
-    revision = max(image.revision, after_revision, sql.revision(conn)) + 1
+    revision = max(image.revision, after_revision, stored_revision) + 1
     conn.execute("UPDATE meta SET value = ? WHERE key = 'revision'", (revision,))
     conn.execute("UPDATE identity SET generation = ? WHERE singleton = 1", (image.generation,))
     return revision
+
+
+def _bring_forward(
+    conn: sqlite3.Connection, image: RegistryImage, held: dict[tuple[str, int], str]
+) -> None:
+    """Statuses of the versions an older copy holds, as the image has them; its rollouts go
+    (the image's are inserted after). Refused if the copy holds a version the image does not
+    have with the same content: then it is not an older copy of this registry."""
+    for (slug, number), sha in held.items():
+        version = image.versions.get(slug, {}).get(number)
+        if version is None or version.sha256 != sha:
+            raise RestoreRefused(
+                f"The registry file holds {slug} v{number}, which the restored registry "
+                "does not have with the same content: it is not an older copy of it. Move "
+                "the file away (keep it), then restore into a new empty file."
+            )
+    conn.execute("DELETE FROM rollouts")
+    moves = [
+        (version.status, slug, number)
+        for slug, number in held
+        if (version := image.versions[slug][number]).status is not sql.status_of(conn, slug, number)
+    ]
+    # Demotions first: the file allows one prod per prompt at every step.
+    for status, slug, number in sorted(moves, key=lambda m: m[0] is Status.PROD):
+        sql.put_status(conn, slug, number, status)
 
 
 def _file_id(path: Path) -> tuple[int, int] | None:

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from proxy.registry.backup import RESTORE_ACTION, RESTORED_ROLLOUT
 from proxy.registry.lifecycle import (
     PROMOTE_ACTION,
     ROLLOUT_ABORT_ACTION,
@@ -66,11 +67,17 @@ def state_at(entries: Iterable[AuditEntry], at: float) -> StateAt:
     for entry in sorted(entries, key=lambda e: e.seq):
         if entry.at > at:
             break
+        detail: Mapping[str, Any] = entry.detail or {}
+        if entry.action == RESTORE_ACTION:
+            # A restore states what ran: history may start there (a snapshot has no log).
+            prod = entry.version if entry.to_status is Status.PROD else None
+            running = detail.get(RESTORED_ROLLOUT)
+            rollout = None if not isinstance(running, Mapping) else _restored(running)
+            continue
         if entry.to_status is Status.PROD:
             prod = entry.version
         elif entry.from_status is Status.PROD and entry.version == prod:
             prod = None
-        detail: Mapping[str, Any] = entry.detail or {}
         if entry.action == ROLLOUT_START_ACTION:
             rollout = _rollout(entry, detail, entry.at)
         elif entry.action == ROLLOUT_UPDATE_ACTION:
@@ -81,6 +88,20 @@ def state_at(entries: Iterable[AuditEntry], at: float) -> StateAt:
         ):
             rollout = None
     return StateAt(prod, rollout)
+
+
+def _restored(detail: Mapping[str, Any]) -> RolloutAt:
+    percent, candidate = detail.get("percent"), detail.get("candidate")
+    started, updated = detail.get("started_at"), detail.get("updated_at")
+    return RolloutAt(
+        id=detail.get("rollout_id"),
+        candidate=candidate if isinstance(candidate, int) else None,
+        mode=detail.get("mode"),
+        percent=None if percent is None else float(percent),
+        sticky=detail.get("sticky"),
+        started_at=float(started) if isinstance(started, int | float) else 0.0,
+        percent_since=float(updated) if isinstance(updated, int | float) else 0.0,
+    )
 
 
 def _rollout(entry: AuditEntry, detail: Mapping[str, Any], started_at: float) -> RolloutAt:

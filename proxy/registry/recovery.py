@@ -10,18 +10,21 @@ as they were, and numbering continues (version numbers never restart).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.errors import Conflict
-from proxy.registry.backup import RegistryImage
+from proxy.errors import Conflict, ServiceUnavailable
+from proxy.registry.backup import RegistryImage, RestoreRefused
+from proxy.registry.fleet import Fleet, FleetError, ReplicaView
 from proxy.registry.models import AuditEntry
 from proxy.registry.service import store_errors
 from proxy.registry.snapshot import SnapshotHolder
 from proxy.registry.store import PromptStore, StoreReplaced
 
 _AUDIT_PAGE = 500
+_EXPORT_ATTEMPTS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,10 +53,17 @@ class RegistryRecovery:
         store: PromptStore,
         holder: SnapshotHolder,
         clock: Callable[[], float] = time.time,
+        *,
+        fleet: Fleet | None = None,
+        serve: Callable[[int], Awaitable[bool]] | None = None,
     ) -> None:
+        """``serve``: loads a revision here (``SnapshotRefresher.serve``), so a restore is
+        served (and ``status`` says ok) as soon as it is answered."""
         self._store = store
         self._holder = holder
         self._clock = clock
+        self._fleet = fleet
+        self._serve = serve
 
     def status(self) -> dict[str, Any]:
         served = self._holder.current
@@ -65,8 +75,12 @@ class RegistryRecovery:
             "prompts": len(served.versions),
         }
 
-    async def restore_from_snapshot(self, actor: str, reason: str) -> RestoreResult:
-        """Write this replica's served snapshot into the store, which must be lost."""
+    async def restore_from_snapshot(
+        self, actor: str, reason: str, *, overwrite: bool = False
+    ) -> RestoreResult:
+        """Write this replica's served snapshot into the store, which must be lost. A store
+        holding prompts is refused unless it is an older copy of this registry, or
+        ``overwrite`` (see ``backup.restore_keeps_audit``)."""
         if self._holder.replaced is None:
             raise Conflict(
                 "The registry store is the registry this replica serves: there is nothing to "
@@ -81,71 +95,130 @@ class RegistryRecovery:
                 code="no_snapshot",
             )
         image = RegistryImage.from_snapshot(served)
+        floor = await self._fleet_floor(served.generation, served.revision)
         note = reason or "the store was emptied or replaced"
-        with store_errors():
+        with store_errors(), _refusals():
             found = await self._store.generation()
             revision = await self._store.restore(
                 image,
                 found,
-                served.revision,
+                floor,
                 actor,
                 f"restored from the snapshot of a replica (revision {served.revision}): {note}",
                 self._clock(),
+                overwrite=overwrite,
             )
+        await self._serve_restored(revision)
         return _result("snapshot", image, revision)
 
-    async def export(self) -> RegistryImage:
-        with store_errors(reading=True):
-            snapshot = await self._store.snapshot()
-            audit = await self._full_audit()
-        if snapshot.generation is None:
+    async def _fleet_floor(self, generation: str, revision: int) -> int:
+        """The highest revision any replica on the fleet board served: the restore goes
+        above it, so no revision number names two states. Refuses when a live replica of
+        this registry served a newer one than this replica: restoring this older snapshot
+        would hand out again the version numbers it has seen (restore from it instead)."""
+        if self._fleet is None:
+            return revision
+        try:
+            views = await self._fleet.replicas()
+        except FleetError as exc:
+            raise ServiceUnavailable(
+                f"The fleet board cannot be read now ({exc}), so whether another replica "
+                "served a newer snapshot cannot be checked; retry when it answers.",
+                code="fleet_unavailable",
+            ) from None
+        fresher = sorted(
+            (v for v in views if v.live and v.replica != self._fleet.me and _same(v, generation)),
+            key=lambda v: -v.beat.revision,
+        )
+        if fresher and fresher[0].beat.revision > revision:
+            best = fresher[0].beat
             raise Conflict(
-                "The registry store has never been written to: there is nothing to export.",
-                code="registry_empty",
+                f"Replica {best.replica} serves a newer snapshot of this registry (revision "
+                f"{best.revision}) than this one (revision {revision}): restoring this one "
+                "would lose changes and reuse version numbers. Restore from that replica "
+                "(--admin-url of it).",
+                code="fresher_replica",
             )
-        return RegistryImage(
-            snapshot.generation,
-            snapshot.revision,
-            snapshot.versions,
-            snapshot.rollouts,
-            tuple(reversed(audit)),
+        return max([revision, *(v.beat.revision for v in views)])
+
+    async def _serve_restored(self, revision: int) -> None:
+        if self._serve is not None:
+            await self._serve(revision)  # never raises; the refresher catches up otherwise
+
+    async def _board_floor(self, revision: int) -> int:
+        """``revision`` or the highest on the fleet board (an import goes above every
+        revision a replica served); without a readable board, ``revision``."""
+        if self._fleet is None:
+            return revision
+        try:
+            views = await self._fleet.replicas()
+        except FleetError:
+            return revision
+        return max([revision, *(v.beat.revision for v in views)])
+
+    async def export(self) -> RegistryImage:
+        """The snapshot and the audit log of one revision: read both, then the revision
+        again; a write in between (every write bumps it) means read again."""
+        for _ in range(_EXPORT_ATTEMPTS):
+            with store_errors(reading=True):
+                snapshot = await self._store.snapshot()
+                audit = await self._full_audit()
+                if await self._store.revision() != snapshot.revision:
+                    continue
+            if snapshot.generation is None:
+                raise Conflict(
+                    "The registry store has never been written to: there is nothing to export.",
+                    code="registry_empty",
+                )
+            return RegistryImage(
+                snapshot.generation,
+                snapshot.revision,
+                snapshot.versions,
+                snapshot.rollouts,
+                tuple(reversed(audit)),
+            )
+        raise ServiceUnavailable(
+            f"The registry changed during each of {_EXPORT_ATTEMPTS} attempts to export it; "
+            "retry when it is quieter.",
+            code="registry_busy",
         )
 
-    async def import_image(self, image: RegistryImage, actor: str, reason: str) -> RestoreResult:
+    async def import_image(
+        self, image: RegistryImage, actor: str, reason: str, *, overwrite: bool = False
+    ) -> RestoreResult:
         """Write an export into an empty (or lost) store; the same content again is a no-op;
-        anything else is refused (it would overwrite a registry)."""
-        with store_errors():
+        a store holding other prompts is refused unless it is an older copy of this
+        registry, or ``overwrite`` (see ``backup.restore_keeps_audit``)."""
+        with store_errors(), _refusals():
             try:
                 current = RegistryImage.from_snapshot(await self._store.snapshot())
             except StoreReplaced:
-                current = None  # lost: allowed when it holds no prompts
+                current = None  # lost: the store decides below what it may overwrite
             except ValueError:
                 current = None  # never initialised
             if current is not None and not current.empty:
                 if current.content() == image.content():
                     return _result("file", image, current.revision, unchanged=True)
-                raise Conflict(
-                    f"The registry store already holds {len(current.versions)} prompts: an "
-                    "import only goes into an empty store (or one holding the same content).",
-                    code="registry_not_empty",
-                )
-            if await self._store.list_slugs():
-                raise Conflict(
-                    "The registry store is lost but holds other prompts: restore from a "
-                    "replica's snapshot, or empty the store first.",
-                    code="registry_not_empty",
-                )
+                if not overwrite:
+                    raise Conflict(
+                        f"The registry store already holds {len(current.versions)} prompts: "
+                        "an import only goes into an empty store (or one holding the same "
+                        "content); pass overwrite (`--overwrite`) to replace them.",
+                        code="registry_not_empty",
+                    )
             self._refuse_reused_numbers(image)
             found = await self._store.generation()
             revision = await self._store.restore(
                 image,
                 found,
-                self._holder.current.revision,
+                await self._board_floor(self._holder.current.revision),
                 actor,
                 f"imported from an export (revision {image.revision})"
                 + (f": {reason}" if reason else ""),
                 self._clock(),
+                overwrite=overwrite,
             )
+        await self._serve_restored(revision)
         return _result("file", image, revision)
 
     def _refuse_reused_numbers(self, image: RegistryImage) -> None:
@@ -177,6 +250,21 @@ class RegistryRecovery:
             if len(page) < _AUDIT_PAGE:
                 return entries
             before = page[-1].seq
+
+
+@contextmanager
+def _refusals() -> Iterator[None]:
+    try:
+        yield
+    except RestoreRefused as exc:
+        raise Conflict(str(exc), code="registry_not_empty") from None
+
+
+def _same(view: ReplicaView, generation: str) -> bool:
+    """Whether ``view`` serves ``generation``; a beat that does not say is counted as
+    serving it (a refusal names the replica, which the operator can check)."""
+    served = getattr(view.beat, "generation", None)
+    return served is None or served == generation
 
 
 def _result(

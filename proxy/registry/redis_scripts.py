@@ -23,6 +23,11 @@ Cluster keeps every key in one slot and the scripts may touch them all):
 ``P{registry}:audit_seq``          string  last audit ``seq`` (INCR)
 ``P{registry}:audit``              stream  every audit entry, entry id ``<seq>-0``
 ``P{registry}:audit:<slug>``       stream  the same entries for one slug (for paging by slug)
+``P{registry}:last_restore``       string  id of the last restore that was applied (read
+                                           back when its answer was lost)
+``P{registry}:staging:<id>:...``   any     a restore being written (see ``RESTORE_FLIP``):
+                                           the keys above under ``staging:<id>:``, with a
+                                           TTL, renamed into place by one script
 =================================  ======  ===============================================
 
 Versions are numbered 1..n without gaps, so ``HLEN versions:<slug>`` is the latest number.
@@ -36,7 +41,8 @@ Each script checks everything before its first write: Redis runs a script atomic
 does not undo the writes it made before an error. Errors the caller must map to store
 exceptions are returned as ``PROMPT_NOT_FOUND|VERSION_NOT_FOUND|INVALID_TRANSITION <msg>``,
 or ``STORE_REPLACED <msg>``: every write script gets the generation its caller is bound to
-as its last ARGV and refuses before anything else when the store holds another (or none).
+as its last ARGV (and the highest revision it read before that) and refuses before anything
+else when the store holds another generation (or none), or a lower revision.
 The refusals (which moves, and their messages) are generated from the ``lifecycle`` checks
 (``redis_lua_rules``), so the Redis store cannot drift from the embedded one. Rollout
 scripts are in ``redis_rollout_scripts``; the helpers they share with ``PROMOTE`` are here.
@@ -102,6 +108,15 @@ class RedisKeys:
     def audit(self) -> str:
         return self._key("audit")
 
+    @property
+    def last_restore(self) -> str:
+        return self._key("last_restore")
+
+    def staged(self, restore_id: str, key: str) -> str:
+        """Where restore ``restore_id`` writes ``key`` before putting it in place."""
+        tag = self.prefix + "{registry}:"
+        return tag + f"staging:{restore_id}:" + key[len(tag) :]
+
     def slug_audit(self, slug: str) -> str:
         return self._key("audit", slug)
 
@@ -145,7 +160,9 @@ _SET_STATUS_DURING_ROLLOUT = lua_refusal(
 
 # KEYS: see RedisKeys.for_write. ARGV[1] channel, ARGV[2] slug, ARGV[3] actor, ARGV[4] reason,
 # ARGV[5] at (a float's repr, kept as text so Lua's number formatting cannot round it), then
-# the script's own arguments, and last the generation the caller is bound to.
+# the script's own arguments, then the highest revision the caller has read (-1: none), and
+# last the generation the caller is bound to. A store holding another generation, or a
+# lower revision (an older copy of this registry put back), refuses the write atomically.
 PRELUDE = f"""
 local K_REV, K_SEQ, K_AUDIT, KSLUG_AUDIT = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local K_VERSIONS, K_STATUS, K_STACK, KSLUGS = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
@@ -162,6 +179,12 @@ if found_generation ~= ARGV[#ARGV] then
     .. (found_generation and ('generation ' .. found_generation) or 'no generation (emptied)')
     .. ', not the registry this process served (generation ' .. ARGV[#ARGV]
     .. '): it was emptied or replaced')
+end
+local found_revision = tonumber(redis.call('GET', K_REV) or '0')
+if found_revision < tonumber(ARGV[#ARGV - 1]) then
+  return fail('{STORE_REPLACED}', 'the registry store went back from revision '
+    .. ARGV[#ARGV - 1] .. ' to ' .. found_revision .. ' (generation ' .. ARGV[#ARGV]
+    .. '): an older copy was put back')
 end
 
 local function refuse(msg)
@@ -323,6 +346,63 @@ local seq = commit('{lifecycle.SET_STATUS_ACTION}', version, status, target, nil
 return {{seq, status}}
 """
 )
+
+
+# Put a staged restore in place, all or nothing. KEYS[1] generation, KEYS[2] revision,
+# KEYS[3] audit_seq, KEYS[4] last_restore, then ARGV[8] keys to delete, ARGV[9] (staged, live)
+# pairs to rename, ARGV[10] (staged, live) stream pairs whose entries are appended to the
+# live stream (an audit log the restore keeps). ARGV[1] generation expected ('' for none),
+# ARGV[2] revision expected (the store's when the restore read it: any write since bumps
+# it), ARGV[3] the generation to write, ARGV[4] the new revision, ARGV[5] the last audit
+# seq, ARGV[6] channel, ARGV[7] the restore's id.
+# Every check (and every staged key's presence) comes before the first write.
+RESTORE_FLIP = f"""
+local found = redis.call('GET', KEYS[1]) or ''
+local revision = redis.call('GET', KEYS[2]) or '0'
+if found ~= ARGV[1] or tonumber(revision) ~= tonumber(ARGV[2]) then
+  return redis.error_reply('{INVALID_TRANSITION} the store changed while restoring: '
+    .. 'look again before restoring')
+end
+local n_delete, n_rename, n_append = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local first_rename = 5 + n_delete
+local first_append = first_rename + 2 * n_rename
+for i = first_rename, first_append + 2 * n_append - 1, 2 do
+  if redis.call('EXISTS', KEYS[i]) == 0 then
+    return redis.error_reply('{INVALID_TRANSITION} the staged restore expired before it '
+      .. 'was put in place: restore again')
+  end
+end
+-- An XADD refused half-way would leave the rest undone: every appended entry must follow
+-- the live stream's newest one.
+local function seq_of(entry_id)
+  return tonumber((string.gsub(entry_id, '-.*', '')))
+end
+for i = first_append, first_append + 2 * n_append - 1, 2 do
+  local first = redis.call('XRANGE', KEYS[i], '-', '+', 'COUNT', 1)[1][1]
+  local newest = redis.call('XREVRANGE', KEYS[i + 1], '+', '-', 'COUNT', 1)[1]
+  if newest and seq_of(newest[1]) >= seq_of(first) then
+    return redis.error_reply('{INVALID_TRANSITION} the store changed while restoring: '
+      .. 'look again before restoring')
+  end
+end
+for i = 5, first_rename - 1 do redis.call('DEL', KEYS[i]) end
+for i = first_rename, first_append - 1, 2 do
+  redis.call('RENAME', KEYS[i], KEYS[i + 1])
+  redis.call('PERSIST', KEYS[i + 1])
+end
+for i = first_append, first_append + 2 * n_append - 1, 2 do
+  for _, entry in ipairs(redis.call('XRANGE', KEYS[i], '-', '+')) do
+    redis.call('XADD', KEYS[i + 1], entry[1], unpack(entry[2]))
+  end
+  redis.call('DEL', KEYS[i])
+end
+redis.call('SET', KEYS[3], ARGV[5])
+redis.call('SET', KEYS[2], ARGV[4])
+redis.call('SET', KEYS[1], ARGV[3])
+redis.call('SET', KEYS[4], ARGV[7])
+redis.call('PUBLISH', ARGV[6], ARGV[4])
+return ARGV[4]
+"""
 
 
 # -- decoding what the keys hold ------------------------------------------------------------

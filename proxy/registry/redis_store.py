@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any, TypeVar
 
 import orjson
@@ -29,7 +30,7 @@ from proxy.analysis.policy import AnalysisPolicy
 from proxy.registry import lifecycle
 from proxy.registry import redis_rollout_scripts as rollout_scripts
 from proxy.registry import redis_scripts as scripts
-from proxy.registry.backup import RegistryImage
+from proxy.registry.backup import RegistryImage, overwrite_keeps_audit, restore_keeps_audit
 from proxy.registry.identity import IdentityGuard, describe, new_generation
 from proxy.registry.models import (
     AuditEntry,
@@ -61,6 +62,14 @@ _DOMAIN_ERRORS: tuple[tuple[str, type[StoreError]], ...] = (
     (scripts.STORE_REPLACED, StoreReplaced),
 )
 _SNAPSHOT_ATTEMPTS = 10
+#: Commands per pipeline when a restore writes its staging keys: each round trip stays well
+#: inside the per-operation timeout whatever the size of the image.
+_STAGE_CHUNK = 500
+#: Staged keys of a restore that died half-way expire by themselves.
+_STAGED_TTL_S = 3600
+#: Keys the restore's final script renames or deletes per second, at the least (measured
+#: ~10x faster on a 2-core machine): sizes its timeout to the image.
+_FLIP_KEYS_PER_S = 20_000
 
 
 class RedisStore:
@@ -91,6 +100,7 @@ class RedisStore:
         self._update_rollout = client.register_script(rollout_scripts.UPDATE)
         self._abort_rollout = client.register_script(rollout_scripts.ABORT)
         self._promote_rollout = client.register_script(rollout_scripts.PROMOTE)
+        self._restore_flip = client.register_script(scripts.RESTORE_FLIP)
 
     @classmethod
     def from_url(
@@ -123,11 +133,12 @@ class RedisStore:
 
     # -- plumbing -------------------------------------------------------------------------
 
-    async def _guard(self, call: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    async def _guard(self, call: Callable[[], Awaitable[T]], limit: float | None = None) -> T:
         if self._closed:
             raise StoreUnavailable("registry store is closed")
+        bound = self._op_timeout if limit is None else limit
         try:
-            async with asyncio.timeout(self._op_timeout):
+            async with asyncio.timeout(bound):
                 # In a task of its own: redis-py can swallow a cancel (see ``proxy.tasks``),
                 # which would cost the refresher its shutdown and this timeout its bound.
                 return await interruptible(call(), grace=self._op_timeout)
@@ -146,13 +157,16 @@ class RedisStore:
         return [self.keys.channel, slug, actor, reason, repr(float(at))]
 
     async def _write(self, script: AsyncScript, slug: str, args: list[str]) -> list[Any]:
-        """Run a write script for ``slug``, bound to this instance's generation (see
-        ``identity``): the script refuses atomically if the store holds another or none."""
+        """Run a write script for ``slug``, bound to this instance's generation and the
+        highest revision it read (see ``identity``): the script refuses atomically if the
+        store holds another generation or none, or went back to a lower revision."""
         generation = await self._bound_generation()
         keys = self.keys.for_write(slug)
 
+        seen = str(self._identity.revision)
+
         async def run() -> list[Any]:
-            return await script(keys=keys, args=[*args, generation])  # type: ignore[no-any-return]
+            return await script(keys=keys, args=[*args, seen, generation])  # type: ignore[no-any-return]
 
         try:
             return await self._guard(run)
@@ -527,85 +541,206 @@ class RedisStore:
         actor: str,
         reason: str,
         at: float,
+        *,
+        overwrite: bool = False,
     ) -> int:
-        """Replace the registry keys with ``image`` in one MULTI, if the store still holds
-        generation ``expect`` (WATCHed: a concurrent change refuses the restore)."""
-        entries = image.restore_entries(actor, reason, at)
+        """Put ``image`` in place of the registry keys, all or nothing, if the store still
+        holds generation ``expect`` and ``backup.restore_keeps_audit`` allows it.
 
-        async def write() -> int:
-            async with self._client.pipeline(transaction=True) as pipe:
-                await pipe.watch(self.keys.generation, self.keys.revision, self.keys.slugs)
-                found = await pipe.get(self.keys.generation)
-                found = None if found is None else scripts.text(found)
-                if found != expect:
-                    raise InvalidTransition(
-                        f"the store holds {describe(found)}, not {describe(expect)} as when "
-                        "the restore was asked for: look again before restoring"
-                    )
-                old = [scripts.text(slug) for slug in await pipe.smembers(self.keys.slugs)]
-                revision = (
-                    max(
-                        image.revision, after_revision, int(await pipe.get(self.keys.revision) or 0)
-                    )
-                    + 1
-                )
-                pipe.multi()  # type: ignore[no-untyped-call]
-                for slug in old:
-                    pipe.delete(
-                        self.keys.versions(slug),
-                        self.keys.status(slug),
-                        self.keys.prod_stack(slug),
-                        self.keys.rollout(slug),
-                        self.keys.slug_audit(slug),
-                    )
-                pipe.delete(self.keys.slugs, self.keys.audit, self.keys.audit_seq)
-                self._queue_image(pipe, image, [*image.audit, *entries])
-                pipe.set(self.keys.audit_seq, entries[-1].seq if entries else 0)
-                pipe.set(self.keys.revision, revision)
-                pipe.set(self.keys.generation, image.generation)
-                pipe.publish(self.keys.channel, revision)
-                try:
-                    await pipe.execute()
-                except WatchError:
-                    raise InvalidTransition(
-                        "the store changed while restoring: look again before restoring"
-                    ) from None
-                return revision
+        The image is written under staging keys in bounded pipelines (each under the
+        per-operation timeout), then one script checks that nothing changed and renames
+        them into place: a failure before that leaves the registry as it was. If the
+        answer of that script is lost (a timeout), the store is read back: the restore
+        is reported applied when it was."""
+        found, stored_revision, last_seq, old_slugs = await self._guard(self._restore_state)
+        if found != expect:
+            raise InvalidTransition(
+                f"the store holds {describe(found)}, not {describe(expect)} as when "
+                "the restore was asked for: look again before restoring"
+            )
+        if overwrite:
+            keep_audit = overwrite_keeps_audit(found, image)
+        else:
+            keep_audit = restore_keeps_audit(
+                found, stored_revision, bool(old_slugs), image, after_revision
+            )
+        after_seq = last_seq if keep_audit else 0
+        entries = image.restore_entries(actor, reason, at, after_seq)
+        audit = [e for e in image.audit if e.seq > after_seq] + entries
+        revision = max(image.revision, after_revision, stored_revision) + 1
+        restore_id = new_generation()
+        staged = await self._stage(restore_id, image, audit)
+        try:
+            keys, argv = self._flip_args(
+                restore_id,
+                staged,
+                old_slugs,
+                keep_audit,
+                found,
+                stored_revision,
+                image.generation,
+                revision,
+                max([after_seq, *(e.seq for e in audit)]),
+            )
 
-        revision = await self._guard(write)
+            async def flip() -> Any:
+                return await self._restore_flip(keys=keys, args=argv)
+
+            try:
+                await self._guard(flip, limit=self._op_timeout + len(keys) / _FLIP_KEYS_PER_S)
+            except (StoreUnavailable, InvalidTransition):
+                # Lost answer, or a retry of a flip that had run: did it apply?
+                if not await self._restore_applied(restore_id):
+                    raise
+        finally:
+            await self._drop_staged(staged.values())
         self._identity.restored(image.generation, revision)
         return revision
 
-    def _queue_image(self, pipe: Any, image: RegistryImage, audit: list[AuditEntry]) -> None:
+    async def _restore_state(self) -> tuple[str | None, int, int, list[str]]:
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.get(self.keys.generation)
+            pipe.get(self.keys.revision)
+            pipe.get(self.keys.audit_seq)
+            pipe.smembers(self.keys.slugs)
+            pipe.xrevrange(self.keys.audit, "+", "-", count=1)
+            found, revision, seq, slugs, newest = await pipe.execute()
+        # The stream's newest entry too: a kept log is appended after both.
+        last = max([int(seq or 0), *(int(scripts.text(i).split("-", 1)[0]) for i, _ in newest)])
+        return (
+            None if found is None else scripts.text(found),
+            int(revision or 0),
+            last,
+            sorted(scripts.text(slug) for slug in slugs),
+        )
+
+    async def _restore_applied(self, restore_id: str) -> bool:
+        async def read() -> bytes | str | None:
+            return await self._client.get(self.keys.last_restore)
+
+        found = await self._guard(read)
+        return found is not None and scripts.text(found) == restore_id
+
+    async def _stage(
+        self, restore_id: str, image: RegistryImage, audit: list[AuditEntry]
+    ) -> dict[str, str]:
+        """Write the image under staging keys; returns live key -> staged key. Staged keys
+        expire, so a restore that dies half-way leaves nothing behind for long."""
+        staged: dict[str, str] = {}
+
+        def at(key: str) -> str:
+            return staged.setdefault(key, self.keys.staged(restore_id, key))
+
+        commands: list[partial[Any]] = []
         for slug, numbered in image.versions.items():
-            pipe.sadd(self.keys.slugs, slug)
+            commands.append(partial(_sadd, at(self.keys.slugs), slug))
             for number, version in numbered.items():
                 body = version.to_dict()
                 del body["status"]
-                pipe.hset(self.keys.versions(slug), str(number), orjson.dumps(body).decode())
-                pipe.hset(self.keys.status(slug), str(number), version.status.value)
-            stack = image.prod_stack(slug)
-            if stack:
-                pipe.rpush(self.keys.prod_stack(slug), *map(str, stack))
+                commands.append(
+                    partial(
+                        _hset,
+                        at(self.keys.versions(slug)),
+                        str(number),
+                        orjson.dumps(body).decode(),
+                    )
+                )
+                commands.append(
+                    partial(_hset, at(self.keys.status(slug)), str(number), version.status.value)
+                )
+            if stack := image.prod_stack(slug):
+                commands.append(
+                    partial(_rpush, at(self.keys.prod_stack(slug)), list(map(str, stack)))
+                )
         for slug, rollout in image.rollouts.items():
-            fields = {
-                "id": rollout.id,
-                "candidate": str(rollout.candidate),
-                "mode": rollout.mode.value,
-                "basis_points": str(rollout.basis_points),
-                "sticky": str(rollout.sticky),
-                "started_at": repr(float(rollout.started_at)),
-                "updated_at": repr(float(rollout.updated_at)),
-                "actor": rollout.actor,
-                "restore_status": rollout.restore_status.value,
-            }
-            if rollout.analysis is not None:
-                fields["analysis"] = orjson.dumps(rollout.analysis.to_dict()).decode()
-            pipe.hset(self.keys.rollout(slug), mapping=fields)
+            commands.append(
+                partial(_hset_all, at(self.keys.rollout(slug)), _rollout_fields(rollout))
+            )
         for entry in audit:
             fields = scripts.encode_audit(entry)
-            pipe.xadd(self.keys.audit, fields, id=f"{entry.seq}-0")
-            pipe.xadd(self.keys.slug_audit(entry.slug), fields, id=f"{entry.seq}-0")
+            for key in (self.keys.audit, self.keys.slug_audit(entry.slug)):
+                commands.append(partial(_xadd, at(key), fields, f"{entry.seq}-0"))
+        try:
+            for start in range(0, len(commands), _STAGE_CHUNK):
+                chunk = commands[start : start + _STAGE_CHUNK]
+
+                async def write(chunk: list[partial[Any]] = chunk) -> None:
+                    async with self._client.pipeline(transaction=False) as pipe:
+                        for command in chunk:
+                            command(pipe)
+                        # Each staged key expires: those this chunk wrote (first argument).
+                        for key in {command.args[0] for command in chunk}:
+                            pipe.expire(key, _STAGED_TTL_S)
+                        await pipe.execute()
+
+                await self._guard(write)
+        except BaseException:
+            await self._drop_staged(staged.values())
+            raise
+        return staged
+
+    async def _drop_staged(self, keys: Any) -> None:
+        names = list(keys)
+        if not names:
+            return
+
+        async def drop() -> None:
+            for start in range(0, len(names), _STAGE_CHUNK):
+                await self._client.delete(*names[start : start + _STAGE_CHUNK])
+
+        with contextlib.suppress(StoreUnavailable):  # they expire anyway
+            await self._guard(drop)
+
+    def _flip_args(
+        self,
+        restore_id: str,
+        staged: dict[str, str],
+        old_slugs: list[str],
+        keep_audit: bool,
+        expect: str | None,
+        expect_revision: int,
+        generation: str,
+        revision: int,
+        last_seq: int,
+    ) -> tuple[list[str], list[str]]:
+        audit_keys = {self.keys.audit} | {self.keys.slug_audit(s) for s in old_slugs}
+        audit_keys |= {k for k in staged if k.startswith(self.keys.audit + ":")}
+        delete = [self.keys.slugs]
+        for slug in old_slugs:
+            delete += [
+                self.keys.versions(slug),
+                self.keys.status(slug),
+                self.keys.prod_stack(slug),
+                self.keys.rollout(slug),
+            ]
+        if not keep_audit:
+            delete += [self.keys.slug_audit(s) for s in old_slugs] + [self.keys.audit]
+        rename = [
+            (s, live) for live, s in staged.items() if live not in audit_keys or not keep_audit
+        ]
+        append = [(s, live) for live, s in staged.items() if live in audit_keys and keep_audit]
+        keys = [
+            self.keys.generation,
+            self.keys.revision,
+            self.keys.audit_seq,
+            self.keys.last_restore,
+        ]
+        keys += delete
+        keys += [k for pair in rename for k in pair]
+        keys += [k for pair in append for k in pair]
+        argv = [
+            expect or "",
+            str(expect_revision),
+            generation,
+            str(revision),
+            str(last_seq),
+            self.keys.channel,
+            restore_id,
+            str(len(delete)),
+            str(len(rename)),
+            str(len(append)),
+        ]
+        return keys, argv
 
     async def close(self) -> None:
         if self._closed:
@@ -615,3 +750,42 @@ class RedisStore:
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             async with asyncio.timeout(self._op_timeout):
                 await interruptible(self._client.aclose(close_connection_pool=True), grace=0.0)
+
+
+# Staging commands, as functions of a pipeline (queued, not awaited).
+def _sadd(key: str, member: str, pipe: Any) -> None:
+    pipe.sadd(key, member)
+
+
+def _hset(key: str, field: str, value: str, pipe: Any) -> None:
+    pipe.hset(key, field, value)
+
+
+def _hset_all(key: str, fields: dict[str, str], pipe: Any) -> None:
+    pipe.hset(key, mapping=fields)
+
+
+def _rpush(key: str, values: list[str], pipe: Any) -> None:
+    pipe.rpush(key, *values)
+
+
+def _xadd(key: str, fields: dict[str, str], entry_id: str, pipe: Any) -> None:
+    pipe.xadd(key, fields, id=entry_id)
+
+
+def _rollout_fields(rollout: Rollout) -> dict[str, str]:
+    """The ``rollout:<slug>`` hash of ``rollout`` (see ``redis_scripts``)."""
+    fields = {
+        "id": rollout.id,
+        "candidate": str(rollout.candidate),
+        "mode": rollout.mode.value,
+        "basis_points": str(rollout.basis_points),
+        "sticky": str(rollout.sticky),
+        "started_at": repr(float(rollout.started_at)),
+        "updated_at": repr(float(rollout.updated_at)),
+        "actor": rollout.actor,
+        "restore_status": rollout.restore_status.value,
+    }
+    if rollout.analysis is not None:
+        fields["analysis"] = orjson.dumps(rollout.analysis.to_dict()).decode()
+    return fields

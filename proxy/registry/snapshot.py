@@ -135,6 +135,9 @@ class SnapshotRefresher:
         except StoreUnavailable as exc:
             self._failed("snapshot", exc)
             return False
+        except StoreReplaced as exc:  # after a write that worked: report, do not raise
+            self._lost(exc)
+            return False
         return self._holder.current.revision >= revision
 
     async def _load(self) -> None:

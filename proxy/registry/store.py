@@ -161,12 +161,16 @@ class PromptStore(Protocol):
         actor: str,
         reason: str,
         at: float,
+        *,
+        overwrite: bool = False,
     ) -> int:
         """Write ``image`` (numbers, hashes, statuses, rollouts, audit, generation) plus one
         ``restore`` audit entry per slug, in one atomic step, if the store still holds
         generation ``expect``; ``InvalidTransition`` otherwise. The revision becomes higher
-        than ``after_revision``, the image's and the store's. The embedded store also
-        requires no versions (its history cannot be deleted); Redis replaces its keys."""
+        than ``after_revision``, the image's and the store's. A store holding versions is
+        refused (``backup.RestoreRefused``) unless ``backup.restore_keeps_audit`` allows it
+        (no generation on Redis; an older copy of this registry on both) or ``overwrite``
+        (Redis only: the embedded file's history cannot be deleted)."""
         ...
 
     async def close(self) -> None: ...

@@ -3,6 +3,7 @@ Parse, call ``RegistryRecovery``, serialize."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Literal
 
 from aiohttp import web
@@ -18,6 +19,8 @@ MAX_IMPORT_BYTES = 256 * 1024 * 1024
 class RestoreIn(Body):
     source: Literal["snapshot"]
     reason: str = ""
+    #: Replace prompts the store holds that are not an older copy of this registry.
+    overwrite: bool = False
 
 
 async def registry_status(request: web.Request) -> web.Response:
@@ -28,7 +31,9 @@ async def registry_status(request: web.Request) -> web.Response:
 async def restore(request: web.Request) -> web.Response:
     actor = actor_of(request, write=True)
     body = await parse_body(request, RestoreIn)
-    result = await services_of(request).recovery.restore_from_snapshot(actor, body.reason)
+    result = await services_of(request).recovery.restore_from_snapshot(
+        actor, body.reason, overwrite=body.overwrite
+    )
     return json_response(result.to_dict())
 
 
@@ -40,14 +45,27 @@ async def export(request: web.Request) -> web.Response:
 
 async def import_(request: web.Request) -> web.Response:
     actor = actor_of(request, write=True)
+    overwrite = _flag(request.query.get("overwrite", "false"), "overwrite")
     raw = await _read_import(request)
     try:
-        image = RegistryImage.from_json(raw)
+        # Off the event loop: checking every template of a large export takes seconds
+        # (about 1 ms per distinct template), and this loop serves traffic meanwhile.
+        image = await asyncio.to_thread(RegistryImage.from_json, raw)
     except ImageError as exc:
-        raise InvalidRequest(f"Invalid registry export: {exc}", code="invalid_export") from None
+        raise InvalidRequest(
+            f"Invalid registry export: {exc}", param=exc.param, code="invalid_export"
+        ) from None
     reason = request.query.get("reason", "")
-    result = await services_of(request).recovery.import_image(image, actor, reason)
+    result = await services_of(request).recovery.import_image(
+        image, actor, reason, overwrite=overwrite
+    )
     return json_response(result.to_dict())
+
+
+def _flag(value: str, name: str) -> bool:
+    if value not in ("true", "false"):
+        raise InvalidRequest(f"`{name}` must be true or false, not {value[:40]!r}.", param=name)
+    return value == "true"
 
 
 async def _read_import(request: web.Request) -> bytes:

@@ -566,6 +566,11 @@ _REGISTRY_PATHS: dict[str, Any] = {
                             "properties": {
                                 "source": {"const": "snapshot"},
                                 "reason": {"type": "string"},
+                                "overwrite": {
+                                    "type": "boolean",
+                                    "description": "replace prompts the store holds that are "
+                                    "not an older copy of this registry (409 without it)",
+                                },
                             },
                         }
                     }
@@ -582,7 +587,14 @@ _REGISTRY_PATHS: dict[str, Any] = {
             _ok(_RESTORE_RESULT),
             write=True,
             parameters=[
-                {"name": "reason", "in": "query", "required": False, "schema": {"type": "string"}}
+                {"name": "reason", "in": "query", "required": False, "schema": {"type": "string"}},
+                {
+                    "name": "overwrite",
+                    "in": "query",
+                    "required": False,
+                    "description": "replace prompts the store holds (409 without it)",
+                    "schema": {"type": "string", "enum": ["true", "false"]},
+                },
             ],
             requestBody={"required": True, "content": {"application/json": {"schema": _EXPORT}}},
         )

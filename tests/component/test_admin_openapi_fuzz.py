@@ -41,8 +41,9 @@ MAX_EXAMPLES = 20
 #: still be refused with a 400 naming the field (every other check still holds for them):
 #: a template is Jinja the sandbox must accept, using only declared variables; an analysis
 #: policy's steps ascend strictly, a feedback check names a feedback this proxy takes, and
-#: its counts refuse 16.0 (JSON Schema calls that an integer); an export's versions must
-#: agree with their own hashes and number 1..n per prompt.
+#: its counts refuse 16.0 (JSON Schema calls that an integer); an export is checked like
+#: pushes (slugs, templates, content hashes), numbers 1..n per prompt with one prod, and
+#: its audit seqs increase strictly.
 BEYOND_JSON_SCHEMA = (
     "POST /admin/v1/prompts/{slug}/versions",
     "PUT /admin/v1/prompts/{slug}/rollout",

@@ -80,3 +80,8 @@ async def test_export_then_import_into_a_new_registry(
         refused = cli(target, "registry", "import", str(backup))
         assert refused.returncode == 1
         assert "already holds" in refused.stderr
+        assert "--overwrite" in refused.stderr
+        # An embedded file keeps its history even when asked to overwrite it.
+        refused = cli(target, "registry", "import", str(backup), "--overwrite")
+        assert refused.returncode == 1
+        assert "move the file away" in refused.stderr

@@ -198,7 +198,15 @@ async def test_a_replica_keeps_serving_a_lost_store_and_restores_it(
     assert refused.value.code == "registry_store_replaced"
     assert "restore" in refused.value.message
 
-    result = await recovery.restore_from_snapshot("ops", "FLUSHALL by mistake")
+    overwrite = store_factory.kind == "redis" and accident is _replace
+    if overwrite:
+        # Another registry's prompts: only an explicit overwrite replaces them.
+        with pytest.raises(Conflict) as refused:
+            await recovery.restore_from_snapshot("ops", "FLUSHALL by mistake")
+        assert refused.value.code == "registry_not_empty"
+        assert "another registry" in refused.value.message
+        assert await store.list_slugs() == ["other"]
+    result = await recovery.restore_from_snapshot("ops", "FLUSHALL by mistake", overwrite=overwrite)
 
     assert result.generation == served.generation
     assert result.revision > served.revision
@@ -293,11 +301,12 @@ async def test_import_into_a_store_with_other_prompts_is_refused(
 def test_an_export_in_another_format_is_refused() -> None:
     with pytest.raises(ImageError, match="format"):
         RegistryImage.from_json(b'{"format": "something-else/9"}')
+    sha = draft("t", slug="a").content_sha256()
     with pytest.raises(ImageError, match="gaps"):
         RegistryImage.from_json(
             b'{"format": "promptproxy-registry/1", "generation": "g", "revision": 1, '
             b'"versions": [{"slug": "a", "version": 2, "template": "t", "created_at": 1, '
-            b'"sha256": "x", "status": "draft"}]}'
+            b'"sha256": "' + sha.encode() + b'", "status": "draft"}]}'
         )
 
 
@@ -322,3 +331,77 @@ async def test_an_export_older_than_the_served_registry_is_not_imported(
     await recovery.restore_from_snapshot("ops", "")
     version, _ = await store.create_version(draft("six"), "alice", T0)
     assert version.version == 6
+
+
+async def test_history_after_a_restore_from_a_replica_says_what_was_running(
+    store_factory: StoreFactory, tmp_path: Path
+) -> None:
+    """A snapshot has no audit log: the restore entry is where history starts, so it must
+    say what ran (prod v1 and a 10 % canary of v2), not 'nothing'."""
+    store = await store_factory.new()
+    await push(store, "one", "two")
+    await store.promote("greet", 1, "alice", "", T0)
+    await store.start_rollout(
+        "greet", "r1", 2, RolloutMode.CANARY, 1000, StickyKey.parse("user"), "bob", "", T0 + 1
+    )
+    holder = SnapshotHolder()
+    assert await SnapshotRefresher(store, holder).load_once()
+    await _empty(store_factory, tmp_path)
+    assert not await SnapshotRefresher(store, holder).load_once()
+    await RegistryRecovery(store, holder, lambda: T0 + 10).restore_from_snapshot("ops", "")
+
+    state = await RegistryService(store).state_at("greet", T0 + 20)
+
+    assert state.prod_version == 1
+    assert state.rollout is not None
+    assert (state.rollout.id, state.rollout.candidate, state.rollout.mode) == ("r1", 2, "canary")
+    assert (state.rollout.percent, state.rollout.sticky) == (10.0, "user")
+    assert state.rollout.started_at == T0 + 1
+    # Before the restore, history knows nothing (the log starts there).
+    assert (await RegistryService(store).state_at("greet", T0 + 5)).prod_version is None
+
+
+async def test_restoring_over_an_older_copy_of_the_file_keeps_its_audit_log(
+    tmp_path: Path,
+) -> None:
+    """An older copy of the registry file put back: the restore brings its versions and
+    statuses forward and keeps its audit log (moving the file away would have lost it)."""
+    path = tmp_path / "registry.db"
+    store = await EmbeddedStore.open(path)
+    try:
+        await push(store, "one", "two")
+        await store.promote("greet", 1, "alice", "first prod", T0)
+        holder, refresher, _ = _replica(store)
+        assert await refresher.load_once()
+        backup = tmp_path / "backup.db"
+        with closing(sqlite3.connect(path)) as live, closing(sqlite3.connect(backup)) as copy:
+            live.backup(copy)
+        await push(store, "three")
+        await store.promote("greet", 3, "alice", "", T0 + 1)
+        await store.start_rollout(
+            "greet", "r1", 2, RolloutMode.CANARY, 500, StickyKey.parse("user"), "bob", "", T0 + 2
+        )
+        assert await refresher.load_once()
+        served = holder.current
+        os.replace(backup, path)
+        _drop_wal(path)
+        assert not await refresher.load_once()
+
+        await RegistryRecovery(store, holder, lambda: T0 + 3).restore_from_snapshot("ops", "")
+
+        restored = await store.snapshot()
+        assert (restored.versions, restored.prod, restored.rollouts) == (
+            served.versions,
+            served.prod,
+            served.rollouts,
+        )
+        audit = list(reversed(await store.audit(limit=100)))
+        assert [(e.seq, e.action) for e in audit] == [
+            (1, "create"),
+            (2, "create"),
+            (3, "promote"),
+            (4, "restore"),
+        ]
+        assert audit[2].reason == "first prod"
+    finally:
+        await store.close()
