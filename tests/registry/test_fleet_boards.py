@@ -100,6 +100,11 @@ async def test_a_dead_redis_is_a_fleet_error() -> None:
         await client.aclose()
 
 
+def _delete_files(folder: Path) -> None:
+    for leftover in folder.iterdir():
+        leftover.unlink()
+
+
 async def test_the_embedded_board_comes_back_after_its_file_is_deleted(tmp_path: Path) -> None:
     # A lost volume: the board file (and its WAL) vanish under running replicas, whose
     # heartbeats must write the board again, not fail with "no such table" forever.
@@ -107,8 +112,7 @@ async def test_the_embedded_board_comes_back_after_its_file_is_deleted(tmp_path:
     mine, theirs = EmbeddedFleetBoard(path, 60.0), EmbeddedFleetBoard(path, 60.0)
     await mine.publish(beat("a", 1))
     await theirs.publish(beat("b", 1))
-    for leftover in path.parent.iterdir():
-        leftover.unlink()
+    _delete_files(path.parent)
     path.parent.rmdir()
     await mine.publish(beat("a", 2))
     await theirs.publish(beat("b", 2))
@@ -122,8 +126,7 @@ async def test_the_embedded_board_recovers_from_a_file_replaced_by_an_empty_one(
     path = board_path(tmp_path / "registry.db")
     board = EmbeddedFleetBoard(path, 60.0)
     await board.publish(beat("a", 1))
-    for leftover in tmp_path.iterdir():
-        leftover.unlink()
+    _delete_files(tmp_path)
     path.touch()  # exists, but holds no table
     await board.publish(beat("a", 2))
     assert [(b.replica, b.revision) for b, _ in (await board.read()).entries] == [("a", 2)]
