@@ -45,10 +45,12 @@ def _row(r: dict[str, Any]) -> tuple[Any, ...]:
 def _describe(status: dict[str, Any]) -> str:
     rows = status["data"]
     revision = status["revision"]
-    generation = status.get("generation")
-    holds = "unknown" if revision is None else f"generation {_short(generation)}"
+    if revision is None:
+        store = "store revision unknown"
+    else:
+        store = f"store revision {revision} (generation {_short(status.get('generation'))})"
     head = (
-        f"store revision {revision if revision is not None else 'unknown'} ({holds}); "
+        f"{store}; "
         f"{status['live']} live replica{'s' if status['live'] != 1 else ''} "
         f"(* answered this call)"
     )
