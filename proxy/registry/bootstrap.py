@@ -79,22 +79,19 @@ async def bootstrap_when_reachable(
     while True:
         try:
             return await bootstrap_prompts(service, folder)
-        except (ServiceUnavailable, Conflict) as exc:
-            if not _waits(exc):
-                failures += 1
-                _log.error("registry bootstrap from %s refused: %s", folder, exc)
-                if failures >= _ATTEMPTS_ON_ERROR:
-                    return None
-            else:
+        except Exception as exc:
+            if _waits(exc):
                 _log.warning("registry bootstrap from %s waits for the store: %s", folder, exc)
                 if isinstance(exc, Conflict) and on_lost is not None:
                     await on_lost()
-        except Exception:
-            failures += 1
-            _log.exception("registry bootstrap from %s failed (attempt %d)", folder, failures)
-            if failures >= _ATTEMPTS_ON_ERROR:
-                _log.error("registry bootstrap from %s given up; serving the store as is", folder)
-                return None
+            else:
+                failures += 1
+                _log.exception("registry bootstrap from %s failed (attempt %d)", folder, failures)
+                if failures >= _ATTEMPTS_ON_ERROR:
+                    _log.error(
+                        "registry bootstrap from %s given up; serving the store as is", folder
+                    )
+                    return None
         await asyncio.sleep(delay)
         delay = min(delay * 2, _MAX_RETRY)
 
