@@ -41,5 +41,5 @@ def test_the_table_shows_each_replicas_state_and_no_behind_across_registries() -
     lines = _describe(status).splitlines()
     assert "store revision 0 (generation -)" in lines[0]
     assert lines[1].split()[:3] == ["REPLICA", "STATE", "GENERATION"]
-    assert lines[2].split()[:6] == ["a", "*", "replaced", "01234567", "40", "-"]
-    assert lines[3].split()[:5] == ["b", "replaced", "01234567", "40", "-"]
+    assert lines[2].split()[:7] == ["a", "*", "replaced", "01234567", "3", "40", "-"]
+    assert lines[3].split()[:6] == ["b", "replaced", "01234567", "3", "40", "-"]
