@@ -1,5 +1,6 @@
 """`promptproxy fleet`: every replica on the fleet board, the registry revision it serves,
-how far behind the store and how stale it is, and whether it is live."""
+its state (``replaced``: the store lost the registry it serves), how far behind the store
+and how stale it is, and whether it is live."""
 
 from __future__ import annotations
 
@@ -10,14 +11,32 @@ import click
 from proxy.cli_context import Context, pass_ctx
 from proxy.cli_prompts import _run, table
 
-_HEADERS = ("REPLICA", "REVISION", "BEHIND", "STALENESS", "HEARTBEAT", "LIVE", "VERSION")
+_HEADERS = (
+    "REPLICA",
+    "STATE",
+    "GENERATION",
+    "PROMPTS",
+    "REVISION",
+    "BEHIND",
+    "STALENESS",
+    "HEARTBEAT",
+    "LIVE",
+    "VERSION",
+)
+
+
+def _short(generation: str | None) -> str:
+    return "-" if generation is None else generation[:8]
 
 
 def _row(r: dict[str, Any]) -> tuple[Any, ...]:
     return (
         r["replica"] + (" *" if r.get("this") else ""),
+        r.get("state", "ok"),
+        _short(r.get("generation")),
+        r.get("prompts", "-"),
         r["revision"],
-        r["behind"],
+        "-" if r["behind"] is None else r["behind"],
         f"{r['staleness_seconds']:.1f}s",
         f"{r['heartbeat_age_seconds']:.1f}s ago",
         "yes" if r["live"] else "no",
@@ -28,8 +47,12 @@ def _row(r: dict[str, Any]) -> tuple[Any, ...]:
 def _describe(status: dict[str, Any]) -> str:
     rows = status["data"]
     revision = status["revision"]
+    if revision is None:
+        store = "store revision unknown"
+    else:
+        store = f"store revision {revision} (generation {_short(status.get('generation'))})"
     head = (
-        f"store revision {revision if revision is not None else 'unknown'}; "
+        f"{store}; "
         f"{status['live']} live replica{'s' if status['live'] != 1 else ''} "
         f"(* answered this call)"
     )
@@ -41,5 +64,6 @@ def _describe(status: dict[str, Any]) -> str:
 @click.command("fleet")
 @pass_ctx
 def fleet(ctx: Context) -> None:
-    """List the replicas: the registry revision each serves, staleness, live or not."""
+    """List the replicas: the registry each serves (state, generation, revision), how far
+    behind the store (within the same generation), staleness, live or not."""
     _run(lambda: ctx.emit(ctx.client.fleet(), _describe))

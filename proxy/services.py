@@ -25,6 +25,7 @@ from proxy.pipeline.record import Recorder
 from proxy.registry.bootstrap import start_registry
 from proxy.registry.factory import describe_store, open_store
 from proxy.registry.fleet import Fleet
+from proxy.registry.fleet_adopt import adopt_fleet_generation
 from proxy.registry.fleet_heartbeat import AppliedSignal, Heartbeat
 from proxy.registry.fleet_setup import FleetMetrics, open_board
 from proxy.registry.models import RegistrySnapshot
@@ -139,6 +140,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             holder,
             tasks,
             None if bootstrap_dir is None else Path(bootstrap_dir),
+            adopt=lambda: adopt_fleet_generation(store, fleet),
         )
         tasks.spawn(watch_loop_lag(metrics.loop_lag), name="loop-lag")
         beating = tasks.spawn(heartbeat.run(), name="fleet-heartbeat")

@@ -192,6 +192,9 @@ class EmbeddedStore:
 
         return await self._read(read)
 
+    def expect_generation(self, generation: str) -> None:
+        self._identity.expect(generation)
+
     async def generation(self) -> str | None:
         return await self._run(sql.generation)
 

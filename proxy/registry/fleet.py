@@ -37,8 +37,15 @@ class ReplicaBeat:
     served_at: float | None
     #: seconds since its snapshot was last known to match the store, at the heartbeat
     staleness: float
-    #: whether its last store read worked
+    #: whether its last store read worked and found the registry it serves
     healthy: bool
+    #: the registry generation of the snapshot it serves (None: none loaded)
+    generation: str | None = None
+    #: ``ok``; ``replaced`` (the store no longer holds the registry it serves: lost);
+    #: ``empty`` (it serves no prompt, e.g. no snapshot yet)
+    state: str = "ok"
+    #: prompts in the snapshot it serves
+    prompts: int = 0
 
     def to_json(self) -> bytes:
         return orjson.dumps(
@@ -51,6 +58,9 @@ class ReplicaBeat:
                 "served_at": self.served_at,
                 "staleness": self.staleness,
                 "healthy": self.healthy,
+                "generation": self.generation,
+                "state": self.state,
+                "prompts": self.prompts,
             }
         )
 
@@ -68,6 +78,10 @@ class ReplicaBeat:
                 served_at=None if data["served_at"] is None else float(data["served_at"]),
                 staleness=float(data["staleness"]),
                 healthy=bool(data["healthy"]),
+                # Absent from a replica of an older version (a rolling upgrade).
+                generation=None if data.get("generation") is None else str(data["generation"]),
+                state=str(data.get("state", "ok")),
+                prompts=int(data.get("prompts", 0)),
             )
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             return None
@@ -104,15 +118,32 @@ class ReplicaView:
     def replica(self) -> str:
         return self.beat.replica
 
-    def to_dict(self, store_revision: int | None = None, me: str | None = None) -> dict[str, Any]:
+    def to_dict(
+        self,
+        store_revision: int | None = None,
+        me: str | None = None,
+        store_generation: str | None = None,
+    ) -> dict[str, Any]:
+        """``behind`` only counts revisions of the generation the store holds: a revision of
+        another registry (a lost one, or the store after a FLUSHALL) compares with nothing."""
         b = self.beat
+        behind = None
+        if (
+            store_revision is not None
+            and store_generation is not None
+            and b.generation == store_generation
+        ):
+            behind = max(store_revision - b.revision, 0)
         return {
             "replica": b.replica,
             "host": b.host,
             "pid": b.pid,
             "version": b.version,
             "revision": b.revision,
-            "behind": None if store_revision is None else max(store_revision - b.revision, 0),
+            "generation": b.generation,
+            "state": b.state,
+            "prompts": b.prompts,
+            "behind": behind,
             "served_at": b.served_at,
             "staleness_seconds": round(self.staleness, 3),
             "heartbeat_age_seconds": round(self.age, 3),

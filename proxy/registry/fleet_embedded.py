@@ -3,7 +3,8 @@
 
 Its own file, so heartbeats (one write per process per second) never queue with registry
 writes for the database lock. Each call opens its own connection on a worker thread: a
-handful of calls a second, and no connection is ever shared between threads.
+handful of calls a second, and no connection is ever shared between threads. A file that
+disappears (a lost volume, a deleted file) is created again by the next call.
 """
 
 from __future__ import annotations
@@ -48,22 +49,40 @@ class EmbeddedFleetBoard:
         self._ready = False
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self._path, timeout=self._busy_timeout, isolation_level=None)
+        if self._ready and not self._path.exists():
+            self._ready = False  # deleted since: make it again
         if not self._ready:
             self._path.parent.mkdir(parents=True, exist_ok=True)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(_SCHEMA)
+        conn = sqlite3.connect(self._path, timeout=self._busy_timeout, isolation_level=None)
+        if not self._ready:
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute(_SCHEMA)
+            except BaseException:
+                conn.close()
+                raise
             self._ready = True
         return conn
+
+    def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._connect()
+        try:
+            return fn(conn)
+        finally:
+            conn.close()
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def call() -> T:
             try:
-                conn = self._connect()
                 try:
-                    return fn(conn)
-                finally:
-                    conn.close()
+                    return self._call(fn)
+                except sqlite3.OperationalError as exc:
+                    if "no such table" not in str(exc):
+                        raise
+                    # Replaced under us by an empty file (another process got to it first,
+                    # or it was deleted and made again between the check and the open).
+                    self._ready = False
+                    return self._call(fn)
             except (sqlite3.Error, OSError) as exc:
                 raise FleetError(f"{self._path}: {exc}") from None
 

@@ -59,6 +59,8 @@ class Heartbeat:
 
     def beat(self) -> ReplicaBeat:
         holder = self._holder
+        served = holder.current
+        state = "replaced" if holder.replaced is not None else "empty" if served.empty else "ok"
         return ReplicaBeat(
             replica=self.replica,
             host=socket.gethostname(),
@@ -67,7 +69,12 @@ class Heartbeat:
             revision=holder.current.revision,
             served_at=self._signal.at,
             staleness=round(holder.staleness, 3),
-            healthy=holder.healthy,
+            # The refresher clears ``last_error`` when a lost store answers: lost is not
+            # healthy.
+            healthy=holder.healthy and holder.replaced is None,
+            generation=served.generation,
+            state=state,
+            prompts=len(served.versions),
         )
 
     async def run(self) -> None:

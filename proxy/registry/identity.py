@@ -10,6 +10,11 @@ generation into every write, checked in the same atomic step (Lua, the SQLite
 transaction), so a push can never silently start a new registry in an emptied store.
 Recovery is an operator's restore (``proxy.registry.backup``), which writes the bound
 generation back, so every replica that served it recovers by itself.
+
+A process started after the loss has never read the generation. Before it binds, it reads
+the fleet board (``proxy.registry.fleet_adopt``): if live replicas serve a registry of a
+generation the store does not hold, it ``expect``s that one, so the store reads as lost
+for it too (instead of its bootstrap stamping a new registry at v1).
 """
 
 from __future__ import annotations
@@ -55,6 +60,13 @@ class IdentityGuard:
             )
         if generation is not None and generation == self.generation:
             self.revision = max(self.revision, revision)
+        self.lost = None
+
+    def expect(self, generation: str) -> None:
+        """Bind to ``generation`` before reading the store: the registry the fleet serves
+        (this process has served nothing yet, so whatever it bound at open is dropped)."""
+        self.generation = generation
+        self.revision = -1
         self.lost = None
 
     def bind(self, generation: str) -> None:

@@ -256,6 +256,9 @@ class RedisStore:
         entries = await self._guard(read)
         return [scripts.decode_audit(entry_id, fields) for entry_id, fields in entries]
 
+    def expect_generation(self, generation: str) -> None:
+        self._identity.expect(generation)
+
     async def generation(self) -> str | None:
         async def read() -> bytes | str | None:
             return await self._client.get(self.keys.generation)

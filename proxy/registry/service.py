@@ -138,13 +138,16 @@ class FleetStatus:
     revision: int | None
     me: str
     replicas: Sequence[ReplicaView]
+    #: the generation the store holds (None: none, or it could not be read)
+    generation: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "revision": self.revision,
+            "generation": self.generation,
             "replica": self.me,
             "live": sum(1 for r in self.replicas if r.live),
-            "data": [r.to_dict(self.revision, self.me) for r in self.replicas],
+            "data": [r.to_dict(self.revision, self.me, self.generation) for r in self.replicas],
         }
 
 
@@ -192,8 +195,10 @@ class RegistryService:
     async def fleet_status(self) -> FleetStatus:
         if self._fleet is None:
             raise ServiceUnavailable("This process keeps no fleet board.", code="fleet_unavailable")
+        generation: str | None = None
         try:
             revision: int | None = await self._store.revision()
+            generation = await self._store.generation()
         except StoreUnavailable:
             revision = None
         try:
@@ -203,7 +208,7 @@ class RegistryService:
                 f"The fleet board in the shared store cannot be read now ({exc}).",
                 code="fleet_unavailable",
             ) from None
-        return FleetStatus(revision, self._fleet.me, replicas)
+        return FleetStatus(revision, self._fleet.me, replicas, generation)
 
     async def push(self, draft: VersionDraft, actor: str) -> tuple[PromptVersion, bool]:
         """Create a version (or return the latest if its content is identical)."""

@@ -153,6 +153,11 @@ class PromptStore(Protocol):
         """The generation the store holds now, unchecked (None: none)."""
         ...
 
+    def expect_generation(self, generation: str) -> None:
+        """Before the first snapshot: bind to ``generation``, the registry the live
+        replicas serve, whatever the store holds (``proxy.registry.fleet_adopt``)."""
+        ...
+
     async def restore(
         self,
         image: RegistryImage,

@@ -1,7 +1,8 @@
 """Admin API for the fleet.
 
-GET /admin/v1/fleet   every replica on the board: the registry revision it serves, how far
-                      behind the store and how stale it is, and whether it is live
+GET /admin/v1/fleet   every replica on the board: the registry it serves (generation,
+                      revision, state), how far behind the store and how stale it is, and
+                      whether it is live
 """
 
 from __future__ import annotations

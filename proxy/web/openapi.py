@@ -493,11 +493,29 @@ _SCHEMAS["Replica"] = {
         "pid": {"type": "integer"},
         "version": {"type": "string", "description": "promptproxy version"},
         "revision": {"type": "integer", "description": "registry revision it serves"},
-        "behind": {"type": ["integer", "null"], "description": "revisions behind the store"},
+        "generation": {
+            "type": ["string", "null"],
+            "description": "registry generation it serves (null: no snapshot)",
+        },
+        "state": {
+            "type": "string",
+            "enum": ["ok", "replaced", "empty"],
+            "description": "replaced: the store lost the registry it serves; empty: it serves "
+            "no prompt",
+        },
+        "prompts": {"type": "integer", "description": "prompts in the snapshot it serves"},
+        "behind": {
+            "type": ["integer", "null"],
+            "description": "revisions behind the store; null unless it serves the generation "
+            "the store holds",
+        },
         "served_at": {"type": ["number", "null"]},
         "staleness_seconds": {"type": "number"},
         "heartbeat_age_seconds": {"type": "number"},
-        "healthy": {"type": "boolean"},
+        "healthy": {
+            "type": "boolean",
+            "description": "its last store read worked and found the registry it serves",
+        },
         "live": {"type": "boolean"},
         "this": {"type": "boolean", "description": "the replica that answered"},
     },
@@ -759,13 +777,17 @@ OPENAPI: dict[str, Any] = {
         "/admin/v1/rollouts": {"get": _op("Every running rollout", _ok(_LIST))},
         "/admin/v1/fleet": {
             "get": _op(
-                "Every replica on the fleet board: the registry revision it serves, how far "
-                "behind the store, how stale, live or not",
+                "Every replica on the fleet board: the registry it serves (generation, "
+                "revision, state), how far behind the store, how stale, live or not",
                 _ok(
                     {
                         "type": "object",
                         "properties": {
                             "revision": {"type": ["integer", "null"]},
+                            "generation": {
+                                "type": ["string", "null"],
+                                "description": "the generation the store holds",
+                            },
                             "replica": {"type": "string", "description": "the one answering"},
                             "live": {"type": "integer"},
                             "data": {"type": "array", "items": _ref("Replica")},

@@ -98,3 +98,45 @@ async def test_a_dead_redis_is_a_fleet_error() -> None:
             await RedisFleetBoard(client, "x:", 60.0).read()
     finally:
         await client.aclose()
+
+
+def _delete_files(folder: Path) -> None:
+    for leftover in folder.iterdir():
+        leftover.unlink()
+
+
+async def test_the_embedded_board_comes_back_after_its_file_is_deleted(tmp_path: Path) -> None:
+    # A lost volume: the board file (and its WAL) vanish under running replicas, whose
+    # heartbeats must write the board again, not fail with "no such table" forever.
+    path = board_path(tmp_path / "data" / "registry.db")
+    mine, theirs = EmbeddedFleetBoard(path, 60.0), EmbeddedFleetBoard(path, 60.0)
+    await mine.publish(beat("a", 1))
+    await theirs.publish(beat("b", 1))
+    _delete_files(path.parent)
+    path.parent.rmdir()
+    await mine.publish(beat("a", 2))
+    await theirs.publish(beat("b", 2))
+    read = await theirs.read()
+    assert sorted((b.replica, b.revision) for b, _ in read.entries) == [("a", 2), ("b", 2)]
+
+
+async def test_the_embedded_board_recovers_from_a_file_replaced_by_an_empty_one(
+    tmp_path: Path,
+) -> None:
+    path = board_path(tmp_path / "registry.db")
+    board = EmbeddedFleetBoard(path, 60.0)
+    await board.publish(beat("a", 1))
+    _delete_files(tmp_path)
+    path.touch()  # exists, but holds no table
+    await board.publish(beat("a", 2))
+    assert [(b.replica, b.revision) for b, _ in (await board.read()).entries] == [("a", 2)]
+
+
+async def test_beats_carry_the_registry_they_serve(boards: tuple[FleetBoard, FleetBoard]) -> None:
+    mine, theirs = boards
+    sent = ReplicaBeat(
+        "a", "host", 7, "0.1.0", 9, 1.5, 0.25, False, generation="g1", state="replaced", prompts=4
+    )
+    await mine.publish(sent)
+    [(got, _)] = (await theirs.read()).entries
+    assert got == sent

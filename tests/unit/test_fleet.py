@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import orjson
 import pytest
 
 from proxy.cli_served import describe_served
-from proxy.registry.fleet import BoardRead, Fleet, FleetError, ReplicaBeat
+from proxy.registry.fleet import BoardRead, Fleet, FleetError, ReplicaBeat, ReplicaView
 
 
 def beat(name: str, revision: int) -> ReplicaBeat:
-    return ReplicaBeat(name, "host", 1, "0.1.0", revision, 100.0, 0.2, True)
+    return ReplicaBeat(name, "host", 1, "0.1.0", revision, 100.0, 0.2, True, "g1", "ok", 2)
 
 
 class FakeBoard:
@@ -172,7 +173,7 @@ async def test_replicas_lists_every_entry_with_its_age_and_liveness(
     board.add("a", last_beat=2.0)
     views = await fleet(board, clock).replicas()
     assert [(v.replica, v.age, v.live) for v in views] == [("a", 8.0, False), ("b", 1.0, True)]
-    row = views[1].to_dict(store_revision=4, me="b")
+    row = views[1].to_dict(store_revision=4, me="b", store_generation="g1")
     assert (row["behind"], row["this"], row["staleness_seconds"]) == (3, True, 1.2)
 
 
@@ -198,3 +199,35 @@ async def test_this_replicas_row_shows_what_it_serves_now(board: FakeBoard, cloc
     mine, theirs = await listed.replicas()
     assert (mine.beat.revision, mine.staleness) == (2, 0.1)
     assert (theirs.beat.revision, theirs.staleness) == (1, 0.7)  # 0.2 at the beat + 0.5 since
+
+
+def _view(b: ReplicaBeat) -> ReplicaView:
+    return ReplicaView(b, age=0.5, live=True, staleness=0.5)
+
+
+def test_behind_counts_only_within_the_generation_the_store_holds() -> None:
+    serving = ReplicaBeat(
+        "a", "host", 1, "0.1.0", 40, 100.0, 0.2, False, generation="g1", state="replaced"
+    )
+    # After a FLUSHALL the store holds no generation and sits at revision 0: revision 40 of
+    # the lost registry is not "0 behind".
+    flushed = _view(serving).to_dict(store_revision=0, store_generation=None)
+    assert flushed["behind"] is None
+    assert (flushed["state"], flushed["generation"], flushed["healthy"]) == (
+        "replaced",
+        "g1",
+        False,
+    )
+    # Another registry started in the store meanwhile: its revision 3 compares with nothing.
+    assert _view(serving).to_dict(store_revision=3, store_generation="g2")["behind"] is None
+    same = ReplicaBeat("b", "host", 1, "0.1.0", 40, 100.0, 0.2, True, generation="g1")
+    assert _view(same).to_dict(store_revision=43, store_generation="g1")["behind"] == 3
+
+
+def test_a_beat_of_an_older_version_still_reads() -> None:
+    old = orjson.loads(beat("a", 3).to_json())
+    for key in ("generation", "state", "prompts"):
+        del old[key]
+    read = ReplicaBeat.from_json(orjson.dumps(old))
+    assert read is not None
+    assert (read.revision, read.generation, read.state) == (3, None, "ok")

@@ -79,3 +79,22 @@ def test_live_seconds_must_span_two_heartbeats() -> None:
         make_settings(**{"fleet.heartbeat_seconds": 2, "fleet.live_seconds": 3})
     settings = make_settings(**{"fleet.heartbeat_seconds": 0.5, "fleet.live_seconds": 1})
     assert settings.config.fleet.live_seconds == 1
+
+
+def test_a_replica_whose_store_was_lost_reports_it() -> None:
+    holder = SnapshotHolder()
+    heartbeat = Heartbeat(RecordingBoard(), "me", holder, AppliedSignal(), 60.0)
+    assert (heartbeat.beat().state, heartbeat.beat().generation) == ("empty", None)
+    holder.apply(RegistrySnapshot(7, {"p": {}, "q": {}}, {}, generation="g1"))
+    beat = heartbeat.beat()
+    assert (beat.state, beat.generation, beat.prompts, beat.healthy) == ("ok", "g1", 2, True)
+    # What the refresher does on a FLUSHALL: the store answers (no last_error), but it is
+    # not the registry served.
+    holder.replaced = "the registry store holds no generation (emptied)"
+    beat = heartbeat.beat()
+    assert (beat.state, beat.generation, beat.prompts, beat.healthy) == (
+        "replaced",
+        "g1",
+        2,
+        False,
+    )
