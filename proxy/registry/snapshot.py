@@ -113,8 +113,24 @@ class SnapshotRefresher:
 
     async def load_once(self) -> bool:
         """Load a snapshot now; False (and the holder marked stale) if the store failed."""
+        return await self._load_reporting()
+
+    async def serve(self, revision: int) -> bool:
+        """Make the holder serve ``revision`` (or a later one) now, loading if it does not
+        yet: True once it does, False if the store failed or the read was refused."""
+        if self._holder.current.revision >= revision:
+            return True
+        # After a write that worked: a failed read is reported, never raised.
+        await self._load_reporting(unless_at=revision)
+        return self._holder.current.revision >= revision
+
+    async def _load_reporting(self, unless_at: int | None = None) -> bool:
+        """Load and apply (unless the holder already serves ``unless_at``); a store failure
+        or a refused read is recorded on the holder and returns False."""
         try:
-            await self._load()
+            async with self._loading:
+                if unless_at is None or self._holder.current.revision < unless_at:
+                    self._apply(await self._store.snapshot())
         except StoreUnavailable as exc:
             self._failed("snapshot", exc)
             return False
@@ -122,23 +138,6 @@ class SnapshotRefresher:
             self._lost(exc)
             return False
         return True
-
-    async def serve(self, revision: int) -> bool:
-        """Make the holder serve ``revision`` (or a later one) now, loading if it does not
-        yet: True once it does, False if the store failed or the read was refused."""
-        if self._holder.current.revision >= revision:
-            return True
-        try:
-            async with self._loading:
-                if self._holder.current.revision < revision:
-                    self._apply(await self._store.snapshot())
-        except StoreUnavailable as exc:
-            self._failed("snapshot", exc)
-            return False
-        except StoreReplaced as exc:  # after a write that worked: report, do not raise
-            self._lost(exc)
-            return False
-        return self._holder.current.revision >= revision
 
     async def _load(self) -> None:
         async with self._loading:
