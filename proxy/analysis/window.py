@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from proxy.analysis.stats import quantile_from_histogram
 from proxy.shadow.compare import Divergence, DivergenceCounts
+from proxy.stats import quantile_from_histogram
 
 #: Bin ``i`` holds latencies up to ``LATENCY_BOUNDS[i]`` seconds: 1 ms to ~10 min, 10 % steps.
 LATENCY_BOUNDS: tuple[float, ...] = tuple(0.001 * 1.1**i for i in range(141))

@@ -14,8 +14,8 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.analysis.policy import AnalysisPolicy, PolicyError
 from proxy.errors import InvalidRequest, NotFound
+from proxy.registry.analysis_policy import AnalysisPolicy, PolicyError
 from proxy.registry.models import Rollout, RolloutMode
 from proxy.registry.service import check_slug
 from proxy.web import admin_wait

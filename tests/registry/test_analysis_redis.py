@@ -18,13 +18,13 @@ from redis.asyncio import Redis
 
 from proxy.analysis.analyser import Analyser
 from proxy.analysis.lease import RedisLease
-from proxy.analysis.policy import AnalysisPolicy
 from proxy.analysis.pool import MemoryStatsPool, PooledWindow, RedisStatsPool
 from proxy.analysis.state import MAX_VERDICTS, AnalysisState, RedisStateStore
 from proxy.analysis.window import ArmStats, RolloutBatch, RolloutKey, WindowRecorder
 from proxy.config import AnalysisConfig
 from proxy.log import APP_LOGGER
 from proxy.metrics import ProxyMetrics
+from proxy.registry.analysis_policy import AnalysisPolicy
 from proxy.registry.models import RegistrySnapshot, Rollout, RolloutMode, Status, StickyKey
 from proxy.registry.service import RegistryService
 from proxy.shadow.compare import Divergence
