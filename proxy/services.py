@@ -16,12 +16,13 @@ from proxy.analysis.analyser import Analyser, replica_id
 from proxy.analysis.setup import open_backend
 from proxy.analysis.window import WindowRecorder
 from proxy.config import Settings
+from proxy.exchange.upstream import UpstreamClient, UpstreamLimits
 from proxy.feedback import FeedbackService, open_request_index
 from proxy.log import APP_LOGGER
 from proxy.loop_lag import watch_loop_lag
 from proxy.metrics import ProxyMetrics
-from proxy.pipeline.forward import UpstreamClient, make_session
-from proxy.pipeline.record import Recorder
+from proxy.pipeline.record import exchange_observers
+from proxy.pipeline.resources import PipelineResources
 from proxy.registry.bootstrap import start_registry
 from proxy.registry.factory import describe_store, open_store
 from proxy.registry.fleet import Fleet
@@ -64,7 +65,8 @@ class Services:
     settings: Settings
     upstream: UpstreamClient
     metrics: ProxyMetrics
-    recorder: Recorder
+    #: What the request path uses of all this (``proxy.pipeline.run.handle``).
+    pipeline: PipelineResources
     lifecycle: Lifecycle
     snapshot: SnapshotHolder
     refresher: SnapshotRefresher
@@ -74,10 +76,6 @@ class Services:
     shadow: ShadowRunner
     analysis: Analyser
     feedback: FeedbackService
-
-    @property
-    def upstream_api_key(self) -> str | None:
-        return self.settings.upstream_api_key
 
     @property
     def store_name(self) -> str:
@@ -107,8 +105,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         config.feedback.names,
     )
     async with AsyncExitStack() as stack:
-        session = make_session(config.upstream)
-        stack.push_async_callback(session.close)
+        upstream = UpstreamClient(UpstreamLimits.primary(config.upstream))
+        stack.push_async_callback(upstream.close)
         store = await open_store(config.registry)
         stack.push_async_callback(store.close)
         me = replica_id()
@@ -160,7 +158,9 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         index = open_request_index(config.feedback, backend.redis, backend.prefix, metrics)
         stack.push_async_callback(index.close)
         feedback = FeedbackService(config.feedback, index, metrics, window)
-        shadow = open_shadow_runner(config, metrics, window)
+        # One list for the primary and the shadow alike (pipeline/record.py).
+        finished = exchange_observers(metrics, window, feedback.remember)
+        shadow = open_shadow_runner(config, metrics, finished, window.observe_divergence)
         # Closed first (the stack unwinds in reverse), after the data plane drained: shadows
         # get a short grace, never the whole shutdown budget.
         stack.push_async_callback(shadow.close, min(5.0, config.server.shutdown_grace_seconds))
@@ -171,15 +171,25 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             describe_store(config.registry),
             holder.current.revision,
         )
+        renderer = PromptRenderer()
         yield Services(
             settings=settings,
-            upstream=UpstreamClient(session, config.upstream),
+            upstream=upstream,
             metrics=metrics,
-            recorder=Recorder(metrics, window, feedback.remember),
+            pipeline=PipelineResources(
+                config=config,
+                api_key=settings.upstream_api_key,
+                upstream=upstream,
+                metrics=metrics,
+                snapshot=holder,
+                renderer=renderer,
+                shadow=shadow,
+                finished=finished,
+            ),
             lifecycle=Lifecycle(metrics),
             snapshot=holder,
             refresher=refresher,
-            renderer=PromptRenderer(),
+            renderer=renderer,
             registry=registry,
             recovery=RegistryRecovery(store, holder, fleet=fleet, serve=refresher.serve),
             shadow=shadow,
