@@ -33,5 +33,9 @@ def hand_over_pair_half(exchange: Exchange) -> None:
     """A primary whose shadow copy was sent: the shadow waits for this half to write its
     pair. A shadow call's own half stays with its runner, which owns the pair."""
     pair = exchange.pair
-    if pair is not None and not pair.done():
+    if pair is None:
+        return
+    # The future holds the exchange from now on; no reference back, so no cycle for the GC.
+    exchange.pair = None
+    if not pair.done():
         pair.set_result(exchange)
