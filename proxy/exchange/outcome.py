@@ -60,7 +60,8 @@ class Exchange:
     rollout_id: str | None = None
     #: The answer's text and tool calls, captured only when a shadow pair needs them.
     answer: Answer | None = None
-    #: A primary whose shadow copy was sent: resolved with this exchange when it finishes.
+    #: A primary whose shadow copy was sent: resolved with this exchange when it finishes
+    #: (then cleared: the future holds the exchange, not the other way round).
     pair: asyncio.Future[Exchange] | None = None
     #: A shadow call's pair and kind (``candidate`` or ``stable``, see ``ShadowKind``).
     pair_id: str | None = None

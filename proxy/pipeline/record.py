@@ -17,7 +17,7 @@ import time
 from proxy.analysis.window import WindowRecorder
 from proxy.exchange.observers import ExchangeObserver, Observers, hand_over_pair_half
 from proxy.exchange.outcome import Exchange, error_class_for_status
-from proxy.exchange.record import AccessLog, RecordMetrics
+from proxy.exchange.recorders import AccessLog, RecordMetrics
 from proxy.metrics import ProxyMetrics
 
 
