@@ -244,7 +244,10 @@ class PostgresServer:
 def running_postgres(workdir: Path | None = None) -> Iterator[PostgresServer]:
     with contextlib.ExitStack() as stack:
         if workdir is None:
-            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pg-")))
+            # Under root the server runs as `postgres`, which cannot enter root's private
+            # temporary folders (pytest's among them): /tmp itself is open to every user.
+            base = "/tmp" if os.geteuid() == 0 else None
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pg-", dir=base)))
         server = PostgresServer(workdir)
         try:
             server.start()
