@@ -159,12 +159,16 @@ class PostgresServer:
 
     def new_database(self) -> str:
         """An empty database on this server; its URL."""
-        import psycopg
-
         name = f"t_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(self.url, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
+        self.create_database(name)
         return self.database_url(name)
+
+    def create_database(self, name: str) -> None:
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
     def _signal(self, sig: int) -> None:
         if self._proc is not None and self._proc.poll() is None:
