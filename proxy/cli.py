@@ -52,7 +52,8 @@ def main() -> None:
 @click.option(
     "--store",
     envvar="PROMPTPROXY_STORE",
-    help="Registry store: embedded:PATH (default) or redis://host:port/db.",
+    help="Where shared state lives: embedded:PATH (default), redis://host:port/db or "
+    "postgresql://user@host/db.",
 )
 def serve(
     config_path: Path | None,
@@ -148,6 +149,15 @@ def config_group() -> None:
 @config_group.command("check")
 @click.argument("path", type=click.Path(path_type=Path, dir_okay=False, exists=True))
 def config_check(path: Path) -> None:
-    """Validate a config file; exit 2 listing every problem by field path."""
+    """Validate a config file; exit 2 listing every problem by field path. Says which
+    backend the store names and whether replicas share it."""
+    from proxy.backends.kinds import describe_store
+
     settings = _load(path, {})
-    click.echo(f"{path}: OK (upstream {settings.config.upstream.base_url})")
+    config = settings.config
+    backend = config.registry.backend
+    scope = "shared by replicas" if backend.shared else "one process"
+    click.echo(
+        f"{path}: OK (upstream {config.upstream.base_url}; "
+        f"store {describe_store(config.registry.store)}: {backend.label}, {scope})"
+    )

@@ -34,7 +34,7 @@ from proxy.shadow.call import call_shadow, make_shadow_session
 from proxy.shadow.compare import Divergence, divergence
 from proxy.shadow.metrics import ShadowMetrics
 from proxy.shadow.models import ArmResult, ShadowKind, ShadowRequest
-from proxy.shadow.pairs import Pair, PairMeta, PairSink, open_pair_sink
+from proxy.shadow.pairs import Pair, PairMeta, PairSink
 
 _log = logging.getLogger(APP_LOGGER)
 _access = logging.getLogger(ACCESS_LOGGER)
@@ -299,12 +299,15 @@ def _answered(arm: ArmResult) -> bool:
 
 
 def open_shadow_runner(
-    config: ProxyConfig, metrics: ProxyMetrics, window: WindowRecorder | None = None
+    config: ProxyConfig,
+    metrics: ProxyMetrics,
+    sink: PairSink,
+    shadow_metrics: ShadowMetrics,
+    window: WindowRecorder | None = None,
 ) -> ShadowRunner:
-    """The runner the app uses: metrics on the app's registry, the configured sink, and
-    ``shadow.base_url`` or else the upstream's. Call from a running loop."""
-    shadow_metrics = ShadowMetrics(metrics.registry, metrics.slug_label)
-    sink = open_pair_sink(config.shadow, config.registry, shadow_metrics)
+    """The runner the app uses: the store backend's pair sink (which counts on
+    ``shadow_metrics``, on the app's registry), and ``shadow.base_url`` or else the
+    upstream's. Call from a running loop."""
     return ShadowRunner(
         config.shadow,
         config.shadow.base_url or config.upstream.base_url,
