@@ -410,9 +410,11 @@ class ProxyConfig(_Section):
 def backend_problems(config: ProxyConfig) -> list[str]:
     """What the store's backend cannot serve, one line per problem: a pair sink it does
     not provide (pair files on a shared store keep each replica's pairs apart), and
-    settings only another backend reads (a Redis or PostgreSQL setting with the embedded
-    store says replicas were meant to share state that would stay in each process). A
-    setting at its default value is never refused."""
+    settings only shared backends read under the embedded store (a Redis or PostgreSQL
+    setting says replicas were meant to share state that would stay in each process). A
+    setting at its default value is never refused, and neither is an embedded-only setting
+    under a shared store: one config file commonly serves a laptop and, with the store
+    overridden by `PROMPTPROXY_STORE`, production, and nothing is lost by ignoring it."""
     kind = config.registry.backend
     where = f"registry.store is {describe_store(config.registry.store)} ({kind.label})"
     problems: list[str] = []
@@ -432,13 +434,15 @@ def backend_problems(config: ProxyConfig) -> list[str]:
         if not _differs_from_default(config, option):
             continue
         owners = [other for other in KINDS if option in other.options]
+        if kind.shared or not all(owner.shared for owner in owners):
+            continue
         labels = " and ".join(owner.label for owner in owners)
         readers = f"the {labels} backends use" if len(owners) > 1 else f"the {labels} backend uses"
-        hint = ""
-        if not kind.shared and all(owner.shared for owner in owners):
-            stores = " or ".join(owner.label for owner in owners)
-            hint = f", or point registry.store at a {stores} store if replicas are to share it"
-        problems.append(f"{option}: only {readers} it, but {where}: remove it{hint}")
+        stores = " or ".join(owner.label for owner in owners)
+        problems.append(
+            f"{option}: only {readers} it, but {where}: remove it, or point registry.store "
+            f"at a {stores} store if replicas are to share it"
+        )
     return problems
 
 
