@@ -98,10 +98,11 @@ class ChangeListener:
                 if self.connected:
                     _log.info("registry change listener lost its connection: %s", exc)
             finally:
-                self.connected = False
+                was_connected, self.connected = self.connected, False
                 if conn is not None:
                     await _close_quietly(conn)
-            self._fire()  # waiters switch to polling now rather than at their timeout
+                if was_connected:
+                    self._fire()  # waiters switch to polling now, not at their timeout
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, _BACKOFF_MAX)
 
