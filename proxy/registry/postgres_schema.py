@@ -17,7 +17,8 @@ the other parts of the PostgreSQL backend share that schema:
 ``registry_audit``       every change, ``seq`` increasing; append-only (a trigger)
 =======================  ====================================================================
 
-JSON is kept as ``text`` written by orjson, as the other stores keep it: ``jsonb`` would
+Numbers are ``bigint`` (the API takes version numbers up to 2^63-1, as the other stores
+hold). JSON is kept as ``text`` written by orjson, as the other stores keep it: ``jsonb`` would
 reorder keys and normalise numbers, and ``text`` reads back exactly what was written.
 Deleting versions or audit entries is refused except inside a restore, which says so with
 ``SET LOCAL promptproxy.restoring = 'on'``.
@@ -48,7 +49,7 @@ _V1 = Migration(
         "INSERT INTO registry_state DEFAULT VALUES",
         """CREATE TABLE registry_versions (
             slug text NOT NULL,
-            version integer NOT NULL CHECK (version >= 1),
+            version bigint NOT NULL CHECK (version >= 1),
             sha256 text NOT NULL,
             created_at double precision NOT NULL,
             status text NOT NULL
@@ -62,7 +63,7 @@ _V1 = Migration(
         """CREATE TABLE registry_rollouts (
             slug text PRIMARY KEY,
             id text NOT NULL CHECK (id <> ''),
-            candidate integer NOT NULL,
+            candidate bigint NOT NULL,
             mode text NOT NULL CHECK (mode IN ('canary', 'shadow')),
             basis_points integer NOT NULL CHECK (basis_points BETWEEN 0 AND 10000),
             sticky text NOT NULL,
@@ -79,11 +80,11 @@ _V1 = Migration(
             actor text NOT NULL,
             action text NOT NULL,
             slug text NOT NULL,
-            version integer,
+            version bigint,
             from_status text,
             to_status text,
             reason text NOT NULL,
-            previous_prod integer,
+            previous_prod bigint,
             detail text
         )""",
         "CREATE INDEX registry_audit_by_slug ON registry_audit (slug, seq)",

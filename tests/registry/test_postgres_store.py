@@ -1,4 +1,4 @@
-"""What only the PostgreSQL store has: its tables, locks, channel and connections.
+"""What only the PostgreSQL store (and board) has: its tables, locks, channel, connections.
 
 The contract itself runs on PostgreSQL with the other stores (``store_factory``); here:
 numbering under concurrent pushes from several replicas, the rules the database keeps by
@@ -19,14 +19,22 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from proxy.pg.connect import new_pool
 from proxy.pg.migrate import Migration, SchemaTooNew, migrate
 from proxy.registry.backup import RegistryImage
-from proxy.registry.models import PromptVersion, Status, VersionDraft
+from proxy.registry.fleet import FleetError, ReplicaBeat
+from proxy.registry.fleet_postgres import PostgresBoard
+from proxy.registry.models import AuditEntry, PromptVersion, Status, VersionDraft
 from proxy.registry.postgres_schema import change_channel
 from proxy.registry.postgres_store import PostgresStore
-from proxy.registry.store import InvalidTransition, PromptNotFound, StoreUnavailable
+from proxy.registry.store import (
+    InvalidTransition,
+    PromptNotFound,
+    StoreUnavailable,
+    VersionNotFound,
+)
 from tests.registry.helpers import T0, draft, push
-from tests.registry.pg_stores import open_pool, open_store
+from tests.registry.pg_stores import drop_schema, open_pool, open_store
 
 
 @pytest.fixture
@@ -302,3 +310,53 @@ async def test_what_a_write_and_a_wake_up_cost(
         "the write began (30 writes)"
     )
     assert max(wakes) < 1.0
+
+
+async def test_numbers_as_large_as_the_api_takes_are_kept(
+    registry_postgres_url: str, schema: str, stores: list[PostgresStore]
+) -> None:
+    store = await _open(stores, registry_postgres_url, schema)
+    await push(store, "one")
+    with pytest.raises(VersionNotFound):
+        await store.get_version("greet", 2**63 - 1)
+    # An export's audit log may name any version number (its entries are history).
+    image = RegistryImage(
+        "g-1",
+        5,
+        {"greet": {1: draft("one").to_version(1, T0)}},
+        audit=(AuditEntry(2**62, T0, "ops", "note", "greet", 2**63 - 1, None, None, "", 2**62),),
+    )
+    overwritten = await store.restore(
+        image, await store.generation(), 0, "ops", "", T0, overwrite=True
+    )
+    assert overwritten == 6
+    entry = (await store.audit("greet", limit=2))[1]
+    assert (entry.seq, entry.version, entry.previous_prod) == (2**62, 2**63 - 1, 2**62)
+
+
+async def test_the_board_comes_back_after_its_schema_is_dropped(
+    registry_postgres_url: str, schema: str
+) -> None:
+    pool = await open_pool(registry_postgres_url, schema)
+    try:
+        board = await PostgresBoard.open(pool, schema=schema, forget_seconds=60.0)
+        await board.publish(ReplicaBeat("a", "host", 1, "0.1.0", 3, 1.0, 0.1, True))
+        await drop_schema(registry_postgres_url, schema)  # a server back empty
+        assert (await board.read()).entries == []
+        await board.publish(ReplicaBeat("a", "host", 1, "0.1.0", 4, 1.0, 0.1, True))
+        assert [b.revision for b, _ in (await board.read()).entries] == [4]
+    finally:
+        await pool.close()
+
+
+async def test_a_dead_server_is_a_fleet_error() -> None:
+    pool = new_pool("postgresql://promptproxy@127.0.0.1:1/none", schema="x")
+    await pool.open(wait=False)
+    try:
+        board = PostgresBoard(pool, schema="x", forget_seconds=60.0, op_timeout=0.5)
+        started = time.monotonic()
+        with pytest.raises(FleetError, match="PostgreSQL"):
+            await board.read()
+        assert time.monotonic() - started < 2.0
+    finally:
+        await pool.close()
