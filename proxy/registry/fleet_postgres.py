@@ -66,10 +66,12 @@ class PostgresBoard:
         forget_seconds: float = 3600.0,
         op_timeout: float = 1.5,
     ) -> PostgresBoard:
-        """The board on ``pool`` (connections bound to ``schema``); runs its migrations.
-        ``FleetError`` if the server cannot be reached."""
+        """The board on ``pool`` (connections bound to ``schema``); runs its migrations (at
+        the first call that reaches the server, if it cannot be reached now).
+        ``SchemaTooNew`` if a newer promptproxy wrote the schema; ``FleetError`` if the
+        server refuses (permissions, a wrong database)."""
         board = cls(pool, schema=schema, forget_seconds=forget_seconds, op_timeout=op_timeout)
-        await board._session.migrate()
+        await board._session.prepare()
         return board
 
     async def publish(self, beat: ReplicaBeat) -> None:

@@ -12,6 +12,8 @@ read-write transaction. Each call is:
   pool (``pg_terminate_backend``, a server restart) fails on its first statement; the pool
   discards it and the call takes another. A write is retried only if its ``BEGIN`` failed,
   so a write whose outcome is unknown is never run twice;
+- preceded, in a process whose ``prepare`` could not reach the server (a cold start with
+  the server down), by the component's migrations: the first call that reaches it runs them;
 - healed when its tables are gone (a server back empty, the schema dropped): the
   component's migrations run again, creating them empty, and the call is retried once. The
   parts then see an empty store, which the registry's identity check tells from the
@@ -22,6 +24,7 @@ read-write transaction. Each call is:
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Literal, TypeVar
 
@@ -29,8 +32,11 @@ import psycopg
 from psycopg import AsyncConnection, errors
 from psycopg_pool import AsyncConnectionPool
 
-from proxy.pg.migrate import Migration, migrate
+from proxy.log import APP_LOGGER
+from proxy.pg.migrate import Migration, SchemaTooNew, migrate
 from proxy.tasks import interruptible
+
+_log = logging.getLogger(APP_LOGGER)
 
 T = TypeVar("T")
 
@@ -62,13 +68,37 @@ class PgSession:
         self._steps = steps
         self._unavailable = unavailable
         self._what = what
+        #: The migrations have run in this process.
+        self._ready = False
 
-    async def migrate(self) -> None:
-        """Bring the component's tables up to date (once per process, at open)."""
-        await self.run(self._migrate)
+    async def prepare(self) -> None:
+        """At open: bring the component's tables up to date. A server that cannot be
+        reached only postpones that to the first call that reaches it (a cold start with
+        the server down is a wait, not a failure); ``SchemaTooNew`` and any other refusal
+        (permissions, a wrong database) raise now."""
+
+        async def migrate_now() -> None:
+            async with self.pool.connection() as conn:
+                await self._migrate(conn)
+
+        try:
+            async with asyncio.timeout(self.op_timeout):
+                await interruptible(migrate_now(), grace=_UNWIND_GRACE)
+        except (psycopg.OperationalError, OSError, TimeoutError) as exc:
+            _log.warning(
+                "PostgreSQL unreachable for %s at start (%s): its tables are checked when it "
+                "answers",
+                self._what,
+                str(exc) or type(exc).__name__,
+            )
+        except psycopg.Error as exc:
+            raise self._unavailable(
+                f"PostgreSQL refused {self._what}: {type(exc).__name__}: {exc}"
+            ) from exc
 
     async def _migrate(self, conn: AsyncConnection) -> None:
         await migrate(conn, schema=self.schema, component=self._component, steps=self._steps)
+        self._ready = True
 
     async def run(
         self,
@@ -91,6 +121,8 @@ class PgSession:
             raise self._unavailable(
                 f"PostgreSQL unavailable for {self._what}: {type(exc).__name__}: {exc}"
             ) from exc
+        except SchemaTooNew as exc:  # found by a postponed migration
+            raise self._unavailable(str(exc)) from exc
 
     async def _attempts(self, work: Callable[[AsyncConnection], Awaitable[T]], mode: Mode) -> T:
         stale_left = self.pool.max_size
@@ -99,6 +131,8 @@ class PgSession:
             began = False
             async with self.pool.connection() as conn:
                 try:
+                    if not self._ready:
+                        await self._migrate(conn)
                     if mode == "autocommit":
                         began = True
                         return await work(conn)

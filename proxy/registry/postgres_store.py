@@ -116,12 +116,14 @@ class PostgresStore:
     ) -> PostgresStore:
         """The store on ``pool`` (connections bound to ``schema``); runs the registry's
         migrations. ``url``: the same server, for the LISTEN connection made outside the
-        pool. ``StoreUnavailable`` if the server cannot be reached; ``SchemaTooNew`` if a
-        newer promptproxy wrote the schema."""
+        pool. A server that cannot be reached does not fail this (a cold start waits for
+        it: the migrations run at the first call that reaches it); ``SchemaTooNew`` if a
+        newer promptproxy wrote the schema, ``StoreUnavailable`` if the server refuses
+        (permissions, a wrong database)."""
         store = cls(
             pool, url=url, schema=schema, poll_interval=poll_interval, op_timeout=op_timeout
         )
-        await store._run(store._session.migrate)
+        await store._session.prepare()
         return store
 
     # -- plumbing -------------------------------------------------------------------------

@@ -17,7 +17,10 @@ from typing import Any
 import psycopg
 import pytest
 
+from proxy.pg.connect import new_pool
 from proxy.registry import postgres_notify
+from proxy.registry.fleet import FleetError, ReplicaBeat
+from proxy.registry.fleet_postgres import PostgresBoard
 from proxy.registry.models import RolloutMode, Status, StickyKey, VersionDraft
 from proxy.registry.postgres_store import PostgresStore
 from proxy.registry.snapshot import SnapshotHolder, SnapshotRefresher
@@ -354,3 +357,30 @@ async def test_a_paused_server_fails_fast_instead_of_hanging(
 
     await _until(lambda: _answers(store), "the store never came back after the pause")
     assert (await store.get_version("greet", 1)).template == "a"
+
+
+async def test_a_cold_start_with_the_server_down_waits_for_it(server: PostgresServer) -> None:
+    """Opening does not fail while the server is down (the process starts and reports the
+    store unavailable); the tables are made by the first call that reaches it."""
+    server.stop()
+    pool = new_pool(server.url, schema=SCHEMA, max_size=4)
+    await pool.open(wait=False)
+    try:
+        started = time.monotonic()
+        store = await PostgresStore.open(pool, url=server.url, schema=SCHEMA, op_timeout=1.0)
+        board = await PostgresBoard.open(pool, schema=SCHEMA, forget_seconds=60.0, op_timeout=1.0)
+        assert time.monotonic() - started < 2 * BOUND
+        with pytest.raises(StoreUnavailable):
+            await store.revision()
+        with pytest.raises(FleetError):
+            await board.read()
+
+        server.start()
+        await _until(lambda: _answers(store), "the store never reached the server")
+        version, created = await store.create_version(draft("a"), "alice", time.time())
+        assert (version.version, created) == (1, True)
+        await board.publish(ReplicaBeat("a", "host", 1, "0.1.0", 1, 1.0, 0.1, True))
+        assert [b.replica for b, _ in (await board.read()).entries] == ["a"]
+        await store.close()
+    finally:
+        await pool.close()
