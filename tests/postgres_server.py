@@ -219,13 +219,39 @@ class PostgresServer:
         self.start()
 
     def pause(self) -> None:
-        """SIGSTOP: the port still accepts TCP connections but nothing answers."""
-        self._signal(signal.SIGSTOP)
+        """SIGSTOP: the port still accepts TCP connections but nothing answers. The backends
+        too: each runs in a session of its own (PostgreSQL calls setsid), so stopping the
+        postmaster's group alone leaves open connections answering."""
+        self._signal(signal.SIGSTOP)  # first: no new backend is forked meanwhile
+        for pid in self._backends():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
         self._paused = True
 
     def resume(self) -> None:
+        for pid in self._backends():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
         self._signal(signal.SIGCONT)
         self._paused = False
+
+    def _backends(self) -> list[int]:
+        """Every process under the one this server started (the postmaster's children)."""
+        if self._proc is None:
+            return []
+        children: dict[int, list[int]] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                # "pid (comm) state ppid ...": comm may hold spaces, so split after it.
+                text = stat.read_text()
+                ppid = int(text.rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(text.split(" ", 1)[0]))
+        found, todo = [], [self._proc.pid]
+        while todo:
+            for child in children.get(todo.pop(), []):
+                found.append(child)
+                todo.append(child)
+        return found
 
     def terminate_backends(self, database: str | None = None) -> int:
         """pg_terminate_backend on every other client connection: 'connections killed'."""
