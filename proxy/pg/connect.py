@@ -78,6 +78,11 @@ def new_pool(
         # A caller waiting longer than this for a pooled connection sees PoolTimeout, which
         # the parts turn into their "store unavailable" error.
         timeout=CONNECT_TIMEOUT_SECONDS,
+        # psycopg_pool retries a failed connect with a doubling delay for up to this long
+        # (default 300 s), so after a long outage a replica reconnected about as late as the
+        # outage had lasted; giving up sooner lets the next request's connect succeed at
+        # once (measured: 0.14-0.36 s after 20-40 s outages, against 8.4 s after 20 s).
+        reconnect_timeout=5.0,
         name=f"promptproxy-{schema}",
     )
 
