@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from proxy.errors import InvalidRequest
 from proxy.services import Services
 from proxy.web.admin_auth import Access, authorize
-from proxy.web.admin_models import Body
+from proxy.web.admin_models import Body, wire
 from proxy.web.admin_params import NoParams, Params
 from proxy.web.keys import SERVICES
 
@@ -108,11 +108,6 @@ class Endpoint(Generic[P, Q, B, R]):
     @property
     def reads_body(self) -> bool:
         return self.body is not NoBody or self.raw_body is not None
-
-
-def wire(model: BaseModel) -> Any:
-    """The JSON value of an answer: the fields that were set (see ``admin_models``)."""
-    return model.model_dump(mode="json", exclude_unset=True)
 
 
 def field_path(loc: Sequence[int | str]) -> str | None:
@@ -221,5 +216,4 @@ __all__ = [
     "parse_body",
     "read_params",
     "route",
-    "wire",
 ]

@@ -5,7 +5,7 @@ build every answer from them, the OpenAPI document (``proxy.web.openapi``) is ge
 from them, and the CLI's client (``proxy.cli.client``) parses answers into them.
 
 Field order is the order of the keys on the wire. An answer is serialized with
-``dump``: only the fields that were set, so a key that is optional on the wire (a
+``wire``: only the fields that were set, so a key that is optional on the wire (a
 variable's ``default``) is absent rather than null, and records read back from a store
 (verdicts, shadow pairs) come out as they went in.
 
@@ -82,13 +82,14 @@ def _json_number(value: Any) -> Any:
 Count = Annotated[int, Field(ge=1, le=INT64_MAX), BeforeValidator(_json_number)]
 
 
+def wire(model: BaseModel) -> Any:
+    """The JSON value of an answer: the fields that were set."""
+    return model.model_dump(mode="json", exclude_unset=True)
+
+
 class Wire(BaseModel):
     """An answer (or a part of one). Unknown keys are ignored: a CLI reads a newer
     server's answers."""
-
-    def dump(self) -> dict[str, Any]:
-        """The JSON object on the wire."""
-        return self.model_dump(mode="json", exclude_unset=True)
 
 
 class Record(Wire):
@@ -277,7 +278,7 @@ class RolloutDetail(Record):
     percent: float | None = None
     sticky: str | None = None
     from_percent: float | None = None
-    ended_rollout: str | bool | None = None
+    ended_rollout: bool | None = None
 
 
 class AuditWritten(AuditEntry):
@@ -314,9 +315,6 @@ class ServedAt(Wire):
 
 class History(RootModel[AuditPage | ServedAt]):
     """A prompt's audit entries (newest first), or with `at` what it served then."""
-
-    def dump(self) -> Any:
-        return self.root.dump()
 
 
 class Diff(Wire):
@@ -456,7 +454,7 @@ class Window(Record):
 
 class Check(Record):
     name: str | None = None
-    result: Literal["pass", "fail", "inconclusive"] | None = None
+    result: str | None = doc(None, enum=["pass", "fail", "inconclusive", "skipped", None])
     stable: float | None = None
     candidate: float | None = None
     limit: float | None = None
@@ -469,14 +467,14 @@ class Verdict(Record):
 
     at: float | None = None
     rollout_id: str | None = None
-    verdict: Literal["pass", "fail", "inconclusive"] | None = None
+    verdict: str | None = doc(None, enum=["pass", "fail", "inconclusive", None])
     percent: float | None = None
     window: Window | None = None
     samples: dict[str, int] | None = Field(
         None, description="Requests per arm: stable, and canary or shadow"
     )
     checks: list[Check] | None = None
-    action: Literal["abort", "ramp", "promote"] | None = None
+    action: str | None = doc(None, enum=["abort", "ramp", "promote", None])
     actor: str | None = None
 
 

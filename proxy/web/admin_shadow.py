@@ -37,7 +37,8 @@ from proxy.services import Services
 from proxy.shadow.pairs import SinkUnavailable
 from proxy.shadow.report import MeasureRow, ShadowReport, make_report
 from proxy.web import admin_models as api
-from proxy.web.admin_endpoint import Call, NoBody, wire
+from proxy.web.admin_endpoint import Call, NoBody
+from proxy.web.admin_models import wire
 from proxy.web.admin_params import (
     LATEST,
     NoParams,

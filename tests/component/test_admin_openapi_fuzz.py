@@ -29,8 +29,8 @@ from aiohttp import web
 from schemathesis.engine import Status, events, from_schema
 
 from proxy.services import open_services
-from proxy.web.app import build_admin_app
 from proxy.web.admin_routes import ROUTES
+from proxy.web.app import build_admin_app
 from proxy.web.openapi import document
 from tests.support import make_settings
 
