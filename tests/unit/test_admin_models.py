@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 from pydantic import BaseModel
 
 from proxy.analysis.policy import AnalysisPolicy, Thresholds
 from proxy.errors import Conflict, InvalidRequest
+from proxy.registry.backup import RegistryImage
 from proxy.registry.fleet import FleetWait, ReplicaBeat, ReplicaView
 from proxy.registry.history import RolloutAt
 from proxy.registry.models import (
@@ -147,6 +149,14 @@ CASES: list[tuple[type[BaseModel], dict[str, Any]]] = [
     (api.ShadowPair, PAIR.to_dict()),
     (api.ShadowPair, {"pair_id": "old", "ts": 1.5, "shadow": {"text": "a pair of long ago"}}),
     (api.Verdict, VERDICT),
+    (
+        api.RegistryExport,
+        orjson.loads(
+            RegistryImage(
+                "g1", 9, {"support": {3: VERSION}}, {"support": ROLLOUT}, (ENTRY,)
+            ).to_json()
+        ),
+    ),
     (
         api.RegistryStatus,
         {"state": "replaced", "problem": "lost", "generation": None, "revision": 0, "prompts": 0},
