@@ -23,7 +23,7 @@ from proxy.errors import InvalidRequest
 from proxy.services import Services
 from proxy.web.admin_auth import Access, authorize
 from proxy.web.admin_models import Body, wire
-from proxy.web.admin_params import NoParams, Params
+from proxy.web.admin_params import Params
 from proxy.web.keys import SERVICES
 
 
@@ -99,7 +99,6 @@ class Endpoint(Generic[P, Q, B, R]):
     #: The body of a route whose handler reads it itself (an import), as the document
     #: describes it.
     raw_body: type[BaseModel] | None = None
-    description: str | None = None
 
     @property
     def name(self) -> str:
@@ -201,19 +200,3 @@ def bind(
 
     handle.__name__ = endpoint.name
     return handle
-
-
-__all__ = [
-    "API_ERRORS",
-    "Access",
-    "Call",
-    "Endpoint",
-    "NoBody",
-    "NoParams",
-    "Reply",
-    "Stream",
-    "bind",
-    "parse_body",
-    "read_params",
-    "route",
-]

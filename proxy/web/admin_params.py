@@ -21,9 +21,11 @@ from proxy.errors import InvalidRequest
 from proxy.models import SLUG_PATTERN
 from proxy.registry.models import INT64_MAX
 from proxy.registry.service import MAX_WAIT_SECONDS, check_slug, check_wait
-from proxy.web.admin_formats import SINCE_NUMBER
 from proxy.web.admin_models import SLUG_REGEX
 
+#: Shadow ``since``: seconds ago with an optional unit. ASCII digits (``\d`` takes other
+#: scripts' too), and few enough to stay a finite time.
+SINCE_NUMBER = r"([0-9]{1,15}(?:\.[0-9]{1,9})?)([smhd]?)"
 #: Pairs one read of shadow pairs returns by default, and at most.
 DEFAULT_PAIRS = 100
 MAX_PAIRS = 10_000

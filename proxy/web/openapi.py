@@ -163,8 +163,6 @@ def _operation(route: Endpoint[Any, Any, Any, Any], refs: dict[Any, Any]) -> dic
         "tags": [route.tag],
         "security": _SECURITY[route.access],
     }
-    if route.description:
-        operation["description"] = route.description
     parameters = _parameters(route.params, "path") + _parameters(route.query, "query")
     if parameters:
         operation["parameters"] = parameters
