@@ -143,9 +143,9 @@ class ReportBuilder:
     skipped: int = 0
 
     def add(self, pairs: Iterable[Mapping[str, Any]]) -> None:
+        sides = {ShadowKind.STABLE.value: self.noise, ShadowKind.CANDIDATE.value: self.candidate}
         for pair in pairs:
-            side = {ShadowKind.STABLE.value: self.noise, ShadowKind.CANDIDATE.value: self.candidate}
-            chosen = side.get(pair.get("kind") or "")
+            chosen = sides.get(pair.get("kind") or "")
             d = pair_divergence(pair) if chosen is not None else None
             if chosen is None or d is None:
                 self.skipped += 1

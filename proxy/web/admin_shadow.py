@@ -38,7 +38,6 @@ from proxy.shadow.pairs import SinkUnavailable
 from proxy.shadow.report import MeasureRow, ShadowReport, make_report
 from proxy.web import admin_models as api
 from proxy.web.admin_endpoint import Call, NoBody
-from proxy.web.admin_models import wire
 from proxy.web.admin_params import (
     LATEST,
     NoParams,
@@ -79,7 +78,7 @@ async def _rollout_id(services: Services, slug: str, value: str | None) -> str |
 
 
 def _line(record: dict[str, Any]) -> bytes:
-    return orjson.dumps(wire(api.ShadowPair.model_validate(record))) + b"\n"
+    return orjson.dumps(api.wire(api.ShadowPair.model_validate(record))) + b"\n"
 
 
 def _start() -> web.StreamResponse:
