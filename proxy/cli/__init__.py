@@ -1,4 +1,9 @@
-"""The `promptproxy` command. `python -m proxy` is the same."""
+"""The `promptproxy` command. `python -m proxy` is the same.
+
+Serving imports the server only when `serve` runs, and the simulated provider only when
+`simulate` runs; the admin commands (prompts, rollout, shadow, fleet, registry) talk to the
+admin API through ``proxy.cli.client``.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +14,14 @@ from typing import Any
 import click
 
 from proxy import __version__
-from proxy.cli_context import admin_options
-from proxy.cli_fleet import fleet
-from proxy.cli_prompts import prompts
-from proxy.cli_registry import registry
-from proxy.cli_rollout import rollout
-from proxy.cli_shadow import shadow
+
+# The groups under other names: `proxy.cli.shadow` must stay the module (tests patch it).
+from proxy.cli.context import admin_options
+from proxy.cli.fleet import fleet as fleet_command
+from proxy.cli.prompts import prompts as prompts_group
+from proxy.cli.registry import registry as registry_group
+from proxy.cli.rollout import rollout as rollout_group
+from proxy.cli.shadow import shadow as shadow_group
 from proxy.config import ConfigError, Settings, load_config
 
 
@@ -134,11 +141,11 @@ def simulate(
         pass
 
 
-main.add_command(prompts)
-main.add_command(rollout)
-main.add_command(shadow)
-main.add_command(fleet)
-main.add_command(registry)
+main.add_command(prompts_group)
+main.add_command(rollout_group)
+main.add_command(shadow_group)
+main.add_command(fleet_command)
+main.add_command(registry_group)
 
 
 @main.group("config")
