@@ -30,10 +30,13 @@ from typing import Any, Self
 
 from psycopg import AsyncConnection
 
-from proxy.pg.calls import DEFAULT_TIMEOUT, Pool, call, open_component
+from proxy.pg.calls import Pool, call, open_component
 from proxy.pg.migrate import Migration
 
 COMPONENT = "analysis_lease"
+#: A renewal is one short statement: past a second the server is in trouble, and the
+#: analyser's tick (0.5 s) should learn it rather than wait.
+LEASE_CALL_TIMEOUT = 1.0
 MIGRATIONS = (
     Migration(
         1,
@@ -75,7 +78,7 @@ class PostgresLease:
         schema: str,
         replica: str,
         seconds: float,
-        op_timeout: float = DEFAULT_TIMEOUT,
+        op_timeout: float = LEASE_CALL_TIMEOUT,
     ) -> Self:
         """``seconds``: ``analysis.lease_seconds``. ``op_timeout`` bounds every call (keep it
         well under ``seconds``: a renewal that comes back later than that is moot)."""

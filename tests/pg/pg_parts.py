@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import psutil
+import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from proxy.pg.connect import new_pool
@@ -59,7 +60,12 @@ def crash(server: PostgresServer) -> None:
     """SIGKILL every process of the server at once, backends included: every connection
     drops as in a crash of the machine's database. (``PostgresServer.kill`` signals the
     postmaster's process group only; its backends notice its death a moment later, so a
-    query sent right after it may still be answered.)"""
+    query sent right after it may still be answered.)
+
+    What was committed survives, as on a server with ``synchronous_commit=on``: the test
+    server runs with it off, which could lose the last commits (a table just migrated)."""
+    with psycopg.connect(server.url, autocommit=True) as conn:
+        conn.execute("CHECKPOINT")
     for process in _server_tree(server):
         with contextlib.suppress(psutil.NoSuchProcess):
             process.kill()
