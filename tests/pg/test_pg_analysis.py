@@ -9,14 +9,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
 
 import pytest
 from prometheus_client import CollectorRegistry
 from psycopg_pool import AsyncConnectionPool
 
-from proxy.analysis.analyser import Analyser
+from proxy.analysis.analyser import TICK_SECONDS, Analyser
 from proxy.analysis.lease_postgres import PostgresLease
 from proxy.analysis.policy import AnalysisPolicy
 from proxy.analysis.pool import MemoryStatsPool
@@ -436,3 +436,110 @@ async def test_a_lasting_postgres_outage_is_logged_at_error_level(
     warnings = [r for r in records.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 8
     assert [r.levelno for r in warnings][3:] == [logging.ERROR] * 5
+
+
+# -- takeover, as the analysers see it (the in-process twin of test_analysis_takeover.py) ----
+
+
+def analysed_rollout() -> RegistrySnapshot:
+    """A rollout with a policy whose first verdict is an hour away: the analysers only take,
+    renew and release the lease, so no registry is needed."""
+    now = time.time()
+    rollout = Rollout(
+        slug="greet",
+        id="r-1",
+        candidate=2,
+        mode=RolloutMode.CANARY,
+        basis_points=1000,
+        sticky=StickyKey.parse("none"),
+        started_at=now,
+        updated_at=now,
+        actor="alice",
+        restore_status=Status.DRAFT,
+        analysis=AnalysisPolicy(interval=3600, min_samples=10),
+    )
+    return RegistrySnapshot(revision=1, versions={}, prod={}, rollouts={"greet": rollout})
+
+
+class Replica:
+    def __init__(self, analyser: Analyser, metrics: ProxyMetrics) -> None:
+        self.analyser = analyser
+        self.metrics = metrics
+
+    @property
+    def leads(self) -> bool:
+        labels = {"slug": "greet"}
+        value = self.metrics.registry.get_sample_value("promptproxy_analysis_leader", labels)
+        return value == 1.0
+
+
+async def replica(pool: AsyncConnectionPool, schema: str, name: str, seconds: float) -> Replica:
+    snapshot = analysed_rollout()
+    metrics = ProxyMetrics(CollectorRegistry(), ["gpt-4o-mini"])
+    analyser = Analyser(
+        config=AnalysisConfig(lease_seconds=seconds),
+        snapshot=lambda: snapshot,
+        registry=cast(RegistryService, None),
+        recorder=WindowRecorder(time.time),
+        pool=await PostgresStatsPool.open(pool, schema=schema),
+        lease=await PostgresLease.open(pool, schema=schema, replica=name, seconds=seconds),
+        state=await PostgresStateStore.open(pool, schema=schema),
+        metrics=metrics,
+    )
+    return Replica(analyser, metrics)
+
+
+async def tick_until(
+    ticking: list[Replica], done: Callable[[], bool], limit: float
+) -> tuple[float, list[list[bool]]]:
+    """Ticks every replica in ``ticking`` at the analyser's pace (0.5 s) until ``done``;
+    how long it took, and who led at each tick."""
+    started = time.monotonic()
+    samples: list[list[bool]] = []
+    while True:
+        for r in ticking:
+            await r.analyser.tick()
+        samples.append([r.leads for r in ticking])
+        if done():
+            return time.monotonic() - started, samples
+        assert time.monotonic() - started < limit, "not within the limit"
+        await asyncio.sleep(TICK_SECONDS)
+
+
+async def test_a_vanished_holder_is_replaced_after_the_lease_and_a_stopping_one_at_once(
+    pools: list[AsyncConnectionPool], schema: str
+) -> None:
+    seconds = 2.0
+    a = await replica(pools[0], schema, "a", seconds)
+    b = await replica(pools[1], schema, "b", seconds)
+    for r in (a, b):
+        await r.analyser.tick()
+    holder, survivor = (a, b) if a.leads else (b, a)
+    assert holder.leads != survivor.leads
+    for _ in range(6):  # both tick past the lease length: the holder keeps it
+        for r in (a, b):
+            await r.analyser.tick()
+        assert holder.leads
+        assert not survivor.leads
+        await asyncio.sleep(TICK_SECONDS)
+
+    # The holder vanishes (killed, frozen): it stops ticking; the survivor takes over once
+    # the lease has run out since the holder's last renewal.
+    took, samples = await tick_until([survivor], lambda: survivor.leads, seconds + 2)
+    assert seconds - TICK_SECONDS - 0.2 < took < seconds + 1.0
+    assert [s[0] for s in samples] == [False] * (len(samples) - 1) + [True]
+
+    # A newcomer joins; the survivor stops gracefully (SIGTERM: close releases the lease),
+    # and the newcomer leads at its next tick.
+    newcomer = await replica(pools[0], schema, "c", seconds)
+    for r in (survivor, newcomer):
+        await r.analyser.tick()
+    assert survivor.leads
+    assert not newcomer.leads
+    await survivor.analyser.close()
+    took, _ = await tick_until([newcomer], lambda: newcomer.leads, seconds)
+    assert took < 1.0
+    # The vanished holder, back (thawed), finds the lease taken.
+    await holder.analyser.tick()
+    assert not holder.leads
+    assert newcomer.leads
