@@ -236,6 +236,8 @@ class PostgresPairSink:
         return True
 
     async def close(self) -> None:
+        if self._closed:
+            return  # closed by the shadow runner already, now by the backend
         self._closed = True
         task = self._task
         if task is not None:

@@ -315,6 +315,8 @@ async def test_close_flushes_what_is_queued(make_sink: MakeSink) -> None:
     assert s.count("written") == 50
     s.sink.add(pair(99, 2000.0))
     assert s.count("sink_dropped") == 1
+    await s.sink.close()  # closed again (runner, then backend): nothing more happens
+    assert (s.count("written"), s.count("sink_dropped")) == (50, 1)
 
 
 async def test_close_against_a_frozen_server_is_bounded(
