@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -320,8 +321,12 @@ class ShadowSinkConfig(_Section):
     max_file_bytes: int = Field(64 * 1024 * 1024, ge=4096)
     #: Rotated files kept besides the one being written.
     max_files: int = Field(8, ge=1, le=1000)
-    #: Approximate cap on the entries of each slug's Redis Stream (XADD MAXLEN ~).
-    redis_max_entries: int = Field(100_000, ge=100)
+    #: Pairs kept per slug in a shared store: the cap of each slug's Redis Stream (XADD
+    #: MAXLEN ~, approximate) or of its rows in PostgreSQL (exact). `redis_max_entries`, its
+    #: name before PostgreSQL, is still read.
+    max_entries: int = Field(
+        100_000, ge=100, validation_alias=AliasChoices("max_entries", "redis_max_entries")
+    )
     #: Each recorded output is cut to this many characters (the pair says it was cut).
     max_output_chars: int = Field(32 * 1024, ge=256)
     #: Pairs waiting to be written; beyond this they are dropped and counted.

@@ -35,7 +35,7 @@ class BackendKind:
 
 
 #: Settings every shared backend reads and the embedded one does not.
-_SHARED_OPTIONS = ("analysis.lease_seconds",)
+_SHARED_OPTIONS = ("analysis.lease_seconds", "shadow.sink.max_entries")
 
 KINDS: tuple[BackendKind, ...] = (
     BackendKind(
@@ -61,7 +61,7 @@ KINDS: tuple[BackendKind, ...] = (
         module="proxy.backends.redis",
         shared=True,
         pair_sink="redis",
-        options=("registry.redis_prefix", "shadow.sink.redis_max_entries", *_SHARED_OPTIONS),
+        options=("registry.redis_prefix", *_SHARED_OPTIONS),
     ),
     BackendKind(
         name="postgresql",

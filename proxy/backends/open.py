@@ -8,7 +8,6 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry
 
 from proxy.backends.base import Backend, BackendContext, Opener
-from proxy.backends.kinds import describe_store
 from proxy.config import Settings, backend_problems
 from proxy.preflight import StartupError
 from proxy.shadow.metrics import ShadowMetrics
@@ -25,23 +24,14 @@ async def open_backend(
 
     ``pair_metrics`` and ``on_error`` default to counters nobody reads (tools, tests).
     Raises ``StartupError`` (one line) for a combination the backend cannot serve (already
-    refused by ``load_config``; checked again for settings built another way) or a backend
-    this build does not have.
+    refused by ``load_config``; checked again for settings built another way).
     """
     config = settings.config
     problems = backend_problems(config)
     if problems:
         raise StartupError("; ".join(problems))
     kind = config.registry.backend
-    try:
-        module = importlib.import_module(kind.module)
-    except ModuleNotFoundError as exc:
-        if exc.name != kind.module:
-            raise
-        raise StartupError(
-            f"registry.store is {describe_store(config.registry.store)}, but this build has "
-            f"no {kind.label} backend ({kind.module}); use an embedded or Redis store"
-        ) from None
+    module = importlib.import_module(kind.module)
     opener: Opener = module.open_backend
     context = BackendContext(
         replica=replica,

@@ -145,7 +145,7 @@ class PostgresPairSink:
         metrics: ShadowMetrics,
         op_timeout: float = DEFAULT_TIMEOUT,
     ) -> Self:
-        """``max_entries``: pairs kept per slug (the Redis sink's ``redis_max_entries``);
+        """``max_entries``: pairs kept per slug (``shadow.sink.max_entries``);
         ``queue_size``: pairs waiting to be written, beyond which they are dropped."""
         await open_component(pool, schema=schema, component=COMPONENT, steps=MIGRATIONS)
         return cls(

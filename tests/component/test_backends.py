@@ -22,31 +22,40 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 from proxy.analysis.lease import LocalLease, RedisLease
+from proxy.analysis.lease_postgres import PostgresLease
 from proxy.analysis.pool import MemoryStatsPool, RedisStatsPool
+from proxy.analysis.pool_postgres import PostgresStatsPool
 from proxy.analysis.state import AnalysisState, MemoryStateStore, RedisStateStore
+from proxy.analysis.state_postgres import PostgresStateStore
 from proxy.analysis.window import RolloutBatch
 from proxy.backends.kinds import KINDS, describe_store
 from proxy.backends.open import open_backend
 from proxy.config import ProxyConfig, Settings
 from proxy.feedback import Answered, MemoryRequestIndex, RedisRequestIndex
+from proxy.feedback_postgres import PostgresRequestIndex
 from proxy.models import Route
 from proxy.preflight import StartupError
 from proxy.registry.embedded_store import EmbeddedStore
 from proxy.registry.fleet import ReplicaBeat
 from proxy.registry.fleet_embedded import EmbeddedFleetBoard
+from proxy.registry.fleet_postgres import PostgresBoard
 from proxy.registry.fleet_redis import RedisFleetBoard
+from proxy.registry.postgres_store import PostgresStore
 from proxy.registry.redis_store import RedisStore
 from proxy.registry.store import StoreUnavailable
 from proxy.shadow.metrics import ShadowMetrics
 from proxy.shadow.models import ArmResult, ShadowKind
 from proxy.shadow.pairs import Pair, PairMeta
 from proxy.shadow.sink_files import FilePairSink
+from proxy.shadow.sink_postgres import PostgresPairSink
 from proxy.shadow.sink_redis import RedisPairSink
-from tests.processes import free_port
+from tests.postgres_server import PostgresServer, postgres_server_fixture
 from tests.redis_server import RedisServer, running_redis
 from tests.support import make_settings
 
 SLUG = "support"
+
+postgres_server = postgres_server_fixture("module")
 
 
 @pytest.fixture(scope="module")
@@ -272,18 +281,86 @@ def test_describe_never_shows_credentials() -> None:
 # -- refused at open -----------------------------------------------------------------------
 
 
-async def test_a_postgresql_store_is_refused_in_one_line_until_its_backend_exists() -> None:
-    # The lead replaces this test when proxy/backends/postgres.py lands.
-    settings = make_settings(
-        **{"registry.store": f"postgresql://app:pw@127.0.0.1:{free_port()}/prompts"}
-    )
-    assert settings.config.registry.backend.shared
-    with pytest.raises(StartupError) as err:
-        await open_backend(settings, replica="me")
-    message = str(err.value)
-    assert "\n" not in message
-    assert "no PostgreSQL backend" in message
-    assert "pw" not in message
+async def test_the_postgresql_backend_puts_every_part_in_the_one_database(
+    postgres_server: PostgresServer,
+) -> None:
+    settings = make_settings(**{"registry.store": postgres_server.new_database()})
+    mine = await open_backend(settings, replica="replica-a")
+    theirs = await open_backend(settings, replica="replica-b")
+    try:
+        assert mine.shared
+        assert isinstance(mine.store, PostgresStore)
+        assert isinstance(mine.board, PostgresBoard)
+        assert isinstance(mine.pool, PostgresStatsPool)
+        assert isinstance(mine.lease, PostgresLease)
+        assert isinstance(mine.state, PostgresStateStore)
+        assert isinstance(mine.index, PostgresRequestIndex)
+        assert isinstance(mine.pairs, PostgresPairSink)
+
+        assert await mine.lease.hold(SLUG)
+        assert not await theirs.lease.hold(SLUG)
+        assert await theirs.lease.holder(SLUG) == "replica-a"
+
+        await mine.state.save(
+            SLUG, AnalysisState("ro", 2, 1.0, 2.0), {"rollout_id": "ro", "verdict": "hold"}
+        )
+        state, verdicts = await theirs.state.load(SLUG)
+        assert state is not None
+        assert state.failures == 2
+        assert verdicts == [{"rollout_id": "ro", "verdict": "hold"}]
+
+        await mine.pool.add({(SLUG, "ro"): batch(3)}, keep_seconds=60)
+        await theirs.pool.add({(SLUG, "ro"): batch(4)}, keep_seconds=60)
+        now = time.time()
+        window = await mine.pool.read(SLUG, "ro", now - 5, now + 5)
+        assert window.arm("canary").requests == 7
+
+        mine.index.remember("req-1", answered())
+        assert isinstance(mine.index, PostgresRequestIndex)
+        await mine.index.flush()
+        found = await theirs.index.lookup("req-1")
+        assert found is not None
+        assert found.version == "2"
+
+        await mine.board.publish(beat("replica-a"))
+        assert [b.replica for b, _ in (await theirs.board.read()).entries] == ["replica-a"]
+
+        revision = await mine.store.revision()
+        await mine.store.wait_for_change(revision, 0.05)
+        mine.pairs.add(pair(1))
+    finally:
+        await mine.close()  # flushes the queued pair
+        await theirs.close()
+    async with await open_backend(settings, replica="replica-c") as later:
+        assert [r["pair_id"] for r in await later.pairs.read(SLUG, None, 10)] == ["p1"]
+
+
+async def test_closing_the_postgresql_backend_leaves_no_connection_behind(
+    postgres_server: PostgresServer,
+) -> None:
+    url = postgres_server.new_database()
+    database = url.rpartition("/")[2]
+    settings = make_settings(**{"registry.store": url})
+
+    def connections() -> int:
+        import psycopg
+
+        with psycopg.connect(postgres_server.url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (database,)
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    for n in range(3):
+        backend = await open_backend(settings, replica=f"r{n}")
+        revision = await backend.store.revision()
+        await backend.store.wait_for_change(revision, 0.05)  # the LISTEN connection is up
+        await backend.lease.hold(SLUG)
+        backend.pairs.add(pair(n))
+        assert connections() >= 2
+        await backend.close()
+        await backend.close()  # idempotent
+        assert connections() == 0
 
 
 async def test_settings_not_built_by_load_config_are_refused_too(

@@ -136,15 +136,3 @@ def test_pair_files_with_a_shared_store_are_refused_before_anything_opens(
         f"tail|export|report` would see one replica's share), but registry.store is {store} "
         "(Redis), shared by replicas: use `auto` (pairs in Redis)"
     ]
-
-
-def test_a_postgresql_store_without_its_backend_is_one_line_and_exit_1(
-    tmp_path: Path, sim_url: str
-) -> None:
-    port = dead_port()
-    result = serve(tmp_path, upstream=sim_url, store=f"postgresql://app:pw@127.0.0.1:{port}/db")
-    assert result.returncode == 1
-    assert error_lines(result) == [
-        f"promptproxy: registry.store is postgresql://127.0.0.1:{port}/db, but this build has "
-        "no PostgreSQL backend (proxy.backends.postgres); use an embedded or Redis store"
-    ]

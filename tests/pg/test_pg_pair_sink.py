@@ -79,7 +79,7 @@ def sink_maker(backend: Backend, made: list[Sink]) -> MakeSink:
         sink = await PostgresPairSink.open(
             backend.pools[replica],
             schema=backend.schema,
-            max_entries=config.get("max_entries", DEFAULTS.redis_max_entries),
+            max_entries=config.get("max_entries", DEFAULTS.max_entries),
             queue_size=config.get("queue_size", DEFAULTS.queue_size),
             metrics=ShadowMetrics(registry),
             op_timeout=1.0,

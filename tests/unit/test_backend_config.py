@@ -107,9 +107,9 @@ def test_redis_settings_without_redis_say_the_store_may_be_missing() -> None:
             "the PostgreSQL backend uses",
         ),
         (
-            {"shadow__sink": {"redis_max_entries": 500}},
-            "shadow.sink.redis_max_entries",
-            "the Redis backend uses",
+            {"shadow__sink": {"max_entries": 500}},
+            "shadow.sink.max_entries",
+            "the Redis and PostgreSQL backends use",
         ),
         (
             {"analysis__lease_seconds": 5},
@@ -132,6 +132,7 @@ def test_shared_backend_settings_under_the_embedded_store_are_refused(
         (REDIS, {"registry__postgres_schema": "team_a"}),
         (POSTGRES, {"registry__redis_prefix": "team-a:"}),
         (POSTGRES, {"shadow__sink": {"redis_max_entries": 500}}),
+        (POSTGRES, {"shadow__sink": {"max_entries": 500}}),
         (REDIS, {"shadow__sink": {"dir": "/var/pairs"}}),
         (REDIS, {"shadow__sink": {"max_files": 2}}),
         (POSTGRES, {"shadow__sink": {"max_file_bytes": 8192}}),
