@@ -13,12 +13,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from loadtest.targets import (
+    ALL_TARGETS,
+    BASELINES,
     DIRECT,
     MINIMAL,
     PROMPTPROXY,
     PROMPTPROXY_SWAP,
     ROLLOUTS,
-    TARGETS,
 )
 
 Cell = dict[str, Any]
@@ -71,7 +72,7 @@ def _median_tree(nodes: Sequence[Any]) -> Any:
     return first
 
 
-def combine(runs: Sequence[Cell], names: Sequence[str] = TARGETS) -> list[Cell]:
+def combine(runs: Sequence[Cell], names: Sequence[str] = ALL_TARGETS) -> list[Cell]:
     """One cell per (scenario, target): medians over rounds; counts summed, RSS the max.
     ``names``: the targets to keep, in report order."""
     scenarios = dict.fromkeys(c["scenario"] for c in runs)
@@ -150,3 +151,28 @@ def rollout_cost(cells: Sequence[Cell]) -> dict[str, dict[str, dict[str, float |
                 "latency_p99_ms": delta("latency_ms", "p99"),
             }
     return cost
+
+
+def baseline_change(cells: Sequence[Cell]) -> dict[str, dict[str, dict[str, float | None]]]:
+    """This tree against ``--baseline REV``, per compared target and scenario, same run:
+    CPU per request (and its change in %), and what each adds to direct at p50 and p99."""
+    change: dict[str, dict[str, dict[str, float | None]]] = {}
+    for old_name, new_name in BASELINES.items():
+        for scenario in dict.fromkeys(c["scenario"] for c in cells):
+            old, new = find(cells, scenario, old_name), find(cells, scenario, new_name)
+            if old is None or new is None:
+                continue
+            cpu_old = value(old, "cpu_us_per_req", "target")
+            cpu_new = value(new, "cpu_us_per_req", "target")
+            row: dict[str, float | None] = {
+                "cpu_us_per_req_baseline": cpu_old,
+                "cpu_us_per_req": cpu_new,
+                "cpu_change_pct": (
+                    None if cpu_old is None or cpu_new is None else (cpu_new / cpu_old - 1) * 100
+                ),
+            }
+            for q in ("p50", "p99"):
+                row[f"added_{q}_ms_baseline"] = value(old, "added_ms", q)
+                row[f"added_{q}_ms"] = value(new, "added_ms", q)
+            change.setdefault(new_name, {})[scenario] = row
+    return change

@@ -50,6 +50,8 @@ from loadtest.measure import (
 from loadtest.procs import REPO_ROOT, Fleet, StartError
 from loadtest.scenarios import BY_NAME
 from loadtest.targets import (
+    BASELINE_SWAP,
+    BASELINES,
     DIRECT,
     OURS,
     PROMPTPROXY_SWAP,
@@ -96,7 +98,25 @@ def _round_order(targets: list[str], round_: int) -> list[str]:
     return [DIRECT, *proxies] if DIRECT in targets else proxies
 
 
-def _start_target(name: str, fleet: Fleet, sim: Running, pinning: Pinning, label: str) -> Running:
+def _start_target(
+    name: str,
+    fleet: Fleet,
+    sim: Running,
+    pinning: Pinning,
+    label: str,
+    baseline_dir: Path | None = None,
+) -> Running:
+    if name in BASELINES:
+        assert baseline_dir is not None
+        return start_promptproxy(
+            fleet,
+            sim.base_url,
+            pinning.target_cores,
+            label,
+            swap=name == BASELINE_SWAP,
+            source=baseline_dir,
+            name=name,
+        )
     if name in OURS:
         swap = name == PROMPTPROXY_SWAP
         return start_promptproxy(
@@ -120,8 +140,31 @@ def _cell_config(args: argparse.Namespace, pinning: Pinning) -> CellConfig:
     )
 
 
+def checkout_baseline(revision: str, into: Path) -> str:
+    """The tree of ``revision`` (any git revision) extracted into ``into``; its full hash."""
+    full = subprocess.run(
+        ["git", "rev-parse", "--verify", f"{revision}^{{commit}}"],
+        cwd=REPO_ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    into.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", full], cwd=REPO_ROOT, check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return full
+
+
 async def run_bench(args: argparse.Namespace, fleet: Fleet, pinning: Pinning) -> dict[str, Any]:
     cfg = _cell_config(args, pinning)
+    baseline_dir: Path | None = None
+    baseline_revision: str | None = None
+    if args.baseline:
+        baseline_dir = fleet.log_dir / "baseline-src"
+        baseline_revision = checkout_baseline(args.baseline, baseline_dir)
+        _progress(f"baseline {baseline_revision[:12]} extracted to {baseline_dir}")
     sim = start_simulator(fleet, None)  # inherits this process's core
     scenarios = [BY_NAME[s] for s in args.scenarios]
     expected = {
@@ -135,7 +178,7 @@ async def run_bench(args: argparse.Namespace, fleet: Fleet, pinning: Pinning) ->
                 if name == DIRECT:
                     cell = await measure_cell(scenario, None, sim, cfg, expected[scenario.name])
                 else:
-                    target = _start_target(name, fleet, sim, pinning, label)
+                    target = _start_target(name, fleet, sim, pinning, label, baseline_dir)
                     try:
                         cell = await measure_cell(
                             scenario, target, sim, cfg, expected[scenario.name]
@@ -160,6 +203,16 @@ async def run_bench(args: argparse.Namespace, fleet: Fleet, pinning: Pinning) ->
         "cpu_ratio_promptproxy_vs_minimal": aggregate.cpu_ratios(cells),
         "swap_in_cost": aggregate.swap_in_cost(cells),
         "rollout_cost": aggregate.rollout_cost(cells),
+        **(
+            {}
+            if baseline_revision is None
+            else {
+                "baseline": {
+                    "revision": baseline_revision,
+                    "change": aggregate.baseline_change(cells),
+                }
+            }
+        ),
         "checks": [*report.bench_checks(cells, args.clients), report.access_log_check(runs)],
         "runs": runs,
     }
@@ -308,6 +361,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--targets", nargs="+", choices=TARGETS, default=list(TARGETS))
     parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run promptproxy and promptproxy_swap as they were at git revision REV "
+        "(e.g. HEAD~1), in the same run, and report the change",
+    )
+    parser.add_argument(
         "--max-seconds", type=float, default=180.0, help="time limit of one load phase"
     )
     parser.add_argument("--target-core", type=int, default=0)
@@ -326,6 +385,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.output is None:
         args.output = RESULTS_DIR / ("soak-latest.json" if args.soak else "latest.json")
+    if args.baseline:
+        # Each compared target of this tree gets its twin at the baseline revision.
+        args.targets += [old for old, new in BASELINES.items() if new in args.targets]
     if DIRECT not in args.targets and not (args.soak or args.shadow_isolation):
         parser.error("--targets must include direct: added latency is measured against it")
     return args
@@ -347,6 +409,9 @@ def print_report(result: dict[str, Any]) -> None:
             print(report.swap_in_table(result["swap_in_cost"]) + "\n")
         if result.get("rollout_cost"):
             print(report.rollout_table(result["rollout_cost"]) + "\n")
+        if result.get("baseline"):
+            baseline = result["baseline"]
+            print(report.baseline_table(baseline["revision"][:12], baseline["change"]) + "\n")
         noisy = report.disturbed_cells(result["runs"])
         if noisy:
             print(f"warning: other load on our cores during {', '.join(noisy)}\n")

@@ -90,8 +90,10 @@ class ManagedProcess:
         cores: set[int] | None = None,
         env: Mapping[str, str] | None = None,
         wrapper: Sequence[str] = (),
+        cwd: Path | None = None,
     ) -> None:
-        """``wrapper`` goes before the pinning (a profiler that itself runs unpinned)."""
+        """``wrapper`` goes before the pinning (a profiler that itself runs unpinned);
+        ``cwd`` is where ``python -m proxy`` finds its code (a baseline checkout)."""
         self.name = name
         self.stdout_path = log_dir / f"{name}.stdout"
         self.stderr_path = log_dir / f"{name}.stderr"
@@ -99,7 +101,7 @@ class ManagedProcess:
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
             self._popen = subprocess.Popen(
                 self.command,
-                cwd=REPO_ROOT,
+                cwd=cwd or REPO_ROOT,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
@@ -212,8 +214,9 @@ class Fleet:
         cores: set[int] | None = None,
         env: Mapping[str, str] | None = None,
         wrapper: Sequence[str] = (),
+        cwd: Path | None = None,
     ) -> ManagedProcess:
-        proc = ManagedProcess(name, command, self.log_dir, cores, env, wrapper)
+        proc = ManagedProcess(name, command, self.log_dir, cores, env, wrapper, cwd)
         self._procs.append(proc)
         return proc
 

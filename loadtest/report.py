@@ -254,3 +254,23 @@ def rollout_table(cost: dict[str, dict[str, dict[str, float | None]]]) -> str:
             left=2,
         )
     )
+
+
+def baseline_table(revision: str, change: dict[str, dict[str, dict[str, float | None]]]) -> str:
+    rows = [
+        (
+            target,
+            scenario,
+            _fmt(c["cpu_us_per_req_baseline"], 0),
+            _fmt(c["cpu_us_per_req"], 0),
+            _fmt(c["cpu_change_pct"], 1, signed=True),
+            f"{_fmt(c['added_p50_ms_baseline'])} -> {_fmt(c['added_p50_ms'])}",
+            f"{_fmt(c['added_p99_ms_baseline'])} -> {_fmt(c['added_p99_ms'])}",
+        )
+        for target, by_scenario in change.items()
+        for scenario, c in by_scenario.items()
+    ]
+    return f"this tree against {revision} (same run)\n" + render(
+        ("target", "scenario", "CPU us/req then", "now", "change %", "added p50", "added p99"),
+        rows,
+    )

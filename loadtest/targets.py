@@ -27,6 +27,13 @@ PROMPTPROXY_CANARY = "promptproxy_canary"
 PROMPTPROXY_SHADOW = "promptproxy_shadow"
 MINIMAL = "minimal"
 TARGETS = (DIRECT, PROMPTPROXY, PROMPTPROXY_SWAP, PROMPTPROXY_CANARY, PROMPTPROXY_SHADOW, MINIMAL)
+#: With ``--baseline REV``: promptproxy and promptproxy_swap as they were at REV, run from a
+#: checkout of REV in the same run, so a change is measured against its parent on equal terms.
+BASELINE = "baseline"
+BASELINE_SWAP = "baseline_swap"
+#: Baseline target -> the target of this tree it is compared with.
+BASELINES = {BASELINE: PROMPTPROXY, BASELINE_SWAP: PROMPTPROXY_SWAP}
+ALL_TARGETS = (*TARGETS, BASELINE, BASELINE_SWAP)
 OURS = frozenset({PROMPTPROXY, PROMPTPROXY_SWAP, PROMPTPROXY_CANARY, PROMPTPROXY_SHADOW})
 #: Target -> (mode, percent) of the rollout it runs.
 ROLLOUTS = {PROMPTPROXY_CANARY: ("canary", 10.0), PROMPTPROXY_SHADOW: ("shadow", 25.0)}
@@ -101,7 +108,10 @@ def start_promptproxy(
     rollout: tuple[str, float] | None = None,
     shadow_url: str | None = None,
     candidate_model: str | None = None,
+    source: Path | None = None,
+    name: str | None = None,
 ) -> Running:
+    """``source``: a checkout to run instead of this tree (``name`` then names the target)."""
     port, admin = free_ports(2)
     command = [
         sys.executable, "-m", "proxy", "serve",
@@ -124,8 +134,11 @@ def start_promptproxy(
         )
         command += ["--config", str(config)]
     env = _clean_env(PROMPTPROXY_STORE=store, PROMPTPROXY_ADMIN_TOKEN=_ADMIN_TOKEN)
-    proc = fleet.start(label, command, cores, env, wrapper)
+    proc = fleet.start(label, command, cores, env, wrapper, cwd=source)
     proc.wait_ready(http_ok(admin, "/readyz"), READY_TIMEOUT_S)
+    if name is not None:
+        path = "/p/bench/v1" if swap else "/v1"
+        return Running(name, f"http://127.0.0.1:{port}{path}", proc)
     if rollout is not None:
         _start_rollout(admin, *rollout, model=candidate_model)
         name = next((t for t, r in ROLLOUTS.items() if r == rollout), label)

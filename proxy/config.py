@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -27,7 +28,18 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
+from proxy.backends.kinds import (
+    KINDS,
+    SINK_KINDS,
+    BackendKind,
+    describe_store,
+    kind_of,
+    store_forms,
+)
+
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: PostgreSQL schema names the proxy accepts (an unquoted identifier; see proxy/pg/connect.py).
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 #: Models that keep their own metric series; anything else is folded into `other` so a typo'd
 #: or hostile model name cannot create unbounded series.
@@ -198,14 +210,16 @@ class FeedbackConfig(_Section):
     #: requests per second x ttl_seconds keys.
     ttl_seconds: float = Field(21_600.0, gt=0, le=30 * 86_400)
     #: Request ids remembered in memory with the embedded store (oldest forgotten first,
-    #: about 300 bytes each); with Redis they live in Redis, with `ttl_seconds` as expiry.
+    #: about 300 bytes each); a shared store keeps them, with `ttl_seconds` as expiry.
     max_local_entries: int = Field(100_000, ge=1000)
 
 
 class AnalysisConfig(_Section):
-    #: Each replica adds its per-arm counts to the pool (Redis, or memory) this often.
+    #: Each replica adds its per-arm counts to the pool (the shared store, or memory) this
+    #: often.
     flush_seconds: float = Field(2.0, gt=0, le=60)
-    #: The analysis lease: another replica takes over this long after its holder vanished.
+    #: The analysis lease (shared stores): another replica takes over this long after its
+    #: holder vanished.
     lease_seconds: float = Field(10.0, ge=2, le=300)
 
 
@@ -228,32 +242,49 @@ class FleetConfig(_Section):
         return self
 
 
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
-
-
 class RegistryConfig(_Section):
-    #: `embedded:PATH` (a file on this machine, no server) or `redis://host:port/db` (shared by
-    #: replicas). Overridden by `--store` or `PROMPTPROXY_STORE`.
+    #: Where every piece of shared state lives (prompts, fleet board, analysis, feedback
+    #: index, shadow pairs): `embedded:PATH` (files on this machine, one process),
+    #: `redis://host:port/db` or `postgresql://user@host/db` (shared by replicas). Overridden
+    #: by `--store` or `PROMPTPROXY_STORE`.
     store: str = "embedded:.promptproxy/registry.db"
     #: Key prefix in Redis, so several deployments can share one server.
     redis_prefix: str = "promptproxy:"
+    #: Schema in PostgreSQL, so several deployments can share one database.
+    postgres_schema: str = "promptproxy"
     #: A folder of prompt files pushed at start (idempotent); a prompt with no prod version
     #: gets the pushed one promoted. For first runs and demos.
     bootstrap_dir: str | None = None
 
     @property
-    def uses_redis(self) -> bool:
-        """The store is Redis, shared by replicas (else an embedded file, one process)."""
-        return self.store.startswith(REDIS_SCHEMES)
+    def backend(self) -> BackendKind:
+        """The backend the store names (validated: there is one)."""
+        kind = kind_of(self.store)
+        assert kind is not None, "registry.store was validated"
+        return kind
 
     @field_validator("store")
     @classmethod
     def _check_store(cls, value: str) -> str:
-        if value.startswith(REDIS_SCHEMES):
-            return value
-        if value.startswith("embedded:") and len(value) > len("embedded:"):
-            return value
-        raise ValueError("must be `embedded:PATH` or a redis:// URL")
+        if kind_of(value) is None:
+            raise ValueError(f"must be {store_forms()}")
+        return value
+
+    @field_validator("redis_prefix")
+    @classmethod
+    def _check_redis_prefix(cls, value: str) -> str:
+        if "{" in value or "}" in value:
+            raise ValueError("must not contain '{' or '}' (they make a Redis Cluster hash tag)")
+        return value
+
+    @field_validator("postgres_schema")
+    @classmethod
+    def _check_postgres_schema(cls, value: str) -> str:
+        if not _SCHEMA_NAME.match(value):
+            raise ValueError(
+                "must be lowercase letters, digits and _ (at most 63, not starting with a digit)"
+            )
+        return value
 
 
 class AdminToken(_Section):
@@ -282,19 +313,31 @@ class RolloutsConfig(_Section):
 
 
 class ShadowSinkConfig(_Section):
-    #: `auto`: a capped Redis Stream when the registry store is Redis, else rotated files.
-    kind: str = Field("auto", pattern=r"^(auto|redis|files)$")
+    #: `auto`: the store's own: rotated files with the embedded store, a capped Redis Stream
+    #: per slug with Redis, a table with PostgreSQL. Any other value must name that one.
+    kind: str = "auto"
     #: Folder of the rotated JSON-lines files (`pairs.jsonl`, `pairs.jsonl.1`, ...).
     dir: str = ".promptproxy/shadow"
     max_file_bytes: int = Field(64 * 1024 * 1024, ge=4096)
     #: Rotated files kept besides the one being written.
     max_files: int = Field(8, ge=1, le=1000)
-    #: Approximate cap on the entries of each slug's Redis Stream (XADD MAXLEN ~).
-    redis_max_entries: int = Field(100_000, ge=100)
+    #: Pairs kept per slug in a shared store: the cap of each slug's Redis Stream (XADD
+    #: MAXLEN ~, approximate) or of its rows in PostgreSQL (exact). `redis_max_entries`, its
+    #: name before PostgreSQL, is still read.
+    max_entries: int = Field(
+        100_000, ge=100, validation_alias=AliasChoices("max_entries", "redis_max_entries")
+    )
     #: Each recorded output is cut to this many characters (the pair says it was cut).
     max_output_chars: int = Field(32 * 1024, ge=256)
     #: Pairs waiting to be written; beyond this they are dropped and counted.
     queue_size: int = Field(10_000, ge=1)
+
+    @field_validator("kind")
+    @classmethod
+    def _check_kind(cls, value: str) -> str:
+        if value not in SINK_KINDS:
+            raise ValueError(f"must be one of {', '.join(SINK_KINDS)}")
+        return value
 
 
 class ShadowConfig(_Section):
@@ -368,14 +411,61 @@ class ProxyConfig(_Section):
             )
         return self
 
-    @model_validator(mode="after")
-    def _redis_sink_needs_redis(self) -> ProxyConfig:
-        if self.shadow.sink.kind == "redis" and not self.registry.uses_redis:
-            raise ValueError(
-                "shadow.sink.kind: `redis` writes pairs to the registry's Redis, but "
-                "registry.store is not Redis; use `files` or `auto`"
+
+def backend_problems(config: ProxyConfig) -> list[str]:
+    """What the store's backend cannot serve, one line per problem: a pair sink it does
+    not provide (pair files on a shared store keep each replica's pairs apart), and
+    settings only shared backends read under the embedded store (a Redis or PostgreSQL
+    setting says replicas were meant to share state that would stay in each process). A
+    setting at its default value is never refused, and neither is an embedded-only setting
+    under a shared store: one config file commonly serves a laptop and, with the store
+    overridden by `PROMPTPROXY_STORE`, production, and nothing is lost by ignoring it."""
+    kind = config.registry.backend
+    where = f"registry.store is {describe_store(config.registry.store)} ({kind.label})"
+    problems: list[str] = []
+    sink = config.shadow.sink.kind
+    if sink not in ("auto", kind.pair_sink):
+        use = f"use `auto` (pairs in {kind.label})" if kind.shared else "use `auto` or `files`"
+        if sink == "files":
+            problems.append(
+                f"shadow.sink.kind: `files` keeps each replica's pairs on its own disk "
+                f"(`shadow tail|export|report` would see one replica's share), but {where}, "
+                f"shared by replicas: {use}"
             )
-        return self
+        else:
+            needs = _owners_of_sink(sink)
+            problems.append(f"shadow.sink.kind: `{sink}` needs a {needs} store, but {where}: {use}")
+    for option in _other_backends_options(kind):
+        if not _differs_from_default(config, option):
+            continue
+        owners = [other for other in KINDS if option in other.options]
+        if kind.shared or not all(owner.shared for owner in owners):
+            continue
+        labels = " and ".join(owner.label for owner in owners)
+        readers = f"the {labels} backends use" if len(owners) > 1 else f"the {labels} backend uses"
+        stores = " or ".join(owner.label for owner in owners)
+        problems.append(
+            f"{option}: only {readers} it, but {where}: remove it, or point registry.store "
+            f"at a {stores} store if replicas are to share it"
+        )
+    return problems
+
+
+def _owners_of_sink(sink: str) -> str:
+    return " or ".join(kind.label for kind in KINDS if kind.pair_sink == sink)
+
+
+def _other_backends_options(kind: BackendKind) -> list[str]:
+    others = [option for other in KINDS if other is not kind for option in other.options]
+    return [option for option in dict.fromkeys(others) if option not in kind.options]
+
+
+def _differs_from_default(config: ProxyConfig, dotted: str) -> bool:
+    *path, name = dotted.split(".")
+    section: BaseModel = config
+    for part in path:
+        section = getattr(section, part)
+    return bool(getattr(section, name) != type(section).model_fields[name].default)
 
 
 @dataclass(frozen=True, slots=True)
@@ -477,6 +567,7 @@ def load_config(
     default_token = env.get("PROMPTPROXY_ADMIN_TOKEN")
     if default_token:
         tokens.append(TokenGrant("admin", default_token, "admin"))
+    problems += backend_problems(config)
     if problems:
         raise ConfigError(problems)
     return Settings(config=config, upstream_api_key=api_key, admin_tokens=tuple(tokens))

@@ -183,21 +183,6 @@ class RedisRequestIndex:
             _log.warning("feedback index: %d answers not written at shutdown", len(self._pending))
 
 
-def open_request_index(
-    config: FeedbackConfig, redis: Redis | None, prefix: str, metrics: ProxyMetrics
-) -> RequestIndex:
-    if redis is None:
-        return MemoryRequestIndex(config.ttl_seconds, config.max_local_entries)
-    index = RedisRequestIndex(
-        redis,
-        prefix,
-        config.ttl_seconds,
-        on_error=lambda op: metrics.redis_errors.labels(op).inc(),
-    )
-    index.start()
-    return index
-
-
 class FeedbackService:
     def __init__(
         self,

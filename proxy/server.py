@@ -19,7 +19,6 @@ from proxy.log import APP_LOGGER, LineSink, setup_logging
 from proxy.metrics import ProxyMetrics
 from proxy.preflight import check_upstream, listen_error
 from proxy.services import open_services
-from proxy.simulator import SimulatorSettings, start_simulator
 from proxy.web.app import build_admin_app, build_data_app
 from proxy.web.conn_guard import REASONS, ConnectionLimits, GuardedSite
 
@@ -69,6 +68,9 @@ async def serve(settings: Settings, stop: asyncio.Event, log_sink: LineSink | No
     raise_soft_limit(config)
     async with AsyncExitStack() as stack:
         if config.simulator.enabled:
+            # Only now: a production server never loads the simulated provider.
+            from proxy.simulator import SimulatorSettings, start_simulator
+
             sim = config.simulator
             try:
                 sim_runner, sim_port = await start_simulator(

@@ -13,27 +13,28 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from proxy.analysis.analyser import Analyser, replica_id
-from proxy.analysis.setup import open_backend
 from proxy.analysis.window import WindowRecorder
+from proxy.backends.base import Backend
+from proxy.backends.open import open_backend
 from proxy.config import Settings
 from proxy.exchange.upstream import UpstreamClient, UpstreamLimits
-from proxy.feedback import FeedbackService, open_request_index
+from proxy.feedback import FeedbackService
 from proxy.log import APP_LOGGER
 from proxy.loop_lag import watch_loop_lag
 from proxy.metrics import ProxyMetrics
 from proxy.pipeline.record import exchange_observers
 from proxy.pipeline.resources import PipelineResources
 from proxy.registry.bootstrap import start_registry
-from proxy.registry.factory import describe_store, open_store
 from proxy.registry.fleet import Fleet
 from proxy.registry.fleet_adopt import adopt_fleet_generation
 from proxy.registry.fleet_heartbeat import AppliedSignal, Heartbeat
-from proxy.registry.fleet_setup import FleetMetrics, open_board
+from proxy.registry.fleet_setup import FleetMetrics
 from proxy.registry.models import RegistrySnapshot
 from proxy.registry.recovery import RegistryRecovery
 from proxy.registry.service import RegistryService
 from proxy.registry.snapshot import SnapshotHolder, SnapshotRefresher
 from proxy.registry.templates import PromptRenderer
+from proxy.shadow.metrics import ShadowMetrics
 from proxy.shadow.runner import ShadowRunner, open_shadow_runner
 from proxy.tasks import BackgroundTasks, cancel_and_wait
 
@@ -76,10 +77,12 @@ class Services:
     shadow: ShadowRunner
     analysis: Analyser
     feedback: FeedbackService
+    #: Every part of the shared state, from `registry.store`.
+    backend: Backend
 
     @property
     def store_name(self) -> str:
-        return describe_store(self.settings.config.registry)
+        return self.backend.describe()
 
 
 def _snapshot_observer(metrics: ProxyMetrics, applied: AppliedSignal) -> SnapshotHolder:
@@ -107,26 +110,32 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     async with AsyncExitStack() as stack:
         upstream = UpstreamClient(UpstreamLimits.primary(config.upstream))
         stack.push_async_callback(upstream.close)
-        store = await open_store(config.registry)
-        stack.push_async_callback(store.close)
         me = replica_id()
-        backend = await stack.enter_async_context(open_backend(config, me))
+        shadow_metrics = ShadowMetrics(metrics.registry, metrics.slug_label)
+        # Every shared part, closed once and late: after the runner, the analyser and the
+        # background tasks stopped using them (the stack unwinds in reverse).
+        backend = await open_backend(
+            settings,
+            replica=me,
+            pair_metrics=shadow_metrics,
+            on_error=lambda op: metrics.redis_errors.labels(op).inc(),
+        )
+        stack.push_async_callback(backend.close)
+        store = backend.store
         applied = AppliedSignal()
         holder = _snapshot_observer(metrics, applied)
         refresher = SnapshotRefresher(
             store, holder, on_error=lambda op: metrics.registry_errors.labels(op).inc()
         )
-        board = open_board(config.registry, config.fleet, backend.redis)
-        stack.push_async_callback(board.close)
         heartbeat = Heartbeat(
-            board,
+            backend.board,
             me,
             holder,
             applied,
             config.fleet.heartbeat_seconds,
             FleetMetrics(metrics.registry).heartbeat_errors.inc,
         )
-        fleet = Fleet(board, me, config.fleet.live_seconds, local=heartbeat.beat)
+        fleet = Fleet(backend.board, me, config.fleet.live_seconds, local=heartbeat.beat)
         registry = RegistryService(store, serve=refresher.serve, fleet=fleet)
         tasks = BackgroundTasks()
         stack.push_async_callback(tasks.close)
@@ -155,22 +164,18 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         )
         analysis.start()
         stack.push_async_callback(analysis.close)
-        index = open_request_index(config.feedback, backend.redis, backend.prefix, metrics)
-        stack.push_async_callback(index.close)
-        feedback = FeedbackService(config.feedback, index, metrics, window)
+        feedback = FeedbackService(config.feedback, backend.index, metrics, window)
         # One list for the primary and the shadow alike (pipeline/record.py).
         finished = exchange_observers(metrics, window, feedback.remember)
-        shadow = open_shadow_runner(config, metrics, finished, window.observe_divergence)
+        shadow = open_shadow_runner(
+            config, backend.pairs, shadow_metrics, finished, window.observe_divergence
+        )
         # Closed first (the stack unwinds in reverse), after the data plane drained: shadows
         # get a short grace, never the whole shutdown budget.
         stack.push_async_callback(shadow.close, min(5.0, config.server.shutdown_grace_seconds))
         # First to run on the way out: off the board before anything closes.
         stack.push_async_callback(_leave_fleet, beating, heartbeat)
-        _log.info(
-            "prompt registry: %s, revision %d",
-            describe_store(config.registry),
-            holder.current.revision,
-        )
+        _log.info("prompt registry: %s, revision %d", backend.describe(), holder.current.revision)
         renderer = PromptRenderer()
         yield Services(
             settings=settings,
@@ -195,6 +200,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             shadow=shadow,
             analysis=analysis,
             feedback=feedback,
+            backend=backend,
         )
 
 

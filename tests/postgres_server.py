@@ -159,12 +159,16 @@ class PostgresServer:
 
     def new_database(self) -> str:
         """An empty database on this server; its URL."""
-        import psycopg
-
         name = f"t_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(self.url, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
+        self.create_database(name)
         return self.database_url(name)
+
+    def create_database(self, name: str) -> None:
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
     def _signal(self, sig: int) -> None:
         if self._proc is not None and self._proc.poll() is None:
@@ -215,13 +219,39 @@ class PostgresServer:
         self.start()
 
     def pause(self) -> None:
-        """SIGSTOP: the port still accepts TCP connections but nothing answers."""
-        self._signal(signal.SIGSTOP)
+        """SIGSTOP: the port still accepts TCP connections but nothing answers. The backends
+        too: each runs in a session of its own (PostgreSQL calls setsid), so stopping the
+        postmaster's group alone leaves open connections answering."""
+        self._signal(signal.SIGSTOP)  # first: no new backend is forked meanwhile
+        for pid in self._backends():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
         self._paused = True
 
     def resume(self) -> None:
+        for pid in self._backends():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
         self._signal(signal.SIGCONT)
         self._paused = False
+
+    def _backends(self) -> list[int]:
+        """Every process under the one this server started (the postmaster's children)."""
+        if self._proc is None:
+            return []
+        children: dict[int, list[int]] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                # "pid (comm) state ppid ...": comm may hold spaces, so split after it.
+                text = stat.read_text()
+                ppid = int(text.rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(text.split(" ", 1)[0]))
+        found, todo = [], [self._proc.pid]
+        while todo:
+            for child in children.get(todo.pop(), []):
+                found.append(child)
+                todo.append(child)
+        return found
 
     def terminate_backends(self, database: str | None = None) -> int:
         """pg_terminate_backend on every other client connection: 'connections killed'."""
@@ -244,7 +274,10 @@ class PostgresServer:
 def running_postgres(workdir: Path | None = None) -> Iterator[PostgresServer]:
     with contextlib.ExitStack() as stack:
         if workdir is None:
-            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pg-")))
+            # Under root the server runs as `postgres`, which cannot enter root's private
+            # temporary folders (pytest's among them): /tmp itself is open to every user.
+            base = "/tmp" if os.geteuid() == 0 else None
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pg-", dir=base)))
         server = PostgresServer(workdir)
         try:
             server.start()

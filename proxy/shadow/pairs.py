@@ -6,7 +6,8 @@ reaches a sink, a follower or the admin API.
 
 Sinks (``PairSink``) take pairs without blocking (``add``; a full queue or a dead backend
 drops and counts, never raises into the caller), serve them back oldest first (``read``)
-and stream new ones (``follow``). ``open_pair_sink`` picks the implementation.
+and stream new ones (``follow``). The store's backend (``proxy.backends``) picks the
+implementation: rotated files (embedded) or a capped Redis Stream per slug.
 """
 
 from __future__ import annotations
@@ -16,11 +17,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
-from prometheus_client import CollectorRegistry
 
-from proxy.config import ConfigError, RegistryConfig, ShadowConfig
 from proxy.log import redact
-from proxy.shadow.metrics import ShadowMetrics
 from proxy.shadow.models import ArmResult, ShadowRequest
 
 #: ``follow`` with a ``since`` replays at most this many recorded pairs before going live.
@@ -157,22 +155,6 @@ class PairSink(Protocol):
         ...
 
     async def close(self) -> None:
-        """Write what is queued (bounded wait), then release files or connections."""
-
-
-def open_pair_sink(
-    config: ShadowConfig, registry: RegistryConfig, metrics: ShadowMetrics | None = None
-) -> PairSink:
-    """A capped Redis Stream per slug when ``sink.kind`` is redis, or auto with a Redis
-    registry (so replicas share one view); else rotated JSON-lines files. No I/O here."""
-    counters = metrics or ShadowMetrics(CollectorRegistry(auto_describe=True))
-    kind = config.sink.kind
-    if kind == "redis" or (kind == "auto" and registry.uses_redis):
-        from proxy.shadow.sink_redis import RedisPairSink
-
-        if not registry.uses_redis:
-            raise ConfigError(["shadow.sink.kind: `redis` needs registry.store to be a Redis URL"])
-        return RedisPairSink(registry.store, registry.redis_prefix, config.sink, counters)
-    from proxy.shadow.sink_files import FilePairSink
-
-    return FilePairSink(config.sink, counters)
+        """Write what is queued (bounded wait), then release files or connections.
+        Idempotent: the shadow runner closes its sink once its shadows are done, and the
+        backend that opened it closes it again with the rest of its parts."""

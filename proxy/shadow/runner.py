@@ -32,12 +32,11 @@ from proxy.exchange.observers import Observers
 from proxy.exchange.outcome import Exchange
 from proxy.exchange.upstream import UpstreamClient, UpstreamLimits
 from proxy.log import APP_LOGGER
-from proxy.metrics import ProxyMetrics
 from proxy.shadow.call import call_shadow, shadow_exchange
 from proxy.shadow.compare import Divergence, divergence
 from proxy.shadow.metrics import ShadowMetrics
 from proxy.shadow.models import ArmResult, ShadowKind, ShadowRequest
-from proxy.shadow.pairs import Pair, PairMeta, PairSink, open_pair_sink
+from proxy.shadow.pairs import Pair, PairMeta, PairSink
 
 _log = logging.getLogger(APP_LOGGER)
 
@@ -252,13 +251,13 @@ def _answered(arm: ArmResult) -> bool:
 
 def open_shadow_runner(
     config: ProxyConfig,
-    metrics: ProxyMetrics,
+    sink: PairSink,
+    shadow_metrics: ShadowMetrics,
     finished: Observers,
     on_divergence: DivergenceObserver | None = None,
 ) -> ShadowRunner:
-    """The runner the app uses: metrics on the app's registry, the configured sink, and its
-    own client to ``shadow.base_url`` or else the upstream's. Call from a running loop."""
-    shadow_metrics = ShadowMetrics(metrics.registry, metrics.slug_label)
-    sink = open_pair_sink(config.shadow, config.registry, shadow_metrics)
+    """The runner the app uses: the store backend's pair sink (which counts on
+    ``shadow_metrics``, on the app's registry), and its own client to ``shadow.base_url``
+    or else the upstream's. Call from a running loop."""
     client = UpstreamClient(UpstreamLimits.shadow(config))
     return ShadowRunner(config.shadow, client, sink, shadow_metrics, finished, on_divergence)

@@ -157,6 +157,8 @@ class FilePairSink:
         return self.dir / f"{FILE_NAME}.{number}"
 
     async def close(self) -> None:
+        if self._closed:
+            return  # closed by the shadow runner already, now by the backend
         self._closed = True
         for follower in list(self._followers):
             follower.end()

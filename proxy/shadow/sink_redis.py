@@ -1,7 +1,7 @@
 """Pairs in one capped Redis Stream per slug: ``{prefix}{shadow}:pairs:<slug>``.
 
 For replicas sharing a Redis registry: every replica appends, any admin port reads them all.
-``XADD ... MAXLEN ~ redis_max_entries`` keeps each stream bounded without a cleanup job.
+``XADD ... MAXLEN ~ max_entries`` keeps each stream bounded without a cleanup job.
 
 Failure policy, as for the registry (reliability guide A4): this client has its own pool and
 explicit socket/connect timeouts, and every call runs under a deadline. ``add`` only puts the
@@ -75,7 +75,7 @@ class RedisPairSink:
         if "{" in prefix or "}" in prefix:
             raise ValueError("the key prefix must not contain '{' or '}' (hash tag)")
         self._prefix = prefix + "{shadow}:pairs:"
-        self._max_entries = config.redis_max_entries
+        self._max_entries = config.max_entries
         self._limit = config.queue_size
         self._metrics = metrics
         self._op_timeout = op_timeout
@@ -171,6 +171,8 @@ class RedisPairSink:
         return True
 
     async def close(self) -> None:
+        if self._closed:
+            return  # closed by the shadow runner already, now by the backend
         self._closed = True
         task = self._task
         if task is not None:

@@ -1,13 +1,31 @@
-"""Admin API authentication: bearer tokens with a role, compared in constant time."""
+"""Admin API authentication: bearer tokens with a role, compared in constant time.
+
+Each route declares its ``Access`` in the route table (``admin_routes``); the one wrapper
+every route goes through (``admin_endpoint.bind``) calls ``authorize`` with it. No handler
+authorizes by itself.
+"""
 
 from __future__ import annotations
 
 import hmac
+from enum import StrEnum
 
 from aiohttp import web
 
 from proxy.config import TokenGrant
 from proxy.errors import Forbidden, Unauthorized
+
+
+class Access(StrEnum):
+    """Who may call a route."""
+
+    #: Anyone: probes, metrics, the OpenAPI document.
+    PUBLIC = "public"
+    #: A read or an admin token; anyone while no token is configured.
+    READ = "read"
+    #: An admin token; nobody while no token is configured (401 saying how to set one).
+    WRITE = "write"
+
 
 HOW_TO_SET = (
     "Set PROMPTPROXY_ADMIN_TOKEN (or admin.tokens in the config) on the proxy and send it as "
@@ -30,8 +48,11 @@ def _match(grants: tuple[TokenGrant, ...], presented: str) -> TokenGrant | None:
     return found
 
 
-def authorize(request: web.Request, grants: tuple[TokenGrant, ...], *, write: bool) -> str:
+def authorize(request: web.Request, grants: tuple[TokenGrant, ...], access: Access) -> str:
     """Return the actor name for the audit log, or raise 401/403."""
+    if access is Access.PUBLIC:
+        return "anonymous"
+    write = access is Access.WRITE
     if not grants:
         if write:
             raise Unauthorized(

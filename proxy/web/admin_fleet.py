@@ -7,16 +7,11 @@ GET /admin/v1/fleet   every replica on the board: the registry it serves (genera
 
 from __future__ import annotations
 
-from aiohttp import web
-
-from proxy.web.admin_api import PREFIX, actor_of, json_response, services_of
-
-
-async def list_fleet(request: web.Request) -> web.Response:
-    actor_of(request, write=False)
-    status = await services_of(request).registry.fleet_status()
-    return json_response(status.to_dict())
+from proxy.web import admin_models as api
+from proxy.web.admin_endpoint import Call, NoBody
+from proxy.web.admin_params import NoParams
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_get(f"{PREFIX}/fleet", list_fleet)
+async def list_fleet(call: Call[NoParams, NoParams, NoBody]) -> api.FleetStatus:
+    status = await call.services.registry.fleet_status()
+    return api.FleetStatus.model_validate(status.to_dict())

@@ -1,52 +1,47 @@
 """Admin API for the registry store itself: its identity, restore, export and import.
-Parse, call ``RegistryRecovery``, serialize."""
+Call ``RegistryRecovery``, build the answer's model."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Literal
 
+import orjson
 from aiohttp import web
 
 from proxy.errors import InvalidRequest, PayloadTooLarge
 from proxy.registry.backup import ImageError, RegistryImage
-from proxy.web.admin_api import PREFIX, Body, actor_of, json_response, parse_body, services_of
+from proxy.web import admin_models as api
+from proxy.web.admin_endpoint import Call, NoBody, Reply
+from proxy.web.admin_params import ImportQuery, NoParams
 
 #: An import body can hold every version ever pushed; the admin app's default limit is 1 MiB.
 MAX_IMPORT_BYTES = 256 * 1024 * 1024
 
 
-class RestoreIn(Body):
-    source: Literal["snapshot"]
-    reason: str = ""
-    #: Replace prompts the store holds that are not an older copy of this registry.
-    overwrite: bool = False
+async def registry_status(call: Call[NoParams, NoParams, NoBody]) -> api.RegistryStatus:
+    return api.RegistryStatus.model_validate(call.services.recovery.status())
 
 
-async def registry_status(request: web.Request) -> web.Response:
-    actor_of(request, write=False)
-    return json_response(services_of(request).recovery.status())
-
-
-async def restore(request: web.Request) -> web.Response:
-    actor = actor_of(request, write=True)
-    body = await parse_body(request, RestoreIn)
-    result = await services_of(request).recovery.restore_from_snapshot(
-        actor, body.reason, overwrite=body.overwrite
+async def restore(call: Call[NoParams, NoParams, api.RestoreIn]) -> api.RestoreResult:
+    body = call.body
+    result = await call.services.recovery.restore_from_snapshot(
+        call.actor, body.reason, overwrite=body.overwrite
     )
-    return json_response(result.to_dict())
+    return api.RestoreResult.model_validate(result.to_dict())
 
 
-async def export(request: web.Request) -> web.Response:
-    actor_of(request, write=False)
-    image = await services_of(request).recovery.export()
-    return web.Response(body=image.to_json(), content_type="application/json")
+def _export(image: RegistryImage) -> api.RegistryExport:
+    return api.RegistryExport.model_validate(orjson.loads(image.to_json()))
 
 
-async def import_(request: web.Request) -> web.Response:
-    actor = actor_of(request, write=True)
-    overwrite = _flag(request.query.get("overwrite", "false"), "overwrite")
-    raw = await _read_import(request)
+async def export(call: Call[NoParams, NoParams, NoBody]) -> Reply[api.RegistryExport]:
+    image = await call.services.recovery.export()
+    # Off the event loop: a registry's whole history can hold many thousand versions.
+    return Reply(await asyncio.to_thread(_export, image), indent=True)
+
+
+async def import_(call: Call[NoParams, ImportQuery, NoBody]) -> api.RestoreResult:
+    raw = await _read_import(call.request)
     try:
         # Off the event loop: checking every template of a large export takes seconds
         # (about 1 ms per distinct template), and this loop serves traffic meanwhile.
@@ -55,17 +50,10 @@ async def import_(request: web.Request) -> web.Response:
         raise InvalidRequest(
             f"Invalid registry export: {exc}", param=exc.param, code="invalid_export"
         ) from None
-    reason = request.query.get("reason", "")
-    result = await services_of(request).recovery.import_image(
-        image, actor, reason, overwrite=overwrite
+    result = await call.services.recovery.import_image(
+        image, call.actor, call.query.reason, overwrite=call.query.overwrite == "true"
     )
-    return json_response(result.to_dict())
-
-
-def _flag(value: str, name: str) -> bool:
-    if value not in ("true", "false"):
-        raise InvalidRequest(f"`{name}` must be true or false, not {value[:40]!r}.", param=name)
-    return value == "true"
+    return api.RestoreResult.model_validate(result.to_dict())
 
 
 async def _read_import(request: web.Request) -> bytes:
@@ -82,11 +70,3 @@ async def _read_import(request: web.Request) -> bytes:
         if size > MAX_IMPORT_BYTES:
             raise too_large
     return b"".join(pieces)
-
-
-def add_routes(app: web.Application) -> None:
-    r = app.router
-    r.add_get(f"{PREFIX}/registry", registry_status)
-    r.add_post(f"{PREFIX}/registry/restore", restore)
-    r.add_get(f"{PREFIX}/registry/export", export)
-    r.add_post(f"{PREFIX}/registry/import", import_)

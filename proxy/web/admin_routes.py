@@ -1,60 +1,482 @@
-"""Operator endpoints on the admin port: health, readiness, metrics."""
+"""Every route of the admin port, in one table: method, path, who may call it, the models
+of its parameters, body and answer.
+
+``add_routes`` serves them through ``admin_endpoint.bind`` (which authorizes each call for
+its ``access`` before anything else) and ``proxy.web.openapi`` describes them; nothing else
+registers an admin route. Routes of one path are listed together (aiohttp keeps them as one
+resource, so a 405's ``Allow`` names all of its methods).
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
+import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from proxy.web.keys import SERVICES
+from proxy.web import (
+    admin_api,
+    admin_fleet,
+    admin_health,
+    admin_registry,
+    admin_rollouts,
+    admin_shadow,
+    openapi,
+)
+from proxy.web import admin_models as api
+from proxy.web.admin_auth import Access
+from proxy.web.admin_endpoint import Call, Endpoint, NoBody, Stream, bind, route
+from proxy.web.admin_params import (
+    AbortQuery,
+    AuditQuery,
+    DiffQuery,
+    HistoryQuery,
+    ImportQuery,
+    NoParams,
+    PairsQuery,
+    ReportQuery,
+    ShadowPath,
+    SlugPath,
+    VersionPath,
+    WaitQuery,
+)
+
+PREFIX = "/admin/v1"
+PUBLIC, READ, WRITE = Access.PUBLIC, Access.READ, Access.WRITE
+
+_METRICS = Stream("text/plain", "Prometheus text format")
+_PAIRS = Stream(
+    "application/x-ndjson",
+    "JSON lines: one ShadowPair object per line (see components.schemas.ShadowPair), "
+    "oldest first; with follow, an empty line every ~15 s while idle",
+    headers={
+        "X-Promptproxy-Rollout": "The rollout whose pairs these are, when `rollout` was given"
+    },
+)
+_DOCUMENT = Stream("application/json", "This document", schema={"type": "object"})
 
 
-async def healthz(request: web.Request) -> web.Response:
-    # Liveness never touches Redis or the provider: a busy dependency must not get us killed.
-    return web.json_response({"status": "ok"})
-
-
-async def readyz(request: web.Request) -> web.Response:
-    """Ready once a registry snapshot is loaded (and a bootstrap deferred by a cold start
-    is done), until draining. A store outage after that
-    does not make us unready: the last good snapshot keeps serving (reported in `registry`).
-    Nor does a lost store (``state: replaced``): every replica would turn unready at once and
-    nothing would serve; the replica serves its snapshot, answers degraded, and says why."""
-    services = request.app[SERVICES]
-    holder = services.snapshot
-    state = "ok" if holder.healthy else "unavailable"
-    if holder.replaced is not None:
-        state = "replaced"
-    registry = {
-        "store": services.store_name,
-        "state": state,
-        "error": holder.replaced or holder.last_error,
-        "generation": holder.current.generation,
-        "revision": holder.current.revision,
-        "prompts": len(holder.current.versions),
-        "staleness_seconds": round(holder.staleness, 3),
-        "snapshot_loaded": holder.loaded,
-        "bootstrap_pending": holder.bootstrap_pending,
-    }
-    if services.lifecycle.draining:
-        return web.json_response({"status": "draining", "registry": registry}, status=503)
-    if not holder.ready:
-        return web.json_response({"status": "starting", "registry": registry}, status=503)
-    status = "ready" if state == "ok" else "degraded"
-    return web.json_response({"status": status, "registry": registry})
-
-
-async def metrics(request: web.Request) -> web.Response:
-    registry = request.app[SERVICES].metrics.registry
+async def openapi_json(call: Call[NoParams, NoParams, NoBody]) -> web.Response:
+    """The OpenAPI description of ``ROUTES``."""
     return web.Response(
-        body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        body=orjson.dumps(openapi.document(ROUTES)), content_type="application/json"
     )
 
 
+ROUTES: tuple[Endpoint[Any, Any, Any, Any], ...] = (
+    # -- probes: orchestrators and Prometheus call them without a token ---------------------
+    *(
+        route(
+            Endpoint(
+                method="GET",
+                path=path,
+                access=PUBLIC,
+                summary="Liveness: the process answers (never touches the store or the provider)",
+                tag="probes",
+                handler=admin_health.healthz,
+                params=NoParams,
+                query=NoParams,
+                body=NoBody,
+                response=api.Health,
+                errors=(),
+            )
+        )
+        for path in ("/healthz", "/livez", "/health/liveliness")
+    ),
+    *(
+        route(
+            Endpoint(
+                method="GET",
+                path=path,
+                access=PUBLIC,
+                summary="Readiness: 200 ready (or degraded: the last good snapshot is served), "
+                "503 starting until a first snapshot loads, 503 draining after SIGTERM",
+                tag="probes",
+                handler=admin_health.readyz,
+                params=NoParams,
+                query=NoParams,
+                body=NoBody,
+                response=api.Ready,
+                also=(503,),
+                errors=(),
+            )
+        )
+        for path in ("/readyz", "/health/readiness")
+    ),
+    route(
+        Endpoint(
+            method="GET",
+            path="/metrics",
+            access=PUBLIC,
+            summary="Prometheus metrics",
+            tag="probes",
+            handler=admin_health.metrics,
+            params=NoParams,
+            query=NoParams,
+            body=NoBody,
+            response=_METRICS,
+            errors=(),
+        )
+    ),
+    route(
+        Endpoint(
+            method="GET",
+            path=f"{PREFIX}/openapi.json",
+            access=PUBLIC,
+            summary="This OpenAPI description, generated from the route table",
+            tag="probes",
+            handler=openapi_json,
+            params=NoParams,
+            query=NoParams,
+            body=NoBody,
+            response=_DOCUMENT,
+            errors=(),
+        )
+    ),
+    # -- prompts and versions ---------------------------------------------------------------
+    route(
+        Endpoint(
+            method="GET",
+            path=f"{PREFIX}/prompts",
+            access=READ,
+            summary="List prompts with their prod and latest versions",
+            tag="prompts",
+            handler=admin_api.list_prompts,
+            params=NoParams,
+            query=NoParams,
+            body=NoBody,
+            response=api.PromptList,
+        )
+    ),
+    route(
+        Endpoint(
+            method="GET",
+            path=f"{PREFIX}/prompts/{{slug}}",
+            access=READ,
+            summary="A prompt and its versions",
+            tag="prompts",
+            handler=admin_api.get_prompt,
+            params=SlugPath,
+            query=NoParams,
+            body=NoBody,
+            response=api.Prompt,
+        )
+    ),
+    route(
+        Endpoint(
+            method="POST",
+            path=f"{PREFIX}/prompts/{{slug}}/versions",
+            access=WRITE,
+            summary="Create a version (201); identical content returns the latest version (200)",
+            tag="prompts",
+            handler=admin_api.create_version,
+            params=SlugPath,
+            query=WaitQuery,
+            body=api.VersionIn,
+            response=api.VersionCreated,
+            also=(201,),
+        )
+    ),
+    route(
+        Endpoint(
+            method="GET",
+            path=f"{PREFIX}/prompts/{{slug}}/versions/{{version}}",
+            access=READ,
+            summary="One version",
+            tag="prompts",
+            handler=admin_api.get_version,
+            params=VersionPath,
+            query=NoParams,
+            body=NoBody,
+            response=api.Version,
+        )
+    ),
+    route(
+        Endpoint(
+            method="POST",
+            path=f"{PREFIX}/prompts/{{slug}}/promote",
+            access=WRITE,
+            summary="Make a version prod; the former prod becomes deprecated",
+            tag="prompts",
+            handler=admin_api.promote,
+            params=SlugPath,
+            query=WaitQuery,
+            body=api.PromoteIn,
+            response=api.AuditWritten,
+        )
+    ),
+    route(
+        Endpoint(
+            method="POST",
+            path=f"{PREFIX}/prompts/{{slug}}/rollback",
+            access=WRITE,
+            summary="Make the last former prod prod again",
+            tag="prompts",
+            handler=admin_api.rollback,
+            params=SlugPath,
+            query=WaitQuery,
+            body=api.ReasonIn,
+            response=api.AuditWritten,
+        )
+    ),
+    route(
+        Endpoint(
+            method="GET",
+            path=f"{PREFIX}/prompts/{{slug}}/history",
+            access=READ,
+            summary="Audit entries of a prompt; with `at`, what it served then: the prod version "
+            "and the rollout running then (candidate, mode, percent, sticky key)",
+            tag="prompts",
+            handler=admin_api.history,
+            params=SlugPath,
+            query=HistoryQuery,
+            body=NoBody,
+            response=api.History,
+        )
+    ),
+    route(
+        Endpoint(
+            method="GET",
+            path=f"{PREFIX}/prompts/{{slug}}/diff",
+            access=READ,
+            summary="Unified diff between two versions",
+            tag="prompts",
+            handler=admin_api.diff,
+            params=SlugPath,
+            query=DiffQuery,
+            body=NoBody,
+            response=api.Diff,
+        )
+    ),
+    route(
+        Endpoint(
+            method="GET",
+            path=f"{PREFIX}/audit",
+            access=READ,
+            summary="The append-only audit log, newest first",
+            tag="prompts",
+            handler=admin_api.audit,
+            params=NoParams,
+            query=AuditQuery,
+            body=NoBody,
+            response=api.AuditPage,
+        )
+    ),
+    # -- rollouts -----------------------------------------------------------------------------
+    route(
+        Endpoint(
+            method="PUT",
+            path=f"{PREFIX}/prompts/{{slug}}/rollout",
+            access=WRITE,
+            summary="Start a canary or shadow rollout (201), or change the running one's "
+            "percentage with the same candidate and mode (200; cohorts are kept)",
+            tag="rollouts",
+            handler=admin_rollouts.put_rollout,
+            params=SlugPath,
+            query=WaitQuery,
+            body=api.RolloutIn,
+            response=api.RolloutChanged,
+            also=(201,),
+        )
+    ),
+    route(
+        Endpoint(
+            method="GET",
+            path=f"{PREFIX}/prompts/{{slug}}/rollout",
+            access=READ,
+            summary="The running rollout (404 if none) and its analysis state",
+            tag="rollouts",
+            handler=admin_rollouts.get_rollout,
+            params=SlugPath,
+            query=NoParams,
+            body=NoBody,
+            response=api.RolloutStatus,
+        )
+    ),
+    route(
+        Endpoint(
+            method="DELETE",
+            path=f"{PREFIX}/prompts/{{slug}}/rollout",
+            access=WRITE,
+            summary="Abort: all traffic back to stable, the candidate back to its former status",
+            tag="rollouts",
+            handler=admin_rollouts.delete_rollout,
+            params=SlugPath,
+            query=AbortQuery,
+            body=api.ReasonIn,
+            response=api.AuditWritten,
+        )
+    ),
+    route(
+        Endpoint(
+            method="POST",
+            path=f"{PREFIX}/prompts/{{slug}}/rollout/promote",
+            access=WRITE,
+            summary="Make the candidate prod in one step and end the rollout",
+            tag="rollouts",
+            handler=admin_rollouts.promote_rollout,
+            params=SlugPath,
+            query=WaitQuery,
+            body=api.ReasonIn,
+            response=api.AuditWritten,
+        )
+    ),
+    route(
+        Endpoint(
+            method="GET",
+            path=f"{PREFIX}/prompts/{{slug}}/analysis",
+            access=READ,
+            summary="The latest analysed rollout of the slug, running or ended (after an abort: "
+            "the verdicts that caused it); 404 if none",
+            tag="rollouts",
+            handler=admin_rollouts.get_analysis,
+            params=SlugPath,
+            query=NoParams,
+            body=NoBody,
+            response=api.LastAnalysis,
+        )
+    ),
+    route(
+        Endpoint(
+            method="GET",
+            path=f"{PREFIX}/rollouts",
+            access=READ,
+            summary="Every running rollout",
+            tag="rollouts",
+            handler=admin_rollouts.list_rollouts,
+            params=NoParams,
+            query=NoParams,
+            body=NoBody,
+            response=api.RolloutList,
+        )
+    ),
+    # -- shadow pairs -------------------------------------------------------------------------
+    route(
+        Endpoint(
+            method="GET",
+            path=f"{PREFIX}/prompts/{{slug}}/shadow/pairs",
+            access=READ,
+            summary="Shadow pairs of a prompt (stable and candidate answers side by side), oldest "
+            "first, one JSON object per line",
+            tag="shadow",
+            handler=admin_shadow.shadow_pairs,
+            params=ShadowPath,
+            query=PairsQuery,
+            body=NoBody,
+            response=_PAIRS,
+        )
+    ),
+    route(
+        Endpoint(
+            method="GET",
+            path=f"{PREFIX}/prompts/{{slug}}/shadow/rollout",
+            access=READ,
+            summary="Which rollout `rollout=latest` selects now: the running one, else the last "
+            "(404 if the prompt never had one)",
+            tag="shadow",
+            handler=admin_shadow.shadow_rollout,
+            params=ShadowPath,
+            query=NoParams,
+            body=NoBody,
+            response=api.ShadowRollout,
+        )
+    ),
+    route(
+        Endpoint(
+            method="GET",
+            path=f"{PREFIX}/prompts/{{slug}}/shadow/report",
+            access=READ,
+            summary="Does the candidate of one rollout diverge from stable more than stable "
+            "from itself? Per measure, noise pairs against candidate pairs by a one-sided "
+            "Mann-Whitney U test; a report, whatever its verdict",
+            tag="shadow",
+            handler=admin_shadow.shadow_report,
+            params=ShadowPath,
+            query=ReportQuery,
+            body=NoBody,
+            response=api.ShadowReport,
+        )
+    ),
+    # -- the fleet and the registry store ----------------------------------------------------
+    route(
+        Endpoint(
+            method="GET",
+            path=f"{PREFIX}/fleet",
+            access=READ,
+            summary="Every replica on the fleet board: the registry it serves (generation, "
+            "revision, state), how far behind the store, how stale, live or not",
+            tag="fleet",
+            handler=admin_fleet.list_fleet,
+            params=NoParams,
+            query=NoParams,
+            body=NoBody,
+            response=api.FleetStatus,
+        )
+    ),
+    route(
+        Endpoint(
+            method="GET",
+            path=f"{PREFIX}/registry",
+            access=READ,
+            summary="Whether the store is the registry this replica serves (state ok or replaced)",
+            tag="registry",
+            handler=admin_registry.registry_status,
+            params=NoParams,
+            query=NoParams,
+            body=NoBody,
+            response=api.RegistryStatus,
+        )
+    ),
+    route(
+        Endpoint(
+            method="POST",
+            path=f"{PREFIX}/registry/restore",
+            access=WRITE,
+            summary="Restore a lost store (emptied or replaced) from this replica's snapshot",
+            tag="registry",
+            handler=admin_registry.restore,
+            params=NoParams,
+            query=NoParams,
+            body=api.RestoreIn,
+            response=api.RestoreResult,
+        )
+    ),
+    route(
+        Endpoint(
+            method="GET",
+            path=f"{PREFIX}/registry/export",
+            access=READ,
+            summary="The whole registry: versions, statuses, rollouts, audit",
+            tag="registry",
+            handler=admin_registry.export,
+            params=NoParams,
+            query=NoParams,
+            body=NoBody,
+            response=api.RegistryExport,
+        )
+    ),
+    route(
+        Endpoint(
+            method="POST",
+            path=f"{PREFIX}/registry/import",
+            access=WRITE,
+            summary="Load an export into an empty (or lost) store; the same content is a no-op",
+            tag="registry",
+            handler=admin_registry.import_,
+            params=NoParams,
+            query=ImportQuery,
+            body=NoBody,
+            raw_body=api.RegistryExport,
+            response=api.RestoreResult,
+        )
+    ),
+)
+
+
 def add_routes(app: web.Application) -> None:
-    router = app.router
-    router.add_get("/healthz", healthz)
-    router.add_get("/livez", healthz)
-    router.add_get("/health/liveliness", healthz)
-    router.add_get("/readyz", readyz)
-    router.add_get("/health/readiness", readyz)
-    router.add_get("/metrics", metrics)
+    for endpoint in ROUTES:
+        handler = bind(endpoint)
+        if endpoint.method == "GET":
+            app.router.add_get(endpoint.path, handler)  # and HEAD
+        else:
+            app.router.add_route(endpoint.method, endpoint.path, handler)

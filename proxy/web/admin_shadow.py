@@ -1,4 +1,5 @@
-"""Admin API for shadow pairs: read them back, or follow them live, as JSON lines.
+"""Admin API for shadow pairs: read them back, or follow them live, as JSON lines; which
+rollout ``latest`` means; and the report of a rollout's pairs.
 
 ``GET /admin/v1/prompts/{slug}/shadow/pairs?since=10m&limit=100&follow=false&rollout=ID``
 
@@ -13,6 +14,10 @@ client goes away or the process starts draining. Read role suffices.
 
 ``GET /admin/v1/prompts/{slug}/shadow/rollout``: which rollout ``latest`` means now, so a
 client paging through pairs pins one id (a new rollout starting mid-export must not mix in).
+
+``GET /admin/v1/prompts/{slug}/shadow/report?since=1h&rollout=ID&alpha=&margin=&min_pairs=``:
+does the candidate of one rollout (``latest`` by default) diverge from stable more than
+stable from itself (``proxy.shadow.report``).
 """
 
 from __future__ import annotations
@@ -20,86 +25,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
-from datetime import datetime
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from proxy.errors import InvalidRequest, NotFound, ServiceUnavailable
+from proxy.errors import NotFound, ServiceUnavailable
 from proxy.log import APP_LOGGER
-from proxy.models import SLUG_PATTERN
 from proxy.services import Services
 from proxy.shadow.pairs import SinkUnavailable
-from proxy.web.admin_api import json_response
-from proxy.web.admin_auth import authorize
-from proxy.web.admin_formats import SINCE_NUMBER
-from proxy.web.keys import SERVICES
+from proxy.shadow.report import MeasureRow, ShadowReport, make_report
+from proxy.web import admin_models as api
+from proxy.web.admin_endpoint import Call, NoBody
+from proxy.web.admin_params import (
+    LATEST,
+    NoParams,
+    PairsQuery,
+    ReportQuery,
+    ShadowPath,
+    parse_since,
+)
 
 _log = logging.getLogger(APP_LOGGER)
 
-PREFIX = "/admin/v1"
 NDJSON = "application/x-ndjson"
-DEFAULT_LIMIT = 100
-MAX_LIMIT = 10_000
 HEARTBEAT_SECONDS = 15.0
 #: How often a quiet follow checks for a gone client or a draining process.
 _TICK = 1.0
 _FOLLOW_BUFFER = 1000
 _WRITE_BATCH = 64
-_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_SINCE = re.compile(SINCE_NUMBER)
-# A bare number this large is a unix timestamp (2001-09-09 onwards), not seconds ago.
-_EPOCH_FLOOR = 1e9
-LATEST = "latest"
 ROLLOUT_HEADER = "X-Promptproxy-Rollout"
-_ROLLOUT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-
-
-def parse_since(value: str | None, now: float) -> float | None:
-    """``since`` as unix seconds; None when absent."""
-    if value is None or not value.strip():
-        return None
-    text = value.strip()
-    match = _SINCE.fullmatch(text)
-    if match is not None:
-        number, unit = float(match.group(1)), match.group(2)
-        if not unit and number >= _EPOCH_FLOOR:
-            return number
-        return now - number * _UNITS[unit]
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        moment = None
-    if moment is None or moment.tzinfo is None:
-        raise InvalidRequest(
-            "`since` must be seconds ago (600), a duration (10m, 2h, 1d), a unix timestamp "
-            "or an ISO-8601 time with a zone (2026-11-24T10:00:00Z).",
-            param="since",
-        )
-    return moment.timestamp()
-
-
-def parse_limit(value: str | None) -> int:
-    if value is None:
-        return DEFAULT_LIMIT
-    # ASCII digits only: str.isdigit() also takes '²', which int() refuses.
-    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_LIMIT:
-        raise InvalidRequest(f"`limit` must be an integer from 1 to {MAX_LIMIT}.", param="limit")
-    return int(value)
-
-
-def parse_flag(value: str | None, name: str) -> bool:
-    if value is None:
-        return False
-    lowered = value.lower()
-    if lowered in ("true", "1", "yes"):
-        return True
-    if lowered in ("false", "0", "no", ""):
-        return False
-    raise InvalidRequest(f"`{name}` must be true or false.", param=name)
 
 
 async def _latest(services: Services, slug: str) -> tuple[str, bool]:
@@ -113,23 +69,16 @@ async def _latest(services: Services, slug: str) -> tuple[str, bool]:
     return found
 
 
-async def parse_rollout(services: Services, slug: str, value: str | None) -> str | None:
+async def _rollout_id(services: Services, slug: str, value: str | None) -> str | None:
     """The rollout id whose pairs to keep: None for all, ``latest`` resolved now."""
-    if value is None:
-        return None
     if value == LATEST:
         rollout_id, _ = await _latest(services, slug)
         return rollout_id
-    if not _ROLLOUT_ID.fullmatch(value):
-        raise InvalidRequest(
-            "`rollout` must be a rollout id or `latest` (the running rollout, else the last).",
-            param="rollout",
-        )
     return value
 
 
 def _line(record: dict[str, Any]) -> bytes:
-    return orjson.dumps(record) + b"\n"
+    return orjson.dumps(api.wire(api.ShadowPair.model_validate(record))) + b"\n"
 
 
 def _start() -> web.StreamResponse:
@@ -141,22 +90,19 @@ def _start() -> web.StreamResponse:
     return response
 
 
-async def shadow_pairs(request: web.Request) -> web.StreamResponse:
-    services: Services = request.app[SERVICES]
-    authorize(request, services.settings.admin_tokens, write=False)
-    slug = request.match_info["slug"]
-    if not SLUG_PATTERN.match(slug):
-        raise InvalidRequest("The prompt slug must match [A-Za-z0-9._-]{1,64}.", param="slug")
-    since = parse_since(request.query.get("since"), time.time())
-    limit = parse_limit(request.query.get("limit"))
-    follow = parse_flag(request.query.get("follow"), "follow")
-    rollout_id = await parse_rollout(services, slug, request.query.get("rollout"))
-    if follow:
-        return await _follow(request, services, slug, since, rollout_id)
+def _unavailable(exc: SinkUnavailable) -> ServiceUnavailable:
+    return ServiceUnavailable(f"The shadow pair store is unavailable: {exc}")
+
+
+async def shadow_pairs(call: Call[ShadowPath, PairsQuery, NoBody]) -> web.StreamResponse:
+    request, services, slug, query = call.request, call.services, call.path.slug, call.query
+    rollout_id = await _rollout_id(services, slug, query.rollout)
+    if query.follow:
+        return await _follow(request, services, slug, query.since, rollout_id)
     try:
-        records = await services.shadow.sink.read(slug, since, limit, rollout_id)
+        records = await services.shadow.sink.read(slug, query.since, query.limit, rollout_id)
     except SinkUnavailable as exc:
-        raise ServiceUnavailable(f"The shadow pair store is unavailable: {exc}") from None
+        raise _unavailable(exc) from None
     response = _start()
     if rollout_id is not None:
         response.headers[ROLLOUT_HEADER] = rollout_id
@@ -222,17 +168,73 @@ async def _follow(
     return response
 
 
-async def shadow_rollout(request: web.Request) -> web.Response:
+async def shadow_rollout(call: Call[ShadowPath, NoParams, NoBody]) -> api.ShadowRollout:
     """Which rollout ``rollout=latest`` selects now: the running one, else the last."""
-    services: Services = request.app[SERVICES]
-    authorize(request, services.settings.admin_tokens, write=False)
-    slug = request.match_info["slug"]
-    if not SLUG_PATTERN.match(slug):
-        raise InvalidRequest("The prompt slug must match [A-Za-z0-9._-]{1,64}.", param="slug")
-    rollout_id, running = await _latest(services, slug)
-    return json_response({"slug": slug, "rollout_id": rollout_id, "running": running})
+    slug = call.path.slug
+    rollout_id, running = await _latest(call.services, slug)
+    return api.ShadowRollout(slug=slug, rollout_id=rollout_id, running=running)
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_get(f"{PREFIX}/prompts/{{slug}}/shadow/pairs", shadow_pairs)
-    app.router.add_get(f"{PREFIX}/prompts/{{slug}}/shadow/rollout", shadow_rollout)
+def _measure(row: MeasureRow) -> api.MeasureReport:
+    m = row.verdict
+    return api.MeasureReport(
+        measure=m.measure,
+        result=m.result,
+        noise_mean=m.noise_mean,
+        candidate_mean=m.candidate_mean,
+        noise_n=m.noise_n,
+        candidate_n=m.candidate_n,
+        p_value=m.p_value,
+        effect=m.effect,
+        noise_p50=row.noise_p50,
+        noise_p95=row.noise_p95,
+        candidate_p50=row.candidate_p50,
+        candidate_p95=row.candidate_p95,
+        noise_bins=row.noise_bins,
+        candidate_bins=row.candidate_bins,
+    )
+
+
+def report_model(report: ShadowReport) -> api.ShadowReport:
+    return api.ShadowReport(
+        slug=report.slug,
+        rollout_id=report.rollout_id,
+        rollout_running=report.rollout_running,
+        since=report.since,
+        pairs=api.PairCounts(
+            stable=report.noise.pairs, candidate=report.candidate.pairs, skipped=report.skipped
+        ),
+        alpha=report.alpha,
+        margin=report.margin,
+        min_pairs=report.min_pairs,
+        result=report.verdict.result,
+        measures=[_measure(row) for row in report.rows()],
+    )
+
+
+async def shadow_report(call: Call[ShadowPath, ReportQuery, NoBody]) -> api.ShadowReport:
+    """The report of one rollout's pairs since ``since``: the one named, else the running
+    one, else the last (``rollout_running`` says which; null when named)."""
+    services, slug, query = call.services, call.path.slug, call.query
+    since = parse_since(query.since, time.time())
+    running: bool | None = None
+    if query.rollout is None or query.rollout == LATEST:
+        rollout_id, running = await _latest(services, slug)
+    else:
+        rollout_id = query.rollout
+    try:
+        report = await make_report(
+            services.shadow.sink,
+            slug,
+            rollout_id,
+            running,
+            query.since,
+            since,
+            query.limit,
+            alpha=query.alpha,
+            margin=query.margin,
+            min_pairs=query.min_pairs,
+        )
+    except SinkUnavailable as exc:
+        raise _unavailable(exc) from None
+    return report_model(report)

@@ -1,9 +1,10 @@
 """The `wait` of admin writes, and the `served` object of their answers.
 
-Every write endpoint takes `?wait=SECONDS` (above 0, at most 60): the answer then comes once
-every live replica serves the change, or the wait is over, and its `served` object says
-which replicas confirmed. Without it, `served` still says whether the answering process
-serves the change (it loads it before answering, unless the store failed just then).
+Every write endpoint takes `?wait=SECONDS` (above 0, at most 60; ``admin_params.WaitQuery``):
+the answer then comes once every live replica serves the change, or the wait is over, and
+its `served` object says which replicas confirmed. Without it, `served` still says whether
+the answering process serves the change (it loads it before answering, unless the store
+failed just then).
 """
 
 from __future__ import annotations
@@ -11,11 +12,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from aiohttp import web
-
-from proxy.errors import InvalidRequest
-from proxy.registry.service import check_wait
-from proxy.web.keys import SERVICES
+from proxy.registry.models import AuditEntry
+from proxy.services import Services
+from proxy.web import admin_models as api
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,25 +24,18 @@ class Wait:
     started: float
 
 
-def wait_of(request: web.Request) -> Wait:
-    """The `wait` query parameter, checked before anything is written; call it just
-    before the write."""
-    return Wait(_seconds(request), time.monotonic())
+def start(seconds: float | None) -> Wait:
+    """Call just before the write."""
+    return Wait(seconds, time.monotonic())
 
 
-def _seconds(request: web.Request) -> float | None:
-    raw = request.query.get("wait")
-    if raw is None or raw == "":
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        raise InvalidRequest(
-            "`wait` must be a number of seconds, e.g. wait=5.", param="wait", code="invalid_wait"
-        ) from None
-    return check_wait(value)
+async def served(services: Services, wait: Wait) -> api.Served:
+    found = await services.registry.served(wait.seconds, wait.started)
+    return api.Served.model_validate(found.to_dict())
 
 
-async def served(request: web.Request, wait: Wait) -> dict[str, object]:
-    registry = request.app[SERVICES].registry
-    return (await registry.served(wait.seconds, wait.started)).to_dict()
+async def written(services: Services, entry: AuditEntry, wait: Wait) -> api.AuditWritten:
+    """The answer of a write that made one audit entry."""
+    return api.AuditWritten.model_validate(
+        {**entry.to_dict(), "served": await served(services, wait)}
+    )

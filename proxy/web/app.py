@@ -5,16 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from proxy.services import Services
-from proxy.web import (
-    admin_api,
-    admin_fleet,
-    admin_registry,
-    admin_rollouts,
-    admin_routes,
-    admin_shadow,
-    feedback_routes,
-    proxy_routes,
-)
+from proxy.web import admin_routes, feedback_routes, proxy_routes
 from proxy.web.keys import SERVICES
 from proxy.web.middlewares import error_middleware
 
@@ -34,9 +25,4 @@ def build_admin_app(services: Services) -> web.Application:
     app = web.Application(middlewares=[error_middleware])
     app[SERVICES] = services
     admin_routes.add_routes(app)
-    admin_api.add_routes(app)
-    admin_shadow.add_routes(app)
-    admin_rollouts.add_routes(app)
-    admin_fleet.add_routes(app)
-    admin_registry.add_routes(app)
     return app

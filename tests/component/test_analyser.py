@@ -212,7 +212,8 @@ async def test_a_shadow_rollout_ramps_but_is_never_promoted_by_the_analyser(
 
 
 async def test_after_an_abort_the_failed_checks_stay_readable(services: Services) -> None:
-    from proxy.cli_rollout import _describe_ended
+    from proxy.cli.rollout import _describe_ended
+    from proxy.web import admin_models as api
 
     h = Harness(services)
     rollout = await h.start({})
@@ -223,7 +224,7 @@ async def test_after_an_abort_the_failed_checks_stay_readable(services: Services
     assert last is not None
     assert last["rollout_id"] == rollout.id
     assert last["verdicts"][0]["action"] == "abort"
-    text = _describe_ended(last)
+    text = _describe_ended(api.LastAnalysis.model_validate(last))
     assert "ended by the analyser (abort)" in text
     assert "error_rate" in text
     assert "fail" in text

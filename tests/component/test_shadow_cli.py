@@ -15,8 +15,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 from click.testing import CliRunner, Result
 
-from proxy import cli_shadow
 from proxy.cli import main
+from proxy.cli import shadow as cli_shadow
 from proxy.models import Route
 from proxy.services import Services
 from proxy.shadow.models import ArmResult, ShadowKind

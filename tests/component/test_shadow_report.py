@@ -25,7 +25,7 @@ from proxy.shadow.models import ArmResult, ShadowKind
 from proxy.shadow.pairs import Pair, PairMeta
 from tests.component.test_shadow_cli import cli
 from tests.processes import free_port
-from tests.support import Clients
+from tests.support import ADMIN, READER, Clients
 
 SLUG = "support"
 
@@ -176,6 +176,7 @@ async def test_json_output_counts_skipped_pairs_and_honours_the_thresholds(
     data = orjson.loads(default.output)
     assert data["pairs"] == {"stable": 12, "candidate": 12, "skipped": 2}
     assert data["result"] == "inconclusive"  # 12 < 30 pairs of a kind
+    assert "noise_bins" not in data["measures"][0]  # the chart's data stays out of the print
     assert [m["measure"] for m in data["measures"]] == [
         "text_distance",
         "length_drift",
@@ -271,3 +272,37 @@ async def test_errors_exit_non_zero(clients: Clients) -> None:
     assert "param: since" in bad_since.output
     bad_alpha = await cli(admin, "report", SLUG, "--rollout", "ro", "--alpha", "0.9")
     assert bad_alpha.exit_code == 2
+
+
+async def test_the_admin_api_computes_the_report(clients: Clients) -> None:
+    _, admin, services = clients
+    seeder = Seeder(services, 6)
+    seeder.noise(40)
+    seeder.candidate_off_track(40)
+    await seeder.stored()
+    url = f"/admin/v1/prompts/{SLUG}/shadow/report"
+
+    resp = await admin.get(url, params={"rollout": "ro", "min_pairs": "10"}, headers=READER)
+    assert resp.status == 200, await resp.text()
+    data = await resp.json()
+    assert (data["rollout_id"], data["rollout_running"], data["since"]) == ("ro", None, "1h")
+    assert data["pairs"] == {"stable": 40, "candidate": 40, "skipped": 0}
+    assert (data["min_pairs"], data["result"]) == (10, "fail")
+    text = data["measures"][0]
+    assert (text["measure"], text["result"]) == ("text_distance", "fail")
+    # The counts per bin a chart draws: 50 bins, as many values as pairs on each side.
+    assert len(text["noise_bins"]) == len(text["candidate_bins"]) == 50
+    assert sum(text["noise_bins"]) == text["noise_n"] == 40
+    assert sum(text["candidate_bins"]) == text["candidate_n"] == 40
+
+    bad = await admin.get(url, params={"rollout": "ro", "alpha": "0.9"}, headers=READER)
+    assert bad.status == 400
+    assert (await bad.json())["error"]["param"] == "alpha"
+    # No rollout named, and the prompt never had one: nothing to choose.
+    pushed = await admin.post(
+        f"/admin/v1/prompts/{SLUG}/versions", json={"template": "hi"}, headers=ADMIN
+    )
+    assert pushed.status == 201
+    latest = await admin.get(url, headers=READER)
+    assert latest.status == 404
+    assert (await latest.json())["error"]["code"] == "rollout_not_found"

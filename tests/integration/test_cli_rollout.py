@@ -12,8 +12,9 @@ from typing import Any
 import orjson
 import pytest
 
-from proxy.cli_rollout import describe_analysis_state
+from proxy.cli.rollout import describe_analysis_state
 from proxy.registry.analysis_policy import AnalysisPolicy
+from proxy.web import admin_models as api
 from tests.processes import ProxyProc, proxy
 
 pytestmark = pytest.mark.integration
@@ -276,7 +277,9 @@ STATE = {
 
 def test_status_renders_the_analysers_verdicts() -> None:
     policy = AnalysisPolicy(failure_limit=1, steps=(100, 500, 2500)).to_dict()
-    text = describe_analysis_state(STATE, policy)
+    text = describe_analysis_state(
+        api.AnalysisState.model_validate(STATE), api.AnalysisPolicy.model_validate(policy)
+    )
     lines = text.splitlines()
     assert "  step        2 of 3 (5%)" in lines
     assert "  failures    1 (tolerated: 1)" in lines
@@ -320,9 +323,10 @@ def test_status_renders_the_analysers_verdicts() -> None:
 
 
 def test_status_before_the_first_verdict() -> None:
+    state = {"step": None, "failures": 0, "next_at": 1732450060.0, "holder": None, "verdicts": []}
     text = describe_analysis_state(
-        {"step": None, "failures": 0, "next_at": 1732450060.0, "holder": None, "verdicts": []},
-        AnalysisPolicy().to_dict(),
+        api.AnalysisState.model_validate(state),
+        api.AnalysisPolicy.model_validate(AnalysisPolicy().to_dict()),
     )
     assert "  step        no steps" in text
     assert "no replica holds it" in text

@@ -1,6 +1,7 @@
 """`promptproxy serve` that cannot work says so in one line and exits non-zero: a busy port,
 an upstream on this machine nobody listens on, a simulator on another port than the
-upstream. Real processes on 127.0.0.1; the ports are held open by the test."""
+upstream, a store whose backend cannot serve the configuration. Real processes on
+127.0.0.1; the ports are held open by the test."""
 
 from __future__ import annotations
 
@@ -37,10 +38,12 @@ def serve(
     admin_port: int | None = None,
     upstream: str | None = None,
     config: str | None = None,
+    store: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run `serve` to its end (ports not given are free ones). A proxy that starts anyway
     would run until the timeout, which fails the test."""
-    argv = ["serve", "--host", "127.0.0.1", "--store", f"embedded:{tmp_path / 'registry.db'}"]
+    store = store or f"embedded:{tmp_path / 'registry.db'}"
+    argv = ["serve", "--host", "127.0.0.1", "--store", store]
     argv += ["--port", str(port or free_port()), "--admin-port", str(admin_port or free_port())]
     if upstream is not None:
         argv += ["--upstream", upstream]
@@ -116,3 +119,20 @@ def test_a_simulator_on_another_port_than_the_upstream_is_a_config_error(tmp_pat
     assert len(problems) == 1
     assert f"simulator.port is {sim_port}" in problems[0]
     assert f"upstream.base_url (http://localhost:{upstream_port}/v1)" in problems[0]
+
+
+def test_pair_files_with_a_shared_store_are_refused_before_anything_opens(
+    tmp_path: Path, sim_url: str
+) -> None:
+    # Nothing listens on the Redis port: the refusal comes before any connection.
+    store = f"redis://127.0.0.1:{dead_port()}/0"
+    result = serve(
+        tmp_path, upstream=sim_url, store=store, config="shadow:\n  sink:\n    kind: files\n"
+    )
+    assert result.returncode == 2
+    problems = [line for line in error_lines(result) if line.startswith("  - ")]
+    assert problems == [
+        "  - shadow.sink.kind: `files` keeps each replica's pairs on its own disk (`shadow "
+        f"tail|export|report` would see one replica's share), but registry.store is {store} "
+        "(Redis), shared by replicas: use `auto` (pairs in Redis)"
+    ]

@@ -28,6 +28,7 @@ from proxy.registry.store import PromptStore
 from proxy.tasks import BackgroundTasks
 from tests.registry.conftest import StoreFactory
 from tests.registry.helpers import T0, draft, push
+from tests.registry.pg_stores import drop_schema
 
 
 @dataclass
@@ -52,13 +53,15 @@ def _replica(name: str, store: PromptStore, board_file: Path) -> Replica:
 
 
 async def _empty(factory: StoreFactory) -> None:
-    """FLUSHALL, or the registry file gone (a lost volume)."""
+    """FLUSHALL, the registry file gone (a lost volume), or the server back empty."""
     if factory.kind == "redis":
         client = redis.asyncio.Redis.from_url(factory.redis_url)
         try:
             await client.flushall()
         finally:
             await client.aclose()
+    elif factory.kind == "postgres":
+        await drop_schema(factory.postgres_url, factory.prefix)
     else:
         assert factory.db_path is not None
         _delete_db(factory.db_path)
@@ -121,7 +124,7 @@ async def test_a_replica_started_after_the_loss_waits_for_the_restore(
         with pytest.raises(Conflict) as refused:
             await b.service.push(draft("a new registry at v1?", slug="greet"), "bob")
         assert refused.value.code == "registry_store_replaced"
-        if store_factory.kind == "redis":
+        if store_factory.kind != "embedded":
             assert await b.store.generation() is None  # nothing stamped into the emptied store
         assert b.heartbeat.beat().state == "replaced"
 

@@ -1,5 +1,5 @@
-"""The fleet boards on a real redis-server and a real SQLite file: what one process writes,
-another reads, with ages from one clock; gone replicas are forgotten."""
+"""The fleet boards on a real redis-server, a real PostgreSQL and a real SQLite file: what one
+process writes, another reads, with ages from one clock; gone replicas are forgotten."""
 
 from __future__ import annotations
 
@@ -13,15 +13,17 @@ from redis.asyncio import Redis
 
 from proxy.registry.fleet import FleetBoard, FleetError, ReplicaBeat
 from proxy.registry.fleet_embedded import EmbeddedFleetBoard, board_path
+from proxy.registry.fleet_postgres import PostgresBoard
 from proxy.registry.fleet_redis import RedisFleetBoard
 from tests.redis_server import RedisServer
+from tests.registry.pg_stores import open_pool
 
 
 def beat(name: str, revision: int) -> ReplicaBeat:
     return ReplicaBeat(name, "host", 7, "0.1.0", revision, 1.5, 0.25, True)
 
 
-@pytest.fixture(params=["embedded", "redis"])
+@pytest.fixture(params=["embedded", "redis", "postgres"])
 async def boards(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[tuple[FleetBoard, FleetBoard]]:
@@ -29,6 +31,19 @@ async def boards(
     if request.param == "embedded":
         path = board_path(tmp_path / "registry.db")
         yield EmbeddedFleetBoard(path, 60.0), EmbeddedFleetBoard(path, 60.0)
+        return
+    if request.param == "postgres":
+        url: str = request.getfixturevalue("registry_postgres_url")
+        schema = f"test_{uuid.uuid4().hex[:8]}"
+        pools = [await open_pool(url, schema), await open_pool(url, schema)]
+        try:
+            yield (
+                await PostgresBoard.open(pools[0], schema=schema, forget_seconds=60.0),
+                await PostgresBoard.open(pools[1], schema=schema, forget_seconds=60.0),
+            )
+        finally:
+            for pool in pools:
+                await pool.close()
         return
     server: RedisServer = request.getfixturevalue("redis_server")
     prefix = f"test-{uuid.uuid4().hex[:8]}:"

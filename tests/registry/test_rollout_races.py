@@ -84,6 +84,9 @@ async def main() -> None:
     if kind == "embedded":
         from proxy.registry.embedded_store import EmbeddedStore
         store = await EmbeddedStore.open(Path(location))
+    elif kind == "postgres":
+        from tests.registry.pg_stores import open_store
+        store = await open_store(location, prefix)
     else:
         from proxy.registry.redis_store import RedisStore
         store = RedisStore.from_url(location, prefix=prefix)

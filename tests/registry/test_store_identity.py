@@ -1,4 +1,4 @@
-"""A store that lost its data is not an empty registry (both stores).
+"""A store that lost its data is not an empty registry (every store).
 
 A store instance binds to the generation it first reads or creates. Emptied (FLUSHALL, a
 deleted file), replaced (another registry) or put back to an older copy, the store raises
@@ -28,6 +28,7 @@ from proxy.registry.snapshot import SnapshotHolder, SnapshotRefresher
 from proxy.registry.store import InvalidTransition, PromptStore, StoreReplaced
 from tests.registry.conftest import StoreFactory
 from tests.registry.helpers import T0, draft, push
+from tests.registry.pg_stores import drop_schema
 
 
 def _drop_wal(path: Path) -> None:
@@ -44,9 +45,12 @@ async def _flushall(factory: StoreFactory) -> None:
 
 
 async def _empty(factory: StoreFactory, tmp_path: Path) -> None:
-    """What an operator's accident does: FLUSHALL, or the file gone (a lost volume)."""
+    """What an operator's accident does: FLUSHALL, the file gone (a lost volume), or a
+    PostgreSQL server back empty (the schema gone)."""
     if factory.kind == "redis":
         await _flushall(factory)
+    elif factory.kind == "postgres":
+        await drop_schema(factory.postgres_url, factory.prefix)
     else:
         assert factory.db_path is not None
         factory.db_path.unlink()
@@ -55,8 +59,8 @@ async def _empty(factory: StoreFactory, tmp_path: Path) -> None:
 
 async def _replace(factory: StoreFactory, tmp_path: Path) -> None:
     """Another registry where this one was: a wrong database, another volume."""
-    if factory.kind == "redis":
-        await _flushall(factory)
+    if factory.kind in ("redis", "postgres"):
+        await _empty(factory, tmp_path)
         other = await factory.new()
         await push(other, "someone else's prompt", slug="other")
     else:
@@ -102,7 +106,7 @@ async def test_a_lost_store_is_reported_and_refuses_every_write(
         with pytest.raises(StoreReplaced):
             await write()
         assert "greet" not in await store.list_slugs(), f"{name} wrote into the lost store"
-    if accident is _empty and store_factory.kind == "redis":
+    if accident is _empty and store_factory.kind != "embedded":
         assert await store.generation() is None  # no new registry started either
 
 
@@ -198,7 +202,8 @@ async def test_a_replica_keeps_serving_a_lost_store_and_restores_it(
     assert refused.value.code == "registry_store_replaced"
     assert "restore" in refused.value.message
 
-    overwrite = store_factory.kind == "redis" and accident is _replace
+    # A server's store can be replaced whole; the embedded file's history cannot.
+    overwrite = store_factory.kind != "embedded" and accident is _replace
     if overwrite:
         # Another registry's prompts: only an explicit overwrite replaces them.
         with pytest.raises(Conflict) as refused:

@@ -1,5 +1,6 @@
-"""The analysis Redis client keeps the retry policy it was given (redis-py 8 converts, and
-warns about, a synchronous Retry handed to the asyncio client)."""
+"""The Redis client the background parts share (analysis, fleet board, feedback index)
+keeps the retry policy it was given (redis-py 8 converts, and warns about, a synchronous
+Retry handed to the asyncio client)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,13 @@ import warnings
 
 from redis.asyncio.retry import Retry
 
-from proxy.analysis.setup import _client
+from proxy.backends.redis import shared_client
 
 
 async def test_the_analysis_client_is_built_with_an_asyncio_retry() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        client = _client("redis://127.0.0.1:1/0")
+        client = shared_client("redis://127.0.0.1:1/0")
     try:
         assert isinstance(client.get_retry(), Retry)
     finally:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from proxy.cli_fleet import _describe
+from proxy.cli.fleet import _describe
+from proxy.web import admin_models as api
 
 
 def _row(name: str, state: str, generation: str | None, behind: int | None) -> dict[str, Any]:
@@ -38,7 +39,7 @@ def test_the_table_shows_each_replicas_state_and_no_behind_across_registries() -
             _row("b", "replaced", "0123456789abcdef", None),
         ],
     }
-    lines = _describe(status).splitlines()
+    lines = _describe(api.FleetStatus.model_validate(status)).splitlines()
     assert "store revision 0 (generation -)" in lines[0]
     assert lines[1].split()[:3] == ["REPLICA", "STATE", "GENERATION"]
     assert lines[2].split()[:7] == ["a", "*", "replaced", "01234567", "3", "40", "-"]

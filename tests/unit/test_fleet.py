@@ -8,8 +8,14 @@ from collections.abc import Callable
 import orjson
 import pytest
 
-from proxy.cli_served import describe_served
-from proxy.registry.fleet import BoardRead, Fleet, FleetError, ReplicaBeat, ReplicaView
+from proxy.cli.served import describe_served
+from proxy.registry.fleet import BoardRead, Fleet, FleetError, FleetWait, ReplicaBeat, ReplicaView
+from proxy.web import admin_models as api
+
+
+def served(result: FleetWait) -> api.Served:
+    """What a write answers once it waited for ``result``."""
+    return api.Served.model_validate({"revision": 2, "here": True, "fleet": result.to_dict()})
 
 
 def beat(name: str, revision: int) -> ReplicaBeat:
@@ -95,7 +101,7 @@ async def test_waits_until_every_live_replica_serves_the_revision(
     assert result.complete
     assert (len(result.confirmed), len(result.replicas)) == (3, 3)
     assert 0.041 <= result.elapsed < 0.06
-    line, warnings = describe_served("v2", {"here": True, "fleet": result.to_dict()})
+    line, warnings = describe_served("v2", served(result))
     assert line == [f"v2 served by 3/3 replicas after {round(result.elapsed * 1000)} ms"]
     assert warnings == []
 
@@ -111,7 +117,7 @@ async def test_a_replica_that_does_not_confirm_is_named_after_the_timeout(
     assert result.confirmed == ("a", "b")
     assert [name for name, _ in result.missing] == ["frozen"]
     assert result.elapsed == pytest.approx(2.0)
-    (line,), _ = describe_served("v2", {"here": True, "fleet": result.to_dict()})
+    (line,), _ = describe_served("v2", served(result))
     assert line.startswith("v2 served by 2/3 replicas after 2000 ms; not confirmed within 2 s:")
     assert "frozen (serves revision 1, last heartbeat 3.5 s ago)" in line
 
@@ -160,7 +166,7 @@ async def test_a_board_that_cannot_be_read_is_reported_not_raised(
     result = await fleet(board, clock).wait(2, 1.0, here=True)
     assert not result.complete
     assert result.error == "board down"
-    out, warnings = describe_served("v2", {"here": True, "fleet": result.to_dict()})
+    out, warnings = describe_served("v2", served(result))
     assert out == []
     assert warnings == ["warning: could not check the replicas: board down"]
 
@@ -178,7 +184,9 @@ async def test_replicas_lists_every_entry_with_its_age_and_liveness(
 
 
 def test_a_process_that_does_not_serve_its_own_write_says_so() -> None:
-    out, warnings = describe_served("v2", {"revision": 7, "here": False, "fleet": None})
+    out, warnings = describe_served(
+        "v2", api.Served.model_validate({"revision": 7, "here": False, "fleet": None})
+    )
     assert out == []
     assert "does not serve this change yet" in warnings[0]
 

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import orjson
-import pytest
 from prometheus_client import CollectorRegistry
 
-from proxy.config import ConfigError, RegistryConfig, ShadowConfig
 from proxy.metrics import ProxyMetrics
 from proxy.models import Route
 from proxy.shadow.metrics import ShadowMetrics
 from proxy.shadow.models import ArmResult, ShadowKind, ShadowRequest, ToolCall
-from proxy.shadow.pairs import Pair, open_pair_sink
-from proxy.shadow.sink_files import FilePairSink
-from proxy.shadow.sink_redis import RedisPairSink
+from proxy.shadow.pairs import Pair
 
 SECRET = "sk-CANARYabcdef1234567890"
 
@@ -85,19 +80,6 @@ def test_a_pair_without_its_primary_says_so() -> None:
     pair = Pair.build(shadow_request(), None, ArmResult(version=2), time.time())
     assert not pair.paired
     assert orjson.loads(pair.to_json())["primary"] is None
-
-
-def test_the_sink_follows_the_registry_store(tmp_path: Path) -> None:
-    embedded = RegistryConfig(store=f"embedded:{tmp_path}/r.db")
-    redis = RegistryConfig(store="redis://127.0.0.1:1/0")
-    files_cfg = ShadowConfig.model_validate({"sink": {"dir": str(tmp_path)}})
-    assert isinstance(open_pair_sink(files_cfg, embedded), FilePairSink)
-    assert isinstance(open_pair_sink(files_cfg, redis), RedisPairSink)  # no I/O until used
-    forced = ShadowConfig.model_validate({"sink": {"kind": "files", "dir": str(tmp_path)}})
-    assert isinstance(open_pair_sink(forced, redis), FilePairSink)
-    wrong = ShadowConfig.model_validate({"sink": {"kind": "redis"}})
-    with pytest.raises(ConfigError, match="redis"):
-        open_pair_sink(wrong, embedded)
 
 
 def test_metric_labels_stay_bounded() -> None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from proxy.cli_prompts import _served_at
+from proxy.cli.prompts import _served_at
 from proxy.registry.history import RolloutAt, StateAt, state_at
 from proxy.registry.models import AuditEntry, Status
+from proxy.web import admin_models as api
 
 
 def entry(seq: int, at: float, action: str, version: int, **kw: Any) -> AuditEntry:
@@ -24,14 +25,20 @@ def test_an_entry_without_rollout_facts_answers_unknown_rather_than_guessing() -
     assert state_at(entries, 35.0) == StateAt(1, RolloutAt(None, 2, None, None, None, 20, 30))
 
 
+def served_at(rollout: dict[str, Any]) -> api.ServedAt:
+    return api.ServedAt.model_validate(
+        {"slug": "greet", "at": "T", "prod_version": 1, "rollout": rollout}
+    )
+
+
 def test_the_cli_line_says_unknown_for_what_an_old_entry_lacks() -> None:
     rollout = RolloutAt(None, 2, "canary", None, None, 20.0, 30.0).to_dict()
-    line = _served_at("greet", "T", {"prod_version": 1, "rollout": rollout})
+    line = _served_at(served_at(rollout))
     assert line.startswith("greet at T: prod version 1; canary of version 2 serving an unknown")
     assert "sticky unknown (rollout unknown," in line
 
 
 def test_the_cli_line_of_a_shadow_says_callers_got_prod() -> None:
     rollout = RolloutAt("r", 3, "shadow", 20.0, "user", 20.0, 20.0).to_dict()
-    line = _served_at("greet", "T", {"prod_version": 1, "rollout": rollout})
+    line = _served_at(served_at(rollout))
     assert "shadow of version 3: callers served prod, 20% of requests copied to it" in line

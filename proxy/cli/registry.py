@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 import orjson
 
-from proxy.cli_prompts import Context, _run, admin_options, pass_ctx
+from proxy.cli.context import Context, admin_options, pass_ctx
+from proxy.cli.output import run
+from proxy.web import admin_models as api
 
 _OVERWRITE_HELP = (
     "Replace the prompts the store holds (another registry's, or newer changes of this "
@@ -27,20 +28,20 @@ def registry() -> None:
     """The registry store: identity, restore after a loss, export and import (backups)."""
 
 
-def _status_line(data: Any) -> str:
+def _status_line(data: api.RegistryStatus) -> str:
     line = (
-        f"state: {data['state']}\ngeneration: {data['generation']}\n"
-        f"revision: {data['revision']}\nprompts: {data['prompts']}"
+        f"state: {data.state}\ngeneration: {data.generation}\n"
+        f"revision: {data.revision}\nprompts: {data.prompts}"
     )
-    return line + (f"\nproblem: {data['problem']}" if data.get("problem") else "")
+    return line + (f"\nproblem: {data.problem}" if data.problem else "")
 
 
-def _result_line(data: Any) -> str:
-    if data["unchanged"]:
-        return f"unchanged: the store already holds this registry (revision {data['revision']})"
+def _result_line(data: api.RestoreResult) -> str:
+    if data.unchanged:
+        return f"unchanged: the store already holds this registry (revision {data.revision})"
     return (
-        f"restored {data['prompts']} prompts ({data['versions']} versions) from the "
-        f"{data['source']}, generation {data['generation']}, now at revision {data['revision']}"
+        f"restored {data.prompts} prompts ({data.versions} versions) from the "
+        f"{data.source}, generation {data.generation}, now at revision {data.revision}"
     )
 
 
@@ -48,7 +49,7 @@ def _result_line(data: Any) -> str:
 @pass_ctx
 def status(ctx: Context) -> None:
     """Whether the store is the registry this replica serves (state ok or replaced)."""
-    _run(lambda: ctx.emit(ctx.client.registry_status(), _status_line))
+    run(lambda: ctx.emit(ctx.client.registry_status(), _status_line))
 
 
 @registry.command()
@@ -63,7 +64,7 @@ def status(ctx: Context) -> None:
 @pass_ctx
 def restore(ctx: Context, from_replica: bool, reason: str, overwrite: bool) -> None:
     """Restore a lost store (emptied or replaced) from a replica's snapshot."""
-    _run(lambda: ctx.emit(ctx.client.restore_registry(reason, overwrite), _result_line))
+    run(lambda: ctx.emit(ctx.client.restore_registry(reason, overwrite), _result_line))
 
 
 @registry.command("export")
@@ -74,11 +75,10 @@ def export_(ctx: Context, file: Path) -> None:
 
     def action() -> None:
         image = ctx.client.export_registry()
-        file.write_bytes(orjson.dumps(image, option=orjson.OPT_INDENT_2))
-        versions = len(image["versions"])
-        click.echo(f"exported {versions} versions, revision {image['revision']} to {file}")
+        file.write_bytes(orjson.dumps(api.wire(image), option=orjson.OPT_INDENT_2))
+        click.echo(f"exported {len(image.versions)} versions, revision {image.revision} to {file}")
 
-    _run(action)
+    run(action)
 
 
 @registry.command("import")
@@ -93,4 +93,4 @@ def import_(ctx: Context, file: Path, reason: str, overwrite: bool) -> None:
     except orjson.JSONDecodeError as exc:
         click.echo(f"error: {file} is not JSON: {exc}", err=True)
         sys.exit(1)
-    _run(lambda: ctx.emit(ctx.client.import_registry(image, reason, overwrite), _result_line))
+    run(lambda: ctx.emit(ctx.client.import_registry(image, reason, overwrite), _result_line))

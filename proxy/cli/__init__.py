@@ -1,4 +1,9 @@
-"""The `promptproxy` command. `python -m proxy` is the same."""
+"""The `promptproxy` command. `python -m proxy` is the same.
+
+Serving imports the server only when `serve` runs, and the simulated provider only when
+`simulate` runs; the admin commands (prompts, rollout, shadow, fleet, registry) talk to the
+admin API through ``proxy.cli.client``.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +14,14 @@ from typing import Any
 import click
 
 from proxy import __version__
-from proxy.cli_context import admin_options
-from proxy.cli_fleet import fleet
-from proxy.cli_prompts import prompts
-from proxy.cli_registry import registry
-from proxy.cli_rollout import rollout
-from proxy.cli_shadow import shadow
+
+# The groups under other names: `proxy.cli.shadow` must stay the module (tests patch it).
+from proxy.cli.context import admin_options
+from proxy.cli.fleet import fleet as fleet_command
+from proxy.cli.prompts import prompts as prompts_group
+from proxy.cli.registry import registry as registry_group
+from proxy.cli.rollout import rollout as rollout_group
+from proxy.cli.shadow import shadow as shadow_group
 from proxy.config import ConfigError, Settings, load_config
 
 
@@ -52,7 +59,8 @@ def main() -> None:
 @click.option(
     "--store",
     envvar="PROMPTPROXY_STORE",
-    help="Registry store: embedded:PATH (default) or redis://host:port/db.",
+    help="Where shared state lives: embedded:PATH (default), redis://host:port/db or "
+    "postgresql://user@host/db.",
 )
 def serve(
     config_path: Path | None,
@@ -133,11 +141,11 @@ def simulate(
         pass
 
 
-main.add_command(prompts)
-main.add_command(rollout)
-main.add_command(shadow)
-main.add_command(fleet)
-main.add_command(registry)
+main.add_command(prompts_group)
+main.add_command(rollout_group)
+main.add_command(shadow_group)
+main.add_command(fleet_command)
+main.add_command(registry_group)
 
 
 @main.group("config")
@@ -148,6 +156,15 @@ def config_group() -> None:
 @config_group.command("check")
 @click.argument("path", type=click.Path(path_type=Path, dir_okay=False, exists=True))
 def config_check(path: Path) -> None:
-    """Validate a config file; exit 2 listing every problem by field path."""
+    """Validate a config file; exit 2 listing every problem by field path. Says which
+    backend the store names and whether replicas share it."""
+    from proxy.backends.kinds import describe_store
+
     settings = _load(path, {})
-    click.echo(f"{path}: OK (upstream {settings.config.upstream.base_url})")
+    config = settings.config
+    backend = config.registry.backend
+    scope = "shared by replicas" if backend.shared else "one process"
+    click.echo(
+        f"{path}: OK (upstream {config.upstream.base_url}; "
+        f"store {describe_store(config.registry.store)}: {backend.label}, {scope})"
+    )

@@ -6,16 +6,18 @@ people, `--output json` for scripts, any error exits non-zero.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import click
 import yaml
 
-from proxy.admin_client import AdminError
-from proxy.cli_prompts import Context, _run, _when, admin_options, pass_ctx, table
-from proxy.cli_served import report_served, wait_options, wait_seconds
+from proxy.cli.client import AdminError
+from proxy.cli.context import Context, admin_options, pass_ctx
+from proxy.cli.output import run, table, when
+from proxy.cli.served import report_served, wait_options, wait_seconds
+from proxy.registry.models import RolloutMode
+from proxy.web import admin_models as api
 
 
 @click.group("rollout")
@@ -24,49 +26,51 @@ def rollout() -> None:
     """Try a candidate version on real traffic: canary, shadow, ramp, promote, abort."""
 
 
-def _row(r: dict[str, Any]) -> tuple[Any, ...]:
+def _row(r: api.Rollout) -> tuple[Any, ...]:
     return (
-        r["slug"],
-        r["mode"],
-        f"v{r['candidate']}",
-        f"{r['percent']:g}%",
-        r["sticky"],
-        _when(r["started_at"]),
-        r["actor"],
+        r.slug,
+        r.mode,
+        f"v{r.candidate}",
+        f"{r.percent:g}%",
+        r.sticky,
+        when(r.started_at),
+        r.actor,
     )
 
 
 _HEADERS = ("SLUG", "MODE", "CANDIDATE", "PERCENT", "STICKY", "STARTED", "BY")
 
 
-def _describe(r: dict[str, Any]) -> str:
-    prod = r.get("prod_version")
+def _describe(r: api.RolloutView) -> str:
+    prod = r.prod_version
     lines = [
-        f"{r['slug']}: {r['mode']} rollout of v{r['candidate']} at {r['percent']:g}% "
+        f"{r.slug}: {r.mode} rollout of v{r.candidate} at {r.percent:g}% "
         f"(stable: {'v' + str(prod) if prod else 'none'})",
-        f"  sticky on   {r['sticky']}",
-        f"  rollout id  {r['id']}",
-        f"  started     {_when(r['started_at'])} by {r['actor']}",
-        f"  updated     {_when(r['updated_at'])}",
+        f"  sticky on   {r.sticky}",
+        f"  rollout id  {r.id}",
+        f"  started     {when(r.started_at)} by {r.actor}",
+        f"  updated     {when(r.updated_at)}",
     ]
-    policy = r.get("analysis")
+    policy = r.analysis
     lines.extend(
-        describe_policy(policy, r["mode"]) if policy else ["  analysis    none (manual rollout)"]
+        describe_policy(policy, r.mode) if policy else ["  analysis    none (manual rollout)"]
     )
-    if r.get("analysis_state"):
-        lines.append(describe_analysis_state(r["analysis_state"], policy or {}))
+    state = r.analysis_state if isinstance(r, api.RolloutStatus) else None
+    if state is not None:
+        lines.append(describe_analysis_state(state, policy))
     return "\n".join(lines)
 
 
-def _describe_ended(last: dict[str, Any]) -> str:
+def _describe_ended(last: api.LastAnalysis) -> str:
     """The last analysed rollout of a slug that has none running (aborted, promoted)."""
-    verdicts = last.get("verdicts") or []
-    head = f"{last['slug']}: no rollout running; the last analysed one was {last['rollout_id']}"
-    action = next((v.get("action") for v in verdicts if v.get("action")), None)
+    head = f"{last.slug}: no rollout running; the last analysed one was {last.rollout_id}"
+    action = next((v.action for v in last.verdicts if v.action), None)
     if action in ("abort", "promote"):
         head += f", ended by the analyser ({action})"
-    state = {**last, "holder": None, "next_at": None, "step": None}
-    body = describe_analysis_state(state, {})
+    state = api.AnalysisState(
+        step=None, failures=last.failures, next_at=0.0, holder=None, verdicts=last.verdicts
+    )
+    body = describe_analysis_state(state, None)
     # Step, next verdict and lease belong to a running rollout only.
     running_only = ("  step", "  next", "  lease")
     kept = [line for line in body.splitlines() if not line.startswith(running_only)]
@@ -81,35 +85,34 @@ def _num(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-def describe_policy(p: Mapping[str, Any], mode: str = "canary") -> list[str]:
-    """A policy (the API's JSON shape) in two lines: its rhythm, then its checks."""
-    steps = p.get("steps") or []
-    limit = int(p.get("failure_limit", 0))
+def describe_policy(p: api.AnalysisPolicy, mode: RolloutMode = RolloutMode.CANARY) -> list[str]:
+    """A policy in two lines: its rhythm, then its checks."""
+    limit = p.failure_limit
     tolerance = (
         "aborts on the first failed verdict"
         if limit == 0
         else f"tolerates {limit} failed verdict{'s' if limit > 1 else ''}"
     )
-    ramp = " -> ".join(f"{s:g}%" for s in steps) if steps else "none (never ramps by itself)"
-    t = p.get("thresholds") or {}
+    ramp = " -> ".join(f"{s:g}%" for s in p.steps) if p.steps else "none (never ramps by itself)"
+    t = p.thresholds
     checks = [
-        f"{label}{t[key]:g}"
-        for key, label in (
-            ("error_rate_increase", "error rate +"),
-            ("p95_latency_ratio", "p95 latency x"),
-            ("p95_ttft_ratio", "p95 TTFT x"),
-            ("length_finish_increase", "length finishes +"),
-            ("answer_length_drift", "answer length ±"),
+        f"{label}{value:g}"
+        for value, label in (
+            (t.error_rate_increase, "error rate +"),
+            (t.p95_latency_ratio, "p95 latency x"),
+            (t.p95_ttft_ratio, "p95 TTFT x"),
+            (t.length_finish_increase, "length finishes +"),
+            (t.answer_length_drift, "answer length ±"),
         )
-        if t.get(key) is not None
+        if value is not None
     ]
-    if t.get("shadow_divergence") and mode == "shadow":
+    if t.shadow_divergence and mode is RolloutMode.SHADOW:
         checks.append("shadow divergence")
-    if feedback := t.get("feedback_drop"):
-        checks.append(f"feedback {feedback['name']} -{feedback['max_drop']:g}")
+    if feedback := t.feedback_drop:
+        checks.append(f"feedback {feedback.name} -{feedback.max_drop:g}")
     return [
-        f"  analysis    every {p.get('interval', 60):g}s, {p.get('min_samples')} samples per "
-        f"arm, alpha {p.get('alpha', 0.01):g}, {tolerance}; steps {ramp}",
+        f"  analysis    every {p.interval:g}s, {p.min_samples} samples per "
+        f"arm, alpha {p.alpha:g}, {tolerance}; steps {ramp}",
         f"  checks      {', '.join(checks) if checks else 'none'}",
     ]
 
@@ -120,68 +123,69 @@ _CHECK_HEADERS = ("CHECK", "RESULT", "STABLE", "CANDIDATE", "LIMIT", "P-VALUE", 
 _SHOWN_VERDICTS = 10
 
 
-def describe_analysis_state(state: Mapping[str, Any], policy: Mapping[str, Any]) -> str:
+def describe_analysis_state(state: api.AnalysisState, policy: api.AnalysisPolicy | None) -> str:
     """The analyser's state of one rollout: where it is, then its last verdicts (newest
-    first), then the checks of the newest one."""
-    steps = policy.get("steps") or []
-    step = state.get("step")
+    first), then the checks of the newest one. ``policy`` None: a rollout that ended."""
+    steps = [] if policy is None else policy.steps
+    step = state.step
     if step is None:
         where = "before the first step" if steps else "no steps"
     else:
         percent = f" ({steps[step]:g}%)" if 0 <= step < len(steps) else ""
         where = f"{step + 1} of {len(steps)}{percent}"
+    tolerated = 0 if policy is None else policy.failure_limit
     lines = [
         f"  step        {where}",
-        f"  failures    {state.get('failures', 0)} (tolerated: {policy.get('failure_limit', 0)})",
-        f"  next        {_when(state.get('next_at'))}",
-        f"  lease       {state.get('holder') or 'no replica holds it'}",
+        f"  failures    {state.failures} (tolerated: {tolerated})",
+        f"  next        {when(state.next_at)}",
+        f"  lease       {state.holder or 'no replica holds it'}",
     ]
-    verdicts = state.get("verdicts") or []
+    verdicts = state.verdicts
     if not verdicts:
         lines.append("  no verdict yet")
         return "\n".join(lines)
     rows = [
         (
-            _when(v.get("at")),
-            v.get("verdict"),
-            f"{v['percent']:g}%" if v.get("percent") is not None else None,
-            (v.get("samples") or {}).get("stable"),
+            when(v.at),
+            v.verdict,
+            f"{v.percent:g}%" if v.percent is not None else None,
+            (v.samples or {}).get("stable"),
             # The candidate arm: `canary`, or `shadow` for a shadow rollout.
-            (v.get("samples") or {}).get("canary", (v.get("samples") or {}).get("shadow")),
-            v.get("action"),
+            (v.samples or {}).get("canary", (v.samples or {}).get("shadow")),
+            v.action,
         )
         for v in verdicts[:_SHOWN_VERDICTS]
     ]
     newest = verdicts[0]
     checks = [
         (
-            c.get("name"),
-            c.get("result"),
-            _num(c.get("stable")),
-            _num(c.get("candidate")),
-            _num(c.get("limit")),
-            _num(c.get("p_value"), 2),
-            c.get("note") or "",
+            c.name,
+            c.result,
+            _num(c.stable),
+            _num(c.candidate),
+            _num(c.limit),
+            _num(c.p_value, 2),
+            c.note or "",
         )
-        for c in newest.get("checks") or []
+        for c in newest.checks or []
     ]
     lines += ["", table(rows, _VERDICT_HEADERS)]
     if checks:
-        lines += ["", f"checks of the verdict at {_when(newest.get('at'))}:"]
+        lines += ["", f"checks of the verdict at {when(newest.at)}:"]
         lines.append(table(checks, _CHECK_HEADERS))
     return "\n".join(lines)
 
 
-def _audit_line(e: dict[str, Any]) -> str:
-    detail = e.get("detail") or {}
-    percent = f" at {detail['percent']:g}%" if "percent" in detail else ""
+def _audit_line(e: api.AuditEntry) -> str:
+    detail = api.RolloutDetail.model_validate(e.detail or {})
+    percent = f" at {detail.percent:g}%" if detail.percent is not None else ""
     moved = (
-        f", v{e['version']} {e['from_status']} -> {e['to_status']}"
-        if e.get("to_status") and e.get("from_status") != e.get("to_status")
+        f", v{e.version} {e.from_status} -> {e.to_status}"
+        if e.to_status and e.from_status != e.to_status
         else ""
     )
-    reason = f" ({e['reason']})" if e.get("reason") else ""
-    return f"{e['slug']}: {e['action']}{percent}{moved} by {e['actor']}{reason}"
+    reason = f" ({e.reason})" if e.reason else ""
+    return f"{e.slug}: {e.action}{percent}{moved} by {e.actor}{reason}"
 
 
 @rollout.command()
@@ -213,13 +217,13 @@ def status(ctx: Context, slug: str | None) -> None:
                     return
                 ctx.emit(last, _describe_ended)
             return
-        rows = ctx.client.list_rollouts()["data"]
+        rows = ctx.client.list_rollouts().data
         ctx.emit(
             rows,
             lambda rs: table([_row(r) for r in rs], _HEADERS) if rs else "no rollout running",
         )
 
-    _run(action)
+    run(action)
 
 
 @rollout.command("set")
@@ -270,30 +274,34 @@ def set_(
     A running rollout keeps its policy: to change it, abort and start again."""
     if (canary is None) == (shadow is None):
         raise click.UsageError("give exactly one of --canary PERCENT or --shadow PERCENT")
-    mode, percent = ("canary", canary) if canary is not None else ("shadow", shadow)
-    body: dict[str, Any] = {
+    mode, percent = (
+        (RolloutMode.CANARY, canary) if canary is not None else (RolloutMode.SHADOW, shadow)
+    )
+    fields: dict[str, Any] = {
         "candidate": candidate,
         "mode": mode,
         "percent": percent,
         "reason": reason,
     }
     if sticky is not None:
-        body["sticky"] = sticky
+        fields["sticky"] = sticky
     flags = {"interval": interval, "min_samples": min_samples, "failure_limit": failure_limit}
     overrides: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
     if steps is not None:
         overrides["steps"] = _parse_steps(steps)
     if analysis_file is not None or overrides:
+        # Sent as written: the proxy checks the policy and names the field it refuses.
         policy = _read_policy(analysis_file) if analysis_file is not None else {}
-        body["analysis"] = {**policy, **overrides}
-    _run(lambda: _set_and_report(ctx, slug, body, wait_seconds(wait, timeout)))
+        fields["analysis"] = {**policy, **overrides}
+    body = api.RolloutIn.model_construct(**fields)
+    run(lambda: _set_and_report(ctx, slug, body, wait_seconds(wait, timeout)))
 
 
-def _set_and_report(ctx: Context, slug: str, body: dict[str, Any], wait: float | None) -> None:
+def _set_and_report(ctx: Context, slug: str, body: api.RolloutIn, wait: float | None) -> None:
     answer = ctx.client.set_rollout(slug, body, wait)
     ctx.emit(answer, _describe)
-    label = f"{answer['mode']} of v{answer['candidate']} at {answer['percent']:g}%"
-    report_served(ctx.output, label, answer)
+    label = f"{answer.mode} of v{answer.candidate} at {answer.percent:g}%"
+    report_served(ctx.output, label, answer.served)
 
 
 def _parse_steps(text: str) -> list[float]:
@@ -332,16 +340,16 @@ def ramp(ctx: Context, slug: str, percent: float, reason: str, wait: bool, timeo
 
     def action() -> None:
         running = ctx.client.get_rollout(slug)
-        body = {
-            "candidate": running["candidate"],
-            "mode": running["mode"],
-            "percent": percent,
-            "sticky": running["sticky"],
-            "reason": reason,
-        }
+        body = api.RolloutIn.model_construct(
+            candidate=running.candidate,
+            mode=running.mode,
+            percent=percent,
+            sticky=running.sticky,
+            reason=reason,
+        )
         _set_and_report(ctx, slug, body, wait_seconds(wait, timeout))
 
-    _run(action)
+    run(action)
 
 
 @rollout.command()
@@ -355,9 +363,9 @@ def promote(ctx: Context, slug: str, reason: str, wait: bool, timeout: float) ->
     def action() -> None:
         answer = ctx.client.promote_rollout(slug, reason, wait_seconds(wait, timeout))
         ctx.emit(answer, _audit_line)
-        report_served(ctx.output, f"v{answer['version']}", answer)
+        report_served(ctx.output, f"v{answer.version}", answer.served)
 
-    _run(action)
+    run(action)
 
 
 @rollout.command()
@@ -371,6 +379,6 @@ def abort(ctx: Context, slug: str, reason: str, wait: bool, timeout: float) -> N
     def action() -> None:
         answer = ctx.client.abort_rollout(slug, reason, wait_seconds(wait, timeout))
         ctx.emit(answer, _audit_line)
-        report_served(ctx.output, f"abort of the v{answer['version']} rollout", answer)
+        report_served(ctx.output, f"abort of the v{answer.version} rollout", answer.served)
 
-    _run(action)
+    run(action)

@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 
 import click
 
+from proxy.web import admin_models as api
+
 DEFAULT_TIMEOUT = 10.0
 #: The write was made, but not every live replica confirmed it in time.
 NOT_CONFIRMED_EXIT = 3
@@ -42,55 +44,51 @@ def wait_seconds(wait: bool, timeout: float) -> float | None:
     return timeout if wait else None
 
 
-def describe_served(label: str, served: dict[str, Any] | None) -> tuple[list[str], list[str]]:
+def describe_served(label: str, served: api.Served) -> tuple[list[str], list[str]]:
     """(lines for stdout, warnings for stderr) about where ``label`` is served."""
     out: list[str] = []
     warnings: list[str] = []
-    if not served:
-        return out, warnings
-    if not served.get("here"):
+    if not served.here:
         warnings.append(
             "warning: the proxy that answered does not serve this change yet (it could not "
             "read the store just after the write); it will once the store answers"
         )
-    fleet = served.get("fleet")
+    fleet = served.fleet
     if fleet is None:
         return out, warnings
-    count = f"{fleet['confirmed']}/{fleet['replicas']} replicas"
-    if fleet["complete"]:
-        out.append(f"{label} served by {count} after {fleet['elapsed_ms']} ms")
+    count = f"{fleet.confirmed}/{fleet.replicas} replicas"
+    if fleet.complete:
+        out.append(f"{label} served by {count} after {fleet.elapsed_ms} ms")
         return out, warnings
-    if fleet["replicas"] == 0:
-        warnings.append(f"warning: could not check the replicas: {fleet['error']}")
+    if fleet.replicas == 0:
+        warnings.append(f"warning: could not check the replicas: {fleet.error}")
         return out, warnings
-    missing = ", ".join(_missing(m) for m in fleet["missing"])
+    missing = ", ".join(_missing(m) for m in fleet.missing)
     out.append(
-        f"{label} served by {count} after {fleet['elapsed_ms']} ms; "
-        f"not confirmed within {fleet['timeout_seconds']:g} s: {missing}"
+        f"{label} served by {count} after {fleet.elapsed_ms} ms; "
+        f"not confirmed within {fleet.timeout_seconds:g} s: {missing}"
     )
-    if fleet.get("error"):
-        warnings.append(f"warning: the fleet board could not be read at the end: {fleet['error']}")
+    if fleet.error:
+        warnings.append(f"warning: the fleet board could not be read at the end: {fleet.error}")
     return out, warnings
 
 
-def _missing(m: dict[str, Any]) -> str:
-    if m.get("revision") is None:
-        return f"{m['replica']} (never reported)"
+def _missing(m: api.FleetMissing) -> str:
+    if m.revision is None:
+        return f"{m.replica} (never reported)"
     return (
-        f"{m['replica']} (serves revision {m['revision']}, "
-        f"last heartbeat {m['heartbeat_age_seconds']:.1f} s ago)"
+        f"{m.replica} (serves revision {m.revision}, "
+        f"last heartbeat {m.heartbeat_age_seconds:.1f} s ago)"
     )
 
 
-def report_served(output: str, label: str, answer: dict[str, Any]) -> None:
+def report_served(output: str, label: str, served: api.Served) -> None:
     """Print where the change is served; exit 3 if a wait ended without every replica."""
-    served = answer.get("served")
     out, warnings = describe_served(label, served)
     if output != "json":
         for line in out:
             click.echo(line)
     for line in warnings:
         click.echo(line, err=True)
-    fleet = (served or {}).get("fleet")
-    if fleet is not None and not fleet["complete"]:
+    if served.fleet is not None and not served.fleet.complete:
         sys.exit(NOT_CONFIRMED_EXIT)

@@ -8,8 +8,9 @@ from typing import Any
 
 import click
 
-from proxy.cli_context import Context, pass_ctx
-from proxy.cli_prompts import _run, table
+from proxy.cli.context import Context, pass_ctx
+from proxy.cli.output import run, table
+from proxy.web import admin_models as api
 
 _HEADERS = (
     "REPLICA",
@@ -29,31 +30,31 @@ def _short(generation: str | None) -> str:
     return "-" if generation is None else generation[:8]
 
 
-def _row(r: dict[str, Any]) -> tuple[Any, ...]:
+def _row(r: api.Replica) -> tuple[Any, ...]:
     return (
-        r["replica"] + (" *" if r.get("this") else ""),
-        r.get("state", "ok"),
-        _short(r.get("generation")),
-        r.get("prompts", "-"),
-        r["revision"],
-        "-" if r["behind"] is None else r["behind"],
-        f"{r['staleness_seconds']:.1f}s",
-        f"{r['heartbeat_age_seconds']:.1f}s ago",
-        "yes" if r["live"] else "no",
-        r["version"],
+        r.replica + (" *" if r.this else ""),
+        r.state,
+        _short(r.generation),
+        r.prompts,
+        r.revision,
+        "-" if r.behind is None else r.behind,
+        f"{r.staleness_seconds:.1f}s",
+        f"{r.heartbeat_age_seconds:.1f}s ago",
+        "yes" if r.live else "no",
+        r.version,
     )
 
 
-def _describe(status: dict[str, Any]) -> str:
-    rows = status["data"]
-    revision = status["revision"]
+def _describe(status: api.FleetStatus) -> str:
+    rows = status.data
+    revision = status.revision
     if revision is None:
         store = "store revision unknown"
     else:
-        store = f"store revision {revision} (generation {_short(status.get('generation'))})"
+        store = f"store revision {revision} (generation {_short(status.generation)})"
     head = (
         f"{store}; "
-        f"{status['live']} live replica{'s' if status['live'] != 1 else ''} "
+        f"{status.live} live replica{'s' if status.live != 1 else ''} "
         f"(* answered this call)"
     )
     if not rows:
@@ -66,4 +67,4 @@ def _describe(status: dict[str, Any]) -> str:
 def fleet(ctx: Context) -> None:
     """List the replicas: the registry each serves (state, generation, revision), how far
     behind the store (within the same generation), staleness, live or not."""
-    _run(lambda: ctx.emit(ctx.client.fleet(), _describe))
+    run(lambda: ctx.emit(ctx.client.fleet(), _describe))

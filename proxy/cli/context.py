@@ -17,8 +17,10 @@ from typing import Any, TypeVar
 
 import click
 import orjson
+from pydantic import BaseModel
 
-from proxy.admin_client import AdminClient
+from proxy.cli.client import AdminClient
+from proxy.web.admin_models import wire
 
 DEFAULT_ADMIN_URL = "http://127.0.0.1:8081"
 ADMIN_URL_ENV = "PROMPTPROXY_ADMIN_URL"
@@ -28,6 +30,7 @@ TOKEN_ENV = "PROMPTPROXY_ADMIN_TOKEN"
 _META = "promptproxy.admin."
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 class Context:
@@ -35,11 +38,24 @@ class Context:
         self.client = AdminClient(admin_url, token)
         self.output = output
 
-    def emit(self, data: Any, human: Callable[[Any], str]) -> None:
+    def emit(self, data: T, human: Callable[[T], str]) -> None:
+        """``human(data)`` for people; for scripts, ``data`` as JSON: an answer (or a list of
+        them) exactly as the admin API sent it."""
         if self.output == "json":
-            click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+            click.echo(orjson.dumps(plain(data), option=orjson.OPT_INDENT_2).decode())
         else:
             click.echo(human(data))
+
+
+def plain(data: Any) -> Any:
+    """JSON values of answers (models) and of what the CLI builds around them."""
+    if isinstance(data, BaseModel):
+        return wire(data)
+    if isinstance(data, list | tuple):
+        return [plain(item) for item in data]
+    if isinstance(data, dict):
+        return {key: plain(value) for key, value in data.items()}
+    return data
 
 
 def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:

@@ -7,40 +7,16 @@ Tables for people, `--output json` for scripts; any error exits non-zero.
 from __future__ import annotations
 
 import sys
-import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
-from proxy.admin_client import AdminError
-from proxy.cli_context import Context, admin_options, pass_ctx
-from proxy.cli_served import report_served, wait_options, wait_seconds
-
-__all__ = ["Context", "admin_options", "pass_ctx"]
-
-
-def _when(ts: float | None) -> str:
-    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts)) + "Z"
-
-
-def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
-    cells = [[str(h) for h in headers]] + [["-" if c is None else str(c) for c in r] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in cells
-    )
-
-
-def _run(action: Callable[[], None]) -> None:
-    try:
-        action()
-    except AdminError as exc:
-        where = f" (param: {exc.param})" if exc.param else ""
-        click.echo(f"error: {exc}{where}", err=True)
-        sys.exit(1)
+from proxy.cli.context import Context, admin_options, pass_ctx
+from proxy.cli.output import run, table, when
+from proxy.cli.served import report_served, wait_options, wait_seconds
+from proxy.registry.models import Status, VersionDraft
+from proxy.web import admin_models as api
 
 
 @click.group("prompts")
@@ -49,15 +25,31 @@ def prompts() -> None:
     """Manage prompt versions: push, promote, roll back, inspect."""
 
 
-def _version_payload(draft: Any) -> dict[str, Any]:
-    return {
-        "template": draft.template,
-        "variables": [v.to_dict() for v in draft.variables],
-        "model": draft.model,
-        "params": draft.params,
-        "author": draft.author or None,
-        "changelog": draft.changelog,
-    }
+def _version_payload(draft: VersionDraft) -> api.VersionIn:
+    """A prompt file's draft as the body of a push (the proxy checks it)."""
+    return api.VersionIn.model_construct(
+        template=draft.template,
+        variables=[
+            api.Variable.model_construct(
+                name=v.name, type=v.type, **({"default": v.default} if v.has_default else {})
+            )
+            for v in draft.variables
+        ],
+        model=draft.model,
+        params=draft.params,
+        author=draft.author or None,
+        changelog=draft.changelog,
+    )
+
+
+class Pushed(api.Wire):
+    """One pushed file, as `push` reports it."""
+
+    file: str
+    slug: str
+    version: int
+    created: bool
+    status: Status
 
 
 @prompts.command()
@@ -78,52 +70,40 @@ def push(ctx: Context, path: Path) -> None:
         results = []
         for file, draft in items:
             answer = ctx.client.push(draft.slug, _version_payload(draft))
-            v = answer["version"]
+            v = answer.version
             results.append(
-                {
-                    "file": str(file),
-                    "slug": v["slug"],
-                    "version": v["version"],
-                    "created": answer["created"],
-                    "status": v["status"],
-                }
+                Pushed(
+                    file=str(file),
+                    slug=v.slug,
+                    version=v.version,
+                    created=answer.created,
+                    status=v.status,
+                )
             )
         ctx.emit(
             results,
             lambda rs: table(
                 [
-                    (
-                        r["slug"],
-                        r["version"],
-                        "created" if r["created"] else "unchanged",
-                        r["status"],
-                        r["file"],
-                    )
+                    (r.slug, r.version, "created" if r.created else "unchanged", r.status, r.file)
                     for r in rs
                 ],
                 ["SLUG", "VERSION", "RESULT", "STATUS", "FILE"],
             ),
         )
 
-    _run(action)
+    run(action)
 
 
 @prompts.command("list")
 @pass_ctx
 def list_(ctx: Context) -> None:
     """List prompts with their prod and latest versions."""
-    _run(
+    run(
         lambda: ctx.emit(
-            ctx.client.list_prompts()["data"],
+            ctx.client.list_prompts().data,
             lambda rows: table(
                 [
-                    (
-                        r["slug"],
-                        r["prod_version"],
-                        r["latest_version"],
-                        r["versions"],
-                        _when(r["updated_at"]),
-                    )
+                    (r.slug, r.prod_version, r.latest_version, r.versions, when(r.updated_at))
                     for r in rows
                 ],
                 ["SLUG", "PROD", "LATEST", "VERSIONS", "UPDATED"],
@@ -139,15 +119,15 @@ def list_(ctx: Context) -> None:
 def show(ctx: Context, slug: str, version: int | None) -> None:
     """Show a prompt's versions, or one version in full."""
 
-    def one(v: dict[str, Any]) -> str:
+    def one(v: api.Version) -> str:
         head = [
-            f"{v['slug']} v{v['version']}  [{v['status']}]  sha256 {v['sha256'][:12]}",
-            f"author: {v['author']}   created: {_when(v['created_at'])}",
-            f"model: {v['model'] or '-'}   params: {v['params'] or '-'}",
-            "variables: " + (", ".join(x["name"] for x in v["variables"]) or "-"),
-            f"changelog: {v['changelog'] or '-'}",
+            f"{v.slug} v{v.version}  [{v.status}]  sha256 {v.sha256[:12]}",
+            f"author: {v.author}   created: {when(v.created_at)}",
+            f"model: {v.model or '-'}   params: {v.params or '-'}",
+            "variables: " + (", ".join(x.name for x in v.variables) or "-"),
+            f"changelog: {v.changelog or '-'}",
             "",
-            v["template"],
+            v.template,
         ]
         return "\n".join(head)
 
@@ -159,21 +139,14 @@ def show(ctx: Context, slug: str, version: int | None) -> None:
             ctx.client.get_prompt(slug),
             lambda p: table(
                 [
-                    (
-                        v["version"],
-                        v["status"],
-                        v["author"],
-                        _when(v["created_at"]),
-                        v["model"],
-                        v["changelog"],
-                    )
-                    for v in p["data"]
+                    (v.version, v.status, v.author, when(v.created_at), v.model, v.changelog)
+                    for v in p.data
                 ],
                 ["VERSION", "STATUS", "AUTHOR", "CREATED", "MODEL", "CHANGELOG"],
             ),
         )
 
-    _run(action)
+    run(action)
 
 
 @prompts.command()
@@ -183,15 +156,13 @@ def show(ctx: Context, slug: str, version: int | None) -> None:
 @pass_ctx
 def diff(ctx: Context, slug: str, a: int, b: int) -> None:
     """Diff two versions of a prompt."""
-    _run(
-        lambda: ctx.emit(ctx.client.diff(slug, a, b), lambda d: d["diff"].rstrip() or "(identical)")
-    )
+    run(lambda: ctx.emit(ctx.client.diff(slug, a, b), lambda d: d.diff.rstrip() or "(identical)"))
 
 
-def _audit_line(e: dict[str, Any]) -> str:
+def _audit_line(e: api.AuditEntry) -> str:
     return (
-        f"{e['slug']}: v{e['version']} {e['from_status'] or '-'} -> {e['to_status']} "
-        f"by {e['actor']} at {_when(e['at'])}" + (f" ({e['reason']})" if e["reason"] else "")
+        f"{e.slug}: v{e.version} {e.from_status or '-'} -> {e.to_status} "
+        f"by {e.actor} at {when(e.at)}" + (f" ({e.reason})" if e.reason else "")
     )
 
 
@@ -207,9 +178,9 @@ def promote(ctx: Context, slug: str, version: int, reason: str, wait: bool, time
     def action() -> None:
         answer = ctx.client.promote(slug, version, reason, wait_seconds(wait, timeout))
         ctx.emit(answer, _audit_line)
-        report_served(ctx.output, f"v{answer['version']}", answer)
+        report_served(ctx.output, f"v{answer.version}", answer.served)
 
-    _run(action)
+    run(action)
 
 
 @prompts.command()
@@ -223,19 +194,20 @@ def rollback(ctx: Context, slug: str, reason: str, wait: bool, timeout: float) -
     def action() -> None:
         answer = ctx.client.rollback(slug, reason, wait_seconds(wait, timeout))
         ctx.emit(answer, _audit_line)
-        report_served(ctx.output, f"v{answer['version']}", answer)
+        report_served(ctx.output, f"v{answer.version}", answer.served)
 
-    _run(action)
+    run(action)
 
 
-def _detail(detail: dict[str, Any] | None) -> str | None:
+def _detail(entry: api.AuditEntry) -> str | None:
     """A rollout's facts in an audit row: `canary 25% (was 10%)`, `shadow 5%, ended`."""
-    if not detail or "mode" not in detail:
+    detail = entry.rollout_detail()
+    if detail is None:
         return None
-    text = f"{detail['mode']} {detail['percent']:g}%"
-    if detail.get("from_percent") is not None:
-        text += f" (was {detail['from_percent']:g}%)"
-    if detail.get("ended_rollout"):
+    text = f"{detail.mode} {detail.percent:g}%"
+    if detail.from_percent is not None:
+        text += f" (was {detail.from_percent:g}%)"
+    if detail.ended_rollout:
         text += ", ended"
     return text
 
@@ -250,24 +222,23 @@ def history(ctx: Context, slug: str, at: str | None) -> None:
     """The audit history of SLUG, or what it served at an instant."""
 
     def action() -> None:
-        data = ctx.client.history(slug, at)
         if at is not None:
-            ctx.emit(data, lambda d: _served_at(slug, at, d))
+            ctx.emit(ctx.client.served_at(slug, at), _served_at)
         else:
             ctx.emit(
-                data["data"],
+                ctx.client.history(slug).data,
                 lambda rows: table(
                     [
                         (
-                            e["seq"],
-                            _when(e["at"]),
-                            e["action"],
-                            e["version"],
-                            e["from_status"],
-                            e["to_status"],
-                            e["actor"],
-                            _detail(e.get("detail")),
-                            e["reason"],
+                            e.seq,
+                            when(e.at),
+                            e.action,
+                            e.version,
+                            e.from_status,
+                            e.to_status,
+                            e.actor,
+                            _detail(e),
+                            e.reason,
                         )
                         for e in rows
                     ],
@@ -275,7 +246,7 @@ def history(ctx: Context, slug: str, at: str | None) -> None:
                 ),
             )
 
-    _run(action)
+    run(action)
 
 
 def _known(value: Any) -> str:
@@ -283,26 +254,26 @@ def _known(value: Any) -> str:
     return "unknown" if value is None else str(value)
 
 
-def _served_at(slug: str, at: str, data: dict[str, Any]) -> str:
+def _served_at(data: api.ServedAt) -> str:
     """Prod at the instant and, during a rollout, what the rollout served."""
-    prod = data["prod_version"]
-    text = f"{slug} at {at}: prod version {prod if prod is not None else 'none'}"
-    rollout = data.get("rollout")
+    prod = data.prod_version
+    text = f"{data.slug} at {data.at}: prod version {prod if prod is not None else 'none'}"
+    rollout = data.rollout
     if rollout is None:
         return text + "; no rollout running"
-    percent = rollout["percent"]
+    percent = rollout.percent
     share = "an unknown share" if percent is None else f"{percent:g}%"
-    candidate = f"version {_known(rollout['candidate'])}"
-    if rollout["mode"] == "shadow":
+    candidate = f"version {_known(rollout.candidate)}"
+    if rollout.mode == "shadow":
         served = f"shadow of {candidate}: callers served prod, {share} of requests copied to it"
-    elif rollout["mode"] == "canary":
+    elif rollout.mode == "canary":
         served = f"canary of {candidate} serving {share} of callers"
     else:
-        served = f"rollout of {candidate} ({_known(rollout['mode'])} mode) at {share}"
+        served = f"rollout of {candidate} ({_known(rollout.mode)} mode) at {share}"
     return (
-        f"{text}; {served}, sticky {_known(rollout['sticky'])} "
-        f"(rollout {_known(rollout['id'])}, started {_when(rollout['started_at'])}, "
-        f"at this share since {_when(rollout['percent_since'])})"
+        f"{text}; {served}, sticky {_known(rollout.sticky)} "
+        f"(rollout {_known(rollout.id)}, started {when(rollout.started_at)}, "
+        f"at this share since {when(rollout.percent_since)})"
     )
 
 

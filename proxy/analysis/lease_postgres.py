@@ -1,0 +1,116 @@
+"""The analysis lease on PostgreSQL: one row per slug with its holder and an expiry.
+
+A row, not a session advisory lock, because the Redis lease's behaviour is the yardstick
+and a session lock is tied to a connection, not to a replica that is alive and ticking:
+
+- **A SIGSTOPped (frozen) holder.** Its connection stays open and the kernel keeps
+  answering for it, so a session lock would stay held for as long as the process is
+  stopped (hours, until TCP keepalives give up): no analysis at all. A row expires
+  ``lease_seconds`` after the last renewal, as the Redis key does, and the frozen replica,
+  back, finds the lease taken (the analyser asks again before it acts).
+- **A killed connection** (``pg_terminate_backend``, a restart, a proxy in front of the
+  server recycling connections) would release a session lock at once while its holder still
+  believes it leads until it next looks: two leaders. A row does not care which connection
+  renews it: the holder renews on a fresh pooled connection at its next tick and keeps it.
+- **Pool economy.** A session lock needs a connection kept out of the pool for the whole
+  lease; a row is one short statement per tick on any pooled connection.
+- **SIGKILL and SIGTERM** behave as with Redis: the row outlives a killed holder by
+  ``lease_seconds``; a replica stopping gracefully deletes its row and another takes over at
+  its next tick (0.5 s).
+
+Expiry is judged by the server's clock (``clock_timestamp()``), as Redis judges its keys',
+so clock skew between replicas never makes two holders. Take-or-renew is one
+``INSERT ... ON CONFLICT DO UPDATE ... WHERE`` statement: the row lock makes concurrent
+attempts queue, and exactly one of them sees the row free.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Self
+
+from psycopg import AsyncConnection
+
+from proxy.pg.calls import Pool, call, open_component
+from proxy.pg.migrate import Migration
+
+COMPONENT = "analysis_lease"
+#: A renewal is one short statement: past a second the server is in trouble, and the
+#: analyser's tick (0.5 s) should learn it rather than wait.
+LEASE_CALL_TIMEOUT = 1.0
+MIGRATIONS = (
+    Migration(
+        1,
+        "analysis leases",
+        (
+            "CREATE TABLE analysis_leases ("
+            " slug text PRIMARY KEY,"
+            " holder text NOT NULL,"
+            " expires_at timestamptz NOT NULL)",
+        ),
+    ),
+)
+
+_HOLD = (
+    "INSERT INTO analysis_leases AS l (slug, holder, expires_at) "
+    "VALUES (%(slug)s, %(holder)s, clock_timestamp() + %(ms)s * interval '1 millisecond') "
+    "ON CONFLICT (slug) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at "
+    "WHERE l.holder = EXCLUDED.holder OR l.expires_at <= clock_timestamp() "
+    "RETURNING holder"
+)
+_HOLDER = "SELECT holder FROM analysis_leases WHERE slug = %s AND expires_at > clock_timestamp()"
+_RELEASE = "DELETE FROM analysis_leases WHERE slug = %s AND holder = %s"
+
+
+class PostgresLease:
+    """``Lease`` on PostgreSQL. The pool is the caller's; this part opens nothing."""
+
+    def __init__(self, pool: Pool, replica: str, seconds: float, timeout: float) -> None:
+        self._pool = pool
+        self._replica = replica
+        self._ms = int(seconds * 1000)
+        self._timeout = timeout
+
+    @classmethod
+    async def open(
+        cls,
+        pool: Pool,
+        *,
+        schema: str,
+        replica: str,
+        seconds: float,
+        op_timeout: float = LEASE_CALL_TIMEOUT,
+    ) -> Self:
+        """``seconds``: ``analysis.lease_seconds``. ``op_timeout`` bounds every call (keep it
+        well under ``seconds``: a renewal that comes back later than that is moot)."""
+        await open_component(pool, schema=schema, component=COMPONENT, steps=MIGRATIONS)
+        return cls(pool, replica, seconds, op_timeout)
+
+    @property
+    def replica(self) -> str:
+        return self._replica
+
+    async def hold(self, slug: str) -> bool:
+        params = {"slug": slug, "holder": self._replica, "ms": self._ms}
+
+        async def run(conn: AsyncConnection[Any]) -> bool:
+            cur = await conn.execute(_HOLD, params)
+            return await cur.fetchone() is not None
+
+        return await call(self._pool, run, what="the analysis lease", deadline=self._timeout)
+
+    async def holder(self, slug: str) -> str | None:
+        async def run(conn: AsyncConnection[Any]) -> str | None:
+            cur = await conn.execute(_HOLDER, (slug,))
+            row = await cur.fetchone()
+            return None if row is None else str(row[0])
+
+        return await call(self._pool, run, what="the analysis lease", deadline=self._timeout)
+
+    async def release(self, slug: str) -> None:
+        async def run(conn: AsyncConnection[Any]) -> None:
+            await conn.execute(_RELEASE, (slug, self._replica))
+
+        await call(self._pool, run, what="the analysis lease", deadline=self._timeout)
+
+    async def close(self) -> None:
+        return None

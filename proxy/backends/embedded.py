@@ -1,0 +1,60 @@
+"""The embedded backend (`embedded:PATH`): one process, no server.
+
+The registry is a SQLite file, the fleet board a second one beside it; the analysis pool,
+lease and state and the feedback request index live in this process's memory; shadow pairs
+go to rotated JSON-lines files (`shadow.sink.dir`). Nothing here is shared with another
+process but the two files, which is why this backend is never `shared`.
+"""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+from proxy.analysis.lease import LocalLease
+from proxy.analysis.pool import MemoryStatsPool
+from proxy.analysis.state import MemoryStateStore
+from proxy.backends.base import Backend, BackendContext
+from proxy.config import Settings
+from proxy.feedback import MemoryRequestIndex
+from proxy.registry.embedded_store import EmbeddedStore
+from proxy.registry.fleet_embedded import EmbeddedFleetBoard, board_path
+from proxy.shadow.sink_files import FilePairSink
+
+PREFIX = "embedded:"
+
+
+def database_path(store: str) -> Path:
+    return Path(store.removeprefix(PREFIX))
+
+
+async def open_backend(settings: Settings, context: BackendContext) -> Backend:
+    config = settings.config
+    registry = config.registry
+    kind = registry.backend
+    assert kind.name == "embedded", "a store of another backend"
+    path = database_path(registry.store)
+    async with AsyncExitStack() as stack:
+        store = await EmbeddedStore.open(path)
+        stack.push_async_callback(store.close)
+        board = EmbeddedFleetBoard(board_path(path), config.fleet.forget_seconds)
+        stack.push_async_callback(board.close)
+        pool = MemoryStatsPool()
+        stack.push_async_callback(pool.close)
+        index = MemoryRequestIndex(config.feedback.ttl_seconds, config.feedback.max_local_entries)
+        stack.push_async_callback(index.close)
+        pairs = FilePairSink(config.shadow.sink, context.pair_metrics)
+        stack.push_async_callback(pairs.close)
+        closer = stack.pop_all()
+    return Backend(
+        kind=kind,
+        store_url=registry.store,
+        store=store,
+        board=board,
+        pool=pool,
+        lease=LocalLease(context.replica),
+        state=MemoryStateStore(),
+        index=index,
+        pairs=pairs,
+        closer=closer.aclose,
+    )

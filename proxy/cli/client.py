@@ -1,0 +1,273 @@
+"""A small synchronous client for the admin API, used by the CLI (urllib, no event loop).
+
+Answers come back as the models the server builds them from (``proxy.web.admin_models``),
+so the CLI reads attributes the contract defines; request bodies are those models too,
+left unvalidated here: the server checks them and names the field it refuses.
+"""
+
+from __future__ import annotations
+
+import http.client
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from typing import Any, TypeVar
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from proxy.web import admin_models as api
+
+M = TypeVar("M", bound=BaseModel)
+#: A report reads every pair of its range on the server, which can take a while.
+REPORT_TIMEOUT = 120.0
+
+
+class AdminError(Exception):
+    def __init__(self, message: str, status: int | None = None, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.param = param
+
+
+class AdminClient:
+    def __init__(self, base_url: str, token: str | None, timeout: float = 10.0) -> None:
+        self._base = base_url.rstrip("/") + "/admin/v1"
+        self._token = token
+        self._timeout = timeout
+
+    def _url(self, path: str, query: dict[str, Any] | None) -> str:
+        url = self._base + path
+        present = {k: v for k, v in (query or {}).items() if v is not None}
+        return url + "?" + urllib.parse.urlencode(present) if present else url
+
+    def _headers(self, accept: str) -> dict[str, str]:
+        headers = {"Accept": accept}
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        return headers
+
+    def _error(self, exc: urllib.error.HTTPError, url: str) -> AdminError:
+        try:
+            error = orjson.loads(exc.read())["error"]
+            return AdminError(error["message"], exc.code, error.get("param"))
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return AdminError(f"HTTP {exc.code} from {url}", exc.code)
+
+    def _unreachable(self, exc: OSError) -> AdminError:
+        reason = getattr(exc, "reason", exc)
+        return AdminError(f"cannot reach the admin API at {self._base} ({reason})")
+
+    def _call(
+        self,
+        model: type[M],
+        method: str,
+        path: str,
+        body: Any = None,
+        query: dict[str, Any] | None = None,
+        wait: float | None = None,
+        timeout: float | None = None,
+    ) -> M:
+        """``wait``: seconds the proxy may wait for every replica (writes only); the HTTP
+        call then gets that much longer."""
+        if wait is not None:
+            query = {**(query or {}), "wait": f"{wait:g}"}
+        url = self._url(path, query)
+        headers = self._headers("application/json")
+        data = None
+        if body is not None:
+            data = orjson.dumps(api.wire(body) if isinstance(body, BaseModel) else body)
+            headers["Content-Type"] = "application/json"
+        request = urllib.request.Request(url, data=data, method=method, headers=headers)
+        try:
+            limit = (timeout or self._timeout) + (wait or 0.0)
+            with urllib.request.urlopen(request, timeout=limit) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as exc:
+            raise self._error(exc, url) from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise self._unreachable(exc) from None
+        return _parse(model, raw, url)
+
+    # -- the registry store ---------------------------------------------------------------
+
+    def registry_status(self) -> api.RegistryStatus:
+        return self._call(api.RegistryStatus, "GET", "/registry")
+
+    def restore_registry(self, reason: str, overwrite: bool = False) -> api.RestoreResult:
+        body = api.RestoreIn.model_construct(source="snapshot", reason=reason, overwrite=overwrite)
+        return self._call(api.RestoreResult, "POST", "/registry/restore", body)
+
+    def export_registry(self) -> api.RegistryExport:
+        return self._call(api.RegistryExport, "GET", "/registry/export")
+
+    def import_registry(
+        self, image: Any, reason: str, overwrite: bool = False
+    ) -> api.RestoreResult:
+        """``image``: an export file's JSON as read (the server checks it field by field)."""
+        query = {"reason": reason or None, "overwrite": "true" if overwrite else None}
+        return self._call(api.RestoreResult, "POST", "/registry/import", image, query)
+
+    # -- prompts --------------------------------------------------------------------------
+
+    def push(self, slug: str, version: api.VersionIn) -> api.VersionCreated:
+        return self._call(api.VersionCreated, "POST", f"/prompts/{slug}/versions", version)
+
+    def list_prompts(self) -> api.PromptList:
+        return self._call(api.PromptList, "GET", "/prompts")
+
+    def get_prompt(self, slug: str) -> api.Prompt:
+        return self._call(api.Prompt, "GET", f"/prompts/{slug}")
+
+    def get_version(self, slug: str, version: int) -> api.Version:
+        return self._call(api.Version, "GET", f"/prompts/{slug}/versions/{version}")
+
+    def diff(self, slug: str, a: int, b: int) -> api.Diff:
+        return self._call(api.Diff, "GET", f"/prompts/{slug}/diff", query={"from": a, "to": b})
+
+    def promote(
+        self, slug: str, version: int, reason: str, wait: float | None = None
+    ) -> api.AuditWritten:
+        body = api.PromoteIn.model_construct(version=version, reason=reason)
+        return self._call(api.AuditWritten, "POST", f"/prompts/{slug}/promote", body, wait=wait)
+
+    def rollback(self, slug: str, reason: str, wait: float | None = None) -> api.AuditWritten:
+        body = api.ReasonIn.model_construct(reason=reason)
+        return self._call(api.AuditWritten, "POST", f"/prompts/{slug}/rollback", body, wait=wait)
+
+    def history(self, slug: str) -> api.AuditPage:
+        found = self._call(api.History, "GET", f"/prompts/{slug}/history").root
+        return _expect(api.AuditPage, found)
+
+    def served_at(self, slug: str, at: str) -> api.ServedAt:
+        """What ``slug`` served at the instant ``at`` (ISO-8601)."""
+        found = self._call(api.History, "GET", f"/prompts/{slug}/history", query={"at": at})
+        return _expect(api.ServedAt, found.root)
+
+    def audit(self, slug: str | None = None, limit: int = 100) -> api.AuditPage:
+        return self._call(api.AuditPage, "GET", "/audit", query={"slug": slug, "limit": limit})
+
+    # -- rollouts -------------------------------------------------------------------------
+
+    def set_rollout(
+        self, slug: str, rollout: api.RolloutIn, wait: float | None = None
+    ) -> api.RolloutChanged:
+        path = f"/prompts/{slug}/rollout"
+        return self._call(api.RolloutChanged, "PUT", path, rollout, wait=wait)
+
+    def get_rollout(self, slug: str) -> api.RolloutStatus:
+        return self._call(api.RolloutStatus, "GET", f"/prompts/{slug}/rollout")
+
+    def get_analysis(self, slug: str) -> api.LastAnalysis:
+        return self._call(api.LastAnalysis, "GET", f"/prompts/{slug}/analysis")
+
+    def list_rollouts(self) -> api.RolloutList:
+        return self._call(api.RolloutList, "GET", "/rollouts")
+
+    def abort_rollout(self, slug: str, reason: str, wait: float | None = None) -> api.AuditWritten:
+        body = api.ReasonIn.model_construct(reason=reason)
+        path = f"/prompts/{slug}/rollout"
+        return self._call(api.AuditWritten, "DELETE", path, body, wait=wait)
+
+    def promote_rollout(
+        self, slug: str, reason: str, wait: float | None = None
+    ) -> api.AuditWritten:
+        body = api.ReasonIn.model_construct(reason=reason)
+        path = f"/prompts/{slug}/rollout/promote"
+        return self._call(api.AuditWritten, "POST", path, body, wait=wait)
+
+    def fleet(self) -> api.FleetStatus:
+        return self._call(api.FleetStatus, "GET", "/fleet")
+
+    # -- shadow pairs ---------------------------------------------------------------------
+
+    def shadow_rollout(self, slug: str) -> api.ShadowRollout:
+        return self._call(api.ShadowRollout, "GET", f"/prompts/{slug}/shadow/rollout")
+
+    def shadow_report(
+        self,
+        slug: str,
+        *,
+        since: str,
+        limit: int | None,
+        rollout: str | None,
+        alpha: float,
+        margin: float,
+        min_pairs: int,
+    ) -> api.ShadowReport:
+        """Whether one rollout's candidate diverges from stable more than stable from itself
+        (``rollout`` None: the running one, else the last)."""
+        query = {
+            "since": since,
+            "limit": limit,
+            "rollout": rollout,
+            "alpha": repr(alpha),
+            "margin": repr(margin),
+            "min_pairs": min_pairs,
+        }
+        path = f"/prompts/{slug}/shadow/report"
+        return self._call(api.ShadowReport, "GET", path, query=query, timeout=REPORT_TIMEOUT)
+
+    def _open_lines(
+        self, path: str, query: dict[str, Any], timeout: float
+    ) -> http.client.HTTPResponse:
+        """A JSON-lines (`application/x-ndjson`) GET, open; the caller closes it."""
+        url = self._url(path, query)
+        request = urllib.request.Request(
+            url, method="GET", headers=self._headers("application/x-ndjson")
+        )
+        try:
+            response: http.client.HTTPResponse = urllib.request.urlopen(request, timeout=timeout)
+        except urllib.error.HTTPError as exc:
+            raise self._error(exc, url) from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise self._unreachable(exc) from None
+        return response
+
+    def shadow_pairs(
+        self,
+        slug: str,
+        since: str | None = None,
+        limit: int | None = None,
+        rollout: str | None = None,
+    ) -> list[api.ShadowPair]:
+        """Recorded shadow pairs of ``slug``, oldest first; of one rollout when given."""
+        query = {"since": since, "limit": limit, "rollout": rollout}
+        with self._open_lines(f"/prompts/{slug}/shadow/pairs", query, self._timeout) as resp:
+            try:
+                return [_pair(line) for line in resp if line.strip()]
+            except (OSError, orjson.JSONDecodeError, ValidationError) as exc:
+                raise AdminError(f"the pair stream broke off ({exc})") from None
+
+    def follow_shadow_pairs(
+        self, slug: str, since: str | None = None, idle_timeout: float = 60.0
+    ) -> Iterator[api.ShadowPair]:
+        """Shadow pairs as they are recorded (after those since ``since``), until the
+        server ends the stream. The server sends an empty line every ~15 s while idle, so
+        ``idle_timeout`` only fires when the connection is really dead."""
+        query = {"since": since, "follow": "true"}
+        with self._open_lines(f"/prompts/{slug}/shadow/pairs", query, idle_timeout) as resp:
+            try:
+                for line in resp:
+                    if line.strip():
+                        yield _pair(line)
+            except (OSError, orjson.JSONDecodeError, ValidationError) as exc:
+                raise AdminError(f"the pair stream broke off ({exc})") from None
+
+
+def _pair(line: bytes) -> api.ShadowPair:
+    return api.ShadowPair.model_validate(orjson.loads(line))
+
+
+def _parse(model: type[M], raw: bytes, url: str) -> M:
+    try:
+        return model.model_validate(orjson.loads(raw))
+    except (orjson.JSONDecodeError, ValidationError) as exc:
+        raise AdminError(f"unexpected answer from {url}: {exc}") from None
+
+
+def _expect(model: type[M], found: BaseModel) -> M:
+    if not isinstance(found, model):
+        raise AdminError(f"unexpected answer: {type(found).__name__}, not {model.__name__}")
+    return found

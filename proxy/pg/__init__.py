@@ -1,0 +1,1 @@
+"""PostgreSQL plumbing shared by every part of the PostgreSQL backend: pools, migrations."""

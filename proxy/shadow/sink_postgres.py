@@ -1,0 +1,343 @@
+"""Pairs in PostgreSQL: ``shadow_pairs``, numbered per slug, capped per slug.
+
+For replicas sharing a PostgreSQL backend: every replica appends, any admin port reads
+them all. Each slug's pairs are numbered 1, 2, 3, ... by a counter row
+(``shadow_pair_heads``) that a write takes under its lock, so a slug's pairs become visible
+in number order: a follower that asks for "after n" never misses one committed late. The
+cap is the Redis stream's MAXLEN: a write deletes the slug's pairs ``max_entries`` or more
+behind the newest, so each slug keeps its last ``max_entries`` pairs, oldest dropped,
+and the delete is as large as the write in steady state. A pair is stored as the JSON text
+the other sinks write (key order kept; PostgreSQL compresses large values by itself).
+
+Failure policy, as for the Redis sink: ``add`` only puts the pair in a bounded in-memory
+queue; one background task writes batches, each call under a deadline. A batch that fails
+(server down, frozen, refusing) is dropped and counted, and the writer backs off; it never
+blocks or raises into the caller, and picks up again when the server is back. Reads raise
+``SinkUnavailable``; ``follow`` polls (every half second while idle) and rides out outages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Self
+
+import orjson
+from psycopg import AsyncConnection
+
+from proxy.log import APP_LOGGER
+from proxy.pg.calls import DEFAULT_TIMEOUT, Pool, PostgresUnavailable, call, open_component
+from proxy.pg.migrate import Migration
+from proxy.shadow.metrics import ShadowMetrics
+from proxy.shadow.pairs import FOLLOW_BACKLOG, Pair, SinkUnavailable
+
+_log = logging.getLogger(APP_LOGGER)
+
+COMPONENT = "shadow_pairs"
+MIGRATIONS = (
+    Migration(
+        1,
+        "shadow pairs, numbered and capped per slug",
+        (
+            "CREATE TABLE shadow_pair_heads (slug text PRIMARY KEY, last bigint NOT NULL)",
+            "CREATE TABLE shadow_pairs ("
+            " slug text NOT NULL,"
+            " n bigint NOT NULL,"
+            " ts double precision NOT NULL,"
+            " rollout_id text NOT NULL,"
+            " pair text NOT NULL,"
+            " PRIMARY KEY (slug, n))",
+            "CREATE INDEX shadow_pairs_rollout ON shadow_pairs (slug, rollout_id, n)",
+            "CREATE INDEX shadow_pairs_ts ON shadow_pairs (slug, ts)",
+        ),
+    ),
+)
+
+_BATCH = 200
+_PAGE = 500
+#: A follower with nothing new asks again after this long.
+FOLLOW_POLL_SECONDS = 0.5
+_BACKOFF = (0.1, 2.0)
+#: ``close`` waits this long for queued pairs to be written, then counts the rest dropped.
+CLOSE_TIMEOUT = 5.0
+#: Reads may carry up to 10 000 pairs: more time than a write.
+_READ_EXTRA_SECONDS = 3.0
+
+# One statement per slug: number the pairs under the head row's lock, insert them (those
+# the cap would drop at once are not), delete what fell behind the cap.
+_WRITE = """
+WITH head AS (
+  INSERT INTO shadow_pair_heads AS h (slug, last) VALUES (%(slug)s, %(count)s)
+  ON CONFLICT (slug) DO UPDATE SET last = h.last + EXCLUDED.last
+  RETURNING last
+), added AS (
+  INSERT INTO shadow_pairs (slug, n, ts, rollout_id, pair)
+  SELECT %(slug)s, head.last - %(count)s + p.ord, p.ts, p.rollout_id, p.pair
+  FROM head, unnest(%(ts)s::float8[], %(rollouts)s::text[], %(pairs)s::text[])
+    WITH ORDINALITY AS p(ts, rollout_id, pair, ord)
+  WHERE p.ord > %(count)s - %(cap)s
+  RETURNING 1
+)
+DELETE FROM shadow_pairs
+WHERE slug = %(slug)s AND n <= (SELECT last FROM head) - %(cap)s
+"""
+_LAST = "SELECT pair FROM shadow_pairs WHERE slug = %s ORDER BY n DESC LIMIT %s"
+_LAST_OF_ROLLOUT = (
+    "SELECT pair FROM shadow_pairs WHERE slug = %s AND rollout_id = %s ORDER BY n DESC LIMIT %s"
+)
+_SINCE = "SELECT n, pair FROM shadow_pairs WHERE slug = %s AND ts >= %s ORDER BY n LIMIT %s"
+_SINCE_OF_ROLLOUT = (
+    "SELECT n, pair FROM shadow_pairs WHERE slug = %s AND ts >= %s AND rollout_id = %s "
+    "ORDER BY n LIMIT %s"
+)
+_BACKLOG = (
+    "SELECT n, pair FROM shadow_pairs WHERE slug = %s AND ts >= %s AND n <= %s ORDER BY n LIMIT %s"
+)
+_HEAD = "SELECT last FROM shadow_pair_heads WHERE slug = %s"
+_AFTER = "SELECT n, pair FROM shadow_pairs WHERE slug = %s AND n > %s ORDER BY n LIMIT %s"
+
+
+def _decode(raw: str) -> dict[str, Any] | None:
+    try:
+        record = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _ts(record: dict[str, Any]) -> float:
+    ts = record.get("ts")
+    return float(ts) if isinstance(ts, float | int) else 0.0
+
+
+class PostgresPairSink:
+    """``PairSink`` on PostgreSQL. The pool is the caller's; this part opens nothing but its
+    writer task."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        *,
+        max_entries: int,
+        queue_size: int,
+        metrics: ShadowMetrics,
+        op_timeout: float,
+    ) -> None:
+        self._pool = pool
+        self._max_entries = max_entries
+        self._limit = queue_size
+        self._metrics = metrics
+        self._timeout = op_timeout
+        self._queue: asyncio.Queue[Pair | None] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls,
+        pool: Pool,
+        *,
+        schema: str,
+        max_entries: int,
+        queue_size: int,
+        metrics: ShadowMetrics,
+        op_timeout: float = DEFAULT_TIMEOUT,
+    ) -> Self:
+        """``max_entries``: pairs kept per slug (``shadow.sink.max_entries``);
+        ``queue_size``: pairs waiting to be written, beyond which they are dropped."""
+        await open_component(pool, schema=schema, component=COMPONENT, steps=MIGRATIONS)
+        return cls(
+            pool,
+            max_entries=max_entries,
+            queue_size=queue_size,
+            metrics=metrics,
+            op_timeout=op_timeout,
+        )
+
+    # -- writing --------------------------------------------------------------------------
+
+    def add(self, pair: Pair) -> None:
+        # The queue is unbounded underneath so `close` can always queue its end marker.
+        if self._closed or self._queue.qsize() >= self._limit:
+            self._metrics.pair("sink_dropped")
+            return
+        self._queue.put_nowait(pair)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name="shadow-pairs-postgres"
+            )
+
+    @property
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            batch: list[Pair] = []
+            item = await self._queue.get()
+            while item is not None:
+                batch.append(item)
+                if len(batch) >= _BATCH or self._queue.empty():
+                    break
+                item = self._queue.get_nowait()
+            if batch:
+                if await self._write(batch):
+                    failures = 0
+                else:
+                    failures += 1
+                    if not self._closed:
+                        low, high = _BACKOFF
+                        await asyncio.sleep(min(high, low * 2 ** (failures - 1)))
+            if item is None:
+                return
+
+    async def _write(self, batch: Sequence[Pair]) -> bool:
+        groups: dict[str, list[Pair]] = {}
+        for pair in batch:
+            groups.setdefault(pair.slug, []).append(pair)
+        by_slug = list(groups.values())
+        written = 0
+
+        async def run(conn: AsyncConnection[Any]) -> None:
+            # Each slug's statement commits by itself: a call run again on another
+            # connection (this one died under it) goes on with the slugs not written yet.
+            nonlocal written
+            while by_slug:
+                pairs = by_slug[0]
+                await conn.execute(
+                    _WRITE,
+                    {
+                        "slug": pairs[0].slug,
+                        "count": len(pairs),
+                        "cap": self._max_entries,
+                        "ts": [p.ts for p in pairs],
+                        "rollouts": [p.rollout_id for p in pairs],
+                        "pairs": [p.to_json().decode() for p in pairs],
+                    },
+                )
+                by_slug.pop(0)
+                written += len(pairs)
+
+        try:
+            await call(self._pool, run, what="shadow pairs", deadline=self._timeout)
+        except PostgresUnavailable as exc:
+            self._metrics.pair("written", written)
+            self._metrics.pair("sink_dropped", len(batch) - written)
+            _log.warning(
+                "shadow pairs: postgres write failed, %d pair(s) dropped: %s",
+                len(batch) - written,
+                exc,
+            )
+            return False
+        self._metrics.pair("written", len(batch))
+        return True
+
+    async def close(self) -> None:
+        if self._closed:
+            return  # closed by the shadow runner already, now by the backend
+        self._closed = True
+        task = self._task
+        if task is not None:
+            self._queue.put_nowait(None)
+            try:
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await asyncio.shield(task)
+            except TimeoutError:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            lost = sum(1 for item in self._drain() if item is not None)
+            if lost:
+                self._metrics.pair("sink_dropped", lost)
+
+    def _drain(self) -> list[Pair | None]:
+        items = []
+        while not self._queue.empty():
+            items.append(self._queue.get_nowait())
+        return items
+
+    # -- reading --------------------------------------------------------------------------
+
+    async def _fetch(self, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        async def run(conn: AsyncConnection[Any]) -> list[tuple[Any, ...]]:
+            cur = await conn.execute(query, params)
+            return await cur.fetchall()
+
+        try:
+            return await call(
+                self._pool,
+                run,
+                what="shadow pairs",
+                deadline=self._timeout + _READ_EXTRA_SECONDS,
+            )
+        except PostgresUnavailable as exc:
+            raise SinkUnavailable(str(exc)) from exc
+
+    async def read(
+        self, slug: str, since: float | None, limit: int, rollout_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        if limit <= 0:
+            return []
+        if since is not None:
+            rows = await (
+                self._fetch(_SINCE, (slug, since, limit))
+                if rollout_id is None
+                else self._fetch(_SINCE_OF_ROLLOUT, (slug, since, rollout_id, limit))
+            )
+            decoded = (_decode(raw) for _, raw in rows)
+        else:
+            rows = await (
+                self._fetch(_LAST, (slug, limit))
+                if rollout_id is None
+                else self._fetch(_LAST_OF_ROLLOUT, (slug, rollout_id, limit))
+            )
+            decoded = (_decode(raw) for (raw,) in reversed(rows))
+        return [record for record in decoded if record is not None]
+
+    async def _head(self, slug: str) -> int:
+        rows = await self._fetch(_HEAD, (slug,))
+        return int(rows[0][0]) if rows else 0
+
+    async def _start(self, slug: str, since: float | None) -> tuple[list[dict[str, Any]], int]:
+        """The backlog to replay and the pair number a follow goes on after."""
+        head = await self._head(slug)
+        if since is None:
+            return [], head
+        # Up to the head read first: a pair written meanwhile is after it, so the follow
+        # loop finds it.
+        rows = await self._fetch(_BACKLOG, (slug, since, head, FOLLOW_BACKLOG))
+        position = int(rows[-1][0]) if len(rows) >= FOLLOW_BACKLOG else head
+        records = (_decode(raw) for _, raw in rows)
+        return [r for r in records if r is not None], position
+
+    async def follow(self, slug: str, since: float | None) -> AsyncIterator[dict[str, Any]]:
+        position: int | None = None
+        while position is None and not self._closed:
+            try:
+                backlog, position = await self._start(slug, since)
+            except SinkUnavailable:
+                await asyncio.sleep(1.0)
+                continue
+            for record in backlog:
+                yield record
+        while not self._closed and position is not None:
+            try:
+                rows = await self._fetch(_AFTER, (slug, position, _PAGE))
+                if not rows and await self._head(slug) < position:
+                    # The slug's numbering started again (its pairs were wiped): follow the
+                    # new ones from the start.
+                    position = 0
+                    continue
+            except SinkUnavailable:
+                await asyncio.sleep(1.0)  # rides out the outage; `close` ends the loop
+                continue
+            for n, raw in rows:
+                position = int(n)
+                found = _decode(raw)
+                if found is not None and (since is None or _ts(found) >= since):
+                    yield found
+            if len(rows) < _PAGE:
+                await asyncio.sleep(FOLLOW_POLL_SECONDS)

@@ -1,0 +1,697 @@
+"""The admin API's JSON contract: what each endpoint takes and what it answers.
+
+Three readers, one definition: the handlers validate request bodies with these models and
+build every answer from them, the OpenAPI document (``proxy.web.openapi``) is generated
+from them, and the CLI's client (``proxy.cli.client``) parses answers into them.
+
+Field order is the order of the keys on the wire. An answer is serialized with
+``wire``: only the fields that were set, so a key that is optional on the wire (a
+variable's ``default``) is absent rather than null, and records read back from a store
+(verdicts, shadow pairs) come out as they went in.
+
+Some rules are checked after the model (templates by the Jinja sandbox, percents and
+sticky keys by the registry, an analysis policy by ``AnalysisPolicy.from_dict``), so the
+messages name the field the same way whichever front end sent it. The document still
+states them: ``doc`` below adds a JSON Schema keyword without a second check.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    RootModel,
+    StrictBool,
+    StrictFloat,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, PydanticCustomError, PydanticUndefined
+
+from proxy.registry.models import INT64_MAX, RolloutMode, Status
+
+#: The types a variable may declare (``proxy.registry.templates.VARIABLE_TYPES``, which
+#: checks them; importing it here would load Jinja into every CLI call).
+VARIABLE_TYPE_NAMES = ("boolean", "integer", "list", "number", "object", "string")
+SLUG_REGEX = "^[A-Za-z0-9._-]{1,64}$"
+EXPORT_FORMAT = "promptproxy-registry/1"
+# StickyKey.parse: the header name is stripped and lower-cased; the token characters of
+# RFC 9110. The credential headers it refuses are named in the description.
+_STICKY_REGEX = r"^(none|user|tenant|header:[ \t]*[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}[ \t]*)$"
+#: A JSON value a version keeps as sent: numbers finite, integers within 64 bits (NaN,
+#: Infinity and wider integers are a 400 naming their path). JSON Schema has no "finite".
+_JSON_VALUE = "Any JSON value; integers from -2^63 to 2^63-1, no NaN or Infinity"
+
+
+def doc(
+    default: Any = PydanticUndefined, *, description: str | None = None, **keywords: Any
+) -> Any:
+    """A field whose JSON Schema ``keywords`` are for the document only: the rule they
+    state is checked after the model."""
+    return Field(default, description=description, json_schema_extra=keywords)
+
+
+class DocAs:
+    """Describe a field in the document as ``shape`` while the model keeps it as it came
+    (an analysis policy is a plain object until ``AnalysisPolicy.from_dict`` reads it)."""
+
+    def __init__(self, shape: Any) -> None:
+        self.shape = shape
+
+    def __get_pydantic_json_schema__(
+        self, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        from pydantic import TypeAdapter
+
+        return handler(TypeAdapter(self.shape).core_schema)
+
+
+def _json_number(value: Any) -> Any:
+    # Pydantic's lax mode reads true and "5" as numbers; JSON Schema does not (it does take
+    # 5.0 as the integer 5, which strict mode would refuse).
+    if isinstance(value, bool | str):
+        raise PydanticCustomError("int_type", "Input should be a valid integer")
+    return value
+
+
+#: Version numbers, audit sequence numbers and limits: what a store can hold (SQLite INTEGER).
+Count = Annotated[int, Field(ge=1, le=INT64_MAX), BeforeValidator(_json_number)]
+
+
+def wire(model: BaseModel) -> Any:
+    """The JSON value of an answer: the fields that were set."""
+    return model.model_dump(mode="json", exclude_unset=True)
+
+
+class Wire(BaseModel):
+    """An answer (or a part of one). Unknown keys are ignored: a CLI reads a newer
+    server's answers."""
+
+
+class Record(Wire):
+    """A record read back from a store as it was written: keys this version does not know
+    are kept, and none is added."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class Body(Wire):
+    """A request body: an unknown key is a 400 naming it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+
+class ErrorDetail(Wire):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class Error(Wire):
+    """Every error, in the OpenAI shape (``proxy.errors.ProxyError.to_openai_body``)."""
+
+    error: ErrorDetail
+
+
+# -- prompts and versions -------------------------------------------------------------------
+
+
+class Variable(Body):
+    name: str = doc(
+        pattern="^[A-Za-z_][A-Za-z0-9_]*$",
+        description="A template variable (Jinja's own names, like range or loop, are reserved)",
+    )
+    type: str | None = doc(None, enum=[*VARIABLE_TYPE_NAMES, None])
+    default: Any = Field(
+        None, description="Present: the caller may omit the variable. " + _JSON_VALUE
+    )
+
+
+class VersionIn(Body):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "template": "You help {{ customer_name }}. Tone: {{ tone }}.",
+                    "variables": [
+                        {"name": "customer_name", "type": "string"},
+                        {"name": "tone", "type": "string", "default": "friendly"},
+                    ],
+                    "model": "gpt-4o-mini",
+                    "params": {"temperature": 0.2},
+                    "changelog": "first version",
+                }
+            ]
+        }
+    )
+
+    template: str = Field(
+        min_length=1,
+        description="Jinja2 (sandboxed) system prompt, e.g. Hello {{ customer_name }}. A "
+        "template the sandbox refuses, or one using undeclared variables, is a 400 whose "
+        "param is template",
+    )
+    variables: list[Variable] = []
+    model: str | None = Field(None, description="Model pin, e.g. gpt-4o-2024-08-06")
+    params: dict[str, Any] = Field({}, description="Default generation parameters. " + _JSON_VALUE)
+    author: str | None = Field(None, description="Defaults to the token's name")
+    changelog: str = ""
+
+
+class PromoteIn(Body):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"version": 2, "reason": "CR-12"}]})
+
+    version: Count
+    reason: str = ""
+
+
+class ReasonIn(Body):
+    reason: str = Field("", description="Kept in the audit log")
+
+
+class Version(Wire):
+    slug: str
+    version: int
+    template: str
+    variables: list[Variable]
+    model: str | None
+    params: dict[str, Any]
+    author: str
+    changelog: str
+    created_at: float
+    sha256: str
+    status: Status
+
+
+class PromptSummary(Wire):
+    slug: str
+    prod_version: int | None
+    latest_version: int
+    versions: int
+    updated_at: float
+
+
+class PromptList(Wire):
+    data: list[PromptSummary]
+
+
+class Prompt(PromptSummary):
+    """A prompt and its versions, oldest first."""
+
+    data: list[Version]
+
+
+class FleetMissing(Wire):
+    replica: str
+    revision: int | None
+    heartbeat_age_seconds: float | None
+
+
+class FleetWait(Wire):
+    """How a change reached the replicas live when it was written."""
+
+    revision: int = Field(description="registry revision waited for")
+    replicas: int = Field(description="live replicas waited for")
+    confirmed: int = Field(description="those serving the revision or later")
+    complete: bool
+    elapsed_ms: int
+    timeout_seconds: float
+    missing: list[FleetMissing] = Field(
+        description="replicas that did not confirm in time, as last seen"
+    )
+    error: str | None = Field(description="the fleet board failed")
+
+
+class Served(Wire):
+    """Who serves the write: the answering process, and with `wait` the fleet."""
+
+    revision: int | None = Field(description="store revision after it")
+    here: bool = Field(
+        description="the answering process serves it (false only if its store read failed "
+        "right after the write; the write is made either way)"
+    )
+    fleet: FleetWait | None
+
+
+class VersionCreated(Wire):
+    created: bool
+    version: Version
+    served: Served
+
+
+class AuditEntry(Wire):
+    seq: int
+    at: float
+    actor: str
+    action: str
+    slug: str
+    version: int | None
+    from_status: Status | None
+    to_status: Status | None
+    reason: str
+    previous_prod: int | None
+    detail: dict[str, Any] | None = Field(
+        description="Rollout changes: rollout_id, mode, percent, sticky (from_percent on a "
+        "ramp, ended_rollout when a promote or abort ended one)"
+    )
+
+    def rollout_detail(self) -> RolloutDetail | None:
+        """The rollout facts of ``detail``, or None when it has none."""
+        if not self.detail or "mode" not in self.detail:
+            return None
+        return RolloutDetail.model_validate(self.detail)
+
+
+class RolloutDetail(Record):
+    """The rollout facts an audit entry's ``detail`` may carry."""
+
+    rollout_id: str | None = None
+    mode: str | None = None
+    percent: float | None = None
+    sticky: str | None = None
+    from_percent: float | None = None
+    ended_rollout: bool | None = None
+
+
+class AuditWritten(AuditEntry):
+    """A registry write's audit entry, and who serves it."""
+
+    served: Served
+
+
+class AuditPage(Wire):
+    data: list[AuditEntry]
+
+
+class RolloutAt(Wire):
+    """The rollout running at an instant, from its audit entries. A field an older audit
+    entry does not record is null."""
+
+    id: str | None
+    candidate: int | None
+    mode: str | None = doc(enum=["canary", "shadow", None])
+    percent: float | None
+    sticky: str | None
+    started_at: float
+    percent_since: float
+
+
+class ServedAt(Wire):
+    """What a prompt served at an instant: its prod version and the rollout running then."""
+
+    slug: str
+    at: str
+    prod_version: int | None
+    rollout: RolloutAt | None
+
+
+class History(RootModel[AuditPage | ServedAt]):
+    """A prompt's audit entries (newest first), or with `at` what it served then."""
+
+
+class Diff(Wire):
+    diff: str = Field(description="Unified diff; empty when the versions are the same")
+
+
+# -- rollouts -------------------------------------------------------------------------------
+
+
+class FeedbackDrop(Body):
+    name: str = Field(pattern="^[A-Za-z0-9_.:-]{1,64}$")
+    max_drop: float = Field(ge=0)
+
+
+class AnalysisThresholds(Body):
+    """Limits of the checks; null turns a check off."""
+
+    error_rate_increase: float | None = Field(
+        0.02, ge=0, le=1, description="Canary error share minus stable's (absolute)"
+    )
+    p95_latency_ratio: float | None = Field(
+        1.5, ge=1, description="Canary p95 duration / stable p95"
+    )
+    p95_ttft_ratio: float | None = Field(
+        1.5, ge=1, description="Canary p95 time to first token / stable p95 (streams)"
+    )
+    length_finish_increase: float | None = Field(
+        0.05, ge=0, le=1, description='Share of finish_reason "length", canary minus stable'
+    )
+    answer_length_drift: float | None = Field(
+        0.3, gt=0, description="|canary mean output tokens / stable mean - 1|"
+    )
+    shadow_divergence: bool | None = Field(
+        True, description="Use the noise-calibrated shadow verdict (shadow mode only)"
+    )
+    feedback_drop: FeedbackDrop | None = Field(
+        None,
+        description="Largest tolerated drop of a feedback score's mean, stable minus canary",
+    )
+
+
+class AnalysisPolicy(Body):
+    """Automated analysis of a rollout. Omitted fields take their defaults."""
+
+    interval: float = Field(60, ge=1, le=3600, description="Seconds between verdicts")
+    min_samples: int = Field(
+        100, ge=1, description="Requests per arm per window before a verdict can pass or fail"
+    )
+    failure_limit: int = Field(
+        0, ge=0, description="Failed verdicts tolerated; the next failure aborts"
+    )
+    steps: list[Annotated[float, Field(gt=0, le=100), doc(multipleOf=0.01)]] = Field(
+        [],
+        description="Percents to ramp through, strictly ascending; empty: the analyser never "
+        "ramps or promotes by itself",
+    )
+    alpha: float = Field(
+        0.01, gt=0, le=0.5, description="Significance level of every statistical test"
+    )
+    thresholds: AnalysisThresholds = AnalysisThresholds()
+
+
+class RolloutIn(Body):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "candidate": 2,
+                    "mode": "canary",
+                    "percent": 10,
+                    "sticky": "header:x-user-id",
+                    "analysis": {"interval": 60, "steps": [10, 25, 50]},
+                    "reason": "try v2",
+                }
+            ]
+        }
+    )
+
+    candidate: Count
+    mode: RolloutMode
+    #: Checked by the registry, so the message is the same for every front end.
+    percent: StrictFloat = doc(minimum=0, maximum=100, multipleOf=0.01)
+    sticky: Annotated[str | None, DocAs(Annotated[str | None, Field(pattern=_STICKY_REGEX)])] = (
+        Field(
+            None,
+            description="header:<name>, user, tenant or none. Omitted: none for a new rollout, "
+            "the running rollout's key for a percentage change. Headers that carry "
+            "credentials (authorization, api-key, cookie...) are refused",
+        )
+    )
+    #: Parsed by ``AnalysisPolicy.from_dict``, not pydantic, so every front end gets the
+    #: same messages and param paths.
+    analysis: Annotated[dict[str, Any] | None, DocAs(AnalysisPolicy | None)] = Field(
+        None,
+        description="Automated analysis of a new rollout. Omitted or null on a percentage "
+        "change: the running policy stays; a different one is a 409 (abort and start again "
+        "to change it). An invalid policy is a 400 whose param names the field, e.g. "
+        "analysis.steps[2]",
+    )
+    reason: str = ""
+
+
+class Rollout(Wire):
+    slug: str
+    id: str
+    candidate: int
+    mode: RolloutMode
+    percent: float
+    basis_points: int
+    sticky: str
+    started_at: float
+    updated_at: float
+    actor: str
+    restore_status: Status
+    analysis: AnalysisPolicy | None
+
+
+class RolloutList(Wire):
+    data: list[Rollout]
+
+
+class RolloutView(Rollout):
+    prod_version: int | None = Field(
+        description="The stable version the candidate is tried against"
+    )
+
+
+class RolloutChanged(RolloutView):
+    audit: AuditEntry | None = Field(description="null when nothing changed")
+    served: Served
+
+
+class Window(Record):
+    start: float | None = None
+    end: float | None = None
+
+
+class Check(Record):
+    name: str | None = None
+    result: str | None = doc(None, enum=["pass", "fail", "inconclusive", "skipped", None])
+    stable: float | None = None
+    candidate: float | None = None
+    limit: float | None = None
+    p_value: float | None = None
+    note: str | None = None
+
+
+class Verdict(Record):
+    """One verdict of the analyser, as it stored it."""
+
+    at: float | None = None
+    rollout_id: str | None = None
+    verdict: str | None = doc(None, enum=["pass", "fail", "inconclusive", None])
+    percent: float | None = None
+    window: Window | None = None
+    samples: dict[str, int] | None = Field(
+        None, description="Requests per arm: stable, and canary or shadow"
+    )
+    checks: list[Check] | None = None
+    action: str | None = doc(None, enum=["abort", "ramp", "promote", None])
+    actor: str | None = None
+
+
+class AnalysisState(Wire):
+    step: int | None = Field(description="Index into the policy's steps")
+    failures: int
+    next_at: float
+    holder: str | None = Field(description="The replica holding the analysis lease")
+    verdicts: list[Verdict] = Field(description="Newest first")
+
+
+class RolloutStatus(RolloutView):
+    analysis_state: AnalysisState | None = Field(
+        description="null when the rollout has no analysis policy"
+    )
+
+
+class LastAnalysis(Wire):
+    """The latest analysed rollout of a slug, running or ended."""
+
+    slug: str
+    rollout_id: str
+    failures: int
+    verdicts: list[Verdict] = Field(description="Newest first")
+
+
+# -- the fleet ------------------------------------------------------------------------------
+
+
+class Replica(Wire):
+    replica: str = Field(description="host:pid:suffix")
+    host: str
+    pid: int
+    version: str = Field(description="promptproxy version")
+    revision: int = Field(description="registry revision it serves")
+    generation: str | None = Field(description="registry generation it serves (null: no snapshot)")
+    state: Literal["ok", "replaced", "empty"] = Field(
+        description="replaced: the store lost the registry it serves; empty: it serves no prompt"
+    )
+    prompts: int = Field(description="prompts in the snapshot it serves")
+    behind: int | None = Field(
+        description="revisions behind the store; null unless it serves the generation the "
+        "store holds"
+    )
+    served_at: float | None
+    staleness_seconds: float
+    heartbeat_age_seconds: float
+    healthy: bool = Field(description="its last store read worked and found the registry it serves")
+    live: bool
+    this: bool = Field(description="the replica that answered")
+
+
+class FleetStatus(Wire):
+    revision: int | None
+    generation: str | None = Field(description="the generation the store holds")
+    replica: str = Field(description="the one answering")
+    live: int
+    data: list[Replica]
+
+
+# -- shadow pairs ---------------------------------------------------------------------------
+
+
+class ToolCall(Record):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ShadowArm(Record):
+    """What one arm answered (texts redacted, and cut to the sink's limit)."""
+
+    version: int | None = None
+    status: int | None = None
+    text: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    finish_reason: str | None = None
+    model: str | None = None
+    latency_ms: float | None = None
+    ttft_ms: float | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    error_class: str | None = None
+    truncated: bool | None = None
+
+
+class ShadowPair(Record):
+    """One shadowed request: the answer its caller got next to the shadow's."""
+
+    pair_id: str
+    ts: float
+    slug: str | None = None
+    rollout_id: str | None = None
+    kind: str | None = doc(
+        None,
+        enum=["candidate", "stable", None],
+        description="candidate (stable vs candidate) or stable (stable run twice: the noise)",
+    )
+    request_id: str | None = None
+    route: str | None = None
+    stream: bool | None = None
+    primary: ShadowArm | None = Field(
+        None, description="null when the primary never reported in time"
+    )
+    shadow: ShadowArm | None = None
+    expect_json: bool | None = None
+    divergence: dict[str, float | None] | None = None
+
+
+class ShadowRollout(Wire):
+    slug: str
+    rollout_id: str
+    running: bool
+
+
+class PairCounts(Wire):
+    stable: int = Field(description="stable vs stable pairs (the noise) compared")
+    candidate: int = Field(description="stable vs candidate pairs compared")
+    skipped: int = Field(description="unpaired, of another kind, or a half failed")
+
+
+class MeasureReport(Wire):
+    measure: str
+    result: Literal["pass", "fail", "inconclusive"]
+    noise_mean: float | None
+    candidate_mean: float | None
+    noise_n: int
+    candidate_n: int
+    p_value: float | None = Field(description="One-sided Mann-Whitney: the candidate diverges more")
+    effect: float | None = Field(description="P(candidate > noise) + P(tie) / 2")
+    noise_p50: float | None
+    noise_p95: float | None
+    candidate_p50: float | None
+    candidate_p95: float | None
+    noise_bins: list[int] = Field(
+        description="Noise pairs per bin of the measure: bin i holds values nearest i / 49"
+    )
+    candidate_bins: list[int] = Field(description="Candidate pairs per bin, like noise_bins")
+
+
+class ShadowReport(Wire):
+    """Whether a rollout's candidate diverges from stable more than stable from itself."""
+
+    slug: str
+    rollout_id: str
+    rollout_running: bool | None = Field(
+        description="null when the rollout was named (`rollout`), not chosen as the latest"
+    )
+    since: str
+    pairs: PairCounts
+    alpha: float
+    margin: float
+    min_pairs: int
+    result: Literal["pass", "fail", "inconclusive"]
+    measures: list[MeasureReport]
+
+
+# -- the registry store ---------------------------------------------------------------------
+
+
+class RegistryStatus(Wire):
+    state: Literal["ok", "replaced"]
+    problem: str | None = Field(description="why the store is not the registry served")
+    generation: str | None
+    revision: int
+    prompts: int
+
+
+class RestoreIn(Body):
+    source: Literal["snapshot"]
+    reason: str = ""
+    overwrite: StrictBool = Field(
+        False,
+        description="replace prompts the store holds that are not an older copy of this "
+        "registry (409 without it)",
+    )
+
+
+class RestoreResult(Wire):
+    source: Literal["snapshot", "file"]
+    generation: str
+    revision: int
+    prompts: int
+    versions: int
+    unchanged: bool
+
+
+class RegistryExport(Body):
+    """The whole registry. An import checks it as strictly as pushes (slugs, templates,
+    content hashes, one prod per prompt, increasing audit seqs)."""
+
+    format: Literal["promptproxy-registry/1"]
+    generation: str
+    revision: int
+    versions: list[Version]
+    rollouts: list[Rollout] = []
+    audit: list[AuditEntry] = []
+
+
+# -- probes ---------------------------------------------------------------------------------
+
+
+class Health(Wire):
+    status: Literal["ok"]
+
+
+class ReadyRegistry(Wire):
+    store: str
+    state: Literal["ok", "unavailable", "replaced"]
+    error: str | None
+    generation: str | None
+    revision: int
+    prompts: int
+    staleness_seconds: float
+    snapshot_loaded: bool
+    bootstrap_pending: bool
+
+
+class Ready(Wire):
+    status: Literal["ready", "degraded", "starting", "draining"]
+    registry: ReadyRegistry

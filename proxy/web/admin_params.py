@@ -1,0 +1,340 @@
+"""Path and query parameters of the admin API, as models.
+
+A route names its path and query models in the route table; ``admin_endpoint`` validates
+the request's parameters with them before the handler runs, and ``proxy.web.openapi``
+describes each field as a parameter. Each field reads the raw string itself, so a bad
+value is a 400 naming the parameter, in words a person can act on (not pydantic's); the
+``Field`` constraints then state the same range for the document.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+
+from proxy.errors import InvalidRequest
+from proxy.models import SLUG_PATTERN
+from proxy.registry.models import INT64_MAX
+from proxy.registry.service import MAX_WAIT_SECONDS, check_slug, check_wait
+from proxy.web.admin_models import SLUG_REGEX
+
+#: Shadow ``since``: seconds ago with an optional unit. ASCII digits (``\d`` takes other
+#: scripts' too), and few enough to stay a finite time.
+SINCE_NUMBER = r"([0-9]{1,15}(?:\.[0-9]{1,9})?)([smhd]?)"
+#: Pairs one read of shadow pairs returns by default, and at most.
+DEFAULT_PAIRS = 100
+MAX_PAIRS = 10_000
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_SINCE = re.compile(SINCE_NUMBER)
+# A bare number this large is a unix timestamp (2001-09-09 onwards), not seconds ago.
+_EPOCH_FLOOR = 1e9
+#: The rollout ``rollout=latest`` names: the running one, else the last that ran.
+LATEST = "latest"
+_ROLLOUT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# ASCII digits only: str.isdigit() also takes '²' and '٣', and int() refuses the first.
+_POSITIVE = re.compile(r"0*[1-9][0-9]{0,18}")
+
+
+class Params(BaseModel):
+    """Parameters read from the URL. A required one that is missing reads as ``""``, so
+    its own check names it."""
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True)
+
+
+class NoParams(Params):
+    """A route without path (or query) parameters."""
+
+
+# -- readers: a raw string in, a value or a 400 naming the parameter out ---------------------
+
+
+def positive_int(value: str, name: str) -> int:
+    """A path or query integer from 1 to 2^63-1, or a 400 naming it (never a store overflow)."""
+    if _POSITIVE.fullmatch(value) is None or int(value) > INT64_MAX:
+        raise InvalidRequest(
+            f"`{name}` must be an integer from 1 to {INT64_MAX}, not {value[:40]!r}.", param=name
+        )
+    return int(value)
+
+
+def _count(name: str) -> Callable[[Any], int]:
+    return lambda value: positive_int(str(value), name)
+
+
+def _slug(value: Any) -> str:
+    check_slug(str(value))
+    return str(value)
+
+
+def _shadow_slug(value: Any) -> str:
+    if not SLUG_PATTERN.match(str(value)):
+        raise InvalidRequest("The prompt slug must match [A-Za-z0-9._-]{1,64}.", param="slug")
+    return str(value)
+
+
+def _wait(value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise InvalidRequest(
+            "`wait` must be a number of seconds, e.g. wait=5.", param="wait", code="invalid_wait"
+        ) from None
+    return check_wait(seconds)
+
+
+def instant(value: str) -> float:
+    """An ISO-8601 time with a zone (``at``), as unix seconds."""
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidRequest(
+            "`at` must be an ISO-8601 time such as 2026-11-24T10:00:00Z.", param="at"
+        ) from None
+    if moment.tzinfo is None:
+        raise InvalidRequest("`at` must carry a time zone (e.g. Z or +00:00).", param="at")
+    return moment.timestamp()
+
+
+def _at(value: Any) -> str:
+    instant(str(value))
+    return str(value)
+
+
+def parse_since(value: str | None, now: float) -> float | None:
+    """``since`` as unix seconds; None when absent."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    match = _SINCE.fullmatch(text)
+    if match is not None:
+        number, unit = float(match.group(1)), match.group(2)
+        if not unit and number >= _EPOCH_FLOOR:
+            return number
+        return now - number * _UNITS[unit]
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise _bad_since()
+    return moment.timestamp()
+
+
+def _bad_since() -> InvalidRequest:
+    return InvalidRequest(
+        "`since` must be seconds ago (600), a duration (10m, 2h, 1d), a unix timestamp "
+        "or an ISO-8601 time with a zone (2026-11-24T10:00:00Z).",
+        param="since",
+    )
+
+
+def _since_text(value: Any) -> str:
+    """A ``since`` that must say when (a report has no "the last N pairs")."""
+    if parse_since(str(value), time.time()) is None:
+        raise _bad_since()
+    return str(value)
+
+
+def _pairs_limit(value: Any) -> int:
+    text = str(value)
+    # ASCII digits only: str.isdigit() also takes '²', which int() refuses.
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_PAIRS:
+        raise InvalidRequest(f"`limit` must be an integer from 1 to {MAX_PAIRS}.", param="limit")
+    return int(text)
+
+
+def _flag(name: str) -> Callable[[Any], bool]:
+    def read(value: Any) -> bool:
+        lowered = str(value).lower()
+        if lowered in ("true", "1", "yes"):
+            return True
+        if lowered in ("false", "0", "no", ""):
+            return False
+        raise InvalidRequest(f"`{name}` must be true or false.", param=name)
+
+    return read
+
+
+def _strict_flag(name: str) -> Callable[[Any], str]:
+    def read(value: Any) -> str:
+        if value not in ("true", "false"):
+            raise InvalidRequest(
+                f"`{name}` must be true or false, not {str(value)[:40]!r}.", param=name
+            )
+        return str(value)
+
+    return read
+
+
+def _rollout(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value)
+    if text != LATEST and not _ROLLOUT_ID.fullmatch(text):
+        raise InvalidRequest(
+            "`rollout` must be a rollout id or `latest` (the running rollout, else the last).",
+            param="rollout",
+        )
+    return text
+
+
+def _share(name: str, low: float, high: float, *, low_open: bool) -> Callable[[Any], float]:
+    above = f"above {low:g}" if low_open else f"at least {low:g}"
+
+    def read(value: Any) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            number = float("nan")
+        inside = (low < number if low_open else low <= number) and number <= high
+        if not inside:  # NaN is never inside
+            raise InvalidRequest(
+                f"`{name}` must be a number {above} and at most {high:g}.", param=name
+            )
+        return number
+
+    return read
+
+
+# -- parameter types ---------------------------------------------------------------------------
+
+
+_SLUG_SCHEMA = {"type": "string", "pattern": SLUG_REGEX}
+Slug = Annotated[str, BeforeValidator(_slug), WithJsonSchema(_SLUG_SCHEMA)]
+ShadowSlug = Annotated[str, BeforeValidator(_shadow_slug), WithJsonSchema(_SLUG_SCHEMA)]
+_SINCE_SCHEMA = {
+    "anyOf": [
+        {"type": "string", "pattern": f"^{SINCE_NUMBER}$"},
+        {"type": "string", "format": "date-time"},
+    ]
+}
+_SINCE_HELP = (
+    "How far back: seconds (600), a duration (10m, 2h), a unix time or an ISO-8601 time with a zone"
+)
+_ROLLOUT_SCHEMA = {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"}
+_COUNT = Field(ge=1, le=INT64_MAX)
+VersionNumber = Annotated[int, _COUNT, BeforeValidator(_count("version"))]
+Limit = Annotated[int, _COUNT, BeforeValidator(_count("limit"))]
+Before = Annotated[int, _COUNT, BeforeValidator(_count("before"))]
+From = Annotated[int, _COUNT, BeforeValidator(_count("from"))]
+To = Annotated[int, _COUNT, BeforeValidator(_count("to"))]
+MinPairs = Annotated[int, _COUNT, BeforeValidator(_count("min_pairs"))]
+
+
+# -- path parameters ---------------------------------------------------------------------------
+
+
+class SlugPath(Params):
+    slug: Slug
+
+
+class VersionPath(Params):
+    slug: Slug
+    version: VersionNumber
+
+
+class ShadowPath(Params):
+    """The shadow endpoints check the slug before anything else, with their own words."""
+
+    slug: ShadowSlug
+
+
+# -- query parameters --------------------------------------------------------------------------
+
+
+class WaitQuery(Params):
+    """Every write takes ``wait``: see ``admin_wait``."""
+
+    wait: Annotated[float | None, BeforeValidator(_wait)] = Field(
+        None,
+        gt=0,
+        le=MAX_WAIT_SECONDS,
+        description="Seconds to wait until every live replica serves the change; "
+        "`served.fleet` then says who confirmed and names who did not",
+    )
+
+
+class AbortQuery(WaitQuery):
+    reason: str = Field("", description="Why, when the body does not say (kept in the audit log)")
+
+
+class HistoryQuery(Params):
+    limit: Limit = Field(100, description="Most entries to return (newest first)")
+    at: Annotated[str | None, BeforeValidator(_at)] = Field(
+        None,
+        json_schema_extra={"format": "date-time"},
+        description="ISO-8601 instant: answer which version was prod then, and the rollout "
+        "running then",
+    )
+
+
+class DiffQuery(Params):
+    from_: From = Field(alias="from")
+    to: To
+
+
+class AuditQuery(Params):
+    limit: Limit = Field(100, description="Most entries to return; at most 1000 are")
+    before: Before | None = Field(None, description="Entries with a smaller seq (paging)")
+    slug: Annotated[str | None, BeforeValidator(_slug), WithJsonSchema(_SLUG_SCHEMA)] = None
+
+
+class PairsQuery(Params):
+    since: Annotated[
+        float | None,
+        BeforeValidator(lambda value: parse_since(str(value), time.time())),
+        WithJsonSchema(_SINCE_SCHEMA),
+    ] = Field(None, description=_SINCE_HELP + "; without it, the last `limit` pairs")
+    limit: Annotated[int, BeforeValidator(_pairs_limit)] = Field(DEFAULT_PAIRS, ge=1, le=MAX_PAIRS)
+    follow: Annotated[bool, BeforeValidator(_flag("follow"))] = Field(
+        False, description="Keep the response open and stream new pairs as they come"
+    )
+    rollout: Annotated[str | None, BeforeValidator(_rollout), WithJsonSchema(_ROLLOUT_SCHEMA)] = (
+        Field(
+            None,
+            description="Only this rollout's pairs: its id, or `latest` (the running rollout, "
+            "else the last one; 404 if the prompt never had one), also with `follow`. Without "
+            "it, the pairs of every rollout",
+        )
+    )
+
+
+class ReportQuery(Params):
+    since: Annotated[str, BeforeValidator(_since_text), WithJsonSchema(_SINCE_SCHEMA)] = Field(
+        "1h", description="Pairs recorded since then. " + _SINCE_HELP
+    )
+    limit: Limit | None = Field(None, description="At most this many pairs, oldest first")
+    rollout: Annotated[str | None, BeforeValidator(_rollout), WithJsonSchema(_ROLLOUT_SCHEMA)] = (
+        Field(
+            None,
+            description="The rollout whose pairs to judge: its id, or `latest` (the default: "
+            "the running rollout, else the last one; 404 if the prompt never had one)",
+        )
+    )
+    alpha: Annotated[float, BeforeValidator(_share("alpha", 0, 0.5, low_open=True))] = Field(
+        0.01, gt=0, le=0.5, description="Significance level of each measure's test"
+    )
+    margin: Annotated[float, BeforeValidator(_share("margin", 0, 1, low_open=False))] = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="How much more the candidate must diverge on average than the noise to fail",
+    )
+    min_pairs: MinPairs = Field(
+        30, description="Fewer comparable pairs of a kind than this: inconclusive"
+    )
+
+
+class ImportQuery(Params):
+    overwrite: Annotated[Literal["true", "false"], BeforeValidator(_strict_flag("overwrite"))] = (
+        Field("false", description="replace prompts the store holds (409 without it)")
+    )
+    reason: str = Field("", description="Kept in the audit log")

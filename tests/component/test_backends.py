@@ -1,0 +1,384 @@
+"""One store, every part: `open_backend` opens the backend `registry.store` names, and that
+backend alone decides where each piece of shared state lives.
+
+Embedded: everything in this process (memory, the SQLite files, pair files). Redis: every
+part on the one Redis, so a second replica sees what the first wrote (lease, analysis state
+and pool, request index, fleet board, pairs); one ``close`` flushes what is queued and leaves
+no connection behind (counted with CLIENT LIST on a private redis-server).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
+
+from proxy.analysis.lease import LocalLease, RedisLease
+from proxy.analysis.lease_postgres import PostgresLease
+from proxy.analysis.pool import MemoryStatsPool, RedisStatsPool
+from proxy.analysis.pool_postgres import PostgresStatsPool
+from proxy.analysis.state import AnalysisState, MemoryStateStore, RedisStateStore
+from proxy.analysis.state_postgres import PostgresStateStore
+from proxy.analysis.window import RolloutBatch
+from proxy.backends.kinds import KINDS, describe_store
+from proxy.backends.open import open_backend
+from proxy.config import ProxyConfig, Settings
+from proxy.feedback import Answered, MemoryRequestIndex, RedisRequestIndex
+from proxy.feedback_postgres import PostgresRequestIndex
+from proxy.models import Route
+from proxy.preflight import StartupError
+from proxy.registry.embedded_store import EmbeddedStore
+from proxy.registry.fleet import ReplicaBeat
+from proxy.registry.fleet_embedded import EmbeddedFleetBoard
+from proxy.registry.fleet_postgres import PostgresBoard
+from proxy.registry.fleet_redis import RedisFleetBoard
+from proxy.registry.postgres_store import PostgresStore
+from proxy.registry.redis_store import RedisStore
+from proxy.registry.store import StoreUnavailable
+from proxy.shadow.metrics import ShadowMetrics
+from proxy.shadow.models import ArmResult, ShadowKind
+from proxy.shadow.pairs import Pair, PairMeta
+from proxy.shadow.sink_files import FilePairSink
+from proxy.shadow.sink_postgres import PostgresPairSink
+from proxy.shadow.sink_redis import RedisPairSink
+from tests.postgres_server import PostgresServer, postgres_server_fixture
+from tests.redis_server import RedisServer, running_redis
+from tests.support import make_settings
+
+SLUG = "support"
+
+postgres_server = postgres_server_fixture("module")
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    with running_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+async def raw(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_server.url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+def redis_settings(redis_server: RedisServer, **overrides: Any) -> Settings:
+    prefix = f"backend-{uuid.uuid4().hex[:8]}:"
+    return make_settings(
+        **{"registry.store": redis_server.url, "registry.redis_prefix": prefix, **overrides}
+    )
+
+
+def beat(replica: str) -> ReplicaBeat:
+    return ReplicaBeat(replica, "host", 7, "0.1.0", 3, 1.5, 0.25, True)
+
+
+def pair(n: int) -> Pair:
+    meta = PairMeta(
+        f"p{n}", SLUG, "ro", ShadowKind.CANDIDATE.value, f"r{n}", Route.CHAT.value, True
+    )
+    return Pair.build(meta, ArmResult(version=1, text="a"), ArmResult(version=2, text="b"), 1.0)
+
+
+def answered() -> Answered:
+    return Answered(SLUG, "2", "canary", "ro", time.time())
+
+
+def batch(requests: int) -> RolloutBatch:
+    counts = RolloutBatch()
+    counts.arm(int(time.time()), "canary").requests = requests
+    return counts
+
+
+async def promptproxy_clients(raw: Redis) -> dict[str, int]:
+    """Connections the proxy has open on the server, by client name."""
+    names: dict[str, int] = {}
+    for client in await raw.client_list():
+        name = client.get("name") or ""
+        if name.startswith("promptproxy"):
+            names[name] = names.get(name, 0) + 1
+    return names
+
+
+# -- embedded ------------------------------------------------------------------------------
+
+
+async def test_the_embedded_backend_keeps_every_part_in_this_process(tmp_path: Path) -> None:
+    settings = make_settings(
+        **{
+            "registry.store": f"embedded:{tmp_path / 'registry.db'}",
+            "shadow.sink": {"dir": str(tmp_path / "pairs")},
+        }
+    )
+    async with await open_backend(settings, replica="me") as backend:
+        assert not backend.shared
+        assert backend.describe() == f"embedded:{tmp_path / 'registry.db'}"
+        assert isinstance(backend.store, EmbeddedStore)
+        assert isinstance(backend.board, EmbeddedFleetBoard)
+        assert isinstance(backend.pool, MemoryStatsPool)
+        assert isinstance(backend.lease, LocalLease)
+        assert isinstance(backend.state, MemoryStateStore)
+        assert isinstance(backend.index, MemoryRequestIndex)
+        assert isinstance(backend.pairs, FilePairSink)
+        assert backend.lease.replica == "me"
+        await backend.board.publish(beat("me"))
+        backend.pairs.add(pair(1))
+    # Closed: the queued pair is on disk, the registry file is released.
+    assert [r["pair_id"] for r in await backend.pairs.read(SLUG, None, 10)] == ["p1"]
+    with pytest.raises(StoreUnavailable):
+        await backend.store.revision()
+    assert (tmp_path / "registry.fleet.db").exists()
+    await backend.close()  # again: nothing left to close, nothing raised
+
+
+# -- Redis ---------------------------------------------------------------------------------
+
+
+async def test_the_redis_backend_puts_every_part_on_the_one_redis(
+    redis_server: RedisServer, raw: Redis
+) -> None:
+    settings = redis_settings(redis_server)
+    prefix = settings.config.registry.redis_prefix
+    # Two replicas on the same store: what one writes, the other reads.
+    mine = await open_backend(settings, replica="replica-a")
+    theirs = await open_backend(settings, replica="replica-b")
+    try:
+        assert mine.shared
+        assert isinstance(mine.store, RedisStore)
+        assert isinstance(mine.board, RedisFleetBoard)
+        assert isinstance(mine.pool, RedisStatsPool)
+        assert isinstance(mine.lease, RedisLease)
+        assert isinstance(mine.state, RedisStateStore)
+        assert isinstance(mine.index, RedisRequestIndex)
+        assert isinstance(mine.pairs, RedisPairSink)
+
+        assert await mine.lease.hold(SLUG)
+        assert not await theirs.lease.hold(SLUG)
+        assert await theirs.lease.holder(SLUG) == "replica-a"
+
+        await mine.state.save(
+            SLUG, AnalysisState("ro", 2, 1.0, 2.0), {"rollout_id": "ro", "verdict": "hold"}
+        )
+        state, verdicts = await theirs.state.load(SLUG)
+        assert state is not None
+        assert state.failures == 2
+        assert verdicts == [{"rollout_id": "ro", "verdict": "hold"}]
+
+        await mine.pool.add({(SLUG, "ro"): batch(3)}, keep_seconds=60)
+        await theirs.pool.add({(SLUG, "ro"): batch(4)}, keep_seconds=60)
+        now = time.time()
+        window = await mine.pool.read(SLUG, "ro", now - 5, now + 5)
+        assert window.arm("canary").requests == 7
+
+        mine.index.remember("req-1", answered())
+        assert isinstance(mine.index, RedisRequestIndex)
+        await mine.index.flush()
+        found = await theirs.index.lookup("req-1")
+        assert found is not None
+        assert found.version == "2"
+
+        await mine.board.publish(beat("replica-a"))
+        assert [b.replica for b, _ in (await theirs.board.read()).entries] == ["replica-a"]
+
+        revision = await mine.store.revision()
+        await mine.store.wait_for_change(revision, 0.05)  # the change notification, subscribed
+        mine.pairs.add(pair(1))
+    finally:
+        await mine.close()  # flushes the queued pair
+        await theirs.close()
+    async with await open_backend(settings, replica="replica-c") as later:
+        assert [r["pair_id"] for r in await later.pairs.read(SLUG, None, 10)] == ["p1"]
+    # Every part wrote to this one Redis, under the deployment's prefix.
+    keys = set(await raw.keys(f"{prefix}*"))
+    assert {
+        f"{prefix}{{analysis}}:lease:{SLUG}",
+        f"{prefix}{{analysis}}:state:{SLUG}",
+        f"{prefix}{{analysis}}:verdicts:{SLUG}",
+        f"{prefix}answer:req-1",
+        f"{prefix}fleet:beat",
+        f"{prefix}{{shadow}}:pairs:{SLUG}",
+    } <= keys
+    assert any(key.startswith(f"{prefix}{{analysis}}:w:{SLUG}:ro:") for key in keys)
+
+
+async def test_closing_the_redis_backend_leaves_no_connection_behind(
+    redis_server: RedisServer, raw: Redis
+) -> None:
+    settings = redis_settings(redis_server)
+    assert await promptproxy_clients(raw) == {}
+    backend = await open_backend(settings, replica="me")
+    # Use every part, so every client holds a connection (the registry's two: commands
+    # and the change-notification subscription).
+    revision = await backend.store.revision()
+    await backend.store.wait_for_change(revision, 0.05)
+    await backend.board.publish(beat("me"))
+    await backend.lease.hold(SLUG)
+    await backend.state.load(SLUG)
+    await backend.pool.read(SLUG, "ro", 0, 1)
+    await backend.index.first_feedback("req-1", "thumbs_up")
+    backend.pairs.add(pair(1))
+    await backend.pairs.read(SLUG, None, 1)
+    opened = await promptproxy_clients(raw)
+    # One shared client for the board, pool, lease, state and request index (used one after
+    # another here, so one connection), the registry's own, the sink's writer and reader.
+    assert opened["promptproxy-analysis"] == 1
+    assert opened["promptproxy-registry"] == 2
+    assert set(opened) == {
+        "promptproxy-analysis",
+        "promptproxy-registry",
+        "promptproxy-shadow-writer",
+        "promptproxy-shadow-reader",
+    }
+
+    await backend.close()
+    assert await promptproxy_clients(raw) == {}
+    await backend.close()  # idempotent
+
+
+async def test_many_backends_opened_and_closed_leak_nothing(
+    redis_server: RedisServer, raw: Redis
+) -> None:
+    settings = redis_settings(redis_server)
+    for n in range(5):
+        async with await open_backend(settings, replica=f"r{n}") as backend:
+            await backend.lease.hold(SLUG)
+            await backend.store.revision()
+            backend.pairs.add(pair(n))
+    assert await promptproxy_clients(raw) == {}
+
+
+async def test_the_pair_counters_are_the_ones_handed_in(redis_server: RedisServer) -> None:
+    registry = CollectorRegistry()
+    settings = redis_settings(redis_server)
+    backend = await open_backend(settings, replica="me", pair_metrics=ShadowMetrics(registry))
+    backend.pairs.add(pair(1))
+    await backend.close()
+    written = registry.get_sample_value("promptproxy_shadow_pairs_total", {"outcome": "written"})
+    assert written == 1
+
+
+def test_describe_never_shows_credentials() -> None:
+    assert describe_store("redis://user:s3cret@127.0.0.1:1/0?password=x") == (
+        "redis://127.0.0.1:1/0"
+    )
+    assert describe_store("postgresql://app:pw@db.internal:5432/prompts") == (
+        "postgresql://db.internal:5432/prompts"
+    )
+    assert describe_store("embedded:/var/lib/promptproxy/registry.db") == (
+        "embedded:/var/lib/promptproxy/registry.db"
+    )
+
+
+# -- refused at open -----------------------------------------------------------------------
+
+
+async def test_the_postgresql_backend_puts_every_part_in_the_one_database(
+    postgres_server: PostgresServer,
+) -> None:
+    settings = make_settings(**{"registry.store": postgres_server.new_database()})
+    mine = await open_backend(settings, replica="replica-a")
+    theirs = await open_backend(settings, replica="replica-b")
+    try:
+        assert mine.shared
+        assert isinstance(mine.store, PostgresStore)
+        assert isinstance(mine.board, PostgresBoard)
+        assert isinstance(mine.pool, PostgresStatsPool)
+        assert isinstance(mine.lease, PostgresLease)
+        assert isinstance(mine.state, PostgresStateStore)
+        assert isinstance(mine.index, PostgresRequestIndex)
+        assert isinstance(mine.pairs, PostgresPairSink)
+
+        assert await mine.lease.hold(SLUG)
+        assert not await theirs.lease.hold(SLUG)
+        assert await theirs.lease.holder(SLUG) == "replica-a"
+
+        await mine.state.save(
+            SLUG, AnalysisState("ro", 2, 1.0, 2.0), {"rollout_id": "ro", "verdict": "hold"}
+        )
+        state, verdicts = await theirs.state.load(SLUG)
+        assert state is not None
+        assert state.failures == 2
+        assert verdicts == [{"rollout_id": "ro", "verdict": "hold"}]
+
+        await mine.pool.add({(SLUG, "ro"): batch(3)}, keep_seconds=60)
+        await theirs.pool.add({(SLUG, "ro"): batch(4)}, keep_seconds=60)
+        now = time.time()
+        window = await mine.pool.read(SLUG, "ro", now - 5, now + 5)
+        assert window.arm("canary").requests == 7
+
+        mine.index.remember("req-1", answered())
+        assert isinstance(mine.index, PostgresRequestIndex)
+        await mine.index.flush()
+        found = await theirs.index.lookup("req-1")
+        assert found is not None
+        assert found.version == "2"
+
+        await mine.board.publish(beat("replica-a"))
+        assert [b.replica for b, _ in (await theirs.board.read()).entries] == ["replica-a"]
+
+        revision = await mine.store.revision()
+        await mine.store.wait_for_change(revision, 0.05)
+        mine.pairs.add(pair(1))
+    finally:
+        await mine.close()  # flushes the queued pair
+        await theirs.close()
+    async with await open_backend(settings, replica="replica-c") as later:
+        assert [r["pair_id"] for r in await later.pairs.read(SLUG, None, 10)] == ["p1"]
+
+
+async def test_closing_the_postgresql_backend_leaves_no_connection_behind(
+    postgres_server: PostgresServer,
+) -> None:
+    url = postgres_server.new_database()
+    database = url.rpartition("/")[2]
+    settings = make_settings(**{"registry.store": url})
+
+    def connections() -> int:
+        import psycopg
+
+        with psycopg.connect(postgres_server.url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (database,)
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    for n in range(3):
+        backend = await open_backend(settings, replica=f"r{n}")
+        revision = await backend.store.revision()
+        await backend.store.wait_for_change(revision, 0.05)  # the LISTEN connection is up
+        await backend.lease.hold(SLUG)
+        backend.pairs.add(pair(n))
+        assert connections() >= 2
+        await backend.close()
+        await backend.close()  # idempotent
+        assert connections() == 0
+
+
+async def test_settings_not_built_by_load_config_are_refused_too(
+    redis_server: RedisServer,
+) -> None:
+    config = ProxyConfig.model_validate(
+        {"registry": {"store": redis_server.url}, "shadow": {"sink": {"kind": "files"}}}
+    )
+    with pytest.raises(StartupError, match=r"shadow\.sink\.kind: `files`"):
+        await open_backend(Settings(config=config, upstream_api_key=None), replica="me")
+
+
+def test_every_backend_module_opens_with_the_same_signature() -> None:
+    for kind in KINDS:
+        try:
+            module = importlib.import_module(kind.module)
+        except ModuleNotFoundError:
+            continue  # a backend this build does not have (tested above)
+        opener = module.open_backend
+        assert inspect.iscoroutinefunction(opener)
+        assert list(inspect.signature(opener).parameters) == ["settings", "context"]

@@ -1,0 +1,362 @@
+"""What only the PostgreSQL store (and board) has: its tables, locks, channel, connections.
+
+The contract itself runs on PostgreSQL with the other stores (``store_factory``); here:
+numbering under concurrent pushes from several replicas, the rules the database keeps by
+itself, schemas as independent registries, the NOTIFY channel, the LISTEN connection, and
+what a write and a wake-up cost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from proxy.pg.connect import new_pool
+from proxy.pg.migrate import Migration, SchemaTooNew, migrate
+from proxy.registry.backup import RegistryImage
+from proxy.registry.fleet import FleetError, ReplicaBeat
+from proxy.registry.fleet_postgres import PostgresBoard
+from proxy.registry.models import AuditEntry, PromptVersion, Status, VersionDraft
+from proxy.registry.postgres_schema import change_channel
+from proxy.registry.postgres_store import PostgresStore
+from proxy.registry.store import (
+    InvalidTransition,
+    PromptNotFound,
+    StoreUnavailable,
+    VersionNotFound,
+)
+from tests.registry.helpers import T0, draft, push
+from tests.registry.pg_stores import drop_schema, open_pool, open_store
+
+
+@pytest.fixture
+def schema() -> str:
+    return f"test_{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+async def stores() -> AsyncIterator[list[PostgresStore]]:
+    opened: list[PostgresStore] = []
+    try:
+        yield opened
+    finally:
+        for store in opened:
+            await store.close()
+
+
+@pytest.fixture
+async def raw(registry_postgres_url: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    async with await psycopg.AsyncConnection.connect(
+        registry_postgres_url, autocommit=True
+    ) as conn:
+        yield conn
+
+
+async def _open(stores: list[PostgresStore], url: str, schema: str) -> PostgresStore:
+    store = await open_store(url, schema)
+    stores.append(store)
+    return store
+
+
+async def test_concurrent_pushes_from_three_replicas_are_numbered_1_to_24(
+    registry_postgres_url: str, schema: str, stores: list[PostgresStore]
+) -> None:
+    replicas = [await _open(stores, registry_postgres_url, schema) for _ in range(3)]
+    await replicas[0].revision()  # tables made before the race starts
+
+    results = await asyncio.gather(
+        *(
+            replicas[i % 3].create_version(draft(f"variant {i}"), f"replica-{i % 3}", T0 + i)
+            for i in range(24)
+        )
+    )
+
+    assert all(created for _, created in results)
+    assert sorted(v.version for v, _ in results) == list(range(1, 25))
+    assert [v.version for v in await replicas[1].list_versions("greet")] == list(range(1, 25))
+    audit = await replicas[2].audit(limit=100)
+    assert sorted(e.seq for e in audit) == list(range(1, 25))
+    # Seq order is commit order: each create's entry names the next number.
+    assert [e.version for e in reversed(audit)] == list(range(1, 25))
+    assert await replicas[0].revision() == 24
+
+
+async def test_the_database_keeps_the_rules_by_itself(
+    registry_postgres_url: str,
+    schema: str,
+    stores: list[PostgresStore],
+    raw: psycopg.AsyncConnection[Any],
+) -> None:
+    """Whatever a future code path (or a hand-written query) does: versions are immutable
+    and never deleted, the audit log is append-only, one prod per prompt."""
+    store = await _open(stores, registry_postgres_url, schema)
+    await push(store, "one", "two")
+    await store.promote("greet", 1, "alice", "", T0)
+    await raw.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+    refused = {
+        "edit a version": "UPDATE registry_versions SET body = '{}' WHERE version = 1",
+        "delete a version": "DELETE FROM registry_versions WHERE version = 2",
+        "edit the audit": "UPDATE registry_audit SET reason = 'nothing happened'",
+        "delete the audit": "DELETE FROM registry_audit",
+        "a second prod": "UPDATE registry_versions SET status = 'prod' WHERE version = 2",
+    }
+    for what, statement in refused.items():
+        with pytest.raises(psycopg.errors.IntegrityError):
+            await raw.execute(statement.encode())
+        assert len(await store.list_versions("greet")) == 2, what
+    assert len(await store.audit()) == 3
+    assert (await store.snapshot()).prod == {"greet": 1}
+
+
+async def test_two_schemas_on_one_database_are_two_registries(
+    registry_postgres_url: str, stores: list[PostgresStore]
+) -> None:
+    team_a = await _open(stores, registry_postgres_url, f"a_{uuid.uuid4().hex[:8]}")
+    team_b = await _open(stores, registry_postgres_url, f"b_{uuid.uuid4().hex[:8]}")
+    await push(team_a, "a1", "a2")
+    await team_a.promote("greet", 2, "x", "", T0)
+    await push(team_b, "b1")
+
+    assert [v.template for v in await team_b.list_versions("greet")] == ["b1"]
+    assert (await team_b.snapshot()).prod == {}
+    assert await team_b.revision() == 1
+    assert (await team_a.snapshot()).generation != (await team_b.snapshot()).generation
+    assert team_a.channel != team_b.channel
+
+
+async def test_every_write_notifies_the_schemas_channel_with_its_revision(
+    registry_postgres_url: str,
+    schema: str,
+    stores: list[PostgresStore],
+    raw: psycopg.AsyncConnection[Any],
+) -> None:
+    """The protocol other listeners (tools, another build) can rely on: channel
+    ``<schema>.registry``, payload the new revision, sent at commit."""
+    store = await _open(stores, registry_postgres_url, schema)
+    assert store.channel == f"{schema}.registry"
+    await raw.execute(sql.SQL("LISTEN {}").format(sql.Identifier(store.channel)))
+
+    await push(store, "one")
+    await store.promote("greet", 1, "alice", "", T0)
+    with pytest.raises(InvalidTransition):  # refused: no change, no notification
+        await store.promote("greet", 1, "alice", "", T0)
+    await push(store, "one")  # the same content: nothing written, no notification
+    await push(store, "two")
+
+    payloads = [n.payload async for n in raw.notifies(timeout=1.0, stop_after=3)]
+    assert payloads == ["1", "2", "3"]
+    assert {n.channel async for n in raw.notifies(timeout=0.2)} == set()
+
+
+def test_channel_names_fit_postgresql_and_stay_distinct() -> None:
+    long_a, long_b = "a" * 60 + "_one", "a" * 60 + "_two"
+    assert change_channel("prod") == "prod.registry"
+    assert len(change_channel(long_a)) <= 63
+    assert change_channel(long_a) != change_channel(long_b)
+
+
+async def test_a_schema_written_by_a_newer_promptproxy_is_refused(
+    registry_postgres_url: str, schema: str
+) -> None:
+    pool = await open_pool(registry_postgres_url, schema)
+    try:
+        async with pool.connection() as conn:
+            from proxy.registry import postgres_schema
+
+            newer = (*postgres_schema.MIGRATIONS, Migration(2, "from the future", ("SELECT 1",)))
+            await migrate(conn, schema=schema, component="registry", steps=newer)
+        with pytest.raises(SchemaTooNew, match="registry version 2"):
+            await PostgresStore.open(pool, url=registry_postgres_url, schema=schema)
+    finally:
+        await pool.close()
+
+
+async def test_a_nul_character_is_refused_before_anything_is_written(
+    registry_postgres_url: str, schema: str, stores: list[PostgresStore]
+) -> None:
+    """PostgreSQL text cannot hold U+0000 (the other stores can): a clear refusal, not a
+    write failing as if the server were down."""
+    store = await _open(stores, registry_postgres_url, schema)
+    await push(store, "one")
+    revision = await store.revision()
+    with pytest.raises(InvalidTransition, match="NUL"):
+        await store.promote("greet", 1, "alice", "because\x00", T0)
+    with pytest.raises(InvalidTransition, match="NUL"):
+        await store.create_version(draft("two", changelog="a\x00b"), "alice", T0)
+    assert await store.revision() == revision
+    # In the template (stored as JSON) it is kept, as by the other stores.
+    version, _ = await store.create_version(draft("x\x00y"), "alice", T0)
+    assert (await store.get_version("greet", version.version)).template == "x\x00y"
+    with pytest.raises(PromptNotFound):
+        await store.get_version("gr\x00eet", 1)
+
+
+def _image(count: int) -> RegistryImage:
+    numbered = {}
+    for n in range(1, count + 1):
+        version = VersionDraft(slug="big", template=f"Variant {n % 2}").to_version(n, T0 + n)
+        if n == count:
+            version = PromptVersion(
+                **{
+                    **{k: getattr(version, k) for k in PromptVersion.__slots__},
+                    "status": Status.PROD,
+                }
+            )
+        numbered[n] = version
+    return RegistryImage("g-big", 7, {"big": numbered})
+
+
+async def test_a_large_import_is_one_transaction_that_fits_its_deadline(
+    registry_postgres_url: str, schema: str, stores: list[PostgresStore]
+) -> None:
+    store = await _open(stores, registry_postgres_url, schema)
+    image = _image(15_000)
+
+    started = time.monotonic()
+    revision = await store.restore(image, None, 0, "ops", "drill", T0)
+    print(f"restored 15,000 versions in {time.monotonic() - started:.2f}s")
+
+    assert revision == 8
+    snapshot = await store.snapshot()
+    assert len(snapshot.versions["big"]) == 15_000
+    assert snapshot.prod == {"big": 15_000}
+    assert snapshot.generation == "g-big"
+    version, _ = await store.create_version(VersionDraft("big", "new"), "alice", T0)
+    assert version.version == 15_001
+
+
+async def test_close_ends_the_listen_connection_and_leaves_the_pool_to_its_owner(
+    registry_postgres_url: str, schema: str, raw: psycopg.AsyncConnection[Any]
+) -> None:
+    pool = await open_pool(registry_postgres_url, schema)
+    try:
+        store = await PostgresStore.open(pool, url=registry_postgres_url, schema=schema)
+        waiter = asyncio.create_task(store.wait_for_change(await store.revision(), 10.0))
+        for _ in range(300):
+            if store.listener.connected:
+                break
+            await asyncio.sleep(0.01)
+        assert await _listeners(raw) == 1
+
+        await store.close()
+
+        with pytest.raises(StoreUnavailable, match="closed"):
+            async with asyncio.timeout(3):
+                await waiter
+        for _ in range(100):  # the server notices a closed socket asynchronously
+            if not await _listeners(raw):
+                break
+            await asyncio.sleep(0.02)
+        assert await _listeners(raw) == 0
+        async with pool.connection() as conn:  # still the caller's, still open
+            await conn.execute("SELECT 1")
+    finally:
+        await pool.close()
+
+
+async def _listeners(raw: psycopg.AsyncConnection[Any]) -> int:
+    cur = await raw.execute(
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE application_name = 'promptproxy-registry-listen' AND datname = current_database()"
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def test_a_cancelled_wait_leaves_the_store_usable(
+    registry_postgres_url: str, schema: str, stores: list[PostgresStore]
+) -> None:
+    store = await _open(stores, registry_postgres_url, schema)
+    waiter = asyncio.create_task(store.wait_for_change(await store.revision(), 10.0))
+    await asyncio.sleep(0.2)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    await push(store, "after")
+    assert await store.wait_for_change(0, 1.0) == 1
+
+
+async def test_what_a_write_and_a_wake_up_cost(
+    registry_postgres_url: str, schema: str, stores: list[PostgresStore]
+) -> None:
+    """Measured, not asserted (the contract tests bound the wake-up): printed with -s."""
+    writer = await _open(stores, registry_postgres_url, schema)
+    reader = await _open(stores, registry_postgres_url, schema)
+    await push(writer, "warm-up")
+    await reader.wait_for_change(0, 1.0)
+    writes, wakes = [], []
+    for i in range(30):
+        known = await reader.revision()
+        waiter = asyncio.create_task(reader.wait_for_change(known, 5.0))
+        await asyncio.sleep(0.02)
+        started = time.perf_counter()
+        await writer.create_version(draft(f"v{i}"), "alice", T0)
+        writes.append(time.perf_counter() - started)
+        assert await waiter > known
+        wakes.append(time.perf_counter() - started)
+    print(
+        f"create_version: median {statistics.median(writes) * 1000:.1f} ms, "
+        f"max {max(writes) * 1000:.1f} ms; another replica woken: median "
+        f"{statistics.median(wakes) * 1000:.1f} ms, max {max(wakes) * 1000:.1f} ms after "
+        "the write began (30 writes)"
+    )
+    assert max(wakes) < 1.0
+
+
+async def test_numbers_as_large_as_the_api_takes_are_kept(
+    registry_postgres_url: str, schema: str, stores: list[PostgresStore]
+) -> None:
+    store = await _open(stores, registry_postgres_url, schema)
+    await push(store, "one")
+    with pytest.raises(VersionNotFound):
+        await store.get_version("greet", 2**63 - 1)
+    # An export's audit log may name any version number (its entries are history).
+    image = RegistryImage(
+        "g-1",
+        5,
+        {"greet": {1: draft("one").to_version(1, T0)}},
+        audit=(AuditEntry(2**62, T0, "ops", "note", "greet", 2**63 - 1, None, None, "", 2**62),),
+    )
+    overwritten = await store.restore(
+        image, await store.generation(), 0, "ops", "", T0, overwrite=True
+    )
+    assert overwritten == 6
+    entry = (await store.audit("greet", limit=2))[1]
+    assert (entry.seq, entry.version, entry.previous_prod) == (2**62, 2**63 - 1, 2**62)
+
+
+async def test_the_board_comes_back_after_its_schema_is_dropped(
+    registry_postgres_url: str, schema: str
+) -> None:
+    pool = await open_pool(registry_postgres_url, schema)
+    try:
+        board = await PostgresBoard.open(pool, schema=schema, forget_seconds=60.0)
+        await board.publish(ReplicaBeat("a", "host", 1, "0.1.0", 3, 1.0, 0.1, True))
+        await drop_schema(registry_postgres_url, schema)  # a server back empty
+        assert (await board.read()).entries == []
+        await board.publish(ReplicaBeat("a", "host", 1, "0.1.0", 4, 1.0, 0.1, True))
+        assert [b.revision for b, _ in (await board.read()).entries] == [4]
+    finally:
+        await pool.close()
+
+
+async def test_a_dead_server_is_a_fleet_error() -> None:
+    pool = new_pool("postgresql://promptproxy@127.0.0.1:1/none", schema="x")
+    await pool.open(wait=False)
+    try:
+        board = PostgresBoard(pool, schema="x", forget_seconds=60.0, op_timeout=0.5)
+        started = time.monotonic()
+        with pytest.raises(FleetError, match="PostgreSQL"):
+            await board.read()
+        assert time.monotonic() - started < 2.0
+    finally:
+        await pool.close()
