@@ -29,7 +29,11 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "proxy.loop_lag",
             "proxy.fd_limit",
             "proxy.models",
+            "proxy.prompt_key",
             "proxy.stats",
+            "proxy.preflight",
+            # Pure data about each backend, which the configuration validates against.
+            "proxy.backends.kinds",
             "proxy.pg.*",
         ),
     ),
@@ -38,12 +42,12 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("exchange", ("proxy.metrics", "proxy.exchange.*")),
     ("shadow", ("proxy.shadow.*",)),
     ("analysis", ("proxy.analysis.*",)),
-    ("feedback", ("proxy.feedback",)),
+    ("feedback", ("proxy.feedback", "proxy.feedback_*")),
     ("pipeline", ("proxy.pipeline.*",)),
     ("backends", ("proxy.backends.*",)),
     ("services", ("proxy.services",)),
     ("web", ("proxy.web.*",)),
-    ("server", ("proxy.server", "proxy.preflight")),
+    ("server", ("proxy.server",)),
     ("cli", ("proxy.cli.*", "proxy.cli_*", "proxy.admin_client", "proxy.__main__")),
 )
 RANK = {name: rank for rank, (name, _) in enumerate(LAYERS)}
@@ -213,6 +217,7 @@ def test_the_check_sees_upward_lazy_and_relative_imports(tmp_path: Path) -> None
 def test_the_map_places_modules_not_written_yet() -> None:
     assert layer_of("proxy.pg.pool") == "foundation"
     assert layer_of("proxy.backends.postgres") == "backends"
+    assert layer_of("proxy.backends.kinds") == "foundation"
     assert layer_of("proxy.cli.shadow") == layer_of("proxy.cli") == "cli"
     assert layer_of("proxy.cli_shadow") == "cli"
     assert layer_of("proxy.newthing") is None
