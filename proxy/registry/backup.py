@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from proxy.models import SLUG_PATTERN
+from proxy.prompt_key import InvalidPromptKey, PromptKey
 from proxy.registry import lifecycle
 from proxy.registry.identity import describe
 from proxy.registry.models import (
@@ -94,9 +94,9 @@ def overwrite_keeps_audit(found: str | None, image: RegistryImage) -> bool:
 class RegistryImage:
     generation: str
     revision: int
-    #: slug -> version number -> version (with its status)
-    versions: Mapping[str, Mapping[int, PromptVersion]]
-    rollouts: Mapping[str, Rollout] = field(default_factory=dict)
+    #: key -> version number -> version (with its status)
+    versions: Mapping[PromptKey, Mapping[int, PromptVersion]]
+    rollouts: Mapping[PromptKey, Rollout] = field(default_factory=dict)
     #: Oldest first; empty when made from a snapshot (a replica has no audit log).
     audit: tuple[AuditEntry, ...] = ()
 
@@ -117,17 +117,17 @@ class RegistryImage:
             {s: r.to_dict() for s, r in self.rollouts.items()},
         )
 
-    def prod_stack(self, slug: str) -> list[int]:
-        """Rollback history of ``slug`` from the audit log; without one, just the prod."""
+    def prod_stack(self, key: PromptKey) -> list[int]:
+        """Rollback history of ``key`` from the audit log; without one, just the prod."""
         events = [
             (e.action, e.version)
             for e in self.audit
-            if e.slug == slug
+            if e.key == key
             and e.version is not None
             and e.action in (lifecycle.PROMOTE_ACTION, lifecycle.ROLLBACK_ACTION)
         ]
         stack = lifecycle.prod_stack(events)
-        prod = next((n for n, v in self.versions[slug].items() if v.status is Status.PROD), None)
+        prod = next((n for n, v in self.versions[key].items() if v.status is Status.PROD), None)
         if prod is not None and (not stack or stack[-1] != prod):
             stack = [n for n in stack if n != prod] + [prod]
         return stack if prod is not None else []
@@ -135,17 +135,17 @@ class RegistryImage:
     def restore_entries(
         self, actor: str, reason: str, at: float, after_seq: int = 0
     ) -> list[AuditEntry]:
-        """One audit entry per restored slug, numbered after the image's audit and
+        """One audit entry per restored key, numbered after the image's audit and
         ``after_seq`` (the last seq of an audit log the restore keeps). Each is a starting
         point for history (``history.state_at``): it names the prod it restored (version,
         ``to_status`` prod) and, in ``detail[RESTORED_ROLLOUT]``, the rollout running."""
         last = max([after_seq, *(e.seq for e in self.audit)])
         entries = []
-        for i, slug in enumerate(sorted(self.versions), start=1):
-            numbered = self.versions[slug]
+        for i, key in enumerate(sorted(self.versions), start=1):
+            numbered = self.versions[key]
             prod = next((n for n, v in numbered.items() if v.status is Status.PROD), None)
             detail: dict[str, Any] = {"generation": self.generation, "revision": self.revision}
-            if (rollout := self.rollouts.get(slug)) is not None:
+            if (rollout := self.rollouts.get(key)) is not None:
                 detail[RESTORED_ROLLOUT] = {
                     **rollout.audit_detail(),
                     "candidate": rollout.candidate,
@@ -158,7 +158,7 @@ class RegistryImage:
                     at=at,
                     actor=actor,
                     action=RESTORE_ACTION,
-                    slug=slug,
+                    key=key,
                     version=max(numbered) if prod is None else prod,
                     from_status=None,
                     to_status=None if prod is None else Status.PROD,
@@ -174,9 +174,9 @@ class RegistryImage:
             "generation": self.generation,
             "revision": self.revision,
             "versions": [
-                v.to_dict() for slug in sorted(self.versions) for v in self.versions[slug].values()
+                v.to_dict() for key in sorted(self.versions) for v in self.versions[key].values()
             ],
-            "rollouts": [self.rollouts[slug].to_dict() for slug in sorted(self.rollouts)],
+            "rollouts": [self.rollouts[key].to_dict() for key in sorted(self.rollouts)],
             "audit": [e.to_dict() for e in self.audit],
         }
         return orjson.dumps(data, option=orjson.OPT_INDENT_2)
@@ -259,32 +259,38 @@ def _storable(value: Any, where: str) -> None:
         raise ImageError(found[1], found[0])
 
 
-def _versions(items: list[Any]) -> dict[str, dict[int, PromptVersion]]:
-    versions: dict[str, dict[int, PromptVersion]] = {}
+def _key(value: Any, where: str) -> PromptKey:
+    """The key a record's ``slug`` holds (its text: for a plain key, the bare slug)."""
+    try:
+        return PromptKey.parse(_str(value, where))
+    except InvalidPromptKey:
+        raise ImageError("a slug must match [A-Za-z0-9._-]{1,64}", where) from None
+
+
+def _versions(items: list[Any]) -> dict[PromptKey, dict[int, PromptVersion]]:
+    versions: dict[PromptKey, dict[int, PromptVersion]] = {}
     checked: dict[bytes, str | None] = {}  # content -> template problem (many share one)
     for i, item in enumerate(items):
         where = f"versions[{i}]"
         version = _version(_object(item, where), where, checked)
-        numbered = versions.setdefault(version.slug, {})
+        numbered = versions.setdefault(version.key, {})
         if version.version in numbered:
-            raise ImageError(f"{version.slug} v{version.version} appears twice", f"{where}.version")
+            raise ImageError(f"{version.key} v{version.version} appears twice", f"{where}.version")
         numbered[version.version] = version
-    for slug, numbered in versions.items():
+    for key, numbered in versions.items():
         if sorted(numbered) != list(range(1, len(numbered) + 1)):
-            raise ImageError(f"{slug}: version numbers must be 1..n without gaps", "versions")
+            raise ImageError(f"{key}: version numbers must be 1..n without gaps", "versions")
         prods = sorted(n for n, v in numbered.items() if v.status is Status.PROD)
         if len(prods) > 1:
             raise ImageError(
-                f"{slug}: only one version can be prod (found v{prods[0]} and v{prods[1]})",
+                f"{key}: only one version can be prod (found v{prods[0]} and v{prods[1]})",
                 "versions",
             )
     return versions
 
 
 def _version(item: dict[str, Any], where: str, checked: dict[bytes, str | None]) -> PromptVersion:
-    slug = _str(item.get("slug"), f"{where}.slug")
-    if not SLUG_PATTERN.match(slug):
-        raise ImageError("a slug must match [A-Za-z0-9._-]{1,64}", f"{where}.slug")
+    key = _key(item.get("slug"), f"{where}.slug")
     number = _int(item.get("version"), f"{where}.version")
     template = _str(item.get("template"), f"{where}.template")
     variables = []
@@ -310,7 +316,7 @@ def _version(item: dict[str, Any], where: str, checked: dict[bytes, str | None])
     params = _object(item.get("params") or {}, f"{where}.params")
     _storable(params, f"{where}.params")
     draft = VersionDraft(
-        slug=slug,
+        key=key,
         template=template,
         variables=tuple(variables),
         model=model,
@@ -339,9 +345,9 @@ def _version(item: dict[str, Any], where: str, checked: dict[bytes, str | None])
 
 
 def _rollouts(
-    items: list[Any], versions: Mapping[str, Mapping[int, PromptVersion]]
-) -> dict[str, Rollout]:
-    rollouts: dict[str, Rollout] = {}
+    items: list[Any], versions: Mapping[PromptKey, Mapping[int, PromptVersion]]
+) -> dict[PromptKey, Rollout]:
+    rollouts: dict[PromptKey, Rollout] = {}
     for i, item in enumerate(items):
         where = f"rollouts[{i}]"
         data = _object(item, where)
@@ -357,20 +363,20 @@ def _rollouts(
                 "a rollout returns its candidate to draft or candidate",
                 f"{where}.restore_status",
             )
-        if rollout.slug in rollouts:
-            raise ImageError(f"{rollout.slug} has two rollouts", f"{where}.slug")
-        candidate = versions.get(rollout.slug, {}).get(rollout.candidate)
+        if rollout.key in rollouts:
+            raise ImageError(f"{rollout.key} has two rollouts", f"{where}.slug")
+        candidate = versions.get(rollout.key, {}).get(rollout.candidate)
         if candidate is None:
             raise ImageError(
-                f"{rollout.slug} has no version {rollout.candidate}", f"{where}.candidate"
+                f"{rollout.key} has no version {rollout.candidate}", f"{where}.candidate"
             )
         if candidate.status is not Status.CANDIDATE:
             raise ImageError(
-                f"{rollout.slug} v{rollout.candidate} is {candidate.status.value}: the "
+                f"{rollout.key} v{rollout.candidate} is {candidate.status.value}: the "
                 "candidate of a running rollout has status candidate",
                 f"{where}.candidate",
             )
-        rollouts[rollout.slug] = rollout
+        rollouts[rollout.key] = rollout
     return rollouts
 
 
@@ -394,7 +400,7 @@ def _audit(items: list[Any]) -> tuple[AuditEntry, ...]:
                 at=_time(data.get("at"), f"{where}.at"),
                 actor=_str(data.get("actor"), f"{where}.actor"),
                 action=_str(data.get("action"), f"{where}.action"),
-                slug=_str(data.get("slug"), f"{where}.slug"),
+                key=_key(data.get("slug"), f"{where}.slug"),
                 version=_opt_int(data.get("version"), f"{where}.version"),
                 from_status=_status(data.get("from_status"), f"{where}.from_status", optional=True),
                 to_status=_status(data.get("to_status"), f"{where}.to_status", optional=True),

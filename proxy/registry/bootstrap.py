@@ -51,12 +51,12 @@ async def bootstrap_prompts(service: RegistryService, folder: Path) -> int:
     for path, draft in load_prompt_dir(folder):
         version, created = await service.push(draft, ACTOR)
         created_count += created
-        summary, _ = await service.get_prompt(version.slug)
+        summary, _ = await service.get_prompt(version.key)
         if summary.prod_version is None:
-            await service.promote(version.slug, version.version, ACTOR, f"bootstrap from {path}")
+            await service.promote(version.key, version.version, ACTOR, f"bootstrap from {path}")
         _log.info(
             "prompt %s v%d from %s (%s)",
-            version.slug,
+            version.key,
             version.version,
             path,
             "new" if created else "unchanged",

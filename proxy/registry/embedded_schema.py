@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from proxy.prompt_key import PromptKey
 from proxy.registry.models import AuditEntry, PromptVersion, Rollout, Status
 from proxy.registry.store import PromptNotFound, StoreUnavailable, VersionNotFound
 
@@ -117,15 +118,36 @@ _SCHEMA_V4: tuple[str, ...] = (
     "INSERT INTO identity (singleton, generation) VALUES (1, lower(hex(randomblob(16))))",
 )
 
-_MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4)
+_SCHEMA_V5: tuple[str, ...] = (
+    # A version line is named by a prompt key (``proxy.prompt_key``), not a bare slug. The
+    # column holds the key's text, and a plain key's text is its slug, so every row written
+    # before reads as its own key: only the name changes. RENAME COLUMN rewrites the
+    # primary keys, indexes and triggers that name the column, so the file keeps every
+    # rule it had (one prod per key, immutability, the rollout rules).
+    "ALTER TABLE versions RENAME COLUMN slug TO prompt_key",
+    "ALTER TABLE audit RENAME COLUMN slug TO prompt_key",
+    "ALTER TABLE rollouts RENAME COLUMN slug TO prompt_key",
+    # An index cannot be renamed; this one's name said what it indexed.
+    "DROP INDEX audit_by_slug",
+    "CREATE INDEX audit_by_key ON audit (prompt_key, seq)",
+)
+
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    _SCHEMA_V1,
+    _SCHEMA_V2,
+    _SCHEMA_V3,
+    _SCHEMA_V4,
+    _SCHEMA_V5,
+)
 #: ``PRAGMA user_version`` holds the file's version: how many ``_MIGRATIONS`` it has had.
-SCHEMA_VERSION = len(_MIGRATIONS)  # 4
+SCHEMA_VERSION = len(_MIGRATIONS)  # 5
 
 AUDIT_COLUMNS = (
-    "seq, at, actor, action, slug, version, from_status, to_status, reason, previous_prod, detail"
+    "seq, at, actor, action, prompt_key, version, from_status, to_status, reason, "
+    "previous_prod, detail"
 )
 ROLLOUT_COLUMNS = (
-    "slug, id, candidate, mode, basis_points, sticky, started_at, updated_at, actor, "
+    "prompt_key, id, candidate, mode, basis_points, sticky, started_at, updated_at, actor, "
     "restore_status, analysis"
 )
 
@@ -194,14 +216,22 @@ def version_body(version: PromptVersion) -> str:
 
 
 def row_to_version(body: str, status: str) -> PromptVersion:
+    """A version from its body (whose ``slug`` field holds the key's text) and status."""
     data: dict[str, Any] = orjson.loads(body)
     data["status"] = status
     return PromptVersion.from_dict(data)
 
 
+def _row_dict(columns: str, row: tuple[Any, ...]) -> dict[str, Any]:
+    """A row as the JSON object ``from_dict`` reads: the key's text is its ``slug``."""
+    data = dict(zip(columns.split(", "), row, strict=True))
+    data["slug"] = data.pop("prompt_key")
+    return data
+
+
 def row_to_audit(row: tuple[Any, ...]) -> AuditEntry:
     """An ``audit`` row, columns in ``AUDIT_COLUMNS`` order."""
-    data = dict(zip(AUDIT_COLUMNS.split(", "), row, strict=True))
+    data = _row_dict(AUDIT_COLUMNS, row)
     if data["detail"] is not None:
         data["detail"] = orjson.loads(data["detail"])
     return AuditEntry.from_dict(data)
@@ -209,7 +239,7 @@ def row_to_audit(row: tuple[Any, ...]) -> AuditEntry:
 
 def row_to_rollout(row: tuple[Any, ...]) -> Rollout:
     """A ``rollouts`` row, columns in ``ROLLOUT_COLUMNS`` order."""
-    data = dict(zip(ROLLOUT_COLUMNS.split(", "), row, strict=True))
+    data = _row_dict(ROLLOUT_COLUMNS, row)
     if data["analysis"] is not None:
         data["analysis"] = orjson.loads(data["analysis"])
     return Rollout.from_dict(data)
@@ -227,43 +257,46 @@ def generation(conn: sqlite3.Connection) -> str | None:
     return None if row is None else str(row[0])
 
 
-def require_slug(conn: sqlite3.Connection, slug: str) -> None:
-    if conn.execute("SELECT 1 FROM versions WHERE slug = ? LIMIT 1", (slug,)).fetchone() is None:
-        raise PromptNotFound(f"no prompt {slug!r}")
+def require_key(conn: sqlite3.Connection, key: PromptKey) -> None:
+    found = conn.execute("SELECT 1 FROM versions WHERE prompt_key = ? LIMIT 1", (key.text,))
+    if found.fetchone() is None:
+        raise PromptNotFound(f"no prompt {key.text!r}")
 
 
-def status_of(conn: sqlite3.Connection, slug: str, version: int) -> Status:
+def status_of(conn: sqlite3.Connection, key: PromptKey, version: int) -> Status:
     row = conn.execute(
-        "SELECT status FROM versions WHERE slug = ? AND version = ?", (slug, version)
+        "SELECT status FROM versions WHERE prompt_key = ? AND version = ?", (key.text, version)
     ).fetchone()
     if row is None:
-        require_slug(conn, slug)
-        raise VersionNotFound(f"{slug} has no version {version}")
+        require_key(conn, key)
+        raise VersionNotFound(f"{key} has no version {version}")
     return Status(row[0])
 
 
-def current_prod(conn: sqlite3.Connection, slug: str) -> int | None:
+def current_prod(conn: sqlite3.Connection, key: PromptKey) -> int | None:
     row = conn.execute(
-        "SELECT version FROM versions WHERE slug = ? AND status = 'prod'", (slug,)
+        "SELECT version FROM versions WHERE prompt_key = ? AND status = 'prod'", (key.text,)
     ).fetchone()
     return None if row is None else int(row[0])
 
 
-def running_rollout(conn: sqlite3.Connection, slug: str) -> Rollout | None:
-    row = conn.execute(f"SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE slug = ?", (slug,)).fetchone()
+def running_rollout(conn: sqlite3.Connection, key: PromptKey) -> Rollout | None:
+    row = conn.execute(
+        f"SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE prompt_key = ?", (key.text,)
+    ).fetchone()
     return None if row is None else row_to_rollout(row)
 
 
-def all_rollouts(conn: sqlite3.Connection) -> dict[str, Rollout]:
+def all_rollouts(conn: sqlite3.Connection) -> dict[PromptKey, Rollout]:
     rows = conn.execute(f"SELECT {ROLLOUT_COLUMNS} FROM rollouts")
-    return {rollout.slug: rollout for rollout in map(row_to_rollout, rows)}
+    return {rollout.key: rollout for rollout in map(row_to_rollout, rows)}
 
 
 def insert_rollout(conn: sqlite3.Connection, rollout: Rollout) -> None:
     conn.execute(
         f"INSERT INTO rollouts ({ROLLOUT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
-            rollout.slug,
+            rollout.key.text,
             rollout.id,
             rollout.candidate,
             rollout.mode.value,
@@ -280,19 +313,19 @@ def insert_rollout(conn: sqlite3.Connection, rollout: Rollout) -> None:
 
 def put_rollout_percentage(conn: sqlite3.Connection, rollout: Rollout) -> None:
     conn.execute(
-        "UPDATE rollouts SET basis_points = ?, updated_at = ? WHERE slug = ?",
-        (rollout.basis_points, rollout.updated_at, rollout.slug),
+        "UPDATE rollouts SET basis_points = ?, updated_at = ? WHERE prompt_key = ?",
+        (rollout.basis_points, rollout.updated_at, rollout.key.text),
     )
 
 
-def delete_rollout(conn: sqlite3.Connection, slug: str) -> None:
-    conn.execute("DELETE FROM rollouts WHERE slug = ?", (slug,))
+def delete_rollout(conn: sqlite3.Connection, key: PromptKey) -> None:
+    conn.execute("DELETE FROM rollouts WHERE prompt_key = ?", (key.text,))
 
 
-def put_status(conn: sqlite3.Connection, slug: str, version: int, status: Status) -> None:
+def put_status(conn: sqlite3.Connection, key: PromptKey, version: int, status: Status) -> None:
     conn.execute(
-        "UPDATE versions SET status = ? WHERE slug = ? AND version = ?",
-        (status.value, slug, version),
+        "UPDATE versions SET status = ? WHERE prompt_key = ? AND version = ?",
+        (status.value, key.text, version),
     )
 
 
@@ -305,7 +338,7 @@ def insert_audit(conn: sqlite3.Connection, entry: AuditEntry) -> None:
             entry.at,
             entry.actor,
             entry.action,
-            entry.slug,
+            entry.key.text,
             entry.version,
             None if entry.from_status is None else entry.from_status.value,
             None if entry.to_status is None else entry.to_status.value,
@@ -322,7 +355,7 @@ def append_audit(
     at: float,
     actor: str,
     action: str,
-    slug: str,
+    key: PromptKey,
     version: int | None,
     from_status: Status | None,
     to_status: Status | None,
@@ -332,13 +365,13 @@ def append_audit(
 ) -> AuditEntry:
     """Append one audit entry and bump the revision: every write goes through here."""
     cursor = conn.execute(
-        "INSERT INTO audit (at, actor, action, slug, version, from_status, to_status, reason, "
-        "previous_prod, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO audit (at, actor, action, prompt_key, version, from_status, to_status, "
+        "reason, previous_prod, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             at,
             actor,
             action,
-            slug,
+            key.text,
             version,
             None if from_status is None else from_status.value,
             None if to_status is None else to_status.value,
@@ -355,7 +388,7 @@ def append_audit(
         at=at,
         actor=actor,
         action=action,
-        slug=slug,
+        key=key,
         version=version,
         from_status=from_status,
         to_status=to_status,

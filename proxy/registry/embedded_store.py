@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from proxy.prompt_key import PromptKey
 from proxy.registry import embedded_schema as sql
 from proxy.registry import lifecycle
 from proxy.registry.analysis_policy import AnalysisPolicy
@@ -141,47 +142,48 @@ class EmbeddedStore:
 
     # -- reads ----------------------------------------------------------------------------
 
-    async def get_version(self, slug: str, version: int) -> PromptVersion:
+    async def get_version(self, key: PromptKey, version: int) -> PromptVersion:
         def read(conn: sqlite3.Connection) -> PromptVersion:
             row = conn.execute(
-                "SELECT body, status FROM versions WHERE slug = ? AND version = ?",
-                (slug, version),
+                "SELECT body, status FROM versions WHERE prompt_key = ? AND version = ?",
+                (key.text, version),
             ).fetchone()
             if row is None:
-                sql.require_slug(conn, slug)
-                raise VersionNotFound(f"{slug} has no version {version}")
+                sql.require_key(conn, key)
+                raise VersionNotFound(f"{key} has no version {version}")
             return sql.row_to_version(row[0], row[1])
 
         return await self._read(read)
 
-    async def list_versions(self, slug: str) -> Sequence[PromptVersion]:
+    async def list_versions(self, key: PromptKey) -> Sequence[PromptVersion]:
         def read(conn: sqlite3.Connection) -> list[PromptVersion]:
             rows = conn.execute(
-                "SELECT body, status FROM versions WHERE slug = ? ORDER BY version", (slug,)
+                "SELECT body, status FROM versions WHERE prompt_key = ? ORDER BY version",
+                (key.text,),
             ).fetchall()
             if not rows:
-                raise PromptNotFound(f"no prompt {slug!r}")
+                raise PromptNotFound(f"no prompt {key.text!r}")
             return [sql.row_to_version(body, status) for body, status in rows]
 
         return await self._read(read)
 
-    async def list_slugs(self) -> Sequence[str]:
-        def read(conn: sqlite3.Connection) -> list[str]:
-            rows = conn.execute("SELECT DISTINCT slug FROM versions ORDER BY slug").fetchall()
-            return [slug for (slug,) in rows]
+    async def list_keys(self) -> Sequence[PromptKey]:
+        def read(conn: sqlite3.Connection) -> list[PromptKey]:
+            rows = conn.execute("SELECT DISTINCT prompt_key FROM versions").fetchall()
+            return sorted(PromptKey.parse(text) for (text,) in rows)
 
         return await self._read(read)
 
     async def audit(
-        self, slug: str | None = None, limit: int = 100, before_seq: int | None = None
+        self, key: PromptKey | None = None, limit: int = 100, before_seq: int | None = None
     ) -> Sequence[AuditEntry]:
         if limit <= 0:
             return []
         where: list[str] = ["seq < ?"]
         params: list[int | str] = [before_seq if before_seq is not None else 2**63 - 1]
-        if slug is not None:
-            where.append("slug = ?")
-            params.append(slug)
+        if key is not None:
+            where.append("prompt_key = ?")
+            params.append(key.text)
         query = (
             f"SELECT {sql.AUDIT_COLUMNS} FROM audit WHERE {' AND '.join(where)} "
             "ORDER BY seq DESC LIMIT ?"
@@ -204,13 +206,13 @@ class EmbeddedStore:
     async def snapshot(self) -> RegistrySnapshot:
         def read(conn: sqlite3.Connection) -> RegistrySnapshot:
             revision = sql.revision(conn)
-            versions: dict[str, dict[int, PromptVersion]] = {}
-            prod: dict[str, int] = {}
+            versions: dict[PromptKey, dict[int, PromptVersion]] = {}
+            prod: dict[PromptKey, int] = {}
             for body, status in conn.execute("SELECT body, status FROM versions"):
                 version = sql.row_to_version(body, status)
-                versions.setdefault(version.slug, {})[version.version] = version
+                versions.setdefault(version.key, {})[version.version] = version
                 if version.status is Status.PROD:
-                    prod[version.slug] = version.version
+                    prod[version.key] = version.version
             snapshot = RegistrySnapshot(
                 revision=revision,
                 versions=versions,
@@ -244,18 +246,18 @@ class EmbeddedStore:
 
         def write(conn: sqlite3.Connection) -> tuple[PromptVersion, bool]:
             latest = conn.execute(
-                "SELECT version, sha256, body, status FROM versions WHERE slug = ? "
+                "SELECT version, sha256, body, status FROM versions WHERE prompt_key = ? "
                 "ORDER BY version DESC LIMIT 1",
-                (draft.slug,),
+                (draft.key.text,),
             ).fetchone()
             if latest is not None and latest[1] == sha:
                 return sql.row_to_version(latest[2], latest[3]), False
             version = draft.to_version(1 if latest is None else latest[0] + 1, created_at)
             conn.execute(
-                "INSERT INTO versions (slug, version, sha256, created_at, body, status) "
+                "INSERT INTO versions (prompt_key, version, sha256, created_at, body, status) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (
-                    version.slug,
+                    version.key.text,
                     version.version,
                     sha,
                     created_at,
@@ -268,7 +270,7 @@ class EmbeddedStore:
                 at=created_at,
                 actor=actor,
                 action=lifecycle.CREATE_ACTION,
-                slug=draft.slug,
+                key=draft.key,
                 version=version.version,
                 from_status=None,
                 to_status=Status.DRAFT,
@@ -279,43 +281,43 @@ class EmbeddedStore:
         return await self._write(write)
 
     async def promote(
-        self, slug: str, version: int, actor: str, reason: str, at: float
+        self, key: PromptKey, version: int, actor: str, reason: str, at: float
     ) -> AuditEntry:
         def write(conn: sqlite3.Connection) -> AuditEntry:
-            current = sql.status_of(conn, slug, version)
-            lifecycle.check_promote(slug, version, current)
-            running = sql.running_rollout(conn, slug)
+            current = sql.status_of(conn, key, version)
+            lifecycle.check_promote(key, version, current)
+            running = sql.running_rollout(conn, key)
             lifecycle.check_promote_during_rollout(
-                slug, version, None if running is None else running.candidate
+                key, version, None if running is None else running.candidate
             )
-            return _promote(conn, slug, version, current, running, actor, reason, at)
+            return _promote(conn, key, version, current, running, actor, reason, at)
 
         return await self._write(write)
 
-    async def rollback(self, slug: str, actor: str, reason: str, at: float) -> AuditEntry:
+    async def rollback(self, key: PromptKey, actor: str, reason: str, at: float) -> AuditEntry:
         def write(conn: sqlite3.Connection) -> AuditEntry:
-            sql.require_slug(conn, slug)
+            sql.require_key(conn, key)
             events = conn.execute(
-                "SELECT action, version FROM audit WHERE slug = ? AND action IN (?, ?) "
+                "SELECT action, version FROM audit WHERE prompt_key = ? AND action IN (?, ?) "
                 "ORDER BY seq",
-                (slug, lifecycle.PROMOTE_ACTION, lifecycle.ROLLBACK_ACTION),
+                (key.text, lifecycle.PROMOTE_ACTION, lifecycle.ROLLBACK_ACTION),
             ).fetchall()
             stack = lifecycle.prod_stack(events)
-            prod = sql.current_prod(conn, slug)
+            prod = sql.current_prod(conn, key)
             if prod is not None and (not stack or stack[-1] != prod):
                 # Restored from a snapshot, which has no audit log: the history starts at
                 # the restore, with the prod it had (as the Redis store's prod stack does).
                 stack = [v for v in stack if v != prod] + [prod]
-            current, target = lifecycle.rollback_pair(slug, stack)
-            target_status = sql.status_of(conn, slug, target)
-            sql.put_status(conn, slug, current, Status.DEPRECATED)
-            sql.put_status(conn, slug, target, Status.PROD)
+            current, target = lifecycle.rollback_pair(key, stack)
+            target_status = sql.status_of(conn, key, target)
+            sql.put_status(conn, key, current, Status.DEPRECATED)
+            sql.put_status(conn, key, target, Status.PROD)
             return sql.append_audit(
                 conn,
                 at=at,
                 actor=actor,
                 action=lifecycle.ROLLBACK_ACTION,
-                slug=slug,
+                key=key,
                 version=target,
                 from_status=target_status,
                 to_status=Status.PROD,
@@ -326,22 +328,22 @@ class EmbeddedStore:
         return await self._write(write)
 
     async def set_status(
-        self, slug: str, version: int, status: Status, actor: str, reason: str, at: float
+        self, key: PromptKey, version: int, status: Status, actor: str, reason: str, at: float
     ) -> AuditEntry:
         def write(conn: sqlite3.Connection) -> AuditEntry:
-            current = sql.status_of(conn, slug, version)
-            lifecycle.check_set_status(slug, version, current, status)
-            running = sql.running_rollout(conn, slug)
+            current = sql.status_of(conn, key, version)
+            lifecycle.check_set_status(key, version, current, status)
+            running = sql.running_rollout(conn, key)
             lifecycle.check_set_status_during_rollout(
-                slug, version, None if running is None else running.candidate
+                key, version, None if running is None else running.candidate
             )
-            sql.put_status(conn, slug, version, status)
+            sql.put_status(conn, key, version, status)
             return sql.append_audit(
                 conn,
                 at=at,
                 actor=actor,
                 action=lifecycle.SET_STATUS_ACTION,
-                slug=slug,
+                key=key,
                 version=version,
                 from_status=current,
                 to_status=status,
@@ -352,12 +354,12 @@ class EmbeddedStore:
 
     # -- rollouts -------------------------------------------------------------------------
 
-    async def get_rollout(self, slug: str) -> Rollout | None:
-        return await self._read(lambda conn: sql.running_rollout(conn, slug))
+    async def get_rollout(self, key: PromptKey) -> Rollout | None:
+        return await self._read(lambda conn: sql.running_rollout(conn, key))
 
     async def start_rollout(
         self,
-        slug: str,
+        key: PromptKey,
         rollout_id: str,
         candidate: int,
         mode: RolloutMode,
@@ -371,12 +373,12 @@ class EmbeddedStore:
         lifecycle.check_rollout_values(basis_points, rollout_id, sticky, analysis)
 
         def write(conn: sqlite3.Connection) -> tuple[Rollout, AuditEntry]:
-            current = sql.status_of(conn, slug, candidate)
-            running = sql.running_rollout(conn, slug)
-            lifecycle.check_no_rollout(slug, None if running is None else running.candidate)
-            lifecycle.check_rollout_candidate(slug, candidate, current)
+            current = sql.status_of(conn, key, candidate)
+            running = sql.running_rollout(conn, key)
+            lifecycle.check_no_rollout(key, None if running is None else running.candidate)
+            lifecycle.check_rollout_candidate(key, candidate, current)
             rollout = Rollout(
-                slug=slug,
+                key=key,
                 id=rollout_id,
                 candidate=candidate,
                 mode=mode,
@@ -388,14 +390,14 @@ class EmbeddedStore:
                 restore_status=current,
                 analysis=analysis,
             )
-            sql.put_status(conn, slug, candidate, Status.CANDIDATE)
+            sql.put_status(conn, key, candidate, Status.CANDIDATE)
             sql.insert_rollout(conn, rollout)
             entry = sql.append_audit(
                 conn,
                 at=at,
                 actor=actor,
                 action=lifecycle.ROLLOUT_START_ACTION,
-                slug=slug,
+                key=key,
                 version=candidate,
                 from_status=current,
                 to_status=Status.CANDIDATE,
@@ -407,12 +409,12 @@ class EmbeddedStore:
         return await self._write(write)
 
     async def update_rollout(
-        self, slug: str, rollout_id: str, basis_points: int, actor: str, reason: str, at: float
+        self, key: PromptKey, rollout_id: str, basis_points: int, actor: str, reason: str, at: float
     ) -> tuple[Rollout, AuditEntry]:
         lifecycle.check_rollout_values(basis_points)
 
         def write(conn: sqlite3.Connection) -> tuple[Rollout, AuditEntry]:
-            before = _require_rollout(conn, slug, rollout_id)
+            before = _require_rollout(conn, key, rollout_id)
             rollout = dataclasses.replace(before, basis_points=basis_points, updated_at=at)
             sql.put_rollout_percentage(conn, rollout)
             entry = sql.append_audit(
@@ -420,7 +422,7 @@ class EmbeddedStore:
                 at=at,
                 actor=actor,
                 action=lifecycle.ROLLOUT_UPDATE_ACTION,
-                slug=slug,
+                key=key,
                 version=rollout.candidate,
                 from_status=None,
                 to_status=None,
@@ -431,19 +433,19 @@ class EmbeddedStore:
 
         return await self._write(write)
 
-    async def abort_rollout(self, slug: str, actor: str, reason: str, at: float) -> AuditEntry:
+    async def abort_rollout(self, key: PromptKey, actor: str, reason: str, at: float) -> AuditEntry:
         def write(conn: sqlite3.Connection) -> AuditEntry:
-            rollout = _require_rollout(conn, slug)
-            current = sql.status_of(conn, slug, rollout.candidate)
+            rollout = _require_rollout(conn, key)
+            current = sql.status_of(conn, key, rollout.candidate)
             restored = rollout.restore_status if current is Status.CANDIDATE else current
-            sql.delete_rollout(conn, slug)  # first: the file keeps a running candidate's status
-            sql.put_status(conn, slug, rollout.candidate, restored)
+            sql.delete_rollout(conn, key)  # first: the file keeps a running candidate's status
+            sql.put_status(conn, key, rollout.candidate, restored)
             return sql.append_audit(
                 conn,
                 at=at,
                 actor=actor,
                 action=lifecycle.ROLLOUT_ABORT_ACTION,
-                slug=slug,
+                key=key,
                 version=rollout.candidate,
                 from_status=current,
                 to_status=restored,
@@ -453,12 +455,14 @@ class EmbeddedStore:
 
         return await self._write(write)
 
-    async def promote_rollout(self, slug: str, actor: str, reason: str, at: float) -> AuditEntry:
+    async def promote_rollout(
+        self, key: PromptKey, actor: str, reason: str, at: float
+    ) -> AuditEntry:
         def write(conn: sqlite3.Connection) -> AuditEntry:
-            rollout = _require_rollout(conn, slug)
-            current = sql.status_of(conn, slug, rollout.candidate)
-            lifecycle.check_promote(slug, rollout.candidate, current)
-            return _promote(conn, slug, rollout.candidate, current, rollout, actor, reason, at)
+            rollout = _require_rollout(conn, key)
+            current = sql.status_of(conn, key, rollout.candidate)
+            lifecycle.check_promote(key, rollout.candidate, current)
+            return _promote(conn, key, rollout.candidate, current, rollout, actor, reason, at)
 
         return await self._write(write)
 
@@ -530,8 +534,8 @@ def _restore(
         )
     stored_revision = sql.revision(conn)
     held = {
-        (slug, number): sha
-        for slug, number, sha in conn.execute("SELECT slug, version, sha256 FROM versions")
+        (PromptKey.parse(text), number): sha
+        for text, number, sha in conn.execute("SELECT prompt_key, version, sha256 FROM versions")
     }
     older_copy = (
         bool(held)
@@ -549,13 +553,13 @@ def _restore(
         _bring_forward(conn, image, held)
     for numbered in image.versions.values():
         for version in numbered.values():
-            if (version.slug, version.version) in held:
+            if (version.key, version.version) in held:
                 continue
             conn.execute(
-                "INSERT INTO versions (slug, version, sha256, created_at, body, status) "
+                "INSERT INTO versions (prompt_key, version, sha256, created_at, body, status) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (
-                    version.slug,
+                    version.key.text,
                     version.version,
                     version.sha256,
                     version.created_at,
@@ -575,28 +579,28 @@ def _restore(
 
 
 def _bring_forward(
-    conn: sqlite3.Connection, image: RegistryImage, held: dict[tuple[str, int], str]
+    conn: sqlite3.Connection, image: RegistryImage, held: dict[tuple[PromptKey, int], str]
 ) -> None:
     """Statuses of the versions an older copy holds, as the image has them; its rollouts go
     (the image's are inserted after). Refused if the copy holds a version the image does not
     have with the same content: then it is not an older copy of this registry."""
-    for (slug, number), sha in held.items():
-        version = image.versions.get(slug, {}).get(number)
+    for (key, number), sha in held.items():
+        version = image.versions.get(key, {}).get(number)
         if version is None or version.sha256 != sha:
             raise RestoreRefused(
-                f"The registry file holds {slug} v{number}, which the restored registry "
+                f"The registry file holds {key} v{number}, which the restored registry "
                 "does not have with the same content: it is not an older copy of it. Move "
                 "the file away (keep it), then restore into a new empty file."
             )
     conn.execute("DELETE FROM rollouts")
     moves = [
-        (version.status, slug, number)
-        for slug, number in held
-        if (version := image.versions[slug][number]).status is not sql.status_of(conn, slug, number)
+        (version.status, key, number)
+        for key, number in held
+        if (version := image.versions[key][number]).status is not sql.status_of(conn, key, number)
     ]
     # Demotions first: the file allows one prod per prompt at every step.
-    for status, slug, number in sorted(moves, key=lambda m: m[0] is Status.PROD):
-        sql.put_status(conn, slug, number, status)
+    for status, key, number in sorted(moves, key=lambda m: m[0] is Status.PROD):
+        sql.put_status(conn, key, number, status)
 
 
 def _file_id(path: Path) -> tuple[int, int] | None:
@@ -610,17 +614,19 @@ def _file_id(path: Path) -> tuple[int, int] | None:
 # -- write steps shared by several operations, run inside their transaction -----------------
 
 
-def _require_rollout(conn: sqlite3.Connection, slug: str, rollout_id: str | None = None) -> Rollout:
-    sql.require_slug(conn, slug)
-    running = sql.running_rollout(conn, slug)
-    lifecycle.check_rollout_running(slug, None if running is None else running.id, rollout_id)
+def _require_rollout(
+    conn: sqlite3.Connection, key: PromptKey, rollout_id: str | None = None
+) -> Rollout:
+    sql.require_key(conn, key)
+    running = sql.running_rollout(conn, key)
+    lifecycle.check_rollout_running(key, None if running is None else running.id, rollout_id)
     assert running is not None  # check_rollout_running refused otherwise
     return running
 
 
 def _promote(
     conn: sqlite3.Connection,
-    slug: str,
+    key: PromptKey,
     version: int,
     current: Status,
     running: Rollout | None,
@@ -633,17 +639,17 @@ def _promote(
     detail = None
     if running is not None:
         detail = {**running.audit_detail(), lifecycle.ROLLOUT_PROMOTED_DETAIL: True}
-        sql.delete_rollout(conn, slug)  # first: the file keeps a running candidate's status
-    previous = sql.current_prod(conn, slug)
+        sql.delete_rollout(conn, key)  # first: the file keeps a running candidate's status
+    previous = sql.current_prod(conn, key)
     if previous is not None:
-        sql.put_status(conn, slug, previous, Status.DEPRECATED)
-    sql.put_status(conn, slug, version, Status.PROD)
+        sql.put_status(conn, key, previous, Status.DEPRECATED)
+    sql.put_status(conn, key, version, Status.PROD)
     return sql.append_audit(
         conn,
         at=at,
         actor=actor,
         action=lifecycle.PROMOTE_ACTION,
-        slug=slug,
+        key=key,
         version=version,
         from_status=current,
         to_status=Status.PROD,

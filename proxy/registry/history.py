@@ -1,4 +1,4 @@
-"""What a slug served at a past instant, replayed from its audit log. Pure.
+"""What a prompt key served at a past instant, replayed from its audit log. Pure.
 
 The prod version alone does not say what ran during a rollout: a canary served its candidate
 to a share of callers, a shadow copied a share of requests to it. Every rollout entry of the
@@ -61,7 +61,7 @@ class StateAt:
 
 def state_at(entries: Iterable[AuditEntry], at: float) -> StateAt:
     """Prod and the running rollout at instant ``at`` (entries stamped ``at`` included),
-    from one slug's audit entries in any order."""
+    from one key's audit entries in any order."""
     prod: int | None = None
     rollout: RolloutAt | None = None
     for entry in sorted(entries, key=lambda e: e.seq):

@@ -14,7 +14,7 @@ Rules:
   nothing, and every successful call must return the audit entry of a change it made.
 - Rollouts: the candidate must be a ``draft`` or ``candidate`` version (not prod, not
   deprecated: a deprecated version comes back only through promote or rollback) and there
-  is at most one rollout per slug. While one runs, its candidate's status does not move by
+  is at most one rollout per key. While one runs, its candidate's status does not move by
   ``set_status``, and ``promote`` of any other version is refused (promote or abort the
   rollout first); ``promote`` of the candidate itself ends the rollout as
   ``promote_rollout`` does. ``rollback`` stays allowed: in an emergency it must always work,
@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
+from proxy.prompt_key import PromptKey
 from proxy.registry.analysis_policy import AnalysisPolicy
 from proxy.registry.models import BASIS_POINTS, Status, StickyKey
 from proxy.registry.store import InvalidTransition
@@ -56,30 +57,30 @@ ROLLOUT_PROMOTED_DETAIL = "ended_rollout"
 ROLLOUT_CANDIDATE_STATUSES = frozenset({Status.DRAFT, Status.CANDIDATE})
 
 
-def check_set_status(slug: str, version: int, current: Status, target: Status) -> None:
+def check_set_status(key: PromptKey, version: int, current: Status, target: Status) -> None:
     if target is Status.PROD:
-        raise InvalidTransition(f"{slug} v{version}: use promote to make a version prod")
+        raise InvalidTransition(f"{key} v{version}: use promote to make a version prod")
     if current is Status.PROD:
         raise InvalidTransition(
-            f"{slug} v{version} is prod: use promote (another version) or rollback to replace it"
+            f"{key} v{version} is prod: use promote (another version) or rollback to replace it"
         )
     if target not in SET_STATUS_MOVES[current]:
-        raise InvalidTransition(f"{slug} v{version}: {current.value} -> {target.value} not allowed")
+        raise InvalidTransition(f"{key} v{version}: {current.value} -> {target.value} not allowed")
 
 
-def check_promote(slug: str, version: int, current: Status) -> None:
+def check_promote(key: PromptKey, version: int, current: Status) -> None:
     if current is Status.PROD:
-        raise InvalidTransition(f"{slug} v{version} is already prod")
+        raise InvalidTransition(f"{key} v{version} is already prod")
 
 
-def check_rollout_candidate(slug: str, version: int, current: Status) -> None:
+def check_rollout_candidate(key: PromptKey, version: int, current: Status) -> None:
     if current is Status.PROD:
         raise InvalidTransition(
-            f"{slug} v{version} is already prod: a rollout needs another version"
+            f"{key} v{version} is already prod: a rollout needs another version"
         )
     if current not in ROLLOUT_CANDIDATE_STATUSES:
         raise InvalidTransition(
-            f"{slug} v{version} is {current.value}: only a draft or candidate version can be "
+            f"{key} v{version} is {current.value}: only a draft or candidate version can be "
             "rolled out (push it again to get a fresh version)"
         )
 
@@ -105,39 +106,45 @@ def check_rollout_values(
         raise ValueError(f"analysis policy {analysis!r} does not read back as itself")
 
 
-def check_no_rollout(slug: str, running_candidate: int | None) -> None:
+def check_no_rollout(key: PromptKey, running_candidate: int | None) -> None:
     """Refuse starting a second rollout."""
     if running_candidate is not None:
         raise InvalidTransition(
-            f"{slug} already has a rollout of v{running_candidate}: change its percentage, "
+            f"{key} already has a rollout of v{running_candidate}: change its percentage, "
             "promote it or abort it first"
         )
 
 
-def check_promote_during_rollout(slug: str, version: int, running_candidate: int | None) -> None:
+def check_promote_during_rollout(
+    key: PromptKey, version: int, running_candidate: int | None
+) -> None:
     """Plain ``promote`` while a rollout runs: only its own candidate."""
     if running_candidate is not None and running_candidate != version:
         raise InvalidTransition(
-            f"{slug} has a rollout of v{running_candidate} running: promote or abort it "
+            f"{key} has a rollout of v{running_candidate} running: promote or abort it "
             f"before promoting v{version}"
         )
 
 
-def check_rollout_running(slug: str, running_id: str | None, rollout_id: str | None = None) -> None:
+def check_rollout_running(
+    key: PromptKey, running_id: str | None, rollout_id: str | None = None
+) -> None:
     """Changing or ending a rollout needs one running; ``rollout_id``, when given, must be
     it (a client that read an older rollout must not move a newer one)."""
     if running_id is None:
-        raise InvalidTransition(f"{slug} has no rollout running")
+        raise InvalidTransition(f"{key} has no rollout running")
     if rollout_id is not None and rollout_id != running_id:
         raise InvalidTransition(
-            f"{slug} has no running rollout with id {rollout_id} (rollout {running_id} is running)"
+            f"{key} has no running rollout with id {rollout_id} (rollout {running_id} is running)"
         )
 
 
-def check_set_status_during_rollout(slug: str, version: int, running_candidate: int | None) -> None:
+def check_set_status_during_rollout(
+    key: PromptKey, version: int, running_candidate: int | None
+) -> None:
     if running_candidate == version:
         raise InvalidTransition(
-            f"{slug} v{version} is the candidate of a running rollout: abort it first"
+            f"{key} v{version} is the candidate of a running rollout: abort it first"
         )
 
 
@@ -153,10 +160,10 @@ def prod_stack(events: Iterable[tuple[str, int]]) -> list[int]:
     return stack
 
 
-def rollback_pair(slug: str, stack: list[int]) -> tuple[int, int]:
+def rollback_pair(key: PromptKey, stack: list[int]) -> tuple[int, int]:
     """(current prod, target) for a rollback, or ``InvalidTransition``."""
     if not stack:
-        raise InvalidTransition(f"{slug} has no prod version to roll back")
+        raise InvalidTransition(f"{key} has no prod version to roll back")
     if len(stack) < 2:
-        raise InvalidTransition(f"{slug} v{stack[-1]} is prod and there is no former prod")
+        raise InvalidTransition(f"{key} v{stack[-1]} is prod and there is no former prod")
     return stack[-1], stack[-2]

@@ -3,6 +3,11 @@
 A version is never changed or deleted; its status is the only thing that moves, and every
 move is an ``AuditEntry``. ``content_sha256`` covers what defines a version's behaviour
 (template, variables, model pin, params), so pushing the same content twice is a no-op.
+
+Every value names its version line by a ``PromptKey``. In the JSON of ``to_dict`` (what
+the admin API answers and what stores, backups and the audit keep) the key's text is the
+``slug`` field: for a plain key the bare slug, so every record written before keys existed
+reads back as itself.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from proxy.prompt_key import PromptKey
 from proxy.registry.analysis_policy import AnalysisPolicy
 from proxy.registry.percent import BASIS_POINTS as BASIS_POINTS
 
@@ -79,7 +85,7 @@ class VariableSpec:
 class VersionDraft:
     """What a push supplies; the store assigns number, time, status."""
 
-    slug: str
+    key: PromptKey
     template: str
     variables: tuple[VariableSpec, ...] = ()
     model: str | None = None
@@ -90,7 +96,7 @@ class VersionDraft:
     def to_version(self, number: int, created_at: float) -> PromptVersion:
         """The immutable version this draft becomes, as a new draft."""
         return PromptVersion(
-            slug=self.slug,
+            key=self.key,
             version=number,
             template=self.template,
             variables=self.variables,
@@ -115,7 +121,7 @@ class VersionDraft:
 
 @dataclass(frozen=True, slots=True)
 class PromptVersion:
-    slug: str
+    key: PromptKey
     version: int
     template: str
     variables: tuple[VariableSpec, ...]
@@ -129,7 +135,7 @@ class PromptVersion:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "slug": self.slug,
+            "slug": self.key.text,
             "version": self.version,
             "template": self.template,
             "variables": [v.to_dict() for v in self.variables],
@@ -145,7 +151,7 @@ class PromptVersion:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PromptVersion:
         return cls(
-            slug=data["slug"],
+            key=PromptKey.parse(data["slug"]),
             version=int(data["version"]),
             template=data["template"],
             variables=tuple(
@@ -175,7 +181,7 @@ class AuditEntry:
     at: float  # unix seconds
     actor: str
     action: str  # "create", "promote", "rollback", "set_status"
-    slug: str
+    key: PromptKey
     version: int | None
     from_status: Status | None
     to_status: Status | None
@@ -192,7 +198,7 @@ class AuditEntry:
             "at": self.at,
             "actor": self.actor,
             "action": self.action,
-            "slug": self.slug,
+            "slug": self.key.text,
             "version": self.version,
             "from_status": None if self.from_status is None else self.from_status.value,
             "to_status": None if self.to_status is None else self.to_status.value,
@@ -208,7 +214,7 @@ class AuditEntry:
             at=float(data["at"]),
             actor=data["actor"],
             action=data["action"],
-            slug=data["slug"],
+            key=PromptKey.parse(data["slug"]),
             version=data.get("version"),
             from_status=None if data.get("from_status") is None else Status(data["from_status"]),
             to_status=None if data.get("to_status") is None else Status(data["to_status"]),
@@ -274,14 +280,14 @@ class StickyKey:
 
 @dataclass(frozen=True, slots=True)
 class Rollout:
-    """A candidate version on trial for one slug: canary (a share of callers really get it)
-    or shadow (a share of requests also run on it, unseen). At most one per slug.
+    """A candidate version on trial for one key: canary (a share of callers really get it)
+    or shadow (a share of requests also run on it, unseen). At most one per key.
 
     ``id`` is fixed when the rollout starts and is part of the assignment hash, so changing
     ``basis_points`` keeps cohorts (monotone ramp) while a new rollout reshuffles them.
     """
 
-    slug: str
+    key: PromptKey
     id: str
     candidate: int
     mode: RolloutMode
@@ -304,7 +310,7 @@ class Rollout:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "slug": self.slug,
+            "slug": self.key.text,
             "id": self.id,
             "candidate": self.candidate,
             "mode": self.mode.value,
@@ -324,7 +330,7 @@ class Rollout:
         (stores decode their text first), absent or null for none."""
         analysis = data.get("analysis")
         return cls(
-            slug=data["slug"],
+            key=PromptKey.parse(data["slug"]),
             id=data["id"],
             candidate=int(data["candidate"]),
             mode=RolloutMode(data["mode"]),
@@ -360,12 +366,12 @@ class RegistrySnapshot:
     """
 
     revision: int
-    #: slug -> version number -> version
-    versions: dict[str, dict[int, PromptVersion]]
-    #: slug -> prod version number (slugs without prod are absent)
-    prod: dict[str, int]
-    #: slug -> the running rollout (slugs without one are absent)
-    rollouts: dict[str, Rollout] = field(default_factory=dict)
+    #: key -> version number -> version
+    versions: dict[PromptKey, dict[int, PromptVersion]]
+    #: key -> prod version number (keys without prod are absent)
+    prod: dict[PromptKey, int]
+    #: key -> the running rollout (keys without one are absent)
+    rollouts: dict[PromptKey, Rollout] = field(default_factory=dict)
     #: The store's identity (``proxy.registry.identity``); None: not initialised yet.
     generation: str | None = None
 

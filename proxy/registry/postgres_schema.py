@@ -12,10 +12,13 @@ the other parts of the PostgreSQL backend share that schema:
 ``registry_versions``    one row per version: content columns written once (a trigger
                          refuses changing them), ``status`` the only column that moves, the
                          version as JSON (``body``, without its status), at most one prod
-                         per slug (a unique partial index)
-``registry_rollouts``    the running rollout of a slug (absent: none), its policy as JSON
+                         per key (a unique partial index)
+``registry_rollouts``    the running rollout of a key (absent: none), its policy as JSON
 ``registry_audit``       every change, ``seq`` increasing; append-only (a trigger)
 =======================  ====================================================================
+
+A version line is named by its ``prompt_key``: a ``PromptKey``'s text (a plain key's is its
+slug; the version JSON's ``slug`` field holds the same text).
 
 Numbers are ``bigint`` (the API takes version numbers up to 2^63-1, as the other stores
 hold). JSON is kept as ``text`` written by orjson, as the other stores keep it: ``jsonb`` would
@@ -48,20 +51,20 @@ _V1 = Migration(
         )""",
         "INSERT INTO registry_state DEFAULT VALUES",
         """CREATE TABLE registry_versions (
-            slug text NOT NULL,
+            prompt_key text NOT NULL,
             version bigint NOT NULL CHECK (version >= 1),
             sha256 text NOT NULL,
             created_at double precision NOT NULL,
             status text NOT NULL
                 CHECK (status IN ('draft', 'candidate', 'prod', 'deprecated')),
             body text NOT NULL,
-            PRIMARY KEY (slug, version)
+            PRIMARY KEY (prompt_key, version)
         )""",
         # The database itself refuses a second prod, whatever a future code path does.
-        "CREATE UNIQUE INDEX registry_versions_one_prod ON registry_versions (slug) "
+        "CREATE UNIQUE INDEX registry_versions_one_prod ON registry_versions (prompt_key) "
         "WHERE status = 'prod'",
         """CREATE TABLE registry_rollouts (
-            slug text PRIMARY KEY,
+            prompt_key text PRIMARY KEY,
             id text NOT NULL CHECK (id <> ''),
             candidate bigint NOT NULL,
             mode text NOT NULL CHECK (mode IN ('canary', 'shadow')),
@@ -72,14 +75,14 @@ _V1 = Migration(
             actor text NOT NULL,
             restore_status text NOT NULL CHECK (restore_status IN ('draft', 'candidate')),
             analysis text,
-            FOREIGN KEY (slug, candidate) REFERENCES registry_versions (slug, version)
+            FOREIGN KEY (prompt_key, candidate) REFERENCES registry_versions (prompt_key, version)
         )""",
         """CREATE TABLE registry_audit (
             seq bigint PRIMARY KEY CHECK (seq >= 1),
             at double precision NOT NULL,
             actor text NOT NULL,
             action text NOT NULL,
-            slug text NOT NULL,
+            prompt_key text NOT NULL,
             version bigint,
             from_status text,
             to_status text,
@@ -87,7 +90,7 @@ _V1 = Migration(
             previous_prod bigint,
             detail text
         )""",
-        "CREATE INDEX registry_audit_by_slug ON registry_audit (slug, seq)",
+        "CREATE INDEX registry_audit_by_key ON registry_audit (prompt_key, seq)",
         # Immutability and the append-only log are kept by the database, not only by this
         # module's discipline; a restore (which replaces the registry) is the one exception.
         """CREATE FUNCTION registry_restoring() RETURNS boolean LANGUAGE sql STABLE AS $$
@@ -102,8 +105,8 @@ _V1 = Migration(
                 END IF;
                 RETURN OLD;
             END IF;
-            IF (NEW.slug, NEW.version, NEW.sha256, NEW.created_at, NEW.body)
-                IS DISTINCT FROM (OLD.slug, OLD.version, OLD.sha256, OLD.created_at, OLD.body)
+            IF (NEW.prompt_key, NEW.version, NEW.sha256, NEW.created_at, NEW.body)
+                IS DISTINCT FROM (OLD.prompt_key, OLD.version, OLD.sha256, OLD.created_at, OLD.body)
             THEN
                 RAISE EXCEPTION 'prompt versions are immutable'
                     USING ERRCODE = 'integrity_constraint_violation';
@@ -129,13 +132,14 @@ _V1 = Migration(
 MIGRATIONS: tuple[Migration, ...] = (_V1,)
 
 AUDIT_COLUMNS = (
-    "seq, at, actor, action, slug, version, from_status, to_status, reason, previous_prod, detail"
+    "seq, at, actor, action, prompt_key, version, from_status, to_status, reason, "
+    "previous_prod, detail"
 )
 ROLLOUT_COLUMNS = (
-    "slug, id, candidate, mode, basis_points, sticky, started_at, updated_at, actor, "
+    "prompt_key, id, candidate, mode, basis_points, sticky, started_at, updated_at, actor, "
     "restore_status, analysis"
 )
-VERSION_COLUMNS = "slug, version, sha256, created_at, status, body"
+VERSION_COLUMNS = "prompt_key, version, sha256, created_at, status, body"
 #: PostgreSQL identifiers, channel names among them, are at most 63 bytes.
 _MAX_CHANNEL = 63
 
@@ -162,7 +166,7 @@ def version_body(version: PromptVersion) -> str:
 def version_row(version: PromptVersion) -> tuple[Any, ...]:
     """A ``registry_versions`` row, columns in ``VERSION_COLUMNS`` order."""
     return (
-        version.slug,
+        version.key.text,
         version.version,
         version.sha256,
         version.created_at,
@@ -177,6 +181,13 @@ def row_to_version(body: str, status: str) -> PromptVersion:
     return PromptVersion.from_dict(data)
 
 
+def _row_dict(columns: str, row: tuple[Any, ...]) -> dict[str, Any]:
+    """A row as the JSON object ``from_dict`` reads: the key's text is its ``slug``."""
+    data = dict(zip(columns.split(", "), row, strict=True))
+    data["slug"] = data.pop("prompt_key")
+    return data
+
+
 def audit_row(entry: AuditEntry) -> tuple[Any, ...]:
     """A ``registry_audit`` row, columns in ``AUDIT_COLUMNS`` order."""
     return (
@@ -184,7 +195,7 @@ def audit_row(entry: AuditEntry) -> tuple[Any, ...]:
         entry.at,
         entry.actor,
         entry.action,
-        entry.slug,
+        entry.key.text,
         entry.version,
         None if entry.from_status is None else entry.from_status.value,
         None if entry.to_status is None else entry.to_status.value,
@@ -196,7 +207,7 @@ def audit_row(entry: AuditEntry) -> tuple[Any, ...]:
 
 def row_to_audit(row: tuple[Any, ...]) -> AuditEntry:
     """A ``registry_audit`` row, columns in ``AUDIT_COLUMNS`` order."""
-    data = dict(zip(AUDIT_COLUMNS.split(", "), row, strict=True))
+    data = _row_dict(AUDIT_COLUMNS, row)
     if data["detail"] is not None:
         data["detail"] = orjson.loads(data["detail"])
     return AuditEntry.from_dict(data)
@@ -205,7 +216,7 @@ def row_to_audit(row: tuple[Any, ...]) -> AuditEntry:
 def rollout_row(rollout: Rollout) -> tuple[Any, ...]:
     """A ``registry_rollouts`` row, columns in ``ROLLOUT_COLUMNS`` order."""
     return (
-        rollout.slug,
+        rollout.key.text,
         rollout.id,
         rollout.candidate,
         rollout.mode.value,
@@ -221,7 +232,7 @@ def rollout_row(rollout: Rollout) -> tuple[Any, ...]:
 
 def row_to_rollout(row: tuple[Any, ...]) -> Rollout:
     """A ``registry_rollouts`` row, columns in ``ROLLOUT_COLUMNS`` order."""
-    data = dict(zip(ROLLOUT_COLUMNS.split(", "), row, strict=True))
+    data = _row_dict(ROLLOUT_COLUMNS, row)
     if data["analysis"] is not None:
         data["analysis"] = orjson.loads(data["analysis"])
     return Rollout.from_dict(data)

@@ -30,6 +30,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from proxy.pg.connect import check_schema_name, describe_url
+from proxy.prompt_key import PromptKey
 from proxy.registry import lifecycle
 from proxy.registry import postgres_schema as schema_sql
 from proxy.registry.analysis_policy import AnalysisPolicy
@@ -198,56 +199,50 @@ class PostgresStore:
 
     # -- reads ----------------------------------------------------------------------------
 
-    async def get_version(self, slug: str, version: int) -> PromptVersion:
-        if not _storable(slug):
-            raise PromptNotFound(f"no prompt {slug!r}")
-
+    async def get_version(self, key: PromptKey, version: int) -> PromptVersion:
         async def read(conn: AsyncConnection) -> PromptVersion:
             cur = await conn.execute(
-                "SELECT body, status FROM registry_versions WHERE slug = %s AND version = %s",
-                (slug, version),
+                "SELECT body, status FROM registry_versions WHERE prompt_key = %s AND version = %s",
+                (key.text, version),
             )
             row = await cur.fetchone()
             if row is None:
-                await _require_slug(conn, slug)
-                raise VersionNotFound(f"{slug} has no version {version}")
+                await _require_key(conn, key)
+                raise VersionNotFound(f"{key} has no version {version}")
             return row_to_version(row[0], row[1])
 
         return await self._read(read)
 
-    async def list_versions(self, slug: str) -> Sequence[PromptVersion]:
-        if not _storable(slug):
-            raise PromptNotFound(f"no prompt {slug!r}")
-
+    async def list_versions(self, key: PromptKey) -> Sequence[PromptVersion]:
         async def read(conn: AsyncConnection) -> list[PromptVersion]:
             cur = await conn.execute(
-                "SELECT body, status FROM registry_versions WHERE slug = %s ORDER BY version",
-                (slug,),
+                "SELECT body, status FROM registry_versions WHERE prompt_key = %s ORDER BY version",
+                (key.text,),
             )
             rows = await cur.fetchall()
             if not rows:
-                raise PromptNotFound(f"no prompt {slug!r}")
+                raise PromptNotFound(f"no prompt {key.text!r}")
             return [row_to_version(body, status) for body, status in rows]
 
         return await self._read(read)
 
-    async def list_slugs(self) -> Sequence[str]:
-        async def read(conn: AsyncConnection) -> list[str]:
-            cur = await conn.execute("SELECT DISTINCT slug FROM registry_versions ORDER BY slug")
-            return [slug for (slug,) in await cur.fetchall()]
+    async def list_keys(self) -> Sequence[PromptKey]:
+        async def read(conn: AsyncConnection) -> list[PromptKey]:
+            cur = await conn.execute("SELECT DISTINCT prompt_key FROM registry_versions")
+            return sorted(PromptKey.parse(text) for (text,) in await cur.fetchall())
 
         return await self._run(lambda: self._session.run(read))
 
     async def audit(
-        self, slug: str | None = None, limit: int = 100, before_seq: int | None = None
+        self, key: PromptKey | None = None, limit: int = 100, before_seq: int | None = None
     ) -> Sequence[AuditEntry]:
-        if limit <= 0 or (slug is not None and not _storable(slug)):
+        if limit <= 0:
             return []
         where = ["seq < %s"]
         params: list[int | str] = [before_seq if before_seq is not None else 2**63 - 1]
-        if slug is not None:
-            where.append("slug = %s")
-            params.append(slug)
+        if key is not None:
+            where.append("prompt_key = %s")
+            params.append(key.text)
         query = (
             f"SELECT {AUDIT_COLUMNS} FROM registry_audit WHERE {' AND '.join(where)} "
             "ORDER BY seq DESC LIMIT %s"
@@ -305,9 +300,9 @@ class PostgresStore:
 
         async def write(t: _Txn) -> tuple[PromptVersion, bool]:
             latest = await t.one(
-                "SELECT version, sha256, body, status FROM registry_versions WHERE slug = %s "
+                "SELECT version, sha256, body, status FROM registry_versions WHERE prompt_key = %s "
                 "ORDER BY version DESC LIMIT 1",
-                (draft.slug,),
+                (draft.key.text,),
             )
             if latest is not None and latest[1] == sha:
                 return row_to_version(latest[2], latest[3]), False
@@ -321,7 +316,7 @@ class PostgresStore:
                 at=created_at,
                 actor=actor,
                 action=lifecycle.CREATE_ACTION,
-                slug=draft.slug,
+                key=draft.key,
                 version=version.version,
                 from_status=None,
                 to_status=Status.DRAFT,
@@ -329,45 +324,45 @@ class PostgresStore:
             )
             return version, True
 
-        return await self._write(write, texts=(draft.slug, actor, draft.changelog))
+        return await self._write(write, texts=(actor, draft.changelog))
 
     async def promote(
-        self, slug: str, version: int, actor: str, reason: str, at: float
+        self, key: PromptKey, version: int, actor: str, reason: str, at: float
     ) -> AuditEntry:
         async def write(t: _Txn) -> AuditEntry:
-            current = await t.status_of(slug, version)
-            lifecycle.check_promote(slug, version, current)
-            running = await t.running_rollout(slug)
+            current = await t.status_of(key, version)
+            lifecycle.check_promote(key, version, current)
+            running = await t.running_rollout(key)
             lifecycle.check_promote_during_rollout(
-                slug, version, None if running is None else running.candidate
+                key, version, None if running is None else running.candidate
             )
-            return await _promote(t, slug, version, current, running, actor, reason, at)
+            return await _promote(t, key, version, current, running, actor, reason, at)
 
-        return await self._write(write, texts=(slug, actor, reason))
+        return await self._write(write, texts=(actor, reason))
 
-    async def rollback(self, slug: str, actor: str, reason: str, at: float) -> AuditEntry:
+    async def rollback(self, key: PromptKey, actor: str, reason: str, at: float) -> AuditEntry:
         async def write(t: _Txn) -> AuditEntry:
-            await _require_slug(t.conn, slug)
+            await _require_key(t.conn, key)
             cur = await t.conn.execute(
-                "SELECT action, version FROM registry_audit WHERE slug = %s "
+                "SELECT action, version FROM registry_audit WHERE prompt_key = %s "
                 "AND action IN (%s, %s) ORDER BY seq",
-                (slug, lifecycle.PROMOTE_ACTION, lifecycle.ROLLBACK_ACTION),
+                (key.text, lifecycle.PROMOTE_ACTION, lifecycle.ROLLBACK_ACTION),
             )
             stack = lifecycle.prod_stack(await cur.fetchall())
-            prod = await t.current_prod(slug)
+            prod = await t.current_prod(key)
             if prod is not None and (not stack or stack[-1] != prod):
                 # Restored from a snapshot, which has no audit log: the history starts at
                 # the restore, with the prod it had (as with the other stores).
                 stack = [v for v in stack if v != prod] + [prod]
-            current, target = lifecycle.rollback_pair(slug, stack)
-            target_status = await t.status_of(slug, target)
-            await t.put_status(slug, current, Status.DEPRECATED)
-            await t.put_status(slug, target, Status.PROD)
+            current, target = lifecycle.rollback_pair(key, stack)
+            target_status = await t.status_of(key, target)
+            await t.put_status(key, current, Status.DEPRECATED)
+            await t.put_status(key, target, Status.PROD)
             return await t.append_audit(
                 at=at,
                 actor=actor,
                 action=lifecycle.ROLLBACK_ACTION,
-                slug=slug,
+                key=key,
                 version=target,
                 from_status=target_status,
                 to_status=Status.PROD,
@@ -375,45 +370,43 @@ class PostgresStore:
                 previous_prod=current,
             )
 
-        return await self._write(write, texts=(slug, actor, reason))
+        return await self._write(write, texts=(actor, reason))
 
     async def set_status(
-        self, slug: str, version: int, status: Status, actor: str, reason: str, at: float
+        self, key: PromptKey, version: int, status: Status, actor: str, reason: str, at: float
     ) -> AuditEntry:
         async def write(t: _Txn) -> AuditEntry:
-            current = await t.status_of(slug, version)
-            lifecycle.check_set_status(slug, version, current, status)
-            running = await t.running_rollout(slug)
+            current = await t.status_of(key, version)
+            lifecycle.check_set_status(key, version, current, status)
+            running = await t.running_rollout(key)
             lifecycle.check_set_status_during_rollout(
-                slug, version, None if running is None else running.candidate
+                key, version, None if running is None else running.candidate
             )
-            await t.put_status(slug, version, status)
+            await t.put_status(key, version, status)
             return await t.append_audit(
                 at=at,
                 actor=actor,
                 action=lifecycle.SET_STATUS_ACTION,
-                slug=slug,
+                key=key,
                 version=version,
                 from_status=current,
                 to_status=status,
                 reason=reason,
             )
 
-        return await self._write(write, texts=(slug, actor, reason))
+        return await self._write(write, texts=(actor, reason))
 
     # -- rollouts -------------------------------------------------------------------------
 
-    async def get_rollout(self, slug: str) -> Rollout | None:
-        if not _storable(slug):
-            return None
+    async def get_rollout(self, key: PromptKey) -> Rollout | None:
         row = await self._one(
-            f"SELECT {ROLLOUT_COLUMNS} FROM registry_rollouts WHERE slug = %s", (slug,)
+            f"SELECT {ROLLOUT_COLUMNS} FROM registry_rollouts WHERE prompt_key = %s", (key.text,)
         )
         return None if row is None else row_to_rollout(row)
 
     async def start_rollout(
         self,
-        slug: str,
+        key: PromptKey,
         rollout_id: str,
         candidate: int,
         mode: RolloutMode,
@@ -427,12 +420,12 @@ class PostgresStore:
         lifecycle.check_rollout_values(basis_points, rollout_id, sticky, analysis)
 
         async def write(t: _Txn) -> tuple[Rollout, AuditEntry]:
-            current = await t.status_of(slug, candidate)
-            running = await t.running_rollout(slug)
-            lifecycle.check_no_rollout(slug, None if running is None else running.candidate)
-            lifecycle.check_rollout_candidate(slug, candidate, current)
+            current = await t.status_of(key, candidate)
+            running = await t.running_rollout(key)
+            lifecycle.check_no_rollout(key, None if running is None else running.candidate)
+            lifecycle.check_rollout_candidate(key, candidate, current)
             rollout = Rollout(
-                slug=slug,
+                key=key,
                 id=rollout_id,
                 candidate=candidate,
                 mode=mode,
@@ -444,7 +437,7 @@ class PostgresStore:
                 restore_status=current,
                 analysis=analysis,
             )
-            await t.put_status(slug, candidate, Status.CANDIDATE)
+            await t.put_status(key, candidate, Status.CANDIDATE)
             await t.conn.execute(
                 f"INSERT INTO registry_rollouts ({ROLLOUT_COLUMNS}) "
                 "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
@@ -454,7 +447,7 @@ class PostgresStore:
                 at=at,
                 actor=actor,
                 action=lifecycle.ROLLOUT_START_ACTION,
-                slug=slug,
+                key=key,
                 version=candidate,
                 from_status=current,
                 to_status=Status.CANDIDATE,
@@ -463,25 +456,26 @@ class PostgresStore:
             )
             return rollout, entry
 
-        return await self._write(write, texts=(slug, rollout_id, actor, reason))
+        return await self._write(write, texts=(rollout_id, actor, reason))
 
     async def update_rollout(
-        self, slug: str, rollout_id: str, basis_points: int, actor: str, reason: str, at: float
+        self, key: PromptKey, rollout_id: str, basis_points: int, actor: str, reason: str, at: float
     ) -> tuple[Rollout, AuditEntry]:
         lifecycle.check_rollout_values(basis_points)
 
         async def write(t: _Txn) -> tuple[Rollout, AuditEntry]:
-            before = await _require_rollout(t, slug, rollout_id)
+            before = await _require_rollout(t, key, rollout_id)
             rollout = dataclasses.replace(before, basis_points=basis_points, updated_at=at)
             await t.conn.execute(
-                "UPDATE registry_rollouts SET basis_points = %s, updated_at = %s WHERE slug = %s",
-                (rollout.basis_points, rollout.updated_at, slug),
+                "UPDATE registry_rollouts SET basis_points = %s, updated_at = %s "
+                "WHERE prompt_key = %s",
+                (rollout.basis_points, rollout.updated_at, key.text),
             )
             entry = await t.append_audit(
                 at=at,
                 actor=actor,
                 action=lifecycle.ROLLOUT_UPDATE_ACTION,
-                slug=slug,
+                key=key,
                 version=rollout.candidate,
                 from_status=None,
                 to_status=None,
@@ -490,20 +484,20 @@ class PostgresStore:
             )
             return rollout, entry
 
-        return await self._write(write, texts=(slug, rollout_id, actor, reason))
+        return await self._write(write, texts=(rollout_id, actor, reason))
 
-    async def abort_rollout(self, slug: str, actor: str, reason: str, at: float) -> AuditEntry:
+    async def abort_rollout(self, key: PromptKey, actor: str, reason: str, at: float) -> AuditEntry:
         async def write(t: _Txn) -> AuditEntry:
-            rollout = await _require_rollout(t, slug)
-            current = await t.status_of(slug, rollout.candidate)
+            rollout = await _require_rollout(t, key)
+            current = await t.status_of(key, rollout.candidate)
             restored = rollout.restore_status if current is Status.CANDIDATE else current
-            await t.delete_rollout(slug)
-            await t.put_status(slug, rollout.candidate, restored)
+            await t.delete_rollout(key)
+            await t.put_status(key, rollout.candidate, restored)
             return await t.append_audit(
                 at=at,
                 actor=actor,
                 action=lifecycle.ROLLOUT_ABORT_ACTION,
-                slug=slug,
+                key=key,
                 version=rollout.candidate,
                 from_status=current,
                 to_status=restored,
@@ -511,16 +505,18 @@ class PostgresStore:
                 detail=rollout.audit_detail(),
             )
 
-        return await self._write(write, texts=(slug, actor, reason))
+        return await self._write(write, texts=(actor, reason))
 
-    async def promote_rollout(self, slug: str, actor: str, reason: str, at: float) -> AuditEntry:
+    async def promote_rollout(
+        self, key: PromptKey, actor: str, reason: str, at: float
+    ) -> AuditEntry:
         async def write(t: _Txn) -> AuditEntry:
-            rollout = await _require_rollout(t, slug)
-            current = await t.status_of(slug, rollout.candidate)
-            lifecycle.check_promote(slug, rollout.candidate, current)
-            return await _promote(t, slug, rollout.candidate, current, rollout, actor, reason, at)
+            rollout = await _require_rollout(t, key)
+            current = await t.status_of(key, rollout.candidate)
+            lifecycle.check_promote(key, rollout.candidate, current)
+            return await _promote(t, key, rollout.candidate, current, rollout, actor, reason, at)
 
-        return await self._write(write, texts=(slug, actor, reason))
+        return await self._write(write, texts=(actor, reason))
 
     # -- restore --------------------------------------------------------------------------
 
@@ -614,36 +610,37 @@ class _Txn:
         cur = await self.conn.execute(query, params)
         return await cur.fetchone()
 
-    async def status_of(self, slug: str, version: int) -> Status:
+    async def status_of(self, key: PromptKey, version: int) -> Status:
         row = await self.one(
-            "SELECT status FROM registry_versions WHERE slug = %s AND version = %s",
-            (slug, version),
+            "SELECT status FROM registry_versions WHERE prompt_key = %s AND version = %s",
+            (key.text, version),
         )
         if row is None:
-            await _require_slug(self.conn, slug)
-            raise VersionNotFound(f"{slug} has no version {version}")
+            await _require_key(self.conn, key)
+            raise VersionNotFound(f"{key} has no version {version}")
         return Status(row[0])
 
-    async def current_prod(self, slug: str) -> int | None:
+    async def current_prod(self, key: PromptKey) -> int | None:
         row = await self.one(
-            "SELECT version FROM registry_versions WHERE slug = %s AND status = 'prod'", (slug,)
+            "SELECT version FROM registry_versions WHERE prompt_key = %s AND status = 'prod'",
+            (key.text,),
         )
         return None if row is None else int(row[0])
 
-    async def running_rollout(self, slug: str) -> Rollout | None:
+    async def running_rollout(self, key: PromptKey) -> Rollout | None:
         row = await self.one(
-            f"SELECT {ROLLOUT_COLUMNS} FROM registry_rollouts WHERE slug = %s", (slug,)
+            f"SELECT {ROLLOUT_COLUMNS} FROM registry_rollouts WHERE prompt_key = %s", (key.text,)
         )
         return None if row is None else row_to_rollout(row)
 
-    async def put_status(self, slug: str, version: int, status: Status) -> None:
+    async def put_status(self, key: PromptKey, version: int, status: Status) -> None:
         await self.conn.execute(
-            "UPDATE registry_versions SET status = %s WHERE slug = %s AND version = %s",
-            (status.value, slug, version),
+            "UPDATE registry_versions SET status = %s WHERE prompt_key = %s AND version = %s",
+            (status.value, key.text, version),
         )
 
-    async def delete_rollout(self, slug: str) -> None:
-        await self.conn.execute("DELETE FROM registry_rollouts WHERE slug = %s", (slug,))
+    async def delete_rollout(self, key: PromptKey) -> None:
+        await self.conn.execute("DELETE FROM registry_rollouts WHERE prompt_key = %s", (key.text,))
 
     async def append_audit(
         self,
@@ -651,7 +648,7 @@ class _Txn:
         at: float,
         actor: str,
         action: str,
-        slug: str,
+        key: PromptKey,
         version: int | None,
         from_status: Status | None,
         to_status: Status | None,
@@ -666,7 +663,7 @@ class _Txn:
             at=at,
             actor=actor,
             action=action,
-            slug=slug,
+            key=key,
             version=version,
             from_status=from_status,
             to_status=to_status,
@@ -688,23 +685,25 @@ class _Txn:
         return entry
 
 
-async def _require_slug(conn: AsyncConnection, slug: str) -> None:
-    cur = await conn.execute("SELECT 1 FROM registry_versions WHERE slug = %s LIMIT 1", (slug,))
+async def _require_key(conn: AsyncConnection, key: PromptKey) -> None:
+    cur = await conn.execute(
+        "SELECT 1 FROM registry_versions WHERE prompt_key = %s LIMIT 1", (key.text,)
+    )
     if await cur.fetchone() is None:
-        raise PromptNotFound(f"no prompt {slug!r}")
+        raise PromptNotFound(f"no prompt {key.text!r}")
 
 
-async def _require_rollout(t: _Txn, slug: str, rollout_id: str | None = None) -> Rollout:
-    await _require_slug(t.conn, slug)
-    running = await t.running_rollout(slug)
-    lifecycle.check_rollout_running(slug, None if running is None else running.id, rollout_id)
+async def _require_rollout(t: _Txn, key: PromptKey, rollout_id: str | None = None) -> Rollout:
+    await _require_key(t.conn, key)
+    running = await t.running_rollout(key)
+    lifecycle.check_rollout_running(key, None if running is None else running.id, rollout_id)
     assert running is not None  # check_rollout_running refused otherwise
     return running
 
 
 async def _promote(
     t: _Txn,
-    slug: str,
+    key: PromptKey,
     version: int,
     current: Status,
     running: Rollout | None,
@@ -717,17 +716,17 @@ async def _promote(
     detail = None
     if running is not None:
         detail = {**running.audit_detail(), lifecycle.ROLLOUT_PROMOTED_DETAIL: True}
-        await t.delete_rollout(slug)
-    previous = await t.current_prod(slug)
+        await t.delete_rollout(key)
+    previous = await t.current_prod(key)
     if previous is not None:
         # First: the unique index allows one prod per prompt at every step.
-        await t.put_status(slug, previous, Status.DEPRECATED)
-    await t.put_status(slug, version, Status.PROD)
+        await t.put_status(key, previous, Status.DEPRECATED)
+    await t.put_status(key, version, Status.PROD)
     return await t.append_audit(
         at=at,
         actor=actor,
         action=lifecycle.PROMOTE_ACTION,
-        slug=slug,
+        key=key,
         version=version,
         from_status=current,
         to_status=Status.PROD,
@@ -740,16 +739,18 @@ async def _promote(
 async def _read_snapshot(conn: AsyncConnection) -> RegistrySnapshot:
     cur = await conn.execute("SELECT generation, revision FROM registry_state")
     state = await cur.fetchone()
-    cur = await conn.execute("SELECT body, status FROM registry_versions ORDER BY slug, version")
-    versions: dict[str, dict[int, PromptVersion]] = {}
-    prod: dict[str, int] = {}
+    cur = await conn.execute(
+        "SELECT body, status FROM registry_versions ORDER BY prompt_key, version"
+    )
+    versions: dict[PromptKey, dict[int, PromptVersion]] = {}
+    prod: dict[PromptKey, int] = {}
     for body, status in await cur.fetchall():
         version = row_to_version(body, status)
-        versions.setdefault(version.slug, {})[version.version] = version
+        versions.setdefault(version.key, {})[version.version] = version
         if version.status is Status.PROD:
-            prod[version.slug] = version.version
+            prod[version.key] = version.version
     cur = await conn.execute(f"SELECT {ROLLOUT_COLUMNS} FROM registry_rollouts")
-    rollouts = {r.slug: r for r in map(row_to_rollout, await cur.fetchall())}
+    rollouts = {r.key: r for r in map(row_to_rollout, await cur.fetchall())}
     return RegistrySnapshot(
         revision=0 if state is None else int(state[1]),
         versions=versions,
@@ -784,7 +785,7 @@ async def _replace_rows(
 
 
 def _storable(text: str) -> bool:
-    """PostgreSQL text cannot hold NUL: no stored slug has one."""
+    """PostgreSQL text cannot hold NUL (a prompt key never has one)."""
     return "\x00" not in text
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from proxy.models import SLUG_PATTERN
+from proxy.prompt_key import PromptKey
 from proxy.registry.models import VariableSpec, VersionDraft, unstorable_value
 from proxy.registry.templates import template_problems
 
@@ -48,17 +49,17 @@ def load_prompt_dir(path: Path) -> list[tuple[Path, VersionDraft]]:
     """All prompt files under ``path``, sorted; raises with the problems of every file."""
     loaded: list[tuple[Path, VersionDraft]] = []
     problems: list[str] = []
-    first_file: dict[str, Path] = {}
+    first_file: dict[PromptKey, Path] = {}
     for file in _prompt_files(path):
         draft, found = _load(file)
         problems.extend(_format(file, p) for p in found)
         if draft is None or found:
             continue
-        if draft.slug in first_file:
-            message = f"slug {draft.slug!r} is also defined in {first_file[draft.slug]}"
+        if draft.key in first_file:
+            message = f"slug {draft.key.text!r} is also defined in {first_file[draft.key]}"
             problems.append(_format(file, (None, message)))
             continue
-        first_file[draft.slug] = file
+        first_file[draft.key] = file
         loaded.append((file, draft))
     if problems:
         raise PromptFileError(path, problems)
@@ -194,7 +195,7 @@ def _build(
     if problems:
         return None, sorted(problems, key=lambda p: p[0] or 0)
     draft = VersionDraft(
-        slug=str(slug),
+        key=PromptKey(str(slug)),
         template=body,
         variables=variables,
         model=model,

@@ -228,9 +228,9 @@ class RegistryRecovery:
         if served.generation != image.generation:
             return
         behind = sorted(
-            f"{slug} v{max(numbered)} (export: v{max(image.versions.get(slug, {0: None}))})"
-            for slug, numbered in served.versions.items()
-            if numbered and max(numbered) > max(image.versions.get(slug, {0: None}))
+            f"{key} v{max(numbered)} (export: v{max(image.versions.get(key, {0: None}))})"
+            for key, numbered in served.versions.items()
+            if numbered and max(numbered) > max(image.versions.get(key, {0: None}))
         )
         if behind:
             raise Conflict(

@@ -2,10 +2,10 @@
 
 A check is run with placeholder arguments; the message it refuses with becomes a Lua
 function ``function(a, b) return <message> end`` in which each placeholder is a Lua name
-again (``SLUG`` of the script prelude, or the parameters ``a`` and ``b``). Where a check
-depends on a status, it is run for every status, so the generated table also decides which
-statuses are refused: both the rule and its wording come from Python, and the Redis store
-cannot drift from the embedded one, which calls the same checks directly.
+again (``PKEY`` of the script prelude, the key's text, or the parameters ``a`` and ``b``).
+Where a check depends on a status, it is run for every status, so the generated table also
+decides which statuses are refused: both the rule and its wording come from Python, and the
+Redis store cannot drift from the embedded one, which calls the same checks directly.
 """
 
 from __future__ import annotations
@@ -14,16 +14,18 @@ import re
 from collections.abc import Callable
 from functools import partial
 
+from proxy.prompt_key import PromptKey
 from proxy.registry.models import Status
 from proxy.registry.store import InvalidTransition
 
 #: Placeholders to call a check with. The numbers are version numbers no registry reaches,
-#: the strings cannot occur in a message by accident.
-SLUG = "\x00slug\x00"
+#: the strings cannot occur in a message by accident (the key is a valid one, as the checks
+#: take keys, but no message says anything like it).
+KEY = PromptKey("_0_lua-placeholder-key_0_")
 A, B = 1_000_000_001, 1_000_000_002
 A_ID, B_ID = "\x00a\x00", "\x00b\x00"
 
-_LUA_NAMES = {SLUG: "SLUG", str(A): "a", str(B): "b", A_ID: "a", B_ID: "b"}
+_LUA_NAMES = {KEY.text: "PKEY", str(A): "a", str(B): "b", A_ID: "a", B_ID: "b"}
 _PLACEHOLDER = re.compile("|".join(re.escape(name) for name in _LUA_NAMES))
 
 

@@ -2,7 +2,7 @@
 
 Same conventions as ``redis_scripts``: the shared prelude (keys, ``commit``, the rollout
 helpers), every check before the first write, refusals generated from ``lifecycle``. A
-rollout lives in ``P{registry}:rollout:<slug>``; every script here returns the audit seq,
+rollout lives in ``P{registry}:rollout:<key>``; every script here returns the audit seq,
 and the detail JSON it audited, so the caller returns exactly what ``audit`` reads back.
 """
 
@@ -11,19 +11,19 @@ from __future__ import annotations
 from functools import partial
 
 from proxy.registry import lifecycle
-from proxy.registry.redis_lua_rules import A_ID, B_ID, SLUG, A, B, lua_refusal, lua_status_refusals
+from proxy.registry.redis_lua_rules import A_ID, B_ID, KEY, A, B, lua_refusal, lua_status_refusals
 from proxy.registry.redis_scripts import PRELUDE
 
-_ALREADY_RUNNING = lua_refusal(partial(lifecycle.check_no_rollout, SLUG, B))
-_NOT_A_CANDIDATE = lua_status_refusals(partial(lifecycle.check_rollout_candidate, SLUG, A))
-_NONE_RUNNING = lua_refusal(partial(lifecycle.check_rollout_running, SLUG, None))
-_OTHER_RUNNING = lua_refusal(partial(lifecycle.check_rollout_running, SLUG, B_ID, A_ID))
+_ALREADY_RUNNING = lua_refusal(partial(lifecycle.check_no_rollout, KEY, B))
+_NOT_A_CANDIDATE = lua_status_refusals(partial(lifecycle.check_rollout_candidate, KEY, A))
+_NONE_RUNNING = lua_refusal(partial(lifecycle.check_rollout_running, KEY, None))
+_OTHER_RUNNING = lua_refusal(partial(lifecycle.check_rollout_running, KEY, B_ID, A_ID))
 
 # Shared by the scripts that need a running rollout: returns its candidate, or an error.
 _REQUIRE_ROLLOUT = f"""
 local NONE_RUNNING = {_NONE_RUNNING}
 local function require_rollout()
-  local err = require_slug()
+  local err = require_key()
   if err then return nil, err end
   local candidate = running_candidate()
   if not candidate then return nil, refuse(NONE_RUNNING()) end

@@ -9,20 +9,22 @@ Cluster keeps every key in one slot and the scripts may touch them all):
                                            by the first write, or by the first read of
                                            a store written before generations existed
 ``P{registry}:changes``            channel every write PUBLISHes the new revision here
-``P{registry}:slugs``              set     every slug that has at least one version
-``P{registry}:versions:<slug>``    hash    version number -> JSON (immutable: written once,
+``P{registry}:schema``             string the key schema's version (``SCHEMA_VERSION``),
+                                           SET by the first process that opens the store
+``P{registry}:slugs``              set     every key that has at least one version
+``P{registry}:versions:<key>``     hash    version number -> JSON (immutable: written once,
                                            with ``version``; without ``status``)
-``P{registry}:status:<slug>``      hash    version number -> status
-``P{registry}:prod_stack:<slug>``  list    rollback history, top (right end) = current
+``P{registry}:status:<key>``       hash    version number -> status
+``P{registry}:prod_stack:<key>``   list    rollback history, top (right end) = current
                                            prod; see ``lifecycle.prod_stack``
-``P{registry}:rollout:<slug>``     hash    the running rollout, absent when none: fields
+``P{registry}:rollout:<key>``      hash    the running rollout, absent when none: fields
                                            id candidate mode basis_points sticky
                                            started_at updated_at actor restore_status
                                            (``Rollout.from_dict`` reads them as is), and
                                            analysis (the policy's JSON; absent: none)
 ``P{registry}:audit_seq``          string  last audit ``seq`` (INCR)
 ``P{registry}:audit``              stream  every audit entry, entry id ``<seq>-0``
-``P{registry}:audit:<slug>``       stream  the same entries for one slug (for paging by slug)
+``P{registry}:audit:<key>``        stream  the same entries for one key (for paging by key)
 ``P{registry}:last_restore``       string  id of the last restore that was applied (read
                                            back when its answer was lost)
 ``P{registry}:staging:<id>:...``   any     a restore being written (see ``RESTORE_FLIP``):
@@ -30,7 +32,12 @@ Cluster keeps every key in one slot and the scripts may touch them all):
                                            TTL, renamed into place by one script
 =================================  ======  ===============================================
 
-Versions are numbered 1..n without gaps, so ``HLEN versions:<slug>`` is the latest number.
+``<key>`` is a ``PromptKey``'s text: for a plain key the bare slug, so the names are those
+of schema 1, when keys were slugs (the ``slugs`` set keeps its name), and schema 2 (this
+one) only adds the ``schema`` key; the version JSON's ``slug`` and the audit's ``slug``
+field hold the key's text too.
+
+Versions are numbered 1..n without gaps, so ``HLEN versions:<key>`` is the latest number.
 Audit stream fields: at actor action slug version from_status to_status reason
 previous_prod detail (JSON object), with "" for None.
 
@@ -56,10 +63,11 @@ from typing import Any
 
 import orjson
 
+from proxy.prompt_key import PromptKey
 from proxy.registry import lifecycle
 from proxy.registry.models import AuditEntry, PromptVersion, Rollout, Status
 from proxy.registry.redis_lua_rules import (
-    SLUG,
+    KEY,
     A,
     B,
     lua_move_refusals,
@@ -71,6 +79,11 @@ PROMPT_NOT_FOUND = "PROMPT_NOT_FOUND"
 VERSION_NOT_FOUND = "VERSION_NOT_FOUND"
 INVALID_TRANSITION = "INVALID_TRANSITION"
 STORE_REPLACED = "STORE_REPLACED"
+
+#: The key schema's version (``P{registry}:schema``): 1 had no such key (keys were slugs),
+#: 2 names the prompt key and records itself. A store at a higher version was written by a
+#: newer promptproxy and is refused rather than misread.
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +110,12 @@ class RedisKeys:
         return self._key("changes")
 
     @property
-    def slugs(self) -> str:
+    def schema(self) -> str:
+        return self._key("schema")
+
+    @property
+    def prompt_keys(self) -> str:
+        """The set of every key's text (named ``slugs`` since schema 1)."""
         return self._key("slugs")
 
     @property
@@ -117,57 +135,58 @@ class RedisKeys:
         tag = self.prefix + "{registry}:"
         return tag + f"staging:{restore_id}:" + key[len(tag) :]
 
-    def slug_audit(self, slug: str) -> str:
-        return self._key("audit", slug)
+    def key_audit(self, key: PromptKey) -> str:
+        return self._key("audit", key.text)
 
-    def versions(self, slug: str) -> str:
-        return self._key("versions", slug)
+    def versions(self, key: PromptKey) -> str:
+        return self._key("versions", key.text)
 
-    def status(self, slug: str) -> str:
-        return self._key("status", slug)
+    def status(self, key: PromptKey) -> str:
+        return self._key("status", key.text)
 
-    def prod_stack(self, slug: str) -> str:
-        return self._key("prod_stack", slug)
+    def prod_stack(self, key: PromptKey) -> str:
+        return self._key("prod_stack", key.text)
 
-    def rollout(self, slug: str) -> str:
-        return self._key("rollout", slug)
+    def rollout(self, key: PromptKey) -> str:
+        return self._key("rollout", key.text)
 
-    def for_write(self, slug: str) -> list[str]:
+    def for_write(self, key: PromptKey) -> list[str]:
         """KEYS of every write script, in the order the Lua prelude expects."""
         return [
             self.revision,
             self.audit_seq,
             self.audit,
-            self.slug_audit(slug),
-            self.versions(slug),
-            self.status(slug),
-            self.prod_stack(slug),
-            self.slugs,
-            self.rollout(slug),
+            self.key_audit(key),
+            self.versions(key),
+            self.status(key),
+            self.prod_stack(key),
+            self.prompt_keys,
+            self.rollout(key),
             self.generation,
         ]
 
 
-_PROMOTE_REFUSED = lua_status_refusals(partial(lifecycle.check_promote, SLUG, A))
-_PROMOTE_DURING_ROLLOUT = lua_refusal(partial(lifecycle.check_promote_during_rollout, SLUG, A, B))
-_NO_PROD = lua_refusal(partial(lifecycle.rollback_pair, SLUG, []))
-_NO_FORMER_PROD = lua_refusal(partial(lifecycle.rollback_pair, SLUG, [A]))
-_SET_STATUS_REFUSED = lua_move_refusals(partial(lifecycle.check_set_status, SLUG, A))
+_PROMOTE_REFUSED = lua_status_refusals(partial(lifecycle.check_promote, KEY, A))
+_PROMOTE_DURING_ROLLOUT = lua_refusal(partial(lifecycle.check_promote_during_rollout, KEY, A, B))
+_NO_PROD = lua_refusal(partial(lifecycle.rollback_pair, KEY, []))
+_NO_FORMER_PROD = lua_refusal(partial(lifecycle.rollback_pair, KEY, [A]))
+_SET_STATUS_REFUSED = lua_move_refusals(partial(lifecycle.check_set_status, KEY, A))
 _SET_STATUS_DURING_ROLLOUT = lua_refusal(
-    partial(lifecycle.check_set_status_during_rollout, SLUG, A, A)
+    partial(lifecycle.check_set_status_during_rollout, KEY, A, A)
 )
 
 
-# KEYS: see RedisKeys.for_write. ARGV[1] channel, ARGV[2] slug, ARGV[3] actor, ARGV[4] reason,
-# ARGV[5] at (a float's repr, kept as text so Lua's number formatting cannot round it), then
-# the script's own arguments, then the highest revision the caller has read (-1: none), and
-# last the generation the caller is bound to. A store holding another generation, or a
-# lower revision (an older copy of this registry put back), refuses the write atomically.
+# KEYS: see RedisKeys.for_write. ARGV[1] channel, ARGV[2] the key's text, ARGV[3] actor,
+# ARGV[4] reason, ARGV[5] at (a float's repr, kept as text so Lua's number formatting cannot
+# round it), then the script's own arguments, then the highest revision the caller has read
+# (-1: none), and last the generation the caller is bound to. A store holding another
+# generation, or a lower revision (an older copy of this registry put back), refuses the
+# write atomically.
 PRELUDE = f"""
-local K_REV, K_SEQ, K_AUDIT, KSLUG_AUDIT = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local K_VERSIONS, K_STATUS, K_STACK, KSLUGS = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local K_REV, K_SEQ, K_AUDIT, K_KEY_AUDIT = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local K_VERSIONS, K_STATUS, K_STACK, K_KEYS = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local K_ROLLOUT, K_GENERATION = KEYS[9], KEYS[10]
-local CHANNEL, SLUG, ACTOR, REASON, AT = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local CHANNEL, PKEY, ACTOR, REASON, AT = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 
 local function fail(code, msg)
   return redis.error_reply(code .. ' ' .. msg)
@@ -194,29 +213,29 @@ end
 -- Append one audit entry, bump and publish the revision; returns the entry's seq.
 local function commit(action, version, from_status, to_status, previous_prod, detail)
   local seq = redis.call('INCR', K_SEQ)
-  local fields = {{'at', AT, 'actor', ACTOR, 'action', action, 'slug', SLUG,
+  local fields = {{'at', AT, 'actor', ACTOR, 'action', action, 'slug', PKEY,
     'version', version, 'from_status', from_status or '', 'to_status', to_status or '',
     'reason', REASON, 'previous_prod', previous_prod or '', 'detail', detail or ''}}
   local id = seq .. '-0'
   redis.call('XADD', K_AUDIT, id, unpack(fields))
-  redis.call('XADD', KSLUG_AUDIT, id, unpack(fields))
+  redis.call('XADD', K_KEY_AUDIT, id, unpack(fields))
   local rev = redis.call('INCR', K_REV)
   redis.call('PUBLISH', CHANNEL, rev)
   return seq
 end
 
-local function require_slug()
+local function require_key()
   if redis.call('EXISTS', K_VERSIONS) == 0 then
-    return fail('{PROMPT_NOT_FOUND}', 'no prompt ' .. SLUG)
+    return fail('{PROMPT_NOT_FOUND}', 'no prompt ' .. PKEY)
   end
 end
 
 local function require_version(version)
-  local err = require_slug()
+  local err = require_key()
   if err then return nil, err end
   local status = redis.call('HGET', K_STATUS, version)
   if not status then
-    return nil, fail('{VERSION_NOT_FOUND}', SLUG .. ' has no version ' .. version)
+    return nil, fail('{VERSION_NOT_FOUND}', PKEY .. ' has no version ' .. version)
   end
   return status
 end
@@ -266,6 +285,17 @@ end
 local PROMOTE_REFUSED = {_PROMOTE_REFUSED}
 """
 
+# KEYS[1] schema, ARGV[1] SCHEMA_VERSION. Records this build's schema on a store at an older
+# one (schema 1 had no key, and its keys are schema 2's: nothing else to migrate) or at none
+# (a new store); returns the version the store holds now, which the caller refuses if newer.
+SCHEMA = """
+local found = redis.call('GET', KEYS[1])
+if not found or tonumber(found) < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+return redis.call('GET', KEYS[1])
+"""
+
 # KEYS[1] generation, ARGV[1] a new generation. Returns the generation the store has now.
 INIT = """
 redis.call('SET', KEYS[1], ARGV[1], 'NX')
@@ -288,7 +318,7 @@ n = n + 1
 local body = '{{"version":' .. n .. ',' .. string.sub(ARGV[7], 2)
 redis.call('HSET', K_VERSIONS, n, body)
 redis.call('HSET', K_STATUS, n, 'draft')
-redis.call('SADD', KSLUGS, SLUG)
+redis.call('SADD', K_KEYS, PKEY)
 commit('{lifecycle.CREATE_ACTION}', n, nil, 'draft', nil, nil)
 return {{1, n, body, 'draft'}}
 """
@@ -314,7 +344,7 @@ ROLLBACK = (
     PRELUDE
     + f"""
 local NO_PROD, NO_FORMER = {_NO_PROD}, {_NO_FORMER_PROD}
-local err = require_slug()
+local err = require_key()
 if err then return err end
 local current = redis.call('LINDEX', K_STACK, -1)
 if not current then return refuse(NO_PROD()) end
@@ -424,11 +454,11 @@ def decode_versions(bodies: dict[Any, Any], statuses: dict[Any, Any]) -> dict[in
     return {n: decode_version(body, status) for n, body, status in numbered}
 
 
-def decode_rollout(slug: str, fields: dict[Any, Any]) -> Rollout | None:
-    """The ``rollout:<slug>`` hash (HGETALL: empty when no rollout runs)."""
+def decode_rollout(key: PromptKey, fields: dict[Any, Any]) -> Rollout | None:
+    """The ``rollout:<key>`` hash (HGETALL: empty when no rollout runs)."""
     if not fields:
         return None
-    data: dict[str, Any] = {"slug": slug, **{text(k): text(v) for k, v in fields.items()}}
+    data: dict[str, Any] = {"slug": key.text, **{text(k): text(v) for k, v in fields.items()}}
     if "analysis" in data:
         data["analysis"] = orjson.loads(data["analysis"])
     return Rollout.from_dict(data)
@@ -448,7 +478,7 @@ def encode_audit(entry: AuditEntry) -> dict[str, str]:
         "at": repr(float(entry.at)),
         "actor": entry.actor,
         "action": entry.action,
-        "slug": entry.slug,
+        "slug": entry.key.text,
         "version": opt(entry.version),
         "from_status": "" if entry.from_status is None else entry.from_status.value,
         "to_status": "" if entry.to_status is None else entry.to_status.value,
@@ -472,7 +502,7 @@ def decode_audit(entry_id: bytes | str, raw: dict[Any, Any]) -> AuditEntry:
         at=float(fields["at"]),
         actor=fields["actor"],
         action=fields["action"],
-        slug=fields["slug"],
+        key=PromptKey.parse(fields["slug"]),
         version=number("version"),
         from_status=status("from_status"),
         to_status=status("to_status"),

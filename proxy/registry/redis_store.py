@@ -3,6 +3,8 @@
 Every multi-key write is one Lua script (``redis_scripts``), so it is atomic and a crash
 cannot leave half of it behind; key schema in ``redis_scripts`` too. Reads that span keys
 use MULTI (and WATCH on the revision for the snapshot), so they see one consistent state.
+An instance's first command records the key schema's version (``SCHEMA_VERSION``) on a
+store that holds an older one or none, and refuses a store a newer promptproxy wrote.
 
 Failure policy: a dead or paused Redis must fail fast, never hang. The client has explicit
 socket timeouts and a short bounded retry, and every call also runs under an overall
@@ -26,6 +28,7 @@ from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError, ResponseError, WatchError
 
+from proxy.prompt_key import PromptKey
 from proxy.registry import lifecycle
 from proxy.registry import redis_rollout_scripts as rollout_scripts
 from proxy.registry import redis_scripts as scripts
@@ -91,6 +94,8 @@ class RedisStore:
         self._closed = False
         self._identity = IdentityGuard()
         self._observing = asyncio.Lock()
+        self._schema_checked = False
+        self._schema = client.register_script(scripts.SCHEMA)
         self._init = client.register_script(scripts.INIT)
         self._create = client.register_script(scripts.CREATE)
         self._promote = client.register_script(scripts.PROMOTE)
@@ -136,6 +141,26 @@ class RedisStore:
     async def _guard(self, call: Callable[[], Awaitable[T]], limit: float | None = None) -> T:
         if self._closed:
             raise StoreUnavailable("registry store is closed")
+        if not self._schema_checked:
+            await self._check_schema()
+        return await self._call(call, limit)
+
+    async def _check_schema(self) -> None:
+        """Once per instance, before its first command: record this build's key schema on a
+        store written by an older one (or on a new store), refuse one a newer build wrote."""
+
+        async def record() -> bytes | str:
+            return await self._schema(keys=[self.keys.schema], args=[scripts.SCHEMA_VERSION])  # type: ignore[no-any-return]
+
+        found = int(scripts.text(await self._call(record)))
+        if found > scripts.SCHEMA_VERSION:
+            raise StoreUnavailable(
+                f"redis holds registry key schema v{found}; this promptproxy understands up "
+                f"to v{scripts.SCHEMA_VERSION} (upgrade promptproxy)"
+            )
+        self._schema_checked = True
+
+    async def _call(self, call: Callable[[], Awaitable[T]], limit: float | None = None) -> T:
         bound = self._op_timeout if limit is None else limit
         try:
             async with asyncio.timeout(bound):
@@ -153,15 +178,15 @@ class RedisStore:
                 f"redis unavailable for the prompt registry: {type(exc).__name__}: {exc}"
             ) from exc
 
-    def _write_args(self, slug: str, actor: str, reason: str, at: float) -> list[str]:
-        return [self.keys.channel, slug, actor, reason, repr(float(at))]
+    def _write_args(self, key: PromptKey, actor: str, reason: str, at: float) -> list[str]:
+        return [self.keys.channel, key.text, actor, reason, repr(float(at))]
 
-    async def _write(self, script: AsyncScript, slug: str, args: list[str]) -> list[Any]:
-        """Run a write script for ``slug``, bound to this instance's generation and the
+    async def _write(self, script: AsyncScript, key: PromptKey, args: list[str]) -> list[Any]:
+        """Run a write script for ``key``, bound to this instance's generation and the
         highest revision it read (see ``identity``): the script refuses atomically if the
         store holds another generation or none, or went back to a lower revision."""
         generation = await self._bound_generation()
-        keys = self.keys.for_write(slug)
+        keys = self.keys.for_write(key)
 
         seen = str(self._identity.revision)
 
@@ -209,49 +234,49 @@ class RedisStore:
 
     # -- reads ----------------------------------------------------------------------------
 
-    async def get_version(self, slug: str, version: int) -> PromptVersion:
+    async def get_version(self, key: PromptKey, version: int) -> PromptVersion:
         async def read() -> list[Any]:
             async with self._client.pipeline(transaction=True) as pipe:
-                pipe.hget(self.keys.versions(slug), str(version))
-                pipe.hget(self.keys.status(slug), str(version))
-                pipe.exists(self.keys.versions(slug))
+                pipe.hget(self.keys.versions(key), str(version))
+                pipe.hget(self.keys.status(key), str(version))
+                pipe.exists(self.keys.versions(key))
                 return await pipe.execute()
 
         body, status, exists = await self._guard(read)
         if body is None or status is None:
             if not exists:
-                raise PromptNotFound(f"no prompt {slug!r}")
-            raise VersionNotFound(f"{slug} has no version {version}")
+                raise PromptNotFound(f"no prompt {key.text!r}")
+            raise VersionNotFound(f"{key} has no version {version}")
         return scripts.decode_version(body, status)
 
-    async def list_versions(self, slug: str) -> Sequence[PromptVersion]:
+    async def list_versions(self, key: PromptKey) -> Sequence[PromptVersion]:
         async def read() -> list[Any]:
             async with self._client.pipeline(transaction=True) as pipe:
-                pipe.hgetall(self.keys.versions(slug))
-                pipe.hgetall(self.keys.status(slug))
+                pipe.hgetall(self.keys.versions(key))
+                pipe.hgetall(self.keys.status(key))
                 return await pipe.execute()
 
         bodies, statuses = await self._guard(read)
         if not bodies:
-            raise PromptNotFound(f"no prompt {slug!r}")
+            raise PromptNotFound(f"no prompt {key.text!r}")
         return list(scripts.decode_versions(bodies, statuses).values())  # numbered order
 
-    async def list_slugs(self) -> Sequence[str]:
+    async def list_keys(self) -> Sequence[PromptKey]:
         async def read() -> set[bytes | str]:
-            return await self._client.smembers(self.keys.slugs)
+            return await self._client.smembers(self.keys.prompt_keys)
 
-        return sorted(scripts.text(slug) for slug in await self._guard(read))
+        return sorted(PromptKey.parse(scripts.text(text)) for text in await self._guard(read))
 
     async def audit(
-        self, slug: str | None = None, limit: int = 100, before_seq: int | None = None
+        self, key: PromptKey | None = None, limit: int = 100, before_seq: int | None = None
     ) -> Sequence[AuditEntry]:
         if limit <= 0:
             return []
-        key = self.keys.audit if slug is None else self.keys.slug_audit(slug)
+        stream = self.keys.audit if key is None else self.keys.key_audit(key)
         newest = "+" if before_seq is None else f"({before_seq}-0"
 
         async def read() -> list[Any]:
-            return await self._client.xrevrange(key, newest, "-", count=limit) or []
+            return await self._client.xrevrange(stream, newest, "-", count=limit) or []
 
         entries = await self._guard(read)
         return [scripts.decode_audit(entry_id, fields) for entry_id, fields in entries]
@@ -297,33 +322,36 @@ class RedisStore:
 
     async def _snapshot_once(self) -> RegistrySnapshot | None:
         """One optimistic read: every write INCRs the revision, so WATCHing it makes EXEC
-        fail (None) if anything changed between listing the slugs and reading them."""
+        fail (None) if anything changed between listing the keys and reading them."""
         async with self._client.pipeline(transaction=True) as pipe:
             await pipe.watch(self.keys.revision, self.keys.generation)
-            slugs = sorted(scripts.text(slug) for slug in await pipe.smembers(self.keys.slugs))
+            keys = sorted(
+                PromptKey.parse(scripts.text(text))
+                for text in await pipe.smembers(self.keys.prompt_keys)
+            )
             pipe.multi()  # type: ignore[no-untyped-call]
             pipe.get(self.keys.revision)
             pipe.get(self.keys.generation)
-            for slug in slugs:
-                pipe.hgetall(self.keys.versions(slug))
-                pipe.hgetall(self.keys.status(slug))
-                pipe.hgetall(self.keys.rollout(slug))
+            for key in keys:
+                pipe.hgetall(self.keys.versions(key))
+                pipe.hgetall(self.keys.status(key))
+                pipe.hgetall(self.keys.rollout(key))
             try:
                 results = await pipe.execute()
             except WatchError:
                 return None
-        versions: dict[str, dict[int, PromptVersion]] = {}
-        prod: dict[str, int] = {}
-        rollouts: dict[str, Rollout] = {}
-        for i, slug in enumerate(slugs):
+        versions: dict[PromptKey, dict[int, PromptVersion]] = {}
+        prod: dict[PromptKey, int] = {}
+        rollouts: dict[PromptKey, Rollout] = {}
+        for i, key in enumerate(keys):
             bodies, statuses, rollout = results[2 + 3 * i : 5 + 3 * i]
             by_number = scripts.decode_versions(bodies, statuses)
-            versions[slug] = by_number
+            versions[key] = by_number
             for number, version in by_number.items():
                 if version.status is Status.PROD:
-                    prod[slug] = number
-            if (running := scripts.decode_rollout(slug, rollout)) is not None:
-                rollouts[slug] = running
+                    prod[key] = number
+            if (running := scripts.decode_rollout(key, rollout)) is not None:
+                rollouts[key] = running
         return RegistrySnapshot(
             revision=int(results[0] or 0),
             versions=versions,
@@ -355,24 +383,24 @@ class RedisStore:
         sha = draft.content_sha256()
         fields = draft.to_version(0, created_at).to_dict()  # the number is assigned in Lua
         del fields["version"], fields["status"]
-        args = [*self._write_args(draft.slug, actor, draft.changelog, created_at), sha]
+        args = [*self._write_args(draft.key, actor, draft.changelog, created_at), sha]
         args.append(orjson.dumps(fields).decode())
 
-        created, _, body, status = await self._write(self._create, draft.slug, args)
+        created, _, body, status = await self._write(self._create, draft.key, args)
         return scripts.decode_version(body, status), bool(created)
 
     async def promote(
-        self, slug: str, version: int, actor: str, reason: str, at: float
+        self, key: PromptKey, version: int, actor: str, reason: str, at: float
     ) -> AuditEntry:
-        args = [*self._write_args(slug, actor, reason, at), str(version)]
+        args = [*self._write_args(key, actor, reason, at), str(version)]
 
         return self._promoted(
-            slug, version, actor, reason, at, await self._write(self._promote, slug, args)
+            key, version, actor, reason, at, await self._write(self._promote, key, args)
         )
 
     @staticmethod
     def _promoted(
-        slug: str, version: int, actor: str, reason: str, at: float, result: list[Any]
+        key: PromptKey, version: int, actor: str, reason: str, at: float, result: list[Any]
     ) -> AuditEntry:
         """The audit entry of a promote, from what the Lua ``promote_version`` returned."""
         seq, from_status, previous, detail = result
@@ -381,7 +409,7 @@ class RedisStore:
             at=at,
             actor=actor,
             action=lifecycle.PROMOTE_ACTION,
-            slug=slug,
+            key=key,
             version=version,
             from_status=Status(from_status),
             to_status=Status.PROD,
@@ -390,16 +418,16 @@ class RedisStore:
             detail=scripts.decode_detail(detail),
         )
 
-    async def rollback(self, slug: str, actor: str, reason: str, at: float) -> AuditEntry:
-        args = self._write_args(slug, actor, reason, at)
+    async def rollback(self, key: PromptKey, actor: str, reason: str, at: float) -> AuditEntry:
+        args = self._write_args(key, actor, reason, at)
 
-        seq, target, from_status, current = await self._write(self._rollback, slug, args)
+        seq, target, from_status, current = await self._write(self._rollback, key, args)
         return AuditEntry(
             seq=int(seq),
             at=at,
             actor=actor,
             action=lifecycle.ROLLBACK_ACTION,
-            slug=slug,
+            key=key,
             version=int(target),
             from_status=Status(from_status),
             to_status=Status.PROD,
@@ -408,17 +436,17 @@ class RedisStore:
         )
 
     async def set_status(
-        self, slug: str, version: int, status: Status, actor: str, reason: str, at: float
+        self, key: PromptKey, version: int, status: Status, actor: str, reason: str, at: float
     ) -> AuditEntry:
-        args = [*self._write_args(slug, actor, reason, at), str(version), status.value]
+        args = [*self._write_args(key, actor, reason, at), str(version), status.value]
 
-        seq, from_status = await self._write(self._set_status, slug, args)
+        seq, from_status = await self._write(self._set_status, key, args)
         return AuditEntry(
             seq=int(seq),
             at=at,
             actor=actor,
             action=lifecycle.SET_STATUS_ACTION,
-            slug=slug,
+            key=key,
             version=version,
             from_status=Status(from_status),
             to_status=status,
@@ -427,15 +455,15 @@ class RedisStore:
 
     # -- rollouts -------------------------------------------------------------------------
 
-    async def get_rollout(self, slug: str) -> Rollout | None:
+    async def get_rollout(self, key: PromptKey) -> Rollout | None:
         async def read() -> dict[Any, Any]:
-            return await self._client.hgetall(self.keys.rollout(slug))
+            return await self._client.hgetall(self.keys.rollout(key))
 
-        return scripts.decode_rollout(slug, await self._guard(read))
+        return scripts.decode_rollout(key, await self._guard(read))
 
     async def start_rollout(
         self,
-        slug: str,
+        key: PromptKey,
         rollout_id: str,
         candidate: int,
         mode: RolloutMode,
@@ -448,7 +476,7 @@ class RedisStore:
     ) -> tuple[Rollout, AuditEntry]:
         lifecycle.check_rollout_values(basis_points, rollout_id, sticky, analysis)
         args = [
-            *self._write_args(slug, actor, reason, at),
+            *self._write_args(key, actor, reason, at),
             rollout_id,
             str(candidate),
             mode.value,
@@ -457,10 +485,10 @@ class RedisStore:
             "" if analysis is None else orjson.dumps(analysis.to_dict()).decode(),
         ]
 
-        seq, from_status, detail = await self._write(self._start_rollout, slug, args)
+        seq, from_status, detail = await self._write(self._start_rollout, key, args)
         restore = Status(from_status)
         rollout = Rollout(
-            slug=slug,
+            key=key,
             id=rollout_id,
             candidate=candidate,
             mode=mode,
@@ -477,7 +505,7 @@ class RedisStore:
             at=at,
             actor=actor,
             action=lifecycle.ROLLOUT_START_ACTION,
-            slug=slug,
+            key=key,
             version=candidate,
             from_status=restore,
             to_status=Status.CANDIDATE,
@@ -487,20 +515,20 @@ class RedisStore:
         return rollout, entry
 
     async def update_rollout(
-        self, slug: str, rollout_id: str, basis_points: int, actor: str, reason: str, at: float
+        self, key: PromptKey, rollout_id: str, basis_points: int, actor: str, reason: str, at: float
     ) -> tuple[Rollout, AuditEntry]:
         lifecycle.check_rollout_values(basis_points)
-        args = [*self._write_args(slug, actor, reason, at), rollout_id, str(basis_points)]
+        args = [*self._write_args(key, actor, reason, at), rollout_id, str(basis_points)]
 
-        seq, detail, flat = await self._write(self._update_rollout, slug, args)
-        rollout = scripts.decode_rollout(slug, dict(zip(flat[::2], flat[1::2], strict=True)))
+        seq, detail, flat = await self._write(self._update_rollout, key, args)
+        rollout = scripts.decode_rollout(key, dict(zip(flat[::2], flat[1::2], strict=True)))
         assert rollout is not None  # the script returns the rollout it just changed
         entry = AuditEntry(
             seq=int(seq),
             at=at,
             actor=actor,
             action=lifecycle.ROLLOUT_UPDATE_ACTION,
-            slug=slug,
+            key=key,
             version=rollout.candidate,
             from_status=None,
             to_status=None,
@@ -509,18 +537,18 @@ class RedisStore:
         )
         return rollout, entry
 
-    async def abort_rollout(self, slug: str, actor: str, reason: str, at: float) -> AuditEntry:
-        args = self._write_args(slug, actor, reason, at)
+    async def abort_rollout(self, key: PromptKey, actor: str, reason: str, at: float) -> AuditEntry:
+        args = self._write_args(key, actor, reason, at)
 
         seq, candidate, from_status, to_status, detail = await self._write(
-            self._abort_rollout, slug, args
+            self._abort_rollout, key, args
         )
         return AuditEntry(
             seq=int(seq),
             at=at,
             actor=actor,
             action=lifecycle.ROLLOUT_ABORT_ACTION,
-            slug=slug,
+            key=key,
             version=int(candidate),
             from_status=Status(from_status),
             to_status=Status(to_status),
@@ -528,11 +556,13 @@ class RedisStore:
             detail=scripts.decode_detail(detail),
         )
 
-    async def promote_rollout(self, slug: str, actor: str, reason: str, at: float) -> AuditEntry:
-        args = self._write_args(slug, actor, reason, at)
+    async def promote_rollout(
+        self, key: PromptKey, actor: str, reason: str, at: float
+    ) -> AuditEntry:
+        args = self._write_args(key, actor, reason, at)
 
-        candidate, *promoted = await self._write(self._promote_rollout, slug, args)
-        return self._promoted(slug, int(candidate), actor, reason, at, promoted)
+        candidate, *promoted = await self._write(self._promote_rollout, key, args)
+        return self._promoted(key, int(candidate), actor, reason, at, promoted)
 
     # -- restore --------------------------------------------------------------------------
 
@@ -555,7 +585,7 @@ class RedisStore:
         them into place: a failure before that leaves the registry as it was. If the
         answer of that script is lost (a timeout), the store is read back: the restore
         is reported applied when it was."""
-        found, stored_revision, last_seq, old_slugs = await self._guard(self._restore_state)
+        found, stored_revision, last_seq, old_keys = await self._guard(self._restore_state)
         if found != expect:
             raise InvalidTransition(
                 f"the store holds {describe(found)}, not {describe(expect)} as when "
@@ -565,7 +595,7 @@ class RedisStore:
             keep_audit = overwrite_keeps_audit(found, image)
         else:
             keep_audit = restore_keeps_audit(
-                found, stored_revision, bool(old_slugs), image, after_revision
+                found, stored_revision, bool(old_keys), image, after_revision
             )
         after_seq = last_seq if keep_audit else 0
         entries = image.restore_entries(actor, reason, at, after_seq)
@@ -577,7 +607,7 @@ class RedisStore:
             keys, argv = self._flip_args(
                 restore_id,
                 staged,
-                old_slugs,
+                old_keys,
                 keep_audit,
                 found,
                 stored_revision,
@@ -600,21 +630,21 @@ class RedisStore:
         self._identity.restored(image.generation, revision)
         return revision
 
-    async def _restore_state(self) -> tuple[str | None, int, int, list[str]]:
+    async def _restore_state(self) -> tuple[str | None, int, int, list[PromptKey]]:
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.get(self.keys.generation)
             pipe.get(self.keys.revision)
             pipe.get(self.keys.audit_seq)
-            pipe.smembers(self.keys.slugs)
+            pipe.smembers(self.keys.prompt_keys)
             pipe.xrevrange(self.keys.audit, "+", "-", count=1)
-            found, revision, seq, slugs, newest = await pipe.execute()
+            found, revision, seq, keys, newest = await pipe.execute()
         # The stream's newest entry too: a kept log is appended after both.
         last = max([int(seq or 0), *(int(scripts.text(i).split("-", 1)[0]) for i, _ in newest)])
         return (
             None if found is None else scripts.text(found),
             int(revision or 0),
             last,
-            sorted(scripts.text(slug) for slug in slugs),
+            sorted(PromptKey.parse(scripts.text(text)) for text in keys),
         )
 
     async def _restore_applied(self, restore_id: str) -> bool:
@@ -631,38 +661,38 @@ class RedisStore:
         expire, so a restore that dies half-way leaves nothing behind for long."""
         staged: dict[str, str] = {}
 
-        def at(key: str) -> str:
-            return staged.setdefault(key, self.keys.staged(restore_id, key))
+        def at(name: str) -> str:
+            return staged.setdefault(name, self.keys.staged(restore_id, name))
 
         commands: list[partial[Any]] = []
-        for slug, numbered in image.versions.items():
-            commands.append(partial(_sadd, at(self.keys.slugs), slug))
+        for key, numbered in image.versions.items():
+            commands.append(partial(_sadd, at(self.keys.prompt_keys), key.text))
             for number, version in numbered.items():
                 body = version.to_dict()
                 del body["status"]
                 commands.append(
                     partial(
                         _hset,
-                        at(self.keys.versions(slug)),
+                        at(self.keys.versions(key)),
                         str(number),
                         orjson.dumps(body).decode(),
                     )
                 )
                 commands.append(
-                    partial(_hset, at(self.keys.status(slug)), str(number), version.status.value)
+                    partial(_hset, at(self.keys.status(key)), str(number), version.status.value)
                 )
-            if stack := image.prod_stack(slug):
+            if stack := image.prod_stack(key):
                 commands.append(
-                    partial(_rpush, at(self.keys.prod_stack(slug)), list(map(str, stack)))
+                    partial(_rpush, at(self.keys.prod_stack(key)), list(map(str, stack)))
                 )
-        for slug, rollout in image.rollouts.items():
+        for key, rollout in image.rollouts.items():
             commands.append(
-                partial(_hset_all, at(self.keys.rollout(slug)), _rollout_fields(rollout))
+                partial(_hset_all, at(self.keys.rollout(key)), _rollout_fields(rollout))
             )
         for entry in audit:
             fields = scripts.encode_audit(entry)
-            for key in (self.keys.audit, self.keys.slug_audit(entry.slug)):
-                commands.append(partial(_xadd, at(key), fields, f"{entry.seq}-0"))
+            for stream in (self.keys.audit, self.keys.key_audit(entry.key)):
+                commands.append(partial(_xadd, at(stream), fields, f"{entry.seq}-0"))
         try:
             for start in range(0, len(commands), _STAGE_CHUNK):
                 chunk = commands[start : start + _STAGE_CHUNK]
@@ -672,8 +702,8 @@ class RedisStore:
                         for command in chunk:
                             command(pipe)
                         # Each staged key expires: those this chunk wrote (first argument).
-                        for key in {command.args[0] for command in chunk}:
-                            pipe.expire(key, _STAGED_TTL_S)
+                        for name in {command.args[0] for command in chunk}:
+                            pipe.expire(name, _STAGED_TTL_S)
                         await pipe.execute()
 
                 await self._guard(write)
@@ -698,7 +728,7 @@ class RedisStore:
         self,
         restore_id: str,
         staged: dict[str, str],
-        old_slugs: list[str],
+        old_keys: list[PromptKey],
         keep_audit: bool,
         expect: str | None,
         expect_revision: int,
@@ -706,18 +736,18 @@ class RedisStore:
         revision: int,
         last_seq: int,
     ) -> tuple[list[str], list[str]]:
-        audit_keys = {self.keys.audit} | {self.keys.slug_audit(s) for s in old_slugs}
+        audit_keys = {self.keys.audit} | {self.keys.key_audit(k) for k in old_keys}
         audit_keys |= {k for k in staged if k.startswith(self.keys.audit + ":")}
-        delete = [self.keys.slugs]
-        for slug in old_slugs:
+        delete = [self.keys.prompt_keys]
+        for key in old_keys:
             delete += [
-                self.keys.versions(slug),
-                self.keys.status(slug),
-                self.keys.prod_stack(slug),
-                self.keys.rollout(slug),
+                self.keys.versions(key),
+                self.keys.status(key),
+                self.keys.prod_stack(key),
+                self.keys.rollout(key),
             ]
         if not keep_audit:
-            delete += [self.keys.slug_audit(s) for s in old_slugs] + [self.keys.audit]
+            delete += [self.keys.key_audit(k) for k in old_keys] + [self.keys.audit]
         rename = [
             (s, live) for live, s in staged.items() if live not in audit_keys or not keep_audit
         ]
@@ -777,7 +807,7 @@ def _xadd(key: str, fields: dict[str, str], entry_id: str, pipe: Any) -> None:
 
 
 def _rollout_fields(rollout: Rollout) -> dict[str, str]:
-    """The ``rollout:<slug>`` hash of ``rollout`` (see ``redis_scripts``)."""
+    """The ``rollout:<key>`` hash of ``rollout`` (see ``redis_scripts``)."""
     fields = {
         "id": rollout.id,
         "candidate": str(rollout.candidate),

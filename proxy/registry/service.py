@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
-from proxy.models import SLUG_PATTERN
+from proxy.prompt_key import InvalidPromptKey, PromptKey
 from proxy.registry.analysis_policy import AnalysisPolicy
 from proxy.registry.fleet import Fleet, FleetError, FleetWait, ReplicaView
 from proxy.registry.history import StateAt, state_at
@@ -43,7 +43,7 @@ from proxy.registry.templates import TemplateProblem, check_template
 
 @dataclass(frozen=True, slots=True)
 class PromptSummary:
-    slug: str
+    key: PromptKey
     prod_version: int | None
     latest_version: int
     versions: int
@@ -51,7 +51,7 @@ class PromptSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "slug": self.slug,
+            "slug": self.key.slug,
             "prod_version": self.prod_version,
             "latest_version": self.latest_version,
             "versions": self.versions,
@@ -60,7 +60,7 @@ class PromptSummary:
 
 
 @contextmanager
-def store_errors(slug: str | None = None, *, reading: bool = False) -> Iterator[None]:
+def store_errors(key: PromptKey | None = None, *, reading: bool = False) -> Iterator[None]:
     """``reading``: the call only reads, so an outage must not claim a change was lost."""
     try:
         yield
@@ -72,9 +72,7 @@ def store_errors(slug: str | None = None, *, reading: bool = False) -> Iterator[
             code="registry_unavailable",
         ) from None
     except PromptNotFound:
-        raise NotFound(
-            f"No prompt named '{slug}'.", param="slug", code="prompt_not_found"
-        ) from None
+        raise NotFound(f"No prompt named '{key}'.", param="slug", code="prompt_not_found") from None
     except VersionNotFound as exc:
         raise NotFound(
             str(exc) or "No such version.", param="version", code="version_not_found"
@@ -91,13 +89,17 @@ def store_errors(slug: str | None = None, *, reading: bool = False) -> Iterator[
         ) from None
 
 
-def check_slug(slug: str) -> None:
-    if not SLUG_PATTERN.match(slug):
+def prompt_key(slug: str) -> PromptKey:
+    """The key a slug from a request names (the admin API's path or query), or the 400 an
+    invalid slug gets: ``PromptKey`` never raises past the edge."""
+    try:
+        return PromptKey(slug)
+    except InvalidPromptKey:
         raise InvalidRequest(
             f"Invalid prompt slug {slug!r}: it must match [A-Za-z0-9._-]{{1,64}}.",
             param="slug",
             code="invalid_slug",
-        )
+        ) from None
 
 
 #: Longest wait for the fleet an admin write accepts: the CLI's HTTP call must outlive it.
@@ -212,7 +214,6 @@ class RegistryService:
 
     async def push(self, draft: VersionDraft, actor: str) -> tuple[PromptVersion, bool]:
         """Create a version (or return the latest if its content is identical)."""
-        check_slug(draft.slug)
         try:
             check_template(draft.template, draft.variables)
         except TemplateProblem as exc:
@@ -222,43 +223,39 @@ class RegistryService:
                 param="template",
                 code="invalid_template",
             ) from None
-        with store_errors(draft.slug):
+        with store_errors(draft.key):
             result = await self._store.create_version(draft, actor, self._clock())
         await self._serve_here()
         return result
 
     async def list_prompts(self) -> list[PromptSummary]:
         with store_errors(reading=True):
-            snapshot = await self._store.snapshot()  # one consistent read, not one per slug
+            snapshot = await self._store.snapshot()  # one consistent read, not one per key
         return [
-            _summarize(slug, list(snapshot.versions[slug].values()))
-            for slug in sorted(snapshot.versions)
+            _summarize(key, list(snapshot.versions[key].values()))
+            for key in sorted(snapshot.versions)
         ]
 
-    async def get_prompt(self, slug: str) -> tuple[PromptSummary, Sequence[PromptVersion]]:
-        check_slug(slug)
-        with store_errors(slug, reading=True):
-            versions = await self._store.list_versions(slug)
+    async def get_prompt(self, key: PromptKey) -> tuple[PromptSummary, Sequence[PromptVersion]]:
+        with store_errors(key, reading=True):
+            versions = await self._store.list_versions(key)
             if not versions:
-                raise PromptNotFound(slug)
-        return _summarize(slug, versions), versions
+                raise PromptNotFound(key)
+        return _summarize(key, versions), versions
 
-    async def get_version(self, slug: str, version: int) -> PromptVersion:
-        check_slug(slug)
-        with store_errors(slug, reading=True):
-            return await self._store.get_version(slug, version)
+    async def get_version(self, key: PromptKey, version: int) -> PromptVersion:
+        with store_errors(key, reading=True):
+            return await self._store.get_version(key, version)
 
-    async def promote(self, slug: str, version: int, actor: str, reason: str) -> AuditEntry:
-        check_slug(slug)
-        with store_errors(slug):
-            entry = await self._store.promote(slug, version, actor, reason, self._clock())
+    async def promote(self, key: PromptKey, version: int, actor: str, reason: str) -> AuditEntry:
+        with store_errors(key):
+            entry = await self._store.promote(key, version, actor, reason, self._clock())
         await self._serve_here()
         return entry
 
-    async def rollback(self, slug: str, actor: str, reason: str) -> AuditEntry:
-        check_slug(slug)
-        with store_errors(slug):
-            entry = await self._store.rollback(slug, actor, reason, self._clock())
+    async def rollback(self, key: PromptKey, actor: str, reason: str) -> AuditEntry:
+        with store_errors(key):
+            entry = await self._store.rollback(key, actor, reason, self._clock())
         await self._serve_here()
         return entry
 
@@ -266,7 +263,7 @@ class RegistryService:
 
     async def set_rollout(
         self,
-        slug: str,
+        key: PromptKey,
         candidate: int,
         mode: RolloutMode,
         percent: float,
@@ -280,28 +277,27 @@ class RegistryService:
 
         ``analysis`` is the automated-analysis policy of a new rollout. On a running one it
         may be omitted (the policy stays) or repeated, never changed."""
-        check_slug(slug)
         points = basis_points(percent)
-        key = parse_sticky(sticky) if sticky is not None else None
-        with store_errors(slug):
-            running = await self._store.get_rollout(slug)
+        sticky_key = parse_sticky(sticky) if sticky is not None else None
+        with store_errors(key):
+            running = await self._store.get_rollout(key)
             if running is None:
-                versions = await self._store.list_versions(slug)
+                versions = await self._store.list_versions(key)
                 if not versions:
-                    raise PromptNotFound(slug)
+                    raise PromptNotFound(key)
                 if not any(v.status is Status.PROD for v in versions):
                     raise Conflict(
-                        f"{slug} has no prod version to compare the candidate with: promote "
+                        f"{key} has no prod version to compare the candidate with: promote "
                         "one first.",
                         code="no_prod_version",
                     )
                 rollout, entry = await self._store.start_rollout(
-                    slug,
+                    key,
                     secrets.token_hex(6),
                     candidate,
                     mode,
                     points,
-                    key or StickyKey.parse("none"),
+                    sticky_key or StickyKey.parse("none"),
                     actor,
                     reason,
                     self._clock(),
@@ -311,13 +307,13 @@ class RegistryService:
                 return RolloutChange(rollout, entry, started=True)
             if running.candidate != candidate or running.mode is not mode:
                 raise Conflict(
-                    f"{slug} already has a {running.mode.value} rollout of "
+                    f"{key} already has a {running.mode.value} rollout of "
                     f"v{running.candidate}: change its percentage (same candidate and mode), "
                     "promote it or abort it before starting another.",
                     param="candidate",
                     code="rollout_running",
                 )
-            if key is not None and key != running.sticky:
+            if sticky_key is not None and sticky_key != running.sticky:
                 raise Conflict(
                     f"The running rollout is sticky on '{running.sticky}'; changing the key "
                     "would reshuffle every cohort. Abort it and start a new one instead.",
@@ -337,69 +333,63 @@ class RegistryService:
             if points == running.basis_points:
                 return RolloutChange(running, None, started=False)
             rollout, entry = await self._store.update_rollout(
-                slug, running.id, points, actor, reason, self._clock()
+                key, running.id, points, actor, reason, self._clock()
             )
         await self._serve_here()
         return RolloutChange(rollout, entry, started=False)
 
-    async def get_rollout(self, slug: str) -> Rollout:
-        check_slug(slug)
-        with store_errors(slug, reading=True):
-            rollout = await self._store.get_rollout(slug)
+    async def get_rollout(self, key: PromptKey) -> Rollout:
+        with store_errors(key, reading=True):
+            rollout = await self._store.get_rollout(key)
             if rollout is None:
-                if not await self._store.list_versions(slug):
-                    raise PromptNotFound(slug)
+                if not await self._store.list_versions(key):
+                    raise PromptNotFound(key)
                 raise NotFound(
-                    f"{slug} has no rollout running.", param="slug", code="rollout_not_found"
+                    f"{key} has no rollout running.", param="slug", code="rollout_not_found"
                 )
         return rollout
 
     async def list_rollouts(self) -> list[Rollout]:
         with store_errors(reading=True):
             snapshot = await self._store.snapshot()
-        return [snapshot.rollouts[slug] for slug in sorted(snapshot.rollouts)]
+        return [snapshot.rollouts[key] for key in sorted(snapshot.rollouts)]
 
-    async def abort_rollout(self, slug: str, actor: str, reason: str) -> AuditEntry:
-        check_slug(slug)
-        with store_errors(slug):
-            entry = await self._store.abort_rollout(slug, actor, reason, self._clock())
+    async def abort_rollout(self, key: PromptKey, actor: str, reason: str) -> AuditEntry:
+        with store_errors(key):
+            entry = await self._store.abort_rollout(key, actor, reason, self._clock())
         await self._serve_here()
         return entry
 
-    async def promote_rollout(self, slug: str, actor: str, reason: str) -> AuditEntry:
-        check_slug(slug)
-        with store_errors(slug):
-            entry = await self._store.promote_rollout(slug, actor, reason, self._clock())
+    async def promote_rollout(self, key: PromptKey, actor: str, reason: str) -> AuditEntry:
+        with store_errors(key):
+            entry = await self._store.promote_rollout(key, actor, reason, self._clock())
         await self._serve_here()
         return entry
 
     async def audit(
-        self, slug: str | None = None, limit: int = 100, before_seq: int | None = None
+        self, key: PromptKey | None = None, limit: int = 100, before_seq: int | None = None
     ) -> Sequence[AuditEntry]:
-        if slug is not None:
-            check_slug(slug)
-        with store_errors(slug, reading=True):
-            return await self._store.audit(slug, limit, before_seq)
+        with store_errors(key, reading=True):
+            return await self._store.audit(key, limit, before_seq)
 
-    async def state_at(self, slug: str, at: float) -> StateAt:
+    async def state_at(self, key: PromptKey, at: float) -> StateAt:
         """Which version was prod at instant ``at`` and what the rollout running then (if
         any) served: candidate, mode, percent, sticky key. From the audit log."""
-        await self.get_prompt(slug)  # 404 for unknown slugs
-        return state_at(await self._full_audit(slug), at)
+        await self.get_prompt(key)  # 404 for unknown keys
+        return state_at(await self._full_audit(key), at)
 
-    async def latest_rollout(self, slug: str) -> tuple[str, bool] | None:
-        """The id of the slug's running rollout, else of the last one that ran (from the
-        audit log), with whether it runs; None if the slug never had one."""
-        check_slug(slug)
-        with store_errors(slug, reading=True):
-            running = await self._store.get_rollout(slug)
+    async def latest_rollout(self, key: PromptKey) -> tuple[str, bool] | None:
+        """The id of the key's running rollout, else of the last one that ran (from the
+        audit log), with whether it runs; None if the key never had one."""
+        with store_errors(key, reading=True):
+            running = await self._store.get_rollout(key)
         if running is not None:
             return running.id, True
-        await self.get_prompt(slug)  # 404 for unknown slugs
+        await self.get_prompt(key)  # 404 for unknown keys
         before: int | None = None
-        with store_errors(slug, reading=True):
+        with store_errors(key, reading=True):
             while True:
-                page = await self._store.audit(slug, 500, before)
+                page = await self._store.audit(key, 500, before)
                 for entry in page:  # newest first
                     rollout_id = (entry.detail or {}).get("rollout_id")
                     if entry.action == ROLLOUT_START_ACTION and isinstance(rollout_id, str):
@@ -408,19 +398,19 @@ class RegistryService:
                     return None
                 before = page[-1].seq
 
-    async def _full_audit(self, slug: str) -> list[AuditEntry]:
+    async def _full_audit(self, key: PromptKey) -> list[AuditEntry]:
         entries: list[AuditEntry] = []
         before: int | None = None
-        with store_errors(slug, reading=True):
+        with store_errors(key, reading=True):
             while True:
-                page = await self._store.audit(slug, 500, before)
+                page = await self._store.audit(key, 500, before)
                 entries.extend(page)
                 if len(page) < 500:
                     return entries
                 before = page[-1].seq
 
-    async def diff(self, slug: str, a: int, b: int) -> str:
-        old, new = await self.get_version(slug, a), await self.get_version(slug, b)
+    async def diff(self, key: PromptKey, a: int, b: int) -> str:
+        old, new = await self.get_version(key, a), await self.get_version(key, b)
         lines: list[str] = []
         for label, left, right in (
             ("model", str(old.model), str(new.model)),
@@ -433,8 +423,8 @@ class RegistryService:
             difflib.unified_diff(
                 old.template.splitlines(keepends=True),
                 new.template.splitlines(keepends=True),
-                fromfile=f"{slug}@v{a}",
-                tofile=f"{slug}@v{b}",
+                fromfile=f"{key}@v{a}",
+                tofile=f"{key}@v{b}",
             )
         )
         return "".join(line if line.endswith("\n") else line + "\n" for line in lines)
@@ -464,9 +454,9 @@ class RolloutChange:
     started: bool
 
 
-def _summarize(slug: str, versions: Sequence[PromptVersion]) -> PromptSummary:
+def _summarize(key: PromptKey, versions: Sequence[PromptVersion]) -> PromptSummary:
     return PromptSummary(
-        slug=slug,
+        key=key,
         prod_version=next((v.version for v in versions if v.status is Status.PROD), None),
         latest_version=max(v.version for v in versions),
         versions=len(versions),

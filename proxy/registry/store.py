@@ -3,7 +3,10 @@
 Rules every implementation keeps, and the contract tests check:
 - Versions are immutable. Only status moves; each move and each creation appends one
   ``AuditEntry`` in the same atomic step as the change itself.
-- ``create_version`` numbers versions 1, 2, 3... per slug without gaps or duplicates, even
+- A ``PromptKey`` names each line of versions; every method takes or returns keys, and a
+  store holds a key as its text (``PromptKey.text``: a plain key's is the bare slug, so
+  data written before keys existed reads back as itself).
+- ``create_version`` numbers versions 1, 2, 3... per key without gaps or duplicates, even
   under concurrent pushes from several processes; content identical (same sha256) to the
   latest version returns that version with ``created=False`` and writes nothing.
 - ``promote`` makes version N prod; the former prod becomes deprecated. ``rollback`` makes
@@ -12,7 +15,7 @@ Rules every implementation keeps, and the contract tests check:
   between.
 - ``revision`` increases on every write; ``wait_for_change`` returns soon after any write by
   any process (notification where the store has one, polling otherwise) or on timeout.
-- Rollouts (at most one per slug; see ``lifecycle`` for the rules): ``start_rollout`` makes
+- Rollouts (at most one per key; see ``lifecycle`` for the rules): ``start_rollout`` makes
   the candidate ``candidate`` and stores the rollout, ``update_rollout`` changes only its
   percentage, ``abort_rollout`` removes it and restores the candidate's former status,
   ``promote_rollout`` makes the candidate prod exactly like ``promote`` and removes the
@@ -33,6 +36,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
+from proxy.prompt_key import PromptKey
 from proxy.registry.analysis_policy import AnalysisPolicy
 from proxy.registry.models import (
     AuditEntry,
@@ -80,31 +84,33 @@ class PromptStore(Protocol):
         self, draft: VersionDraft, actor: str, created_at: float
     ) -> tuple[PromptVersion, bool]: ...
 
-    async def get_version(self, slug: str, version: int) -> PromptVersion: ...
+    async def get_version(self, key: PromptKey, version: int) -> PromptVersion: ...
 
-    async def list_versions(self, slug: str) -> Sequence[PromptVersion]: ...
+    async def list_versions(self, key: PromptKey) -> Sequence[PromptVersion]: ...
 
-    async def list_slugs(self) -> Sequence[str]: ...
+    async def list_keys(self) -> Sequence[PromptKey]:
+        """Every key with at least one version, in key order."""
+        ...
 
     async def promote(
-        self, slug: str, version: int, actor: str, reason: str, at: float
+        self, key: PromptKey, version: int, actor: str, reason: str, at: float
     ) -> AuditEntry: ...
 
-    async def rollback(self, slug: str, actor: str, reason: str, at: float) -> AuditEntry: ...
+    async def rollback(self, key: PromptKey, actor: str, reason: str, at: float) -> AuditEntry: ...
 
     async def set_status(
-        self, slug: str, version: int, status: Status, actor: str, reason: str, at: float
+        self, key: PromptKey, version: int, status: Status, actor: str, reason: str, at: float
     ) -> AuditEntry: ...
 
     async def audit(
-        self, slug: str | None = None, limit: int = 100, before_seq: int | None = None
+        self, key: PromptKey | None = None, limit: int = 100, before_seq: int | None = None
     ) -> Sequence[AuditEntry]:
         """Newest first."""
         ...
 
     async def start_rollout(
         self,
-        slug: str,
+        key: PromptKey,
         rollout_id: str,
         candidate: int,
         mode: RolloutMode,
@@ -121,21 +127,23 @@ class PromptStore(Protocol):
         ...
 
     async def update_rollout(
-        self, slug: str, rollout_id: str, basis_points: int, actor: str, reason: str, at: float
+        self, key: PromptKey, rollout_id: str, basis_points: int, actor: str, reason: str, at: float
     ) -> tuple[Rollout, AuditEntry]:
         """Change the percentage of the running rollout ``rollout_id`` (its id, mode,
         candidate, sticky key and analysis policy stay); ``InvalidTransition`` if it is no
         longer running."""
         ...
 
-    async def get_rollout(self, slug: str) -> Rollout | None: ...
+    async def get_rollout(self, key: PromptKey) -> Rollout | None: ...
 
-    async def abort_rollout(self, slug: str, actor: str, reason: str, at: float) -> AuditEntry:
+    async def abort_rollout(self, key: PromptKey, actor: str, reason: str, at: float) -> AuditEntry:
         """End the running rollout without promotion; the candidate gets back the status it
         had before (``Rollout.restore_status``). ``InvalidTransition`` if none is running."""
         ...
 
-    async def promote_rollout(self, slug: str, actor: str, reason: str, at: float) -> AuditEntry:
+    async def promote_rollout(
+        self, key: PromptKey, actor: str, reason: str, at: float
+    ) -> AuditEntry:
         """Make the running rollout's candidate prod (the former prod becomes deprecated, as
         with ``promote``) and end the rollout. ``InvalidTransition`` if none is running."""
         ...
@@ -170,7 +178,7 @@ class PromptStore(Protocol):
         overwrite: bool = False,
     ) -> int:
         """Write ``image`` (numbers, hashes, statuses, rollouts, audit, generation) plus one
-        ``restore`` audit entry per slug, in one atomic step, if the store still holds
+        ``restore`` audit entry per key, in one atomic step, if the store still holds
         generation ``expect``; ``InvalidTransition`` otherwise. The revision becomes higher
         than ``after_revision``, the image's and the store's. A store holding versions is
         refused (``backup.RestoreRefused``) unless ``backup.restore_keeps_audit`` allows it

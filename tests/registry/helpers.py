@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from proxy.prompt_key import PromptKey
 from proxy.registry.models import (
     AuditEntry,
     RegistrySnapshot,
@@ -23,8 +24,12 @@ REPO = Path(__file__).resolve().parents[2]
 T0 = 1_700_000_000.123456
 
 
+GREET = PromptKey("greet")
+OTHER = PromptKey("other")
+
+
 def draft(template: str = "Hello {{ name }}", slug: str = "greet", **kw: Any) -> VersionDraft:
-    return VersionDraft(slug=slug, template=template, **kw)
+    return VersionDraft(key=PromptKey(slug), template=template, **kw)
 
 
 async def push(store: PromptStore, *templates: str, slug: str = "greet") -> list[int]:
@@ -36,11 +41,11 @@ async def push(store: PromptStore, *templates: str, slug: str = "greet") -> list
 
 
 async def prod_of(store: PromptStore, slug: str = "greet") -> int | None:
-    return (await store.snapshot()).prod.get(slug)
+    return (await store.snapshot()).prod.get(PromptKey(slug))
 
 
 async def statuses(store: PromptStore, slug: str = "greet") -> dict[int, Status]:
-    return {v.version: v.status for v in await store.list_versions(slug)}
+    return {v.version: v.status for v in await store.list_versions(PromptKey(slug))}
 
 
 BY_USER = StickyKey.parse("user")
@@ -61,7 +66,7 @@ async def start(
     at: float = T0 + 100,
 ) -> tuple[Rollout, AuditEntry]:
     return await store.start_rollout(
-        slug, rollout_id, candidate, mode, basis_points, sticky, actor, reason, at
+        PromptKey(slug), rollout_id, candidate, mode, basis_points, sticky, actor, reason, at
     )
 
 

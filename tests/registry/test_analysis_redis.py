@@ -24,11 +24,16 @@ from proxy.analysis.window import ArmStats, RolloutBatch, RolloutKey, WindowReco
 from proxy.config import AnalysisConfig
 from proxy.log import APP_LOGGER
 from proxy.metrics import ProxyMetrics
+from proxy.prompt_key import PromptKey
 from proxy.registry.analysis_policy import AnalysisPolicy
 from proxy.registry.models import RegistrySnapshot, Rollout, RolloutMode, Status, StickyKey
 from proxy.registry.service import RegistryService
 from proxy.shadow.compare import Divergence
 from tests.redis_server import RedisServer
+
+GREET = PromptKey("greet")
+OTHER = PromptKey("other")
+NOTHING = PromptKey("nothing")
 
 
 @pytest.fixture
@@ -78,7 +83,7 @@ def replica_batches(replica: int, base: int) -> dict[RolloutKey, RolloutBatch]:
     other.arm(base, "stable").add_call(
         failed=False, duration=1.0, ttft=None, output_tokens=1, finish_reason="stop"
     )
-    return {("greet", "r-1"): batch, ("greet", "r-0"): other}
+    return {(GREET, "r-1"): batch, (GREET, "r-0"): other}
 
 
 def assert_same_arm(got: ArmStats, want: ArmStats) -> None:
@@ -121,19 +126,19 @@ async def test_the_redis_pool_gives_the_same_window_as_the_memory_pool(
             await memory.add(replica_batches(replica, base + round_), keep_seconds=30)
 
     for start, end in [(base, base + 5), (base + 1, base + 3), (base + 0.5, base + 2.9)]:
-        want = await memory.read("greet", "r-1", start, end)
+        want = await memory.read(GREET, "r-1", start, end)
         assert want.arm("stable").requests > 0
         for pool in replicas:  # either replica reads the same
-            assert_same_window(await pool.read("greet", "r-1", start, end), want)
+            assert_same_window(await pool.read(GREET, "r-1", start, end), want)
     # Slots outside the window, and other rollouts, are not in it.
-    outside = await replicas[0].read("greet", "r-1", base - 10, base)
+    outside = await replicas[0].read(GREET, "r-1", base - 10, base)
     assert outside.arms == {}
     assert outside.noise.total("text_distance") == 2 * 2 * 3  # divergence: cumulative
     assert_same_window(
-        await replicas[1].read("greet", "r-0", base, base + 5),
-        await memory.read("greet", "r-0", base, base + 5),
+        await replicas[1].read(GREET, "r-0", base, base + 5),
+        await memory.read(GREET, "r-0", base, base + 5),
     )
-    assert (await replicas[0].read("greet", "r-9", base, base + 5)).arms == {}
+    assert (await replicas[0].read(GREET, "r-9", base, base + 5)).arms == {}
 
 
 async def test_pool_keys_honour_the_prefix_and_expire(clients: list[Redis], prefix: str) -> None:
@@ -157,15 +162,15 @@ async def test_exactly_one_replica_holds_the_lease(clients: list[Redis], prefix:
     a = RedisLease(clients[0], prefix, "replica-a", 5)
     b = RedisLease(clients[1], prefix, "replica-b", 5)
 
-    results = await asyncio.gather(*(lease.hold("greet") for lease in (a, b, a, b) * 5))
+    results = await asyncio.gather(*(lease.hold(GREET) for lease in (a, b, a, b) * 5))
 
     winner = "replica-a" if results[0] else "replica-b"
     assert results == [results[0], not results[0]] * 10
-    assert await a.holder("greet") == await b.holder("greet") == winner
+    assert await a.holder(GREET) == await b.holder(GREET) == winner
     # Leases are per slug.
-    assert await b.hold("other") is True
-    assert await a.hold("other") is False
-    assert await a.holder("nothing") is None
+    assert await b.hold(OTHER) is True
+    assert await a.hold(OTHER) is False
+    assert await a.holder(NOTHING) is None
 
 
 async def test_another_replica_takes_over_when_the_holder_stops_renewing(
@@ -173,25 +178,25 @@ async def test_another_replica_takes_over_when_the_holder_stops_renewing(
 ) -> None:
     a = RedisLease(clients[0], prefix, "replica-a", 2)
     b = RedisLease(clients[1], prefix, "replica-b", 2)
-    assert await a.hold("greet")
+    assert await a.hold(GREET)
     # While a renews, b never gets it, even past the lease length.
     started = time.monotonic()
     while True:
-        assert not await b.hold("greet")
-        assert await a.hold("greet")
+        assert not await b.hold(GREET)
+        assert await a.hold(GREET)
         stopped = time.monotonic()  # the last renewal, if a stops now
         if stopped - started > 2.2:
             break  # a stops renewing (killed, partitioned)
         await asyncio.sleep(0.2)
 
-    while not await b.hold("greet"):
+    while not await b.hold(GREET):
         assert time.monotonic() - stopped < 3.0, "no takeover"
         await asyncio.sleep(0.05)
     took = time.monotonic() - stopped
 
     assert 1.9 < took < 2.5
-    assert await a.holder("greet") == "replica-b"
-    assert not await a.hold("greet")  # the old holder, back, does not take it back
+    assert await a.holder(GREET) == "replica-b"
+    assert not await a.hold(GREET)  # the old holder, back, does not take it back
 
 
 async def test_release_hands_over_at_once_and_only_the_holder_can_release(
@@ -199,16 +204,16 @@ async def test_release_hands_over_at_once_and_only_the_holder_can_release(
 ) -> None:
     a = RedisLease(clients[0], prefix, "replica-a", 30)
     b = RedisLease(clients[1], prefix, "replica-b", 30)
-    assert await a.hold("greet")
+    assert await a.hold(GREET)
 
-    await b.release("greet")  # not b's to give up
-    assert await a.holder("greet") == "replica-a"
-    assert not await b.hold("greet")
+    await b.release(GREET)  # not b's to give up
+    assert await a.holder(GREET) == "replica-a"
+    assert not await b.hold(GREET)
 
-    await a.release("greet")
-    assert await b.holder("greet") is None
-    assert await b.hold("greet")
-    assert await a.holder("greet") == "replica-b"
+    await a.release(GREET)
+    assert await b.holder(GREET) is None
+    assert await b.hold(GREET)
+    assert await a.holder(GREET) == "replica-b"
 
 
 # -- the state store -------------------------------------------------------------------------
@@ -222,26 +227,26 @@ async def test_state_is_shared_and_verdicts_are_newest_first_capped(
     clients: list[Redis], prefix: str
 ) -> None:
     mine, theirs = (RedisStateStore(client, prefix) for client in clients)
-    assert await theirs.load("greet") == (None, [])
+    assert await theirs.load(GREET) == (None, [])
     state = AnalysisState("r-1", failures=0, step_started_at=1000.25, next_at=1060.5)
-    await mine.save("greet", state)
-    assert await theirs.load("greet") == (state, [])
+    await mine.save(GREET, state)
+    assert await theirs.load(GREET) == (state, [])
 
     for n in range(MAX_VERDICTS + 5):
         state.failures = n
-        await (mine if n % 2 else theirs).save("greet", state, verdict("r-1", n))
+        await (mine if n % 2 else theirs).save(GREET, state, verdict("r-1", n))
 
-    loaded, verdicts = await theirs.load("greet")
+    loaded, verdicts = await theirs.load(GREET)
     assert loaded == AnalysisState("r-1", MAX_VERDICTS + 4, 1000.25, 1060.5)
     assert MAX_VERDICTS == 20
     assert [v["n"] for v in verdicts] == list(range(MAX_VERDICTS + 4, 4, -1))
     assert await clients[0].llen(f"{prefix}{{analysis}}:verdicts:greet") == MAX_VERDICTS
     # Saving the state alone keeps the verdicts.
     state.next_at = 2000.0
-    await mine.save("greet", state)
-    assert len((await theirs.load("greet"))[1]) == MAX_VERDICTS
+    await mine.save(GREET, state)
+    assert len((await theirs.load(GREET))[1]) == MAX_VERDICTS
     # Other slugs are apart.
-    assert await mine.load("other") == (None, [])
+    assert await mine.load(OTHER) == (None, [])
     for key in (f"{prefix}{{analysis}}:state:greet", f"{prefix}{{analysis}}:verdicts:greet"):
         assert 0 < await clients[0].ttl(key) <= 7 * 86_400
 
@@ -250,14 +255,14 @@ async def test_a_new_rollout_starts_a_fresh_verdict_list(clients: list[Redis], p
     store = RedisStateStore(clients[0], prefix)
     old = AnalysisState("r-1", failures=2, step_started_at=1000.0, next_at=1010.0)
     for n in range(3):
-        await store.save("greet", old, verdict("r-1", n))
+        await store.save(GREET, old, verdict("r-1", n))
 
     new = AnalysisState("r-2", failures=0, step_started_at=2000.0, next_at=2010.0)
-    await store.save("greet", new)
-    assert await store.load("greet") == (new, [])
+    await store.save(GREET, new)
+    assert await store.load(GREET) == (new, [])
 
-    await store.save("greet", new, verdict("r-2", 7))
-    state, verdicts = await RedisStateStore(clients[1], prefix).load("greet")
+    await store.save(GREET, new, verdict("r-2", 7))
+    state, verdicts = await RedisStateStore(clients[1], prefix).load(GREET)
     assert state == new
     assert verdicts == [verdict("r-2", 7)]
 
@@ -281,7 +286,7 @@ async def test_a_lasting_redis_outage_is_logged_at_error_level(
     policy = AnalysisPolicy(interval=60, min_samples=10)
     now = time.time()
     rollout = Rollout(
-        slug="greet",
+        key=GREET,
         id="r-1",
         candidate=2,
         mode=RolloutMode.CANARY,
@@ -293,7 +298,7 @@ async def test_a_lasting_redis_outage_is_logged_at_error_level(
         restore_status=Status.DRAFT,
         analysis=policy,
     )
-    snapshot = RegistrySnapshot(revision=1, versions={}, prod={}, rollouts={"greet": rollout})
+    snapshot = RegistrySnapshot(revision=1, versions={}, prod={}, rollouts={GREET: rollout})
     analyser = Analyser(
         config=AnalysisConfig(),
         snapshot=lambda: snapshot,

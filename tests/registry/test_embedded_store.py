@@ -10,16 +10,19 @@ from pathlib import Path
 
 import pytest
 
+from proxy.prompt_key import PromptKey
 from proxy.registry.analysis_policy import AnalysisPolicy
 from proxy.registry.embedded_store import EmbeddedStore
 from proxy.registry.models import RolloutMode, Status, StickyKey, VersionDraft
 from proxy.registry.store import StoreUnavailable
 
+GREET = PromptKey("greet")
+
 REPO = Path(__file__).resolve().parents[2]
 
 
 def draft(template: str) -> VersionDraft:
-    return VersionDraft(slug="greet", template=template)
+    return VersionDraft(key=GREET, template=template)
 
 
 async def test_the_registry_survives_a_restart(tmp_path: Path) -> None:
@@ -27,7 +30,7 @@ async def test_the_registry_survives_a_restart(tmp_path: Path) -> None:
     store = await EmbeddedStore.open(path)
     await store.create_version(draft("a"), "alice", 1.0)
     await store.create_version(draft("b"), "alice", 2.0)
-    await store.promote("greet", 2, "alice", "ship", 3.0)
+    await store.promote(GREET, 2, "alice", "ship", 3.0)
     before = (await store.snapshot(), list(await store.audit()))
     await store.close()
 
@@ -43,6 +46,7 @@ async def test_the_registry_survives_a_restart(tmp_path: Path) -> None:
 _OPENER = """
 import asyncio, sys, time
 from pathlib import Path
+from proxy.prompt_key import PromptKey
 from proxy.registry.embedded_store import EmbeddedStore
 from proxy.registry.models import VersionDraft
 
@@ -59,7 +63,7 @@ async def main() -> None:
     # checkpoint another process runs when it closes the file last.
     for i in range(10):
         store = await EmbeddedStore.open(path)
-        draft = VersionDraft(slug="greet", template=f"{tag}-{i}")
+        draft = VersionDraft(key=PromptKey("greet"), template=f"{tag}-{i}")
         await store.create_version(draft, tag, time.time())
         await store.close()
 
@@ -105,7 +109,7 @@ async def test_workers_opening_a_fresh_file_together_all_succeed(tmp_path: Path)
 
     store = await EmbeddedStore.open(path)
     try:
-        versions = await store.list_versions("greet")
+        versions = await store.list_versions(GREET)
         assert [v.version for v in versions] == list(range(1, 61))
         assert {v.template for v in versions} == {f"{t}-{i}" for t in tags for i in range(10)}
     finally:
@@ -155,7 +159,7 @@ async def test_a_lock_held_too_long_fails_without_blocking_the_event_loop(
             await store.create_version(draft("b"), "alice", 2.0)
         elapsed = time.monotonic() - started
         # Readers are not blocked by a writer (WAL).
-        assert (await store.get_version("greet", 1)).template == "a"
+        assert (await store.get_version(GREET, 1)).template == "a"
     finally:
         ticking.cancel()
         other.execute("ROLLBACK")
@@ -173,13 +177,14 @@ async def test_the_file_itself_refuses_to_edit_history(tmp_path: Path) -> None:
     path = tmp_path / "registry.db"
     store = await EmbeddedStore.open(path)
     await store.create_version(draft("a"), "alice", 1.0)
-    await store.set_status("greet", 1, Status.CANDIDATE, "alice", "", 2.0)
+    await store.set_status(GREET, 1, Status.CANDIDATE, "alice", "", 2.0)
     await store.close()
 
     raw = sqlite3.connect(path, isolation_level=None)
     try:
         for statement in (
             "UPDATE versions SET body = '{}'",
+            "UPDATE versions SET prompt_key = 'other'",
             "DELETE FROM versions",
             "UPDATE audit SET actor = 'mallory'",
             "DELETE FROM audit",
@@ -189,7 +194,7 @@ async def test_the_file_itself_refuses_to_edit_history(tmp_path: Path) -> None:
         raw.execute("UPDATE versions SET status = 'prod'")  # status is the one mutable column
         with pytest.raises(sqlite3.IntegrityError):  # a second prod, whatever the code path
             raw.execute(
-                "INSERT INTO versions SELECT slug, 2, sha256, created_at, body, 'prod' "
+                "INSERT INTO versions SELECT prompt_key, 2, sha256, created_at, body, 'prod' "
                 "FROM versions"
             )
     finally:
@@ -201,9 +206,9 @@ async def test_the_file_itself_keeps_the_rollout_rules(tmp_path: Path) -> None:
     store = await EmbeddedStore.open(path)
     for template in ("a", "b", "c"):
         await store.create_version(draft(template), "alice", 1.0)
-    await store.promote("greet", 1, "alice", "", 2.0)
+    await store.promote(GREET, 1, "alice", "", 2.0)
     await store.start_rollout(
-        "greet",
+        GREET,
         "r-1",
         2,
         RolloutMode.CANARY,
@@ -226,12 +231,13 @@ async def test_the_file_itself_keeps_the_rollout_rules(tmp_path: Path) -> None:
             "UPDATE rollouts SET candidate = 3",
             "UPDATE rollouts SET id = 'r-2'",
             "UPDATE rollouts SET sticky = 'none'",
+            "UPDATE rollouts SET prompt_key = 'other'",
             "UPDATE rollouts SET basis_points = 10001",
             # The analysis policy is as fixed as the candidate.
             "UPDATE rollouts SET analysis = '{\"interval\": 5}'",
             "UPDATE rollouts SET analysis = NULL",
-            # One rollout per slug, of a version that is a candidate.
-            "INSERT INTO rollouts SELECT slug, 'r-2', candidate, mode, basis_points, sticky, "
+            # One rollout per key, of a version that is a candidate.
+            "INSERT INTO rollouts SELECT prompt_key, 'r-2', candidate, mode, basis_points, sticky, "
             "started_at, updated_at, actor, restore_status, analysis FROM rollouts",
             "INSERT INTO rollouts SELECT 'other', 'r-2', 3, mode, basis_points, sticky, "
             "started_at, updated_at, actor, restore_status, analysis FROM rollouts",
@@ -244,7 +250,7 @@ async def test_the_file_itself_keeps_the_rollout_rules(tmp_path: Path) -> None:
 
     reopened = await EmbeddedStore.open(path)
     try:
-        rollout = await reopened.get_rollout("greet")
+        rollout = await reopened.get_rollout(GREET)
         assert rollout is not None
         assert (rollout.id, rollout.candidate, rollout.basis_points) == ("r-1", 2, 5000)
         assert rollout.analysis == AnalysisPolicy(steps=(500, 2500))

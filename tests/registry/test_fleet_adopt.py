@@ -27,7 +27,7 @@ from proxy.registry.snapshot import SnapshotHolder, SnapshotRefresher
 from proxy.registry.store import PromptStore
 from proxy.tasks import BackgroundTasks
 from tests.registry.conftest import StoreFactory
-from tests.registry.helpers import T0, draft, push
+from tests.registry.helpers import GREET, T0, draft, push
 from tests.registry.pg_stores import drop_schema
 
 
@@ -87,7 +87,7 @@ async def survivor(store_factory: StoreFactory, tmp_path: Path) -> AsyncIterator
     await push(a.store, "one", "two", slug="greet")
     await push(a.store, "hello", slug="other")
     await push(a.store, "bye", slug="third")
-    await a.store.promote("greet", 2, "alice", "", T0)
+    await a.store.promote(GREET, 2, "alice", "", T0)
     assert await a.refresher.load_once()
     await _empty(store_factory)
     assert not await a.refresher.load_once()
@@ -139,8 +139,8 @@ async def test_a_replica_started_after_the_loss_waits_for_the_restore(
         assert b.holder.replaced is None
         served = b.holder.current
         assert served.generation == survivor.holder.current.generation
-        assert sorted(served.versions) == ["greet", "other", "third"]
-        assert served.prod == {"greet": 2}  # the bootstrap's identical push changed nothing
+        assert [key.text for key in sorted(served.versions)] == ["greet", "other", "third"]
+        assert served.prod == {GREET: 2}  # the bootstrap's identical push changed nothing
         assert await b.store.generation() == served.generation
     finally:
         await b.tasks.close()

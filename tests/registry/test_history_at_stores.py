@@ -7,15 +7,15 @@ from proxy.registry.history import RolloutAt, StateAt
 from proxy.registry.models import RolloutMode
 from proxy.registry.service import RegistryService
 from proxy.registry.store import PromptStore
-from tests.registry.helpers import BY_HEADER, BY_USER, T0, push, start
+from tests.registry.helpers import BY_HEADER, BY_USER, GREET, T0, push, start
 
 
 async def test_state_at_names_prod_and_what_each_rollout_served(store: PromptStore) -> None:
     await push(store, "a", "b", "c")
-    await store.promote("greet", 1, "alice", "launch", T0 + 10)
+    await store.promote(GREET, 1, "alice", "launch", T0 + 10)
     await start(store, 2, rollout_id="r-canary", basis_points=1000, at=T0 + 100)
-    await store.update_rollout("greet", "r-canary", 5000, "alice", "ramp", T0 + 200)
-    await store.abort_rollout("greet", "alice", "too slow", T0 + 300)
+    await store.update_rollout(GREET, "r-canary", 5000, "alice", "ramp", T0 + 200)
+    await store.abort_rollout(GREET, "alice", "too slow", T0 + 300)
     await start(
         store,
         3,
@@ -25,11 +25,11 @@ async def test_state_at_names_prod_and_what_each_rollout_served(store: PromptSto
         sticky=BY_HEADER,
         at=T0 + 400,
     )
-    await store.promote_rollout("greet", "alice", "good", T0 + 500)
+    await store.promote_rollout(GREET, "alice", "good", T0 + 500)
     service = RegistryService(store)
 
     async def at(offset: float) -> StateAt:
-        return await service.state_at("greet", T0 + offset)
+        return await service.state_at(GREET, T0 + offset)
 
     assert await at(5) == StateAt(None, None)
     assert await at(50) == StateAt(1, None)
@@ -52,12 +52,12 @@ async def test_latest_rollout_is_the_running_one_else_the_last_started(
     """What `shadow report` and `shadow export` read by default."""
     service = RegistryService(store)
     await push(store, "a", "b", "c")
-    await store.promote("greet", 1, "alice", "launch", T0 + 10)
-    assert await service.latest_rollout("greet") is None
+    await store.promote(GREET, 1, "alice", "launch", T0 + 10)
+    assert await service.latest_rollout(GREET) is None
     await start(store, 2, rollout_id="r-first", at=T0 + 100)
-    assert await service.latest_rollout("greet") == ("r-first", True)
-    await store.abort_rollout("greet", "alice", "", T0 + 200)
-    assert await service.latest_rollout("greet") == ("r-first", False)
+    assert await service.latest_rollout(GREET) == ("r-first", True)
+    await store.abort_rollout(GREET, "alice", "", T0 + 200)
+    assert await service.latest_rollout(GREET) == ("r-first", False)
     await start(store, 3, rollout_id="r-second", at=T0 + 300)
-    await store.promote_rollout("greet", "alice", "", T0 + 400)
-    assert await service.latest_rollout("greet") == ("r-second", False)
+    await store.promote_rollout(GREET, "alice", "", T0 + 400)
+    assert await service.latest_rollout(GREET) == ("r-second", False)

@@ -18,6 +18,7 @@ import psycopg
 import pytest
 
 from proxy.pg.connect import new_pool
+from proxy.prompt_key import PromptKey
 from proxy.registry import postgres_notify
 from proxy.registry.fleet import FleetError, ReplicaBeat
 from proxy.registry.fleet_postgres import PostgresBoard
@@ -27,6 +28,8 @@ from proxy.registry.snapshot import SnapshotHolder, SnapshotRefresher
 from proxy.registry.store import StoreReplaced, StoreUnavailable
 from tests.postgres_server import PostgresServer
 from tests.registry.pg_stores import open_store
+
+GREET = PromptKey("greet")
 
 SCHEMA = "faults"
 #: Short, so the tests are: every bound below is this plus the unwinding of a cut call.
@@ -59,7 +62,7 @@ async def _open(
 
 
 def draft(template: str) -> VersionDraft:
-    return VersionDraft(slug="greet", template=template)
+    return VersionDraft(key=GREET, template=template)
 
 
 async def time_failure(operation: Callable[[], Awaitable[Any]]) -> float:
@@ -80,23 +83,31 @@ async def time_failures(ops: dict[str, Callable[[], Awaitable[Any]]]) -> dict[st
 def operations(store: PostgresStore) -> dict[str, Callable[[], Awaitable[Any]]]:
     return {
         "revision": store.revision,
-        "get_version": lambda: store.get_version("greet", 1),
+        "get_version": lambda: store.get_version(GREET, 1),
         "snapshot": store.snapshot,
         "audit": store.audit,
         "create_version": lambda: store.create_version(draft("new"), "alice", time.time()),
-        "promote": lambda: store.promote("greet", 1, "alice", "", time.time()),
-        "rollback": lambda: store.rollback("greet", "alice", "", time.time()),
+        "promote": lambda: store.promote(GREET, 1, "alice", "", time.time()),
+        "rollback": lambda: store.rollback(GREET, "alice", "", time.time()),
         "set_status": lambda: store.set_status(
-            "greet", 1, Status.CANDIDATE, "alice", "", time.time()
+            GREET, 1, Status.CANDIDATE, "alice", "", time.time()
         ),
         "wait_for_change": lambda: store.wait_for_change(-1, 5.0),
-        "get_rollout": lambda: store.get_rollout("greet"),
+        "get_rollout": lambda: store.get_rollout(GREET),
         "start_rollout": lambda: store.start_rollout(
-            "greet", "r-1", 1, RolloutMode.CANARY, 100, StickyKey.parse("none"), "a", "", 1.0
+            GREET,
+            "r-1",
+            1,
+            RolloutMode.CANARY,
+            100,
+            StickyKey.parse("none"),
+            "a",
+            "",
+            1.0,
         ),
-        "update_rollout": lambda: store.update_rollout("greet", "r-1", 200, "a", "", 1.0),
-        "abort_rollout": lambda: store.abort_rollout("greet", "a", "", 1.0),
-        "promote_rollout": lambda: store.promote_rollout("greet", "a", "", 1.0),
+        "update_rollout": lambda: store.update_rollout(GREET, "r-1", 200, "a", "", 1.0),
+        "abort_rollout": lambda: store.abort_rollout(GREET, "a", "", 1.0),
+        "promote_rollout": lambda: store.promote_rollout(GREET, "a", "", 1.0),
     }
 
 
@@ -145,7 +156,7 @@ async def test_the_refresher_keeps_the_last_good_snapshot_while_the_server_is_do
     store = await _open(stores, server)
     writer = await _open(stores, server)
     await store.create_version(draft("a"), "alice", time.time())
-    await store.promote("greet", 1, "alice", "", time.time())
+    await store.promote(GREET, 1, "alice", "", time.time())
     holder = SnapshotHolder()
     refresher = asyncio.create_task(SnapshotRefresher(store, holder).run())
     durations: list[float] = []
@@ -179,7 +190,7 @@ async def test_the_refresher_keeps_the_last_good_snapshot_while_the_server_is_do
         await _until(noticed, "nobody noticed the server was gone")
         await asyncio.sleep(2 * OP_TIMEOUT)  # a few more refresh rounds against nothing
         assert holder.current is served  # still serving every prompt it had
-        assert holder.current.prod == {"greet": 1}
+        assert holder.current.prod == {GREET: 1}
         assert holder.replaced is None  # unreachable is not "lost"
         assert not holder.healthy
         assert "PostgreSQL" in (holder.last_error or "")
@@ -205,7 +216,7 @@ async def test_a_server_back_empty_is_a_lost_registry_not_an_empty_one(
 ) -> None:
     store = await _open(stores, server)
     await store.create_version(draft("a"), "alice", time.time())
-    await store.promote("greet", 1, "alice", "", time.time())
+    await store.promote(GREET, 1, "alice", "", time.time())
     holder = SnapshotHolder()
     refresher = SnapshotRefresher(store, holder)
     assert await refresher.load_once()
@@ -222,7 +233,7 @@ async def test_a_server_back_empty_is_a_lost_registry_not_an_empty_one(
         await store.snapshot()
     with pytest.raises(StoreReplaced):
         await store.create_version(draft("b"), "alice", time.time())
-    assert await store.list_slugs() == []  # nothing written, no new registry started
+    assert await store.list_keys() == []  # nothing written, no new registry started
     assert not await refresher.load_once()
     assert holder.replaced is not None
     assert holder.current is served
@@ -356,7 +367,7 @@ async def test_a_paused_server_fails_fast_instead_of_hanging(
         server.resume()
 
     await _until(lambda: _answers(store), "the store never came back after the pause")
-    assert (await store.get_version("greet", 1)).template == "a"
+    assert (await store.get_version(GREET, 1)).template == "a"
 
 
 async def test_a_cold_start_with_the_server_down_waits_for_it(server: PostgresServer) -> None:

@@ -21,6 +21,7 @@ from psycopg import sql
 
 from proxy.pg.connect import new_pool
 from proxy.pg.migrate import Migration, SchemaTooNew, migrate
+from proxy.prompt_key import PromptKey
 from proxy.registry.backup import RegistryImage
 from proxy.registry.fleet import FleetError, ReplicaBeat
 from proxy.registry.fleet_postgres import PostgresBoard
@@ -29,11 +30,10 @@ from proxy.registry.postgres_schema import change_channel
 from proxy.registry.postgres_store import PostgresStore
 from proxy.registry.store import (
     InvalidTransition,
-    PromptNotFound,
     StoreUnavailable,
     VersionNotFound,
 )
-from tests.registry.helpers import T0, draft, push
+from tests.registry.helpers import GREET, T0, draft, push
 from tests.registry.pg_stores import drop_schema, open_pool, open_store
 
 
@@ -81,7 +81,7 @@ async def test_concurrent_pushes_from_three_replicas_are_numbered_1_to_24(
 
     assert all(created for _, created in results)
     assert sorted(v.version for v, _ in results) == list(range(1, 25))
-    assert [v.version for v in await replicas[1].list_versions("greet")] == list(range(1, 25))
+    assert [v.version for v in await replicas[1].list_versions(GREET)] == list(range(1, 25))
     audit = await replicas[2].audit(limit=100)
     assert sorted(e.seq for e in audit) == list(range(1, 25))
     # Seq order is commit order: each create's entry names the next number.
@@ -99,7 +99,7 @@ async def test_the_database_keeps_the_rules_by_itself(
     and never deleted, the audit log is append-only, one prod per prompt."""
     store = await _open(stores, registry_postgres_url, schema)
     await push(store, "one", "two")
-    await store.promote("greet", 1, "alice", "", T0)
+    await store.promote(GREET, 1, "alice", "", T0)
     await raw.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
     refused = {
         "edit a version": "UPDATE registry_versions SET body = '{}' WHERE version = 1",
@@ -111,9 +111,9 @@ async def test_the_database_keeps_the_rules_by_itself(
     for what, statement in refused.items():
         with pytest.raises(psycopg.errors.IntegrityError):
             await raw.execute(statement.encode())
-        assert len(await store.list_versions("greet")) == 2, what
+        assert len(await store.list_versions(GREET)) == 2, what
     assert len(await store.audit()) == 3
-    assert (await store.snapshot()).prod == {"greet": 1}
+    assert (await store.snapshot()).prod == {GREET: 1}
 
 
 async def test_two_schemas_on_one_database_are_two_registries(
@@ -122,10 +122,10 @@ async def test_two_schemas_on_one_database_are_two_registries(
     team_a = await _open(stores, registry_postgres_url, f"a_{uuid.uuid4().hex[:8]}")
     team_b = await _open(stores, registry_postgres_url, f"b_{uuid.uuid4().hex[:8]}")
     await push(team_a, "a1", "a2")
-    await team_a.promote("greet", 2, "x", "", T0)
+    await team_a.promote(GREET, 2, "x", "", T0)
     await push(team_b, "b1")
 
-    assert [v.template for v in await team_b.list_versions("greet")] == ["b1"]
+    assert [v.template for v in await team_b.list_versions(GREET)] == ["b1"]
     assert (await team_b.snapshot()).prod == {}
     assert await team_b.revision() == 1
     assert (await team_a.snapshot()).generation != (await team_b.snapshot()).generation
@@ -145,9 +145,9 @@ async def test_every_write_notifies_the_schemas_channel_with_its_revision(
     await raw.execute(sql.SQL("LISTEN {}").format(sql.Identifier(store.channel)))
 
     await push(store, "one")
-    await store.promote("greet", 1, "alice", "", T0)
+    await store.promote(GREET, 1, "alice", "", T0)
     with pytest.raises(InvalidTransition):  # refused: no change, no notification
-        await store.promote("greet", 1, "alice", "", T0)
+        await store.promote(GREET, 1, "alice", "", T0)
     await push(store, "one")  # the same content: nothing written, no notification
     await push(store, "two")
 
@@ -188,21 +188,21 @@ async def test_a_nul_character_is_refused_before_anything_is_written(
     await push(store, "one")
     revision = await store.revision()
     with pytest.raises(InvalidTransition, match="NUL"):
-        await store.promote("greet", 1, "alice", "because\x00", T0)
+        await store.promote(GREET, 1, "alice", "because\x00", T0)
     with pytest.raises(InvalidTransition, match="NUL"):
         await store.create_version(draft("two", changelog="a\x00b"), "alice", T0)
     assert await store.revision() == revision
     # In the template (stored as JSON) it is kept, as by the other stores.
     version, _ = await store.create_version(draft("x\x00y"), "alice", T0)
-    assert (await store.get_version("greet", version.version)).template == "x\x00y"
-    with pytest.raises(PromptNotFound):
-        await store.get_version("gr\x00eet", 1)
+    assert (await store.get_version(GREET, version.version)).template == "x\x00y"
 
 
 def _image(count: int) -> RegistryImage:
     numbered = {}
     for n in range(1, count + 1):
-        version = VersionDraft(slug="big", template=f"Variant {n % 2}").to_version(n, T0 + n)
+        version = VersionDraft(key=PromptKey("big"), template=f"Variant {n % 2}").to_version(
+            n, T0 + n
+        )
         if n == count:
             version = PromptVersion(
                 **{
@@ -211,7 +211,7 @@ def _image(count: int) -> RegistryImage:
                 }
             )
         numbered[n] = version
-    return RegistryImage("g-big", 7, {"big": numbered})
+    return RegistryImage("g-big", 7, {PromptKey("big"): numbered})
 
 
 async def test_a_large_import_is_one_transaction_that_fits_its_deadline(
@@ -226,10 +226,10 @@ async def test_a_large_import_is_one_transaction_that_fits_its_deadline(
 
     assert revision == 8
     snapshot = await store.snapshot()
-    assert len(snapshot.versions["big"]) == 15_000
-    assert snapshot.prod == {"big": 15_000}
+    assert len(snapshot.versions[PromptKey("big")]) == 15_000
+    assert snapshot.prod == {PromptKey("big"): 15_000}
     assert snapshot.generation == "g-big"
-    version, _ = await store.create_version(VersionDraft("big", "new"), "alice", T0)
+    version, _ = await store.create_version(VersionDraft(PromptKey("big"), "new"), "alice", T0)
     assert version.version == 15_001
 
 
@@ -318,19 +318,19 @@ async def test_numbers_as_large_as_the_api_takes_are_kept(
     store = await _open(stores, registry_postgres_url, schema)
     await push(store, "one")
     with pytest.raises(VersionNotFound):
-        await store.get_version("greet", 2**63 - 1)
+        await store.get_version(GREET, 2**63 - 1)
     # An export's audit log may name any version number (its entries are history).
     image = RegistryImage(
         "g-1",
         5,
-        {"greet": {1: draft("one").to_version(1, T0)}},
-        audit=(AuditEntry(2**62, T0, "ops", "note", "greet", 2**63 - 1, None, None, "", 2**62),),
+        {GREET: {1: draft("one").to_version(1, T0)}},
+        audit=(AuditEntry(2**62, T0, "ops", "note", GREET, 2**63 - 1, None, None, "", 2**62),),
     )
     overwritten = await store.restore(
         image, await store.generation(), 0, "ops", "", T0, overwrite=True
     )
     assert overwritten == 6
-    entry = (await store.audit("greet", limit=2))[1]
+    entry = (await store.audit(GREET, limit=2))[1]
     assert (entry.seq, entry.version, entry.previous_prod) == (2**62, 2**63 - 1, 2**62)
 
 

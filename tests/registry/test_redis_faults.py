@@ -15,10 +15,13 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from proxy.prompt_key import PromptKey
 from proxy.registry.models import RolloutMode, Status, StickyKey, VersionDraft
 from proxy.registry.redis_store import RedisStore
 from proxy.registry.store import StoreReplaced, StoreUnavailable
 from tests.redis_server import RedisServer
+
+GREET = PromptKey("greet")
 
 PREFIX = "faults:"
 
@@ -43,7 +46,7 @@ async def raw(server: RedisServer) -> AsyncIterator[Redis]:
 
 
 def draft(template: str) -> VersionDraft:
-    return VersionDraft(slug="greet", template=template)
+    return VersionDraft(key=GREET, template=template)
 
 
 async def time_failure(operation: Callable[[], Awaitable[Any]]) -> float:
@@ -64,23 +67,31 @@ async def time_failures(ops: dict[str, Callable[[], Awaitable[Any]]]) -> dict[st
 def operations(store: RedisStore) -> dict[str, Callable[[], Awaitable[Any]]]:
     return {
         "revision": store.revision,
-        "get_version": lambda: store.get_version("greet", 1),
+        "get_version": lambda: store.get_version(GREET, 1),
         "snapshot": store.snapshot,
         "audit": store.audit,
         "create_version": lambda: store.create_version(draft("new"), "alice", time.time()),
-        "promote": lambda: store.promote("greet", 1, "alice", "", time.time()),
-        "rollback": lambda: store.rollback("greet", "alice", "", time.time()),
+        "promote": lambda: store.promote(GREET, 1, "alice", "", time.time()),
+        "rollback": lambda: store.rollback(GREET, "alice", "", time.time()),
         "set_status": lambda: store.set_status(
-            "greet", 1, Status.CANDIDATE, "alice", "", time.time()
+            GREET, 1, Status.CANDIDATE, "alice", "", time.time()
         ),
         "wait_for_change": lambda: store.wait_for_change(-1, 5.0),
-        "get_rollout": lambda: store.get_rollout("greet"),
+        "get_rollout": lambda: store.get_rollout(GREET),
         "start_rollout": lambda: store.start_rollout(
-            "greet", "r-1", 1, RolloutMode.CANARY, 100, StickyKey.parse("none"), "a", "", 1.0
+            GREET,
+            "r-1",
+            1,
+            RolloutMode.CANARY,
+            100,
+            StickyKey.parse("none"),
+            "a",
+            "",
+            1.0,
         ),
-        "update_rollout": lambda: store.update_rollout("greet", "r-1", 200, "a", "", 1.0),
-        "abort_rollout": lambda: store.abort_rollout("greet", "a", "", 1.0),
-        "promote_rollout": lambda: store.promote_rollout("greet", "a", "", 1.0),
+        "update_rollout": lambda: store.update_rollout(GREET, "r-1", 200, "a", "", 1.0),
+        "abort_rollout": lambda: store.abort_rollout(GREET, "a", "", 1.0),
+        "promote_rollout": lambda: store.promote_rollout(GREET, "a", "", 1.0),
     }
 
 
@@ -107,8 +118,8 @@ async def test_killed_redis_fails_fast_and_the_same_store_recovers(
         async with asyncio.timeout(3):
             version, created = await fresh.create_version(draft("b"), "alice", time.time())
         assert (version.version, created) == (1, True)
-        await fresh.promote("greet", 1, "alice", "", time.time())
-        assert (await fresh.snapshot()).prod == {"greet": 1}
+        await fresh.promote(GREET, 1, "alice", "", time.time())
+        assert (await fresh.snapshot()).prod == {GREET: 1}
     finally:
         await fresh.close()
 
@@ -128,7 +139,7 @@ async def test_paused_redis_fails_fast_instead_of_hanging(
         await fresh.close()
 
     async with asyncio.timeout(3):
-        assert (await store.get_version("greet", 1)).template == "a"
+        assert (await store.get_version(GREET, 1)).template == "a"
 
 
 async def test_wait_for_change_survives_a_killed_pubsub_connection(

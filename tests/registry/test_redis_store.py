@@ -10,9 +10,12 @@ import pytest
 from redis.asyncio import Redis
 from redis.crc import key_slot
 
+from proxy.prompt_key import PromptKey
 from proxy.registry.models import RolloutMode, StickyKey, VersionDraft
 from proxy.registry.redis_store import RedisStore
 from tests.redis_server import RedisServer
+
+GREET = PromptKey("greet")
 
 
 @pytest.fixture
@@ -28,24 +31,32 @@ async def test_every_key_is_under_the_prefix_in_one_cluster_slot(
     store = RedisStore.from_url(redis_server.url, prefix="team-a:")
     neighbour = RedisStore.from_url(redis_server.url, prefix="team-b:")
     try:
-        await store.create_version(VersionDraft(slug="greet", template="a"), "x", 1.0)
-        await store.create_version(VersionDraft(slug="greet", template="b"), "x", 2.0)
-        await store.promote("greet", 1, "x", "", 3.0)
-        await store.promote("greet", 2, "x", "", 4.0)
-        await store.create_version(VersionDraft(slug="greet", template="c"), "x", 5.0)
+        await store.create_version(VersionDraft(key=GREET, template="a"), "x", 1.0)
+        await store.create_version(VersionDraft(key=GREET, template="b"), "x", 2.0)
+        await store.promote(GREET, 1, "x", "", 3.0)
+        await store.promote(GREET, 2, "x", "", 4.0)
+        await store.create_version(VersionDraft(key=GREET, template="c"), "x", 5.0)
         await store.start_rollout(
-            "greet", "r-1", 3, RolloutMode.CANARY, 100, StickyKey.parse("user"), "x", "", 6.0
+            GREET,
+            "r-1",
+            3,
+            RolloutMode.CANARY,
+            100,
+            StickyKey.parse("user"),
+            "x",
+            "",
+            6.0,
         )
-        await neighbour.create_version(VersionDraft(slug="greet", template="z"), "y", 1.0)
+        await neighbour.create_version(VersionDraft(key=GREET, template="z"), "y", 1.0)
 
         keys = [key async for key in raw.scan_iter("team-a:*")]
-        assert store.keys.rollout("greet") in keys
+        assert store.keys.rollout(GREET) in keys
         assert all(key.startswith("team-a:{registry}:") for key in keys)
         assert len({key_slot(key.encode()) for key in keys}) == 1  # one slot: scripts work
         # Two prefixes on one server are two independent registries.
-        assert [v.template for v in await neighbour.list_versions("greet")] == ["z"]
+        assert [v.template for v in await neighbour.list_versions(GREET)] == ["z"]
         assert (await neighbour.snapshot()).prod == {}
-        assert await neighbour.get_rollout("greet") is None
+        assert await neighbour.get_rollout(GREET) is None
     finally:
         await store.close()
         await neighbour.close()
@@ -86,7 +97,7 @@ async def test_a_write_wakes_waiters_at_once_not_at_the_next_poll(
             waiter = asyncio.create_task(waiter_store.wait_for_change(known, 5.0))
             await asyncio.sleep(0.05)
             started = time.monotonic()
-            await writer.create_version(VersionDraft(slug="greet", template=f"v{i}"), "x", 1.0)
+            await writer.create_version(VersionDraft(key=GREET, template=f"v{i}"), "x", 1.0)
             assert await asyncio.wait_for(waiter, 3.0) == known + 1
             latencies.append(time.monotonic() - started)
         assert max(latencies) < 0.25, latencies  # polling alone would take up to 0.5 s
@@ -110,7 +121,7 @@ async def test_a_cancelled_wait_leaves_the_store_usable(redis_server: RedisServe
 
         waiter = asyncio.create_task(store.wait_for_change(known, 5.0))
         await asyncio.sleep(0.1)
-        await writer.create_version(VersionDraft(slug="greet", template="a"), "x", 1.0)
+        await writer.create_version(VersionDraft(key=GREET, template="a"), "x", 1.0)
         assert await asyncio.wait_for(waiter, 2.0) == known + 1
     finally:
         await store.close()
@@ -123,7 +134,7 @@ async def test_audit_entries_written_before_details_existed_still_read(
     # Streams written by an earlier promptproxy have no "detail" field.
     store = RedisStore.from_url(redis_server.url, prefix=f"old-{time.monotonic_ns()}:")
     try:
-        await store.create_version(VersionDraft(slug="greet", template="a"), "x", 1.0)
+        await store.create_version(VersionDraft(key=GREET, template="a"), "x", 1.0)
         old = {
             "at": "2.5",
             "actor": "ops",
@@ -135,9 +146,9 @@ async def test_audit_entries_written_before_details_existed_still_read(
             "reason": "",
             "previous_prod": "",
         }
-        for key in (store.keys.audit, store.keys.slug_audit("greet")):
+        for key in (store.keys.audit, store.keys.key_audit(GREET)):
             await raw.xadd(key, old, id="1000-0")
-        newest, create = await store.audit(slug="greet")
+        newest, create = await store.audit(key=GREET)
         assert (newest.seq, newest.action, newest.detail) == (1000, "set_status", None)
         assert (create.action, create.detail) == ("create", None)
     finally:

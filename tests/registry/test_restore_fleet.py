@@ -61,7 +61,7 @@ async def test_a_restore_from_a_staler_replica_is_refused_naming_the_fresher_one
     assert f"Replica b serves a newer snapshot of this registry (revision {served + 3})" in (
         refused.value.message
     )
-    assert await store.list_slugs() == []  # nothing written
+    assert await store.list_keys() == []  # nothing written
 
     # Once b is gone too (not live), this replica's snapshot is the newest left; the new
     # revision goes above every revision on the board, the dead replica's included.

@@ -13,6 +13,7 @@ import redis.asyncio
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from proxy.errors import Conflict
+from proxy.prompt_key import PromptKey
 from proxy.registry.backup import RegistryImage
 from proxy.registry.models import PromptVersion, Status, VersionDraft
 from proxy.registry.recovery import RegistryRecovery
@@ -20,7 +21,9 @@ from proxy.registry.redis_store import RedisStore
 from proxy.registry.snapshot import SnapshotHolder, SnapshotRefresher
 from proxy.registry.store import InvalidTransition, StoreReplaced
 from tests.redis_server import RedisServer
-from tests.registry.helpers import T0, push
+from tests.registry.helpers import GREET, T0, push
+
+BIG = PromptKey("big")
 
 
 @pytest.fixture
@@ -60,12 +63,12 @@ def _big_image(count: int) -> RegistryImage:
     compiles two templates, not thousands)."""
     numbered = {}
     for n in range(1, count + 1):
-        draft = VersionDraft(slug="big", template=f"Variant {n % 2}")
+        draft = VersionDraft(key=BIG, template=f"Variant {n % 2}")
         version = draft.to_version(n, T0 + n)
         if n == count:
             version = PromptVersion(**{**_fields(version), "status": Status.PROD})
         numbered[n] = version
-    image = RegistryImage("g-big", 7, {"big": numbered})
+    image = RegistryImage("g-big", 7, {BIG: numbered})
     return RegistryImage.from_json(image.to_json())  # what an import reads
 
 
@@ -94,12 +97,12 @@ async def test_a_large_import_is_applied_and_answered_as_applied(
 
     assert (result.versions, result.unchanged) == (15_000, False)
     # Checked with plain reads: a snapshot of 15,000 versions outlasts 0.25 s itself.
-    assert await raw.hlen(store.keys.versions("big")) == 15_000
-    assert await raw.hget(store.keys.status("big"), "15000") == "prod"
+    assert await raw.hlen(store.keys.versions(BIG)) == 15_000
+    assert await raw.hget(store.keys.status(BIG), "15000") == "prod"
     assert int(await raw.get(store.keys.revision)) == result.revision
     # Bound to the registry it wrote: the next push continues its numbering.
     other = _open(stores, redis_server, prefix)
-    version, _ = await other.create_version(VersionDraft("big", "new"), "alice", T0)
+    version, _ = await other.create_version(VersionDraft(BIG, "new"), "alice", T0)
     assert version.version == 15_001
 
 
@@ -120,6 +123,7 @@ async def test_a_restore_that_races_a_write_applies_nothing(
         return staged
 
     monkeypatch.setattr(store, "_stage", stage_then_a_write)
+    await store.revision()  # opened: the first command records the key schema
     before = await _registry_keys(raw, prefix)
 
     with pytest.raises(InvalidTransition, match="changed while restoring"):
@@ -148,7 +152,7 @@ async def test_a_restore_whose_answer_was_lost_is_reported_applied(
     revision = await store.restore(_big_image(10), None, 0, "ops", "", T0)
 
     snapshot = await store.snapshot()
-    assert (snapshot.revision, snapshot.generation, len(snapshot.versions["big"])) == (
+    assert (snapshot.revision, snapshot.generation, len(snapshot.versions[BIG])) == (
         revision,
         "g-big",
         10,
@@ -167,11 +171,11 @@ async def test_a_restore_into_another_registry_is_refused_unless_overwrite(
 
     with pytest.raises(InvalidTransition, match="another registry"):
         await ours.restore(image, found, 0, "ops", "", T0)
-    assert await theirs.list_slugs() == ["theirs"]
+    assert await theirs.list_keys() == [PromptKey("theirs")]
     assert len(await theirs.audit()) == 1
 
     await ours.restore(image, found, 0, "ops", "", T0, overwrite=True)
-    assert await ours.list_slugs() == ["big"]
+    assert await ours.list_keys() == [BIG]
 
 
 async def _copy(raw: redis.asyncio.Redis, prefix: str) -> dict[str, Any]:
@@ -197,13 +201,13 @@ async def test_restoring_over_an_older_copy_keeps_its_audit_log(
     numbers its entries after the copy's newest audit entry."""
     store = _open(stores, redis_server, prefix)
     await push(store, "one", "two")
-    await store.promote("greet", 1, "alice", "first prod", T0)
+    await store.promote(GREET, 1, "alice", "first prod", T0)
     holder = SnapshotHolder()
     refresher = SnapshotRefresher(store, holder)
     assert await refresher.load_once()
     older = await _copy(raw, prefix)
     await push(store, "three")
-    await store.promote("greet", 3, "alice", "", T0 + 1)
+    await store.promote(GREET, 3, "alice", "", T0 + 1)
     assert await refresher.load_once()
     served = holder.current
 
@@ -242,7 +246,7 @@ async def test_restoring_over_a_newer_state_of_the_registry_is_refused(
 
     with pytest.raises(InvalidTransition, match="newer changes"):
         await store.restore(image, snapshot.generation, 0, "ops", "", T0)
-    assert len(await store.list_versions("greet")) == 2
+    assert len(await store.list_versions(GREET)) == 2
     recovery = RegistryRecovery(store, SnapshotHolder(), lambda: T0)
     with pytest.raises(Conflict) as refused:
         await recovery.import_image(image, "ops", "")
@@ -265,5 +269,5 @@ async def test_a_write_into_an_older_copy_put_back_is_refused_before_any_read(
     await _put_back(raw, prefix, older)
 
     with pytest.raises(StoreReplaced, match="went back from revision 3 to 1"):
-        await store.create_version(VersionDraft("greet", "four"), "alice", T0)
-    assert len(await raw.hgetall(store.keys.versions("greet"))) == 1
+        await store.create_version(VersionDraft(GREET, "four"), "alice", T0)
+    assert len(await raw.hgetall(store.keys.versions(GREET))) == 1

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from proxy.prompt_key import PromptKey
 from proxy.registry import lifecycle
 from proxy.registry.models import (
     Rollout,
@@ -29,6 +30,8 @@ from tests.registry.conftest import StoreFactory
 from tests.registry.helpers import (
     BY_HEADER,
     BY_USER,
+    GREET,
+    OTHER,
     T0,
     everything,
     prod_of,
@@ -42,7 +45,7 @@ from tests.registry.helpers import (
 async def with_prod(store: PromptStore, *templates: str) -> None:
     """``greet`` with versions ``templates`` (at least 2) and v1 prod."""
     await push(store, *templates)
-    await store.promote("greet", 1, "alice", "launch", T0 + 10)
+    await store.promote(GREET, 1, "alice", "launch", T0 + 10)
 
 
 # -- start ----------------------------------------------------------------------------------
@@ -57,7 +60,7 @@ async def test_start_makes_a_draft_the_candidate_and_audits_it(store: PromptStor
     )
 
     assert rollout == Rollout(
-        slug="greet",
+        key=GREET,
         id="r-1",
         candidate=2,
         mode=RolloutMode.SHADOW,
@@ -68,10 +71,10 @@ async def test_start_makes_a_draft_the_candidate_and_audits_it(store: PromptStor
         actor="alice",
         restore_status=Status.DRAFT,
     )
-    assert await store.get_rollout("greet") == rollout
+    assert await store.get_rollout(GREET) == rollout
     assert await statuses(store) == {1: Status.PROD, 2: Status.CANDIDATE}
     assert await prod_of(store) == 1  # a rollout does not touch prod
-    assert (entry.action, entry.slug, entry.version) == ("rollout_start", "greet", 2)
+    assert (entry.action, entry.key, entry.version) == ("rollout_start", GREET, 2)
     assert (entry.from_status, entry.to_status) == (Status.DRAFT, Status.CANDIDATE)
     assert (entry.actor, entry.reason, entry.at, entry.previous_prod) == (
         "alice",
@@ -99,8 +102,8 @@ async def test_the_rollout_id_is_stored_verbatim(store: PromptStore, rollout_id:
     await with_prod(store, "a", "b")
     rollout, entry = await start(store, rollout_id=rollout_id)
     assert rollout.id == rollout_id
-    assert (await store.get_rollout("greet")) == rollout
-    assert (await store.snapshot()).rollouts["greet"].id == rollout_id
+    assert (await store.get_rollout(GREET)) == rollout
+    assert (await store.snapshot()).rollouts[GREET].id == rollout_id
     assert (await store.audit(limit=1))[0].detail == {**rollout.audit_detail()}
     assert entry.detail is not None
     assert entry.detail["rollout_id"] == rollout_id
@@ -110,7 +113,7 @@ async def test_the_rollout_id_is_stored_verbatim(store: PromptStore, rollout_id:
 async def test_percentages_read_back_exactly(store: PromptStore, basis_points: int) -> None:
     await with_prod(store, "a", "b")
     rollout, entry = await start(store, basis_points=basis_points)
-    assert (await store.get_rollout("greet")) == rollout
+    assert (await store.get_rollout(GREET)) == rollout
     assert rollout.basis_points == basis_points
     for detail in (entry.detail, (await store.audit(limit=1))[0].detail):
         assert detail is not None
@@ -118,7 +121,7 @@ async def test_percentages_read_back_exactly(store: PromptStore, basis_points: i
         assert type(detail["percent"]) is float
         assert detail["percent"] == basis_points / 100
 
-    _, update = await store.update_rollout("greet", "r-1", 5000, "bob", "", T0 + 200)
+    _, update = await store.update_rollout(GREET, "r-1", 5000, "bob", "", T0 + 200)
     assert update.detail is not None
     assert type(update.detail["from_percent"]) is float
     assert update.detail["from_percent"] == basis_points / 100
@@ -126,25 +129,25 @@ async def test_percentages_read_back_exactly(store: PromptStore, basis_points: i
 
 async def test_a_candidate_version_stays_candidate_after_abort(store: PromptStore) -> None:
     await with_prod(store, "a", "b")
-    await store.set_status("greet", 2, Status.CANDIDATE, "qa", "evals pass", T0 + 20)
+    await store.set_status(GREET, 2, Status.CANDIDATE, "qa", "evals pass", T0 + 20)
 
     rollout, entry = await start(store)
     assert rollout.restore_status is Status.CANDIDATE
     assert (entry.from_status, entry.to_status) == (Status.CANDIDATE, Status.CANDIDATE)
 
-    aborted = await store.abort_rollout("greet", "bob", "enough", T0 + 200)
+    aborted = await store.abort_rollout(GREET, "bob", "enough", T0 + 200)
     assert (aborted.from_status, aborted.to_status) == (Status.CANDIDATE, Status.CANDIDATE)
     assert await statuses(store) == {1: Status.PROD, 2: Status.CANDIDATE}
 
 
 async def test_start_refusals_name_the_problem(store: PromptStore) -> None:
     await push(store, "a", "b", "c", "d")
-    await store.promote("greet", 1, "alice", "", T0 + 1)
-    await store.promote("greet", 2, "alice", "", T0 + 2)  # v1 deprecated
+    await store.promote(GREET, 1, "alice", "", T0 + 1)
+    await store.promote(GREET, 2, "alice", "", T0 + 2)  # v1 deprecated
 
     with pytest.raises(InvalidTransition) as prod:
         await start(store, candidate=2)
-    assert str(prod.value) == refusal(lifecycle.check_rollout_candidate, "greet", 2, Status.PROD)
+    assert str(prod.value) == refusal(lifecycle.check_rollout_candidate, GREET, 2, Status.PROD)
     with pytest.raises(InvalidTransition) as deprecated:
         await start(store, candidate=1)
     assert str(deprecated.value) == refusal(
@@ -159,8 +162,8 @@ async def test_start_refusals_name_the_problem(store: PromptStore) -> None:
     for candidate in (3, 4):  # the same candidate again, or another: one rollout per slug
         with pytest.raises(InvalidTransition) as second:
             await start(store, candidate=candidate, rollout_id="second")
-        assert str(second.value) == refusal(lifecycle.check_no_rollout, "greet", 3)
-    running = await store.get_rollout("greet")
+        assert str(second.value) == refusal(lifecycle.check_no_rollout, GREET, 3)
+    running = await store.get_rollout(GREET)
     assert running is not None
     assert running.id == "first"
     assert await statuses(store) == {
@@ -195,7 +198,7 @@ async def test_the_store_never_persists_a_garbage_rollout(
     await start(store, rollout_id="good")
     before = await everything(store)
     with pytest.raises(ValueError, match=r"basis_points"):
-        await store.update_rollout("greet", "good", 10_001, "bob", "", T0 + 200)
+        await store.update_rollout(GREET, "good", 10_001, "bob", "", T0 + 200)
     assert await everything(store) == before
 
 
@@ -207,10 +210,10 @@ async def test_update_changes_only_the_percentage(store: PromptStore) -> None:
     started, _ = await start(store, basis_points=500, sticky=BY_HEADER, actor="alice")
     revision = await store.revision()
 
-    rollout, entry = await store.update_rollout("greet", "r-1", 5000, "bob", "ramp", T0 + 300)
+    rollout, entry = await store.update_rollout(GREET, "r-1", 5000, "bob", "ramp", T0 + 300)
 
     assert rollout == Rollout(
-        slug="greet",
+        key=GREET,
         id="r-1",
         candidate=2,
         mode=RolloutMode.CANARY,
@@ -221,7 +224,7 @@ async def test_update_changes_only_the_percentage(store: PromptStore) -> None:
         actor="alice",  # who started it
         restore_status=Status.DRAFT,
     )
-    assert await store.get_rollout("greet") == rollout
+    assert await store.get_rollout(GREET) == rollout
     assert (entry.action, entry.version, entry.actor, entry.reason, entry.at) == (
         "rollout_update",
         2,
@@ -240,24 +243,24 @@ async def test_update_changes_only_the_percentage(store: PromptStore) -> None:
 async def test_update_needs_the_running_rollout(store: PromptStore) -> None:
     await with_prod(store, "a", "b", "c")
     with pytest.raises(InvalidTransition) as none:
-        await store.update_rollout("greet", "r-1", 100, "bob", "", T0 + 200)
-    assert str(none.value) == refusal(lifecycle.check_rollout_running, "greet", None, "r-1")
+        await store.update_rollout(GREET, "r-1", 100, "bob", "", T0 + 200)
+    assert str(none.value) == refusal(lifecycle.check_rollout_running, GREET, None, "r-1")
 
     await start(store, rollout_id="r-1")
     with pytest.raises(InvalidTransition) as other:
-        await store.update_rollout("greet", "r-0", 100, "bob", "", T0 + 200)
-    assert str(other.value) == refusal(lifecycle.check_rollout_running, "greet", "r-1", "r-0")
+        await store.update_rollout(GREET, "r-0", 100, "bob", "", T0 + 200)
+    assert str(other.value) == refusal(lifecycle.check_rollout_running, GREET, "r-1", "r-0")
 
     # A client that read r-1 must not ramp the rollout that replaced it.
-    await store.abort_rollout("greet", "bob", "", T0 + 300)
+    await store.abort_rollout(GREET, "bob", "", T0 + 300)
     await start(store, candidate=3, rollout_id="r-2", basis_points=100)
     with pytest.raises(InvalidTransition, match="no running rollout with id r-1"):
-        await store.update_rollout("greet", "r-1", 9000, "bob", "", T0 + 400)
-    running = await store.get_rollout("greet")
+        await store.update_rollout(GREET, "r-1", 9000, "bob", "", T0 + 400)
+    running = await store.get_rollout(GREET)
     assert running is not None
     assert (running.id, running.basis_points) == ("r-2", 100)
     with pytest.raises(PromptNotFound):
-        await store.update_rollout("missing", "r-1", 100, "bob", "", T0)
+        await store.update_rollout(PromptKey("missing"), "r-1", 100, "bob", "", T0)
 
 
 # -- abort ----------------------------------------------------------------------------------
@@ -268,9 +271,9 @@ async def test_abort_restores_a_draft_and_frees_the_slug(store: PromptStore) -> 
     rollout, _ = await start(store, basis_points=700)
     revision = await store.revision()
 
-    entry = await store.abort_rollout("greet", "bob", "bad evals", T0 + 500)
+    entry = await store.abort_rollout(GREET, "bob", "bad evals", T0 + 500)
 
-    assert await store.get_rollout("greet") is None
+    assert await store.get_rollout(GREET) is None
     assert "greet" not in (await store.snapshot()).rollouts
     assert await statuses(store) == {1: Status.PROD, 2: Status.DRAFT}
     assert (entry.action, entry.version, entry.actor, entry.reason, entry.at) == (
@@ -288,20 +291,20 @@ async def test_abort_restores_a_draft_and_frees_the_slug(store: PromptStore) -> 
     # The slug is free again; a new rollout (new id) of the same version can start.
     again, _ = await start(store, rollout_id="r-2", at=T0 + 600)
     assert again.restore_status is Status.DRAFT
-    assert await store.get_rollout("greet") == again
+    assert await store.get_rollout(GREET) == again
 
 
 async def test_abort_and_promote_need_a_running_rollout(store: PromptStore) -> None:
     await with_prod(store, "a", "b")
-    expected = refusal(lifecycle.check_rollout_running, "greet", None)
+    expected = refusal(lifecycle.check_rollout_running, GREET, None)
     for end in (store.abort_rollout, store.promote_rollout):
         with pytest.raises(InvalidTransition) as info:
-            await end("greet", "bob", "", T0 + 200)
+            await end(GREET, "bob", "", T0 + 200)
         assert str(info.value) == expected
         with pytest.raises(PromptNotFound):
-            await end("missing", "bob", "", T0 + 200)
-    assert await store.get_rollout("missing") is None
-    assert await store.get_rollout("greet") is None
+            await end(PromptKey("missing"), "bob", "", T0 + 200)
+    assert await store.get_rollout(PromptKey("missing")) is None
+    assert await store.get_rollout(GREET) is None
 
 
 # -- promote ----------------------------------------------------------------------------------
@@ -310,14 +313,14 @@ async def test_abort_and_promote_need_a_running_rollout(store: PromptStore) -> N
 async def test_promote_rollout_is_a_promote_that_ends_the_rollout(store: PromptStore) -> None:
     await with_prod(store, "a", "b")
     rollout, _ = await start(store)
-    await store.update_rollout("greet", "r-1", 10_000, "bob", "all in", T0 + 200)
+    await store.update_rollout(GREET, "r-1", 10_000, "bob", "all in", T0 + 200)
     revision = await store.revision()
 
-    entry = await store.promote_rollout("greet", "carol", "ship it", T0 + 300)
+    entry = await store.promote_rollout(GREET, "carol", "ship it", T0 + 300)
 
-    assert await store.get_rollout("greet") is None
+    assert await store.get_rollout(GREET) is None
     snap = await store.snapshot()
-    assert (snap.prod, snap.rollouts) == ({"greet": 2}, {})
+    assert (snap.prod, snap.rollouts) == ({GREET: 2}, {})
     assert await statuses(store) == {1: Status.DEPRECATED, 2: Status.PROD}
     assert (entry.action, entry.version, entry.previous_prod) == ("promote", 2, 1)
     assert (entry.from_status, entry.to_status) == (Status.CANDIDATE, Status.PROD)
@@ -331,17 +334,17 @@ async def test_promote_rollout_is_a_promote_that_ends_the_rollout(store: PromptS
     assert await store.revision() == revision + 1  # one step, one audit entry
 
     # The prod history saw a promote: rollback returns to the former prod, then stops.
-    back = await store.rollback("greet", "oncall", "v2 is broken", T0 + 400)
+    back = await store.rollback(GREET, "oncall", "v2 is broken", T0 + 400)
     assert (back.version, back.previous_prod) == (1, 2)
     assert await statuses(store) == {1: Status.PROD, 2: Status.DEPRECATED}
     with pytest.raises(InvalidTransition, match="no former prod"):
-        await store.rollback("greet", "oncall", "", T0 + 500)
+        await store.rollback(GREET, "oncall", "", T0 + 500)
 
 
 async def test_promote_rollout_without_a_former_prod(store: PromptStore) -> None:
     await push(store, "a", "b")
     await start(store, candidate=1)
-    entry = await store.promote_rollout("greet", "carol", "", T0 + 300)
+    entry = await store.promote_rollout(GREET, "carol", "", T0 + 300)
     assert (entry.version, entry.previous_prod) == (1, None)
     assert await statuses(store) == {1: Status.PROD, 2: Status.DRAFT}
 
@@ -350,28 +353,28 @@ async def test_promoting_the_candidate_ends_its_rollout(store: PromptStore) -> N
     await with_prod(store, "a", "b")
     rollout, _ = await start(store)
 
-    entry = await store.promote("greet", 2, "carol", "ship it", T0 + 300)
+    entry = await store.promote(GREET, 2, "carol", "ship it", T0 + 300)
 
-    assert await store.get_rollout("greet") is None
+    assert await store.get_rollout(GREET) is None
     assert await statuses(store) == {1: Status.DEPRECATED, 2: Status.PROD}
     assert (entry.action, entry.version, entry.previous_prod) == ("promote", 2, 1)
     assert entry.detail == {**rollout.audit_detail(), lifecycle.ROLLOUT_PROMOTED_DETAIL: True}
     assert (await store.audit(limit=1))[0] == entry
-    assert (await store.rollback("greet", "oncall", "", T0 + 400)).version == 1
+    assert (await store.rollback(GREET, "oncall", "", T0 + 400)).version == 1
 
 
 async def test_promote_of_another_version_waits_for_the_rollout(store: PromptStore) -> None:
     await with_prod(store, "a", "b", "c")
     await start(store, candidate=2)
     with pytest.raises(InvalidTransition) as info:
-        await store.promote("greet", 3, "carol", "", T0 + 300)
-    assert str(info.value) == refusal(lifecycle.check_promote_during_rollout, "greet", 3, 2)
+        await store.promote(GREET, 3, "carol", "", T0 + 300)
+    assert str(info.value) == refusal(lifecycle.check_promote_during_rollout, GREET, 3, 2)
     with pytest.raises(InvalidTransition) as already:  # the current prod: nothing to do
-        await store.promote("greet", 1, "carol", "", T0 + 300)
-    assert str(already.value) == refusal(lifecycle.check_promote, "greet", 1, Status.PROD)
+        await store.promote(GREET, 1, "carol", "", T0 + 300)
+    assert str(already.value) == refusal(lifecycle.check_promote, GREET, 1, Status.PROD)
 
-    await store.abort_rollout("greet", "carol", "", T0 + 400)
-    entry = await store.promote("greet", 3, "carol", "", T0 + 500)
+    await store.abort_rollout(GREET, "carol", "", T0 + 400)
+    entry = await store.promote(GREET, 3, "carol", "", T0 + 500)
     assert entry.detail is None  # an ordinary promote
     assert await statuses(store) == {1: Status.DEPRECATED, 2: Status.DRAFT, 3: Status.PROD}
 
@@ -383,31 +386,31 @@ async def test_set_status_leaves_the_running_candidate_alone(store: PromptStore)
     await with_prod(store, "a", "b", "c")
     await start(store, candidate=2)
     with pytest.raises(InvalidTransition) as info:
-        await store.set_status("greet", 2, Status.DEPRECATED, "qa", "", T0 + 200)
-    assert str(info.value) == refusal(lifecycle.check_set_status_during_rollout, "greet", 2, 2)
+        await store.set_status(GREET, 2, Status.DEPRECATED, "qa", "", T0 + 200)
+    assert str(info.value) == refusal(lifecycle.check_set_status_during_rollout, GREET, 2, 2)
     # Other versions still move.
-    await store.set_status("greet", 3, Status.DEPRECATED, "qa", "", T0 + 300)
+    await store.set_status(GREET, 3, Status.DEPRECATED, "qa", "", T0 + 300)
     assert await statuses(store) == {1: Status.PROD, 2: Status.CANDIDATE, 3: Status.DEPRECATED}
 
 
 async def test_rollback_works_during_a_rollout_and_keeps_it(store: PromptStore) -> None:
     await push(store, "a", "b", "c")
-    await store.promote("greet", 1, "alice", "", T0 + 1)
-    await store.promote("greet", 2, "alice", "", T0 + 2)
+    await store.promote(GREET, 1, "alice", "", T0 + 1)
+    await store.promote(GREET, 2, "alice", "", T0 + 2)
     rollout, _ = await start(store, candidate=3)
 
-    back = await store.rollback("greet", "oncall", "v2 is broken", T0 + 300)
+    back = await store.rollback(GREET, "oncall", "v2 is broken", T0 + 300)
 
     assert (back.version, back.previous_prod, back.detail) == (1, 2, None)
-    assert await store.get_rollout("greet") == rollout
+    assert await store.get_rollout(GREET) == rollout
     snap = await store.snapshot()
-    assert (snap.prod, snap.rollouts) == ({"greet": 1}, {"greet": rollout})
+    assert (snap.prod, snap.rollouts) == ({GREET: 1}, {GREET: rollout})
     assert await statuses(store) == {1: Status.PROD, 2: Status.DEPRECATED, 3: Status.CANDIDATE}
 
     # Promoting the rollout afterwards replaces the restored prod.
-    entry = await store.promote_rollout("greet", "carol", "", T0 + 400)
+    entry = await store.promote_rollout(GREET, "carol", "", T0 + 400)
     assert (entry.version, entry.previous_prod) == (3, 1)
-    assert (await store.rollback("greet", "oncall", "", T0 + 500)).version == 1
+    assert (await store.rollback(GREET, "oncall", "", T0 + 500)).version == 1
 
 
 # -- audit, revision, snapshot ---------------------------------------------------------------
@@ -415,10 +418,10 @@ async def test_rollback_works_during_a_rollout_and_keeps_it(store: PromptStore) 
 
 async def test_other_changes_have_no_detail(store: PromptStore) -> None:
     await push(store, "a", "b", "c")
-    await store.promote("greet", 1, "alice", "", T0 + 1)
-    await store.promote("greet", 2, "alice", "", T0 + 2)
-    await store.rollback("greet", "alice", "", T0 + 3)
-    await store.set_status("greet", 3, Status.CANDIDATE, "alice", "", T0 + 4)
+    await store.promote(GREET, 1, "alice", "", T0 + 1)
+    await store.promote(GREET, 2, "alice", "", T0 + 2)
+    await store.rollback(GREET, "alice", "", T0 + 3)
+    await store.set_status(GREET, 3, Status.CANDIDATE, "alice", "", T0 + 4)
     entries = list(await store.audit())
     assert [e.action for e in entries] == [
         "set_status",
@@ -440,11 +443,11 @@ async def test_each_rollout_write_is_one_revision_and_one_audit_entry(
     writes: list[Callable[[], Awaitable[object]]] = [
         lambda: start(store, candidate=2),
         lambda: start(store, slug="other", candidate=2, rollout_id="o-1", basis_points=9),
-        lambda: store.update_rollout("greet", "r-1", 5000, "bob", "", T0 + 200),
-        lambda: store.abort_rollout("greet", "bob", "", T0 + 300),
+        lambda: store.update_rollout(GREET, "r-1", 5000, "bob", "", T0 + 200),
+        lambda: store.abort_rollout(GREET, "bob", "", T0 + 300),
         lambda: start(store, candidate=3, rollout_id="r-2"),
-        lambda: store.promote_rollout("greet", "bob", "", T0 + 400),
-        lambda: store.promote("other", 2, "bob", "", T0 + 500),
+        lambda: store.promote_rollout(GREET, "bob", "", T0 + 400),
+        lambda: store.promote(PromptKey("other"), 2, "bob", "", T0 + 500),
     ]
     for write in writes:
         revision, entries = await store.revision(), len(await store.audit(limit=1000))
@@ -452,7 +455,7 @@ async def test_each_rollout_write_is_one_revision_and_one_audit_entry(
         assert await store.revision() == revision + 1
         assert len(await store.audit(limit=1000)) == entries + 1
     snap = await store.snapshot()
-    assert (snap.prod, snap.rollouts) == ({"greet": 3, "other": 2}, {})
+    assert (snap.prod, snap.rollouts) == ({GREET: 3, OTHER: 2}, {})
 
 
 async def test_the_snapshot_carries_every_running_rollout(store: PromptStore) -> None:
@@ -465,11 +468,11 @@ async def test_the_snapshot_carries_every_running_rollout(store: PromptStore) ->
 
     snap = await store.snapshot()
 
-    assert snap.rollouts == {"greet": greet, "other": other}  # "quiet" has none: absent
+    assert snap.rollouts == {GREET: greet, OTHER: other}  # "quiet" has none: absent
     assert snap.revision == await store.revision()
-    assert snap.versions["greet"][2].status is Status.CANDIDATE
-    assert snap.versions["other"][1].status is Status.CANDIDATE
-    assert snap.prod == {"greet": 1}
+    assert snap.versions[GREET][2].status is Status.CANDIDATE
+    assert snap.versions[OTHER][1].status is Status.CANDIDATE
+    assert snap.prod == {GREET: 1}
 
 
 async def test_snapshots_taken_during_rollout_writes_are_consistent(
@@ -486,9 +489,9 @@ async def test_snapshots_taken_during_rollout_writes_are_consistent(
         for i in range(15):
             await start(store, rollout_id=f"r-{i}", at=T0 + i)
             await asyncio.sleep(0.002)
-            await store.update_rollout("greet", f"r-{i}", 5000, "w", "", T0 + i)
+            await store.update_rollout(GREET, f"r-{i}", 5000, "w", "", T0 + i)
             await asyncio.sleep(0.002)
-            await store.abort_rollout("greet", "w", "", T0 + i)
+            await store.abort_rollout(GREET, "w", "", T0 + i)
             await asyncio.sleep(0.002)
 
     writing = asyncio.ensure_future(churn())
@@ -499,8 +502,8 @@ async def test_snapshots_taken_during_rollout_writes_are_consistent(
     await writing
     seen_running = 0
     for snap in snapshots:
-        running = snap.rollouts.get("greet")
-        status = snap.versions["greet"][2].status
+        running = snap.rollouts.get(GREET)
+        status = snap.versions[GREET][2].status
         if running is None:
             assert status is Status.DRAFT, snap
         else:
@@ -519,4 +522,4 @@ async def test_a_rollout_write_wakes_other_replicas(
     await asyncio.sleep(0.2)
     await start(other)
     assert await asyncio.wait_for(waiter, timeout=3.0) == known + 1
-    assert (await store.snapshot()).rollouts["greet"].candidate == 2
+    assert (await store.snapshot()).rollouts[GREET].candidate == 2

@@ -12,10 +12,11 @@ import json
 import sys
 from pathlib import Path
 
+from proxy.prompt_key import PromptKey
 from proxy.registry.models import RolloutMode, Status, StickyKey
 from proxy.registry.store import InvalidTransition, PromptStore
 from tests.registry.conftest import StoreFactory
-from tests.registry.helpers import REPO, T0, push, statuses
+from tests.registry.helpers import GREET, REPO, T0, push, statuses
 
 SLUGS = [f"race{i}" for i in range(20)]
 RACERS = ("p1", "p2", "p3")
@@ -30,7 +31,7 @@ async def test_replicas_starting_rollouts_together_get_one_each_slug(
     async def attempt(replica: PromptStore, candidate: int) -> int | None:
         try:
             await replica.start_rollout(
-                "greet",
+                GREET,
                 f"r-{candidate}",
                 candidate,
                 RolloutMode.CANARY,
@@ -49,7 +50,7 @@ async def test_replicas_starting_rollouts_together_get_one_each_slug(
     )
     winners = [r for r in results if r is not None]
     assert len(winners) == 1, results
-    running = await store.get_rollout("greet")
+    running = await store.get_rollout(GREET)
     assert running is not None
     assert (running.id, running.candidate) == (f"r-{winners[0]}", winners[0])
     # Only the winner's candidate moved; the losers left nothing behind.
@@ -64,6 +65,7 @@ _RACER = """
 import asyncio, json, sys, time
 from pathlib import Path
 
+from proxy.prompt_key import PromptKey
 from proxy.registry.models import RolloutMode, StickyKey
 from proxy.registry.store import InvalidTransition
 
@@ -91,7 +93,7 @@ async def main() -> None:
         from proxy.registry.redis_store import RedisStore
         store = RedisStore.from_url(location, prefix=prefix)
     try:  # warm up: connection made, script loaded, schema read
-        await store.abort_rollout(slugs[0], tag, "", time.time())
+        await store.abort_rollout(PromptKey(slugs[0]), tag, "", time.time())
     except InvalidTransition:
         pass
     attempts = []
@@ -100,8 +102,8 @@ async def main() -> None:
         began = time.time()
         try:
             await store.start_rollout(
-                slug, tag, int(candidate), RolloutMode.SHADOW, 500, StickyKey.parse("none"),
-                tag, "", time.time(),
+                PromptKey(slug), tag, int(candidate), RolloutMode.SHADOW, 500,
+                StickyKey.parse("none"), tag, "", time.time(),
             )
             won = True
         except InvalidTransition:
@@ -163,11 +165,12 @@ async def test_processes_starting_rollouts_together_get_one_each_slug(
         assert len(winners) == 1, (slug, tries)
         winner = winners[0]
         candidate = RACERS.index(winner) + 2
-        assert (snap.rollouts[slug].id, snap.rollouts[slug].candidate) == (winner, candidate)
-        assert {n: v.status for n, v in snap.versions[slug].items()} == {
+        key = PromptKey(slug)
+        assert (snap.rollouts[key].id, snap.rollouts[key].candidate) == (winner, candidate)
+        assert {n: v.status for n, v in snap.versions[key].items()} == {
             n: Status.CANDIDATE if n == candidate else Status.DRAFT for n in range(1, 5)
         }
-        starts = [e for e in await store.audit(slug=slug) if e.action == "rollout_start"]
+        starts = [e for e in await store.audit(key=key) if e.action == "rollout_start"]
         assert [(e.version, e.actor) for e in starts] == [(candidate, winner)]
         spans = sorted((t["began"], t["ended"]) for t in tries.values())
         overlapping += any(b[0] < a[1] for a, b in itertools.pairwise(spans))

@@ -16,7 +16,7 @@ from proxy.registry.store import (
     PromptStore,
     VersionNotFound,
 )
-from tests.registry.helpers import T0, everything, push, refusal, start, statuses
+from tests.registry.helpers import GREET, OTHER, T0, everything, push, refusal, start, statuses
 
 Refused = Callable[[PromptStore], Awaitable[object]]
 
@@ -30,70 +30,70 @@ _REFUSED: list[tuple[str, Refused, type[Exception], str | None]] = [
         "second-rollout",
         _start("greet", 4),
         InvalidTransition,
-        refusal(lifecycle.check_no_rollout, "greet", 3),
+        refusal(lifecycle.check_no_rollout, GREET, 3),
     ),
     (
         "start-prod",
         _start("other", 2),
         InvalidTransition,
-        refusal(lifecycle.check_rollout_candidate, "other", 2, Status.PROD),
+        refusal(lifecycle.check_rollout_candidate, OTHER, 2, Status.PROD),
     ),
     (
         "start-deprecated",
         _start("other", 1),
         InvalidTransition,
-        refusal(lifecycle.check_rollout_candidate, "other", 1, Status.DEPRECATED),
+        refusal(lifecycle.check_rollout_candidate, OTHER, 1, Status.DEPRECATED),
     ),
     ("start-unknown-version", _start("other", 9), VersionNotFound, None),
     ("start-unknown-prompt", _start("missing", 1), PromptNotFound, None),
     ("start-bad-percent", _start("other", 3, basis_points=10_001), ValueError, None),
     (
         "update-wrong-id",
-        lambda s: s.update_rollout("greet", "nope", 10, "x", "", T0),
+        lambda s: s.update_rollout(GREET, "nope", 10, "x", "", T0),
         InvalidTransition,
-        refusal(lifecycle.check_rollout_running, "greet", "r-1", "nope"),
+        refusal(lifecycle.check_rollout_running, GREET, "r-1", "nope"),
     ),
     (
         "update-none-running",
-        lambda s: s.update_rollout("other", "r-1", 10, "x", "", T0),
+        lambda s: s.update_rollout(OTHER, "r-1", 10, "x", "", T0),
         InvalidTransition,
-        refusal(lifecycle.check_rollout_running, "other", None, "r-1"),
+        refusal(lifecycle.check_rollout_running, OTHER, None, "r-1"),
     ),
     (
         "abort-none-running",
-        lambda s: s.abort_rollout("other", "x", "", T0),
+        lambda s: s.abort_rollout(OTHER, "x", "", T0),
         InvalidTransition,
-        refusal(lifecycle.check_rollout_running, "other", None),
+        refusal(lifecycle.check_rollout_running, OTHER, None),
     ),
     (
         "promote-rollout-none-running",
-        lambda s: s.promote_rollout("other", "x", "", T0),
+        lambda s: s.promote_rollout(OTHER, "x", "", T0),
         InvalidTransition,
-        refusal(lifecycle.check_rollout_running, "other", None),
+        refusal(lifecycle.check_rollout_running, OTHER, None),
     ),
     (
         "promote-draft-during-rollout",
-        lambda s: s.promote("greet", 4, "x", "", T0),
+        lambda s: s.promote(GREET, 4, "x", "", T0),
         InvalidTransition,
-        refusal(lifecycle.check_promote_during_rollout, "greet", 4, 3),
+        refusal(lifecycle.check_promote_during_rollout, GREET, 4, 3),
     ),
     (
         "promote-deprecated-during-rollout",
-        lambda s: s.promote("greet", 1, "x", "", T0),
+        lambda s: s.promote(GREET, 1, "x", "", T0),
         InvalidTransition,
-        refusal(lifecycle.check_promote_during_rollout, "greet", 1, 3),
+        refusal(lifecycle.check_promote_during_rollout, GREET, 1, 3),
     ),
     (
         "promote-prod-during-rollout",
-        lambda s: s.promote("greet", 2, "x", "", T0),
+        lambda s: s.promote(GREET, 2, "x", "", T0),
         InvalidTransition,
-        refusal(lifecycle.check_promote, "greet", 2, Status.PROD),
+        refusal(lifecycle.check_promote, GREET, 2, Status.PROD),
     ),
     (
         "set-status-of-candidate",
-        lambda s: s.set_status("greet", 3, Status.DEPRECATED, "x", "", T0),
+        lambda s: s.set_status(GREET, 3, Status.DEPRECATED, "x", "", T0),
         InvalidTransition,
-        refusal(lifecycle.check_set_status_during_rollout, "greet", 3, 3),
+        refusal(lifecycle.check_set_status_during_rollout, GREET, 3, 3),
     ),
 ]
 
@@ -108,10 +108,10 @@ async def test_a_refused_rollout_change_writes_nothing(
 ) -> None:
     # greet: v1 deprecated, v2 prod, v3 in a rollout, v4 draft. other: v1 deprecated,
     # v2 prod, v3 draft, no rollout.
-    for slug in ("greet", "other"):
-        await push(store, "a", "b", "c", slug=slug)
-        await store.promote(slug, 1, "alice", "", T0 + 1)
-        await store.promote(slug, 2, "alice", "", T0 + 2)
+    for key in (GREET, OTHER):
+        await push(store, "a", "b", "c", slug=key.slug)
+        await store.promote(key, 1, "alice", "", T0 + 1)
+        await store.promote(key, 2, "alice", "", T0 + 2)
     await push(store, "d")
     await start(store, candidate=3, rollout_id="r-1")
     before = await everything(store)
@@ -124,8 +124,8 @@ async def test_a_refused_rollout_change_writes_nothing(
     assert await everything(store) == before
     # Nor was the prod history touched (it is not in the snapshot): rollback still returns
     # to v1, and the candidate still goes back to draft.
-    await store.abort_rollout("greet", "x", "", T0 + 10)
-    assert (await store.rollback("greet", "x", "", T0 + 11)).version == 1
+    await store.abort_rollout(GREET, "x", "", T0 + 10)
+    assert (await store.rollback(GREET, "x", "", T0 + 11)).version == 1
     assert await statuses(store) == {
         1: Status.PROD,
         2: Status.DEPRECATED,

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from proxy.prompt_key import PromptKey
 from proxy.registry import lifecycle
 from proxy.registry.models import AuditEntry, Status, VariableSpec
 from proxy.registry.store import (
@@ -29,7 +30,7 @@ from proxy.registry.store import (
     VersionNotFound,
 )
 from tests.registry.conftest import StoreFactory
-from tests.registry.helpers import REPO, T0, draft, prod_of, push, refusal, statuses
+from tests.registry.helpers import GREET, REPO, T0, draft, prod_of, push, refusal, statuses
 
 # -- creation and reads ---------------------------------------------------------------------
 
@@ -56,7 +57,7 @@ async def test_identical_push_returns_latest_and_writes_nothing(store: PromptSto
     assert again == original
     assert await store.revision() == revision
     assert await store.audit() == audit_before
-    assert [v.version for v in await store.list_versions("greet")] == [1]
+    assert [v.version for v in await store.list_versions(GREET)] == [1]
 
 
 @pytest.mark.parametrize(
@@ -105,7 +106,7 @@ async def test_get_and_list_return_what_was_pushed(store: PromptStore) -> None:
     await push(store, "second", slug="greet")
     await push(store, "other", slug="alpha")
 
-    got = await store.get_version("greet", 1)
+    got = await store.get_version(GREET, 1)
     assert got == created
     assert (got.template, got.variables, got.model, got.params) == (
         pushed.template,
@@ -115,28 +116,28 @@ async def test_get_and_list_return_what_was_pushed(store: PromptStore) -> None:
     )
     assert (got.author, got.changelog, got.created_at) == ("alice", "first cut ✓", T0)
     assert got.sha256 == pushed.content_sha256()
-    assert [v.version for v in await store.list_versions("greet")] == [1, 2]
-    assert list(await store.list_slugs()) == ["alpha", "greet"]
+    assert [v.version for v in await store.list_versions(GREET)] == [1, 2]
+    assert list(await store.list_keys()) == [PromptKey("alpha"), GREET]
 
 
 async def test_unknown_prompt_and_version_are_reported(store: PromptStore) -> None:
-    assert list(await store.list_slugs()) == []
+    assert list(await store.list_keys()) == []
     await push(store, "a")
     with pytest.raises(PromptNotFound):
-        await store.get_version("missing", 1)
+        await store.get_version(PromptKey("missing"), 1)
     with pytest.raises(PromptNotFound):
-        await store.list_versions("missing")
+        await store.list_versions(PromptKey("missing"))
     with pytest.raises(VersionNotFound):
-        await store.get_version("greet", 2)
+        await store.get_version(GREET, 2)
     with pytest.raises(PromptNotFound):
-        await store.promote("missing", 1, "alice", "", T0)
+        await store.promote(PromptKey("missing"), 1, "alice", "", T0)
     with pytest.raises(VersionNotFound):
-        await store.promote("greet", 7, "alice", "", T0)
+        await store.promote(GREET, 7, "alice", "", T0)
     with pytest.raises(PromptNotFound):
-        await store.rollback("missing", "alice", "", T0)
+        await store.rollback(PromptKey("missing"), "alice", "", T0)
     with pytest.raises(VersionNotFound):
-        await store.set_status("greet", 7, Status.CANDIDATE, "alice", "", T0)
-    assert list(await store.audit(slug="missing")) == []
+        await store.set_status(GREET, 7, Status.CANDIDATE, "alice", "", T0)
+    assert list(await store.audit(key=PromptKey("missing"))) == []
 
 
 # -- promote / rollback ----------------------------------------------------------------------
@@ -144,11 +145,11 @@ async def test_unknown_prompt_and_version_are_reported(store: PromptStore) -> No
 
 async def test_promote_deprecates_the_former_prod_and_audits_it(store: PromptStore) -> None:
     await push(store, "a", "b")
-    first = await store.promote("greet", 1, "alice", "launch", T0 + 10)
+    first = await store.promote(GREET, 1, "alice", "launch", T0 + 10)
     assert (first.action, first.version, first.previous_prod) == ("promote", 1, None)
     assert (first.from_status, first.to_status) == (Status.DRAFT, Status.PROD)
 
-    second = await store.promote("greet", 2, "bob", "better tone", T0 + 20)
+    second = await store.promote(GREET, 2, "bob", "better tone", T0 + 20)
 
     assert await statuses(store) == {1: Status.DEPRECATED, 2: Status.PROD}
     assert await prod_of(store) == 2
@@ -159,19 +160,19 @@ async def test_promote_deprecates_the_former_prod_and_audits_it(store: PromptSto
 
 async def test_promoting_the_current_prod_is_rejected_without_writing(store: PromptStore) -> None:
     await push(store, "a")
-    await store.promote("greet", 1, "alice", "", T0)
+    await store.promote(GREET, 1, "alice", "", T0)
     revision = await store.revision()
     with pytest.raises(InvalidTransition, match="already prod"):
-        await store.promote("greet", 1, "alice", "", T0 + 1)
+        await store.promote(GREET, 1, "alice", "", T0 + 1)
     assert await store.revision() == revision
     assert len(await store.audit()) == 2  # create + promote
 
 
 async def test_a_deprecated_version_can_be_promoted_again(store: PromptStore) -> None:
     await push(store, "a", "b")
-    await store.promote("greet", 1, "alice", "", T0)
-    await store.promote("greet", 2, "alice", "", T0 + 1)
-    entry = await store.promote("greet", 1, "alice", "back to v1", T0 + 2)
+    await store.promote(GREET, 1, "alice", "", T0)
+    await store.promote(GREET, 2, "alice", "", T0 + 1)
+    entry = await store.promote(GREET, 1, "alice", "back to v1", T0 + 2)
     assert (entry.from_status, entry.previous_prod) == (Status.DEPRECATED, 2)
     assert await statuses(store) == {1: Status.PROD, 2: Status.DEPRECATED}
 
@@ -179,46 +180,46 @@ async def test_a_deprecated_version_can_be_promoted_again(store: PromptStore) ->
 async def test_rollback_walks_back_through_former_prods(store: PromptStore) -> None:
     await push(store, "a", "b", "c")
     for n in (1, 2, 3):
-        await store.promote("greet", n, "alice", f"ship v{n}", T0 + n)
+        await store.promote(GREET, n, "alice", f"ship v{n}", T0 + n)
 
-    back = await store.rollback("greet", "oncall", "v3 is broken", T0 + 10)
+    back = await store.rollback(GREET, "oncall", "v3 is broken", T0 + 10)
 
     assert (back.action, back.version, back.previous_prod) == ("rollback", 2, 3)
     assert (back.from_status, back.to_status) == (Status.DEPRECATED, Status.PROD)
     assert (back.actor, back.reason, back.at) == ("oncall", "v3 is broken", T0 + 10)
     assert await statuses(store) == {1: Status.DEPRECATED, 2: Status.PROD, 3: Status.DEPRECATED}
 
-    again = await store.rollback("greet", "oncall", "v2 too", T0 + 11)
+    again = await store.rollback(GREET, "oncall", "v2 too", T0 + 11)
     assert (again.version, again.previous_prod) == (1, 2)
     assert await statuses(store) == {1: Status.PROD, 2: Status.DEPRECATED, 3: Status.DEPRECATED}
 
     with pytest.raises(InvalidTransition):
-        await store.rollback("greet", "oncall", "", T0 + 12)
+        await store.rollback(GREET, "oncall", "", T0 + 12)
     assert await prod_of(store) == 1
 
 
 async def test_rollback_after_repromotion_goes_to_the_prod_before_it(store: PromptStore) -> None:
     await push(store, "a", "b", "c")
     for n in (1, 2, 3):
-        await store.promote("greet", n, "alice", "", T0 + n)
-    await store.rollback("greet", "oncall", "", T0 + 4)  # -> 2
-    await store.promote("greet", 3, "alice", "fixed config, v3 again", T0 + 5)
-    await store.promote("greet", 1, "alice", "", T0 + 6)  # history now 2, 3, 1
+        await store.promote(GREET, n, "alice", "", T0 + n)
+    await store.rollback(GREET, "oncall", "", T0 + 4)  # -> 2
+    await store.promote(GREET, 3, "alice", "fixed config, v3 again", T0 + 5)
+    await store.promote(GREET, 1, "alice", "", T0 + 6)  # history now 2, 3, 1
 
-    assert (await store.rollback("greet", "oncall", "", T0 + 7)).version == 3
-    assert (await store.rollback("greet", "oncall", "", T0 + 8)).version == 2
+    assert (await store.rollback(GREET, "oncall", "", T0 + 7)).version == 3
+    assert (await store.rollback(GREET, "oncall", "", T0 + 8)).version == 2
     with pytest.raises(InvalidTransition):
-        await store.rollback("greet", "oncall", "", T0 + 9)
+        await store.rollback(GREET, "oncall", "", T0 + 9)
 
 
 async def test_rollback_needs_a_former_prod(store: PromptStore) -> None:
     await push(store, "a", "b")
     with pytest.raises(InvalidTransition):
-        await store.rollback("greet", "oncall", "", T0)  # nothing is prod
-    await store.promote("greet", 2, "alice", "", T0)
+        await store.rollback(GREET, "oncall", "", T0)  # nothing is prod
+    await store.promote(GREET, 2, "alice", "", T0)
     revision = await store.revision()
     with pytest.raises(InvalidTransition, match="no former prod"):
-        await store.rollback("greet", "oncall", "", T0 + 1)
+        await store.rollback(GREET, "oncall", "", T0 + 1)
     assert await store.revision() == revision
     assert await prod_of(store) == 2
 
@@ -227,10 +228,10 @@ async def test_prod_at_any_instant_can_be_answered_from_the_audit_log(
     store: PromptStore,
 ) -> None:
     await push(store, "a", "b", "c")
-    await store.promote("greet", 1, "a", "", 1000.0)
-    await store.promote("greet", 3, "a", "", 2000.0)
-    await store.rollback("greet", "a", "", 3000.0)
-    await store.set_status("greet", 2, Status.CANDIDATE, "a", "", 3500.0)
+    await store.promote(GREET, 1, "a", "", 1000.0)
+    await store.promote(GREET, 3, "a", "", 2000.0)
+    await store.rollback(GREET, "a", "", 3000.0)
+    await store.set_status(GREET, 2, Status.CANDIDATE, "a", "", 3500.0)
 
     def prod_at(entries: list[AuditEntry], instant: float) -> int | None:
         prod = None
@@ -240,7 +241,7 @@ async def test_prod_at_any_instant_can_be_answered_from_the_audit_log(
                 prod = entry.version
         return prod
 
-    entries = list(await store.audit(slug="greet"))
+    entries = list(await store.audit(key=GREET))
     assert [prod_at(entries, t) for t in (999.0, 1500.0, 2500.0, 4000.0)] == [None, 1, 3, 1]
 
 
@@ -249,7 +250,7 @@ async def test_prod_at_any_instant_can_be_answered_from_the_audit_log(
 
 async def test_set_status_moves_forward_and_is_audited(store: PromptStore) -> None:
     await push(store, "a", "b")
-    entry = await store.set_status("greet", 1, Status.CANDIDATE, "qa", "evals pass", T0 + 1)
+    entry = await store.set_status(GREET, 1, Status.CANDIDATE, "qa", "evals pass", T0 + 1)
     assert (entry.action, entry.from_status, entry.to_status) == (
         "set_status",
         Status.DRAFT,
@@ -261,8 +262,8 @@ async def test_set_status_moves_forward_and_is_audited(store: PromptStore) -> No
         T0 + 1,
         None,
     )
-    await store.set_status("greet", 1, Status.DEPRECATED, "qa", "", T0 + 2)
-    await store.set_status("greet", 2, Status.DEPRECATED, "qa", "never mind", T0 + 3)
+    await store.set_status(GREET, 1, Status.DEPRECATED, "qa", "", T0 + 2)
+    await store.set_status(GREET, 2, Status.DEPRECATED, "qa", "never mind", T0 + 3)
     assert await statuses(store) == {1: Status.DEPRECATED, 2: Status.DEPRECATED}
     assert (await store.audit(limit=1))[0].to_status is Status.DEPRECATED
 
@@ -283,19 +284,19 @@ async def test_forbidden_set_status_moves(
 ) -> None:
     await push(store, "a")
     for status in setup:
-        await store.set_status("greet", 1, status, "qa", "", T0)
+        await store.set_status(GREET, 1, status, "qa", "", T0)
     revision = await store.revision()
     with pytest.raises(InvalidTransition):
-        await store.set_status("greet", 1, target, "qa", "", T0 + 1)
+        await store.set_status(GREET, 1, target, "qa", "", T0 + 1)
     assert await store.revision() == revision
-    assert (await store.get_version("greet", 1)).status is (setup[-1] if setup else Status.DRAFT)
+    assert (await store.get_version(GREET, 1)).status is (setup[-1] if setup else Status.DRAFT)
 
 
 async def test_set_status_cannot_move_the_current_prod(store: PromptStore) -> None:
     await push(store, "a")
-    await store.promote("greet", 1, "alice", "", T0)
+    await store.promote(GREET, 1, "alice", "", T0)
     with pytest.raises(InvalidTransition, match=r"use promote .*or rollback"):
-        await store.set_status("greet", 1, Status.DEPRECATED, "alice", "", T0 + 1)
+        await store.set_status(GREET, 1, Status.DEPRECATED, "alice", "", T0 + 1)
     assert await prod_of(store) == 1
 
 
@@ -305,10 +306,10 @@ async def test_set_status_cannot_move_the_current_prod(store: PromptStore) -> No
 async def test_audit_is_newest_first_filterable_and_pageable(store: PromptStore) -> None:
     await push(store, "a", "b", slug="greet")
     await push(store, "x", slug="other")
-    await store.promote("greet", 2, "alice", "ship", T0 + 10)
+    await store.promote(GREET, 2, "alice", "ship", T0 + 10)
 
     everything = list(await store.audit())
-    assert [(e.action, e.slug, e.version) for e in everything] == [
+    assert [(e.action, e.key.text, e.version) for e in everything] == [
         ("promote", "greet", 2),
         ("create", "other", 1),
         ("create", "greet", 2),
@@ -317,14 +318,14 @@ async def test_audit_is_newest_first_filterable_and_pageable(store: PromptStore)
     seqs = [e.seq for e in everything]
     assert seqs == sorted(seqs, reverse=True)
     assert len(set(seqs)) == 4
-    assert [e.version for e in await store.audit(slug="greet")] == [2, 2, 1]
-    assert [e.slug for e in await store.audit(slug="other")] == ["other"]
+    assert [e.version for e in await store.audit(key=GREET)] == [2, 2, 1]
+    assert [e.key for e in await store.audit(key=PromptKey("other"))] == [PromptKey("other")]
 
     page1 = list(await store.audit(limit=2))
     page2 = list(await store.audit(limit=2, before_seq=page1[-1].seq))
     assert page1 + page2 == everything
     assert list(await store.audit(limit=2, before_seq=page2[-1].seq)) == []
-    greet_page = list(await store.audit(slug="greet", limit=1, before_seq=seqs[0]))
+    greet_page = list(await store.audit(key=GREET, limit=1, before_seq=seqs[0]))
     assert [(e.action, e.version) for e in greet_page] == [("create", 2)]
 
 
@@ -338,17 +339,17 @@ async def test_revision_moves_on_every_write_and_only_then(store: PromptStore) -
 
     await push(store, "a", "b", "c")
     await wrote()
-    await store.promote("greet", 1, "alice", "", T0)
+    await store.promote(GREET, 1, "alice", "", T0)
     await wrote()
-    await store.promote("greet", 2, "alice", "", T0)
+    await store.promote(GREET, 2, "alice", "", T0)
     await wrote()
-    await store.rollback("greet", "alice", "", T0)
+    await store.rollback(GREET, "alice", "", T0)
     await wrote()
-    await store.set_status("greet", 3, Status.CANDIDATE, "alice", "", T0)
+    await store.set_status(GREET, 3, Status.CANDIDATE, "alice", "", T0)
     with pytest.raises(InvalidTransition):
-        await store.set_status("greet", 3, Status.DRAFT, "alice", "", T0)
+        await store.set_status(GREET, 3, Status.DRAFT, "alice", "", T0)
     await wrote()
-    await store.get_version("greet", 1)
+    await store.get_version(GREET, 1)
     await store.snapshot()
     assert await store.revision() == seen[-1]
 
@@ -357,20 +358,18 @@ async def test_snapshot_holds_every_version_and_the_prod_map(store: PromptStore)
     assert (await store.snapshot()).empty
     await push(store, "a", "b", slug="greet")
     await push(store, "x", slug="other")
-    await store.promote("greet", 2, "alice", "", T0)
+    await store.promote(GREET, 2, "alice", "", T0)
 
     snap = await store.snapshot()
 
     assert not snap.empty
     assert snap.revision == await store.revision()
-    assert snap.prod == {"greet": 2}  # "other" has no prod: absent
-    assert {slug: sorted(vs) for slug, vs in snap.versions.items()} == {
-        "greet": [1, 2],
-        "other": [1],
-    }
-    assert snap.versions["greet"][2] == await store.get_version("greet", 2)
-    assert snap.versions["greet"][2].status is Status.PROD
-    assert snap.versions["other"][1].template == "x"
+    other = PromptKey("other")
+    assert snap.prod == {GREET: 2}  # "other" has no prod: absent
+    assert {key: sorted(vs) for key, vs in snap.versions.items()} == {GREET: [1, 2], other: [1]}
+    assert snap.versions[GREET][2] == await store.get_version(GREET, 2)
+    assert snap.versions[GREET][2].status is Status.PROD
+    assert snap.versions[other][1].template == "x"
 
 
 # -- change notification ---------------------------------------------------------------------
@@ -419,7 +418,7 @@ async def test_concurrent_pushes_get_distinct_consecutive_numbers(store: PromptS
         *(store.create_version(draft(f"variant {i}"), "load", T0 + i) for i in range(50))
     )
     assert sorted(v.version for v, created in results if created) == list(range(1, 51))
-    assert [v.version for v in await store.list_versions("greet")] == list(range(1, 51))
+    assert [v.version for v in await store.list_versions(GREET)] == list(range(1, 51))
     creates = [e for e in await store.audit(limit=500) if e.action == "create"]
     assert sorted(e.version for e in creates if e.version is not None) == list(range(1, 51))
     assert await store.revision() == 50
@@ -448,6 +447,7 @@ _PUSHER = """
 import asyncio, sys, time
 from pathlib import Path
 
+from proxy.prompt_key import PromptKey
 from proxy.registry.models import VersionDraft
 
 kind, location, prefix, tag, ready, go = sys.argv[1:7]
@@ -470,7 +470,7 @@ async def main() -> None:
         assert time.monotonic() < deadline, "no go signal"
         time.sleep(0.0005)
     for i in range(30):
-        draft = VersionDraft(slug="shared", template=f"{tag}-{i}")
+        draft = VersionDraft(key=PromptKey("shared"), template=f"{tag}-{i}")
         _, created = await store.create_version(draft, tag, time.time())
         assert created
         # A breather so the two processes' pushes interleave instead of one finishing first.
@@ -523,13 +523,13 @@ async def test_pushes_from_two_processes_lose_nothing(
                 await p.wait()
     assert [p.returncode for p in procs] == [0, 0], outputs
 
-    versions = await store.list_versions("shared")
+    versions = await store.list_versions(PromptKey("shared"))
     assert [v.version for v in versions] == list(range(1, 61))
     assert {v.template for v in versions} == {f"{t}-{i}" for t in ("p1", "p2") for i in range(30)}
     writers = [v.template.split("-")[0] for v in versions]
     switches = sum(a != b for a, b in itertools.pairwise(writers))
     assert switches >= 2, f"the pushes did not overlap, nothing was tested: {writers}"
-    creates = await store.audit(slug="shared", limit=100)
+    creates = await store.audit(key=PromptKey("shared"), limit=100)
     assert sorted(e.version for e in creates if e.version is not None) == list(range(1, 61))
     assert await store.revision() == 60
 
@@ -539,26 +539,26 @@ async def test_refusals_say_what_the_lifecycle_rules_say(store: PromptStore) -> 
     # answer with exactly the checks' texts.
     await push(store, "a", "b", "c", "d")
     with pytest.raises(InvalidTransition) as no_prod:
-        await store.rollback("greet", "x", "", T0)
-    assert str(no_prod.value) == refusal(lifecycle.rollback_pair, "greet", [])
-    await store.promote("greet", 1, "x", "", T0)
+        await store.rollback(GREET, "x", "", T0)
+    assert str(no_prod.value) == refusal(lifecycle.rollback_pair, GREET, [])
+    await store.promote(GREET, 1, "x", "", T0)
     with pytest.raises(InvalidTransition) as no_former:
-        await store.rollback("greet", "x", "", T0)
-    assert str(no_former.value) == refusal(lifecycle.rollback_pair, "greet", [1])
+        await store.rollback(GREET, "x", "", T0)
+    assert str(no_former.value) == refusal(lifecycle.rollback_pair, GREET, [1])
     with pytest.raises(InvalidTransition) as already:
-        await store.promote("greet", 1, "x", "", T0)
-    assert str(already.value) == refusal(lifecycle.check_promote, "greet", 1, Status.PROD)
+        await store.promote(GREET, 1, "x", "", T0)
+    assert str(already.value) == refusal(lifecycle.check_promote, GREET, 1, Status.PROD)
 
-    await store.set_status("greet", 3, Status.CANDIDATE, "x", "", T0)
-    await store.set_status("greet", 4, Status.DEPRECATED, "x", "", T0)
+    await store.set_status(GREET, 3, Status.CANDIDATE, "x", "", T0)
+    await store.set_status(GREET, 4, Status.DEPRECATED, "x", "", T0)
     current = {1: Status.PROD, 2: Status.DRAFT, 3: Status.CANDIDATE, 4: Status.DEPRECATED}
     for version, status in current.items():
         for target in Status:
             if target in lifecycle.SET_STATUS_MOVES[status] and status is not Status.PROD:
                 continue  # allowed: not a refusal
             with pytest.raises(InvalidTransition) as info:
-                await store.set_status("greet", version, target, "x", "", T0)
+                await store.set_status(GREET, version, target, "x", "", T0)
             assert str(info.value) == refusal(
-                lifecycle.check_set_status, "greet", version, status, target
+                lifecycle.check_set_status, GREET, version, status, target
             )
     assert await statuses(store) == current

@@ -27,7 +27,7 @@ from proxy.registry.service import RegistryService
 from proxy.registry.snapshot import SnapshotHolder, SnapshotRefresher
 from proxy.registry.store import InvalidTransition, PromptStore, StoreReplaced
 from tests.registry.conftest import StoreFactory
-from tests.registry.helpers import T0, draft, push
+from tests.registry.helpers import GREET, OTHER, T0, draft, push
 from tests.registry.pg_stores import drop_schema
 
 
@@ -83,9 +83,9 @@ every_accident = pytest.mark.parametrize(
 def _writes(store: PromptStore) -> dict[str, Callable[[], Awaitable[object]]]:
     return {
         "create_version": lambda: store.create_version(draft("new"), "alice", T0),
-        "promote": lambda: store.promote("greet", 1, "alice", "", T0),
-        "rollback": lambda: store.rollback("greet", "alice", "", T0),
-        "set_status": lambda: store.set_status("greet", 1, Status.CANDIDATE, "alice", "", T0),
+        "promote": lambda: store.promote(GREET, 1, "alice", "", T0),
+        "rollback": lambda: store.rollback(GREET, "alice", "", T0),
+        "set_status": lambda: store.set_status(GREET, 1, Status.CANDIDATE, "alice", "", T0),
     }
 
 
@@ -105,7 +105,7 @@ async def test_a_lost_store_is_reported_and_refuses_every_write(
     for name, write in _writes(store).items():
         with pytest.raises(StoreReplaced):
             await write()
-        assert "greet" not in await store.list_slugs(), f"{name} wrote into the lost store"
+        assert "greet" not in await store.list_keys(), f"{name} wrote into the lost store"
     if accident is _empty and store_factory.kind != "embedded":
         assert await store.generation() is None  # no new registry started either
 
@@ -161,10 +161,18 @@ async def test_an_older_copy_put_back_is_a_lost_store(tmp_path: Path) -> None:
 async def _served(store: PromptStore) -> RegistrySnapshot:
     """A registry with a history: prod v2 after v1, a canary of v3, a draft v4."""
     await push(store, "one", "two", "three", "four")
-    await store.promote("greet", 1, "alice", "", T0)
-    await store.promote("greet", 2, "alice", "", T0 + 1)
+    await store.promote(GREET, 1, "alice", "", T0)
+    await store.promote(GREET, 2, "alice", "", T0 + 1)
     await store.start_rollout(
-        "greet", "r1", 3, RolloutMode.CANARY, 2500, StickyKey.parse("user"), "bob", "", T0 + 2
+        GREET,
+        "r1",
+        3,
+        RolloutMode.CANARY,
+        2500,
+        StickyKey.parse("user"),
+        "bob",
+        "",
+        T0 + 2,
     )
     await push(store, "hello", slug="other")
     return await store.snapshot()
@@ -210,7 +218,7 @@ async def test_a_replica_keeps_serving_a_lost_store_and_restores_it(
             await recovery.restore_from_snapshot("ops", "FLUSHALL by mistake")
         assert refused.value.code == "registry_not_empty"
         assert "another registry" in refused.value.message
-        assert await store.list_slugs() == ["other"]
+        assert await store.list_keys() == [OTHER]
     result = await recovery.restore_from_snapshot("ops", "FLUSHALL by mistake", overwrite=overwrite)
 
     assert result.generation == served.generation
@@ -224,13 +232,13 @@ async def test_a_replica_keeps_serving_a_lost_store_and_restores_it(
         served.rollouts,
         served.generation,
     )
-    entry = (await store.audit("greet", limit=1))[0]
+    entry = (await store.audit(GREET, limit=1))[0]
     assert (entry.action, entry.actor) == ("restore", "ops")
     assert "snapshot of a replica" in entry.reason
     assert "FLUSHALL by mistake" in entry.reason
     # A snapshot has no audit log: rollback history starts at the restore, on both stores.
     with pytest.raises(InvalidTransition, match="v2 is prod and there is no former prod"):
-        await store.rollback("greet", "ops", "", T0 + 9)
+        await store.rollback(GREET, "ops", "", T0 + 9)
     # Numbering continues: version numbers never restart.
     version, created = await store.create_version(draft("five"), "alice", T0 + 9)
     assert (version.version, created) == (5, True)
@@ -256,8 +264,8 @@ async def test_export_then_import_into_an_empty_store_is_the_same_registry(
 ) -> None:
     store = await store_factory.new()
     await _served(store)
-    await store.abort_rollout("greet", "bob", "", T0 + 3)
-    await store.promote("greet", 3, "alice", "", T0 + 4)
+    await store.abort_rollout(GREET, "bob", "", T0 + 3)
+    await store.promote(GREET, 3, "alice", "", T0 + 4)
     _, _, recovery = _replica(store)
     exported = await recovery.export()
     raw = exported.to_json()
@@ -283,8 +291,8 @@ async def test_export_then_import_into_an_empty_store_is_the_same_registry(
         assert (await into.import_image(RegistryImage.from_json(raw), "ops", "")).unchanged
         assert await target.revision() == revision
         # The rollback history came along: both roll back to the same version.
-        assert (await target.rollback("greet", "ops", "", T0 + 5)).version == 2
-        assert (await store.rollback("greet", "ops", "", T0 + 5)).version == 2
+        assert (await target.rollback(GREET, "ops", "", T0 + 5)).version == 2
+        assert (await store.rollback(GREET, "ops", "", T0 + 5)).version == 2
     finally:
         await target.close()
 
@@ -345,9 +353,17 @@ async def test_history_after_a_restore_from_a_replica_says_what_was_running(
     say what ran (prod v1 and a 10 % canary of v2), not 'nothing'."""
     store = await store_factory.new()
     await push(store, "one", "two")
-    await store.promote("greet", 1, "alice", "", T0)
+    await store.promote(GREET, 1, "alice", "", T0)
     await store.start_rollout(
-        "greet", "r1", 2, RolloutMode.CANARY, 1000, StickyKey.parse("user"), "bob", "", T0 + 1
+        GREET,
+        "r1",
+        2,
+        RolloutMode.CANARY,
+        1000,
+        StickyKey.parse("user"),
+        "bob",
+        "",
+        T0 + 1,
     )
     holder = SnapshotHolder()
     assert await SnapshotRefresher(store, holder).load_once()
@@ -355,7 +371,7 @@ async def test_history_after_a_restore_from_a_replica_says_what_was_running(
     assert not await SnapshotRefresher(store, holder).load_once()
     await RegistryRecovery(store, holder, lambda: T0 + 10).restore_from_snapshot("ops", "")
 
-    state = await RegistryService(store).state_at("greet", T0 + 20)
+    state = await RegistryService(store).state_at(GREET, T0 + 20)
 
     assert state.prod_version == 1
     assert state.rollout is not None
@@ -363,7 +379,7 @@ async def test_history_after_a_restore_from_a_replica_says_what_was_running(
     assert (state.rollout.percent, state.rollout.sticky) == (10.0, "user")
     assert state.rollout.started_at == T0 + 1
     # Before the restore, history knows nothing (the log starts there).
-    assert (await RegistryService(store).state_at("greet", T0 + 5)).prod_version is None
+    assert (await RegistryService(store).state_at(GREET, T0 + 5)).prod_version is None
 
 
 async def test_restoring_over_an_older_copy_of_the_file_keeps_its_audit_log(
@@ -375,16 +391,24 @@ async def test_restoring_over_an_older_copy_of_the_file_keeps_its_audit_log(
     store = await EmbeddedStore.open(path)
     try:
         await push(store, "one", "two")
-        await store.promote("greet", 1, "alice", "first prod", T0)
+        await store.promote(GREET, 1, "alice", "first prod", T0)
         holder, refresher, _ = _replica(store)
         assert await refresher.load_once()
         backup = tmp_path / "backup.db"
         with closing(sqlite3.connect(path)) as live, closing(sqlite3.connect(backup)) as copy:
             live.backup(copy)
         await push(store, "three")
-        await store.promote("greet", 3, "alice", "", T0 + 1)
+        await store.promote(GREET, 3, "alice", "", T0 + 1)
         await store.start_rollout(
-            "greet", "r1", 2, RolloutMode.CANARY, 500, StickyKey.parse("user"), "bob", "", T0 + 2
+            GREET,
+            "r1",
+            2,
+            RolloutMode.CANARY,
+            500,
+            StickyKey.parse("user"),
+            "bob",
+            "",
+            T0 + 2,
         )
         assert await refresher.load_once()
         served = holder.current

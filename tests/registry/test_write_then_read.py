@@ -13,7 +13,7 @@ from proxy.registry.recovery import RegistryRecovery
 from proxy.registry.service import RegistryService
 from proxy.registry.snapshot import SnapshotHolder, SnapshotRefresher
 from proxy.registry.store import StoreReplaced
-from tests.registry.helpers import draft
+from tests.registry.helpers import GREET, draft
 
 
 class LostAfterWrite:
@@ -78,7 +78,7 @@ async def test_an_export_is_one_revision_even_when_a_write_lands_while_reading(
         image = await RegistryRecovery(racing, SnapshotHolder()).export()
 
         assert image.revision == 2
-        assert sorted(image.versions["greet"]) == [1, 2]
+        assert sorted(image.versions[GREET]) == [1, 2]
         assert [e.seq for e in image.audit] == [1, 2]  # the audit of that same revision
     finally:
         await store.close()

@@ -15,6 +15,7 @@ import pytest
 from pydantic import BaseModel
 
 from proxy.errors import Conflict, InvalidRequest
+from proxy.prompt_key import PromptKey
 from proxy.registry.analysis_policy import AnalysisPolicy, Thresholds
 from proxy.registry.backup import RegistryImage
 from proxy.registry.fleet import FleetWait, ReplicaBeat, ReplicaView
@@ -34,6 +35,7 @@ from proxy.shadow.models import ArmResult, ToolCall
 from proxy.shadow.pairs import Pair, PairMeta
 from proxy.web import admin_models as api
 
+SUPPORT = PromptKey("support")
 POLICY = AnalysisPolicy(
     interval=30.0,
     min_samples=50,
@@ -42,7 +44,7 @@ POLICY = AnalysisPolicy(
     thresholds=Thresholds(p95_ttft_ratio=None, feedback_name="thumbs", feedback_max_drop=0.1),
 )
 VERSION = VersionDraft(
-    slug="support",
+    key=SUPPORT,
     template="Hi {{ name }} {{ tone }}",
     variables=(
         VariableSpec("name", "string"),
@@ -55,7 +57,7 @@ VERSION = VersionDraft(
     changelog="first",
 ).to_version(3, 1732449940.125)
 ROLLOUT = Rollout(
-    slug="support",
+    key=SUPPORT,
     id="ab12",
     candidate=3,
     mode=RolloutMode.SHADOW,
@@ -72,7 +74,7 @@ ENTRY = AuditEntry(
     1732449940.5,
     "ada",
     "rollout_update",
-    "support",
+    SUPPORT,
     3,
     Status.DRAFT,
     Status.CANDIDATE,
@@ -80,6 +82,7 @@ ENTRY = AuditEntry(
     2,
     {**ROLLOUT.audit_detail(), "from_percent": 10.0},
 )
+PLAIN_ENTRY = AuditEntry(1, 2.0, "a", "create", PromptKey("s"), None, None, None, "")
 BEAT = ReplicaBeat("h:1:a", "h", 1, "0.1.0", 40, 1732449000.0, 0.25, True, "g1", "ok", 3)
 VIEW = ReplicaView(BEAT, age=1.2345, live=True, staleness=2.5)
 WAIT = FleetWait(
@@ -92,7 +95,7 @@ WAIT = FleetWait(
     error="board down",
 )
 PAIR = Pair.build(
-    PairMeta("p1", "support", "ab12", "stable", "r1", "chat", True, expect_json=True),
+    PairMeta("p1", SUPPORT, "ab12", "stable", "r1", "chat", True, expect_json=True),
     ArmResult(
         version=2,
         status=200,
@@ -135,10 +138,10 @@ VERDICT = {
 CASES: list[tuple[type[BaseModel], dict[str, Any]]] = [
     (api.Version, VERSION.to_dict()),
     (api.AuditEntry, ENTRY.to_dict()),
-    (api.AuditEntry, AuditEntry(1, 2.0, "a", "create", "s", None, None, None, "").to_dict()),
+    (api.AuditEntry, PLAIN_ENTRY.to_dict()),
     (api.Rollout, ROLLOUT.to_dict()),
     (api.RolloutView, {**ROLLOUT.to_dict(), "prod_version": None}),
-    (api.PromptSummary, PromptSummary("support", 2, 3, 3, 1732449940.5).to_dict()),
+    (api.PromptSummary, PromptSummary(SUPPORT, 2, 3, 3, 1732449940.5).to_dict()),
     (api.Served, Served(41, True, WAIT).to_dict()),
     (api.Served, Served(None, False, None).to_dict()),
     (api.FleetStatus, FleetStatus(41, "h:1:a", [VIEW], "g1").to_dict()),
@@ -152,9 +155,7 @@ CASES: list[tuple[type[BaseModel], dict[str, Any]]] = [
     (
         api.RegistryExport,
         orjson.loads(
-            RegistryImage(
-                "g1", 9, {"support": {3: VERSION}}, {"support": ROLLOUT}, (ENTRY,)
-            ).to_json()
+            RegistryImage("g1", 9, {SUPPORT: {3: VERSION}}, {SUPPORT: ROLLOUT}, (ENTRY,)).to_json()
         ),
     ),
     (
@@ -177,7 +178,7 @@ def test_an_audit_entry_reads_its_rollout_facts() -> None:
     detail = api.AuditEntry.model_validate(ENTRY.to_dict()).rollout_detail()
     assert detail is not None
     assert (detail.mode, detail.percent, detail.from_percent) == ("shadow", 25.5, 10.0)
-    plain = AuditEntry(1, 2.0, "a", "create", "s", None, None, None, "")
+    plain = PLAIN_ENTRY
     assert api.AuditEntry.model_validate(plain.to_dict()).rollout_detail() is None
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from proxy.errors import Conflict, ServiceUnavailable
+from proxy.prompt_key import PromptKey
 from proxy.registry.bootstrap import bootstrap_when_reachable, start_registry
 from proxy.registry.embedded_store import EmbeddedStore
 from proxy.registry.models import PromptVersion
@@ -30,8 +31,8 @@ class FakeService:
         version = draft.to_version(1, 0.0)
         return version, True
 
-    async def get_prompt(self, slug: str) -> tuple[PromptSummary, list[PromptVersion]]:
-        return PromptSummary(slug, 1, 1, 1, 0.0), []
+    async def get_prompt(self, key: PromptKey) -> tuple[PromptSummary, list[PromptVersion]]:
+        return PromptSummary(key, 1, 1, 1, 0.0), []
 
     async def promote(self, *args: Any) -> None:
         raise AssertionError("the fake already has a prod")
@@ -103,11 +104,11 @@ async def test_a_deferred_bootstrap_keeps_the_replica_unready_until_it_is_done(
         assert not holder.ready
         store.up = True
         await _until(lambda: holder.loaded)  # pushed and served here, not yet promoted
-        assert "greet" in holder.current.versions
+        assert PromptKey("greet") in holder.current.versions
         assert not holder.ready
         store.promote_gate.set()
         await _until(lambda: holder.ready)
-        assert holder.current.prod["greet"] == 1
+        assert holder.current.prod[PromptKey("greet")] == 1
     finally:
         await tasks.close()
         await store.close()

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from proxy.prompt_key import PromptKey
 from proxy.registry.models import VariableSpec
 from proxy.registry.prompt_files import (
     PromptFileError,
@@ -42,7 +43,7 @@ def write(folder: Path, name: str, text: str) -> Path:
 
 def test_markdown_file(tmp_path: Path) -> None:
     draft = load_prompt_file(write(tmp_path, "support-reply.md", SUPPORT))
-    assert draft.slug == "support-reply"
+    assert draft.key == PromptKey("support-reply")
     assert draft.template == "Hello {{ customer_name }}.\nBe {{ tone }}.\n"
     assert draft.variables == (
         VariableSpec("customer_name", "string"),
@@ -72,7 +73,7 @@ template: |
   Labels: {{ labels|join(", ") }}{{ strict }}{{ notes }}
 """
     draft = load_prompt_file(write(tmp_path, "x.yml", text))
-    assert draft.slug == "classify"
+    assert draft.key == PromptKey("classify")
     assert draft.template == 'Labels: {{ labels|join(", ") }}{{ strict }}{{ notes }}\n'
     assert draft.variables == (
         VariableSpec("labels", "list", ["a", "b"], True),
@@ -182,7 +183,7 @@ def test_directory_loads_sorted(tmp_path: Path) -> None:
     write(tmp_path, "z.md", "---\n---\nz\n")
     write(tmp_path, "sub/a.yaml", "template: a\n")
     loaded = load_prompt_dir(tmp_path)
-    assert [(p.relative_to(tmp_path).as_posix(), d.slug) for p, d in loaded] == [
+    assert [(p.relative_to(tmp_path).as_posix(), d.key.slug) for p, d in loaded] == [
         ("sub/a.yaml", "a"),
         ("z.md", "z"),
     ]
@@ -198,7 +199,7 @@ def test_lint_edge_cases(tmp_path: Path) -> None:
 
 def test_shipped_examples_load_lint_clean_and_render() -> None:
     assert lint_prompt_dir(EXAMPLES) == []
-    drafts = {draft.slug: draft for _, draft in load_prompt_dir(EXAMPLES)}
+    drafts = {draft.key.slug: draft for _, draft in load_prompt_dir(EXAMPLES)}
     assert {"support-reply", "summarize", "classify-ticket"} <= drafts.keys()
     assert any(d.model for d in drafts.values())
     renderer = PromptRenderer()

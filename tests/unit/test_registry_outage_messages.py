@@ -8,6 +8,7 @@ from typing import Any, NoReturn
 import pytest
 
 from proxy.errors import ServiceUnavailable
+from proxy.prompt_key import PromptKey
 from proxy.registry.models import VersionDraft
 from proxy.registry.service import RegistryService
 from proxy.registry.store import StoreUnavailable
@@ -30,14 +31,14 @@ READS: list[Callable[[], Awaitable[Any]]] = [
     lambda: SERVICE.get_prompt("p"),
     lambda: SERVICE.get_version("p", 1),
     lambda: SERVICE.diff("p", 1, 2),
-    lambda: SERVICE.audit("p"),
+    lambda: SERVICE.audit(PromptKey("p")),
     lambda: SERVICE.state_at("p", 0.0),
     lambda: SERVICE.latest_rollout("p"),
     SERVICE.list_rollouts,
     lambda: SERVICE.get_rollout("p"),
 ]
 WRITES: list[Callable[[], Awaitable[Any]]] = [
-    lambda: SERVICE.push(VersionDraft(slug="p", template="hi"), "t"),
+    lambda: SERVICE.push(VersionDraft(key=PromptKey("p"), template="hi"), "t"),
     lambda: SERVICE.promote("p", 1, "t", ""),
     lambda: SERVICE.rollback("p", "t", ""),
     lambda: SERVICE.abort_rollout("p", "t", ""),

@@ -8,10 +8,13 @@ from typing import Any
 
 import pytest
 
+from proxy.prompt_key import PromptKey
 from proxy.registry.embedded_store import EmbeddedStore
 from proxy.registry.models import RegistrySnapshot, VersionDraft
 from proxy.registry.snapshot import SnapshotHolder, SnapshotRefresher
 from proxy.registry.store import StoreUnavailable
+
+P = PromptKey("p")
 
 
 class Flaky:
@@ -51,8 +54,8 @@ async def store(tmp_path: Path) -> Any:
 
 
 async def publish(store: Flaky, slug: str, text: str) -> int:
-    version, _ = await store.create_version(VersionDraft(slug, text), "t", 1.0)
-    await store.promote(slug, version.version, "t", "", 2.0)
+    version, _ = await store.create_version(VersionDraft(PromptKey(slug), text), "t", 1.0)
+    await store.promote(PromptKey(slug), version.version, "t", "", 2.0)
     return version.version
 
 
@@ -81,9 +84,9 @@ async def test_refresher_follows_changes(store: Flaky) -> None:
     task = asyncio.create_task(refresher.run())
     try:
         await publish(store, "p", "one")
-        await until(lambda: holder.current.prod.get("p") == 1)
+        await until(lambda: holder.current.prod.get(P) == 1)
         await publish(store, "p", "two")
-        await until(lambda: holder.current.prod.get("p") == 2)
+        await until(lambda: holder.current.prod.get(P) == 2)
     finally:
         task.cancel()
 
@@ -98,13 +101,13 @@ async def test_store_outage_keeps_serving_and_recovers(store: Flaky) -> None:
     try:
         store.down = True
         await until(lambda: not holder.healthy)
-        assert holder.current.prod == {"p": 1}  # the last good snapshot
+        assert holder.current.prod == {P: 1}  # the last good snapshot
         assert errors
         await asyncio.sleep(0.3)
         assert holder.staleness >= 0.3
         store.down = False
         await publish(store, "p", "two")
-        await until(lambda: holder.healthy and holder.current.prod.get("p") == 2)
+        await until(lambda: holder.healthy and holder.current.prod.get(P) == 2)
     finally:
         task.cancel()
 
@@ -120,7 +123,7 @@ async def test_an_unexpected_error_does_not_end_the_refresher(store: Flaky) -> N
         await until(lambda: not holder.healthy)  # reported like an outage
         await until(lambda: store.bugs == 0)
         await publish(store, "p", "two")
-        await until(lambda: holder.healthy and holder.current.prod.get("p") == 2)
+        await until(lambda: holder.healthy and holder.current.prod.get(P) == 2)
         assert not task.done()
     finally:
         task.cancel()
@@ -146,7 +149,7 @@ async def test_reading_empty_does_not_spin_or_wipe(store: Flaky) -> None:
         await asyncio.sleep(0.5)
     finally:
         task.cancel()
-    assert holder.current.prod == {"p": 1}
+    assert holder.current.prod == {P: 1}
     assert calls < 10  # refused once per revision, not in a tight loop
 
 

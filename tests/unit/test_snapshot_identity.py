@@ -9,6 +9,7 @@ import contextlib
 import os
 from pathlib import Path
 
+from proxy.prompt_key import PromptKey
 from proxy.registry.backup import RegistryImage
 from proxy.registry.embedded_store import EmbeddedStore
 from proxy.registry.models import VersionDraft
@@ -30,8 +31,8 @@ async def test_the_refresher_keeps_serving_a_replaced_store_until_it_is_restored
     other = await EmbeddedStore.open(tmp_path / "other.db")
     await other.close()
     try:
-        version, _ = await store.create_version(VersionDraft("greet", "hi"), "t", 1.0)
-        await store.promote("greet", version.version, "t", "", 2.0)
+        version, _ = await store.create_version(VersionDraft(PromptKey("greet"), "hi"), "t", 1.0)
+        await store.promote(PromptKey("greet"), version.version, "t", "", 2.0)
         holder = SnapshotHolder()
         refresher = SnapshotRefresher(store, holder, max_wait=0.05)
         assert await refresher.load_once()

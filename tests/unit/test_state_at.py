@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from proxy.cli.prompts import _served_at
+from proxy.prompt_key import PromptKey
 from proxy.registry.history import RolloutAt, StateAt, state_at
 from proxy.registry.models import AuditEntry, Status
 from proxy.web import admin_models as api
@@ -12,7 +13,7 @@ from proxy.web import admin_models as api
 
 def entry(seq: int, at: float, action: str, version: int, **kw: Any) -> AuditEntry:
     fields: dict[str, Any] = {"from_status": None, "to_status": None, "reason": "", **kw}
-    return AuditEntry(seq, at, "alice", action, "greet", version, **fields)
+    return AuditEntry(seq, at, "alice", action, PromptKey("greet"), version, **fields)
 
 
 def test_an_entry_without_rollout_facts_answers_unknown_rather_than_guessing() -> None:
