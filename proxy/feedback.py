@@ -1,8 +1,8 @@
 """Downstream outcomes (a thumbs down, an escalated ticket) attached to the answer they judge.
 
 Every answer to a request that named a prompt is remembered by its request id (the
-``x-promptproxy-request-id`` header the caller got) with the slug, version, arm and rollout
-that produced it. ``POST /v1/feedback`` looks the id up and counts the value for that
+``x-promptproxy-request-id`` header the caller got) with the prompt key, version, arm and
+rollout that produced it. ``POST /v1/feedback`` looks the id up and counts the value for that
 version and arm: in ``promptproxy_feedback_value`` and, under a rollout, in the pooled
 counts the analyser's feedback check reads.
 
@@ -33,6 +33,7 @@ from proxy.errors import InvalidRequest, NotFound, ServiceUnavailable
 from proxy.exchange.outcome import Exchange
 from proxy.log import APP_LOGGER
 from proxy.metrics import ProxyMetrics
+from proxy.prompt_key import PromptKey
 from proxy.tasks import cancel_and_wait, interruptible
 
 if TYPE_CHECKING:  # redis is imported only when a Redis store is configured
@@ -52,21 +53,23 @@ _CLOSE_GRACE = 1.0
 
 @dataclass(frozen=True, slots=True)
 class Answered:
-    """Who answered a request: what feedback on it is attributed to."""
+    """Who answered a request: what feedback on it is attributed to. Stored as a JSON array
+    whose first item is the prompt key's text (a plain key's is its slug, so entries written
+    before keys existed read as before)."""
 
-    slug: str
+    key: PromptKey
     version: str
     arm: str
     rollout_id: str | None
     at: float
 
     def to_json(self) -> bytes:
-        return orjson.dumps([self.slug, self.version, self.arm, self.rollout_id, self.at])
+        return orjson.dumps([self.key.text, self.version, self.arm, self.rollout_id, self.at])
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Answered:
-        slug, version, arm, rollout_id, at = orjson.loads(raw)
-        return cls(str(slug), str(version), str(arm), rollout_id, float(at))
+        key, version, arm, rollout_id, at = orjson.loads(raw)
+        return cls(PromptKey.parse(str(key)), str(version), str(arm), rollout_id, float(at))
 
 
 class RequestIndex(Protocol):
@@ -200,14 +203,14 @@ class FeedbackService:
     def remember(self, exchange: Exchange) -> None:
         """Called for every finished exchange; only answers a prompt gave a caller are kept
         (a shadow copy shares its primary's request id but reached no one)."""
-        if exchange.slug is None or exchange.version is None or exchange.arm is None:
+        if exchange.key is None or exchange.version is None or exchange.arm is None:
             return
         if exchange.is_shadow:
             return
         self.index.remember(
             exchange.request_id,
             Answered(
-                exchange.slug, exchange.version, exchange.arm, exchange.rollout_id, time.time()
+                exchange.key, exchange.version, exchange.arm, exchange.rollout_id, time.time()
             ),
         )
 
@@ -254,7 +257,7 @@ class FeedbackService:
             "request_id": request_id,
             "name": name,
             "value": value,
-            "slug": answered.slug,
+            "slug": answered.key.slug,
             "version": int(answered.version),
             "arm": answered.arm,
             "recorded": first,
@@ -263,8 +266,8 @@ class FeedbackService:
     def _count(self, answered: Answered, name: str, value: float) -> None:
         m = self._metrics
         m.feedback.labels(
-            m.slug_label(answered.slug),
-            m.version_label(answered.slug, answered.version),
+            m.slug_label(answered.key),
+            m.version_label(answered.key, answered.version),
             answered.arm,
             m.feedback_label(name),
         ).observe(value)
@@ -274,5 +277,5 @@ class FeedbackService:
             and answered.arm in SERVED_ARMS
         ):
             self._window.observe_feedback(
-                answered.slug, answered.rollout_id, answered.arm, name, value
+                answered.key, answered.rollout_id, answered.arm, name, value
             )

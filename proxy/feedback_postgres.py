@@ -1,10 +1,11 @@
 """The feedback request index on PostgreSQL (twin of ``RedisRequestIndex``).
 
-Every answer that named a prompt is one row of ``feedback_answers`` for ``feedback.ttl_seconds``
-after it was written; ``feedback_given`` holds one row per (request id, name) that took
-feedback, for as long. The request path only adds to a dict; a background task writes the
-batch every half second in one statement, so no request ever waits on PostgreSQL, and a
-write that fails keeps its answers (bounded) for the next try.
+Every answer that named a prompt is one row of ``feedback_answers`` for
+``feedback.ttl_seconds`` after it was written (its ``slug`` column holds the prompt key's
+text); ``feedback_given`` holds one row per (request id, name) that took feedback, for as
+long. The request path only adds to a dict; a background task writes the batch every half
+second in one statement, so no request ever waits on PostgreSQL, and a write that fails
+keeps its answers (bounded) for the next try.
 
 Expiry has the Redis semantics: a row past its expiry is never returned (a lookup says
 "unknown", a feedback name counts again), and each replica deletes expired rows in
@@ -34,6 +35,7 @@ from proxy.pg.calls import (
     purge_expired,
 )
 from proxy.pg.migrate import Migration
+from proxy.prompt_key import PromptKey
 from proxy.tasks import cancel_and_wait
 
 _log = logging.getLogger(APP_LOGGER)
@@ -160,7 +162,7 @@ class PostgresRequestIndex:
         params: dict[str, Any] = {
             "ttl": self._ttl,
             "ids": list(batch),
-            "slugs": [a.slug for a in batch.values()],
+            "slugs": [a.key.text for a in batch.values()],
             "versions": [a.version for a in batch.values()],
             "arms": [a.arm for a in batch.values()],
             "rollouts": [a.rollout_id for a in batch.values()],
@@ -217,8 +219,8 @@ class PostgresRequestIndex:
         row = await call(self._pool, run, what="the feedback index", deadline=self._timeout)
         if row is None:
             return None
-        slug, version, arm, rollout_id, at = row
-        return Answered(slug, version, arm, rollout_id, float(at))
+        key, version, arm, rollout_id, at = row
+        return Answered(PromptKey.parse(key), version, arm, rollout_id, float(at))
 
     async def first_feedback(self, request_id: str, name: str) -> bool:
         async def run(conn: AsyncConnection[Any]) -> bool:

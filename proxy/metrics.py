@@ -2,11 +2,11 @@
 
 Label values are bounded: ``route`` is an enum, ``model`` is allow-listed (else ``other``),
 ``status_class`` is ``2xx``..``5xx``, ``error_class`` and ``finish_reason`` come from fixed
-sets, ``slug`` is a registry slug (else ``other``), ``version`` is one *in use* (a slug's prod,
-its rollout's candidate; else ``other``) and ``arm`` is an enum (all three empty when the
-request names no prompt). No request ids, users or tenants ever become labels. When a version
-goes out of use its series are removed, so a slug keeps a handful of series however many
-versions it has had. docs/metrics.md lists every family.
+sets, ``slug`` is the slug of a registry prompt key (else ``other``), ``version`` is one *in
+use* (a key's prod, its rollout's candidate; else ``other``) and ``arm`` is an enum (all three
+empty when the request names no prompt). No request ids, users or tenants ever become labels.
+When a version goes out of use its series are removed, so a slug keeps a handful of series
+however many versions it has had. docs/metrics.md lists every family.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, Summary
 
 from proxy import __version__
+from proxy.prompt_key import PromptKey
 from proxy.registry.models import RegistrySnapshot, Rollout
 
 # Seconds; doubling from 5 ms to ~82 s covers both cache hits and long reasoning answers.
@@ -193,9 +194,11 @@ class ProxyMetrics:
         self._models = frozenset(models)
         self._prices: Prices = dict(prices or {})
         self._feedback_names = frozenset(feedback_names)
-        self._slugs: frozenset[str] = frozenset()
-        #: slug -> the versions that keep their own label (as strings)
-        self._in_use: dict[str, frozenset[str]] = {}
+        self._keys: frozenset[PromptKey] = frozenset()
+        #: key -> the versions that keep their own label (as strings)
+        self._in_use: dict[PromptKey, frozenset[str]] = {}
+        #: slug label -> the versions some key of that slug keeps (the series' own labels)
+        self._labels_in_use: dict[str, frozenset[str]] = {}
         self._series: dict[tuple[str, str, str, str, str], Series] = {}
         base = ("route", "model", *PROMPT_LABELS)
         self.requests = Counter(
@@ -382,15 +385,17 @@ class ProxyMetrics:
             {"version": __version__}
         )
 
-    def series(self, route: str, model: str, slug: str, version: str, arm: str) -> Series:
-        """The cached children for these labels; ``slug`` and ``version`` are raw and folded
-        here (``model`` is already a label: see ``model_label``)."""
-        key = (route, model, self.slug_label(slug) if slug else "", "", arm)
-        if slug and version:
-            key = (*key[:3], self.version_label(slug, version), arm)
-        found = self._series.get(key)
+    def series(
+        self, route: str, model: str, key: PromptKey | None, version: str, arm: str
+    ) -> Series:
+        """The cached children for these labels; the prompt ``key`` and ``version`` are raw
+        and folded here (``model`` is already a label: see ``model_label``)."""
+        labels = (route, model, self.slug_label(key), "", arm)
+        if key is not None and version:
+            labels = (*labels[:3], self.version_label(key, version), arm)
+        found = self._series.get(labels)
         if found is None:
-            found = self._series[key] = Series(self, key)
+            found = self._series[labels] = Series(self, labels)
         return found
 
     def model_label(self, model: str | None) -> str:
@@ -404,45 +409,51 @@ class ProxyMetrics:
     def feedback_label(self, name: str) -> str:
         return name if name in self._feedback_names else OTHER
 
-    def version_label(self, slug: str, version: str) -> str:
-        return version if version in self._in_use.get(slug, ()) else OTHER
+    def version_label(self, key: PromptKey, version: str) -> str:
+        return version if version in self._in_use.get(key, ()) else OTHER
 
-    def set_known_slugs(self, slugs: Iterable[str]) -> None:
-        """Slugs that keep their own series (the registry's); others count as `other`."""
-        self._slugs = frozenset(slugs)
+    def set_known_keys(self, keys: Iterable[PromptKey]) -> None:
+        """Keys whose slug keeps its own series (the registry's); others count as `other`."""
+        self._keys = frozenset(keys)
 
     def set_registry(self, snapshot: RegistrySnapshot) -> None:
-        """Follow a new snapshot: its slugs, its versions in use, its rollouts. Series of
+        """Follow a new snapshot: its keys, its versions in use, its rollouts. Series of
         versions that left use are removed (their later requests count as `other`)."""
-        self.set_known_slugs(snapshot.versions)
-        in_use: dict[str, set[int]] = {slug: {v} for slug, v in snapshot.prod.items()}
-        for slug, rollout in snapshot.rollouts.items():
-            in_use.setdefault(slug, set()).add(rollout.candidate)
+        self.set_known_keys(snapshot.versions)
+        in_use: dict[PromptKey, set[int]] = {key: {v} for key, v in snapshot.prod.items()}
+        for key, rollout in snapshot.rollouts.items():
+            in_use.setdefault(key, set()).add(rollout.candidate)
         self.set_versions_in_use(in_use)
         self.set_rollouts(snapshot.rollouts)
 
-    def set_versions_in_use(self, in_use: Mapping[str, Iterable[int]]) -> None:
-        self._in_use = {slug: frozenset(map(str, vs)) for slug, vs in in_use.items()}
+    def set_versions_in_use(self, in_use: Mapping[PromptKey, Iterable[int]]) -> None:
+        self._in_use = {key: frozenset(map(str, vs)) for key, vs in in_use.items()}
+        by_label: dict[str, set[str]] = {}
+        for key, versions in self._in_use.items():
+            if key in self._keys:
+                by_label.setdefault(key.slug, set()).update(versions)
+        self._labels_in_use = {slug: frozenset(vs) for slug, vs in by_label.items()}
         self._prune()
 
     def _prune(self) -> None:
-        for key in list(self._series):
-            _, _, slug, version, _ = key
+        for labels in list(self._series):
+            _, _, slug, version, _ = labels
             if not version or version == OTHER:
                 continue
-            if slug in self._slugs and version in self._in_use.get(slug, ()):
+            if version in self._labels_in_use.get(slug, ()):
                 continue
-            self._series.pop(key)._remove()
+            self._series.pop(labels)._remove()
 
-    def set_rollouts(self, rollouts: Mapping[str, Rollout]) -> None:
+    def set_rollouts(self, rollouts: Mapping[PromptKey, Rollout]) -> None:
         """Mirror the snapshot's rollouts (called on every snapshot swap, which is rare)."""
         self.rollout_percent.clear()
-        for slug, rollout in rollouts.items():
-            self.rollout_percent.labels(slug, rollout.mode.value, str(rollout.candidate)).set(
+        for key, rollout in rollouts.items():
+            self.rollout_percent.labels(key.slug, rollout.mode.value, str(rollout.candidate)).set(
                 rollout.percent
             )
 
-    def slug_label(self, slug: str | None) -> str:
-        if slug is None:
+    def slug_label(self, key: PromptKey | None) -> str:
+        """The ``slug`` label of ``key``: its slug while the registry knows it."""
+        if key is None:
             return ""
-        return slug if slug in self._slugs else OTHER
+        return key.slug if key in self._keys else OTHER

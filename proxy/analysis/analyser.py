@@ -3,9 +3,9 @@
 Each replica:
 
 - flushes its ``WindowRecorder`` into the pool every ``analysis.flush_seconds``;
-- every tick, for each running rollout with an analysis policy, takes or renews the slug's
-  lease. The holder, when a verdict is due, reads the pooled window (all replicas' counts),
-  judges the candidate arm against stable, stores the verdict, and acts:
+- every tick, for each running rollout with an analysis policy, takes or renews its prompt
+  key's lease. The holder, when a verdict is due, reads the pooled window (all replicas'
+  counts), judges the candidate arm against stable, stores the verdict, and acts:
 
   - ``fail``: the failure count goes up; past ``failure_limit`` the rollout is aborted (all
     traffic back to stable), audited with the numbers that failed;
@@ -39,6 +39,7 @@ from proxy.config import AnalysisConfig
 from proxy.errors import ProxyError
 from proxy.log import APP_LOGGER
 from proxy.metrics import ProxyMetrics
+from proxy.prompt_key import PromptKey
 from proxy.registry.analysis_policy import AnalysisPolicy
 from proxy.registry.models import RegistrySnapshot, Rollout, RolloutMode
 from proxy.registry.percent import BASIS_POINTS
@@ -88,10 +89,10 @@ class Analyser:
         self._state = state
         self._metrics = metrics
         self._clock = clock
-        self._leading: set[str] = set()
+        self._leading: set[PromptKey] = set()
         #: The state of the rollouts this replica analyses, as it last saved it: only the
         #: lease holder writes it, so while the lease is held, a tick needs no read.
-        self._states: dict[str, AnalysisState] = {}
+        self._states: dict[PromptKey, AnalysisState] = {}
         self._errors = 0
         self._tasks = BackgroundTasks()
 
@@ -145,55 +146,55 @@ class Analyser:
         takes over at once."""
         await self._tasks.close()
         await self.flush()
-        for slug in list(self._leading):
+        for key in list(self._leading):
             with contextlib.suppress(Exception):
-                await self._lease.release(slug)
-            self._metrics.analysis_leader.labels(slug).set(0)
+                await self._lease.release(key)
+            self._metrics.analysis_leader.labels(key.slug).set(0)
         self._leading.clear()
 
     # -- one tick -------------------------------------------------------------------------
 
     async def tick(self) -> None:
         rollouts = {
-            slug: r for slug, r in self._snapshot().rollouts.items() if r.analysis is not None
+            key: r for key, r in self._snapshot().rollouts.items() if r.analysis is not None
         }
-        for slug in list(self._leading - rollouts.keys()):
-            self._leading.discard(slug)
+        for key in list(self._leading - rollouts.keys()):
+            self._leading.discard(key)
             # The rollout ended: its series goes, so `sum by (slug)` of it means "running".
             with contextlib.suppress(KeyError):
-                self._metrics.analysis_leader.remove(slug)
+                self._metrics.analysis_leader.remove(key.slug)
             with contextlib.suppress(Exception):
-                await self._lease.release(slug)
-        self._pool.forget({(slug, r.id) for slug, r in self._snapshot().rollouts.items()})
+                await self._lease.release(key)
+        self._pool.forget({(key, r.id) for key, r in self._snapshot().rollouts.items()})
         errors_before = self._errors
-        for slug, rollout in rollouts.items():
+        for key, rollout in rollouts.items():
             try:
-                held = await self._lease.hold(slug)
+                held = await self._lease.hold(key)
             except Exception as exc:
                 self._store_error("lease", exc)
                 held = False
-            self._set_leading(slug, held)
+            self._set_leading(key, held)
             if held:
                 try:
                     await self._analyse(rollout)
                 except ProxyError as exc:
                     # The rollout changed under us (an operator aborted or promoted it).
-                    _log.info("analysis of %s skipped: %s", slug, exc)
+                    _log.info("analysis of %s skipped: %s", key, exc)
                 except Exception as exc:
                     # What was not saved must not be acted on later: read it back next time.
-                    self._states.pop(slug, None)
+                    self._states.pop(key, None)
                     self._store_error("analysis_state", exc)
         if self._errors == errors_before:
             self._errors = 0  # a clean tick ends a run of errors
 
-    def _set_leading(self, slug: str, held: bool) -> None:
-        if held and slug not in self._leading:
-            self._leading.add(slug)
-            _log.info("analysing rollouts of %s (lease taken by %s)", slug, self._lease.replica)
+    def _set_leading(self, key: PromptKey, held: bool) -> None:
+        if held and key not in self._leading:
+            self._leading.add(key)
+            _log.info("analysing rollouts of %s (lease taken by %s)", key, self._lease.replica)
         elif not held:
-            self._leading.discard(slug)
-            self._states.pop(slug, None)  # another replica may change it now
-        self._metrics.analysis_leader.labels(slug).set(1 if held else 0)
+            self._leading.discard(key)
+            self._states.pop(key, None)  # another replica may change it now
+        self._metrics.analysis_leader.labels(key.slug).set(1 if held else 0)
 
     def _store_error(self, op: str, exc: Exception) -> None:
         self._metrics.redis_errors.labels(op).inc()
@@ -209,9 +210,9 @@ class Analyser:
         policy = rollout.analysis
         assert policy is not None
         now = self._clock()
-        state = self._states.get(rollout.slug)
+        state = self._states.get(rollout.key)
         if state is None or state.rollout_id != rollout.id:
-            state, _ = await self._state.load(rollout.slug)
+            state, _ = await self._state.load(rollout.key)
         if state is None or state.rollout_id != rollout.id:
             state = AnalysisState(
                 rollout_id=rollout.id,
@@ -219,19 +220,19 @@ class Analyser:
                 step_started_at=rollout.updated_at,
                 next_at=rollout.updated_at + policy.interval + self._settle(),
             )
-            await self._state.save(rollout.slug, state)
-        self._states[rollout.slug] = state
+            await self._state.save(rollout.key, state)
+        self._states[rollout.key] = state
         if rollout.updated_at > state.step_started_at:
             # The percentage changed (an operator, or our own ramp): judge the new share on
             # its own traffic.
             state.step_started_at = rollout.updated_at
             state.next_at = max(state.next_at, rollout.updated_at + policy.interval)
-            await self._state.save(rollout.slug, state)
+            await self._state.save(rollout.key, state)
         if now < state.next_at:
             return
         end = now - self._settle()
         start = max(end - policy.interval, state.step_started_at)
-        window = await self._pool.read(rollout.slug, rollout.id, start, end)
+        window = await self._pool.read(rollout.key, rollout.id, start, end)
         divergence = (
             (window.noise, window.candidate) if rollout.mode is RolloutMode.SHADOW else None
         )
@@ -241,7 +242,7 @@ class Analyser:
             judgement = without_stable(stable, candidate)
         else:
             judgement = judge(policy, stable, candidate, divergence)
-        self._metrics.analysis_verdicts.labels(rollout.slug, judgement.verdict).inc()
+        self._metrics.analysis_verdicts.labels(rollout.key.slug, judgement.verdict).inc()
         if judgement.verdict == "fail":
             state.failures += 1
         action = _next_action(rollout, policy, judgement, state)
@@ -250,11 +251,11 @@ class Analyser:
         # mechanism starts the next window at the new percentage, whoever changed it.
         state.next_at = now + policy.interval
         # The verdict is stored before acting, so even a failed action leaves its evidence.
-        await self._state.save(rollout.slug, state, record)
+        await self._state.save(rollout.key, state, record)
         _log.info(
             "rollout %s of %s: %s%s",
             rollout.id,
-            rollout.slug,
+            rollout.key,
             judgement.verdict,
             f" -> {action}" if action else "",
         )
@@ -265,21 +266,21 @@ class Analyser:
         self, rollout: Rollout, policy: AnalysisPolicy, judgement: Judgement, action: str
     ) -> None:
         # A replica that lost its lease mid-verdict (a long pause) must not act.
-        if not await self._lease.hold(rollout.slug):
+        if not await self._lease.hold(rollout.key):
             return
-        slug = rollout.slug
+        key = rollout.key
         if action == "abort":
             reason = f"analysis failed: {judgement.summary()}"
-            await self._registry.abort_rollout(slug, self.actor, reason)
+            await self._registry.abort_rollout(key, self.actor, reason)
         elif action == "promote":
             reason = f"analysis passed every step up to {rollout.percent:g} %"
-            await self._registry.promote_rollout(slug, self.actor, reason)
+            await self._registry.promote_rollout(key, self.actor, reason)
         else:
             target = _next_step(rollout, policy)
             assert target is not None
             reason = f"analysis passed at {rollout.percent:g} %"
             await self._registry.set_rollout(
-                slug,
+                key,
                 rollout.candidate,
                 rollout.mode,
                 target / 100,
@@ -287,18 +288,18 @@ class Analyser:
                 self.actor,
                 reason,
             )
-        self._metrics.analysis_actions.labels(slug, action).inc()
+        self._metrics.analysis_actions.labels(key.slug, action).inc()
 
     # -- admin view -----------------------------------------------------------------------
 
-    async def last(self, slug: str) -> dict[str, Any] | None:
-        """The slug's latest analysed rollout, running or ended: its id, failure count and
+    async def last(self, key: PromptKey) -> dict[str, Any] | None:
+        """The key's latest analysed rollout, running or ended: its id, failure count and
         verdicts. After an abort, this is where the failed checks are read."""
-        state, verdicts = await self._state.load(slug)
+        state, verdicts = await self._state.load(key)
         if state is None:
             return None
         return {
-            "slug": slug,
+            "slug": key.slug,
             "rollout_id": state.rollout_id,
             "failures": state.failures,
             "verdicts": verdicts,
@@ -309,8 +310,8 @@ class Analyser:
         policy = rollout.analysis
         if policy is None:
             return None
-        state, verdicts = await self._state.load(rollout.slug)
-        holder = await self._lease.holder(rollout.slug)
+        state, verdicts = await self._state.load(rollout.key)
+        holder = await self._lease.holder(rollout.key)
         if state is None or state.rollout_id != rollout.id:
             return {
                 "step": _step_index(rollout, policy),

@@ -1,7 +1,8 @@
 """Who analyses a rollout: exactly one replica at a time, by lease.
 
-With Redis, the lease is a key holding the replica's id with a short expiry, renewed on
-every tick; a replica that stops renewing (killed, partitioned, shut down) loses it after
+A lease is per prompt key (one version line). With Redis, the lease is a key (named by the
+prompt key's text) holding the replica's id with a short expiry, renewed on every tick; a
+replica that stops renewing (killed, partitioned, shut down) loses it after
 ``lease_seconds`` and another one takes over, reading the analysis state it left in Redis.
 With the embedded store there is one process, which always holds it.
 """
@@ -9,6 +10,8 @@ With the embedded store there is one process, which always holds it.
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
+
+from proxy.prompt_key import PromptKey
 
 if TYPE_CHECKING:  # redis is imported only when a Redis store is configured
     from redis.asyncio import Redis
@@ -39,33 +42,33 @@ class Lease(Protocol):
     @property
     def replica(self) -> str: ...
 
-    async def hold(self, slug: str) -> bool:
-        """Take or renew the slug's lease; True while this replica holds it."""
+    async def hold(self, key: PromptKey) -> bool:
+        """Take or renew the key's lease; True while this replica holds it."""
         ...
 
-    async def holder(self, slug: str) -> str | None: ...
+    async def holder(self, key: PromptKey) -> str | None: ...
 
-    async def release(self, slug: str) -> None: ...
+    async def release(self, key: PromptKey) -> None: ...
 
 
 class LocalLease:
     def __init__(self, replica: str) -> None:
         self._replica = replica
-        self._held: set[str] = set()
+        self._held: set[PromptKey] = set()
 
     @property
     def replica(self) -> str:
         return self._replica
 
-    async def hold(self, slug: str) -> bool:
-        self._held.add(slug)
+    async def hold(self, key: PromptKey) -> bool:
+        self._held.add(key)
         return True
 
-    async def holder(self, slug: str) -> str | None:
-        return self._replica if slug in self._held else None
+    async def holder(self, key: PromptKey) -> str | None:
+        return self._replica if key in self._held else None
 
-    async def release(self, slug: str) -> None:
-        self._held.discard(slug)
+    async def release(self, key: PromptKey) -> None:
+        self._held.discard(key)
 
 
 class RedisLease:
@@ -81,14 +84,16 @@ class RedisLease:
     def replica(self) -> str:
         return self._replica
 
-    async def hold(self, slug: str) -> bool:
-        return bool(await self._hold(keys=[self._prefix + slug], args=[self._replica, self._ms]))
+    async def hold(self, key: PromptKey) -> bool:
+        return bool(
+            await self._hold(keys=[self._prefix + key.text], args=[self._replica, self._ms])
+        )
 
-    async def holder(self, slug: str) -> str | None:
-        value = await self._redis.get(self._prefix + slug)
+    async def holder(self, key: PromptKey) -> str | None:
+        value = await self._redis.get(self._prefix + key.text)
         if value is None:
             return None
         return value.decode() if isinstance(value, bytes) else str(value)
 
-    async def release(self, slug: str) -> None:
-        await self._release(keys=[self._prefix + slug], args=[self._replica])
+    async def release(self, key: PromptKey) -> None:
+        await self._release(keys=[self._prefix + key.text], args=[self._replica])

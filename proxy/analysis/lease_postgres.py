@@ -1,4 +1,5 @@
-"""The analysis lease on PostgreSQL: one row per slug with its holder and an expiry.
+"""The analysis lease on PostgreSQL: one row per prompt key with its holder and an expiry
+(the ``slug`` column holds the key's text, as the Redis lease's name does).
 
 A row, not a session advisory lock, because the Redis lease's behaviour is the yardstick
 and a session lock is tied to a connection, not to a replica that is alive and ticking:
@@ -32,6 +33,7 @@ from psycopg import AsyncConnection
 
 from proxy.pg.calls import Pool, call, open_component
 from proxy.pg.migrate import Migration
+from proxy.prompt_key import PromptKey
 
 COMPONENT = "analysis_lease"
 #: A renewal is one short statement: past a second the server is in trouble, and the
@@ -89,8 +91,8 @@ class PostgresLease:
     def replica(self) -> str:
         return self._replica
 
-    async def hold(self, slug: str) -> bool:
-        params = {"slug": slug, "holder": self._replica, "ms": self._ms}
+    async def hold(self, key: PromptKey) -> bool:
+        params = {"slug": key.text, "holder": self._replica, "ms": self._ms}
 
         async def run(conn: AsyncConnection[Any]) -> bool:
             cur = await conn.execute(_HOLD, params)
@@ -98,17 +100,17 @@ class PostgresLease:
 
         return await call(self._pool, run, what="the analysis lease", deadline=self._timeout)
 
-    async def holder(self, slug: str) -> str | None:
+    async def holder(self, key: PromptKey) -> str | None:
         async def run(conn: AsyncConnection[Any]) -> str | None:
-            cur = await conn.execute(_HOLDER, (slug,))
+            cur = await conn.execute(_HOLDER, (key.text,))
             row = await cur.fetchone()
             return None if row is None else str(row[0])
 
         return await call(self._pool, run, what="the analysis lease", deadline=self._timeout)
 
-    async def release(self, slug: str) -> None:
+    async def release(self, key: PromptKey) -> None:
         async def run(conn: AsyncConnection[Any]) -> None:
-            await conn.execute(_RELEASE, (slug, self._replica))
+            await conn.execute(_RELEASE, (key.text, self._replica))
 
         await call(self._pool, run, what="the analysis lease", deadline=self._timeout)
 

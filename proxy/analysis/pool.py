@@ -4,10 +4,10 @@ Each replica's ``WindowRecorder`` is drained every ``analysis.flush_seconds`` in
 the analyser reads a window (a range of one-second slots) back as one ``ArmStats`` per arm.
 
 - ``MemoryStatsPool``: one process (the embedded store): the pool is a dict.
-- ``RedisStatsPool``: one hash per (slug, rollout, slot) that replicas add to with
+- ``RedisStatsPool``: one hash per (prompt key, rollout, slot) that replicas add to with
   ``HINCRBY``/``HINCRBYFLOAT`` (commutative, so no replica ever reads before writing), plus
   one hash per rollout with the shadow pairs' divergence counts, cumulative. Keys expire,
-  so a finished rollout leaves nothing behind.
+  so a finished rollout leaves nothing behind. Hash names hold the key's text.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from proxy.analysis.window import (
     RolloutKey,
     merge_arms,
 )
+from proxy.prompt_key import PromptKey
 from proxy.shadow.compare import DivergenceCounts
 
 if TYPE_CHECKING:  # redis is imported only when a Redis store is configured
@@ -52,7 +53,7 @@ class StatsPool(Protocol):
         these slots. Raises on failure (the caller keeps the batch for the next flush)."""
         ...
 
-    async def read(self, slug: str, rollout_id: str, start: float, end: float) -> PooledWindow:
+    async def read(self, key: PromptKey, rollout_id: str, start: float, end: float) -> PooledWindow:
         """Counts of the slots in ``[start, end)`` (unix seconds), and divergence so far."""
         ...
 
@@ -90,12 +91,12 @@ class MemoryStatsPool:
             for slot in [s for s in slots if s < horizon]:
                 del slots[slot]
 
-    async def read(self, slug: str, rollout_id: str, start: float, end: float) -> PooledWindow:
-        key = (slug, rollout_id)
-        slots = self._slots.get(key, {})
+    async def read(self, key: PromptKey, rollout_id: str, start: float, end: float) -> PooledWindow:
+        rollout = (key, rollout_id)
+        slots = self._slots.get(rollout, {})
         window = PooledWindow(arms=merge_arms(slots[s] for s in _slots(start, end) if s in slots))
-        window.noise.merge(self._noise.get(key, DivergenceCounts()))
-        window.candidate.merge(self._candidate.get(key, DivergenceCounts()))
+        window.noise.merge(self._noise.get(rollout, DivergenceCounts()))
+        window.candidate.merge(self._candidate.get(rollout, DivergenceCounts()))
         return window
 
     def forget(self, keep: set[RolloutKey]) -> None:
@@ -119,22 +120,22 @@ class RedisStatsPool:
         self._redis = client
         self._prefix = prefix + "{analysis}:"
 
-    def _slot_key(self, slug: str, rollout_id: str, slot: int) -> str:
-        return f"{self._prefix}w:{slug}:{rollout_id}:{slot}"
+    def _slot_key(self, key: PromptKey, rollout_id: str, slot: int) -> str:
+        return f"{self._prefix}w:{key.text}:{rollout_id}:{slot}"
 
-    def _divergence_key(self, slug: str, rollout_id: str) -> str:
-        return f"{self._prefix}div:{slug}:{rollout_id}"
+    def _divergence_key(self, key: PromptKey, rollout_id: str) -> str:
+        return f"{self._prefix}div:{key.text}:{rollout_id}"
 
     async def add(self, batches: Mapping[RolloutKey, RolloutBatch], keep_seconds: float) -> None:
         ttl = int(keep_seconds + _SLOT_GRACE_SECONDS)
         pipe = self._redis.pipeline(transaction=False)
-        for (slug, rollout_id), batch in batches.items():
+        for (key, rollout_id), batch in batches.items():
             for slot, arms in batch.slots.items():
-                key = self._slot_key(slug, rollout_id, slot)
+                name = self._slot_key(key, rollout_id, slot)
                 for arm, stats in arms.items():
-                    _increments(pipe, key, arm, stats.to_fields())
-                pipe.expire(key, ttl)
-            div = self._divergence_key(slug, rollout_id)
+                    _increments(pipe, name, arm, stats.to_fields())
+                pipe.expire(name, ttl)
+            div = self._divergence_key(key, rollout_id)
             wrote = False
             for kind, counts in ((_NOISE, batch.noise), (_CANDIDATE, batch.candidate)):
                 fields = counts.to_fields()
@@ -145,11 +146,11 @@ class RedisStatsPool:
                 pipe.expire(div, _DIVERGENCE_TTL_SECONDS)
         await pipe.execute()
 
-    async def read(self, slug: str, rollout_id: str, start: float, end: float) -> PooledWindow:
+    async def read(self, key: PromptKey, rollout_id: str, start: float, end: float) -> PooledWindow:
         pipe = self._redis.pipeline(transaction=False)
         for slot in _slots(start, end):
-            pipe.hgetall(self._slot_key(slug, rollout_id, slot))
-        pipe.hgetall(self._divergence_key(slug, rollout_id))
+            pipe.hgetall(self._slot_key(key, rollout_id, slot))
+        pipe.hgetall(self._divergence_key(key, rollout_id))
         *slot_hashes, divergence = await pipe.execute()
         window = PooledWindow(arms=merge_arms(_split(raw) for raw in slot_hashes if raw))
         by_kind = _split_fields(divergence or {})

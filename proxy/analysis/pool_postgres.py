@@ -1,12 +1,12 @@
 """The stats pool on PostgreSQL: per-second counters that every replica adds to.
 
-One row per (slug, rollout, slot, arm) holds that arm's counters for that second as a JSON
-object (``ArmStats.to_fields``); one row per (slug, rollout, kind) the shadow pairs'
-divergence counts, cumulative. A flush is one statement, whatever it holds: every row is
-``INSERT ... ON CONFLICT DO UPDATE`` with the counters added up (``analysis_add``) under
-the row's lock, so replicas never read before they write and never lose an increment. The
-rows of one statement go in key order, so two replicas flushing the same seconds queue on
-a row instead of deadlocking.
+One row per (prompt key, rollout, slot, arm) holds that arm's counters for that second as a
+JSON object (``ArmStats.to_fields``); one row per (prompt key, rollout, kind) the shadow
+pairs' divergence counts, cumulative. The ``slug`` columns hold the key's text. A flush is
+one statement, whatever it holds: every row is ``INSERT ... ON CONFLICT DO UPDATE`` with the
+counters added up (``analysis_add``) under the row's lock, so replicas never read before
+they write and never lose an increment. The rows of one statement go in key order, so two
+replicas flushing the same seconds queue on a row instead of deadlocking.
 
 A read adds the window's rows up in the server (``jsonb_each`` + ``GROUP BY``) and sends
 back one number per arm and counter, whatever the window's length.
@@ -37,6 +37,7 @@ from proxy.pg.calls import (
     purge_expired,
 )
 from proxy.pg.migrate import Migration
+from proxy.prompt_key import PromptKey
 from proxy.shadow.compare import DivergenceCounts
 
 COMPONENT = "analysis_pool"
@@ -155,9 +156,9 @@ class PostgresStatsPool:
             with contextlib.suppress(PostgresUnavailable):
                 await call(self._pool, _purge, what="expired analysis counts")
 
-    async def read(self, slug: str, rollout_id: str, start: float, end: float) -> PooledWindow:
+    async def read(self, key: PromptKey, rollout_id: str, start: float, end: float) -> PooledWindow:
         params = {
-            "slug": slug,
+            "slug": key.text,
             "rollout_id": rollout_id,
             "start": int(start) // SLOT_SECONDS,
             "end": int(end) // SLOT_SECONDS,
@@ -170,11 +171,11 @@ class PostgresStatsPool:
         rows = await call(self._pool, run, what="the analysis pool", deadline=self._timeout)
         arms: dict[str, dict[str, float]] = {}
         kinds: dict[str, dict[str, int]] = {}
-        for source, name, key, value in rows:
+        for source, name, field, value in rows:
             if source == "w":
-                arms.setdefault(name, {})[key] = float(value)
+                arms.setdefault(name, {})[field] = float(value)
             else:
-                kinds.setdefault(name, {})[key] = int(value)
+                kinds.setdefault(name, {})[field] = int(value)
         window = PooledWindow(arms={arm: ArmStats.from_fields(f) for arm, f in arms.items()})
         window.noise = DivergenceCounts.from_fields(kinds.get(_NOISE, {}))
         window.candidate = DivergenceCounts.from_fields(kinds.get(_CANDIDATE, {}))
@@ -209,13 +210,13 @@ def _add_params(batches: Mapping[RolloutKey, RolloutBatch]) -> dict[str, Any]:
             "div_counts",
         )
     }
-    for (slug, rollout_id), batch in batches.items():
+    for (key, rollout_id), batch in batches.items():
         for slot, arms in batch.slots.items():
             for arm, stats in arms.items():
                 fields = stats.to_fields()
                 if not fields:
                     continue
-                cols["slugs"].append(slug)
+                cols["slugs"].append(key.text)
                 cols["rollouts"].append(rollout_id)
                 cols["slots"].append(slot)
                 cols["arms"].append(arm)
@@ -223,7 +224,7 @@ def _add_params(batches: Mapping[RolloutKey, RolloutBatch]) -> dict[str, Any]:
         for kind, counts in ((_NOISE, batch.noise), (_CANDIDATE, batch.candidate)):
             div = counts.to_fields()
             if div:
-                cols["div_slugs"].append(slug)
+                cols["div_slugs"].append(key.text)
                 cols["div_rollouts"].append(rollout_id)
                 cols["div_kinds"].append(kind)
                 cols["div_counts"].append(orjson.dumps(div).decode())

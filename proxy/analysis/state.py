@@ -1,9 +1,10 @@
 """What the analyser remembers about a rollout between verdicts, shared by the replicas.
 
 The state (failures so far, when the current percentage began, when the next verdict is
-due) and the last verdicts live in Redis next to the lease, so a replica taking over the
-lease carries on where the previous holder stopped: the failure count is not reset by a
-crash, and ``rollout status`` shows the same verdicts on every replica.
+due) and the last verdicts, per prompt key, live in Redis next to the lease (their names
+hold the key's text), so a replica taking over the lease carries on where the previous
+holder stopped: the failure count is not reset by a crash, and ``rollout status`` shows the
+same verdicts on every replica.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
+
+from proxy.prompt_key import PromptKey
 
 if TYPE_CHECKING:  # redis is imported only when a Redis store is configured
     from redis.asyncio import Redis
@@ -46,12 +49,12 @@ class AnalysisState:
 
 
 class StateStore(Protocol):
-    async def load(self, slug: str) -> tuple[AnalysisState | None, list[dict[str, Any]]]:
-        """The slug's state and its last verdicts (newest first)."""
+    async def load(self, key: PromptKey) -> tuple[AnalysisState | None, list[dict[str, Any]]]:
+        """The key's state and its last verdicts (newest first)."""
         ...
 
     async def save(
-        self, slug: str, state: AnalysisState, verdict: dict[str, Any] | None = None
+        self, key: PromptKey, state: AnalysisState, verdict: dict[str, Any] | None = None
     ) -> None:
         """Store the state and, in the same step, prepend a verdict. A state for another
         rollout than the stored one starts a fresh verdict list."""
@@ -60,22 +63,22 @@ class StateStore(Protocol):
 
 class MemoryStateStore:
     def __init__(self) -> None:
-        self._states: dict[str, AnalysisState] = {}
-        self._verdicts: dict[str, list[dict[str, Any]]] = {}
+        self._states: dict[PromptKey, AnalysisState] = {}
+        self._verdicts: dict[PromptKey, list[dict[str, Any]]] = {}
 
-    async def load(self, slug: str) -> tuple[AnalysisState | None, list[dict[str, Any]]]:
-        state = self._states.get(slug)
-        return state, list(self._verdicts.get(slug, ()))
+    async def load(self, key: PromptKey) -> tuple[AnalysisState | None, list[dict[str, Any]]]:
+        state = self._states.get(key)
+        return state, list(self._verdicts.get(key, ()))
 
     async def save(
-        self, slug: str, state: AnalysisState, verdict: dict[str, Any] | None = None
+        self, key: PromptKey, state: AnalysisState, verdict: dict[str, Any] | None = None
     ) -> None:
-        old = self._states.get(slug)
+        old = self._states.get(key)
         if old is None or old.rollout_id != state.rollout_id:
-            self._verdicts[slug] = []
-        self._states[slug] = state
+            self._verdicts[key] = []
+        self._states[key] = state
         if verdict is not None:
-            self._verdicts[slug] = [verdict, *self._verdicts[slug]][:MAX_VERDICTS]
+            self._verdicts[key] = [verdict, *self._verdicts[key]][:MAX_VERDICTS]
 
 
 class RedisStateStore:
@@ -83,11 +86,11 @@ class RedisStateStore:
         self._redis = client
         self._prefix = prefix + "{analysis}:"
 
-    def _keys(self, slug: str) -> tuple[str, str]:
-        return f"{self._prefix}state:{slug}", f"{self._prefix}verdicts:{slug}"
+    def _keys(self, key: PromptKey) -> tuple[str, str]:
+        return f"{self._prefix}state:{key.text}", f"{self._prefix}verdicts:{key.text}"
 
-    async def load(self, slug: str) -> tuple[AnalysisState | None, list[dict[str, Any]]]:
-        state_key, verdicts_key = self._keys(slug)
+    async def load(self, key: PromptKey) -> tuple[AnalysisState | None, list[dict[str, Any]]]:
+        state_key, verdicts_key = self._keys(key)
         pipe = self._redis.pipeline(transaction=False)
         pipe.get(state_key)
         pipe.lrange(verdicts_key, 0, MAX_VERDICTS - 1)
@@ -99,9 +102,9 @@ class RedisStateStore:
         return state, verdicts
 
     async def save(
-        self, slug: str, state: AnalysisState, verdict: dict[str, Any] | None = None
+        self, key: PromptKey, state: AnalysisState, verdict: dict[str, Any] | None = None
     ) -> None:
-        state_key, verdicts_key = self._keys(slug)
+        state_key, verdicts_key = self._keys(key)
         old = await self._redis.get(state_key)
         fresh = old is None or orjson.loads(old).get("rollout_id") != state.rollout_id
         pipe = self._redis.pipeline(transaction=True)

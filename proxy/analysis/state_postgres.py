@@ -1,4 +1,5 @@
-"""The analysis state and its last verdicts on PostgreSQL: one row per slug.
+"""The analysis state and its last verdicts on PostgreSQL: one row per prompt key (the
+``slug`` column holds the key's text).
 
 The row holds the state and the newest ``MAX_VERDICTS`` verdicts (a JSON array, newest
 first). ``save`` is one statement: the state is replaced and the verdict prepended in the
@@ -27,6 +28,7 @@ from proxy.pg.calls import (
     purge_expired,
 )
 from proxy.pg.migrate import Migration
+from proxy.prompt_key import PromptKey
 
 COMPONENT = "analysis_state"
 MIGRATIONS = (
@@ -89,9 +91,9 @@ class PostgresStateStore:
         await open_component(pool, schema=schema, component=COMPONENT, steps=MIGRATIONS)
         return cls(pool, op_timeout)
 
-    async def load(self, slug: str) -> tuple[AnalysisState | None, list[dict[str, Any]]]:
+    async def load(self, key: PromptKey) -> tuple[AnalysisState | None, list[dict[str, Any]]]:
         async def run(conn: AsyncConnection[Any]) -> tuple[Any, Any] | None:
-            cur = await conn.execute(_LOAD, (slug,))
+            cur = await conn.execute(_LOAD, (key.text,))
             return await cur.fetchone()
 
         row = await call(self._pool, run, what="the analysis state", deadline=self._timeout)
@@ -102,10 +104,10 @@ class PostgresStateStore:
         return state, verdicts[:MAX_VERDICTS]
 
     async def save(
-        self, slug: str, state: AnalysisState, verdict: dict[str, Any] | None = None
+        self, key: PromptKey, state: AnalysisState, verdict: dict[str, Any] | None = None
     ) -> None:
         params = {
-            "slug": slug,
+            "slug": key.text,
             "rollout_id": state.rollout_id,
             "state": orjson.dumps(state.to_dict()).decode(),
             "fresh": orjson.dumps([] if verdict is None else [verdict]).decode(),

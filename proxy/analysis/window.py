@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from proxy.exchange.outcome import Exchange
+from proxy.prompt_key import PromptKey
 from proxy.shadow.compare import Divergence, DivergenceCounts
 from proxy.shadow.models import ShadowKind
 from proxy.stats import quantile_from_histogram
@@ -260,8 +261,8 @@ class RolloutBatch:
         return not self.slots and not self.noise.to_fields() and not self.candidate.to_fields()
 
 
-#: (slug, rollout id)
-RolloutKey = tuple[str, str]
+#: (prompt key, rollout id)
+RolloutKey = tuple[PromptKey, str]
 #: ``time.time`` in production; tests pass their own.
 Clock = Callable[[], float]
 
@@ -275,18 +276,17 @@ class WindowRecorder:
         self._clock = clock
         self._pending: dict[RolloutKey, RolloutBatch] = {}
 
-    def _batch(self, slug: str, rollout_id: str) -> RolloutBatch:
-        key = (slug, rollout_id)
-        batch = self._pending.get(key)
+    def _batch(self, key: PromptKey, rollout_id: str) -> RolloutBatch:
+        batch = self._pending.get((key, rollout_id))
         if batch is None:
-            batch = self._pending[key] = RolloutBatch()
+            batch = self._pending[(key, rollout_id)] = RolloutBatch()
         return batch
 
     def finished(self, ex: Exchange) -> None:
         """Count a finished exchange under its rollout: a served arm (stable or canary), or
         a shadow call (``shadow``, or ``rerun`` for stable's noise copy). A caller hanging up
         or a shadow cancelled at shutdown says nothing about the prompt."""
-        if ex.rollout_id is None or ex.slug is None:
+        if ex.rollout_id is None or ex.key is None:
             return
         if ex.is_shadow:
             if ex.error_class == "cancelled":
@@ -300,7 +300,7 @@ class WindowRecorder:
         else:
             return
         self.observe_call(
-            ex.slug,
+            ex.key,
             ex.rollout_id,
             arm,
             failed=ex.error_class is not None,
@@ -312,7 +312,7 @@ class WindowRecorder:
 
     def observe_call(
         self,
-        slug: str,
+        key: PromptKey,
         rollout_id: str,
         arm: str,
         *,
@@ -323,7 +323,7 @@ class WindowRecorder:
         finish_reason: str | None,
     ) -> None:
         slot = int(self._clock()) // SLOT_SECONDS
-        self._batch(slug, rollout_id).arm(slot, arm).add_call(
+        self._batch(key, rollout_id).arm(slot, arm).add_call(
             failed=failed,
             duration=duration,
             ttft=ttft,
@@ -332,15 +332,15 @@ class WindowRecorder:
         )
 
     def observe_feedback(
-        self, slug: str, rollout_id: str, arm: str, name: str, value: float
+        self, key: PromptKey, rollout_id: str, arm: str, name: str, value: float
     ) -> None:
         slot = int(self._clock()) // SLOT_SECONDS
-        self._batch(slug, rollout_id).arm(slot, arm).add_feedback(name, value)
+        self._batch(key, rollout_id).arm(slot, arm).add_feedback(name, value)
 
     def observe_divergence(
-        self, slug: str, rollout_id: str, noise: bool, divergence: Divergence
+        self, key: PromptKey, rollout_id: str, noise: bool, divergence: Divergence
     ) -> None:
-        batch = self._batch(slug, rollout_id)
+        batch = self._batch(key, rollout_id)
         (batch.noise if noise else batch.candidate).add(divergence)
 
     def drain(self) -> dict[RolloutKey, RolloutBatch]:

@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from proxy.models import Route
+from proxy.prompt_key import PromptKey
 
 if TYPE_CHECKING:
     from proxy.exchange.answer import Answer
@@ -37,7 +38,8 @@ class Exchange:
     method: str
     route: Route
     started: float
-    slug: str | None = None
+    #: The prompt the request names (None: none); logs and labels show its slug.
+    key: PromptKey | None = None
     version: str | None = None
     arm: str | None = None
     stream: bool = False
@@ -56,7 +58,7 @@ class Exchange:
     output_tokens: int | None = None
     finish_reason: str | None = None
     error_class: str | None = None
-    #: The running rollout of the slug when the request was under one (for the analysis).
+    #: The running rollout of the prompt key when the request was under one (for the analysis).
     rollout_id: str | None = None
     #: The answer's text and tool calls, captured only when a shadow pair needs them.
     answer: Answer | None = None

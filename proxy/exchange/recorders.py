@@ -27,7 +27,7 @@ class RecordMetrics:
         # answered one is often a dated id.
         sent = ex.model_sent or ex.model_requested or ex.model_answered
         model = m.model_label(sent)
-        series = m.series(ex.route.value, model, ex.slug or "", ex.version or "", ex.arm or "")
+        series = m.series(ex.route.value, model, ex.key, ex.version or "", ex.arm or "")
         series.observe(
             status_class(ex.status),
             ex.duration or 0.0,
@@ -58,7 +58,7 @@ def _request_fields(ex: Exchange) -> dict[str, object]:
         "upstream_request_id": ex.upstream_request_id,
         "method": ex.method,
         "route": ex.route.value,
-        "slug": ex.slug,
+        "slug": None if ex.key is None else ex.key.slug,
         "version": ex.version,
         "arm": ex.arm,
         "model_requested": ex.model_requested,
@@ -81,7 +81,7 @@ def _shadow_fields(ex: Exchange) -> dict[str, object]:
         "pair_id": ex.pair_id,
         "request_id": ex.request_id,
         "route": ex.route.value,
-        "slug": ex.slug,
+        "slug": None if ex.key is None else ex.key.slug,
         "version": ex.version,
         "arm": ex.arm,
         "kind": ex.shadow_kind,

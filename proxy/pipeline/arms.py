@@ -42,20 +42,20 @@ def decide(
 ) -> Decision:
     if ref.pinned_version is not None:
         return Decision(Arm.PINNED, stable)
-    rollout = snapshot.rollouts.get(ref.slug)
+    rollout = snapshot.rollouts.get(ref.key)
     if rollout is None:
         return Decision(Arm.STABLE, stable)
-    key = sticky_value(
+    sticky = sticky_value(
         rollout.sticky,
         headers,
         parsed.payload or {},
         tenant_header=resources.config.rollouts.tenant_header,
         request_id=request_id,
     )
-    decision = choose(snapshot, stable, key)
+    decision = choose(snapshot, stable, sticky)
     if decision.unkeyed:
         metrics = resources.metrics
-        metrics.rollout_unkeyed.labels(metrics.slug_label(ref.slug)).inc()
+        metrics.rollout_unkeyed.labels(metrics.slug_label(ref.key)).inc()
     return decision
 
 
@@ -94,7 +94,7 @@ def shadow_copy(
     return ShadowRequest(
         pair_id=exchange.request_id,
         request_id=exchange.request_id,
-        slug=candidate.slug,
+        key=candidate.key,
         rollout_id=rollout.id,
         kind=ShadowKind.CANDIDATE,
         primary_version=decision.version.version,

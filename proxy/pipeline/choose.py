@@ -1,11 +1,12 @@
 """Stage 3, choose: which version a request runs on (its arm), and whether it is shadowed.
 
-Pure and deterministic: the arm is a function of (slug, rollout id, sticky key) only, so the
-same caller lands on the same arm on every replica and after restarts, without any shared
-state (TensorZero and Envoy's ``runtime_fraction`` do the same). The key is hashed into one
-of 10,000 buckets and a rollout at ``p`` basis points takes buckets ``[0, p)``: raising the
-percentage keeps every caller already on the candidate, lowering it removes the callers in
-the highest buckets, the newest ones. A new rollout has a new id and so new cohorts.
+Pure and deterministic: the arm is a function of (prompt key, rollout id, sticky key) only,
+so the same caller lands on the same arm on every replica and after restarts, without any
+shared state (TensorZero and Envoy's ``runtime_fraction`` do the same). The sticky key is
+hashed into one of 10,000 buckets and a rollout at ``p`` basis points takes buckets
+``[0, p)``: raising the percentage keeps every caller already on the candidate, lowering it
+removes the callers in the highest buckets, the newest ones. A new rollout has a new id and
+so new cohorts.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from proxy.exchange.outcome import Arm
 from proxy.models import Route
+from proxy.prompt_key import PromptKey
 from proxy.registry.models import (
     BASIS_POINTS,
     PromptVersion,
@@ -34,7 +36,7 @@ class Decision:
     arm: Arm
     #: The version that answers the caller.
     version: PromptVersion
-    #: The running rollout of the slug, if any (also for callers left on stable).
+    #: The running rollout of the prompt key, if any (also for callers left on stable).
     rollout: Rollout | None = None
     #: The candidate to run in the background (shadow rollouts, sampled requests only).
     shadow: PromptVersion | None = None
@@ -42,20 +44,19 @@ class Decision:
     unkeyed: bool = False
 
 
-def bucket(slug: str, rollout_id: str, key: str) -> int:
-    """The key's bucket in ``[0, BASIS_POINTS)`` for this rollout: uniform, stable, and
-    independent between rollouts (the rollout id is in the hash)."""
-    digest = hashlib.blake2b(
-        b"\x1f".join((slug.encode(), rollout_id.encode(), key.encode("utf-8", "surrogatepass"))),
-        digest_size=8,
-    ).digest()
+def bucket(prompt: PromptKey, rollout_id: str, sticky: str) -> int:
+    """The sticky value's bucket in ``[0, BASIS_POINTS)`` for this rollout: uniform, stable,
+    and independent between rollouts (the rollout id is in the hash). The prompt is hashed
+    as its key's text, a plain key's being its slug: cohorts are those of slug days."""
+    parts = (prompt.text.encode(), rollout_id.encode(), sticky.encode("utf-8", "surrogatepass"))
+    digest = hashlib.blake2b(b"\x1f".join(parts), digest_size=8).digest()
     # Scaling a 64-bit value (instead of taking it modulo 10,000) keeps every bucket
     # equally likely to within 2**-50.
     return (int.from_bytes(digest, "big") * BASIS_POINTS) >> 64
 
 
-def takes_candidate(rollout: Rollout, key: str) -> bool:
-    return bucket(rollout.slug, rollout.id, key) < rollout.basis_points
+def takes_candidate(rollout: Rollout, sticky: str) -> bool:
+    return bucket(rollout.key, rollout.id, sticky) < rollout.basis_points
 
 
 def tenant_of(headers: Mapping[str, str], tenant_header: str) -> str | None:
@@ -97,20 +98,20 @@ def sticky_value(
 def choose(
     snapshot: RegistrySnapshot,
     stable: PromptVersion,
-    key: str | None,
+    sticky: str | None,
 ) -> Decision:
-    """Decide the arm of a request whose prod version is ``stable``. ``key`` is the
-    request's sticky value for the slug's rollout (see ``sticky_value``)."""
-    rollout = snapshot.rollouts.get(stable.slug)
+    """Decide the arm of a request whose prod version is ``stable``. ``sticky`` is the
+    request's sticky value for the prompt's rollout (see ``sticky_value``)."""
+    rollout = snapshot.rollouts.get(stable.key)
     if rollout is None:
         return Decision(Arm.STABLE, stable)
-    candidate = snapshot.versions.get(stable.slug, {}).get(rollout.candidate)
+    candidate = snapshot.versions.get(stable.key, {}).get(rollout.candidate)
     if candidate is None or candidate.version == stable.version:
         # The snapshot is consistent, so this cannot happen; if it does, serve stable.
         return Decision(Arm.STABLE, stable, rollout)
-    if key is None:
+    if sticky is None:
         return Decision(Arm.STABLE, stable, rollout, unkeyed=True)
-    if not takes_candidate(rollout, key):
+    if not takes_candidate(rollout, sticky):
         return Decision(Arm.STABLE, stable, rollout)
     if rollout.mode is RolloutMode.CANARY:
         return Decision(Arm.CANARY, candidate, rollout)

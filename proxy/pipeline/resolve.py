@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from multidict import CIMultiDictProxy
 
 from proxy.errors import Conflict, InvalidRequest, NotFound
-from proxy.models import SLUG_PATTERN, Route
+from proxy.models import Route
+from proxy.prompt_key import InvalidPromptKey, PromptKey
 from proxy.registry.models import PromptVersion, RegistrySnapshot
 
 SLUG_HEADER = "x-prompt-slug"
@@ -24,26 +25,27 @@ SWAP_ROUTES = frozenset({Route.CHAT, Route.RESPONSES})
 
 @dataclass(frozen=True, slots=True)
 class PromptRef:
-    slug: str
+    key: PromptKey
     pinned_version: int | None = None
 
 
-def prompt_ref(url_slug: str | None, headers: CIMultiDictProxy[str]) -> PromptRef | None:
-    """The prompt a request names, by its `/p/{slug}/v1` base URL or the `X-Prompt-Slug` header."""
+def prompt_ref(url_key: PromptKey | None, headers: CIMultiDictProxy[str]) -> PromptRef | None:
+    """The prompt a request names, by its `/p/{slug}/v1` base URL (``url_key``, checked by
+    the route) or the `X-Prompt-Slug` header: the one ``PromptKey`` the request builds."""
+    key = url_key
     header_slug = headers.get(SLUG_HEADER)
-    if header_slug is not None and not SLUG_PATTERN.match(header_slug):
-        raise InvalidRequest(
-            "X-Prompt-Slug must match [A-Za-z0-9._-]{1,64}.", param=SLUG_HEADER, code="invalid_slug"
-        )
-    if url_slug is not None and header_slug is not None and url_slug != header_slug:
-        raise InvalidRequest(
-            f"The URL names prompt '{url_slug}' but X-Prompt-Slug names '{header_slug}'.",
-            param=SLUG_HEADER,
-            code="conflicting_slug",
-        )
-    slug = url_slug or header_slug
+    if header_slug is not None:
+        named = header_key(header_slug)  # an invalid header is its own 400, before a conflict
+        if url_key is None:
+            key = named
+        elif named != url_key:
+            raise InvalidRequest(
+                f"The URL names prompt '{url_key}' but X-Prompt-Slug names '{header_slug}'.",
+                param=SLUG_HEADER,
+                code="conflicting_slug",
+            )
     pin = headers.get(VERSION_HEADER)
-    if slug is None:
+    if key is None:
         if pin is not None:
             raise InvalidRequest(
                 "X-Prompt-Version needs a prompt: use /p/{slug}/v1 or X-Prompt-Slug.",
@@ -60,26 +62,36 @@ def prompt_ref(url_slug: str | None, headers: CIMultiDictProxy[str]) -> PromptRe
                 code="version_not_found",
             )
         pinned = int(pin)
-    return PromptRef(slug, pinned)
+    return PromptRef(key, pinned)
+
+
+def header_key(slug: str) -> PromptKey:
+    """The key ``X-Prompt-Slug`` names, or its 400."""
+    try:
+        return PromptKey(slug)
+    except InvalidPromptKey:
+        raise InvalidRequest(
+            "X-Prompt-Slug must match [A-Za-z0-9._-]{1,64}.", param=SLUG_HEADER, code="invalid_slug"
+        ) from None
 
 
 def resolve(snapshot: RegistrySnapshot, ref: PromptRef) -> PromptVersion:
-    versions = snapshot.versions.get(ref.slug)
+    versions = snapshot.versions.get(ref.key)
     if not versions:
-        raise NotFound(f"No prompt named '{ref.slug}'.", param="slug", code="prompt_not_found")
+        raise NotFound(f"No prompt named '{ref.key}'.", param="slug", code="prompt_not_found")
     if ref.pinned_version is not None:
         version = versions.get(ref.pinned_version)
         if version is None:
             raise NotFound(
-                f"Prompt '{ref.slug}' has no version {ref.pinned_version}.",
+                f"Prompt '{ref.key}' has no version {ref.pinned_version}.",
                 param=VERSION_HEADER,
                 code="version_not_found",
             )
         return version
-    prod = snapshot.prod.get(ref.slug)
+    prod = snapshot.prod.get(ref.key)
     if prod is None:
         raise Conflict(
-            f"Prompt '{ref.slug}' has no prod version yet: promote one first.",
+            f"Prompt '{ref.key}' has no prod version yet: promote one first.",
             param="slug",
             code="no_prod_version",
         )

@@ -1,9 +1,10 @@
 """The request path, in order. This is the one place the stage order is written down.
 
 1. parse    body bytes -> ParsedRequest (400 on malformed JSON); the prompt the request names
-2. resolve  prompt slug (+ version pin) -> PromptVersion, from the in-process snapshot only
-3. choose   the arm, sticky per (slug, rollout, key): stable, canary (the candidate answers)
-            or stable plus a shadow copy to the candidate; a version pin is its own arm
+2. resolve  prompt key (+ version pin) -> PromptVersion, from the in-process snapshot only
+3. choose   the arm, sticky per (prompt key, rollout, sticky key): stable, canary (the
+            candidate answers) or stable plus a shadow copy to the candidate; a version pin
+            is its own arm
 4. render   template + caller variables -> outbound body, encoded once (and the shadow's)
 5. forward  one pooled ClientSession -> provider; relay the answer to the client, reading
             it once as it passes. A shadow copy was handed to the ShadowRunner just
@@ -33,6 +34,7 @@ from proxy.pipeline.relay import relay
 from proxy.pipeline.render import render_into
 from proxy.pipeline.resolve import CONTROL_HEADERS, SWAP_ROUTES, prompt_ref, resolve
 from proxy.pipeline.resources import PipelineResources
+from proxy.prompt_key import PromptKey
 from proxy.registry.models import PromptVersion, RolloutMode
 from proxy.shadow.models import ShadowRequest
 
@@ -59,22 +61,23 @@ async def handle(
     request_id: str,
     tail: str,
     raw_tail: str,
-    slug: str | None,
+    url_key: PromptKey | None,
 ) -> web.StreamResponse:
-    """Proxy one ``/v1/{tail}`` request. ``raw_tail`` is the undecoded path and query."""
+    """Proxy one ``/v1/{tail}`` request. ``raw_tail`` is the undecoded path and query;
+    ``url_key`` the prompt a ``/p/{slug}/v1`` URL names."""
     exchange = Exchange(
         request_id=request_id,
         method=request.method,
         route=classify(tail),
         started=time.perf_counter(),
-        slug=slug,
+        key=url_key,
     )
     metrics = resources.metrics
     metrics.in_flight.inc()
     try:
         check_path(tail)
-        ref = prompt_ref(slug, request.headers)
-        exchange.slug = ref.slug if ref is not None else None
+        ref = prompt_ref(url_key, request.headers)
+        exchange.key = ref.key if ref is not None else None
         body = await read_body(request, resources.config.server.max_body_bytes)
         parsed = parse_request(  # 1
             exchange.route, request.method, tail, body, prompt_named=ref is not None
@@ -94,7 +97,7 @@ async def handle(
             render_into(exchange.route, parsed.payload, decision.version, resources.renderer)  # 4
             exchange.model_sent = decision.version.model
         elif ref is not None:
-            _count_unshadowable(resources, ref.slug)
+            _count_unshadowable(resources, ref.key)
         outbound_body, usage_injected = encode_outbound(
             parsed, payload_changed=decision is not None
         )
@@ -123,7 +126,7 @@ async def handle(
                     exchange.pair = half
                     exchange.answer = Answer(resources.config.shadow.sink.max_output_chars)
             else:
-                resources.shadow.skip(decision.version.slug, shadow)
+                resources.shadow.skip(decision.version.key, shadow)
         upstream = await resources.upstream.open(  # 5
             request.method, raw_tail, outbound_headers, outbound_body
         )
@@ -152,16 +155,16 @@ async def handle(
         resources.finished.finished(exchange)  # 6
 
 
-def _count_unshadowable(resources: PipelineResources, slug: str) -> None:
-    """A request naming a slug under a shadow rollout on a route that is never shadowed."""
-    rollout = resources.snapshot.current.rollouts.get(slug)
+def _count_unshadowable(resources: PipelineResources, key: PromptKey) -> None:
+    """A request naming a prompt under a shadow rollout on a route that is never shadowed."""
+    rollout = resources.snapshot.current.rollouts.get(key)
     if rollout is not None and rollout.mode is RolloutMode.SHADOW:
-        resources.shadow.skip(slug, "not_completion")
+        resources.shadow.skip(key, "not_completion")
 
 
 def _add_prompt_headers(
     headers: CIMultiDict[str], version: PromptVersion, exchange: Exchange
 ) -> None:
-    headers["x-prompt-slug"] = version.slug
+    headers["x-prompt-slug"] = version.key.slug
     headers["x-prompt-version"] = str(version.version)
     headers["x-prompt-arm"] = exchange.arm or Arm.STABLE.value

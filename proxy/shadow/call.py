@@ -46,7 +46,7 @@ def shadow_exchange(request: ShadowRequest, answer: Answer | None) -> Exchange:
         method=request.method,
         route=request.route,
         started=time.perf_counter(),
-        slug=request.slug,
+        key=request.key,
         version=str(request.shadow_version),
         arm=Arm.SHADOW.value,
         stream=request.stream,

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from proxy.prompt_key import PromptKey
 from proxy.shadow.compare import Divergence
 
 OTHER = "other"
@@ -39,15 +40,15 @@ REQUEST_OUTCOMES = ("sent", "completed", "failed")
 PAIR_OUTCOMES = ("written", "unpaired", "sink_dropped")
 
 
-def _fold_all(slug: str | None) -> str:
-    return "" if slug is None else OTHER
+def _fold_all(key: PromptKey | None) -> str:
+    return "" if key is None else OTHER
 
 
 class ShadowMetrics:
     def __init__(
         self,
         registry: CollectorRegistry,
-        slug_label: Callable[[str | None], str] = _fold_all,
+        slug_label: Callable[[PromptKey | None], str] = _fold_all,
     ) -> None:
         """``slug_label`` is ``ProxyMetrics.slug_label``; without it every slug is ``other``."""
         self._slug_label = slug_label
@@ -92,15 +93,15 @@ class ShadowMetrics:
         for outcome in PAIR_OUTCOMES:  # export zeros, so rates work from the first scrape
             self.pairs.labels(outcome)
 
-    def request(self, slug: str, outcome: str) -> None:
-        self.requests.labels(self._slug_label(slug), outcome).inc()
+    def request(self, key: PromptKey | None, outcome: str) -> None:
+        self.requests.labels(self._slug_label(key), outcome).inc()
 
-    def drop(self, slug: str, reason: str) -> None:
+    def drop(self, key: PromptKey, reason: str) -> None:
         label = reason if reason in DROP_REASONS else OTHER
-        self.dropped.labels(self._slug_label(slug), label).inc()
+        self.dropped.labels(self._slug_label(key), label).inc()
 
-    def diverged(self, slug: str, kind: str, divergence: Divergence) -> None:
-        label = self._slug_label(slug)
+    def diverged(self, key: PromptKey, kind: str, divergence: Divergence) -> None:
+        label = self._slug_label(key)
         for measure, value in divergence.to_dict().items():
             if value is not None:
                 self.divergence.labels(label, kind, measure).observe(value)

@@ -16,6 +16,7 @@ from typing import Any
 
 from proxy.exchange.outcome import Exchange
 from proxy.models import Route
+from proxy.prompt_key import PromptKey
 
 
 class ShadowKind(StrEnum):
@@ -30,7 +31,7 @@ class ShadowRequest:
     pair_id: str
     #: The primary's ``x-promptproxy-request-id``, to join pairs with access logs.
     request_id: str
-    slug: str
+    key: PromptKey
     rollout_id: str
     kind: ShadowKind
     primary_version: int

@@ -7,7 +7,9 @@ reaches a sink, a follower or the admin API.
 Sinks (``PairSink``) take pairs without blocking (``add``; a full queue or a dead backend
 drops and counts, never raises into the caller), serve them back oldest first (``read``)
 and stream new ones (``follow``). The store's backend (``proxy.backends``) picks the
-implementation: rotated files (embedded) or a capped Redis Stream per slug.
+implementation: rotated files (embedded), a capped Redis Stream per prompt key, or a
+PostgreSQL table capped per key. A pair record names its prompt in ``slug``, by the key's
+text (a plain key's is its slug: records written before keys existed read as before).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any, Protocol
 import orjson
 
 from proxy.log import redact
+from proxy.prompt_key import PromptKey
 from proxy.shadow.models import ArmResult, ShadowRequest
 
 #: ``follow`` with a ``since`` replays at most this many recorded pairs before going live.
@@ -44,7 +47,7 @@ class PairMeta:
     only this, not the request (headers with the provider key, a body up to a MiB)."""
 
     pair_id: str
-    slug: str
+    key: PromptKey
     rollout_id: str
     kind: str
     request_id: str
@@ -56,7 +59,7 @@ class PairMeta:
     def of(cls, request: ShadowRequest) -> PairMeta:
         return cls(
             pair_id=request.pair_id,
-            slug=request.slug,
+            key=request.key,
             rollout_id=request.rollout_id,
             kind=request.kind.value,
             request_id=request.request_id,
@@ -71,7 +74,7 @@ class Pair:
     pair_id: str
     #: Unix seconds when the pair was recorded (both halves known, or the wait gave up).
     ts: float
-    slug: str
+    key: PromptKey
     rollout_id: str
     kind: str
     request_id: str
@@ -99,7 +102,7 @@ class Pair:
         return cls(
             pair_id=meta.pair_id,
             ts=ts,
-            slug=meta.slug,
+            key=meta.key,
             rollout_id=meta.rollout_id,
             kind=meta.kind,
             request_id=meta.request_id,
@@ -116,11 +119,11 @@ class Pair:
         return self.primary is not None
 
     def to_dict(self) -> dict[str, Any]:
-        # Field order matters: sinks find a slug with a byte search on `"slug":` near the start.
+        # Field order matters: sinks find a key with a byte search on `"slug":` near the start.
         return {
             "pair_id": self.pair_id,
             "ts": self.ts,
-            "slug": self.slug,
+            "slug": self.key.text,
             "rollout_id": self.rollout_id,
             "kind": self.kind,
             "request_id": self.request_id,
@@ -141,15 +144,15 @@ class PairSink(Protocol):
         """Queue one pair for writing. Never blocks, never raises: drops and counts."""
 
     async def read(
-        self, slug: str, since: float | None, limit: int, rollout_id: str | None = None
+        self, key: PromptKey, since: float | None, limit: int, rollout_id: str | None = None
     ) -> list[dict[str, Any]]:
-        """Recorded pairs of ``slug``, oldest first: the first ``limit`` at or after ``since``
+        """Recorded pairs of ``key``, oldest first: the first ``limit`` at or after ``since``
         (unix seconds), or the last ``limit`` when ``since`` is None; only those of
         ``rollout_id`` when given (the limit counts those). Raises ``SinkUnavailable`` when
         the backend cannot be read."""
         ...
 
-    def follow(self, slug: str, since: float | None) -> AsyncIterator[dict[str, Any]]:
+    def follow(self, key: PromptKey, since: float | None) -> AsyncIterator[dict[str, Any]]:
         """Pairs recorded since ``since`` (none when None), then new ones as they are
         recorded, until the sink closes. Rides out backend outages instead of raising."""
         ...

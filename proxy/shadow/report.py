@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from proxy.prompt_key import PromptKey
 from proxy.shadow.compare import (
     MEASURES,
     Divergence,
@@ -105,7 +106,7 @@ class MeasureRow:
 
 @dataclass(frozen=True, slots=True)
 class ShadowReport:
-    slug: str
+    key: PromptKey
     rollout_id: str
     #: None when the rollout was named rather than chosen as the latest.
     rollout_running: bool | None
@@ -154,7 +155,7 @@ class ReportBuilder:
 
     def build(
         self,
-        slug: str,
+        key: PromptKey,
         rollout_id: str,
         rollout_running: bool | None,
         since: str,
@@ -171,7 +172,7 @@ class ReportBuilder:
             min_pairs=min_pairs,
         )
         return ShadowReport(
-            slug,
+            key,
             rollout_id,
             rollout_running,
             since,
@@ -186,9 +187,9 @@ class ReportBuilder:
 
 
 async def read_pairs(
-    sink: PairSink, slug: str, since: float | None, limit: int | None, rollout_id: str
+    sink: PairSink, key: PromptKey, since: float | None, limit: int | None, rollout_id: str
 ) -> AsyncIterator[list[dict[str, Any]]]:
-    """The pairs of one rollout of ``slug`` recorded since ``since``, oldest first, each
+    """The pairs of one rollout of ``key`` recorded since ``since``, oldest first, each
     once, at most ``limit``, a page at a time (``SinkUnavailable`` when the sink cannot be
     read). The next page starts at the time of the last pair yielded; pairs recorded at
     that same instant and already yielded are skipped there."""
@@ -198,7 +199,7 @@ async def read_pairs(
     while limit is None or written < limit:
         want = REPORT_PAGE if limit is None else min(REPORT_PAGE, limit - written)
         ask = want + len(boundary)
-        page = await sink.read(slug, cursor, ask, rollout_id)
+        page = await sink.read(key, cursor, ask, rollout_id)
         fresh = [p for p in page if p["pair_id"] not in boundary][:want]
         if fresh:
             yield fresh
@@ -213,7 +214,7 @@ async def read_pairs(
 
 async def make_report(
     sink: PairSink,
-    slug: str,
+    key: PromptKey,
     rollout_id: str,
     rollout_running: bool | None,
     since_text: str,
@@ -225,12 +226,12 @@ async def make_report(
     min_pairs: int,
 ) -> ShadowReport:
     builder = ReportBuilder()
-    async for page in read_pairs(sink, slug, since, limit, rollout_id):
+    async for page in read_pairs(sink, key, since, limit, rollout_id):
         # Off the event loop between pages: a pair without a stored divergence is compared
         # here (rapidfuzz holds the GIL, but the loop gets its turns between pairs).
         await asyncio.to_thread(builder.add, page)
     return builder.build(
-        slug,
+        key,
         rollout_id,
         rollout_running,
         since_text,

@@ -32,6 +32,7 @@ from proxy.exchange.observers import Observers
 from proxy.exchange.outcome import Exchange
 from proxy.exchange.upstream import UpstreamClient, UpstreamLimits
 from proxy.log import APP_LOGGER
+from proxy.prompt_key import PromptKey
 from proxy.shadow.call import call_shadow, shadow_exchange
 from proxy.shadow.compare import Divergence, divergence
 from proxy.shadow.metrics import ShadowMetrics
@@ -40,8 +41,9 @@ from proxy.shadow.pairs import Pair, PairMeta, PairSink
 
 _log = logging.getLogger(APP_LOGGER)
 
-#: (slug, rollout id, noise pair, divergence): what the rollout analysis counts of a pair.
-DivergenceObserver = Callable[[str, str, bool, Divergence], None]
+#: (prompt key, rollout id, noise pair, divergence): what the rollout analysis counts of a
+#: pair.
+DivergenceObserver = Callable[[PromptKey, str, bool, Divergence], None]
 
 _Entry = tuple[ShadowRequest, "asyncio.Future[Exchange]"]
 
@@ -101,7 +103,7 @@ class ShadowRunner:
         however it ends; the shadow waits for it (without a slot) to write the pair.
         """
         if self._closing:
-            self._shadow_metrics.drop(request.slug, "draining")
+            self._shadow_metrics.drop(request.key, "draining")
             return False
         if self._running < self._config.max_in_flight:
             self._start(request, primary)
@@ -114,13 +116,13 @@ class ShadowRunner:
             self._queued_bytes += len(request.body)
             self._shadow_metrics.queue_depth.set(len(self._queue))
             return True
-        self._shadow_metrics.drop(request.slug, "queue_full")
+        self._shadow_metrics.drop(request.key, "queue_full")
         return False
 
-    def skip(self, slug: str, reason: str) -> None:
+    def skip(self, key: PromptKey, reason: str) -> None:
         """Count a shadow the pipeline decided not to send (``side_effects``,
         ``not_completion``, ``body_too_large``...)."""
-        self._shadow_metrics.drop(slug, reason)
+        self._shadow_metrics.drop(key, reason)
 
     def _start(self, request: ShadowRequest, primary: asyncio.Future[Exchange]) -> None:
         self._running += 1
@@ -145,7 +147,7 @@ class ShadowRunner:
             request, primary = self._queue.popleft()
             self._queued_bytes -= len(request.body)
             if now - request.submitted_at > max_age:
-                self._shadow_metrics.drop(request.slug, "stale")
+                self._shadow_metrics.drop(request.key, "stale")
                 continue
             self._start(request, primary)
         self._shadow_metrics.queue_depth.set(len(self._queue))
@@ -155,7 +157,7 @@ class ShadowRunner:
 
     async def _shadow(self, request: ShadowRequest, primary: asyncio.Future[Exchange]) -> None:
         meta = PairMeta.of(request)
-        self._shadow_metrics.request(request.slug, "sent")
+        self._shadow_metrics.request(request.key, "sent")
         try:
             exchange = await call_shadow(self._client, request, self._config)
         except asyncio.CancelledError:
@@ -206,10 +208,10 @@ class ShadowRunner:
         if not (_answered(primary) and _answered(shadow)):
             return None
         diverged = divergence(primary, shadow, meta.expect_json)
-        self._shadow_metrics.diverged(meta.slug, meta.kind, diverged)
+        self._shadow_metrics.diverged(meta.key, meta.kind, diverged)
         if self._on_divergence is not None:
             self._on_divergence(
-                meta.slug, meta.rollout_id, meta.kind == ShadowKind.STABLE.value, diverged
+                meta.key, meta.rollout_id, meta.kind == ShadowKind.STABLE.value, diverged
             )
         return diverged
 
@@ -217,7 +219,7 @@ class ShadowRunner:
         """The runner's own counter, then the observers every exchange goes through;
         returns the shadow's half of the pair."""
         outcome = "completed" if exchange.error_class is None else "failed"
-        self._shadow_metrics.request(exchange.slug or "", outcome)
+        self._shadow_metrics.request(exchange.key, outcome)
         self._finished.finished(exchange)
         return ArmResult.of(exchange)
 
@@ -229,7 +231,7 @@ class ShadowRunner:
         self._closing = True
         while self._queue:
             request, _ = self._queue.popleft()
-            self._shadow_metrics.drop(request.slug, "draining")
+            self._shadow_metrics.drop(request.key, "draining")
         self._queued_bytes = 0
         self._shadow_metrics.queue_depth.set(0)
         tasks = set(self._tasks)

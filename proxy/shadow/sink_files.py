@@ -26,6 +26,7 @@ import orjson
 
 from proxy.config import ShadowSinkConfig
 from proxy.log import APP_LOGGER
+from proxy.prompt_key import PromptKey
 from proxy.shadow.metrics import ShadowMetrics
 from proxy.shadow.pairs import FOLLOW_BACKLOG, Pair
 
@@ -40,14 +41,14 @@ _MTIME_SLACK = 2.0
 
 
 class _Follower:
-    __slots__ = ("queue", "slug")
+    __slots__ = ("key", "queue")
 
-    def __init__(self, slug: str) -> None:
-        self.slug = slug
+    def __init__(self, key: PromptKey) -> None:
+        self.key = key
         self.queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(FOLLOWER_QUEUE + 1)
 
     def offer(self, pair: Pair) -> None:
-        if pair.slug == self.slug and self.queue.qsize() < FOLLOWER_QUEUE:
+        if pair.key == self.key and self.queue.qsize() < FOLLOWER_QUEUE:
             self.queue.put_nowait(pair.to_dict())
 
     def end(self) -> None:
@@ -181,9 +182,10 @@ class FilePairSink:
         return [path for _, path in sorted(numbered, reverse=True)] + [self.path]
 
     def _read_sync(
-        self, slug: str, since: float | None, limit: int, rollout_id: str | None
+        self, key: PromptKey, since: float | None, limit: int, rollout_id: str | None
     ) -> list[dict[str, Any]]:
-        needle = b'"slug":' + orjson.dumps(slug) + b","
+        text = key.text  # what a record's "slug" holds
+        needle = b'"slug":' + orjson.dumps(text) + b","
         found: deque[dict[str, Any]] = deque(maxlen=limit if since is None else None)
         for path in self._files():
             try:
@@ -199,7 +201,7 @@ class FilePairSink:
                             record = orjson.loads(line)
                         except orjson.JSONDecodeError:  # a line being written right now
                             continue
-                        if not isinstance(record, dict) or record.get("slug") != slug:
+                        if not isinstance(record, dict) or record.get("slug") != text:
                             continue
                         if rollout_id is not None and record.get("rollout_id") != rollout_id:
                             continue
@@ -214,22 +216,22 @@ class FilePairSink:
         return list(found)
 
     async def read(
-        self, slug: str, since: float | None, limit: int, rollout_id: str | None = None
+        self, key: PromptKey, since: float | None, limit: int, rollout_id: str | None = None
     ) -> list[dict[str, Any]]:
         if limit <= 0:
             return []
-        return await asyncio.to_thread(self._read_sync, slug, since, limit, rollout_id)
+        return await asyncio.to_thread(self._read_sync, key, since, limit, rollout_id)
 
-    async def follow(self, slug: str, since: float | None) -> AsyncIterator[dict[str, Any]]:
+    async def follow(self, key: PromptKey, since: float | None) -> AsyncIterator[dict[str, Any]]:
         if self._closed:
             return
-        follower = _Follower(slug)
+        follower = _Follower(key)
         # Listen before reading the files: a pair recorded meanwhile arrives at least once.
         self._followers.add(follower)
         try:
             seen: set[str] = set()
             if since is not None:
-                for record in await self.read(slug, since, FOLLOW_BACKLOG):
+                for record in await self.read(key, since, FOLLOW_BACKLOG):
                     seen.add(str(record.get("pair_id")))
                     yield record
             while True:

@@ -1,13 +1,15 @@
-"""Pairs in PostgreSQL: ``shadow_pairs``, numbered per slug, capped per slug.
+"""Pairs in PostgreSQL: ``shadow_pairs``, numbered per prompt key, capped per key.
 
 For replicas sharing a PostgreSQL backend: every replica appends, any admin port reads
-them all. Each slug's pairs are numbered 1, 2, 3, ... by a counter row
-(``shadow_pair_heads``) that a write takes under its lock, so a slug's pairs become visible
+them all. Each key's pairs are numbered 1, 2, 3, ... by a counter row
+(``shadow_pair_heads``) that a write takes under its lock, so a key's pairs become visible
 in number order: a follower that asks for "after n" never misses one committed late. The
-cap is the Redis stream's MAXLEN: a write deletes the slug's pairs ``max_entries`` or more
-behind the newest, so each slug keeps its last ``max_entries`` pairs, oldest dropped,
-and the delete is as large as the write in steady state. A pair is stored as the JSON text
-the other sinks write (key order kept; PostgreSQL compresses large values by itself).
+cap is the Redis stream's MAXLEN: a write deletes the key's pairs ``max_entries`` or more
+behind the newest, so each key keeps its last ``max_entries`` pairs, oldest dropped,
+and the delete is as large as the write in steady state. The ``slug`` columns hold the
+key's text (``PromptKey.text``; a plain key's is its slug), as the pair's own ``slug`` does.
+A pair is stored as the JSON text the other sinks write (key order kept; PostgreSQL
+compresses large values by itself).
 
 Failure policy, as for the Redis sink: ``add`` only puts the pair in a bounded in-memory
 queue; one background task writes batches, each call under a deadline. A batch that fails
@@ -30,6 +32,7 @@ from psycopg import AsyncConnection
 from proxy.log import APP_LOGGER
 from proxy.pg.calls import DEFAULT_TIMEOUT, Pool, PostgresUnavailable, call, open_component
 from proxy.pg.migrate import Migration
+from proxy.prompt_key import PromptKey
 from proxy.shadow.metrics import ShadowMetrics
 from proxy.shadow.pairs import FOLLOW_BACKLOG, Pair, SinkUnavailable
 
@@ -145,7 +148,7 @@ class PostgresPairSink:
         metrics: ShadowMetrics,
         op_timeout: float = DEFAULT_TIMEOUT,
     ) -> Self:
-        """``max_entries``: pairs kept per slug (``shadow.sink.max_entries``);
+        """``max_entries``: pairs kept per key (``shadow.sink.max_entries``);
         ``queue_size``: pairs waiting to be written, beyond which they are dropped."""
         await open_component(pool, schema=schema, component=COMPONENT, steps=MIGRATIONS)
         return cls(
@@ -195,22 +198,22 @@ class PostgresPairSink:
                 return
 
     async def _write(self, batch: Sequence[Pair]) -> bool:
-        groups: dict[str, list[Pair]] = {}
+        groups: dict[PromptKey, list[Pair]] = {}
         for pair in batch:
-            groups.setdefault(pair.slug, []).append(pair)
-        by_slug = list(groups.values())
+            groups.setdefault(pair.key, []).append(pair)
+        by_key = list(groups.values())
         written = 0
 
         async def run(conn: AsyncConnection[Any]) -> None:
-            # Each slug's statement commits by itself: a call run again on another
-            # connection (this one died under it) goes on with the slugs not written yet.
+            # Each key's statement commits by itself: a call run again on another
+            # connection (this one died under it) goes on with the keys not written yet.
             nonlocal written
-            while by_slug:
-                pairs = by_slug[0]
+            while by_key:
+                pairs = by_key[0]
                 await conn.execute(
                     _WRITE,
                     {
-                        "slug": pairs[0].slug,
+                        "slug": pairs[0].key.text,
                         "count": len(pairs),
                         "cap": self._max_entries,
                         "ts": [p.ts for p in pairs],
@@ -218,7 +221,7 @@ class PostgresPairSink:
                         "pairs": [p.to_json().decode() for p in pairs],
                     },
                 )
-                by_slug.pop(0)
+                by_key.pop(0)
                 written += len(pairs)
 
         try:
@@ -277,47 +280,47 @@ class PostgresPairSink:
             raise SinkUnavailable(str(exc)) from exc
 
     async def read(
-        self, slug: str, since: float | None, limit: int, rollout_id: str | None = None
+        self, key: PromptKey, since: float | None, limit: int, rollout_id: str | None = None
     ) -> list[dict[str, Any]]:
         if limit <= 0:
             return []
         if since is not None:
             rows = await (
-                self._fetch(_SINCE, (slug, since, limit))
+                self._fetch(_SINCE, (key.text, since, limit))
                 if rollout_id is None
-                else self._fetch(_SINCE_OF_ROLLOUT, (slug, since, rollout_id, limit))
+                else self._fetch(_SINCE_OF_ROLLOUT, (key.text, since, rollout_id, limit))
             )
             decoded = (_decode(raw) for _, raw in rows)
         else:
             rows = await (
-                self._fetch(_LAST, (slug, limit))
+                self._fetch(_LAST, (key.text, limit))
                 if rollout_id is None
-                else self._fetch(_LAST_OF_ROLLOUT, (slug, rollout_id, limit))
+                else self._fetch(_LAST_OF_ROLLOUT, (key.text, rollout_id, limit))
             )
             decoded = (_decode(raw) for (raw,) in reversed(rows))
         return [record for record in decoded if record is not None]
 
-    async def _head(self, slug: str) -> int:
-        rows = await self._fetch(_HEAD, (slug,))
+    async def _head(self, key: PromptKey) -> int:
+        rows = await self._fetch(_HEAD, (key.text,))
         return int(rows[0][0]) if rows else 0
 
-    async def _start(self, slug: str, since: float | None) -> tuple[list[dict[str, Any]], int]:
+    async def _start(self, key: PromptKey, since: float | None) -> tuple[list[dict[str, Any]], int]:
         """The backlog to replay and the pair number a follow goes on after."""
-        head = await self._head(slug)
+        head = await self._head(key)
         if since is None:
             return [], head
         # Up to the head read first: a pair written meanwhile is after it, so the follow
         # loop finds it.
-        rows = await self._fetch(_BACKLOG, (slug, since, head, FOLLOW_BACKLOG))
+        rows = await self._fetch(_BACKLOG, (key.text, since, head, FOLLOW_BACKLOG))
         position = int(rows[-1][0]) if len(rows) >= FOLLOW_BACKLOG else head
         records = (_decode(raw) for _, raw in rows)
         return [r for r in records if r is not None], position
 
-    async def follow(self, slug: str, since: float | None) -> AsyncIterator[dict[str, Any]]:
+    async def follow(self, key: PromptKey, since: float | None) -> AsyncIterator[dict[str, Any]]:
         position: int | None = None
         while position is None and not self._closed:
             try:
-                backlog, position = await self._start(slug, since)
+                backlog, position = await self._start(key, since)
             except SinkUnavailable:
                 await asyncio.sleep(1.0)
                 continue
@@ -325,9 +328,9 @@ class PostgresPairSink:
                 yield record
         while not self._closed and position is not None:
             try:
-                rows = await self._fetch(_AFTER, (slug, position, _PAGE))
-                if not rows and await self._head(slug) < position:
-                    # The slug's numbering started again (its pairs were wiped): follow the
+                rows = await self._fetch(_AFTER, (key.text, position, _PAGE))
+                if not rows and await self._head(key) < position:
+                    # The key's numbering started again (its pairs were wiped): follow the
                     # new ones from the start.
                     position = 0
                     continue

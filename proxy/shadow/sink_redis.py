@@ -1,4 +1,4 @@
-"""Pairs in one capped Redis Stream per slug: ``{prefix}{shadow}:pairs:<slug>``.
+"""Pairs in one capped Redis Stream per prompt key: ``{prefix}{shadow}:pairs:<key>``.
 
 For replicas sharing a Redis registry: every replica appends, any admin port reads them all.
 ``XADD ... MAXLEN ~ max_entries`` keeps each stream bounded without a cleanup job.
@@ -26,6 +26,7 @@ from redis.exceptions import RedisError
 
 from proxy.config import ShadowSinkConfig
 from proxy.log import APP_LOGGER
+from proxy.prompt_key import PromptKey
 from proxy.shadow.metrics import ShadowMetrics
 from proxy.shadow.pairs import FOLLOW_BACKLOG, Pair, SinkUnavailable
 
@@ -105,8 +106,10 @@ class RedisPairSink:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
-    def key(self, slug: str) -> str:
-        return self._prefix + slug
+    def stream(self, key: PromptKey) -> str:
+        """The stream of ``key``'s pairs, named by the key's text (a plain key's is its slug,
+        so streams written before keys existed are read as they are)."""
+        return self._prefix + key.text
 
     # -- writing --------------------------------------------------------------------------
 
@@ -152,7 +155,7 @@ class RedisPairSink:
                 async with self._writer_client.pipeline(transaction=False) as pipe:
                     for pair in batch:
                         pipe.xadd(
-                            self.key(pair.slug),
+                            self.stream(pair.key),
                             {_FIELD: pair.to_json()},
                             maxlen=self._max_entries,
                             approximate=True,
@@ -208,17 +211,17 @@ class RedisPairSink:
             ) from exc
 
     async def _since(
-        self, slug: str, since: float, limit: int, rollout_id: str | None = None
+        self, key: PromptKey, since: float, limit: int, rollout_id: str | None = None
     ) -> tuple[list[dict[str, Any]], bytes | None]:
         """The first ``limit`` records at or after ``since`` (of ``rollout_id`` only, when
         given), and the id of the last entry looked at (where a follow goes on)."""
-        key = self.key(slug)
+        stream = self.stream(key)
         start: bytes = str(max(0, int((since - CLOCK_SLACK) * 1000))).encode()
         last: bytes | None = None
         out: list[dict[str, Any]] = []
         while len(out) < limit:
             entries: list[_Entry] = (
-                await self._call(self._reader.xrange(key, start, "+", count=_PAGE)) or []
+                await self._call(self._reader.xrange(stream, start, "+", count=_PAGE)) or []
             )
             for entry_id, fields in entries:
                 last = entry_id
@@ -235,33 +238,33 @@ class RedisPairSink:
         return out, last
 
     async def read(
-        self, slug: str, since: float | None, limit: int, rollout_id: str | None = None
+        self, key: PromptKey, since: float | None, limit: int, rollout_id: str | None = None
     ) -> list[dict[str, Any]]:
         if limit <= 0:
             return []
         if since is not None:
-            records, _ = await self._since(slug, since, limit, rollout_id)
+            records, _ = await self._since(key, since, limit, rollout_id)
             return records
         if rollout_id is None:
             entries: list[_Entry] = (
-                await self._call(self._reader.xrevrange(self.key(slug), "+", "-", count=limit))
+                await self._call(self._reader.xrevrange(self.stream(key), "+", "-", count=limit))
                 or []
             )
             decoded = (_decode(fields) for _, fields in reversed(entries))
             return [record for record in decoded if record is not None]
-        return await self._last_of_rollout(slug, limit, rollout_id)
+        return await self._last_of_rollout(key, limit, rollout_id)
 
     async def _last_of_rollout(
-        self, slug: str, limit: int, rollout_id: str
+        self, key: PromptKey, limit: int, rollout_id: str
     ) -> list[dict[str, Any]]:
         """The last ``limit`` records of one rollout: pages back from the newest entry,
-        since the stream holds the slug's earlier rollouts too."""
-        key = self.key(slug)
+        since the stream holds the key's earlier rollouts too."""
+        stream = self.stream(key)
         end: bytes | str = "+"
         newest_first: list[dict[str, Any]] = []
         while len(newest_first) < limit:
             entries: list[_Entry] = (
-                await self._call(self._reader.xrevrange(key, end, "-", count=_PAGE)) or []
+                await self._call(self._reader.xrevrange(stream, end, "-", count=_PAGE)) or []
             )
             for _, fields in entries:
                 record = _decode(fields)
@@ -274,23 +277,25 @@ class RedisPairSink:
             end = b"(" + entries[-1][0]
         return newest_first[::-1]
 
-    async def _start(self, slug: str, since: float | None) -> tuple[list[dict[str, Any]], bytes]:
+    async def _start(
+        self, key: PromptKey, since: float | None
+    ) -> tuple[list[dict[str, Any]], bytes]:
         if since is None:
             newest: list[_Entry] = (
-                await self._call(self._reader.xrevrange(self.key(slug), "+", "-", count=1)) or []
+                await self._call(self._reader.xrevrange(self.stream(key), "+", "-", count=1)) or []
             )
             return [], newest[0][0] if newest else b"0-0"
-        records, last = await self._since(slug, since, FOLLOW_BACKLOG)
+        records, last = await self._since(key, since, FOLLOW_BACKLOG)
         if last is None:
             last = str(max(0, int((since - CLOCK_SLACK) * 1000))).encode() + b"-0"
         return records, last
 
-    async def follow(self, slug: str, since: float | None) -> AsyncIterator[dict[str, Any]]:
-        key = self.key(slug)
+    async def follow(self, key: PromptKey, since: float | None) -> AsyncIterator[dict[str, Any]]:
+        stream = self.stream(key)
         position: bytes | None = None
         while position is None and not self._closed:
             try:
-                backlog, position = await self._start(slug, since)
+                backlog, position = await self._start(key, since)
             except SinkUnavailable:
                 await asyncio.sleep(1.0)
                 continue
@@ -300,7 +305,7 @@ class RedisPairSink:
             try:
                 # RESP2 (this client's protocol): [[key, [(id, fields), ...]], ...]
                 answer: Any = await self._reader.xread(
-                    {key: position}, count=_PAGE, block=_FOLLOW_BLOCK_MS
+                    {stream: position}, count=_PAGE, block=_FOLLOW_BLOCK_MS
                 )
             except _ERRORS:
                 await asyncio.sleep(1.0)  # rides out the outage; `close` ends the loop

@@ -22,12 +22,13 @@ from proxy.analysis.state import MemoryStateStore
 from proxy.analysis.window import WindowRecorder
 from proxy.config import AnalysisConfig
 from proxy.errors import NotFound
+from proxy.prompt_key import PromptKey
 from proxy.registry.analysis_policy import AnalysisPolicy
 from proxy.registry.models import Rollout, RolloutMode, VersionDraft
 from proxy.services import Services
 from tests.support import make_settings, proxy_clients
 
-SLUG = "support"
+SLUG = PromptKey("support")
 INTERVAL = 10.0
 
 
@@ -74,7 +75,7 @@ class Harness:
     ) -> Rollout:
         registry = self.services.registry
         for n in (1, 2):
-            await registry.push(VersionDraft(slug=SLUG, template=f"v{n}"), actor="test")
+            await registry.push(VersionDraft(key=SLUG, template=f"v{n}"), actor="test")
         await registry.promote(SLUG, 1, "test", "")
         change = await registry.set_rollout(
             SLUG,

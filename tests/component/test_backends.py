@@ -35,6 +35,7 @@ from proxy.feedback import Answered, MemoryRequestIndex, RedisRequestIndex
 from proxy.feedback_postgres import PostgresRequestIndex
 from proxy.models import Route
 from proxy.preflight import StartupError
+from proxy.prompt_key import PromptKey
 from proxy.registry.embedded_store import EmbeddedStore
 from proxy.registry.fleet import ReplicaBeat
 from proxy.registry.fleet_embedded import EmbeddedFleetBoard
@@ -54,6 +55,7 @@ from tests.redis_server import RedisServer, running_redis
 from tests.support import make_settings
 
 SLUG = "support"
+KEY = PromptKey(SLUG)
 
 postgres_server = postgres_server_fixture("module")
 
@@ -83,14 +85,12 @@ def beat(replica: str) -> ReplicaBeat:
 
 
 def pair(n: int) -> Pair:
-    meta = PairMeta(
-        f"p{n}", SLUG, "ro", ShadowKind.CANDIDATE.value, f"r{n}", Route.CHAT.value, True
-    )
+    meta = PairMeta(f"p{n}", KEY, "ro", ShadowKind.CANDIDATE.value, f"r{n}", Route.CHAT.value, True)
     return Pair.build(meta, ArmResult(version=1, text="a"), ArmResult(version=2, text="b"), 1.0)
 
 
 def answered() -> Answered:
-    return Answered(SLUG, "2", "canary", "ro", time.time())
+    return Answered(KEY, "2", "canary", "ro", time.time())
 
 
 def batch(requests: int) -> RolloutBatch:
@@ -133,7 +133,7 @@ async def test_the_embedded_backend_keeps_every_part_in_this_process(tmp_path: P
         await backend.board.publish(beat("me"))
         backend.pairs.add(pair(1))
     # Closed: the queued pair is on disk, the registry file is released.
-    assert [r["pair_id"] for r in await backend.pairs.read(SLUG, None, 10)] == ["p1"]
+    assert [r["pair_id"] for r in await backend.pairs.read(KEY, None, 10)] == ["p1"]
     with pytest.raises(StoreUnavailable):
         await backend.store.revision()
     assert (tmp_path / "registry.fleet.db").exists()
@@ -161,22 +161,22 @@ async def test_the_redis_backend_puts_every_part_on_the_one_redis(
         assert isinstance(mine.index, RedisRequestIndex)
         assert isinstance(mine.pairs, RedisPairSink)
 
-        assert await mine.lease.hold(SLUG)
-        assert not await theirs.lease.hold(SLUG)
-        assert await theirs.lease.holder(SLUG) == "replica-a"
+        assert await mine.lease.hold(KEY)
+        assert not await theirs.lease.hold(KEY)
+        assert await theirs.lease.holder(KEY) == "replica-a"
 
         await mine.state.save(
-            SLUG, AnalysisState("ro", 2, 1.0, 2.0), {"rollout_id": "ro", "verdict": "hold"}
+            KEY, AnalysisState("ro", 2, 1.0, 2.0), {"rollout_id": "ro", "verdict": "hold"}
         )
-        state, verdicts = await theirs.state.load(SLUG)
+        state, verdicts = await theirs.state.load(KEY)
         assert state is not None
         assert state.failures == 2
         assert verdicts == [{"rollout_id": "ro", "verdict": "hold"}]
 
-        await mine.pool.add({(SLUG, "ro"): batch(3)}, keep_seconds=60)
-        await theirs.pool.add({(SLUG, "ro"): batch(4)}, keep_seconds=60)
+        await mine.pool.add({(KEY, "ro"): batch(3)}, keep_seconds=60)
+        await theirs.pool.add({(KEY, "ro"): batch(4)}, keep_seconds=60)
         now = time.time()
-        window = await mine.pool.read(SLUG, "ro", now - 5, now + 5)
+        window = await mine.pool.read(KEY, "ro", now - 5, now + 5)
         assert window.arm("canary").requests == 7
 
         mine.index.remember("req-1", answered())
@@ -196,7 +196,7 @@ async def test_the_redis_backend_puts_every_part_on_the_one_redis(
         await mine.close()  # flushes the queued pair
         await theirs.close()
     async with await open_backend(settings, replica="replica-c") as later:
-        assert [r["pair_id"] for r in await later.pairs.read(SLUG, None, 10)] == ["p1"]
+        assert [r["pair_id"] for r in await later.pairs.read(KEY, None, 10)] == ["p1"]
     # Every part wrote to this one Redis, under the deployment's prefix.
     keys = set(await raw.keys(f"{prefix}*"))
     assert {
@@ -221,12 +221,12 @@ async def test_closing_the_redis_backend_leaves_no_connection_behind(
     revision = await backend.store.revision()
     await backend.store.wait_for_change(revision, 0.05)
     await backend.board.publish(beat("me"))
-    await backend.lease.hold(SLUG)
-    await backend.state.load(SLUG)
-    await backend.pool.read(SLUG, "ro", 0, 1)
+    await backend.lease.hold(KEY)
+    await backend.state.load(KEY)
+    await backend.pool.read(KEY, "ro", 0, 1)
     await backend.index.first_feedback("req-1", "thumbs_up")
     backend.pairs.add(pair(1))
-    await backend.pairs.read(SLUG, None, 1)
+    await backend.pairs.read(KEY, None, 1)
     opened = await promptproxy_clients(raw)
     # One shared client for the board, pool, lease, state and request index (used one after
     # another here, so one connection), the registry's own, the sink's writer and reader.
@@ -250,7 +250,7 @@ async def test_many_backends_opened_and_closed_leak_nothing(
     settings = redis_settings(redis_server)
     for n in range(5):
         async with await open_backend(settings, replica=f"r{n}") as backend:
-            await backend.lease.hold(SLUG)
+            await backend.lease.hold(KEY)
             await backend.store.revision()
             backend.pairs.add(pair(n))
     assert await promptproxy_clients(raw) == {}
@@ -297,22 +297,22 @@ async def test_the_postgresql_backend_puts_every_part_in_the_one_database(
         assert isinstance(mine.index, PostgresRequestIndex)
         assert isinstance(mine.pairs, PostgresPairSink)
 
-        assert await mine.lease.hold(SLUG)
-        assert not await theirs.lease.hold(SLUG)
-        assert await theirs.lease.holder(SLUG) == "replica-a"
+        assert await mine.lease.hold(KEY)
+        assert not await theirs.lease.hold(KEY)
+        assert await theirs.lease.holder(KEY) == "replica-a"
 
         await mine.state.save(
-            SLUG, AnalysisState("ro", 2, 1.0, 2.0), {"rollout_id": "ro", "verdict": "hold"}
+            KEY, AnalysisState("ro", 2, 1.0, 2.0), {"rollout_id": "ro", "verdict": "hold"}
         )
-        state, verdicts = await theirs.state.load(SLUG)
+        state, verdicts = await theirs.state.load(KEY)
         assert state is not None
         assert state.failures == 2
         assert verdicts == [{"rollout_id": "ro", "verdict": "hold"}]
 
-        await mine.pool.add({(SLUG, "ro"): batch(3)}, keep_seconds=60)
-        await theirs.pool.add({(SLUG, "ro"): batch(4)}, keep_seconds=60)
+        await mine.pool.add({(KEY, "ro"): batch(3)}, keep_seconds=60)
+        await theirs.pool.add({(KEY, "ro"): batch(4)}, keep_seconds=60)
         now = time.time()
-        window = await mine.pool.read(SLUG, "ro", now - 5, now + 5)
+        window = await mine.pool.read(KEY, "ro", now - 5, now + 5)
         assert window.arm("canary").requests == 7
 
         mine.index.remember("req-1", answered())
@@ -332,7 +332,7 @@ async def test_the_postgresql_backend_puts_every_part_in_the_one_database(
         await mine.close()  # flushes the queued pair
         await theirs.close()
     async with await open_backend(settings, replica="replica-c") as later:
-        assert [r["pair_id"] for r in await later.pairs.read(SLUG, None, 10)] == ["p1"]
+        assert [r["pair_id"] for r in await later.pairs.read(KEY, None, 10)] == ["p1"]
 
 
 async def test_closing_the_postgresql_backend_leaves_no_connection_behind(
@@ -355,7 +355,7 @@ async def test_closing_the_postgresql_backend_leaves_no_connection_behind(
         backend = await open_backend(settings, replica=f"r{n}")
         revision = await backend.store.revision()
         await backend.store.wait_for_change(revision, 0.05)  # the LISTEN connection is up
-        await backend.lease.hold(SLUG)
+        await backend.lease.hold(KEY)
         backend.pairs.add(pair(n))
         assert connections() >= 2
         await backend.close()

@@ -10,6 +10,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from proxy.pipeline.choose import takes_candidate
+from proxy.prompt_key import PromptKey
 from proxy.registry.models import Rollout
 from proxy.services import Services
 from tests.support import ADMIN, FAKE_UPSTREAM, READER, Clients, upstream_mock
@@ -243,7 +244,7 @@ async def test_canary_callers_get_the_candidate_and_keep_it(
     await refreshed(services)
     upstream.post(CHAT_URL, payload=ANSWER, repeat=True)
     caplog.set_level(logging.INFO, logger="promptproxy.access")
-    rollout: Rollout = services.snapshot.current.rollouts["support"]
+    rollout: Rollout = services.snapshot.current.rollouts[PromptKey("support")]
     assert rollout.id == started["id"]
 
     users = [f"user-{i}" for i in range(40)]

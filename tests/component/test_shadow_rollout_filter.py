@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from proxy.config import ShadowSinkConfig
 from proxy.models import Route
+from proxy.prompt_key import PromptKey
 from proxy.shadow import sink_redis
 from proxy.shadow.metrics import ShadowMetrics
 from proxy.shadow.models import ArmResult, ShadowKind
@@ -23,7 +24,13 @@ from tests.redis_server import running_redis
 
 def pair(n: int, rollout_id: str) -> Pair:
     meta = PairMeta(
-        f"p{n}", "support", rollout_id, ShadowKind.CANDIDATE.value, f"r{n}", Route.CHAT.value, False
+        f"p{n}",
+        PromptKey("support"),
+        rollout_id,
+        ShadowKind.CANDIDATE.value,
+        f"r{n}",
+        Route.CHAT.value,
+        False,
     )
     return Pair.build(
         meta, ArmResult(version=1, text="a"), ArmResult(version=2, text="b"), 1000.0 + n
@@ -50,7 +57,7 @@ async def sink(
 
 async def stored(sink: PairSink, count: int) -> None:
     for _ in range(1500):
-        if len(await sink.read("support", None, 10_000)) >= count:
+        if len(await sink.read(PromptKey("support"), None, 10_000)) >= count:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("pairs not written")
@@ -65,9 +72,14 @@ async def test_read_keeps_one_rollouts_pairs(sink: PairSink) -> None:
     def ids(records: list[dict[str, object]]) -> list[object]:
         return [r["pair_id"] for r in records]
 
-    assert ids(await sink.read("support", None, 100, "r-new")) == [f"p{n}" for n in range(10, 15)]
-    assert ids(await sink.read("support", None, 2, "r-new")) == ["p13", "p14"]  # the last 2
-    assert ids(await sink.read("support", 1011.0, 3, "r-new")) == ["p11", "p12", "p13"]
-    assert ids(await sink.read("support", None, 3, "r-old")) == ["p8", "p9", "p15"]
-    assert await sink.read("support", None, 100, "r-none") == []
-    assert len(await sink.read("support", None, 100)) == 16  # no rollout asked: all
+    assert ids(await sink.read(PromptKey("support"), None, 100, "r-new")) == [
+        f"p{n}" for n in range(10, 15)
+    ]
+    assert ids(await sink.read(PromptKey("support"), None, 2, "r-new")) == [
+        "p13",
+        "p14",
+    ]  # the last 2
+    assert ids(await sink.read(PromptKey("support"), 1011.0, 3, "r-new")) == ["p11", "p12", "p13"]
+    assert ids(await sink.read(PromptKey("support"), None, 3, "r-old")) == ["p8", "p9", "p15"]
+    assert await sink.read(PromptKey("support"), None, 100, "r-none") == []
+    assert len(await sink.read(PromptKey("support"), None, 100)) == 16  # no rollout asked: all

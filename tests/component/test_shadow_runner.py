@@ -25,11 +25,14 @@ from proxy.exchange.upstream import UpstreamClient, UpstreamLimits
 from proxy.metrics import ProxyMetrics
 from proxy.models import Route
 from proxy.pipeline.record import exchange_observers
+from proxy.prompt_key import PromptKey
 from proxy.shadow.metrics import ShadowMetrics
 from proxy.shadow.models import ShadowKind, ShadowRequest
 from proxy.shadow.pairs import Pair
 from proxy.shadow.runner import ShadowRunner
 from tests.processes import free_port
+
+SUPPORT = PromptKey("support")
 
 PROVIDER_KEY = "sk-provider-key-123456"
 
@@ -119,10 +122,10 @@ class ListSink:
     def add(self, pair: Pair) -> None:
         self.pairs.append(pair)
 
-    async def read(self, slug: str, since: float | None, limit: int) -> list[dict[str, Any]]:
+    async def read(self, key: PromptKey, since: float | None, limit: int) -> list[dict[str, Any]]:
         return [p.to_dict() for p in self.pairs][-limit:]
 
-    async def follow(self, slug: str, since: float | None) -> AsyncIterator[dict[str, Any]]:
+    async def follow(self, key: PromptKey, since: float | None) -> AsyncIterator[dict[str, Any]]:
         for p in self.pairs:
             yield p.to_dict()
 
@@ -146,8 +149,8 @@ async def provider() -> AsyncIterator[tuple[Provider, str]]:
 class Harness:
     def __init__(self, base_url: str, **config: Any) -> None:
         self.metrics = ProxyMetrics(CollectorRegistry(), ["gpt-4o-mini"])
-        self.metrics.set_known_slugs(["support"])
-        self.metrics.set_versions_in_use({"support": [1, 2]})
+        self.metrics.set_known_keys([SUPPORT])
+        self.metrics.set_versions_in_use({SUPPORT: [1, 2]})
         self.config = ShadowConfig.model_validate({"pair_wait_seconds": 5, **config})
         self.sink = ListSink()
         shadow_metrics = ShadowMetrics(self.metrics.registry, self.metrics.slug_label)
@@ -193,7 +196,7 @@ def shadow_request(tail: str = "/ok", stream: bool = False, **changes: Any) -> S
     fields: dict[str, Any] = {
         "pair_id": f"pair-{time.monotonic_ns()}",
         "request_id": "req-1",
-        "slug": "support",
+        "key": SUPPORT,
         "rollout_id": "ro-1",
         "kind": ShadowKind.CANDIDATE,
         "primary_version": 1,
@@ -443,7 +446,7 @@ async def test_skips_reported_by_the_pipeline_are_counted(
 ) -> None:
     h = harness_factory()
     for reason in ("side_effects", "not_completion", "body_too_large", "body_too_large"):
-        h.runner.skip("support", reason)
+        h.runner.skip(SUPPORT, reason)
     assert (h.dropped("side_effects"), h.dropped("not_completion")) == (1, 1)
     assert h.dropped("body_too_large") == 2
 

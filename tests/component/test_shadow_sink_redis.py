@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 
 from proxy.config import ShadowSinkConfig
 from proxy.models import Route
+from proxy.prompt_key import PromptKey
 from proxy.shadow.metrics import ShadowMetrics
 from proxy.shadow.models import ArmResult, ShadowKind
 from proxy.shadow.pairs import Pair, PairMeta, SinkUnavailable
@@ -31,7 +32,7 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 def pair(n: int, ts: float, slug: str = "support") -> Pair:
     meta = PairMeta(
-        f"p{n}", slug, "ro", ShadowKind.CANDIDATE.value, f"r{n}", Route.CHAT.value, True
+        f"p{n}", PromptKey(slug), "ro", ShadowKind.CANDIDATE.value, f"r{n}", Route.CHAT.value, True
     )
     return Pair.build(meta, ArmResult(version=1, text="a"), ArmResult(version=2, text="b"), ts)
 
@@ -76,12 +77,22 @@ async def test_pairs_go_to_one_stream_per_slug_and_read_back_oldest_first(
     for n in range(10):
         s.sink.add(pair(n, 1000.0 + n, slug="support" if n < 8 else "billing"))
     await eventually(lambda: s.count("written") == 10)
-    got = await s.sink.read("support", None, 100)
+    got = await s.sink.read(PromptKey("support"), None, 100)
     assert [p["pair_id"] for p in got] == [f"p{n}" for n in range(8)]
-    assert [p["pair_id"] for p in await s.sink.read("billing", None, 100)] == ["p8", "p9"]
-    assert [p["pair_id"] for p in await s.sink.read("support", None, 3)] == ["p5", "p6", "p7"]
-    assert [p["pair_id"] for p in await s.sink.read("support", 1002.0, 2)] == ["p2", "p3"]
-    assert await s.sink.read("nobody", None, 10) == []
+    assert [p["pair_id"] for p in await s.sink.read(PromptKey("billing"), None, 100)] == [
+        "p8",
+        "p9",
+    ]
+    assert [p["pair_id"] for p in await s.sink.read(PromptKey("support"), None, 3)] == [
+        "p5",
+        "p6",
+        "p7",
+    ]
+    assert [p["pair_id"] for p in await s.sink.read(PromptKey("support"), 1002.0, 2)] == [
+        "p2",
+        "p3",
+    ]
+    assert await s.sink.read(PromptKey("nobody"), None, 10) == []
 
     client = Redis.from_url(redis_server.url)
     try:
@@ -104,7 +115,7 @@ async def test_each_stream_is_capped(
         await client.aclose()
     # MAXLEN ~ trims whole stream nodes, so a little above the cap, never the whole history.
     assert 100 <= length < 300
-    newest = await s.sink.read("support", None, 5)
+    newest = await s.sink.read(PromptKey("support"), None, 5)
     assert [p["pair_id"] for p in newest] == [f"p{n}" for n in range(1495, 1500)]
 
 
@@ -118,7 +129,7 @@ async def test_replicas_share_one_view_and_follow_sees_new_pairs(
     seen: list[str] = []
 
     async def watch() -> None:
-        async for record in here.sink.follow("support", 1001.0):
+        async for record in here.sink.follow(PromptKey("support"), 1001.0):
             seen.append(record["pair_id"])
 
     watcher = asyncio.create_task(watch())
@@ -139,7 +150,7 @@ async def test_follow_without_since_starts_at_the_end(make_sink: Callable[..., S
     seen: list[str] = []
 
     async def watch() -> None:
-        async for record in s.sink.follow("support", None):
+        async for record in s.sink.follow(PromptKey("support"), None):
             seen.append(record["pair_id"])
 
     watcher = asyncio.create_task(watch())
@@ -164,13 +175,13 @@ async def test_redis_killed_drops_and_counts_then_recovers(
         s.sink.add(pair(n, 1000.0 + n))  # returns at once; nothing raises into the caller
     await eventually(lambda: s.count("sink_dropped") == 20)
     with pytest.raises(SinkUnavailable):
-        await s.sink.read("support", None, 10)
+        await s.sink.read(PromptKey("support"), None, 10)
 
     redis_server.start()  # an empty server at the same address
     for n in range(21, 26):
         s.sink.add(pair(n, 1000.0 + n))
     await eventually(lambda: s.count("written") == 6)
-    assert [p["pair_id"] for p in await s.sink.read("support", None, 10)] == [
+    assert [p["pair_id"] for p in await s.sink.read(PromptKey("support"), None, 10)] == [
         f"p{n}" for n in range(21, 26)
     ]
 

@@ -29,6 +29,7 @@ import pytest
 import redis.asyncio
 
 from proxy.pipeline.choose import bucket
+from proxy.prompt_key import PromptKey
 from tests.processes import STICKY_HEADER, ProxyProc, admin, arm_of
 from tests.redis_server import RedisServer
 
@@ -131,7 +132,7 @@ def canary_key(slug: str, rollout_id: str, basis_points: int) -> str:
     return next(
         key
         for key in (f"probe-{n}" for n in itertools.count())
-        if bucket(slug, rollout_id, key) < basis_points
+        if bucket(PromptKey(slug), rollout_id, key) < basis_points
     )
 
 

@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 
 from proxy.pipeline.choose import bucket
+from proxy.prompt_key import PromptKey
 from tests.processes import ProxyProc, admin, arm_of, proxy_with_token
 from tests.redis_server import RedisServer
 
@@ -44,7 +45,8 @@ async def seed(replica: ProxyProc, slug: str) -> None:
 
 def expected(slug: str, rollout_id: str, basis_points: int) -> dict[str, str]:
     return {
-        u: "canary:2" if bucket(slug, rollout_id, u) < basis_points else "stable:1" for u in USERS
+        u: "canary:2" if bucket(PromptKey(slug), rollout_id, u) < basis_points else "stable:1"
+        for u in USERS
     }
 
 

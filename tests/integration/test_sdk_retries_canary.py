@@ -24,6 +24,7 @@ import openai
 import pytest
 
 from proxy.pipeline.choose import bucket
+from proxy.prompt_key import PromptKey
 from tests.processes import ADMIN_HEADERS, ProxyProc, proxy_with_token
 
 pytestmark = pytest.mark.integration
@@ -226,8 +227,14 @@ def test_retries_after_failures_the_proxy_reports_itself_keep_the_arm(
     rollout_id = start_canary(canary_proxy, slug, "header:x-user-id")
     # The SDK's own backoff applies here (no retry-after on the proxy's 502, about 1.3 s per
     # call), so fewer calls, with keys chosen to cover both arms.
-    canary = [k for k in (f"key-{n}" for n in range(100)) if bucket(slug, rollout_id, k) < 5000]
-    stable = [k for k in (f"key-{n}" for n in range(100)) if bucket(slug, rollout_id, k) >= 5000]
+    canary = [
+        k for k in (f"key-{n}" for n in range(100)) if bucket(PromptKey(slug), rollout_id, k) < 5000
+    ]
+    stable = [
+        k
+        for k in (f"key-{n}" for n in range(100))
+        if bucket(PromptKey(slug), rollout_id, k) >= 5000
+    ]
     keys = canary[:4] + stable[:4]
     attempts = Attempts(fault="drop")
     client = attempts.client(canary_proxy, slug)

@@ -27,6 +27,7 @@ from proxy.config import AnalysisConfig
 from proxy.log import APP_LOGGER
 from proxy.metrics import ProxyMetrics
 from proxy.pg.calls import PostgresUnavailable
+from proxy.prompt_key import PromptKey
 from proxy.registry.analysis_policy import AnalysisPolicy
 from proxy.registry.models import RegistrySnapshot, Rollout, RolloutMode, Status, StickyKey
 from proxy.registry.service import RegistryService
@@ -38,6 +39,9 @@ from tests.registry.test_analysis_redis import (
     replica_batches,
     verdict,
 )
+
+GREET = PromptKey("greet")
+OTHER = PromptKey("other")
 
 postgres_server = postgres_server_fixture("module")
 fresh_postgres_server = postgres_server_fixture("function")
@@ -82,18 +86,18 @@ async def test_the_postgres_pool_gives_the_same_window_as_the_memory_pool(
             await memory.add(replica_batches(replica, base + round_), keep_seconds=30)
 
     for start, end in [(base, base + 5), (base + 1, base + 3), (base + 0.5, base + 2.9)]:
-        want = await memory.read("greet", "r-1", start, end)
+        want = await memory.read(GREET, "r-1", start, end)
         assert want.arm("stable").requests > 0
         for pool in replicas:
-            assert_same_window(await pool.read("greet", "r-1", start, end), want)
-    outside = await replicas[0].read("greet", "r-1", base - 10, base)
+            assert_same_window(await pool.read(GREET, "r-1", start, end), want)
+    outside = await replicas[0].read(GREET, "r-1", base - 10, base)
     assert outside.arms == {}
     assert outside.noise.total("text_distance") == 2 * 2 * 3
     assert_same_window(
-        await replicas[1].read("greet", "r-0", base, base + 5),
-        await memory.read("greet", "r-0", base, base + 5),
+        await replicas[1].read(GREET, "r-0", base, base + 5),
+        await memory.read(GREET, "r-0", base, base + 5),
     )
-    assert (await replicas[0].read("greet", "r-9", base, base + 5)).arms == {}
+    assert (await replicas[0].read(GREET, "r-9", base, base + 5)).arms == {}
 
 
 async def test_replicas_adding_at_once_lose_no_increment(
@@ -112,12 +116,12 @@ async def test_replicas_adding_at_once_lose_no_increment(
                 b.arm(slot, arm).add_call(
                     failed=False, duration=0.2, ttft=None, output_tokens=10, finish_reason="stop"
                 )
-        return {("greet", "r-1"): b, ("other", "r-1"): b}
+        return {(GREET, "r-1"): b, (OTHER, "r-1"): b}
 
     flushes = [replicas[i % 2].add(batch(i % 3 == 0), keep_seconds=30) for i in range(40)]
     await asyncio.gather(*flushes)
 
-    window = await replicas[0].read("greet", "r-1", base, base + 5)
+    window = await replicas[0].read(GREET, "r-1", base, base + 5)
     for arm in ("stable", "canary", "shadow"):
         assert window.arm(arm).requests == 40 * 5
         assert window.arm(arm).answer_tokens.total == 40 * 5 * 10
@@ -151,12 +155,12 @@ async def test_pool_rows_honour_the_schema_and_expire(
         "UPDATE analysis_counts SET expires_at = now() - interval '1 second' "
         "WHERE rollout_id = 'r-1' RETURNING 1",
     )
-    assert (await pool.read("greet", "r-1", base, base + 5)).arms == {}
-    assert (await pool.read("greet", "r-0", base, base + 5)).arm("stable").requests == 1
+    assert (await pool.read(GREET, "r-1", base, base + 5)).arms == {}
+    assert (await pool.read(GREET, "r-0", base, base + 5)).arm("stable").requests == 1
     pool._purged_at = 0.0  # the next flush purges (they do every few seconds)
     await pool.add(replica_batches(1, base + 100), keep_seconds=30)
     assert await rows(pools[0], "SELECT 1 FROM analysis_counts WHERE expires_at < now()") == []
-    assert (await pool.read("greet", "r-1", base + 100, base + 105)).arm("stable").requests > 0
+    assert (await pool.read(GREET, "r-1", base + 100, base + 105)).arm("stable").requests > 0
 
 
 # -- the lease -------------------------------------------------------------------------------
@@ -175,54 +179,54 @@ async def test_exactly_one_replica_holds_the_lease(
 ) -> None:
     a, b = await leases(pools, schema, 5)
 
-    results = await asyncio.gather(*(lease.hold("greet") for lease in (a, b, a, b) * 5))
+    results = await asyncio.gather(*(lease.hold(GREET) for lease in (a, b, a, b) * 5))
 
     winner = "replica-a" if results[0] else "replica-b"
     assert results == [results[0], not results[0]] * 10
-    assert await a.holder("greet") == await b.holder("greet") == winner
-    assert await b.hold("other") is True
-    assert await a.hold("other") is False
-    assert await a.holder("nothing") is None
+    assert await a.holder(GREET) == await b.holder(GREET) == winner
+    assert await b.hold(OTHER) is True
+    assert await a.hold(OTHER) is False
+    assert await a.holder(PromptKey("nothing")) is None
 
 
 async def test_another_replica_takes_over_when_the_holder_stops_renewing(
     pools: list[AsyncConnectionPool], schema: str
 ) -> None:
     a, b = await leases(pools, schema, 2)
-    assert await a.hold("greet")
+    assert await a.hold(GREET)
     started = time.monotonic()
     while True:
-        assert not await b.hold("greet")
-        assert await a.hold("greet")
+        assert not await b.hold(GREET)
+        assert await a.hold(GREET)
         stopped = time.monotonic()
         if stopped - started > 2.2:
             break
         await asyncio.sleep(0.2)
 
-    while not await b.hold("greet"):
+    while not await b.hold(GREET):
         assert time.monotonic() - stopped < 3.0, "no takeover"
         await asyncio.sleep(0.05)
     took = time.monotonic() - stopped
 
     assert 1.9 < took < 2.5
-    assert await a.holder("greet") == "replica-b"
-    assert not await a.hold("greet")
+    assert await a.holder(GREET) == "replica-b"
+    assert not await a.hold(GREET)
 
 
 async def test_release_hands_over_at_once_and_only_the_holder_can_release(
     pools: list[AsyncConnectionPool], schema: str
 ) -> None:
     a, b = await leases(pools, schema, 30)
-    assert await a.hold("greet")
+    assert await a.hold(GREET)
 
-    await b.release("greet")
-    assert await a.holder("greet") == "replica-a"
-    assert not await b.hold("greet")
+    await b.release(GREET)
+    assert await a.holder(GREET) == "replica-a"
+    assert not await b.hold(GREET)
 
-    await a.release("greet")
-    assert await b.holder("greet") is None
-    assert await b.hold("greet")
-    assert await a.holder("greet") == "replica-b"
+    await a.release(GREET)
+    assert await b.holder(GREET) is None
+    assert await b.hold(GREET)
+    assert await a.holder(GREET) == "replica-b"
 
 
 async def test_a_killed_connection_neither_frees_nor_loses_the_lease(
@@ -231,12 +235,12 @@ async def test_a_killed_connection_neither_frees_nor_loses_the_lease(
     """The lease is a row, not a session lock: killing every connection (the holder's
     included) hands nothing over, and the holder renews on a fresh pooled connection."""
     a, b = await leases(pools, schema, 30)
-    assert await a.hold("greet")
+    assert await a.hold(GREET)
     for _ in range(3):
         assert postgres_server.terminate_backends() > 0
-        assert not await b.hold("greet")  # the next call after the kill succeeds...
-        assert await a.hold("greet")  # ...on both pools, and a still holds it
-        assert await b.holder("greet") == "replica-a"
+        assert not await b.hold(GREET)  # the next call after the kill succeeds...
+        assert await a.hold(GREET)  # ...on both pools, and a still holds it
+        assert await b.holder(GREET) == "replica-a"
 
 
 async def test_the_lease_outlives_a_server_restart_with_one_holder(
@@ -244,13 +248,13 @@ async def test_the_lease_outlives_a_server_restart_with_one_holder(
 ) -> None:
     async with replica_pools(fresh_postgres_server.new_database(), schema=schema) as pools:
         a, b = await leases(pools, schema, 30)
-        assert await a.hold("greet")
-        assert not await b.hold("greet")
+        assert await a.hold(GREET)
+        assert not await b.hold(GREET)
 
         fresh_postgres_server.restart()
-        assert not await b.hold("greet")
-        assert await a.hold("greet")
-        assert await a.holder("greet") == await b.holder("greet") == "replica-a"
+        assert not await b.hold(GREET)
+        assert await a.hold(GREET)
+        assert await a.holder(GREET) == await b.holder(GREET) == "replica-a"
 
 
 async def test_lease_calls_fail_fast_while_the_server_is_down_or_frozen(
@@ -262,11 +266,11 @@ async def test_lease_calls_fail_fast_while_the_server_is_down_or_frozen(
         a = await PostgresLease.open(
             pools[0], schema=schema, replica="replica-a", seconds=30, op_timeout=1.0
         )
-        assert await a.hold("greet")
+        assert await a.hold(GREET)
         with frozen(fresh_postgres_server):
             await fails_fast(a)
         await wait_until_back(a)
-        assert await a.hold("greet")
+        assert await a.hold(GREET)
 
         crash(fresh_postgres_server)
         try:
@@ -274,14 +278,14 @@ async def test_lease_calls_fail_fast_while_the_server_is_down_or_frozen(
         finally:
             fresh_postgres_server.start()
         await wait_until_back(a)
-        assert await a.hold("greet")
+        assert await a.hold(GREET)
 
 
 async def fails_fast(lease: PostgresLease) -> None:
     for _ in range(2):
         started = time.monotonic()
         with pytest.raises(PostgresUnavailable, match="analysis lease"):
-            await lease.hold("greet")
+            await lease.hold(GREET)
         assert time.monotonic() - started < 1.0 + 1.5
 
 
@@ -289,7 +293,7 @@ async def wait_until_back(lease: PostgresLease) -> None:
     """The pool reconnects in the background, with its own back-off."""
     for _ in range(100):
         try:
-            await lease.holder("greet")
+            await lease.holder(GREET)
             return
         except PostgresUnavailable:
             await asyncio.sleep(0.1)
@@ -303,25 +307,25 @@ async def test_state_is_shared_and_verdicts_are_newest_first_capped(
     pools: list[AsyncConnectionPool], schema: str
 ) -> None:
     mine, theirs = [await PostgresStateStore.open(pool, schema=schema) for pool in pools]
-    assert await theirs.load("greet") == (None, [])
+    assert await theirs.load(GREET) == (None, [])
     state = AnalysisState("r-1", failures=0, step_started_at=1000.25, next_at=1060.5)
-    await mine.save("greet", state)
-    assert await theirs.load("greet") == (state, [])
+    await mine.save(GREET, state)
+    assert await theirs.load(GREET) == (state, [])
 
     for n in range(MAX_VERDICTS + 5):
         state.failures = n
-        await (mine if n % 2 else theirs).save("greet", state, verdict("r-1", n))
+        await (mine if n % 2 else theirs).save(GREET, state, verdict("r-1", n))
 
-    loaded, verdicts = await theirs.load("greet")
+    loaded, verdicts = await theirs.load(GREET)
     assert loaded == AnalysisState("r-1", MAX_VERDICTS + 4, 1000.25, 1060.5)
     assert MAX_VERDICTS == 20
     assert [v["n"] for v in verdicts] == list(range(MAX_VERDICTS + 4, 4, -1))
     stored = await rows(pools[0], "SELECT jsonb_array_length(verdicts) FROM analysis_state")
     assert stored == [(MAX_VERDICTS,)]
     state.next_at = 2000.0
-    await mine.save("greet", state)
-    assert len((await theirs.load("greet"))[1]) == MAX_VERDICTS
-    assert await mine.load("other") == (None, [])
+    await mine.save(GREET, state)
+    assert len((await theirs.load(GREET))[1]) == MAX_VERDICTS
+    assert await mine.load(OTHER) == (None, [])
     [(ttl,)] = await rows(pools[0], f"SELECT {TTL} FROM analysis_state")
     assert 7 * 86_400 - 5 < ttl <= 7 * 86_400
 
@@ -332,14 +336,14 @@ async def test_a_new_rollout_starts_a_fresh_verdict_list(
     store = await PostgresStateStore.open(pools[0], schema=schema)
     old = AnalysisState("r-1", failures=2, step_started_at=1000.0, next_at=1010.0)
     for n in range(3):
-        await store.save("greet", old, verdict("r-1", n))
+        await store.save(GREET, old, verdict("r-1", n))
 
     new = AnalysisState("r-2", failures=0, step_started_at=2000.0, next_at=2010.0)
-    await store.save("greet", new)
-    assert await store.load("greet") == (new, [])
+    await store.save(GREET, new)
+    assert await store.load(GREET) == (new, [])
 
-    await store.save("greet", new, verdict("r-2", 7))
-    state, verdicts = await (await PostgresStateStore.open(pools[1], schema=schema)).load("greet")
+    await store.save(GREET, new, verdict("r-2", 7))
+    state, verdicts = await (await PostgresStateStore.open(pools[1], schema=schema)).load(GREET)
     assert state == new
     assert verdicts == [verdict("r-2", 7)]
 
@@ -347,13 +351,13 @@ async def test_a_new_rollout_starts_a_fresh_verdict_list(
 async def test_an_expired_state_is_gone(pools: list[AsyncConnectionPool], schema: str) -> None:
     store = await PostgresStateStore.open(pools[0], schema=schema)
     old = AnalysisState("r-1", failures=2, step_started_at=1000.0, next_at=1010.0)
-    await store.save("greet", old, verdict("r-1", 1))
+    await store.save(GREET, old, verdict("r-1", 1))
     await rows(pools[0], "UPDATE analysis_state SET expires_at = now() RETURNING 1")
 
-    assert await store.load("greet") == (None, [])
+    assert await store.load(GREET) == (None, [])
     # Saved again, the state starts a fresh verdict list, as on a Redis whose keys expired.
-    await store.save("greet", old, verdict("r-1", 2))
-    assert await store.load("greet") == (old, [verdict("r-1", 2)])
+    await store.save(GREET, old, verdict("r-1", 2))
+    assert await store.load(GREET) == (old, [verdict("r-1", 2)])
 
 
 async def test_the_parts_work_on_the_next_call_after_connections_are_killed(
@@ -364,20 +368,20 @@ async def test_the_parts_work_on_the_next_call_after_connections_are_killed(
     base = int(time.time())
     await stats.add(replica_batches(0, base), keep_seconds=30)
     saved = AnalysisState("r-1", failures=1, step_started_at=1000.0, next_at=1010.0)
-    await state.save("greet", saved)
+    await state.save(GREET, saved)
 
     assert postgres_server.terminate_backends() > 0
     await stats.add(replica_batches(0, base), keep_seconds=30)  # no error: a fresh connection
     assert postgres_server.terminate_backends() > 0
-    window = await stats.read("greet", "r-1", base, base + 5)
+    window = await stats.read(GREET, "r-1", base, base + 5)
     assert window.arm("stable").requests == 2 * sum(
         stats.requests
-        for slot in replica_batches(0, base)[("greet", "r-1")].slots.values()
+        for slot in replica_batches(0, base)[(GREET, "r-1")].slots.values()
         for name, stats in slot.items()
         if name == "stable"
     )
     assert postgres_server.terminate_backends() > 0
-    assert await state.load("greet") == (saved, [])
+    assert await state.load(GREET) == (saved, [])
 
 
 # -- an outage, as the analyser sees it ------------------------------------------------------
@@ -389,7 +393,7 @@ async def test_a_lasting_postgres_outage_is_logged_at_error_level(
     policy = AnalysisPolicy(interval=60, min_samples=10)
     now = time.time()
     rollout = Rollout(
-        slug="greet",
+        key=GREET,
         id="r-1",
         candidate=2,
         mode=RolloutMode.CANARY,
@@ -401,7 +405,7 @@ async def test_a_lasting_postgres_outage_is_logged_at_error_level(
         restore_status=Status.DRAFT,
         analysis=policy,
     )
-    snapshot = RegistrySnapshot(revision=1, versions={}, prod={}, rollouts={"greet": rollout})
+    snapshot = RegistrySnapshot(revision=1, versions={}, prod={}, rollouts={GREET: rollout})
     async with replica_pools(fresh_postgres_server.new_database(), 1, schema=schema) as [pool]:
         analyser = Analyser(
             config=AnalysisConfig(),
@@ -446,7 +450,7 @@ def analysed_rollout() -> RegistrySnapshot:
     renew and release the lease, so no registry is needed."""
     now = time.time()
     rollout = Rollout(
-        slug="greet",
+        key=GREET,
         id="r-1",
         candidate=2,
         mode=RolloutMode.CANARY,
@@ -458,7 +462,7 @@ def analysed_rollout() -> RegistrySnapshot:
         restore_status=Status.DRAFT,
         analysis=AnalysisPolicy(interval=3600, min_samples=10),
     )
-    return RegistrySnapshot(revision=1, versions={}, prod={}, rollouts={"greet": rollout})
+    return RegistrySnapshot(revision=1, versions={}, prod={}, rollouts={GREET: rollout})
 
 
 class Replica:

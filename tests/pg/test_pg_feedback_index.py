@@ -24,6 +24,7 @@ from proxy.feedback import Answered, FeedbackService
 from proxy.feedback_postgres import PostgresRequestIndex
 from proxy.metrics import ProxyMetrics
 from proxy.pg.calls import PostgresUnavailable
+from proxy.prompt_key import PromptKey
 from tests.pg.pg_parts import crash, frozen, replica_pools
 from tests.postgres_server import PostgresServer, postgres_server_fixture
 
@@ -66,7 +67,9 @@ async def open_replica(pool: AsyncConnectionPool, schema: str, **options: Any) -
 
 
 def answered(arm: str = "canary", rollout_id: str | None = "r-1") -> Answered:
-    return Answered("support", "2" if arm == "canary" else "1", arm, rollout_id, time.time())
+    return Answered(
+        PromptKey("support"), "2" if arm == "canary" else "1", arm, rollout_id, time.time()
+    )
 
 
 async def execute(pool: AsyncConnectionPool, query: str) -> list[tuple[Any, ...]]:

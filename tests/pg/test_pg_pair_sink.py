@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from psycopg_pool import AsyncConnectionPool
 
 from proxy.config import ShadowSinkConfig
+from proxy.prompt_key import PromptKey
 from proxy.shadow.metrics import ShadowMetrics
 from proxy.shadow.pairs import SinkUnavailable
 from proxy.shadow.sink_postgres import PostgresPairSink
@@ -113,14 +114,24 @@ async def test_pairs_go_to_their_slug_and_read_back_oldest_first(
     for n in range(10):
         s.sink.add(pair(n, 1000.0 + n, slug="support" if n < 8 else "billing"))
     await eventually(lambda: s.count("written") == 10)
-    got = await s.sink.read("support", None, 100)
+    got = await s.sink.read(PromptKey("support"), None, 100)
     assert [p["pair_id"] for p in got] == [f"p{n}" for n in range(8)]
     assert got[0] == pair(0, 1000.0).to_dict()  # the record as written, key order kept
     assert list(got[0]) == list(pair(0, 1000.0).to_dict())
-    assert [p["pair_id"] for p in await s.sink.read("billing", None, 100)] == ["p8", "p9"]
-    assert [p["pair_id"] for p in await s.sink.read("support", None, 3)] == ["p5", "p6", "p7"]
-    assert [p["pair_id"] for p in await s.sink.read("support", 1002.0, 2)] == ["p2", "p3"]
-    assert await s.sink.read("nobody", None, 10) == []
+    assert [p["pair_id"] for p in await s.sink.read(PromptKey("billing"), None, 100)] == [
+        "p8",
+        "p9",
+    ]
+    assert [p["pair_id"] for p in await s.sink.read(PromptKey("support"), None, 3)] == [
+        "p5",
+        "p6",
+        "p7",
+    ]
+    assert [p["pair_id"] for p in await s.sink.read(PromptKey("support"), 1002.0, 2)] == [
+        "p2",
+        "p3",
+    ]
+    assert await s.sink.read(PromptKey("nobody"), None, 10) == []
     assert await backend.rows(
         "SELECT slug, count(*) FROM shadow_pairs GROUP BY slug ORDER BY slug"
     ) == [("billing", 2), ("support", 8)]
@@ -132,16 +143,16 @@ async def test_reads_of_one_rollout_count_only_its_pairs(make_sink: MakeSink) ->
         p = pair(n, 1000.0 + n)
         s.sink.add(p if n % 3 else dataclasses.replace(p, rollout_id="other"))
     await eventually(lambda: s.count("written") == 12)
-    assert [p["pair_id"] for p in await s.sink.read("support", None, 3, "other")] == [
+    assert [p["pair_id"] for p in await s.sink.read(PromptKey("support"), None, 3, "other")] == [
         "p3",
         "p6",
         "p9",
     ]
-    assert [p["pair_id"] for p in await s.sink.read("support", 1001.0, 2, "other")] == [
+    assert [p["pair_id"] for p in await s.sink.read(PromptKey("support"), 1001.0, 2, "other")] == [
         "p3",
         "p6",
     ]
-    assert len(await s.sink.read("support", None, 100, "ro")) == 8
+    assert len(await s.sink.read(PromptKey("support"), None, 100, "ro")) == 8
 
 
 async def test_each_slug_is_capped_oldest_dropped(backend: Backend, make_sink: MakeSink) -> None:
@@ -154,9 +165,9 @@ async def test_each_slug_is_capped_oldest_dropped(backend: Backend, make_sink: M
     assert await backend.rows(
         "SELECT slug, count(*), min(n), max(n) FROM shadow_pairs GROUP BY slug ORDER BY slug"
     ) == [("billing", 1, 1, 1), ("support", 100, 1401, 1500)]
-    newest = await s.sink.read("support", None, 5)
+    newest = await s.sink.read(PromptKey("support"), None, 5)
     assert [p["pair_id"] for p in newest] == [f"p{n}" for n in range(1495, 1500)]
-    oldest = await s.sink.read("support", 0.0, 1)
+    oldest = await s.sink.read(PromptKey("support"), 0.0, 1)
     assert [p["pair_id"] for p in oldest] == ["p1400"]
 
 
@@ -179,7 +190,7 @@ async def test_replicas_share_one_view_and_follow_sees_new_pairs(make_sink: Make
     seen: list[str] = []
 
     async def watch() -> None:
-        async for record in here.sink.follow("support", 1001.0):
+        async for record in here.sink.follow(PromptKey("support"), 1001.0):
             seen.append(record["pair_id"])
 
     watcher = asyncio.create_task(watch())
@@ -202,7 +213,7 @@ async def test_follow_without_since_starts_at_the_end(make_sink: MakeSink) -> No
     seen: list[str] = []
 
     async def watch() -> None:
-        async for record in s.sink.follow("support", None):
+        async for record in s.sink.follow(PromptKey("support"), None):
             seen.append(record["pair_id"])
 
     watcher = asyncio.create_task(watch())
@@ -219,7 +230,7 @@ async def test_follow_ends_when_the_sink_closes(make_sink: MakeSink) -> None:
     s = await make_sink()
 
     async def watch() -> list[dict[str, Any]]:
-        return [record async for record in s.sink.follow("support", None)]
+        return [record async for record in s.sink.follow(PromptKey("support"), None)]
 
     watcher = asyncio.create_task(watch())
     await asyncio.sleep(0.3)
@@ -237,7 +248,7 @@ async def test_killed_connections_cost_nothing(backend: Backend, make_sink: Make
         s.sink.add(pair(n, 1000.0 + n))
     await eventually(lambda: s.count("written") == 6)
     assert backend.server.terminate_backends() > 0
-    assert len(await s.sink.read("support", None, 10)) == 6
+    assert len(await s.sink.read(PromptKey("support"), None, 10)) == 6
     assert s.count("sink_dropped") == 0
 
 
@@ -250,7 +261,7 @@ async def test_a_crashed_server_drops_and_counts_then_recovers(
     seen: list[str] = []
 
     async def watch() -> None:
-        async for record in s.sink.follow("support", None):
+        async for record in s.sink.follow(PromptKey("support"), None):
             seen.append(record["pair_id"])
 
     watcher = asyncio.create_task(watch())
@@ -262,7 +273,7 @@ async def test_a_crashed_server_drops_and_counts_then_recovers(
         await eventually(lambda: s.count("sink_dropped") == 20)
         started = time.monotonic()
         with pytest.raises(SinkUnavailable, match="shadow pairs"):
-            await s.sink.read("support", None, 10)
+            await s.sink.read(PromptKey("support"), None, 10)
         assert time.monotonic() - started < 1.0 + 3.0 + 1.5  # the read's deadline, and grace
 
         fault_backend.server.start()  # the same data: PostgreSQL keeps what it committed
@@ -275,7 +286,7 @@ async def test_a_crashed_server_drops_and_counts_then_recovers(
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
     await eventually(lambda: s.count("written") + s.count("sink_dropped") == 26)
-    records = await s.sink.read("support", None, 10)
+    records = await s.sink.read(PromptKey("support"), None, 10)
     assert [p["pair_id"] for p in records] == ["p0", *(f"p{n}" for n in range(21, 26))]
     assert s.count("written") == 6
 
@@ -283,7 +294,7 @@ async def test_a_crashed_server_drops_and_counts_then_recovers(
 async def reconnected(s: Sink) -> None:
     for _ in range(300):
         try:
-            await s.sink.read("support", None, 1)
+            await s.sink.read(PromptKey("support"), None, 1)
             return
         except SinkUnavailable:
             await asyncio.sleep(0.1)
@@ -303,7 +314,7 @@ async def test_a_full_queue_drops_instead_of_growing(
         assert s.count("sink_dropped") >= 90 - 1  # the writer may hold one batch
         started = time.monotonic()
         with pytest.raises(SinkUnavailable):
-            await s.sink.read("support", None, 10)
+            await s.sink.read(PromptKey("support"), None, 10)
         assert time.monotonic() - started < 1.0 + 3.0 + 1.5
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from proxy.pipeline.choose import (
     sticky_value,
     takes_candidate,
 )
+from proxy.prompt_key import PromptKey
 from proxy.registry.models import (
     PromptVersion,
     RegistrySnapshot,
@@ -27,16 +29,18 @@ from proxy.registry.models import (
     StickyKey,
 )
 
+SUPPORT = PromptKey("support")
+
 KEYS = [f"user-{i}" for i in range(100_000)]
 
 
 def version(n: int, status: Status) -> PromptVersion:
-    return PromptVersion("support", n, f"v{n}", (), None, {}, "a", "", 1.0, f"sha{n}", status)
+    return PromptVersion(SUPPORT, n, f"v{n}", (), None, {}, "a", "", 1.0, f"sha{n}", status)
 
 
 def rollout(basis_points: int, mode: RolloutMode = RolloutMode.CANARY, rid: str = "r1") -> Rollout:
     return Rollout(
-        slug="support",
+        key=SUPPORT,
         id=rid,
         candidate=2,
         mode=mode,
@@ -53,9 +57,9 @@ def snapshot(r: Rollout | None) -> RegistrySnapshot:
     versions = {1: version(1, Status.PROD), 2: version(2, Status.CANDIDATE)}
     return RegistrySnapshot(
         revision=3,
-        versions={"support": versions},
-        prod={"support": 1},
-        rollouts={} if r is None else {"support": r},
+        versions={SUPPORT: versions},
+        prod={SUPPORT: 1},
+        rollouts={} if r is None else {SUPPORT: r},
     )
 
 
@@ -91,13 +95,28 @@ def test_a_new_rollout_draws_new_cohorts() -> None:
 def test_assignment_is_the_same_in_another_process() -> None:
     """No per-process seed (Python's str hash is salted per process; ours must not be)."""
     code = (
-        "from proxy.pipeline.choose import bucket;"
-        "print([bucket('support', 'r1', f'user-{i}') for i in range(50)])"
+        "from proxy.pipeline.choose import bucket; from proxy.prompt_key import PromptKey;"
+        "print([bucket(PromptKey('support'), 'r1', f'user-{i}') for i in range(50)])"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="."
     ).stdout
-    assert out.strip() == str([bucket("support", "r1", f"user-{i}") for i in range(50)])
+    assert out.strip() == str([bucket(SUPPORT, "r1", f"user-{i}") for i in range(50)])
+
+
+def test_a_plain_key_keeps_the_cohorts_of_its_slug() -> None:
+    # Before prompt keys the slug itself was hashed: a running rollout must not reshuffle
+    # its callers when replicas upgrade, so a plain key hashes exactly as its slug did.
+    def slug_era(slug: str, rollout_id: str, sticky: str) -> int:
+        digest = hashlib.blake2b(
+            b"\x1f".join((slug.encode(), rollout_id.encode(), sticky.encode())), digest_size=8
+        ).digest()
+        return (int.from_bytes(digest, "big") * 10_000) >> 64
+
+    for slug in ("support", "a.b-c_d"):
+        assert [bucket(PromptKey(slug), "r1", k) for k in KEYS[:500]] == [
+            slug_era(slug, "r1", k) for k in KEYS[:500]
+        ]
 
 
 def test_canary_arm_runs_the_candidate() -> None:
@@ -152,7 +171,7 @@ def test_sticky_values() -> None:
 
 
 def test_bucket_range() -> None:
-    values = [bucket("s", "r", k) for k in KEYS[:5000]]
+    values = [bucket(PromptKey("s"), "r", k) for k in KEYS[:5000]]
     assert min(values) >= 0
     assert max(values) < 10_000
 

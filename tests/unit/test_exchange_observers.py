@@ -18,6 +18,7 @@ from proxy.log import ACCESS_LOGGER
 from proxy.metrics import ProxyMetrics
 from proxy.models import Route
 from proxy.pipeline.record import exchange_observers, settle
+from proxy.prompt_key import PromptKey
 from proxy.shadow.models import ArmResult
 
 NOW = 1_000.0
@@ -31,7 +32,7 @@ def primary(pair: asyncio.Future[Exchange] | None = None) -> Exchange:
         method="POST",
         route=Route.CHAT,
         started=0.0,
-        slug="support",
+        key=PromptKey("support"),
         version="1",
         arm="stable",
         model_requested="gpt-4o-mini",
@@ -53,7 +54,7 @@ def shadow(kind: str = "candidate", error_class: str | None = None) -> Exchange:
         method="POST",
         route=Route.CHAT,
         started=0.0,
-        slug="support",
+        key=PromptKey("support"),
         version="2",
         arm="shadow",
         model_sent="gpt-4o-mini",
@@ -71,8 +72,8 @@ def shadow(kind: str = "candidate", error_class: str | None = None) -> Exchange:
 class Process:
     def __init__(self) -> None:
         self.metrics = ProxyMetrics(CollectorRegistry(), ["gpt-4o-mini"])
-        self.metrics.set_known_slugs(["support"])
-        self.metrics.set_versions_in_use({"support": [1, 2]})
+        self.metrics.set_known_keys([PromptKey("support")])
+        self.metrics.set_versions_in_use({PromptKey("support"): [1, 2]})
         self.window = WindowRecorder(lambda: NOW)
         self.index = MemoryRequestIndex(3600, 100, clock=lambda: NOW)
         feedback = FeedbackService(FeedbackConfig(), self.index, self.metrics, self.window)

@@ -11,6 +11,7 @@ import pytest
 
 from proxy import feedback
 from proxy.feedback import Answered, RedisRequestIndex
+from proxy.prompt_key import PromptKey
 
 
 class Pipeline:
@@ -51,7 +52,7 @@ class Frozen:
 
 
 def _answered() -> Answered:
-    return Answered(slug="s", version="1", arm="stable", rollout_id=None, at=0.0)
+    return Answered(key=PromptKey("s"), version="1", arm="stable", rollout_id=None, at=0.0)
 
 
 async def test_close_ends_a_flush_loop_that_lost_its_cancel(

@@ -5,13 +5,14 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, generate_latest
 
 from proxy.metrics import ProxyMetrics
+from proxy.prompt_key import PromptKey
 from proxy.registry.models import RegistrySnapshot
 
 
 def _snapshot(prod: dict[str, int], rollouts: dict | None = None) -> RegistrySnapshot:
     return RegistrySnapshot(
         revision=1,
-        versions={slug: {} for slug in prod},
+        versions={key: {} for key in prod},
         prod=prod,
         rollouts=rollouts or {},
     )
@@ -22,6 +23,7 @@ def _value(registry: CollectorRegistry, name: str, **labels: str) -> float | Non
 
 
 def _answer(metrics: ProxyMetrics, slug: str, version: str, **kw: object) -> None:
+    key = PromptKey(slug)
     args: dict[str, object] = {
         "status_class": "2xx",
         "duration": 0.1,
@@ -33,7 +35,7 @@ def _answer(metrics: ProxyMetrics, slug: str, version: str, **kw: object) -> Non
         "price": None,
     }
     args.update(kw)
-    metrics.series("chat.completions", "gpt-4o-mini", slug, version, "stable").observe(
+    metrics.series("chat.completions", "gpt-4o-mini", key, version, "stable").observe(
         **args  # type: ignore[arg-type]
     )
 
@@ -41,7 +43,7 @@ def _answer(metrics: ProxyMetrics, slug: str, version: str, **kw: object) -> Non
 def test_finish_reasons_answer_tokens_and_cost_are_counted_per_version() -> None:
     registry = CollectorRegistry()
     metrics = ProxyMetrics(registry, ["gpt-4o-mini"])
-    metrics.set_registry(_snapshot({"support": 3}))
+    metrics.set_registry(_snapshot({PromptKey("support"): 3}))
     _answer(metrics, "support", "3", price=(0.15, 0.60))
     _answer(metrics, "support", "3", finish_reason="length", output_tokens=4000)
     _answer(metrics, "support", "3", finish_reason="max_output_tokens")  # Responses spelling
@@ -72,7 +74,7 @@ def test_finish_reasons_answer_tokens_and_cost_are_counted_per_version() -> None
 def test_only_versions_in_use_keep_their_series() -> None:
     registry = CollectorRegistry()
     metrics = ProxyMetrics(registry, ["gpt-4o-mini"])
-    metrics.set_registry(_snapshot({"support": 3}))
+    metrics.set_registry(_snapshot({PromptKey("support"): 3}))
     _answer(metrics, "support", "3")
     _answer(metrics, "support", "1")  # an old version, pinned by some caller
     text = generate_latest(registry).decode()
@@ -81,7 +83,7 @@ def test_only_versions_in_use_keep_their_series() -> None:
     assert 'version="other"' in text
 
     # v4 becomes prod: v3's series go away, so a slug never accumulates one per version.
-    metrics.set_registry(_snapshot({"support": 4}))
+    metrics.set_registry(_snapshot({PromptKey("support"): 4}))
     _answer(metrics, "support", "4")
     text = generate_latest(registry).decode()
     assert 'version="3"' not in text
@@ -91,7 +93,7 @@ def test_only_versions_in_use_keep_their_series() -> None:
 def test_ten_thousand_models_and_slugs_keep_the_series_count_bounded() -> None:
     registry = CollectorRegistry()
     metrics = ProxyMetrics(registry, ["gpt-4o-mini"])
-    metrics.set_registry(_snapshot({"support": 3}))
+    metrics.set_registry(_snapshot({PromptKey("support"): 3}))
 
     def series_count() -> int:
         return sum(len(family.samples) for family in registry.collect())
@@ -99,18 +101,18 @@ def test_ten_thousand_models_and_slugs_keep_the_series_count_bounded() -> None:
     _answer(metrics, "support", "3")
     for i in range(10_000):
         model = metrics.model_label(f"made-up-model-{i}")
-        metrics.series("chat.completions", model, f"bad-slug-{i}", "1", "stable").observe(
-            "4xx", 0.01, None, None, None, "invalid_request"
-        )
+        metrics.series(
+            "chat.completions", model, PromptKey(f"bad-slug-{i}"), "1", "stable"
+        ).observe("4xx", 0.01, None, None, None, "invalid_request")
         metrics.series("chat.completions", model, "", "", "").observe(
             "2xx", 0.01, None, 10, 10, None, "stop"
         )
     bounded = series_count()
     for i in range(10_000, 12_000):
         model = metrics.model_label(f"made-up-model-{i}")
-        metrics.series("chat.completions", model, f"bad-slug-{i}", "7", "canary").observe(
-            "5xx", 0.01, None, None, None, "upstream_5xx"
-        )
+        metrics.series(
+            "chat.completions", model, PromptKey(f"bad-slug-{i}"), "7", "canary"
+        ).observe("5xx", 0.01, None, None, None, "upstream_5xx")
     assert series_count() <= bounded + 60  # one new arm's children, not one per request
     assert "made-up-model" not in generate_latest(registry).decode()
     assert "bad-slug" not in generate_latest(registry).decode()

@@ -9,9 +9,12 @@ from prometheus_client import CollectorRegistry
 
 from proxy.metrics import ProxyMetrics
 from proxy.models import Route
+from proxy.prompt_key import PromptKey
 from proxy.shadow.metrics import ShadowMetrics
 from proxy.shadow.models import ArmResult, ShadowKind, ShadowRequest, ToolCall
 from proxy.shadow.pairs import Pair
+
+SUPPORT = PromptKey("support")
 
 SECRET = "sk-CANARYabcdef1234567890"
 
@@ -20,7 +23,7 @@ def shadow_request(**changes: object) -> ShadowRequest:
     fields: dict[str, object] = {
         "pair_id": "pair-1",
         "request_id": "req-1",
-        "slug": "support",
+        "key": SUPPORT,
         "rollout_id": "ro-1",
         "kind": ShadowKind.CANDIDATE,
         "primary_version": 1,
@@ -84,12 +87,12 @@ def test_a_pair_without_its_primary_says_so() -> None:
 
 def test_metric_labels_stay_bounded() -> None:
     proxy_metrics = ProxyMetrics(CollectorRegistry(), ["gpt-4o-mini"])
-    proxy_metrics.set_known_slugs(["support"])
-    proxy_metrics.set_versions_in_use({"support": [1, 2]})
+    proxy_metrics.set_known_keys([SUPPORT])
+    proxy_metrics.set_versions_in_use({SUPPORT: [1, 2]})
     metrics = ShadowMetrics(proxy_metrics.registry, proxy_metrics.slug_label)
-    metrics.drop("support", "queue_full")
-    metrics.drop("made-up-slug-123", "side_effects")
-    metrics.drop("support", "some new reason")
+    metrics.drop(SUPPORT, "queue_full")
+    metrics.drop(PromptKey("made-up-slug-123"), "side_effects")
+    metrics.drop(SUPPORT, "some new reason")
     sample = proxy_metrics.registry.get_sample_value
     assert sample("promptproxy_shadow_dropped_total", {"slug": "support", "reason": "queue_full"})
     assert sample("promptproxy_shadow_dropped_total", {"slug": "other", "reason": "side_effects"})

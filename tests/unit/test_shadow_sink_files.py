@@ -14,15 +14,18 @@ from prometheus_client import CollectorRegistry
 
 from proxy.config import ShadowSinkConfig
 from proxy.models import Route
+from proxy.prompt_key import PromptKey
 from proxy.shadow.metrics import ShadowMetrics
 from proxy.shadow.models import ArmResult, ShadowKind
 from proxy.shadow.pairs import Pair, PairMeta
 from proxy.shadow.sink_files import FILE_NAME, FilePairSink
 
+SUPPORT = PromptKey("support")
+
 
 def pair(n: int, ts: float, slug: str = "support", text: str = "answer") -> Pair:
     meta = PairMeta(
-        f"p{n}", slug, "ro", ShadowKind.CANDIDATE.value, f"r{n}", Route.CHAT.value, False
+        f"p{n}", PromptKey(slug), "ro", ShadowKind.CANDIDATE.value, f"r{n}", Route.CHAT.value, False
     )
     return Pair.build(
         meta, ArmResult(version=1, text=f"{text} {n}"), ArmResult(version=2, text=text), ts
@@ -62,7 +65,7 @@ async def files(tmp_path: Path) -> AsyncIterator[Sink]:
 
 async def test_an_idle_sink_creates_nothing(tmp_path: Path) -> None:
     sink = Sink(tmp_path)
-    assert await sink.sink.read("support", None, 10) == []
+    assert await sink.sink.read(SUPPORT, None, 10) == []
     await sink.sink.close()
     assert not sink.dir.exists()
 
@@ -72,27 +75,27 @@ async def test_pairs_are_read_back_oldest_first_by_slug(files: Sink) -> None:
         files.sink.add(pair(n, 1000.0 + n, slug="support" if n % 2 == 0 else "sup"))
     await files.settle(10)
     assert files.count("written") == 10
-    got = await files.sink.read("support", None, 100)
+    got = await files.sink.read(SUPPORT, None, 100)
     assert [p["pair_id"] for p in got] == ["p0", "p2", "p4", "p6", "p8"]
-    assert [p["pair_id"] for p in await files.sink.read("sup", None, 100)] == [
+    assert [p["pair_id"] for p in await files.sink.read(PromptKey("sup"), None, 100)] == [
         "p1",
         "p3",
         "p5",
         "p7",
         "p9",
     ]
-    assert await files.sink.read("nobody", None, 100) == []
+    assert await files.sink.read(PromptKey("nobody"), None, 100) == []
 
 
 async def test_since_and_limit(files: Sink) -> None:
     for n in range(10):
         files.sink.add(pair(n, 1000.0 + n))
     await files.settle(10)
-    since = await files.sink.read("support", 1004.0, 3)
+    since = await files.sink.read(SUPPORT, 1004.0, 3)
     assert [p["pair_id"] for p in since] == ["p4", "p5", "p6"]  # the first 3 at or after
-    last = await files.sink.read("support", None, 3)
+    last = await files.sink.read(SUPPORT, None, 3)
     assert [p["pair_id"] for p in last] == ["p7", "p8", "p9"]  # no since: the newest 3
-    assert await files.sink.read("support", 2000.0, 3) == []
+    assert await files.sink.read(SUPPORT, 2000.0, 3) == []
 
 
 async def test_rotation_keeps_max_files(tmp_path: Path) -> None:
@@ -109,7 +112,7 @@ async def test_rotation_keeps_max_files(tmp_path: Path) -> None:
             assert path.stat().st_size <= 4096
             for line in path.read_bytes().splitlines():
                 orjson.loads(line)  # whole lines only, never split across files
-        kept = await files.sink.read("support", None, 1000)
+        kept = await files.sink.read(SUPPORT, None, 1000)
         numbers = [int(p["pair_id"][1:]) for p in kept]
         # The newest survive, in order; the oldest were rotated away.
         assert numbers == list(range(60 - len(numbers), 60))
@@ -174,7 +177,7 @@ async def test_follow_replays_since_then_streams_new_pairs(files: Sink) -> None:
     seen: list[str] = []
 
     async def watch() -> None:
-        async for record in files.sink.follow("support", 1001.0):
+        async for record in files.sink.follow(SUPPORT, 1001.0):
             seen.append(record["pair_id"])
 
     watcher = asyncio.create_task(watch())
@@ -197,7 +200,7 @@ async def test_follow_replays_since_then_streams_new_pairs(files: Sink) -> None:
 async def test_follow_without_since_only_gets_new_pairs(files: Sink) -> None:
     files.sink.add(pair(0, 1000.0))
     await files.settle(1)
-    stream = cast(AsyncGenerator[dict[str, Any], None], files.sink.follow("support", None))
+    stream = cast(AsyncGenerator[dict[str, Any], None], files.sink.follow(SUPPORT, None))
     first = asyncio.ensure_future(anext(stream))
     await asyncio.sleep(0.05)
     assert not first.done()
