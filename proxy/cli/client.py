@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import orjson
 from pydantic import BaseModel, ValidationError
 
+from proxy.prompt_key import InvalidPromptKey, PromptKey
 from proxy.web import admin_models as api
 
 M = TypeVar("M", bound=BaseModel)
@@ -29,6 +30,30 @@ class AdminError(Exception):
         super().__init__(message)
         self.status = status
         self.param = param
+
+
+def key_of(slug: str) -> PromptKey:
+    """The prompt key a slug on the command line names; an invalid one is refused in the
+    admin API's own words, as the server would refuse it."""
+    try:
+        return PromptKey(slug)
+    except InvalidPromptKey:
+        raise AdminError(
+            f"Invalid prompt slug {slug!r}: it must match [A-Za-z0-9._-]{{1,64}}.", 400, "slug"
+        ) from None
+
+
+def _slug(key: PromptKey) -> str:
+    """The slug that names ``key`` in the admin API. Only a slug's base line has a name
+    there yet; override layers and model variants get one in the next API version."""
+    if not key.is_plain:
+        raise AdminError(f"the admin API names no prompt {key} (only a slug's base line)")
+    return key.slug
+
+
+def _prompt(key: PromptKey) -> str:
+    """The admin API path of ``key``'s prompt."""
+    return f"/prompts/{_slug(key)}"
 
 
 class AdminClient:
@@ -111,70 +136,77 @@ class AdminClient:
 
     # -- prompts --------------------------------------------------------------------------
 
-    def push(self, slug: str, version: api.VersionIn) -> api.VersionCreated:
-        return self._call(api.VersionCreated, "POST", f"/prompts/{slug}/versions", version)
+    def push(self, key: PromptKey, version: api.VersionIn) -> api.VersionCreated:
+        return self._call(api.VersionCreated, "POST", f"{_prompt(key)}/versions", version)
 
     def list_prompts(self) -> api.PromptList:
         return self._call(api.PromptList, "GET", "/prompts")
 
-    def get_prompt(self, slug: str) -> api.Prompt:
-        return self._call(api.Prompt, "GET", f"/prompts/{slug}")
+    def get_prompt(self, key: PromptKey) -> api.Prompt:
+        return self._call(api.Prompt, "GET", f"{_prompt(key)}")
 
-    def get_version(self, slug: str, version: int) -> api.Version:
-        return self._call(api.Version, "GET", f"/prompts/{slug}/versions/{version}")
+    def get_version(self, key: PromptKey, version: int) -> api.Version:
+        return self._call(api.Version, "GET", f"{_prompt(key)}/versions/{version}")
 
-    def diff(self, slug: str, a: int, b: int) -> api.Diff:
-        return self._call(api.Diff, "GET", f"/prompts/{slug}/diff", query={"from": a, "to": b})
+    def diff(self, key: PromptKey, a: int, b: int) -> api.Diff:
+        return self._call(api.Diff, "GET", f"{_prompt(key)}/diff", query={"from": a, "to": b})
 
     def promote(
-        self, slug: str, version: int, reason: str, wait: float | None = None
+        self, key: PromptKey, version: int, reason: str, wait: float | None = None
     ) -> api.AuditWritten:
         body = api.PromoteIn.model_construct(version=version, reason=reason)
-        return self._call(api.AuditWritten, "POST", f"/prompts/{slug}/promote", body, wait=wait)
+        return self._call(api.AuditWritten, "POST", f"{_prompt(key)}/promote", body, wait=wait)
 
-    def rollback(self, slug: str, reason: str, wait: float | None = None) -> api.AuditWritten:
+    def rollback(self, key: PromptKey, reason: str, wait: float | None = None) -> api.AuditWritten:
         body = api.ReasonIn.model_construct(reason=reason)
-        return self._call(api.AuditWritten, "POST", f"/prompts/{slug}/rollback", body, wait=wait)
+        return self._call(api.AuditWritten, "POST", f"{_prompt(key)}/rollback", body, wait=wait)
 
-    def history(self, slug: str) -> api.AuditPage:
-        found = self._call(api.History, "GET", f"/prompts/{slug}/history").root
+    def history(self, key: PromptKey) -> api.AuditPage:
+        found = self._call(api.History, "GET", f"{_prompt(key)}/history").root
         return _expect(api.AuditPage, found)
 
-    def served_at(self, slug: str, at: str) -> api.ServedAt:
-        """What ``slug`` served at the instant ``at`` (ISO-8601)."""
-        found = self._call(api.History, "GET", f"/prompts/{slug}/history", query={"at": at})
+    def served_at(self, key: PromptKey, at: str) -> api.ServedAt:
+        """What ``key`` served at the instant ``at`` (ISO-8601)."""
+        found = self._call(api.History, "GET", f"{_prompt(key)}/history", query={"at": at})
         return _expect(api.ServedAt, found.root)
 
-    def audit(self, slug: str | None = None, limit: int = 100) -> api.AuditPage:
-        return self._call(api.AuditPage, "GET", "/audit", query={"slug": slug, "limit": limit})
+    def audit(self, key: PromptKey | None = None, limit: int = 100) -> api.AuditPage:
+        return self._call(
+            api.AuditPage,
+            "GET",
+            "/audit",
+            query={"slug": None if key is None else _slug(key), "limit": limit},
+        )
 
     # -- rollouts -------------------------------------------------------------------------
 
     def set_rollout(
-        self, slug: str, rollout: api.RolloutIn, wait: float | None = None
+        self, key: PromptKey, rollout: api.RolloutIn, wait: float | None = None
     ) -> api.RolloutChanged:
-        path = f"/prompts/{slug}/rollout"
+        path = f"{_prompt(key)}/rollout"
         return self._call(api.RolloutChanged, "PUT", path, rollout, wait=wait)
 
-    def get_rollout(self, slug: str) -> api.RolloutStatus:
-        return self._call(api.RolloutStatus, "GET", f"/prompts/{slug}/rollout")
+    def get_rollout(self, key: PromptKey) -> api.RolloutStatus:
+        return self._call(api.RolloutStatus, "GET", f"{_prompt(key)}/rollout")
 
-    def get_analysis(self, slug: str) -> api.LastAnalysis:
-        return self._call(api.LastAnalysis, "GET", f"/prompts/{slug}/analysis")
+    def get_analysis(self, key: PromptKey) -> api.LastAnalysis:
+        return self._call(api.LastAnalysis, "GET", f"{_prompt(key)}/analysis")
 
     def list_rollouts(self) -> api.RolloutList:
         return self._call(api.RolloutList, "GET", "/rollouts")
 
-    def abort_rollout(self, slug: str, reason: str, wait: float | None = None) -> api.AuditWritten:
+    def abort_rollout(
+        self, key: PromptKey, reason: str, wait: float | None = None
+    ) -> api.AuditWritten:
         body = api.ReasonIn.model_construct(reason=reason)
-        path = f"/prompts/{slug}/rollout"
+        path = f"{_prompt(key)}/rollout"
         return self._call(api.AuditWritten, "DELETE", path, body, wait=wait)
 
     def promote_rollout(
-        self, slug: str, reason: str, wait: float | None = None
+        self, key: PromptKey, reason: str, wait: float | None = None
     ) -> api.AuditWritten:
         body = api.ReasonIn.model_construct(reason=reason)
-        path = f"/prompts/{slug}/rollout/promote"
+        path = f"{_prompt(key)}/rollout/promote"
         return self._call(api.AuditWritten, "POST", path, body, wait=wait)
 
     def fleet(self) -> api.FleetStatus:
@@ -182,12 +214,12 @@ class AdminClient:
 
     # -- shadow pairs ---------------------------------------------------------------------
 
-    def shadow_rollout(self, slug: str) -> api.ShadowRollout:
-        return self._call(api.ShadowRollout, "GET", f"/prompts/{slug}/shadow/rollout")
+    def shadow_rollout(self, key: PromptKey) -> api.ShadowRollout:
+        return self._call(api.ShadowRollout, "GET", f"{_prompt(key)}/shadow/rollout")
 
     def shadow_report(
         self,
-        slug: str,
+        key: PromptKey,
         *,
         since: str,
         limit: int | None,
@@ -206,7 +238,7 @@ class AdminClient:
             "margin": repr(margin),
             "min_pairs": min_pairs,
         }
-        path = f"/prompts/{slug}/shadow/report"
+        path = f"{_prompt(key)}/shadow/report"
         return self._call(api.ShadowReport, "GET", path, query=query, timeout=REPORT_TIMEOUT)
 
     def _open_lines(
@@ -227,27 +259,27 @@ class AdminClient:
 
     def shadow_pairs(
         self,
-        slug: str,
+        key: PromptKey,
         since: str | None = None,
         limit: int | None = None,
         rollout: str | None = None,
     ) -> list[api.ShadowPair]:
-        """Recorded shadow pairs of ``slug``, oldest first; of one rollout when given."""
+        """Recorded shadow pairs of ``key``, oldest first; of one rollout when given."""
         query = {"since": since, "limit": limit, "rollout": rollout}
-        with self._open_lines(f"/prompts/{slug}/shadow/pairs", query, self._timeout) as resp:
+        with self._open_lines(f"{_prompt(key)}/shadow/pairs", query, self._timeout) as resp:
             try:
                 return [_pair(line) for line in resp if line.strip()]
             except (OSError, orjson.JSONDecodeError, ValidationError) as exc:
                 raise AdminError(f"the pair stream broke off ({exc})") from None
 
     def follow_shadow_pairs(
-        self, slug: str, since: str | None = None, idle_timeout: float = 60.0
+        self, key: PromptKey, since: str | None = None, idle_timeout: float = 60.0
     ) -> Iterator[api.ShadowPair]:
         """Shadow pairs as they are recorded (after those since ``since``), until the
         server ends the stream. The server sends an empty line every ~15 s while idle, so
         ``idle_timeout`` only fires when the connection is really dead."""
         query = {"since": since, "follow": "true"}
-        with self._open_lines(f"/prompts/{slug}/shadow/pairs", query, idle_timeout) as resp:
+        with self._open_lines(f"{_prompt(key)}/shadow/pairs", query, idle_timeout) as resp:
             try:
                 for line in resp:
                     if line.strip():

@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from proxy.cli.client import key_of
 from proxy.cli.context import Context, admin_options, pass_ctx
 from proxy.cli.output import run, table, when
 from proxy.cli.served import report_served, wait_options, wait_seconds
@@ -69,7 +70,7 @@ def push(ctx: Context, path: Path) -> None:
     def action() -> None:
         results = []
         for file, draft in items:
-            answer = ctx.client.push(draft.slug, _version_payload(draft))
+            answer = ctx.client.push(draft.key, _version_payload(draft))
             v = answer.version
             results.append(
                 Pushed(
@@ -133,10 +134,10 @@ def show(ctx: Context, slug: str, version: int | None) -> None:
 
     def action() -> None:
         if version is not None:
-            ctx.emit(ctx.client.get_version(slug, version), one)
+            ctx.emit(ctx.client.get_version(key_of(slug), version), one)
             return
         ctx.emit(
-            ctx.client.get_prompt(slug),
+            ctx.client.get_prompt(key_of(slug)),
             lambda p: table(
                 [
                     (v.version, v.status, v.author, when(v.created_at), v.model, v.changelog)
@@ -156,7 +157,11 @@ def show(ctx: Context, slug: str, version: int | None) -> None:
 @pass_ctx
 def diff(ctx: Context, slug: str, a: int, b: int) -> None:
     """Diff two versions of a prompt."""
-    run(lambda: ctx.emit(ctx.client.diff(slug, a, b), lambda d: d.diff.rstrip() or "(identical)"))
+    run(
+        lambda: ctx.emit(
+            ctx.client.diff(key_of(slug), a, b), lambda d: d.diff.rstrip() or "(identical)"
+        )
+    )
 
 
 def _audit_line(e: api.AuditEntry) -> str:
@@ -176,7 +181,7 @@ def promote(ctx: Context, slug: str, version: int, reason: str, wait: bool, time
     """Make VERSION the prod version of SLUG."""
 
     def action() -> None:
-        answer = ctx.client.promote(slug, version, reason, wait_seconds(wait, timeout))
+        answer = ctx.client.promote(key_of(slug), version, reason, wait_seconds(wait, timeout))
         ctx.emit(answer, _audit_line)
         report_served(ctx.output, f"v{answer.version}", answer.served)
 
@@ -192,7 +197,7 @@ def rollback(ctx: Context, slug: str, reason: str, wait: bool, timeout: float) -
     """Make the previous prod version of SLUG prod again."""
 
     def action() -> None:
-        answer = ctx.client.rollback(slug, reason, wait_seconds(wait, timeout))
+        answer = ctx.client.rollback(key_of(slug), reason, wait_seconds(wait, timeout))
         ctx.emit(answer, _audit_line)
         report_served(ctx.output, f"v{answer.version}", answer.served)
 
@@ -223,10 +228,10 @@ def history(ctx: Context, slug: str, at: str | None) -> None:
 
     def action() -> None:
         if at is not None:
-            ctx.emit(ctx.client.served_at(slug, at), _served_at)
+            ctx.emit(ctx.client.served_at(key_of(slug), at), _served_at)
         else:
             ctx.emit(
-                ctx.client.history(slug).data,
+                ctx.client.history(key_of(slug)).data,
                 lambda rows: table(
                     [
                         (

@@ -12,7 +12,7 @@ from typing import Any
 import click
 import yaml
 
-from proxy.cli.client import AdminError
+from proxy.cli.client import AdminError, key_of
 from proxy.cli.context import Context, admin_options, pass_ctx
 from proxy.cli.output import run, table, when
 from proxy.cli.served import report_served, wait_options, wait_seconds
@@ -197,19 +197,19 @@ def status(ctx: Context, slug: str | None) -> None:
     def action() -> None:
         if slug is not None:
             try:
-                ctx.emit(ctx.client.get_rollout(slug), _describe)
+                ctx.emit(ctx.client.get_rollout(key_of(slug)), _describe)
             except AdminError as exc:
                 if exc.status != 404:
                     raise
                 # No rollout running: if the analyser ended one, say why.
                 try:
-                    last = ctx.client.get_analysis(slug)
+                    last = ctx.client.get_analysis(key_of(slug))
                 except AdminError as missing:
                     if missing.status != 404:
                         raise
                     # An answer, not an error (docs/operations.md), once the prompt
                     # exists; an unknown prompt is still one (get_prompt raises its 404).
-                    ctx.client.get_prompt(slug)
+                    ctx.client.get_prompt(key_of(slug))
                     ctx.emit(
                         {"slug": slug, "rollout": None},
                         lambda _: f"{slug} has no rollout running.",
@@ -298,7 +298,7 @@ def set_(
 
 
 def _set_and_report(ctx: Context, slug: str, body: api.RolloutIn, wait: float | None) -> None:
-    answer = ctx.client.set_rollout(slug, body, wait)
+    answer = ctx.client.set_rollout(key_of(slug), body, wait)
     ctx.emit(answer, _describe)
     label = f"{answer.mode} of v{answer.candidate} at {answer.percent:g}%"
     report_served(ctx.output, label, answer.served)
@@ -339,7 +339,7 @@ def ramp(ctx: Context, slug: str, percent: float, reason: str, wait: bool, timeo
     """Change the running rollout's percentage; callers already on the candidate stay."""
 
     def action() -> None:
-        running = ctx.client.get_rollout(slug)
+        running = ctx.client.get_rollout(key_of(slug))
         body = api.RolloutIn.model_construct(
             candidate=running.candidate,
             mode=running.mode,
@@ -361,7 +361,7 @@ def promote(ctx: Context, slug: str, reason: str, wait: bool, timeout: float) ->
     """Make the candidate prod (the former prod is deprecated) and end the rollout."""
 
     def action() -> None:
-        answer = ctx.client.promote_rollout(slug, reason, wait_seconds(wait, timeout))
+        answer = ctx.client.promote_rollout(key_of(slug), reason, wait_seconds(wait, timeout))
         ctx.emit(answer, _audit_line)
         report_served(ctx.output, f"v{answer.version}", answer.served)
 
@@ -377,7 +377,7 @@ def abort(ctx: Context, slug: str, reason: str, wait: bool, timeout: float) -> N
     """End the rollout: all traffic back to stable, the candidate back to its status."""
 
     def action() -> None:
-        answer = ctx.client.abort_rollout(slug, reason, wait_seconds(wait, timeout))
+        answer = ctx.client.abort_rollout(key_of(slug), reason, wait_seconds(wait, timeout))
         ctx.emit(answer, _audit_line)
         report_served(ctx.output, f"abort of the v{answer.version} rollout", answer.served)
 

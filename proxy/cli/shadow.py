@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import click
 import orjson
 
+from proxy.cli.client import key_of
 from proxy.cli.context import Context, admin_options, pass_ctx
 from proxy.cli.output import run, table, when
 from proxy.web import admin_models as api
@@ -86,7 +87,7 @@ def tail(ctx: Context, slug: str, since: str | None, count: int | None) -> None:
 
     def action() -> None:
         shown = 0
-        for pair in ctx.client.follow_shadow_pairs(slug, since):
+        for pair in ctx.client.follow_shadow_pairs(key_of(slug), since):
             shown += _print([pair], ctx.output)
             if count is not None and shown >= count:
                 return
@@ -155,7 +156,7 @@ def choose_rollout(ctx: Context, slug: str, rollout_id: str | None) -> ChosenRol
     rollout even if a new one starts meanwhile."""
     if rollout_id is not None:
         return ChosenRollout(rollout_id, None)
-    latest = ctx.client.shadow_rollout(slug)
+    latest = ctx.client.shadow_rollout(key_of(slug))
     return ChosenRollout(latest.rollout_id, latest.running)
 
 
@@ -170,7 +171,7 @@ def fetch_pairs(
     while limit is None or written < limit:
         want = EXPORT_PAGE if limit is None else min(EXPORT_PAGE, limit - written)
         ask = want + len(boundary)
-        page = ctx.client.shadow_pairs(slug, since=cursor, limit=ask, rollout=rollout_id)
+        page = ctx.client.shadow_pairs(key_of(slug), since=cursor, limit=ask, rollout=rollout_id)
         fresh = [p for p in page if p.pair_id not in boundary][:want]
         yield from fresh
         written += len(fresh)
@@ -363,7 +364,7 @@ def report(
 
     def action() -> None:
         made = ctx.client.shadow_report(
-            slug,
+            key_of(slug),
             since=since,
             limit=limit,
             rollout=rollout_id,

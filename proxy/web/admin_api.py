@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from proxy.errors import InvalidRequest
+from proxy.prompt_key import PromptKey
 from proxy.registry.models import VariableSpec, VersionDraft, unstorable_value
 from proxy.web import admin_models as api
 from proxy.web import admin_wait
@@ -35,12 +36,12 @@ def check_storable(value: Any, path: str) -> None:
         raise InvalidRequest(f"Invalid request body: {where}: {why}.", param=where)
 
 
-def _draft(slug: str, body: api.VersionIn, actor: str) -> VersionDraft:
+def _draft(key: PromptKey, body: api.VersionIn, actor: str) -> VersionDraft:
     check_storable(body.params, "params")
     for index, variable in enumerate(body.variables):
         check_storable(variable.default, f"variables[{index}].default")
     return VersionDraft(
-        slug=slug,
+        key=key,
         template=body.template,
         variables=tuple(
             VariableSpec(v.name, v.type, v.default, has_default="default" in v.model_fields_set)
@@ -56,7 +57,7 @@ def _draft(slug: str, body: api.VersionIn, actor: str) -> VersionDraft:
 async def create_version(
     call: Call[SlugPath, WaitQuery, api.VersionIn],
 ) -> Reply[api.VersionCreated]:
-    draft = _draft(call.path.slug, call.body, call.actor)
+    draft = _draft(call.path.key, call.body, call.actor)
     wait = admin_wait.start(call.query.wait)
     version, created = await call.services.registry.push(draft, call.actor)
     answer = api.VersionCreated(
@@ -73,37 +74,37 @@ async def list_prompts(call: Call[NoParams, NoParams, NoBody]) -> api.PromptList
 
 
 async def get_prompt(call: Call[SlugPath, NoParams, NoBody]) -> api.Prompt:
-    summary, versions = await call.services.registry.get_prompt(call.path.slug)
+    summary, versions = await call.services.registry.get_prompt(call.path.key)
     return api.Prompt.model_validate({**summary.to_dict(), "data": [v.to_dict() for v in versions]})
 
 
 async def get_version(call: Call[VersionPath, NoParams, NoBody]) -> api.Version:
-    version = await call.services.registry.get_version(call.path.slug, call.path.version)
+    version = await call.services.registry.get_version(call.path.key, call.path.version)
     return api.Version.model_validate(version.to_dict())
 
 
 async def promote(call: Call[SlugPath, WaitQuery, api.PromoteIn]) -> api.AuditWritten:
     wait = admin_wait.start(call.query.wait)
     entry = await call.services.registry.promote(
-        call.path.slug, call.body.version, call.actor, call.body.reason
+        call.path.key, call.body.version, call.actor, call.body.reason
     )
     return await admin_wait.written(call.services, entry, wait)
 
 
 async def rollback(call: Call[SlugPath, WaitQuery, api.ReasonIn]) -> api.AuditWritten:
     wait = admin_wait.start(call.query.wait)
-    entry = await call.services.registry.rollback(call.path.slug, call.actor, call.body.reason)
+    entry = await call.services.registry.rollback(call.path.key, call.actor, call.body.reason)
     return await admin_wait.written(call.services, entry, wait)
 
 
 async def history(call: Call[SlugPath, HistoryQuery, NoBody]) -> api.History:
     registry = call.services.registry
-    slug, at = call.path.slug, call.query.at
+    key, at = call.path.key, call.query.at
     if at is not None:
-        state = await registry.state_at(slug, instant(at))
+        state = await registry.state_at(key, instant(at))
         return api.History(
             api.ServedAt(
-                slug=slug,
+                slug=key.slug,
                 at=at,
                 prod_version=state.prod_version,
                 rollout=None
@@ -111,19 +112,19 @@ async def history(call: Call[SlugPath, HistoryQuery, NoBody]) -> api.History:
                 else api.RolloutAt.model_validate(state.rollout.to_dict()),
             )
         )
-    await registry.get_prompt(slug)
-    entries = await registry.audit(slug, limit=call.query.limit)
+    await registry.get_prompt(key)
+    entries = await registry.audit(key, limit=call.query.limit)
     return api.History(api.AuditPage.model_validate({"data": [e.to_dict() for e in entries]}))
 
 
 async def audit(call: Call[NoParams, AuditQuery, NoBody]) -> api.AuditPage:
     query = call.query
     entries = await call.services.registry.audit(
-        query.slug, limit=min(query.limit, MAX_AUDIT_PAGE), before_seq=query.before
+        query.key, limit=min(query.limit, MAX_AUDIT_PAGE), before_seq=query.before
     )
     return api.AuditPage.model_validate({"data": [e.to_dict() for e in entries]})
 
 
 async def diff(call: Call[SlugPath, DiffQuery, NoBody]) -> api.Diff:
-    text = await call.services.registry.diff(call.path.slug, call.query.from_, call.query.to)
+    text = await call.services.registry.diff(call.path.key, call.query.from_, call.query.to)
     return api.Diff(diff=text)

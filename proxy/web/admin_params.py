@@ -19,8 +19,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSche
 
 from proxy.errors import InvalidRequest
 from proxy.models import SLUG_PATTERN
+from proxy.prompt_key import PromptKey
 from proxy.registry.models import INT64_MAX
-from proxy.registry.service import MAX_WAIT_SECONDS, check_slug, check_wait
+from proxy.registry.service import MAX_WAIT_SECONDS, check_wait, prompt_key
 from proxy.web.admin_models import SLUG_REGEX
 
 #: Shadow ``since``: seconds ago with an optional unit. ASCII digits (``\d`` takes other
@@ -68,7 +69,7 @@ def _count(name: str) -> Callable[[Any], int]:
 
 
 def _slug(value: Any) -> str:
-    check_slug(str(value))
+    prompt_key(str(value))  # the 400 of a slug that names no key
     return str(value)
 
 
@@ -232,16 +233,27 @@ MinPairs = Annotated[int, _COUNT, BeforeValidator(_count("min_pairs"))]
 # -- path parameters ---------------------------------------------------------------------------
 
 
-class SlugPath(Params):
+class _Keyed(Params):
+    """A path that names a prompt by its ``slug`` (checked by its field's reader)."""
+
+    slug: str
+
+    @property
+    def key(self) -> PromptKey:
+        """The version line the path names: the handlers' one way to a ``PromptKey``."""
+        return PromptKey(self.slug)
+
+
+class SlugPath(_Keyed):
     slug: Slug
 
 
-class VersionPath(Params):
+class VersionPath(_Keyed):
     slug: Slug
     version: VersionNumber
 
 
-class ShadowPath(Params):
+class ShadowPath(_Keyed):
     """The shadow endpoints check the slug before anything else, with their own words."""
 
     slug: ShadowSlug
@@ -285,6 +297,11 @@ class AuditQuery(Params):
     limit: Limit = Field(100, description="Most entries to return; at most 1000 are")
     before: Before | None = Field(None, description="Entries with a smaller seq (paging)")
     slug: Annotated[str | None, BeforeValidator(_slug), WithJsonSchema(_SLUG_SCHEMA)] = None
+
+    @property
+    def key(self) -> PromptKey | None:
+        """The prompt whose entries are asked for; None: every prompt's."""
+        return None if self.slug is None else PromptKey(self.slug)
 
 
 class PairsQuery(Params):

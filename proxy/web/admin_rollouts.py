@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from proxy.errors import InvalidRequest, NotFound
+from proxy.prompt_key import PromptKey
 from proxy.registry.analysis_policy import AnalysisPolicy, PolicyError
 from proxy.registry.models import Rollout, RolloutMode
 from proxy.services import Services
@@ -28,8 +29,8 @@ def _view(rollout: Rollout, prod: int | None) -> dict[str, Any]:
     return {**rollout.to_dict(), "prod_version": prod}
 
 
-async def _prod_of(services: Services, slug: str) -> int | None:
-    summary, _ = await services.registry.get_prompt(slug)
+async def _prod_of(services: Services, key: PromptKey) -> int | None:
+    summary, _ = await services.registry.get_prompt(key)
     return summary.prod_version
 
 
@@ -68,12 +69,12 @@ def _check_feedback(policy: AnalysisPolicy | None, mode: RolloutMode, names: Any
 
 
 async def put_rollout(call: Call[SlugPath, WaitQuery, api.RolloutIn]) -> Reply[api.RolloutChanged]:
-    slug, body, services = call.path.slug, call.body, call.services
+    key, body, services = call.path.key, call.body, call.services
     policy = _policy(body.analysis)
     _check_feedback(policy, body.mode, services.settings.config.feedback.names)
     wait = admin_wait.start(call.query.wait)
     change = await services.registry.set_rollout(
-        slug,
+        key,
         body.candidate,
         body.mode,
         body.percent,
@@ -84,7 +85,7 @@ async def put_rollout(call: Call[SlugPath, WaitQuery, api.RolloutIn]) -> Reply[a
     )
     answer = api.RolloutChanged.model_validate(
         {
-            **_view(change.rollout, await _prod_of(services, slug)),
+            **_view(change.rollout, await _prod_of(services, key)),
             "audit": None if change.audit is None else change.audit.to_dict(),
             "served": await admin_wait.served(services, wait),
         }
@@ -93,22 +94,22 @@ async def put_rollout(call: Call[SlugPath, WaitQuery, api.RolloutIn]) -> Reply[a
 
 
 async def get_rollout(call: Call[SlugPath, NoParams, NoBody]) -> api.RolloutStatus:
-    slug, services = call.path.slug, call.services
-    rollout = await services.registry.get_rollout(slug)
+    key, services = call.path.key, call.services
+    rollout = await services.registry.get_rollout(key)
     return api.RolloutStatus.model_validate(
         {
-            **_view(rollout, await _prod_of(services, slug)),
+            **_view(rollout, await _prod_of(services, key)),
             "analysis_state": await services.analysis.status(rollout),
         }
     )
 
 
 async def get_analysis(call: Call[SlugPath, NoParams, NoBody]) -> api.LastAnalysis:
-    slug = call.path.slug
-    last = await call.services.analysis.last(slug)
+    key = call.path.key
+    last = await call.services.analysis.last(key)
     if last is None:
         raise NotFound(
-            f"No rollout of {slug!r} has been analysed (or its verdicts expired).",
+            f"No rollout of {key.text!r} has been analysed (or its verdicts expired).",
             param="slug",
             code="analysis_not_found",
         )
@@ -118,7 +119,7 @@ async def get_analysis(call: Call[SlugPath, NoParams, NoBody]) -> api.LastAnalys
 async def delete_rollout(call: Call[SlugPath, AbortQuery, api.ReasonIn]) -> api.AuditWritten:
     wait = admin_wait.start(call.query.wait)
     entry = await call.services.registry.abort_rollout(
-        call.path.slug, call.actor, call.body.reason or call.query.reason
+        call.path.key, call.actor, call.body.reason or call.query.reason
     )
     return await admin_wait.written(call.services, entry, wait)
 
@@ -126,7 +127,7 @@ async def delete_rollout(call: Call[SlugPath, AbortQuery, api.ReasonIn]) -> api.
 async def promote_rollout(call: Call[SlugPath, WaitQuery, api.ReasonIn]) -> api.AuditWritten:
     wait = admin_wait.start(call.query.wait)
     entry = await call.services.registry.promote_rollout(
-        call.path.slug, call.actor, call.body.reason
+        call.path.key, call.actor, call.body.reason
     )
     return await admin_wait.written(call.services, entry, wait)
 

@@ -33,6 +33,7 @@ from aiohttp import web
 
 from proxy.errors import NotFound, ServiceUnavailable
 from proxy.log import APP_LOGGER
+from proxy.prompt_key import PromptKey
 from proxy.services import Services
 from proxy.shadow.pairs import SinkUnavailable
 from proxy.shadow.report import MeasureRow, ShadowReport, make_report
@@ -58,21 +59,21 @@ _WRITE_BATCH = 64
 ROLLOUT_HEADER = "X-Promptproxy-Rollout"
 
 
-async def _latest(services: Services, slug: str) -> tuple[str, bool]:
-    found = await services.registry.latest_rollout(slug)
+async def _latest(services: Services, key: PromptKey) -> tuple[str, bool]:
+    found = await services.registry.latest_rollout(key)
     if found is None:
         raise NotFound(
-            f"{slug} has had no rollout, so it has no shadow pairs to choose from.",
+            f"{key} has had no rollout, so it has no shadow pairs to choose from.",
             param="rollout",
             code="rollout_not_found",
         )
     return found
 
 
-async def _rollout_id(services: Services, slug: str, value: str | None) -> str | None:
+async def _rollout_id(services: Services, key: PromptKey, value: str | None) -> str | None:
     """The rollout id whose pairs to keep: None for all, ``latest`` resolved now."""
     if value == LATEST:
-        rollout_id, _ = await _latest(services, slug)
+        rollout_id, _ = await _latest(services, key)
         return rollout_id
     return value
 
@@ -95,12 +96,12 @@ def _unavailable(exc: SinkUnavailable) -> ServiceUnavailable:
 
 
 async def shadow_pairs(call: Call[ShadowPath, PairsQuery, NoBody]) -> web.StreamResponse:
-    request, services, slug, query = call.request, call.services, call.path.slug, call.query
-    rollout_id = await _rollout_id(services, slug, query.rollout)
+    request, services, key, query = call.request, call.services, call.path.key, call.query
+    rollout_id = await _rollout_id(services, key, query.rollout)
     if query.follow:
-        return await _follow(request, services, slug, query.since, rollout_id)
+        return await _follow(request, services, key, query.since, rollout_id)
     try:
-        records = await services.shadow.sink.read(slug, query.since, query.limit, rollout_id)
+        records = await services.shadow.sink.read(key, query.since, query.limit, rollout_id)
     except SinkUnavailable as exc:
         raise _unavailable(exc) from None
     response = _start()
@@ -116,7 +117,7 @@ async def shadow_pairs(call: Call[ShadowPath, PairsQuery, NoBody]) -> web.Stream
 async def _follow(
     request: web.Request,
     services: Services,
-    slug: str,
+    key: PromptKey,
     since: float | None,
     rollout_id: str | None,
 ) -> web.StreamResponse:
@@ -128,17 +129,17 @@ async def _follow(
 
     async def pump() -> None:
         try:
-            async for record in services.shadow.sink.follow(slug, since):
+            async for record in services.shadow.sink.follow(key, since):
                 if rollout_id is None or record.get("rollout_id") == rollout_id:
                     await buffer.put(record)
         except Exception:  # headers are out: end the stream rather than the request task
-            _log.exception("following shadow pairs of %s failed", slug)
+            _log.exception("following shadow pairs of %s failed", key)
         finally:
             with contextlib.suppress(asyncio.QueueFull):
                 buffer.put_nowait(None)  # the sink closed: end the response
 
     # Held here and cancelled in `finally`: it never outlives the request.
-    reader = asyncio.get_running_loop().create_task(pump(), name=f"shadow-follow-{slug}")
+    reader = asyncio.get_running_loop().create_task(pump(), name=f"shadow-follow-{key}")
     loop = asyncio.get_running_loop()
     last_write = loop.time()
     try:
@@ -170,9 +171,9 @@ async def _follow(
 
 async def shadow_rollout(call: Call[ShadowPath, NoParams, NoBody]) -> api.ShadowRollout:
     """Which rollout ``rollout=latest`` selects now: the running one, else the last."""
-    slug = call.path.slug
-    rollout_id, running = await _latest(call.services, slug)
-    return api.ShadowRollout(slug=slug, rollout_id=rollout_id, running=running)
+    key = call.path.key
+    rollout_id, running = await _latest(call.services, key)
+    return api.ShadowRollout(slug=key.slug, rollout_id=rollout_id, running=running)
 
 
 def _measure(row: MeasureRow) -> api.MeasureReport:
@@ -197,7 +198,7 @@ def _measure(row: MeasureRow) -> api.MeasureReport:
 
 def report_model(report: ShadowReport) -> api.ShadowReport:
     return api.ShadowReport(
-        slug=report.slug,
+        slug=report.key.slug,
         rollout_id=report.rollout_id,
         rollout_running=report.rollout_running,
         since=report.since,
@@ -215,17 +216,17 @@ def report_model(report: ShadowReport) -> api.ShadowReport:
 async def shadow_report(call: Call[ShadowPath, ReportQuery, NoBody]) -> api.ShadowReport:
     """The report of one rollout's pairs since ``since``: the one named, else the running
     one, else the last (``rollout_running`` says which; null when named)."""
-    services, slug, query = call.services, call.path.slug, call.query
+    services, key, query = call.services, call.path.key, call.query
     since = parse_since(query.since, time.time())
     running: bool | None = None
     if query.rollout is None or query.rollout == LATEST:
-        rollout_id, running = await _latest(services, slug)
+        rollout_id, running = await _latest(services, key)
     else:
         rollout_id = query.rollout
     try:
         report = await make_report(
             services.shadow.sink,
-            slug,
+            key,
             rollout_id,
             running,
             query.since,

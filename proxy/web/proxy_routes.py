@@ -5,8 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from proxy.errors import InvalidRequest
-from proxy.models import SLUG_PATTERN
 from proxy.pipeline.run import handle
+from proxy.prompt_key import InvalidPromptKey, PromptKey
 from proxy.web.keys import REQUEST_ID, SERVICES
 
 _V1 = "/v1"
@@ -36,18 +36,20 @@ async def proxy_v1(request: web.Request) -> web.StreamResponse:
         request[REQUEST_ID],
         request.match_info["tail"],
         raw_tail,
-        slug=None,
+        url_key=None,
     )
 
 
 async def proxy_slug_v1(request: web.Request) -> web.StreamResponse:
     slug = request.match_info["slug"]
-    if not SLUG_PATTERN.match(slug):
+    try:
+        key = PromptKey(slug)  # the request's one key (a header naming another is a 400)
+    except InvalidPromptKey:
         raise InvalidRequest(
             "The prompt slug in the URL must match [A-Za-z0-9._-]{1,64}.",
             param="slug",
             code="invalid_slug",
-        )
+        ) from None
     # A valid slug has no characters that percent-encoding changes, so the raw prefix is
     # exactly "/p/" + slug + "/v1".
     raw_tail = _raw_tail(request, f"/p/{slug}{_V1}")
@@ -57,7 +59,7 @@ async def proxy_slug_v1(request: web.Request) -> web.StreamResponse:
         request[REQUEST_ID],
         request.match_info["tail"],
         raw_tail,
-        slug=slug,
+        url_key=key,
     )
 
 

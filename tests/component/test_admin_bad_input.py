@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from proxy.prompt_key import PromptKey
 from proxy.registry.embedded_store import EmbeddedStore
 from proxy.registry.models import INT64_MAX, INT64_MIN, VersionDraft
 from proxy.registry.redis_store import RedisStore
@@ -225,12 +226,12 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 async def test_stores_answer_int64_edges_as_not_found(store: PromptStore) -> None:
     params = {"low": INT64_MIN, "high": INT64_MAX, "big": 1.7976931348623157e308}
     version, _ = await store.create_version(
-        VersionDraft(slug="p", template="hi", params=params), "t", 1.0
+        VersionDraft(key=PromptKey("p"), template="hi", params=params), "t", 1.0
     )
-    assert (await store.get_version("p", 1)).params == params
+    assert (await store.get_version(PromptKey("p"), 1)).params == params
     assert version.params == params
     with pytest.raises(VersionNotFound):
-        await store.get_version("p", INT64_MAX)
+        await store.get_version(PromptKey("p"), INT64_MAX)
     with pytest.raises((VersionNotFound, InvalidTransition)):
-        await store.promote("p", INT64_MAX, "t", "", 2.0)
-    assert [e.seq for e in await store.audit("p", INT64_MAX, INT64_MAX)] == [1]
+        await store.promote(PromptKey("p"), INT64_MAX, "t", "", 2.0)
+    assert [e.seq for e in await store.audit(PromptKey("p"), INT64_MAX, INT64_MAX)] == [1]

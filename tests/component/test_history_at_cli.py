@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 from aiohttp.test_utils import TestClient
 
+from proxy.prompt_key import PromptKey
 from proxy.registry.models import RolloutMode, VersionDraft
 from tests.support import READER, Clients, run_cli
 
@@ -29,15 +30,15 @@ async def test_history_at_an_instant_during_a_canary_says_what_the_canary_served
     _, admin, services = clients
     registry = services.registry
     for n in (1, 2):
-        await registry.push(VersionDraft(slug="support", template=f"v{n}"), actor="test")
-    await registry.promote("support", 1, "test", "")
+        await registry.push(VersionDraft(key=PromptKey("support"), template=f"v{n}"), actor="test")
+    await registry.promote(PromptKey("support"), 1, "test", "")
     change = await registry.set_rollout(
-        "support", 2, RolloutMode.CANARY, 10, "header:x-user-id", "operator", "try"
+        PromptKey("support"), 2, RolloutMode.CANARY, 10, "header:x-user-id", "operator", "try"
     )
     ramp = await registry.set_rollout(
-        "support", 2, RolloutMode.CANARY, 25, None, "operator", "ramp"
+        PromptKey("support"), 2, RolloutMode.CANARY, 25, None, "operator", "ramp"
     )
-    aborted = await registry.abort_rollout("support", "operator", "enough")
+    aborted = await registry.abort_rollout(PromptKey("support"), "operator", "enough")
     assert change.audit is not None
     assert ramp.audit is not None
     started, ramped = change.audit.at, ramp.audit.at

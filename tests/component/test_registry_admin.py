@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from proxy.prompt_key import PromptKey
 from proxy.registry.embedded_store import EmbeddedStore
 from proxy.registry.models import VersionDraft
 from proxy.services import Services
@@ -236,7 +237,7 @@ async def test_an_export_with_a_fault_is_a_400_naming_the_field_and_writes_nothi
     assert (error["code"], error["param"]) == ("invalid_export", param)
     check = await EmbeddedStore.open(db)
     try:
-        assert not await check.list_slugs()
+        assert not await check.list_keys()
     finally:
         await check.close()
 
@@ -252,7 +253,7 @@ async def test_a_restore_over_a_file_with_other_prompts_is_a_409_saying_what_to_
     assert await services.refresher.load_once()
     other = tmp_path / "other.db"
     theirs = await EmbeddedStore.open(other)
-    await theirs.create_version(VersionDraft("theirs", "their prompt"), "bob", 1.0)
+    await theirs.create_version(VersionDraft(PromptKey("theirs"), "their prompt"), "bob", 1.0)
     await theirs.close()
     _put_in_place(other, db)  # a wrong volume, holding another deployment's registry
     assert not await services.refresher.load_once()

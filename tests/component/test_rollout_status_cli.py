@@ -9,6 +9,7 @@ import orjson
 from aiohttp.test_utils import TestClient
 from click.testing import Result
 
+from proxy.prompt_key import PromptKey
 from proxy.registry.models import RolloutMode, VersionDraft
 from tests.support import Clients, run_cli
 
@@ -21,14 +22,16 @@ async def test_status_of_a_prompt_with_nothing_running_answers(clients: Clients)
     _, admin, services = clients
     registry = services.registry
     for n in (1, 2):
-        await registry.push(VersionDraft(slug="support", template=f"v{n}"), actor="test")
-    await registry.promote("support", 1, "test", "")
+        await registry.push(VersionDraft(key=PromptKey("support"), template=f"v{n}"), actor="test")
+    await registry.promote(PromptKey("support"), 1, "test", "")
 
     never = await status(admin, "status", "support")
     assert (never.exit_code, never.stdout) == (0, "support has no rollout running.\n")
 
-    await registry.set_rollout("support", 2, RolloutMode.CANARY, 10, None, "operator", "")
-    await registry.abort_rollout("support", "operator", "")
+    await registry.set_rollout(
+        PromptKey("support"), 2, RolloutMode.CANARY, 10, None, "operator", ""
+    )
+    await registry.abort_rollout(PromptKey("support"), "operator", "")
     after_abort = await status(admin, "status", "support")
     assert (after_abort.exit_code, after_abort.stdout) == (0, "support has no rollout running.\n")
 

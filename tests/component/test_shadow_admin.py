@@ -14,6 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from proxy.models import Route
+from proxy.prompt_key import PromptKey
 from proxy.services import Services
 from proxy.shadow.models import ArmResult, ShadowKind
 from proxy.shadow.pairs import Pair, PairMeta, SinkUnavailable
@@ -54,7 +55,13 @@ async def clients(tmp_path: Path, sim_url: str) -> AsyncIterator[Clients]:
 
 def pair(n: int, ts: float, slug: str = "support", rollout: str = "ro") -> Pair:
     meta = PairMeta(
-        f"p{n}", slug, rollout, ShadowKind.CANDIDATE.value, f"r{n}", Route.CHAT.value, False
+        f"p{n}",
+        PromptKey(slug),
+        rollout,
+        ShadowKind.CANDIDATE.value,
+        f"r{n}",
+        Route.CHAT.value,
+        False,
     )
     return Pair.build(meta, ArmResult(version=1, text="a"), ArmResult(version=2, text="b"), ts)
 

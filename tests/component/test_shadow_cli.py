@@ -18,6 +18,7 @@ from click.testing import CliRunner, Result
 from proxy.cli import main
 from proxy.cli import shadow as cli_shadow
 from proxy.models import Route
+from proxy.prompt_key import PromptKey
 from proxy.services import Services
 from proxy.shadow.models import ArmResult, ShadowKind
 from proxy.shadow.pairs import Pair, PairMeta
@@ -27,7 +28,13 @@ from tests.support import READ_TOKEN, Clients, run_cli
 
 def pair(n: int, ts: float, primary_text: str = "stable", finish: str = "stop") -> Pair:
     meta = PairMeta(
-        f"p{n}", "support", "ro", ShadowKind.CANDIDATE.value, f"r{n}", Route.CHAT.value, False
+        f"p{n}",
+        PromptKey("support"),
+        "ro",
+        ShadowKind.CANDIDATE.value,
+        f"r{n}",
+        Route.CHAT.value,
+        False,
     )
     return Pair.build(
         meta,
@@ -43,7 +50,7 @@ async def cli(admin: TestClient[Any, Any], *args: str, token: str | None = READ_
 
 async def stored(services: Services, count: int) -> None:
     for _ in range(1000):
-        if len(await services.shadow.sink.read("support", None, 10_000)) >= count:
+        if len(await services.shadow.sink.read(PromptKey("support"), None, 10_000)) >= count:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("pairs not written")

@@ -20,6 +20,7 @@ from click.testing import CliRunner
 
 from proxy.cli import main
 from proxy.models import Route
+from proxy.prompt_key import PromptKey
 from proxy.services import Services
 from proxy.shadow.models import ArmResult, ShadowKind
 from proxy.shadow.pairs import Pair, PairMeta
@@ -67,7 +68,7 @@ class Seeder:
         self.count += 1
         n = self.count
         meta = PairMeta(
-            f"p{n}", SLUG, self.rollout_id, kind.value, f"r{n}", Route.CHAT.value, False
+            f"p{n}", PromptKey(SLUG), self.rollout_id, kind.value, f"r{n}", Route.CHAT.value, False
         )
         base = Pair.build(meta, primary, shadow, time.time() - 600 + n * 0.01)
         if extra:
@@ -113,7 +114,10 @@ class Seeder:
 
     async def stored(self) -> None:
         for _ in range(1000):
-            if len(await self.services.shadow.sink.read(SLUG, None, 10_000)) >= self.count:
+            if (
+                len(await self.services.shadow.sink.read(PromptKey(SLUG), None, 10_000))
+                >= self.count
+            ):
                 return
             await asyncio.sleep(0.01)
         raise AssertionError("pairs not written")

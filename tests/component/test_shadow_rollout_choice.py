@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import orjson
 
+from proxy.prompt_key import PromptKey
 from proxy.registry.models import RolloutMode, VersionDraft
 from proxy.services import Services
 from tests.component.test_shadow_cli import cli
 from tests.component.test_shadow_report import SLUG, Seeder
 from tests.support import READER, Clients
 
+KEY = PromptKey(SLUG)
+
 
 async def shadow_of(services: Services, candidate: int) -> str:
     change = await services.registry.set_rollout(
-        SLUG, candidate, RolloutMode.SHADOW, 50, None, "operator", ""
+        KEY, candidate, RolloutMode.SHADOW, 50, None, "operator", ""
     )
     return change.rollout.id
 
@@ -23,13 +26,13 @@ async def two_rollouts(services: Services) -> tuple[str, str]:
     """An earlier shadow whose candidate went off track (aborted), then a running one whose
     candidate answers like stable; the pairs of both are in the sink."""
     for n in (1, 2, 3):
-        await services.registry.push(VersionDraft(slug=SLUG, template=f"v{n}"), actor="test")
-    await services.registry.promote(SLUG, 1, "test", "")
+        await services.registry.push(VersionDraft(key=KEY, template=f"v{n}"), actor="test")
+    await services.registry.promote(KEY, 1, "test", "")
     seeder = Seeder(services, 7)
     seeder.rollout_id = old = await shadow_of(services, 2)
     seeder.noise(40)
     seeder.candidate_off_track(40)
-    await services.registry.abort_rollout(SLUG, "operator", "off track")
+    await services.registry.abort_rollout(KEY, "operator", "off track")
     seeder.rollout_id = new = await shadow_of(services, 3)
     seeder.noise(40)
     seeder.candidate_like_stable(40)
@@ -58,7 +61,7 @@ async def test_report_judges_the_running_rollout_only_and_names_it(clients: Clie
 async def test_export_defaults_to_the_last_rollout_once_none_runs(clients: Clients) -> None:
     _, admin, services = clients
     old, new = await two_rollouts(services)
-    await services.registry.abort_rollout(SLUG, "operator", "done")
+    await services.registry.abort_rollout(KEY, "operator", "done")
 
     result = await cli(admin, "export", SLUG)
     assert result.exit_code == 0, result.output
@@ -80,7 +83,7 @@ async def test_export_defaults_to_the_last_rollout_once_none_runs(clients: Clien
 
 async def test_a_slug_that_never_had_a_rollout_says_so(clients: Clients) -> None:
     _, admin, services = clients
-    await services.registry.push(VersionDraft(slug=SLUG, template="v1"), actor="test")
+    await services.registry.push(VersionDraft(key=KEY, template="v1"), actor="test")
     result = await cli(admin, "report", SLUG)
     assert result.exit_code == 1
     assert f"{SLUG} has had no rollout" in result.output
