@@ -30,8 +30,8 @@ from typing import Any, Self
 
 from psycopg import AsyncConnection
 
-from proxy.pg.calls import Pool, call, open_component
 from proxy.pg.migrate import Migration
+from proxy.pg.session import PgSession, Pool
 
 COMPONENT = "analysis_lease"
 #: A renewal is one short statement: past a second the server is in trouble, and the
@@ -64,11 +64,26 @@ _RELEASE = "DELETE FROM analysis_leases WHERE slug = %s AND holder = %s"
 class PostgresLease:
     """``Lease`` on PostgreSQL. The pool is the caller's; this part opens nothing."""
 
-    def __init__(self, pool: Pool, replica: str, seconds: float, timeout: float) -> None:
-        self._pool = pool
+    def __init__(
+        self,
+        pool: Pool,
+        *,
+        schema: str,
+        replica: str,
+        seconds: float,
+        op_timeout: float = LEASE_CALL_TIMEOUT,
+    ) -> None:
+        """No I/O (see ``open``)."""
+        self.session = PgSession(
+            pool,
+            schema=schema,
+            component=COMPONENT,
+            steps=MIGRATIONS,
+            what="the analysis lease",
+            deadline=op_timeout,
+        )
         self._replica = replica
         self._ms = int(seconds * 1000)
-        self._timeout = timeout
 
     @classmethod
     async def open(
@@ -81,9 +96,11 @@ class PostgresLease:
         op_timeout: float = LEASE_CALL_TIMEOUT,
     ) -> Self:
         """``seconds``: ``analysis.lease_seconds``. ``op_timeout`` bounds every call (keep it
-        well under ``seconds``: a renewal that comes back later than that is moot)."""
-        await open_component(pool, schema=schema, component=COMPONENT, steps=MIGRATIONS)
-        return cls(pool, replica, seconds, op_timeout)
+        well under ``seconds``: a renewal that comes back later than that is moot). The
+        table is made now, or by the first call that reaches the server."""
+        lease = cls(pool, schema=schema, replica=replica, seconds=seconds, op_timeout=op_timeout)
+        await lease.session.prepare()
+        return lease
 
     @property
     def replica(self) -> str:
@@ -96,7 +113,7 @@ class PostgresLease:
             cur = await conn.execute(_HOLD, params)
             return await cur.fetchone() is not None
 
-        return await call(self._pool, run, what="the analysis lease", deadline=self._timeout)
+        return await self.session.write(run)
 
     async def holder(self, slug: str) -> str | None:
         async def run(conn: AsyncConnection[Any]) -> str | None:
@@ -104,13 +121,13 @@ class PostgresLease:
             row = await cur.fetchone()
             return None if row is None else str(row[0])
 
-        return await call(self._pool, run, what="the analysis lease", deadline=self._timeout)
+        return await self.session.read(run)
 
     async def release(self, slug: str) -> None:
         async def run(conn: AsyncConnection[Any]) -> None:
             await conn.execute(_RELEASE, (slug, self._replica))
 
-        await call(self._pool, run, what="the analysis lease", deadline=self._timeout)
+        await self.session.write(run)
 
     async def close(self) -> None:
         return None

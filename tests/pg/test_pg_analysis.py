@@ -27,7 +27,7 @@ from proxy.analysis.window import RolloutBatch, RolloutKey, WindowRecorder
 from proxy.config import AnalysisConfig
 from proxy.log import APP_LOGGER
 from proxy.metrics import ProxyMetrics
-from proxy.pg.calls import PostgresUnavailable
+from proxy.pg.session import PostgresUnavailable
 from proxy.registry.models import RegistrySnapshot, Rollout, RolloutMode, Status, StickyKey
 from proxy.registry.service import RegistryService
 from tests.pg.pg_parts import crash, frozen, new_schema, replica_pools

@@ -23,7 +23,7 @@ from proxy.errors import NotFound, ServiceUnavailable
 from proxy.feedback import Answered, FeedbackService
 from proxy.feedback_postgres import PostgresRequestIndex
 from proxy.metrics import ProxyMetrics
-from proxy.pg.calls import PostgresUnavailable
+from proxy.pg.session import PostgresUnavailable
 from tests.pg.pg_parts import crash, frozen, replica_pools
 from tests.postgres_server import PostgresServer, postgres_server_fixture
 
