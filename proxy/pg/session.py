@@ -16,6 +16,11 @@ Every call is:
 - **on a live connection**: a pooled connection whose server process ended while it sat
   in the pool (``pg_terminate_backend``, a restart, a crash) has the server's goodbye or an
   EOF waiting on its socket; it is closed and another taken *before* anything is sent;
+- **quick to fail while the server is down**: after a call could not get a connection at
+  all (or ``prepare`` found the server unreachable), the next call first connects once by
+  itself: a server that refuses fails that call at once rather than at its deadline (as a
+  Redis client's refused connect does), and one that answers sends the call on to the
+  pool, which reconnects then;
 - **retried only where that cannot apply anything twice**. When the connection dies under
   a call (killed a moment before, its goodbye still on the way), the call runs again on
   another connection, at most once per pooled connection and within the same deadline:
@@ -87,6 +92,8 @@ class OutcomeUnknown(PostgresUnavailable):
 
 @dataclass
 class _Progress:
+    #: A connection was had: a failure then is not "the server cannot be reached".
+    connected: bool = False
     #: The write's work is done and COMMIT is on its way: from here a failure is unknown.
     committing: bool = False
 
@@ -112,6 +119,8 @@ class PgSession:
         self._steps = steps
         #: The component's tables are known to be up to date in this process.
         self.migrated = False
+        #: The last call could not reach the server: the next one checks it directly.
+        self.unreachable = False
 
     async def prepare(self, *, within: float = OPEN_TIMEOUT) -> None:
         """``prepare_together`` for this session alone."""
@@ -137,8 +146,11 @@ class PgSession:
         try:
             async with asyncio.timeout(bound):
                 attempts = self._attempts(work, write=write, snapshot=snapshot, progress=progress)
-                return await interruptible(attempts, grace=_GRACE)
+                result = await interruptible(attempts, grace=_GRACE)
+            self.unreachable = False
+            return result
         except TimeoutError:
+            self.unreachable = not progress.connected
             if progress.committing:
                 raise OutcomeUnknown(
                     f"PostgreSQL did not confirm the write of {self.what} within {bound:g}s "
@@ -152,6 +164,7 @@ class PgSession:
         except (psycopg.Error, OSError) as exc:
             if _is_bug(exc):
                 raise
+            self.unreachable = not progress.connected
             message = f"PostgreSQL unavailable for {self.what}: {type(exc).__name__}: {exc}"
             if progress.committing:
                 raise OutcomeUnknown(
@@ -166,8 +179,11 @@ class PgSession:
         # reaches a new one.
         dead_left = self.pool.max_size + 1
         healed = False
+        if self.unreachable:
+            await _reach(self.pool)  # fails now if the server still refuses
         while True:
             conn = await self._live_connection()
+            progress.connected = True
             try:
                 if not self.migrated:
                     await self._migrate(conn)
@@ -236,9 +252,7 @@ async def prepare_together(sessions: Sequence[PgSession], *, within: float = OPE
     what = ", ".join(s.what for s in sessions)
 
     async def run() -> None:
-        conninfo, kwargs = _connect_args(pool)
-        conn = await AsyncConnection.connect(conninfo, **kwargs)
-        async with conn:
+        async with await _connect(pool) as conn:
             for session in sessions:
                 await session._migrate(conn)
 
@@ -246,6 +260,8 @@ async def prepare_together(sessions: Sequence[PgSession], *, within: float = OPE
         async with asyncio.timeout(within):
             await interruptible(run(), grace=_GRACE)
     except (psycopg.OperationalError, OSError, TimeoutError) as exc:
+        for session in sessions:
+            session.unreachable = True
         _log.warning(
             "PostgreSQL unreachable at start (%s): the tables of %s are checked when it answers",
             str(exc).strip() or type(exc).__name__,
@@ -257,12 +273,19 @@ async def prepare_together(sessions: Sequence[PgSession], *, within: float = OPE
         ) from exc
 
 
-def _connect_args(pool: Pool) -> tuple[str, dict[str, Any]]:
-    """What the pool connects with (``proxy.pg.connect.new_pool`` gives both plainly)."""
+async def _connect(pool: Pool) -> AsyncConnection[Any]:
+    """A connection of its own, made as the pool makes its (``new_pool`` gives plain
+    arguments), for when the pool cannot help: it waits for its own attempts, which a
+    server that refuses makes fail without a word to the caller."""
     conninfo, kwargs = pool.conninfo, pool.kwargs or {}
     assert isinstance(conninfo, str), "a pool of new_pool"
     assert isinstance(kwargs, dict), "a pool of new_pool"
-    return conninfo, kwargs
+    return await AsyncConnection.connect(conninfo, **kwargs)
+
+
+async def _reach(pool: Pool) -> None:
+    conn = await _connect(pool)
+    await conn.close()
 
 
 def _is_bug(exc: BaseException) -> bool:
