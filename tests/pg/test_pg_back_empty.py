@@ -30,7 +30,7 @@ from tests.component.test_shadow_sink_redis import eventually, pair
 from tests.pg.pg_parts import new_schema, replica_pools
 from tests.postgres_server import PostgresServer, postgres_server_fixture
 from tests.registry.pg_stores import drop_schema
-from tests.registry.test_analysis_redis import verdict
+from tests.registry.test_analysis_parts import verdict
 
 fresh_postgres_server = postgres_server_fixture("function")
 
