@@ -30,9 +30,9 @@ import orjson
 from proxy.analysis.window import SERVED_ARMS, WindowRecorder
 from proxy.config import FeedbackConfig
 from proxy.errors import InvalidRequest, NotFound, ServiceUnavailable
+from proxy.exchange.outcome import Exchange
 from proxy.log import APP_LOGGER
 from proxy.metrics import ProxyMetrics
-from proxy.models import Exchange
 from proxy.tasks import cancel_and_wait, interruptible
 
 if TYPE_CHECKING:  # redis is imported only when a Redis store is configured
@@ -198,8 +198,11 @@ class FeedbackService:
         self._window = window
 
     def remember(self, exchange: Exchange) -> None:
-        """Called for every finished request; only those a prompt answered are kept."""
+        """Called for every finished exchange; only answers a prompt gave a caller are kept
+        (a shadow copy shares its primary's request id but reached no one)."""
         if exchange.slug is None or exchange.version is None or exchange.arm is None:
+            return
+        if exchange.is_shadow:
             return
         self.index.remember(
             exchange.request_id,

@@ -1,4 +1,7 @@
-"""Plain data passed between the request stages. No I/O here."""
+"""Plain data of a request as it arrives: its route and parsed body. No I/O here.
+
+(What one call to the provider recorded, primary or shadow, is ``proxy.exchange.outcome``.)
+"""
 
 from __future__ import annotations
 
@@ -32,32 +35,3 @@ class ParsedRequest:
     payload: dict[str, Any] | None = None
     model: str | None = None
     stream: bool = False
-
-
-@dataclass(slots=True)
-class Exchange:
-    """Everything recorded about one request, filled in stage by stage."""
-
-    request_id: str
-    method: str
-    route: Route
-    started: float
-    slug: str | None = None
-    version: str | None = None
-    arm: str | None = None
-    stream: bool = False
-    model_requested: str | None = None
-    #: The model sent upstream when a prompt's model pin replaced the requested one.
-    model_sent: str | None = None
-    model_answered: str | None = None
-    status: int = 0
-    upstream_request_id: str | None = None
-    #: Seconds from arrival to the first body byte sent to the client (streams only).
-    ttfb: float | None = None
-    duration: float | None = None
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    finish_reason: str | None = None
-    error_class: str | None = None
-    #: The running rollout of the slug when the request was under one (for the analysis).
-    rollout_id: str | None = None

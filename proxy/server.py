@@ -13,10 +13,10 @@ from contextlib import AsyncExitStack
 from aiohttp import web
 
 from proxy.config import ServerConfig, Settings
+from proxy.exchange.upstream import PoolUsage
 from proxy.fd_limit import raise_soft_limit
 from proxy.log import APP_LOGGER, LineSink, setup_logging
 from proxy.metrics import ProxyMetrics
-from proxy.pipeline.forward import PoolUsage
 from proxy.preflight import check_upstream, listen_error
 from proxy.services import open_services
 from proxy.web.app import build_admin_app, build_data_app

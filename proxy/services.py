@@ -17,12 +17,13 @@ from proxy.analysis.window import WindowRecorder
 from proxy.backends.base import Backend
 from proxy.backends.open import open_backend
 from proxy.config import Settings
+from proxy.exchange.upstream import UpstreamClient, UpstreamLimits
 from proxy.feedback import FeedbackService
 from proxy.log import APP_LOGGER
 from proxy.loop_lag import watch_loop_lag
 from proxy.metrics import ProxyMetrics
-from proxy.pipeline.forward import UpstreamClient, make_session
-from proxy.pipeline.record import Recorder
+from proxy.pipeline.record import exchange_observers
+from proxy.pipeline.resources import PipelineResources
 from proxy.registry.bootstrap import start_registry
 from proxy.registry.fleet import Fleet
 from proxy.registry.fleet_adopt import adopt_fleet_generation
@@ -65,7 +66,8 @@ class Services:
     settings: Settings
     upstream: UpstreamClient
     metrics: ProxyMetrics
-    recorder: Recorder
+    #: What the request path uses of all this (``proxy.pipeline.run.handle``).
+    pipeline: PipelineResources
     lifecycle: Lifecycle
     snapshot: SnapshotHolder
     refresher: SnapshotRefresher
@@ -77,10 +79,6 @@ class Services:
     feedback: FeedbackService
     #: Every part of the shared state, from `registry.store`.
     backend: Backend
-
-    @property
-    def upstream_api_key(self) -> str | None:
-        return self.settings.upstream_api_key
 
     @property
     def store_name(self) -> str:
@@ -110,8 +108,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         config.feedback.names,
     )
     async with AsyncExitStack() as stack:
-        session = make_session(config.upstream)
-        stack.push_async_callback(session.close)
+        upstream = UpstreamClient(UpstreamLimits.primary(config.upstream))
+        stack.push_async_callback(upstream.close)
         me = replica_id()
         shadow_metrics = ShadowMetrics(metrics.registry, metrics.slug_label)
         # Every shared part, closed once and late: after the runner, the analyser and the
@@ -167,22 +165,36 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         analysis.start()
         stack.push_async_callback(analysis.close)
         feedback = FeedbackService(config.feedback, backend.index, metrics, window)
-        shadow = open_shadow_runner(config, metrics, backend.pairs, shadow_metrics, window)
+        # One list for the primary and the shadow alike (pipeline/record.py).
+        finished = exchange_observers(metrics, window, feedback.remember)
+        shadow = open_shadow_runner(
+            config, backend.pairs, shadow_metrics, finished, window.observe_divergence
+        )
         # Closed first (the stack unwinds in reverse), after the data plane drained: shadows
         # get a short grace, never the whole shutdown budget.
         stack.push_async_callback(shadow.close, min(5.0, config.server.shutdown_grace_seconds))
         # First to run on the way out: off the board before anything closes.
         stack.push_async_callback(_leave_fleet, beating, heartbeat)
         _log.info("prompt registry: %s, revision %d", backend.describe(), holder.current.revision)
+        renderer = PromptRenderer()
         yield Services(
             settings=settings,
-            upstream=UpstreamClient(session, config.upstream),
+            upstream=upstream,
             metrics=metrics,
-            recorder=Recorder(metrics, window, feedback.remember),
+            pipeline=PipelineResources(
+                config=config,
+                api_key=settings.upstream_api_key,
+                upstream=upstream,
+                metrics=metrics,
+                snapshot=holder,
+                renderer=renderer,
+                shadow=shadow,
+                finished=finished,
+            ),
             lifecycle=Lifecycle(metrics),
             snapshot=holder,
             refresher=refresher,
-            renderer=PromptRenderer(),
+            renderer=renderer,
             registry=registry,
             recovery=RegistryRecovery(store, holder, fleet=fleet, serve=refresher.serve),
             shadow=shadow,

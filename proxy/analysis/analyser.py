@@ -32,7 +32,6 @@ from typing import Any
 
 from proxy.analysis.judge import Judgement, judge, without_stable
 from proxy.analysis.lease import Lease
-from proxy.analysis.policy import AnalysisPolicy
 from proxy.analysis.pool import StatsPool
 from proxy.analysis.state import AnalysisState, StateStore
 from proxy.analysis.window import WindowArm, WindowRecorder
@@ -40,6 +39,7 @@ from proxy.config import AnalysisConfig
 from proxy.errors import ProxyError
 from proxy.log import APP_LOGGER
 from proxy.metrics import ProxyMetrics
+from proxy.registry.analysis_policy import AnalysisPolicy
 from proxy.registry.models import RegistrySnapshot, Rollout, RolloutMode
 from proxy.registry.percent import BASIS_POINTS
 from proxy.registry.service import RegistryService

@@ -18,14 +18,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from proxy.analysis.policy import AnalysisPolicy
-from proxy.analysis.stats import (
+from proxy.analysis.window import ArmStats
+from proxy.registry.analysis_policy import AnalysisPolicy
+from proxy.shadow.compare import MEASURES, DivergenceCounts, shadow_verdict
+from proxy.stats import (
     mann_whitney_greater,
     mean_less,
     two_proportion_greater,
 )
-from proxy.analysis.window import ArmStats
-from proxy.shadow.compare import MEASURES, DivergenceCounts, shadow_verdict
 
 Result = Literal["pass", "fail", "inconclusive", "skipped"]
 Verdict = Literal["pass", "fail", "inconclusive"]

@@ -6,8 +6,9 @@ set of one-second slots into one window. Latencies go into fixed log-spaced bins
 wide) for the same reason: a p95 read off them is within 10 %, far finer than any ratio
 threshold worth setting, and a Mann-Whitney test runs on the bins directly.
 
-``WindowRecorder`` is the hot-path side: ``observe_call`` is a few dict lookups and
-increments, and ``drain`` hands the accumulated counts to the flusher (see ``pool``).
+``WindowRecorder`` is the hot-path side: ``finished`` (an observer of every finished
+exchange, primary or shadow) is a few dict lookups and increments, and ``drain`` hands the
+accumulated counts to the flusher (see ``pool``).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from proxy.analysis.stats import quantile_from_histogram
+from proxy.exchange.outcome import Exchange
 from proxy.shadow.compare import Divergence, DivergenceCounts
+from proxy.shadow.models import ShadowKind
+from proxy.stats import quantile_from_histogram
 
 #: Bin ``i`` holds latencies up to ``LATENCY_BOUNDS[i]`` seconds: 1 ms to ~10 min, 10 % steps.
 LATENCY_BOUNDS: tuple[float, ...] = tuple(0.001 * 1.1**i for i in range(141))
@@ -40,7 +43,7 @@ class WindowArm(StrEnum):
 
 
 #: The served arms a rollout's analysis compares, for requests and feedback alike (pinned
-#: callers chose their version themselves; shadow calls are counted by the runner).
+#: callers chose their version themselves; shadow calls count as shadow or rerun).
 SERVED_ARMS = frozenset({WindowArm.STABLE.value, WindowArm.CANARY.value})
 
 #: Pseudo-arms holding the shadow pairs' divergence counts, cumulative over the rollout.
@@ -278,6 +281,34 @@ class WindowRecorder:
         if batch is None:
             batch = self._pending[key] = RolloutBatch()
         return batch
+
+    def finished(self, ex: Exchange) -> None:
+        """Count a finished exchange under its rollout: a served arm (stable or canary), or
+        a shadow call (``shadow``, or ``rerun`` for stable's noise copy). A caller hanging up
+        or a shadow cancelled at shutdown says nothing about the prompt."""
+        if ex.rollout_id is None or ex.slug is None:
+            return
+        if ex.is_shadow:
+            if ex.error_class == "cancelled":
+                return
+            noise = ex.shadow_kind == ShadowKind.STABLE.value
+            arm = (WindowArm.RERUN if noise else WindowArm.SHADOW).value
+        elif (
+            ex.arm is not None and ex.arm in SERVED_ARMS and ex.error_class != "client_disconnected"
+        ):
+            arm = ex.arm
+        else:
+            return
+        self.observe_call(
+            ex.slug,
+            ex.rollout_id,
+            arm,
+            failed=ex.error_class is not None,
+            duration=ex.duration,
+            ttft=ex.ttfb if ex.stream else None,
+            output_tokens=ex.output_tokens,
+            finish_reason=ex.finish_reason,
+        )
 
     def observe_call(
         self,

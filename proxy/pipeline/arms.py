@@ -15,13 +15,14 @@ from collections.abc import Mapping
 import orjson
 
 from proxy.errors import InvalidRequest
-from proxy.models import Exchange, ParsedRequest
-from proxy.pipeline.choose import Arm, Decision, choose, shadow_skip, sticky_value
+from proxy.exchange.outcome import Arm, Exchange
+from proxy.models import ParsedRequest
+from proxy.pipeline.choose import Decision, choose, shadow_skip, sticky_value
 from proxy.pipeline.parse import encode_outbound
 from proxy.pipeline.render import render_into
 from proxy.pipeline.resolve import PromptRef
+from proxy.pipeline.resources import PipelineResources
 from proxy.registry.models import PromptVersion, RegistrySnapshot
-from proxy.services import Services
 from proxy.shadow.compare import expects_json
 from proxy.shadow.models import ShadowKind, ShadowRequest
 
@@ -31,7 +32,7 @@ RENDER_FAILED = "render_failed"
 
 
 def decide(
-    services: Services,
+    resources: PipelineResources,
     snapshot: RegistrySnapshot,
     ref: PromptRef,
     stable: PromptVersion,
@@ -48,18 +49,18 @@ def decide(
         rollout.sticky,
         headers,
         parsed.payload or {},
-        tenant_header=services.settings.config.rollouts.tenant_header,
+        tenant_header=resources.config.rollouts.tenant_header,
         request_id=request_id,
     )
     decision = choose(snapshot, stable, key)
     if decision.unkeyed:
-        metrics = services.metrics
+        metrics = resources.metrics
         metrics.rollout_unkeyed.labels(metrics.slug_label(ref.slug)).inc()
     return decision
 
 
 def shadow_copy(
-    services: Services,
+    resources: PipelineResources,
     exchange: Exchange,
     parsed: ParsedRequest,
     decision: Decision,
@@ -76,13 +77,13 @@ def shadow_copy(
         exchange.method,
         parsed.payload,
         len(parsed.body),
-        services.settings.config.shadow.max_body_bytes,
+        resources.config.shadow.max_body_bytes,
     )
     if skip is not None:
         return skip
     payload = orjson.loads(parsed.body)
     try:
-        render_into(parsed.route, payload, candidate, services.renderer)
+        render_into(parsed.route, payload, candidate, resources.renderer)
     except InvalidRequest:
         return RENDER_FAILED
     shadow_parsed = ParsedRequest(
@@ -113,7 +114,7 @@ def shadow_copy(
 
 
 def noise_copy(
-    services: Services,
+    resources: PipelineResources,
     candidate: ShadowRequest,
     stable_version: int,
     stable_body: bytes,
@@ -123,7 +124,7 @@ def noise_copy(
     """On ``shadow.noise_share`` of the shadowed requests, the stable version a second time
     (the primary's own outbound body): its pair measures how much stable differs from
     itself, the floor a candidate's divergence is judged against."""
-    share = services.settings.config.shadow.noise_share
+    share = resources.config.shadow.noise_share
     # Sampling needs no stickiness and no reproducibility, only the share.
     if share <= 0 or random.random() >= share:
         return None

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from proxy.exchange.outcome import Arm
 from proxy.models import Route
 from proxy.registry.models import (
     BASIS_POINTS,
@@ -26,16 +27,6 @@ from proxy.registry.models import (
     StickyKey,
     StickyKind,
 )
-
-
-class Arm(StrEnum):
-    """The bounded set of arm labels (headers, logs, metrics)."""
-
-    STABLE = "stable"
-    CANARY = "canary"
-    #: ``X-Prompt-Version`` chose the version: outside any rollout and its analysis.
-    PINNED = "pinned"
-    SHADOW = "shadow"
 
 
 @dataclass(frozen=True, slots=True)

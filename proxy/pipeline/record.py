@@ -1,114 +1,46 @@
-"""Stage 6, record: one metrics update and one JSON log line per finished exchange.
+"""Stage 6, record: the one ordered list of what sees an exchange finish, primary or shadow.
 
-Called from a ``finally`` so cancelled (client gone) and failed requests are counted too.
+1. metrics      the per-request families (``arm="shadow"`` for shadow calls)
+2. analysis     the rollout's per-arm window counters (stable, canary; shadow, rerun)
+3. feedback     the request index: answers a caller got (never shadow copies)
+4. access log   one JSON line: ``event: request``, or ``event: shadow``
+5. pair half    a shadowed primary hands its half to the shadow waiting for it
+
+The primary runs it from the ``finally`` of ``run.handle``, so failed and cancelled
+requests count too; a shadow call from its runner once the call ended, however it ended.
 """
 
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Callable
 
-from proxy.analysis.window import SERVED_ARMS, WindowRecorder
-from proxy.log import ACCESS_LOGGER
+from proxy.analysis.window import WindowRecorder
+from proxy.exchange.observers import ExchangeObserver, Observers, hand_over_pair_half
+from proxy.exchange.outcome import Exchange, error_class_for_status
+from proxy.exchange.recorders import AccessLog, RecordMetrics
 from proxy.metrics import ProxyMetrics
-from proxy.models import Exchange
 
 
-def status_class(status: int) -> str:
-    return f"{status // 100}xx" if 100 <= status < 600 else "none"
+def exchange_observers(
+    metrics: ProxyMetrics,
+    window: WindowRecorder | None = None,
+    remember: ExchangeObserver | None = None,
+) -> Observers:
+    """``remember`` is the feedback index's (``FeedbackService.remember``)."""
+    observers: list[ExchangeObserver | None] = [
+        RecordMetrics(metrics).finished,
+        None if window is None else window.finished,
+        remember,
+        AccessLog().finished,
+        hand_over_pair_half,
+    ]
+    return Observers([observer for observer in observers if observer is not None])
 
 
-def error_class_for_status(status: int) -> str | None:
-    if status == 429:
-        return "upstream_429"
-    if 400 <= status < 500:
-        return "upstream_4xx"
-    if status >= 500:
-        return "upstream_5xx"
-    return None
-
-
-class Recorder:
-    def __init__(
-        self,
-        metrics: ProxyMetrics,
-        window: WindowRecorder | None = None,
-        answered: Callable[[Exchange], None] | None = None,
-    ) -> None:
-        """``answered`` sees every finished exchange (the feedback index)."""
-        self._metrics = metrics
-        self._window = window
-        self._answered = answered
-        self._log = logging.getLogger(ACCESS_LOGGER)
-
-    def observe(self, exchange: Exchange) -> None:
-        if exchange.duration is None:
-            exchange.duration = time.perf_counter() - exchange.started
-        if exchange.error_class is None:
-            exchange.error_class = error_class_for_status(exchange.status)
-        self._update_metrics(exchange)
-        if self._window is not None and exchange.rollout_id is not None:
-            _count_for_analysis(self._window, exchange, exchange.rollout_id)
-        if self._answered is not None:
-            self._answered(exchange)
-        if self._log.isEnabledFor(logging.INFO):
-            self._log.info(self._log_fields(exchange))
-
-    def _update_metrics(self, ex: Exchange) -> None:
-        m = self._metrics
-        # The model sent is the operator's choice (a pin, or what the client asked for); the
-        # answered one is often a dated id.
-        sent = ex.model_sent or ex.model_requested or ex.model_answered
-        model = m.model_label(sent)
-        series = m.series(ex.route.value, model, ex.slug or "", ex.version or "", ex.arm or "")
-        series.observe(
-            status_class(ex.status),
-            ex.duration or 0.0,
-            ex.ttfb if ex.stream else None,
-            ex.input_tokens,
-            ex.output_tokens,
-            ex.error_class,
-            ex.finish_reason,
-            m.price_of(sent),
-        )
-
-    @staticmethod
-    def _log_fields(ex: Exchange) -> dict[str, object]:
-        return {
-            "event": "request",
-            "request_id": ex.request_id,
-            "upstream_request_id": ex.upstream_request_id,
-            "method": ex.method,
-            "route": ex.route.value,
-            "slug": ex.slug,
-            "version": ex.version,
-            "arm": ex.arm,
-            "model_requested": ex.model_requested,
-            "model_sent": ex.model_sent,
-            "model_answered": ex.model_answered,
-            "stream": ex.stream,
-            "status": ex.status,
-            "latency_ms": round((ex.duration or 0.0) * 1000, 3),
-            "ttfb_ms": None if ex.ttfb is None else round(ex.ttfb * 1000, 3),
-            "input_tokens": ex.input_tokens,
-            "output_tokens": ex.output_tokens,
-            "finish_reason": ex.finish_reason,
-            "error_class": ex.error_class,
-        }
-
-
-def _count_for_analysis(window: WindowRecorder, ex: Exchange, rollout_id: str) -> None:
-    # A caller hanging up says nothing about the prompt.
-    if ex.arm not in SERVED_ARMS or ex.slug is None or ex.error_class == "client_disconnected":
-        return
-    window.observe_call(
-        ex.slug,
-        rollout_id,
-        ex.arm,
-        failed=ex.error_class is not None,
-        duration=ex.duration,
-        ttft=ex.ttfb if ex.stream else None,
-        output_tokens=ex.output_tokens,
-        finish_reason=ex.finish_reason,
-    )
+def settle(exchange: Exchange) -> None:
+    """The primary's last facts before it is recorded: its duration, and the error its
+    status says when nothing else did (a relayed 5xx is the provider's error)."""
+    if exchange.duration is None:
+        exchange.duration = time.perf_counter() - exchange.started
+    if exchange.error_class is None:
+        exchange.error_class = error_class_for_status(exchange.status)

@@ -1,7 +1,8 @@
 """Stage 5b, relay: hand the provider's answer to the client.
 
-Three shapes: a JSON body (read whole, observed, sent), an SSE stream (relayed event by
-event as it arrives, observed on the side), anything else (raw chunks, not observed). Once
+Three shapes: a JSON body (read whole, read for the record, sent), an SSE stream (relayed
+event by event as it arrives, each event read once on the side by ``AnswerReader``),
+anything else (raw chunks, not read). Once
 stream headers are out, failures can no longer change the status: the stream ends with one
 OpenAI-style error event and no ``[DONE]``.
 """
@@ -16,9 +17,9 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from proxy.errors import UpstreamTimeout, UpstreamUnavailable
-from proxy.models import Exchange, Route
-from proxy.pipeline.observe import StreamObserver, observe_body
-from proxy.shadow.capture import OutputCapture
+from proxy.exchange.answer import AnswerReader
+from proxy.exchange.outcome import Exchange
+from proxy.models import Route
 from proxy.sse import SSESplitter
 
 _SSE_HEADERS = (("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no"))
@@ -39,19 +40,18 @@ async def relay(
     exchange: Exchange,
     strip_usage_chunk: bool,
     headers: CIMultiDict[str],
-    capture: OutputCapture | None = None,
 ) -> web.StreamResponse:
     """``strip_usage_chunk``: the proxy asked for usage, so the client must not see it.
-    ``capture``: keep a copy of the answer's text (shadowed requests only: it costs a
-    JSON decode per event)."""
+    With ``exchange.answer`` set (shadowed requests only: it costs a JSON decode per
+    event), the answer's text is captured by the same read."""
     content_type = _content_type(upstream)
     if content_type == "text/event-stream":
-        return await _relay_events(request, upstream, exchange, strip_usage_chunk, headers, capture)
+        return await _relay_events(request, upstream, exchange, strip_usage_chunk, headers)
     length = upstream.content_length
     if (content_type == "application/json" and exchange.route in _OBSERVED_ROUTES) or (
         length is not None and length <= _BUFFER_LIMIT
     ):
-        return await _relay_body(upstream, exchange, headers, capture)
+        return await _relay_body(upstream, exchange, headers)
     return await _relay_raw(request, upstream, exchange, headers)
 
 
@@ -59,7 +59,6 @@ async def _relay_body(
     upstream: aiohttp.ClientResponse,
     exchange: Exchange,
     headers: CIMultiDict[str],
-    capture: OutputCapture | None,
 ) -> web.Response:
     try:
         body = await upstream.read()
@@ -70,9 +69,7 @@ async def _relay_body(
             f"The upstream provider broke off its answer ({type(exc).__name__})."
         ) from None
     if exchange.route in _OBSERVED_ROUTES and upstream.status < 300:
-        observe_body(exchange, body)
-        if capture is not None:
-            capture.body(body)
+        AnswerReader(exchange).body(body)
     return web.Response(status=upstream.status, body=body, headers=headers)
 
 
@@ -102,21 +99,16 @@ async def _relay_events(
     exchange: Exchange,
     strip_usage_chunk: bool,
     headers: CIMultiDict[str],
-    capture: OutputCapture | None,
 ) -> web.StreamResponse:
     for name, value in _SSE_HEADERS:  # keep proxies and caches in front of us from buffering
         headers.setdefault(name, value)
     response = await _start_stream(request, upstream, headers)
     splitter = SSESplitter()
-    observer = StreamObserver(exchange, strip_usage_chunk=strip_usage_chunk)
+    reader = AnswerReader(exchange, strip_usage_chunk=strip_usage_chunk)
     try:
         try:
             async for chunk in upstream.content.iter_any():
-                events = splitter.feed(chunk)
-                if capture is not None:
-                    for raw in events:
-                        capture.event(raw)
-                out = [raw for raw in events if observer.accept(raw)]
+                out = [raw for raw in splitter.feed(chunk) if reader.accept(raw)]
                 if out:
                     if exchange.ttfb is None:
                         exchange.ttfb = time.perf_counter() - exchange.started
@@ -133,10 +125,10 @@ async def _relay_events(
             return response
         tail = splitter.flush()
         if tail:
-            if capture is not None:
-                capture.event(tail)
+            # An unterminated last event is relayed as it came, whatever it says.
+            reader.accept(tail)
             await response.write(tail)
-        if observer.upstream_error:
+        if reader.error_event:
             exchange.error_class = "upstream_stream_error"
         await response.write_eof()
     except ConnectionResetError:

@@ -5,10 +5,12 @@
 3. choose   the arm, sticky per (slug, rollout, key): stable, canary (the candidate answers)
             or stable plus a shadow copy to the candidate; a version pin is its own arm
 4. render   template + caller variables -> outbound body, encoded once (and the shadow's)
-5. forward  one pooled ClientSession -> provider; relay the answer to the client. A shadow
-            copy was handed to the ShadowRunner just before: never awaited from here
-6. record   metrics + one JSON log line, in `finally`, so failures and disconnects count;
-            then the primary's half of a shadow pair is handed over
+5. forward  one pooled ClientSession -> provider; relay the answer to the client, reading
+            it once as it passes. A shadow copy was handed to the ShadowRunner just
+            before: never awaited from here
+6. record   the exchange's observers (pipeline/record.py), in `finally`, so failures and
+            disconnects count: metrics, analysis window, feedback index, access log line,
+            and the primary's half of a shadow pair
 """
 
 from __future__ import annotations
@@ -20,18 +22,19 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from proxy.errors import PayloadTooLarge, ProxyError
+from proxy.exchange.answer import Answer
+from proxy.exchange.outcome import Arm, Exchange
 from proxy.http_headers import REQUEST_ID_HEADER, client_response_headers, upstream_request_headers
-from proxy.models import Exchange
 from proxy.pipeline.arms import decide, noise_copy, shadow_copy
-from proxy.pipeline.choose import Arm, Decision
+from proxy.pipeline.choose import Decision
 from proxy.pipeline.parse import check_path, classify, encode_outbound, parse_request
+from proxy.pipeline.record import settle
 from proxy.pipeline.relay import relay
 from proxy.pipeline.render import render_into
 from proxy.pipeline.resolve import CONTROL_HEADERS, SWAP_ROUTES, prompt_ref, resolve
+from proxy.pipeline.resources import PipelineResources
 from proxy.registry.models import PromptVersion, RolloutMode
-from proxy.services import Services
-from proxy.shadow.capture import OutputCapture
-from proxy.shadow.models import ArmResult, ShadowRequest
+from proxy.shadow.models import ShadowRequest
 
 #: nginx's convention for "client closed the connection before the answer was complete".
 CLIENT_CLOSED_STATUS = 499
@@ -51,7 +54,7 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 
 
 async def handle(
-    services: Services,
+    resources: PipelineResources,
     request: web.Request,
     request_id: str,
     tail: str,
@@ -66,15 +69,13 @@ async def handle(
         started=time.perf_counter(),
         slug=slug,
     )
-    metrics = services.metrics
+    metrics = resources.metrics
     metrics.in_flight.inc()
-    primary_half: asyncio.Future[ArmResult] | None = None
-    capture: OutputCapture | None = None
     try:
         check_path(tail)
         ref = prompt_ref(slug, request.headers)
         exchange.slug = ref.slug if ref is not None else None
-        body = await read_body(request, services.settings.config.server.max_body_bytes)
+        body = await read_body(request, resources.config.server.max_body_bytes)
         parsed = parse_request(  # 1
             exchange.route, request.method, tail, body, prompt_named=ref is not None
         )
@@ -83,31 +84,31 @@ async def handle(
 
         decision: Decision | None = None
         if ref is not None and parsed.payload is not None and exchange.route in SWAP_ROUTES:
-            snapshot = services.snapshot.current
+            snapshot = resources.snapshot.current
             stable = resolve(snapshot, ref)  # 2
-            decision = decide(services, snapshot, ref, stable, request.headers, parsed, request_id)
+            decision = decide(resources, snapshot, ref, stable, request.headers, parsed, request_id)
             exchange.version = str(decision.version.version)  # 3
             exchange.arm = decision.arm.value
             if decision.rollout is not None:
                 exchange.rollout_id = decision.rollout.id
-            render_into(exchange.route, parsed.payload, decision.version, services.renderer)  # 4
+            render_into(exchange.route, parsed.payload, decision.version, resources.renderer)  # 4
             exchange.model_sent = decision.version.model
         elif ref is not None:
-            _count_unshadowable(services, ref.slug)
+            _count_unshadowable(resources, ref.slug)
         outbound_body, usage_injected = encode_outbound(
             parsed, payload_changed=decision is not None
         )
 
         outbound_headers = upstream_request_headers(
-            request.headers, services.upstream_api_key, drop=CONTROL_HEADERS
+            request.headers, resources.api_key, drop=CONTROL_HEADERS
         )
         if decision is not None and decision.shadow is not None:
-            shadow = shadow_copy(services, exchange, parsed, decision, raw_tail, outbound_headers)
+            shadow = shadow_copy(resources, exchange, parsed, decision, raw_tail, outbound_headers)
             if isinstance(shadow, ShadowRequest):
-                primary_half = asyncio.get_running_loop().create_future()
-                submitted = services.shadow.submit(shadow, primary_half)
+                half: asyncio.Future[Exchange] = asyncio.get_running_loop().create_future()
+                submitted = resources.shadow.submit(shadow, half)
                 noise = noise_copy(
-                    services,
+                    resources,
                     shadow,
                     decision.version.version,
                     outbound_body,
@@ -115,16 +116,15 @@ async def handle(
                     exchange.model_sent or exchange.model_requested,
                 )
                 if noise is not None:
-                    submitted = services.shadow.submit(noise, primary_half) or submitted
+                    submitted = resources.shadow.submit(noise, half) or submitted
                 if submitted:
-                    capture = OutputCapture(
-                        exchange.route, services.settings.config.shadow.sink.max_output_chars
-                    )
-                else:
-                    primary_half = None
+                    # The pair needs the answer's text: captured by the same single read
+                    # that records usage as the answer is relayed.
+                    exchange.pair = half
+                    exchange.answer = Answer(resources.config.shadow.sink.max_output_chars)
             else:
-                services.shadow.skip(decision.version.slug, shadow)
-        upstream = await services.upstream.open(  # 5
+                resources.shadow.skip(decision.version.slug, shadow)
+        upstream = await resources.upstream.open(  # 5
             request.method, raw_tail, outbound_headers, outbound_body
         )
         async with upstream:
@@ -134,7 +134,7 @@ async def handle(
             headers[REQUEST_ID_HEADER] = request_id
             if decision is not None:
                 _add_prompt_headers(headers, decision.version, exchange)
-            return await relay(request, upstream, exchange, usage_injected, headers, capture)
+            return await relay(request, upstream, exchange, usage_injected, headers)
     except ProxyError as exc:
         exchange.status = exc.status
         exchange.error_class = exc.error_class
@@ -148,33 +148,15 @@ async def handle(
         raise
     finally:
         metrics.in_flight.dec()
-        services.recorder.observe(exchange)  # 6
-        if primary_half is not None:
-            primary_half.set_result(_primary_result(exchange, capture))
+        settle(exchange)
+        resources.finished.finished(exchange)  # 6
 
 
-def _count_unshadowable(services: Services, slug: str) -> None:
+def _count_unshadowable(resources: PipelineResources, slug: str) -> None:
     """A request naming a slug under a shadow rollout on a route that is never shadowed."""
-    rollout = services.snapshot.current.rollouts.get(slug)
+    rollout = resources.snapshot.current.rollouts.get(slug)
     if rollout is not None and rollout.mode is RolloutMode.SHADOW:
-        services.shadow.skip(slug, "not_completion")
-
-
-def _primary_result(exchange: Exchange, capture: OutputCapture | None) -> ArmResult:
-    result = (
-        capture.result(int(exchange.version or 0))
-        if capture is not None
-        else ArmResult(version=int(exchange.version or 0))
-    )
-    result.status = exchange.status
-    result.latency = exchange.duration
-    result.ttft = exchange.ttfb if exchange.stream else None
-    result.input_tokens = exchange.input_tokens
-    result.output_tokens = exchange.output_tokens
-    result.finish_reason = exchange.finish_reason or result.finish_reason
-    result.model = exchange.model_answered or result.model
-    result.error_class = exchange.error_class
-    return result
+        resources.shadow.skip(slug, "not_completion")
 
 
 def _add_prompt_headers(

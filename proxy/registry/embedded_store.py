@@ -24,9 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from proxy.analysis.policy import AnalysisPolicy
 from proxy.registry import embedded_schema as sql
 from proxy.registry import lifecycle
+from proxy.registry.analysis_policy import AnalysisPolicy
 from proxy.registry.backup import RegistryImage, RestoreRefused
 from proxy.registry.identity import IdentityGuard, describe
 from proxy.registry.models import (

@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
-from proxy.analysis.policy import AnalysisPolicy
+from proxy.registry.analysis_policy import AnalysisPolicy
 from proxy.registry.models import BASIS_POINTS, Status, StickyKey
 from proxy.registry.store import InvalidTransition
 

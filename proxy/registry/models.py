@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from proxy.analysis.policy import AnalysisPolicy
+from proxy.registry.analysis_policy import AnalysisPolicy
 from proxy.registry.percent import BASIS_POINTS as BASIS_POINTS
 
 

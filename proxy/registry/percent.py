@@ -1,7 +1,7 @@
 """Percentages as the registry stores them: integer basis points, so 0.01 % steps are exact.
 
-Kept apart from ``models`` so that ``proxy.analysis.policy`` (which ``models`` imports) can
-use the same rule for its ramp steps without an import cycle.
+Kept apart from ``models`` so that ``analysis_policy`` (which ``models`` imports) can use the
+same rule for its ramp steps without an import cycle.
 """
 
 from __future__ import annotations

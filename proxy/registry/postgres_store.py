@@ -31,11 +31,11 @@ from typing import Any, TypeVar
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from proxy.analysis.policy import AnalysisPolicy
 from proxy.pg.connect import check_schema_name, describe_url
 from proxy.pg.session import PgSession, PostgresUnavailable
 from proxy.registry import lifecycle
 from proxy.registry import postgres_schema as schema_sql
+from proxy.registry.analysis_policy import AnalysisPolicy
 from proxy.registry.backup import RegistryImage, overwrite_keeps_audit, restore_keeps_audit
 from proxy.registry.identity import IdentityGuard, describe, new_generation
 from proxy.registry.models import (

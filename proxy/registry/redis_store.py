@@ -26,10 +26,10 @@ from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError, ResponseError, WatchError
 
-from proxy.analysis.policy import AnalysisPolicy
 from proxy.registry import lifecycle
 from proxy.registry import redis_rollout_scripts as rollout_scripts
 from proxy.registry import redis_scripts as scripts
+from proxy.registry.analysis_policy import AnalysisPolicy
 from proxy.registry.backup import RegistryImage, overwrite_keeps_audit, restore_keeps_audit
 from proxy.registry.identity import IdentityGuard, describe, new_generation
 from proxy.registry.models import (

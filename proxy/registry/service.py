@@ -14,9 +14,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.analysis.policy import AnalysisPolicy
 from proxy.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
 from proxy.models import SLUG_PATTERN
+from proxy.registry.analysis_policy import AnalysisPolicy
 from proxy.registry.fleet import Fleet, FleetError, FleetWait, ReplicaView
 from proxy.registry.history import StateAt, state_at
 from proxy.registry.lifecycle import ROLLOUT_START_ACTION

@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from proxy.analysis.policy import AnalysisPolicy
+from proxy.registry.analysis_policy import AnalysisPolicy
 from proxy.registry.models import (
     AuditEntry,
     PromptVersion,

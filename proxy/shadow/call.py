@@ -1,9 +1,10 @@
-"""One shadow call: send the copy, read the answer as the primary would, capture it.
+"""One shadow call: send the copy, read the answer as the primary does, capture it.
 
-Always on the shadow's own ``ClientSession`` (``make_shadow_session``), never the primary's,
-so a slow candidate cannot take connections from user traffic (reliability guide A1, rule 1).
-Never retries, never follows redirects, and never raises for anything the provider or the
-network does: every failure becomes a failed ``ArmResult`` with an ``error_class``.
+Always through the shadow's own ``UpstreamClient`` (``UpstreamLimits.shadow``), never the
+primary's, so a slow candidate cannot take connections from user traffic (reliability
+guide A1, rule 1). Never retries, never follows redirects, and never raises for anything
+the provider or the network does: every failure becomes a finished ``Exchange`` with an
+``error_class``.
 """
 
 from __future__ import annotations
@@ -15,19 +16,18 @@ from collections.abc import Mapping
 
 import aiohttp
 from multidict import CIMultiDict
-from yarl import URL
 
 from proxy.config import ShadowConfig
+from proxy.errors import ProxyError
+from proxy.exchange.answer import Answer, AnswerReader
+from proxy.exchange.outcome import Arm, Exchange, error_class_for_status
+from proxy.exchange.upstream import UpstreamClient
 from proxy.log import APP_LOGGER
-from proxy.pipeline.record import error_class_for_status
-from proxy.shadow.capture import OutputCapture
-from proxy.shadow.models import ArmResult, ShadowRequest
+from proxy.shadow.models import ShadowRequest
 from proxy.sse import SSESplitter
 
 _log = logging.getLogger(APP_LOGGER)
 
-# Same reasons as the primary's forward stage: a proxy must not invent these.
-_SKIP_AUTO_HEADERS = frozenset({"User-Agent", "Accept", "Content-Type"})
 # Recomputed by aiohttp for this body, which differs from the primary's (another version).
 _DROP_HEADERS = frozenset({"content-length", "transfer-encoding", "host", "connection"})
 #: A non-stream answer larger than this is not kept (the text is capped far below anyway).
@@ -38,25 +38,24 @@ class _AnswerTooLarge(Exception):
     pass
 
 
-def make_shadow_session(config: ShadowConfig) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(
-        limit=config.max_connections, limit_per_host=0, ttl_dns_cache=300
+def shadow_exchange(request: ShadowRequest, answer: Answer | None) -> Exchange:
+    """The shadow call's exchange before it starts: what the copy is, and where its answer's
+    text goes."""
+    return Exchange(
+        request_id=request.request_id,
+        method=request.method,
+        route=request.route,
+        started=time.perf_counter(),
+        slug=request.slug,
+        version=str(request.shadow_version),
+        arm=Arm.SHADOW.value,
+        stream=request.stream,
+        model_sent=request.model,
+        rollout_id=request.rollout_id,
+        answer=answer,
+        pair_id=request.pair_id,
+        shadow_kind=request.kind.value,
     )
-    return aiohttp.ClientSession(
-        connector=connector,
-        # A shared jar would hand one client's provider cookies to every other client.
-        cookie_jar=aiohttp.DummyCookieJar(),
-        # The whole call runs under `timeout_seconds` (see `call_shadow`); only the
-        # connect gets its own, shorter limit.
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout_seconds),
-        trust_env=False,
-    )
-
-
-def shadow_url(base_url: str, raw_tail: str) -> URL:
-    """The base URL from config plus the path; nothing from the request picks the host."""
-    tail = raw_tail if raw_tail.startswith("/") else "/" + raw_tail
-    return URL(base_url.rstrip("/") + tail, encoded=True)
 
 
 def _headers(given: Mapping[str, str]) -> CIMultiDict[str]:
@@ -78,45 +77,42 @@ async def _read_capped(content: aiohttp.StreamReader) -> bytes:
 
 
 async def call_shadow(
-    session: aiohttp.ClientSession, base_url: str, request: ShadowRequest, config: ShadowConfig
-) -> ArmResult:
-    """Send ``request`` and capture the answer. Raises only ``CancelledError``."""
-    capture = OutputCapture(request.route, config.sink.max_output_chars)
-    started = time.perf_counter()
-    status = 0
+    client: UpstreamClient, request: ShadowRequest, config: ShadowConfig
+) -> Exchange:
+    """Send ``request`` and read the answer. Raises only ``CancelledError``."""
+    answer = Answer(config.sink.max_output_chars)
+    exchange = shadow_exchange(request, answer)
+    reader = AnswerReader(exchange)
+    started = exchange.started
     ttft: float | None = None
     error_class: str | None = None
     try:
-        async with (
-            asyncio.timeout(config.timeout_seconds),
-            session.request(
-                request.method,
-                shadow_url(base_url, request.raw_tail),
-                headers=_headers(request.headers),
-                data=request.body or None,
-                allow_redirects=False,
-                skip_auto_headers=_SKIP_AUTO_HEADERS,
-            ) as response,
-        ):
-            status = response.status
-            if _is_event_stream(response):
-                # Read as a stream, event by event, so the shadow's TTFT is real and
-                # comparable with the primary's.
-                splitter = SSESplitter()
-                async for chunk in response.content.iter_any():
-                    for raw in splitter.feed(chunk):
-                        capture.event(raw)
-                    if ttft is None and capture.has_content:
-                        ttft = time.perf_counter() - started
-                tail = splitter.flush()
-                if tail:
-                    capture.event(tail)
-            elif status < 300:
-                capture.body(await _read_capped(response.content))
+        async with asyncio.timeout(config.timeout_seconds):
+            response = await client.open(
+                request.method, request.raw_tail, _headers(request.headers), request.body
+            )
+            async with response:
+                exchange.status = response.status
+                if _is_event_stream(response):
+                    # Read as a stream, event by event, so the shadow's TTFT is real and
+                    # comparable with the primary's.
+                    splitter = SSESplitter()
+                    async for chunk in response.content.iter_any():
+                        for raw in splitter.feed(chunk):
+                            reader.accept(raw)
+                        if ttft is None and answer.has_content:
+                            ttft = time.perf_counter() - started
+                    tail = splitter.flush()
+                    if tail:
+                        reader.accept(tail)
+                elif response.status < 300:
+                    reader.body(await _read_capped(response.content))
+    except ProxyError as exc:  # no answer at all: the client's own mapping
+        error_class = exc.error_class
     except TimeoutError:
         error_class = "upstream_timeout"
     except aiohttp.ClientError:
-        error_class = "stream_interrupted" if status else "upstream_unavailable"
+        error_class = "stream_interrupted"
     except _AnswerTooLarge:
         error_class = "answer_too_large"
     except asyncio.CancelledError:
@@ -124,23 +120,21 @@ async def call_shadow(
     except Exception:  # a shadow must never take the process down; it is only counted
         _log.exception("shadow call %s failed unexpectedly", request.pair_id)
         error_class = "internal"
-    arm = capture.result(request.shadow_version)
-    arm.status = status
-    arm.latency = time.perf_counter() - started
-    arm.ttft = ttft if request.stream else None
-    arm.error_class = error_class or _answer_error(status, capture)
-    return arm
+    exchange.duration = time.perf_counter() - started
+    exchange.ttfb = ttft if request.stream else None
+    exchange.error_class = error_class or _answer_error(exchange.status, reader, answer)
+    return exchange
 
 
-def _answer_error(status: int, capture: OutputCapture) -> str | None:
+def _answer_error(status: int, reader: AnswerReader, answer: Answer) -> str | None:
     """Why an answer that arrived whole still does not count as a completed shadow."""
     by_status = error_class_for_status(status)
     if by_status is not None:
         return by_status
     if 300 <= status < 400:  # never followed: the shadow got no answer
         return "upstream_redirect"
-    if capture.upstream_error:
+    if reader.error_event or reader.failed:
         return "upstream_stream_error"
-    if capture.garbage and not capture.has_content:
+    if reader.garbage and not answer.has_content:
         return "invalid_answer"
     return None

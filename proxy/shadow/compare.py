@@ -21,8 +21,8 @@ from typing import Any, Literal
 import orjson
 from rapidfuzz import fuzz
 
-from proxy.analysis.stats import mann_whitney_greater
 from proxy.shadow.models import ArmResult, ToolCall
+from proxy.stats import mann_whitney_greater
 
 MEASURES = (
     "text_distance",

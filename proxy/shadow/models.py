@@ -1,9 +1,10 @@
 """Plain data of the shadow subsystem. No I/O here.
 
 The request pipeline builds a ``ShadowRequest`` and hands it to ``ShadowRunner.submit``
-together with a future it resolves with the primary's ``ArmResult`` when the primary ends
-(in its ``finally``, so failed and cancelled primaries resolve it too). The shadow task owns
-the pair: it waits for that future and writes one ``Pair``.
+together with a future it resolves with the primary's finished ``Exchange`` (its pair-half
+observer does, in the primary's ``finally``, so failed and cancelled primaries resolve it
+too). The shadow task owns the pair: it waits for that future and writes one ``Pair``, whose
+two halves are ``ArmResult.of`` the two exchanges.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from proxy.exchange.outcome import Exchange
 from proxy.models import Route
 
 
@@ -82,6 +84,29 @@ class ArmResult:
     error_class: str | None = None
     #: The output text was cut to the sink's ``max_output_chars``.
     truncated: bool = False
+
+    @classmethod
+    def of(cls, exchange: Exchange) -> ArmResult:
+        """A finished exchange (primary or shadow) as its pair records it."""
+        answer = exchange.answer
+        result = cls(
+            version=int(exchange.version or 0),
+            status=exchange.status,
+            finish_reason=exchange.finish_reason,
+            model=exchange.model_answered,
+            latency=exchange.duration,
+            ttft=exchange.ttfb if exchange.stream else None,
+            input_tokens=exchange.input_tokens,
+            output_tokens=exchange.output_tokens,
+            error_class=exchange.error_class,
+        )
+        if answer is not None:
+            result.text = answer.text
+            result.tool_calls = [ToolCall(name, args) for name, args in answer.tool_calls()]
+            # `n > 1` answers: the pair compares the first choice, its finish reason too.
+            result.finish_reason = answer.finish_reason or result.finish_reason
+            result.truncated = answer.truncated
+        return result
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -13,7 +13,10 @@ Isolation rules (reliability guide A1), all enforced here:
 Each started shadow writes exactly one pair: with both halves, with ``primary: null`` when
 the primary did not report within ``pair_wait_seconds`` (or shutdown came first). When both
 halves answered, the pair carries its divergence measures (``compare``), computed here, off
-the request path, and counted for the rollout analysis (``WindowRecorder``).
+the request path, and handed to ``on_divergence`` (the rollout analysis's window).
+
+A finished shadow call goes through the same ordered observers as a primary
+(``proxy.pipeline.record``: metrics with ``arm="shadow"``, analysis window, access log).
 """
 
 from __future__ import annotations
@@ -22,54 +25,52 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import Any
+from collections.abc import Callable
 
-from proxy.analysis.window import WindowArm, WindowRecorder
 from proxy.config import ProxyConfig, ShadowConfig
-from proxy.log import ACCESS_LOGGER, APP_LOGGER
-from proxy.metrics import ProxyMetrics
-from proxy.pipeline.choose import Arm
-from proxy.pipeline.record import status_class
-from proxy.shadow.call import call_shadow, make_shadow_session
+from proxy.exchange.observers import Observers
+from proxy.exchange.outcome import Exchange
+from proxy.exchange.upstream import UpstreamClient, UpstreamLimits
+from proxy.log import APP_LOGGER
+from proxy.shadow.call import call_shadow, shadow_exchange
 from proxy.shadow.compare import Divergence, divergence
 from proxy.shadow.metrics import ShadowMetrics
 from proxy.shadow.models import ArmResult, ShadowKind, ShadowRequest
 from proxy.shadow.pairs import Pair, PairMeta, PairSink
 
 _log = logging.getLogger(APP_LOGGER)
-_access = logging.getLogger(ACCESS_LOGGER)
 
-SHADOW_ARM = Arm.SHADOW.value
+#: (slug, rollout id, noise pair, divergence): what the rollout analysis counts of a pair.
+DivergenceObserver = Callable[[str, str, bool, Divergence], None]
 
-_Entry = tuple[ShadowRequest, "asyncio.Future[ArmResult]"]
+_Entry = tuple[ShadowRequest, "asyncio.Future[Exchange]"]
 
 
-def _primary_half(primary: asyncio.Future[ArmResult]) -> ArmResult | None:
+def _primary_half(primary: asyncio.Future[Exchange]) -> ArmResult | None:
     if not primary.done() or primary.cancelled() or primary.exception() is not None:
         return None
-    result = primary.result()
-    return result if isinstance(result, ArmResult) else None
+    return ArmResult.of(primary.result())
 
 
 class ShadowRunner:
     def __init__(
         self,
         config: ShadowConfig,
-        base_url: str,
+        client: UpstreamClient,
         sink: PairSink,
-        metrics: ProxyMetrics,
         shadow_metrics: ShadowMetrics,
-        window: WindowRecorder | None = None,
+        finished: Observers,
+        on_divergence: DivergenceObserver | None = None,
     ) -> None:
-        """Call from a running loop (it opens the shadow's ``ClientSession``).
-        ``shadow_metrics`` is the instance the sink counts on too (one per registry)."""
+        """``client`` is the shadow's own (closed by ``close``); ``shadow_metrics`` is the
+        instance the sink counts on too (one per registry); ``finished`` sees every shadow
+        call end, like every primary (``proxy.pipeline.record``)."""
         self._config = config
-        self._base_url = base_url
+        self._client = client
         self.sink = sink
-        self._metrics = metrics
         self._shadow_metrics = shadow_metrics
-        self._window = window
-        self._session = make_shadow_session(config)
+        self._finished = finished
+        self._on_divergence = on_divergence
         self._queue: deque[_Entry] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self._running = 0
@@ -93,11 +94,11 @@ class ShadowRunner:
 
     # -- intake ---------------------------------------------------------------------------
 
-    def submit(self, request: ShadowRequest, primary: asyncio.Future[ArmResult]) -> bool:
+    def submit(self, request: ShadowRequest, primary: asyncio.Future[Exchange]) -> bool:
         """Start, queue or drop (counted) a shadow; True unless dropped. Never blocks.
 
-        ``primary`` must be resolved with the primary's ``ArmResult`` when it ends, however
-        it ends; the shadow waits for it (without a slot) to write the pair.
+        ``primary`` must be resolved with the primary's finished ``Exchange`` when it ends,
+        however it ends; the shadow waits for it (without a slot) to write the pair.
         """
         if self._closing:
             self._shadow_metrics.drop(request.slug, "draining")
@@ -121,7 +122,7 @@ class ShadowRunner:
         ``not_completion``, ``body_too_large``...)."""
         self._shadow_metrics.drop(slug, reason)
 
-    def _start(self, request: ShadowRequest, primary: asyncio.Future[ArmResult]) -> None:
+    def _start(self, request: ShadowRequest, primary: asyncio.Future[Exchange]) -> None:
         self._running += 1
         self._shadow_metrics.in_flight.set(self._running)
         task = asyncio.get_running_loop().create_task(
@@ -152,20 +153,22 @@ class ShadowRunner:
 
     # -- one shadow -----------------------------------------------------------------------
 
-    async def _shadow(self, request: ShadowRequest, primary: asyncio.Future[ArmResult]) -> None:
+    async def _shadow(self, request: ShadowRequest, primary: asyncio.Future[Exchange]) -> None:
         meta = PairMeta.of(request)
         self._shadow_metrics.request(request.slug, "sent")
         try:
-            arm = await call_shadow(self._session, self._base_url, request, self._config)
+            exchange = await call_shadow(self._client, request, self._config)
         except asyncio.CancelledError:
-            arm = ArmResult(version=request.shadow_version, error_class="cancelled")
-            self._record_call(request, arm)
+            # Only what the copy was: a call cut short says nothing about its answer.
+            exchange = shadow_exchange(request, None)
+            exchange.error_class = "cancelled"
+            arm = self._record_call(exchange)
             self._write_pair(meta, primary, arm)
             raise
         finally:
             self._release()
-        self._record_call(request, arm)
-        del request  # the pair wait below must not keep the headers and body alive
+        arm = self._record_call(exchange)
+        del request, exchange  # the pair wait below must not keep the headers and body alive
         written = False
         try:
             if not primary.done():
@@ -179,7 +182,7 @@ class ShadowRunner:
     def _write_pair(
         self,
         meta: PairMeta,
-        primary: asyncio.Future[ArmResult],
+        primary: asyncio.Future[Exchange],
         arm: ArmResult,
         compare: bool = False,
     ) -> None:
@@ -204,71 +207,19 @@ class ShadowRunner:
             return None
         diverged = divergence(primary, shadow, meta.expect_json)
         self._shadow_metrics.diverged(meta.slug, meta.kind, diverged)
-        if self._window is not None:
-            self._window.observe_divergence(
+        if self._on_divergence is not None:
+            self._on_divergence(
                 meta.slug, meta.rollout_id, meta.kind == ShadowKind.STABLE.value, diverged
             )
         return diverged
 
-    def _record_call(self, request: ShadowRequest, arm: ArmResult) -> None:
-        """Shadow counters, plus the per-request families with ``arm="shadow"`` so shadow
-        tokens and latency are counted apart from the primary's."""
-        m = self._metrics
-        ok = arm.error_class is None
-        self._shadow_metrics.request(request.slug, "completed" if ok else "failed")
-        # A shadow cancelled at shutdown says nothing about the candidate.
-        if self._window is not None and arm.error_class != "cancelled":
-            self._window.observe_call(
-                request.slug,
-                request.rollout_id,
-                (WindowArm.RERUN if request.kind is ShadowKind.STABLE else WindowArm.SHADOW).value,
-                failed=not ok,
-                duration=arm.latency,
-                ttft=arm.ttft,
-                output_tokens=arm.output_tokens,
-                finish_reason=arm.finish_reason,
-            )
-        series = m.series(
-            request.route.value,
-            m.model_label(request.model),
-            request.slug,
-            str(request.shadow_version),
-            SHADOW_ARM,
-        )
-        series.observe(
-            status_class(arm.status),
-            arm.latency or 0.0,
-            arm.ttft,
-            arm.input_tokens,
-            arm.output_tokens,
-            arm.error_class,
-            arm.finish_reason,
-            m.price_of(request.model),
-        )
-        if _access.isEnabledFor(logging.INFO):
-            _access.info(self._log_fields(request, arm))
-
-    @staticmethod
-    def _log_fields(request: ShadowRequest, arm: ArmResult) -> dict[str, Any]:
-        # Joins with the primary's access line by `request_id`; outputs are never logged.
-        return {
-            "event": "shadow",
-            "pair_id": request.pair_id,
-            "request_id": request.request_id,
-            "route": request.route.value,
-            "slug": request.slug,
-            "version": str(request.shadow_version),
-            "arm": SHADOW_ARM,
-            "kind": request.kind.value,
-            "stream": request.stream,
-            "status": arm.status,
-            "latency_ms": None if arm.latency is None else round(arm.latency * 1000, 3),
-            "ttft_ms": None if arm.ttft is None else round(arm.ttft * 1000, 3),
-            "input_tokens": arm.input_tokens,
-            "output_tokens": arm.output_tokens,
-            "finish_reason": arm.finish_reason,
-            "error_class": arm.error_class,
-        }
+    def _record_call(self, exchange: Exchange) -> ArmResult:
+        """The runner's own counter, then the observers every exchange goes through;
+        returns the shadow's half of the pair."""
+        outcome = "completed" if exchange.error_class is None else "failed"
+        self._shadow_metrics.request(exchange.slug or "", outcome)
+        self._finished.finished(exchange)
+        return ArmResult.of(exchange)
 
     # -- shutdown -------------------------------------------------------------------------
 
@@ -291,7 +242,7 @@ class ShadowRunner:
         try:
             await self.sink.close()
         finally:
-            await self._session.close()
+            await self._client.close()
 
 
 def _answered(arm: ArmResult) -> bool:
@@ -300,19 +251,13 @@ def _answered(arm: ArmResult) -> bool:
 
 def open_shadow_runner(
     config: ProxyConfig,
-    metrics: ProxyMetrics,
     sink: PairSink,
     shadow_metrics: ShadowMetrics,
-    window: WindowRecorder | None = None,
+    finished: Observers,
+    on_divergence: DivergenceObserver | None = None,
 ) -> ShadowRunner:
     """The runner the app uses: the store backend's pair sink (which counts on
-    ``shadow_metrics``, on the app's registry), and ``shadow.base_url`` or else the
-    upstream's. Call from a running loop."""
-    return ShadowRunner(
-        config.shadow,
-        config.shadow.base_url or config.upstream.base_url,
-        sink,
-        metrics,
-        shadow_metrics,
-        window,
-    )
+    ``shadow_metrics``, on the app's registry), and its own client to ``shadow.base_url``
+    or else the upstream's. Call from a running loop."""
+    client = UpstreamClient(UpstreamLimits.shadow(config))
+    return ShadowRunner(config.shadow, client, sink, shadow_metrics, finished, on_divergence)

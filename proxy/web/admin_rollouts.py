@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from proxy.analysis.policy import AnalysisPolicy, PolicyError
 from proxy.errors import InvalidRequest, NotFound
+from proxy.registry.analysis_policy import AnalysisPolicy, PolicyError
 from proxy.registry.models import Rollout, RolloutMode
 from proxy.services import Services
 from proxy.web import admin_models as api

@@ -31,7 +31,7 @@ def _raw_tail(request: web.Request, prefix: str) -> str:
 async def proxy_v1(request: web.Request) -> web.StreamResponse:
     raw_tail = _raw_tail(request, _V1)
     return await handle(
-        request.app[SERVICES],
+        request.app[SERVICES].pipeline,
         request,
         request[REQUEST_ID],
         request.match_info["tail"],
@@ -52,7 +52,7 @@ async def proxy_slug_v1(request: web.Request) -> web.StreamResponse:
     # exactly "/p/" + slug + "/v1".
     raw_tail = _raw_tail(request, f"/p/{slug}{_V1}")
     return await handle(
-        request.app[SERVICES],
+        request.app[SERVICES].pipeline,
         request,
         request[REQUEST_ID],
         request.match_info["tail"],

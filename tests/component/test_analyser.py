@@ -17,12 +17,12 @@ import pytest
 
 from proxy.analysis.analyser import Analyser
 from proxy.analysis.lease import LocalLease
-from proxy.analysis.policy import AnalysisPolicy
 from proxy.analysis.pool import MemoryStatsPool
 from proxy.analysis.state import MemoryStateStore
 from proxy.analysis.window import WindowRecorder
 from proxy.config import AnalysisConfig
 from proxy.errors import NotFound
+from proxy.registry.analysis_policy import AnalysisPolicy
 from proxy.registry.models import Rollout, RolloutMode, VersionDraft
 from proxy.services import Services
 from tests.support import make_settings, proxy_clients

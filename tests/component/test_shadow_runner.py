@@ -18,11 +18,15 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from proxy.config import ShadowConfig
+from proxy.config import ProxyConfig, ShadowConfig, UpstreamConfig
+from proxy.exchange.answer import Answer
+from proxy.exchange.outcome import Exchange
+from proxy.exchange.upstream import UpstreamClient, UpstreamLimits
 from proxy.metrics import ProxyMetrics
 from proxy.models import Route
+from proxy.pipeline.record import exchange_observers
 from proxy.shadow.metrics import ShadowMetrics
-from proxy.shadow.models import ArmResult, ShadowKind, ShadowRequest
+from proxy.shadow.models import ShadowKind, ShadowRequest
 from proxy.shadow.pairs import Pair
 from proxy.shadow.runner import ShadowRunner
 from tests.processes import free_port
@@ -147,7 +151,14 @@ class Harness:
         self.config = ShadowConfig.model_validate({"pair_wait_seconds": 5, **config})
         self.sink = ListSink()
         shadow_metrics = ShadowMetrics(self.metrics.registry, self.metrics.slug_label)
-        self.runner = ShadowRunner(self.config, base_url, self.sink, self.metrics, shadow_metrics)
+        proxy = ProxyConfig(upstream=UpstreamConfig(base_url=base_url), shadow=self.config)
+        self.runner = ShadowRunner(
+            self.config,
+            UpstreamClient(UpstreamLimits.shadow(proxy)),
+            self.sink,
+            shadow_metrics,
+            exchange_observers(self.metrics),
+        )
 
     def sample(self, name: str, **labels: str) -> float:
         return self.metrics.registry.get_sample_value(name, labels) or 0.0
@@ -206,13 +217,29 @@ def shadow_request(tail: str = "/ok", stream: bool = False, **changes: Any) -> S
     return ShadowRequest(**fields)
 
 
-def resolved(text: str = "stable answer") -> asyncio.Future[ArmResult]:
-    future: asyncio.Future[ArmResult] = asyncio.get_running_loop().create_future()
-    future.set_result(ArmResult(version=1, status=200, text=text, latency=0.5))
+def primary_half(text: str = "stable answer", **fields: Any) -> Exchange:
+    """The primary's finished exchange, as the pipeline hands it over."""
+    answer = Answer(1000)
+    answer.add_text(text)
+    return Exchange(
+        request_id="req-1",
+        method="POST",
+        route=Route.CHAT,
+        started=0.0,
+        version="1",
+        status=200,
+        answer=answer,
+        **fields,
+    )
+
+
+def resolved(text: str = "stable answer") -> asyncio.Future[Exchange]:
+    future: asyncio.Future[Exchange] = asyncio.get_running_loop().create_future()
+    future.set_result(primary_half(text, duration=0.5))
     return future
 
 
-def pending() -> asyncio.Future[ArmResult]:
+def pending() -> asyncio.Future[Exchange]:
     return asyncio.get_running_loop().create_future()
 
 
@@ -238,12 +265,13 @@ async def test_a_streamed_shadow_gets_a_ttft_and_is_paired_with_its_primary(
     assert h.runner.submit(request, primary)
     await eventually(lambda: h.outcome("completed") == 1)
     assert h.sink.pairs == []  # waiting for the primary
-    primary.set_result(ArmResult(version=1, status=200, text="stable answer", ttft=0.05))
+    primary.set_result(primary_half(stream=True, ttfb=0.05))
     await eventually(lambda: len(h.sink.pairs) == 1)
 
     pair = h.sink.pairs[0].to_dict()
     assert pair["pair_id"] == request.pair_id
     assert (pair["primary"]["version"], pair["primary"]["text"]) == (1, "stable answer")
+    assert pair["primary"]["ttft_ms"] == 50
     shadow = pair["shadow"]
     assert (shadow["version"], shadow["status"], shadow["text"]) == (2, 200, "shadow answer")
     assert (shadow["finish_reason"], shadow["input_tokens"], shadow["output_tokens"]) == (

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from proxy.pipeline.forward import PoolUsage
+from proxy.exchange.upstream import PoolUsage
 from proxy.services import Services
 from tests.support import make_settings, proxy_clients
 

@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 import pytest
 
-from proxy.analysis.policy import AnalysisPolicy
 from proxy.cli.rollout import describe_analysis_state
+from proxy.registry.analysis_policy import AnalysisPolicy
 from proxy.web import admin_models as api
 from tests.processes import ProxyProc, proxy
 

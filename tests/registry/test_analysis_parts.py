@@ -25,7 +25,6 @@ from redis.asyncio import Redis
 from proxy.analysis.analyser import TICK_SECONDS, Analyser
 from proxy.analysis.lease import Lease, RedisLease
 from proxy.analysis.lease_postgres import PostgresLease
-from proxy.analysis.policy import AnalysisPolicy
 from proxy.analysis.pool import MemoryStatsPool, PooledWindow, RedisStatsPool, StatsPool
 from proxy.analysis.pool_postgres import PostgresStatsPool
 from proxy.analysis.state import MAX_VERDICTS, AnalysisState, RedisStateStore, StateStore
@@ -34,6 +33,7 @@ from proxy.analysis.window import ArmStats, RolloutBatch, RolloutKey, WindowReco
 from proxy.config import AnalysisConfig
 from proxy.log import APP_LOGGER
 from proxy.metrics import ProxyMetrics
+from proxy.registry.analysis_policy import AnalysisPolicy
 from proxy.registry.models import RegistrySnapshot, Rollout, RolloutMode, Status, StickyKey
 from proxy.registry.service import RegistryService
 from proxy.shadow.compare import Divergence

@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from proxy.analysis.policy import AnalysisPolicy
+from proxy.registry.analysis_policy import AnalysisPolicy
 from proxy.registry.embedded_store import EmbeddedStore
 from proxy.registry.models import RolloutMode, Status, StickyKey, VersionDraft
 

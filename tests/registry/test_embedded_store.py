@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.analysis.policy import AnalysisPolicy
+from proxy.registry.analysis_policy import AnalysisPolicy
 from proxy.registry.embedded_store import EmbeddedStore
 from proxy.registry.models import RolloutMode, Status, StickyKey, VersionDraft
 from proxy.registry.store import StoreUnavailable

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.analysis.policy import AnalysisPolicy, Thresholds
+from proxy.registry.analysis_policy import AnalysisPolicy, Thresholds
 from proxy.registry.models import RolloutMode
 from proxy.registry.store import PromptStore
 from tests.registry.conftest import StoreFactory

@@ -14,8 +14,8 @@ import orjson
 import pytest
 from pydantic import BaseModel
 
-from proxy.analysis.policy import AnalysisPolicy, Thresholds
 from proxy.errors import Conflict, InvalidRequest
+from proxy.registry.analysis_policy import AnalysisPolicy, Thresholds
 from proxy.registry.backup import RegistryImage
 from proxy.registry.fleet import FleetWait, ReplicaBeat, ReplicaView
 from proxy.registry.history import RolloutAt

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from proxy.analysis.policy import AnalysisPolicy, PolicyError, Thresholds
+from proxy.registry.analysis_policy import AnalysisPolicy, PolicyError, Thresholds
 
 DEFAULT_JSON = {
     "interval": 60.0,

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
+from proxy.exchange.outcome import Arm
 from proxy.models import Route
 from proxy.pipeline.choose import (
-    Arm,
     ShadowSkip,
     bucket,
     choose,

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import pytest
 
 from proxy.analysis.judge import Check, Judgement, judge
-from proxy.analysis.policy import AnalysisPolicy, Thresholds
 from proxy.analysis.window import ArmStats
+from proxy.registry.analysis_policy import AnalysisPolicy, Thresholds
 from proxy.shadow.compare import Divergence, DivergenceCounts
 
 

@@ -1,4 +1,4 @@
-"""The pure-Python tests of proxy.analysis.stats against scipy on the same data."""
+"""The pure-Python tests of proxy.stats against scipy on the same data."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats as sp
 
-from proxy.analysis.stats import (
+from proxy.stats import (
     mann_whitney_greater,
     mann_whitney_greater_values,
     mean_less,

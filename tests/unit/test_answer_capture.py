@@ -1,4 +1,5 @@
-"""OutputCapture: what each route's answer said, streamed or whole, capped, and never raising."""
+"""What a pair records of each route's answer, streamed or whole: captured by the same read
+that records usage (``AnswerReader`` with an ``Answer``), capped, and never raising."""
 
 from __future__ import annotations
 
@@ -7,8 +8,43 @@ from typing import Any
 import orjson
 import pytest
 
+from proxy.exchange.answer import MAX_TOOL_CALLS, Answer, AnswerReader
+from proxy.exchange.outcome import Exchange
 from proxy.models import Route
-from proxy.shadow.capture import MAX_TOOL_CALLS, OutputCapture
+from proxy.shadow.models import ArmResult
+
+
+class OutputCapture:
+    """One exchange read with its answer captured, as a pair half (``ArmResult.of``)."""
+
+    def __init__(self, route: Route, max_chars: int) -> None:
+        self.answer = Answer(max_chars)
+        self.exchange = Exchange(
+            request_id="r", method="POST", route=route, started=0.0, answer=self.answer
+        )
+        self.reader = AnswerReader(self.exchange)
+
+    def event(self, raw: bytes) -> None:
+        assert self.reader.accept(raw)  # everything is relayed
+
+    def body(self, body: bytes) -> None:
+        self.reader.body(body)
+
+    def result(self, version: int) -> ArmResult:
+        self.exchange.version = str(version)
+        return ArmResult.of(self.exchange)
+
+    @property
+    def has_content(self) -> bool:
+        return self.answer.has_content
+
+    @property
+    def upstream_error(self) -> bool:
+        return self.reader.error_event or self.reader.failed
+
+    @property
+    def garbage(self) -> int:
+        return self.reader.garbage
 
 
 def sse(payload: Any, event: str | None = None) -> bytes:
@@ -220,6 +256,14 @@ def test_only_the_first_choice_is_compared() -> None:
     )
     arm = capture.result(1)
     assert (arm.text, arm.finish_reason) == ("first", "stop")
+
+
+def test_the_first_choice_finish_reason_is_the_pairs_whatever_the_order() -> None:
+    capture = OutputCapture(Route.CHAT, 1000)
+    feed(
+        capture, [chat_chunk({}, finish="stop", index=0), chat_chunk({}, finish="length", index=1)]
+    )
+    assert capture.result(1).finish_reason == "stop"
 
 
 def test_an_error_event_in_the_stream_is_flagged() -> None:

@@ -1,8 +1,16 @@
+"""AnswerReader: model, usage and finish reason read from an answer as it is relayed, each
+event decoded at most once, and only the events that can carry something when no pair needs
+the answer's text."""
+
 import time
 from typing import Any
 
-from proxy.models import Exchange, Route
-from proxy.pipeline.observe import StreamObserver, observe_body
+import pytest
+
+from proxy.exchange import answer as answer_module
+from proxy.exchange.answer import Answer, AnswerReader
+from proxy.exchange.outcome import Exchange
+from proxy.models import Route
 
 
 def exchange(route: Route = Route.CHAT) -> Exchange:
@@ -30,7 +38,7 @@ CHAT_STREAM = [
 
 def test_stream_records_model_finish_reason_and_usage() -> None:
     ex = exchange()
-    observer = StreamObserver(ex, strip_usage_chunk=False)
+    observer = AnswerReader(ex, strip_usage_chunk=False)
     kept = [raw for raw in CHAT_STREAM if observer.accept(raw)]
     assert kept == CHAT_STREAM
     assert (ex.model_answered, ex.finish_reason) == ("gpt-4o-2024", "length")
@@ -39,7 +47,7 @@ def test_stream_records_model_finish_reason_and_usage() -> None:
 
 def test_injected_usage_chunk_is_dropped_but_counted() -> None:
     ex = exchange()
-    observer = StreamObserver(ex, strip_usage_chunk=True)
+    observer = AnswerReader(ex, strip_usage_chunk=True)
     kept = [raw for raw in CHAT_STREAM if observer.accept(raw)]
     assert kept == [CHAT_STREAM[0], CHAT_STREAM[1], CHAT_STREAM[3]]
     assert (ex.input_tokens, ex.output_tokens) == (7, 3)
@@ -47,15 +55,15 @@ def test_injected_usage_chunk_is_dropped_but_counted() -> None:
 
 def test_error_event_inside_stream_is_noticed_and_relayed() -> None:
     ex = exchange()
-    observer = StreamObserver(ex, strip_usage_chunk=True)
+    observer = AnswerReader(ex, strip_usage_chunk=True)
     assert observer.accept(CHAT_STREAM[0])
     assert observer.accept(ev('{"error":{"message":"boom","type":"server_error"}}'))
-    assert observer.upstream_error
+    assert observer.error_event
 
 
 def test_responses_stream_reads_the_final_event() -> None:
     ex = exchange(Route.RESPONSES)
-    observer = StreamObserver(ex, strip_usage_chunk=False)
+    observer = AnswerReader(ex, strip_usage_chunk=False)
     final = (
         '{"type":"response.completed","response":{"model":"gpt-4o","status":"completed",'
         '"usage":{"input_tokens":5,"output_tokens":9}}}'
@@ -75,8 +83,7 @@ def test_responses_stream_reads_the_final_event() -> None:
 
 def test_body_observation_for_chat_and_embeddings() -> None:
     ex = exchange()
-    observe_body(
-        ex,
+    AnswerReader(ex).body(
         b'{"model":"m1","choices":[{"finish_reason":"tool_calls"}],'
         b'"usage":{"prompt_tokens":4,"completion_tokens":2}}',
     )
@@ -87,29 +94,32 @@ def test_body_observation_for_chat_and_embeddings() -> None:
         2,
     )
     emb = exchange(Route.EMBEDDINGS)
-    observe_body(emb, b'{"model":"e","data":[],"usage":{"prompt_tokens":3,"total_tokens":3}}')
+    AnswerReader(emb).body(b'{"model":"e","data":[],"usage":{"prompt_tokens":3,"total_tokens":3}}')
     assert (emb.input_tokens, emb.output_tokens) == (3, None)
 
 
 def test_garbage_body_is_ignored() -> None:
     ex = exchange()
-    observe_body(ex, b"<html>bad gateway</html>")
+    AnswerReader(ex).body(b"<html>bad gateway</html>")
     assert ex.model_answered is None
 
 
-def test_only_marked_events_are_decoded_after_the_first(monkeypatch: Any) -> None:
-    import proxy.pipeline.observe as observe
-
+def counting_decodes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     decoded: list[bytes] = []
-    real = observe._loads
+    real = answer_module._loads
 
     def counting(data: bytes) -> Any:
         decoded.append(data)
         return real(data)
 
-    monkeypatch.setattr(observe, "_loads", counting)
+    monkeypatch.setattr(answer_module, "_loads", counting)
+    return decoded
+
+
+def test_only_marked_events_are_decoded_after_the_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    decoded = counting_decodes(monkeypatch)
     ex = exchange()
-    observer = StreamObserver(ex, strip_usage_chunk=True)
+    observer = AnswerReader(ex, strip_usage_chunk=True)
     plain = ev(
         '{"id":"c","model":"m","choices":[{"index":0,"delta":{"content":"x"},"finish_reason":null}]}'
     )
@@ -117,4 +127,46 @@ def test_only_marked_events_are_decoded_after_the_first(monkeypatch: Any) -> Non
     kept = [raw for raw in stream if observer.accept(raw)]
     assert len(kept) == 51 + 1  # the injected usage chunk is gone
     assert len(decoded) == 3  # first chunk, finish chunk, usage chunk
+    assert (ex.finish_reason, ex.output_tokens) == ("length", 3)
+
+
+def test_a_shadowed_stream_decodes_each_event_once_and_records_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    decoded = counting_decodes(monkeypatch)
+    plain = ev(
+        '{"id":"c","model":"gpt-4o-2024","choices":[{"index":0,"delta":{"content":"x"},'
+        '"finish_reason":null}]}'
+    )
+    stream = [plain] * 20 + CHAT_STREAM[1:]
+    alone = exchange()
+    alone_kept = [raw for raw in stream if AnswerReader(alone, strip_usage_chunk=True).accept(raw)]
+    decoded.clear()
+
+    shadowed = exchange()
+    shadowed.answer = Answer(1000)
+    reader = AnswerReader(shadowed, strip_usage_chunk=True)
+    kept = [raw for raw in stream if reader.accept(raw)]
+
+    assert kept == alone_kept  # the client gets the same bytes
+    assert len(decoded) == 22  # every event with data, once: 20 text, finish, usage
+    assert shadowed.answer.text == "x" * 20
+    for field in ("model_answered", "finish_reason", "input_tokens", "output_tokens"):
+        assert getattr(shadowed, field) == getattr(alone, field)
+
+
+def test_a_full_answer_stops_decoding_text_but_still_reads_the_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    decoded = counting_decodes(monkeypatch)
+    ex = exchange()
+    ex.answer = Answer(5)
+    reader = AnswerReader(ex, strip_usage_chunk=True)
+    plain = ev(
+        '{"model":"m","choices":[{"index":0,"delta":{"content":"xyz"},"finish_reason":null}]}'
+    )
+    for raw in [plain] * 30 + CHAT_STREAM[1:]:
+        reader.accept(raw)
+    assert (ex.answer.text, ex.answer.truncated) == ("xyzxy", True)
+    assert len(decoded) == 4  # two to fill the text, then the finish and usage chunks
     assert (ex.finish_reason, ex.output_tokens) == ("length", 3)

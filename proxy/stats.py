@@ -1,5 +1,8 @@
 """Statistics for rollout analysis, on pooled counts rather than raw samples.
 
+Below both ``shadow`` (the divergence verdict) and ``analysis`` (the checks): pure
+functions of counts, importing nothing of the proxy.
+
 Pure Python on purpose: numpy and scipy would add tens of MB and a slow import to every
 replica of a proxy that otherwise stays light; the few tests needed here fit in the
 standard library. The test suite checks each function against scipy.

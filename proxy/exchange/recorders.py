@@ -1,0 +1,96 @@
+"""Metrics and the access log line of a finished exchange, primary or shadow.
+
+Two of the observers in ``proxy.pipeline.record``. A shadow call is counted in the same
+per-request families as its primary, with ``arm="shadow"``, so its tokens and latency are
+counted apart; its log line is an ``event: shadow`` that joins its primary's line by
+``request_id`` (outputs are never logged).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from proxy.exchange.outcome import Exchange, status_class
+from proxy.log import ACCESS_LOGGER
+from proxy.metrics import ProxyMetrics
+
+
+class RecordMetrics:
+    __slots__ = ("_metrics",)
+
+    def __init__(self, metrics: ProxyMetrics) -> None:
+        self._metrics = metrics
+
+    def finished(self, ex: Exchange) -> None:
+        m = self._metrics
+        # The model sent is the operator's choice (a pin, or what the client asked for); the
+        # answered one is often a dated id.
+        sent = ex.model_sent or ex.model_requested or ex.model_answered
+        model = m.model_label(sent)
+        series = m.series(ex.route.value, model, ex.slug or "", ex.version or "", ex.arm or "")
+        series.observe(
+            status_class(ex.status),
+            ex.duration or 0.0,
+            ex.ttfb if ex.stream else None,
+            ex.input_tokens,
+            ex.output_tokens,
+            ex.error_class,
+            ex.finish_reason,
+            m.price_of(sent),
+        )
+
+
+class AccessLog:
+    __slots__ = ("_log",)
+
+    def __init__(self) -> None:
+        self._log = logging.getLogger(ACCESS_LOGGER)
+
+    def finished(self, ex: Exchange) -> None:
+        if self._log.isEnabledFor(logging.INFO):
+            self._log.info(_shadow_fields(ex) if ex.is_shadow else _request_fields(ex))
+
+
+def _request_fields(ex: Exchange) -> dict[str, object]:
+    return {
+        "event": "request",
+        "request_id": ex.request_id,
+        "upstream_request_id": ex.upstream_request_id,
+        "method": ex.method,
+        "route": ex.route.value,
+        "slug": ex.slug,
+        "version": ex.version,
+        "arm": ex.arm,
+        "model_requested": ex.model_requested,
+        "model_sent": ex.model_sent,
+        "model_answered": ex.model_answered,
+        "stream": ex.stream,
+        "status": ex.status,
+        "latency_ms": round((ex.duration or 0.0) * 1000, 3),
+        "ttfb_ms": None if ex.ttfb is None else round(ex.ttfb * 1000, 3),
+        "input_tokens": ex.input_tokens,
+        "output_tokens": ex.output_tokens,
+        "finish_reason": ex.finish_reason,
+        "error_class": ex.error_class,
+    }
+
+
+def _shadow_fields(ex: Exchange) -> dict[str, object]:
+    return {
+        "event": "shadow",
+        "pair_id": ex.pair_id,
+        "request_id": ex.request_id,
+        "route": ex.route.value,
+        "slug": ex.slug,
+        "version": ex.version,
+        "arm": ex.arm,
+        "kind": ex.shadow_kind,
+        "stream": ex.stream,
+        "status": ex.status,
+        "latency_ms": None if ex.duration is None else round(ex.duration * 1000, 3),
+        "ttft_ms": None if ex.ttfb is None else round(ex.ttfb * 1000, 3),
+        "input_tokens": ex.input_tokens,
+        "output_tokens": ex.output_tokens,
+        "finish_reason": ex.finish_reason,
+        "error_class": ex.error_class,
+    }

@@ -1,0 +1,31 @@
+"""What the request path uses of the process, and nothing more.
+
+Built once by ``open_services`` (``proxy/services.py``, a layer above: it opens stores and
+starts tasks, which the pipeline never does) and passed to every request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from proxy.config import ProxyConfig
+from proxy.exchange.observers import Observers
+from proxy.exchange.upstream import UpstreamClient
+from proxy.metrics import ProxyMetrics
+from proxy.registry.snapshot import SnapshotHolder
+from proxy.registry.templates import PromptRenderer
+from proxy.shadow.runner import ShadowRunner
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineResources:
+    config: ProxyConfig
+    #: The provider key that replaces the client's credentials, when configured.
+    api_key: str | None
+    upstream: UpstreamClient
+    metrics: ProxyMetrics
+    snapshot: SnapshotHolder
+    renderer: PromptRenderer
+    shadow: ShadowRunner
+    #: Stage 6: what sees the exchange finish (``pipeline/record.py``).
+    finished: Observers
