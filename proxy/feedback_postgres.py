@@ -19,14 +19,21 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, Self
+from typing import Any
 
 from psycopg import AsyncConnection
 
 from proxy.feedback import Answered
 from proxy.log import APP_LOGGER
 from proxy.pg.migrate import Migration
-from proxy.pg.session import DEFAULT_TIMEOUT, PgSession, Pool, PostgresUnavailable, purge_expired
+from proxy.pg.session import (
+    DEFAULT_TIMEOUT,
+    Part,
+    PgSession,
+    Pool,
+    PostgresUnavailable,
+    purge_expired,
+)
 from proxy.tasks import cancel_and_wait
 
 _log = logging.getLogger(APP_LOGGER)
@@ -55,6 +62,7 @@ MIGRATIONS = (
         ),
     ),
 )
+PART = Part(COMPONENT, MIGRATIONS, "the feedback index")
 
 _FLUSH_SECONDS = 0.5
 #: Answers waiting to be written; beyond this the oldest are dropped (their feedback will
@@ -107,40 +115,16 @@ class PostgresRequestIndex:
         on_error: Callable[[str], None],
         op_timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
-        """No I/O, no task (see ``open``)."""
-        self.session = PgSession(
-            pool,
-            schema=schema,
-            component=COMPONENT,
-            steps=MIGRATIONS,
-            what="the feedback index",
-            deadline=op_timeout,
-        )
+        """``ttl``: ``feedback.ttl_seconds``. ``on_error`` is told of each failed write (the
+        metrics' store error counter). No I/O and no task: ``start`` runs the flush loop
+        (tests flush by hand), and the tables are made by the first call that reaches the
+        server, or with the other parts' by the backend (``pg.session.prepare_together``)."""
+        self.session = PgSession(pool, PART, schema=schema, deadline=op_timeout)
         self._ttl = ttl
         self._on_error = on_error
         self._pending: OrderedDict[str, Answered] = OrderedDict()
         self._task: asyncio.Task[None] | None = None
         self._purge_at = 0.0
-
-    @classmethod
-    async def open(
-        cls,
-        pool: Pool,
-        *,
-        schema: str,
-        ttl: float,
-        on_error: Callable[[str], None],
-        op_timeout: float = DEFAULT_TIMEOUT,
-        start: bool = True,
-    ) -> Self:
-        """``ttl``: ``feedback.ttl_seconds``. ``on_error`` is told of each failed write (the
-        metrics' store error counter). ``start``: run the flush loop (tests flush by hand).
-        The tables are made now, or by the first call that reaches the server."""
-        index = cls(pool, schema=schema, ttl=ttl, on_error=on_error, op_timeout=op_timeout)
-        await index.session.prepare()
-        if start:
-            index.start()
-        return index
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="feedback-index")

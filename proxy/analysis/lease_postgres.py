@@ -26,12 +26,12 @@ attempts queue, and exactly one of them sees the row free.
 
 from __future__ import annotations
 
-from typing import Any, Self
+from typing import Any
 
 from psycopg import AsyncConnection
 
 from proxy.pg.migrate import Migration
-from proxy.pg.session import PgSession, Pool
+from proxy.pg.session import Part, PgSession, Pool
 
 COMPONENT = "analysis_lease"
 #: A renewal is one short statement: past a second the server is in trouble, and the
@@ -49,6 +49,7 @@ MIGRATIONS = (
         ),
     ),
 )
+PART = Part(COMPONENT, MIGRATIONS, "the analysis lease")
 
 _HOLD = (
     "INSERT INTO analysis_leases AS l (slug, holder, expires_at) "
@@ -73,34 +74,13 @@ class PostgresLease:
         seconds: float,
         op_timeout: float = LEASE_CALL_TIMEOUT,
     ) -> None:
-        """No I/O (see ``open``)."""
-        self.session = PgSession(
-            pool,
-            schema=schema,
-            component=COMPONENT,
-            steps=MIGRATIONS,
-            what="the analysis lease",
-            deadline=op_timeout,
-        )
+        """``seconds``: ``analysis.lease_seconds``. ``op_timeout`` bounds every call (keep it well
+        under ``seconds``: a renewal that comes back later than that is moot). No I/O: the table is
+        made by the first call that reaches the server, or with the other parts' by the backend
+        (``proxy.pg.session.prepare_together``)."""
+        self.session = PgSession(pool, PART, schema=schema, deadline=op_timeout)
         self._replica = replica
         self._ms = int(seconds * 1000)
-
-    @classmethod
-    async def open(
-        cls,
-        pool: Pool,
-        *,
-        schema: str,
-        replica: str,
-        seconds: float,
-        op_timeout: float = LEASE_CALL_TIMEOUT,
-    ) -> Self:
-        """``seconds``: ``analysis.lease_seconds``. ``op_timeout`` bounds every call (keep it
-        well under ``seconds``: a renewal that comes back later than that is moot). The
-        table is made now, or by the first call that reaches the server."""
-        lease = cls(pool, schema=schema, replica=replica, seconds=seconds, op_timeout=op_timeout)
-        await lease.session.prepare()
-        return lease
 
     @property
     def replica(self) -> str:

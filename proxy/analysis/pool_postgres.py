@@ -22,7 +22,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any, Self
+from typing import Any
 
 import orjson
 from psycopg import AsyncConnection
@@ -34,6 +34,7 @@ from proxy.pg.migrate import Migration
 from proxy.pg.session import (
     DEFAULT_TIMEOUT,
     OutcomeUnknown,
+    Part,
     PgSession,
     Pool,
     PostgresUnavailable,
@@ -77,6 +78,7 @@ MIGRATIONS = (
         ),
     ),
 )
+PART = Part(COMPONENT, MIGRATIONS, "the analysis pool")
 
 #: Slots are kept this long past the longest window that may read them (as with Redis).
 SLOT_GRACE_SECONDS = 120
@@ -133,23 +135,10 @@ class PostgresStatsPool:
     """``StatsPool`` on PostgreSQL. The pool is the caller's; this part opens nothing."""
 
     def __init__(self, pool: Pool, *, schema: str, op_timeout: float = DEFAULT_TIMEOUT) -> None:
-        """No I/O: the tables are made by ``open``, or by the first call that reaches the
-        server."""
-        self.session = PgSession(
-            pool,
-            schema=schema,
-            component=COMPONENT,
-            steps=MIGRATIONS,
-            what="the analysis pool",
-            deadline=op_timeout,
-        )
+        """No I/O: the tables are made by the first call that reaches the server, or
+        with the other parts' by the backend (``proxy.pg.session.prepare_together``)."""
+        self.session = PgSession(pool, PART, schema=schema, deadline=op_timeout)
         self._purged_at = 0.0
-
-    @classmethod
-    async def open(cls, pool: Pool, *, schema: str, op_timeout: float = DEFAULT_TIMEOUT) -> Self:
-        part = cls(pool, schema=schema, op_timeout=op_timeout)
-        await part.session.prepare()
-        return part
 
     async def add(self, batches: Mapping[RolloutKey, RolloutBatch], keep_seconds: float) -> None:
         params = _add_params(batches)

@@ -12,14 +12,21 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any, Self
+from typing import Any
 
 import orjson
 from psycopg import AsyncConnection
 
 from proxy.analysis.state import MAX_VERDICTS, AnalysisState
 from proxy.pg.migrate import Migration
-from proxy.pg.session import DEFAULT_TIMEOUT, PgSession, Pool, PostgresUnavailable, purge_expired
+from proxy.pg.session import (
+    DEFAULT_TIMEOUT,
+    Part,
+    PgSession,
+    Pool,
+    PostgresUnavailable,
+    purge_expired,
+)
 
 COMPONENT = "analysis_state"
 MIGRATIONS = (
@@ -37,6 +44,7 @@ MIGRATIONS = (
         ),
     ),
 )
+PART = Part(COMPONENT, MIGRATIONS, "the analysis state")
 
 #: State outlives its rollout for a week, so a late look still finds the verdicts.
 TTL_SECONDS = 7 * 86_400
@@ -73,23 +81,10 @@ class PostgresStateStore:
     """``StateStore`` on PostgreSQL. The pool is the caller's; this part opens nothing."""
 
     def __init__(self, pool: Pool, *, schema: str, op_timeout: float = DEFAULT_TIMEOUT) -> None:
-        """No I/O: the table is made by ``open``, or by the first call that reaches the
-        server."""
-        self.session = PgSession(
-            pool,
-            schema=schema,
-            component=COMPONENT,
-            steps=MIGRATIONS,
-            what="the analysis state",
-            deadline=op_timeout,
-        )
+        """No I/O: the table is made by the first call that reaches the server, or
+        with the other parts' by the backend (``proxy.pg.session.prepare_together``)."""
+        self.session = PgSession(pool, PART, schema=schema, deadline=op_timeout)
         self._purged_at = 0.0
-
-    @classmethod
-    async def open(cls, pool: Pool, *, schema: str, op_timeout: float = DEFAULT_TIMEOUT) -> Self:
-        part = cls(pool, schema=schema, op_timeout=op_timeout)
-        await part.session.prepare()
-        return part
 
     async def load(self, slug: str) -> tuple[AnalysisState | None, list[dict[str, Any]]]:
         async def run(conn: AsyncConnection[Any]) -> tuple[Any, Any] | None:

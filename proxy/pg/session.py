@@ -82,6 +82,16 @@ _GRACE = 1.0
 _GONE = (errors.UndefinedTable, errors.UndefinedFunction)
 
 
+@dataclass(frozen=True, slots=True)
+class Part:
+    """A part of the backend as its session needs it: its ``component`` (its row of
+    ``schema_versions``), its migrations, and how messages name it."""
+
+    component: str
+    steps: tuple[Migration, ...]
+    what: str
+
+
 class PostgresUnavailable(Exception):
     """PostgreSQL cannot be reached or used, or did not answer within the call's deadline."""
 
@@ -102,21 +112,19 @@ class PgSession:
     def __init__(
         self,
         pool: Pool,
+        part: Part,
         *,
         schema: str,
-        component: str,
-        steps: Sequence[Migration],
-        what: str,
         deadline: float = DEFAULT_TIMEOUT,
+        what: str | None = None,
     ) -> None:
-        """No I/O. ``what`` names the part in messages ("the analysis lease");
-        ``deadline`` (seconds) bounds each call unless the call says otherwise."""
+        """No I/O. ``deadline`` (seconds) bounds each call unless the call says otherwise;
+        ``what`` names the part in messages in more words than ``part.what``."""
         self.pool = pool
+        self.part = part
         self.schema = schema
-        self.component = component
-        self.what = what
         self.deadline = deadline
-        self._steps = steps
+        self.what = what or part.what
         #: The component's tables are known to be up to date in this process.
         self.migrated = False
         #: The last call could not reach the server: the next one checks it directly.
@@ -234,7 +242,9 @@ class PgSession:
         raise psycopg.OperationalError("every pooled connection was found closed")
 
     async def _migrate(self, conn: AsyncConnection[Any]) -> None:
-        await migrate(conn, schema=self.schema, component=self.component, steps=self._steps)
+        await migrate(
+            conn, schema=self.schema, component=self.part.component, steps=self.part.steps
+        )
         self.migrated = True
 
 

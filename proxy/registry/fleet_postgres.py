@@ -19,7 +19,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from proxy.pg.connect import check_schema_name
 from proxy.pg.migrate import Migration
-from proxy.pg.session import PgSession, PostgresUnavailable
+from proxy.pg.session import Part, PgSession, PostgresUnavailable
 from proxy.registry.fleet import BoardRead, FleetError, ReplicaBeat
 
 T = TypeVar("T")
@@ -39,6 +39,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
 )
+PART = Part(COMPONENT, MIGRATIONS, "the fleet board")
 
 
 class PostgresBoard:
@@ -55,11 +56,10 @@ class PostgresBoard:
         self._forget_seconds = forget_seconds
         self.session = PgSession(
             pool,
+            PART,
             schema=schema,
-            component=COMPONENT,
-            steps=MIGRATIONS,
-            what=f"the fleet board (schema {schema})",
             deadline=op_timeout,
+            what=f"the fleet board (schema {schema})",
         )
 
     @classmethod

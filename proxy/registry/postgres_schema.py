@@ -32,6 +32,7 @@ from typing import Any
 import orjson
 
 from proxy.pg.migrate import Migration
+from proxy.pg.session import Part
 from proxy.registry.models import AuditEntry, PromptVersion, Rollout
 
 COMPONENT = "registry"
@@ -127,6 +128,7 @@ _V1 = Migration(
 
 #: Frozen once released: change the schema by adding a step, never by editing one.
 MIGRATIONS: tuple[Migration, ...] = (_V1,)
+PART = Part(COMPONENT, MIGRATIONS, "the prompt registry")
 
 AUDIT_COLUMNS = (
     "seq, at, actor, action, slug, version, from_status, to_status, reason, previous_prod, detail"

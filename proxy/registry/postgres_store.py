@@ -91,11 +91,10 @@ class PostgresStore:
         self._where = describe_url(url)
         self.session = PgSession(
             pool,
+            schema_sql.PART,
             schema=schema,
-            component=schema_sql.COMPONENT,
-            steps=schema_sql.MIGRATIONS,
-            what=f"the prompt registry ({self._where}, schema {schema})",
             deadline=op_timeout,
+            what=f"the prompt registry ({self._where}, schema {schema})",
         )
         self._poll_interval = poll_interval
         self.listener = ChangeListener(

@@ -22,14 +22,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, Self
+from typing import Any
 
 import orjson
 from psycopg import AsyncConnection
 
 from proxy.log import APP_LOGGER
 from proxy.pg.migrate import Migration
-from proxy.pg.session import DEFAULT_TIMEOUT, PgSession, Pool, PostgresUnavailable
+from proxy.pg.session import DEFAULT_TIMEOUT, Part, PgSession, Pool, PostgresUnavailable
 from proxy.shadow.metrics import ShadowMetrics
 from proxy.shadow.pairs import FOLLOW_BACKLOG, Pair, SinkUnavailable
 
@@ -54,6 +54,7 @@ MIGRATIONS = (
         ),
     ),
 )
+PART = Part(COMPONENT, MIGRATIONS, "shadow pairs")
 
 _BATCH = 200
 _PAGE = 500
@@ -128,48 +129,18 @@ class PostgresPairSink:
         metrics: ShadowMetrics,
         op_timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
-        """No I/O, no task (see ``open``)."""
-        self.session = PgSession(
-            pool,
-            schema=schema,
-            component=COMPONENT,
-            steps=MIGRATIONS,
-            what="shadow pairs",
-            deadline=op_timeout,
-        )
+        """``max_entries``: pairs kept per slug (``shadow.sink.max_entries``);
+        ``queue_size``: pairs waiting to be written, beyond which they are dropped. No I/O:
+        the writer task starts with the first pair, and the tables are made by the first
+        call that reaches the server, or with the other parts' by the backend
+        (``proxy.pg.session.prepare_together``)."""
+        self.session = PgSession(pool, PART, schema=schema, deadline=op_timeout)
         self._max_entries = max_entries
         self._limit = queue_size
         self._metrics = metrics
         self._queue: asyncio.Queue[Pair | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
-
-    @classmethod
-    async def open(
-        cls,
-        pool: Pool,
-        *,
-        schema: str,
-        max_entries: int,
-        queue_size: int,
-        metrics: ShadowMetrics,
-        op_timeout: float = DEFAULT_TIMEOUT,
-    ) -> Self:
-        """``max_entries``: pairs kept per slug (``shadow.sink.max_entries``);
-        ``queue_size``: pairs waiting to be written, beyond which they are dropped. The
-        tables are made now, or by the first call that reaches the server."""
-        sink = cls(
-            pool,
-            schema=schema,
-            max_entries=max_entries,
-            queue_size=queue_size,
-            metrics=metrics,
-            op_timeout=op_timeout,
-        )
-        await sink.session.prepare()
-        return sink
-
-    # -- writing --------------------------------------------------------------------------
 
     def add(self, pair: Pair) -> None:
         # The queue is unbounded underneath so `close` can always queue its end marker.

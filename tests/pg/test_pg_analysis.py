@@ -56,7 +56,7 @@ async def rows(pool: AsyncConnectionPool, query: str) -> list[tuple[Any, ...]]:
 async def test_pool_rows_honour_the_schema_and_expire(
     pools: list[AsyncConnectionPool], schema: str
 ) -> None:
-    pool = await PostgresStatsPool.open(pools[0], schema=schema)
+    pool = PostgresStatsPool(pools[0], schema=schema)
     base = int(time.time())
     await pool.add(replica_batches(0, base), keep_seconds=30)
 
@@ -95,8 +95,8 @@ async def test_pool_rows_honour_the_schema_and_expire(
 async def leases(
     pools: list[AsyncConnectionPool], schema: str, seconds: float
 ) -> tuple[PostgresLease, PostgresLease]:
-    a = await PostgresLease.open(pools[0], schema=schema, replica="replica-a", seconds=seconds)
-    b = await PostgresLease.open(pools[1], schema=schema, replica="replica-b", seconds=seconds)
+    a = PostgresLease(pools[0], schema=schema, replica="replica-a", seconds=seconds)
+    b = PostgresLease(pools[1], schema=schema, replica="replica-b", seconds=seconds)
     return a, b
 
 
@@ -134,9 +134,7 @@ async def test_lease_calls_fail_fast_while_the_server_is_down_or_frozen(
     """Each call ends within its deadline with PostgresUnavailable (the analyser then counts
     the replica as not leading), and the lease works again once the server is back."""
     async with replica_pools(fresh_postgres_server.new_database(), schema=schema) as pools:
-        a = await PostgresLease.open(
-            pools[0], schema=schema, replica="replica-a", seconds=30, op_timeout=1.0
-        )
+        a = PostgresLease(pools[0], schema=schema, replica="replica-a", seconds=30, op_timeout=1.0)
         assert await a.hold("greet")
         with frozen(fresh_postgres_server):
             await fails_fast(a)
@@ -177,7 +175,7 @@ async def wait_until_back(lease: PostgresLease) -> None:
 async def test_state_rows_honour_the_schema_keep_the_cap_and_expire(
     pools: list[AsyncConnectionPool], schema: str
 ) -> None:
-    store = await PostgresStateStore.open(pools[0], schema=schema)
+    store = PostgresStateStore(pools[0], schema=schema)
     state = AnalysisState("r-1", failures=0, step_started_at=1000.25, next_at=1060.5)
     for n in range(MAX_VERDICTS + 5):
         await store.save("greet", state, verdict("r-1", n))
@@ -194,7 +192,7 @@ async def test_state_rows_honour_the_schema_keep_the_cap_and_expire(
 
 
 async def test_an_expired_state_is_gone(pools: list[AsyncConnectionPool], schema: str) -> None:
-    store = await PostgresStateStore.open(pools[0], schema=schema)
+    store = PostgresStateStore(pools[0], schema=schema)
     old = AnalysisState("r-1", failures=2, step_started_at=1000.0, next_at=1010.0)
     await store.save("greet", old, verdict("r-1", 1))
     await rows(pools[0], "UPDATE analysis_state SET expires_at = now() RETURNING 1")
@@ -208,8 +206,8 @@ async def test_an_expired_state_is_gone(pools: list[AsyncConnectionPool], schema
 async def test_the_parts_work_on_the_next_call_after_connections_are_killed(
     postgres_server: PostgresServer, pools: list[AsyncConnectionPool], schema: str
 ) -> None:
-    stats = await PostgresStatsPool.open(pools[0], schema=schema)
-    state = await PostgresStateStore.open(pools[0], schema=schema)
+    stats = PostgresStatsPool(pools[0], schema=schema)
+    state = PostgresStateStore(pools[0], schema=schema)
     base = int(time.time())
     await stats.add(replica_batches(0, base), keep_seconds=30)
     saved = AnalysisState("r-1", failures=1, step_started_at=1000.0, next_at=1010.0)

@@ -61,13 +61,11 @@ async def opened_parts(pool: AsyncConnectionPool, schema: str) -> AsyncIterator[
     registry = CollectorRegistry()
     errors: list[str] = []
     parts = Parts(
-        stats=await PostgresStatsPool.open(pool, schema=schema),
-        lease=await PostgresLease.open(pool, schema=schema, replica="replica-a", seconds=30),
-        state=await PostgresStateStore.open(pool, schema=schema),
-        index=await PostgresRequestIndex.open(
-            pool, schema=schema, ttl=3600, on_error=errors.append, start=False
-        ),
-        sink=await PostgresPairSink.open(
+        stats=PostgresStatsPool(pool, schema=schema),
+        lease=PostgresLease(pool, schema=schema, replica="replica-a", seconds=30),
+        state=PostgresStateStore(pool, schema=schema),
+        index=PostgresRequestIndex(pool, schema=schema, ttl=3600, on_error=errors.append),
+        sink=PostgresPairSink(
             pool, schema=schema, max_entries=100, queue_size=100, metrics=ShadowMetrics(registry)
         ),
         sink_registry=registry,

@@ -55,11 +55,15 @@ class Replica:
         )
 
 
-async def open_replica(pool: AsyncConnectionPool, schema: str, **options: Any) -> Replica:
+async def open_replica(
+    pool: AsyncConnectionPool, schema: str, *, start: bool = True, **options: Any
+) -> Replica:
     errors: list[str] = []
-    index = await PostgresRequestIndex.open(
+    index = PostgresRequestIndex(
         pool, schema=schema, ttl=options.pop("ttl", TTL), on_error=errors.append, **options
     )
+    if start:
+        index.start()
     replica = Replica(index)
     replica.errors = errors
     return replica
@@ -258,9 +262,8 @@ async def until_found(replica: Replica, request_id: str) -> None:
 async def test_close_writes_what_is_pending(
     pools: list[AsyncConnectionPool], replicas: list[Replica]
 ) -> None:
-    index = await PostgresRequestIndex.open(
-        pools[0], schema=SCHEMA, ttl=TTL, on_error=lambda op: None
-    )
+    index = PostgresRequestIndex(pools[0], schema=SCHEMA, ttl=TTL, on_error=lambda op: None)
+    index.start()
     for n in range(10):
         index.remember(f"req-close-{n}", answered())
     await index.close()
@@ -271,9 +274,8 @@ async def test_close_against_a_frozen_server_is_bounded(
     fresh_postgres_server: PostgresServer,
 ) -> None:
     async with replica_pools(fresh_postgres_server.new_database(), 1, schema=SCHEMA) as [pool]:
-        index = await PostgresRequestIndex.open(
-            pool, schema=SCHEMA, ttl=TTL, on_error=lambda op: None
-        )
+        index = PostgresRequestIndex(pool, schema=SCHEMA, ttl=TTL, on_error=lambda op: None)
+        index.start()
         with frozen(fresh_postgres_server):
             index.remember("req-1", answered())
             started = time.monotonic()

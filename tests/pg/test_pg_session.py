@@ -22,7 +22,7 @@ from proxy.analysis.state_postgres import PostgresStateStore
 from proxy.feedback_postgres import PostgresRequestIndex
 from proxy.pg.connect import new_pool
 from proxy.pg.migrate import Migration, SchemaTooNew, migrate
-from proxy.pg.session import OutcomeUnknown, PgSession, PostgresUnavailable, prepare_together
+from proxy.pg.session import OutcomeUnknown, Part, PgSession, PostgresUnavailable, prepare_together
 from proxy.shadow.metrics import ShadowMetrics
 from proxy.shadow.sink_postgres import PostgresPairSink
 from tests.pg.pg_parts import crash, frozen, new_schema, replica_pools
@@ -55,7 +55,7 @@ STEPS = (
 
 
 def session_on(pool: AsyncConnectionPool, schema: str, **options: Any) -> PgSession:
-    return PgSession(pool, schema=schema, component="items", steps=STEPS, what="test", **options)
+    return PgSession(pool, Part("items", STEPS, "test"), schema=schema, **options)
 
 
 @pytest.fixture

@@ -81,15 +81,13 @@ async def on_postgres(server: PostgresServer, url: str) -> AsyncIterator[Shared]
     async with replica_pools(url, schema=schema) as pools:
 
         async def pool(replica: int) -> StatsPool:
-            return await PostgresStatsPool.open(pools[replica], schema=schema)
+            return PostgresStatsPool(pools[replica], schema=schema)
 
         async def lease(replica: int, name: str, seconds: float) -> Lease:
-            return await PostgresLease.open(
-                pools[replica], schema=schema, replica=name, seconds=seconds
-            )
+            return PostgresLease(pools[replica], schema=schema, replica=name, seconds=seconds)
 
         async def state(replica: int) -> StateStore:
-            return await PostgresStateStore.open(pools[replica], schema=schema)
+            return PostgresStateStore(pools[replica], schema=schema)
 
         yield Shared(pool, lease, state, lambda: crash(server))
 
