@@ -17,13 +17,12 @@ from typing import Any, Protocol
 import aiohttp
 import pytest
 
+from tests.integration.test_replicas_on_redis import served_version
 from tests.postgres_server import PostgresServer
 from tests.processes import proxy
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
-
-CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
 
 class Server(Protocol):
@@ -82,14 +81,7 @@ async def test_serve_with_bootstrap_dir_waits_for_the_store_instead_of_exiting(
             assert replica.popen.poll() is None, "the proxy exited"
             await asyncio.sleep(0.05)
         print(f"ready {time.monotonic() - started:.2f} s after the store answered")
-        async with (
-            aiohttp.ClientSession() as session,
-            session.post(
-                f"{replica.url.removesuffix('/v1')}/p/greet/v1/chat/completions", json=CHAT
-            ) as resp,
-        ):
-            await resp.read()
-            assert resp.status == 200
-            assert resp.headers["x-prompt-version"] == "1"
+        async with aiohttp.ClientSession() as session:
+            assert await served_version(session, replica, "greet") == "1"
     # The wait was logged as a wait, never as a crash.
     assert "Traceback" not in replica.log_path.read_text()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
@@ -34,12 +35,13 @@ from proxy.config import AnalysisConfig
 from proxy.log import APP_LOGGER
 from proxy.metrics import ProxyMetrics
 from proxy.registry.analysis_policy import AnalysisPolicy
-from proxy.registry.models import RegistrySnapshot, Rollout, RolloutMode, Status, StickyKey
+from proxy.registry.models import RegistrySnapshot
 from proxy.registry.service import RegistryService
 from proxy.shadow.compare import Divergence
 from tests.pg.pg_parts import crash, new_schema, replica_pools
 from tests.postgres_server import PostgresServer
 from tests.redis_server import RedisServer
+from tests.unit.test_choose import rollout
 
 
 @dataclass
@@ -92,29 +94,37 @@ async def on_postgres(server: PostgresServer, url: str) -> AsyncIterator[Shared]
         yield Shared(pool, lease, state, lambda: crash(server))
 
 
+@contextlib.asynccontextmanager
+async def parts_on(request: pytest.FixtureRequest, *, own_server: bool) -> AsyncIterator[Shared]:
+    """On the suite's servers, or on a server of the test's own, which it may take down."""
+    if request.param == "redis":
+        redis: RedisServer = request.getfixturevalue(
+            "fresh_redis_server" if own_server else "redis_server"
+        )
+        async with on_redis(redis) as parts:
+            yield parts
+        return
+    if own_server:
+        postgres: PostgresServer = request.getfixturevalue("fresh_postgres_server")
+        url = postgres.new_database()
+    else:
+        postgres = request.getfixturevalue("registry_postgres_server")
+        url = request.getfixturevalue("registry_postgres_url")
+    async with on_postgres(postgres, url) as parts:
+        yield parts
+
+
 @pytest.fixture(params=["redis", "postgres"])
 async def shared(request: pytest.FixtureRequest) -> AsyncIterator[Shared]:
-    """On the suite's servers: the test must not take them down."""
-    if request.param == "redis":
-        async with on_redis(request.getfixturevalue("redis_server")) as parts:
-            yield parts
-    else:
-        server = request.getfixturevalue("registry_postgres_server")
-        url = request.getfixturevalue("registry_postgres_url")
-        async with on_postgres(server, url) as parts:
-            yield parts
+    async with parts_on(request, own_server=False) as parts:
+        yield parts
 
 
 @pytest.fixture(params=["redis", "postgres"])
 async def doomed(request: pytest.FixtureRequest) -> AsyncIterator[Shared]:
-    """On a server of the test's own, which it may take down."""
-    if request.param == "redis":
-        async with on_redis(request.getfixturevalue("fresh_redis_server")) as parts:
-            yield parts
-    else:
-        server: PostgresServer = request.getfixturevalue("fresh_postgres_server")
-        async with on_postgres(server, server.new_database()) as parts:
-            yield parts
+    """Parts the test may take down with their server."""
+    async with parts_on(request, own_server=True) as parts:
+        yield parts
 
 
 # -- the stats pool --------------------------------------------------------------------------
@@ -341,20 +351,14 @@ def analysed_rollout(interval: float) -> RegistrySnapshot:
     """A rollout with a policy whose first verdict is ``interval`` away: the analysers only
     take, renew and release the lease, so no registry is needed."""
     now = time.time()
-    rollout = Rollout(
+    analysed = dataclasses.replace(
+        rollout(1000, rid="r-1"),
         slug="greet",
-        id="r-1",
-        candidate=2,
-        mode=RolloutMode.CANARY,
-        basis_points=1000,
-        sticky=StickyKey.parse("none"),
         started_at=now,
         updated_at=now,
-        actor="alice",
-        restore_status=Status.DRAFT,
         analysis=AnalysisPolicy(interval=interval, min_samples=10),
     )
-    return RegistrySnapshot(revision=1, versions={}, prod={}, rollouts={"greet": rollout})
+    return RegistrySnapshot(revision=1, versions={}, prod={}, rollouts={"greet": analysed})
 
 
 class Replica:
