@@ -36,14 +36,20 @@ Every call is:
   server (a cold start with the server down) runs the component's migrations at the first
   call that reaches it, inside that call;
 - **healed when its tables are gone** (a server back empty, the schema dropped): the
-  component's migrations run again, creating them empty, and the call runs once more;
-- **mapped to one error**: anything that keeps the server from answering (unreachable,
-  refused, timed out, a migration this build cannot read: ``SchemaTooNew``) raises
-  ``PostgresUnavailable``, which each part turns into its own error (``StoreUnavailable``,
-  ``FleetError``, ``SinkUnavailable``) or lets through (the analysis parts and the feedback
-  index, whose callers take any failure as "the shared store is unreachable"). A statement
-  that is wrong for the schema (``ProgrammingError`` other than a refused privilege) is a
-  bug, not an outage, and is raised as it is.
+  component's migrations run again, creating them empty, and the call runs once more (a
+  write too: the statement that found no table applied nothing, nor did its transaction).
+
+So a call is sent more than once only when its connection died before it could apply
+anything (a read: at any point) or when its tables were gone. A caller that repeats a write
+itself after ``OutcomeUnknown`` does so on its own account (the analysis pool does not).
+
+Errors: anything that keeps the server from answering (unreachable, refused, timed out, a
+migration this build cannot read: ``SchemaTooNew``) raises ``PostgresUnavailable``, which
+each part turns into its own error (``StoreUnavailable``, ``FleetError``,
+``SinkUnavailable``) or lets through (the analysis parts and the feedback index, whose
+callers take any failure as "the shared store is unreachable"). A statement that is wrong
+for the schema (``ProgrammingError`` other than a refused privilege) is a bug, not an
+outage, and is raised as it is.
 """
 
 from __future__ import annotations

@@ -89,6 +89,36 @@ async def test_pool_rows_honour_the_schema_and_expire(
     assert (await pool.read("greet", "r-1", base + 100, base + 105)).arm("stable").requests > 0
 
 
+async def test_a_flush_whose_commit_goes_unanswered_is_never_counted_twice(
+    pools: list[AsyncConnectionPool], schema: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The answer to a flush's COMMIT never comes (here: COMMIT held past the call's
+    deadline by a trigger): the counts may or may not be in. The pool neither sends them
+    again nor fails the flush, which would make the analyser add them again later."""
+    stats = PostgresStatsPool(pools[0], schema=schema, op_timeout=0.5)
+    base = int(time.time())
+    assert (await stats.read("greet", "r-1", base, base + 5)).arms == {}  # makes the tables
+    async with pools[0].connection() as conn:
+        await conn.execute(
+            "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN PERFORM pg_sleep(3); RETURN NULL; END $$"
+        )
+        await conn.execute(
+            "CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT OR UPDATE ON analysis_counts "
+            "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()"
+        )
+    batches = replica_batches(0, base)
+    sent = sum(s.requests for s in batches[("greet", "r-1")].slots[base].values())
+
+    started = time.monotonic()
+    await stats.add(batches, keep_seconds=30)  # no error: nothing for the caller to add again
+    assert time.monotonic() - started < 0.5 + 1.5
+    assert "perhaps not added, not sent again" in caplog.text
+
+    window = await stats.read("greet", "r-1", base, base + 1)
+    assert sum(a.requests for a in window.arms.values()) in (0, sent)  # never twice
+
+
 # -- the lease -------------------------------------------------------------------------------
 
 
