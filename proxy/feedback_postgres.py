@@ -20,21 +20,21 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, Self
+from typing import Any
 
 from psycopg import AsyncConnection
 
 from proxy.feedback import Answered
 from proxy.log import APP_LOGGER
-from proxy.pg.calls import (
+from proxy.pg.migrate import Migration
+from proxy.pg.session import (
     DEFAULT_TIMEOUT,
+    Part,
+    PgSession,
     Pool,
     PostgresUnavailable,
-    call,
-    open_component,
     purge_expired,
 )
-from proxy.pg.migrate import Migration
 from proxy.prompt_key import PromptKey
 from proxy.tasks import cancel_and_wait
 
@@ -64,6 +64,7 @@ MIGRATIONS = (
         ),
     ),
 )
+PART = Part(COMPONENT, MIGRATIONS, "the feedback index")
 
 _FLUSH_SECONDS = 0.5
 #: Answers waiting to be written; beyond this the oldest are dropped (their feedback will
@@ -108,34 +109,24 @@ class PostgresRequestIndex:
     but its flush task."""
 
     def __init__(
-        self, pool: Pool, ttl: float, on_error: Callable[[str], None], op_timeout: float
-    ) -> None:
-        self._pool = pool
-        self._ttl = ttl
-        self._on_error = on_error
-        self._timeout = op_timeout
-        self._pending: OrderedDict[str, Answered] = OrderedDict()
-        self._task: asyncio.Task[None] | None = None
-        self._purge_at = 0.0
-
-    @classmethod
-    async def open(
-        cls,
+        self,
         pool: Pool,
         *,
         schema: str,
         ttl: float,
         on_error: Callable[[str], None],
         op_timeout: float = DEFAULT_TIMEOUT,
-        start: bool = True,
-    ) -> Self:
+    ) -> None:
         """``ttl``: ``feedback.ttl_seconds``. ``on_error`` is told of each failed write (the
-        metrics' store error counter). ``start``: run the flush loop (tests flush by hand)."""
-        await open_component(pool, schema=schema, component=COMPONENT, steps=MIGRATIONS)
-        index = cls(pool, ttl, on_error, op_timeout)
-        if start:
-            index.start()
-        return index
+        metrics' store error counter). No I/O and no task: ``start`` runs the flush loop
+        (tests flush by hand), and the tables are made by the first call that reaches the
+        server, or with the other parts' by the backend (``pg.session.prepare_together``)."""
+        self.session = PgSession(pool, PART, schema=schema, deadline=op_timeout)
+        self._ttl = ttl
+        self._on_error = on_error
+        self._pending: OrderedDict[str, Answered] = OrderedDict()
+        self._task: asyncio.Task[None] | None = None
+        self._purge_at = 0.0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="feedback-index")
@@ -173,9 +164,9 @@ class PostgresRequestIndex:
             await conn.execute(_WRITE, params)
 
         try:
-            await call(
-                self._pool, run, what="the feedback index", deadline=deadline or self._timeout
-            )
+            # Written again after a failure, even one of unknown outcome: the same rows, the
+            # same values (only their expiry moves).
+            await self.session.write(run, deadline=deadline)
         except PostgresUnavailable as exc:
             self._on_error("request_index")
             _log.warning("feedback index: %d answers not written: %s", len(batch), exc)
@@ -198,7 +189,7 @@ class PostgresRequestIndex:
             return deleted
 
         try:
-            deleted = await call(self._pool, run, what="expired feedback answers")
+            deleted = await self.session.write(run)
         except PostgresUnavailable as exc:
             _log.debug("feedback index: expired rows not purged: %s", exc)
             deleted = 0
@@ -209,14 +200,14 @@ class PostgresRequestIndex:
 
     async def lookup(self, request_id: str) -> Answered | None:
         pending = self._pending.get(request_id)
-        if pending is not None:
-            return pending
+        if pending is not None or "\x00" in request_id:
+            return pending  # PostgreSQL text holds no NUL: no answer has such an id
 
         async def run(conn: AsyncConnection[Any]) -> tuple[Any, ...] | None:
             cur = await conn.execute(_LOOKUP, (request_id,))
             return await cur.fetchone()
 
-        row = await call(self._pool, run, what="the feedback index", deadline=self._timeout)
+        row = await self.session.read(run)
         if row is None:
             return None
         key, version, arm, rollout_id, at = row
@@ -227,7 +218,7 @@ class PostgresRequestIndex:
             cur = await conn.execute(_FIRST, (request_id, name, self._ttl))
             return await cur.fetchone() is not None
 
-        return await call(self._pool, run, what="the feedback index", deadline=self._timeout)
+        return await self.session.write(run)
 
     async def close(self) -> None:
         if self._task is not None:

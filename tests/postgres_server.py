@@ -1,7 +1,7 @@
 """A private PostgreSQL for tests: ``initdb`` into a temporary folder, free 127.0.0.1 port.
 
 Tests never touch a PostgreSQL that happens to run on 5432: they start their own so they can
-stop, kill and restart it. Needs ``initdb`` and ``pg_ctl`` (and ``postgres``) on PATH, as
+stop, kill and restart it. Needs ``initdb`` and ``postgres`` on PATH, as
 Debian's ``postgresql`` package puts them under /usr/lib/postgresql/N/bin; a test that needs
 PostgreSQL is skipped without them. PostgreSQL refuses to run as root, so under root the
 server runs as the ``postgres`` user (``runuser``).
@@ -38,7 +38,7 @@ _SUPERUSER = "promptproxy"
 
 
 def _binaries() -> dict[str, str] | None:
-    found = {name: shutil.which(name) for name in ("initdb", "pg_ctl", "postgres")}
+    found = {name: shutil.which(name) for name in ("initdb", "postgres")}
     if any(path is None for path in found.values()):
         return None
     return {name: str(path) for name, path in found.items()}
@@ -56,7 +56,7 @@ class PostgresServer:
     def __init__(self, workdir: Path) -> None:
         binaries = _binaries()
         if binaries is None:
-            pytest.skip("initdb/pg_ctl/postgres are not on PATH")
+            pytest.skip("initdb/postgres are not on PATH")
         self._bin = binaries
         self.workdir = workdir
         self.datadir = workdir / "pgdata"

@@ -27,12 +27,12 @@ attempts queue, and exactly one of them sees the row free.
 
 from __future__ import annotations
 
-from typing import Any, Self
+from typing import Any
 
 from psycopg import AsyncConnection
 
-from proxy.pg.calls import Pool, call, open_component
 from proxy.pg.migrate import Migration
+from proxy.pg.session import Part, PgSession, Pool
 from proxy.prompt_key import PromptKey
 
 COMPONENT = "analysis_lease"
@@ -51,6 +51,7 @@ MIGRATIONS = (
         ),
     ),
 )
+PART = Part(COMPONENT, MIGRATIONS, "the analysis lease")
 
 _HOLD = (
     "INSERT INTO analysis_leases AS l (slug, holder, expires_at) "
@@ -66,26 +67,22 @@ _RELEASE = "DELETE FROM analysis_leases WHERE slug = %s AND holder = %s"
 class PostgresLease:
     """``Lease`` on PostgreSQL. The pool is the caller's; this part opens nothing."""
 
-    def __init__(self, pool: Pool, replica: str, seconds: float, timeout: float) -> None:
-        self._pool = pool
-        self._replica = replica
-        self._ms = int(seconds * 1000)
-        self._timeout = timeout
-
-    @classmethod
-    async def open(
-        cls,
+    def __init__(
+        self,
         pool: Pool,
         *,
         schema: str,
         replica: str,
         seconds: float,
         op_timeout: float = LEASE_CALL_TIMEOUT,
-    ) -> Self:
-        """``seconds``: ``analysis.lease_seconds``. ``op_timeout`` bounds every call (keep it
-        well under ``seconds``: a renewal that comes back later than that is moot)."""
-        await open_component(pool, schema=schema, component=COMPONENT, steps=MIGRATIONS)
-        return cls(pool, replica, seconds, op_timeout)
+    ) -> None:
+        """``seconds``: ``analysis.lease_seconds``. ``op_timeout`` bounds every call (keep it well
+        under ``seconds``: a renewal that comes back later than that is moot). No I/O: the table is
+        made by the first call that reaches the server, or with the other parts' by the backend
+        (``proxy.pg.session.prepare_together``)."""
+        self.session = PgSession(pool, PART, schema=schema, deadline=op_timeout)
+        self._replica = replica
+        self._ms = int(seconds * 1000)
 
     @property
     def replica(self) -> str:
@@ -98,7 +95,7 @@ class PostgresLease:
             cur = await conn.execute(_HOLD, params)
             return await cur.fetchone() is not None
 
-        return await call(self._pool, run, what="the analysis lease", deadline=self._timeout)
+        return await self.session.write(run)
 
     async def holder(self, key: PromptKey) -> str | None:
         async def run(conn: AsyncConnection[Any]) -> str | None:
@@ -106,13 +103,13 @@ class PostgresLease:
             row = await cur.fetchone()
             return None if row is None else str(row[0])
 
-        return await call(self._pool, run, what="the analysis lease", deadline=self._timeout)
+        return await self.session.read(run)
 
     async def release(self, key: PromptKey) -> None:
         async def run(conn: AsyncConnection[Any]) -> None:
             await conn.execute(_RELEASE, (key.text, self._replica))
 
-        await call(self._pool, run, what="the analysis lease", deadline=self._timeout)
+        await self.session.write(run)
 
     async def close(self) -> None:
         return None

@@ -19,26 +19,31 @@ of them now and then after a flush, so a finished rollout leaves nothing behind.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Mapping
-from typing import Any, Self
+from typing import Any
 
 import orjson
 from psycopg import AsyncConnection
 
 from proxy.analysis.pool import PooledWindow
 from proxy.analysis.window import SLOT_SECONDS, ArmStats, RolloutBatch, RolloutKey
-from proxy.pg.calls import (
+from proxy.log import APP_LOGGER
+from proxy.pg.migrate import Migration
+from proxy.pg.session import (
     DEFAULT_TIMEOUT,
+    OutcomeUnknown,
+    Part,
+    PgSession,
     Pool,
     PostgresUnavailable,
-    call,
-    open_component,
     purge_expired,
 )
-from proxy.pg.migrate import Migration
 from proxy.prompt_key import PromptKey
 from proxy.shadow.compare import DivergenceCounts
+
+_log = logging.getLogger(APP_LOGGER)
 
 COMPONENT = "analysis_pool"
 MIGRATIONS = (
@@ -74,6 +79,7 @@ MIGRATIONS = (
         ),
     ),
 )
+PART = Part(COMPONENT, MIGRATIONS, "the analysis pool")
 
 #: Slots are kept this long past the longest window that may read them (as with Redis).
 SLOT_GRACE_SECONDS = 120
@@ -129,15 +135,11 @@ WHERE d.slug = %(slug)s AND d.rollout_id = %(rollout_id)s AND d.expires_at > now
 class PostgresStatsPool:
     """``StatsPool`` on PostgreSQL. The pool is the caller's; this part opens nothing."""
 
-    def __init__(self, pool: Pool, timeout: float) -> None:
-        self._pool = pool
-        self._timeout = timeout
+    def __init__(self, pool: Pool, *, schema: str, op_timeout: float = DEFAULT_TIMEOUT) -> None:
+        """No I/O: the tables are made by the first call that reaches the server, or
+        with the other parts' by the backend (``proxy.pg.session.prepare_together``)."""
+        self.session = PgSession(pool, PART, schema=schema, deadline=op_timeout)
         self._purged_at = 0.0
-
-    @classmethod
-    async def open(cls, pool: Pool, *, schema: str, op_timeout: float = DEFAULT_TIMEOUT) -> Self:
-        await open_component(pool, schema=schema, component=COMPONENT, steps=MIGRATIONS)
-        return cls(pool, op_timeout)
 
     async def add(self, batches: Mapping[RolloutKey, RolloutBatch], keep_seconds: float) -> None:
         params = _add_params(batches)
@@ -149,12 +151,18 @@ class PostgresStatsPool:
         async def run(conn: AsyncConnection[Any]) -> None:
             await conn.execute(_ADD, params)
 
-        await call(self._pool, run, what="the analysis pool", deadline=self._timeout)
+        try:
+            await self.session.write(run)
+        except OutcomeUnknown as exc:
+            # Perhaps added: the caller would add the batch again on an error, so it is
+            # given up instead. A second lost, never a second counted twice.
+            _log.warning("analysis counts perhaps not added, not sent again: %s", exc)
+            return
         if time.monotonic() - self._purged_at > _PURGE_EVERY_SECONDS:
             self._purged_at = time.monotonic()
             # Added already: a failed purge must not make the caller add the batch again.
             with contextlib.suppress(PostgresUnavailable):
-                await call(self._pool, _purge, what="expired analysis counts")
+                await self.session.write(_purge)
 
     async def read(self, key: PromptKey, rollout_id: str, start: float, end: float) -> PooledWindow:
         params = {
@@ -168,7 +176,7 @@ class PostgresStatsPool:
             cur = await conn.execute(_READ, params)
             return await cur.fetchall()
 
-        rows = await call(self._pool, run, what="the analysis pool", deadline=self._timeout)
+        rows = await self.session.read(run)
         arms: dict[str, dict[str, float]] = {}
         kinds: dict[str, dict[str, int]] = {}
         for source, name, field, value in rows:

@@ -13,21 +13,21 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any, Self
+from typing import Any
 
 import orjson
 from psycopg import AsyncConnection
 
 from proxy.analysis.state import MAX_VERDICTS, AnalysisState
-from proxy.pg.calls import (
+from proxy.pg.migrate import Migration
+from proxy.pg.session import (
     DEFAULT_TIMEOUT,
+    Part,
+    PgSession,
     Pool,
     PostgresUnavailable,
-    call,
-    open_component,
     purge_expired,
 )
-from proxy.pg.migrate import Migration
 from proxy.prompt_key import PromptKey
 
 COMPONENT = "analysis_state"
@@ -46,6 +46,7 @@ MIGRATIONS = (
         ),
     ),
 )
+PART = Part(COMPONENT, MIGRATIONS, "the analysis state")
 
 #: State outlives its rollout for a week, so a late look still finds the verdicts.
 TTL_SECONDS = 7 * 86_400
@@ -81,22 +82,18 @@ async def _purge(conn: AsyncConnection[Any]) -> None:
 class PostgresStateStore:
     """``StateStore`` on PostgreSQL. The pool is the caller's; this part opens nothing."""
 
-    def __init__(self, pool: Pool, timeout: float) -> None:
-        self._pool = pool
-        self._timeout = timeout
+    def __init__(self, pool: Pool, *, schema: str, op_timeout: float = DEFAULT_TIMEOUT) -> None:
+        """No I/O: the table is made by the first call that reaches the server, or
+        with the other parts' by the backend (``proxy.pg.session.prepare_together``)."""
+        self.session = PgSession(pool, PART, schema=schema, deadline=op_timeout)
         self._purged_at = 0.0
-
-    @classmethod
-    async def open(cls, pool: Pool, *, schema: str, op_timeout: float = DEFAULT_TIMEOUT) -> Self:
-        await open_component(pool, schema=schema, component=COMPONENT, steps=MIGRATIONS)
-        return cls(pool, op_timeout)
 
     async def load(self, key: PromptKey) -> tuple[AnalysisState | None, list[dict[str, Any]]]:
         async def run(conn: AsyncConnection[Any]) -> tuple[Any, Any] | None:
             cur = await conn.execute(_LOAD, (key.text,))
             return await cur.fetchone()
 
-        row = await call(self._pool, run, what="the analysis state", deadline=self._timeout)
+        row = await self.session.read(run)
         if row is None:
             return None, []
         state = AnalysisState.from_dict(row[0])
@@ -118,12 +115,12 @@ class PostgresStateStore:
         async def run(conn: AsyncConnection[Any]) -> None:
             await conn.execute(_SAVE, params)
 
-        await call(self._pool, run, what="the analysis state", deadline=self._timeout)
+        await self.session.write(run)
         if time.monotonic() - self._purged_at > _PURGE_EVERY_SECONDS:
             self._purged_at = time.monotonic()
             # Saved already: a failed purge must not make the save look failed.
             with contextlib.suppress(PostgresUnavailable):
-                await call(self._pool, _purge, what="expired analysis state")
+                await self.session.write(_purge)
 
     async def close(self) -> None:
         return None

@@ -4,8 +4,14 @@ shared by every replica pointed at it, inside the schema `registry.postgres_sche
 Connections: one pool per replica, shared by every part (registry writes and snapshots,
 the fleet board's beats, the analysis pool's flushes, the lease, the feedback index and the
 pair sink); plus one connection outside it, the registry's LISTEN for change notification.
-The pool connects in the background (``open(wait=False)``), so a server that is down at
-start is the registry's start-up wait, as with Redis, not a failure to open.
+
+Opening waits for no server: the pool connects in the background (``open(wait=False)``),
+and every part's migrations run together on one connection made for them, which a server
+that is down refuses at once (an unreachable host costs ``proxy.pg.session.OPEN_TIMEOUT``).
+A server that cannot be reached then only postpones each part's migrations to its first
+call that reaches it: a cold start is the registry's start-up wait, as with Redis, not a
+failure to open. A schema written by a newer promptproxy, or a server refusing (its
+permissions, a wrong database), still fails the start.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from proxy.backends.base import Backend, BackendContext
 from proxy.config import Settings
 from proxy.feedback_postgres import PostgresRequestIndex
 from proxy.pg.connect import new_pool
+from proxy.pg.session import prepare_together
 from proxy.registry.fleet_postgres import PostgresBoard
 from proxy.registry.postgres_store import PostgresStore
 from proxy.shadow.sink_postgres import PostgresPairSink
@@ -38,32 +45,28 @@ async def open_backend(settings: Settings, context: BackendContext) -> Backend:
         pool = new_pool(url, schema=schema, max_size=POOL_SIZE)
         await pool.open(wait=False)
         stack.push_async_callback(pool.close)
-        store = await PostgresStore.open(pool, url=url, schema=schema)
-        stack.push_async_callback(store.close)
-        board = await PostgresBoard.open(
-            pool, schema=schema, forget_seconds=config.fleet.forget_seconds
-        )
-        stack.push_async_callback(board.close)
-        stats = await PostgresStatsPool.open(pool, schema=schema)
-        stack.push_async_callback(stats.close)
-        lease = await PostgresLease.open(
+        store = PostgresStore(pool, url=url, schema=schema)
+        board = PostgresBoard(pool, schema=schema, forget_seconds=config.fleet.forget_seconds)
+        stats = PostgresStatsPool(pool, schema=schema)
+        lease = PostgresLease(
             pool, schema=schema, replica=context.replica, seconds=config.analysis.lease_seconds
         )
-        stack.push_async_callback(lease.close)
-        state = await PostgresStateStore.open(pool, schema=schema)
-        stack.push_async_callback(state.close)
-        index = await PostgresRequestIndex.open(
+        state = PostgresStateStore(pool, schema=schema)
+        index = PostgresRequestIndex(
             pool, schema=schema, ttl=config.feedback.ttl_seconds, on_error=context.on_error
         )
-        stack.push_async_callback(index.close)
-        pairs = await PostgresPairSink.open(
+        pairs = PostgresPairSink(
             pool,
             schema=schema,
             max_entries=config.shadow.sink.max_entries,
             queue_size=config.shadow.sink.queue_size,
             metrics=context.pair_metrics,
         )
-        stack.push_async_callback(pairs.close)
+        parts = (store, board, stats, lease, state, index, pairs)
+        for part in parts:
+            stack.push_async_callback(part.close)
+        await prepare_together([part.session for part in parts])
+        index.start()
         closer = stack.pop_all()
     return Backend(
         kind=kind,

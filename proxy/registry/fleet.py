@@ -226,6 +226,11 @@ class Fleet:
                 beat = self._local()
                 staleness = beat.staleness
             views.append(ReplicaView(beat, age, age <= self._live_seconds, staleness))
+        if self._local is not None and all(v.replica != self.me for v in views):
+            # This process answers, so it is live, whether or not its first beat has reached
+            # the board yet (a fresh start, or a board write that failed).
+            beat = self._local()
+            views.append(ReplicaView(beat, 0.0, True, beat.staleness))
         return sorted(views, key=lambda v: v.replica)
 
     async def wait(

@@ -3,20 +3,26 @@
 last heartbeat.
 
 Heartbeats are stamped by the server's clock (``clock_timestamp()``), so ages compare across
-machines whatever their clocks say. Each heartbeat is one upsert and drops the rows of
-replicas gone for ``forget_seconds``, in one autocommit statement each: a beat per replica
-per second never waits on a registry write (they lock another table's row).
+machines whatever their clocks say. Each heartbeat is one short transaction: an upsert of
+its row, and the rows of replicas gone for ``forget_seconds`` dropped. A beat never waits
+on a registry write (they lock another table's row) nor on another replica's beat (rows
+another beat is dropping are skipped).
 """
 
 from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from proxy.pg.connect import check_schema_name
 from proxy.pg.migrate import Migration
+from proxy.pg.session import Part, PgSession, PostgresUnavailable
 from proxy.registry.fleet import BoardRead, FleetError, ReplicaBeat
-from proxy.registry.postgres_session import PgSession
+
+T = TypeVar("T")
 
 COMPONENT = "fleet"
 
@@ -33,6 +39,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
 )
+PART = Part(COMPONENT, MIGRATIONS, "the fleet board")
 
 
 class PostgresBoard:
@@ -47,13 +54,11 @@ class PostgresBoard:
         """No I/O: use ``open``, which also brings the table up to date."""
         check_schema_name(schema)
         self._forget_seconds = forget_seconds
-        self._session = PgSession(
+        self.session = PgSession(
             pool,
+            PART,
             schema=schema,
-            component=COMPONENT,
-            steps=MIGRATIONS,
-            op_timeout=op_timeout,
-            unavailable=FleetError,
+            deadline=op_timeout,
             what=f"the fleet board (schema {schema})",
         )
 
@@ -71,7 +76,10 @@ class PostgresBoard:
         ``SchemaTooNew`` if a newer promptproxy wrote the schema; ``FleetError`` if the
         server refuses (permissions, a wrong database)."""
         board = cls(pool, schema=schema, forget_seconds=forget_seconds, op_timeout=op_timeout)
-        await board._session.prepare()
+        try:
+            await board.session.prepare()
+        except PostgresUnavailable as exc:
+            raise FleetError(str(exc)) from exc
         return board
 
     async def publish(self, beat: ReplicaBeat) -> None:
@@ -84,12 +92,14 @@ class PostgresBoard:
                 (beat.replica, beat.to_json().decode()),
             )
             await conn.execute(
-                "DELETE FROM fleet_replicas "
-                "WHERE beat_at < clock_timestamp() - make_interval(secs => %s)",
+                "DELETE FROM fleet_replicas WHERE replica = ANY(ARRAY("
+                "SELECT replica FROM fleet_replicas "
+                "WHERE beat_at < clock_timestamp() - make_interval(secs => %s) "
+                "FOR UPDATE SKIP LOCKED))",
                 (self._forget_seconds,),
             )
 
-        await self._session.run(write)
+        await self._call(self.session.write(write))
 
     async def read(self) -> BoardRead:
         async def read(conn: AsyncConnection) -> tuple[float, list[tuple[str, float]]]:
@@ -103,7 +113,7 @@ class PostgresBoard:
             assert now is not None
             return float(now[0]), [(str(info), float(at)) for info, at in rows]
 
-        now, rows = await self._session.run(read)
+        now, rows = await self._call(self.session.read(read))
         entries = []
         for info, at in rows:
             beat = ReplicaBeat.from_json(info)
@@ -115,7 +125,14 @@ class PostgresBoard:
         async def delete(conn: AsyncConnection) -> None:
             await conn.execute("DELETE FROM fleet_replicas WHERE replica = %s", (replica,))
 
-        await self._session.run(delete)
+        await self._call(self.session.write(delete))
 
     async def close(self) -> None:
         """The pool belongs to whoever made it."""
+
+    @staticmethod
+    async def _call(call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except PostgresUnavailable as exc:
+            raise FleetError(str(exc)) from exc

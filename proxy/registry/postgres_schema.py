@@ -35,6 +35,7 @@ from typing import Any
 import orjson
 
 from proxy.pg.migrate import Migration
+from proxy.pg.session import Part
 from proxy.registry.models import AuditEntry, PromptVersion, Rollout
 
 COMPONENT = "registry"
@@ -130,6 +131,7 @@ _V1 = Migration(
 
 #: Frozen once released: change the schema by adding a step, never by editing one.
 MIGRATIONS: tuple[Migration, ...] = (_V1,)
+PART = Part(COMPONENT, MIGRATIONS, "the prompt registry")
 
 AUDIT_COLUMNS = (
     "seq, at, actor, action, prompt_key, version, from_status, to_status, reason, "

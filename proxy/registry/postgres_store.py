@@ -15,8 +15,10 @@ is the registry at one instant. ``wait_for_change`` is woken by LISTEN/NOTIFY
 The pool is the caller's (the backend shares it with its other parts and closes it);
 ``close`` closes what the store opened itself: its LISTEN connection. Failure policy as the
 Redis store's: every call is bounded (``op_timeout``) and a server that cannot be used
-raises ``StoreUnavailable``; a write that fails that way has an unknown outcome, and pushing
-the same content again is safe (creates are idempotent by content).
+raises ``StoreUnavailable`` (``proxy.pg.session`` says which calls are retried first). A
+write that fails that way did not apply, unless its message says its outcome is unknown
+(the answer to its COMMIT was lost); pushing the same content again is safe either way
+(creates are idempotent by content).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from proxy.pg.connect import check_schema_name, describe_url
+from proxy.pg.session import PgSession, PostgresUnavailable
 from proxy.prompt_key import PromptKey
 from proxy.registry import lifecycle
 from proxy.registry import postgres_schema as schema_sql
@@ -55,7 +58,6 @@ from proxy.registry.postgres_schema import (
     row_to_rollout,
     row_to_version,
 )
-from proxy.registry.postgres_session import PgSession
 from proxy.registry.store import (
     InvalidTransition,
     PromptNotFound,
@@ -88,13 +90,11 @@ class PostgresStore:
         self.schema = schema
         self.channel = schema_sql.change_channel(schema)
         self._where = describe_url(url)
-        self._session = PgSession(
+        self.session = PgSession(
             pool,
+            schema_sql.PART,
             schema=schema,
-            component=schema_sql.COMPONENT,
-            steps=schema_sql.MIGRATIONS,
-            op_timeout=op_timeout,
-            unavailable=StoreUnavailable,
+            deadline=op_timeout,
             what=f"the prompt registry ({self._where}, schema {schema})",
         )
         self._poll_interval = poll_interval
@@ -124,7 +124,10 @@ class PostgresStore:
         store = cls(
             pool, url=url, schema=schema, poll_interval=poll_interval, op_timeout=op_timeout
         )
-        await store._session.prepare()
+        try:
+            await store.session.prepare()
+        except PostgresUnavailable as exc:
+            raise StoreUnavailable(str(exc)) from exc
         return store
 
     # -- plumbing -------------------------------------------------------------------------
@@ -132,18 +135,21 @@ class PostgresStore:
     async def _run(self, call: Callable[[], Awaitable[T]]) -> T:
         if self._closed:
             raise StoreUnavailable("registry store is closed")
-        return await call()
+        try:
+            return await call()
+        except PostgresUnavailable as exc:
+            raise StoreUnavailable(str(exc)) from exc
 
     async def _read(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """``work`` in one read-only transaction: one consistent view."""
-        return await self._run(lambda: self._session.run(work, mode="read"))
+        return await self._run(lambda: self.session.read(work, snapshot=True))
 
     async def _one(self, query: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
         async def read(conn: AsyncConnection) -> tuple[Any, ...] | None:
             cur = await conn.execute(query, params)
             return await cur.fetchone()
 
-        return await self._run(lambda: self._session.run(read))
+        return await self._run(lambda: self.session.read(read))
 
     async def _write(self, work: Callable[[_Txn], Awaitable[T]], *, texts: Sequence[str] = ()) -> T:
         """Run ``work`` in one write transaction, after locking the state row and checking
@@ -162,7 +168,7 @@ class PostgresStore:
             return await work(_Txn(conn, int(audit_seq), self.channel))
 
         try:
-            return await self._run(lambda: self._session.run(txn, mode="write"))
+            return await self._run(lambda: self.session.write(txn))
         except StoreReplaced as exc:
             self._identity.lost = str(exc)
             raise
@@ -195,7 +201,7 @@ class PostgresStore:
             assert row is not None  # an upsert always returns its row
             return str(row[0])
 
-        self._identity.bind(await self._run(lambda: self._session.run(stamp)))
+        self._identity.bind(await self._run(lambda: self.session.write(stamp)))
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -231,7 +237,7 @@ class PostgresStore:
             cur = await conn.execute("SELECT DISTINCT prompt_key FROM registry_versions")
             return sorted(PromptKey.parse(text) for (text,) in await cur.fetchall())
 
-        return await self._run(lambda: self._session.run(read))
+        return await self._run(lambda: self.session.read(read))
 
     async def audit(
         self, key: PromptKey | None = None, limit: int = 100, before_seq: int | None = None
@@ -252,7 +258,7 @@ class PostgresStore:
             cur = await conn.execute(query, (*params, limit))
             return [row_to_audit(row) for row in await cur.fetchall()]
 
-        return await self._run(lambda: self._session.run(read))
+        return await self._run(lambda: self.session.read(read))
 
     def expect_generation(self, generation: str) -> None:
         self._identity.expect(generation)
@@ -582,8 +588,8 @@ class PostgresStore:
             )
             return revision
 
-        limit = self._session.op_timeout + rows / _RESTORE_ROWS_PER_S
-        revision = await self._run(lambda: self._session.run(txn, mode="write", limit=limit))
+        limit = self.session.deadline + rows / _RESTORE_ROWS_PER_S
+        revision = await self._run(lambda: self.session.write(txn, deadline=limit))
         self._identity.restored(image.generation, revision)
         return revision
 

@@ -24,14 +24,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, Self
+from typing import Any
 
 import orjson
 from psycopg import AsyncConnection
 
 from proxy.log import APP_LOGGER
-from proxy.pg.calls import DEFAULT_TIMEOUT, Pool, PostgresUnavailable, call, open_component
 from proxy.pg.migrate import Migration
+from proxy.pg.session import DEFAULT_TIMEOUT, Part, PgSession, Pool, PostgresUnavailable
 from proxy.prompt_key import PromptKey
 from proxy.shadow.metrics import ShadowMetrics
 from proxy.shadow.pairs import FOLLOW_BACKLOG, Pair, SinkUnavailable
@@ -57,6 +57,7 @@ MIGRATIONS = (
         ),
     ),
 )
+PART = Part(COMPONENT, MIGRATIONS, "shadow pairs")
 
 _BATCH = 200
 _PAGE = 500
@@ -68,23 +69,25 @@ CLOSE_TIMEOUT = 5.0
 #: Reads may carry up to 10 000 pairs: more time than a write.
 _READ_EXTRA_SECONDS = 3.0
 
-# One statement per slug: number the pairs under the head row's lock, insert them (those
-# the cap would drop at once are not), delete what fell behind the cap.
-_WRITE = """
-WITH head AS (
-  INSERT INTO shadow_pair_heads AS h (slug, last) VALUES (%(slug)s, %(count)s)
-  ON CONFLICT (slug) DO UPDATE SET last = h.last + EXCLUDED.last
-  RETURNING last
-), added AS (
+# Per slug, in the batch's transaction: number the pairs under the head row's lock, then
+# insert them (those the cap would drop at once are not) and delete what fell behind the cap.
+# Two statements, because a statement reads at a snapshot taken when it starts: a delete in
+# the statement that waited for the lock would miss the pairs the lock's previous holder
+# committed meanwhile, and they would outlive the cap.
+_NUMBER = (
+    "INSERT INTO shadow_pair_heads AS h (slug, last) VALUES (%s, %s) "
+    "ON CONFLICT (slug) DO UPDATE SET last = h.last + EXCLUDED.last RETURNING last"
+)
+_ADD = """
+WITH added AS (
   INSERT INTO shadow_pairs (slug, n, ts, rollout_id, pair)
-  SELECT %(slug)s, head.last - %(count)s + p.ord, p.ts, p.rollout_id, p.pair
-  FROM head, unnest(%(ts)s::float8[], %(rollouts)s::text[], %(pairs)s::text[])
+  SELECT %(slug)s, %(last)s - %(count)s + p.ord, p.ts, p.rollout_id, p.pair
+  FROM unnest(%(ts)s::float8[], %(rollouts)s::text[], %(pairs)s::text[])
     WITH ORDINALITY AS p(ts, rollout_id, pair, ord)
   WHERE p.ord > %(count)s - %(cap)s
   RETURNING 1
 )
-DELETE FROM shadow_pairs
-WHERE slug = %(slug)s AND n <= (SELECT last FROM head) - %(cap)s
+DELETE FROM shadow_pairs WHERE slug = %(slug)s AND n <= %(last)s - %(cap)s
 """
 _LAST = "SELECT pair FROM shadow_pairs WHERE slug = %s ORDER BY n DESC LIMIT %s"
 _LAST_OF_ROLLOUT = (
@@ -123,43 +126,24 @@ class PostgresPairSink:
         self,
         pool: Pool,
         *,
-        max_entries: int,
-        queue_size: int,
-        metrics: ShadowMetrics,
-        op_timeout: float,
-    ) -> None:
-        self._pool = pool
-        self._max_entries = max_entries
-        self._limit = queue_size
-        self._metrics = metrics
-        self._timeout = op_timeout
-        self._queue: asyncio.Queue[Pair | None] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
-        self._closed = False
-
-    @classmethod
-    async def open(
-        cls,
-        pool: Pool,
-        *,
         schema: str,
         max_entries: int,
         queue_size: int,
         metrics: ShadowMetrics,
         op_timeout: float = DEFAULT_TIMEOUT,
-    ) -> Self:
+    ) -> None:
         """``max_entries``: pairs kept per key (``shadow.sink.max_entries``);
-        ``queue_size``: pairs waiting to be written, beyond which they are dropped."""
-        await open_component(pool, schema=schema, component=COMPONENT, steps=MIGRATIONS)
-        return cls(
-            pool,
-            max_entries=max_entries,
-            queue_size=queue_size,
-            metrics=metrics,
-            op_timeout=op_timeout,
-        )
-
-    # -- writing --------------------------------------------------------------------------
+        ``queue_size``: pairs waiting to be written, beyond which they are dropped. No I/O:
+        the writer task starts with the first pair, and the tables are made by the first
+        call that reaches the server, or with the other parts' by the backend
+        (``proxy.pg.session.prepare_together``)."""
+        self.session = PgSession(pool, PART, schema=schema, deadline=op_timeout)
+        self._max_entries = max_entries
+        self._limit = queue_size
+        self._metrics = metrics
+        self._queue: asyncio.Queue[Pair | None] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
 
     def add(self, pair: Pair) -> None:
         # The queue is unbounded underneath so `close` can always queue its end marker.
@@ -198,22 +182,23 @@ class PostgresPairSink:
                 return
 
     async def _write(self, batch: Sequence[Pair]) -> bool:
-        groups: dict[PromptKey, list[Pair]] = {}
+        groups: dict[str, list[Pair]] = {}  # by the key's text
         for pair in batch:
-            groups.setdefault(pair.key, []).append(pair)
-        by_key = list(groups.values())
-        written = 0
+            groups.setdefault(pair.key.text, []).append(pair)
 
         async def run(conn: AsyncConnection[Any]) -> None:
-            # Each key's statement commits by itself: a call run again on another
-            # connection (this one died under it) goes on with the keys not written yet.
-            nonlocal written
-            while by_key:
-                pairs = by_key[0]
+            # One transaction: the batch is written whole or not at all. Slugs in order, so
+            # two replicas writing the same slugs queue on a head row, never deadlock.
+            for slug in sorted(groups):
+                pairs = groups[slug]
+                cur = await conn.execute(_NUMBER, (slug, len(pairs)))
+                head = await cur.fetchone()
+                assert head is not None  # an upsert always returns its row
                 await conn.execute(
-                    _WRITE,
+                    _ADD,
                     {
-                        "slug": pairs[0].key.text,
+                        "slug": slug,
+                        "last": head[0],
                         "count": len(pairs),
                         "cap": self._max_entries,
                         "ts": [p.ts for p in pairs],
@@ -221,18 +206,14 @@ class PostgresPairSink:
                         "pairs": [p.to_json().decode() for p in pairs],
                     },
                 )
-                by_key.pop(0)
-                written += len(pairs)
 
         try:
-            await call(self._pool, run, what="shadow pairs", deadline=self._timeout)
+            await self.session.write(run)
         except PostgresUnavailable as exc:
-            self._metrics.pair("written", written)
-            self._metrics.pair("sink_dropped", len(batch) - written)
+            # Counted dropped even when the outcome is unknown: never written twice.
+            self._metrics.pair("sink_dropped", len(batch))
             _log.warning(
-                "shadow pairs: postgres write failed, %d pair(s) dropped: %s",
-                len(batch) - written,
-                exc,
+                "shadow pairs: postgres write failed, %d pair(s) dropped: %s", len(batch), exc
             )
             return False
         self._metrics.pair("written", len(batch))
@@ -270,11 +251,8 @@ class PostgresPairSink:
             return await cur.fetchall()
 
         try:
-            return await call(
-                self._pool,
-                run,
-                what="shadow pairs",
-                deadline=self._timeout + _READ_EXTRA_SECONDS,
+            return await self.session.read(
+                run, deadline=self.session.deadline + _READ_EXTRA_SECONDS
             )
         except PostgresUnavailable as exc:
             raise SinkUnavailable(str(exc)) from exc

@@ -49,9 +49,35 @@ class ConnectionLimits:
 #: connection is closed for one.
 OnClose = Callable[[str], None]
 
+#: After an answer that ends the connection while the client may still be sending its body
+#: (413, 408), what arrives is read and dropped for this long, or up to LINGER_MAX_BYTES,
+#: before the socket closes. Closing a socket with unread data makes the kernel answer with
+#: a reset, which can overtake the answer and turn a clear 413 or 408 into "connection reset
+#: by peer" at the client; the answer needs one round trip, so a short bound is enough, and
+#: a refused multi-GiB upload still costs at most this much reading.
+LINGER_SECONDS = 1.0
+LINGER_MAX_BYTES = 1024 * 1024
+
+
+def close_after_answer(protocol: web.RequestHandler | None) -> None:
+    """End the connection once the answer written so far has gone out, without a reset."""
+    if isinstance(protocol, GuardedRequestHandler):
+        protocol.close_lingering()
+    elif protocol is not None:
+        protocol.force_close()
+
 
 class GuardedRequestHandler(web.RequestHandler):
-    __slots__ = ("_body", "_busy", "_deadline", "_limits", "_on_close", "_phase")
+    __slots__ = (
+        "_body",
+        "_busy",
+        "_deadline",
+        "_limits",
+        "_linger",
+        "_lingered",
+        "_on_close",
+        "_phase",
+    )
 
     def __init__(
         self,
@@ -70,12 +96,19 @@ class GuardedRequestHandler(web.RequestHandler):
         self._deadline: asyncio.TimerHandle | None = None
         self._phase: str | None = None
         self._body: StreamReader | None = None
+        self._linger: asyncio.TimerHandle | None = None
+        self._lingered = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self._arm(HEADER_TIMEOUT, self._limits.header_timeout)
 
     def data_received(self, data: bytes) -> None:
+        if self._linger is not None:
+            self._lingered += len(data)
+            if self._lingered > LINGER_MAX_BYTES:
+                self.force_close()
+            return
         if self._phase == IDLE and not self._busy and data:
             # The first byte of the next request starts its header deadline.
             self._arm(HEADER_TIMEOUT, self._limits.header_timeout)
@@ -83,7 +116,25 @@ class GuardedRequestHandler(web.RequestHandler):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm()
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
         super().connection_lost(exc)
+
+    def close_lingering(self) -> None:
+        """Send FIN after the answer, drop what the client still sends for
+        ``LINGER_SECONDS`` or ``LINGER_MAX_BYTES`` (or until it closes), then close: its
+        answer is not overtaken by a reset. Nothing more is parsed or served."""
+        transport = self.transport
+        if transport is None or self._linger is not None:
+            return
+        self._disarm()
+        # aiohttp's own flag: its handler loop ends without closing the transport, and its
+        # data_received drops every byte from now on.
+        self._force_close = True
+        if isinstance(transport, asyncio.WriteTransport) and transport.can_write_eof():
+            transport.write_eof()
+        self._linger = self._loop.call_later(LINGER_SECONDS, self.force_close)
 
     def request_started(self, body: StreamReader | None) -> None:
         """``body``: the request's body stream, if it has one still to arrive."""

@@ -11,7 +11,7 @@ from aiohttp.typedefs import Handler
 from proxy.errors import InvalidRequest, MethodNotAllowed, ProxyError, RouteNotFound
 from proxy.http_headers import REQUEST_ID_HEADER
 from proxy.log import APP_LOGGER
-from proxy.web.conn_guard import request_started
+from proxy.web.conn_guard import close_after_answer, request_started
 from proxy.web.keys import REQUEST_ID
 
 _log = logging.getLogger(APP_LOGGER)
@@ -53,8 +53,10 @@ async def _answer_and_close(request: web.Request, response: web.Response) -> web
     """Send the answer, then close the connection instead of reading the rest of the body.
 
     After a handler returns, aiohttp reads and discards an unread request body for up to
-    10 s ("lingering") to keep the connection reusable: at local-network speed that is the
-    whole of a multi-GiB upload. Refusing a body for its size must not cost reading it."""
+    10 s to keep the connection reusable: at local-network speed that is the whole of a
+    multi-GiB upload. Refusing a body for its size must not cost reading it, so the
+    connection ends after a short bounded linger (``conn_guard.LINGER_SECONDS``), just long
+    enough that the answer is not overtaken by a reset."""
     response.force_close()
     try:
         await response.prepare(request)
@@ -62,7 +64,7 @@ async def _answer_and_close(request: web.Request, response: web.Response) -> web
     except ConnectionError:
         pass  # the client is gone already; closing is all that is left to do
     finally:
-        request.protocol.force_close()
+        close_after_answer(request.protocol)
     return response
 
 

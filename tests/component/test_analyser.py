@@ -1,4 +1,5 @@
-"""The analyser's decisions on the real registry, with a hand-driven clock and counts.
+"""The analyser's decisions on the real registry, with a hand-driven clock and counts, on
+each backend (the pool, lease and state of the embedded, Redis and PostgreSQL backends).
 
 Counts go straight into a ``WindowRecorder`` at chosen times; each ``tick`` is one look by
 the lease holder. What an operator would see is checked: whether the rollout still runs and
@@ -9,6 +10,7 @@ at what percentage, the prod version, who changed it and why (the audit), and th
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,9 +18,6 @@ from typing import Any
 import pytest
 
 from proxy.analysis.analyser import Analyser
-from proxy.analysis.lease import LocalLease
-from proxy.analysis.pool import MemoryStatsPool
-from proxy.analysis.state import MemoryStateStore
 from proxy.analysis.window import WindowRecorder
 from proxy.config import AnalysisConfig
 from proxy.errors import NotFound
@@ -26,7 +25,12 @@ from proxy.prompt_key import PromptKey
 from proxy.registry.analysis_policy import AnalysisPolicy
 from proxy.registry.models import Rollout, RolloutMode, VersionDraft
 from proxy.services import Services
+from tests.postgres_server import PostgresServer, postgres_server_fixture
+from tests.redis_server import RedisServer, redis_server_fixture
 from tests.support import make_settings, proxy_clients
+
+redis_server = redis_server_fixture("module")
+postgres_server = postgres_server_fixture("module")
 
 SLUG = PromptKey("support")
 INTERVAL = 10.0
@@ -41,15 +45,22 @@ class Clock:
         return self.now
 
 
-@pytest.fixture
-async def services(tmp_path: Path) -> AsyncIterator[Services]:
-    settings = make_settings(
-        **{
+@pytest.fixture(params=["embedded", "redis", "postgres"])
+async def services(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Services]:
+    if request.param == "embedded":
+        store = {
             "registry.store": f"embedded:{tmp_path / 'registry.db'}",
             "shadow.sink": {"dir": str(tmp_path / "shadow")},
         }
-    )
-    async with proxy_clients(settings) as (_, _, services):
+    elif request.param == "redis":
+        redis: RedisServer = request.getfixturevalue("redis_server")
+        store = {"registry.store": redis.url, "registry.redis_prefix": f"t-{uuid.uuid4().hex}:"}
+    else:
+        postgres: PostgresServer = request.getfixturevalue("postgres_server")
+        store = {"registry.store": postgres.new_database()}
+    async with proxy_clients(make_settings(**store)) as (_, _, services):
+        # The harness's analyser is the only one: on the hand-driven clock.
+        await services.analysis.close()
         yield services
 
 
@@ -63,9 +74,9 @@ class Harness:
             snapshot=lambda: services.snapshot.current,
             registry=services.registry,
             recorder=self.recorder,
-            pool=MemoryStatsPool(),
-            lease=LocalLease("test-replica"),
-            state=MemoryStateStore(),
+            pool=services.backend.pool,
+            lease=services.backend.lease,
+            state=services.backend.state,
             metrics=services.metrics,
             clock=self.clock,
         )
@@ -152,7 +163,7 @@ async def test_a_failing_candidate_is_aborted_after_the_tolerated_failures(
     assert await h.rollout() is None
     entry = await h.last_audit()
     assert entry.action == "rollout_abort"
-    assert entry.actor == "analyser:test-replica"
+    assert entry.actor == h.analyser.actor
     assert "error_rate: errors 15.0 % vs stable 0.0 %" in entry.reason
     assert services.snapshot.current.prod[SLUG] == 1
 
@@ -173,7 +184,7 @@ async def test_a_passing_candidate_is_ramped_through_the_steps_then_promoted(
     await h.interval()
     assert await h.rollout() is None
     entry = await h.last_audit()
-    assert (entry.action, entry.actor) == ("promote", "analyser:test-replica")
+    assert (entry.action, entry.actor) == ("promote", h.analyser.actor)
     assert services.snapshot.current.prod[SLUG] == 2
 
 

@@ -200,3 +200,24 @@ async def test_a_body_that_arrives_within_the_deadline_is_served(listener: Liste
     assert (await _response(reader)).endswith(b"ok")
     assert listener.closed == []
     writer.close()
+
+
+async def test_a_refused_upload_gets_its_413_although_the_client_is_still_sending(
+    listener: Listener,
+) -> None:
+    """Closing a socket with unread data makes the kernel send a reset, which can overtake
+    the 413 ("connection reset by peer" instead of the answer): the server lingers briefly,
+    dropping what still arrives, so every client reads its 413."""
+
+    async def upload() -> bytes:
+        reader, writer = await _connect(listener.port)
+        writer.write(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 67108864\r\n\r\n")
+        async with _trickling(writer, b"x" * 65536, 0.0):
+            answer = await _closed_by_server(reader)
+        writer.close()
+        return answer
+
+    answers = await asyncio.gather(*(upload() for _ in range(20)))
+    assert [a.split(b"\r\n", 1)[0] for a in answers] == [
+        b"HTTP/1.1 413 Request Entity Too Large"
+    ] * 20

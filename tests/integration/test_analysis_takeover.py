@@ -1,6 +1,7 @@
-"""Two proxy replicas on one Redis analyse a canary rollout: exactly one holds the slug's
-analysis lease; when it is SIGKILLed the other takes over within the lease length, and the
-verdicts carry on in the same list (the state lives in Redis, not in the dead process)."""
+"""Two proxy replicas on one shared store (Redis, PostgreSQL) analyse a canary rollout:
+exactly one holds the slug's analysis lease; when it is SIGKILLed the other takes over within
+the lease length, and the verdicts carry on in the same list (the state lives in the store,
+not in the dead process); a SIGTERMed holder hands the lease over at once."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.postgres_server import PostgresServer, postgres_server_fixture
 from tests.processes import ADMIN_HEADERS, CHAT, ProxyProc, proxy_with_token
 from tests.redis_server import RedisServer
 
@@ -43,18 +45,27 @@ POLICY: dict[str, Any] = {
 LEADER = re.compile(r'^promptproxy_analysis_leader\{slug="takeover"\} (\S+)$', re.MULTILINE)
 
 
+postgres_server = postgres_server_fixture("module")
+
+
+@pytest.fixture(params=["redis", "postgresql"])
+def store(request: pytest.FixtureRequest) -> str:
+    """The shared store's URL: the module's Redis, or a new database on its PostgreSQL."""
+    if request.param == "redis":
+        redis: RedisServer = request.getfixturevalue("redis_server")
+        return redis.url
+    postgres: PostgresServer = request.getfixturevalue("postgres_server")
+    return postgres.new_database()
+
+
 @pytest.fixture
-def start_replica(
-    procs_dir: Path, sim_url: str, redis_server: RedisServer
-) -> Iterator[Callable[[], ProxyProc]]:
-    """Starts a replica on the shared Redis (blocking until it is ready); all are killed at
+def start_replica(procs_dir: Path, sim_url: str, store: str) -> Iterator[Callable[[], ProxyProc]]:
+    """Starts a replica on the shared store (blocking until it is ready); all are killed at
     the end."""
     with ExitStack() as stack:
 
         def start() -> ProxyProc:
-            return stack.enter_context(
-                proxy_with_token(procs_dir, sim_url, CONFIG, store=redis_server.url)
-            )
+            return stack.enter_context(proxy_with_token(procs_dir, sim_url, CONFIG, store=store))
 
         yield start
 

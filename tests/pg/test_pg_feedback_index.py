@@ -23,7 +23,7 @@ from proxy.errors import NotFound, ServiceUnavailable
 from proxy.feedback import Answered, FeedbackService
 from proxy.feedback_postgres import PostgresRequestIndex
 from proxy.metrics import ProxyMetrics
-from proxy.pg.calls import PostgresUnavailable
+from proxy.pg.session import PostgresUnavailable
 from proxy.prompt_key import PromptKey
 from tests.pg.pg_parts import crash, frozen, replica_pools
 from tests.postgres_server import PostgresServer, postgres_server_fixture
@@ -56,20 +56,23 @@ class Replica:
         )
 
 
-async def open_replica(pool: AsyncConnectionPool, schema: str, **options: Any) -> Replica:
+async def open_replica(
+    pool: AsyncConnectionPool, schema: str, *, start: bool = True, **options: Any
+) -> Replica:
     errors: list[str] = []
-    index = await PostgresRequestIndex.open(
+    index = PostgresRequestIndex(
         pool, schema=schema, ttl=options.pop("ttl", TTL), on_error=errors.append, **options
     )
+    if start:
+        index.start()
     replica = Replica(index)
     replica.errors = errors
     return replica
 
 
 def answered(arm: str = "canary", rollout_id: str | None = "r-1") -> Answered:
-    return Answered(
-        PromptKey("support"), "2" if arm == "canary" else "1", arm, rollout_id, time.time()
-    )
+    version = "2" if arm == "canary" else "1"
+    return Answered(PromptKey("support"), version, arm, rollout_id, time.time())
 
 
 async def execute(pool: AsyncConnectionPool, query: str) -> list[tuple[Any, ...]]:
@@ -261,9 +264,8 @@ async def until_found(replica: Replica, request_id: str) -> None:
 async def test_close_writes_what_is_pending(
     pools: list[AsyncConnectionPool], replicas: list[Replica]
 ) -> None:
-    index = await PostgresRequestIndex.open(
-        pools[0], schema=SCHEMA, ttl=TTL, on_error=lambda op: None
-    )
+    index = PostgresRequestIndex(pools[0], schema=SCHEMA, ttl=TTL, on_error=lambda op: None)
+    index.start()
     for n in range(10):
         index.remember(f"req-close-{n}", answered())
     await index.close()
@@ -274,9 +276,8 @@ async def test_close_against_a_frozen_server_is_bounded(
     fresh_postgres_server: PostgresServer,
 ) -> None:
     async with replica_pools(fresh_postgres_server.new_database(), 1, schema=SCHEMA) as [pool]:
-        index = await PostgresRequestIndex.open(
-            pool, schema=SCHEMA, ttl=TTL, on_error=lambda op: None
-        )
+        index = PostgresRequestIndex(pool, schema=SCHEMA, ttl=TTL, on_error=lambda op: None)
+        index.start()
         with frozen(fresh_postgres_server):
             index.remember("req-1", answered())
             started = time.monotonic()

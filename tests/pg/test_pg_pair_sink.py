@@ -77,7 +77,7 @@ async def fault_backend(fresh_postgres_server: PostgresServer) -> AsyncIterator[
 def sink_maker(backend: Backend, made: list[Sink]) -> MakeSink:
     async def make(replica: int = 0, **config: Any) -> Sink:
         registry = CollectorRegistry()
-        sink = await PostgresPairSink.open(
+        sink = PostgresPairSink(
             backend.pools[replica],
             schema=backend.schema,
             max_entries=config.get("max_entries", DEFAULTS.max_entries),

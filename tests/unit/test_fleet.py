@@ -209,6 +209,18 @@ async def test_this_replicas_row_shows_what_it_serves_now(board: FakeBoard, cloc
     assert (theirs.beat.revision, theirs.staleness) == (1, 0.7)  # 0.2 at the beat + 0.5 since
 
 
+async def test_this_replica_is_listed_before_its_first_beat_reaches_the_board(
+    board: FakeBoard, clock: Clock
+) -> None:
+    # Just started (or its board write failed): the process answering is live all the same.
+    board.add("b", last_beat=0.0)
+    local = ReplicaBeat("a", "host", 1, "0.1.0", 3, 100.0, 0.0, True)
+    listed = Fleet(board, "a", live_seconds=5.0, local=lambda: local, clock=clock)
+    mine, theirs = await listed.replicas()
+    assert (mine.replica, mine.live, mine.beat.revision) == ("a", True, 3)
+    assert theirs.replica == "b"
+
+
 def _view(b: ReplicaBeat) -> ReplicaView:
     return ReplicaView(b, age=0.5, live=True, staleness=0.5)
 
