@@ -24,6 +24,7 @@ from proxy.analysis.state_postgres import PostgresStateStore
 from proxy.analysis.window import RolloutBatch
 from proxy.feedback import Answered
 from proxy.feedback_postgres import PostgresRequestIndex
+from proxy.prompt_key import PromptKey
 from proxy.shadow.metrics import ShadowMetrics
 from proxy.shadow.sink_postgres import PostgresPairSink
 from tests.component.test_shadow_sink_redis import eventually, pair
@@ -34,7 +35,7 @@ from tests.registry.test_analysis_parts import verdict
 
 fresh_postgres_server = postgres_server_fixture("function")
 
-SLUG = "greet"
+SLUG = PromptKey("greet")
 ROLLOUT = "r-1"
 COMPONENTS = ["analysis_lease", "analysis_pool", "analysis_state", "feedback_index", "shadow_pairs"]
 
@@ -114,7 +115,7 @@ async def use_every_part(parts: Parts, n: int) -> None:
     assert not await parts.index.first_feedback(request_id, "thumbs_up")
 
     written = parts.pairs_written()
-    parts.sink.add(pair(n, now, slug=SLUG))
+    parts.sink.add(pair(n, now, slug=SLUG.slug))
     await eventually(lambda: parts.pairs_written() == written + 1)
     assert [p["pair_id"] for p in await parts.sink.read(SLUG, None, 10)] == [
         f"p{m}" for m in range(1, n + 1)
