@@ -144,23 +144,16 @@ async def test_the_embedded_backend_keeps_every_part_in_this_process(tmp_path: P
 # -- Redis ---------------------------------------------------------------------------------
 
 
-async def test_the_redis_backend_puts_every_part_on_the_one_redis(
-    redis_server: RedisServer, raw: Redis
-) -> None:
-    settings = redis_settings(redis_server)
-    prefix = settings.config.registry.redis_prefix
-    # Two replicas on the same store: what one writes, the other reads.
+async def two_replicas_share_every_part(settings: Settings, kinds: tuple[type, ...]) -> None:
+    """Two replicas on one shared store: every part is of the backend's kind, and what one
+    writes the other reads (lease, analysis state and pool, request index, fleet board,
+    pairs, the change notification)."""
     mine = await open_backend(settings, replica="replica-a")
     theirs = await open_backend(settings, replica="replica-b")
     try:
         assert mine.shared
-        assert isinstance(mine.store, RedisStore)
-        assert isinstance(mine.board, RedisFleetBoard)
-        assert isinstance(mine.pool, RedisStatsPool)
-        assert isinstance(mine.lease, RedisLease)
-        assert isinstance(mine.state, RedisStateStore)
-        assert isinstance(mine.index, RedisRequestIndex)
-        assert isinstance(mine.pairs, RedisPairSink)
+        parts = (mine.store, mine.board, mine.pool, mine.lease, mine.state, mine.index)
+        assert [type(p) for p in (*parts, mine.pairs)] == list(kinds)
 
         assert await mine.lease.hold(KEY)
         assert not await theirs.lease.hold(KEY)
@@ -181,8 +174,7 @@ async def test_the_redis_backend_puts_every_part_on_the_one_redis(
         assert window.arm("canary").requests == 7
 
         mine.index.remember("req-1", answered())
-        assert isinstance(mine.index, RedisRequestIndex)
-        await mine.index.flush()
+        await mine.index.flush()  # type: ignore[attr-defined]
         found = await theirs.index.lookup("req-1")
         assert found is not None
         assert found.version == "2"
@@ -198,6 +190,25 @@ async def test_the_redis_backend_puts_every_part_on_the_one_redis(
         await theirs.close()
     async with await open_backend(settings, replica="replica-c") as later:
         assert [r["pair_id"] for r in await later.pairs.read(KEY, None, 10)] == ["p1"]
+
+
+async def test_the_redis_backend_puts_every_part_on_the_one_redis(
+    redis_server: RedisServer, raw: Redis
+) -> None:
+    settings = redis_settings(redis_server)
+    prefix = settings.config.registry.redis_prefix
+    await two_replicas_share_every_part(
+        settings,
+        (
+            RedisStore,
+            RedisFleetBoard,
+            RedisStatsPool,
+            RedisLease,
+            RedisStateStore,
+            RedisRequestIndex,
+            RedisPairSink,
+        ),
+    )
     # Every part wrote to this one Redis, under the deployment's prefix.
     keys = set(await raw.keys(f"{prefix}*"))
     assert {
@@ -286,54 +297,18 @@ async def test_the_postgresql_backend_puts_every_part_in_the_one_database(
     postgres_server: PostgresServer,
 ) -> None:
     settings = make_settings(**{"registry.store": postgres_server.new_database()})
-    mine = await open_backend(settings, replica="replica-a")
-    theirs = await open_backend(settings, replica="replica-b")
-    try:
-        assert mine.shared
-        assert isinstance(mine.store, PostgresStore)
-        assert isinstance(mine.board, PostgresBoard)
-        assert isinstance(mine.pool, PostgresStatsPool)
-        assert isinstance(mine.lease, PostgresLease)
-        assert isinstance(mine.state, PostgresStateStore)
-        assert isinstance(mine.index, PostgresRequestIndex)
-        assert isinstance(mine.pairs, PostgresPairSink)
-
-        assert await mine.lease.hold(KEY)
-        assert not await theirs.lease.hold(KEY)
-        assert await theirs.lease.holder(KEY) == "replica-a"
-
-        await mine.state.save(
-            KEY, AnalysisState("ro", 2, 1.0, 2.0), {"rollout_id": "ro", "verdict": "hold"}
-        )
-        state, verdicts = await theirs.state.load(KEY)
-        assert state is not None
-        assert state.failures == 2
-        assert verdicts == [{"rollout_id": "ro", "verdict": "hold"}]
-
-        await mine.pool.add({(KEY, "ro"): batch(3)}, keep_seconds=60)
-        await theirs.pool.add({(KEY, "ro"): batch(4)}, keep_seconds=60)
-        now = time.time()
-        window = await mine.pool.read(KEY, "ro", now - 5, now + 5)
-        assert window.arm("canary").requests == 7
-
-        mine.index.remember("req-1", answered())
-        assert isinstance(mine.index, PostgresRequestIndex)
-        await mine.index.flush()
-        found = await theirs.index.lookup("req-1")
-        assert found is not None
-        assert found.version == "2"
-
-        await mine.board.publish(beat("replica-a"))
-        assert [b.replica for b, _ in (await theirs.board.read()).entries] == ["replica-a"]
-
-        revision = await mine.store.revision()
-        await mine.store.wait_for_change(revision, 0.05)
-        mine.pairs.add(pair(1))
-    finally:
-        await mine.close()  # flushes the queued pair
-        await theirs.close()
-    async with await open_backend(settings, replica="replica-c") as later:
-        assert [r["pair_id"] for r in await later.pairs.read(KEY, None, 10)] == ["p1"]
+    await two_replicas_share_every_part(
+        settings,
+        (
+            PostgresStore,
+            PostgresBoard,
+            PostgresStatsPool,
+            PostgresLease,
+            PostgresStateStore,
+            PostgresRequestIndex,
+            PostgresPairSink,
+        ),
+    )
 
 
 async def test_closing_the_postgresql_backend_leaves_no_connection_behind(
