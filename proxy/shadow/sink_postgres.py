@@ -21,7 +21,6 @@ blocks or raises into the caller, and picks up again when the server is back. Re
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -34,6 +33,7 @@ from proxy.pg.migrate import Migration
 from proxy.pg.session import DEFAULT_TIMEOUT, Part, PgSession, Pool, PostgresUnavailable
 from proxy.prompt_key import PromptKey
 from proxy.shadow.metrics import ShadowMetrics
+from proxy.shadow.pair_queue import PairWriteQueue
 from proxy.shadow.pairs import FOLLOW_BACKLOG, Pair, SinkUnavailable
 
 _log = logging.getLogger(APP_LOGGER)
@@ -59,13 +59,9 @@ MIGRATIONS = (
 )
 PART = Part(COMPONENT, MIGRATIONS, "shadow pairs")
 
-_BATCH = 200
 _PAGE = 500
 #: A follower with nothing new asks again after this long.
 FOLLOW_POLL_SECONDS = 0.5
-_BACKOFF = (0.1, 2.0)
-#: ``close`` waits this long for queued pairs to be written, then counts the rest dropped.
-CLOSE_TIMEOUT = 5.0
 #: Reads may carry up to 10 000 pairs: more time than a write.
 _READ_EXTRA_SECONDS = 3.0
 
@@ -139,47 +135,17 @@ class PostgresPairSink:
         (``proxy.pg.session.prepare_together``)."""
         self.session = PgSession(pool, PART, schema=schema, deadline=op_timeout)
         self._max_entries = max_entries
-        self._limit = queue_size
         self._metrics = metrics
-        self._queue: asyncio.Queue[Pair | None] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
-        self._closed = False
+        self._writes = PairWriteQueue(
+            self._write, limit=queue_size, metrics=metrics, task_name="shadow-pairs-postgres"
+        )
 
     def add(self, pair: Pair) -> None:
-        # The queue is unbounded underneath so `close` can always queue its end marker.
-        if self._closed or self._queue.qsize() >= self._limit:
-            self._metrics.pair("sink_dropped")
-            return
-        self._queue.put_nowait(pair)
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(
-                self._run(), name="shadow-pairs-postgres"
-            )
+        self._writes.add(pair)
 
     @property
     def pending(self) -> int:
-        return self._queue.qsize()
-
-    async def _run(self) -> None:
-        failures = 0
-        while True:
-            batch: list[Pair] = []
-            item = await self._queue.get()
-            while item is not None:
-                batch.append(item)
-                if len(batch) >= _BATCH or self._queue.empty():
-                    break
-                item = self._queue.get_nowait()
-            if batch:
-                if await self._write(batch):
-                    failures = 0
-                else:
-                    failures += 1
-                    if not self._closed:
-                        low, high = _BACKOFF
-                        await asyncio.sleep(min(high, low * 2 ** (failures - 1)))
-            if item is None:
-                return
+        return self._writes.pending
 
     async def _write(self, batch: Sequence[Pair]) -> bool:
         groups: dict[str, list[Pair]] = {}  # by the key's text
@@ -220,28 +186,8 @@ class PostgresPairSink:
         return True
 
     async def close(self) -> None:
-        if self._closed:
-            return  # closed by the shadow runner already, now by the backend
-        self._closed = True
-        task = self._task
-        if task is not None:
-            self._queue.put_nowait(None)
-            try:
-                async with asyncio.timeout(CLOSE_TIMEOUT):
-                    await asyncio.shield(task)
-            except TimeoutError:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            lost = sum(1 for item in self._drain() if item is not None)
-            if lost:
-                self._metrics.pair("sink_dropped", lost)
-
-    def _drain(self) -> list[Pair | None]:
-        items = []
-        while not self._queue.empty():
-            items.append(self._queue.get_nowait())
-        return items
+        """Idempotent: the shadow runner closes the sink, then the backend does."""
+        await self._writes.close()
 
     # -- reading --------------------------------------------------------------------------
 
@@ -296,7 +242,7 @@ class PostgresPairSink:
 
     async def follow(self, key: PromptKey, since: float | None) -> AsyncIterator[dict[str, Any]]:
         position: int | None = None
-        while position is None and not self._closed:
+        while position is None and not self._writes.closed:
             try:
                 backlog, position = await self._start(key, since)
             except SinkUnavailable:
@@ -304,7 +250,7 @@ class PostgresPairSink:
                 continue
             for record in backlog:
                 yield record
-        while not self._closed and position is not None:
+        while not self._writes.closed and position is not None:
             try:
                 rows = await self._fetch(_AFTER, (key.text, position, _PAGE))
                 if not rows and await self._head(key) < position:

@@ -13,7 +13,6 @@ blocks or raises into the caller, and picks up again when Redis is back.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -28,20 +27,17 @@ from proxy.config import ShadowSinkConfig
 from proxy.log import APP_LOGGER
 from proxy.prompt_key import PromptKey
 from proxy.shadow.metrics import ShadowMetrics
+from proxy.shadow.pair_queue import PairWriteQueue
 from proxy.shadow.pairs import FOLLOW_BACKLOG, Pair, SinkUnavailable
 
 _log = logging.getLogger(APP_LOGGER)
 
 _FIELD = b"pair"
-_BATCH = 200
 _PAGE = 500
 #: Entries get Redis' clock as id, pairs the proxy's as ``ts``; ranges by id allow this much
 #: skew between the two, then filter on ``ts``.
 CLOCK_SLACK = 60.0
 _FOLLOW_BLOCK_MS = 1000
-_BACKOFF = (0.1, 2.0)
-#: ``close`` waits this long for queued pairs to reach Redis, then counts the rest dropped.
-CLOSE_TIMEOUT = 5.0
 _ERRORS = (RedisError, OSError, TimeoutError)
 
 _Entry = tuple[bytes, dict[bytes, bytes]]
@@ -77,7 +73,6 @@ class RedisPairSink:
             raise ValueError("the key prefix must not contain '{' or '}' (hash tag)")
         self._prefix = prefix + "{shadow}:pairs:"
         self._max_entries = config.max_entries
-        self._limit = config.queue_size
         self._metrics = metrics
         self._op_timeout = op_timeout
         common: dict[str, Any] = {
@@ -102,9 +97,9 @@ class RedisPairSink:
             client_name="promptproxy-shadow-reader",
             **common,
         )
-        self._queue: asyncio.Queue[Pair | None] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
-        self._closed = False
+        self._writes = PairWriteQueue(
+            self._write, limit=config.queue_size, metrics=metrics, task_name="shadow-pairs-redis"
+        )
 
     def stream(self, key: PromptKey) -> str:
         """The stream of ``key``'s pairs, named by the key's text (a plain key's is its slug,
@@ -114,40 +109,11 @@ class RedisPairSink:
     # -- writing --------------------------------------------------------------------------
 
     def add(self, pair: Pair) -> None:
-        # The queue is unbounded underneath so `close` can always queue its end marker.
-        if self._closed or self._queue.qsize() >= self._limit:
-            self._metrics.pair("sink_dropped")
-            return
-        self._queue.put_nowait(pair)
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(
-                self._run(), name="shadow-pairs-redis"
-            )
+        self._writes.add(pair)
 
     @property
     def pending(self) -> int:
-        return self._queue.qsize()
-
-    async def _run(self) -> None:
-        failures = 0
-        while True:
-            batch: list[Pair] = []
-            item = await self._queue.get()
-            while item is not None:
-                batch.append(item)
-                if len(batch) >= _BATCH or self._queue.empty():
-                    break
-                item = self._queue.get_nowait()
-            if batch:
-                if await self._write(batch):
-                    failures = 0
-                else:
-                    failures += 1
-                    if not self._closed:
-                        low, high = _BACKOFF
-                        await asyncio.sleep(min(high, low * 2 ** (failures - 1)))
-            if item is None:
-                return
+        return self._writes.pending
 
     async def _write(self, batch: Sequence[Pair]) -> bool:
         try:
@@ -174,30 +140,12 @@ class RedisPairSink:
         return True
 
     async def close(self) -> None:
-        if self._closed:
-            return  # closed by the shadow runner already, now by the backend
-        self._closed = True
-        task = self._task
-        if task is not None:
-            self._queue.put_nowait(None)
-            try:
-                async with asyncio.timeout(CLOSE_TIMEOUT):
-                    await asyncio.shield(task)
-            except TimeoutError:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            lost = sum(1 for item in self._drain() if item is not None)
-            if lost:
-                self._metrics.pair("sink_dropped", lost)
+        """Idempotent: the shadow runner closes the sink, then the backend does."""
+        if self._writes.closed:
+            return
+        await self._writes.close()
         await self._writer_client.aclose(close_connection_pool=True)
         await self._reader.aclose(close_connection_pool=True)
-
-    def _drain(self) -> list[Pair | None]:
-        items = []
-        while not self._queue.empty():
-            items.append(self._queue.get_nowait())
-        return items
 
     # -- reading --------------------------------------------------------------------------
 
@@ -293,7 +241,7 @@ class RedisPairSink:
     async def follow(self, key: PromptKey, since: float | None) -> AsyncIterator[dict[str, Any]]:
         stream = self.stream(key)
         position: bytes | None = None
-        while position is None and not self._closed:
+        while position is None and not self._writes.closed:
             try:
                 backlog, position = await self._start(key, since)
             except SinkUnavailable:
@@ -301,7 +249,7 @@ class RedisPairSink:
                 continue
             for record in backlog:
                 yield record
-        while not self._closed and position is not None:
+        while not self._writes.closed and position is not None:
             try:
                 # RESP2 (this client's protocol): [[key, [(id, fields), ...]], ...]
                 answer: Any = await self._reader.xread(
