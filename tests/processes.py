@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -34,16 +38,40 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_until(check: callable, timeout: float, what: str, proc: subprocess.Popen[bytes]) -> None:  # type: ignore[valid-type]
+def _log_tail(log_path: Path, lines: int = 20) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(log_path.read_text(errors="replace").splitlines()[-lines:])
+    return "(no log)"
+
+
+def _wait_until(
+    check: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen[bytes], log: Path
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode} before it was ready")
+            raise RuntimeError(
+                f"{what} exited with {proc.returncode} before it was ready; its log:\n"
+                + _log_tail(log)
+            )
         with contextlib.suppress(OSError):
             if check():
                 return
         time.sleep(0.05)
-    raise TimeoutError(f"{what} not ready after {timeout}s")
+    raise TimeoutError(f"{what} not ready after {timeout}s; its log:\n{_log_tail(log)}")
+
+
+def _announced_url(log_path: Path, pattern: re.Pattern[str]) -> str | None:
+    """The URL a process announced once it listens. It was started on port 0, so the system
+    chose a free port: no window in which another socket can take it."""
+    match = pattern.search(log_path.read_text(errors="replace"))
+    return match.group(1) if match else None
+
+
+_SIM_LISTENING = re.compile(r"simulated provider listening on (http://\S+/v1)")
+#: What `serve` says when a port it was given is taken (``preflight.listen_error``).
+_PORT_TAKEN = "the port is already in use"
+PORT_ATTEMPTS = 5
 
 
 def _port_open(port: int) -> bool:
@@ -87,6 +115,11 @@ class Proc:
         return self.popen.returncode
 
 
+def _unique(tmp: Path, stem: str, suffix: str) -> Path:
+    """A file name no other process of this test uses."""
+    return tmp / f"{stem}-{secrets.token_hex(4)}{suffix}"
+
+
 def _spawn(
     args: Sequence[str], log_path: Path, env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
@@ -103,14 +136,20 @@ def _spawn(
 @contextlib.contextmanager
 def simulator(tmp: Path, *extra: str) -> Iterator[tuple[str, Proc]]:
     """A simulated provider process; yields its base URL (with /v1)."""
-    port = free_port()
-    proc = Proc(
-        _spawn(["simulate", "--port", str(port), *extra], tmp / f"sim-{port}.log"),
-        tmp / f"sim-{port}.log",
-    )
+    log_path = _unique(tmp, "sim", ".log")
+    proc = Proc(_spawn(["simulate", "--port", "0", *extra], log_path), log_path)
     try:
-        _wait_until(lambda: _port_open(port), START_TIMEOUT, "simulator", proc.popen)
-        yield f"http://127.0.0.1:{port}/v1", proc
+        found: list[str] = []
+
+        def listening() -> bool:
+            url = _announced_url(log_path, _SIM_LISTENING)
+            if url is None:
+                return False
+            found.append(url)
+            return _port_open(urlsplit(url).port or 0)
+
+        _wait_until(listening, START_TIMEOUT, "simulator", proc.popen, log_path)
+        yield found[-1], proc
     finally:
         proc.stop(signal.SIGKILL)
 
@@ -135,34 +174,34 @@ def proxy(
     (once /healthz is, with ``ready=False``: a process that cannot be ready yet).
 
     Without ``store`` it gets its own embedded registry file under ``tmp``."""
-    port, admin_port = free_port(), free_port()
-    args = [
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--admin-port",
-        str(admin_port),
-        "--upstream",
-        upstream,
-    ]
-    args += ["--store", store or f"embedded:{tmp / f'registry-{port}.db'}"]
+    args = ["serve", "--host", "127.0.0.1", "--upstream", upstream]
+    args += ["--store", store or f"embedded:{_unique(tmp, 'registry', '.db')}"]
     if config_text is not None:
-        config = tmp / f"proxy-{port}.yaml"
+        config = _unique(tmp, "proxy", ".yaml")
         config.write_text(config_text)
         args += ["--config", str(config)]
-    log_path = tmp / f"proxy-{port}.log"
-    popen = _spawn(args, log_path, env)
-    proc = ProxyProc(
-        popen, log_path, f"http://127.0.0.1:{port}/v1", f"http://127.0.0.1:{admin_port}"
-    )
-    try:
-        probe = f"{proc.admin_url}/{'readyz' if ready else 'healthz'}"
-        _wait_until(lambda: _http_ok(probe), START_TIMEOUT, "proxy", popen)
-        yield proc
-    finally:
-        proc.stop(signal.SIGKILL)
+    for attempt in range(PORT_ATTEMPTS):
+        # A port free_port saw free can be taken before the proxy binds it (often as the
+        # source port of some other test's outgoing connection): the proxy then exits with
+        # its one-line "already in use", and a fresh pair of ports is the honest retry.
+        port, admin_port = free_port(), free_port()
+        log_path = _unique(tmp, f"proxy-{port}", ".log")
+        popen = _spawn([*args, "--port", str(port), "--admin-port", str(admin_port)], log_path, env)
+        proc = ProxyProc(
+            popen, log_path, f"http://127.0.0.1:{port}/v1", f"http://127.0.0.1:{admin_port}"
+        )
+        try:
+            probe = f"{proc.admin_url}/{'readyz' if ready else 'healthz'}"
+            try:
+                _wait_until(partial(_http_ok, probe), START_TIMEOUT, "proxy", popen, log_path)
+            except RuntimeError:
+                if attempt + 1 < PORT_ATTEMPTS and _PORT_TAKEN in log_path.read_text():
+                    continue
+                raise
+            yield proc
+            return
+        finally:
+            proc.stop(signal.SIGKILL)
 
 
 def proxy_with_token(

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import pytest
 
-from tests.processes import free_port
+from tests.processes import PORT_ATTEMPTS, free_port
 
 START_TIMEOUT = 10.0
 
@@ -56,11 +56,33 @@ class RedisServer:
         return self._proc.pid
 
     def start(self) -> None:
+        """Start on ``self.port``. The first start may move to another port when the one
+        free_port saw free was taken meanwhile; a restart keeps its port (clients reconnect
+        to it), so a restart that cannot bind fails."""
+        first = self._proc is None
+        for _ in range(PORT_ATTEMPTS if first else 1):
+            try:
+                self._start_once()
+                return
+            except RuntimeError:
+                if not first or not self._port_taken():
+                    raise
+                self.port = free_port()
+        raise RuntimeError(f"redis-server found no free port in {PORT_ATTEMPTS} tries")
+
+    def _port_taken(self) -> bool:
+        return b"Address already in use" in self._log_path.read_bytes()
+
+    @property
+    def _log_path(self) -> Path:
+        return self.workdir / f"redis-{self.port}.log"
+
+    def _start_once(self) -> None:
         assert self._proc is None or self._proc.poll() is not None, "already running"
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.skip("redis-server is not on PATH")
-        log = (self.workdir / f"redis-{self.port}.log").open("ab")
+        log = self._log_path.open("ab")
         with log:
             self._proc = subprocess.Popen(
                 [

@@ -133,10 +133,16 @@ def simulate(
     settings = SimulatorSettings(
         first_byte_ms=first_byte_ms, chunk_delay_ms=chunk_delay_ms, chunks=chunks, api_key=api_key
     )
+
+    def announce(bound_port: int) -> None:
+        # The port the system chose with --port 0; scripts and tests read it from here.
+        click.echo(f"simulated provider listening on http://{host}:{bound_port}/v1")
+        sys.stdout.flush()
+
     try:
         import uvloop
 
-        uvloop.run(serve_simulator(host, port, settings))
+        uvloop.run(serve_simulator(host, port, settings, on_listening=announce))
     except KeyboardInterrupt:
         pass
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import Callable
 from typing import Final
 
 import orjson
@@ -81,9 +82,17 @@ async def start_simulator(
     return runner, bound_port
 
 
-async def serve_simulator(host: str, port: int, settings: SimulatorSettings) -> None:
-    """Run until cancelled, then release the port."""
-    runner, _ = await start_simulator(host, port, settings)
+async def serve_simulator(
+    host: str,
+    port: int,
+    settings: SimulatorSettings,
+    on_listening: Callable[[int], None] | None = None,
+) -> None:
+    """Run until cancelled, then release the port. ``on_listening`` gets the bound port (the
+    one the system chose, with port 0) once connections are accepted."""
+    runner, bound_port = await start_simulator(host, port, settings)
+    if on_listening is not None:
+        on_listening(bound_port)
     try:
         await asyncio.Event().wait()
     finally:
