@@ -64,7 +64,10 @@ class Shared:
 @contextlib.asynccontextmanager
 async def on_redis(server: RedisServer) -> AsyncIterator[Shared]:
     prefix = f"test-{uuid.uuid4().hex[:8]}:"
-    clients = [Redis.from_url(server.url, socket_connect_timeout=0.2) for _ in range(2)]
+    # A killed server refuses at once; the timeout only bounds a connect the loop is slow to
+    # complete, as 40 flushes opening connections together on a busy machine are (0.2 s
+    # failed that way).
+    clients = [Redis.from_url(server.url, socket_connect_timeout=5.0) for _ in range(2)]
 
     async def pool(replica: int) -> StatsPool:
         return RedisStatsPool(clients[replica], prefix)
