@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 from proxy.exchange.outcome import Exchange, status_class
-from proxy.log import ACCESS_LOGGER
+from proxy.log import ACCESS_LOGGER, direct_info_writer
 from proxy.metrics import ProxyMetrics
 
 
@@ -41,13 +41,16 @@ class RecordMetrics:
 
 
 class AccessLog:
-    __slots__ = ("_log",)
+    __slots__ = ("_direct", "_log")
 
     def __init__(self) -> None:
         self._log = logging.getLogger(ACCESS_LOGGER)
+        self._direct = direct_info_writer(self._log)
 
     def finished(self, ex: Exchange) -> None:
-        if self._log.isEnabledFor(logging.INFO):
+        if self._direct is not None:
+            self._direct(_shadow_fields(ex) if ex.is_shadow else _request_fields(ex))
+        elif self._log.isEnabledFor(logging.INFO):
             self._log.info(_shadow_fields(ex) if ex.is_shadow else _request_fields(ex))
 
 

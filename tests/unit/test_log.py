@@ -1,11 +1,19 @@
 import io
 import logging
 import time
+from pathlib import Path
 
 import orjson
 import pytest
 
-from proxy.log import APP_LOGGER, JsonFormatter, LineSink, redact, setup_logging
+from proxy.log import (
+    APP_LOGGER,
+    JsonFormatter,
+    LineSink,
+    direct_info_writer,
+    redact,
+    setup_logging,
+)
 
 
 @pytest.mark.parametrize(
@@ -71,3 +79,43 @@ def test_sink_is_bounded_and_counts_what_it_drops() -> None:
     sink.start()
     sink.stop()
     assert len(stream.getvalue().splitlines()) == 10
+
+
+def _lines(stream: io.StringIO, count: int) -> list[dict[str, object]]:
+    deadline = time.monotonic() + 2
+    while stream.getvalue().count("\n") < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return [orjson.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_direct_writer_writes_the_line_logging_would() -> None:
+    stream = io.StringIO()
+    sink = setup_logging("INFO", stream)
+    access = logging.getLogger(APP_LOGGER + ".access")
+    try:
+        write = direct_info_writer(access)
+        assert write is not None
+        fields: dict[str, object] = {"event": "request", "status": 200, "path": Path("/x")}
+        access.info(fields)
+        write(fields)
+    finally:
+        sink.stop()
+    by_logging, direct = _lines(stream, 2)
+    assert list(direct) == list(by_logging)  # same keys, same order: ts, level, logger, ...
+    assert {**direct, "ts": 0} == {**by_logging, "ts": 0}
+    assert direct["path"] == "/x"
+
+
+def test_direct_writer_steps_aside_for_other_handlers_and_levels() -> None:
+    sink = setup_logging("WARNING", io.StringIO())
+    access = logging.getLogger(APP_LOGGER + ".access")
+    try:
+        assert direct_info_writer(access) is None  # INFO is off: the caller checks as before
+        logging.getLogger(APP_LOGGER).setLevel(logging.INFO)
+        assert direct_info_writer(access) is not None
+        extra = logging.NullHandler()
+        logging.getLogger(APP_LOGGER).addHandler(extra)  # e.g. a test capturing lines
+        assert direct_info_writer(access) is None
+    finally:
+        logging.getLogger(APP_LOGGER).removeHandler(extra)
+        sink.stop()
