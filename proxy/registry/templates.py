@@ -295,6 +295,10 @@ class _Compiled:
     template: Template
     #: name -> (type check, has default, default), in declaration order
     specs: dict[str, tuple[Callable[[Any], bool], bool, Any]]
+    #: The text when the caller gives no values, rendered once: the environment has no
+    #: globals, so a render depends on its context alone. None when that render fails (a
+    #: required variable): each request then renders and gets the error.
+    defaults_text: str | None = None
 
 
 class PromptRenderer:
@@ -318,31 +322,9 @@ class PromptRenderer:
         values (the caller's fault) and ``TemplateProblem`` only if a stored template does not
         compile at all (the store's fault, never the caller's)."""
         compiled = self._compiled(version_key, template, variables)
-        specs = compiled.specs
-        for name in values:
-            if name not in specs:
-                raise UndeclaredVariable(
-                    f"prompt variable {name!r} is not declared by this prompt version", name
-                )
-        context: dict[str, Any] = {}
-        for name, (is_valid, has_default, default) in specs.items():
-            if name in values:
-                value = values[name]
-                if not is_valid(value):
-                    kind = next(s.type for s in compiled.variables if s.name == name)
-                    raise VariableTypeError(
-                        f"prompt variable {name!r} must be of type {kind}, got {_json_type(value)}",
-                        name,
-                    )
-                context[name] = value
-            elif has_default:
-                context[name] = default
-            else:
-                raise MissingVariable(f"prompt variable {name!r} is required", name)
-        try:
-            return compiled.template.render(context)
-        except (TemplateError, ArithmeticError, TypeError, ValueError) as exc:
-            raise RenderFailed(f"the prompt could not be rendered: {exc}", None) from exc
+        if not values and compiled.defaults_text is not None:
+            return compiled.defaults_text
+        return _render(compiled, values)
 
     def _compiled(self, key: str, template: str, variables: Sequence[VariableSpec]) -> _Compiled:
         hit = self._cache.get(key)
@@ -375,11 +357,45 @@ class PromptRenderer:
             template=source,
             specs={v.name: (VARIABLE_TYPES[v.type], v.has_default, v.default) for v in variables},
         )
+        try:
+            defaults_text = _render(compiled, {})
+        except RenderError:
+            pass
+        else:
+            compiled = replace(compiled, defaults_text=defaults_text)
         self._cache[key] = compiled
         self._cache.move_to_end(key)
         while len(self._cache) > self._max_cached:
             self._cache.popitem(last=False)
         return compiled
+
+
+def _render(compiled: _Compiled, values: Mapping[str, Any]) -> str:
+    specs = compiled.specs
+    for name in values:
+        if name not in specs:
+            raise UndeclaredVariable(
+                f"prompt variable {name!r} is not declared by this prompt version", name
+            )
+    context: dict[str, Any] = {}
+    for name, (is_valid, has_default, default) in specs.items():
+        if name in values:
+            value = values[name]
+            if not is_valid(value):
+                kind = next(s.type for s in compiled.variables if s.name == name)
+                raise VariableTypeError(
+                    f"prompt variable {name!r} must be of type {kind}, got {_json_type(value)}",
+                    name,
+                )
+            context[name] = value
+        elif has_default:
+            context[name] = default
+        else:
+            raise MissingVariable(f"prompt variable {name!r} is required", name)
+    try:
+        return compiled.template.render(context)
+    except (TemplateError, ArithmeticError, TypeError, ValueError) as exc:
+        raise RenderFailed(f"the prompt could not be rendered: {exc}", None) from exc
 
 
 def _json_type(value: Any) -> str:

@@ -177,6 +177,23 @@ def test_render_with_default_conditional_and_filter() -> None:
     assert formal == "Help ADA with Widget.\nBe formal.\n"
 
 
+def test_a_call_without_values_gets_the_defaults_every_time() -> None:
+    specs = (
+        VariableSpec("shop", default="a bookshop", has_default=True),
+        VariableSpec("n", "integer", default=3, has_default=True),
+    )
+    template = "Help {{ shop }} in {{ n }} sentences."
+    renderer = PromptRenderer()
+    for _ in range(3):  # the first call renders, the next take the text rendered then
+        assert renderer.render("k", template, specs, {}) == "Help a bookshop in 3 sentences."
+    assert renderer.render("k", template, specs, {"n": 2}) == "Help a bookshop in 2 sentences."
+    # A template that needs a value keeps refusing a call without one, each time.
+    renderer.render("s", SUPPORT_TEMPLATE, SUPPORT, {"customer_name": "a", "product": "b"})
+    for _ in range(2):
+        with pytest.raises(MissingVariable):
+            renderer.render("s", SUPPORT_TEMPLATE, SUPPORT, {})
+
+
 def test_loops_over_a_declared_list_and_read_objects() -> None:
     template = "{{ user.name }}:{% for item in items %} {{ loop.index }}={{ item }}{% endfor %}"
     text = PromptRenderer().render(
