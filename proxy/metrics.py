@@ -262,11 +262,15 @@ class ProxyMetrics:
             (*PROMPT_LABELS, "name"),
             registry=registry,
         )
+        #: Requests being handled now: a plain count the request path adds to and takes
+        #: from (a Gauge's inc and dec each take a lock), read by the gauge on scrape.
+        self.requests_open = 0
         self.in_flight = Gauge(
             "promptproxy_requests_in_flight",
             "Requests being handled now.",
             registry=registry,
         )
+        self.in_flight.set_function(lambda: self.requests_open)
         self.draining = Gauge(
             "promptproxy_draining",
             "1 while the process is shutting down and refuses new work.",

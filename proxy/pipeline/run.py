@@ -73,7 +73,7 @@ async def handle(
         key=url_key,
     )
     metrics = resources.metrics
-    metrics.in_flight.inc()
+    metrics.requests_open += 1
     try:
         check_path(tail)
         ref = prompt_ref(url_key, request.headers)
@@ -150,7 +150,7 @@ async def handle(
             exchange.status = CLIENT_CLOSED_STATUS
         raise
     finally:
-        metrics.in_flight.dec()
+        metrics.requests_open -= 1
         settle(exchange)
         resources.finished.finished(exchange)  # 6
 
