@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from multidict import CIMultiDict, CIMultiDictProxy
 
 _HOP_BY_HOP = frozenset(
@@ -27,25 +29,28 @@ REQUEST_ID_HEADER = "x-promptproxy-request-id"
 
 
 def _connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
-    values = headers.getall("connection", ())
-    if not values:
-        return frozenset()
     return frozenset(
-        token.strip().lower() for value in values for token in value.split(",") if token.strip()
+        token.strip().lower()
+        for value in headers.getall("connection", ())
+        for token in value.split(",")
+        if token.strip()
     )
+
+
+@functools.lru_cache(maxsize=16)
+def _dropped(drop: frozenset[str], extra_drop: frozenset[str]) -> frozenset[str]:
+    # The callers pass the same few constant sets: their union is made once.
+    return drop | extra_drop
 
 
 def _copy(
     headers: CIMultiDictProxy[str], drop: frozenset[str], extra_drop: frozenset[str] = frozenset()
 ) -> CIMultiDict[str]:
-    named = _connection_tokens(headers)
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in headers.items():
-        lower = name.lower()
-        if lower in drop or lower in named or lower in extra_drop:
-            continue
-        out.add(name, value)
-    return out
+    dropped = _dropped(drop, extra_drop)
+    if "connection" in headers:
+        # Headers the Connection header names are hop-by-hop for this message only.
+        dropped = dropped | _connection_tokens(headers)
+    return CIMultiDict([(k, v) for k, v in headers.items() if k.lower() not in dropped])
 
 
 def upstream_request_headers(
