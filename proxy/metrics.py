@@ -11,13 +11,12 @@ however many versions it has had. docs/metrics.md lists every family.
 
 from __future__ import annotations
 
-import contextlib
-import math
 from collections.abc import Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, Summary
 
 from proxy import __version__
+from proxy.metric_series import RequestFamilies, Series
 from proxy.prompt_key import PromptKey
 from proxy.registry.models import RegistrySnapshot, Rollout
 
@@ -71,117 +70,6 @@ def finish_reason_label(reason: str | None) -> str | None:
     return _FINISH_REASONS.get(reason, OTHER)
 
 
-class Series:
-    """The labelled children of one (route, model, slug, version, arm), looked up once.
-
-    ``labels()`` validates and locks on every call; a request touches up to six series, so
-    the children are cached here. The cache is bounded by the same label allow-lists that
-    bound the exported series.
-    """
-
-    __slots__ = (
-        "_errors",
-        "_finish",
-        "_metrics",
-        "_requests",
-        "answer_tokens",
-        "cost",
-        "duration",
-        "input_tokens",
-        "key",
-        "output_tokens",
-        "ttft",
-    )
-
-    def __init__(self, metrics: ProxyMetrics, key: tuple[str, str, str, str, str]) -> None:
-        self._metrics = metrics
-        self.key = key
-        self.duration = metrics.duration.labels(*key)
-        self.ttft = metrics.ttft.labels(*key)
-        self.input_tokens = metrics.tokens.labels(*key, "input")
-        self.output_tokens = metrics.tokens.labels(*key, "output")
-        self.answer_tokens = metrics.answer_tokens.labels(*key)
-        self.cost = metrics.cost.labels(*key[1:])
-        self._requests: dict[str, Counter] = {}
-        self._errors: dict[str, Counter] = {}
-        self._finish: dict[str, Counter] = {}
-
-    def requests(self, status_class: str) -> Counter:
-        child = self._requests.get(status_class)
-        if child is None:
-            child = self._requests[status_class] = self._metrics.requests.labels(
-                *self.key, status_class
-            )
-        return child
-
-    def observe(
-        self,
-        status_class: str,
-        duration: float,
-        ttft: float | None,
-        input_tokens: int | None,
-        output_tokens: int | None,
-        error_class: str | None,
-        finish_reason: str | None = None,
-        price: tuple[float, float] | None = None,
-    ) -> None:
-        """Count one finished call (a request, or a shadow copy of one). ``price`` is the
-        model's (input, output) USD per million tokens, when the config knows it."""
-        self.requests(status_class).inc()
-        self.duration.observe(duration)
-        if ttft is not None:
-            self.ttft.observe(ttft)
-        if input_tokens:
-            self.input_tokens.inc(input_tokens)
-        if output_tokens is not None and error_class is None:
-            self.answer_tokens.observe(output_tokens)
-        if output_tokens:
-            self.output_tokens.inc(output_tokens)
-        if price is not None and (input_tokens or output_tokens):
-            cost = ((input_tokens or 0) * price[0] + (output_tokens or 0) * price[1]) / 1e6
-            if cost > 0 and math.isfinite(cost):
-                self.cost.inc(cost)
-        if error_class is not None:
-            self.errors(error_class).inc()
-        reason = finish_reason_label(finish_reason)
-        if reason is not None:
-            self.finish_reason(reason).inc()
-
-    def finish_reason(self, reason: str) -> Counter:
-        child = self._finish.get(reason)
-        if child is None:
-            child = self._finish[reason] = self._metrics.finish_reasons.labels(*self.key, reason)
-        return child
-
-    def _remove(self) -> None:
-        """Drop every child of this label set from the registry (the version left use)."""
-        m, key = self._metrics, self.key
-        route, _, slug, version, arm = key
-        for family, labels in (
-            (m.duration, key),
-            (m.ttft, key),
-            (m.answer_tokens, key),
-            (m.tokens, (*key, "input")),
-            (m.tokens, (*key, "output")),
-            (m.cost, key[1:]),
-            *((m.requests, (*key, sc)) for sc in self._requests),
-            *((m.finish_reasons, (*key, fr)) for fr in self._finish),
-            *((m.errors, (route, ec, slug, version, arm)) for ec in self._errors),
-        ):
-            # The cost child is shared by the routes of one (model, slug, version, arm).
-            with contextlib.suppress(KeyError):
-                family.remove(*labels)
-
-    def errors(self, error_class: str) -> Counter:
-        child = self._errors.get(error_class)
-        if child is None:
-            route, _, slug, version, arm = self.key
-            child = self._errors[error_class] = self._metrics.errors.labels(
-                route, error_class, slug, version, arm
-            )
-        return child
-
-
 class ProxyMetrics:
     def __init__(
         self,
@@ -200,61 +88,16 @@ class ProxyMetrics:
         #: slug label -> the versions some key of that slug keeps (the series' own labels)
         self._labels_in_use: dict[str, frozenset[str]] = {}
         self._series: dict[tuple[str, str, str, str, str], Series] = {}
-        base = ("route", "model", *PROMPT_LABELS)
-        self.requests = Counter(
-            "promptproxy_requests",
-            "Requests answered by the proxy.",
-            (*base, "status_class"),
-            registry=registry,
+        # The per-request families: counted lock-free per label set (see metric_series.py).
+        self._families = RequestFamilies(
+            self._series.values,
+            latency_buckets=LATENCY_BUCKETS,
+            ttft_buckets=TTFT_BUCKETS,
+            answer_token_buckets=ANSWER_TOKEN_BUCKETS,
+            finish_reasons=_FINISH_REASONS,
+            other=OTHER,
         )
-        self.errors = Counter(
-            "promptproxy_errors",
-            "Requests that failed, by class (upstream status, timeout, interrupted stream, "
-            "client disconnect, invalid request...).",
-            ("route", "error_class", *PROMPT_LABELS),
-            registry=registry,
-        )
-        self.duration = Histogram(
-            "promptproxy_request_duration_seconds",
-            "Time from request arrival to the last byte sent to the client.",
-            base,
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.ttft = Histogram(
-            "promptproxy_time_to_first_token_seconds",
-            "Streams only: time from request arrival to the first event sent to the client.",
-            base,
-            buckets=TTFT_BUCKETS,
-            registry=registry,
-        )
-        self.tokens = Counter(
-            "promptproxy_tokens",
-            "Tokens reported by the provider, by direction (input, output).",
-            (*base, "direction"),
-            registry=registry,
-        )
-        self.finish_reasons = Counter(
-            "promptproxy_finish_reasons",
-            "Answers by finish reason (stop, length, tool_calls, content_filter, "
-            "function_call, other). A rising `length` share means truncated answers.",
-            (*base, "finish_reason"),
-            registry=registry,
-        )
-        self.answer_tokens = Histogram(
-            "promptproxy_answer_tokens",
-            "Output tokens per successful answer (the answer length).",
-            base,
-            buckets=ANSWER_TOKEN_BUCKETS,
-            registry=registry,
-        )
-        self.cost = Counter(
-            "promptproxy_cost_usd",
-            "Estimated cost in US dollars, from the token counts and the configured price "
-            "table (models without a price add nothing).",
-            ("model", *PROMPT_LABELS),
-            registry=registry,
-        )
+        registry.register(self._families)
         self.feedback = Summary(
             "promptproxy_feedback_value",
             "Downstream outcomes posted to /v1/feedback, attributed to the slug, version and "
@@ -399,7 +242,7 @@ class ProxyMetrics:
             labels = (*labels[:3], self.version_label(key, version), arm)
         found = self._series.get(labels)
         if found is None:
-            found = self._series[labels] = Series(self, labels)
+            found = self._series[labels] = Series(labels, self._families)
         return found
 
     def model_label(self, model: str | None) -> str:
@@ -446,7 +289,7 @@ class ProxyMetrics:
                 continue
             if version in self._labels_in_use.get(slug, ()):
                 continue
-            self._series.pop(labels)._remove()
+            del self._series[labels]
 
     def set_rollouts(self, rollouts: Mapping[PromptKey, Rollout]) -> None:
         """Mirror the snapshot's rollouts (called on every snapshot swap, which is rare)."""

@@ -217,6 +217,12 @@ def exported() -> dict[str, frozenset[str]]:
         for metric in vars(owner).values()
         if isinstance(metric, MetricWrapperBase)
     }
+    # Families a collector builds on scrape (the per-request ones) carry their label names.
+    labels |= {
+        family.name: frozenset(family._labelnames)
+        for family in registry.collect()
+        if hasattr(family, "_labelnames")
+    }
     suffixes = {
         "counter": ("_total", "_created"),
         "gauge": ("",),

@@ -39,7 +39,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     ("simulator", ("proxy.simulator.*",)),
     ("registry", ("proxy.registry.*",)),
-    ("exchange", ("proxy.metrics", "proxy.exchange.*")),
+    ("exchange", ("proxy.metrics", "proxy.metric_series", "proxy.exchange.*")),
     ("shadow", ("proxy.shadow.*",)),
     ("analysis", ("proxy.analysis.*",)),
     ("feedback", ("proxy.feedback", "proxy.feedback_*")),
