@@ -116,7 +116,7 @@ pid {scratch}/nginx.pid;
 error_log stderr warn;
 
 events {{
-    worker_connections 4096;
+    worker_connections 1024;  # 16 clients and their upstream connections; the usual fd limit
 }}
 
 http {{
