@@ -16,7 +16,9 @@ from loadtest.targets import (
     ALL_TARGETS,
     BASELINES,
     DIRECT,
+    LITELLM,
     MINIMAL,
+    NGINX,
     PROMPTPROXY,
     PROMPTPROXY_SWAP,
     ROLLOUTS,
@@ -176,3 +178,42 @@ def baseline_change(cells: Sequence[Cell]) -> dict[str, dict[str, dict[str, floa
                 row[f"added_{q}_ms"] = value(new, "added_ms", q)
             change.setdefault(new_name, {})[scenario] = row
     return change
+
+
+#: The rows of the peer comparison, in report order.
+PEER_ROWS = (PROMPTPROXY, MINIMAL, NGINX, LITELLM)
+
+
+def peer_comparison(cells: Sequence[Cell]) -> dict[str, dict[str, dict[str, float | None]]]:
+    """promptproxy beside the minimal pass-through and the peers, per scenario, same run:
+    CPU per request (and as a multiple of promptproxy's), req/s, added p50/p99, peak RSS."""
+    out: dict[str, dict[str, dict[str, float | None]]] = {}
+    for scenario in dict.fromkeys(c["scenario"] for c in cells):
+        ours = value(find(cells, scenario, PROMPTPROXY), "cpu_us_per_req", "target")
+        for target in PEER_ROWS:
+            cell = find(cells, scenario, target)
+            if cell is None:
+                continue
+            cpu = value(cell, "cpu_us_per_req", "target")
+            out.setdefault(scenario, {})[target] = {
+                "cpu_us_per_req": cpu,
+                "cpu_vs_promptproxy": None if cpu is None or not ours else cpu / ours,
+                "rps": value(cell, "rps"),
+                "added_p50_ms": value(cell, "added_ms", "p50"),
+                "added_p99_ms": value(cell, "added_ms", "p99"),
+                "peak_rss_mib": value(cell, "peak_rss_mib"),
+            }
+    return out
+
+
+def request_budgets(runs: Sequence[Cell]) -> dict[str, dict[str, Any]]:
+    """Targets whose measured phases were cut to a time budget: the budget and, per
+    scenario, the measured requests of each round."""
+    out: dict[str, dict[str, Any]] = {}
+    for cell in runs:
+        budget = cell.get("request_budget")
+        if budget is None:
+            continue
+        entry = out.setdefault(cell["target"], {"seconds": budget["seconds"], "measured": {}})
+        entry["measured"].setdefault(cell["scenario"], []).append(budget["measured"])
+    return out

@@ -21,6 +21,7 @@ if not __package__:  # `python loadtest/bench.py`: make the `loadtest` package i
 
 import argparse
 import asyncio
+import dataclasses
 import datetime as dt
 import importlib.metadata
 import os
@@ -36,7 +37,7 @@ import aiohttp
 import orjson
 import psutil
 
-from loadtest import aggregate, report, shadow_isolation
+from loadtest import aggregate, peers, report, shadow_isolation, wrk
 from loadtest.loadgen import LoadGenerator, chat_request, summarize_ms
 from loadtest.measure import (
     SETTLE_S,
@@ -53,7 +54,10 @@ from loadtest.targets import (
     BASELINE_SWAP,
     BASELINES,
     DIRECT,
+    LITELLM,
+    NGINX,
     OURS,
+    PEERS,
     PROMPTPROXY_SWAP,
     ROLLOUTS,
     TARGETS,
@@ -105,7 +109,12 @@ def _start_target(
     pinning: Pinning,
     label: str,
     baseline_dir: Path | None = None,
+    available_peers: dict[str, peers.Peer] | None = None,
 ) -> Running:
+    if name in PEERS:
+        assert available_peers is not None
+        start = peers.start_nginx if name == NGINX else peers.start_litellm
+        return start(fleet, available_peers[name], sim.base_url, pinning.target_cores, label)
     if name in BASELINES:
         assert baseline_dir is not None
         return start_promptproxy(
@@ -157,8 +166,15 @@ def checkout_baseline(revision: str, into: Path) -> str:
     return full
 
 
+def _budget(args: argparse.Namespace, name: str) -> float | None:
+    """LiteLLM is ~50x slower than the others: its measured phases get a time budget."""
+    return args.litellm_seconds if name == LITELLM and args.litellm_seconds > 0 else None
+
+
 async def run_bench(args: argparse.Namespace, fleet: Fleet, pinning: Pinning) -> dict[str, Any]:
     cfg = _cell_config(args, pinning)
+    if args.wrk_binary is not None:
+        cfg = dataclasses.replace(cfg, wrk=args.wrk_binary)
     baseline_dir: Path | None = None
     baseline_revision: str | None = None
     if args.baseline:
@@ -178,10 +194,17 @@ async def run_bench(args: argparse.Namespace, fleet: Fleet, pinning: Pinning) ->
                 if name == DIRECT:
                     cell = await measure_cell(scenario, None, sim, cfg, expected[scenario.name])
                 else:
-                    target = _start_target(name, fleet, sim, pinning, label, baseline_dir)
+                    target = _start_target(
+                        name, fleet, sim, pinning, label, baseline_dir, args.available_peers
+                    )
                     try:
                         cell = await measure_cell(
-                            scenario, target, sim, cfg, expected[scenario.name]
+                            scenario,
+                            target,
+                            sim,
+                            cfg,
+                            expected[scenario.name],
+                            budget_s=_budget(args, name),
                         )
                     finally:
                         fleet.stop(target.proc)
@@ -213,9 +236,15 @@ async def run_bench(args: argparse.Namespace, fleet: Fleet, pinning: Pinning) ->
                 }
             }
         ),
+        **({"peers": aggregate.peer_comparison(cells)} if args.available_peers else {}),
+        **({"request_budgets": aggregate.request_budgets(runs)} if _has_budget(runs) else {}),
         "checks": [*report.bench_checks(cells, args.clients), report.access_log_check(runs)],
         "runs": runs,
     }
+
+
+def _has_budget(runs: list[Cell]) -> bool:
+    return any("request_budget" in r for r in runs)
 
 
 async def run_soak(args: argparse.Namespace, fleet: Fleet, pinning: Pinning) -> dict[str, Any]:
@@ -338,7 +367,20 @@ def machine_facts(
         "requests_arg": args.requests,
         "rounds": args.rounds,
         "loadavg_at_end": os.getloadavg(),
+        **_tool_facts(args),
     }
+
+
+def _tool_facts(args: argparse.Namespace) -> dict[str, Any]:
+    """The peers and wrk, when this run used them (a run without them records as before)."""
+    facts: dict[str, Any] = {}
+    if getattr(args, "wrk_binary", None) is not None:
+        facts["loadgen"] = {"name": "wrk", "path": args.wrk_binary, "version": args.wrk_version}
+    if getattr(args, "available_peers", None):
+        facts["peers"] = {name: p.describe() for name, p in args.available_peers.items()}
+    if getattr(args, "skipped_peers", None):
+        facts["skipped_targets"] = args.skipped_peers
+    return facts
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -359,7 +401,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--scenarios", nargs="+", choices=list(BY_NAME), default=list(BY_NAME), metavar="NAME"
     )
-    parser.add_argument("--targets", nargs="+", choices=TARGETS, default=list(TARGETS))
+    parser.add_argument(
+        "--targets",
+        nargs="+",
+        choices=(*TARGETS, *PEERS),
+        default=list(TARGETS),
+        help="nginx and litellm are peers: see --peers",
+    )
+    parser.add_argument(
+        "--peers",
+        action="store_true",
+        help="add nginx and litellm to the targets; a peer whose tool is missing is skipped",
+    )
+    parser.add_argument(
+        "--nginx", metavar="PATH", help="the nginx binary (default: nginx on PATH); adds nginx"
+    )
+    parser.add_argument(
+        "--litellm-venv",
+        metavar="PATH",
+        type=Path,
+        help="a venv with `pip install 'litellm[proxy]'`; adds litellm",
+    )
+    parser.add_argument(
+        "--litellm-seconds",
+        type=float,
+        default=20.0,
+        help="litellm's measured requests per cell: its warm-up req/s x this (at most "
+        "--requests; 0: no cap)",
+    )
+    parser.add_argument(
+        "--loadgen",
+        choices=("python", "wrk"),
+        default="python",
+        help="wrk (if installed) instead of loadtest/loadgen.py; wrk measures no TTFB",
+    )
+    parser.add_argument("--wrk", metavar="PATH", help="the wrk binary (default: wrk on PATH)")
     parser.add_argument(
         "--baseline",
         metavar="REV",
@@ -390,7 +466,43 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.targets += [old for old, new in BASELINES.items() if new in args.targets]
     if DIRECT not in args.targets and not (args.soak or args.shadow_isolation):
         parser.error("--targets must include direct: added latency is measured against it")
+    wanted = [p for p in PEERS if p in args.targets]
+    if args.peers:
+        wanted = list(PEERS)
+    if args.nginx and NGINX not in wanted:
+        wanted.append(NGINX)
+    if args.litellm_venv and LITELLM not in wanted:
+        wanted.append(LITELLM)
+    args.targets = [t for t in args.targets if t not in PEERS] + wanted
+    args.available_peers = {}
+    args.skipped_peers = {}
+    args.wrk_binary = args.wrk_version = None
     return args
+
+
+def resolve_tools(args: argparse.Namespace) -> None:
+    """Find the peers and wrk that were asked for; drop (with one line each) what is missing."""
+    if args.soak or args.shadow_isolation:
+        return
+    for name in [t for t in args.targets if t in PEERS]:
+        found = peers.resolve(name, nginx=args.nginx, litellm_venv=args.litellm_venv)
+        if isinstance(found, str):
+            args.skipped_peers[name] = found
+            args.targets.remove(name)
+            _progress(f"{name}: skipped: {found}")
+        else:
+            args.available_peers[name] = found
+            _progress(f"{name}: {found.version or 'version unknown'} at {found.path}")
+    if args.loadgen == "wrk":
+        binary = wrk.find_wrk(args.wrk)
+        if binary is None:
+            _progress(
+                f"wrk: {args.wrk or 'wrk'} not found (apt-get install wrk); "
+                "using the Python load generator"
+            )
+        else:
+            args.wrk_binary, args.wrk_version = binary, wrk.wrk_version(binary)
+            _progress(f"load generator: {args.wrk_version or 'wrk'} at {binary}")
 
 
 def print_report(result: dict[str, Any]) -> None:
@@ -402,9 +514,14 @@ def print_report(result: dict[str, Any]) -> None:
         return
     if "cells" in result:
         counts = ", ".join(f"{k} {v}" for k, v in result["requests_per_cell"].items())
-        print(f"median of {meta['rounds']} rounds; measured requests per round: {counts}\n")
+        print(f"median of {meta['rounds']} rounds; measured requests per round: {counts}")
+        for line in report.tool_lines(meta, result.get("request_budgets")):
+            print(line)
+        print()
         print(report.latency_table(result["cells"]) + "\n")
         print(report.resource_table(result["cells"]) + "\n")
+        if result.get("peers"):
+            print(report.peers_table(result["cells"]) + "\n")
         if result["swap_in_cost"]:
             print(report.swap_in_table(result["swap_in_cost"]) + "\n")
         if result.get("rollout_cost"):
@@ -441,6 +558,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvloop
 
     args = parse_args(argv)
+    resolve_tools(args)
     started = dt.datetime.now(dt.UTC)
     pinning = pin_self(args.target_core, args.load_core)
     # A plain `kill` must also reach the `finally` blocks that stop the children.

@@ -67,6 +67,8 @@ class RequestSpec:
     headers: Mapping[str, str]
     stream: bool
     validate: Validator
+    #: The SSE event count ``validate`` insists on (for generators that check on their own).
+    expected_events: int | None = None
 
 
 def chat_body(*, stream: bool, model: str = "gpt-4o-mini") -> bytes:
@@ -113,6 +115,7 @@ def chat_request(
         headers=headers,
         stream=stream,
         validate=default_validator(stream, expected_events),
+        expected_events=expected_events,
     )
 
 
@@ -128,6 +131,8 @@ class PhaseResult:
     ttfbs_s: list[float] = field(default_factory=list)
     error_samples: list[str] = field(default_factory=list)
     stopped_early: str | None = None
+    #: Percentiles computed by the generator itself (wrk reports these, not samples).
+    latency_ms: dict[str, float] | None = None
 
     @property
     def completed(self) -> int:

@@ -9,21 +9,25 @@ was someone else's (the machine may be shared), which tells how trustworthy a ce
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import psutil
 
-from loadtest.loadgen import LoadGenerator, PhaseResult, chat_request, summarize_ms
+from loadtest.loadgen import LoadGenerator, PhaseResult, RequestSpec, chat_request, summarize_ms
 from loadtest.procs import ManagedProcess
 from loadtest.scenarios import Scenario
 from loadtest.targets import DIRECT, OURS, Running
+from loadtest.wrk import Generator, Wrk
 
 Cell = dict[str, Any]
 
 # Long enough for the proxy's log thread to write the last lines; idle CPU in it is ~0.
 SETTLE_S = 0.3
+#: A phase cut to a time budget still sends this many, for a CPU reading worth the name.
+MIN_BUDGET_REQUESTS = 200
 
 
 class BenchError(RuntimeError):
@@ -38,6 +42,8 @@ class CellConfig:
     max_seconds: float
     target_core: int | None
     load_core: int | None
+    #: The wrk binary when wrk generates the load (``--loadgen wrk``); None: loadgen.py.
+    wrk: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +60,10 @@ class Snapshot:
     @classmethod
     def take(cls, cfg: CellConfig, target: ManagedProcess | None, sim: ManagedProcess) -> Snapshot:
         own = psutil.Process().cpu_times()
+        loadgen = float(own.user + own.system)
+        if cfg.wrk is not None:
+            # wrk is a child: its CPU time joins ours once it has exited and been waited for.
+            loadgen += float(own.children_user + own.children_system)
         cores = psutil.cpu_times(percpu=True)
 
         def busy(core: int | None) -> float | None:
@@ -66,7 +76,7 @@ class Snapshot:
             target=None if target is None else target.cpu_seconds(),
             target_switches=None if target is None else target.context_switches(),
             simulator=sim.cpu_seconds(),
-            loadgen=float(own.user + own.system),
+            loadgen=loadgen,
             target_core_busy=busy(cfg.target_core),
             load_core_busy=busy(cfg.load_core),
         )
@@ -110,14 +120,32 @@ def access_log_lines(proc: ManagedProcess) -> int:
         return sum(1 for line in f if b'"event":"request"' in line)
 
 
+def _generator(spec: RequestSpec, cfg: CellConfig) -> Generator:
+    if cfg.wrk is not None:
+        return Wrk(spec, clients=cfg.clients, binary=cfg.wrk)
+    return LoadGenerator(spec, clients=cfg.clients)
+
+
+def budget_requests(planned: int, warm_rps: float, budget_s: float) -> int:
+    """Measured requests for a slow target: what its warm-up rate does in ``budget_s``,
+    at least ``MIN_BUDGET_REQUESTS``, at most ``planned``."""
+    if warm_rps <= 0:
+        return min(planned, MIN_BUDGET_REQUESTS)
+    return min(planned, max(MIN_BUDGET_REQUESTS, math.ceil(warm_rps * budget_s)))
+
+
 async def measure_cell(
     scenario: Scenario,
     target: Running | None,
     sim: Running,
     cfg: CellConfig,
     expected_events: int | None,
+    budget_s: float | None = None,
 ) -> Cell:
-    """Warm up, then send the measured requests; ``target=None`` means straight to ``sim``."""
+    """Warm up, then send the measured requests; ``target=None`` means straight to ``sim``.
+
+    ``budget_s``: the measured phase is cut to about that long at the warm-up's rate (a
+    target 50x slower than the others would otherwise take most of the run)."""
     name = DIRECT if target is None else target.name
     base_url = sim.base_url if target is None else target.base_url
     spec = chat_request(
@@ -127,12 +155,14 @@ async def measure_cell(
         expected_events=expected_events,
     )
     proc = None if target is None else target.proc
-    async with LoadGenerator(spec, clients=cfg.clients) as gen:
+    planned = scenario.requests(cfg.requests)
+    async with _generator(spec, cfg) as gen:
         warm = await gen.run(cfg.warmup, max_seconds=cfg.max_seconds)
         _raise_if_failed(warm, f"{scenario.name}/{name} warm-up")
+        measured = planned if budget_s is None else budget_requests(planned, warm.rps, budget_s)
         await asyncio.sleep(SETTLE_S)
         before = Snapshot.take(cfg, proc, sim.proc)
-        phase = await gen.run(scenario.requests(cfg.requests), max_seconds=cfg.max_seconds)
+        phase = await gen.run(measured, max_seconds=cfg.max_seconds)
         await asyncio.sleep(SETTLE_S)
         after = Snapshot.take(cfg, proc, sim.proc)
     sim.proc.check_alive()
@@ -155,7 +185,9 @@ async def measure_cell(
         "stopped_early": phase.stopped_early,
         "elapsed_s": elapsed,
         "rps": phase.rps,
-        "latency_ms": summarize_ms(phase.latencies_s),
+        "latency_ms": (
+            phase.latency_ms if phase.latency_ms is not None else summarize_ms(phase.latencies_s)
+        ),
         "ttfb_ms": summarize_ms(phase.ttfbs_s) if scenario.stream else None,
         "cpu_us_per_req": {
             "target": None if target_s is None else target_s / n * 1e6,
@@ -179,6 +211,8 @@ async def measure_cell(
         "peak_rss_mib": None if proc is None else proc.peak_rss_mib(),
         "thread_affinity": None if proc is None else proc.thread_affinities(),
     }
+    if budget_s is not None:
+        cell["request_budget"] = {"seconds": budget_s, "planned": planned, "measured": measured}
     if target is not None and target.name in OURS:
         assert proc is not None
         # One JSON access-log line per request is part of the product; check it happened.

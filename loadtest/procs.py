@@ -91,10 +91,14 @@ class ManagedProcess:
         env: Mapping[str, str] | None = None,
         wrapper: Sequence[str] = (),
         cwd: Path | None = None,
+        include_children: bool = False,
     ) -> None:
         """``wrapper`` goes before the pinning (a profiler that itself runs unpinned);
-        ``cwd`` is where ``python -m proxy`` finds its code (a baseline checkout)."""
+        ``cwd`` is where ``python -m proxy`` finds its code (a baseline checkout);
+        ``include_children``: CPU, context switches, peak RSS and affinity are summed over
+        the process and its descendants (nginx serves from a worker its master forks)."""
         self.name = name
+        self.include_children = include_children
         self.stdout_path = log_dir / f"{name}.stdout"
         self.stderr_path = log_dir / f"{name}.stderr"
         self.command = [*wrapper, *pin_command(command, cores)]
@@ -144,36 +148,52 @@ class ManagedProcess:
                 f"stderr:\n{self.stderr_tail()}"
             )
 
+    def _tree(self) -> list[psutil.Process]:
+        if not self.include_children:
+            return [self._ps]
+        return [self._ps, *self._ps.children(recursive=True)]
+
     def cpu_seconds(self) -> float:
         """User + system time of all the process's threads (the log writer thread included)."""
-        times = self._ps.cpu_times()
-        return float(times.user + times.system)
+        total = 0.0
+        for proc in self._tree():
+            times = proc.cpu_times()
+            total += float(times.user + times.system)
+        return total
 
     def context_switches(self) -> int:
         """Voluntary + involuntary switches summed over threads (a thread hand-off costs two)."""
         total = 0
-        for task in Path(f"/proc/{self.pid}/task").iterdir():
-            with contextlib.suppress(OSError):
-                for line in (task / "status").read_text().splitlines():
-                    if "ctxt_switches:" in line:
-                        total += int(line.split()[1])
+        for proc in self._tree():
+            for task in Path(f"/proc/{proc.pid}/task").iterdir():
+                with contextlib.suppress(OSError):
+                    for line in (task / "status").read_text().splitlines():
+                        if "ctxt_switches:" in line:
+                            total += int(line.split()[1])
         return total
 
     def rss_mib(self) -> float:
-        return float(self._ps.memory_info().rss) / 2**20
+        return sum(float(p.memory_info().rss) for p in self._tree()) / 2**20
 
     def peak_rss_mib(self) -> float:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        raise RuntimeError("no VmHWM in /proc status")
+        """``VmHWM``; with ``include_children`` the sum over the processes (an upper bound)."""
+        total = 0.0
+        for proc in self._tree():
+            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1]) / 1024
+                    break
+            else:
+                raise RuntimeError("no VmHWM in /proc status")
+        return total
 
     def thread_affinities(self) -> list[list[int]]:
         """Distinct CPU sets over all threads: proves every thread is really pinned."""
         sets = set()
-        for task in Path(f"/proc/{self.pid}/task").iterdir():
-            with contextlib.suppress(OSError):
-                sets.add(tuple(sorted(os.sched_getaffinity(int(task.name)))))
+        for proc in self._tree():
+            for task in Path(f"/proc/{proc.pid}/task").iterdir():
+                with contextlib.suppress(OSError):
+                    sets.add(tuple(sorted(os.sched_getaffinity(int(task.name)))))
         return [list(s) for s in sorted(sets)]
 
     def wait(self, timeout_s: float) -> int | None:
@@ -215,8 +235,11 @@ class Fleet:
         env: Mapping[str, str] | None = None,
         wrapper: Sequence[str] = (),
         cwd: Path | None = None,
+        include_children: bool = False,
     ) -> ManagedProcess:
-        proc = ManagedProcess(name, command, self.log_dir, cores, env, wrapper, cwd)
+        proc = ManagedProcess(
+            name, command, self.log_dir, cores, env, wrapper, cwd, include_children
+        )
         self._procs.append(proc)
         return proc
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
-from loadtest.aggregate import Cell, cpu_ratios, find, value
+from loadtest.aggregate import PEER_ROWS, Cell, cpu_ratios, find, value
 from loadtest.targets import MINIMAL, PROMPTPROXY
 
 # From the issue. The "minimal" column of the checks shows the pass-through's own figure.
@@ -272,5 +273,57 @@ def baseline_table(revision: str, change: dict[str, dict[str, dict[str, float | 
     ]
     return f"this tree against {revision} (same run)\n" + render(
         ("target", "scenario", "CPU us/req then", "now", "change %", "added p50", "added p99"),
+        rows,
+    )
+
+
+def tool_lines(meta: dict[str, Any], budgets: dict[str, dict[str, Any]] | None) -> list[str]:
+    """What a run with peers or wrk must say above its tables (nothing for a plain run)."""
+    lines = []
+    loadgen = meta.get("loadgen")
+    if loadgen:
+        lines.append(
+            f"load generator: {loadgen['version'] or 'wrk'}, 1 thread; wrk reads whole "
+            "responses, so time to first byte is not measured (-), not zero"
+        )
+    for name, peer in (meta.get("peers") or {}).items():
+        lines.append(f"peer {name}: {peer['version'] or 'version unknown'} ({peer['note']})")
+    for name, why in (meta.get("skipped_targets") or {}).items():
+        lines.append(f"skipped {name}: {why}")
+    for name, budget in (budgets or {}).items():
+        counts = ", ".join(
+            f"{scenario} {'/'.join(map(str, n))}" for scenario, n in budget["measured"].items()
+        )
+        lines.append(
+            f"{name}: measured requests cut to ~{budget['seconds']:g} s at its warm-up rate "
+            f"(per round): {counts}"
+        )
+    return lines
+
+
+def peers_table(cells: Sequence[Cell]) -> str:
+    """promptproxy beside the minimal pass-through and the peers, same run."""
+    rows = []
+    for scenario in dict.fromkeys(c["scenario"] for c in cells):
+        ours = value(find(cells, scenario, PROMPTPROXY), "cpu_us_per_req", "target")
+        for target in PEER_ROWS:
+            c = find(cells, scenario, target)
+            if c is None:
+                continue
+            cpu = value(c, "cpu_us_per_req", "target")
+            rows.append(
+                (
+                    scenario,
+                    target,
+                    _fmt(cpu, 0),
+                    "" if cpu is None or not ours else f"{cpu / ours:.2f}x",
+                    _fmt(c["rps"], 0),
+                    _fmt(value(c, "added_ms", "p50"), signed=True),
+                    _fmt(value(c, "added_ms", "p99"), signed=True),
+                    _fmt(value(c, "peak_rss_mib"), 1),
+                )
+            )
+    return "promptproxy beside its peers (same run, same core, same load)\n" + render(
+        ("scenario", "target", "CPU us/req", "vs promptproxy", "req/s", "+p50", "+p99", "RSS MiB"),
         rows,
     )

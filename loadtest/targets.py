@@ -33,7 +33,12 @@ BASELINE = "baseline"
 BASELINE_SWAP = "baseline_swap"
 #: Baseline target -> the target of this tree it is compared with.
 BASELINES = {BASELINE: PROMPTPROXY, BASELINE_SWAP: PROMPTPROXY_SWAP}
-ALL_TARGETS = (*TARGETS, BASELINE, BASELINE_SWAP)
+#: Peers, in the same rounds when asked for (``loadtest/peers.py``): nginx as a reverse proxy
+#: (C, one worker) and LiteLLM's proxy (Python, one worker), both in front of the simulator.
+NGINX = "nginx"
+LITELLM = "litellm"
+PEERS = (NGINX, LITELLM)
+ALL_TARGETS = (*TARGETS, NGINX, LITELLM, BASELINE, BASELINE_SWAP)
 OURS = frozenset({PROMPTPROXY, PROMPTPROXY_SWAP, PROMPTPROXY_CANARY, PROMPTPROXY_SHADOW})
 #: Target -> (mode, percent) of the rollout it runs.
 ROLLOUTS = {PROMPTPROXY_CANARY: ("canary", 10.0), PROMPTPROXY_SHADOW: ("shadow", 25.0)}
