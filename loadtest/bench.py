@@ -58,6 +58,7 @@ from loadtest.targets import (
     NGINX,
     OURS,
     PEERS,
+    PROMPTPROXY,
     PROMPTPROXY_SWAP,
     ROLLOUTS,
     TARGETS,
@@ -248,9 +249,16 @@ def _has_budget(runs: list[Cell]) -> bool:
 
 
 async def run_soak(args: argparse.Namespace, fleet: Fleet, pinning: Pinning) -> dict[str, Any]:
-    """Drive promptproxy with many requests; sample its RSS after every step."""
+    """Drive promptproxy with many requests; sample its RSS after every step. The swap-in
+    path by default: it is the one that keeps something per request (the feedback index)."""
     sim = start_simulator(fleet, None)
-    target = start_promptproxy(fleet, sim.base_url, pinning.target_cores, "soak-promptproxy")
+    target = start_promptproxy(
+        fleet,
+        sim.base_url,
+        pinning.target_cores,
+        f"soak-{args.soak_target}",
+        swap=args.soak_target == PROMPTPROXY_SWAP,
+    )
     spec = chat_request(
         target.base_url + "/chat/completions",
         stream=False,
@@ -293,6 +301,7 @@ async def run_soak(args: argparse.Namespace, fleet: Fleet, pinning: Pinning) -> 
     if first is not None and last is not None and first is not last:
         drift = (last["rss_mib"] - first["rss_mib"]) / first["rss_mib"] * 100
     soak = {
+        "target": args.soak_target,
         "clients": args.clients,
         "requested": args.soak_requests,
         "completed": done,
@@ -456,6 +465,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--soak-requests", type=int, default=100_000)
     parser.add_argument("--soak-step", type=int, default=10_000, help="RSS sampled every N")
     parser.add_argument("--soak-max-seconds", type=float, default=900.0)
+    parser.add_argument(
+        "--soak-target",
+        choices=(PROMPTPROXY_SWAP, PROMPTPROXY),
+        default=PROMPTPROXY_SWAP,
+        help="the path the soak drives (default: prompt swap-in on every request)",
+    )
     parser.add_argument("--output", type=Path, help="JSON result file")
     parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs")
     args = parser.parse_args(argv)
