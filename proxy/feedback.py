@@ -6,7 +6,9 @@ rollout that produced it. ``POST /v1/feedback`` looks the id up and counts the v
 version and arm: in ``promptproxy_feedback_value`` and, under a rollout, in the pooled
 counts the analyser's feedback check reads.
 
-- ``MemoryRequestIndex``: the embedded store's single process; bounded, oldest forgotten.
+- ``MemoryRequestIndex``: the embedded store's single process; the newest
+  ``feedback.max_local_entries`` answers younger than ``feedback.ttl_seconds``, about 165
+  bytes each (docs/operations.md, "Memory").
 - ``RedisRequestIndex``: one key per answer with ``feedback.ttl_seconds`` as its expiry, so
   feedback may reach any replica. The request path only appends to a list; a background
   task writes the batch in one pipeline, so no request ever waits on Redis.
@@ -151,11 +153,6 @@ class MemoryRequestIndex:
         # The answer's time is the present (``FeedbackService`` stamps it): no clock call.
         if answered.at > self._expires:
             self._forget_expired(answered.at)
-        order, answers = self._order, self._answers
-        if len(order) >= self._max:
-            # The next oldest keeps the expiry of this one, which is no later (answers
-            # arrive in time order): one look later, not one per request.
-            self._forget(order.popleft())
         key = answered.key
         fields = (
             key.slug,
@@ -168,12 +165,19 @@ class MemoryRequestIndex:
         who = self._who_index.get(fields)
         if who is None:
             who = self._add_who(fields, answered)
-        if request_id not in answers:
-            # A repeated id keeps its first place in the order, as an OrderedDict would.
-            order.append(request_id)
-            if len(order) == 1:
-                self._expires = answered.at + self._ttl
+        order, answers = self._order, self._answers
+        if request_id in answers:
+            # A repeated id keeps its place in the order, as in an OrderedDict.
+            answers[request_id] = complex(answered.at, who)
+            return
+        if len(order) >= self._max:
+            # The next oldest keeps the expiry of this one, which is no later (answers
+            # arrive in time order): one look later, not one per request.
+            self._forget(order.popleft())
         answers[request_id] = complex(answered.at, who)
+        order.append(request_id)
+        if len(order) == 1:
+            self._expires = answered.at + self._ttl
 
     async def lookup(self, request_id: str) -> Answered | None:
         now = self._clock()
