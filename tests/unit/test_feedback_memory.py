@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import gc
+import random
 import secrets
 import tracemalloc
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -90,6 +92,19 @@ async def test_an_answer_older_than_the_ttl_is_dropped_without_waiting_for_the_b
     assert await index.lookup("req-900") is None
 
 
+async def test_an_answer_exactly_ttl_old_is_kept() -> None:
+    clock = Clock()
+    start = clock.now
+    index = MemoryRequestIndex(100.0, 1000, clock=clock)
+    index.remember("req-a", answered(start))
+    index.remember("req-b", answered(start + 0.5))
+    clock.now = start + 100.5
+    index.remember("req-c", answered(clock.now))
+    assert len(index) == 2
+    assert await index.lookup("req-a") is None
+    assert await index.lookup("req-b") is not None
+
+
 async def test_an_expired_index_gives_its_memory_back() -> None:
     clock = Clock()
     index = MemoryRequestIndex(60.0, 100_000, clock=clock)
@@ -162,6 +177,75 @@ async def test_names_counted_go_with_their_answer() -> None:
     assert await index.lookup("req-1") is None
     index.remember("req-1", answered(clock.now))
     assert await index.first_feedback("req-1", "thumbs_up")
+
+
+class Reference:
+    """The index this one replaced, minus nothing that a caller could see: an OrderedDict
+    of whole answers, the oldest dropped past the bound, expiry checked on lookup only."""
+
+    def __init__(self, ttl: float, max_entries: int, clock: Clock) -> None:
+        self.ttl, self.max, self.clock = ttl, max_entries, clock
+        self.answers: OrderedDict[str, Answered] = OrderedDict()
+        self.seen: dict[str, set[str]] = {}
+
+    def remember(self, request_id: str, answer: Answered) -> None:
+        self.answers[request_id] = answer
+        while len(self.answers) > self.max:
+            old, _ = self.answers.popitem(last=False)
+            self.seen.pop(old, None)
+
+    def lookup(self, request_id: str) -> Answered | None:
+        answer = self.answers.get(request_id)
+        if answer is None or answer.at + self.ttl < self.clock():
+            return None
+        return answer
+
+    def first_feedback(self, request_id: str, name: str) -> bool:
+        names = self.seen.setdefault(request_id, set())
+        if name in names:
+            return False
+        names.add(name)
+        return True
+
+
+@pytest.mark.parametrize("seed", range(3))
+async def test_it_answers_as_the_index_it_replaced(seed: int) -> None:
+    """Random traffic: new answers from a changing set of versions and rollouts, a client
+    repeating a live id, time jumping past the TTL, lookups and feedback of any id."""
+    rng = random.Random(seed)
+    clock = Clock()
+    ttl, bound = 50.0, 200
+    index = MemoryRequestIndex(ttl, bound, clock=clock)
+    reference = Reference(ttl, bound, clock)
+    ids: list[str] = []
+    keys = [KEY, PromptKey("billing"), PromptKey("support", Layer("tier", "gold"), "mini")]
+    for _ in range(20_000):
+        roll = rng.random()
+        if roll < 0.5:
+            live = [i for i in ids[-20:] if reference.lookup(i) is not None]
+            request_id = rng.choice(live) if live and rng.random() < 0.05 else secrets.token_hex(12)
+            if request_id not in ids:
+                ids.append(request_id)
+            answer = Answered(
+                rng.choice(keys),
+                str(rng.randint(1, 40)),
+                rng.choice(("stable", "canary", "pinned")),
+                rng.choice((None, f"ro-{rng.randint(1, 30)}")),
+                clock.now,
+            )
+            index.remember(request_id, answer)
+            reference.remember(request_id, answer)
+        elif roll < 0.8:
+            clock.now += rng.expovariate(4.0) if rng.random() < 0.99 else ttl * 1.5
+        elif ids:
+            request_id = rng.choice(ids[-400:])
+            found = await index.lookup(request_id)
+            assert found == reference.lookup(request_id)
+            if found is not None:
+                name = rng.choice(("thumbs_up", "thumbs_down", "rating"))
+                first = await index.first_feedback(request_id, name)
+                assert first == reference.first_feedback(request_id, name)
+        assert len(index) <= bound
 
 
 def service(index: MemoryRequestIndex) -> tuple[FeedbackService, ProxyMetrics]:
