@@ -209,9 +209,12 @@ class FeedbackConfig(_Section):
     #: that named a prompt is one key for this long (about 150 bytes): size Redis for
     #: requests per second x ttl_seconds keys.
     ttl_seconds: float = Field(21_600.0, gt=0, le=30 * 86_400)
-    #: Request ids remembered in memory with the embedded store (oldest forgotten first,
-    #: about 300 bytes each); a shared store keeps them, with `ttl_seconds` as expiry.
-    max_local_entries: int = Field(100_000, ge=1000)
+    #: Answers remembered in memory with the embedded store, newest kept (about 160 bytes
+    #: each, docs/operations.md "Memory"): feedback on an answer more than this many answers
+    #: old gets a 404. Small enough that the index is full, and its memory flat, within a
+    #: few seconds of traffic. A shared store keeps the answers instead, with `ttl_seconds`
+    #: as expiry and no count bound.
+    max_local_entries: int = Field(4096, ge=1000, le=10_000_000)
 
 
 class AnalysisConfig(_Section):

@@ -6,7 +6,9 @@ rollout that produced it. ``POST /v1/feedback`` looks the id up and counts the v
 version and arm: in ``promptproxy_feedback_value`` and, under a rollout, in the pooled
 counts the analyser's feedback check reads.
 
-- ``MemoryRequestIndex``: the embedded store's single process; bounded, oldest forgotten.
+- ``MemoryRequestIndex``: the embedded store's single process; the newest
+  ``feedback.max_local_entries`` answers younger than ``feedback.ttl_seconds``, about 165
+  bytes each (docs/operations.md, "Memory").
 - ``RedisRequestIndex``: one key per answer with ``feedback.ttl_seconds`` as its expiry, so
   feedback may reach any replica. The request path only appends to a list; a background
   task writes the batch in one pipeline, so no request ever waits on Redis.
@@ -19,8 +21,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import sys
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -33,7 +36,7 @@ from proxy.errors import InvalidRequest, NotFound, ServiceUnavailable
 from proxy.exchange.outcome import Exchange
 from proxy.log import APP_LOGGER
 from proxy.metrics import ProxyMetrics
-from proxy.prompt_key import PromptKey
+from proxy.prompt_key import Layer, PromptKey
 from proxy.tasks import cancel_and_wait, interruptible
 
 if TYPE_CHECKING:  # redis is imported only when a Redis store is configured
@@ -86,38 +89,165 @@ class RequestIndex(Protocol):
     async def close(self) -> None: ...
 
 
+#: The table of answerers is swept when it reaches twice its live size after the last sweep
+#: plus this: each sweep (a pass over the entries) is paid for by as many new answerers.
+_SWEEP_SLACK = 16
+
+#: (prompt key, version, arm, rollout id): what many answers share.
+_Who = tuple[PromptKey, str, str, str | None]
+#: The same, by the key's fields: a new key object arrives with each request, and a
+#: dataclass's hash is Python code.
+_WhoFields = tuple[str, Layer | None, str | None, str, str, str | None]
+
+
 class MemoryRequestIndex:
+    """The embedded store's index: the newest ``max_entries`` answers younger than ``ttl``.
+
+    Built to cost little per answer (docs/operations.md, "Memory"): each is one dict entry
+    from its id to a complex number, ``at`` (exact) in its real part and the index of its
+    answerer in a small shared table in its imaginary part, plus the id's place in the
+    arrival order. A complex is the smallest object holding two exact numbers (32 bytes, a
+    tuple of them is 80), and neither it nor its id is tracked by the garbage collector.
+    """
+
+    __slots__ = (
+        "_answers",
+        "_clock",
+        "_expires",
+        "_max",
+        "_order",
+        "_seen",
+        "_sweep_at",
+        "_ttl",
+        "_who_index",
+        "_whos",
+    )
+
     def __init__(
         self, ttl: float, max_entries: int, clock: Callable[[], float] = time.time
     ) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
         self._ttl = ttl
         self._max = max_entries
         self._clock = clock
-        self._answers: OrderedDict[str, Answered] = OrderedDict()
-        self._seen: dict[str, set[str]] = {}
+        self._clear()
+
+    def _clear(self) -> None:
+        #: id -> complex(at, answerer)
+        self._answers: dict[str, complex] = {}
+        #: Ids, oldest first: what the count bound and the expiry drop from.
+        self._order: deque[str] = deque()
+        #: When the oldest answer expires, or earlier: an early value only costs a look.
+        self._expires = math.inf
+        #: Names already counted per id, for ids with feedback only.
+        self._seen: dict[str, str | tuple[str, ...]] = {}
+        self._whos: list[_Who] = []
+        self._who_index: dict[_WhoFields, int] = {}
+        self._sweep_at = _SWEEP_SLACK
+
+    def __len__(self) -> int:
+        return len(self._answers)
 
     def remember(self, request_id: str, answered: Answered) -> None:
-        # Request ids are unique: a plain insert keeps the dict in arrival order.
-        self._answers[request_id] = answered
-        while len(self._answers) > self._max:
-            old, _ = self._answers.popitem(last=False)
-            self._seen.pop(old, None)
+        # The answer's time is the present (``FeedbackService`` stamps it): no clock call.
+        if answered.at > self._expires:
+            self._forget_expired(answered.at)
+        key = answered.key
+        fields = (
+            key.slug,
+            key.layer,
+            key.variant,
+            answered.version,
+            answered.arm,
+            answered.rollout_id,
+        )
+        who = self._who_index.get(fields)
+        if who is None:
+            who = self._add_who(fields, answered)
+        order, answers = self._order, self._answers
+        if request_id in answers:
+            # A repeated id keeps its place in the order, as in an OrderedDict.
+            answers[request_id] = complex(answered.at, who)
+            return
+        if len(order) >= self._max:
+            # The next oldest keeps the expiry of this one, which is no later (answers
+            # arrive in time order): one look later, not one per request.
+            self._forget(order.popleft())
+        answers[request_id] = complex(answered.at, who)
+        order.append(request_id)
+        if len(order) == 1:
+            self._expires = answered.at + self._ttl
 
     async def lookup(self, request_id: str) -> Answered | None:
-        answered = self._answers.get(request_id)
-        if answered is None or answered.at + self._ttl < self._clock():
+        now = self._clock()
+        if now > self._expires:
+            self._forget_expired(now)
+        entry = self._answers.get(request_id)
+        if entry is None:
             return None
-        return answered
+        at = entry.real
+        if at + self._ttl < now:
+            return None
+        return Answered(*self._whos[int(entry.imag)], at)
 
     async def first_feedback(self, request_id: str, name: str) -> bool:
-        names = self._seen.setdefault(request_id, set())
-        if name in names:
+        """Only ids the index holds are remembered (``FeedbackService`` looks the answer up
+        first): any other is a first, and costs nothing."""
+        if request_id not in self._answers:
+            return True
+        seen = self._seen.get(request_id)
+        if seen is None:
+            self._seen[request_id] = sys.intern(name)
+        elif seen == name or (isinstance(seen, tuple) and name in seen):
             return False
-        names.add(name)
+        else:
+            previous = (seen,) if isinstance(seen, str) else seen
+            self._seen[request_id] = (*previous, sys.intern(name))
         return True
 
     async def close(self) -> None:
         return None
+
+    def _forget_expired(self, now: float) -> None:
+        order, answers = self._order, self._answers
+        while order:
+            expires = answers[order[0]].real + self._ttl
+            if expires >= now:
+                self._expires = expires
+                return
+            self._forget(order.popleft())
+        # A dict keeps the table of its largest size: a fresh one gives it back.
+        self._clear()
+
+    def _forget(self, request_id: str) -> None:
+        del self._answers[request_id]
+        if self._seen:
+            self._seen.pop(request_id, None)
+
+    def _add_who(self, fields: _WhoFields, answered: Answered) -> int:
+        if len(self._whos) >= self._sweep_at:
+            self._sweep()
+        index = len(self._whos)
+        self._whos.append((answered.key, answered.version, answered.arm, answered.rollout_id))
+        self._who_index[fields] = index
+        return index
+
+    def _sweep(self) -> None:
+        """Drop the answerers no live answer names (versions and rollouts come and go),
+        renumbering the rest in place."""
+        live = sorted({int(entry.imag) for entry in self._answers.values()})
+        if len(live) < len(self._whos):
+            renumber = {old: new for new, old in enumerate(live)}
+            answers = self._answers
+            for request_id, entry in answers.items():
+                answers[request_id] = complex(entry.real, renumber[int(entry.imag)])
+            self._whos = [self._whos[old] for old in live]
+            self._who_index = {
+                (key.slug, key.layer, key.variant, version, arm, rollout): index
+                for index, (key, version, arm, rollout) in enumerate(self._whos)
+            }
+        self._sweep_at = 2 * len(self._whos) + _SWEEP_SLACK
 
 
 class RedisRequestIndex:
