@@ -52,6 +52,8 @@ def classify(tail: str) -> Route:
 
 def check_path(tail: str) -> None:
     """Refuse dot segments: the upstream URL is the configured base plus this tail, nothing else."""
+    if "." not in tail and "%" not in tail:
+        return  # no segment can be one, even percent-encoded
     for segment in tail.split("/"):
         if unquote(segment) in (".", ".."):
             raise InvalidRequest("the request path must not contain '.' or '..' segments")
