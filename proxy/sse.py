@@ -63,11 +63,20 @@ class SSESplitter:
         start = 0
         pos = max(0, self._scanned - _OVERLAP)
         buffer = self._buffer
+        # Without a CR only `\n\n` can end an event: one byte search instead of the regex,
+        # which tried its five alternatives at every byte (most providers send LF only).
+        plain = buffer.find(b"\r", pos) == -1
         while True:
-            match = _EVENT_END.search(buffer, pos)
-            if match is None:
-                break
-            end = match.end()
+            if plain:
+                found = buffer.find(b"\n\n", pos)
+                if found == -1:
+                    break
+                end = found + 2
+            else:
+                match = _EVENT_END.search(buffer, pos)
+                if match is None:
+                    break
+                end = match.end()
             events.append(bytes(buffer[start:end]))
             start = pos = end
         if start:
