@@ -1,6 +1,7 @@
 import io
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -14,6 +15,23 @@ from proxy.log import (
     redact,
     setup_logging,
 )
+
+
+@pytest.fixture(autouse=True)
+def _restore_loggers() -> Iterator[None]:
+    """setup_logging rewires process-wide loggers; later tests must not log into a sink
+    that was stopped here."""
+    saved = {
+        name: (logger.handlers[:], logger.level, logger.propagate)
+        for name in (APP_LOGGER, "aiohttp")
+        for logger in (logging.getLogger(name),)
+    }
+    yield
+    for name, (handlers, level, propagate) in saved.items():
+        logger = logging.getLogger(name)
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+        logger.propagate = propagate
 
 
 @pytest.mark.parametrize(
