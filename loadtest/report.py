@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from loadtest.aggregate import PEER_ROWS, Cell, cpu_ratios, find, value
+from loadtest.aggregate import Cell, cpu_ratios, find, peer_comparison, value
 from loadtest.targets import MINIMAL, PROMPTPROXY, PROMPTPROXY_SWAP
 
 # From the issues ("A leaner hot path" tightened the first ones). The "minimal" column of
@@ -339,26 +339,20 @@ def tool_lines(meta: dict[str, Any], budgets: dict[str, dict[str, Any]] | None) 
 
 def peers_table(cells: Sequence[Cell]) -> str:
     """promptproxy beside the minimal pass-through and the peers, same run."""
-    rows = []
-    for scenario in dict.fromkeys(c["scenario"] for c in cells):
-        ours = value(find(cells, scenario, PROMPTPROXY), "cpu_us_per_req", "target")
-        for target in PEER_ROWS:
-            c = find(cells, scenario, target)
-            if c is None:
-                continue
-            cpu = value(c, "cpu_us_per_req", "target")
-            rows.append(
-                (
-                    scenario,
-                    target,
-                    _fmt(cpu, 0),
-                    "" if cpu is None or not ours else f"{cpu / ours:.2f}x",
-                    _fmt(c["rps"], 0),
-                    _fmt(value(c, "added_ms", "p50"), signed=True),
-                    _fmt(value(c, "added_ms", "p99"), signed=True),
-                    _fmt(value(c, "peak_rss_mib"), 1),
-                )
-            )
+    rows = [
+        (
+            scenario,
+            target,
+            _fmt(row["cpu_us_per_req"], 0),
+            "" if (ratio := row["cpu_vs_promptproxy"]) is None else f"{ratio:.2f}x",
+            _fmt(row["rps"], 0),
+            _fmt(row["added_p50_ms"], signed=True),
+            _fmt(row["added_p99_ms"], signed=True),
+            _fmt(row["peak_rss_mib"], 1),
+        )
+        for scenario, targets in peer_comparison(cells).items()
+        for target, row in targets.items()
+    ]
     return "promptproxy beside its peers (same run, same core, same load)\n" + render(
         ("scenario", "target", "CPU us/req", "vs promptproxy", "req/s", "+p50", "+p99", "RSS MiB"),
         rows,
