@@ -115,6 +115,7 @@ def start_promptproxy(
     candidate_model: str | None = None,
     source: Path | None = None,
     name: str | None = None,
+    ready_timeout: float = READY_TIMEOUT_S,
 ) -> Running:
     """``source``: a checkout to run instead of this tree (``name`` then names the target)."""
     port, admin = free_ports(2)
@@ -140,7 +141,7 @@ def start_promptproxy(
         command += ["--config", str(config)]
     env = _clean_env(PROMPTPROXY_STORE=store, PROMPTPROXY_ADMIN_TOKEN=_ADMIN_TOKEN)
     proc = fleet.start(label, command, cores, env, wrapper, cwd=source)
-    proc.wait_ready(http_ok(admin, "/readyz"), READY_TIMEOUT_S)
+    proc.wait_ready(http_ok(admin, "/readyz"), ready_timeout)
     if name is not None:
         path = "/p/bench/v1" if swap else "/v1"
         return Running(name, f"http://127.0.0.1:{port}{path}", proc)
@@ -193,10 +194,11 @@ def start_minimal(
     cores: set[int] | None,
     label: str = MINIMAL,
     wrapper: Sequence[str] = (),
+    ready_timeout: float = READY_TIMEOUT_S,
 ) -> Running:
     (port,) = free_ports(1)
     command = [sys.executable, str(_MINIMAL_SCRIPT), "--port", str(port), "--upstream", upstream]
     proc = fleet.start(label, command, cores, _clean_env(), wrapper)
     # A pass-through has no health route of its own: its listening socket means it serves.
-    proc.wait_ready(listening(proc, port), READY_TIMEOUT_S)
+    proc.wait_ready(listening(proc, port), ready_timeout)
     return Running(MINIMAL, f"http://127.0.0.1:{port}/v1", proc)
