@@ -64,12 +64,6 @@ OTHER = "other"
 Prices = Mapping[str, tuple[float, float]]
 
 
-def finish_reason_label(reason: str | None) -> str | None:
-    if reason is None:
-        return None
-    return _FINISH_REASONS.get(reason, OTHER)
-
-
 class ProxyMetrics:
     def __init__(
         self,
