@@ -77,6 +77,7 @@ async def count(args: argparse.Namespace, fleet: Fleet) -> float:
     wrapper = [
         args.valgrind, "--tool=callgrind", "--instr-atstart=no",
         f"--callgrind-out-file={out}",
+        *(["--cache-sim=yes"] if args.cache_sim else []),
     ]  # fmt: skip
     target = _start(fleet, args.target, sim.base_url, wrapper)
     spec = chat_request(
@@ -109,6 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--max-seconds", type=float, default=600.0)
     parser.add_argument("--valgrind", default=shutil.which("valgrind"))
+    parser.add_argument(
+        "--cache-sim", action="store_true", help="also simulate the caches (much slower)"
+    )
+    parser.add_argument(
+        "--keep", type=Path, help="copy callgrind's output here, for callgrind_annotate"
+    )
     args = parser.parse_args(argv)
     if args.valgrind is None or shutil.which("callgrind_control") is None:
         print("valgrind and callgrind_control are needed (Debian: valgrind)", file=sys.stderr)
@@ -118,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         Fleet(Path(scratch)) as fleet,
     ):
         per_request = uvloop.run(count(args, fleet))
+        if args.keep is not None:
+            for part in fleet.log_dir.glob("callgrind.out*"):
+                shutil.copy(part, args.keep)
     print(f"{args.target} {args.scenario}: {per_request / 1000:.1f} k instructions per request")
     return 0
 

@@ -15,7 +15,7 @@ variant is the bare slug: every key written before keys existed reads back as it
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 _NAME = r"[A-Za-z0-9._-]{1,64}"
@@ -53,12 +53,31 @@ class PromptKey:
     slug: str
     layer: Layer | None = None
     variant: str | None = None
+    # A request looks its key up in several tables (snapshot, rollouts, metric labels,
+    # windows): the generated __hash__ built a tuple and hashed it each time.
+    _hash: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not NAME_PATTERN.match(self.slug):
             raise InvalidPromptKey(f"slug {self.slug!r} must match {_NAME}")
         if self.variant is not None and not NAME_PATTERN.match(self.variant):
             raise InvalidPromptKey(f"variant {self.variant!r} must match {_NAME}")
+        object.__setattr__(self, "_hash", hash((self.slug, self.layer, self.variant)))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if type(other) is not PromptKey:
+            return NotImplemented
+        return (
+            self._hash == other._hash
+            and self.slug == other.slug
+            and self.variant == other.variant
+            and self.layer == other.layer
+        )
 
     @property
     def is_plain(self) -> bool:

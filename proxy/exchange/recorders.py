@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 from proxy.exchange.outcome import Exchange, status_class
-from proxy.log import ACCESS_LOGGER, direct_info_writer
+from proxy.log import ACCESS_LOGGER, LINE_HEAD, direct_info_writer, milliseconds
 from proxy.metrics import ProxyMetrics
 
 
@@ -27,7 +27,7 @@ class RecordMetrics:
         # answered one is often a dated id.
         sent = ex.model_sent or ex.model_requested or ex.model_answered
         model = m.model_label(sent)
-        series = m.series(ex.route.value, model, ex.key, ex.version or "", ex.arm or "")
+        series = m.series(ex.route._value_, model, ex.key, ex.version or "", ex.arm or "")
         series.observe(
             status_class(ex.status),
             ex.duration or 0.0,
@@ -48,19 +48,30 @@ class AccessLog:
         self._direct = direct_info_writer(self._log)
 
     def finished(self, ex: Exchange) -> None:
-        if self._direct is not None:
-            self._direct(_shadow_fields(ex) if ex.is_shadow else _request_fields(ex))
+        direct = self._direct
+        if direct is not None:
+            build = _request_line if ex.pair_id is None else _shadow_line
+            direct.write(build(ex, direct.now(), direct.logger))
         elif self._log.isEnabledFor(logging.INFO):
-            self._log.info(_shadow_fields(ex) if ex.is_shadow else _request_fields(ex))
+            fields = _shadow_line(ex, 0.0, "") if ex.is_shadow else _request_line(ex, 0.0, "")
+            for key in LINE_HEAD:  # the formatter writes these itself
+                del fields[key]
+            self._log.info(fields)
 
 
-def _request_fields(ex: Exchange) -> dict[str, object]:
+# The whole line, head first (see ``DirectWriter``): one dict, built once.
+
+
+def _request_line(ex: Exchange, ts: float, logger: str) -> dict[str, object]:
     return {
+        "ts": ts,
+        "level": "info",
+        "logger": logger,
         "event": "request",
         "request_id": ex.request_id,
         "upstream_request_id": ex.upstream_request_id,
         "method": ex.method,
-        "route": ex.route.value,
+        "route": ex.route._value_,
         "slug": None if ex.key is None else ex.key.slug,
         "version": ex.version,
         "arm": ex.arm,
@@ -69,8 +80,8 @@ def _request_fields(ex: Exchange) -> dict[str, object]:
         "model_answered": ex.model_answered,
         "stream": ex.stream,
         "status": ex.status,
-        "latency_ms": round((ex.duration or 0.0) * 1000, 3),
-        "ttfb_ms": None if ex.ttfb is None else round(ex.ttfb * 1000, 3),
+        "latency_ms": milliseconds(ex.duration or 0.0),
+        "ttfb_ms": None if ex.ttfb is None else milliseconds(ex.ttfb),
         "input_tokens": ex.input_tokens,
         "output_tokens": ex.output_tokens,
         "finish_reason": ex.finish_reason,
@@ -78,20 +89,23 @@ def _request_fields(ex: Exchange) -> dict[str, object]:
     }
 
 
-def _shadow_fields(ex: Exchange) -> dict[str, object]:
+def _shadow_line(ex: Exchange, ts: float, logger: str) -> dict[str, object]:
     return {
+        "ts": ts,
+        "level": "info",
+        "logger": logger,
         "event": "shadow",
         "pair_id": ex.pair_id,
         "request_id": ex.request_id,
-        "route": ex.route.value,
+        "route": ex.route._value_,
         "slug": None if ex.key is None else ex.key.slug,
         "version": ex.version,
         "arm": ex.arm,
         "kind": ex.shadow_kind,
         "stream": ex.stream,
         "status": ex.status,
-        "latency_ms": None if ex.duration is None else round(ex.duration * 1000, 3),
-        "ttft_ms": None if ex.ttfb is None else round(ex.ttfb * 1000, 3),
+        "latency_ms": None if ex.duration is None else milliseconds(ex.duration),
+        "ttft_ms": None if ex.ttfb is None else milliseconds(ex.ttfb),
         "input_tokens": ex.input_tokens,
         "output_tokens": ex.output_tokens,
         "finish_reason": ex.finish_reason,

@@ -47,8 +47,14 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     declared = request.content_length
     if declared is not None and declared > limit:
         raise PayloadTooLarge(f"Request body of {declared} bytes exceeds the {limit}-byte limit.")
-    body = bytearray()
-    while chunk := await request.content.readany():
+    content = request.content
+    first = await content.readany()
+    if len(first) > limit:
+        raise PayloadTooLarge(f"Request body exceeds the {limit}-byte limit.")
+    if content.is_eof():
+        return first  # came whole, as most do: no copy
+    body = bytearray(first)
+    while chunk := await content.readany():
         body += chunk
         if len(body) > limit:
             raise PayloadTooLarge(f"Request body exceeds the {limit}-byte limit.")
@@ -91,7 +97,7 @@ async def handle(
             stable = resolve(snapshot, ref)  # 2
             decision = decide(resources, snapshot, ref, stable, request.headers, parsed, request_id)
             exchange.version = str(decision.version.version)  # 3
-            exchange.arm = decision.arm.value
+            exchange.arm = decision.arm._value_
             if decision.rollout is not None:
                 exchange.rollout_id = decision.rollout.id
             render_into(exchange.route, parsed.payload, decision.version, resources.renderer)  # 4

@@ -1,5 +1,6 @@
 import io
 import logging
+import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,9 +10,11 @@ import pytest
 
 from proxy.log import (
     APP_LOGGER,
+    DirectWriter,
     JsonFormatter,
     LineSink,
     direct_info_writer,
+    milliseconds,
     redact,
     setup_logging,
 )
@@ -111,11 +114,11 @@ def test_direct_writer_writes_the_line_logging_would() -> None:
     sink = setup_logging("INFO", stream)
     access = logging.getLogger(APP_LOGGER + ".access")
     try:
-        write = direct_info_writer(access)
-        assert write is not None
+        direct = direct_info_writer(access)
+        assert direct is not None
         fields: dict[str, object] = {"event": "request", "status": 200, "path": Path("/x")}
         access.info(fields)
-        write(fields)
+        direct.write({"ts": direct.now(), "level": "info", "logger": direct.logger, **fields})
     finally:
         sink.stop()
     by_logging, direct = _lines(stream, 2)
@@ -137,3 +140,14 @@ def test_direct_writer_steps_aside_for_other_handlers_and_levels() -> None:
     finally:
         logging.getLogger(APP_LOGGER).removeHandler(extra)
         sink.stop()
+
+
+def test_line_times_round_as_round_does() -> None:
+    rng = random.Random(15)
+    for _ in range(20_000):
+        duration = rng.random() * rng.choice((0.001, 0.1, 10.0, 600.0))
+        assert milliseconds(duration) == round(duration * 1000, 3)
+    before = round(time.time(), 6)
+    ts = DirectWriter.now()
+    assert before <= ts <= round(time.time(), 6)
+    assert len(repr(ts).partition(".")[2]) <= 6  # no digits past the microsecond

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 
 from proxy.prompt_key import InvalidPromptKey, Layer, PromptKey
@@ -56,3 +58,24 @@ def test_keys_sort_by_slug_then_base_first() -> None:
         PromptKey("a"),
     ]
     assert [k.text for k in sorted(keys)] == ["a", "a@claude", "tier=pro/a", "b"]
+
+
+def test_keys_are_equal_and_hash_alike_by_value_only() -> None:
+    keys = [
+        PromptKey("support"),
+        PromptKey("support", variant="claude"),
+        PromptKey("support", Layer("tier", "pro")),
+        PromptKey("support", Layer("tenant", "pro")),
+        PromptKey("billing"),
+    ]
+    twins = [PromptKey.parse(key.text) for key in keys]
+    for key, twin in zip(keys, twins, strict=True):
+        assert key is not twin
+        assert key == twin
+        assert hash(key) == hash(twin)
+    assert len(set(keys) | set(twins)) == len(keys)
+    assert {key: key.text for key in keys}[
+        PromptKey.parse("tier=pro/support")
+    ] == "tier=pro/support"
+    assert PromptKey("support") != "support"
+    assert copy.deepcopy(keys) == keys
