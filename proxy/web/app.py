@@ -12,7 +12,7 @@ from proxy.web.middlewares import error_middleware
 
 def build_data_app(services: Services) -> web.Application:
     app = web.Application(
-        middlewares=[error_middleware],
+        middlewares=[error_middleware()],
         client_max_size=services.settings.config.server.max_body_bytes,
     )
     app[SERVICES] = services
@@ -22,7 +22,7 @@ def build_data_app(services: Services) -> web.Application:
 
 
 def build_admin_app(services: Services) -> web.Application:
-    app = web.Application(middlewares=[error_middleware])
+    app = web.Application(middlewares=[error_middleware()])
     app[SERVICES] = services
     admin_routes.add_routes(app)
     return app

@@ -59,7 +59,7 @@ async def listener(
         if c_parser is None:
             pytest.skip("aiohttp's C extensions are not built here")
         monkeypatch.setattr(web_protocol, "HttpRequestParser", c_parser)
-    app = web.Application(middlewares=[error_middleware])
+    app = web.Application(middlewares=[error_middleware()])
     app.router.add_get("/ok", _ok)
     app.router.add_get("/slow", _slow)
     app.router.add_post("/upload", _upload)
