@@ -29,13 +29,17 @@ class PromptRef:
     pinned_version: int | None = None
 
 
-def prompt_ref(url_key: PromptKey | None, headers: CIMultiDictProxy[str]) -> PromptRef | None:
+def prompt_ref(
+    snapshot: RegistrySnapshot, url_key: PromptKey | None, headers: CIMultiDictProxy[str]
+) -> PromptRef | None:
     """The prompt a request names, by its `/p/{slug}/v1` base URL (``url_key``, checked by
     the route) or the `X-Prompt-Slug` header: the one ``PromptKey`` the request builds."""
     key = url_key
     header_slug = headers.get(SLUG_HEADER)
     if header_slug is not None:
-        named = header_key(header_slug)  # an invalid header is its own 400, before a conflict
+        named = header_key(
+            snapshot, header_slug
+        )  # an invalid header is its own 400, before a conflict
         if url_key is None:
             key = named
         elif named != url_key:
@@ -65,10 +69,17 @@ def prompt_ref(url_key: PromptKey | None, headers: CIMultiDictProxy[str]) -> Pro
     return PromptRef(key, pinned)
 
 
-def header_key(slug: str) -> PromptKey:
+def slug_key(snapshot: RegistrySnapshot, slug: str) -> PromptKey:
+    """The plain key of ``slug``: the snapshot's own object when it has the prompt (see
+    ``RegistrySnapshot.plain_keys``). Raises ``InvalidPromptKey``."""
+    key = snapshot.plain_keys.get(slug)
+    return key if key is not None else PromptKey(slug)
+
+
+def header_key(snapshot: RegistrySnapshot, slug: str) -> PromptKey:
     """The key ``X-Prompt-Slug`` names, or its 400."""
     try:
-        return PromptKey(slug)
+        return slug_key(snapshot, slug)
     except InvalidPromptKey:
         raise InvalidRequest(
             "X-Prompt-Slug must match [A-Za-z0-9._-]{1,64}.", param=SLUG_HEADER, code="invalid_slug"

@@ -82,7 +82,8 @@ async def handle(
     metrics.requests_open += 1
     try:
         check_path(tail)
-        ref = prompt_ref(url_key, request.headers)
+        snapshot = resources.snapshot.current
+        ref = prompt_ref(snapshot, url_key, request.headers)
         exchange.key = ref.key if ref is not None else None
         body = await read_body(request, resources.config.server.max_body_bytes)
         parsed = parse_request(  # 1
@@ -93,7 +94,6 @@ async def handle(
 
         decision: Decision | None = None
         if ref is not None and parsed.payload is not None and exchange.route in SWAP_ROUTES:
-            snapshot = resources.snapshot.current
             stable = resolve(snapshot, ref)  # 2
             decision = decide(resources, snapshot, ref, stable, request.headers, parsed, request_id)
             exchange.version = str(decision.version.version)  # 3

@@ -374,6 +374,20 @@ class RegistrySnapshot:
     rollouts: dict[PromptKey, Rollout] = field(default_factory=dict)
     #: The store's identity (``proxy.registry.identity``); None: not initialised yet.
     generation: str | None = None
+    #: The plain keys of ``versions`` by slug: a request naming a prompt by its slug gets
+    #: the very key object every table of the snapshot (and the metrics' label sets) is
+    #: keyed by, so its lookups match by identity, and no key is built per request.
+    plain_keys: dict[str, PromptKey] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        canonical = {key: key for key in self.versions}
+        object.__setattr__(self, "prod", {canonical.get(k, k): v for k, v in self.prod.items()})
+        object.__setattr__(
+            self, "rollouts", {canonical.get(k, k): r for k, r in self.rollouts.items()}
+        )
+        object.__setattr__(
+            self, "plain_keys", {key.slug: key for key in self.versions if key.is_plain}
+        )
 
     @property
     def empty(self) -> bool:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from proxy.errors import InvalidRequest
+from proxy.pipeline.resolve import slug_key
 from proxy.pipeline.run import handle
-from proxy.prompt_key import InvalidPromptKey, PromptKey
+from proxy.prompt_key import InvalidPromptKey
 from proxy.web.keys import REQUEST_ID, SERVICES
 
 _V1 = "/v1"
@@ -42,8 +43,10 @@ async def proxy_v1(request: web.Request) -> web.StreamResponse:
 
 async def proxy_slug_v1(request: web.Request) -> web.StreamResponse:
     slug = request.match_info["slug"]
+    pipeline = request.app[SERVICES].pipeline
     try:
-        key = PromptKey(slug)  # the request's one key (a header naming another is a 400)
+        # The request's one key (a header naming another is a 400).
+        key = slug_key(pipeline.snapshot.current, slug)
     except InvalidPromptKey:
         raise InvalidRequest(
             "The prompt slug in the URL must match [A-Za-z0-9._-]{1,64}.",
@@ -54,12 +57,7 @@ async def proxy_slug_v1(request: web.Request) -> web.StreamResponse:
     # exactly "/p/" + slug + "/v1".
     raw_tail = _raw_tail(request, f"/p/{slug}{_V1}")
     return await handle(
-        request.app[SERVICES].pipeline,
-        request,
-        request[REQUEST_ID],
-        request.match_info["tail"],
-        raw_tail,
-        url_key=key,
+        pipeline, request, request[REQUEST_ID], request.match_info["tail"], raw_tail, url_key=key
     )
 
 

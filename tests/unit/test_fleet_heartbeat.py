@@ -8,6 +8,7 @@ import asyncio
 import pytest
 
 from proxy.config import ConfigError
+from proxy.prompt_key import PromptKey
 from proxy.registry.fleet import BoardRead, FleetError, ReplicaBeat
 from proxy.registry.fleet_heartbeat import AppliedSignal, Heartbeat
 from proxy.registry.models import RegistrySnapshot
@@ -48,7 +49,7 @@ async def test_a_new_snapshot_is_reported_at_once_not_on_the_next_tick() -> None
         await asyncio.wait_for(board.published.wait(), 5)
         assert board.beats[-1].revision == 0
         board.published.clear()
-        holder.apply(RegistrySnapshot(7, {"p": {}}, {}))
+        holder.apply(RegistrySnapshot(7, {PromptKey("p"): {}}, {}))
         await asyncio.wait_for(board.published.wait(), 5)  # far sooner than the 60 s tick
         beat = board.beats[-1]
         assert (beat.replica, beat.revision, beat.served_at) == ("me", 7, 1234.5)
@@ -85,7 +86,7 @@ def test_a_replica_whose_store_was_lost_reports_it() -> None:
     holder = SnapshotHolder()
     heartbeat = Heartbeat(RecordingBoard(), "me", holder, AppliedSignal(), 60.0)
     assert (heartbeat.beat().state, heartbeat.beat().generation) == ("empty", None)
-    holder.apply(RegistrySnapshot(7, {"p": {}, "q": {}}, {}, generation="g1"))
+    holder.apply(RegistrySnapshot(7, {PromptKey("p"): {}, PromptKey("q"): {}}, {}, generation="g1"))
     beat = heartbeat.beat()
     assert (beat.state, beat.generation, beat.prompts, beat.healthy) == ("ok", "g1", 2, True)
     # What the refresher does on a FLUSHALL: the store answers (no last_error), but it is

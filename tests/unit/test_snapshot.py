@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from proxy.prompt_key import PromptKey
+from proxy.pipeline.resolve import slug_key
+from proxy.prompt_key import InvalidPromptKey, PromptKey
 from proxy.registry.embedded_store import EmbeddedStore
 from proxy.registry.models import RegistrySnapshot, VersionDraft
 from proxy.registry.snapshot import SnapshotHolder, SnapshotRefresher
@@ -71,7 +72,7 @@ def test_empty_snapshot_never_replaces_a_non_empty_one() -> None:
     seen: list[int] = []
     holder = SnapshotHolder(on_apply=lambda s: seen.append(s.revision))
     assert holder.apply(RegistrySnapshot(1, {}, {}))  # empty at first is fine
-    full = RegistrySnapshot(2, {"a": {}}, {})
+    full = RegistrySnapshot(2, {PromptKey("a"): {}}, {})
     assert holder.apply(full)
     assert not holder.apply(RegistrySnapshot(3, {}, {}))
     assert holder.current is full
@@ -162,3 +163,25 @@ async def test_cold_start_with_the_store_down_is_not_loaded(store: Flaky) -> Non
     store.down = False
     assert await refresher.load_once()
     assert holder.loaded
+
+
+async def test_a_snapshot_keys_every_table_by_the_same_key_objects(store: Flaky) -> None:
+    await publish(store, "support", "You help.")
+    await publish(store, "billing", "You bill.")
+    snap = await store.snapshot()
+    # The store builds each table from its own rows: equal keys, different objects.
+    prod = dict(snap.prod)
+    copied = RegistrySnapshot(
+        snap.revision, snap.versions, {PromptKey(k.text): n for k, n in prod.items()}
+    )
+    versions_keys = {key.slug: key for key in copied.versions}
+    assert set(copied.plain_keys) == {"support", "billing"}
+    for slug, key in copied.plain_keys.items():
+        assert key is versions_keys[slug]
+    for key in copied.prod:
+        assert key is versions_keys[key.slug]
+    # A request naming a prompt by slug gets that object; an unknown slug a new, valid key.
+    assert slug_key(copied, "support") is versions_keys["support"]
+    assert slug_key(copied, "other") == PromptKey("other")
+    with pytest.raises(InvalidPromptKey):
+        slug_key(copied, "no spaces")

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 
+from proxy.prompt_key import PromptKey
 from proxy.registry.models import RegistrySnapshot
 from proxy.registry.snapshot import SnapshotHolder, SnapshotRefresher
 from proxy.registry.store import StoreUnavailable
+
+P = PromptKey("p")
 
 
 class SlowStore:
@@ -28,7 +31,7 @@ class SlowStore:
         gate, self.hold_next_read = self.hold_next_read, None
         if gate is not None:
             await gate.wait()
-        return RegistrySnapshot(revision, {"p": {}}, {"p": revision})
+        return RegistrySnapshot(revision, {P: {}}, {P: revision})
 
 
 async def test_serve_loads_the_written_revision_at_once() -> None:
@@ -57,7 +60,7 @@ async def test_a_read_started_before_the_write_does_not_undo_it() -> None:
     assert await serving
     assert await background
     assert holder.current.revision == 2
-    assert holder.current.prod == {"p": 2}
+    assert holder.current.prod == {P: 2}
 
 
 async def test_serve_reports_a_store_failure_instead_of_raising() -> None:
