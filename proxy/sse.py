@@ -58,6 +58,13 @@ class SSESplitter:
         self._max_pending = max_pending
 
     def feed(self, chunk: bytes) -> list[bytes]:
+        if (
+            not self._buffer
+            and chunk.endswith(b"\n\n")
+            and chunk.find(b"\n\n") == len(chunk) - 2
+            and b"\r" not in chunk
+        ):
+            return [chunk]  # one whole event in one chunk, as providers mostly send them
         self._buffer += chunk
         events: list[bytes] = []
         start = 0

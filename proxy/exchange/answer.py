@@ -30,9 +30,7 @@ _RESPONSES_FINAL = frozenset({"response.completed", "response.incomplete", "resp
 # with byte searches (C, memchr-fast): a regex with these alternatives tried each of them at
 # every byte of every event, and that was most of what a relayed stream cost.
 _WHITESPACE = frozenset(b" \t\n\r\x0b\x0c")
-_ANY_OF = (b'"error"', b"response.completed", b"response.incomplete", b"response.failed")
-# Once an answer's text budget is spent, tool calls still matter too.
-_ANY_OF_AFTER_CAP = (*_ANY_OF, b"tool_calls", b"function_call", b"response.output_item")
+_RESPONSES_FINAL_MARKS = (b"response.completed", b"response.incomplete", b"response.failed")
 
 
 def _followed_by(raw: bytes, key: bytes, opener: bytes) -> bool:
@@ -49,15 +47,34 @@ def _followed_by(raw: bytes, key: bytes, opener: bytes) -> bool:
 
 
 def needs_look(raw: bytes, *, after_cap: bool = False) -> bool:
-    """Whether a raw SSE event can carry something recorded (see above)."""
-    for mark in _ANY_OF_AFTER_CAP if after_cap else _ANY_OF:
-        if mark in raw:
-            return True
-    return (
-        _followed_by(raw, b'"finish_reason":', b'"')
-        or _followed_by(raw, b'"usage":', b"{")
-        or _followed_by(raw, b"event:", b"error")
-    )
+    """Whether a raw SSE event can carry something recorded (see above).
+
+    Written for the common event, a content chunk, which needs no look: each test first
+    asks the cheapest question that rules its mark out (a relayed stream pays this per
+    event, so it is one call with a few C searches)."""
+    if b'"error"' in raw:
+        return True
+    if b"response." in raw and (
+        any(mark in raw for mark in _RESPONSES_FINAL_MARKS)
+        or (after_cap and b"response.output_item" in raw)
+    ):
+        return True
+    # Once an answer's text budget is spent, tool calls still matter too.
+    if after_cap and (b"tool_calls" in raw or b"function_call" in raw):
+        return True
+    # Most chunks say `"finish_reason":null` (and `"usage":null` when usage was asked for):
+    # when every occurrence of the key is that, two counts rule it out.
+    reasons = raw.count(b'"finish_reason":')
+    if (
+        reasons
+        and reasons != raw.count(b'"finish_reason":null')
+        and _followed_by(raw, b'"finish_reason":', b'"')
+    ):
+        return True
+    usages = raw.count(b'"usage":')
+    if usages and usages != raw.count(b'"usage":null') and _followed_by(raw, b'"usage":', b"{"):
+        return True
+    return b"event:" in raw and _followed_by(raw, b"event:", b"error")
 
 
 def _loads(data: bytes) -> Any:
