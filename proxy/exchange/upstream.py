@@ -95,6 +95,8 @@ def _session(limits: UpstreamLimits) -> aiohttp.ClientSession:
         cookie_jar=aiohttp.DummyCookieJar(),
         timeout=_timeout(limits, queued=False),
         trust_env=False,
+        # Given once here, not with each request: aiohttp rebuilds a per-request set.
+        skip_auto_headers=_SKIP_AUTO_HEADERS,
     )
 
 
@@ -153,7 +155,6 @@ class UpstreamClient:
                 headers=headers,
                 data=body if body else None,
                 allow_redirects=False,
-                skip_auto_headers=_SKIP_AUTO_HEADERS,
                 # Only a request that has to queue gets the shorter bound.
                 timeout=self._queued_timeout if queued else self._timeout,
             )

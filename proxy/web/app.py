@@ -17,7 +17,7 @@ def build_data_app(services: Services) -> web.Application:
     )
     app[SERVICES] = services
     feedback_routes.add_routes(app)
-    proxy_routes.add_routes(app)
+    proxy_routes.add_routes(app, services.pipeline)
     return app
 
 

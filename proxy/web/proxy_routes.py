@@ -6,9 +6,10 @@ from aiohttp import web
 
 from proxy.errors import InvalidRequest
 from proxy.pipeline.resolve import slug_key
+from proxy.pipeline.resources import PipelineResources
 from proxy.pipeline.run import handle
 from proxy.prompt_key import InvalidPromptKey
-from proxy.web.keys import REQUEST_ID, SERVICES
+from proxy.web.keys import REQUEST_ID
 
 _V1 = "/v1"
 
@@ -29,38 +30,48 @@ def _raw_tail(request: web.Request, prefix: str) -> str:
     return raw[len(prefix) :]
 
 
-async def proxy_v1(request: web.Request) -> web.StreamResponse:
-    raw_tail = _raw_tail(request, _V1)
-    return await handle(
-        request.app[SERVICES].pipeline,
-        request,
-        request[REQUEST_ID],
-        request.match_info["tail"],
-        raw_tail,
-        url_key=None,
-    )
+class ProxyRoutes:
+    """The two data-plane routes, holding the pipeline they feed (a request would otherwise
+    find it through ``request.app``, a chain of aiohttp properties, every time)."""
+
+    __slots__ = ("_pipeline",)
+
+    def __init__(self, pipeline: PipelineResources) -> None:
+        self._pipeline = pipeline
+
+    async def v1(self, request: web.Request) -> web.StreamResponse:
+        raw_tail = _raw_tail(request, _V1)
+        return await handle(
+            self._pipeline,
+            request,
+            request[REQUEST_ID],
+            request.match_info["tail"],
+            raw_tail,
+            url_key=None,
+        )
+
+    async def slug_v1(self, request: web.Request) -> web.StreamResponse:
+        match = request.match_info
+        slug = match["slug"]
+        pipeline = self._pipeline
+        try:
+            # The request's one key (a header naming another is a 400).
+            key = slug_key(pipeline.snapshot.current, slug)
+        except InvalidPromptKey:
+            raise InvalidRequest(
+                "The prompt slug in the URL must match [A-Za-z0-9._-]{1,64}.",
+                param="slug",
+                code="invalid_slug",
+            ) from None
+        # A valid slug has no characters that percent-encoding changes, so the raw prefix is
+        # exactly "/p/" + slug + "/v1".
+        raw_tail = _raw_tail(request, f"/p/{slug}{_V1}")
+        return await handle(
+            pipeline, request, request[REQUEST_ID], match["tail"], raw_tail, url_key=key
+        )
 
 
-async def proxy_slug_v1(request: web.Request) -> web.StreamResponse:
-    slug = request.match_info["slug"]
-    pipeline = request.app[SERVICES].pipeline
-    try:
-        # The request's one key (a header naming another is a 400).
-        key = slug_key(pipeline.snapshot.current, slug)
-    except InvalidPromptKey:
-        raise InvalidRequest(
-            "The prompt slug in the URL must match [A-Za-z0-9._-]{1,64}.",
-            param="slug",
-            code="invalid_slug",
-        ) from None
-    # A valid slug has no characters that percent-encoding changes, so the raw prefix is
-    # exactly "/p/" + slug + "/v1".
-    raw_tail = _raw_tail(request, f"/p/{slug}{_V1}")
-    return await handle(
-        pipeline, request, request[REQUEST_ID], request.match_info["tail"], raw_tail, url_key=key
-    )
-
-
-def add_routes(app: web.Application) -> None:
-    app.router.add_route("*", "/v1/{tail:.*}", proxy_v1)
-    app.router.add_route("*", "/p/{slug}/v1/{tail:.*}", proxy_slug_v1)
+def add_routes(app: web.Application, pipeline: PipelineResources) -> None:
+    routes = ProxyRoutes(pipeline)
+    app.router.add_route("*", "/v1/{tail:.*}", routes.v1)
+    app.router.add_route("*", "/p/{slug}/v1/{tail:.*}", routes.slug_v1)
