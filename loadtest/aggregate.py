@@ -74,9 +74,32 @@ def _median_tree(nodes: Sequence[Any]) -> Any:
     return first
 
 
+def _vs_minimal(runs: Sequence[Cell]) -> dict[tuple[str, str], list[float]]:
+    """Each target's CPU per request over the minimal's in the same round and scenario.
+
+    The two ran a minute apart at most. On a shared VM the CPU a request costs drifts by
+    10-25 % between minutes (other tenants' use of the host's caches; the same tree in two
+    processes measured that far apart), so a ratio of per-target medians, taken from
+    different rounds, moved with the drift; a ratio within a round mostly cancels it."""
+    minimal = {
+        (c["scenario"], c.get("round")): value(c, "cpu_us_per_req", "target")
+        for c in runs
+        if c["target"] == MINIMAL
+    }
+    ratios: dict[tuple[str, str], list[float]] = {}
+    for c in runs:
+        mine = value(c, "cpu_us_per_req", "target")
+        base = minimal.get((c["scenario"], c.get("round")))
+        if mine is not None and base:
+            ratios.setdefault((c["scenario"], c["target"]), []).append(mine / base)
+    return ratios
+
+
 def combine(runs: Sequence[Cell], names: Sequence[str] = ALL_TARGETS) -> list[Cell]:
-    """One cell per (scenario, target): medians over rounds; counts summed, RSS the max.
+    """One cell per (scenario, target): medians over rounds; counts summed, RSS the max;
+    ``cpu_vs_minimal``: the median of the round-by-round ratios (see ``_vs_minimal``).
     ``names``: the targets to keep, in report order."""
+    paired = _vs_minimal(runs)
     scenarios = dict.fromkeys(c["scenario"] for c in runs)
     present = {(c["scenario"], c["target"]) for c in runs}
     keys = [(s, t) for s in scenarios for t in names if (s, t) in present]
@@ -96,18 +119,31 @@ def combine(runs: Sequence[Cell], names: Sequence[str] = ALL_TARGETS) -> list[Ce
         cell["peak_rss_mib"] = max(rss) if rss else None
         cpu = [c["cpu_us_per_req"]["target"] for c in group if c["cpu_us_per_req"]["target"]]
         cell["cpu_us_per_req_range"] = [min(cpu), max(cpu)] if cpu else None
+        ratios = paired.get((scenario, target))
+        cell["cpu_vs_minimal"] = statistics.median(ratios) if ratios else None
         combined.append(cell)
     return combined
 
 
+def vs_minimal(cells: Sequence[Cell], scenario: str, target: str) -> float | None:
+    """``target``'s CPU/request over the minimal's in ``scenario``: the round-by-round
+    median when the cells have it, else (results written before it) the ratio of medians."""
+    cell = find(cells, scenario, target)
+    if cell is None:
+        return None
+    if cell.get("cpu_vs_minimal") is not None:
+        return float(cell["cpu_vs_minimal"])
+    mine = value(cell, "cpu_us_per_req", "target")
+    base = value(find(cells, scenario, MINIMAL), "cpu_us_per_req", "target")
+    return mine / base if mine is not None and base else None
+
+
 def cpu_ratios(cells: Sequence[Cell]) -> dict[str, float | None]:
     """promptproxy CPU/request / minimal CPU/request, per scenario."""
-    ratios: dict[str, float | None] = {}
-    for scenario in dict.fromkeys(c["scenario"] for c in cells):
-        mine = value(find(cells, scenario, PROMPTPROXY), "cpu_us_per_req", "target")
-        base = value(find(cells, scenario, MINIMAL), "cpu_us_per_req", "target")
-        ratios[scenario] = mine / base if mine is not None and base else None
-    return ratios
+    return {
+        scenario: vs_minimal(cells, scenario, PROMPTPROXY)
+        for scenario in dict.fromkeys(c["scenario"] for c in cells)
+    }
 
 
 def swap_in_cost(cells: Sequence[Cell]) -> dict[str, dict[str, float | None]]:

@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from loadtest.aggregate import Cell, cpu_ratios, find, peer_comparison, value
+from loadtest.aggregate import Cell, cpu_ratios, find, peer_comparison, value, vs_minimal
 from loadtest.targets import MINIMAL, PROMPTPROXY, PROMPTPROXY_SWAP
 
 # From the issues ("A leaner hot path" tightened the first ones). The "minimal" column of
@@ -90,7 +90,6 @@ def latency_table(cells: Sequence[Cell]) -> str:
 
 
 def resource_table(cells: Sequence[Cell]) -> str:
-    ratios = cpu_ratios(cells)
     headers = (
         "scenario",
         "target",
@@ -108,7 +107,7 @@ def resource_table(cells: Sequence[Cell]) -> str:
     rows = []
     for c in cells:
         spread = c.get("cpu_us_per_req_range")
-        ratio = ratios.get(c["scenario"]) if c["target"] == PROMPTPROXY else None
+        ratio = None if c["target"] == MINIMAL else vs_minimal(cells, c["scenario"], c["target"])
         foreign = f"{_fmt(value(c, 'foreign_pct', 'target_core'), 0)}/" + _fmt(
             value(c, "foreign_pct", "load_core"), 0
         )
@@ -152,12 +151,11 @@ def bench_checks(cells: Sequence[Cell], clients: int) -> list[Cell]:
         if (limit := CPU_RATIO_MAX.get(scenario)) is not None
     ]
     for scenario, limit in SWAP_CPU_RATIO_MAX.items():
-        swap, mini = find(cells, scenario, PROMPTPROXY_SWAP), find(cells, scenario, MINIMAL)
-        if swap is None or mini is None:
+        if find(cells, scenario, MINIMAL) is None:
             continue
-        ratio = _ratio(
-            value(swap, "cpu_us_per_req", "target"), value(mini, "cpu_us_per_req", "target")
-        )
+        ratio = vs_minimal(cells, scenario, PROMPTPROXY_SWAP)
+        if ratio is None:
+            continue
         checks.append(_check(f"CPU/request swap-in / minimal, {scenario}", ratio, limit, None))
     note = "" if clients == TARGET_CLIENTS else f" (defined at 16 clients; ran {clients})"
     swap, mini = (
