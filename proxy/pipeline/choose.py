@@ -31,7 +31,7 @@ from proxy.registry.models import (
 
 
 # Immutable and built per request: a NamedTuple is made in C, where a frozen dataclass's
-# __init__ sets each field through object.__setattr__ (0.17 against 0.64 us).
+# __init__ sets each field through object.__setattr__ (0.24-0.45 against 0.58 us).
 class Decision(NamedTuple):
     arm: Arm
     #: The version that answers the caller.

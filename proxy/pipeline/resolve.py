@@ -24,7 +24,7 @@ SWAP_ROUTES = frozenset({Route.CHAT, Route.RESPONSES})
 
 
 # Immutable and built per request: a NamedTuple is made in C, where a frozen dataclass's
-# __init__ sets each field through object.__setattr__ (0.17 against 0.64 us).
+# __init__ sets each field through object.__setattr__ (0.24-0.45 against 0.58 us).
 class PromptRef(NamedTuple):
     key: PromptKey
     pinned_version: int | None = None
