@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import weakref
+from collections.abc import Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -20,13 +23,20 @@ _log = logging.getLogger(APP_LOGGER)
 class RequestIds:
     """Request ids as ``secrets.token_hex(12)`` makes them (24 hex digits of the OS's
     randomness), cut from a pool filled 341 ids at a time: one ``getrandom`` call per
-    341 requests instead of one each, a third of the cost per id."""
+    341 requests instead of one each, a third of the cost per id. A forked child drops
+    the pool it inherited, so two processes never hand out the same ids."""
 
-    __slots__ = ("_at", "_pool")
+    __slots__ = ("__weakref__", "_at", "_pool")
 
     _IDS_PER_FILL = 341
 
     def __init__(self) -> None:
+        self._pool = ""
+        self._at = 0
+        forget = weakref.WeakMethod(self._forget)
+        os.register_at_fork(after_in_child=lambda: _call(forget))
+
+    def _forget(self) -> None:
         self._pool = ""
         self._at = 0
 
@@ -84,6 +94,12 @@ async def _answer_and_close(request: web.Request, response: web.Response) -> web
     finally:
         close_after_answer(request.protocol)
     return response
+
+
+def _call(method: weakref.WeakMethod[Callable[[], None]]) -> None:
+    bound = method()
+    if bound is not None:
+        bound()
 
 
 def error_middleware() -> Middleware:
