@@ -141,7 +141,7 @@ class DirectWriter:
     without a ``LogRecord``, the handler's lock, the formatter's calls or a merge of the
     caller's fields into a new dict: on a path that logs every request that was most of the
     access log's cost, measured. The caller builds the line with ``LINE_HEAD`` first
-    (``head``'s values), then its fields."""
+    (``now()``, ``"info"``, ``logger``), then its fields."""
 
     __slots__ = ("_dumps", "_put", "logger")
 

@@ -82,8 +82,7 @@ async def handle(
     metrics.requests_open += 1
     try:
         check_path(tail)
-        snapshot = resources.snapshot.current
-        ref = prompt_ref(snapshot, url_key, request.headers)
+        ref = prompt_ref(resources.snapshot.current, url_key, request.headers)
         exchange.key = ref.key if ref is not None else None
         body = await read_body(request, resources.config.server.max_body_bytes)
         parsed = parse_request(  # 1
@@ -94,6 +93,8 @@ async def handle(
 
         decision: Decision | None = None
         if ref is not None and parsed.payload is not None and exchange.route in SWAP_ROUTES:
+            # Read after the body: a rollback made while a slow body arrived is obeyed.
+            snapshot = resources.snapshot.current
             stable = resolve(snapshot, ref)  # 2
             decision = decide(resources, snapshot, ref, stable, request.headers, parsed, request_id)
             exchange.version = str(decision.version.version)  # 3
