@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -345,3 +346,36 @@ async def test_rollback_is_served_without_a_restart(clients: Clients, upstream: 
     upstream.post(CHAT_URL, payload=ANSWER)
     resp = await data.post("/p/s/v1/chat/completions", json={"model": "m", "messages": []})
     assert resp.headers["x-prompt-version"] == "1"
+
+
+async def test_a_rollback_while_a_body_arrives_is_obeyed(clients: Clients, upstream: Any) -> None:
+    data, admin, services = clients
+    await push(admin, "s", {"template": "good"})
+    await push(admin, "s", {"template": "bad"})
+    await promote(admin, "s", 1)
+    await promote(admin, "s", 2)
+    await ready_for(services)
+    upstream.post(CHAT_URL, payload=ANSWER)
+    body = orjson.dumps({"model": "m", "messages": []})
+    # A raw socket, so the proxy surely has the head and half the body before the rollback.
+    reader, writer = await asyncio.open_connection(data.host, data.port)
+    writer.write(
+        b"POST /p/s/v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body[:5]
+    )
+    await writer.drain()
+    for _ in range(1000):  # until the proxy handles the request and waits for the rest
+        if services.pipeline.metrics.requests_open:
+            break
+        await asyncio.sleep(0.001)
+    assert services.pipeline.metrics.requests_open == 1
+    rolled = await admin.post("/admin/v1/prompts/s/rollback", json={}, headers=ADMIN)
+    assert rolled.status == 200
+    await ready_for(services)
+    writer.write(body[5:])
+    await writer.drain()
+    head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).decode().lower()
+    writer.close()
+    await writer.wait_closed()
+    assert head.startswith("http/1.1 200")
+    assert "x-prompt-version: 1\r\n" in head
