@@ -231,18 +231,13 @@ class ProxyMetrics:
     ) -> Series:
         """The cached children for these labels; the prompt ``key`` and ``version`` are raw
         and folded here (``model`` is already a label: see ``model_label``)."""
-        # slug_label and version_label, inlined: this runs once per request.
-        if key is None:
-            labels = (route, model, "", "", arm)
-        else:
-            known = key in self._keys
-            labels = (
-                route,
-                model,
-                key.slug if known else OTHER,
-                (version if version in self._in_use.get(key, ()) else OTHER) if version else "",
-                arm,
-            )
+        labels = (
+            route,
+            model,
+            self.slug_label(key),
+            self.version_label(key, version) if key is not None and version else "",
+            arm,
+        )
         found = self._series.get(labels)
         if found is None:
             found = self._series[labels] = Series(labels, self._families)

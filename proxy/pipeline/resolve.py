@@ -38,9 +38,8 @@ def prompt_ref(
     key = url_key
     header_slug = headers.get(SLUG_HEADER)
     if header_slug is not None:
-        named = header_key(
-            snapshot, header_slug
-        )  # an invalid header is its own 400, before a conflict
+        # An invalid header is its own 400, before a conflict.
+        named = header_key(snapshot, header_slug)
         if url_key is None:
             key = named
         elif named != url_key:

@@ -334,13 +334,18 @@ async def test_version_pin_serves_an_older_version(clients: Clients, upstream: A
     assert [b["messages"][0]["content"] for b in sent_bodies(upstream)] == ["one", "two"]
 
 
-async def test_rollback_is_served_without_a_restart(clients: Clients, upstream: Any) -> None:
-    data, admin, services = clients
+async def good_then_bad(admin: TestClient[Any, Any], services: Services) -> None:
+    """Prompt ``s``: version 1 was prod, version 2 is, and the proxy serves it."""
     await push(admin, "s", {"template": "good"})
     await push(admin, "s", {"template": "bad"})
     await promote(admin, "s", 1)
     await promote(admin, "s", 2)
     await ready_for(services)
+
+
+async def test_rollback_is_served_without_a_restart(clients: Clients, upstream: Any) -> None:
+    data, admin, services = clients
+    await good_then_bad(admin, services)
     await admin.post("/admin/v1/prompts/s/rollback", json={}, headers=ADMIN)
     await ready_for(services)
     upstream.post(CHAT_URL, payload=ANSWER)
@@ -350,11 +355,7 @@ async def test_rollback_is_served_without_a_restart(clients: Clients, upstream: 
 
 async def test_a_rollback_while_a_body_arrives_is_obeyed(clients: Clients, upstream: Any) -> None:
     data, admin, services = clients
-    await push(admin, "s", {"template": "good"})
-    await push(admin, "s", {"template": "bad"})
-    await promote(admin, "s", 1)
-    await promote(admin, "s", 2)
-    await ready_for(services)
+    await good_then_bad(admin, services)
     upstream.post(CHAT_URL, payload=ANSWER)
     body = orjson.dumps({"model": "m", "messages": []})
     # A raw socket, so the proxy surely has the head and half the body before the rollback.
