@@ -5,7 +5,8 @@ loop never blocks and in-process calls are serialized. Several *processes* may s
 file: WAL lets readers proceed during a write, ``BEGIN IMMEDIATE`` takes the write lock up
 front (waiting up to ``busy_timeout``), so concurrent pushes get distinct consecutive
 numbers. Every write bumps the ``revision`` row in the same transaction; other processes
-notice by polling it.
+notice by polling it (``embedded_watch``: on the loop, reading it only when a commit
+landed).
 
 Identity (``proxy.registry.identity``): the file's generation is bound on first use, and
 every write transaction checks it before writing. A file replaced or deleted under a running
@@ -29,6 +30,7 @@ from proxy.registry import embedded_schema as sql
 from proxy.registry import lifecycle
 from proxy.registry.analysis_policy import AnalysisPolicy
 from proxy.registry.backup import RegistryImage, RestoreRefused
+from proxy.registry.embedded_watch import ChangeWatch
 from proxy.registry.identity import IdentityGuard, describe
 from proxy.registry.models import (
     AuditEntry,
@@ -64,6 +66,9 @@ class EmbeddedStore:
         self._file: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file
         self._closed = False
         self._identity = IdentityGuard()
+        self._watch = ChangeWatch(self.path)
+        self._watch_lock = asyncio.Lock()
+        self._watched: int | None = None
 
     @classmethod
     async def open(
@@ -228,14 +233,28 @@ class EmbeddedStore:
         return await self._read(read)
 
     async def wait_for_change(self, known_revision: int, max_wait: float) -> int:
+        """Looks every ``poll_interval`` on the loop (``ChangeWatch``), and reads the
+        revision on the worker only when the file moved: an idle proxy makes no hops."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, max_wait)
         while True:
-            current = await self.revision()
+            if self._closed:
+                raise StoreUnavailable(f"registry store {self.path} is closed")
+            current = await self._watched_revision()
             remaining = deadline - loop.time()
             if current != known_revision or remaining <= 0:
                 return current
             await asyncio.sleep(min(self._poll_interval, remaining))
+
+    async def _watched_revision(self) -> int:
+        """The file's revision, read on the worker only if a commit landed since it was
+        last read here. The lock keeps look and read paired: a slower read finishing after
+        a newer one would otherwise leave the older revision as the one 'unchanged since'."""
+        async with self._watch_lock:
+            if self._watch.moved() or self._watched is None:
+                self._watched = None  # a read that fails must be made again, not trusted
+                self._watched = await self.revision()
+            return self._watched
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -505,6 +524,7 @@ class EmbeddedStore:
         if self._closed:
             return
         self._closed = True
+        self._watch.close()
 
         def close_conn() -> None:
             if self._conn is not None:

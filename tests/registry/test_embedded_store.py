@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import sys
 import time
@@ -13,6 +14,7 @@ import pytest
 from proxy.prompt_key import PromptKey
 from proxy.registry.analysis_policy import AnalysisPolicy
 from proxy.registry.embedded_store import EmbeddedStore
+from proxy.registry.embedded_watch import ChangeWatch
 from proxy.registry.models import RolloutMode, Status, StickyKey, VersionDraft
 from proxy.registry.store import StoreUnavailable
 
@@ -256,3 +258,97 @@ async def test_the_file_itself_keeps_the_rollout_rules(tmp_path: Path) -> None:
         assert rollout.analysis == AnalysisPolicy(steps=(500, 2500))
     finally:
         await reopened.close()
+
+
+# -- noticing changes ------------------------------------------------------------------------
+
+
+async def test_a_quiet_registry_is_watched_without_reading_it(tmp_path: Path) -> None:
+    """Idle replicas look five times a second; reading the revision on the worker thread
+    each time was most of an idle proxy's CPU. A look costs no read unless a commit landed,
+    and one that did is still noticed at the next look."""
+    path = tmp_path / "registry.db"
+    store = await EmbeddedStore.open(path, poll_interval=0.02)
+    writer = await EmbeddedStore.open(path)
+    reads = 0
+    real_revision = store.revision
+
+    async def counted() -> int:
+        nonlocal reads
+        reads += 1
+        return await real_revision()
+
+    store.revision = counted  # type: ignore[method-assign]
+    try:
+        known = await real_revision()
+        assert await store.wait_for_change(known, max_wait=0.5) == known  # ~25 looks
+        assert reads == 1  # the first look has nothing to compare with
+
+        waiter = asyncio.create_task(store.wait_for_change(known, max_wait=10.0))
+        await asyncio.sleep(0.1)
+        assert reads == 1
+        assert not waiter.done()
+        await writer.create_version(draft("a"), "alice", 1.0)
+        assert await asyncio.wait_for(waiter, timeout=2.0) == known + 1
+        assert reads == 2
+    finally:
+        await writer.close()
+        await store.close()
+
+
+async def test_a_caller_behind_a_quiet_registry_is_told_at_once(tmp_path: Path) -> None:
+    """The refresher may ask again with the revision it had before a failed load: nothing
+    has moved since the last look, but the answer is still the newer revision."""
+    store = await EmbeddedStore.open(tmp_path / "registry.db", poll_interval=0.02)
+    try:
+        await store.create_version(draft("a"), "alice", 1.0)
+        current = await store.revision()
+        assert await store.wait_for_change(current, max_wait=0.1) == current
+        started = time.monotonic()
+        assert await store.wait_for_change(current - 1, max_wait=5.0) == current
+        assert time.monotonic() - started < 1.0
+    finally:
+        await store.close()
+
+
+async def test_a_file_replaced_under_a_quiet_watch_is_noticed(tmp_path: Path) -> None:
+    path = tmp_path / "registry.db"
+    store = await EmbeddedStore.open(path, poll_interval=0.02)
+    other_path = tmp_path / "other.db"
+    other = await EmbeddedStore.open(other_path)
+    try:
+        for text in ("a", "b", "c"):
+            await other.create_version(draft(text), "bob", 1.0)
+        await other.close()
+        known = await store.revision()
+        assert await store.wait_for_change(known, max_wait=0.1) == known
+        waiter = asyncio.create_task(store.wait_for_change(known, max_wait=10.0))
+        await asyncio.sleep(0.1)
+        os.replace(other_path, path)
+        for suffix in ("-wal", "-shm"):  # a replaced volume brings no stale WAL along
+            os.unlink(f"{path}{suffix}")
+        assert await asyncio.wait_for(waiter, timeout=2.0) == 3
+    finally:
+        await store.close()
+
+
+def test_the_watch_never_creates_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "registry.db"
+    watch = ChangeWatch(path)
+    assert watch.moved()
+    assert watch.moved()
+    assert not path.exists()
+    sqlite3.connect(path).close()
+    assert watch.moved()  # appeared
+    assert not watch.moved()
+    path.unlink()
+    assert watch.moved()
+    watch.close()
+
+
+async def test_a_closed_store_is_not_watched(tmp_path: Path) -> None:
+    store = await EmbeddedStore.open(tmp_path / "registry.db")
+    known = await store.revision()
+    await store.close()
+    with pytest.raises(StoreUnavailable):
+        await store.wait_for_change(known, max_wait=1.0)
