@@ -159,7 +159,7 @@ def connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
     # upgrade to a write without ever waiting on the busy timeout.
     conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
     try:
-        mode = _enable_wal(conn, busy_timeout)
+        mode = enable_wal(conn, busy_timeout)
         if mode.lower() != "wal":
             raise StoreUnavailable(f"{path}: cannot enable WAL mode (got {mode!r})")
         # Registry writes are rare and human-paced; an acknowledged promote must survive a
@@ -172,7 +172,7 @@ def connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
     return conn
 
 
-def _enable_wal(conn: sqlite3.Connection, busy_timeout: float) -> str:
+def enable_wal(conn: sqlite3.Connection, busy_timeout: float) -> str:
     # Switching a fresh file to WAL can report "database is locked" at once, without the
     # busy handler, when several processes open it together (proxy workers starting up).
     deadline = time.monotonic() + busy_timeout
