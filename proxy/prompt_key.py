@@ -26,6 +26,13 @@ _TEXT = re.compile(
 
 LayerKind = Literal["tier", "tenant"]
 
+#: The platform's guardrails: a prompt like any other in the registry (versions, audit,
+#: promote, rollback), composed first into every swapped-in prompt, never named by a request.
+GUARDRAILS_SLUG = "_guardrails"
+#: Slugs starting with this are the platform's own; a push may use only the ones it knows.
+RESERVED_PREFIX = "_"
+RESERVED_SLUGS = frozenset({GUARDRAILS_SLUG})
+
 
 class InvalidPromptKey(ValueError):
     """A slug, layer name or variant outside the alphabet, or a malformed key text."""

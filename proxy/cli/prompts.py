@@ -40,6 +40,7 @@ def _version_payload(draft: VersionDraft) -> api.VersionIn:
         params=draft.params,
         author=draft.author or None,
         changelog=draft.changelog,
+        caller_system=draft.caller_system,
     )
 
 
@@ -127,6 +128,8 @@ def show(ctx: Context, slug: str, version: int | None) -> None:
             f"model: {v.model or '-'}   params: {v.params or '-'}",
             "variables: " + (", ".join(x.name for x in v.variables) or "-"),
             f"changelog: {v.changelog or '-'}",
+            "caller's system messages: "
+            + ("kept after" if v.caller_system == "after" else "dropped"),
             "",
             v.template,
         ]

@@ -42,6 +42,9 @@ class Exchange:
     key: PromptKey | None = None
     version: str | None = None
     arm: str | None = None
+    #: What composed the prompt sent, in order (``guardrails@2,base@3``): the
+    #: ``x-prompt-layers`` header and the access log's ``layers``.
+    layers: str | None = None
     stream: bool = False
     model_requested: str | None = None
     #: The model sent upstream when a prompt's model pin replaced the requested one (a

@@ -75,6 +75,7 @@ def _request_line(ex: Exchange, ts: float, logger: str) -> dict[str, object]:
         "slug": None if ex.key is None else ex.key.slug,
         "version": ex.version,
         "arm": ex.arm,
+        "layers": ex.layers,
         "model_requested": ex.model_requested,
         "model_sent": ex.model_sent,
         "model_answered": ex.model_answered,

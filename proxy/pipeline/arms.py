@@ -66,6 +66,7 @@ def shadow_copy(
     decision: Decision,
     raw_tail: str,
     headers: Mapping[str, str],
+    guardrails: PromptVersion | None = None,
 ) -> ShadowRequest | str:
     """The shadow request for a sampled decision, or the reason it is not sent.
     ``headers`` are the primary's outbound headers (same credentials, same provider)."""
@@ -83,7 +84,7 @@ def shadow_copy(
         return skip
     payload = orjson.loads(parsed.body)
     try:
-        render_into(parsed.route, payload, candidate, resources.renderer)
+        render_into(parsed.route, payload, candidate, resources.renderer, guardrails)
     except InvalidRequest:
         return RENDER_FAILED
     shadow_parsed = ParsedRequest(

@@ -1,7 +1,10 @@
 """Stage 4, render: put the chosen prompt version into the request body.
 
-The rendered template replaces the first `system` or `developer` message (or is inserted
-first); on the Responses API it becomes `instructions`. A model pin replaces the requested
+The platform's guardrails (the prod version of `_guardrails`) come first, as a system
+message of their own, then the rendered template; the caller's own `system` and `developer`
+messages are dropped, or kept after both when the version says `caller_system: after`, so
+a caller's "ignore the rules above" never comes before the rules. On the Responses API the
+two texts become `instructions`, in the same order. A model pin replaces the requested
 model; the version's default parameters fill only what the caller left out. Caller values
 are data: they are passed to the sandboxed renderer as variables, never as template code.
 """
@@ -12,7 +15,7 @@ from typing import Any
 
 from proxy.errors import InvalidRequest
 from proxy.models import Route
-from proxy.registry.models import PromptVersion
+from proxy.registry.models import CALLER_SYSTEM_AFTER, PromptVersion
 from proxy.registry.templates import PromptRenderer, RenderError
 
 VARIABLES_FIELD = "prompt_variables"
@@ -32,29 +35,61 @@ def _variables(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def render_into(
-    route: Route, payload: dict[str, Any], version: PromptVersion, renderer: PromptRenderer
+    route: Route,
+    payload: dict[str, Any],
+    version: PromptVersion,
+    renderer: PromptRenderer,
+    guardrails: PromptVersion | None = None,
 ) -> None:
-    """Rewrite ``payload`` in place for ``version``."""
+    """Rewrite ``payload`` in place for ``version``, under ``guardrails`` if there are any."""
     values = _variables(payload)
     try:
         text = renderer.render(version.sha256, version.template, version.variables, values)
     except RenderError as exc:
         param = f"{VARIABLES_FIELD}.{exc.variable}" if exc.variable else VARIABLES_FIELD
         raise InvalidRequest(str(exc), param=param, code="invalid_prompt_variables") from None
+    # The platform's text: never the caller's values (a push gives every variable a default).
+    rules = (
+        None
+        if guardrails is None
+        else renderer.render(guardrails.sha256, guardrails.template, guardrails.variables, {})
+    )
+    keep_caller_system = version.caller_system == CALLER_SYSTEM_AFTER
 
     if route is Route.RESPONSES:
-        payload["instructions"] = text
+        payload["instructions"] = text if rules is None else f"{rules}\n\n{text}"
+        items = payload.get("input")
+        if isinstance(items, list) and not keep_caller_system:
+            payload["input"] = [item for item in items if not _is_system(item)]
     else:
         messages = payload.get("messages")
         if not isinstance(messages, list):
             raise InvalidRequest("`messages` must be a list.", param="messages")
-        for index, message in enumerate(messages):
-            if isinstance(message, dict) and message.get("role") in _SYSTEM_ROLES:
-                messages[index] = {**message, "content": text}
-                break
-        else:
-            messages.insert(0, {"role": "system", "content": text})
+        role: str | None = None
+        rest: list[Any] = []
+        for message in messages:
+            if _is_system(message):
+                if role is None:
+                    role = message["role"]  # a client that speaks `developer` gets it back
+                if not keep_caller_system:
+                    continue
+            rest.append(message)
+        role = role or "system"
+        composed = [{"role": role, "content": text}]
+        if rules is not None:
+            composed.insert(0, {"role": role, "content": rules})
+        payload["messages"] = composed + rest
     if version.model:
         payload["model"] = version.model
     for name, value in version.params.items():
         payload.setdefault(name, value)
+
+
+def _is_system(item: Any) -> bool:
+    return isinstance(item, dict) and item.get("role") in _SYSTEM_ROLES
+
+
+def layers(version: PromptVersion, guardrails: PromptVersion | None) -> str:
+    """What composed a prompt, in order: the ``x-prompt-layers`` header and log field."""
+    base = f"base@{version.version}"
+    return base if guardrails is None else f"guardrails@{guardrails.version},{base}"

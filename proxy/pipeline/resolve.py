@@ -12,7 +12,7 @@ from multidict import CIMultiDictProxy
 
 from proxy.errors import Conflict, InvalidRequest, NotFound
 from proxy.models import Route
-from proxy.prompt_key import InvalidPromptKey, PromptKey
+from proxy.prompt_key import RESERVED_PREFIX, InvalidPromptKey, PromptKey
 from proxy.registry.models import PromptVersion, RegistrySnapshot
 
 SLUG_HEADER = "x-prompt-slug"
@@ -49,6 +49,13 @@ def prompt_ref(
                 code="conflicting_slug",
             )
     pin = headers.get(VERSION_HEADER)
+    if key is not None and key.slug.startswith(RESERVED_PREFIX):
+        raise InvalidRequest(
+            f"'{key.slug}' is the platform's own prompt: it is composed into every prompt "
+            "and cannot be named by a request.",
+            param="slug",
+            code="reserved_slug",
+        )
     if key is None:
         if pin is not None:
             raise InvalidRequest(

@@ -31,7 +31,7 @@ from proxy.pipeline.choose import Decision
 from proxy.pipeline.parse import check_path, classify, encode_outbound, parse_request
 from proxy.pipeline.record import settle
 from proxy.pipeline.relay import relay
-from proxy.pipeline.render import render_into
+from proxy.pipeline.render import layers, render_into
 from proxy.pipeline.resolve import CONTROL_HEADERS, SWAP_ROUTES, prompt_ref, resolve
 from proxy.pipeline.resources import PipelineResources
 from proxy.prompt_key import PromptKey
@@ -101,7 +101,11 @@ async def handle(
             exchange.arm = decision.arm._value_
             if decision.rollout is not None:
                 exchange.rollout_id = decision.rollout.id
-            render_into(exchange.route, parsed.payload, decision.version, resources.renderer)  # 4
+            guardrails = snapshot.guardrails
+            render_into(  # 4
+                exchange.route, parsed.payload, decision.version, resources.renderer, guardrails
+            )
+            exchange.layers = layers(decision.version, guardrails)
             exchange.model_sent = decision.version.model
         elif ref is not None:
             _count_unshadowable(resources, ref.key)
@@ -113,7 +117,9 @@ async def handle(
             request.headers, resources.api_key, drop=CONTROL_HEADERS
         )
         if decision is not None and decision.shadow is not None:
-            shadow = shadow_copy(resources, exchange, parsed, decision, raw_tail, outbound_headers)
+            shadow = shadow_copy(
+                resources, exchange, parsed, decision, raw_tail, outbound_headers, guardrails
+            )
             if isinstance(shadow, ShadowRequest):
                 half: asyncio.Future[Exchange] = asyncio.get_running_loop().create_future()
                 submitted = resources.shadow.submit(shadow, half)
@@ -175,3 +181,5 @@ def _add_prompt_headers(
     headers["x-prompt-slug"] = version.key.slug
     headers["x-prompt-version"] = str(version.version)
     headers["x-prompt-arm"] = exchange.arm or Arm.STABLE.value
+    if exchange.layers is not None:
+        headers["x-prompt-layers"] = exchange.layers

@@ -20,14 +20,18 @@ from proxy.prompt_key import InvalidPromptKey, PromptKey
 from proxy.registry import lifecycle
 from proxy.registry.identity import describe
 from proxy.registry.models import (
+    CALLER_SYSTEM,
+    CALLER_SYSTEM_DROP,
     INT64_MAX,
     AuditEntry,
+    CallerSystem,
     PromptVersion,
     RegistrySnapshot,
     Rollout,
     Status,
     VariableSpec,
     VersionDraft,
+    caller_system,
     unstorable_value,
 )
 from proxy.registry.store import InvalidTransition
@@ -253,6 +257,15 @@ def _status(value: Any, where: str, *, optional: bool = False) -> Status | None:
         raise ImageError(f"must be one of {choices}", where) from None
 
 
+def _caller_system(value: Any, where: str) -> CallerSystem:
+    if value is None:
+        return CALLER_SYSTEM_DROP  # written before the field existed
+    found = caller_system(value)
+    if found is None:
+        raise ImageError(f"must be one of {', '.join(CALLER_SYSTEM)}", where)
+    return found
+
+
 def _storable(value: Any, where: str) -> None:
     found = unstorable_value(value, where)
     if found is not None:
@@ -323,6 +336,7 @@ def _version(item: dict[str, Any], where: str, checked: dict[bytes, str | None])
         params=params,
         author=_str(item.get("author", ""), f"{where}.author"),
         changelog=_str(item.get("changelog", ""), f"{where}.changelog"),
+        caller_system=_caller_system(item.get("caller_system"), f"{where}.caller_system"),
     )
     content = orjson.dumps([template, [v.to_dict() for v in variables]])
     if content not in checked:

@@ -2,7 +2,8 @@
 
 A version is never changed or deleted; its status is the only thing that moves, and every
 move is an ``AuditEntry``. ``content_sha256`` covers what defines a version's behaviour
-(template, variables, model pin, params), so pushing the same content twice is a no-op.
+(template, variables, model pin, params, and what becomes of the caller's system
+messages), so pushing the same content twice is a no-op.
 
 Every value names its version line by a ``PromptKey``. In the JSON of ``to_dict`` (what
 the admin API answers and what stores, backups and the audit keep) the key's text is the
@@ -18,13 +19,28 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
-from proxy.prompt_key import PromptKey
+from proxy.prompt_key import GUARDRAILS_SLUG, PromptKey
 from proxy.registry.analysis_policy import AnalysisPolicy
 from proxy.registry.percent import BASIS_POINTS as BASIS_POINTS
+
+#: A swapped-in prompt drops the caller's own system and developer messages (the default:
+#: a caller's "ignore the rules above" never reaches the model), or keeps them ``after``
+#: the composed prompt, where they cannot come before the guardrails.
+CallerSystem = Literal["drop", "after"]
+CALLER_SYSTEM_DROP: CallerSystem = "drop"
+CALLER_SYSTEM_AFTER: CallerSystem = "after"
+CALLER_SYSTEM: tuple[CallerSystem, ...] = (CALLER_SYSTEM_DROP, CALLER_SYSTEM_AFTER)
+
+
+def caller_system(value: object) -> CallerSystem | None:
+    """``value`` as a ``CallerSystem``, or None if it is not one."""
+    if value == CALLER_SYSTEM_AFTER:
+        return CALLER_SYSTEM_AFTER
+    return CALLER_SYSTEM_DROP if value == CALLER_SYSTEM_DROP else None
 
 
 class Status(StrEnum):
@@ -92,6 +108,8 @@ class VersionDraft:
     params: dict[str, Any] = field(default_factory=dict)
     author: str = ""
     changelog: str = ""
+    #: What happens to the caller's own system and developer messages (``CALLER_SYSTEM``).
+    caller_system: CallerSystem = CALLER_SYSTEM_DROP
 
     def to_version(self, number: int, created_at: float) -> PromptVersion:
         """The immutable version this draft becomes, as a new draft."""
@@ -107,6 +125,7 @@ class VersionDraft:
             created_at=created_at,
             sha256=self.content_sha256(),
             status=Status.DRAFT,
+            caller_system=self.caller_system,
         )
 
     def content_sha256(self) -> str:
@@ -116,6 +135,9 @@ class VersionDraft:
             "model": self.model,
             "params": self.params,
         }
+        if self.caller_system != CALLER_SYSTEM_DROP:
+            # Only when set: every version hashed before the field existed keeps its hash.
+            content["caller_system"] = self.caller_system
         return hashlib.sha256(orjson.dumps(content, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
@@ -132,9 +154,10 @@ class PromptVersion:
     created_at: float  # unix seconds
     sha256: str
     status: Status
+    caller_system: CallerSystem = CALLER_SYSTEM_DROP
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "slug": self.key.text,
             "version": self.version,
             "template": self.template,
@@ -147,6 +170,9 @@ class PromptVersion:
             "sha256": self.sha256,
             "status": self.status.value,
         }
+        if self.caller_system != CALLER_SYSTEM_DROP:
+            data["caller_system"] = self.caller_system
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PromptVersion:
@@ -170,6 +196,7 @@ class PromptVersion:
             created_at=float(data["created_at"]),
             sha256=data["sha256"],
             status=Status(data["status"]),
+            caller_system=caller_system(data.get("caller_system", "drop")) or CALLER_SYSTEM_DROP,
         )
 
 
@@ -378,6 +405,8 @@ class RegistrySnapshot:
     #: the very key object every table of the snapshot (and the metrics' label sets) is
     #: keyed by, so its lookups match by identity, and no key is built per request.
     plain_keys: dict[str, PromptKey] = field(init=False, repr=False, compare=False)
+    #: The prod version of ``_guardrails``, composed first into every swapped-in prompt.
+    guardrails: PromptVersion | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         canonical = {key: key for key in self.versions}
@@ -388,6 +417,11 @@ class RegistrySnapshot:
         object.__setattr__(
             self, "plain_keys", {key.slug: key for key in self.versions if key.is_plain}
         )
+        guardrails: PromptVersion | None = None
+        key = self.plain_keys.get(GUARDRAILS_SLUG)
+        if key is not None and (number := self.prod.get(key)) is not None:
+            guardrails = self.versions[key].get(number)
+        object.__setattr__(self, "guardrails", guardrails)
 
     @property
     def empty(self) -> bool:

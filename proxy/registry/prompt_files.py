@@ -16,11 +16,18 @@ import yaml
 
 from proxy.models import SLUG_PATTERN
 from proxy.prompt_key import PromptKey
-from proxy.registry.models import VariableSpec, VersionDraft, unstorable_value
+from proxy.registry.models import (
+    CALLER_SYSTEM,
+    CALLER_SYSTEM_DROP,
+    VariableSpec,
+    VersionDraft,
+    unstorable_value,
+)
+from proxy.registry.models import caller_system as as_caller_system
 from proxy.registry.templates import template_problems
 
 SUFFIXES = (".md", ".yaml", ".yml")
-_KEYS = frozenset({"slug", "variables", "model", "params", "author", "changelog"})
+_KEYS = frozenset({"slug", "variables", "model", "params", "author", "changelog", "caller_system"})
 _VARIABLE_KEYS = frozenset({"name", "type", "default", "description"})
 # These come from elsewhere: the pin, the request's messages, the caller's variables.
 _RESERVED_PARAMS = frozenset({"model", "messages", "prompt_variables"})
@@ -173,6 +180,10 @@ def _build(
         problem("params", f"{where}: {why}")
     for name in sorted(_RESERVED_PARAMS & params.keys()):
         problem("params", f"params may not set {name!r}")
+    caller_system = as_caller_system(data.get("caller_system", CALLER_SYSTEM_DROP))
+    if caller_system is None:
+        problem("caller_system", f"caller_system must be one of {', '.join(CALLER_SYSTEM)}")
+        caller_system = CALLER_SYSTEM_DROP
     author, changelog = data.get("author") or "", data.get("changelog") or ""
     for key, value in (("author", author), ("changelog", changelog)):
         if not isinstance(value, str):
@@ -202,6 +213,7 @@ def _build(
         params=params,
         author=str(author),
         changelog=str(changelog),
+        caller_system=caller_system,
     )
     return draft, []
 

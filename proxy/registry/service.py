@@ -15,7 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
-from proxy.prompt_key import InvalidPromptKey, PromptKey
+from proxy.prompt_key import (
+    GUARDRAILS_SLUG,
+    RESERVED_PREFIX,
+    RESERVED_SLUGS,
+    InvalidPromptKey,
+    PromptKey,
+)
 from proxy.registry.analysis_policy import AnalysisPolicy
 from proxy.registry.fleet import Fleet, FleetError, FleetWait, ReplicaView
 from proxy.registry.history import StateAt, state_at
@@ -100,6 +106,36 @@ def prompt_key(slug: str) -> PromptKey:
             param="slug",
             code="invalid_slug",
         ) from None
+
+
+def check_reserved(draft: VersionDraft) -> None:
+    """The platform's own slugs: only the known ones, and the guardrails as the platform
+    composes them (no overrides, no variants, nothing a caller must supply)."""
+    slug = draft.key.slug
+    if not slug.startswith(RESERVED_PREFIX):
+        return
+    if slug not in RESERVED_SLUGS:
+        raise InvalidRequest(
+            f"Slugs starting with {RESERVED_PREFIX!r} are reserved for the platform "
+            f"({', '.join(sorted(RESERVED_SLUGS))}); {slug!r} is not one of them.",
+            param="slug",
+            code="reserved_slug",
+        )
+    if not draft.key.is_plain:
+        raise InvalidRequest(
+            f"{GUARDRAILS_SLUG} is the platform's layer: it has no tier, tenant or variant "
+            "versions.",
+            param="slug",
+            code="reserved_slug",
+        )
+    for index, variable in enumerate(draft.variables):
+        if not variable.has_default:
+            raise InvalidRequest(
+                f"{GUARDRAILS_SLUG} is rendered without the caller's values: variable "
+                f"{variable.name!r} needs a default.",
+                param=f"variables[{index}].default",
+                code="invalid_template",
+            )
 
 
 #: Longest wait for the fleet an admin write accepts: the CLI's HTTP call must outlive it.
@@ -214,6 +250,7 @@ class RegistryService:
 
     async def push(self, draft: VersionDraft, actor: str) -> tuple[PromptVersion, bool]:
         """Create a version (or return the latest if its content is identical)."""
+        check_reserved(draft)
         try:
             check_template(draft.template, draft.variables)
         except TemplateProblem as exc:
@@ -277,6 +314,13 @@ class RegistryService:
 
         ``analysis`` is the automated-analysis policy of a new rollout. On a running one it
         may be omitted (the policy stays) or repeated, never changed."""
+        if key.slug == GUARDRAILS_SLUG:
+            raise Conflict(
+                f"{GUARDRAILS_SLUG} changes by promote and rollback, which every replica "
+                "obeys within a second; a canary or shadow of the guardrails is not supported.",
+                param="slug",
+                code="guardrails_rollout",
+            )
         points = basis_points(percent)
         sticky_key = parse_sticky(sticky) if sticky is not None else None
         with store_errors(key):

@@ -51,6 +51,7 @@ def _draft(key: PromptKey, body: api.VersionIn, actor: str) -> VersionDraft:
         params=body.params,
         author=body.author or actor,
         changelog=body.changelog,
+        caller_system=body.caller_system,
     )
 
 

@@ -164,6 +164,11 @@ class VersionIn(Body):
     params: dict[str, Any] = Field({}, description="Default generation parameters. " + _JSON_VALUE)
     author: str | None = Field(None, description="Defaults to the token's name")
     changelog: str = ""
+    caller_system: Literal["drop", "after"] = Field(
+        "drop",
+        description="The caller's own system and developer messages: dropped (the default), "
+        "or kept after the composed prompt, never before the guardrails",
+    )
 
 
 class PromoteIn(Body):
@@ -189,6 +194,7 @@ class Version(Wire):
     created_at: float
     sha256: str
     status: Status
+    caller_system: Literal["drop", "after"] = "drop"
 
 
 class PromptSummary(Wire):

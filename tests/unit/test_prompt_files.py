@@ -235,3 +235,20 @@ params:
     found = problems_of(write(tmp_path, "q.md", huge))
     assert len(found) == 1, found
     assert ":2: params.logit_bias.50256[1]: integers must fit in 64 bits" in found[0]
+
+
+def test_a_file_may_keep_the_callers_system_messages(tmp_path: Path) -> None:
+    kept = load_prompt_file(write(tmp_path, "a.md", "---\ncaller_system: after\n---\nHi.\n"))
+    dropped = load_prompt_file(write(tmp_path, "b.md", "---\nauthor: a\n---\nHi.\n"))
+    assert (kept.caller_system, dropped.caller_system) == ("after", "drop")
+    # Only a file that says so hashes differently: older versions keep their hashes.
+    assert kept.content_sha256() != dropped.content_sha256()
+    assert (
+        load_prompt_file(
+            write(tmp_path, "c.md", "---\ncaller_system: drop\n---\nHi.\n")
+        ).content_sha256()
+        == dropped.content_sha256()
+    )
+    found = problems_of(write(tmp_path, "d.md", "---\ncaller_system: before\n---\nHi.\n"))
+    assert len(found) == 1
+    assert ":2: caller_system must be one of drop, after" in found[0]
