@@ -252,3 +252,15 @@ def test_a_file_may_keep_the_callers_system_messages(tmp_path: Path) -> None:
     found = problems_of(write(tmp_path, "d.md", "---\ncaller_system: before\n---\nHi.\n"))
     assert len(found) == 1
     assert ":2: caller_system must be one of drop, after" in found[0]
+
+
+def test_reserved_slugs_are_checked_in_the_file(tmp_path: Path) -> None:
+    rules = "---\nvariables:\n  - name: who\n---\nNever {{ who }}.\n"
+    found = problems_of(write(tmp_path, "_guardrails.md", rules))
+    assert len(found) == 1
+    assert "variable 'who' needs a default" in found[0]
+    found = problems_of(write(tmp_path, "_mine.md", "Hi.\n"))
+    assert len(found) == 1
+    assert "reserved" in found[0]
+    fine = "---\nvariables:\n  - name: who\n    default: secrets\n---\nNever {{ who }}.\n"
+    assert load_prompt_file(write(tmp_path, "_guardrails.md", fine)).key == PromptKey("_guardrails")
