@@ -31,6 +31,8 @@ LayerKind = Literal["tier", "tenant"]
 GUARDRAILS_SLUG = "_guardrails"
 #: Slugs starting with this are the platform's own; a push may use only the ones it knows.
 RESERVED_PREFIX = "_"
+#: Not a prompt: the audit of the tenant records is filed under ``tenant=ID/_tenants``.
+TENANTS_SLUG = "_tenants"
 RESERVED_SLUGS = frozenset({GUARDRAILS_SLUG})
 
 

@@ -29,6 +29,7 @@ from proxy.registry.models import (
     RegistrySnapshot,
     Rollout,
     Status,
+    Tenant,
     VariableSpec,
     VersionDraft,
     caller_system,
@@ -103,22 +104,32 @@ class RegistryImage:
     rollouts: Mapping[PromptKey, Rollout] = field(default_factory=dict)
     #: Oldest first; empty when made from a snapshot (a replica has no audit log).
     audit: tuple[AuditEntry, ...] = ()
+    #: tenant id -> record; a restore makes these the store's tenants, all of them.
+    tenants: Mapping[str, Tenant] = field(default_factory=dict)
 
     @classmethod
     def from_snapshot(cls, snapshot: RegistrySnapshot) -> RegistryImage:
         if snapshot.generation is None:
             raise ImageError("the snapshot has no generation (the store was never initialised)")
-        return cls(snapshot.generation, snapshot.revision, snapshot.versions, snapshot.rollouts)
+        return cls(
+            snapshot.generation,
+            snapshot.revision,
+            snapshot.versions,
+            snapshot.rollouts,
+            tenants=snapshot.tenants,
+        )
 
     @property
     def empty(self) -> bool:
         return not self.versions
 
     def content(self) -> tuple[Any, ...]:
-        """What "the same content" means for an import: versions, statuses, rollouts."""
+        """What "the same content" means for an import: versions, statuses, rollouts,
+        tenants (their tiers and keys; not when they were last changed)."""
         return (
             {s: {n: v.to_dict() for n, v in vs.items()} for s, vs in self.versions.items()},
             {s: r.to_dict() for s, r in self.rollouts.items()},
+            {t.id: (t.tier, sorted(t.key_hashes)) for t in self.tenants.values()},
         )
 
     def prod_stack(self, key: PromptKey) -> list[int]:
@@ -182,6 +193,7 @@ class RegistryImage:
             ],
             "rollouts": [self.rollouts[key].to_dict() for key in sorted(self.rollouts)],
             "audit": [e.to_dict() for e in self.audit],
+            "tenants": [self.tenants[t].to_dict() for t in sorted(self.tenants)],
         }
         return orjson.dumps(data, option=orjson.OPT_INDENT_2)
 
@@ -206,7 +218,8 @@ class RegistryImage:
         versions = _versions(_list(data.get("versions"), "versions"))
         rollouts = _rollouts(_list(data.get("rollouts", []), "rollouts"), versions)
         audit = _audit(_list(data.get("audit", []), "audit"))
-        return cls(generation, revision, versions, rollouts, audit)
+        tenants = _tenants(_list(data.get("tenants", []), "tenants"))
+        return cls(generation, revision, versions, rollouts, audit, tenants)
 
 
 # -- checking an export, field by field ------------------------------------------------------
@@ -392,6 +405,34 @@ def _rollouts(
             )
         rollouts[rollout.key] = rollout
     return rollouts
+
+
+def _tenants(items: list[Any]) -> dict[str, Tenant]:
+    tenants: dict[str, Tenant] = {}
+    owners: dict[str, str] = {}
+    for index, item in enumerate(items):
+        where = f"tenants[{index}]"
+        data = _object(item, where)
+        key_hashes = _list(data.get("key_hashes", []), f"{where}.key_hashes")
+        try:
+            tenant = Tenant(
+                id=_str(data.get("id"), f"{where}.id"),
+                tier=_str(data.get("tier"), f"{where}.tier"),
+                key_hashes=tuple(_str(k, f"{where}.key_hashes") for k in key_hashes),
+                updated_at=_time(data.get("updated_at", 0.0), f"{where}.updated_at"),
+            )
+        except ValueError as exc:
+            raise ImageError(str(exc), where) from None
+        if tenant.id in tenants:
+            raise ImageError(f"tenant {tenant.id!r} appears twice", f"{where}.id")
+        for digest in tenant.key_hashes:
+            if (owner := owners.setdefault(digest, tenant.id)) != tenant.id:
+                raise ImageError(
+                    f"an API key hash of {tenant.id!r} also names {owner!r}",
+                    f"{where}.key_hashes",
+                )
+        tenants[tenant.id] = tenant
+    return tenants
 
 
 def _audit(items: list[Any]) -> tuple[AuditEntry, ...]:

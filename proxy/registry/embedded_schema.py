@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from proxy.prompt_key import PromptKey
-from proxy.registry.models import AuditEntry, PromptVersion, Rollout, Status
+from proxy.registry.models import AuditEntry, PromptVersion, Rollout, Status, Tenant
 from proxy.registry.store import PromptNotFound, StoreUnavailable, VersionNotFound
 
 # Each step is frozen once released: a file at version N gets steps N+1.. applied, and a fresh
@@ -132,15 +132,32 @@ _SCHEMA_V5: tuple[str, ...] = (
     "CREATE INDEX audit_by_key ON audit (prompt_key, seq)",
 )
 
+_SCHEMA_V6: tuple[str, ...] = (
+    # Tenant records (``Tenant.to_dict`` as JSON) and the API key hashes that name them:
+    # the primary key makes the file itself refuse one key for two tenants. (No foreign
+    # key: SQLite enforces none unless every connection asks; the store deletes a tenant's
+    # keys with it, in one transaction.)
+    """CREATE TABLE tenants (
+        id TEXT PRIMARY KEY,
+        body TEXT NOT NULL CHECK (json_valid(body))
+    ) WITHOUT ROWID""",
+    """CREATE TABLE tenant_keys (
+        key_sha256 TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL
+    ) WITHOUT ROWID""",
+    "CREATE INDEX tenant_keys_by_tenant ON tenant_keys (tenant_id)",
+)
+
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     _SCHEMA_V1,
     _SCHEMA_V2,
     _SCHEMA_V3,
     _SCHEMA_V4,
     _SCHEMA_V5,
+    _SCHEMA_V6,
 )
 #: ``PRAGMA user_version`` holds the file's version: how many ``_MIGRATIONS`` it has had.
-SCHEMA_VERSION = len(_MIGRATIONS)  # 5
+SCHEMA_VERSION = len(_MIGRATIONS)  # 6
 
 AUDIT_COLUMNS = (
     "seq, at, actor, action, prompt_key, version, from_status, to_status, reason, "
@@ -206,6 +223,31 @@ def migrate(conn: sqlite3.Connection, path: Path) -> None:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+def all_tenants(conn: sqlite3.Connection) -> dict[str, Tenant]:
+    return {
+        tenant.id: tenant
+        for tenant in (
+            Tenant.from_dict(orjson.loads(body))
+            for (body,) in conn.execute("SELECT body FROM tenants ORDER BY id")
+        )
+    }
+
+
+def put_tenant_row(conn: sqlite3.Connection, tenant: Tenant) -> None:
+    """Write ``tenant`` and exactly its key hashes (``IntegrityError`` if another tenant
+    holds one: the caller checks first and reports it)."""
+    conn.execute(
+        "INSERT INTO tenants (id, body) VALUES (?, ?) "
+        "ON CONFLICT (id) DO UPDATE SET body = excluded.body",
+        (tenant.id, orjson.dumps(tenant.to_dict()).decode()),
+    )
+    conn.execute("DELETE FROM tenant_keys WHERE tenant_id = ?", (tenant.id,))
+    conn.executemany(
+        "INSERT INTO tenant_keys (key_sha256, tenant_id) VALUES (?, ?)",
+        [(digest, tenant.id) for digest in tenant.key_hashes],
+    )
 
 
 def version_body(version: PromptVersion) -> str:

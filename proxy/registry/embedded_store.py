@@ -25,6 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+import orjson
+
 from proxy.prompt_key import PromptKey
 from proxy.registry import embedded_schema as sql
 from proxy.registry import lifecycle
@@ -33,6 +35,8 @@ from proxy.registry.backup import RegistryImage, RestoreRefused
 from proxy.registry.embedded_watch import ChangeWatch
 from proxy.registry.identity import IdentityGuard, describe
 from proxy.registry.models import (
+    TENANT_DELETE_ACTION,
+    TENANT_SET_ACTION,
     AuditEntry,
     PromptVersion,
     RegistrySnapshot,
@@ -40,13 +44,16 @@ from proxy.registry.models import (
     RolloutMode,
     Status,
     StickyKey,
+    Tenant,
     VersionDraft,
+    tenant_audit_detail,
 )
 from proxy.registry.store import (
     InvalidTransition,
     PromptNotFound,
     StoreReplaced,
     StoreUnavailable,
+    TenantNotFound,
     VersionNotFound,
 )
 
@@ -224,6 +231,7 @@ class EmbeddedStore:
                 prod=prod,
                 rollouts=sql.all_rollouts(conn),
                 generation=sql.generation(conn),
+                tenants=sql.all_tenants(conn),
             )
             # On the worker thread, so reads and write checks are observed in the order
             # they were made (an older read observed late would look like going back).
@@ -231,6 +239,67 @@ class EmbeddedStore:
             return snapshot
 
         return await self._read(read)
+
+    async def list_tenants(self) -> Sequence[Tenant]:
+        return list((await self._read(sql.all_tenants)).values())
+
+    async def put_tenant(
+        self, tenant: Tenant, actor: str, reason: str, at: float
+    ) -> tuple[Tenant, AuditEntry | None]:
+        def write(conn: sqlite3.Connection) -> tuple[Tenant, AuditEntry | None]:
+            row = conn.execute("SELECT body FROM tenants WHERE id = ?", (tenant.id,)).fetchone()
+            old = None if row is None else Tenant.from_dict(orjson.loads(row[0]))
+            if old is not None and tenant.same_record(old):
+                return old, None
+            for digest in tenant.key_hashes:
+                holder = conn.execute(
+                    "SELECT tenant_id FROM tenant_keys WHERE key_sha256 = ?", (digest,)
+                ).fetchone()
+                if holder is not None and holder[0] != tenant.id:
+                    raise InvalidTransition(
+                        f"an API key given for tenant {tenant.id!r} already names tenant "
+                        f"{holder[0]!r}"
+                    )
+            stored = dataclasses.replace(tenant, updated_at=at)
+            sql.put_tenant_row(conn, stored)
+            entry = sql.append_audit(
+                conn,
+                at=at,
+                actor=actor,
+                action=TENANT_SET_ACTION,
+                key=stored.audit_key,
+                version=None,
+                from_status=None,
+                to_status=None,
+                reason=reason,
+                detail=tenant_audit_detail(stored, old),
+            )
+            return stored, entry
+
+        return await self._write(write)
+
+    async def delete_tenant(self, tenant_id: str, actor: str, reason: str, at: float) -> AuditEntry:
+        def write(conn: sqlite3.Connection) -> AuditEntry:
+            row = conn.execute("SELECT body FROM tenants WHERE id = ?", (tenant_id,)).fetchone()
+            if row is None:
+                raise TenantNotFound(f"no tenant {tenant_id!r}")
+            old = Tenant.from_dict(orjson.loads(row[0]))
+            conn.execute("DELETE FROM tenant_keys WHERE tenant_id = ?", (tenant_id,))
+            conn.execute("DELETE FROM tenants WHERE id = ?", (tenant_id,))
+            return sql.append_audit(
+                conn,
+                at=at,
+                actor=actor,
+                action=TENANT_DELETE_ACTION,
+                key=old.audit_key,
+                version=None,
+                from_status=None,
+                to_status=None,
+                reason=reason,
+                detail=tenant_audit_detail(None, old),
+            )
+
+        return await self._write(write)
 
     async def wait_for_change(self, known_revision: int, max_wait: float) -> int:
         """Looks every ``poll_interval`` on the loop (``ChangeWatch``), and reads the
@@ -589,6 +658,10 @@ def _restore(
             )
     for rollout in image.rollouts.values():
         sql.insert_rollout(conn, rollout)
+    conn.execute("DELETE FROM tenant_keys")
+    conn.execute("DELETE FROM tenants")
+    for tenant in image.tenants.values():
+        sql.put_tenant_row(conn, tenant)
     entries = image.restore_entries(actor, reason, at, after_seq)
     for entry in [*(e for e in image.audit if e.seq > after_seq), *entries]:
         sql.insert_audit(conn, entry)

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import orjson
 
-from proxy.prompt_key import GUARDRAILS_SLUG, PromptKey
+from proxy.prompt_key import GUARDRAILS_SLUG, NAME_PATTERN, TENANTS_SLUG, Layer, PromptKey
 from proxy.registry.analysis_policy import AnalysisPolicy
 from proxy.registry.percent import BASIS_POINTS as BASIS_POINTS
 
@@ -385,6 +385,78 @@ class Rollout:
         return detail
 
 
+_KEY_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+TENANT_SET_ACTION = "tenant_set"
+TENANT_DELETE_ACTION = "tenant_delete"
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    """A caller of the platform, as the registry keeps it: its tier picks the tier's
+    overrides, its id its own. ``key_hashes`` are SHA-256 digests (hex) of the API keys that
+    identify it when tenants come from keys: the keys themselves are never sent or kept."""
+
+    id: str
+    tier: str
+    key_hashes: tuple[str, ...] = ()
+    updated_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not NAME_PATTERN.match(self.id):
+            raise ValueError(f"tenant id {self.id!r} must match [A-Za-z0-9._-]{{1,64}}")
+        if not NAME_PATTERN.match(self.tier):
+            raise ValueError(f"tier {self.tier!r} must match [A-Za-z0-9._-]{{1,64}}")
+        for digest in self.key_hashes:
+            if not _KEY_SHA256.match(digest):
+                raise ValueError("an API key hash is 64 lowercase hex digits (SHA-256)")
+        if len(set(self.key_hashes)) != len(self.key_hashes):
+            raise ValueError("an API key hash is listed twice")
+
+    @property
+    def audit_key(self) -> PromptKey:
+        return tenant_audit_key(self.id)
+
+    def same_record(self, other: Tenant | None) -> bool:
+        """Same tier and keys: putting it again changes nothing."""
+        return (
+            other is not None
+            and other.tier == self.tier
+            and sorted(other.key_hashes) == sorted(self.key_hashes)
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "tier": self.tier,
+            "key_hashes": sorted(self.key_hashes),
+            "updated_at": self.updated_at,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Tenant:
+        return cls(
+            id=data["id"],
+            tier=data["tier"],
+            key_hashes=tuple(sorted(data.get("key_hashes") or ())),
+            updated_at=float(data.get("updated_at") or 0.0),
+        )
+
+
+def tenant_audit_key(tenant_id: str) -> PromptKey:
+    """Where a tenant record's changes are filed in the audit log."""
+    return PromptKey(TENANTS_SLUG, Layer("tenant", tenant_id))
+
+
+def tenant_audit_detail(new: Tenant | None, old: Tenant | None) -> dict[str, Any]:
+    """The facts of a tenant change for its audit entry: tiers and how many keys, never a
+    key hash (the audit is read by more people than the records)."""
+    return {
+        "tier": None if new is None else new.tier,
+        "from_tier": None if old is None else old.tier,
+        "api_keys": 0 if new is None else len(new.key_hashes),
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class RegistrySnapshot:
     """Everything the request path needs, read in one go and never mutated.
@@ -401,10 +473,14 @@ class RegistrySnapshot:
     rollouts: dict[PromptKey, Rollout] = field(default_factory=dict)
     #: The store's identity (``proxy.registry.identity``); None: not initialised yet.
     generation: str | None = None
+    #: tenant id -> record
+    tenants: dict[str, Tenant] = field(default_factory=dict)
     #: The plain keys of ``versions`` by slug: a request naming a prompt by its slug gets
     #: the very key object every table of the snapshot (and the metrics' label sets) is
     #: keyed by, so its lookups match by identity, and no key is built per request.
     plain_keys: dict[str, PromptKey] = field(init=False, repr=False, compare=False)
+    #: API key hash -> tenant, for ``tenants.source: api_key``.
+    tenant_by_key_hash: dict[str, Tenant] = field(init=False, repr=False, compare=False)
     #: The prod version of ``_guardrails``, composed first into every swapped-in prompt.
     guardrails: PromptVersion | None = field(init=False, repr=False, compare=False)
 
@@ -416,6 +492,11 @@ class RegistrySnapshot:
         )
         object.__setattr__(
             self, "plain_keys", {key.slug: key for key in self.versions if key.is_plain}
+        )
+        object.__setattr__(
+            self,
+            "tenant_by_key_hash",
+            {digest: t for t in self.tenants.values() for digest in t.key_hashes},
         )
         guardrails: PromptVersion | None = None
         key = self.plain_keys.get(GUARDRAILS_SLUG)

@@ -176,6 +176,7 @@ class RegistryRecovery:
                 snapshot.versions,
                 snapshot.rollouts,
                 tuple(reversed(audit)),
+                snapshot.tenants,
             )
         raise ServiceUnavailable(
             f"The registry changed during each of {_EXPORT_ATTEMPTS} attempts to export it; "

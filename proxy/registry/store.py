@@ -27,6 +27,13 @@ Rules every implementation keeps, and the contract tests check:
   one, or with a revision lower than one already read, than the one this instance bound to
   raises ``StoreReplaced`` on ``snapshot``, and every write refuses with it, checked
   atomically with the write: an emptied store is a lost registry, never an empty one.
+- Tenants (``Tenant``): ``put_tenant`` creates or changes a record and ``delete_tenant``
+  removes one, each in one atomic step with its audit entry (filed under
+  ``tenant_audit_key``; its detail has the tiers and the number of keys, never a key
+  hash) and a revision bump; putting the same tier and keys again writes nothing and
+  returns no entry. An API key hash belongs to one tenant at most: a put that would give
+  one to a second tenant raises ``InvalidTransition`` and writes nothing. ``snapshot``
+  carries the records.
 - Store failures raise ``StoreUnavailable``; lookups of missing things raise
   ``VersionNotFound``/``PromptNotFound``; forbidden moves raise ``InvalidTransition``.
 """
@@ -46,6 +53,7 @@ from proxy.registry.models import (
     RolloutMode,
     Status,
     StickyKey,
+    Tenant,
     VersionDraft,
 )
 
@@ -71,6 +79,10 @@ class PromptNotFound(StoreError):
 
 
 class VersionNotFound(StoreError):
+    pass
+
+
+class TenantNotFound(StoreError):
     pass
 
 
@@ -146,6 +158,21 @@ class PromptStore(Protocol):
     ) -> AuditEntry:
         """Make the running rollout's candidate prod (the former prod becomes deprecated, as
         with ``promote``) and end the rollout. ``InvalidTransition`` if none is running."""
+        ...
+
+    async def put_tenant(
+        self, tenant: Tenant, actor: str, reason: str, at: float
+    ) -> tuple[Tenant, AuditEntry | None]:
+        """The record as stored (``updated_at`` is ``at`` when it changed) and its audit
+        entry, None when it was already so."""
+        ...
+
+    async def delete_tenant(self, tenant_id: str, actor: str, reason: str, at: float) -> AuditEntry:
+        """``TenantNotFound`` if there is no such tenant."""
+        ...
+
+    async def list_tenants(self) -> Sequence[Tenant]:
+        """Every tenant record, by id."""
         ...
 
     async def revision(self) -> int: ...
