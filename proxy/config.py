@@ -315,6 +315,27 @@ class RolloutsConfig(_Section):
     tenant_header: str = Field("x-tenant-id", pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$")
 
 
+class TenantsConfig(_Section):
+    #: Where a request's tenant comes from: `header` (its id in `header`) or `api_key` (the
+    #: caller's bearer key, whose SHA-256 the tenant records list; keys are never stored).
+    source: Literal["header", "api_key"] = "header"
+    header: str = Field("x-tenant-id", pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$")
+    #: The tiers a tenant may have. A bounded list: tiers label the metrics.
+    tiers: tuple[Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")], ...] = Field(
+        ("free", "pro", "enterprise"), min_length=1, max_length=32
+    )
+    #: A request naming a prompt whose tenant is missing or not in the registry: `base`
+    #: serves it the base prompt, `refuse` answers 403 (`unknown_tenant`).
+    unknown: Literal["base", "refuse"] = "base"
+
+    @field_validator("tiers")
+    @classmethod
+    def _distinct(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError("each tier is listed once")
+        return value
+
+
 class ShadowSinkConfig(_Section):
     #: `auto`: the store's own: rotated files with the embedded store, a capped Redis Stream
     #: per slug with Redis, a table with PostgreSQL. Any other value must name that one.
@@ -389,6 +410,7 @@ class ProxyConfig(_Section):
     feedback: FeedbackConfig = FeedbackConfig()
     analysis: AnalysisConfig = AnalysisConfig()
     fleet: FleetConfig = FleetConfig()
+    tenants: TenantsConfig = TenantsConfig()
 
     @model_validator(mode="after")
     def _simulator_is_the_upstream(self) -> ProxyConfig:

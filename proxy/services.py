@@ -136,7 +136,9 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             FleetMetrics(metrics.registry).heartbeat_errors.inc,
         )
         fleet = Fleet(backend.board, me, config.fleet.live_seconds, local=heartbeat.beat)
-        registry = RegistryService(store, serve=refresher.serve, fleet=fleet)
+        registry = RegistryService(
+            store, serve=refresher.serve, fleet=fleet, tiers=config.tenants.tiers
+        )
         tasks = BackgroundTasks()
         stack.push_async_callback(tasks.close)
 

@@ -1,7 +1,7 @@
 """The `promptproxy` command. `python -m proxy` is the same.
 
 Serving imports the server only when `serve` runs, and the simulated provider only when
-`simulate` runs; the admin commands (prompts, rollout, shadow, fleet, registry) talk to the
+`simulate` runs; the admin commands (prompts, rollout, shadow, fleet, registry, tenants) talk to the
 admin API through ``proxy.cli.client``.
 """
 
@@ -22,6 +22,7 @@ from proxy.cli.prompts import prompts as prompts_group
 from proxy.cli.registry import registry as registry_group
 from proxy.cli.rollout import rollout as rollout_group
 from proxy.cli.shadow import shadow as shadow_group
+from proxy.cli.tenants import tenants as tenants_group
 from proxy.config import ConfigError, Settings, load_config
 
 
@@ -152,6 +153,7 @@ main.add_command(rollout_group)
 main.add_command(shadow_group)
 main.add_command(fleet_command)
 main.add_command(registry_group)
+main.add_command(tenants_group)
 
 
 @main.group("config")

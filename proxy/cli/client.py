@@ -212,6 +212,27 @@ class AdminClient:
     def fleet(self) -> api.FleetStatus:
         return self._call(api.FleetStatus, "GET", "/fleet")
 
+    # -- tenants ----------------------------------------------------------------------------
+
+    def tenants(self) -> api.TenantList:
+        return self._call(api.TenantList, "GET", "/tenants")
+
+    def tenant(self, tenant_id: str) -> api.Tenant:
+        return self._call(api.Tenant, "GET", f"/tenants/{urllib.parse.quote(tenant_id, safe='')}")
+
+    def put_tenant(
+        self, tenant_id: str, body: api.TenantIn, wait: float | None = None
+    ) -> api.TenantChanged:
+        path = f"/tenants/{urllib.parse.quote(tenant_id, safe='')}"
+        return self._call(api.TenantChanged, "PUT", path, body, wait=wait)
+
+    def delete_tenant(
+        self, tenant_id: str, reason: str, wait: float | None = None
+    ) -> api.AuditWritten:
+        body = api.ReasonIn.model_construct(reason=reason)
+        path = f"/tenants/{urllib.parse.quote(tenant_id, safe='')}"
+        return self._call(api.AuditWritten, "DELETE", path, body, wait=wait)
+
     # -- shadow pairs ---------------------------------------------------------------------
 
     def shadow_rollout(self, key: PromptKey) -> api.ShadowRollout:

@@ -45,6 +45,10 @@ class Exchange:
     #: What composed the prompt sent, in order (``guardrails@2,base@3``): the
     #: ``x-prompt-layers`` header and the access log's ``layers``.
     layers: str | None = None
+    #: The tenant the registry knows the caller as, and its tier (the access log's; a
+    #: tenant is never a metric label).
+    tenant: str | None = None
+    tier: str | None = None
     stream: bool = False
     model_requested: str | None = None
     #: The model sent upstream when a prompt's model pin replaced the requested one (a

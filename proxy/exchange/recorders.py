@@ -76,6 +76,8 @@ def _request_line(ex: Exchange, ts: float, logger: str) -> dict[str, object]:
         "version": ex.version,
         "arm": ex.arm,
         "layers": ex.layers,
+        "tenant": ex.tenant,
+        "tier": ex.tier,
         "model_requested": ex.model_requested,
         "model_sent": ex.model_sent,
         "model_answered": ex.model_answered,

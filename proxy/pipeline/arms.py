@@ -22,7 +22,7 @@ from proxy.pipeline.parse import encode_outbound
 from proxy.pipeline.render import render_into
 from proxy.pipeline.resolve import PromptRef
 from proxy.pipeline.resources import PipelineResources
-from proxy.registry.models import PromptVersion, RegistrySnapshot
+from proxy.registry.models import PromptVersion, RegistrySnapshot, Tenant
 from proxy.shadow.compare import expects_json
 from proxy.shadow.models import ShadowKind, ShadowRequest
 
@@ -39,6 +39,7 @@ def decide(
     headers: Mapping[str, str],
     parsed: ParsedRequest,
     request_id: str,
+    tenant: Tenant | None = None,
 ) -> Decision:
     if ref.pinned_version is not None:
         return Decision(Arm.PINNED, stable)
@@ -51,6 +52,7 @@ def decide(
         parsed.payload or {},
         tenant_header=resources.config.rollouts.tenant_header,
         request_id=request_id,
+        tenant=None if tenant is None else tenant.id,
     )
     decision = choose(snapshot, stable, sticky)
     if decision.unkeyed:

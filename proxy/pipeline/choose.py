@@ -78,8 +78,11 @@ def sticky_value(
     *,
     tenant_header: str,
     request_id: str,
+    tenant: str | None = None,
 ) -> str | None:
-    """The value that makes assignment sticky for this request; None when it has none."""
+    """The value that makes assignment sticky for this request; None when it has none.
+    ``tenant``: the id of the tenant the registry knows the request by, which keeps all of
+    a tenant's keys on one arm."""
     if sticky.kind is StickyKind.HEADER:
         assert sticky.header is not None
         return headers.get(sticky.header) or None
@@ -91,7 +94,7 @@ def sticky_value(
                 return value
         return None
     if sticky.kind is StickyKind.TENANT:
-        return tenant_of(headers, tenant_header)
+        return "t:" + tenant if tenant is not None else tenant_of(headers, tenant_header)
     return request_id  # `none`: a fresh draw per request
 
 

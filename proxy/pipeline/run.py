@@ -34,6 +34,7 @@ from proxy.pipeline.relay import relay
 from proxy.pipeline.render import layers, render_into
 from proxy.pipeline.resolve import CONTROL_HEADERS, SWAP_ROUTES, prompt_ref, resolve
 from proxy.pipeline.resources import PipelineResources
+from proxy.pipeline.tenant import request_tenant
 from proxy.prompt_key import PromptKey
 from proxy.registry.models import PromptVersion, RolloutMode
 from proxy.shadow.models import ShadowRequest
@@ -95,8 +96,13 @@ async def handle(
         if ref is not None and parsed.payload is not None and exchange.route in SWAP_ROUTES:
             # Read after the body: a rollback made while a slow body arrived is obeyed.
             snapshot = resources.snapshot.current
+            tenant = request_tenant(snapshot, request.headers, resources.config.tenants)
+            if tenant is not None:
+                exchange.tenant, exchange.tier = tenant.id, tenant.tier
             stable = resolve(snapshot, ref)  # 2
-            decision = decide(resources, snapshot, ref, stable, request.headers, parsed, request_id)
+            decision = decide(
+                resources, snapshot, ref, stable, request.headers, parsed, request_id, tenant
+            )
             exchange.version = str(decision.version.version)  # 3
             exchange.arm = decision.arm._value_
             if decision.rollout is not None:

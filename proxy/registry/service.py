@@ -17,6 +17,7 @@ from typing import Any
 from proxy.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
 from proxy.prompt_key import (
     GUARDRAILS_SLUG,
+    NAME_PATTERN,
     RESERVED_PREFIX,
     RESERVED_SLUGS,
     InvalidPromptKey,
@@ -33,6 +34,7 @@ from proxy.registry.models import (
     RolloutMode,
     Status,
     StickyKey,
+    Tenant,
     VersionDraft,
 )
 from proxy.registry.percent import to_basis_points
@@ -42,6 +44,7 @@ from proxy.registry.store import (
     PromptStore,
     StoreReplaced,
     StoreUnavailable,
+    TenantNotFound,
     VersionNotFound,
 )
 from proxy.registry.templates import TemplateProblem, check_template
@@ -106,6 +109,25 @@ def prompt_key(slug: str) -> PromptKey:
             param="slug",
             code="invalid_slug",
         ) from None
+
+
+def _tenant(tenant_id: str, tier: str, key_hashes: Sequence[str]) -> Tenant:
+    if not NAME_PATTERN.match(tenant_id):
+        raise InvalidRequest(
+            f"Invalid tenant id {tenant_id!r}: it must match [A-Za-z0-9._-]{{1,64}}.",
+            param="tenant_id",
+            code="invalid_tenant",
+        )
+    try:
+        return Tenant(tenant_id, tier, tuple(key_hashes))
+    except ValueError as exc:
+        raise InvalidRequest(
+            f"Invalid API key hashes: {exc}.", param="api_key_sha256", code="invalid_tenant"
+        ) from None
+
+
+def _no_tenant(tenant_id: str) -> NotFound:
+    return NotFound(f"No tenant {tenant_id!r}.", param="tenant_id", code="tenant_not_found")
 
 
 def check_reserved(draft: VersionDraft) -> None:
@@ -202,11 +224,13 @@ class RegistryService:
         *,
         serve: Callable[[int], Awaitable[bool]] | None = None,
         fleet: Fleet | None = None,
+        tiers: Sequence[str] = ("free", "pro", "enterprise"),
     ) -> None:
         self._store = store
         self._clock = clock
         self._serve = serve
         self._fleet = fleet
+        self._tiers = tuple(tiers)
 
     async def _serve_here(self) -> tuple[int | None, bool]:
         """After a write: load it here before answering. Never raises: the write is done,
@@ -293,6 +317,47 @@ class RegistryService:
     async def rollback(self, key: PromptKey, actor: str, reason: str) -> AuditEntry:
         with store_errors(key):
             entry = await self._store.rollback(key, actor, reason, self._clock())
+        await self._serve_here()
+        return entry
+
+    # -- tenants ----------------------------------------------------------------------------
+
+    async def list_tenants(self) -> Sequence[Tenant]:
+        with store_errors(reading=True):
+            return await self._store.list_tenants()
+
+    async def get_tenant(self, tenant_id: str) -> Tenant:
+        for tenant in await self.list_tenants():
+            if tenant.id == tenant_id:
+                return tenant
+        raise _no_tenant(tenant_id)
+
+    async def put_tenant(
+        self, tenant_id: str, tier: str, key_hashes: Sequence[str], actor: str, reason: str
+    ) -> tuple[Tenant, AuditEntry | None]:
+        """Create or change a tenant; the same tier and keys again change nothing (None)."""
+        if tier not in self._tiers:
+            raise InvalidRequest(
+                f"Unknown tier {tier!r}: tenants.tiers lists {', '.join(self._tiers)}.",
+                param="tier",
+                code="unknown_tier",
+            )
+        tenant = _tenant(tenant_id, tier, key_hashes)
+        try:
+            with store_errors():
+                result = await self._store.put_tenant(tenant, actor, reason, self._clock())
+        except Conflict as exc:
+            raise Conflict(exc.message, param="api_key_sha256", code="api_key_taken") from None
+        if result[1] is not None:
+            await self._serve_here()
+        return result
+
+    async def delete_tenant(self, tenant_id: str, actor: str, reason: str) -> AuditEntry:
+        try:
+            with store_errors():
+                entry = await self._store.delete_tenant(tenant_id, actor, reason, self._clock())
+        except TenantNotFound:
+            raise _no_tenant(tenant_id) from None
         await self._serve_here()
         return entry
 

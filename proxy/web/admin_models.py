@@ -293,6 +293,52 @@ class AuditWritten(AuditEntry):
     served: Served
 
 
+class TenantIn(Body):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "tier": "enterprise",
+                    "api_key_sha256": [
+                        "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+                    ],
+                    "reason": "signed 2026-12",
+                }
+            ]
+        }
+    )
+
+    tier: str = Field(description="One of the tiers the config lists (tenants.tiers)")
+    api_key_sha256: list[str] = Field(
+        [],
+        description="SHA-256 (hex) of each API key that names this tenant when "
+        "tenants.source is api_key; the keys themselves are never sent (the CLI hashes "
+        "them). The list replaces the tenant's keys.",
+    )
+    reason: str = Field("", description="Kept in the audit log")
+
+
+class Tenant(Wire):
+    id: str
+    tier: str
+    api_keys: int = Field(description="how many API keys name this tenant")
+    api_key_prefixes: list[str] = Field(
+        description="the first 12 hex digits of each key's SHA-256, to tell them apart"
+    )
+    updated_at: float
+
+
+class TenantList(Wire):
+    data: list[Tenant]
+
+
+class TenantChanged(Wire):
+    tenant: Tenant
+    changed: bool = Field(description="false when the tenant already had this tier and keys")
+    audit: AuditEntry | None
+    served: Served
+
+
 class AuditPage(Wire):
     data: list[AuditEntry]
 

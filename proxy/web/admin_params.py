@@ -73,6 +73,16 @@ def _slug(value: Any) -> str:
     return str(value)
 
 
+def _tenant_id(value: Any) -> str:
+    if not SLUG_PATTERN.match(str(value)):
+        raise InvalidRequest(
+            "The tenant id must match [A-Za-z0-9._-]{1,64}.",
+            param="tenant_id",
+            code="invalid_tenant",
+        )
+    return str(value)
+
+
 def _shadow_slug(value: Any) -> str:
     if not SLUG_PATTERN.match(str(value)):
         raise InvalidRequest("The prompt slug must match [A-Za-z0-9._-]{1,64}.", param="slug")
@@ -211,6 +221,7 @@ def _share(name: str, low: float, high: float, *, low_open: bool) -> Callable[[A
 _SLUG_SCHEMA = {"type": "string", "pattern": SLUG_REGEX}
 Slug = Annotated[str, BeforeValidator(_slug), WithJsonSchema(_SLUG_SCHEMA)]
 ShadowSlug = Annotated[str, BeforeValidator(_shadow_slug), WithJsonSchema(_SLUG_SCHEMA)]
+TenantId = Annotated[str, BeforeValidator(_tenant_id), WithJsonSchema(_SLUG_SCHEMA)]
 _SINCE_SCHEMA = {
     "anyOf": [
         {"type": "string", "pattern": f"^{SINCE_NUMBER}$"},
@@ -257,6 +268,10 @@ class ShadowPath(_Keyed):
     """The shadow endpoints check the slug before anything else, with their own words."""
 
     slug: ShadowSlug
+
+
+class TenantPath(Params):
+    tenant_id: TenantId
 
 
 # -- query parameters --------------------------------------------------------------------------

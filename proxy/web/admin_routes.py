@@ -21,6 +21,7 @@ from proxy.web import (
     admin_registry,
     admin_rollouts,
     admin_shadow,
+    admin_tenants,
     openapi,
 )
 from proxy.web import admin_models as api
@@ -37,6 +38,7 @@ from proxy.web.admin_params import (
     ReportQuery,
     ShadowPath,
     SlugPath,
+    TenantPath,
     VersionPath,
     WaitQuery,
 )
@@ -260,6 +262,64 @@ ROUTES: tuple[Endpoint[Any, Any, Any, Any], ...] = (
             query=AuditQuery,
             body=NoBody,
             response=api.AuditPage,
+        )
+    ),
+    # -- tenants ------------------------------------------------------------------------------
+    route(
+        Endpoint(
+            method="GET",
+            path=f"{PREFIX}/tenants",
+            access=READ,
+            summary="Every tenant record: tier, how many API keys name it",
+            tag="tenants",
+            handler=admin_tenants.list_tenants,
+            params=NoParams,
+            query=NoParams,
+            body=NoBody,
+            response=api.TenantList,
+        )
+    ),
+    route(
+        Endpoint(
+            method="GET",
+            path=f"{PREFIX}/tenants/{{tenant_id}}",
+            access=READ,
+            summary="One tenant record (404 if none)",
+            tag="tenants",
+            handler=admin_tenants.get_tenant,
+            params=TenantPath,
+            query=NoParams,
+            body=NoBody,
+            response=api.Tenant,
+        )
+    ),
+    route(
+        Endpoint(
+            method="PUT",
+            path=f"{PREFIX}/tenants/{{tenant_id}}",
+            access=WRITE,
+            summary="Create a tenant, or change its tier and API keys (audited; the same "
+            "tier and keys again change nothing)",
+            tag="tenants",
+            handler=admin_tenants.put_tenant,
+            params=TenantPath,
+            query=WaitQuery,
+            body=api.TenantIn,
+            response=api.TenantChanged,
+        )
+    ),
+    route(
+        Endpoint(
+            method="DELETE",
+            path=f"{PREFIX}/tenants/{{tenant_id}}",
+            access=WRITE,
+            summary="Remove a tenant record (audited): its requests become unknown tenants",
+            tag="tenants",
+            handler=admin_tenants.delete_tenant,
+            params=TenantPath,
+            query=WaitQuery,
+            body=api.ReasonIn,
+            response=api.AuditWritten,
         )
     ),
     # -- rollouts -----------------------------------------------------------------------------

@@ -41,6 +41,7 @@ _SECURITY: dict[Access, list[dict[str, list[str]]]] = {
 _TAGS = [
     {"name": "prompts", "description": "Immutable versions, promote, rollback, history, audit"},
     {"name": "rollouts", "description": "Canary and shadow rollouts and their analysis"},
+    {"name": "tenants", "description": "Tenant records: tier and the API keys that name them"},
     {"name": "shadow", "description": "Shadow pairs and the noise-calibrated report"},
     {"name": "fleet", "description": "The replicas and the registry revision each serves"},
     {"name": "registry", "description": "The registry store: state, restore, export, import"},
