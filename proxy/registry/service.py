@@ -343,21 +343,21 @@ class RegistryService:
                 code="unknown_tier",
             )
         tenant = _tenant(tenant_id, tier, key_hashes)
-        try:
-            with store_errors():
+        with store_errors():
+            try:
                 result = await self._store.put_tenant(tenant, actor, reason, self._clock())
-        except Conflict as exc:
-            raise Conflict(exc.message, param="api_key_sha256", code="api_key_taken") from None
+            except InvalidTransition as exc:
+                raise Conflict(str(exc), param="api_key_sha256", code="api_key_taken") from None
         if result[1] is not None:
             await self._serve_here()
         return result
 
     async def delete_tenant(self, tenant_id: str, actor: str, reason: str) -> AuditEntry:
-        try:
-            with store_errors():
+        with store_errors():
+            try:
                 entry = await self._store.delete_tenant(tenant_id, actor, reason, self._clock())
-        except TenantNotFound:
-            raise _no_tenant(tenant_id) from None
+            except TenantNotFound:
+                raise _no_tenant(tenant_id) from None
         await self._serve_here()
         return entry
 
