@@ -27,6 +27,14 @@ Cluster keeps every key in one slot and the scripts may touch them all):
 ``P{registry}:audit:<key>``        stream  the same entries for one key (for paging by key)
 ``P{registry}:last_restore``       string  id of the last restore that was applied (read
                                            back when its answer was lost)
+``P{registry}:tenants``            hash    tenant id -> ``Tenant.to_dict`` JSON (absent:
+                                           no tenants)
+``P{registry}:tenant_keys``        hash    API key hash -> the tenant id it names: one
+                                           owner per key, checked by the same script that
+                                           writes it
+``P{registry}:tenant_audits``      set     tenant ids whose ``audit:tenant=<id>/_tenants``
+                                           stream exists (kept after a delete, so a
+                                           restore that drops the audit finds them all)
 ``P{registry}:staging:<id>:...``   any     a restore being written (see ``RESTORE_FLIP``):
                                            the keys above under ``staging:<id>:``, with a
                                            TTL, renamed into place by one script
@@ -35,7 +43,8 @@ Cluster keeps every key in one slot and the scripts may touch them all):
 ``<key>`` is a ``PromptKey``'s text: for a plain key the bare slug, so the names are those
 of schema 1, when keys were slugs (the ``slugs`` set keeps its name), and schema 2 (this
 one) only adds the ``schema`` key; the version JSON's ``slug`` and the audit's ``slug``
-field hold the key's text too.
+field hold the key's text too. The tenant keys came later without a new schema version:
+absent, they mean no tenants, which is what a store written before them has.
 
 Versions are numbered 1..n without gaps, so ``HLEN versions:<key>`` is the latest number.
 Audit stream fields: at actor action slug version from_status to_status reason
@@ -46,13 +55,15 @@ two of them in Lua: re-encoding JSON there would round timestamps (cjson keeps 1
 
 Each script checks everything before its first write: Redis runs a script atomically but
 does not undo the writes it made before an error. Errors the caller must map to store
-exceptions are returned as ``PROMPT_NOT_FOUND|VERSION_NOT_FOUND|INVALID_TRANSITION <msg>``,
-or ``STORE_REPLACED <msg>``: every write script gets the generation its caller is bound to
-as its last ARGV (and the highest revision it read before that) and refuses before anything
-else when the store holds another generation (or none), or a lower revision.
+exceptions are returned as ``PROMPT_NOT_FOUND|VERSION_NOT_FOUND|TENANT_NOT_FOUND <msg>``,
+``INVALID_TRANSITION <msg>``, or ``STORE_REPLACED <msg>``: every write script gets the
+generation its caller is bound to as its last ARGV (and the highest revision it read
+before that) and refuses before anything else when the store holds another generation (or
+none), or a lower revision.
 The refusals (which moves, and their messages) are generated from the ``lifecycle`` checks
 (``redis_lua_rules``), so the Redis store cannot drift from the embedded one. Rollout
-scripts are in ``redis_rollout_scripts``; the helpers they share with ``PROMOTE`` are here.
+scripts are in ``redis_rollout_scripts``, tenant scripts in ``redis_tenant_scripts``; the
+helpers they share with ``PROMOTE`` are here.
 """
 
 from __future__ import annotations
@@ -65,7 +76,14 @@ import orjson
 
 from proxy.prompt_key import PromptKey
 from proxy.registry import lifecycle
-from proxy.registry.models import AuditEntry, PromptVersion, Rollout, Status
+from proxy.registry.models import (
+    AuditEntry,
+    PromptVersion,
+    Rollout,
+    Status,
+    Tenant,
+    tenant_audit_key,
+)
 from proxy.registry.redis_lua_rules import (
     KEY,
     A,
@@ -79,6 +97,7 @@ PROMPT_NOT_FOUND = "PROMPT_NOT_FOUND"
 VERSION_NOT_FOUND = "VERSION_NOT_FOUND"
 INVALID_TRANSITION = "INVALID_TRANSITION"
 STORE_REPLACED = "STORE_REPLACED"
+TENANT_NOT_FOUND = "TENANT_NOT_FOUND"
 
 #: The key schema's version (``P{registry}:schema``): 1 had no such key (keys were slugs),
 #: 2 names the prompt key and records itself. A store at a higher version was written by a
@@ -135,6 +154,18 @@ class RedisKeys:
         tag = self.prefix + "{registry}:"
         return tag + f"staging:{restore_id}:" + key[len(tag) :]
 
+    @property
+    def tenants(self) -> str:
+        return self._key("tenants")
+
+    @property
+    def tenant_keys(self) -> str:
+        return self._key("tenant_keys")
+
+    @property
+    def tenant_audits(self) -> str:
+        return self._key("tenant_audits")
+
     def key_audit(self, key: PromptKey) -> str:
         return self._key("audit", key.text)
 
@@ -165,6 +196,19 @@ class RedisKeys:
             self.generation,
         ]
 
+    def for_tenant_write(self, tenant_id: str) -> list[str]:
+        """KEYS of the tenant scripts (``redis_tenant_scripts``), in their prelude's order."""
+        return [
+            self.revision,
+            self.audit_seq,
+            self.audit,
+            self.key_audit(tenant_audit_key(tenant_id)),
+            self.tenants,
+            self.tenant_keys,
+            self.tenant_audits,
+            self.generation,
+        ]
+
 
 _PROMOTE_REFUSED = lua_status_refusals(partial(lifecycle.check_promote, KEY, A))
 _PROMOTE_DURING_ROLLOUT = lua_refusal(partial(lifecycle.check_promote_during_rollout, KEY, A, B))
@@ -176,16 +220,15 @@ _SET_STATUS_DURING_ROLLOUT = lua_refusal(
 )
 
 
-# KEYS: see RedisKeys.for_write. ARGV[1] channel, ARGV[2] the key's text, ARGV[3] actor,
-# ARGV[4] reason, ARGV[5] at (a float's repr, kept as text so Lua's number formatting cannot
-# round it), then the script's own arguments, then the highest revision the caller has read
-# (-1: none), and last the generation the caller is bound to. A store holding another
+# The start of every write script, once it has named its KEYS (K_REV, K_SEQ, K_AUDIT,
+# K_KEY_AUDIT and K_GENERATION at least: ``PRELUDE``, ``redis_tenant_scripts``).
+# ARGV[1] channel, ARGV[2] the key's text (the audit's), ARGV[3] actor, ARGV[4] reason,
+# ARGV[5] at (a float's repr, kept as text so Lua's number formatting cannot round it),
+# then the script's own arguments, then the highest revision the caller has read (-1:
+# none), and last the generation the caller is bound to. A store holding another
 # generation, or a lower revision (an older copy of this registry put back), refuses the
-# write atomically.
-PRELUDE = f"""
-local K_REV, K_SEQ, K_AUDIT, K_KEY_AUDIT = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local K_VERSIONS, K_STATUS, K_STACK, K_KEYS = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local K_ROLLOUT, K_GENERATION = KEYS[9], KEYS[10]
+# write atomically. ``commit``'s version is text ('' for none), never nil.
+WRITE_CORE = f"""
 local CHANNEL, PKEY, ACTOR, REASON, AT = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 
 local function fail(code, msg)
@@ -223,7 +266,17 @@ local function commit(action, version, from_status, to_status, previous_prod, de
   redis.call('PUBLISH', CHANNEL, rev)
   return seq
 end
+"""
 
+# KEYS of the prompt scripts: see RedisKeys.for_write.
+PRELUDE = (
+    """
+local K_REV, K_SEQ, K_AUDIT, K_KEY_AUDIT = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local K_VERSIONS, K_STATUS, K_STACK, K_KEYS = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local K_ROLLOUT, K_GENERATION = KEYS[9], KEYS[10]
+"""
+    + WRITE_CORE
+    + f"""
 local function require_key()
   if redis.call('EXISTS', K_VERSIONS) == 0 then
     return fail('{PROMPT_NOT_FOUND}', 'no prompt ' .. PKEY)
@@ -284,6 +337,7 @@ end
 
 local PROMOTE_REFUSED = {_PROMOTE_REFUSED}
 """
+)
 
 # KEYS[1] schema, ARGV[1] SCHEMA_VERSION. Records this build's schema on a store at an older
 # one (schema 1 had no key, and its keys are schema 2's: nothing else to migrate) or at none
@@ -462,6 +516,12 @@ def decode_rollout(key: PromptKey, fields: dict[Any, Any]) -> Rollout | None:
     if "analysis" in data:
         data["analysis"] = orjson.loads(data["analysis"])
     return Rollout.from_dict(data)
+
+
+def decode_tenants(bodies: dict[Any, Any]) -> dict[str, Tenant]:
+    """The ``tenants`` hash (HGETALL: empty when there are none), by id."""
+    records = (Tenant.from_dict(orjson.loads(body)) for body in bodies.values())
+    return {tenant.id: tenant for tenant in sorted(records, key=lambda t: t.id)}
 
 
 def decode_detail(raw: bytes | str | None) -> dict[str, Any] | None:

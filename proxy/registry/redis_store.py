@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any, TypeVar
@@ -28,14 +29,17 @@ from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError, ResponseError, WatchError
 
-from proxy.prompt_key import PromptKey
+from proxy.prompt_key import InvalidPromptKey, PromptKey
 from proxy.registry import lifecycle
 from proxy.registry import redis_rollout_scripts as rollout_scripts
 from proxy.registry import redis_scripts as scripts
+from proxy.registry import redis_tenant_scripts as tenant_scripts
 from proxy.registry.analysis_policy import AnalysisPolicy
 from proxy.registry.backup import RegistryImage, overwrite_keeps_audit, restore_keeps_audit
 from proxy.registry.identity import IdentityGuard, describe, new_generation
 from proxy.registry.models import (
+    TENANT_DELETE_ACTION,
+    TENANT_SET_ACTION,
     AuditEntry,
     PromptVersion,
     RegistrySnapshot,
@@ -43,7 +47,9 @@ from proxy.registry.models import (
     RolloutMode,
     Status,
     StickyKey,
+    Tenant,
     VersionDraft,
+    tenant_audit_key,
 )
 from proxy.registry.redis_notify import ChangeHints
 from proxy.registry.store import (
@@ -52,6 +58,7 @@ from proxy.registry.store import (
     StoreError,
     StoreReplaced,
     StoreUnavailable,
+    TenantNotFound,
     VersionNotFound,
 )
 from proxy.tasks import interruptible
@@ -63,6 +70,7 @@ _DOMAIN_ERRORS: tuple[tuple[str, type[StoreError]], ...] = (
     (scripts.VERSION_NOT_FOUND, VersionNotFound),
     (scripts.INVALID_TRANSITION, InvalidTransition),
     (scripts.STORE_REPLACED, StoreReplaced),
+    (scripts.TENANT_NOT_FOUND, TenantNotFound),
 )
 _SNAPSHOT_ATTEMPTS = 10
 #: Commands per pipeline when a restore writes its staging keys: each round trip stays well
@@ -105,6 +113,8 @@ class RedisStore:
         self._update_rollout = client.register_script(rollout_scripts.UPDATE)
         self._abort_rollout = client.register_script(rollout_scripts.ABORT)
         self._promote_rollout = client.register_script(rollout_scripts.PROMOTE)
+        self._put_tenant = client.register_script(tenant_scripts.PUT)
+        self._delete_tenant = client.register_script(tenant_scripts.DELETE)
         self._restore_flip = client.register_script(scripts.RESTORE_FLIP)
 
     @classmethod
@@ -185,9 +195,11 @@ class RedisStore:
         """Run a write script for ``key``, bound to this instance's generation and the
         highest revision it read (see ``identity``): the script refuses atomically if the
         store holds another generation or none, or went back to a lower revision."""
-        generation = await self._bound_generation()
-        keys = self.keys.for_write(key)
+        return await self._write_keys(script, self.keys.for_write(key), args)
 
+    async def _write_keys(self, script: AsyncScript, keys: list[str], args: list[str]) -> list[Any]:
+        """``_write`` with the script's own KEYS (the tenant scripts name others)."""
+        generation = await self._bound_generation()
         seen = str(self._identity.revision)
 
         async def run() -> list[Any]:
@@ -332,6 +344,7 @@ class RedisStore:
             pipe.multi()  # type: ignore[no-untyped-call]
             pipe.get(self.keys.revision)
             pipe.get(self.keys.generation)
+            pipe.hgetall(self.keys.tenants)
             for key in keys:
                 pipe.hgetall(self.keys.versions(key))
                 pipe.hgetall(self.keys.status(key))
@@ -344,7 +357,7 @@ class RedisStore:
         prod: dict[PromptKey, int] = {}
         rollouts: dict[PromptKey, Rollout] = {}
         for i, key in enumerate(keys):
-            bodies, statuses, rollout = results[2 + 3 * i : 5 + 3 * i]
+            bodies, statuses, rollout = results[3 + 3 * i : 6 + 3 * i]
             by_number = scripts.decode_versions(bodies, statuses)
             versions[key] = by_number
             for number, version in by_number.items():
@@ -358,6 +371,7 @@ class RedisStore:
             prod=prod,
             rollouts=rollouts,
             generation=None if results[1] is None else scripts.text(results[1]),
+            tenants=scripts.decode_tenants(results[2]),
         )
 
     # -- change notification --------------------------------------------------------------
@@ -564,6 +578,66 @@ class RedisStore:
         candidate, *promoted = await self._write(self._promote_rollout, key, args)
         return self._promoted(key, int(candidate), actor, reason, at, promoted)
 
+    # -- tenants --------------------------------------------------------------------------
+
+    async def list_tenants(self) -> Sequence[Tenant]:
+        async def read() -> dict[Any, Any]:
+            return await self._client.hgetall(self.keys.tenants)
+
+        return list(scripts.decode_tenants(await self._guard(read)).values())
+
+    async def put_tenant(
+        self, tenant: Tenant, actor: str, reason: str, at: float
+    ) -> tuple[Tenant, AuditEntry | None]:
+        stored = dataclasses.replace(tenant, updated_at=at)
+        key = stored.audit_key
+        args = [
+            *self._write_args(key, actor, reason, at),
+            stored.id,
+            stored.tier,
+            orjson.dumps(stored.to_dict()).decode(),
+            *sorted(stored.key_hashes),
+        ]
+
+        seq, answer = await self._write_keys(
+            self._put_tenant, self.keys.for_tenant_write(stored.id), args
+        )
+        if not int(seq):  # already so: ``answer`` is the stored record
+            return Tenant.from_dict(orjson.loads(answer)), None
+        return stored, self._tenant_entry(
+            int(seq), TENANT_SET_ACTION, key, actor, reason, at, answer
+        )
+
+    async def delete_tenant(self, tenant_id: str, actor: str, reason: str, at: float) -> AuditEntry:
+        try:
+            key = tenant_audit_key(tenant_id)
+        except InvalidPromptKey:  # no record can have such an id
+            raise TenantNotFound(f"no tenant {tenant_id!r}") from None
+        args = [*self._write_args(key, actor, reason, at), tenant_id]
+
+        seq, detail = await self._write_keys(
+            self._delete_tenant, self.keys.for_tenant_write(tenant_id), args
+        )
+        return self._tenant_entry(int(seq), TENANT_DELETE_ACTION, key, actor, reason, at, detail)
+
+    @staticmethod
+    def _tenant_entry(
+        seq: int, action: str, key: PromptKey, actor: str, reason: str, at: float, detail: Any
+    ) -> AuditEntry:
+        """The audit entry a tenant script wrote, from the seq and detail it returned."""
+        return AuditEntry(
+            seq=seq,
+            at=at,
+            actor=actor,
+            action=action,
+            key=key,
+            version=None,
+            from_status=None,
+            to_status=None,
+            reason=reason,
+            detail=scripts.decode_detail(detail),
+        )
+
     # -- restore --------------------------------------------------------------------------
 
     async def restore(
@@ -585,7 +659,7 @@ class RedisStore:
         them into place: a failure before that leaves the registry as it was. If the
         answer of that script is lost (a timeout), the store is read back: the restore
         is reported applied when it was."""
-        found, stored_revision, last_seq, old_keys = await self._guard(self._restore_state)
+        found, stored_revision, last_seq, old_keys, audited = await self._guard(self._restore_state)
         if found != expect:
             raise InvalidTransition(
                 f"the store holds {describe(found)}, not {describe(expect)} as when "
@@ -602,12 +676,14 @@ class RedisStore:
         audit = [e for e in image.audit if e.seq > after_seq] + entries
         revision = max(image.revision, after_revision, stored_revision) + 1
         restore_id = new_generation()
-        staged = await self._stage(restore_id, image, audit)
+        # The tenants with an audit stream after the restore: a kept log keeps theirs.
+        staged = await self._stage(restore_id, image, audit, audited if keep_audit else [])
         try:
             keys, argv = self._flip_args(
                 restore_id,
                 staged,
                 old_keys,
+                audited,
                 keep_audit,
                 found,
                 stored_revision,
@@ -630,14 +706,17 @@ class RedisStore:
         self._identity.restored(image.generation, revision)
         return revision
 
-    async def _restore_state(self) -> tuple[str | None, int, int, list[PromptKey]]:
+    async def _restore_state(self) -> tuple[str | None, int, int, list[PromptKey], list[str]]:
+        """Generation, revision, last audit seq, prompt keys, and the tenants with an audit
+        stream (``tenant_audits``), read at once."""
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.get(self.keys.generation)
             pipe.get(self.keys.revision)
             pipe.get(self.keys.audit_seq)
             pipe.smembers(self.keys.prompt_keys)
             pipe.xrevrange(self.keys.audit, "+", "-", count=1)
-            found, revision, seq, keys, newest = await pipe.execute()
+            pipe.smembers(self.keys.tenant_audits)
+            found, revision, seq, keys, newest, audited = await pipe.execute()
         # The stream's newest entry too: a kept log is appended after both.
         last = max([int(seq or 0), *(int(scripts.text(i).split("-", 1)[0]) for i, _ in newest)])
         return (
@@ -645,6 +724,7 @@ class RedisStore:
             int(revision or 0),
             last,
             sorted(PromptKey.parse(scripts.text(text)) for text in keys),
+            sorted(scripts.text(text) for text in audited),
         )
 
     async def _restore_applied(self, restore_id: str) -> bool:
@@ -655,10 +735,16 @@ class RedisStore:
         return found is not None and scripts.text(found) == restore_id
 
     async def _stage(
-        self, restore_id: str, image: RegistryImage, audit: list[AuditEntry]
+        self,
+        restore_id: str,
+        image: RegistryImage,
+        audit: list[AuditEntry],
+        audited_tenants: Sequence[str] = (),
     ) -> dict[str, str]:
         """Write the image under staging keys; returns live key -> staged key. Staged keys
-        expire, so a restore that dies half-way leaves nothing behind for long."""
+        expire, so a restore that dies half-way leaves nothing behind for long.
+        ``audited_tenants``: tenants whose audit stream the restore keeps (``tenant_audits``
+        after it holds those and the tenants ``audit`` files entries under)."""
         staged: dict[str, str] = {}
 
         def at(name: str) -> str:
@@ -689,10 +775,24 @@ class RedisStore:
             commands.append(
                 partial(_hset_all, at(self.keys.rollout(key)), _rollout_fields(rollout))
             )
+        for tenant in image.tenants.values():
+            commands.append(
+                partial(
+                    _hset, at(self.keys.tenants), tenant.id, orjson.dumps(tenant.to_dict()).decode()
+                )
+            )
+            if tenant.key_hashes:
+                owned = dict.fromkeys(tenant.key_hashes, tenant.id)
+                commands.append(partial(_hset_all, at(self.keys.tenant_keys), owned))
+        audited = set(audited_tenants)
         for entry in audit:
             fields = scripts.encode_audit(entry)
             for stream in (self.keys.audit, self.keys.key_audit(entry.key)):
                 commands.append(partial(_xadd, at(stream), fields, f"{entry.seq}-0"))
+            if (tenant_id := _audited_tenant(entry.key)) is not None:
+                audited.add(tenant_id)
+        for tenant_id in sorted(audited):
+            commands.append(partial(_sadd, at(self.keys.tenant_audits), tenant_id))
         try:
             for start in range(0, len(commands), _STAGE_CHUNK):
                 chunk = commands[start : start + _STAGE_CHUNK]
@@ -729,6 +829,7 @@ class RedisStore:
         restore_id: str,
         staged: dict[str, str],
         old_keys: list[PromptKey],
+        audited_tenants: list[str],
         keep_audit: bool,
         expect: str | None,
         expect_revision: int,
@@ -736,9 +837,16 @@ class RedisStore:
         revision: int,
         last_seq: int,
     ) -> tuple[list[str], list[str]]:
-        audit_keys = {self.keys.audit} | {self.keys.key_audit(k) for k in old_keys}
+        old_streams = [*old_keys, *map(tenant_audit_key, audited_tenants)]
+        audit_keys = {self.keys.audit} | {self.keys.key_audit(k) for k in old_streams}
         audit_keys |= {k for k in staged if k.startswith(self.keys.audit + ":")}
-        delete = [self.keys.prompt_keys]
+        # The image's tenants (staged, when it has any) replace all of the store's.
+        delete = [
+            self.keys.prompt_keys,
+            self.keys.tenants,
+            self.keys.tenant_keys,
+            self.keys.tenant_audits,
+        ]
         for key in old_keys:
             delete += [
                 self.keys.versions(key),
@@ -747,7 +855,7 @@ class RedisStore:
                 self.keys.rollout(key),
             ]
         if not keep_audit:
-            delete += [self.keys.key_audit(k) for k in old_keys] + [self.keys.audit]
+            delete += [self.keys.key_audit(k) for k in old_streams] + [self.keys.audit]
         rename = [
             (s, live) for live, s in staged.items() if live not in audit_keys or not keep_audit
         ]
@@ -783,6 +891,13 @@ class RedisStore:
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             async with asyncio.timeout(self._op_timeout):
                 await interruptible(self._client.aclose(close_connection_pool=True), grace=0.0)
+
+
+def _audited_tenant(key: PromptKey) -> str | None:
+    """The tenant whose record's audit ``key`` is (``tenant_audit_key``), or None."""
+    if key.layer is None or key.layer.kind != "tenant":
+        return None
+    return key.layer.name if key == tenant_audit_key(key.layer.name) else None
 
 
 # Staging commands, as functions of a pipeline (queued, not awaited).

@@ -3,11 +3,13 @@
 Schema 1 (every release before prompt keys) named keys by the bare slug and recorded no
 schema version. Schema 2 names them by the prompt key's text, which for a plain key is the
 slug, so the same keys read as themselves; it only records ``{registry}:schema`` = 2, once,
-and refuses a store a newer promptproxy wrote.
+and refuses a store a newer promptproxy wrote. Tenant records came later, in keys of their
+own that a store written before them lacks: absent, they mean no tenants.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,7 +20,7 @@ from redis.asyncio import Redis
 
 from proxy.prompt_key import PromptKey
 from proxy.registry.analysis_policy import AnalysisPolicy
-from proxy.registry.models import Status, VersionDraft
+from proxy.registry.models import Status, Tenant, VersionDraft, tenant_audit_key
 from proxy.registry.redis_scripts import SCHEMA_VERSION
 from proxy.registry.redis_store import RedisStore
 from proxy.registry.store import StoreUnavailable
@@ -162,6 +164,41 @@ async def test_a_registry_of_the_slug_era_reads_as_itself(
         assert await raw.get(prefix + "{registry}:schema") == "2"
     finally:
         await again.close()
+
+
+async def test_a_registry_from_before_tenants_has_none_and_takes_them(
+    redis_server: RedisServer, raw: Redis, prefix: str
+) -> None:
+    """No migration: the tenant keys are absent, which reads as no tenants, and the first
+    tenant written adds its keys, numbered after the store's audit log, at the same schema."""
+    await write_schema_1(raw, prefix)
+    store = RedisStore.from_url(redis_server.url, prefix=prefix)
+    try:
+        before = await _keys(raw, prefix)  # nothing read yet, so no schema key either
+        snap = await store.snapshot()
+        assert (snap.tenants, snap.tenant_by_key_hash) == ({}, {})
+        assert await store.list_tenants() == []
+        assert set(await _keys(raw, prefix)) == {*before, prefix + "{registry}:schema"}
+
+        digest = hashlib.sha256(b"sk-acme").hexdigest()
+        stored, entry = await store.put_tenant(Tenant("acme", "pro", (digest,)), "ops", "", 50.0)
+        assert entry is not None
+        assert entry.seq == 7  # after the 6 entries of schema 1
+        assert (await store.snapshot()).tenant_by_key_hash == {digest: stored}
+        tag = prefix + "{registry}:"
+        added = set(await _keys(raw, prefix)) - set(before)
+        assert added == {
+            tag + "schema",
+            tag + "tenants",
+            tag + "tenant_keys",
+            tag + "tenant_audits",
+            store.keys.key_audit(tenant_audit_key("acme")),
+        }
+        assert await raw.get(tag + "schema") == str(SCHEMA_VERSION) == "2"
+        # The prompts are as they were.
+        assert (await store.snapshot()).prod == {GREET: 2}
+    finally:
+        await store.close()
 
 
 async def test_a_store_a_newer_promptproxy_wrote_is_refused_not_misread(

@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from redis.crc import key_slot
 
 from proxy.prompt_key import PromptKey
-from proxy.registry.models import RolloutMode, StickyKey, VersionDraft
+from proxy.registry.models import RolloutMode, StickyKey, Tenant, VersionDraft
 from proxy.registry.redis_store import RedisStore
 from tests.redis_server import RedisServer
 
@@ -47,16 +47,19 @@ async def test_every_key_is_under_the_prefix_in_one_cluster_slot(
             "",
             6.0,
         )
+        await store.put_tenant(Tenant("acme", "pro", ("0" * 64,)), "x", "", 7.0)
         await neighbour.create_version(VersionDraft(key=GREET, template="z"), "y", 1.0)
 
         keys = [key async for key in raw.scan_iter("team-a:*")]
         assert store.keys.rollout(GREET) in keys
+        assert {store.keys.tenants, store.keys.tenant_keys, store.keys.tenant_audits} <= set(keys)
         assert all(key.startswith("team-a:{registry}:") for key in keys)
         assert len({key_slot(key.encode()) for key in keys}) == 1  # one slot: scripts work
         # Two prefixes on one server are two independent registries.
         assert [v.template for v in await neighbour.list_versions(GREET)] == ["z"]
         assert (await neighbour.snapshot()).prod == {}
         assert await neighbour.get_rollout(GREET) is None
+        assert await neighbour.list_tenants() == []
     finally:
         await store.close()
         await neighbour.close()

@@ -4,6 +4,7 @@ audit log)."""
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,7 +16,15 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from proxy.errors import Conflict
 from proxy.prompt_key import PromptKey
 from proxy.registry.backup import RegistryImage
-from proxy.registry.models import PromptVersion, Status, VersionDraft
+from proxy.registry.models import (
+    TENANT_DELETE_ACTION,
+    TENANT_SET_ACTION,
+    PromptVersion,
+    Status,
+    Tenant,
+    VersionDraft,
+    tenant_audit_key,
+)
 from proxy.registry.recovery import RegistryRecovery
 from proxy.registry.redis_store import RedisStore
 from proxy.registry.snapshot import SnapshotHolder, SnapshotRefresher
@@ -24,6 +33,10 @@ from tests.redis_server import RedisServer
 from tests.registry.helpers import GREET, T0, push
 
 BIG = PromptKey("big")
+
+
+def digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 @pytest.fixture
@@ -271,3 +284,91 @@ async def test_a_write_into_an_older_copy_put_back_is_refused_before_any_read(
     with pytest.raises(StoreReplaced, match="went back from revision 3 to 1"):
         await store.create_version(VersionDraft(GREET, "four"), "alice", T0)
     assert len(await raw.hgetall(store.keys.versions(GREET))) == 1
+
+
+ACME = Tenant("acme", "enterprise", (digest("sk-acme-1"), digest("sk-acme-2")))
+
+
+async def test_an_export_imported_elsewhere_keeps_the_tenants_and_their_history(
+    redis_server: RedisServer, prefix: str, stores: list[RedisStore], raw: redis.asyncio.Redis
+) -> None:
+    source = _open(stores, redis_server, f"test-{uuid.uuid4().hex[:8]}:")
+    await push(source, "one")
+    await source.put_tenant(ACME, "alice", "signed", T0)
+    await source.put_tenant(Tenant("acme", "pro", ACME.key_hashes), "bob", "", T0 + 1)
+    await source.put_tenant(Tenant("gone", "free"), "alice", "", T0 + 2)
+    await source.delete_tenant("gone", "alice", "left", T0 + 3)
+    exported = await RegistryRecovery(source, SnapshotHolder(), lambda: T0).export()
+    image = RegistryImage.from_json(exported.to_json())
+
+    target = _open(stores, redis_server, prefix)
+    await RegistryRecovery(target, SnapshotHolder(), lambda: T0 + 4).import_image(image, "ops", "")
+
+    copy = await target.snapshot()
+    assert copy.tenants == (await source.snapshot()).tenants == dict(image.tenants)
+    assert set(copy.tenant_by_key_hash) == set(ACME.key_hashes)
+    for tenant_id in ("acme", "gone"):
+        key = tenant_audit_key(tenant_id)
+        assert await target.audit(key) == await source.audit(key)
+    assert await raw.smembers(target.keys.tenant_audits) == {"acme", "gone"}
+    # It goes on from there: the keys are acme's, and a tenant's history continues.
+    with pytest.raises(InvalidTransition, match="acme"):
+        await target.put_tenant(Tenant("thief", "free", ACME.key_hashes[:1]), "m", "", T0 + 5)
+    _, entry = await target.put_tenant(Tenant("gone", "free"), "alice", "back", T0 + 6)
+    assert entry is not None
+    before = await source.audit(tenant_audit_key("gone"))
+    assert await target.audit(tenant_audit_key("gone")) == [entry, *before]
+
+
+async def test_an_overwrite_with_another_registry_drops_the_tenants_and_their_history(
+    redis_server: RedisServer, prefix: str, stores: list[RedisStore], raw: redis.asyncio.Redis
+) -> None:
+    """Their audit streams go with the rest of the log, deleted tenants' too: one left
+    behind would hold entry ids above the new log's, and refuse the next write for it."""
+    store = _open(stores, redis_server, prefix)
+    await push(store, "one")
+    for i in range(4):
+        await store.put_tenant(Tenant("acme", f"tier{i}", ACME.key_hashes), "alice", "", T0 + i)
+    await store.put_tenant(Tenant("gone", "free"), "alice", "", T0 + 5)
+    await store.delete_tenant("gone", "alice", "", T0 + 6)
+
+    await store.restore(_big_image(3), await store.generation(), 0, "ops", "", T0, overwrite=True)
+
+    assert await store.list_tenants() == []
+    assert (await store.snapshot()).tenant_by_key_hash == {}
+    for tenant_id in ("acme", "gone"):
+        assert await store.audit(tenant_audit_key(tenant_id)) == []
+    assert not await raw.exists(store.keys.tenants, store.keys.tenant_keys)
+    assert not await raw.exists(store.keys.tenant_audits)
+    _, entry = await store.put_tenant(Tenant("gone", "pro", ACME.key_hashes), "bob", "", T0 + 7)
+    assert entry is not None
+    assert [e.seq for e in await store.audit(tenant_audit_key("gone"))] == [entry.seq]
+
+
+async def test_restoring_an_older_copy_keeps_the_tenants_history_and_its_records(
+    redis_server: RedisServer, prefix: str, stores: list[RedisStore], raw: redis.asyncio.Redis
+) -> None:
+    store = _open(stores, redis_server, prefix)
+    await push(store, "one")
+    await store.put_tenant(ACME, "alice", "", T0)
+    image = RegistryImage.from_snapshot(await store.snapshot())
+    await store.delete_tenant("acme", "bob", "", T0 + 1)
+    await store.put_tenant(Tenant("initech", "pro", ACME.key_hashes[:1]), "bob", "", T0 + 2)
+    initech_history = await store.audit(tenant_audit_key("initech"))
+
+    generation = await store.generation()
+    await store.restore(image, generation, 0, "ops", "", T0 + 3, overwrite=True)
+
+    snapshot = await store.snapshot()
+    assert snapshot.tenants == dict(image.tenants)
+    assert set(snapshot.tenant_by_key_hash) == set(ACME.key_hashes)
+    # The log is this registry's: kept, the tenants' streams too.
+    assert await store.audit(tenant_audit_key("initech")) == initech_history
+    assert [e.action for e in await store.audit(tenant_audit_key("acme"))] == [
+        TENANT_DELETE_ACTION,
+        TENANT_SET_ACTION,
+    ]
+    assert await raw.smembers(store.keys.tenant_audits) == {"acme", "initech"}
+    _, entry = await store.put_tenant(Tenant("initech", "free"), "bob", "", T0 + 4)
+    assert entry is not None
+    assert len(await store.audit(tenant_audit_key("initech"))) == 2
