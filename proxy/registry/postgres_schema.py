@@ -3,19 +3,23 @@
 Tables, in the deployment's schema (``proxy.pg.connect``), prefixed ``registry_`` because
 the other parts of the PostgreSQL backend share that schema:
 
-=======================  ====================================================================
-``registry_state``       one row: ``revision`` (bumped by every write), ``generation``
-                         (``identity``; NULL until the first write stamps it, like Redis),
-                         ``audit_seq`` (the last audit seq handed out). Every write locks
-                         this row first (``SELECT ... FOR UPDATE``): writes are serialized,
-                         so numbering, seqs and revisions follow commit order.
-``registry_versions``    one row per version: content columns written once (a trigger
-                         refuses changing them), ``status`` the only column that moves, the
-                         version as JSON (``body``, without its status), at most one prod
-                         per key (a unique partial index)
-``registry_rollouts``    the running rollout of a key (absent: none), its policy as JSON
-``registry_audit``       every change, ``seq`` increasing; append-only (a trigger)
-=======================  ====================================================================
+========================  ====================================================================
+``registry_state``        one row: ``revision`` (bumped by every write), ``generation``
+                          (``identity``; NULL until the first write stamps it, like Redis),
+                          ``audit_seq`` (the last audit seq handed out). Every write locks
+                          this row first (``SELECT ... FOR UPDATE``): writes are serialized,
+                          so numbering, seqs and revisions follow commit order.
+``registry_versions``     one row per version: content columns written once (a trigger
+                          refuses changing them), ``status`` the only column that moves, the
+                          version as JSON (``body``, without its status), at most one prod
+                          per key (a unique partial index)
+``registry_rollouts``     the running rollout of a key (absent: none), its policy as JSON
+``registry_audit``        every change, ``seq`` increasing; append-only (a trigger)
+``registry_tenants``      one row per tenant record (``Tenant``): its tier, when it changed
+``registry_tenant_keys``  the API key hashes (SHA-256, hex) that name a tenant, one row each:
+                          the hash is the primary key, so the database itself refuses one key
+                          for two tenants; the tenant's keys go with it (a foreign key)
+========================  ====================================================================
 
 A version line is named by its ``prompt_key``: a ``PromptKey``'s text (a plain key's is its
 slug; the version JSON's ``slug`` field holds the same text).
@@ -36,7 +40,7 @@ import orjson
 
 from proxy.pg.migrate import Migration
 from proxy.pg.session import Part
-from proxy.registry.models import AuditEntry, PromptVersion, Rollout
+from proxy.registry.models import AuditEntry, PromptVersion, Rollout, Tenant
 
 COMPONENT = "registry"
 
@@ -129,8 +133,29 @@ _V1 = Migration(
     ),
 )
 
+_V2 = Migration(
+    2,
+    "registry: tenant records and the API key hashes that name them",
+    (
+        # A tenant's key hashes live only in registry_tenant_keys (no copy in a JSON body
+        # to drift from them); the columns are what ``Tenant`` holds.
+        """CREATE TABLE registry_tenants (
+            id text PRIMARY KEY CHECK (id <> ''),
+            tier text NOT NULL CHECK (tier <> ''),
+            updated_at double precision NOT NULL
+        )""",
+        # The primary key: one API key names one tenant at most, whatever a future code
+        # path (or a hand-written query) does.
+        """CREATE TABLE registry_tenant_keys (
+            key_sha256 text PRIMARY KEY,
+            tenant_id text NOT NULL REFERENCES registry_tenants (id) ON DELETE CASCADE
+        )""",
+        "CREATE INDEX registry_tenant_keys_by_tenant ON registry_tenant_keys (tenant_id)",
+    ),
+)
+
 #: Frozen once released: change the schema by adding a step, never by editing one.
-MIGRATIONS: tuple[Migration, ...] = (_V1,)
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2)
 PART = Part(COMPONENT, MIGRATIONS, "the prompt registry")
 
 AUDIT_COLUMNS = (
@@ -142,6 +167,13 @@ ROLLOUT_COLUMNS = (
     "restore_status, analysis"
 )
 VERSION_COLUMNS = "prompt_key, version, sha256, created_at, status, body"
+TENANT_COLUMNS = "id, tier, updated_at"
+#: Every tenant with its key hashes, by id (a tenant without keys has an empty array).
+SELECT_TENANTS = (
+    "SELECT t.id, t.tier, t.updated_at, "
+    "coalesce(array_agg(k.key_sha256) FILTER (WHERE k.key_sha256 IS NOT NULL), '{}') "
+    "FROM registry_tenants t LEFT JOIN registry_tenant_keys k ON k.tenant_id = t.id"
+)
 #: PostgreSQL identifiers, channel names among them, are at most 63 bytes.
 _MAX_CHANNEL = 63
 
@@ -229,6 +261,19 @@ def rollout_row(rollout: Rollout) -> tuple[Any, ...]:
         rollout.actor,
         rollout.restore_status.value,
         None if rollout.analysis is None else orjson.dumps(rollout.analysis.to_dict()).decode(),
+    )
+
+
+def tenant_row(tenant: Tenant) -> tuple[Any, ...]:
+    """A ``registry_tenants`` row, columns in ``TENANT_COLUMNS`` order."""
+    return (tenant.id, tenant.tier, tenant.updated_at)
+
+
+def row_to_tenant(row: tuple[Any, ...]) -> Tenant:
+    """A row of ``SELECT_TENANTS``: the record, its key hashes sorted (as ``from_dict``)."""
+    tenant_id, tier, updated_at, key_hashes = row
+    return Tenant.from_dict(
+        {"id": tenant_id, "tier": tier, "key_hashes": key_hashes, "updated_at": updated_at}
     )
 
 

@@ -40,6 +40,8 @@ from proxy.registry.analysis_policy import AnalysisPolicy
 from proxy.registry.backup import RegistryImage, overwrite_keeps_audit, restore_keeps_audit
 from proxy.registry.identity import IdentityGuard, describe, new_generation
 from proxy.registry.models import (
+    TENANT_DELETE_ACTION,
+    TENANT_SET_ACTION,
     AuditEntry,
     PromptVersion,
     RegistrySnapshot,
@@ -47,15 +49,20 @@ from proxy.registry.models import (
     RolloutMode,
     Status,
     StickyKey,
+    Tenant,
     VersionDraft,
+    tenant_audit_detail,
 )
 from proxy.registry.postgres_notify import ChangeListener
 from proxy.registry.postgres_schema import (
     AUDIT_COLUMNS,
     ROLLOUT_COLUMNS,
+    SELECT_TENANTS,
+    TENANT_COLUMNS,
     VERSION_COLUMNS,
     row_to_audit,
     row_to_rollout,
+    row_to_tenant,
     row_to_version,
 )
 from proxy.registry.store import (
@@ -63,6 +70,7 @@ from proxy.registry.store import (
     PromptNotFound,
     StoreReplaced,
     StoreUnavailable,
+    TenantNotFound,
     VersionNotFound,
 )
 
@@ -524,6 +532,83 @@ class PostgresStore:
 
         return await self._write(write, texts=(actor, reason))
 
+    # -- tenants --------------------------------------------------------------------------
+
+    async def list_tenants(self) -> Sequence[Tenant]:
+        return list((await self._read(_read_tenants)).values())
+
+    async def put_tenant(
+        self, tenant: Tenant, actor: str, reason: str, at: float
+    ) -> tuple[Tenant, AuditEntry | None]:
+        async def write(t: _Txn) -> tuple[Tenant, AuditEntry | None]:
+            old = await _tenant(t.conn, tenant.id)
+            if old is not None and tenant.same_record(old):
+                return old, None
+            stored = dataclasses.replace(tenant, updated_at=at)
+            await t.conn.execute(
+                f"INSERT INTO registry_tenants ({TENANT_COLUMNS}) VALUES (%s, %s, %s) "
+                "ON CONFLICT (id) DO UPDATE SET tier = EXCLUDED.tier, "
+                "updated_at = EXCLUDED.updated_at",
+                schema_sql.tenant_row(stored),
+            )
+            await t.conn.execute(
+                "DELETE FROM registry_tenant_keys WHERE tenant_id = %s", (stored.id,)
+            )
+            # The primary key decides who holds a key: a hash held by another tenant is
+            # not inserted, and the write is refused (rolled back, nothing of it applied).
+            cur = await t.conn.execute(
+                "INSERT INTO registry_tenant_keys (key_sha256, tenant_id) "
+                "SELECT unnest(%s::text[]), %s "
+                "ON CONFLICT (key_sha256) DO NOTHING RETURNING key_sha256",
+                (list(stored.key_hashes), stored.id),
+            )
+            taken = set(stored.key_hashes) - {digest for (digest,) in await cur.fetchall()}
+            if taken:
+                row = await t.one(
+                    "SELECT tenant_id FROM registry_tenant_keys WHERE key_sha256 = ANY(%s) "
+                    "ORDER BY tenant_id LIMIT 1",
+                    (sorted(taken),),
+                )
+                holder = "another tenant" if row is None else f"tenant {row[0]!r}"
+                raise InvalidTransition(
+                    f"an API key given for tenant {stored.id!r} already names {holder}"
+                )
+            entry = await t.append_audit(
+                at=at,
+                actor=actor,
+                action=TENANT_SET_ACTION,
+                key=stored.audit_key,
+                version=None,
+                from_status=None,
+                to_status=None,
+                reason=reason,
+                detail=tenant_audit_detail(stored, old),
+            )
+            return stored, entry
+
+        return await self._write(write, texts=(actor, reason))
+
+    async def delete_tenant(self, tenant_id: str, actor: str, reason: str, at: float) -> AuditEntry:
+        async def write(t: _Txn) -> AuditEntry:
+            old = await _tenant(t.conn, tenant_id)
+            if old is None:
+                raise TenantNotFound(f"no tenant {tenant_id!r}")
+            # Its key hashes go with it (ON DELETE CASCADE).
+            await t.conn.execute("DELETE FROM registry_tenants WHERE id = %s", (tenant_id,))
+            return await t.append_audit(
+                at=at,
+                actor=actor,
+                action=TENANT_DELETE_ACTION,
+                key=old.audit_key,
+                version=None,
+                from_status=None,
+                to_status=None,
+                reason=reason,
+                detail=tenant_audit_detail(None, old),
+            )
+
+        return await self._write(write, texts=(actor, reason))
+
     # -- restore --------------------------------------------------------------------------
 
     async def restore(
@@ -543,7 +628,13 @@ class PostgresStore:
         audit log stays when it is this registry's (an older copy put back), and the
         restore's entries follow it."""
         _check_text((actor, reason))
-        rows = sum(map(len, image.versions.values())) + len(image.rollouts) + len(image.audit)
+        _check_tenant_keys(image)
+        rows = (
+            sum(map(len, image.versions.values()))
+            + len(image.rollouts)
+            + len(image.audit)
+            + sum(1 + len(t.key_hashes) for t in image.tenants.values())
+        )
 
         async def txn(conn: AsyncConnection) -> int:
             await conn.execute("INSERT INTO registry_state DEFAULT VALUES ON CONFLICT DO NOTHING")
@@ -763,7 +854,20 @@ async def _read_snapshot(conn: AsyncConnection) -> RegistrySnapshot:
         prod=prod,
         rollouts=rollouts,
         generation=None if state is None or state[0] is None else str(state[0]),
+        tenants=await _read_tenants(conn),
     )
+
+
+async def _read_tenants(conn: AsyncConnection) -> dict[str, Tenant]:
+    """Every tenant record, by id (in the caller's transaction: a snapshot's view)."""
+    cur = await conn.execute(f'{SELECT_TENANTS} GROUP BY t.id ORDER BY t.id COLLATE "C"')
+    return {tenant.id: tenant for tenant in map(row_to_tenant, await cur.fetchall())}
+
+
+async def _tenant(conn: AsyncConnection, tenant_id: str) -> Tenant | None:
+    cur = await conn.execute(f"{SELECT_TENANTS} WHERE t.id = %s GROUP BY t.id", (tenant_id,))
+    row = await cur.fetchone()
+    return None if row is None else row_to_tenant(row)
 
 
 async def _replace_rows(
@@ -774,6 +878,8 @@ async def _replace_rows(
     await conn.execute("SELECT set_config('promptproxy.restoring', 'on', true)")
     await conn.execute("DELETE FROM registry_rollouts")
     await conn.execute("DELETE FROM registry_versions")
+    # The image's tenants are all the store's tenants (their keys go with them: CASCADE).
+    await conn.execute("DELETE FROM registry_tenants")
     if not keep_audit:
         await conn.execute("DELETE FROM registry_audit")
     async with conn.cursor() as cur:
@@ -787,6 +893,14 @@ async def _replace_rows(
         async with cur.copy(f"COPY registry_audit ({AUDIT_COLUMNS}) FROM STDIN") as copy:
             for entry in audit:
                 await copy.write_row(schema_sql.audit_row(entry))
+        async with cur.copy(f"COPY registry_tenants ({TENANT_COLUMNS}) FROM STDIN") as copy:
+            for tenant in image.tenants.values():
+                await copy.write_row(schema_sql.tenant_row(tenant))
+        keys = "COPY registry_tenant_keys (key_sha256, tenant_id) FROM STDIN"
+        async with cur.copy(keys) as copy:
+            for tenant in image.tenants.values():
+                for digest in tenant.key_hashes:
+                    await copy.write_row((digest, tenant.id))
     await conn.execute("SELECT set_config('promptproxy.restoring', 'off', true)")
 
 
@@ -804,3 +918,17 @@ def _check_text(texts: Sequence[str]) -> None:
             "the PostgreSQL registry store cannot keep a NUL character (U+0000) in an actor, "
             "reason, slug or rollout id: remove it"
         )
+
+
+def _check_tenant_keys(image: RegistryImage) -> None:
+    """An image read from JSON never gives one API key to two tenants (``RegistryImage``
+    refuses it); one built otherwise is refused here too, before anything is written,
+    rather than by the primary key in the middle of the restore (which would read as the
+    server failing)."""
+    owners: dict[str, str] = {}
+    for tenant in image.tenants.values():
+        for digest in tenant.key_hashes:
+            if (owner := owners.setdefault(digest, tenant.id)) != tenant.id:
+                raise InvalidTransition(
+                    f"the image gives an API key of tenant {tenant.id!r} to tenant {owner!r} too"
+                )

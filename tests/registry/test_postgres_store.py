@@ -9,6 +9,7 @@ what a write and a wake-up cost.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import statistics
 import time
 import uuid
@@ -22,12 +23,23 @@ from psycopg import sql
 from proxy.pg.connect import new_pool
 from proxy.pg.migrate import Migration, SchemaTooNew, migrate
 from proxy.prompt_key import PromptKey
+from proxy.registry import lifecycle, postgres_schema
 from proxy.registry.backup import RegistryImage
 from proxy.registry.fleet import FleetError, ReplicaBeat
 from proxy.registry.fleet_postgres import PostgresBoard
-from proxy.registry.models import AuditEntry, PromptVersion, Status, VersionDraft
-from proxy.registry.postgres_schema import change_channel
+from proxy.registry.models import (
+    TENANT_SET_ACTION,
+    AuditEntry,
+    PromptVersion,
+    Status,
+    Tenant,
+    VersionDraft,
+    tenant_audit_key,
+)
+from proxy.registry.postgres_schema import VERSION_COLUMNS, change_channel
 from proxy.registry.postgres_store import PostgresStore
+from proxy.registry.recovery import RegistryRecovery
+from proxy.registry.snapshot import SnapshotHolder
 from proxy.registry.store import (
     InvalidTransition,
     StoreUnavailable,
@@ -169,11 +181,15 @@ async def test_a_schema_written_by_a_newer_promptproxy_is_refused(
     pool = await open_pool(registry_postgres_url, schema)
     try:
         async with pool.connection() as conn:
-            from proxy.registry import postgres_schema
-
-            newer = (*postgres_schema.MIGRATIONS, Migration(2, "from the future", ("SELECT 1",)))
-            await migrate(conn, schema=schema, component="registry", steps=newer)
-        with pytest.raises(SchemaTooNew, match="registry version 2"):
+            known = len(postgres_schema.MIGRATIONS)
+            future = Migration(known + 1, "from the future", ("SELECT 1",))
+            await migrate(
+                conn,
+                schema=schema,
+                component="registry",
+                steps=(*postgres_schema.MIGRATIONS, future),
+            )
+        with pytest.raises(SchemaTooNew, match=f"registry version {known + 1}"):
             await PostgresStore.open(pool, url=registry_postgres_url, schema=schema)
     finally:
         await pool.close()
@@ -360,3 +376,146 @@ async def test_a_dead_server_is_a_fleet_error() -> None:
         assert time.monotonic() - started < 2.0
     finally:
         await pool.close()
+
+
+# -- tenant records ---------------------------------------------------------------------------
+
+
+def _key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+async def _registry_version(raw: psycopg.AsyncConnection[Any], schema: str) -> int:
+    cur = await raw.execute(
+        sql.SQL("SELECT version FROM {}.schema_versions WHERE component = 'registry'").format(
+            sql.Identifier(schema)
+        )
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def test_a_registry_from_before_tenants_is_migrated_once_and_keeps_its_data(
+    registry_postgres_url: str,
+    schema: str,
+    stores: list[PostgresStore],
+    raw: psycopg.AsyncConnection[Any],
+) -> None:
+    """Schema version 1 (no tenant tables), as a release before tenants left it: replicas
+    of this build starting together bring it up to date once, and read it as it was."""
+    v1 = postgres_schema.MIGRATIONS[:1]
+    version = draft("one").to_version(1, T0)
+    created = AuditEntry(
+        1, T0, "alice", lifecycle.CREATE_ACTION, GREET, 1, None, Status.DRAFT, "", None
+    )
+    pool = await open_pool(registry_postgres_url, schema)
+    try:
+        async with pool.connection() as conn:
+            assert await migrate(conn, schema=schema, component="registry", steps=v1) == 1
+            async with conn.transaction():
+                await conn.execute(
+                    f"INSERT INTO registry_versions ({VERSION_COLUMNS}) "
+                    "VALUES (%s, %s, %s, %s, %s, %s)",
+                    postgres_schema.version_row(version),
+                )
+                await conn.execute(
+                    f"INSERT INTO registry_audit ({postgres_schema.AUDIT_COLUMNS}) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    postgres_schema.audit_row(created),
+                )
+                await conn.execute(
+                    "UPDATE registry_state SET generation = 'g-v1', revision = 1, audit_seq = 1"
+                )
+    finally:
+        await pool.close()
+
+    replicas = await asyncio.gather(*(open_store(registry_postgres_url, schema) for _ in range(3)))
+    stores.extend(replicas)
+
+    assert await _registry_version(raw, schema) == len(postgres_schema.MIGRATIONS)
+    snapshot = await replicas[0].snapshot()
+    assert (snapshot.generation, snapshot.revision) == ("g-v1", 1)
+    assert snapshot.versions == {GREET: {1: version}}
+    assert snapshot.tenants == {}
+    assert list(await replicas[0].audit()) == [created]
+    # The new tables work, and the numbering goes on from the old rows.
+    stored, entry = await replicas[1].put_tenant(
+        Tenant("acme", "pro", (_key_hash("sk-acme"),)), "alice", "", T0 + 1
+    )
+    assert entry is not None
+    assert entry.seq == 2
+    assert await replicas[2].revision() == 2
+    assert (await replicas[2].snapshot()).tenants == {"acme": stored}
+
+
+async def test_the_database_gives_an_api_key_to_one_tenant_by_itself(
+    registry_postgres_url: str,
+    schema: str,
+    stores: list[PostgresStore],
+    raw: psycopg.AsyncConnection[Any],
+) -> None:
+    """Whatever a future code path (or a hand-written query) does: one tenant per key, no
+    key without its tenant, and a tenant's keys go with it."""
+    store = await _open(stores, registry_postgres_url, schema)
+    key = _key_hash("sk-acme")
+    await store.put_tenant(Tenant("acme", "pro", (key,)), "alice", "", T0)
+    await raw.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+    await raw.execute("INSERT INTO registry_tenants (id, tier, updated_at) VALUES ('b', 'x', 0)")
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        await raw.execute(
+            "INSERT INTO registry_tenant_keys (key_sha256, tenant_id) VALUES (%s, 'b')", (key,)
+        )
+    with pytest.raises(psycopg.errors.ForeignKeyViolation):
+        await raw.execute(
+            "INSERT INTO registry_tenant_keys (key_sha256, tenant_id) VALUES (%s, 'nobody')",
+            (_key_hash("sk-other"),),
+        )
+    assert (await store.snapshot()).tenant_by_key_hash[key].id == "acme"
+    await raw.execute("DELETE FROM registry_tenants WHERE id = 'acme'")
+    assert (await store.snapshot()).tenant_by_key_hash == {}
+
+
+async def test_an_export_imported_into_another_schema_keeps_the_tenants(
+    registry_postgres_url: str, stores: list[PostgresStore]
+) -> None:
+    source = await _open(stores, registry_postgres_url, f"test_{uuid.uuid4().hex[:8]}")
+    await push(source, "one")
+    acme = Tenant("acme", "enterprise", (_key_hash("sk-acme-1"), _key_hash("sk-acme-2")))
+    await source.put_tenant(acme, "alice", "", T0)
+    await source.put_tenant(Tenant("globex", "free"), "alice", "", T0 + 1)
+    exported = (await RegistryRecovery(source, SnapshotHolder(), lambda: T0).export()).to_json()
+
+    target = await _open(stores, registry_postgres_url, f"test_{uuid.uuid4().hex[:8]}")
+    into = RegistryRecovery(target, SnapshotHolder(), lambda: T0 + 2)
+    await into.import_image(RegistryImage.from_json(exported), "ops", "drill")
+
+    original = await source.snapshot()
+    copy = await target.snapshot()
+    assert copy.tenants == original.tenants
+    assert copy.tenant_by_key_hash == original.tenant_by_key_hash
+    assert [e.action for e in await target.audit(tenant_audit_key("acme"))] == [TENANT_SET_ACTION]
+    assert (await into.import_image(RegistryImage.from_json(exported), "ops", "")).unchanged
+    # The imported keys are held: the database refuses them to another tenant.
+    with pytest.raises(InvalidTransition, match="acme"):
+        await target.put_tenant(Tenant("initech", "pro", acme.key_hashes[:1]), "b", "", T0 + 3)
+
+
+async def test_a_restore_giving_one_key_to_two_tenants_is_refused_before_writing(
+    registry_postgres_url: str, schema: str, stores: list[PostgresStore]
+) -> None:
+    """An image read from JSON cannot (``RegistryImage.from_json`` refuses it); one built
+    in code is refused by the store as clearly, not as a server failure."""
+    store = await _open(stores, registry_postgres_url, schema)
+    await push(store, "one")
+    revision = await store.revision()
+    shared = (_key_hash("sk-shared"),)
+    image = RegistryImage(
+        "g-bad",
+        9,
+        {GREET: {1: draft("one").to_version(1, T0)}},
+        tenants={"a": Tenant("a", "pro", shared), "b": Tenant("b", "pro", shared)},
+    )
+    with pytest.raises(InvalidTransition, match="API key"):
+        await store.restore(image, await store.generation(), 0, "ops", "", T0, overwrite=True)
+    assert await store.revision() == revision
