@@ -402,15 +402,18 @@ class Tenant:
     updated_at: float = 0.0
 
     def __post_init__(self) -> None:
-        if not NAME_PATTERN.match(self.id):
+        # fullmatch: ``$`` alone also matches before a trailing newline.
+        if not NAME_PATTERN.fullmatch(self.id):
             raise ValueError(f"tenant id {self.id!r} must match [A-Za-z0-9._-]{{1,64}}")
-        if not NAME_PATTERN.match(self.tier):
+        if not NAME_PATTERN.fullmatch(self.tier):
             raise ValueError(f"tier {self.tier!r} must match [A-Za-z0-9._-]{{1,64}}")
         for digest in self.key_hashes:
-            if not _KEY_SHA256.match(digest):
+            if not _KEY_SHA256.fullmatch(digest):
                 raise ValueError("an API key hash is 64 lowercase hex digits (SHA-256)")
         if len(set(self.key_hashes)) != len(self.key_hashes):
             raise ValueError("an API key hash is listed twice")
+        # One order everywhere: what a put returns equals what every store reads back.
+        object.__setattr__(self, "key_hashes", tuple(sorted(self.key_hashes)))
 
     @property
     def audit_key(self) -> PromptKey:

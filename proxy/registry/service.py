@@ -112,7 +112,7 @@ def prompt_key(slug: str) -> PromptKey:
 
 
 def _tenant(tenant_id: str, tier: str, key_hashes: Sequence[str]) -> Tenant:
-    if not NAME_PATTERN.match(tenant_id):
+    if not NAME_PATTERN.fullmatch(tenant_id):
         raise InvalidRequest(
             f"Invalid tenant id {tenant_id!r}: it must match [A-Za-z0-9._-]{{1,64}}.",
             param="tenant_id",

@@ -74,7 +74,7 @@ def _slug(value: Any) -> str:
 
 
 def _tenant_id(value: Any) -> str:
-    if not SLUG_PATTERN.match(str(value)):
+    if not SLUG_PATTERN.fullmatch(str(value)):
         raise InvalidRequest(
             "The tenant id must match [A-Za-z0-9._-]{1,64}.",
             param="tenant_id",

@@ -256,6 +256,29 @@ def write_v4_file(path: Path) -> None:
         raw.close()
 
 
+_V5_DDL = (
+    "ALTER TABLE versions RENAME COLUMN slug TO prompt_key",
+    "ALTER TABLE audit RENAME COLUMN slug TO prompt_key",
+    "ALTER TABLE rollouts RENAME COLUMN slug TO prompt_key",
+    "DROP INDEX audit_by_slug",
+    "CREATE INDEX audit_by_key ON audit (prompt_key, seq)",
+)
+
+
+def write_v5_file(path: Path) -> None:
+    """A v4 registry that promptproxy with schema v5 upgraded (slugs became prompt keys)."""
+    write_v4_file(path)
+    raw = sqlite3.connect(path, isolation_level=None)
+    try:
+        raw.execute("BEGIN")
+        for statement in _V5_DDL:
+            raw.execute(statement)
+        raw.execute("PRAGMA user_version = 5")
+        raw.execute("COMMIT")
+    finally:
+        raw.close()
+
+
 def schema_of(path: Path) -> tuple[int, list[tuple[str, str, str]]]:
     raw = sqlite3.connect(path)
     try:
@@ -319,7 +342,7 @@ async def test_a_v1_file_is_upgraded_in_place_and_keeps_everything(tmp_path: Pat
     fresh = tmp_path / "fresh.db"
     await (await EmbeddedStore.open(fresh)).close()
     assert schema_of(path) == schema_of(fresh)
-    assert schema_of(path)[0] == SCHEMA_VERSION == 5
+    assert schema_of(path)[0] == SCHEMA_VERSION == 6
 
 
 async def test_the_upgraded_file_still_refuses_to_edit_history(tmp_path: Path) -> None:
@@ -415,10 +438,16 @@ async def test_a_v2_file_keeps_its_running_rollout_without_a_policy(tmp_path: Pa
     fresh = tmp_path / "fresh.db"
     await (await EmbeddedStore.open(fresh)).close()
     assert schema_of(path) == schema_of(fresh)
-    assert schema_of(path)[0] == SCHEMA_VERSION == 5
+    assert schema_of(path)[0] == SCHEMA_VERSION == 6
 
 
-WRITERS = {1: write_v1_file, 2: write_v2_file, 3: write_v3_file, 4: write_v4_file}
+WRITERS = {
+    1: write_v1_file,
+    2: write_v2_file,
+    3: write_v3_file,
+    4: write_v4_file,
+    5: write_v5_file,
+}
 
 
 def columns(path: Path, table: str) -> list[str]:
@@ -479,12 +508,13 @@ async def test_a_file_of_every_earlier_schema_reads_through_prompt_keys(
         )
     if version >= 4:
         assert snap.generation == V4_GENERATION  # the identity is kept, not minted again
+    assert snap.tenants == {}  # tenants came with v6: none before
 
     # Upgraded once, to the schema a fresh file gets, with the key a named column.
     fresh = tmp_path / "fresh.db"
     await (await EmbeddedStore.open(fresh)).close()
     assert schema_of(path) == schema_of(fresh)
-    assert schema_of(path)[0] == SCHEMA_VERSION == 5
+    assert schema_of(path)[0] == SCHEMA_VERSION == 6
     for table in ("versions", "audit", "rollouts"):
         assert "prompt_key" in columns(path, table)
         assert "slug" not in columns(path, table)
