@@ -308,8 +308,11 @@ class TenantIn(Body):
         }
     )
 
-    tier: str = Field(description="One of the tiers the config lists (tenants.tiers)")
-    api_key_sha256: list[str] = Field(
+    tier: str = Field(
+        pattern=r"^[A-Za-z0-9._-]{1,64}$",
+        description="One of the tiers the config lists (tenants.tiers)",
+    )
+    api_key_sha256: list[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = Field(
         [],
         description="SHA-256 (hex) of each API key that names this tenant when "
         "tenants.source is api_key; the keys themselves are never sent (the CLI hashes "
@@ -713,6 +716,16 @@ class RestoreResult(Wire):
     unchanged: bool
 
 
+class TenantRecord(Body):
+    """A tenant as an export keeps it: with the whole SHA-256 of each key, which a restore
+    needs (digests of the keys, never the keys)."""
+
+    id: str
+    tier: str
+    key_hashes: list[str] = []
+    updated_at: float = 0.0
+
+
 class RegistryExport(Body):
     """The whole registry. An import checks it as strictly as pushes (slugs, templates,
     content hashes, one prod per prompt, increasing audit seqs)."""
@@ -723,6 +736,7 @@ class RegistryExport(Body):
     versions: list[Version]
     rollouts: list[Rollout] = []
     audit: list[AuditEntry] = []
+    tenants: list[TenantRecord] = []
 
 
 # -- probes ---------------------------------------------------------------------------------

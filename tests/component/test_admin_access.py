@@ -25,7 +25,7 @@ from tests.support import READER, admin_settings, make_settings, proxy_clients
 
 PROXY = Path(__file__).resolve().parents[2] / "proxy"
 #: Values of the path parameters and of the required query parameters.
-VALUES = {"slug": "support", "version": "1", "from": "1", "to": "2"}
+VALUES = {"slug": "support", "version": "1", "from": "1", "to": "2", "tenant_id": "acme"}
 WRONG = {"Authorization": "Bearer not-a-token"}
 
 

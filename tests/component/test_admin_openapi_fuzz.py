@@ -44,11 +44,13 @@ MAX_EXAMPLES = 20
 #: policy's steps ascend strictly, a feedback check names a feedback this proxy takes, and
 #: its counts refuse 16.0 (JSON Schema calls that an integer); an export is checked like
 #: pushes (slugs, templates, content hashes), numbers 1..n per prompt with one prod, and
-#: its audit seqs increase strictly.
+#: its audit seqs increase strictly; a tenant's tier is one the config lists, and its key
+#: digests are each listed once.
 BEYOND_JSON_SCHEMA = (
     "POST /admin/v1/prompts/{slug}/versions",
     "PUT /admin/v1/prompts/{slug}/rollout",
     "POST /admin/v1/registry/import",
+    "PUT /admin/v1/tenants/{tenant_id}",
 )
 SEED = [
     (

@@ -106,7 +106,7 @@ async def test_tenants_are_created_changed_listed_and_deleted_with_an_audit(
     ("tenant", "body", "status", "param"),
     [
         ("acme", {"tier": "platinum"}, 400, "tier"),
-        ("acme", {"tier": "pro", "api_key_sha256": ["sk-not-a-hash"]}, 400, "api_key_sha256"),
+        ("acme", {"tier": "pro", "api_key_sha256": ["sk-not-a-hash"]}, 400, "api_key_sha256[0]"),
         ("a b", {"tier": "pro"}, 400, "tenant_id"),
         ("acme", {"tier": "pro", "colour": "red"}, 400, "colour"),
     ],

@@ -11,7 +11,17 @@ from click.testing import CliRunner
 from proxy.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
-GROUPS = ("serve", "simulate", "config", "prompts", "rollout", "shadow", "fleet", "registry")
+GROUPS = (
+    "serve",
+    "simulate",
+    "config",
+    "prompts",
+    "rollout",
+    "shadow",
+    "fleet",
+    "registry",
+    "tenants",
+)
 
 
 def test_every_command_is_on_the_entry_point() -> None:
