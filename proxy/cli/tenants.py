@@ -54,7 +54,12 @@ def show(ctx: Context, tenant_id: str) -> None:
     run(lambda: ctx.emit(ctx.client.tenant(tenant_id), _one))
 
 
-def _key_hashes(env_names: tuple[str, ...], from_stdin: bool) -> list[str]:
+def _key_hashes(env_names: tuple[str, ...], from_stdin: bool, clear: bool) -> list[str] | None:
+    """None (keep the tenant's keys) unless keys are given or ``clear``."""
+    if not env_names and not from_stdin:
+        return [] if clear else None
+    if clear:
+        raise click.UsageError("--clear-keys and the key options exclude each other")
     keys: list[str] = []
     for name in env_names:
         value = os.environ.get(name)
@@ -81,6 +86,7 @@ def _key_hashes(env_names: tuple[str, ...], from_stdin: bool) -> list[str]:
     is_flag=True,
     help="Read API keys from standard input, one per line.",
 )
+@click.option("--clear-keys", is_flag=True, help="Remove every API key of the tenant.")
 @click.option("--reason", default="", help="Why (kept in the audit log).")
 @wait_options
 @pass_ctx
@@ -90,17 +96,17 @@ def set_(
     tier: str,
     api_key_env: tuple[str, ...],
     api_keys_stdin: bool,
+    clear_keys: bool,
     reason: str,
     wait: bool,
     timeout: float,
 ) -> None:
-    """Create TENANT_ID or change its tier and keys. The keys given replace its keys; with
-    none, it keeps no key (set `tenants.source: header` to name tenants by header)."""
+    """Create TENANT_ID or change its tier and keys. Keys given replace its keys; without
+    key options it keeps its keys (`--clear-keys` removes them)."""
 
     def action() -> None:
-        body = api.TenantIn.model_construct(
-            tier=tier, api_key_sha256=_key_hashes(api_key_env, api_keys_stdin), reason=reason
-        )
+        hashes = _key_hashes(api_key_env, api_keys_stdin, clear_keys)
+        body = api.TenantIn.model_construct(tier=tier, api_key_sha256=hashes, reason=reason)
         answer = ctx.client.put_tenant(tenant_id, body, wait_seconds(wait, timeout))
         ctx.emit(
             answer,

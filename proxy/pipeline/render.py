@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from proxy.errors import InvalidRequest
+from proxy.errors import InvalidRequest, ServiceUnavailable
 from proxy.models import Route
+from proxy.prompt_key import GUARDRAILS_SLUG
 from proxy.registry.models import CALLER_SYSTEM_AFTER, PromptVersion
-from proxy.registry.templates import PromptRenderer, RenderError
+from proxy.registry.templates import PromptRenderer, RenderError, TemplateProblem
 
 VARIABLES_FIELD = "prompt_variables"
 _SYSTEM_ROLES = ("system", "developer")
@@ -49,11 +50,7 @@ def render_into(
         param = f"{VARIABLES_FIELD}.{exc.variable}" if exc.variable else VARIABLES_FIELD
         raise InvalidRequest(str(exc), param=param, code="invalid_prompt_variables") from None
     # The platform's text: never the caller's values (a push gives every variable a default).
-    rules = (
-        None
-        if guardrails is None
-        else renderer.render(guardrails.sha256, guardrails.template, guardrails.variables, {})
-    )
+    rules = None if guardrails is None else _render_guardrails(guardrails, renderer)
     keep_caller_system = version.caller_system == CALLER_SYSTEM_AFTER
 
     if route is Route.RESPONSES:
@@ -83,6 +80,19 @@ def render_into(
         payload["model"] = version.model
     for name, value in version.params.items():
         payload.setdefault(name, value)
+
+
+def _render_guardrails(guardrails: PromptVersion, renderer: PromptRenderer) -> str:
+    try:
+        return renderer.render(guardrails.sha256, guardrails.template, guardrails.variables, {})
+    except (RenderError, TemplateProblem) as exc:
+        # A push or an import refuses such a version; one stored by an older promptproxy
+        # must still never reach a provider without its rules.
+        raise ServiceUnavailable(
+            f"The platform's guardrails ({GUARDRAILS_SLUG} v{guardrails.version}) cannot be "
+            f"rendered ({exc}), and no prompt is served without them: roll them back.",
+            code="guardrails_unavailable",
+        ) from None
 
 
 def _is_system(item: Any) -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from proxy.prompt_key import InvalidPromptKey, PromptKey
+from proxy.prompt_key import GUARDRAILS_SLUG, InvalidPromptKey, PromptKey
 from proxy.registry import lifecycle
 from proxy.registry.identity import describe
 from proxy.registry.models import (
@@ -35,6 +35,7 @@ from proxy.registry.models import (
     caller_system,
     unstorable_value,
 )
+from proxy.registry.reserved import reserved_problem
 from proxy.registry.store import InvalidTransition
 from proxy.registry.templates import template_problems
 
@@ -121,7 +122,8 @@ class RegistryImage:
 
     @property
     def empty(self) -> bool:
-        return not self.versions
+        """No prompt and no tenant: nothing an import could overwrite."""
+        return not self.versions and not self.tenants
 
     def content(self) -> tuple[Any, ...]:
         """What "the same content" means for an import: versions, statuses, rollouts,
@@ -351,6 +353,8 @@ def _version(item: dict[str, Any], where: str, checked: dict[bytes, str | None])
         changelog=_str(item.get("changelog", ""), f"{where}.changelog"),
         caller_system=_caller_system(item.get("caller_system"), f"{where}.caller_system"),
     )
+    if (reserved := reserved_problem(key, template, tuple(variables))) is not None:
+        raise ImageError(reserved.message, f"{where}.{reserved.field}")
     content = orjson.dumps([template, [v.to_dict() for v in variables]])
     if content not in checked:
         problems = template_problems(template, variables)
@@ -392,6 +396,8 @@ def _rollouts(
             )
         if rollout.key in rollouts:
             raise ImageError(f"{rollout.key} has two rollouts", f"{where}.slug")
+        if rollout.key.slug == GUARDRAILS_SLUG:
+            raise ImageError("the guardrails have no rollouts", f"{where}.slug")
         candidate = versions.get(rollout.key, {}).get(rollout.candidate)
         if candidate is None:
             raise ImageError(

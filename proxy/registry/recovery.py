@@ -88,7 +88,7 @@ class RegistryRecovery:
                 code="registry_not_lost",
             )
         served = self._holder.current
-        if served.generation is None or served.empty:
+        if served.generation is None or (served.empty and not served.tenants):
             raise Conflict(
                 "This replica has no snapshot of the registry to restore from: ask a replica "
                 "that served it, or import an export file.",
@@ -202,9 +202,10 @@ class RegistryRecovery:
                     return _result("file", image, current.revision, unchanged=True)
                 if not overwrite:
                     raise Conflict(
-                        f"The registry store already holds {len(current.versions)} prompts: "
-                        "an import only goes into an empty store (or one holding the same "
-                        "content); pass overwrite (`--overwrite`) to replace them.",
+                        f"The registry store already holds {len(current.versions)} prompts "
+                        f"and {len(current.tenants)} tenants: an import only goes into an "
+                        "empty store (or one holding the same content); pass overwrite "
+                        "(`--overwrite`) to replace them.",
                         code="registry_not_empty",
                     )
             self._refuse_reused_numbers(image)

@@ -18,8 +18,6 @@ from proxy.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
 from proxy.prompt_key import (
     GUARDRAILS_SLUG,
     NAME_PATTERN,
-    RESERVED_PREFIX,
-    RESERVED_SLUGS,
     InvalidPromptKey,
     PromptKey,
 )
@@ -38,6 +36,7 @@ from proxy.registry.models import (
     VersionDraft,
 )
 from proxy.registry.percent import to_basis_points
+from proxy.registry.reserved import reserved_problem
 from proxy.registry.store import (
     InvalidTransition,
     PromptNotFound,
@@ -132,32 +131,14 @@ def _no_tenant(tenant_id: str) -> NotFound:
 
 def check_reserved(draft: VersionDraft) -> None:
     """The platform's own slugs: only the known ones, and the guardrails as the platform
-    composes them (no overrides, no variants, nothing a caller must supply)."""
-    slug = draft.key.slug
-    if not slug.startswith(RESERVED_PREFIX):
-        return
-    if slug not in RESERVED_SLUGS:
+    composes them (see ``reserved``)."""
+    problem = reserved_problem(draft.key, draft.template, draft.variables)
+    if problem is not None:
         raise InvalidRequest(
-            f"Slugs starting with {RESERVED_PREFIX!r} are reserved for the platform "
-            f"({', '.join(sorted(RESERVED_SLUGS))}); {slug!r} is not one of them.",
-            param="slug",
-            code="reserved_slug",
+            problem.message,
+            param=problem.field,
+            code="reserved_slug" if problem.field == "slug" else "invalid_template",
         )
-    if not draft.key.is_plain:
-        raise InvalidRequest(
-            f"{GUARDRAILS_SLUG} is the platform's layer: it has no tier, tenant or variant "
-            "versions.",
-            param="slug",
-            code="reserved_slug",
-        )
-    for index, variable in enumerate(draft.variables):
-        if not variable.has_default:
-            raise InvalidRequest(
-                f"{GUARDRAILS_SLUG} is rendered without the caller's values: variable "
-                f"{variable.name!r} needs a default.",
-                param=f"variables[{index}].default",
-                code="invalid_template",
-            )
 
 
 #: Longest wait for the fleet an admin write accepts: the CLI's HTTP call must outlive it.
@@ -333,9 +314,19 @@ class RegistryService:
         raise _no_tenant(tenant_id)
 
     async def put_tenant(
-        self, tenant_id: str, tier: str, key_hashes: Sequence[str], actor: str, reason: str
+        self,
+        tenant_id: str,
+        tier: str,
+        key_hashes: Sequence[str] | None,
+        actor: str,
+        reason: str,
     ) -> tuple[Tenant, AuditEntry | None]:
-        """Create or change a tenant; the same tier and keys again change nothing (None)."""
+        """Create or change a tenant; the same tier and keys again change nothing (None).
+        ``key_hashes`` None keeps the tenant's keys: a tier change must not drop them (with
+        ``tenants.source: api_key`` that would make the tenant unknown)."""
+        if key_hashes is None:
+            current = {t.id: t for t in await self.list_tenants()}.get(tenant_id)
+            key_hashes = () if current is None else current.key_hashes
         if tier not in self._tiers:
             raise InvalidRequest(
                 f"Unknown tier {tier!r}: tenants.tiers lists {', '.join(self._tiers)}.",

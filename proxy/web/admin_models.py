@@ -312,11 +312,11 @@ class TenantIn(Body):
         pattern=r"^[A-Za-z0-9._-]{1,64}$",
         description="One of the tiers the config lists (tenants.tiers)",
     )
-    api_key_sha256: list[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = Field(
-        [],
+    api_key_sha256: list[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] | None = Field(
+        None,
         description="SHA-256 (hex) of each API key that names this tenant when "
         "tenants.source is api_key; the keys themselves are never sent (the CLI hashes "
-        "them). The list replaces the tenant's keys.",
+        "them). The list replaces the tenant's keys; omitted, its keys stay as they are.",
     )
     reason: str = Field("", description="Kept in the audit log")
 

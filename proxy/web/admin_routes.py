@@ -505,8 +505,11 @@ ROUTES: tuple[Endpoint[Any, Any, Any, Any], ...] = (
         Endpoint(
             method="GET",
             path=f"{PREFIX}/registry/export",
-            access=READ,
-            summary="The whole registry: versions, statuses, rollouts, audit",
+            # An admin token: the export is a backup, and it carries the tenants' whole key
+            # digests, which read-only answers never show.
+            access=WRITE,
+            summary="The whole registry: versions, statuses, rollouts, audit, tenants "
+            "(an admin token: it holds the tenants' key digests)",
             tag="registry",
             handler=admin_registry.export,
             params=NoParams,

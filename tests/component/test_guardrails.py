@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from proxy.prompt_key import PromptKey
+from proxy.registry.models import VersionDraft
 from tests.component.test_registry_swap_in import (
     ANSWER,
     CHAT_URL,
@@ -227,3 +229,45 @@ async def test_an_export_keeps_what_becomes_of_the_callers_system_messages(
     error = (await resp.json())["error"]
     index = export["versions"].index(kept[0])
     assert error["param"] == f"versions[{index}].caller_system"
+
+
+async def test_guardrails_that_cannot_render_alone_are_refused_at_push_and_import(
+    clients: Clients,
+) -> None:
+    admin = clients[1]
+    resp = await admin.post(
+        "/admin/v1/prompts/_guardrails/versions", json={"template": "{{ 1/0 }}"}, headers=ADMIN
+    )
+    assert resp.status == 400, await resp.text()
+    assert (await resp.json())["error"]["param"] == "template"
+    await _setup(clients)
+    export = await (await admin.get("/admin/v1/registry/export", headers=ADMIN)).json()
+    rules = next(v for v in export["versions"] if v["slug"] == "_guardrails")
+    rules["template"] = "{{ 1/0 }}"
+    resp = await admin.post("/admin/v1/registry/import", json=export, headers=ADMIN)
+    assert resp.status == 400
+    index = export["versions"].index(rules)
+    assert (await resp.json())["error"]["param"] == f"versions[{index}].template"
+
+
+async def test_stored_guardrails_that_fail_to_render_refuse_the_prompt_not_crash(
+    clients: Clients, upstream: Any
+) -> None:
+    """A version an older promptproxy stored: no prompt goes out without its rules, and the
+    caller gets a 503 that says why, not a 500."""
+    data, admin, services = clients
+    await push(admin, "support", SUPPORT)
+    await promote(admin, "support", 1)
+    store = services.backend.store
+    broken, _ = await store.create_version(
+        VersionDraft(PromptKey("_guardrails"), "{{ 1/0 }}"), "old", 1.0
+    )
+    await store.promote(broken.key, broken.version, "old", "", 2.0)
+    await ready_for(services)
+    resp = await data.post(
+        "/p/support/v1/chat/completions",
+        json={"model": "m", "messages": [], "prompt_variables": VARIABLES},
+    )
+    assert resp.status == 503
+    assert (await resp.json())["error"]["code"] == "guardrails_unavailable"
+    assert sent_bodies(upstream) == []

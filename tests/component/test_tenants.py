@@ -80,7 +80,9 @@ async def test_tenants_are_created_changed_listed_and_deleted_with_an_audit(
     assert (again["changed"], again["audit"]) == (False, None)
     await put(admin, "acme", {"tier": "pro", "reason": "downgrade"})
     listing = await (await admin.get("/admin/v1/tenants", headers=READER)).json()
-    assert [(t["id"], t["tier"], t["api_keys"]) for t in listing["data"]] == [("acme", "pro", 0)]
+    assert [(t["id"], t["tier"], t["api_keys"]) for t in listing["data"]] == [
+        ("acme", "pro", 1)
+    ]  # keys kept
     # The whole hash is never shown, not even to an admin token.
     assert digest("k1") not in orjson.dumps(made).decode()
 
@@ -232,3 +234,33 @@ async def test_tenants_by_api_key_keep_every_key_of_a_tenant_on_one_arm(
     assert "sk-stranger" not in logged
     lines = [r.msg for r in caplog.records if r.name == "promptproxy.access"]
     assert {line["tenant"] for line in lines if line["status"] == 200} == {"acme"}
+
+
+async def test_a_tier_change_keeps_the_keys_unless_told(clients: Clients) -> None:
+    admin = clients[1]
+    await put(admin, "acme", {"tier": "pro", "api_key_sha256": [digest("k1"), digest("k2")]})
+    moved = await put(admin, "acme", {"tier": "enterprise"})
+    assert (moved["tenant"]["tier"], moved["tenant"]["api_keys"]) == ("enterprise", 2)
+    cleared = await put(admin, "acme", {"tier": "enterprise", "api_key_sha256": []})
+    assert cleared["tenant"]["api_keys"] == 0
+
+
+async def test_a_store_holding_tenants_is_not_empty_to_an_import(clients: Clients) -> None:
+    admin = clients[1]
+    await put(admin, "acme", {"tier": "pro"})
+    export = await (await admin.get("/admin/v1/registry/export", headers=ADMIN)).json()
+    assert [t["id"] for t in export["tenants"]] == ["acme"]
+    other = {**export, "tenants": [{"id": "globex", "tier": "free"}]}
+    resp = await admin.post("/admin/v1/registry/import", json=other, headers=ADMIN)
+    assert resp.status == 409, await resp.text()
+    assert (await resp.json())["error"]["code"] == "registry_not_empty"
+    listing = await (await admin.get("/admin/v1/tenants", headers=READER)).json()
+    assert [t["id"] for t in listing["data"]] == ["acme"]
+
+
+async def test_an_export_needs_an_admin_token(clients: Clients) -> None:
+    admin = clients[1]
+    await put(admin, "acme", {"tier": "pro", "api_key_sha256": [digest("k1")]})
+    assert (await admin.get("/admin/v1/registry/export", headers=READER)).status == 403
+    export = await (await admin.get("/admin/v1/registry/export", headers=ADMIN)).json()
+    assert export["tenants"][0]["key_hashes"] == [digest("k1")]
