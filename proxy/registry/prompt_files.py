@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from proxy.models import SLUG_PATTERN
-from proxy.prompt_key import RESERVED_PREFIX, RESERVED_SLUGS, PromptKey
+from proxy.prompt_key import NAME_PATTERN, RESERVED_PREFIX, PromptKey
 from proxy.registry.models import (
     CALLER_SYSTEM,
     CALLER_SYSTEM_DROP,
@@ -24,6 +24,7 @@ from proxy.registry.models import (
     unstorable_value,
 )
 from proxy.registry.models import caller_system as as_caller_system
+from proxy.registry.reserved import reserved_problem
 from proxy.registry.templates import template_problems
 
 SUFFIXES = (".md", ".yaml", ".yml")
@@ -168,16 +169,14 @@ def _build(
     if not isinstance(slug, str) or not SLUG_PATTERN.match(slug):
         problem("slug", f"bad slug {slug!r}: must match [A-Za-z0-9._-]{{1,64}}")
     variables = _variables(data.get("variables"), lines, problems)
-    if isinstance(slug, str) and slug.startswith(RESERVED_PREFIX):
-        if slug not in RESERVED_SLUGS:
-            problem("slug", f"slugs starting with {RESERVED_PREFIX!r} are reserved: {slug!r}")
-        for spec in variables:
-            if not spec.has_default:
-                problem(
-                    "variables",
-                    f"{slug} is rendered without the caller's values: variable "
-                    f"{spec.name!r} needs a default",
-                )
+    if isinstance(slug, str) and slug.startswith(RESERVED_PREFIX) and NAME_PATTERN.match(slug):
+        # What a push would refuse, found by lint: the same check (``reserved``).
+        template_text = body if body is not None else data.get("template")
+        reserved = reserved_problem(
+            PromptKey(slug), template_text if isinstance(template_text, str) else "", variables
+        )
+        if reserved is not None:
+            problem(reserved.field.split("[")[0].split(".")[0], reserved.message)
     model = data.get("model")
     if model is not None and (not isinstance(model, str) or not model.strip()):
         problem("model", "model must be a model name such as gpt-4o-2024-08-06")

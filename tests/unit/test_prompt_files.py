@@ -264,3 +264,11 @@ def test_reserved_slugs_are_checked_in_the_file(tmp_path: Path) -> None:
     assert "reserved" in found[0]
     fine = "---\nvariables:\n  - name: who\n    default: secrets\n---\nNever {{ who }}.\n"
     assert load_prompt_file(write(tmp_path, "_guardrails.md", fine)).key == PromptKey("_guardrails")
+
+
+def test_guardrails_that_cannot_render_alone_are_a_lint_problem(tmp_path: Path) -> None:
+    found = problems_of(
+        write(tmp_path, "_guardrails.md", "---\nauthor: a\n---\nNever {{ 1/0 }}.\n")
+    )
+    assert len(found) == 1
+    assert "must render with its defaults alone" in found[0]
