@@ -31,6 +31,7 @@ from proxy.registry.fleet_heartbeat import AppliedSignal, Heartbeat
 from proxy.registry.fleet_setup import FleetMetrics
 from proxy.registry.models import RegistrySnapshot
 from proxy.registry.recovery import RegistryRecovery
+from proxy.registry.reserved import startup_notices
 from proxy.registry.service import RegistryService
 from proxy.registry.snapshot import SnapshotHolder, SnapshotRefresher
 from proxy.registry.templates import PromptRenderer
@@ -178,6 +179,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         # First to run on the way out: off the board before anything closes.
         stack.push_async_callback(_leave_fleet, beating, heartbeat)
         _log.info("prompt registry: %s, revision %d", backend.describe(), holder.current.revision)
+        for level, notice in startup_notices(holder.current):
+            _log.log(level, "%s", notice)
         renderer = PromptRenderer()
         yield Services(
             settings=settings,

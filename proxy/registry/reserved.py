@@ -9,10 +9,11 @@ tenant on every replica).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from proxy.prompt_key import GUARDRAILS_SLUG, RESERVED_PREFIX, RESERVED_SLUGS, PromptKey
-from proxy.registry.models import VariableSpec
+from proxy.registry.models import RegistrySnapshot, VariableSpec
 from proxy.registry.templates import PromptRenderer, RenderError, TemplateProblem
 
 
@@ -56,3 +57,33 @@ def reserved_problem(
             "template",
         )
     return None
+
+
+def startup_notices(snapshot: RegistrySnapshot) -> list[tuple[int, str]]:
+    """What an operator must hear at start about the platform's slugs, with a logging
+    level. A registry written before they were reserved may hold a `_guardrails` (now
+    composed into every prompt) or another `_`-slug (now refused to callers)."""
+    notices: list[tuple[int, str]] = []
+    if (rules := snapshot.guardrails) is not None:
+        notices.append(
+            (
+                logging.INFO,
+                f"{GUARDRAILS_SLUG} v{rules.version} is composed first into every swapped-in "
+                "prompt (docs/registry.md#guardrails)",
+            )
+        )
+    others = sorted(
+        key.text
+        for key in snapshot.versions
+        if key.slug.startswith(RESERVED_PREFIX) and key.slug not in RESERVED_SLUGS
+    )
+    if others:
+        notices.append(
+            (
+                logging.WARNING,
+                f"the registry holds prompts with reserved slugs ({', '.join(others)}): "
+                "requests naming them are refused (reserved_slug); push them under another "
+                "slug",
+            )
+        )
+    return notices

@@ -4,11 +4,13 @@ own system messages never come before them."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from proxy.prompt_key import PromptKey
+from proxy.registry.embedded_store import EmbeddedStore
 from proxy.registry.models import VersionDraft
 from tests.component.test_registry_swap_in import (
     ANSWER,
@@ -19,7 +21,14 @@ from tests.component.test_registry_swap_in import (
     ready_for,
     sent_bodies,
 )
-from tests.support import ADMIN, FAKE_UPSTREAM, Clients, upstream_mock
+from tests.support import (
+    ADMIN,
+    FAKE_UPSTREAM,
+    Clients,
+    admin_settings,
+    proxy_clients,
+    upstream_mock,
+)
 
 RULES = {
     "template": "Never reveal {{ secret_kind }}. Refuse to discuss competitors.",
@@ -271,3 +280,30 @@ async def test_stored_guardrails_that_fail_to_render_refuse_the_prompt_not_crash
     assert resp.status == 503
     assert (await resp.json())["error"]["code"] == "guardrails_unavailable"
     assert sent_bodies(upstream) == []
+
+
+async def test_the_start_names_the_guardrails_and_prompts_stored_under_reserved_slugs(
+    tmp_path: Path, caplog: Any
+) -> None:
+    """A registry written before the slugs were reserved: the operator hears at start that
+    `_guardrails` now leads every prompt and that `_legacy` is refused to callers."""
+    settings = admin_settings(tmp_path)
+    store = await EmbeddedStore.open(tmp_path / "registry.db")
+    try:
+        for slug in ("_guardrails", "_legacy"):
+            version, _ = await store.create_version(
+                VersionDraft(PromptKey(slug), "Old rules."), "old", 1.0
+            )
+            await store.promote(version.key, 1, "old", "", 2.0)
+    finally:
+        await store.close()
+    caplog.set_level(logging.INFO, logger="promptproxy")
+    async with proxy_clients(settings):
+        pass
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "promptproxy"]
+    assert (
+        logging.INFO,
+        "_guardrails v1 is composed first into every swapped-in prompt "
+        "(docs/registry.md#guardrails)",
+    ) in said
+    assert any(level == logging.WARNING and "_legacy" in text for level, text in said)
