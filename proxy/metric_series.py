@@ -21,10 +21,10 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
-#: (route, model, slug, version, arm)
-SeriesKey = tuple[str, str, str, str, str]
+#: (route, model, slug, version, arm, tier)
+SeriesKey = tuple[str, str, str, str, str, str]
 
-_BASE = ("route", "model", "slug", "version", "arm")
+_BASE = ("route", "model", "slug", "version", "arm", "tier")
 
 
 class Buckets:
@@ -59,7 +59,7 @@ def le_labels(bounds: tuple[float, ...]) -> tuple[str, ...]:
 
 
 class Series:
-    """The numbers of one (route, model, slug, version, arm), found once per request."""
+    """The numbers of one (route, model, slug, version, arm, tier), found once per request."""
 
     __slots__ = (
         "_reasons",
@@ -159,15 +159,15 @@ class RequestFamilies(Collector):
 
     def collect(self) -> Iterator[Metric]:
         requests, errors, duration, ttft, tokens, reasons, answer, cost = self._families()
-        # The cost child is shared by the routes of one (model, slug, version, arm).
+        # The cost child is shared by the routes of one (model, slug, version, arm, tier).
         costs: dict[tuple[str, ...], list[float]] = {}
         for s in list(self._series()):
             key, created = list(s.key), s.created
             for status_class, count in s.requests.items():
                 requests.add_metric([*key, status_class], count, created=created)
-            route, model, slug, version, arm = key
+            route, model, slug, version, arm, tier = key
             for error_class, count in s.errors.items():
-                errors.add_metric([route, error_class, slug, version, arm], count, created)
+                errors.add_metric([route, error_class, slug, version, arm, tier], count, created)
             for name, hist, family in (
                 ("promptproxy_request_duration_seconds", s.duration, duration),
                 ("promptproxy_time_to_first_token_seconds", s.ttft, ttft),
@@ -181,7 +181,7 @@ class RequestFamilies(Collector):
             tokens.add_metric([*key, "output"], s.output_tokens, created=created)
             for reason, count in s.finish_reasons.items():
                 reasons.add_metric([*key, reason], count, created=created)
-            shared = costs.setdefault((model, slug, version, arm), [0.0, created])
+            shared = costs.setdefault((model, slug, version, arm, tier), [0.0, created])
             shared[0] += s.cost
             shared[1] = min(shared[1], created)
         for labels, (value, created) in costs.items():
@@ -209,7 +209,7 @@ class RequestFamilies(Collector):
                 "promptproxy_errors",
                 "Requests that failed, by class (upstream status, timeout, interrupted "
                 "stream, client disconnect, invalid request...).",
-                labels=("route", "error_class", "slug", "version", "arm"),
+                labels=("route", "error_class", "slug", "version", "arm", "tier"),
             ),
             HistogramMetricFamily(
                 "promptproxy_request_duration_seconds",
@@ -241,6 +241,6 @@ class RequestFamilies(Collector):
                 "promptproxy_cost_usd",
                 "Estimated cost in US dollars, from the token counts and the configured "
                 "price table (models without a price add nothing).",
-                labels=("model", "slug", "version", "arm"),
+                labels=("model", "slug", "version", "arm", "tier"),
             ),
         )

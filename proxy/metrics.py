@@ -71,9 +71,11 @@ class ProxyMetrics:
         models: Iterable[str],
         prices: Prices | None = None,
         feedback_names: Iterable[str] = (),
+        tiers: Iterable[str] = (),
     ) -> None:
         self.registry = registry
         self._models = frozenset(models)
+        self._tiers = frozenset(tiers)
         self._prices: Prices = dict(prices or {})
         self._feedback_names = frozenset(feedback_names)
         self._keys: frozenset[PromptKey] = frozenset()
@@ -81,7 +83,7 @@ class ProxyMetrics:
         self._in_use: dict[PromptKey, frozenset[str]] = {}
         #: slug label -> the versions some key of that slug keeps (the series' own labels)
         self._labels_in_use: dict[str, frozenset[str]] = {}
-        self._series: dict[tuple[str, str, str, str, str], Series] = {}
+        self._series: dict[tuple[str, str, str, str, str, str], Series] = {}
         # The per-request families: counted lock-free per label set (see metric_series.py).
         self._families = RequestFamilies(
             self._series.values,
@@ -227,16 +229,25 @@ class ProxyMetrics:
         )
 
     def series(
-        self, route: str, model: str, key: PromptKey | None, version: str, arm: str
+        self,
+        route: str,
+        model: str,
+        key: PromptKey | None,
+        version: str,
+        arm: str,
+        tier: str | None = None,
     ) -> Series:
-        """The cached children for these labels; the prompt ``key`` and ``version`` are raw
-        and folded here (``model`` is already a label: see ``model_label``)."""
+        """The cached children for these labels; the prompt ``key``, ``version`` and the
+        tenant's ``tier`` are raw and folded here (``model`` is already a label: see
+        ``model_label``). A tier outside ``tenants.tiers`` (a record older than the config)
+        is ``other``; no tenant, ``""``. The tenant itself is never a label."""
         labels = (
             route,
             model,
             self.slug_label(key),
             self.version_label(key, version) if key is not None and version else "",
             arm,
+            "" if not tier else tier if tier in self._tiers else OTHER,
         )
         found = self._series.get(labels)
         if found is None:
@@ -282,7 +293,7 @@ class ProxyMetrics:
 
     def _prune(self) -> None:
         for labels in list(self._series):
-            _, _, slug, version, _ = labels
+            _, _, slug, version, _, _ = labels
             if not version or version == OTHER:
                 continue
             if version in self._labels_in_use.get(slug, ()):

@@ -107,6 +107,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         config.metrics.models,
         config.metrics.price_table(),
         config.feedback.names,
+        config.tenants.tiers,
     )
     async with AsyncExitStack() as stack:
         upstream = UpstreamClient(UpstreamLimits.primary(config.upstream))

@@ -280,6 +280,7 @@ async def test_a_shadow_rollout_records_pairs_readable_through_the_admin_api(
             "slug": "support",
             "version": "2",
             "arm": "shadow",
+            "tier": "",
             "status_class": "2xx",
         },
     )

@@ -187,6 +187,10 @@ async def test_a_known_tenant_is_in_the_access_log_and_an_unknown_one_is_refused
         (None, None, 403),
         (None, None, 403),
     ]
+    # The tier is a label, the tenant never is.
+    text = await (await admin.get("/metrics", headers=READER)).text()
+    assert 'slug="support",status_class="2xx",tier="enterprise"' in text
+    assert "acme" not in text
     # A request that names no prompt is not a tenant's business.
     plain = await data.post("/v1/chat/completions", json={"model": "m", "messages": []})
     assert plain.status == 200

@@ -106,6 +106,7 @@ async def test_a_full_pool_answers_a_retryable_503_after_the_wait(
                 "slug": "",
                 "version": "",
                 "arm": "",
+                "tier": "",
             },
         )
         assert refused == 1

@@ -86,6 +86,7 @@ class Process:
             "slug": "support",
             "version": version,
             "arm": arm,
+            "tier": "",
             "status_class": "2xx",
         }
         return self.metrics.registry.get_sample_value("promptproxy_requests_total", labels) or 0

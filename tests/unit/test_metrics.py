@@ -53,6 +53,7 @@ def test_finish_reasons_answer_tokens_and_cost_are_counted_per_version() -> None
         "slug": "support",
         "version": "3",
         "arm": "stable",
+        "tier": "",
     }
     finish = "promptproxy_finish_reasons_total"
     assert _value(registry, finish, **labels, finish_reason="length") == 2
@@ -66,6 +67,7 @@ def test_finish_reasons_answer_tokens_and_cost_are_counted_per_version() -> None
         slug="support",
         version="3",
         arm="stable",
+        tier="",
     )
     assert cost is not None
     assert abs(cost - (100 * 0.15 + 50 * 0.60) / 1e6) < 1e-12
