@@ -35,8 +35,6 @@ from proxy.registry.backup import RegistryImage, RestoreRefused
 from proxy.registry.embedded_watch import ChangeWatch
 from proxy.registry.identity import IdentityGuard, describe
 from proxy.registry.models import (
-    TENANT_DELETE_ACTION,
-    TENANT_SET_ACTION,
     AuditEntry,
     PromptVersion,
     RegistrySnapshot,
@@ -46,7 +44,7 @@ from proxy.registry.models import (
     StickyKey,
     Tenant,
     VersionDraft,
-    tenant_audit_detail,
+    tenant_change,
 )
 from proxy.registry.store import (
     InvalidTransition,
@@ -266,13 +264,8 @@ class EmbeddedStore:
                 conn,
                 at=at,
                 actor=actor,
-                action=TENANT_SET_ACTION,
-                key=stored.audit_key,
-                version=None,
-                from_status=None,
-                to_status=None,
                 reason=reason,
-                detail=tenant_audit_detail(stored, old),
+                **tenant_change(stored, old),
             )
             return stored, entry
 
@@ -290,13 +283,8 @@ class EmbeddedStore:
                 conn,
                 at=at,
                 actor=actor,
-                action=TENANT_DELETE_ACTION,
-                key=old.audit_key,
-                version=None,
-                from_status=None,
-                to_status=None,
                 reason=reason,
-                detail=tenant_audit_detail(None, old),
+                **tenant_change(None, old),
             )
 
         return await self._write(write)

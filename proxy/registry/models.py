@@ -450,6 +450,22 @@ def tenant_audit_key(tenant_id: str) -> PromptKey:
     return PromptKey(TENANTS_SLUG, Layer("tenant", tenant_id))
 
 
+def tenant_change(new: Tenant | None, old: Tenant | None) -> dict[str, Any]:
+    """The audit fields of a tenant put (``new``, over ``old`` if there was one) or delete
+    (``new`` None), for a store's audit append; the store adds when, who and why."""
+    subject = new if new is not None else old
+    if subject is None:
+        raise ValueError("a tenant change needs the tenant")
+    return {
+        "action": TENANT_SET_ACTION if new is not None else TENANT_DELETE_ACTION,
+        "key": subject.audit_key,
+        "version": None,
+        "from_status": None,
+        "to_status": None,
+        "detail": tenant_audit_detail(new, old),
+    }
+
+
 def tenant_audit_detail(new: Tenant | None, old: Tenant | None) -> dict[str, Any]:
     """The facts of a tenant change for its audit entry: tiers and how many keys, never a
     key hash (the audit is read by more people than the records)."""

@@ -40,8 +40,6 @@ from proxy.registry.analysis_policy import AnalysisPolicy
 from proxy.registry.backup import RegistryImage, overwrite_keeps_audit, restore_keeps_audit
 from proxy.registry.identity import IdentityGuard, describe, new_generation
 from proxy.registry.models import (
-    TENANT_DELETE_ACTION,
-    TENANT_SET_ACTION,
     AuditEntry,
     PromptVersion,
     RegistrySnapshot,
@@ -51,7 +49,7 @@ from proxy.registry.models import (
     StickyKey,
     Tenant,
     VersionDraft,
-    tenant_audit_detail,
+    tenant_change,
 )
 from proxy.registry.postgres_notify import ChangeListener
 from proxy.registry.postgres_schema import (
@@ -576,13 +574,8 @@ class PostgresStore:
             entry = await t.append_audit(
                 at=at,
                 actor=actor,
-                action=TENANT_SET_ACTION,
-                key=stored.audit_key,
-                version=None,
-                from_status=None,
-                to_status=None,
                 reason=reason,
-                detail=tenant_audit_detail(stored, old),
+                **tenant_change(stored, old),
             )
             return stored, entry
 
@@ -598,13 +591,8 @@ class PostgresStore:
             return await t.append_audit(
                 at=at,
                 actor=actor,
-                action=TENANT_DELETE_ACTION,
-                key=old.audit_key,
-                version=None,
-                from_status=None,
-                to_status=None,
                 reason=reason,
-                detail=tenant_audit_detail(None, old),
+                **tenant_change(None, old),
             )
 
         return await self._write(write, texts=(actor, reason))
