@@ -98,6 +98,43 @@ class VariableSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class BlockSpec:
+    """A named block a base version declares: an override may fill it (a template over the
+    base's variables, at most ``max_chars`` long); ``default`` fills it where none does."""
+
+    name: str
+    default: str = ""
+    max_chars: int = 2000
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"default": self.default, "max_chars": self.max_chars}
+
+
+#: Longest block fill any base may allow.
+MAX_BLOCK_CHARS = 100_000
+
+
+def _layer_content(
+    blocks: tuple[BlockSpec, ...],
+    param_bounds: Mapping[str, tuple[float, float]],
+    fills: Mapping[str, str],
+    defaults: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The layer fields of a version, only those set: a version without them keeps the
+    JSON (and the hash) it had before layers existed."""
+    out: dict[str, Any] = {}
+    if blocks:
+        out["blocks"] = {b.name: b.to_dict() for b in blocks}
+    if param_bounds:
+        out["param_bounds"] = {k: [lo, hi] for k, (lo, hi) in param_bounds.items()}
+    if fills:
+        out["fills"] = dict(fills)
+    if defaults:
+        out["defaults"] = dict(defaults)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
 class VersionDraft:
     """What a push supplies; the store assigns number, time, status."""
 
@@ -110,6 +147,14 @@ class VersionDraft:
     changelog: str = ""
     #: What happens to the caller's own system and developer messages (``CALLER_SYSTEM``).
     caller_system: CallerSystem = CALLER_SYSTEM_DROP
+    #: A base's blocks, which its overrides may fill, and the bounds of the parameters they
+    #: may set.
+    blocks: tuple[BlockSpec, ...] = ()
+    param_bounds: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: An override's (a ``tier=``/``tenant=`` key's) fills of the base's blocks, and its
+    #: defaults for the base's variables; its ``params`` stay within the base's bounds.
+    fills: dict[str, str] = field(default_factory=dict)
+    defaults: dict[str, Any] = field(default_factory=dict)
 
     def to_version(self, number: int, created_at: float) -> PromptVersion:
         """The immutable version this draft becomes, as a new draft."""
@@ -126,6 +171,10 @@ class VersionDraft:
             sha256=self.content_sha256(),
             status=Status.DRAFT,
             caller_system=self.caller_system,
+            blocks=self.blocks,
+            param_bounds=self.param_bounds,
+            fills=self.fills,
+            defaults=self.defaults,
         )
 
     def content_sha256(self) -> str:
@@ -138,6 +187,7 @@ class VersionDraft:
         if self.caller_system != CALLER_SYSTEM_DROP:
             # Only when set: every version hashed before the field existed keeps its hash.
             content["caller_system"] = self.caller_system
+        content.update(_layer_content(self.blocks, self.param_bounds, self.fills, self.defaults))
         return hashlib.sha256(orjson.dumps(content, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
@@ -155,6 +205,15 @@ class PromptVersion:
     sha256: str
     status: Status
     caller_system: CallerSystem = CALLER_SYSTEM_DROP
+    blocks: tuple[BlockSpec, ...] = ()
+    param_bounds: dict[str, tuple[float, float]] = field(default_factory=dict)
+    fills: dict[str, str] = field(default_factory=dict)
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_override(self) -> bool:
+        """A tier's or tenant's override: fills, defaults and params, no template."""
+        return self.key.layer is not None
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -172,6 +231,7 @@ class PromptVersion:
         }
         if self.caller_system != CALLER_SYSTEM_DROP:
             data["caller_system"] = self.caller_system
+        data.update(_layer_content(self.blocks, self.param_bounds, self.fills, self.defaults))
         return data
 
     @classmethod
@@ -197,7 +257,23 @@ class PromptVersion:
             sha256=data["sha256"],
             status=Status(data["status"]),
             caller_system=caller_system(data.get("caller_system", "drop")) or CALLER_SYSTEM_DROP,
+            blocks=blocks_from_dict(data.get("blocks")),
+            param_bounds=bounds_from_dict(data.get("param_bounds")),
+            fills=dict(data.get("fills") or {}),
+            defaults=dict(data.get("defaults") or {}),
         )
+
+
+def blocks_from_dict(data: Mapping[str, Any] | None) -> tuple[BlockSpec, ...]:
+    """Block declarations as ``to_dict`` writes them (name -> default and max_chars)."""
+    return tuple(
+        BlockSpec(name, str(spec.get("default", "")), int(spec.get("max_chars", 2000)))
+        for name, spec in (data or {}).items()
+    )
+
+
+def bounds_from_dict(data: Mapping[str, Any] | None) -> dict[str, tuple[float, float]]:
+    return {name: (pair[0], pair[1]) for name, pair in (data or {}).items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -477,6 +553,14 @@ def tenant_audit_detail(new: Tenant | None, old: Tenant | None) -> dict[str, Any
 
 
 @dataclass(frozen=True, slots=True)
+class LayerOverrides:
+    """The prod overrides of one base key: tier name -> version, tenant id -> version."""
+
+    tiers: dict[str, PromptVersion] = field(default_factory=dict)
+    tenants: dict[str, PromptVersion] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class RegistrySnapshot:
     """Everything the request path needs, read in one go and never mutated.
 
@@ -502,6 +586,11 @@ class RegistrySnapshot:
     tenant_by_key_hash: dict[str, Tenant] = field(init=False, repr=False, compare=False)
     #: The prod version of ``_guardrails``, composed first into every swapped-in prompt.
     guardrails: PromptVersion | None = field(init=False, repr=False, compare=False)
+    #: base key -> its tiers' and tenants' prod overrides (base keys without any are absent)
+    overrides: dict[PromptKey, LayerOverrides] = field(init=False, repr=False, compare=False)
+    #: Compositions built for this snapshot (``proxy.registry.composition``): built on
+    #: first use, kept as long as the snapshot serves, so a request does a lookup.
+    compositions: dict[tuple[Any, ...], Any] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         canonical = {key: key for key in self.versions}
@@ -522,6 +611,19 @@ class RegistrySnapshot:
         if key is not None and (number := self.prod.get(key)) is not None:
             guardrails = self.versions[key].get(number)
         object.__setattr__(self, "guardrails", guardrails)
+        overrides: dict[PromptKey, LayerOverrides] = {}
+        for key, number in self.prod.items():
+            if key.layer is None:
+                continue
+            base = PromptKey(key.slug, None, key.variant)
+            base = canonical.get(base, base)
+            layered = overrides.setdefault(base, LayerOverrides())
+            table = layered.tiers if key.layer.kind == "tier" else layered.tenants
+            version = self.versions.get(key, {}).get(number)
+            if version is not None:
+                table[key.layer.name] = version
+        object.__setattr__(self, "overrides", overrides)
+        object.__setattr__(self, "compositions", {})
 
     @property
     def empty(self) -> bool:

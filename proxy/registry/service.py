@@ -24,6 +24,7 @@ from proxy.prompt_key import (
 from proxy.registry.analysis_policy import AnalysisPolicy
 from proxy.registry.fleet import Fleet, FleetError, FleetWait, ReplicaView
 from proxy.registry.history import StateAt, state_at
+from proxy.registry.layer_checks import LayerProblem, base_problems, override_problems
 from proxy.registry.lifecycle import ROLLOUT_START_ACTION
 from proxy.registry.models import (
     AuditEntry,
@@ -127,6 +128,16 @@ def _tenant(tenant_id: str, tier: str, key_hashes: Sequence[str]) -> Tenant:
 
 def _no_tenant(tenant_id: str) -> NotFound:
     return NotFound(f"No tenant {tenant_id!r}.", param="tenant_id", code="tenant_not_found")
+
+
+def _refuse_layer_problems(problems: Sequence[LayerProblem], code: str) -> None:
+    """A 400 naming every problem, the first one's field as the parameter."""
+    if problems:
+        raise InvalidRequest(
+            "Version rejected: " + "; ".join(f"{p.field}: {p.message}" for p in problems) + ".",
+            param=problems[0].field,
+            code=code,
+        )
 
 
 def check_reserved(draft: VersionDraft) -> None:
@@ -254,21 +265,51 @@ class RegistryService:
         return FleetStatus(revision, self._fleet.me, replicas, generation)
 
     async def push(self, draft: VersionDraft, actor: str) -> tuple[PromptVersion, bool]:
-        """Create a version (or return the latest if its content is identical)."""
+        """Create a version (or return the latest if its content is identical). A base
+        version's template and blocks are checked on their own; an override's fills,
+        defaults and params against the base version it is pushed over."""
         check_reserved(draft)
-        try:
-            check_template(draft.template, draft.variables)
-        except TemplateProblem as exc:
-            where = f" (line {exc.line}" + (f", column {exc.column})" if exc.column else ")")
-            raise InvalidRequest(
-                f"Template rejected: {exc.message}{where if exc.line else ''}",
-                param="template",
-                code="invalid_template",
-            ) from None
+        layer = draft.key.layer
+        if layer is None:
+            _refuse_layer_problems(base_problems(draft), "invalid_blocks")
+            try:
+                check_template(draft.template, draft.variables, draft.blocks)
+            except TemplateProblem as exc:
+                where = f" (line {exc.line}" + (f", column {exc.column})" if exc.column else ")")
+                raise InvalidRequest(
+                    f"Template rejected: {exc.message}{where if exc.line else ''}",
+                    param="template",
+                    code="invalid_template",
+                ) from None
+        else:
+            if layer.kind == "tier" and layer.name not in self._tiers:
+                raise InvalidRequest(
+                    f"Unknown tier {layer.name!r}: the configured tiers are "
+                    f"{', '.join(self._tiers)} (tenants.tiers).",
+                    param="tier",
+                    code="unknown_tier",
+                )
+            base = await self._base_of(draft.key)
+            _refuse_layer_problems(override_problems(draft, base), "invalid_override")
         with store_errors(draft.key):
             result = await self._store.create_version(draft, actor, self._clock())
         await self._serve_here()
         return result
+
+    async def _base_of(self, key: PromptKey) -> PromptVersion:
+        """The base version an override of ``key`` is checked against: its prod version,
+        else its latest (a base being prepared with its overrides before it serves)."""
+        base_key = PromptKey(key.slug, None, key.variant)
+        with store_errors(base_key, reading=True):
+            versions = await self._store.list_versions(base_key)
+        if not versions:
+            raise NotFound(
+                f"No prompt named '{base_key}': push the base before its overrides.",
+                param="slug",
+                code="prompt_not_found",
+            )
+        prod = [v for v in versions if v.status is Status.PROD]
+        return prod[0] if prod else max(versions, key=lambda v: v.version)
 
     async def list_prompts(self) -> list[PromptSummary]:
         with store_errors(reading=True):
@@ -376,6 +417,16 @@ class RegistryService:
                 "obeys within a second; a canary or shadow of the guardrails is not supported.",
                 param="slug",
                 code="guardrails_rollout",
+            )
+        if key.layer is not None:
+            # Until rollouts per layer are built (docs/design-tenancy.md, step 4) the request
+            # path would not read one: refuse it rather than run a rollout nobody gets.
+            raise Conflict(
+                f"'{key}' is an override: it changes by promote and rollback for now; "
+                "canary and shadow rollouts of a tier's or tenant's override are not served "
+                "yet.",
+                param=layer_param(key),
+                code="override_rollout",
             )
         points = basis_points(percent)
         sticky_key = parse_sticky(sticky) if sticky is not None else None
@@ -516,18 +567,31 @@ class RegistryService:
             ("model", str(old.model), str(new.model)),
             ("variables", _vars(old), _vars(new)),
             ("params", str(old.params), str(new.params)),
+            ("param_bounds", str(old.param_bounds), str(new.param_bounds)),
+            ("defaults", str(old.defaults), str(new.defaults)),
         ):
             if left != right:
                 lines.append(f"{label}: {left} -> {right}\n")
-        lines.extend(
-            difflib.unified_diff(
-                old.template.splitlines(keepends=True),
-                new.template.splitlines(keepends=True),
-                fromfile=f"{key}@v{a}",
-                tofile=f"{key}@v{b}",
+        texts = [("", old.template, new.template)]
+        # A block's default (a base) or fill (an override) is text like the template.
+        old_blocks, new_blocks = _block_texts(old), _block_texts(new)
+        for name in sorted(old_blocks.keys() | new_blocks.keys()):
+            texts.append((f"#{name}", old_blocks.get(name, ""), new_blocks.get(name, "")))
+        for part, left_text, right_text in texts:
+            lines.extend(
+                difflib.unified_diff(
+                    left_text.splitlines(keepends=True),
+                    right_text.splitlines(keepends=True),
+                    fromfile=f"{key}@v{a}{part}",
+                    tofile=f"{key}@v{b}{part}",
+                )
             )
-        )
         return "".join(line if line.endswith("\n") else line + "\n" for line in lines)
+
+
+def layer_param(key: PromptKey) -> str:
+    """The query parameter that names ``key``'s layer (``slug`` for a base)."""
+    return "slug" if key.layer is None else key.layer.kind
 
 
 def basis_points(percent: float) -> int:
@@ -562,6 +626,11 @@ def _summarize(key: PromptKey, versions: Sequence[PromptVersion]) -> PromptSumma
         versions=len(versions),
         updated_at=max(v.created_at for v in versions),
     )
+
+
+def _block_texts(version: PromptVersion) -> dict[str, str]:
+    """Block name -> the version's text for it: a base's defaults, an override's fills."""
+    return {b.name: b.default for b in version.blocks} | dict(version.fills)
 
 
 def _vars(version: PromptVersion) -> str:

@@ -22,7 +22,10 @@ from jinja2.exceptions import SecurityError, TemplateAssertionError
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from proxy.registry.models import VariableSpec
+from proxy.registry.models import BlockSpec, VariableSpec
+
+#: The name a base template reads its blocks by: ``{{ block.tone }}``.
+BLOCK_NAME = "block"
 
 #: Variable types a version may declare. ``None`` (untyped) accepts any JSON value.
 VARIABLE_TYPES: Mapping[str | None, Callable[[Any], bool]] = MappingProxyType(
@@ -144,13 +147,24 @@ def make_environment() -> ImmutableSandboxedEnvironment:
     return env
 
 
-def template_problems(template: str, variables: Sequence[VariableSpec]) -> list[TemplateProblem]:
-    """Every problem found, in order; empty when the template can be accepted."""
+def template_problems(
+    template: str, variables: Sequence[VariableSpec], blocks: Sequence[BlockSpec] = ()
+) -> list[TemplateProblem]:
+    """Every problem found, in order; empty when the template can be accepted. A template
+    with ``blocks`` reads them as ``block.NAME``, each declared one at least once."""
     env = make_environment()
     problems = _spec_problems(variables)
+    declared = {v.name for v in variables}
+    if blocks:
+        if BLOCK_NAME in declared:
+            message = f"variable name {BLOCK_NAME!r} is reserved for the blocks"
+            problems.append(TemplateProblem(message, variable=BLOCK_NAME))
+        declared.add(BLOCK_NAME)
     try:
         ast = env.parse(template)
-        problems.extend(_ast_problems(ast, {v.name for v in variables}))
+        problems.extend(_ast_problems(ast, declared))
+        if blocks:
+            problems.extend(_block_problems(ast, [b.name for b in blocks]))
         if problems:
             return problems
         compiled = env.from_string(ast)
@@ -160,7 +174,11 @@ def template_problems(template: str, variables: Sequence[VariableSpec]) -> list[
         return [*problems, TemplateProblem(f"syntax error: {exc.message}", exc.lineno)]
     except RecursionError:  # parser and AST walk recurse per nesting level
         return [*problems, TemplateProblem("template is nested too deeply")]
-    trial = {v.name: v.default if v.has_default else _DUMMIES.get(v.type) for v in variables}
+    trial: dict[str, Any] = {
+        v.name: v.default if v.has_default else _DUMMIES.get(v.type) for v in variables
+    }
+    if blocks:
+        trial[BLOCK_NAME] = {b.name: "x" for b in blocks}
     try:
         compiled.render(trial)
     except SecurityError as exc:
@@ -172,9 +190,11 @@ def template_problems(template: str, variables: Sequence[VariableSpec]) -> list[
     return []
 
 
-def check_template(template: str, variables: Sequence[VariableSpec]) -> None:
+def check_template(
+    template: str, variables: Sequence[VariableSpec], blocks: Sequence[BlockSpec] = ()
+) -> None:
     """Raise the first ``TemplateProblem`` (its message lists every undeclared name)."""
-    problems = template_problems(template, variables)
+    problems = template_problems(template, variables, blocks)
     if problems:
         raise problems[0]
 
@@ -235,6 +255,52 @@ def _ast_problems(ast: nodes.Template, declared: set[str]) -> list[TemplateProbl
     return problems
 
 
+def names_read(text: str) -> frozenset[str] | None:
+    """The variables a template reads; None when it does not parse (a stored fill the
+    composition then leaves out)."""
+    try:
+        return frozenset(meta.find_undeclared_variables(make_environment().parse(text)))
+    except (TemplateSyntaxError, RecursionError):
+        return None
+
+
+def _block_problems(ast: nodes.Template, declared: Sequence[str]) -> list[TemplateProblem]:
+    """``block`` may only be read as ``block.NAME`` (or ``block['NAME']``) of a declared
+    block, and every declared block must be read: a fill no template shows is a mistake."""
+    problems: list[TemplateProblem] = []
+    read: set[str] = set()
+    named: set[int] = set()
+    for node in _walk(ast):
+        name: object
+        if isinstance(node, nodes.Getattr):
+            target, name = node.node, node.attr
+        elif isinstance(node, nodes.Getitem):
+            key = node.arg
+            target, name = node.node, key.value if isinstance(key, nodes.Const) else None
+        else:
+            continue
+        if not (isinstance(target, nodes.Name) and target.name == BLOCK_NAME):
+            continue
+        named.add(id(target))
+        if not isinstance(name, str):
+            problems.append(TemplateProblem("a block must be named literally", node.lineno))
+        elif name not in declared:
+            problems.append(
+                TemplateProblem(f"block {name!r} is used but not declared in blocks", node.lineno)
+            )
+        else:
+            read.add(name)
+    for node in ast.find_all(nodes.Name):
+        if node.name == BLOCK_NAME and node.ctx == "load" and id(node) not in named:
+            message = f"{BLOCK_NAME!r} must be read as {BLOCK_NAME}.NAME of a declared block"
+            problems.append(TemplateProblem(message, node.lineno))
+    for name in declared:
+        if name not in read:
+            message = f"block {name!r} is declared but the template never reads block.{name}"
+            problems.append(TemplateProblem(message, variable=name))
+    return problems
+
+
 def _walk(node: nodes.Node) -> Iterator[nodes.Node]:
     yield node
     for child in node.iter_child_nodes():
@@ -286,6 +352,10 @@ def _template_line(exc: BaseException) -> int | None:
     return line
 
 
+#: A block as a renderer takes it: name, a key naming its text (a hash), and the text.
+BlockFill = tuple[str, str, str]
+
+
 @dataclass(frozen=True, slots=True)
 class _Compiled:
     template_text: str
@@ -295,6 +365,10 @@ class _Compiled:
     template: Template
     #: name -> (type check, has default, default), in declaration order
     specs: dict[str, tuple[Callable[[Any], bool], bool, Any]]
+    #: the caller's own sequence of block fills (identity, as ``given_variables``)
+    given_blocks: Sequence[BlockFill] = ()
+    #: name -> compiled fill, rendered with the variables and read as ``block.NAME``
+    blocks: tuple[tuple[str, Template], ...] = ()
     #: The text when the caller gives no values, rendered once: the environment has no
     #: globals, so a render depends on its context alone. None when that render fails (a
     #: required variable): each request then renders and gets the error.
@@ -302,14 +376,20 @@ class _Compiled:
 
 
 class PromptRenderer:
-    """Renders versions on the request path; compiled templates live in a bounded LRU.
+    """Renders versions on the request path; compiled templates live in bounded LRUs.
 
-    One instance per event loop: the cache is not locked for use from several threads."""
+    A composed prompt (a base whose blocks its overrides fill) is rendered under its own
+    key, while the compiled base template and fills are shared by every composition that
+    uses them: 200 tenants of one base compile the base once.
 
-    def __init__(self, max_cached: int = 512) -> None:
+    One instance per event loop: the caches are not locked for use from several threads."""
+
+    def __init__(self, max_cached: int = 4096) -> None:
         self._env = make_environment()
         self._max_cached = max_cached
         self._cache: OrderedDict[str, _Compiled] = OrderedDict()
+        #: key -> (text, compiled text): the text guards against a key reused for another
+        self._templates: OrderedDict[str, tuple[str, Template]] = OrderedDict()
 
     def render(
         self,
@@ -317,36 +397,46 @@ class PromptRenderer:
         template: str,
         variables: Sequence[VariableSpec],
         values: Mapping[str, Any],
+        blocks: Sequence[BlockFill] = (),
+        template_key: str | None = None,
     ) -> str:
         """Render with the caller's ``values``. Raises ``RenderError`` subclasses for bad
         values (the caller's fault) and ``TemplateProblem`` only if a stored template does not
-        compile at all (the store's fault, never the caller's)."""
-        compiled = self._compiled(version_key, template, variables)
+        compile at all (the store's fault, never the caller's). ``version_key`` names the
+        whole of what is rendered: template, variables and ``blocks``; ``template_key`` the
+        template alone (default ``version_key``), so compositions share its compilation."""
+        compiled = self._compiled(version_key, template, variables, blocks, template_key)
         if not values and compiled.defaults_text is not None:
             return compiled.defaults_text
         return _render(compiled, values)
 
-    def _compiled(self, key: str, template: str, variables: Sequence[VariableSpec]) -> _Compiled:
+    def _compiled(
+        self,
+        key: str,
+        template: str,
+        variables: Sequence[VariableSpec],
+        blocks: Sequence[BlockFill],
+        template_key: str | None,
+    ) -> _Compiled:
         hit = self._cache.get(key)
         # Comparing the text guards against a caller reusing a key for other content;
         # for the same string object it is an identity check.
         if hit is not None and hit.template_text == template:
-            if hit.given_variables is variables:
+            same_blocks = hit.given_blocks is blocks or _block_keys(hit.given_blocks) == (
+                _block_keys(blocks)
+            )
+            if hit.given_variables is variables and same_blocks:
                 self._cache.move_to_end(key)
                 return hit
-            if hit.variables == tuple(variables):
+            if same_blocks and hit.variables == tuple(variables):
                 # Equal declarations in a new object (a reloaded snapshot): remember the object
                 # so later requests take the identity path.
-                hit = replace(hit, given_variables=variables)
+                hit = replace(hit, given_variables=variables, given_blocks=blocks)
                 self._cache[key] = hit
                 self._cache.move_to_end(key)
                 return hit
         # No re-check here: the sandbox is what keeps rendering safe, and re-running creation
         # checks (which may grow stricter) must not break versions already serving traffic.
-        try:
-            source = self._env.from_string(template)
-        except TemplateSyntaxError as exc:
-            raise TemplateProblem(f"stored template does not compile: {exc}", exc.lineno) from exc
         unknown = [v.type for v in variables if v.type not in VARIABLE_TYPES]
         if unknown:
             raise TemplateProblem(f"stored variable declarations use unknown type {unknown[0]!r}")
@@ -354,8 +444,10 @@ class PromptRenderer:
             template_text=template,
             given_variables=variables,
             variables=tuple(variables),
-            template=source,
+            template=self._template(template_key or key, template),
             specs={v.name: (VARIABLE_TYPES[v.type], v.has_default, v.default) for v in variables},
+            given_blocks=blocks,
+            blocks=tuple((name, self._template(text_key, text)) for name, text_key, text in blocks),
         )
         try:
             defaults_text = _render(compiled, {})
@@ -368,6 +460,25 @@ class PromptRenderer:
         while len(self._cache) > self._max_cached:
             self._cache.popitem(last=False)
         return compiled
+
+    def _template(self, key: str, text: str) -> Template:
+        """The compiled ``text``; ``key`` names that text (a version's or a fill's hash)."""
+        hit = self._templates.get(key)
+        if hit is not None and hit[0] == text:
+            self._templates.move_to_end(key)
+            return hit[1]
+        try:
+            compiled = self._env.from_string(text)
+        except TemplateSyntaxError as exc:
+            raise TemplateProblem(f"stored template does not compile: {exc}", exc.lineno) from exc
+        self._templates[key] = (text, compiled)
+        while len(self._templates) > self._max_cached:
+            self._templates.popitem(last=False)
+        return compiled
+
+
+def _block_keys(blocks: Sequence[BlockFill]) -> tuple[tuple[str, str], ...]:
+    return tuple((name, text_key) for name, text_key, _ in blocks)
 
 
 def _render(compiled: _Compiled, values: Mapping[str, Any]) -> str:
@@ -393,6 +504,10 @@ def _render(compiled: _Compiled, values: Mapping[str, Any]) -> str:
         else:
             raise MissingVariable(f"prompt variable {name!r} is required", name)
     try:
+        if compiled.blocks:
+            # Fills are rendered first, over the same variables, and reach the base as data:
+            # a fill can never change the base's structure.
+            context[BLOCK_NAME] = {name: fill.render(context) for name, fill in compiled.blocks}
         return compiled.template.render(context)
     except (TemplateError, ArithmeticError, TypeError, ValueError) as exc:
         raise RenderFailed(f"the prompt could not be rendered: {exc}", None) from exc

@@ -8,7 +8,7 @@ from typing import Any
 
 from proxy.errors import InvalidRequest
 from proxy.prompt_key import PromptKey
-from proxy.registry.models import VariableSpec, VersionDraft, unstorable_value
+from proxy.registry.models import BlockSpec, VariableSpec, VersionDraft, unstorable_value
 from proxy.web import admin_models as api
 from proxy.web import admin_wait
 from proxy.web.admin_endpoint import Call, NoBody, Reply
@@ -38,8 +38,16 @@ def check_storable(value: Any, path: str) -> None:
 
 def _draft(key: PromptKey, body: api.VersionIn, actor: str) -> VersionDraft:
     check_storable(body.params, "params")
+    check_storable(body.defaults, "defaults")
+    check_storable(body.param_bounds, "param_bounds")
     for index, variable in enumerate(body.variables):
         check_storable(variable.default, f"variables[{index}].default")
+    if key.layer is None and not body.template:
+        raise InvalidRequest(
+            "Invalid request body: template: a base version needs a template (an override "
+            "of a tier or tenant, addressed with tier= or tenant=, has none).",
+            param="template",
+        )
     return VersionDraft(
         key=key,
         template=body.template,
@@ -52,6 +60,10 @@ def _draft(key: PromptKey, body: api.VersionIn, actor: str) -> VersionDraft:
         author=body.author or actor,
         changelog=body.changelog,
         caller_system=body.caller_system,
+        blocks=tuple(BlockSpec(name, b.default, b.max_chars) for name, b in body.blocks.items()),
+        param_bounds={name: (pair[0], pair[1]) for name, pair in body.param_bounds.items()},
+        fills=dict(body.fills),
+        defaults=dict(body.defaults),
     )
 
 

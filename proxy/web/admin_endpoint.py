@@ -23,7 +23,7 @@ from proxy.errors import InvalidRequest
 from proxy.services import Services
 from proxy.web.admin_auth import Access, authorize
 from proxy.web.admin_models import Body, wire
-from proxy.web.admin_params import Params
+from proxy.web.admin_params import Keyed, LayerQuery, Params, keyed
 from proxy.web.keys import SERVICES
 
 
@@ -103,6 +103,11 @@ class Endpoint(Generic[P, Q, B, R]):
     @property
     def name(self) -> str:
         return self.handler.__name__
+
+    @property
+    def layered(self) -> bool:
+        """A prompt route (``{slug}``): it takes the layer as ``LayerQuery``."""
+        return keyed(self.params)
 
     @property
     def reads_body(self) -> bool:
@@ -191,6 +196,8 @@ def bind(
         services = request.app[SERVICES]
         actor = authorize(request, services.settings.admin_tokens, endpoint.access)
         path = read_params(endpoint.params, request.match_info)
+        if isinstance(path, Keyed):
+            path = path.at_layer(read_params(LayerQuery, request.query).layer)
         query = read_params(endpoint.query, request.query)
         body: Any = _NO_BODY
         if endpoint.body is not NoBody:

@@ -32,7 +32,7 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticCustomError, PydanticUndefined
 
-from proxy.registry.models import INT64_MAX, RolloutMode, Status
+from proxy.registry.models import INT64_MAX, MAX_BLOCK_CHARS, RolloutMode, Status
 
 #: The types a variable may declare (``proxy.registry.templates.VARIABLE_TYPES``, which
 #: checks them; importing it here would load Jinja into every CLI call).
@@ -135,6 +135,13 @@ class Variable(Body):
     )
 
 
+class BlockIn(Body):
+    default: str = Field(
+        "", description="Text where no override fills the block (a template over the variables)"
+    )
+    max_chars: int = Field(2000, ge=1, le=MAX_BLOCK_CHARS, description="Longest fill allowed")
+
+
 class VersionIn(Body):
     model_config = ConfigDict(
         json_schema_extra={
@@ -154,10 +161,10 @@ class VersionIn(Body):
     )
 
     template: str = Field(
-        min_length=1,
+        "",
         description="Jinja2 (sandboxed) system prompt, e.g. Hello {{ customer_name }}. A "
         "template the sandbox refuses, or one using undeclared variables, is a 400 whose "
-        "param is template",
+        "param is template. Required for a base; an override (tier= or tenant=) has none",
     )
     variables: list[Variable] = []
     model: str | None = Field(None, description="Model pin, e.g. gpt-4o-2024-08-06")
@@ -168,6 +175,24 @@ class VersionIn(Body):
         "drop",
         description="The caller's own system and developer messages: dropped (the default), "
         "or kept after the composed prompt, never before the guardrails",
+    )
+    blocks: dict[str, BlockIn] = Field(
+        {},
+        description="A base's named blocks, read by its template as {{ block.NAME }}, which "
+        "tier and tenant overrides may fill",
+    )
+    param_bounds: dict[str, Annotated[list[float], Field(min_length=2, max_length=2)]] = Field(
+        {},
+        description="A base's bounds [low, high] on the parameters its overrides may set, "
+        'e.g. {"temperature": [0, 1]}',
+    )
+    fills: dict[str, str] = Field(
+        {},
+        description="An override's text for the base's blocks (templates over the base's "
+        "variables); a block the base does not declare is a 400 naming it",
+    )
+    defaults: dict[str, Any] = Field(
+        {}, description="An override's defaults for the base's variables. " + _JSON_VALUE
     )
 
 
@@ -195,6 +220,10 @@ class Version(Wire):
     sha256: str
     status: Status
     caller_system: Literal["drop", "after"] = "drop"
+    blocks: dict[str, BlockIn] = {}
+    param_bounds: dict[str, list[float]] = {}
+    fills: dict[str, str] = {}
+    defaults: dict[str, Any] = {}
 
 
 class PromptSummary(Wire):

@@ -13,13 +13,13 @@ import re
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, WithJsonSchema
 
 from proxy.errors import InvalidRequest
 from proxy.models import SLUG_PATTERN
-from proxy.prompt_key import PromptKey
+from proxy.prompt_key import Layer, PromptKey
 from proxy.registry.models import INT64_MAX
 from proxy.registry.service import MAX_WAIT_SECONDS, check_wait, prompt_key
 from proxy.web.admin_models import SLUG_REGEX
@@ -81,6 +81,17 @@ def _tenant_id(value: Any) -> str:
             code="invalid_tenant",
         )
     return str(value)
+
+
+def _layer_name(kind: str) -> Callable[[Any], str]:
+    def read(value: Any) -> str:
+        if not SLUG_PATTERN.fullmatch(str(value)):
+            raise InvalidRequest(
+                f"`{kind}` must match [A-Za-z0-9._-]{{1,64}}.", param=kind, code="invalid_layer"
+            )
+        return str(value)
+
+    return read
 
 
 def _shadow_slug(value: Any) -> str:
@@ -222,6 +233,8 @@ _SLUG_SCHEMA = {"type": "string", "pattern": SLUG_REGEX}
 Slug = Annotated[str, BeforeValidator(_slug), WithJsonSchema(_SLUG_SCHEMA)]
 ShadowSlug = Annotated[str, BeforeValidator(_shadow_slug), WithJsonSchema(_SLUG_SCHEMA)]
 TenantId = Annotated[str, BeforeValidator(_tenant_id), WithJsonSchema(_SLUG_SCHEMA)]
+TenantName = Annotated[str, BeforeValidator(_layer_name("tenant")), WithJsonSchema(_SLUG_SCHEMA)]
+TierName = Annotated[str, BeforeValidator(_layer_name("tier")), WithJsonSchema(_SLUG_SCHEMA)]
 _SINCE_SCHEMA = {
     "anyOf": [
         {"type": "string", "pattern": f"^{SINCE_NUMBER}$"},
@@ -244,27 +257,62 @@ MinPairs = Annotated[int, _COUNT, BeforeValidator(_count("min_pairs"))]
 # -- path parameters ---------------------------------------------------------------------------
 
 
-class _Keyed(Params):
-    """A path that names a prompt by its ``slug`` (checked by its field's reader)."""
+class LayerQuery(Params):
+    """The layer of a slug a prompt route addresses, on every route with ``{slug}``: a
+    tier's or a tenant's override; neither, the base."""
+
+    tenant: TenantName | None = Field(
+        None, description="A tenant's override of the prompt (tenant=acme); not with tier"
+    )
+    tier: TierName | None = Field(
+        None, description="A tier's override of the prompt (tier=enterprise); not with tenant"
+    )
+
+    @property
+    def layer(self) -> Layer | None:
+        if self.tenant is not None and self.tier is not None:
+            raise InvalidRequest(
+                "Name one layer: tenant= or tier=, not both.", param="tier", code="invalid_layer"
+            )
+        if self.tenant is not None:
+            return Layer("tenant", self.tenant)
+        return None if self.tier is None else Layer("tier", self.tier)
+
+
+class Keyed(Params):
+    """A path that names a prompt by its ``slug`` (checked by its field's reader). The
+    layer comes from the query (``LayerQuery``), which ``admin_endpoint`` reads for every
+    keyed route."""
 
     slug: str
+    _layer: Layer | None = PrivateAttr(None)
+
+    def at_layer(self, layer: Layer | None) -> Self:
+        keyed = self.model_copy()
+        keyed._layer = layer
+        return keyed
 
     @property
     def key(self) -> PromptKey:
         """The version line the path names: the handlers' one way to a ``PromptKey``."""
-        return PromptKey(self.slug)
+        return PromptKey(self.slug, self._layer)
 
 
-class SlugPath(_Keyed):
+def keyed(model: type[Params]) -> bool:
+    """Whether a route with these path parameters names a prompt (and takes its layer)."""
+    return issubclass(model, Keyed)
+
+
+class SlugPath(Keyed):
     slug: Slug
 
 
-class VersionPath(_Keyed):
+class VersionPath(Keyed):
     slug: Slug
     version: VersionNumber
 
 
-class ShadowPath(_Keyed):
+class ShadowPath(Keyed):
     """The shadow endpoints check the slug before anything else, with their own words."""
 
     slug: ShadowSlug

@@ -15,7 +15,7 @@ from proxy import __version__
 from proxy.web import admin_models as api
 from proxy.web.admin_auth import Access
 from proxy.web.admin_endpoint import Endpoint, NoBody, Stream
-from proxy.web.admin_params import NoParams, Params
+from proxy.web.admin_params import LayerQuery, NoParams, Params
 
 _REF = "#/components/schemas/{model}"
 _SUCCESS = {200: "OK", 201: "Created: the call made something new", 503: "Not ready"}
@@ -165,6 +165,8 @@ def _operation(route: Endpoint[Any, Any, Any, Any], refs: dict[Any, Any]) -> dic
         "security": _SECURITY[route.access],
     }
     parameters = _parameters(route.params, "path") + _parameters(route.query, "query")
+    if route.layered:
+        parameters += _parameters(LayerQuery, "query")
     if parameters:
         operation["parameters"] = parameters
     body = route.raw_body or (None if route.body is NoBody else route.body)

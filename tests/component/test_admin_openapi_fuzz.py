@@ -22,6 +22,7 @@ import asyncio
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import schemathesis
@@ -203,6 +204,16 @@ def _config(url: str) -> schemathesis.Config:
 
 def _failures(url: str) -> tuple[list[str], int]:
     schema = schemathesis.openapi.from_dict(document(ROUTES), config=_config(url))
+
+    @schema.hook("map_case")
+    def _one_layer(context: Any, case: Any) -> Any:
+        # A prompt route takes tenant= or tier=, not both (a 400): a rule between two
+        # parameters, which JSON Schema cannot state; tests/component cover that 400.
+        query = case.query
+        if query and "tenant" in query and "tier" in query:
+            del query["tier"]
+        return case
+
     problems: list[str] = []
     scenarios = 0
     for event in from_schema(schema).execute():

@@ -1,0 +1,151 @@
+"""A base version composed with its tier's and tenant's overrides: pure data, built once.
+
+The guardrails are not part of it: they are their own message (``pipeline.render``). What
+is composed is the base's template with its blocks filled (the tenant's fill over the
+tier's over the base's default), its variables' defaults (the overrides' over the base's)
+and its parameters (the base's, then the tier's, then the tenant's). An override is
+checked against the base when it is pushed; a part of one that no longer fits the base
+serving now (a block it no longer declares, a fill reading a variable it dropped, a
+parameter out of its bounds) is left out, so the tenant gets the base's own text there
+rather than a failing request, and ``ignored`` says what was left out.
+
+``composition`` looks a composition up in the snapshot's memo, building it on the first
+request that needs it: a request does a few dict lookups.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from proxy.registry.models import (
+    PromptVersion,
+    RegistrySnapshot,
+    Tenant,
+    VariableSpec,
+)
+from proxy.registry.templates import VARIABLE_TYPES, BlockFill, names_read
+
+
+def layer_label(version: PromptVersion) -> str:
+    """``base@3``, ``tier:enterprise@1``, ``tenant:acme@4``."""
+    layer = version.key.layer
+    name = "base" if layer is None else f"{layer.kind}:{layer.name}"
+    return f"{name}@{version.version}"
+
+
+@dataclass(frozen=True, slots=True)
+class Composition:
+    base: PromptVersion
+    #: The overrides composed, tier's first.
+    overrides: tuple[PromptVersion, ...]
+    #: Names the whole composition for the renderer's cache.
+    render_key: str
+    variables: tuple[VariableSpec, ...]
+    blocks: tuple[BlockFill, ...]
+    params: dict[str, Any]
+    #: block name -> the layer whose text fills it; parameter name -> the layer that set it
+    block_sources: dict[str, str]
+    param_sources: dict[str, str]
+    #: ``base@3,tier:enterprise@1,tenant:acme@4``
+    layers: str
+    #: What of the overrides does not fit this base and was left out, in words.
+    ignored: tuple[str, ...] = ()
+
+
+def compose(
+    base: PromptVersion,
+    tier: PromptVersion | None = None,
+    tenant: PromptVersion | None = None,
+) -> Composition:
+    overrides = tuple(v for v in (tier, tenant) if v is not None)
+    base_label = layer_label(base)
+    declared = {v.name: v for v in base.variables}
+    names = frozenset(declared)
+    ignored: list[str] = []
+
+    defaults: dict[str, Any] = {}
+    fills: dict[str, tuple[str, str, str]] = {
+        b.name: (b.default, _text_key(b.default), base_label) for b in base.blocks
+    }
+    limits = {b.name: b.max_chars for b in base.blocks}
+    params = dict(base.params)
+    param_sources = dict.fromkeys(base.params, base_label)
+    for override in overrides:
+        label = layer_label(override)
+        for name, value in override.defaults.items():
+            spec = declared.get(name)
+            if spec is None or not VARIABLE_TYPES.get(spec.type, _never)(value):
+                ignored.append(f"{label}: default {name!r} does not fit {base_label}")
+                continue
+            defaults[name] = value
+        for name, text in override.fills.items():
+            read = names_read(text)
+            if name not in limits or len(text) > limits[name] or read is None or read - names:
+                ignored.append(f"{label}: fill of block {name!r} does not fit {base_label}")
+                continue
+            fills[name] = (text, _text_key(text), label)
+        for name, value in override.params.items():
+            bounds = base.param_bounds.get(name)
+            if bounds is None or not _within(value, bounds):
+                ignored.append(f"{label}: parameter {name!r} is outside {base_label}'s bounds")
+                continue
+            params[name] = value
+            param_sources[name] = label
+
+    variables = tuple(
+        VariableSpec(v.name, v.type, defaults[v.name], True) if v.name in defaults else v
+        for v in base.variables
+    )
+    return Composition(
+        base=base,
+        overrides=overrides,
+        render_key="+".join([base.sha256, *(v.sha256 for v in overrides)]),
+        variables=variables,
+        blocks=tuple((name, key, text) for name, (text, key, _) in fills.items()),
+        params=params,
+        block_sources={name: source for name, (_, _, source) in fills.items()},
+        param_sources=param_sources,
+        layers=",".join([base_label, *(layer_label(v) for v in overrides)]),
+        ignored=tuple(ignored),
+    )
+
+
+def composition(
+    snapshot: RegistrySnapshot, version: PromptVersion, tenant: Tenant | None
+) -> Composition | None:
+    """What ``version`` composes to for ``tenant``'s requests in this snapshot; None when
+    nothing is composed (no blocks, no override): the version renders as it is."""
+    layered = snapshot.overrides.get(version.key)
+    tier_v = tenant_v = None
+    if layered is not None and tenant is not None:
+        tier_v = layered.tiers.get(tenant.tier)
+        tenant_v = layered.tenants.get(tenant.id)
+    if tier_v is None and tenant_v is None and not version.blocks:
+        return None
+    memo = (
+        version.key,
+        version.version,
+        None if tier_v is None else tier_v.key,
+        None if tier_v is None else tier_v.version,
+        None if tenant_v is None else tenant_v.key,
+        None if tenant_v is None else tenant_v.version,
+    )
+    found: Composition | None = snapshot.compositions.get(memo)
+    if found is None:
+        found = snapshot.compositions[memo] = compose(version, tier_v, tenant_v)
+    return found
+
+
+def _text_key(text: str) -> str:
+    return "fill:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def _within(value: Any, bounds: tuple[float, float]) -> bool:
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    return is_number and bounds[0] <= value <= bounds[1]
+
+
+def _never(value: Any) -> bool:
+    return False
