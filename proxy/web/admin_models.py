@@ -405,6 +405,44 @@ class Diff(Wire):
     diff: str = Field(description="Unified diff; empty when the versions are the same")
 
 
+class ExplainedMessage(Wire):
+    role: str = Field(description="Always system: the composed prompt's messages, in order")
+    layer: str = Field(description="guardrails@2, or the base's label for the composed text")
+    text: str
+
+
+class ExplainedSegment(Wire):
+    layer: str = Field(description="Who supplied the text: base@3, tier:enterprise@1, ...")
+    block: str | None = Field(description="The block it fills; null: the base's own text")
+    text: str
+
+
+class ExplainedParam(Wire):
+    value: Any
+    layer: str
+
+
+class Explain(Wire):
+    """What a request of this tenant (or tier) is composed of now: the messages the proxy
+    puts first, and the composed prompt cut into segments by the layer that wrote them."""
+
+    slug: str
+    tenant: str | None
+    tier: str | None
+    layers: str = Field(description="As the x-prompt-layers header says it")
+    messages: list[ExplainedMessage]
+    segments: list[ExplainedSegment] = Field(
+        description="The composed prompt (the last message) in order; their texts joined "
+        "are that message's text"
+    )
+    params: dict[str, ExplainedParam] = Field(description="Parameters the prompt sets")
+    model: str | None = Field(description="The model pin, if any")
+    variables: list[str] = Field(
+        description="Variables without a value here (no default): shown as {{ name }}"
+    )
+    ignored: list[str] = Field(description="Parts of overrides that do not fit the base")
+
+
 # -- rollouts -------------------------------------------------------------------------------
 
 
