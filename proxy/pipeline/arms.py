@@ -19,9 +19,10 @@ from proxy.exchange.outcome import Arm, Exchange
 from proxy.models import ParsedRequest
 from proxy.pipeline.choose import Decision, choose, shadow_skip, sticky_value
 from proxy.pipeline.parse import encode_outbound
-from proxy.pipeline.render import render_into
+from proxy.pipeline.render import layers, render_into
 from proxy.pipeline.resolve import PromptRef
 from proxy.pipeline.resources import PipelineResources
+from proxy.registry.composition import composition
 from proxy.registry.models import PromptVersion, RegistrySnapshot, Tenant
 from proxy.shadow.compare import expects_json
 from proxy.shadow.models import ShadowKind, ShadowRequest
@@ -68,10 +69,12 @@ def shadow_copy(
     decision: Decision,
     raw_tail: str,
     headers: Mapping[str, str],
-    guardrails: PromptVersion | None = None,
+    snapshot: RegistrySnapshot,
+    tenant: Tenant | None = None,
 ) -> ShadowRequest | str:
     """The shadow request for a sampled decision, or the reason it is not sent.
-    ``headers`` are the primary's outbound headers (same credentials, same provider)."""
+    ``headers`` are the primary's outbound headers (same credentials, same provider); the
+    candidate is composed under the same guardrails and the same tenant's overrides."""
     candidate, rollout = decision.shadow, decision.rollout
     if candidate is None or rollout is None or parsed.payload is None:
         raise ValueError("shadow_copy needs a sampled shadow decision on a JSON request")
@@ -85,8 +88,11 @@ def shadow_copy(
     if skip is not None:
         return skip
     payload = orjson.loads(parsed.body)
+    composed = composition(snapshot, candidate, tenant)
     try:
-        render_into(parsed.route, payload, candidate, resources.renderer, guardrails)
+        render_into(
+            parsed.route, payload, candidate, resources.renderer, snapshot.guardrails, composed
+        )
     except InvalidRequest:
         return RENDER_FAILED
     shadow_parsed = ParsedRequest(
@@ -113,6 +119,9 @@ def shadow_copy(
         model=model if isinstance(model, str) else None,
         submitted_at=time.monotonic(),
         expect_json=expects_json(payload),
+        layers=layers(candidate, snapshot.guardrails, composed),
+        tenant=exchange.tenant,
+        tier=exchange.tier,
     )
 
 
@@ -123,6 +132,7 @@ def noise_copy(
     stable_body: bytes,
     usage_injected: bool,
     model: str | None,
+    stable_layers: str | None = None,
 ) -> ShadowRequest | None:
     """On ``shadow.noise_share`` of the shadowed requests, the stable version a second time
     (the primary's own outbound body): its pair measures how much stable differs from
@@ -138,4 +148,5 @@ def noise_copy(
         body=stable_body,
         usage_injected=usage_injected,
         model=model,
+        layers=stable_layers,
     )

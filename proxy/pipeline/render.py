@@ -5,7 +5,8 @@ message of their own, then the rendered template; the caller's own `system` and 
 messages are dropped, or kept after both when the version says `caller_system: after`, so
 a caller's "ignore the rules above" never comes before the rules. On the Responses API the
 two texts become `instructions`, in the same order. A model pin replaces the requested
-model; the version's default parameters fill only what the caller left out. Caller values
+model; the version's default parameters (with its overrides', for a composed prompt) fill
+only what the caller left out. Caller values
 are data: they are passed to the sandboxed renderer as variables, never as template code.
 """
 
@@ -16,6 +17,7 @@ from typing import Any
 from proxy.errors import InvalidRequest, ServiceUnavailable
 from proxy.models import Route
 from proxy.prompt_key import GUARDRAILS_SLUG
+from proxy.registry.composition import Composition
 from proxy.registry.models import CALLER_SYSTEM_AFTER, PromptVersion
 from proxy.registry.templates import PromptRenderer, RenderError, TemplateProblem
 
@@ -41,11 +43,23 @@ def render_into(
     version: PromptVersion,
     renderer: PromptRenderer,
     guardrails: PromptVersion | None = None,
+    composed: Composition | None = None,
 ) -> None:
-    """Rewrite ``payload`` in place for ``version``, under ``guardrails`` if there are any."""
+    """Rewrite ``payload`` in place for ``version``, under ``guardrails`` if there are any,
+    as ``composed`` with the caller's tier's and tenant's overrides when there are any."""
     values = _variables(payload)
     try:
-        text = renderer.render(version.sha256, version.template, version.variables, values)
+        if composed is None:
+            text = renderer.render(version.sha256, version.template, version.variables, values)
+        else:
+            text = renderer.render(
+                composed.render_key,
+                version.template,
+                composed.variables,
+                values,
+                composed.blocks,
+                template_key=version.sha256,
+            )
     except RenderError as exc:
         param = f"{VARIABLES_FIELD}.{exc.variable}" if exc.variable else VARIABLES_FIELD
         raise InvalidRequest(str(exc), param=param, code="invalid_prompt_variables") from None
@@ -72,13 +86,13 @@ def render_into(
                     continue
             rest.append(message)
         role = role or "system"
-        composed = [{"role": role, "content": text}]
+        prompt = [{"role": role, "content": text}]
         if rules is not None:
-            composed.insert(0, {"role": role, "content": rules})
-        payload["messages"] = composed + rest
+            prompt.insert(0, {"role": role, "content": rules})
+        payload["messages"] = prompt + rest
     if version.model:
         payload["model"] = version.model
-    for name, value in version.params.items():
+    for name, value in (version.params if composed is None else composed.params).items():
         payload.setdefault(name, value)
 
 
@@ -99,7 +113,9 @@ def _is_system(item: Any) -> bool:
     return isinstance(item, dict) and item.get("role") in _SYSTEM_ROLES
 
 
-def layers(version: PromptVersion, guardrails: PromptVersion | None) -> str:
+def layers(
+    version: PromptVersion, guardrails: PromptVersion | None, composed: Composition | None = None
+) -> str:
     """What composed a prompt, in order: the ``x-prompt-layers`` header and log field."""
-    base = f"base@{version.version}"
+    base = f"base@{version.version}" if composed is None else composed.layers
     return base if guardrails is None else f"guardrails@{guardrails.version},{base}"

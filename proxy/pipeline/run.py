@@ -36,6 +36,7 @@ from proxy.pipeline.resolve import CONTROL_HEADERS, SWAP_ROUTES, prompt_ref, res
 from proxy.pipeline.resources import PipelineResources
 from proxy.pipeline.tenant import request_tenant
 from proxy.prompt_key import PromptKey
+from proxy.registry.composition import composition
 from proxy.registry.models import PromptVersion, RolloutMode
 from proxy.shadow.models import ShadowRequest
 
@@ -108,10 +109,16 @@ async def handle(
             if decision.rollout is not None:
                 exchange.rollout_id = decision.rollout.id
             guardrails = snapshot.guardrails
+            composed = composition(snapshot, decision.version, tenant)
             render_into(  # 4
-                exchange.route, parsed.payload, decision.version, resources.renderer, guardrails
+                exchange.route,
+                parsed.payload,
+                decision.version,
+                resources.renderer,
+                guardrails,
+                composed,
             )
-            exchange.layers = layers(decision.version, guardrails)
+            exchange.layers = layers(decision.version, guardrails, composed)
             exchange.model_sent = decision.version.model
         elif ref is not None:
             _count_unshadowable(resources, ref.key)
@@ -124,7 +131,7 @@ async def handle(
         )
         if decision is not None and decision.shadow is not None:
             shadow = shadow_copy(
-                resources, exchange, parsed, decision, raw_tail, outbound_headers, guardrails
+                resources, exchange, parsed, decision, raw_tail, outbound_headers, snapshot, tenant
             )
             if isinstance(shadow, ShadowRequest):
                 half: asyncio.Future[Exchange] = asyncio.get_running_loop().create_future()
@@ -136,6 +143,7 @@ async def handle(
                     outbound_body,
                     usage_injected,
                     exchange.model_sent or exchange.model_requested,
+                    exchange.layers,
                 )
                 if noise is not None:
                     submitted = resources.shadow.submit(noise, half) or submitted

@@ -22,6 +22,7 @@ from proxy.prompt_key import (
     PromptKey,
 )
 from proxy.registry.analysis_policy import AnalysisPolicy
+from proxy.registry.explain import ExplainFailed, Explanation, explain
 from proxy.registry.fleet import Fleet, FleetError, FleetWait, ReplicaView
 from proxy.registry.history import StateAt, state_at
 from proxy.registry.layer_checks import LayerProblem, base_problems, override_problems
@@ -295,6 +296,42 @@ class RegistryService:
             result = await self._store.create_version(draft, actor, self._clock())
         await self._serve_here()
         return result
+
+    async def explain(
+        self, slug: str, tenant_id: str | None, tier: str | None, version: int | None
+    ) -> Explanation:
+        """What a request of ``tenant_id`` (in ``tier``, which defaults to its record's)
+        is composed of, from one consistent read of the registry. ``version`` is the base's
+        (default its prod)."""
+        key = prompt_key(slug)
+        with store_errors(key, reading=True):
+            snapshot = await self._store.snapshot()
+        if tenant_id is not None and tier is None:
+            record = snapshot.tenants.get(tenant_id)
+            if record is None:
+                raise _no_tenant(tenant_id)
+            tier = record.tier
+        versions = snapshot.versions.get(key)
+        if not versions:
+            raise NotFound(f"No prompt named '{key}'.", param="slug", code="prompt_not_found")
+        number = version if version is not None else snapshot.prod.get(key)
+        if number is None:
+            raise Conflict(
+                f"Prompt '{key}' has no prod version yet: name a version to explain.",
+                param="version",
+                code="no_prod_version",
+            )
+        base = versions.get(number)
+        if base is None:
+            raise NotFound(
+                f"Prompt '{key}' has no version {number}.",
+                param="version",
+                code="version_not_found",
+            )
+        try:
+            return explain(snapshot, base, tenant_id, tier)
+        except ExplainFailed as exc:
+            raise Conflict(str(exc), param="version", code="explain_failed") from None
 
     async def _base_of(self, key: PromptKey) -> PromptVersion:
         """The base version an override of ``key`` is checked against: its prod version,

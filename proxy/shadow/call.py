@@ -55,6 +55,9 @@ def shadow_exchange(request: ShadowRequest, answer: Answer | None) -> Exchange:
         answer=answer,
         pair_id=request.pair_id,
         shadow_kind=request.kind.value,
+        layers=request.layers,
+        tenant=request.tenant,
+        tier=request.tier,
     )
 
 

@@ -54,6 +54,10 @@ class ShadowRequest:
     submitted_at: float
     #: The request asked for a JSON answer (``response_format``): JSON validity is compared.
     expect_json: bool = False
+    #: What composed the body sent (``guardrails@2,base@4,tenant:acme@1``), and for whom.
+    layers: str | None = None
+    tenant: str | None = None
+    tier: str | None = None
 
 
 @dataclass(slots=True)
@@ -85,6 +89,8 @@ class ArmResult:
     error_class: str | None = None
     #: The output text was cut to the sink's ``max_output_chars``.
     truncated: bool = False
+    #: What composed the prompt this arm ran (``x-prompt-layers``).
+    layers: str | None = None
 
     @classmethod
     def of(cls, exchange: Exchange) -> ArmResult:
@@ -100,6 +106,7 @@ class ArmResult:
             input_tokens=exchange.input_tokens,
             output_tokens=exchange.output_tokens,
             error_class=exchange.error_class,
+            layers=exchange.layers,
         )
         if answer is not None:
             result.text = answer.text
@@ -123,4 +130,5 @@ class ArmResult:
             "output_tokens": self.output_tokens,
             "error_class": self.error_class,
             "truncated": self.truncated,
+            "layers": self.layers,
         }

@@ -54,6 +54,7 @@ class PairMeta:
     route: str
     stream: bool
     expect_json: bool = False
+    tenant: str | None = None
 
     @classmethod
     def of(cls, request: ShadowRequest) -> PairMeta:
@@ -66,6 +67,7 @@ class PairMeta:
             route=request.route.value,
             stream=request.stream,
             expect_json=request.expect_json,
+            tenant=request.tenant,
         )
 
 
@@ -87,6 +89,8 @@ class Pair:
     #: Divergence measures of the two halves (``compare.MEASURES``); None unless both
     #: answered successfully.
     divergence: dict[str, float | None] | None = None
+    #: The tenant the primary was answered for (each arm's ``layers`` say what composed it).
+    tenant: str | None = None
 
     @classmethod
     def build(
@@ -112,6 +116,7 @@ class Pair:
             shadow=_arm_dict(shadow),
             expect_json=meta.expect_json,
             divergence=divergence,
+            tenant=meta.tenant,
         )
 
     @property
@@ -133,6 +138,7 @@ class Pair:
             "shadow": self.shadow,
             "expect_json": self.expect_json,
             "divergence": self.divergence,
+            "tenant": self.tenant,
         }
 
     def to_json(self) -> bytes:

@@ -15,6 +15,8 @@ from proxy.web.admin_endpoint import Call, NoBody, Reply
 from proxy.web.admin_params import (
     AuditQuery,
     DiffQuery,
+    ExplainPath,
+    ExplainQuery,
     HistoryQuery,
     NoParams,
     SlugPath,
@@ -136,6 +138,33 @@ async def audit(call: Call[NoParams, AuditQuery, NoBody]) -> api.AuditPage:
         query.key, limit=min(query.limit, MAX_AUDIT_PAGE), before_seq=query.before
     )
     return api.AuditPage.model_validate({"data": [e.to_dict() for e in entries]})
+
+
+async def explain(call: Call[ExplainPath, ExplainQuery, NoBody]) -> api.Explain:
+    query = call.query
+    found = await call.services.registry.explain(
+        call.path.slug, query.tenant, query.tier, query.version
+    )
+    return api.Explain(
+        slug=found.slug,
+        tenant=found.tenant,
+        tier=found.tier,
+        layers=found.layers,
+        messages=[
+            api.ExplainedMessage(role="system", layer=layer, text=text)
+            for layer, text in found.messages
+        ],
+        segments=[
+            api.ExplainedSegment(layer=s.layer, block=s.block, text=s.text) for s in found.segments
+        ],
+        params={
+            name: api.ExplainedParam(value=value, layer=layer)
+            for name, (value, layer) in found.params.items()
+        },
+        model=found.model,
+        variables=found.variables,
+        ignored=found.ignored,
+    )
 
 
 async def diff(call: Call[SlugPath, DiffQuery, NoBody]) -> api.Diff:

@@ -680,6 +680,9 @@ class ShadowArm(Record):
     output_tokens: int | None = None
     error_class: str | None = None
     truncated: bool | None = None
+    layers: str | None = Field(
+        None, description="What composed the prompt this arm ran, as x-prompt-layers says it"
+    )
 
 
 class ShadowPair(Record):
@@ -703,6 +706,7 @@ class ShadowPair(Record):
     shadow: ShadowArm | None = None
     expect_json: bool | None = None
     divergence: dict[str, float | None] | None = None
+    tenant: str | None = Field(None, description="The tenant the primary answered, if known")
 
 
 class ShadowRollout(Wire):

@@ -318,6 +318,12 @@ class ShadowPath(Keyed):
     slug: ShadowSlug
 
 
+class ExplainPath(Params):
+    """Explain names the base by its slug; the tenant and tier are who asks, not a layer."""
+
+    slug: Slug
+
+
 class TenantPath(Params):
     tenant_id: TenantId
 
@@ -349,6 +355,16 @@ class HistoryQuery(Params):
         description="ISO-8601 instant: answer which version was prod then, and the rollout "
         "running then",
     )
+
+
+class ExplainQuery(Params):
+    tenant: TenantName | None = Field(
+        None, description="Whose request: its override and (unless tier is given) its tier's"
+    )
+    tier: TierName | None = Field(
+        None, description="The tier whose override applies (default: the tenant's own)"
+    )
+    version: VersionNumber | None = Field(None, description="The base version (default prod)")
 
 
 class DiffQuery(Params):

@@ -31,6 +31,8 @@ from proxy.web.admin_params import (
     AbortQuery,
     AuditQuery,
     DiffQuery,
+    ExplainPath,
+    ExplainQuery,
     HistoryQuery,
     ImportQuery,
     NoParams,
@@ -248,6 +250,22 @@ ROUTES: tuple[Endpoint[Any, Any, Any, Any], ...] = (
             query=DiffQuery,
             body=NoBody,
             response=api.Diff,
+        )
+    ),
+    route(
+        Endpoint(
+            method="GET",
+            path=f"{PREFIX}/prompts/{{slug}}/explain",
+            access=READ,
+            summary="What a tenant's (or tier's) request is composed of now: the guardrails, "
+            "then the base with its blocks filled by the overrides, each segment marked by "
+            "the layer and version that wrote it",
+            tag="prompts",
+            handler=admin_api.explain,
+            params=ExplainPath,
+            query=ExplainQuery,
+            body=NoBody,
+            response=api.Explain,
         )
     ),
     route(

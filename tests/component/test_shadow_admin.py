@@ -284,3 +284,37 @@ async def test_a_shadow_rollout_records_pairs_readable_through_the_admin_api(
             "status_class": "2xx",
         },
     )
+
+
+async def test_a_pair_says_what_composed_each_arm_and_for_which_tenant(clients: Clients) -> None:
+    data, admin, services = clients
+    base = {"template": "{{ block.tone }}", "blocks": {"tone": {"default": "Be brief."}}}
+    steps: list[tuple[str, str, dict[str, Any]]] = [
+        ("POST", "/admin/v1/prompts/support/versions", base),
+        ("POST", "/admin/v1/prompts/support/versions", {**base, "template": "{{ block.tone }}!"}),
+        ("POST", "/admin/v1/prompts/support/promote", {"version": 1}),
+        ("POST", "/admin/v1/prompts/support/versions?tenant=acme", {"fills": {"tone": "Rhyme."}}),
+        ("POST", "/admin/v1/prompts/support/promote?tenant=acme", {"version": 1}),
+        ("PUT", "/admin/v1/tenants/acme", {"tier": "pro"}),
+        (
+            "PUT",
+            "/admin/v1/prompts/support/rollout",
+            {"candidate": 2, "mode": "shadow", "percent": 100, "sticky": "none"},
+        ),
+    ]
+    for method, path, body in steps:
+        resp = await admin.request(method, path, json=body, headers=ADMIN)
+        assert resp.status in (200, 201), await resp.text()
+    assert await services.refresher.load_once()
+
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello"}]}
+    resp = await data.post(
+        "/p/support/v1/chat/completions", json=body, headers={"x-tenant-id": "acme"}
+    )
+    assert resp.status == 200
+    await resp.read()
+
+    (candidate,) = [p for p in await recorded(admin, 1, since="5m") if p["kind"] == "candidate"]
+    assert candidate["tenant"] == "acme"
+    assert candidate["primary"]["layers"] == "base@1,tenant:acme@1"
+    assert candidate["shadow"]["layers"] == "base@2,tenant:acme@1"
