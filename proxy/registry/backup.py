@@ -19,11 +19,13 @@ import orjson
 from proxy.prompt_key import GUARDRAILS_SLUG, InvalidPromptKey, PromptKey
 from proxy.registry import lifecycle
 from proxy.registry.identity import describe
+from proxy.registry.layer_checks import base_problems
 from proxy.registry.models import (
     CALLER_SYSTEM,
     CALLER_SYSTEM_DROP,
     INT64_MAX,
     AuditEntry,
+    BlockSpec,
     CallerSystem,
     PromptVersion,
     RegistrySnapshot,
@@ -352,12 +354,15 @@ def _version(item: dict[str, Any], where: str, checked: dict[bytes, str | None])
         author=_str(item.get("author", ""), f"{where}.author"),
         changelog=_str(item.get("changelog", ""), f"{where}.changelog"),
         caller_system=_caller_system(item.get("caller_system"), f"{where}.caller_system"),
+        **_layer_fields(item, where),
     )
     if (reserved := reserved_problem(key, template, tuple(variables))) is not None:
         raise ImageError(reserved.message, f"{where}.{reserved.field}")
-    content = orjson.dumps([template, [v.to_dict() for v in variables]])
+    if key.layer is None and (layered := base_problems(draft)):
+        raise ImageError(layered[0].message, f"{where}.{layered[0].field}")
+    content = orjson.dumps([template, [v.to_dict() for v in variables], item.get("blocks")])
     if content not in checked:
-        problems = template_problems(template, variables)
+        problems = template_problems(template, variables, draft.blocks)
         checked[content] = str(problems[0]) if problems else None
     if (problem := checked[content]) is not None:
         raise ImageError(f"the template is refused: {problem}", f"{where}.template")
@@ -373,6 +378,34 @@ def _version(item: dict[str, Any], where: str, checked: dict[bytes, str | None])
         draft.to_version(number, _time(item.get("created_at"), f"{where}.created_at")),
         status=status,
     )
+
+
+def _layer_fields(item: dict[str, Any], where: str) -> dict[str, Any]:
+    """A version's blocks and bounds (a base's), fills and defaults (an override's), typed
+    as a push would have them; whether they fit is the push-time checks' business."""
+    blocks = []
+    for name, spec in _object(item.get("blocks") or {}, f"{where}.blocks").items():
+        at = f"{where}.blocks.{name}"
+        spec = _object(spec, at)
+        max_chars = _int(spec.get("max_chars", 2000), f"{at}.max_chars")
+        blocks.append(BlockSpec(name, _str(spec.get("default", ""), f"{at}.default"), max_chars))
+    bounds: dict[str, tuple[float, float]] = {}
+    for name, pair in _object(item.get("param_bounds") or {}, f"{where}.param_bounds").items():
+        at = f"{where}.param_bounds.{name}"
+        pair = _list(pair, at)
+        if len(pair) != 2 or not all(_is_number(x) for x in pair):
+            raise ImageError("must be two numbers [low, high]", at)
+        bounds[name] = (pair[0], pair[1])
+    fills = _object(item.get("fills") or {}, f"{where}.fills")
+    for name, text in fills.items():
+        _str(text, f"{where}.fills.{name}")
+    defaults = _object(item.get("defaults") or {}, f"{where}.defaults")
+    _storable(defaults, f"{where}.defaults")
+    return {"blocks": tuple(blocks), "param_bounds": bounds, "fills": fills, "defaults": defaults}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _rollouts(

@@ -61,7 +61,7 @@ class PromptSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "slug": self.key.slug,
+            "slug": self.key.text,
             "prod_version": self.prod_version,
             "latest_version": self.latest_version,
             "versions": self.versions,

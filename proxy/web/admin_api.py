@@ -119,7 +119,7 @@ async def history(call: Call[SlugPath, HistoryQuery, NoBody]) -> api.History:
         state = await registry.state_at(key, instant(at))
         return api.History(
             api.ServedAt(
-                slug=key.slug,
+                slug=key.text,
                 at=at,
                 prod_version=state.prod_version,
                 rollout=None

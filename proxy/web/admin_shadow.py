@@ -173,7 +173,7 @@ async def shadow_rollout(call: Call[ShadowPath, NoParams, NoBody]) -> api.Shadow
     """Which rollout ``rollout=latest`` selects now: the running one, else the last."""
     key = call.path.key
     rollout_id, running = await _latest(call.services, key)
-    return api.ShadowRollout(slug=key.slug, rollout_id=rollout_id, running=running)
+    return api.ShadowRollout(slug=key.text, rollout_id=rollout_id, running=running)
 
 
 def _measure(row: MeasureRow) -> api.MeasureReport:
@@ -198,7 +198,7 @@ def _measure(row: MeasureRow) -> api.MeasureReport:
 
 def report_model(report: ShadowReport) -> api.ShadowReport:
     return api.ShadowReport(
-        slug=report.key.slug,
+        slug=report.key.text,
         rollout_id=report.rollout_id,
         rollout_running=report.rollout_running,
         since=report.since,

@@ -4,13 +4,14 @@ each tenant gets its own composition under the same guardrails (docs/design-tena
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
 from tests.component.test_registry_swap_in import ANSWER, CHAT_URL, ready_for, sent_bodies
-from tests.support import ADMIN, Clients, upstream_mock
+from tests.support import ADMIN, Clients, admin_settings, proxy_clients, upstream_mock
 
 BASE = {
     "template": "You are the assistant of {{ company }}.\n{{ block.tone }}\n{{ block.domain }}",
@@ -273,3 +274,50 @@ async def test_a_variable_without_a_default_is_explained_as_a_placeholder(
     assert status == 200, answer
     assert answer["variables"] == ["company"]
     assert answer["messages"][0]["text"].startswith("You are the assistant of {{ company }}.")
+
+
+async def test_an_export_carries_every_layer_into_a_new_registry(
+    clients: Clients, tmp_path: Path
+) -> None:
+    _, admin, _ = clients
+    await _fleet(clients)
+    status, export = await _admin(admin, "GET", "/registry/export")
+    assert status == 200
+    by_key = {v["slug"]: v for v in export["versions"]}
+    assert by_key["tier=enterprise/support"]["fills"] == ENTERPRISE["fills"]
+    assert by_key["support"]["blocks"]["tone"] == {
+        "default": "Be concise and friendly.",
+        "max_chars": 200,
+    }
+
+    async with proxy_clients(admin_settings(tmp_path / "other")) as (_, other, _):
+        status, answer = await _admin(other, "POST", "/registry/import", export)
+        assert status == 200, answer
+        status, answer = await _admin(other, "GET", "/prompts/support/explain", tenant="acme")
+        assert answer["layers"] == "guardrails@1,base@1,tier:enterprise@1,tenant:acme@1"
+
+    by_key["support"]["param_bounds"]["temperature"] = ["low", 1]
+    status, answer = await _admin(admin, "POST", "/registry/import?overwrite=true", export)
+    index = export["versions"].index(by_key["support"])
+    assert (status, answer["error"]["param"]) == (
+        400,
+        f"versions[{index}].param_bounds.temperature",
+    )
+
+
+async def test_the_prompt_list_names_each_layer_apart(clients: Clients) -> None:
+    _, admin, _ = clients
+    await _fleet(clients)
+    status, answer = await _admin(admin, "GET", "/prompts")
+    assert [(p["slug"], p["prod_version"]) for p in answer["data"]] == [
+        ("_guardrails", 1),
+        ("support", 1),
+        ("tenant=acme/support", 1),
+        ("tier=enterprise/support", 1),
+    ]
+    status, answer = await _admin(admin, "GET", "/prompts/support", tier="enterprise")
+    assert status == 200
+    assert (answer["slug"], [v["fills"] for v in answer["data"]]) == (
+        "tier=enterprise/support",
+        [ENTERPRISE["fills"]],
+    )
