@@ -36,6 +36,18 @@ def layer_label(version: PromptVersion) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Misfit:
+    """A part of an override that does not fit the base it is composed with."""
+
+    #: The override's label (``tenant:acme@4``).
+    layer: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.layer}: {self.problem}"
+
+
+@dataclass(frozen=True, slots=True)
 class Composition:
     base: PromptVersion
     #: The overrides composed, tier's first.
@@ -50,8 +62,8 @@ class Composition:
     param_sources: dict[str, str]
     #: ``base@3,tier:enterprise@1,tenant:acme@4``
     layers: str
-    #: What of the overrides does not fit this base and was left out, in words.
-    ignored: tuple[str, ...] = ()
+    #: What of the overrides does not fit this base and was left out.
+    ignored: tuple[Misfit, ...] = ()
 
 
 def compose(
@@ -63,7 +75,7 @@ def compose(
     base_label = layer_label(base)
     declared = {v.name: v for v in base.variables}
     names = frozenset(declared)
-    ignored: list[str] = []
+    ignored: list[Misfit] = []
 
     defaults: dict[str, Any] = {}
     fills: dict[str, tuple[str, str, str]] = {
@@ -76,23 +88,35 @@ def compose(
         label = layer_label(override)
         for name, value in override.defaults.items():
             spec = declared.get(name)
-            if spec is None or not VARIABLE_TYPES.get(spec.type, _never)(value):
-                ignored.append(f"{label}: default {name!r} does not fit {base_label}")
-                continue
-            defaults[name] = value
+            if spec is None:
+                ignored.append(
+                    Misfit(label, f"default {name!r}: {base_label} has no such variable")
+                )
+            elif not VARIABLE_TYPES.get(spec.type, _never)(value):
+                ignored.append(Misfit(label, f"default {name!r}: {base_label} wants a {spec.type}"))
+            else:
+                defaults[name] = value
         for name, text in override.fills.items():
-            read = names_read(text)
-            if name not in limits or len(text) > limits[name] or read is None or read - names:
-                ignored.append(f"{label}: fill of block {name!r} does not fit {base_label}")
-                continue
-            fills[name] = (text, _text_key(text), label)
+            why = _fill_misfit(name, text, limits, names)
+            if why is not None:
+                ignored.append(Misfit(label, f"fill of block {name!r}: {why.format(base_label)}"))
+            else:
+                fills[name] = (text, _text_key(text), label)
         for name, value in override.params.items():
             bounds = base.param_bounds.get(name)
-            if bounds is None or not _within(value, bounds):
-                ignored.append(f"{label}: parameter {name!r} is outside {base_label}'s bounds")
-                continue
-            params[name] = value
-            param_sources[name] = label
+            if bounds is None:
+                ignored.append(Misfit(label, f"parameter {name!r}: {base_label} does not bound it"))
+            elif not _within(value, bounds):
+                ignored.append(
+                    Misfit(
+                        label,
+                        f"parameter {name!r}: {value!r} is outside {base_label}'s bounds "
+                        f"[{bounds[0]:g}, {bounds[1]:g}]",
+                    )
+                )
+            else:
+                params[name] = value
+                param_sources[name] = label
 
     variables = tuple(
         VariableSpec(v.name, v.type, defaults[v.name], True) if v.name in defaults else v
@@ -136,6 +160,20 @@ def composition(
     if found is None:
         found = snapshot.compositions[memo] = compose(version, tier_v, tenant_v)
     return found
+
+
+def _fill_misfit(name: str, text: str, limits: dict[str, int], names: frozenset[str]) -> str | None:
+    """Why a fill does not fit the base (``{}`` stands for the base's label), or None."""
+    if name not in limits:
+        return "{} does not declare it"
+    if len(text) > limits[name]:
+        return f"{len(text)} characters, over the {limits[name]} {{}} allows"
+    read = names_read(text)
+    if read is None:
+        return "it does not parse"
+    if unknown := sorted(read - names):
+        return f"it reads {', '.join(map(repr, unknown))}, which {{}} does not declare"
+    return None
 
 
 def _text_key(text: str) -> str:

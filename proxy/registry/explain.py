@@ -62,7 +62,7 @@ def explain(
     tier_v = None if layered is None or tier is None else layered.tiers.get(tier)
     tenant_v = None if layered is None or tenant is None else layered.tenants.get(tenant)
     composed = compose(base, tier_v, tenant_v)
-    variables, missing = _with_placeholders(composed.variables)
+    variables, missing = with_placeholders(composed.variables)
     renderer = PromptRenderer(max_cached=8)
     text = _render(renderer, composed, variables, composed.blocks)
     marked = tuple(
@@ -95,11 +95,11 @@ def explain(
         },
         model=base.model,
         variables=missing,
-        ignored=list(composed.ignored),
+        ignored=[str(misfit) for misfit in composed.ignored],
     )
 
 
-def _with_placeholders(
+def with_placeholders(
     variables: tuple[VariableSpec, ...],
 ) -> tuple[tuple[VariableSpec, ...], list[str]]:
     """Each variable without a default gets ``{{ name }}`` as one (untyped, so any type's

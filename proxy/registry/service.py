@@ -37,6 +37,7 @@ from proxy.registry.models import (
     Tenant,
     VersionDraft,
 )
+from proxy.registry.override_fit import FitReport, fit_report
 from proxy.registry.percent import to_basis_points
 from proxy.registry.reserved import reserved_problem
 from proxy.registry.store import (
@@ -367,7 +368,52 @@ class RegistryService:
         with store_errors(key, reading=True):
             return await self._store.get_version(key, version)
 
-    async def promote(self, key: PromptKey, version: int, actor: str, reason: str) -> AuditEntry:
+    async def override_fit(self, key: PromptKey, version: int) -> FitReport | None:
+        """How base version ``version`` fits every override of ``key`` in use; None for an
+        override's own line and for the guardrails (nothing composes over them)."""
+        if key.layer is not None or key.slug == GUARDRAILS_SLUG:
+            return None
+        with store_errors(key, reading=True):
+            snapshot = await self._store.snapshot()
+        base = snapshot.versions.get(key, {}).get(version)
+        if base is None:
+            raise NotFound(
+                f"Prompt '{key}' has no version {version}.",
+                param="version",
+                code="version_not_found",
+            )
+        return fit_report(snapshot, base)
+
+    async def _fit_or_forced(
+        self, key: PromptKey, version: int, force: bool, reason: str, what: str
+    ) -> str:
+        """The reason to audit for making ``version`` serve: refused (409) when it breaks
+        an override in use unless forced, and a forced one says what it broke."""
+        if force and not reason.strip():
+            raise InvalidRequest(
+                "A forced change needs a reason: it is kept in the audit log.",
+                param="reason",
+                code="reason_required",
+            )
+        report = await self.override_fit(key, version)
+        if report is None or not report.broken:
+            return reason
+        if not force:
+            raise Conflict(
+                f"{report.base} breaks {len(report.broken)} of the {report.checked} overrides "
+                f"in use: {report.summary()}. Fix them, or {what} with force and a reason.",
+                param="version",
+                code="overrides_break",
+            )
+        layers = ", ".join(b.layer for b in report.broken)
+        return f"{reason} [forced over broken overrides: {layers}]"
+
+    async def promote(
+        self, key: PromptKey, version: int, actor: str, reason: str, *, force: bool = False
+    ) -> AuditEntry:
+        """Make ``version`` prod. A base version that breaks an override in use is refused
+        unless ``force`` (with a reason, which the audit keeps with the layers it broke)."""
+        reason = await self._fit_or_forced(key, version, force, reason, "promote")
         with store_errors(key):
             entry = await self._store.promote(key, version, actor, reason, self._clock())
         await self._serve_here()
@@ -442,6 +488,8 @@ class RegistryService:
         actor: str,
         reason: str,
         analysis: AnalysisPolicy | None = None,
+        *,
+        force: bool = False,
     ) -> RolloutChange:
         """Start a rollout, or change the percentage of the running one when ``candidate``
         and ``mode`` are the same (its id, and so its cohorts, are kept).
@@ -479,6 +527,9 @@ class RegistryService:
                         "one first.",
                         code="no_prod_version",
                     )
+                reason = await self._fit_or_forced(
+                    key, candidate, force, reason, "start the rollout"
+                )
                 rollout, entry = await self._store.start_rollout(
                     key,
                     secrets.token_hex(6),

@@ -74,11 +74,22 @@ async def create_version(
 ) -> Reply[api.VersionCreated]:
     draft = _draft(call.path.key, call.body, call.actor)
     wait = admin_wait.start(call.query.wait)
-    version, created = await call.services.registry.push(draft, call.actor)
+    registry = call.services.registry
+    version, created = await registry.push(draft, call.actor)
+    fit = await registry.override_fit(version.key, version.version)
     answer = api.VersionCreated(
         created=created,
         version=api.Version.model_validate(version.to_dict()),
         served=await admin_wait.served(call.services, wait),
+        overrides=None
+        if fit is None
+        else api.OverrideFit(
+            base=fit.base,
+            checked=fit.checked,
+            broken=[
+                api.OverrideBreakage(layer=b.layer, problems=list(b.problems)) for b in fit.broken
+            ],
+        ),
     )
     return Reply(answer, 201 if created else 200)
 
@@ -101,7 +112,7 @@ async def get_version(call: Call[VersionPath, NoParams, NoBody]) -> api.Version:
 async def promote(call: Call[SlugPath, WaitQuery, api.PromoteIn]) -> api.AuditWritten:
     wait = admin_wait.start(call.query.wait)
     entry = await call.services.registry.promote(
-        call.path.key, call.body.version, call.actor, call.body.reason
+        call.path.key, call.body.version, call.actor, call.body.reason, force=call.body.force
     )
     return await admin_wait.written(call.services, entry, wait)
 

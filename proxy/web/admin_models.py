@@ -201,6 +201,12 @@ class PromoteIn(Body):
 
     version: Count
     reason: str = ""
+    force: bool = Field(
+        False,
+        description="Go ahead although the base version breaks overrides in use (409 "
+        "overrides_break without it); needs a reason, kept in the audit log with the layers "
+        "it broke",
+    )
 
 
 class ReasonIn(Body):
@@ -276,10 +282,29 @@ class Served(Wire):
     fleet: FleetWait | None
 
 
+class OverrideBreakage(Wire):
+    layer: str = Field(description="The override, as tenant:acme@4 or tier:enterprise@1")
+    problems: list[str]
+
+
+class OverrideFit(Wire):
+    """How a base version fits every tier's and tenant's override in use (their prod
+    versions): each composed with it and rendered."""
+
+    base: str = Field(description="The base version, as base@5")
+    checked: int = Field(description="Overrides composed with it")
+    broken: list[OverrideBreakage]
+
+
 class VersionCreated(Wire):
     created: bool
     version: Version
     served: Served
+    overrides: OverrideFit | None = Field(
+        None,
+        description="A base version: how it fits every override in use. Promoting it or "
+        "starting its rollout with breakage is refused unless forced",
+    )
 
 
 class AuditEntry(Wire):
@@ -537,6 +562,12 @@ class RolloutIn(Body):
         "analysis.steps[2]",
     )
     reason: str = ""
+    force: bool = Field(
+        False,
+        description="Go ahead although the base version breaks overrides in use (409 "
+        "overrides_break without it); needs a reason, kept in the audit log with the layers "
+        "it broke",
+    )
 
 
 class Rollout(Wire):

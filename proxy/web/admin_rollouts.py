@@ -82,6 +82,7 @@ async def put_rollout(call: Call[SlugPath, WaitQuery, api.RolloutIn]) -> Reply[a
         call.actor,
         body.reason,
         analysis=policy,
+        force=body.force,
     )
     answer = api.RolloutChanged.model_validate(
         {
