@@ -12,10 +12,11 @@ from typing import Any
 
 import click
 
-from proxy.cli.client import key_of
 from proxy.cli.context import Context, admin_options, pass_ctx
+from proxy.cli.keys import prompt_argument
 from proxy.cli.output import run, table, when
 from proxy.cli.served import report_served, wait_options, wait_seconds
+from proxy.prompt_key import PromptKey
 from proxy.registry.models import Status, VersionDraft
 from proxy.web import admin_models as api
 
@@ -115,10 +116,10 @@ def list_(ctx: Context) -> None:
 
 
 @prompts.command()
-@click.argument("slug")
+@prompt_argument()
 @click.argument("version", type=int, required=False)
 @pass_ctx
-def show(ctx: Context, slug: str, version: int | None) -> None:
+def show(ctx: Context, key: PromptKey, version: int | None) -> None:
     """Show a prompt's versions, or one version in full."""
 
     def one(v: api.Version) -> str:
@@ -137,10 +138,10 @@ def show(ctx: Context, slug: str, version: int | None) -> None:
 
     def action() -> None:
         if version is not None:
-            ctx.emit(ctx.client.get_version(key_of(slug), version), one)
+            ctx.emit(ctx.client.get_version(key, version), one)
             return
         ctx.emit(
-            ctx.client.get_prompt(key_of(slug)),
+            ctx.client.get_prompt(key),
             lambda p: table(
                 [
                     (v.version, v.status, v.author, when(v.created_at), v.model, v.changelog)
@@ -154,17 +155,13 @@ def show(ctx: Context, slug: str, version: int | None) -> None:
 
 
 @prompts.command()
-@click.argument("slug")
+@prompt_argument()
 @click.argument("a", type=int)
 @click.argument("b", type=int)
 @pass_ctx
-def diff(ctx: Context, slug: str, a: int, b: int) -> None:
+def diff(ctx: Context, key: PromptKey, a: int, b: int) -> None:
     """Diff two versions of a prompt."""
-    run(
-        lambda: ctx.emit(
-            ctx.client.diff(key_of(slug), a, b), lambda d: d.diff.rstrip() or "(identical)"
-        )
-    )
+    run(lambda: ctx.emit(ctx.client.diff(key, a, b), lambda d: d.diff.rstrip() or "(identical)"))
 
 
 def _audit_line(e: api.AuditEntry) -> str:
@@ -175,16 +172,18 @@ def _audit_line(e: api.AuditEntry) -> str:
 
 
 @prompts.command()
-@click.argument("slug")
+@prompt_argument()
 @click.argument("version", type=int)
 @click.option("--reason", default="", help="Why (kept in the audit log).")
 @wait_options
 @pass_ctx
-def promote(ctx: Context, slug: str, version: int, reason: str, wait: bool, timeout: float) -> None:
+def promote(
+    ctx: Context, key: PromptKey, version: int, reason: str, wait: bool, timeout: float
+) -> None:
     """Make VERSION the prod version of SLUG."""
 
     def action() -> None:
-        answer = ctx.client.promote(key_of(slug), version, reason, wait_seconds(wait, timeout))
+        answer = ctx.client.promote(key, version, reason, wait_seconds(wait, timeout))
         ctx.emit(answer, _audit_line)
         report_served(ctx.output, f"v{answer.version}", answer.served)
 
@@ -192,15 +191,15 @@ def promote(ctx: Context, slug: str, version: int, reason: str, wait: bool, time
 
 
 @prompts.command()
-@click.argument("slug")
+@prompt_argument()
 @click.option("--reason", default="", help="Why (kept in the audit log).")
 @wait_options
 @pass_ctx
-def rollback(ctx: Context, slug: str, reason: str, wait: bool, timeout: float) -> None:
+def rollback(ctx: Context, key: PromptKey, reason: str, wait: bool, timeout: float) -> None:
     """Make the previous prod version of SLUG prod again."""
 
     def action() -> None:
-        answer = ctx.client.rollback(key_of(slug), reason, wait_seconds(wait, timeout))
+        answer = ctx.client.rollback(key, reason, wait_seconds(wait, timeout))
         ctx.emit(answer, _audit_line)
         report_served(ctx.output, f"v{answer.version}", answer.served)
 
@@ -221,20 +220,20 @@ def _detail(entry: api.AuditEntry) -> str | None:
 
 
 @prompts.command()
-@click.argument("slug")
+@prompt_argument()
 @click.option(
     "--at", help="ISO-8601 instant: which version was prod then, and what a rollout served."
 )
 @pass_ctx
-def history(ctx: Context, slug: str, at: str | None) -> None:
+def history(ctx: Context, key: PromptKey, at: str | None) -> None:
     """The audit history of SLUG, or what it served at an instant."""
 
     def action() -> None:
         if at is not None:
-            ctx.emit(ctx.client.served_at(key_of(slug), at), _served_at)
+            ctx.emit(ctx.client.served_at(key, at), _served_at)
         else:
             ctx.emit(
-                ctx.client.history(key_of(slug)).data,
+                ctx.client.history(key).data,
                 lambda rows: table(
                     [
                         (
