@@ -28,7 +28,22 @@ def prompts() -> None:
 
 
 def _version_payload(draft: VersionDraft) -> api.VersionIn:
-    """A prompt file's draft as the body of a push (the proxy checks it)."""
+    """A prompt file's draft as the body of a push (the proxy checks it). Its layer is not
+    in the body: the client sends ``draft.key``'s as ``tenant=``/``tier=``."""
+    layered: dict[str, Any] = {}
+    # Only the layer fields a draft sets: a plain prompt's body stays what a proxy from
+    # before layers accepts (its bodies refuse unknown keys).
+    if draft.blocks:
+        layered["blocks"] = {
+            b.name: api.BlockIn.model_construct(default=b.default, max_chars=b.max_chars)
+            for b in draft.blocks
+        }
+    if draft.param_bounds:
+        layered["param_bounds"] = {n: [lo, hi] for n, (lo, hi) in draft.param_bounds.items()}
+    if draft.fills:
+        layered["fills"] = dict(draft.fills)
+    if draft.defaults:
+        layered["defaults"] = dict(draft.defaults)
     return api.VersionIn.model_construct(
         template=draft.template,
         variables=[
@@ -42,6 +57,7 @@ def _version_payload(draft: VersionDraft) -> api.VersionIn:
         author=draft.author or None,
         changelog=draft.changelog,
         caller_system=draft.caller_system,
+        **layered,
     )
 
 
@@ -59,7 +75,8 @@ class Pushed(api.Wire):
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @pass_ctx
 def push(ctx: Context, path: Path) -> None:
-    """Push a prompt file, or every prompt file in a folder (idempotent)."""
+    """Push a prompt file, or every prompt file in a folder (idempotent); a folder's bases
+    go before their tier and tenant overrides. A file names its own layer."""
     from proxy.registry.prompt_files import PromptFileError, load_prompt_dir, load_prompt_file
 
     try:
@@ -71,7 +88,8 @@ def push(ctx: Context, path: Path) -> None:
 
     def action() -> None:
         results = []
-        for file, draft in items:
+        # Bases first: an override is checked against its base, which must exist.
+        for file, draft in sorted(items, key=lambda item: item[1].key):
             answer = ctx.client.push(draft.key, _version_payload(draft))
             v = answer.version
             results.append(
@@ -115,6 +133,36 @@ def list_(ctx: Context) -> None:
     )
 
 
+def _version_text(v: api.Version) -> str:
+    """One version in full: its fields, then its texts (the template, then each block's
+    default or fill under a line naming it, as they may span lines)."""
+    lines = [
+        f"{v.slug} v{v.version}  [{v.status}]  sha256 {v.sha256[:12]}",
+        f"author: {v.author}   created: {when(v.created_at)}",
+        f"model: {v.model or '-'}   params: {v.params or '-'}",
+    ]
+    if v.param_bounds:
+        bounds = (f"{n} [{', '.join(f'{x:g}' for x in b)}]" for n, b in v.param_bounds.items())
+        lines.append("param bounds: " + ", ".join(bounds))
+    lines.append("variables: " + (", ".join(x.name for x in v.variables) or "-"))
+    if v.defaults:
+        lines.append(f"defaults: {v.defaults}")
+    lines += [
+        f"changelog: {v.changelog or '-'}",
+        "caller's system messages: " + ("kept after" if v.caller_system == "after" else "dropped"),
+    ]
+    if v.template:  # an override has none
+        lines += ["", v.template]
+    for name, block in v.blocks.items():
+        said = "default" if block.default else "no default"
+        lines += ["", f"--- block {name}, at most {block.max_chars} chars; {said} ---"]
+        if block.default:
+            lines.append(block.default)
+    for name, fill in v.fills.items():
+        lines += ["", f"--- fill of block {name} ---", fill]
+    return "\n".join(lines)
+
+
 @prompts.command()
 @prompt_argument()
 @click.argument("version", type=int, required=False)
@@ -122,23 +170,9 @@ def list_(ctx: Context) -> None:
 def show(ctx: Context, key: PromptKey, version: int | None) -> None:
     """Show a prompt's versions, or one version in full."""
 
-    def one(v: api.Version) -> str:
-        head = [
-            f"{v.slug} v{v.version}  [{v.status}]  sha256 {v.sha256[:12]}",
-            f"author: {v.author}   created: {when(v.created_at)}",
-            f"model: {v.model or '-'}   params: {v.params or '-'}",
-            "variables: " + (", ".join(x.name for x in v.variables) or "-"),
-            f"changelog: {v.changelog or '-'}",
-            "caller's system messages: "
-            + ("kept after" if v.caller_system == "after" else "dropped"),
-            "",
-            v.template,
-        ]
-        return "\n".join(head)
-
     def action() -> None:
         if version is not None:
-            ctx.emit(ctx.client.get_version(key, version), one)
+            ctx.emit(ctx.client.get_version(key, version), _version_text)
             return
         ctx.emit(
             ctx.client.get_prompt(key),
