@@ -170,6 +170,21 @@ class AdminClient:
     def diff(self, key: PromptKey, a: int, b: int) -> api.Diff:
         return self._call(api.Diff, "GET", _prompt(key, "/diff"), query={"from": a, "to": b})
 
+    def explain(
+        self,
+        key: PromptKey,
+        tenant: str | None = None,
+        tier: str | None = None,
+        version: int | None = None,
+    ) -> api.Explain:
+        """What a request of ``tenant`` (or of ``tier``) is composed of over ``key``'s base
+        version ``version`` (None: its prod). Both given: the tenant as if it had that tier
+        (a preview), which is why they are query values here and not ``key``'s layer."""
+        if key.layer is not None:
+            raise AdminError(f"explain composes a base with its overrides; {key} is an override")
+        query = {"tenant": tenant, "tier": tier, "version": version}
+        return self._call(api.Explain, "GET", _prompt(key, "/explain"), query=query)
+
     def promote(
         self, key: PromptKey, version: int, reason: str, wait: float | None = None
     ) -> api.AuditWritten:

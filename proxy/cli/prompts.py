@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import click
+import orjson
 
+from proxy.cli.client import key_of
 from proxy.cli.context import Context, admin_options, pass_ctx
 from proxy.cli.keys import prompt_argument
 from proxy.cli.output import run, table, when
@@ -196,6 +198,97 @@ def show(ctx: Context, key: PromptKey, version: int | None) -> None:
 def diff(ctx: Context, key: PromptKey, a: int, b: int) -> None:
     """Diff two versions of a prompt."""
     run(lambda: ctx.emit(ctx.client.diff(key, a, b), lambda d: d.diff.rstrip() or "(identical)"))
+
+
+_PARAM_HEADERS = ("PARAM", "VALUE", "LAYER")
+
+
+def _whose(e: api.Explain) -> str:
+    if e.tenant is not None:
+        return f"tenant {e.tenant}" + ("" if e.tier is None else f" (tier {e.tier})")
+    return "the base alone" if e.tier is None else f"tier {e.tier}"
+
+
+def _marked(parts: list[tuple[str, str]]) -> list[str]:
+    """Text parts, each line behind its part's tag in a left margin: every line says who
+    wrote it, however many lines a part spans (an empty part still shows its tag)."""
+    width = max((len(tag) for tag, _ in parts), default=0)
+    lines = []
+    for tag, text in parts:
+        for line in text.splitlines() or ["(empty)"]:
+            lines.append(f"  {tag.ljust(width)}  {line}".rstrip())
+    return lines
+
+
+def explain_text(e: api.Explain) -> str:
+    """The layers, each message (the composed one segment by segment, tagged
+    ``[tenant:acme@4 block tone]``), then the parameters by layer, the model pin and the
+    variables a request still has to supply."""
+    lines = [f"{e.slug} for {_whose(e)}", f"layers: {e.layers}"]
+    for number, message in enumerate(e.messages, start=1):
+        head = f"message {number}: {message.role}, {message.layer}"
+        if number == len(e.messages) and e.segments:
+            head = f"message {number}: {message.role}, composed on {message.layer}"
+            parts = [
+                (f"[{s.layer}]" if s.block is None else f"[{s.layer} block {s.block}]", s.text)
+                for s in e.segments
+            ]
+        else:
+            parts = [(f"[{message.layer}]", message.text)]
+        lines += ["", head, *_marked(parts)]
+    lines.append("")
+    if e.params:
+        rows = [(name, orjson.dumps(p.value).decode(), p.layer) for name, p in e.params.items()]
+        lines += ["params:", *(f"  {row}" for row in table(rows, _PARAM_HEADERS).splitlines())]
+    else:
+        lines.append("params: -")
+    lines.append(f"model: {e.model or '- (the caller chooses)'}")
+    lines.append("variables without a value: " + (", ".join(e.variables) or "-"))
+    return "\n".join(lines)
+
+
+@prompts.command()
+@click.argument("slug")
+@click.option(
+    "--tenant",
+    metavar="ID",
+    help="Compose as this tenant's requests are: its override, then its tier's, on the base.",
+)
+@click.option(
+    "--tier",
+    metavar="NAME",
+    help="Compose as this tier's requests are; with --tenant, as if the tenant had this tier "
+    "(a preview).",
+)
+@click.option(
+    "--version",
+    type=click.IntRange(min=1),
+    help="The base version to compose (default: its prod version).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the admin API's answer (-o json).")
+@pass_ctx
+def explain(
+    ctx: Context,
+    slug: str,
+    tenant: str | None,
+    tier: str | None,
+    version: int | None,
+    as_json: bool,
+) -> None:
+    """What a request of SLUG is composed of: the messages put first, the composed prompt
+    segment by segment marked by the layer (and block) that wrote it, the parameters by
+    layer, the model pin, and the variables left for the request. Parts of overrides the
+    base ignores are warnings on stderr."""
+    if as_json:
+        ctx.output = "json"
+
+    def action() -> None:
+        answer = ctx.client.explain(key_of(slug), tenant, tier, version)
+        ctx.emit(answer, explain_text)
+        for ignored in answer.ignored:
+            click.echo(f"warning: ignored: {ignored}", err=True)
+
+    run(action)
 
 
 def _audit_line(e: api.AuditEntry) -> str:

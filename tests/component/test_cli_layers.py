@@ -1,10 +1,10 @@
 """The CLI at a tenant's or a tier's layer of a prompt: `--tenant ID` / `--tier NAME` on
-every command that names a slug, `prompts push` of overrides and `prompts show` of their
-fields.
+every command that names a slug, `prompts push` of overrides, `prompts show` of their
+fields, and `prompts explain`.
 
 Against the admin app in-process, and, to see exactly what each command asks, against a
-small aiohttp server on 127.0.0.1 that records every request. The CLI is synchronous
-(urllib), so it runs in a worker thread meanwhile.
+small aiohttp server on 127.0.0.1 that records every request (and serves a canned explain
+answer). The CLI is synchronous (urllib), so it runs in a worker thread meanwhile.
 """
 
 from __future__ import annotations
@@ -213,3 +213,93 @@ async def test_without_a_flag_the_base_is_addressed(
     recorded, server = recorder
     await run_cli(server, "rollout", "status", "support")
     assert [query for _, _, query in recorded.requests] == [{}, {}, {}]
+
+
+# -- explain --------------------------------------------------------------------------------
+
+EXPLAIN = {
+    "slug": "support",
+    "tenant": "acme",
+    "tier": "enterprise",
+    "layers": "guardrails@2,base@3,tier:enterprise@1,tenant:acme@4",
+    "messages": [
+        {"role": "system", "layer": "guardrails@2", "text": "Never share secrets."},
+        {
+            "role": "system",
+            "layer": "base@3",
+            "text": "You help {{ name }}.\nFormal.\nUse titles.\n\nEnterprise products.\n",
+        },
+    ],
+    "segments": [
+        {"layer": "base@3", "block": None, "text": "You help {{ name }}.\n"},
+        {"layer": "tenant:acme@4", "block": "tone", "text": "Formal.\nUse titles.\n"},
+        {"layer": "base@3", "block": None, "text": "\n"},
+        {"layer": "tier:enterprise@1", "block": "domain", "text": "Enterprise products.\n"},
+        {"layer": "base@3", "block": "footer", "text": ""},
+    ],
+    "params": {
+        "temperature": {"value": 0.2, "layer": "tenant:acme@4"},
+        "max_tokens": {"value": 512, "layer": "base@3"},
+    },
+    "model": "gpt-4o-2024-08-06",
+    "variables": ["name"],
+    "ignored": ["tier:enterprise@1 fills block legacy, which base@3 does not declare"],
+}
+
+
+async def test_explain_marks_each_segment_with_its_layer_and_block(
+    recorder: tuple[Recorder, TestClient[Any, Any]],
+) -> None:
+    recorded, server = recorder
+    recorded.explain = EXPLAIN
+    args = ("--tenant", "acme", "--tier", "enterprise", "--version", "3")
+    result = await run_cli(server, "prompts", "explain", "support", *args)
+    assert result.exit_code == 0, result.output
+    assert recorded.requests == [
+        (
+            "GET",
+            "/admin/v1/prompts/support/explain",
+            {"tenant": "acme", "tier": "enterprise", "version": "3"},
+        )
+    ]
+    out = result.stdout.splitlines()
+    assert out[:2] == [
+        "support for tenant acme (tier enterprise)",
+        "layers: guardrails@2,base@3,tier:enterprise@1,tenant:acme@4",
+    ]
+    guardrails = out.index("message 1: system, guardrails@2")
+    assert out[guardrails + 1].split() == ["[guardrails@2]", "Never", "share", "secrets."]
+    composed = out.index("message 2: system, composed on base@3")
+    # Every line behind the tag of the layer (and block) that wrote it, in one column.
+    assert out[composed + 1 : composed + 7] == [
+        "  [base@3]                          You help {{ name }}.",
+        "  [tenant:acme@4 block tone]        Formal.",
+        "  [tenant:acme@4 block tone]        Use titles.",
+        "  [base@3]",
+        "  [tier:enterprise@1 block domain]  Enterprise products.",
+        "  [base@3 block footer]             (empty)",
+    ]
+    text = result.stdout
+    assert "temperature  0.2    tenant:acme@4" in text
+    assert "max_tokens   512    base@3" in text
+    assert "model: gpt-4o-2024-08-06" in out
+    assert "variables without a value: name" in out
+    assert result.stderr.splitlines() == [
+        "warning: ignored: tier:enterprise@1 fills block legacy, which base@3 does not declare"
+    ]
+
+
+async def test_explain_json_prints_the_answer_and_errors_are_one_line(
+    recorder: tuple[Recorder, TestClient[Any, Any]],
+) -> None:
+    recorded, server = recorder
+    recorded.explain = EXPLAIN
+    result = await run_cli(server, "prompts", "explain", "support", "--tenant", "acme", "--json")
+    assert result.exit_code == 0, result.output
+    assert orjson.loads(result.stdout) == EXPLAIN
+    assert recorded.requests[0][2] == {"tenant": "acme"}
+
+    recorded.explain = {}
+    missing = await run_cli(server, "prompts", "explain", "support", "--tenant", "nobody")
+    assert missing.exit_code == 1
+    assert missing.stderr == "error: recorded\n"
