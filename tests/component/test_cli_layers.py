@@ -45,14 +45,24 @@ TIER = VersionDraft(
 
 
 async def test_push_sends_bases_first_and_each_override_at_its_layer(
-    clients: Clients, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    clients: Clients, tmp_path: Path
 ) -> None:
     _, admin, _ = clients
-    # Until prompt files hold overrides, a folder's loader hands push the drafts; listed
-    # overrides first, which the proxy refuses unless push reorders them.
-    files = [(tmp_path / name, draft) for name, draft in (("t.yaml", TENANT), ("e.yaml", TIER))]
-    loaded = [*files, (tmp_path / "support.md", BASE)]
-    monkeypatch.setattr(prompt_files, "load_prompt_dir", lambda _path: loaded)
+    # Real prompt files: the folder names each override's layer (config/prompts/README.md).
+    (tmp_path / "tenants" / "acme").mkdir(parents=True)
+    (tmp_path / "tiers" / "enterprise").mkdir(parents=True)
+    (tmp_path / "support.md").write_text(
+        "---\nvariables:\n  - {name: name, type: string, default: a customer}\n"
+        "blocks:\n  tone: {default: Be concise., max_chars: 200}\n"
+        "param_bounds:\n  temperature: [0.0, 1.0]\n---\n"
+        "You help {{ name }}.\n{{ block.tone }}\n"
+    )
+    (tmp_path / "tenants" / "acme" / "support.yaml").write_text(
+        "params: {temperature: 0.2}\n"
+        "fills:\n  tone: |-\n    Formal.\n    Address {{ name }} by title.\n"
+        "defaults: {name: Acme customer}\n"
+    )
+    (tmp_path / "tiers" / "enterprise" / "support.yaml").write_text("fills: {tone: Thorough.}\n")
 
     pushed = await run_cli(admin, "prompts", "-o", "json", "push", str(tmp_path), token=ADMIN_TOKEN)
     assert pushed.exit_code == 0, pushed.output
@@ -81,6 +91,19 @@ async def test_push_sends_bases_first_and_each_override_at_its_layer(
         admin, "prompts", "-o", "json", "show", "support", "1", "--tier", "enterprise"
     )
     assert orjson.loads(as_json.stdout)["fills"] == {"tone": "Thorough."}
+
+    # The real explain route, through the CLI: each line behind the layer that wrote it.
+    for layer in ((), ("--tenant", "acme"), ("--tier", "enterprise")):
+        promoted = await run_cli(
+            admin, "prompts", "promote", "support", "1", "--no-wait", *layer, token=ADMIN_TOKEN
+        )
+        assert promoted.exit_code == 0, promoted.output
+    explained = await run_cli(
+        admin, "prompts", "explain", "support", "--tenant", "acme", "--tier", "enterprise"
+    )
+    assert explained.exit_code == 0, explained.output
+    assert "base@1,tier:enterprise@1,tenant:acme@1" in explained.stdout
+    assert "[tenant:acme@1 block tone]  Address Acme customer by title." in explained.stdout
 
 
 async def test_each_prompt_command_acts_on_the_layer_its_flag_names(
