@@ -12,12 +12,12 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from proxy.prompt_key import InvalidPromptKey, PromptKey
+from proxy.prompt_key import InvalidPromptKey, Layer, LayerKind, PromptKey
 from proxy.web import admin_models as api
 
 M = TypeVar("M", bound=BaseModel)
@@ -32,28 +32,44 @@ class AdminError(Exception):
         self.param = param
 
 
-def key_of(slug: str) -> PromptKey:
-    """The prompt key a slug on the command line names; an invalid one is refused in the
-    admin API's own words, as the server would refuse it."""
+def key_of(slug: str, layer: Layer | None = None) -> PromptKey:
+    """The prompt key a slug on the command line names (at ``layer``, None: the base); an
+    invalid slug is refused in the admin API's own words, as the server would refuse it."""
     try:
-        return PromptKey(slug)
+        return PromptKey(slug, layer)
     except InvalidPromptKey:
         raise AdminError(
             f"Invalid prompt slug {slug!r}: it must match [A-Za-z0-9._-]{{1,64}}.", 400, "slug"
         ) from None
 
 
-def _slug(key: PromptKey) -> str:
-    """The slug that names ``key`` in the admin API. Only a slug's base line has a name
-    there yet; override layers and model variants get one in the next API version."""
-    if not key.is_plain:
-        raise AdminError(f"the admin API names no prompt {key} (only a slug's base line)")
-    return key.slug
+def layer_of(kind: LayerKind, name: str) -> Layer:
+    """The layer ``--tenant``/``--tier`` names, refused in the admin API's words."""
+    try:
+        return Layer(kind, name)
+    except InvalidPromptKey:
+        raise AdminError(f"`{kind}` must match [A-Za-z0-9._-]{{1,64}}.", 400, kind) from None
 
 
-def _prompt(key: PromptKey) -> str:
-    """The admin API path of ``key``'s prompt."""
-    return f"/prompts/{_slug(key)}"
+def layer_query(key: PromptKey) -> dict[str, str]:
+    """The query parameters that address ``key``'s layer on a prompt route: ``tenant=ID``
+    or ``tier=NAME``; none for the base."""
+    if key.variant is not None:
+        raise AdminError(f"the admin API names no model variant of a prompt yet ({key})")
+    return {} if key.layer is None else {key.layer.kind: key.layer.name}
+
+
+class _PromptRoute(NamedTuple):
+    """A path under one prompt, with the query naming its layer: the path alone would
+    address the base, so the two travel together to ``_url``."""
+
+    path: str
+    layer: dict[str, str]
+
+
+def _prompt(key: PromptKey, tail: str = "") -> _PromptRoute:
+    """The admin API route of ``key``'s prompt, ``tail`` below it (``/diff``)."""
+    return _PromptRoute(f"/prompts/{key.slug}{tail}", layer_query(key))
 
 
 class AdminClient:
@@ -62,7 +78,10 @@ class AdminClient:
         self._token = token
         self._timeout = timeout
 
-    def _url(self, path: str, query: dict[str, Any] | None) -> str:
+    def _url(self, path: str | _PromptRoute, query: dict[str, Any] | None) -> str:
+        if isinstance(path, _PromptRoute):
+            query = {**path.layer, **(query or {})}
+            path = path.path
         url = self._base + path
         present = {k: v for k, v in (query or {}).items() if v is not None}
         return url + "?" + urllib.parse.urlencode(present) if present else url
@@ -88,7 +107,7 @@ class AdminClient:
         self,
         model: type[M],
         method: str,
-        path: str,
+        path: str | _PromptRoute,
         body: Any = None,
         query: dict[str, Any] | None = None,
         wait: float | None = None,
@@ -137,60 +156,74 @@ class AdminClient:
     # -- prompts --------------------------------------------------------------------------
 
     def push(self, key: PromptKey, version: api.VersionIn) -> api.VersionCreated:
-        return self._call(api.VersionCreated, "POST", f"{_prompt(key)}/versions", version)
+        return self._call(api.VersionCreated, "POST", _prompt(key, "/versions"), version)
 
     def list_prompts(self) -> api.PromptList:
         return self._call(api.PromptList, "GET", "/prompts")
 
     def get_prompt(self, key: PromptKey) -> api.Prompt:
-        return self._call(api.Prompt, "GET", f"{_prompt(key)}")
+        return self._call(api.Prompt, "GET", _prompt(key))
 
     def get_version(self, key: PromptKey, version: int) -> api.Version:
-        return self._call(api.Version, "GET", f"{_prompt(key)}/versions/{version}")
+        return self._call(api.Version, "GET", _prompt(key, f"/versions/{version}"))
 
     def diff(self, key: PromptKey, a: int, b: int) -> api.Diff:
-        return self._call(api.Diff, "GET", f"{_prompt(key)}/diff", query={"from": a, "to": b})
+        return self._call(api.Diff, "GET", _prompt(key, "/diff"), query={"from": a, "to": b})
+
+    def explain(
+        self,
+        key: PromptKey,
+        tenant: str | None = None,
+        tier: str | None = None,
+        version: int | None = None,
+    ) -> api.Explain:
+        """What a request of ``tenant`` (or of ``tier``) is composed of over ``key``'s base
+        version ``version`` (None: its prod). Both given: the tenant as if it had that tier
+        (a preview), which is why they are query values here and not ``key``'s layer."""
+        if key.layer is not None:
+            raise AdminError(f"explain composes a base with its overrides; {key} is an override")
+        query = {"tenant": tenant, "tier": tier, "version": version}
+        return self._call(api.Explain, "GET", _prompt(key, "/explain"), query=query)
 
     def promote(
         self, key: PromptKey, version: int, reason: str, wait: float | None = None
     ) -> api.AuditWritten:
         body = api.PromoteIn.model_construct(version=version, reason=reason)
-        return self._call(api.AuditWritten, "POST", f"{_prompt(key)}/promote", body, wait=wait)
+        return self._call(api.AuditWritten, "POST", _prompt(key, "/promote"), body, wait=wait)
 
     def rollback(self, key: PromptKey, reason: str, wait: float | None = None) -> api.AuditWritten:
         body = api.ReasonIn.model_construct(reason=reason)
-        return self._call(api.AuditWritten, "POST", f"{_prompt(key)}/rollback", body, wait=wait)
+        return self._call(api.AuditWritten, "POST", _prompt(key, "/rollback"), body, wait=wait)
 
     def history(self, key: PromptKey) -> api.AuditPage:
-        found = self._call(api.History, "GET", f"{_prompt(key)}/history").root
+        found = self._call(api.History, "GET", _prompt(key, "/history")).root
         return _expect(api.AuditPage, found)
 
     def served_at(self, key: PromptKey, at: str) -> api.ServedAt:
         """What ``key`` served at the instant ``at`` (ISO-8601)."""
-        found = self._call(api.History, "GET", f"{_prompt(key)}/history", query={"at": at})
+        found = self._call(api.History, "GET", _prompt(key, "/history"), query={"at": at})
         return _expect(api.ServedAt, found.root)
 
     def audit(self, key: PromptKey | None = None, limit: int = 100) -> api.AuditPage:
-        return self._call(
-            api.AuditPage,
-            "GET",
-            "/audit",
-            query={"slug": None if key is None else _slug(key), "limit": limit},
-        )
+        if key is not None and not key.is_plain:
+            # `/audit?slug=` takes no layer; a layer's entries are in its `history`.
+            raise AdminError(f"the audit log is filtered by a base slug only, not {key}")
+        slug = None if key is None else key.slug
+        return self._call(api.AuditPage, "GET", "/audit", query={"slug": slug, "limit": limit})
 
     # -- rollouts -------------------------------------------------------------------------
 
     def set_rollout(
         self, key: PromptKey, rollout: api.RolloutIn, wait: float | None = None
     ) -> api.RolloutChanged:
-        path = f"{_prompt(key)}/rollout"
+        path = _prompt(key, "/rollout")
         return self._call(api.RolloutChanged, "PUT", path, rollout, wait=wait)
 
     def get_rollout(self, key: PromptKey) -> api.RolloutStatus:
-        return self._call(api.RolloutStatus, "GET", f"{_prompt(key)}/rollout")
+        return self._call(api.RolloutStatus, "GET", _prompt(key, "/rollout"))
 
     def get_analysis(self, key: PromptKey) -> api.LastAnalysis:
-        return self._call(api.LastAnalysis, "GET", f"{_prompt(key)}/analysis")
+        return self._call(api.LastAnalysis, "GET", _prompt(key, "/analysis"))
 
     def list_rollouts(self) -> api.RolloutList:
         return self._call(api.RolloutList, "GET", "/rollouts")
@@ -199,14 +232,14 @@ class AdminClient:
         self, key: PromptKey, reason: str, wait: float | None = None
     ) -> api.AuditWritten:
         body = api.ReasonIn.model_construct(reason=reason)
-        path = f"{_prompt(key)}/rollout"
+        path = _prompt(key, "/rollout")
         return self._call(api.AuditWritten, "DELETE", path, body, wait=wait)
 
     def promote_rollout(
         self, key: PromptKey, reason: str, wait: float | None = None
     ) -> api.AuditWritten:
         body = api.ReasonIn.model_construct(reason=reason)
-        path = f"{_prompt(key)}/rollout/promote"
+        path = _prompt(key, "/rollout/promote")
         return self._call(api.AuditWritten, "POST", path, body, wait=wait)
 
     def fleet(self) -> api.FleetStatus:
@@ -236,7 +269,7 @@ class AdminClient:
     # -- shadow pairs ---------------------------------------------------------------------
 
     def shadow_rollout(self, key: PromptKey) -> api.ShadowRollout:
-        return self._call(api.ShadowRollout, "GET", f"{_prompt(key)}/shadow/rollout")
+        return self._call(api.ShadowRollout, "GET", _prompt(key, "/shadow/rollout"))
 
     def shadow_report(
         self,
@@ -259,11 +292,11 @@ class AdminClient:
             "margin": repr(margin),
             "min_pairs": min_pairs,
         }
-        path = f"{_prompt(key)}/shadow/report"
+        path = _prompt(key, "/shadow/report")
         return self._call(api.ShadowReport, "GET", path, query=query, timeout=REPORT_TIMEOUT)
 
     def _open_lines(
-        self, path: str, query: dict[str, Any], timeout: float
+        self, path: _PromptRoute, query: dict[str, Any], timeout: float
     ) -> http.client.HTTPResponse:
         """A JSON-lines (`application/x-ndjson`) GET, open; the caller closes it."""
         url = self._url(path, query)
@@ -287,7 +320,7 @@ class AdminClient:
     ) -> list[api.ShadowPair]:
         """Recorded shadow pairs of ``key``, oldest first; of one rollout when given."""
         query = {"since": since, "limit": limit, "rollout": rollout}
-        with self._open_lines(f"{_prompt(key)}/shadow/pairs", query, self._timeout) as resp:
+        with self._open_lines(_prompt(key, "/shadow/pairs"), query, self._timeout) as resp:
             try:
                 return [_pair(line) for line in resp if line.strip()]
             except (OSError, orjson.JSONDecodeError, ValidationError) as exc:
@@ -300,7 +333,7 @@ class AdminClient:
         server ends the stream. The server sends an empty line every ~15 s while idle, so
         ``idle_timeout`` only fires when the connection is really dead."""
         query = {"since": since, "follow": "true"}
-        with self._open_lines(f"{_prompt(key)}/shadow/pairs", query, idle_timeout) as resp:
+        with self._open_lines(_prompt(key, "/shadow/pairs"), query, idle_timeout) as resp:
             try:
                 for line in resp:
                     if line.strip():

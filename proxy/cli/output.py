@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -30,6 +30,11 @@ def run(action: Callable[[], None]) -> None:
     try:
         action()
     except AdminError as exc:
-        where = f" (param: {exc.param})" if exc.param else ""
-        click.echo(f"error: {exc}{where}", err=True)
-        sys.exit(1)
+        fail(exc)
+
+
+def fail(exc: AdminError) -> NoReturn:
+    """An admin API error (or one the CLI finds in the API's words): one line, exit 1."""
+    where = f" (param: {exc.param})" if exc.param else ""
+    click.echo(f"error: {exc}{where}", err=True)
+    sys.exit(1)

@@ -11,11 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import click
+import orjson
 
 from proxy.cli.client import key_of
 from proxy.cli.context import Context, admin_options, pass_ctx
+from proxy.cli.keys import prompt_argument
 from proxy.cli.output import run, table, when
 from proxy.cli.served import report_served, wait_options, wait_seconds
+from proxy.prompt_key import PromptKey
 from proxy.registry.models import Status, VersionDraft
 from proxy.web import admin_models as api
 
@@ -27,7 +30,22 @@ def prompts() -> None:
 
 
 def _version_payload(draft: VersionDraft) -> api.VersionIn:
-    """A prompt file's draft as the body of a push (the proxy checks it)."""
+    """A prompt file's draft as the body of a push (the proxy checks it). Its layer is not
+    in the body: the client sends ``draft.key``'s as ``tenant=``/``tier=``."""
+    layered: dict[str, Any] = {}
+    # Only the layer fields a draft sets: a plain prompt's body stays what a proxy from
+    # before layers accepts (its bodies refuse unknown keys).
+    if draft.blocks:
+        layered["blocks"] = {
+            b.name: api.BlockIn.model_construct(default=b.default, max_chars=b.max_chars)
+            for b in draft.blocks
+        }
+    if draft.param_bounds:
+        layered["param_bounds"] = {n: [lo, hi] for n, (lo, hi) in draft.param_bounds.items()}
+    if draft.fills:
+        layered["fills"] = dict(draft.fills)
+    if draft.defaults:
+        layered["defaults"] = dict(draft.defaults)
     return api.VersionIn.model_construct(
         template=draft.template,
         variables=[
@@ -41,6 +59,7 @@ def _version_payload(draft: VersionDraft) -> api.VersionIn:
         author=draft.author or None,
         changelog=draft.changelog,
         caller_system=draft.caller_system,
+        **layered,
     )
 
 
@@ -58,7 +77,8 @@ class Pushed(api.Wire):
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @pass_ctx
 def push(ctx: Context, path: Path) -> None:
-    """Push a prompt file, or every prompt file in a folder (idempotent)."""
+    """Push a prompt file, or every prompt file in a folder (idempotent); a folder's bases
+    go before their tier and tenant overrides. A file names its own layer."""
     from proxy.registry.prompt_files import PromptFileError, load_prompt_dir, load_prompt_file
 
     try:
@@ -70,7 +90,8 @@ def push(ctx: Context, path: Path) -> None:
 
     def action() -> None:
         results = []
-        for file, draft in items:
+        # Bases first: an override is checked against its base, which must exist.
+        for file, draft in sorted(items, key=lambda item: item[1].key):
             answer = ctx.client.push(draft.key, _version_payload(draft))
             v = answer.version
             results.append(
@@ -114,33 +135,49 @@ def list_(ctx: Context) -> None:
     )
 
 
+def _version_text(v: api.Version) -> str:
+    """One version in full: its fields, then its texts (the template, then each block's
+    default or fill under a line naming it, as they may span lines)."""
+    lines = [
+        f"{v.slug} v{v.version}  [{v.status}]  sha256 {v.sha256[:12]}",
+        f"author: {v.author}   created: {when(v.created_at)}",
+        f"model: {v.model or '-'}   params: {v.params or '-'}",
+    ]
+    if v.param_bounds:
+        bounds = (f"{n} [{', '.join(f'{x:g}' for x in b)}]" for n, b in v.param_bounds.items())
+        lines.append("param bounds: " + ", ".join(bounds))
+    lines.append("variables: " + (", ".join(x.name for x in v.variables) or "-"))
+    if v.defaults:
+        lines.append(f"defaults: {v.defaults}")
+    lines += [
+        f"changelog: {v.changelog or '-'}",
+        "caller's system messages: " + ("kept after" if v.caller_system == "after" else "dropped"),
+    ]
+    if v.template:  # an override has none
+        lines += ["", v.template]
+    for name, block in v.blocks.items():
+        said = "default" if block.default else "no default"
+        lines += ["", f"--- block {name}, at most {block.max_chars} chars; {said} ---"]
+        if block.default:
+            lines.append(block.default)
+    for name, fill in v.fills.items():
+        lines += ["", f"--- fill of block {name} ---", fill]
+    return "\n".join(lines)
+
+
 @prompts.command()
-@click.argument("slug")
+@prompt_argument()
 @click.argument("version", type=int, required=False)
 @pass_ctx
-def show(ctx: Context, slug: str, version: int | None) -> None:
+def show(ctx: Context, key: PromptKey, version: int | None) -> None:
     """Show a prompt's versions, or one version in full."""
-
-    def one(v: api.Version) -> str:
-        head = [
-            f"{v.slug} v{v.version}  [{v.status}]  sha256 {v.sha256[:12]}",
-            f"author: {v.author}   created: {when(v.created_at)}",
-            f"model: {v.model or '-'}   params: {v.params or '-'}",
-            "variables: " + (", ".join(x.name for x in v.variables) or "-"),
-            f"changelog: {v.changelog or '-'}",
-            "caller's system messages: "
-            + ("kept after" if v.caller_system == "after" else "dropped"),
-            "",
-            v.template,
-        ]
-        return "\n".join(head)
 
     def action() -> None:
         if version is not None:
-            ctx.emit(ctx.client.get_version(key_of(slug), version), one)
+            ctx.emit(ctx.client.get_version(key, version), _version_text)
             return
         ctx.emit(
-            ctx.client.get_prompt(key_of(slug)),
+            ctx.client.get_prompt(key),
             lambda p: table(
                 [
                     (v.version, v.status, v.author, when(v.created_at), v.model, v.changelog)
@@ -154,17 +191,104 @@ def show(ctx: Context, slug: str, version: int | None) -> None:
 
 
 @prompts.command()
-@click.argument("slug")
+@prompt_argument()
 @click.argument("a", type=int)
 @click.argument("b", type=int)
 @pass_ctx
-def diff(ctx: Context, slug: str, a: int, b: int) -> None:
+def diff(ctx: Context, key: PromptKey, a: int, b: int) -> None:
     """Diff two versions of a prompt."""
-    run(
-        lambda: ctx.emit(
-            ctx.client.diff(key_of(slug), a, b), lambda d: d.diff.rstrip() or "(identical)"
-        )
-    )
+    run(lambda: ctx.emit(ctx.client.diff(key, a, b), lambda d: d.diff.rstrip() or "(identical)"))
+
+
+_PARAM_HEADERS = ("PARAM", "VALUE", "LAYER")
+
+
+def _whose(e: api.Explain) -> str:
+    if e.tenant is not None:
+        return f"tenant {e.tenant}" + ("" if e.tier is None else f" (tier {e.tier})")
+    return "the base alone" if e.tier is None else f"tier {e.tier}"
+
+
+def _marked(parts: list[tuple[str, str]]) -> list[str]:
+    """Text parts, each line behind its part's tag in a left margin: every line says who
+    wrote it, however many lines a part spans (an empty part still shows its tag)."""
+    width = max((len(tag) for tag, _ in parts), default=0)
+    lines = []
+    for tag, text in parts:
+        for line in text.splitlines() or ["(empty)"]:
+            lines.append(f"  {tag.ljust(width)}  {line}".rstrip())
+    return lines
+
+
+def explain_text(e: api.Explain) -> str:
+    """The layers, each message (the composed one segment by segment, tagged
+    ``[tenant:acme@4 block tone]``), then the parameters by layer, the model pin and the
+    variables a request still has to supply."""
+    lines = [f"{e.slug} for {_whose(e)}", f"layers: {e.layers}"]
+    for number, message in enumerate(e.messages, start=1):
+        head = f"message {number}: {message.role}, {message.layer}"
+        if number == len(e.messages) and e.segments:
+            head = f"message {number}: {message.role}, composed on {message.layer}"
+            parts = [
+                (f"[{s.layer}]" if s.block is None else f"[{s.layer} block {s.block}]", s.text)
+                for s in e.segments
+            ]
+        else:
+            parts = [(f"[{message.layer}]", message.text)]
+        lines += ["", head, *_marked(parts)]
+    lines.append("")
+    if e.params:
+        rows = [(name, orjson.dumps(p.value).decode(), p.layer) for name, p in e.params.items()]
+        lines += ["params:", *(f"  {row}" for row in table(rows, _PARAM_HEADERS).splitlines())]
+    else:
+        lines.append("params: -")
+    lines.append(f"model: {e.model or '- (the caller chooses)'}")
+    lines.append("variables without a value: " + (", ".join(e.variables) or "-"))
+    return "\n".join(lines)
+
+
+@prompts.command()
+@click.argument("slug")
+@click.option(
+    "--tenant",
+    metavar="ID",
+    help="Compose as this tenant's requests are: its override, then its tier's, on the base.",
+)
+@click.option(
+    "--tier",
+    metavar="NAME",
+    help="Compose as this tier's requests are; with --tenant, as if the tenant had this tier "
+    "(a preview).",
+)
+@click.option(
+    "--version",
+    type=click.IntRange(min=1),
+    help="The base version to compose (default: its prod version).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the admin API's answer (-o json).")
+@pass_ctx
+def explain(
+    ctx: Context,
+    slug: str,
+    tenant: str | None,
+    tier: str | None,
+    version: int | None,
+    as_json: bool,
+) -> None:
+    """What a request of SLUG is composed of: the messages put first, the composed prompt
+    segment by segment marked by the layer (and block) that wrote it, the parameters by
+    layer, the model pin, and the variables left for the request. Parts of overrides the
+    base ignores are warnings on stderr."""
+    if as_json:
+        ctx.output = "json"
+
+    def action() -> None:
+        answer = ctx.client.explain(key_of(slug), tenant, tier, version)
+        ctx.emit(answer, explain_text)
+        for ignored in answer.ignored:
+            click.echo(f"warning: ignored: {ignored}", err=True)
+
+    run(action)
 
 
 def _audit_line(e: api.AuditEntry) -> str:
@@ -175,16 +299,18 @@ def _audit_line(e: api.AuditEntry) -> str:
 
 
 @prompts.command()
-@click.argument("slug")
+@prompt_argument()
 @click.argument("version", type=int)
 @click.option("--reason", default="", help="Why (kept in the audit log).")
 @wait_options
 @pass_ctx
-def promote(ctx: Context, slug: str, version: int, reason: str, wait: bool, timeout: float) -> None:
+def promote(
+    ctx: Context, key: PromptKey, version: int, reason: str, wait: bool, timeout: float
+) -> None:
     """Make VERSION the prod version of SLUG."""
 
     def action() -> None:
-        answer = ctx.client.promote(key_of(slug), version, reason, wait_seconds(wait, timeout))
+        answer = ctx.client.promote(key, version, reason, wait_seconds(wait, timeout))
         ctx.emit(answer, _audit_line)
         report_served(ctx.output, f"v{answer.version}", answer.served)
 
@@ -192,15 +318,15 @@ def promote(ctx: Context, slug: str, version: int, reason: str, wait: bool, time
 
 
 @prompts.command()
-@click.argument("slug")
+@prompt_argument()
 @click.option("--reason", default="", help="Why (kept in the audit log).")
 @wait_options
 @pass_ctx
-def rollback(ctx: Context, slug: str, reason: str, wait: bool, timeout: float) -> None:
+def rollback(ctx: Context, key: PromptKey, reason: str, wait: bool, timeout: float) -> None:
     """Make the previous prod version of SLUG prod again."""
 
     def action() -> None:
-        answer = ctx.client.rollback(key_of(slug), reason, wait_seconds(wait, timeout))
+        answer = ctx.client.rollback(key, reason, wait_seconds(wait, timeout))
         ctx.emit(answer, _audit_line)
         report_served(ctx.output, f"v{answer.version}", answer.served)
 
@@ -221,20 +347,20 @@ def _detail(entry: api.AuditEntry) -> str | None:
 
 
 @prompts.command()
-@click.argument("slug")
+@prompt_argument()
 @click.option(
     "--at", help="ISO-8601 instant: which version was prod then, and what a rollout served."
 )
 @pass_ctx
-def history(ctx: Context, slug: str, at: str | None) -> None:
+def history(ctx: Context, key: PromptKey, at: str | None) -> None:
     """The audit history of SLUG, or what it served at an instant."""
 
     def action() -> None:
         if at is not None:
-            ctx.emit(ctx.client.served_at(key_of(slug), at), _served_at)
+            ctx.emit(ctx.client.served_at(key, at), _served_at)
         else:
             ctx.emit(
-                ctx.client.history(key_of(slug)).data,
+                ctx.client.history(key).data,
                 lambda rows: table(
                     [
                         (

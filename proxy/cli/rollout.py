@@ -12,10 +12,12 @@ from typing import Any
 import click
 import yaml
 
-from proxy.cli.client import AdminError, key_of
+from proxy.cli.client import AdminError
 from proxy.cli.context import Context, admin_options, pass_ctx
+from proxy.cli.keys import prompt_argument
 from proxy.cli.output import run, table, when
 from proxy.cli.served import report_served, wait_options, wait_seconds
+from proxy.prompt_key import PromptKey
 from proxy.registry.models import RolloutMode
 from proxy.web import admin_models as api
 
@@ -189,30 +191,30 @@ def _audit_line(e: api.AuditEntry) -> str:
 
 
 @rollout.command()
-@click.argument("slug", required=False)
+@prompt_argument(required=False)
 @pass_ctx
-def status(ctx: Context, slug: str | None) -> None:
+def status(ctx: Context, key: PromptKey | None) -> None:
     """The running rollout of SLUG, or every running rollout."""
 
     def action() -> None:
-        if slug is not None:
+        if key is not None:
             try:
-                ctx.emit(ctx.client.get_rollout(key_of(slug)), _describe)
+                ctx.emit(ctx.client.get_rollout(key), _describe)
             except AdminError as exc:
                 if exc.status != 404:
                     raise
                 # No rollout running: if the analyser ended one, say why.
                 try:
-                    last = ctx.client.get_analysis(key_of(slug))
+                    last = ctx.client.get_analysis(key)
                 except AdminError as missing:
                     if missing.status != 404:
                         raise
                     # An answer, not an error (docs/operations.md), once the prompt
                     # exists; an unknown prompt is still one (get_prompt raises its 404).
-                    ctx.client.get_prompt(key_of(slug))
+                    ctx.client.get_prompt(key)
                     ctx.emit(
-                        {"slug": slug, "rollout": None},
-                        lambda _: f"{slug} has no rollout running.",
+                        {"slug": key.text, "rollout": None},
+                        lambda _: f"{key} has no rollout running.",
                     )
                     return
                 ctx.emit(last, _describe_ended)
@@ -227,7 +229,7 @@ def status(ctx: Context, slug: str | None) -> None:
 
 
 @rollout.command("set")
-@click.argument("slug")
+@prompt_argument()
 @click.option("--candidate", type=int, required=True, help="The version to try.")
 @click.option("--canary", type=float, help="Percent of callers served by the candidate.")
 @click.option("--shadow", type=float, help="Percent of requests also sent to the candidate.")
@@ -253,7 +255,7 @@ def status(ctx: Context, slug: str | None) -> None:
 @pass_ctx
 def set_(
     ctx: Context,
-    slug: str,
+    key: PromptKey,
     candidate: int,
     canary: float | None,
     shadow: float | None,
@@ -294,11 +296,11 @@ def set_(
         policy = _read_policy(analysis_file) if analysis_file is not None else {}
         fields["analysis"] = {**policy, **overrides}
     body = api.RolloutIn.model_construct(**fields)
-    run(lambda: _set_and_report(ctx, slug, body, wait_seconds(wait, timeout)))
+    run(lambda: _set_and_report(ctx, key, body, wait_seconds(wait, timeout)))
 
 
-def _set_and_report(ctx: Context, slug: str, body: api.RolloutIn, wait: float | None) -> None:
-    answer = ctx.client.set_rollout(key_of(slug), body, wait)
+def _set_and_report(ctx: Context, key: PromptKey, body: api.RolloutIn, wait: float | None) -> None:
+    answer = ctx.client.set_rollout(key, body, wait)
     ctx.emit(answer, _describe)
     label = f"{answer.mode} of v{answer.candidate} at {answer.percent:g}%"
     report_served(ctx.output, label, answer.served)
@@ -330,16 +332,18 @@ def _read_policy(path: Path) -> dict[str, Any]:
 
 
 @rollout.command()
-@click.argument("slug")
+@prompt_argument()
 @click.argument("percent", type=float)
 @click.option("--reason", default="", help="Why (kept in the audit log).")
 @wait_options
 @pass_ctx
-def ramp(ctx: Context, slug: str, percent: float, reason: str, wait: bool, timeout: float) -> None:
+def ramp(
+    ctx: Context, key: PromptKey, percent: float, reason: str, wait: bool, timeout: float
+) -> None:
     """Change the running rollout's percentage; callers already on the candidate stay."""
 
     def action() -> None:
-        running = ctx.client.get_rollout(key_of(slug))
+        running = ctx.client.get_rollout(key)
         body = api.RolloutIn.model_construct(
             candidate=running.candidate,
             mode=running.mode,
@@ -347,21 +351,21 @@ def ramp(ctx: Context, slug: str, percent: float, reason: str, wait: bool, timeo
             sticky=running.sticky,
             reason=reason,
         )
-        _set_and_report(ctx, slug, body, wait_seconds(wait, timeout))
+        _set_and_report(ctx, key, body, wait_seconds(wait, timeout))
 
     run(action)
 
 
 @rollout.command()
-@click.argument("slug")
+@prompt_argument()
 @click.option("--reason", default="", help="Why (kept in the audit log).")
 @wait_options
 @pass_ctx
-def promote(ctx: Context, slug: str, reason: str, wait: bool, timeout: float) -> None:
+def promote(ctx: Context, key: PromptKey, reason: str, wait: bool, timeout: float) -> None:
     """Make the candidate prod (the former prod is deprecated) and end the rollout."""
 
     def action() -> None:
-        answer = ctx.client.promote_rollout(key_of(slug), reason, wait_seconds(wait, timeout))
+        answer = ctx.client.promote_rollout(key, reason, wait_seconds(wait, timeout))
         ctx.emit(answer, _audit_line)
         report_served(ctx.output, f"v{answer.version}", answer.served)
 
@@ -369,15 +373,15 @@ def promote(ctx: Context, slug: str, reason: str, wait: bool, timeout: float) ->
 
 
 @rollout.command()
-@click.argument("slug")
+@prompt_argument()
 @click.option("--reason", default="", help="Why (kept in the audit log).")
 @wait_options
 @pass_ctx
-def abort(ctx: Context, slug: str, reason: str, wait: bool, timeout: float) -> None:
+def abort(ctx: Context, key: PromptKey, reason: str, wait: bool, timeout: float) -> None:
     """End the rollout: all traffic back to stable, the candidate back to its status."""
 
     def action() -> None:
-        answer = ctx.client.abort_rollout(key_of(slug), reason, wait_seconds(wait, timeout))
+        answer = ctx.client.abort_rollout(key, reason, wait_seconds(wait, timeout))
         ctx.emit(answer, _audit_line)
         report_served(ctx.output, f"abort of the v{answer.version} rollout", answer.served)
 

@@ -17,9 +17,10 @@ from typing import Any, TypeVar
 import click
 import orjson
 
-from proxy.cli.client import key_of
 from proxy.cli.context import Context, admin_options, pass_ctx
+from proxy.cli.keys import prompt_argument
 from proxy.cli.output import run, table, when
+from proxy.prompt_key import PromptKey
 from proxy.web import admin_models as api
 
 #: Pairs fetched per admin API call while exporting (the API allows up to 10,000).
@@ -78,16 +79,16 @@ def shadow() -> None:
 
 
 @shadow.command()
-@click.argument("slug")
+@prompt_argument()
 @click.option("--since", help="Show pairs from this far back first: 600, 10m, 2h or a unix time.")
 @click.option("--count", type=click.IntRange(min=1), help="Stop after this many pairs.")
 @pass_ctx
-def tail(ctx: Context, slug: str, since: str | None, count: int | None) -> None:
+def tail(ctx: Context, key: PromptKey, since: str | None, count: int | None) -> None:
     """Follow the pairs of SLUG as they are recorded (Ctrl-C stops)."""
 
     def action() -> None:
         shown = 0
-        for pair in ctx.client.follow_shadow_pairs(key_of(slug), since):
+        for pair in ctx.client.follow_shadow_pairs(key, since):
             shown += _print([pair], ctx.output)
             if count is not None and shown >= count:
                 return
@@ -121,17 +122,19 @@ def _pair_range(command: F) -> F:
 
 
 @shadow.command()
-@click.argument("slug")
+@prompt_argument()
 @_pair_range
 @pass_ctx
-def export(ctx: Context, slug: str, since: str, limit: int | None, rollout_id: str | None) -> None:
+def export(
+    ctx: Context, key: PromptKey, since: str, limit: int | None, rollout_id: str | None
+) -> None:
     """Write the pairs of one rollout of SLUG as JSON lines on stdout, oldest first, for
     offline evaluation. Which rollout goes to stderr."""
 
     def action() -> None:
-        chosen = choose_rollout(ctx, slug, rollout_id)
-        click.echo(f"{slug}: pairs of {chosen.describe()}", err=True)
-        for pair in fetch_pairs(ctx, slug, since, limit, chosen.id):
+        chosen = choose_rollout(ctx, key, rollout_id)
+        click.echo(f"{key}: pairs of {chosen.describe()}", err=True)
+        for pair in fetch_pairs(ctx, key, since, limit, chosen.id):
             click.echo(orjson.dumps(api.wire(pair)).decode())
 
     run(action)
@@ -150,20 +153,20 @@ class ChosenRollout:
         return f"rollout {self.id} ({state})"
 
 
-def choose_rollout(ctx: Context, slug: str, rollout_id: str | None) -> ChosenRollout:
+def choose_rollout(ctx: Context, key: PromptKey, rollout_id: str | None) -> ChosenRollout:
     """The rollout whose pairs a command reads: the one named, else the one the admin API
     calls latest (running, else the last). Resolved once, so every page is of the same
     rollout even if a new one starts meanwhile."""
     if rollout_id is not None:
         return ChosenRollout(rollout_id, None)
-    latest = ctx.client.shadow_rollout(key_of(slug))
+    latest = ctx.client.shadow_rollout(key)
     return ChosenRollout(latest.rollout_id, latest.running)
 
 
 def fetch_pairs(
-    ctx: Context, slug: str, since: str, limit: int | None, rollout_id: str
+    ctx: Context, key: PromptKey, since: str, limit: int | None, rollout_id: str
 ) -> Iterator[api.ShadowPair]:
-    """The pairs of one rollout of SLUG recorded since ``since``, oldest first, each once,
+    """The pairs of one rollout of ``key`` recorded since ``since``, oldest first, each once,
     at most ``limit``: pages through the admin API, which caps one answer."""
     cursor = since
     boundary: set[str] = set()  # pairs at the cursor's instant, already yielded
@@ -171,7 +174,7 @@ def fetch_pairs(
     while limit is None or written < limit:
         want = EXPORT_PAGE if limit is None else min(EXPORT_PAGE, limit - written)
         ask = want + len(boundary)
-        page = ctx.client.shadow_pairs(key_of(slug), since=cursor, limit=ask, rollout=rollout_id)
+        page = ctx.client.shadow_pairs(key, since=cursor, limit=ask, rollout=rollout_id)
         fresh = [p for p in page if p.pair_id not in boundary][:want]
         yield from fresh
         written += len(fresh)
@@ -307,7 +310,7 @@ def _fail(message: str) -> None:
 
 
 @shadow.command()
-@click.argument("slug")
+@prompt_argument()
 @_pair_range
 @click.option(
     "--alpha",
@@ -338,7 +341,7 @@ def _fail(message: str) -> None:
 @pass_ctx
 def report(
     ctx: Context,
-    slug: str,
+    key: PromptKey,
     since: str,
     limit: int | None,
     rollout_id: str | None,
@@ -364,7 +367,7 @@ def report(
 
     def action() -> None:
         made = ctx.client.shadow_report(
-            key_of(slug),
+            key,
             since=since,
             limit=limit,
             rollout=rollout_id,

@@ -1,24 +1,42 @@
 """Prompt files: a ``prompts/`` folder kept in an application's repository.
 
-``<slug>.md`` is YAML front matter between ``---`` lines followed by the template;
-``<slug>.yaml``/``.yml`` holds the same keys plus ``template:``. ``config/prompts/README.md``
-documents the format for users. Loading is offline and reports every problem it finds, each
-with the file's own line number, so ``promptproxy prompts lint`` can fail CI with all of them.
+A base prompt is ``<slug>.md`` (YAML front matter between ``---`` lines, then the template)
+or ``<slug>.yaml``/``.yml`` (the same keys plus ``template:``). A tier's or tenant's
+override of a slug is a file in the folder of its layer, ``tiers/<tier>/<slug>.yaml`` or
+``tenants/<tenant>/<slug>.yaml``: the folder names the layer, so where a file is reviewed is
+what it overrides. A ``tier:`` or ``tenant:`` key may say it again, and must then agree.
+
+``config/prompts/README.md`` documents the format for users. Loading is offline and reports
+every problem it finds, each with the file's own line number, so ``promptproxy prompts
+lint`` can fail CI with all of them. A folder is also checked as a whole
+(``proxy.registry.fleet_lint``): every override against its base beside it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import yaml
 
 from proxy.models import SLUG_PATTERN
-from proxy.prompt_key import NAME_PATTERN, RESERVED_PREFIX, PromptKey
+from proxy.prompt_key import (
+    NAME_PATTERN,
+    RESERVED_PREFIX,
+    InvalidPromptKey,
+    Layer,
+    LayerKind,
+    PromptKey,
+)
+from proxy.registry.fleet_lint import FleetProblem, LoadedPrompt, field_line, fleet_problems
+from proxy.registry.layer_checks import base_problems
 from proxy.registry.models import (
     CALLER_SYSTEM,
     CALLER_SYSTEM_DROP,
+    BlockSpec,
     VariableSpec,
     VersionDraft,
     unstorable_value,
@@ -28,13 +46,25 @@ from proxy.registry.reserved import reserved_problem
 from proxy.registry.templates import template_problems
 
 SUFFIXES = (".md", ".yaml", ".yml")
-_KEYS = frozenset({"slug", "variables", "model", "params", "author", "changelog", "caller_system"})
+#: A folder of this name holds one folder per tier (tenant), each holding its overrides.
+LAYER_FOLDERS: Mapping[str, LayerKind] = MappingProxyType({"tiers": "tier", "tenants": "tenant"})
+_LAYER_KEYS: tuple[LayerKind, ...] = ("tier", "tenant")
+_COMMON_KEYS = frozenset({"slug", "params", "author", "changelog"})
+_KEYS = _COMMON_KEYS | {"variables", "model", "caller_system", "blocks", "param_bounds"}
+_OVERRIDE_KEYS = _COMMON_KEYS | {"fills", "defaults", *_LAYER_KEYS}
+#: What only a base holds; named in the refusal of an override that sets one.
+_BASE_ONLY = (_KEYS - _COMMON_KEYS) | {"template"}
 _VARIABLE_KEYS = frozenset({"name", "type", "default", "description"})
+_BLOCK_KEYS = frozenset({"default", "max_chars", "description"})
 # These come from elsewhere: the pin, the request's messages, the caller's variables.
 _RESERVED_PARAMS = frozenset({"model", "messages", "prompt_variables"})
+#: Keys whose entries are checked one by one, so a repeated entry is a mistake to report.
+_ENTRY_MAPPINGS = frozenset({"blocks", "param_bounds", "fills", "defaults"})
 
 # A problem inside one file: (1-based line or None, message).
 _Problem = tuple[int | None, str]
+# What a file's folder makes it: a base (None), an override of a layer, or a bad folder name.
+_Folder = Layer | str | None
 
 
 class PromptFileError(Exception):
@@ -46,47 +76,75 @@ class PromptFileError(Exception):
         self.problems = problems
 
 
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    prompt: LoadedPrompt | None
+    problems: list[_Problem]
+    #: The key the file defines, as far as it could be read (also when it has problems).
+    key: PromptKey | None
+
+
 def load_prompt_file(path: Path) -> VersionDraft:
-    draft, problems = _load(path)
-    if draft is None or problems:
-        raise PromptFileError(path, [_format(path, p) for p in problems])
-    return draft
+    """One file on its own; an override's layer comes from its folder. Checking it against
+    its base is the registry's at push (or ``lint_prompt_dir`` of the folder's)."""
+    loaded = _load(path)
+    if loaded.prompt is None or loaded.problems:
+        raise PromptFileError(path, [_format(path, p) for p in loaded.problems])
+    return loaded.prompt.draft
 
 
 def load_prompt_dir(path: Path) -> list[tuple[Path, VersionDraft]]:
-    """All prompt files under ``path``, sorted; raises with the problems of every file."""
-    loaded: list[tuple[Path, VersionDraft]] = []
-    problems: list[str] = []
-    first_file: dict[PromptKey, Path] = {}
-    for file in _prompt_files(path):
-        draft, found = _load(file)
-        problems.extend(_format(file, p) for p in found)
-        if draft is None or found:
-            continue
-        if draft.key in first_file:
-            message = f"slug {draft.key.text!r} is also defined in {first_file[draft.key]}"
-            problems.append(_format(file, (None, message)))
-            continue
-        first_file[draft.key] = file
-        loaded.append((file, draft))
+    """All prompt files under ``path``: the bases, then the tiers' overrides, then the
+    tenants', each in path order, so a push creates every base before an override needs
+    it. Raises with the problems of every file and of the folder as a whole."""
+    loaded, problems = _load_dir(path)
     if problems:
         raise PromptFileError(path, problems)
-    return loaded
+    ordered = sorted(loaded, key=_push_rank)
+    return [(p.path, p.draft) for p in ordered]
+
+
+def _push_rank(prompt: LoadedPrompt) -> int:
+    layer = prompt.draft.key.layer
+    return 0 if layer is None else 1 if layer.kind == "tier" else 2
 
 
 def lint_prompt_dir(path: Path) -> list[str]:
     """Every problem as ``file:line: message``; empty when the folder (or file) is clean."""
     if path.is_file():
-        return [_format(path, p) for p in _load(path)[1]]
+        return [_format(path, p) for p in _load(path).problems]
     if not path.is_dir():
         return [f"{path}: not a file or directory"]
     if not any(True for _ in _prompt_files(path)):
         return [f"{path}: no prompt files ({', '.join('*' + s for s in SUFFIXES)}) found"]
-    try:
-        load_prompt_dir(path)
-    except PromptFileError as exc:
-        return exc.problems
-    return []
+    return _load_dir(path)[1]
+
+
+def _load_dir(root: Path) -> tuple[list[LoadedPrompt], list[str]]:
+    files = list(_prompt_files(root))
+    order = {file: index for index, file in enumerate(files)}
+    found: list[FleetProblem] = []
+    loaded: list[LoadedPrompt] = []
+    first_file: dict[PromptKey, Path] = {}
+    broken_bases: set[PromptKey] = set()
+    for file in files:
+        result = _load(file, root)
+        found.extend((file, line, message) for line, message in result.problems)
+        if result.prompt is None or result.problems:
+            if result.key is not None and result.key.layer is None:
+                broken_bases.add(result.key)
+            continue
+        key = result.prompt.draft.key
+        if key in first_file:
+            message = f"slug {key.text!r} is also defined in {first_file[key]}"
+            found.append((file, None, message))
+            continue
+        first_file[key] = file
+        loaded.append(result.prompt)
+    found.extend(fleet_problems(loaded, root, broken_bases))
+    # Each file's problems together, by line, in the order the files are listed.
+    found.sort(key=lambda p: (order[p[0]], p[1] or 0))
+    return loaded, [_format(path, (line, message)) for path, line, message in found]
 
 
 def _prompt_files(root: Path) -> Iterator[Path]:
@@ -103,22 +161,54 @@ def _format(path: Path, problem: _Problem) -> str:
     return f"{path}: {message}" if line is None else f"{path}:{line}: {message}"
 
 
-def _load(path: Path) -> tuple[VersionDraft | None, list[_Problem]]:
+def _folder_layer(path: Path) -> _Folder:
+    """``tenants/acme/x.yaml`` is tenant acme's override of ``x``, wherever the prompts
+    folder is: a single file pushed on its own is read as the same layer as in its folder."""
+    folder = path.absolute().parent
+    kind = LAYER_FOLDERS.get(folder.parent.name)
+    if kind is None:
+        return None
+    try:
+        return Layer(kind, folder.name)
+    except InvalidPromptKey:
+        return (
+            f"the folder {folder.name!r} names the {kind} of this override, and a {kind} "
+            "name must match [A-Za-z0-9._-]{1,64}"
+        )
+
+
+def _misplaced(path: Path, root: Path) -> str | None:
+    """A file under ``tiers/`` or ``tenants/`` but not in one layer's folder of it: read as
+    a base it would silently become one, which its author did not mean."""
+    folders = path.relative_to(root).parts[:-1]
+    if not any(name in LAYER_FOLDERS for name in folders):
+        return None
+    return (
+        "an override file goes directly in its layer's folder, tiers/<tier>/<slug>.yaml or "
+        "tenants/<tenant>/<slug>.yaml; this one is not, so it is neither a base nor an override"
+    )
+
+
+def _load(path: Path, root: Path | None = None) -> _Loaded:
+    folder = _folder_layer(path)
+    guess = PromptKey(path.stem) if folder is None and NAME_PATTERN.match(path.stem) else None
     if path.suffix not in SUFFIXES:
-        return None, [(None, f"not a prompt file (expected {', '.join(SUFFIXES)})")]
+        return _Loaded(None, [(None, f"not a prompt file (expected {', '.join(SUFFIXES)})")], None)
+    if root is not None and folder is None and (misplaced := _misplaced(path, root)):
+        return _Loaded(None, [(None, misplaced)], None)
     try:
         text = path.read_bytes().decode("utf-8").removeprefix("\ufeff")
     except OSError as exc:
-        return None, [(None, f"cannot read: {exc.strerror or exc}")]
+        return _Loaded(None, [(None, f"cannot read: {exc.strerror or exc}")], guess)
     except UnicodeDecodeError as exc:
-        return None, [(None, f"not UTF-8 text (byte {exc.start})")]
+        return _Loaded(None, [(None, f"not UTF-8 text (byte {exc.start})")], guess)
     if path.suffix == ".md":
         split = _split_front_matter(text)
         if isinstance(split, str):
-            return None, [(1, split)]
+            return _Loaded(None, [(1, split)], guess)
         front, body, body_line = split
-        return _build(path, front, 1, _KEYS, body, body_line)
-    return _build(path, text, 0, _KEYS | {"template"}, None, 0)
+        return _build(path, folder, front, 1, body, body_line, guess)
+    return _build(path, folder, text, 0, None, 0, guess)
 
 
 def _split_front_matter(text: str) -> tuple[str, str, int] | str:
@@ -135,96 +225,348 @@ def _split_front_matter(text: str) -> tuple[str, str, int] | str:
 
 def _build(
     path: Path,
+    folder: _Folder,
     source: str,
     offset: int,
-    allowed: frozenset[str],
     body: str | None,
     body_line: int,
-) -> tuple[VersionDraft | None, list[_Problem]]:
-    """``offset`` is the number of file lines before ``source`` starts."""
+    guess: PromptKey | None,
+) -> _Loaded:
+    """``offset`` is the number of file lines before ``source`` starts; ``body`` is a
+    Markdown file's text after the front matter (None for YAML)."""
     try:
-        root = yaml.compose(source, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(source)
+        root, data = _parse_yaml(source)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = None if mark is None else mark.line + 1 + offset
-        return None, [(line, f"invalid YAML: {exc.problem or exc}")]
+        return _Loaded(None, [(line, f"invalid YAML: {exc.problem or exc}")], guess)
     except yaml.YAMLError as exc:
-        return None, [(None, f"invalid YAML: {exc}")]
+        return _Loaded(None, [(None, f"invalid YAML: {exc}")], guess)
     if data is None and body is not None:
         data = {}  # empty front matter: every key is optional
     if not isinstance(data, dict):
-        return None, [(offset + 1, "expected a mapping of keys (slug, variables, ...)")]
+        expected = "expected a mapping of keys (slug, variables, ...)"
+        return _Loaded(None, [(offset + 1, expected)], guess)
     mapping = root if isinstance(root, yaml.MappingNode) else None
     lines = {} if mapping is None else _node_lines(mapping, offset)
     problems = [] if mapping is None else _duplicate_keys(mapping, offset)
 
     def problem(key: str, message: str) -> None:
-        problems.append((lines.get(key), message))
+        problems.append((field_line(lines, key), message))
 
-    for key in data:
-        if key not in allowed:
-            problem(str(key), f"unknown key {key!r} (allowed: {', '.join(sorted(allowed))})")
+    override = folder is not None
+    if isinstance(folder, str):
+        problems.append((None, folder))
+    allowed = _OVERRIDE_KEYS if override else _KEYS | ({"template"} if body is None else set())
+    for name in data:
+        # A base's tier: or tenant: key gets its own answer (_layer_key_problems).
+        if name not in allowed and (override or name not in _LAYER_KEYS):
+            problem(str(name), _key_refused(str(name), override, allowed))
+    _layer_key_problems(data, path, folder, problem)
     slug = data.get("slug", path.stem)
+    key: PromptKey | None = None
     if not isinstance(slug, str) or not SLUG_PATTERN.match(slug):
         problem("slug", f"bad slug {slug!r}: must match [A-Za-z0-9._-]{{1,64}}")
+    elif not isinstance(folder, str):
+        key = PromptKey(slug, folder)
+    author, changelog = data.get("author") or "", data.get("changelog") or ""
+    for name, value in (("author", author), ("changelog", changelog)):
+        if not isinstance(value, str):
+            problem(name, f"{name} must be text (quote it)")
+    common = VersionDraft(
+        # A file whose slug or folder is bad has problems and yields no draft: the
+        # stand-in key only lets the remaining checks run, to report everything at once.
+        key=key or PromptKey("unnamed"),
+        template="",
+        params=_params(data.get("params"), problem),
+        author=str(author),
+        changelog=str(changelog),
+    )
+    if override:
+        draft = _override(common, key, data, body, body_line, lines, problems)
+    else:
+        draft = _base(common, key, data, body, body_line, lines, problems)
+    if problems:
+        return _Loaded(None, sorted(problems, key=lambda p: p[0] or 0), key or guess)
+    return _Loaded(LoadedPrompt(path, draft, lines), [], key)
+
+
+def _parse_yaml(source: str) -> tuple[yaml.Node | None, Any]:
+    """The node tree (for line numbers) and the data, parsed once. libyaml's parser is many
+    times faster (a fleet of 200 overrides is linted in CI); PyYAML's own says what is
+    wrong in the words users know, so a text libyaml refuses is parsed again by it."""
+    fast = getattr(yaml, "CSafeLoader", None)
+    if fast is not None:
+        try:
+            return _parse_with(fast, source)
+        except yaml.YAMLError:
+            pass
+    return _parse_with(yaml.SafeLoader, source)
+
+
+def _parse_with(loader_class: Any, source: str) -> tuple[yaml.Node | None, Any]:
+    loader = loader_class(source)
+    try:
+        node = loader.get_single_node()
+        return node, None if node is None else loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _base(
+    common: VersionDraft,
+    key: PromptKey | None,
+    data: dict[Any, Any],
+    body: str | None,
+    body_line: int,
+    lines: dict[str, int],
+    problems: list[_Problem],
+) -> VersionDraft:
+    def problem(name: str, message: str) -> None:
+        problems.append((field_line(lines, name), message))
+
     variables = _variables(data.get("variables"), lines, problems)
-    if isinstance(slug, str) and slug.startswith(RESERVED_PREFIX) and NAME_PATTERN.match(slug):
+    blocks = _blocks(data.get("blocks"), lines, problems)
+    given = body if body is not None else data.get("template")
+    # A template that is not text is reported below; "-" keeps the template checks quiet.
+    template = given if isinstance(given, str) else "-"
+    if key is not None and key.slug.startswith(RESERVED_PREFIX):
         # What a push would refuse, found by lint: the same check (``reserved``).
-        template_text = body if body is not None else data.get("template")
-        reserved = reserved_problem(
-            PromptKey(slug), template_text if isinstance(template_text, str) else "", variables
-        )
+        reserved = reserved_problem(key, given if isinstance(given, str) else "", variables)
         if reserved is not None:
             problem(reserved.field.split("[")[0].split(".")[0], reserved.message)
     model = data.get("model")
     if model is not None and (not isinstance(model, str) or not model.strip()):
         problem("model", "model must be a model name such as gpt-4o-2024-08-06")
-    params = data.get("params") or {}
-    if not isinstance(params, dict) or not _is_json(params):
-        problem("params", "params must be a mapping of JSON values (e.g. temperature: 0.2)")
-        params = {}
-    elif (unstorable := unstorable_value(params, "params")) is not None:
-        where, why = unstorable
-        problem("params", f"{where}: {why}")
-    for name in sorted(_RESERVED_PARAMS & params.keys()):
-        problem("params", f"params may not set {name!r}")
     caller_system = as_caller_system(data.get("caller_system", CALLER_SYSTEM_DROP))
     if caller_system is None:
         problem("caller_system", f"caller_system must be one of {', '.join(CALLER_SYSTEM)}")
         caller_system = CALLER_SYSTEM_DROP
-    author, changelog = data.get("author") or "", data.get("changelog") or ""
-    for key, value in (("author", author), ("changelog", changelog)):
-        if not isinstance(value, str):
-            problem(key, f"{key} must be text (quote it)")
     empty_line: int | None = body_line
     if body is None:
-        body, body_line = data.get("template"), lines.get("template!", 1)
-        empty_line = lines.get("template")
-        if not isinstance(body, str):
+        body_line, empty_line = lines.get("template!", 1), lines.get("template")
+        if not isinstance(given, str):
             problem("template", "template must be text (use 'template: |' and indent it)")
-            body = "-"  # reported already; keeps the template checks quiet
-    if not body.strip():
+    if not template.strip():
         problems.append((empty_line, "template is empty"))
-    for found in template_problems(body, variables):
+    names = {v.name for v in variables}
+    for found in template_problems(template, variables, blocks):
         if found.variable is not None:
-            line = lines.get(f"variables.{found.variable}", lines.get("variables"))
+            # A declaration's problem: a variable's, or a block's (declared, never read).
+            kind = "variables" if found.variable in names else "blocks"
+            line = field_line(lines, f"{kind}.{found.variable}")
         else:
             line = None if found.line is None else body_line + found.line - 1
         problems.append((line, found.message))
-    if problems:
-        return None, sorted(problems, key=lambda p: p[0] or 0)
-    draft = VersionDraft(
-        key=PromptKey(str(slug)),
-        template=body,
+    draft = replace(
+        common,
+        template=template,
         variables=variables,
         model=model,
-        params=params,
-        author=str(author),
-        changelog=str(changelog),
         caller_system=caller_system,
+        blocks=blocks,
+        param_bounds=_param_bounds(data.get("param_bounds"), lines, problems),
     )
-    return draft, []
+    for found_layer in base_problems(draft):
+        problem(found_layer.field, found_layer.message)
+    return draft
+
+
+def _override(
+    common: VersionDraft,
+    key: PromptKey | None,
+    data: dict[Any, Any],
+    body: str | None,
+    body_line: int,
+    lines: dict[str, int],
+    problems: list[_Problem],
+) -> VersionDraft:
+    if key is not None and key.slug.startswith(RESERVED_PREFIX):
+        reserved = reserved_problem(key, "", ())
+        if reserved is not None:
+            problems.append((field_line(lines, "slug"), reserved.message))
+    if body is not None and body.strip():
+        problems.append(
+            (
+                body_line,
+                "an override has no template: its text goes in `fills` of the base's "
+                "blocks, and the text below the front matter must be empty",
+            )
+        )
+    return replace(
+        common,
+        fills=_fills(data.get("fills"), lines, problems),
+        defaults=_defaults(data.get("defaults"), lines, problems),
+    )
+
+
+def _key_refused(name: str, override: bool, allowed: frozenset[str]) -> str:
+    if override and name in _BASE_ONLY:
+        hint = " (an override fills the base's blocks with `fills:`)" if name == "blocks" else ""
+        return (
+            f"`{name}` belongs to the base, not to an override: an override holds only "
+            f"fills, defaults and params (and author, changelog){hint}"
+        )
+    if not override and name in ("fills", "defaults"):
+        return (
+            f"`{name}` belongs to a tier's or tenant's override: put it in a file "
+            "tiers/<tier>/<slug>.yaml or tenants/<tenant>/<slug>.yaml"
+        )
+    return f"unknown key {name!r} (allowed: {', '.join(sorted(allowed))})"
+
+
+def _layer_key_problems(
+    data: dict[Any, Any], path: Path, folder: _Folder, problem: Callable[[str, str], None]
+) -> None:
+    """A ``tier:``/``tenant:`` key only repeats what the file's folder says."""
+    given = [kind for kind in _LAYER_KEYS if kind in data]
+    if len(given) > 1:
+        problem("tenant", "give `tier` or `tenant`, not both: a file is one layer's override")
+        return
+    if not given:
+        return
+    kind = given[0]
+    name = data[kind]
+    slug = data.get("slug")
+    stem = slug if isinstance(slug, str) and SLUG_PATTERN.match(slug) else path.stem
+    if folder is None:
+        problem(
+            kind,
+            f"`{kind}: {name}` makes this an override, and an override's layer is its "
+            f"folder: move the file to {kind}s/{name}/{stem}{path.suffix} in the prompts "
+            "folder",
+        )
+    elif isinstance(folder, Layer) and (folder.kind, folder.name) != (kind, name):
+        problem(
+            kind,
+            f"`{kind}: {name}` disagrees with the folder, which makes this file the "
+            f"override of {folder.kind} {folder.name} ({folder.kind}s/{folder.name}/): the "
+            "folder names the layer, so move the file or correct the key",
+        )
+
+
+def _params(raw: Any, problem: Callable[[str, str], None]) -> dict[str, Any]:
+    params = raw or {}
+    if not isinstance(params, dict) or not _is_json(params):
+        problem("params", "params must be a mapping of JSON values (e.g. temperature: 0.2)")
+        return {}
+    if (unstorable := unstorable_value(params, "params")) is not None:
+        where, why = unstorable
+        problem("params", f"{where}: {why}")
+    for name in sorted(_RESERVED_PARAMS & params.keys()):
+        problem("params", f"params may not set {name!r}")
+    return params
+
+
+def _blocks(raw: Any, lines: dict[str, int], problems: list[_Problem]) -> tuple[BlockSpec, ...]:
+    """A mapping name -> default text, or name -> ``{default, max_chars, description}``.
+    A malformed entry still declares its name, so the template check does not also call
+    ``block.NAME`` undeclared."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        message = "blocks must be a mapping: name -> default text, or name -> {default, max_chars}"
+        problems.append((lines.get("blocks"), message))
+        return ()
+    specs: list[BlockSpec] = []
+    for name, spec in raw.items():
+        line = field_line(lines, f"blocks.{name}")
+        if not isinstance(name, str):
+            problems.append((line, f"block names are text (got {name!r})"))
+            continue
+        if spec is None or isinstance(spec, str):
+            specs.append(BlockSpec(name, spec or ""))
+            continue
+        if not isinstance(spec, dict):
+            message = f"block {name!r} must be its default text or {{default, max_chars}}"
+            problems.append((line, message))
+            specs.append(BlockSpec(name))
+            continue
+        unknown = sorted(str(k) for k in spec if k not in _BLOCK_KEYS)
+        if unknown:
+            allowed = ", ".join(sorted(_BLOCK_KEYS))
+            message = f"block {name!r}: unknown keys {', '.join(unknown)} (allowed: {allowed})"
+            problems.append((line, message))
+        default = spec.get("default")
+        if default is not None and not isinstance(default, str):
+            message = f"the default of block {name!r} must be text (quote it)"
+            problems.append((field_line(lines, f"blocks.{name}.default"), message))
+        limit: dict[str, int] = {}
+        if "max_chars" in spec:
+            max_chars = spec["max_chars"]
+            if isinstance(max_chars, int) and not isinstance(max_chars, bool):
+                limit["max_chars"] = max_chars
+            else:
+                message = f"max_chars of block {name!r} must be a whole number"
+                problems.append((field_line(lines, f"blocks.{name}.max_chars"), message))
+        specs.append(BlockSpec(name, default if isinstance(default, str) else "", **limit))
+    return tuple(specs)
+
+
+def _param_bounds(
+    raw: Any, lines: dict[str, int], problems: list[_Problem]
+) -> dict[str, tuple[float, float]]:
+    """name -> ``[low, high]``; whether they are numbers in order is ``base_problems``'s."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        message = "param_bounds must be a mapping: parameter -> [low, high]"
+        problems.append((lines.get("param_bounds"), message))
+        return {}
+    bounds: dict[str, tuple[float, float]] = {}
+    for name, pair in raw.items():
+        line = field_line(lines, f"param_bounds.{name}")
+        if not isinstance(name, str):
+            problems.append((line, f"parameter names are text (got {name!r})"))
+        elif not isinstance(pair, list) or len(pair) != 2:
+            problems.append((line, f"the bounds of {name!r} must be [low, high]"))
+        else:
+            bounds[name] = (pair[0], pair[1])
+    return bounds
+
+
+def _fills(raw: Any, lines: dict[str, int], problems: list[_Problem]) -> dict[str, str]:
+    """Block name -> text; whether the base declares the block is the folder's check."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        problems.append((lines.get("fills"), "fills must be a mapping: block name -> text"))
+        return {}
+    fills: dict[str, str] = {}
+    for name, text in raw.items():
+        line = field_line(lines, f"fills.{name}")
+        if not isinstance(name, str):
+            problems.append((line, f"block names are text (got {name!r})"))
+        elif not isinstance(text, str):
+            message = f"the fill of block {name!r} must be text ('' to leave it empty)"
+            problems.append((line, message))
+        else:
+            fills[name] = text
+    return fills
+
+
+def _defaults(raw: Any, lines: dict[str, int], problems: list[_Problem]) -> dict[str, Any]:
+    """Variable name -> value; whether the base declares it, and its type, is the folder's
+    check."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        message = "defaults must be a mapping: variable name -> value"
+        problems.append((lines.get("defaults"), message))
+        return {}
+    defaults: dict[str, Any] = {}
+    for name, value in raw.items():
+        line = field_line(lines, f"defaults.{name}")
+        if not isinstance(name, str):
+            problems.append((line, f"variable names are text (got {name!r})"))
+        elif not _is_json(value):
+            problems.append((line, f"the default of {name!r} must be a JSON value"))
+        elif (unstorable := unstorable_value(value, "default")) is not None:
+            message = f"the default of {name!r} must be a JSON value: {unstorable[1]}"
+            problems.append((line, message))
+        else:
+            defaults[name] = value
+    return defaults
 
 
 def _variables(
@@ -281,39 +623,55 @@ def _variables(
 
 
 def _node_lines(root: yaml.MappingNode, offset: int) -> dict[str, int]:
-    """1-based file lines of top-level keys, of each variable ("variables.<name>"), and of
-    the first line of the template text ("template!")."""
+    """1-based file lines of top-level keys and of the keys nested in them (two levels:
+    ``blocks.tone``, ``blocks.tone.max_chars``), of each variable also in the list form
+    ("variables.<name>"), and of the first line of the template text ("template!")."""
     lines: dict[str, int] = {}
+
+    def visit(node: yaml.Node, prefix: str, depth: int) -> None:
+        if not isinstance(node, yaml.MappingNode):
+            return
+        for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode):
+                continue
+            name = f"{prefix}{key.value}"
+            lines.setdefault(name, key.start_mark.line + 1 + offset)
+            if depth:
+                visit(value, f"{name}.", depth - 1)
+
+    visit(root, "", 2)
     for key, value in root.value:
         name = str(key.value)
-        lines.setdefault(name, key.start_mark.line + 1 + offset)
         if name == "template" and isinstance(value, yaml.ScalarNode):
             # A block scalar ('|') starts on the line after its indicator.
             block = value.style in ("|", ">")
             lines["template!"] = value.start_mark.line + 1 + offset + (1 if block else 0)
-        if name != "variables":
-            continue
-        if isinstance(value, yaml.SequenceNode):
+        if name == "variables" and isinstance(value, yaml.SequenceNode):
             for item in value.value:
                 var = item.value if isinstance(item, yaml.ScalarNode) else None
                 if isinstance(item, yaml.MappingNode):
                     var = next((v.value for k, v in item.value if k.value == "name"), None)
                 if isinstance(var, str):
                     lines.setdefault(f"variables.{var}", item.start_mark.line + 1 + offset)
-        elif isinstance(value, yaml.MappingNode):
-            for var_key, _ in value.value:
-                lines.setdefault(f"variables.{var_key.value}", var_key.start_mark.line + 1 + offset)
     return lines
 
 
 def _duplicate_keys(root: yaml.MappingNode, offset: int) -> list[_Problem]:
     # PyYAML keeps the last of two equal keys silently; a prompt file should not.
-    seen: set[str] = set()
     found: list[_Problem] = []
-    for key, _ in root.value:
-        if key.value in seen:
-            found.append((key.start_mark.line + 1 + offset, f"key {key.value!r} appears twice"))
-        seen.add(key.value)
+
+    def check(node: yaml.MappingNode, prefix: str) -> None:
+        seen: set[str] = set()
+        for key, _ in node.value:
+            if key.value in seen:
+                line = key.start_mark.line + 1 + offset
+                found.append((line, f"key {prefix + str(key.value)!r} appears twice"))
+            seen.add(key.value)
+
+    check(root, "")
+    for key, value in root.value:
+        if key.value in _ENTRY_MAPPINGS and isinstance(value, yaml.MappingNode):
+            check(value, f"{key.value}.")
     return found
 
 

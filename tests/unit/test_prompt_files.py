@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from proxy.prompt_key import PromptKey
-from proxy.registry.models import VariableSpec
+from proxy.registry.models import BlockSpec, VariableSpec
 from proxy.registry.prompt_files import (
     PromptFileError,
     lint_prompt_dir,
@@ -272,3 +272,88 @@ def test_guardrails_that_cannot_render_alone_are_a_lint_problem(tmp_path: Path) 
     )
     assert len(found) == 1
     assert "must render with its defaults alone" in found[0]
+
+
+LAYERED = """\
+---
+variables:
+  company: {type: string, default: our company}
+blocks:
+  tone:
+    default: Be concise and friendly.
+    max_chars: 200
+    description: How the assistant sounds.
+  domain: ""
+param_bounds:
+  temperature: [0.0, 1.0]
+  max_tokens: [1, 2048]
+params:
+  temperature: 0.3
+---
+You are the support assistant of {{ company }}.
+{{ block.tone }}
+{{ block.domain }}
+"""
+
+
+def test_a_base_declares_blocks_and_param_bounds(tmp_path: Path) -> None:
+    draft = load_prompt_file(write(tmp_path, "support-reply.md", LAYERED))
+    assert draft.key == PromptKey("support-reply")
+    assert draft.blocks == (
+        BlockSpec("tone", "Be concise and friendly.", 200),
+        BlockSpec("domain", "", 2000),
+    )
+    assert draft.param_bounds == {"temperature": (0.0, 1.0), "max_tokens": (1, 2048)}
+    text = "slug: s\nblocks: {tone: Short.}\ntemplate: |\n  {{ block.tone }}\n"
+    shorthand = load_prompt_file(write(tmp_path, "s.yaml", text))
+    assert shorthand.blocks == (BlockSpec("tone", "Short."),)
+
+
+def test_block_and_bounds_problems_have_their_lines(tmp_path: Path) -> None:
+    text = """\
+---
+blocks:
+  tone: {default: Be brief., max_chars: 0}
+  unused: x
+  long: {default: "{{ nope }}", colour: red}
+  unused: again
+param_bounds:
+  temperature: [1.0, 0.0]
+  top_p: 0.5
+  model: [0, 1]
+params:
+  max_tokens: 10
+fills:
+  tone: Formal.
+---
+{{ block.tone }} {{ block.long }}
+{{ block.missing }}
+"""
+    found = problems_of(write(tmp_path, "p.md", text))
+    expected = [
+        ":3: max_chars must be 1 to 100000",
+        ":4: block 'unused' is declared but the template never reads block.unused",
+        ":5: block 'long': unknown keys colour",
+        ":5: block 'long': line 1: variables used but not declared: 'nope'",
+        ":6: key 'blocks.unused' appears twice",
+        ":8: bounds of 'temperature' must be two finite numbers, low <= high",
+        ":9: the bounds of 'top_p' must be [low, high]",
+        ":10: 'model' is not a parameter a layer can set",
+        ":13: `fills` belongs to a tier's or tenant's override: put it in a file tiers/",
+        ":17: block 'missing' is used but not declared in blocks",
+    ]
+    assert len(found) == len(expected), found
+    for line, fragment in zip(found, expected, strict=True):
+        assert fragment in line, (line, fragment)
+
+
+def test_a_base_keeps_its_own_params_within_its_bounds(tmp_path: Path) -> None:
+    text = "---\nparam_bounds:\n  temperature: [0, 0.5]\nparams:\n  temperature: 0.9\n---\nHi\n"
+    [found] = problems_of(write(tmp_path, "p.md", text))
+    assert ":5: the base's own temperature 0.9 is outside its bounds [0, 0.5]" in found
+
+
+def test_guardrails_declare_no_blocks(tmp_path: Path) -> None:
+    text = "---\nblocks: {extra: x}\n---\nNever.\n{{ block.extra }}\n"
+    found = problems_of(write(tmp_path, "_guardrails.md", text))
+    assert any(":2: _guardrails has no overrides, so nothing could fill" in p for p in found), found
