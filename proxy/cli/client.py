@@ -186,9 +186,14 @@ class AdminClient:
         return self._call(api.Explain, "GET", _prompt(key, "/explain"), query=query)
 
     def promote(
-        self, key: PromptKey, version: int, reason: str, wait: float | None = None
+        self,
+        key: PromptKey,
+        version: int,
+        reason: str,
+        wait: float | None = None,
+        force: bool = False,
     ) -> api.AuditWritten:
-        body = api.PromoteIn.model_construct(version=version, reason=reason)
+        body = api.PromoteIn.model_construct(version=version, reason=reason, force=force)
         return self._call(api.AuditWritten, "POST", _prompt(key, "/promote"), body, wait=wait)
 
     def rollback(self, key: PromptKey, reason: str, wait: float | None = None) -> api.AuditWritten:

@@ -71,6 +71,8 @@ class Pushed(api.Wire):
     version: int
     created: bool
     status: Status
+    #: The overrides in use this base version breaks (their layers), if any.
+    breaks: list[str] = []
 
 
 @prompts.command()
@@ -94,6 +96,13 @@ def push(ctx: Context, path: Path) -> None:
         for file, draft in sorted(items, key=lambda item: item[1].key):
             answer = ctx.client.push(draft.key, _version_payload(draft))
             v = answer.version
+            broken = [] if answer.overrides is None else answer.overrides.broken
+            for breakage in broken:
+                for problem in breakage.problems:
+                    click.echo(
+                        f"warning: {v.slug} v{v.version} breaks {breakage.layer}: {problem}",
+                        err=True,
+                    )
             results.append(
                 Pushed(
                     file=str(file),
@@ -101,16 +110,24 @@ def push(ctx: Context, path: Path) -> None:
                     version=v.version,
                     created=answer.created,
                     status=v.status,
+                    breaks=[b.layer for b in broken],
                 )
             )
         ctx.emit(
             results,
             lambda rs: table(
                 [
-                    (r.slug, r.version, "created" if r.created else "unchanged", r.status, r.file)
+                    (
+                        r.slug,
+                        r.version,
+                        "created" if r.created else "unchanged",
+                        r.status,
+                        ",".join(r.breaks) or "-",
+                        r.file,
+                    )
                     for r in rs
                 ],
-                ["SLUG", "VERSION", "RESULT", "STATUS", "FILE"],
+                ["SLUG", "VERSION", "RESULT", "STATUS", "BREAKS", "FILE"],
             ),
         )
 
@@ -302,15 +319,30 @@ def _audit_line(e: api.AuditEntry) -> str:
 @prompt_argument()
 @click.argument("version", type=int)
 @click.option("--reason", default="", help="Why (kept in the audit log).")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Go ahead although the base version breaks tier or tenant overrides in use "
+    "(needs --reason; the audit keeps both).",
+)
 @wait_options
 @pass_ctx
 def promote(
-    ctx: Context, key: PromptKey, version: int, reason: str, wait: bool, timeout: float
+    ctx: Context,
+    key: PromptKey,
+    version: int,
+    reason: str,
+    force: bool,
+    wait: bool,
+    timeout: float,
 ) -> None:
-    """Make VERSION the prod version of SLUG."""
+    """Make VERSION the prod version of SLUG. A base version that breaks an override in
+    use is refused unless --force (with --reason)."""
+    if force and not reason.strip():
+        raise click.UsageError("--force needs --reason: it is kept in the audit log")
 
     def action() -> None:
-        answer = ctx.client.promote(key, version, reason, wait_seconds(wait, timeout))
+        answer = ctx.client.promote(key, version, reason, wait_seconds(wait, timeout), force)
         ctx.emit(answer, _audit_line)
         report_served(ctx.output, f"v{answer.version}", answer.served)
 

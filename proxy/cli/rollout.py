@@ -251,6 +251,12 @@ def status(ctx: Context, key: PromptKey | None) -> None:
 )
 @click.option("--steps", help="Analysis: percents to ramp through, e.g. 1,5,25,50 ('' for none).")
 @click.option("--reason", default="", help="Why (kept in the audit log).")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Go ahead although the base version breaks tier or tenant overrides in use "
+    "(needs --reason; the audit keeps both).",
+)
 @wait_options
 @pass_ctx
 def set_(
@@ -266,10 +272,12 @@ def set_(
     failure_limit: int | None,
     steps: str | None,
     reason: str,
+    force: bool,
     wait: bool,
     timeout: float,
 ) -> None:
-    """Start a rollout of CANDIDATE, or change the running one's percentage.
+    """Start a rollout of CANDIDATE, or change the running one's percentage. A base
+    candidate that breaks an override in use is refused unless --force (with --reason).
 
     With --analysis or any of the analysis flags (which override the file's values) the
     rollout gets an automated-analysis policy; the flags alone start from the defaults.
@@ -284,7 +292,10 @@ def set_(
         "mode": mode,
         "percent": percent,
         "reason": reason,
+        "force": force,
     }
+    if force and not reason.strip():
+        raise click.UsageError("--force needs --reason: it is kept in the audit log")
     if sticky is not None:
         fields["sticky"] = sticky
     flags = {"interval": interval, "min_samples": min_samples, "failure_limit": failure_limit}

@@ -88,9 +88,8 @@ def fleet_problems(
             composed = compose(base_version, override, None)
         else:
             composed = compose(base_version, None, override)
-        override_label = f"{layer_label(override)}: "
         for entry in composed.ignored:
-            text = _naming(entry.removeprefix(override_label), label, name)
+            text = _naming(entry.problem, label, name)
             found.append((prompt.path, None, f"{text} (left out when composed)"))
         if base_key not in alone:
             alone[base_key] = _render_failure(renderer, compose(base_version))

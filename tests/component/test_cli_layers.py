@@ -326,3 +326,50 @@ async def test_explain_json_prints_the_answer_and_errors_are_one_line(
     missing = await run_cli(server, "prompts", "explain", "support", "--tenant", "nobody")
     assert missing.exit_code == 1
     assert missing.stderr == "error: recorded\n"
+
+
+async def test_a_base_that_breaks_an_override_is_flagged_at_push_and_forced_with_a_reason(
+    clients: Clients, tmp_path: Path
+) -> None:
+    _, admin, _ = clients
+    (tmp_path / "tenants" / "acme").mkdir(parents=True)
+    base = tmp_path / "support.md"
+    base.write_text("---\nblocks: {tone: Be concise.}\n---\nHello. {{ block.tone }}\n")
+    (tmp_path / "tenants" / "acme" / "support.yaml").write_text("fills: {tone: Rhyme.}\n")
+    assert (
+        await run_cli(admin, "prompts", "push", str(tmp_path), token=ADMIN_TOKEN)
+    ).exit_code == 0
+    for layer in ((), ("--tenant", "acme")):
+        promoted = await run_cli(
+            admin, "prompts", "promote", "support", "1", "--no-wait", *layer, token=ADMIN_TOKEN
+        )
+        assert promoted.exit_code == 0, promoted.output
+
+    base.write_text("---\nchangelog: no tone\n---\nHello.\n")  # drops the block acme fills
+    pushed = await run_cli(admin, "prompts", "push", str(base), token=ADMIN_TOKEN)
+    assert pushed.exit_code == 0, pushed.output
+    assert "warning: support v2 breaks tenant:acme@1: fill of block 'tone'" in pushed.stderr
+    assert "tenant:acme@1" in pushed.stdout  # the BREAKS column
+
+    refused = await run_cli(admin, "prompts", "promote", "support", "2", token=ADMIN_TOKEN)
+    assert refused.exit_code == 1
+    assert "breaks 1 of the 1 overrides in use: tenant:acme@1" in refused.output
+    no_reason = await run_cli(
+        admin, "prompts", "promote", "support", "2", "--force", token=ADMIN_TOKEN
+    )
+    assert no_reason.exit_code == 2
+    forced = await run_cli(
+        admin,
+        "prompts",
+        "promote",
+        "support",
+        "2",
+        "--force",
+        "--reason",
+        "acme moves to v2 next week",
+        "--no-wait",
+        token=ADMIN_TOKEN,
+    )
+    assert forced.exit_code == 0, forced.output
+    history = await run_cli(admin, "prompts", "history", "support")
+    assert "[forced over broken overrides: tenant:acme@1]" in history.stdout

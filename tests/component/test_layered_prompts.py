@@ -46,13 +46,15 @@ async def _admin(
     return resp.status, await resp.json()
 
 
-async def _push(admin: TestClient[Any, Any], slug: str, body: Any, **layer: str) -> int:
+async def _push(
+    admin: TestClient[Any, Any], slug: str, body: Any, force: str = "", **layer: str
+) -> int:
+    """Push and promote; ``force``: the reason to promote over broken overrides."""
     status, answer = await _admin(admin, "POST", f"/prompts/{slug}/versions", body, **layer)
     assert status in (200, 201), answer
     version: int = answer["version"]["version"]
-    status, answer = await _admin(
-        admin, "POST", f"/prompts/{slug}/promote", {"version": version}, **layer
-    )
+    promote = {"version": version, "force": bool(force), "reason": force}
+    status, answer = await _admin(admin, "POST", f"/prompts/{slug}/promote", promote, **layer)
     assert status == 200, answer
     return version
 
@@ -224,7 +226,7 @@ async def test_a_base_that_no_longer_fits_an_override_serves_the_base_text_there
         "template": "You are the assistant of {{ company }}.\n{{ block.tone }}",
         "blocks": {"tone": BASE["blocks"]["tone"]},  # type: ignore[index]
     }
-    await _push(admin, "support", narrower)
+    await _push(admin, "support", narrower, force="a reason")
     await ready_for(services)
     upstream.post(CHAT_URL, payload=ANSWER, repeat=True)
     resp = await _ask(data, "acme")
@@ -235,7 +237,9 @@ async def test_a_base_that_no_longer_fits_an_override_serves_the_base_text_there
     )
     status, answer = await _admin(admin, "GET", "/prompts/support/explain", tenant="acme")
     assert status == 200, answer
-    assert answer["ignored"] == ["tenant:acme@1: fill of block 'domain' does not fit base@2"]
+    assert answer["ignored"] == [
+        "tenant:acme@1: fill of block 'domain': base@2 does not declare it"
+    ]
 
 
 async def test_explain_marks_each_segment_by_the_layer_that_wrote_it(clients: Clients) -> None:
@@ -321,3 +325,64 @@ async def test_the_prompt_list_names_each_layer_apart(clients: Clients) -> None:
         "tier=enterprise/support",
         [ENTERPRISE["fills"]],
     )
+
+
+NARROW = {
+    **BASE,
+    "template": "You are the assistant of {{ company }}.\n{{ block.tone }}",
+    "blocks": {"tone": {"default": "Be concise and friendly."}},
+}
+
+
+async def test_a_base_that_breaks_a_tenants_override_is_reported_and_refused_unless_forced(
+    clients: Clients,
+) -> None:
+    _, admin, _ = clients
+    await _fleet(clients)
+    status, pushed = await _admin(admin, "POST", "/prompts/support/versions", NARROW)
+    assert status == 201, pushed
+    assert pushed["overrides"] == {
+        "base": "base@2",
+        "checked": 2,
+        "broken": [
+            {
+                "layer": "tenant:acme@1",
+                "problems": ["fill of block 'domain': base@2 does not declare it"],
+            }
+        ],
+    }
+
+    status, refused = await _admin(admin, "POST", "/prompts/support/promote", {"version": 2})
+    assert (status, refused["error"]["code"]) == (409, "overrides_break")
+    assert "tenant:acme@1 (fill of block 'domain'" in refused["error"]["message"]
+    rollout = {"candidate": 2, "mode": "canary", "percent": 10}
+    status, refused = await _admin(admin, "PUT", "/prompts/support/rollout", rollout)
+    assert (status, refused["error"]["code"]) == (409, "overrides_break")
+    status, refused = await _admin(
+        admin, "POST", "/prompts/support/promote", {"version": 2, "force": True}
+    )
+    assert (status, refused["error"]["code"]) == (400, "reason_required")
+
+    forced = {"version": 2, "force": True, "reason": "acme agreed"}
+    status, answer = await _admin(admin, "POST", "/prompts/support/promote", forced)
+    assert status == 200, answer
+    assert answer["reason"] == "acme agreed [forced over broken overrides: tenant:acme@1]"
+    status, history = await _admin(admin, "GET", "/prompts/support/history")
+    assert history["data"][0]["reason"] == answer["reason"]
+
+
+async def test_a_base_that_fits_every_override_goes_ahead_and_overrides_are_not_checked(
+    clients: Clients,
+) -> None:
+    _, admin, _ = clients
+    await _fleet(clients)
+    wider = {**BASE, "template": BASE["template"] + "\nThanks."}  # type: ignore[operator]
+    status, pushed = await _admin(admin, "POST", "/prompts/support/versions", wider)
+    assert pushed["overrides"] == {"base": "base@2", "checked": 2, "broken": []}
+    rollout = {"candidate": 2, "mode": "canary", "percent": 10}
+    status, answer = await _admin(admin, "PUT", "/prompts/support/rollout", rollout)
+    assert status == 201, answer
+    status, pushed = await _admin(
+        admin, "POST", "/prompts/support/versions", {"fills": {"tone": "Warm."}}, tier="pro"
+    )
+    assert (status, pushed["overrides"]) == (201, None)

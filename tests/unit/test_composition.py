@@ -73,11 +73,11 @@ def test_what_does_not_fit_the_base_is_left_out_and_said() -> None:
     assert composed.params == {"temperature": 0.1}
     assert composed.param_sources == {"temperature": "tier:pro@1"}
     assert composed.layers == "base@1,tier:pro@1,tenant:acme@3"
-    assert composed.ignored == (
-        "tenant:acme@3: default 'ghost' does not fit base@1",
-        "tenant:acme@3: fill of block 'missing' does not fit base@1",
-        "tenant:acme@3: parameter 'temperature' is outside base@1's bounds",
-    )
+    assert [str(misfit) for misfit in composed.ignored] == [
+        "tenant:acme@3: default 'ghost': base@1 has no such variable",
+        "tenant:acme@3: fill of block 'missing': base@1 does not declare it",
+        "tenant:acme@3: parameter 'temperature': 4 is outside base@1's bounds [0, 1]",
+    ]
 
 
 def test_a_snapshot_composes_once_per_tenant_layer_and_only_where_there_is_something() -> None:
