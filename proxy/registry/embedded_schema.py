@@ -148,6 +148,20 @@ _SCHEMA_V6: tuple[str, ...] = (
     "CREATE INDEX tenant_keys_by_tenant ON tenant_keys (tenant_id)",
 )
 
+_SCHEMA_V7: tuple[str, ...] = (
+    # The tiers and tenants a base rollout reaches (``RolloutSegment.to_dict`` as JSON),
+    # NULL for everyone: rows of older files read as rollouts without one.
+    "ALTER TABLE rollouts ADD COLUMN segment TEXT CHECK (segment IS NULL OR json_valid(segment))",
+    # Fixed for the rollout's life like its policy (its verdicts are about those callers),
+    # so the trigger is replaced by one that also covers the new column.
+    "DROP TRIGGER rollouts_fixed",
+    """CREATE TRIGGER rollouts_fixed
+        BEFORE UPDATE OF prompt_key, id, candidate, mode, sticky, started_at, actor,
+            restore_status, analysis, segment
+        ON rollouts
+        BEGIN SELECT RAISE(ABORT, 'a running rollout only changes its percentage'); END""",
+)
+
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     _SCHEMA_V1,
     _SCHEMA_V2,
@@ -155,9 +169,10 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     _SCHEMA_V4,
     _SCHEMA_V5,
     _SCHEMA_V6,
+    _SCHEMA_V7,
 )
 #: ``PRAGMA user_version`` holds the file's version: how many ``_MIGRATIONS`` it has had.
-SCHEMA_VERSION = len(_MIGRATIONS)  # 6
+SCHEMA_VERSION = len(_MIGRATIONS)  # 7
 
 AUDIT_COLUMNS = (
     "seq, at, actor, action, prompt_key, version, from_status, to_status, reason, "
@@ -165,7 +180,7 @@ AUDIT_COLUMNS = (
 )
 ROLLOUT_COLUMNS = (
     "prompt_key, id, candidate, mode, basis_points, sticky, started_at, updated_at, actor, "
-    "restore_status, analysis"
+    "restore_status, analysis, segment"
 )
 
 
@@ -282,8 +297,9 @@ def row_to_audit(row: tuple[Any, ...]) -> AuditEntry:
 def row_to_rollout(row: tuple[Any, ...]) -> Rollout:
     """A ``rollouts`` row, columns in ``ROLLOUT_COLUMNS`` order."""
     data = _row_dict(ROLLOUT_COLUMNS, row)
-    if data["analysis"] is not None:
-        data["analysis"] = orjson.loads(data["analysis"])
+    for column in ("analysis", "segment"):
+        if data[column] is not None:
+            data[column] = orjson.loads(data[column])
     return Rollout.from_dict(data)
 
 
@@ -336,7 +352,7 @@ def all_rollouts(conn: sqlite3.Connection) -> dict[PromptKey, Rollout]:
 
 def insert_rollout(conn: sqlite3.Connection, rollout: Rollout) -> None:
     conn.execute(
-        f"INSERT INTO rollouts ({ROLLOUT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT INTO rollouts ({ROLLOUT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             rollout.key.text,
             rollout.id,
@@ -349,6 +365,7 @@ def insert_rollout(conn: sqlite3.Connection, rollout: Rollout) -> None:
             rollout.actor,
             rollout.restore_status.value,
             None if rollout.analysis is None else orjson.dumps(rollout.analysis.to_dict()).decode(),
+            None if rollout.segment is None else orjson.dumps(rollout.segment.to_dict()).decode(),
         ),
     )
 

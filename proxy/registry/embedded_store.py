@@ -40,6 +40,7 @@ from proxy.registry.models import (
     RegistrySnapshot,
     Rollout,
     RolloutMode,
+    RolloutSegment,
     Status,
     StickyKey,
     Tenant,
@@ -445,6 +446,7 @@ class EmbeddedStore:
         reason: str,
         at: float,
         analysis: AnalysisPolicy | None = None,
+        segment: RolloutSegment | None = None,
     ) -> tuple[Rollout, AuditEntry]:
         lifecycle.check_rollout_values(basis_points, rollout_id, sticky, analysis)
 
@@ -465,6 +467,7 @@ class EmbeddedStore:
                 actor=actor,
                 restore_status=current,
                 analysis=analysis,
+                segment=segment,
             )
             sql.put_status(conn, key, candidate, Status.CANDIDATE)
             sql.insert_rollout(conn, rollout)

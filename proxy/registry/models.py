@@ -382,6 +382,36 @@ class StickyKey:
 
 
 @dataclass(frozen=True, slots=True)
+class RolloutSegment:
+    """Who a base rollout reaches: the tenants of these tiers and these tenants (either
+    list may be empty, not both). Callers outside it, and callers of no known tenant, stay
+    on stable and are not counted in the rollout's analysis."""
+
+    tiers: tuple[str, ...] = ()
+    tenants: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.tiers and not self.tenants:
+            raise ValueError("a segment names at least one tier or tenant")
+        for name in (*self.tiers, *self.tenants):
+            if not NAME_PATTERN.fullmatch(name):
+                raise ValueError(f"{name!r} must match [A-Za-z0-9._-]{{1,64}}")
+        # One order everywhere: what a store reads back equals what was started.
+        object.__setattr__(self, "tiers", tuple(sorted(set(self.tiers))))
+        object.__setattr__(self, "tenants", tuple(sorted(set(self.tenants))))
+
+    def includes(self, tenant: Tenant | None) -> bool:
+        return tenant is not None and (tenant.tier in self.tiers or tenant.id in self.tenants)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tiers": list(self.tiers), "tenants": list(self.tenants)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RolloutSegment:
+        return cls(tuple(data.get("tiers") or ()), tuple(data.get("tenants") or ()))
+
+
+@dataclass(frozen=True, slots=True)
 class Rollout:
     """A candidate version on trial for one key: canary (a share of callers really get it)
     or shadow (a share of requests also run on it, unseen). At most one per key.
@@ -406,6 +436,8 @@ class Rollout:
     #: Automated analysis: the analyser judges, ramps through ``analysis.steps`` and aborts
     #: by this policy. Fixed for the rollout's life (abort and restart to change it).
     analysis: AnalysisPolicy | None = None
+    #: The tiers and tenants a base rollout reaches (None: everyone). Fixed for its life.
+    segment: RolloutSegment | None = None
 
     @property
     def percent(self) -> float:
@@ -425,6 +457,7 @@ class Rollout:
             "actor": self.actor,
             "restore_status": self.restore_status.value,
             "analysis": None if self.analysis is None else self.analysis.to_dict(),
+            "segment": None if self.segment is None else self.segment.to_dict(),
         }
 
     @classmethod
@@ -444,6 +477,7 @@ class Rollout:
             actor=data.get("actor", ""),
             restore_status=Status(data["restore_status"]),
             analysis=None if analysis is None else AnalysisPolicy.from_stored(analysis),
+            segment=None if not data.get("segment") else RolloutSegment.from_dict(data["segment"]),
         )
 
     def audit_detail(self) -> dict[str, Any]:
@@ -458,6 +492,8 @@ class Rollout:
         }
         if self.analysis is not None:
             detail["analysis"] = self.analysis.to_dict()
+        if self.segment is not None:
+            detail["segment"] = self.segment.to_dict()
         return detail
 
 

@@ -13,7 +13,8 @@ the other parts of the PostgreSQL backend share that schema:
                           refuses changing them), ``status`` the only column that moves, the
                           version as JSON (``body``, without its status), at most one prod
                           per key (a unique partial index)
-``registry_rollouts``     the running rollout of a key (absent: none), its policy as JSON
+``registry_rollouts``     the running rollout of a key (absent: none), its policy and its
+                          segment as JSON (NULL: none, everyone)
 ``registry_audit``        every change, ``seq`` increasing; append-only (a trigger)
 ``registry_tenants``      one row per tenant record (``Tenant``): its tier, when it changed
 ``registry_tenant_keys``  the API key hashes (SHA-256, hex) that name a tenant, one row each:
@@ -154,8 +155,18 @@ _V2 = Migration(
     ),
 )
 
+_V3 = Migration(
+    3,
+    "registry: the segment a rollout reaches",
+    (
+        # ``RolloutSegment.to_dict`` as JSON text, like the policy; NULL (every row written
+        # before) reads as a rollout that reaches everyone, which is what those were.
+        "ALTER TABLE registry_rollouts ADD COLUMN segment text",
+    ),
+)
+
 #: Frozen once released: change the schema by adding a step, never by editing one.
-MIGRATIONS: tuple[Migration, ...] = (_V1, _V2)
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3)
 PART = Part(COMPONENT, MIGRATIONS, "the prompt registry")
 
 AUDIT_COLUMNS = (
@@ -164,7 +175,7 @@ AUDIT_COLUMNS = (
 )
 ROLLOUT_COLUMNS = (
     "prompt_key, id, candidate, mode, basis_points, sticky, started_at, updated_at, actor, "
-    "restore_status, analysis"
+    "restore_status, analysis, segment"
 )
 VERSION_COLUMNS = "prompt_key, version, sha256, created_at, status, body"
 TENANT_COLUMNS = "id, tier, updated_at"
@@ -261,6 +272,7 @@ def rollout_row(rollout: Rollout) -> tuple[Any, ...]:
         rollout.actor,
         rollout.restore_status.value,
         None if rollout.analysis is None else orjson.dumps(rollout.analysis.to_dict()).decode(),
+        None if rollout.segment is None else orjson.dumps(rollout.segment.to_dict()).decode(),
     )
 
 
@@ -280,6 +292,7 @@ def row_to_tenant(row: tuple[Any, ...]) -> Tenant:
 def row_to_rollout(row: tuple[Any, ...]) -> Rollout:
     """A ``registry_rollouts`` row, columns in ``ROLLOUT_COLUMNS`` order."""
     data = _row_dict(ROLLOUT_COLUMNS, row)
-    if data["analysis"] is not None:
-        data["analysis"] = orjson.loads(data["analysis"])
+    for column in ("analysis", "segment"):
+        if data[column] is not None:
+            data[column] = orjson.loads(data[column])
     return Rollout.from_dict(data)

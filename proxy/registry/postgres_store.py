@@ -45,6 +45,7 @@ from proxy.registry.models import (
     RegistrySnapshot,
     Rollout,
     RolloutMode,
+    RolloutSegment,
     Status,
     StickyKey,
     Tenant,
@@ -428,6 +429,7 @@ class PostgresStore:
         reason: str,
         at: float,
         analysis: AnalysisPolicy | None = None,
+        segment: RolloutSegment | None = None,
     ) -> tuple[Rollout, AuditEntry]:
         lifecycle.check_rollout_values(basis_points, rollout_id, sticky, analysis)
 
@@ -448,11 +450,12 @@ class PostgresStore:
                 actor=actor,
                 restore_status=current,
                 analysis=analysis,
+                segment=segment,
             )
             await t.put_status(key, candidate, Status.CANDIDATE)
             await t.conn.execute(
                 f"INSERT INTO registry_rollouts ({ROLLOUT_COLUMNS}) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 schema_sql.rollout_row(rollout),
             )
             entry = await t.append_audit(

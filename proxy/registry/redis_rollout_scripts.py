@@ -32,7 +32,8 @@ end
 """
 
 # ARGV[6] rollout id, ARGV[7] candidate, ARGV[8] mode, ARGV[9] basis points, ARGV[10] sticky,
-# ARGV[11] the analysis policy's JSON or "" for none.
+# ARGV[11] the analysis policy's JSON or "" for none, ARGV[12] the segment's JSON or "" for
+# none (the JSON is stored as it came: cjson would turn an empty list into an object).
 # Returns {seq, the candidate's former status, detail}.
 START = (
     PRELUDE
@@ -40,7 +41,7 @@ START = (
 local ALREADY_RUNNING = {_ALREADY_RUNNING}
 local NOT_A_CANDIDATE = {_NOT_A_CANDIDATE}
 local id, version, mode, basis_points, sticky = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
-local analysis = ARGV[11]
+local analysis, segment = ARGV[11], ARGV[12]
 local status, err = require_version(version)
 if err then return err end
 local running = running_candidate()
@@ -50,6 +51,7 @@ redis.call('HSET', K_ROLLOUT, 'id', id, 'candidate', version, 'mode', mode,
   'basis_points', basis_points, 'sticky', sticky, 'started_at', AT, 'updated_at', AT,
   'actor', ACTOR, 'restore_status', status)
 if analysis ~= '' then redis.call('HSET', K_ROLLOUT, 'analysis', analysis) end
+if segment ~= '' then redis.call('HSET', K_ROLLOUT, 'segment', segment) end
 redis.call('HSET', K_STATUS, version, 'candidate')
 local detail = rollout_detail('')
 local seq = commit('{lifecycle.ROLLOUT_START_ACTION}', version, status, 'candidate', nil, detail)

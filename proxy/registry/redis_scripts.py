@@ -20,8 +20,10 @@ Cluster keeps every key in one slot and the scripts may touch them all):
 ``P{registry}:rollout:<key>``      hash    the running rollout, absent when none: fields
                                            id candidate mode basis_points sticky
                                            started_at updated_at actor restore_status
-                                           (``Rollout.from_dict`` reads them as is), and
-                                           analysis (the policy's JSON; absent: none)
+                                           (``Rollout.from_dict`` reads them as is),
+                                           analysis (the policy's JSON; absent: none) and
+                                           segment (``RolloutSegment`` JSON; absent:
+                                           everyone)
 ``P{registry}:audit_seq``          string  last audit ``seq`` (INCR)
 ``P{registry}:audit``              stream  every audit entry, entry id ``<seq>-0``
 ``P{registry}:audit:<key>``        stream  the same entries for one key (for paging by key)
@@ -44,7 +46,8 @@ Cluster keeps every key in one slot and the scripts may touch them all):
 of schema 1, when keys were slugs (the ``slugs`` set keeps its name), and schema 2 (this
 one) only adds the ``schema`` key; the version JSON's ``slug`` and the audit's ``slug``
 field hold the key's text too. The tenant keys came later without a new schema version:
-absent, they mean no tenants, which is what a store written before them has.
+absent, they mean no tenants, which is what a store written before them has; so did a
+rollout's ``segment`` field: absent, it means everyone, as every rollout before it reached.
 
 Versions are numbered 1..n without gaps, so ``HLEN versions:<key>`` is the latest number.
 Audit stream fields: at actor action slug version from_status to_status reason
@@ -306,15 +309,18 @@ local function percent(basis_points)
 end
 
 -- Rollout.audit_detail() of the running rollout as JSON, plus ``extra`` (',"key":value').
--- Written by hand: the contract tests compare it with Rollout.audit_detail. The policy is
--- spliced in as the JSON text Python wrote, never decoded: cjson would round its floats.
+-- Written by hand: the contract tests compare it with Rollout.audit_detail. The policy and
+-- the segment are spliced in as the JSON text Python wrote, never decoded: cjson would round
+-- the policy's floats and turn the segment's empty list into an object.
 local function rollout_detail(extra)
-  local r = redis.call('HMGET', K_ROLLOUT, 'id', 'mode', 'basis_points', 'sticky', 'analysis')
-  local analysis = ''
+  local r = redis.call('HMGET', K_ROLLOUT, 'id', 'mode', 'basis_points', 'sticky', 'analysis',
+    'segment')
+  local analysis, segment = '', ''
   if r[5] then analysis = ',"analysis":' .. r[5] end
+  if r[6] then segment = ',"segment":' .. r[6] end
   return '{{"rollout_id":' .. cjson.encode(r[1]) .. ',"mode":' .. cjson.encode(r[2])
     .. ',"percent":' .. percent(r[3]) .. ',"sticky":' .. cjson.encode(r[4]) .. analysis
-    .. extra .. '}}'
+    .. segment .. extra .. '}}'
 end
 
 -- Make ``version`` (now ``status``) prod, the former prod deprecated; a rollout of this
@@ -513,8 +519,11 @@ def decode_rollout(key: PromptKey, fields: dict[Any, Any]) -> Rollout | None:
     if not fields:
         return None
     data: dict[str, Any] = {"slug": key.text, **{text(k): text(v) for k, v in fields.items()}}
-    if "analysis" in data:
-        data["analysis"] = orjson.loads(data["analysis"])
+    # Absent means none. ``segment`` came after schema 2 without a version bump: a hash
+    # written before it lacks the field and was a rollout reaching everyone, as it reads.
+    for name in ("analysis", "segment"):
+        if name in data:
+            data[name] = orjson.loads(data[name])
     return Rollout.from_dict(data)
 
 

@@ -45,6 +45,7 @@ from proxy.registry.models import (
     RegistrySnapshot,
     Rollout,
     RolloutMode,
+    RolloutSegment,
     Status,
     StickyKey,
     Tenant,
@@ -487,6 +488,7 @@ class RedisStore:
         reason: str,
         at: float,
         analysis: AnalysisPolicy | None = None,
+        segment: RolloutSegment | None = None,
     ) -> tuple[Rollout, AuditEntry]:
         lifecycle.check_rollout_values(basis_points, rollout_id, sticky, analysis)
         args = [
@@ -497,6 +499,7 @@ class RedisStore:
             str(basis_points),
             str(sticky),
             "" if analysis is None else orjson.dumps(analysis.to_dict()).decode(),
+            "" if segment is None else orjson.dumps(segment.to_dict()).decode(),
         ]
 
         seq, from_status, detail = await self._write(self._start_rollout, key, args)
@@ -513,6 +516,7 @@ class RedisStore:
             actor=actor,
             restore_status=restore,
             analysis=analysis,
+            segment=segment,
         )
         entry = AuditEntry(
             seq=int(seq),
@@ -936,4 +940,6 @@ def _rollout_fields(rollout: Rollout) -> dict[str, str]:
     }
     if rollout.analysis is not None:
         fields["analysis"] = orjson.dumps(rollout.analysis.to_dict()).decode()
+    if rollout.segment is not None:
+        fields["segment"] = orjson.dumps(rollout.segment.to_dict()).decode()
     return fields

@@ -20,8 +20,8 @@ Rules every implementation keeps, and the contract tests check:
   percentage, ``abort_rollout`` removes it and restores the candidate's former status,
   ``promote_rollout`` makes the candidate prod exactly like ``promote`` and removes the
   rollout. Each is one atomic step with its audit entry; ``snapshot`` carries the rollouts.
-  A rollout's analysis policy is stored in the same step as its start and never changes;
-  rollouts stored before policies existed read back with ``analysis=None``.
+  A rollout's analysis policy and segment are stored in the same step as its start and
+  never change; rollouts stored before either existed read back with ``None`` for it.
 - Identity (``identity``): a store has a generation, written once when it is first
   initialised and carried in ``snapshot``. A store that reads with no generation or another
   one, or with a revision lower than one already read, than the one this instance bound to
@@ -51,6 +51,7 @@ from proxy.registry.models import (
     RegistrySnapshot,
     Rollout,
     RolloutMode,
+    RolloutSegment,
     Status,
     StickyKey,
     Tenant,
@@ -132,8 +133,11 @@ class PromptStore(Protocol):
         reason: str,
         at: float,
         analysis: AnalysisPolicy | None = None,
+        segment: RolloutSegment | None = None,
     ) -> tuple[Rollout, AuditEntry]:
-        """Start a rollout of ``candidate``, with its automated-analysis policy if any;
+        """Start a rollout of ``candidate``, with its automated-analysis policy and its
+        segment if any (both kept for the rollout's life, read back by ``get_rollout`` and
+        ``snapshot``, and in the start's audit detail);
         ``InvalidTransition`` if one is running or the candidate cannot be one
         (``lifecycle.check_rollout_candidate``)."""
         ...

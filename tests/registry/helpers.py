@@ -14,6 +14,7 @@ from proxy.registry.models import (
     RegistrySnapshot,
     Rollout,
     RolloutMode,
+    RolloutSegment,
     Status,
     StickyKey,
     VersionDraft,
@@ -64,9 +65,19 @@ async def start(
     actor: str = "alice",
     reason: str = "try it",
     at: float = T0 + 100,
+    segment: RolloutSegment | None = None,
 ) -> tuple[Rollout, AuditEntry]:
     return await store.start_rollout(
-        PromptKey(slug), rollout_id, candidate, mode, basis_points, sticky, actor, reason, at
+        PromptKey(slug),
+        rollout_id,
+        candidate,
+        mode,
+        basis_points,
+        sticky,
+        actor,
+        reason,
+        at,
+        segment=segment,
     )
 
 

@@ -4,12 +4,14 @@ Each earlier schema has a writer here that builds a file the way that release le
 the schema's DDL frozen in this file: v1 (versions, audit), v2 (rollouts, audit detail), v3
 (a rollout's analysis policy), v4 (the registry's identity). v5 names a version line by its
 prompt key (``prompt_key`` columns holding the key's text); every earlier file must read
-through it as it did before.
+through it as it did before. v6 added tenant records, v7 a rollout's segment (a rollout of
+an older file reaches everyone, as it did).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import sqlite3
 from pathlib import Path
 
@@ -20,7 +22,14 @@ from proxy.prompt_key import PromptKey
 from proxy.registry.analysis_policy import AnalysisPolicy
 from proxy.registry.embedded_schema import SCHEMA_VERSION
 from proxy.registry.embedded_store import EmbeddedStore
-from proxy.registry.models import RolloutMode, Status, StickyKey, VersionDraft
+from proxy.registry.models import (
+    RolloutMode,
+    RolloutSegment,
+    Status,
+    StickyKey,
+    Tenant,
+    VersionDraft,
+)
 from proxy.registry.store import StoreUnavailable
 
 GREET = PromptKey("greet")
@@ -342,7 +351,7 @@ async def test_a_v1_file_is_upgraded_in_place_and_keeps_everything(tmp_path: Pat
     fresh = tmp_path / "fresh.db"
     await (await EmbeddedStore.open(fresh)).close()
     assert schema_of(path) == schema_of(fresh)
-    assert schema_of(path)[0] == SCHEMA_VERSION == 6
+    assert schema_of(path)[0] == SCHEMA_VERSION == 7
 
 
 async def test_the_upgraded_file_still_refuses_to_edit_history(tmp_path: Path) -> None:
@@ -438,7 +447,46 @@ async def test_a_v2_file_keeps_its_running_rollout_without_a_policy(tmp_path: Pa
     fresh = tmp_path / "fresh.db"
     await (await EmbeddedStore.open(fresh)).close()
     assert schema_of(path) == schema_of(fresh)
-    assert schema_of(path)[0] == SCHEMA_VERSION == 6
+    assert schema_of(path)[0] == SCHEMA_VERSION == 7
+
+
+# What schema v6 added (tenant records), frozen for the same reason.
+_V6_DDL = (
+    """CREATE TABLE tenants (
+        id TEXT PRIMARY KEY,
+        body TEXT NOT NULL CHECK (json_valid(body))
+    ) WITHOUT ROWID""",
+    """CREATE TABLE tenant_keys (
+        key_sha256 TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL
+    ) WITHOUT ROWID""",
+    "CREATE INDEX tenant_keys_by_tenant ON tenant_keys (tenant_id)",
+)
+V6_TENANT = Tenant("acme", "pro", (hashlib.sha256(b"sk-acme").hexdigest(),), 60.0)
+
+
+def write_v6_file(path: Path) -> None:
+    """A v5 registry that promptproxy with schema v6 upgraded, then gave a tenant. Its two
+    running rollouts (greet's without a policy, other's with one) have no segment."""
+    write_v5_file(path)
+    raw = sqlite3.connect(path, isolation_level=None)
+    try:
+        raw.execute("BEGIN")
+        for statement in _V6_DDL:
+            raw.execute(statement)
+        raw.execute(
+            "INSERT INTO tenants (id, body) VALUES (?, ?)",
+            (V6_TENANT.id, orjson.dumps(V6_TENANT.to_dict()).decode()),
+        )
+        raw.executemany(
+            "INSERT INTO tenant_keys (key_sha256, tenant_id) VALUES (?, ?)",
+            [(digest, V6_TENANT.id) for digest in V6_TENANT.key_hashes],
+        )
+        raw.execute("UPDATE meta SET value = value + 1 WHERE key = 'revision'")
+        raw.execute("PRAGMA user_version = 6")
+        raw.execute("COMMIT")
+    finally:
+        raw.close()
 
 
 WRITERS = {
@@ -447,6 +495,7 @@ WRITERS = {
     3: write_v3_file,
     4: write_v4_file,
     5: write_v5_file,
+    6: write_v6_file,
 }
 
 
@@ -508,13 +557,15 @@ async def test_a_file_of_every_earlier_schema_reads_through_prompt_keys(
         )
     if version >= 4:
         assert snap.generation == V4_GENERATION  # the identity is kept, not minted again
-    assert snap.tenants == {}  # tenants came with v6: none before
+    # Tenants came with v6: none before.
+    assert snap.tenants == ({V6_TENANT.id: V6_TENANT} if version >= 6 else {})
+    assert all(rollout.segment is None for rollout in snap.rollouts.values())
 
     # Upgraded once, to the schema a fresh file gets, with the key a named column.
     fresh = tmp_path / "fresh.db"
     await (await EmbeddedStore.open(fresh)).close()
     assert schema_of(path) == schema_of(fresh)
-    assert schema_of(path)[0] == SCHEMA_VERSION == 6
+    assert schema_of(path)[0] == SCHEMA_VERSION == 7
     for table in ("versions", "audit", "rollouts"):
         assert "prompt_key" in columns(path, table)
         assert "slug" not in columns(path, table)
@@ -545,11 +596,87 @@ async def test_the_renamed_columns_keep_every_rule_of_the_file(tmp_path: Path) -
             "UPDATE rollouts SET prompt_key = 'greet' WHERE prompt_key = 'other'",
             "UPDATE audit SET prompt_key = 'renamed'",
             "INSERT INTO rollouts SELECT 'greet', 'r-2', 1, mode, basis_points, sticky, "
-            "started_at, updated_at, actor, restore_status, analysis FROM rollouts "
+            "started_at, updated_at, actor, restore_status, analysis, segment FROM rollouts "
             "WHERE prompt_key = 'other'",
         ):
             with pytest.raises(sqlite3.IntegrityError):
                 raw.execute(statement)
+    finally:
+        raw.close()
+
+
+async def test_a_v6_file_keeps_its_rollouts_without_a_segment_and_takes_one(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "registry.db"
+    write_v6_file(path)
+
+    store = await EmbeddedStore.open(path)
+    try:
+        snap = await store.snapshot()
+        assert {key: r.segment for key, r in snap.rollouts.items()} == {GREET: None, OTHER: None}
+        assert snap.rollouts[OTHER].analysis == V3_POLICY  # the column before it is intact
+        assert snap.tenants == {V6_TENANT.id: V6_TENANT}
+        running = await store.get_rollout(GREET)
+        assert running is not None
+        assert (running.id, running.segment) == ("r-old", None)
+        assert running.audit_detail() == V2_DETAIL  # its entries keep their shape
+
+        # A ramp of the old rollout still has none; a new one on the upgraded file has one.
+        ramped, entry = await store.update_rollout(GREET, "r-old", 2500, "carol", "", 41.0)
+        assert ramped.segment is None
+        assert entry.detail is not None
+        assert "segment" not in entry.detail
+        await store.abort_rollout(GREET, "carol", "", 42.0)
+        segment = RolloutSegment(tiers=("pro",), tenants=("acme",))
+        started, entry = await store.start_rollout(
+            GREET,
+            "r-seg",
+            3,
+            RolloutMode.CANARY,
+            500,
+            StickyKey.parse("tenant"),
+            "dan",
+            "",
+            43.0,
+            segment=segment,
+        )
+        assert started.segment == segment
+        assert entry.detail is not None
+        assert entry.detail["segment"] == segment.to_dict()
+    finally:
+        await store.close()
+
+    reopened = await EmbeddedStore.open(path)
+    try:
+        assert await reopened.get_rollout(GREET) == started
+    finally:
+        await reopened.close()
+
+    assert columns(path, "rollouts")[-2:] == ["analysis", "segment"]
+    fresh = tmp_path / "fresh.db"
+    await (await EmbeddedStore.open(fresh)).close()
+    assert schema_of(path) == schema_of(fresh)
+    assert schema_of(path)[0] == SCHEMA_VERSION == 7
+    raw = sqlite3.connect(path, isolation_level=None)
+    try:
+        for statement in (
+            # Fixed for the rollout's life, as its policy is: the file itself refuses.
+            "UPDATE rollouts SET segment = NULL WHERE prompt_key = 'greet'",
+            """UPDATE rollouts SET segment = '{"tiers": ["free"]}' """
+            "WHERE prompt_key = 'other'",
+        ):
+            with pytest.raises(sqlite3.IntegrityError):
+                raw.execute(statement)
+        # A row holds JSON or nothing (other's v2 stays candidate: only the CHECK can refuse).
+        raw.execute("DELETE FROM rollouts WHERE prompt_key = 'other'")
+        insert = (
+            "INSERT INTO rollouts VALUES "
+            "('other', 'r-x', 2, 'shadow', 100, 'none', 1.0, 1.0, 'x', 'draft', NULL, ?)"
+        )
+        with pytest.raises(sqlite3.IntegrityError):
+            raw.execute(insert, ("not json",))
+        raw.execute(insert, ('{"tiers": ["free"], "tenants": []}',))
     finally:
         raw.close()
 

@@ -238,11 +238,14 @@ async def test_the_file_itself_keeps_the_rollout_rules(tmp_path: Path) -> None:
             # The analysis policy is as fixed as the candidate.
             "UPDATE rollouts SET analysis = '{\"interval\": 5}'",
             "UPDATE rollouts SET analysis = NULL",
+            # So is the segment, set or not.
+            'UPDATE rollouts SET segment = \'{"tiers": ["pro"], "tenants": []}\'',
+            "UPDATE rollouts SET segment = NULL",
             # One rollout per key, of a version that is a candidate.
             "INSERT INTO rollouts SELECT prompt_key, 'r-2', candidate, mode, basis_points, sticky, "
-            "started_at, updated_at, actor, restore_status, analysis FROM rollouts",
+            "started_at, updated_at, actor, restore_status, analysis, segment FROM rollouts",
             "INSERT INTO rollouts SELECT 'other', 'r-2', 3, mode, basis_points, sticky, "
-            "started_at, updated_at, actor, restore_status, analysis FROM rollouts",
+            "started_at, updated_at, actor, restore_status, analysis, segment FROM rollouts",
         ):
             with pytest.raises(sqlite3.IntegrityError):
                 raw.execute(statement)

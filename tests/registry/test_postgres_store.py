@@ -14,6 +14,7 @@ import statistics
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import psycopg
@@ -31,7 +32,11 @@ from proxy.registry.models import (
     TENANT_SET_ACTION,
     AuditEntry,
     PromptVersion,
+    Rollout,
+    RolloutMode,
+    RolloutSegment,
     Status,
+    StickyKey,
     Tenant,
     VersionDraft,
     tenant_audit_key,
@@ -447,6 +452,85 @@ async def test_a_registry_from_before_tenants_is_migrated_once_and_keeps_its_dat
     assert entry.seq == 2
     assert await replicas[2].revision() == 2
     assert (await replicas[2].snapshot()).tenants == {"acme": stored}
+
+
+#: The rollout columns of steps 1 and 2, frozen here: the module's list grows with the schema.
+_ROLLOUT_COLUMNS_V2 = (
+    "prompt_key, id, candidate, mode, basis_points, sticky, started_at, updated_at, actor, "
+    "restore_status, analysis"
+)
+
+
+async def test_a_registry_from_before_segments_reads_its_rollout_as_reaching_everyone(
+    registry_postgres_url: str,
+    schema: str,
+    stores: list[PostgresStore],
+    raw: psycopg.AsyncConnection[Any],
+) -> None:
+    """Schema version 2 (no segment column) with a rollout running, as the release before
+    segments left it: migrated on open, the rollout reads back with no segment, and a new
+    rollout keeps one."""
+    version = replace(draft("one").to_version(1, T0), status=Status.CANDIDATE)
+    old = Rollout(
+        GREET,
+        "r-old",
+        1,
+        RolloutMode.CANARY,
+        1000,
+        StickyKey.parse("user"),
+        T0,
+        T0,
+        "carol",
+        Status.DRAFT,
+    )
+    pool = await open_pool(registry_postgres_url, schema)
+    try:
+        async with pool.connection() as conn:
+            steps = postgres_schema.MIGRATIONS[:2]
+            assert await migrate(conn, schema=schema, component="registry", steps=steps) == 2
+            async with conn.transaction():
+                await conn.execute(
+                    f"INSERT INTO registry_versions ({VERSION_COLUMNS}) "
+                    "VALUES (%s, %s, %s, %s, %s, %s)",
+                    postgres_schema.version_row(version),
+                )
+                await conn.execute(
+                    f"INSERT INTO registry_rollouts ({_ROLLOUT_COLUMNS_V2}) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, NULL)",
+                    postgres_schema.rollout_row(old)[:10],
+                )
+                await conn.execute(
+                    "UPDATE registry_state SET generation = 'g-v2', revision = 2, audit_seq = 0"
+                )
+    finally:
+        await pool.close()
+
+    store = await _open(stores, registry_postgres_url, schema)
+
+    assert await _registry_version(raw, schema) == len(postgres_schema.MIGRATIONS) == 3
+    assert await store.get_rollout(GREET) == old
+    assert (await store.snapshot()).rollouts == {GREET: old}
+    assert old.segment is None
+    # Ending it and starting one with a segment works on the migrated table.
+    await store.abort_rollout(GREET, "carol", "", T0 + 1)
+    segment = RolloutSegment(tiers=("pro",))
+    started, entry = await store.start_rollout(
+        GREET,
+        "r-new",
+        1,
+        RolloutMode.CANARY,
+        500,
+        StickyKey.parse("tenant"),
+        "dan",
+        "",
+        T0 + 2,
+        segment=segment,
+    )
+    assert started.segment == segment
+    assert entry.detail is not None
+    assert entry.detail["segment"] == {"tiers": ["pro"], "tenants": []}
+    other = await _open(stores, registry_postgres_url, schema)
+    assert await other.get_rollout(GREET) == started
 
 
 async def test_the_database_gives_an_api_key_to_one_tenant_by_itself(

@@ -4,7 +4,8 @@ Schema 1 (every release before prompt keys) named keys by the bare slug and reco
 schema version. Schema 2 names them by the prompt key's text, which for a plain key is the
 slug, so the same keys read as themselves; it only records ``{registry}:schema`` = 2, once,
 and refuses a store a newer promptproxy wrote. Tenant records came later, in keys of their
-own that a store written before them lacks: absent, they mean no tenants.
+own that a store written before them lacks: absent, they mean no tenants. So did a
+rollout's ``segment`` field: absent, the rollout reaches everyone.
 """
 
 from __future__ import annotations
@@ -20,7 +21,15 @@ from redis.asyncio import Redis
 
 from proxy.prompt_key import PromptKey
 from proxy.registry.analysis_policy import AnalysisPolicy
-from proxy.registry.models import Status, Tenant, VersionDraft, tenant_audit_key
+from proxy.registry.models import (
+    RolloutMode,
+    RolloutSegment,
+    Status,
+    StickyKey,
+    Tenant,
+    VersionDraft,
+    tenant_audit_key,
+)
 from proxy.registry.redis_scripts import SCHEMA_VERSION
 from proxy.registry.redis_store import RedisStore
 from proxy.registry.store import StoreUnavailable
@@ -197,6 +206,47 @@ async def test_a_registry_from_before_tenants_has_none_and_takes_them(
         assert await raw.get(tag + "schema") == str(SCHEMA_VERSION) == "2"
         # The prompts are as they were.
         assert (await store.snapshot()).prod == {GREET: 2}
+    finally:
+        await store.close()
+
+
+async def test_a_rollout_from_before_segments_reaches_everyone_and_a_new_one_has_one(
+    redis_server: RedisServer, raw: Redis, prefix: str
+) -> None:
+    """No migration: the rollout hash lacks the field, which reads as no segment; a rollout
+    started now writes it, and the schema stays what it was."""
+    await write_schema_1(raw, prefix)
+    rollout_key = prefix + "{registry}:rollout:greet"
+    assert not await raw.hexists(rollout_key, "segment")
+    store = RedisStore.from_url(redis_server.url, prefix=prefix)
+    try:
+        running = await store.get_rollout(GREET)
+        assert running is not None
+        assert (running.id, running.analysis, running.segment) == ("r-old", POLICY, None)
+        assert (await store.snapshot()).rollouts[GREET].segment is None
+        ramped, entry = await store.update_rollout(GREET, "r-old", 2500, "erin", "", 40.0)
+        assert ramped.segment is None
+        assert entry.detail is not None
+        assert "segment" not in entry.detail  # the entries of such a rollout keep their shape
+        assert not await raw.hexists(rollout_key, "segment")
+
+        await store.abort_rollout(GREET, "erin", "", 41.0)
+        segment = RolloutSegment(tiers=("pro",), tenants=("acme",))
+        started, _ = await store.start_rollout(
+            GREET,
+            "r-new",
+            3,
+            RolloutMode.CANARY,
+            500,
+            StickyKey.parse("tenant"),
+            "erin",
+            "",
+            42.0,
+            segment=segment,
+        )
+        assert await raw.hget(rollout_key, "segment") == orjson.dumps(segment.to_dict()).decode()
+        assert await store.get_rollout(GREET) == started
+        assert await raw.get(prefix + "{registry}:schema") == str(SCHEMA_VERSION) == "2"
     finally:
         await store.close()
 

@@ -16,6 +16,7 @@ from proxy.registry import lifecycle
 from proxy.registry.models import (
     Rollout,
     RolloutMode,
+    RolloutSegment,
     Status,
     StickyKey,
     StickyKind,
@@ -523,3 +524,105 @@ async def test_a_rollout_write_wakes_other_replicas(
     await start(other)
     assert await asyncio.wait_for(waiter, timeout=3.0) == known + 1
     assert (await store.snapshot()).rollouts[GREET].candidate == 2
+
+
+# -- segments ---------------------------------------------------------------------------------
+
+#: Given out of order and with a repeat: every store reads back the one sorted form.
+SEGMENT = RolloutSegment(tiers=("pro", "enterprise", "pro"), tenants=("acme",))
+SEGMENT_JSON = {"tiers": ["enterprise", "pro"], "tenants": ["acme"]}
+
+
+@pytest.mark.parametrize(
+    "segment",
+    [SEGMENT, RolloutSegment(tiers=("free",)), RolloutSegment(tenants=("acme", "globex"))],
+    ids=["both", "tiers-only", "tenants-only"],
+)
+async def test_a_segment_started_reads_back_equal_everywhere(
+    store: PromptStore, store_factory: StoreFactory, segment: RolloutSegment
+) -> None:
+    await with_prod(store, "a", "b")
+    revision = await store.revision()
+
+    rollout, entry = await start(store, segment=segment)
+
+    assert rollout.segment == segment
+    assert await store.revision() == revision + 1  # stored in the start's one write
+    other = await store_factory.new()  # another replica reads what this one wrote
+    assert await other.get_rollout(GREET) == rollout
+    assert (await other.snapshot()).rollouts == {GREET: rollout}
+    # An empty list stays a list (the Redis scripts must not re-encode it as an object).
+    assert rollout.to_dict()["segment"] == segment.to_dict()
+    assert entry.detail == {**rollout.audit_detail(), "segment": segment.to_dict()}
+    assert (await other.audit(limit=1))[0] == entry
+
+
+async def test_the_start_entry_names_the_segment_in_sorted_form(store: PromptStore) -> None:
+    await with_prod(store, "a", "b")
+    rollout, entry = await start(store, segment=SEGMENT)
+    assert rollout.segment == RolloutSegment(("enterprise", "pro"), ("acme",))
+    assert entry.detail == {
+        "rollout_id": "r-1",
+        "mode": "canary",
+        "percent": 25.0,
+        "sticky": "user",
+        "segment": SEGMENT_JSON,
+    }
+
+
+async def test_a_rollout_without_a_segment_reads_none_and_its_entries_keep_their_shape(
+    store: PromptStore,
+) -> None:
+    await with_prod(store, "a", "b")
+    rollout, started = await start(store)
+    ramped, updated = await store.update_rollout(GREET, "r-1", 5000, "bob", "", T0 + 200)
+    assert rollout.segment is ramped.segment is None
+    assert (await store.get_rollout(GREET)) == ramped
+    assert (await store.snapshot()).rollouts[GREET].segment is None
+    for entry in (started, updated, (await store.audit(limit=1))[0]):
+        assert entry.detail is not None
+        assert "segment" not in entry.detail
+
+
+async def test_a_segment_is_kept_by_ramps_and_goes_with_the_rollout(store: PromptStore) -> None:
+    await with_prod(store, "a", "b")
+    started, _ = await start(store, segment=SEGMENT)
+
+    ramped, updated = await store.update_rollout(GREET, "r-1", 5000, "bob", "ramp", T0 + 200)
+    assert ramped.segment == started.segment
+    assert await store.get_rollout(GREET) == ramped
+    assert updated.detail is not None
+    assert updated.detail["segment"] == SEGMENT_JSON
+
+    aborted = await store.abort_rollout(GREET, "bob", "", T0 + 300)
+    assert aborted.detail is not None
+    assert aborted.detail["segment"] == SEGMENT_JSON  # the entry says whom it had reached
+    assert await store.get_rollout(GREET) is None
+    assert (await store.snapshot()).rollouts == {}
+
+    # A new rollout without one reaches everyone: nothing of the old segment is left over.
+    again, entry = await start(store, rollout_id="r-2", at=T0 + 400)
+    assert again.segment is None
+    assert (await store.get_rollout(GREET)) == again
+    assert (await store.snapshot()).rollouts[GREET].segment is None
+    assert entry.detail is not None
+    assert "segment" not in entry.detail
+
+    # And one with another segment has that one only.
+    await store.abort_rollout(GREET, "bob", "", T0 + 500)
+    third, _ = await start(
+        store, rollout_id="r-3", at=T0 + 600, segment=RolloutSegment(tenants=("globex",))
+    )
+    assert (await store.get_rollout(GREET)) == third
+    assert third.segment == RolloutSegment(tenants=("globex",))
+
+
+async def test_promoting_a_segmented_rollout_ends_it_and_says_whom_it_reached(
+    store: PromptStore,
+) -> None:
+    await with_prod(store, "a", "b")
+    rollout, _ = await start(store, segment=SEGMENT)
+    entry = await store.promote_rollout(GREET, "carol", "ship it", T0 + 300)
+    assert entry.detail == {**rollout.audit_detail(), lifecycle.ROLLOUT_PROMOTED_DETAIL: True}
+    assert await store.get_rollout(GREET) is None
+    assert (await store.snapshot()).rollouts == {}
