@@ -30,6 +30,7 @@ from proxy.registry.models import (
     PromptVersion,
     RegistrySnapshot,
     Rollout,
+    RolloutSegment,
     Status,
     Tenant,
     VariableSpec,
@@ -415,8 +416,9 @@ def _rollouts(
     for i, item in enumerate(items):
         where = f"rollouts[{i}]"
         data = _object(item, where)
+        segment = _segment(data.get("segment"), f"{where}.segment")
         try:
-            rollout = Rollout.from_dict(data)
+            rollout = replace(Rollout.from_dict({**data, "segment": None}), segment=segment)
             lifecycle.check_rollout_values(
                 rollout.basis_points, rollout.id, rollout.sticky, rollout.analysis
             )
@@ -444,6 +446,26 @@ def _rollouts(
             )
         rollouts[rollout.key] = rollout
     return rollouts
+
+
+def _segment(value: Any, where: str) -> RolloutSegment | None:
+    """A rollout's segment, as strictly as the admin API takes one: ``from_dict`` alone
+    would read a string of tiers as its characters."""
+    if value is None:
+        return None  # written before segments, or a rollout that reaches everyone
+    data = _object(value, where)
+    if unknown := sorted(set(data) - {"tiers", "tenants"}):
+        raise ImageError(f"unknown field {unknown[0]!r} (a segment has tiers and tenants)", where)
+    names: dict[str, tuple[str, ...]] = {}
+    for field_name in ("tiers", "tenants"):
+        listed = data.get(field_name, [])
+        if not isinstance(listed, list) or not all(isinstance(n, str) for n in listed):
+            raise ImageError(f"{field_name} must be a list of names", where)
+        names[field_name] = tuple(listed)
+    try:
+        return RolloutSegment(**names)
+    except ValueError as exc:
+        raise ImageError(str(exc), where) from None
 
 
 def _tenants(items: list[Any]) -> dict[str, Tenant]:

@@ -3,7 +3,7 @@
 The prod version alone does not say what ran during a rollout: a canary served its candidate
 to a share of callers, a shadow copied a share of requests to it. Every rollout entry of the
 audit log carries the rollout's facts (``Rollout.audit_detail``: id, mode, percent, sticky
-key), so the log alone answers "what ran at 14:05" without the rollout record, which is
+key, segment), so the log alone answers "what ran at 14:05" without the rollout record, which is
 gone once the rollout ends.
 
 Entries written before a field was recorded answer ``None`` for it rather than a guess.
@@ -23,7 +23,7 @@ from proxy.registry.lifecycle import (
     ROLLOUT_START_ACTION,
     ROLLOUT_UPDATE_ACTION,
 )
-from proxy.registry.models import AuditEntry, Status
+from proxy.registry.models import AuditEntry, RolloutSegment, Status
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +40,9 @@ class RolloutAt:
     started_at: float
     #: When the percentage last changed (the start, or the latest update).
     percent_since: float
+    #: The tiers and tenants it reached; None: everyone (or an entry from before segments,
+    #: which were all rollouts that reached everyone).
+    segment: RolloutSegment | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -50,6 +53,7 @@ class RolloutAt:
             "sticky": self.sticky,
             "started_at": self.started_at,
             "percent_since": self.percent_since,
+            "segment": None if self.segment is None else self.segment.to_dict(),
         }
 
 
@@ -101,6 +105,7 @@ def _restored(detail: Mapping[str, Any]) -> RolloutAt:
         sticky=detail.get("sticky"),
         started_at=float(started) if isinstance(started, int | float) else 0.0,
         percent_since=float(updated) if isinstance(updated, int | float) else 0.0,
+        segment=_segment(detail),
     )
 
 
@@ -114,4 +119,22 @@ def _rollout(entry: AuditEntry, detail: Mapping[str, Any], started_at: float) ->
         sticky=detail.get("sticky"),
         started_at=started_at,
         percent_since=entry.at,
+        segment=_segment(detail),
     )
+
+
+def _segment(detail: Mapping[str, Any]) -> RolloutSegment | None:
+    """The segment a rollout entry records, None for none. Also None for a shape no store
+    writes (an imported log is only checked to be JSON): a history read must not fail."""
+    found = detail.get("segment")
+    if not isinstance(found, Mapping):
+        return None
+    lists = [found.get("tiers", []), found.get("tenants", [])]
+    if not all(
+        isinstance(names, list) and all(isinstance(n, str) for n in names) for names in lists
+    ):
+        return None
+    try:
+        return RolloutSegment(tuple(lists[0]), tuple(lists[1]))
+    except ValueError:
+        return None

@@ -411,6 +411,10 @@ class RolloutAt(Wire):
     sticky: str | None
     started_at: float
     percent_since: float
+    segment: dict[str, list[str]] | None = Field(
+        None,
+        description="The tiers and tenants it reached ({tiers, tenants}); null: every caller",
+    )
 
 
 class ServedAt(Wire):

@@ -172,6 +172,9 @@ def _broken(export: dict[str, Any], fault: str) -> dict[str, Any]:
     elif fault == "restore status":
         versions[1]["status"] = "candidate"
         export["rollouts"] = [{**_rollout(candidate=2), "restore_status": "prod"}]
+    elif fault == "rollout segment":
+        versions[1]["status"] = "candidate"
+        export["rollouts"] = [{**_rollout(candidate=2), "segment": {"tiers": "pro"}}]
     elif fault == "rollout of a draft":
         export["rollouts"] = [_rollout(candidate=2)]
     elif fault == "rollout candidate":
@@ -209,6 +212,7 @@ def _rollout(candidate: int) -> dict[str, Any]:
         ("rollout candidate", "rollouts[0].candidate"),
         ("rollout of a draft", "rollouts[0].candidate"),
         ("restore status", "rollouts[0].restore_status"),
+        ("rollout segment", "rollouts[0].segment"),
     ],
 )
 async def test_an_export_with_a_fault_is_a_400_naming_the_field_and_writes_nothing(

@@ -13,21 +13,32 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 import redis.asyncio
 
 from proxy.errors import Conflict
-from proxy.registry.backup import ImageError, RegistryImage
+from proxy.registry.backup import RESTORE_ACTION, ImageError, RegistryImage
 from proxy.registry.embedded_store import EmbeddedStore
-from proxy.registry.models import RegistrySnapshot, RolloutMode, Status, StickyKey
+from proxy.registry.history import RolloutAt, state_at
+from proxy.registry.models import (
+    RegistrySnapshot,
+    Rollout,
+    RolloutMode,
+    RolloutSegment,
+    Status,
+    StickyKey,
+)
 from proxy.registry.recovery import RegistryRecovery
 from proxy.registry.service import RegistryService
 from proxy.registry.snapshot import SnapshotHolder, SnapshotRefresher
 from proxy.registry.store import InvalidTransition, PromptStore, StoreReplaced
 from tests.registry.conftest import StoreFactory
-from tests.registry.helpers import GREET, OTHER, T0, draft, push
+from tests.registry.helpers import GREET, OTHER, T0, draft, push, start
 from tests.registry.pg_stores import drop_schema
 
 
@@ -321,6 +332,119 @@ def test_an_export_in_another_format_is_refused() -> None:
             b'"versions": [{"slug": "a", "version": 2, "template": "t", "created_at": 1, '
             b'"sha256": "' + sha.encode() + b'", "status": "draft"}]}'
         )
+
+
+SEGMENT = RolloutSegment(tiers=("pro", "enterprise"), tenants=("acme",))
+
+
+async def test_an_export_carries_each_rollouts_segment_into_a_new_store(
+    store_factory: StoreFactory, tmp_path: Path
+) -> None:
+    store = await store_factory.new()
+    await push(store, "one", "two")
+    await push(store, "hello", "hi", slug="other")
+    await store.promote(GREET, 1, "alice", "", T0)
+    segmented, _ = await start(store, segment=SEGMENT, at=T0 + 2)
+    everyone, _ = await start(store, slug="other", at=T0 + 3)
+    raw = (await _replica(store)[2].export()).to_json()
+
+    # In the file as the API shows a rollout, null for none; read back equal.
+    assert [r["segment"] for r in orjson.loads(raw)["rollouts"]] == [SEGMENT.to_dict(), None]
+    image = RegistryImage.from_json(raw)
+    assert image.rollouts == {GREET: segmented, OTHER: everyone}
+
+    # Into an empty store of the same kind (another file, prefix or schema).
+    into = StoreFactory(
+        store_factory.kind,
+        db_path=tmp_path / "copy" / "registry.db",
+        redis_url=store_factory.redis_url,
+        postgres_url=store_factory.postgres_url,
+    )
+    try:
+        target = await into.new()
+        recovery = RegistryRecovery(target, SnapshotHolder(), lambda: T0 + 100)
+        await recovery.import_image(image, "ops", "drill")
+        assert (await target.snapshot()).rollouts == {GREET: segmented, OTHER: everyone}
+        assert await target.get_rollout(GREET) == segmented
+        assert (await recovery.import_image(image, "ops", "")).unchanged
+        # What ran, from the imported log and from the restore entry alone (a restore
+        # from a snapshot has no log before it).
+        entries = list(await target.audit(GREET, limit=1000))
+        assert state_at(entries, T0 + 50).rollout == _rollout_at(segmented, T0 + 2)
+        restore = [e for e in entries if e.action == RESTORE_ACTION]
+        assert state_at(restore, T0 + 100).rollout == _rollout_at(segmented, T0 + 2)
+        assert state_at(list(await target.audit(OTHER)), T0 + 100).rollout == _rollout_at(
+            everyone, T0 + 3
+        )
+    finally:
+        await into.close_all()
+
+
+def _rollout_at(rollout: Rollout, started_at: float) -> RolloutAt:
+    return RolloutAt(
+        rollout.id,
+        rollout.candidate,
+        rollout.mode.value,
+        rollout.percent,
+        str(rollout.sticky),
+        started_at,
+        started_at,
+        rollout.segment,
+    )
+
+
+def _image_with_segment(segment: Any) -> bytes:
+    """An export of greet v1 in a rollout whose ``segment`` is ``segment``."""
+    version = replace(draft("t").to_version(1, T0), status=Status.CANDIDATE)
+    rollout = Rollout(
+        GREET, "r", 1, RolloutMode.CANARY, 100, StickyKey.parse("user"), T0, T0, "a", Status.DRAFT
+    )
+    data = orjson.loads(RegistryImage("g", 1, {GREET: {1: version}}, {GREET: rollout}).to_json())
+    if segment is _ABSENT:
+        del data["rollouts"][0]["segment"]
+    else:
+        data["rollouts"][0]["segment"] = segment
+    return orjson.dumps(data)
+
+
+_ABSENT = object()
+
+
+@pytest.mark.parametrize(
+    "segment",
+    [
+        "pro",
+        ["pro"],
+        {"tiers": "pro"},
+        {"tiers": [1]},
+        {"tenants": None},
+        {},
+        {"tiers": [], "tenants": []},
+        {"tiers": ["has space"]},
+        {"tiers": ["pro"], "tier": ["free"]},
+    ],
+)
+def test_an_export_with_a_malformed_segment_is_refused_naming_it(segment: Any) -> None:
+    with pytest.raises(ImageError) as refused:
+        RegistryImage.from_json(_image_with_segment(segment))
+    assert refused.value.param == "rollouts[0].segment"
+
+
+@pytest.mark.parametrize(
+    ("segment", "expected"),
+    [
+        (_ABSENT, None),  # an export from before segments
+        (None, None),
+        ({"tenants": ["globex", "acme", "acme"]}, RolloutSegment(tenants=("acme", "globex"))),
+        ({"tiers": ["pro"], "tenants": []}, RolloutSegment(tiers=("pro",))),
+    ],
+    ids=["absent", "null", "tenants", "tiers"],
+)
+def test_an_export_reads_a_segment_as_the_api_would_take_it(
+    segment: Any, expected: RolloutSegment | None
+) -> None:
+    image = RegistryImage.from_json(_image_with_segment(segment))
+    assert image.rollouts[GREET].segment == expected
 
 
 async def test_an_export_older_than_the_served_registry_is_not_imported(

@@ -24,6 +24,7 @@ from proxy.registry.models import (
     AuditEntry,
     Rollout,
     RolloutMode,
+    RolloutSegment,
     Status,
     StickyKey,
     VariableSpec,
@@ -149,6 +150,10 @@ CASES: list[tuple[type[BaseModel], dict[str, Any]]] = [
     (api.RestoreResult, RestoreResult("file", "g1", 42, 3, 9, unchanged=True).to_dict()),
     (api.RolloutAt, RolloutAt("ab12", 3, "canary", 25.5, "user", 1.5, 2.5).to_dict()),
     (api.RolloutAt, RolloutAt(None, 3, None, None, None, 1.5, 2.5).to_dict()),
+    (
+        api.RolloutAt,
+        RolloutAt("ab12", 3, "canary", 5.0, "tenant", 1.5, 2.5, RolloutSegment(("pro",))).to_dict(),
+    ),
     (api.ShadowPair, PAIR.to_dict()),
     (api.ShadowPair, {"pair_id": "old", "ts": 1.5, "shadow": {"text": "a pair of long ago"}}),
     (api.Verdict, VERDICT),
