@@ -29,9 +29,11 @@ from loadtest.loadgen import LoadGenerator, chat_request
 from loadtest.procs import Fleet, StartError
 from loadtest.scenarios import BY_NAME
 from loadtest.targets import (
+    BENCH_TENANT_HEADERS,
     MINIMAL,
     PROMPTPROXY,
     PROMPTPROXY_SWAP,
+    PROMPTPROXY_TENANTS,
     Running,
     start_minimal,
     start_promptproxy,
@@ -66,6 +68,7 @@ def _start(fleet: Fleet, target: str, upstream: str, wrapper: list[str]) -> Runn
         f"counted-{target}",
         wrapper,
         swap=target == PROMPTPROXY_SWAP,
+        tenants=target == PROMPTPROXY_TENANTS,
         ready_timeout=START_TIMEOUT_S,
     )
 
@@ -83,7 +86,10 @@ async def count(args: argparse.Namespace, fleet: Fleet) -> float:
     spec = chat_request(
         target.base_url + "/chat/completions",
         stream=scenario.stream,
-        extra_headers=scenario.sim_headers,
+        extra_headers={
+            **scenario.sim_headers,
+            **(BENCH_TENANT_HEADERS if args.target == PROMPTPROXY_TENANTS else {}),
+        },
     )
     async with LoadGenerator(spec, clients=args.clients) as gen:
         warm = await gen.run(args.warmup, max_seconds=args.max_seconds)
@@ -102,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--target", choices=(PROMPTPROXY, PROMPTPROXY_SWAP, MINIMAL), default=PROMPTPROXY
+        "--target",
+        choices=(PROMPTPROXY, PROMPTPROXY_SWAP, PROMPTPROXY_TENANTS, MINIMAL),
+        default=PROMPTPROXY,
     )
     parser.add_argument("--scenario", choices=list(BY_NAME), default="nonstream_0ms")
     parser.add_argument("--clients", type=int, default=16)

@@ -18,6 +18,12 @@ PROMPTPROXY = "promptproxy"
 #: promptproxy with prompt swap-in on every request (base URL /p/bench/v1): resolve the prompt
 #: from the snapshot, render its template, replace the system message, re-encode the body.
 PROMPTPROXY_SWAP = "promptproxy_swap"
+#: promptproxy_swap on a registry of 200 tenants x 15 slugs with tier and tenant overrides
+#: (``loadtest.fleet_image``), each request a tenant's: the prompt is composed with its
+#: tier's and its own override. The difference from promptproxy_swap is what composing costs.
+PROMPTPROXY_TENANTS = "promptproxy_tenants"
+#: The tenant the load generator calls as (header ``x-tenant-id``).
+BENCH_TENANT_HEADERS = {"x-tenant-id": "t007"}
 #: promptproxy_swap with a 10 % canary rollout (sticky per request): a tenth of the requests
 #: render the candidate version instead.
 PROMPTPROXY_CANARY = "promptproxy_canary"
@@ -116,6 +122,7 @@ def start_promptproxy(
     source: Path | None = None,
     name: str | None = None,
     ready_timeout: float = READY_TIMEOUT_S,
+    tenants: bool = False,
 ) -> Running:
     """``source``: a checkout to run instead of this tree (``name`` then names the target)."""
     port, admin = free_ports(2)
@@ -127,8 +134,12 @@ def start_promptproxy(
     # Left alone, the embedded prompt registry would be created inside the repository and
     # shared by every proxy of the run; each one gets its own in the scratch directory.
     store = f"embedded:{fleet.log_dir / label}-registry.db"
-    swap = swap or rollout is not None
-    if swap:
+    swap = swap or rollout is not None or tenants
+    if tenants:
+        config = fleet.log_dir / f"{label}.yaml"
+        config.write_text(f"shadow:\n  sink:\n    dir: {fleet.log_dir / label}-pairs\n")
+        command += ["--config", str(config)]
+    elif swap:
         prompts = fleet.log_dir / f"{label}-prompts"
         prompts.mkdir(exist_ok=True)
         (prompts / "bench.md").write_text(_BENCH_PROMPT)
@@ -145,6 +156,9 @@ def start_promptproxy(
     if name is not None:
         path = "/p/bench/v1" if swap else "/v1"
         return Running(name, f"http://127.0.0.1:{port}{path}", proc)
+    if tenants:
+        _import_fleet(admin)
+        return Running(PROMPTPROXY_TENANTS, f"http://127.0.0.1:{port}/p/bench/v1", proc)
     if rollout is not None:
         _start_rollout(admin, *rollout, model=candidate_model)
         name = next((t for t, r in ROLLOUTS.items() if r == rollout), label)
@@ -162,6 +176,21 @@ def _admin(admin_port: int, method: str, path: str, body: dict[str, object]) -> 
         headers={"Authorization": f"Bearer {_ADMIN_TOKEN}", "Content-Type": "application/json"},
     )
     with urllib.request.urlopen(request, timeout=10) as resp:
+        resp.read()
+
+
+def _import_fleet(admin_port: int) -> None:
+    """Load the 200 x 15 registry in one import (3,060 versions: pushing them one by one
+    would measure the admin path, not serving)."""
+    from loadtest.fleet_image import fleet_image
+
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{admin_port}/admin/v1/registry/import?overwrite=true",
+        data=fleet_image().to_json(),
+        method="POST",
+        headers={"Authorization": f"Bearer {_ADMIN_TOKEN}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as resp:
         resp.read()
 
 

@@ -49,6 +49,7 @@ def _describe(r: api.RolloutView) -> str:
         f"{r.slug}: {r.mode} rollout of v{r.candidate} at {r.percent:g}% "
         f"(stable: {'v' + str(prod) if prod else 'none'})",
         f"  sticky on   {r.sticky}",
+        f"  reaches     {_segment_text(r.segment)}",
         f"  rollout id  {r.id}",
         f"  started     {when(r.started_at)} by {r.actor}",
         f"  updated     {when(r.updated_at)}",
@@ -250,6 +251,10 @@ def status(ctx: Context, key: PromptKey | None) -> None:
     "--failure-limit", type=int, help="Analysis: failed verdicts tolerated before the abort."
 )
 @click.option("--steps", help="Analysis: percents to ramp through, e.g. 1,5,25,50 ('' for none).")
+@click.option(
+    "--tiers", help="Reach only the tenants of these tiers (comma-separated), with --tenants."
+)
+@click.option("--tenants", help="Reach only these tenants (comma-separated), with --tiers.")
 @click.option("--reason", default="", help="Why (kept in the audit log).")
 @click.option(
     "--force",
@@ -271,6 +276,8 @@ def set_(
     min_samples: int | None,
     failure_limit: int | None,
     steps: str | None,
+    tiers: str | None,
+    tenants: str | None,
     reason: str,
     force: bool,
     wait: bool,
@@ -298,6 +305,10 @@ def set_(
         raise click.UsageError("--force needs --reason: it is kept in the audit log")
     if sticky is not None:
         fields["sticky"] = sticky
+    if tiers is not None or tenants is not None:
+        fields["segment"] = api.Segment.model_construct(
+            tiers=_names(tiers), tenants=_names(tenants)
+        )
     flags = {"interval": interval, "min_samples": min_samples, "failure_limit": failure_limit}
     overrides: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
     if steps is not None:
@@ -397,3 +408,15 @@ def abort(ctx: Context, key: PromptKey, reason: str, wait: bool, timeout: float)
         report_served(ctx.output, f"abort of the v{answer.version} rollout", answer.served)
 
     run(action)
+
+
+def _names(text: str | None) -> list[str]:
+    return [] if text is None else [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _segment_text(segment: api.Segment | None) -> str:
+    if segment is None:
+        return "every caller"
+    parts = [f"tiers {', '.join(segment.tiers)}"] if segment.tiers else []
+    parts += [f"tenants {', '.join(segment.tenants)}"] if segment.tenants else []
+    return " and ".join(parts)

@@ -47,6 +47,9 @@ def decide(
     rollout = snapshot.rollouts.get(ref.key)
     if rollout is None:
         return Decision(Arm.STABLE, stable)
+    if rollout.segment is not None and not rollout.segment.includes(tenant):
+        # Outside the segment: not in the experiment at all, so not in its analysis either.
+        return Decision(Arm.STABLE, stable)
     sticky = sticky_value(
         rollout.sticky,
         headers,

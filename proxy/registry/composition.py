@@ -162,6 +162,33 @@ def composition(
     return found
 
 
+def carry_over(old: RegistrySnapshot, new: RegistrySnapshot) -> int:
+    """Keep ``old``'s compositions that ``new`` still serves: versions never change, so a
+    composition of the same base and override versions is the same, and an admin write
+    (one new snapshot) does not make every tenant's first request compose again (half a
+    millisecond each, a template parse per fill). Returns how many were kept."""
+    kept = 0
+    for memo, composed in old.compositions.items():
+        base_key, base_number, tier_key, tier_number, tenant_key, tenant_number = memo
+        if not _serves(new, base_key, base_number):
+            continue
+        if tier_key is not None and new.prod.get(tier_key) != tier_number:
+            continue
+        if tenant_key is not None and new.prod.get(tenant_key) != tenant_number:
+            continue
+        new.compositions.setdefault(memo, composed)
+        kept += 1
+    return kept
+
+
+def _serves(snapshot: RegistrySnapshot, key: Any, number: int) -> bool:
+    """``number`` is the prod version of ``key`` or its rollout's candidate."""
+    if snapshot.prod.get(key) == number:
+        return True
+    rollout = snapshot.rollouts.get(key)
+    return rollout is not None and rollout.candidate == number
+
+
 def _fill_misfit(name: str, text: str, limits: dict[str, int], names: frozenset[str]) -> str | None:
     """Why a fill does not fit the base (``{}`` stands for the base's label), or None."""
     if name not in limits:

@@ -32,6 +32,7 @@ from proxy.registry.models import (
     PromptVersion,
     Rollout,
     RolloutMode,
+    RolloutSegment,
     Status,
     StickyKey,
     Tenant,
@@ -490,6 +491,7 @@ class RegistryService:
         analysis: AnalysisPolicy | None = None,
         *,
         force: bool = False,
+        segment: RolloutSegment | None = None,
     ) -> RolloutChange:
         """Start a rollout, or change the percentage of the running one when ``candidate``
         and ``mode`` are the same (its id, and so its cohorts, are kept).
@@ -515,6 +517,15 @@ class RegistryService:
             )
         points = basis_points(percent)
         sticky_key = parse_sticky(sticky) if sticky is not None else None
+        if segment is not None:
+            unknown = [tier for tier in segment.tiers if tier not in self._tiers]
+            if unknown:
+                raise InvalidRequest(
+                    f"Unknown tier {unknown[0]!r} in the segment: the configured tiers are "
+                    f"{', '.join(self._tiers)} (tenants.tiers).",
+                    param="segment.tiers",
+                    code="unknown_tier",
+                )
         with store_errors(key):
             running = await self._store.get_rollout(key)
             if running is None:
@@ -541,6 +552,7 @@ class RegistryService:
                     reason,
                     self._clock(),
                     analysis,
+                    segment=segment,
                 )
                 await self._serve_here()
                 return RolloutChange(rollout, entry, started=True)
@@ -557,6 +569,13 @@ class RegistryService:
                     f"The running rollout is sticky on '{running.sticky}'; changing the key "
                     "would reshuffle every cohort. Abort it and start a new one instead.",
                     param="sticky",
+                    code="rollout_running",
+                )
+            if segment is not None and segment != running.segment:
+                raise Conflict(
+                    "A rollout's segment is fixed for its life (its verdicts are about those "
+                    "callers). Abort it and start a new one for another segment.",
+                    param="segment",
                     code="rollout_running",
                 )
             if analysis is not None and analysis != running.analysis:

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 
 from proxy.log import APP_LOGGER
+from proxy.registry.composition import carry_over
 from proxy.registry.models import RegistrySnapshot
 from proxy.registry.store import PromptStore, StoreReplaced, StoreUnavailable
 
@@ -63,6 +64,7 @@ class SnapshotHolder:
                 self.current.revision,
             )
             return False
+        carry_over(self.current, snapshot)
         self.current = snapshot
         self.loaded = True
         self.confirm()

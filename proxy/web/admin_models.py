@@ -196,8 +196,17 @@ class VersionIn(Body):
     )
 
 
+#: ``force`` needs a reason: said in the schema, so a client generated from it knows.
+FORCE_NEEDS_REASON: dict[str, Any] = {
+    "if": {"properties": {"force": {"const": True}}, "required": ["force"]},
+    "then": {"properties": {"reason": {"pattern": "\\S"}}, "required": ["reason"]},
+}
+
+
 class PromoteIn(Body):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"version": 2, "reason": "CR-12"}]})
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"version": 2, "reason": "CR-12"}], **FORCE_NEEDS_REASON}
+    )
 
     version: Count
     reason: str = ""
@@ -531,6 +540,7 @@ class AnalysisPolicy(Body):
 class RolloutIn(Body):
     model_config = ConfigDict(
         json_schema_extra={
+            **FORCE_NEEDS_REASON,
             "examples": [
                 {
                     "candidate": 2,
@@ -540,7 +550,7 @@ class RolloutIn(Body):
                     "analysis": {"interval": 60, "steps": [10, 25, 50]},
                     "reason": "try v2",
                 }
-            ]
+            ],
         }
     )
 
@@ -565,6 +575,11 @@ class RolloutIn(Body):
         "to change it). An invalid policy is a 400 whose param names the field, e.g. "
         "analysis.steps[2]",
     )
+    segment: Segment | None = Field(
+        None,
+        description="A base rollout scoped to tiers and/or tenants: callers outside it stay "
+        "on stable and are not analysed. Fixed for the rollout's life",
+    )
     reason: str = ""
     force: bool = Field(
         False,
@@ -572,6 +587,15 @@ class RolloutIn(Body):
         "overrides_break without it); needs a reason, kept in the audit log with the layers "
         "it broke",
     )
+
+
+class Segment(Body):
+    """Who a base rollout reaches: tenants of these tiers, and these tenants."""
+
+    tiers: list[Annotated[str, Field(pattern=SLUG_REGEX)]] = Field(
+        [], description="Tier names (of tenants.tiers)"
+    )
+    tenants: list[Annotated[str, Field(pattern=SLUG_REGEX)]] = Field([], description="Tenant ids")
 
 
 class Rollout(Wire):
@@ -587,6 +611,9 @@ class Rollout(Wire):
     actor: str
     restore_status: Status
     analysis: AnalysisPolicy | None
+    segment: Segment | None = Field(
+        None, description="The tiers and tenants it reaches; null: every caller"
+    )
 
 
 class RolloutList(Wire):

@@ -16,7 +16,7 @@ from typing import Any
 from proxy.errors import InvalidRequest, NotFound
 from proxy.prompt_key import PromptKey
 from proxy.registry.analysis_policy import AnalysisPolicy, PolicyError
-from proxy.registry.models import Rollout, RolloutMode
+from proxy.registry.models import Rollout, RolloutMode, RolloutSegment
 from proxy.services import Services
 from proxy.web import admin_models as api
 from proxy.web import admin_wait
@@ -44,6 +44,17 @@ def _policy(raw: dict[str, Any] | None) -> AnalysisPolicy | None:
     except PolicyError as exc:
         raise InvalidRequest(
             f"Invalid analysis policy: {exc}.", param=exc.param, code="invalid_analysis"
+        ) from None
+
+
+def _segment(body: api.Segment | None) -> RolloutSegment | None:
+    if body is None:
+        return None
+    try:
+        return RolloutSegment(tuple(body.tiers), tuple(body.tenants))
+    except ValueError as exc:
+        raise InvalidRequest(
+            f"Invalid segment: {exc}.", param="segment", code="invalid_segment"
         ) from None
 
 
@@ -83,6 +94,7 @@ async def put_rollout(call: Call[SlugPath, WaitQuery, api.RolloutIn]) -> Reply[a
         body.reason,
         analysis=policy,
         force=body.force,
+        segment=_segment(body.segment),
     )
     answer = api.RolloutChanged.model_validate(
         {

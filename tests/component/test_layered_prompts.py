@@ -386,3 +386,42 @@ async def test_a_base_that_fits_every_override_goes_ahead_and_overrides_are_not_
         admin, "POST", "/prompts/support/versions", {"fills": {"tone": "Warm."}}, tier="pro"
     )
     assert (status, pushed["overrides"]) == (201, None)
+
+
+async def test_a_tier_scoped_canary_reaches_only_that_tier(clients: Clients, upstream: Any) -> None:
+    data, admin, services = clients
+    await _fleet(clients)
+    wider = {**BASE, "template": BASE["template"] + "\nThanks."}  # type: ignore[operator]
+    status, pushed = await _admin(admin, "POST", "/prompts/support/versions", wider)
+    assert status == 201, pushed
+    upstream.post(CHAT_URL, payload=ANSWER, repeat=True)
+
+    for segment, reached in (({"tiers": ["enterprise"]}, "acme"), ({"tenants": ["bolt"]}, "bolt")):
+        rollout = {
+            "candidate": 2,
+            "mode": "canary",
+            "percent": 100,
+            "sticky": "none",
+            "segment": segment,
+        }
+        status, answer = await _admin(admin, "PUT", "/prompts/support/rollout", rollout)
+        assert (status, answer["segment"]) == (201, {"tiers": [], "tenants": [], **segment})
+        await ready_for(services)
+        for tenant in ("acme", "bolt", None):
+            resp = await _ask(data, tenant)
+            inside = tenant == reached
+            assert (resp.headers["x-prompt-version"], resp.headers["x-prompt-arm"]) == (
+                ("2", "canary") if inside else ("1", "stable")
+            ), (segment, tenant)
+        status, answer = await _admin(
+            admin, "DELETE", "/prompts/support/rollout", {"reason": "next"}
+        )
+        assert status == 200, answer
+
+    rollout = {"candidate": 2, "mode": "canary", "percent": 5, "segment": {"tiers": ["gold"]}}
+    status, answer = await _admin(admin, "PUT", "/prompts/support/rollout", rollout)
+    assert (status, answer["error"]["code"], answer["error"]["param"]) == (
+        400,
+        "unknown_tier",
+        "segment.tiers",
+    )

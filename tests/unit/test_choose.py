@@ -6,11 +6,14 @@ import hashlib
 import itertools
 import subprocess
 import sys
+from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 
 from proxy.exchange.outcome import Arm
-from proxy.models import Route
+from proxy.models import ParsedRequest, Route
+from proxy.pipeline.arms import decide
 from proxy.pipeline.choose import (
     ShadowSkip,
     bucket,
@@ -19,14 +22,18 @@ from proxy.pipeline.choose import (
     sticky_value,
     takes_candidate,
 )
+from proxy.pipeline.resolve import PromptRef
 from proxy.prompt_key import PromptKey
 from proxy.registry.models import (
+    BASIS_POINTS,
     PromptVersion,
     RegistrySnapshot,
     Rollout,
     RolloutMode,
+    RolloutSegment,
     Status,
     StickyKey,
+    Tenant,
 )
 
 SUPPORT = PromptKey("support")
@@ -194,3 +201,26 @@ def test_only_side_effect_free_completions_are_shadowed(
     route: Route, method: str, payload: dict[str, object], size: int, expected: ShadowSkip | None
 ) -> None:
     assert shadow_skip(route, method, payload, size, 1_000_000) is expected
+
+
+def test_a_segmented_rollout_leaves_callers_outside_it_out_of_the_rollout() -> None:
+    """Outside the segment a caller is not on stable *of the rollout* (which its analysis
+    would count) but outside it altogether: the decision carries no rollout."""
+    segmented = replace(
+        rollout(BASIS_POINTS), sticky=StickyKey.parse("none"), segment=RolloutSegment(("pro",))
+    )
+    snap = snapshot(segmented)
+    resources = SimpleNamespace(config=SimpleNamespace(rollouts=SimpleNamespace(tenant_header="x")))
+    parsed = ParsedRequest(route=Route.CHAT, body=b"{}", payload={}, stream=False)
+    stable = version(1, Status.PROD)
+    ref = PromptRef(SUPPORT)
+    inside, outside = Tenant("acme", "pro"), Tenant("bolt", "free")
+    decisions = [
+        decide(resources, snap, ref, stable, {}, parsed, "req", tenant)  # type: ignore[arg-type]
+        for tenant in (inside, outside, None)
+    ]
+    assert [(d.arm, d.rollout) for d in decisions] == [
+        (Arm.CANARY, segmented),
+        (Arm.STABLE, None),
+        (Arm.STABLE, None),
+    ]

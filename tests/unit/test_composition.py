@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from proxy.prompt_key import Layer, PromptKey
-from proxy.registry.composition import compose, composition
+from proxy.registry.composition import carry_over, compose, composition
 from proxy.registry.models import (
     BlockSpec,
     PromptVersion,
@@ -105,3 +105,28 @@ def test_a_snapshot_composes_once_per_tenant_layer_and_only_where_there_is_somet
     assert unknown is not None
     assert unknown.layers == "base@1"
     assert len(snapshot.compositions) == 3
+
+
+def test_a_new_snapshot_keeps_the_compositions_it_still_serves() -> None:
+    acme = Tenant("acme", "pro")
+    acme_v4 = version(ACME.key, 4, fills={"tone": "Sing."})
+
+    def snapshot(tenant_version: PromptVersion) -> RegistrySnapshot:
+        number = tenant_version.version
+        return RegistrySnapshot(
+            revision=number,
+            versions={SLUG: {1: BASE}, PRO.key: {1: PRO}, ACME.key: {number: tenant_version}},
+            prod={SLUG: 1, PRO.key: 1, ACME.key: number},
+            tenants={"acme": acme, "bolt": Tenant("bolt", "pro")},
+        )
+
+    old = snapshot(ACME)
+    for_acme = composition(old, BASE, acme)
+    for_bolt = composition(old, BASE, old.tenants["bolt"])
+    new = snapshot(acme_v4)
+    assert carry_over(old, new) == 1  # bolt's (tier only); acme's override changed
+    assert composition(new, BASE, new.tenants["bolt"]) is for_bolt
+    changed = composition(new, BASE, acme)
+    assert changed is not for_acme
+    assert changed is not None
+    assert changed.layers == "base@1,tier:pro@1,tenant:acme@4"
