@@ -407,6 +407,8 @@ async def test_a_tier_scoped_canary_reaches_only_that_tier(clients: Clients, ups
         status, answer = await _admin(admin, "PUT", "/prompts/support/rollout", rollout)
         assert (status, answer["segment"]) == (201, {"tiers": [], "tenants": [], **segment})
         await ready_for(services)
+        status, export = await _admin(admin, "GET", "/registry/export")
+        assert [r["segment"] for r in export["rollouts"]] == [answer["segment"]]
         for tenant in ("acme", "bolt", None):
             resp = await _ask(data, tenant)
             inside = tenant == reached
