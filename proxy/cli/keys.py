@@ -22,11 +22,20 @@ from proxy.prompt_key import Layer, PromptKey
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def prompt_argument(required: bool = True) -> Callable[[F], F]:
+def prompt_argument(required: bool = True, layers: bool = True) -> Callable[[F], F]:
     """SLUG, `--tenant ID` and `--tier NAME`, passed on as ``key: PromptKey`` (None when
-    SLUG is optional and not given)."""
+    SLUG is optional and not given). ``layers=False``: SLUG alone, for the commands of
+    routes that take no layer (shadow pairs are a base rollout's)."""
 
     def decorate(command: F) -> F:
+        if not layers:
+
+            @functools.wraps(command)
+            def plain(*args: Any, slug: str | None, **kwargs: Any) -> Any:
+                return command(*args, key=_key(slug, None, None), **kwargs)
+
+            return cast(F, click.argument("slug", required=required)(plain))
+
         @functools.wraps(command)
         def invoke(
             *args: Any, slug: str | None, tenant: str | None, tier: str | None, **kwargs: Any

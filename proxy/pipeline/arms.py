@@ -91,10 +91,14 @@ def shadow_copy(
     if skip is not None:
         return skip
     payload = orjson.loads(parsed.body)
-    composed = composition(snapshot, candidate, tenant)
     try:
-        render_into(
-            parsed.route, payload, candidate, resources.renderer, snapshot.guardrails, composed
+        composed = render_into(
+            parsed.route,
+            payload,
+            candidate,
+            resources.renderer,
+            snapshot.guardrails,
+            composition(snapshot, candidate, tenant),
         )
     except InvalidRequest:
         return RENDER_FAILED

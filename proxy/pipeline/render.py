@@ -12,14 +12,18 @@ are data: they are passed to the sandboxed renderer as variables, never as templ
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from proxy.errors import InvalidRequest, ServiceUnavailable
+from proxy.log import APP_LOGGER
 from proxy.models import Route
 from proxy.prompt_key import GUARDRAILS_SLUG
-from proxy.registry.composition import Composition
+from proxy.registry.composition import Composition, compose
 from proxy.registry.models import CALLER_SYSTEM_AFTER, PromptVersion
 from proxy.registry.templates import PromptRenderer, RenderError, TemplateProblem
+
+_log = logging.getLogger(APP_LOGGER)
 
 VARIABLES_FIELD = "prompt_variables"
 _SYSTEM_ROLES = ("system", "developer")
@@ -44,25 +48,31 @@ def render_into(
     renderer: PromptRenderer,
     guardrails: PromptVersion | None = None,
     composed: Composition | None = None,
-) -> None:
+) -> Composition | None:
     """Rewrite ``payload`` in place for ``version``, under ``guardrails`` if there are any,
-    as ``composed`` with the caller's tier's and tenant's overrides when there are any."""
+    as ``composed`` with the caller's tier's and tenant's overrides when there are any.
+    Returns the composition sent: the base's own, when the overrides' would not render."""
     values = _variables(payload)
     try:
-        if composed is None:
-            text = renderer.render(version.sha256, version.template, version.variables, values)
-        else:
-            text = renderer.render(
-                composed.render_key,
-                version.template,
-                composed.variables,
-                values,
-                composed.blocks,
-                template_key=version.sha256,
-            )
+        text = _text(renderer, version, composed, values)
     except RenderError as exc:
-        param = f"{VARIABLES_FIELD}.{exc.variable}" if exc.variable else VARIABLES_FIELD
-        raise InvalidRequest(str(exc), param=param, code="invalid_prompt_variables") from None
+        if composed is None or not composed.overrides:
+            raise _caller_error(exc) from None
+        # The overrides passed their checks, yet with these values they fail (a default
+        # the template indexes, a forced base): the tenant gets the base's own text rather
+        # than an error blamed on the caller, if that renders.
+        composed = compose(version) if version.blocks else None
+        try:
+            text = _text(renderer, version, composed, values)
+        except RenderError:
+            raise _caller_error(exc) from None
+        if renderer.first_failure(composed.render_key if composed else version.sha256):
+            _log.warning(
+                "the overrides of %s v%d do not render (%s); serving the base's own text",
+                version.key,
+                version.version,
+                exc,
+            )
     # The platform's text: never the caller's values (a push gives every variable a default).
     rules = None if guardrails is None else _render_guardrails(guardrails, renderer)
     keep_caller_system = version.caller_system == CALLER_SYSTEM_AFTER
@@ -94,6 +104,30 @@ def render_into(
         payload["model"] = version.model
     for name, value in (version.params if composed is None else composed.params).items():
         payload.setdefault(name, value)
+    return composed
+
+
+def _text(
+    renderer: PromptRenderer,
+    version: PromptVersion,
+    composed: Composition | None,
+    values: dict[str, Any],
+) -> str:
+    if composed is None:
+        return renderer.render(version.sha256, version.template, version.variables, values)
+    return renderer.render(
+        composed.render_key,
+        version.template,
+        composed.variables,
+        values,
+        composed.blocks,
+        template_key=version.sha256,
+    )
+
+
+def _caller_error(exc: RenderError) -> InvalidRequest:
+    param = f"{VARIABLES_FIELD}.{exc.variable}" if exc.variable else VARIABLES_FIELD
+    return InvalidRequest(str(exc), param=param, code="invalid_prompt_variables")
 
 
 def _render_guardrails(guardrails: PromptVersion, renderer: PromptRenderer) -> str:

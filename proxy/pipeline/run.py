@@ -109,14 +109,13 @@ async def handle(
             if decision.rollout is not None:
                 exchange.rollout_id = decision.rollout.id
             guardrails = snapshot.guardrails
-            composed = composition(snapshot, decision.version, tenant)
-            render_into(  # 4
+            composed = render_into(  # 4
                 exchange.route,
                 parsed.payload,
                 decision.version,
                 resources.renderer,
                 guardrails,
-                composed,
+                composition(snapshot, decision.version, tenant),
             )
             exchange.layers = layers(decision.version, guardrails, composed)
             exchange.model_sent = decision.version.model

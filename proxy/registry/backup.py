@@ -40,7 +40,7 @@ from proxy.registry.models import (
 )
 from proxy.registry.reserved import reserved_problem
 from proxy.registry.store import InvalidTransition
-from proxy.registry.templates import template_problems
+from proxy.registry.templates import BLOCK_NAME, names_read, template_problems
 
 FORMAT = "promptproxy-registry/1"
 RESTORE_ACTION = "restore"
@@ -361,6 +361,8 @@ def _version(item: dict[str, Any], where: str, checked: dict[bytes, str | None])
         raise ImageError(reserved.message, f"{where}.{reserved.field}")
     if key.layer is None and (layered := base_problems(draft)):
         raise ImageError(layered[0].message, f"{where}.{layered[0].field}")
+    if key.layer is not None:
+        _check_override(draft, where, checked)
     content = orjson.dumps([template, [v.to_dict() for v in variables], item.get("blocks")])
     if content not in checked:
         problems = template_problems(template, variables, draft.blocks)
@@ -403,6 +405,35 @@ def _layer_fields(item: dict[str, Any], where: str) -> dict[str, Any]:
     defaults = _object(item.get("defaults") or {}, f"{where}.defaults")
     _storable(defaults, f"{where}.defaults")
     return {"blocks": tuple(blocks), "param_bounds": bounds, "fills": fills, "defaults": defaults}
+
+
+def _check_override(draft: VersionDraft, where: str, checked: dict[bytes, str | None]) -> None:
+    """What an override may hold, as a push would check it, but not whether it fits a base:
+    an export holds old overrides made for older bases, which may no longer fit the one
+    serving (the composition leaves those parts out). Each fill must be a template the
+    sandbox accepts, reading only variables, never blocks."""
+    base_only = {
+        "template": draft.template != "",
+        "variables": bool(draft.variables),
+        "model": draft.model is not None,
+        "caller_system": draft.caller_system != CALLER_SYSTEM_DROP,
+        "blocks": bool(draft.blocks),
+        "param_bounds": bool(draft.param_bounds),
+    }
+    for name, present in base_only.items():
+        if present:
+            raise ImageError(f"an override holds no {name}", f"{where}.{name}")
+    for name, text in draft.fills.items():
+        content = orjson.dumps(["fill", text])
+        if content not in checked:
+            read = names_read(text)
+            if read is None or BLOCK_NAME in read:
+                checked[content] = "it does not parse, or reads a block"
+            else:
+                found = template_problems(text, [VariableSpec(n) for n in sorted(read)])
+                checked[content] = str(found[0]) if found else None
+        if (problem := checked[content]) is not None:
+            raise ImageError(f"the fill is refused: {problem}", f"{where}.fills.{name}")
 
 
 def _is_number(value: Any) -> bool:

@@ -18,16 +18,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.prompt_key import GUARDRAILS_SLUG
-from proxy.registry.composition import layer_label
+from proxy.registry.composition import compose, layer_label
 from proxy.registry.models import (
     CALLER_SYSTEM_DROP,
     MAX_BLOCK_CHARS,
     PromptVersion,
     VersionDraft,
 )
+from proxy.registry.override_fit import render_problem
 from proxy.registry.templates import BLOCK_NAME, VARIABLE_TYPES, names_read, template_problems
 
-_BLOCK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+_BLOCK_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 #: Parameters a layer never sets: they come from the pin, the request or the variables.
 _UNBOUNDED = frozenset({"model", "messages", "input", "instructions", "prompt_variables"})
 
@@ -64,7 +65,7 @@ def base_problems(draft: VersionDraft) -> list[LayerProblem]:
             problems.append(
                 LayerProblem(
                     where,
-                    f"block name {block.name!r} must be a letter or '_', then "
+                    f"block name {block.name!r} must be a letter, then "
                     "letters, digits or '_' (at most 64)",
                 )
             )
@@ -108,8 +109,30 @@ def base_problems(draft: VersionDraft) -> list[LayerProblem]:
     return problems
 
 
-def override_problems(draft: VersionDraft, base: PromptVersion) -> list[LayerProblem]:
-    """What an override gets wrong against ``base``, the base version it is pushed over."""
+def override_problems(
+    draft: VersionDraft | PromptVersion, base: PromptVersion
+) -> list[LayerProblem]:
+    """What an override gets wrong against ``base``, the base version it is pushed over:
+    each field on its own, then the composition rendered with the defaults (a default of
+    the right type can still fail the template, ``{{ products[0] }}`` with ``[]``)."""
+    problems = _field_problems(draft, base)
+    if problems or draft.key.layer is None:
+        return problems
+    override = draft if isinstance(draft, PromptVersion) else draft.to_version(1, 0.0)
+    tier = override if draft.key.layer.kind == "tier" else None
+    tenant = None if tier is not None else override
+    failure = render_problem(compose(base, tier, tenant))
+    if failure is not None and render_problem(compose(base)) is None:
+        problems.append(
+            LayerProblem(
+                "fills" if draft.fills else "defaults",
+                f"composed with {layer_label(base)} it does not render: {failure}",
+            )
+        )
+    return problems
+
+
+def _field_problems(draft: VersionDraft | PromptVersion, base: PromptVersion) -> list[LayerProblem]:
     problems: list[LayerProblem] = []
     label = layer_label(base)
     base_only = {

@@ -48,7 +48,7 @@ def fit_report(snapshot: RegistrySnapshot, base: PromptVersion) -> FitReport:
     if layered is None:
         return FitReport(label, 0)
     renderer = PromptRenderer()
-    renders_alone = _render_problem(renderer, compose(base)) is None
+    renders_alone = render_problem(compose(base), renderer) is None
     found: dict[str, list[str]] = {}
     compositions = [compose(base, v) for _, v in sorted(layered.tiers.items())]
     for tenant_id, override in sorted(layered.tenants.items()):
@@ -61,13 +61,16 @@ def fit_report(snapshot: RegistrySnapshot, base: PromptVersion) -> FitReport:
             # A tenant's composition also holds its tier's misfits, reported under the tier.
             if misfit.layer == own:
                 found.setdefault(own, []).append(misfit.problem)
-        if renders_alone and (problem := _render_problem(renderer, composed)) is not None:
+        if renders_alone and (problem := render_problem(composed, renderer)) is not None:
             found.setdefault(own, []).append(f"does not render with {label}: {problem}")
     broken = tuple(Breakage(layer, tuple(problems)) for layer, problems in found.items())
     return FitReport(label, len(compositions), broken)
 
 
-def _render_problem(renderer: PromptRenderer, composed: Composition) -> str | None:
+def render_problem(composed: Composition, renderer: PromptRenderer | None = None) -> str | None:
+    """Why ``composed`` does not render with its defaults and a placeholder for each
+    variable without one; None when it does."""
+    renderer = renderer or PromptRenderer(max_cached=8)
     base = composed.base
     variables, _ = with_placeholders(composed.variables)
     try:

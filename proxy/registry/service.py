@@ -292,8 +292,7 @@ class RegistryService:
                     param="tier",
                     code="unknown_tier",
                 )
-            base = await self._base_of(draft.key)
-            _refuse_layer_problems(override_problems(draft, base), "invalid_override")
+            _refuse_layer_problems(await self._override_problems(draft), "invalid_override")
         with store_errors(draft.key):
             result = await self._store.create_version(draft, actor, self._clock())
         await self._serve_here()
@@ -335,9 +334,20 @@ class RegistryService:
         except ExplainFailed as exc:
             raise Conflict(str(exc), param="version", code="explain_failed") from None
 
-    async def _base_of(self, key: PromptKey) -> PromptVersion:
-        """The base version an override of ``key`` is checked against: its prod version,
-        else its latest (a base being prepared with its overrides before it serves)."""
+    async def _override_problems(self, draft: VersionDraft) -> list[LayerProblem]:
+        """An override fits if it fits the base's latest version (pushed with it, as a
+        folder of prompt files does) or its prod one (what serves now); otherwise the
+        latest's problems. Where it does not fit the version serving, those parts are left
+        out until a version it fits serves (``explain`` and the fit report say so)."""
+        versions = await self._base_versions(draft.key)
+        latest = max(versions, key=lambda v: v.version)
+        problems = override_problems(draft, latest)
+        prod = next((v for v in versions if v.status is Status.PROD), None)
+        if problems and prod is not None and prod is not latest:
+            return problems if override_problems(draft, prod) else []
+        return problems
+
+    async def _base_versions(self, key: PromptKey) -> Sequence[PromptVersion]:
         base_key = PromptKey(key.slug, None, key.variant)
         with store_errors(base_key, reading=True):
             versions = await self._store.list_versions(base_key)
@@ -347,8 +357,7 @@ class RegistryService:
                 param="slug",
                 code="prompt_not_found",
             )
-        prod = [v for v in versions if v.status is Status.PROD]
-        return prod[0] if prod else max(versions, key=lambda v: v.version)
+        return versions
 
     async def list_prompts(self) -> list[PromptSummary]:
         with store_errors(reading=True):
@@ -674,6 +683,7 @@ class RegistryService:
             ("model", str(old.model), str(new.model)),
             ("variables", _vars(old), _vars(new)),
             ("params", str(old.params), str(new.params)),
+            ("blocks", _block_limits(old), _block_limits(new)),
             ("param_bounds", str(old.param_bounds), str(new.param_bounds)),
             ("defaults", str(old.defaults), str(new.defaults)),
         ):
@@ -733,6 +743,11 @@ def _summarize(key: PromptKey, versions: Sequence[PromptVersion]) -> PromptSumma
         versions=len(versions),
         updated_at=max(v.created_at for v in versions),
     )
+
+
+def _block_limits(version: PromptVersion) -> str:
+    """The blocks a base declares and how long a fill may be (their texts are diffed)."""
+    return ", ".join(f"{b.name} (max {b.max_chars})" for b in version.blocks)
 
 
 def _block_texts(version: PromptVersion) -> dict[str, str]:

@@ -178,7 +178,7 @@ def template_problems(
         v.name: v.default if v.has_default else _DUMMIES.get(v.type) for v in variables
     }
     if blocks:
-        trial[BLOCK_NAME] = {b.name: "x" for b in blocks}
+        trial[BLOCK_NAME] = Blocks({b.name: "x" for b in blocks})
     try:
         compiled.render(trial)
     except SecurityError as exc:
@@ -356,6 +356,27 @@ def _template_line(exc: BaseException) -> int | None:
 BlockFill = tuple[str, str, str]
 
 
+class Blocks:
+    """The rendered blocks as a template reads them, ``block.tone`` or ``block['tone']``.
+
+    Not a dict: Jinja looks an attribute up before an item, so a block named ``items`` or
+    ``keys`` would read the dict's method instead of its text."""
+
+    __slots__ = ("_texts",)
+
+    def __init__(self, texts: Mapping[str, str]) -> None:
+        self._texts = texts
+
+    def __getattr__(self, name: str) -> str:
+        try:
+            return self._texts[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __getitem__(self, name: str) -> str:
+        return self._texts[name]
+
+
 @dataclass(frozen=True, slots=True)
 class _Compiled:
     template_text: str
@@ -384,12 +405,13 @@ class PromptRenderer:
 
     One instance per event loop: the caches are not locked for use from several threads."""
 
-    def __init__(self, max_cached: int = 4096) -> None:
+    def __init__(self, max_cached: int = 16_384) -> None:
         self._env = make_environment()
         self._max_cached = max_cached
         self._cache: OrderedDict[str, _Compiled] = OrderedDict()
         #: key -> (text, compiled text): the text guards against a key reused for another
         self._templates: OrderedDict[str, tuple[str, Template]] = OrderedDict()
+        self._failures: OrderedDict[str, None] = OrderedDict()
 
     def render(
         self,
@@ -409,6 +431,16 @@ class PromptRenderer:
         if not values and compiled.defaults_text is not None:
             return compiled.defaults_text
         return _render(compiled, values)
+
+    def first_failure(self, key: str) -> bool:
+        """True the first time ``key`` is named (of the last 1,024): a failure logged once,
+        not once per request."""
+        if key in self._failures:
+            return False
+        self._failures[key] = None
+        while len(self._failures) > 1024:
+            self._failures.popitem(last=False)
+        return True
 
     def _compiled(
         self,
@@ -507,10 +539,16 @@ def _render(compiled: _Compiled, values: Mapping[str, Any]) -> str:
         if compiled.blocks:
             # Fills are rendered first, over the same variables, and reach the base as data:
             # a fill can never change the base's structure.
-            context[BLOCK_NAME] = {name: fill.render(context) for name, fill in compiled.blocks}
+            rendered = {name: fill.render(context) for name, fill in compiled.blocks}
+            context[BLOCK_NAME] = Blocks(rendered)
         return compiled.template.render(context)
     except (TemplateError, ArithmeticError, TypeError, ValueError) as exc:
         raise RenderFailed(f"the prompt could not be rendered: {exc}", None) from exc
+    except RecursionError:
+        # A macro calling itself as deep as a caller's value says: the caller's input, a
+        # 400, not a crash of the request.
+        message = "the prompt could not be rendered: it recurses too deeply"
+        raise RenderFailed(message, None) from None
 
 
 def _json_type(value: Any) -> str:

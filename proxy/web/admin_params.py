@@ -312,10 +312,16 @@ class VersionPath(Keyed):
     version: VersionNumber
 
 
-class ShadowPath(Keyed):
-    """The shadow endpoints check the slug before anything else, with their own words."""
+class ShadowPath(Params):
+    """The shadow endpoints check the slug before anything else, with their own words. They
+    take no layer: pairs are a base rollout's (a tenant's are among them, marked with it),
+    and rollouts of an override are not built."""
 
     slug: ShadowSlug
+
+    @property
+    def key(self) -> PromptKey:
+        return PromptKey(self.slug)
 
 
 class ExplainPath(Params):

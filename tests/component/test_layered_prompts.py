@@ -427,3 +427,128 @@ async def test_a_tier_scoped_canary_reaches_only_that_tier(clients: Clients, ups
         "unknown_tier",
         "segment.tiers",
     )
+
+
+async def test_a_block_may_be_named_like_a_dict_method(clients: Clients, upstream: Any) -> None:
+    data, admin, services = clients
+    await _push(
+        admin,
+        "support",
+        {
+            "template": "Rules. {{ block.items }} {{ block['keys'] }}",
+            "blocks": {"items": {"default": "I"}, "keys": {"default": "K"}},
+        },
+    )
+    await _push(admin, "support", {"fills": {"items": "Acme fill"}}, tenant="acme")
+    status, _ = await _admin(admin, "PUT", "/tenants/acme", {"tier": "pro"})
+    assert status == 200
+    await ready_for(services)
+    upstream.post(CHAT_URL, payload=ANSWER)
+    await _ask(data, "acme")
+    (sent,) = sent_bodies(upstream)
+    assert sent["messages"][0]["content"] == "Rules. Acme fill K"
+
+
+async def test_an_override_whose_defaults_break_the_template_is_refused_at_push(
+    clients: Clients,
+) -> None:
+    _, admin, _ = clients
+    base = {
+        "template": "First product: {{ products[0] }}. {{ block.tone }}",
+        "variables": [{"name": "products", "type": "list", "default": ["anvil"]}],
+        "blocks": {"tone": {"default": "Be brief."}},
+    }
+    await _push(admin, "support", base)
+    status, answer = await _admin(
+        admin, "POST", "/prompts/support/versions", {"defaults": {"products": []}}, tenant="acme"
+    )
+    assert (status, answer["error"]["param"], answer["error"]["code"]) == (
+        400,
+        "defaults",
+        "invalid_override",
+    )
+    assert "does not render" in answer["error"]["message"]
+
+
+async def test_an_override_failing_on_a_callers_values_serves_the_base_text(
+    clients: Clients, upstream: Any
+) -> None:
+    """A fill that renders with the defaults but not with what this caller sends: the
+    tenant gets the base's own text for the block, not a 400 blamed on its caller."""
+    data, admin, services = clients
+    base = {
+        "template": "Help with {{ items | length }} items. {{ block.tone }}",
+        "variables": [{"name": "items", "type": "list", "default": ["x"]}],
+        "blocks": {"tone": {"default": "Be brief."}},
+    }
+    await _push(admin, "support", base)
+    await _push(admin, "support", {"fills": {"tone": "Start with {{ items[0] }}."}}, tenant="acme")
+    await _admin(admin, "PUT", "/tenants/acme", {"tier": "pro"})
+    await ready_for(services)
+    upstream.post(CHAT_URL, payload=ANSWER, repeat=True)
+    served = await _ask(data, "acme", prompt_variables={"items": ["anvil"]})
+    fallen = await _ask(data, "acme", prompt_variables={"items": []})
+    assert served.headers["x-prompt-layers"] == "base@1,tenant:acme@1"
+    assert fallen.headers["x-prompt-layers"] == "base@1"
+    assert [b["messages"][0]["content"] for b in sent_bodies(upstream)] == [
+        "Help with 1 items. Start with anvil.",
+        "Help with 0 items. Be brief.",
+    ]
+
+
+async def test_a_recursive_fill_is_a_400_not_a_crash(clients: Clients, upstream: Any) -> None:
+    data, admin, services = clients
+    base = {
+        "template": "{{ block.tone }}",
+        "variables": [{"name": "depth", "type": "integer", "default": 1}],
+        "blocks": {"tone": {"default": "Be brief."}},
+    }
+    await _push(admin, "support", base)
+    deep = "{% macro f(n) %}{% if n > 0 %}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(depth) }}"
+    await _push(admin, "support", {**base, "template": deep + "{{ block.tone }}"})
+    await ready_for(services)
+    resp = await data.post(
+        "/p/support/v1/chat/completions",
+        json={"model": "m", "messages": [], "prompt_variables": {"depth": 100_000}},
+    )
+    assert resp.status == 400, await resp.text()
+    assert (await resp.json())["error"]["code"] == "invalid_prompt_variables"
+
+
+async def test_an_import_refuses_an_override_the_sandbox_would_refuse(clients: Clients) -> None:
+    _, admin, _ = clients
+    await _fleet(clients)
+    status, export = await _admin(admin, "GET", "/registry/export")
+    acme = next(v for v in export["versions"] if v["slug"] == "tenant=acme/support")
+    acme["fills"]["domain"] = "{{ company.__class__ }}"
+    # Recompute nothing: the content hash is checked after the fields, so the fill is named.
+    status, answer = await _admin(admin, "POST", "/registry/import?overwrite=true", export)
+    index = export["versions"].index(acme)
+    assert (status, answer["error"]["param"]) == (400, f"versions[{index}].fills.domain")
+
+
+async def test_a_base_and_its_overrides_pushed_together_are_accepted(clients: Clients) -> None:
+    """As a folder of prompt files pushes them: the new base version first (a draft), then
+    an override filling the block it adds."""
+    _, admin, _ = clients
+    await _fleet(clients)
+    grown = {
+        **BASE,
+        "template": BASE["template"] + "\n{{ block.closing }}",  # type: ignore[operator]
+        "blocks": {**BASE["blocks"], "closing": {"default": ""}},  # type: ignore[dict-item]
+    }
+    status, answer = await _admin(admin, "POST", "/prompts/support/versions", grown)
+    assert status == 201, answer
+    status, answer = await _admin(
+        admin,
+        "POST",
+        "/prompts/support/versions",
+        {**ACME, "fills": {**ACME["fills"], "closing": "Bye."}},
+        tenant="acme",
+    )
+    assert status == 201, answer
+    status, diff = await _admin(admin, "GET", "/prompts/support/diff", **{"from": "1", "to": "2"})
+    assert (
+        "blocks: tone (max 200), domain (max 2000) -> "
+        "tone (max 200), domain (max 2000), closing (max 2000)" in diff["diff"]
+    )

@@ -161,8 +161,8 @@ def test_a_composition_that_does_not_render_is_reported_on_the_override(tmp_path
     write(tmp_path, "tenants/acme/pages.yaml", "defaults:\n  per_page: 0\n")
     write(tmp_path, "tenants/beta/pages.yaml", "defaults:\n  per_page: 20\n")
     assert problems(tmp_path) == [
-        "tenants/acme/pages.yaml: composed with base pages.md: the prompt could not be "
-        "rendered: integer division or modulo by zero"
+        "tenants/acme/pages.yaml:1: composed with base pages.md it does not render: the "
+        "prompt could not be rendered: integer division or modulo by zero"
     ]
     # A base that fails alone fails every tenant the same way: not reported on each of them.
     write(tmp_path, "pages.md", base.replace("default: 10", "default: 0"))
