@@ -1,12 +1,13 @@
 """Automated canary analysis against the fake provider: does a bad candidate get aborted,
 how fast, and does a candidate that differs only by sampling noise stay untouched?
 
-Each run pushes a stable and a candidate version of a fresh slug, starts a 10 % canary
-with an analysis policy, and drives sticky traffic until the analyser aborts the rollout or
-the time runs out. The simulator degrades answers on purpose when the rendered system
-prompt carries a ``[[sim ...]]`` directive, so the *prompt version* is what makes the
-candidate worse, as in production. A scenario with tiers also gives the base versions
-blocks, pushes each tier's override, and sends its traffic as tenants of those tiers.
+Each run pushes a stable and a candidate version of a fresh slug, starts a canary (10 %
+unless the scenario says otherwise) with an analysis policy, and drives sticky traffic until
+the analyser aborts the rollout or the time runs out. The simulator degrades answers on
+purpose when the rendered system prompt carries a ``[[sim ...]]`` directive, so the *prompt
+version* is what makes the candidate worse, as in production. A scenario with tiers also
+gives the base versions blocks, pushes each tier's override, and sends its traffic as
+tenants of those tiers.
 
     python -m loadtest.analysis_scenarios --runs 10
 
