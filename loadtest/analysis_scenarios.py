@@ -1,11 +1,13 @@
 """Automated canary analysis against the fake provider: does a bad candidate get aborted,
 how fast, and does a candidate that differs only by sampling noise stay untouched?
 
-Each run pushes a stable and a candidate version of a fresh slug, starts a 10 % canary
-with an analysis policy, and drives sticky traffic until the analyser aborts the rollout or
-the time runs out. The simulator degrades answers on purpose when the rendered system
-prompt carries a ``[[sim ...]]`` directive, so the *prompt version* is what makes the
-candidate worse, as in production.
+Each run pushes a stable and a candidate version of a fresh slug, starts a canary (10 %
+unless the scenario says otherwise) with an analysis policy, and drives sticky traffic until
+the analyser aborts the rollout or the time runs out. The simulator degrades answers on
+purpose when the rendered system prompt carries a ``[[sim ...]]`` directive, so the *prompt
+version* is what makes the candidate worse, as in production. A scenario with tiers also
+gives the base versions blocks, pushes each tier's override, and sends its traffic as
+tenants of those tiers.
 
     python -m loadtest.analysis_scenarios --runs 10
 
@@ -23,6 +25,7 @@ import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +41,9 @@ _BASE = "You are the support assistant of Acme. Answer the customer's question k
 _NOISE = "noise=0.2"
 
 
+CANARY_PERCENT = 10
+
+
 @dataclass(frozen=True, slots=True)
 class Scenario:
     name: str
@@ -45,6 +51,13 @@ class Scenario:
     candidate: str
     expect_abort: bool
     mode: str = "canary"
+    percent: float = CANARY_PERCENT
+    #: Blocks both base versions declare, with their default text.
+    blocks: Mapping[str, str] = field(default_factory=dict)
+    #: Each tier's override: its fills, by tier.
+    fills: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    #: The share of the traffic each tier's tenants send; the rest names no tenant.
+    traffic: Mapping[str, float] = field(default_factory=dict)
 
 
 SCENARIOS = {
@@ -83,6 +96,24 @@ SCENARIOS = {
             False,
             mode="shadow",
         ),
+        # Better on the whole, worse for one tier. The enterprise override's fill carries a
+        # directive of its own; when several set a key the last wins. Stable puts the block
+        # before its own directive, which wins: everyone is cut 20 % of the time. The
+        # candidate drops the cut and moves the block after its directive: nobody is cut
+        # but enterprise, whose fill now wins, 60 % of the time. Enterprise sends 20 % of
+        # the requests, so the candidate cuts 12 % of all answers against stable's 20 %.
+        # At 50 % (not 10) so the enterprise tier gets as many candidate requests per
+        # window as the other scenarios' whole canary.
+        Scenario(
+            "one-tier-regresses",
+            f"{_BASE} {{{{ block.tone }}}} [[sim {_NOISE} truncate=0.2]]",
+            f"{_BASE} [[sim {_NOISE}]] {{{{ block.tone }}}}",
+            True,
+            percent=50,
+            blocks={"tone": "Be warm."},
+            fills={"enterprise": {"tone": "Be formal and precise. [[sim truncate=0.6]]"}},
+            traffic={"enterprise": 0.2, "pro": 0.4},
+        ),
     )
 }
 
@@ -90,12 +121,12 @@ SCENARIOS = {
 #: Here 3 s windows and 30 requests keep a run under ten seconds; the checks, limits and
 #: significance levels are the defaults.
 TEST_POLICY: dict[str, Any] = {"interval": 3, "min_samples": 30, "failure_limit": 0}
-CANARY_PERCENT = 10
 
 
 @dataclass(slots=True)
 class RunResult:
     scenario: str
+    slug: str
     aborted: bool
     #: Canary start to the abort's audit entry, seconds (None when not aborted).
     time_to_abort: float | None
@@ -118,30 +149,46 @@ class Client:
         ) as resp:
             return resp.status, await resp.json()
 
-    async def chat(self, slug: str, user: str) -> str | None:
+    async def chat(self, slug: str, user: str, tenant: str | None = None) -> str | None:
         """One sticky request; the arm that answered, or None on an error status."""
         body = {
             "model": "gpt-4o-mini",
             "messages": [{"role": "user", "content": "Where is my parcel? It is late."}],
             "user": user,
         }
+        headers = {} if tenant is None else {"x-tenant-id": tenant}
         async with self.session.post(
-            f"{self.data_url}/p/{slug}/v1/chat/completions", json=body
+            f"{self.data_url}/p/{slug}/v1/chat/completions", json=body, headers=headers
         ) as resp:
             await resp.read()
             return resp.headers.get("x-prompt-arm") if resp.status == 200 else None
 
 
 async def _seed(client: Client, slug: str, scenario: Scenario) -> None:
+    blocks = {name: {"default": text} for name, text in scenario.blocks.items()}
     for template in (scenario.stable, scenario.candidate):
-        status, body = await client.admin(
-            "POST", f"/prompts/{slug}/versions", {"template": template}
-        )
+        version: dict[str, Any] = {"template": template}
+        if blocks:
+            version["blocks"] = blocks
+        status, body = await client.admin("POST", f"/prompts/{slug}/versions", version)
         if status != 201:
             raise RuntimeError(f"push failed: {status} {body}")
     status, body = await client.admin("POST", f"/prompts/{slug}/promote", {"version": 1})
     if status != 200:
         raise RuntimeError(f"promote failed: {status} {body}")
+    for tier, fills in scenario.fills.items():
+        layer = f"/prompts/{slug}/versions?tier={tier}"
+        status, body = await client.admin("POST", layer, {"fills": dict(fills)})
+        if status != 201:
+            raise RuntimeError(f"override push failed: {status} {body}")
+        promote = f"/prompts/{slug}/promote?tier={tier}"
+        status, body = await client.admin("POST", promote, {"version": body["version"]["version"]})
+        if status != 200:
+            raise RuntimeError(f"override promote failed: {status} {body}")
+    for tier in scenario.traffic:
+        status, body = await client.admin("PUT", f"/tenants/{_tenant(tier)}", {"tier": tier})
+        if status not in (200, 201):
+            raise RuntimeError(f"tenant failed: {status} {body}")
     # The data plane serves the new slug once its snapshot refreshes; start the clock after.
     deadline = time.monotonic() + 10
     while await client.chat(slug, "warm-up") is None:
@@ -163,7 +210,7 @@ async def run_once(
     rollout = {
         "candidate": 2,
         "mode": scenario.mode,
-        "percent": CANARY_PERCENT,
+        "percent": scenario.percent,
         "sticky": "user",
         "analysis": policy or TEST_POLICY,
     }
@@ -175,9 +222,12 @@ async def run_once(
     users = itertools.count()
     done = asyncio.Event()
 
+    tenants = _tenants(scenario.traffic)
+
     async def drive() -> None:
         while not done.is_set():
-            arm = await client.chat(slug, f"customer-{next(users)}")
+            n = next(users)
+            arm = await client.chat(slug, f"customer-{n}", tenants[n % len(tenants)])
             key = arm or "error"
             arms[key] = arms.get(key, 0) + 1
 
@@ -211,6 +261,7 @@ async def run_once(
         await client.admin("DELETE", f"/prompts/{slug}/rollout")
     return RunResult(
         scenario=scenario.name,
+        slug=slug,
         aborted=abort is not None,
         time_to_abort=None if abort is None else round(abort["at"] - started["started_at"], 2),
         seconds=round(seconds, 2),
@@ -218,6 +269,19 @@ async def run_once(
         requests=arms,
         abort_reason=None if abort is None else abort.get("reason"),
     )
+
+
+def _tenant(tier: str) -> str:
+    return f"scenario-{tier}"
+
+
+def _tenants(traffic: Mapping[str, float]) -> list[str | None]:
+    """One tenant per request in turn, each tier's in its share (in twentieths), the rest
+    none."""
+    out: list[str | None] = []
+    for tier, share in traffic.items():
+        out += [_tenant(tier)] * round(share * 20)
+    return out + [None] * (20 - len(out))
 
 
 def _entries(history: Any) -> list[dict[str, Any]]:
@@ -236,6 +300,7 @@ def summarize(results: list[RunResult]) -> dict[str, Any]:
             continue
         times = [r.time_to_abort for r in runs if r.time_to_abort is not None]
         out[name] = {
+            "percent": SCENARIOS[name].percent,
             "runs": len(runs),
             "aborted": sum(r.aborted for r in runs),
             "failed_verdicts": sum(r.verdicts.get("fail", 0) for r in runs),

@@ -155,7 +155,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         )
         tasks.spawn(watch_loop_lag(metrics.loop_lag), name="loop-lag")
         beating = tasks.spawn(heartbeat.run(), name="fleet-heartbeat")
-        window = WindowRecorder(time.time)
+        window = WindowRecorder(time.time, config.tenants.tiers)
         analysis = Analyser(
             config=config.analysis,
             snapshot=lambda: holder.current,

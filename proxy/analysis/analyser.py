@@ -5,7 +5,8 @@ Each replica:
 - flushes its ``WindowRecorder`` into the pool every ``analysis.flush_seconds``;
 - every tick, for each running rollout with an analysis policy, takes or renews its prompt
   key's lease. The holder, when a verdict is due, reads the pooled window (all replicas'
-  counts), judges the candidate arm against stable, stores the verdict, and acts:
+  counts), judges the candidate arm against stable, as a whole and per tier, stores the
+  verdict, and acts:
 
   - ``fail``: the failure count goes up; past ``failure_limit`` the rollout is aborted (all
     traffic back to stable), audited with the numbers that failed;
@@ -30,7 +31,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from proxy.analysis.judge import Judgement, judge, without_stable
+from proxy.analysis.judge import Judgement, judge_tiers, without_stable
 from proxy.analysis.lease import Lease
 from proxy.analysis.pool import StatsPool
 from proxy.analysis.state import AnalysisState, StateStore
@@ -236,12 +237,11 @@ class Analyser:
         divergence = (
             (window.noise, window.candidate) if rollout.mode is RolloutMode.SHADOW else None
         )
-        stable = window.arm(WindowArm.STABLE.value)
-        candidate = window.arm(_candidate_arm(rollout))
         if rollout.mode is RolloutMode.CANARY and rollout.basis_points >= BASIS_POINTS:
-            judgement = without_stable(stable, candidate)
+            stable = window.arm(WindowArm.STABLE.value)
+            judgement = without_stable(stable, window.arm(_candidate_arm(rollout)))
         else:
-            judgement = judge(policy, stable, candidate, divergence)
+            judgement = judge_tiers(policy, window.arms, _candidate_arm(rollout), divergence)
         self._metrics.analysis_verdicts.labels(rollout.key.slug, judgement.verdict).inc()
         if judgement.verdict == "fail":
             state.failures += 1
@@ -363,17 +363,32 @@ def _verdict_record(
     action: str | None,
     actor: str,
 ) -> dict[str, Any]:
-    return {
+    record: dict[str, Any] = {
         "at": round(now, 3),
         "rollout_id": rollout.id,
         "verdict": judgement.verdict,
         "percent": rollout.percent,
         "window": {"start": round(start, 3), "end": round(end, 3)},
-        "samples": {
-            "stable": judgement.samples["stable"],
-            _candidate_arm(rollout): judgement.samples["candidate"],
-        },
+        "samples": _samples(rollout, judgement),
         "checks": [c.to_dict() for c in judgement.checks],
         "action": action,
         "actor": actor,
+    }
+    if judgement.tiers:
+        # Only tiers that sent traffic to both arms: at most ``tenants.tiers`` of them.
+        record["tiers"] = {
+            tier: {
+                "verdict": j.verdict,
+                "samples": _samples(rollout, j),
+                "checks": [c.to_dict() for c in j.checks],
+            }
+            for tier, j in judgement.tiers.items()
+        }
+    return record
+
+
+def _samples(rollout: Rollout, judgement: Judgement) -> dict[str, int]:
+    return {
+        "stable": judgement.samples["stable"],
+        _candidate_arm(rollout): judgement.samples["candidate"],
     }

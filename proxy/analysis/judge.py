@@ -11,14 +11,24 @@ Verdict: ``inconclusive`` while either arm has fewer than ``min_samples`` reques
 window or any check lacks data (it holds: never a pass on too little evidence); else
 ``fail`` if any check fails; else ``pass``. A check whose population is absent on both arms
 (no streams, so no time to first token) is ``skipped``.
+
+Per tier (``judge_tiers``): each tier with both arms in the window is judged on its own
+with the same checks (but feedback and shadow divergence, which are not kept per tier), and
+a tier's ``fail`` fails the verdict even when the whole passes: a regression confined to
+the enterprise tier is caught while the average improves. A tier's ``inconclusive`` (too
+few of its requests) neither fails nor holds the whole, or a small tier would stall every
+rollout. Judging 1 + k populations gives k + 1 chances of a false alarm, so ``alpha`` is
+split evenly over the whole and the k tiers that have ``min_samples`` per arm (only those
+can fail), before each judgement splits its share over its checks.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from proxy.analysis.window import ArmStats
+from proxy.analysis.window import ArmStats, WindowArm, split_tier_arm, tier_arm
 from proxy.registry.analysis_policy import AnalysisPolicy
 from proxy.shadow.compare import MEASURES, DivergenceCounts, shadow_verdict
 from proxy.stats import (
@@ -63,14 +73,25 @@ class Judgement:
     verdict: Verdict
     checks: tuple[Check, ...]
     samples: dict[str, int]
+    #: Each tier's own judgement, by tier name (``judge_tiers``); the verdict above already
+    #: counts a failing one.
+    tiers: Mapping[str, Judgement] = field(default_factory=dict)
 
     @property
     def failed(self) -> tuple[Check, ...]:
         return tuple(c for c in self.checks if c.result == "fail")
 
     def summary(self) -> str:
-        """One line for an audit entry: the checks that failed, with their numbers."""
-        return "; ".join(f"{c.name}: {c.note}" for c in self.failed) or self.verdict
+        """One line for an audit entry: the checks that failed, with their numbers, the
+        whole's first, then each failing tier's (``tier enterprise: length_finish: ...``)."""
+        parts = [f"{c.name}: {c.note}" for c in self.failed]
+        parts += [
+            f"tier {tier}: {c.name}: {c.note}"
+            for tier, judgement in self.tiers.items()
+            if judgement.verdict == "fail"
+            for c in judgement.failed
+        ]
+        return "; ".join(parts) or self.verdict
 
 
 def _round(value: float | None) -> float | None:
@@ -278,6 +299,45 @@ def judge(
     else:
         verdict = "pass"
     return Judgement(verdict, done, samples)
+
+
+def judge_tiers(
+    policy: AnalysisPolicy,
+    arms: Mapping[str, ArmStats],
+    candidate_arm: str,
+    divergence: tuple[DivergenceCounts, DivergenceCounts] | None = None,
+) -> Judgement:
+    """The whole (``stable`` against ``candidate_arm``) and every tier whose two tier arms
+    (``stable@TIER`` and the candidate's, ``canary@TIER``) are in ``arms``; see the module's
+    docstring."""
+    stable_arm = WindowArm.STABLE.value
+    pairs: dict[str, tuple[ArmStats, ArmStats]] = {}
+    for name in sorted(arms):
+        arm, tier = split_tier_arm(name)
+        if tier is None or arm != stable_arm:
+            continue
+        candidate = arms.get(tier_arm(candidate_arm, tier))
+        if candidate is not None and candidate.requests and arms[name].requests:
+            pairs[tier] = (arms[name], candidate)
+    judged = sum(min(s.requests, c.requests) >= policy.min_samples for s, c in pairs.values())
+    split = replace(policy, alpha=policy.alpha / (1 + judged)) if judged else policy
+    whole = judge(
+        split,
+        arms.get(stable_arm) or ArmStats(),
+        arms.get(candidate_arm) or ArmStats(),
+        divergence,
+    )
+    if not pairs:
+        return whole
+    # Feedback is not kept per tier (the request index holds no tier), nor are shadow pairs:
+    # a check that could only be inconclusive would keep every tier from passing.
+    per_tier = replace(
+        split, thresholds=replace(split.thresholds, feedback_name=None, feedback_max_drop=None)
+    )
+    tiers = {tier: judge(per_tier, s, c) for tier, (s, c) in pairs.items()}
+    failing = any(j.verdict == "fail" for j in tiers.values())
+    verdict: Verdict = "fail" if failing else whole.verdict
+    return Judgement(verdict, whole.checks, whole.samples, tiers)
 
 
 def without_stable(stable: ArmStats, candidate: ArmStats) -> Judgement:

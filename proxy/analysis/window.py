@@ -14,6 +14,11 @@ Nothing here grows with the number of requests, only with the bins and names tou
 arm of one second is about 1 KiB at typical traffic and at most about 20 KiB with every bin
 filled (docs/operations.md, "Memory"). Memory follows time instead: slots per second,
 drained every flush, and held by the in-memory pool for the longest window.
+
+A request of a tenant with a tier is counted twice: under its arm, and under the *tier arm*
+``ARM@TIER`` (``canary@enterprise``), so the analysis can judge each tier on its own. The
+tiers are bounded by ``tenants.tiers`` (at most 32), so a slot holds at most (1 + tiers)
+times the served and shadow arms; in practice only the tiers that sent requests that second.
 """
 
 from __future__ import annotations
@@ -52,9 +57,27 @@ class WindowArm(StrEnum):
 #: callers chose their version themselves; shadow calls count as shadow or rerun).
 SERVED_ARMS = frozenset({WindowArm.STABLE.value, WindowArm.CANARY.value})
 
+#: The arms also counted per tier: those a verdict compares. ``rerun`` feeds the shadow
+#: noise calibration, whose divergence counts are kept for the whole rollout only.
+TIER_ARMS = frozenset({WindowArm.STABLE.value, WindowArm.CANARY.value, WindowArm.SHADOW.value})
+#: Between an arm and a tier in a tier arm's name. Neither holds it (a tier is letters,
+#: digits and ``. _ -``), nor ``|``, which the Redis pool puts between arm and counter.
+TIER_SEPARATOR = "@"
+
 #: Pseudo-arms holding the shadow pairs' divergence counts, cumulative over the rollout.
 DIVERGENCE_NOISE = "div_noise"
 DIVERGENCE_CANDIDATE = "div_candidate"
+
+
+def tier_arm(arm: str, tier: str) -> str:
+    return f"{arm}{TIER_SEPARATOR}{tier}"
+
+
+def split_tier_arm(name: str) -> tuple[str, str | None]:
+    """``("canary", "enterprise")`` for ``canary@enterprise``, ``("canary", None)`` for
+    ``canary``."""
+    arm, sep, tier = name.partition(TIER_SEPARATOR)
+    return (arm, tier) if sep else (name, None)
 
 
 def latency_bin(seconds: float) -> int:
@@ -275,11 +298,16 @@ Clock = Callable[[], float]
 class WindowRecorder:
     """Accumulates this replica's counts per rollout until the flusher drains them."""
 
-    __slots__ = ("_clock", "_pending")
+    __slots__ = ("_clock", "_pending", "_tiers")
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, tiers: Iterable[str] | None = None) -> None:
+        """``tiers``: those counted on their own (``tenants.tiers``). A tier outside them,
+        that of a tenant record older than the config, counts in the whole only, as the
+        metrics fold it into ``other``: the pool's fields stay bounded by the config.
+        None counts every tier."""
         self._clock = clock
         self._pending: dict[RolloutKey, RolloutBatch] = {}
+        self._tiers = None if tiers is None else frozenset(tiers)
 
     def _batch(self, key: PromptKey, rollout_id: str) -> RolloutBatch:
         batch = self._pending.get((key, rollout_id))
@@ -289,8 +317,9 @@ class WindowRecorder:
 
     def finished(self, ex: Exchange) -> None:
         """Count a finished exchange under its rollout: a served arm (stable or canary), or
-        a shadow call (``shadow``, or ``rerun`` for stable's noise copy). A caller hanging up
-        or a shadow cancelled at shutdown says nothing about the prompt."""
+        a shadow call (``shadow``, or ``rerun`` for stable's noise copy), and under the tier
+        arm as well when the caller's tenant has a tier. A caller hanging up or a shadow
+        cancelled at shutdown says nothing about the prompt."""
         if ex.rollout_id is None or ex.key is None:
             return
         if ex.is_shadow:
@@ -313,7 +342,13 @@ class WindowRecorder:
             ttft=ex.ttfb if ex.stream else None,
             output_tokens=ex.output_tokens,
             finish_reason=ex.finish_reason,
+            tier=self._counted_tier(ex.tier) if arm in TIER_ARMS else None,
         )
+
+    def _counted_tier(self, tier: str | None) -> str | None:
+        if not tier or (self._tiers is not None and tier not in self._tiers):
+            return None
+        return tier
 
     def observe_call(
         self,
@@ -326,15 +361,19 @@ class WindowRecorder:
         ttft: float | None,
         output_tokens: int | None,
         finish_reason: str | None,
+        tier: str | None = None,
     ) -> None:
+        """``tier``: count the call under the tier arm too (``finished`` checked it)."""
         slot = int(self._clock()) // SLOT_SECONDS
-        self._batch(key, rollout_id).arm(slot, arm).add_call(
-            failed=failed,
-            duration=duration,
-            ttft=ttft,
-            output_tokens=output_tokens,
-            finish_reason=finish_reason,
-        )
+        batch = self._batch(key, rollout_id)
+        for name in (arm,) if tier is None else (arm, tier_arm(arm, tier)):
+            batch.arm(slot, name).add_call(
+                failed=failed,
+                duration=duration,
+                ttft=ttft,
+                output_tokens=output_tokens,
+                finish_reason=finish_reason,
+            )
 
     def observe_feedback(
         self, key: PromptKey, rollout_id: str, arm: str, name: str, value: float

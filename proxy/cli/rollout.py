@@ -122,13 +122,15 @@ def describe_policy(p: api.AnalysisPolicy, mode: RolloutMode = RolloutMode.CANAR
 
 _VERDICT_HEADERS = ("TIME", "VERDICT", "PERCENT", "STABLE", "CANDIDATE", "ACTION")
 _CHECK_HEADERS = ("CHECK", "RESULT", "STABLE", "CANDIDATE", "LIMIT", "P-VALUE", "NOTE")
+_TIER_HEADERS = ("TIER", "VERDICT", "STABLE", "CANDIDATE", "FAILED CHECKS")
 #: Older verdicts are in ``--output json``; a terminal shows the recent trend.
 _SHOWN_VERDICTS = 10
 
 
 def describe_analysis_state(state: api.AnalysisState, policy: api.AnalysisPolicy | None) -> str:
     """The analyser's state of one rollout: where it is, then its last verdicts (newest
-    first), then the checks of the newest one. ``policy`` None: a rollout that ended."""
+    first), then the checks of the newest one and its tiers. ``policy`` None: a rollout
+    that ended."""
     steps = [] if policy is None else policy.steps
     step = state.step
     if step is None:
@@ -176,6 +178,19 @@ def describe_analysis_state(state: api.AnalysisState, policy: api.AnalysisPolicy
     if checks:
         lines += ["", f"checks of the verdict at {when(newest.at)}:"]
         lines.append(table(checks, _CHECK_HEADERS))
+    if newest.tiers:
+        tiers = [
+            (
+                name,
+                t.verdict,
+                (t.samples or {}).get("stable"),
+                (t.samples or {}).get("canary", (t.samples or {}).get("shadow")),
+                "; ".join(f"{c.name}: {c.note}" for c in t.checks or [] if c.result == "fail"),
+            )
+            for name, t in newest.tiers.items()
+        ]
+        lines += ["", f"tiers of the verdict at {when(newest.at)}:"]
+        lines.append(table(tiers, _TIER_HEADERS))
     return "\n".join(lines)
 
 

@@ -646,6 +646,16 @@ class Check(Record):
     note: str | None = None
 
 
+class TierVerdict(Record):
+    """One tier judged on its own within a verdict."""
+
+    verdict: str | None = doc(None, enum=["pass", "fail", "inconclusive", None])
+    samples: dict[str, int] | None = Field(
+        None, description="The tier's requests per arm: stable, and canary or shadow"
+    )
+    checks: list[Check] | None = None
+
+
 class Verdict(Record):
     """One verdict of the analyser, as it stored it."""
 
@@ -658,6 +668,11 @@ class Verdict(Record):
         None, description="Requests per arm: stable, and canary or shadow"
     )
     checks: list[Check] | None = None
+    tiers: dict[str, TierVerdict] | None = Field(
+        None,
+        description="Each tier with traffic on both arms, judged on its own; a failing "
+        "tier fails the verdict. Absent when no request had a tier",
+    )
     action: str | None = doc(None, enum=["abort", "ramp", "promote", None])
     actor: str | None = None
 

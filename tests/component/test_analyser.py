@@ -105,7 +105,14 @@ class Harness:
     async def refresh(self) -> None:
         assert await self.services.refresher.load_once()
 
-    def traffic(self, arm: str, requests: int, errors: int = 0, truncated: int = 0) -> None:
+    def traffic(
+        self,
+        arm: str,
+        requests: int,
+        errors: int = 0,
+        truncated: int = 0,
+        tier: str | None = None,
+    ) -> None:
         rollout = self.services.snapshot.current.rollouts[SLUG]
         for i in range(requests):
             self.recorder.observe_call(
@@ -117,6 +124,7 @@ class Harness:
                 ttft=None,
                 output_tokens=40 + i % 5,
                 finish_reason="length" if i < truncated else "stop",
+                tier=tier,
             )
 
     async def interval(self, candidate_arm: str = "canary", **candidate: int) -> None:
@@ -267,3 +275,42 @@ async def test_a_canary_at_100_percent_is_not_judged_on_stable_leftovers(
     (check,) = verdict["checks"]
     assert check["name"] == "stable_traffic"
     assert "stable has no traffic to compare with" in check["note"]
+
+
+async def test_a_candidate_worse_for_one_tier_is_aborted_though_better_on_the_whole(
+    services: Services,
+) -> None:
+    """Tier arms (``canary@enterprise``) go through every backend's pool like the arms."""
+    from proxy.web import admin_models as api
+
+    h = Harness(services)
+    rollout = await h.start({})
+    h.clock.now += 1
+    # Stable cuts 20 % of every tier's answers; the candidate none of free's, but 60 % of
+    # enterprise's: 36 of 260 on the whole (13.8 %), better than stable's 20 %.
+    h.traffic("stable", 300, truncated=60, tier="free")
+    h.traffic("stable", 100, truncated=20, tier="enterprise")
+    h.traffic("canary", 200, tier="free")
+    h.traffic("canary", 60, truncated=36, tier="enterprise")
+    h.clock.now += INTERVAL + 2
+    await h.analyser.flush()
+    await h.analyser.tick()
+    await h.refresh()
+
+    assert await h.rollout() is None
+    assert (await h.last_audit()).reason == (
+        "analysis failed: tier enterprise: length_finish: truncated 60.0 % vs stable 20.0 % "
+        "(limit +5.0 points)"
+    )
+    (verdict,) = await h.verdicts(rollout)
+    whole = next(c for c in verdict["checks"] if c["name"] == "length_finish")
+    assert (whole["result"], whole["candidate"]) == ("pass", 0.1385)
+    assert verdict["samples"] == {"stable": 400, "canary": 260}
+    tiers = verdict["tiers"]
+    assert {t: v["verdict"] for t, v in tiers.items()} == {"enterprise": "fail", "free": "pass"}
+    assert tiers["enterprise"]["samples"] == {"stable": 100, "canary": 60}
+    last = await h.analyser.last(SLUG)
+    assert last is not None
+    model = api.LastAnalysis.model_validate(last)
+    assert model.verdicts[0].tiers is not None
+    assert model.verdicts[0].tiers["enterprise"].verdict == "fail"

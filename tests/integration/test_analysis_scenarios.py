@@ -1,5 +1,6 @@
 """The analyser against the fake provider, real processes: a candidate that truncates or
-errors is aborted by itself; one that differs only by sampling noise is left alone.
+errors is aborted by itself, as is one better on average but worse for one tier; one that
+differs only by sampling noise is left alone.
 
 ``loadtest/analysis_scenarios.py`` holds the scenarios and repeats them for the figures
 (time to abort, false alarms over many runs); this runs each once.
@@ -55,3 +56,28 @@ async def test_a_candidate_differing_only_by_noise_is_not_flagged(
     assert not result.aborted, result
     assert result.verdicts.get("fail", 0) == 0, result
     assert result.verdicts.get("pass", 0) >= 1, result
+
+
+async def test_a_candidate_better_on_average_but_worse_for_one_tier_is_aborted(
+    client: Client,
+) -> None:
+    result = await run_once(client, SCENARIOS["one-tier-regresses"], run_seconds=20)
+    assert result.aborted, result
+    assert result.abort_reason is not None
+    assert result.abort_reason.startswith(
+        "analysis failed: tier enterprise: length_finish: truncated "
+    ), result
+    assert result.time_to_abort is not None
+    assert result.time_to_abort < 3 * TEST_POLICY["interval"] + 3
+
+    # The verdict that aborted it: the whole improved, enterprise alone failed.
+    status, last = await client.admin("GET", f"/prompts/{result.slug}/analysis")
+    assert status == 200, last
+    verdict = last["verdicts"][0]
+    assert (verdict["verdict"], verdict["action"]) == ("fail", "abort")
+    whole = next(c for c in verdict["checks"] if c["name"] == "length_finish")
+    assert whole["result"] == "pass"
+    assert whole["candidate"] < whole["stable"]
+    tiers = {tier: v["verdict"] for tier, v in verdict["tiers"].items()}
+    assert tiers["enterprise"] == "fail"
+    assert tiers.get("pro") != "fail"

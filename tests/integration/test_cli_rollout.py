@@ -322,6 +322,53 @@ def test_status_renders_the_analysers_verdicts() -> None:
     ]
 
 
+def test_status_renders_the_tiers_of_the_newest_verdict() -> None:
+    failing = {
+        "name": "length_finish",
+        "result": "fail",
+        "stable": 0.198,
+        "candidate": 0.61,
+        "limit": 0.05,
+        "p_value": 1e-12,
+        "note": "truncated 61.0 % vs stable 19.8 % (limit +5.0 points)",
+    }
+    newest = {
+        **STATE["verdicts"][0],  # type: ignore[index]
+        "tiers": {
+            "enterprise": {
+                "verdict": "fail",
+                "samples": {"stable": 360, "canary": 40},
+                "checks": [failing],
+            },
+            "free": {"verdict": "pass", "samples": {"stable": 1440, "canary": 150}, "checks": []},
+        },
+    }
+    state: dict[str, Any] = {**STATE, "verdicts": [newest]}
+    text = describe_analysis_state(api.AnalysisState.model_validate(state), None)
+    lines = text.splitlines()
+
+    start = lines.index("tiers of the verdict at 2024-11-24 12:06:40Z:")
+    assert lines[start + 1].split() == [
+        "TIER",
+        "VERDICT",
+        "STABLE",
+        "CANDIDATE",
+        "FAILED",
+        "CHECKS",
+    ]
+    assert lines[start + 2].split(maxsplit=4) == [
+        "enterprise",
+        "fail",
+        "360",
+        "40",
+        "length_finish: truncated 61.0 % vs stable 19.8 % (limit +5.0 points)",
+    ]
+    assert lines[start + 3].split() == ["free", "pass", "1440", "150"]
+    # Verdicts without tiers (no request had one) print no such table.
+    plain = describe_analysis_state(api.AnalysisState.model_validate(STATE), None)
+    assert "tiers of the verdict" not in plain
+
+
 def test_status_before_the_first_verdict() -> None:
     state = {"step": None, "failures": 0, "next_at": 1732450060.0, "holder": None, "verdicts": []}
     text = describe_analysis_state(

@@ -9,7 +9,7 @@ from typing import Any, TypedDict
 
 import pytest
 
-from proxy.analysis.pool import MemoryStatsPool
+from proxy.analysis.pool import MemoryStatsPool, _split
 from proxy.analysis.window import (
     LATENCY_BOUNDS,
     ArmStats,
@@ -18,7 +18,11 @@ from proxy.analysis.window import (
     WindowRecorder,
     latency_bin,
     merge_arms,
+    split_tier_arm,
 )
+from proxy.exchange.outcome import Exchange
+from proxy.models import Route
+from proxy.prompt_key import PromptKey
 from proxy.shadow.compare import Divergence, DivergenceCounts
 
 
@@ -403,3 +407,81 @@ def test_a_divergence_mean_is_within_the_documented_hundredth() -> None:
         mean = counts.mean("text_distance")
         assert mean is not None
         assert abs(mean - value) <= 0.01, (value, mean)
+
+
+# -- tiers ------------------------------------------------------------------------------------
+
+
+def exchange(arm: str, tier: str | None, *, shadow_kind: str | None = None) -> Exchange:
+    return Exchange(
+        request_id="req-1",
+        method="POST",
+        route=Route.CHAT,
+        started=0.0,
+        key=PromptKey("support"),
+        version="2",
+        arm=arm,
+        tier=tier,
+        status=200,
+        duration=0.4,
+        output_tokens=12,
+        finish_reason="length",
+        rollout_id="ro-1",
+        pair_id=None if shadow_kind is None else "req-1",
+        shadow_kind=shadow_kind,
+    )
+
+
+def counted(recorder: WindowRecorder) -> dict[str, int]:
+    (batch,) = recorder.drain().values()
+    (arms,) = batch.slots.values()
+    return {arm: stats.requests for arm, stats in arms.items()}
+
+
+def test_a_tenant_with_a_tier_is_counted_under_its_arm_and_its_tier_arm() -> None:
+    recorder = WindowRecorder(FakeClock(50.0), tiers=("free", "pro", "enterprise"))
+    recorder.finished(exchange("canary", "enterprise"))
+    recorder.finished(exchange("canary", "enterprise"))
+    recorder.finished(exchange("stable", "free"))
+    recorder.finished(exchange("stable", None))  # no tenant, or one without a tier
+    recorder.finished(exchange("stable", ""))
+
+    arms = counted(recorder)
+
+    assert arms == {"canary": 2, "canary@enterprise": 2, "stable": 3, "stable@free": 1}
+    assert split_tier_arm("canary@enterprise") == ("canary", "enterprise")
+    assert split_tier_arm("canary") == ("canary", None)
+
+
+def test_shadow_calls_count_per_tier_but_stable_reruns_do_not() -> None:
+    recorder = WindowRecorder(FakeClock(50.0))
+    recorder.finished(exchange("shadow", "pro", shadow_kind="candidate"))
+    recorder.finished(exchange("shadow", "pro", shadow_kind="stable"))
+
+    # Reruns feed the noise calibration of the whole; nothing judges them per tier.
+    assert counted(recorder) == {"shadow": 1, "shadow@pro": 1, "rerun": 1}
+
+
+def test_a_tier_the_config_does_not_list_counts_in_the_whole_only() -> None:
+    recorder = WindowRecorder(FakeClock(50.0), tiers=("free", "pro"))
+    recorder.finished(exchange("canary", "platinum"))  # a tenant record older than the config
+
+    assert counted(recorder) == {"canary": 1}
+
+
+async def test_tier_arms_travel_through_the_pools_flat_forms() -> None:
+    recorder = WindowRecorder(FakeClock(50.0))
+    recorder.finished(exchange("canary", "enterprise"))
+    batches = recorder.drain()
+    (batch,) = batches.values()
+    stats = batch.slots[50]["canary@enterprise"]
+
+    # Redis: one hash field per arm and counter, split on the first `|`.
+    fields = {f"canary@enterprise|{name}": value for name, value in stats.to_fields().items()}
+    assert _split(fields)["canary@enterprise"].truncated == 1
+    # In memory.
+    pool = MemoryStatsPool()
+    await pool.add(batches, keep_seconds=60)
+    window = await pool.read(PromptKey("support"), "ro-1", 50, 51)
+    assert window.arm("canary@enterprise").requests == 1
+    assert window.arm("canary").requests == 1

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from proxy.analysis.judge import Check, Judgement, judge
-from proxy.analysis.window import ArmStats
+from proxy.analysis.judge import Check, Judgement, judge, judge_tiers
+from proxy.analysis.window import ArmStats, merge_arms
 from proxy.registry.analysis_policy import AnalysisPolicy, Thresholds
 from proxy.shadow.compare import Divergence, DivergenceCounts
 
@@ -470,3 +470,111 @@ def test_a_clearly_worse_candidate_fails_in_nearly_every_run(
     # Power of a one-sided z-test at alpha / 5 here: > 0.96 for the errors, ~1 for truncation.
     assert len(caught) >= 0.9 * runs
     assert sum(j.verdict == "fail" for j in verdicts) == len(caught)
+
+
+# -- per tier ------------------------------------------------------------------------------------
+
+
+def tiered(**tiers: tuple[ArmStats, ArmStats]) -> dict[str, ArmStats]:
+    """Window arms as the pool reads them: each tier's ``stable@T`` and ``canary@T``, and
+    the whole, which adds them all up."""
+    arms: dict[str, ArmStats] = {}
+    for tier, (stable, candidate) in tiers.items():
+        arms[f"stable@{tier}"], arms[f"canary@{tier}"] = stable, candidate
+    arms["stable"] = merge_arms({"s": s} for s, _ in tiers.values())["s"]
+    arms["canary"] = merge_arms({"c": c} for _, c in tiers.values())["c"]
+    return arms
+
+
+def test_a_tier_that_fails_fails_the_verdict_while_the_whole_improves() -> None:
+    policy = only(min_samples=100, length_finish_increase=0.05)
+    arms = tiered(
+        # Stable truncates 20 % everywhere; the candidate fixes that for free and pro...
+        free=(arm(500, truncated=100), arm(500)),
+        pro=(arm(300, truncated=60), arm(300)),
+        # ...but truncates 60 % of enterprise's answers.
+        enterprise=(arm(200, truncated=40), arm(200, truncated=120)),
+    )
+
+    judgement = judge_tiers(policy, arms, "canary")
+
+    # The whole: 12 % against 20 %, better.
+    assert check(judgement, "length_finish").result == "pass"
+    assert judgement.verdict == "fail"
+    assert {t: j.verdict for t, j in judgement.tiers.items()} == {
+        "enterprise": "fail",
+        "free": "pass",
+        "pro": "pass",
+    }
+    assert judgement.summary() == (
+        "tier enterprise: length_finish: truncated 60.0 % vs stable 20.0 % (limit +5.0 points)"
+    )
+    # A shadow rollout's tiers are judged on its shadow arms the same way.
+    shadow = {name.replace("canary", "shadow"): stats for name, stats in arms.items()}
+    assert judge_tiers(policy, shadow, "shadow").verdict == "fail"
+
+
+def test_a_tier_with_too_few_requests_neither_fails_nor_holds_the_whole() -> None:
+    policy = only(min_samples=100, error_rate_increase=0.02)
+    arms = tiered(
+        free=(arm(400, errors=4), arm(400)),
+        # A fifth of the candidate's requests fail, but there are 20 of them.
+        enterprise=(arm(60), arm(20, errors=4)),
+    )
+
+    judgement = judge_tiers(policy, arms, "canary")
+
+    assert judgement.tiers["enterprise"].verdict == "inconclusive"
+    assert judgement.tiers["enterprise"].samples == {"stable": 60, "candidate": 20}
+    assert judgement.verdict == "pass"
+    # A tier served by one arm only in the window is not judged at all.
+    del arms["canary@enterprise"]
+    assert set(judge_tiers(policy, arms, "canary").tiers) == {"free"}
+    # No tier at all: the whole alone, as before tiers.
+    plain = {"stable": arms["stable"], "canary": arms["canary"]}
+    assert judge_tiers(policy, plain, "canary") == judge(policy, plain["stable"], plain["canary"])
+
+
+def test_alpha_is_split_between_the_whole_and_the_tiers_that_can_fail() -> None:
+    # The whole: 2 % -> 5 % of 500, p ~ 0.005: a failure at alpha 0.01, not at 0.01 / 3.
+    policy = only(min_samples=100, error_rate_increase=0.02)
+    two_tiers = tiered(
+        free=(arm(250, errors=5), arm(250, errors=12)),
+        pro=(arm(250, errors=5), arm(250, errors=13)),
+    )
+    p = check(judge_tiers(policy, two_tiers, "canary"), "error_rate").p_value
+    assert p is not None
+    assert 0.01 / 3 < p < 0.01
+    alone = judge(policy, two_tiers["stable"], two_tiers["canary"])
+    assert alone.verdict == "fail"
+
+    # Judged with its two tiers, each of the three gets 0.01 / 3: none fails.
+    split = judge_tiers(policy, two_tiers, "canary")
+    assert [j.verdict for j in split.tiers.values()] == ["pass", "pass"]
+    assert split.verdict == "pass"
+    # Tiers below min_samples cannot fail, so they take no share.
+    small = tiered(
+        free=(arm(450, errors=9), arm(450, errors=23)),
+        pro=(arm(50, errors=1), arm(50, errors=2)),
+    )
+    assert judge_tiers(policy, small, "canary").verdict == "fail"
+
+
+def test_a_candidate_like_stable_in_every_tier_rarely_fails() -> None:
+    # Three tiers and the whole, five checks each at the tightest limits: Bonferroni over
+    # (1 + 3) x 5 tests keeps a false failure per verdict at most alpha (0.01), as for the
+    # whole alone above: at most 12 of 500 whatever the seed (this seed: 0; judging each
+    # of the four at the full alpha instead fails 7). Conservative, since the whole is the
+    # sum of the tiers and so not independent of them.
+    rng = random.Random(20240602)
+    verdicts = [
+        judge_tiers(
+            TIGHTEST,
+            tiered(**{t: (draw(rng), draw(rng)) for t in ("free", "pro", "enterprise")}),
+            "canary",
+        )
+        for _ in range(VERDICTS)
+    ]
+
+    fails = [j for j in verdicts if j.verdict == "fail"]
+    assert len(fails) <= 12, [j.summary() for j in fails]
