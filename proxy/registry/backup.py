@@ -404,7 +404,17 @@ def _layer_fields(item: dict[str, Any], where: str) -> dict[str, Any]:
         _str(text, f"{where}.fills.{name}")
     defaults = _object(item.get("defaults") or {}, f"{where}.defaults")
     _storable(defaults, f"{where}.defaults")
-    return {"blocks": tuple(blocks), "param_bounds": bounds, "fills": fills, "defaults": defaults}
+    match = tuple(
+        _str(p, f"{where}.match[{i}]")
+        for i, p in enumerate(_list(item.get("match") or [], f"{where}.match"))
+    )
+    return {
+        "blocks": tuple(blocks),
+        "param_bounds": bounds,
+        "fills": fills,
+        "defaults": defaults,
+        "match": match,
+    }
 
 
 def _check_override(draft: VersionDraft, where: str, checked: dict[bytes, str | None]) -> None:
@@ -419,6 +429,7 @@ def _check_override(draft: VersionDraft, where: str, checked: dict[bytes, str | 
         "caller_system": draft.caller_system != CALLER_SYSTEM_DROP,
         "blocks": bool(draft.blocks),
         "param_bounds": bool(draft.param_bounds),
+        "match": bool(draft.match),
     }
     for name, present in base_only.items():
         if present:

@@ -52,6 +52,7 @@ def base_problems(draft: VersionDraft) -> list[LayerProblem]:
                     "tenant=); a base declares `blocks` and `variables` instead.",
                 )
             )
+    problems.extend(_match_problems(draft))
     if draft.key.slug == GUARDRAILS_SLUG and (draft.blocks or draft.param_bounds):
         problems.append(
             LayerProblem(
@@ -142,6 +143,7 @@ def _field_problems(draft: VersionDraft | PromptVersion, base: PromptVersion) ->
         "caller_system": draft.caller_system != CALLER_SYSTEM_DROP,
         "blocks": bool(draft.blocks),
         "param_bounds": bool(draft.param_bounds),
+        "match": bool(draft.match),
     }
     for name, present in base_only.items():
         if present:
@@ -211,6 +213,37 @@ def _field_problems(draft: VersionDraft | PromptVersion, base: PromptVersion) ->
                 )
             )
     return problems
+
+
+#: What a model pattern may hold: a model name's characters and the glob's ``* ? [ ]``.
+MODEL_PATTERN = re.compile(r"[A-Za-z0-9._:/@*?\[\]-]{1,128}")
+
+
+def _match_problems(draft: VersionDraft | PromptVersion) -> list[LayerProblem]:
+    """A variant's base says which models it serves; the default variant serves the rest."""
+    if draft.key.variant is None:
+        if draft.match:
+            return [
+                LayerProblem(
+                    "match",
+                    "`match` belongs to a model variant (variant=NAME); the default variant "
+                    "serves every model no variant matches",
+                )
+            ]
+        return []
+    if not draft.match:
+        return [
+            LayerProblem(
+                "match",
+                f"variant {draft.key.variant!r} needs `match`: the request models it serves "
+                "(glob patterns such as claude-*)",
+            )
+        ]
+    return [
+        LayerProblem(f"match[{i}]", f"{pattern!r} is not a model pattern")
+        for i, pattern in enumerate(draft.match)
+        if not MODEL_PATTERN.fullmatch(pattern)
+    ]
 
 
 def _anything(value: Any) -> bool:

@@ -119,10 +119,13 @@ def _layer_content(
     param_bounds: Mapping[str, tuple[float, float]],
     fills: Mapping[str, str],
     defaults: Mapping[str, Any],
+    match: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """The layer fields of a version, only those set: a version without them keeps the
     JSON (and the hash) it had before layers existed."""
     out: dict[str, Any] = {}
+    if match:
+        out["match"] = list(match)
     if blocks:
         out["blocks"] = {b.name: b.to_dict() for b in blocks}
     if param_bounds:
@@ -155,6 +158,9 @@ class VersionDraft:
     #: defaults for the base's variables; its ``params`` stay within the base's bounds.
     fills: dict[str, str] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=dict)
+    #: A model variant's base (``SLUG@NAME``): the request models it serves, as glob
+    #: patterns (``claude-*``); the default variant (no ``@``) serves the rest.
+    match: tuple[str, ...] = ()
 
     def to_version(self, number: int, created_at: float) -> PromptVersion:
         """The immutable version this draft becomes, as a new draft."""
@@ -175,6 +181,7 @@ class VersionDraft:
             param_bounds=self.param_bounds,
             fills=self.fills,
             defaults=self.defaults,
+            match=self.match,
         )
 
     def content_sha256(self) -> str:
@@ -187,7 +194,9 @@ class VersionDraft:
         if self.caller_system != CALLER_SYSTEM_DROP:
             # Only when set: every version hashed before the field existed keeps its hash.
             content["caller_system"] = self.caller_system
-        content.update(_layer_content(self.blocks, self.param_bounds, self.fills, self.defaults))
+        content.update(
+            _layer_content(self.blocks, self.param_bounds, self.fills, self.defaults, self.match)
+        )
         return hashlib.sha256(orjson.dumps(content, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
@@ -209,6 +218,7 @@ class PromptVersion:
     param_bounds: dict[str, tuple[float, float]] = field(default_factory=dict)
     fills: dict[str, str] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=dict)
+    match: tuple[str, ...] = ()
 
     @property
     def is_override(self) -> bool:
@@ -231,7 +241,9 @@ class PromptVersion:
         }
         if self.caller_system != CALLER_SYSTEM_DROP:
             data["caller_system"] = self.caller_system
-        data.update(_layer_content(self.blocks, self.param_bounds, self.fills, self.defaults))
+        data.update(
+            _layer_content(self.blocks, self.param_bounds, self.fills, self.defaults, self.match)
+        )
         return data
 
     @classmethod
@@ -261,6 +273,7 @@ class PromptVersion:
             param_bounds=bounds_from_dict(data.get("param_bounds")),
             fills=dict(data.get("fills") or {}),
             defaults=dict(data.get("defaults") or {}),
+            match=tuple(data.get("match") or ()),
         )
 
 

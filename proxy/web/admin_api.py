@@ -66,6 +66,7 @@ def _draft(key: PromptKey, body: api.VersionIn, actor: str) -> VersionDraft:
         param_bounds={name: (pair[0], pair[1]) for name, pair in body.param_bounds.items()},
         fills=dict(body.fills),
         defaults=dict(body.defaults),
+        match=tuple(body.match),
     )
 
 

@@ -197,7 +197,7 @@ def bind(
         actor = authorize(request, services.settings.admin_tokens, endpoint.access)
         path = read_params(endpoint.params, request.match_info)
         if isinstance(path, Keyed):
-            path = path.at_layer(read_params(LayerQuery, request.query).layer)
+            path = path.at(read_params(LayerQuery, request.query))
         query = read_params(endpoint.query, request.query)
         body: Any = _NO_BODY
         if endpoint.body is not NoBody:

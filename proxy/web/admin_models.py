@@ -38,6 +38,8 @@ from proxy.registry.models import INT64_MAX, MAX_BLOCK_CHARS, RolloutMode, Statu
 #: checks them; importing it here would load Jinja into every CLI call).
 VARIABLE_TYPE_NAMES = ("boolean", "integer", "list", "number", "object", "string")
 SLUG_REGEX = "^[A-Za-z0-9._-]{1,64}$"
+#: A model pattern of a variant: a model name's characters and the glob's ``* ? [ ]``.
+MATCH_REGEX = r"^[A-Za-z0-9._:/@*?\[\]-]{1,128}$"
 EXPORT_FORMAT = "promptproxy-registry/1"
 # StickyKey.parse: the header name is stripped and lower-cased; the token characters of
 # RFC 9110. The credential headers it refuses are named in the description.
@@ -194,6 +196,11 @@ class VersionIn(Body):
     defaults: dict[str, Any] = Field(
         {}, description="An override's defaults for the base's variables. " + _JSON_VALUE
     )
+    match: list[Annotated[str, Field(pattern=MATCH_REGEX)]] = Field(
+        [],
+        description="A model variant's base (variant=NAME): the request models it serves, "
+        "as glob patterns such as claude-* or gpt-4o*; required there, refused elsewhere",
+    )
 
 
 #: ``force`` needs a reason: said in the schema, so a client generated from it knows.
@@ -239,6 +246,7 @@ class Version(Wire):
     param_bounds: dict[str, list[float]] = {}
     fills: dict[str, str] = {}
     defaults: dict[str, Any] = {}
+    match: list[str] = []
 
 
 class PromptSummary(Wire):

@@ -235,6 +235,7 @@ ShadowSlug = Annotated[str, BeforeValidator(_shadow_slug), WithJsonSchema(_SLUG_
 TenantId = Annotated[str, BeforeValidator(_tenant_id), WithJsonSchema(_SLUG_SCHEMA)]
 TenantName = Annotated[str, BeforeValidator(_layer_name("tenant")), WithJsonSchema(_SLUG_SCHEMA)]
 TierName = Annotated[str, BeforeValidator(_layer_name("tier")), WithJsonSchema(_SLUG_SCHEMA)]
+VariantName = Annotated[str, BeforeValidator(_layer_name("variant")), WithJsonSchema(_SLUG_SCHEMA)]
 _SINCE_SCHEMA = {
     "anyOf": [
         {"type": "string", "pattern": f"^{SINCE_NUMBER}$"},
@@ -267,6 +268,11 @@ class LayerQuery(Params):
     tier: TierName | None = Field(
         None, description="A tier's override of the prompt (tier=enterprise); not with tenant"
     )
+    variant: VariantName | None = Field(
+        None,
+        description="A model variant of the prompt (variant=claude: SLUG@claude), alone or "
+        "with tenant= or tier= for that layer's override of the variant",
+    )
 
     @property
     def layer(self) -> Layer | None:
@@ -286,16 +292,18 @@ class Keyed(Params):
 
     slug: str
     _layer: Layer | None = PrivateAttr(None)
+    _variant: str | None = PrivateAttr(None)
 
-    def at_layer(self, layer: Layer | None) -> Self:
+    def at(self, query: LayerQuery) -> Self:
         keyed = self.model_copy()
-        keyed._layer = layer
+        keyed._layer = query.layer
+        keyed._variant = query.variant
         return keyed
 
     @property
     def key(self) -> PromptKey:
         """The version line the path names: the handlers' one way to a ``PromptKey``."""
-        return PromptKey(self.slug, self._layer)
+        return PromptKey(self.slug, self._layer, self._variant)
 
 
 def keyed(model: type[Params]) -> bool:
