@@ -19,7 +19,7 @@ from proxy.errors import InvalidRequest, ServiceUnavailable
 from proxy.log import APP_LOGGER
 from proxy.models import Route
 from proxy.prompt_key import GUARDRAILS_SLUG
-from proxy.registry.composition import Composition, compose
+from proxy.registry.composition import Composition, compose, layer_label
 from proxy.registry.models import CALLER_SYSTEM_AFTER, PromptVersion
 from proxy.registry.templates import PromptRenderer, RenderError, TemplateProblem
 
@@ -151,5 +151,5 @@ def layers(
     version: PromptVersion, guardrails: PromptVersion | None, composed: Composition | None = None
 ) -> str:
     """What composed a prompt, in order: the ``x-prompt-layers`` header and log field."""
-    base = f"base@{version.version}" if composed is None else composed.layers
+    base = layer_label(version) if composed is None else composed.layers
     return base if guardrails is None else f"guardrails@{guardrails.version},{base}"

@@ -76,6 +76,15 @@ def prompt_ref(
     return PromptRef(key, pinned)
 
 
+def for_model(snapshot: RegistrySnapshot, ref: PromptRef, model: str | None) -> PromptRef:
+    """The variant of the named prompt the request's model selects: the first whose
+    patterns match, most specific first (``RegistrySnapshot.variants``); the default variant
+    for every other model, and for a request that names none. A version pin applies to the
+    variant selected."""
+    key = snapshot.variant_for(ref.key, model)
+    return ref if key is ref.key else PromptRef(key, ref.pinned_version)
+
+
 def slug_key(snapshot: RegistrySnapshot, slug: str) -> PromptKey:
     """The plain key of ``slug``: the snapshot's own object when it has the prompt (see
     ``RegistrySnapshot.plain_keys``). Raises ``InvalidPromptKey``."""

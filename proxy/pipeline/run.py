@@ -32,7 +32,7 @@ from proxy.pipeline.parse import check_path, classify, encode_outbound, parse_re
 from proxy.pipeline.record import settle
 from proxy.pipeline.relay import relay
 from proxy.pipeline.render import layers, render_into
-from proxy.pipeline.resolve import CONTROL_HEADERS, SWAP_ROUTES, prompt_ref, resolve
+from proxy.pipeline.resolve import CONTROL_HEADERS, SWAP_ROUTES, for_model, prompt_ref, resolve
 from proxy.pipeline.resources import PipelineResources
 from proxy.pipeline.tenant import request_tenant
 from proxy.prompt_key import PromptKey
@@ -100,6 +100,8 @@ async def handle(
             tenant = request_tenant(snapshot, request.headers, resources.config.tenants)
             if tenant is not None:
                 exchange.tenant, exchange.tier = tenant.id, tenant.tier
+            ref = for_model(snapshot, ref, parsed.model)
+            exchange.key = ref.key
             stable = resolve(snapshot, ref)  # 2
             decision = decide(
                 resources, snapshot, ref, stable, request.headers, parsed, request_id, tenant

@@ -29,10 +29,14 @@ from proxy.registry.templates import VARIABLE_TYPES, BlockFill, names_read
 
 
 def layer_label(version: PromptVersion) -> str:
-    """``base@3``, ``tier:enterprise@1``, ``tenant:acme@4``."""
-    layer = version.key.layer
+    """``base@3``, ``tier:enterprise@1``, ``tenant:acme@4``; a model variant's line adds
+    its name, ``base[claude]@2``, ``tenant:acme[claude]@1`` (a default variant's override
+    composed into a variant keeps its own label)."""
+    key = version.key
+    layer = key.layer
     name = "base" if layer is None else f"{layer.kind}:{layer.name}"
-    return f"{name}@{version.version}"
+    variant = "" if key.variant is None else f"[{key.variant}]"
+    return f"{name}{variant}@{version.version}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,13 +13,14 @@ reads back as itself.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import orjson
 
@@ -601,6 +602,19 @@ def tenant_audit_detail(new: Tenant | None, old: Tenant | None) -> dict[str, Any
     }
 
 
+class VariantRoute(NamedTuple):
+    """A variant a request's model may select: its patterns, compiled, and its key."""
+
+    patterns: tuple[re.Pattern[str], ...]
+    key: PromptKey
+
+
+def pattern_specificity(patterns: Sequence[str]) -> int:
+    """How specific a variant's patterns are: the literal characters of its most literal
+    one. ``claude-3-5-sonnet-*`` wins over ``claude-*``; ties go by variant name."""
+    return max((len(p) - sum(p.count(c) for c in "*?[]") for p in patterns), default=0)
+
+
 @dataclass(frozen=True, slots=True)
 class LayerOverrides:
     """The prod overrides of one base key: tier name -> version, tenant id -> version."""
@@ -637,6 +651,11 @@ class RegistrySnapshot:
     guardrails: PromptVersion | None = field(init=False, repr=False, compare=False)
     #: base key -> its tiers' and tenants' prod overrides (base keys without any are absent)
     overrides: dict[PromptKey, LayerOverrides] = field(init=False, repr=False, compare=False)
+    #: plain key -> the variants of its slug a request's model may select, most specific
+    #: first (slugs without variants are absent)
+    variants: dict[PromptKey, tuple[VariantRoute, ...]] = field(
+        init=False, repr=False, compare=False
+    )
     #: Compositions built for this snapshot (``proxy.registry.composition``): built on
     #: first use, kept as long as the snapshot serves, so a request does a lookup.
     compositions: dict[tuple[Any, ...], Any] = field(init=False, repr=False, compare=False)
@@ -671,8 +690,46 @@ class RegistrySnapshot:
             version = self.versions.get(key, {}).get(number)
             if version is not None:
                 table[key.layer.name] = version
+        variants: dict[PromptKey, list[tuple[int, str, VariantRoute]]] = {}
+        for key, number in self.prod.items():
+            if key.layer is not None or key.variant is None:
+                continue
+            version = self.versions.get(key, {}).get(number)
+            if version is None or not version.match:
+                continue
+            plain = self.plain_keys.get(key.slug) or PromptKey(key.slug)
+            compiled = tuple(re.compile(fnmatch.translate(p)) for p in version.match)
+            route = VariantRoute(compiled, key)
+            variants.setdefault(plain, []).append(
+                (-pattern_specificity(version.match), key.variant, route)
+            )
+            # Where a layer has no override of the variant, its default variant's applies.
+            inherited = overrides.get(plain)
+            if inherited is not None:
+                own = overrides.get(key) or LayerOverrides()
+                overrides[key] = LayerOverrides(
+                    {**inherited.tiers, **own.tiers}, {**inherited.tenants, **own.tenants}
+                )
         object.__setattr__(self, "overrides", overrides)
+        object.__setattr__(
+            self,
+            "variants",
+            {plain: tuple(r for *_, r in sorted(routes)) for plain, routes in variants.items()},
+        )
         object.__setattr__(self, "compositions", {})
+
+    def variant_for(self, key: PromptKey, model: str | None) -> PromptKey:
+        """The variant of plain ``key`` a request of ``model`` gets: the first whose
+        patterns match, most specific first; ``key`` itself (the default variant) for every
+        other model, and for a request that names none."""
+        routes = self.variants.get(key)
+        if routes is None or model is None:
+            return key
+        for route in routes:
+            for pattern in route.patterns:
+                if pattern.match(model):
+                    return route.key
+        return key
 
     @property
     def empty(self) -> bool:

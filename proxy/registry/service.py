@@ -299,14 +299,20 @@ class RegistryService:
         return result
 
     async def explain(
-        self, slug: str, tenant_id: str | None, tier: str | None, version: int | None
+        self,
+        slug: str,
+        tenant_id: str | None,
+        tier: str | None,
+        version: int | None,
+        model: str | None = None,
     ) -> Explanation:
         """What a request of ``tenant_id`` (in ``tier``, which defaults to its record's)
-        is composed of, from one consistent read of the registry. ``version`` is the base's
-        (default its prod)."""
+        for ``model`` is composed of, from one consistent read of the registry. ``version``
+        is the base's (default its prod) of the variant ``model`` selects."""
         key = prompt_key(slug)
         with store_errors(key, reading=True):
             snapshot = await self._store.snapshot()
+        key = snapshot.variant_for(snapshot.plain_keys.get(key.slug, key), model)
         if tenant_id is not None and tier is None:
             record = snapshot.tenants.get(tenant_id)
             if record is None:

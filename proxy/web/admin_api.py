@@ -155,7 +155,7 @@ async def audit(call: Call[NoParams, AuditQuery, NoBody]) -> api.AuditPage:
 async def explain(call: Call[ExplainPath, ExplainQuery, NoBody]) -> api.Explain:
     query = call.query
     found = await call.services.registry.explain(
-        call.path.slug, query.tenant, query.tier, query.version
+        call.path.slug, query.tenant, query.tier, query.version, query.model
     )
     return api.Explain(
         slug=found.slug,

@@ -378,7 +378,15 @@ class ExplainQuery(Params):
     tier: TierName | None = Field(
         None, description="The tier whose override applies (default: the tenant's own)"
     )
-    version: VersionNumber | None = Field(None, description="The base version (default prod)")
+    version: VersionNumber | None = Field(
+        None, description="The base version (default prod) of the variant selected"
+    )
+    model: str | None = Field(
+        None,
+        max_length=256,
+        description="A request's model: explain the variant it selects (default: the default "
+        "variant)",
+    )
 
 
 class DiffQuery(Params):
