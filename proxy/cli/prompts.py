@@ -436,10 +436,12 @@ def _served_at(data: api.ServedAt) -> str:
         served = f"canary of {candidate} serving {share} of callers"
     else:
         served = f"rollout of {candidate} ({_known(rollout.mode)} mode) at {share}"
+    segment = rollout.segment or {}
+    reach = " and ".join(f"{kind} {', '.join(names)}" for kind, names in segment.items() if names)
     return (
-        f"{text}; {served}, sticky {_known(rollout.sticky)} "
-        f"(rollout {_known(rollout.id)}, started {when(rollout.started_at)}, "
-        f"at this share since {when(rollout.percent_since)})"
+        f"{text}; {served}{f' among {reach}' if reach else ''}, sticky "
+        f"{_known(rollout.sticky)} (rollout {_known(rollout.id)}, started "
+        f"{when(rollout.started_at)}, at this share since {when(rollout.percent_since)})"
     )
 
 

@@ -384,12 +384,15 @@ class RegistryService:
         with store_errors(key, reading=True):
             return await self._store.get_version(key, version)
 
-    async def override_fit(self, key: PromptKey, version: int) -> FitReport | None:
+    async def override_fit(
+        self, key: PromptKey, version: int, *, reading: bool = True
+    ) -> FitReport | None:
         """How base version ``version`` fits every override of ``key`` in use; None for an
-        override's own line and for the guardrails (nothing composes over them)."""
+        override's own line and for the guardrails (nothing composes over them).
+        ``reading`` False: the check before a write, whose outage means it was not saved."""
         if key.layer is not None or key.slug == GUARDRAILS_SLUG:
             return None
-        with store_errors(key, reading=True):
+        with store_errors(key, reading=reading):
             snapshot = await self._store.snapshot()
         base = snapshot.versions.get(key, {}).get(version)
         if base is None:
@@ -411,7 +414,7 @@ class RegistryService:
                 param="reason",
                 code="reason_required",
             )
-        report = await self.override_fit(key, version)
+        report = await self.override_fit(key, version, reading=False)
         if report is None or not report.broken:
             return reason
         if not force:

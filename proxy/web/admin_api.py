@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from proxy.errors import InvalidRequest
+from proxy.errors import InvalidRequest, ServiceUnavailable
 from proxy.prompt_key import PromptKey
 from proxy.registry.models import BlockSpec, VariableSpec, VersionDraft, unstorable_value
 from proxy.web import admin_models as api
@@ -77,7 +77,11 @@ async def create_version(
     wait = admin_wait.start(call.query.wait)
     registry = call.services.registry
     version, created = await registry.push(draft, call.actor)
-    fit = await registry.override_fit(version.key, version.version)
+    try:
+        fit = await registry.override_fit(version.key, version.version)
+    except ServiceUnavailable:
+        # The version is saved; only the report could not be read (promote checks again).
+        fit = None
     answer = api.VersionCreated(
         created=created,
         version=api.Version.model_validate(version.to_dict()),

@@ -52,9 +52,22 @@ async def test_a_committed_write_stays_a_success_when_loading_it_fails(
     await post(admin, "/prompts/p/versions", {"template": "one"})
     store = services.registry._store
 
-    async def broken() -> Any:
-        raise StoreUnavailable("read failed just after the write")
+    read, write = store.snapshot, store.promote
+    written = False
 
+    async def promote(*args: Any, **kwargs: Any) -> Any:
+        nonlocal written
+        entry = await write(*args, **kwargs)
+        written = True
+        return entry
+
+    async def broken() -> Any:
+        # Reads before the write work (promote checks the overrides first); after it, not.
+        if written:
+            raise StoreUnavailable("read failed just after the write")
+        return await read()
+
+    monkeypatch.setattr(store, "promote", promote)
     monkeypatch.setattr(store, "snapshot", broken)
     status, entry = await post(admin, "/prompts/p/promote", {"version": 1})
     assert status == 200, entry

@@ -60,6 +60,7 @@ async def test_history_at_an_instant_during_a_canary_says_what_the_canary_served
         "sticky": "header:x-user-id",
         "started_at": started,
         "percent_since": ramped,
+        "segment": None,
     }
 
     assert "prod version 1; no rollout running" in await history_at(admin, aborted.at + 1)

@@ -39,7 +39,7 @@ READS: list[Callable[[], Awaitable[Any]]] = [
 ]
 WRITES: list[Callable[[], Awaitable[Any]]] = [
     lambda: SERVICE.push(VersionDraft(key=PromptKey("p"), template="hi"), "t"),
-    lambda: SERVICE.promote("p", 1, "t", ""),
+    lambda: SERVICE.promote(PromptKey("p"), 1, "t", ""),
     lambda: SERVICE.rollback("p", "t", ""),
     lambda: SERVICE.abort_rollout("p", "t", ""),
 ]
