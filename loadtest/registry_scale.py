@@ -2,7 +2,7 @@
 it, how much memory the snapshot holds, what composing costs, and how long checking a base
 against every tenant's override takes.
 
-    python -m loadtest.registry_scale [--tenants 200] [--slugs 15] [--rounds 5]
+    python -m loadtest.registry_scale [--tenants 200] [--slugs 15] [--variants 2] [--rounds 5]
 
 Figures go to ``loadtest/results/registry-scale.json``. CPU per request with composition,
 against the plain swap-in path in the same run, is measured by ``loadtest.instructions``
@@ -29,7 +29,6 @@ from typing import Any
 import orjson
 
 from loadtest.fleet_image import BENCH_SLUG, fleet_image, tenant_id
-from proxy.prompt_key import PromptKey
 from proxy.registry.composition import carry_over, composition
 from proxy.registry.embedded_store import EmbeddedStore
 from proxy.registry.models import RegistrySnapshot
@@ -42,8 +41,8 @@ def _median_ms(samples: list[float]) -> float:
     return round(statistics.median(samples) * 1000, 2)
 
 
-async def measure(tenants: int, slugs: int, rounds: int) -> dict[str, Any]:
-    image = fleet_image(tenants, slugs)
+async def measure(tenants: int, slugs: int, variants: int, rounds: int) -> dict[str, Any]:
+    image = fleet_image(tenants, slugs, variants)
     with tempfile.TemporaryDirectory(prefix="promptproxy-scale-") as scratch:
         store = await EmbeddedStore.open(Path(scratch) / "registry.db")
         try:
@@ -74,7 +73,11 @@ async def measure(tenants: int, slugs: int, rounds: int) -> dict[str, Any]:
         finally:
             await store.close()
 
-    bases = [snapshot.versions[PromptKey(s)][1] for s in sorted(snapshot.plain_keys)]
+    bases = [
+        versions[1]
+        for key, versions in sorted(snapshot.versions.items())
+        if key.layer is None and 1 in versions
+    ]
     records = list(snapshot.tenants.values())
     started = time.perf_counter()
     for base in bases:
@@ -107,6 +110,7 @@ async def measure(tenants: int, slugs: int, rounds: int) -> dict[str, Any]:
     return {
         "tenants": tenants,
         "slugs": slugs,
+        "variants": variants,
         "versions": sum(len(v) for v in snapshot.versions.values()),
         "restore_s": round(restore_s, 3),
         "snapshot_load_ms_median": _median_ms(loads),
@@ -127,10 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tenants", type=int, default=200)
     parser.add_argument("--slugs", type=int, default=15)
+    parser.add_argument("--variants", type=int, choices=(1, 2), default=2)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    figures = asyncio.run(measure(args.tenants, args.slugs, args.rounds))
+    figures = asyncio.run(measure(args.tenants, args.slugs, args.variants, args.rounds))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
     for name, value in figures.items():
