@@ -446,12 +446,15 @@ def _served_at(data: api.ServedAt) -> str:
 @prompts.command()
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 def lint(folder: Path) -> None:
-    """Validate a folder of prompt files offline; exit 1 listing every problem."""
-    from proxy.registry.prompt_files import lint_prompt_dir
+    """Validate a folder of prompt files offline; exit 1 listing every problem. Warnings
+    (variants only their names order) are listed too, and do not fail."""
+    from proxy.registry.prompt_files import lint_prompts
 
-    problems = lint_prompt_dir(folder)
-    for problem in problems:
+    found = lint_prompts(folder)
+    for problem in found.problems:
         click.echo(problem, err=True)
-    if problems:
+    for warning in found.warnings:
+        click.echo(warning, err=True)
+    if found.problems:
         sys.exit(1)
     click.echo(f"{folder}: OK")
