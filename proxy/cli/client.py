@@ -32,15 +32,20 @@ class AdminError(Exception):
         self.param = param
 
 
-def key_of(slug: str, layer: Layer | None = None) -> PromptKey:
-    """The prompt key a slug on the command line names (at ``layer``, None: the base); an
-    invalid slug is refused in the admin API's own words, as the server would refuse it."""
+def key_of(slug: str, layer: Layer | None = None, variant: str | None = None) -> PromptKey:
+    """The prompt key a slug on the command line names (at ``layer``, None: the base; of
+    model ``variant``, None: the default one); an invalid slug or variant is refused in the
+    admin API's own words, as the server would refuse it."""
     try:
-        return PromptKey(slug, layer)
+        PromptKey(slug)
     except InvalidPromptKey:
         raise AdminError(
             f"Invalid prompt slug {slug!r}: it must match [A-Za-z0-9._-]{{1,64}}.", 400, "slug"
         ) from None
+    try:
+        return PromptKey(slug, layer, variant)
+    except InvalidPromptKey:
+        raise AdminError("`variant` must match [A-Za-z0-9._-]{1,64}.", 400, "variant") from None
 
 
 def layer_of(kind: LayerKind, name: str) -> Layer:
@@ -52,11 +57,13 @@ def layer_of(kind: LayerKind, name: str) -> Layer:
 
 
 def layer_query(key: PromptKey) -> dict[str, str]:
-    """The query parameters that address ``key``'s layer on a prompt route: ``tenant=ID``
-    or ``tier=NAME``; none for the base."""
+    """The query parameters that address ``key``'s version line on a prompt route:
+    ``tenant=ID`` or ``tier=NAME`` for an override, ``variant=NAME`` for a model variant
+    (with either for that layer's override of the variant); none for the plain slug."""
+    query: dict[str, str] = {} if key.layer is None else {key.layer.kind: key.layer.name}
     if key.variant is not None:
-        raise AdminError(f"the admin API names no model variant of a prompt yet ({key})")
-    return {} if key.layer is None else {key.layer.kind: key.layer.name}
+        query["variant"] = key.variant
+    return query
 
 
 class _PromptRoute(NamedTuple):
@@ -176,13 +183,19 @@ class AdminClient:
         tenant: str | None = None,
         tier: str | None = None,
         version: int | None = None,
+        model: str | None = None,
     ) -> api.Explain:
-        """What a request of ``tenant`` (or of ``tier``) is composed of over ``key``'s base
-        version ``version`` (None: its prod). Both given: the tenant as if it had that tier
-        (a preview), which is why they are query values here and not ``key``'s layer."""
-        if key.layer is not None:
-            raise AdminError(f"explain composes a base with its overrides; {key} is an override")
-        query = {"tenant": tenant, "tier": tier, "version": version}
+        """What a request of ``tenant`` (or of ``tier``) for ``model`` is composed of over
+        the base version ``version`` (None: its prod) of the variant that model selects (no
+        model: the default variant). Both tenant and tier given: the tenant as if it had
+        that tier (a preview), which is why they are query values here and not ``key``'s
+        layer; the variant is the model's to choose, as a request's is, not ``key``'s."""
+        if not key.is_plain:
+            raise AdminError(
+                f"explain composes a slug's base with its overrides for a request's model; "
+                f"{key} names one version line (give the slug, and the model)"
+            )
+        query = {"tenant": tenant, "tier": tier, "version": version, "model": model}
         return self._call(api.Explain, "GET", _prompt(key, "/explain"), query=query)
 
     def promote(

@@ -1,10 +1,13 @@
-"""The prompt an admin command names: SLUG, at its base or at a tenant's or tier's layer.
+"""The prompt an admin command names: SLUG, at its base or at a tenant's or tier's layer,
+of its default model variant or of another.
 
 Every command that addresses a prompt takes `--tenant ID` or `--tier NAME` (not both): the
-version line of that tenant's (tier's) override of SLUG instead of the base's. The client
-sends them as the `tenant=`/`tier=` query parameters of every prompt route (see
-``proxy.cli.client.layer_query``). ``prompt_argument`` declares SLUG and the pair once and
-calls the command with the ``PromptKey`` they name, as ``key``.
+version line of that tenant's (tier's) override of SLUG instead of the base's; and
+`--variant NAME`, alone or with either: the line of that model variant (`SLUG@NAME`, or
+`tenant=ID/SLUG@NAME`). The client sends them as the `tenant=`/`tier=`/`variant=` query
+parameters of every prompt route (see ``proxy.cli.client.layer_query``).
+``prompt_argument`` declares SLUG and the options once and calls the command with the
+``PromptKey`` they name, as ``key``.
 """
 
 from __future__ import annotations
@@ -23,30 +26,42 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def prompt_argument(required: bool = True, layers: bool = True) -> Callable[[F], F]:
-    """SLUG, `--tenant ID` and `--tier NAME`, passed on as ``key: PromptKey`` (None when
-    SLUG is optional and not given). ``layers=False``: SLUG alone, for the commands of
-    routes that take no layer (shadow pairs are a base rollout's)."""
+    """SLUG, `--tenant ID`, `--tier NAME` and `--variant NAME`, passed on as
+    ``key: PromptKey`` (None when SLUG is optional and not given). ``layers=False``: SLUG
+    alone, for the commands of routes that take neither (the shadow routes name a slug's
+    pairs by the slug alone)."""
 
     def decorate(command: F) -> F:
         if not layers:
 
             @functools.wraps(command)
             def plain(*args: Any, slug: str | None, **kwargs: Any) -> Any:
-                return command(*args, key=_key(slug, None, None), **kwargs)
+                return command(*args, key=_key(slug, None, None, None), **kwargs)
 
             return cast(F, click.argument("slug", required=required)(plain))
 
         @functools.wraps(command)
         def invoke(
-            *args: Any, slug: str | None, tenant: str | None, tier: str | None, **kwargs: Any
+            *args: Any,
+            slug: str | None,
+            tenant: str | None,
+            tier: str | None,
+            variant: str | None,
+            **kwargs: Any,
         ) -> Any:
-            return command(*args, key=_key(slug, tenant, tier), **kwargs)
+            return command(*args, key=_key(slug, tenant, tier, variant), **kwargs)
 
+        with_options = click.option(
+            "--variant",
+            metavar="NAME",
+            help="The model variant's version line (SLUG@NAME) instead of the default "
+            "variant's; with --tenant or --tier, that layer's override of the variant.",
+        )(invoke)
         with_options = click.option(
             "--tier",
             metavar="NAME",
             help="The tier's override of the prompt (tier=NAME/SLUG) instead of its base.",
-        )(invoke)
+        )(with_options)
         with_options = click.option(
             "--tenant",
             metavar="ID",
@@ -58,7 +73,9 @@ def prompt_argument(required: bool = True, layers: bool = True) -> Callable[[F],
     return decorate
 
 
-def _key(slug: str | None, tenant: str | None, tier: str | None) -> PromptKey | None:
+def _key(
+    slug: str | None, tenant: str | None, tier: str | None, variant: str | None
+) -> PromptKey | None:
     context = click.get_current_context()
     if tenant is not None and tier is not None:
         # Usage, not an admin error: an override belongs to one layer, so no prompt is both.
@@ -67,8 +84,11 @@ def _key(slug: str | None, tenant: str | None, tier: str | None) -> PromptKey | 
             context,
         )
     if slug is None:
-        if tenant is not None or tier is not None:
-            raise click.UsageError("--tenant and --tier name a layer of a SLUG: give one.", context)
+        if tenant is not None or tier is not None or variant is not None:
+            raise click.UsageError(
+                "--tenant, --tier and --variant name a version line of a SLUG: give one.",
+                context,
+            )
         return None
     try:
         layer: Layer | None = None
@@ -76,6 +96,6 @@ def _key(slug: str | None, tenant: str | None, tier: str | None) -> PromptKey | 
             layer = layer_of("tenant", tenant)
         elif tier is not None:
             layer = layer_of("tier", tier)
-        return key_of(slug, layer)
+        return key_of(slug, layer, variant)
     except AdminError as exc:
         fail(exc)

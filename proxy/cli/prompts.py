@@ -30,8 +30,9 @@ def prompts() -> None:
 
 
 def _version_payload(draft: VersionDraft) -> api.VersionIn:
-    """A prompt file's draft as the body of a push (the proxy checks it). Its layer is not
-    in the body: the client sends ``draft.key``'s as ``tenant=``/``tier=``."""
+    """A prompt file's draft as the body of a push (the proxy checks it). Its layer and
+    variant are not in the body: the client sends ``draft.key``'s as
+    ``tenant=``/``tier=``/``variant=``."""
     layered: dict[str, Any] = {}
     # Only the layer fields a draft sets: a plain prompt's body stays what a proxy from
     # before layers accepts (its bodies refuse unknown keys).
@@ -46,6 +47,8 @@ def _version_payload(draft: VersionDraft) -> api.VersionIn:
         layered["fills"] = dict(draft.fills)
     if draft.defaults:
         layered["defaults"] = dict(draft.defaults)
+    if draft.match:
+        layered["match"] = list(draft.match)
     return api.VersionIn.model_construct(
         template=draft.template,
         variables=[
@@ -160,6 +163,8 @@ def _version_text(v: api.Version) -> str:
         f"author: {v.author}   created: {when(v.created_at)}",
         f"model: {v.model or '-'}   params: {v.params or '-'}",
     ]
+    if v.match:  # a model variant's base: the request models it serves
+        lines.append("match: " + ", ".join(v.match))
     if v.param_bounds:
         bounds = (f"{n} [{', '.join(f'{x:g}' for x in b)}]" for n, b in v.param_bounds.items())
         lines.append("param bounds: " + ", ".join(bounds))
@@ -193,18 +198,25 @@ def show(ctx: Context, key: PromptKey, version: int | None) -> None:
         if version is not None:
             ctx.emit(ctx.client.get_version(key, version), _version_text)
             return
-        ctx.emit(
-            ctx.client.get_prompt(key),
-            lambda p: table(
-                [
-                    (v.version, v.status, v.author, when(v.created_at), v.model, v.changelog)
-                    for v in p.data
-                ],
-                ["VERSION", "STATUS", "AUTHOR", "CREATED", "MODEL", "CHANGELOG"],
-            ),
-        )
+        ctx.emit(ctx.client.get_prompt(key), _versions_table)
 
     run(action)
+
+
+def _versions_table(prompt: api.Prompt) -> str:
+    """A row per version; a MATCH column only for a model variant's base, whose versions
+    each say which request models they serve (every other line has none to show)."""
+    rows = [
+        (v.version, v.status, v.author, when(v.created_at), v.model, v.changelog)
+        for v in prompt.data
+    ]
+    headers = ["VERSION", "STATUS", "AUTHOR", "CREATED", "MODEL", "CHANGELOG"]
+    if not any(v.match for v in prompt.data):
+        return table(rows, headers)
+    matched = [
+        (*row[:5], ",".join(v.match), row[5]) for row, v in zip(rows, prompt.data, strict=True)
+    ]
+    return table(matched, [*headers[:5], "MATCH", headers[5]])
 
 
 @prompts.command()
@@ -278,9 +290,16 @@ def explain_text(e: api.Explain) -> str:
     "(a preview).",
 )
 @click.option(
+    "--model",
+    metavar="MODEL",
+    help="Compose as a request for this model is: the model variant it selects "
+    "(default: the default variant).",
+)
+@click.option(
     "--version",
     type=click.IntRange(min=1),
-    help="The base version to compose (default: its prod version).",
+    help="The base version to compose, of the variant the model selects (default: its "
+    "prod version).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the admin API's answer (-o json).")
 @pass_ctx
@@ -289,18 +308,20 @@ def explain(
     slug: str,
     tenant: str | None,
     tier: str | None,
+    model: str | None,
     version: int | None,
     as_json: bool,
 ) -> None:
     """What a request of SLUG is composed of: the messages put first, the composed prompt
     segment by segment marked by the layer (and block) that wrote it, the parameters by
     layer, the model pin, and the variables left for the request. Parts of overrides the
-    base ignores are warnings on stderr."""
+    base ignores are warnings on stderr. The model variant is the one --model selects, as
+    a request's model does (there is no --variant)."""
     if as_json:
         ctx.output = "json"
 
     def action() -> None:
-        answer = ctx.client.explain(key_of(slug), tenant, tier, version)
+        answer = ctx.client.explain(key_of(slug), tenant, tier, version, model)
         ctx.emit(answer, explain_text)
         for ignored in answer.ignored:
             click.echo(f"warning: ignored: {ignored}", err=True)
@@ -448,12 +469,15 @@ def _served_at(data: api.ServedAt) -> str:
 @prompts.command()
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 def lint(folder: Path) -> None:
-    """Validate a folder of prompt files offline; exit 1 listing every problem."""
-    from proxy.registry.prompt_files import lint_prompt_dir
+    """Validate a folder of prompt files offline; exit 1 listing every problem. Warnings
+    (variants only their names order) are listed too, and do not fail."""
+    from proxy.registry.prompt_files import lint_prompts
 
-    problems = lint_prompt_dir(folder)
-    for problem in problems:
+    found = lint_prompts(folder)
+    for problem in found.problems:
         click.echo(problem, err=True)
-    if problems:
+    for warning in found.warnings:
+        click.echo(warning, err=True)
+    if found.problems:
         sys.exit(1)
     click.echo(f"{folder}: OK")

@@ -5,6 +5,9 @@ or ``<slug>.yaml``/``.yml`` (the same keys plus ``template:``). A tier's or tena
 override of a slug is a file in the folder of its layer, ``tiers/<tier>/<slug>.yaml`` or
 ``tenants/<tenant>/<slug>.yaml``: the folder names the layer, so where a file is reviewed is
 what it overrides. A ``tier:`` or ``tenant:`` key may say it again, and must then agree.
+A model variant is named by the file name the same way: ``<slug>@<variant>.md`` is the
+variant's base (it declares ``match:``, the models it serves), and the same name in a
+layer's folder is that layer's override of the variant.
 
 ``config/prompts/README.md`` documents the format for users. Loading is offline and reports
 every problem it finds, each with the file's own line number, so ``promptproxy prompts
@@ -31,7 +34,13 @@ from proxy.prompt_key import (
     LayerKind,
     PromptKey,
 )
-from proxy.registry.fleet_lint import FleetProblem, LoadedPrompt, field_line, fleet_problems
+from proxy.registry.fleet_lint import (
+    FleetProblem,
+    LoadedPrompt,
+    field_line,
+    fleet_problems,
+    variant_warnings,
+)
 from proxy.registry.layer_checks import base_problems
 from proxy.registry.models import (
     CALLER_SYSTEM,
@@ -50,7 +59,7 @@ SUFFIXES = (".md", ".yaml", ".yml")
 LAYER_FOLDERS: Mapping[str, LayerKind] = MappingProxyType({"tiers": "tier", "tenants": "tenant"})
 _LAYER_KEYS: tuple[LayerKind, ...] = ("tier", "tenant")
 _COMMON_KEYS = frozenset({"slug", "params", "author", "changelog"})
-_KEYS = _COMMON_KEYS | {"variables", "model", "caller_system", "blocks", "param_bounds"}
+_KEYS = _COMMON_KEYS | {"variables", "model", "caller_system", "blocks", "param_bounds", "match"}
 _OVERRIDE_KEYS = _COMMON_KEYS | {"fills", "defaults", *_LAYER_KEYS}
 #: What only a base holds; named in the refusal of an override that sets one.
 _BASE_ONLY = (_KEYS - _COMMON_KEYS) | {"template"}
@@ -65,6 +74,8 @@ _ENTRY_MAPPINGS = frozenset({"blocks", "param_bounds", "fills", "defaults"})
 _Problem = tuple[int | None, str]
 # What a file's folder makes it: a base (None), an override of a layer, or a bad folder name.
 _Folder = Layer | str | None
+#: Separates a variant from the slug in a file name, as in a key's text (``support@claude``).
+VARIANT_MARK = "@"
 
 
 class PromptFileError(Exception):
@@ -94,10 +105,11 @@ def load_prompt_file(path: Path) -> VersionDraft:
 
 
 def load_prompt_dir(path: Path) -> list[tuple[Path, VersionDraft]]:
-    """All prompt files under ``path``: the bases, then the tiers' overrides, then the
-    tenants', each in path order, so a push creates every base before an override needs
-    it. Raises with the problems of every file and of the folder as a whole."""
-    loaded, problems = _load_dir(path)
+    """All prompt files under ``path``: the bases (of every variant), then the tiers'
+    overrides, then the tenants', each in path order, so a push creates every base before
+    an override needs it. Raises with the problems of every file and of the folder as a
+    whole."""
+    loaded, problems, _ = _load_dir(path)
     if problems:
         raise PromptFileError(path, problems)
     ordered = sorted(loaded, key=_push_rank)
@@ -111,16 +123,34 @@ def _push_rank(prompt: LoadedPrompt) -> int:
 
 def lint_prompt_dir(path: Path) -> list[str]:
     """Every problem as ``file:line: message``; empty when the folder (or file) is clean."""
+    return lint_prompts(path).problems
+
+
+@dataclass(frozen=True, slots=True)
+class Lint:
+    """What ``prompts lint`` reports, each as ``file:line: message``."""
+
+    #: What a push would refuse: lint fails.
+    problems: list[str]
+    #: What a push accepts but is likely a mistake (two variants only a name orders),
+    #: each ``file:line: warning: message``.
+    warnings: list[str]
+
+
+def lint_prompts(path: Path) -> Lint:
+    """The problems and warnings of a folder (or a file, which has no warnings: they are
+    about the folder as a whole)."""
     if path.is_file():
-        return [_format(path, p) for p in _load(path).problems]
+        return Lint([_format(path, p) for p in _load(path).problems], [])
     if not path.is_dir():
-        return [f"{path}: not a file or directory"]
+        return Lint([f"{path}: not a file or directory"], [])
     if not any(True for _ in _prompt_files(path)):
-        return [f"{path}: no prompt files ({', '.join('*' + s for s in SUFFIXES)}) found"]
-    return _load_dir(path)[1]
+        return Lint([f"{path}: no prompt files ({', '.join('*' + s for s in SUFFIXES)}) found"], [])
+    _, problems, warnings = _load_dir(path)
+    return Lint(problems, warnings)
 
 
-def _load_dir(root: Path) -> tuple[list[LoadedPrompt], list[str]]:
+def _load_dir(root: Path) -> tuple[list[LoadedPrompt], list[str], list[str]]:
     files = list(_prompt_files(root))
     order = {file: index for index, file in enumerate(files)}
     found: list[FleetProblem] = []
@@ -142,9 +172,16 @@ def _load_dir(root: Path) -> tuple[list[LoadedPrompt], list[str]]:
         first_file[key] = file
         loaded.append(result.prompt)
     found.extend(fleet_problems(loaded, root, broken_bases))
-    # Each file's problems together, by line, in the order the files are listed.
-    found.sort(key=lambda p: (order[p[0]], p[1] or 0))
-    return loaded, [_format(path, (line, message)) for path, line, message in found]
+    warned = [
+        (file, line, f"warning: {text}") for file, line, text in variant_warnings(loaded, root)
+    ]
+
+    def listed(problems: list[FleetProblem]) -> list[str]:
+        # Each file's problems together, by line, in the order the files are listed.
+        problems.sort(key=lambda p: (order[p[0]], p[1] or 0))
+        return [_format(path, (line, message)) for path, line, message in problems]
+
+    return loaded, listed(found), listed(warned)
 
 
 def _prompt_files(root: Path) -> Iterator[Path]:
@@ -189,9 +226,25 @@ def _misplaced(path: Path, root: Path) -> str | None:
     )
 
 
+def _file_name(path: Path) -> tuple[str, str | None] | str:
+    """(the slug, the variant or None) a file's name gives, or why it gives none."""
+    stem, mark, variant = path.stem.partition(VARIANT_MARK)
+    if not mark:
+        return stem, None
+    if not NAME_PATTERN.match(stem) or not NAME_PATTERN.match(variant):
+        return (
+            f"the file name {path.name!r} names a model variant, so it must be "
+            f"<slug>@<variant>{path.suffix}, each part matching [A-Za-z0-9._-]{{1,64}}"
+        )
+    return stem, variant
+
+
 def _load(path: Path, root: Path | None = None) -> _Loaded:
     folder = _folder_layer(path)
-    guess = PromptKey(path.stem) if folder is None and NAME_PATTERN.match(path.stem) else None
+    name = _file_name(path)
+    guess = None
+    if folder is None and not isinstance(name, str) and NAME_PATTERN.match(name[0]):
+        guess = PromptKey(name[0], None, name[1])
     if path.suffix not in SUFFIXES:
         return _Loaded(None, [(None, f"not a prompt file (expected {', '.join(SUFFIXES)})")], None)
     if root is not None and folder is None and (misplaced := _misplaced(path, root)):
@@ -207,8 +260,8 @@ def _load(path: Path, root: Path | None = None) -> _Loaded:
         if isinstance(split, str):
             return _Loaded(None, [(1, split)], guess)
         front, body, body_line = split
-        return _build(path, folder, front, 1, body, body_line, guess)
-    return _build(path, folder, text, 0, None, 0, guess)
+        return _build(path, folder, name, front, 1, body, body_line, guess)
+    return _build(path, folder, name, text, 0, None, 0, guess)
 
 
 def _split_front_matter(text: str) -> tuple[str, str, int] | str:
@@ -226,6 +279,7 @@ def _split_front_matter(text: str) -> tuple[str, str, int] | str:
 def _build(
     path: Path,
     folder: _Folder,
+    name_parts: tuple[str, str | None] | str,
     source: str,
     offset: int,
     body: str | None,
@@ -257,18 +311,25 @@ def _build(
     override = folder is not None
     if isinstance(folder, str):
         problems.append((None, folder))
+    bad_name = isinstance(name_parts, str)
+    if isinstance(name_parts, str):
+        problems.append((None, name_parts))
+        stem, variant = path.stem.partition(VARIANT_MARK)[0], None
+    else:
+        stem, variant = name_parts
     allowed = _OVERRIDE_KEYS if override else _KEYS | ({"template"} if body is None else set())
     for name in data:
         # A base's tier: or tenant: key gets its own answer (_layer_key_problems).
         if name not in allowed and (override or name not in _LAYER_KEYS):
             problem(str(name), _key_refused(str(name), override, allowed))
-    _layer_key_problems(data, path, folder, problem)
-    slug = data.get("slug", path.stem)
+    _layer_key_problems(data, path, folder, variant, problem)
+    slug = data.get("slug", stem)
     key: PromptKey | None = None
     if not isinstance(slug, str) or not SLUG_PATTERN.match(slug):
-        problem("slug", f"bad slug {slug!r}: must match [A-Za-z0-9._-]{{1,64}}")
-    elif not isinstance(folder, str):
-        key = PromptKey(slug, folder)
+        if "slug" in data or not bad_name:  # else the file name's problem says it
+            problem("slug", _bad_slug(slug, path))
+    elif not isinstance(folder, str) and not bad_name:
+        key = PromptKey(slug, folder, variant)
     author, changelog = data.get("author") or "", data.get("changelog") or ""
     for name, value in (("author", author), ("changelog", changelog)):
         if not isinstance(value, str):
@@ -285,10 +346,20 @@ def _build(
     if override:
         draft = _override(common, key, data, body, body_line, lines, problems)
     else:
-        draft = _base(common, key, data, body, body_line, lines, problems)
+        # A malformed file name leaves it unsaid whether this is a variant's base, which
+        # decides whether `match` is required or refused.
+        draft = _base(common, key, data, body, body_line, lines, problems, bad_name)
     if problems:
         return _Loaded(None, sorted(problems, key=lambda p: p[0] or 0), key or guess)
     return _Loaded(LoadedPrompt(path, draft, lines), [], key)
+
+
+def _bad_slug(slug: Any, path: Path) -> str:
+    message = f"bad slug {slug!r}: must match [A-Za-z0-9._-]{{1,64}}"
+    if isinstance(slug, str) and VARIANT_MARK in slug:
+        # What the author meant is a variant, which only the file name can say.
+        message += f"; a model variant is named by the file name: {slug}{path.suffix}"
+    return message
 
 
 def _parse_yaml(source: str) -> tuple[yaml.Node | None, Any]:
@@ -321,6 +392,7 @@ def _base(
     body_line: int,
     lines: dict[str, int],
     problems: list[_Problem],
+    unknown_variant: bool,
 ) -> VersionDraft:
     def problem(name: str, message: str) -> None:
         problems.append((field_line(lines, name), message))
@@ -358,6 +430,7 @@ def _base(
         else:
             line = None if found.line is None else body_line + found.line - 1
         problems.append((line, found.message))
+    match = _match(data.get("match"), lines, problems)
     draft = replace(
         common,
         template=template,
@@ -366,9 +439,21 @@ def _base(
         caller_system=caller_system,
         blocks=blocks,
         param_bounds=_param_bounds(data.get("param_bounds"), lines, problems),
+        match=match or (),
     )
+    # Whether ``match`` is required (a variant's base) or refused (the default variant),
+    # and each pattern's alphabet, are the push's own checks; a `match` already reported
+    # as malformed would only be called missing again.
+    skip_match = unknown_variant or match is None
     for found_layer in base_problems(draft):
-        problem(found_layer.field, found_layer.message)
+        about_match = found_layer.field.split("[")[0] == "match"
+        if skip_match and about_match:
+            continue
+        message = found_layer.message
+        if about_match and draft.key.variant is None:
+            # The registry's words name the API's variant=; a file names it in its name.
+            message += f"; a variant's base is a file named {draft.key.slug}@<variant>"
+        problem(found_layer.field, message)
     return draft
 
 
@@ -401,6 +486,11 @@ def _override(
 
 
 def _key_refused(name: str, override: bool, allowed: frozenset[str]) -> str:
+    if name == "variant":
+        return (
+            "`variant` is not a key: the file name names the model variant, "
+            "<slug>@<variant>.md or .yaml (also in tiers/<tier>/ and tenants/<tenant>/)"
+        )
     if override and name in _BASE_ONLY:
         hint = " (an override fills the base's blocks with `fills:`)" if name == "blocks" else ""
         return (
@@ -416,7 +506,11 @@ def _key_refused(name: str, override: bool, allowed: frozenset[str]) -> str:
 
 
 def _layer_key_problems(
-    data: dict[Any, Any], path: Path, folder: _Folder, problem: Callable[[str, str], None]
+    data: dict[Any, Any],
+    path: Path,
+    folder: _Folder,
+    variant: str | None,
+    problem: Callable[[str, str], None],
 ) -> None:
     """A ``tier:``/``tenant:`` key only repeats what the file's folder says."""
     given = [kind for kind in _LAYER_KEYS if kind in data]
@@ -428,7 +522,9 @@ def _layer_key_problems(
     kind = given[0]
     name = data[kind]
     slug = data.get("slug")
-    stem = slug if isinstance(slug, str) and SLUG_PATTERN.match(slug) else path.stem
+    stem = path.stem
+    if isinstance(slug, str) and SLUG_PATTERN.match(slug):
+        stem = slug if variant is None else f"{slug}{VARIANT_MARK}{variant}"
     if folder is None:
         problem(
             kind,
@@ -523,6 +619,21 @@ def _param_bounds(
         else:
             bounds[name] = (pair[0], pair[1])
     return bounds
+
+
+def _match(raw: Any, lines: dict[str, int], problems: list[_Problem]) -> tuple[str, ...] | None:
+    """A variant's model patterns, as a list of text (None: not a list of text, reported);
+    a bad pattern is ``base_problems``'s."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(p, str) for p in raw):
+        message = (
+            "match must be a list of model patterns, e.g. [claude-*] (quote one that starts "
+            'with *: ["*-mini"])'
+        )
+        problems.append((lines.get("match"), message))
+        return None
+    return tuple(raw)
 
 
 def _fills(raw: Any, lines: dict[str, int], problems: list[_Problem]) -> dict[str, str]:

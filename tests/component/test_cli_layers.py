@@ -1,6 +1,7 @@
 """The CLI at a tenant's or a tier's layer of a prompt: `--tenant ID` / `--tier NAME` on
 every command that names a slug, `prompts push` of overrides, `prompts show` of their
-fields, and `prompts explain`.
+fields, and `prompts explain`; and at a model variant's line: `--variant NAME` beside them,
+variant files pushed with their `match`, and `prompts explain --model`.
 
 Against the admin app in-process, and, to see exactly what each command asks, against a
 small aiohttp server on 127.0.0.1 that records every request (and serves a canned explain
@@ -209,30 +210,56 @@ LAYERED_COMMANDS = [
 ]
 
 
+LINE_FLAGS = [
+    ("--tenant", "acme"),
+    ("--tier", "enterprise"),
+    ("--variant", "claude"),
+    ("--tenant", "acme", "--variant", "claude"),
+    ("--variant", "claude", "--tier", "enterprise"),
+]
+
+
 @pytest.mark.parametrize("command", LAYERED_COMMANDS, ids=" ".join)
-@pytest.mark.parametrize("flag", [("--tenant", "acme"), ("--tier", "enterprise")], ids=str)
+@pytest.mark.parametrize("flags", LINE_FLAGS, ids=" ".join)
 async def test_every_slug_command_sends_its_layer_as_a_query_parameter(
     recorder: tuple[Recorder, TestClient[Any, Any]],
     command: tuple[str, ...],
-    flag: tuple[str, str],
+    flags: tuple[str, ...],
 ) -> None:
     recorded, server = recorder
-    result = await run_cli(server, *command, *flag)
+    result = await run_cli(server, *command, *flags)
     assert "error: recorded" in result.stderr, result.output
     assert recorded.requests
-    layer = {flag[0].removeprefix("--"): flag[1]}
+    pairs = zip(flags[::2], flags[1::2], strict=True)
+    line = {name.removeprefix("--"): value for name, value in pairs}
     for _method, path, query in recorded.requests:
         assert path.startswith("/admin/v1/prompts/support")
-        assert {k: v for k, v in query.items() if k in ("tenant", "tier")} == layer
+        assert {k: v for k, v in query.items() if k in ("tenant", "tier", "variant")} == line
 
 
+@pytest.mark.parametrize("flag", ["--tenant", "--variant"])
 @pytest.mark.parametrize("command", ["tail", "export", "report"])
-async def test_shadow_commands_take_no_layer(clients: Clients, command: str) -> None:
+async def test_shadow_commands_take_no_layer(clients: Clients, command: str, flag: str) -> None:
     """Pairs are a base rollout's (each says its tenant); an override has no rollouts yet,
     so a layer flag would only ever find nothing."""
-    result = await run_cli(clients[1], "shadow", command, "support", "--tenant", "acme")
+    result = await run_cli(clients[1], "shadow", command, "support", flag, "acme")
     assert result.exit_code == 2
-    assert "No such option '--tenant'" in result.stderr
+    assert f"No such option '{flag}'" in result.stderr
+
+
+async def test_a_variant_is_named_like_a_slug_and_only_with_one(
+    recorder: tuple[Recorder, TestClient[Any, Any]],
+) -> None:
+    recorded, server = recorder
+    bad = await run_cli(server, "prompts", "show", "support", "--variant", "claude 3")
+    assert (bad.exit_code, bad.stderr) == (
+        1,
+        "error: `variant` must match [A-Za-z0-9._-]{1,64}. (param: variant)\n",
+    )
+    alone = await run_cli(server, "rollout", "status", "--variant", "claude")
+    assert alone.exit_code == 2
+    assert "--tenant, --tier and --variant name a version line of a SLUG" in alone.stderr
+    assert recorded.requests == []
 
 
 async def test_without_a_flag_the_base_is_addressed(
@@ -378,3 +405,62 @@ async def test_a_base_that_breaks_an_override_is_flagged_at_push_and_forced_with
     assert forced.exit_code == 0, forced.output
     history = await run_cli(admin, "prompts", "history", "support")
     assert "[forced over broken overrides: tenant:acme@1]" in history.stdout
+
+
+async def test_explain_asks_for_the_variant_a_requests_model_selects(
+    recorder: tuple[Recorder, TestClient[Any, Any]],
+) -> None:
+    recorded, server = recorder
+    recorded.explain = EXPLAIN
+    args = ("support", "--tenant", "acme", "--model", "claude-3-opus")
+    result = await run_cli(server, "prompts", "explain", *args)
+    assert result.exit_code == 0, result.output
+    assert recorded.requests == [
+        (
+            "GET",
+            "/admin/v1/prompts/support/explain",
+            {"tenant": "acme", "model": "claude-3-opus"},
+        )
+    ]
+    # The model picks the variant, as a request's does: explain names none itself.
+    named = await run_cli(server, "prompts", "explain", "support", "--variant", "claude")
+    assert named.exit_code == 2
+    assert "No such option '--variant'" in named.stderr
+
+
+async def test_variant_files_push_their_match_and_show_it(clients: Clients, tmp_path: Path) -> None:
+    _, admin, _ = clients
+    (tmp_path / "support.md").write_text(
+        "---\nblocks: {tone: Be brief.}\n---\nHi. {{ block.tone }}\n"
+    )
+    (tmp_path / "support@claude.md").write_text(
+        "---\nmatch: [claude-*]\nmodel: claude-3-5-sonnet-20241022\n"
+        "blocks: {tone: Be brief.}\n---\nHello. {{ block.tone }}\n"
+    )
+    (tmp_path / "tenants" / "acme").mkdir(parents=True)
+    (tmp_path / "tenants" / "acme" / "support@claude.yaml").write_text("fills: {tone: Formal.}\n")
+
+    pushed = await run_cli(admin, "prompts", "-o", "json", "push", str(tmp_path), token=ADMIN_TOKEN)
+    assert pushed.exit_code == 0, pushed.output
+    assert [(r["slug"], r["version"]) for r in orjson.loads(pushed.stdout)] == [
+        ("support", 1),
+        ("support@claude", 1),
+        ("tenant=acme/support@claude", 1),
+    ]
+
+    shown = await run_cli(admin, "prompts", "show", "support", "1", "--variant", "claude")
+    assert shown.exit_code == 0, shown.output
+    lines = shown.stdout.splitlines()
+    assert lines[0].startswith("support@claude v1  [draft]")
+    assert lines[2:4] == ["model: claude-3-5-sonnet-20241022   params: -", "match: claude-*"]
+    listing = await run_cli(admin, "prompts", "show", "support", "--variant", "claude")
+    header, row = listing.stdout.splitlines()
+    assert header.split()[4:] == ["MODEL", "MATCH", "CHANGELOG"]
+    assert "claude-3-5-sonnet-20241022  claude-*" in row
+    # The default variant's line shows no MATCH column: none of its versions has one.
+    plain = await run_cli(admin, "prompts", "show", "support")
+    assert "MATCH" not in plain.stdout
+
+    line = ("--tenant", "acme", "--variant", "claude")
+    fill = await run_cli(admin, "prompts", "-o", "json", "show", "support", "1", *line)
+    assert orjson.loads(fill.stdout)["fills"] == {"tone": "Formal."}

@@ -357,3 +357,73 @@ def test_guardrails_declare_no_blocks(tmp_path: Path) -> None:
     text = "---\nblocks: {extra: x}\n---\nNever.\n{{ block.extra }}\n"
     found = problems_of(write(tmp_path, "_guardrails.md", text))
     assert any(":2: _guardrails has no overrides, so nothing could fill" in p for p in found), found
+
+
+# -- model variants: the file name names the variant ------------------------------------
+
+CLAUDE = """\
+---
+match: [claude-*, claude-3-5-sonnet*]
+model: claude-3-5-sonnet-20241022
+---
+Hello from Claude.
+"""
+
+
+def test_a_variants_base_is_named_by_its_file_and_declares_match(tmp_path: Path) -> None:
+    draft = load_prompt_file(write(tmp_path, "support@claude.md", CLAUDE))
+    assert draft.key == PromptKey("support", None, "claude")
+    assert draft.match == ("claude-*", "claude-3-5-sonnet*")
+    assert draft.model == "claude-3-5-sonnet-20241022"
+    # `slug:` renames the part before the @ only; a YAML pattern starting with * is quoted.
+    text = "slug: support\nmatch: ['*-mini']\ntemplate: Hi\n"
+    renamed = load_prompt_file(write(tmp_path, "mini-reply@mini.yaml", text))
+    assert (renamed.key, renamed.match) == (PromptKey("support", None, "mini"), ("*-mini",))
+
+
+def test_match_is_required_on_a_variants_base_and_refused_elsewhere(tmp_path: Path) -> None:
+    missing = write(tmp_path, "support@claude.md", "---\nauthor: ada\n---\nHello.\n")
+    # Nothing to point at: the key is missing, so the file is named alone.
+    assert problems_of(missing) == [
+        f"{missing}: variant 'claude' needs `match`: the request models it serves (glob "
+        "patterns such as claude-*)"
+    ]
+    empty = write(tmp_path, "support@gpt.yaml", "template: Hi\nmatch: []\n")
+    [found] = problems_of(empty)
+    assert found.startswith(f"{empty}:2: variant 'gpt' needs `match`")
+
+    default = write(tmp_path, "support.md", "---\nauthor: ada\nmatch: [claude-*]\n---\nHi.\n")
+    [found] = problems_of(default)
+    assert found.startswith(f"{default}:3: `match` belongs to a model variant")
+    assert found.endswith("; a variant's base is a file named support@<variant>")
+
+    override = write(tmp_path, "tenants/acme/support@claude.yaml", "fills: {}\nmatch: [x]\n")
+    [found] = problems_of(override)
+    assert found.startswith(f"{override}:2: `match` belongs to the base, not to an override")
+
+
+def test_match_patterns_are_checked_at_their_key(tmp_path: Path) -> None:
+    text = "template: Hi\nauthor: ada\nmatch: claude-*\n"
+    assert problems_of(write(tmp_path, "a@claude.yaml", text)) == [
+        f"{tmp_path}/a@claude.yaml:3: match must be a list of model patterns, e.g. "
+        '[claude-*] (quote one that starts with *: ["*-mini"])'
+    ]
+    text = "template: Hi\nmatch:\n  - claude-*\n  - claude 3\n"
+    assert problems_of(write(tmp_path, "b@claude.yaml", text)) == [
+        f"{tmp_path}/b@claude.yaml:2: 'claude 3' is not a model pattern"
+    ]
+
+
+def test_a_variant_is_named_by_the_file_name_only(tmp_path: Path) -> None:
+    [found] = problems_of(write(tmp_path, "support@.md", CLAUDE))
+    assert found.endswith(
+        "support@.md: the file name 'support@.md' names a model variant, so it must be "
+        "<slug>@<variant>.md, each part matching [A-Za-z0-9._-]{1,64}"
+    )
+    text = "---\nvariant: claude\nslug: support@claude\n---\nHi.\n"
+    assert [p.split(": ", 1)[1] for p in problems_of(write(tmp_path, "s.md", text))] == [
+        "`variant` is not a key: the file name names the model variant, "
+        "<slug>@<variant>.md or .yaml (also in tiers/<tier>/ and tenants/<tenant>/)",
+        "bad slug 'support@claude': must match [A-Za-z0-9._-]{1,64}; a model variant is "
+        "named by the file name: support@claude.md",
+    ]

@@ -6,11 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from proxy.cli import main
 from proxy.prompt_key import Layer, PromptKey
 from proxy.registry.prompt_files import (
     PromptFileError,
     lint_prompt_dir,
+    lint_prompts,
     load_prompt_dir,
     load_prompt_file,
 )
@@ -281,3 +284,111 @@ def test_two_hundred_tenant_overrides_and_one_broken(tmp_path: Path) -> None:
         "tenants/t137/support-reply.yaml:2: block 'tone': line 1: variables used but not "
         "declared: 'customer_name'"
     ]
+
+
+# -- model variants: `<slug>@<variant>` files -------------------------------------------
+
+CLAUDE = """\
+---
+match: [claude-*]
+model: claude-3-5-sonnet-20241022
+variables:
+  company: {type: string, default: our company}
+blocks:
+  tone: Be brief.
+param_bounds:
+  temperature: [0.0, 1.0]
+---
+You are the assistant of {{ company }}. {{ block.tone }}
+"""
+
+
+def variant_fleet(folder: Path) -> Path:
+    """``fleet`` with a claude variant of support-reply, overridden by acme and the
+    enterprise tier (whose default-variant fills read variables claude does not declare)."""
+    fleet(folder)
+    write(folder, "support-reply@claude.md", CLAUDE)
+    write(folder, "tiers/enterprise/support-reply@claude.yaml", "fills: {tone: Thorough.}\n")
+    write(folder, "tenants/acme/support-reply@claude.yaml", "defaults: {company: Acme}\n")
+    return folder
+
+
+def test_variants_load_with_their_keys_every_base_first(tmp_path: Path) -> None:
+    assert lint_prompt_dir(variant_fleet(tmp_path)) == []
+    loaded = load_prompt_dir(tmp_path)
+    enterprise, acme = Layer("tier", "enterprise"), Layer("tenant", "acme")
+    assert [(p.relative_to(tmp_path).as_posix(), d.key) for p, d in loaded] == [
+        ("summarize.yaml", PromptKey("summarize")),
+        ("support-reply.md", PromptKey("support-reply")),
+        ("support-reply@claude.md", PromptKey("support-reply", None, "claude")),
+        ("tiers/enterprise/support-reply.yaml", PromptKey("support-reply", enterprise)),
+        (
+            "tiers/enterprise/support-reply@claude.yaml",
+            PromptKey("support-reply", enterprise, "claude"),
+        ),
+        ("tenants/acme/summarize.md", PromptKey("summarize", acme)),
+        ("tenants/acme/support-reply.yaml", PromptKey("support-reply", acme)),
+        ("tenants/acme/support-reply@claude.yaml", PromptKey("support-reply", acme, "claude")),
+        ("tenants/beta/support-reply.md", PromptKey("support-reply", Layer("tenant", "beta"))),
+    ]
+    assert loaded[2][1].match == ("claude-*",)
+
+
+def test_an_override_of_a_variant_is_checked_against_the_variants_base(tmp_path: Path) -> None:
+    variant_fleet(tmp_path)
+    # Declared by the default variant's base, not by claude's: claude's is the one that counts.
+    write(tmp_path, "tenants/acme/support-reply@claude.yaml", "fills: {domain: Anvils.}\n")
+    assert problems(tmp_path) == [
+        "tenants/acme/support-reply@claude.yaml:1: block 'domain' is not declared by base "
+        "support-reply@claude.md (it declares: tone)"
+    ]
+
+
+def test_an_override_of_a_variant_without_its_base_file(tmp_path: Path) -> None:
+    variant_fleet(tmp_path)
+    write(tmp_path, "tenants/acme/support-reply@gpt.yaml", "fills: {tone: Formal.}\n")
+    assert problems(tmp_path) == [
+        f"tenants/acme/support-reply@gpt.yaml: no base prompt 'support-reply@gpt' in "
+        f"{tmp_path}: an override is checked against its base's file in the same folder "
+        "(support-reply@gpt.md or .yaml); lint the folder that holds both (an override of "
+        "variant 'gpt' is checked against that variant's base, not support-reply's)"
+    ]
+
+
+def test_a_default_override_is_checked_against_the_variants_its_layer_does_not_override(
+    tmp_path: Path,
+) -> None:
+    """Without its own override of claude, the enterprise tier's default-variant override
+    is what its claude requests get: it must fit claude's base too."""
+    variant_fleet(tmp_path)
+    (tmp_path / "tiers/enterprise/support-reply@claude.yaml").unlink()
+    assert problems(tmp_path) == [
+        "tiers/enterprise/support-reply.yaml:3: block 'tone': line 1: variables used but not "
+        "declared: 'customer_title' (this override also serves variant 'claude', of which "
+        "tier enterprise has no override of its own)"
+    ]
+
+
+def test_variants_only_their_names_order_are_a_warning(tmp_path: Path) -> None:
+    fleet(tmp_path)
+    write(tmp_path, "summarize@claude.md", "---\nmatch: [claude-*]\n---\nSummarize.\n")
+    # 7 literal characters each, like claude-*; a model matches both.
+    text = "---\nauthor: ada\nmatch: ['*-sonnet*']\n---\nSummarize.\n"
+    sonnet = write(tmp_path, "summarize@sonnet.md", text)
+    found = lint_prompts(tmp_path)
+    assert found.problems == []
+    assert found.warnings == [
+        f"{sonnet}:3: warning: variant 'sonnet' and variant 'claude' (summarize@claude.md) "
+        "both match models such as 'claude-sonnet', at the same specificity (7 literal "
+        "characters in the most literal pattern): such a request gets 'claude', the first by "
+        "name; make one variant's patterns more specific, or keep them apart"
+    ]
+    assert len(load_prompt_dir(tmp_path)) == 8  # a warning does not stop a push
+    linted = CliRunner().invoke(main, ["prompts", "lint", str(tmp_path)])
+    assert linted.exit_code == 0, linted.output
+    assert linted.stderr == found.warnings[0] + "\n"
+
+    # The more specific one wins, as meant; and patterns no model matches both of are apart.
+    for patterns in ("['*-3-5-sonnet*']", "[gpt-4o-*]"):
+        write(tmp_path, "summarize@sonnet.md", f"---\nmatch: {patterns}\n---\nSummarize.\n")
+        assert lint_prompts(tmp_path).warnings == []
