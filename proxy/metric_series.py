@@ -159,15 +159,20 @@ class RequestFamilies(Collector):
 
     def collect(self) -> Iterator[Metric]:
         requests, errors, duration, ttft, tokens, reasons, answer, cost = self._families()
-        # The cost child is shared by the routes of one (model, slug, version, arm, tier).
+        # Two families drop a label of the series, so several series add to one child: the
+        # cost child is shared by the routes of one (model, slug, version, arm, tier), the
+        # error child by the models of one route. Written once per series, they would be
+        # samples with identical labels: Prometheus drops all but one, so a model's count
+        # is lost.
         costs: dict[tuple[str, ...], list[float]] = {}
+        errs: dict[tuple[str, ...], list[float]] = {}
         for s in list(self._series()):
             key, created = list(s.key), s.created
             for status_class, count in s.requests.items():
                 requests.add_metric([*key, status_class], count, created=created)
             route, model, slug, version, arm, tier = key
             for error_class, count in s.errors.items():
-                errors.add_metric([route, error_class, slug, version, arm, tier], count, created)
+                _add(errs, (route, error_class, slug, version, arm, tier), count, created)
             for name, hist, family in (
                 ("promptproxy_request_duration_seconds", s.duration, duration),
                 ("promptproxy_time_to_first_token_seconds", s.ttft, ttft),
@@ -181,9 +186,9 @@ class RequestFamilies(Collector):
             tokens.add_metric([*key, "output"], s.output_tokens, created=created)
             for reason, count in s.finish_reasons.items():
                 reasons.add_metric([*key, reason], count, created=created)
-            shared = costs.setdefault((model, slug, version, arm, tier), [0.0, created])
-            shared[0] += s.cost
-            shared[1] = min(shared[1], created)
+            _add(costs, (model, slug, version, arm, tier), s.cost, created)
+        for labels, (value, created) in errs.items():
+            errors.add_metric(list(labels), value, created=created)
         for labels, (value, created) in costs.items():
             cost.add_metric(list(labels), value, created=created)
         return iter((requests, errors, duration, ttft, tokens, reasons, answer, cost))
@@ -244,3 +249,19 @@ class RequestFamilies(Collector):
                 labels=("model", "slug", "version", "arm", "tier"),
             ),
         )
+
+
+def _add(
+    children: dict[tuple[str, ...], list[float]],
+    labels: tuple[str, ...],
+    value: float,
+    created: float,
+) -> None:
+    """Add one series' ``value`` to the child of ``labels`` that several series share; that
+    child was created when its oldest series was."""
+    shared = children.get(labels)
+    if shared is None:
+        children[labels] = [value, created]
+    else:
+        shared[0] += value
+        shared[1] = min(shared[1], created)

@@ -118,3 +118,25 @@ def test_ten_thousand_models_and_slugs_keep_the_series_count_bounded() -> None:
     assert series_count() <= bounded + 60  # one new arm's children, not one per request
     assert "made-up-model" not in generate_latest(registry).decode()
     assert "bad-slug" not in generate_latest(registry).decode()
+
+
+def test_errors_of_two_models_with_the_same_labels_are_one_sample() -> None:
+    """``errors_total`` has no model label: two models failing alike add to one child,
+    as ``cost_usd_total`` does, never two samples with identical labels."""
+    registry = CollectorRegistry()
+    metrics = ProxyMetrics(registry, ["gpt-4o-mini", "gpt-4o"])
+    metrics.set_registry(_snapshot({PromptKey("support"): 3}))
+    for model, failures in (("gpt-4o-mini", 2), ("gpt-4o", 3)):
+        for _ in range(failures):
+            metrics.series("chat.completions", model, PromptKey("support"), "3", "stable").observe(
+                "5xx", 0.1, None, None, None, "upstream_5xx"
+            )
+    lines = [
+        line
+        for line in generate_latest(registry).decode().splitlines()
+        if line.startswith("promptproxy_errors_total{")
+    ]
+    assert lines == [
+        'promptproxy_errors_total{arm="stable",error_class="upstream_5xx",route="chat.completions",'
+        'slug="support",tier="",version="3"} 5.0'
+    ]
