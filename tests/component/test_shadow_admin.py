@@ -281,6 +281,7 @@ async def test_a_shadow_rollout_records_pairs_readable_through_the_admin_api(
             "version": "2",
             "arm": "shadow",
             "tier": "",
+            "variant": "",
             "status_class": "2xx",
         },
     )
