@@ -153,7 +153,9 @@ class Harness:
         self.metrics.set_versions_in_use({SUPPORT: [1, 2]})
         self.config = ShadowConfig.model_validate({"pair_wait_seconds": 5, **config})
         self.sink = ListSink()
-        shadow_metrics = ShadowMetrics(self.metrics.registry, self.metrics.slug_label)
+        shadow_metrics = ShadowMetrics(
+            self.metrics.registry, self.metrics.slug_label, self.metrics.variant_label
+        )
         proxy = ProxyConfig(upstream=UpstreamConfig(base_url=base_url), shadow=self.config)
         self.runner = ShadowRunner(
             self.config,
@@ -167,10 +169,14 @@ class Harness:
         return self.metrics.registry.get_sample_value(name, labels) or 0.0
 
     def dropped(self, reason: str) -> float:
-        return self.sample("promptproxy_shadow_dropped_total", slug="support", reason=reason)
+        return self.sample(
+            "promptproxy_shadow_dropped_total", slug="support", variant="", reason=reason
+        )
 
     def outcome(self, outcome: str) -> float:
-        return self.sample("promptproxy_shadow_requests_total", slug="support", outcome=outcome)
+        return self.sample(
+            "promptproxy_shadow_requests_total", slug="support", variant="", outcome=outcome
+        )
 
 
 @pytest.fixture
