@@ -395,12 +395,10 @@ class FeedbackService:
 
     def _count(self, answered: Answered, name: str, value: float) -> None:
         m = self._metrics
-        m.feedback.labels(
-            m.slug_label(answered.key),
-            m.version_label(answered.key, answered.version),
-            answered.arm,
-            m.feedback_label(name),
-        ).observe(value)
+        slug, version, variant = m.prompt_labels(answered.key, answered.version)
+        m.feedback.labels(slug, version, answered.arm, variant, m.feedback_label(name)).observe(
+            value
+        )
         if (
             self._window is not None
             and answered.rollout_id is not None

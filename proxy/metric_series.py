@@ -21,10 +21,10 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
-#: (route, model, slug, version, arm, tier)
-SeriesKey = tuple[str, str, str, str, str, str]
+#: (route, model, slug, version, arm, tier, variant)
+SeriesKey = tuple[str, str, str, str, str, str, str]
 
-_BASE = ("route", "model", "slug", "version", "arm", "tier")
+_BASE = ("route", "model", "slug", "version", "arm", "tier", "variant")
 
 
 class Buckets:
@@ -59,7 +59,8 @@ def le_labels(bounds: tuple[float, ...]) -> tuple[str, ...]:
 
 
 class Series:
-    """The numbers of one (route, model, slug, version, arm, tier), found once per request."""
+    """The numbers of one (route, model, slug, version, arm, tier, variant), found once per
+    request."""
 
     __slots__ = (
         "_reasons",
@@ -159,15 +160,20 @@ class RequestFamilies(Collector):
 
     def collect(self) -> Iterator[Metric]:
         requests, errors, duration, ttft, tokens, reasons, answer, cost = self._families()
-        # The cost child is shared by the routes of one (model, slug, version, arm, tier).
+        # Two families drop a label of the series, so several series add to one child: the
+        # cost child is shared by the routes of one (model, slug, version, arm, tier,
+        # variant), the error child by the models of one route. Written once per series,
+        # they would be samples with identical labels: Prometheus drops all but one, so a
+        # model's count is lost.
         costs: dict[tuple[str, ...], list[float]] = {}
+        errs: dict[tuple[str, ...], list[float]] = {}
         for s in list(self._series()):
             key, created = list(s.key), s.created
             for status_class, count in s.requests.items():
                 requests.add_metric([*key, status_class], count, created=created)
-            route, model, slug, version, arm, tier = key
+            route, model, slug, version, arm, tier, variant = key
             for error_class, count in s.errors.items():
-                errors.add_metric([route, error_class, slug, version, arm, tier], count, created)
+                _add(errs, (route, error_class, slug, version, arm, tier, variant), count, created)
             for name, hist, family in (
                 ("promptproxy_request_duration_seconds", s.duration, duration),
                 ("promptproxy_time_to_first_token_seconds", s.ttft, ttft),
@@ -181,9 +187,9 @@ class RequestFamilies(Collector):
             tokens.add_metric([*key, "output"], s.output_tokens, created=created)
             for reason, count in s.finish_reasons.items():
                 reasons.add_metric([*key, reason], count, created=created)
-            shared = costs.setdefault((model, slug, version, arm, tier), [0.0, created])
-            shared[0] += s.cost
-            shared[1] = min(shared[1], created)
+            _add(costs, (model, slug, version, arm, tier, variant), s.cost, created)
+        for labels, (value, created) in errs.items():
+            errors.add_metric(list(labels), value, created=created)
         for labels, (value, created) in costs.items():
             cost.add_metric(list(labels), value, created=created)
         return iter((requests, errors, duration, ttft, tokens, reasons, answer, cost))
@@ -209,7 +215,7 @@ class RequestFamilies(Collector):
                 "promptproxy_errors",
                 "Requests that failed, by class (upstream status, timeout, interrupted "
                 "stream, client disconnect, invalid request...).",
-                labels=("route", "error_class", "slug", "version", "arm", "tier"),
+                labels=("route", "error_class", "slug", "version", "arm", "tier", "variant"),
             ),
             HistogramMetricFamily(
                 "promptproxy_request_duration_seconds",
@@ -241,6 +247,22 @@ class RequestFamilies(Collector):
                 "promptproxy_cost_usd",
                 "Estimated cost in US dollars, from the token counts and the configured "
                 "price table (models without a price add nothing).",
-                labels=("model", "slug", "version", "arm", "tier"),
+                labels=("model", "slug", "version", "arm", "tier", "variant"),
             ),
         )
+
+
+def _add(
+    children: dict[tuple[str, ...], list[float]],
+    labels: tuple[str, ...],
+    value: float,
+    created: float,
+) -> None:
+    """Add one series' ``value`` to the child of ``labels`` that several series share; that
+    child was created when its oldest series was."""
+    shared = children.get(labels)
+    if shared is None:
+        children[labels] = [value, created]
+    else:
+        shared[0] += value
+        shared[1] = min(shared[1], created)

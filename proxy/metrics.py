@@ -2,10 +2,11 @@
 
 Label values are bounded: ``route`` is an enum, ``model`` is allow-listed (else ``other``),
 ``status_class`` is ``2xx``..``5xx``, ``error_class`` and ``finish_reason`` come from fixed
-sets, ``slug`` is the slug of a registry prompt key (else ``other``), ``version`` is one *in
-use* (a key's prod, its rollout's candidate; else ``other``) and ``arm`` is an enum (all three
-empty when the request names no prompt). No request ids, users or tenants ever become labels.
-When a version goes out of use its series are removed, so a slug keeps a handful of series
+sets, ``slug`` and ``variant`` are those of a registry prompt key (else ``other``; the default
+variant is ``""``), ``version`` is one *in use* by that key (its prod, its rollout's
+candidate; else ``other``) and ``arm`` is an enum (all four empty when the request names no
+prompt); ``tier`` comes from the config. No request ids, users or tenants ever become labels.
+When a version goes out of use its series are removed, so a key keeps a handful of series
 however many versions it has had. docs/metrics.md lists every family.
 """
 
@@ -16,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, Summary
 
 from proxy import __version__
-from proxy.metric_series import RequestFamilies, Series
+from proxy.metric_series import RequestFamilies, Series, SeriesKey
 from proxy.prompt_key import PromptKey
 from proxy.registry.models import RegistrySnapshot, Rollout
 
@@ -57,8 +58,13 @@ _FINISH_REASONS = {
     "max_output_tokens": "length",
 }
 
-PROMPT_LABELS = ("slug", "version", "arm")
+PROMPT_LABELS = ("slug", "version", "arm", "variant")
 OTHER = "other"
+_NO_VERSIONS: frozenset[str] = frozenset()
+
+#: A registry key's labels: its slug, its variant (``""`` for the default one) and the
+#: versions that keep their own label.
+KeyLabels = tuple[str, str, frozenset[str]]
 
 #: USD per million tokens, (input, output), by the model name sent upstream.
 Prices = Mapping[str, tuple[float, float]]
@@ -81,9 +87,11 @@ class ProxyMetrics:
         self._keys: frozenset[PromptKey] = frozenset()
         #: key -> the versions that keep their own label (as strings)
         self._in_use: dict[PromptKey, frozenset[str]] = {}
-        #: slug label -> the versions some key of that slug keeps (the series' own labels)
-        self._labels_in_use: dict[str, frozenset[str]] = {}
-        self._series: dict[tuple[str, str, str, str, str, str], Series] = {}
+        #: registry key -> its labels, so a request folds its prompt in one lookup
+        self._labels: dict[PromptKey, KeyLabels] = {}
+        #: (slug, variant) labels -> the versions their series keep
+        self._labels_in_use: dict[tuple[str, str], frozenset[str]] = {}
+        self._series: dict[SeriesKey, Series] = {}
         # The per-request families: counted lock-free per label set (see metric_series.py).
         self._families = RequestFamilies(
             self._series.values,
@@ -96,8 +104,8 @@ class ProxyMetrics:
         registry.register(self._families)
         self.feedback = Summary(
             "promptproxy_feedback_value",
-            "Downstream outcomes posted to /v1/feedback, attributed to the slug, version and "
-            "arm that answered (count and sum of values; mean = sum / count).",
+            "Downstream outcomes posted to /v1/feedback, attributed to the slug, version, arm "
+            "and variant that answered (count and sum of values; mean = sum / count).",
             (*PROMPT_LABELS, "name"),
             registry=registry,
         )
@@ -237,17 +245,20 @@ class ProxyMetrics:
         arm: str,
         tier: str | None = None,
     ) -> Series:
-        """The cached children for these labels; the prompt ``key``, ``version`` and the
-        tenant's ``tier`` are raw and folded here (``model`` is already a label: see
-        ``model_label``). A tier outside ``tenants.tiers`` (a record older than the config)
-        is ``other``; no tenant, ``""``. The tenant itself is never a label."""
+        """The cached children for these labels; the prompt ``key`` (which names the
+        variant served), ``version`` and the tenant's ``tier`` are raw and folded here
+        (``model`` is already a label: see ``model_label``). A tier outside
+        ``tenants.tiers`` (a record older than the config) is ``other``; no tenant, ``""``.
+        The tenant itself is never a label."""
+        slug, version, variant = self.prompt_labels(key, version)
         labels = (
             route,
             model,
-            self.slug_label(key),
-            self.version_label(key, version) if key is not None and version else "",
+            slug,
+            version,
             arm,
             "" if not tier else tier if tier in self._tiers else OTHER,
+            variant,
         )
         found = self._series.get(labels)
         if found is None:
@@ -265,12 +276,27 @@ class ProxyMetrics:
     def feedback_label(self, name: str) -> str:
         return name if name in self._feedback_names else OTHER
 
+    def prompt_labels(self, key: PromptKey | None, version: str) -> tuple[str, str, str]:
+        """The (slug, version, variant) labels of an answer by ``key``'s ``version``: all
+        ``""`` without a prompt. A key the registry does not know is what a caller typed, so
+        none of its names becomes a label."""
+        if key is None:
+            return "", "", ""
+        known = self._labels.get(key)
+        if known is None:
+            return OTHER, OTHER if version else "", "" if key.variant is None else OTHER
+        slug, variant, in_use = known
+        return slug, "" if not version else version if version in in_use else OTHER, variant
+
     def version_label(self, key: PromptKey, version: str) -> str:
-        return version if version in self._in_use.get(key, ()) else OTHER
+        known = self._labels.get(key)
+        return version if known is not None and version in known[2] else OTHER
 
     def set_known_keys(self, keys: Iterable[PromptKey]) -> None:
-        """Keys whose slug keeps its own series (the registry's); others count as `other`."""
+        """Keys whose slug and variant keep their own series (the registry's); others
+        count as `other`."""
         self._keys = frozenset(keys)
+        self._relabel()
 
     def set_registry(self, snapshot: RegistrySnapshot) -> None:
         """Follow a new snapshot: its keys, its versions in use, its rollouts. Series of
@@ -284,19 +310,34 @@ class ProxyMetrics:
 
     def set_versions_in_use(self, in_use: Mapping[PromptKey, Iterable[int]]) -> None:
         self._in_use = {key: frozenset(map(str, vs)) for key, vs in in_use.items()}
-        by_label: dict[str, set[str]] = {}
-        for key, versions in self._in_use.items():
-            if key in self._keys:
-                by_label.setdefault(key.slug, set()).update(versions)
-        self._labels_in_use = {slug: frozenset(vs) for slug, vs in by_label.items()}
+        self._relabel()
         self._prune()
+
+    def _relabel(self) -> None:
+        labels: dict[PromptKey, KeyLabels] = {}
+        in_use: dict[tuple[str, str], frozenset[str]] = {}
+        for key in self._keys:
+            variant = key.variant or ""
+            if key.layer is not None:
+                # An override's version numbers count its own line: under its base's
+                # series they would read as the base's versions. Its layer, which may
+                # name a tenant, is never a label.
+                labels[key] = (key.slug, variant, _NO_VERSIONS)
+                continue
+            # One base key per (slug, variant): a variant's versions never keep, or
+            # prune, the default variant's series of the same number.
+            versions = self._in_use.get(key, _NO_VERSIONS)
+            labels[key] = (key.slug, variant, versions)
+            in_use[key.slug, variant] = versions
+        self._labels = labels
+        self._labels_in_use = in_use
 
     def _prune(self) -> None:
         for labels in list(self._series):
-            _, _, slug, version, _, _ = labels
+            _, _, slug, version, _, _, variant = labels
             if not version or version == OTHER:
                 continue
-            if version in self._labels_in_use.get(slug, ()):
+            if version in self._labels_in_use.get((slug, variant), ()):
                 continue
             del self._series[labels]
 
@@ -309,7 +350,16 @@ class ProxyMetrics:
             )
 
     def slug_label(self, key: PromptKey | None) -> str:
-        """The ``slug`` label of ``key``: its slug while the registry knows it."""
+        """The ``slug`` label of ``key``: its slug while the registry knows the key."""
         if key is None:
             return ""
-        return key.slug if key in self._keys else OTHER
+        known = self._labels.get(key)
+        return OTHER if known is None else known[0]
+
+    def variant_label(self, key: PromptKey | None) -> str:
+        """The ``variant`` label of ``key``: its variant while the registry knows the key,
+        ``""`` for the default variant."""
+        if key is None or key.variant is None:
+            return ""
+        known = self._labels.get(key)
+        return OTHER if known is None else known[1]

@@ -113,7 +113,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         upstream = UpstreamClient(UpstreamLimits.primary(config.upstream))
         stack.push_async_callback(upstream.close)
         me = replica_id()
-        shadow_metrics = ShadowMetrics(metrics.registry, metrics.slug_label)
+        shadow_metrics = ShadowMetrics(metrics.registry, metrics.slug_label, metrics.variant_label)
         # Every shared part, closed once and late: after the runner, the analyser and the
         # background tasks stopped using them (the stack unwinds in reverse).
         backend = await open_backend(

@@ -1,7 +1,9 @@
 """Shadow metrics, on the app's own registry next to ``ProxyMetrics``.
 
-Labels stay bounded: ``slug`` goes through ``ProxyMetrics.slug_label`` (registry slugs, else
-``other``), ``outcome`` and ``reason`` come from fixed sets. Pair ids never become labels.
+Labels stay bounded: ``slug`` and ``variant`` go through ``ProxyMetrics.slug_label`` and
+``variant_label`` (the registry's, else ``other``; a slug's variants are separate version
+lines with rollouts of their own, so their shadows are counted apart), ``outcome`` and
+``reason`` come from fixed sets. Pair ids never become labels.
 The per-request families (tokens, latency, errors) are counted on ``ProxyMetrics`` with
 ``arm="shadow"``; see ``runner``.
 """
@@ -44,25 +46,32 @@ def _fold_all(key: PromptKey | None) -> str:
     return "" if key is None else OTHER
 
 
+def _fold_variant(key: PromptKey | None) -> str:
+    return "" if key is None or key.variant is None else OTHER
+
+
 class ShadowMetrics:
     def __init__(
         self,
         registry: CollectorRegistry,
         slug_label: Callable[[PromptKey | None], str] = _fold_all,
+        variant_label: Callable[[PromptKey | None], str] = _fold_variant,
     ) -> None:
-        """``slug_label`` is ``ProxyMetrics.slug_label``; without it every slug is ``other``."""
+        """``slug_label`` and ``variant_label`` are ``ProxyMetrics``'; without them every
+        slug and every named variant is ``other``."""
         self._slug_label = slug_label
+        self._variant_label = variant_label
         self.requests = Counter(
             "promptproxy_shadow_requests",
             "Shadow calls: sent to the provider, then completed (2xx, whole answer) or failed.",
-            ("slug", "outcome"),
+            ("slug", "variant", "outcome"),
             registry=registry,
         )
         self.dropped = Counter(
             "promptproxy_shadow_dropped",
             "Shadows not sent, by reason (queue full, stale in queue, draining, or skipped by "
             "the pipeline: side effects, not a completion, body too large).",
-            ("slug", "reason"),
+            ("slug", "variant", "reason"),
             registry=registry,
         )
         self.pairs = Counter(
@@ -86,7 +95,7 @@ class ShadowMetrics:
             "promptproxy_shadow_divergence",
             "Divergence of shadow pairs, 0 (same) to 1, by kind (candidate: stable against "
             "the candidate; stable: stable against itself, the noise floor) and measure.",
-            ("slug", "kind", "measure"),
+            ("slug", "variant", "kind", "measure"),
             buckets=DIVERGENCE_BUCKETS,
             registry=registry,
         )
@@ -94,17 +103,17 @@ class ShadowMetrics:
             self.pairs.labels(outcome)
 
     def request(self, key: PromptKey | None, outcome: str) -> None:
-        self.requests.labels(self._slug_label(key), outcome).inc()
+        self.requests.labels(self._slug_label(key), self._variant_label(key), outcome).inc()
 
     def drop(self, key: PromptKey, reason: str) -> None:
         label = reason if reason in DROP_REASONS else OTHER
-        self.dropped.labels(self._slug_label(key), label).inc()
+        self.dropped.labels(self._slug_label(key), self._variant_label(key), label).inc()
 
     def diverged(self, key: PromptKey, kind: str, divergence: Divergence) -> None:
-        label = self._slug_label(key)
+        slug, variant = self._slug_label(key), self._variant_label(key)
         for measure, value in divergence.to_dict().items():
             if value is not None:
-                self.divergence.labels(label, kind, measure).observe(value)
+                self.divergence.labels(slug, variant, kind, measure).observe(value)
 
     def pair(self, outcome: str, count: int = 1) -> None:
         """Thread-safe: the file sink's writer thread reports from outside the loop."""

@@ -79,7 +79,7 @@ async def answer(data: TestClient[Any, Any], user: str) -> tuple[str, str, str]:
 def feedback_count(services: Services, version: str, arm: str, name: str) -> float:
     value = services.metrics.registry.get_sample_value(
         "promptproxy_feedback_value_count",
-        {"slug": "support", "version": version, "arm": arm, "name": name},
+        {"slug": "support", "version": version, "arm": arm, "variant": "", "name": name},
     )
     return value or 0.0
 

@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from proxy.prompt_key import PromptKey
 from proxy.services import Services
-from tests.support import FAKE_UPSTREAM, make_settings, proxy_clients, upstream_mock
+from tests.component.test_registry_swap_in import SUPPORT, promote, push, ready_for
+from tests.support import ADMIN, FAKE_UPSTREAM, make_settings, proxy_clients, upstream_mock
 
 ANSWER = {
     "id": "c",
@@ -87,3 +89,69 @@ async def test_made_up_models_and_slugs_fold_into_other(clients: Clients) -> Non
     assert "no-such-prompt" not in text
     assert 'model="other"' in text
     assert 'slug="other"' in text
+
+
+#: Distinct models per kind (one a variant's pattern matches, one it does not) and tenants.
+CALLERS = 250
+
+
+@pytest.mark.timeout(120)
+async def test_models_and_tenants_a_caller_makes_up_are_no_variant_or_tenant_label(
+    clients: Clients,
+) -> None:
+    """The request's model picks the variant, so a caller chooses among the registry's
+    variants only; its tenant id (known or not) is never a label."""
+    data, admin, services = clients
+    await push(admin, "support", SUPPORT)
+    await promote(admin, "support", 1)
+    resp = await admin.post(
+        "/admin/v1/prompts/support/versions?variant=claude",
+        json={**SUPPORT, "match": ["claude-*"]},
+        headers=ADMIN,
+    )
+    assert resp.status == 201, await resp.text()
+    resp = await admin.post(
+        "/admin/v1/prompts/support/promote?variant=claude",
+        json={"version": 1, "reason": "test"},
+        headers=ADMIN,
+    )
+    assert resp.status == 200, await resp.text()
+    resp = await admin.put("/admin/v1/tenants/acme", json={"tier": "enterprise"}, headers=ADMIN)
+    assert resp.status == 200, await resp.text()
+    await ready_for(services)
+    # The registry's variant is a label value, so its answers keep a series of their own.
+    assert services.metrics.variant_label(PromptKey("support", variant="claude")) == "claude"
+    variables = {"customer_name": "Ada", "product": "pens"}
+
+    async def ask(model: str, tenant: str) -> None:
+        body = {"model": model, "messages": [], "prompt_variables": variables}
+        resp = await data.post(
+            "/p/support/v1/chat/completions", json=body, headers={"X-Tenant-Id": tenant}
+        )
+        assert resp.status == 200, await resp.text()
+        await resp.read()
+
+    with upstream_mock() as mocked:
+        mocked.post(
+            re.compile(f"{re.escape(FAKE_UPSTREAM)}/chat/completions"), payload=ANSWER, repeat=True
+        )
+        for tenant in ("acme", "who-0"):
+            await ask("claude-made-up-0", tenant)
+            await ask("made-up-0", tenant)
+        before, _ = await series_count(admin)
+        for start in range(1, CALLERS, 50):
+            batch = range(start, min(start + 50, CALLERS))
+            await asyncio.gather(
+                *(ask(f"claude-made-up-{i}", "acme") for i in batch),
+                *(ask(f"made-up-{i}", f"who-{i}") for i in batch),
+            )
+        after, text = await series_count(admin)
+
+    assert after == before
+    variants = set(re.findall(r'variant="([^"]*)"', text))
+    assert "" in variants
+    assert variants <= {"", "claude"}
+    assert 'tier="enterprise"' in text
+    assert "made-up" not in text
+    assert "acme" not in text
+    assert "who-" not in text

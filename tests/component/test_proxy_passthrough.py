@@ -338,7 +338,7 @@ async def test_metrics_count_requests_with_bounded_labels(upstream: Any) -> None
         text = await (await admin.get("/metrics")).text()
     series = (
         'promptproxy_requests_total{arm="",model="gpt-4o-mini",route="chat.completions",'
-        'slug="",status_class="2xx",tier="",version=""} 1.0'
+        'slug="",status_class="2xx",tier="",variant="",version=""} 1.0'
     )
     assert series in text
     assert 'model="other"' in text

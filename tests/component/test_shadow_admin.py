@@ -271,7 +271,10 @@ async def test_a_shadow_rollout_records_pairs_readable_through_the_admin_api(
     assert streamed["shadow"]["output_tokens"]  # the usage the proxy asked for, on the shadow
 
     metrics = services.metrics.registry.get_sample_value
-    assert metrics("promptproxy_shadow_requests_total", {"slug": "support", "outcome": "completed"})
+    assert metrics(
+        "promptproxy_shadow_requests_total",
+        {"slug": "support", "variant": "", "outcome": "completed"},
+    )
     assert metrics(
         "promptproxy_requests_total",
         {
@@ -281,6 +284,7 @@ async def test_a_shadow_rollout_records_pairs_readable_through_the_admin_api(
             "version": "2",
             "arm": "shadow",
             "tier": "",
+            "variant": "",
             "status_class": "2xx",
         },
     )

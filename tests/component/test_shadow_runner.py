@@ -153,7 +153,9 @@ class Harness:
         self.metrics.set_versions_in_use({SUPPORT: [1, 2]})
         self.config = ShadowConfig.model_validate({"pair_wait_seconds": 5, **config})
         self.sink = ListSink()
-        shadow_metrics = ShadowMetrics(self.metrics.registry, self.metrics.slug_label)
+        shadow_metrics = ShadowMetrics(
+            self.metrics.registry, self.metrics.slug_label, self.metrics.variant_label
+        )
         proxy = ProxyConfig(upstream=UpstreamConfig(base_url=base_url), shadow=self.config)
         self.runner = ShadowRunner(
             self.config,
@@ -167,10 +169,14 @@ class Harness:
         return self.metrics.registry.get_sample_value(name, labels) or 0.0
 
     def dropped(self, reason: str) -> float:
-        return self.sample("promptproxy_shadow_dropped_total", slug="support", reason=reason)
+        return self.sample(
+            "promptproxy_shadow_dropped_total", slug="support", variant="", reason=reason
+        )
 
     def outcome(self, outcome: str) -> float:
-        return self.sample("promptproxy_shadow_requests_total", slug="support", outcome=outcome)
+        return self.sample(
+            "promptproxy_shadow_requests_total", slug="support", variant="", outcome=outcome
+        )
 
 
 @pytest.fixture
@@ -291,7 +297,7 @@ async def test_a_streamed_shadow_gets_a_ttft_and_is_paired_with_its_primary(
     assert headers["Authorization"] == f"Bearer {PROVIDER_KEY}"
     assert body == request.body  # same bytes, with its own Content-Length
     series = {"route": "chat.completions", "model": "gpt-4o-mini", "slug": "support"}
-    shadow_series = {**series, "version": "2", "arm": "shadow", "tier": ""}
+    shadow_series = {**series, "version": "2", "arm": "shadow", "tier": "", "variant": ""}
     assert h.sample("promptproxy_tokens_total", **shadow_series, direction="output") == 3
     assert h.sample("promptproxy_requests_total", **shadow_series, status_class="2xx") == 1
     assert h.sample("promptproxy_time_to_first_token_seconds_count", **shadow_series) == 1
@@ -347,6 +353,7 @@ async def test_a_failing_shadow_is_a_failed_arm_sent_once(
         "version": "2",
         "arm": "shadow",
         "tier": "",
+        "variant": "",
     }
     assert h.sample("promptproxy_errors_total", **labels, error_class=error_class) == 1
     if tail == "/hang-mid-stream":

@@ -107,6 +107,7 @@ async def test_a_full_pool_answers_a_retryable_503_after_the_wait(
                 "version": "",
                 "arm": "",
                 "tier": "",
+                "variant": "",
             },
         )
         assert refused == 1

@@ -87,6 +87,7 @@ class Process:
             "version": version,
             "arm": arm,
             "tier": "",
+            "variant": "",
             "status_class": "2xx",
         }
         return self.metrics.registry.get_sample_value("promptproxy_requests_total", labels) or 0

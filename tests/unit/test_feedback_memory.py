@@ -266,13 +266,38 @@ async def test_feedback_on_an_answer_still_held_counts_and_on_a_forgotten_one_is
     again = await feedback.record("req-1", "thumbs_up", 1)
     assert (first["version"], first["arm"], first["recorded"]) == (2, "canary", True)
     assert again["recorded"] is False
-    labels = {"slug": "support", "version": "2", "arm": "canary", "name": "thumbs_up"}
+    labels = {
+        "slug": "support",
+        "version": "2",
+        "arm": "canary",
+        "variant": "",
+        "name": "thumbs_up",
+    }
     assert metrics.registry.get_sample_value("promptproxy_feedback_value_count", labels) == 1
 
     for i in range(1000):
         index.remember(f"req-{i + 2}", answered(clock.now))
     with pytest.raises(NotFound):
         await feedback.record("req-1", "thumbs_up", 1)
+
+
+async def test_feedback_on_a_variants_answer_counts_under_that_variant_and_version() -> None:
+    clock = Clock()
+    index = MemoryRequestIndex(TTL, 1000, clock=clock)
+    feedback, metrics = service(index)
+    claude = PromptKey("support", variant="claude")
+    metrics.set_known_keys([KEY, claude])
+    metrics.set_versions_in_use({KEY: [1, 2], claude: [5]})
+    index.remember("req-1", Answered(claude, "5", "stable", None, clock.now))
+    index.remember("req-2", Answered(claude, "2", "pinned", None, clock.now))
+    await feedback.record("req-1", "thumbs_up", 1)
+    await feedback.record("req-2", "thumbs_up", 1)
+    sample = metrics.registry.get_sample_value
+    count = "promptproxy_feedback_value_count"
+    labels = {"slug": "support", "variant": "claude", "name": "thumbs_up"}
+    assert sample(count, {**labels, "version": "5", "arm": "stable"}) == 1
+    # v2 is the default variant's, not claude's: claude's old versions fold to other.
+    assert sample(count, {**labels, "version": "other", "arm": "pinned"}) == 1
 
 
 # -- what an answer costs -------------------------------------------------------------------

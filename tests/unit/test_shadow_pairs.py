@@ -87,16 +87,26 @@ def test_a_pair_without_its_primary_says_so() -> None:
 
 def test_metric_labels_stay_bounded() -> None:
     proxy_metrics = ProxyMetrics(CollectorRegistry(), ["gpt-4o-mini"])
-    proxy_metrics.set_known_keys([SUPPORT])
-    proxy_metrics.set_versions_in_use({SUPPORT: [1, 2]})
-    metrics = ShadowMetrics(proxy_metrics.registry, proxy_metrics.slug_label)
+    claude = PromptKey(SUPPORT.slug, variant="claude")
+    proxy_metrics.set_known_keys([SUPPORT, claude])
+    proxy_metrics.set_versions_in_use({SUPPORT: [1, 2], claude: [1]})
+    metrics = ShadowMetrics(
+        proxy_metrics.registry, proxy_metrics.slug_label, proxy_metrics.variant_label
+    )
     metrics.drop(SUPPORT, "queue_full")
     metrics.drop(PromptKey("made-up-slug-123"), "side_effects")
     metrics.drop(SUPPORT, "some new reason")
+    metrics.drop(claude, "queue_full")
+    metrics.drop(PromptKey(SUPPORT.slug, variant="made-up-variant"), "queue_full")
     sample = proxy_metrics.registry.get_sample_value
-    assert sample("promptproxy_shadow_dropped_total", {"slug": "support", "reason": "queue_full"})
-    assert sample("promptproxy_shadow_dropped_total", {"slug": "other", "reason": "side_effects"})
-    assert sample("promptproxy_shadow_dropped_total", {"slug": "support", "reason": "other"})
+    dropped = "promptproxy_shadow_dropped_total"
+    support = {"slug": "support", "variant": ""}
+    assert sample(dropped, {**support, "reason": "queue_full"}) == 1
+    assert sample(dropped, {"slug": "other", "variant": "", "reason": "side_effects"})
+    assert sample(dropped, {**support, "reason": "other"})
+    # A variant's shadows are its rollout's, counted apart from the default variant's.
+    assert sample(dropped, {"slug": "support", "variant": "claude", "reason": "queue_full"})
+    assert sample(dropped, {"slug": "other", "variant": "other", "reason": "queue_full"})
     # Pair outcomes exist from the start, so a dashboard's rate() works before the first pair.
     for outcome in ("written", "unpaired", "sink_dropped"):
         assert sample("promptproxy_shadow_pairs_total", {"outcome": outcome}) == 0.0
