@@ -25,21 +25,11 @@ from proxy.prompt_key import Layer, PromptKey
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def prompt_argument(required: bool = True, layers: bool = True) -> Callable[[F], F]:
+def prompt_argument(required: bool = True) -> Callable[[F], F]:
     """SLUG, `--tenant ID`, `--tier NAME` and `--variant NAME`, passed on as
-    ``key: PromptKey`` (None when SLUG is optional and not given). ``layers=False``: SLUG
-    alone, for the commands of routes that take neither (the shadow routes name a slug's
-    pairs by the slug alone)."""
+    ``key: PromptKey`` (None when SLUG is optional and not given)."""
 
     def decorate(command: F) -> F:
-        if not layers:
-
-            @functools.wraps(command)
-            def plain(*args: Any, slug: str | None, **kwargs: Any) -> Any:
-                return command(*args, key=_key(slug, None, None, None), **kwargs)
-
-            return cast(F, click.argument("slug", required=required)(plain))
-
         @functools.wraps(command)
         def invoke(
             *args: Any,

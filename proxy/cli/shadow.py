@@ -79,7 +79,7 @@ def shadow() -> None:
 
 
 @shadow.command()
-@prompt_argument(layers=False)
+@prompt_argument()
 @click.option("--since", help="Show pairs from this far back first: 600, 10m, 2h or a unix time.")
 @click.option("--count", type=click.IntRange(min=1), help="Stop after this many pairs.")
 @pass_ctx
@@ -122,7 +122,7 @@ def _pair_range(command: F) -> F:
 
 
 @shadow.command()
-@prompt_argument(layers=False)
+@prompt_argument()
 @_pair_range
 @pass_ctx
 def export(
@@ -310,7 +310,7 @@ def _fail(message: str) -> None:
 
 
 @shadow.command()
-@prompt_argument(layers=False)
+@prompt_argument()
 @_pair_range
 @click.option(
     "--alpha",

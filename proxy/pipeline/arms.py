@@ -17,13 +17,13 @@ import orjson
 from proxy.errors import InvalidRequest
 from proxy.exchange.outcome import Arm, Exchange
 from proxy.models import ParsedRequest
-from proxy.pipeline.choose import Decision, choose, shadow_skip, sticky_value
+from proxy.pipeline.choose import Decision, choose, choose_override, shadow_skip, sticky_value
 from proxy.pipeline.parse import encode_outbound
 from proxy.pipeline.render import layers, render_into
 from proxy.pipeline.resolve import PromptRef
 from proxy.pipeline.resources import PipelineResources
 from proxy.registry.composition import composition
-from proxy.registry.models import PromptVersion, RegistrySnapshot, Tenant
+from proxy.registry.models import PromptVersion, RegistrySnapshot, Rollout, Tenant
 from proxy.shadow.compare import expects_json
 from proxy.shadow.models import ShadowKind, ShadowRequest
 
@@ -45,11 +45,14 @@ def decide(
     if ref.pinned_version is not None:
         return Decision(Arm.PINNED, stable)
     rollout = snapshot.rollouts.get(ref.key)
-    if rollout is None:
-        return Decision(Arm.STABLE, stable)
-    if rollout.segment is not None and not rollout.segment.includes(tenant):
+    if rollout is not None and rollout.segment is not None and not rollout.segment.includes(tenant):
         # Outside the segment: not in the experiment at all, so not in its analysis either.
-        return Decision(Arm.STABLE, stable)
+        rollout = None
+    if rollout is None:
+        # The base has no rollout for this caller: its tenant's override may (else its tier's).
+        rollout = _override_rollout(snapshot, ref, tenant)
+        if rollout is None:
+            return Decision(Arm.STABLE, stable)
     sticky = sticky_value(
         rollout.sticky,
         headers,
@@ -58,11 +61,36 @@ def decide(
         request_id=request_id,
         tenant=None if tenant is None else tenant.id,
     )
-    decision = choose(snapshot, stable, sticky)
+    if rollout.key.layer is None:
+        decision = choose(snapshot, stable, sticky)
+    else:
+        decision = choose_override(snapshot, rollout, stable, sticky)
     if decision.unkeyed:
         metrics = resources.metrics
         metrics.rollout_unkeyed.labels(metrics.slug_label(ref.key)).inc()
     return decision
+
+
+def _override_rollout(
+    snapshot: RegistrySnapshot, ref: PromptRef, tenant: Tenant | None
+) -> Rollout | None:
+    if tenant is None:
+        return None
+    layered = snapshot.override_rollouts.get(ref.key)
+    if layered is None:
+        return None
+    return layered.get(("tenant", tenant.id)) or layered.get(("tier", tenant.tier))
+
+
+def line_versions(snapshot: RegistrySnapshot, decision: Decision) -> tuple[int, int]:
+    """The versions a pair compares, of the rollout's own line: the base's, or for a
+    rollout of an override, the override's prod and candidate."""
+    rollout, shadow = decision.rollout, decision.shadow
+    if rollout is None or shadow is None:
+        raise ValueError("a shadow decision has a rollout and a shadow")
+    if decision.shadow_override is None:
+        return decision.version.version, shadow.version
+    return snapshot.prod.get(rollout.key, 0), decision.shadow_override.version
 
 
 def shadow_copy(
@@ -98,10 +126,11 @@ def shadow_copy(
             candidate,
             resources.renderer,
             snapshot.guardrails,
-            composition(snapshot, candidate, tenant),
+            composition(snapshot, candidate, tenant, decision.shadow_override),
         )
     except InvalidRequest:
         return RENDER_FAILED
+    primary_version, shadow_version = line_versions(snapshot, decision)
     shadow_parsed = ParsedRequest(
         route=parsed.route, body=parsed.body, payload=payload, stream=parsed.stream
     )
@@ -110,11 +139,11 @@ def shadow_copy(
     return ShadowRequest(
         pair_id=exchange.request_id,
         request_id=exchange.request_id,
-        key=candidate.key,
+        key=rollout.key,
         rollout_id=rollout.id,
         kind=ShadowKind.CANDIDATE,
-        primary_version=decision.version.version,
-        shadow_version=candidate.version,
+        primary_version=primary_version,
+        shadow_version=shadow_version,
         route=parsed.route,
         method=exchange.method,
         raw_tail=raw_tail,

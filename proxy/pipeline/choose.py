@@ -42,6 +42,10 @@ class Decision(NamedTuple):
     shadow: PromptVersion | None = None
     #: A rollout with a sticky key found none on this request.
     unkeyed: bool = False
+    #: A rollout of a tier's or tenant's override: the candidate override composed in place
+    #: of its layer's prod version, into the answer (canary) or into the shadow copy.
+    override: PromptVersion | None = None
+    shadow_override: PromptVersion | None = None
 
 
 def bucket(prompt: PromptKey, rollout_id: str, sticky: str) -> int:
@@ -119,6 +123,24 @@ def choose(
     if rollout.mode is RolloutMode.CANARY:
         return Decision(Arm.CANARY, candidate, rollout)
     return Decision(Arm.STABLE, stable, rollout, shadow=candidate)
+
+
+def choose_override(
+    snapshot: RegistrySnapshot, rollout: Rollout, stable: PromptVersion, sticky: str | None
+) -> Decision:
+    """Decide the arm of a request under a rollout of its tier's or tenant's override: the
+    base version (``stable``) answers either way, composed with the override's candidate on
+    the candidate arm."""
+    candidate = snapshot.versions.get(rollout.key, {}).get(rollout.candidate)
+    if candidate is None:
+        return Decision(Arm.STABLE, stable, rollout)  # the snapshot is consistent: unreachable
+    if sticky is None:
+        return Decision(Arm.STABLE, stable, rollout, unkeyed=True)
+    if not takes_candidate(rollout, sticky):
+        return Decision(Arm.STABLE, stable, rollout)
+    if rollout.mode is RolloutMode.CANARY:
+        return Decision(Arm.CANARY, stable, rollout, override=candidate)
+    return Decision(Arm.STABLE, stable, rollout, shadow=stable, shadow_override=candidate)
 
 
 class ShadowSkip(StrEnum):

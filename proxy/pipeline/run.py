@@ -37,7 +37,7 @@ from proxy.pipeline.resources import PipelineResources
 from proxy.pipeline.tenant import request_tenant
 from proxy.prompt_key import PromptKey
 from proxy.registry.composition import composition
-from proxy.registry.models import PromptVersion, RolloutMode
+from proxy.registry.models import PromptVersion, RegistrySnapshot, RolloutMode
 from proxy.shadow.models import ShadowRequest
 
 #: nginx's convention for "client closed the connection before the answer was complete".
@@ -110,6 +110,8 @@ async def handle(
             exchange.arm = decision.arm._value_
             if decision.rollout is not None:
                 exchange.rollout_id = decision.rollout.id
+                if decision.rollout.key.layer is not None:
+                    _on_override_line(exchange, snapshot, decision)
             guardrails = snapshot.guardrails
             composed = render_into(  # 4
                 exchange.route,
@@ -117,7 +119,7 @@ async def handle(
                 decision.version,
                 resources.renderer,
                 guardrails,
-                composition(snapshot, decision.version, tenant),
+                composition(snapshot, decision.version, tenant, decision.override),
             )
             exchange.layers = layers(decision.version, guardrails, composed)
             exchange.model_sent = decision.version.model
@@ -140,7 +142,7 @@ async def handle(
                 noise = noise_copy(
                     resources,
                     shadow,
-                    decision.version.version,
+                    shadow.primary_version,
                     outbound_body,
                     usage_injected,
                     exchange.model_sent or exchange.model_requested,
@@ -181,6 +183,17 @@ async def handle(
         metrics.requests_open -= 1
         settle(exchange)
         resources.finished.finished(exchange)  # 6
+
+
+def _on_override_line(exchange: Exchange, snapshot: RegistrySnapshot, decision: Decision) -> None:
+    """A rollout of a tier's or tenant's override: the request counts on that override's
+    line (its windows, feedback and pairs are the rollout's), at the override's version.
+    Metrics still show the slug, never the tenant (a layered key is no label)."""
+    rollout = decision.rollout
+    assert rollout is not None
+    exchange.key = rollout.key
+    override = decision.override
+    exchange.version = str(override.version if override else snapshot.prod.get(rollout.key, 0))
 
 
 def _count_unshadowable(resources: PipelineResources, key: PromptKey) -> None:

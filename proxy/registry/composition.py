@@ -141,15 +141,25 @@ def compose(
 
 
 def composition(
-    snapshot: RegistrySnapshot, version: PromptVersion, tenant: Tenant | None
+    snapshot: RegistrySnapshot,
+    version: PromptVersion,
+    tenant: Tenant | None,
+    override: PromptVersion | None = None,
 ) -> Composition | None:
     """What ``version`` composes to for ``tenant``'s requests in this snapshot; None when
-    nothing is composed (no blocks, no override): the version renders as it is."""
+    nothing is composed (no blocks, no override): the version renders as it is.
+    ``override``: a rollout's candidate of the tenant's (or its tier's) override, in place
+    of that layer's prod version."""
     layered = snapshot.overrides.get(version.key)
     tier_v = tenant_v = None
     if layered is not None and tenant is not None:
         tier_v = layered.tiers.get(tenant.tier)
         tenant_v = layered.tenants.get(tenant.id)
+    if override is not None and override.key.layer is not None:
+        if override.key.layer.kind == "tier":
+            tier_v = override
+        else:
+            tenant_v = override
     if tier_v is None and tenant_v is None and not version.blocks:
         return None
     memo = (

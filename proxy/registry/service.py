@@ -523,15 +523,12 @@ class RegistryService:
                 param="slug",
                 code="guardrails_rollout",
             )
-        if key.layer is not None:
-            # Until rollouts per layer are built (docs/design-tenancy.md, step 4) the request
-            # path would not read one: refuse it rather than run a rollout nobody gets.
-            raise Conflict(
-                f"'{key}' is an override: it changes by promote and rollback for now; "
-                "canary and shadow rollouts of a tier's or tenant's override are not served "
-                "yet.",
-                param=layer_param(key),
-                code="override_rollout",
+        if key.layer is not None and segment is not None:
+            raise InvalidRequest(
+                f"'{key}' is an override: its rollout reaches its own {key.layer.kind} only, "
+                "so it takes no segment.",
+                param="segment",
+                code="invalid_segment",
             )
         points = basis_points(percent)
         sticky_key = parse_sticky(sticky) if sticky is not None else None
@@ -713,11 +710,6 @@ class RegistryService:
                 )
             )
         return "".join(line if line.endswith("\n") else line + "\n" for line in lines)
-
-
-def layer_param(key: PromptKey) -> str:
-    """The query parameter that names ``key``'s layer (``slug`` for a base)."""
-    return "slug" if key.layer is None else key.layer.kind
 
 
 def basis_points(percent: float) -> int:

@@ -320,16 +320,12 @@ class VersionPath(Keyed):
     version: VersionNumber
 
 
-class ShadowPath(Params):
-    """The shadow endpoints check the slug before anything else, with their own words. They
-    take no layer: pairs are a base rollout's (a tenant's are among them, marked with it),
-    and rollouts of an override are not built."""
+class ShadowPath(Keyed):
+    """The shadow endpoints check the slug before anything else, with their own words. The
+    layer names whose rollout's pairs: a variant's (variant=), a tenant's or tier's override
+    (tenant=, tier=); a base rollout's pairs carry each caller's tenant."""
 
     slug: ShadowSlug
-
-    @property
-    def key(self) -> PromptKey:
-        return PromptKey(self.slug)
 
 
 class ExplainPath(Params):

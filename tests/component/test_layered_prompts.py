@@ -205,15 +205,77 @@ async def test_overrides_are_versions_with_their_own_promote_rollback_and_audit(
     assert {e["slug"] for e in base["data"]} == {"support"}
     assert [e["action"] for e in acme["data"]][:1] == ["rollback"]
     assert {e["slug"] for e in acme["data"]} == {"tenant=acme/support"}
-    # Rollouts of an override are not served yet, so they are refused, not ignored.
+
+
+async def test_a_rollout_of_a_tenants_override_reaches_that_tenant_only(
+    clients: Clients, upstream: Any
+) -> None:
+    data, admin, services = clients
+    await _fleet(clients)
+    candidate = {**ACME, "fills": {"domain": "Anvils, rockets and traps."}}
+    status, answer = await _admin(
+        admin, "POST", "/prompts/support/versions", candidate, tenant="acme"
+    )
+    assert status == 201, answer
+    rollout = {"candidate": 2, "mode": "canary", "percent": 100, "sticky": "none"}
+    status, answer = await _admin(admin, "PUT", "/prompts/support/rollout", rollout, tenant="acme")
+    assert (status, answer["slug"]) == (201, "tenant=acme/support")
+    await ready_for(services)
+    upstream.post(CHAT_URL, payload=ANSWER, repeat=True)
+
+    acme, bolt = await _ask(data, "acme"), await _ask(data, "bolt")
+    assert (acme.headers["x-prompt-arm"], acme.headers["x-prompt-layers"]) == (
+        "canary",
+        "guardrails@1,base@1,tier:enterprise@1,tenant:acme@2",
+    )
+    assert acme.headers["x-prompt-version"] == "1"  # the base answers; the override varies
+    assert (bolt.headers["x-prompt-arm"], bolt.headers["x-prompt-layers"]) == (
+        "stable",
+        "guardrails@1,base@1",
+    )
+    assert sent_bodies(upstream)[0]["messages"][1]["content"].endswith("Anvils, rockets and traps.")
     status, answer = await _admin(
         admin,
         "PUT",
         "/prompts/support/rollout",
-        {"candidate": 2, "mode": "canary", "percent": 10},
-        tenant="acme",
+        {**rollout, "segment": {"tiers": ["pro"]}},
+        tier="enterprise",
     )
-    assert (status, answer["error"]["code"]) == (409, "override_rollout")
+    assert (status, answer["error"]["code"]) == (400, "invalid_segment")
+
+    # Aborted, acme is back on its prod override; promoting it is a promote of acme's line.
+    status, answer = await _admin(
+        admin, "DELETE", "/prompts/support/rollout", {"reason": "no"}, tenant="acme"
+    )
+    assert status == 200, answer
+    await ready_for(services)
+    assert (await _ask(data, "acme")).headers["x-prompt-layers"].endswith("tenant:acme@1")
+
+
+async def test_a_rollout_of_a_tiers_override_reaches_its_tenants(
+    clients: Clients, upstream: Any
+) -> None:
+    data, admin, services = clients
+    await _fleet(clients)
+    await _admin(admin, "PUT", "/tenants/bolt", {"tier": "enterprise"})
+    formal = {"fills": {"tone": "Formal, always."}}
+    status, answer = await _admin(
+        admin, "POST", "/prompts/support/versions", formal, tier="enterprise"
+    )
+    assert status == 201, answer
+    rollout = {"candidate": 2, "mode": "canary", "percent": 100, "sticky": "none"}
+    status, answer = await _admin(
+        admin, "PUT", "/prompts/support/rollout", rollout, tier="enterprise"
+    )
+    assert status == 201, answer
+    await ready_for(services)
+    upstream.post(CHAT_URL, payload=ANSWER, repeat=True)
+    layers = [(await _ask(data, t)).headers["x-prompt-layers"] for t in ("acme", "bolt", None)]
+    assert layers == [
+        "guardrails@1,base@1,tier:enterprise@2,tenant:acme@1",
+        "guardrails@1,base@1,tier:enterprise@2",
+        "guardrails@1,base@1",
+    ]
 
 
 async def test_a_base_that_no_longer_fits_an_override_serves_the_base_text_there(

@@ -322,3 +322,43 @@ async def test_a_pair_says_what_composed_each_arm_and_for_which_tenant(clients: 
     assert candidate["tenant"] == "acme"
     assert candidate["primary"]["layers"] == "base@1,tenant:acme@1"
     assert candidate["shadow"]["layers"] == "base@2,tenant:acme@1"
+
+
+async def test_a_shadow_of_a_tenants_override_pairs_its_versions_under_its_line(
+    clients: Clients,
+) -> None:
+    data, admin, services = clients
+    base = {"template": "{{ block.tone }}", "blocks": {"tone": {"default": "Be brief."}}}
+    steps: list[tuple[str, str, dict[str, Any]]] = [
+        ("POST", "/admin/v1/prompts/support/versions", base),
+        ("POST", "/admin/v1/prompts/support/promote", {"version": 1}),
+        ("POST", "/admin/v1/prompts/support/versions?tenant=acme", {"fills": {"tone": "Rhyme."}}),
+        ("POST", "/admin/v1/prompts/support/promote?tenant=acme", {"version": 1}),
+        ("POST", "/admin/v1/prompts/support/versions?tenant=acme", {"fills": {"tone": "Sing."}}),
+        ("PUT", "/admin/v1/tenants/acme", {"tier": "pro"}),
+        (
+            "PUT",
+            "/admin/v1/prompts/support/rollout?tenant=acme",
+            {"candidate": 2, "mode": "shadow", "percent": 100, "sticky": "none"},
+        ),
+    ]
+    for method, path, body in steps:
+        resp = await admin.request(method, path, json=body, headers=ADMIN)
+        assert resp.status in (200, 201), await resp.text()
+    assert await services.refresher.load_once()
+
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello"}]}
+    for tenant in ("acme", "bolt"):
+        resp = await data.post(
+            "/p/support/v1/chat/completions", json=body, headers={"x-tenant-id": tenant}
+        )
+        assert resp.status == 200
+        await resp.read()
+
+    pairs = await recorded(admin, 1, since="5m", tenant="acme")
+    (candidate,) = [p for p in pairs if p["kind"] == "candidate"]
+    assert candidate["slug"] == "tenant=acme/support"
+    assert (candidate["primary"]["version"], candidate["shadow"]["version"]) == (1, 2)
+    assert candidate["primary"]["layers"] == "base@1,tenant:acme@1"
+    assert candidate["shadow"]["layers"] == "base@1,tenant:acme@2"
+    assert await lines(admin, since="5m") == []  # the base's own line has no pairs
