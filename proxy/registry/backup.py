@@ -19,7 +19,7 @@ import orjson
 from proxy.prompt_key import GUARDRAILS_SLUG, InvalidPromptKey, PromptKey
 from proxy.registry import lifecycle
 from proxy.registry.identity import describe
-from proxy.registry.layer_checks import base_problems
+from proxy.registry.layer_checks import base_only_fields, base_problems
 from proxy.registry.models import (
     CALLER_SYSTEM,
     CALLER_SYSTEM_DROP,
@@ -422,18 +422,8 @@ def _check_override(draft: VersionDraft, where: str, checked: dict[bytes, str | 
     an export holds old overrides made for older bases, which may no longer fit the one
     serving (the composition leaves those parts out). Each fill must be a template the
     sandbox accepts, reading only variables, never blocks."""
-    base_only = {
-        "template": draft.template != "",
-        "variables": bool(draft.variables),
-        "model": draft.model is not None,
-        "caller_system": draft.caller_system != CALLER_SYSTEM_DROP,
-        "blocks": bool(draft.blocks),
-        "param_bounds": bool(draft.param_bounds),
-        "match": bool(draft.match),
-    }
-    for name, present in base_only.items():
-        if present:
-            raise ImageError(f"an override holds no {name}", f"{where}.{name}")
+    for name in base_only_fields(draft):
+        raise ImageError(f"an override holds no {name}", f"{where}.{name}")
     for name, text in draft.fills.items():
         content = orjson.dumps(["fill", text])
         if content not in checked:

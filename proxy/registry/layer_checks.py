@@ -136,25 +136,15 @@ def override_problems(
 def _field_problems(draft: VersionDraft | PromptVersion, base: PromptVersion) -> list[LayerProblem]:
     problems: list[LayerProblem] = []
     label = layer_label(base)
-    base_only = {
-        "template": draft.template != "",
-        "variables": bool(draft.variables),
-        "model": draft.model is not None,
-        "caller_system": draft.caller_system != CALLER_SYSTEM_DROP,
-        "blocks": bool(draft.blocks),
-        "param_bounds": bool(draft.param_bounds),
-        "match": bool(draft.match),
-    }
-    for name, present in base_only.items():
-        if present:
-            problems.append(
-                LayerProblem(
-                    name,
-                    f"an override holds only fills, defaults and params; `{name}` belongs to "
-                    "the base (the guardrails and the base's text are not an override's to "
-                    "change)",
-                )
+    for name in base_only_fields(draft):
+        problems.append(
+            LayerProblem(
+                name,
+                f"an override holds only fills, defaults and params; `{name}` belongs to "
+                "the base (the guardrails and the base's text are not an override's to "
+                "change)",
             )
+        )
     declared_blocks = {b.name: b for b in base.blocks}
     for name, text in draft.fills.items():
         where = f"fills.{name}"
@@ -244,6 +234,20 @@ def _match_problems(draft: VersionDraft | PromptVersion) -> list[LayerProblem]:
         for i, pattern in enumerate(draft.match)
         if not MODEL_PATTERN.fullmatch(pattern)
     ]
+
+
+def base_only_fields(draft: VersionDraft | PromptVersion) -> list[str]:
+    """The fields only a base may hold that ``draft`` holds: none, for an override."""
+    held = {
+        "template": draft.template != "",
+        "variables": bool(draft.variables),
+        "model": draft.model is not None,
+        "caller_system": draft.caller_system != CALLER_SYSTEM_DROP,
+        "blocks": bool(draft.blocks),
+        "param_bounds": bool(draft.param_bounds),
+        "match": bool(draft.match),
+    }
+    return [name for name, present in held.items() if present]
 
 
 def _anything(value: Any) -> bool:
