@@ -1,11 +1,14 @@
 """The request path, in order. This is the one place the stage order is written down.
 
 1. parse    body bytes -> ParsedRequest (400 on malformed JSON); the prompt the request names
-2. resolve  prompt key (+ version pin) -> PromptVersion, from the in-process snapshot only
+2. resolve  the caller's tenant; prompt key -> the variant the request's model selects
+            (+ version pin) -> PromptVersion, from the in-process snapshot only
 3. choose   the arm, sticky per (prompt key, rollout, sticky key): stable, canary (the
-            candidate answers) or stable plus a shadow copy to the candidate; a version pin
-            is its own arm
-4. render   template + caller variables -> outbound body, encoded once (and the shadow's)
+            candidate answers) or stable plus a shadow copy to the candidate; the rollout
+            is the base's (if its segment holds the caller), else the caller's tenant's or
+            tier's override's; a version pin is its own arm
+4. render   guardrails, then the template composed with the tier's and tenant's overrides
+            + caller variables -> outbound body, encoded once (and the shadow's)
 5. forward  one pooled ClientSession -> provider; relay the answer to the client, reading
             it once as it passes. A shadow copy was handed to the ShadowRunner just
             before: never awaited from here
