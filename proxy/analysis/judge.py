@@ -311,22 +311,27 @@ def judge_tiers(
     (``stable@TIER`` and the candidate's, ``canary@TIER``) are in ``arms``; see the module's
     docstring."""
     stable_arm = WindowArm.STABLE.value
+    whole_stable = arms.get(stable_arm) or ArmStats()
+    whole_candidate = arms.get(candidate_arm) or ArmStats()
     pairs: dict[str, tuple[ArmStats, ArmStats]] = {}
     for name in sorted(arms):
         arm, tier = split_tier_arm(name)
         if tier is None or arm != stable_arm:
             continue
         candidate = arms.get(tier_arm(candidate_arm, tier))
-        if candidate is not None and candidate.requests and arms[name].requests:
-            pairs[tier] = (arms[name], candidate)
+        if candidate is None or not candidate.requests or not arms[name].requests:
+            continue
+        if (
+            candidate.requests == whole_candidate.requests
+            and arms[name].requests == whole_stable.requests
+        ):
+            # The tier is all the traffic (a rollout of a tier's override, a one-tier
+            # segment): judging it again would test the same data at half the alpha.
+            continue
+        pairs[tier] = (arms[name], candidate)
     judged = sum(min(s.requests, c.requests) >= policy.min_samples for s, c in pairs.values())
     split = replace(policy, alpha=policy.alpha / (1 + judged)) if judged else policy
-    whole = judge(
-        split,
-        arms.get(stable_arm) or ArmStats(),
-        arms.get(candidate_arm) or ArmStats(),
-        divergence,
-    )
+    whole = judge(split, whole_stable, whole_candidate, divergence)
     if not pairs:
         return whole
     # Feedback is not kept per tier (the request index holds no tier), nor are shadow pairs:

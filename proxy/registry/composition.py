@@ -190,9 +190,18 @@ def carry_over(old: RegistrySnapshot, new: RegistrySnapshot) -> int:
             continue
         if tenant_key is not None and new.prod.get(tenant_key) != tenant_number:
             continue
+        # Numbers are immutable within a registry; a restore of an older copy can reuse one
+        # for other content, so the content must be the same too.
+        if any(_content(new, v) != v.sha256 for v in (composed.base, *composed.overrides)):
+            continue
         new.compositions.setdefault(memo, composed)
         kept += 1
     return kept
+
+
+def _content(snapshot: RegistrySnapshot, version: PromptVersion) -> str | None:
+    found = snapshot.versions.get(version.key, {}).get(version.version)
+    return None if found is None else found.sha256
 
 
 def _serves(snapshot: RegistrySnapshot, key: Any, number: int) -> bool:

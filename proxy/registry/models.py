@@ -651,8 +651,8 @@ class RegistrySnapshot:
     guardrails: PromptVersion | None = field(init=False, repr=False, compare=False)
     #: base key -> its tiers' and tenants' prod overrides (base keys without any are absent)
     overrides: dict[PromptKey, LayerOverrides] = field(init=False, repr=False, compare=False)
-    #: base key -> (layer kind, name) -> the running rollout of that layer's override (as
-    #: composed into that base: a variant without its own override takes its default's)
+    #: base key -> (layer kind, name) -> the running rollout of that layer's override of
+    #: that base (a variant's requests are reached by its own overrides' rollouts only)
     override_rollouts: dict[PromptKey, dict[tuple[str, str], Rollout]] = field(
         init=False, repr=False, compare=False
     )
@@ -716,7 +716,7 @@ class RegistrySnapshot:
                     {**inherited.tiers, **own.tiers}, {**inherited.tenants, **own.tenants}
                 )
         object.__setattr__(self, "overrides", overrides)
-        object.__setattr__(self, "override_rollouts", self._override_rollouts(overrides))
+        object.__setattr__(self, "override_rollouts", self._override_rollouts())
         object.__setattr__(
             self,
             "variants",
@@ -724,27 +724,16 @@ class RegistrySnapshot:
         )
         object.__setattr__(self, "compositions", {})
 
-    def _override_rollouts(
-        self, overrides: Mapping[PromptKey, LayerOverrides]
-    ) -> dict[PromptKey, dict[tuple[str, str], Rollout]]:
+    def _override_rollouts(self) -> dict[PromptKey, dict[tuple[str, str], Rollout]]:
         found: dict[PromptKey, dict[tuple[str, str], Rollout]] = {}
         for key, rollout in self.rollouts.items():
             if key.layer is not None:
                 base = PromptKey(key.slug, None, key.variant)
                 found.setdefault(base, {})[(key.layer.kind, key.layer.name)] = rollout
-        for base, layered in overrides.items():
-            if base.variant is None:
-                continue
-            inherited = found.get(PromptKey(base.slug))
-            if not inherited:
-                continue
-            own = found.setdefault(base, {})
-            for (kind, name), rollout in inherited.items():
-                composed = (layered.tiers if kind == "tier" else layered.tenants).get(name)
-                # The default variant's override is what this variant composes: its rollout.
-                if composed is not None and composed.key == rollout.key:
-                    own.setdefault((kind, name), rollout)
-        return {base: rollouts for base, rollouts in found.items() if rollouts}
+        # A rollout of the default variant's override reaches that variant's requests only:
+        # a variant composing the same override (it has none of its own) keeps its prod
+        # version, so the rollout's windows, pairs and metrics stay on one model's line.
+        return found
 
     def variant_for(self, key: PromptKey, model: str | None) -> PromptKey:
         """The variant of plain ``key`` a request of ``model`` gets: the first whose

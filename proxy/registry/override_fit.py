@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from proxy.prompt_key import PromptKey
 from proxy.registry.composition import Composition, compose, layer_label
 from proxy.registry.explain import with_placeholders
-from proxy.registry.models import PromptVersion, RegistrySnapshot
+from proxy.registry.models import LayerOverrides, PromptVersion, RegistrySnapshot
 from proxy.registry.templates import PromptRenderer, RenderError, TemplateProblem
 
 
@@ -43,7 +44,7 @@ class FitReport:
 
 def fit_report(snapshot: RegistrySnapshot, base: PromptVersion) -> FitReport:
     """``base`` against the prod overrides of its key in ``snapshot``."""
-    layered = snapshot.overrides.get(base.key)
+    layered = layered_overrides(snapshot, base.key)
     label = layer_label(base)
     if layered is None:
         return FitReport(label, 0)
@@ -65,6 +66,19 @@ def fit_report(snapshot: RegistrySnapshot, base: PromptVersion) -> FitReport:
             found.setdefault(own, []).append(f"does not render with {label}: {problem}")
     broken = tuple(Breakage(layer, tuple(problems)) for layer, problems in found.items())
     return FitReport(label, len(compositions), broken)
+
+
+def layered_overrides(snapshot: RegistrySnapshot, key: PromptKey) -> LayerOverrides | None:
+    """The prod overrides ``key``'s requests compose: for a variant, its own over its default
+    variant's, whether or not the variant serves yet (its first version is checked too)."""
+    own = snapshot.overrides.get(key)
+    if key.variant is None:
+        return own
+    inherited = snapshot.overrides.get(PromptKey(key.slug))
+    if inherited is None:
+        return own
+    own = own or LayerOverrides()
+    return LayerOverrides({**inherited.tiers, **own.tiers}, {**inherited.tenants, **own.tenants})
 
 
 def render_problem(composed: Composition, renderer: PromptRenderer | None = None) -> str | None:

@@ -346,11 +346,24 @@ class RegistryService:
         latest's problems. Where it does not fit the version serving, those parts are left
         out until a version it fits serves (``explain`` and the fit report say so)."""
         versions = await self._base_versions(draft.key)
-        latest = max(versions, key=lambda v: v.version)
-        problems = override_problems(draft, latest)
-        prod = next((v for v in versions if v.status is Status.PROD), None)
-        if problems and prod is not None and prod is not latest:
-            return problems if override_problems(draft, prod) else []
+        problems = _fitting(draft, versions)
+        if problems or draft.key.variant is not None or draft.key.layer is None:
+            return problems
+        # An override of the default variant is also what every variant without its own
+        # override of this layer composes: it must fit those variants' bases too.
+        layer = draft.key.layer
+        with store_errors(draft.key, reading=True):
+            keys = await self._store.list_keys()
+            for key in keys:
+                if key.slug != draft.key.slug or key.layer is not None or key.variant is None:
+                    continue
+                if PromptKey(key.slug, layer, key.variant) in keys:
+                    continue
+                found = _fitting(draft, await self._store.list_versions(key))
+                problems.extend(
+                    LayerProblem(p.field, f"with variant {key.variant!r}: {p.message}")
+                    for p in found
+                )
         return problems
 
     async def _base_versions(self, key: PromptKey) -> Sequence[PromptVersion]:
@@ -394,7 +407,9 @@ class RegistryService:
             return None
         with store_errors(key, reading=reading):
             snapshot = await self._store.snapshot()
-        base = snapshot.versions.get(key, {}).get(version)
+        if key not in snapshot.versions:
+            raise NotFound(f"No prompt named '{key}'.", param="slug", code="prompt_not_found")
+        base = snapshot.versions[key].get(version)
         if base is None:
             raise NotFound(
                 f"Prompt '{key}' has no version {version}.",
@@ -744,6 +759,20 @@ def _summarize(key: PromptKey, versions: Sequence[PromptVersion]) -> PromptSumma
         versions=len(versions),
         updated_at=max(v.created_at for v in versions),
     )
+
+
+def _fitting(draft: VersionDraft, versions: Sequence[PromptVersion]) -> list[LayerProblem]:
+    """An override fits a base line if it fits its latest version (pushed with it, as a
+    folder of prompt files does) or its prod one (what serves now); else the latest's
+    problems."""
+    if not versions:
+        return []
+    latest = max(versions, key=lambda v: v.version)
+    problems = override_problems(draft, latest)
+    prod = next((v for v in versions if v.status is Status.PROD), None)
+    if problems and prod is not None and prod is not latest:
+        return problems if override_problems(draft, prod) else []
+    return problems
 
 
 def _block_limits(version: PromptVersion) -> str:

@@ -331,7 +331,9 @@ async def test_a_shadow_of_a_tenants_override_pairs_its_versions_under_its_line(
     base = {"template": "{{ block.tone }}", "blocks": {"tone": {"default": "Be brief."}}}
     steps: list[tuple[str, str, dict[str, Any]]] = [
         ("POST", "/admin/v1/prompts/support/versions", base),
-        ("POST", "/admin/v1/prompts/support/promote", {"version": 1}),
+        # The base at v2, so a pair's versions (the override's, 1 and 2) cannot be the base's.
+        ("POST", "/admin/v1/prompts/support/versions", {**base, "template": "{{ block.tone }}!"}),
+        ("POST", "/admin/v1/prompts/support/promote", {"version": 2}),
         ("POST", "/admin/v1/prompts/support/versions?tenant=acme", {"fills": {"tone": "Rhyme."}}),
         ("POST", "/admin/v1/prompts/support/promote?tenant=acme", {"version": 1}),
         ("POST", "/admin/v1/prompts/support/versions?tenant=acme", {"fills": {"tone": "Sing."}}),
@@ -359,6 +361,6 @@ async def test_a_shadow_of_a_tenants_override_pairs_its_versions_under_its_line(
     (candidate,) = [p for p in pairs if p["kind"] == "candidate"]
     assert candidate["slug"] == "tenant=acme/support"
     assert (candidate["primary"]["version"], candidate["shadow"]["version"]) == (1, 2)
-    assert candidate["primary"]["layers"] == "base@1,tenant:acme@1"
-    assert candidate["shadow"]["layers"] == "base@1,tenant:acme@2"
+    assert candidate["primary"]["layers"] == "base@2,tenant:acme@1"
+    assert candidate["shadow"]["layers"] == "base@2,tenant:acme@2"
     assert await lines(admin, since="5m") == []  # the base's own line has no pairs

@@ -124,3 +124,84 @@ async def test_match_belongs_to_a_variants_base(clients: Clients) -> None:
     ):
         status, answer = await _admin(admin, "POST", "/prompts/support/versions", body, **layer)
         assert (status, answer["error"]["param"]) == (400, param), (body, answer)
+
+
+async def test_a_variants_first_version_is_checked_against_the_overrides_it_inherits(
+    clients: Clients,
+) -> None:
+    _, admin, _ = clients
+    await _push(admin, "support", DEFAULT)
+    await _push(admin, "support", {"fills": {"tone": "Formal."}}, tier="enterprise")
+    bare = {"template": "Claude prompt.", "match": ["claude-*"]}
+    status, pushed = await _admin(
+        admin, "POST", "/prompts/support/versions", bare, variant="claude"
+    )
+    assert status == 201, pushed
+    assert [b["layer"] for b in pushed["overrides"]["broken"]] == ["tier:enterprise@1"]
+    status, refused = await _admin(
+        admin, "POST", "/prompts/support/promote", {"version": 1}, variant="claude"
+    )
+    assert (status, refused["error"]["code"]) == (409, "overrides_break")
+
+
+async def test_an_override_of_the_default_must_fit_the_variants_that_compose_it(
+    clients: Clients,
+) -> None:
+    _, admin, _ = clients
+    wide = {
+        "template": "GPT. {{ block.tone }} {{ block.domain }}",
+        "blocks": {"tone": {"default": "Calm."}, "domain": {"default": ""}},
+    }
+    await _push(admin, "support", wide)
+    await _push(admin, "support", CLAUDE, variant="claude")  # declares tone only
+    status, answer = await _admin(
+        admin, "POST", "/prompts/support/versions", {"fills": {"domain": "Anvils."}}, tenant="acme"
+    )
+    assert (status, answer["error"]["param"]) == (400, "fills.domain"), answer
+    assert "with variant 'claude'" in answer["error"]["message"]
+    # With an override of its own for the variant, the variant no longer composes it.
+    await _push(admin, "support", {"fills": {"tone": "Sing."}}, tenant="acme", variant="claude")
+    status, answer = await _admin(
+        admin, "POST", "/prompts/support/versions", {"fills": {"domain": "Anvils."}}, tenant="acme"
+    )
+    assert status == 201, answer
+
+
+async def test_a_rollout_of_the_defaults_override_stays_on_the_default_variant(
+    clients: Clients, upstream: Any
+) -> None:
+    data, admin, services = clients
+    await _push(admin, "support", DEFAULT)
+    await _push(admin, "support", CLAUDE, variant="claude")
+    await _push(admin, "support", {"fills": {"tone": "Formal."}}, tier="enterprise")
+    await _admin(admin, "PUT", "/tenants/acme", {"tier": "enterprise"})
+    status, _ = await _admin(
+        admin, "POST", "/prompts/support/versions", {"fills": {"tone": "Terse."}}, tier="enterprise"
+    )
+    assert status == 201
+    rollout = {"candidate": 2, "mode": "canary", "percent": 100, "sticky": "none"}
+    status, answer = await _admin(
+        admin, "PUT", "/prompts/support/rollout", rollout, tier="enterprise"
+    )
+    assert status == 201, answer
+    await ready_for(services)
+    upstream.post(CHAT_URL, payload=ANSWER, repeat=True)
+    gpt = await _ask(data, "gpt-4o", "acme")
+    claude = await _ask(data, "claude-3-opus", "acme")
+    assert (gpt.headers["x-prompt-arm"], gpt.headers["x-prompt-layers"]) == (
+        "canary",
+        "base@1,tier:enterprise@2",
+    )
+    assert (claude.headers["x-prompt-arm"], claude.headers["x-prompt-layers"]) == (
+        "stable",
+        "base[claude]@1,tier:enterprise@1",
+    )
+
+
+async def test_promoting_an_unknown_prompt_is_prompt_not_found(clients: Clients) -> None:
+    status, answer = await _admin(clients[1], "POST", "/prompts/nosuch/promote", {"version": 1})
+    assert (status, answer["error"]["code"], answer["error"]["param"]) == (
+        404,
+        "prompt_not_found",
+        "slug",
+    )

@@ -26,15 +26,13 @@ def version(key: PromptKey, number: int, **fields: Any) -> PromptVersion:
     )
 
 
-BASE = version(
-    SLUG,
-    1,
-    template="Hi {{ name }}. {{ block.tone }}",
-    variables=(VariableSpec("name", "string", "you", True),),
-    blocks=(BlockSpec("tone", "Be kind."),),
-    params={"temperature": 0.5},
-    param_bounds={"temperature": (0.0, 1.0)},
-)
+_BASE_FIELDS: dict[str, Any] = {
+    "variables": (VariableSpec("name", "string", "you", True),),
+    "blocks": (BlockSpec("tone", "Be kind."),),
+    "params": {"temperature": 0.5},
+    "param_bounds": {"temperature": (0.0, 1.0)},
+}
+BASE = version(SLUG, 1, template="Hi {{ name }}. {{ block.tone }}", **_BASE_FIELDS)
 PRO = version(
     PromptKey("support", Layer("tier", "pro")),
     1,
@@ -130,3 +128,27 @@ def test_a_new_snapshot_keeps_the_compositions_it_still_serves() -> None:
     assert changed is not for_acme
     assert changed is not None
     assert changed.layers == "base@1,tier:pro@1,tenant:acme@4"
+
+
+def test_a_version_number_reused_for_other_content_is_composed_again() -> None:
+    """A restore of an older copy of the registry can give a number another content; the
+    composition kept must be of the content served."""
+    acme = Tenant("acme", "pro")
+
+    def snapshot(base: PromptVersion) -> RegistrySnapshot:
+        return RegistrySnapshot(
+            revision=1,
+            versions={SLUG: {1: base}, ACME.key: {3: ACME}},
+            prod={SLUG: 1, ACME.key: 3},
+            tenants={"acme": acme},
+        )
+
+    old = snapshot(BASE)
+    kept = composition(old, BASE, acme)
+    other = version(SLUG, 1, template="Bye {{ name }}. {{ block.tone }}", **_BASE_FIELDS)
+    new = snapshot(other)
+    assert carry_over(old, new) == 0
+    served = composition(new, other, acme)
+    assert served is not kept
+    assert served is not None
+    assert served.base.sha256 == other.sha256

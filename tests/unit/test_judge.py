@@ -578,3 +578,20 @@ def test_a_candidate_like_stable_in_every_tier_rarely_fails() -> None:
 
     fails = [j for j in verdicts if j.verdict == "fail"]
     assert len(fails) <= 12, [j.summary() for j in fails]
+
+
+def test_a_tier_that_is_all_the_traffic_is_not_judged_twice_at_half_alpha() -> None:
+    """A rollout of a tier's override (or a one-tier segment) has one tier, equal to the
+    whole: judging it again would split alpha for the same data and pass what fails."""
+    stable, candidate = arm(500, errors=10), arm(500, errors=24)
+    policy = only(error_rate_increase=0.02)
+    arms = {
+        "stable": stable,
+        "canary": candidate,
+        "stable@enterprise": stable,
+        "canary@enterprise": candidate,
+    }
+    alone = judge(policy, stable, candidate)
+    tiered = judge_tiers(policy, arms, "canary")
+    assert alone.verdict == "fail"
+    assert (tiered.verdict, tiered.tiers) == ("fail", {})
