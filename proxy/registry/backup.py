@@ -36,6 +36,7 @@ from proxy.registry.models import (
     VariableSpec,
     VersionDraft,
     caller_system,
+    finite_number,
     unstorable_value,
 )
 from proxy.registry.reserved import reserved_problem
@@ -396,7 +397,7 @@ def _layer_fields(item: dict[str, Any], where: str) -> dict[str, Any]:
     for name, pair in _object(item.get("param_bounds") or {}, f"{where}.param_bounds").items():
         at = f"{where}.param_bounds.{name}"
         pair = _list(pair, at)
-        if len(pair) != 2 or not all(_is_number(x) for x in pair):
+        if len(pair) != 2 or not all(finite_number(x) for x in pair):
             raise ImageError("must be two numbers [low, high]", at)
         bounds[name] = (pair[0], pair[1])
     fills = _object(item.get("fills") or {}, f"{where}.fills")
@@ -435,10 +436,6 @@ def _check_override(draft: VersionDraft, where: str, checked: dict[bytes, str | 
                 checked[content] = str(found[0]) if found else None
         if (problem := checked[content]) is not None:
             raise ImageError(f"the fill is refused: {problem}", f"{where}.fills.{name}")
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _rollouts(

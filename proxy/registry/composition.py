@@ -24,6 +24,7 @@ from proxy.registry.models import (
     RegistrySnapshot,
     Tenant,
     VariableSpec,
+    within_bounds,
 )
 from proxy.registry.templates import VARIABLE_TYPES, BlockFill, names_read
 
@@ -110,7 +111,7 @@ def compose(
             bounds = base.param_bounds.get(name)
             if bounds is None:
                 ignored.append(Misfit(label, f"parameter {name!r}: {base_label} does not bound it"))
-            elif not _within(value, bounds):
+            elif not within_bounds(value, bounds):
                 ignored.append(
                     Misfit(
                         label,
@@ -228,11 +229,6 @@ def _fill_misfit(name: str, text: str, limits: dict[str, int], names: frozenset[
 
 def _text_key(text: str) -> str:
     return "fill:" + hashlib.sha256(text.encode()).hexdigest()
-
-
-def _within(value: Any, bounds: tuple[float, float]) -> bool:
-    is_number = isinstance(value, int | float) and not isinstance(value, bool)
-    return is_number and bounds[0] <= value <= bounds[1]
 
 
 def _never(value: Any) -> bool:

@@ -12,7 +12,6 @@ precede the guardrails, which are a message of their own (``docs/design-tenancy.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -22,8 +21,11 @@ from proxy.registry.composition import compose, layer_label
 from proxy.registry.models import (
     CALLER_SYSTEM_DROP,
     MAX_BLOCK_CHARS,
+    MODEL_PATTERN,
     PromptVersion,
     VersionDraft,
+    finite_number,
+    within_bounds,
 )
 from proxy.registry.override_fit import render_problem
 from proxy.registry.templates import BLOCK_NAME, VARIABLE_TYPES, names_read, template_problems
@@ -94,12 +96,12 @@ def base_problems(draft: VersionDraft) -> list[LayerProblem]:
             problems.append(LayerProblem(where, f"{name!r} is not a parameter a layer can set"))
             continue
         low, high = bounds
-        if not (_number(low) and _number(high) and low <= high):
+        if not (finite_number(low) and finite_number(high) and low <= high):
             problems.append(
                 LayerProblem(where, f"bounds of {name!r} must be two finite numbers, low <= high")
             )
             continue
-        if name in draft.params and not _within(draft.params[name], bounds):
+        if name in draft.params and not within_bounds(draft.params[name], bounds):
             problems.append(
                 LayerProblem(
                     f"params.{name}",
@@ -194,7 +196,7 @@ def _field_problems(draft: VersionDraft | PromptVersion, base: PromptVersion) ->
                     f"{label} does not let overrides set {name!r} (it bounds: {bounded})",
                 )
             )
-        elif not _within(value, bounds):
+        elif not within_bounds(value, bounds):
             problems.append(
                 LayerProblem(
                     where,
@@ -203,10 +205,6 @@ def _field_problems(draft: VersionDraft | PromptVersion, base: PromptVersion) ->
                 )
             )
     return problems
-
-
-#: What a model pattern may hold: a model name's characters and the glob's ``* ? [ ]``.
-MODEL_PATTERN = re.compile(r"[A-Za-z0-9._:/@*?\[\]-]{1,128}")
 
 
 def _match_problems(draft: VersionDraft | PromptVersion) -> list[LayerProblem]:
@@ -252,11 +250,3 @@ def base_only_fields(draft: VersionDraft | PromptVersion) -> list[str]:
 
 def _anything(value: Any) -> bool:
     return True
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _within(value: Any, bounds: tuple[float, float]) -> bool:
-    return _number(value) and bounds[0] <= value <= bounds[1]

@@ -81,6 +81,21 @@ def unstorable_value(value: Any, path: str) -> tuple[str, str] | None:
     return None
 
 
+def finite_number(value: Any) -> bool:
+    """A JSON number a bound or a bounded parameter can be: not a bool, not NaN or inf."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def within_bounds(value: Any, bounds: tuple[float, float]) -> bool:
+    """``value`` is a number in ``[low, high]`` (a base's ``param_bounds`` entry)."""
+    return finite_number(value) and bounds[0] <= value <= bounds[1]
+
+
+#: What a model pattern of a variant may hold: a model name's characters and the glob's
+#: ``* ? [ ]``. The admin API's schema states the same.
+MODEL_PATTERN = re.compile(r"[A-Za-z0-9._:/@*?\[\]-]{1,128}")
+
+
 @dataclass(frozen=True, slots=True)
 class VariableSpec:
     name: str

@@ -32,14 +32,14 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticCustomError, PydanticUndefined
 
-from proxy.registry.models import INT64_MAX, MAX_BLOCK_CHARS, RolloutMode, Status
+from proxy.registry.models import INT64_MAX, MAX_BLOCK_CHARS, MODEL_PATTERN, RolloutMode, Status
 
 #: The types a variable may declare (``proxy.registry.templates.VARIABLE_TYPES``, which
 #: checks them; importing it here would load Jinja into every CLI call).
 VARIABLE_TYPE_NAMES = ("boolean", "integer", "list", "number", "object", "string")
 SLUG_REGEX = "^[A-Za-z0-9._-]{1,64}$"
 #: A model pattern of a variant: a model name's characters and the glob's ``* ? [ ]``.
-MATCH_REGEX = r"^[A-Za-z0-9._:/@*?\[\]-]{1,128}$"
+MATCH_REGEX = f"^{MODEL_PATTERN.pattern}$"
 EXPORT_FORMAT = "promptproxy-registry/1"
 # StickyKey.parse: the header name is stripped and lower-cased; the token characters of
 # RFC 9110. The credential headers it refuses are named in the description.
