@@ -336,6 +336,22 @@ class TenantsConfig(_Section):
         return value
 
 
+class UsageConfig(_Section):
+    """Per-tenant usage (`GET /admin/v1/tenants/{id}/usage`): each replica adds up requests,
+    errors, tokens and estimated cost per (known tenant, slug, variant, minute) and adds them
+    to the store's usage ledger every `flush_seconds`."""
+
+    enabled: bool = True
+    flush_seconds: float = Field(5.0, gt=0, le=300)
+    #: Minutes older than this are deleted (or expire). Bounds the ledger at tenants x
+    #: slugs x variants x minutes; a query reaches back this far at most.
+    keep_days: int = Field(35, ge=1, le=400)
+    #: Rows (tenant, slug, variant, minute) a replica holds while the store cannot take
+    #: them; past it the oldest minutes are dropped and counted
+    #: (`promptproxy_usage_dropped_rows_total`).
+    max_pending_rows: int = Field(100_000, ge=1_000, le=10_000_000)
+
+
 class ShadowSinkConfig(_Section):
     #: `auto`: the store's own: rotated files with the embedded store, a capped Redis Stream
     #: per slug with Redis, a table with PostgreSQL. Any other value must name that one.
@@ -411,6 +427,7 @@ class ProxyConfig(_Section):
     analysis: AnalysisConfig = AnalysisConfig()
     fleet: FleetConfig = FleetConfig()
     tenants: TenantsConfig = TenantsConfig()
+    usage: UsageConfig = UsageConfig()
 
     @model_validator(mode="after")
     def _simulator_is_the_upstream(self) -> ProxyConfig:

@@ -43,6 +43,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("shadow", ("proxy.shadow.*",)),
     ("analysis", ("proxy.analysis.*",)),
     ("feedback", ("proxy.feedback", "proxy.feedback_*")),
+    ("usage", ("proxy.usage.*",)),
     ("pipeline", ("proxy.pipeline.*",)),
     ("backends", ("proxy.backends.*",)),
     ("services", ("proxy.services",)),

@@ -1,0 +1,1 @@
+"""Per-tenant usage: what each known tenant's requests cost, added up across replicas."""
