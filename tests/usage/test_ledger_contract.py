@@ -225,9 +225,13 @@ async def test_a_large_flush_is_added_whole(ledgers: list[UsageLedger]) -> None:
     """A replica back from a store outage flushes everything it held at once."""
     m = NOW_MINUTE
     rows = {
-        UsageKey(f"t{i % 50}", f"s{i % 15}", "" if i % 2 else "claude", m - i // 750): counts(1)
+        # Mixed radix: 15,000 distinct rows, 300 of them t7's.
+        UsageKey(f"t{i % 50}", f"s{i // 50 % 15}", ("", "claude")[i // 750 % 2], m - i // 1500): (
+            counts(1)
+        )
         for i in range(15_000)
     }
+    assert len(rows) == 15_000
     await ledgers[0].add(rows)
     found = await ledgers[1].read("t7", m - 100, m + 1)
     assert_same(found, expected(list(rows.items()), "t7", m - 100, m + 1))
