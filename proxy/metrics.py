@@ -176,6 +176,18 @@ class ProxyMetrics:
             ("op",),
             registry=registry,
         )
+        self.usage_pending = Gauge(
+            "promptproxy_usage_pending_rows",
+            "Per-tenant usage rows (tenant, slug, variant, minute) this replica holds until "
+            "its next flush to the store; rising: the store refuses the flushes.",
+            registry=registry,
+        )
+        self.usage_dropped = Counter(
+            "promptproxy_usage_dropped_rows",
+            "Per-tenant usage rows given up because the store could not take them in time "
+            "(past usage.max_pending_rows, or older than usage.keep_days).",
+            registry=registry,
+        )
         self.loop_lag = Histogram(
             "promptproxy_event_loop_lag_seconds",
             "How late the event loop wakes a 250 ms timer: time every request waits too.",

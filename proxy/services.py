@@ -38,6 +38,8 @@ from proxy.registry.templates import PromptRenderer
 from proxy.shadow.metrics import ShadowMetrics
 from proxy.shadow.runner import ShadowRunner, open_shadow_runner
 from proxy.tasks import BackgroundTasks, cancel_and_wait
+from proxy.usage.recorder import UsageRecorder
+from proxy.usage.service import UsageService
 
 _log = logging.getLogger(APP_LOGGER)
 #: How long leaving the fleet waits for the heartbeat task to stop.
@@ -78,6 +80,7 @@ class Services:
     shadow: ShadowRunner
     analysis: Analyser
     feedback: FeedbackService
+    usage: UsageService
     #: Every part of the shared state, from `registry.store`.
     backend: Backend
 
@@ -169,8 +172,24 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         analysis.start()
         stack.push_async_callback(analysis.close)
         feedback = FeedbackService(config.feedback, backend.index, metrics, window)
+        usage = UsageService(
+            config.usage,
+            UsageRecorder(time.time, metrics.price_of, config.usage.max_pending_rows),
+            backend.usage,
+            lambda: holder.current,
+            metrics,
+        )
+        if config.usage.enabled:
+            usage.start()
+        # Flushed a last time once the data plane drained (the stack unwinds in reverse).
+        stack.push_async_callback(usage.close)
         # One list for the primary and the shadow alike (pipeline/record.py).
-        finished = exchange_observers(metrics, window, feedback.remember)
+        finished = exchange_observers(
+            metrics,
+            window,
+            feedback.remember,
+            usage.recorder if config.usage.enabled else None,
+        )
         shadow = open_shadow_runner(
             config, backend.pairs, shadow_metrics, finished, window.observe_divergence
         )
@@ -206,6 +225,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             shadow=shadow,
             analysis=analysis,
             feedback=feedback,
+            usage=usage,
             backend=backend,
         )
 

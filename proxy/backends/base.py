@@ -9,7 +9,8 @@ the traffic):
 - the fleet board (``FleetBoard``), where each replica beats;
 - the analysis pool (``StatsPool``), lease (``Lease``) and state (``StateStore``);
 - the feedback request index (``RequestIndex``);
-- the shadow pair sink (``PairSink``).
+- the shadow pair sink (``PairSink``);
+- the per-tenant usage ledger (``UsageLedger``).
 
 ``close`` closes every part, newest first, then the connections they share.
 """
@@ -31,6 +32,7 @@ from proxy.registry.fleet import FleetBoard
 from proxy.registry.store import PromptStore
 from proxy.shadow.metrics import ShadowMetrics
 from proxy.shadow.pairs import PairSink
+from proxy.usage.ledger import UsageLedger
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +59,7 @@ class Backend:
     state: StateStore
     index: RequestIndex
     pairs: PairSink
+    usage: UsageLedger
     #: Closes every part and the shared connections, in order (an ``AsyncExitStack``'s).
     closer: Callable[[], Awaitable[None]] = field(repr=False)
 

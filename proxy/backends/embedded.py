@@ -2,8 +2,9 @@
 
 The registry is a SQLite file, the fleet board a second one beside it; the analysis pool,
 lease and state and the feedback request index live in this process's memory; shadow pairs
-go to rotated JSON-lines files (`shadow.sink.dir`). Nothing here is shared with another
-process but the two files, which is why this backend is never `shared`.
+go to rotated JSON-lines files (`shadow.sink.dir`); per-tenant usage to a third SQLite
+file (``registry.usage.db``). Nothing here is shared with another process but the files,
+which is why this backend is never `shared`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from proxy.feedback import MemoryRequestIndex
 from proxy.registry.embedded_store import EmbeddedStore
 from proxy.registry.fleet_embedded import EmbeddedFleetBoard, board_path
 from proxy.shadow.sink_files import FilePairSink
+from proxy.usage.usage_sqlite import SqliteUsageLedger, usage_path
 
 PREFIX = "embedded:"
 
@@ -45,6 +47,8 @@ async def open_backend(settings: Settings, context: BackendContext) -> Backend:
         stack.push_async_callback(index.close)
         pairs = FilePairSink(config.shadow.sink, context.pair_metrics)
         stack.push_async_callback(pairs.close)
+        usage = SqliteUsageLedger(usage_path(path), keep_days=config.usage.keep_days)
+        stack.push_async_callback(usage.close)
         closer = stack.pop_all()
     return Backend(
         kind=kind,
@@ -56,5 +60,6 @@ async def open_backend(settings: Settings, context: BackendContext) -> Backend:
         state=MemoryStateStore(),
         index=index,
         pairs=pairs,
+        usage=usage,
         closer=closer.aclose,
     )

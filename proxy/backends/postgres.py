@@ -2,8 +2,9 @@
 shared by every replica pointed at it, inside the schema `registry.postgres_schema`.
 
 Connections: one pool per replica, shared by every part (registry writes and snapshots,
-the fleet board's beats, the analysis pool's flushes, the lease, the feedback index and the
-pair sink); plus one connection outside it, the registry's LISTEN for change notification.
+the fleet board's beats, the analysis pool's flushes, the lease, the feedback index, the
+pair sink and the usage ledger); plus one connection outside it, the registry's LISTEN for
+change notification.
 
 Opening waits for no server: the pool connects in the background (``open(wait=False)``),
 and every part's migrations run together on one connection made for them, which a server
@@ -29,6 +30,7 @@ from proxy.pg.session import prepare_together
 from proxy.registry.fleet_postgres import PostgresBoard
 from proxy.registry.postgres_store import PostgresStore
 from proxy.shadow.sink_postgres import PostgresPairSink
+from proxy.usage.usage_postgres import PostgresUsageLedger
 
 #: Connections per replica: every part shares them, and each call holds one for a
 #: statement or a short transaction; the LISTEN connection is not one of them.
@@ -62,7 +64,8 @@ async def open_backend(settings: Settings, context: BackendContext) -> Backend:
             queue_size=config.shadow.sink.queue_size,
             metrics=context.pair_metrics,
         )
-        parts = (store, board, stats, lease, state, index, pairs)
+        usage = PostgresUsageLedger(pool, schema=schema, keep_days=config.usage.keep_days)
+        parts = (store, board, stats, lease, state, index, pairs, usage)
         for part in parts:
             stack.push_async_callback(part.close)
         await prepare_together([part.session for part in parts])
@@ -78,5 +81,6 @@ async def open_backend(settings: Settings, context: BackendContext) -> Backend:
         state=state,
         index=index,
         pairs=pairs,
+        usage=usage,
         closer=closer.aclose,
     )

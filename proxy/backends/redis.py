@@ -3,8 +3,8 @@ every replica pointed at it, under `registry.redis_prefix`.
 
 Connections, as before this seam: the registry store has its own client (string replies,
 its pub/sub change hints), the pair sink its writer and reader clients (an admin `tail`
-must never hold up the writer), and the fleet board, analysis pool, lease and state and the
-feedback request index share one client, closed after all of them.
+must never hold up the writer), and the fleet board, analysis pool, lease and state, the
+feedback request index and the usage ledger share one client, closed after all of them.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from proxy.registry.fleet_redis import RedisFleetBoard
 from proxy.registry.redis_store import RedisStore
 from proxy.shadow.sink_redis import RedisPairSink
 from proxy.tasks import interruptible
+from proxy.usage.usage_redis import RedisUsageLedger
 
 #: Closing the shared client waits this long at most: a frozen Redis must not hold up exit.
 _CLOSE_GRACE = 1.0
@@ -76,6 +77,8 @@ async def open_backend(settings: Settings, context: BackendContext) -> Backend:
         stack.push_async_callback(index.close)
         pairs = RedisPairSink(url, prefix, config.shadow.sink, context.pair_metrics)
         stack.push_async_callback(pairs.close)
+        usage = RedisUsageLedger(client, prefix, keep_days=config.usage.keep_days)
+        stack.push_async_callback(usage.close)
         closer = stack.pop_all()
     return Backend(
         kind=kind,
@@ -87,5 +90,6 @@ async def open_backend(settings: Settings, context: BackendContext) -> Backend:
         state=RedisStateStore(client, prefix),
         index=index,
         pairs=pairs,
+        usage=usage,
         closer=closer.aclose,
     )

@@ -271,6 +271,13 @@ class AdminClient:
     def tenant(self, tenant_id: str) -> api.Tenant:
         return self._call(api.Tenant, "GET", f"/tenants/{urllib.parse.quote(tenant_id, safe='')}")
 
+    def tenant_usage(
+        self, tenant_id: str, since: str | None, until: str | None, slug: str | None
+    ) -> api.TenantUsage:
+        path = f"/tenants/{urllib.parse.quote(tenant_id, safe='')}/usage"
+        query = {"since": since, "until": until, "slug": slug}
+        return self._call(api.TenantUsage, "GET", path, query=query)
+
     def put_tenant(
         self, tenant_id: str, body: api.TenantIn, wait: float | None = None
     ) -> api.TenantChanged:

@@ -132,3 +132,58 @@ def delete(ctx: Context, tenant_id: str, reason: str, wait: bool, timeout: float
         report_served(ctx.output, tenant_id, answer.served)
 
     run(action)
+
+
+def _usage(u: api.TenantUsage) -> str:
+    who = f"tenant {u.tenant}" + (f"  tier {u.tier}" if u.tier else "")
+    if not u.known:
+        who += "  (not a tenant the registry knows now)"
+    lines = [
+        who,
+        f"from {when(u.since)} to {when(u.until)}" + (f", prompt {u.slug}" if u.slug else ""),
+    ]
+    if not u.prompts:
+        return "\n".join([*lines, "no requests"])
+    rows = [
+        (
+            p.slug or "(no prompt)",
+            p.variant or "default",
+            p.requests,
+            p.errors,
+            p.input_tokens,
+            p.output_tokens,
+            f"{p.cost_usd:.4f}",
+        )
+        for p in u.prompts
+    ]
+    t = u.total
+    rows.append(
+        ("total", "", t.requests, t.errors, t.input_tokens, t.output_tokens, f"{t.cost_usd:.4f}")
+    )
+    headers = (
+        "PROMPT",
+        "VARIANT",
+        "REQUESTS",
+        "ERRORS",
+        "INPUT TOKENS",
+        "OUTPUT TOKENS",
+        "COST USD",
+    )
+    return "\n".join([*lines, table(rows, headers)])
+
+
+@tenants.command()
+@click.argument("tenant_id")
+@click.option(
+    "--since",
+    default="24h",
+    show_default=True,
+    help="From: seconds ago (600), 10m, 2h, 7d, a unix time or an ISO-8601 time with a zone.",
+)
+@click.option("--until", help="To, in the same forms (default: now).")
+@click.option("--slug", help="Only this prompt's requests.")
+@pass_ctx
+def usage(ctx: Context, tenant_id: str, since: str, until: str | None, slug: str | None) -> None:
+    """What TENANT_ID's requests were, from every replica: requests, errors, tokens and
+    estimated cost, by prompt and model variant, to the minute."""
+    run(lambda: ctx.emit(ctx.client.tenant_usage(tenant_id, since, until, slug), _usage))

@@ -3,8 +3,10 @@
 1. metrics      the per-request families (``arm="shadow"`` for shadow calls)
 2. analysis     the rollout's per-arm window counters (stable, canary; shadow, rerun)
 3. feedback     the request index: answers a caller got (never shadow copies)
-4. access log   one JSON line: ``event: request``, or ``event: shadow``
-5. pair half    a shadowed primary hands its half to the shadow waiting for it
+4. usage        the per-tenant usage: requests of tenants the registry knows (never shadow
+                copies)
+5. access log   one JSON line: ``event: request``, or ``event: shadow``
+6. pair half    a shadowed primary hands its half to the shadow waiting for it
 
 The primary runs it from the ``finally`` of ``run.handle``, so failed and cancelled
 requests count too; a shadow call from its runner once the call ended, however it ended.
@@ -19,18 +21,21 @@ from proxy.exchange.observers import ExchangeObserver, Observers, hand_over_pair
 from proxy.exchange.outcome import Exchange, error_class_for_status
 from proxy.exchange.recorders import AccessLog, RecordMetrics
 from proxy.metrics import ProxyMetrics
+from proxy.usage.recorder import UsageRecorder
 
 
 def exchange_observers(
     metrics: ProxyMetrics,
     window: WindowRecorder | None = None,
     remember: ExchangeObserver | None = None,
+    usage: UsageRecorder | None = None,
 ) -> Observers:
     """``remember`` is the feedback index's (``FeedbackService.remember``)."""
     observers: list[ExchangeObserver | None] = [
         RecordMetrics(metrics).finished,
         None if window is None else window.finished,
         remember,
+        None if usage is None else usage.finished,
         AccessLog().finished,
         hand_over_pair_half,
     ]

@@ -51,6 +51,10 @@ _READ = (
 _PURGE_EVERY_SECONDS = 600.0
 
 
+def _values(c: UsageCounts) -> tuple[int, int, int, int, float]:
+    return c.requests, c.errors, c.input_tokens, c.output_tokens, c.cost_usd
+
+
 def usage_path(registry_db: Path) -> Path:
     return registry_db.with_name(f"{registry_db.stem}.usage{registry_db.suffix or '.db'}")
 
@@ -119,8 +123,7 @@ class SqliteUsageLedger:
         now_minute = int(self._clock()) // MINUTE
         oldest = now_minute - self._keep_minutes
         values = [
-            (key.tenant, key.minute, key.slug, key.variant, c.requests, c.errors)
-            + (c.input_tokens, c.output_tokens, c.cost_usd)
+            (key.tenant, key.minute, key.slug, key.variant, *_values(c))
             for key, c in rows.items()
             if key.minute >= oldest and c.to_fields()
         ]

@@ -406,6 +406,36 @@ class TenantList(Wire):
     data: list[Tenant]
 
 
+class UsageFigures(Wire):
+    requests: int
+    errors: int = Field(description="requests that ended in an error of any class")
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float = Field(
+        description="estimated from `metrics.prices` by the model sent; models without a "
+        "price add nothing"
+    )
+
+
+class PromptUsage(UsageFigures):
+    slug: str | None = Field(description="null: requests that named no prompt")
+    variant: str | None = Field(description="null: the default variant")
+
+
+class TenantUsage(Wire):
+    tenant: str
+    known: bool = Field(
+        description="whether the registry knows the tenant now (a deleted tenant's figures "
+        "stay until they expire)"
+    )
+    tier: str | None
+    since: float = Field(description="start of the first minute summed (unix seconds)")
+    until: float = Field(description="end of the last minute summed (unix seconds)")
+    slug: str | None
+    total: UsageFigures
+    prompts: list[PromptUsage] = Field(description="by prompt and variant, slug order")
+
+
 class TenantChanged(Wire):
     tenant: Tenant
     changed: bool = Field(description="false when the tenant already had this tier and keys")

@@ -130,8 +130,8 @@ def _at(value: Any) -> str:
     return str(value)
 
 
-def parse_since(value: str | None, now: float) -> float | None:
-    """``since`` as unix seconds; None when absent."""
+def parse_since(value: str | None, now: float, param: str = "since") -> float | None:
+    """``since`` (or another moment, ``param``) as unix seconds; None when absent."""
     if value is None or not value.strip():
         return None
     text = value.strip()
@@ -146,15 +146,15 @@ def parse_since(value: str | None, now: float) -> float | None:
     except ValueError:
         moment = None
     if moment is None or moment.tzinfo is None:
-        raise _bad_since()
+        raise _bad_since(param)
     return moment.timestamp()
 
 
-def _bad_since() -> InvalidRequest:
+def _bad_since(param: str = "since") -> InvalidRequest:
     return InvalidRequest(
-        "`since` must be seconds ago (600), a duration (10m, 2h, 1d), a unix timestamp "
+        f"`{param}` must be seconds ago (600), a duration (10m, 2h, 1d), a unix timestamp "
         "or an ISO-8601 time with a zone (2026-11-24T10:00:00Z).",
-        param="since",
+        param=param,
     )
 
 
@@ -399,6 +399,22 @@ class AuditQuery(Params):
     def key(self) -> PromptKey | None:
         """The prompt whose entries are asked for; None: every prompt's."""
         return None if self.slug is None else PromptKey(self.slug)
+
+
+class UsageQuery(Params):
+    since: Annotated[
+        float | None,
+        BeforeValidator(lambda value: parse_since(str(value), time.time())),
+        WithJsonSchema(_SINCE_SCHEMA),
+    ] = Field(None, description=_SINCE_HELP + "; without it, a day before `until`")
+    until: Annotated[
+        float | None,
+        BeforeValidator(lambda value: parse_since(str(value), time.time(), "until")),
+        WithJsonSchema(_SINCE_SCHEMA),
+    ] = Field(None, description="The end, in the same forms as `since`; without it, now")
+    slug: Annotated[str | None, BeforeValidator(_slug), WithJsonSchema(_SLUG_SCHEMA)] = Field(
+        None, description="Only this prompt's requests"
+    )
 
 
 class PairsQuery(Params):

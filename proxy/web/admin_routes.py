@@ -41,6 +41,7 @@ from proxy.web.admin_params import (
     ShadowPath,
     SlugPath,
     TenantPath,
+    UsageQuery,
     VersionPath,
     WaitQuery,
 )
@@ -309,6 +310,21 @@ ROUTES: tuple[Endpoint[Any, Any, Any, Any], ...] = (
             query=NoParams,
             body=NoBody,
             response=api.Tenant,
+        )
+    ),
+    route(
+        Endpoint(
+            method="GET",
+            path=f"{PREFIX}/tenants/{{tenant_id}}/usage",
+            access=READ,
+            summary="A tenant's requests, errors, tokens and estimated cost over a time range, "
+            "by prompt and variant, from every replica (each flushes every usage.flush_seconds)",
+            tag="tenants",
+            handler=admin_tenants.tenant_usage,
+            params=TenantPath,
+            query=UsageQuery,
+            body=NoBody,
+            response=api.TenantUsage,
         )
     ),
     route(

@@ -4,15 +4,17 @@ GET    /admin/v1/tenants              every tenant
 GET    /admin/v1/tenants/{tenant_id}  one (404 if none)
 PUT    /admin/v1/tenants/{tenant_id}  create, or change its tier and keys
 DELETE /admin/v1/tenants/{tenant_id}  remove it (audited)
+GET    /admin/v1/tenants/{tenant_id}/usage  its requests, errors, tokens and cost
 """
 
 from __future__ import annotations
 
 from proxy.registry.models import Tenant
+from proxy.usage.counts import UsageCounts
 from proxy.web import admin_models as api
 from proxy.web import admin_wait
 from proxy.web.admin_endpoint import Call, NoBody
-from proxy.web.admin_params import NoParams, TenantPath, WaitQuery
+from proxy.web.admin_params import NoParams, TenantPath, UsageQuery, WaitQuery
 
 
 def view(tenant: Tenant) -> api.Tenant:
@@ -55,3 +57,33 @@ async def delete_tenant(call: Call[TenantPath, WaitQuery, api.ReasonIn]) -> api.
         call.path.tenant_id, call.actor, call.body.reason
     )
     return await admin_wait.written(call.services, entry, wait)
+
+
+def figures(counts: UsageCounts) -> dict[str, int | float]:
+    return {
+        "requests": counts.requests,
+        "errors": counts.errors,
+        "input_tokens": counts.input_tokens,
+        "output_tokens": counts.output_tokens,
+        "cost_usd": round(counts.cost_usd, 9),
+    }
+
+
+async def tenant_usage(call: Call[TenantPath, UsageQuery, NoBody]) -> api.TenantUsage:
+    query = call.query
+    report = await call.services.usage.report(
+        call.path.tenant_id, query.since, query.until, query.slug
+    )
+    return api.TenantUsage(
+        tenant=report.tenant,
+        known=report.known,
+        tier=report.tier,
+        since=report.since,
+        until=report.until,
+        slug=report.slug,
+        total=api.UsageFigures(**figures(report.total)),
+        prompts=[
+            api.PromptUsage(slug=p.slug, variant=p.variant, **figures(p.counts))
+            for p in report.prompts
+        ],
+    )
