@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 import uuid
 from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field
@@ -163,7 +164,9 @@ class _Chunk:
 
 
 class RedisUsageLedger:
-    def __init__(self, client: Redis, prefix: str, *, keep_days: int, clock: Clock) -> None:
+    def __init__(
+        self, client: Redis, prefix: str, *, keep_days: int, clock: Clock = time.time
+    ) -> None:
         """``client`` is shared with the other Redis parts; its owner closes it."""
         self._redis = client
         self._prefix = prefix + "{usage}:"

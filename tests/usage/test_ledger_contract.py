@@ -25,7 +25,7 @@ from tests.postgres_server import PostgresServer, postgres_server_fixture
 from tests.redis_server import RedisServer, running_redis
 
 KEEP_DAYS = 35
-#: A fixed "now" (2026-12-06 12:34 UTC), so ranges land where the test says.
+#: A fixed "now" (2025-12-07 16:34 UTC), so ranges land where the test says.
 NOW_MINUTE = 29_418_754
 postgres_server = postgres_server_fixture("module")
 
