@@ -146,7 +146,7 @@ def _usage(u: api.TenantUsage) -> str:
         return "\n".join([*lines, "no requests"])
     rows = [
         (
-            p.slug or "(no prompt)",
+            p.slug,
             p.variant or "default",
             p.requests,
             p.errors,

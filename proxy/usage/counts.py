@@ -2,7 +2,8 @@
 
 A row is one (tenant, slug, variant, minute): the tenant the registry knows the caller as
 (never a header's unknown value, so a caller cannot create rows), the slug its request
-named (``""``: none) and the model variant that answered (``""``: the default one).
+named (the tenant is looked up for requests that name a prompt) and the model variant
+that answered (``""``: the default one).
 Minutes are unix minutes (``unix seconds // 60``), UTC.
 """
 

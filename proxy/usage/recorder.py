@@ -1,7 +1,8 @@
 """``UsageRecorder``: this replica's per-tenant counts until the flusher drains them.
 
 An observer of finished exchanges (``proxy.pipeline.record``): it counts the primary
-requests of tenants the registry knows. Shadow copies are the platform's experiment, not
+requests of tenants the registry knows (the tenant is looked up for requests that name a
+prompt, so a plain pass-through is not counted). Shadow copies are the platform's experiment, not
 the tenant's traffic, and are not counted. It runs on the request path, so it only adds to
 a dict; the flusher (``proxy.usage.flusher``) writes the dict to the store.
 """
@@ -31,16 +32,10 @@ class UsageRecorder:
         self.dropped = 0
 
     def finished(self, ex: Exchange) -> None:
-        tenant = ex.tenant
-        if tenant is None or ex.pair_id is not None:
+        tenant, key = ex.tenant, ex.key
+        if tenant is None or key is None or ex.pair_id is not None:
             return
-        key = ex.key
-        row = UsageKey(
-            tenant,
-            "" if key is None else key.slug,
-            "" if key is None or key.variant is None else key.variant,
-            int(self._clock()) // MINUTE,
-        )
+        row = UsageKey(tenant, key.slug, key.variant or "", int(self._clock()) // MINUTE)
         counts = self._pending.get(row)
         if counts is None:
             counts = self._pending[row] = UsageCounts()

@@ -34,7 +34,7 @@ DEFAULT_SPAN_SECONDS = 86_400.0
 
 @dataclass(frozen=True, slots=True)
 class PromptUsage:
-    slug: str | None  # None: requests that named no prompt
+    slug: str
     variant: str | None  # None: the default variant
     counts: UsageCounts
 
@@ -145,7 +145,7 @@ class UsageService:
         prompts = []
         for (row_slug, variant), counts in sorted(totals.items()):
             total.merge(counts)
-            prompts.append(PromptUsage(row_slug or None, variant or None, counts))
+            prompts.append(PromptUsage(row_slug, variant or None, counts))
         return UsageReport(
             tenant=tenant,
             known=record is not None,

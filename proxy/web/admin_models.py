@@ -418,7 +418,7 @@ class UsageFigures(Wire):
 
 
 class PromptUsage(UsageFigures):
-    slug: str | None = Field(description="null: requests that named no prompt")
+    slug: str
     variant: str | None = Field(description="null: the default variant")
 
 

@@ -27,6 +27,8 @@ from proxy.feedback_postgres import PostgresRequestIndex
 from proxy.prompt_key import PromptKey
 from proxy.shadow.metrics import ShadowMetrics
 from proxy.shadow.sink_postgres import PostgresPairSink
+from proxy.usage.counts import UsageCounts, UsageKey
+from proxy.usage.usage_postgres import PostgresUsageLedger
 from tests.component.test_shadow_sink_redis import eventually, pair
 from tests.pg.pg_parts import new_schema, replica_pools
 from tests.postgres_server import PostgresServer, postgres_server_fixture
@@ -37,7 +39,14 @@ fresh_postgres_server = postgres_server_fixture("function")
 
 SLUG = PromptKey("greet")
 ROLLOUT = "r-1"
-COMPONENTS = ["analysis_lease", "analysis_pool", "analysis_state", "feedback_index", "shadow_pairs"]
+COMPONENTS = [
+    "analysis_lease",
+    "analysis_pool",
+    "analysis_state",
+    "feedback_index",
+    "shadow_pairs",
+    "tenant_usage",
+]
 
 
 @dataclass
@@ -47,6 +56,7 @@ class Parts:
     state: PostgresStateStore
     index: PostgresRequestIndex
     sink: PostgresPairSink
+    usage: PostgresUsageLedger
     sink_registry: CollectorRegistry
     index_errors: list[str]
 
@@ -58,7 +68,7 @@ class Parts:
 
 @contextlib.asynccontextmanager
 async def opened_parts(pool: AsyncConnectionPool, schema: str) -> AsyncIterator[Parts]:
-    """Every analysis, feedback and shadow part of one replica, on its pool."""
+    """Every analysis, feedback, shadow and usage part of one replica, on its pool."""
     registry = CollectorRegistry()
     errors: list[str] = []
     parts = Parts(
@@ -69,6 +79,7 @@ async def opened_parts(pool: AsyncConnectionPool, schema: str) -> AsyncIterator[
         sink=PostgresPairSink(
             pool, schema=schema, max_entries=100, queue_size=100, metrics=ShadowMetrics(registry)
         ),
+        usage=PostgresUsageLedger(pool, schema=schema, keep_days=35),
         sink_registry=registry,
         index_errors=errors,
     )
@@ -113,6 +124,11 @@ async def use_every_part(parts: Parts, n: int) -> None:
     assert await parts.index.lookup(f"req-{n + 1}") is None
     assert await parts.index.first_feedback(request_id, "thumbs_up")
     assert not await parts.index.first_feedback(request_id, "thumbs_up")
+
+    minute = int(now) // 60
+    await parts.usage.add({UsageKey("acme", SLUG.slug, "", minute): UsageCounts(1)})
+    used = await parts.usage.read("acme", minute - 1, minute + 1)
+    assert used[(SLUG.slug, "")].requests == n
 
     written = parts.pairs_written()
     parts.sink.add(pair(n, now, slug=SLUG.slug))

@@ -25,6 +25,7 @@ from proxy.pg.migrate import Migration, SchemaTooNew, migrate
 from proxy.pg.session import OutcomeUnknown, Part, PgSession, PostgresUnavailable, prepare_together
 from proxy.shadow.metrics import ShadowMetrics
 from proxy.shadow.sink_postgres import PostgresPairSink
+from proxy.usage.usage_postgres import PostgresUsageLedger
 from tests.pg.pg_parts import crash, frozen, new_schema, replica_pools
 from tests.postgres_server import PostgresServer, postgres_server_fixture
 from tests.registry.pg_stores import drop_schema
@@ -370,6 +371,7 @@ async def test_every_part_migrates_once_when_replicas_start_together(
                     queue_size=10,
                     metrics=ShadowMetrics(CollectorRegistry()),
                 ),
+                PostgresUsageLedger(pool, schema=schema, keep_days=35),
             )
             await prepare_together([part.session for part in parts])
             assert all(part.session.migrated for part in parts)
@@ -385,4 +387,5 @@ async def test_every_part_migrates_once_when_replicas_start_together(
                 ("analysis_state", 1),
                 ("feedback_index", 1),
                 ("shadow_pairs", 1),
+                ("tenant_usage", 1),
             ]

@@ -45,15 +45,16 @@ def test_the_recorder_counts_known_tenants_own_requests_only() -> None:
     rec.finished(exchange(None))  # no tenant the registry knows
     rec.finished(exchange("acme", pair_id="p1"))  # a shadow copy: the platform's
     rec.finished(exchange("acme", key=PromptKey("support", variant="claude")))
-    rec.finished(exchange("acme", key=None, model_requested="unpriced"))
+    rec.finished(exchange("acme", key=None))  # a pass-through: its tenant is never looked up
+    rec.finished(exchange("acme", model_requested="unpriced", key=PromptKey("billing")))
     rows = rec.drain()
     minute = int(NOW) // 60
     assert rows[UsageKey("acme", "support", "", minute)] == UsageCounts(
         2, 1, 100, 40, pytest.approx((100 * 2.5 + 40 * 10.0) / 1e6)
     )
     assert rows[UsageKey("acme", "support", "claude", minute)].requests == 1
-    # No prompt, and a model without a price: counted, costing nothing.
-    assert rows[UsageKey("acme", "", "", minute)] == UsageCounts(1, 0, 100, 20, 0.0)
+    # A model without a price: counted, costing nothing.
+    assert rows[UsageKey("acme", "billing", "", minute)] == UsageCounts(1, 0, 100, 20, 0.0)
     assert len(rows) == 3
     assert rec.drain() == {}
 
