@@ -184,8 +184,9 @@ class ProxyMetrics:
         )
         self.usage_dropped = Counter(
             "promptproxy_usage_dropped_rows",
-            "Per-tenant usage rows given up because the store could not take them in time "
-            "(past usage.max_pending_rows, or older than usage.keep_days).",
+            "Per-tenant usage rows given up: the store could not take them in time (past "
+            "usage.max_pending_rows, or older than usage.keep_days), or whether a write "
+            "added them is unknown (never sent again).",
             registry=registry,
         )
         self.loop_lag = Histogram(

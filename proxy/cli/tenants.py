@@ -176,9 +176,8 @@ def _usage(u: api.TenantUsage) -> str:
 @click.argument("tenant_id")
 @click.option(
     "--since",
-    default="24h",
-    show_default=True,
-    help="From: seconds ago (600), 10m, 2h, 7d, a unix time or an ISO-8601 time with a zone.",
+    help="From: seconds ago (600), 10m, 2h, 7d, a unix time or an ISO-8601 time with a "
+    "zone (default: a day before --until).",
 )
 @click.option("--until", help="To, in the same forms (default: now).")
 @click.option("--slug", help="Only this prompt's requests.")

@@ -12,19 +12,30 @@ Minutes older than ``usage.keep_days`` are deleted or expire.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
-from proxy.usage.counts import Totals, UsageCounts, UsageKey
+from proxy.usage.counts import Rows, Totals, UsageCounts, UsageKey
 
 #: The minutes of a day.
 DAY_MINUTES = 1440
 
 
+@dataclass(slots=True)
+class Added:
+    """What became of a flush that did not raise."""
+
+    #: Rows certainly not added (the caller keeps them for its next flush).
+    unwritten: Rows = field(default_factory=dict)
+    #: Rows given up because whether they were added is unknown: never sent again, so a
+    #: row is never counted twice (a few seconds may be missing instead).
+    lost: int = 0
+
+
 class UsageLedger(Protocol):
-    async def add(self, rows: Mapping[UsageKey, UsageCounts]) -> None:
-        """Add a flush's rows. Raises on failure when nothing was added (the caller keeps
-        the rows for the next flush); a write whose outcome is unknown is not raised, so a
-        row is never counted twice (a few seconds may be lost instead)."""
+    async def add(self, rows: Mapping[UsageKey, UsageCounts]) -> Added:
+        """Add a flush's rows. Raises when nothing was added (the caller keeps the rows
+        for the next flush); otherwise says which rows were not added, or are lost."""
         ...
 
     async def read(self, tenant: str, start: int, end: int, slug: str | None = None) -> Totals:

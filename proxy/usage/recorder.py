@@ -4,7 +4,7 @@ An observer of finished exchanges (``proxy.pipeline.record``): it counts the pri
 requests of tenants the registry knows (the tenant is looked up for requests that name a
 prompt, so a plain pass-through is not counted). Shadow copies are the platform's experiment, not
 the tenant's traffic, and are not counted. It runs on the request path, so it only adds to
-a dict; the flusher (``proxy.usage.flusher``) writes the dict to the store.
+a dict; ``UsageService`` (``proxy.usage.service``) writes it to the store.
 """
 
 from __future__ import annotations
@@ -33,7 +33,9 @@ class UsageRecorder:
 
     def finished(self, ex: Exchange) -> None:
         tenant, key = ex.tenant, ex.key
-        if tenant is None or key is None or ex.pair_id is not None:
+        # No version: the slug is not one the registry serves (a 404 before any version
+        # was chosen); a caller must not make a row per slug it makes up.
+        if tenant is None or key is None or ex.version is None or ex.pair_id is not None:
             return
         row = UsageKey(tenant, key.slug, key.variant or "", int(self._clock()) // MINUTE)
         counts = self._pending.get(row)

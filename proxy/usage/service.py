@@ -23,7 +23,7 @@ from proxy.metrics import ProxyMetrics
 from proxy.registry.models import RegistrySnapshot
 from proxy.tasks import BackgroundTasks
 from proxy.usage.counts import MINUTE, UsageCounts
-from proxy.usage.ledger import DAY_MINUTES, UsageLedger
+from proxy.usage.ledger import DAY_MINUTES, Added, UsageLedger
 from proxy.usage.recorder import UsageRecorder
 
 _log = logging.getLogger(APP_LOGGER)
@@ -86,28 +86,42 @@ class UsageService:
             await self.flush()
 
     async def flush(self) -> bool:
-        """Write what this replica counted; False when the store refused it (kept)."""
+        """Write what this replica counted; False when the store refused some of it (kept
+        for the next flush)."""
         async with self._flushing:
             rows = self.recorder.drain()
             if not rows:
                 return True
             try:
-                await self._ledger.add(rows)
+                added = await self._ledger.add(rows)
             except Exception as exc:
-                self._metrics.redis_errors.labels("usage_flush").inc()
                 _log.warning("tenant usage not flushed (kept for the next try): %s", exc)
-                oldest = int(self._clock()) // MINUTE - self._config.keep_days * DAY_MINUTES
-                self.recorder.restore(rows, oldest)
-                dropped = self.recorder.dropped
-                if dropped > self._dropped_counted:
-                    self._metrics.usage_dropped.inc(dropped - self._dropped_counted)
-                    self._dropped_counted = dropped
-                return False
-            return True
+                added = Added(unwritten=rows)
+            if added.lost:
+                self._metrics.usage_dropped.inc(added.lost)
+            if not added.unwritten:
+                return True
+            self._metrics.redis_errors.labels("usage_flush").inc()
+            oldest = int(self._clock()) // MINUTE - self._config.keep_days * DAY_MINUTES
+            self.recorder.restore(added.unwritten, oldest)
+            dropped = self.recorder.dropped
+            if dropped > self._dropped_counted:
+                self._metrics.usage_dropped.inc(dropped - self._dropped_counted)
+                self._dropped_counted = dropped
+            return False
+
+    async def _flush_now(self) -> None:
+        """A flush a caller waits for, run as a task of its own: a caller that goes away
+        (an admin client hanging up) must not cancel it between the drain and the write,
+        which would lose the rows drained."""
+        await asyncio.shield(self._tasks.spawn(self.flush(), name="usage-flush"))
 
     async def close(self) -> None:
-        """Stop the loop and flush a last time (after the data plane drained)."""
-        await self._tasks.close()
+        """Stop the loop and flush a last time (after the data plane drained). The loop is
+        stopped only between flushes: cancelled inside a write, it would lose the rows it
+        drained."""
+        async with self._flushing:
+            await self._tasks.close()
         await self.flush()
 
     async def report(
@@ -130,7 +144,7 @@ class UsageService:
         # Without ``until``, up to now: the minute under way is counted so far.
         last = int(end) // MINUTE + 1 if until is None else math.ceil(end / MINUTE)
         last = max(last, first)
-        await self.flush()
+        await self._flush_now()
         try:
             totals = await self._ledger.read(tenant, first, last, slug)
         except Exception as exc:

@@ -30,7 +30,7 @@ from proxy.log import APP_LOGGER
 from proxy.pg.migrate import Migration
 from proxy.pg.session import DEFAULT_TIMEOUT, OutcomeUnknown, Part, PgSession, Pool
 from proxy.usage.counts import FIELDS, MINUTE, Totals, UsageCounts, UsageKey
-from proxy.usage.ledger import DAY_MINUTES
+from proxy.usage.ledger import DAY_MINUTES, Added
 
 _log = logging.getLogger(APP_LOGGER)
 
@@ -123,7 +123,7 @@ class PostgresUsageLedger:
         # On the ledger's clock (the minutes' own), so a clock driven days ahead purges.
         self._purged_at = float("-inf")
 
-    async def add(self, rows: Mapping[UsageKey, UsageCounts]) -> None:
+    async def add(self, rows: Mapping[UsageKey, UsageCounts]) -> Added:
         now = self._clock()
         oldest = int(now) // MINUTE - self._keep_minutes
         columns: dict[str, list[Any]] = {name: [] for name in _COLUMNS}
@@ -135,7 +135,7 @@ class PostgresUsageLedger:
             for name, value in zip(_COLUMNS, values, strict=True):
                 columns[name].append(value)
         if not columns["tenant"]:
-            return
+            return Added()
 
         async def run(conn: AsyncConnection[Any]) -> None:
             await conn.execute(_ADD, columns)
@@ -146,11 +146,12 @@ class PostgresUsageLedger:
             # Perhaps added: the caller would add the rows again on an error, so they are
             # given up instead. A few seconds lost, never a minute counted twice.
             _log.warning("tenant usage perhaps not added, not sent again: %s", exc)
-            return
+            return Added(lost=len(columns["tenant"]))
         if now - self._purged_at >= _PURGE_EVERY_SECONDS or now < self._purged_at:
             # A clock set back purges now rather than when it has caught up again.
             self._purged_at = now
             await self._purge(oldest)
+        return Added()
 
     async def _purge(self, oldest: int) -> None:
         async def run(conn: AsyncConnection[Any]) -> int:

@@ -55,12 +55,13 @@ settled by a fence, another script that sets the chunk's marker to ``f`` unless 
 set it first, so that a copy of the chunk still on its way can no longer apply. Then:
 
 - the chunk was applied (only its answer was lost): the flush goes on;
-- it was not, and it was the first chunk: nothing was added, ``add`` raises;
-- it was not, but earlier chunks were; or the fence failed too (the outcome is unknown):
-  ``add`` does not raise, as the protocol asks, since the caller would add again what was
-  added. That chunk's rows and those of the chunks after it are given up, logged and
-  counted in ``lost_rows``. This costs rows only when Redis fails between the ``PING`` and
-  the end of a flush.
+- it was not: it and the chunks after it are returned as ``unwritten`` (the fence makes
+  sure they never apply late), and the caller keeps them for its next flush;
+- the fence failed too (the outcome is unknown): that chunk's rows are ``lost`` (never
+  sent again, so never counted twice), the chunks after it ``unwritten``.
+
+Chunks are built one at a time, each sent before the next is built: a flush of 100,000
+rows never holds the event loop for the whole of its preparation.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable, Container, Mapping
+from collections.abc import Callable, Container, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -77,7 +78,7 @@ from redis.exceptions import RedisError
 
 from proxy.log import APP_LOGGER
 from proxy.usage.counts import MINUTE, Totals, UsageCounts, UsageKey
-from proxy.usage.ledger import DAY_MINUTES
+from proxy.usage.ledger import DAY_MINUTES, Added
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -147,7 +148,7 @@ class _Hash:
 @dataclass(slots=True)
 class _Chunk:
     hashes: dict[str, _Hash] = field(default_factory=dict)
-    rows: int = 0
+    keys: list[UsageKey] = field(default_factory=list)
     increments: int = 0
 
     def script_input(self, marker: str) -> tuple[list[str], list[str | int]]:
@@ -175,9 +176,6 @@ class RedisUsageLedger:
         self._clock = clock
         self._add_script = client.register_script(_ADD)
         self._fence_script = client.register_script(_FENCE)
-        #: Rows given up since the start: a flush failed after part of it was added, or
-        #: with an unknown outcome (see the module's docstring). Some may have been added.
-        self.lost_rows = 0
 
     def _hourly(self, tenant: str, hour: int) -> str:
         return f"{self._prefix}h:{tenant}:{hour}"
@@ -185,14 +183,16 @@ class RedisUsageLedger:
     def _daily(self, tenant: str, day: int) -> str:
         return f"{self._prefix}d:{tenant}:{day}"
 
-    async def add(self, rows: Mapping[UsageKey, UsageCounts]) -> None:
-        chunks = self._chunks(rows)
-        if not chunks:
-            return
+    async def add(self, rows: Mapping[UsageKey, UsageCounts]) -> Added:
+        # Rows of one tenant and hour together: a chunk touches few hashes.
+        ordered = sorted(rows, key=lambda k: (k.tenant, k.minute, k.slug, k.variant))
+        if not ordered:
+            return Added()
         # Before anything is sent: a Redis that is down or frozen fails here, where
         # nothing can have been added, rather than in a script whose outcome is unknown.
         await self._redis.ping()
-        for position, chunk in enumerate(chunks):
+        sent = 0  # rows of ``ordered`` in the chunks that were applied
+        for chunk, end in self._chunks(rows, ordered):
             marker = f"{self._prefix}add:{uuid.uuid4().hex}"
             keys, args = chunk.script_input(marker)
             try:
@@ -200,14 +200,24 @@ class RedisUsageLedger:
             except RedisError as error:
                 applied = await self._settle(marker)
                 if applied:
+                    sent = end
                     continue
-                if applied is False and position == 0:
-                    raise
-                self._give_up(chunks[position:], error, known=applied is not None)
-                return
+                later = {key: rows[key] for key in ordered[end:]}
+                if applied is None:
+                    _log.warning(
+                        "usage: %d rows given up: Redis failed in a flush (%s), and whether "
+                        "they were added is unknown",
+                        len(chunk.keys),
+                        error,
+                    )
+                    return Added(unwritten=later, lost=len(chunk.keys))
+                _log.warning("usage: Redis failed in a flush (%s); the rest is kept", error)
+                return Added(unwritten={key: rows[key] for key in ordered[sent:]})
+            sent = end
             refused = int(reply[1])
             if refused:
                 _log.warning("usage: Redis refused %d increments of a flush", refused)
+        return Added()
 
     async def _settle(self, marker: str) -> bool | None:
         """Whether a failed chunk was applied; None when that cannot be known."""
@@ -217,25 +227,14 @@ class RedisUsageLedger:
             return None
         return _text(state) == "a"
 
-    def _give_up(self, chunks: list[_Chunk], error: RedisError, *, known: bool) -> None:
-        lost = sum(chunk.rows for chunk in chunks)
-        self.lost_rows += lost
-        _log.warning(
-            "usage: %d rows given up after Redis failed in a flush (%s): %s",
-            lost,
-            error,
-            "part of the flush was added, the rest is not raised (it would be added twice)"
-            if known
-            else "whether they were added is unknown",
-        )
-
-    def _chunks(self, rows: Mapping[UsageKey, UsageCounts]) -> list[_Chunk]:
+    def _chunks(
+        self, rows: Mapping[UsageKey, UsageCounts], ordered: list[UsageKey]
+    ) -> Iterator[tuple[_Chunk, int]]:
+        """Each chunk, and the index in ``ordered`` its last row ends at."""
         now = int(self._clock())
         oldest = now // MINUTE - self._keep_minutes
-        chunks: list[_Chunk] = []
         chunk = _Chunk()
-        # Rows of one tenant and hour together: a chunk touches few hashes.
-        for key in sorted(rows, key=lambda k: (k.tenant, k.minute, k.slug, k.variant)):
+        for index, key in enumerate(ordered):
             if key.minute < oldest:
                 continue  # its hashes would expire at once
             ints, cost = _increments(rows[key])
@@ -243,7 +242,7 @@ class RedisUsageLedger:
             if not increments:
                 continue
             if chunk.increments and chunk.increments + increments > _CHUNK_INCREMENTS:
-                chunks.append(chunk)
+                yield chunk, index
                 chunk = _Chunk()
             hour, day = key.minute // _HOUR_MINUTES, key.minute // DAY_MINUTES
             row = f"{key.slug}|{key.variant}"
@@ -266,11 +265,10 @@ class RedisUsageLedger:
                 held.ints += [(f"{position}|{row}|{counter}", value) for counter, value in ints]
                 if cost is not None:
                     held.floats.append((f"{position}|{row}|{_COST}", cost))
-            chunk.rows += 1
+            chunk.keys.append(key)
             chunk.increments += increments
-        if chunk.rows:
-            chunks.append(chunk)
-        return chunks
+        if chunk.keys:
+            yield chunk, len(ordered)
 
     async def read(self, tenant: str, start: int, end: int, slug: str | None = None) -> Totals:
         now = int(self._clock()) // MINUTE

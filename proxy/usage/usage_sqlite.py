@@ -24,7 +24,7 @@ from typing import TypeVar
 
 from proxy.registry.embedded_schema import enable_wal
 from proxy.usage.counts import FIELDS, MINUTE, Totals, UsageCounts, UsageKey
-from proxy.usage.ledger import DAY_MINUTES
+from proxy.usage.ledger import DAY_MINUTES, Added
 
 T = TypeVar("T")
 
@@ -119,7 +119,7 @@ class SqliteUsageLedger:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._on_worker, fn)
 
-    async def add(self, rows: Mapping[UsageKey, UsageCounts]) -> None:
+    async def add(self, rows: Mapping[UsageKey, UsageCounts]) -> Added:
         now_minute = int(self._clock()) // MINUTE
         oldest = now_minute - self._keep_minutes
         values = [
@@ -129,7 +129,7 @@ class SqliteUsageLedger:
         ]
         purge = time.monotonic() - self._purged_at > _PURGE_EVERY_SECONDS
         if not values and not purge:
-            return
+            return Added()
 
         def write(conn: sqlite3.Connection) -> None:
             conn.execute("BEGIN IMMEDIATE")
@@ -143,9 +143,10 @@ class SqliteUsageLedger:
                     conn.execute("ROLLBACK")
                 raise
 
-        await self._run(write)
+        await self._run(write)  # one transaction: all of it, or a raise
         if purge:
             self._purged_at = time.monotonic()
+        return Added()
 
     async def read(self, tenant: str, start: int, end: int, slug: str | None = None) -> Totals:
         query, params = _READ, [tenant, start, end]

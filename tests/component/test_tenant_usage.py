@@ -123,6 +123,11 @@ async def test_unknown_callers_never_count_and_errors_do(clients: Clients, upstr
 
     found = await usage(admin, "acme")
     assert (found["total"]["requests"], found["total"]["errors"]) == (1, 1)
+    # A slug the registry does not serve: 404, and no row for the made-up slug.
+    assert await ask(data, "acme", slug="no-such-prompt") == 404
+    again = await usage(admin, "acme")
+    assert [p["slug"] for p in again["prompts"]] == ["support"]
+    assert again["total"]["requests"] == 1
     stranger = await usage(admin, "intruder")
     assert (stranger["known"], stranger["tier"], stranger["prompts"]) == (False, None, [])
     assert stranger["total"]["requests"] == 0
@@ -156,6 +161,10 @@ async def test_the_cli_prints_a_tenants_usage(clients: Clients, upstream: Any) -
     support = next(line for line in result.output.splitlines() if line.startswith("support"))
     assert support.split()[:6] == ["support", "default", "1", "0", "10", "5"]
     assert any(line.startswith("total") for line in result.output.splitlines())
+    # --until alone: the day before it.
+    earlier = await run_cli(admin, "tenants", "usage", "acme", "--until", "2d")
+    assert earlier.exit_code == 0, earlier.output
+    assert "no requests" in earlier.output
     stranger = await run_cli(admin, "tenants", "usage", "nobody")
     assert stranger.exit_code == 0
     assert "not a tenant the registry knows" in stranger.output

@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 
 from proxy.backends.redis import shared_client
 from proxy.usage.counts import UsageCounts, UsageKey
-from proxy.usage.ledger import DAY_MINUTES
+from proxy.usage.ledger import DAY_MINUTES, Added
 from proxy.usage.usage_redis import RedisUsageLedger
 from tests.redis_server import RedisServer, running_redis
 
@@ -287,10 +287,10 @@ async def test_a_late_answer_does_not_count_the_rows_twice(
     await ledger.add({UsageKey("warm", "", "", m): UsageCounts(1)})  # the script loaded
     holds = stall_after_ping(fast, fresh_server.url, 600_000)
     async with asyncio.timeout(10):
-        await ledger.add({UsageKey("acme", "support", "", m): UsageCounts(1)})
+        added = await ledger.add({UsageKey("acme", "support", "", m): UsageCounts(1)})
         await asyncio.gather(*holds)
     assert await requests_of(ledger, "acme", m) == 1
-    assert ledger.lost_rows == 0
+    assert added == Added()
 
 
 async def test_an_add_whose_outcome_is_unknown_does_not_raise(
@@ -304,9 +304,9 @@ async def test_an_add_whose_outcome_is_unknown_does_not_raise(
     holds = stall_after_ping(fast, fresh_server.url, 2_500_000)
     with caplog.at_level(logging.WARNING, logger="promptproxy"):
         async with asyncio.timeout(10):
-            await ledger.add({UsageKey("acme", "support", "", m): UsageCounts(1)})
+            added = await ledger.add({UsageKey("acme", "support", "", m): UsageCounts(1)})
             await asyncio.gather(*holds)
-    assert ledger.lost_rows == 1
+    assert added == Added(lost=1)
     assert "unknown" in caplog.text
     assert await requests_of(ledger, "acme", m) <= 1
 
@@ -343,28 +343,33 @@ def three_chunks(m: int) -> dict[UsageKey, UsageCounts]:
     return {UsageKey("acme", f"s{i % 100}", "", m - i // 100): UsageCounts(1) for i in range(6000)}
 
 
-async def test_a_flush_whose_first_chunk_fails_raises_and_adds_nothing(client: Redis) -> None:
+async def test_a_flush_whose_first_chunk_fails_adds_nothing_and_returns_every_row(
+    client: Redis,
+) -> None:
     ledger = RedisUsageLedger(client, new_prefix(), keep_days=KEEP_DAYS, clock=time.time)
     m = now_minute()
     rows = three_chunks(m)
     fail_chunk(ledger, 1, lost_on_the_way)
-    with pytest.raises(RedisConnectionError):
-        await ledger.add(rows)
+    added = await ledger.add(rows)
+    assert (added.unwritten, added.lost) == (rows, 0)
     assert await requests_of(ledger, "acme", m) == 0
-    await ledger.add(rows)  # the caller's next flush
+    assert await ledger.add(added.unwritten) == Added()  # the caller's next flush
     assert await requests_of(ledger, "acme", m) == 6000
 
 
-async def test_a_flush_that_fails_after_its_first_chunk_gives_up_the_rest(
+async def test_a_flush_that_fails_after_its_first_chunk_returns_the_rest(
     client: Redis,
 ) -> None:
-    """Raising would make the caller add the first chunk again."""
+    """Raising would make the caller add the first chunk again: the rows not added are
+    returned instead, and the fence keeps the failed chunk from applying late."""
     ledger = RedisUsageLedger(client, new_prefix(), keep_days=KEEP_DAYS, clock=time.time)
     m = now_minute()
     fail_chunk(ledger, 2, lost_on_the_way)
-    await ledger.add(three_chunks(m))
+    added = await ledger.add(three_chunks(m))
     assert await requests_of(ledger, "acme", m) == 2500
-    assert ledger.lost_rows == 3500
+    assert (len(added.unwritten), added.lost) == (3500, 0)
+    await ledger.add(added.unwritten)
+    assert await requests_of(ledger, "acme", m) == 6000
 
 
 async def test_a_chunk_whose_answer_was_lost_counts_once_and_the_flush_goes_on(
@@ -373,6 +378,5 @@ async def test_a_chunk_whose_answer_was_lost_counts_once_and_the_flush_goes_on(
     ledger = RedisUsageLedger(client, new_prefix(), keep_days=KEEP_DAYS, clock=time.time)
     m = now_minute()
     fail_chunk(ledger, 1, answer_lost)
-    await ledger.add(three_chunks(m))
+    assert await ledger.add(three_chunks(m)) == Added()
     assert await requests_of(ledger, "acme", m) == 6000
-    assert ledger.lost_rows == 0

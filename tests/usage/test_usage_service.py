@@ -4,6 +4,7 @@ rows (bounded), and what a query sums and says."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,8 @@ from proxy.metrics import ProxyMetrics
 from proxy.models import Route
 from proxy.prompt_key import PromptKey
 from proxy.registry.models import RegistrySnapshot, Tenant
-from proxy.usage.counts import UsageCounts, UsageKey
+from proxy.usage.counts import Totals, UsageCounts, UsageKey
+from proxy.usage.ledger import Added
 from proxy.usage.recorder import UsageRecorder
 from proxy.usage.service import UsageService
 from proxy.usage.usage_sqlite import SqliteUsageLedger
@@ -26,7 +28,9 @@ PRICE = {"gpt-4o": (2.5, 10.0)}
 
 
 def exchange(tenant: str | None, **fields: object) -> Exchange:
-    ex = Exchange("r", "POST", Route.CHAT, 0.0, key=PromptKey("support"), tenant=tenant)
+    ex = Exchange(
+        "r", "POST", Route.CHAT, 0.0, key=PromptKey("support"), tenant=tenant, version="3"
+    )
     ex.model_requested = "gpt-4o"
     ex.input_tokens, ex.output_tokens = 100, 20
     for name, value in fields.items():
@@ -46,6 +50,9 @@ def test_the_recorder_counts_known_tenants_own_requests_only() -> None:
     rec.finished(exchange("acme", pair_id="p1"))  # a shadow copy: the platform's
     rec.finished(exchange("acme", key=PromptKey("support", variant="claude")))
     rec.finished(exchange("acme", key=None))  # a pass-through: its tenant is never looked up
+    # A slug the registry does not serve (404 before a version): a made-up slug per
+    # request must not make a row each.
+    rec.finished(exchange("acme", key=PromptKey("made-up"), version=None))
     rec.finished(exchange("acme", model_requested="unpriced", key=PromptKey("billing")))
     rows = rec.drain()
     minute = int(NOW) // 60
@@ -155,3 +162,77 @@ async def test_usage_off_is_refused(tmp_path: Path) -> None:
     with pytest.raises(Conflict):
         await usage.report("acme", None, None, None)
     await usage.close()
+
+
+class Gate:
+    """A ledger whose ``add`` waits until the test opens it, then answers ``added``."""
+
+    def __init__(self, added: Added | None = None) -> None:
+        self.opened = asyncio.Event()
+        self.entered = asyncio.Event()
+        self.rows: list[dict[UsageKey, UsageCounts]] = []
+        self.added = added or Added()
+
+    async def add(self, rows: dict[UsageKey, UsageCounts]) -> Added:
+        self.entered.set()
+        await self.opened.wait()
+        self.rows.append(dict(rows))
+        return self.added
+
+    async def read(self, tenant: str, start: int, end: int, slug: str | None = None) -> Totals:
+        return {}
+
+    async def close(self) -> None:
+        return None
+
+
+def gated(tmp_path: Path, ledger: Gate) -> tuple[UsageService, ProxyMetrics]:
+    usage, metrics = service(tmp_path)
+    usage._ledger = ledger
+    return usage, metrics
+
+
+async def test_a_query_whose_client_hangs_up_still_writes_what_it_drained(
+    tmp_path: Path,
+) -> None:
+    ledger = Gate()
+    usage, _ = gated(tmp_path, ledger)
+    usage.recorder.finished(exchange("acme"))
+    query = asyncio.create_task(usage.report("acme", None, None, None))
+    await ledger.entered.wait()
+    query.cancel()  # the admin client went away mid-flush
+    with pytest.raises(asyncio.CancelledError):
+        await query
+    ledger.opened.set()
+    await usage.close()
+    assert [sum(c.requests for c in rows.values()) for rows in ledger.rows] == [1]
+
+
+async def test_closing_waits_for_a_flush_under_way(tmp_path: Path) -> None:
+    ledger = Gate()
+    usage, _ = gated(tmp_path, ledger)
+    usage.recorder.finished(exchange("acme"))
+    flushing = asyncio.create_task(usage.flush())
+    await ledger.entered.wait()
+    closing = asyncio.create_task(usage.close())
+    await asyncio.sleep(0.05)
+    assert not closing.done()
+    ledger.opened.set()
+    await closing
+    assert await flushing is True
+    assert len(ledger.rows) == 1
+
+
+async def test_rows_a_ledger_did_not_add_are_kept_and_lost_ones_counted(
+    tmp_path: Path,
+) -> None:
+    minute = int(NOW) // 60
+    unwritten = {UsageKey("acme", "support", "", minute): UsageCounts(1)}
+    ledger = Gate(Added(unwritten=unwritten, lost=4))
+    ledger.opened.set()
+    usage, metrics = gated(tmp_path, ledger)
+    usage.recorder.finished(exchange("acme"))
+    assert await usage.flush() is False
+    assert usage.recorder.pending == 1
+    assert value(metrics, "promptproxy_usage_dropped_rows_total") == 4
+    assert value(metrics, "promptproxy_redis_errors_total", {"op": "usage_flush"}) == 1
