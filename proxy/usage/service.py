@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from proxy.config import UsageConfig
-from proxy.errors import Conflict, InvalidRequest, ServiceUnavailable
+from proxy.errors import Conflict, ServiceUnavailable
 from proxy.log import APP_LOGGER
 from proxy.metrics import ProxyMetrics
 from proxy.registry.models import RegistrySnapshot
@@ -135,8 +135,6 @@ class UsageService:
         now = self._clock()
         end = until if until is not None else now
         start = since if since is not None else end - DEFAULT_SPAN_SECONDS
-        if not start < end:
-            raise InvalidRequest("`since` must be before `until`.", param="since")
         # Whole minutes: the one ``since`` falls in, up to the one ``until`` ends in.
         first = math.floor(start / MINUTE)
         oldest = int(now) // MINUTE - self._config.keep_days * DAY_MINUTES

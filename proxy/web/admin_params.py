@@ -165,6 +165,18 @@ def _since_text(value: Any) -> str:
     return str(value)
 
 
+def _moment(param: str) -> Callable[[Any], float]:
+    """A moment that must say when: present, so never empty."""
+
+    def read(value: Any) -> float:
+        moment = parse_since(str(value), time.time(), param)
+        if moment is None:
+            raise _bad_since(param)
+        return moment
+
+    return read
+
+
 def _pairs_limit(value: Any) -> int:
     text = str(value)
     # ASCII digits only: str.isdigit() also takes '²', which int() refuses.
@@ -403,15 +415,15 @@ class AuditQuery(Params):
 
 class UsageQuery(Params):
     since: Annotated[
-        float | None,
-        BeforeValidator(lambda value: parse_since(str(value), time.time())),
-        WithJsonSchema(_SINCE_SCHEMA),
+        float | None, BeforeValidator(_moment("since")), WithJsonSchema(_SINCE_SCHEMA)
     ] = Field(None, description=_SINCE_HELP + "; without it, a day before `until`")
     until: Annotated[
-        float | None,
-        BeforeValidator(lambda value: parse_since(str(value), time.time(), "until")),
-        WithJsonSchema(_SINCE_SCHEMA),
-    ] = Field(None, description="The end, in the same forms as `since`; without it, now")
+        float | None, BeforeValidator(_moment("until")), WithJsonSchema(_SINCE_SCHEMA)
+    ] = Field(
+        None,
+        description="The end, in the same forms as `since`; without it, now. A `since` "
+        "at or after it sums nothing",
+    )
     slug: Annotated[str | None, BeforeValidator(_slug), WithJsonSchema(_SLUG_SCHEMA)] = Field(
         None, description="Only this prompt's requests"
     )
