@@ -1,4 +1,4 @@
-"""A fake OpenAI-compatible provider for tests, first-run demos and load benchmarks.
+"""A fake OpenAI and Anthropic provider for tests, first-run demos and load benchmarks.
 
 Deterministic (identical requests give byte-identical bodies), cheap per request,
 and steerable per request through ``x-sim-*`` headers or ``sim-*`` model names

@@ -14,7 +14,8 @@ from aiohttp.typedefs import Handler
 
 from . import handlers
 from .embeddings import models_list_body
-from .errors import RequestError, json_error, request_error_response
+from .errors import RequestError, anthropic_json_error, json_error, request_error_response
+from .messages import is_messages_path
 from .settings import (
     CLIENT_MAX_SIZE,
     RESPONSE_STORE_LIMIT,
@@ -25,6 +26,7 @@ from .state import (
     BODY_KEY,
     MODELS_BODY_KEY,
     RANDOM_KEY,
+    REQUEST_ID_KEY,
     REQUEST_LOG_KEY,
     RESPONSE_STORE_KEY,
     SETTINGS_KEY,
@@ -49,6 +51,7 @@ def build_simulator_app(settings: SimulatorSettings) -> web.Application:
     app.on_response_prepare.append(_stamp_headers)
     app.router.add_post("/v1/chat/completions", handlers.chat_completions)
     app.router.add_post("/v1/completions", handlers.completions)
+    app.router.add_post("/v1/messages", handlers.messages)
     app.router.add_post("/v1/embeddings", handlers.embeddings)
     app.router.add_post("/v1/responses", handlers.create_response)
     app.router.add_get("/v1/responses/{response_id}", handlers.get_response)
@@ -102,6 +105,8 @@ async def serve_simulator(
 @web.middleware
 async def _api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     request[STARTED_KEY] = time.perf_counter()
+    # Chosen before the handler runs so an Anthropic error body can carry the header's id.
+    request[REQUEST_ID_KEY] = "req_" + secrets.token_hex(16)
     if not request.path.startswith(_API_PREFIX):
         return await handler(request)
     body = await _read_body(request)
@@ -109,16 +114,23 @@ async def _api_middleware(request: web.Request, handler: Handler) -> web.StreamR
     log = request.app[REQUEST_LOG_KEY]
     if log.enabled:
         log.record(request, body)
+    anthropic = is_messages_path(request.path)
     api_key = request.app[SETTINGS_KEY].api_key
-    if api_key is not None and (denied := _check_auth(request, api_key)) is not None:
-        return denied
+    if api_key is not None:
+        check = _check_anthropic_auth if anthropic else _check_auth
+        if (denied := check(request, api_key)) is not None:
+            return denied
     try:
         return await handler(request)
     except RequestError as exc:
+        if anthropic:
+            return anthropic_json_error(400, exc.message, request[REQUEST_ID_KEY])
         return request_error_response(exc)
     except web.HTTPException as exc:
         if exc.status not in (404, 405):
             raise
+        if anthropic:
+            return anthropic_json_error(exc.status, exc.reason, request[REQUEST_ID_KEY])
         # OpenAI answers unknown routes with its usual error envelope, not HTML.
         return json_error(exc.status, f"Invalid URL ({request.method} {request.path})")
 
@@ -147,9 +159,26 @@ def _check_auth(request: web.Request, api_key: str) -> web.Response | None:
     return json_error(401, message, code="invalid_api_key")
 
 
+def _check_anthropic_auth(request: web.Request, api_key: str) -> web.Response | None:
+    """Anthropic's SDKs send ``x-api-key``; gateways and OAuth clients send a bearer token."""
+    x_api_key = request.headers.get("x-api-key")
+    bearer = request.headers.get("Authorization")
+    if x_api_key is not None and secrets.compare_digest(x_api_key.encode(), api_key.encode()):
+        return None
+    if bearer is not None and secrets.compare_digest(bearer.encode(), f"Bearer {api_key}".encode()):
+        return None
+    given = x_api_key is not None or bearer is not None
+    message = "invalid x-api-key" if given else "x-api-key header is required"
+    return anthropic_json_error(401, message, request[REQUEST_ID_KEY])
+
+
 async def _stamp_headers(request: web.Request, response: web.StreamResponse) -> None:
     # A signal rather than the middleware so streamed responses get these before headers go out.
+    request_id = request.get(REQUEST_ID_KEY) or "req_" + secrets.token_hex(16)
+    if is_messages_path(request.path):
+        response.headers["request-id"] = request_id  # Anthropic's name for it
+        return
     started = request.get(STARTED_KEY)
     elapsed_ms = 0 if started is None else int((time.perf_counter() - started) * 1000)
-    response.headers["x-request-id"] = "req_" + secrets.token_hex(16)
+    response.headers["x-request-id"] = request_id
     response.headers["openai-processing-ms"] = str(elapsed_ms)

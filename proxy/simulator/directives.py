@@ -6,12 +6,14 @@ That lets a canary of a "worse" candidate prompt be answered measurably worse wh
 the stable version is answered normally, with no change to the client.
 
 Syntax: ``[[sim key=value ...]]`` anywhere in a system/developer message (chat) or in
-``instructions`` / a system or developer input item (Responses API). Pairs are
-separated by spaces or commas; when several markers set a key, the last one wins.
+``instructions`` / a system or developer input item (Responses API) or in ``system``
+(Messages API). Pairs are separated by spaces or commas; when several markers set a
+key, the last one wins.
 
 | directive    | range      | effect (per text answer / choice)                               |
 |--------------|------------|-----------------------------------------------------------------|
 | truncate=P   | 0..1       | with probability P cut the answer short, finish ``length``      |
+|              |            | (Messages API: stop_reason ``max_tokens``)                      |
 | error=P      | 0..1       | with probability P answer 500 (as ``x-sim-status: 500``)        |
 | noise=P      | 0..1       | replace each answer word by a random one with probability P     |
 | longer=F     | >0..100    | about F times as many answer words (F < 1 gives shorter ones)   |
@@ -122,6 +124,14 @@ def responses_directives(body: Body) -> Directives:
             yield from ((text, "input") for text in _prompt_texts(items))
 
     return parse_directives(texts())
+
+
+def messages_directives(body: Body) -> Directives:
+    """Directives in the Messages API's ``system`` (a string or a list of text blocks)."""
+    system = body.get("system")
+    if not isinstance(system, str | list):
+        return NO_DIRECTIVES  # plan_message reports a bad type with its own 400
+    return parse_directives([(content.content_text(system), "system")])
 
 
 def _prompt_texts(messages: list[Any]) -> Iterator[str]:

@@ -1,7 +1,7 @@
-"""OpenAI-shaped error bodies.
+"""Error bodies in OpenAI's shape and, for ``/v1/messages``, in Anthropic's.
 
 SDKs and the proxy branch on ``error.type``/``error.code``, so each status maps to
-the type/code pair OpenAI actually uses for it rather than a generic placeholder.
+the type/code pair the provider actually uses for it rather than a generic placeholder.
 """
 
 from __future__ import annotations
@@ -148,3 +148,75 @@ def simulated_error(
 def _seconds(ms: int) -> str:
     # retry-after is whole seconds by spec; round up so clients never come back early.
     return str(math.ceil(ms / 1000))
+
+
+# --- Anthropic's shape: {"type": "error", "error": {"type", "message"}, "request_id"} -------
+
+_ANTHROPIC_CATALOG: Final = MappingProxyType(
+    {
+        400: ("invalid_request_error", "Simulated bad request: invalid value for '{param}'."),
+        401: ("authentication_error", "invalid x-api-key"),
+        403: ("permission_error", "Simulated permission error: your API key may not use {model}."),
+        404: ("not_found_error", "model: {model}"),
+        413: ("request_too_large", "Request exceeds the maximum allowed number of bytes."),
+        429: (
+            "rate_limit_error",
+            "This request would exceed the rate limit for your organization of 4,000 requests "
+            "per minute. Please try again in {retry_s}s.",
+        ),
+        500: ("api_error", "Internal server error"),
+        529: ("overloaded_error", "Overloaded"),
+    }
+)
+
+# 529 is Anthropic's "try again later"; its SDKs honour retry-after on it as on a 429.
+_ANTHROPIC_RETRY_AFTER_STATUSES: Final = frozenset({429, 529})
+
+
+def anthropic_error_type(status: int) -> str:
+    """The ``error.type`` Anthropic documents for a status (other 4xx are invalid requests)."""
+    entry = _ANTHROPIC_CATALOG.get(status)
+    if entry is not None:
+        return entry[0]
+    return "invalid_request_error" if status < 500 else "api_error"
+
+
+def anthropic_error_body(type_: str, message: str, request_id: str) -> bytes:
+    return orjson.dumps(
+        {"type": "error", "error": {"type": type_, "message": message}, "request_id": request_id}
+    )
+
+
+def anthropic_json_error(
+    status: int,
+    message: str,
+    request_id: str,
+    type_: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    body = anthropic_error_body(type_ or anthropic_error_type(status), message, request_id)
+    merged = {**JSON_HEADERS, **headers} if headers else JSON_HEADERS
+    return web.Response(status=status, body=body, headers=merged)
+
+
+def anthropic_error_message(status: int, *, model: str, param: str, retry_ms: int) -> str:
+    entry = _ANTHROPIC_CATALOG.get(status)
+    template = entry[1] if entry is not None else "Simulated error with status {status}."
+    return template.format(
+        param=param, model=model or "unknown", status=status, retry_s=_seconds(retry_ms)
+    )
+
+
+def anthropic_simulated_error(
+    status: int, *, model: str, param: str, retry_after_ms: int | None, request_id: str
+) -> web.Response:
+    """``x-sim-status`` / ``sim-status-<code>`` on the Messages face."""
+    retry_ms = retry_after_ms if retry_after_ms is not None else DEFAULT_RETRY_AFTER_MS
+    message = anthropic_error_message(status, model=model, param=param, retry_ms=retry_ms)
+    headers: dict[str, str] = {}
+    if status in _ANTHROPIC_RETRY_AFTER_STATUSES or retry_after_ms is not None:
+        headers["retry-after"] = _seconds(retry_ms)
+        # Anthropic documents only retry-after; its SDKs read this one first, which lets
+        # tests retry in milliseconds.
+        headers["retry-after-ms"] = str(retry_ms)
+    return anthropic_json_error(status, message, request_id, headers=headers)

@@ -13,6 +13,7 @@ model names (handy when a client library does not let you set headers).
 | x-sim-fault: drop      | sim-drop               | abort the TCP connection mid-answer      |
 | x-sim-fault: hang      | sim-hang               | never send headers                       |
 | x-sim-fault: hang-mid-stream | sim-hang-mid-stream | send first events, then stall        |
+| x-sim-stream-error: <code> |                  | /v1/messages: an SSE ``error`` event midway |
 
 A third channel is the request body: a ``[[sim ...]]`` marker in the system or
 developer message (chat) or in ``instructions`` (Responses API) steers answer
@@ -47,6 +48,7 @@ HEADER_CHUNKS: Final = "x-sim-chunks"
 HEADER_STATUS: Final = "x-sim-status"
 HEADER_RETRY_AFTER_MS: Final = "x-sim-retry-after-ms"
 HEADER_FAULT: Final = "x-sim-fault"
+HEADER_STREAM_ERROR: Final = "x-sim-stream-error"
 
 MODEL_STATUS_PREFIX: Final = "sim-status-"
 
@@ -72,6 +74,8 @@ class RequestControl:
     """Error status to answer with (>= 400), or None for a normal answer."""
     retry_after_ms: int | None
     fault: Fault | None
+    stream_error: int | None = None
+    """Messages API only: the status whose error type a stream reports midway (>= 400)."""
 
 
 def parse_control(
@@ -91,6 +95,7 @@ def parse_control(
         status=status if status is not None and status >= 400 else None,
         retry_after_ms=_header_retry_after(headers),
         fault=fault,
+        stream_error=_header_stream_error(headers),
     )
 
 
@@ -110,6 +115,21 @@ def _parse_status(raw: str) -> int:
         status = 0
     if not 100 <= status <= 599:
         raise RequestError(f"{HEADER_STATUS} must be an HTTP status code, got {raw!r}.")
+    return status
+
+
+def _header_stream_error(headers: Mapping[str, str]) -> int | None:
+    raw = headers.get(HEADER_STREAM_ERROR)
+    if raw is None:
+        return None
+    try:
+        status = _parse_status(raw)
+    except RequestError:
+        status = 0
+    if status < 400:
+        raise RequestError(
+            f"{HEADER_STREAM_ERROR} must be an error status (400..599), got {raw!r}."
+        )
     return status
 
 

@@ -11,10 +11,23 @@ from aiohttp import web
 
 from .chat import chat_body, chat_events, plan_chat
 from .completions import completion_body, completion_events, plan_completion
-from .directives import Directives, Steering, chat_directives, responses_directives
+from .directives import (
+    Directives,
+    Steering,
+    chat_directives,
+    messages_directives,
+    responses_directives,
+)
 from .embeddings import embeddings_body, model_object
-from .errors import RequestError, json_error, simulated_error
+from .errors import RequestError, anthropic_simulated_error, json_error, simulated_error
 from .faults import Fault, RequestControl, parse_control
+from .messages import (
+    VERSION_HEADER,
+    message_body,
+    message_events,
+    plan_message,
+    with_error_event,
+)
 from .params import Body, model_of
 from .responses_api import plan_response, response_body, response_events
 from .settings import JSON_HEADERS, RATE_LIMIT_HEADERS, SSE_HEADERS
@@ -22,6 +35,7 @@ from .state import (
     BODY_KEY,
     MODELS_BODY_KEY,
     RANDOM_KEY,
+    REQUEST_ID_KEY,
     REQUEST_LOG_KEY,
     RESPONSE_STORE_KEY,
     SETTINGS_KEY,
@@ -38,10 +52,10 @@ _INVALID_JSON: Final = (
 )
 
 
-def _json_body(request: web.Request) -> Body:
+def _json_body(request: web.Request, invalid: str = _INVALID_JSON) -> Body:
     received = request.get(BODY_KEY)
     if received is None or not received.valid or not isinstance(received.value, dict):
-        raise RequestError(_INVALID_JSON)
+        raise RequestError(invalid)
     body: Body = received.value
     return body
 
@@ -91,6 +105,44 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if _wants_stream(body):
         return await send_events(request, chat_events(answer, control.chunks), control, _SSE_RATE)
     return await send_json(request, chat_body(answer), control, _JSON_RATE)
+
+
+async def messages(request: web.Request) -> web.StreamResponse:
+    """Anthropic's Messages API; RequestErrors get Anthropic's shape from the middleware."""
+    if not request.headers.get(VERSION_HEADER):
+        raise RequestError(f"{VERSION_HEADER}: header is required", param=VERSION_HEADER)
+    body = _json_body(request, "The request body is not valid JSON.")
+    model = model_of(body)
+    control, steering = _steer(request, messages_directives(body), _control(request, model))
+    if (early := await _messages_short_circuit(request, control, body)) is not None:
+        return early
+    answer = plan_message(body, control.chunks, steering)
+    if not _wants_stream(body):
+        return await send_json(request, message_body(answer), control, JSON_HEADERS)
+    events = message_events(answer, control.chunks)
+    if control.stream_error is not None:
+        events = with_error_event(events, control.stream_error, model)
+    return await send_events(request, events, control, SSE_HEADERS)
+
+
+async def _messages_short_circuit(
+    request: web.Request, control: RequestControl, body: Body
+) -> web.StreamResponse | None:
+    if control.fault is Fault.HANG:
+        await wait_until_client_gone(request)
+        return web.Response(status=504)  # never reaches anyone; the client already left
+    # Without a stream there is no event to carry the error: the overload shows as a status.
+    status = control.status or (None if _wants_stream(body) else control.stream_error)
+    if status is None:
+        return None
+    await sleep_ms(control.first_byte_ms)
+    return anthropic_simulated_error(
+        status,
+        model=model_of(body),
+        param="messages",
+        retry_after_ms=control.retry_after_ms,
+        request_id=request[REQUEST_ID_KEY],
+    )
 
 
 async def completions(request: web.Request) -> web.StreamResponse:

@@ -117,3 +117,4 @@ RANDOM_KEY = web.AppKey("sim_random", RandomSource)
 
 STARTED_KEY = web.RequestKey("sim_started", float)
 BODY_KEY = web.RequestKey("sim_body", ReceivedBody)
+REQUEST_ID_KEY = web.RequestKey("sim_request_id", str)

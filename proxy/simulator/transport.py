@@ -72,9 +72,22 @@ async def send_json(
     return web.Response(status=status, body=body, headers=headers)
 
 
+_MESSAGES_TRAILERS: Final = (
+    b"event: content_block_stop",
+    b"event: message_delta",
+    b"event: message_stop",
+    b"event: ping",
+)
+
+
 def _trailer(event: bytes) -> bool:
-    """The usage chunk and `[DONE]` follow the last token at once, as OpenAI sends them."""
-    return event.startswith(b"data: [DONE]") or b'"choices":[]' in event
+    """Events that follow the previous one at once rather than after a token's delay: the
+    usage chunk and `[DONE]` (OpenAI), a block's stop, ping and the message's end (Anthropic)."""
+    return (
+        event.startswith(b"data: [DONE]")
+        or event.startswith(_MESSAGES_TRAILERS)
+        or b'"choices":[]' in event
+    )
 
 
 async def send_events(
