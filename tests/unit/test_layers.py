@@ -35,6 +35,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             # Pure data about each backend, which the configuration validates against.
             "proxy.backends.kinds",
             "proxy.pg.*",
+            "proxy.anthropic.*",
         ),
     ),
     ("simulator", ("proxy.simulator.*",)),
