@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from . import content
+from . import answer_format, content
 from .directives import Steering
 from .errors import RequestError
 from .framing import DONE, ChunkFramer, interleave
@@ -55,12 +55,13 @@ def plan_chat(body: Body, chunks: int, steering: Steering | None = None) -> Chat
     limit = max_output_tokens(body, "max_completion_tokens", "max_tokens")
     stream = flag(body, "stream", False)
     digest = content.request_digest(body)
-    prompt = content.last_user_text(messages)
-    tools = _selected_tools(body)
+    conversation = content.chat_conversation(messages)
+    output = answer_format.chat_format(body)
+    tools = _selected_tools(body, conversation.last_user)
     choices = tuple(
-        _tool_choice(i, digest, tools)
+        _tool_choice(i, digest, tools, conversation.last_user)
         if tools
-        else _text_choice(i, prompt, chunks, limit, steering)
+        else _text_choice(i, conversation, output, chunks, limit, steering)
         for i in range(n)
     )
     prompt_tokens = sum(
@@ -79,23 +80,27 @@ def plan_chat(body: Body, chunks: int, steering: Steering | None = None) -> Chat
 
 
 def _text_choice(
-    index: int, prompt: str, chunks: int, limit: int | None, steering: Steering | None
+    index: int,
+    conversation: content.Conversation,
+    output: answer_format.OutputFormat,
+    chunks: int,
+    limit: int | None,
+    steering: Steering | None,
 ) -> Choice:
-    text = content.answer_text(prompt, index, chunks)
-    steered_cut = False
-    if steering is not None:
-        text, steered_cut = steering.shape(text, index)
+    text, steered_cut = answer_format.answer(conversation, output, index, chunks, steering)
     text, cut = content.truncate_words(text, limit)
     finish = "length" if cut or steered_cut else "stop"
     return Choice(index, text, (), finish, content.count_tokens(text))
 
 
-def _tool_choice(index: int, digest: bytes, tools: Sequence[Mapping[str, Any]]) -> Choice:
+def _tool_choice(
+    index: int, digest: bytes, tools: Sequence[Mapping[str, Any]], context: str
+) -> Choice:
     calls = tuple(
         ToolCall(
             id=content.tool_call_id(digest, index * len(tools) + k),
             name=tool["name"],
-            arguments=content.tool_arguments(tool.get("parameters")),
+            arguments=content.tool_arguments(tool.get("parameters"), context),
         )
         for k, tool in enumerate(tools)
     )
@@ -103,8 +108,14 @@ def _tool_choice(index: int, digest: bytes, tools: Sequence[Mapping[str, Any]]) 
     return Choice(index, None, calls, "tool_calls", tokens)
 
 
-def _selected_tools(body: Body) -> list[Mapping[str, Any]]:
-    """The function definitions this answer calls (empty: answer with text)."""
+def _selected_tools(body: Body, user_text: str) -> list[Mapping[str, Any]]:
+    """The function definitions this answer calls (empty: answer with text).
+
+    A named ``tool_choice`` calls that tool. Otherwise (``auto``, ``required``) the tools
+    whose name, description and parameter names share words with the last user turn are
+    called, best match first (two at most, one without ``parallel_tool_calls``); when none
+    shares a word, the first one or two declared, as before.
+    """
     tools = body.get("tools")
     if not isinstance(tools, list):
         return []
@@ -125,7 +136,8 @@ def _selected_tools(body: Body) -> list[Mapping[str, Any]]:
         if named:
             return named[:1]
     parallel = body.get("parallel_tool_calls") is not False
-    return functions[:2] if parallel else functions[:1]
+    ranked = content.rank_tools(functions, user_text)
+    return ranked[:2] if parallel else ranked[:1]
 
 
 def _header(answer: ChatAnswer, obj: str) -> dict[str, Any]:

@@ -20,7 +20,9 @@ key, the last one wins.
 
 Only requests that carry a marker draw random numbers, so everything else stays
 byte-deterministic. Tool-call answers and ``/v1/completions`` (no system message)
-are not affected.
+are not affected. A JSON answer (``response_format``) is built from the shaped words, so
+noise and ``longer`` stay inside its strings; a truncate cut cuts the document itself.
+The markers themselves are not part of what the answer's words depend on.
 """
 
 from __future__ import annotations

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
-from . import content
+from . import answer_format, content
 from .directives import Steering
 from .framing import named_event
 from .params import Body, flag, optional_int, require_model
+
+_PROMPT_ROLES: Final = frozenset({"system", "developer"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,13 +38,11 @@ def plan_response(body: Body, chunks: int, steering: Steering | None = None) -> 
     store = flag(body, "store", True)
     flag(body, "stream", False)  # validated for the 400, the handler reads it itself
     instructions = body.get("instructions")
-    prompt, input_tokens = _prompt(body.get("input"))
+    conversation, input_tokens = _conversation(body.get("input"), instructions)
     if isinstance(instructions, str):
         input_tokens += content.count_tokens(instructions)
-    text = content.answer_text(prompt, 0, chunks)
-    steered_cut = False
-    if steering is not None:
-        text, steered_cut = steering.shape(text, 0)
+    output = answer_format.responses_format(body)
+    text, steered_cut = answer_format.answer(conversation, output, 0, chunks, steering)
     text, cut = content.truncate_words(text, limit)
     # A directive cut reports like a max_output_tokens cut: the only reason a client can see.
     cut = cut or steered_cut
@@ -88,20 +88,27 @@ def plan_response(body: Body, chunks: int, steering: Steering | None = None) -> 
     return ResponsesAnswer(response, message_id, text)
 
 
-def _prompt(items: Any) -> tuple[str, int]:
-    """Last user text of ``input`` (a string or a list of items) and the input's token count."""
+def _conversation(items: Any, instructions: Any) -> tuple[content.Conversation, int]:
+    """What the answer depends on: ``instructions`` and the system/developer items are the
+    prompt, the other message items the turns, the last user text is echoed. Also the
+    input's token count."""
+    prompts = [instructions] if isinstance(instructions, str) else []
     if isinstance(items, str):
-        return items, content.count_tokens(items)
+        conversation = content.conversation_of(prompts, [("user", items)], items)
+        return conversation, content.count_tokens(items)
     if not isinstance(items, list):
-        return "", 0
+        return content.conversation_of(prompts, [], ""), 0
     texts = [
-        (item.get("role"), content.content_text(item.get("content")))
+        (str(item.get("role")), content.content_text(item.get("content")))
         for item in items
         if isinstance(item, dict) and item.get("type", "message") == "message"
     ]
     tokens = sum(content.count_tokens(text) for _, text in texts)
     user = [text for role, text in texts if role == "user"]
-    return (user[-1] if user else (texts[-1][1] if texts else "")), tokens
+    last_user = user[-1] if user else (texts[-1][1] if texts else "")
+    prompts += [text for role, text in texts if role in _PROMPT_ROLES]
+    turns = [(role, text) for role, text in texts if role not in _PROMPT_ROLES]
+    return content.conversation_of(prompts, turns, last_user), tokens
 
 
 def _message(message_id: str, text: str | None, status: str) -> dict[str, Any]:

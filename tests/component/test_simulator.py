@@ -367,24 +367,26 @@ def directed(system: str, **extra: Any) -> dict[str, Any]:
     return {"model": "gpt-4o-mini", "messages": messages, **extra}
 
 
-# sha256 of the bodies for requests without a directive, computed with the simulator as it
-# was before directives existed (commit f6b468d): they must stay byte-identical.
+# sha256 of the bodies for requests without a directive: they must stay byte-identical, so
+# text that only looks like a marker draws nothing. First computed with the simulator as it
+# was before directives existed (commit f6b468d); recomputed when answers began to depend on
+# the system prompt (the words "sim" and "simulate" of this prompt are now in the answer).
 _PLAIN_SYSTEM = "You are terse. [sim] [[simulate]]"
 _GOLDEN = (
     (
         CHAT,
         directed(_PLAIN_SYSTEM),
-        "e38daf46b4a09df03a64cdb0a5f0cf7023ad170c96299e01acdc2a419d0b8bee",
+        "20ae37a1491b31fbd8b1956a3465e64169768737dbf0c448e1700609c72f822f",
     ),
     (
         CHAT,
         directed(_PLAIN_SYSTEM, stream=True, stream_options={"include_usage": True}),
-        "fa731c51fb01b844712ee49aedc29cd3ee012a58f027eaa0ca23f3110cc7f174",
+        "e8f61eaef5bc684c2e7012f33ce64841d5faa2baee799e4682ce7f31be9553e0",
     ),
     (
         "/v1/responses",
         {"model": "gpt-4o-mini", "input": "Hi there", "instructions": _PLAIN_SYSTEM},
-        "09eb5ba9415d9993d8082843dbebda5f79d8e996e042527c004ebd028b357f07",
+        "2e50e3cbb10ffb57d8553b3e03af58dfd4a3750b9b8033e6c768c313c746dae8",
     ),
 )
 
@@ -734,7 +736,10 @@ async def test_sdk_responses_create_stream_and_retrieve(sdk: openai.AsyncOpenAI)
     assert response.usage is not None
     assert response.usage.output_tokens == len(response.output_text.split())
     assert (await sdk.responses.retrieve(response.id)).output_text == response.output_text
-    stream = await sdk.responses.create(model="gpt-4o", input="Hello", stream=True)
+    # The same instructions: they are part of what the answer depends on.
+    stream = await sdk.responses.create(
+        model="gpt-4o", input="Hello", instructions="Be nice", stream=True
+    )
     deltas: list[str] = []
     completed = None
     async for event in stream:
