@@ -244,8 +244,14 @@ def plan_message(body: Body, chunks: int, steering: Steering | None = None) -> M
         blocks = _tool_blocks(digest, called, preamble=choice["type"] == "auto")
         stop_reason, stop_sequence = "tool_use", None
     else:
-        prompt = " ".join(t for t in (system, content.last_user_text(messages)) if t)
-        text, stop_reason, stop_sequence = _text(prompt, chunks, limit, stops, steering)
+        # The conversation the chat face would see for the same prompt and turns, so a
+        # Claude model reached through the translation answers as the chat face does.
+        conversation = content.conversation_of(
+            [system] if system else [],
+            [(str(m.get("role")), content.content_text(m.get("content"))) for m in messages],
+            content.last_user_text(messages),
+        )
+        text, stop_reason, stop_sequence = _text(conversation, chunks, limit, stops, steering)
         blocks = (Block("text", text=text),) if text else ()
     input_tokens = content.count_tokens(system) + sum(
         content.count_tokens(content.content_text(m.get("content"))) for m in messages
@@ -262,10 +268,14 @@ def plan_message(body: Body, chunks: int, steering: Steering | None = None) -> M
 
 
 def _text(
-    prompt: str, chunks: int, limit: int, stops: Sequence[str], steering: Steering | None
+    conversation: content.Conversation,
+    chunks: int,
+    limit: int,
+    stops: Sequence[str],
+    steering: Steering | None,
 ) -> tuple[str, str, str | None]:
     """The answer text, its stop reason and the stop sequence that ended it, if one did."""
-    text = content.answer_text(prompt, 0, chunks)
+    text = content.conversation_answer(conversation, 0, chunks)
     steered_cut = False
     if steering is not None:
         text, steered_cut = steering.shape(text, 0)

@@ -105,7 +105,9 @@ async def test_text_answer_follows_system_and_last_user_turn(
     assert message.id.startswith("msg_")
     assert message.model == MODEL
     text = text_of(message)
-    assert text.startswith("Simulated answer to: Answer like a pirate. Hi there")
+    assert text.startswith("Simulated answer to: Hi there.")
+    # Themed by the system prompt, as the chat face is.
+    assert "pirate" in text
     assert message.stop_reason == "end_turn"
     assert message.stop_sequence is None
     assert message.usage.input_tokens == 6  # "Answer like a pirate." + "Hi there"
@@ -411,3 +413,44 @@ async def test_anthropic_version_header_is_required(sim_url: str) -> None:  # no
     }
     assert error["request_id"] == headers["request-id"]
     assert "x-request-id" not in headers  # OpenAI's header name stays on the OpenAI face
+
+
+async def test_a_claude_model_answers_as_the_chat_face_does_for_the_same_prompt(
+    claude: anthropic.AsyncAnthropic,
+    sim_url: str,  # noqa: F811
+) -> None:
+    """The same system prompt and turns answer with the same text on both faces, so a
+    prompt moved from a GPT model to a Claude one through the translation is compared on
+    what the prompt changed, not on which face answered; another prompt answers otherwise."""
+    turns = [{"role": "user", "content": "Where is my parcel?"}]
+    for system in ("You are a terse courier assistant.", "You write long, warm poems."):
+        message = await create(
+            claude,
+            model="claude-3-5-sonnet-20241022",
+            max_tokens=200,
+            system=system,
+            messages=turns,
+        )
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{sim_url}/v1/chat/completions",
+                json={
+                    "model": "gpt-4o",
+                    "messages": [{"role": "system", "content": system}, *turns],
+                },
+            ) as resp,
+        ):
+            chat = orjson.loads(await resp.read())
+        assert text_of(message) == chat["choices"][0]["message"]["content"]
+    first = await create(
+        claude,
+        model="m",
+        max_tokens=200,
+        system="You are a terse courier assistant.",
+        messages=turns,
+    )
+    second = await create(
+        claude, model="m", max_tokens=200, system="You write long, warm poems.", messages=turns
+    )
+    assert text_of(first) != text_of(second)
