@@ -11,7 +11,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -137,22 +137,75 @@ class UpstreamConfig(_Section):
     @field_validator("base_url")
     @classmethod
     def _check_base_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an absolute http(s) URL such as https://api.openai.com/v1")
-        try:
-            parts.port  # noqa: B018 - raises on a port that is not a number in 0-65535
-        except ValueError:
-            raise ValueError("has an invalid port") from None
-        if parts.query or parts.fragment:
-            raise ValueError("must not carry a query string or fragment")
-        return value.rstrip("/")
+        return provider_url(value)
 
     @field_validator("api_key_env")
     @classmethod
     def _check_env_name(cls, value: str | None) -> str | None:
-        if value is not None and not _ENV_NAME.match(value):
-            raise ValueError("must be an environment variable name, not the key itself")
+        return env_name(value)
+
+
+def provider_url(value: str) -> str:
+    """A provider's base URL: absolute http(s), a valid port, no query or fragment."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an absolute http(s) URL such as https://api.openai.com/v1")
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number in 0-65535
+    except ValueError:
+        raise ValueError("has an invalid port") from None
+    if parts.query or parts.fragment:
+        raise ValueError("must not carry a query string or fragment")
+    return value.rstrip("/")
+
+
+def env_name(value: str | None) -> str | None:
+    if value is not None and not _ENV_NAME.fullmatch(value):
+        raise ValueError("must be an environment variable name, not the key itself")
+    return value
+
+
+#: What a provider speaks. `anthropic` (the Messages API, reached through the native
+#: translation) is refused until that translation is wired (docs/design-providers.md).
+ProviderKind = Literal["openai", "openai-compatible", "anthropic"]
+#: The provider the `upstream` section makes when no `providers` are listed.
+UPSTREAM_PROVIDER = "upstream"
+
+
+class ProviderConfig(_Section):
+    """One provider a request's model may route to (`providers`)."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")
+    kind: ProviderKind = "openai-compatible"
+    #: Base URL including the API's `/v1`. Requests go only to the base URLs of the config.
+    base_url: str
+    #: The environment variable holding this provider's key, sent in place of the client's
+    #: `Authorization`; unset: the client's own `Authorization` is forwarded.
+    api_key_env: str | None = None
+    #: The models this provider serves: names or globs (`gpt-*`, `o?-*`), matched against
+    #: the model sent (after a prompt's pin), first provider in the list first.
+    models: tuple[Annotated[str, Field(min_length=1, max_length=128)], ...] = Field(
+        min_length=1, max_length=256
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        return provider_url(value)
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _check_env_name(cls, value: str | None) -> str | None:
+        return env_name(value)
+
+    @field_validator("kind")
+    @classmethod
+    def _translated_kinds(cls, value: ProviderKind) -> ProviderKind:
+        if value == "anthropic":
+            raise ValueError(
+                "kind anthropic (the native Messages API translation) is not served yet; "
+                "list Claude models under a provider of kind openai-compatible meanwhile"
+            )
         return value
 
 
@@ -428,13 +481,46 @@ class ProxyConfig(_Section):
     fleet: FleetConfig = FleetConfig()
     tenants: TenantsConfig = TenantsConfig()
     usage: UsageConfig = UsageConfig()
+    #: Where requests go, by the model sent. Empty: the one provider `upstream` describes
+    #: (its base URL and key, every model), as before providers existed.
+    providers: tuple[ProviderConfig, ...] = Field((), max_length=64)
+
+    @model_validator(mode="after")
+    def _providers_or_upstream(self) -> ProxyConfig:
+        if not self.providers:
+            return self
+        names = [provider.name for provider in self.providers]
+        if len(set(names)) != len(names):
+            raise ValueError("providers: each name is listed once")
+        if self.upstream.model_fields_set & {"base_url", "api_key_env"}:
+            raise ValueError(
+                "upstream.base_url and upstream.api_key_env describe the one provider of a "
+                "config without `providers`: with `providers`, give each its own base_url "
+                "and api_key_env (upstream keeps the timeouts and the connection pool)"
+            )
+        return self
+
+    def provider_list(self) -> tuple[ProviderConfig, ...]:
+        """The providers, in the order models are matched; without `providers`, the one
+        `upstream` describes, serving every model."""
+        if self.providers:
+            return self.providers
+        upstream = self.upstream
+        return (
+            ProviderConfig(
+                name=UPSTREAM_PROVIDER,
+                base_url=upstream.base_url,
+                api_key_env=upstream.api_key_env,
+                models=("*",),
+            ),
+        )
 
     @model_validator(mode="after")
     def _simulator_is_the_upstream(self) -> ProxyConfig:
         # The bundled simulator enabled, and an upstream on this machine on another port:
         # the proxy would forward everything to a port the simulator does not listen on.
         sim, base_url = self.simulator, self.upstream.base_url
-        if not sim.enabled:
+        if not sim.enabled or self.providers:
             return self
 
         def on_sim_host(url: str) -> bool:
@@ -527,13 +613,23 @@ class Settings:
     config: ProxyConfig
     upstream_api_key: str | None
     admin_tokens: tuple[TokenGrant, ...] = ()
+    #: Each listed provider's key from its `api_key_env` (providers without one are absent).
+    provider_keys: Mapping[str, str] = field(default_factory=dict)
 
     def __repr__(self) -> str:  # never print a secret
         key = "set" if self.upstream_api_key else "unset"
         return (
             f"Settings(config={self.config!r}, upstream_api_key=<{key}>, "
+            f"provider_keys=<{sorted(self.provider_keys)}>, "
             f"admin_tokens={list(self.admin_tokens)!r})"
         )
+
+    def provider_key(self, provider: ProviderConfig) -> str | None:
+        """The key sent to ``provider`` in place of the client's; None: forward the
+        client's."""
+        if provider.name == UPSTREAM_PROVIDER and not self.config.providers:
+            return self.upstream_api_key
+        return self.provider_keys.get(provider.name)
 
 
 def _problem(err: ErrorDetails) -> str:
@@ -549,7 +645,10 @@ def _problem(err: ErrorDetails) -> str:
 
 
 def _set_path(raw: dict[str, Any], path: str, value: Any) -> None:
-    section, _, key = path.partition(".")
+    section, dot, key = path.partition(".")
+    if not dot:  # a top-level setting (`providers`)
+        raw[section] = value
+        return
     node = raw.setdefault(section, {})
     if not isinstance(node, dict):
         raise ConfigError([f"{section}: must be a mapping"])
@@ -599,6 +698,18 @@ def load_config(
                 f"upstream.api_key_env: environment variable "
                 f"{config.upstream.api_key_env} is not set or empty"
             )
+    provider_keys: dict[str, str] = {}
+    for index, provider in enumerate(config.providers):
+        if provider.api_key_env is None:
+            continue
+        key = env.get(provider.api_key_env) or None
+        if key is None:
+            problems.append(
+                f"providers.{index}.api_key_env: environment variable "
+                f"{provider.api_key_env} is not set or empty"
+            )
+        else:
+            provider_keys[provider.name] = key
     tokens: list[TokenGrant] = []
     for index, spec in enumerate(config.admin.tokens):
         value = env.get(spec.env)
@@ -612,4 +723,9 @@ def load_config(
     problems += backend_problems(config)
     if problems:
         raise ConfigError(problems)
-    return Settings(config=config, upstream_api_key=api_key, admin_tokens=tuple(tokens))
+    return Settings(
+        config=config,
+        upstream_api_key=api_key,
+        admin_tokens=tuple(tokens),
+        provider_keys=provider_keys,
+    )

@@ -74,22 +74,34 @@ def _fatal(config: ProxyConfig, host: str) -> bool:
 
 
 async def check_upstream(config: ProxyConfig) -> None:
-    """Probe the upstream once; raise ``StartupError`` when that is fatal (see the module)."""
+    """Probe each provider once; raise ``StartupError`` when that is fatal (see the
+    module)."""
     upstream = config.upstream
     if upstream.check_at_start == "off":
         return
-    host = urlsplit(upstream.base_url).hostname or ""
-    port = url_port(upstream.base_url)
     timeout = min(upstream.connect_timeout_seconds, PROBE_TIMEOUT_S)
-    reason = await _connect(host, port, timeout)
-    if reason is None:
-        return
-    message = (
-        f"upstream {upstream.base_url} is unreachable ({host}:{port}: {reason}); "
-        "check upstream.base_url (or --upstream), or that the provider is running"
-    )
-    if _fatal(config, host):
-        raise StartupError(message)
-    _log.warning(
-        "%s; serving anyway (upstream.check_at_start: %s)", message, upstream.check_at_start
-    )
+    for provider in config.provider_list():
+        host = urlsplit(provider.base_url).hostname or ""
+        port = url_port(provider.base_url)
+        reason = await _connect(host, port, timeout)
+        if reason is None:
+            continue
+        where = (
+            f"provider {provider.name} ({provider.base_url})"
+            if config.providers
+            else f"upstream {provider.base_url}"
+        )
+        check = (
+            f"providers[{provider.name}].base_url"
+            if config.providers
+            else "upstream.base_url (or --upstream)"
+        )
+        message = (
+            f"{where} is unreachable ({host}:{port}: {reason}); "
+            f"check {check}, or that the provider is running"
+        )
+        if _fatal(config, host):
+            raise StartupError(message)
+        _log.warning(
+            "%s; serving anyway (upstream.check_at_start: %s)", message, upstream.check_at_start
+        )

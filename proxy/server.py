@@ -128,10 +128,15 @@ async def serve(settings: Settings, stop: asyncio.Event, log_sink: LineSink | No
             )
             _freeze_startup_heap()
             _log.info(
-                "promptproxy serving data plane on %s, admin on %s, upstream %s",
+                "promptproxy serving data plane on %s, admin on %s, %s",
                 data_name,
                 admin_name,
-                config.upstream.base_url,
+                ", ".join(
+                    f"provider {p.name} {p.base_url} ({', '.join(p.models)})"
+                    for p in config.provider_list()
+                )
+                if config.providers
+                else f"upstream {config.upstream.base_url}",
             )
             await stop.wait()
             _log.info("shutting down: readiness is now 503, draining for up to %.0fs", grace)

@@ -24,6 +24,7 @@ from proxy.loop_lag import watch_loop_lag
 from proxy.metrics import ProxyMetrics
 from proxy.pipeline.record import exchange_observers
 from proxy.pipeline.resources import PipelineResources
+from proxy.providers import Providers
 from proxy.registry.bootstrap import start_registry
 from proxy.registry.fleet import Fleet
 from proxy.registry.fleet_adopt import adopt_fleet_generation
@@ -208,7 +209,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             metrics=metrics,
             pipeline=PipelineResources(
                 config=config,
-                api_key=settings.upstream_api_key,
+                providers=Providers.from_settings(settings),
                 upstream=upstream,
                 metrics=metrics,
                 snapshot=holder,

@@ -134,16 +134,22 @@ class UpstreamClient:
         self.pool = PoolUsage(connector) if connector is not None else None
 
     async def open(
-        self, method: str, raw_path_qs: str, headers: CIMultiDict[str], body: bytes
+        self,
+        method: str,
+        raw_path_qs: str,
+        headers: CIMultiDict[str],
+        body: bytes,
+        base_url: str | None = None,
     ) -> aiohttp.ClientResponse:
         """Send the request and return once the response headers arrived.
 
         ``raw_path_qs`` is the still-encoded path below ``/v1`` with its query string; it is
-        appended to the configured base URL only, so no header or body field can pick the host.
-        The caller must release the response.
+        appended to a configured base URL only (``base_url``, a provider's, else this
+        client's), so no header or body field can pick the host. The caller must release the
+        response.
         """
         tail = raw_path_qs if raw_path_qs.startswith("/") else "/" + raw_path_qs
-        url = URL(self._base + tail, encoded=True)
+        url = URL((base_url or self._base).rstrip("/") + tail, encoded=True)
         # A full pool at the start means any connect timeout below was (at least partly) the
         # wait for a free connection: the proxy's capacity, not the provider's fault.
         pool_wait = self._pool_wait

@@ -30,6 +30,8 @@ from proxy.shadow.models import ShadowKind, ShadowRequest
 #: A candidate that cannot render this request (e.g. it declares a variable the caller does
 #: not send) is a finding for the operator, not an error for the caller.
 RENDER_FAILED = "render_failed"
+#: A candidate pinned to a model no provider serves: the operator's finding too.
+MODEL_NOT_SERVED = "model_not_served"
 
 
 def decide(

@@ -12,6 +12,7 @@ from proxy.config import ProxyConfig
 from proxy.exchange.observers import Observers
 from proxy.exchange.upstream import UpstreamClient
 from proxy.metrics import ProxyMetrics
+from proxy.providers import Providers
 from proxy.registry.snapshot import SnapshotHolder
 from proxy.registry.templates import PromptRenderer
 from proxy.shadow.runner import ShadowRunner
@@ -20,8 +21,8 @@ from proxy.shadow.runner import ShadowRunner
 @dataclass(frozen=True, slots=True)
 class PipelineResources:
     config: ProxyConfig
-    #: The provider key that replaces the client's credentials, when configured.
-    api_key: str | None
+    #: Where a request goes by its model, and the key that replaces the client's there.
+    providers: Providers
     upstream: UpstreamClient
     metrics: ProxyMetrics
     snapshot: SnapshotHolder

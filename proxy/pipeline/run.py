@@ -20,16 +20,18 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
+from collections.abc import Mapping
 
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
-from proxy.errors import PayloadTooLarge, ProxyError
+from proxy.errors import NotFound, PayloadTooLarge, ProxyError
 from proxy.exchange.answer import Answer
 from proxy.exchange.outcome import Arm, Exchange
 from proxy.http_headers import REQUEST_ID_HEADER, client_response_headers, upstream_request_headers
-from proxy.pipeline.arms import decide, noise_copy, shadow_copy
+from proxy.pipeline.arms import MODEL_NOT_SERVED, decide, noise_copy, shadow_copy
 from proxy.pipeline.choose import Decision
 from proxy.pipeline.parse import check_path, classify, encode_outbound, parse_request
 from proxy.pipeline.record import settle
@@ -39,6 +41,7 @@ from proxy.pipeline.resolve import CONTROL_HEADERS, SWAP_ROUTES, for_model, prom
 from proxy.pipeline.resources import PipelineResources
 from proxy.pipeline.tenant import request_tenant
 from proxy.prompt_key import PromptKey
+from proxy.providers import Provider
 from proxy.registry.composition import composition
 from proxy.registry.models import PromptVersion, RegistrySnapshot, RolloutMode
 from proxy.shadow.models import ShadowRequest
@@ -132,13 +135,16 @@ async def handle(
             parsed, payload_changed=decision is not None
         )
 
+        provider = _provider(resources, exchange.model_sent or exchange.model_requested)
         outbound_headers = upstream_request_headers(
-            request.headers, resources.api_key, drop=CONTROL_HEADERS
+            request.headers, provider.api_key, drop=CONTROL_HEADERS
         )
         if decision is not None and decision.shadow is not None:
             shadow = shadow_copy(
                 resources, exchange, parsed, decision, raw_tail, outbound_headers, snapshot, tenant
             )
+            if isinstance(shadow, ShadowRequest):
+                shadow = _aimed(resources, shadow, request.headers)
             if isinstance(shadow, ShadowRequest):
                 half: asyncio.Future[Exchange] = asyncio.get_running_loop().create_future()
                 submitted = resources.shadow.submit(shadow, half)
@@ -152,6 +158,8 @@ async def handle(
                     exchange.layers,
                 )
                 if noise is not None:
+                    # Stable's copy goes where stable went, with stable's credentials.
+                    noise = _aim(resources, noise, provider, outbound_headers)
                     submitted = resources.shadow.submit(noise, half) or submitted
                 if submitted:
                     # The pair needs the answer's text: captured by the same single read
@@ -161,7 +169,7 @@ async def handle(
             else:
                 resources.shadow.skip(decision.version.key, shadow)
         upstream = await resources.upstream.open(  # 5
-            request.method, raw_tail, outbound_headers, outbound_body
+            request.method, raw_tail, outbound_headers, outbound_body, provider.base_url
         )
         async with upstream:
             exchange.status = upstream.status
@@ -197,6 +205,43 @@ def _on_override_line(exchange: Exchange, snapshot: RegistrySnapshot, decision: 
     exchange.key = rollout.key
     override = decision.override
     exchange.version = str(override.version if override else snapshot.prod.get(rollout.key, 0))
+
+
+def _provider(resources: PipelineResources, model: str | None) -> Provider:
+    """The provider serving the model sent (the first listed, for a request naming none)."""
+    provider = resources.providers.route(model)
+    if provider is None:
+        raise NotFound(
+            f"The model '{model}' is not served by any provider of this proxy.",
+            param="model",
+            code="model_not_found",
+        )
+    return provider
+
+
+def _aimed(
+    resources: PipelineResources, shadow: ShadowRequest, client_headers: CIMultiDictProxy[str]
+) -> ShadowRequest | str:
+    """The shadow copy sent to the provider of its own model (a candidate may pin another
+    provider's), with that provider's key: never one provider's key to another."""
+    provider = resources.providers.route(shadow.model)
+    if provider is None:
+        return MODEL_NOT_SERVED
+    headers = upstream_request_headers(client_headers, provider.api_key, drop=CONTROL_HEADERS)
+    return _aim(resources, shadow, provider, headers)
+
+
+def _aim(
+    resources: PipelineResources,
+    shadow: ShadowRequest,
+    provider: Provider,
+    headers: Mapping[str, str],
+) -> ShadowRequest:
+    # `shadow.base_url` sends every shadow to one place (with the client's or the
+    # primary's credentials, as before providers); else each goes to its provider.
+    if resources.config.shadow.base_url is not None:
+        return shadow
+    return dataclasses.replace(shadow, base_url=provider.base_url, headers=headers)
 
 
 def _count_unshadowable(resources: PipelineResources, key: PromptKey) -> None:

@@ -92,7 +92,11 @@ async def call_shadow(
     try:
         async with asyncio.timeout(config.timeout_seconds):
             response = await client.open(
-                request.method, request.raw_tail, _headers(request.headers), request.body
+                request.method,
+                request.raw_tail,
+                _headers(request.headers),
+                request.body,
+                request.base_url,
             )
             async with response:
                 exchange.status = response.status

@@ -32,6 +32,7 @@ DROP_REASONS = frozenset(
         "not_completion",
         "body_too_large",
         "render_failed",
+        "model_not_served",
         "responses_store",
         OTHER,
     }

@@ -58,6 +58,9 @@ class ShadowRequest:
     layers: str | None = None
     tenant: str | None = None
     tier: str | None = None
+    #: The base URL of the provider serving ``model`` (and ``headers`` carry its key);
+    #: None: the shadow client's own (``shadow.base_url``, else the upstream's).
+    base_url: str | None = None
 
 
 @dataclass(slots=True)

@@ -32,6 +32,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "proxy.prompt_key",
             "proxy.stats",
             "proxy.preflight",
+            # Which provider serves a model: the config's providers, matched (pure).
+            "proxy.providers",
             # Pure data about each backend, which the configuration validates against.
             "proxy.backends.kinds",
             "proxy.pg.*",

@@ -1,0 +1,215 @@
+"""Providers: the model sent (after a prompt's pin) picks the provider, its base URL and its
+key; a model no provider serves is a 404 naming it; a shadow candidate pinned to another
+provider's model goes there with that provider's key, never with the primary's."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from proxy.config import ConfigError, load_config
+from proxy.prompt_key import PromptKey
+from proxy.providers import Providers
+from proxy.registry.models import RolloutMode, VersionDraft
+from tests.component.test_registry_swap_in import ready_for
+from tests.support import Clients, proxy_clients, upstream_mock
+
+OPENAI = "http://openai.test/v1"
+LOCAL = "http://local-models.test/v1"
+ENV = {"OPENAI_KEY": "sk-openai-secret"}
+PROVIDERS = [
+    {
+        "name": "openai",
+        "kind": "openai",
+        "base_url": OPENAI,
+        "api_key_env": "OPENAI_KEY",
+        "models": ["gpt-*", "o?-*"],
+    },
+    # No key of its own: the client's Authorization is forwarded.
+    {"name": "local", "base_url": LOCAL, "models": ["llama-*", "mistral-large"]},
+]
+ANSWER = {
+    "id": "c",
+    "object": "chat.completion",
+    "model": "x",
+    "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}
+    ],
+}
+
+
+def settings(tmp_path: Path, **overrides: Any) -> Any:
+    return load_config(
+        None,
+        environ=ENV,
+        overrides={
+            "registry.store": f"embedded:{tmp_path / 'registry.db'}",
+            "shadow.sink": {"dir": str(tmp_path / "pairs")},
+            "shadow.noise_share": 0.0,
+            "providers": PROVIDERS,
+            **overrides,
+        },
+    )
+
+
+@pytest.fixture
+def upstream() -> Any:
+    with upstream_mock() as mocked:
+        for base in (OPENAI, LOCAL):
+            mocked.post(f"{base}/chat/completions", payload=ANSWER, repeat=True)
+        yield mocked
+
+
+@pytest.fixture
+async def clients(tmp_path: Path) -> AsyncIterator[Clients]:
+    async with proxy_clients(settings(tmp_path)) as trio:
+        yield trio
+
+
+def calls(mocked: Any) -> list[tuple[str, str | None, str]]:
+    """(URL, Authorization, model) of every call the providers got, in order."""
+    seen = []
+    for (_, url), requests in mocked.requests.items():
+        for call in requests:
+            body = orjson.loads(call.kwargs["data"])
+            seen.append((str(url), call.kwargs["headers"].get("Authorization"), body["model"]))
+    return seen
+
+
+async def chat(data: Any, model: str, path: str = "/v1/chat/completions") -> Any:
+    resp = await data.post(
+        path,
+        json={"model": model, "messages": [{"role": "user", "content": "hi"}]},
+        headers={"Authorization": "Bearer client-key"},
+    )
+    return resp.status, await resp.json()
+
+
+async def test_the_model_picks_the_provider_and_its_key(clients: Clients, upstream: Any) -> None:
+    data = clients[0]
+    assert (await chat(data, "gpt-4o"))[0] == 200
+    assert (await chat(data, "llama-3.1-70b"))[0] == 200
+    assert (await chat(data, "o1-mini"))[0] == 200
+    assert calls(upstream) == [
+        (f"{OPENAI}/chat/completions", "Bearer sk-openai-secret", "gpt-4o"),
+        (f"{OPENAI}/chat/completions", "Bearer sk-openai-secret", "o1-mini"),
+        # The client's own key, never the openai provider's.
+        (f"{LOCAL}/chat/completions", "Bearer client-key", "llama-3.1-70b"),
+    ]
+
+
+async def test_a_model_no_provider_serves_is_a_404_naming_it(
+    clients: Clients, upstream: Any
+) -> None:
+    status, body = await chat(clients[0], "claude-3-5-sonnet")
+    assert status == 404
+    error = body["error"]
+    assert (error["type"], error["code"], error["param"]) == (
+        "invalid_request_error",
+        "model_not_found",
+        "model",
+    )
+    assert "claude-3-5-sonnet" in error["message"]
+    assert calls(upstream) == []
+
+
+async def test_a_prompts_model_pin_routes_to_the_pinned_models_provider(
+    clients: Clients, upstream: Any
+) -> None:
+    _, _, services = clients
+    key = PromptKey("support")
+    await services.registry.push(
+        VersionDraft(key=key, template="Be brief.", model="llama-3.1-70b"), actor="t"
+    )
+    await services.registry.promote(key, 1, "t", "")
+    await ready_for(services)
+    status, _ = await chat(clients[0], "gpt-4o", "/p/support/v1/chat/completions")
+    assert status == 200
+    assert calls(upstream) == [(f"{LOCAL}/chat/completions", "Bearer client-key", "llama-3.1-70b")]
+
+
+async def test_a_shadow_pinned_to_another_provider_goes_there_with_its_credentials(
+    clients: Clients, upstream: Any
+) -> None:
+    _, _, services = clients
+    key = PromptKey("support")
+    await services.registry.push(VersionDraft(key=key, template="Stable."), actor="t")
+    await services.registry.push(
+        VersionDraft(key=key, template="Candidate.", model="llama-3.1-70b"), actor="t"
+    )
+    await services.registry.promote(key, 1, "t", "")
+    await services.registry.set_rollout(key, 2, RolloutMode.SHADOW, 100, None, "t", "")
+    await ready_for(services)
+    status, _ = await chat(clients[0], "gpt-4o", "/p/support/v1/chat/completions")
+    assert status == 200
+    for _ in range(100):  # the shadow is sent in the background
+        if len(calls(upstream)) == 2:
+            break
+        await asyncio.sleep(0.02)
+    assert sorted(calls(upstream)) == [
+        (f"{LOCAL}/chat/completions", "Bearer client-key", "llama-3.1-70b"),
+        (f"{OPENAI}/chat/completions", "Bearer sk-openai-secret", "gpt-4o"),
+    ]
+
+
+def test_routing_takes_the_first_provider_that_serves_the_model(tmp_path: Path) -> None:
+    overlapping = [
+        *PROVIDERS,
+        {"name": "fallback", "base_url": "http://fallback.test/v1", "models": ["*"]},
+    ]
+    providers = Providers.from_settings(settings(tmp_path, providers=overlapping))
+    route = providers.route
+    assert [route(m).name for m in ("gpt-4o", "mistral-large", "claude-3", "o3-mini")] == [  # type: ignore[union-attr]
+        "openai",
+        "local",
+        "fallback",
+        "openai",
+    ]
+    assert route(None) is providers.default
+    assert providers.default.name == "openai"
+    # A glob matches the whole name, case and all.
+    assert Providers.from_settings(settings(tmp_path)).route("GPT-4o") is None
+    assert Providers.from_settings(settings(tmp_path)).route("mistral-large-2") is None
+
+
+def test_without_providers_the_upstream_serves_every_model(tmp_path: Path) -> None:
+    plain = load_config(
+        None,
+        environ={"KEY": "sk-up"},
+        overrides={"upstream.base_url": OPENAI, "upstream.api_key_env": "KEY"},
+    )
+    providers = Providers.from_settings(plain)
+    only = providers.route("anything-at-all")
+    assert only is not None
+    assert (only.name, only.base_url, only.api_key) == ("upstream", OPENAI, "sk-up")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "says"),
+    [
+        ({"upstream.base_url": OPENAI}, "upstream.base_url and upstream.api_key_env"),
+        ({"providers": [PROVIDERS[0], PROVIDERS[0]]}, "each name is listed once"),
+        (
+            {"providers": [{**PROVIDERS[1], "kind": "anthropic"}]},
+            "kind anthropic",
+        ),
+        ({"providers": [{**PROVIDERS[1], "models": []}]}, "providers.0.models"),
+        ({"providers": [{**PROVIDERS[1], "base_url": "ftp://x/v1"}]}, "http(s)"),
+        (
+            {"providers": [{**PROVIDERS[0], "api_key_env": "MISSING"}]},
+            "MISSING is not set",
+        ),
+        ({"providers": [{**PROVIDERS[1], "name": "Bad Name"}]}, "providers.0.name"),
+    ],
+)
+def test_a_bad_provider_list_is_refused_at_load(
+    tmp_path: Path, overrides: dict[str, Any], says: str
+) -> None:
+    with pytest.raises(ConfigError) as refused:
+        settings(tmp_path, **overrides)
+    assert says in str(refused.value)
