@@ -22,9 +22,9 @@ from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 #: (route, model, slug, version, arm, tier, variant)
-SeriesKey = tuple[str, str, str, str, str, str, str]
+SeriesKey = tuple[str, str, str, str, str, str, str, str]
 
-_BASE = ("route", "model", "slug", "version", "arm", "tier", "variant")
+_BASE = ("route", "model", "slug", "version", "arm", "tier", "variant", "provider")
 
 
 class Buckets:
@@ -59,8 +59,8 @@ def le_labels(bounds: tuple[float, ...]) -> tuple[str, ...]:
 
 
 class Series:
-    """The numbers of one (route, model, slug, version, arm, tier, variant), found once per
-    request."""
+    """The numbers of one (route, model, slug, version, arm, tier, variant, provider), found
+    once per request."""
 
     __slots__ = (
         "_reasons",
@@ -171,9 +171,10 @@ class RequestFamilies(Collector):
             key, created = list(s.key), s.created
             for status_class, count in s.requests.items():
                 requests.add_metric([*key, status_class], count, created=created)
-            route, model, slug, version, arm, tier, variant = key
+            route, model, slug, version, arm, tier, variant, provider = key
             for error_class, count in s.errors.items():
-                _add(errs, (route, error_class, slug, version, arm, tier, variant), count, created)
+                error_labels = (route, error_class, slug, version, arm, tier, variant, provider)
+                _add(errs, error_labels, count, created)
             for name, hist, family in (
                 ("promptproxy_request_duration_seconds", s.duration, duration),
                 ("promptproxy_time_to_first_token_seconds", s.ttft, ttft),
@@ -187,7 +188,7 @@ class RequestFamilies(Collector):
             tokens.add_metric([*key, "output"], s.output_tokens, created=created)
             for reason, count in s.finish_reasons.items():
                 reasons.add_metric([*key, reason], count, created=created)
-            _add(costs, (model, slug, version, arm, tier, variant), s.cost, created)
+            _add(costs, (model, slug, version, arm, tier, variant, provider), s.cost, created)
         for labels, (value, created) in errs.items():
             errors.add_metric(list(labels), value, created=created)
         for labels, (value, created) in costs.items():
@@ -215,7 +216,16 @@ class RequestFamilies(Collector):
                 "promptproxy_errors",
                 "Requests that failed, by class (upstream status, timeout, interrupted "
                 "stream, client disconnect, invalid request...).",
-                labels=("route", "error_class", "slug", "version", "arm", "tier", "variant"),
+                labels=(
+                    "route",
+                    "error_class",
+                    "slug",
+                    "version",
+                    "arm",
+                    "tier",
+                    "variant",
+                    "provider",
+                ),
             ),
             HistogramMetricFamily(
                 "promptproxy_request_duration_seconds",
@@ -247,7 +257,7 @@ class RequestFamilies(Collector):
                 "promptproxy_cost_usd",
                 "Estimated cost in US dollars, from the token counts and the configured "
                 "price table (models without a price add nothing).",
-                labels=("model", "slug", "version", "arm", "tier", "variant"),
+                labels=("model", "slug", "version", "arm", "tier", "variant", "provider"),
             ),
         )
 

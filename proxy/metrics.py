@@ -257,12 +257,14 @@ class ProxyMetrics:
         version: str,
         arm: str,
         tier: str | None = None,
+        provider: str | None = None,
     ) -> Series:
         """The cached children for these labels; the prompt ``key`` (which names the
         variant served), ``version`` and the tenant's ``tier`` are raw and folded here
         (``model`` is already a label: see ``model_label``). A tier outside
         ``tenants.tiers`` (a record older than the config) is ``other``; no tenant, ``""``.
-        The tenant itself is never a label."""
+        The tenant itself is never a label. ``provider`` is a configured provider's name
+        (``""``: the request never reached one)."""
         slug, version, variant = self.prompt_labels(key, version)
         labels = (
             route,
@@ -272,6 +274,7 @@ class ProxyMetrics:
             arm,
             "" if not tier else tier if tier in self._tiers else OTHER,
             variant,
+            provider or "",
         )
         found = self._series.get(labels)
         if found is None:
@@ -347,7 +350,7 @@ class ProxyMetrics:
 
     def _prune(self) -> None:
         for labels in list(self._series):
-            _, _, slug, version, _, _, variant = labels
+            _, _, slug, version, _, _, variant, _ = labels
             if not version or version == OTHER:
                 continue
             if version in self._labels_in_use.get((slug, variant), ()):

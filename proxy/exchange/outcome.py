@@ -49,6 +49,8 @@ class Exchange:
     #: tenant is never a metric label).
     tenant: str | None = None
     tier: str | None = None
+    #: The provider the call went to (``providers``; its name is a bounded label).
+    provider: str | None = None
     stream: bool = False
     model_requested: str | None = None
     #: The model sent upstream when a prompt's model pin replaced the requested one (a

@@ -27,7 +27,9 @@ class RecordMetrics:
         # answered one is often a dated id.
         sent = ex.model_sent or ex.model_requested or ex.model_answered
         model = m.model_label(sent)
-        series = m.series(ex.route._value_, model, ex.key, ex.version or "", ex.arm or "", ex.tier)
+        series = m.series(
+            ex.route._value_, model, ex.key, ex.version or "", ex.arm or "", ex.tier, ex.provider
+        )
         series.observe(
             status_class(ex.status),
             ex.duration or 0.0,

@@ -33,6 +33,7 @@ from proxy.exchange.outcome import Arm, Exchange
 from proxy.http_headers import REQUEST_ID_HEADER, client_response_headers, upstream_request_headers
 from proxy.pipeline.arms import MODEL_NOT_SERVED, decide, noise_copy, shadow_copy
 from proxy.pipeline.choose import Decision
+from proxy.pipeline.model_list import lists_models, model_in_path, model_list
 from proxy.pipeline.parse import check_path, classify, encode_outbound, parse_request
 from proxy.pipeline.record import settle
 from proxy.pipeline.relay import relay
@@ -98,6 +99,8 @@ async def handle(
         )
         exchange.model_requested = parsed.model
         exchange.stream = parsed.stream
+        if lists_models(resources.providers, request.method, tail):
+            return _respond(exchange, request_id, *await _model_list(resources, request))
 
         decision: Decision | None = None
         if ref is not None and parsed.payload is not None and exchange.route in SWAP_ROUTES:
@@ -135,7 +138,10 @@ async def handle(
             parsed, payload_changed=decision is not None
         )
 
-        provider = _provider(resources, exchange.model_sent or exchange.model_requested)
+        provider = _provider(
+            resources, exchange.model_sent or exchange.model_requested or model_in_path(tail)
+        )
+        exchange.provider = provider.name
         outbound_headers = upstream_request_headers(
             request.headers, provider.api_key, drop=CONTROL_HEADERS
         )
@@ -207,6 +213,23 @@ def _on_override_line(exchange: Exchange, snapshot: RegistrySnapshot, decision: 
     exchange.version = str(override.version if override else snapshot.prod.get(rollout.key, 0))
 
 
+async def _model_list(resources: PipelineResources, request: web.Request) -> tuple[int, bytes]:
+    def headers_for(provider: Provider) -> CIMultiDict[str]:
+        return upstream_request_headers(request.headers, provider.api_key, drop=CONTROL_HEADERS)
+
+    return await model_list(resources.upstream, resources.providers, headers_for)
+
+
+def _respond(exchange: Exchange, request_id: str, status: int, body: bytes) -> web.Response:
+    exchange.status = status
+    return web.Response(
+        status=status,
+        body=body,
+        content_type="application/json",
+        headers={REQUEST_ID_HEADER: request_id},
+    )
+
+
 def _provider(resources: PipelineResources, model: str | None) -> Provider:
     """The provider serving the model sent (the first listed, for a request naming none)."""
     provider = resources.providers.route(model)
@@ -241,7 +264,9 @@ def _aim(
     # primary's credentials, as before providers); else each goes to its provider.
     if resources.config.shadow.base_url is not None:
         return shadow
-    return dataclasses.replace(shadow, base_url=provider.base_url, headers=headers)
+    return dataclasses.replace(
+        shadow, base_url=provider.base_url, headers=headers, provider=provider.name
+    )
 
 
 def _count_unshadowable(resources: PipelineResources, key: PromptKey) -> None:

@@ -58,6 +58,7 @@ def shadow_exchange(request: ShadowRequest, answer: Answer | None) -> Exchange:
         layers=request.layers,
         tenant=request.tenant,
         tier=request.tier,
+        provider=request.provider,
     )
 
 

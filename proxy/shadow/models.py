@@ -61,6 +61,8 @@ class ShadowRequest:
     #: The base URL of the provider serving ``model`` (and ``headers`` carry its key);
     #: None: the shadow client's own (``shadow.base_url``, else the upstream's).
     base_url: str | None = None
+    #: The name of that provider (the metrics' ``provider`` label); None: not routed.
+    provider: str | None = None
 
 
 @dataclass(slots=True)

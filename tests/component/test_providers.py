@@ -213,3 +213,74 @@ def test_a_bad_provider_list_is_refused_at_load(
     with pytest.raises(ConfigError) as refused:
         settings(tmp_path, **overrides)
     assert says in str(refused.value)
+
+
+async def test_the_model_list_is_what_each_provider_serves(clients: Clients, upstream: Any) -> None:
+    listed = [
+        {"id": m, "object": "model", "created": 1, "owned_by": "openai"}
+        for m in ("gpt-4o", "o1-mini", "dall-e-3", "llama-3.1-70b")
+    ]
+    upstream.get(f"{OPENAI}/models", payload={"object": "list", "data": listed})
+    upstream.get(f"{LOCAL}/models", status=500, payload={"error": {"message": "down"}})
+    resp = await clients[0].get("/v1/models", headers={"Authorization": "Bearer client-key"})
+    assert resp.status == 200
+    body = await resp.json()
+    # dall-e-3 is served by no provider, llama by `local` (not by the one listing it); the
+    # literal `mistral-large` is listed though `local` could not be asked.
+    assert [(m["id"], m["owned_by"]) for m in body["data"]] == [
+        ("gpt-4o", "openai"),
+        ("o1-mini", "openai"),
+        ("mistral-large", "local"),
+    ]
+    assert resp.headers["x-promptproxy-request-id"]
+    auth = {
+        str(url): [c.kwargs["headers"].get("Authorization") for c in requests]
+        for (method, url), requests in upstream.requests.items()
+        if method == "GET"
+    }
+    assert auth == {
+        f"{OPENAI}/models": ["Bearer sk-openai-secret"],
+        f"{LOCAL}/models": ["Bearer client-key"],
+    }
+
+
+async def test_the_model_list_is_a_502_when_no_provider_answers(
+    tmp_path: Path, upstream: Any
+) -> None:
+    only_patterns = [
+        {**p, "models": ["gpt-*"] if p["name"] == "openai" else ["llama-*"]} for p in PROVIDERS
+    ]
+    for base in (OPENAI, LOCAL):
+        upstream.get(f"{base}/models", status=503, payload={"error": {"message": "down"}})
+    async with proxy_clients(settings(tmp_path, providers=only_patterns)) as trio:
+        resp = await trio[0].get("/v1/models")
+        assert resp.status == 502
+        assert (await resp.json())["error"]["code"] == "upstream_unavailable"
+
+
+async def test_one_model_is_asked_of_the_provider_serving_it(
+    clients: Clients, upstream: Any
+) -> None:
+    upstream.get(f"{LOCAL}/models/llama-3.1-70b", payload={"id": "llama-3.1-70b"})
+    resp = await clients[0].get(
+        "/v1/models/llama-3.1-70b", headers={"Authorization": "Bearer client-key"}
+    )
+    assert resp.status == 200
+    assert (await resp.json())["id"] == "llama-3.1-70b"
+    missing = await clients[0].get("/v1/models/claude-3-opus")
+    assert missing.status == 404
+    assert (await missing.json())["error"]["code"] == "model_not_found"
+
+
+async def test_metrics_say_which_provider_answered(clients: Clients, upstream: Any) -> None:
+    data, admin, _ = clients
+    assert (await chat(data, "gpt-4o"))[0] == 200
+    assert (await chat(data, "llama-3.1-70b"))[0] == 200
+    assert (await chat(data, "claude-3"))[0] == 404
+    text = await (await admin.get("/metrics")).text()
+    requests = [
+        line for line in text.splitlines() if line.startswith("promptproxy_requests_total{")
+    ]
+    providers = sorted(line.split('provider="')[1].split('"')[0] for line in requests)
+    # The refused request never reached a provider.
+    assert providers == ["", "local", "openai"]

@@ -337,8 +337,8 @@ async def test_metrics_count_requests_with_bounded_labels(upstream: Any) -> None
         await client.post("/p/demo/v1/chat/completions", data=CHAT_BODY)
         text = await (await admin.get("/metrics")).text()
     series = (
-        'promptproxy_requests_total{arm="",model="gpt-4o-mini",route="chat.completions",'
-        'slug="",status_class="2xx",tier="",variant="",version=""} 1.0'
+        'promptproxy_requests_total{arm="",model="gpt-4o-mini",provider="upstream",'
+        'route="chat.completions",slug="",status_class="2xx",tier="",variant="",version=""} 1.0'
     )
     assert series in text
     assert 'model="other"' in text

@@ -285,6 +285,7 @@ async def test_a_shadow_rollout_records_pairs_readable_through_the_admin_api(
             "arm": "shadow",
             "tier": "",
             "variant": "",
+            "provider": "upstream",
             "status_class": "2xx",
         },
     )

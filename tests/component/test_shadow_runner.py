@@ -297,7 +297,14 @@ async def test_a_streamed_shadow_gets_a_ttft_and_is_paired_with_its_primary(
     assert headers["Authorization"] == f"Bearer {PROVIDER_KEY}"
     assert body == request.body  # same bytes, with its own Content-Length
     series = {"route": "chat.completions", "model": "gpt-4o-mini", "slug": "support"}
-    shadow_series = {**series, "version": "2", "arm": "shadow", "tier": "", "variant": ""}
+    shadow_series = {
+        **series,
+        "version": "2",
+        "arm": "shadow",
+        "tier": "",
+        "variant": "",
+        "provider": "",
+    }
     assert h.sample("promptproxy_tokens_total", **shadow_series, direction="output") == 3
     assert h.sample("promptproxy_requests_total", **shadow_series, status_class="2xx") == 1
     assert h.sample("promptproxy_time_to_first_token_seconds_count", **shadow_series) == 1
@@ -354,6 +361,7 @@ async def test_a_failing_shadow_is_a_failed_arm_sent_once(
         "arm": "shadow",
         "tier": "",
         "variant": "",
+        "provider": "",
     }
     assert h.sample("promptproxy_errors_total", **labels, error_class=error_class) == 1
     if tail == "/hang-mid-stream":

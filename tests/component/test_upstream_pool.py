@@ -108,6 +108,7 @@ async def test_a_full_pool_answers_a_retryable_503_after_the_wait(
                 "arm": "",
                 "tier": "",
                 "variant": "",
+                "provider": "upstream",
             },
         )
         assert refused == 1

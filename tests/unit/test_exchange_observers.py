@@ -88,6 +88,7 @@ class Process:
             "arm": arm,
             "tier": "",
             "variant": "",
+            "provider": "",
             "status_class": "2xx",
         }
         return self.metrics.registry.get_sample_value("promptproxy_requests_total", labels) or 0

@@ -61,6 +61,7 @@ def test_finish_reasons_answer_tokens_and_cost_are_counted_per_version() -> None
         "arm": "stable",
         "tier": "",
         "variant": "",
+        "provider": "",
     }
     finish = "promptproxy_finish_reasons_total"
     assert _value(registry, finish, **labels, finish_reason="length") == 2
@@ -76,6 +77,7 @@ def test_finish_reasons_answer_tokens_and_cost_are_counted_per_version() -> None
         arm="stable",
         tier="",
         variant="",
+        provider="",
     )
     assert cost is not None
     assert abs(cost - (100 * 0.15 + 50 * 0.60) / 1e6) < 1e-12
@@ -145,8 +147,8 @@ def test_errors_of_two_models_with_the_same_labels_are_one_sample() -> None:
         if line.startswith("promptproxy_errors_total{")
     ]
     assert lines == [
-        'promptproxy_errors_total{arm="stable",error_class="upstream_5xx",route="chat.completions",'
-        'slug="support",tier="",variant="",version="3"} 5.0'
+        'promptproxy_errors_total{arm="stable",error_class="upstream_5xx",provider="",'
+        'route="chat.completions",slug="support",tier="",variant="",version="3"} 5.0'
     ]
 
 
@@ -179,6 +181,7 @@ def _requests(registry: CollectorRegistry, version: str, variant: str) -> float 
         "arm": "stable",
         "tier": "",
         "variant": variant,
+        "provider": "",
         "status_class": "2xx",
     }
     return _value(registry, "promptproxy_requests_total", **labels)
@@ -239,6 +242,7 @@ def test_variant_labels_are_the_registrys_and_a_layer_is_never_one() -> None:
             arm="stable",
             tier="",
             variant="other",
+            provider="",
             status_class="2xx",
         )
         == 1_000
