@@ -172,7 +172,10 @@ def config_check(path: Path) -> None:
     config = settings.config
     backend = config.registry.backend
     scope = "shared by replicas" if backend.shared else "one process"
-    click.echo(
-        f"{path}: OK (upstream {config.upstream.base_url}; "
-        f"store {describe_store(config.registry.store)}: {backend.label}, {scope})"
+    where = (
+        "providers " + ", ".join(p.name for p in config.providers)
+        if config.providers
+        else f"upstream {config.upstream.base_url}"
     )
+    store = describe_store(config.registry.store)
+    click.echo(f"{path}: OK ({where}; store {store}: {backend.label}, {scope})")
