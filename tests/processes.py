@@ -163,7 +163,7 @@ class ProxyProc(Proc):
 @contextlib.contextmanager
 def proxy(
     tmp: Path,
-    upstream: str,
+    upstream: str | None,
     config_text: str | None = None,
     *,
     store: str | None = None,
@@ -173,8 +173,11 @@ def proxy(
     """A `promptproxy serve` process in front of ``upstream``; yields once /readyz is 200
     (once /healthz is, with ``ready=False``: a process that cannot be ready yet).
 
-    Without ``store`` it gets its own embedded registry file under ``tmp``."""
-    args = ["serve", "--host", "127.0.0.1", "--upstream", upstream]
+    Without ``store`` it gets its own embedded registry file under ``tmp``; without
+    ``upstream`` the config's `providers` say where requests go."""
+    args = ["serve", "--host", "127.0.0.1"]
+    if upstream is not None:
+        args += ["--upstream", upstream]
     args += ["--store", store or f"embedded:{_unique(tmp, 'registry', '.db')}"]
     if config_text is not None:
         config = _unique(tmp, "proxy", ".yaml")
