@@ -17,6 +17,7 @@ from   Anthropic type         to     why
 402    billing_error          402    ``APIStatusError``, not retried: paying is not a retry
 403    permission_error       403    ``PermissionDeniedError``
 404    not_found_error        404    ``NotFoundError`` (usually the model)
+409    conflict_error         409    ``ConflictError``, retried (as Anthropic's SDKs do)
 413    request_too_large      413    ``APIStatusError``, not retried, as the proxy's own 413
 429    rate_limit_error       429    ``RateLimitError``, retried; ``retry-after`` kept
 500    api_error              500    ``InternalServerError``, retried
@@ -54,6 +55,7 @@ _BY_TYPE: dict[str, tuple[int, str]] = {
     "billing_error": (402, "invalid_request_error"),
     "permission_error": (403, "permission_error"),
     "not_found_error": (404, "invalid_request_error"),
+    "conflict_error": (409, "invalid_request_error"),
     "request_too_large": (413, "invalid_request_error"),
     "rate_limit_error": (429, "rate_limit_error"),
     "api_error": (500, "api_error"),

@@ -15,9 +15,12 @@ Translated
     Messages API refuses it), ``temperature``, ``top_p``, ``user`` and ``safety_identifier``
     (-> ``metadata.user_id``), ``stream``, ``stream_options`` (only ``include_usage``, which
     the stream translator honours, and ``include_obfuscation``, padding we never add),
-    ``tools`` (functions -> ``name``/``description``/``input_schema``), ``tool_choice``
-    (``auto`` -> auto, ``required`` -> any, ``none`` -> none, a named function -> tool),
-    ``parallel_tool_calls: false`` (-> ``disable_parallel_tool_use`` on the tool choice).
+    ``tools`` (functions -> ``name``/``description``/``input_schema``; a schema without
+    ``type``, ``{}`` included, gets ``"type": "object"``, which the Messages API requires and
+    OpenAI assumes; another type is refused), ``tool_choice`` (``auto`` -> auto, ``required``
+    -> any, ``none`` -> none, a named function -> tool; refused without a non-empty
+    ``tools``, as OpenAI refuses it), ``parallel_tool_calls: false`` (->
+    ``disable_parallel_tool_use`` on the tool choice).
 
 Temperature
     OpenAI's scale is 0-2, Anthropic's 0-1. A value in 0-1 is passed unchanged; above 1 is
@@ -34,13 +37,25 @@ Messages
     source; an ``https`` URL -> a url source; ``detail`` other than ``auto`` is refused, the
     Messages API has no such knob). ``assistant``: text, and ``tool_calls`` -> ``tool_use``
     blocks whose ``input`` is the parsed ``arguments`` (a JSON object; ``""`` is ``{}``).
-    ``tool`` -> a ``tool_result`` block in a user turn. Consecutive turns of one role
-    (including tool results followed by a user message) are merged into one message, in
-    order, as the Messages API requires alternating roles. Refused: ``name`` on a message (no
+    ``tool`` -> a ``tool_result`` block in a user turn; a tool message must follow the
+    assistant message whose ``tool_calls`` hold its ``tool_call_id`` (or another tool
+    message answering that one), else it is refused by name (``messages[i]``): the Messages
+    API takes tool results only first in the user turn right after the ``tool_use``.
+    Consecutive turns of one role (including tool results followed by a user message) are
+    merged into one message, in order, as the Messages API requires alternating roles.
+
+    An assistant message as the openai SDK returns it, replayed as history, is accepted:
+    ``annotations`` (``[]`` or null), ``refusal``, ``audio`` and ``function_call`` (null) hold
+    nothing and are left out; each is refused by name when it holds something.
+
+    Text that is empty or only whitespace (the Messages API refuses such text blocks) is
+    refused in ``user`` content, naming the part; in ``system``/``developer``, ``assistant``
+    and ``tool`` content such a block is left out, as it says nothing (an assistant message
+    left with no block at all is refused). Also refused: ``name`` on a message (no
     equivalent), ``audio``/``file``/``input_audio``/``refusal`` parts, the deprecated
-    ``function`` role and ``function_call``, empty text (the Messages API refuses empty
-    text blocks), and a conversation that ends with an assistant message: the Messages API
-    would *continue* that message (prefill) where chat completions answers after it.
+    ``function`` role and ``function_call``, and a conversation that ends with an assistant
+    message: the Messages API would *continue* that message (prefill) where chat
+    completions answers after it.
 
 Refused unless they hold their default (the value that asks for nothing)
     ``n`` (1), ``logprobs`` (false), ``top_logprobs``, ``presence_penalty`` and
@@ -122,8 +137,28 @@ _MESSAGE_KEYS = {
     "system": frozenset({"role", "content", "name"}),
     "developer": frozenset({"role", "content", "name"}),
     "user": frozenset({"role", "content", "name"}),
-    "assistant": frozenset({"role", "content", "name", "tool_calls", "refusal", "audio"}),
+    "assistant": frozenset(
+        {
+            "role",
+            "content",
+            "name",
+            "tool_calls",
+            "refusal",
+            "audio",
+            "function_call",
+            "annotations",
+        }
+    ),
     "tool": frozenset({"role", "content", "tool_call_id"}),
+}
+#: Message keys accepted only when they hold nothing (the openai SDK's ``to_dict()`` and
+#: ``model_dump()`` of an answer carry them empty); holding something, they are refused.
+_EMPTY_ONLY: dict[str, Callable[[Any], bool]] = {
+    "name": lambda v: v is None,
+    "refusal": lambda v: v is None,
+    "audio": lambda v: v is None,
+    "function_call": lambda v: v is None,
+    "annotations": lambda v: v is None or v == [],
 }
 
 
@@ -271,6 +306,13 @@ def _tools(body: JSON, out: JSON) -> None:
         if tools:
             out["tools"] = [_tool(tool, f"tools[{i}]") for i, tool in enumerate(tools)]
     choice = _tool_choice(body.get("tool_choice"))
+    if choice is not None and "tools" not in out:
+        # OpenAI refuses it too; the Messages API would refuse a tool choice without tools.
+        _refuse(
+            "tool_choice",
+            "'tool_choice' is only allowed with a non-empty 'tools'",
+            code="invalid_value",
+        )
     parallel = body.get("parallel_tool_calls")
     if parallel is not None and not isinstance(parallel, bool):
         _invalid("parallel_tool_calls", "'parallel_tool_calls' must be a boolean")
@@ -316,6 +358,16 @@ def _tool(tool: Any, param: str) -> JSON:
         parameters = {"type": "object", "properties": {}}
     elif not isinstance(parameters, dict):
         _invalid(f"{param}.function.parameters", "'parameters' must be a JSON schema object")
+    elif "type" not in parameters:
+        # OpenAI takes a schema without a type ({} included) as an object; the Messages API
+        # requires input_schema.type "object".
+        parameters = {"type": "object", **parameters}
+    elif parameters["type"] != "object":
+        _refuse(
+            f"{param}.function.parameters.type",
+            "Claude models take a tool's parameters as a JSON schema of type 'object'",
+            code="unsupported_value",
+        )
     out["input_schema"] = parameters
     return out
 
@@ -359,21 +411,21 @@ def _conversation(messages: Any) -> tuple[list[JSON], list[JSON]]:
         for key, value in message.items():
             if key not in allowed:
                 _refuse(f"{param}.{key}", f"'{key}' on a {role} message is not supported")
-            if key in ("name", "refusal", "audio") and value is not None:
+            is_empty = _EMPTY_ONLY.get(key)
+            if is_empty is not None and not is_empty(value):
                 _refuse(
                     f"{param}.{key}",
                     f"'{key}' on a message has no equivalent for Claude models",
                 )
         if role in ("system", "developer"):
-            system.extend(
-                block for block in _text_blocks(message.get("content"), param) if block["text"]
-            )
+            system.extend(_said(_text_blocks(message.get("content"), param)))
             continue
         if role == "user":
             target, blocks = "user", _user_content(message.get("content"), param)
         elif role == "assistant":
             target, blocks = "assistant", _assistant_content(message, param)
         else:
+            _check_follows_tool_call(message, turns, param)
             target, blocks = "user", [_tool_result(message, param)]
         if turns and turns[-1]["role"] == target:
             turns[-1]["content"].extend(blocks)
@@ -390,6 +442,42 @@ def _conversation(messages: Any) -> tuple[list[JSON], list[JSON]]:
             code="unsupported_value",
         )
     return system, turns
+
+
+def _check_follows_tool_call(message: JSON, turns: list[JSON], param: str) -> None:
+    """A tool message must answer a tool call of the assistant turn right before it (after
+    other tool messages only): the Messages API takes ``tool_result`` blocks only at the
+    start of the user turn that follows the ``tool_use``."""
+    previous = turns[-1] if turns else None
+    if previous is not None and previous["role"] == "user":
+        # Only tool results so far: the previous message was a tool message.
+        only_results = all(block["type"] == "tool_result" for block in previous["content"])
+        previous = turns[-2] if only_results and len(turns) > 1 else None
+    calls = (
+        {block["id"] for block in previous["content"] if block["type"] == "tool_use"}
+        if previous is not None
+        else set()
+    )
+    if not calls:
+        _refuse(
+            param,
+            "a tool message must follow the assistant message with its tool call (or another "
+            "tool message): Claude models take tool results only right after the tool call",
+            code="unsupported_value",
+        )
+    call_id = message.get("tool_call_id")
+    if isinstance(call_id, str) and call_id and call_id not in calls:
+        _refuse(
+            f"{param}.tool_call_id",
+            f"'tool_call_id' {_show(call_id)} answers no tool call of the assistant message "
+            "before it",
+            code="invalid_value",
+        )
+
+
+def _said(blocks: list[JSON]) -> list[JSON]:
+    """``blocks`` without the text that is empty or only whitespace."""
+    return [block for block in blocks if block["type"] != "text" or block["text"].strip()]
 
 
 def _text_blocks(content: Any, param: str) -> list[JSON]:
@@ -416,12 +504,14 @@ def _text_part(part: JSON, param: str) -> JSON:
     return {"type": "text", "text": text}
 
 
-def _non_empty(blocks: list[JSON], param: str) -> list[JSON]:
-    for block in blocks:
-        if block["type"] == "text" and not block["text"]:
+def _non_empty(blocks: list[JSON], param: str, *, parts: bool) -> list[JSON]:
+    """``blocks`` of a user message (``param`` is its content; ``parts``: a list of parts,
+    named one by one), refused when one is empty or only whitespace."""
+    for j, block in enumerate(blocks):
+        if block["type"] == "text" and not block["text"].strip():
             _refuse(
-                param,
-                "Claude models refuse empty text content",
+                f"{param}[{j}]" if parts else param,
+                "Claude models refuse text content that is empty or only whitespace",
                 code="unsupported_value",
             )
     if not blocks:
@@ -431,7 +521,7 @@ def _non_empty(blocks: list[JSON], param: str) -> list[JSON]:
 
 def _user_content(content: Any, param: str) -> list[JSON]:
     if isinstance(content, str):
-        return _non_empty([{"type": "text", "text": content}], f"{param}.content")
+        return _non_empty([{"type": "text", "text": content}], f"{param}.content", parts=False)
     if not isinstance(content, list):
         _invalid(f"{param}.content", "'content' must be a string or a list of parts")
     blocks = []
@@ -444,7 +534,7 @@ def _user_content(content: Any, param: str) -> list[JSON]:
             blocks.append(_image(part, part_param))
         else:
             _refuse(part_param, f"a content part of type {_show(kind)} cannot be translated")
-    return _non_empty(blocks, f"{param}.content")
+    return _non_empty(blocks, f"{param}.content", parts=True)
 
 
 def _image(part: JSON, param: str) -> JSON:
@@ -493,7 +583,7 @@ def _assistant_content(message: JSON, param: str) -> list[JSON]:
     content = message.get("content")
     blocks: list[JSON] = []
     if content is not None:
-        blocks = [block for block in _text_blocks(content, param) if block["text"]]
+        blocks = _said(_text_blocks(content, param))
     tool_calls = message.get("tool_calls")
     if tool_calls is not None:
         if not isinstance(tool_calls, list):
@@ -542,10 +632,10 @@ def _tool_result(message: JSON, param: str) -> JSON:
     result: JSON = {"type": "tool_result", "tool_use_id": call_id}
     content = message.get("content")
     if isinstance(content, str):
-        if content:
+        if content.strip():
             result["content"] = content
     else:
-        blocks = [block for block in _text_blocks(content, param) if block["text"]]
+        blocks = _said(_text_blocks(content, param))
         if blocks:
             result["content"] = blocks
     return result

@@ -20,7 +20,12 @@ Anthropic's message id, kept so a completion can be found in Anthropic's logs.
   prompt cache, OpenAI's ``prompt_tokens`` counts every prompt token; so ``prompt_tokens``
   is the three added together and ``prompt_tokens_details.cached_tokens`` is the cache
   reads (OpenAI's meaning: prompt tokens served from the cache). Writes to the cache are
-  not hits, so they are counted in ``prompt_tokens`` only.
+  not hits, so they are counted in ``prompt_tokens`` only. A count that is not an integer
+  is left out (counted as 0), as the stream translator does.
+- An answer of the wrong shape (not an object, ``content`` not a list, a ``stop_reason``,
+  ``id``, text, tool id or name that is not a string, a tool input that is not an object)
+  is an ``UpstreamError`` (502, ``code="malformed_answer"``) naming what was wrong, never a
+  ``TypeError`` from deep inside the translation.
 """
 
 from __future__ import annotations
@@ -45,17 +50,36 @@ FINISH_REASONS: dict[str, str] = {
 _HIDDEN_BLOCKS = frozenset({"thinking", "redacted_thinking"})
 
 
-def finish_reason(stop_reason: str | None) -> str | None:
+def malformed(what: str, value: Any) -> UpstreamError:
+    """The error for an answer whose ``what`` holds ``value``, of the wrong type."""
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return UpstreamError(
+        f"the provider answered a malformed message: {what} is {shown}",
+        code="malformed_answer",
+    )
+
+
+def finish_reason(stop_reason: Any) -> str | None:
     """The chat completions ``finish_reason`` of a Messages ``stop_reason``; an unknown
-    reason (added to the API later) is ``stop``: the model stopped, we do not know why."""
+    reason (added to the API later) is ``stop``: the model stopped, we do not know why.
+    ``UpstreamError`` when it is neither a string nor null."""
     if stop_reason is None:
         return None
+    if not isinstance(stop_reason, str):
+        raise malformed("stop_reason", stop_reason)
     return FINISH_REASONS.get(stop_reason, "stop")
+
+
+def is_count(value: Any) -> bool:
+    """A token count: an int (not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def usage(anthropic_usage: Any) -> JSON:
     """OpenAI ``usage`` from Anthropic's (module docstring)."""
-    source = anthropic_usage if isinstance(anthropic_usage, dict) else {}
+    raw = anthropic_usage if isinstance(anthropic_usage, dict) else {}
+    source = {k: v for k, v in raw.items() if is_count(v)}
     created = source.get("cache_creation_input_tokens") or 0
     read = source.get("cache_read_input_tokens") or 0
     prompt = (source.get("input_tokens") or 0) + created + read
@@ -71,24 +95,49 @@ def usage(anthropic_usage: Any) -> JSON:
 
 
 def tool_call(block: JSON, index: int) -> JSON:
+    """The chat completions tool call of a ``tool_use`` block; ``UpstreamError`` when its
+    id or name is not a string or its input not an object."""
+    for key in ("id", "name"):
+        if not isinstance(block.get(key), str):
+            raise malformed(f"a tool_use block's {key}", block.get(key))
+    tool_input = block.get("input")
+    if tool_input is not None and not isinstance(tool_input, dict):
+        raise malformed("a tool_use block's input", tool_input)
     return {
         "index": index,
-        "id": block.get("id"),
+        "id": block["id"],
         "type": "function",
         "function": {
-            "name": block.get("name"),
-            "arguments": orjson.dumps(block.get("input") or {}).decode(),
+            "name": block["name"],
+            "arguments": orjson.dumps(tool_input or {}).decode(),
         },
     }
 
 
-def to_chat_completion(message: JSON, *, model: str, created: int) -> JSON:
+def to_chat_completion(message: Any, *, model: str, created: int) -> JSON:
+    """The chat completion of a Messages answer (module docstring); ``UpstreamError`` when
+    the answer cannot be translated whole."""
+    if not isinstance(message, dict):
+        raise malformed("the answer", message)
+    if not isinstance(message.get("id"), str):
+        raise malformed("id", message.get("id"))
+    content = message.get("content")
+    if content is not None and not isinstance(content, list):
+        raise malformed("content", content)
+    reason = finish_reason(message.get("stop_reason")) or "stop"
     texts: list[str] = []
     calls: list[JSON] = []
-    for block in message.get("content") or ():
-        kind = block.get("type") if isinstance(block, dict) else None
+    for block in content or ():
+        if not isinstance(block, dict):
+            raise malformed("a content block", block)
+        kind = block.get("type")
+        if not isinstance(kind, str):
+            raise malformed("a content block's type", kind)
         if kind == "text":
-            texts.append(block.get("text") or "")
+            text = block.get("text")
+            if not isinstance(text, str):
+                raise malformed("a text block's text", text)
+            texts.append(text)
         elif kind == "tool_use":
             call = tool_call(block, len(calls))
             del call["index"]  # only chunks carry an index
@@ -99,14 +148,14 @@ def to_chat_completion(message: JSON, *, model: str, created: int) -> JSON:
                 "translated to a chat completion",
                 code="untranslatable_answer",
             )
-    content: str | None = "".join(texts)
-    if calls and not content:
-        content = None
-    answer: JSON = {"role": "assistant", "content": content, "refusal": None}
+    joined: str | None = "".join(texts)
+    if calls and not joined:
+        joined = None
+    answer: JSON = {"role": "assistant", "content": joined, "refusal": None}
     if calls:
         answer["tool_calls"] = calls
     return {
-        "id": message.get("id"),
+        "id": message["id"],
         "object": "chat.completion",
         "created": created,
         "model": model,
@@ -115,7 +164,7 @@ def to_chat_completion(message: JSON, *, model: str, created: int) -> JSON:
                 "index": 0,
                 "message": answer,
                 "logprobs": None,
-                "finish_reason": finish_reason(message.get("stop_reason")) or "stop",
+                "finish_reason": reason,
             }
         ],
         "usage": usage(message.get("usage")),

@@ -158,6 +158,7 @@ _ANTHROPIC_CATALOG: Final = MappingProxyType(
         401: ("authentication_error", "invalid x-api-key"),
         403: ("permission_error", "Simulated permission error: your API key may not use {model}."),
         404: ("not_found_error", "model: {model}"),
+        409: ("conflict_error", "Simulated conflict: another request modified this resource."),
         413: ("request_too_large", "Request exceeds the maximum allowed number of bytes."),
         429: (
             "rate_limit_error",

@@ -4,7 +4,8 @@ The request is validated the way the real API does (``path: problem`` messages, 
 ``invalid_request_error``), the answer is planned once, then rendered as one Message
 object or as the SSE sequence the SDKs parse: ``message_start``, per content block
 ``content_block_start`` / ``content_block_delta`` / ``content_block_stop`` (a ``ping``
-after the first start), ``message_delta`` with the stop reason and output tokens,
+after the first start), ``message_delta`` with the stop reason and the cumulative usage
+(input and cache counts as well as output tokens, as the current API sends),
 ``message_stop``. The same ``x-sim-*`` controls and ``[[sim ...]]`` directives (read
 from ``system``) apply as on the OpenAI face; errors use Anthropic's shape (``errors``).
 """
@@ -391,7 +392,13 @@ def _event_payloads(answer: MessagesAnswer, chunks: int) -> Iterator[dict[str, A
     yield {
         "type": "message_delta",
         "delta": {"stop_reason": answer.stop_reason, "stop_sequence": answer.stop_sequence},
-        "usage": {"output_tokens": answer.output_tokens},
+        # Cumulative, as the API's: the input and cache counts again, and the output.
+        "usage": {
+            "input_tokens": answer.input_tokens,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+            "output_tokens": answer.output_tokens,
+        },
     }
     yield {"type": "message_stop"}
 

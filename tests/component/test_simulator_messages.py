@@ -163,6 +163,15 @@ async def test_stream_sends_the_documented_event_sequence(sim_url: str) -> None:
     assert delta["delta"] == {"stop_reason": "end_turn", "stop_sequence": None}
     text = "".join(d["delta"]["text"] for n, d in events if n == "content_block_delta")
     assert delta["usage"]["output_tokens"] == len(text.split())
+    # Cumulative, as the current API sends it: the input and cache counts again.
+    start_usage = start["usage"]
+    assert delta["usage"] == {
+        "input_tokens": start_usage["input_tokens"],
+        "cache_creation_input_tokens": start_usage["cache_creation_input_tokens"],
+        "cache_read_input_tokens": start_usage["cache_read_input_tokens"],
+        "output_tokens": len(text.split()),
+    }
+    anthropic.types.MessageDeltaUsage.model_validate(delta["usage"])
 
 
 async def test_named_tool_is_called_with_schema_shaped_input(
@@ -305,6 +314,7 @@ async def test_invalid_requests_name_the_field(
         (401, anthropic.AuthenticationError, "authentication_error"),
         (403, anthropic.PermissionDeniedError, "permission_error"),
         (404, anthropic.NotFoundError, "not_found_error"),
+        (409, anthropic.ConflictError, "conflict_error"),
         (413, anthropic.ContentTooLargeError, "request_too_large"),
         (429, anthropic.RateLimitError, "rate_limit_error"),
         (500, anthropic.InternalServerError, "api_error"),

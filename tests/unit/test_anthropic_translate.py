@@ -5,15 +5,19 @@ Message) and error statuses against the openai SDK's own class choice and retry 
 
 from __future__ import annotations
 
-import inspect
+import collections.abc
 import json
+import types
+import typing
 from typing import Any
 
 import anthropic
 import httpx2
 import openai
 import pytest
-from openai.types.chat import ChatCompletion, ChatCompletionChunk
+import typing_extensions
+from anthropic._types import SequenceNotStr
+from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage
 
 from proxy.anthropic.errors import to_openai_error
 from proxy.anthropic.request import to_messages
@@ -433,35 +437,369 @@ def test_defaults_of_refused_fields_are_accepted() -> None:
     assert set(out) == {"model", "max_tokens", "messages"}
 
 
-def test_the_translated_request_is_a_valid_anthropic_request_shape() -> None:
-    """The SDK's own request model accepts what we send (field names and nesting)."""
+def sdk_assistant_message(**fields: Any) -> ChatCompletionMessage:
+    return ChatCompletionMessage.model_validate({"role": "assistant", **fields})
+
+
+@pytest.mark.parametrize("dump", ["to_dict", "model_dump"])
+def test_assistant_messages_as_the_openai_sdk_returns_them_are_replayed(dump: str) -> None:
+    """``message.to_dict()`` carries ``annotations: []``, ``model_dump()`` also
+    ``function_call``/``audio``/``tool_calls: None``: all hold nothing and are accepted."""
+    said = sdk_assistant_message(content="Paris.", annotations=[], refusal=None)
+    called = sdk_assistant_message(
+        content=None,
+        tool_calls=[
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"location": "Paris"}'},
+            }
+        ],
+    )
+    history = [getattr(m, dump)() for m in (said, called)]
+    assert "annotations" in history[0]
     out = translate(
         tools=[WEATHER_TOOL],
+        messages=[
+            {"role": "user", "content": "Capital of France?"},
+            history[0],
+            {"role": "user", "content": "Weather there?"},
+            history[1],
+            {"role": "tool", "tool_call_id": "call_1", "content": "18 C"},
+        ],
+    )
+    assert out["messages"][1] == {
+        "role": "assistant",
+        "content": [{"type": "text", "text": "Paris."}],
+    }
+    assert out["messages"][3]["content"] == [
+        {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"location": "Paris"}}
+    ]
+    assert_valid_request(out)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("annotations", [{"type": "url_citation", "url_citation": {"url": "https://x.test"}}]),
+        ("function_call", {"name": "f", "arguments": "{}"}),
+        ("audio", {"id": "audio_1"}),
+        ("refusal", "I cannot help with that."),
+    ],
+)
+def test_assistant_keys_that_hold_something_are_refused_by_name(key: str, value: Any) -> None:
+    error = refused(
+        messages=[
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello", key: value},
+            {"role": "user", "content": "Again"},
+        ]
+    )
+    assert error.param == f"messages[1].{key}"
+
+
+@pytest.mark.parametrize("tools", [None, []])
+def test_tool_choice_without_tools_is_refused(tools: list[Any] | None) -> None:
+    for choice in ("auto", "required", "none", {"type": "function", "function": {"name": "f"}}):
+        fields: dict[str, Any] = {"tool_choice": choice}
+        if tools is not None:
+            fields["tools"] = tools
+        assert refused(**fields).param == "tool_choice"
+
+
+def test_whitespace_only_user_text_is_refused_naming_the_field() -> None:
+    assert refused(messages=[{"role": "user", "content": " \n\t"}]).param == "messages[0].content"
+    parts = [{"type": "text", "text": "Look"}, {"type": "text", "text": "   "}]
+    error = refused(messages=[{"role": "user", "content": parts}])
+    assert error.param == "messages[0].content[1]"
+    assert error.code == "unsupported_value"
+
+
+def test_whitespace_only_system_assistant_and_tool_text_is_left_out() -> None:
+    call = {"id": "t1", "type": "function", "function": {"name": "now", "arguments": "{}"}}
+    out = translate(
+        tools=[{"type": "function", "function": {"name": "now"}}],
+        messages=[
+            {"role": "system", "content": "  "},
+            {"role": "developer", "content": [{"type": "text", "text": "\n"}]},
+            {"role": "user", "content": "Time?"},
+            {"role": "assistant", "content": " ", "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "t1", "content": "\n"},
+            {"role": "user", "content": "Thanks"},
+        ],
+    )
+    assert "system" not in out
+    assert out["messages"][1]["content"] == [
+        {"type": "tool_use", "id": "t1", "name": "now", "input": {}}
+    ]
+    assert out["messages"][2]["content"][0] == {"type": "tool_result", "tool_use_id": "t1"}
+    assert_valid_request(out)
+    # An assistant message of whitespace only says nothing at all: refused.
+    error = refused(
+        messages=[
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "  "},
+            {"role": "user", "content": "Again"},
+        ]
+    )
+    assert error.param == "messages[1].content"
+
+
+CALL_T1 = {
+    "role": "assistant",
+    "tool_calls": [{"id": "t1", "type": "function", "function": {"name": "now", "arguments": ""}}],
+}
+
+
+@pytest.mark.parametrize(
+    ("messages", "param"),
+    [
+        (
+            [
+                {"role": "user", "content": "Hi"},
+                {"role": "tool", "tool_call_id": "t1", "content": "x"},
+            ],
+            "messages[1]",
+        ),
+        (
+            [
+                {"role": "tool", "tool_call_id": "t1", "content": "x"},
+                {"role": "user", "content": "Hi"},
+            ],
+            "messages[0]",
+        ),
+        (
+            [
+                {"role": "user", "content": "Hi"},
+                CALL_T1,
+                {"role": "user", "content": "Go on"},
+                {"role": "tool", "tool_call_id": "t1", "content": "x"},
+            ],
+            "messages[3]",
+        ),
+        (
+            [
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello"},
+                {"role": "tool", "tool_call_id": "t1", "content": "x"},
+            ],
+            "messages[2]",
+        ),
+        (
+            [
+                {"role": "user", "content": "Hi"},
+                CALL_T1,
+                {"role": "tool", "tool_call_id": "t2", "content": "x"},
+            ],
+            "messages[2].tool_call_id",
+        ),
+    ],
+)
+def test_a_tool_message_that_does_not_follow_its_tool_call_is_refused(
+    messages: list[dict[str, Any]], param: str
+) -> None:
+    """Merged into the user turn it would give [text, tool_result] or a result with no
+    tool_use before it, which the Messages API refuses."""
+    assert refused(messages=messages).param == param
+
+
+def test_tool_messages_after_a_system_message_still_follow_their_call() -> None:
+    out = translate(
+        messages=[
+            {"role": "user", "content": "Hi"},
+            CALL_T1,
+            {"role": "system", "content": "Be brief."},
+            {"role": "tool", "tool_call_id": "t1", "content": "12:00"},
+        ]
+    )
+    assert out["messages"][2]["content"][0]["type"] == "tool_result"
+
+
+@pytest.mark.parametrize(
+    ("parameters", "schema"),
+    [
+        ({}, {"type": "object"}),
+        (
+            {"properties": {"q": {"type": "string"}}},
+            {"type": "object", "properties": {"q": {"type": "string"}}},
+        ),
+    ],
+)
+def test_a_schema_without_type_becomes_an_object_schema(
+    parameters: dict[str, Any], schema: dict[str, Any]
+) -> None:
+    tool = {"type": "function", "function": {"name": "f", "parameters": parameters}}
+    out = translate(tools=[tool])
+    assert out["tools"][0]["input_schema"] == schema
+    assert parameters.get("type") is None  # the caller's body is not changed
+    assert_valid_request(out)
+
+
+def test_a_schema_of_another_type_is_refused() -> None:
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "array"}}}
+    assert refused(tools=[tool]).param == "tools[0].function.parameters.type"
+
+
+_REQUIRED = (typing.Required, typing_extensions.Required)
+_NOT_REQUIRED = (typing.NotRequired, typing_extensions.NotRequired)
+_SEQUENCES = (list, collections.abc.Iterable, collections.abc.Sequence, SequenceNotStr)
+
+
+def shape_errors(value: Any, hint: Any, path: str = "body") -> list[str]:
+    """Where ``value`` (JSON) does not match the anthropic SDK's request type ``hint``
+    (its TypedDicts): a missing required key, an unknown key, a wrong literal or type, at
+    any depth. Unlike pydantic's lax TypedDict validation it refuses extra keys, and it
+    walks ``Iterable`` fields, which pydantic validates only lazily."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any or hint is object:
+        return []
+    if origin is typing.Annotated or origin in _REQUIRED or origin in _NOT_REQUIRED:
+        return shape_errors(value, args[0], path)
+    if origin in (typing.Union, types.UnionType):
+        failures = [shape_errors(value, option, path) for option in args]
+        if any(not failure for failure in failures):
+            return []
+        return min(failures, key=len)  # the closest option's mistakes say most
+    if origin is typing.Literal or origin is typing_extensions.Literal:
+        return [] if value in args else [f"{path}: {value!r} is not one of {args}"]
+    if typing_extensions.is_typeddict(hint):
+        return _typeddict_errors(value, hint, path)
+    if origin in _SEQUENCES:
+        if not isinstance(value, list):
+            return [f"{path}: not a list"]
+        return [
+            e for i, item in enumerate(value) for e in shape_errors(item, args[0], f"{path}[{i}]")
+        ]
+    if origin in (dict, collections.abc.Mapping) or hint is dict:
+        if not isinstance(value, dict):
+            return [f"{path}: not an object"]
+        item = args[1] if args else Any
+        return [e for k, v in value.items() for e in shape_errors(v, item, f"{path}.{k}")]
+    if hint is type(None):
+        return [] if value is None else [f"{path}: not null"]
+    if hint is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(hint, type):
+        ok = isinstance(value, hint)
+    else:
+        # IO[bytes], PathLike...: no JSON value is one (the safe answer for what the checker
+        # does not know is "no match", never "anything goes").
+        ok = False
+    return [] if ok else [f"{path}: {value!r} is not a {hint}"]
+
+
+def _typeddict_errors(value: Any, hint: Any, path: str) -> list[str]:
+    if not isinstance(value, dict):
+        return [f"{path}: not an object ({hint.__name__})"]
+    fields: dict[str, Any] = {}
+    required: set[str] = set()
+    # The SDK's modules use postponed annotations, so __required_keys__ only knows the
+    # totality of each class: Required[...] / NotRequired[...] are read from the hints.
+    for name, field in typing.get_type_hints(hint, include_extras=True).items():
+        fields[name] = field
+        inner = typing.get_origin(field)
+        if inner is typing.Annotated:
+            inner = typing.get_origin(typing.get_args(field)[0])
+        if inner in _REQUIRED or (name in hint.__required_keys__ and inner not in _NOT_REQUIRED):
+            required.add(name)
+    extra_allowed = getattr(hint, "__pydantic_config__", {}).get("extra") == "allow"
+    errors = [
+        f"{path}.{k}: not a field of {hint.__name__}"
+        for k in value
+        if k not in fields and not extra_allowed
+    ]
+    errors += [f"{path}.{k}: required by {hint.__name__}" for k in required if k not in value]
+    for key, item in value.items():
+        if key in fields:
+            errors += shape_errors(item, fields[key], f"{path}.{key}")
+    return errors
+
+
+def test_the_shape_checker_finds_nested_mistakes() -> None:
+    """The checker below is only worth what it refuses."""
+    params = anthropic.types.MessageCreateParams
+    good = {"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}
+    assert shape_errors(good, params) == []
+    bad_block = {**good, "messages": [{"role": "user", "content": [{"type": "text"}]}]}
+    assert shape_errors(bad_block, params)  # a text block without text
+    extra = {**good, "messages": [{"role": "user", "content": "x", "name": "bob"}]}
+    assert shape_errors(extra, params)  # a key the Messages API does not have
+    choice = {**good, "tool_choice": {"type": "required"}}
+    assert shape_errors(choice, params)  # OpenAI's word, not Anthropic's
+    source = {
+        **good,
+        "messages": [
+            {
+                "role": "user",
+                "content": [{"type": "image", "source": {"type": "url", "data": "x"}}],
+            }
+        ],
+    }
+    assert shape_errors(source, params)  # a url source needs url, has no data
+    missing = {"model": MODEL, "messages": good["messages"]}
+    assert shape_errors(missing, params)  # max_tokens is required
+
+
+def assert_valid_request(out: dict[str, Any]) -> None:
+    assert shape_errors(out, anthropic.types.MessageCreateParams) == []
+    # The SDK types take any dict as input_schema; the API requires type "object".
+    assert all(tool["input_schema"]["type"] == "object" for tool in out.get("tools", ()))
+
+
+def test_the_translated_request_is_a_valid_anthropic_request_shape() -> None:
+    """Every key at every depth matches the anthropic SDK's own request types
+    (``MessageCreateParams`` and the TypedDicts under it: messages, content blocks, image
+    sources, tools, tool choice, system, metadata)."""
+    out = translate(
+        tools=[
+            WEATHER_TOOL,
+            {"type": "function", "function": {"name": "now"}},
+            {"type": "function", "function": {"name": "ping", "parameters": {}}},
+        ],
         tool_choice="required",
         parallel_tool_calls=False,
         messages=[
             {"role": "system", "content": "Be brief."},
-            {"role": "user", "content": "Weather in Paris?"},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "Weather where this photo was taken?"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBO"}},
+                    {"type": "image_url", "image_url": {"url": "https://example.com/a.jpg"}},
+                ],
+            },
+            {
+                "role": "assistant",
+                "content": "Checking.",
+                "tool_calls": [
+                    {
+                        "id": "toolu_01A",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"location": "Oslo"}'},
+                    },
+                    {"id": "toolu_01B", "type": "function", "function": {"name": "now"}},
+                ],
+            },
+            {"role": "tool", "tool_call_id": "toolu_01A", "content": "4 C"},
+            {
+                "role": "tool",
+                "tool_call_id": "toolu_01B",
+                "content": [{"type": "text", "text": "12:00"}],
+            },
+            {"role": "user", "content": "Thanks. And tomorrow?"},
         ],
         stop="END",
         user="u1",
+        max_completion_tokens=200,
     )
-    client = anthropic.Anthropic(api_key="test", base_url="http://127.0.0.1:9")
-    # The SDK builds its request body from keyword arguments: every key we send is one of
-    # its parameters, and every key it requires is sent.
-    parameters = inspect.signature(client.messages.create).parameters
-    assert set(out) <= set(parameters)
-    assert {"model", "max_tokens", "messages"} <= set(out)
-    assert set(out) == {
-        "model",
-        "max_tokens",
-        "system",
-        "messages",
-        "tools",
-        "tool_choice",
-        "stop_sequences",
-        "metadata",
-    }
+    # temperature and top_p are left out: the installed anthropic SDK (2.17) no longer
+    # lists any sampling parameter in MessageCreateParams, so it cannot vouch for them.
+    assert_valid_request(out)
+    assert_valid_request({**translate(stream=True), "stream": True})
+    for choice in ("auto", "none", {"type": "function", "function": {"name": "get_weather"}}):
+        assert_valid_request(translate(tools=[WEATHER_TOOL], tool_choice=choice))
 
 
 # -- response -----------------------------------------------------------------------------
@@ -607,6 +945,87 @@ def test_thinking_is_not_shown_and_an_unknown_block_is_an_upstream_error() -> No
             created=0,
         )
     assert caught.value.code == "untranslatable_answer"
+
+
+ODD_ANSWERS: list[tuple[Any, str]] = [
+    ([{"type": "message"}], "the answer"),
+    ("Hello", "the answer"),
+    (None, "the answer"),
+    ({"stop_reason": ["end_turn"]}, "stop_reason"),
+    ({"stop_reason": {"kind": "end_turn"}}, "stop_reason"),
+    ({"stop_reason": 1}, "stop_reason"),
+    ({"id": 42}, "id"),
+    ({"content": {"type": "text", "text": "x"}}, "content"),
+    ({"content": "Hello"}, "content"),
+    ({"content": ["Hello"]}, "a content block"),
+    ({"content": [{"type": ["text"], "text": "x"}]}, "a content block's type"),
+    ({"content": [{"type": "text", "text": 5}]}, "a text block's text"),
+    ({"content": [{"type": "text", "text": ["a"]}]}, "a text block's text"),
+    ({"content": [{"type": "text"}]}, "a text block's text"),
+    ({"content": [{"type": "tool_use", "id": 1, "name": "f", "input": {}}]}, "id"),
+    ({"content": [{"type": "tool_use", "id": "t", "name": None, "input": {}}]}, "name"),
+    ({"content": [{"type": "tool_use", "id": "t", "name": "f", "input": [1]}]}, "input"),
+]
+
+
+def odd(fields: Any) -> Any:
+    if not isinstance(fields, dict):
+        return fields
+    return {**message(), **fields}
+
+
+@pytest.mark.parametrize(("answer", "named"), ODD_ANSWERS)
+def test_a_malformed_answer_is_an_upstream_error_naming_what_is_wrong(
+    answer: Any, named: str
+) -> None:
+    with pytest.raises(UpstreamError) as caught:
+        to_chat_completion(odd(answer), model="m", created=0)
+    assert caught.value.status == 502
+    assert caught.value.code == "malformed_answer"
+    assert named in caught.value.message
+
+
+def test_usage_counts_that_are_not_integers_are_left_out() -> None:
+    out = completion(message())
+    odd_usage = {
+        "input_tokens": "10",
+        "output_tokens": 5,
+        "cache_read_input_tokens": [1],
+        "cache_creation_input_tokens": True,
+    }
+    out = to_chat_completion({**message(), "usage": odd_usage}, model="m", created=0)
+    assert out["usage"] == {"prompt_tokens": 0, "completion_tokens": 5, "total_tokens": 5}
+    for value in ("x", [1], {"a": 1}, 1.5, None):
+        out = to_chat_completion({**message(), "usage": value}, model="m", created=0)
+        ChatCompletion.model_validate(out)
+
+
+ODD_VALUES: list[Any] = [None, True, 0, -1, 1.5, "", "x", [], ["a"], {}, {"a": 1}, [{}]]
+
+
+def test_no_odd_value_anywhere_in_an_answer_raises_anything_but_upstream_error() -> None:
+    tool = {"type": "tool_use", "id": "t", "name": "f", "input": {"a": 1}}
+    places: list[Any] = [
+        lambda v: v,
+        lambda v: {**message(), "stop_reason": v},
+        lambda v: {**message(), "id": v},
+        lambda v: {**message(), "content": v},
+        lambda v: {**message(), "content": [v]},
+        lambda v: {**message(), "content": [{"type": v, "text": "x"}]},
+        lambda v: {**message(), "content": [{"type": "text", "text": v}]},
+        lambda v: {**message(), "content": [{**tool, "id": v}]},
+        lambda v: {**message(), "content": [{**tool, "name": v}]},
+        lambda v: {**message(), "content": [{**tool, "input": v}]},
+        lambda v: {**message(), "usage": v},
+        lambda v: {**message(), "usage": {"input_tokens": v, "output_tokens": v}},
+    ]
+    for place in places:
+        for value in ODD_VALUES:
+            try:
+                out = to_chat_completion(place(value), model="m", created=0)
+            except UpstreamError:
+                continue
+            ChatCompletion.model_validate(out)
 
 
 # -- stream -------------------------------------------------------------------------------
@@ -858,6 +1277,153 @@ def test_unknown_events_and_thinking_deltas_are_skipped_and_an_unknown_block_end
     assert translator.finished
 
 
+def joined_arguments(chunks: list[dict[str, Any]]) -> dict[int, str]:
+    joined: dict[int, str] = {}
+    for chunk in chunks:
+        for call in chunk["choices"][0]["delta"].get("tool_calls", []) if chunk["choices"] else []:
+            joined[call["index"]] = joined.get(call["index"], "") + call["function"]["arguments"]
+    return joined
+
+
+def tool_stream(*middle: dict[str, Any], start: dict[str, Any] | None = None) -> list[Any]:
+    return [
+        MESSAGE_START,
+        start or tool_start(0, "toolu_01A"),
+        *middle,
+        {"type": "content_block_stop", "index": 0},
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+            "usage": {"output_tokens": 9},
+        },
+        {"type": "message_stop"},
+    ]
+
+
+def test_a_streamed_tool_call_without_arguments_ends_with_an_empty_object() -> None:
+    """As the non-streamed answer gives "{}" for the same call, never ""."""
+    expected = completion(
+        message(content=[{"type": "tool_use", "id": "t", "name": "now", "input": {}}])
+    )["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]
+    assert expected == "{}"
+    for middle in ((), (json_delta(0, ""),), (json_delta(0, ""), json_delta(0, ""))):
+        _, chunks = run(tool_stream(*middle))
+        assert joined_arguments(chunks) == {0: "{}"}
+        assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    # Arguments that did come are not followed by anything.
+    _, chunks = run(tool_stream(json_delta(0, ""), json_delta(0, '{"location": "Oslo"}')))
+    assert joined_arguments(chunks) == {0: '{"location": "Oslo"}'}
+    # A start block that carries its input (no deltas): that input.
+    start = tool_start(0, "toolu_01A")
+    start["content_block"]["input"] = {"location": "Paris"}
+    _, chunks = run(tool_stream(start=start))
+    assert json.loads(joined_arguments(chunks)[0]) == {"location": "Paris"}
+
+
+def test_message_delta_with_cumulative_input_and_cache_counts() -> None:
+    """The current API repeats the input and cache counts, cumulative, in message_delta:
+    the latest value of each counts once."""
+    start = json.loads(json.dumps(MESSAGE_START))
+    start["message"]["usage"] = {
+        "input_tokens": 25,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+        "output_tokens": 1,
+    }
+    events = [*TEXT_STREAM]
+    events[0] = start
+    events[-2] = {
+        "type": "message_delta",
+        "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+        "usage": {
+            "input_tokens": 25,
+            "cache_creation_input_tokens": 200,
+            "cache_read_input_tokens": 1000,
+            "output_tokens": 15,
+        },
+    }
+    _, chunks = run(events, include_usage=True)
+    assert chunks[-1]["usage"] == {
+        "prompt_tokens": 1225,
+        "completion_tokens": 15,
+        "total_tokens": 1240,
+        "prompt_tokens_details": {"cached_tokens": 1000},
+    }
+
+
+ODD_EVENTS: list[Any] = [
+    lambda v: {**MESSAGE_START, "message": {**MESSAGE_START["message"], "id": v}},
+    lambda v: {**MESSAGE_START, "message": {**MESSAGE_START["message"], "usage": v}},
+    lambda v: {"type": "content_block_start", "index": 0, "content_block": v},
+    lambda v: {"type": "content_block_start", "index": 0, "content_block": {"type": v}},
+    lambda v: {
+        "type": "content_block_start",
+        "index": 0,
+        "content_block": {"type": "text", "text": v},
+    },
+    lambda v: {**tool_start(0, "t"), "content_block": {"type": "tool_use", "id": v, "name": "f"}},
+    lambda v: {**tool_start(0, "t"), "content_block": {"type": "tool_use", "id": "t", "name": v}},
+    lambda v: {
+        **tool_start(0, "t"),
+        "content_block": {"type": "tool_use", "id": "t", "name": "f", "input": v},
+    },
+    lambda v: {
+        "type": "content_block_delta",
+        "index": v,
+        "delta": {"type": "text_delta", "text": "x"},
+    },
+    lambda v: {"type": "content_block_delta", "index": 0, "delta": v},
+    lambda v: {
+        "type": "content_block_delta",
+        "index": 0,
+        "delta": {"type": "text_delta", "text": v},
+    },
+    lambda v: {
+        "type": "content_block_delta",
+        "index": 0,
+        "delta": {"type": "input_json_delta", "partial_json": v},
+    },
+    lambda v: {"type": "content_block_stop", "index": v},
+    lambda v: {"type": "message_delta", "delta": {"stop_reason": v}, "usage": {"output_tokens": 3}},
+    lambda v: {"type": "message_delta", "delta": v, "usage": v},
+    lambda v: {
+        "type": "message_delta",
+        "delta": {"stop_reason": "end_turn"},
+        "usage": {"output_tokens": v},
+    },
+    lambda v: {"type": "error", "error": v},
+]
+
+
+def test_no_odd_value_in_a_stream_raises_and_every_chunk_is_valid() -> None:
+    for make in ODD_EVENTS:
+        for value in ODD_VALUES:
+            translator = StreamTranslator(model="m", created=0, include_usage=True)
+            chunks = translator.feed("message_start", MESSAGE_START)
+            chunks += translator.feed("content_block_start", tool_start(0, "t"))
+            event = make(value)
+            chunks += translator.feed(event["type"], event)
+            chunks += translator.feed("message_stop", {"type": "message_stop"})
+            for chunk in chunks:
+                if "error" in chunk:
+                    assert chunk["error"]["type"] == "api_error"
+                else:
+                    ChatCompletionChunk.model_validate(chunk)
+
+
+def test_a_malformed_stop_reason_ends_the_stream_with_an_error_chunk() -> None:
+    translator, chunks = run(
+        [
+            MESSAGE_START,
+            {"type": "message_delta", "delta": {"stop_reason": ["end_turn"]}, "usage": {}},
+            {"type": "message_stop"},
+        ]
+    )
+    assert chunks[-1]["error"]["code"] == "malformed_answer"
+    assert "stop_reason" in chunks[-1]["error"]["message"]
+    assert translator.finished
+
+
 # -- errors -------------------------------------------------------------------------------
 
 
@@ -895,6 +1461,7 @@ def sdk_view(status: int, body: dict[str, Any], headers: dict[str, str]) -> tupl
         (402, "billing_error", 402, "invalid_request_error", openai.APIStatusError, False),
         (403, "permission_error", 403, "permission_error", openai.PermissionDeniedError, False),
         (404, "not_found_error", 404, "invalid_request_error", openai.NotFoundError, False),
+        (409, "conflict_error", 409, "invalid_request_error", openai.ConflictError, True),
         (413, "request_too_large", 413, "invalid_request_error", openai.APIStatusError, False),
         (429, "rate_limit_error", 429, "rate_limit_error", openai.RateLimitError, True),
         (500, "api_error", 500, "api_error", openai.InternalServerError, True),
