@@ -494,9 +494,16 @@ class ProxyConfig(_Section):
             raise ValueError("providers: each name is listed once")
         if self.upstream.model_fields_set & {"base_url", "api_key_env"}:
             raise ValueError(
-                "upstream.base_url and upstream.api_key_env describe the one provider of a "
-                "config without `providers`: with `providers`, give each its own base_url "
-                "and api_key_env (upstream keeps the timeouts and the connection pool)"
+                "upstream.base_url (or --upstream) and upstream.api_key_env describe the one "
+                "provider of a config without `providers`: with `providers`, give each its "
+                "own base_url and api_key_env (upstream keeps the timeouts and the "
+                "connection pool)"
+            )
+        if self.shadow.base_url is not None:
+            raise ValueError(
+                "shadow.base_url sends every shadow copy to one host with the primary's "
+                "credentials: with `providers`, each copy goes to the provider serving its "
+                "model, with that provider's key; remove shadow.base_url"
             )
         return self
 

@@ -80,10 +80,11 @@ async def check_upstream(config: ProxyConfig) -> None:
     if upstream.check_at_start == "off":
         return
     timeout = min(upstream.connect_timeout_seconds, PROBE_TIMEOUT_S)
-    for provider in config.provider_list():
-        host = urlsplit(provider.base_url).hostname or ""
-        port = url_port(provider.base_url)
-        reason = await _connect(host, port, timeout)
+    providers = config.provider_list()
+    places = [(urlsplit(p.base_url).hostname or "", url_port(p.base_url)) for p in providers]
+    # At once: a start-up waits for the slowest probe, not for their sum.
+    reasons = await asyncio.gather(*(_connect(host, port, timeout) for host, port in places))
+    for provider, (host, port), reason in zip(providers, places, reasons, strict=True):
         if reason is None:
             continue
         where = (

@@ -58,13 +58,16 @@ class Providers:
             ]
         )
 
-    def route(self, model: str | None) -> Provider | None:
+    def route(self, model: str | None, *, remember: bool = True) -> Provider | None:
+        """``remember``: keep the answer for the next request naming this model (not for
+        a listing's thousands of names, which would crowd out the ones traffic uses)."""
         if model is None:
             return self.default
         if model in self._cache:
             return self._cache[model]
         chosen = next((p for p in self.all if p.serves(model)), None)
-        if len(self._cache) < _CACHE_LIMIT:
+        # A caller's made-up names are never kept past the bound, nor long ones at all.
+        if remember and len(model) <= _CACHED_NAME_LIMIT and len(self._cache) < _CACHE_LIMIT:
             self._cache[model] = chosen
         return chosen
 
@@ -73,3 +76,4 @@ class Providers:
 
 
 _CACHE_LIMIT = 4096
+_CACHED_NAME_LIMIT = 256

@@ -16,6 +16,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 import orjson
 from aiohttp import web
 from multidict import CIMultiDict
@@ -26,7 +27,20 @@ from proxy.providers import Provider, Providers
 
 #: A listing is a quick question: a provider that takes longer is left out.
 LIST_TIMEOUT_SECONDS = 10.0
+#: OpenAI's own list is ~10 KiB; a provider answering more than this is left out rather
+#: than held in memory and decoded on the event loop.
+LIST_MAX_BYTES = 4 * 1024 * 1024
 _GLOB = re.compile(r"[*?\[]")
+
+
+async def _capped(content: aiohttp.StreamReader, limit: int) -> bytes | None:
+    """The body, or None past ``limit`` bytes."""
+    body = bytearray()
+    while chunk := await content.readany():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
 
 
 def model_in_path(tail: str) -> str | None:
@@ -35,9 +49,10 @@ def model_in_path(tail: str) -> str | None:
     return rest if head == "models" and rest else None
 
 
-def lists_models(providers: Providers, method: str, tail: str) -> bool:
-    """Whether this request is the listing that is answered here."""
-    return len(providers.all) > 1 and method == "GET" and tail.rstrip("/") == "models"
+def lists_models(listed: bool, method: str, tail: str) -> bool:
+    """Whether this request is the listing that is answered here: with `providers` in the
+    config (``listed``), even one, whose list is kept to the models it is named for."""
+    return listed and method == "GET" and tail.rstrip("/") == "models"
 
 
 async def model_list(
@@ -54,11 +69,12 @@ async def model_list(
     for provider, listed in zip(providers.all, answers, strict=True):
         for model in listed or ():
             name = model["id"]
-            if name not in seen and providers.route(name) is provider:
+            if name not in seen and providers.route(name, remember=False) is provider:
                 seen.add(name)
                 data.append({**model, "owned_by": model.get("owned_by") or provider.name})
         for name in provider.models:
-            if not _GLOB.search(name) and name not in seen and providers.route(name) is provider:
+            literal = not _GLOB.search(name) and name not in seen
+            if literal and providers.route(name, remember=False) is provider:
                 seen.add(name)
                 data.append(
                     {"id": name, "object": "model", "created": 0, "owned_by": provider.name}
@@ -79,8 +95,12 @@ async def _listed(
             async with response:
                 if response.status != web.HTTPOk.status_code:
                     return None
-                body = orjson.loads(await response.read())
-    except (ProxyError, TimeoutError, orjson.JSONDecodeError, OSError):
+                raw = await _capped(response.content, LIST_MAX_BYTES)
+        if raw is None:
+            return None
+        body = orjson.loads(raw)
+    # A provider that breaks off, answers garbage or too much is one provider left out.
+    except (ProxyError, TimeoutError, aiohttp.ClientError, ValueError, OSError):
         return None
     entries = body.get("data") if isinstance(body, dict) else None
     if not isinstance(entries, list):

@@ -119,3 +119,17 @@ def encode_outbound(parsed: ParsedRequest, payload_changed: bool) -> tuple[bytes
         payload["stream_options"] = {**options, "include_usage": True}
         return orjson.dumps(payload), True
     return body, False
+
+
+def other_model(route: Route, content_type: str, body: bytes) -> str | None:
+    """The top-level ``model`` of a JSON body on a route the proxy relays unread (images,
+    audio speech, moderations...), so that several providers route it by its model too.
+    None for any other body (multipart uploads, ids in the path: the first provider's)."""
+    if route is not Route.OTHER or not body or not content_type.startswith("application/json"):
+        return None
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    model = payload.get("model") if isinstance(payload, dict) else None
+    return model if isinstance(model, str) else None

@@ -34,7 +34,13 @@ from proxy.http_headers import REQUEST_ID_HEADER, client_response_headers, upstr
 from proxy.pipeline.arms import MODEL_NOT_SERVED, decide, noise_copy, shadow_copy
 from proxy.pipeline.choose import Decision
 from proxy.pipeline.model_list import lists_models, model_in_path, model_list
-from proxy.pipeline.parse import check_path, classify, encode_outbound, parse_request
+from proxy.pipeline.parse import (
+    check_path,
+    classify,
+    encode_outbound,
+    other_model,
+    parse_request,
+)
 from proxy.pipeline.record import settle
 from proxy.pipeline.relay import relay
 from proxy.pipeline.render import layers, render_into
@@ -99,7 +105,7 @@ async def handle(
         )
         exchange.model_requested = parsed.model
         exchange.stream = parsed.stream
-        if lists_models(resources.providers, request.method, tail):
+        if lists_models(bool(resources.config.providers), request.method, tail):
             return _respond(exchange, request_id, *await _model_list(resources, request))
 
         decision: Decision | None = None
@@ -138,9 +144,10 @@ async def handle(
             parsed, payload_changed=decision is not None
         )
 
-        provider = _provider(
-            resources, exchange.model_sent or exchange.model_requested or model_in_path(tail)
-        )
+        model = exchange.model_sent or exchange.model_requested or model_in_path(tail)
+        if model is None and len(resources.providers.all) > 1:
+            model = other_model(exchange.route, request.content_type, body)
+        provider = _provider(resources, model)
         exchange.provider = provider.name
         outbound_headers = upstream_request_headers(
             request.headers, provider.api_key, drop=CONTROL_HEADERS

@@ -9,10 +9,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from proxy.config import ConfigError, load_config
+from proxy.pipeline.model_list import LIST_MAX_BYTES
 from proxy.prompt_key import PromptKey
 from proxy.providers import Providers
 from proxy.registry.models import RolloutMode, VersionDraft
@@ -192,7 +196,7 @@ def test_without_providers_the_upstream_serves_every_model(tmp_path: Path) -> No
 @pytest.mark.parametrize(
     ("overrides", "says"),
     [
-        ({"upstream.base_url": OPENAI}, "upstream.base_url and upstream.api_key_env"),
+        ({"upstream.base_url": OPENAI}, "upstream.base_url (or --upstream)"),
         ({"providers": [PROVIDERS[0], PROVIDERS[0]]}, "each name is listed once"),
         (
             {"providers": [{**PROVIDERS[1], "kind": "anthropic"}]},
@@ -284,3 +288,96 @@ async def test_metrics_say_which_provider_answered(clients: Clients, upstream: A
     providers = sorted(line.split('provider="')[1].split('"')[0] for line in requests)
     # The refused request never reached a provider.
     assert providers == ["", "local", "openai"]
+
+
+async def test_a_json_body_on_a_route_relayed_unread_is_routed_by_its_model(
+    clients: Clients, upstream: Any
+) -> None:
+    """Images, audio speech, moderations...: a model meant to stay on the local provider
+    must not go to the first one."""
+    upstream.post(f"{LOCAL}/images/generations", payload={"data": []})
+    resp = await clients[0].post(
+        "/v1/images/generations",
+        json={"model": "llama-vision-1", "prompt": "a cat"},
+        headers={"Authorization": "Bearer client-key"},
+    )
+    assert resp.status == 200
+    sent = [
+        (str(url), [c.kwargs["headers"].get("Authorization") for c in requests])
+        for (_, url), requests in upstream.requests.items()
+    ]
+    assert sent == [(f"{LOCAL}/images/generations", ["Bearer client-key"])]
+
+
+async def test_a_provider_breaking_off_its_list_is_left_out(tmp_path: Path, upstream: Any) -> None:
+    def broken(url: Any, **kwargs: Any) -> Any:
+        raise aiohttp.ServerDisconnectedError()
+
+    listed = [{"id": "gpt-4o", "object": "model", "created": 1, "owned_by": "openai"}]
+    upstream.get(f"{OPENAI}/models", payload={"object": "list", "data": listed})
+    upstream.get(f"{LOCAL}/models", callback=broken)
+    async with proxy_clients(settings(tmp_path)) as trio:
+        resp = await trio[0].get("/v1/models")
+        assert resp.status == 200
+        names = [m["id"] for m in (await resp.json())["data"]]
+    assert names == ["gpt-4o", "mistral-large"]
+
+
+async def test_a_list_too_large_is_left_out(tmp_path: Path) -> None:
+    """A real server (a mock cannot stream 10 MB): the oversized list is not held, the
+    other provider's is answered."""
+    huge = orjson.dumps(
+        {
+            "object": "list",
+            "data": [{"id": f"llama-{i}", "object": "model"} for i in range(200_000)],
+        }
+    )
+
+    async def big(_: web.Request) -> web.Response:
+        return web.Response(body=huge)
+
+    async def small(_: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": []})
+
+    app = web.Application()
+    app.router.add_get("/big/v1/models", big)
+    app.router.add_get("/small/v1/models", small)
+    async with TestServer(app) as server:
+        base = str(server.make_url("")).rstrip("/")
+        listed = [
+            {**PROVIDERS[0], "base_url": f"{base}/small/v1"},
+            {**PROVIDERS[1], "base_url": f"{base}/big/v1"},
+        ]
+        async with proxy_clients(settings(tmp_path, providers=listed)) as trio:
+            resp = await trio[0].get("/v1/models")
+            assert resp.status == 200
+            names = [m["id"] for m in (await resp.json())["data"]]
+    assert len(huge) > LIST_MAX_BYTES
+    assert names == ["mistral-large"]
+
+
+async def test_one_listed_provider_lists_only_the_models_it_is_named_for(
+    tmp_path: Path, upstream: Any
+) -> None:
+    listed = [{"id": m, "object": "model"} for m in ("gpt-4o", "dall-e-3")]
+    upstream.get(f"{OPENAI}/models", payload={"object": "list", "data": listed})
+    async with proxy_clients(settings(tmp_path, providers=[PROVIDERS[0]])) as trio:
+        resp = await trio[0].get("/v1/models")
+        names = [m["id"] for m in (await resp.json())["data"]]
+    assert names == ["gpt-4o"]
+
+
+def test_shadow_base_url_with_providers_is_refused(tmp_path: Path) -> None:
+    """It would send every provider's key to the one shadow host."""
+    with pytest.raises(ConfigError) as refused:
+        settings(tmp_path, **{"shadow.base_url": "http://shadow.test/v1"})
+    assert "shadow.base_url" in str(refused.value)
+
+
+def test_long_or_listed_names_never_fill_the_routing_memory(tmp_path: Path) -> None:
+    providers = Providers.from_settings(settings(tmp_path))
+    assert providers.route("llama-" + "x" * 10_000) is not None
+    assert providers.route("gpt-x", remember=False) is not None
+    assert providers._cache == {}
+    providers.route("gpt-4o")
+    assert list(providers._cache) == ["gpt-4o"]
