@@ -9,12 +9,14 @@
             tier's override's; a version pin is its own arm
 4. render   guardrails, then the template composed with the tier's and tenant's overrides
             + caller variables -> outbound body, encoded once (and the shadow's)
-5. forward  one pooled ClientSession -> provider; relay the answer to the client, reading
-            it once as it passes. A shadow copy was handed to the ShadowRunner just
-            before: never awaited from here
+5. forward  the provider the model sent routes to (proxy/providers.py; 404 when none
+            serves it), with its key; one pooled ClientSession -> that provider; relay the
+            answer to the client, reading it once as it passes. A shadow copy (aimed at the
+            provider of its own model) was handed to the ShadowRunner just before: never
+            awaited from here
 6. record   the exchange's observers (pipeline/record.py), in `finally`, so failures and
-            disconnects count: metrics, analysis window, feedback index, access log line,
-            and the primary's half of a shadow pair
+            disconnects count: metrics, analysis window, feedback index, tenant usage,
+            access log line, and the primary's half of a shadow pair
 """
 
 from __future__ import annotations
