@@ -71,9 +71,6 @@ class Providers:
             self._cache[model] = chosen
         return chosen
 
-    def by_name(self, name: str) -> Provider | None:
-        return next((p for p in self.all if p.name == name), None)
-
 
 _CACHE_LIMIT = 4096
 _CACHED_NAME_LIMIT = 256

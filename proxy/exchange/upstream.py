@@ -149,7 +149,8 @@ class UpstreamClient:
         response.
         """
         tail = raw_path_qs if raw_path_qs.startswith("/") else "/" + raw_path_qs
-        url = URL((base_url or self._base).rstrip("/") + tail, encoded=True)
+        # Base URLs come rstripped from the config (``provider_url``).
+        url = URL((base_url or self._base) + tail, encoded=True)
         # A full pool at the start means any connect timeout below was (at least partly) the
         # wait for a free connection: the proxy's capacity, not the provider's fault.
         pool_wait = self._pool_wait
