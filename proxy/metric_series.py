@@ -58,6 +58,13 @@ def le_labels(bounds: tuple[float, ...]) -> tuple[str, ...]:
     return tuple(to_go(bound) for bound in (*bounds, math.inf))
 
 
+def estimated_cost(price: tuple[float, float], input_tokens: int, output_tokens: int) -> float:
+    """US dollars for these tokens at ``price`` (input, output) per million; 0 for a
+    result that is not a positive finite number (a provider's absurd token counts)."""
+    cost = (input_tokens * price[0] + output_tokens * price[1]) / 1e6
+    return cost if cost > 0 and math.isfinite(cost) else 0.0
+
+
 class Series:
     """The numbers of one (route, model, slug, version, arm, tier, variant, provider), found
     once per request."""
@@ -117,9 +124,7 @@ class Series:
         if output_tokens:
             self.output_tokens += output_tokens
         if price is not None and (input_tokens or output_tokens):
-            cost = ((input_tokens or 0) * price[0] + (output_tokens or 0) * price[1]) / 1e6
-            if cost > 0 and math.isfinite(cost):
-                self.cost += cost
+            self.cost += estimated_cost(price, input_tokens or 0, output_tokens or 0)
         if error_class is not None:
             errors = self.errors
             errors[error_class] = errors.get(error_class, 0.0) + 1

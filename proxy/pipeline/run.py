@@ -159,7 +159,7 @@ async def handle(
                 resources, exchange, parsed, decision, raw_tail, outbound_headers, snapshot, tenant
             )
             if isinstance(shadow, ShadowRequest):
-                shadow = _aimed(resources, shadow, request.headers)
+                shadow = _aimed(resources, shadow, request.headers, provider, outbound_headers)
             if isinstance(shadow, ShadowRequest):
                 half: asyncio.Future[Exchange] = asyncio.get_running_loop().create_future()
                 submitted = resources.shadow.submit(shadow, half)
@@ -252,13 +252,19 @@ def _provider(resources: PipelineResources, model: str | None) -> Provider:
 
 
 def _aimed(
-    resources: PipelineResources, shadow: ShadowRequest, client_headers: CIMultiDictProxy[str]
+    resources: PipelineResources,
+    shadow: ShadowRequest,
+    client_headers: CIMultiDictProxy[str],
+    primary: Provider,
+    primary_headers: Mapping[str, str],
 ) -> ShadowRequest | str:
     """The shadow copy sent to the provider of its own model (a candidate may pin another
     provider's), with that provider's key: never one provider's key to another."""
     provider = resources.providers.route(shadow.model)
     if provider is None:
         return MODEL_NOT_SERVED
+    if provider is primary:  # most copies: the primary's headers are that provider's
+        return _aim(resources, shadow, provider, primary_headers)
     headers = upstream_request_headers(client_headers, provider.api_key, drop=CONTROL_HEADERS)
     return _aim(resources, shadow, provider, headers)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from proxy.exchange.outcome import Exchange
+from proxy.metric_series import estimated_cost
 from proxy.usage.counts import MINUTE, Rows, UsageCounts, UsageKey, merge_rows
 
 Clock = Callable[[], float]
@@ -51,7 +52,7 @@ class UsageRecorder:
             # The model sent is what is billed (a pin, or what the client asked for).
             price = self._price_of(ex.model_sent or ex.model_requested or ex.model_answered)
             if price is not None:
-                counts.cost_usd += (input_tokens * price[0] + output_tokens * price[1]) / 1e6
+                counts.cost_usd += estimated_cost(price, input_tokens, output_tokens)
 
     @property
     def pending(self) -> int:

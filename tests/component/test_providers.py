@@ -20,7 +20,7 @@ from proxy.pipeline.model_list import LIST_MAX_BYTES
 from proxy.prompt_key import PromptKey
 from proxy.providers import Providers
 from proxy.registry.models import RolloutMode, VersionDraft
-from tests.component.test_registry_swap_in import ready_for
+from tests.component.test_registry_swap_in import ANSWER, ready_for
 from tests.support import Clients, proxy_clients, upstream_mock
 
 OPENAI = "http://openai.test/v1"
@@ -37,14 +37,6 @@ PROVIDERS = [
     # No key of its own: the client's Authorization is forwarded.
     {"name": "local", "base_url": LOCAL, "models": ["llama-*", "mistral-large"]},
 ]
-ANSWER = {
-    "id": "c",
-    "object": "chat.completion",
-    "model": "x",
-    "choices": [
-        {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}
-    ],
-}
 
 
 def settings(tmp_path: Path, **overrides: Any) -> Any:
