@@ -27,6 +27,8 @@ _REQUEST_DROP = _HOP_BY_HOP | {"host", "content-length", "accept-encoding", "exp
 _RESPONSE_DROP = _HOP_BY_HOP | {"content-length"}
 
 REQUEST_ID_HEADER = "x-promptproxy-request-id"
+#: Where providers read a key from: OpenAI (and most), Azure OpenAI, Anthropic, Google.
+_CREDENTIALS = ("authorization", "api-key", "x-api-key", "x-goog-api-key")
 
 
 def _connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
@@ -67,13 +69,15 @@ def upstream_request_headers(
 ) -> CIMultiDict[str]:
     """Headers to send upstream: the client's, less hop-by-hop and the proxy's own controls.
 
-    With a configured provider key the client's credentials are replaced, never merged.
-    We ask for an identity encoding so the proxy can read usage from what it relays.
+    With a configured provider key the client's credentials are replaced, never merged:
+    every header a provider reads a key from goes, so a key the client meant for one
+    provider never reaches another. We ask for an identity encoding so the proxy can read
+    usage from what it relays.
     """
     out = _copy(client_headers, _REQUEST_DROP, drop)
     if api_key is not None:
-        out.popall("authorization", None)
-        out.popall("api-key", None)
+        for name in _CREDENTIALS:
+            out.popall(name, None)
         out["Authorization"] = f"Bearer {api_key}"
     out["Accept-Encoding"] = "identity"
     return out

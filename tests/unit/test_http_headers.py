@@ -40,6 +40,15 @@ def test_configured_key_replaces_client_credentials() -> None:
     assert "api-key" not in out
 
 
+def test_a_configured_key_drops_every_credential_header_a_provider_reads() -> None:
+    # An Anthropic or Google key sent by the client must not reach the configured provider.
+    out = upstream_request_headers(
+        proxy(("x-api-key", "sk-ant-client"), ("X-Goog-Api-Key", "g-client")),
+        api_key="sk-server",
+    )
+    assert dict(out) == {"Authorization": "Bearer sk-server", "Accept-Encoding": "identity"}
+
+
 def test_extra_control_headers_can_be_dropped() -> None:
     out = upstream_request_headers(
         proxy(("X-Prompt-Slug", "s")), None, drop=frozenset({"x-prompt-slug"})
