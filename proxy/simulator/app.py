@@ -15,7 +15,7 @@ from aiohttp.typedefs import Handler
 from . import handlers
 from .embeddings import models_list_body
 from .errors import RequestError, anthropic_json_error, json_error, request_error_response
-from .messages import is_messages_path
+from .messages import is_anthropic_request
 from .settings import (
     CLIENT_MAX_SIZE,
     RESPONSE_STORE_LIMIT,
@@ -114,7 +114,7 @@ async def _api_middleware(request: web.Request, handler: Handler) -> web.StreamR
     log = request.app[REQUEST_LOG_KEY]
     if log.enabled:
         log.record(request, body)
-    anthropic = is_messages_path(request.path)
+    anthropic = is_anthropic_request(request.path, request.headers)
     api_key = request.app[SETTINGS_KEY].api_key
     if api_key is not None:
         check = _check_anthropic_auth if anthropic else _check_auth
@@ -175,7 +175,7 @@ def _check_anthropic_auth(request: web.Request, api_key: str) -> web.Response | 
 async def _stamp_headers(request: web.Request, response: web.StreamResponse) -> None:
     # A signal rather than the middleware so streamed responses get these before headers go out.
     request_id = request.get(REQUEST_ID_KEY) or "req_" + secrets.token_hex(16)
-    if is_messages_path(request.path):
+    if is_anthropic_request(request.path, request.headers):
         response.headers["request-id"] = request_id  # Anthropic's name for it
         return
     started = request.get(STARTED_KEY)

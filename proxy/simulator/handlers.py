@@ -23,6 +23,8 @@ from .errors import RequestError, anthropic_simulated_error, json_error, simulat
 from .faults import Fault, RequestControl, parse_control
 from .messages import (
     VERSION_HEADER,
+    anthropic_model,
+    anthropic_models_body,
     message_body,
     message_events,
     plan_message,
@@ -195,6 +197,8 @@ async def list_models(request: web.Request) -> web.StreamResponse:
     control = _control(request, "")
     if (early := await _short_circuit(request, control, "", "model")) is not None:
         return early
+    if VERSION_HEADER in request.headers:
+        return await send_json(request, anthropic_models_body(), control, JSON_HEADERS)
     return await send_json(request, request.app[MODELS_BODY_KEY], control, JSON_HEADERS)
 
 
@@ -204,6 +208,9 @@ async def get_model(request: web.Request) -> web.StreamResponse:
     control = _control(request, "")
     if (early := await _short_circuit(request, control, model_id, "model")) is not None:
         return early
+    if VERSION_HEADER in request.headers:
+        answer = anthropic_model(model_id)
+        return await send_json(request, orjson.dumps(answer), control, JSON_HEADERS)
     return await send_json(request, orjson.dumps(model_object(model_id)), control, JSON_HEADERS)
 
 

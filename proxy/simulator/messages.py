@@ -35,9 +35,48 @@ _PARALLEL_TOOLS: Final = 2
 """Like the chat face: parallel tool use calls the first two tools, so clients see several."""
 
 
+#: The Claude models ``GET /v1/models`` lists when asked the Anthropic way.
+CLAUDE_MODELS: Final = (
+    "claude-sonnet-4-5-20250929",
+    "claude-opus-4-1-20250805",
+    "claude-3-5-sonnet-20241022",
+    "claude-3-5-haiku-20241022",
+)
+_MODELS_PATH: Final = "/v1/models"
+
+
 def is_messages_path(path: str) -> bool:
     """Requests under ``/v1/messages`` get Anthropic's headers, auth and error shape."""
     return path == MESSAGES_PATH or path.startswith(MESSAGES_PATH + "/")
+
+
+def is_anthropic_request(path: str, headers: Mapping[str, str]) -> bool:
+    """The Messages API, or the model list asked as Anthropic's SDKs ask it (with the
+    version header): Anthropic's auth, shapes and errors."""
+    if is_messages_path(path):
+        return True
+    models = path == _MODELS_PATH or path.startswith(_MODELS_PATH + "/")
+    return models and VERSION_HEADER in headers
+
+
+def anthropic_model(model_id: str) -> dict[str, Any]:
+    return {
+        "type": "model",
+        "id": model_id,
+        "display_name": model_id,
+        "created_at": "2024-10-22T00:00:00Z",
+    }
+
+
+def anthropic_models_body() -> bytes:
+    return orjson.dumps(
+        {
+            "data": [anthropic_model(m) for m in CLAUDE_MODELS],
+            "has_more": False,
+            "first_id": CLAUDE_MODELS[0],
+            "last_id": CLAUDE_MODELS[-1],
+        }
+    )
 
 
 @dataclass(frozen=True, slots=True)
