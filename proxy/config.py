@@ -165,8 +165,8 @@ def env_name(value: str | None) -> str | None:
     return value
 
 
-#: What a provider speaks. `anthropic` (the Messages API, reached through the native
-#: translation) is refused until that translation is wired (docs/design-providers.md).
+#: What a provider speaks. `anthropic`: the Messages API, reached from chat completions
+#: through the native translation (proxy/anthropic/, proxy/exchange/messages_call.py).
 ProviderKind = Literal["openai", "openai-compatible", "anthropic"]
 #: The provider the `upstream` section makes when no `providers` are listed.
 UPSTREAM_PROVIDER = "upstream"
@@ -177,16 +177,22 @@ class ProviderConfig(_Section):
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")
     kind: ProviderKind = "openai-compatible"
-    #: Base URL including the API's `/v1`. Requests go only to the base URLs of the config.
+    #: Base URL including the API's `/v1` (`kind: anthropic`: the host's root, as the
+    #: anthropic SDK takes it; the proxy adds `/v1/messages`). Requests go only to the base
+    #: URLs of the config.
     base_url: str
     #: The environment variable holding this provider's key, sent in place of the client's
-    #: `Authorization`; unset: the client's own `Authorization` is forwarded.
+    #: `Authorization` (as `x-api-key` to `kind: anthropic`); unset: the client's own key
+    #: is forwarded.
     api_key_env: str | None = None
     #: The models this provider serves: names or globs (`gpt-*`, `o?-*`), matched against
     #: the model sent (after a prompt's pin), first provider in the list first.
     models: tuple[Annotated[str, Field(min_length=1, max_length=128)], ...] = Field(
         min_length=1, max_length=256
     )
+    #: `kind: anthropic`: the `max_tokens` sent when a chat completions request names
+    #: neither `max_tokens` nor `max_completion_tokens` (the Messages API requires one).
+    default_max_tokens: int = Field(4096, ge=1, le=1_000_000)
 
     @field_validator("base_url")
     @classmethod
@@ -198,15 +204,16 @@ class ProviderConfig(_Section):
     def _check_env_name(cls, value: str | None) -> str | None:
         return env_name(value)
 
-    @field_validator("kind")
-    @classmethod
-    def _translated_kinds(cls, value: ProviderKind) -> ProviderKind:
-        if value == "anthropic":
+    @model_validator(mode="after")
+    def _anthropic_root(self) -> ProviderConfig:
+        # `.../v1` here would send requests to `/v1/v1/messages`, a 404 at the first call.
+        if self.kind == "anthropic" and urlsplit(self.base_url).path.rstrip("/").endswith("/v1"):
             raise ValueError(
-                "kind anthropic (the native Messages API translation) is not served yet; "
-                "list Claude models under a provider of kind openai-compatible meanwhile"
+                f"providers[{self.name}]: kind anthropic takes the base URL without /v1, as "
+                "the anthropic SDK does (https://api.anthropic.com); the proxy adds "
+                "/v1/messages"
             )
-        return value
+        return self
 
 
 class SimulatorConfig(_Section):

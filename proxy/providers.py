@@ -26,12 +26,27 @@ class Provider:
     api_key: str | None = field(repr=False)
     models: tuple[str, ...]
     _pattern: re.Pattern[str] = field(repr=False, compare=False)
+    #: ``kind == "anthropic"``: ``max_tokens`` for a request that names none.
+    default_max_tokens: int = 4096
 
     @classmethod
     def of(cls, config: ProviderConfig, api_key: str | None) -> Provider:
         # One compiled alternation per provider: a route is one match, not one per glob.
         pattern = re.compile("|".join(f"(?:{fnmatch.translate(m)})" for m in config.models))
-        return cls(config.name, config.kind, config.base_url, api_key, config.models, pattern)
+        return cls(
+            config.name,
+            config.kind,
+            config.base_url,
+            api_key,
+            config.models,
+            pattern,
+            config.default_max_tokens,
+        )
+
+    @property
+    def messages_api(self) -> bool:
+        """Speaks Anthropic's Messages API: chat completions reach it translated."""
+        return self.kind == "anthropic"
 
     def serves(self, model: str) -> bool:
         return self._pattern.match(model) is not None

@@ -139,6 +139,11 @@ class StreamTranslator:
             return [openai_error_body(data.get("error"))]
         return []  # ping, and event types added to the API later
 
+    def usage(self) -> JSON:
+        """The usage so far, as the usage chunk states it: what the proxy records, whether
+        or not the client asked for that chunk."""
+        return usage(self._usage)
+
     def _add_usage(self, part: Any) -> None:
         # message_start carries the input counts, message_delta the cumulative output
         # (and, on some models, the input counts again): the latest value of each wins.

@@ -322,6 +322,17 @@ class AnswerReader:
         except Exception:
             self.garbage += 1
 
+    def decoded(self, payload: dict[str, Any], *, chunk: bool) -> None:
+        """A chat completion (``chunk``: a chunk of one, or a stream's error object) the
+        proxy built itself, from a translated answer: read as it is, never decoded."""
+        if chunk:
+            self._looked_once = True
+            self._chunk(payload)
+            return
+        if payload.get("error"):
+            self.failed = True
+        self._record(payload)
+
     # -- chat completions and completions -------------------------------------------------
 
     def _chunk(self, payload: dict[str, Any]) -> bool:
@@ -354,6 +365,10 @@ class AnswerReader:
                     if answer is not None and choice.get("index", 0) == 0:
                         answer.choice(choice)
         return choices
+
+    def usage(self, usage: Any) -> None:
+        """A usage object known apart from any chunk (a translated stream's totals)."""
+        self._usage(usage)
 
     def _usage(self, usage: Any) -> None:
         inp, out = usage_tokens(usage)

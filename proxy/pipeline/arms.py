@@ -32,6 +32,9 @@ from proxy.shadow.models import ShadowKind, ShadowRequest
 RENDER_FAILED = "render_failed"
 #: A candidate pinned to a model no provider serves: the operator's finding too.
 MODEL_NOT_SERVED = "model_not_served"
+#: A copy bound for a Messages API provider that asks for what the translation refuses
+#: (``response_format`` with a schema, say): not sent, counted.
+UNTRANSLATABLE = "untranslatable"
 
 
 def decide(

@@ -12,8 +12,10 @@ provider the request is relayed as any other, unchanged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -21,7 +23,8 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy.errors import ProxyError, UpstreamUnavailable
+from proxy.anthropic.errors import to_openai_error
+from proxy.errors import ProxyError, UpstreamError, UpstreamUnavailable
 from proxy.exchange.upstream import UpstreamClient
 from proxy.providers import Provider, Providers
 
@@ -89,9 +92,11 @@ async def _listed(
 ) -> list[dict[str, Any]] | None:
     """The models ``provider`` lists (entries with a string ``id``), or None when it could
     not say."""
+    # Anthropic pages its list (20 by default, 1000 at most); one page holds every model.
+    path = "/v1/models?limit=1000" if provider.messages_api else "models"
     try:
         async with asyncio.timeout(LIST_TIMEOUT_SECONDS):
-            response = await upstream.open("GET", "models", headers, b"", provider.base_url)
+            response = await upstream.open("GET", path, headers, b"", provider.base_url)
             async with response:
                 if response.status != web.HTTPOk.status_code:
                     return None
@@ -105,4 +110,44 @@ async def _listed(
     entries = body.get("data") if isinstance(body, dict) else None
     if not isinstance(entries, list):
         return None
-    return [e for e in entries if isinstance(e, dict) and isinstance(e.get("id"), str)]
+    listed = [e for e in entries if isinstance(e, dict) and isinstance(e.get("id"), str)]
+    if provider.messages_api:
+        return [openai_model(entry, provider.name) for entry in listed]
+    return listed
+
+
+def openai_model(entry: dict[str, Any], owner: str) -> dict[str, Any]:
+    """An Anthropic model object (``id``, ``created_at`` as RFC 3339, ``display_name``) as
+    OpenAI lists one (``created`` in Unix seconds; 0 when the date cannot be read)."""
+    created = 0
+    stamp = entry.get("created_at")
+    if isinstance(stamp, str):
+        with contextlib.suppress(ValueError):
+            created = int(datetime.fromisoformat(stamp).timestamp())
+    return {"id": entry["id"], "object": "model", "created": created, "owned_by": owner}
+
+
+async def messages_model(
+    upstream: UpstreamClient, provider: Provider, headers: CIMultiDict[str], raw_tail: str
+) -> tuple[int, bytes, dict[str, str]]:
+    """``GET /v1/models/{id}`` of a model a Messages API provider serves: asked of it, and
+    answered as OpenAI describes a model (its errors in the OpenAI shape)."""
+    path = "/v1/" + raw_tail.partition("?")[0].lstrip("/")
+    response = await upstream.open("GET", path, headers, b"", provider.base_url)
+    async with response:
+        raw = await _capped(response.content, LIST_MAX_BYTES)
+        status = response.status
+        upstream_headers = dict(response.headers)
+    try:
+        body: Any = None if raw is None else orjson.loads(raw)
+    except ValueError:
+        body = None
+    if status == web.HTTPOk.status_code:
+        if not isinstance(body, dict) or not isinstance(body.get("id"), str):
+            raise UpstreamError(
+                "The provider answered a model description that cannot be read.",
+                code="malformed_answer",
+            )
+        return status, orjson.dumps(openai_model(body, provider.name)), {}
+    error = to_openai_error(status, body, upstream_headers)
+    return error.status, orjson.dumps(error.body), error.headers

@@ -22,7 +22,7 @@ from proxy.exchange.outcome import Exchange
 from proxy.models import Route
 from proxy.sse import SSESplitter
 
-_SSE_HEADERS = (("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no"))
+SSE_HEADERS = (("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no"))
 # Larger answers of other kinds (file downloads, audio) are streamed, never held whole.
 _BUFFER_LIMIT = 1024 * 1024
 _OBSERVED_ROUTES = frozenset(
@@ -30,7 +30,7 @@ _OBSERVED_ROUTES = frozenset(
 )
 
 
-def _content_type(upstream: aiohttp.ClientResponse) -> str:
+def content_type_of(upstream: aiohttp.ClientResponse) -> str:
     return upstream.headers.get("Content-Type", "").partition(";")[0].strip().lower()
 
 
@@ -44,7 +44,7 @@ async def relay(
     """``strip_usage_chunk``: the proxy asked for usage, so the client must not see it.
     With ``exchange.answer`` set (shadowed requests only: it costs a JSON decode per
     event), the answer's text is captured by the same read."""
-    content_type = _content_type(upstream)
+    content_type = content_type_of(upstream)
     if content_type == "text/event-stream":
         return await _relay_events(request, upstream, exchange, strip_usage_chunk, headers)
     length = upstream.content_length
@@ -73,13 +73,13 @@ async def _relay_body(
     return web.Response(status=upstream.status, body=body, headers=headers)
 
 
-def _stream_error_event(route: Route, message: str, code: str) -> bytes:
+def stream_error_event(route: Route, message: str, code: str) -> bytes:
     body = {"error": {"message": message, "type": "api_error", "param": None, "code": code}}
     prefix = b"event: error\n" if route is Route.RESPONSES else b""
     return prefix + b"data: " + orjson.dumps(body) + b"\n\n"
 
 
-async def _start_stream(
+async def start_stream(
     request: web.Request,
     upstream: aiohttp.ClientResponse,
     headers: CIMultiDict[str],
@@ -100,9 +100,9 @@ async def _relay_events(
     strip_usage_chunk: bool,
     headers: CIMultiDict[str],
 ) -> web.StreamResponse:
-    for name, value in _SSE_HEADERS:  # keep proxies and caches in front of us from buffering
+    for name, value in SSE_HEADERS:  # keep proxies and caches in front of us from buffering
         headers.setdefault(name, value)
-    response = await _start_stream(request, upstream, headers)
+    response = await start_stream(request, upstream, headers)
     splitter = SSESplitter()
     reader = AnswerReader(exchange, strip_usage_chunk=strip_usage_chunk)
     try:
@@ -121,7 +121,7 @@ async def _relay_events(
                 if timed_out
                 else "The upstream provider broke off the stream."
             )
-            await response.write(_stream_error_event(exchange.route, message, exchange.error_class))
+            await response.write(stream_error_event(exchange.route, message, exchange.error_class))
             return response
         tail = splitter.flush()
         if tail:
@@ -143,7 +143,7 @@ async def _relay_raw(
     headers: CIMultiDict[str],
 ) -> web.StreamResponse:
     """Bytes of unknown shape (file downloads, audio): stream them, never buffer whole."""
-    response = await _start_stream(request, upstream, headers, upstream.content_length)
+    response = await start_stream(request, upstream, headers, upstream.content_length)
     try:
         try:
             async for chunk in upstream.content.iter_any():

@@ -26,16 +26,24 @@ import dataclasses
 import time
 from collections.abc import Mapping
 
+import orjson
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from proxy.errors import NotFound, PayloadTooLarge, ProxyError
+from proxy.errors import InvalidRequest, NotFound, PayloadTooLarge, ProxyError
 from proxy.exchange.answer import Answer
+from proxy.exchange.messages_call import (
+    MESSAGES_TAIL,
+    MessagesCall,
+    messages_call,
+    messages_headers,
+)
 from proxy.exchange.outcome import Arm, Exchange
 from proxy.http_headers import REQUEST_ID_HEADER, client_response_headers, upstream_request_headers
-from proxy.pipeline.arms import MODEL_NOT_SERVED, decide, noise_copy, shadow_copy
+from proxy.models import ParsedRequest, Route
+from proxy.pipeline.arms import MODEL_NOT_SERVED, UNTRANSLATABLE, decide, noise_copy, shadow_copy
 from proxy.pipeline.choose import Decision
-from proxy.pipeline.model_list import lists_models, model_in_path, model_list
+from proxy.pipeline.model_list import lists_models, messages_model, model_in_path, model_list
 from proxy.pipeline.parse import (
     check_path,
     classify,
@@ -45,6 +53,7 @@ from proxy.pipeline.parse import (
 )
 from proxy.pipeline.record import settle
 from proxy.pipeline.relay import relay
+from proxy.pipeline.relay_messages import relay_messages
 from proxy.pipeline.render import layers, render_into
 from proxy.pipeline.resolve import CONTROL_HEADERS, SWAP_ROUTES, for_model, prompt_ref, resolve
 from proxy.pipeline.resources import PipelineResources
@@ -142,30 +151,54 @@ async def handle(
             exchange.model_sent = decision.version.model
         elif ref is not None:
             _count_unshadowable(resources, ref.key)
-        outbound_body, usage_injected = encode_outbound(
-            parsed, payload_changed=decision is not None
-        )
-
         model = exchange.model_sent or exchange.model_requested or model_in_path(tail)
         if model is None and len(resources.providers.all) > 1:
             model = other_model(exchange.route, request.content_type, body)
         provider = _provider(resources, model)
         exchange.provider = provider.name
-        outbound_headers = upstream_request_headers(
-            request.headers, provider.api_key, drop=CONTROL_HEADERS
-        )
+        call: MessagesCall | None = None
+        if provider.messages_api and exchange.route is Route.MODELS and request.method == "GET":
+            headers = messages_headers(
+                request.headers, provider.api_key, stream=False, drop=CONTROL_HEADERS
+            )
+            status, answer, extra = await messages_model(
+                resources.upstream, provider, headers, raw_tail
+            )
+            response = _respond(exchange, request_id, status, answer)
+            response.headers.update(extra)
+            return response
+        if provider.messages_api:
+            call = _messages_call(exchange, request.method, parsed, provider)
+            outbound_body, usage_injected, sent_tail = call.body, False, MESSAGES_TAIL
+            outbound_headers = messages_headers(
+                request.headers, provider.api_key, stream=call.stream, drop=CONTROL_HEADERS
+            )
+        else:
+            outbound_body, usage_injected = encode_outbound(
+                parsed, payload_changed=decision is not None
+            )
+            sent_tail = raw_tail
+            outbound_headers = upstream_request_headers(
+                request.headers, provider.api_key, drop=CONTROL_HEADERS
+            )
         if decision is not None and decision.shadow is not None:
-            shadow = shadow_copy(
+            copy = shadow_copy(
                 resources, exchange, parsed, decision, raw_tail, outbound_headers, snapshot, tenant
             )
-            if isinstance(shadow, ShadowRequest):
-                shadow = _aimed(resources, shadow, request.headers, provider, outbound_headers)
-            if isinstance(shadow, ShadowRequest):
+            shadow = (
+                _aimed(resources, copy, request.headers, provider, outbound_headers)
+                if isinstance(copy, ShadowRequest)
+                else copy
+            )
+            if isinstance(shadow, str):
+                resources.shadow.skip(decision.version.key, shadow)
+            elif isinstance(copy, ShadowRequest):  # always, once a copy was aimed
                 half: asyncio.Future[Exchange] = asyncio.get_running_loop().create_future()
                 submitted = resources.shadow.submit(shadow, half)
+                # From the copy before it was aimed: stable's goes where the primary went.
                 noise = noise_copy(
                     resources,
-                    shadow,
+                    copy,
                     shadow.primary_version,
                     outbound_body,
                     usage_injected,
@@ -174,25 +207,28 @@ async def handle(
                 )
                 if noise is not None:
                     # Stable's copy goes where stable went, with stable's credentials.
-                    noise = _aim(resources, noise, provider, outbound_headers)
+                    noise = _aim(resources, noise, provider, outbound_headers, call)
                     submitted = resources.shadow.submit(noise, half) or submitted
                 if submitted:
                     # The pair needs the answer's text: captured by the same single read
                     # that records usage as the answer is relayed.
                     exchange.pair = half
                     exchange.answer = Answer(resources.config.shadow.sink.max_output_chars)
-            else:
-                resources.shadow.skip(decision.version.key, shadow)
         upstream = await resources.upstream.open(  # 5
-            request.method, raw_tail, outbound_headers, outbound_body, provider.base_url
+            request.method, sent_tail, outbound_headers, outbound_body, provider.base_url
         )
         async with upstream:
             exchange.status = upstream.status
-            exchange.upstream_request_id = upstream.headers.get("x-request-id")
+            # Anthropic names its request id `request-id`.
+            exchange.upstream_request_id = upstream.headers.get(
+                "x-request-id"
+            ) or upstream.headers.get("request-id")
             headers = client_response_headers(upstream.headers)
             headers[REQUEST_ID_HEADER] = request_id
             if decision is not None:
                 _add_prompt_headers(headers, decision.version, exchange)
+            if call is not None:
+                return await relay_messages(request, upstream, exchange, headers, call)
             return await relay(request, upstream, exchange, usage_injected, headers)
     except ProxyError as exc:
         exchange.status = exc.status
@@ -224,6 +260,10 @@ def _on_override_line(exchange: Exchange, snapshot: RegistrySnapshot, decision: 
 
 async def _model_list(resources: PipelineResources, request: web.Request) -> tuple[int, bytes]:
     def headers_for(provider: Provider) -> CIMultiDict[str]:
+        if provider.messages_api:
+            return messages_headers(
+                request.headers, provider.api_key, stream=False, drop=CONTROL_HEADERS
+            )
         return upstream_request_headers(request.headers, provider.api_key, drop=CONTROL_HEADERS)
 
     return await model_list(resources.upstream, resources.providers, headers_for)
@@ -263,10 +303,21 @@ def _aimed(
     provider = resources.providers.route(shadow.model)
     if provider is None:
         return MODEL_NOT_SERVED
+    call: MessagesCall | None = None
+    if provider.messages_api:
+        try:
+            call = messages_call(orjson.loads(shadow.body), provider.default_max_tokens)
+        except InvalidRequest:
+            return UNTRANSLATABLE
     if provider is primary:  # most copies: the primary's headers are that provider's
-        return _aim(resources, shadow, provider, primary_headers)
-    headers = upstream_request_headers(client_headers, provider.api_key, drop=CONTROL_HEADERS)
-    return _aim(resources, shadow, provider, headers)
+        return _aim(resources, shadow, provider, primary_headers, call)
+    if call is not None:
+        headers = messages_headers(
+            client_headers, provider.api_key, stream=call.stream, drop=CONTROL_HEADERS
+        )
+    else:
+        headers = upstream_request_headers(client_headers, provider.api_key, drop=CONTROL_HEADERS)
+    return _aim(resources, shadow, provider, headers, call)
 
 
 def _aim(
@@ -274,14 +325,43 @@ def _aim(
     shadow: ShadowRequest,
     provider: Provider,
     headers: Mapping[str, str],
+    call: MessagesCall | None = None,
 ) -> ShadowRequest:
+    """``call``: the copy translated for a Messages API provider (its body and path)."""
     # `shadow.base_url` sends every shadow to one place (with the client's or the
     # primary's credentials, as before providers); else each goes to its provider.
     if resources.config.shadow.base_url is not None:
         return shadow
+    if call is not None:
+        return dataclasses.replace(
+            shadow,
+            base_url=provider.base_url,
+            headers=headers,
+            provider=provider.name,
+            messages=call,
+            body=call.body,
+            raw_tail=MESSAGES_TAIL,
+            usage_injected=False,
+        )
     return dataclasses.replace(
         shadow, base_url=provider.base_url, headers=headers, provider=provider.name
     )
+
+
+def _messages_call(
+    exchange: Exchange, method: str, parsed: ParsedRequest, provider: Provider
+) -> MessagesCall:
+    """The request translated for a Messages API provider, which only chat completions
+    reach: any other route names what it cannot do there."""
+    if exchange.route is not Route.CHAT or method != "POST" or parsed.payload is None:
+        raise InvalidRequest(
+            f"The model '{exchange.model_sent or exchange.model_requested or ''}' is served "
+            f"by provider '{provider.name}' (Anthropic's Messages API), which this proxy "
+            "reaches from POST /v1/chat/completions only.",
+            param="model",
+            code="unsupported_for_provider",
+        )
+    return messages_call(parsed.payload, provider.default_max_tokens)
 
 
 def _count_unshadowable(resources: PipelineResources, key: PromptKey) -> None:

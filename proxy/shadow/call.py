@@ -20,6 +20,7 @@ from multidict import CIMultiDict
 from proxy.config import ShadowConfig
 from proxy.errors import ProxyError
 from proxy.exchange.answer import Answer, AnswerReader
+from proxy.exchange.messages_call import ChatStream, MessagesCall, chat_answer
 from proxy.exchange.outcome import Arm, Exchange, error_class_for_status
 from proxy.exchange.upstream import UpstreamClient
 from proxy.log import APP_LOGGER
@@ -101,7 +102,9 @@ async def call_shadow(
             )
             async with response:
                 exchange.status = response.status
-                if _is_event_stream(response):
+                if request.messages is not None:
+                    ttft = await _read_messages(response, request.messages, exchange, reader)
+                elif _is_event_stream(response):
                     # Read as a stream, event by event, so the shadow's TTFT is real and
                     # comparable with the primary's.
                     splitter = SSESplitter()
@@ -132,6 +135,41 @@ async def call_shadow(
     exchange.ttfb = ttft if request.stream else None
     exchange.error_class = error_class or _answer_error(exchange.status, reader, answer)
     return exchange
+
+
+async def _read_messages(
+    response: aiohttp.ClientResponse,
+    call: MessagesCall,
+    exchange: Exchange,
+    reader: AnswerReader,
+) -> float | None:
+    """A Messages API answer read as the chat completion it translates to (as the primary
+    relays it); returns the time to the first content of a stream."""
+    answer = exchange.answer
+    if response.status >= 300 or not _is_event_stream(response):
+        translated = chat_answer(
+            response.status, await _read_capped(response.content), response.headers, call.model
+        )
+        exchange.status = translated.status
+        if translated.status < 300:
+            reader.decoded(translated.payload, chunk=False)
+        return None
+    stream = ChatStream(call.model, include_usage=False)
+    ttft: float | None = None
+    async for data in response.content.iter_any():
+        for chunk in stream.feed(data):
+            reader.decoded(chunk, chunk=True)
+        if ttft is None and answer is not None and answer.has_content:
+            ttft = time.perf_counter() - exchange.started
+        if stream.finished:
+            break
+    else:
+        for chunk in stream.flush():
+            reader.decoded(chunk, chunk=True)
+        if not stream.finished:
+            raise aiohttp.ClientPayloadError("the stream ended before message_stop")
+    reader.usage(stream.usage())
+    return ttft
 
 
 def _answer_error(status: int, reader: AnswerReader, answer: Answer) -> str | None:

@@ -33,6 +33,7 @@ DROP_REASONS = frozenset(
         "body_too_large",
         "render_failed",
         "model_not_served",
+        "untranslatable",
         "responses_store",
         OTHER,
     }

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from proxy.exchange.messages_call import MessagesCall
 from proxy.exchange.outcome import Exchange
 from proxy.models import Route
 from proxy.prompt_key import PromptKey
@@ -63,6 +64,9 @@ class ShadowRequest:
     base_url: str | None = None
     #: The name of that provider (the metrics' ``provider`` label); None: not routed.
     provider: str | None = None
+    #: Set when that provider speaks the Messages API: ``body`` is this call's, sent to
+    #: ``/v1/messages``, and the answer is read back as a chat completion.
+    messages: MessagesCall | None = None
 
 
 @dataclass(slots=True)

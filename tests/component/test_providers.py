@@ -191,8 +191,9 @@ def test_without_providers_the_upstream_serves_every_model(tmp_path: Path) -> No
         ({"upstream.base_url": OPENAI}, "upstream.base_url (or --upstream)"),
         ({"providers": [PROVIDERS[0], PROVIDERS[0]]}, "each name is listed once"),
         (
+            # The anthropic SDK's base URL has no /v1; with one, every call would 404.
             {"providers": [{**PROVIDERS[1], "kind": "anthropic"}]},
-            "kind anthropic",
+            "kind anthropic takes the base URL without /v1",
         ),
         ({"providers": [{**PROVIDERS[1], "models": []}]}, "providers.0.models"),
         ({"providers": [{**PROVIDERS[1], "base_url": "ftp://x/v1"}]}, "http(s)"),

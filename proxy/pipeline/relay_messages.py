@@ -1,0 +1,136 @@
+"""Stage 5b for a provider of kind ``anthropic``: its Messages answer, relayed to the client
+as the chat completion it asked for (``proxy/exchange/messages_call.py`` translates).
+
+A whole answer is read, translated and sent; an error keeps the status the openai SDK
+needs to raise the same class and retry the same way (529 becomes 503), with the
+provider's retry headers. A stream is translated event by event as it arrives and ends
+with ``data: [DONE]`` only when the provider ended it properly: cut short or broken, it
+ends with one OpenAI-style error event instead, as a relayed stream does.
+"""
+
+from __future__ import annotations
+
+import time
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from proxy.errors import UpstreamTimeout, UpstreamUnavailable
+from proxy.exchange.answer import AnswerReader
+from proxy.exchange.messages_call import (
+    DONE_EVENT,
+    ChatStream,
+    MessagesCall,
+    chat_answer,
+    chunk_event,
+)
+from proxy.exchange.outcome import Exchange
+from proxy.pipeline.relay import SSE_HEADERS, content_type_of, start_stream, stream_error_event
+
+#: A whole Messages answer is held to be translated; past this it is refused, not held.
+MAX_ANSWER_BYTES = 32 * 1024 * 1024
+#: The provider's headers that describe its own body, which the client does not get.
+_BODY_HEADERS = ("Content-Type", "Content-Encoding", "Content-Length")
+
+
+async def relay_messages(
+    request: web.Request,
+    upstream: aiohttp.ClientResponse,
+    exchange: Exchange,
+    headers: CIMultiDict[str],
+    call: MessagesCall,
+) -> web.StreamResponse:
+    """``headers``: the client's response headers so far (the provider's, the proxy's)."""
+    if upstream.status < 300 and content_type_of(upstream) == "text/event-stream":
+        return await _relay_stream(request, upstream, exchange, headers, call)
+    raw = await _read_whole(upstream)
+    answer = chat_answer(upstream.status, raw, upstream.headers, call.model)
+    exchange.status = answer.status
+    AnswerReader(exchange).decoded(answer.payload, chunk=False)
+    for name in _BODY_HEADERS:
+        headers.popall(name, None)
+    headers.update(answer.headers)
+    return web.Response(
+        status=answer.status, body=answer.body, headers=headers, content_type="application/json"
+    )
+
+
+async def _read_whole(upstream: aiohttp.ClientResponse) -> bytes:
+    body = bytearray()
+    try:
+        async for chunk in upstream.content.iter_any():
+            body += chunk
+            if len(body) > MAX_ANSWER_BYTES:
+                raise UpstreamUnavailable(
+                    f"The provider's answer is larger than {MAX_ANSWER_BYTES} bytes."
+                )
+    except TimeoutError:
+        raise UpstreamTimeout("The upstream provider stopped sending its answer.") from None
+    except aiohttp.ClientError as exc:
+        raise UpstreamUnavailable(
+            f"The upstream provider broke off its answer ({type(exc).__name__})."
+        ) from None
+    return bytes(body)
+
+
+async def _relay_stream(
+    request: web.Request,
+    upstream: aiohttp.ClientResponse,
+    exchange: Exchange,
+    headers: CIMultiDict[str],
+    call: MessagesCall,
+) -> web.StreamResponse:
+    for name, value in SSE_HEADERS:
+        headers.setdefault(name, value)
+    response = await start_stream(request, upstream, headers)
+    stream = ChatStream(call.model, include_usage=call.include_usage)
+    reader = AnswerReader(exchange)
+
+    async def send(chunks: list[dict[str, object]]) -> None:
+        if not chunks:
+            return
+        for chunk in chunks:
+            reader.decoded(chunk, chunk=True)
+        if exchange.ttfb is None:
+            exchange.ttfb = time.perf_counter() - exchange.started
+        await response.write(b"".join(chunk_event(chunk) for chunk in chunks))
+
+    try:
+        try:
+            async for data in upstream.content.iter_any():
+                await send(stream.feed(data))
+                if stream.finished:
+                    break
+            else:
+                await send(stream.flush())
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            exchange.error_class = (
+                "upstream_timeout" if isinstance(exc, TimeoutError) else "stream_interrupted"
+            )
+            message = (
+                "The upstream provider stopped sending (read timeout)."
+                if isinstance(exc, TimeoutError)
+                else "The upstream provider broke off the stream."
+            )
+            await response.write(stream_error_event(exchange.route, message, exchange.error_class))
+            return response
+        # Counted as the usage chunk says it, whether or not the client asked for that chunk.
+        reader.usage(stream.usage())
+        if reader.error_event:
+            exchange.error_class = "upstream_stream_error"
+        elif not stream.finished:
+            exchange.error_class = "stream_interrupted"
+            await response.write(
+                stream_error_event(
+                    exchange.route,
+                    "The upstream provider ended the stream before the answer was complete.",
+                    exchange.error_class,
+                )
+            )
+        else:
+            await response.write(DONE_EVENT)
+        await response.write_eof()
+    except ConnectionResetError:
+        exchange.error_class = "client_disconnected"
+    return response
