@@ -28,7 +28,7 @@ _RESPONSE_DROP = _HOP_BY_HOP | {"content-length"}
 
 REQUEST_ID_HEADER = "x-promptproxy-request-id"
 #: Where providers read a key from: OpenAI (and most), Azure OpenAI, Anthropic, Google.
-_CREDENTIALS = ("authorization", "api-key", "x-api-key", "x-goog-api-key")
+CREDENTIAL_HEADERS = ("authorization", "api-key", "x-api-key", "x-goog-api-key")
 
 
 def _connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
@@ -66,19 +66,24 @@ def upstream_request_headers(
     client_headers: CIMultiDictProxy[str],
     api_key: str | None,
     drop: frozenset[str] = frozenset(),
+    *,
+    x_api_key: bool = False,
 ) -> CIMultiDict[str]:
     """Headers to send upstream: the client's, less hop-by-hop and the proxy's own controls.
 
     With a configured provider key the client's credentials are replaced, never merged:
     every header a provider reads a key from goes, so a key the client meant for one
-    provider never reaches another. We ask for an identity encoding so the proxy can read
-    usage from what it relays.
+    provider never reaches another; it goes as a bearer token, or as ``x-api-key`` (Anthropic).
+    We ask for an identity encoding so the proxy can read usage from what it relays.
     """
     out = _copy(client_headers, _REQUEST_DROP, drop)
     if api_key is not None:
-        for name in _CREDENTIALS:
+        for name in CREDENTIAL_HEADERS:
             out.popall(name, None)
-        out["Authorization"] = f"Bearer {api_key}"
+        if x_api_key:
+            out["x-api-key"] = api_key
+        else:
+            out["Authorization"] = f"Bearer {api_key}"
     out["Accept-Encoding"] = "identity"
     return out
 

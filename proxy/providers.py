@@ -3,8 +3,9 @@
 Built once from the settings (``Providers.from_settings``); a request asks ``route`` with
 the model it sends (after a prompt's pin) and gets the provider, or None when no provider
 serves that model (the caller answers 404 naming it). A request without a model (a listing,
-a file upload) goes to the first provider: the default. Provider URLs and keys come only
-from the config and the environment, never from a request, so no request can pick a host.
+a file upload) goes to the default: the first OpenAI-shaped provider. Provider URLs and keys
+come only from the config and the environment, never from a request, so no request can pick
+a host.
 """
 
 from __future__ import annotations
@@ -59,7 +60,9 @@ class Providers:
         if not providers:
             raise ValueError("at least one provider")
         self.all = tuple(providers)
-        self.default = self.all[0]
+        #: Where a request naming no model goes (file uploads, calls by id): the first
+        #: OpenAI-shaped provider, as only those take such requests.
+        self.default = next((p for p in self.all if not p.messages_api), self.all[0])
         #: model -> its provider (or None), as routed before: a request does a lookup.
         #: Bounded: a caller sending a new model name each time cannot grow it for ever.
         self._cache: dict[str, Provider | None] = {}

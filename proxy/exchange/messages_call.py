@@ -12,12 +12,14 @@ Messages event is decoded once; the chunks it becomes are handed on as objects (
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import orjson
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -26,7 +28,7 @@ from proxy.anthropic.request import to_messages
 from proxy.anthropic.response import malformed, to_chat_completion
 from proxy.anthropic.stream import StreamTranslator
 from proxy.errors import UpstreamError
-from proxy.http_headers import upstream_request_headers
+from proxy.http_headers import CREDENTIAL_HEADERS, upstream_request_headers
 from proxy.sse import SSESplitter, parse_event
 
 JSON = dict[str, Any]
@@ -36,13 +38,14 @@ MESSAGES_TAIL = "/v1/messages"
 #: The Messages API version this translation is written against (the only one there is).
 ANTHROPIC_VERSION = "2023-06-01"
 DONE_EVENT = b"data: [DONE]\n\n"
+#: After ``message_stop``, how long and how much is read to free the connection for reuse.
+_DRAIN_SECONDS = 1.0
+_DRAIN_BYTES = 64 * 1024
 #: Client headers never relayed to Anthropic: credentials (the key travels as ``x-api-key``,
 #: set here), OpenAI's account headers, and what this module sets itself.
 _NOT_RELAYED = frozenset(
     {
-        "authorization",
-        "api-key",
-        "x-api-key",
+        *CREDENTIAL_HEADERS,
         "openai-organization",
         "openai-project",
         "openai-beta",
@@ -203,3 +206,16 @@ class ChatStream:
             error: UpstreamError = malformed("an event's data", shown)
             return [error.to_openai_body()]
         return self._translator.feed(event.event, payload)
+
+
+async def drain(upstream: aiohttp.ClientResponse) -> None:
+    """Read what follows ``message_stop`` (the chunked terminator, often a moment later) so
+    the connection goes back to the pool instead of being closed: against a TLS provider, a
+    new connection per stream is a handshake per stream. Bounded in bytes and time."""
+    read = 0
+    try:
+        async with asyncio.timeout(_DRAIN_SECONDS):
+            while read <= _DRAIN_BYTES and (chunk := await upstream.content.readany()):
+                read += len(chunk)
+    except (aiohttp.ClientError, TimeoutError):
+        pass  # the connection is closed instead: nothing lost but its reuse

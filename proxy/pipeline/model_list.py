@@ -24,7 +24,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from proxy.anthropic.errors import to_openai_error
-from proxy.errors import ProxyError, UpstreamError, UpstreamUnavailable
+from proxy.errors import ProxyError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from proxy.exchange.upstream import UpstreamClient
 from proxy.providers import Provider, Providers
 
@@ -135,9 +135,16 @@ async def messages_model(
     path = "/v1/" + raw_tail.partition("?")[0].lstrip("/")
     response = await upstream.open("GET", path, headers, b"", provider.base_url)
     async with response:
-        raw = await _capped(response.content, LIST_MAX_BYTES)
         status = response.status
         upstream_headers = dict(response.headers)
+        try:
+            raw = await _capped(response.content, LIST_MAX_BYTES)
+        except TimeoutError:
+            raise UpstreamTimeout("The upstream provider stopped sending its answer.") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailable(
+                f"The upstream provider broke off its answer ({type(exc).__name__})."
+            ) from None
     try:
         body: Any = None if raw is None else orjson.loads(raw)
     except ValueError:

@@ -24,6 +24,7 @@ from proxy.exchange.messages_call import (
     MessagesCall,
     chat_answer,
     chunk_event,
+    drain,
 )
 from proxy.exchange.outcome import Exchange
 from proxy.pipeline.relay import SSE_HEADERS, content_type_of, start_stream, stream_error_event
@@ -115,8 +116,6 @@ async def _relay_stream(
             )
             await response.write(stream_error_event(exchange.route, message, exchange.error_class))
             return response
-        # Counted as the usage chunk says it, whether or not the client asked for that chunk.
-        reader.usage(stream.usage())
         if reader.error_event:
             exchange.error_class = "upstream_stream_error"
         elif not stream.finished:
@@ -131,6 +130,14 @@ async def _relay_stream(
         else:
             await response.write(DONE_EVENT)
         await response.write_eof()
+        if stream.finished:
+            # The client has its whole answer: the wait for the provider's last bytes is
+            # not the request's duration.
+            exchange.duration = time.perf_counter() - exchange.started
+            await drain(upstream)
     except ConnectionResetError:
         exchange.error_class = "client_disconnected"
+    finally:
+        # Counted however the stream ended: a cut one still had its input read and billed.
+        reader.usage(stream.usage())
     return response

@@ -20,7 +20,7 @@ from multidict import CIMultiDict
 from proxy.config import ShadowConfig
 from proxy.errors import ProxyError
 from proxy.exchange.answer import Answer, AnswerReader
-from proxy.exchange.messages_call import ChatStream, MessagesCall, chat_answer
+from proxy.exchange.messages_call import ChatStream, MessagesCall, chat_answer, drain
 from proxy.exchange.outcome import Arm, Exchange, error_class_for_status
 from proxy.exchange.upstream import UpstreamClient
 from proxy.log import APP_LOGGER
@@ -131,7 +131,8 @@ async def call_shadow(
     except Exception:  # a shadow must never take the process down; it is only counted
         _log.exception("shadow call %s failed unexpectedly", request.pair_id)
         error_class = "internal"
-    exchange.duration = time.perf_counter() - started
+    if exchange.duration is None:  # a stream's ends when its answer is whole
+        exchange.duration = time.perf_counter() - started
     exchange.ttfb = ttft if request.stream else None
     exchange.error_class = error_class or _answer_error(exchange.status, reader, answer)
     return exchange
@@ -162,6 +163,8 @@ async def _read_messages(
         if ttft is None and answer is not None and answer.has_content:
             ttft = time.perf_counter() - exchange.started
         if stream.finished:
+            exchange.duration = time.perf_counter() - exchange.started
+            await drain(response)
             break
     else:
         for chunk in stream.flush():

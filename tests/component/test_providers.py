@@ -374,3 +374,16 @@ def test_long_or_listed_names_never_fill_the_routing_memory(tmp_path: Path) -> N
     assert providers._cache == {}
     providers.route("gpt-4o")
     assert list(providers._cache) == ["gpt-4o"]
+
+
+def test_a_request_naming_no_model_goes_to_the_first_openai_shaped_provider(
+    tmp_path: Path,
+) -> None:
+    anthropic_first = [
+        {"name": "anthropic", "kind": "anthropic", "base_url": "http://a.test", "models": ["c*"]},
+        *PROVIDERS,
+    ]
+    providers = Providers.from_settings(settings(tmp_path, providers=anthropic_first))
+    # A file upload or a call by id cannot go to the Messages API.
+    assert providers.default.name == "openai"
+    assert providers.route(None) is providers.default

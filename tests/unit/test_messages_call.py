@@ -21,6 +21,7 @@ def client(*pairs: tuple[str, str]) -> CIMultiDictProxy[str]:
 
 OPENAI_CLIENT = client(
     ("Authorization", "Bearer sk-caller"),
+    ("X-Goog-Api-Key", "g-caller"),
     ("OpenAI-Organization", "org-1"),
     ("Content-Type", "application/json; charset=utf-8"),
     ("traceparent", "00-abc-def-01"),
