@@ -42,6 +42,8 @@ _NOISE = "noise=0.2"
 
 
 CANARY_PERCENT = 10
+#: The Claude model a candidate may pin: answered through the Messages API translation.
+CLAUDE = "claude-sonnet-4-5-20250929"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,10 @@ class Scenario:
     fills: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     #: The share of the traffic each tier's tenants send; the rest names no tenant.
     traffic: Mapping[str, float] = field(default_factory=dict)
+    #: The model each version pins (None: the request's, gpt-4o-mini): a candidate pinned
+    #: to Claude is answered by the `anthropic` provider, through the translation.
+    stable_model: str | None = None
+    candidate_model: str | None = None
 
 
 SCENARIOS = {
@@ -114,8 +120,42 @@ SCENARIOS = {
             fills={"enterprise": {"tone": "Be formal and precise. [[sim truncate=0.6]]"}},
             traffic={"enterprise": 0.2, "pro": 0.4},
         ),
+        # From GPT to Claude: the candidate pins a Claude model, so its canary share is
+        # answered by another provider through the Messages API translation, and the
+        # analysis compares the two like any two versions.
+        Scenario(
+            "claude-truncates",
+            f"{_BASE} [[sim {_NOISE}]]",
+            f"{_BASE} Be brief. [[sim {_NOISE} truncate=0.2]]",
+            True,
+            stable_model="gpt-4o-mini",
+            candidate_model=CLAUDE,
+        ),
+        Scenario(
+            "claude-noise-only",
+            f"{_BASE} [[sim {_NOISE}]]",
+            f"{_BASE} Please. [[sim {_NOISE}]]",
+            False,
+            stable_model="gpt-4o-mini",
+            candidate_model=CLAUDE,
+        ),
     )
 }
+
+
+def proxy_config(sim_url: str) -> str:
+    """The proxy's config for these runs: GPT models to the simulator's OpenAI face, Claude
+    models to its Messages API face (the simulator's root), the analysis flushed often."""
+    return (
+        "analysis:\n  flush_seconds: 0.5\n"
+        "logging:\n  level: WARNING\n"
+        f"metrics:\n  models: [gpt-4o-mini, {CLAUDE}]\n"
+        "providers:\n"
+        f"  - {{name: openai, kind: openai, base_url: '{sim_url}', models: ['gpt-*']}}\n"
+        f"  - {{name: anthropic, kind: anthropic, base_url: '{sim_url.removesuffix('/v1')}',"
+        " models: ['claude-*']}\n"
+    )
+
 
 #: A compressed policy: the production default judges every 60 s on 100 requests per arm.
 #: Here 3 s windows and 30 requests keep a run under ten seconds; the checks, limits and
@@ -166,8 +206,14 @@ class Client:
 
 async def _seed(client: Client, slug: str, scenario: Scenario) -> None:
     blocks = {name: {"default": text} for name, text in scenario.blocks.items()}
-    for template in (scenario.stable, scenario.candidate):
+    versions = (
+        (scenario.stable, scenario.stable_model),
+        (scenario.candidate, scenario.candidate_model),
+    )
+    for template, model in versions:
         version: dict[str, Any] = {"template": template}
+        if model is not None:
+            version["model"] = model
         if blocks:
             version["blocks"] = blocks
         status, body = await client.admin("POST", f"/prompts/{slug}/versions", version)
@@ -321,16 +367,13 @@ async def _main(args: argparse.Namespace) -> None:
     # test suite's own.
     from tests.processes import proxy, simulator
 
-    config = (
-        "analysis:\n  flush_seconds: 0.5\n"
-        "logging:\n  level: WARNING\n"
-        "metrics:\n  models: [gpt-4o-mini]\n"
-    )
     results: list[RunResult] = []
     with (
         tempfile.TemporaryDirectory() as tmp,
         simulator(Path(tmp)) as (sim_url, _),
-        proxy(Path(tmp), sim_url, config, env={"PROMPTPROXY_ADMIN_TOKEN": "bench"}) as proc,
+        proxy(
+            Path(tmp), None, proxy_config(sim_url), env={"PROMPTPROXY_ADMIN_TOKEN": "bench"}
+        ) as proc,
     ):
         async with aiohttp.ClientSession() as session:
             client = Client(session, proc.url[: -len("/v1")], proc.admin_url, "bench")

@@ -59,6 +59,28 @@ class ProxyError(Exception):
     def to_json(self) -> bytes:
         return orjson.dumps(self.to_openai_body())
 
+    def to_anthropic_json(self) -> bytes:
+        """The same error in the Messages API's shape, for its clients (``/v1/messages``):
+        the anthropic SDKs choose the class by status and show ``error.message``."""
+        message = self.message
+        if self.param is not None:
+            message = f"{self.param}: {message}"
+        kind = _ANTHROPIC_TYPES.get(self.status, "api_error" if self.status >= 500 else None)
+        error = {"type": kind or "invalid_request_error", "message": message}
+        return orjson.dumps({"type": "error", "error": error})
+
+
+#: The Messages API's error type for a status (https://docs.anthropic.com/en/api/errors).
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    504: "timeout_error",
+}
+
 
 class InvalidRequest(ProxyError):
     status = 400

@@ -169,6 +169,13 @@ class ProxyMetrics:
             ("slug",),
             registry=registry,
         )
+        self.rollout_fallbacks = Counter(
+            "promptproxy_rollout_fallbacks",
+            "Requests a canary's candidate could not serve (its template, or its model's "
+            "provider, refused them), answered by stable instead, by reason.",
+            ("slug", "reason"),
+            registry=registry,
+        )
         self.redis_errors = Counter(
             "promptproxy_redis_errors",
             "Failed Redis operations outside the registry refresher (analysis statistics, "

@@ -20,6 +20,8 @@ class Route(StrEnum):
     EMBEDDINGS = "embeddings"
     RESPONSES = "responses"
     MODELS = "models"
+    #: Anthropic's Messages API (`/v1/messages`), relayed to a `kind: anthropic` provider.
+    MESSAGES = "messages"
     OTHER = "other"
 
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import orjson
 
+from proxy.exchange.messages_answer import MessagesRead
+from proxy.exchange.messages_answer import needs_look as messages_needs_look
 from proxy.exchange.outcome import Exchange
 from proxy.models import Route
 from proxy.sse import parse_event
@@ -143,6 +145,11 @@ class Answer:
         self._text.append(piece)
         self._size += len(piece)
 
+    def call_without_arguments(self, key: int | str) -> bool:
+        """A call began under ``key`` and no piece of its arguments came yet."""
+        call = self._calls.get(key)
+        return call is not None and call.size == 0
+
     def call_parts(self, key: int | str, name: Any, arguments: Any, *, whole: bool) -> None:
         call = self._calls.get(key)
         if call is None:
@@ -249,6 +256,7 @@ class AnswerReader:
         "_answer",
         "_exchange",
         "_looked_once",
+        "_messages",
         "_responses",
         "_strip_usage_chunk",
         "error_event",
@@ -265,6 +273,10 @@ class AnswerReader:
         # The first chunk names the model; after it only marked events are decoded. Responses
         # API streams carry everything we record in their final event.
         self._looked_once = self._responses
+        #: A Messages API answer (``/v1/messages``): read by its own rules.
+        self._messages = (
+            MessagesRead(exchange, self._answer) if exchange.route is Route.MESSAGES else None
+        )
         #: The provider sent an error event inside the stream.
         self.error_event = False
         #: The answer says it failed in other ways (an error member in a JSON body, a failed
@@ -278,6 +290,9 @@ class AnswerReader:
     def accept(self, raw: bytes) -> bool:
         """Read one raw SSE event exactly as relayed (``b'data: {...}\\n\\n'``); False when
         the client must not get it (the usage chunk the proxy asked for)."""
+        if self._messages is not None:
+            self._messages_event(raw)
+            return True
         answer = self._answer
         if answer is None or answer.full:
             if self._looked_once and not needs_look(raw, after_cap=answer is not None):
@@ -316,6 +331,9 @@ class AnswerReader:
             if self._responses:
                 self._response_object(payload, whole=True)
                 return
+            if self._messages is not None:
+                self.failed = self._messages.message(payload)
+                return
             if payload.get("error"):
                 self.failed = True
             self._record(payload)
@@ -332,6 +350,28 @@ class AnswerReader:
         if payload.get("error"):
             self.failed = True
         self._record(payload)
+
+    # -- the Messages API -----------------------------------------------------------------
+
+    def _messages_event(self, raw: bytes) -> None:
+        messages = self._messages
+        assert messages is not None
+        answer = self._answer
+        if not messages_needs_look(raw, answer):
+            return
+        try:
+            event = parse_event(raw)
+            if not event.data:
+                return
+            payload = _loads(event.data)
+            if not isinstance(payload, dict):
+                self.garbage += 1
+                return
+            kind = payload.get("type")
+            if messages.event(kind if isinstance(kind, str) else event.event, payload):
+                self.error_event = True
+        except Exception:  # the provider's bytes must never break the relay
+            self.garbage += 1
 
     # -- chat completions and completions -------------------------------------------------
 

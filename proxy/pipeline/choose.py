@@ -152,7 +152,7 @@ class ShadowSkip(StrEnum):
 
 
 #: The routes a prompt is swapped into and that a copy may be sent for.
-SHADOW_ROUTES = frozenset({Route.CHAT, Route.RESPONSES})
+SHADOW_ROUTES = frozenset({Route.CHAT, Route.RESPONSES, Route.MESSAGES})
 
 
 def shadow_skip(

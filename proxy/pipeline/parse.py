@@ -21,8 +21,11 @@ _ROUTES = {
     "embeddings": Route.EMBEDDINGS,
     "responses": Route.RESPONSES,
     "models": Route.MODELS,
+    "messages": Route.MESSAGES,
 }
-_JSON_POST_ROUTES = frozenset({Route.CHAT, Route.COMPLETIONS, Route.EMBEDDINGS, Route.RESPONSES})
+_JSON_POST_ROUTES = frozenset(
+    {Route.CHAT, Route.COMPLETIONS, Route.EMBEDDINGS, Route.RESPONSES, Route.MESSAGES}
+)
 # Only these two SSE formats carry the OpenAI `include_usage` chunk.
 _USAGE_OPTION_ROUTES = frozenset({Route.CHAT, Route.COMPLETIONS})
 

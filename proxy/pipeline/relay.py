@@ -26,7 +26,7 @@ SSE_HEADERS = (("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no"))
 # Larger answers of other kinds (file downloads, audio) are streamed, never held whole.
 _BUFFER_LIMIT = 1024 * 1024
 _OBSERVED_ROUTES = frozenset(
-    {Route.CHAT, Route.COMPLETIONS, Route.EMBEDDINGS, Route.RESPONSES, Route.MODELS}
+    {Route.CHAT, Route.COMPLETIONS, Route.EMBEDDINGS, Route.RESPONSES, Route.MODELS, Route.MESSAGES}
 )
 
 
@@ -74,6 +74,12 @@ async def _relay_body(
 
 
 def stream_error_event(route: Route, message: str, code: str) -> bytes:
+    """The one event that ends a stream the provider broke off, in the stream's own shape
+    (the Messages API's ``error`` event for its clients, OpenAI's for the others)."""
+    if route is Route.MESSAGES:
+        # Anthropic's SDKs read the type, and their message says what happened.
+        error = {"type": "error", "error": {"type": "api_error", "message": f"{message} ({code})"}}
+        return b"event: error\ndata: " + orjson.dumps(error) + b"\n\n"
     body = {"error": {"message": message, "type": "api_error", "param": None, "code": code}}
     prefix = b"event: error\n" if route is Route.RESPONSES else b""
     return prefix + b"data: " + orjson.dumps(body) + b"\n\n"

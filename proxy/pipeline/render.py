@@ -4,7 +4,8 @@ The platform's guardrails (the prod version of `_guardrails`) come first, as a s
 message of their own, then the rendered template; the caller's own `system` and `developer`
 messages are dropped, or kept after both when the version says `caller_system: after`, so
 a caller's "ignore the rules above" never comes before the rules. On the Responses API the
-two texts become `instructions`, in the same order. A model pin replaces the requested
+two texts become `instructions`, in the same order; on the Messages API, the text blocks of
+`system` (the caller's own `system` dropped, or kept after them). A model pin replaces the requested
 model; the version's default parameters (with its overrides', for a composed prompt) fill
 only what the caller left out. Caller values
 are data: they are passed to the sandboxed renderer as variables, never as template code.
@@ -77,7 +78,14 @@ def render_into(
     rules = None if guardrails is None else _render_guardrails(guardrails, renderer)
     keep_caller_system = version.caller_system == CALLER_SYSTEM_AFTER
 
-    if route is Route.RESPONSES:
+    if route is Route.MESSAGES:
+        # The Messages API has no system turn: its top-level `system`, as text blocks.
+        system = [] if rules is None else [{"type": "text", "text": rules}]
+        system.append({"type": "text", "text": text})
+        if keep_caller_system:
+            system += _caller_system_blocks(payload.get("system"))
+        payload["system"] = system
+    elif route is Route.RESPONSES:
         payload["instructions"] = text if rules is None else f"{rules}\n\n{text}"
         items = payload.get("input")
         if isinstance(items, list) and not keep_caller_system:
@@ -141,6 +149,17 @@ def _render_guardrails(guardrails: PromptVersion, renderer: PromptRenderer) -> s
             f"rendered ({exc}), and no prompt is served without them: roll them back.",
             code="guardrails_unavailable",
         ) from None
+
+
+def _caller_system_blocks(system: Any) -> list[Any]:
+    """A Messages request's own ``system`` (a string or text blocks) as blocks."""
+    if system is None or system == "":
+        return []
+    if isinstance(system, str):
+        return [{"type": "text", "text": system}]
+    if isinstance(system, list):
+        return system  # the provider checks its blocks, as it would without the proxy
+    raise InvalidRequest("`system` must be a string or a list of text blocks.", param="system")
 
 
 def _is_system(item: Any) -> bool:

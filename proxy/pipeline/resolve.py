@@ -20,7 +20,7 @@ VERSION_HEADER = "x-prompt-version"
 #: The proxy's own request controls; never forwarded to the provider.
 CONTROL_HEADERS = frozenset({SLUG_HEADER, VERSION_HEADER})
 #: Routes whose body carries a system prompt the proxy can replace.
-SWAP_ROUTES = frozenset({Route.CHAT, Route.RESPONSES})
+SWAP_ROUTES = frozenset({Route.CHAT, Route.RESPONSES, Route.MESSAGES})
 
 
 # Immutable and built per request: a NamedTuple is made in C, where a frozen dataclass's

@@ -6,14 +6,16 @@
 3. choose   the arm, sticky per (prompt key, rollout, sticky key): stable, canary (the
             candidate answers) or stable plus a shadow copy to the candidate; the rollout
             is the base's (if its segment holds the caller), else the caller's tenant's or
-            tier's override's; a version pin is its own arm
+            tier's override's; a version pin is its own arm. A canary's candidate that
+            cannot serve the request (stages 4-5 refuse it) leaves it to stable, counted
 4. render   guardrails, then the template composed with the tier's and tenant's overrides
             + caller variables -> outbound body, encoded once (and the shadow's)
 5. forward  the provider the model sent routes to (proxy/providers.py; 404 when none
-            serves it), with its key; one pooled ClientSession -> that provider; relay the
-            answer to the client, reading it once as it passes. A shadow copy (aimed at the
-            provider of its own model) was handed to the ShadowRunner just before: never
-            awaited from here
+            serves it), with its key, the request relayed or translated for its kind
+            (pipeline/wire.py); one pooled ClientSession -> that provider; relay the answer
+            to the client (translated back, for a translated request), reading it once as
+            it passes. A shadow copy (aimed at the provider of its own model) was handed to
+            the ShadowRunner just before: never awaited from here
 6. record   the exchange's observers (pipeline/record.py), in `finally`, so failures and
             disconnects count: metrics, analysis window, feedback index, tenant usage,
             access log line, and the primary's half of a shadow pair
@@ -22,32 +24,23 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
-from collections.abc import Mapping
 
-import orjson
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 
 from proxy.errors import InvalidRequest, NotFound, PayloadTooLarge, ProxyError
 from proxy.exchange.answer import Answer
-from proxy.exchange.messages_call import (
-    MESSAGES_TAIL,
-    MessagesCall,
-    messages_call,
-    messages_headers,
-)
+from proxy.exchange.messages_call import messages_headers
 from proxy.exchange.outcome import Arm, Exchange
-from proxy.http_headers import REQUEST_ID_HEADER, client_response_headers, upstream_request_headers
+from proxy.http_headers import REQUEST_ID_HEADER, client_response_headers
 from proxy.models import ParsedRequest, Route
-from proxy.pipeline.arms import MODEL_NOT_SERVED, UNTRANSLATABLE, decide, noise_copy, shadow_copy
+from proxy.pipeline.arms import decide, noise_copy, shadow_copy
 from proxy.pipeline.choose import Decision
 from proxy.pipeline.model_list import lists_models, messages_model, model_in_path, model_list
 from proxy.pipeline.parse import (
     check_path,
     classify,
-    encode_outbound,
     other_model,
     parse_request,
 )
@@ -58,10 +51,17 @@ from proxy.pipeline.render import layers, render_into
 from proxy.pipeline.resolve import CONTROL_HEADERS, SWAP_ROUTES, for_model, prompt_ref, resolve
 from proxy.pipeline.resources import PipelineResources
 from proxy.pipeline.tenant import request_tenant
+from proxy.pipeline.wire import (
+    Wire,
+    aimed_like_primary,
+    aimed_shadow,
+    primary_wire,
+    provider_headers,
+)
 from proxy.prompt_key import PromptKey
 from proxy.providers import Provider
 from proxy.registry.composition import composition
-from proxy.registry.models import PromptVersion, RegistrySnapshot, RolloutMode
+from proxy.registry.models import PromptVersion, RegistrySnapshot, RolloutMode, Tenant
 from proxy.shadow.models import ShadowRequest
 
 #: nginx's convention for "client closed the connection before the answer was complete".
@@ -132,61 +132,52 @@ async def handle(
             decision = decide(
                 resources, snapshot, ref, stable, request.headers, parsed, request_id, tenant
             )
-            exchange.version = str(decision.version.version)  # 3
-            exchange.arm = decision.arm._value_
-            if decision.rollout is not None:
-                exchange.rollout_id = decision.rollout.id
-                if decision.rollout.key.layer is not None:
-                    _on_override_line(exchange, snapshot, decision)
-            guardrails = snapshot.guardrails
-            composed = render_into(  # 4
-                exchange.route,
-                parsed.payload,
-                decision.version,
-                resources.renderer,
-                guardrails,
-                composition(snapshot, decision.version, tenant, decision.override),
-            )
-            exchange.layers = layers(decision.version, guardrails, composed)
-            exchange.model_sent = decision.version.model
         elif ref is not None:
             _count_unshadowable(resources, ref.key)
-        model = exchange.model_sent or exchange.model_requested or model_in_path(tail)
-        if model is None and len(resources.providers.all) > 1:
-            model = other_model(exchange.route, request.content_type, body)
-        provider = _provider(resources, model)
-        exchange.provider = provider.name
-        call: MessagesCall | None = None
-        if provider.messages_api and exchange.route is Route.MODELS and request.method == "GET":
-            headers = messages_headers(
-                request.headers, provider.api_key, stream=False, drop=CONTROL_HEADERS
-            )
-            status, answer, extra = await messages_model(
-                resources.upstream, provider, headers, raw_tail
-            )
-            response = _respond(exchange, request_id, status, answer)
-            response.headers.update(extra)
-            return response
-        if provider.messages_api:
-            call = _messages_call(exchange, request.method, parsed, provider)
-            outbound_body, usage_injected, sent_tail = call.body, False, MESSAGES_TAIL
-            outbound_headers = messages_headers(
-                request.headers, provider.api_key, stream=call.stream, drop=CONTROL_HEADERS
-            )
+        if decision is None:
+            provider = _routed(resources, exchange, request, tail, body)
+            if provider.messages_api and exchange.route is Route.MODELS and request.method == "GET":
+                return await _messages_model(resources, exchange, request, provider, raw_tail)
+            wire = _wire(provider, exchange, request, parsed, None, tail, raw_tail)  # 5
         else:
-            outbound_body, usage_injected = encode_outbound(
-                parsed, payload_changed=decision is not None
-            )
-            sent_tail = raw_tail
-            outbound_headers = upstream_request_headers(
-                request.headers, provider.api_key, drop=CONTROL_HEADERS
-            )
+            why = "render_failed"
+            try:
+                _rendered(resources, exchange, parsed, decision, snapshot, tenant)  # 3, 4
+                why = "model_not_served"
+                provider = _routed(resources, exchange, request, tail, body)
+                why = "untranslatable"
+                wire = _wire(provider, exchange, request, parsed, decision, tail, raw_tail)
+            except (InvalidRequest, NotFound):
+                if decision.arm is not Arm.CANARY:
+                    raise
+                # The candidate cannot serve this request (its template wants a variable
+                # the caller does not send, its model is served by no provider, or by one
+                # that cannot take what was asked): stable does, as it would without the
+                # rollout, and it is counted once stable has.
+                parsed = parse_request(
+                    exchange.route, request.method, tail, parsed.body, prompt_named=True
+                )
+                candidate = decision.version.key
+                decision = Decision(Arm.STABLE, stable, rollout=decision.rollout)
+                _rendered(resources, exchange, parsed, decision, snapshot, tenant)
+                provider = _routed(resources, exchange, request, tail, body)
+                wire = _wire(provider, exchange, request, parsed, decision, tail, raw_tail)
+                metrics = resources.metrics
+                metrics.rollout_fallbacks.labels(metrics.slug_label(candidate), why).inc()
         if decision is not None and decision.shadow is not None:
             copy = shadow_copy(
-                resources, exchange, parsed, decision, raw_tail, outbound_headers, snapshot, tenant
+                resources, exchange, parsed, decision, raw_tail, wire.headers, snapshot, tenant
             )
+            one_place = resources.config.shadow.base_url is not None
             shadow = (
-                _aimed(resources, copy, request.headers, provider, outbound_headers)
+                aimed_shadow(
+                    resources.providers,
+                    copy,
+                    request.headers,
+                    provider,
+                    wire,
+                    one_place=one_place,
+                )
                 if isinstance(copy, ShadowRequest)
                 else copy
             )
@@ -199,23 +190,22 @@ async def handle(
                 noise = noise_copy(
                     resources,
                     copy,
-                    shadow.primary_version,
-                    outbound_body,
-                    usage_injected,
+                    copy.primary_version,
+                    wire.body,
+                    wire.usage_injected,
                     exchange.model_sent or exchange.model_requested,
                     exchange.layers,
                 )
                 if noise is not None:
-                    # Stable's copy goes where stable went, with stable's credentials.
-                    noise = _aim(resources, noise, provider, outbound_headers, call)
+                    noise = aimed_like_primary(noise, provider, wire, one_place=one_place)
                     submitted = resources.shadow.submit(noise, half) or submitted
                 if submitted:
                     # The pair needs the answer's text: captured by the same single read
                     # that records usage as the answer is relayed.
                     exchange.pair = half
                     exchange.answer = Answer(resources.config.shadow.sink.max_output_chars)
-        upstream = await resources.upstream.open(  # 5
-            request.method, sent_tail, outbound_headers, outbound_body, provider.base_url
+        upstream = await resources.upstream.open(
+            request.method, wire.tail, wire.headers, wire.body, provider.base_url
         )
         async with upstream:
             exchange.status = upstream.status
@@ -227,9 +217,9 @@ async def handle(
             headers[REQUEST_ID_HEADER] = request_id
             if decision is not None:
                 _add_prompt_headers(headers, decision.version, exchange)
-            if call is not None:
-                return await relay_messages(request, upstream, exchange, headers, call)
-            return await relay(request, upstream, exchange, usage_injected, headers)
+            if wire.call is not None:
+                return await relay_messages(request, upstream, exchange, headers, wire.call)
+            return await relay(request, upstream, exchange, wire.usage_injected, headers)
     except ProxyError as exc:
         exchange.status = exc.status
         exchange.error_class = exc.error_class
@@ -245,6 +235,72 @@ async def handle(
         metrics.requests_open -= 1
         settle(exchange)
         resources.finished.finished(exchange)  # 6
+
+
+def _rendered(
+    resources: PipelineResources,
+    exchange: Exchange,
+    parsed: ParsedRequest,
+    decision: Decision,
+    snapshot: RegistrySnapshot,
+    tenant: Tenant | None,
+) -> None:
+    """Stages 3 and 4: the arm decided, the version rendered into the payload."""
+    exchange.version = str(decision.version.version)
+    exchange.arm = decision.arm._value_
+    if decision.rollout is not None:
+        exchange.rollout_id = decision.rollout.id
+        if decision.rollout.key.layer is not None:
+            _on_override_line(exchange, snapshot, decision)
+    assert parsed.payload is not None
+    guardrails = snapshot.guardrails
+    composed = render_into(
+        exchange.route,
+        parsed.payload,
+        decision.version,
+        resources.renderer,
+        guardrails,
+        composition(snapshot, decision.version, tenant, decision.override),
+    )
+    exchange.layers = layers(decision.version, guardrails, composed)
+    exchange.model_sent = decision.version.model
+
+
+def _routed(
+    resources: PipelineResources,
+    exchange: Exchange,
+    request: web.Request,
+    tail: str,
+    body: bytes,
+) -> Provider:
+    """The provider of the model sent (a version's pin, else the request's)."""
+    model = exchange.model_sent or exchange.model_requested or model_in_path(tail)
+    if model is None and len(resources.providers.all) > 1:
+        model = other_model(exchange.route, request.content_type, body)
+    provider = _provider(resources, model)
+    exchange.provider = provider.name
+    return provider
+
+
+def _wire(
+    provider: Provider,
+    exchange: Exchange,
+    request: web.Request,
+    parsed: ParsedRequest,
+    decision: Decision | None,
+    tail: str,
+    raw_tail: str,
+) -> Wire:
+    return primary_wire(
+        provider,
+        exchange.route,
+        request.method,
+        tail,
+        raw_tail,
+        parsed,
+        request.headers,
+        payload_changed=decision is not None,
+    )
 
 
 def _on_override_line(exchange: Exchange, snapshot: RegistrySnapshot, decision: Decision) -> None:
@@ -264,9 +320,26 @@ async def _model_list(resources: PipelineResources, request: web.Request) -> tup
             return messages_headers(
                 request.headers, provider.api_key, stream=False, drop=CONTROL_HEADERS
             )
-        return upstream_request_headers(request.headers, provider.api_key, drop=CONTROL_HEADERS)
+        return provider_headers(request.headers, provider)
 
     return await model_list(resources.upstream, resources.providers, headers_for)
+
+
+async def _messages_model(
+    resources: PipelineResources,
+    exchange: Exchange,
+    request: web.Request,
+    provider: Provider,
+    raw_tail: str,
+) -> web.Response:
+    """``GET /v1/models/{id}`` of a Claude model: asked of Anthropic, answered as OpenAI."""
+    headers = messages_headers(
+        request.headers, provider.api_key, stream=False, drop=CONTROL_HEADERS
+    )
+    status, answer, extra = await messages_model(resources.upstream, provider, headers, raw_tail)
+    response = _respond(exchange, exchange.request_id, status, answer)
+    response.headers.update(extra)
+    return response
 
 
 def _respond(exchange: Exchange, request_id: str, status: int, body: bytes) -> web.Response:
@@ -289,79 +362,6 @@ def _provider(resources: PipelineResources, model: str | None) -> Provider:
             code="model_not_found",
         )
     return provider
-
-
-def _aimed(
-    resources: PipelineResources,
-    shadow: ShadowRequest,
-    client_headers: CIMultiDictProxy[str],
-    primary: Provider,
-    primary_headers: Mapping[str, str],
-) -> ShadowRequest | str:
-    """The shadow copy sent to the provider of its own model (a candidate may pin another
-    provider's), with that provider's key: never one provider's key to another."""
-    provider = resources.providers.route(shadow.model)
-    if provider is None:
-        return MODEL_NOT_SERVED
-    call: MessagesCall | None = None
-    if provider.messages_api:
-        try:
-            call = messages_call(orjson.loads(shadow.body), provider.default_max_tokens)
-        except InvalidRequest:
-            return UNTRANSLATABLE
-    if provider is primary:  # most copies: the primary's headers are that provider's
-        return _aim(resources, shadow, provider, primary_headers, call)
-    if call is not None:
-        headers = messages_headers(
-            client_headers, provider.api_key, stream=call.stream, drop=CONTROL_HEADERS
-        )
-    else:
-        headers = upstream_request_headers(client_headers, provider.api_key, drop=CONTROL_HEADERS)
-    return _aim(resources, shadow, provider, headers, call)
-
-
-def _aim(
-    resources: PipelineResources,
-    shadow: ShadowRequest,
-    provider: Provider,
-    headers: Mapping[str, str],
-    call: MessagesCall | None = None,
-) -> ShadowRequest:
-    """``call``: the copy translated for a Messages API provider (its body and path)."""
-    # `shadow.base_url` sends every shadow to one place (with the client's or the
-    # primary's credentials, as before providers); else each goes to its provider.
-    if resources.config.shadow.base_url is not None:
-        return shadow
-    if call is not None:
-        return dataclasses.replace(
-            shadow,
-            base_url=provider.base_url,
-            headers=headers,
-            provider=provider.name,
-            messages=call,
-            body=call.body,
-            raw_tail=MESSAGES_TAIL,
-            usage_injected=False,
-        )
-    return dataclasses.replace(
-        shadow, base_url=provider.base_url, headers=headers, provider=provider.name
-    )
-
-
-def _messages_call(
-    exchange: Exchange, method: str, parsed: ParsedRequest, provider: Provider
-) -> MessagesCall:
-    """The request translated for a Messages API provider, which only chat completions
-    reach: any other route names what it cannot do there."""
-    if exchange.route is not Route.CHAT or method != "POST" or parsed.payload is None:
-        raise InvalidRequest(
-            f"The model '{exchange.model_sent or exchange.model_requested or ''}' is served "
-            f"by provider '{provider.name}' (Anthropic's Messages API), which this proxy "
-            "reaches from POST /v1/chat/completions only.",
-            param="model",
-            code="unsupported_for_provider",
-        )
-    return messages_call(parsed.payload, provider.default_max_tokens)
 
 
 def _count_unshadowable(resources: PipelineResources, key: PromptKey) -> None:

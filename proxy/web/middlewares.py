@@ -49,7 +49,8 @@ class RequestIds:
         return self._pool[at : at + 24]
 
 
-def error_response(exc: ProxyError, request_id: str) -> web.Response:
+def error_response(exc: ProxyError, request_id: str, *, anthropic: bool = False) -> web.Response:
+    """``anthropic``: a Messages API request, whose clients read Anthropic's error shape."""
     headers = {REQUEST_ID_HEADER: request_id}
     if isinstance(exc, MethodNotAllowed):
         headers["Allow"] = ", ".join(exc.allowed)
@@ -57,10 +58,16 @@ def error_response(exc: ProxyError, request_id: str) -> web.Response:
         headers["Retry-After"] = str(exc.retry_after)
     return web.Response(
         status=exc.status,
-        body=exc.to_json(),
+        body=exc.to_anthropic_json() if anthropic else exc.to_json(),
         content_type="application/json",
         headers=headers,
     )
+
+
+def _speaks_messages_api(path: str) -> bool:
+    """``/v1/messages`` (and under it), at the root or under ``/p/{slug}``."""
+    _, found, rest = path.partition("/v1/messages")
+    return bool(found) and (not rest or rest.startswith("/"))
 
 
 def _from_http_exception(exc: web.HTTPException) -> ProxyError:
@@ -117,16 +124,25 @@ def error_middleware() -> Middleware:
         try:
             return await handler(request)
         except ProxyError as exc:
+            answer = error_response(exc, request_id, anthropic=_speaks_messages_api(request.path))
             if exc.close_connection:
-                return await _answer_and_close(request, error_response(exc, request_id))
-            return error_response(exc, request_id)
+                return await _answer_and_close(request, answer)
+            return answer
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            return error_response(_from_http_exception(exc), request_id)
+            return error_response(
+                _from_http_exception(exc),
+                request_id,
+                anthropic=_speaks_messages_api(request.path),
+            )
         except Exception:
             _log.exception("unhandled error in request %s", request_id)
-            return error_response(ProxyError("The proxy failed to handle the request."), request_id)
+            return error_response(
+                ProxyError("The proxy failed to handle the request."),
+                request_id,
+                anthropic=_speaks_messages_api(request.path),
+            )
         finally:
             if connection is not None:
                 connection.request_finished()

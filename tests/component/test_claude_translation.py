@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +72,9 @@ class Sims:
         return [e for e in entries if e["path"].startswith("/v1/")]
 
 
-@pytest.fixture
-async def sims() -> AsyncIterator[Sims]:
+@asynccontextmanager
+async def running_sims() -> AsyncIterator[Sims]:
+    """An OpenAI simulator and an Anthropic one, each wanting its own key."""
     gpt, gpt_port = await start_simulator("127.0.0.1", 0, SimulatorSettings(api_key=OPENAI_KEY))
     claude, claude_port = await start_simulator(
         "127.0.0.1", 0, SimulatorSettings(api_key=ANTHROPIC_KEY, chunks=4)
@@ -129,10 +131,23 @@ class Proxy:
         return openai.AsyncOpenAI(**{**params, **kwargs})
 
 
-@pytest.fixture
-async def proxy(tmp_path: Path, sims: Sims) -> AsyncIterator[Proxy]:
+@asynccontextmanager
+async def running_proxy(tmp_path: Path, sims: Sims) -> AsyncIterator[Proxy]:
+    """The proxy in-process, routing `gpt-*` and `claude-*` to ``sims``."""
     async with proxy_clients(settings(tmp_path, sims)) as (data, admin, services):
         yield Proxy(str(data.make_url("/v1")), admin, services)
+
+
+@pytest.fixture
+async def sims() -> AsyncIterator[Sims]:
+    async with running_sims() as started:
+        yield started
+
+
+@pytest.fixture
+async def proxy(tmp_path: Path, sims: Sims) -> AsyncIterator[Proxy]:
+    async with running_proxy(tmp_path, sims) as started:
+        yield started
 
 
 @pytest.fixture
@@ -477,3 +492,41 @@ async def test_a_shadow_from_gpt_to_claude_pairs_both_answers(proxy: Proxy, sims
     assert [s["path"] for s in sent] == ["/v1/messages", "/v1/messages"]
     assert {s["headers"]["x-api-key"] for s in sent} == {ANTHROPIC_KEY}
     assert all(s["body"]["system"][0]["text"] == "You are the Claude desk." for s in sent)
+
+
+async def test_a_canary_to_claude_leaves_what_claude_cannot_take_to_stable(
+    proxy: Proxy, sims: Sims
+) -> None:
+    services = proxy.services
+    key = PromptKey("support")
+    await services.registry.push(
+        VersionDraft(key=key, template="You are the stable desk.", model="gpt-4o"), actor="t"
+    )
+    await services.registry.push(
+        VersionDraft(key=key, template="You are the Claude desk.", model=CLAUDE), actor="t"
+    )
+    await services.registry.promote(key, 1, "t", "")
+    await services.registry.set_rollout(key, 2, RolloutMode.CANARY, 100, None, "t", "")
+    await ready_for(services)
+    async with proxy.client(base_url=proxy.url.replace("/v1", "/p/support/v1")) as sdk:
+        canary = await sdk.chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=MESSAGES
+        )
+        # JSON mode has no faithful Messages API equivalent: stable answers, not a 400.
+        fallback = await sdk.chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=MESSAGES, response_format={"type": "json_object"}
+        )
+    assert (canary.headers["x-prompt-arm"], canary.headers["x-prompt-version"]) == (
+        "canary",
+        "2",
+    )
+    assert canary.parse().model == CLAUDE
+    assert (fallback.headers["x-prompt-arm"], fallback.headers["x-prompt-version"]) == (
+        "stable",
+        "1",
+    )
+    assert fallback.parse().model.startswith("gpt-4o")
+    assert len(await sims.seen()) == 1  # only the canary's request reached Claude
+    value = services.metrics.registry.get_sample_value
+    counted = {"slug": "support", "reason": "untranslatable"}
+    assert value("promptproxy_rollout_fallbacks_total", counted) == 1

@@ -1,4 +1,5 @@
-"""openai-python and openai-node against a Claude model through promptproxy processes: a
+"""openai-python, openai-node and the anthropic SDK against a Claude model through
+promptproxy processes: a
 simulator process for each provider (each wanting its own key), a proxy process routing
 `claude-*` to Anthropic's Messages API by the native translation. The node test installs
 the pinned `openai` package (tests/e2e/node/package-lock.json) with `npm ci` into a
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import openai
 import pytest
 
@@ -163,3 +165,24 @@ def test_openai_node(routed: Routed, node_client: Path) -> None:
     name, message = seen["streamError"]
     assert name == "APIError"
     assert "overloaded" in message.lower()
+
+
+def test_anthropic_python(routed: Routed) -> None:
+    routed.forget()
+    client = anthropic.Anthropic(
+        base_url=routed.proc.url.removesuffix("/v1"), api_key="sk-ant-callers-own", max_retries=0
+    )
+    message = client.messages.create(model=CLAUDE, max_tokens=100, messages=MESSAGES[1:])
+    assert message.stop_reason == "end_turn"
+    with client.messages.stream(model=CLAUDE, max_tokens=100, messages=MESSAGES[1:]) as stream:
+        assert stream.get_final_text() == "".join(
+            block.text for block in message.content if block.type == "text"
+        )
+    with pytest.raises(anthropic.OverloadedError):
+        client.messages.create(
+            model=CLAUDE,
+            max_tokens=100,
+            messages=MESSAGES[1:],
+            extra_headers={"x-sim-status": "529"},
+        )
+    assert routed.messages_seen() == 3

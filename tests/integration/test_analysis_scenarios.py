@@ -14,17 +14,24 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from loadtest.analysis_scenarios import SCENARIOS, TEST_POLICY, Client, run_once
+from loadtest.analysis_scenarios import (
+    CLAUDE,
+    SCENARIOS,
+    TEST_POLICY,
+    Client,
+    proxy_config,
+    run_once,
+)
 from tests.processes import ProxyProc, proxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
-CONFIG = "analysis:\n  flush_seconds: 0.5\nlogging:\n  level: WARNING\n"
-
 
 @pytest.fixture(scope="module")
 def analysed_proxy(procs_dir: Path, sim_url: str) -> Iterator[ProxyProc]:
-    with proxy(procs_dir, sim_url, CONFIG, env={"PROMPTPROXY_ADMIN_TOKEN": "scenario"}) as proc:
+    # GPT models to the simulator's OpenAI face, Claude models to its Messages API face.
+    config = proxy_config(sim_url)
+    with proxy(procs_dir, None, config, env={"PROMPTPROXY_ADMIN_TOKEN": "scenario"}) as proc:
         yield proc
 
 
@@ -36,9 +43,14 @@ async def client(analysed_proxy: ProxyProc) -> AsyncIterator[Client]:
         )
 
 
-@pytest.mark.parametrize("name", ["truncates-20pct", "errors-10pct", "shadow-rambles"])
-async def test_a_worse_candidate_is_aborted_by_the_analyser(client: Client, name: str) -> None:
+@pytest.mark.parametrize(
+    "name", ["truncates-20pct", "errors-10pct", "shadow-rambles", "claude-truncates"]
+)
+async def test_a_worse_candidate_is_aborted_by_the_analyser(
+    client: Client, sim_url: str, name: str
+) -> None:
     result = await run_once(client, SCENARIOS[name], run_seconds=20)
+    await _answered_by_its_model(client, name, sim_url)
     assert result.aborted, result
     assert result.abort_reason is not None
     assert result.abort_reason.startswith("analysis failed:")
@@ -47,12 +59,13 @@ async def test_a_worse_candidate_is_aborted_by_the_analyser(client: Client, name
     assert result.time_to_abort < 3 * TEST_POLICY["interval"] + 3
 
 
-@pytest.mark.parametrize("name", ["noise-only", "shadow-noise-only"])
+@pytest.mark.parametrize("name", ["noise-only", "shadow-noise-only", "claude-noise-only"])
 async def test_a_candidate_differing_only_by_noise_is_not_flagged(
-    client: Client, name: str
+    client: Client, sim_url: str, name: str
 ) -> None:
     # As long as the aborts above take, twice over: at least two verdicts.
     result = await run_once(client, SCENARIOS[name], run_seconds=8)
+    await _answered_by_its_model(client, name, sim_url)
     assert not result.aborted, result
     assert result.verdicts.get("fail", 0) == 0, result
     assert result.verdicts.get("pass", 0) >= 1, result
@@ -81,3 +94,16 @@ async def test_a_candidate_better_on_average_but_worse_for_one_tier_is_aborted(
     tiers = {tier: v["verdict"] for tier, v in verdict["tiers"].items()}
     assert tiers["enterprise"] == "fail"
     assert tiers.get("pro") != "fail"
+
+
+async def _answered_by_its_model(client: Client, name: str, sim_url: str) -> None:
+    """A candidate pinned to Claude was answered through the Messages API (translated),
+    stable through chat completions: the analysis compared two providers. Read from the
+    simulator's own log of what it received (its last 1,000 requests); the metrics' canary
+    series end with the rollout."""
+    if SCENARIOS[name].candidate_model is None:
+        return
+    async with client.session.get(f"{sim_url.removesuffix('/v1')}/_sim/requests") as resp:
+        seen = await resp.json()
+    models = {(entry["path"], entry["body"]["model"]) for entry in seen if entry["body"]}
+    assert models == {("/v1/chat/completions", "gpt-4o-mini"), ("/v1/messages", CLAUDE)}, models

@@ -2,6 +2,7 @@
 event decoded at most once, and only the events that can carry something when no pair needs
 the answer's text."""
 
+import json
 import time
 from typing import Any
 
@@ -170,3 +171,96 @@ def test_a_full_answer_stops_decoding_text_but_still_reads_the_end(
     assert (ex.answer.text, ex.answer.truncated) == ("xyzxy", True)
     assert len(decoded) == 4  # two to fill the text, then the finish and usage chunks
     assert (ex.finish_reason, ex.output_tokens) == ("length", 3)
+
+
+def claude_stream(*tool_input_pieces: str) -> list[bytes]:
+    """A Messages API stream: text, then one tool call streaming ``tool_input_pieces``."""
+    start = (
+        '{"type":"message_start","message":{"id":"msg_1","model":"claude-x",'
+        '"usage":{"input_tokens":9,"cache_read_input_tokens":3,"output_tokens":1}}}'
+    )
+    events = [
+        ev(start, "message_start"),
+        ev(
+            '{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}',
+            "content_block_start",
+        ),
+        *[
+            ev(
+                '{"type":"content_block_delta","index":0,'
+                '"delta":{"type":"text_delta","text":"Hi "}}',
+                "content_block_delta",
+            )
+        ]
+        * 20,
+        ev('{"type":"content_block_stop","index":0}', "content_block_stop"),
+        ev(
+            '{"type":"content_block_start","index":1,"content_block":'
+            '{"type":"tool_use","id":"toolu_1","name":"get_time","input":{}}}',
+            "content_block_start",
+        ),
+        *[
+            ev(
+                json.dumps(
+                    {
+                        "type": "content_block_delta",
+                        "index": 1,
+                        "delta": {"type": "input_json_delta", "partial_json": piece},
+                    }
+                ),
+                "content_block_delta",
+            )
+            for piece in tool_input_pieces
+        ],
+        ev('{"type":"content_block_stop","index":1}', "content_block_stop"),
+        ev(
+            '{"type":"message_delta","delta":{"stop_reason":"tool_use"},"usage":{"output_tokens":12}}',
+            "message_delta",
+        ),
+        ev('{"type":"message_stop"}', "message_stop"),
+    ]
+    return events
+
+
+def test_a_messages_stream_is_read_by_its_own_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    decoded = counting_decodes(monkeypatch)
+    ex = exchange(Route.MESSAGES)
+    reader = AnswerReader(ex)
+    assert all(reader.accept(raw) for raw in claude_stream())
+    # The model and input counts, the stop reason (by its chat completions name) and the
+    # output count: only the two events that carry them are decoded.
+    assert (ex.model_answered, ex.finish_reason) == ("claude-x", "tool_calls")
+    assert (ex.input_tokens, ex.output_tokens) == (12, 12)  # cache reads count as input
+    assert len(decoded) == 2
+
+
+def test_a_shadowed_messages_stream_captures_text_and_tool_calls() -> None:
+    for pieces, arguments in ((('{"zone":', '"UTC"}'), '{"zone":"UTC"}'), ((), "{}")):
+        ex = exchange(Route.MESSAGES)
+        ex.answer = Answer(max_chars=1000)
+        reader = AnswerReader(ex)
+        for raw in claude_stream(*pieces):
+            reader.accept(raw)
+        assert ex.answer.text == "Hi " * 20
+        # A call without input streams no delta: `{}`, as the whole answer gives it.
+        assert ex.answer.tool_calls() == [("get_time", arguments)]
+        assert not reader.error_event
+
+
+def test_a_messages_body_and_an_error_event() -> None:
+    ex = exchange(Route.MESSAGES)
+    ex.answer = Answer(max_chars=1000)
+    reader = AnswerReader(ex)
+    reader.body(
+        b'{"type":"message","model":"claude-x","content":[{"type":"text","text":"Hello"},'
+        b'{"type":"tool_use","id":"t","name":"f","input":{"a":1}}],"stop_reason":"max_tokens",'
+        b'"usage":{"input_tokens":4,"output_tokens":6}}'
+    )
+    assert (ex.finish_reason, ex.input_tokens, ex.output_tokens) == ("length", 4, 6)
+    assert (ex.answer.text, ex.answer.tool_calls()) == ("Hello", [("f", '{"a":1}')])
+    assert not reader.failed
+    errored = AnswerReader(exchange(Route.MESSAGES))
+    errored.accept(
+        ev('{"type":"error","error":{"type":"overloaded_error","message":"x"}}', "error")
+    )
+    assert errored.error_event
