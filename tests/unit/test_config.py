@@ -16,8 +16,14 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_shipped_configs_are_valid() -> None:
     settings = load_config(REPO / "config" / "promptproxy.yaml", environ={})
     assert settings.config.simulator.enabled
+    assert [p.kind for p in settings.config.provider_list()] == ["anthropic", "openai-compatible"]
     prod = load_config(REPO / "config" / "openai.example.yaml", environ={"OPENAI_API_KEY": "sk-x"})
     assert prod.upstream_api_key == "sk-x"
+    both = load_config(
+        REPO / "config" / "providers.example.yaml",
+        environ={"OPENAI_API_KEY": "sk-x", "ANTHROPIC_API_KEY": "sk-ant-x"},
+    )
+    assert both.provider_keys == {"openai": "sk-x", "anthropic": "sk-ant-x"}
 
 
 def test_defaults_without_a_file() -> None:
