@@ -54,7 +54,7 @@ class Provider:
 
 
 class Providers:
-    __slots__ = ("_cache", "all", "default")
+    __slots__ = ("_cache", "all", "default", "messages_default")
 
     def __init__(self, providers: Sequence[Provider]) -> None:
         if not providers:
@@ -63,6 +63,9 @@ class Providers:
         #: Where a request naming no model goes (file uploads, calls by id): the first
         #: OpenAI-shaped provider, as only those take such requests.
         self.default = next((p for p in self.all if not p.messages_api), self.all[0])
+        #: Where a Messages API request naming no model goes (batches by id): the first
+        #: `kind: anthropic` provider.
+        self.messages_default = next((p for p in self.all if p.messages_api), self.default)
         #: model -> its provider (or None), as routed before: a request does a lookup.
         #: Bounded: a caller sending a new model name each time cannot grow it for ever.
         self._cache: dict[str, Provider | None] = {}

@@ -69,7 +69,7 @@ def tenant_of(headers: Mapping[str, str], tenant_header: str) -> str | None:
     tenant = headers.get(tenant_header)
     if tenant:
         return "t:" + tenant
-    credentials = headers.get("authorization") or headers.get("api-key")
+    credentials = headers.get("authorization") or headers.get("api-key") or headers.get("x-api-key")
     if not credentials:
         return None
     return "k:" + hashlib.sha256(credentials.encode("utf-8", "surrogatepass")).hexdigest()[:32]
@@ -94,6 +94,12 @@ def sticky_value(
         # The Responses API's replacement for `user` is `safety_identifier`.
         for name in ("user", "safety_identifier"):
             value = payload.get(name)
+            if isinstance(value, str) and value:
+                return value
+        # The Messages API's is `metadata.user_id`.
+        metadata = payload.get("metadata")
+        if isinstance(metadata, dict):
+            value = metadata.get("user_id")
             if isinstance(value, str) and value:
                 return value
         return None
@@ -163,8 +169,13 @@ def shadow_skip(
     if route not in SHADOW_ROUTES or method != "POST":
         return ShadowSkip.NOT_COMPLETION
     store = payload.get("store")
-    # The Responses API stores by default; chat completions only when asked to.
-    if store is True or (route is Route.RESPONSES and store is not False):
+    # The Responses API stores by default; chat completions only when asked to. A Messages
+    # request naming a `container` runs code in the caller's container.
+    if (
+        store is True
+        or (route is Route.RESPONSES and store is not False)
+        or (route is Route.MESSAGES and payload.get("container") is not None)
+    ):
         return ShadowSkip.SIDE_EFFECTS
     if body_size > max_body:
         return ShadowSkip.BODY_TOO_LARGE

@@ -24,6 +24,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 from aiohttp import web
@@ -57,6 +58,7 @@ from proxy.pipeline.wire import (
     aimed_shadow,
     primary_wire,
     provider_headers,
+    speaks_messages_api,
 )
 from proxy.prompt_key import PromptKey
 from proxy.providers import Provider
@@ -147,23 +149,13 @@ async def handle(
                 provider = _routed(resources, exchange, request, tail, body)
                 why = "untranslatable"
                 wire = _wire(provider, exchange, request, parsed, decision, tail, raw_tail)
-            except (InvalidRequest, NotFound):
+            except (InvalidRequest, NotFound) as refused:
                 if decision.arm is not Arm.CANARY:
                     raise
-                # The candidate cannot serve this request (its template wants a variable
-                # the caller does not send, its model is served by no provider, or by one
-                # that cannot take what was asked): stable does, as it would without the
-                # rollout, and it is counted once stable has.
-                parsed = parse_request(
-                    exchange.route, request.method, tail, parsed.body, prompt_named=True
+                fallback = _Fallback(request, tail, raw_tail, body, why, refused)
+                decision, parsed, provider, wire = fallback.to_stable(
+                    resources, exchange, parsed, decision, stable, snapshot, tenant
                 )
-                candidate = decision.version.key
-                decision = Decision(Arm.STABLE, stable, rollout=decision.rollout)
-                _rendered(resources, exchange, parsed, decision, snapshot, tenant)
-                provider = _routed(resources, exchange, request, tail, body)
-                wire = _wire(provider, exchange, request, parsed, decision, tail, raw_tail)
-                metrics = resources.metrics
-                metrics.rollout_fallbacks.labels(metrics.slug_label(candidate), why).inc()
         if decision is not None and decision.shadow is not None:
             copy = shadow_copy(
                 resources, exchange, parsed, decision, raw_tail, wire.headers, snapshot, tenant
@@ -226,15 +218,67 @@ async def handle(
         raise
     except asyncio.CancelledError:
         # aiohttp cancels the handler when the client goes away; leaving the `async with`
-        # above has already closed the upstream connection.
-        exchange.error_class = "client_disconnected"
-        if not exchange.status:
-            exchange.status = CLIENT_CLOSED_STATUS
+        # above has already closed the upstream connection. An answer already whole (its
+        # duration taken: a translated stream freeing its connection) was not cut.
+        if exchange.duration is None:
+            exchange.error_class = "client_disconnected"
+            if not exchange.status:
+                exchange.status = CLIENT_CLOSED_STATUS
         raise
     finally:
         metrics.requests_open -= 1
         settle(exchange)
         resources.finished.finished(exchange)  # 6
+
+
+class _Fallback:
+    """A canary's candidate that cannot serve a request (its template wants a variable
+    the caller does not send, its model is served by no provider, or by one that cannot
+    take what was asked) leaves it to stable, as it would be without the rollout."""
+
+    __slots__ = ("body", "raw_tail", "refused", "request", "tail", "why")
+
+    def __init__(
+        self,
+        request: web.Request,
+        tail: str,
+        raw_tail: str,
+        body: bytes,
+        why: str,
+        refused: ProxyError,
+    ) -> None:
+        self.request, self.tail, self.raw_tail, self.body = request, tail, raw_tail, body
+        self.why, self.refused = why, refused
+
+    def to_stable(
+        self,
+        resources: PipelineResources,
+        exchange: Exchange,
+        parsed: ParsedRequest,
+        decision: Decision,
+        stable: PromptVersion,
+        snapshot: RegistrySnapshot,
+        tenant: Tenant | None,
+    ) -> tuple[Decision, ParsedRequest, Provider, Wire]:
+        """Stable's decision, request, provider and wire. Counted once stable has them, and
+        kept out of the rollout's analysis (neither arm's answer to compare); when stable
+        cannot serve it either, the caller gets the candidate's error, as without this."""
+        request, tail = self.request, self.tail
+        before = dataclasses.replace(exchange)
+        fresh = parse_request(exchange.route, request.method, tail, parsed.body, prompt_named=True)
+        fallback = Decision(Arm.STABLE, stable, rollout=decision.rollout)
+        try:
+            _rendered(resources, exchange, fresh, fallback, snapshot, tenant)
+            provider = _routed(resources, exchange, request, tail, self.body)
+            wire = _wire(provider, exchange, request, fresh, fallback, tail, self.raw_tail)
+        except (InvalidRequest, NotFound):
+            for name in ("version", "arm", "layers", "model_sent", "provider", "key"):
+                setattr(exchange, name, getattr(before, name))
+            raise self.refused from None
+        exchange.rollout_id = None
+        metrics = resources.metrics
+        metrics.rollout_fallbacks.labels(metrics.slug_label(decision.version.key), self.why).inc()
+        return fallback, fresh, provider, wire
 
 
 def _rendered(
@@ -277,7 +321,11 @@ def _routed(
     model = exchange.model_sent or exchange.model_requested or model_in_path(tail)
     if model is None and len(resources.providers.all) > 1:
         model = other_model(exchange.route, request.content_type, body)
-    provider = _provider(resources, model)
+    if model is None and speaks_messages_api(exchange.route, tail):
+        # A Messages batch (by id, or whose requests carry the models): Anthropic's.
+        provider = resources.providers.messages_default
+    else:
+        provider = _provider(resources, model)
     exchange.provider = provider.name
     return provider
 
@@ -300,6 +348,7 @@ def _wire(
         parsed,
         request.headers,
         payload_changed=decision is not None,
+        pinned=exchange.model_sent,
     )
 
 

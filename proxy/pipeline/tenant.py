@@ -37,11 +37,11 @@ def request_tenant(
 
 def api_key(headers: Mapping[str, str]) -> str | None:
     """The caller's key: `Authorization: Bearer KEY` (the OpenAI SDKs), else `api-key`
-    (Azure's)."""
+    (Azure's), else `x-api-key` (Anthropic's)."""
     authorization = headers.get("authorization")
     if authorization and authorization[:7].lower() == _BEARER:
         return authorization[7:].strip() or None
-    return headers.get("api-key") or None
+    return headers.get("api-key") or headers.get("x-api-key") or None
 
 
 def key_sha256(key: str) -> str:

@@ -12,7 +12,8 @@ Three ways, by the provider's kind and the route:
 - **translated** (chat completions to a ``kind: anthropic`` provider): the Messages
   request of ``exchange/messages_call.py``, its answer translated back by
   ``relay_messages.py``;
-- **refused**: any other route to an Anthropic provider.
+- **refused**: any other route to an Anthropic provider, and a Messages API request that a
+  prompt version's model pin would send to an OpenAI-shaped provider.
 """
 
 from __future__ import annotations
@@ -79,13 +80,25 @@ def primary_wire(
     client_headers: CIMultiDictProxy[str],
     *,
     payload_changed: bool,
+    pinned: str | None = None,
 ) -> Wire:
-    """The request for ``provider`` (module docstring), or ``InvalidRequest``."""
+    """The request for ``provider`` (module docstring), or ``InvalidRequest``. ``pinned``:
+    the model a prompt version pinned, sent in place of the request's."""
     messages_api = speaks_messages_api(route, tail)
+    model = pinned or parsed.model or ""
+    if messages_api and not provider.messages_api and pinned is not None:
+        # The caller asked Anthropic's API; a version's pin must not turn that into a call
+        # to an OpenAI-shaped provider that does not speak it (api.openai.com answers 404).
+        raise InvalidRequest(
+            f"The prompt version pins '{pinned}', served by provider '{provider.name}', "
+            "which does not take Anthropic's Messages API requests.",
+            param="model",
+            code="unsupported_for_provider",
+        )
     if provider.messages_api and not messages_api:
         if route is not Route.CHAT or method != "POST" or parsed.payload is None:
             raise InvalidRequest(
-                f"The model '{parsed.model or ''}' is served by provider '{provider.name}' "
+                f"The model '{model}' is served by provider '{provider.name}' "
                 "(Anthropic's Messages API), which this proxy reaches from POST "
                 "/v1/chat/completions (translated), /v1/messages and /v1/models only.",
                 param="model",
@@ -119,6 +132,8 @@ def aimed_shadow(
     if provider is None:
         return MODEL_NOT_SERVED
     messages_api = shadow.route is Route.MESSAGES
+    if messages_api and not provider.messages_api and provider is not primary:
+        return UNTRANSLATABLE  # a candidate pinned away from Anthropic's API
     call: MessagesCall | None = None
     if provider.messages_api and not messages_api:
         if shadow.route is not Route.CHAT:

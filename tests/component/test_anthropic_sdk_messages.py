@@ -235,3 +235,44 @@ async def test_a_shadow_of_a_messages_prompt_pairs_two_claude_answers(
         assert pair["primary"]["output_tokens"]
     systems = sorted(s["body"]["system"][0]["text"] for s in await sims.seen())
     assert systems == ["You are the candidate desk."] * 2 + ["You are the stable desk."] * 2
+
+
+async def test_a_batch_by_id_goes_to_the_anthropic_provider(proxy: Proxy, sims: Sims) -> None:
+    async with anthropic.AsyncAnthropic(
+        base_url=root(proxy), api_key="sk-ant-callers-own", max_retries=0
+    ) as client:
+        # The simulator has no batches: its 404 proves where the call went.
+        with pytest.raises(anthropic.NotFoundError):
+            await client.messages.batches.retrieve("msgbatch_01")
+    [sent] = await sims.seen()
+    assert sent["path"] == "/v1/messages/batches/msgbatch_01"
+    assert sent["headers"]["x-api-key"] == ANTHROPIC_KEY
+
+
+async def test_a_canary_pinned_away_from_anthropic_leaves_messages_calls_to_stable(
+    proxy: Proxy, sims: Sims
+) -> None:
+    services = proxy.services
+    key = PromptKey("support")
+    await services.registry.push(
+        VersionDraft(key=key, template="You are the Claude desk.", model=MODEL), actor="t"
+    )
+    # A GPT candidate cannot take a Messages API call: stable answers, counted.
+    await services.registry.push(
+        VersionDraft(key=key, template="You are the GPT desk.", model="gpt-4o"), actor="t"
+    )
+    await services.registry.promote(key, 1, "t", "")
+    await services.registry.set_rollout(key, 2, RolloutMode.CANARY, 100, None, "t", "")
+    await ready_for(services)
+    async with anthropic.AsyncAnthropic(
+        base_url=root(proxy, "support"), api_key="sk-ant-callers-own", max_retries=0
+    ) as client:
+        raw = await client.messages.with_raw_response.create(
+            model=MODEL, max_tokens=50, messages=USER
+        )
+    assert (raw.headers["x-prompt-arm"], raw.headers["x-prompt-version"]) == ("stable", "1")
+    [sent] = await sims.seen()
+    assert sent["body"]["system"][0]["text"] == "You are the Claude desk."
+    value = services.metrics.registry.get_sample_value
+    counted = {"slug": "support", "reason": "untranslatable"}
+    assert value("promptproxy_rollout_fallbacks_total", counted) == 1

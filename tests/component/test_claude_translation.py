@@ -19,7 +19,7 @@ from prometheus_client import generate_latest
 
 from proxy.config import load_config
 from proxy.prompt_key import PromptKey
-from proxy.registry.models import RolloutMode, VersionDraft
+from proxy.registry.models import RolloutMode, VariableSpec, VersionDraft
 from proxy.services import Services
 from proxy.simulator import SimulatorSettings, start_simulator
 from tests.component.test_registry_swap_in import ready_for
@@ -530,3 +530,38 @@ async def test_a_canary_to_claude_leaves_what_claude_cannot_take_to_stable(
     value = services.metrics.registry.get_sample_value
     counted = {"slug": "support", "reason": "untranslatable"}
     assert value("promptproxy_rollout_fallbacks_total", counted) == 1
+
+
+async def test_when_stable_cannot_serve_either_the_caller_gets_the_candidates_error(
+    proxy: Proxy,
+) -> None:
+    services = proxy.services
+    key = PromptKey("support")
+    await services.registry.push(VersionDraft(key=key, template="Stable."), actor="t")
+    await services.registry.push(
+        VersionDraft(
+            key=key,
+            template="Weather in {{ city }}.",
+            variables=(VariableSpec("city", "string", "Lisbon", has_default=True),),
+            model=CLAUDE,
+        ),
+        actor="t",
+    )
+    await services.registry.promote(key, 1, "t", "")
+    await services.registry.set_rollout(key, 2, RolloutMode.CANARY, 100, None, "t", "")
+    await ready_for(services)
+    async with proxy.client(base_url=proxy.url.replace("/v1", "/p/support/v1")) as sdk:
+        with pytest.raises(openai.BadRequestError) as refused:
+            await sdk.chat.completions.create(
+                model="gpt-4o",
+                messages=MESSAGES,
+                extra_body={"prompt_variables": {"city": 5}},
+            )
+    # The candidate's complaint (a number for a string), not stable's (no such variable).
+    assert "city" in refused.value.message
+    assert "not declared" not in refused.value.message
+    value = services.metrics.registry.get_sample_value
+    assert (
+        value("promptproxy_rollout_fallbacks_total", {"slug": "support", "reason": "render_failed"})
+        is None
+    )

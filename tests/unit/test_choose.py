@@ -165,6 +165,13 @@ def test_sticky_values() -> None:
         sticky_value(StickyKey.parse("user"), {}, {"safety_identifier": "s-1"}, **common) == "s-1"
     )
     assert sticky_value(StickyKey.parse("user"), headers, {"user": 7}, **common) is None
+    # The Messages API names its user in `metadata.user_id`.
+    claude = {"metadata": {"user_id": "u-42"}}
+    assert sticky_value(StickyKey.parse("user"), {}, claude, **common) == "u-42"
+    # Anthropic's SDKs send their key as x-api-key: one key, one cohort, as with a bearer.
+    anthropic_key = sticky_value(StickyKey.parse("tenant"), {"x-api-key": "sk-ant"}, {}, **common)
+    assert anthropic_key is not None
+    assert anthropic_key.startswith("k:")
     assert sticky_value(StickyKey.parse("none"), headers, payload, **common) == "req-1"
     by_key = sticky_value(StickyKey.parse("tenant"), headers, payload, **common)
     assert by_key is not None
@@ -195,6 +202,9 @@ def test_bucket_range() -> None:
         (Route.EMBEDDINGS, "POST", {}, 10, ShadowSkip.NOT_COMPLETION),
         (Route.RESPONSES, "GET", {}, 0, ShadowSkip.NOT_COMPLETION),
         (Route.CHAT, "POST", {}, 2_000_000, ShadowSkip.BODY_TOO_LARGE),
+        (Route.MESSAGES, "POST", {}, 10, None),
+        # Code execution in the caller's own container: never run twice.
+        (Route.MESSAGES, "POST", {"container": "container_1"}, 10, ShadowSkip.SIDE_EFFECTS),
     ],
 )
 def test_only_side_effect_free_completions_are_shadowed(
