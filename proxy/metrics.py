@@ -159,8 +159,9 @@ class ProxyMetrics:
         self.rollout_percent = Gauge(
             "promptproxy_rollout_percent",
             "Running rollouts: share of keys on the candidate, by mode (canary: served by it; "
-            "shadow: also sent to it). Absent when no rollout runs.",
-            ("slug", "mode", "candidate"),
+            "shadow: also sent to it), by the prompt's variant and layer (tier or tenant "
+            "override; the highest percent of that kind). Absent when no rollout runs.",
+            ("slug", "variant", "layer", "mode", "candidate"),
             registry=registry,
         )
         self.rollout_unkeyed = Counter(
@@ -217,7 +218,8 @@ class ProxyMetrics:
         )
         self.analysis_leader = Gauge(
             "promptproxy_analysis_leader",
-            "1 on the replica holding the slug's analysis lease.",
+            "Analysed rollouts of the slug (its base, variants, overrides) whose analysis "
+            "lease this replica holds: 1 for a slug with one rollout. Absent once none runs.",
             ("slug",),
             registry=registry,
         )
@@ -367,10 +369,20 @@ class ProxyMetrics:
     def set_rollouts(self, rollouts: Mapping[PromptKey, Rollout]) -> None:
         """Mirror the snapshot's rollouts (called on every snapshot swap, which is rare)."""
         self.rollout_percent.clear()
+        # A slug's base, variants and overrides roll out apart; tenants are no label, so
+        # the overrides of one kind share a series, showing the highest percent.
+        shown: dict[tuple[str, str, str, str, str], float] = {}
         for key, rollout in rollouts.items():
-            self.rollout_percent.labels(key.slug, rollout.mode.value, str(rollout.candidate)).set(
-                rollout.percent
+            labels: tuple[str, str, str, str, str] = (
+                key.slug,
+                key.variant or "",
+                "" if key.layer is None else key.layer.kind,
+                rollout.mode.value,
+                str(rollout.candidate),
             )
+            shown[labels] = max(shown.get(labels, 0.0), rollout.percent)
+        for labels, percent in shown.items():
+            self.rollout_percent.labels(*labels).set(percent)
 
     def slug_label(self, key: PromptKey | None) -> str:
         """The ``slug`` label of ``key``: its slug while the registry knows the key."""

@@ -153,17 +153,29 @@ class Analyser:
             self._metrics.analysis_leader.labels(key.slug).set(0)
         self._leading.clear()
 
+    def _publish_leading(self, slug: str, running: bool) -> None:
+        """The leader gauge of ``slug``: how many of its analysed rollouts this replica
+        leads (a slug's base, variants and overrides each have their own lease); gone once
+        none of them runs, so `sum by (slug)` of it is 0 only while nobody leads one."""
+        led = sum(1 for key in self._leading if key.slug == slug)
+        if led or running:
+            self._metrics.analysis_leader.labels(slug).set(led)
+        else:
+            with contextlib.suppress(KeyError):
+                self._metrics.analysis_leader.remove(slug)
+
     # -- one tick -------------------------------------------------------------------------
 
     async def tick(self) -> None:
         rollouts = {
             key: r for key, r in self._snapshot().rollouts.items() if r.analysis is not None
         }
+        running = {key.slug for key in rollouts}
         for key in list(self._leading - rollouts.keys()):
             self._leading.discard(key)
-            # The rollout ended: its series goes, so `sum by (slug)` of it means "running".
-            with contextlib.suppress(KeyError):
-                self._metrics.analysis_leader.remove(key.slug)
+            # The rollout ended: its series goes with the slug's last, so `sum by (slug)` of
+            # it means "running".
+            self._publish_leading(key.slug, key.slug in running)
             with contextlib.suppress(Exception):
                 await self._lease.release(key)
         self._pool.forget({(key, r.id) for key, r in self._snapshot().rollouts.items()})
@@ -195,7 +207,7 @@ class Analyser:
         elif not held:
             self._leading.discard(key)
             self._states.pop(key, None)  # another replica may change it now
-        self._metrics.analysis_leader.labels(key.slug).set(1 if held else 0)
+        self._publish_leading(key.slug, running=True)
 
     def _store_error(self, op: str, exc: Exception) -> None:
         self._metrics.redis_errors.labels(op).inc()

@@ -34,7 +34,7 @@ from proxy.analysis.window import ArmStats, RolloutBatch, RolloutKey, WindowReco
 from proxy.config import AnalysisConfig
 from proxy.log import APP_LOGGER
 from proxy.metrics import ProxyMetrics
-from proxy.prompt_key import PromptKey
+from proxy.prompt_key import Layer, PromptKey
 from proxy.registry.analysis_policy import AnalysisPolicy
 from proxy.registry.models import RegistrySnapshot
 from proxy.registry.service import RegistryService
@@ -453,6 +453,46 @@ async def test_a_vanished_holder_is_replaced_after_the_lease_and_a_stopping_one_
     await holder.analyser.tick()
     assert not holder.leads
     assert newcomer.leads
+
+
+async def test_the_leader_gauge_counts_each_rollout_of_a_slug(shared: Shared) -> None:
+    """A slug's base and its tier's override roll out apart, each under its own lease: the
+    gauge counts both, and goes only when the last ends (it once went with the first)."""
+    now = time.time()
+    policy = AnalysisPolicy(interval=3600, min_samples=10)
+    tiered = PromptKey("greet", layer=Layer("tier", "pro"))
+    both = {
+        key: dataclasses.replace(
+            rollout(1000, rid=rid), key=key, started_at=now, updated_at=now, analysis=policy
+        )
+        for key, rid in ((GREET, "r-base"), (tiered, "r-tier"))
+    }
+    shown = [RegistrySnapshot(revision=1, versions={}, prod={}, rollouts=both)]
+    metrics = ProxyMetrics(CollectorRegistry(), ["gpt-4o-mini"])
+    analyser = Analyser(
+        config=AnalysisConfig(lease_seconds=5),
+        snapshot=lambda: shown[0],
+        registry=cast(RegistryService, None),  # never reached: no verdict is due
+        recorder=WindowRecorder(time.time),
+        pool=await shared.pool(0),
+        lease=await shared.lease(0, "a", 5),
+        state=await shared.state(0),
+        metrics=metrics,
+    )
+
+    def leader() -> float | None:
+        gauge = "promptproxy_analysis_leader"
+        return metrics.registry.get_sample_value(gauge, {"slug": "greet"})
+
+    await analyser.tick()
+    assert leader() == 2
+    shown[0] = dataclasses.replace(shown[0], rollouts={tiered: both[tiered]})
+    await analyser.tick()
+    assert leader() == 1  # the override's rollout is still led
+    shown[0] = dataclasses.replace(shown[0], rollouts={})
+    await analyser.tick()
+    assert leader() is None
+    await analyser.close()
 
 
 class Records(logging.Handler):
