@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from proxy.sse import SSESplitter, parse_event
@@ -60,3 +62,38 @@ def test_an_event_that_never_ends_is_not_buffered_without_limit() -> None:
     pieces.extend(splitter.feed(b"\n\ndata: next\n\n"))
     assert b"".join(pieces) == data + b"\n\ndata: next\n\n"
     assert pieces[-1] == b"data: next\n\n"
+
+
+def _line_by_line(raw: bytes) -> tuple[str | None, bytes]:
+    """What the spec's line-by-line reading gives (the parser before its quick path)."""
+    event: str | None = None
+    data: list[bytes] = []
+    for line in re.split(rb"\r\n|\n|\r", raw):
+        if line.startswith(b"data:"):
+            data.append(line[6:] if line.startswith(b"data: ") else line[5:])
+        elif line.startswith(b"event:"):
+            value = line[7:] if line.startswith(b"event: ") else line[6:]
+            event = value.decode("utf-8", "replace")
+    return event, b"\n".join(data)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'event: message_start\ndata: {"type":"message_start"}\n\n',
+        b'data: {"choices":[]}\n\n',
+        b"data: [DONE]\n\n",
+        b"event: ping\r\ndata: {}\r\n\r\n",
+        b"data: a\ndata: b\n\n",
+        b": keep-alive\n\n",
+        b"event: x\ndata: {}\nid: 3\n\n",
+        b'data:{"no":"space"}\n\n',
+        b"event: e\ndata: \n\n",
+        b"event: e\n\n",
+        b"data: unterminated",
+        b"event: caf\xc3\xa9\ndata: {}\n\n",
+    ],
+)
+def test_every_shape_parses_as_the_spec_reads_it(raw: bytes) -> None:
+    event = parse_event(raw)
+    assert (event.event, event.data) == _line_by_line(raw)
