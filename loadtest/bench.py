@@ -59,6 +59,7 @@ from loadtest.targets import (
     OURS,
     PEERS,
     PROMPTPROXY,
+    PROMPTPROXY_CLAUDE,
     PROMPTPROXY_SWAP,
     ROLLOUTS,
     TARGETS,
@@ -128,9 +129,14 @@ def _start_target(
             name=name,
         )
     if name in OURS:
-        swap = name == PROMPTPROXY_SWAP
         return start_promptproxy(
-            fleet, sim.base_url, pinning.target_cores, label, swap=swap, rollout=ROLLOUTS.get(name)
+            fleet,
+            sim.base_url,
+            pinning.target_cores,
+            label,
+            swap=name == PROMPTPROXY_SWAP,
+            rollout=ROLLOUTS.get(name),
+            anthropic=name == PROMPTPROXY_CLAUDE,
         )
     return start_minimal(fleet, sim.base_url, pinning.target_cores, label)
 
