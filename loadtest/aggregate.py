@@ -20,9 +20,13 @@ from loadtest.targets import (
     MINIMAL,
     NGINX,
     PROMPTPROXY,
+    PROMPTPROXY_CLAUDE,
     PROMPTPROXY_SWAP,
     ROLLOUTS,
 )
+
+#: A translated target -> the pass-through it is compared with (same proxy, same run).
+TRANSLATED = {PROMPTPROXY_CLAUDE: PROMPTPROXY}
 
 Cell = dict[str, Any]
 
@@ -75,31 +79,38 @@ def _median_tree(nodes: Sequence[Any]) -> Any:
 
 
 def _vs_minimal(runs: Sequence[Cell]) -> dict[tuple[str, str], list[float]]:
-    """Each target's CPU per request over the minimal's in the same round and scenario.
+    """Each target's CPU per request over the minimal's in the same round and scenario."""
+    return _paired_ratios(runs, MINIMAL)
+
+
+def _paired_ratios(runs: Sequence[Cell], base: str) -> dict[tuple[str, str], list[float]]:
+    """Each target's CPU per request over ``base``'s in the same round and scenario.
 
     The two ran a minute apart at most. On a shared VM the CPU a request costs drifts by
     10-25 % between minutes (other tenants' use of the host's caches; the same tree in two
     processes measured that far apart), so a ratio of per-target medians, taken from
     different rounds, moved with the drift; a ratio within a round mostly cancels it."""
-    minimal = {
+    baseline = {
         (c["scenario"], c.get("round")): value(c, "cpu_us_per_req", "target")
         for c in runs
-        if c["target"] == MINIMAL
+        if c["target"] == base
     }
     ratios: dict[tuple[str, str], list[float]] = {}
     for c in runs:
         mine = value(c, "cpu_us_per_req", "target")
-        base = minimal.get((c["scenario"], c.get("round")))
-        if mine is not None and base:
-            ratios.setdefault((c["scenario"], c["target"]), []).append(mine / base)
+        theirs = baseline.get((c["scenario"], c.get("round")))
+        if mine is not None and theirs:
+            ratios.setdefault((c["scenario"], c["target"]), []).append(mine / theirs)
     return ratios
 
 
 def combine(runs: Sequence[Cell], names: Sequence[str] = ALL_TARGETS) -> list[Cell]:
     """One cell per (scenario, target): medians over rounds; counts summed, RSS the max;
-    ``cpu_vs_minimal``: the median of the round-by-round ratios (see ``_vs_minimal``).
+    ``cpu_vs_minimal``: the median of the round-by-round ratios (see ``_vs_minimal``); a
+    translated target's ``cpu_vs_passthrough`` likewise, against its pass-through.
     ``names``: the targets to keep, in report order."""
     paired = _vs_minimal(runs)
+    passthrough = {t: _paired_ratios(runs, base) for t, base in TRANSLATED.items()}
     scenarios = dict.fromkeys(c["scenario"] for c in runs)
     present = {(c["scenario"], c["target"]) for c in runs}
     keys = [(s, t) for s in scenarios for t in names if (s, t) in present]
@@ -121,6 +132,9 @@ def combine(runs: Sequence[Cell], names: Sequence[str] = ALL_TARGETS) -> list[Ce
         cell["cpu_us_per_req_range"] = [min(cpu), max(cpu)] if cpu else None
         ratios = paired.get((scenario, target))
         cell["cpu_vs_minimal"] = statistics.median(ratios) if ratios else None
+        if target in passthrough:
+            ratios = passthrough[target].get((scenario, target))
+            cell["cpu_vs_passthrough"] = statistics.median(ratios) if ratios else None
         combined.append(cell)
     return combined
 
@@ -163,6 +177,34 @@ def swap_in_cost(cells: Sequence[Cell]) -> dict[str, dict[str, float | None]]:
             "latency_p50_ms": delta("latency_ms", "p50"),
             "latency_p99_ms": delta("latency_ms", "p99"),
         }
+    return cost
+
+
+def translation_cost(cells: Sequence[Cell]) -> dict[str, dict[str, float | None]]:
+    """What translating to Anthropic's Messages API and back adds over the pass-through
+    (promptproxy_claude against promptproxy), per scenario, in the same run: CPU per request
+    of both and their ratio (the median of the round-by-round ratios), and what each adds to
+    direct at p50 and p99, latency and, for streams, time to first byte."""
+    cost: dict[str, dict[str, float | None]] = {}
+    for translated, base in TRANSLATED.items():
+        for scenario in dict.fromkeys(c["scenario"] for c in cells):
+            plain, cell = find(cells, scenario, base), find(cells, scenario, translated)
+            if plain is None or cell is None:
+                continue
+            cpu_plain = value(plain, "cpu_us_per_req", "target")
+            cpu = value(cell, "cpu_us_per_req", "target")
+            ratio = value(cell, "cpu_vs_passthrough")
+            if ratio is None and cpu is not None and cpu_plain:
+                ratio = cpu / cpu_plain
+            row: dict[str, float | None] = {
+                "cpu_us_per_req_passthrough": cpu_plain,
+                "cpu_us_per_req": cpu,
+                "cpu_ratio": ratio,
+            }
+            for key in ("p50", "p99", "ttfb_p50", "ttfb_p99"):
+                row[f"added_{key}_ms_passthrough"] = value(plain, "added_ms", key)
+                row[f"added_{key}_ms"] = value(cell, "added_ms", key)
+            cost[scenario] = row
     return cost
 
 

@@ -59,6 +59,7 @@ from loadtest.targets import (
     OURS,
     PEERS,
     PROMPTPROXY,
+    PROMPTPROXY_CLAUDE,
     PROMPTPROXY_SWAP,
     ROLLOUTS,
     TARGETS,
@@ -128,9 +129,14 @@ def _start_target(
             name=name,
         )
     if name in OURS:
-        swap = name == PROMPTPROXY_SWAP
         return start_promptproxy(
-            fleet, sim.base_url, pinning.target_cores, label, swap=swap, rollout=ROLLOUTS.get(name)
+            fleet,
+            sim.base_url,
+            pinning.target_cores,
+            label,
+            swap=name == PROMPTPROXY_SWAP,
+            rollout=ROLLOUTS.get(name),
+            anthropic=name == PROMPTPROXY_CLAUDE,
         )
     return start_minimal(fleet, sim.base_url, pinning.target_cores, label)
 
@@ -226,6 +232,7 @@ async def run_bench(args: argparse.Namespace, fleet: Fleet, pinning: Pinning) ->
         "cells": cells,
         "cpu_ratio_promptproxy_vs_minimal": aggregate.cpu_ratios(cells),
         "swap_in_cost": aggregate.swap_in_cost(cells),
+        "translation_cost": aggregate.translation_cost(cells),
         "rollout_cost": aggregate.rollout_cost(cells),
         **(
             {}
@@ -539,6 +546,8 @@ def print_report(result: dict[str, Any]) -> None:
             print(report.peers_table(result["cells"]) + "\n")
         if result["swap_in_cost"]:
             print(report.swap_in_table(result["swap_in_cost"]) + "\n")
+        if result.get("translation_cost"):
+            print(report.translation_table(result["translation_cost"]) + "\n")
         if result.get("rollout_cost"):
             print(report.rollout_table(result["rollout_cost"]) + "\n")
         if result.get("baseline"):

@@ -32,6 +32,7 @@ from loadtest.targets import (
     BENCH_TENANT_HEADERS,
     MINIMAL,
     PROMPTPROXY,
+    PROMPTPROXY_CLAUDE,
     PROMPTPROXY_SWAP,
     PROMPTPROXY_TENANTS,
     Running,
@@ -69,6 +70,7 @@ def _start(fleet: Fleet, target: str, upstream: str, wrapper: list[str]) -> Runn
         wrapper,
         swap=target == PROMPTPROXY_SWAP,
         tenants=target == PROMPTPROXY_TENANTS,
+        anthropic=target == PROMPTPROXY_CLAUDE,
         ready_timeout=START_TIMEOUT_S,
     )
 
@@ -90,6 +92,7 @@ async def count(args: argparse.Namespace, fleet: Fleet) -> float:
             **scenario.sim_headers,
             **(BENCH_TENANT_HEADERS if args.target == PROMPTPROXY_TENANTS else {}),
         },
+        model=target.model,
     )
     async with LoadGenerator(spec, clients=args.clients) as gen:
         warm = await gen.run(args.warmup, max_seconds=args.max_seconds)
@@ -109,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--target",
-        choices=(PROMPTPROXY, PROMPTPROXY_SWAP, PROMPTPROXY_TENANTS, MINIMAL),
+        choices=(PROMPTPROXY, PROMPTPROXY_CLAUDE, PROMPTPROXY_SWAP, PROMPTPROXY_TENANTS, MINIMAL),
         default=PROMPTPROXY,
     )
     parser.add_argument("--scenario", choices=list(BY_NAME), default="nonstream_0ms")

@@ -107,11 +107,13 @@ def chat_request(
     stream: bool,
     extra_headers: Mapping[str, str] | None = None,
     expected_events: int | None = None,
+    model: str | None = None,
 ) -> RequestSpec:
+    """``model``: None sends ``chat_body``'s default (``gpt-4o-mini``)."""
     headers = {**SDK_HEADERS, **(extra_headers or {})}
     return RequestSpec(
         url=url,
-        body=chat_body(stream=stream),
+        body=chat_body(stream=stream) if model is None else chat_body(stream=stream, model=model),
         headers=headers,
         stream=stream,
         validate=default_validator(stream, expected_events),

@@ -153,6 +153,7 @@ async def measure_cell(
         stream=scenario.stream,
         extra_headers=scenario.sim_headers,
         expected_events=expected_events,
+        model=None if target is None else target.model,
     )
     proc = None if target is None else target.proc
     planned = scenario.requests(cfg.requests)

@@ -36,6 +36,7 @@ from loadtest.scenarios import BY_NAME
 from loadtest.targets import (
     MINIMAL,
     PROMPTPROXY,
+    PROMPTPROXY_CLAUDE,
     Running,
     start_minimal,
     start_promptproxy,
@@ -102,12 +103,17 @@ async def profile(args: argparse.Namespace, fleet: Fleet, out: Path) -> int:
         args.py_spy, "record", "--gil", "--format", "raw", "--rate", str(args.rate),
         "--output", str(out), "--",
     ]  # fmt: skip
-    start = start_promptproxy if args.target == PROMPTPROXY else start_minimal
-    target = start(fleet, sim.base_url, {args.target_core}, f"profiled-{args.target}", wrapper)
+    label, cores = f"profiled-{args.target}", {args.target_core}
+    if args.target == MINIMAL:
+        target = start_minimal(fleet, sim.base_url, cores, label, wrapper)
+    else:
+        anthropic = args.target == PROMPTPROXY_CLAUDE
+        target = start_promptproxy(fleet, sim.base_url, cores, label, wrapper, anthropic=anthropic)
     spec = chat_request(
         target.base_url + "/chat/completions",
         stream=scenario.stream,
         extra_headers=scenario.sim_headers,
+        model=target.model,
     )
     async with LoadGenerator(spec, clients=args.clients) as gen:
         warm = await gen.run(args.warmup, max_seconds=args.max_seconds)
@@ -122,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     import uvloop
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--target", choices=(PROMPTPROXY, MINIMAL), default=PROMPTPROXY)
+    parser.add_argument(
+        "--target", choices=(PROMPTPROXY, PROMPTPROXY_CLAUDE, MINIMAL), default=PROMPTPROXY
+    )
     parser.add_argument("--scenario", choices=list(BY_NAME), default="nonstream_0ms")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests", type=int, default=3000)
@@ -148,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     except StartError as exc:
         print(f"error: {exc}\n(logs in {log_dir})", file=sys.stderr)
         return 2
-    main_module = "proxy/__main__.py" if args.target == PROMPTPROXY else "minimal_proxy.py"
+    main_module = "minimal_proxy.py" if args.target == MINIMAL else "proxy/__main__.py"
     own, total = per_request(out, args.rate, requests, main_module)
     print(f"{args.target}, {args.scenario}: {requests} requests, GIL-holding samples")
     print(f"total {sum(own.values()):.0f} us/req (profiler overhead included)")

@@ -6,8 +6,16 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from loadtest.aggregate import Cell, cpu_ratios, find, peer_comparison, value, vs_minimal
-from loadtest.targets import MINIMAL, PROMPTPROXY, PROMPTPROXY_SWAP
+from loadtest.aggregate import (
+    Cell,
+    cpu_ratios,
+    find,
+    peer_comparison,
+    translation_cost,
+    value,
+    vs_minimal,
+)
+from loadtest.targets import MINIMAL, PROMPTPROXY, PROMPTPROXY_CLAUDE, PROMPTPROXY_SWAP
 
 # From the issues ("A leaner hot path" tightened the first ones). The "minimal" column of
 # the checks shows the pass-through's own figure.
@@ -21,6 +29,12 @@ ADDED_TTFB_P50_MAX_MS = 1.0
 #: Swap-in p99 at 0 ms provider delay / minimal's p99.
 SWAP_P99_RATIO_MAX = 1.5
 RSS_DRIFT_MAX_PCT = 5.0
+#: The Anthropic translation (issue: "translation may add at most 30 % CPU per request over
+#: the pass-through, and TTFB added stays within 1.5 ms p50"): promptproxy_claude's CPU per
+#: request / promptproxy's in every scenario, and its TTFB added to direct at p50 (the
+#: stricter reading: over direct, not over the pass-through).
+TRANSLATION_CPU_RATIO_MAX = 1.3
+TRANSLATION_TTFB_P50_MAX_MS = 1.5
 LATENCY_SCENARIO = "nonstream_50ms"
 TTFB_SCENARIO = "stream_20x5ms"
 FULL_LOAD_SCENARIO = "nonstream_0ms"
@@ -193,8 +207,33 @@ def bench_checks(cells: Sequence[Cell], clients: int) -> list[Cell]:
                 None,
             )
         )
+    checks += translation_checks(cells)
     failed = sum(c["errors"] for c in cells)
     checks.append(_check("failed requests, all cells", float(failed), 0.0, None))
+    return checks
+
+
+def translation_checks(cells: Sequence[Cell]) -> list[Cell]:
+    """promptproxy_claude against the issue's targets, when it ran beside promptproxy."""
+    cost = translation_cost(cells)
+    checks = [
+        _check(
+            f"CPU/request {PROMPTPROXY_CLAUDE} / {PROMPTPROXY}, {scenario}",
+            row["cpu_ratio"],
+            TRANSLATION_CPU_RATIO_MAX,
+            None,
+        )
+        for scenario, row in cost.items()
+    ]
+    if TTFB_SCENARIO in cost:
+        checks.append(
+            _check(
+                f"added TTFB p50 ms, {PROMPTPROXY_CLAUDE}, {TTFB_SCENARIO}",
+                cost[TTFB_SCENARIO]["added_ttfb_p50_ms"],
+                TRANSLATION_TTFB_P50_MAX_MS,
+                value(find(cells, TTFB_SCENARIO, MINIMAL), "added_ms", "ttfb_p50"),
+            )
+        )
     return checks
 
 
@@ -264,6 +303,41 @@ def swap_in_table(cost: dict[str, dict[str, float | None]]) -> str:
     ]
     return "swap-in cost (promptproxy_swap - promptproxy, same run)\n" + render(
         ("scenario", "CPU us/req", "p50 ms", "p99 ms"), rows
+    )
+
+
+def translation_table(cost: dict[str, dict[str, float | None]]) -> str:
+    rows = [
+        (
+            scenario,
+            _fmt(c["cpu_us_per_req_passthrough"], 0),
+            _fmt(c["cpu_us_per_req"], 0),
+            "" if c["cpu_ratio"] is None else f"{c['cpu_ratio']:.2f}x",
+            *(
+                f"{_fmt(c[f'added_{key}_ms_passthrough'], signed=True)} -> "
+                f"{_fmt(c[f'added_{key}_ms'], signed=True)}"
+                for key in ("p50", "p99", "ttfb_p50", "ttfb_p99")
+            ),
+        )
+        for scenario, c in cost.items()
+    ]
+    return (
+        f"translation cost ({PROMPTPROXY} -> {PROMPTPROXY_CLAUDE}, same run; added: to "
+        "direct, ms)\n"
+        + render(
+            (
+                "scenario",
+                "CPU us/req pass",
+                "translated",
+                "ratio",
+                "added p50",
+                "added p99",
+                "added ttfb p50",
+                "added ttfb p99",
+            ),
+            rows,
+            left=1,
+        )
     )
 
 

@@ -11,10 +11,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from loadtest.procs import Fleet, ManagedProcess, free_ports, http_ok, listening
+from loadtest.loadgen import SDK_HEADERS, chat_body
+from loadtest.procs import Fleet, ManagedProcess, StartError, free_ports, http_ok, listening
 
 DIRECT = "direct"
 PROMPTPROXY = "promptproxy"
+#: promptproxy with one ``kind: anthropic`` provider in front of the same simulator, called
+#: with a Claude model: every chat completions request is translated to the Messages API
+#: (``/v1/messages``) and its answer, JSON or SSE, back into a chat completion. The
+#: difference from promptproxy is what the translation costs.
+PROMPTPROXY_CLAUDE = "promptproxy_claude"
+#: The model the load generator names when it calls promptproxy_claude.
+CLAUDE_MODEL = "claude-sonnet-4-5-20250929"
 #: promptproxy with prompt swap-in on every request (base URL /p/bench/v1): resolve the prompt
 #: from the snapshot, render its template, replace the system message, re-encode the body.
 PROMPTPROXY_SWAP = "promptproxy_swap"
@@ -32,7 +40,15 @@ PROMPTPROXY_CANARY = "promptproxy_canary"
 #: pairs file. The difference from promptproxy_swap is what shadowing costs.
 PROMPTPROXY_SHADOW = "promptproxy_shadow"
 MINIMAL = "minimal"
-TARGETS = (DIRECT, PROMPTPROXY, PROMPTPROXY_SWAP, PROMPTPROXY_CANARY, PROMPTPROXY_SHADOW, MINIMAL)
+TARGETS = (
+    DIRECT,
+    PROMPTPROXY,
+    PROMPTPROXY_CLAUDE,
+    PROMPTPROXY_SWAP,
+    PROMPTPROXY_CANARY,
+    PROMPTPROXY_SHADOW,
+    MINIMAL,
+)
 #: With ``--baseline REV``: promptproxy and promptproxy_swap as they were at REV, run from a
 #: checkout of REV in the same run, so a change is measured against its parent on equal terms.
 BASELINE = "baseline"
@@ -45,7 +61,9 @@ NGINX = "nginx"
 LITELLM = "litellm"
 PEERS = (NGINX, LITELLM)
 ALL_TARGETS = (*TARGETS, NGINX, LITELLM, BASELINE, BASELINE_SWAP)
-OURS = frozenset({PROMPTPROXY, PROMPTPROXY_SWAP, PROMPTPROXY_CANARY, PROMPTPROXY_SHADOW})
+OURS = frozenset(
+    {PROMPTPROXY, PROMPTPROXY_CLAUDE, PROMPTPROXY_SWAP, PROMPTPROXY_CANARY, PROMPTPROXY_SHADOW}
+)
 #: Target -> (mode, percent) of the rollout it runs.
 ROLLOUTS = {PROMPTPROXY_CANARY: ("canary", 10.0), PROMPTPROXY_SHADOW: ("shadow", 25.0)}
 
@@ -78,6 +96,8 @@ class Running:
     name: str
     base_url: str
     proc: ManagedProcess
+    #: The model the load generator must name (None: its default, ``gpt-4o-mini``).
+    model: str | None = None
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
@@ -123,18 +143,38 @@ def start_promptproxy(
     name: str | None = None,
     ready_timeout: float = READY_TIMEOUT_S,
     tenants: bool = False,
+    anthropic: bool = False,
 ) -> Running:
-    """``source``: a checkout to run instead of this tree (``name`` then names the target)."""
+    """``source``: a checkout to run instead of this tree (``name`` then names the target).
+    ``anthropic``: ``upstream`` becomes a ``kind: anthropic`` provider serving ``claude-*``
+    (promptproxy_claude)."""
     port, admin = free_ports(2)
     command = [
         sys.executable, "-m", "proxy", "serve",
         "--host", "127.0.0.1", "--port", str(port), "--admin-port", str(admin),
-        "--upstream", upstream, "--log-level", "INFO",
+        "--log-level", "INFO",
     ]  # fmt: skip
     # Left alone, the embedded prompt registry would be created inside the repository and
     # shared by every proxy of the run; each one gets its own in the scratch directory.
     store = f"embedded:{fleet.log_dir / label}-registry.db"
     swap = swap or rollout is not None or tenants
+    if anthropic and swap:
+        raise ValueError("promptproxy_claude has no prompt swap-in configured")
+    if anthropic:
+        # With `providers:` the proxy refuses --upstream; the provider's URL is the
+        # simulator's root (the proxy adds /v1/messages). No api_key_env: the client's
+        # key is forwarded, as x-api-key.
+        config = fleet.log_dir / f"{label}.yaml"
+        config.write_text(
+            "providers:\n"
+            "  - name: anthropic\n"
+            "    kind: anthropic\n"
+            f"    base_url: {_root_url(upstream)}\n"
+            '    models: ["claude-*"]\n'
+        )
+        command += ["--config", str(config)]
+    else:
+        command += ["--upstream", upstream]
     if tenants:
         config = fleet.log_dir / f"{label}.yaml"
         config.write_text(f"shadow:\n  sink:\n    dir: {fleet.log_dir / label}-pairs\n")
@@ -165,7 +205,42 @@ def start_promptproxy(
         return Running(name, f"http://127.0.0.1:{port}/p/bench/v1", proc)
     if swap:
         return Running(PROMPTPROXY_SWAP, f"http://127.0.0.1:{port}/p/bench/v1", proc)
+    if anthropic:
+        _check_translated(port)
+        return Running(PROMPTPROXY_CLAUDE, f"http://127.0.0.1:{port}/v1", proc, CLAUDE_MODEL)
     return Running(PROMPTPROXY, f"http://127.0.0.1:{port}/v1", proc)
+
+
+def _check_translated(port: int) -> None:
+    """One JSON and one streamed request with the Claude model: both must come back as
+    chat completions built from a Messages answer (its ``msg_`` id), the stream as SSE
+    ending in ``data: [DONE]``, so a config that quietly passed the request through
+    (or a provider that was not asked over /v1/messages) fails before anything is measured.
+    """
+    for stream in (False, True):
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            data=chat_body(stream=stream, model=CLAUDE_MODEL),
+            method="POST",
+            headers=dict(SDK_HEADERS),
+        )
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            kind, body = resp.headers.get("Content-Type", ""), resp.read()
+        if stream:
+            first = body.split(b"\n\n", 1)[0].removeprefix(b"data: ")
+            ok = kind.startswith("text/event-stream") and body.endswith(b"data: [DONE]\n\n")
+        else:
+            first, ok = body, kind.startswith("application/json")
+        answer = json.loads(first)
+        if not ok or not str(answer.get("id", "")).startswith("msg_"):
+            raise StartError(
+                f"promptproxy_claude did not translate (stream={stream}): {kind}, {body[:160]!r}"
+            )
+
+
+def _root_url(base_url: str) -> str:
+    """``http://host:port/v1`` -> ``http://host:port`` (a kind anthropic provider's URL)."""
+    return base_url.removesuffix("/").removesuffix("/v1")
 
 
 def _admin(admin_port: int, method: str, path: str, body: dict[str, object]) -> None:

@@ -46,3 +46,16 @@ def test_results_written_before_the_paired_ratio_still_read() -> None:
     for cell in cells:
         del cell["cpu_vs_minimal"]
     assert aggregate.cpu_ratios(cells) == {"nonstream_0ms": pytest.approx(1.5)}
+
+
+def test_translation_is_checked_against_the_pass_through_round_by_round() -> None:
+    plain = [100.0, 200.0, 200.0]
+    runs = [_run("promptproxy", cpu, r) for r, cpu in enumerate(plain)]
+    runs += [_run("promptproxy_claude", cpu * 1.25, r) for r, cpu in enumerate(plain)]
+    runs += [_run("minimal", 80.0, r) for r in range(3)]
+    cells = aggregate.combine(runs)
+    cost = aggregate.translation_cost(cells)["nonstream_0ms"]
+    assert cost["cpu_us_per_req_passthrough"] == pytest.approx(200.0)
+    assert cost["cpu_ratio"] == pytest.approx(1.25)
+    checks = {c["name"]: c for c in report.bench_checks(cells, clients=16)}
+    assert checks["CPU/request promptproxy_claude / promptproxy, nonstream_0ms"]["met"] is True
