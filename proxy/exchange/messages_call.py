@@ -155,6 +155,24 @@ def chunk_event(chunk: JSON) -> bytes:
     return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
 
+def _data_of(raw: bytes) -> bytes | None:
+    """The data of an event as Anthropic sends them all, ``event: NAME\\ndata: JSON\\n\\n``
+    (its data names its type too, so the name is not read; a ``ping`` is skipped unread),
+    with a few byte searches; None for any other shape, which ``parse_event`` reads. Every
+    event of a translated stream is decoded: this is most of what reading one costs."""
+    start = 0
+    if raw.startswith(b"event: "):
+        if raw.startswith(b"event: ping\n"):
+            return b""
+        start = raw.find(b"\n", 7) + 1
+        if start == 0 or raw[start - 2] == 0x0D:  # no line end, or a CRLF one
+            return None
+    if not raw.startswith(b"data: ", start) or not raw.endswith(b"\n\n"):
+        return None
+    data = raw[start + 6 : -2]
+    return None if b"\n" in data or b"\r" in data else data
+
+
 class ChatStream:
     """A Messages SSE stream in, as bytes arrive; chat completion chunks out, in order.
 
@@ -194,18 +212,24 @@ class ChatStream:
     def _event(self, raw: bytes) -> list[JSON]:
         if self.finished:
             return []
-        event = parse_event(raw)
-        if not event.data:
-            return []  # a comment or a keep-alive
+        name: str | None = None
+        data = _data_of(raw)
+        if data is None:
+            event = parse_event(raw)
+            name, data = event.event, event.data
+        if not data:
+            return []  # a comment, a keep-alive, a ping
         try:
-            payload = orjson.loads(event.data)
+            payload = orjson.loads(data)
         except orjson.JSONDecodeError:
             # A delta we cannot read would leave a hole in the answer: end it, said so.
             self._broken = True
-            shown = event.data[:40].decode("utf-8", "replace")
+            shown = data[:40].decode("utf-8", "replace")
             error: UpstreamError = malformed("an event's data", shown)
             return [error.to_openai_body()]
-        return self._translator.feed(event.event, payload)
+        if name is None and isinstance(payload, dict) and "type" not in payload:
+            name = parse_event(raw).event  # the event's name, where its data has no type
+        return self._translator.feed(name, payload)
 
 
 async def drain(upstream: aiohttp.ClientResponse) -> None:

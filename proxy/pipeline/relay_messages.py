@@ -11,6 +11,7 @@ ends with one OpenAI-style error event instead, as a relayed stream does.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -57,6 +58,14 @@ async def relay_messages(
     )
 
 
+def _marked(chunk: dict[str, Any]) -> bool:
+    """A chunk with a finish reason, usage or an error: what the record needs."""
+    if "error" in chunk or chunk.get("usage"):
+        return True
+    choices = chunk.get("choices")
+    return not choices or any(c.get("finish_reason") for c in choices)
+
+
 async def _read_whole(upstream: aiohttp.ClientResponse) -> bytes:
     body = bytearray()
     try:
@@ -88,11 +97,16 @@ async def _relay_stream(
     stream = ChatStream(call.model, include_usage=call.include_usage)
     reader = AnswerReader(exchange)
 
-    async def send(chunks: list[dict[str, object]]) -> None:
+    capturing = exchange.answer is not None
+
+    async def send(chunks: list[dict[str, Any]]) -> None:
         if not chunks:
             return
         for chunk in chunks:
-            reader.decoded(chunk, chunk=True)
+            # Without a pair to capture, a plain content chunk holds nothing recorded: the
+            # first names the model, the last the finish reason, errors count.
+            if capturing or exchange.model_answered is None or _marked(chunk):
+                reader.decoded(chunk, chunk=True)
         if exchange.ttfb is None:
             exchange.ttfb = time.perf_counter() - exchange.started
         await response.write(b"".join(chunk_event(chunk) for chunk in chunks))

@@ -119,3 +119,27 @@ def test_an_error_that_is_not_json_still_answers_in_the_openai_shape() -> None:
         "claude-x",
     )
     assert (overloaded.status, overloaded.headers) == (503, {"retry-after": "3"})
+
+
+def test_events_of_every_shape_translate_alike() -> None:
+    plain = events(START, TEXT, DELTA, {"type": "message_stop"})
+    crlf = plain.replace(b"\n", b"\r\n")
+    # A provider whose data leaves the type to the event's name.
+    untyped = b"".join(
+        b"event: "
+        + str(p["type"]).encode()
+        + b"\ndata: "
+        + orjson.dumps({k: v for k, v in p.items() if k != "type"})
+        + b"\n\n"
+        for p in (START, TEXT, DELTA, {"type": "message_stop"})
+    )
+    pinged = plain.replace(
+        b"event: content_block_start",
+        b'event: ping\ndata: {"type": "ping"}\n\nevent: content_block_start',
+        1,
+    )
+    expected = [c["choices"] for c in ChatStream("claude-x", include_usage=False).feed(plain)]
+    for wire in (crlf, untyped, pinged):
+        stream = ChatStream("claude-x", include_usage=False)
+        assert [c["choices"] for c in stream.feed(wire)] == expected
+        assert stream.finished
