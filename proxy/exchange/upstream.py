@@ -11,6 +11,8 @@ plus the request's path, and transport failures mapped to ``UpstreamError`` (or
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import aiohttp
@@ -98,6 +100,20 @@ def _session(limits: UpstreamLimits) -> aiohttp.ClientSession:
         # Given once here, not with each request: aiohttp rebuilds a per-request set.
         skip_auto_headers=_SKIP_AUTO_HEADERS,
     )
+
+
+@contextlib.contextmanager
+def answer_read_errors() -> Iterator[None]:
+    """Reading an answer's body: a provider that stops sending or breaks off is the
+    proxy's ``UpstreamError``, as a failure to connect is."""
+    try:
+        yield
+    except TimeoutError:
+        raise UpstreamTimeout("The upstream provider stopped sending its answer.") from None
+    except aiohttp.ClientError as exc:
+        raise UpstreamUnavailable(
+            f"The upstream provider broke off its answer ({type(exc).__name__})."
+        ) from None
 
 
 class PoolUsage:

@@ -24,8 +24,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from proxy.anthropic.errors import to_openai_error
-from proxy.errors import ProxyError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
-from proxy.exchange.upstream import UpstreamClient
+from proxy.errors import ProxyError, UpstreamError, UpstreamUnavailable
+from proxy.exchange.upstream import UpstreamClient, answer_read_errors
 from proxy.providers import Provider, Providers
 
 #: A listing is a quick question: a provider that takes longer is left out.
@@ -137,14 +137,8 @@ async def messages_model(
     async with response:
         status = response.status
         upstream_headers = dict(response.headers)
-        try:
+        with answer_read_errors():
             raw = await _capped(response.content, LIST_MAX_BYTES)
-        except TimeoutError:
-            raise UpstreamTimeout("The upstream provider stopped sending its answer.") from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable(
-                f"The upstream provider broke off its answer ({type(exc).__name__})."
-            ) from None
     try:
         body: Any = None if raw is None else orjson.loads(raw)
     except ValueError:

@@ -16,9 +16,9 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy.errors import UpstreamTimeout, UpstreamUnavailable
 from proxy.exchange.answer import AnswerReader
 from proxy.exchange.outcome import Exchange
+from proxy.exchange.upstream import answer_read_errors
 from proxy.models import Route
 from proxy.sse import SSESplitter
 
@@ -60,14 +60,8 @@ async def _relay_body(
     exchange: Exchange,
     headers: CIMultiDict[str],
 ) -> web.Response:
-    try:
+    with answer_read_errors():
         body = await upstream.read()
-    except TimeoutError:
-        raise UpstreamTimeout("The upstream provider stopped sending its answer.") from None
-    except aiohttp.ClientError as exc:
-        raise UpstreamUnavailable(
-            f"The upstream provider broke off its answer ({type(exc).__name__})."
-        ) from None
     if exchange.route in _OBSERVED_ROUTES and upstream.status < 300:
         AnswerReader(exchange).body(body)
     return web.Response(status=upstream.status, body=body, headers=headers)

@@ -17,7 +17,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy.errors import UpstreamTimeout, UpstreamUnavailable
+from proxy.errors import UpstreamUnavailable
 from proxy.exchange.answer import AnswerReader
 from proxy.exchange.messages_call import (
     DONE_EVENT,
@@ -28,6 +28,7 @@ from proxy.exchange.messages_call import (
     drain,
 )
 from proxy.exchange.outcome import Exchange
+from proxy.exchange.upstream import answer_read_errors
 from proxy.pipeline.relay import SSE_HEADERS, content_type_of, start_stream, stream_error_event
 
 #: A whole Messages answer is held to be translated; past this it is refused, not held.
@@ -68,19 +69,13 @@ def _marked(chunk: dict[str, Any]) -> bool:
 
 async def _read_whole(upstream: aiohttp.ClientResponse) -> bytes:
     body = bytearray()
-    try:
+    with answer_read_errors():
         async for chunk in upstream.content.iter_any():
             body += chunk
             if len(body) > MAX_ANSWER_BYTES:
                 raise UpstreamUnavailable(
                     f"The provider's answer is larger than {MAX_ANSWER_BYTES} bytes."
                 )
-    except TimeoutError:
-        raise UpstreamTimeout("The upstream provider stopped sending its answer.") from None
-    except aiohttp.ClientError as exc:
-        raise UpstreamUnavailable(
-            f"The upstream provider broke off its answer ({type(exc).__name__})."
-        ) from None
     return bytes(body)
 
 
