@@ -59,15 +59,19 @@ class ProxyError(Exception):
     def to_json(self) -> bytes:
         return orjson.dumps(self.to_openai_body())
 
-    def to_anthropic_json(self) -> bytes:
+    def to_anthropic_json(self, request_id: str | None = None) -> bytes:
         """The same error in the Messages API's shape, for its clients (``/v1/messages``):
-        the anthropic SDKs choose the class by status and show ``error.message``."""
+        the anthropic SDKs choose the class by status and show ``error.message``, and
+        carry ``request_id`` (here the proxy's own, ``x-promptproxy-request-id``)."""
         message = self.message
         if self.param is not None:
             message = f"{self.param}: {message}"
         kind = _ANTHROPIC_TYPES.get(self.status, "api_error" if self.status >= 500 else None)
         error = {"type": kind or "invalid_request_error", "message": message}
-        return orjson.dumps({"type": "error", "error": error})
+        body: dict[str, Any] = {"type": "error", "error": error}
+        if request_id is not None:
+            body["request_id"] = request_id
+        return orjson.dumps(body)
 
 
 #: The Messages API's error type for a status (https://docs.anthropic.com/en/api/errors).

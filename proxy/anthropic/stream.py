@@ -139,6 +139,11 @@ class StreamTranslator:
             return [openai_error_body(data.get("error"))]
         return []  # ping, and event types added to the API later
 
+    @property
+    def started(self) -> bool:
+        """``message_start`` came: the answer's usage counts exist (0 is a count then)."""
+        return self._id is not None
+
     def usage(self) -> JSON:
         """The usage so far, as the usage chunk states it: what the proxy records, whether
         or not the client asked for that chunk."""

@@ -193,10 +193,10 @@ class ChatStream:
     def finished(self) -> bool:
         return self._broken or self._translator.finished
 
-    def usage(self) -> JSON:
+    def usage(self) -> JSON | None:
         """The answer's usage (OpenAI's shape), counted whether or not the client asked for
-        the usage chunk."""
-        return self._translator.usage()
+        the usage chunk; None before ``message_start`` said any."""
+        return self._translator.usage() if self._translator.started else None
 
     def feed(self, data: bytes) -> list[JSON]:
         chunks: list[JSON] = []

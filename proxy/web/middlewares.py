@@ -58,7 +58,7 @@ def error_response(exc: ProxyError, request_id: str, *, anthropic: bool = False)
         headers["Retry-After"] = str(exc.retry_after)
     return web.Response(
         status=exc.status,
-        body=exc.to_anthropic_json() if anthropic else exc.to_json(),
+        body=exc.to_anthropic_json(request_id) if anthropic else exc.to_json(),
         content_type="application/json",
         headers=headers,
     )

@@ -175,7 +175,10 @@ async def test_the_proxys_own_errors_come_in_anthropics_shape(
 ) -> None:
     with pytest.raises(anthropic.NotFoundError) as unknown:
         await claude.messages.create(model="mystery-model", max_tokens=10, messages=USER)
+    # The proxy's own request id, where Anthropic gives its own.
+    request_id = unknown.value.response.headers["x-promptproxy-request-id"]
     assert unknown.value.body == {
+        "request_id": request_id,
         "type": "error",
         "error": {
             "type": "not_found_error",

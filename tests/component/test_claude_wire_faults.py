@@ -5,6 +5,7 @@ reused all the same), and a model description that stalls."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from proxy.config import load_config
+from proxy.log import ACCESS_LOGGER
 from tests.support import proxy_clients
 
 pytestmark = pytest.mark.timeout(20)
@@ -62,6 +64,8 @@ class Scripted:
         await response.prepare(request)
         if script == "cut":  # ends cleanly, but before the message did
             await response.write(sse(START, *TEXT))
+        elif script == "nothing":  # ends before the message began
+            await response.write(b": keep-alive\n\n")
         else:
             await response.write(sse(START, *TEXT, *END))
             if script == "slow-close":
@@ -155,3 +159,16 @@ async def test_a_model_description_that_stalls_is_a_gateway_error_not_a_500(data
     resp = await client.get(f"/v1/models/{CLAUDE}")
     assert resp.status == 504
     assert (await resp.json())["error"]["code"] == "upstream_timeout"
+
+
+async def test_a_stream_cut_before_the_message_began_counts_no_tokens(
+    data: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    client, _ = data
+    caplog.set_level(logging.INFO, logger=ACCESS_LOGGER)
+    text = await chat_stream(client, "nothing")
+    assert "ended the stream before the answer was complete" in text
+    (line,) = [r.msg for r in caplog.records if r.name == ACCESS_LOGGER]
+    # Nothing said how many: no count at all, rather than a count of 0.
+    assert (line["input_tokens"], line["output_tokens"]) == (None, None)
+    assert line["error_class"] == "stream_interrupted"
