@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     AliasChoices,
     BaseModel,
     ConfigDict,
@@ -111,40 +112,6 @@ class ServerConfig(_Section):
     body_timeout_seconds: float = Field(60.0, gt=0, le=3600)
 
 
-class UpstreamConfig(_Section):
-    #: Base URL of the OpenAI-compatible provider, including its `/v1`.
-    base_url: str = "https://api.openai.com/v1"
-    #: Name of the environment variable holding the provider key. When set, the proxy sends
-    #: that key upstream in place of the client's `Authorization`; when unset, the client's
-    #: own `Authorization` is forwarded.
-    api_key_env: str | None = None
-    connect_timeout_seconds: float = Field(5.0, gt=0)
-    #: Longest silence allowed between two reads from the provider (headers or body bytes).
-    read_timeout_seconds: float = Field(600.0, gt=0)
-    #: Upstream connections open at once (each one also holds a client connection, so the
-    #: proxy needs about twice this in file descriptors). An LLM stream holds its
-    #: connection for its whole answer, so this is the number of concurrent calls.
-    max_connections: int = Field(4096, ge=1)
-    #: With every connection in use, a request waits this long for a free one, then gets a
-    #: retryable 503 (`upstream_pool_exhausted`). The TCP connect has its own timeout after.
-    pool_wait_seconds: float = Field(2.0, gt=0, le=600)
-    #: At start, one TCP connect to the upstream. `auto`: an upstream on this machine that
-    #: does not answer stops the start (exit 1), a remote one only logs a warning (a provider
-    #: blip must not crash-loop a fleet); `fail`: any unreachable upstream stops it; `warn`:
-    #: never stops it; `off`: no probe.
-    check_at_start: Literal["auto", "fail", "warn", "off"] = "auto"
-
-    @field_validator("base_url")
-    @classmethod
-    def _check_base_url(cls, value: str) -> str:
-        return provider_url(value)
-
-    @field_validator("api_key_env")
-    @classmethod
-    def _check_env_name(cls, value: str | None) -> str | None:
-        return env_name(value)
-
-
 def provider_url(value: str) -> str:
     """A provider's base URL: absolute http(s), a valid port, no query or fragment."""
     parts = urlsplit(value)
@@ -165,6 +132,36 @@ def env_name(value: str | None) -> str | None:
     return value
 
 
+#: A provider's base URL, checked (``provider_url``) wherever the config takes one.
+ProviderURL = Annotated[str, AfterValidator(provider_url)]
+#: The name of an environment variable holding a key (never the key itself).
+EnvName = Annotated[str | None, AfterValidator(env_name)]
+
+
+class UpstreamConfig(_Section):
+    #: Base URL of the OpenAI-compatible provider, including its `/v1`.
+    base_url: ProviderURL = "https://api.openai.com/v1"
+    #: Name of the environment variable holding the provider key. When set, the proxy sends
+    #: that key upstream in place of the client's `Authorization`; when unset, the client's
+    #: own `Authorization` is forwarded.
+    api_key_env: EnvName = None
+    connect_timeout_seconds: float = Field(5.0, gt=0)
+    #: Longest silence allowed between two reads from the provider (headers or body bytes).
+    read_timeout_seconds: float = Field(600.0, gt=0)
+    #: Upstream connections open at once (each one also holds a client connection, so the
+    #: proxy needs about twice this in file descriptors). An LLM stream holds its
+    #: connection for its whole answer, so this is the number of concurrent calls.
+    max_connections: int = Field(4096, ge=1)
+    #: With every connection in use, a request waits this long for a free one, then gets a
+    #: retryable 503 (`upstream_pool_exhausted`). The TCP connect has its own timeout after.
+    pool_wait_seconds: float = Field(2.0, gt=0, le=600)
+    #: At start, one TCP connect to the upstream. `auto`: an upstream on this machine that
+    #: does not answer stops the start (exit 1), a remote one only logs a warning (a provider
+    #: blip must not crash-loop a fleet); `fail`: any unreachable upstream stops it; `warn`:
+    #: never stops it; `off`: no probe.
+    check_at_start: Literal["auto", "fail", "warn", "off"] = "auto"
+
+
 #: What a provider speaks. `anthropic`: the Messages API, reached from chat completions
 #: through the native translation (proxy/anthropic/, proxy/exchange/messages_call.py).
 ProviderKind = Literal["openai", "openai-compatible", "anthropic"]
@@ -180,11 +177,11 @@ class ProviderConfig(_Section):
     #: Base URL including the API's `/v1` (`kind: anthropic`: the host's root, as the
     #: anthropic SDK takes it; the proxy adds `/v1/messages`). Requests go only to the base
     #: URLs of the config.
-    base_url: str
+    base_url: ProviderURL
     #: The environment variable holding this provider's key, sent in place of the client's
     #: `Authorization` (as `x-api-key` to `kind: anthropic`); unset: the client's own key
     #: is forwarded.
-    api_key_env: str | None = None
+    api_key_env: EnvName = None
     #: The models this provider serves: names or globs (`gpt-*`, `o?-*`), matched against
     #: the model sent (after a prompt's pin), first provider in the list first.
     models: tuple[Annotated[str, Field(min_length=1, max_length=128)], ...] = Field(
@@ -193,16 +190,6 @@ class ProviderConfig(_Section):
     #: `kind: anthropic`: the `max_tokens` sent when a chat completions request names
     #: neither `max_tokens` nor `max_completion_tokens` (the Messages API requires one).
     default_max_tokens: int = Field(4096, ge=1, le=1_000_000)
-
-    @field_validator("base_url")
-    @classmethod
-    def _check_base_url(cls, value: str) -> str:
-        return provider_url(value)
-
-    @field_validator("api_key_env")
-    @classmethod
-    def _check_env_name(cls, value: str | None) -> str | None:
-        return env_name(value)
 
     @model_validator(mode="after")
     def _anthropic_root(self) -> ProviderConfig:
@@ -443,7 +430,7 @@ class ShadowSinkConfig(_Section):
 class ShadowConfig(_Section):
     #: Where shadow copies are sent; defaults to `upstream.base_url`. Always its own client
     #: session and connection pool, so shadows never queue with user traffic.
-    base_url: str | None = None
+    base_url: ProviderURL | None = None
     #: Shadow calls running at once; beyond this they wait in the queue.
     max_in_flight: int = Field(64, ge=1)
     #: Shadow calls waiting for a slot; beyond this they are dropped and counted.
@@ -464,13 +451,6 @@ class ShadowConfig(_Section):
     #: second time, so divergence can be judged against stable's own variability.
     noise_share: float = Field(0.2, ge=0, le=1)
     sink: ShadowSinkConfig = ShadowSinkConfig()
-
-    @field_validator("base_url")
-    @classmethod
-    def _check_base_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        return UpstreamConfig._check_base_url(value)
 
 
 class ProxyConfig(_Section):

@@ -458,8 +458,8 @@ async def test_a_prompt_pinned_to_claude_is_swapped_into_system_and_counted(
     assert all(float(line.rsplit(" ", 1)[1]) > 0 for line in token_lines)
 
 
-async def test_a_shadow_from_gpt_to_claude_pairs_both_answers(proxy: Proxy, sims: Sims) -> None:
-    services = proxy.services
+async def gpt_then_claude(services: Services, mode: RolloutMode) -> None:
+    """`support`: stable v1 pinned to GPT, a 100 % rollout of v2 pinned to Claude."""
     key = PromptKey("support")
     await services.registry.push(
         VersionDraft(key=key, template="You are the stable desk.", model="gpt-4o"), actor="t"
@@ -468,8 +468,12 @@ async def test_a_shadow_from_gpt_to_claude_pairs_both_answers(proxy: Proxy, sims
         VersionDraft(key=key, template="You are the Claude desk.", model=CLAUDE), actor="t"
     )
     await services.registry.promote(key, 1, "t", "")
-    await services.registry.set_rollout(key, 2, RolloutMode.SHADOW, 100, None, "t", "")
+    await services.registry.set_rollout(key, 2, mode, 100, None, "t", "")
     await ready_for(services)
+
+
+async def test_a_shadow_from_gpt_to_claude_pairs_both_answers(proxy: Proxy, sims: Sims) -> None:
+    await gpt_then_claude(proxy.services, RolloutMode.SHADOW)
     async with proxy.client(base_url=proxy.url.replace("/v1", "/p/support/v1")) as sdk:
         whole = await sdk.chat.completions.create(model="gpt-4o", messages=MESSAGES)
         assert whole.model.startswith("gpt-4o")  # the caller gets stable's answer
@@ -498,16 +502,7 @@ async def test_a_canary_to_claude_leaves_what_claude_cannot_take_to_stable(
     proxy: Proxy, sims: Sims
 ) -> None:
     services = proxy.services
-    key = PromptKey("support")
-    await services.registry.push(
-        VersionDraft(key=key, template="You are the stable desk.", model="gpt-4o"), actor="t"
-    )
-    await services.registry.push(
-        VersionDraft(key=key, template="You are the Claude desk.", model=CLAUDE), actor="t"
-    )
-    await services.registry.promote(key, 1, "t", "")
-    await services.registry.set_rollout(key, 2, RolloutMode.CANARY, 100, None, "t", "")
-    await ready_for(services)
+    await gpt_then_claude(services, RolloutMode.CANARY)
     async with proxy.client(base_url=proxy.url.replace("/v1", "/p/support/v1")) as sdk:
         canary = await sdk.chat.completions.with_raw_response.create(
             model="gpt-4o", messages=MESSAGES
