@@ -45,6 +45,8 @@ class Exchange:
     #: What composed the prompt sent, in order (``guardrails@2,base@3``): the
     #: ``x-prompt-layers`` header and the access log's ``layers``.
     layers: str | None = None
+    #: The rendered prompt's digest (``pipeline/render.prompt_hash``): the access log's.
+    prompt_hash: str | None = None
     #: The tenant the registry knows the caller as, and its tier (the access log's; a
     #: tenant is never a metric label).
     tenant: str | None = None

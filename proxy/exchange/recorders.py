@@ -78,6 +78,8 @@ def _request_line(ex: Exchange, ts: float, logger: str) -> dict[str, object]:
         "version": ex.version,
         "arm": ex.arm,
         "layers": ex.layers,
+        "prompt_hash": ex.prompt_hash,
+        "rollout_id": ex.rollout_id,
         "tenant": ex.tenant,
         "tier": ex.tier,
         "model_requested": ex.model_requested,

@@ -125,7 +125,7 @@ def shadow_copy(
         return skip
     payload = orjson.loads(parsed.body)
     try:
-        composed = render_into(
+        composed, _ = render_into(
             parsed.route,
             payload,
             candidate,

@@ -13,8 +13,9 @@ are data: they are passed to the sandboxed renderer as variables, never as templ
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
 from proxy.errors import InvalidRequest, ServiceUnavailable
 from proxy.log import APP_LOGGER
@@ -42,6 +43,23 @@ def _variables(payload: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
+class Rendered(NamedTuple):
+    #: The composition sent: the base's own when the overrides' would not render.
+    composed: Composition | None
+    #: What the model was told, as a short digest (``prompt_hash``): the same for every
+    #: request whose guardrails, template, fills and variables rendered the same text, so a
+    #: log line or a captured call names the exact prompt without carrying it.
+    prompt_hash: str
+
+
+def prompt_hash(rules: str | None, text: str) -> str:
+    """The first 16 hex digits of SHA-256 over the guardrails' text and the prompt's."""
+    digest = hashlib.sha256((rules or "").encode("utf-8", "surrogatepass"))
+    digest.update(b"\x00")
+    digest.update(text.encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()[:16]
+
+
 def render_into(
     route: Route,
     payload: dict[str, Any],
@@ -49,10 +67,9 @@ def render_into(
     renderer: PromptRenderer,
     guardrails: PromptVersion | None = None,
     composed: Composition | None = None,
-) -> Composition | None:
+) -> Rendered:
     """Rewrite ``payload`` in place for ``version``, under ``guardrails`` if there are any,
-    as ``composed`` with the caller's tier's and tenant's overrides when there are any.
-    Returns the composition sent: the base's own, when the overrides' would not render."""
+    as ``composed`` with the caller's tier's and tenant's overrides when there are any."""
     values = _variables(payload)
     try:
         text = _text(renderer, version, composed, values)
@@ -112,7 +129,7 @@ def render_into(
         payload["model"] = version.model
     for name, value in (version.params if composed is None else composed.params).items():
         payload.setdefault(name, value)
-    return composed
+    return Rendered(composed, prompt_hash(rules, text))
 
 
 def _text(

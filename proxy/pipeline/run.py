@@ -231,6 +231,10 @@ async def handle(
         resources.finished.finished(exchange)  # 6
 
 
+#: What stages 3 to 5 set on the exchange: put back when the fallback fails too.
+_DECIDED = ("version", "arm", "layers", "prompt_hash", "model_sent", "provider", "key")
+
+
 class _Fallback:
     """A canary's candidate that cannot serve a request (its template wants a variable
     the caller does not send, its model is served by no provider, or by one that cannot
@@ -272,7 +276,7 @@ class _Fallback:
             provider = _routed(resources, exchange, request, tail, self.body)
             wire = _wire(provider, exchange, request, fresh, fallback, tail, self.raw_tail)
         except (InvalidRequest, NotFound):
-            for name in ("version", "arm", "layers", "model_sent", "provider", "key"):
+            for name in _DECIDED:
                 setattr(exchange, name, getattr(before, name))
             raise self.refused from None
         exchange.rollout_id = None
@@ -298,7 +302,7 @@ def _rendered(
             _on_override_line(exchange, snapshot, decision)
     assert parsed.payload is not None
     guardrails = snapshot.guardrails
-    composed = render_into(
+    composed, exchange.prompt_hash = render_into(
         exchange.route,
         parsed.payload,
         decision.version,
