@@ -399,6 +399,21 @@ class UsageConfig(_Section):
     max_pending_rows: int = Field(100_000, ge=1_000, le=10_000_000)
 
 
+class EvalsConfig(_Section):
+    """Eval runs (`promptproxy eval`, `POST /admin/v1/prompts/{slug}/evals`): each sample
+    is a call through this process's own data plane, pinned to a version."""
+
+    #: Calls in flight per run when the request names no concurrency, and at most.
+    concurrency: int = Field(4, ge=1, le=64)
+    max_concurrency: int = Field(16, ge=1, le=256)
+    #: Runs at once per process; another is refused (409) until one finishes.
+    max_running: int = Field(2, ge=1, le=32)
+    #: One sample's call, first byte to last.
+    request_timeout: float = Field(120.0, gt=0, le=3600)
+    #: Stored runs kept per prompt line (the oldest are deleted).
+    keep_runs: int = Field(500, ge=10, le=100_000)
+
+
 class ShadowSinkConfig(_Section):
     #: `auto`: the store's own: rotated files with the embedded store, a capped Redis Stream
     #: per slug with Redis, a table with PostgreSQL. Any other value must name that one.
@@ -468,6 +483,7 @@ class ProxyConfig(_Section):
     fleet: FleetConfig = FleetConfig()
     tenants: TenantsConfig = TenantsConfig()
     usage: UsageConfig = UsageConfig()
+    evals: EvalsConfig = EvalsConfig()
     #: Where requests go, by the model sent. Empty: the one provider `upstream` describes
     #: (its base URL and key, every model), as before providers existed.
     providers: tuple[ProviderConfig, ...] = Field((), max_length=64)

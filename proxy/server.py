@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 from contextlib import AsyncExitStack
+from typing import Any
 
 from aiohttp import web
 
@@ -115,6 +116,7 @@ async def serve(settings: Settings, stop: asyncio.Event, log_sink: LineSink | No
             server=config.server,
             metrics=services.metrics,
         )
+        services.evals.listening(loopback_url(data_runner.addresses), services.pipeline.eval_key)
         try:
             admin_name = await _start_site(
                 admin_runner,
@@ -143,6 +145,17 @@ async def serve(settings: Settings, stop: asyncio.Event, log_sink: LineSink | No
             services.lifecycle.start_draining()
         finally:
             await data_runner.cleanup()
+
+
+def loopback_url(addresses: list[Any]) -> str:
+    """This process's way to its own data plane (eval runs call it): the first bound
+    address, a wildcard one reached on loopback."""
+    host, port = addresses[0][0], addresses[0][1]
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def _watch_upstream_pool(pool: PoolUsage | None, metrics: ProxyMetrics) -> None:

@@ -17,6 +17,7 @@ from proxy.analysis.window import WindowRecorder
 from proxy.backends.base import Backend
 from proxy.backends.open import open_backend
 from proxy.config import Settings
+from proxy.evals.service import EvalService
 from proxy.exchange.upstream import UpstreamClient, UpstreamLimits
 from proxy.feedback import FeedbackService
 from proxy.log import APP_LOGGER
@@ -82,6 +83,8 @@ class Services:
     analysis: Analyser
     feedback: FeedbackService
     usage: UsageService
+    #: Eval runs: started here, sent through this process's own data plane.
+    evals: EvalService
     #: Every part of the shared state, from `registry.store`.
     backend: Backend
 
@@ -203,6 +206,9 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         for level, notice in startup_notices(holder.current):
             _log.log(level, "%s", notice)
         renderer = PromptRenderer()
+        evals = EvalService(config.evals, backend.evals, lambda: holder.current)
+        # Cancelled before the data plane goes (the stack unwinds in reverse).
+        stack.push_async_callback(evals.close)
         yield Services(
             settings=settings,
             upstream=upstream,
@@ -227,6 +233,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             analysis=analysis,
             feedback=feedback,
             usage=usage,
+            evals=evals,
             backend=backend,
         )
 

@@ -108,6 +108,24 @@ def two_proportion_greater(k1: int, n1: int, k2: int, n2: int) -> float:
     return normal_sf(z)
 
 
+def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The Wilson score interval of a proportion ``k/n`` (95 % by default): unlike the
+    normal approximation it stays inside [0, 1] and is honest at 0/n and n/n, which small
+    eval samples hit all the time. (0, 1) when ``n`` is 0: nothing is known."""
+    if n <= 0:
+        return 0.0, 1.0
+    if not 0 <= k <= n:
+        raise ValueError("successes must lie between 0 and the sample size")
+    p = k / n
+    z2 = z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    # Exact at the ends: rounding would leave 1 - 1e-16 where the interval reaches 1.
+    low = 0.0 if k == 0 else max(0.0, centre - half)
+    high = 1.0 if k == n else min(1.0, centre + half)
+    return low, high
+
+
 def _sample_variance(n: int, total: float, sumsq: float) -> float:
     # Running sums lose a little precision; a variance cannot be negative.
     return max(0.0, (sumsq - total * total / n) / (n - 1))

@@ -366,6 +366,46 @@ class AdminClient:
             except (OSError, orjson.JSONDecodeError, ValidationError) as exc:
                 raise AdminError(f"the pair stream broke off ({exc})") from None
 
+    # -- eval runs --------------------------------------------------------------------------
+
+    def run_eval(
+        self, key: PromptKey, body: dict[str, Any], idle_timeout: float = 60.0
+    ) -> Iterator[dict[str, Any]]:
+        """Start an eval run and follow it: its JSON lines (``started``, ``progress``...,
+        then ``finished`` or ``failed``) as they come. The server writes a line at least
+        every ~15 s, so ``idle_timeout`` only fires on a dead connection."""
+        route = _prompt(key, "/evals")
+        url = self._url(route, None)
+        headers = {**self._headers("application/x-ndjson"), "Content-Type": "application/json"}
+        request = urllib.request.Request(
+            url, data=orjson.dumps(body), method="POST", headers=headers
+        )
+        try:
+            resp = urllib.request.urlopen(request, timeout=idle_timeout)
+        except urllib.error.HTTPError as exc:
+            raise self._error(exc, url) from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise self._unreachable(exc) from None
+        with resp:
+            try:
+                for line in resp:
+                    if line.strip():
+                        yield orjson.loads(line)
+            except (OSError, orjson.JSONDecodeError) as exc:
+                raise AdminError(
+                    f"the eval run's stream broke off ({exc}); the run goes on in the proxy "
+                    "and is stored: see `promptproxy prompts history`"
+                ) from None
+
+    def eval_runs(
+        self, key: PromptKey, candidate: int | None = None, limit: int | None = None
+    ) -> api.EvalRunList:
+        query = {"candidate": candidate, "limit": limit}
+        return self._call(api.EvalRunList, "GET", _prompt(key, "/evals"), query=query)
+
+    def eval_run(self, run_id: str) -> api.EvalRunOut:
+        return self._call(api.EvalRunOut, "GET", f"/evals/{urllib.parse.quote(run_id)}")
+
 
 def _pair(line: bytes) -> api.ShadowPair:
     return api.ShadowPair.model_validate(orjson.loads(line))

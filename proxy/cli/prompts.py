@@ -13,8 +13,9 @@ from typing import Any
 import click
 import orjson
 
-from proxy.cli.client import key_of
+from proxy.cli.client import AdminError, key_of
 from proxy.cli.context import Context, admin_options, pass_ctx
+from proxy.cli.evals import run_lines
 from proxy.cli.keys import prompt_argument
 from proxy.cli.output import run, table, when
 from proxy.cli.served import report_served, wait_options, wait_seconds
@@ -406,7 +407,7 @@ def _detail(entry: api.AuditEntry) -> str | None:
 )
 @pass_ctx
 def history(ctx: Context, key: PromptKey, at: str | None) -> None:
-    """The audit history of SLUG, or what it served at an instant."""
+    """The audit history of SLUG and its eval runs, or what it served at an instant."""
 
     def action() -> None:
         if at is not None:
@@ -414,26 +415,42 @@ def history(ctx: Context, key: PromptKey, at: str | None) -> None:
         else:
             ctx.emit(
                 ctx.client.history(key).data,
-                lambda rows: table(
-                    [
-                        (
-                            e.seq,
-                            when(e.at),
-                            e.action,
-                            e.version,
-                            e.from_status,
-                            e.to_status,
-                            e.actor,
-                            _detail(e),
-                            e.reason,
-                        )
-                        for e in rows
-                    ],
-                    ["SEQ", "AT", "ACTION", "VERSION", "FROM", "TO", "ACTOR", "DETAIL", "REASON"],
-                ),
+                lambda rows: _audit_table(rows) + _eval_runs(ctx, key),
             )
 
     run(action)
+
+
+def _eval_runs(ctx: Context, key: PromptKey) -> str:
+    """The stored eval runs under the audit (people only: `-o json` stays the audit list;
+    the runs as JSON are `GET /admin/v1/prompts/{slug}/evals`)."""
+    try:
+        runs = ctx.client.eval_runs(key, limit=20).data
+    except AdminError as exc:
+        if exc.status in (404, 405):  # a proxy from before eval runs
+            return ""
+        raise
+    return "" if not runs else "\n\nEval runs (newest first):\n" + run_lines(runs)
+
+
+def _audit_table(rows: list[api.AuditEntry]) -> str:
+    return table(
+        [
+            (
+                e.seq,
+                when(e.at),
+                e.action,
+                e.version,
+                e.from_status,
+                e.to_status,
+                e.actor,
+                _detail(e),
+                e.reason,
+            )
+            for e in rows
+        ],
+        ["SEQ", "AT", "ACTION", "VERSION", "FROM", "TO", "ACTOR", "DETAIL", "REASON"],
+    )
 
 
 def _known(value: Any) -> str:

@@ -28,6 +28,9 @@ class Arm(StrEnum):
     #: ``X-Prompt-Version`` chose the version: outside any rollout and its analysis.
     PINNED = "pinned"
     SHADOW = "shadow"
+    #: An eval run's call (pinned, from this process's eval runner): in the access log,
+    #: never in the metrics, the analysis or a tenant's usage.
+    EVAL = "eval"
 
 
 @dataclass(slots=True)

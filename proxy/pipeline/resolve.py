@@ -17,8 +17,12 @@ from proxy.registry.models import PromptVersion, RegistrySnapshot
 
 SLUG_HEADER = "x-prompt-slug"
 VERSION_HEADER = "x-prompt-version"
+#: An eval run's call through the request path (``pipeline/evaluating.py``): this
+#: process's eval key, and the tenant the case runs as.
+EVAL_HEADER = "x-promptproxy-eval"
+EVAL_TENANT_HEADER = "x-promptproxy-eval-tenant"
 #: The proxy's own request controls; never forwarded to the provider.
-CONTROL_HEADERS = frozenset({SLUG_HEADER, VERSION_HEADER})
+CONTROL_HEADERS = frozenset({SLUG_HEADER, VERSION_HEADER, EVAL_HEADER, EVAL_TENANT_HEADER})
 #: Routes whose body carries a system prompt the proxy can replace.
 SWAP_ROUTES = frozenset({Route.CHAT, Route.RESPONSES, Route.MESSAGES})
 

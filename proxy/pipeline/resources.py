@@ -6,7 +6,8 @@ starts tasks, which the pipeline never does) and passed to every request.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import secrets
+from dataclasses import dataclass, field
 
 from proxy.config import ProxyConfig
 from proxy.exchange.observers import Observers
@@ -30,3 +31,6 @@ class PipelineResources:
     shadow: ShadowRunner
     #: Stage 6: what sees the exchange finish (``pipeline/record.py``).
     finished: Observers
+    #: Marks this process's eval runner's calls (``pipeline/evaluating.py``): random per
+    #: process, never logged or sent upstream.
+    eval_key: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)

@@ -38,6 +38,7 @@ from proxy.http_headers import REQUEST_ID_HEADER, client_response_headers
 from proxy.models import ParsedRequest, Route
 from proxy.pipeline.arms import decide, noise_copy, shadow_copy
 from proxy.pipeline.choose import Decision
+from proxy.pipeline.evaluating import check_eval_pin, eval_tenant, is_eval_call
 from proxy.pipeline.model_list import lists_models, messages_model, model_in_path, model_list
 from proxy.pipeline.parse import (
     check_path,
@@ -112,6 +113,11 @@ async def handle(
         check_path(tail)
         ref = prompt_ref(resources.snapshot.current, url_key, request.headers)
         exchange.key = ref.key if ref is not None else None
+        evaluating = is_eval_call(request.headers, resources.eval_key)
+        if evaluating:
+            if ref is None:
+                raise InvalidRequest("An eval call names a prompt.", param="slug")
+            check_eval_pin(ref)
         body = await read_body(request, resources.config.server.max_body_bytes)
         parsed = parse_request(  # 1
             exchange.route, request.method, tail, body, prompt_named=ref is not None
@@ -125,7 +131,11 @@ async def handle(
         if ref is not None and parsed.payload is not None and exchange.route in SWAP_ROUTES:
             # Read after the body: a rollback made while a slow body arrived is obeyed.
             snapshot = resources.snapshot.current
-            tenant = request_tenant(snapshot, request.headers, resources.config.tenants)
+            tenant = (
+                eval_tenant(snapshot, request.headers)
+                if evaluating
+                else request_tenant(snapshot, request.headers, resources.config.tenants)
+            )
             if tenant is not None:
                 exchange.tenant, exchange.tier = tenant.id, tenant.tier
             ref = for_model(snapshot, ref, parsed.model)
@@ -134,6 +144,8 @@ async def handle(
             decision = decide(
                 resources, snapshot, ref, stable, request.headers, parsed, request_id, tenant
             )
+            if evaluating:
+                decision = decision._replace(arm=Arm.EVAL)
         elif ref is not None:
             _count_unshadowable(resources, ref.key)
         if decision is None:

@@ -947,3 +947,89 @@ class ReadyRegistry(Wire):
 class Ready(Wire):
     status: Literal["ready", "degraded", "starting", "draining"]
     registry: ReadyRegistry
+
+
+# -- eval runs ------------------------------------------------------------------------------
+
+
+class EvalIn(Body):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "suite": {
+                        "slug": "support-reply",
+                        "samples": 3,
+                        "model": "gpt-4o-mini",
+                        "cases": [
+                            {
+                                "name": "refund",
+                                "variables": {"customer_name": "Ana", "product": "Routers"},
+                                "messages": [{"role": "user", "content": "Refund me."}],
+                                "assert": [{"type": "contains", "value": "colleague"}],
+                            }
+                        ],
+                    },
+                    "candidate": 2,
+                    "baseline": "prod",
+                }
+            ]
+        }
+    )
+
+    suite: dict[str, Any] = Field(
+        description="The suite file's content, as `promptproxy eval` reads it (see "
+        "docs/evals.md); checked by the server"
+    )
+    candidate: Count
+    baseline: Count | Literal["prod"] | None = Field(
+        "prod",
+        description="The version to compare with: a number, prod (the default), or "
+        "null for the candidate alone",
+    )
+    tenant: Annotated[str, Field(pattern=SLUG_REGEX)] | None = Field(
+        None,
+        description="Run every case as this tenant (its overrides apply); default: the suite's",
+    )
+    min_pass_rate: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="The run passes when the candidate's pass rate is at least this",
+    )
+    max_drop: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="... and its pass rate is at most this much below the "
+        "baseline's (the mean of per-case differences)",
+    )
+    concurrency: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="Calls in flight (default evals.concurrency, at most evals.max_concurrency)",
+    )
+
+
+class EvalRunOut(Record):
+    id: str
+    slug: str
+    candidate: int
+    baseline: int | None
+    kind: str
+    actor: str
+    started_at: float
+    finished_at: float
+    suite_name: str
+    suite_sha256: str
+    judges: list[Any]
+    passed: bool
+    summary: dict[str, Any]
+    detail: dict[str, Any] = Field(
+        default_factory=dict, description="Every sample's answer and failures (empty in lists)"
+    )
+
+
+class EvalRunList(Wire):
+    data: list[EvalRunOut]

@@ -350,6 +350,26 @@ class TenantPath(Params):
     tenant_id: TenantId
 
 
+#: An eval run's id (``proxy.evals.service``): milliseconds since the epoch, a random part.
+EVAL_RUN_ID = re.compile(r"[0-9]{13}-[0-9a-f]{8}")
+
+
+def _run_id(value: Any) -> str:
+    if not EVAL_RUN_ID.fullmatch(str(value)):
+        raise InvalidRequest(
+            "An eval run id looks like 1765000000000-0a1b2c3d.", param="run_id", code="invalid_run"
+        )
+    return str(value)
+
+
+class EvalRunPath(Params):
+    run_id: Annotated[
+        str,
+        BeforeValidator(_run_id),
+        WithJsonSchema({"type": "string", "pattern": "^[0-9]{13}-[0-9a-f]{8}$"}),
+    ]
+
+
 # -- query parameters --------------------------------------------------------------------------
 
 
@@ -411,6 +431,11 @@ class AuditQuery(Params):
     def key(self) -> PromptKey | None:
         """The prompt whose entries are asked for; None: every prompt's."""
         return None if self.slug is None else PromptKey(self.slug)
+
+
+class EvalsQuery(Params):
+    candidate: VersionNumber | None = Field(None, description="Only the runs of this version")
+    limit: Limit = Field(50, le=500, description="Most runs to return (newest first)")
 
 
 class UsageQuery(Params):

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from proxy.web import (
     admin_api,
+    admin_evals,
     admin_fleet,
     admin_health,
     admin_registry,
@@ -31,6 +32,8 @@ from proxy.web.admin_params import (
     AbortQuery,
     AuditQuery,
     DiffQuery,
+    EvalRunPath,
+    EvalsQuery,
     ExplainPath,
     ExplainQuery,
     HistoryQuery,
@@ -57,6 +60,11 @@ _PAIRS = Stream(
     headers={
         "X-Promptproxy-Rollout": "The rollout whose pairs these are, when `rollout` was given"
     },
+)
+_EVAL_LINES = Stream(
+    "application/x-ndjson",
+    "JSON lines: `started` (id, total calls), `progress` (done, total) as samples finish, then "
+    "`finished` (run: an EvalRunOut) or `failed` (error); an empty line every ~15 s while quiet",
 )
 _DOCUMENT = Stream("application/json", "This document", schema={"type": "object"})
 
@@ -489,6 +497,50 @@ ROUTES: tuple[Endpoint[Any, Any, Any, Any], ...] = (
             query=ReportQuery,
             body=NoBody,
             response=api.ShadowReport,
+        )
+    ),
+    # -- eval runs --------------------------------------------------------------------------
+    route(
+        Endpoint(
+            method="POST",
+            path=f"{PREFIX}/prompts/{{slug}}/evals",
+            access=WRITE,
+            summary="Run an eval suite on a candidate version (and a baseline) through this "
+            "proxy's request path; follow it as JSON lines; the run is stored",
+            tag="evals",
+            handler=admin_evals.start_eval,
+            params=SlugPath,
+            query=NoParams,
+            body=api.EvalIn,
+            response=_EVAL_LINES,
+        )
+    ),
+    route(
+        Endpoint(
+            method="GET",
+            path=f"{PREFIX}/prompts/{{slug}}/evals",
+            access=READ,
+            summary="Stored eval runs of a prompt line, newest first, without their samples",
+            tag="evals",
+            handler=admin_evals.list_evals,
+            params=SlugPath,
+            query=EvalsQuery,
+            body=NoBody,
+            response=api.EvalRunList,
+        )
+    ),
+    route(
+        Endpoint(
+            method="GET",
+            path=f"{PREFIX}/evals/{{run_id}}",
+            access=READ,
+            summary="One stored eval run, with every sample's answer and failures",
+            tag="evals",
+            handler=admin_evals.get_eval,
+            params=EvalRunPath,
+            query=NoParams,
+            body=NoBody,
+            response=api.EvalRunOut,
         )
     ),
     # -- the fleet and the registry store ----------------------------------------------------

@@ -15,6 +15,7 @@ from proxy.stats import (
     mean_less,
     quantile_from_histogram,
     two_proportion_greater,
+    wilson_interval,
 )
 
 
@@ -158,3 +159,25 @@ def test_histogram_quantile_approaches_the_sample_quantile_on_fine_buckets() -> 
         estimate = quantile_from_histogram(bounds, [int(c) for c in counts], q)
         assert estimate is not None
         assert estimate == pytest.approx(float(np.quantile(values, q)), abs=0.01)
+
+
+@pytest.mark.parametrize(("k", "n"), [(0, 1), (0, 10), (3, 10), (9, 10), (10, 10), (47, 120)])
+def test_wilson_bounds_are_where_the_score_test_rejects(k: int, n: int) -> None:
+    # The Wilson interval is the set of p whose score test does not reject at 5 %: check
+    # each bound is where the two-sided score test's p-value is 0.05, with scipy's normal.
+    low, high = wilson_interval(k, n)
+    for bound, inside in ((low, low > 0), (high, high < 1)):
+        if inside:
+            z = (k / n - bound) / math.sqrt(bound * (1 - bound) / n)
+            assert 2 * sp.norm.sf(abs(z)) == pytest.approx(0.05, abs=1e-4)
+    assert 0.0 <= low <= k / n <= high <= 1.0
+    if k == 0:
+        assert low == 0.0
+    if k == n:
+        assert high == 1.0
+
+
+def test_wilson_interval_of_nothing_is_everything() -> None:
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError, match="successes"):
+        wilson_interval(3, 2)

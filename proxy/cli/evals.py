@@ -1,0 +1,303 @@
+"""`promptproxy eval SLUG --candidate N`: run a prompt's eval suite through the proxy.
+
+The suite file is read here (beside the prompt files, or `--suite`) and sent to the admin
+API, which checks it, runs it through the proxy's request path and stores the run. This
+command shows the progress and prints the result: a table for people, `-o json` for
+scripts, `--markdown FILE` for a pull request. Exit status: 0 when the run passed its
+criteria, 3 when it ran and did not pass, 1 on an error (2: bad command line).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from proxy.cli.client import AdminError, key_of
+from proxy.cli.context import Context, pass_ctx, plain
+from proxy.cli.output import fail, table, when
+from proxy.evals.suite import SuiteError, find_suite, load_suite_file
+
+#: The exit status of a run that finished and did not pass.
+NOT_PASSED = 3
+
+
+def _baseline(value: str) -> int | str | None:
+    if value == "none":
+        return None
+    if value == "prod":
+        return "prod"
+    if value.isascii() and value.isdigit() and int(value) > 0:
+        return int(value)
+    raise click.BadParameter("a version number, prod or none")
+
+
+@click.command("eval")
+@click.argument("slug")
+@click.option("--candidate", type=click.IntRange(min=1), required=True, help="Version to test.")
+@click.option(
+    "--baseline",
+    default="prod",
+    show_default=True,
+    help="Version to compare with: a number, prod, or none (the candidate alone).",
+)
+@click.option("--tenant", help="Run every case as this tenant (its overrides apply).")
+@click.option("--variant", help="The model variant's version line (SLUG@VARIANT).")
+@click.option(
+    "--suite",
+    "suite_path",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="The suite file (default: found beside the prompt files in --prompts).",
+)
+@click.option(
+    "--prompts",
+    "prompts_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("prompts"),
+    show_default=True,
+    help="The prompt files' folder, where SLUG.eval.yaml is looked for.",
+)
+@click.option("--min-pass-rate", type=click.FloatRange(0, 1), default=1.0, show_default=True)
+@click.option(
+    "--max-drop",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Largest drop of the pass rate against the baseline that still passes.",
+)
+@click.option("--concurrency", type=click.IntRange(1, 256), help="Calls in flight.")
+@click.option(
+    "--markdown",
+    "markdown_path",
+    type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+    help="Also write a Markdown summary here (- for stdout), e.g. for a pull request comment.",
+)
+@pass_ctx
+def eval_command(
+    ctx: Context,
+    slug: str,
+    candidate: int,
+    baseline: str,
+    tenant: str | None,
+    variant: str | None,
+    suite_path: Path | None,
+    prompts_dir: Path,
+    min_pass_rate: float,
+    max_drop: float,
+    concurrency: int | None,
+    markdown_path: Path | None,
+) -> None:
+    """Run SLUG's eval suite on version CANDIDATE and the baseline, through the proxy."""
+    try:
+        key = key_of(slug, variant=variant)
+        path = suite_path or find_suite(prompts_dir, slug, tenant, variant)
+        if path is None:
+            raise AdminError(
+                f"no eval suite for {slug} in {prompts_dir} (looked for {slug}.eval.yaml "
+                "beside its prompt file); give --suite or --prompts"
+            )
+        suite = load_suite_file(path)
+    except AdminError as exc:
+        fail(exc)
+    except SuiteError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+    body: dict[str, Any] = {
+        "suite": suite.to_dict(),
+        "candidate": candidate,
+        "baseline": _baseline(baseline),
+        "min_pass_rate": min_pass_rate,
+        "max_drop": max_drop,
+    }
+    if tenant is not None:
+        body["tenant"] = tenant
+    if concurrency is not None:
+        body["concurrency"] = concurrency
+    run = _follow(ctx, key, body, str(path))
+    ctx.emit(run, human_report)
+    if markdown_path is not None:
+        text = markdown_report(run)
+        if str(markdown_path) == "-":
+            click.echo(text)
+        else:
+            markdown_path.write_text(text, encoding="utf-8")
+    if not run["passed"]:
+        sys.exit(NOT_PASSED)
+
+
+def _follow(ctx: Context, key: Any, body: dict[str, Any], source: str) -> dict[str, Any]:
+    """The run, once finished; progress on stderr meanwhile."""
+    bar: Any = None
+    try:
+        for event in ctx.client.run_eval(key, body):
+            kind = event.get("event")
+            if kind == "started":
+                label = f"{source}: {event['total']} calls"
+                bar = click.progressbar(length=event["total"], label=label, file=sys.stderr)
+                bar.__enter__()
+            elif kind == "progress" and bar is not None:
+                bar.update(event["done"] - bar.pos)
+            elif kind == "finished":
+                run: dict[str, Any] = event["run"]
+                if event.get("warning"):
+                    click.echo(f"warning: {event['warning']}", err=True)
+                return run
+            elif kind == "failed":
+                raise AdminError(f"eval run {event.get('id')} failed: {event.get('error')}")
+    except AdminError as exc:
+        fail(exc)
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+    fail(AdminError("the eval run's stream ended before the run did"))
+
+
+# -- printing -------------------------------------------------------------------------------
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def _interval(pair: list[float]) -> str:
+    return f"[{_pct(pair[0])}, {_pct(pair[1])}]"
+
+
+def _pp(value: float) -> str:
+    return f"{100 * value:+.1f} pp"
+
+
+def _side_line(name: str, side: dict[str, Any]) -> str:
+    errors = f", {side['errors']} errors" if side["errors"] else ""
+    return (
+        f"{name} v{side['version']}: {side['passed']}/{side['samples']} samples passed, "
+        f"{_pct(side['pass_rate'])} (95% CI {_interval(side['interval'])}){errors}"
+    )
+
+
+def _first_failures(run: dict[str, Any], side: str = "candidate") -> dict[str, str]:
+    """Case name -> the first failure of its first failing sample on ``side``."""
+    found: dict[str, str] = {}
+    for case in run.get("detail", {}).get("cases", []):
+        for sample in case["sides"].get(side, []):
+            if sample["error"]:
+                found[case["name"]] = sample["error"]
+                break
+            if sample["failures"]:
+                failure = sample["failures"][0]
+                found[case["name"]] = f"{failure['type']}: {failure['detail']}"
+                break
+    return found
+
+
+def _case_flag(row: dict[str, Any]) -> str:
+    if row.get("regressed"):
+        return "REGRESSED"
+    if row.get("improved"):
+        return "improved"
+    return ""
+
+
+def human_report(run: dict[str, Any]) -> str:
+    summary = run["summary"]
+    has_baseline = "baseline" in summary
+    failures = _first_failures(run)
+    rows = []
+    for row in summary["cases"]:
+        k, n = row["candidate"]
+        cells: list[Any] = [row["name"], f"{k}/{n}"]
+        if has_baseline:
+            kb, nb = row["baseline"]
+            cells += [f"{kb}/{nb}", _case_flag(row)]
+        cells.append(failures.get(row["name"], "")[:80])
+        rows.append(cells)
+    headers = ["case", "candidate"] + (["baseline", ""] if has_baseline else []) + ["first failure"]
+    lines = [table(rows, headers), ""]
+    lines.append(_side_line("candidate", summary["candidate"]))
+    if has_baseline:
+        lines.append(_side_line("baseline", summary["baseline"]))
+        diff = summary["difference"]
+        significant = " (a significant drop)" if diff.get("significant_drop") else ""
+        lines.append(
+            f"difference: {_pp(diff['value'])} (95% CI {_pp(diff['interval'][0])} to "
+            f"{_pp(diff['interval'][1])}, over {diff['cases']} cases){significant}"
+        )
+    criteria = summary["criteria"]
+    verdict = "PASSED" if run["passed"] else "NOT PASSED"
+    lines.append(
+        f"{verdict}: min pass rate {_pct(criteria['min_pass_rate'])}, max drop "
+        f"{_pct(criteria['max_drop'])}; run {run['id']} by {run['actor']} at "
+        f"{when(run['finished_at'])}"
+    )
+    return "\n".join(lines)
+
+
+def markdown_report(run: dict[str, Any]) -> str:
+    summary = run["summary"]
+    has_baseline = "baseline" in summary
+    icon = "✅" if run["passed"] else "❌"
+    verdict = "passed" if run["passed"] else "did not pass"
+    baseline = f" against v{run['baseline']}" if has_baseline else ""
+    out = [
+        f"### {icon} Eval of `{run['slug']}` v{run['candidate']}{baseline}: {verdict}",
+        "",
+        "| version | passed | pass rate | 95% CI |",
+        "|---|---|---|---|",
+    ]
+    for name in ("candidate", "baseline"):
+        side = summary.get(name)
+        if side is not None:
+            out.append(
+                f"| {name} v{side['version']} | {side['passed']}/{side['samples']} | "
+                f"{_pct(side['pass_rate'])} | {_interval(side['interval'])} |"
+            )
+    if has_baseline:
+        diff = summary["difference"]
+        out += [
+            "",
+            f"Difference {_pp(diff['value'])} (95% CI {_pp(diff['interval'][0])} to "
+            f"{_pp(diff['interval'][1])}, mean over {diff['cases']} cases).",
+        ]
+    failures = _first_failures(run)
+    flagged = [r for r in summary["cases"] if r.get("regressed") or r["name"] in failures]
+    if flagged:
+        out += ["", "| case | candidate | baseline | first failure |", "|---|---|---|---|"]
+        for row in flagged:
+            k, n = row["candidate"]
+            base = "-" if "baseline" not in row else f"{row['baseline'][0]}/{row['baseline'][1]}"
+            detail = failures.get(row["name"], "").replace("|", "\\|")[:120]
+            out.append(
+                f"| {row['name']}{' ⚠' if row.get('regressed') else ''} | {k}/{n} | "
+                f"{base} | {detail} |"
+            )
+    out += [
+        "",
+        f"<sub>Suite `{run['suite_name']}` (sha256 {run['suite_sha256'][:12]}), run "
+        f"`{run['id']}` by {run['actor']}.</sub>",
+    ]
+    return "\n".join(out) + "\n"
+
+
+def run_lines(runs: list[Any]) -> str:
+    """Stored runs, one per line (``prompts history``)."""
+    rows = []
+    for run in runs:
+        data = plain(run)
+        summary = data["summary"]
+        diff = summary.get("difference")
+        rows.append(
+            [
+                when(data["finished_at"]),
+                data["id"],
+                f"v{data['candidate']}",
+                "-" if data["baseline"] is None else f"v{data['baseline']}",
+                _pct(summary["candidate"]["pass_rate"]),
+                "-" if diff is None else _pp(diff["value"]),
+                "passed" if data["passed"] else "not passed",
+                data["actor"],
+            ]
+        )
+    headers = ["finished", "run", "candidate", "baseline", "pass rate", "diff", "verdict", "by"]
+    return table(rows, headers)

@@ -1,0 +1,174 @@
+"""The figures of an eval run, from its samples: pure, so the CLI, the gates and the tests
+read the same numbers.
+
+Per version: samples passed, the pass rate and its Wilson interval. Against the baseline:
+the difference of pass rates averaged over cases (each case counts once, however many
+samples it has) with a bootstrap interval over cases, because samples of one case are not
+independent: they share the case's difficulty, and treating them as independent would
+make the interval too narrow. Per case: each version's rate and whether the candidate is
+lower than the baseline beyond the noise of the samples (a one-sided two-proportion test).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from proxy.stats import two_proportion_greater, wilson_interval
+
+#: A case is flagged when its drop has a one-sided p-value below this.
+CASE_ALPHA = 0.05
+#: Bootstrap resamples of the cases for the difference's interval.
+RESAMPLES = 2000
+CANDIDATE, BASELINE = "candidate", "baseline"
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    #: The assertion's index in its case, and its type.
+    index: int
+    kind: str
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"assertion": self.index, "type": self.kind, "detail": self.detail}
+
+
+@dataclass(frozen=True, slots=True)
+class SampleResult:
+    """One answer to one case by one version."""
+
+    status: int
+    #: Every assertion that could be decided passed, and the call did not fail.
+    passed: bool
+    failures: tuple[Failure, ...]
+    #: Assertions left undecided (a judge rubric, before a judge scores it).
+    pending: tuple[int, ...]
+    text: str
+    finish_reason: str | None
+    latency_ms: float
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "passed": self.passed,
+            "failures": [f.to_dict() for f in self.failures],
+            "pending": list(self.pending),
+            "text": self.text,
+            "finish_reason": self.finish_reason,
+            "latency_ms": self.latency_ms,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class CaseResult:
+    name: str
+    #: Side name (``candidate``, ``baseline``) -> its samples.
+    sides: Mapping[str, tuple[SampleResult, ...]]
+
+    def passes(self, side: str) -> tuple[int, int]:
+        samples = self.sides.get(side, ())
+        return sum(1 for s in samples if s.passed), len(samples)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "sides": {side: [s.to_dict() for s in samples] for side, samples in self.sides.items()},
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Criteria:
+    """What makes a run pass: the candidate's pass rate at least ``min_pass_rate``, and
+    its difference to the baseline no lower than ``-max_drop``."""
+
+    min_pass_rate: float = 1.0
+    max_drop: float = 0.0
+
+    def to_dict(self) -> dict[str, float]:
+        return {"min_pass_rate": self.min_pass_rate, "max_drop": self.max_drop}
+
+
+def side_summary(cases: Sequence[CaseResult], side: str, version: int) -> dict[str, Any]:
+    passes = samples = errors = 0
+    for case in cases:
+        k, n = case.passes(side)
+        passes, samples = passes + k, samples + n
+        errors += sum(1 for s in case.sides.get(side, ()) if s.error is not None)
+    low, high = wilson_interval(passes, samples)
+    return {
+        "version": version,
+        "samples": samples,
+        "passed": passes,
+        "errors": errors,
+        "pass_rate": passes / samples if samples else 0.0,
+        "interval": [low, high],
+    }
+
+
+def case_rows(cases: Sequence[CaseResult], with_baseline: bool) -> list[dict[str, Any]]:
+    rows = []
+    for case in cases:
+        k_c, n_c = case.passes(CANDIDATE)
+        row: dict[str, Any] = {"name": case.name, "candidate": [k_c, n_c]}
+        if with_baseline:
+            k_b, n_b = case.passes(BASELINE)
+            row["baseline"] = [k_b, n_b]
+            p = two_proportion_greater(k_c, n_c, k_b, n_b)
+            row["p_value"] = p
+            row["regressed"] = p < CASE_ALPHA
+            row["improved"] = two_proportion_greater(k_b, n_b, k_c, n_c) < CASE_ALPHA
+        rows.append(row)
+    return rows
+
+
+def _rate(k: int, n: int) -> float:
+    return k / n if n else 0.0
+
+
+def difference(cases: Sequence[CaseResult], seed: int) -> dict[str, Any]:
+    """Candidate minus baseline pass rate, the mean of per-case differences, with a 95 %
+    percentile bootstrap interval over cases (seeded: the same run reports the same)."""
+    deltas = [
+        _rate(*case.passes(CANDIDATE)) - _rate(*case.passes(BASELINE))
+        for case in cases
+        if case.sides.get(CANDIDATE) and case.sides.get(BASELINE)
+    ]
+    if not deltas:
+        return {"value": 0.0, "interval": [-1.0, 1.0], "cases": 0}
+    value = sum(deltas) / len(deltas)
+    rng = random.Random(seed)
+    m = len(deltas)
+    means = sorted(sum(rng.choices(deltas, k=m)) / m for _ in range(RESAMPLES))
+    low = means[int(0.025 * RESAMPLES)]
+    high = means[int(0.975 * RESAMPLES) - 1]
+    return {"value": value, "interval": [low, high], "cases": m}
+
+
+def summarize(
+    cases: Sequence[CaseResult],
+    candidate: int,
+    baseline: int | None,
+    criteria: Criteria,
+    seed: int,
+) -> tuple[bool, dict[str, Any]]:
+    """The run's verdict by ``criteria`` and its summary (what is stored and shown)."""
+    summary: dict[str, Any] = {
+        "candidate": side_summary(cases, CANDIDATE, candidate),
+        "criteria": criteria.to_dict(),
+        "cases": case_rows(cases, baseline is not None),
+    }
+    passed = summary["candidate"]["pass_rate"] >= criteria.min_pass_rate
+    if baseline is not None:
+        summary["baseline"] = side_summary(cases, BASELINE, baseline)
+        diff = difference(cases, seed)
+        # A drop is significant when the whole interval is below zero.
+        diff["significant_drop"] = diff["interval"][1] < 0
+        summary["difference"] = diff
+        passed = passed and diff["value"] >= -criteria.max_drop
+    summary["passed"] = passed
+    return passed, summary

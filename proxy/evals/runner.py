@@ -1,0 +1,177 @@
+"""Run a suite's cases on two versions through this process's own data plane.
+
+Each sample is a chat completion sent to ``/p/{slug}/v1/chat/completions`` on the listener
+callers use, pinned to the version (``x-prompt-version``) and marked with this process's
+eval key (``pipeline/evaluating.py``): guardrails, the tenant's overrides, variants,
+provider routing and the Claude translation apply exactly as in production, while the call
+stays out of the metrics, the analysis and the tenant's usage. Candidate and baseline
+samples are interleaved, so a provider slowing down mid-run hits both alike; at most
+``concurrency`` calls are in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+from proxy.evals.assertions import EvalAnswer, answer_from_chat_completion, check
+from proxy.evals.suite import Case, Suite
+
+from proxy.evals.report import CaseResult, Failure, SampleResult
+from proxy.pipeline.resolve import EVAL_HEADER, EVAL_TENANT_HEADER, VERSION_HEADER
+from proxy.prompt_key import PromptKey
+
+#: The answer text kept per sample in a stored run.
+MAX_TEXT_CHARS = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where this process's data plane listens, and its eval key."""
+
+    base_url: str
+    eval_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What to run: each side's name and version, the model each case's requests name."""
+
+    key: PromptKey
+    suite: Suite
+    sides: tuple[tuple[str, int], ...]
+    #: Case name -> the model its requests name.
+    models: Mapping[str, str]
+    concurrency: int
+
+    @property
+    def total(self) -> int:
+        return sum(samples(self.suite, case) for case in self.suite.cases) * len(self.sides)
+
+
+def samples(suite: Suite, case: Case) -> int:
+    return case.samples if case.samples is not None else suite.samples
+
+
+def request_body(case: Case, model: str) -> dict[str, Any]:
+    body: dict[str, Any] = {**case.params, "model": model, "messages": list(case.messages)}
+    if case.variables:
+        body["prompt_variables"] = dict(case.variables)
+    body.pop("stream", None)  # one whole answer to check
+    return body
+
+
+def judge_sample(case: Case, answer: EvalAnswer, latency_ms: float) -> SampleResult:
+    failures: list[Failure] = []
+    pending: list[int] = []
+    for index, assertion in enumerate(case.assertions):
+        verdict = check(assertion, answer)
+        if verdict.passed is None:
+            pending.append(index)
+        elif not verdict.passed:
+            failures.append(Failure(index, str(assertion.to_dict().get("type")), verdict.detail))
+    return SampleResult(
+        status=answer.status,
+        passed=answer.error is None and not failures,
+        failures=tuple(failures),
+        pending=tuple(pending),
+        text=answer.text[:MAX_TEXT_CHARS],
+        finish_reason=answer.finish_reason,
+        latency_ms=round(latency_ms, 1),
+        error=answer.error,
+    )
+
+
+class Runner:
+    """One run's calls. ``on_sample`` is called after each sample (the progress)."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        target: Target,
+        plan: Plan,
+        on_sample: Callable[[], None],
+        timeout: float,
+    ) -> None:
+        self._session = session
+        self._target = target
+        self._plan = plan
+        self._on_sample = on_sample
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+
+    async def run(self) -> list[CaseResult]:
+        plan = self._plan
+        gate = asyncio.Semaphore(plan.concurrency)
+        jobs: list[tuple[Case, str, int, int]] = []
+        for case in plan.suite.cases:
+            for n in range(samples(plan.suite, case)):
+                for side, version in plan.sides:  # interleaved: both see the same minute
+                    jobs.append((case, side, version, n))
+
+        async def one(case: Case, side: str, version: int) -> SampleResult:
+            async with gate:
+                result = await self._sample(case, version)
+            self._on_sample()
+            return result
+
+        results = await asyncio.gather(*(one(c, side, v) for c, side, v, _ in jobs))
+        by_case: dict[str, dict[str, list[SampleResult]]] = {}
+        for (case, side, _, _), result in zip(jobs, results, strict=True):
+            by_case.setdefault(case.name, {}).setdefault(side, []).append(result)
+        return [
+            CaseResult(case.name, {s: tuple(r) for s, r in by_case.get(case.name, {}).items()})
+            for case in plan.suite.cases
+        ]
+
+    async def _sample(self, case: Case, version: int) -> SampleResult:
+        plan, target = self._plan, self._target
+        headers = {EVAL_HEADER: target.eval_key, VERSION_HEADER: str(version)}
+        tenant = case.tenant or plan.suite.tenant
+        if tenant:
+            headers[EVAL_TENANT_HEADER] = tenant
+        url = f"{target.base_url}/p/{plan.key.slug}/v1/chat/completions"
+        body = orjson.dumps(request_body(case, plan.models[case.name]))
+        started = time.perf_counter()
+        try:
+            async with self._session.post(
+                url,
+                data=body,
+                headers={**headers, "content-type": "application/json"},
+                timeout=self._timeout,
+            ) as resp:
+                status, raw = resp.status, await resp.read()
+            try:
+                decoded: Any = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                decoded = {"error": {"message": raw[:200].decode("utf-8", "replace")}}
+            answer = answer_from_chat_completion(status, decoded)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            answer = EvalAnswer(0, "", None, (), f"the call failed: {type(exc).__name__}")
+        return judge_sample(case, answer, (time.perf_counter() - started) * 1000)
+
+
+def case_models(suite: Suite, versions: Sequence[tuple[int, str | None]]) -> dict[str, str] | str:
+    """The model each case's requests name: the case's, the suite's, else the model the
+    versions pin (both the same). Or why there is none."""
+    pins = {pin for _, pin in versions if pin}
+    models: dict[str, str] = {}
+    for case in suite.cases:
+        model = case.params.get("model") or suite.model
+        if not model:
+            if len(pins) != 1:
+                return (
+                    f"case {case.name!r} names no model, nor does the suite, and the versions "
+                    + (
+                        "pin none: add `model:` to the suite"
+                        if not pins
+                        else f"pin different ones ({', '.join(sorted(pins))}): add `model:`"
+                    )
+                )
+            (model,) = pins
+        models[case.name] = str(model)
+    return models

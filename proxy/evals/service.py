@@ -1,0 +1,265 @@
+"""``EvalService``: start an eval run, follow its progress, store and read back its result.
+
+The one place that decides what a run is (the admin API and, through it, the CLI only
+validate and print). A run is checked before anything is sent (the versions exist, every
+case has a model that selects the prompt line run), then runs as a tracked background task
+of this process: the caller following it may go away, the run still finishes and is
+stored with the candidate's version, where ``prompts history`` and the gates read it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from proxy.evals.runs import EvalRun, EvalRunStore
+from proxy.evals.suite import Suite
+
+from proxy.config import EvalsConfig
+from proxy.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
+from proxy.evals.report import BASELINE, CANDIDATE, Criteria, summarize
+from proxy.evals.runner import Plan, Runner, Target, case_models
+from proxy.log import APP_LOGGER
+from proxy.pipeline.resolve import PromptRef, for_model
+from proxy.prompt_key import PromptKey
+from proxy.registry.models import RegistrySnapshot
+from proxy.tasks import BackgroundTasks
+
+_log = logging.getLogger(APP_LOGGER)
+#: What ``baseline`` may say instead of a number: the version prod is at the start.
+PROD = "prod"
+
+
+@dataclass(slots=True)
+class Progress:
+    """A run of this process, while it runs and a while after."""
+
+    id: str
+    key: PromptKey
+    total: int
+    done: int = 0
+    state: str = "running"  # running | done | failed
+    run: EvalRun | None = None
+    error: str | None = None
+    #: Set (and replaced) on every change, for whoever follows the run.
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def tick(self) -> None:
+        self.done += 1
+        self._changed()
+
+    def finish(self, run: EvalRun | None, error: str | None = None) -> None:
+        self.state = "done" if run is not None else "failed"
+        self.run, self.error = run, error
+        self._changed()
+
+    def _changed(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "slug": str(self.key),
+            "state": self.state,
+            "done": self.done,
+            "total": self.total,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class EvalRequest:
+    key: PromptKey
+    suite: Suite
+    candidate: int
+    #: A version number, ``prod``, or None (the candidate alone).
+    baseline: int | str | None
+    criteria: Criteria
+    concurrency: int | None = None
+
+
+class EvalService:
+    def __init__(
+        self,
+        config: EvalsConfig,
+        runs: EvalRunStore,
+        snapshot: Callable[[], RegistrySnapshot],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._config = config
+        self._runs = runs
+        self._snapshot = snapshot
+        self._clock = clock
+        self._tasks = BackgroundTasks()
+        self._running: dict[str, Progress] = {}
+        self._target: Target | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    def listening(self, base_url: str, eval_key: str) -> None:
+        """Where this process's data plane took its port (once it has): eval calls go there."""
+        self._target = Target(base_url.rstrip("/"), eval_key)
+
+    async def start(self, request: EvalRequest, actor: str) -> Progress:
+        if self._target is None:
+            raise ServiceUnavailable(
+                "This process's data plane is not listening yet: no eval can run.",
+                code="evals_unavailable",
+            )
+        active = sum(1 for p in self._running.values() if p.state == "running")
+        if active >= self._config.max_running:
+            raise Conflict(
+                f"{active} eval runs are running here (evals.max_running): try again when "
+                "one has finished.",
+                code="evals_busy",
+            )
+        plan = self._plan(request)
+        progress = Progress(_run_id(self._clock()), plan.key, plan.total)
+        self._running[progress.id] = progress
+        self._forget_finished()
+        self._tasks.spawn(
+            self._run(progress, plan, request, actor), name=f"eval-{request.key}-{progress.id}"
+        )
+        return progress
+
+    def progress(self, run_id: str) -> Progress | None:
+        return self._running.get(run_id)
+
+    async def get(self, run_id: str) -> EvalRun:
+        progress = self._running.get(run_id)
+        if progress is not None and progress.run is not None:
+            return progress.run
+        try:
+            run = await self._runs.get(run_id)
+        except Exception as exc:  # the store's own errors: unreachable, timed out
+            raise _store_unavailable(exc) from None
+        if run is None:
+            raise NotFound(f"No eval run {run_id!r}.", param="run_id", code="eval_not_found")
+        return run
+
+    async def history(
+        self, key: PromptKey, candidate: int | None = None, limit: int = 50
+    ) -> list[EvalRun]:
+        try:
+            return await self._runs.list(str(key), candidate=candidate, limit=limit)
+        except Exception as exc:
+            raise _store_unavailable(exc) from None
+
+    async def close(self) -> None:
+        await self._tasks.close()
+        if self._session is not None:
+            await self._session.close()
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _plan(self, request: EvalRequest) -> Plan:
+        snapshot = self._snapshot()
+        key, suite = request.key, request.suite
+        versions = snapshot.versions.get(key)
+        if not versions:
+            raise NotFound(f"No prompt '{key}'.", param="slug", code="prompt_not_found")
+        baseline = request.baseline
+        if baseline == PROD:
+            baseline = snapshot.prod.get(key)
+            if baseline is None:
+                raise Conflict(
+                    f"'{key}' has no prod version to compare with: name a baseline version.",
+                    param="baseline",
+                    code="no_prod_version",
+                )
+        sides: list[tuple[str, int]] = [(CANDIDATE, request.candidate)]
+        if isinstance(baseline, int):
+            sides.append((BASELINE, baseline))
+        for name, number in sides:
+            if number not in versions:
+                raise NotFound(
+                    f"'{key}' has no version {number} (the {name}).",
+                    param=name,
+                    code="version_not_found",
+                )
+        models = case_models(suite, [(n, versions[n].model) for _, n in sides])
+        if isinstance(models, str):
+            raise InvalidRequest(f"The suite cannot run: {models}.", param="suite")
+        plain = PromptKey(key.slug)
+        for case_name, model in models.items():
+            # The model selects the variant, as for a caller: it must select this line.
+            if for_model(snapshot, PromptRef(plain), model).key != key:
+                raise InvalidRequest(
+                    f"Case {case_name!r} names model {model!r}, which does not select the "
+                    f"prompt line '{key}' (variants are selected by the request's model).",
+                    param="suite",
+                    code="model_not_for_variant",
+                )
+        concurrency = min(
+            request.concurrency or self._config.concurrency, self._config.max_concurrency
+        )
+        return Plan(key, suite, tuple(sides), models, concurrency)
+
+    async def _run(self, progress: Progress, plan: Plan, request: EvalRequest, actor: str) -> None:
+        started = self._clock()
+        assert self._target is not None
+        try:
+            cases = await Runner(
+                self._client(), self._target, plan, progress.tick, self._config.request_timeout
+            ).run()
+            baseline = dict(plan.sides).get(BASELINE)
+            seed = int(hashlib.sha256(progress.id.encode()).hexdigest()[:8], 16)
+            passed, summary = summarize(cases, request.candidate, baseline, request.criteria, seed)
+            run = EvalRun(
+                id=progress.id,
+                slug=str(plan.key),
+                candidate=request.candidate,
+                baseline=baseline,
+                kind="eval",
+                actor=actor,
+                started_at=started,
+                finished_at=self._clock(),
+                suite_name=plan.suite.source,
+                suite_sha256=plan.suite.sha256,
+                judges=(),
+                passed=passed,
+                summary=summary,
+                detail={"cases": [case.to_dict() for case in cases]},
+            )
+            await self._runs.add(run)
+        except asyncio.CancelledError:
+            progress.finish(None, "the process stopped before the run finished")
+            raise
+        except Exception as exc:
+            _log.exception("eval run %s of %s failed", progress.id, plan.key)
+            progress.finish(None, f"the run failed: {type(exc).__name__}: {exc}")
+            return
+        progress.finish(run)
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            # Its own pool: an eval's calls never take a caller's connections to a provider
+            # (they reach the data plane, which uses its own).
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._config.max_concurrency)
+            )
+        return self._session
+
+    def _forget_finished(self) -> None:
+        """Keep the last few finished runs in memory (a follower reading the end), not all."""
+        finished = [i for i, p in self._running.items() if p.state != "running"]
+        for run_id in finished[: max(0, len(finished) - 20)]:
+            del self._running[run_id]
+
+
+def _run_id(now: float) -> str:
+    return f"{int(now * 1000):013d}-{secrets.token_hex(4)}"
+
+
+def _store_unavailable(exc: Exception) -> ServiceUnavailable:
+    return ServiceUnavailable(
+        f"The eval runs cannot be read from the store now ({type(exc).__name__}).",
+        code="store_unavailable",
+    )

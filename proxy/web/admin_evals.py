@@ -1,0 +1,111 @@
+"""Admin API for eval runs: start one and follow it, read stored runs back.
+
+``POST /admin/v1/prompts/{slug}/evals`` (``variant=`` for a variant's line): checks the
+suite and the versions, starts the run and follows it as JSON lines: ``started`` (its id
+and the number of calls), ``progress`` as samples finish, then ``finished`` with the whole
+run (its summary and every sample) or ``failed`` with the reason. A client that goes away
+stops following; the run goes on and is stored.
+
+``GET /admin/v1/prompts/{slug}/evals?candidate=N&limit=50``: stored runs, newest first,
+without their samples. ``GET /admin/v1/evals/{run_id}``: one run, whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from proxy.errors import InvalidRequest
+from proxy.evals.report import Criteria
+from proxy.evals.service import EvalRequest, Progress
+from proxy.evals.suite import SuiteError, parse_suite
+from proxy.web import admin_models as api
+from proxy.web.admin_endpoint import Call, NoBody
+from proxy.web.admin_params import EvalRunPath, EvalsQuery, NoParams, SlugPath
+
+NDJSON = "application/x-ndjson"
+#: A quiet run still writes a line this often, so proxies in between keep the connection.
+_HEARTBEAT = 15.0
+_COALESCE = 0.05
+
+
+def _line(value: dict[str, Any]) -> bytes:
+    return orjson.dumps(value) + b"\n"
+
+
+async def start_eval(call: Call[SlugPath, NoParams, api.EvalIn]) -> web.StreamResponse:
+    key, body = call.path.key, call.body
+    if key.layer is not None:
+        raise InvalidRequest(
+            "An eval runs a base or a variant's version; to run it as a tenant's callers get "
+            "it, give `tenant` in the body.",
+            param="tenant",
+            code="invalid_layer",
+        )
+    try:
+        suite = parse_suite(body.suite, source=f"suite of {key.slug}")
+    except SuiteError as exc:
+        raise InvalidRequest(str(exc), param="suite", code="invalid_suite") from None
+    if suite.slug != key.slug:
+        raise InvalidRequest(
+            f"The suite is for '{suite.slug}', not '{key.slug}'.", param="suite.slug"
+        )
+    if body.tenant is not None:
+        suite = dataclasses.replace(suite, tenant=body.tenant)
+    request = EvalRequest(
+        key=key,
+        suite=suite,
+        candidate=body.candidate,
+        baseline=body.baseline,
+        criteria=Criteria(body.min_pass_rate, body.max_drop),
+        concurrency=body.concurrency,
+    )
+    progress = await call.services.evals.start(request, call.actor)
+    response = web.StreamResponse(headers={"Content-Type": NDJSON})
+    await response.prepare(call.request)
+    try:
+        await response.write(_line({"event": "started", **progress.to_dict()}))
+        await _follow(call, response, progress)
+        await response.write_eof()
+    except (ConnectionResetError, ConnectionError):
+        pass  # the client went away: the run goes on and is stored
+    return response
+
+
+async def _follow(call: Call[Any, Any, Any], response: web.StreamResponse, run: Progress) -> None:
+    written = -1
+    while run.state == "running" and not call.services.lifecycle.draining:
+        changed = run.changed
+        try:
+            async with asyncio.timeout(_HEARTBEAT):
+                await changed.wait()
+        except TimeoutError:
+            await response.write(b"\n")  # quiet: keep the connection
+            continue
+        await asyncio.sleep(_COALESCE)  # samples finishing together: one line, not one each
+        if run.done != written:
+            written = run.done
+            await response.write(_line({"event": "progress", "done": run.done, "total": run.total}))
+    if run.run is not None:
+        finished: dict[str, Any] = {"event": "finished", "run": run.run.to_dict()}
+        if run.error is not None:
+            finished["warning"] = run.error
+        await response.write(_line(finished))
+    elif run.state == "failed":
+        await response.write(_line({"event": "failed", "id": run.id, "error": run.error}))
+    else:  # this process is draining: the run is cancelled with it
+        await response.write(_line({"event": "failed", "id": run.id, "error": "draining"}))
+
+
+async def list_evals(call: Call[SlugPath, EvalsQuery, NoBody]) -> api.EvalRunList:
+    runs = await call.services.evals.history(call.path.key, call.query.candidate, call.query.limit)
+    return api.EvalRunList.model_validate({"data": [{**r.to_dict(), "detail": {}} for r in runs]})
+
+
+async def get_eval(call: Call[EvalRunPath, NoParams, NoBody]) -> api.EvalRunOut:
+    run = await call.services.evals.get(call.path.run_id)
+    return api.EvalRunOut.model_validate(run.to_dict())
