@@ -10,7 +10,8 @@ the traffic):
 - the analysis pool (``StatsPool``), lease (``Lease``) and state (``StateStore``);
 - the feedback request index (``RequestIndex``);
 - the shadow pair sink (``PairSink``);
-- the per-tenant usage ledger (``UsageLedger``).
+- the per-tenant usage ledger (``UsageLedger``);
+- the eval runs (``EvalRunStore``).
 
 ``close`` closes every part, newest first, then the connections they share.
 """
@@ -27,6 +28,7 @@ from proxy.analysis.pool import StatsPool
 from proxy.analysis.state import StateStore
 from proxy.backends.kinds import BackendKind, describe_store
 from proxy.config import Settings
+from proxy.evals.runs import EvalRunStore
 from proxy.feedback import RequestIndex
 from proxy.registry.fleet import FleetBoard
 from proxy.registry.store import PromptStore
@@ -60,6 +62,7 @@ class Backend:
     index: RequestIndex
     pairs: PairSink
     usage: UsageLedger
+    evals: EvalRunStore
     #: Closes every part and the shared connections, in order (an ``AsyncExitStack``'s).
     closer: Callable[[], Awaitable[None]] = field(repr=False)
 

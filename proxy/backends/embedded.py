@@ -3,8 +3,8 @@
 The registry is a SQLite file, the fleet board a second one beside it; the analysis pool,
 lease and state and the feedback request index live in this process's memory; shadow pairs
 go to rotated JSON-lines files (`shadow.sink.dir`); per-tenant usage to a third SQLite
-file (``registry.usage.db``). Nothing here is shared with another process but the files,
-which is why this backend is never `shared`.
+file (``registry.usage.db``), eval runs to a fourth (``registry.evals.db``). Nothing here is
+shared with another process but the files, which is why this backend is never `shared`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from proxy.analysis.pool import MemoryStatsPool
 from proxy.analysis.state import MemoryStateStore
 from proxy.backends.base import Backend, BackendContext
 from proxy.config import Settings
+from proxy.evals.runs_sqlite import SqliteEvalRunStore, evals_path
 from proxy.feedback import MemoryRequestIndex
 from proxy.registry.embedded_store import EmbeddedStore
 from proxy.registry.fleet_embedded import EmbeddedFleetBoard, board_path
@@ -49,6 +50,8 @@ async def open_backend(settings: Settings, context: BackendContext) -> Backend:
         stack.push_async_callback(pairs.close)
         usage = SqliteUsageLedger(usage_path(path), keep_days=config.usage.keep_days)
         stack.push_async_callback(usage.close)
+        evals = SqliteEvalRunStore(evals_path(path))
+        stack.push_async_callback(evals.close)
         closer = stack.pop_all()
     return Backend(
         kind=kind,
@@ -61,5 +64,6 @@ async def open_backend(settings: Settings, context: BackendContext) -> Backend:
         index=index,
         pairs=pairs,
         usage=usage,
+        evals=evals,
         closer=closer.aclose,
     )

@@ -3,8 +3,8 @@ shared by every replica pointed at it, inside the schema `registry.postgres_sche
 
 Connections: one pool per replica, shared by every part (registry writes and snapshots,
 the fleet board's beats, the analysis pool's flushes, the lease, the feedback index, the
-pair sink and the usage ledger); plus one connection outside it, the registry's LISTEN for
-change notification.
+pair sink, the usage ledger and the eval runs); plus one connection outside it, the
+registry's LISTEN for change notification.
 
 Opening waits for no server: the pool connects in the background (``open(wait=False)``),
 and every part's migrations run together on one connection made for them, which a server
@@ -24,6 +24,7 @@ from proxy.analysis.pool_postgres import PostgresStatsPool
 from proxy.analysis.state_postgres import PostgresStateStore
 from proxy.backends.base import Backend, BackendContext
 from proxy.config import Settings
+from proxy.evals.runs_postgres import PostgresEvalRunStore
 from proxy.feedback_postgres import PostgresRequestIndex
 from proxy.pg.connect import new_pool
 from proxy.pg.session import prepare_together
@@ -65,7 +66,8 @@ async def open_backend(settings: Settings, context: BackendContext) -> Backend:
             metrics=context.pair_metrics,
         )
         usage = PostgresUsageLedger(pool, schema=schema, keep_days=config.usage.keep_days)
-        parts = (store, board, stats, lease, state, index, pairs, usage)
+        evals = PostgresEvalRunStore(pool, schema=schema)
+        parts = (store, board, stats, lease, state, index, pairs, usage, evals)
         for part in parts:
             stack.push_async_callback(part.close)
         await prepare_together([part.session for part in parts])
@@ -82,5 +84,6 @@ async def open_backend(settings: Settings, context: BackendContext) -> Backend:
         index=index,
         pairs=pairs,
         usage=usage,
+        evals=evals,
         closer=closer.aclose,
     )

@@ -4,7 +4,8 @@ every replica pointed at it, under `registry.redis_prefix`.
 Connections, as before this seam: the registry store has its own client (string replies,
 its pub/sub change hints), the pair sink its writer and reader clients (an admin `tail`
 must never hold up the writer), and the fleet board, analysis pool, lease and state, the
-feedback request index and the usage ledger share one client, closed after all of them.
+feedback request index, the usage ledger and the eval runs share one client, closed after
+all of them.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from proxy.analysis.pool import RedisStatsPool
 from proxy.analysis.state import RedisStateStore
 from proxy.backends.base import Backend, BackendContext
 from proxy.config import Settings
+from proxy.evals.runs_redis import RedisEvalRunStore
 from proxy.feedback import RedisRequestIndex
 from proxy.registry.fleet_redis import RedisFleetBoard
 from proxy.registry.redis_store import RedisStore
@@ -79,6 +81,8 @@ async def open_backend(settings: Settings, context: BackendContext) -> Backend:
         stack.push_async_callback(pairs.close)
         usage = RedisUsageLedger(client, prefix, keep_days=config.usage.keep_days)
         stack.push_async_callback(usage.close)
+        evals = RedisEvalRunStore(client, prefix)
+        stack.push_async_callback(evals.close)
         closer = stack.pop_all()
     return Backend(
         kind=kind,
@@ -91,5 +95,6 @@ async def open_backend(settings: Settings, context: BackendContext) -> Backend:
         index=index,
         pairs=pairs,
         usage=usage,
+        evals=evals,
         closer=closer.aclose,
     )

@@ -15,6 +15,7 @@ import inspect
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,10 @@ from proxy.analysis.window import RolloutBatch
 from proxy.backends.kinds import KINDS, describe_store
 from proxy.backends.open import open_backend
 from proxy.config import ProxyConfig, Settings
+from proxy.evals.runs import EvalRun, EvalRunsUnavailable
+from proxy.evals.runs_postgres import PostgresEvalRunStore
+from proxy.evals.runs_redis import RedisEvalRunStore
+from proxy.evals.runs_sqlite import SqliteEvalRunStore
 from proxy.feedback import Answered, MemoryRequestIndex, RedisRequestIndex
 from proxy.feedback_postgres import PostgresRequestIndex
 from proxy.models import Route
@@ -94,6 +99,26 @@ def answered() -> Answered:
     return Answered(KEY, "2", "canary", "ro", time.time())
 
 
+def eval_run() -> EvalRun:
+    now = time.time()
+    return EvalRun(
+        id=f"{int(now * 1000):013d}-{uuid.uuid4().hex[:8]}",
+        slug=SLUG,
+        candidate=2,
+        baseline=1,
+        kind="eval",
+        actor="me",
+        started_at=now - 1,
+        finished_at=now,
+        suite_name="support.eval.yaml",
+        suite_sha256="0" * 64,
+        judges=(),
+        passed=True,
+        summary={"pass_rate": 1.0},
+        detail={"cases": []},
+    )
+
+
 def batch(requests: int) -> RolloutBatch:
     counts = RolloutBatch()
     counts.arm(int(time.time()), "canary").requests = requests
@@ -130,14 +155,21 @@ async def test_the_embedded_backend_keeps_every_part_in_this_process(tmp_path: P
         assert isinstance(backend.state, MemoryStateStore)
         assert isinstance(backend.index, MemoryRequestIndex)
         assert isinstance(backend.pairs, FilePairSink)
+        assert isinstance(backend.evals, SqliteEvalRunStore)
         assert backend.lease.replica == "me"
         await backend.board.publish(beat("me"))
         backend.pairs.add(pair(1))
+        run = eval_run()
+        await backend.evals.add(run)
     # Closed: the queued pair is on disk, the registry file is released.
     assert [r["pair_id"] for r in await backend.pairs.read(KEY, None, 10)] == ["p1"]
     with pytest.raises(StoreUnavailable):
         await backend.store.revision()
     assert (tmp_path / "registry.fleet.db").exists()
+    with pytest.raises(EvalRunsUnavailable):
+        await backend.evals.get(run.id)
+    async with await open_backend(settings, replica="me") as again:
+        assert await again.evals.get(run.id) == run  # in registry.evals.db, kept
     await backend.close()  # again: nothing left to close, nothing raised
 
 
@@ -147,13 +179,13 @@ async def test_the_embedded_backend_keeps_every_part_in_this_process(tmp_path: P
 async def two_replicas_share_every_part(settings: Settings, kinds: tuple[type, ...]) -> None:
     """Two replicas on one shared store: every part is of the backend's kind, and what one
     writes the other reads (lease, analysis state and pool, request index, fleet board,
-    pairs, the change notification)."""
+    pairs, eval runs, the change notification)."""
     mine = await open_backend(settings, replica="replica-a")
     theirs = await open_backend(settings, replica="replica-b")
     try:
         assert mine.shared
         parts = (mine.store, mine.board, mine.pool, mine.lease, mine.state, mine.index)
-        assert [type(p) for p in (*parts, mine.pairs)] == list(kinds)
+        assert [type(p) for p in (*parts, mine.pairs, mine.evals)] == list(kinds)
 
         assert await mine.lease.hold(KEY)
         assert not await theirs.lease.hold(KEY)
@@ -182,6 +214,10 @@ async def two_replicas_share_every_part(settings: Settings, kinds: tuple[type, .
         await mine.board.publish(beat("replica-a"))
         assert [b.replica for b, _ in (await theirs.board.read()).entries] == ["replica-a"]
 
+        run = eval_run()
+        await mine.evals.add(run)
+        assert await theirs.evals.list(SLUG) == [replace(run, detail={})]
+
         revision = await mine.store.revision()
         await mine.store.wait_for_change(revision, 0.05)  # the change notification, subscribed
         mine.pairs.add(pair(1))
@@ -207,6 +243,7 @@ async def test_the_redis_backend_puts_every_part_on_the_one_redis(
             RedisStateStore,
             RedisRequestIndex,
             RedisPairSink,
+            RedisEvalRunStore,
         ),
     )
     # Every part wrote to this one Redis, under the deployment's prefix.
@@ -218,6 +255,7 @@ async def test_the_redis_backend_puts_every_part_on_the_one_redis(
         f"{prefix}answer:req-1",
         f"{prefix}fleet:beat",
         f"{prefix}{{shadow}}:pairs:{SLUG}",
+        f"{prefix}{{evals}}:slug:{SLUG}",
     } <= keys
     assert any(key.startswith(f"{prefix}{{analysis}}:w:{SLUG}:ro:") for key in keys)
 
@@ -307,6 +345,7 @@ async def test_the_postgresql_backend_puts_every_part_in_the_one_database(
             PostgresStateStore,
             PostgresRequestIndex,
             PostgresPairSink,
+            PostgresEvalRunStore,
         ),
     )
 

@@ -1,0 +1,1 @@
+"""Eval suites, runs and gates (issue 11)."""
