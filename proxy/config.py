@@ -412,6 +412,9 @@ class EvalsConfig(_Section):
     request_timeout: float = Field(120.0, gt=0, le=3600)
     #: Stored runs kept per prompt line (the oldest are deleted).
     keep_runs: int = Field(500, ge=10, le=100_000)
+    #: A run's samples (answers, failures) as stored, encoded; a larger run is not stored
+    #: (its follower still gets it, with a warning). Lower `samples` or the cases.
+    max_detail_bytes: int = Field(2 * 1024 * 1024, ge=64 * 1024, le=64 * 1024 * 1024)
 
 
 class ShadowSinkConfig(_Section):

@@ -50,7 +50,11 @@ async def open_backend(settings: Settings, context: BackendContext) -> Backend:
         stack.push_async_callback(pairs.close)
         usage = SqliteUsageLedger(usage_path(path), keep_days=config.usage.keep_days)
         stack.push_async_callback(usage.close)
-        evals = SqliteEvalRunStore(evals_path(path))
+        evals = SqliteEvalRunStore(
+            evals_path(path),
+            keep_runs=config.evals.keep_runs,
+            max_detail_bytes=config.evals.max_detail_bytes,
+        )
         stack.push_async_callback(evals.close)
         closer = stack.pop_all()
     return Backend(

@@ -66,7 +66,12 @@ async def open_backend(settings: Settings, context: BackendContext) -> Backend:
             metrics=context.pair_metrics,
         )
         usage = PostgresUsageLedger(pool, schema=schema, keep_days=config.usage.keep_days)
-        evals = PostgresEvalRunStore(pool, schema=schema)
+        evals = PostgresEvalRunStore(
+            pool,
+            schema=schema,
+            keep_runs=config.evals.keep_runs,
+            max_detail_bytes=config.evals.max_detail_bytes,
+        )
         parts = (store, board, stats, lease, state, index, pairs, usage, evals)
         for part in parts:
             stack.push_async_callback(part.close)

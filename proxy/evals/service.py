@@ -12,14 +12,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-from proxy.evals.runs import EvalRun, EvalRunStore
+from proxy.evals.runs import EvalRun, EvalRunStore, EvalRunTooLarge, new_run_id
 from proxy.evals.suite import Suite
 
 from proxy.config import EvalsConfig
@@ -30,6 +29,7 @@ from proxy.log import APP_LOGGER
 from proxy.pipeline.resolve import PromptRef, for_model
 from proxy.prompt_key import PromptKey
 from proxy.registry.models import RegistrySnapshot
+from proxy.registry.store import StoreUnavailable
 from proxy.tasks import BackgroundTasks
 
 _log = logging.getLogger(APP_LOGGER)
@@ -121,7 +121,7 @@ class EvalService:
                 code="evals_busy",
             )
         plan = self._plan(request)
-        progress = Progress(_run_id(self._clock()), plan.key, plan.total)
+        progress = Progress(new_run_id(self._clock()), plan.key, plan.total)
         self._running[progress.id] = progress
         self._forget_finished()
         self._tasks.spawn(
@@ -138,7 +138,7 @@ class EvalService:
             return progress.run
         try:
             run = await self._runs.get(run_id)
-        except Exception as exc:  # the store's own errors: unreachable, timed out
+        except StoreUnavailable as exc:
             raise _store_unavailable(exc) from None
         if run is None:
             raise NotFound(f"No eval run {run_id!r}.", param="run_id", code="eval_not_found")
@@ -148,8 +148,8 @@ class EvalService:
         self, key: PromptKey, candidate: int | None = None, limit: int = 50
     ) -> list[EvalRun]:
         try:
-            return await self._runs.list(str(key), candidate=candidate, limit=limit)
-        except Exception as exc:
+            return list(await self._runs.list(str(key), candidate=candidate, limit=limit))
+        except StoreUnavailable as exc:
             raise _store_unavailable(exc) from None
 
     async def close(self) -> None:
@@ -228,7 +228,6 @@ class EvalService:
                 summary=summary,
                 detail={"cases": [case.to_dict() for case in cases]},
             )
-            await self._runs.add(run)
         except asyncio.CancelledError:
             progress.finish(None, "the process stopped before the run finished")
             raise
@@ -236,7 +235,19 @@ class EvalService:
             _log.exception("eval run %s of %s failed", progress.id, plan.key)
             progress.finish(None, f"the run failed: {type(exc).__name__}: {exc}")
             return
-        progress.finish(run)
+        progress.finish(run, await self._store(run))
+
+    async def _store(self, run: EvalRun) -> str | None:
+        """Store a finished run; what went wrong if it could not be (its follower still
+        gets it whole, with that warning)."""
+        try:
+            await self._runs.add(run)
+        except EvalRunTooLarge as exc:
+            return f"the run was not stored: {exc}"
+        except StoreUnavailable as exc:
+            _log.warning("eval run %s could not be stored: %s", run.id, exc)
+            return f"the run was not stored: the store is unavailable ({exc})"
+        return None
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -254,12 +265,8 @@ class EvalService:
             del self._running[run_id]
 
 
-def _run_id(now: float) -> str:
-    return f"{int(now * 1000):013d}-{secrets.token_hex(4)}"
-
-
-def _store_unavailable(exc: Exception) -> ServiceUnavailable:
+def _store_unavailable(exc: StoreUnavailable) -> ServiceUnavailable:
     return ServiceUnavailable(
-        f"The eval runs cannot be read from the store now ({type(exc).__name__}).",
+        f"The eval runs cannot be read from the store now ({exc}).",
         code="store_unavailable",
     )
