@@ -754,6 +754,34 @@ def _set_path(raw: dict[str, Any], path: str, value: Any) -> None:
     node[key] = value
 
 
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read ({exc.strerror})"]) from exc
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from exc
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{path}: the top level must be a mapping of sections"])
+    return raw
+
+
+def load_safety_policy(path: Path | None) -> SafetyPolicy:
+    """The safety policy of a configuration file (the built-in one without a file), for
+    ``promptproxy prompts lint``: only the ``safety`` section is validated and no
+    environment is read, so CI can lint prompt files without the proxy's secrets."""
+    section = {} if path is None else _read_file(path).get("safety") or {}
+    try:
+        return SafetyConfig.model_validate(section).policy()
+    except ValidationError as exc:
+        errors = exc.errors()
+        for err in errors:
+            err["loc"] = ("safety", *err["loc"])
+        raise ConfigError([_problem(err) for err in errors]) from None
+
+
 def load_config(
     path: Path | None,
     environ: Mapping[str, str] | None = None,
@@ -765,18 +793,7 @@ def load_config(
     line; they win over the file and are validated like it.
     """
     env = os.environ if environ is None else environ
-    raw: Any = {}
-    if path is not None:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError([f"{path}: cannot read ({exc.strerror})"]) from exc
-        try:
-            raw = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError([f"{path}: not valid YAML: {exc}"]) from exc
-        if not isinstance(raw, dict):
-            raise ConfigError([f"{path}: the top level must be a mapping of sections"])
+    raw = {} if path is None else _read_file(path)
     for dotted, value in (overrides or {}).items():
         if value is not None:
             _set_path(raw, dotted, value)
