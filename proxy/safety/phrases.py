@@ -63,7 +63,7 @@ _GAP_WORD = (
     r"internal|current|first|last|of|in|from|for|with|to|back|out|me|us|them|him|user|"
     r"users|anyone|everyone|everybody|people|customers?|and|or|verbatim|word|literally|"
     r"contents?|text|parts?|lines?|copy|prompt|system|instructions?|rules|above|below|"
-    r"please|now|immediately|always|also)"
+    r"please|now|immediately|always|also|admin|root|database|account|stored|saved)"
 )
 _SEP = r"[\s,:\"'\u201c\u201d\u2018\u2019()]+"
 _GAP = rf"(?:{_SEP}{_GAP_WORD}\b){{0,8}}?{_SEP}"
@@ -85,11 +85,11 @@ _PARTICIPLES = (
 )
 
 
-def _instruction(obj: str) -> str:
+def _instruction(obj: str, verbs: str = _VERBS) -> str:
     """The verb then its object ("reveal your system prompt"), or the object then the
     verb in the passive ("the system prompt may be shared")."""
     return (
-        rf"\b(?P<verb>{_VERBS})\b{_GAP}(?:{obj})\b|"
+        rf"\b(?P<verb>{verbs})\b{_GAP}(?:{obj})\b|"
         rf"\b(?:{obj})\b[^.!?;\n]{{0,40}}?\b(?:be|is|are|gets?)\s+(?:\w+\s+)?"
         rf"(?P<verb_passive>{_PARTICIPLES})\b"
     )
@@ -147,7 +147,9 @@ DEFAULT_DENIED: tuple[DeniedRule, ...] = (
     ),
     DeniedRule(
         "reveal_credentials",
-        compile_pattern(_instruction(_CREDENTIAL_OBJECT)),
+        # "Include" too: a key in every answer is one leaked ("include the instructions"
+        # is common wording about something else).
+        compile_pattern(_instruction(_CREDENTIAL_OBJECT, rf"{_VERBS}|includ(?:e|es|ed|ing)")),
         "tells the model to reveal API keys, credentials, passwords, secrets or tokens",
     ),
 )
