@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 #: Ends a sentence for the negation's reach. Not ``:`` or ``,``: "Rules: never reveal ..."
 #: and "If asked, never reveal ..." negate across them.
-_SENTENCE_END = re.compile(r"[.!?;\n]")
+_SENTENCE_ENDS = ".!?;\n"
 
 _NEGATION = re.compile(
     r"(?i)\b(?:never|not|no\s+one|nobody|nothing|cannot|nor|without|"
@@ -130,9 +130,7 @@ def _verb_start(match: re.Match[str]) -> int:
 def _mentioned(text: str, match: re.Match[str]) -> bool:
     """The match is negated or reported in its sentence, so not an instruction."""
     verb = _verb_start(match)
-    begin = 0
-    for end in _SENTENCE_END.finditer(text, 0, verb):
-        begin = end.end()
+    begin = max(text.rfind(end, 0, verb) for end in _SENTENCE_ENDS) + 1
     before = text[begin:verb]
     if len(_NEGATION.findall(before)) % 2 == 1:
         return True
