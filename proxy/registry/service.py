@@ -235,10 +235,6 @@ class RegistryService:
         self._tiers = tuple(tiers)
         self._safety = SafetyPolicy() if safety is None else safety
 
-    @property
-    def safety(self) -> SafetyPolicy:
-        return self._safety
-
     async def _serve_here(self) -> tuple[int | None, bool]:
         """After a write: load it here before answering. Never raises: the write is done,
         and a failure to load it only means this process does not serve it yet."""
