@@ -24,6 +24,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -37,6 +38,15 @@ from proxy.backends.kinds import (
     kind_of,
     store_forms,
 )
+from proxy.safety import (
+    DEFAULT_DENIED,
+    RULE_FAMILIES,
+    DeniedRule,
+    RequiredPhrase,
+    SafetyPolicy,
+    compile_pattern,
+)
+from proxy.safety.policy import DEFAULT_MAX_BLOCK_CHARS, DEFAULT_MAX_TEMPLATE_CHARS
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 #: PostgreSQL schema names the proxy accepts (an unquoted identifier; see proxy/pg/connect.py).
@@ -417,6 +427,100 @@ class EvalsConfig(_Section):
     max_detail_bytes: int = Field(2 * 1024 * 1024, ge=64 * 1024, le=64 * 1024 * 1024)
 
 
+_RULE_NAME = r"^[a-z0-9_.-]{1,64}$"
+
+
+class DeniedPhrase(_Section):
+    """A pattern no prompt text may match (`safety.denied`)."""
+
+    #: The finding's rule is `denied_phrase:NAME`; a built-in's name replaces it.
+    name: str = Field(pattern=_RULE_NAME)
+    #: A regular expression (Python `re`), matched case-insensitively; a match negated or
+    #: reported in its sentence ("never ...", "if asked to ...") before the group named
+    #: `verb` (else the match) does not count.
+    pattern: str = Field(min_length=1)
+    #: What the refusal says the text does.
+    message: str = "matches a denied phrase"
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        compile_pattern(value)  # a ValueError naming the problem, at load
+        return value
+
+
+class RequiredPhraseConfig(_Section):
+    #: The finding's rule is `required_phrase:NAME`.
+    name: str = Field(pattern=_RULE_NAME)
+    #: Text every base template must contain (case and runs of spaces aside).
+    text: str = Field(min_length=1)
+
+
+class SafetyConfig(_Section):
+    """The safety policy a version must pass at push, import, promote and rollout start
+    (docs/safety.md)."""
+
+    enabled: bool = True
+    #: The built-in denied phrases (reveal_system_prompt, reveal_credentials); `false`
+    #: leaves only `denied`.
+    default_denied: bool = True
+    #: Denied phrases ADDED to the built-in ones; an entry named like a built-in replaces it.
+    denied: tuple[DeniedPhrase, ...] = ()
+    #: Blocks every base version must declare.
+    required_blocks: tuple[
+        Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")], ...
+    ] = ()
+    required_phrases: tuple[RequiredPhraseConfig, ...] = ()
+    max_template_chars: int = Field(DEFAULT_MAX_TEMPLATE_CHARS, ge=1)
+    #: Longest block default or override fill, whatever a base's own `max_chars` allows.
+    max_block_chars: int = Field(DEFAULT_MAX_BLOCK_CHARS, ge=1)
+    #: Rule -> slugs it does not apply to (every layer and variant of each): a rule
+    #: family (`secret_in_template`, `denied_phrase`, `required_block`, `required_phrase`,
+    #: `max_template_chars`, `max_block_chars`) or one rule (`denied_phrase:NAME`).
+    exempt: dict[str, tuple[Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")], ...]] = {}
+
+    @field_validator("exempt")
+    @classmethod
+    def _known_rules(
+        cls, value: dict[str, tuple[str, ...]], info: ValidationInfo
+    ) -> dict[str, tuple[str, ...]]:
+        # The fields above are validated first: their names are what a rule may name.
+        own = {d.name for d in info.data.get("denied", ())}
+        built_in = {r.name for r in DEFAULT_DENIED} if info.data.get("default_denied") else set()
+        names = {
+            "denied_phrase": own | built_in,
+            "required_block": set(info.data.get("required_blocks", ())),
+            "required_phrase": {p.name for p in info.data.get("required_phrases", ())},
+        }
+        for rule in value:
+            family, colon, name = rule.partition(":")
+            if family not in RULE_FAMILIES or (colon and name not in names.get(family, set())):
+                raise ValueError(
+                    f"no rule {rule!r}: a rule is one of {', '.join(RULE_FAMILIES)}, or "
+                    "denied_phrase, required_block or required_phrase, ':' and the name of "
+                    "one of this policy's"
+                )
+        return value
+
+    def _denied_rules(self) -> list[DeniedRule]:
+        own = {
+            d.name: DeniedRule(d.name, compile_pattern(d.pattern), d.message) for d in self.denied
+        }
+        built_in = [r for r in DEFAULT_DENIED if r.name not in own] if self.default_denied else []
+        return [*built_in, *own.values()]
+
+    def policy(self) -> SafetyPolicy:
+        return SafetyPolicy(
+            enabled=self.enabled,
+            denied=tuple(self._denied_rules()),
+            required_blocks=self.required_blocks,
+            required_phrases=tuple(RequiredPhrase(p.name, p.text) for p in self.required_phrases),
+            max_template_chars=self.max_template_chars,
+            max_block_chars=self.max_block_chars,
+            exempt=dict(self.exempt),
+        )
+
+
 class ShadowSinkConfig(_Section):
     #: `auto`: the store's own: rotated files with the embedded store, a capped Redis Stream
     #: per slug with Redis, a table with PostgreSQL. Any other value must name that one.
@@ -487,6 +591,7 @@ class ProxyConfig(_Section):
     tenants: TenantsConfig = TenantsConfig()
     usage: UsageConfig = UsageConfig()
     evals: EvalsConfig = EvalsConfig()
+    safety: SafetyConfig = SafetyConfig()
     #: Where requests go, by the model sent. Empty: the one provider `upstream` describes
     #: (its base URL and key, every model), as before providers existed.
     providers: tuple[ProviderConfig, ...] = Field((), max_length=64)
@@ -668,6 +773,34 @@ def _set_path(raw: dict[str, Any], path: str, value: Any) -> None:
     node[key] = value
 
 
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read ({exc.strerror})"]) from exc
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from exc
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{path}: the top level must be a mapping of sections"])
+    return raw
+
+
+def load_safety_policy(path: Path | None) -> SafetyPolicy:
+    """The safety policy of a configuration file (the built-in one without a file), for
+    ``promptproxy prompts lint``: only the ``safety`` section is validated and no
+    environment is read, so CI can lint prompt files without the proxy's secrets."""
+    section = {} if path is None else _read_file(path).get("safety") or {}
+    try:
+        return SafetyConfig.model_validate(section).policy()
+    except ValidationError as exc:
+        errors = exc.errors()
+        for err in errors:
+            err["loc"] = ("safety", *err["loc"])
+        raise ConfigError([_problem(err) for err in errors]) from None
+
+
 def load_config(
     path: Path | None,
     environ: Mapping[str, str] | None = None,
@@ -679,18 +812,7 @@ def load_config(
     line; they win over the file and are validated like it.
     """
     env = os.environ if environ is None else environ
-    raw: Any = {}
-    if path is not None:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError([f"{path}: cannot read ({exc.strerror})"]) from exc
-        try:
-            raw = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError([f"{path}: not valid YAML: {exc}"]) from exc
-        if not isinstance(raw, dict):
-            raise ConfigError([f"{path}: the top level must be a mapping of sections"])
+    raw = {} if path is None else _read_file(path)
     for dotted, value in (overrides or {}).items():
         if value is not None:
             _set_path(raw, dotted, value)

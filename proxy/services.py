@@ -145,8 +145,13 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             FleetMetrics(metrics.registry).heartbeat_errors.inc,
         )
         fleet = Fleet(backend.board, me, config.fleet.live_seconds, local=heartbeat.beat)
+        safety = config.safety.policy()
         registry = RegistryService(
-            store, serve=refresher.serve, fleet=fleet, tiers=config.tenants.tiers
+            store,
+            serve=refresher.serve,
+            fleet=fleet,
+            tiers=config.tenants.tiers,
+            safety=safety,
         )
         tasks = BackgroundTasks()
         stack.push_async_callback(tasks.close)
@@ -228,7 +233,9 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             refresher=refresher,
             renderer=renderer,
             registry=registry,
-            recovery=RegistryRecovery(store, holder, fleet=fleet, serve=refresher.serve),
+            recovery=RegistryRecovery(
+                store, holder, fleet=fleet, serve=refresher.serve, safety=safety
+            ),
             shadow=shadow,
             analysis=analysis,
             feedback=feedback,

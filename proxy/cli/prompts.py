@@ -485,12 +485,26 @@ def _served_at(data: api.ServedAt) -> str:
 
 @prompts.command()
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
-def lint(folder: Path) -> None:
-    """Validate a folder of prompt files offline; exit 1 listing every problem. Warnings
-    (variants only their names order) are listed too, and do not fail."""
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The proxy's config file, whose `safety` section the prompts are checked against "
+    "(default: the built-in safety policy). No environment variable is read.",
+)
+def lint(folder: Path, config_path: Path | None) -> None:
+    """Validate a folder of prompt files offline, the safety policy included; exit 1
+    listing every problem. Warnings (variants only their names order) are listed too, and
+    do not fail."""
+    from proxy.config import ConfigError, load_safety_policy
     from proxy.registry.prompt_files import lint_prompts
 
-    found = lint_prompts(folder)
+    try:
+        policy = load_safety_policy(config_path)
+    except ConfigError as exc:
+        click.echo(f"{config_path}: {exc}", err=True)
+        sys.exit(2)
+    found = lint_prompts(folder, policy)
     for problem in found.problems:
         click.echo(problem, err=True)
     for warning in found.warnings:

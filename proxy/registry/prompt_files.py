@@ -52,7 +52,9 @@ from proxy.registry.models import (
 )
 from proxy.registry.models import caller_system as as_caller_system
 from proxy.registry.reserved import reserved_problem
+from proxy.registry.safety_gate import version_findings, version_parts
 from proxy.registry.templates import template_problems
+from proxy.safety import SafetyPolicy
 
 SUFFIXES = (".md", ".yaml", ".yml")
 #: A folder of this name holds one folder per tier (tenant), each holding its overrides.
@@ -137,17 +139,44 @@ class Lint:
     warnings: list[str]
 
 
-def lint_prompts(path: Path) -> Lint:
+def lint_prompts(path: Path, safety: SafetyPolicy | None = None) -> Lint:
     """The problems and warnings of a folder (or a file, which has no warnings: they are
-    about the folder as a whole)."""
+    about the folder as a whole). With ``safety``, each file that loads is also checked
+    against that policy, as a push would be, its findings at the file's lines."""
     if path.is_file():
-        return Lint([_format(path, p) for p in _load(path).problems], [])
+        loaded = _load(path)
+        problems = [_format(path, p) for p in loaded.problems]
+        if safety is not None and loaded.prompt is not None and not loaded.problems:
+            problems += [_format(path, p) for p in safety_problems(safety, loaded.prompt)]
+        return Lint(problems, [])
     if not path.is_dir():
         return Lint([f"{path}: not a file or directory"], [])
     if not any(True for _ in _prompt_files(path)):
         return Lint([f"{path}: no prompt files ({', '.join('*' + s for s in SUFFIXES)}) found"], [])
-    _, problems, warnings = _load_dir(path)
+    prompts, problems, warnings = _load_dir(path)
+    if safety is not None:
+        for prompt in prompts:
+            problems += [_format(prompt.path, p) for p in safety_problems(safety, prompt)]
     return Lint(problems, warnings)
+
+
+def safety_problems(policy: SafetyPolicy, prompt: LoadedPrompt) -> list[_Problem]:
+    """The findings of ``policy`` on a loaded file, each at its line in the file where the
+    file says where its text starts (the template, a block's or fill's text), else at its
+    field's key."""
+    texts = {part.field: part.text for part in version_parts(prompt.draft)}
+    found: list[_Problem] = []
+    for finding in version_findings(policy, prompt.draft):
+        line = field_line(prompt.lines, finding.field)
+        if finding.line is not None:
+            if finding.field == "template" and "template!" in prompt.lines:
+                line = prompt.lines["template!"] + finding.line - 1
+            elif line is not None and "\n" in texts.get(finding.field, ""):
+                # A text over several lines is a block scalar ('|'): it starts on the line
+                # after its key.
+                line += finding.line
+        found.append((line, f"{finding.rule} ({finding.field}): {finding.message}"))
+    return found
 
 
 def _load_dir(root: Path) -> tuple[list[LoadedPrompt], list[str], list[str]]:
@@ -415,6 +444,8 @@ def _base(
         problem("caller_system", f"caller_system must be one of {', '.join(CALLER_SYSTEM)}")
         caller_system = CALLER_SYSTEM_DROP
     empty_line: int | None = body_line
+    if body is not None:
+        lines["template!"] = body_line  # where a Markdown file's template starts
     if body is None:
         body_line, empty_line = lines.get("template!", 1), lines.get("template")
         if not isinstance(given, str):

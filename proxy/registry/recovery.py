@@ -18,10 +18,12 @@ from typing import Any
 from proxy.errors import Conflict, ServiceUnavailable
 from proxy.registry.backup import RegistryImage, RestoreRefused
 from proxy.registry.fleet import Fleet, FleetError, ReplicaView
-from proxy.registry.models import AuditEntry
+from proxy.registry.models import AuditEntry, PromptVersion, Status
+from proxy.registry.safety_gate import refuse_import
 from proxy.registry.service import store_errors
 from proxy.registry.snapshot import SnapshotHolder
 from proxy.registry.store import PromptStore, StoreReplaced
+from proxy.safety import SafetyPolicy
 
 _AUDIT_PAGE = 500
 _EXPORT_ATTEMPTS = 5
@@ -56,9 +58,13 @@ class RegistryRecovery:
         *,
         fleet: Fleet | None = None,
         serve: Callable[[int], Awaitable[bool]] | None = None,
+        safety: SafetyPolicy | None = None,
     ) -> None:
         """``serve``: loads a revision here (``SnapshotRefresher.serve``), so a restore is
-        served (and ``status`` says ok) as soon as it is answered."""
+        served (and ``status`` says ok) as soon as it is answered. ``safety``: the policy
+        an import's serving versions must pass (the built-in defaults unless given); a
+        restore from a replica's snapshot puts back what served and is not checked."""
+        self._safety = SafetyPolicy() if safety is None else safety
         self._store = store
         self._holder = holder
         self._clock = clock
@@ -208,6 +214,7 @@ class RegistryRecovery:
                         "(`--overwrite`) to replace them.",
                         code="registry_not_empty",
                     )
+            refuse_import(self._safety, _serving(image))
             self._refuse_reused_numbers(image)
             found = await self._store.generation()
             revision = await self._store.restore(
@@ -252,6 +259,18 @@ class RegistryRecovery:
             if len(page) < _AUDIT_PAGE:
                 return entries
             before = page[-1].seq
+
+
+def _serving(image: RegistryImage) -> list[PromptVersion]:
+    """The versions an import of ``image`` makes serve: each key's prod, and the candidate
+    of each running rollout."""
+    serving = [v for numbered in image.versions.values() for v in numbered.values()]
+    serving = [v for v in serving if v.status is Status.PROD]
+    for key, rollout in image.rollouts.items():
+        candidate = image.versions.get(key, {}).get(rollout.candidate)
+        if candidate is not None and candidate.status is not Status.PROD:
+            serving.append(candidate)
+    return serving
 
 
 @contextmanager

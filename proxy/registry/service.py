@@ -41,6 +41,7 @@ from proxy.registry.models import (
 from proxy.registry.override_fit import FitReport, fit_report
 from proxy.registry.percent import to_basis_points
 from proxy.registry.reserved import reserved_problem
+from proxy.registry.safety_gate import refuse_push, refuse_serving
 from proxy.registry.store import (
     InvalidTransition,
     PromptNotFound,
@@ -51,6 +52,7 @@ from proxy.registry.store import (
     VersionNotFound,
 )
 from proxy.registry.templates import TemplateProblem, check_template
+from proxy.safety import SafetyPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,7 +212,11 @@ class RegistryService:
     """``serve(revision)`` makes this process serve that registry revision now (True once it
     does): every write awaits it before answering, so whoever wrote, through this process,
     reads the change on its very next request. ``fleet`` tells where the other replicas
-    stand."""
+    stand.
+
+    ``safety`` is the policy a version must pass to be pushed, promoted or start a
+    rollout (the built-in defaults unless the configuration says otherwise); rollback is
+    never checked: it goes back to what served before."""
 
     def __init__(
         self,
@@ -220,12 +226,14 @@ class RegistryService:
         serve: Callable[[int], Awaitable[bool]] | None = None,
         fleet: Fleet | None = None,
         tiers: Sequence[str] = ("free", "pro", "enterprise"),
+        safety: SafetyPolicy | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
         self._serve = serve
         self._fleet = fleet
         self._tiers = tuple(tiers)
+        self._safety = SafetyPolicy() if safety is None else safety
 
     async def _serve_here(self) -> tuple[int | None, bool]:
         """After a write: load it here before answering. Never raises: the write is done,
@@ -293,6 +301,10 @@ class RegistryService:
                     code="unknown_tier",
                 )
             _refuse_layer_problems(await self._override_problems(draft), "invalid_override")
+        # Checked before the store is: a refused version leaves no trace (no version, no
+        # audit entry). An identical re-push of a version stored before the policy
+        # tightened is refused too: it would answer as if the content were acceptable.
+        refuse_push(self._safety, draft)
         with store_errors(draft.key):
             result = await self._store.create_version(draft, actor, self._clock())
         await self._serve_here()
@@ -447,11 +459,21 @@ class RegistryService:
     ) -> AuditEntry:
         """Make ``version`` prod. A base version that breaks an override in use is refused
         unless ``force`` (with a reason, which the audit keeps with the layers it broke)."""
+        await self._refuse_unsafe(key, version, "promoted")
         reason = await self._fit_or_forced(key, version, force, reason, "promote")
         with store_errors(key):
             entry = await self._store.promote(key, version, actor, reason, self._clock())
         await self._serve_here()
         return entry
+
+    async def _refuse_unsafe(self, key: PromptKey, version: int, what: str) -> None:
+        """The 409 of a stored version that fails the current safety policy and was about
+        to serve (``what`` it was about to be)."""
+        if not self._safety.enabled:
+            return
+        with store_errors(key):
+            stored = await self._store.get_version(key, version)
+        refuse_serving(self._safety, stored, what)
 
     async def rollback(self, key: PromptKey, actor: str, reason: str) -> AuditEntry:
         with store_errors(key):
@@ -568,6 +590,7 @@ class RegistryService:
                         "one first.",
                         code="no_prod_version",
                     )
+                await self._refuse_unsafe(key, candidate, "the candidate of a rollout")
                 reason = await self._fit_or_forced(
                     key, candidate, force, reason, "start the rollout"
                 )
@@ -649,6 +672,12 @@ class RegistryService:
         return entry
 
     async def promote_rollout(self, key: PromptKey, actor: str, reason: str) -> AuditEntry:
+        """Make the running rollout's candidate prod: refused (409) when the candidate fails
+        the safety policy, which may have tightened since the rollout started."""
+        with store_errors(key):
+            running = await self._store.get_rollout(key)
+        if running is not None:
+            await self._refuse_unsafe(key, running.candidate, "promoted")
         with store_errors(key):
             entry = await self._store.promote_rollout(key, actor, reason, self._clock())
         await self._serve_here()

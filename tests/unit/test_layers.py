@@ -38,6 +38,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "proxy.backends.kinds",
             "proxy.pg.*",
             "proxy.anthropic.*",
+            # The safety policy: pure functions of a version's texts.
+            "proxy.safety.*",
         ),
     ),
     ("simulator", ("proxy.simulator.*",)),
