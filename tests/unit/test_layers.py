@@ -47,6 +47,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("analysis", ("proxy.analysis.*",)),
     ("feedback", ("proxy.feedback", "proxy.feedback_*")),
     ("usage", ("proxy.usage.*",)),
+    ("evals", ("proxy.evals.*",)),
     ("pipeline", ("proxy.pipeline.*",)),
     ("backends", ("proxy.backends.*",)),
     ("services", ("proxy.services",)),

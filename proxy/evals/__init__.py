@@ -1,0 +1,1 @@
+"""Eval suites: cases beside the prompt files, the assertions on their answers."""
