@@ -57,6 +57,8 @@ from proxy.registry.templates import template_problems
 from proxy.safety import SafetyPolicy
 
 SUFFIXES = (".md", ".yaml", ".yml")
+#: Eval suites (``proxy.evals.suite``) live beside the prompt files and are never prompts.
+SUITE_SUFFIXES = (".eval.yaml", ".eval.yml")
 #: A folder of this name holds one folder per tier (tenant), each holding its overrides.
 LAYER_FOLDERS: Mapping[str, LayerKind] = MappingProxyType({"tiers": "tier", "tenants": "tenant"})
 _LAYER_KEYS: tuple[LayerKind, ...] = ("tier", "tenant")
@@ -218,7 +220,8 @@ def _prompt_files(root: Path) -> Iterator[Path]:
         relative = file.relative_to(root).parts
         hidden = any(part.startswith(".") for part in relative)
         readme = file.name.lower() == "readme.md"
-        if file.suffix in SUFFIXES and file.is_file() and not hidden and not readme:
+        suite = file.name.endswith(SUITE_SUFFIXES)
+        if file.suffix in SUFFIXES and file.is_file() and not (hidden or readme or suite):
             yield file
 
 

@@ -179,6 +179,16 @@ def test_directory_reports_every_file(tmp_path: Path) -> None:
     ]
 
 
+def test_eval_suites_beside_the_prompts_are_not_prompt_files(tmp_path: Path) -> None:
+    write(tmp_path, "support-reply.md", SUPPORT)
+    # Neither would load as a prompt: a suite has keys no prompt file has.
+    suite = "slug: support-reply\ncases: []\n"
+    write(tmp_path, "support-reply.eval.yaml", suite)
+    write(tmp_path, "tenants/acme/support-reply.eval.yml", suite)
+    assert lint_prompt_dir(tmp_path) == []
+    assert [path.name for path, _ in load_prompt_dir(tmp_path)] == ["support-reply.md"]
+
+
 def test_directory_loads_sorted(tmp_path: Path) -> None:
     write(tmp_path, "z.md", "---\n---\nz\n")
     write(tmp_path, "sub/a.yaml", "template: a\n")
