@@ -91,7 +91,6 @@ def eval_command(
 ) -> None:
     """Run SLUG's eval suite on version CANDIDATE and the baseline, through the proxy."""
     try:
-        key = key_of(slug, variant=variant)
         path = suite_path or find_suite(prompts_dir, slug, tenant, variant)
         if path is None:
             raise AdminError(
@@ -99,6 +98,8 @@ def eval_command(
                 "beside its prompt file); give --suite or --prompts"
             )
         suite = load_suite_file(path)
+        # A suite named SLUG@VARIANT.eval.yaml is that variant's.
+        key = key_of(slug, variant=variant or suite.variant)
     except AdminError as exc:
         fail(exc)
     except SuiteError as exc:
@@ -106,6 +107,7 @@ def eval_command(
         sys.exit(2)
     body: dict[str, Any] = {
         "suite": suite.to_dict(),
+        "suite_name": str(path)[-200:],
         "candidate": candidate,
         "baseline": _baseline(baseline),
         "min_pass_rate": min_pass_rate,
@@ -187,7 +189,7 @@ def _first_failures(run: dict[str, Any], side: str = "candidate") -> dict[str, s
                 break
             if sample["failures"]:
                 failure = sample["failures"][0]
-                found[case["name"]] = f"{failure['type']}: {failure['detail']}"
+                found[case["name"]] = f"assert[{failure['assertion']}] {failure['detail']}"
                 break
     return found
 

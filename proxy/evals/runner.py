@@ -19,10 +19,10 @@ from typing import Any
 
 import aiohttp
 import orjson
-from proxy.evals.assertions import EvalAnswer, answer_from_chat_completion, check
-from proxy.evals.suite import Case, Suite
 
+from proxy.evals.assertions import EvalAnswer, answer_from_chat_completion, check
 from proxy.evals.report import CaseResult, Failure, SampleResult
+from proxy.evals.suite import Case, Suite
 from proxy.pipeline.resolve import EVAL_HEADER, EVAL_TENANT_HEADER, VERSION_HEADER
 from proxy.prompt_key import PromptKey
 

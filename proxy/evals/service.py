@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-from proxy.evals.runs import EvalRun, EvalRunStore, EvalRunTooLarge, new_run_id
-from proxy.evals.suite import Suite
 
 from proxy.config import EvalsConfig
 from proxy.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
 from proxy.evals.report import BASELINE, CANDIDATE, Criteria, summarize
 from proxy.evals.runner import Plan, Runner, Target, case_models
+from proxy.evals.runs import EvalRun, EvalRunStore, EvalRunTooLarge, new_run_id
+from proxy.evals.suite import Suite
 from proxy.log import APP_LOGGER
 from proxy.pipeline.resolve import PromptRef, for_model
 from proxy.prompt_key import PromptKey

@@ -47,12 +47,17 @@ async def start_eval(call: Call[SlugPath, NoParams, api.EvalIn]) -> web.StreamRe
             code="invalid_layer",
         )
     try:
-        suite = parse_suite(body.suite, source=f"suite of {key.slug}")
+        suite = parse_suite(body.suite, source=body.suite_name or f"suite of {key.slug}")
     except SuiteError as exc:
         raise InvalidRequest(str(exc), param="suite", code="invalid_suite") from None
     if suite.slug != key.slug:
         raise InvalidRequest(
             f"The suite is for '{suite.slug}', not '{key.slug}'.", param="suite.slug"
+        )
+    if suite.variant is not None and suite.variant != key.variant:
+        raise InvalidRequest(
+            f"The suite is variant {suite.variant}'s: run it with variant={suite.variant}.",
+            param="variant",
         )
     if body.tenant is not None:
         suite = dataclasses.replace(suite, tenant=body.tenant)

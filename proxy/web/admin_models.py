@@ -981,6 +981,9 @@ class EvalIn(Body):
         description="The suite file's content, as `promptproxy eval` reads it (see "
         "docs/evals.md); checked by the server"
     )
+    suite_name: str | None = Field(
+        None, max_length=200, description="Where the suite came from (its file), kept with the run"
+    )
     candidate: Count
     baseline: Count | Literal["prod"] | None = Field(
         "prod",

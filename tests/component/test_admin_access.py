@@ -25,7 +25,14 @@ from tests.support import READER, admin_settings, make_settings, proxy_clients
 
 PROXY = Path(__file__).resolve().parents[2] / "proxy"
 #: Values of the path parameters and of the required query parameters.
-VALUES = {"slug": "support", "version": "1", "from": "1", "to": "2", "tenant_id": "acme"}
+VALUES = {
+    "slug": "support",
+    "version": "1",
+    "from": "1",
+    "to": "2",
+    "tenant_id": "acme",
+    "run_id": "1765000000000-0a1b2c3d",
+}
 WRONG = {"Authorization": "Bearer not-a-token"}
 
 

@@ -46,8 +46,10 @@ MAX_EXAMPLES = 20
 #: its counts refuse 16.0 (JSON Schema calls that an integer); an export is checked like
 #: pushes (slugs, templates, content hashes), numbers 1..n per prompt with one prod, and
 #: its audit seqs increase strictly; a tenant's tier is one the config lists, and its key
-#: digests are each listed once.
+#: digests are each listed once; an eval suite's cases are read by the suite reader (regexes
+#: compile, schemas are valid, case names are unique) and need versions that exist.
 BEYOND_JSON_SCHEMA = (
+    "POST /admin/v1/prompts/{slug}/evals",
     "POST /admin/v1/prompts/{slug}/versions",
     "PUT /admin/v1/prompts/{slug}/rollout",
     "POST /admin/v1/registry/import",

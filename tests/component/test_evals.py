@@ -16,7 +16,15 @@ import yaml
 
 from proxy.simulator import SimulatorSettings, start_simulator
 from proxy.web.admin_params import EVAL_RUN_ID
-from tests.support import ADMIN, READER, Clients, admin_settings, proxy_clients, run_cli
+from tests.support import (
+    ADMIN,
+    ADMIN_TOKEN,
+    READER,
+    Clients,
+    admin_settings,
+    proxy_clients,
+    run_cli,
+)
 
 SUPPORT_V1 = {
     "template": "You answer {{ customer_name }} about routers, kindly and briefly.",
@@ -99,14 +107,18 @@ async def test_a_truncating_candidate_is_caught_and_the_run_is_stored(
     assert summary["difference"]["significant_drop"] is True
     assert run["passed"] is False
     assert any(row["regressed"] for row in summary["cases"])
-    failures = [
-        f["detail"]
+    failed = [
+        sample
         for case in run["detail"]["cases"]
         for sample in case["sides"]["candidate"]
-        for f in sample["failures"]
+        if not sample["passed"]
     ]
-    assert failures
-    assert all("length" in detail for detail in failures)
+    assert failed
+    # Each failed because it was cut short (a cut may also lose the words checked for).
+    for sample in failed:
+        assert sample["finish_reason"] == "length"
+        (finish,) = [f for f in sample["failures"] if f["type"] == "finish_reason"]
+        assert "'length'" in finish["detail"]
 
     # Every call went through the request path, pinned, as the eval arm.
     lines = [r.msg for r in caplog.records if r.name == "promptproxy.access"]
@@ -203,6 +215,7 @@ async def test_the_cli_prints_a_table_json_and_markdown_and_exits_3_when_not_pas
         str(prompts),
         "--markdown",
         str(markdown),
+        token=ADMIN_TOKEN,
     )
     assert result.exit_code == 3, result.output
     assert "REGRESSED" in result.stdout
@@ -213,7 +226,16 @@ async def test_the_cli_prints_a_table_json_and_markdown_and_exits_3_when_not_pas
     assert "finish_reason" in text
 
     result = await run_cli(
-        admin, "-o", "json", "eval", "support", "--candidate", "1", "--prompts", str(prompts)
+        admin,
+        "-o",
+        "json",
+        "eval",
+        "support",
+        "--candidate",
+        "1",
+        "--prompts",
+        str(prompts),
+        token=ADMIN_TOKEN,
     )
     assert result.exit_code == 0, result.output
     run = orjson.loads(result.stdout)

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
+from proxy.evals.suite import load_suite_file
 from tests.processes import ProxyProc, free_port, proxy
 
 pytestmark = pytest.mark.integration
@@ -111,3 +112,36 @@ def test_lint_is_offline_and_fails_on_bad_files(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "broken.md:4" in result.stderr
     assert "nme" in result.stderr
+
+
+def test_eval_runs_the_example_suite_through_a_real_proxy(
+    admin_proxy: ProxyProc, tmp_path: Path
+) -> None:
+    folder = tmp_path / "prompts"
+    shutil.copytree(REPO / "config" / "prompts", folder)
+    assert cli(admin_proxy, "push", str(folder)).returncode == 0
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROMPTPROXY_")}
+    env |= {"PROMPTPROXY_ADMIN_URL": admin_proxy.admin_url, "PROMPTPROXY_ADMIN_TOKEN": TOKEN}
+    args = ["eval", "classify-ticket", "--candidate", "1", "--baseline", "none"]
+    done = subprocess.run(
+        [sys.executable, "-m", "proxy", "-o", "json", *args, "--prompts", str(folder)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    # The simulator is no classifier: the run may not pass, but it ran every sample
+    # through the proxy's own listener, to the simulator and back.
+    assert done.returncode in (0, 3), done.stderr
+    run = orjson.loads(done.stdout)
+    suite = load_suite_file(folder / "classify-ticket.eval.yaml")
+    expected = sum(suite.samples if c.samples is None else c.samples for c in suite.cases)
+    assert run["summary"]["candidate"]["samples"] == expected
+    assert [case["name"] for case in run["detail"]["cases"]] == [c.name for c in suite.cases]
+    assert all(
+        sample["status"] == 200
+        for case in run["detail"]["cases"]
+        for sample in case["sides"]["candidate"]
+    )
+    history = cli(admin_proxy, "history", "classify-ticket")
+    assert run["id"] in history.stdout

@@ -21,6 +21,7 @@ GROUPS = (
     "fleet",
     "registry",
     "tenants",
+    "eval",
 )
 
 

@@ -1,0 +1,98 @@
+"""The figures of an eval run (proxy.evals.report) and where the runner calls its own
+data plane (proxy.server.loopback_url)."""
+
+from __future__ import annotations
+
+import pytest
+
+from proxy.evals.report import (
+    BASELINE,
+    CANDIDATE,
+    CaseResult,
+    Criteria,
+    SampleResult,
+    difference,
+    summarize,
+)
+from proxy.server import loopback_url
+
+
+def _samples(passed: int, n: int) -> tuple[SampleResult, ...]:
+    return tuple(SampleResult(200, i < passed, (), (), "text", "stop", 1.0) for i in range(n))
+
+
+def _case(name: str, candidate: tuple[int, int], baseline: tuple[int, int]) -> CaseResult:
+    return CaseResult(name, {CANDIDATE: _samples(*candidate), BASELINE: _samples(*baseline)})
+
+
+def test_the_difference_weighs_each_case_once_whatever_its_samples() -> None:
+    # One case with many samples must not outweigh the others.
+    cases = [
+        _case("big", (50, 50), (50, 50)),
+        _case("a", (0, 2), (2, 2)),
+        _case("b", (0, 2), (2, 2)),
+    ]
+    diff = difference(cases, seed=1)
+    assert diff["value"] == pytest.approx(-2 / 3)
+    assert diff["cases"] == 3
+    low, high = diff["interval"]
+    assert low <= diff["value"] <= high
+
+
+def test_the_interval_is_the_same_for_the_same_seed_and_narrows_with_more_cases() -> None:
+    few = [_case(str(i), (2 if i % 2 else 3, 3), (3, 3)) for i in range(6)]
+    many = [_case(str(i), (2 if i % 2 else 3, 3), (3, 3)) for i in range(60)]
+    assert difference(few, 7) == difference(few, 7)
+    width = lambda d: d["interval"][1] - d["interval"][0]  # noqa: E731
+    assert width(difference(many, 7)) < width(difference(few, 7))
+
+
+def test_a_run_passes_only_within_its_criteria() -> None:
+    cases = [_case(str(i), (3, 3) if i else (2, 3), (3, 3)) for i in range(10)]
+    passed, summary = summarize(cases, 2, 1, Criteria(min_pass_rate=0.9, max_drop=0.05), seed=3)
+    assert summary["candidate"]["pass_rate"] == pytest.approx(29 / 30)
+    assert summary["difference"]["value"] == pytest.approx(-1 / 30)
+    assert passed is True
+    assert summary["passed"] is True
+    passed, _ = summarize(cases, 2, 1, Criteria(min_pass_rate=0.9, max_drop=0.0), seed=3)
+    assert passed is False
+    passed, _ = summarize(cases, 2, 1, Criteria(min_pass_rate=1.0, max_drop=0.5), seed=3)
+    assert passed is False
+
+
+def test_a_case_regresses_only_beyond_the_noise_of_its_samples() -> None:
+    _, summary = summarize(
+        [_case("cut", (0, 6), (6, 6)), _case("wobble", (5, 6), (6, 6))],
+        2,
+        1,
+        Criteria(),
+        seed=0,
+    )
+    rows = {row["name"]: row for row in summary["cases"]}
+    assert rows["cut"]["regressed"] is True
+    assert rows["wobble"]["regressed"] is False
+    assert not any(row["improved"] for row in rows.values())
+
+
+def test_without_a_baseline_there_is_no_difference() -> None:
+    cases = [CaseResult("x", {CANDIDATE: _samples(1, 2)})]
+    passed, summary = summarize(cases, 2, None, Criteria(min_pass_rate=0.5), seed=0)
+    assert passed is True
+    assert "difference" not in summary
+    assert "baseline" not in summary
+    assert "regressed" not in summary["cases"][0]
+
+
+@pytest.mark.parametrize(
+    ("bound", "url"),
+    [
+        (("127.0.0.1", 8080), "http://127.0.0.1:8080"),
+        (("0.0.0.0", 8080), "http://127.0.0.1:8080"),
+        (("::", 9000, 0, 0), "http://[::1]:9000"),
+        (("10.1.2.3", 8080), "http://10.1.2.3:8080"),
+    ],
+)
+def test_the_runner_reaches_the_data_plane_where_it_is_bound(
+    bound: tuple[object, ...], url: str
+) -> None:
+    assert loopback_url([bound]) == url
