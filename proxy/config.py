@@ -420,6 +420,9 @@ class EvalsConfig(_Section):
     max_running: int = Field(2, ge=1, le=32)
     #: One sample's call, first byte to last.
     request_timeout: float = Field(120.0, gt=0, le=3600)
+    #: The judge (a `judge.NAME` prompt) of judge assertions that name none; unset: such
+    #: an assertion makes its suite refused.
+    judge: str | None = Field(None, pattern=r"^judge\.[A-Za-z0-9._-]{1,58}$")
     #: Stored runs kept per prompt line (the oldest are deleted).
     keep_runs: int = Field(500, ge=10, le=100_000)
     #: A run's samples (answers, failures) as stored, encoded; a larger run is not stored

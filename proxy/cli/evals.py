@@ -173,9 +173,36 @@ def _pp(value: float) -> str:
 
 def _side_line(name: str, side: dict[str, Any]) -> str:
     errors = f", {side['errors']} errors" if side["errors"] else ""
-    return (
+    line = (
         f"{name} v{side['version']}: {side['passed']}/{side['samples']} samples passed, "
         f"{_pct(side['pass_rate'])} (95% CI {_interval(side['interval'])}){errors}"
+    )
+    return line + _judge_part(side)
+
+
+def _judge_part(side: dict[str, Any]) -> str:
+    part = ""
+    judge = side.get("judge")
+    if judge:
+        part += f"; judge score {judge['mean']:.2f} (n={judge['n']})"
+    agreement = side.get("agreement")
+    if agreement:
+        part += (
+            f"; agrees with the labels {_pct(agreement['accuracy'])} of {agreement['n']}, "
+            f"kappa {agreement['kappa']:.2f}"
+        )
+    return part
+
+
+def _judge_difference_line(summary: dict[str, Any]) -> str | None:
+    diff = summary.get("judge_difference")
+    if diff is None:
+        return None
+    significant = " (a significant drop)" if diff.get("significant_drop") else ""
+    low, high = diff["interval"]
+    return (
+        f"judge score difference: {diff['value']:+.2f} (95% CI {low:+.2f} to {high:+.2f}, "
+        f"over {diff['cases']} cases){significant}"
     )
 
 
@@ -226,6 +253,9 @@ def human_report(run: dict[str, Any]) -> str:
             f"difference: {_pp(diff['value'])} (95% CI {_pp(diff['interval'][0])} to "
             f"{_pp(diff['interval'][1])}, over {diff['cases']} cases){significant}"
         )
+        judged = _judge_difference_line(summary)
+        if judged is not None:
+            lines.append(judged)
     criteria = summary["criteria"]
     verdict = "PASSED" if run["passed"] else "NOT PASSED"
     lines.append(
@@ -245,15 +275,24 @@ def markdown_report(run: dict[str, Any]) -> str:
     out = [
         f"### {icon} Eval of `{run['slug']}` v{run['candidate']}{baseline}: {verdict}",
         "",
-        "| version | passed | pass rate | 95% CI |",
-        "|---|---|---|---|",
+        "| version | passed | pass rate | 95% CI | judge score | label agreement |",
+        "|---|---|---|---|---|---|",
     ]
     for name in ("candidate", "baseline"):
         side = summary.get(name)
         if side is not None:
+            judge, agreement = side.get("judge"), side.get("agreement")
             out.append(
                 f"| {name} v{side['version']} | {side['passed']}/{side['samples']} | "
-                f"{_pct(side['pass_rate'])} | {_interval(side['interval'])} |"
+                f"{_pct(side['pass_rate'])} | {_interval(side['interval'])} | "
+                + ("-" if not judge else f"{judge['mean']:.2f}")
+                + " | "
+                + (
+                    "-"
+                    if not agreement
+                    else f"{_pct(agreement['accuracy'])}, kappa {agreement['kappa']:.2f}"
+                )
+                + " |"
             )
     if has_baseline:
         diff = summary["difference"]
@@ -262,6 +301,9 @@ def markdown_report(run: dict[str, Any]) -> str:
             f"Difference {_pp(diff['value'])} (95% CI {_pp(diff['interval'][0])} to "
             f"{_pp(diff['interval'][1])}, mean over {diff['cases']} cases).",
         ]
+        judged = _judge_difference_line(summary)
+        if judged is not None:
+            out += ["", judged[0].upper() + judged[1:] + "."]
     failures = _first_failures(run)
     flagged = [r for r in summary["cases"] if r.get("regressed") or r["name"] in failures]
     if flagged:
@@ -274,8 +316,10 @@ def markdown_report(run: dict[str, Any]) -> str:
                 f"| {row['name']}{' ⚠' if row.get('regressed') else ''} | {k}/{n} | "
                 f"{base} | {detail} |"
             )
+    judges = ", ".join(f"`{slug}` v{version}" for slug, version in run.get("judges", []))
     out += [
         "",
+        f"<sub>Judges: {judges}.</sub>" if judges else "",
         f"<sub>Suite `{run['suite_name']}` (sha256 {run['suite_sha256'][:12]}), run "
         f"`{run['id']}` by {run['actor']}.</sub>",
     ]

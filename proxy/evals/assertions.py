@@ -133,13 +133,42 @@ class Judge:
         return found
 
 
+@dataclass(frozen=True, slots=True)
+class Label:
+    """For a judge's own suite: the answer is a judge's score (``read_score``), and a person
+    labelled the judged answer ``pass`` or ``fail``. It passes when the judge agrees: its
+    score is at least ``threshold`` exactly when the label is ``pass``. A judge's pass rate
+    on its suite is its agreement with the labels."""
+
+    kind: ClassVar[str] = "label"
+    expected: str
+    threshold: float = 0.5
+
+    @property
+    def expects_pass(self) -> bool:
+        return self.expected == "pass"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.kind, "expected": self.expected, "threshold": self.threshold}
+
+
 Assertion: TypeAlias = (
-    Contains | NotContains | Regex | JsonSchema | FinishReason | ToolCalled | Length | Judge
+    Contains | NotContains | Regex | JsonSchema | FinishReason | ToolCalled | Length | Judge | Label
 )
 #: Every kind, by the name a suite file gives it.
 KINDS: Mapping[str, type[Assertion]] = {
     kind.kind: kind
-    for kind in (Contains, NotContains, Regex, JsonSchema, FinishReason, ToolCalled, Length, Judge)
+    for kind in (
+        Contains,
+        NotContains,
+        Regex,
+        JsonSchema,
+        FinishReason,
+        ToolCalled,
+        Length,
+        Judge,
+        Label,
+    )
 }
 
 
@@ -258,7 +287,50 @@ def check(assertion: Assertion, answer: EvalAnswer) -> Verdict:
             detail = _tool_detail(name, arguments, answer.tool_calls)
         case Length():
             detail = _length_detail(assertion, answer.text)
+        case Label():
+            detail = _label_detail(assertion, answer.text)
     return Verdict(detail is None, detail or "")
+
+
+@dataclass(frozen=True, slots=True)
+class Score:
+    """A judge's answer: a score from 0 to 1 and its reason."""
+
+    score: float
+    reason: str
+
+
+#: What a judge must answer, as the judge prompts are told (docs/evals.md).
+SCORE_SHAPE = '{"score": <a number from 0 to 1>, "reason": "<one sentence>"}'
+
+
+def read_score(text: str) -> Score | str:
+    """The judge's score in ``text``, or why there is none. The answer is the JSON object
+    ``SCORE_SHAPE``; a Markdown code fence or words around it are tolerated (the first
+    ``{`` to the last ``}``), because judges are prompted, not constrained: a judge on a
+    provider without structured outputs must work too."""
+    start, end = text.find("{"), text.rfind("}")
+    if start < 0 or end < start:
+        return f"the judge answered no JSON object: {_show(text[:80])}"
+    try:
+        found = json.loads(text[start : end + 1])
+    except ValueError:
+        return f"the judge's answer is not JSON: {_show(text[start : start + 80])}"
+    score = found.get("score") if isinstance(found, dict) else None
+    if not isinstance(score, int | float) or isinstance(score, bool) or not 0 <= score <= 1:
+        return f"the judge gave no score from 0 to 1 (score: {_show(score)})"
+    reason = found.get("reason")
+    return Score(float(score), reason if isinstance(reason, str) else "")
+
+
+def _label_detail(label: Label, text: str) -> str | None:
+    score = read_score(text)
+    if isinstance(score, str):
+        return score
+    says = "pass" if score.score >= label.threshold else "fail"
+    if says == label.expected:
+        return None
+    return f"score {score.score:g} says {says}, labelled {label.expected}"
 
 
 def _find(text: str, value: str, case_sensitive: bool) -> int:

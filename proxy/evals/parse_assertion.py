@@ -23,6 +23,7 @@ from proxy.evals.assertions import (
     FinishReason,
     JsonSchema,
     Judge,
+    Label,
     Length,
     NotContains,
     Regex,
@@ -45,6 +46,7 @@ SHORTHAND: Mapping[str, str] = {
     "json_schema": "schema",
     "finish_reason": "value",
     "tool_called": "name",
+    "label": "expected",
 }
 #: Each kind's fields (besides ``type``).
 FIELDS: Mapping[str, frozenset[str]] = {
@@ -56,6 +58,7 @@ FIELDS: Mapping[str, frozenset[str]] = {
     "tool_called": frozenset({"name", "arguments"}),
     "length": frozenset({"min_chars", "max_chars", "min_words", "max_words"}),
     "judge": frozenset({"rubric", "threshold", "judge"}),
+    "label": frozenset({"expected", "threshold"}),
 }
 #: Judges are registry prompts under this prefix (docs/design-gates.md).
 JUDGE_PREFIX = "judge."
@@ -288,6 +291,21 @@ def _judge(fields: dict[str, Any], problem: AddProblem) -> Assertion | None:
     return Judge(rubric, threshold, judge)
 
 
+def _label(fields: dict[str, Any], problem: AddProblem) -> Assertion | None:
+    expected = fields.get("expected")
+    if expected not in ("pass", "fail"):
+        problem("expected", f"a label is pass or fail (got {expected!r})")
+    given: Any = fields.get("threshold", 0.5)
+    threshold: float | None = None
+    if finite_number(given) and 0 <= given <= 1:
+        threshold = float(given)
+    else:
+        problem("threshold", "threshold must be a number from 0 to 1 (the judge's passing score)")
+    if expected not in ("pass", "fail") or threshold is None:
+        return None
+    return Label(str(expected), threshold)
+
+
 _BUILDERS: Mapping[str, Builder] = {
     "contains": _contains,
     "not_contains": _not_contains,
@@ -297,6 +315,7 @@ _BUILDERS: Mapping[str, Builder] = {
     "tool_called": _tool_called,
     "length": _length,
     "judge": _judge,
+    "label": _label,
 }
 
 

@@ -37,6 +37,29 @@ class Failure:
 
 
 @dataclass(frozen=True, slots=True)
+class JudgeScore:
+    """A judge's score of one answer for one judge assertion, with the judge's version."""
+
+    index: int
+    judge: str
+    version: int
+    score: float | None
+    reason: str
+    #: Why there is no score (the judge's call failed, or it answered no score).
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "assertion": self.index,
+            "judge": self.judge,
+            "version": self.version,
+            "score": self.score,
+            "reason": self.reason,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class SampleResult:
     """One answer to one case by one version."""
 
@@ -50,6 +73,10 @@ class SampleResult:
     finish_reason: str | None
     latency_ms: float
     error: str | None = None
+    #: The judges' scores of this answer (judge assertions).
+    scores: tuple[JudgeScore, ...] = ()
+    #: A judge's own suite: (the judge said pass, the label says pass) per label.
+    labels: tuple[tuple[bool, bool], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -61,6 +88,8 @@ class SampleResult:
             "finish_reason": self.finish_reason,
             "latency_ms": self.latency_ms,
             "error": self.error,
+            "scores": [score.to_dict() for score in self.scores],
+            "labels": [list(label) for label in self.labels],
         }
 
 
@@ -100,7 +129,7 @@ def side_summary(cases: Sequence[CaseResult], side: str, version: int) -> dict[s
         passes, samples = passes + k, samples + n
         errors += sum(1 for s in case.sides.get(side, ()) if s.error is not None)
     low, high = wilson_interval(passes, samples)
-    return {
+    found: dict[str, Any] = {
         "version": version,
         "samples": samples,
         "passed": passes,
@@ -108,6 +137,37 @@ def side_summary(cases: Sequence[CaseResult], side: str, version: int) -> dict[s
         "pass_rate": passes / samples if samples else 0.0,
         "interval": [low, high],
     }
+    scores = [score for case in cases for score in _scores(case, side)]
+    if scores:
+        found["judge"] = {"mean": sum(scores) / len(scores), "n": len(scores)}
+    labels = [label for case in cases for s in case.sides.get(side, ()) for label in s.labels]
+    if labels:
+        found["agreement"] = agreement(labels)
+    return found
+
+
+def _scores(case: CaseResult, side: str) -> list[float]:
+    return [
+        score.score
+        for sample in case.sides.get(side, ())
+        for score in sample.scores
+        if score.score is not None
+    ]
+
+
+def agreement(labels: Sequence[tuple[bool, bool]]) -> dict[str, Any]:
+    """How often a judge said what the labels say, and Cohen's kappa: the agreement beyond
+    what a judge answering at random with its own pass rate would reach by chance (1:
+    perfect, 0: chance, below 0: worse than chance; 0 too when chance alone agrees always,
+    a constant judge on one-sided labels)."""
+    n = len(labels)
+    agree = sum(1 for said, label in labels if said == label)
+    said_pass = sum(1 for said, _ in labels if said) / n
+    label_pass = sum(1 for _, label in labels if label) / n
+    chance = said_pass * label_pass + (1 - said_pass) * (1 - label_pass)
+    observed = agree / n
+    kappa = 0.0 if chance >= 1 else (observed - chance) / (1 - chance)
+    return {"n": n, "accuracy": observed, "kappa": kappa}
 
 
 def case_rows(cases: Sequence[CaseResult], with_baseline: bool) -> list[dict[str, Any]]:
@@ -138,6 +198,21 @@ def difference(cases: Sequence[CaseResult], seed: int) -> dict[str, Any]:
         for case in cases
         if case.sides.get(CANDIDATE) and case.sides.get(BASELINE)
     ]
+    return _mean_with_interval(deltas, seed)
+
+
+def judge_difference(cases: Sequence[CaseResult], seed: int) -> dict[str, Any] | None:
+    """Candidate minus baseline mean judge score, over the cases both have scores for, as
+    ``difference`` does for pass rates; None without such cases."""
+    deltas = []
+    for case in cases:
+        candidate, baseline = _scores(case, CANDIDATE), _scores(case, BASELINE)
+        if candidate and baseline:
+            deltas.append(sum(candidate) / len(candidate) - sum(baseline) / len(baseline))
+    return _mean_with_interval(deltas, seed) if deltas else None
+
+
+def _mean_with_interval(deltas: Sequence[float], seed: int) -> dict[str, Any]:
     if not deltas:
         return {"value": 0.0, "interval": [-1.0, 1.0], "cases": 0}
     value = sum(deltas) / len(deltas)
@@ -170,5 +245,9 @@ def summarize(
         diff["significant_drop"] = diff["interval"][1] < 0
         summary["difference"] = diff
         passed = passed and diff["value"] >= -criteria.max_drop
+        judged = judge_difference(cases, seed)
+        if judged is not None:
+            judged["significant_drop"] = judged["interval"][1] < 0
+            summary["judge_difference"] = judged
     summary["passed"] = passed
     return passed, summary

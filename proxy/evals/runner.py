@@ -14,14 +14,23 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import orjson
 
-from proxy.evals.assertions import EvalAnswer, answer_from_chat_completion, check
-from proxy.evals.report import CaseResult, Failure, SampleResult
+from proxy.evals.assertions import (
+    EvalAnswer,
+    Judge,
+    Label,
+    Score,
+    answer_from_chat_completion,
+    check,
+    read_score,
+)
+from proxy.evals.judge import JudgeRef, judge_body
+from proxy.evals.report import CaseResult, Failure, JudgeScore, SampleResult
 from proxy.evals.suite import Case, Suite
 from proxy.pipeline.resolve import EVAL_HEADER, EVAL_TENANT_HEADER, VERSION_HEADER
 from proxy.prompt_key import PromptKey
@@ -48,6 +57,8 @@ class Plan:
     #: Case name -> the model its requests name.
     models: Mapping[str, str]
     concurrency: int
+    #: The judges the suite's judge assertions use, by slug (the default one under None).
+    judges: Mapping[str | None, JudgeRef] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -66,24 +77,48 @@ def request_body(case: Case, model: str) -> dict[str, Any]:
     return body
 
 
-def judge_sample(case: Case, answer: EvalAnswer, latency_ms: float) -> SampleResult:
+def judge_sample(
+    case: Case, answer: EvalAnswer, latency_ms: float, scores: Mapping[int, JudgeScore]
+) -> SampleResult:
+    """One answer checked: every assertion, judge assertions by their ``scores``."""
     failures: list[Failure] = []
-    pending: list[int] = []
+    labels: list[tuple[bool, bool]] = []
     for index, assertion in enumerate(case.assertions):
+        if isinstance(assertion, Judge):
+            detail = _judge_failure(assertion, scores.get(index))
+            if detail is not None:
+                failures.append(Failure(index, assertion.kind, detail))
+            continue
         verdict = check(assertion, answer)
-        if verdict.passed is None:
-            pending.append(index)
-        elif not verdict.passed:
-            failures.append(Failure(index, str(assertion.to_dict().get("type")), verdict.detail))
+        if not verdict.passed:
+            failures.append(Failure(index, assertion.kind, verdict.detail))
+        if isinstance(assertion, Label) and answer.error is None:
+            score = read_score(answer.text)
+            if isinstance(score, Score):
+                labels.append((score.score >= assertion.threshold, assertion.expects_pass))
     return SampleResult(
         status=answer.status,
         passed=answer.error is None and not failures,
         failures=tuple(failures),
-        pending=tuple(pending),
+        pending=(),
         text=answer.text[:MAX_TEXT_CHARS],
         finish_reason=answer.finish_reason,
         latency_ms=round(latency_ms, 1),
         error=answer.error,
+        scores=tuple(scores[i] for i in sorted(scores)),
+        labels=tuple(labels),
+    )
+
+
+def _judge_failure(assertion: Judge, score: JudgeScore | None) -> str | None:
+    if score is None:
+        return "not judged: the answer failed"
+    if score.score is None:
+        return f"{score.judge} v{score.version}: {score.error}"
+    if score.score >= assertion.threshold:
+        return None
+    return f"{score.judge} v{score.version} scored {score.score:g} < {assertion.threshold:g}" + (
+        f": {score.reason}" if score.reason else ""
     )
 
 
@@ -129,30 +164,57 @@ class Runner:
         ]
 
     async def _sample(self, case: Case, version: int) -> SampleResult:
-        plan, target = self._plan, self._target
-        headers = {EVAL_HEADER: target.eval_key, VERSION_HEADER: str(version)}
+        plan = self._plan
         tenant = case.tenant or plan.suite.tenant
+        body = request_body(case, plan.models[case.name])
+        started = time.perf_counter()
+        answer = await self._call(plan.key.slug, version, body, tenant)
+        latency_ms = (time.perf_counter() - started) * 1000
+        scores: dict[int, JudgeScore] = {}
+        if answer.error is None:
+            for index, assertion in enumerate(case.assertions):
+                if isinstance(assertion, Judge):
+                    ref = plan.judges[assertion.judge]
+                    scores[index] = await self._judge(ref, index, assertion, case, answer.text)
+        return judge_sample(case, answer, latency_ms, scores)
+
+    async def _judge(
+        self, ref: JudgeRef, index: int, assertion: Judge, case: Case, text: str
+    ) -> JudgeScore:
+        """The judge's score of one answer: a call like any other, to the judge's prompt."""
+        body = judge_body(ref, assertion.rubric, case, text)
+        said = await self._call(ref.slug, ref.version, body)
+        if said.error is not None:
+            return JudgeScore(index, ref.slug, ref.version, None, "", f"no score: {said.error}")
+        score = read_score(said.text)
+        if isinstance(score, str):
+            return JudgeScore(index, ref.slug, ref.version, None, "", score)
+        return JudgeScore(index, ref.slug, ref.version, score.score, score.reason[:500])
+
+    async def _call(
+        self, slug: str, version: int, body: dict[str, Any], tenant: str | None = None
+    ) -> EvalAnswer:
+        target = self._target
+        headers = {
+            EVAL_HEADER: target.eval_key,
+            VERSION_HEADER: str(version),
+            "content-type": "application/json",
+        }
         if tenant:
             headers[EVAL_TENANT_HEADER] = tenant
-        url = f"{target.base_url}/p/{plan.key.slug}/v1/chat/completions"
-        body = orjson.dumps(request_body(case, plan.models[case.name]))
-        started = time.perf_counter()
+        url = f"{target.base_url}/p/{slug}/v1/chat/completions"
         try:
             async with self._session.post(
-                url,
-                data=body,
-                headers={**headers, "content-type": "application/json"},
-                timeout=self._timeout,
+                url, data=orjson.dumps(body), headers=headers, timeout=self._timeout
             ) as resp:
                 status, raw = resp.status, await resp.read()
             try:
                 decoded: Any = orjson.loads(raw)
             except orjson.JSONDecodeError:
                 decoded = {"error": {"message": raw[:200].decode("utf-8", "replace")}}
-            answer = answer_from_chat_completion(status, decoded)
+            return answer_from_chat_completion(status, decoded)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            answer = EvalAnswer(0, "", None, (), f"the call failed: {type(exc).__name__}")
-        return judge_sample(case, answer, (time.perf_counter() - started) * 1000)
+            return EvalAnswer(0, "", None, (), f"the call failed: {type(exc).__name__}")
 
 
 def case_models(suite: Suite, versions: Sequence[tuple[int, str | None]]) -> dict[str, str] | str:

@@ -21,7 +21,8 @@ import aiohttp
 
 from proxy.config import EvalsConfig
 from proxy.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
-from proxy.evals.report import BASELINE, CANDIDATE, Criteria, summarize
+from proxy.evals.judge import JudgeRef, judges_for
+from proxy.evals.report import BASELINE, CANDIDATE, CaseResult, Criteria, JudgeScore, summarize
 from proxy.evals.runner import Plan, Runner, Target, case_models
 from proxy.evals.runs import EvalRun, EvalRunStore, EvalRunTooLarge, new_run_id
 from proxy.evals.suite import Suite
@@ -197,10 +198,24 @@ class EvalService:
                     param="suite",
                     code="model_not_for_variant",
                 )
+        judges = judges_for(suite, self._config.judge, snapshot)
+        if isinstance(judges, str):
+            raise InvalidRequest(f"The suite cannot be judged: {judges}.", param="suite")
+        by_name: dict[str | None, JudgeRef] = {name: ref for name, ref in judges.items()}
+        if self._config.judge in judges:
+            by_name[None] = judges[self._config.judge]
+        named = {case.tenant or suite.tenant for case in suite.cases}
+        unknown = sorted(t for t in named if t is not None and t not in snapshot.tenants)
+        if unknown:
+            raise InvalidRequest(
+                f"The suite runs as tenant {unknown[0]!r}, which the registry does not know.",
+                param="tenant",
+                code="tenant_not_found",
+            )
         concurrency = min(
             request.concurrency or self._config.concurrency, self._config.max_concurrency
         )
-        return Plan(key, suite, tuple(sides), models, concurrency)
+        return Plan(key, suite, tuple(sides), models, concurrency, by_name)
 
     async def _run(self, progress: Progress, plan: Plan, request: EvalRequest, actor: str) -> None:
         started = self._clock()
@@ -223,7 +238,7 @@ class EvalService:
                 finished_at=self._clock(),
                 suite_name=plan.suite.source,
                 suite_sha256=plan.suite.sha256,
-                judges=(),
+                judges=tuple(sorted({(s.judge, s.version) for c in cases for s in _all_scores(c)})),
                 passed=passed,
                 summary=summary,
                 detail={"cases": [case.to_dict() for case in cases]},
@@ -263,6 +278,10 @@ class EvalService:
         finished = [i for i, p in self._running.items() if p.state != "running"]
         for run_id in finished[: max(0, len(finished) - 20)]:
             del self._running[run_id]
+
+
+def _all_scores(case: CaseResult) -> list[JudgeScore]:
+    return [score for samples in case.sides.values() for s in samples for score in s.scores]
 
 
 def _store_unavailable(exc: StoreUnavailable) -> ServiceUnavailable:

@@ -307,7 +307,7 @@ def test_the_example_suites_load_beside_their_prompts() -> None:
         (
             suite_of({"type": "matches", "pattern": "x"}),
             "case 'c' assert[0]: unknown assertion type 'matches' (one of contains, not_contains, "
-            "regex, json_schema, finish_reason, tool_called, length, judge)",
+            "regex, json_schema, finish_reason, tool_called, length, judge, label)",
         ),
         (
             suite_of({"contains": "x", "regex": "y"}),
