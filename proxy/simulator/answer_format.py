@@ -7,6 +7,9 @@ answer's words, so it changes with the prompt as the text answer does. ``[[sim .
 directives shape the words first (noise and ``longer`` stay inside the strings, the JSON
 stays valid); a ``truncate`` cut then cuts the document itself, as a real length cut
 leaves unparsable JSON.
+
+A simulated judge model (``sim-judge*``, see ``judge``) answers its ``{"score", "reason"}``
+document instead, whatever ``response_format`` asks for.
 """
 
 from __future__ import annotations
@@ -18,15 +21,17 @@ import orjson
 
 from . import content
 from .directives import Steering
-from .params import Body
+from .judge import JudgeRule, judge_answer, judge_rule
+from .params import Body, model_of
 from .schema_sample import SchemaSampler
 
 
 @dataclass(frozen=True, slots=True)
 class OutputFormat:
-    kind: Literal["text", "json_object", "json_schema"]
+    kind: Literal["text", "json_object", "json_schema", "judge"]
     schema: Any = None
     name: str = "response"
+    judge: JudgeRule | None = None
 
 
 TEXT: Final = OutputFormat("text")
@@ -34,7 +39,10 @@ TEXT: Final = OutputFormat("text")
 
 def chat_format(body: Body) -> OutputFormat:
     """Chat completions ``response_format``: ``{"type": "json_schema", "json_schema":
-    {"name", "schema", "strict"}}`` or ``{"type": "json_object"}``; anything else is text."""
+    {"name", "schema", "strict"}}`` or ``{"type": "json_object"}``; anything else is text.
+    A judge model's verdict wins over all of them."""
+    if (judge := _judge_format(body)) is not None:
+        return judge
     spec = body.get("response_format")
     if not isinstance(spec, dict):
         return TEXT
@@ -44,12 +52,20 @@ def chat_format(body: Body) -> OutputFormat:
 
 def responses_format(body: Body) -> OutputFormat:
     """Responses API ``text.format``: ``{"type": "json_schema", "name", "schema",
-    "strict"}`` (flat) or ``{"type": "json_object"}``; anything else is text."""
+    "strict"}`` (flat) or ``{"type": "json_object"}``; anything else is text.
+    A judge model's verdict wins over all of them."""
+    if (judge := _judge_format(body)) is not None:
+        return judge
     text = body.get("text")
     spec = text.get("format") if isinstance(text, dict) else None
     if not isinstance(spec, dict):
         return TEXT
     return _format(spec.get("type"), spec)
+
+
+def _judge_format(body: Body) -> OutputFormat | None:
+    rule = judge_rule(model_of(body))
+    return None if rule is None else OutputFormat("judge", judge=rule)
 
 
 def _format(kind: Any, spec: dict[str, Any]) -> OutputFormat:
@@ -72,6 +88,8 @@ def answer(
     steering: Steering | None,
 ) -> tuple[str, bool]:
     """The answer text in ``output``'s shape; the flag means a directive cut it short."""
+    if output.judge is not None:
+        return judge_answer(conversation.last_user, output.judge, steering)
     text = content.conversation_answer(conversation, variant, min_words)
     steered_cut = False
     if steering is not None:

@@ -22,6 +22,8 @@ Only requests that carry a marker draw random numbers, so everything else stays
 byte-deterministic. Tool-call answers and ``/v1/completions`` (no system message)
 are not affected. A JSON answer (``response_format``) is built from the shaped words, so
 noise and ``longer`` stay inside its strings; a truncate cut cuts the document itself.
+A simulated judge's verdict (``sim-judge*`` models, see ``judge``) is cut by ``truncate``
+and failed by ``error`` but ignores ``noise`` and ``longer``: its score is no words.
 The markers themselves are not part of what the answer's words depend on.
 """
 
@@ -51,6 +53,9 @@ _NOISE_WORDS: Final = (
     "hollow", "inkwell", "juniper", "kettle", "lantern", "meadow", "nonsense", "orbit",
     "pebble", "quietly", "ripple", "saffron", "tundra",
 )  # fmt: skip
+
+NOISE_VOCABULARY: Final = frozenset(_NOISE_WORDS)
+"""The words ``noise`` puts into answers: the simulated judge (``judge``) counts them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +157,10 @@ class Steering:
     def fails(self) -> bool:
         return self.rng.random() < self.directives.error
 
+    def cuts(self) -> bool:
+        """Draw the ``truncate`` directive: True means cut this answer short."""
+        return self.rng.random() < self.directives.truncate
+
     def shape(self, text: str, variant: int) -> tuple[str, bool]:
         """Apply ``longer``, ``noise``, ``truncate`` to an answer; the flag means "cut short"."""
         directives = self.directives
@@ -159,7 +168,7 @@ class Steering:
             text = content.stretch_answer(text, directives.longer, variant)
         if directives.noise > 0.0:
             text = self._noisy(text)
-        if self.rng.random() < directives.truncate:
+        if self.cuts():
             words = text.split(" ")
             # Real length cuts stop anywhere; at least one word stays so the answer exists.
             keep = self.rng.randint(1, max(1, len(words) - 1))

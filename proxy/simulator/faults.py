@@ -14,6 +14,11 @@ model names (handy when a client library does not let you set headers).
 | x-sim-fault: hang      | sim-hang               | never send headers                       |
 | x-sim-fault: hang-mid-stream | sim-hang-mid-stream | send first events, then stall        |
 | x-sim-stream-error: <code> |                  | /v1/messages: an SSE ``error`` event midway |
+|                        | sim-judge*             | answer as a judge: ``{"score", "reason"}`` |
+|                        | sim-judge-strict*      | the same, but any noise word scores 0.0  |
+
+The judge models (``proxy.simulator.judge``) score the text after the last user message's
+last ``Answer:`` line by its share of ``noise`` directive words; the other controls apply.
 
 A third channel is the request body: a ``[[sim ...]]`` marker in the system or
 developer message (chat) or in ``instructions`` (Responses API) steers answer

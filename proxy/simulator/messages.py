@@ -8,6 +8,7 @@ after the first start), ``message_delta`` with the stop reason and the cumulativ
 (input and cache counts as well as output tokens, as the current API sends),
 ``message_stop``. The same ``x-sim-*`` controls and ``[[sim ...]]`` directives (read
 from ``system``) apply as on the OpenAI face; errors use Anthropic's shape (``errors``).
+A ``sim-judge*`` model answers its verdict as the text block, as on the chat face (``judge``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from . import content
 from .directives import Steering
 from .errors import RequestError, anthropic_error_message, anthropic_error_type
 from .framing import named_event
+from .judge import JudgeRule, judge_answer, judge_rule
 from .params import Body
 
 MESSAGES_PATH: Final = "/v1/messages"
@@ -291,7 +293,10 @@ def plan_message(body: Body, chunks: int, steering: Steering | None = None) -> M
             [(str(m.get("role")), content.content_text(m.get("content"))) for m in messages],
             content.last_user_text(messages),
         )
-        text, stop_reason, stop_sequence = _text(conversation, chunks, limit, stops, steering)
+        judge = judge_rule(model)
+        text, stop_reason, stop_sequence = _text(
+            conversation, chunks, limit, stops, steering, judge
+        )
         blocks = (Block("text", text=text),) if text else ()
     input_tokens = content.count_tokens(system) + sum(
         content.count_tokens(content.content_text(m.get("content"))) for m in messages
@@ -313,12 +318,16 @@ def _text(
     limit: int,
     stops: Sequence[str],
     steering: Steering | None,
+    judge: JudgeRule | None,
 ) -> tuple[str, str, str | None]:
     """The answer text, its stop reason and the stop sequence that ended it, if one did."""
-    text = content.conversation_answer(conversation, 0, chunks)
-    steered_cut = False
-    if steering is not None:
-        text, steered_cut = steering.shape(text, 0)
+    if judge is not None:  # a simulated judge answers with its verdict (``judge``)
+        text, steered_cut = judge_answer(conversation.last_user, judge, steering)
+    else:
+        text = content.conversation_answer(conversation, 0, chunks)
+        steered_cut = False
+        if steering is not None:
+            text, steered_cut = steering.shape(text, 0)
     text, hit = _cut_at_stop(text, stops)
     text, cut = content.truncate_words(text, limit)
     # Generation ends at whichever comes first: a cut before the stop sequence wins.
