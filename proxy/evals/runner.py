@@ -217,23 +217,23 @@ class Runner:
             return EvalAnswer(0, "", None, (), f"the call failed: {type(exc).__name__}")
 
 
-def case_models(suite: Suite, versions: Sequence[tuple[int, str | None]]) -> dict[str, str] | str:
+def case_models(
+    suite: Suite, versions: Sequence[tuple[int, str | None]]
+) -> dict[str, str] | str:
     """The model each case's requests name: the case's, the suite's, else the model the
-    versions pin (both the same). Or why there is none."""
-    pins = {pin for _, pin in versions if pin}
+    versions pin (each version's pin replaces the request's model as it does for a caller,
+    so versions pinning different models, GPT against Claude, compare as they would
+    serve). Or why there is none."""
+    unpinned = [number for number, pin in versions if not pin]
     models: dict[str, str] = {}
     for case in suite.cases:
         model = case.params.get("model") or suite.model
         if not model:
-            if len(pins) != 1:
+            if unpinned:
                 return (
-                    f"case {case.name!r} names no model, nor does the suite, and the versions "
-                    + (
-                        "pin none: add `model:` to the suite"
-                        if not pins
-                        else f"pin different ones ({', '.join(sorted(pins))}): add `model:`"
-                    )
+                    f"case {case.name!r} names no model, nor does the suite, and version "
+                    f"{unpinned[0]} pins none: add `model:` to the suite"
                 )
-            (model,) = pins
+            model = versions[0][1]
         models[case.name] = str(model)
     return models

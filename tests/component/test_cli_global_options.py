@@ -61,7 +61,7 @@ async def test_output_json_anywhere(admin: str, args: list[str]) -> None:
     result = await cli(args, {"PROMPTPROXY_ADMIN_URL": admin, "PROMPTPROXY_ADMIN_TOKEN": TOKEN})
     assert result.exit_code == 0, result.output
     slugs = {p["slug"] for p in orjson.loads(result.output)}
-    assert slugs == {"support-reply", "summarize", "classify-ticket"}
+    assert slugs == {"support-reply", "summarize", "classify-ticket", "judge.helpfulness"}
 
 
 async def test_table_is_still_the_default(admin: str) -> None:

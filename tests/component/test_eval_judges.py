@@ -129,9 +129,23 @@ async def test_the_judge_used_is_its_prod_version_at_the_start(clients: Clients)
     assert run["judges"] == [["judge.quality", 2]]
 
 
-# Answers of 20 words with 0, 1 or 4 noise words; a person labelled the first two good
-# enough (one stray word is tolerable) and the last bad.
-_WORDS = "the router restarts because its firmware update failed so reset it and retry".split()
+# Answers of 20 words with 0, 1 or 4 noise words; a person labelled those with at most
+# one stray word good enough and the last bad.
+_WORDS = [
+    "the",
+    "router",
+    "restarts",
+    "because",
+    "its",
+    "firmware",
+    "update",
+    "failed",
+    "so",
+    "reset",
+    "it",
+    "and",
+    "retry",
+]
 
 
 def _answer(noise: int) -> str:
@@ -146,7 +160,7 @@ JUDGE_SUITE: dict[str, Any] = {
     "samples": 1,
     "cases": [
         {
-            "name": f"{noise}-stray-words",
+            "name": f"example-{n}-{noise}-stray-words",
             "variables": {"rubric": "Stays on the customer's question, no stray words."},
             "messages": [
                 {
@@ -156,7 +170,9 @@ JUDGE_SUITE: dict[str, Any] = {
             ],
             "assert": [{"type": "label", "expected": label, "threshold": 0.9}],
         }
-        for noise, label in ((0, "pass"), (0, "pass"), (1, "pass"), (1, "pass"), (4, "fail"))
+        for n, (noise, label) in enumerate(
+            ((0, "pass"), (0, "pass"), (1, "pass"), (1, "pass"), (4, "fail"))
+        )
     ],
 }
 

@@ -55,7 +55,12 @@ def test_push_promote_rollback_cycle(admin_proxy: ProxyProc, tmp_path: Path) -> 
     shutil.copytree(REPO / "config" / "prompts", folder)
 
     pushed = as_json(cli(admin_proxy, "-o", "json", "push", str(folder)))
-    assert {p["slug"] for p in pushed} == {"support-reply", "summarize", "classify-ticket"}
+    assert {p["slug"] for p in pushed} == {
+        "support-reply",
+        "summarize",
+        "classify-ticket",
+        "judge.helpfulness",
+    }
     assert all(p["created"] for p in pushed)
     again = as_json(cli(admin_proxy, "-o", "json", "push", str(folder)))
     assert not any(p["created"] for p in again)  # idempotent sync of a folder
@@ -145,3 +150,22 @@ def test_eval_runs_the_example_suite_through_a_real_proxy(
     )
     history = cli(admin_proxy, "history", "classify-ticket")
     assert run["id"] in history.stdout
+
+
+def test_the_example_judge_agrees_with_its_labels(admin_proxy: ProxyProc, tmp_path: Path) -> None:
+    folder = tmp_path / "prompts"
+    shutil.copytree(REPO / "config" / "prompts", folder)
+    assert cli(admin_proxy, "push", str(folder)).returncode == 0
+    assert cli(admin_proxy, "promote", "judge.helpfulness", "1", "--reason", "r").returncode == 0
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROMPTPROXY_")}
+    env |= {"PROMPTPROXY_ADMIN_URL": admin_proxy.admin_url, "PROMPTPROXY_ADMIN_TOKEN": TOKEN}
+    args = ["eval", "judge.helpfulness", "--candidate", "1", "--baseline", "none"]
+    done = subprocess.run(
+        [sys.executable, "-m", "proxy", *args, "--prompts", str(folder)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "agrees with the labels 100.0% of 3, kappa 1.00" in done.stdout
