@@ -423,6 +423,12 @@ class EvalsConfig(_Section):
     #: The judge (a `judge.NAME` prompt) of judge assertions that name none; unset: such
     #: an assertion makes its suite refused.
     judge: str | None = Field(None, pattern=r"^judge\.[A-Za-z0-9._-]{1,58}$")
+    #: Drift (docs/evals.md): a measure drifts when the candidate's pairs diverge more than
+    #: the baseline's own pairs with p < `drift_alpha` and by more than `drift_margin`;
+    #: with fewer than `drift_min_pairs` pairs a side it is inconclusive.
+    drift_alpha: float = Field(0.01, gt=0, le=0.5)
+    drift_margin: float = Field(0.05, ge=0, le=1)
+    drift_min_pairs: int = Field(10, ge=2, le=100_000)
     #: Stored runs kept per prompt line (the oldest are deleted).
     keep_runs: int = Field(500, ge=10, le=100_000)
     #: A run's samples (answers, failures) as stored, encoded; a larger run is not stored

@@ -229,6 +229,19 @@ def _case_flag(row: dict[str, Any]) -> str:
     return ""
 
 
+def _drift_line(summary: dict[str, Any]) -> str | None:
+    found = summary.get("drift")
+    if found is None:
+        return None
+    failed = [m["measure"] for m in found["measures"] if m["result"] == "fail"]
+    pairs = f"{found['candidate_pairs']} candidate and {found['noise_pairs']} noise pairs"
+    if found["result"] == "fail":
+        return f"drift: beyond the baseline's own noise in {', '.join(failed)} ({pairs})"
+    if found["result"] == "inconclusive":
+        return f"drift: inconclusive, too few pairs ({pairs}; raise samples)"
+    return f"drift: none beyond the baseline's own noise ({pairs})"
+
+
 def human_report(run: dict[str, Any]) -> str:
     summary = run["summary"]
     has_baseline = "baseline" in summary
@@ -256,6 +269,9 @@ def human_report(run: dict[str, Any]) -> str:
         judged = _judge_difference_line(summary)
         if judged is not None:
             lines.append(judged)
+        drifted = _drift_line(summary)
+        if drifted is not None:
+            lines.append(drifted)
     criteria = summary["criteria"]
     verdict = "PASSED" if run["passed"] else "NOT PASSED"
     lines.append(
@@ -301,9 +317,9 @@ def markdown_report(run: dict[str, Any]) -> str:
             f"Difference {_pp(diff['value'])} (95% CI {_pp(diff['interval'][0])} to "
             f"{_pp(diff['interval'][1])}, mean over {diff['cases']} cases).",
         ]
-        judged = _judge_difference_line(summary)
-        if judged is not None:
-            out += ["", judged[0].upper() + judged[1:] + "."]
+        for extra in (_judge_difference_line(summary), _drift_line(summary)):
+            if extra is not None:
+                out += ["", extra[0].upper() + extra[1:] + "."]
     failures = _first_failures(run)
     flagged = [r for r in summary["cases"] if r.get("regressed") or r["name"] in failures]
     if flagged:

@@ -190,6 +190,8 @@ class EvalAnswer:
     finish_reason: str | None
     tool_calls: tuple[ToolCall, ...]
     error: str | None
+    #: The model declined: a ``refusal`` instead of content, or a content filter's stop.
+    refused: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,12 +215,15 @@ def answer_from_chat_completion(status: int, body: Any) -> EvalAnswer:
     message = choice.get("message")
     message = message if isinstance(message, dict) else {}
     finish = choice.get("finish_reason")
+    content = _content_text(message.get("content"))
+    refusal = _content_text(message.get("refusal"))
     return EvalAnswer(
         status=status,
-        text=_content_text(message.get("content")) or _content_text(message.get("refusal")),
+        text=content or refusal,
         finish_reason=finish if isinstance(finish, str) else None,
         tool_calls=_tool_calls(message),
         error=None,
+        refused=bool(refusal and not content) or finish == "content_filter",
     )
 
 

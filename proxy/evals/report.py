@@ -77,6 +77,10 @@ class SampleResult:
     scores: tuple[JudgeScore, ...] = ()
     #: A judge's own suite: (the judge said pass, the label says pass) per label.
     labels: tuple[tuple[bool, bool], ...] = ()
+    #: The answer's tool calls (name, arguments as sent) and whether it was a refusal:
+    #: what drift compares besides the text.
+    tool_calls: tuple[tuple[str, str], ...] = ()
+    refused: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -90,6 +94,8 @@ class SampleResult:
             "error": self.error,
             "scores": [score.to_dict() for score in self.scores],
             "labels": [list(label) for label in self.labels],
+            "tool_calls": [{"name": n, "arguments": a} for n, a in self.tool_calls],
+            "refused": self.refused,
         }
 
 

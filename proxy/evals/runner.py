@@ -107,6 +107,10 @@ def judge_sample(
         error=answer.error,
         scores=tuple(scores[i] for i in sorted(scores)),
         labels=tuple(labels),
+        tool_calls=tuple(
+            (call.name, call.arguments[:MAX_TEXT_CHARS]) for call in answer.tool_calls
+        ),
+        refused=answer.refused,
     )
 
 
@@ -217,9 +221,7 @@ class Runner:
             return EvalAnswer(0, "", None, (), f"the call failed: {type(exc).__name__}")
 
 
-def case_models(
-    suite: Suite, versions: Sequence[tuple[int, str | None]]
-) -> dict[str, str] | str:
+def case_models(suite: Suite, versions: Sequence[tuple[int, str | None]]) -> dict[str, str] | str:
     """The model each case's requests name: the case's, the suite's, else the model the
     versions pin (each version's pin replaces the request's model as it does for a caller,
     so versions pinning different models, GPT against Claude, compare as they would

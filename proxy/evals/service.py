@@ -21,6 +21,7 @@ import aiohttp
 
 from proxy.config import EvalsConfig
 from proxy.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
+from proxy.evals.drift import DriftPolicy, drift
 from proxy.evals.judge import JudgeRef, judges_for
 from proxy.evals.report import BASELINE, CANDIDATE, CaseResult, Criteria, JudgeScore, summarize
 from proxy.evals.runner import Plan, Runner, Target, case_models
@@ -96,6 +97,7 @@ class EvalService:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._config = config
+        self._drift = DriftPolicy(config.drift_alpha, config.drift_margin, config.drift_min_pairs)
         self._runs = runs
         self._snapshot = snapshot
         self._clock = clock
@@ -227,6 +229,8 @@ class EvalService:
             baseline = dict(plan.sides).get(BASELINE)
             seed = int(hashlib.sha256(progress.id.encode()).hexdigest()[:8], 16)
             passed, summary = summarize(cases, request.candidate, baseline, request.criteria, seed)
+            if baseline is not None:
+                summary["drift"] = drift(cases, plan.suite.cases, self._drift)
             run = EvalRun(
                 id=progress.id,
                 slug=str(plan.key),
