@@ -7,6 +7,7 @@ the file: the file names an environment variable (``api_key_env``) and we read i
 
 from __future__ import annotations
 
+import fnmatch
 import ipaddress
 import os
 import re
@@ -530,6 +531,93 @@ class SafetyConfig(_Section):
         )
 
 
+#: The gates a version may be required to pass before it is promoted or its rollout starts
+#: (docs/gates.md).
+GATE_NAMES = ("eval", "judge")
+#: Names of the plan's gates that are not ones `gates.require` takes, and why.
+_NOT_REQUIRABLE = {
+    "syntax": "is checked at every push, always",
+    "safety": "is the `safety` section, checked at push, promote and rollout start, always",
+    "drift": "is not built yet (step 6 of docs/design-gates.md)",
+}
+
+
+def _gate_names(value: tuple[str, ...]) -> tuple[str, ...]:
+    for name in value:
+        if name in _NOT_REQUIRABLE:
+            raise ValueError(f"{name!r} {_NOT_REQUIRABLE[name]}; a gate is one of eval, judge")
+        if name not in GATE_NAMES:
+            raise ValueError(f"no gate {name!r}: a gate is one of eval, judge")
+    if len(set(value)) != len(value):
+        raise ValueError("each gate is listed once")
+    return value
+
+
+#: Gates a version must pass, each listed once.
+GateNames = Annotated[tuple[str, ...], AfterValidator(_gate_names)]
+
+
+class EvalGateConfig(_Section):
+    """The `eval` gate: the newest eval run of the version against prod (docs/gates.md)."""
+
+    #: The candidate's pass rate must be at least this.
+    min_pass_rate: float = Field(1.0, ge=0, le=1)
+    #: And its difference to prod's pass rate no lower than minus this.
+    max_drop: float = Field(0.0, ge=0, le=1)
+    #: Runs that finished longer ago do not count (for the `judge` gate too).
+    max_age_hours: float = Field(168.0, gt=0, le=24 * 366)
+
+
+class JudgeGateConfig(_Section):
+    """The `judge` gate: the judge scores of the same run (docs/gates.md)."""
+
+    #: The candidate's mean judge score must be at least this.
+    min_score: float = Field(0.0, ge=0, le=1)
+    #: And no more than this below prod's mean score in the same run.
+    max_drop: float = Field(0.05, ge=0, le=1)
+
+
+class GatePolicyConfig(_Section):
+    """What a version must pass: the default policy (`gates.default`), or a prompt's."""
+
+    require: GateNames = ()
+    eval: EvalGateConfig = EvalGateConfig()
+    judge: JudgeGateConfig = JudgeGateConfig()
+
+
+class GateRuleConfig(_Section):
+    """A policy for the slugs `match` matches (`gates.slugs`); a key left out is the
+    default policy's."""
+
+    #: A glob (`fnmatch`: `*`, `?`, `[...]`) on the slug, layer and variant aside.
+    match: str = Field(pattern=r"^[A-Za-z0-9._*?\[\]!-]{1,64}$")
+    require: GateNames | None = None
+    eval: EvalGateConfig | None = None
+    judge: JudgeGateConfig | None = None
+
+
+class GatesConfig(_Section):
+    """Gates before prod (docs/gates.md): checked at promote and rollout start, never at
+    rollback. Nothing is required by default."""
+
+    default: GatePolicyConfig = GatePolicyConfig()
+    #: Per-slug policies; the first whose `match` matches the slug wins.
+    slugs: tuple[GateRuleConfig, ...] = Field((), max_length=256)
+
+    def policy_for(self, slug: str) -> GatePolicyConfig:
+        """The policy of ``slug`` (a base slug): the first matching rule over the
+        default, or the default."""
+        for rule in self.slugs:
+            if fnmatch.fnmatchcase(slug, rule.match):
+                base = self.default
+                return GatePolicyConfig(
+                    require=base.require if rule.require is None else rule.require,
+                    eval=base.eval if rule.eval is None else rule.eval,
+                    judge=base.judge if rule.judge is None else rule.judge,
+                )
+        return self.default
+
+
 class ShadowSinkConfig(_Section):
     #: `auto`: the store's own: rotated files with the embedded store, a capped Redis Stream
     #: per slug with Redis, a table with PostgreSQL. Any other value must name that one.
@@ -601,6 +689,7 @@ class ProxyConfig(_Section):
     usage: UsageConfig = UsageConfig()
     evals: EvalsConfig = EvalsConfig()
     safety: SafetyConfig = SafetyConfig()
+    gates: GatesConfig = GatesConfig()
     #: Where requests go, by the model sent. Empty: the one provider `upstream` describes
     #: (its base URL and key, every model), as before providers existed.
     providers: tuple[ProviderConfig, ...] = Field((), max_length=64)

@@ -17,6 +17,7 @@ from proxy.analysis.window import WindowRecorder
 from proxy.backends.base import Backend
 from proxy.backends.open import open_backend
 from proxy.config import Settings
+from proxy.evals.gates import EvalGates
 from proxy.evals.service import EvalService
 from proxy.exchange.upstream import UpstreamClient, UpstreamLimits
 from proxy.feedback import FeedbackService
@@ -152,6 +153,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             fleet=fleet,
             tiers=config.tenants.tiers,
             safety=safety,
+            gates=EvalGates(config.gates, backend.evals),
         )
         tasks = BackgroundTasks()
         stack.push_async_callback(tasks.close)

@@ -205,8 +205,12 @@ class AdminClient:
         reason: str,
         wait: float | None = None,
         force: bool = False,
+        override_gates: bool = False,
     ) -> api.AuditWritten:
-        body = api.PromoteIn.model_construct(version=version, reason=reason, force=force)
+        fields: dict[str, Any] = {"version": version, "reason": reason, "force": force}
+        if override_gates:  # sent only when set: a proxy before gates refuses the key
+            fields["override_gates"] = True
+        body = api.PromoteIn.model_construct(**fields)
         return self._call(api.AuditWritten, "POST", _prompt(key, "/promote"), body, wait=wait)
 
     def rollback(self, key: PromptKey, reason: str, wait: float | None = None) -> api.AuditWritten:

@@ -347,6 +347,12 @@ def _audit_line(e: api.AuditEntry) -> str:
     help="Go ahead although the base version breaks tier or tenant overrides in use "
     "(needs --reason; the audit keeps both).",
 )
+@click.option(
+    "--override-gates",
+    is_flag=True,
+    help="Go ahead although the version has not passed the gates its slug requires "
+    "(needs --reason; the audit keeps it with each gate overridden). See docs/gates.md.",
+)
 @wait_options
 @pass_ctx
 def promote(
@@ -355,16 +361,22 @@ def promote(
     version: int,
     reason: str,
     force: bool,
+    override_gates: bool,
     wait: bool,
     timeout: float,
 ) -> None:
     """Make VERSION the prod version of SLUG. A base version that breaks an override in
-    use is refused unless --force (with --reason)."""
+    use is refused unless --force (with --reason); one that has not passed its gates
+    (an eval run, a judge score: docs/gates.md) unless --override-gates (with --reason)."""
     if force and not reason.strip():
         raise click.UsageError("--force needs --reason: it is kept in the audit log")
+    if override_gates and not reason.strip():
+        raise click.UsageError("--override-gates needs --reason: it is kept in the audit log")
 
     def action() -> None:
-        answer = ctx.client.promote(key, version, reason, wait_seconds(wait, timeout), force)
+        answer = ctx.client.promote(
+            key, version, reason, wait_seconds(wait, timeout), force, override_gates
+        )
         ctx.emit(answer, _audit_line)
         report_served(ctx.output, f"v{answer.version}", answer.served)
 

@@ -277,6 +277,13 @@ def status(ctx: Context, key: PromptKey | None) -> None:
     help="Go ahead although the base version breaks tier or tenant overrides in use "
     "(needs --reason; the audit keeps both).",
 )
+@click.option(
+    "--override-gates",
+    is_flag=True,
+    help="Start the rollout although the candidate has not passed the gates its slug "
+    "requires (needs --reason; the audit keeps it with each gate overridden). See "
+    "docs/gates.md.",
+)
 @wait_options
 @pass_ctx
 def set_(
@@ -295,11 +302,14 @@ def set_(
     tenants: str | None,
     reason: str,
     force: bool,
+    override_gates: bool,
     wait: bool,
     timeout: float,
 ) -> None:
     """Start a rollout of CANDIDATE, or change the running one's percentage. A base
-    candidate that breaks an override in use is refused unless --force (with --reason).
+    candidate that breaks an override in use is refused unless --force (with --reason);
+    one that has not passed its gates (docs/gates.md) unless --override-gates (with
+    --reason). A percentage change is not gated again.
 
     With --analysis or any of the analysis flags (which override the file's values) the
     rollout gets an automated-analysis policy; the flags alone start from the defaults.
@@ -318,6 +328,10 @@ def set_(
     }
     if force and not reason.strip():
         raise click.UsageError("--force needs --reason: it is kept in the audit log")
+    if override_gates:  # sent only when set: a proxy before gates refuses the key
+        if not reason.strip():
+            raise click.UsageError("--override-gates needs --reason: it is kept in the audit log")
+        fields["override_gates"] = True
     if sticky is not None:
         fields["sticky"] = sticky
     if tiers is not None or tenants is not None:

@@ -53,7 +53,15 @@ async def bootstrap_prompts(service: RegistryService, folder: Path) -> int:
         created_count += created
         summary, _ = await service.get_prompt(version.key)
         if summary.prod_version is None:
-            await service.promote(version.key, version.version, ACTOR, f"bootstrap from {path}")
+            # A prompt's first prod, from the operator's own folder at start: nothing could
+            # have run an eval of it yet, so its gates are overridden, and the audit says so.
+            await service.promote(
+                version.key,
+                version.version,
+                ACTOR,
+                f"bootstrap from {path}",
+                override_gates=True,
+            )
         _log.info(
             "prompt %s v%d from %s (%s)",
             version.key,

@@ -24,6 +24,7 @@ from proxy.prompt_key import (
 from proxy.registry.analysis_policy import AnalysisPolicy
 from proxy.registry.explain import ExplainFailed, Explanation, explain
 from proxy.registry.fleet import Fleet, FleetError, FleetWait, ReplicaView
+from proxy.registry.gates import GateCheck, check_override_reason, gated_reason
 from proxy.registry.history import StateAt, state_at
 from proxy.registry.layer_checks import LayerProblem, base_problems, override_problems
 from proxy.registry.lifecycle import ROLLOUT_START_ACTION
@@ -216,7 +217,13 @@ class RegistryService:
 
     ``safety`` is the policy a version must pass to be pushed, promoted or start a
     rollout (the built-in defaults unless the configuration says otherwise); rollback is
-    never checked: it goes back to what served before."""
+    never checked: it goes back to what served before.
+
+    ``gates`` says what else a base or variant version must have passed (an eval run, a
+    judge score) before it is promoted or its rollout starts; an operator may override
+    them with a reason, which the audit keeps. Not re-checked at a rollout's promote, nor
+    at a percentage change: the candidate passed them when its rollout started
+    (docs/gates.md)."""
 
     def __init__(
         self,
@@ -227,6 +234,7 @@ class RegistryService:
         fleet: Fleet | None = None,
         tiers: Sequence[str] = ("free", "pro", "enterprise"),
         safety: SafetyPolicy | None = None,
+        gates: GateCheck | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -234,6 +242,7 @@ class RegistryService:
         self._fleet = fleet
         self._tiers = tuple(tiers)
         self._safety = SafetyPolicy() if safety is None else safety
+        self._gates = gates
 
     async def _serve_here(self) -> tuple[int | None, bool]:
         """After a write: load it here before answering. Never raises: the write is done,
@@ -455,11 +464,24 @@ class RegistryService:
         return f"{reason} [forced over broken overrides: {layers}]"
 
     async def promote(
-        self, key: PromptKey, version: int, actor: str, reason: str, *, force: bool = False
+        self,
+        key: PromptKey,
+        version: int,
+        actor: str,
+        reason: str,
+        *,
+        force: bool = False,
+        override_gates: bool = False,
     ) -> AuditEntry:
         """Make ``version`` prod. A base version that breaks an override in use is refused
-        unless ``force`` (with a reason, which the audit keeps with the layers it broke)."""
+        unless ``force`` (with a reason, which the audit keeps with the layers it broke);
+        one that has not passed its gates unless ``override_gates`` (likewise)."""
+        check_override_reason(override_gates, reason)
         await self._refuse_unsafe(key, version, "promoted")
+        if self._gates is not None:
+            with store_errors(key):
+                prod = _prod_of(await self._store.list_versions(key))
+            reason = await self._gated(key, version, prod, override_gates, reason, "promote")
         reason = await self._fit_or_forced(key, version, force, reason, "promote")
         with store_errors(key):
             entry = await self._store.promote(key, version, actor, reason, self._clock())
@@ -474,6 +496,27 @@ class RegistryService:
         with store_errors(key):
             stored = await self._store.get_version(key, version)
         refuse_serving(self._safety, stored, what)
+
+    async def _gated(
+        self,
+        key: PromptKey,
+        version: int,
+        prod: int | None,
+        override: bool,
+        reason: str,
+        what: str,
+    ) -> str:
+        """The reason to audit once ``version``'s gates are passed or overridden (409
+        otherwise). A version that is prod already changes nothing here: the store says
+        so in its own words."""
+        if self._gates is None or version == prod:
+            return reason
+        problems = await self._gates.problems(key, version, prod)
+        if problems:
+            # A version that does not exist is a 404, not a list of runs it lacks.
+            with store_errors(key):
+                await self._store.get_version(key, version)
+        return gated_reason(key, version, problems, override, reason, what)
 
     async def rollback(self, key: PromptKey, actor: str, reason: str) -> AuditEntry:
         with store_errors(key):
@@ -547,9 +590,14 @@ class RegistryService:
         *,
         force: bool = False,
         segment: RolloutSegment | None = None,
+        override_gates: bool = False,
     ) -> RolloutChange:
         """Start a rollout, or change the percentage of the running one when ``candidate``
         and ``mode`` are the same (its id, and so its cohorts, are kept).
+
+        A new rollout's candidate must have passed its gates, unless ``override_gates``
+        (with a reason, which the audit keeps with what it overrode); a percentage change
+        is not gated again.
 
         ``analysis`` is the automated-analysis policy of a new rollout. On a running one it
         may be omitted (the policy stays) or repeated, never changed."""
@@ -567,6 +615,7 @@ class RegistryService:
                 param="segment",
                 code="invalid_segment",
             )
+        check_override_reason(override_gates, reason)
         points = basis_points(percent)
         sticky_key = parse_sticky(sticky) if sticky is not None else None
         if segment is not None:
@@ -584,13 +633,17 @@ class RegistryService:
                 versions = await self._store.list_versions(key)
                 if not versions:
                     raise PromptNotFound(key)
-                if not any(v.status is Status.PROD for v in versions):
+                prod = _prod_of(versions)
+                if prod is None:
                     raise Conflict(
                         f"{key} has no prod version to compare the candidate with: promote "
                         "one first.",
                         code="no_prod_version",
                     )
                 await self._refuse_unsafe(key, candidate, "the candidate of a rollout")
+                reason = await self._gated(
+                    key, candidate, prod, override_gates, reason, "start the rollout"
+                )
                 reason = await self._fit_or_forced(
                     key, candidate, force, reason, "start the rollout"
                 )
@@ -673,7 +726,10 @@ class RegistryService:
 
     async def promote_rollout(self, key: PromptKey, actor: str, reason: str) -> AuditEntry:
         """Make the running rollout's candidate prod: refused (409) when the candidate fails
-        the safety policy, which may have tightened since the rollout started."""
+        the safety policy, which may have tightened since the rollout started. Its gates
+        are not checked again: it passed them (or they were overridden, audited) when the
+        rollout started, and the canary analysis since; the analyser promotes by itself,
+        and an eval run ageing out mid-rollout must not hold it."""
         with store_errors(key):
             running = await self._store.get_rollout(key)
         if running is not None:
@@ -780,10 +836,14 @@ class RolloutChange:
     started: bool
 
 
+def _prod_of(versions: Sequence[PromptVersion]) -> int | None:
+    return next((v.version for v in versions if v.status is Status.PROD), None)
+
+
 def _summarize(key: PromptKey, versions: Sequence[PromptVersion]) -> PromptSummary:
     return PromptSummary(
         key=key,
-        prod_version=next((v.version for v in versions if v.status is Status.PROD), None),
+        prod_version=_prod_of(versions),
         latest_version=max(v.version for v in versions),
         versions=len(versions),
         updated_at=max(v.created_at for v in versions),

@@ -116,8 +116,14 @@ async def get_version(call: Call[VersionPath, NoParams, NoBody]) -> api.Version:
 
 async def promote(call: Call[SlugPath, WaitQuery, api.PromoteIn]) -> api.AuditWritten:
     wait = admin_wait.start(call.query.wait)
+    body = call.body
     entry = await call.services.registry.promote(
-        call.path.key, call.body.version, call.actor, call.body.reason, force=call.body.force
+        call.path.key,
+        body.version,
+        call.actor,
+        body.reason,
+        force=body.force,
+        override_gates=body.override_gates,
     )
     return await admin_wait.written(call.services, entry, wait)
 

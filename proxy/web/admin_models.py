@@ -203,16 +203,29 @@ class VersionIn(Body):
     )
 
 
-#: ``force`` needs a reason: said in the schema, so a client generated from it knows.
-FORCE_NEEDS_REASON: dict[str, Any] = {
-    "if": {"properties": {"force": {"const": True}}, "required": ["force"]},
-    "then": {"properties": {"reason": {"pattern": "\\S"}}, "required": ["reason"]},
+def _needs_reason(flag: str) -> dict[str, Any]:
+    return {
+        "if": {"properties": {flag: {"const": True}}, "required": [flag]},
+        "then": {"properties": {"reason": {"pattern": "\\S"}}, "required": ["reason"]},
+    }
+
+
+#: ``force`` and ``override_gates`` need a reason: said in the schema, so a client
+#: generated from it knows.
+FLAGS_NEED_REASON: dict[str, Any] = {
+    "allOf": [_needs_reason("force"), _needs_reason("override_gates")]
 }
+#: The flag that goes ahead although gates are missing or failing (docs/gates.md).
+OVERRIDE_GATES_DOC = (
+    "Go ahead although the version has not passed the gates its slug requires (409 "
+    "gates_not_passed without it); needs a reason, kept in the audit log with each gate "
+    "overridden. The safety policy is never overridden"
+)
 
 
 class PromoteIn(Body):
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"version": 2, "reason": "CR-12"}], **FORCE_NEEDS_REASON}
+        json_schema_extra={"examples": [{"version": 2, "reason": "CR-12"}], **FLAGS_NEED_REASON}
     )
 
     version: Count
@@ -223,6 +236,7 @@ class PromoteIn(Body):
         "overrides_break without it); needs a reason, kept in the audit log with the layers "
         "it broke",
     )
+    override_gates: bool = Field(False, description=OVERRIDE_GATES_DOC)
 
 
 class ReasonIn(Body):
@@ -578,7 +592,7 @@ class AnalysisPolicy(Body):
 class RolloutIn(Body):
     model_config = ConfigDict(
         json_schema_extra={
-            **FORCE_NEEDS_REASON,
+            **FLAGS_NEED_REASON,
             "examples": [
                 {
                     "candidate": 2,
@@ -624,6 +638,11 @@ class RolloutIn(Body):
         description="Go ahead although the base version breaks overrides in use (409 "
         "overrides_break without it); needs a reason, kept in the audit log with the layers "
         "it broke",
+    )
+    override_gates: bool = Field(
+        False,
+        description=OVERRIDE_GATES_DOC + ". Read when a rollout starts; a percentage change "
+        "is not gated",
     )
 
 

@@ -95,6 +95,7 @@ async def put_rollout(call: Call[SlugPath, WaitQuery, api.RolloutIn]) -> Reply[a
         analysis=policy,
         force=body.force,
         segment=_segment(body.segment),
+        override_gates=body.override_gates,
     )
     answer = api.RolloutChanged.model_validate(
         {
