@@ -533,21 +533,22 @@ class SafetyConfig(_Section):
 
 #: The gates a version may be required to pass before it is promoted or its rollout starts
 #: (docs/gates.md).
-GATE_NAMES = ("eval", "judge")
+GATE_NAMES = ("eval", "judge", "drift")
 #: Names of the plan's gates that are not ones `gates.require` takes, and why.
 _NOT_REQUIRABLE = {
     "syntax": "is checked at every push, always",
     "safety": "is the `safety` section, checked at push, promote and rollout start, always",
-    "drift": "is not built yet (step 6 of docs/design-gates.md)",
 }
 
 
 def _gate_names(value: tuple[str, ...]) -> tuple[str, ...]:
     for name in value:
         if name in _NOT_REQUIRABLE:
-            raise ValueError(f"{name!r} {_NOT_REQUIRABLE[name]}; a gate is one of eval, judge")
+            raise ValueError(
+                f"{name!r} {_NOT_REQUIRABLE[name]}; a gate is one of eval, judge, drift"
+            )
         if name not in GATE_NAMES:
-            raise ValueError(f"no gate {name!r}: a gate is one of eval, judge")
+            raise ValueError(f"no gate {name!r}: a gate is one of eval, judge, drift")
     if len(set(value)) != len(value):
         raise ValueError("each gate is listed once")
     return value

@@ -84,7 +84,7 @@ def gate_problems(
         return [GateProblem(gate, missing) for gate in policy.require]
     problems: list[GateProblem] = []
     for gate in policy.require:
-        found = eval_problems(run, policy) if gate == "eval" else judge_problems(run, policy)
+        found = _CHECKS[gate](run, policy)
         problems.extend(GateProblem(gate, message) for message in found)
     return problems
 
@@ -147,6 +147,37 @@ def judge_problems(run: EvalRun, policy: GatePolicyConfig) -> list[str]:
             f"v{run.baseline}'s{of_prod}, more than the {limits.max_drop:.2f} allowed"
         )
     return problems
+
+
+def drift_problems(run: EvalRun, policy: GatePolicyConfig) -> list[str]:
+    """Why ``run`` does not pass the ``drift`` gate: its answers drifted from prod's beyond
+    prod's own noise, or there were too few pairs to tell (more samples decide it)."""
+    if run.baseline is None:
+        return [f"run {run.id} has no baseline, so no drift was measured"]
+    found = _mapping(run.summary, "drift")
+    result = found.get("result")
+    if result == "pass":
+        return []
+    if result == "fail":
+        measures = found.get("measures")
+        failed = [
+            str(m.get("measure"))
+            for m in (measures if isinstance(measures, list) else [])
+            if isinstance(m, Mapping) and m.get("result") == "fail"
+        ]
+        return [
+            f"run {run.id}: answers drift from prod v{run.baseline}'s beyond its own noise "
+            f"({', '.join(failed)})"
+        ]
+    if result == "inconclusive":
+        return [
+            f"run {run.id}: too few pairs to measure drift ({found.get('candidate_pairs')} "
+            "candidate pairs): raise the suite's samples"
+        ]
+    return [f"run {run.id} has no drift verdict"]
+
+
+_CHECKS = {"eval": eval_problems, "judge": judge_problems, "drift": drift_problems}
 
 
 def eval_command(key: PromptKey, version: int, prod: int | None) -> str:

@@ -34,6 +34,7 @@ def run(
     judge: float | None = 0.9,
     prod_judge: float | None = 0.9,
     kind: str = "eval",
+    drift: dict[str, Any] | None = None,
 ) -> EvalRun:
     candidate_side: dict[str, Any] = {"version": candidate, "pass_rate": pass_rate}
     summary: dict[str, Any] = {"candidate": candidate_side}
@@ -46,6 +47,8 @@ def run(
             summary["baseline"]["judge"] = {"mean": prod_judge, "n": 10}
             if judge is not None:
                 summary["judge_difference"] = {"value": judge - prod_judge, "interval": [0, 0]}
+    if drift is not None:
+        summary["drift"] = drift
     finished = NOW - age_hours * HOUR
     return EvalRun(
         id=run_id,
@@ -252,7 +255,6 @@ def test_the_first_matching_slug_policy_wins_over_the_default() -> None:
 @pytest.mark.parametrize(
     ("section", "said"),
     [
-        ({"default": {"require": ["drift"]}}, "gates.default.require: 'drift' is not built yet"),
         ({"default": {"require": ["safety"]}}, "gates.default.require: 'safety' is the `safety`"),
         ({"default": {"require": ["evals"]}}, "gates.default.require: no gate 'evals'"),
         ({"default": {"require": ["eval", "eval"]}}, "gates.default.require: each gate is listed"),
@@ -286,3 +288,25 @@ def test_the_refusal_names_each_problem_and_the_override_audits_them() -> None:
     with pytest.raises(InvalidRequest):
         check_override_reason(True, "  ")
     check_override_reason(False, "")
+
+
+DRIFT = GatePolicyConfig.model_validate({"require": ["drift"]})
+
+
+def _drift(result: str, *failed: str) -> dict[str, Any]:
+    measures = [{"measure": m, "result": "fail"} for m in failed]
+    measures.append({"measure": "finish_reason_changed", "result": "pass"})
+    return {"result": result, "candidate_pairs": 6, "noise_pairs": 6, "measures": measures}
+
+
+def test_the_drift_gate_reads_the_runs_drift_verdict() -> None:
+    assert problems([run(drift=_drift("pass"))], policy=DRIFT) == []
+    assert problems([run(drift=_drift("fail", "length_drift", "text_distance"))], policy=DRIFT) == [
+        "drift: run r-new: answers drift from prod v1's beyond its own noise "
+        "(length_drift, text_distance)"
+    ]
+    (inconclusive,) = problems([run(drift=_drift("inconclusive"))], policy=DRIFT)
+    assert "too few pairs" in inconclusive
+    assert "raise the suite's samples" in inconclusive
+    (unmeasured,) = problems([run()], policy=DRIFT)
+    assert "no drift verdict" in unmeasured
