@@ -58,7 +58,14 @@ SUITE: dict[str, Any] = {
 async def clients(tmp_path: Path) -> AsyncIterator[Clients]:
     sim, port = await start_simulator("127.0.0.1", 0, SimulatorSettings())
     try:
-        settings = admin_settings(tmp_path, **{"upstream.base_url": f"http://127.0.0.1:{port}/v1"})
+        settings = admin_settings(
+            tmp_path,
+            **{
+                "upstream.base_url": f"http://127.0.0.1:{port}/v1",
+                # The support prompt needs a passing eval and judge before it serves.
+                "gates.slugs": [{"match": "support", "require": ["eval", "judge"]}],
+            },
+        )
         async with proxy_clients(settings) as trio:
             yield trio
     finally:
@@ -70,9 +77,8 @@ async def _push(clients: Clients, slug: str, *versions: dict[str, Any]) -> None:
     for body in versions:
         resp = await admin.post(f"/admin/v1/prompts/{slug}/versions", json=body, headers=ADMIN)
         assert resp.status == 201, await resp.text()
-    resp = await admin.post(
-        f"/admin/v1/prompts/{slug}/promote", json={"version": 1, "reason": "r"}, headers=ADMIN
-    )
+    first = {"version": 1, "reason": "first version", "override_gates": slug == "support"}
+    resp = await admin.post(f"/admin/v1/prompts/{slug}/promote", json=first, headers=ADMIN)
     assert resp.status == 200, await resp.text()
     assert await services.refresher.load_once()
 
@@ -206,3 +212,30 @@ async def test_a_judge_must_be_usable_before_anything_runs(clients: Clients) -> 
     resp = await admin.post(url, json=body, headers=ADMIN)
     assert resp.status == 400
     assert "pins no model" in (await resp.json())["error"]["message"]
+
+
+async def test_the_seed_incident_is_blocked_by_the_gate_and_let_through_audited(
+    clients: Clients,
+) -> None:
+    # Slack's case: a change that passes every functional assertion but reads worse.
+    _, admin, _ = clients
+    await _push(clients, "judge.quality", JUDGE)
+    await _push(clients, "support", SUPPORT, NOISY)
+    run = await _run(admin, "support", {"suite": SUITE, "candidate": 2, "min_pass_rate": 0})
+
+    promote = {"version": 2, "reason": "ship the new wording"}
+    resp = await admin.post("/admin/v1/prompts/support/promote", json=promote, headers=ADMIN)
+    assert resp.status == 409
+    error = (await resp.json())["error"]
+    assert error["code"] == "gates_not_passed"
+    assert "judge: run " + run["id"] in error["message"]
+    assert "eval: run " + run["id"] in error["message"]
+
+    overridden = {**promote, "override_gates": True, "reason": "VP sign-off, ticket 42"}
+    resp = await admin.post("/admin/v1/prompts/support/promote", json=overridden, headers=ADMIN)
+    assert resp.status == 200, await resp.text()
+    resp = await admin.get("/admin/v1/prompts/support/history", headers=ADMIN)
+    (entry,) = [e for e in (await resp.json())["data"] if e["action"] == "promote"][:1]
+    assert (entry["version"], entry["actor"]) == (2, "admin")
+    assert entry["reason"].startswith("VP sign-off, ticket 42 [gates overridden: eval: ")
+    assert f"judge: run {run['id']}: judge score" in entry["reason"]
