@@ -410,6 +410,37 @@ class UsageConfig(_Section):
     max_pending_rows: int = Field(100_000, ge=1_000, le=10_000_000)
 
 
+class CaptureRuleConfig(_Section):
+    #: A glob (fnmatch) on the slug of the prompt a request names, variant and layer aside.
+    match: str = Field(pattern=r"^[A-Za-z0-9._*?\[\]-]{1,64}$")
+    #: The share of its requests captured, 0 to 1.
+    share: float = Field(ge=0, le=1)
+
+
+class CaptureConfig(_Section):
+    """Captured calls (docs/evals.md, "Capture and replay"): a sampled share of the requests
+    of the slugs listed, kept so `promptproxy replay` can run them again on a candidate.
+    Off unless a slug is listed."""
+
+    #: The first rule whose `match` matches a request's slug decides its share.
+    slugs: tuple[CaptureRuleConfig, ...] = Field((), max_length=256)
+    #: A capture larger than this, encoded, is not kept (counted as `too_large`).
+    max_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    #: Captures of one slug kept, newest; and none older than `keep_hours`.
+    keep_per_slug: int = Field(10_000, ge=10, le=10_000_000)
+    keep_hours: float = Field(72.0, gt=0, le=24 * 366)
+    #: Captures waiting to be written; beyond this they are dropped and counted.
+    queue_size: int = Field(1000, ge=1, le=1_000_000)
+    #: How often the queue is written to the store.
+    flush_seconds: float = Field(2.0, gt=0, le=300)
+
+    def share_of(self, slug: str) -> float:
+        for rule in self.slugs:
+            if fnmatch.fnmatchcase(slug, rule.match):
+                return rule.share
+        return 0.0
+
+
 class EvalsConfig(_Section):
     """Eval runs (`promptproxy eval`, `POST /admin/v1/prompts/{slug}/evals`): each sample
     is a call through this process's own data plane, pinned to a version."""
@@ -689,6 +720,7 @@ class ProxyConfig(_Section):
     tenants: TenantsConfig = TenantsConfig()
     usage: UsageConfig = UsageConfig()
     evals: EvalsConfig = EvalsConfig()
+    capture: CaptureConfig = CaptureConfig()
     safety: SafetyConfig = SafetyConfig()
     gates: GatesConfig = GatesConfig()
     #: Where requests go, by the model sent. Empty: the one provider `upstream` describes

@@ -190,6 +190,14 @@ class ProxyMetrics:
             "its next flush to the store; rising: the store refuses the flushes.",
             registry=registry,
         )
+        self.captures = Counter(
+            "promptproxy_captures",
+            "Captured calls (capture.slugs) by what became of them: written to the store, or "
+            "dropped: queue_full (past capture.queue_size), too_large (past "
+            "capture.max_bytes), store_failed (the store refused the batch).",
+            ["result"],
+            registry=registry,
+        )
         self.usage_dropped = Counter(
             "promptproxy_usage_dropped_rows",
             "Per-tenant usage rows given up: the store could not take them in time (past "

@@ -143,6 +143,9 @@ async def serve(settings: Settings, stop: asyncio.Event, log_sink: LineSink | No
             await stop.wait()
             _log.info("shutting down: readiness is now 503, draining for up to %.0fs", grace)
             services.lifecycle.start_draining()
+            # Before the data plane closes under them: a run cut short is not stored (its
+            # calls failing to connect would store a failed run the gates then read).
+            await services.evals.close()
         finally:
             await data_runner.cleanup()
 

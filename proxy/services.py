@@ -16,6 +16,8 @@ from proxy.analysis.analyser import Analyser, replica_id
 from proxy.analysis.window import WindowRecorder
 from proxy.backends.base import Backend
 from proxy.backends.open import open_backend
+from proxy.capture.recorder import CaptureRecorder
+from proxy.capture.service import CaptureService
 from proxy.config import Settings
 from proxy.evals.gates import EvalGates
 from proxy.evals.service import EvalService
@@ -24,6 +26,7 @@ from proxy.feedback import FeedbackService
 from proxy.log import APP_LOGGER
 from proxy.loop_lag import watch_loop_lag
 from proxy.metrics import ProxyMetrics
+from proxy.pipeline.capturing import CaptureSampler
 from proxy.pipeline.record import exchange_observers
 from proxy.pipeline.resources import PipelineResources
 from proxy.providers import Providers
@@ -86,6 +89,8 @@ class Services:
     usage: UsageService
     #: Eval runs: started here, sent through this process's own data plane.
     evals: EvalService
+    #: Captured calls (``capture.slugs``), written to the store; read back by replays.
+    capture: CaptureService
     #: Every part of the shared state, from `registry.store`.
     backend: Backend
 
@@ -194,12 +199,22 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             usage.start()
         # Flushed a last time once the data plane drained (the stack unwinds in reverse).
         stack.push_async_callback(usage.close)
+        capture = CaptureService(
+            config.capture,
+            CaptureRecorder(time.time, config.capture.queue_size),
+            backend.captures,
+            metrics,
+        )
+        capture.start()
+        # Written a last time once the data plane drained (the stack unwinds in reverse).
+        stack.push_async_callback(capture.close)
         # One list for the primary and the shadow alike (pipeline/record.py).
         finished = exchange_observers(
             metrics,
             window,
             feedback.remember,
             usage.recorder if config.usage.enabled else None,
+            capture.recorder if config.capture.slugs else None,
         )
         shadow = open_shadow_runner(
             config, backend.pairs, shadow_metrics, finished, window.observe_divergence
@@ -229,6 +244,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                 renderer=renderer,
                 shadow=shadow,
                 finished=finished,
+                capture=CaptureSampler(config.capture),
             ),
             lifecycle=Lifecycle(metrics),
             snapshot=holder,
@@ -243,6 +259,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             feedback=feedback,
             usage=usage,
             evals=evals,
+            capture=capture,
             backend=backend,
         )
 

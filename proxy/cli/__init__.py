@@ -17,7 +17,7 @@ from proxy import __version__
 
 # The groups under other names: `proxy.cli.shadow` must stay the module (tests patch it).
 from proxy.cli.context import admin_options
-from proxy.cli.evals import eval_command
+from proxy.cli.evals import eval_command, replay_command
 from proxy.cli.fleet import fleet as fleet_command
 from proxy.cli.prompts import prompts as prompts_group
 from proxy.cli.registry import registry as registry_group
@@ -156,6 +156,7 @@ main.add_command(fleet_command)
 main.add_command(registry_group)
 main.add_command(tenants_group)
 main.add_command(eval_command)
+main.add_command(replay_command)
 
 
 @main.group("config")

@@ -373,12 +373,18 @@ class AdminClient:
     # -- eval runs --------------------------------------------------------------------------
 
     def run_eval(
-        self, key: PromptKey, body: dict[str, Any], idle_timeout: float = 60.0
+        self,
+        key: PromptKey,
+        body: dict[str, Any],
+        idle_timeout: float = 60.0,
+        *,
+        what: str = "evals",
     ) -> Iterator[dict[str, Any]]:
-        """Start an eval run and follow it: its JSON lines (``started``, ``progress``...,
-        then ``finished`` or ``failed``) as they come. The server writes a line at least
-        every ~15 s, so ``idle_timeout`` only fires on a dead connection."""
-        route = _prompt(key, "/evals")
+        """Start an eval run (``what="replays"``: a replay) and follow it: its JSON lines
+        (``started``, ``progress``..., then ``finished`` or ``failed``) as they come. The
+        server writes a line at least every ~15 s, so ``idle_timeout`` only fires on a dead
+        connection."""
+        route = _prompt(key, f"/{what}")
         url = self._url(route, None)
         headers = {**self._headers("application/x-ndjson"), "Content-Type": "application/json"}
         request = urllib.request.Request(
@@ -395,9 +401,9 @@ class AdminClient:
                 for line in resp:
                     if line.strip():
                         yield orjson.loads(line)
-            except (OSError, orjson.JSONDecodeError) as exc:
+            except (OSError, http.client.HTTPException, orjson.JSONDecodeError) as exc:
                 raise AdminError(
-                    f"the eval run's stream broke off ({exc}); the run goes on in the proxy "
+                    f"the eval run's stream broke off ({exc!r}); the run goes on in the proxy "
                     "and is stored: see `promptproxy prompts history`"
                 ) from None
 

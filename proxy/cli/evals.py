@@ -117,6 +117,8 @@ def eval_command(
         body["tenant"] = tenant
     if concurrency is not None:
         body["concurrency"] = concurrency
+    if markdown_path is not None and str(markdown_path) == "-" and ctx.output == "json":
+        raise click.UsageError("-o json prints the run on stdout: write the Markdown to a file")
     run = _follow(ctx, key, body, str(path))
     ctx.emit(run, human_report)
     if markdown_path is not None:
@@ -129,11 +131,13 @@ def eval_command(
         sys.exit(NOT_PASSED)
 
 
-def _follow(ctx: Context, key: Any, body: dict[str, Any], source: str) -> dict[str, Any]:
+def _follow(
+    ctx: Context, key: Any, body: dict[str, Any], source: str, what: str = "evals"
+) -> dict[str, Any]:
     """The run, once finished; progress on stderr meanwhile."""
     bar: Any = None
     try:
-        for event in ctx.client.run_eval(key, body):
+        for event in ctx.client.run_eval(key, body, what=what):
             kind = event.get("event")
             if kind == "started":
                 label = f"{source}: {event['total']} calls"
@@ -342,6 +346,139 @@ def markdown_report(run: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+@click.command("replay")
+@click.argument("slug")
+@click.option("--candidate", type=click.IntRange(min=1), required=True, help="Version to test.")
+@click.option(
+    "--baseline",
+    default="prod",
+    show_default=True,
+    help="The version whose captured calls are replayed: a number or prod.",
+)
+@click.option("--since", default="1h", show_default=True, help="Captured since: 10m, 2h, 1d...")
+@click.option("--limit", type=click.IntRange(1, 5000), default=200, show_default=True)
+@click.option("--variant", help="The model variant's version line (SLUG@VARIANT).")
+@click.option("--concurrency", type=click.IntRange(1, 256), help="Calls in flight.")
+@click.option(
+    "--markdown",
+    "markdown_path",
+    type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+    help="Also write a Markdown summary here (- for stdout).",
+)
+@pass_ctx
+def replay_command(
+    ctx: Context,
+    slug: str,
+    candidate: int,
+    baseline: str,
+    since: str,
+    limit: int,
+    variant: str | None,
+    concurrency: int | None,
+    markdown_path: Path | None,
+) -> None:
+    """Replay SLUG's captured calls on version CANDIDATE, against the baseline re-run.
+
+    Each captured call of the baseline (capture.slugs) is sent again, through the proxy,
+    to the candidate and to the baseline; per measure, the candidate's answers must not
+    diverge from the captured ones more than the baseline's own do. Exit 0 when no measure
+    diverges, 3 when one does or there are too few calls to tell, 1 on an error."""
+    try:
+        key = key_of(slug, variant=variant)
+    except AdminError as exc:
+        fail(exc)
+    if markdown_path is not None and str(markdown_path) == "-" and ctx.output == "json":
+        raise click.UsageError("-o json prints the run on stdout: write the Markdown to a file")
+    base = _baseline(baseline)
+    if base is None:
+        raise click.BadParameter("a version number or prod", param_hint="--baseline")
+    body: dict[str, Any] = {
+        "candidate": candidate,
+        "baseline": base,
+        "since": since,
+        "limit": limit,
+    }
+    if concurrency is not None:
+        body["concurrency"] = concurrency
+    run = _follow(ctx, key, body, f"replay of {slug}", what="replays")
+    ctx.emit(run, replay_report)
+    if markdown_path is not None:
+        text = replay_markdown(run)
+        if str(markdown_path) == "-":
+            click.echo(text)
+        else:
+            markdown_path.write_text(text, encoding="utf-8")
+    if not run["passed"]:
+        sys.exit(NOT_PASSED)
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _replay_rows(replay: dict[str, Any]) -> list[list[Any]]:
+    return [
+        [
+            m["measure"],
+            f"{_num(m['noise_mean'])} (n={m['noise_n']})",
+            f"{_num(m['candidate_mean'])} (n={m['candidate_n']})",
+            "-" if m["p_value"] is None else f"{m['p_value']:.4f}",
+            m["result"],
+        ]
+        for m in replay["measures"]
+    ]
+
+
+_REPLAY_HEADERS = ["measure", "baseline re-run", "candidate", "p", "result"]
+_REPLAY_VERDICT = {
+    "pass": "no measure diverges from the captured answers more than the baseline's re-run",
+    "fail": "the candidate diverges from the captured answers beyond the baseline's own noise",
+    "inconclusive": "too few calls to tell: capture more, or widen --since",
+}
+
+
+def _replay_head(run: dict[str, Any]) -> str:
+    replay = run["summary"]["replay"]
+    skipped = ", ".join(f"{n} {why}" for why, n in sorted(replay["skipped"].items()))
+    return (
+        f"{replay['captures']} captured calls of v{run['baseline']} replayed on "
+        f"v{run['candidate']} and v{run['baseline']}"
+        + (f" (left out: {skipped})" if skipped else "")
+    )
+
+
+def replay_report(run: dict[str, Any]) -> str:
+    replay = run["summary"]["replay"]
+    failed = [m["measure"] for m in replay["measures"] if m["result"] == "fail"]
+    verdict = replay["result"].upper() + ": " + _REPLAY_VERDICT[replay["result"]]
+    if failed:
+        verdict += f" ({', '.join(failed)})"
+    return "\n".join(
+        [
+            _replay_head(run),
+            "",
+            table(_replay_rows(replay), _REPLAY_HEADERS),
+            "",
+            verdict + f"; run {run['id']}",
+        ]
+    )
+
+
+def replay_markdown(run: dict[str, Any]) -> str:
+    replay = run["summary"]["replay"]
+    icon = {"pass": "✅", "fail": "❌"}.get(replay["result"], "⚠️")
+    out = [
+        f"### {icon} Replay of `{run['slug']}` v{run['candidate']}: {replay['result']}",
+        "",
+        _replay_head(run) + ".",
+        "",
+        "| " + " | ".join(_REPLAY_HEADERS) + " |",
+        "|---|---|---|---|---|",
+    ]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in _replay_rows(replay)]
+    return "\n".join(out) + "\n"
+
+
 def run_lines(runs: list[Any]) -> str:
     """Stored runs, one per line (``prompts history``)."""
     rows = []
@@ -349,13 +486,14 @@ def run_lines(runs: list[Any]) -> str:
         data = plain(run)
         summary = data["summary"]
         diff = summary.get("difference")
+        rate = summary["candidate"].get("pass_rate")
         rows.append(
             [
                 when(data["finished_at"]),
-                data["id"],
+                data["id"] + ("" if data["kind"] == "eval" else f" ({data['kind']})"),
                 f"v{data['candidate']}",
                 "-" if data["baseline"] is None else f"v{data['baseline']}",
-                _pct(summary["candidate"]["pass_rate"]),
+                "-" if rate is None else _pct(rate),
                 "-" if diff is None else _pp(diff["value"]),
                 "passed" if data["passed"] else "not passed",
                 data["actor"],

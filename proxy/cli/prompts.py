@@ -441,6 +441,8 @@ def _eval_runs(ctx: Context, key: PromptKey) -> str:
     except AdminError as exc:
         if exc.status in (404, 405):  # a proxy from before eval runs
             return ""
+        if exc.status == 503:  # the audit above still stands
+            return f"\n\nEval runs: not available now ({exc})"
         raise
     return "" if not runs else "\n\nEval runs (newest first):\n" + run_lines(runs)
 

@@ -98,9 +98,16 @@ def counting_run(
     fitting = [
         run
         for run in _of_version(runs, version)
-        if (prod is None or run.baseline == prod) and run.finished_at >= cutoff
+        if (prod is None or run.baseline == prod)
+        and run.finished_at >= cutoff
+        and not _as_a_tenant(run)
     ]
     return max(fitting, key=lambda run: run.order, default=None)
+
+
+def _as_a_tenant(run: EvalRun) -> bool:
+    """A run made as a tenant (its overrides composed in) says nothing of the base alone."""
+    return bool(run.summary.get("tenant") or run.summary.get("case_tenants"))
 
 
 def eval_problems(run: EvalRun, policy: GatePolicyConfig) -> list[str]:

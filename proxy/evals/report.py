@@ -6,7 +6,7 @@ the difference of pass rates averaged over cases (each case counts once, however
 samples it has) with a bootstrap interval over cases, because samples of one case are not
 independent: they share the case's difficulty, and treating them as independent would
 make the interval too narrow. Per case: each version's rate and whether the candidate is
-lower than the baseline beyond the noise of the samples (a one-sided two-proportion test).
+lower than the baseline beyond the noise of the samples (a one-sided Fisher exact test).
 """
 
 from __future__ import annotations
@@ -16,12 +16,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.stats import two_proportion_greater, wilson_interval
+from proxy.stats import fisher_less, wilson_interval
 
 #: A case is flagged when its drop has a one-sided p-value below this.
 CASE_ALPHA = 0.05
 #: Bootstrap resamples of the cases for the difference's interval.
 RESAMPLES = 2000
+#: Cases a difference needs for an interval: fewer give a bootstrap of (almost) no width.
+MIN_CASES = 5
 CANDIDATE, BASELINE = "candidate", "baseline"
 
 
@@ -184,10 +186,10 @@ def case_rows(cases: Sequence[CaseResult], with_baseline: bool) -> list[dict[str
         if with_baseline:
             k_b, n_b = case.passes(BASELINE)
             row["baseline"] = [k_b, n_b]
-            p = two_proportion_greater(k_c, n_c, k_b, n_b)
+            p = fisher_less(k_c, n_c, k_b, n_b)
             row["p_value"] = p
             row["regressed"] = p < CASE_ALPHA
-            row["improved"] = two_proportion_greater(k_b, n_b, k_c, n_c) < CASE_ALPHA
+            row["improved"] = fisher_less(k_b, n_b, k_c, n_c) < CASE_ALPHA
         rows.append(row)
     return rows
 
@@ -221,12 +223,17 @@ def judge_difference(cases: Sequence[CaseResult], seed: int) -> dict[str, Any] |
 def _mean_with_interval(deltas: Sequence[float], seed: int) -> dict[str, Any]:
     if not deltas:
         return {"value": 0.0, "interval": [-1.0, 1.0], "cases": 0}
-    value = sum(deltas) / len(deltas)
-    rng = random.Random(seed)
     m = len(deltas)
+    # Rounded: float sums of equal rates must give 0, not -1.8e-17 (a failed max_drop 0).
+    value = round(sum(deltas) / m, 12)
+    if m < MIN_CASES:
+        # A bootstrap over one or two cases has (almost) no width: no interval at all
+        # rather than a false certainty.
+        return {"value": value, "interval": [-1.0, 1.0], "cases": m, "too_few_cases": True}
+    rng = random.Random(seed)
     means = sorted(sum(rng.choices(deltas, k=m)) / m for _ in range(RESAMPLES))
-    low = means[int(0.025 * RESAMPLES)]
-    high = means[int(0.975 * RESAMPLES) - 1]
+    low = round(means[int(0.025 * RESAMPLES)], 12)
+    high = round(means[int(0.975 * RESAMPLES) - 1], 12)
     return {"value": value, "interval": [low, high], "cases": m}
 
 

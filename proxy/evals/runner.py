@@ -158,7 +158,11 @@ class Runner:
             self._on_sample()
             return result
 
-        results = await asyncio.gather(*(one(c, side, v) for c, side, v, _ in jobs))
+        # A task group: should one sample raise after all, the others are cancelled rather
+        # than left calling after the run has ended.
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(one(c, side, v)) for c, side, v, _ in jobs]
+        results = [task.result() for task in tasks]
         by_case: dict[str, dict[str, list[SampleResult]]] = {}
         for (case, side, _, _), result in zip(jobs, results, strict=True):
             by_case.setdefault(case.name, {}).setdefault(side, []).append(result)
@@ -174,13 +178,21 @@ class Runner:
         started = time.perf_counter()
         answer = await self._call(plan.key.slug, version, body, tenant)
         latency_ms = (time.perf_counter() - started) * 1000
-        scores: dict[int, JudgeScore] = {}
-        if answer.error is None:
-            for index, assertion in enumerate(case.assertions):
-                if isinstance(assertion, Judge):
-                    ref = plan.judges[assertion.judge]
-                    scores[index] = await self._judge(ref, index, assertion, case, answer.text)
-        return judge_sample(case, answer, latency_ms, scores)
+        try:
+            scores: dict[int, JudgeScore] = {}
+            if answer.error is None:
+                for index, assertion in enumerate(case.assertions):
+                    if isinstance(assertion, Judge):
+                        ref = plan.judges[assertion.judge]
+                        scores[index] = await self._judge(ref, index, assertion, case, answer.text)
+            return judge_sample(case, answer, latency_ms, scores)
+        except (ValueError, RecursionError, TypeError) as exc:
+            # An answer the checks cannot read (JSON nested past the parser's depth...)
+            # fails its sample, not the run.
+            broken = EvalAnswer(
+                answer.status, "", answer.finish_reason, (), f"unreadable: {exc!r:.200}"
+            )
+            return judge_sample(case, broken, latency_ms, {})
 
     async def _judge(
         self, ref: JudgeRef, index: int, assertion: Judge, case: Case, text: str

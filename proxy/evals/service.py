@@ -10,22 +10,25 @@ stored with the candidate's version, where ``prompts history`` and the gates rea
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
+from proxy.capture.records import Capture
 from proxy.config import EvalsConfig
 from proxy.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
 from proxy.evals.drift import DriftPolicy, drift
 from proxy.evals.judge import JudgeRef, judges_for
+from proxy.evals.replay import compare, replay_set
 from proxy.evals.report import BASELINE, CANDIDATE, CaseResult, Criteria, JudgeScore, summarize
 from proxy.evals.runner import Plan, Runner, Target, case_models
-from proxy.evals.runs import EvalRun, EvalRunStore, EvalRunTooLarge, new_run_id
+from proxy.evals.runs import EvalRun, EvalRunError, EvalRunStore, EvalRunTooLarge, new_run_id
 from proxy.evals.suite import Suite
 from proxy.log import APP_LOGGER
 from proxy.pipeline.resolve import PromptRef, for_model
@@ -35,6 +38,10 @@ from proxy.registry.store import StoreUnavailable
 from proxy.tasks import BackgroundTasks
 
 _log = logging.getLogger(APP_LOGGER)
+#: Finished runs kept in memory for their followers.
+_KEEP_FINISHED = 5
+#: Answer characters a run too large to store keeps.
+_SHORT_TEXT = 200
 #: What ``baseline`` may say instead of a number: the version prod is at the start.
 PROD = "prod"
 
@@ -88,6 +95,22 @@ class EvalRequest:
     concurrency: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ReplayRequest:
+    key: PromptKey
+    candidate: int
+    #: A version number or ``prod``: the version whose captured calls are replayed.
+    baseline: int | str
+    #: Unix seconds: captures from then on.
+    since: float
+    limit: int = 200
+    concurrency: int | None = None
+
+
+#: Reads a slug's captured calls: (slug, since, limit) -> oldest first.
+ReadCaptures = Callable[[str, float, int], Awaitable[Sequence[Capture]]]
+
+
 class EvalService:
     def __init__(
         self,
@@ -95,8 +118,10 @@ class EvalService:
         runs: EvalRunStore,
         snapshot: Callable[[], RegistrySnapshot],
         clock: Callable[[], float] = time.time,
+        captures: ReadCaptures | None = None,
     ) -> None:
         self._config = config
+        self._captures = captures
         self._drift = DriftPolicy(config.drift_alpha, config.drift_margin, config.drift_min_pairs)
         self._runs = runs
         self._snapshot = snapshot
@@ -111,9 +136,131 @@ class EvalService:
         self._target = Target(base_url.rstrip("/"), eval_key)
 
     async def start(self, request: EvalRequest, actor: str) -> Progress:
+        target = self._ready()
+        plan = self._plan(request)
+
+        def finish(cases: list[CaseResult], run_id: str, started: float) -> EvalRun:
+            baseline = dict(plan.sides).get(BASELINE)
+            seed = int(hashlib.sha256(run_id.encode()).hexdigest()[:8], 16)
+            passed, summary = summarize(cases, request.candidate, baseline, request.criteria, seed)
+            summary["tenant"] = plan.suite.tenant
+            summary["case_tenants"] = sorted({c.tenant for c in plan.suite.cases if c.tenant})
+            if baseline is not None:
+                summary["drift"] = drift(cases, plan.suite.cases, self._drift)
+            return self._record(
+                run_id,
+                plan,
+                "eval",
+                request.candidate,
+                baseline,
+                actor,
+                started,
+                passed,
+                summary,
+                cases,
+            )
+
+        return self._launch(target, plan, finish)
+
+    async def replay(self, request: ReplayRequest, actor: str) -> Progress:
+        """Captured calls of the baseline since ``request.since`` sent again to the
+        candidate and to the baseline (``evals/replay.py``), compared as a shadow report."""
+        target = self._ready()
+        snapshot = self._snapshot()
+        key = request.key
+        baseline = self._version(snapshot, key, request.baseline, "baseline")
+        self._version(snapshot, key, request.candidate, "candidate")
+        assert baseline is not None
+        if self._captures is None:
+            raise ServiceUnavailable("This process keeps no captured calls.", code="no_captures")
+        try:
+            captured = await self._captures(str(key), request.since, request.limit)
+        except StoreUnavailable as exc:
+            raise ServiceUnavailable(
+                f"The captured calls cannot be read now ({exc}).", code="store_unavailable"
+            ) from None
+        replayed = replay_set(captured, key.slug, key.variant, baseline, set(snapshot.tenants))
+        if not replayed.suite.cases:
+            others = ", ".join(f"{n} {why}" for why, n in sorted(replayed.skipped.items()))
+            raise Conflict(
+                f"No captured call of '{key}' v{baseline} to replay in that window"
+                + (f" (left out: {others})" if others else "")
+                + ": capture.slugs decides what is captured.",
+                param="since",
+                code="nothing_to_replay",
+            )
+        concurrency = min(
+            request.concurrency or self._config.concurrency, self._config.max_concurrency
+        )
+        plan = Plan(
+            key,
+            replayed.suite,
+            ((CANDIDATE, request.candidate), (BASELINE, baseline)),
+            replayed.models,
+            concurrency,
+        )
+
+        def finish(cases: list[CaseResult], run_id: str, started: float) -> EvalRun:
+            verdict = compare(
+                cases,
+                replayed,
+                alpha=self._drift.alpha,
+                margin=self._drift.margin,
+                min_pairs=self._drift.min_pairs,
+            )
+            summary = {
+                "candidate": {"version": request.candidate},
+                "baseline": {"version": baseline},
+                "replay": verdict,
+                "since": request.since,
+            }
+            passed = verdict["result"] == "pass"
+            return self._record(
+                run_id,
+                plan,
+                "replay",
+                request.candidate,
+                baseline,
+                actor,
+                started,
+                passed,
+                summary,
+                cases,
+            )
+
+        return self._launch(target, plan, finish)
+
+    @staticmethod
+    def _version(
+        snapshot: RegistrySnapshot, key: PromptKey, number: int | str | None, name: str
+    ) -> int | None:
+        """``number`` (``prod``: the prod version now) checked to exist, or None for none."""
+        versions = snapshot.versions.get(key)
+        if not versions:
+            raise NotFound(f"No prompt '{key}'.", param="slug", code="prompt_not_found")
+        if number is None:
+            return None
+        if number == PROD:
+            prod = snapshot.prod.get(key)
+            if prod is None:
+                raise Conflict(
+                    f"'{key}' has no prod version to compare with: name a {name} version.",
+                    param=name,
+                    code="no_prod_version",
+                )
+            return prod
+        if not isinstance(number, int) or number not in versions:
+            raise NotFound(
+                f"'{key}' has no version {number} (the {name}).",
+                param=name,
+                code="version_not_found",
+            )
+        return number
+
+    def _ready(self) -> Target:
         if self._target is None:
             raise ServiceUnavailable(
-                "This process's data plane is not listening yet: no eval can run.",
+                "This process's data plane is not listening (yet, or any more): no eval can run.",
                 code="evals_unavailable",
             )
         active = sum(1 for p in self._running.values() if p.state == "running")
@@ -123,14 +270,51 @@ class EvalService:
                 "one has finished.",
                 code="evals_busy",
             )
-        plan = self._plan(request)
+        return self._target
+
+    def _launch(
+        self,
+        target: Target,
+        plan: Plan,
+        finish: Callable[[list[CaseResult], str, float], EvalRun],
+    ) -> Progress:
         progress = Progress(new_run_id(self._clock()), plan.key, plan.total)
         self._running[progress.id] = progress
         self._forget_finished()
         self._tasks.spawn(
-            self._run(progress, plan, request, actor), name=f"eval-{request.key}-{progress.id}"
+            self._run(progress, target, plan, finish), name=f"eval-{plan.key}-{progress.id}"
         )
         return progress
+
+    def _record(
+        self,
+        run_id: str,
+        plan: Plan,
+        kind: str,
+        candidate: int,
+        baseline: int | None,
+        actor: str,
+        started: float,
+        passed: bool,
+        summary: dict[str, Any],
+        cases: list[CaseResult],
+    ) -> EvalRun:
+        return EvalRun(
+            id=run_id,
+            slug=str(plan.key),
+            candidate=candidate,
+            baseline=baseline,
+            kind=kind,
+            actor=actor,
+            started_at=started,
+            finished_at=self._clock(),
+            suite_name=plan.suite.source,
+            suite_sha256=plan.suite.sha256,
+            judges=tuple(sorted({(s.judge, s.version) for c in cases for s in _all_scores(c)})),
+            passed=passed,
+            summary=summary,
+            detail={"cases": [case.to_dict() for case in cases]},
+        )
 
     def progress(self, run_id: str) -> Progress | None:
         return self._running.get(run_id)
@@ -156,9 +340,13 @@ class EvalService:
             raise _store_unavailable(exc) from None
 
     async def close(self) -> None:
+        """Cancel the runs in progress (they are not stored) and close the client. Twice is
+        once: the server calls it before its data plane closes, the services at exit."""
+        self._target = None  # no run starts any more
         await self._tasks.close()
         if self._session is not None:
-            await self._session.close()
+            session, self._session = self._session, None
+            await session.close()
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -168,25 +356,20 @@ class EvalService:
         versions = snapshot.versions.get(key)
         if not versions:
             raise NotFound(f"No prompt '{key}'.", param="slug", code="prompt_not_found")
-        baseline = request.baseline
-        if baseline == PROD:
-            baseline = snapshot.prod.get(key)
-            if baseline is None:
-                raise Conflict(
-                    f"'{key}' has no prod version to compare with: name a baseline version.",
-                    param="baseline",
-                    code="no_prod_version",
-                )
-        sides: list[tuple[str, int]] = [(CANDIDATE, request.candidate)]
-        if isinstance(baseline, int):
+        baseline = self._version(snapshot, key, request.baseline, "baseline")
+        sides: list[tuple[str, int]] = [
+            (CANDIDATE, self._version(snapshot, key, request.candidate, "candidate") or 0)
+        ]
+        if baseline is not None:
             sides.append((BASELINE, baseline))
-        for name, number in sides:
-            if number not in versions:
-                raise NotFound(
-                    f"'{key}' has no version {number} (the {name}).",
-                    param=name,
-                    code="version_not_found",
-                )
+        stray = [c.name for c in suite.cases if c.variant not in (None, key.variant)]
+        if stray:
+            raise InvalidRequest(
+                f"Case {stray[0]!r} names another variant than the line run ('{key}'): a run "
+                "is of one prompt line; put that case in the variant's suite.",
+                param="suite",
+                code="invalid_suite",
+            )
         models = case_models(suite, [(n, versions[n].model) for _, n in sides])
         if isinstance(models, str):
             raise InvalidRequest(f"The suite cannot run: {models}.", param="suite")
@@ -219,69 +402,78 @@ class EvalService:
         )
         return Plan(key, suite, tuple(sides), models, concurrency, by_name)
 
-    async def _run(self, progress: Progress, plan: Plan, request: EvalRequest, actor: str) -> None:
+    async def _run(
+        self,
+        progress: Progress,
+        target: Target,
+        plan: Plan,
+        finish: Callable[[list[CaseResult], str, float], EvalRun],
+    ) -> None:
         started = self._clock()
-        assert self._target is not None
         try:
             cases = await Runner(
-                self._client(), self._target, plan, progress.tick, self._config.request_timeout
+                self._client(), target, plan, progress.tick, self._config.request_timeout
             ).run()
-            baseline = dict(plan.sides).get(BASELINE)
-            seed = int(hashlib.sha256(progress.id.encode()).hexdigest()[:8], 16)
-            passed, summary = summarize(cases, request.candidate, baseline, request.criteria, seed)
-            if baseline is not None:
-                summary["drift"] = drift(cases, plan.suite.cases, self._drift)
-            run = EvalRun(
-                id=progress.id,
-                slug=str(plan.key),
-                candidate=request.candidate,
-                baseline=baseline,
-                kind="eval",
-                actor=actor,
-                started_at=started,
-                finished_at=self._clock(),
-                suite_name=plan.suite.source,
-                suite_sha256=plan.suite.sha256,
-                judges=tuple(sorted({(s.judge, s.version) for c in cases for s in _all_scores(c)})),
-                passed=passed,
-                summary=summary,
-                detail={"cases": [case.to_dict() for case in cases]},
-            )
+            run = finish(cases, progress.id, started)
+            warning = await self._store(run)
         except asyncio.CancelledError:
-            progress.finish(None, "the process stopped before the run finished")
+            progress.finish(None, "the process stopped before the run finished; not stored")
             raise
         except Exception as exc:
             _log.exception("eval run %s of %s failed", progress.id, plan.key)
             progress.finish(None, f"the run failed: {type(exc).__name__}: {exc}")
             return
-        progress.finish(run, await self._store(run))
+        finally:
+            self._forget_finished()
+        progress.finish(run, warning)
 
     async def _store(self, run: EvalRun) -> str | None:
         """Store a finished run; what went wrong if it could not be (its follower still
-        gets it whole, with that warning)."""
+        gets it whole, with that warning). A run too large keeps shorter answer texts."""
         try:
-            await self._runs.add(run)
+            try:
+                await self._runs.add(run)
+            except EvalRunTooLarge:
+                await self._runs.add(_with_short_texts(run))
+                return f"the run was stored with answers cut to {_SHORT_TEXT} characters"
         except EvalRunTooLarge as exc:
             return f"the run was not stored: {exc}"
-        except StoreUnavailable as exc:
+        except (StoreUnavailable, EvalRunError) as exc:
             _log.warning("eval run %s could not be stored: %s", run.id, exc)
-            return f"the run was not stored: the store is unavailable ({exc})"
+            return f"the run was not stored ({exc})"
         return None
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
             # Its own pool: an eval's calls never take a caller's connections to a provider
             # (they reach the data plane, which uses its own).
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._config.max_concurrency)
-            )
+            # Room for every run at its most: a call's timeout must not count a wait for a
+            # connection another run holds.
+            limit = self._config.max_concurrency * self._config.max_running
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit))
         return self._session
 
     def _forget_finished(self) -> None:
-        """Keep the last few finished runs in memory (a follower reading the end), not all."""
+        """Keep the last few finished runs in memory (a follower reading the end), not all:
+        a run with every answer can be megabytes."""
         finished = [i for i, p in self._running.items() if p.state != "running"]
-        for run_id in finished[: max(0, len(finished) - 20)]:
+        for run_id in finished[: max(0, len(finished) - _KEEP_FINISHED)]:
             del self._running[run_id]
+
+
+def _with_short_texts(run: EvalRun) -> EvalRun:
+    cases = run.detail.get("cases", [])
+    short = [
+        {
+            **case,
+            "sides": {
+                side: [{**s, "text": str(s.get("text", ""))[:_SHORT_TEXT]} for s in samples]
+                for side, samples in case.get("sides", {}).items()
+            },
+        }
+        for case in cases
+    ]
+    return dataclasses.replace(run, detail={**run.detail, "cases": short, "texts_cut": _SHORT_TEXT})
 
 
 def _all_scores(case: CaseResult) -> list[JudgeScore]:

@@ -6,7 +6,9 @@
 4. usage        the per-tenant usage: requests of tenants the registry knows (never shadow
                 copies)
 5. access log   one JSON line: ``event: request``, or ``event: shadow``
-6. pair half    a shadowed primary hands its half to the shadow waiting for it
+6. capture      a request sampled for replay (``capture.slugs``) is kept (never shadow
+                copies, nor eval calls: neither is sampled)
+7. pair half    a shadowed primary hands its half to the shadow waiting for it
 
 The primary runs it from the ``finally`` of ``run.handle``, so failed and cancelled
 requests count too; a shadow call from its runner once the call ended, however it ended.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import time
 
 from proxy.analysis.window import WindowRecorder
+from proxy.capture.recorder import CaptureRecorder
 from proxy.exchange.observers import ExchangeObserver, Observers, hand_over_pair_half
 from proxy.exchange.outcome import Exchange, error_class_for_status
 from proxy.exchange.recorders import AccessLog, RecordMetrics
@@ -29,6 +32,7 @@ def exchange_observers(
     window: WindowRecorder | None = None,
     remember: ExchangeObserver | None = None,
     usage: UsageRecorder | None = None,
+    capture: CaptureRecorder | None = None,
 ) -> Observers:
     """``remember`` is the feedback index's (``FeedbackService.remember``)."""
     observers: list[ExchangeObserver | None] = [
@@ -37,6 +41,7 @@ def exchange_observers(
         remember,
         None if usage is None else usage.finished,
         AccessLog().finished,
+        None if capture is None else capture.finished,
         hand_over_pair_half,
     ]
     return Observers([observer for observer in observers if observer is not None])

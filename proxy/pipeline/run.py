@@ -208,6 +208,15 @@ async def handle(
                     # that records usage as the answer is relayed.
                     exchange.pair = half
                     exchange.answer = Answer(resources.config.shadow.sink.max_output_chars)
+        if (
+            decision is not None
+            and exchange.route is Route.CHAT
+            and decision.arm is not Arm.EVAL
+            and resources.capture.sampled(decision.version.key.slug)
+        ):
+            exchange.capture = body  # the client's request, for a replay
+            if exchange.answer is None:
+                exchange.answer = Answer(resources.config.capture.max_bytes)
         upstream = await resources.upstream.open(
             request.method, wire.tail, wire.headers, wire.body, provider.base_url
         )

@@ -8,12 +8,17 @@ stops following; the run goes on and is stored.
 
 ``GET /admin/v1/prompts/{slug}/evals?candidate=N&limit=50``: stored runs, newest first,
 without their samples. ``GET /admin/v1/evals/{run_id}``: one run, whole.
+
+``POST /admin/v1/prompts/{slug}/replays``: the captured calls of the baseline since ``since``
+sent again to the candidate and to the baseline, followed as an eval run is, stored as a
+run of kind ``replay``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from typing import Any
 
 import orjson
@@ -21,11 +26,11 @@ from aiohttp import web
 
 from proxy.errors import InvalidRequest
 from proxy.evals.report import Criteria
-from proxy.evals.service import EvalRequest, Progress
+from proxy.evals.service import EvalRequest, Progress, ReplayRequest
 from proxy.evals.suite import SuiteError, parse_suite
 from proxy.web import admin_models as api
 from proxy.web.admin_endpoint import Call, NoBody
-from proxy.web.admin_params import EvalRunPath, EvalsQuery, NoParams, SlugPath
+from proxy.web.admin_params import EvalRunPath, EvalsQuery, NoParams, SlugPath, parse_since
 
 NDJSON = "application/x-ndjson"
 #: A quiet run still writes a line this often, so proxies in between keep the connection.
@@ -70,6 +75,31 @@ async def start_eval(call: Call[SlugPath, NoParams, api.EvalIn]) -> web.StreamRe
         concurrency=body.concurrency,
     )
     progress = await call.services.evals.start(request, call.actor)
+    return await _stream(call, progress)
+
+
+async def start_replay(call: Call[SlugPath, NoParams, api.ReplayIn]) -> web.StreamResponse:
+    key, body = call.path.key, call.body
+    if key.layer is not None:
+        raise InvalidRequest(
+            "A replay runs a base or a variant's captured calls.",
+            param="tenant",
+            code="invalid_layer",
+        )
+    since = parse_since(body.since, time.time())
+    assert since is not None  # the field has a default
+    request = ReplayRequest(
+        key=key,
+        candidate=body.candidate,
+        baseline=body.baseline,
+        since=since,
+        limit=body.limit,
+        concurrency=body.concurrency,
+    )
+    return await _stream(call, await call.services.evals.replay(request, call.actor))
+
+
+async def _stream(call: Call[Any, Any, Any], progress: Progress) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": NDJSON})
     await response.prepare(call.request)
     try:

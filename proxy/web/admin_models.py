@@ -1055,3 +1055,22 @@ class EvalRunOut(Record):
 
 class EvalRunList(Wire):
     data: list[EvalRunOut]
+
+
+class ReplayIn(Body):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"candidate": 3, "since": "1h", "baseline": "prod"}]}
+    )
+
+    candidate: Count
+    baseline: Count | Literal["prod"] = Field(
+        "prod", description="The version whose captured calls are replayed (default: prod)"
+    )
+    since: str = Field(
+        "1h",
+        max_length=64,
+        description="Captured calls from then on: seconds ago (600), a duration (10m, 2h, 1d), "
+        "a unix time or an ISO-8601 time with a zone",
+    )
+    limit: int = Field(200, ge=1, le=5000, description="The most calls replayed (the oldest first)")
+    concurrency: int | None = Field(None, ge=1, le=256, description="Calls in flight")

@@ -517,6 +517,22 @@ ROUTES: tuple[Endpoint[Any, Any, Any, Any], ...] = (
     ),
     route(
         Endpoint(
+            method="POST",
+            path=f"{PREFIX}/prompts/{{slug}}/replays",
+            access=WRITE,
+            summary="Replay captured calls of a version on a candidate through this proxy's "
+            "request path, compared against the version re-run (noise-calibrated, as a shadow "
+            "report); follow it as JSON lines; the run is stored",
+            tag="evals",
+            handler=admin_evals.start_replay,
+            params=SlugPath,
+            query=NoParams,
+            body=api.ReplayIn,
+            response=_EVAL_LINES,
+        )
+    ),
+    route(
+        Endpoint(
             method="GET",
             path=f"{PREFIX}/prompts/{{slug}}/evals",
             access=READ,

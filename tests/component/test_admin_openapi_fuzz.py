@@ -47,9 +47,11 @@ MAX_EXAMPLES = 20
 #: pushes (slugs, templates, content hashes), numbers 1..n per prompt with one prod, and
 #: its audit seqs increase strictly; a tenant's tier is one the config lists, and its key
 #: digests are each listed once; an eval suite's cases are read by the suite reader (regexes
-#: compile, schemas are valid, case names are unique) and need versions that exist.
+#: compile, schemas are valid, case names are unique) and need versions that exist; a
+#: replay needs captured calls and a `since` in one of its forms.
 BEYOND_JSON_SCHEMA = (
     "POST /admin/v1/prompts/{slug}/evals",
+    "POST /admin/v1/prompts/{slug}/replays",
     "POST /admin/v1/prompts/{slug}/versions",
     "PUT /admin/v1/prompts/{slug}/rollout",
     "POST /admin/v1/registry/import",

@@ -22,6 +22,7 @@ GROUPS = (
     "registry",
     "tenants",
     "eval",
+    "replay",
 )
 
 

@@ -39,6 +39,22 @@ def test_the_difference_weighs_each_case_once_whatever_its_samples() -> None:
     assert low <= diff["value"] <= high
 
 
+def test_equal_versions_differ_by_exactly_nothing_and_pass_at_no_drop() -> None:
+    # 1/3 - 1/3 summed over cases in floating point is -1.8e-17, not 0, unless rounded.
+    cases = [_case(str(i), (k, 3), (k, 3)) for i, k in enumerate((1, 2, 1, 0, 2, 1, 1))]
+    passed, summary = summarize(cases, 2, 1, Criteria(min_pass_rate=0.0, max_drop=0.0), seed=1)
+    assert summary["difference"]["value"] == 0.0
+    assert passed is True
+
+
+def test_too_few_cases_give_no_interval() -> None:
+    diff = difference([_case("a", (0, 3), (3, 3)), _case("b", (3, 3), (3, 3))], seed=1)
+    assert diff["too_few_cases"] is True
+    assert diff["interval"] == [-1.0, 1.0]
+    _, summary = summarize([_case("a", (0, 9), (9, 9))], 2, 1, Criteria(), seed=1)
+    assert summary["difference"]["significant_drop"] is False
+
+
 def test_the_interval_is_the_same_for_the_same_seed_and_narrows_with_more_cases() -> None:
     few = [_case(str(i), (2 if i % 2 else 3, 3), (3, 3)) for i in range(6)]
     many = [_case(str(i), (2 if i % 2 else 3, 3), (3, 3)) for i in range(60)]
@@ -62,7 +78,11 @@ def test_a_run_passes_only_within_its_criteria() -> None:
 
 def test_a_case_regresses_only_beyond_the_noise_of_its_samples() -> None:
     _, summary = summarize(
-        [_case("cut", (0, 6), (6, 6)), _case("wobble", (5, 6), (6, 6))],
+        [
+            _case("cut", (0, 6), (6, 6)),
+            _case("wobble", (5, 6), (6, 6)),
+            _case("few", (1, 3), (3, 3)),  # p = 0.2 by Fisher's exact test: not a finding
+        ],
         2,
         1,
         Criteria(),
@@ -71,6 +91,7 @@ def test_a_case_regresses_only_beyond_the_noise_of_its_samples() -> None:
     rows = {row["name"]: row for row in summary["cases"]}
     assert rows["cut"]["regressed"] is True
     assert rows["wobble"]["regressed"] is False
+    assert rows["few"]["regressed"] is False
     assert not any(row["improved"] for row in rows.values())
 
 

@@ -10,6 +10,7 @@ import pytest
 from scipy import stats as sp
 
 from proxy.stats import (
+    fisher_less,
     mann_whitney_greater,
     mann_whitney_greater_values,
     mean_less,
@@ -181,3 +182,23 @@ def test_wilson_interval_of_nothing_is_everything() -> None:
     assert wilson_interval(0, 0) == (0.0, 1.0)
     with pytest.raises(ValueError, match="successes"):
         wilson_interval(3, 2)
+
+
+@pytest.mark.parametrize(
+    ("k1", "n1", "k2", "n2"),
+    [
+        (0, 3, 3, 3),
+        (1, 3, 3, 3),
+        (0, 4, 4, 4),
+        (1, 6, 6, 6),
+        (5, 6, 6, 6),
+        (3, 10, 2, 10),
+        (0, 0, 1, 1),
+    ],
+)
+def test_fisher_less_matches_scipy(k1: int, n1: int, k2: int, n2: int) -> None:
+    if n1 == 0:
+        assert fisher_less(k1, n1, k2, n2) == 1.0
+        return
+    expected = sp.fisher_exact([[k1, n1 - k1], [k2, n2 - k2]], alternative="less").pvalue
+    assert fisher_less(k1, n1, k2, n2) == pytest.approx(expected, rel=1e-9)

@@ -1,0 +1,154 @@
+"""``CaptureService``: the captured calls of this replica written to the store, and read
+back for a replay.
+
+Every ``capture.flush_seconds`` the recorder's list is drained: each body is decoded and
+redacted by the log's rules (a key pasted into a message is masked before it is kept),
+checked against ``capture.max_bytes``, and the batch is added to the store. A batch the
+store refuses is dropped and counted, not retried: captures are samples, and holding them
+would grow memory while the store is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+from proxy.capture.records import Capture, CaptureError, CaptureStore
+
+from proxy.capture.recorder import CaptureRecorder, Pending
+from proxy.config import CaptureConfig
+from proxy.log import APP_LOGGER, redact
+from proxy.metrics import ProxyMetrics
+from proxy.registry.store import StoreUnavailable
+from proxy.tasks import BackgroundTasks
+
+_log = logging.getLogger(APP_LOGGER)
+
+
+class CaptureService:
+    def __init__(
+        self,
+        config: CaptureConfig,
+        recorder: CaptureRecorder,
+        store: CaptureStore,
+        metrics: ProxyMetrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._config = config
+        self.recorder = recorder
+        self._store = store
+        self._results = {
+            result: metrics.captures.labels(result)
+            for result in ("written", "queue_full", "too_large", "store_failed")
+        }
+        self._dropped_counted = 0
+        self._clock = clock
+        self._tasks = BackgroundTasks()
+        self._lock = asyncio.Lock()
+
+    @property
+    def store(self) -> CaptureStore:
+        return self._store
+
+    def start(self) -> None:
+        if self._config.slugs:
+            self._tasks.spawn(self._loop(), name="capture-flush")
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._config.flush_seconds)
+            await self.flush()
+
+    async def flush(self) -> int:
+        """Write what the recorder holds; the number written."""
+        async with self._lock:
+            dropped = self.recorder.dropped - self._dropped_counted
+            if dropped:
+                self._results["queue_full"].inc(dropped)
+                self._dropped_counted += dropped
+            batch = [c for c in map(self._capture, self.recorder.take()) if c is not None]
+            if not batch:
+                return 0
+            try:
+                await self._store.add(batch)
+            except (StoreUnavailable, CaptureError) as exc:
+                self._results["store_failed"].inc(len(batch))
+                _log.warning("%d captured calls were not stored: %s", len(batch), exc)
+                return 0
+            self._results["written"].inc(len(batch))
+            return len(batch)
+
+    def _capture(self, pending: Pending) -> Capture | None:
+        try:
+            request = orjson.loads(pending.body)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(request, dict):
+            return None
+        answer: dict[str, Any] = {
+            "status": pending.status,
+            "text": redact(pending.text),
+            "finish_reason": pending.finish_reason,
+            "tool_calls": [
+                {"name": name, "arguments": redact(arguments)}
+                for name, arguments in pending.tool_calls
+            ],
+            "cut": pending.cut,
+        }
+        capture = Capture(
+            id=f"{int(pending.at * 1000):013d}-{secrets.token_hex(4)}",
+            slug=pending.slug,
+            version=pending.version,
+            arm=pending.arm,
+            rollout_id=pending.rollout_id,
+            layers=pending.layers,
+            tenant=pending.tenant,
+            prompt_hash=pending.prompt_hash,
+            model=pending.model,
+            request=redacted(request),
+            answer=answer,
+            at=pending.at,
+        )
+        if len(orjson.dumps(capture.to_dict())) > self._config.max_bytes:
+            self._results["too_large"].inc()
+            return None
+        return capture
+
+    async def read(
+        self, slug: str, since: float, until: float | None = None, limit: int = 1000
+    ) -> list[Capture]:
+        await self.flush()  # this replica's latest, as a usage query does
+        return list(await self._store.read(slug, since=since, until=until, limit=limit))
+
+    async def close(self) -> None:
+        await self._tasks.close()
+        try:
+            await self.flush()
+        except Exception:  # the store may be closing: a last flush is best effort
+            _log.warning("the last captured calls could not be written at shutdown")
+
+
+def redacted(value: Any) -> Any:
+    """``value`` with every string passed through the log's redaction. Iterative: a body's
+    depth is the caller's choice."""
+    root: list[Any] = [value]
+    stack: list[tuple[Any, Any]] = [(root, 0)]
+    while stack:
+        container, key = stack.pop()
+        item = container[key]
+        if isinstance(item, str):
+            container[key] = redact(item)
+        elif isinstance(item, Mapping):
+            copy = dict(item)
+            container[key] = copy
+            stack.extend((copy, k) for k in copy)
+        elif isinstance(item, list):
+            copied = list(item)
+            container[key] = copied
+            stack.extend((copied, i) for i in range(len(copied)))
+    return root[0]
