@@ -175,9 +175,9 @@ class RedisCaptureStore:
         keys: list[str] = []
         args: list[Any] = [_score(oldest), self._keep_per_slug, self._prefix]
         for e in encoded:
-            ttl_ms = math.ceil((e.capture.at - oldest) * 1000)
-            if ttl_ms <= 0:
+            if e.capture.at < oldest:
                 continue  # already past keep_hours: not written
+            ttl_ms = max(1, math.ceil((e.capture.at - oldest) * 1000))
             keys += [self._capture_key(e.capture.id), self._slug_key(e.capture.slug)]
             args += [e.capture.id, _score(e.capture.at), e.data, ttl_ms]
         if not keys:
