@@ -193,7 +193,7 @@ class RedisCaptureStore:
     ) -> CaptureList:
         check_read(since, until, limit)
         least = _score(max(since, expired_before(self._clock(), self._keep_hours)))
-        above = "+inf" if until is None else "(" + _score(until)
+        above = "+inf" if until is None or until == math.inf else "(" + _score(until)
         args: list[Any] = [least, above, limit, self._prefix]
 
         async def read() -> list[Any]:
