@@ -11,7 +11,8 @@ the traffic):
 - the feedback request index (``RequestIndex``);
 - the shadow pair sink (``PairSink``);
 - the per-tenant usage ledger (``UsageLedger``);
-- the eval runs (``EvalRunStore``).
+- the eval runs (``EvalRunStore``);
+- the captured calls (``CaptureStore``).
 
 ``close`` closes every part, newest first, then the connections they share.
 """
@@ -27,6 +28,7 @@ from proxy.analysis.lease import Lease
 from proxy.analysis.pool import StatsPool
 from proxy.analysis.state import StateStore
 from proxy.backends.kinds import BackendKind, describe_store
+from proxy.capture.records import CaptureStore
 from proxy.config import Settings
 from proxy.evals.runs import EvalRunStore
 from proxy.feedback import RequestIndex
@@ -63,6 +65,7 @@ class Backend:
     pairs: PairSink
     usage: UsageLedger
     evals: EvalRunStore
+    captures: CaptureStore
     #: Closes every part and the shared connections, in order (an ``AsyncExitStack``'s).
     closer: Callable[[], Awaitable[None]] = field(repr=False)
 

@@ -3,8 +3,9 @@
 The registry is a SQLite file, the fleet board a second one beside it; the analysis pool,
 lease and state and the feedback request index live in this process's memory; shadow pairs
 go to rotated JSON-lines files (`shadow.sink.dir`); per-tenant usage to a third SQLite
-file (``registry.usage.db``), eval runs to a fourth (``registry.evals.db``). Nothing here is
-shared with another process but the files, which is why this backend is never `shared`.
+file (``registry.usage.db``), eval runs to a fourth (``registry.evals.db``), captured calls
+to a fifth (``registry.captures.db``). Nothing here is shared with another process but the
+files, which is why this backend is never `shared`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from proxy.analysis.lease import LocalLease
 from proxy.analysis.pool import MemoryStatsPool
 from proxy.analysis.state import MemoryStateStore
 from proxy.backends.base import Backend, BackendContext
+from proxy.capture.captures_sqlite import SqliteCaptureStore, captures_path
 from proxy.config import Settings
 from proxy.evals.runs_sqlite import SqliteEvalRunStore, evals_path
 from proxy.feedback import MemoryRequestIndex
@@ -56,6 +58,9 @@ async def open_backend(settings: Settings, context: BackendContext) -> Backend:
             max_detail_bytes=config.evals.max_detail_bytes,
         )
         stack.push_async_callback(evals.close)
+        # Retention and size at their defaults until the `capture:` settings exist.
+        captures = SqliteCaptureStore(captures_path(path))
+        stack.push_async_callback(captures.close)
         closer = stack.pop_all()
     return Backend(
         kind=kind,
@@ -69,5 +74,6 @@ async def open_backend(settings: Settings, context: BackendContext) -> Backend:
         pairs=pairs,
         usage=usage,
         evals=evals,
+        captures=captures,
         closer=closer.aclose,
     )

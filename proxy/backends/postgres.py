@@ -3,8 +3,8 @@ shared by every replica pointed at it, inside the schema `registry.postgres_sche
 
 Connections: one pool per replica, shared by every part (registry writes and snapshots,
 the fleet board's beats, the analysis pool's flushes, the lease, the feedback index, the
-pair sink, the usage ledger and the eval runs); plus one connection outside it, the
-registry's LISTEN for change notification.
+pair sink, the usage ledger, the eval runs and the captured calls); plus one connection
+outside it, the registry's LISTEN for change notification.
 
 Opening waits for no server: the pool connects in the background (``open(wait=False)``),
 and every part's migrations run together on one connection made for them, which a server
@@ -23,6 +23,7 @@ from proxy.analysis.lease_postgres import PostgresLease
 from proxy.analysis.pool_postgres import PostgresStatsPool
 from proxy.analysis.state_postgres import PostgresStateStore
 from proxy.backends.base import Backend, BackendContext
+from proxy.capture.captures_postgres import PostgresCaptureStore
 from proxy.config import Settings
 from proxy.evals.runs_postgres import PostgresEvalRunStore
 from proxy.feedback_postgres import PostgresRequestIndex
@@ -72,7 +73,9 @@ async def open_backend(settings: Settings, context: BackendContext) -> Backend:
             keep_runs=config.evals.keep_runs,
             max_detail_bytes=config.evals.max_detail_bytes,
         )
-        parts = (store, board, stats, lease, state, index, pairs, usage, evals)
+        # Retention and size at their defaults until the `capture:` settings exist.
+        captures = PostgresCaptureStore(pool, schema=schema)
+        parts = (store, board, stats, lease, state, index, pairs, usage, evals, captures)
         for part in parts:
             stack.push_async_callback(part.close)
         await prepare_together([part.session for part in parts])
@@ -90,5 +93,6 @@ async def open_backend(settings: Settings, context: BackendContext) -> Backend:
         pairs=pairs,
         usage=usage,
         evals=evals,
+        captures=captures,
         closer=closer.aclose,
     )

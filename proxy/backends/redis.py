@@ -4,8 +4,8 @@ every replica pointed at it, under `registry.redis_prefix`.
 Connections, as before this seam: the registry store has its own client (string replies,
 its pub/sub change hints), the pair sink its writer and reader clients (an admin `tail`
 must never hold up the writer), and the fleet board, analysis pool, lease and state, the
-feedback request index, the usage ledger and the eval runs share one client, closed after
-all of them.
+feedback request index, the usage ledger, the eval runs and the captured calls share one
+client, closed after all of them.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from proxy.analysis.lease import RedisLease
 from proxy.analysis.pool import RedisStatsPool
 from proxy.analysis.state import RedisStateStore
 from proxy.backends.base import Backend, BackendContext
+from proxy.capture.captures_redis import RedisCaptureStore
 from proxy.config import Settings
 from proxy.evals.runs_redis import RedisEvalRunStore
 from proxy.feedback import RedisRequestIndex
@@ -88,6 +89,9 @@ async def open_backend(settings: Settings, context: BackendContext) -> Backend:
             max_detail_bytes=config.evals.max_detail_bytes,
         )
         stack.push_async_callback(evals.close)
+        # Retention and size at their defaults until the `capture:` settings exist.
+        captures = RedisCaptureStore(client, prefix)
+        stack.push_async_callback(captures.close)
         closer = stack.pop_all()
     return Backend(
         kind=kind,
@@ -101,5 +105,6 @@ async def open_backend(settings: Settings, context: BackendContext) -> Backend:
         pairs=pairs,
         usage=usage,
         evals=evals,
+        captures=captures,
         closer=closer.aclose,
     )

@@ -32,6 +32,10 @@ from proxy.analysis.state_postgres import PostgresStateStore
 from proxy.analysis.window import RolloutBatch
 from proxy.backends.kinds import KINDS, describe_store
 from proxy.backends.open import open_backend
+from proxy.capture.captures_postgres import PostgresCaptureStore
+from proxy.capture.captures_redis import RedisCaptureStore
+from proxy.capture.captures_sqlite import SqliteCaptureStore
+from proxy.capture.records import Capture, CapturesUnavailable, new_capture_id
 from proxy.config import ProxyConfig, Settings
 from proxy.evals.runs import EvalRun, EvalRunsUnavailable
 from proxy.evals.runs_postgres import PostgresEvalRunStore
@@ -119,6 +123,24 @@ def eval_run() -> EvalRun:
     )
 
 
+def captured() -> Capture:
+    now = time.time()
+    return Capture(
+        id=new_capture_id(now),
+        slug=SLUG,
+        version=2,
+        arm="canary",
+        rollout_id="ro",
+        layers="base@2",
+        tenant=None,
+        prompt_hash="0" * 64,
+        model="gpt-4o-mini",
+        request={"messages": [{"role": "user", "content": "hi"}]},
+        answer={"text": "hello", "finish_reason": "stop", "status": 200},
+        at=now,
+    )
+
+
 def batch(requests: int) -> RolloutBatch:
     counts = RolloutBatch()
     counts.arm(int(time.time()), "canary").requests = requests
@@ -156,11 +178,14 @@ async def test_the_embedded_backend_keeps_every_part_in_this_process(tmp_path: P
         assert isinstance(backend.index, MemoryRequestIndex)
         assert isinstance(backend.pairs, FilePairSink)
         assert isinstance(backend.evals, SqliteEvalRunStore)
+        assert isinstance(backend.captures, SqliteCaptureStore)
         assert backend.lease.replica == "me"
         await backend.board.publish(beat("me"))
         backend.pairs.add(pair(1))
         run = eval_run()
         await backend.evals.add(run)
+        call = captured()
+        await backend.captures.add([call])
     # Closed: the queued pair is on disk, the registry file is released.
     assert [r["pair_id"] for r in await backend.pairs.read(KEY, None, 10)] == ["p1"]
     with pytest.raises(StoreUnavailable):
@@ -168,24 +193,30 @@ async def test_the_embedded_backend_keeps_every_part_in_this_process(tmp_path: P
     assert (tmp_path / "registry.fleet.db").exists()
     with pytest.raises(EvalRunsUnavailable):
         await backend.evals.get(run.id)
+    with pytest.raises(CapturesUnavailable):
+        await backend.captures.count(SLUG, since=0)
     async with await open_backend(settings, replica="me") as again:
         assert await again.evals.get(run.id) == run  # in registry.evals.db, kept
+        assert await again.captures.read(SLUG, since=0) == [call]  # registry.captures.db
     await backend.close()  # again: nothing left to close, nothing raised
 
 
 # -- Redis ---------------------------------------------------------------------------------
 
 
-async def two_replicas_share_every_part(settings: Settings, kinds: tuple[type, ...]) -> None:
+async def two_replicas_share_every_part(
+    settings: Settings, kinds: tuple[type, ...], captures_kind: type
+) -> None:
     """Two replicas on one shared store: every part is of the backend's kind, and what one
     writes the other reads (lease, analysis state and pool, request index, fleet board,
-    pairs, eval runs, the change notification)."""
+    pairs, eval runs, captured calls, the change notification)."""
     mine = await open_backend(settings, replica="replica-a")
     theirs = await open_backend(settings, replica="replica-b")
     try:
         assert mine.shared
         parts = (mine.store, mine.board, mine.pool, mine.lease, mine.state, mine.index)
         assert [type(p) for p in (*parts, mine.pairs, mine.evals)] == list(kinds)
+        assert type(mine.captures) is captures_kind
 
         assert await mine.lease.hold(KEY)
         assert not await theirs.lease.hold(KEY)
@@ -218,6 +249,10 @@ async def two_replicas_share_every_part(settings: Settings, kinds: tuple[type, .
         await mine.evals.add(run)
         assert await theirs.evals.list(SLUG) == [replace(run, detail={})]
 
+        call = captured()
+        await mine.captures.add([call])
+        assert await theirs.captures.read(SLUG, since=0) == [call]
+
         revision = await mine.store.revision()
         await mine.store.wait_for_change(revision, 0.05)  # the change notification, subscribed
         mine.pairs.add(pair(1))
@@ -245,6 +280,7 @@ async def test_the_redis_backend_puts_every_part_on_the_one_redis(
             RedisPairSink,
             RedisEvalRunStore,
         ),
+        RedisCaptureStore,
     )
     # Every part wrote to this one Redis, under the deployment's prefix.
     keys = set(await raw.keys(f"{prefix}*"))
@@ -256,6 +292,7 @@ async def test_the_redis_backend_puts_every_part_on_the_one_redis(
         f"{prefix}fleet:beat",
         f"{prefix}{{shadow}}:pairs:{SLUG}",
         f"{prefix}{{evals}}:slug:{SLUG}",
+        f"{prefix}{{captures}}:slug:{SLUG}",
     } <= keys
     assert any(key.startswith(f"{prefix}{{analysis}}:w:{SLUG}:ro:") for key in keys)
 
@@ -347,6 +384,7 @@ async def test_the_postgresql_backend_puts_every_part_in_the_one_database(
             PostgresPairSink,
             PostgresEvalRunStore,
         ),
+        PostgresCaptureStore,
     )
 
 

@@ -49,6 +49,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("analysis", ("proxy.analysis.*",)),
     ("feedback", ("proxy.feedback", "proxy.feedback_*")),
     ("usage", ("proxy.usage.*",)),
+    ("capture", ("proxy.capture.*",)),
     ("pipeline", ("proxy.pipeline.*",)),
     ("evals", ("proxy.evals.*",)),
     ("backends", ("proxy.backends.*",)),

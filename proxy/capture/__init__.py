@@ -1,0 +1,1 @@
+"""Captured calls: the record of one served request and the store each backend keeps."""
