@@ -228,8 +228,14 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         for level, notice in startup_notices(holder.current):
             _log.log(level, "%s", notice)
         renderer = PromptRenderer()
-        evals = EvalService(config.evals, backend.evals, lambda: holder.current)
-        # Cancelled before the data plane goes (the stack unwinds in reverse).
+        evals = EvalService(
+            config.evals,
+            backend.evals,
+            lambda: holder.current,
+            captures=lambda slug, since, limit: capture.read(slug, since, limit=limit),
+        )
+        # Cancelled before the data plane goes (the stack unwinds in reverse; the server
+        # closes it earlier still, when it starts draining).
         stack.push_async_callback(evals.close)
         yield Services(
             settings=settings,

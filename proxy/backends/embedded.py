@@ -58,8 +58,12 @@ async def open_backend(settings: Settings, context: BackendContext) -> Backend:
             max_detail_bytes=config.evals.max_detail_bytes,
         )
         stack.push_async_callback(evals.close)
-        # Retention and size at their defaults until the `capture:` settings exist.
-        captures = SqliteCaptureStore(captures_path(path))
+        captures = SqliteCaptureStore(
+            captures_path(path),
+            keep_per_slug=config.capture.keep_per_slug,
+            keep_hours=config.capture.keep_hours,
+            max_bytes=config.capture.max_bytes,
+        )
         stack.push_async_callback(captures.close)
         closer = stack.pop_all()
     return Backend(

@@ -73,8 +73,13 @@ async def open_backend(settings: Settings, context: BackendContext) -> Backend:
             keep_runs=config.evals.keep_runs,
             max_detail_bytes=config.evals.max_detail_bytes,
         )
-        # Retention and size at their defaults until the `capture:` settings exist.
-        captures = PostgresCaptureStore(pool, schema=schema)
+        captures = PostgresCaptureStore(
+            pool,
+            schema=schema,
+            keep_per_slug=config.capture.keep_per_slug,
+            keep_hours=config.capture.keep_hours,
+            max_bytes=config.capture.max_bytes,
+        )
         parts = (store, board, stats, lease, state, index, pairs, usage, evals, captures)
         for part in parts:
             stack.push_async_callback(part.close)

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
-from proxy.capture.records import Capture, CaptureError, CaptureStore
 
 from proxy.capture.recorder import CaptureRecorder, Pending
+from proxy.capture.records import Capture, CaptureError, CaptureStore, encode, new_capture_id
 from proxy.config import CaptureConfig
 from proxy.log import APP_LOGGER, redact
 from proxy.metrics import ProxyMetrics
@@ -28,6 +27,8 @@ from proxy.registry.store import StoreUnavailable
 from proxy.tasks import BackgroundTasks
 
 _log = logging.getLogger(APP_LOGGER)
+#: Captures per write: a store call stays short (each capture is up to capture.max_bytes).
+_BATCH = 100
 
 
 class CaptureService:
@@ -71,17 +72,19 @@ class CaptureService:
             if dropped:
                 self._results["queue_full"].inc(dropped)
                 self._dropped_counted += dropped
-            batch = [c for c in map(self._capture, self.recorder.take()) if c is not None]
-            if not batch:
-                return 0
-            try:
-                await self._store.add(batch)
-            except (StoreUnavailable, CaptureError) as exc:
-                self._results["store_failed"].inc(len(batch))
-                _log.warning("%d captured calls were not stored: %s", len(batch), exc)
-                return 0
-            self._results["written"].inc(len(batch))
-            return len(batch)
+            captures = [c for c in map(self._capture, self.recorder.take()) if c is not None]
+            written = 0
+            for start in range(0, len(captures), _BATCH):
+                batch = captures[start : start + _BATCH]
+                try:
+                    await self._store.add(batch)
+                except (StoreUnavailable, CaptureError) as exc:
+                    self._results["store_failed"].inc(len(batch))
+                    _log.warning("%d captured calls were not stored: %s", len(batch), exc)
+                    continue
+                self._results["written"].inc(len(batch))
+                written += len(batch)
+            return written
 
     def _capture(self, pending: Pending) -> Capture | None:
         try:
@@ -100,8 +103,20 @@ class CaptureService:
             ],
             "cut": pending.cut,
         }
-        capture = Capture(
-            id=f"{int(pending.at * 1000):013d}-{secrets.token_hex(4)}",
+        try:
+            capture = self._record(pending, redacted(request), answer)
+        except CaptureError:  # a field the store cannot keep (a slug or model too long...)
+            self._results["too_large"].inc()
+            return None
+        if len(encode(capture)) > self._config.max_bytes:
+            self._results["too_large"].inc()
+            return None
+        return capture
+
+    @staticmethod
+    def _record(pending: Pending, request: dict[str, Any], answer: dict[str, Any]) -> Capture:
+        return Capture(
+            id=new_capture_id(pending.at),
             slug=pending.slug,
             version=pending.version,
             arm=pending.arm,
@@ -110,14 +125,10 @@ class CaptureService:
             tenant=pending.tenant,
             prompt_hash=pending.prompt_hash,
             model=pending.model,
-            request=redacted(request),
+            request=request,
             answer=answer,
             at=pending.at,
         )
-        if len(orjson.dumps(capture.to_dict())) > self._config.max_bytes:
-            self._results["too_large"].inc()
-            return None
-        return capture
 
     async def read(
         self, slug: str, since: float, until: float | None = None, limit: int = 1000

@@ -136,8 +136,8 @@ class EvalService:
         self._target = Target(base_url.rstrip("/"), eval_key)
 
     async def start(self, request: EvalRequest, actor: str) -> Progress:
+        plan = self._plan(request)  # what is wrong with the request first
         target = self._ready()
-        plan = self._plan(request)
 
         def finish(cases: list[CaseResult], run_id: str, started: float) -> EvalRun:
             baseline = dict(plan.sides).get(BASELINE)
@@ -165,7 +165,6 @@ class EvalService:
     async def replay(self, request: ReplayRequest, actor: str) -> Progress:
         """Captured calls of the baseline since ``request.since`` sent again to the
         candidate and to the baseline (``evals/replay.py``), compared as a shadow report."""
-        target = self._ready()
         snapshot = self._snapshot()
         key = request.key
         baseline = self._version(snapshot, key, request.baseline, "baseline")
@@ -189,6 +188,7 @@ class EvalService:
                 param="since",
                 code="nothing_to_replay",
             )
+        target = self._ready()
         concurrency = min(
             request.concurrency or self._config.concurrency, self._config.max_concurrency
         )

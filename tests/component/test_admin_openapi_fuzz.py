@@ -33,6 +33,7 @@ from proxy.services import open_services
 from proxy.web.admin_routes import ROUTES
 from proxy.web.app import build_admin_app
 from proxy.web.openapi import document
+from tests.processes import free_port
 from tests.support import make_settings
 
 TOKEN = "fuzz-admin-token"
@@ -100,6 +101,9 @@ class AdminServer:
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
         async with open_services(self._settings) as services:
+            # Eval runs and replays start (a data plane "listens" on a port nothing serves:
+            # their calls fail at once), as in a running proxy, instead of a 503.
+            services.evals.listening(f"http://127.0.0.1:{free_port()}", "fuzz")
             runner = web.AppRunner(build_admin_app(services))
             await runner.setup()
             site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -49,7 +49,7 @@ SUITE: dict[str, Any] = {
                 },
             ],
         }
-        for n, name in enumerate(("Ana", "Bo", "Cy"))
+        for n, name in enumerate(("Ana", "Bo", "Cy", "Di", "Ed"))
     ],
 }
 
@@ -110,14 +110,14 @@ async def test_a_judge_catches_what_every_functional_assertion_passes(clients: C
     summary = run["summary"]
     assert summary["baseline"]["pass_rate"] == 1.0
     assert summary["candidate"]["pass_rate"] < 0.5
-    assert summary["baseline"]["judge"] == {"mean": 1.0, "n": 12}
+    assert summary["baseline"]["judge"] == {"mean": 1.0, "n": 20}
     assert summary["candidate"]["judge"]["mean"] < 0.8
     assert summary["judge_difference"]["significant_drop"] is True
     assert run["passed"] is False
     # Every score names the judge version that gave it, and the run records it.
     assert run["judges"] == [["judge.quality", 1]]
     scores = [score for _, s in samples for score in s["scores"]]
-    assert len(scores) == 24
+    assert len(scores) == 40
     assert {(s["judge"], s["version"]) for s in scores} == {("judge.quality", 1)}
     assert all(s["reason"] for s in scores)
 

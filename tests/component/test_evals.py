@@ -47,7 +47,7 @@ SUITE: dict[str, Any] = {
                 {"type": "finish_reason", "value": "stop"},
             ],
         }
-        for n, name in enumerate(("Ana", "Bo", "Cy", "Di"))
+        for n, name in enumerate(("Ana", "Bo", "Cy", "Di", "Ed"))
     ],
 }
 
@@ -93,7 +93,7 @@ async def test_a_truncating_candidate_is_caught_and_the_run_is_stored(
 
     started, *progress, finished = events
     assert started["event"] == "started"
-    assert started["total"] == 4 * 6 * 2
+    assert started["total"] == 5 * 6 * 2
     assert EVAL_RUN_ID.fullmatch(started["id"])
     assert progress
     assert all(e["event"] == "progress" for e in progress)

@@ -41,13 +41,15 @@ async def clients(tmp_path: Path) -> AsyncIterator[Clients]:
         await sim.cleanup()
 
 
-async def _traffic(clients: Clients, calls: int = 30) -> None:
+async def _traffic(clients: Clients, calls: int = 30) -> list[str]:
+    """Versions 1 (prod) to 3, then ``calls`` requests; the answers' texts."""
     data, admin, services = clients
     for body in (BASE, COSMETIC, LONGER):
         resp = await admin.post("/admin/v1/prompts/support/versions", json=body, headers=ADMIN)
         assert resp.status == 201
     await admin.post("/admin/v1/prompts/support/promote", json={"version": 1}, headers=ADMIN)
     assert await services.refresher.load_once()
+    texts = []
     for n in range(calls):
         body = {
             "model": "gpt-4o-mini",
@@ -56,8 +58,9 @@ async def _traffic(clients: Clients, calls: int = 30) -> None:
         }
         resp = await data.post("/p/support/v1/chat/completions", json=body)
         assert resp.status == 200
-    # Another prompt is not captured (no rule matches it).
+        texts.append((await resp.json())["choices"][0]["message"]["content"])
     await services.capture.flush()
+    return texts
 
 
 async def _replay(admin: Any, candidate: int) -> dict[str, Any]:
@@ -73,8 +76,8 @@ async def _replay(admin: Any, candidate: int) -> dict[str, Any]:
 async def test_calls_are_captured_with_what_a_replay_needs_and_secrets_masked(
     clients: Clients,
 ) -> None:
-    data, admin, services = clients
-    await _traffic(clients, calls=3)
+    data, _, services = clients
+    texts = await _traffic(clients, calls=3)
     secret = {
         "model": "gpt-4o-mini",
         "messages": [{"role": "user", "content": "my key is sk-live0123456789abcdefXYZ"}],
@@ -86,10 +89,15 @@ async def test_calls_are_captured_with_what_a_replay_needs_and_secrets_masked(
     captured = await services.capture.read("support", since=0)
     assert len(captured) == 4
     first = captured[0]
-    assert (first.slug, first.version, first.arm, first.rollout_id) == ("support", 1, "stable", None)
+    assert (first.slug, first.version, first.arm, first.rollout_id) == (
+        "support",
+        1,
+        "stable",
+        None,
+    )
     assert first.request["prompt_variables"] == {"customer_name": "customer 0"}
     assert first.answer["finish_reason"] == "stop"
-    assert first.answer["text"].startswith("Simulated answer")
+    assert first.answer["text"] == texts[0]  # what the caller got
     assert first.prompt_hash is not None
     assert len(first.prompt_hash) == 16
     assert first.layers == "base@1"
@@ -137,7 +145,9 @@ async def test_nothing_to_replay_is_said(clients: Clients) -> None:
     assert resp.status == 409
     assert (await resp.json())["error"]["code"] == "nothing_to_replay"
     resp = await admin.post(
-        "/admin/v1/prompts/support/replays", json={"candidate": 2, "since": "yesterday"}, headers=ADMIN
+        "/admin/v1/prompts/support/replays",
+        json={"candidate": 2, "since": "yesterday"},
+        headers=ADMIN,
     )
     assert resp.status == 400
 
