@@ -167,7 +167,8 @@ class Pushed:
 
 def line_of(file: Path, folder: Path, slug: str, version: int, created: bool) -> Pushed:
     """``file``'s version line, from where it sits (docs: config/prompts/README.md): a
-    ``<slug>@<variant>`` name is a variant, ``tenants/ID/`` and ``tiers/NAME/`` a layer."""
+    ``<slug>@<variant>`` name is a variant, ``tenants/ID/`` and ``tiers/NAME/`` a layer.
+    (`prompts push -o json` reports each file's slug, not its variant or layer.)"""
     relative = file.resolve().relative_to(folder.resolve())
     stem = next(
         (relative.name[: -len(s)] for s in PROMPT_SUFFIXES if relative.name.endswith(s)),
@@ -204,12 +205,14 @@ class PushFailed(Exception):
 def extract(ref: str, prompts: str, work: Path) -> Path | None:
     """``prompts`` as commit ``ref`` has it, written under ``work``; None when it has none
     (a pull request adding the first prompts)."""
-    if subprocess.run(
-        ["git", "cat-file", "-e", f"{ref}:{prompts}"], capture_output=True
-    ).returncode:
+    exists = ["git", "cat-file", "-e", f"{ref}:{prompts}"]
+    if subprocess.run(exists, capture_output=True, timeout=60, check=False).returncode:
         return None
     archive = subprocess.run(
-        ["git", "archive", "--format=tar", ref, "--", prompts], capture_output=True, check=True
+        ["git", "archive", "--format=tar", ref, "--", prompts],
+        capture_output=True,
+        check=True,
+        timeout=RUN_TIMEOUT,
     )
     work.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:

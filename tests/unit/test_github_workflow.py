@@ -260,3 +260,21 @@ def test_the_comment_leads_with_the_verdict_and_lists_what_changed(pr_evals: Mod
     huge = pr_evals.comment([outcome("a", "passed", "x" * 100_000)], "the simulator", "f" * 40)
     assert len(huge) < 65_536
     assert huge.endswith("(cut: the whole report is in the job's summary)\n")
+
+
+def test_a_suite_counts_as_changed_when_added_or_edited(
+    pr_evals: ModuleType, tmp_path: Path
+) -> None:
+    head, base = tmp_path / "head", tmp_path / "base"
+    for folder in (head, base):
+        folder.mkdir()
+        (folder / "a.eval.yaml").write_text("cases: []\n")
+    (head / "b.eval.yaml").write_text("cases: []\n")
+    (head / "c.eval.yaml").write_text("cases: [x]\n")
+    (base / "c.eval.yaml").write_text("cases: []\n")
+    changed = {
+        name: pr_evals.suite_changed(head / name, head, base)
+        for name in ("a.eval.yaml", "b.eval.yaml", "c.eval.yaml")
+    }
+    assert changed == {"a.eval.yaml": False, "b.eval.yaml": True, "c.eval.yaml": True}
+    assert pr_evals.suite_changed(head / "a.eval.yaml", head, None)  # no base: all new
