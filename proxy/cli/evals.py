@@ -43,7 +43,10 @@ def _baseline(value: str) -> int | str | None:
     show_default=True,
     help="Version to compare with: a number, prod, or none (the candidate alone).",
 )
-@click.option("--tenant", help="Run every case as this tenant (its overrides apply).")
+@click.option(
+    "--tenant",
+    help="Run the cases as this tenant (its overrides apply); a case's own tenant: wins.",
+)
 @click.option("--variant", help="The model variant's version line (SLUG@VARIANT).")
 @click.option(
     "--suite",
@@ -93,10 +96,12 @@ def eval_command(
     try:
         path = suite_path or find_suite(prompts_dir, slug, tenant, variant)
         if path is None:
-            raise AdminError(
-                f"no eval suite for {slug} in {prompts_dir} (looked for {slug}.eval.yaml "
-                "beside its prompt file); give --suite or --prompts"
+            click.echo(
+                f"error: no eval suite for {slug} in {prompts_dir} (looked for "
+                f"{slug}.eval.yaml beside its prompt file); give --suite or --prompts",
+                err=True,
             )
+            sys.exit(2)
         suite = load_suite_file(path)
         # A suite named SLUG@VARIANT.eval.yaml is that variant's.
         key = key_of(slug, variant=variant or suite.variant)
@@ -188,7 +193,9 @@ def _judge_part(side: dict[str, Any]) -> str:
     part = ""
     judge = side.get("judge")
     if judge:
-        part += f"; judge score {judge['mean']:.2f} (n={judge['n']})"
+        mean = "-" if judge["mean"] is None else f"{judge['mean']:.2f}"
+        unscored = f", {judge['unscored']} unscored" if judge.get("unscored") else ""
+        part += f"; judge score {mean} (n={judge['n']}{unscored})"
     agreement = side.get("agreement")
     if agreement:
         part += (
@@ -251,7 +258,7 @@ def human_report(run: dict[str, Any]) -> str:
     has_baseline = "baseline" in summary
     failures = _first_failures(run)
     rows = []
-    for row in summary["cases"]:
+    for row in run.get("detail", {}).get("rows", []):
         k, n = row["candidate"]
         cells: list[Any] = [row["name"], f"{k}/{n}"]
         if has_baseline:
@@ -305,7 +312,7 @@ def markdown_report(run: dict[str, Any]) -> str:
             out.append(
                 f"| {name} v{side['version']} | {side['passed']}/{side['samples']} | "
                 f"{_pct(side['pass_rate'])} | {_interval(side['interval'])} | "
-                + ("-" if not judge else f"{judge['mean']:.2f}")
+                + ("-" if not judge or judge["mean"] is None else f"{judge['mean']:.2f}")
                 + " | "
                 + (
                     "-"
@@ -325,7 +332,8 @@ def markdown_report(run: dict[str, Any]) -> str:
             if extra is not None:
                 out += ["", extra[0].upper() + extra[1:] + "."]
     failures = _first_failures(run)
-    flagged = [r for r in summary["cases"] if r.get("regressed") or r["name"] in failures]
+    rows = run.get("detail", {}).get("rows", [])
+    flagged = [r for r in rows if r.get("regressed") or r["name"] in failures]
     if flagged:
         out += ["", "| case | candidate | baseline | first failure |", "|---|---|---|---|"]
         for row in flagged:

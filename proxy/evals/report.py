@@ -22,6 +22,8 @@ from proxy.stats import fisher_less, wilson_interval
 CASE_ALPHA = 0.05
 #: Bootstrap resamples of the cases for the difference's interval.
 RESAMPLES = 2000
+#: Regressed cases the summary names (all are in the detail's rows).
+MAX_NAMED = 20
 #: Cases a difference needs for an interval: fewer give a bootstrap of (almost) no width.
 MIN_CASES = 5
 CANDIDATE, BASELINE = "candidate", "baseline"
@@ -146,8 +148,17 @@ def side_summary(cases: Sequence[CaseResult], side: str, version: int) -> dict[s
         "interval": [low, high],
     }
     scores = [score for case in cases for score in _scores(case, side)]
-    if scores:
-        found["judge"] = {"mean": sum(scores) / len(scores), "n": len(scores)}
+    unscored = sum(
+        1
+        for case in cases
+        for sample in case.sides.get(side, ())
+        for score in sample.scores
+        if score.score is None
+    )
+    if scores or unscored:
+        # Unscored answers are out of the mean; their number says how much that hides.
+        mean = sum(scores) / len(scores) if scores else None
+        found["judge"] = {"mean": mean, "n": len(scores), "unscored": unscored}
     labels = [label for case in cases for s in case.sides.get(side, ()) for label in s.labels]
     if labels:
         found["agreement"] = agreement(labels)
@@ -245,10 +256,16 @@ def summarize(
     seed: int,
 ) -> tuple[bool, dict[str, Any]]:
     """The run's verdict by ``criteria`` and its summary (what is stored and shown)."""
+    rows = case_rows(cases, baseline is not None)
+    regressed = [row["name"] for row in rows if row.get("regressed")]
+    # Per-case rows are the detail's (``case_rows``): a summary stays small, whatever the
+    # number of cases, so every run can be stored and listed.
     summary: dict[str, Any] = {
         "candidate": side_summary(cases, CANDIDATE, candidate),
         "criteria": criteria.to_dict(),
-        "cases": case_rows(cases, baseline is not None),
+        "case_count": len(rows),
+        "regressed_count": len(regressed),
+        "regressed": regressed[:MAX_NAMED],
     }
     passed = summary["candidate"]["pass_rate"] >= criteria.min_pass_rate
     if baseline is not None:

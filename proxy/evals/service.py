@@ -26,7 +26,15 @@ from proxy.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
 from proxy.evals.drift import DriftPolicy, drift
 from proxy.evals.judge import JudgeRef, judges_for
 from proxy.evals.replay import compare, replay_set
-from proxy.evals.report import BASELINE, CANDIDATE, CaseResult, Criteria, JudgeScore, summarize
+from proxy.evals.report import (
+    BASELINE,
+    CANDIDATE,
+    CaseResult,
+    Criteria,
+    JudgeScore,
+    case_rows,
+    summarize,
+)
 from proxy.evals.runner import Plan, Runner, Target, case_models
 from proxy.evals.runs import EvalRun, EvalRunError, EvalRunStore, EvalRunTooLarge, new_run_id
 from proxy.evals.suite import Suite
@@ -313,7 +321,10 @@ class EvalService:
             judges=tuple(sorted({(s.judge, s.version) for c in cases for s in _all_scores(c)})),
             passed=passed,
             summary=summary,
-            detail={"cases": [case.to_dict() for case in cases]},
+            detail={
+                "cases": [case.to_dict() for case in cases],
+                "rows": case_rows(cases, baseline is not None),
+            },
         )
 
     def progress(self, run_id: str) -> Progress | None:

@@ -51,6 +51,8 @@ async def start_eval(call: Call[SlugPath, NoParams, api.EvalIn]) -> web.StreamRe
             param="tenant",
             code="invalid_layer",
         )
+    if body.suite_name is not None and not body.suite_name.isprintable():
+        raise InvalidRequest("suite_name must be printable text.", param="suite_name")
     try:
         suite = parse_suite(body.suite, source=body.suite_name or f"suite of {key.slug}")
     except SuiteError as exc:

@@ -110,7 +110,7 @@ async def test_a_judge_catches_what_every_functional_assertion_passes(clients: C
     summary = run["summary"]
     assert summary["baseline"]["pass_rate"] == 1.0
     assert summary["candidate"]["pass_rate"] < 0.5
-    assert summary["baseline"]["judge"] == {"mean": 1.0, "n": 20}
+    assert summary["baseline"]["judge"] == {"mean": 1.0, "n": 20, "unscored": 0}
     assert summary["candidate"]["judge"]["mean"] < 0.8
     assert summary["judge_difference"]["significant_drop"] is True
     assert run["passed"] is False

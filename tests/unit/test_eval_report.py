@@ -3,6 +3,7 @@ data plane (proxy.server.loopback_url)."""
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from proxy.evals.report import (
@@ -11,6 +12,7 @@ from proxy.evals.report import (
     CaseResult,
     Criteria,
     SampleResult,
+    case_rows,
     difference,
     summarize,
 )
@@ -76,19 +78,24 @@ def test_a_run_passes_only_within_its_criteria() -> None:
     assert passed is False
 
 
+def _three() -> list[CaseResult]:
+    return [
+        _case("cut", (0, 6), (6, 6)),
+        _case("wobble", (5, 6), (6, 6)),
+        _case("few", (1, 3), (3, 3)),  # p = 0.2 by Fisher's exact test: not a finding
+    ]
+
+
 def test_a_case_regresses_only_beyond_the_noise_of_its_samples() -> None:
     _, summary = summarize(
-        [
-            _case("cut", (0, 6), (6, 6)),
-            _case("wobble", (5, 6), (6, 6)),
-            _case("few", (1, 3), (3, 3)),  # p = 0.2 by Fisher's exact test: not a finding
-        ],
+        _three(),
         2,
         1,
         Criteria(),
         seed=0,
     )
-    rows = {row["name"]: row for row in summary["cases"]}
+    assert summary["regressed"] == ["cut"]
+    rows = {row["name"]: row for row in case_rows(_three(), with_baseline=True)}
     assert rows["cut"]["regressed"] is True
     assert rows["wobble"]["regressed"] is False
     assert rows["few"]["regressed"] is False
@@ -101,7 +108,7 @@ def test_without_a_baseline_there_is_no_difference() -> None:
     assert passed is True
     assert "difference" not in summary
     assert "baseline" not in summary
-    assert "regressed" not in summary["cases"][0]
+    assert "regressed" not in case_rows(cases, with_baseline=False)[0]
 
 
 @pytest.mark.parametrize(
@@ -117,3 +124,14 @@ def test_the_runner_reaches_the_data_plane_where_it_is_bound(
     bound: tuple[object, ...], url: str
 ) -> None:
     assert loopback_url([bound]) == url
+
+
+def test_the_summary_of_the_largest_suite_fits_what_a_store_keeps() -> None:
+    # 500 cases, all regressed: the rows are the detail's, the summary names 20.
+    cases = [
+        _case(f"case-{i:03d}-with-a-long-descriptive-name", (0, 6), (6, 6)) for i in range(500)
+    ]
+    _, summary = summarize(cases, 2, 1, Criteria(), seed=1)
+    assert summary["regressed_count"] == 500
+    assert len(summary["regressed"]) == 20
+    assert len(orjson.dumps(summary)) < 16 * 1024
