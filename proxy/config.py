@@ -598,6 +598,9 @@ class EvalGateConfig(_Section):
     max_drop: float = Field(0.0, ge=0, le=1)
     #: Runs that finished longer ago do not count (for the `judge` gate too).
     max_age_hours: float = Field(168.0, gt=0, le=24 * 366)
+    #: A run with fewer candidate samples proves too little to open the gate (a one-case
+    #: suite would pass anything).
+    min_samples: int = Field(20, ge=1, le=1_000_000)
 
 
 class JudgeGateConfig(_Section):
@@ -607,6 +610,8 @@ class JudgeGateConfig(_Section):
     min_score: float = Field(0.0, ge=0, le=1)
     #: And no more than this below prod's mean score in the same run.
     max_drop: float = Field(0.05, ge=0, le=1)
+    #: Scores of the candidate the run must have.
+    min_scores: int = Field(20, ge=1, le=1_000_000)
 
 
 class GatePolicyConfig(_Section):

@@ -201,7 +201,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         stack.push_async_callback(usage.close)
         capture = CaptureService(
             config.capture,
-            CaptureRecorder(time.time, config.capture.queue_size),
+            CaptureRecorder(time.time, config.capture.queue_size, config.capture.max_bytes),
             backend.captures,
             metrics,
         )

@@ -39,14 +39,18 @@ class Pending:
 
 
 class CaptureRecorder:
-    __slots__ = ("_clock", "_max", "dropped", "pending")
+    __slots__ = ("_clock", "_max", "_max_bytes", "dropped", "pending", "too_large")
 
-    def __init__(self, clock: Callable[[], float], max_pending: int) -> None:
+    def __init__(self, clock: Callable[[], float], max_pending: int, max_bytes: int) -> None:
         self._clock = clock
         self._max = max_pending
+        self._max_bytes = max_bytes
         self.pending: list[Pending] = []
-        #: Captures dropped because the list was full (the flusher counts them).
+        #: Captures dropped because the list was full, or the request alone was larger than
+        #: a capture may be (the flusher counts them): held until the flush, a body up to
+        #: the request limit would hold that much memory per capture.
         self.dropped = 0
+        self.too_large = 0
 
     def finished(self, ex: Exchange) -> None:
         body, answer, key = ex.capture, ex.answer, ex.key
@@ -56,6 +60,9 @@ class CaptureRecorder:
             return  # nothing a replay can compare with
         if len(self.pending) >= self._max:
             self.dropped += 1
+            return
+        if len(body) > self._max_bytes:
+            self.too_large += 1
             return
         self.pending.append(
             Pending(

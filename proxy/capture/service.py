@@ -27,6 +27,22 @@ from proxy.registry.store import StoreUnavailable
 from proxy.tasks import BackgroundTasks
 
 _log = logging.getLogger(APP_LOGGER)
+#: Fields whose value is a credential whatever it looks like (a tool's `api_key` argument,
+#: a header pasted as JSON).
+_SECRET_KEYS = frozenset(
+    {
+        "authorization",
+        "api_key",
+        "x_api_key",
+        "apikey",
+        "token",
+        "access_token",
+        "password",
+        "secret",
+        "client_secret",
+        "x_goog_api_key",
+    }
+)
 #: Captures per write: a store call stays short (each capture is up to capture.max_bytes).
 _BATCH = 100
 
@@ -48,6 +64,7 @@ class CaptureService:
             for result in ("written", "queue_full", "too_large", "store_failed")
         }
         self._dropped_counted = 0
+        self._large_counted = 0
         self._clock = clock
         self._tasks = BackgroundTasks()
         self._lock = asyncio.Lock()
@@ -72,10 +89,18 @@ class CaptureService:
             if dropped:
                 self._results["queue_full"].inc(dropped)
                 self._dropped_counted += dropped
-            captures = [c for c in map(self._capture, self.recorder.take()) if c is not None]
+            large = self.recorder.too_large - self._large_counted
+            if large:
+                self._results["too_large"].inc(large)
+                self._large_counted += large
+            pending = self.recorder.take()
             written = 0
-            for start in range(0, len(captures), _BATCH):
-                batch = captures[start : start + _BATCH]
+            for start in range(0, len(pending), _BATCH):
+                # Decoding, redacting and encoding are CPU work: off the event loop, a
+                # batch at a time, so requests are served meanwhile.
+                batch = await asyncio.to_thread(self._captures, pending[start : start + _BATCH])
+                if not batch:
+                    continue
                 try:
                     await self._store.add(batch)
                 except (StoreUnavailable, CaptureError) as exc:
@@ -85,6 +110,9 @@ class CaptureService:
                 self._results["written"].inc(len(batch))
                 written += len(batch)
             return written
+
+    def _captures(self, pending: list[Pending]) -> list[Capture]:
+        return [c for c in map(self._capture, pending) if c is not None]
 
     def _capture(self, pending: Pending) -> Capture | None:
         try:
@@ -157,7 +185,11 @@ def redacted(value: Any) -> Any:
         elif isinstance(item, Mapping):
             copy = dict(item)
             container[key] = copy
-            stack.extend((copy, k) for k in copy)
+            for name in copy:
+                if isinstance(name, str) and name.lower().replace("-", "_") in _SECRET_KEYS:
+                    copy[name] = "[REDACTED]"
+                else:
+                    stack.append((copy, name))
         elif isinstance(item, list):
             copied = list(item)
             container[key] = copied

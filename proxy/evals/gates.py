@@ -115,6 +115,12 @@ def eval_problems(run: EvalRun, policy: GatePolicyConfig) -> list[str]:
     limits = policy.eval
     rate = _number(_mapping(run.summary, "candidate"), "pass_rate")
     problems = []
+    samples = _number(_mapping(run.summary, "candidate"), "samples") or 0
+    if samples < limits.min_samples:
+        problems.append(
+            f"run {run.id} has {samples:.0f} samples of v{run.candidate}, the gate needs "
+            f"{limits.min_samples} (more cases or samples in the suite)"
+        )
     if rate is None:
         problems.append(f"run {run.id}: its summary has no candidate pass rate")
     elif rate < limits.min_pass_rate - _EPSILON:
@@ -141,6 +147,12 @@ def judge_problems(run: EvalRun, policy: GatePolicyConfig) -> list[str]:
             "assertions, or none was scored)"
         ]
     problems = []
+    scored = _number(_mapping(_mapping(run.summary, "candidate"), "judge"), "n") or 0
+    if scored < limits.min_scores:
+        problems.append(
+            f"run {run.id} has {scored:.0f} judge scores of v{run.candidate}, the gate needs "
+            f"{limits.min_scores}"
+        )
     if mean < limits.min_score - _EPSILON:
         problems.append(f"run {run.id}: judge score {mean:.2f} < {limits.min_score:.2f}")
     prod_mean = _number(_mapping(_mapping(run.summary, "baseline"), "judge"), "mean")

@@ -46,10 +46,16 @@ class ReplaySet:
 
 
 def replay_set(
-    captures: Sequence[Capture], slug: str, variant: str | None, baseline: int, tenants: set[str]
+    captures: Sequence[Capture],
+    slug: str,
+    variant: str | None,
+    baseline: int,
+    tenants: set[str],
+    limit: int,
 ) -> ReplaySet:
-    """The captured calls of ``baseline`` as cases (one sample each); calls of another
-    version, of a tenant the registry no longer knows, or without messages are skipped."""
+    """The newest ``limit`` captured calls of ``baseline`` (``captures`` oldest first) as
+    cases, one sample each; calls of another version, of a tenant the registry no longer
+    knows, or without messages are skipped."""
     cases: list[Case] = []
     kept: dict[str, Capture] = {}
     models: dict[str, str] = {}
@@ -84,6 +90,12 @@ def replay_set(
             )
             kept[capture.id] = capture
             models[capture.id] = model
+    if len(cases) > limit:  # the newest: a version promoted lately has its calls at the end
+        skipped["over_limit"] = len(cases) - limit
+        for case in cases[:-limit]:
+            del kept[case.name]
+            del models[case.name]
+        cases = cases[-limit:]
     digest = hashlib.sha256("\n".join(kept).encode()).hexdigest()
     suite = Suite(
         slug=slug,

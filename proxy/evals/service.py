@@ -48,6 +48,8 @@ from proxy.tasks import BackgroundTasks
 _log = logging.getLogger(APP_LOGGER)
 #: Finished runs kept in memory for their followers.
 _KEEP_FINISHED = 5
+#: Captured calls a replay reads before keeping the newest of its baseline version.
+_CAPTURES_READ = 2000
 #: Answer characters a run too large to store keeps.
 _SHORT_TEXT = 200
 #: What ``baseline`` may say instead of a number: the version prod is at the start.
@@ -181,12 +183,16 @@ class EvalService:
         if self._captures is None:
             raise ServiceUnavailable("This process keeps no captured calls.", code="no_captures")
         try:
-            captured = await self._captures(str(key), request.since, request.limit)
+            # Read wide, then keep the newest of the baseline's: the window may start with
+            # another version's calls.
+            captured = await self._captures(str(key), request.since, _CAPTURES_READ)
         except StoreUnavailable as exc:
             raise ServiceUnavailable(
                 f"The captured calls cannot be read now ({exc}).", code="store_unavailable"
             ) from None
-        replayed = replay_set(captured, key.slug, key.variant, baseline, set(snapshot.tenants))
+        replayed = replay_set(
+            captured, key.slug, key.variant, baseline, set(snapshot.tenants), request.limit
+        )
         if not replayed.suite.cases:
             others = ", ".join(f"{n} {why}" for why, n in sorted(replayed.skipped.items()))
             raise Conflict(

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from proxy.errors import Conflict, ServiceUnavailable
 from proxy.log import APP_LOGGER
+from proxy.registry.gates import GATES_CODE
 from proxy.registry.prompt_files import load_prompt_dir
 from proxy.registry.service import RegistryService
 from proxy.registry.snapshot import SnapshotHolder, SnapshotRefresher
@@ -53,15 +54,23 @@ async def bootstrap_prompts(service: RegistryService, folder: Path) -> int:
         created_count += created
         summary, _ = await service.get_prompt(version.key)
         if summary.prod_version is None:
-            # A prompt's first prod, from the operator's own folder at start: nothing could
-            # have run an eval of it yet, so its gates are overridden, and the audit says so.
-            await service.promote(
-                version.key,
-                version.version,
-                ACTOR,
-                f"bootstrap from {path}",
-                override_gates=True,
-            )
+            # A prompt this folder just created: nothing could have run an eval of it yet,
+            # so its gates are overridden, and the audit says so. A prompt that was already
+            # there without a prod (pushed as drafts by a CI sync) is promoted only through
+            # its gates: a restart must not ship what no one promoted.
+            first = created and version.version == 1
+            try:
+                await service.promote(
+                    version.key,
+                    version.version,
+                    ACTOR,
+                    f"bootstrap from {path}",
+                    override_gates=first,
+                )
+            except Conflict as exc:
+                if exc.code != GATES_CODE:
+                    raise
+                _log.warning("prompt %s v%d left unpromoted: %s", version.key, version.version, exc)
         _log.info(
             "prompt %s v%d from %s (%s)",
             version.key,

@@ -51,21 +51,21 @@ async def store_run(
     summary = {
         "candidate": {
             "version": 2,
-            "samples": 15,
-            "passed": round(15 * pass_rate),
+            "samples": 30,
+            "passed": round(30 * pass_rate),
             "errors": 0,
             "pass_rate": pass_rate,
             "interval": [0.8, 1.0],
-            "judge": {"mean": judge, "n": 15},
+            "judge": {"mean": judge, "n": 30},
         },
         "baseline": {
             "version": 1,
-            "samples": 15,
-            "passed": 15,
+            "samples": 30,
+            "passed": 30,
             "errors": 0,
             "pass_rate": 1.0,
             "interval": [0.8, 1.0],
-            "judge": {"mean": prod_judge, "n": 15},
+            "judge": {"mean": prod_judge, "n": 30},
         },
         "difference": {
             "value": pass_rate - 1.0,
@@ -245,3 +245,20 @@ async def test_a_bootstrapped_prompts_first_prod_overrides_its_gates_audited(
         assert promoted[0]["actor"] == "bootstrap"
         assert promoted[0]["reason"].startswith(f"bootstrap from {prompts / SLUG}.md [gates ")
         assert "eval: no eval run of v1 in the last 168 h" in promoted[0]["reason"]
+
+
+async def test_a_restart_never_ships_drafts_a_sync_left_without_prod(tmp_path: Path) -> None:
+    # A CI sync pushed drafts; nobody promoted them. A restart with bootstrap_dir must not.
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    (prompts / f"{SLUG}.md").write_text("---\nchangelog: v2\n---\nYou help Acme's customers.\n")
+    settings = admin_settings(tmp_path, **GATES)
+    async with proxy_clients(settings) as (_, admin, _):
+        for text in ("An older draft.", "You help Acme's customers."):
+            status, _ = await call(admin, "POST", f"/prompts/{SLUG}/versions", {"template": text})
+            assert status == 201
+    settings = admin_settings(tmp_path, **GATES, **{"registry.bootstrap_dir": str(prompts)})
+    async with proxy_clients(settings) as (_, admin, _):
+        prompt, _, audit = await state(admin, SLUG)
+        assert prompt["prod_version"] is None
+        assert not [e for e in audit if e["action"] == "promote"]

@@ -164,3 +164,28 @@ async def test_the_cli_replays_and_exits_3_on_a_degraded_candidate(
     assert "30 captured calls of v1 replayed on v3 and v1" in result.stdout
     assert "FAIL: the candidate diverges" in result.stdout
     assert "length_drift" in result.stdout
+
+
+async def test_a_replay_takes_the_newest_calls_of_its_baseline(clients: Clients) -> None:
+    data, admin, services = clients
+    await _traffic(clients, calls=12)  # captured as v1
+    await admin.post("/admin/v1/prompts/support/promote", json={"version": 2}, headers=ADMIN)
+    assert await services.refresher.load_once()
+    for n in range(12):  # now captured as v2
+        body = {
+            "model": "gpt-4o-mini",
+            "messages": [{"role": "user", "content": f"Later ticket {n}"}],
+            "prompt_variables": {"customer_name": "Ada"},
+            "metadata": {"api_key": "hunter2-not-a-pattern"},
+        }
+        assert (await data.post("/p/support/v1/chat/completions", json=body)).status == 200
+    await services.capture.flush()
+    captured = await services.capture.read("support", since=0)
+    assert captured[-1].request["metadata"]["api_key"] == "[REDACTED]"
+    body = {"candidate": 3, "limit": 10, "concurrency": 1}
+    resp = await admin.post("/admin/v1/prompts/support/replays", json=body, headers=ADMIN)
+    *_, finished = [orjson.loads(x) for x in (await resp.read()).splitlines() if x.strip()]
+    replay = finished["run"]["summary"]["replay"]
+    assert finished["run"]["baseline"] == 2
+    assert replay["captures"] == 10
+    assert replay["skipped"] == {"v1": 12, "over_limit": 2}

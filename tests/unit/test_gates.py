@@ -36,10 +36,10 @@ def run(
     kind: str = "eval",
     drift: dict[str, Any] | None = None,
 ) -> EvalRun:
-    candidate_side: dict[str, Any] = {"version": candidate, "pass_rate": pass_rate}
+    candidate_side: dict[str, Any] = {"version": candidate, "pass_rate": pass_rate, "samples": 30}
     summary: dict[str, Any] = {"candidate": candidate_side}
     if judge is not None:
-        candidate_side["judge"] = {"mean": judge, "n": 10}
+        candidate_side["judge"] = {"mean": judge, "n": 30}
     if baseline is not None:
         summary["baseline"] = {"version": baseline, "pass_rate": 1.0}
         summary["difference"] = {"value": difference, "interval": [difference, difference]}
@@ -183,6 +183,8 @@ def test_nothing_required_is_never_a_problem() -> None:
 def test_a_summary_missing_figures_fails_rather_than_passes() -> None:
     broken = EvalRun.from_dict({**run().head_dict(), "summary": {"candidate": {}}})
     assert problems([broken]) == [
+        "eval: run r-new has 0 samples of v2, the gate needs 20 (more cases or samples in the "
+        "suite)",
         "eval: run r-new: its summary has no candidate pass rate",
         "eval: run r-new: its summary has no difference to v1",
         "judge: run r-new has no judge scores of v2 (its suite has no judge assertions, or "
@@ -310,3 +312,25 @@ def test_the_drift_gate_reads_the_runs_drift_verdict() -> None:
     assert "raise the suite's samples" in inconclusive
     (unmeasured,) = problems([run()], policy=DRIFT)
     assert "no drift verdict" in unmeasured
+
+
+def test_a_run_too_small_to_prove_anything_does_not_open_the_gates() -> None:
+    small = run()
+    small = EvalRun.from_dict(
+        {
+            **small.to_dict(),
+            "summary": {
+                **small.summary,
+                "candidate": {
+                    **small.summary["candidate"],
+                    "samples": 3,
+                    "judge": {"mean": 1.0, "n": 3},
+                },
+            },
+        }
+    )
+    found = problems([small])
+    assert "eval: run r-new has 3 samples of v2, the gate needs 20" in found[0]
+    assert any(
+        p.startswith("judge: run r-new has 3 judge scores of v2, the gate needs 20") for p in found
+    )
