@@ -104,13 +104,25 @@ def parse_request(
     )
 
 
+def _dumps(payload: Any) -> bytes:
+    """The body re-encoded; a body nested deeper than the encoder goes (orjson stops at 254
+    levels, where it reads up to 1024) is the caller's to fix, not a 500."""
+    try:
+        return orjson.dumps(payload)
+    except orjson.JSONEncodeError as exc:
+        raise InvalidRequest(
+            f"The request body cannot be re-encoded with the prompt ({exc}): nest it less.",
+            code="body_too_deep",
+        ) from None
+
+
 def encode_outbound(parsed: ParsedRequest, payload_changed: bool) -> tuple[bytes, bool]:
     """The body to send upstream, and whether the proxy added `include_usage` to it.
 
     Unchanged bodies go out as the client sent them, byte for byte.
     """
     payload = parsed.payload
-    body = orjson.dumps(payload) if payload_changed else parsed.body
+    body = _dumps(payload) if payload_changed else parsed.body
     if payload is None or not parsed.stream or parsed.route not in _USAGE_OPTION_ROUTES:
         return body, False
     options = payload.get("stream_options")
@@ -120,7 +132,7 @@ def encode_outbound(parsed: ParsedRequest, payload_changed: bool) -> tuple[bytes
         return _insert_first_member(body, _INCLUDE_USAGE_MEMBER), True
     if isinstance(options, dict) and options.get("include_usage") is not True:
         payload["stream_options"] = {**options, "include_usage": True}
-        return orjson.dumps(payload), True
+        return _dumps(payload), True
     return body, False
 
 
