@@ -58,6 +58,8 @@ class CaptureRecorder:
             return
         if ex.error_class is not None or not 200 <= ex.status < 300:
             return  # nothing a replay can compare with
+        if (answer.finish_reason or ex.finish_reason) is None:
+            return  # a stream that ended without saying how: maybe cut, no reference
         if len(self.pending) >= self._max:
             self.dropped += 1
             return

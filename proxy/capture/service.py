@@ -80,7 +80,10 @@ class CaptureService:
     async def _loop(self) -> None:
         while True:
             await asyncio.sleep(self._config.flush_seconds)
-            await self.flush()
+            try:
+                await self.flush()
+            except Exception:  # the next flush must still run: log it, keep going
+                _log.exception("writing captured calls failed")
 
     async def flush(self) -> int:
         """Write what the recorder holds; the number written."""

@@ -7,7 +7,7 @@ of the same index (candidate pairs), and each baseline sample with the next one 
 case (noise pairs: the baseline against itself, as a shadow rollout's stable re-runs). A
 measure drifts when candidate pairs diverge more than noise pairs by a one-sided
 Mann-Whitney U test at ``alpha`` and by more than ``margin``. Refusals, which the shadow
-measures do not count, are compared as rates by a one-sided two-proportion test.
+measures do not count, are compared as rates by a one-sided Fisher exact test.
 
 So a prompt edit that changes nothing a model would answer differently passes, and one
 that makes answers longer, refuse more, break their JSON or call other tools does not,
@@ -31,7 +31,7 @@ from proxy.shadow.compare import (
     shadow_verdict,
 )
 from proxy.shadow.models import ArmResult, ToolCall
-from proxy.stats import two_proportion_greater
+from proxy.stats import fisher_less
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +71,9 @@ def pairs(
         for i, b in enumerate(base):
             if i < len(cand):
                 candidate.append(divergence(_arm(b, 0), _arm(cand[i], 0), expect_json))
-            if len(base) > 1:
+            # Each sample with the next, the last with the first: distinct pairs from 3
+            # samples on; of 2 samples the one pair (the measures are symmetric).
+            if len(base) > 2 or (len(base) == 2 and i == 0):
                 following = base[(i + 1) % len(base)]
                 noise.append(divergence(_arm(b, 0), _arm(following, 0), expect_json))
     return noise, candidate
@@ -109,7 +111,8 @@ def _refusals(cases: Sequence[CaseResult], policy: DriftPolicy) -> dict[str, Any
     k_b, k_c = sum(s.refused for s in base), sum(s.refused for s in cand)
     base_rate = k_b / len(base) if base else None
     cand_rate = k_c / len(cand) if cand else None
-    p_value = two_proportion_greater(k_b, len(base), k_c, len(cand)) if base and cand else None
+    # Exact: refusals are rare and suites small, where a z-test calls noise significant.
+    p_value = fisher_less(k_b, len(base), k_c, len(cand)) if base and cand else None
     if len(base) < policy.min_pairs or len(cand) < policy.min_pairs:
         result = "inconclusive"
     elif (

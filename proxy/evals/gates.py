@@ -30,7 +30,7 @@ from proxy.registry.gates import GateProblem
 from proxy.registry.store import StoreUnavailable
 
 #: Runs of one version read to find the one that counts: newest first, so the fresh ones.
-RUNS_READ = 100
+RUNS_READ = 500
 #: Figures are means of rates: a limit met exactly must not fail by a rounding error.
 _EPSILON = 1e-9
 

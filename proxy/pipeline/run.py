@@ -212,11 +212,17 @@ async def handle(
             decision is not None
             and exchange.route is Route.CHAT
             and decision.arm is not Arm.EVAL
+            # A call under a tier's or tenant's override rollout counts on that override's
+            # line, which a replay does not run.
+            and exchange.key is not None
+            and exchange.key.layer is None
             and resources.capture.sampled(decision.version.key.slug)
         ):
             exchange.capture = body  # the client's request, for a replay
             if exchange.answer is None:
-                exchange.answer = Answer(resources.config.capture.max_bytes)
+                # Characters, up to 4 bytes each in UTF-8: half the budget leaves room for
+                # the request beside the answer.
+                exchange.answer = Answer(resources.config.capture.max_bytes // 2)
         upstream = await resources.upstream.open(
             request.method, wire.tail, wire.headers, wire.body, provider.base_url
         )
