@@ -61,7 +61,7 @@ async def test_export_then_import_into_a_new_registry(
         (folder / "summarize.md").write_text("---\nauthor: ops\n---\nSummarize tersely.\n")
         ok(cli(source, "prompts", "push", str(folder / "summarize.md")))
         ok(cli(source, "prompts", "promote", "summarize", "2"))
-        assert "exported 4 versions" in ok(cli(source, "registry", "export", str(backup)))
+        assert "exported 5 versions" in ok(cli(source, "registry", "export", str(backup)))
         status: Any = orjson.loads(ok(cli(source, "registry", "-o", "json", "status")))
         assert status["state"] == "ok"
 
@@ -71,7 +71,7 @@ async def test_export_then_import_into_a_new_registry(
 
     with proxy(procs_dir, sim_url, env=env) as target:
         out = ok(cli(target, "registry", "import", str(backup), "--reason", "drill"))
-        assert "restored 3 prompts (4 versions)" in out
+        assert "restored 4 prompts (5 versions)" in out
         assert "unchanged" in ok(cli(target, "registry", "import", str(backup)))
         versions: Any = orjson.loads(ok(cli(target, "prompts", "-o", "json", "show", "summarize")))
         assert [v["status"] for v in versions["data"]] == ["deprecated", "prod"]

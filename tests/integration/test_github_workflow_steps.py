@@ -333,7 +333,7 @@ def test_a_degraded_prompt_fails_the_check_and_the_comment_says_why(
     (summary,) = (job.temp / "promptproxy-base").glob("eval-*.md")
     assert summary.read_text().strip() in comment
     assert "### ❌ Eval of `support-reply` v2 against v1: did not pass" in comment
-    assert "| off-topic-question ⚠ | 0/3 | 3/3 | assert[1] judge.helpfulness v1 scored" in comment
+    assert "| off-topic-question | 0/3 | 3/3 | assert[1] judge.helpfulness v1 scored" in comment
     assert (job.temp / "step-summary.md").read_text() == comment
     # The step the test stood in for posts exactly that file.
     (posting,) = [s for s in load_workflow()["jobs"]["check"]["steps"] if s.get("id") == "comment"]
