@@ -347,8 +347,9 @@ class EvalService:
             raise _store_unavailable(exc) from None
 
     async def close(self) -> None:
-        """Cancel the runs in progress (they are not stored) and close the client. Twice is
-        once: the server calls it before its data plane closes, the services at exit."""
+        """Cancel the runs in progress (they are not stored), stop the online judge and
+        close the client. Twice is once: the server calls it before its data plane closes,
+        the services at exit."""
         self._target = None  # no run starts any more
         if self._online is not None:
             await self._online.close()
