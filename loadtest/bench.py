@@ -37,7 +37,7 @@ import aiohttp
 import orjson
 import psutil
 
-from loadtest import aggregate, peers, report, shadow_isolation, wrk
+from loadtest import aggregate, online_judging, peers, report, shadow_isolation, wrk
 from loadtest.loadgen import LoadGenerator, chat_request, summarize_ms
 from loadtest.measure import (
     SETTLE_S,
@@ -469,6 +469,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="run only the shadow isolation check (faulty shadow upstream vs shadow off)",
     )
+    parser.add_argument(
+        "--online-judging",
+        action="store_true",
+        help="run only the online judging check (10 %% of answers judged vs judging off)",
+    )
     parser.add_argument("--soak-requests", type=int, default=100_000)
     parser.add_argument("--soak-step", type=int, default=10_000, help="RSS sampled every N")
     parser.add_argument("--soak-max-seconds", type=float, default=900.0)
@@ -482,11 +487,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs")
     args = parser.parse_args(argv)
     if args.output is None:
-        args.output = RESULTS_DIR / ("soak-latest.json" if args.soak else "latest.json")
+        args.output = RESULTS_DIR / (
+            "soak-latest.json"
+            if args.soak
+            else "online-judging.json"
+            if args.online_judging
+            else "latest.json"
+        )
     if args.baseline:
         # Each compared target of this tree gets its twin at the baseline revision.
         args.targets += [old for old, new in BASELINES.items() if new in args.targets]
-    if DIRECT not in args.targets and not (args.soak or args.shadow_isolation):
+    if DIRECT not in args.targets and not (
+        args.soak or args.shadow_isolation or args.online_judging
+    ):
         parser.error("--targets must include direct: added latency is measured against it")
     wanted = [p for p in PEERS if p in args.targets]
     if args.peers:
@@ -504,7 +517,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def resolve_tools(args: argparse.Namespace) -> None:
     """Find the peers and wrk that were asked for; drop (with one line each) what is missing."""
-    if args.soak or args.shadow_isolation:
+    if args.soak or args.shadow_isolation or args.online_judging:
         return
     for name in [t for t in args.targets if t in PEERS]:
         found = peers.resolve(name, nginx=args.nginx, litellm_venv=args.litellm_venv)
@@ -533,6 +546,10 @@ def print_report(result: dict[str, Any]) -> None:
     print(f"{meta['pinning']}; {meta['clients']} clients")
     if "shadow_isolation" in result:
         print(shadow_isolation.isolation_table(result["shadow_isolation"]))
+        return
+    if "online_judging" in result:
+        print(online_judging.judging_table(result["online_judging"]) + "\n")
+        print(report.checks_table(result["checks"]))
         return
     if "cells" in result:
         counts = ", ".join(f"{k} {v}" for k, v in result["requests_per_cell"].items())
@@ -573,6 +590,10 @@ async def _run(args: argparse.Namespace, fleet: Fleet, pinning: Pinning) -> dict
         return await run_soak(args, fleet, pinning)
     if args.shadow_isolation:
         return await shadow_isolation.run_shadow_isolation(
+            args, fleet, pinning.target_cores, _cell_config(args, pinning)
+        )
+    if args.online_judging:
+        return await online_judging.run_online_judging(
             args, fleet, pinning.target_cores, _cell_config(args, pinning)
         )
     return await run_bench(args, fleet, pinning)

@@ -83,6 +83,14 @@ _CANDIDATE_TEMPLATE = (
     "and never invent titles."
 )
 _ADMIN_TOKEN = "bench-admin-token"
+# The online judge of `--online-judging`: the simulator's `sim-judge` behind the same proxy.
+_JUDGE_PROMPT = """---
+model: sim-judge
+variables:
+  - {name: rubric, type: string}
+---
+You grade an answer against this rubric: {{ rubric }}
+Reply with JSON only: {"score": <0 to 1>, "reason": "<one sentence>"}."""
 
 _MINIMAL_SCRIPT = Path(__file__).resolve().parent / "minimal_proxy.py"
 # Python import and aiohttp setup take about a second; a slow CI box gets plenty of slack.
@@ -98,6 +106,8 @@ class Running:
     proc: ManagedProcess
     #: The model the load generator must name (None: its default, ``gpt-4o-mini``).
     model: str | None = None
+    #: promptproxy's admin port (its /metrics), where known.
+    admin_port: int | None = None
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
@@ -144,10 +154,12 @@ def start_promptproxy(
     ready_timeout: float = READY_TIMEOUT_S,
     tenants: bool = False,
     anthropic: bool = False,
+    online_judging: float | None = None,
 ) -> Running:
     """``source``: a checkout to run instead of this tree (``name`` then names the target).
     ``anthropic``: ``upstream`` becomes a ``kind: anthropic`` provider serving ``claude-*``
-    (promptproxy_claude)."""
+    (promptproxy_claude). ``online_judging``: the share of the bench prompt's answers judged
+    online (``evals.online``) by ``judge.bench``, which pins the simulator's ``sim-judge``."""
     port, admin = free_ports(2)
     command = [
         sys.executable, "-m", "proxy", "serve",
@@ -157,7 +169,7 @@ def start_promptproxy(
     # Left alone, the embedded prompt registry would be created inside the repository and
     # shared by every proxy of the run; each one gets its own in the scratch directory.
     store = f"embedded:{fleet.log_dir / label}-registry.db"
-    swap = swap or rollout is not None or tenants
+    swap = swap or rollout is not None or tenants or online_judging is not None
     if anthropic and swap:
         raise ValueError("promptproxy_claude has no prompt swap-in configured")
     if anthropic:
@@ -183,11 +195,20 @@ def start_promptproxy(
         prompts = fleet.log_dir / f"{label}-prompts"
         prompts.mkdir(exist_ok=True)
         (prompts / "bench.md").write_text(_BENCH_PROMPT)
+        judging = ""
+        if online_judging is not None:
+            (prompts / "judge.bench.md").write_text(_JUDGE_PROMPT)
+            judging = (
+                "evals:\n  online:\n"
+                f"    - {{match: bench, share: {online_judging}, judge: judge.bench, "
+                "rubric: Concise and never invents titles}\n"
+            )
         config = fleet.log_dir / f"{label}.yaml"
         config.write_text(
             f"registry:\n  bootstrap_dir: {prompts}\n"
             f"shadow:\n  sink:\n    dir: {fleet.log_dir / label}-pairs\n"
             + (f"  base_url: {shadow_url}\n" if shadow_url else "")
+            + judging
         )
         command += ["--config", str(config)]
     env = _clean_env(PROMPTPROXY_STORE=store, PROMPTPROXY_ADMIN_TOKEN=_ADMIN_TOKEN)
@@ -204,7 +225,9 @@ def start_promptproxy(
         name = next((t for t, r in ROLLOUTS.items() if r == rollout), label)
         return Running(name, f"http://127.0.0.1:{port}/p/bench/v1", proc)
     if swap:
-        return Running(PROMPTPROXY_SWAP, f"http://127.0.0.1:{port}/p/bench/v1", proc)
+        return Running(
+            PROMPTPROXY_SWAP, f"http://127.0.0.1:{port}/p/bench/v1", proc, admin_port=admin
+        )
     if anthropic:
         _check_translated(port)
         return Running(PROMPTPROXY_CLAUDE, f"http://127.0.0.1:{port}/v1", proc, CLAUDE_MODEL)

@@ -274,6 +274,15 @@ class FeedbackConfig(_Section):
     #: as expiry and no count bound.
     max_local_entries: int = Field(4096, ge=1000, le=10_000_000)
 
+    @field_validator("names")
+    @classmethod
+    def _not_the_judge_score(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        # The online judge's scores reach the analysis as this outcome (analysis/judge.py,
+        # JUDGE_SCORE): a caller's feedback of that name would mix with them.
+        if "judge_score" in names:
+            raise ValueError("judge_score is reserved for the online judge's scores")
+        return names
+
 
 class AnalysisConfig(_Section):
     #: Each replica adds its per-arm counts to the pool (the shared store, or memory) this
@@ -441,6 +450,23 @@ class CaptureConfig(_Section):
         return 0.0
 
 
+#: A judge's slug: a registry prompt under the reserved `judge.` prefix.
+_JUDGE_SLUG = r"^judge\.[A-Za-z0-9._-]{1,58}$"
+
+
+class OnlineJudgeRule(_Section):
+    """A share of a slug's served answers judged off the request path (`evals.online`)."""
+
+    #: A glob (fnmatch) on the slug of the prompt a request names, variant and layer aside.
+    match: str = Field(pattern=r"^[A-Za-z0-9._*?\[\]-]{1,64}$")
+    #: The share of its served chat completions judged, 0 to 1.
+    share: float = Field(ge=0, le=1)
+    #: What the judge scores the answers against: its template's `rubric` variable.
+    rubric: str = Field(min_length=1, max_length=4000)
+    #: The judge (a `judge.NAME` prompt) at its prod version; unset: `evals.judge`.
+    judge: str | None = Field(None, pattern=_JUDGE_SLUG)
+
+
 class EvalsConfig(_Section):
     """Eval runs (`promptproxy eval`, `POST /admin/v1/prompts/{slug}/evals`): each sample
     is a call through this process's own data plane, pinned to a version."""
@@ -454,7 +480,7 @@ class EvalsConfig(_Section):
     request_timeout: float = Field(120.0, gt=0, le=3600)
     #: The judge (a `judge.NAME` prompt) of judge assertions that name none; unset: such
     #: an assertion makes its suite refused.
-    judge: str | None = Field(None, pattern=r"^judge\.[A-Za-z0-9._-]{1,58}$")
+    judge: str | None = Field(None, pattern=_JUDGE_SLUG)
     #: Drift (docs/evals.md): a measure drifts when the candidate's pairs diverge more than
     #: the baseline's own pairs with p < `drift_alpha` and by more than `drift_margin`;
     #: with fewer than `drift_min_pairs` pairs a side it is inconclusive.
@@ -466,6 +492,40 @@ class EvalsConfig(_Section):
     #: A run's samples (answers, failures) as stored, encoded; a larger run is not stored
     #: (its follower still gets it, with a warning). Lower `samples` or the cases.
     max_detail_bytes: int = Field(2 * 1024 * 1024, ge=64 * 1024, le=64 * 1024 * 1024)
+    #: Online judging (docs/evals.md): the first rule whose `match` matches a served
+    #: answer's slug decides the share judged, its rubric and its judge.
+    online: tuple[OnlineJudgeRule, ...] = Field((), max_length=256)
+    #: Answers waiting for a judge; beyond this they are dropped and counted.
+    online_queue_size: int = Field(256, ge=1, le=100_000)
+    #: Judge calls in flight at once (the online judge's own connection pool).
+    online_max_in_flight: int = Field(4, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _online_judges(self) -> EvalsConfig:
+        for i, rule in enumerate(self.online):
+            if rule.judge is None and self.judge is None:
+                raise ValueError(
+                    f"evals.online[{i}] ({rule.match}) names no judge, and evals.judge names "
+                    "no default judge"
+                )
+        return self
+
+    def online_rule(self, slug: str) -> OnlineJudgeRule | None:
+        """The rule of ``slug``'s served answers, or None: none judged."""
+        for rule in self.online:
+            if fnmatch.fnmatchcase(slug, rule.match):
+                return rule
+        return None
+
+    def online_share(self, slug: str) -> float:
+        rule = self.online_rule(slug)
+        return 0.0 if rule is None else rule.share
+
+    def online_judge(self, rule: OnlineJudgeRule) -> str:
+        """The judge of ``rule``: its own, else the default (the validator saw one)."""
+        judge = rule.judge or self.judge
+        assert judge is not None
+        return judge
 
 
 _RULE_NAME = r"^[a-z0-9_.-]{1,64}$"

@@ -43,6 +43,8 @@ TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 3
 #: Output tokens per answer: OpenTelemetry's `gen_ai.client.token.usage` buckets (x4), cut at
 #: 64k tokens, which is beyond any model's output limit today.
 ANSWER_TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536)
+#: A judge's score, 0 to 1, in steps of 0.1.
+JUDGE_SCORE_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 #: Seconds a 250 ms sleep overshoots; anything near 100 ms means requests stall.
 LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -195,6 +197,22 @@ class ProxyMetrics:
             "Captured calls (capture.slugs) by what became of them: written to the store, or "
             "dropped: queue_full (past capture.queue_size), too_large (past "
             "capture.max_bytes), store_failed (the store refused the batch).",
+            ["result"],
+            registry=registry,
+        )
+        self.judge_score = Histogram(
+            "promptproxy_judge_score",
+            "Online judging (evals.online): the judge's score (0 to 1) of sampled served "
+            "answers, by the slug, version, arm and variant that answered.",
+            PROMPT_LABELS,
+            buckets=JUDGE_SCORE_BUCKETS,
+            registry=registry,
+        )
+        self.online_judge = Counter(
+            "promptproxy_online_judge",
+            "Answers sampled for online judging by what became of them: scored, queue_full "
+            "(past evals.online_queue_size), judge_failed (the judge's call failed or gave no "
+            "score), no_judge (the judge has no prod version or pins no model).",
             ["result"],
             registry=registry,
         )

@@ -20,13 +20,14 @@ from proxy.capture.recorder import CaptureRecorder
 from proxy.capture.service import CaptureService
 from proxy.config import Settings
 from proxy.evals.gates import EvalGates
+from proxy.evals.online import OnlineJudge
 from proxy.evals.service import EvalService
 from proxy.exchange.upstream import UpstreamClient, UpstreamLimits
 from proxy.feedback import FeedbackService
 from proxy.log import APP_LOGGER
 from proxy.loop_lag import watch_loop_lag
 from proxy.metrics import ProxyMetrics
-from proxy.pipeline.capturing import CaptureSampler
+from proxy.pipeline.capturing import ShareSampler
 from proxy.pipeline.record import exchange_observers
 from proxy.pipeline.resources import PipelineResources
 from proxy.providers import Providers
@@ -91,6 +92,8 @@ class Services:
     evals: EvalService
     #: Captured calls (``capture.slugs``), written to the store; read back by replays.
     capture: CaptureService
+    #: Online judging (``evals.online``): sampled served answers scored off the path.
+    online: OnlineJudge
     #: Every part of the shared state, from `registry.store`.
     backend: Backend
 
@@ -208,6 +211,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         capture.start()
         # Written a last time once the data plane drained (the stack unwinds in reverse).
         stack.push_async_callback(capture.close)
+        # Its workers start once the data plane listens and stop when it drains (EvalService).
+        online = OnlineJudge(config.evals, lambda: holder.current, metrics, window)
         # One list for the primary and the shadow alike (pipeline/record.py).
         finished = exchange_observers(
             metrics,
@@ -215,6 +220,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             feedback.remember,
             usage.recorder if config.usage.enabled else None,
             capture.recorder if config.capture.slugs else None,
+            online.finished if config.evals.online else None,
         )
         shadow = open_shadow_runner(
             config, backend.pairs, shadow_metrics, finished, window.observe_divergence
@@ -233,6 +239,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             backend.evals,
             lambda: holder.current,
             captures=lambda slug, since, limit: capture.read(slug, since, limit=limit),
+            online=online,
         )
         # Cancelled before the data plane goes (the stack unwinds in reverse; the server
         # closes it earlier still, when it starts draining).
@@ -250,7 +257,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                 renderer=renderer,
                 shadow=shadow,
                 finished=finished,
-                capture=CaptureSampler(config.capture),
+                capture=ShareSampler(config.capture.share_of),
+                judging=ShareSampler(config.evals.online_share),
             ),
             lifecycle=Lifecycle(metrics),
             snapshot=holder,
@@ -266,6 +274,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             usage=usage,
             evals=evals,
             capture=capture,
+            online=online,
             backend=backend,
         )
 

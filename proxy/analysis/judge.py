@@ -13,7 +13,8 @@ window or any check lacks data (it holds: never a pass on too little evidence); 
 (no streams, so no time to first token) is ``skipped``.
 
 Per tier (``judge_tiers``): each tier with both arms in the window is judged on its own
-with the same checks (but feedback and shadow divergence, which are not kept per tier), and
+with the same checks (but feedback, judge scores and shadow divergence, which are not kept
+per tier), and
 a tier's ``fail`` fails the verdict even when the whole passes: a regression confined to
 the enterprise tier is caught while the average improves. A tier's ``inconclusive`` (too
 few of its requests) neither fails nor holds the whole, or a small tier would stall every
@@ -36,6 +37,10 @@ from proxy.stats import (
     mean_less,
     two_proportion_greater,
 )
+
+#: The outcome the online judge's scores are kept under in the window (as feedback is:
+#: per-arm moments, pooled by every backend); ``feedback.names`` may not take it.
+JUDGE_SCORE = "judge_score"
 
 Result = Literal["pass", "fail", "inconclusive", "skipped"]
 Verdict = Literal["pass", "fail", "inconclusive"]
@@ -194,12 +199,40 @@ def _feedback_check(
     name, limit = policy.thresholds.feedback_name, policy.thresholds.feedback_max_drop
     if name is None or limit is None:
         return None
+    return _mean_drop_check(
+        f"feedback:{name}", "feedback events", name, limit, alpha, stable, candidate, needed
+    )
+
+
+def _judge_score_check(
+    policy: AnalysisPolicy, alpha: float, stable: ArmStats, candidate: ArmStats, needed: int
+) -> Check | None:
+    """The online judge's scores (``evals.online``), by the feedback check's rule."""
+    limit = policy.thresholds.judge_max_drop
+    if limit is None:
+        return None
+    return _mean_drop_check(
+        JUDGE_SCORE, "judge scores", JUDGE_SCORE, limit, alpha, stable, candidate, needed
+    )
+
+
+def _mean_drop_check(
+    check: str,
+    what: str,
+    name: str,
+    limit: float,
+    alpha: float,
+    stable: ArmStats,
+    candidate: ArmStats,
+    needed: int,
+) -> Check:
+    """Fails when the candidate's mean of outcome ``name`` is lower than stable's by more
+    than ``limit``, and lower by a one-sided Welch test at ``alpha``."""
     a, b = stable.feedback.get(name), candidate.feedback.get(name)
     n1, n2 = (a.n if a else 0), (b.n if b else 0)
     s, c = (a.mean if a else None), (b.mean if b else None)
-    check = f"feedback:{name}"
     if a is None or b is None or n1 < needed or n2 < needed or s is None or c is None:
-        note = f"too few feedback events ({n1:.0f} stable, {n2:.0f} candidate; {needed} needed)"
+        note = f"too few {what} ({n1:.0f} stable, {n2:.0f} candidate; {needed} needed)"
         return Check(check, "inconclusive", s, c, limit, None, note)
     p = mean_less(int(a.n), a.total, a.squares, int(b.n), b.total, b.squares)
     failed = s - c > limit and p < alpha
@@ -256,6 +289,7 @@ def judge(
             t.length_finish_increase,
             t.answer_length_drift,
             t.feedback_max_drop,
+            t.judge_max_drop,
         )
     ) + int(divergence is not None and t.shadow_divergence)
     alpha = policy.alpha / max(1, enabled)
@@ -284,6 +318,7 @@ def judge(
         ),
         _answer_length_check(t.answer_length_drift, alpha, stable, candidate, needed),
         _feedback_check(policy, alpha, stable, candidate, needed),
+        _judge_score_check(policy, alpha, stable, candidate, needed),
     ]
     if divergence is not None and t.shadow_divergence:
         checks.append(_divergence_check(alpha, *divergence, needed))
@@ -334,10 +369,14 @@ def judge_tiers(
     whole = judge(split, whole_stable, whole_candidate, divergence)
     if not pairs:
         return whole
-    # Feedback is not kept per tier (the request index holds no tier), nor are shadow pairs:
-    # a check that could only be inconclusive would keep every tier from passing.
+    # Feedback and judge scores are not kept per tier (the request index holds no tier),
+    # nor are shadow pairs: a check that could only be inconclusive would keep every tier
+    # from passing.
     per_tier = replace(
-        split, thresholds=replace(split.thresholds, feedback_name=None, feedback_max_drop=None)
+        split,
+        thresholds=replace(
+            split.thresholds, feedback_name=None, feedback_max_drop=None, judge_max_drop=None
+        ),
     )
     tiers = {tier: judge(per_tier, s, c) for tier, (s, c) in pairs.items()}
     failing = any(j.verdict == "fail" for j in tiers.values())

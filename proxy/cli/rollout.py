@@ -113,6 +113,8 @@ def describe_policy(p: api.AnalysisPolicy, mode: RolloutMode = RolloutMode.CANAR
         checks.append("shadow divergence")
     if feedback := t.feedback_drop:
         checks.append(f"feedback {feedback.name} -{feedback.max_drop:g}")
+    if judge := t.judge_drop:
+        checks.append(f"judge score -{judge.max_drop:g}")
     return [
         f"  analysis    every {p.interval:g}s, {p.min_samples} samples per "
         f"arm, alpha {p.alpha:g}, {tolerance}; steps {ramp}",

@@ -13,12 +13,12 @@ so a judge version is a fixed (prompt, model) pair.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from proxy.evals.assertions import Judge
-from proxy.evals.suite import Case, Suite
+from proxy.evals.suite import Suite
 from proxy.prompt_key import InvalidPromptKey, PromptKey
 from proxy.registry.models import RegistrySnapshot
 
@@ -33,6 +33,13 @@ class JudgeRef:
     slug: str
     version: int
     model: str
+
+
+class Conversation(Protocol):
+    """What was asked: a suite's case, or a served request's messages (online judging)."""
+
+    @property
+    def messages(self) -> Sequence[Mapping[str, Any]]: ...
 
 
 def judges_for(
@@ -53,26 +60,34 @@ def judges_for(
                 names.add(name)
     found: dict[str, JudgeRef] = {}
     for name in sorted(names):
-        try:
-            key = PromptKey(name)
-        except InvalidPromptKey:
-            return f"{name!r} is not a prompt slug"
-        prod = snapshot.prod.get(key)
-        if prod is None:
-            return f"the judge {name!r} has no prod version (push and promote one first)"
-        version = snapshot.versions[key][prod]
-        if not version.model:
-            return (
-                f"the judge {name!r} v{prod} pins no model: a judge's scores are comparable "
-                "only from one model, so a judge version pins it"
-            )
-        if RUBRIC not in {v.name for v in version.variables}:
-            return f"the judge {name!r} v{prod} declares no `{RUBRIC}` variable for the rubric"
-        found[name] = JudgeRef(name, prod, version.model)
+        ref = judge_ref(name, snapshot)
+        if isinstance(ref, str):
+            return ref
+        found[name] = ref
     return found
 
 
-def judged_text(case: Case, answer: str) -> str:
+def judge_ref(name: str, snapshot: RegistrySnapshot) -> JudgeRef | str:
+    """The judge ``name`` at its prod version now, or why it cannot judge."""
+    try:
+        key = PromptKey(name)
+    except InvalidPromptKey:
+        return f"{name!r} is not a prompt slug"
+    prod = snapshot.prod.get(key)
+    if prod is None:
+        return f"the judge {name!r} has no prod version (push and promote one first)"
+    version = snapshot.versions[key][prod]
+    if not version.model:
+        return (
+            f"the judge {name!r} v{prod} pins no model: a judge's scores are comparable "
+            "only from one model, so a judge version pins it"
+        )
+    if RUBRIC not in {v.name for v in version.variables}:
+        return f"the judge {name!r} v{prod} declares no `{RUBRIC}` variable for the rubric"
+    return JudgeRef(name, prod, version.model)
+
+
+def judged_text(case: Conversation, answer: str) -> str:
     """What the judge reads: the caller's conversation, then the answer under ``Answer:``."""
     lines = [
         f"{message.get('role', 'user')}: {_content(message.get('content'))}"
@@ -81,7 +96,7 @@ def judged_text(case: Case, answer: str) -> str:
     return "Question:\n" + "\n".join(lines) + "\n\nAnswer:\n" + answer
 
 
-def judge_body(ref: JudgeRef, rubric: str, case: Case, answer: str) -> dict[str, Any]:
+def judge_body(ref: JudgeRef, rubric: str, case: Conversation, answer: str) -> dict[str, Any]:
     return {
         "model": ref.model,
         "messages": [{"role": "user", "content": judged_text(case, answer)}],

@@ -126,6 +126,45 @@ def _judge_failure(assertion: Judge, score: JudgeScore | None) -> str | None:
     )
 
 
+class EvalCaller:
+    """One eval call: a chat completion to this process's own data plane, pinned to a
+    version and marked with the eval key, so it is the ``eval`` arm (kept out of the
+    metrics, the analysis, the usage, captures and online judging). Eval runs and the
+    online judge send theirs through it."""
+
+    __slots__ = ("_session", "_target", "_timeout")
+
+    def __init__(self, session: aiohttp.ClientSession, target: Target, timeout: float) -> None:
+        self._session = session
+        self._target = target
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+
+    async def call(
+        self, slug: str, version: int, body: dict[str, Any], tenant: str | None = None
+    ) -> EvalAnswer:
+        target = self._target
+        headers = {
+            EVAL_HEADER: target.eval_key,
+            VERSION_HEADER: str(version),
+            "content-type": "application/json",
+        }
+        if tenant:
+            headers[EVAL_TENANT_HEADER] = tenant
+        url = f"{target.base_url}/p/{slug}/v1/chat/completions"
+        try:
+            async with self._session.post(
+                url, data=orjson.dumps(body), headers=headers, timeout=self._timeout
+            ) as resp:
+                status, raw = resp.status, await resp.read()
+            try:
+                decoded: Any = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                decoded = {"error": {"message": raw[:200].decode("utf-8", "replace")}}
+            return answer_from_chat_completion(status, decoded)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return EvalAnswer(0, "", None, (), f"the call failed: {type(exc).__name__}")
+
+
 class Runner:
     """One run's calls. ``on_sample`` is called after each sample (the progress)."""
 
@@ -137,11 +176,9 @@ class Runner:
         on_sample: Callable[[], None],
         timeout: float,
     ) -> None:
-        self._session = session
-        self._target = target
         self._plan = plan
         self._on_sample = on_sample
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._call = EvalCaller(session, target, timeout).call
 
     async def run(self) -> list[CaseResult]:
         plan = self._plan
@@ -206,31 +243,6 @@ class Runner:
         if isinstance(score, str):
             return JudgeScore(index, ref.slug, ref.version, None, "", score)
         return JudgeScore(index, ref.slug, ref.version, score.score, score.reason[:500])
-
-    async def _call(
-        self, slug: str, version: int, body: dict[str, Any], tenant: str | None = None
-    ) -> EvalAnswer:
-        target = self._target
-        headers = {
-            EVAL_HEADER: target.eval_key,
-            VERSION_HEADER: str(version),
-            "content-type": "application/json",
-        }
-        if tenant:
-            headers[EVAL_TENANT_HEADER] = tenant
-        url = f"{target.base_url}/p/{slug}/v1/chat/completions"
-        try:
-            async with self._session.post(
-                url, data=orjson.dumps(body), headers=headers, timeout=self._timeout
-            ) as resp:
-                status, raw = resp.status, await resp.read()
-            try:
-                decoded: Any = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                decoded = {"error": {"message": raw[:200].decode("utf-8", "replace")}}
-            return answer_from_chat_completion(status, decoded)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            return EvalAnswer(0, "", None, (), f"the call failed: {type(exc).__name__}")
 
 
 def case_models(suite: Suite, versions: Sequence[tuple[int, str | None]]) -> dict[str, str] | str:

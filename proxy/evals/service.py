@@ -25,6 +25,7 @@ from proxy.config import EvalsConfig
 from proxy.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
 from proxy.evals.drift import DriftPolicy, drift
 from proxy.evals.judge import JudgeRef, judges_for
+from proxy.evals.online import OnlineJudge
 from proxy.evals.replay import compare, replay_set
 from proxy.evals.report import (
     BASELINE,
@@ -129,8 +130,12 @@ class EvalService:
         snapshot: Callable[[], RegistrySnapshot],
         clock: Callable[[], float] = time.time,
         captures: ReadCaptures | None = None,
+        online: OnlineJudge | None = None,
     ) -> None:
+        """``online``: the online judge, whose calls go where eval calls go and stop
+        when they do."""
         self._config = config
+        self._online = online
         self._captures = captures
         self._drift = DriftPolicy(config.drift_alpha, config.drift_margin, config.drift_min_pairs)
         self._runs = runs
@@ -144,6 +149,8 @@ class EvalService:
     def listening(self, base_url: str, eval_key: str) -> None:
         """Where this process's data plane took its port (once it has): eval calls go there."""
         self._target = Target(base_url.rstrip("/"), eval_key)
+        if self._online is not None:
+            self._online.listening(self._target)
 
     async def start(self, request: EvalRequest, actor: str) -> Progress:
         plan = self._plan(request)  # what is wrong with the request first
@@ -357,9 +364,12 @@ class EvalService:
             raise _store_unavailable(exc) from None
 
     async def close(self) -> None:
-        """Cancel the runs in progress (they are not stored) and close the client. Twice is
-        once: the server calls it before its data plane closes, the services at exit."""
+        """Cancel the runs in progress (they are not stored), stop the online judge and
+        close the client. Twice is once: the server calls it before its data plane closes,
+        the services at exit."""
         self._target = None  # no run starts any more
+        if self._online is not None:
+            await self._online.close()
         await self._tasks.close()
         if self._session is not None:
             session, self._session = self._session, None

@@ -74,11 +74,14 @@ class Exchange:
     error_class: str | None = None
     #: The running rollout of the prompt key when the request was under one (for the analysis).
     rollout_id: str | None = None
-    #: The answer's text and tool calls, captured only when a shadow pair or a capture
-    #: needs them.
+    #: The answer's text and tool calls, captured only when a shadow pair, a capture or an
+    #: online judge needs them.
     answer: Answer | None = None
     #: A request sampled for capture (``capture.slugs``): the client's body as received.
     capture: bytes | None = None
+    #: A served answer sampled for online judging (``evals.online``): the client's body as
+    #: received (its messages are the judged conversation).
+    judged: bytes | None = None
     #: A primary whose shadow copy was sent: resolved with this exchange when it finishes
     #: (then cleared: the future holds the exchange, not the other way round).
     pair: asyncio.Future[Exchange] | None = None

@@ -1,24 +1,28 @@
-"""Which requests are captured for replay (``capture.slugs``): a share per slug, drawn per
-request. The share of a slug is looked up once and kept, so a request pays a dict lookup,
-and a random draw only for slugs that are captured at all."""
+"""Which requests are sampled by a share per slug: captured for replay (``capture.slugs``)
+or judged online (``evals.online``). The share of a slug is looked up once and kept, so a
+request pays a dict lookup, and a random draw only for slugs that are sampled at all."""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
 
-from proxy.config import CaptureConfig
-
 #: Slugs whose share is kept; past it the cache starts again (slugs are few, callers may
 #: name made-up ones).
 _MAX_SLUGS = 10_000
+#: The answer text an online judge reads at most (when no shadow or capture already reads
+#: it): a judge scores what it is given, and a longer one costs more to send.
+JUDGED_ANSWER_CHARS = 16_000
 
 
-class CaptureSampler:
-    __slots__ = ("_config", "_draw", "_shares")
+class ShareSampler:
+    __slots__ = ("_draw", "_share_of", "_shares")
 
-    def __init__(self, config: CaptureConfig, draw: Callable[[], float] = random.random) -> None:
-        self._config = config
+    def __init__(
+        self, share_of: Callable[[str], float], draw: Callable[[], float] = random.random
+    ) -> None:
+        """``share_of``: a slug's share, 0 to 1 (the config's rules, read once per slug)."""
+        self._share_of = share_of
         self._draw = draw
         self._shares: dict[str, float] = {}
 
@@ -27,5 +31,5 @@ class CaptureSampler:
         if share is None:
             if len(self._shares) >= _MAX_SLUGS:
                 self._shares.clear()
-            share = self._shares[slug] = self._config.share_of(slug)
+            share = self._shares[slug] = self._share_of(slug)
         return share > 0.0 and self._draw() < share

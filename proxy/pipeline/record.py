@@ -8,7 +8,9 @@
 5. access log   one JSON line: ``event: request``, or ``event: shadow``
 6. capture      a request sampled for replay (``capture.slugs``) is kept (never shadow
                 copies, nor eval calls: neither is sampled)
-7. pair half    a shadowed primary hands its half to the shadow waiting for it
+7. online judge a served answer sampled for judging (``evals.online``) is queued for the
+                judge, never awaited (never shadow copies, nor eval calls)
+8. pair half    a shadowed primary hands its half to the shadow waiting for it
 
 The primary runs it from the ``finally`` of ``run.handle``, so failed and cancelled
 requests count too; a shadow call from its runner once the call ended, however it ended.
@@ -33,8 +35,10 @@ def exchange_observers(
     remember: ExchangeObserver | None = None,
     usage: UsageRecorder | None = None,
     capture: CaptureRecorder | None = None,
+    judge: ExchangeObserver | None = None,
 ) -> Observers:
-    """``remember`` is the feedback index's (``FeedbackService.remember``)."""
+    """``remember`` is the feedback index's (``FeedbackService.remember``); ``judge`` the
+    online judge's (``evals/online.py``, a layer above: handed in like ``remember``)."""
     observers: list[ExchangeObserver | None] = [
         RecordMetrics(metrics).finished,
         None if window is None else window.finished,
@@ -42,6 +46,7 @@ def exchange_observers(
         None if usage is None else usage.finished,
         AccessLog().finished,
         None if capture is None else capture.finished,
+        judge,
         hand_over_pair_half,
     ]
     return Observers([observer for observer in observers if observer is not None])

@@ -13,7 +13,7 @@ from proxy.config import ProxyConfig
 from proxy.exchange.observers import Observers
 from proxy.exchange.upstream import UpstreamClient
 from proxy.metrics import ProxyMetrics
-from proxy.pipeline.capturing import CaptureSampler
+from proxy.pipeline.capturing import ShareSampler
 from proxy.providers import Providers
 from proxy.registry.snapshot import SnapshotHolder
 from proxy.registry.templates import PromptRenderer
@@ -33,7 +33,9 @@ class PipelineResources:
     #: Stage 6: what sees the exchange finish (``pipeline/record.py``).
     finished: Observers
     #: Which requests are captured for replay (``capture.slugs``).
-    capture: CaptureSampler
+    capture: ShareSampler
+    #: Which served answers are judged online (``evals.online``).
+    judging: ShareSampler
     #: Marks this process's eval runner's calls (``pipeline/evaluating.py``): random per
     #: process, never logged or sent upstream.
     eval_key: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)

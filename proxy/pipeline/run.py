@@ -37,6 +37,7 @@ from proxy.exchange.outcome import Arm, Exchange
 from proxy.http_headers import REQUEST_ID_HEADER, client_response_headers
 from proxy.models import ParsedRequest, Route
 from proxy.pipeline.arms import decide, noise_copy, shadow_copy
+from proxy.pipeline.capturing import JUDGED_ANSWER_CHARS
 from proxy.pipeline.choose import Decision
 from proxy.pipeline.evaluating import check_eval_pin, eval_tenant, is_eval_call
 from proxy.pipeline.model_list import lists_models, messages_model, model_in_path, model_list
@@ -208,21 +209,21 @@ async def handle(
                     # that records usage as the answer is relayed.
                     exchange.pair = half
                     exchange.answer = Answer(resources.config.shadow.sink.max_output_chars)
-        if (
-            decision is not None
-            and exchange.route is Route.CHAT
-            and decision.arm is not Arm.EVAL
+        if decision is not None and exchange.route is Route.CHAT and decision.arm is not Arm.EVAL:
+            slug = decision.version.key.slug
             # A call under a tier's or tenant's override rollout counts on that override's
             # line, which a replay does not run.
-            and exchange.key is not None
-            and exchange.key.layer is None
-            and resources.capture.sampled(decision.version.key.slug)
-        ):
-            exchange.capture = body  # the client's request, for a replay
-            if exchange.answer is None:
-                # Characters, up to 4 bytes each in UTF-8: half the budget leaves room for
-                # the request beside the answer.
-                exchange.answer = Answer(resources.config.capture.max_bytes // 2)
+            base_line = exchange.key is not None and exchange.key.layer is None
+            if base_line and resources.capture.sampled(slug):
+                exchange.capture = body  # the client's request, for a replay
+                if exchange.answer is None:
+                    # Characters, up to 4 bytes each in UTF-8: half the budget leaves room
+                    # for the request beside the answer.
+                    exchange.answer = Answer(resources.config.capture.max_bytes // 2)
+            if resources.judging.sampled(slug):
+                exchange.judged = body  # its messages are what the judge reads
+                if exchange.answer is None:
+                    exchange.answer = Answer(JUDGED_ANSWER_CHARS)
         upstream = await resources.upstream.open(
             request.method, wire.tail, wire.headers, wire.body, provider.base_url
         )

@@ -21,6 +21,7 @@ from proxy.registry.percent import BASIS_POINTS, to_basis_points
 _ROOT = "analysis"
 _THRESHOLDS = f"{_ROOT}.thresholds"
 _FEEDBACK = f"{_THRESHOLDS}.feedback_drop"
+_JUDGE = f"{_THRESHOLDS}.judge_drop"
 #: Pool slots are one second long and live two intervals: an hour keeps that small.
 MAX_INTERVAL = 3_600.0
 MAX_ALPHA = 0.5
@@ -56,6 +57,9 @@ class Thresholds:
     #: of its mean, stable minus canary. Both set or both None.
     feedback_name: str | None = None
     feedback_max_drop: float | None = None
+    #: The largest tolerated drop of the online judge's mean score (``judge_drop``,
+    #: ``evals.online``), stable minus canary; None: no judge check.
+    judge_max_drop: float | None = None
 
     def __post_init__(self) -> None:
         _check_share(self.error_rate_increase, f"{_THRESHOLDS}.error_rate_increase")
@@ -83,6 +87,12 @@ class Thresholds:
             raise PolicyError(
                 f"feedback_drop.max_drop must be a number of at least 0, got {drop}",
                 f"{_FEEDBACK}.max_drop",
+            )
+        judge = self.judge_max_drop
+        if judge is not None and not (math.isfinite(judge) and 0 <= judge <= 1):
+            raise PolicyError(
+                f"judge_drop.max_drop must be a number from 0 to 1 (scores are), got {judge}",
+                f"{_JUDGE}.max_drop",
             )
 
     @classmethod
@@ -114,6 +124,12 @@ class Thresholds:
                 )
             values["feedback_name"] = name
             values["feedback_max_drop"] = _number(drop["max_drop"], f"{_FEEDBACK}.max_drop")
+        judge = fields.get("judge_drop")
+        if judge is not None:
+            drop = _object(judge, _JUDGE, frozenset({"max_drop"}))
+            if "max_drop" not in drop:
+                raise PolicyError("judge_drop needs 'max_drop'", f"{_JUDGE}.max_drop")
+            values["judge_max_drop"] = _number(drop["max_drop"], f"{_JUDGE}.max_drop")
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -130,6 +146,9 @@ class Thresholds:
             "answer_length_drift": self.answer_length_drift,
             "shadow_divergence": self.shadow_divergence,
             "feedback_drop": feedback,
+            "judge_drop": (
+                None if self.judge_max_drop is None else {"max_drop": self.judge_max_drop}
+            ),
         }
 
 
@@ -140,7 +159,9 @@ _NUMBER_THRESHOLDS = (
     "length_finish_increase",
     "answer_length_drift",
 )
-_THRESHOLD_KEYS = frozenset({*_NUMBER_THRESHOLDS, "shadow_divergence", "feedback_drop"})
+_THRESHOLD_KEYS = frozenset(
+    {*_NUMBER_THRESHOLDS, "shadow_divergence", "feedback_drop", "judge_drop"}
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -541,6 +541,10 @@ class FeedbackDrop(Body):
     max_drop: float = Field(ge=0)
 
 
+class JudgeDrop(Body):
+    max_drop: float = Field(ge=0, le=1)
+
+
 class AnalysisThresholds(Body):
     """Limits of the checks; null turns a check off."""
 
@@ -565,6 +569,11 @@ class AnalysisThresholds(Body):
     feedback_drop: FeedbackDrop | None = Field(
         None,
         description="Largest tolerated drop of a feedback score's mean, stable minus canary",
+    )
+    judge_drop: JudgeDrop | None = Field(
+        None,
+        description="Largest tolerated drop of the online judge's mean score (evals.online), "
+        "stable minus canary",
     )
 
 

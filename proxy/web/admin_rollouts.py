@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from proxy.config import EvalsConfig
 from proxy.errors import InvalidRequest, NotFound
 from proxy.prompt_key import PromptKey
 from proxy.registry.analysis_policy import AnalysisPolicy, PolicyError
@@ -79,10 +80,35 @@ def _check_feedback(policy: AnalysisPolicy | None, mode: RolloutMode, names: Any
         )
 
 
+def _check_judge(
+    policy: AnalysisPolicy | None, mode: RolloutMode, key: PromptKey, evals: EvalsConfig
+) -> None:
+    """A judge check that can never get scores would hold the rollout forever: refuse it.
+    Only served answers are judged online, and only of slugs ``evals.online`` samples."""
+    if policy is None or policy.thresholds.judge_max_drop is None:
+        return
+    param = "analysis.thresholds.judge_drop"
+    if mode is RolloutMode.SHADOW:
+        raise InvalidRequest(
+            "A shadow rollout serves nobody the candidate, so the online judge never scores "
+            "its answers: drop judge_drop or use a canary.",
+            param=param,
+            code="invalid_analysis",
+        )
+    if evals.online_share(key.slug) <= 0:
+        raise InvalidRequest(
+            f"No share of '{key.slug}' is judged online (evals.online), so judge_drop would "
+            "never get scores: add a rule for it or drop judge_drop.",
+            param=param,
+            code="invalid_analysis",
+        )
+
+
 async def put_rollout(call: Call[SlugPath, WaitQuery, api.RolloutIn]) -> Reply[api.RolloutChanged]:
     key, body, services = call.path.key, call.body, call.services
     policy = _policy(body.analysis)
     _check_feedback(policy, body.mode, services.settings.config.feedback.names)
+    _check_judge(policy, body.mode, key, services.settings.config.evals)
     wait = admin_wait.start(call.query.wait)
     change = await services.registry.set_rollout(
         key,

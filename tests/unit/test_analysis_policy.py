@@ -23,6 +23,7 @@ DEFAULT_JSON = {
         "answer_length_drift": 0.3,
         "shadow_divergence": True,
         "feedback_drop": None,
+        "judge_drop": None,
     },
 }
 
