@@ -478,6 +478,9 @@ class EvalsConfig(_Section):
     max_running: int = Field(2, ge=1, le=32)
     #: One sample's call, first byte to last.
     request_timeout: float = Field(120.0, gt=0, le=3600)
+    #: The environment variable holding the key eval calls (runs, judges, replays) send as
+    #: a caller's, for providers that take the caller's key (no `api_key_env` of their own).
+    api_key_env: EnvName = None
     #: The judge (a `judge.NAME` prompt) of judge assertions that name none; unset: such
     #: an assertion makes its suite refused.
     judge: str | None = Field(None, pattern=_JUDGE_SLUG)
@@ -929,6 +932,8 @@ class Settings:
     admin_tokens: tuple[TokenGrant, ...] = ()
     #: Each listed provider's key from its `api_key_env` (providers without one are absent).
     provider_keys: Mapping[str, str] = field(default_factory=dict)
+    #: The key eval calls send as a caller's (`evals.api_key_env`).
+    eval_api_key: str | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:  # never print a secret
         key = "set" if self.upstream_api_key else "unset"
@@ -1041,6 +1046,14 @@ def load_config(
             )
         else:
             provider_keys[provider.name] = key
+    eval_key: str | None = None
+    if config.evals.api_key_env is not None:
+        eval_key = env.get(config.evals.api_key_env) or None
+        if eval_key is None:
+            problems.append(
+                f"evals.api_key_env: environment variable {config.evals.api_key_env} is not "
+                "set or empty"
+            )
     tokens: list[TokenGrant] = []
     for index, spec in enumerate(config.admin.tokens):
         value = env.get(spec.env)
@@ -1059,4 +1072,5 @@ def load_config(
         upstream_api_key=api_key,
         admin_tokens=tuple(tokens),
         provider_keys=provider_keys,
+        eval_api_key=eval_key,
     )

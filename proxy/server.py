@@ -116,7 +116,11 @@ async def serve(settings: Settings, stop: asyncio.Event, log_sink: LineSink | No
             server=config.server,
             metrics=services.metrics,
         )
-        services.evals.listening(loopback_url(data_runner.addresses), services.pipeline.eval_key)
+        services.evals.listening(
+            loopback_url(data_runner.addresses),
+            services.pipeline.eval_key,
+            settings.eval_api_key,
+        )
         try:
             admin_name = await _start_site(
                 admin_runner,

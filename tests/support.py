@@ -73,7 +73,9 @@ async def proxy_clients(
         data = TestClient(TestServer(build_data_app(services), handler_cancellation=True))
         admin = TestClient(TestServer(build_admin_app(services)))
         async with data, admin:
-            services.evals.listening(str(data.make_url("")), services.pipeline.eval_key)
+            services.evals.listening(
+                str(data.make_url("")), services.pipeline.eval_key, services.settings.eval_api_key
+            )
             yield data, admin, services
 
 

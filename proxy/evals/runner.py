@@ -41,10 +41,13 @@ MAX_TEXT_CHARS = 2000
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """Where this process's data plane listens, and its eval key."""
+    """Where this process's data plane listens, its eval key, and the key an eval call
+    sends as a caller would (``evals.api_key_env``): where providers take the caller's
+    key, an eval call needs one too."""
 
     base_url: str
-    eval_key: str
+    eval_key: str = field(repr=False)
+    api_key: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +153,8 @@ class EvalCaller:
         }
         if tenant:
             headers[EVAL_TENANT_HEADER] = tenant
+        if target.api_key:
+            headers["authorization"] = f"Bearer {target.api_key}"
         url = f"{target.base_url}/p/{slug}/v1/chat/completions"
         try:
             async with self._session.post(

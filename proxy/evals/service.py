@@ -146,9 +146,10 @@ class EvalService:
         self._target: Target | None = None
         self._session: aiohttp.ClientSession | None = None
 
-    def listening(self, base_url: str, eval_key: str) -> None:
-        """Where this process's data plane took its port (once it has): eval calls go there."""
-        self._target = Target(base_url.rstrip("/"), eval_key)
+    def listening(self, base_url: str, eval_key: str, api_key: str | None = None) -> None:
+        """Where this process's data plane took its port (once it has): eval calls go there,
+        with ``api_key`` as a caller's key when there is one (``evals.api_key_env``)."""
+        self._target = Target(base_url.rstrip("/"), eval_key, api_key)
         if self._online is not None:
             self._online.listening(self._target)
 

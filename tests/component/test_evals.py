@@ -5,6 +5,7 @@ run is stored and read back, and stays out of the metrics and the tenant's usage
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -265,3 +266,30 @@ async def test_a_run_goes_on_when_its_follower_leaves(clients: Clients) -> None:
         await asyncio.sleep(0.05)
     (stored,) = await services.evals.history(key)
     assert stored.id == started["id"]
+
+
+async def test_eval_calls_carry_a_callers_key_where_providers_take_the_callers(
+    tmp_path: Path,
+) -> None:
+    # The provider wants a key and the proxy forwards each caller's: an eval call is a
+    # caller too, with the key evals.api_key_env names.
+    sim, port = await start_simulator("127.0.0.1", 0, SimulatorSettings(api_key="sk-sim-eval-1"))
+    try:
+        for environ, status in (({"EVAL_KEY": "sk-sim-eval-1"}, 200), ({}, 401)):
+            settings = admin_settings(
+                tmp_path / str(status), **{"upstream.base_url": f"http://127.0.0.1:{port}/v1"}
+            )
+            # What load_config reads from evals.api_key_env (tests/unit/test_config.py).
+            settings = dataclasses.replace(settings, eval_api_key=environ.get("EVAL_KEY"))
+            async with proxy_clients(settings) as trio:
+                await _seed(trio, SUPPORT_V1)
+                body = {"suite": {**SUITE, "samples": 1}, "candidate": 1, "baseline": None}
+                *_, finished = await _run(trio[1], body)
+                statuses = {
+                    sample["status"]
+                    for case in finished["run"]["detail"]["cases"]
+                    for sample in case["sides"]["candidate"]
+                }
+                assert statuses == {status}
+    finally:
+        await sim.cleanup()

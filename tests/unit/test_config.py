@@ -97,3 +97,13 @@ def test_a_redis_pair_sink_needs_a_redis_store() -> None:
         overrides={"shadow.sink": {"kind": "redis"}, "registry.store": "redis://127.0.0.1:1/0"},
     )
     assert settings.config.shadow.sink.kind == "redis"
+
+
+def test_the_eval_calls_key_is_read_from_the_variable_named() -> None:
+    settings = load_config(
+        None, environ={"EVAL_KEY": "sk-eval"}, overrides={"evals.api_key_env": "EVAL_KEY"}
+    )
+    assert settings.eval_api_key == "sk-eval"
+    assert "sk-eval" not in repr(settings)
+    with pytest.raises(ConfigError, match=r"evals\.api_key_env: environment variable EVAL_KEY"):
+        load_config(None, environ={}, overrides={"evals.api_key_env": "EVAL_KEY"})
