@@ -18,12 +18,9 @@ past ``keep_per_slug``.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
@@ -40,7 +37,7 @@ from proxy.capture.records import (
     encode_batch,
     expired_before,
 )
-from proxy.registry.embedded_schema import enable_wal
+from proxy.registry.sqlite_worker import SqliteWorker
 
 T = TypeVar("T")
 
@@ -79,65 +76,21 @@ class SqliteCaptureStore:
         """Cheap: the file is opened (and created) by the first call, on the worker.
         ``clock`` is what retention by age reads (tests pass their own)."""
         check_store_options(keep_per_slug, keep_hours, max_bytes)
-        self._path = path
         self._keep_per_slug = keep_per_slug
         self._keep_hours = keep_hours
         self._max_bytes = max_bytes
-        self._busy_timeout = busy_timeout
         self._clock = clock
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="captures-sqlite")
-        self._conn: sqlite3.Connection | None = None  # touched only on the worker thread
-        self._closed = False
-
-    # -- on the worker thread -------------------------------------------------------------
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            # isolation_level=None: writes issue BEGIN IMMEDIATE themselves.
-            conn = sqlite3.connect(self._path, timeout=self._busy_timeout, isolation_level=None)
-            try:
-                enable_wal(conn, self._busy_timeout)
-                for statement in _SCHEMA:
-                    conn.execute(statement)
-            except BaseException:
-                conn.close()
-                raise
-            self._conn = conn
-        return self._conn
-
-    def _on_worker(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        try:
-            return fn(self._connection())
-        except (sqlite3.IntegrityError, sqlite3.ProgrammingError):
-            raise  # a bug in this module, not an unavailable store
-        except (sqlite3.Error, OSError) as exc:
-            self._drop()  # a new connection on the next call
-            raise CapturesUnavailable(f"captures database {self._path}: {exc}") from exc
-
-    def _drop(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(sqlite3.Error):
-                conn.close()
-
-    # -- on the event loop ----------------------------------------------------------------
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise CapturesUnavailable(f"{self._path}: the captures store is closed")
-
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        self._check_open()
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._on_worker, fn)
+        self._worker = SqliteWorker(
+            path, _SCHEMA, CapturesUnavailable, what="captures", busy_timeout=busy_timeout
+        )
 
     def _oldest_kept(self) -> float:
         return expired_before(self._clock(), self._keep_hours)
 
     async def add(self, captures: Sequence[Capture]) -> None:
         encoded = encode_batch(captures, max_bytes=self._max_bytes)
-        self._check_open()
+        # A closed store refuses before the batch is checked further.
+        self._worker.check_open()
         if not encoded:
             return
         oldest = self._oldest_kept()
@@ -161,7 +114,7 @@ class SqliteCaptureStore:
                     conn.execute("ROLLBACK")
                 raise
 
-        await self._run(write)
+        await self._worker.run(write)
 
     async def read(
         self, slug: str, *, since: float, until: float | None = None, limit: int = 1000
@@ -177,7 +130,7 @@ class SqliteCaptureStore:
         def read(conn: sqlite3.Connection) -> list[bytes]:
             return [data for (data,) in conn.execute(_READ, params)]
 
-        return [decode(data) for data in await self._run(read)]
+        return [decode(data) for data in await self._worker.run(read)]
 
     async def count(self, slug: str, *, since: float) -> int:
         check_read(since, None, 1)
@@ -187,13 +140,8 @@ class SqliteCaptureStore:
             (found,) = conn.execute(_COUNT, params).fetchone()
             return int(found)
 
-        return await self._run(count)
+        return await self._worker.run(count)
 
     async def close(self) -> None:
-        """Close the connection on the worker, after every call already queued. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        closed = self._executor.submit(self._drop)
-        self._executor.shutdown(wait=False)
-        await asyncio.shield(asyncio.wrap_future(closed))
+        """Close the file after every call already queued. Idempotent."""
+        await self._worker.close()

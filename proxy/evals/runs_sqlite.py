@@ -15,11 +15,7 @@ runs past ``keep_runs``.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import sqlite3
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
@@ -34,7 +30,7 @@ from proxy.evals.runs import (
     decode_run,
     encode_run,
 )
-from proxy.registry.embedded_schema import enable_wal
+from proxy.registry.sqlite_worker import SqliteWorker
 
 T = TypeVar("T")
 
@@ -72,53 +68,11 @@ class SqliteEvalRunStore:
     ) -> None:
         """Cheap: the file is opened (and created) by the first call, on the worker."""
         check_store_options(keep_runs, max_detail_bytes)
-        self._path = path
         self._keep_runs = keep_runs
         self._max_detail_bytes = max_detail_bytes
-        self._busy_timeout = busy_timeout
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evals-sqlite")
-        self._conn: sqlite3.Connection | None = None  # touched only on the worker thread
-        self._closed = False
-
-    # -- on the worker thread -------------------------------------------------------------
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            # isolation_level=None: writes issue BEGIN IMMEDIATE themselves.
-            conn = sqlite3.connect(self._path, timeout=self._busy_timeout, isolation_level=None)
-            try:
-                enable_wal(conn, self._busy_timeout)
-                for statement in _SCHEMA:
-                    conn.execute(statement)
-            except BaseException:
-                conn.close()
-                raise
-            self._conn = conn
-        return self._conn
-
-    def _on_worker(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        try:
-            return fn(self._connection())
-        except (sqlite3.IntegrityError, sqlite3.ProgrammingError):
-            raise  # a bug in this module, not an unavailable store
-        except (sqlite3.Error, OSError) as exc:
-            self._drop()  # a new connection on the next call
-            raise EvalRunsUnavailable(f"eval runs database {self._path}: {exc}") from exc
-
-    def _drop(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(sqlite3.Error):
-                conn.close()
-
-    # -- on the event loop ----------------------------------------------------------------
-
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._closed:
-            raise EvalRunsUnavailable(f"{self._path}: the eval runs store is closed")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._on_worker, fn)
+        self._worker = SqliteWorker(
+            path, _SCHEMA, EvalRunsUnavailable, what="eval runs", busy_timeout=busy_timeout
+        )
 
     async def add(self, run: EvalRun) -> None:
         encoded = encode_run(run, max_detail_bytes=self._max_detail_bytes)
@@ -136,7 +90,7 @@ class SqliteEvalRunStore:
                     conn.execute("ROLLBACK")
                 raise
 
-        await self._run(write)
+        await self._worker.run(write)
 
     async def get(self, run_id: str) -> EvalRun | None:
         def read(conn: sqlite3.Connection) -> tuple[bytes, bytes] | None:
@@ -145,7 +99,7 @@ class SqliteEvalRunStore:
             ).fetchone()
             return None if found is None else (found[0], found[1])
 
-        found = await self._run(read)
+        found = await self._worker.run(read)
         return None if found is None else decode_run(*found)
 
     async def list(self, slug: str, *, candidate: int | None = None, limit: int = 50) -> RunList:
@@ -160,13 +114,8 @@ class SqliteEvalRunStore:
         def read(conn: sqlite3.Connection) -> list[bytes]:
             return [head for (head,) in conn.execute(query, params)]
 
-        return [decode_run(head) for head in await self._run(read)]
+        return [decode_run(head) for head in await self._worker.run(read)]
 
     async def close(self) -> None:
-        """Close the connection on the worker, after every call already queued. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        closed = self._executor.submit(self._drop)
-        self._executor.shutdown(wait=False)
-        await asyncio.shield(asyncio.wrap_future(closed))
+        """Close the file after every call already queued. Idempotent."""
+        await self._worker.close()
