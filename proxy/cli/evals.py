@@ -10,8 +10,9 @@ criteria, 3 when it ran and did not pass, 1 on an error (2: bad command line).
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -20,8 +21,46 @@ from proxy.cli.context import Context, pass_ctx, plain
 from proxy.cli.output import fail, table, when
 from proxy.evals.suite import SuiteError, find_suite, load_suite_file
 
+F = TypeVar("F", bound=Callable[..., Any])
 #: The exit status of a run that finished and did not pass.
 NOT_PASSED = 3
+
+
+def _run_options(command: F) -> F:
+    """The options `eval` and `replay` share."""
+    command = click.option(
+        "--markdown",
+        "markdown_path",
+        type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+        help="Also write a Markdown summary here (- for stdout), e.g. for a pull request.",
+    )(command)
+    return click.option("--concurrency", type=click.IntRange(1, 256), help="Calls in flight.")(
+        command
+    )
+
+
+def _check_markdown(ctx: Context, markdown_path: Path | None) -> None:
+    if markdown_path is not None and str(markdown_path) == "-" and ctx.output == "json":
+        raise click.UsageError("-o json prints the run on stdout: write the Markdown to a file")
+
+
+def _finish(
+    ctx: Context,
+    run: dict[str, Any],
+    human: Callable[[dict[str, Any]], str],
+    markdown: Callable[[dict[str, Any]], str],
+    markdown_path: Path | None,
+) -> None:
+    """Print the run, write its Markdown, exit 3 when it did not pass."""
+    ctx.emit(run, human)
+    if markdown_path is not None:
+        text = markdown(run)
+        if str(markdown_path) == "-":
+            click.echo(text)
+        else:
+            markdown_path.write_text(text, encoding="utf-8")
+    if not run["passed"]:
+        sys.exit(NOT_PASSED)
 
 
 def _baseline(value: str) -> int | str | None:
@@ -70,13 +109,7 @@ def _baseline(value: str) -> int | str | None:
     show_default=True,
     help="Largest drop of the pass rate against the baseline that still passes.",
 )
-@click.option("--concurrency", type=click.IntRange(1, 256), help="Calls in flight.")
-@click.option(
-    "--markdown",
-    "markdown_path",
-    type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
-    help="Also write a Markdown summary here (- for stdout), e.g. for a pull request comment.",
-)
+@_run_options
 @pass_ctx
 def eval_command(
     ctx: Context,
@@ -122,18 +155,9 @@ def eval_command(
         body["tenant"] = tenant
     if concurrency is not None:
         body["concurrency"] = concurrency
-    if markdown_path is not None and str(markdown_path) == "-" and ctx.output == "json":
-        raise click.UsageError("-o json prints the run on stdout: write the Markdown to a file")
+    _check_markdown(ctx, markdown_path)
     run = _follow(ctx, key, body, str(path))
-    ctx.emit(run, human_report)
-    if markdown_path is not None:
-        text = markdown_report(run)
-        if str(markdown_path) == "-":
-            click.echo(text)
-        else:
-            markdown_path.write_text(text, encoding="utf-8")
-    if not run["passed"]:
-        sys.exit(NOT_PASSED)
+    _finish(ctx, run, human_report, markdown_report, markdown_path)
 
 
 def _follow(
@@ -366,13 +390,7 @@ def markdown_report(run: dict[str, Any]) -> str:
 @click.option("--since", default="1h", show_default=True, help="Captured since: 10m, 2h, 1d...")
 @click.option("--limit", type=click.IntRange(1, 5000), default=200, show_default=True)
 @click.option("--variant", help="The model variant's version line (SLUG@VARIANT).")
-@click.option("--concurrency", type=click.IntRange(1, 256), help="Calls in flight.")
-@click.option(
-    "--markdown",
-    "markdown_path",
-    type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
-    help="Also write a Markdown summary here (- for stdout).",
-)
+@_run_options
 @pass_ctx
 def replay_command(
     ctx: Context,
@@ -395,8 +413,7 @@ def replay_command(
         key = key_of(slug, variant=variant)
     except AdminError as exc:
         fail(exc)
-    if markdown_path is not None and str(markdown_path) == "-" and ctx.output == "json":
-        raise click.UsageError("-o json prints the run on stdout: write the Markdown to a file")
+    _check_markdown(ctx, markdown_path)
     base = _baseline(baseline)
     if base is None:
         raise click.BadParameter("a version number or prod", param_hint="--baseline")
@@ -409,15 +426,7 @@ def replay_command(
     if concurrency is not None:
         body["concurrency"] = concurrency
     run = _follow(ctx, key, body, f"replay of {slug}", what="replays")
-    ctx.emit(run, replay_report)
-    if markdown_path is not None:
-        text = replay_markdown(run)
-        if str(markdown_path) == "-":
-            click.echo(text)
-        else:
-            markdown_path.write_text(text, encoding="utf-8")
-    if not run["passed"]:
-        sys.exit(NOT_PASSED)
+    _finish(ctx, run, replay_report, replay_markdown, markdown_path)
 
 
 def _num(value: float | None) -> str:
