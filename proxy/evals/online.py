@@ -84,6 +84,8 @@ class OnlineJudge:
         self._scored = result("scored")
         self._failed = result("judge_failed")
         self._no_judge = result("no_judge")
+        self._not_judgeable = result("not_judgeable")
+        self._shutdown = result("shutdown")
 
     @property
     def pending(self) -> int:
@@ -97,6 +99,11 @@ class OnlineJudge:
             return
         if ex.error_class is not None or not 200 <= ex.status < 300:
             return  # no answer to judge
+        if answer.truncated or not answer.text:
+            # Cut at the capture budget, or tool calls only: a judge would score something
+            # the caller did not get.
+            self._not_judgeable.inc()
+            return
         try:
             self._queue.put_nowait(Judged(key, version, ex.arm, ex.rollout_id, body, answer.text))
         except asyncio.QueueFull:
@@ -117,6 +124,9 @@ class OnlineJudge:
     async def close(self) -> None:
         """Stop the workers (answers still queued are not judged) and close the client.
         Twice is once: called when the server starts draining, and at exit."""
+        left = self._queue.qsize()
+        if left and self._tasks:
+            self._shutdown.inc(left)  # lost, and said so
         await self._tasks.close()
         self._caller = None
         if self._session is not None:

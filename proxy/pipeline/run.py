@@ -220,7 +220,7 @@ async def handle(
                     # Characters, up to 4 bytes each in UTF-8: half the budget leaves room
                     # for the request beside the answer.
                     exchange.answer = Answer(resources.config.capture.max_bytes // 2)
-            if resources.judging.sampled(slug):
+            if len(body) <= _JUDGED_BODY_BYTES and resources.judging.sampled(slug):
                 exchange.judged = body  # its messages are what the judge reads
                 if exchange.answer is None:
                     exchange.answer = Answer(JUDGED_ANSWER_CHARS)
@@ -258,6 +258,9 @@ async def handle(
         settle(exchange)
         resources.finished.finished(exchange)  # 6
 
+
+#: Larger bodies are not judged online: the queue holds each until its judge is done.
+_JUDGED_BODY_BYTES = 256 * 1024
 
 #: What stages 3 to 5 set on the exchange: put back when the fallback fails too.
 _DECIDED = ("version", "arm", "layers", "prompt_hash", "model_sent", "provider", "key")

@@ -138,7 +138,7 @@ class Thresholds:
             if self.feedback_name is None
             else {"name": self.feedback_name, "max_drop": self.feedback_max_drop}
         )
-        return {
+        found: dict[str, Any] = {
             "error_rate_increase": self.error_rate_increase,
             "p95_latency_ratio": self.p95_latency_ratio,
             "p95_ttft_ratio": self.p95_ttft_ratio,
@@ -146,10 +146,12 @@ class Thresholds:
             "answer_length_drift": self.answer_length_drift,
             "shadow_divergence": self.shadow_divergence,
             "feedback_drop": feedback,
-            "judge_drop": (
-                None if self.judge_max_drop is None else {"max_drop": self.judge_max_drop}
-            ),
         }
+        if self.judge_max_drop is not None:
+            # Written only when set: a replica of the release before refuses the key, and
+            # must keep reading every stored policy that does not use the check.
+            found["judge_drop"] = {"max_drop": self.judge_max_drop}
+        return found
 
 
 _NUMBER_THRESHOLDS = (

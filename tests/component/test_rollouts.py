@@ -339,7 +339,6 @@ POLICY_OUT = {
         "answer_length_drift": 0.3,
         "shadow_divergence": True,
         "feedback_drop": {"name": "thumbs_up", "max_drop": 0.1},
-        "judge_drop": None,
     },
 }
 

@@ -23,7 +23,6 @@ DEFAULT_JSON = {
         "answer_length_drift": 0.3,
         "shadow_divergence": True,
         "feedback_drop": None,
-        "judge_drop": None,
     },
 }
 
@@ -220,3 +219,12 @@ def test_a_stored_last_step_of_100_percent_is_dropped_so_old_rollouts_still_load
     assert AnalysisPolicy.from_stored({"steps": [100]}).steps == ()
     with pytest.raises(PolicyError):
         AnalysisPolicy.from_dict(stored)
+
+
+def test_a_policy_without_the_judge_check_is_stored_as_before_it_existed() -> None:
+    # A replica of the release before refuses an unknown key in a stored policy, and would
+    # stop following the registry: the key is written only when the check is used.
+    stored = AnalysisPolicy.from_dict({"interval": 60}).to_dict()
+    assert "judge_drop" not in stored["thresholds"]
+    judged = AnalysisPolicy.from_dict({"thresholds": {"judge_drop": {"max_drop": 0.1}}})
+    assert judged.to_dict()["thresholds"]["judge_drop"] == {"max_drop": 0.1}
