@@ -234,11 +234,18 @@ def _judge_difference_line(summary: dict[str, Any]) -> str | None:
     if diff is None:
         return None
     significant = " (a significant drop)" if diff.get("significant_drop") else ""
-    low, high = diff["interval"]
     return (
-        f"judge score difference: {diff['value']:+.2f} (95% CI {low:+.2f} to {high:+.2f}, "
-        f"over {diff['cases']} cases){significant}"
+        f"judge score difference: {diff['value']:+.2f} "
+        f"({_ci(diff, lambda v: f'{v:+.2f}')}, over {diff['cases']} cases){significant}"
     )
+
+
+def _ci(diff: dict[str, Any], show: Callable[[float], str]) -> str:
+    """A difference's interval, or why there is none."""
+    if diff.get("too_few_cases"):
+        return "no interval: fewer than 5 cases"
+    low, high = diff["interval"]
+    return f"95% CI {show(low)} to {show(high)}"
 
 
 def _first_failures(run: dict[str, Any], side: str = "candidate") -> dict[str, str]:
@@ -298,8 +305,8 @@ def human_report(run: dict[str, Any]) -> str:
         diff = summary["difference"]
         significant = " (a significant drop)" if diff.get("significant_drop") else ""
         lines.append(
-            f"difference: {_pp(diff['value'])} (95% CI {_pp(diff['interval'][0])} to "
-            f"{_pp(diff['interval'][1])}, over {diff['cases']} cases){significant}"
+            f"difference: {_pp(diff['value'])} ({_ci(diff, _pp)}, over {diff['cases']} "
+            f"cases){significant}"
         )
         judged = _judge_difference_line(summary)
         if judged is not None:
@@ -349,8 +356,7 @@ def markdown_report(run: dict[str, Any]) -> str:
         diff = summary["difference"]
         out += [
             "",
-            f"Difference {_pp(diff['value'])} (95% CI {_pp(diff['interval'][0])} to "
-            f"{_pp(diff['interval'][1])}, mean over {diff['cases']} cases).",
+            f"Difference {_pp(diff['value'])} ({_ci(diff, _pp)}, mean over {diff['cases']} cases).",
         ]
         for extra in (_judge_difference_line(summary), _drift_line(summary)):
             if extra is not None:
