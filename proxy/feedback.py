@@ -32,7 +32,7 @@ import orjson
 from proxy.analysis.window import SERVED_ARMS, WindowRecorder
 from proxy.config import FeedbackConfig
 from proxy.errors import InvalidRequest, NotFound, ServiceUnavailable
-from proxy.exchange.outcome import Arm, Exchange
+from proxy.exchange.outcome import Exchange
 from proxy.log import APP_LOGGER
 from proxy.metrics import ProxyMetrics
 from proxy.prompt_key import Layer, PromptKey
@@ -335,8 +335,8 @@ class FeedbackService:
         (a shadow copy shares its primary's request id but reached no one)."""
         if exchange.key is None or exchange.version is None or exchange.arm is None:
             return
-        if exchange.is_shadow or exchange.arm == Arm.EVAL.value:
-            return  # reached no caller: a shadow copy, an eval run's call
+        if exchange.is_shadow:
+            return
         self.index.remember(
             exchange.request_id,
             Answered(

@@ -28,7 +28,7 @@ from proxy.log import APP_LOGGER
 from proxy.loop_lag import watch_loop_lag
 from proxy.metrics import ProxyMetrics
 from proxy.pipeline.capturing import ShareSampler
-from proxy.pipeline.record import exchange_observers
+from proxy.pipeline.record import eval_observers, exchange_observers
 from proxy.pipeline.resources import PipelineResources
 from proxy.providers import Providers
 from proxy.registry.bootstrap import start_registry
@@ -257,6 +257,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                 renderer=renderer,
                 shadow=shadow,
                 finished=finished,
+                eval_finished=eval_observers(),
                 capture=ShareSampler(config.capture.share_of),
                 judging=ShareSampler(config.evals.online_share),
             ),

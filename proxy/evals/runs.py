@@ -29,14 +29,13 @@ from __future__ import annotations
 
 import math
 import re
-import secrets
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
 
+from proxy.registry.record_ids import new_record_id
 from proxy.registry.store import StoreUnavailable
 
 #: Runs kept per slug unless the store is told otherwise.
@@ -72,10 +71,7 @@ class EvalRunsUnavailable(StoreUnavailable):
     """The store of eval runs cannot be reached or did not answer in time."""
 
 
-def new_run_id(now: float | None = None) -> str:
-    """A unique id that sorts by time: milliseconds since the epoch, then 8 random hex."""
-    at = time.time() if now is None else now
-    return f"{int(at * 1000):013d}-{secrets.token_hex(4)}"
+new_run_id = new_record_id
 
 
 @dataclass(frozen=True, slots=True)

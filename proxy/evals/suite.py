@@ -30,7 +30,13 @@ from proxy.evals.parse_assertion import (
 )
 from proxy.models import SLUG_PATTERN
 from proxy.prompt_key import NAME_PATTERN
-from proxy.registry.prompt_files import LAYER_FOLDERS, SUFFIXES, SUITE_SUFFIXES, VARIANT_MARK
+from proxy.registry.prompt_files import (
+    LAYER_FOLDERS,
+    SUFFIXES,
+    SUITE_SUFFIXES,
+    VARIANT_MARK,
+    parse_yaml,
+)
 
 DEFAULT_SAMPLES = 3
 MAX_SAMPLES = 50
@@ -192,7 +198,7 @@ def _implied(path: Path) -> _Implied | None:
 
 def _load_text(text: str, source: str, implied: _Implied | None) -> Suite:
     try:
-        root, data = _parse_yaml(text)
+        root, data = parse_yaml(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = source if mark is None else f"{source}:{mark.line + 1}"
@@ -428,27 +434,6 @@ def _unknown_key(key: Any, allowed: frozenset[str], what: str) -> str:
 
 
 # -- YAML: lines ----------------------------------------------------------------------------
-
-
-def _parse_yaml(source: str) -> tuple[yaml.Node | None, Any]:
-    """The node tree (for lines) and the data, parsed once, as prompt files are: libyaml's
-    parser when there is one, PyYAML's own words when the text is refused."""
-    fast = getattr(yaml, "CSafeLoader", None)
-    if fast is not None:
-        try:
-            return _parse_with(fast, source)
-        except yaml.YAMLError:
-            pass
-    return _parse_with(yaml.SafeLoader, source)
-
-
-def _parse_with(loader_class: Any, source: str) -> tuple[yaml.Node | None, Any]:
-    loader = loader_class(source)
-    try:
-        node = loader.get_single_node()
-        return node, None if node is None else loader.construct_document(node)
-    finally:
-        loader.dispose()
 
 
 def _node_lines(root: yaml.Node | None) -> dict[str, int]:

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import logging
 
-from proxy.exchange.outcome import Arm, Exchange, status_class
+from proxy.exchange.outcome import Exchange, status_class
 from proxy.log import ACCESS_LOGGER, LINE_HEAD, direct_info_writer, milliseconds
 from proxy.metrics import ProxyMetrics
-
-_EVAL = Arm.EVAL.value
 
 
 class RecordMetrics:
@@ -24,8 +22,6 @@ class RecordMetrics:
         self._metrics = metrics
 
     def finished(self, ex: Exchange) -> None:
-        if ex.arm == _EVAL:
-            return  # an eval run's call: no traffic of anybody's
         m = self._metrics
         # The model sent is the operator's choice (a pin, or what the client asked for); the
         # answered one is often a dated id.

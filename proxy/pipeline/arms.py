@@ -125,14 +125,14 @@ def shadow_copy(
         return skip
     payload = orjson.loads(parsed.body)
     try:
-        composed, _ = render_into(
+        composed = render_into(
             parsed.route,
             payload,
             candidate,
             resources.renderer,
             snapshot.guardrails,
             composition(snapshot, candidate, tenant, decision.shadow_override),
-        )
+        ).composed
     except InvalidRequest:
         return RENDER_FAILED
     primary_version, shadow_version = line_versions(snapshot, decision)

@@ -12,6 +12,9 @@
                 judge, never awaited (never shadow copies, nor eval calls)
 8. pair half    a shadowed primary hands its half to the shadow waiting for it
 
+An eval run's call (the ``eval`` arm) goes through ``eval_observers`` instead: the access log
+line alone, so it counts as nobody's traffic.
+
 The primary runs it from the ``finally`` of ``run.handle``, so failed and cancelled
 requests count too; a shadow call from its runner once the call ended, however it ended.
 """
@@ -50,6 +53,12 @@ def exchange_observers(
         hand_over_pair_half,
     ]
     return Observers([observer for observer in observers if observer is not None])
+
+
+def eval_observers() -> Observers:
+    """What sees an eval run's call finish (the ``eval`` arm): its access log line, and
+    nothing that counts traffic (metrics, analysis, feedback, usage, capture, judging)."""
+    return Observers([AccessLog().finished])
 
 
 def settle(exchange: Exchange) -> None:

@@ -46,10 +46,17 @@ def _variables(payload: dict[str, Any]) -> dict[str, Any]:
 class Rendered(NamedTuple):
     #: The composition sent: the base's own when the overrides' would not render.
     composed: Composition | None
-    #: What the model was told, as a short digest (``prompt_hash``): the same for every
-    #: request whose guardrails, template, fills and variables rendered the same text, so a
-    #: log line or a captured call names the exact prompt without carrying it.
-    prompt_hash: str
+    #: The guardrails' text and the prompt's, as rendered: what the model was told.
+    rules: str | None
+    text: str
+
+    @property
+    def prompt_hash(self) -> str:
+        """What the model was told, as a short digest: the same for every request whose
+        guardrails, template, fills and variables rendered the same text, so a log line or
+        a captured call names the exact prompt without carrying it. Computed when asked
+        (the primary's log line), never for a shadow copy."""
+        return prompt_hash(self.rules, self.text)
 
 
 def prompt_hash(rules: str | None, text: str) -> str:
@@ -129,7 +136,7 @@ def render_into(
         payload["model"] = version.model
     for name, value in (version.params if composed is None else composed.params).items():
         payload.setdefault(name, value)
-    return Rendered(composed, prompt_hash(rules, text))
+    return Rendered(composed, rules, text)
 
 
 def _text(

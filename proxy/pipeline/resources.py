@@ -32,6 +32,8 @@ class PipelineResources:
     shadow: ShadowRunner
     #: Stage 6: what sees the exchange finish (``pipeline/record.py``).
     finished: Observers
+    #: Stage 6 of an eval run's call: its access log line only (``eval_observers``).
+    eval_finished: Observers
     #: Which requests are captured for replay (``capture.slugs``).
     capture: ShareSampler
     #: Which served answers are judged online (``evals.online``).

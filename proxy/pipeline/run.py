@@ -256,9 +256,11 @@ async def handle(
     finally:
         metrics.requests_open -= 1
         settle(exchange)
-        resources.finished.finished(exchange)  # 6
+        observers = resources.eval_finished if exchange.arm == _EVAL else resources.finished
+        observers.finished(exchange)  # 6
 
 
+_EVAL = Arm.EVAL.value
 #: Larger bodies are not judged online: the queue holds each until its judge is done.
 _JUDGED_BODY_BYTES = 256 * 1024
 
@@ -333,7 +335,7 @@ def _rendered(
             _on_override_line(exchange, snapshot, decision)
     assert parsed.payload is not None
     guardrails = snapshot.guardrails
-    composed, exchange.prompt_hash = render_into(
+    rendered = render_into(
         exchange.route,
         parsed.payload,
         decision.version,
@@ -341,7 +343,8 @@ def _rendered(
         guardrails,
         composition(snapshot, decision.version, tenant, decision.override),
     )
-    exchange.layers = layers(decision.version, guardrails, composed)
+    exchange.prompt_hash = rendered.prompt_hash
+    exchange.layers = layers(decision.version, guardrails, rendered.composed)
     exchange.model_sent = decision.version.model
 
 

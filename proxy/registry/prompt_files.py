@@ -321,7 +321,7 @@ def _build(
     """``offset`` is the number of file lines before ``source`` starts; ``body`` is a
     Markdown file's text after the front matter (None for YAML)."""
     try:
-        root, data = _parse_yaml(source)
+        root, data = parse_yaml(source)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = None if mark is None else mark.line + 1 + offset
@@ -394,8 +394,9 @@ def _bad_slug(slug: Any, path: Path) -> str:
     return message
 
 
-def _parse_yaml(source: str) -> tuple[yaml.Node | None, Any]:
-    """The node tree (for line numbers) and the data, parsed once. libyaml's parser is many
+def parse_yaml(source: str) -> tuple[yaml.Node | None, Any]:
+    """The node tree (for line numbers) and the data, parsed once (prompt files and eval
+    suites alike). libyaml's parser is many
     times faster (a fleet of 200 overrides is linted in CI); PyYAML's own says what is
     wrong in the words users know, so a text libyaml refuses is parsed again by it."""
     fast = getattr(yaml, "CSafeLoader", None)

@@ -3,22 +3,21 @@
 An observer of finished exchanges (``proxy.pipeline.record``): it counts the primary
 requests of tenants the registry knows (the tenant is looked up for requests that name a
 prompt, so a plain pass-through is not counted). Shadow copies are the platform's
-experiment, not the tenant's traffic, and are not counted; nor are an eval run's calls. It
-runs on the request path, so it only adds to a dict; ``UsageService``
-(``proxy.usage.service``) writes it to the store.
+experiment, not the tenant's traffic, and are not counted (nor are an eval run's calls,
+which stage 6 gives no observer but the access log). It runs on the request path, so it
+only adds to a dict; ``UsageService`` (``proxy.usage.service``) writes it to the store.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from proxy.exchange.outcome import Arm, Exchange
+from proxy.exchange.outcome import Exchange
 from proxy.metric_series import estimated_cost
 from proxy.usage.counts import MINUTE, Rows, UsageCounts, UsageKey, merge_rows
 
 Clock = Callable[[], float]
 PriceOf = Callable[[str | None], tuple[float, float] | None]
-_EVAL = Arm.EVAL.value
 
 
 class UsageRecorder:
@@ -40,8 +39,6 @@ class UsageRecorder:
         # was chosen); a caller must not make a row per slug it makes up.
         if tenant is None or key is None or ex.version is None or ex.pair_id is not None:
             return
-        if ex.arm == _EVAL:
-            return  # the operator's eval run, not the tenant's traffic
         row = UsageKey(tenant, key.slug, key.variant or "", int(self._clock()) // MINUTE)
         counts = self._pending.get(row)
         if counts is None:
