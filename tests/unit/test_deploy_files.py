@@ -11,26 +11,12 @@ from proxy.config import ProxyConfig
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
 
-def test_kubernetes_manifest_probes_and_grace_fit_the_proxy() -> None:
-    docs = list(yaml.safe_load_all((DEPLOY / "kubernetes" / "promptproxy.yaml").read_text()))
-    kinds = {d["kind"]: d for d in docs}
-    config = ProxyConfig.model_validate(
-        yaml.safe_load(kinds["ConfigMap"]["data"]["promptproxy.yaml"])
-    )
-    pod = kinds["Deployment"]["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
-    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"http": config.server.port, "admin": config.server.admin_port}
-    pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
-    assert pod["terminationGracePeriodSeconds"] > pre_stop + config.server.shutdown_grace_seconds
-
-
 def test_prometheus_scrapes_the_admin_port_the_manifest_and_config_expose() -> None:
     scrape = yaml.safe_load((DEPLOY / "prometheus" / "scrape.yaml").read_text())
     jobs = {job["job_name"]: job for job in scrape["scrape_configs"]}
-    docs = list(yaml.safe_load_all((DEPLOY / "kubernetes" / "promptproxy.yaml").read_text()))
+    # The Kubernetes objects themselves: tests/unit/test_kubernetes_manifests.py.
+    base = DEPLOY / "kubernetes" / "base"
+    docs = [yaml.safe_load(p.read_text()) for p in base.glob("service*.yaml")]
     services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
     (keep,) = [r for r in jobs["promptproxy"]["relabel_configs"] if r.get("action") == "keep"]
     assert keep["source_labels"] == ["__meta_kubernetes_service_name"]
