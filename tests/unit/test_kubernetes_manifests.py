@@ -7,10 +7,10 @@ by kubernetes-validate, strict (an unknown field is an error: the API server wou
 silently); the Prometheus Operator's ServiceMonitor and PrometheusRule against the CRD
 schemas vendored in tests/kubernetes_crds/, closed the same way.
 
-Refresh the CRD schemas: `npm pack @kubernetes-models/prometheus-operator@1.6.3` (the last
-release that ships them as plain objects rather than compiled validators), take the object
-after `const schema =` in monitoring.coreos.com/v1/{ServiceMonitor,PrometheusRule}.js, and
-replace its metadata `$ref` by ``{"type": "object"}``.
+Refresh the CRD schemas: `npm pack @kubernetes-models/prometheus-operator@1.6.3` (it ships
+them as plain objects; 4.4.4, 5.0.1 and 6.0.0 ship compiled validators instead), take the
+object after `const schema =` in monitoring.coreos.com/v1/{ServiceMonitor,PrometheusRule}.js,
+and replace its metadata `$ref` by ``{"type": "object"}``.
 """
 
 from __future__ import annotations
