@@ -26,7 +26,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,10 +84,9 @@ class Image:
         return (*self.stage.exec_form("ENTRYPOINT"), *self.stage.exec_form("CMD"))
 
 
-def _copy_into(repo: Path, sources: Sequence[str], dest: Path) -> None:
+def _copy_into(repo: Path, sources: Sequence[str], dest: Path, into_dir: bool) -> None:
     """COPY's rules for what this Dockerfile does: a directory's contents go into ``dest``;
-    files go into ``dest`` when it ends in / or several are copied, else become it."""
-    into_dir = len(sources) > 1 or str(dest).endswith("/")
+    a file goes into ``dest`` when it names a folder (ends in /), else becomes it."""
     for source in sources:
         path = repo / source
         if path.is_dir():
@@ -109,7 +108,7 @@ def build_image(repo: Path, dockerfile: Path, tmp: Path) -> Image:
     src = tmp / "build-src"
     for copy in builder.copies():
         dest = src / copy.dest.removeprefix("./")
-        _copy_into(repo, copy.sources, Path(f"{dest}/") if copy.dest.endswith("/") else dest)
+        _copy_into(repo, copy.sources, dest, copy.dest.endswith("/"))
     shim = tmp / "build-bin"
     shim.mkdir()
     # A script, not a link: the venv's python must point at Debian's, not at the shim.
@@ -152,7 +151,7 @@ def build_image(repo: Path, dockerfile: Path, tmp: Path) -> Image:
                     raise ValueError(f"COPY --from {source}: only /opt of the builder is emulated")
                 from_builder[copy.dest] = upper / source.removeprefix("/opt/")
             continue
-        _copy_into(repo, copy.sources, layer / copy.dest.lstrip("/"))
+        _copy_into(repo, copy.sources, layer / copy.dest.lstrip("/"), copy.dest.endswith("/"))
     uid, gid = runtime.user()
     # The runtime stage's RUN (groupadd, useradd, install -d of the data directory).
     etc = layer / "etc"
@@ -277,7 +276,7 @@ class Container:
             return None
         return Reply(**json.loads(done.stdout))
 
-    def wait_until(self, check: Any, what: str, timeout: float = 45) -> None:
+    def wait_until(self, check: Callable[[], bool], what: str, timeout: float = 45) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.popen.poll() is not None:
@@ -318,9 +317,8 @@ class Container:
 
     def kill(self) -> None:
         if self.popen.poll() is None:
+            # PID 1's death ends its namespace's every process; unshare then exits with it.
             self.signal(signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGKILL)
             self.popen.wait(10)
 
 
