@@ -244,20 +244,33 @@ def test_starts_as_its_user_with_only_the_volume_writable_and_is_healthy(
         assert _problems(container) == []
 
 
-def test_the_registry_lives_in_the_volume_and_survives_a_restart(
+def test_the_registry_and_shadow_pairs_live_in_the_volume_and_survive_a_restart(
     image: Image, runtime: Stage, settings: Settings, data: Path, tmp_path: Path
 ) -> None:
     prompts = tmp_path / "prompts"
-    prompts.mkdir()
-    (prompts / "greeting.md").write_text(GREETING)
+    for version, text in ((1, GREETING), (2, GREETING.replace("by name", "warmly by name"))):
+        (prompts / f"v{version}").mkdir(parents=True)
+        (prompts / f"v{version}" / "greeting.md").write_text(text)
     env = {"PROMPTPROXY_ADMIN_TOKEN": TOKEN}
     with run_container(image, tmp_path, data, env=env, mounts={"/srv/prompts": prompts}) as first:
         _wait_ready(first, settings)
         # The CLI in the container, against its own admin port, with the token from the env.
-        pushed = first.exec(["promptproxy", "prompts", "push", "/srv/prompts/greeting.md"])
-        assert pushed.returncode == 0, pushed.stdout + pushed.stderr
-        promoted = first.exec(["promptproxy", "prompts", "promote", "greeting", "1"])
-        assert promoted.returncode == 0, promoted.stdout + promoted.stderr
+        for command in (
+            ["prompts", "push", "/srv/prompts/v1/greeting.md"],
+            ["prompts", "promote", "greeting", "1"],
+            ["prompts", "push", "/srv/prompts/v2/greeting.md"],
+            ["rollout", "set", "greeting", "--candidate", "2", "--shadow", "100"],
+        ):
+            done = first.exec(["promptproxy", *command])
+            assert done.returncode == 0, f"{command}: {done.stdout}{done.stderr}"
+        url = f"http://127.0.0.1:{settings.config.server.port}/p/greeting/v1/chat/completions"
+        reply = first.http("POST", url, CHAT)
+        assert reply is not None
+        assert reply.status == 200, reply.body
+        first.wait_until(
+            lambda: any(p.stat().st_size for p in data.rglob("pairs.jsonl*")),
+            "writing the shadow pair into the volume",
+        )
         assert _stop(first, runtime) == 0, first.log_tail()
         assert _problems(first) == []
 
