@@ -10,6 +10,7 @@ files, which is why this backend is never `shared`.
 
 from __future__ import annotations
 
+import os
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -21,8 +22,10 @@ from proxy.capture.captures_sqlite import SqliteCaptureStore, captures_path
 from proxy.config import Settings
 from proxy.evals.runs_sqlite import SqliteEvalRunStore, evals_path
 from proxy.feedback import MemoryRequestIndex
+from proxy.preflight import StartupError
 from proxy.registry.embedded_store import EmbeddedStore
 from proxy.registry.fleet_embedded import EmbeddedFleetBoard, board_path
+from proxy.registry.store import StoreUnavailable
 from proxy.shadow.sink_files import FilePairSink
 from proxy.usage.usage_sqlite import SqliteUsageLedger, usage_path
 
@@ -40,7 +43,15 @@ async def open_backend(settings: Settings, context: BackendContext) -> Backend:
     assert kind.name == "embedded", "a store of another backend"
     path = database_path(registry.store)
     async with AsyncExitStack() as stack:
-        store = await EmbeddedStore.open(path)
+        try:
+            store = await EmbeddedStore.open(path)
+        except StoreUnavailable as exc:
+            # A folder this user cannot write (a container's root-owned WORKDIR, a volume
+            # mounted without the user's group) is a setup mistake: one line, no traceback.
+            raise StartupError(
+                f"cannot open the registry at {path.absolute()} (registry.store, as uid "
+                f"{os.getuid()}): {exc.__cause__ or exc}"
+            ) from None
         stack.push_async_callback(store.close)
         board = EmbeddedFleetBoard(board_path(path), config.fleet.forget_seconds)
         stack.push_async_callback(board.close)
