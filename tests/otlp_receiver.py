@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import json
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -101,10 +103,14 @@ class ReceivedSpan:
 class OtlpReceiver:
     """Collects the spans of every export request it is sent."""
 
-    def __init__(self, server: ThreadingHTTPServer) -> None:
+    def __init__(self, server: ThreadingHTTPServer, *, lazy: bool = False) -> None:
+        """``lazy``: keep the bodies and decode them when asked (a benchmark's receiver
+        does no more work per export than reading it)."""
         self._server = server
         self._lock = threading.Lock()
         self._spans: list[ReceivedSpan] = []
+        self._bodies: list[bytes] = []
+        self._lazy = lazy
         self.requests = 0
 
     @property
@@ -114,6 +120,14 @@ class OtlpReceiver:
         return f"http://{host}:{port}{TRACES_PATH}"
 
     def add(self, body: bytes) -> None:
+        if self._lazy:
+            with self._lock:
+                self._bodies.append(body)
+                self.requests += 1
+            return
+        self._decode(body)
+
+    def _decode(self, body: bytes) -> None:
         request = ExportTraceServiceRequest()
         request.ParseFromString(body)
         spans = [
@@ -124,9 +138,14 @@ class OtlpReceiver:
         ]
         with self._lock:
             self._spans.extend(spans)
-            self.requests += 1
+            if not self._lazy:
+                self.requests += 1
 
     def spans(self) -> list[ReceivedSpan]:
+        with self._lock:
+            bodies, self._bodies = self._bodies, []
+        for body in bodies:
+            self._decode(body)
         with self._lock:
             return list(self._spans)
 
@@ -151,6 +170,13 @@ class OtlpReceiver:
 def _handler(receiver: Callable[[], OtlpReceiver]) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            """``/stats``: requests and spans received (the benchmark's count)."""
+            found = receiver()
+            spans = found.spans()
+            stats = {"requests": found.requests, "spans": len(spans)}
+            self._answer(200, json.dumps(stats).encode())
 
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
@@ -177,12 +203,12 @@ def _handler(receiver: Callable[[], OtlpReceiver]) -> type[BaseHTTPRequestHandle
 
 
 @contextlib.contextmanager
-def otlp_receiver() -> Iterator[OtlpReceiver]:
+def otlp_receiver(*, lazy: bool = False) -> Iterator[OtlpReceiver]:
     """A receiver on a free port of 127.0.0.1, stopped on exit."""
     holder: list[OtlpReceiver] = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(lambda: holder[0]))
     server.daemon_threads = True
-    holder.append(OtlpReceiver(server))
+    holder.append(OtlpReceiver(server, lazy=lazy))
     thread = threading.Thread(target=server.serve_forever, name="otlp-receiver", daemon=True)
     thread.start()
     try:
@@ -191,3 +217,16 @@ def otlp_receiver() -> Iterator[OtlpReceiver]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+def main() -> None:
+    """``python -m tests.otlp_receiver``: a receiver process of its own (the benchmark's,
+    off the load generator's interpreter); says its URL, serves until killed."""
+    with otlp_receiver(lazy=True) as receiver:
+        print(f"otlp receiver listening on {receiver.url}", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            threading.Event().wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

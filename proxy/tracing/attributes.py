@@ -125,9 +125,16 @@ def request_params(payload: Mapping[str, Any] | None) -> Attributes:
 
 
 def exchange_attributes(exchange: Exchange) -> Attributes:
-    """What an exchange's span says once it finished, primary or shadow: the answer
-    (model, usage, finish reason, status, error) and the prompt (slug, version, layers,
-    arm, rollout)."""
+    """What a finished exchange's span says, primary or shadow: the answer and the
+    prompt."""
+    attributes = answer_attributes(exchange)
+    attributes.update(prompt_attributes(exchange))
+    return attributes
+
+
+def answer_attributes(exchange: Exchange) -> Attributes:
+    """What a provider call's span says once it finished: the model asked and answered,
+    the usage, the finish reason, the status and any error."""
     attributes: Attributes = {}
     put = attributes.__setitem__
     op = operation(exchange.route)
@@ -148,8 +155,16 @@ def exchange_attributes(exchange: Exchange) -> Attributes:
         put(HTTP_STATUS, exchange.status)
     if exchange.error_class:
         put(ERROR_TYPE, exchange.error_class)
-    if exchange.ttfb is not None:
-        put(TTFB, exchange.ttfb)
+    return attributes
+
+
+def prompt_attributes(exchange: Exchange) -> Attributes:
+    """What the request's span says of the prompt: slug, variant, version, layers, arm,
+    rollout, tenant and tier, the provider it went to, a stream's time to first byte.
+    Only the request's span carries them (and a shadow's, the one span of its trace): its
+    provider call's is its child, and every attribute costs on the request path."""
+    attributes: Attributes = {}
+    put = attributes.__setitem__
     key = exchange.key
     if key is not None:
         put(SLUG, key.slug)
@@ -167,4 +182,6 @@ def exchange_attributes(exchange: Exchange) -> Attributes:
     ):
         if value is not None:
             put(name, value)
+    if exchange.ttfb is not None:
+        put(TTFB, exchange.ttfb)
     return attributes

@@ -59,10 +59,12 @@ from proxy.tracing.attributes import (
     SERVER_ADDRESS,
     SERVER_PORT,
     Attributes,
+    answer_attributes,
     client_span_name,
     exchange_attributes,
     http_route,
     operation,
+    prompt_attributes,
     provider_api,
     request_params,
     server_of,
@@ -335,11 +337,12 @@ class RequestTrace:
 
     def end(self, exchange: Exchange) -> None:
         """The exchange finished (its answer relayed whole, or failed): both spans end."""
-        attributes = exchange_attributes(exchange)
+        attributes = answer_attributes(exchange)
         error = exchange.error_class
         client = self._client
         if client is not None:
             _end(client, attributes, error, error is not None)
+        attributes.update(prompt_attributes(exchange))
         server = self._server
         if exchange.model_requested:
             # The caller's view: the model asked for (a prompt's pin is the call's).
