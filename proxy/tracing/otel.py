@@ -118,6 +118,18 @@ def sampler(ratio: float) -> Sampler:
     return ParentBased(root=LinkedOrRatio(ratio))
 
 
+def _sdk_warnings_in_the_log() -> None:
+    """The SDK's warnings (a full queue, a failed export) as the proxy's own JSON lines,
+    as ``setup_logging`` routes aiohttp's, instead of bare text on stderr."""
+    app = logging.getLogger(APP_LOGGER)
+    if not app.handlers:  # logging not set up (an embedding, a test): leave it alone
+        return
+    sdk = logging.getLogger("opentelemetry")
+    sdk.handlers[:] = app.handlers
+    sdk.setLevel(logging.WARNING)
+    sdk.propagate = False
+
+
 def _in(span: Span) -> Context:
     """A context holding ``span`` alone: never the loop's current one (nothing here is
     attached to contextvars, so no request's context leaks into another's)."""
@@ -166,6 +178,7 @@ class Tracing:
                 export_timeout_millis=config.export_timeout_seconds * 1000,
             )
         )
+        _sdk_warnings_in_the_log()
         _log.info("tracing: spans exported over OTLP/HTTP to %s", endpoint)
         return cls(provider, config.shutdown_timeout_seconds)
 

@@ -394,3 +394,10 @@ def test_a_collector_that_is_down_costs_requests_nothing_and_shutdown_is_bounded
         except subprocess.TimeoutExpired:
             pytest.fail(f"still running {grace}s after SIGTERM (log: {proc.log_path})")
         assert code == 0, proc.log_path.read_text()[-2000:]
+    # The exporter was still retrying (for 30 s): the bound, not the collector, ended it.
+    given_up = [
+        line
+        for line in proc.log_lines()
+        if "not exported within 1s of shutdown" in str(line.get("msg"))
+    ]
+    assert len(given_up) == 1
