@@ -773,6 +773,14 @@ class ShadowConfig(_Section):
     sink: ShadowSinkConfig = ShadowSinkConfig()
 
 
+def otlp_url(value: str) -> str:
+    """An OTLP/HTTP traces URL: absolute http(s), a valid port, no query or fragment."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an absolute http(s) URL such as http://collector:4318/v1/traces")
+    return provider_url(value)
+
+
 class TracingConfig(_Section):
     """OpenTelemetry spans of requests and provider calls, exported over OTLP/HTTP
     (docs/tracing.md). Off by default; needs the `otel` extra."""
@@ -781,7 +789,7 @@ class TracingConfig(_Section):
     #: The OTLP/HTTP traces URL (`http://collector:4318/v1/traces`). Unset: the standard
     #: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, else `OTEL_EXPORTER_OTLP_ENDPOINT` +
     #: `/v1/traces`, else `http://localhost:4318/v1/traces`.
-    endpoint: ProviderURL | None = None
+    endpoint: str | None = None
     #: The environment variable holding the export's headers (`name=value,name=value`, as
     #: OpenTelemetry's `OTEL_EXPORTER_OTLP_HEADERS`): API keys of a hosted backend stay out
     #: of the file. Unset: `OTEL_EXPORTER_OTLP_TRACES_HEADERS`, else
@@ -801,6 +809,11 @@ class TracingConfig(_Section):
     export_timeout_seconds: float = Field(10.0, gt=0, le=300)
     #: At shutdown, how long the last spans may take to leave; then they are given up.
     shutdown_timeout_seconds: float = Field(3.0, ge=0, le=60)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _check_endpoint(cls, value: str | None) -> str | None:
+        return None if value is None else otlp_url(value)
 
     @model_validator(mode="after")
     def _batch_fits_queue(self) -> TracingConfig:
@@ -1152,9 +1165,9 @@ def _tracing_export(
         endpoint = signal or (base.rstrip("/") + "/v1/traces" if base else None)
         endpoint = endpoint or _DEFAULT_TRACES_ENDPOINT
         try:
-            provider_url(endpoint)
+            endpoint = otlp_url(endpoint)
         except ValueError as exc:
-            problems.append(f"tracing.endpoint (from the environment): {endpoint} {exc}")
+            problems.append(f"tracing.endpoint (from the environment): {exc}")
     names = (
         (tracing.headers_env,)
         if tracing.headers_env

@@ -125,3 +125,20 @@ def test_config_check_exits_2_without_the_extra(
     assert problems == [
         "  - tracing.enabled: OpenTelemetry is not installed: pip install 'promptproxy[otel]'"
     ]
+
+
+def test_a_bad_endpoint_is_named_with_an_example() -> None:
+    with pytest.raises(ConfigError) as caught:
+        make_settings({}, **ON, **{"tracing.endpoint": "collector:4318"})
+    assert caught.value.problems == [
+        "tracing.endpoint: must be an absolute http(s) URL such as http://collector:4318/v1/traces"
+    ]
+
+
+def test_a_bad_endpoint_from_the_environment_is_named_too() -> None:
+    with pytest.raises(ConfigError) as caught:
+        make_settings({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "collector:4318"}, **ON)
+    assert caught.value.problems == [
+        "tracing.endpoint (from the environment): must be an absolute http(s) URL such as "
+        "http://collector:4318/v1/traces"
+    ]
