@@ -37,7 +37,7 @@ import aiohttp
 import orjson
 import psutil
 
-from loadtest import aggregate, online_judging, peers, report, shadow_isolation, wrk
+from loadtest import aggregate, online_judging, peers, report, shadow_isolation, tracing_bench, wrk
 from loadtest.loadgen import LoadGenerator, chat_request, summarize_ms
 from loadtest.measure import (
     SETTLE_S,
@@ -474,6 +474,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="run only the online judging check (10 %% of answers judged vs judging off)",
     )
+    parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help="run only the tracing cost check: no tracing code (--baseline, default the "
+        "commit before tracing), tracing off, tracing on (nonstream_0ms)",
+    )
     parser.add_argument("--soak-requests", type=int, default=100_000)
     parser.add_argument("--soak-step", type=int, default=10_000, help="RSS sampled every N")
     parser.add_argument("--soak-max-seconds", type=float, default=900.0)
@@ -492,13 +498,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             if args.soak
             else "online-judging.json"
             if args.online_judging
+            else "tracing.json"
+            if args.tracing
             else "latest.json"
         )
-    if args.baseline:
+    if args.baseline and not args.tracing:
         # Each compared target of this tree gets its twin at the baseline revision.
         args.targets += [old for old, new in BASELINES.items() if new in args.targets]
     if DIRECT not in args.targets and not (
-        args.soak or args.shadow_isolation or args.online_judging
+        args.soak or args.shadow_isolation or args.online_judging or args.tracing
     ):
         parser.error("--targets must include direct: added latency is measured against it")
     wanted = [p for p in PEERS if p in args.targets]
@@ -517,7 +525,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def resolve_tools(args: argparse.Namespace) -> None:
     """Find the peers and wrk that were asked for; drop (with one line each) what is missing."""
-    if args.soak or args.shadow_isolation or args.online_judging:
+    if args.soak or args.shadow_isolation or args.online_judging or args.tracing:
         return
     for name in [t for t in args.targets if t in PEERS]:
         found = peers.resolve(name, nginx=args.nginx, litellm_venv=args.litellm_venv)
@@ -549,6 +557,10 @@ def print_report(result: dict[str, Any]) -> None:
         return
     if "online_judging" in result:
         print(online_judging.judging_table(result["online_judging"]) + "\n")
+        print(report.checks_table(result["checks"]))
+        return
+    if "tracing" in result:
+        print(tracing_bench.tracing_table(result) + "\n")
         print(report.checks_table(result["checks"]))
         return
     if "cells" in result:
@@ -595,6 +607,10 @@ async def _run(args: argparse.Namespace, fleet: Fleet, pinning: Pinning) -> dict
     if args.online_judging:
         return await online_judging.run_online_judging(
             args, fleet, pinning.target_cores, _cell_config(args, pinning)
+        )
+    if args.tracing:
+        return await tracing_bench.run_tracing(
+            args, fleet, pinning.target_cores, _cell_config(args, pinning), checkout_baseline
         )
     return await run_bench(args, fleet, pinning)
 

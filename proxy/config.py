@@ -8,6 +8,7 @@ the file: the file names an environment variable (``api_key_env``) and we read i
 from __future__ import annotations
 
 import fnmatch
+import importlib.util
 import ipaddress
 import os
 import re
@@ -15,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import yaml
 from pydantic import (
@@ -772,6 +773,55 @@ class ShadowConfig(_Section):
     sink: ShadowSinkConfig = ShadowSinkConfig()
 
 
+def otlp_url(value: str) -> str:
+    """An OTLP/HTTP traces URL: absolute http(s), a valid port, no query or fragment."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an absolute http(s) URL such as http://collector:4318/v1/traces")
+    return provider_url(value)
+
+
+class TracingConfig(_Section):
+    """OpenTelemetry spans of requests and provider calls, exported over OTLP/HTTP
+    (docs/tracing.md). Off by default; needs the `otel` extra."""
+
+    enabled: bool = False
+    #: The OTLP/HTTP traces URL (`http://collector:4318/v1/traces`). Unset: the standard
+    #: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, else `OTEL_EXPORTER_OTLP_ENDPOINT` +
+    #: `/v1/traces`, else `http://localhost:4318/v1/traces`.
+    endpoint: str | None = None
+    #: The environment variable holding the export's headers (`name=value,name=value`, as
+    #: OpenTelemetry's `OTEL_EXPORTER_OTLP_HEADERS`): API keys of a hosted backend stay out
+    #: of the file. Unset: `OTEL_EXPORTER_OTLP_TRACES_HEADERS`, else
+    #: `OTEL_EXPORTER_OTLP_HEADERS`, when set.
+    headers_env: EnvName = None
+    #: `service.name` of every span's resource.
+    service_name: str = Field("promptproxy", min_length=1, max_length=256)
+    #: The share of traces started here that are kept (a caller's sampled flag decides for
+    #: the traces it started: parent-based).
+    sample_ratio: float = Field(1.0, ge=0, le=1)
+    #: Ended spans waiting for export; beyond this they are dropped (the request never waits).
+    max_queue_size: int = Field(2048, ge=1, le=1_000_000)
+    max_export_batch_size: int = Field(512, ge=1, le=100_000)
+    #: How often the exporter thread sends what is queued.
+    schedule_delay_seconds: float = Field(5.0, gt=0, le=600)
+    #: One export request, retries included.
+    export_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    #: At shutdown, how long the last spans may take to leave; then they are given up.
+    shutdown_timeout_seconds: float = Field(3.0, ge=0, le=60)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _check_endpoint(cls, value: str | None) -> str | None:
+        return None if value is None else otlp_url(value)
+
+    @model_validator(mode="after")
+    def _batch_fits_queue(self) -> TracingConfig:
+        if self.max_export_batch_size > self.max_queue_size:
+            raise ValueError("tracing.max_export_batch_size must not exceed max_queue_size")
+        return self
+
+
 class ProxyConfig(_Section):
     server: ServerConfig = ServerConfig()
     upstream: UpstreamConfig = UpstreamConfig()
@@ -791,6 +841,7 @@ class ProxyConfig(_Section):
     capture: CaptureConfig = CaptureConfig()
     safety: SafetyConfig = SafetyConfig()
     gates: GatesConfig = GatesConfig()
+    tracing: TracingConfig = TracingConfig()
     #: Where requests go, by the model sent. Empty: the one provider `upstream` describes
     #: (its base URL and key, every model), as before providers existed.
     providers: tuple[ProviderConfig, ...] = Field((), max_length=64)
@@ -934,6 +985,9 @@ class Settings:
     provider_keys: Mapping[str, str] = field(default_factory=dict)
     #: The key eval calls send as a caller's (`evals.api_key_env`).
     eval_api_key: str | None = field(default=None, repr=False)
+    #: Where spans go and the headers sent with them (`tracing`; from the environment).
+    tracing_endpoint: str | None = None
+    tracing_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def __repr__(self) -> str:  # never print a secret
         key = "set" if self.upstream_api_key else "unset"
@@ -1064,6 +1118,7 @@ def load_config(
     default_token = env.get("PROMPTPROXY_ADMIN_TOKEN")
     if default_token:
         tokens.append(TokenGrant("admin", default_token, "admin"))
+    tracing_endpoint, tracing_headers = _tracing_export(config.tracing, env, problems)
     problems += backend_problems(config)
     if problems:
         raise ConfigError(problems)
@@ -1073,4 +1128,70 @@ def load_config(
         admin_tokens=tuple(tokens),
         provider_keys=provider_keys,
         eval_api_key=eval_key,
+        tracing_endpoint=tracing_endpoint,
+        tracing_headers=tracing_headers,
     )
+
+
+#: What `tracing.enabled` needs installed: the `otel` extra.
+OTEL_MODULES = ("opentelemetry.sdk.trace", "opentelemetry.exporter.otlp.proto.http.trace_exporter")
+_DEFAULT_TRACES_ENDPOINT = "http://localhost:4318/v1/traces"
+
+
+def otel_installed() -> bool:
+    """Whether the `otel` extra is installed, found without importing it."""
+    try:
+        return all(importlib.util.find_spec(name) is not None for name in OTEL_MODULES)
+    except (ImportError, ValueError):
+        return False
+
+
+def _tracing_export(
+    tracing: TracingConfig, env: Mapping[str, str], problems: list[str]
+) -> tuple[str | None, dict[str, str]]:
+    """The OTLP endpoint and headers of enabled tracing, from the file or OpenTelemetry's
+    standard variables; a problem for each thing missing or malformed. A header's value is
+    never repeated in a problem."""
+    if not tracing.enabled:
+        return None, {}
+    if not otel_installed():
+        problems.append(
+            "tracing.enabled: OpenTelemetry is not installed: pip install 'promptproxy[otel]'"
+        )
+    endpoint = tracing.endpoint
+    if endpoint is None:
+        signal = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        endpoint = signal or (base.rstrip("/") + "/v1/traces" if base else None)
+        endpoint = endpoint or _DEFAULT_TRACES_ENDPOINT
+        try:
+            endpoint = otlp_url(endpoint)
+        except ValueError as exc:
+            problems.append(f"tracing.endpoint (from the environment): {exc}")
+    names = (
+        (tracing.headers_env,)
+        if tracing.headers_env
+        else ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS")
+    )
+    name = next((n for n in names if env.get(n)), None)
+    if name is None:
+        if tracing.headers_env:
+            problems.append(
+                f"tracing.headers_env: environment variable {tracing.headers_env} is not set "
+                "or empty"
+            )
+        return endpoint, {}
+    headers: dict[str, str] = {}
+    for number, item in enumerate(env[name].split(","), 1):
+        key, eq, value = item.partition("=")
+        key = unquote(key).strip()
+        if not eq or not _HEADER_NAME.fullmatch(key):
+            problems.append(
+                f"tracing: environment variable {name}: entry {number} is not name=value"
+            )
+            continue
+        headers[key] = unquote(value).strip()
+    return endpoint, headers
+
+
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")

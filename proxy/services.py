@@ -45,6 +45,7 @@ from proxy.registry.templates import PromptRenderer
 from proxy.shadow.metrics import ShadowMetrics
 from proxy.shadow.runner import ShadowRunner, open_shadow_runner
 from proxy.tasks import BackgroundTasks, cancel_and_wait
+from proxy.tracing import open_tracing
 from proxy.usage.recorder import UsageRecorder
 from proxy.usage.service import UsageService
 
@@ -126,6 +127,11 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         config.tenants.tiers,
     )
     async with AsyncExitStack() as stack:
+        # None when tracing is off (OpenTelemetry is then never imported). Shut down last
+        # (the stack unwinds in reverse), once every span of the drain has ended; bounded.
+        tracing = open_tracing(settings)
+        if tracing is not None:
+            stack.push_async_callback(tracing.close)
         upstream = UpstreamClient(UpstreamLimits.primary(config.upstream))
         stack.push_async_callback(upstream.close)
         me = replica_id()
@@ -212,7 +218,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         # Written a last time once the data plane drained (the stack unwinds in reverse).
         stack.push_async_callback(capture.close)
         # Its workers start once the data plane listens and stop when it drains (EvalService).
-        online = OnlineJudge(config.evals, lambda: holder.current, metrics, window)
+        online = OnlineJudge(config.evals, lambda: holder.current, metrics, window, tracing)
         # One list for the primary and the shadow alike (pipeline/record.py).
         finished = exchange_observers(
             metrics,
@@ -223,7 +229,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             online.finished if config.evals.online else None,
         )
         shadow = open_shadow_runner(
-            config, backend.pairs, shadow_metrics, finished, window.observe_divergence
+            config, backend.pairs, shadow_metrics, finished, window.observe_divergence, tracing
         )
         # Closed first (the stack unwinds in reverse), after the data plane drained: shadows
         # get a short grace, never the whole shutdown budget.
@@ -260,6 +266,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                 eval_finished=eval_observers(),
                 capture=ShareSampler(config.capture.share_of),
                 judging=ShareSampler(config.evals.online_share),
+                tracing=tracing,
             ),
             lifecycle=Lifecycle(metrics),
             snapshot=holder,

@@ -22,7 +22,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
@@ -30,7 +30,7 @@ import orjson
 from proxy.analysis.judge import JUDGE_SCORE
 from proxy.analysis.window import SERVED_ARMS, WindowRecorder
 from proxy.config import EvalsConfig
-from proxy.evals.assertions import read_score
+from proxy.evals.assertions import EvalAnswer, read_score
 from proxy.evals.judge import JudgeRef, judge_body, judge_ref
 from proxy.evals.runner import EvalCaller, Target
 from proxy.exchange.outcome import Exchange
@@ -39,6 +39,12 @@ from proxy.metrics import ProxyMetrics
 from proxy.prompt_key import PromptKey
 from proxy.registry.models import RegistrySnapshot
 from proxy.tasks import BackgroundTasks
+from proxy.tracing.attributes import ARM, ROLLOUT, SLUG, VERSION, Attributes
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import SpanContext
+
+    from proxy.tracing.otel import JudgeTrace, Tracing
 
 _log = logging.getLogger(APP_LOGGER)
 
@@ -54,6 +60,8 @@ class Judged:
     #: The client's body as received: its ``messages`` are the judged conversation.
     body: bytes
     text: str
+    #: The judged request's span when tracing is on: the judge's span links to it.
+    link: SpanContext | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +76,12 @@ class OnlineJudge:
         snapshot: Callable[[], RegistrySnapshot],
         metrics: ProxyMetrics,
         window: WindowRecorder | None,
+        tracing: Tracing | None = None,
     ) -> None:
+        """``tracing`` (when on) gives each judge call a span linked to the judged
+        request's."""
         self._config = config
+        self._tracing = tracing
         self._snapshot = snapshot
         self._metrics = metrics
         self._window = window
@@ -105,7 +117,9 @@ class OnlineJudge:
             self._not_judgeable.inc()
             return
         try:
-            self._queue.put_nowait(Judged(key, version, ex.arm, ex.rollout_id, body, answer.text))
+            self._queue.put_nowait(
+                Judged(key, version, ex.arm, ex.rollout_id, body, answer.text, ex.span)
+            )
         except asyncio.QueueFull:
             self._queue_full.inc()
 
@@ -169,8 +183,16 @@ class OnlineJudge:
             if self._warn_once(f"body:{slug}"):
                 _log.warning("online judging of %s: a request without messages to judge", slug)
             return None
-        said = await caller.call(ref.slug, ref.version, body)
+        trace = None if self._tracing is None else self._trace(judged, ref)
+        if trace is None:
+            said = await caller.call(ref.slug, ref.version, body)
+        else:
+            said = await _traced_call(caller, ref, body, trace)
         score = read_score(said.text) if said.error is None else f"no score: {said.error}"
+        if trace is not None:
+            trace.end(
+                None if isinstance(score, str) else score.score, _judge_error(said.error, score)
+            )
         if isinstance(score, str):
             self._failed.inc()
             if self._warn_once(f"score:{ref.slug}:{ref.version}"):
@@ -195,6 +217,18 @@ class OnlineJudge:
                 judged.key, judged.rollout_id, judged.arm, JUDGE_SCORE, score
             )
 
+    def _trace(self, judged: Judged, ref: JudgeRef) -> JudgeTrace:
+        """The judge call's span, linked to the judged request's."""
+        assert self._tracing is not None
+        attributes: Attributes = {
+            SLUG: judged.key.slug,
+            VERSION: judged.version,
+            ARM: judged.arm,
+        }
+        if judged.rollout_id is not None:
+            attributes[ROLLOUT] = judged.rollout_id
+        return self._tracing.judge(judged.link, attributes, ref.slug, ref.version)
+
     def _warn_once(self, problem: str) -> bool:
         if problem in self._warned:
             return False
@@ -214,3 +248,21 @@ def _judge_body(ref: JudgeRef, rubric: str, judged: Judged) -> dict[str, Any] | 
         return None
     conversation = _Conversation([m for m in messages if isinstance(m, Mapping)])
     return judge_body(ref, rubric, conversation, judged.text)
+
+
+async def _traced_call(
+    caller: EvalCaller, ref: JudgeRef, body: dict[str, Any], trace: JudgeTrace
+) -> EvalAnswer:
+    """The judge's call under its span: its request continues the judge's trace."""
+    try:
+        return await caller.call(ref.slug, ref.version, body, trace=trace.headers)
+    except BaseException as exc:  # cancelled at shutdown, or a bug: the span still ends
+        trace.end(None, "cancelled" if isinstance(exc, asyncio.CancelledError) else "internal")
+        raise
+
+
+def _judge_error(error: str | None, score: object) -> str | None:
+    """``error.type`` of a judge call: its call failed, or its answer held no score."""
+    if error is not None:
+        return "judge_call_failed"
+    return "no_score" if isinstance(score, str) else None

@@ -143,10 +143,18 @@ class EvalCaller:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
 
     async def call(
-        self, slug: str, version: int, body: dict[str, Any], tenant: str | None = None
+        self,
+        slug: str,
+        version: int,
+        body: dict[str, Any],
+        tenant: str | None = None,
+        trace: Mapping[str, str] | None = None,
     ) -> EvalAnswer:
+        """``trace``: the ``traceparent`` of the caller's span (an online judge's), which
+        the call's own request span continues."""
         target = self._target
         headers = {
+            **(trace or {}),
             EVAL_HEADER: target.eval_key,
             VERSION_HEADER: str(version),
             "content-type": "application/json",

@@ -17,6 +17,8 @@ from proxy.models import Route
 from proxy.prompt_key import PromptKey
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import SpanContext
+
     from proxy.exchange.answer import Answer
 
 
@@ -88,6 +90,9 @@ class Exchange:
     #: A shadow call's pair and kind (``candidate`` or ``stable``, see ``ShadowKind``).
     pair_id: str | None = None
     shadow_kind: str | None = None
+    #: The request's span when tracing is on (``proxy/tracing``): what the spans of its
+    #: shadow copy and its online judge link to.
+    span: SpanContext | None = None
 
     @property
     def is_shadow(self) -> bool:

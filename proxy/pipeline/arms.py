@@ -163,6 +163,7 @@ def shadow_copy(
         layers=layers(candidate, snapshot.guardrails, composed),
         tenant=exchange.tenant,
         tier=exchange.tier,
+        link=exchange.span,
     )
 
 

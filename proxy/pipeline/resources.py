@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from proxy.config import ProxyConfig
 from proxy.exchange.observers import Observers
@@ -18,6 +19,9 @@ from proxy.providers import Providers
 from proxy.registry.snapshot import SnapshotHolder
 from proxy.registry.templates import PromptRenderer
 from proxy.shadow.runner import ShadowRunner
+
+if TYPE_CHECKING:
+    from proxy.tracing.otel import Tracing
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +42,9 @@ class PipelineResources:
     capture: ShareSampler
     #: Which served answers are judged online (``evals.online``).
     judging: ShareSampler
+    #: Spans of each request and provider call (``tracing.enabled``); None: off, and the
+    #: request path makes no call into tracing at all.
+    tracing: Tracing | None = None
     #: Marks this process's eval runner's calls (``pipeline/evaluating.py``): random per
     #: process, never logged or sent upstream.
     eval_key: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)

@@ -19,6 +19,11 @@
 6. record   the exchange's observers (pipeline/record.py), in `finally`, so failures and
             disconnects count: metrics, analysis window, feedback index, tenant usage,
             access log line, and the primary's half of a shadow pair
+
+With ``tracing.enabled`` (proxy/tracing), the request's SERVER span starts before stage 1
+and ends after stage 6's facts are settled; the provider call's CLIENT span starts just
+before stage 5 sends (its ``traceparent`` replaces the caller's upstream). Tracing off, the
+path only sees ``resources.tracing`` is None.
 """
 
 from __future__ import annotations
@@ -110,6 +115,8 @@ async def handle(
     )
     metrics = resources.metrics
     metrics.requests_open += 1
+    tracing = resources.tracing  # None unless tracing.enabled: then no call below into it
+    trace = None if tracing is None else tracing.request(request.headers, exchange)
     try:
         check_path(tail)
         ref = prompt_ref(resources.snapshot.current, url_key, request.headers)
@@ -224,6 +231,8 @@ async def handle(
                 exchange.judged = body  # its messages are what the judge reads
                 if exchange.answer is None:
                     exchange.answer = Answer(JUDGED_ANSWER_CHARS)
+        if trace is not None:
+            trace.call(exchange, provider, wire.headers, parsed.payload)
         upstream = await resources.upstream.open(
             request.method, wire.tail, wire.headers, wire.body, provider.base_url
         )
@@ -256,6 +265,8 @@ async def handle(
     finally:
         metrics.requests_open -= 1
         settle(exchange)
+        if trace is not None:
+            trace.end(exchange)  # after the whole answer: a stream's span ends with it
         observers = resources.eval_finished if exchange.arm == _EVAL else resources.finished
         observers.finished(exchange)  # 6
 

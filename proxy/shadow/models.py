@@ -12,12 +12,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from proxy.exchange.messages_call import MessagesCall
 from proxy.exchange.outcome import Exchange
 from proxy.models import Route
 from proxy.prompt_key import PromptKey
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import SpanContext
 
 
 class ShadowKind(StrEnum):
@@ -67,6 +70,8 @@ class ShadowRequest:
     #: Set when that provider speaks the Messages API: ``body`` is this call's, sent to
     #: ``/v1/messages``, and the answer is read back as a chat completion.
     messages: MessagesCall | None = None
+    #: The primary's span when tracing is on: the shadow's span links to it.
+    link: SpanContext | None = None
 
 
 @dataclass(slots=True)

@@ -22,22 +22,30 @@ A finished shadow call goes through the same ordered observers as a primary
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from multidict import CIMultiDict
 
 from proxy.config import ProxyConfig, ShadowConfig
 from proxy.exchange.observers import Observers
 from proxy.exchange.outcome import Exchange
 from proxy.exchange.upstream import UpstreamClient, UpstreamLimits
 from proxy.log import APP_LOGGER
+from proxy.models import Route
 from proxy.prompt_key import PromptKey
 from proxy.shadow.call import call_shadow, shadow_exchange
 from proxy.shadow.compare import Divergence, divergence
 from proxy.shadow.metrics import ShadowMetrics
 from proxy.shadow.models import ArmResult, ShadowKind, ShadowRequest
 from proxy.shadow.pairs import Pair, PairMeta, PairSink
+
+if TYPE_CHECKING:
+    from proxy.tracing.otel import ShadowTrace, Tracing
 
 _log = logging.getLogger(APP_LOGGER)
 
@@ -63,16 +71,19 @@ class ShadowRunner:
         shadow_metrics: ShadowMetrics,
         finished: Observers,
         on_divergence: DivergenceObserver | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         """``client`` is the shadow's own (closed by ``close``); ``shadow_metrics`` is the
         instance the sink counts on too (one per registry); ``finished`` sees every shadow
-        call end, like every primary (``proxy.pipeline.record``)."""
+        call end, like every primary (``proxy.pipeline.record``); ``tracing`` (when on)
+        gives each call a span linked to its primary's."""
         self._config = config
         self._client = client
         self.sink = sink
         self._shadow_metrics = shadow_metrics
         self._finished = finished
         self._on_divergence = on_divergence
+        self._tracing = tracing
         self._queue: deque[_Entry] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self._running = 0
@@ -158,17 +169,24 @@ class ShadowRunner:
     async def _shadow(self, request: ShadowRequest, primary: asyncio.Future[Exchange]) -> None:
         meta = PairMeta.of(request)
         self._shadow_metrics.request(request.key, "sent")
+        trace: ShadowTrace | None = None
+        if self._tracing is not None:
+            request, trace = _traced(self._tracing, request)
         try:
             exchange = await call_shadow(self._client, request, self._config)
         except asyncio.CancelledError:
             # Only what the copy was: a call cut short says nothing about its answer.
             exchange = shadow_exchange(request, None)
             exchange.error_class = "cancelled"
+            if trace is not None:
+                trace.end(exchange)
             arm = self._record_call(exchange)
             self._write_pair(meta, primary, arm)
             raise
         finally:
             self._release()
+        if trace is not None:
+            trace.end(exchange)
         arm = self._record_call(exchange)
         del request, exchange  # the pair wait below must not keep the headers and body alive
         written = False
@@ -247,6 +265,21 @@ class ShadowRunner:
             await self._client.close()
 
 
+def _traced(tracing: Tracing, request: ShadowRequest) -> tuple[ShadowRequest, ShadowTrace]:
+    """The copy with its own span's ``traceparent`` (in place of the caller's or the
+    primary's call's), and that span."""
+    headers = CIMultiDict(request.headers)
+    anthropic = request.messages is not None or request.route is Route.MESSAGES
+    trace = tracing.shadow(
+        request.link,
+        shadow_exchange(request, None),
+        "anthropic" if anthropic else "openai",
+        request.base_url,
+        headers,
+    )
+    return dataclasses.replace(request, headers=headers), trace
+
+
 def _answered(arm: ArmResult) -> bool:
     return arm.error_class is None and 200 <= arm.status < 300
 
@@ -257,9 +290,12 @@ def open_shadow_runner(
     shadow_metrics: ShadowMetrics,
     finished: Observers,
     on_divergence: DivergenceObserver | None = None,
+    tracing: Tracing | None = None,
 ) -> ShadowRunner:
     """The runner the app uses: the store backend's pair sink (which counts on
     ``shadow_metrics``, on the app's registry), and its own client to ``shadow.base_url``
     or else the upstream's. Call from a running loop."""
     client = UpstreamClient(UpstreamLimits.shadow(config))
-    return ShadowRunner(config.shadow, client, sink, shadow_metrics, finished, on_divergence)
+    return ShadowRunner(
+        config.shadow, client, sink, shadow_metrics, finished, on_divergence, tracing
+    )

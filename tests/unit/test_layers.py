@@ -45,6 +45,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("simulator", ("proxy.simulator.*",)),
     ("registry", ("proxy.registry.*",)),
     ("exchange", ("proxy.metrics", "proxy.metric_series", "proxy.exchange.*")),
+    # Spans of requests and calls (OpenTelemetry, imported only when enabled).
+    ("tracing", ("proxy.tracing.*",)),
     ("shadow", ("proxy.shadow.*",)),
     ("analysis", ("proxy.analysis.*",)),
     ("feedback", ("proxy.feedback", "proxy.feedback_*")),
