@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -118,14 +119,55 @@ def sampler(ratio: float) -> Sampler:
     return ParentBased(root=LinkedOrRatio(ratio))
 
 
+#: One line per kind of OpenTelemetry warning within this many seconds.
+_WARNING_WINDOW_SECONDS = 60.0
+
+
+class _OncePerWindow(logging.Filter):
+    """Lets a message through at most once per window, keyed by its template (never its
+    arguments, which a caller chooses): the API warns about a caller's malformed
+    ``tracestate`` on every request, which would be a warning line per request."""
+
+    def __init__(self, window: float) -> None:
+        super().__init__()
+        self._window = window
+        self._last: dict[object, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        last = self._last.get(record.msg)
+        if last is not None and now - last < self._window:
+            return False
+        if len(self._last) >= 64:  # bounded: templates are the library's, a few
+            self._last.clear()
+        self._last[record.msg] = now
+        return True
+
+
+class _ToAppLog(logging.Handler):
+    """Hands OpenTelemetry's records, thinned by ``_OncePerWindow``, to the proxy's own
+    handlers."""
+
+    def __init__(self, targets: Sequence[logging.Handler]) -> None:
+        super().__init__(logging.WARNING)
+        self._targets = tuple(targets)
+        self.addFilter(_OncePerWindow(_WARNING_WINDOW_SECONDS))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        for target in self._targets:
+            if record.levelno >= target.level:
+                target.handle(record)
+
+
 def _sdk_warnings_in_the_log() -> None:
     """The SDK's warnings (a full queue, a failed export) as the proxy's own JSON lines,
-    as ``setup_logging`` routes aiohttp's, instead of bare text on stderr."""
+    as ``setup_logging`` routes aiohttp's, instead of bare text on stderr; each kind at
+    most once a minute."""
     app = logging.getLogger(APP_LOGGER)
     if not app.handlers:  # logging not set up (an embedding, a test): leave it alone
         return
     sdk = logging.getLogger("opentelemetry")
-    sdk.handlers[:] = app.handlers
+    sdk.handlers[:] = [_ToAppLog(app.handlers)]
     sdk.setLevel(logging.WARNING)
     sdk.propagate = False
 

@@ -3,6 +3,8 @@ place of OTLP), and that tracing off never imports OpenTelemetry in a serving pr
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import subprocess
 import sys
 import textwrap
@@ -18,12 +20,15 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import Decision
 from opentelemetry.trace import Link, SpanContext, SpanKind, StatusCode, TraceFlags
 
+from proxy.config import TracingConfig
 from proxy.exchange.outcome import Exchange
+from proxy.log import APP_LOGGER
 from proxy.models import Route
 from proxy.prompt_key import PromptKey
 from proxy.providers import Provider, Providers
 from proxy.tracing.attributes import exchange_attributes, request_params, server_of
 from proxy.tracing.otel import Tracing, sampler
+from tests.processes import free_port
 from tests.support import make_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -175,6 +180,55 @@ def test_a_linked_root_follows_its_request_whatever_the_ratio(sampled: bool) -> 
 def test_other_roots_are_kept_at_the_ratio() -> None:
     assert sampler(0.0).should_sample(Context(), 0x1234, "x").decision is Decision.DROP
     assert sampler(1.0).should_sample(Context(), 0x1234, "x").decision is Decision.RECORD_AND_SAMPLE
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture
+def app_log() -> Iterator[_Lines]:
+    """The proxy's log as ``serve`` sets it up (a handler on the app's logger), and the
+    SDK's logger as it was before ``Tracing.build`` routed it there."""
+    app, sdk = logging.getLogger(APP_LOGGER), logging.getLogger("opentelemetry")
+    saved = (sdk.handlers[:], sdk.propagate, sdk.level)
+    lines = _Lines()
+    app.addHandler(lines)
+    yield lines
+    app.removeHandler(lines)
+    sdk.handlers[:], sdk.propagate = saved[0], saved[1]
+    sdk.setLevel(saved[2])
+
+
+def _built(**fields: object) -> Tracing:
+    """The process's tracer as ``open_services`` builds it, exporting to nobody."""
+    config = TracingConfig.model_validate(
+        {"enabled": True, "shutdown_timeout_seconds": 1, **fields}
+    )
+    return Tracing.build(config, f"http://127.0.0.1:{free_port()}/v1/traces", {})
+
+
+def test_a_callers_malformed_tracestate_is_one_log_line_not_one_per_request(
+    app_log: _Lines,
+) -> None:
+    """OpenTelemetry's API warns about a malformed ``tracestate`` member on every extract:
+    any caller would write a warning line per request into the proxy's log."""
+    tracing = _built()
+    unsampled = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"  # nothing to export
+    for number in range(20):
+        exchange = Exchange(request_id=f"r{number}", method="POST", route=Route.CHAT, started=0)
+        headers = CIMultiDict({"traceparent": unsampled, "tracestate": "not a member!"})
+        tracing.request(CIMultiDictProxy(headers), exchange).end(exchange)
+        assert exchange.span is not None
+        assert exchange.span.trace_id == 0x0AF7651916CD43DD8448EB211C80319C  # still continued
+    asyncio.run(tracing.close())
+    warned = [line for line in app_log.lines if "w3c identifiers" in line]
+    assert len(warned) == 1, app_log.lines
 
 
 _SERVE = """
