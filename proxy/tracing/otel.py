@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from multidict import CIMultiDict
 from opentelemetry import trace
@@ -172,6 +173,12 @@ def _sdk_warnings_in_the_log() -> None:
     sdk.propagate = False
 
 
+def _without_credentials(url: str) -> str:
+    """``url`` with no ``user:password@`` (basic auth a collector may take in the URL)."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
 def _in(span: Span) -> Context:
     """A context holding ``span`` alone: never the loop's current one (nothing here is
     attached to contextvars, so no request's context leaks into another's)."""
@@ -221,7 +228,7 @@ class Tracing:
             )
         )
         _sdk_warnings_in_the_log()
-        _log.info("tracing: spans exported over OTLP/HTTP to %s", endpoint)
+        _log.info("tracing: spans exported over OTLP/HTTP to %s", _without_credentials(endpoint))
         return cls(provider, config.shutdown_timeout_seconds)
 
     def server_of(self, base_url: str) -> tuple[str, int]:

@@ -269,3 +269,20 @@ def test_tracing_off_never_imports_opentelemetry(tmp_path: Path, state: str) -> 
         assert loaded == "[]"
     else:
         assert "'opentelemetry.sdk.trace'" in loaded
+
+
+def test_the_endpoints_credentials_never_reach_the_log(app_log: _Lines) -> None:
+    """A collector URL may carry basic-auth credentials (``requests`` sends them): the
+    start line names the endpoint without them."""
+    app = logging.getLogger(APP_LOGGER)
+    level = app.level
+    app.setLevel(logging.INFO)
+    try:
+        config = TracingConfig(enabled=True, shutdown_timeout_seconds=1)
+        url = f"https://tracer:s3cret@127.0.0.1:{free_port()}/v1/traces"
+        asyncio.run(Tracing.build(config, url, {}).close())
+    finally:
+        app.setLevel(level)
+    (started,) = [line for line in app_log.lines if "OTLP/HTTP" in line]
+    assert "s3cret" not in started
+    assert "127.0.0.1" in started
