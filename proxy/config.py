@@ -1190,8 +1190,17 @@ def _tracing_export(
                 f"tracing: environment variable {name}: entry {number} is not name=value"
             )
             continue
-        headers[key] = unquote(value).strip()
+        value = unquote(value).strip()
+        if _CONTROL.search(value):
+            # The exporter's HTTP client refuses it on every export, quoting it in the log.
+            problems.append(
+                f"tracing: environment variable {name}: entry {number} has a control "
+                "character in its value"
+            )
+            continue
+        headers[key] = value
     return endpoint, headers
 
 
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")

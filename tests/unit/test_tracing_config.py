@@ -82,6 +82,21 @@ def test_a_malformed_header_is_named_not_repeated() -> None:
     assert "s3cret" not in str(caught.value)
 
 
+def test_a_header_value_with_a_control_character_is_refused_not_repeated() -> None:
+    """``requests`` refuses such a value on every export, and the exporter's error line
+    quotes it: the key would be in the log each time."""
+    with pytest.raises(ConfigError) as caught:
+        make_settings(
+            {"OTLP_H": "x-team=core,Authorization=Basic s3cret%0Ainjected"},
+            **ON,
+            **{"tracing.headers_env": "OTLP_H"},
+        )
+    assert caught.value.problems == [
+        "tracing: environment variable OTLP_H: entry 2 has a control character in its value"
+    ]
+    assert "s3cret" not in str(caught.value)
+
+
 def test_a_named_headers_variable_must_be_set() -> None:
     with pytest.raises(ConfigError) as caught:
         make_settings({}, **ON, **{"tracing.headers_env": "OTLP_H"})
