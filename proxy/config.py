@@ -1136,6 +1136,9 @@ def load_config(
 #: What `tracing.enabled` needs installed: the `otel` extra.
 OTEL_MODULES = ("opentelemetry.sdk.trace", "opentelemetry.exporter.otlp.proto.http.trace_exporter")
 _DEFAULT_TRACES_ENDPOINT = "http://localhost:4318/v1/traces"
+_EXAMPLE_TRACES_ENDPOINT = "http://collector:4318/v1/traces"
+#: OpenTelemetry's protocol variables, the signal's first.
+_PROTOCOL_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
 
 
 def otel_installed() -> bool:
@@ -1168,6 +1171,14 @@ def _tracing_export(
             endpoint = otlp_url(endpoint)
         except ValueError as exc:
             problems.append(f"tracing.endpoint (from the environment): {exc}")
+        # An environment set up for gRPC points at the gRPC port: HTTP there loses every span.
+        protocol = next((n for n in _PROTOCOL_VARIABLES if env.get(n)), None)
+        if protocol is not None and env[protocol].strip().lower() == "grpc":
+            problems.append(
+                f"tracing.endpoint (from the environment): {protocol} is grpc, but the proxy "
+                "exports OTLP over HTTP: set tracing.endpoint to the collector's HTTP "
+                f"endpoint, such as {_EXAMPLE_TRACES_ENDPOINT}"
+            )
     names = (
         (tracing.headers_env,)
         if tracing.headers_env

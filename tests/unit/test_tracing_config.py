@@ -157,3 +157,24 @@ def test_a_bad_endpoint_from_the_environment_is_named_too() -> None:
         "tracing.endpoint (from the environment): must be an absolute http(s) URL such as "
         "http://collector:4318/v1/traces"
     ]
+
+
+@pytest.mark.parametrize(
+    "variable", ["OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"]
+)
+def test_an_environment_asking_for_grpc_is_refused_not_sent_http(variable: str) -> None:
+    """The proxy speaks OTLP over HTTP only: an environment set up for gRPC (its endpoint
+    the collector's gRPC port) would lose every span to failed exports."""
+    environ = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317", variable: "grpc"}
+    with pytest.raises(ConfigError) as caught:
+        make_settings(environ, **ON)
+    assert caught.value.problems == [
+        f"tracing.endpoint (from the environment): {variable} is grpc, but the proxy exports "
+        "OTLP over HTTP: set tracing.endpoint to the collector's HTTP endpoint, such as "
+        "http://collector:4318/v1/traces"
+    ]
+    # The file's endpoint is what is used: the environment's protocol does not apply.
+    file = {"tracing.endpoint": "http://collector:4318/v1/traces"}
+    assert make_settings(environ, **ON, **file).tracing_endpoint == file["tracing.endpoint"]
+    http = {**environ, variable: "http/protobuf"}
+    assert make_settings(http, **ON).tracing_endpoint == "http://collector:4317/v1/traces"
