@@ -132,16 +132,17 @@ class _OncePerWindow(logging.Filter):
     def __init__(self, window: float) -> None:
         super().__init__()
         self._window = window
-        self._last: dict[object, float] = {}
+        self._last: dict[str, float] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
+        template = str(record.msg)  # hashable whatever was logged: this runs in span.end
         now = time.monotonic()
-        last = self._last.get(record.msg)
+        last = self._last.get(template)
         if last is not None and now - last < self._window:
             return False
         if len(self._last) >= 64:  # bounded: templates are the library's, a few
             self._last.clear()
-        self._last[record.msg] = now
+        self._last[template] = now
         return True
 
 
