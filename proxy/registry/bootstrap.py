@@ -23,6 +23,7 @@ from pathlib import Path
 
 from proxy.errors import Conflict, ServiceUnavailable
 from proxy.log import APP_LOGGER
+from proxy.prompt_key import PromptKey
 from proxy.registry.gates import GATES_CODE
 from proxy.registry.prompt_files import load_prompt_dir
 from proxy.registry.service import RegistryService
@@ -37,6 +38,8 @@ _MAX_RETRY = 2.0
 _ATTEMPTS_ON_ERROR = 3
 #: The refusal of a write into a store that lost the registry (``service.store_errors``).
 STORE_LOST = "registry_store_replaced"
+#: A promote the store refused as it stands (``service.store_errors``).
+INVALID_TRANSITION = "invalid_transition"
 
 
 def _waits(exc: Exception) -> bool:
@@ -68,9 +71,12 @@ async def bootstrap_prompts(service: RegistryService, folder: Path) -> int:
                     override_gates=first,
                 )
             except Conflict as exc:
-                if exc.code != GATES_CODE:
+                if exc.code == GATES_CODE:
+                    _log.warning(
+                        "prompt %s v%d left unpromoted: %s", version.key, version.version, exc
+                    )
+                elif not await _promoted_meanwhile(service, version.key, exc):
                     raise
-                _log.warning("prompt %s v%d left unpromoted: %s", version.key, version.version, exc)
         _log.info(
             "prompt %s v%d from %s (%s)",
             version.key,
@@ -79,6 +85,16 @@ async def bootstrap_prompts(service: RegistryService, folder: Path) -> int:
             "new" if created else "unchanged",
         )
     return created_count
+
+
+async def _promoted_meanwhile(service: RegistryService, key: PromptKey, exc: Conflict) -> bool:
+    """Replicas (or workers) started together on an empty shared store each push the folder
+    and each find no prod; the one that promotes second is refused (the version is prod
+    now). That is the bootstrap done, by another process, not a failed start."""
+    if exc.code != INVALID_TRANSITION:
+        return False
+    summary, _ = await service.get_prompt(key)
+    return summary.prod_version is not None
 
 
 async def bootstrap_when_reachable(

@@ -10,7 +10,7 @@ from typing import Any
 
 from proxy.errors import Conflict, ServiceUnavailable
 from proxy.prompt_key import PromptKey
-from proxy.registry.bootstrap import bootstrap_when_reachable, start_registry
+from proxy.registry.bootstrap import bootstrap_prompts, bootstrap_when_reachable, start_registry
 from proxy.registry.embedded_store import EmbeddedStore
 from proxy.registry.models import PromptVersion
 from proxy.registry.service import PromptSummary, RegistryService
@@ -111,4 +111,24 @@ async def test_a_deferred_bootstrap_keeps_the_replica_unready_until_it_is_done(
         assert holder.current.prod[PromptKey("greet")] == 1
     finally:
         await tasks.close()
+        await store.close()
+
+
+async def test_two_replicas_bootstrapping_one_store_at_once_both_start(tmp_path: Path) -> None:
+    """Replicas (or `--workers`) started together on an empty shared store each push the
+    folder and each see no prod: one promote wins, and the other's promote of the version
+    that is prod by now must not fail its start (it did: a traceback, the process exited)."""
+    store = EmbeddedStore(tmp_path / "registry.db")
+    folder = _folder(tmp_path / "prompts")
+    (folder / "farewell.md").write_text("---\nauthor: t\n---\nSay goodbye.\n")
+    services = [RegistryService(store) for _ in range(2)]
+    try:
+        created = await asyncio.gather(*(bootstrap_prompts(s, folder) for s in services))
+        assert sorted(created) == [0, 2]
+        for slug in ("greet", "farewell"):
+            summary, _ = await services[0].get_prompt(PromptKey(slug))
+            assert summary.prod_version == 1
+        promotes = [e for e in await store.audit(None) if e.action == "promote"]
+        assert len(promotes) == 2  # one per prompt, by whichever replica won
+    finally:
         await store.close()
