@@ -31,6 +31,8 @@ SCHEMA_PACKAGE = "check_jsonschema"
 SCHEMA_PATH = "builtin_schemas/vendor/compose-spec.json"
 IMAGE = "promptproxy:0.1.0"
 PROXIES = ("proxy-a", "proxy-b")
+#: How long running shadow calls get after the drain (at most; proxy/services.py).
+SHADOW_FLUSH_SECONDS = 5.0
 
 
 def compose_schema() -> dict[str, Any]:
@@ -219,9 +221,11 @@ def test_the_proxy_config_loads_with_the_bootstrap_prompts_mounted(
         assert bootstrap is not None
         prompts = mounted_file(service, bootstrap)
         assert sorted(prompts.glob("*.md")), prompts
-        # SIGTERM: the drain ends before Compose's SIGKILL.
+        # SIGTERM: the drain, then running shadow calls (min(5 s, the drain):
+        # proxy/services.py), end before Compose's SIGKILL.
         grace = int(service["stop_grace_period"].removesuffix("s"))
-        assert grace > settings.config.server.shutdown_grace_seconds
+        drain = settings.config.server.shutdown_grace_seconds
+        assert grace > drain + min(SHADOW_FLUSH_SECONDS, drain)
 
 
 def test_every_mounted_file_is_in_the_repository(compose: dict[str, Any]) -> None:

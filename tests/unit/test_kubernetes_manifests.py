@@ -50,6 +50,8 @@ SECRET_PLACEHOLDER = "from-a-secret"
 #: What PROMPTPROXY_STORE from a Secret holds (docs/kubernetes.md): a shared store's URL.
 STORE_PLACEHOLDER = "redis://store-from-a-secret:6379/0"
 DATA_DIR = "/var/lib/promptproxy"
+#: How long running shadow calls get after the drain (at most; proxy/services.py).
+SHADOW_FLUSH_SECONDS = 5.0
 
 
 def kubectl_kustomize(directory: Path) -> list[dict[str, Any]]:
@@ -324,10 +326,15 @@ def test_the_grace_period_covers_prestop_and_the_drain(
     docs = rendered[name]
     deployment = only(docs, "Deployment")
     pre_stop = container(deployment)["lifecycle"]["preStop"]["sleep"]["seconds"]
-    drain = proxy_config(docs, tmp_path).server.shutdown_grace_seconds
+    config = proxy_config(docs, tmp_path)
+    drain = config.server.shutdown_grace_seconds
+    # After the drain, what the process still waits for before it exits: running shadow
+    # calls (proxy/services.py gives them min(5 s, the drain)), then tracing's flush.
+    shadows = min(SHADOW_FLUSH_SECONDS, drain)
+    traces = config.tracing.shutdown_timeout_seconds if config.tracing.enabled else 0.0
     grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert pre_stop >= 1  # endpoints need a moment to stop routing to the pod
-    assert grace > pre_stop + drain
+    assert grace > pre_stop + drain + shadows + traces
 
 
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
