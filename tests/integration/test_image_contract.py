@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "deploy" / "Dockerfile"
 CONTAINER_CONFIG = REPO / "deploy" / "container.yaml"
 DOCKERIGNORE = REPO / "deploy" / "Dockerfile.dockerignore"
+COMPOSE = REPO / "deploy" / "compose.yaml"
 TOKEN = "image-contract-admin-token"
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 GREETING = """---
@@ -352,3 +353,22 @@ def test_a_volume_the_user_cannot_write_stops_the_start_with_one_line(
     assert status == 1, log
     assert f"cannot open the registry at {image.volume}/registry.db" in log, log
     assert "Traceback" not in log, log
+
+
+def test_the_compose_simulator_stops_on_its_stop_signal(
+    image: Image, data: Path, tmp_path: Path
+) -> None:
+    # `promptproxy simulate` as PID 1 (deploy/compose.yaml's `sim`): the kernel drops a
+    # signal PID 1 has no handler for, so a stop signal it ignores costs every
+    # `docker compose stop` the whole timeout, then a SIGKILL.
+    compose = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+    sim = compose["services"]["sim"]
+    command = [*image.stage.exec_form("ENTRYPOINT"), *sim["command"]]
+    port = int(sim["command"][sim["command"].index("--port") + 1])
+    with run_container(image, tmp_path, data, command=command) as container:
+        container.wait_until(
+            lambda: _status(container, f"http://127.0.0.1:{port}/v1/models") == 200,
+            "the simulator answers",
+        )
+        container.signal(signal.Signals[sim.get("stop_signal", "SIGTERM")])
+        assert container.wait(DOCKER_STOP_TIMEOUT) == 0, container.log_tail()
