@@ -12,8 +12,12 @@ environment.
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -209,6 +213,25 @@ def test_the_build_context_holds_what_the_image_copies_and_nothing_else() -> Non
         "proxy/__pycache__/config.cpython-311.pyc",
     ):
         assert _ignored(kept_out, patterns), kept_out
+
+
+def test_a_root_without_the_right_to_make_namespaces_skips_with_a_reason() -> None:
+    # Root in a CI container (no CAP_SYS_ADMIN): the emulation must be skipped, saying why,
+    # not fail half-way through a build.
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("needs root and setpriv to drop CAP_SYS_ADMIN")
+    code = "from tests.image_emulation import emulation_unavailable as u; print(u())"
+    probe = subprocess.run(
+        [setpriv, "--bounding-set=-sys_admin", "--", sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert probe.returncode == 0, probe.stderr
+    assert "namespaces" in probe.stdout, probe.stdout
 
 
 # -- the image, run ----------------------------------------------------------------------
