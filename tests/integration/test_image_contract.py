@@ -150,7 +150,8 @@ def test_the_dockerfile_and_the_container_config_agree(runtime: Stage, settings:
     server = settings.config.server
     assert set(runtime.exposed()) == {server.port, server.admin_port}
     health = " ".join(runtime.healthcheck().command)
-    assert f"http://127.0.0.1:{server.admin_port}/healthz" in health
+    assert f"'http://127.0.0.1:{server.admin_port}')" in health
+    assert "'/healthz'" in health
     env = runtime.env({"PATH": "/usr/bin"})
     copied = {c.sources: c.dest for c in runtime.copies()}
     assert copied[("deploy/container.yaml",)] == env["PROMPTPROXY_CONFIG"]
@@ -362,6 +363,25 @@ def test_the_config_comes_from_the_mounted_file_and_the_environment(
         assert _stop(container, runtime) == 0, container.log_tail()
     assert (data / "elsewhere" / "registry.db").is_file()
     assert not (data / "registry.db").exists()
+
+
+def test_a_moved_admin_port_moves_the_health_check_with_one_variable(
+    image: Image, runtime: Stage, data: Path, tmp_path: Path
+) -> None:
+    config = _mounted_config(tmp_path, server={"admin_port": 9081})
+    admin = "http://127.0.0.1:9081"
+    env = {"PROMPTPROXY_ADMIN_URL": admin}
+    with run_container(
+        image, tmp_path, data, env=env, mounts={_config_path(image): config}
+    ) as container:
+        container.wait_until(lambda: _status(container, f"{admin}/readyz") == 200, "ready")
+        health = container.exec(runtime.healthcheck().command)
+        assert health.returncode == 0, health.stderr
+        # The same variable points `docker exec ... promptproxy` at the moved port.
+        listed = container.exec(["promptproxy", "prompts", "list"])
+        assert listed.returncode == 0, listed.stdout + listed.stderr
+        assert "summarize" in listed.stdout
+        assert _stop(container, runtime) == 0, container.log_tail()
 
 
 def test_a_volume_the_user_cannot_write_stops_the_start_with_one_line(
