@@ -25,6 +25,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -62,6 +63,35 @@ def emulation_unavailable() -> str | None:
     )
     if probe.stdout.strip() != "True":
         return f"the base image's Python is 3.11 and {DEBIAN_PYTHON} (with venv) is not"
+    return _namespaces_refused()
+
+
+def _namespaces_refused() -> str | None:
+    """Why this root may not do what building and running need (root in a container without
+    CAP_SYS_ADMIN, overlayfs not available), or None: the same kinds of calls, tried once."""
+    with tempfile.TemporaryDirectory(prefix="image-probe-") as tmp:
+        dirs = {name: Path(tmp) / name for name in ("lower", "upper", "work", "merged")}
+        for path in dirs.values():
+            path.mkdir()
+        options = f"lowerdir={dirs['lower']},upperdir={dirs['upper']},workdir={dirs['work']}"
+        script = (
+            f"mount -t overlay overlay -o {shlex.quote(options)} {shlex.quote(str(dirs['merged']))}"
+            " && ip link set lo up"
+        )
+        unshare = ["unshare", "--mount", "--net", "--pid", "--fork", "--propagation", "private"]
+        probe = subprocess.run(
+            [*unshare, "sh", "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    if probe.returncode != 0:
+        why = probe.stderr.strip().splitlines()[-1:] or [f"exit status {probe.returncode}"]
+        return (
+            "emulating the image needs mount, network and PID namespaces and an overlay "
+            f"mount, refused here: {why[0]}"
+        )
     return None
 
 

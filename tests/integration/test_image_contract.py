@@ -12,8 +12,12 @@ environment.
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -39,6 +43,7 @@ REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "deploy" / "Dockerfile"
 CONTAINER_CONFIG = REPO / "deploy" / "container.yaml"
 DOCKERIGNORE = REPO / "deploy" / "Dockerfile.dockerignore"
+COMPOSE = REPO / "deploy" / "compose.yaml"
 TOKEN = "image-contract-admin-token"
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 GREETING = """---
@@ -145,7 +150,8 @@ def test_the_dockerfile_and_the_container_config_agree(runtime: Stage, settings:
     server = settings.config.server
     assert set(runtime.exposed()) == {server.port, server.admin_port}
     health = " ".join(runtime.healthcheck().command)
-    assert f"http://127.0.0.1:{server.admin_port}/healthz" in health
+    assert f"'http://127.0.0.1:{server.admin_port}')" in health
+    assert "'/healthz'" in health
     env = runtime.env({"PATH": "/usr/bin"})
     copied = {c.sources: c.dest for c in runtime.copies()}
     assert copied[("deploy/container.yaml",)] == env["PROMPTPROXY_CONFIG"]
@@ -208,6 +214,25 @@ def test_the_build_context_holds_what_the_image_copies_and_nothing_else() -> Non
         "proxy/__pycache__/config.cpython-311.pyc",
     ):
         assert _ignored(kept_out, patterns), kept_out
+
+
+def test_a_root_without_the_right_to_make_namespaces_skips_with_a_reason() -> None:
+    # Root in a CI container (no CAP_SYS_ADMIN): the emulation must be skipped, saying why,
+    # not fail half-way through a build.
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("needs root and setpriv to drop CAP_SYS_ADMIN")
+    code = "from tests.image_emulation import emulation_unavailable as u; print(u())"
+    probe = subprocess.run(
+        [setpriv, "--bounding-set=-sys_admin", "--", sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert probe.returncode == 0, probe.stderr
+    assert "namespaces" in probe.stdout, probe.stdout
 
 
 # -- the image, run ----------------------------------------------------------------------
@@ -340,6 +365,25 @@ def test_the_config_comes_from_the_mounted_file_and_the_environment(
     assert not (data / "registry.db").exists()
 
 
+def test_a_moved_admin_port_moves_the_health_check_with_one_variable(
+    image: Image, runtime: Stage, data: Path, tmp_path: Path
+) -> None:
+    config = _mounted_config(tmp_path, server={"admin_port": 9081})
+    admin = "http://127.0.0.1:9081"
+    env = {"PROMPTPROXY_ADMIN_URL": admin}
+    with run_container(
+        image, tmp_path, data, env=env, mounts={_config_path(image): config}
+    ) as container:
+        container.wait_until(lambda: _status(container, f"{admin}/readyz") == 200, "ready")
+        health = container.exec(runtime.healthcheck().command)
+        assert health.returncode == 0, health.stderr
+        # The same variable points `docker exec ... promptproxy` at the moved port.
+        listed = container.exec(["promptproxy", "prompts", "list"])
+        assert listed.returncode == 0, listed.stdout + listed.stderr
+        assert "summarize" in listed.stdout
+        assert _stop(container, runtime) == 0, container.log_tail()
+
+
 def test_a_volume_the_user_cannot_write_stops_the_start_with_one_line(
     image: Image, settings: Settings, tmp_path: Path
 ) -> None:
@@ -352,3 +396,22 @@ def test_a_volume_the_user_cannot_write_stops_the_start_with_one_line(
     assert status == 1, log
     assert f"cannot open the registry at {image.volume}/registry.db" in log, log
     assert "Traceback" not in log, log
+
+
+def test_the_compose_simulator_stops_on_its_stop_signal(
+    image: Image, data: Path, tmp_path: Path
+) -> None:
+    # `promptproxy simulate` as PID 1 (deploy/compose.yaml's `sim`): the kernel drops a
+    # signal PID 1 has no handler for, so a stop signal it ignores costs every
+    # `docker compose stop` the whole timeout, then a SIGKILL.
+    compose = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+    sim = compose["services"]["sim"]
+    command = [*image.stage.exec_form("ENTRYPOINT"), *sim["command"]]
+    port = int(sim["command"][sim["command"].index("--port") + 1])
+    with run_container(image, tmp_path, data, command=command) as container:
+        container.wait_until(
+            lambda: _status(container, f"http://127.0.0.1:{port}/v1/models") == 200,
+            "the simulator answers",
+        )
+        container.signal(signal.Signals[sim.get("stop_signal", "SIGTERM")])
+        assert container.wait(DOCKER_STOP_TIMEOUT) == 0, container.log_tail()

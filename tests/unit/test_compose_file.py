@@ -31,6 +31,8 @@ SCHEMA_PACKAGE = "check_jsonschema"
 SCHEMA_PATH = "builtin_schemas/vendor/compose-spec.json"
 IMAGE = "promptproxy:0.1.0"
 PROXIES = ("proxy-a", "proxy-b")
+#: How long running shadow calls get after the drain (at most; proxy/services.py).
+SHADOW_FLUSH_SECONDS = 5.0
 
 
 def compose_schema() -> dict[str, Any]:
@@ -173,11 +175,39 @@ def test_both_proxies_share_one_redis_and_call_the_simulator(compose: dict[str, 
             assert (url.hostname, url.port) == ("sim", sim_port), provider.name
         assert config.server.host == "0.0.0.0"
         assert config.server.admin_host == "0.0.0.0"
-        assert everything[name]["depends_on"] == {
-            "redis": {"condition": "service_healthy"},
-            "sim": {"condition": "service_healthy"},
-        }
+        depends = everything[name]["depends_on"]
+        for needed in (store.hostname, "sim"):
+            assert depends[needed] == {"condition": "service_healthy"}, name
     assert len(stores) == 1
+
+
+def waits_for_healthy(everything: dict[str, dict[str, Any]], name: str) -> set[str]:
+    """The services ``name`` starts after, once they are healthy, directly or not."""
+    found: set[str] = set()
+    pending = [name]
+    while pending:
+        for other, how in everything[pending.pop()].get("depends_on", {}).items():
+            if how.get("condition") == "service_healthy" and other not in found:
+                found.add(other)
+                pending.append(other)
+    return found
+
+
+def test_proxies_that_bootstrap_prompts_start_one_after_the_other(
+    compose: dict[str, Any],
+) -> None:
+    # Two bootstraps at once on an empty Redis race to promote the same first versions,
+    # and the loser's start fails (measured: one start in three with two proxies).
+    everything = services(compose)
+    bootstrapping = [
+        name for name in PROXIES if proxy_settings(everything[name]).config.registry.bootstrap_dir
+    ]
+    assert len(bootstrapping) > 1
+    for i, first in enumerate(bootstrapping):
+        for second in bootstrapping[i + 1 :]:
+            assert first in waits_for_healthy(everything, second) or second in waits_for_healthy(
+                everything, first
+            ), f"{first} and {second} bootstrap prompts at the same time"
 
 
 def test_the_proxy_config_loads_with_the_bootstrap_prompts_mounted(
@@ -191,9 +221,11 @@ def test_the_proxy_config_loads_with_the_bootstrap_prompts_mounted(
         assert bootstrap is not None
         prompts = mounted_file(service, bootstrap)
         assert sorted(prompts.glob("*.md")), prompts
-        # SIGTERM: the drain ends before Compose's SIGKILL.
+        # SIGTERM: the drain, then running shadow calls (min(5 s, the drain):
+        # proxy/services.py), end before Compose's SIGKILL.
         grace = int(service["stop_grace_period"].removesuffix("s"))
-        assert grace > settings.config.server.shutdown_grace_seconds
+        drain = settings.config.server.shutdown_grace_seconds
+        assert grace > drain + min(SHADOW_FLUSH_SECONDS, drain)
 
 
 def test_every_mounted_file_is_in_the_repository(compose: dict[str, Any]) -> None:

@@ -42,3 +42,11 @@ def test_grafana_provisioning_loads_the_dashboard_from_prometheus() -> None:
     assert source["url"].startswith("http")
     (board,) = (grafana / "dashboards").glob("*.json")
     assert json.loads(board.read_text())["uid"] == "promptproxy-rollout"
+
+
+def test_links_between_the_deployment_docs_resolve() -> None:
+    docs = DEPLOY.parent / "docs"
+    for page in ("deployment.md", "kubernetes.md"):
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", (docs / page).read_text()):
+            if "://" not in target:
+                assert (docs / target).exists(), f"docs/{page} links to {target}"

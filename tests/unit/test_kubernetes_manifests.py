@@ -41,15 +41,28 @@ ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
 CRDS = ROOT / "tests" / "kubernetes_crds"
 #: The newest Kubernetes the pinned kubernetes-validate (1.37.0) has schemas for.
 KUBERNETES_VERSION = "1.37.0"
+
+
+def _kustomizations(kind: str) -> list[str]:
+    """The directories under deploy/kubernetes whose kustomization.yaml is of ``kind``."""
+    return sorted(
+        str(path.parent.relative_to(KUBERNETES))
+        for path in KUBERNETES.rglob("kustomization.yaml")
+        if yaml.safe_load(path.read_text(encoding="utf-8")).get("kind", "Kustomization") == kind
+    )
+
+
 #: The Kustomizations a user can apply or build on, by their path under deploy/kubernetes.
-KUSTOMIZATIONS = sorted(
-    str(path.parent.relative_to(KUBERNETES)) for path in KUBERNETES.rglob("kustomization.yaml")
-)
+KUSTOMIZATIONS = _kustomizations("Kustomization")
+#: The optional Components a user adds to an overlay of theirs.
+COMPONENTS = _kustomizations("Component")
 #: The value a test environment gives each variable the Deployment reads from a Secret.
 SECRET_PLACEHOLDER = "from-a-secret"
 #: What PROMPTPROXY_STORE from a Secret holds (docs/kubernetes.md): a shared store's URL.
 STORE_PLACEHOLDER = "redis://store-from-a-secret:6379/0"
 DATA_DIR = "/var/lib/promptproxy"
+#: How long running shadow calls get after the drain (at most; proxy/services.py).
+SHADOW_FLUSH_SECONDS = 5.0
 
 
 def kubectl_kustomize(directory: Path) -> list[dict[str, Any]]:
@@ -188,6 +201,7 @@ def test_every_rendered_object_is_valid_kubernetes(
 
 def test_the_overlays_a_user_applies_are_all_checked() -> None:
     assert {"base", "overlays/single", "overlays/replicated"} <= set(KUSTOMIZATIONS)
+    assert COMPONENTS == ["components/admin-network-policy"]
 
 
 @pytest.mark.parametrize(
@@ -324,10 +338,15 @@ def test_the_grace_period_covers_prestop_and_the_drain(
     docs = rendered[name]
     deployment = only(docs, "Deployment")
     pre_stop = container(deployment)["lifecycle"]["preStop"]["sleep"]["seconds"]
-    drain = proxy_config(docs, tmp_path).server.shutdown_grace_seconds
+    config = proxy_config(docs, tmp_path)
+    drain = config.server.shutdown_grace_seconds
+    # After the drain, what the process still waits for before it exits: running shadow
+    # calls (proxy/services.py gives them min(5 s, the drain)), then tracing's flush.
+    shadows = min(SHADOW_FLUSH_SECONDS, drain)
+    traces = config.tracing.shutdown_timeout_seconds if config.tracing.enabled else 0.0
     grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert pre_stop >= 1  # endpoints need a moment to stop routing to the pod
-    assert grace > pre_stop + drain
+    assert grace > pre_stop + drain + shadows + traces
 
 
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
@@ -507,3 +526,48 @@ def test_the_generator_carries_a_changed_rule() -> None:
     out = yaml.safe_load(generator().render(yaml.safe_dump(alerts)))
     assert out["spec"]["groups"][0]["rules"][0]["expr"] == "vector(1)\n+ vector(2)"
     assert problems(out) == []
+
+
+# --- the optional NetworkPolicy ---------------------------------------------------------------
+
+
+def user_overlay(tmp_path: Path, base: str, components: list[str]) -> list[dict[str, Any]]:
+    """An overlay of the user's own, on ``base`` with ``components``, rendered."""
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "resources": [os.path.relpath(KUBERNETES / base, overlay)],
+                "components": [os.path.relpath(KUBERNETES / c, overlay) for c in components],
+            }
+        )
+    )
+    return kubectl_kustomize(overlay)
+
+
+@pytest.mark.parametrize("base", ["overlays/single", "overlays/replicated"])
+def test_the_network_policy_admits_only_prometheus_to_the_admin_port(
+    base: str, tmp_path: Path
+) -> None:
+    docs = user_overlay(tmp_path, base, COMPONENTS)
+    assert [line for doc in docs for line in problems(doc)] == []
+    policy = only(docs, "NetworkPolicy")["spec"]
+    deployment = only(docs, "Deployment")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= labels.items()
+    assert policy["policyTypes"] == ["Ingress"]  # egress (providers, the store) untouched
+    config = proxy_config(docs, tmp_path)
+    named = {p["name"]: p["containerPort"] for p in container(deployment)["ports"]}
+    admitted: dict[int, list[Any]] = {}
+    for rule in policy["ingress"]:
+        for port in rule["ports"]:
+            number = named.get(port["port"], port["port"])
+            admitted.setdefault(number, []).append(rule.get("from"))
+    # The data port from anywhere; the admin port only from the selected namespace.
+    assert admitted[config.server.port] == [None]
+    (sources,) = admitted[config.server.admin_port]
+    assert sources == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
+    assert set(admitted) == {config.server.port, config.server.admin_port}
