@@ -130,6 +130,9 @@ def simulate(
     api_key: str | None,
 ) -> None:
     """Run the simulated OpenAI-compatible provider (for tests, demos and benchmarks)."""
+    import asyncio
+    import signal
+
     from proxy.simulator import SimulatorSettings, serve_simulator
 
     settings = SimulatorSettings(
@@ -141,12 +144,25 @@ def simulate(
         click.echo(f"simulated provider listening on http://{host}:{bound_port}/v1")
         sys.stdout.flush()
 
-    try:
-        import uvloop
+    async def until_stopped() -> None:
+        # SIGTERM as well as Ctrl-C: as a container's PID 1 a process ignores a signal it
+        # has no handler for, so `docker stop` would wait its whole timeout, then SIGKILL.
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        serving = asyncio.create_task(serve_simulator(host, port, settings, on_listening=announce))
+        stopping = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (serving, stopping):
+            task.cancel()
+        await asyncio.gather(serving, stopping, return_exceptions=True)
+        if serving in done:
+            serving.result()  # it ended by itself: a failed start (a busy port) is an error
 
-        uvloop.run(serve_simulator(host, port, settings, on_listening=announce))
-    except KeyboardInterrupt:
-        pass
+    import uvloop
+
+    uvloop.run(until_stopped())
 
 
 main.add_command(prompts_group)
