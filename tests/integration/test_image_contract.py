@@ -266,6 +266,15 @@ def test_starts_as_its_user_with_only_the_volume_writable_and_is_healthy(
             refused = container.exec(["touch", f"{where.rstrip('/')}/written"])
             assert refused.returncode != 0, where
         assert container.exec(["touch", f"{image.volume}/written"]).returncode == 0
+
+        # Tracing is a config switch in the image, not a rebuild: the otel extra is in.
+        traced = data / "traced.yaml"
+        traced.write_text(
+            Path("deploy/container.yaml").read_text()
+            + "tracing:\n  enabled: true\n  endpoint: http://collector:4318/v1/traces\n"
+        )
+        checked = container.exec(["promptproxy", "config", "check", f"{image.volume}/traced.yaml"])
+        assert checked.returncode == 0, checked.stdout + checked.stderr
         assert _problems(container) == []
 
 
