@@ -37,7 +37,7 @@ import aiohttp
 import orjson
 import psutil
 
-from loadtest import aggregate, online_judging, peers, report, shadow_isolation, wrk
+from loadtest import aggregate, online_judging, peers, report, shadow_isolation, workers, wrk
 from loadtest.loadgen import LoadGenerator, chat_request, summarize_ms
 from loadtest.measure import (
     SETTLE_S,
@@ -474,6 +474,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="run only the online judging check (10 %% of answers judged vs judging off)",
     )
+    parser.add_argument(
+        "--workers",
+        action="store_true",
+        help="run only serve --workers 2 against 1 worker on Redis (nonstream_0ms, unpinned)",
+    )
     parser.add_argument("--soak-requests", type=int, default=100_000)
     parser.add_argument("--soak-step", type=int, default=10_000, help="RSS sampled every N")
     parser.add_argument("--soak-max-seconds", type=float, default=900.0)
@@ -492,13 +497,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             if args.soak
             else "online-judging.json"
             if args.online_judging
+            else "workers.json"
+            if args.workers
             else "latest.json"
         )
     if args.baseline:
         # Each compared target of this tree gets its twin at the baseline revision.
         args.targets += [old for old, new in BASELINES.items() if new in args.targets]
     if DIRECT not in args.targets and not (
-        args.soak or args.shadow_isolation or args.online_judging
+        args.soak or args.shadow_isolation or args.online_judging or args.workers
     ):
         parser.error("--targets must include direct: added latency is measured against it")
     wanted = [p for p in PEERS if p in args.targets]
@@ -517,7 +524,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def resolve_tools(args: argparse.Namespace) -> None:
     """Find the peers and wrk that were asked for; drop (with one line each) what is missing."""
-    if args.soak or args.shadow_isolation or args.online_judging:
+    if args.soak or args.shadow_isolation or args.online_judging or args.workers:
         return
     for name in [t for t in args.targets if t in PEERS]:
         found = peers.resolve(name, nginx=args.nginx, litellm_venv=args.litellm_venv)
@@ -549,6 +556,10 @@ def print_report(result: dict[str, Any]) -> None:
         return
     if "online_judging" in result:
         print(online_judging.judging_table(result["online_judging"]) + "\n")
+        print(report.checks_table(result["checks"]))
+        return
+    if "workers" in result:
+        print(workers.workers_table(result["workers"]) + "\n")
         print(report.checks_table(result["checks"]))
         return
     if "cells" in result:
@@ -596,6 +607,8 @@ async def _run(args: argparse.Namespace, fleet: Fleet, pinning: Pinning) -> dict
         return await online_judging.run_online_judging(
             args, fleet, pinning.target_cores, _cell_config(args, pinning)
         )
+    if args.workers:
+        return await workers.run_workers(args, fleet, _cell_config(args, pinning))
     return await run_bench(args, fleet, pinning)
 
 
@@ -605,7 +618,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     resolve_tools(args)
     started = dt.datetime.now(dt.UTC)
-    pinning = pin_self(args.target_core, args.load_core)
+    pinning = (
+        # Two workers are meant to use both cores: nothing is pinned, shares are reported.
+        Pinning(None, None, "not pinned: the proxy, simulator and load generator share the cores")
+        if args.workers
+        else pin_self(args.target_core, args.load_core)
+    )
     # A plain `kill` must also reach the `finally` blocks that stop the children.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     log_dir = Path(tempfile.mkdtemp(prefix="promptproxy-bench-"))
