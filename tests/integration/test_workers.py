@@ -310,6 +310,7 @@ async def test_a_killed_worker_is_replaced_while_the_other_answers(workers: Prox
     senders = [asyncio.create_task(keep_sending(workers, traffic, stop)) for _ in range(clients)]
     try:
         await until(lambda: _at_least(traffic, 50), 20, "traffic before the kill")
+        counted = chat_requests((await get(f"{workers.admin_url}/metrics"))[1])
         os.kill(victim, signal.SIGKILL)
         answered_at_kill = traffic.ok
 
@@ -326,6 +327,8 @@ async def test_a_killed_worker_is_replaced_while_the_other_answers(workers: Prox
     merged = (await get(f"{workers.admin_url}/metrics"))[1]
     assert sample(merged, "promptproxy_worker_restarts_total") == (restarts or 0) + 1
     assert sample(merged, "promptproxy_workers", 'state="ready"') == 2
+    # The dead worker's counts stay in the sum: a counter never goes down.
+    assert chat_requests(merged) >= counted + traffic.ok - answered_at_kill
     # What a caller notices: never a refused connection (the port stays bound, the queue
     # stays with the other worker); at most the requests the killed worker had accepted,
     # one per client as each sends one at a time.
@@ -336,6 +339,29 @@ async def test_a_killed_worker_is_replaced_while_the_other_answers(workers: Prox
 
 async def _at_least(traffic: Traffic, count: int) -> bool:
     return traffic.ok >= count
+
+
+def test_a_worker_that_cannot_start_ends_the_supervisor_with_its_error(
+    redis_server: RedisServer,
+) -> None:
+    closed = free_port()  # nothing listens there: each worker's start-up check fails
+    done = serve(
+        "--workers",
+        "2",
+        "--upstream",
+        f"http://127.0.0.1:{closed}/v1",
+        "--store",
+        redis_server.url,
+        "--port",
+        str(free_port()),
+        "--admin-port",
+        str(free_port()),
+    )
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if line.startswith("promptproxy: ")]
+    assert errors
+    assert all(f"upstream http://127.0.0.1:{closed}/v1 is unreachable" in e for e in errors)
+    assert "exited with 1 at start (its error is above): stopping" in done.stderr
 
 
 def test_sigterm_drains_every_worker_and_exits_0(
