@@ -7,8 +7,9 @@ plain single process (`serve` without a supervisor), two workers are the supervi
 two workers. Nothing is pinned: two workers are meant to use both cores, so the load
 generator and the simulator compete with them for the same two cores, and the figures say
 how much of the cores each took. CPU per request is the whole process tree's (supervisor
-and workers) user + system time over the measured requests; the rounds alternate which
-target goes first, and the 2-vs-1 ratio is taken round by round.
+and workers) user + system time over the measured requests. Both targets stay up for the
+whole run and their measured phases alternate (which goes first changes every round); the
+2-vs-1 ratio is taken round by round.
 """
 
 from __future__ import annotations
@@ -68,8 +69,9 @@ def start_workers(fleet: Fleet, upstream: str, store: str, workers: int, label: 
     )
 
 
-async def per_worker_requests(admin_port: int) -> list[float]:
+async def per_worker_requests(admin_port: int | None) -> list[float]:
     """Requests each worker answered so far, read from its private admin socket."""
+    assert admin_port is not None
     async with (
         aiohttp.ClientSession() as session,
         session.get(f"http://127.0.0.1:{admin_port}/readyz") as resp,
@@ -103,19 +105,22 @@ async def run_workers(args: argparse.Namespace, fleet: Fleet, cfg: CellConfig) -
     # Nothing is pinned; the two "cores" only make measure_cell read both cores' busy time,
     # so what none of our processes used is known (its `foreign_pct`, summed).
     cell_config = dataclasses.replace(cfg, target_core=0, load_core=1)
+    # Both targets run for the whole comparison and the measured phases alternate between
+    # them: on a shared machine the CPU a request costs drifts from minute to minute, and
+    # two phases seconds apart see the same drift.
+    targets = {n: start_workers(fleet, sim.base_url, store, n, f"workers-{n}") for n in (1, 2)}
     runs: list[Cell] = []
     for round_ in range(args.rounds):
         for workers in (1, 2) if round_ % 2 == 0 else (2, 1):
-            label = f"r{round_}-workers-{workers}"
-            target = start_workers(fleet, sim.base_url, store, workers, label)
-            try:
-                load_before = os.getloadavg()[0]
-                cell = await measure_cell(scenario, target, sim, cell_config, None)
-                if workers > 1:
-                    assert target.admin_port is not None
-                    cell["per_worker_requests"] = await per_worker_requests(target.admin_port)
-            finally:
-                fleet.stop(target.proc)
+            target = targets[workers]
+            load_before = os.getloadavg()[0]
+            split_before = await per_worker_requests(target.admin_port) if workers > 1 else None
+            cell = await measure_cell(scenario, target, sim, cell_config, None)
+            if split_before is not None:
+                split = await per_worker_requests(target.admin_port)
+                pairs = zip(split, split_before, strict=True)
+                # Warm-up included: which worker took the cell's connections.
+                cell["per_worker_requests"] = [after - before for after, before in pairs]
             cell["round"] = round_
             elapsed = cell["elapsed_s"]
             shares = {
@@ -129,7 +134,7 @@ async def run_workers(args: argparse.Namespace, fleet: Fleet, cfg: CellConfig) -
             cell["loadavg_before"] = load_before
             runs.append(cell)
             print(
-                f"{label}: {cell['rps']:.0f} req/s, {cell['errors']} errors, "
+                f"r{round_}-workers-{workers}: {cell['rps']:.0f} req/s, {cell['errors']} errors, "
                 f"{cell['cpu_us_per_req']['target']:.0f} us CPU/request (tree), cores: "
                 f"proxy {shares['target']:.0%}, load generator {shares['loadgen']:.0%}, "
                 f"simulator {shares['simulator']:.0%}, others {shares['others']:.0%}"
