@@ -37,7 +37,16 @@ import aiohttp
 import orjson
 import psutil
 
-from loadtest import aggregate, online_judging, peers, report, shadow_isolation, tracing_bench, wrk
+from loadtest import (
+    aggregate,
+    online_judging,
+    peers,
+    report,
+    shadow_isolation,
+    tracing_bench,
+    workers,
+    wrk,
+)
 from loadtest.loadgen import LoadGenerator, chat_request, summarize_ms
 from loadtest.measure import (
     SETTLE_S,
@@ -480,6 +489,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="run only the tracing cost check: no tracing code (--baseline, default the "
         "commit before tracing), tracing off, tracing on (nonstream_0ms)",
     )
+    parser.add_argument(
+        "--workers",
+        action="store_true",
+        help="run only serve --workers 2 against 1 worker on Redis (nonstream_0ms, unpinned)",
+    )
     parser.add_argument("--soak-requests", type=int, default=100_000)
     parser.add_argument("--soak-step", type=int, default=10_000, help="RSS sampled every N")
     parser.add_argument("--soak-max-seconds", type=float, default=900.0)
@@ -500,13 +514,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             if args.online_judging
             else "tracing.json"
             if args.tracing
+            else "workers.json"
+            if args.workers
             else "latest.json"
         )
     if args.baseline and not args.tracing:
         # Each compared target of this tree gets its twin at the baseline revision.
         args.targets += [old for old, new in BASELINES.items() if new in args.targets]
     if DIRECT not in args.targets and not (
-        args.soak or args.shadow_isolation or args.online_judging or args.tracing
+        args.soak or args.shadow_isolation or args.online_judging or args.tracing or args.workers
     ):
         parser.error("--targets must include direct: added latency is measured against it")
     wanted = [p for p in PEERS if p in args.targets]
@@ -525,7 +541,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def resolve_tools(args: argparse.Namespace) -> None:
     """Find the peers and wrk that were asked for; drop (with one line each) what is missing."""
-    if args.soak or args.shadow_isolation or args.online_judging or args.tracing:
+    if args.soak or args.shadow_isolation or args.online_judging or args.tracing or args.workers:
         return
     for name in [t for t in args.targets if t in PEERS]:
         found = peers.resolve(name, nginx=args.nginx, litellm_venv=args.litellm_venv)
@@ -561,6 +577,10 @@ def print_report(result: dict[str, Any]) -> None:
         return
     if "tracing" in result:
         print(tracing_bench.tracing_table(result) + "\n")
+        print(report.checks_table(result["checks"]))
+        return
+    if "workers" in result:
+        print(workers.workers_table(result["workers"]) + "\n")
         print(report.checks_table(result["checks"]))
         return
     if "cells" in result:
@@ -612,6 +632,8 @@ async def _run(args: argparse.Namespace, fleet: Fleet, pinning: Pinning) -> dict
         return await tracing_bench.run_tracing(
             args, fleet, pinning.target_cores, _cell_config(args, pinning), checkout_baseline
         )
+    if args.workers:
+        return await workers.run_workers(args, fleet, _cell_config(args, pinning))
     return await run_bench(args, fleet, pinning)
 
 
@@ -621,7 +643,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     resolve_tools(args)
     started = dt.datetime.now(dt.UTC)
-    pinning = pin_self(args.target_core, args.load_core)
+    pinning = (
+        # Two workers are meant to use both cores: nothing is pinned, shares are reported.
+        Pinning(None, None, "not pinned: the proxy, simulator and load generator share the cores")
+        if args.workers
+        else pin_self(args.target_core, args.load_core)
+    )
     # A plain `kill` must also reach the `finally` blocks that stop the children.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     log_dir = Path(tempfile.mkdtemp(prefix="promptproxy-bench-"))

@@ -122,6 +122,12 @@ class ServerConfig(_Section):
     #: A request body must arrive whole within this long after its headers, else 408 and
     #: the connection is closed (a slowloris that trickles the body instead). Both ports.
     body_timeout_seconds: float = Field(60.0, gt=0, le=3600)
+    #: Processes serving the data port (`--workers`), each a replica on the shared store;
+    #: `auto`: one per core. More than one needs a shared store (docs/workers.md).
+    workers: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = 1
+
+    def worker_count(self) -> int:
+        return (os.cpu_count() or 1) if self.workers == "auto" else self.workers
 
 
 def provider_url(value: str) -> str:
@@ -947,6 +953,29 @@ def backend_problems(config: ProxyConfig) -> list[str]:
     return problems
 
 
+def workers_problems(config: ProxyConfig) -> list[str]:
+    """Several worker processes (`server.workers`) are replicas: each would keep its own
+    embedded registry, and each would start its own in-process simulator on one port."""
+    workers = config.server.workers
+    if workers == 1:
+        return []
+    problems: list[str] = []
+    if not config.registry.backend.shared:
+        problems.append(
+            f"server.workers: {workers} worker processes are replicas and need a store they "
+            f"share, but registry.store is {describe_store(config.registry.store)} (one "
+            "process): point registry.store (--store, PROMPTPROXY_STORE) at redis://... or "
+            "postgresql://..., or run one worker"
+        )
+    if config.simulator.enabled:
+        problems.append(
+            "simulator.enabled: each worker would start the simulated provider on "
+            f"simulator.port {config.simulator.port}: run `promptproxy simulate` on its own, or "
+            "run one worker"
+        )
+    return problems
+
+
 def _owners_of_sink(sink: str) -> str:
     return " or ".join(kind.label for kind in KINDS if kind.pair_sink == sink)
 
@@ -1120,6 +1149,7 @@ def load_config(
         tokens.append(TokenGrant("admin", default_token, "admin"))
     tracing_endpoint, tracing_headers = _tracing_export(config.tracing, env, problems)
     problems += backend_problems(config)
+    problems += workers_problems(config)
     if problems:
         raise ConfigError(problems)
     return Settings(

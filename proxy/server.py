@@ -7,12 +7,14 @@ import contextlib
 import gc
 import logging
 import signal
+import socket
 import sys
 from contextlib import AsyncExitStack
 from typing import Any
 
 from aiohttp import web
 
+from proxy.backends.embedded_lock import serving_lock
 from proxy.config import ServerConfig, Settings
 from proxy.exchange.upstream import PoolUsage
 from proxy.fd_limit import raise_soft_limit
@@ -22,6 +24,7 @@ from proxy.preflight import check_upstream, listen_error
 from proxy.services import open_services
 from proxy.web.app import build_admin_app, build_data_app
 from proxy.web.conn_guard import REASONS, ConnectionLimits, GuardedSite
+from proxy.workers.spec import WorkerSpec
 
 _log = logging.getLogger(APP_LOGGER)
 
@@ -36,9 +39,11 @@ async def _start_site(
     setting: str,
     server: ServerConfig,
     metrics: ProxyMetrics,
+    sock: socket.socket | None = None,
 ) -> str:
     """One listener whose connections get the header and keep-alive deadlines; a port it
-    cannot take is one clear line (``listen_error``), not a traceback."""
+    cannot take is one clear line (``listen_error``), not a traceback. With ``sock``, the
+    listener is that socket, bound already (a worker's share of the data port)."""
     await runner.setup()
     closed = {reason: metrics.connections_closed.labels(label, reason) for reason in REASONS}
     site = GuardedSite(
@@ -52,6 +57,7 @@ async def _start_site(
         ),
         on_close=lambda reason: closed[reason].inc(),
         backlog=1024,
+        sock=sock,
     )
     try:
         await site.start()
@@ -63,11 +69,23 @@ async def _start_site(
     return site.name
 
 
-async def serve(settings: Settings, stop: asyncio.Event, log_sink: LineSink | None = None) -> None:
-    """Run until ``stop`` is set, then drain open requests within the grace period."""
+async def serve(
+    settings: Settings,
+    stop: asyncio.Event,
+    log_sink: LineSink | None = None,
+    worker: WorkerSpec | None = None,
+) -> None:
+    """Run until ``stop`` is set, then drain open requests within the grace period.
+
+    As one of the workers of ``serve --workers N`` (``worker``), the data plane is the
+    socket the supervisor bound, and the admin app listens on a private unix socket the
+    supervisor's admin port forwards to (docs/workers.md)."""
     config = settings.config
     raise_soft_limit(config)
     async with AsyncExitStack() as stack:
+        if not config.registry.backend.shared:
+            # Before anything opens the store's files: a second server on them fails here.
+            stack.enter_context(serving_lock(config.registry.store))
         if config.simulator.enabled:
             # Only now: a production server never loads the simulated provider.
             from proxy.simulator import SimulatorSettings, start_simulator
@@ -115,6 +133,7 @@ async def serve(settings: Settings, stop: asyncio.Event, log_sink: LineSink | No
             setting="server.port",
             server=config.server,
             metrics=services.metrics,
+            sock=None if worker is None else _inherited_socket(worker.data_fd),
         )
         services.evals.listening(
             loopback_url(data_runner.addresses),
@@ -122,19 +141,23 @@ async def serve(settings: Settings, stop: asyncio.Event, log_sink: LineSink | No
             settings.eval_api_key,
         )
         try:
-            admin_name = await _start_site(
-                admin_runner,
-                config.server.admin_host,
-                config.server.admin_port,
-                label="admin",
-                what="admin endpoints",
-                setting="server.admin_port",
-                server=config.server,
-                metrics=services.metrics,
-            )
+            if worker is None:
+                admin_name = await _start_site(
+                    admin_runner,
+                    config.server.admin_host,
+                    config.server.admin_port,
+                    label="admin",
+                    what="admin endpoints",
+                    setting="server.admin_port",
+                    server=config.server,
+                    metrics=services.metrics,
+                )
+            else:
+                admin_name = await _start_private_admin(admin_runner, worker.admin_path)
             _freeze_startup_heap()
             _log.info(
-                "promptproxy serving data plane on %s, admin on %s, %s",
+                "promptproxy %sserving data plane on %s, admin on %s, %s",
+                "" if worker is None else f"worker {worker.index} ",
                 data_name,
                 admin_name,
                 ", ".join(
@@ -152,6 +175,20 @@ async def serve(settings: Settings, stop: asyncio.Event, log_sink: LineSink | No
             await services.evals.close()
         finally:
             await data_runner.cleanup()
+
+
+def _inherited_socket(fd: int) -> socket.socket:
+    sock = socket.socket(fileno=fd)
+    sock.setblocking(False)
+    return sock
+
+
+async def _start_private_admin(runner: web.AppRunner, path: str) -> str:
+    """A worker's admin app, for the supervisor only: a unix socket in its private runtime
+    directory. No deadlines here: the supervisor's own admin port has them."""
+    await runner.setup()
+    await web.UnixSite(runner, path).start()
+    return f"unix:{path}"
 
 
 def loopback_url(addresses: list[Any]) -> str:
@@ -190,23 +227,37 @@ def _freeze_startup_heap() -> None:
     gc.freeze()
 
 
-async def _main(settings: Settings, log_sink: LineSink) -> None:
+async def _main(settings: Settings, log_sink: LineSink, worker: WorkerSpec | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    await serve(settings, stop, log_sink)
+    if worker is not None:
+        _watch_lifeline(loop, worker.lifeline_fd, stop)
+    await serve(settings, stop, log_sink, worker)
 
 
-def run(settings: Settings) -> None:
+def _watch_lifeline(loop: asyncio.AbstractEventLoop, fd: int, stop: asyncio.Event) -> None:
+    """The supervisor writes nothing to the pipe: it becomes readable (end of file) only
+    when the supervisor exits, killed or not. The worker then drains as on SIGTERM."""
+
+    def gone() -> None:
+        loop.remove_reader(fd)
+        _log.warning("the supervisor is gone: draining")
+        stop.set()
+
+    loop.add_reader(fd, gone)
+
+
+def run(settings: Settings, worker: WorkerSpec | None = None) -> None:
     sink = setup_logging(settings.config.logging.level)
     try:
         if sys.platform != "win32":
             import uvloop
 
-            uvloop.run(_main(settings, sink))
+            uvloop.run(_main(settings, sink, worker))
         else:
-            asyncio.run(_main(settings, sink))
+            asyncio.run(_main(settings, sink, worker))
     finally:
         sink.stop()

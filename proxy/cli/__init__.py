@@ -64,6 +64,13 @@ def main() -> None:
     help="Where shared state lives: embedded:PATH (default), redis://host:port/db or "
     "postgresql://user@host/db.",
 )
+@click.option(
+    "--workers",
+    help="Processes serving the data port, each a replica (default 1; `auto`: one per "
+    "core). More than one needs a redis:// or postgresql:// store.",
+)
+# A worker of `serve --workers N`, started by the supervisor (proxy/workers/).
+@click.option("--worker", "worker_spec", hidden=True)
 def serve(
     config_path: Path | None,
     host: str | None,
@@ -73,12 +80,25 @@ def serve(
     upstream: str | None,
     log_level: str | None,
     store: str | None,
+    workers: str | None,
+    worker_spec: str | None,
 ) -> None:
     """Run the proxy. Exits 2 on a bad config, 1 when it cannot start (a busy port, an
     upstream on this machine that does not answer), with one line on stderr."""
     from proxy.preflight import StartupError
     from proxy.server import run
+    from proxy.workers.spec import WorkerSpec
 
+    given = {
+        "--config": config_path,
+        "--host": host,
+        "--port": port,
+        "--admin-host": admin_host,
+        "--admin-port": admin_port,
+        "--upstream": upstream,
+        "--log-level": log_level,
+        "--store": store,
+    }
     settings = _load(
         config_path,
         {
@@ -89,10 +109,20 @@ def serve(
             "upstream.base_url": upstream,
             "logging.level": log_level,
             "registry.store": store,
+            "server.workers": int(workers) if workers and workers.isdigit() else workers,
         },
     )
     try:
-        run(settings)
+        if worker_spec is not None:
+            run(settings, WorkerSpec.decode(worker_spec))
+        elif settings.config.server.worker_count() > 1:
+            from proxy.workers.run import run_supervisor
+
+            # A worker loads the config from the same options (and the same environment).
+            args = [part for flag, v in given.items() if v is not None for part in (flag, str(v))]
+            sys.exit(run_supervisor(settings, args))
+        else:
+            run(settings)
     except StartupError as exc:
         click.echo(f"promptproxy: {exc}", err=True)
         sys.exit(1)

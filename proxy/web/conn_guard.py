@@ -23,6 +23,7 @@ set past both deadlines so it never fires first.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -215,9 +216,11 @@ class GuardedRequestHandler(web.RequestHandler):
 
 
 class GuardedSite(web.BaseSite):
-    """A TCP listener whose connections are ``GuardedRequestHandler``s."""
+    """A TCP listener whose connections are ``GuardedRequestHandler``s: bound here to
+    ``host:port``, or, with ``sock``, on a socket bound and listening already (the one the
+    workers of ``serve --workers N`` share; closing the site closes this process's copy)."""
 
-    __slots__ = ("_bound_port", "_host", "_limits", "_on_close", "_port")
+    __slots__ = ("_bound_port", "_host", "_limits", "_on_close", "_port", "_sock")
 
     def __init__(
         self,
@@ -228,12 +231,14 @@ class GuardedSite(web.BaseSite):
         limits: ConnectionLimits,
         on_close: OnClose,
         backlog: int = 1024,
+        sock: socket.socket | None = None,
     ) -> None:
         super().__init__(runner, backlog=backlog)
         self._host = host
         self._port = port
         self._limits = limits
         self._on_close = on_close
+        self._sock = sock
         self._bound_port: int | None = None
 
     @property
@@ -257,7 +262,12 @@ class GuardedSite(web.BaseSite):
                 server, loop=loop, limits=self._limits, on_close=self._on_close, access_log=None
             )
 
-        listener = await loop.create_server(handler, self._host, self._port, backlog=self._backlog)
+        if self._sock is not None:
+            listener = await loop.create_server(handler, sock=self._sock, backlog=self._backlog)
+        else:
+            listener = await loop.create_server(
+                handler, self._host, self._port, backlog=self._backlog
+            )
         self._server = listener
         if listener.sockets:
             self._bound_port = int(listener.sockets[0].getsockname()[1])

@@ -57,7 +57,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("backends", ("proxy.backends.*",)),
     ("services", ("proxy.services",)),
     ("web", ("proxy.web.*",)),
-    ("server", ("proxy.server",)),
+    ("server", ("proxy.server", "proxy.workers.*")),
     ("cli", ("proxy.cli.*", "proxy.cli_*", "proxy.admin_client", "proxy.__main__")),
 )
 RANK = {name: rank for rank, (name, _) in enumerate(LAYERS)}
