@@ -267,6 +267,11 @@ def test_starts_as_its_user_with_only_the_volume_writable_and_is_healthy(
             assert refused.returncode != 0, where
         assert container.exec(["touch", f"{image.volume}/written"]).returncode == 0
 
+        # Temporary files (the private sockets of `serve --workers`) have a writable place.
+        made = container.exec(["python", "-c", "import tempfile; print(tempfile.mkdtemp())"])
+        assert made.returncode == 0, made.stderr
+        assert made.stdout.strip().startswith(f"{image.volume}/"), made.stdout
+
         # Tracing is a config switch in the image, not a rebuild: the otel extra is in.
         traced = data / "traced.yaml"
         traced.write_text(
