@@ -36,8 +36,11 @@ def serving_lock(store: str) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
+        # Said as the store's own open failure says it (backends/embedded.py): the usual
+        # cause is the same, a folder this user cannot write.
         raise StartupError(
-            f"cannot open the embedded store's lock file {path}: {exc.strerror or exc}"
+            f"cannot open the registry at {database_path(store).absolute()} (registry.store, "
+            f"as uid {os.getuid()}): cannot create its lock file {path}: {exc.strerror or exc}"
         ) from None
     try:
         try:
