@@ -24,6 +24,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -138,15 +139,17 @@ class Supervisor:
         *,
         command: Sequence[str],
         count: int,
-        data_fd: int,
+        data: socket.socket,
         runtime_dir: Path,
         metrics: SupervisorMetrics,
         stop: asyncio.Event,
         grace: float,
     ) -> None:
-        """``command``: the worker's argv up to its ``--worker SPEC``."""
+        """``command``: the worker's argv up to its ``--worker SPEC``; ``data``: the data
+        plane's listening socket, closed here once stopping begins."""
         self._command = tuple(command)
-        self._data_fd = data_fd
+        self._data = data
+        self._data_fd = data.fileno()
         self._stop = stop
         self._grace = grace
         self._metrics = metrics
@@ -177,6 +180,11 @@ class Supervisor:
             await self._stop.wait()
         finally:
             self._stop.set()
+            # From now on only the workers hold the port, and no worker is started again:
+            # the listening socket closes when the last of them stops accepting, so a new
+            # connection is refused at once, as by one process, rather than queued where
+            # no one accepts it for the whole drain and then reset.
+            self._data.close()
             statuses = await self._stop_all(keepers)
             os.close(self._lifeline_w)
             os.close(self._lifeline_r)

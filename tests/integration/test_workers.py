@@ -380,6 +380,52 @@ def test_sigterm_drains_every_worker_and_exits_0(
         assert "supervisor exiting with 0" in log
 
 
+async def test_once_stopping_new_connections_are_refused_while_requests_drain(
+    procs_dir: Path, sim_url: str, redis_server: RedisServer
+) -> None:
+    """As one process does: its listener closes at SIGTERM, so a client (or a balancer)
+    is refused at once and goes elsewhere, while the requests in flight finish."""
+    config = WORKERS + "  shutdown_grace_seconds: 30\n"
+    with proxy(procs_dir, sim_url, config, store=redis_server.url) as proc:
+        port = int(proc.url.rsplit(":", 1)[1].split("/")[0])
+        slow_headers = {"x-sim-first-byte-ms": "8000"}
+
+        async def slow() -> int:
+            async with (
+                fresh_connections() as session,
+                session.post(
+                    f"{proc.url}/chat/completions",
+                    json=CHAT,
+                    headers=slow_headers,
+                    timeout=aiohttp.ClientTimeout(total=60),
+                ) as resp,
+            ):
+                await resp.read()
+                return resp.status
+
+        in_flight = asyncio.create_task(slow())
+
+        async def accepted() -> bool:
+            text = (await get(f"{proc.admin_url}/metrics"))[1]
+            return (sample(text, "promptproxy_requests_in_flight") or 0) >= 1
+
+        await until(accepted, 15, "the slow request in a worker")
+        proc.popen.send_signal(signal.SIGTERM)
+
+        async def refused_now() -> bool:
+            assert not in_flight.done(), "new connections were taken until the drain ended"
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            except ConnectionRefusedError:
+                return True
+            writer.close()
+            return False
+
+        await until(refused_now, 30, "a refused connection")
+        assert await in_flight == 200
+        assert await asyncio.to_thread(proc.popen.wait, 30) == 0
+
+
 def _zombie(pid: int) -> bool:
     with contextlib.suppress(OSError):
         return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z"
