@@ -26,7 +26,6 @@ import os
 import signal
 import socket
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,6 +100,8 @@ class Slot:
     failures: int = 0
     #: The last good /metrics of each process this slot ran, until it is retired.
     scraped: dict[int, Families] = field(default_factory=dict)
+    #: How the process this slot ran when stopping began ended (None: there was none).
+    stopped_with: int | None = None
 
     @property
     def pid(self) -> int | None:
@@ -252,6 +253,7 @@ class Supervisor:
             slot.state = DOWN
             self._retire(slot, process.pid)
             if self._stop.is_set():
+                slot.stopped_with = _stopped_status(status, ready)
                 return
             if ready:
                 slot.failures = 0
@@ -324,25 +326,35 @@ class Supervisor:
 
     async def _stop_all(self, keepers: list[asyncio.Task[None]]) -> list[int]:
         """SIGTERM to every worker (each drains within its grace period), SIGKILL to any
-        still running after ``grace + EXIT_MARGIN``; their exit statuses."""
+        still running after ``grace + EXIT_MARGIN``; the exit statuses of the workers that
+        were running when stopping began. Each keeper ends once its worker has exited,
+        including one it had just started, which it signals itself."""
         for slot in self.slots:
             _signal(slot, signal.SIGTERM)
-        deadline = time.monotonic() + self._grace + EXIT_MARGIN
-        processes = [slot.process for slot in self.slots if slot.process is not None]
-        waits = [asyncio.ensure_future(process.wait()) for process in processes]
-        if waits:
-            _, pending = await asyncio.wait(waits, timeout=max(0.0, deadline - time.monotonic()))
-            if pending:
-                _log.error("%d workers did not exit in time: killing them", len(pending))
-                for slot in self.slots:
-                    _signal(slot, signal.SIGKILL)
-                await asyncio.wait(pending, timeout=EXIT_MARGIN)
+        _, pending = await asyncio.wait(keepers, timeout=self._grace + EXIT_MARGIN)
+        if pending:
+            _log.error("%d workers did not exit in time: killing them", len(pending))
+            for slot in self.slots:
+                _signal(slot, signal.SIGKILL)
+            await asyncio.wait(pending, timeout=EXIT_MARGIN)
         for keeper in keepers:
             await cancel_and_wait(keeper, 1.0)
-        return [
-            -signal.SIGKILL if process.returncode is None else process.returncode
-            for process in processes
-        ]
+        statuses = []
+        for slot in self.slots:
+            if slot.pid is not None:  # alive even after SIGKILL (stuck in the kernel)
+                statuses.append(-signal.SIGKILL)
+            elif slot.stopped_with is not None:
+                statuses.append(slot.stopped_with)
+        return statuses
+
+
+def _stopped_status(status: int, ready: bool) -> int:
+    """A worker's exit status as stopping counts it. Killed by the SIGTERM (or the
+    terminal's SIGINT) before it was ever ready, it had not installed its handler yet and
+    had served nothing: a clean stop, not a failure."""
+    if not ready and status in (-signal.SIGTERM, -signal.SIGINT):
+        return 0
+    return status
 
 
 def _signal(slot: Slot, sig: int) -> None:

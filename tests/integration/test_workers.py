@@ -12,6 +12,7 @@ import errno
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,9 +24,11 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from prometheus_client import CollectorRegistry
 
 from proxy.pipeline.choose import bucket
 from proxy.prompt_key import PromptKey
+from proxy.workers.supervisor import Supervisor, SupervisorMetrics
 from tests.processes import (
     ADMIN_ENV,
     CHAT,
@@ -424,6 +427,33 @@ async def test_once_stopping_new_connections_are_refused_while_requests_drain(
         await until(refused_now, 30, "a refused connection")
         assert await in_flight == 200
         assert await asyncio.to_thread(proc.popen.wait, 30) == 0
+
+
+async def test_a_stop_while_the_workers_start_is_a_clean_exit(tmp_path: Path) -> None:
+    """SIGTERM (or Ctrl-C) moments after `serve --workers 2` started, before the workers
+    installed their handlers: they die of the signal having served nothing, and the
+    supervisor exits 0, not 1 with "workers exited with -15, -15 while stopping". The
+    workers here are interpreters that never get that far."""
+    stop = asyncio.Event()
+    with socket.create_server(("127.0.0.1", 0)) as data:
+        supervisor = Supervisor(
+            command=[sys.executable, "-c", "import time; time.sleep(60)"],
+            count=2,
+            data=data,
+            runtime_dir=tmp_path,
+            metrics=SupervisorMetrics(CollectorRegistry()),
+            stop=stop,
+            grace=5.0,
+        )
+        running = asyncio.create_task(supervisor.run())
+
+        async def started() -> bool:
+            return all(slot.pid is not None for slot in supervisor.slots)
+
+        await until(started, 10, "both workers started")
+        stop.set()
+        assert await asyncio.wait_for(running, 30) == 0
+    assert [slot.pid for slot in supervisor.slots] == [None, None]  # exited and reaped
 
 
 def _zombie(pid: int) -> bool:
