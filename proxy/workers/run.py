@@ -102,6 +102,7 @@ async def _main(settings: Settings, serve_args: Sequence[str]) -> int:
         status = await supervisor.run()
     finally:
         await runner.cleanup()
+        await supervisor.close()
         data.close()
         shutil.rmtree(runtime, ignore_errors=True)
     _log.info("promptproxy supervisor exiting with %d", status)

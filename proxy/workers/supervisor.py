@@ -187,10 +187,6 @@ class Supervisor:
             # no one accepts it for the whole drain and then reset.
             self._data.close()
             statuses = await self._stop_all(keepers)
-            os.close(self._lifeline_w)
-            os.close(self._lifeline_r)
-            for slot in self.slots:
-                await slot.session.close()
         if self._failure is not None:
             _log.error("%s", self._failure)
             return self._failure.status
@@ -199,6 +195,17 @@ class Supervisor:
             _log.error("workers exited with %s while stopping", ", ".join(map(str, bad)))
             return 1
         return 0
+
+    async def close(self) -> None:
+        """Release what ``__init__`` made (the sessions, the lifeline pipe), whether ``run``
+        ran or not (a start that failed on the admin port): after the admin port closed,
+        since its handlers use the sessions. Idempotent."""
+        for slot in self.slots:
+            await slot.session.close()
+        if self._lifeline_w >= 0:
+            os.close(self._lifeline_w)
+            os.close(self._lifeline_r)
+            self._lifeline_r = self._lifeline_w = -1  # a number that may be reused by now
 
     def answering(self) -> Slot | None:
         """The worker admin calls go to: the first ready one, so that one client's write

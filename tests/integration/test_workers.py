@@ -453,6 +453,7 @@ async def test_a_stop_while_the_workers_start_is_a_clean_exit(tmp_path: Path) ->
         await until(started, 10, "both workers started")
         stop.set()
         assert await asyncio.wait_for(running, 30) == 0
+        await supervisor.close()
     assert [slot.pid for slot in supervisor.slots] == [None, None]  # exited and reaped
 
 
@@ -469,6 +470,29 @@ def serve(*args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=30,
     )
+
+
+def test_a_taken_admin_port_is_one_line(redis_server: RedisServer, sim_url: str) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = serve(
+            "--workers",
+            "2",
+            "--upstream",
+            sim_url,
+            "--store",
+            redis_server.url,
+            "--port",
+            str(free_port()),
+            "--admin-port",
+            str(port),
+        )
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"promptproxy: cannot listen on 127.0.0.1:{port} for the admin "
+        "endpoints (server.admin_port): the port is already in use (another promptproxy, "
+        "or another program)"
+    ]
 
 
 def test_several_workers_on_the_embedded_store_are_refused(tmp_path: Path) -> None:
