@@ -11,10 +11,12 @@ of this process (nothing here has to be safe to fork). It inherits, by ``pass_fd
 
 A worker that exits while the supervisor is not stopping is started again in its slot:
 at once when it had been ready, else after a backoff (0.5 s doubling, at most
-``MAX_BACKOFF``). A worker of the first start that exits before it was ever ready ends the
-whole thing with its exit status (its error line is on stderr already: a store that does
-not answer, a bad key, the same for every worker), and so does a slot whose restarts fail
-``MAX_FAILED_STARTS`` times in a row before being ready.
+``MAX_BACKOFF``). A ready worker whose /healthz goes unanswered for ``LIVENESS_LIMIT`` is
+killed, then started again as a dead one is. A worker of the first start that exits
+before it was ever ready ends the whole thing with its exit status (its error line is on
+stderr already: a store that does not answer, a bad key, the same for every worker), and
+so does a slot whose restarts fail ``MAX_FAILED_STARTS`` times in a row before being
+ready.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +53,10 @@ READY_POLL: Final = 0.1
 CALL_TIMEOUT: Final = 5.0
 #: After the workers' own grace period, how long they get to exit before SIGKILL.
 EXIT_MARGIN: Final = 10.0
+#: A ready worker's /healthz is asked this often...
+LIVENESS_POLL: Final = 2.0
+#: ... and a worker that has not answered it for this long is killed and started again.
+LIVENESS_LIMIT: Final = 30.0
 
 STARTING, READY, DOWN = "starting", "ready", "down"
 
@@ -68,7 +75,8 @@ class SupervisorMetrics:
         )
         self.restarts = Counter(
             "promptproxy_worker_restarts",
-            "Workers started again after they exited while the supervisor was not stopping.",
+            "Workers started again after they exited while the supervisor was not stopping "
+            "(killed ones included: a worker whose /healthz stopped answering).",
             registry=registry,
         )
         # The admin port is the supervisor's: its connections are counted here, under the
@@ -145,6 +153,7 @@ class Supervisor:
         metrics: SupervisorMetrics,
         stop: asyncio.Event,
         grace: float,
+        liveness_limit: float = LIVENESS_LIMIT,
     ) -> None:
         """``command``: the worker's argv up to its ``--worker SPEC``; ``data``: the data
         plane's listening socket, closed here once stopping begins."""
@@ -153,6 +162,7 @@ class Supervisor:
         self._data_fd = data.fileno()
         self._stop = stop
         self._grace = grace
+        self._liveness_limit = liveness_limit
         self._metrics = metrics
         paths = [runtime_dir / f"worker-{i}.sock" for i in range(count)]
         self.slots = [Slot(i, path, private_session(path)) for i, path in enumerate(paths)]
@@ -256,6 +266,8 @@ class Supervisor:
             if self._stop.is_set():
                 _signal(slot, signal.SIGTERM)  # started while the others were told to stop
             ready = await self._until_ready(slot, process)
+            if ready:
+                await self._watch(slot, process)
             status = await process.wait()
             slot.state = DOWN
             self._retire(slot, process.pid)
@@ -330,6 +342,37 @@ class Supervisor:
                 async with asyncio.timeout(READY_POLL):
                     await asyncio.shield(process.wait())
         return False
+
+    async def _watch(self, slot: Slot, process: asyncio.subprocess.Process) -> None:
+        """Until the worker exits or stopping begins, ask its /healthz; kill a worker that
+        has not answered for ``liveness_limit`` (a wedged loop: a handler that never
+        yields, a stopped process), to be started again. An orchestrator's liveness probe
+        would restart one process so; here it asks the supervisor's /healthz, which a
+        wedged worker does not change."""
+        exited = asyncio.ensure_future(process.wait())
+        answered = time.monotonic()
+        try:
+            while not self.stopping:
+                await asyncio.wait({exited}, timeout=LIVENESS_POLL)
+                if exited.done() or self.stopping:
+                    return
+                with contextlib.suppress(OSError, aiohttp.ClientError, TimeoutError):
+                    status, _ = await slot.call("/healthz")
+                    if status == 200:
+                        answered = time.monotonic()
+                        continue
+                silent = time.monotonic() - answered
+                if silent >= self._liveness_limit and not self.stopping:
+                    _log.error(
+                        "worker %d (pid %d): /healthz unanswered for %.0fs: killing it",
+                        slot.index,
+                        process.pid,
+                        silent,
+                    )
+                    _signal(slot, signal.SIGKILL)
+                    return
+        finally:
+            exited.cancel()
 
     async def _stop_all(self, keepers: list[asyncio.Task[None]]) -> list[int]:
         """SIGTERM to every worker (each drains within its grace period), SIGKILL to any

@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry
 
 from proxy.pipeline.choose import bucket
 from proxy.prompt_key import PromptKey
-from proxy.workers.supervisor import Supervisor, SupervisorMetrics
+from proxy.workers.supervisor import READY, Supervisor, SupervisorMetrics, worker_command
 from tests.processes import (
     ADMIN_ENV,
     CHAT,
@@ -455,6 +455,55 @@ async def test_a_stop_while_the_workers_start_is_a_clean_exit(tmp_path: Path) ->
         assert await asyncio.wait_for(running, 30) == 0
         await supervisor.close()
     assert [slot.pid for slot in supervisor.slots] == [None, None]  # exited and reaped
+
+
+async def test_a_wedged_worker_is_killed_and_replaced(
+    tmp_path: Path, sim_url: str, redis_server: RedisServer
+) -> None:
+    """A worker that is alive but no longer answers (here: stopped with SIGSTOP, as a loop
+    stuck in a handler would be) is killed and started again: the supervisor's /healthz,
+    which a liveness probe asks, stays 200 whatever its workers do."""
+    stop = asyncio.Event()
+    metrics = SupervisorMetrics(CollectorRegistry())
+    args = ["--host", "127.0.0.1", "--upstream", sim_url, "--store", redis_server.url]
+    with socket.create_server(("127.0.0.1", 0)) as data:
+        supervisor = Supervisor(
+            command=worker_command(args),
+            count=2,
+            data=data,
+            runtime_dir=tmp_path,
+            metrics=metrics,
+            stop=stop,
+            grace=5.0,
+            liveness_limit=3.0,
+        )
+        running = asyncio.create_task(supervisor.run())
+        victim = None
+        try:
+
+            async def all_ready() -> bool:
+                assert not running.done(), running
+                return all(slot.state == READY for slot in supervisor.slots)
+
+            await until(all_ready, 30, "both workers ready")
+            victim = supervisor.slots[0].pid
+            assert victim is not None
+            os.kill(victim, signal.SIGSTOP)
+
+            async def replaced() -> bool:
+                slot = supervisor.slots[0]
+                return slot.pid not in (None, victim) and slot.state == READY
+
+            await until(replaced, 30, "the stopped worker replaced")
+            assert metrics.registry.get_sample_value("promptproxy_worker_restarts_total") == 1
+        finally:
+            stop.set()
+            status = await asyncio.wait_for(running, 30)
+            await supervisor.close()
+            if victim is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(victim, signal.SIGKILL)
+    assert status == 0
 
 
 def _zombie(pid: int) -> bool:
