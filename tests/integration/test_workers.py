@@ -544,6 +544,17 @@ def test_a_taken_admin_port_is_one_line(redis_server: RedisServer, sim_url: str)
     ]
 
 
+@pytest.mark.parametrize("given", ["0", "-1", "two", "1.5", "300"])
+def test_a_bad_worker_count_is_one_clear_line(given: str) -> None:
+    done = serve(f"--workers={given}", "--store", "redis://127.0.0.1:1/0", "--port", "0")
+    assert done.returncode == 2
+    shown = given if given.isdigit() else repr(given)
+    assert done.stderr.splitlines() == [
+        "invalid configuration:",
+        f"  - server.workers: must be a whole number from 1 to 256, or auto; got {shown}",
+    ]
+
+
 def test_several_workers_on_the_embedded_store_are_refused(tmp_path: Path) -> None:
     store = tmp_path / "registry.db"
     done = serve("--workers", "2", "--store", f"embedded:{store}", "--port", str(free_port()))
