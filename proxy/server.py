@@ -45,6 +45,36 @@ async def _start_site(
     cannot take is one clear line (``listen_error``), not a traceback. With ``sock``, the
     listener is that socket, bound already (a worker's share of the data port)."""
     await runner.setup()
+    site = await _open_site(
+        runner,
+        host,
+        port,
+        label=label,
+        what=what,
+        setting=setting,
+        server=server,
+        metrics=metrics,
+        sock=sock,
+    )
+    handlers = runner.server
+    if handlers is not None:
+        metrics.connections_open.labels(label).set_function(lambda: len(handlers.connections))
+    return site.name
+
+
+async def _open_site(
+    runner: web.AppRunner,
+    host: str,
+    port: int,
+    *,
+    label: str,
+    what: str,
+    setting: str,
+    server: ServerConfig,
+    metrics: ProxyMetrics,
+    sock: socket.socket | None = None,
+) -> GuardedSite:
+    """A listener of ``runner`` (set up already); see ``_start_site``."""
     closed = {reason: metrics.connections_closed.labels(label, reason) for reason in REASONS}
     site = GuardedSite(
         runner,
@@ -63,10 +93,7 @@ async def _start_site(
         await site.start()
     except OSError as exc:
         raise listen_error(what, setting, host, port, exc) from None
-    handlers = runner.server
-    if handlers is not None:
-        metrics.connections_open.labels(label).set_function(lambda: len(handlers.connections))
-    return site.name
+    return site
 
 
 async def serve(
@@ -135,8 +162,25 @@ async def serve(
             metrics=services.metrics,
             sock=None if worker is None else _inherited_socket(worker.data_fd),
         )
+        if worker is None:
+            own_url = loopback_url(data_runner.addresses)
+        else:
+            # Eval calls carry this process's eval key (random per process): on the shared
+            # port the kernel would hand them to any worker, and the others refuse the key
+            # (403). A listener of this worker's own, on loopback, takes them instead.
+            own = await _open_site(
+                data_runner,
+                "127.0.0.1",
+                0,
+                label="data",
+                what="worker's own loopback listener (eval calls)",
+                setting="server.workers",
+                server=config.server,
+                metrics=services.metrics,
+            )
+            own_url = f"http://127.0.0.1:{own.port}"
         services.evals.listening(
-            loopback_url(data_runner.addresses),
+            own_url,
             services.pipeline.eval_key,
             settings.eval_api_key,
         )

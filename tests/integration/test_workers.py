@@ -11,6 +11,7 @@ import contextlib
 import errno
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,11 +27,13 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
+from proxy.evals.suite import load_suite_file
 from proxy.pipeline.choose import bucket
 from proxy.prompt_key import PromptKey
 from proxy.workers.supervisor import READY, Supervisor, SupervisorMetrics, worker_command
 from tests.processes import (
     ADMIN_ENV,
+    ADMIN_TOKEN,
     CHAT,
     STICKY_HEADER,
     ProxyProc,
@@ -42,6 +45,7 @@ from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
 
+REPO = Path(__file__).resolve().parents[2]
 WORKERS = "server:\n  workers: 2\n"
 ANALYSED = WORKERS + "analysis:\n  lease_seconds: 3\n  flush_seconds: 0.5\n"
 POLICY: dict[str, Any] = {
@@ -273,6 +277,50 @@ async def test_one_worker_analyses_the_rollout(workers: ProxyProc) -> None:
     assert actors == {leader}
     merged = (await get(f"{workers.admin_url}/metrics"))[1]
     assert sample(merged, "promptproxy_analysis_leader", labels) == 1.0
+
+
+def test_an_eval_run_reaches_its_own_worker(workers: ProxyProc, tmp_path: Path) -> None:
+    """An eval run calls the data plane with its process's eval key: every sample must be
+    answered by a worker that knows it (with the kernel choosing among the workers of
+    the shared port, about half were a 403 invalid_eval_key)."""
+    folder = tmp_path / "prompts"
+    shutil.copytree(REPO / "config" / "prompts", folder)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROMPTPROXY_")}
+    env |= {"PROMPTPROXY_ADMIN_URL": workers.admin_url, "PROMPTPROXY_ADMIN_TOKEN": ADMIN_TOKEN}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "proxy", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+
+    assert cli("prompts", "push", str(folder)).returncode == 0
+    done = cli(
+        "-o",
+        "json",
+        "eval",
+        "classify-ticket",
+        "--candidate",
+        "1",
+        "--baseline",
+        "none",
+        "--prompts",
+        str(folder),
+    )
+    # The simulator is no classifier: the run may not pass, but every sample is answered.
+    assert done.returncode in (0, 3), done.stderr
+    run = orjson.loads(done.stdout)
+    statuses = [
+        sample["status"] for case in run["detail"]["cases"] for sample in case["sides"]["candidate"]
+    ]
+    suite = load_suite_file(folder / "classify-ticket.eval.yaml")
+    assert len(statuses) == sum(
+        suite.samples if c.samples is None else c.samples for c in suite.cases
+    )
+    assert set(statuses) == {200}, statuses
 
 
 @dataclass
