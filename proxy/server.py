@@ -10,6 +10,7 @@ import signal
 import socket
 import sys
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -277,21 +278,42 @@ async def _main(settings: Settings, log_sink: LineSink, worker: WorkerSpec | Non
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    if worker is not None:
-        _watch_lifeline(loop, worker.lifeline_fd, stop)
-    await serve(settings, stop, log_sink, worker)
+    if worker is None:
+        await serve(settings, stop, log_sink, worker)
+        return
+    orphaned = _watch_lifeline(loop, worker.lifeline_fd, stop)
+    try:
+        await serve(settings, stop, log_sink, worker)
+    finally:
+        if orphaned.is_set():
+            _leave_private_dir(Path(worker.admin_path))
 
 
-def _watch_lifeline(loop: asyncio.AbstractEventLoop, fd: int, stop: asyncio.Event) -> None:
+def _watch_lifeline(loop: asyncio.AbstractEventLoop, fd: int, stop: asyncio.Event) -> asyncio.Event:
     """The supervisor writes nothing to the pipe: it becomes readable (end of file) only
-    when the supervisor exits, killed or not. The worker then drains as on SIGTERM."""
+    when the supervisor exits, killed or not. The worker then drains as on SIGTERM; the
+    event returned is set then."""
+    orphaned = asyncio.Event()
 
     def gone() -> None:
         loop.remove_reader(fd)
         _log.warning("the supervisor is gone: draining")
+        orphaned.set()
         stop.set()
 
     loop.add_reader(fd, gone)
+    return orphaned
+
+
+def _leave_private_dir(admin_path: Path) -> None:
+    """A supervisor gone without cleaning up (SIGKILL) leaves its private directory to the
+    workers: each removes its socket, and the last one out the directory (``rmdir`` fails
+    while another's socket is there). Only then: while the supervisor lives, a worker
+    started in an empty directory must still find it."""
+    with contextlib.suppress(FileNotFoundError):
+        admin_path.unlink()
+    with contextlib.suppress(OSError):
+        admin_path.parent.rmdir()
 
 
 def run(settings: Settings, worker: WorkerSpec | None = None) -> None:

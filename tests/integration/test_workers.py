@@ -554,6 +554,30 @@ async def test_a_wedged_worker_is_killed_and_replaced(
     assert status == 0
 
 
+async def test_a_killed_supervisor_leaves_no_worker_and_no_private_dir(
+    procs_dir: Path, sim_url: str, redis_server: RedisServer
+) -> None:
+    """SIGKILL of the supervisor (the OOM killer's choice, say): the workers see their
+    lifeline close, drain and exit, and remove the private directory it cannot."""
+    with proxy(procs_dir, sim_url, WORKERS, store=redis_server.url) as proc:
+        _, ready = await readiness(proc)
+        pids = [w["pid"] for w in ready["workers"]]
+        private = Path(ready["workers"][0]["admin"]).parent
+        assert private.is_dir()
+        proc.popen.kill()  # the supervisor only, not its process group
+        await asyncio.to_thread(proc.popen.wait, 10)
+
+        async def workers_gone() -> bool:
+            return await asyncio.to_thread(_all_exited, pids)
+
+        await until(workers_gone, 30, "the workers' exit")
+        assert not await asyncio.to_thread(private.exists)
+
+
+def _all_exited(pids: list[int]) -> bool:
+    return all(not Path(f"/proc/{pid}").exists() or _zombie(pid) for pid in pids)
+
+
 def _zombie(pid: int) -> bool:
     with contextlib.suppress(OSError):
         return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z"
