@@ -439,7 +439,7 @@ async def test_once_stopping_new_connections_are_refused_while_requests_drain(
     config = WORKERS + "  shutdown_grace_seconds: 30\n"
     with proxy(procs_dir, sim_url, config, store=redis_server.url) as proc:
         port = int(proc.url.rsplit(":", 1)[1].split("/")[0])
-        slow_headers = {"x-sim-first-byte-ms": "8000"}
+        slow_headers = {"x-sim-first-byte-ms": "12000"}
 
         async def slow() -> int:
             async with (
