@@ -627,6 +627,16 @@ def test_a_bad_worker_count_is_one_clear_line(given: str) -> None:
     ]
 
 
+def test_several_workers_with_the_in_process_simulator_are_refused(tmp_path: Path) -> None:
+    config = tmp_path / "proxy.yaml"
+    config.write_text("simulator:\n  enabled: true\n")
+    done = serve("--workers", "2", "--config", str(config), "--store", "redis://127.0.0.1:1/0")
+    assert done.returncode == 2
+    problem = done.stderr.strip().splitlines()[-1]
+    assert problem.startswith("  - simulator.enabled: each worker would start")
+    assert "promptproxy simulate" in problem
+
+
 def test_several_workers_on_the_embedded_store_are_refused(tmp_path: Path) -> None:
     store = tmp_path / "registry.db"
     done = serve("--workers", "2", "--store", f"embedded:{store}", "--port", str(free_port()))
