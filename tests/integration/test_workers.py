@@ -166,7 +166,7 @@ async def test_both_workers_serve_and_the_admin_port_sums_their_counts(
     merged = (await get(f"{workers.admin_url}/metrics"))[1]
     assert chat_requests(merged) - before == sent
     assert sum(counts) == chat_requests(merged)
-    assert sample(merged, "promptproxy_workers", 'state="ready"') == 2
+    await until(lambda: _ready_workers(workers, 2), 10, "both workers ready in the gauge")
     assert sample(merged, "promptproxy_registry_up") == 1
     # Each worker is a replica on the fleet board.
     status, fleet = await admin(workers, "GET", "/fleet")
@@ -375,9 +375,11 @@ async def test_a_killed_worker_is_replaced_while_the_other_answers(workers: Prox
     finally:
         stop.set()
         await asyncio.gather(*senders)
+    # The supervisor marks a worker ready when its own poll (every 0.1 s) sees it, which
+    # can come a moment after /readyz, which asks the workers, did.
+    await until(lambda: _ready_workers(workers, 2), 10, "both workers ready in the gauge")
     merged = (await get(f"{workers.admin_url}/metrics"))[1]
     assert sample(merged, "promptproxy_worker_restarts_total") == (restarts or 0) + 1
-    assert sample(merged, "promptproxy_workers", 'state="ready"') == 2
     # The dead worker's counts stay in the sum: a counter never goes down.
     assert chat_requests(merged) >= counted + traffic.ok - answered_at_kill
     # What a caller notices: never a refused connection (the port stays bound, the queue
@@ -386,6 +388,11 @@ async def test_a_killed_worker_is_replaced_while_the_other_answers(workers: Prox
     print(f"\nkill -9 of a worker: {traffic.ok} answered, failed: {traffic.failures}")
     assert not [exc for exc in traffic.failures if refused(exc)], traffic.failures
     assert len(traffic.failures) <= clients, traffic.failures
+
+
+async def _ready_workers(proc: ProxyProc, count: int) -> bool:
+    merged = (await get(f"{proc.admin_url}/metrics"))[1]
+    return sample(merged, "promptproxy_workers", 'state="ready"') == count
 
 
 async def _at_least(traffic: Traffic, count: int) -> bool:
