@@ -126,6 +126,16 @@ class ServerConfig(_Section):
     #: `auto`: one per core. More than one needs a shared store (docs/workers.md).
     workers: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = 1
 
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _check_workers(cls, value: Any) -> Any:
+        # One line naming what is accepted, not one per branch of the union.
+        if isinstance(value, str) and value.isdigit():
+            value = int(value)
+        if value == "auto" or (type(value) is int and 1 <= value <= 256):
+            return value
+        raise ValueError(f"must be a whole number from 1 to 256, or auto; got {value!r}")
+
     def worker_count(self) -> int:
         return (os.cpu_count() or 1) if self.workers == "auto" else self.workers
 

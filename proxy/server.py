@@ -10,6 +10,7 @@ import signal
 import socket
 import sys
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -45,6 +46,36 @@ async def _start_site(
     cannot take is one clear line (``listen_error``), not a traceback. With ``sock``, the
     listener is that socket, bound already (a worker's share of the data port)."""
     await runner.setup()
+    site = await _open_site(
+        runner,
+        host,
+        port,
+        label=label,
+        what=what,
+        setting=setting,
+        server=server,
+        metrics=metrics,
+        sock=sock,
+    )
+    handlers = runner.server
+    if handlers is not None:
+        metrics.connections_open.labels(label).set_function(lambda: len(handlers.connections))
+    return site.name
+
+
+async def _open_site(
+    runner: web.AppRunner,
+    host: str,
+    port: int,
+    *,
+    label: str,
+    what: str,
+    setting: str,
+    server: ServerConfig,
+    metrics: ProxyMetrics,
+    sock: socket.socket | None = None,
+) -> GuardedSite:
+    """A listener of ``runner`` (set up already); see ``_start_site``."""
     closed = {reason: metrics.connections_closed.labels(label, reason) for reason in REASONS}
     site = GuardedSite(
         runner,
@@ -63,10 +94,7 @@ async def _start_site(
         await site.start()
     except OSError as exc:
         raise listen_error(what, setting, host, port, exc) from None
-    handlers = runner.server
-    if handlers is not None:
-        metrics.connections_open.labels(label).set_function(lambda: len(handlers.connections))
-    return site.name
+    return site
 
 
 async def serve(
@@ -135,8 +163,25 @@ async def serve(
             metrics=services.metrics,
             sock=None if worker is None else _inherited_socket(worker.data_fd),
         )
+        if worker is None:
+            own_url = loopback_url(data_runner.addresses)
+        else:
+            # Eval calls carry this process's eval key (random per process): on the shared
+            # port the kernel would hand them to any worker, and the others refuse the key
+            # (403). A listener of this worker's own, on loopback, takes them instead.
+            own = await _open_site(
+                data_runner,
+                "127.0.0.1",
+                0,
+                label="data",
+                what="worker's own loopback listener (eval calls)",
+                setting="server.workers",
+                server=config.server,
+                metrics=services.metrics,
+            )
+            own_url = f"http://127.0.0.1:{own.port}"
         services.evals.listening(
-            loopback_url(data_runner.addresses),
+            own_url,
             services.pipeline.eval_key,
             settings.eval_api_key,
         )
@@ -233,21 +278,42 @@ async def _main(settings: Settings, log_sink: LineSink, worker: WorkerSpec | Non
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    if worker is not None:
-        _watch_lifeline(loop, worker.lifeline_fd, stop)
-    await serve(settings, stop, log_sink, worker)
+    if worker is None:
+        await serve(settings, stop, log_sink, worker)
+        return
+    orphaned = _watch_lifeline(loop, worker.lifeline_fd, stop)
+    try:
+        await serve(settings, stop, log_sink, worker)
+    finally:
+        if orphaned.is_set():
+            _leave_private_dir(Path(worker.admin_path))
 
 
-def _watch_lifeline(loop: asyncio.AbstractEventLoop, fd: int, stop: asyncio.Event) -> None:
+def _watch_lifeline(loop: asyncio.AbstractEventLoop, fd: int, stop: asyncio.Event) -> asyncio.Event:
     """The supervisor writes nothing to the pipe: it becomes readable (end of file) only
-    when the supervisor exits, killed or not. The worker then drains as on SIGTERM."""
+    when the supervisor exits, killed or not. The worker then drains as on SIGTERM; the
+    event returned is set then."""
+    orphaned = asyncio.Event()
 
     def gone() -> None:
         loop.remove_reader(fd)
         _log.warning("the supervisor is gone: draining")
+        orphaned.set()
         stop.set()
 
     loop.add_reader(fd, gone)
+    return orphaned
+
+
+def _leave_private_dir(admin_path: Path) -> None:
+    """A supervisor gone without cleaning up (SIGKILL) leaves its private directory to the
+    workers: each removes its socket, and the last one out the directory (``rmdir`` fails
+    while another's socket is there). Only then: while the supervisor lives, a worker
+    started in an empty directory must still find it."""
+    with contextlib.suppress(FileNotFoundError):
+        admin_path.unlink()
+    with contextlib.suppress(OSError):
+        admin_path.parent.rmdir()
 
 
 def run(settings: Settings, worker: WorkerSpec | None = None) -> None:

@@ -80,7 +80,7 @@ async def _main(settings: Settings, serve_args: Sequence[str]) -> int:
     supervisor = Supervisor(
         command=worker_command(serve_args),
         count=count,
-        data_fd=data.fileno(),
+        data=data,
         runtime_dir=runtime,
         metrics=metrics,
         stop=stop,
@@ -102,6 +102,7 @@ async def _main(settings: Settings, serve_args: Sequence[str]) -> int:
         status = await supervisor.run()
     finally:
         await runner.cleanup()
+        await supervisor.close()
         data.close()
         shutil.rmtree(runtime, ignore_errors=True)
     _log.info("promptproxy supervisor exiting with %d", status)

@@ -11,10 +11,12 @@ of this process (nothing here has to be safe to fork). It inherits, by ``pass_fd
 
 A worker that exits while the supervisor is not stopping is started again in its slot:
 at once when it had been ready, else after a backoff (0.5 s doubling, at most
-``MAX_BACKOFF``). A worker of the first start that exits before it was ever ready ends the
-whole thing with its exit status (its error line is on stderr already: a store that does
-not answer, a bad key, the same for every worker), and so does a slot whose restarts fail
-``MAX_FAILED_STARTS`` times in a row before being ready.
+``MAX_BACKOFF``). A ready worker whose /healthz goes unanswered for ``LIVENESS_LIMIT`` is
+killed, then started again as a dead one is. A worker of the first start that exits
+before it was ever ready ends the whole thing with its exit status (its error line is on
+stderr already: a store that does not answer, a bad key, the same for every worker), and
+so does a slot whose restarts fail ``MAX_FAILED_STARTS`` times in a row before being
+ready.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -50,6 +53,10 @@ READY_POLL: Final = 0.1
 CALL_TIMEOUT: Final = 5.0
 #: After the workers' own grace period, how long they get to exit before SIGKILL.
 EXIT_MARGIN: Final = 10.0
+#: A ready worker's /healthz is asked this often...
+LIVENESS_POLL: Final = 2.0
+#: ... and a worker that has not answered it for this long is killed and started again.
+LIVENESS_LIMIT: Final = 30.0
 
 STARTING, READY, DOWN = "starting", "ready", "down"
 
@@ -68,7 +75,8 @@ class SupervisorMetrics:
         )
         self.restarts = Counter(
             "promptproxy_worker_restarts",
-            "Workers started again after they exited while the supervisor was not stopping.",
+            "Workers started again after they exited while the supervisor was not stopping "
+            "(killed ones included: a worker whose /healthz stopped answering).",
             registry=registry,
         )
         # The admin port is the supervisor's: its connections are counted here, under the
@@ -100,6 +108,8 @@ class Slot:
     failures: int = 0
     #: The last good /metrics of each process this slot ran, until it is retired.
     scraped: dict[int, Families] = field(default_factory=dict)
+    #: How the process this slot ran when stopping began ended (None: there was none).
+    stopped_with: int | None = None
 
     @property
     def pid(self) -> int | None:
@@ -138,17 +148,21 @@ class Supervisor:
         *,
         command: Sequence[str],
         count: int,
-        data_fd: int,
+        data: socket.socket,
         runtime_dir: Path,
         metrics: SupervisorMetrics,
         stop: asyncio.Event,
         grace: float,
+        liveness_limit: float = LIVENESS_LIMIT,
     ) -> None:
-        """``command``: the worker's argv up to its ``--worker SPEC``."""
+        """``command``: the worker's argv up to its ``--worker SPEC``; ``data``: the data
+        plane's listening socket, closed here once stopping begins."""
         self._command = tuple(command)
-        self._data_fd = data_fd
+        self._data = data
+        self._data_fd = data.fileno()
         self._stop = stop
         self._grace = grace
+        self._liveness_limit = liveness_limit
         self._metrics = metrics
         paths = [runtime_dir / f"worker-{i}.sock" for i in range(count)]
         self.slots = [Slot(i, path, private_session(path)) for i, path in enumerate(paths)]
@@ -177,11 +191,12 @@ class Supervisor:
             await self._stop.wait()
         finally:
             self._stop.set()
+            # From now on only the workers hold the port, and no worker is started again:
+            # the listening socket closes when the last of them stops accepting, so a new
+            # connection is refused at once, as by one process, rather than queued where
+            # no one accepts it for the whole drain and then reset.
+            self._data.close()
             statuses = await self._stop_all(keepers)
-            os.close(self._lifeline_w)
-            os.close(self._lifeline_r)
-            for slot in self.slots:
-                await slot.session.close()
         if self._failure is not None:
             _log.error("%s", self._failure)
             return self._failure.status
@@ -190,6 +205,17 @@ class Supervisor:
             _log.error("workers exited with %s while stopping", ", ".join(map(str, bad)))
             return 1
         return 0
+
+    async def close(self) -> None:
+        """Release what ``__init__`` made (the sessions, the lifeline pipe), whether ``run``
+        ran or not (a start that failed on the admin port): after the admin port closed,
+        since its handlers use the sessions. Idempotent."""
+        for slot in self.slots:
+            await slot.session.close()
+        if self._lifeline_w >= 0:
+            os.close(self._lifeline_w)
+            os.close(self._lifeline_r)
+            self._lifeline_r = self._lifeline_w = -1  # a number that may be reused by now
 
     def answering(self) -> Slot | None:
         """The worker admin calls go to: the first ready one, so that one client's write
@@ -240,10 +266,13 @@ class Supervisor:
             if self._stop.is_set():
                 _signal(slot, signal.SIGTERM)  # started while the others were told to stop
             ready = await self._until_ready(slot, process)
+            if ready:
+                await self._watch(slot, process)
             status = await process.wait()
             slot.state = DOWN
             self._retire(slot, process.pid)
             if self._stop.is_set():
+                slot.stopped_with = _stopped_status(status, ready)
                 return
             if ready:
                 slot.failures = 0
@@ -314,27 +343,68 @@ class Supervisor:
                     await asyncio.shield(process.wait())
         return False
 
+    async def _watch(self, slot: Slot, process: asyncio.subprocess.Process) -> None:
+        """Until the worker exits or stopping begins, ask its /healthz; kill a worker that
+        has not answered for ``liveness_limit`` (a wedged loop: a handler that never
+        yields, a stopped process), to be started again. An orchestrator's liveness probe
+        would restart one process so; here it asks the supervisor's /healthz, which a
+        wedged worker does not change."""
+        exited = asyncio.ensure_future(process.wait())
+        answered = time.monotonic()
+        try:
+            while not self.stopping:
+                await asyncio.wait({exited}, timeout=LIVENESS_POLL)
+                if exited.done() or self.stopping:
+                    return
+                with contextlib.suppress(OSError, aiohttp.ClientError, TimeoutError):
+                    status, _ = await slot.call("/healthz")
+                    if status == 200:
+                        answered = time.monotonic()
+                        continue
+                silent = time.monotonic() - answered
+                if silent >= self._liveness_limit and not self.stopping:
+                    _log.error(
+                        "worker %d (pid %d): /healthz unanswered for %.0fs: killing it",
+                        slot.index,
+                        process.pid,
+                        silent,
+                    )
+                    _signal(slot, signal.SIGKILL)
+                    return
+        finally:
+            exited.cancel()
+
     async def _stop_all(self, keepers: list[asyncio.Task[None]]) -> list[int]:
         """SIGTERM to every worker (each drains within its grace period), SIGKILL to any
-        still running after ``grace + EXIT_MARGIN``; their exit statuses."""
+        still running after ``grace + EXIT_MARGIN``; the exit statuses of the workers that
+        were running when stopping began. Each keeper ends once its worker has exited,
+        including one it had just started, which it signals itself."""
         for slot in self.slots:
             _signal(slot, signal.SIGTERM)
-        deadline = time.monotonic() + self._grace + EXIT_MARGIN
-        processes = [slot.process for slot in self.slots if slot.process is not None]
-        waits = [asyncio.ensure_future(process.wait()) for process in processes]
-        if waits:
-            _, pending = await asyncio.wait(waits, timeout=max(0.0, deadline - time.monotonic()))
-            if pending:
-                _log.error("%d workers did not exit in time: killing them", len(pending))
-                for slot in self.slots:
-                    _signal(slot, signal.SIGKILL)
-                await asyncio.wait(pending, timeout=EXIT_MARGIN)
+        _, pending = await asyncio.wait(keepers, timeout=self._grace + EXIT_MARGIN)
+        if pending:
+            _log.error("%d workers did not exit in time: killing them", len(pending))
+            for slot in self.slots:
+                _signal(slot, signal.SIGKILL)
+            await asyncio.wait(pending, timeout=EXIT_MARGIN)
         for keeper in keepers:
             await cancel_and_wait(keeper, 1.0)
-        return [
-            -signal.SIGKILL if process.returncode is None else process.returncode
-            for process in processes
-        ]
+        statuses = []
+        for slot in self.slots:
+            if slot.pid is not None:  # alive even after SIGKILL (stuck in the kernel)
+                statuses.append(-signal.SIGKILL)
+            elif slot.stopped_with is not None:
+                statuses.append(slot.stopped_with)
+        return statuses
+
+
+def _stopped_status(status: int, ready: bool) -> int:
+    """A worker's exit status as stopping counts it. Killed by the SIGTERM (or the
+    terminal's SIGINT) before it was ever ready, it had not installed its handler yet and
+    had served nothing: a clean stop, not a failure."""
+    if not ready and status in (-signal.SIGTERM, -signal.SIGINT):
+        return 0
+    return status
 
 
 def _signal(slot: Slot, sig: int) -> None:

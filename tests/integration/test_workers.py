@@ -11,7 +11,9 @@ import contextlib
 import errno
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,11 +25,15 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from prometheus_client import CollectorRegistry
 
+from proxy.evals.suite import load_suite_file
 from proxy.pipeline.choose import bucket
 from proxy.prompt_key import PromptKey
+from proxy.workers.supervisor import READY, Supervisor, SupervisorMetrics, worker_command
 from tests.processes import (
     ADMIN_ENV,
+    ADMIN_TOKEN,
     CHAT,
     STICKY_HEADER,
     ProxyProc,
@@ -39,6 +45,7 @@ from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
 
+REPO = Path(__file__).resolve().parents[2]
 WORKERS = "server:\n  workers: 2\n"
 ANALYSED = WORKERS + "analysis:\n  lease_seconds: 3\n  flush_seconds: 0.5\n"
 POLICY: dict[str, Any] = {
@@ -159,7 +166,7 @@ async def test_both_workers_serve_and_the_admin_port_sums_their_counts(
     merged = (await get(f"{workers.admin_url}/metrics"))[1]
     assert chat_requests(merged) - before == sent
     assert sum(counts) == chat_requests(merged)
-    assert sample(merged, "promptproxy_workers", 'state="ready"') == 2
+    await until(lambda: _ready_workers(workers, 2), 10, "both workers ready in the gauge")
     assert sample(merged, "promptproxy_registry_up") == 1
     # Each worker is a replica on the fleet board.
     status, fleet = await admin(workers, "GET", "/fleet")
@@ -272,6 +279,50 @@ async def test_one_worker_analyses_the_rollout(workers: ProxyProc) -> None:
     assert sample(merged, "promptproxy_analysis_leader", labels) == 1.0
 
 
+def test_an_eval_run_reaches_its_own_worker(workers: ProxyProc, tmp_path: Path) -> None:
+    """An eval run calls the data plane with its process's eval key: every sample must be
+    answered by a worker that knows it (with the kernel choosing among the workers of
+    the shared port, about half were a 403 invalid_eval_key)."""
+    folder = tmp_path / "prompts"
+    shutil.copytree(REPO / "config" / "prompts", folder)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROMPTPROXY_")}
+    env |= {"PROMPTPROXY_ADMIN_URL": workers.admin_url, "PROMPTPROXY_ADMIN_TOKEN": ADMIN_TOKEN}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "proxy", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+
+    assert cli("prompts", "push", str(folder)).returncode == 0
+    done = cli(
+        "-o",
+        "json",
+        "eval",
+        "classify-ticket",
+        "--candidate",
+        "1",
+        "--baseline",
+        "none",
+        "--prompts",
+        str(folder),
+    )
+    # The simulator is no classifier: the run may not pass, but every sample is answered.
+    assert done.returncode in (0, 3), done.stderr
+    run = orjson.loads(done.stdout)
+    statuses = [
+        sample["status"] for case in run["detail"]["cases"] for sample in case["sides"]["candidate"]
+    ]
+    suite = load_suite_file(folder / "classify-ticket.eval.yaml")
+    assert len(statuses) == sum(
+        suite.samples if c.samples is None else c.samples for c in suite.cases
+    )
+    assert set(statuses) == {200}, statuses
+
+
 @dataclass
 class Traffic:
     """Clients sending one request at a time each, on a new connection per request."""
@@ -324,9 +375,11 @@ async def test_a_killed_worker_is_replaced_while_the_other_answers(workers: Prox
     finally:
         stop.set()
         await asyncio.gather(*senders)
+    # The supervisor marks a worker ready when its own poll (every 0.1 s) sees it, which
+    # can come a moment after /readyz, which asks the workers, did.
+    await until(lambda: _ready_workers(workers, 2), 10, "both workers ready in the gauge")
     merged = (await get(f"{workers.admin_url}/metrics"))[1]
     assert sample(merged, "promptproxy_worker_restarts_total") == (restarts or 0) + 1
-    assert sample(merged, "promptproxy_workers", 'state="ready"') == 2
     # The dead worker's counts stay in the sum: a counter never goes down.
     assert chat_requests(merged) >= counted + traffic.ok - answered_at_kill
     # What a caller notices: never a refused connection (the port stays bound, the queue
@@ -335,6 +388,11 @@ async def test_a_killed_worker_is_replaced_while_the_other_answers(workers: Prox
     print(f"\nkill -9 of a worker: {traffic.ok} answered, failed: {traffic.failures}")
     assert not [exc for exc in traffic.failures if refused(exc)], traffic.failures
     assert len(traffic.failures) <= clients, traffic.failures
+
+
+async def _ready_workers(proc: ProxyProc, count: int) -> bool:
+    merged = (await get(f"{proc.admin_url}/metrics"))[1]
+    return sample(merged, "promptproxy_workers", 'state="ready"') == count
 
 
 async def _at_least(traffic: Traffic, count: int) -> bool:
@@ -380,6 +438,153 @@ def test_sigterm_drains_every_worker_and_exits_0(
         assert "supervisor exiting with 0" in log
 
 
+async def test_once_stopping_new_connections_are_refused_while_requests_drain(
+    procs_dir: Path, sim_url: str, redis_server: RedisServer
+) -> None:
+    """As one process does: its listener closes at SIGTERM, so a client (or a balancer)
+    is refused at once and goes elsewhere, while the requests in flight finish."""
+    config = WORKERS + "  shutdown_grace_seconds: 30\n"
+    with proxy(procs_dir, sim_url, config, store=redis_server.url) as proc:
+        port = int(proc.url.rsplit(":", 1)[1].split("/")[0])
+        slow_headers = {"x-sim-first-byte-ms": "12000"}
+
+        async def slow() -> int:
+            async with (
+                fresh_connections() as session,
+                session.post(
+                    f"{proc.url}/chat/completions",
+                    json=CHAT,
+                    headers=slow_headers,
+                    timeout=aiohttp.ClientTimeout(total=60),
+                ) as resp,
+            ):
+                await resp.read()
+                return resp.status
+
+        in_flight = asyncio.create_task(slow())
+
+        async def accepted() -> bool:
+            text = (await get(f"{proc.admin_url}/metrics"))[1]
+            return (sample(text, "promptproxy_requests_in_flight") or 0) >= 1
+
+        await until(accepted, 15, "the slow request in a worker")
+        proc.popen.send_signal(signal.SIGTERM)
+
+        async def refused_now() -> bool:
+            assert not in_flight.done(), "new connections were taken until the drain ended"
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            except ConnectionRefusedError:
+                return True
+            writer.close()
+            return False
+
+        await until(refused_now, 30, "a refused connection")
+        assert await in_flight == 200
+        assert await asyncio.to_thread(proc.popen.wait, 30) == 0
+
+
+async def test_a_stop_while_the_workers_start_is_a_clean_exit(tmp_path: Path) -> None:
+    """SIGTERM (or Ctrl-C) moments after `serve --workers 2` started, before the workers
+    installed their handlers: they die of the signal having served nothing, and the
+    supervisor exits 0, not 1 with "workers exited with -15, -15 while stopping". The
+    workers here are interpreters that never get that far."""
+    stop = asyncio.Event()
+    with socket.create_server(("127.0.0.1", 0)) as data:
+        supervisor = Supervisor(
+            command=[sys.executable, "-c", "import time; time.sleep(60)"],
+            count=2,
+            data=data,
+            runtime_dir=tmp_path,
+            metrics=SupervisorMetrics(CollectorRegistry()),
+            stop=stop,
+            grace=5.0,
+        )
+        running = asyncio.create_task(supervisor.run())
+
+        async def started() -> bool:
+            return all(slot.pid is not None for slot in supervisor.slots)
+
+        await until(started, 10, "both workers started")
+        stop.set()
+        assert await asyncio.wait_for(running, 30) == 0
+        await supervisor.close()
+    assert [slot.pid for slot in supervisor.slots] == [None, None]  # exited and reaped
+
+
+async def test_a_wedged_worker_is_killed_and_replaced(
+    tmp_path: Path, sim_url: str, redis_server: RedisServer
+) -> None:
+    """A worker that is alive but no longer answers (here: stopped with SIGSTOP, as a loop
+    stuck in a handler would be) is killed and started again: the supervisor's /healthz,
+    which a liveness probe asks, stays 200 whatever its workers do."""
+    stop = asyncio.Event()
+    metrics = SupervisorMetrics(CollectorRegistry())
+    args = ["--host", "127.0.0.1", "--upstream", sim_url, "--store", redis_server.url]
+    with socket.create_server(("127.0.0.1", 0)) as data:
+        supervisor = Supervisor(
+            command=worker_command(args),
+            count=2,
+            data=data,
+            runtime_dir=tmp_path,
+            metrics=metrics,
+            stop=stop,
+            grace=5.0,
+            liveness_limit=3.0,
+        )
+        running = asyncio.create_task(supervisor.run())
+        victim = None
+        try:
+
+            async def all_ready() -> bool:
+                assert not running.done(), running
+                return all(slot.state == READY for slot in supervisor.slots)
+
+            await until(all_ready, 30, "both workers ready")
+            victim = supervisor.slots[0].pid
+            assert victim is not None
+            os.kill(victim, signal.SIGSTOP)
+
+            async def replaced() -> bool:
+                slot = supervisor.slots[0]
+                return slot.pid not in (None, victim) and slot.state == READY
+
+            await until(replaced, 30, "the stopped worker replaced")
+            assert metrics.registry.get_sample_value("promptproxy_worker_restarts_total") == 1
+        finally:
+            stop.set()
+            status = await asyncio.wait_for(running, 30)
+            await supervisor.close()
+            if victim is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(victim, signal.SIGKILL)
+    assert status == 0
+
+
+async def test_a_killed_supervisor_leaves_no_worker_and_no_private_dir(
+    procs_dir: Path, sim_url: str, redis_server: RedisServer
+) -> None:
+    """SIGKILL of the supervisor (the OOM killer's choice, say): the workers see their
+    lifeline close, drain and exit, and remove the private directory it cannot."""
+    with proxy(procs_dir, sim_url, WORKERS, store=redis_server.url) as proc:
+        _, ready = await readiness(proc)
+        pids = [w["pid"] for w in ready["workers"]]
+        private = Path(ready["workers"][0]["admin"]).parent
+        assert private.is_dir()
+        proc.popen.kill()  # the supervisor only, not its process group
+        await asyncio.to_thread(proc.popen.wait, 10)
+
+        async def workers_gone() -> bool:
+            return await asyncio.to_thread(_all_exited, pids)
+
+        await until(workers_gone, 30, "the workers' exit")
+        assert not await asyncio.to_thread(private.exists)
+
+
+def _all_exited(pids: list[int]) -> bool:
+    return all(not Path(f"/proc/{pid}").exists() or _zombie(pid) for pid in pids)
+
+
 def _zombie(pid: int) -> bool:
     with contextlib.suppress(OSError):
         return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z"
@@ -393,6 +598,50 @@ def serve(*args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=30,
     )
+
+
+def test_a_taken_admin_port_is_one_line(redis_server: RedisServer, sim_url: str) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = serve(
+            "--workers",
+            "2",
+            "--upstream",
+            sim_url,
+            "--store",
+            redis_server.url,
+            "--port",
+            str(free_port()),
+            "--admin-port",
+            str(port),
+        )
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"promptproxy: cannot listen on 127.0.0.1:{port} for the admin "
+        "endpoints (server.admin_port): the port is already in use (another promptproxy, "
+        "or another program)"
+    ]
+
+
+@pytest.mark.parametrize("given", ["0", "-1", "two", "1.5", "300"])
+def test_a_bad_worker_count_is_one_clear_line(given: str) -> None:
+    done = serve(f"--workers={given}", "--store", "redis://127.0.0.1:1/0", "--port", "0")
+    assert done.returncode == 2
+    shown = given if given.isdigit() else repr(given)
+    assert done.stderr.splitlines() == [
+        "invalid configuration:",
+        f"  - server.workers: must be a whole number from 1 to 256, or auto; got {shown}",
+    ]
+
+
+def test_several_workers_with_the_in_process_simulator_are_refused(tmp_path: Path) -> None:
+    config = tmp_path / "proxy.yaml"
+    config.write_text("simulator:\n  enabled: true\n")
+    done = serve("--workers", "2", "--config", str(config), "--store", "redis://127.0.0.1:1/0")
+    assert done.returncode == 2
+    problem = done.stderr.strip().splitlines()[-1]
+    assert problem.startswith("  - simulator.enabled: each worker would start")
+    assert "promptproxy simulate" in problem
 
 
 def test_several_workers_on_the_embedded_store_are_refused(tmp_path: Path) -> None:
