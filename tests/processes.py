@@ -6,10 +6,12 @@ import contextlib
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
@@ -183,6 +185,20 @@ def proxy(
         config = _unique(tmp, "proxy", ".yaml")
         config.write_text(config_text)
         args += ["--config", str(config)]
+    # Its own temporary folder, removed after the SIGKILL below: a `--workers` supervisor
+    # killed so leaves its private socket folder behind. Short, under /tmp, because a unix
+    # socket's path holds 107 bytes and pytest's folders are long.
+    scratch = Path(tempfile.mkdtemp(prefix="pp-"))
+    env = {"TMPDIR": str(scratch), **(env or {})}
+    try:
+        yield from _proxy_attempts(args, tmp, env, ready)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _proxy_attempts(
+    args: list[str], tmp: Path, env: dict[str, str], ready: bool
+) -> Iterator[ProxyProc]:
     for attempt in range(PORT_ATTEMPTS):
         # A port free_port saw free can be taken before the proxy binds it (often as the
         # source port of some other test's outgoing connection): the proxy then exits with
