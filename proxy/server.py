@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy.backends.embedded_lock import serving_lock
-from proxy.config import ServerConfig, Settings
+from proxy.config import Settings
 from proxy.exchange.upstream import PoolUsage
 from proxy.fd_limit import raise_soft_limit
 from proxy.log import APP_LOGGER, LineSink, setup_logging
@@ -24,77 +24,10 @@ from proxy.metrics import ProxyMetrics
 from proxy.preflight import check_upstream, listen_error
 from proxy.services import open_services
 from proxy.web.app import build_admin_app, build_data_app
-from proxy.web.conn_guard import REASONS, ConnectionLimits, GuardedSite
+from proxy.web.listen import listen
 from proxy.workers.spec import WorkerSpec
 
 _log = logging.getLogger(APP_LOGGER)
-
-
-async def _start_site(
-    runner: web.AppRunner,
-    host: str,
-    port: int,
-    *,
-    label: str,
-    what: str,
-    setting: str,
-    server: ServerConfig,
-    metrics: ProxyMetrics,
-    sock: socket.socket | None = None,
-) -> str:
-    """One listener whose connections get the header and keep-alive deadlines; a port it
-    cannot take is one clear line (``listen_error``), not a traceback. With ``sock``, the
-    listener is that socket, bound already (a worker's share of the data port)."""
-    await runner.setup()
-    site = await _open_site(
-        runner,
-        host,
-        port,
-        label=label,
-        what=what,
-        setting=setting,
-        server=server,
-        metrics=metrics,
-        sock=sock,
-    )
-    handlers = runner.server
-    if handlers is not None:
-        metrics.connections_open.labels(label).set_function(lambda: len(handlers.connections))
-    return site.name
-
-
-async def _open_site(
-    runner: web.AppRunner,
-    host: str,
-    port: int,
-    *,
-    label: str,
-    what: str,
-    setting: str,
-    server: ServerConfig,
-    metrics: ProxyMetrics,
-    sock: socket.socket | None = None,
-) -> GuardedSite:
-    """A listener of ``runner`` (set up already); see ``_start_site``."""
-    closed = {reason: metrics.connections_closed.labels(label, reason) for reason in REASONS}
-    site = GuardedSite(
-        runner,
-        host,
-        port,
-        limits=ConnectionLimits(
-            header_timeout=server.header_timeout_seconds,
-            keepalive_timeout=server.keepalive_timeout_seconds,
-            body_timeout=server.body_timeout_seconds,
-        ),
-        on_close=lambda reason: closed[reason].inc(),
-        backlog=1024,
-        sock=sock,
-    )
-    try:
-        await site.start()
-    except OSError as exc:
-        raise listen_error(what, setting, host, port, exc) from None
-    return site
 
 
 async def serve(
@@ -152,7 +85,7 @@ async def serve(
         )
         admin_runner = web.AppRunner(build_admin_app(services), access_log=None)
         stack.push_async_callback(admin_runner.cleanup)
-        data_name = await _start_site(
+        data_site = await listen(
             data_runner,
             config.server.host,
             config.server.port,
@@ -163,13 +96,14 @@ async def serve(
             metrics=services.metrics,
             sock=None if worker is None else _inherited_socket(worker.data_fd),
         )
+        data_name = data_site.name
         if worker is None:
             own_url = loopback_url(data_runner.addresses)
         else:
             # Eval calls carry this process's eval key (random per process): on the shared
             # port the kernel would hand them to any worker, and the others refuse the key
             # (403). A listener of this worker's own, on loopback, takes them instead.
-            own = await _open_site(
+            own = await listen(
                 data_runner,
                 "127.0.0.1",
                 0,
@@ -187,7 +121,7 @@ async def serve(
         )
         try:
             if worker is None:
-                admin_name = await _start_site(
+                admin_site = await listen(
                     admin_runner,
                     config.server.admin_host,
                     config.server.admin_port,
@@ -197,6 +131,7 @@ async def serve(
                     server=config.server,
                     metrics=services.metrics,
                 )
+                admin_name = admin_site.name
             else:
                 admin_name = await _start_private_admin(admin_runner, worker.admin_path)
             _freeze_startup_heap()

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from proxy.config import ServerConfig, Settings
 from proxy.log import APP_LOGGER, setup_logging
 from proxy.preflight import StartupError, listen_error
-from proxy.web.conn_guard import REASONS, ConnectionLimits, GuardedSite
+from proxy.web.listen import listen
 from proxy.workers.front import build_front_app
 from proxy.workers.supervisor import Supervisor, SupervisorMetrics, worker_command
 
@@ -112,26 +112,14 @@ async def _main(settings: Settings, serve_args: Sequence[str]) -> int:
 async def _start_admin(
     runner: web.AppRunner, server: ServerConfig, metrics: SupervisorMetrics
 ) -> str:
-    await runner.setup()
-    closed = {reason: metrics.connections_closed.labels("admin", reason) for reason in REASONS}
-    site = GuardedSite(
+    site = await listen(
         runner,
         server.admin_host,
         server.admin_port,
-        limits=ConnectionLimits(
-            header_timeout=server.header_timeout_seconds,
-            keepalive_timeout=server.keepalive_timeout_seconds,
-            body_timeout=server.body_timeout_seconds,
-        ),
-        on_close=lambda reason: closed[reason].inc(),
+        label="admin",
+        what="admin endpoints",
+        setting="server.admin_port",
+        server=server,
+        metrics=metrics,
     )
-    try:
-        await site.start()
-    except OSError as exc:
-        raise listen_error(
-            "admin endpoints", "server.admin_port", server.admin_host, server.admin_port, exc
-        ) from None
-    handlers = runner.server
-    if handlers is not None:
-        metrics.connections_open.labels("admin").set_function(lambda: len(handlers.connections))
     return site.name
