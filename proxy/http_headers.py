@@ -29,6 +29,10 @@ _RESPONSE_DROP = _HOP_BY_HOP | {"content-length"}
 REQUEST_ID_HEADER = "x-promptproxy-request-id"
 #: Where providers read a key from: OpenAI (and most), Azure OpenAI, Anthropic, Google.
 CREDENTIAL_HEADERS = ("authorization", "api-key", "x-api-key", "x-goog-api-key")
+#: The operator console's session cookie (``web/console_session``). Browsers scope cookies
+#: by host, not port, so a browser that logged in on the admin port sends it to the data
+#: port of the same host too: it must never travel on to a provider.
+CONSOLE_COOKIE = "promptproxy_console"
 
 
 def _connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
@@ -77,6 +81,8 @@ def upstream_request_headers(
     We ask for an identity encoding so the proxy can read usage from what it relays.
     """
     out = _copy(client_headers, _REQUEST_DROP, drop)
+    if "cookie" in out:
+        _drop_console_cookie(out)
     if api_key is not None:
         for name in CREDENTIAL_HEADERS:
             out.popall(name, None)
@@ -86,6 +92,18 @@ def upstream_request_headers(
             out["Authorization"] = f"Bearer {api_key}"
     out["Accept-Encoding"] = "identity"
     return out
+
+
+def _drop_console_cookie(headers: CIMultiDict[str]) -> None:
+    kept = [
+        pair.strip()
+        for value in headers.getall("cookie")
+        for pair in value.split(";")
+        if pair.strip() and pair.split("=", 1)[0].strip() != CONSOLE_COOKIE
+    ]
+    del headers["cookie"]
+    if kept:
+        headers["Cookie"] = "; ".join(kept)
 
 
 def client_response_headers(upstream_headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:

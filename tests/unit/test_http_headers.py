@@ -79,3 +79,18 @@ def test_response_headers_keep_provider_metadata() -> None:
         "Set-Cookie",
     ):
         assert out[name] == upstream[name]
+
+
+def test_the_console_session_cookie_never_reaches_a_provider() -> None:
+    # A browser logged in to the console on the admin port sends its cookie to the data
+    # port of the same host as well (cookies are scoped by host, not port).
+    client = CIMultiDictProxy(
+        CIMultiDict(
+            {"Cookie": "theme=dark; promptproxy_console=abc.def; lang=en", "Authorization": "x"}
+        )
+    )
+    out = upstream_request_headers(client, None)
+    assert out.getall("Cookie") == ["theme=dark; lang=en"]
+
+    alone = CIMultiDictProxy(CIMultiDict({"Cookie": "promptproxy_console=abc.def"}))
+    assert "Cookie" not in upstream_request_headers(alone, "sk-provider")
