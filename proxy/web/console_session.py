@@ -23,8 +23,10 @@ from typing import Final
 import orjson
 
 from proxy.config import TokenGrant
+from proxy.http_headers import CONSOLE_COOKIE
 
-COOKIE_NAME: Final = "promptproxy_console"
+#: One name for the data plane too, which strips it before a provider sees it.
+COOKIE_NAME: Final = CONSOLE_COOKIE
 #: How long a session lasts: a working day. A longer one would outlive the operator's
 #: attention; the way to end every session sooner is to rotate the token.
 LIFETIME_SECONDS: Final = 12 * 3600
