@@ -115,9 +115,11 @@ async def test_the_series_counts_what_each_arm_served(clients: Clients, upstream
     assert totals(answer, "requests") == sent
     assert totals(answer, "errors") == failed
     busy = [p["arms"]["stable"] for p in answer["points"] if p["arms"]["stable"]["requests"]]
-    assert busy and all(f["answer_tokens"] == 7.0 and f["length_share"] == 0.0 for f in busy)
+    assert busy
+    assert all(f["answer_tokens"] == 7.0 and f["length_share"] == 0.0 for f in busy)
     quiet = [p["arms"]["canary"] for p in answer["points"] if not p["arms"]["canary"]["requests"]]
-    assert quiet and all(f["error_rate"] is None and f["p95_latency"] is None for f in quiet)
+    assert quiet
+    assert all(f["error_rate"] is None and f["p95_latency"] is None for f in quiet)
 
     # One-second points over the last minute hold the same counts.
     status, fine = await series(clients, "?since=1m&step=1&rollout=latest")
