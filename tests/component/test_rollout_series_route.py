@@ -198,3 +198,17 @@ async def test_bad_parameters_are_400s_naming_them(
     status, answer = await series(embedded, query)
     assert (status, answer["error"]["param"]) == (400, param), answer
     assert answer["error"]["type"] == "invalid_request_error"
+
+
+async def test_a_pool_that_cannot_be_read_is_a_503(embedded: Clients, monkeypatch: Any) -> None:
+    _, admin, services = embedded
+    await seed(admin)
+    await call(admin, "PUT", "/prompts/support/rollout", canary_body(10, "none"))
+
+    async def unreachable(*args: Any, **kwargs: Any) -> Any:
+        raise ConnectionError("Connection refused")
+
+    monkeypatch.setattr(services.backend.pool, "read_buckets", unreachable)
+    status, answer = await series(embedded)
+    assert status == 503
+    assert answer["error"]["message"] == ("The analysis pool is unavailable: Connection refused")
