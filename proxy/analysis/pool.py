@@ -1,7 +1,9 @@
 """The pool: every replica's per-arm counts, added up, so a verdict covers all the traffic.
 
 Each replica's ``WindowRecorder`` is drained every ``analysis.flush_seconds`` into the pool;
-the analyser reads a window (a range of one-second slots) back as one ``ArmStats`` per arm.
+the analyser reads a window (a range of one-second slots) back as one ``ArmStats`` per arm,
+and the admin API's series route (``proxy.analysis.series``) reads them added up per step
+of a chart (``read_buckets``).
 
 - ``MemoryStatsPool``: one process (the embedded store): the pool is a dict.
 - ``RedisStatsPool``: one hash per (prompt key, rollout, slot) that replicas add to with
@@ -12,7 +14,8 @@ the analyser reads a window (a range of one-second slots) back as one ``ArmStats
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -57,6 +60,21 @@ class StatsPool(Protocol):
         """Counts of the slots in ``[start, end)`` (unix seconds), and divergence so far."""
         ...
 
+    async def read_buckets(
+        self,
+        key: PromptKey,
+        rollout_id: str,
+        start: int,
+        end: int,
+        step: int = 1,
+        arms: Collection[str] | None = None,
+    ) -> dict[int, dict[str, ArmStats]]:
+        """The slots of ``[start, end)`` added up per ``step`` seconds from ``start``: each
+        bucket's first second -> arm -> counts, for the buckets that hold any (``step`` 1:
+        slot by slot). ``arms``: only these (None: every arm, tier arms too). One store
+        read, or a few, whatever the range: never one per bucket."""
+        ...
+
     def forget(self, keep: set[RolloutKey]) -> None:
         """Drop what belongs to rollouts not in ``keep`` (they ended), where nothing expires
         by itself."""
@@ -70,7 +88,9 @@ def _slots(start: float, end: float) -> range:
 
 
 class MemoryStatsPool:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        """``clock``: unix seconds, as the recorder's slots (tests pass their own)."""
+        self._clock = clock
         self._slots: dict[RolloutKey, dict[int, dict[str, ArmStats]]] = {}
         self._noise: dict[RolloutKey, DivergenceCounts] = {}
         self._candidate: dict[RolloutKey, DivergenceCounts] = {}
@@ -99,16 +119,78 @@ class MemoryStatsPool:
         window.candidate.merge(self._candidate.get(rollout, DivergenceCounts()))
         return window
 
+    async def read_buckets(
+        self,
+        key: PromptKey,
+        rollout_id: str,
+        start: int,
+        end: int,
+        step: int = 1,
+        arms: Collection[str] | None = None,
+    ) -> dict[int, dict[str, ArmStats]]:
+        slots = self._slots.get((key, rollout_id), {})
+        buckets = _Buckets(start, step, arms)
+        for slot in _slots(start, end):
+            held = slots.get(slot)
+            if held:
+                buckets.add(slot, held)
+        return buckets.totals
+
     def forget(self, keep: set[RolloutKey]) -> None:
-        """Drop the counts of rollouts that ended (there is no expiry in memory)."""
-        for store in (self._slots, self._noise, self._candidate, self._keep):
-            for key in [k for k in store if k not in keep]:
-                del store[key]
+        """Drop the counts of rollouts that ended (there is no expiry in memory) once their
+        newest slot is as old as Redis or PostgreSQL would let it be: the charts of a
+        rollout that just ended (an abort) still show what happened."""
+        now = self._clock()
+        ended = {k for k in (*self._slots, *self._noise, *self._candidate) if k not in keep}
+        for key in ended:
+            newest = max(self._slots.get(key, {}), default=0)
+            if newest < now - self._keep.get(key, 0.0) - _SLOT_GRACE_SECONDS:
+                self._slots.pop(key, None)
+                self._noise.pop(key, None)
+                self._candidate.pop(key, None)
+                self._keep.pop(key, None)
 
     async def close(self) -> None:
         return None
 
 
+class _Buckets:
+    """Slots added up into buckets of ``step`` seconds from ``start`` (``read_buckets``)."""
+
+    __slots__ = ("_arms", "_start", "_step", "totals")
+
+    def __init__(self, start: int, step: int, arms: Collection[str] | None) -> None:
+        self._start, self._step, self._arms = start, step, arms
+        self.totals: dict[int, dict[str, ArmStats]] = {}
+
+    def _bucket(self, slot: int) -> dict[str, ArmStats]:
+        first = self._start + (slot - self._start) // self._step * self._step
+        bucket = self.totals.get(first)
+        if bucket is None:
+            bucket = self.totals[first] = {}
+        return bucket
+
+    def add(self, slot: int, arms: Mapping[str, ArmStats]) -> None:
+        bucket = None
+        for arm, stats in arms.items():
+            if self._arms is None or arm in self._arms:
+                bucket = self._bucket(slot) if bucket is None else bucket
+                # Into a fresh total: the pool's own counts go on counting.
+                bucket.setdefault(arm, ArmStats()).merge(stats)
+
+    def add_fields(self, slot: int, arms: Mapping[str, Mapping[str, float]]) -> None:
+        self.add(
+            slot,
+            {
+                arm: ArmStats.from_fields(fields)
+                for arm, fields in arms.items()
+                if self._arms is None or arm in self._arms
+            },
+        )
+
+
+#: Seconds read per Redis pipeline by ``read_buckets``.
+_READ_CHUNK = 60
 _FLOAT_FIELDS = ("tok:", "fb:")
 _NOISE = "noise"
 _CANDIDATE = "candidate"
@@ -161,6 +243,30 @@ class RedisStatsPool:
             {k: int(float(v)) for k, v in by_kind.get(_CANDIDATE, {}).items()}
         )
         return window
+
+    async def read_buckets(
+        self,
+        key: PromptKey,
+        rollout_id: str,
+        start: int,
+        end: int,
+        step: int = 1,
+        arms: Collection[str] | None = None,
+    ) -> dict[int, dict[str, ArmStats]]:
+        slots = _slots(start, end)
+        buckets = _Buckets(start, step, arms)
+        # One pipeline per _READ_CHUNK seconds: redis-py parses answers in Python, and 15
+        # minutes of a rollout at 100 requests/s in one answer held the loop (every other
+        # request) for 80-120 ms at a time; per chunk, 20-40 ms (measured, no hiredis).
+        for first in range(0, len(slots), _READ_CHUNK):
+            chunk = slots[first : first + _READ_CHUNK]
+            pipe = self._redis.pipeline(transaction=False)
+            for slot in chunk:
+                pipe.hgetall(self._slot_key(key, rollout_id, slot))
+            for slot, raw in zip(chunk, await pipe.execute(), strict=True):
+                if raw:
+                    buckets.add_fields(slot, _split_fields(raw))
+        return buckets.totals
 
     def forget(self, keep: set[RolloutKey]) -> None:
         return None  # Redis keys expire by themselves
