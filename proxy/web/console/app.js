@@ -185,7 +185,6 @@ export function toast(message, kind = 'ok') {
       type: 'button',
       class: 'toast-close',
       'aria-label': 'Dismiss',
-      text: '×',
       on: { click: () => item.remove() },
     }),
   );
