@@ -334,6 +334,11 @@ export function poll(ms, fn, view) {
     generation === state.generation && !state.loggedOut && (!view || view.isConnected);
   const tick = async () => {
     if (!alive()) return;
+    // A hidden tab asks nothing; it catches up within `ms` of being shown again.
+    if (document.hidden) {
+      timer = setTimeout(tick, ms);
+      return;
+    }
     try {
       await fn();
     } catch (err) {
