@@ -332,13 +332,15 @@ export function poll(ms, fn, view) {
   let timer = null;
   const alive = () =>
     generation === state.generation && !state.loggedOut && (!view || view.isConnected);
+  let first = true;
   const tick = async () => {
     if (!alive()) return;
-    // A hidden tab asks nothing; it catches up within `ms` of being shown again.
-    if (document.hidden) {
+    // A hidden tab asks nothing after the first call; it catches up within `ms` of being shown.
+    if (document.hidden && !first) {
       timer = setTimeout(tick, ms);
       return;
     }
+    first = false;
     try {
       await fn();
     } catch (err) {
@@ -611,7 +613,9 @@ async function render() {
   } catch (err) {
     if (generation !== state.generation) return;
     if (err instanceof ApiError && err.status === 401) return;
-    console.error(err);
+    // An API refusal is the page's answer (the browser logged its status already); anything
+    // else is a bug worth a console line.
+    if (!(err instanceof ApiError)) console.error(err);
     view.append(errorBox(err));
   }
 }
