@@ -161,6 +161,21 @@ function samplesText(samples) {
   return Object.entries(samples).map(([arm, n]) => `${arm} ${n}`).join(', ');
 }
 
+// How a check's figures read: its name says what stable/candidate/limit measure
+// (judge.py): shares, seconds, tokens, or scores; the limit is a difference or a ratio.
+const points = (v) => `+${num(v * 100)} points`;
+const CHECK_FORMATS = {
+  error_rate: { value: (v) => fmt.pct(v), limit: points },
+  length_finish: { value: (v) => fmt.pct(v), limit: points },
+  p95_latency: { value: (v) => fmt.ms(v), limit: (v) => `× ${num(v)}` },
+  p95_ttft: { value: (v) => fmt.ms(v), limit: (v) => `× ${num(v)}` },
+  answer_length: { value: (v) => `${num(v)} tokens`, limit: (v) => `± ${num(v * 100)} %` },
+};
+
+function checkFormat(name) {
+  return CHECK_FORMATS[name] || { value: num, limit: num };
+}
+
 function checksTable(checks) {
   if (!checks || !checks.length) return h('p', { class: 'ro-muted', text: 'No checks.' });
   return h('div', { class: 'ro-table-wrap' },
@@ -170,9 +185,9 @@ function checksTable(checks) {
       h('tbody', {}, checks.map((c) => h('tr', { testid: 'verdict-check', 'data-name': c.name || '', 'data-result': c.result || '' },
         h('th', { scope: 'row', 'data-label': 'check', text: c.name || '—' }),
         h('td', { 'data-label': 'result' }, c.result ? badge(c.result) : '—'),
-        h('td', { 'data-label': 'stable', text: num(c.stable) }),
-        h('td', { 'data-label': 'candidate', text: num(c.candidate) }),
-        h('td', { 'data-label': 'limit', text: num(c.limit) }),
+        h('td', { 'data-label': 'stable', text: c.stable === null || c.stable === undefined ? '—' : checkFormat(c.name).value(c.stable) }),
+        h('td', { 'data-label': 'candidate', text: c.candidate === null || c.candidate === undefined ? '—' : checkFormat(c.name).value(c.candidate) }),
+        h('td', { 'data-label': 'limit', text: c.limit === null || c.limit === undefined ? '—' : checkFormat(c.name).limit(c.limit) }),
         h('td', { 'data-label': 'p-value', text: num(c.p_value) }),
         h('td', { 'data-label': 'note', class: 'ro-note', text: c.note || '' }))))));
 }
@@ -222,10 +237,10 @@ function verdictsView(verdicts, openSet) {
 // -- charts ---------------------------------------------------------------------------------
 
 const CHARTS = [
-  { name: 'error-rate', field: 'error_rate', title: 'Error rate', format: (v) => fmt.pct(v) },
+  { name: 'error-rate', field: 'error_rate', title: 'Error rate', format: (v) => fmt.pct(v), yMaxAtLeast: 0.05 },
   { name: 'p95-latency', field: 'p95_latency', title: 'p95 latency', format: (v) => fmt.ms(v) },
   { name: 'p95-ttft', field: 'p95_ttft', title: 'p95 time to first token', format: (v) => fmt.ms(v) },
-  { name: 'length-share', field: 'length_share', title: 'Answers cut by length', format: (v) => fmt.pct(v) },
+  { name: 'length-share', field: 'length_share', title: 'Answers cut by length', format: (v) => fmt.pct(v), yMaxAtLeast: 0.05 },
   { name: 'answer-tokens', field: 'answer_tokens', title: 'Answer length (mean output tokens)', format: (v) => num(v) },
   { name: 'judge', field: 'judge', title: 'Judge score', format: (v) => num(v), optional: true },
 ];
@@ -248,7 +263,7 @@ function chartsView(series) {
       }),
     }));
     if (c.optional && !lines.some((l) => l.points.some((p) => p[1] !== null))) continue;
-    out.push(lineChart({ name: c.name, title: c.title, series: lines, format: c.format, domain }));
+    out.push(lineChart({ name: c.name, title: c.title, series: lines, format: c.format, domain, yMaxAtLeast: c.yMaxAtLeast || 0 }));
   }
   return h('div', { class: 'chart-grid' }, out);
 }
@@ -421,13 +436,13 @@ async function render(view, params) {
   const layoutRunning = () => {
     main.replaceChildren(
       section('Rollout', 'rollout-summary', summary),
-      canWrite ? controlsSlot : null,
-      section('Analysis policy', 'analysis-policy-section', policy),
       section('Analysis state', 'analysis-state-section', state),
+      canWrite ? controlsSlot : null,
       h('section', { class: 'ro-section', testid: 'charts', 'aria-label': 'Live charts' },
         h('h2', {}, 'Live, last 15 minutes ', h('span', { class: 'ro-muted', text: '(every replica, refreshed every 5 s)' })),
         charts),
       section('Verdicts', 'verdicts', h('p', { class: 'ro-muted', text: 'Newest first.' }), verdicts),
+      section('Analysis policy', 'analysis-policy-section', policy),
       canWrite ? section('Prod', 'prod-actions', rollbackSlot) : null);
   };
   const layoutNone = () => {

@@ -99,7 +99,7 @@ function armFacts(arm) {
     arm.layers ? ['layers', arm.layers] : null,
   ].filter(Boolean);
   return h('dl', { class: 'sh-arm-facts' },
-    facts.map(([k, v]) => [h('dt', { text: k }), h('dd', { text: v === null || v === undefined ? '—' : String(v) })]));
+    facts.map(([k, v]) => h('div', {}, h('dt', { text: k }), h('dd', { text: v === null || v === undefined ? '—' : String(v) }))));
 }
 
 function toolCalls(arm) {
