@@ -10,6 +10,13 @@
 
 import { h, svg } from './app.js';
 
+// The stylesheet of the rollout and shadow pages, added to the document once if
+// index.html does not link it already (CSP style-src 'self' allows a same-origin <link>).
+export function useStyles() {
+  if (document.querySelector('link[href$="rollout.css"]')) return;
+  document.head.append(h('link', { rel: 'stylesheet', href: 'rollout.css' }));
+}
+
 const W = 480;
 const H = 190;
 const PAD = { left: 52, right: 12, top: 12, bottom: 26 };
