@@ -425,6 +425,7 @@ async function render(view, params) {
   let ctlId = null;
   let ready = false;
   let lastProd = null;
+  let lastAnalysis;
 
   const ctx = {
     key,
@@ -492,9 +493,21 @@ async function render(view, params) {
     let analysis = null;
     let series = null;
     try {
-      rollout = await getOr404(`${key.path}/rollout`, key.query);
+      if (layout === 'none') {
+        // While none runs, ask the (short) list of running rollouts rather than collect a
+        // 404 (and a console error in the browser) every 5 s.
+        const running = await api.get('/rollouts');
+        const found = (running.data || []).some((r) => r.slug === key.text);
+        rollout = found ? await getOr404(`${key.path}/rollout`, key.query) : null;
+      } else {
+        rollout = await getOr404(`${key.path}/rollout`, key.query);
+      }
       if (!rollout) {
-        analysis = await getOr404(`${key.path}/analysis`, key.query);
+        // The last analysis of an ended rollout does not change: read it once.
+        if (layout !== 'none' || lastAnalysis === undefined) {
+          lastAnalysis = await getOr404(`${key.path}/analysis`, key.query);
+        }
+        analysis = lastAnalysis;
         // Not a 404 here: an unknown prompt is an error worth showing.
         const prompt = await api.get(key.path, key.query);
         lastProd = prompt.prod_version;
