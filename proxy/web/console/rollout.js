@@ -229,16 +229,43 @@ function verdictView(v, open) {
   return details;
 }
 
-function verdictsView(verdicts, openSet) {
-  if (!verdicts || !verdicts.length) return h('p', { class: 'ro-muted', text: 'No verdict yet.' });
-  return h('ol', { class: 'ro-verdicts' }, verdicts.map((v, i) => {
-    const key = String(v.at);
-    const el = verdictView(v, openSet.has(key) || (i === 0 && !openSet.has(`closed:${key}`)));
-    el.addEventListener('toggle', () => {
-      if (el.open) { openSet.add(key); openSet.delete(`closed:${key}`); } else { openSet.delete(key); openSet.add(`closed:${key}`); }
+// The verdicts, newest first, as a list that only ever adds and drops items: a refresh
+// never rebuilds (so never closes, or takes the focus from) a verdict being read. The
+// newest opens by itself, and closes again when a newer one comes, unless the operator
+// toggled it.
+function verdictList() {
+  const list = h('ol', { class: 'ro-verdicts' });
+  const empty = h('p', { class: 'ro-muted', text: 'No verdict yet.' });
+  const el = h('div', {}, empty, list);
+  const items = new Map();
+  const touched = new Set();
+  let auto = null;
+  function set(verdicts) {
+    verdicts = verdicts || [];
+    empty.hidden = verdicts.length > 0;
+    const keys = verdicts.map((v) => `${v.rollout_id}:${v.at}`);
+    const wanted = new Set(keys);
+    for (const [k, li] of items) {
+      if (!wanted.has(k)) { li.remove(); items.delete(k); }
+    }
+    keys.forEach((k, i) => {
+      let li = items.get(k);
+      if (!li) {
+        const details = verdictView(verdicts[i], false);
+        details.querySelector('summary').addEventListener('click', () => touched.add(k));
+        li = h('li', {}, details);
+        items.set(k, li);
+      }
+      if (list.children[i] !== li) list.insertBefore(li, list.children[i] || null);
     });
-    return h('li', {}, el);
-  }));
+    const newest = keys[0];
+    if (newest && newest !== auto) {
+      if (auto && items.has(auto) && !touched.has(auto)) items.get(auto).firstChild.open = false;
+      if (!touched.has(newest)) items.get(newest).firstChild.open = true;
+      auto = newest;
+    }
+  }
+  return { el, set };
 }
 
 // -- charts ---------------------------------------------------------------------------------
@@ -408,14 +435,14 @@ async function render(view, params) {
   const key = keyOf(params.slug);
   const slug = key.text;
   const canWrite = Boolean(session && session.canWrite);
-  const openVerdicts = new Set();
+  const verdictItems = verdictList();
   const errorSlot = h('div', { testid: 'rollout-error', class: 'ro-error', 'aria-live': 'polite' });
   const summary = h('div');
   const controlsSlot = h('div');
   const policy = h('div');
   const state = h('div');
   const charts = h('div');
-  const verdicts = h('div');
+  const verdicts = verdictItems.el;
   const rollbackSlot = h('div', { class: 'ro-actions' });
   const heading = h('h1', {}, 'Rollout ', h('span', { class: 'ro-slug', text: slug }));
   const main = h('div', { class: 'ro-main' });
@@ -531,7 +558,7 @@ async function render(view, params) {
       // The countdown changes every refresh, so the state is redrawn each time; it holds
       // nothing focusable.
       state.replaceChildren(stateView(rollout) || h('p', { class: 'ro-muted', text: 'No analysis: the rollout is manual.' }));
-      update(verdicts, rollout.analysis_state ? rollout.analysis_state.verdicts : [], (v) => verdictsView(v, openVerdicts));
+      verdictItems.set(rollout.analysis_state ? rollout.analysis_state.verdicts : []);
       if (canWrite) {
         if (!ctl || ctlId !== rollout.id) {
           ctl = controls(ctx);
@@ -553,7 +580,7 @@ async function render(view, params) {
           a.verdicts && a.verdicts.length ? ['Last verdict', `${a.verdicts[0].verdict} at ${fmt.time(a.verdicts[0].at)}${a.verdicts[0].action ? `, action ${a.verdicts[0].action}` : ''}`] : null,
         ]) : h('p', { class: 'ro-muted', text: 'No analysed rollout is on record (verdicts expire, and the embedded store forgets them on restart).' }),
       ]);
-      update(verdicts, analysis ? analysis.verdicts : [], (v) => verdictsView(v, openVerdicts));
+      verdictItems.set(analysis ? analysis.verdicts : []);
     }
     if (canWrite && rollbackSlot.dataset.prod !== String(lastProd)) {
       rollbackSlot.dataset.prod = String(lastProd);
