@@ -361,7 +361,11 @@ function controls(ctx) {
   const abort = h('button', { type: 'button', testid: 'abort', class: 'button button-danger', text: 'Abort…' });
   promote.addEventListener('click', () => ctx.act({
     title: `Promote v${rollout.candidate} of ${ctx.key.text}`,
-    summary: `v${rollout.candidate} becomes prod (now ${rollout.prod_version === null ? 'none' : `v${rollout.prod_version}`}, which becomes deprecated) and the ${rollout.mode} rollout at ${percentText(rollout.percent)} ends.`,
+    summary: h('div', {},
+      h('p', { text: `v${rollout.candidate} becomes prod (now ${rollout.prod_version === null ? 'none' : `v${rollout.prod_version}`}, which becomes deprecated) and the ${rollout.mode} rollout at ${percentText(rollout.percent)} ends.` }),
+      rollout.mode === 'shadow'
+        ? h('p', { text: 'This is a shadow: no caller has been served the candidate yet. A canary first is the careful way.' })
+        : null),
     confirmLabel: 'Promote',
     run: (reason) => api.write('POST', `${ctx.key.path}/rollout/promote`, { body: {}, query: ctx.key.query, reason }),
     ok: `${ctx.key.text}: v${rollout.candidate} promoted to prod`,
