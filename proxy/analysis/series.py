@@ -1,18 +1,19 @@
 """A rollout's pooled counts as a time series: what the console's live charts draw. Pure.
 
 The pool holds every replica's counts per arm and second (``window``); the series route
-(``GET /admin/v1/prompts/{slug}/rollout/series``) reads the slots of the last ``since``
-seconds in one store read and adds them up here into one point per ``step`` seconds and
-arm. The figures are those the verdicts judge (``judge``), from the same counts: an error
-share, a p95 read off the latency bins, the share of answers cut by the token limit, the
-mean answer length and the mean online-judge score, so a chart and a verdict over the same
-seconds agree.
+(``GET /admin/v1/prompts/{slug}/rollout/series``) reads the last ``since`` seconds added up
+per ``step`` (``StatsPool.read_buckets``: in the server where the store can) and makes one
+point per ``step`` seconds and arm of them here. The figures are those the verdicts judge
+(``judge``), from the same counts: an error share, a p95 read off the latency bins, the
+share of answers cut by the token limit, the mean answer length and the mean online-judge
+score, so a chart and a verdict over the same seconds agree.
 
 Points start at multiples of ``step`` (unix seconds), so successive reads cut the same
 buckets and a chart does not wobble as it refreshes. A point at ``at`` holds the slots of
 ``[at, at + step)`` that also lie in ``[start, end)``: the first starts at or after
 ``end - since`` (never before what the pool keeps), and the last may be cut short by
-``end``, the current second (which is not in it: still counting).
+``end``, the second after the current one: the current second is in, still counting, as
+are the last ``analysis.flush_seconds`` of other replicas, which have not flushed them yet.
 """
 
 from __future__ import annotations
@@ -59,9 +60,9 @@ def default_step(since: int) -> int:
 
 
 def span(now: float, since: int, step: int) -> Span:
-    """The last ``since`` seconds before ``now``'s second, from the first multiple of
-    ``step`` in them. ``1 <= step <= since`` (the route checks it)."""
-    end = int(now) // SLOT_SECONDS * SLOT_SECONDS
+    """The last ``since`` seconds up to ``now``'s, from the first multiple of ``step`` in
+    them. ``1 <= step <= since`` (the route checks it)."""
+    end = (int(now) // SLOT_SECONDS + 1) * SLOT_SECONDS
     start = -((since - end) // step) * step  # ceil((end - since) / step) * step
     return Span(start, end, step)
 
@@ -91,7 +92,9 @@ def bucket(
     slots: Mapping[int, Mapping[str, ArmStats]], arms: Sequence[str], cut: Span
 ) -> list[dict[str, Any]]:
     """One point per ``cut.step``, each with every arm of ``arms`` (an arm without a
-    request there has ``requests: 0`` and nulls). Slots outside the span are left out."""
+    request there has ``requests: 0`` and nulls), from ``slots``: seconds, or buckets the
+    pool already added up (keyed by their first second). Slots outside the span are left
+    out."""
     totals = [{arm: ArmStats() for arm in arms} for _ in cut.points]
     for slot, by_arm in slots.items():
         if not cut.start <= slot < cut.end:

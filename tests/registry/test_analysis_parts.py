@@ -30,7 +30,13 @@ from proxy.analysis.pool import MemoryStatsPool, PooledWindow, RedisStatsPool, S
 from proxy.analysis.pool_postgres import PostgresStatsPool
 from proxy.analysis.state import MAX_VERDICTS, AnalysisState, RedisStateStore, StateStore
 from proxy.analysis.state_postgres import PostgresStateStore
-from proxy.analysis.window import ArmStats, RolloutBatch, RolloutKey, WindowRecorder
+from proxy.analysis.window import (
+    ArmStats,
+    RolloutBatch,
+    RolloutKey,
+    WindowRecorder,
+    merge_arms,
+)
 from proxy.config import AnalysisConfig
 from proxy.log import APP_LOGGER
 from proxy.metrics import ProxyMetrics
@@ -220,6 +226,48 @@ async def test_the_pool_gives_the_same_window_as_the_memory_pool(shared: Shared)
         await memory.read(GREET, "r-0", base, base + 5),
     )
     assert (await replicas[0].read(GREET, "r-9", base, base + 5)).arms == {}
+
+
+async def test_the_pool_reads_buckets_as_the_memory_pool(shared: Shared) -> None:
+    """The series route's read: the seconds of a range added up per step (second by second
+    with step 1), the same as the memory pool's, and adding up to the window ``read``
+    gives."""
+    memory = MemoryStatsPool()
+    replicas = [await shared.pool(0), await shared.pool(1)]
+    base = int(time.time())
+    for replica, pool in enumerate(replicas):
+        await pool.add(replica_batches(replica, base), keep_seconds=30)
+        await memory.add(replica_batches(replica, base), keep_seconds=30)
+
+    for step, firsts in [(1, [0, 1, 2, 3]), (3, [0, 3]), (10, [0])]:
+        want = await memory.read_buckets(GREET, "r-1", base, base + 10, step)
+        assert sorted(want) == [base + first for first in firsts]
+        for pool in replicas:
+            got = await pool.read_buckets(GREET, "r-1", base, base + 10, step)
+            assert sorted(got) == sorted(want)
+            for bucket, arms in want.items():
+                assert set(got[bucket]) == set(arms) == {"stable", "canary", "shadow"}
+                for arm, stats in arms.items():
+                    assert_same_arm(got[bucket][arm], stats)
+    (whole,) = (await replicas[0].read_buckets(GREET, "r-1", base, base + 10, 10)).values()
+    window = await replicas[1].read(GREET, "r-1", base, base + 10)
+    for arm, stats in window.arms.items():
+        assert_same_arm(whole[arm], stats)
+    seconds = await replicas[0].read_buckets(GREET, "r-1", base, base + 10)
+    for arm, total in merge_arms(seconds.values()).items():
+        assert_same_arm(total, window.arms[arm])
+
+    # [start, end), buckets from start, and only the arms asked for.
+    canary = await replicas[1].read_buckets(GREET, "r-1", base + 1, base + 3, 1, {"canary"})
+    assert sorted(canary) == [base + 1, base + 2]
+    assert all(set(arms) == {"canary"} for arms in canary.values())
+    assert canary[base + 1]["canary"].requests == seconds[base + 1]["canary"].requests
+    shifted = await replicas[0].read_buckets(GREET, "r-1", base - 1, base + 10, 2)
+    assert sorted(shifted) == [base - 1, base + 1, base + 3]
+    assert shifted[base - 1]["stable"].requests == seconds[base]["stable"].requests
+    assert await replicas[0].read_buckets(GREET, "r-1", base, base + 10, 1, {"rerun"}) == {}
+    assert await replicas[0].read_buckets(GREET, "r-9", base, base + 10) == {}
+    assert await replicas[0].read_buckets(GREET, "r-1", base + 5, base + 5) == {}
 
 
 async def test_replicas_adding_at_once_lose_no_increment(shared: Shared) -> None:
