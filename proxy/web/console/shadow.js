@@ -197,11 +197,12 @@ async function render(view, params) {
     LIMITS.map((n) => h('option', { value: String(n), text: `last ${n}` })));
 
   const filters = h('form', { class: 'sh-filters', testid: 'shadow-filters', 'aria-label': 'Filter pairs' },
+    // Each label holds its control, so the two stay together when the row wraps.
     h('label', { class: 'sh-check' }, diverging, ' diverging only'),
-    h('label', { for: 'filter-measure', text: 'by measure' }), measure,
-    h('label', { for: 'filter-threshold', text: 'above' }), threshold,
-    h('label', { for: 'filter-kind', text: 'kind' }), kind,
-    h('label', { for: 'filter-limit', text: 'pairs' }), limit);
+    h('label', { class: 'sh-field' }, h('span', { text: 'by measure' }), measure),
+    h('label', { class: 'sh-field' }, h('span', { text: 'above' }), threshold),
+    h('label', { class: 'sh-field' }, h('span', { text: 'kind' }), kind),
+    h('label', { class: 'sh-field' }, h('span', { text: 'pairs' }), limit));
   filters.addEventListener('submit', (e) => e.preventDefault());
 
   view.replaceChildren(h('div', { class: 'sh-page', testid: 'shadow-page' },
