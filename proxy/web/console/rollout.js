@@ -56,6 +56,13 @@ export function untilText(unix, now = Date.now() / 1000) {
   return `in ${Math.round(s / 3600)} h`;
 }
 
+// A p-value as a reader compares it with alpha: two digits, tiny ones as "< 0.0001".
+function pText(p) {
+  if (p === null || p === undefined) return '—';
+  if (p < 0.0001) return '< 0.0001';
+  return String(Number(p.toPrecision(2)));
+}
+
 function num(x) {
   if (x === null || x === undefined) return '—';
   if (typeof x !== 'number') return String(x);
@@ -195,7 +202,7 @@ function checksTable(checks) {
         h('td', { 'data-label': 'stable', text: c.stable === null || c.stable === undefined ? '—' : checkFormat(c.name).value(c.stable) }),
         h('td', { 'data-label': 'candidate', text: c.candidate === null || c.candidate === undefined ? '—' : checkFormat(c.name).value(c.candidate) }),
         h('td', { 'data-label': 'limit', text: c.limit === null || c.limit === undefined ? '—' : checkFormat(c.name).limit(c.limit) }),
-        h('td', { 'data-label': 'p-value', text: num(c.p_value) }),
+        h('td', { 'data-label': 'p-value', text: pText(c.p_value) }),
         h('td', { 'data-label': 'note', class: 'ro-note', text: c.note || '' }))))));
 }
 
