@@ -3,12 +3,14 @@
 // move the percentage, promote, abort, roll back.
 //
 // data-testid set here:
-//   rollout-page, rollout-error (refresh failures), rollout-summary, rollout-candidate,
-//   rollout-prod, rollout-mode, rollout-percent (text: "25 %"; data-percent: 25),
-//   rollout-sticky, rollout-none (no rollout runs), link-prompt, link-shadow,
-//   percent-controls, step-<n> (one per step percent, e.g. step-25), percent-slider,
-//   percent-input, percent-apply, promote, abort, rollback,
-//   analysis-policy, analysis-state, next-step, failures, next-verdict, holder,
+//   rollout-page, rollout-error (refresh and write failures), rollout-summary,
+//   rollout-candidate, rollout-prod, rollout-mode, rollout-percent (text "25 %"; its
+//   inner [data-percent] = 25), rollout-sticky, rollout-none (no rollout runs; says
+//   "prod: vN"), link-prompt, link-shadow (shadow mode), percent-controls, step-<n> (one
+//   per step percent, e.g. step-25), percent-slider, percent-input, percent-apply,
+//   confirm-move (in the dialog: "from X % to Y %"), promote, abort, rollback,
+//   prod-actions, analysis-policy-section, analysis-policy, analysis-state-section,
+//   analysis-state, next-step, failures, next-verdict, holder,
 //   verdicts, verdict (each verdict; data-result = pass|fail|inconclusive, data-at),
 //   verdict-check (each check; data-name, data-result), verdict-tier (data-tier,
 //   data-result), charts, chart-<name> (charts.js; names: error-rate, p95-latency,
