@@ -566,7 +566,8 @@ async function render(view, params) {
 
     if (rollout) {
       if (layout !== 'running') { layout = 'running'; layoutRunning(); }
-      update(summary, { ...rollout, analysis_state: null }, (r) => summaryView(r, key));
+      // The minute in the key keeps "(3 min ago)" current without redrawing every 5 s.
+      update(summary, { ...rollout, analysis_state: null, minute: Math.floor(Date.now() / 60000) }, (r) => summaryView(r, key));
       update(policy, rollout.analysis, policyView);
       // The countdown changes every refresh, so the state is redrawn each time; it holds
       // nothing focusable.
