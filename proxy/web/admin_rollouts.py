@@ -151,11 +151,12 @@ async def put_rollout(call: Call[SlugPath, WaitQuery, api.RolloutIn]) -> Reply[a
 async def get_rollout(call: Call[SlugPath, NoParams, NoBody]) -> api.RolloutStatus:
     key, services = call.path.key, call.services
     rollout = await services.registry.get_rollout(key)
+    try:
+        state = await services.analysis.status(rollout)
+    except Exception as exc:  # the analysis state or the lease: as the series route's pool
+        raise ServiceUnavailable(f"The analysis state is unavailable: {exc}") from exc
     return api.RolloutStatus.model_validate(
-        {
-            **_view(rollout, await _prod_of(services, key)),
-            "analysis_state": await services.analysis.status(rollout),
-        }
+        {**_view(rollout, await _prod_of(services, key)), "analysis_state": state}
     )
 
 
