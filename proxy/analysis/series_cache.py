@@ -25,10 +25,10 @@ from proxy.analysis.series import KNOWN_ARMS, SERIES_SECONDS, Span
 from proxy.analysis.window import ArmStats
 from proxy.prompt_key import PromptKey
 
-#: Buckets kept in all, by default: 136 charts of 15 minutes at the default 60 points, or 9
-#: at one point per second. A bucket holds at most the four ``KNOWN_ARMS``' counts (at 100
-#: requests/s, about 1-2 KiB each), so a few MiB at most.
-DEFAULT_MAX_BUCKETS = 8192
+#: Buckets kept in all, by default: 68 charts of 15 minutes at the default 60 points, or 4
+#: at one point per second. A bucket of two arms at 100 requests/s holds 2.3-3.2 KiB
+#: (measured: the latency bins fill up), so ~13 MiB at most, ~20 with a shadow's three arms.
+DEFAULT_MAX_BUCKETS = 4096
 
 _Series = tuple[PromptKey, str, int]  # prompt key, rollout id, step
 _Bucket = Mapping[str, ArmStats]
@@ -58,6 +58,10 @@ class SeriesCache:
         self._count = 0
         #: Each series' newest bucket: drop a whole series without looking at its buckets.
         self._newest: dict[_Series, int] = {}
+        #: A pool read failed (the store is down, for other replicas' flushes too), and
+        #: until when, after the store is back, nothing is kept.
+        self._failed = False
+        self._hold_until = 0.0
 
     @property
     def buckets(self) -> int:
@@ -80,10 +84,20 @@ class SeriesCache:
             # One read from the first bucket missing to the last: a gap inside is rare (a
             # longer `since` than before), and one read costs less than two.
             first, last = missing[0], missing[-1]
-            read = await pool.read_buckets(
-                key, rollout_id, first, min(last + cut.step, cut.end), cut.step, KNOWN_ARMS
-            )
-            self._keep(name, read, range(first, last + 1, cut.step), now)
+            try:
+                read = await pool.read_buckets(
+                    key, rollout_id, first, min(last + cut.step, cut.end), cut.step, KNOWN_ARMS
+                )
+            except Exception:
+                self._failed = True
+                raise
+            if self._failed:
+                # The store is back: replicas whose flushes failed meanwhile write what they
+                # kept on their next flush, into seconds that look settled. Keep nothing
+                # until they have.
+                self._failed, self._hold_until = False, now + self._settle
+            if now >= self._hold_until:
+                self._keep(name, read, range(first, last + 1, cut.step), now)
             kept = self._series.get(name, {})
             out.update(read)
         for at in cut.points:

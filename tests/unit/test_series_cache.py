@@ -8,6 +8,8 @@ import random
 from collections.abc import Collection
 from typing import Any
 
+import pytest
+
 from proxy.analysis.pool import MemoryStatsPool
 from proxy.analysis.series import KNOWN_ARMS, SERIES_SECONDS, Span, bucket, span
 from proxy.analysis.series_cache import SeriesCache, settle_seconds
@@ -176,3 +178,40 @@ async def test_buckets_older_than_a_chart_reaches_are_dropped() -> None:
     await cache.read(pool, KEY, "other", span(now, 60, 1), now)
     assert cache.buckets < kept
     assert cache.buckets == 60 - int(settle_seconds(FLUSH)) - 1  # the other's settled ones
+
+
+class Flaky(Recording):
+    """A pool whose store goes down and comes back."""
+
+    down = False
+
+    async def read_buckets(self, *args: Any, **kwargs: Any) -> dict[int, dict[str, ArmStats]]:
+        if self.down:
+            raise ConnectionError("Connection refused")
+        return await super().read_buckets(*args, **kwargs)
+
+
+async def test_what_replicas_kept_through_a_store_outage_shows_after_it() -> None:
+    """The store was down: replicas kept their counts and flush them on their next flush
+    after it is back, into seconds old enough to look settled. A read between the store's
+    return and that flush keeps none of them."""
+    pool = MemoryStatsPool(clock=lambda: now)
+    flaky = Flaky(pool)
+    cache = SeriesCache(settle_seconds(FLUSH))
+    now = T0 + 100.2
+    for slot in range(T0, T0 + 101):
+        await add(pool, batch(slot, "stable", 1))
+    cut = span(now, 60, 1)
+    flaky.down = True
+    with pytest.raises(ConnectionError):
+        await cache.read(flaky, KEY, "r1", cut, now)  # type: ignore[arg-type]
+    flaky.down = False
+    now += 30  # the store is back; another replica's 30 s are not in it yet
+    through = await cache.read(flaky, KEY, "r1", span(now, 60, 1), now)  # type: ignore[arg-type]
+    assert sum(a.requests for arms in through.values() for a in arms.values()) == 30
+    for slot in range(T0 + 101, T0 + 131):  # its next flush
+        await add(pool, batch(slot, "canary", 2))
+    now += FLUSH
+    through_, straight = await charts(pool, cache, now, 60, 1)
+    assert through_ == straight
+    assert sum(p["arms"]["canary"]["requests"] for p in through_) == 60
