@@ -5,6 +5,7 @@ bucket is kept only once settled; refreshes read only the tail; it stays bounded
 from __future__ import annotations
 
 import random
+import tracemalloc
 from collections.abc import Collection
 from typing import Any
 
@@ -215,3 +216,33 @@ async def test_what_replicas_kept_through_a_store_outage_shows_after_it() -> Non
     through_, straight = await charts(pool, cache, now, 60, 1)
     assert through_ == straight
     assert sum(p["arms"]["canary"]["requests"] for p in through_) == 60
+
+
+async def test_a_kept_point_costs_what_docs_operations_says() -> None:
+    """docs/operations.md, "Memory": 2.3-3.2 KiB per point of two arms at 100 requests/s;
+    this fails at twice that."""
+    rng = random.Random(3)
+    pool = MemoryStatsPool(clock=lambda: now)
+    now = T0 + 1000.0
+    part = RolloutBatch()
+    for slot in range(T0, T0 + 1001):
+        for i in range(100):
+            part.arm(slot, ARMS[i % 2]).add_call(
+                failed=i % 50 == 0,
+                duration=rng.lognormvariate(-1.2, 0.5),
+                ttft=None,
+                output_tokens=200,
+                finish_reason="stop",
+            )
+    await add(pool, part)
+    cache = SeriesCache(settle_seconds(FLUSH))
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        await cache.read(pool, KEY, "r1", span(now, 900, 15), now)
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+    assert cache.buckets >= 55
+    assert grown / cache.buckets < 2 * 3.2 * 1024
