@@ -13,6 +13,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from proxy.analysis.analyser import Analyser, replica_id
+from proxy.analysis.series_cache import SeriesCache, settle_seconds
 from proxy.analysis.window import WindowRecorder
 from proxy.backends.base import Backend
 from proxy.backends.open import open_backend
@@ -97,6 +98,8 @@ class Services:
     online: OnlineJudge
     #: Every part of the shared state, from `registry.store`.
     backend: Backend
+    #: The series route's settled buckets, so a chart's refresh reads only its tail.
+    series: SeriesCache
 
     @property
     def store_name(self) -> str:
@@ -284,6 +287,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             capture=capture,
             online=online,
             backend=backend,
+            series=SeriesCache(settle_seconds(config.analysis.flush_seconds)),
         )
 
 

@@ -2,8 +2,9 @@
 
 The pool holds every replica's counts per arm and second (``window``); the series route
 (``GET /admin/v1/prompts/{slug}/rollout/series``) reads the last ``since`` seconds added up
-per ``step`` (``StatsPool.read_buckets``: in the server where the store can) and makes one
-point per ``step`` seconds and arm of them here. The figures are those the verdicts judge
+per ``step`` (``StatsPool.read_buckets``: in the server where the store can; through
+``series_cache``, which keeps the settled ones) and makes one point per ``step`` seconds
+and arm of them here. The figures are those the verdicts judge
 (``judge``), from the same counts: an error share, a p95 read off the latency bins, the
 share of answers cut by the token limit, the mean answer length and the mean online-judge
 score, so a chart and a verdict over the same seconds agree.

@@ -151,11 +151,12 @@ async def put_rollout(call: Call[SlugPath, WaitQuery, api.RolloutIn]) -> Reply[a
 async def get_rollout(call: Call[SlugPath, NoParams, NoBody]) -> api.RolloutStatus:
     key, services = call.path.key, call.services
     rollout = await services.registry.get_rollout(key)
+    try:
+        state = await services.analysis.status(rollout)
+    except Exception as exc:  # the analysis state or the lease: as the series route's pool
+        raise ServiceUnavailable(f"The analysis state is unavailable: {exc}") from exc
     return api.RolloutStatus.model_validate(
-        {
-            **_view(rollout, await _prod_of(services, key)),
-            "analysis_state": await services.analysis.status(rollout),
-        }
+        {**_view(rollout, await _prod_of(services, key)), "analysis_state": state}
     )
 
 
@@ -219,11 +220,11 @@ async def rollout_series(call: Call[SlugPath, SeriesQuery, NoBody]) -> api.Rollo
     key, query, services = call.path.key, call.query, call.services
     since, step = query.seconds, query.step_seconds  # a 400 before any store read
     rollout_id, mode = await _charted(services, key, query.rollout)
-    cut = series.span(time.time(), since, step)
+    now = time.time()
+    cut = series.span(now, since, step)
     try:
-        slots = await services.backend.pool.read_buckets(
-            key, rollout_id, cut.start, cut.end, cut.step, series.KNOWN_ARMS
-        )
+        # Only what is not settled yet, or not kept yet, comes from the pool.
+        slots = await services.series.read(services.backend.pool, key, rollout_id, cut, now)
     except Exception as exc:  # whatever the store raised: the pool cannot be read now
         raise ServiceUnavailable(f"The analysis pool is unavailable: {exc}") from exc
     arms = series.series_arms(mode, {arm for by_arm in slots.values() for arm in by_arm})

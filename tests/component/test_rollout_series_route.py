@@ -212,3 +212,24 @@ async def test_a_pool_that_cannot_be_read_is_a_503(embedded: Clients, monkeypatc
     status, answer = await series(embedded)
     assert status == 503
     assert answer["error"]["message"] == ("The analysis pool is unavailable: Connection refused")
+
+
+@pytest.mark.parametrize("part", ["state", "lease"])
+async def test_a_rollout_whose_analysis_cannot_be_read_is_a_503(
+    embedded: Clients, monkeypatch: Any, part: str
+) -> None:
+    """The rollout route reads the analysis state and the lease: a store that cannot answer
+    is a 503, as the series route's pool, not a 500."""
+    _, admin, services = embedded
+    await seed(admin)
+    status, _ = await call(admin, "PUT", "/prompts/support/rollout", canary_body(10, analysis={}))
+    assert status == 201
+
+    async def unreachable(*args: Any, **kwargs: Any) -> Any:
+        raise ConnectionError("Connection refused")
+
+    store = getattr(services.backend, part)
+    monkeypatch.setattr(store, "load" if part == "state" else "holder", unreachable)
+    status, answer = await call(admin, "GET", "/prompts/support/rollout", headers=READER)
+    assert status == 503, answer
+    assert answer["error"]["message"] == "The analysis state is unavailable: Connection refused"
