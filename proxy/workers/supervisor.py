@@ -135,10 +135,13 @@ class WorkerFailed(Exception):
 def private_session(path: Path) -> aiohttp.ClientSession:
     """A client of one worker's admin socket. A new connection per call (``force_close``):
     a pooled one would outlive a restarted worker. Bodies pass as they are (no
-    decompression), for the forwarded admin calls."""
+    decompression), for the forwarded admin calls. No cookie jar: the session is shared by
+    every caller the front forwards, so a jar would keep the console cookie of one
+    operator's login and send it with everyone's later calls."""
     return aiohttp.ClientSession(
         connector=aiohttp.UnixConnector(path=str(path), force_close=True),
         auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
     )
 
 

@@ -57,3 +57,20 @@ async def test_a_console_login_and_cookie_write_pass_the_supervisor(workers: Pro
         async with session.get(audit_url, headers=ADMIN_HEADERS) as resp:
             entries = (await resp.json())["data"]
         assert [(e["action"], e["actor"]) for e in entries] == [("create", login["name"])]
+
+
+async def test_a_login_through_the_supervisor_logs_nobody_else_in(workers: ProxyProc) -> None:
+    """The supervisor's client of a worker must keep no cookie: a login's Set-Cookie it
+    relayed would otherwise ride along on every later forwarded call, from anyone, and
+    make a caller with no credentials that operator (its CSRF value included)."""
+    base = workers.admin_url
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
+        async with session.post(f"{base}/console/session", json={"token": ADMIN_TOKEN}) as resp:
+            assert resp.status == 200, await resp.text()
+        # A stranger: no cookie, no token.
+        async with session.get(f"{base}/console/session") as resp:
+            assert resp.status == 401, await resp.text()
+            assert "csrf" not in await resp.text()
+        url = f"{base}/admin/v1/prompts/console-stranger/versions"
+        async with session.post(url, json={"template": "pwned"}) as resp:
+            assert resp.status == 401, await resp.text()
