@@ -104,6 +104,23 @@ def check_console_write(request: web.Request, session: Session) -> None:
     """A 403 unless a write authorized by the console's cookie comes from the console's
     own page: the session's CSRF value in ``X-CSRF-Token``, and neither ``Origin`` nor
     ``Sec-Fetch-Site`` (when the browser sends them) naming another site."""
+    check_console_origin(request)
+    presented = request.headers.get("X-CSRF-Token")
+    if presented is None:
+        raise Forbidden(
+            "CSRF check failed: a write authorized by the console's session cookie must "
+            "send X-CSRF-Token (the console page does; a script should send "
+            "`Authorization: Bearer <token>` instead)."
+        )
+    if not csrf_matches(session, presented.strip()):
+        raise Forbidden("CSRF check failed: X-CSRF-Token does not match the console session.")
+
+
+def check_console_origin(request: web.Request) -> None:
+    """A 403 when the browser says the request comes from another site (``Sec-Fetch-Site``)
+    or another origin (``Origin``). The login checks only this: it has no CSRF value yet,
+    and without it a form on another site could post a token of its choosing (a text/plain
+    body can spell JSON) and log the operator's browser in as that token."""
     site = request.headers.get("Sec-Fetch-Site")
     if site is not None and site.strip().lower() in ("cross-site", "same-site"):
         raise Forbidden(
@@ -116,15 +133,6 @@ def check_console_write(request: web.Request, session: Session) -> None:
             "CSRF check failed: the request's Origin is not this proxy's; console writes "
             "come from its own page."
         )
-    presented = request.headers.get("X-CSRF-Token")
-    if presented is None:
-        raise Forbidden(
-            "CSRF check failed: a write authorized by the console's session cookie must "
-            "send X-CSRF-Token (the console page does; a script should send "
-            "`Authorization: Bearer <token>` instead)."
-        )
-    if not csrf_matches(session, presented.strip()):
-        raise Forbidden("CSRF check failed: X-CSRF-Token does not match the console session.")
 
 
 def _first(value: str | None) -> str | None:

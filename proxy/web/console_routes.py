@@ -29,6 +29,7 @@ from proxy.errors import InvalidRequest, RouteNotFound, Unauthorized
 from proxy.web.admin_auth import (
     HOW_TO_SET,
     bearer_token,
+    check_console_origin,
     check_console_write,
     console_session,
     is_https,
@@ -189,6 +190,7 @@ async def _log_in(request: web.Request) -> web.StreamResponse:
             "No admin token is configured, so the console is read-only and needs no login; "
             "open /console/ to read. To change things from it: " + HOW_TO_SET
         )
+    check_console_origin(request)
     token = await _read_token(request)
     grant = match_token(grants, token)
     if grant is None:

@@ -535,3 +535,35 @@ async def test_without_its_files_the_console_says_they_are_missing(
             status, message = await _error(await client.get("/console/"))
     assert status == 404
     assert "console's files are not installed" in message
+
+
+# -- attacks (review-security) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"},
+        {"Origin": "https://evil.example"},
+        {"Origin": "null"},
+        {"Sec-Fetch-Site": "same-site"},
+    ],
+    ids=["cross-site-form", "foreign-origin", "null-origin", "sibling-site"],
+)
+async def test_a_login_from_another_site_is_refused_and_sets_no_cookie(
+    admin: Admin, extra: dict[str, str]
+) -> None:
+    """Login CSRF: a form on another site posts a text/plain body that spells JSON with a
+    token of the attacker's choosing; the operator's browser would be logged in as it, and
+    what they then do is written under the attacker's token."""
+    body = '{"token": "' + ALICE_TOKEN + '", "x": "="}'
+    headers = {"Content-Type": "text/plain", **extra}
+    resp = await admin.post("/console/session", data=body, headers=headers)
+    status, message = await _error(resp)
+    assert status == 403
+    assert message.startswith("CSRF check failed")
+    assert "Set-Cookie" not in resp.headers
+    # The console's own page still logs in (same origin, or a client sending neither).
+    own = {"Origin": str(admin.make_url("")).rstrip("/"), "Sec-Fetch-Site": "same-origin"}
+    assert (await admin.post("/console/session", json={"token": ALICE_TOKEN}, headers=own)).ok
+
