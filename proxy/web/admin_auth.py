@@ -53,9 +53,12 @@ def bearer_token(request: web.Request) -> str | None:
 def match_token(grants: tuple[TokenGrant, ...], presented: str) -> TokenGrant | None:
     """The grant whose token is ``presented``, or None."""
     # Compare against every token so timing does not reveal which one (or whether any) matched.
+    # Header bytes that are not UTF-8 arrive as lone surrogates (and the environment's the
+    # same way): kept as the bytes they were, so they compare unequal instead of raising.
+    given = presented.encode("utf-8", "surrogateescape")
     found: TokenGrant | None = None
     for grant in grants:
-        if hmac.compare_digest(grant.token.encode(), presented.encode()):
+        if hmac.compare_digest(grant.token.encode("utf-8", "surrogateescape"), given):
             found = grant
     return found
 

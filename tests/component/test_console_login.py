@@ -8,6 +8,7 @@ browser would send.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -567,3 +568,24 @@ async def test_a_login_from_another_site_is_refused_and_sets_no_cookie(
     own = {"Origin": str(admin.make_url("")).rstrip("/"), "Sec-Fetch-Site": "same-origin"}
     assert (await admin.post("/console/session", json={"token": ALICE_TOKEN}, headers=own)).ok
 
+
+async def test_a_token_that_is_not_utf8_is_a_401_not_a_500(admin: Admin) -> None:
+    """Header bytes that are not UTF-8 reach the handler as lone surrogates."""
+    reader, writer = await asyncio.open_connection(admin.host, admin.port)
+    for path in (b"/admin/v1/prompts", b"/console/session"):
+        writer.write(
+            b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe-token\r\n\r\n"
+        )
+    await writer.drain()
+    heads = []
+    for _ in range(2):
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length")
+        )
+        await reader.readexactly(length)
+        heads.append(head.split(b"\r\n", 1)[0])
+    writer.close()
+    assert heads == [b"HTTP/1.1 401 Unauthorized"] * 2
