@@ -97,6 +97,10 @@ def add_routes(app: web.Application, files: Path = FILES) -> None:
 async def _secure(request: web.Request, response: web.StreamResponse) -> None:
     if request.path == "/console" or request.path.startswith("/console/"):
         response.headers.update(SECURITY_HEADERS)
+    elif COOKIE_NAME in request.cookies and "Authorization" not in request.headers:
+        # An admin answer read with the console's cookie is the registry as an operator
+        # sees it: a browser must not keep it on disk for whoever uses the machine next.
+        response.headers["Cache-Control"] = "no-store"
 
 
 async def _to_slash(request: web.Request) -> web.StreamResponse:

@@ -589,3 +589,12 @@ async def test_a_token_that_is_not_utf8_is_a_401_not_a_500(admin: Admin) -> None
         heads.append(head.split(b"\r\n", 1)[0])
     writer.close()
     assert heads == [b"HTTP/1.1 401 Unauthorized"] * 2
+
+
+async def test_admin_answers_read_with_the_cookie_are_never_stored(admin: Admin) -> None:
+    """A browser may keep an answer on disk unless told not to: after logging out, the
+    registry it read would still be there for the next person at the machine."""
+    cookie, _ = await _log_in(admin)
+    for path in ("/admin/v1/prompts", "/admin/v1/audit", "/admin/v1/missing-route"):
+        resp = await admin.get(path, headers=_browser(cookie))
+        assert resp.headers.get("Cache-Control") == "no-store", (path, resp.status)
