@@ -34,6 +34,7 @@ from typing import Any
 from proxy.analysis.judge import Judgement, judge_tiers, without_stable
 from proxy.analysis.lease import Lease
 from proxy.analysis.pool import StatsPool
+from proxy.analysis.series import SERIES_SECONDS
 from proxy.analysis.state import AnalysisState, StateStore
 from proxy.analysis.window import WindowArm, WindowRecorder
 from proxy.config import AnalysisConfig
@@ -51,8 +52,8 @@ _log = logging.getLogger(APP_LOGGER)
 
 #: How often leases are renewed and due verdicts looked for.
 TICK_SECONDS = 0.5
-#: With no rollout carrying a policy, slots need not outlive a minute.
-_DEFAULT_KEEP_SECONDS = 60.0
+#: With no rollout carrying a policy, a failed flush keeps a minute for the next try.
+_DEFAULT_VERDICT_SECONDS = 60.0
 #: Store errors tolerated in a row before the analyser logs at error level (it keeps going).
 _QUIET_ERRORS = 3
 
@@ -131,16 +132,24 @@ class Analyser:
         except Exception as exc:
             self._metrics.redis_errors.labels("stats_flush").inc()
             _log.warning("analysis statistics not flushed (kept for the next try): %s", exc)
-            oldest = int(self._clock() - keep)
+            # Only what a verdict still needs waits for the store: the charts' older
+            # seconds are not worth holding this replica's memory through an outage.
+            oldest = int(self._clock() - self._verdict_seconds())
             self.recorder.restore(batches, oldest)
 
-    def _keep_seconds(self) -> float:
+    def _verdict_seconds(self) -> float:
         intervals = [
             r.analysis.interval
             for r in self._snapshot().rollouts.values()
             if r.analysis is not None
         ]
-        return max(intervals, default=_DEFAULT_KEEP_SECONDS)
+        return max(intervals, default=_DEFAULT_VERDICT_SECONDS)
+
+    def _keep_seconds(self) -> float:
+        """How long the pool keeps the slots: for the longest verdict window, and for the
+        console's charts (the series route), which read the last 15 minutes of every
+        rollout, with a policy or without."""
+        return max(float(SERIES_SECONDS), self._verdict_seconds())
 
     async def close(self) -> None:
         """Stop the loops, flush a last time, then give the leases up so another replica

@@ -1,7 +1,9 @@
 """The pool: every replica's per-arm counts, added up, so a verdict covers all the traffic.
 
 Each replica's ``WindowRecorder`` is drained every ``analysis.flush_seconds`` into the pool;
-the analyser reads a window (a range of one-second slots) back as one ``ArmStats`` per arm.
+the analyser reads a window (a range of one-second slots) back as one ``ArmStats`` per arm,
+and the admin API's series route (``proxy.analysis.series``) reads the slots one by one, in
+one store read, to chart them.
 
 - ``MemoryStatsPool``: one process (the embedded store): the pool is a dict.
 - ``RedisStatsPool``: one hash per (prompt key, rollout, slot) that replicas add to with
@@ -12,7 +14,8 @@ the analyser reads a window (a range of one-second slots) back as one ``ArmStats
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -57,6 +60,18 @@ class StatsPool(Protocol):
         """Counts of the slots in ``[start, end)`` (unix seconds), and divergence so far."""
         ...
 
+    async def read_slots(
+        self,
+        key: PromptKey,
+        rollout_id: str,
+        start: float,
+        end: float,
+        arms: Collection[str] | None = None,
+    ) -> dict[int, dict[str, ArmStats]]:
+        """Each slot of ``[start, end)`` that holds counts, by arm: one store read whatever
+        the range. ``arms``: only these (None: every arm, tier arms too)."""
+        ...
+
     def forget(self, keep: set[RolloutKey]) -> None:
         """Drop what belongs to rollouts not in ``keep`` (they ended), where nothing expires
         by itself."""
@@ -70,7 +85,9 @@ def _slots(start: float, end: float) -> range:
 
 
 class MemoryStatsPool:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        """``clock``: unix seconds, as the recorder's slots (tests pass their own)."""
+        self._clock = clock
         self._slots: dict[RolloutKey, dict[int, dict[str, ArmStats]]] = {}
         self._noise: dict[RolloutKey, DivergenceCounts] = {}
         self._candidate: dict[RolloutKey, DivergenceCounts] = {}
@@ -99,14 +116,48 @@ class MemoryStatsPool:
         window.candidate.merge(self._candidate.get(rollout, DivergenceCounts()))
         return window
 
+    async def read_slots(
+        self,
+        key: PromptKey,
+        rollout_id: str,
+        start: float,
+        end: float,
+        arms: Collection[str] | None = None,
+    ) -> dict[int, dict[str, ArmStats]]:
+        slots = self._slots.get((key, rollout_id), {})
+        out: dict[int, dict[str, ArmStats]] = {}
+        for slot in _slots(start, end):
+            held = slots.get(slot)
+            if not held:
+                continue
+            # Copies: the caller may add them up, and these go on counting.
+            picked = {a: _copy(s) for a, s in held.items() if arms is None or a in arms}
+            if picked:
+                out[slot] = picked
+        return out
+
     def forget(self, keep: set[RolloutKey]) -> None:
-        """Drop the counts of rollouts that ended (there is no expiry in memory)."""
-        for store in (self._slots, self._noise, self._candidate, self._keep):
-            for key in [k for k in store if k not in keep]:
-                del store[key]
+        """Drop the counts of rollouts that ended (there is no expiry in memory) once their
+        newest slot is as old as Redis or PostgreSQL would let it be: the charts of a
+        rollout that just ended (an abort) still show what happened."""
+        now = self._clock()
+        ended = {k for k in (*self._slots, *self._noise, *self._candidate) if k not in keep}
+        for key in ended:
+            newest = max(self._slots.get(key, {}), default=0)
+            if newest < now - self._keep.get(key, 0.0) - _SLOT_GRACE_SECONDS:
+                self._slots.pop(key, None)
+                self._noise.pop(key, None)
+                self._candidate.pop(key, None)
+                self._keep.pop(key, None)
 
     async def close(self) -> None:
         return None
+
+
+def _copy(stats: ArmStats) -> ArmStats:
+    copy = ArmStats()
+    copy.merge(stats)
+    return copy
 
 
 _FLOAT_FIELDS = ("tok:", "fb:")
@@ -161,6 +212,32 @@ class RedisStatsPool:
             {k: int(float(v)) for k, v in by_kind.get(_CANDIDATE, {}).items()}
         )
         return window
+
+    async def read_slots(
+        self,
+        key: PromptKey,
+        rollout_id: str,
+        start: float,
+        end: float,
+        arms: Collection[str] | None = None,
+    ) -> dict[int, dict[str, ArmStats]]:
+        slots = _slots(start, end)
+        pipe = self._redis.pipeline(transaction=False)
+        for slot in slots:
+            pipe.hgetall(self._slot_key(key, rollout_id, slot))
+        hashes = await pipe.execute() if slots else []
+        out: dict[int, dict[str, ArmStats]] = {}
+        for slot, raw in zip(slots, hashes, strict=True):
+            if not raw:
+                continue
+            picked = {
+                arm: ArmStats.from_fields(fields)
+                for arm, fields in _split_fields(raw).items()
+                if arms is None or arm in arms
+            }
+            if picked:
+                out[slot] = picked
+        return out
 
     def forget(self, keep: set[RolloutKey]) -> None:
         return None  # Redis keys expire by themselves

@@ -9,7 +9,8 @@ they write and never lose an increment. The rows of one statement go in key orde
 replicas flushing the same seconds queue on a row instead of deadlocking.
 
 A read adds the window's rows up in the server (``jsonb_each`` + ``GROUP BY``) and sends
-back one number per arm and counter, whatever the window's length.
+back one number per arm and counter, whatever the window's length. A read of the slots one
+by one (the series route's) is one statement too: a row per slot and arm, as stored.
 
 Rows expire like the Redis keys: a slot ``keep_seconds`` + 120 s after its last write,
 divergence a day after. Expired rows are never read; each replica deletes a bounded batch
@@ -21,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import orjson
@@ -132,6 +133,16 @@ WHERE d.slug = %(slug)s AND d.rollout_id = %(rollout_id)s AND d.expires_at > now
 """
 
 
+# ``arms`` null: every arm. The rows come in no order: the caller keys them by slot.
+_READ_SLOTS = """
+SELECT c.slot, c.arm, c.counts
+FROM analysis_counts AS c
+WHERE c.slug = %(slug)s AND c.rollout_id = %(rollout_id)s
+  AND c.slot >= %(start)s AND c.slot < %(end)s AND c.expires_at > now()
+  AND (%(arms)s::text[] IS NULL OR c.arm = ANY(%(arms)s::text[]))
+"""
+
+
 class PostgresStatsPool:
     """``StatsPool`` on PostgreSQL. The pool is the caller's; this part opens nothing."""
 
@@ -188,6 +199,31 @@ class PostgresStatsPool:
         window.noise = DivergenceCounts.from_fields(kinds.get(_NOISE, {}))
         window.candidate = DivergenceCounts.from_fields(kinds.get(_CANDIDATE, {}))
         return window
+
+    async def read_slots(
+        self,
+        key: PromptKey,
+        rollout_id: str,
+        start: float,
+        end: float,
+        arms: Collection[str] | None = None,
+    ) -> dict[int, dict[str, ArmStats]]:
+        params = {
+            "slug": key.text,
+            "rollout_id": rollout_id,
+            "start": int(start) // SLOT_SECONDS,
+            "end": int(end) // SLOT_SECONDS,
+            "arms": None if arms is None else sorted(arms),
+        }
+
+        async def run(conn: AsyncConnection[Any]) -> list[tuple[Any, ...]]:
+            cur = await conn.execute(_READ_SLOTS, params)
+            return await cur.fetchall()
+
+        out: dict[int, dict[str, ArmStats]] = {}
+        for slot, arm, counts in await self.session.read(run):
+            out.setdefault(int(slot), {})[arm] = ArmStats.from_fields(counts)
+        return out
 
     def forget(self, keep: set[RolloutKey]) -> None:
         return None  # rows expire by themselves

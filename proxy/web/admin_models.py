@@ -766,6 +766,46 @@ class LastAnalysis(Wire):
     verdicts: list[Verdict] = Field(description="Newest first")
 
 
+class SeriesFigures(Wire):
+    """One arm over one point: what its verdict checks would read over those seconds."""
+
+    requests: int = Field(description="Finished requests (or shadow calls)")
+    errors: int
+    error_rate: float | None = Field(description="errors / requests; null without requests")
+    p95_latency: float | None = Field(
+        description="Seconds, read off 10 %-wide bins; null without a successful request"
+    )
+    p95_ttft: float | None = Field(description="Seconds to the first token, streams only")
+    length_share: float | None = Field(
+        description="Share of answers with a finish reason that the token limit cut"
+    )
+    answer_tokens: float | None = Field(description="Mean output tokens per successful answer")
+    judge: float | None = Field(description="Mean online-judge score (evals.online); null: none")
+
+
+class SeriesPoint(Wire):
+    at: int = Field(description="Start of the point (unix seconds): it covers [at, at + step)")
+    arms: dict[str, SeriesFigures] = Field(description="Every arm of `arms`")
+
+
+class RolloutSeries(Wire):
+    """A rollout's pooled counts (every replica's), one point per `step` seconds and arm."""
+
+    slug: str
+    rollout_id: str
+    mode: RolloutMode
+    start: int = Field(description="The first point's `at` (unix seconds)")
+    end: int = Field(
+        description="Unix seconds, exclusive: the second that is still counting; the last "
+        "point stops here"
+    )
+    step: int
+    arms: list[str] = Field(
+        description="stable and canary (canary mode), or stable, shadow and rerun (shadow mode)"
+    )
+    points: list[SeriesPoint] = Field(description="Oldest first, one per step")
+
+
 # -- the fleet ------------------------------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, WithJsonSchema
 
+from proxy.analysis.series import SERIES_SECONDS, default_step
 from proxy.errors import InvalidRequest
 from proxy.models import SLUG_PATTERN
 from proxy.prompt_key import Layer, PromptKey
@@ -218,6 +219,51 @@ def _rollout(value: Any) -> str | None:
             param="rollout",
         )
     return text
+
+
+#: A series' ``since``: seconds (1 to 900, ``s`` optional) or minutes (1m to 15m), the
+#: pool's guaranteed retention (``SERIES_SECONDS``): a JSON Schema pattern can say that much,
+#: so the document is as strict as the server.
+SERIES_SINCE_REGEX = r"^(?:(?:[1-9][0-9]?|[1-8][0-9]{2}|900)s?|(?:[1-9]|1[0-5])m)$"
+_SERIES_SINCE = re.compile(SERIES_SINCE_REGEX)
+_SERIES_MINUTES = SERIES_SECONDS // 60
+
+
+def _series_since(value: Any) -> str:
+    text = str(value)
+    if _SERIES_SINCE.fullmatch(text) is not None:
+        return text
+    reach = f"at most {_SERIES_MINUTES}m, the {SERIES_SECONDS} s the pool keeps"
+    duration = _SINCE.fullmatch(text)
+    if (
+        duration is not None
+        and float(duration.group(1)) * _UNITS[duration.group(2)] > SERIES_SECONDS
+    ):
+        message = f"`since` reaches back {reach}, not {text[:40]!r}."
+    else:
+        message = (
+            f"`since` must be a duration of {reach}: whole seconds (90, 90s) or whole "
+            "minutes (10m)."
+        )
+    raise InvalidRequest(message, param="since")
+
+
+def series_seconds(since: str) -> int:
+    """A checked series ``since`` (``_series_since``) in seconds."""
+    return int(since[:-1]) * 60 if since.endswith("m") else int(since.rstrip("s"))
+
+
+def _series_step(value: Any) -> int | None:
+    if value is None:
+        return None
+    text = str(value)
+    if _POSITIVE.fullmatch(text) is None or int(text) > SERIES_SECONDS:
+        raise InvalidRequest(
+            f"`step` must be a whole number of seconds from 1 to {SERIES_SECONDS} (and at most "
+            f"`since`), not {text[:40]!r}.",
+            param="step",
+        )
+    return int(text)
 
 
 def _share(name: str, low: float, high: float, *, low_open: bool) -> Callable[[Any], float]:
@@ -498,6 +544,47 @@ class ReportQuery(Params):
     min_pairs: MinPairs = Field(
         30, description="Fewer comparable pairs of a kind than this: inconclusive"
     )
+
+
+class SeriesQuery(Params):
+    since: Annotated[
+        str,
+        BeforeValidator(_series_since),
+        WithJsonSchema({"type": "string", "pattern": SERIES_SINCE_REGEX}),
+    ] = Field(
+        "15m",
+        description=f"How far back: seconds (1 to {SERIES_SECONDS}, e.g. 90 or 90s) or minutes "
+        f"(1m to {_SERIES_MINUTES}m); the pool keeps every rollout's counts this long",
+    )
+    step: Annotated[int | None, BeforeValidator(_series_step)] = Field(
+        None,
+        ge=1,
+        le=SERIES_SECONDS,
+        description="Seconds per point, at most `since`; default: about 60 points (15 s over 15m)",
+    )
+    rollout: Annotated[str | None, BeforeValidator(_rollout), WithJsonSchema(_ROLLOUT_SCHEMA)] = (
+        Field(
+            None,
+            description="The rollout to chart: its id, or `latest` (the default: the running "
+            "rollout, else the last one; 404 if the prompt never had one)",
+        )
+    )
+
+    @property
+    def seconds(self) -> int:
+        return series_seconds(self.since)
+
+    @property
+    def step_seconds(self) -> int:
+        """``step``, or the default for ``since``; a 400 when it exceeds ``since``."""
+        since = self.seconds
+        if self.step is None:
+            return default_step(since)
+        if self.step > since:
+            raise InvalidRequest(
+                f"`step` ({self.step} s) must be at most `since` ({since} s).", param="step"
+            )
+        return self.step
 
 
 class ImportQuery(Params):

@@ -5,25 +5,40 @@ GET    /admin/v1/prompts/{slug}/rollout          the running rollout (404 if non
                                                  its analysis state
 DELETE /admin/v1/prompts/{slug}/rollout          abort: all traffic back to stable
 POST   /admin/v1/prompts/{slug}/rollout/promote  the candidate becomes prod; ends it
+GET    /admin/v1/prompts/{slug}/rollout/series   a rollout's pooled counts per arm, one
+                                                 point per step (the console's charts)
 GET    /admin/v1/prompts/{slug}/analysis         the latest analysed rollout's verdicts
 GET    /admin/v1/rollouts                        every running rollout
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+from proxy.analysis import series
 from proxy.config import EvalsConfig
-from proxy.errors import InvalidRequest, NotFound
+from proxy.errors import InvalidRequest, NotFound, ServiceUnavailable
 from proxy.prompt_key import PromptKey
 from proxy.registry.analysis_policy import AnalysisPolicy, PolicyError
+from proxy.registry.lifecycle import ROLLOUT_START_ACTION
 from proxy.registry.models import Rollout, RolloutMode, RolloutSegment
 from proxy.services import Services
 from proxy.web import admin_models as api
 from proxy.web import admin_wait
 from proxy.web.admin_api import check_storable
 from proxy.web.admin_endpoint import Call, NoBody, Reply
-from proxy.web.admin_params import AbortQuery, NoParams, SlugPath, WaitQuery
+from proxy.web.admin_params import (
+    LATEST,
+    AbortQuery,
+    NoParams,
+    SeriesQuery,
+    SlugPath,
+    WaitQuery,
+)
+
+#: Audit entries read per page while looking for a rollout's start.
+_AUDIT_PAGE = 500
 
 
 def _view(rollout: Rollout, prod: int | None) -> dict[str, Any]:
@@ -154,6 +169,76 @@ async def get_analysis(call: Call[SlugPath, NoParams, NoBody]) -> api.LastAnalys
             code="analysis_not_found",
         )
     return api.LastAnalysis.model_validate(last)
+
+
+async def _started_mode(services: Services, key: PromptKey, rollout_id: str) -> str | None:
+    """The mode a rollout started in, from its start's audit entry; None if none says."""
+    before: int | None = None
+    while True:
+        page = await services.registry.audit(key, _AUDIT_PAGE, before)
+        for entry in page:  # newest first: a recent rollout is found on the first page
+            detail = entry.detail or {}
+            if entry.action == ROLLOUT_START_ACTION and detail.get("rollout_id") == rollout_id:
+                mode = detail.get("mode")
+                return mode if isinstance(mode, str) else RolloutMode.CANARY.value
+        if len(page) < _AUDIT_PAGE:
+            return None
+        before = page[-1].seq
+
+
+async def _charted(services: Services, key: PromptKey, wanted: str | None) -> tuple[str, str]:
+    """The id and mode of the rollout ``wanted`` names (None or ``latest``: the running
+    one, else the last), or a 404: the prompt is unknown, never had a rollout, or had none
+    of that id."""
+    latest = await services.registry.latest_rollout(key)  # a 404 for an unknown prompt
+    if latest is None:
+        raise NotFound(
+            f"{key} has had no rollout, so it has no series.",
+            param="rollout",
+            code="rollout_not_found",
+        )
+    rollout_id = latest[0] if wanted is None or wanted == LATEST else wanted
+    if latest == (rollout_id, True):
+        try:
+            return rollout_id, (await services.registry.get_rollout(key)).mode.value
+        except NotFound:
+            pass  # it ended since: its start's audit entry says its mode
+    mode = await _started_mode(services, key, rollout_id)
+    if mode is None:
+        raise NotFound(
+            f"{key} has had no rollout {rollout_id!r}.",
+            param="rollout",
+            code="rollout_not_found",
+        )
+    return rollout_id, mode
+
+
+async def rollout_series(call: Call[SlugPath, SeriesQuery, NoBody]) -> api.RolloutSeries:
+    """The rollout's pooled counts (every replica's, as the verdicts read them), one point
+    per ``step`` seconds and arm, over the last ``since``."""
+    key, query, services = call.path.key, call.query, call.services
+    since, step = query.seconds, query.step_seconds  # a 400 before any store read
+    rollout_id, mode = await _charted(services, key, query.rollout)
+    cut = series.span(time.time(), since, step)
+    try:
+        slots = await services.backend.pool.read_slots(
+            key, rollout_id, cut.start, cut.end, series.KNOWN_ARMS
+        )
+    except Exception as exc:  # whatever the store raised: the pool cannot be read now
+        raise ServiceUnavailable(f"The analysis pool is unavailable: {exc}") from exc
+    arms = series.series_arms(mode, {arm for by_arm in slots.values() for arm in by_arm})
+    return api.RolloutSeries.model_validate(
+        {
+            "slug": key.text,
+            "rollout_id": rollout_id,
+            "mode": mode,
+            "start": cut.start,
+            "end": cut.end,
+            "step": cut.step,
+            "arms": arms,
+            "points": series.bucket(slots, arms, cut),
+        }
+    )
 
 
 async def delete_rollout(call: Call[SlugPath, AbortQuery, api.ReasonIn]) -> api.AuditWritten:

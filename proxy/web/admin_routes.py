@@ -41,6 +41,7 @@ from proxy.web.admin_params import (
     NoParams,
     PairsQuery,
     ReportQuery,
+    SeriesQuery,
     ShadowPath,
     SlugPath,
     TenantPath,
@@ -421,6 +422,22 @@ ROUTES: tuple[Endpoint[Any, Any, Any, Any], ...] = (
             query=WaitQuery,
             body=api.ReasonIn,
             response=api.AuditWritten,
+        )
+    ),
+    route(
+        Endpoint(
+            method="GET",
+            path=f"{PREFIX}/prompts/{{slug}}/rollout/series",
+            access=READ,
+            summary="A rollout's counts pooled from every replica (as its verdicts read them), "
+            "one point per `step` seconds and arm over the last `since`: requests, errors, "
+            "p95 latency and time to first token, length finishes, answer length, judge score",
+            tag="rollouts",
+            handler=admin_rollouts.rollout_series,
+            params=SlugPath,
+            query=SeriesQuery,
+            body=NoBody,
+            response=api.RolloutSeries,
         )
     ),
     route(

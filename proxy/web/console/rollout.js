@@ -1,0 +1,534 @@
+// #/rollouts/:slug — the running rollout (or the last analysed one), its analysis policy,
+// state and verdicts, live charts from the series route, and (admin only) the writes:
+// move the percentage, promote, abort, roll back.
+//
+// data-testid set here:
+//   rollout-page, rollout-error (refresh failures), rollout-summary, rollout-candidate,
+//   rollout-prod, rollout-mode, rollout-percent (text: "25 %"; data-percent: 25),
+//   rollout-sticky, rollout-none (no rollout runs), link-prompt, link-shadow,
+//   percent-controls, step-<n> (one per step percent, e.g. step-25), percent-slider,
+//   percent-input, percent-apply, promote, abort, rollback,
+//   analysis-policy, analysis-state, next-step, failures, next-verdict, holder,
+//   verdicts, verdict (each verdict; data-result = pass|fail|inconclusive, data-at),
+//   verdict-check (each check; data-name, data-result), verdict-tier (data-tier,
+//   data-result), charts, chart-<name> (charts.js; names: error-rate, p95-latency,
+//   p95-ttft, length-share, answer-tokens, judge), charts-empty.
+
+import {
+  ApiError, api, session, h, confirmAction, poll, fmt, toast, errorBox, pageReady, badge,
+} from './app.js';
+import { lineChart } from './charts.js';
+
+const REFRESH_MS = 5000;
+const DEFAULT_STEPS = [1, 5, 10, 25, 50, 100];
+
+const ARM_LABELS = {
+  stable: 'stable',
+  canary: 'canary',
+  shadow: 'shadow (candidate)',
+  rerun: 'stable rerun (noise)',
+};
+
+function enc(slug) {
+  return encodeURIComponent(slug);
+}
+
+// Percents are 0..100 with at most two decimals (the registry's basis points).
+export function percentText(p) {
+  if (p === null || p === undefined) return '—';
+  return `${Number(Number(p).toFixed(2))} %`;
+}
+
+// "in 42 s", "in 3 min", "due now" for a unix time, against this browser's clock.
+export function untilText(unix, now = Date.now() / 1000) {
+  if (unix === null || unix === undefined) return '—';
+  const s = Math.round(unix - now);
+  if (s <= 0) return s > -3 ? 'due now' : `due ${-s} s ago`;
+  if (s < 120) return `in ${s} s`;
+  if (s < 7200) return `in ${Math.round(s / 60)} min`;
+  return `in ${Math.round(s / 3600)} h`;
+}
+
+function num(x) {
+  if (x === null || x === undefined) return '—';
+  if (typeof x !== 'number') return String(x);
+  if (Number.isInteger(x)) return String(x);
+  return String(Number(x.toPrecision(4)));
+}
+
+function dl(pairs, attrs = {}) {
+  return h('dl', { class: 'ro-facts', ...attrs },
+    pairs.filter(Boolean).map(([term, value, testid]) => [
+      h('dt', { text: term }),
+      h('dd', testid ? { testid } : {}, value === null || value === undefined ? '—' : value),
+    ]));
+}
+
+function section(title, testid, ...children) {
+  return h('section', { class: 'ro-section', testid, 'aria-label': title },
+    h('h2', { text: title }), ...children);
+}
+
+// Re-render `el` only when its data changed, so a 5 s refresh does not move the reader's
+// focus or close what they opened.
+function update(el, data, build) {
+  const key = JSON.stringify(data);
+  if (el.dataset.key === key) return;
+  el.dataset.key = key;
+  el.replaceChildren(...[build(data)].flat().filter(Boolean));
+}
+
+function segmentText(segment) {
+  if (!segment) return 'every caller';
+  const parts = [];
+  if (segment.tiers && segment.tiers.length) parts.push(`tiers ${segment.tiers.join(', ')}`);
+  if (segment.tenants && segment.tenants.length) parts.push(`tenants ${segment.tenants.join(', ')}`);
+  return parts.join('; ') || 'every caller';
+}
+
+function summaryView(r) {
+  const links = [
+    h('a', { href: `#/prompts/${enc(r.slug)}`, testid: 'link-prompt', text: `Prompt ${r.slug}` }),
+    r.mode === 'shadow'
+      ? h('a', { href: `#/shadow/${enc(r.slug)}`, testid: 'link-shadow', text: 'Shadow pairs' })
+      : null,
+  ];
+  return [
+    dl([
+      ['Candidate', `v${r.candidate}`, 'rollout-candidate'],
+      ['Stable (prod)', r.prod_version === null ? 'none' : `v${r.prod_version}`, 'rollout-prod'],
+      ['Mode', r.mode, 'rollout-mode'],
+      ['Percent', h('span', { 'data-percent': String(r.percent), text: percentText(r.percent) }), 'rollout-percent'],
+      ['Sticky key', r.sticky, 'rollout-sticky'],
+      ['Started', `${fmt.time(r.started_at)} (${fmt.ago(r.started_at)})`],
+      ['Last change', `${fmt.time(r.updated_at)} (${fmt.ago(r.updated_at)})`],
+      ['By', r.actor],
+      ['Segment', segmentText(r.segment)],
+      ['Rollout id', h('code', { text: r.id })],
+    ]),
+    h('p', { class: 'ro-links' }, links),
+  ];
+}
+
+function policyView(policy) {
+  if (!policy) return h('p', { text: 'Manual rollout: no analysis policy. Nothing ramps, promotes or aborts by itself.' });
+  const t = policy.thresholds || {};
+  const limit = (v, f = num) => (v === null || v === undefined ? 'off' : f(v));
+  return dl([
+    ['Interval', `${num(policy.interval)} s`],
+    ['Min samples', `${num(policy.min_samples)} per arm`],
+    ['Failures tolerated', num(policy.failure_limit)],
+    ['Steps', policy.steps && policy.steps.length ? policy.steps.map(percentText).join(' → ') : 'none (never ramps or promotes by itself)'],
+    ['Alpha', num(policy.alpha)],
+    ['Error rate increase', limit(t.error_rate_increase, (v) => `+${num(v * 100)} points`)],
+    ['p95 latency ratio', limit(t.p95_latency_ratio, (v) => `× ${num(v)}`)],
+    ['p95 TTFT ratio', limit(t.p95_ttft_ratio, (v) => `× ${num(v)}`)],
+    ['Length finishes increase', limit(t.length_finish_increase, (v) => `+${num(v * 100)} points`)],
+    ['Answer length drift', limit(t.answer_length_drift, (v) => `± ${num(v * 100)} %`)],
+    ['Shadow divergence', t.shadow_divergence ? 'on (shadow mode)' : 'off'],
+    t.feedback_drop ? ['Feedback drop', `${t.feedback_drop.name}: ${num(t.feedback_drop.max_drop)}`] : null,
+    t.judge_drop ? ['Judge score drop', num(t.judge_drop.max_drop)] : null,
+  ], { testid: 'analysis-policy' });
+}
+
+function nextStep(rollout) {
+  const steps = (rollout.analysis && rollout.analysis.steps) || [];
+  return steps.find((s) => s > rollout.percent + 1e-9);
+}
+
+function stateView(rollout) {
+  const state = rollout.analysis_state;
+  if (!state) return null;
+  const policy = rollout.analysis;
+  const next = nextStep(rollout);
+  let stepText;
+  if (!policy.steps.length) stepText = 'no steps: the analyser only holds or aborts';
+  else if (next !== undefined) {
+    const at = state.step === null ? 'before the first step' : `step ${state.step + 1} of ${policy.steps.length}`;
+    stepText = `${at}; a pass ramps to ${percentText(next)}`;
+  } else if (rollout.mode === 'shadow') stepText = 'last step reached; a pass is the cue to start a canary';
+  else stepText = 'last step reached; a pass promotes the candidate';
+  return dl([
+    ['Next step', stepText, 'next-step'],
+    ['Failures', `${state.failures} of ${policy.failure_limit} tolerated`, 'failures'],
+    ['Next verdict', h('time', { datetime: new Date(state.next_at * 1000).toISOString(), title: fmt.time(state.next_at), text: untilText(state.next_at) }), 'next-verdict'],
+    ['Lease holder', state.holder || 'none yet', 'holder'],
+  ], { testid: 'analysis-state' });
+}
+
+function samplesText(samples) {
+  if (!samples) return '—';
+  return Object.entries(samples).map(([arm, n]) => `${arm} ${n}`).join(', ');
+}
+
+function checksTable(checks) {
+  if (!checks || !checks.length) return h('p', { class: 'ro-muted', text: 'No checks.' });
+  return h('div', { class: 'ro-table-wrap' },
+    h('table', { class: 'ro-checks' },
+      h('thead', {}, h('tr', {}, ['check', 'result', 'stable', 'candidate', 'limit', 'p-value', 'note']
+        .map((c) => h('th', { scope: 'col', text: c })))),
+      h('tbody', {}, checks.map((c) => h('tr', { testid: 'verdict-check', 'data-name': c.name || '', 'data-result': c.result || '' },
+        h('th', { scope: 'row', 'data-label': 'check', text: c.name || '—' }),
+        h('td', { 'data-label': 'result' }, c.result ? badge(c.result) : '—'),
+        h('td', { 'data-label': 'stable', text: num(c.stable) }),
+        h('td', { 'data-label': 'candidate', text: num(c.candidate) }),
+        h('td', { 'data-label': 'limit', text: num(c.limit) }),
+        h('td', { 'data-label': 'p-value', text: num(c.p_value) }),
+        h('td', { 'data-label': 'note', class: 'ro-note', text: c.note || '' }))))));
+}
+
+function verdictView(v, open) {
+  const at = v.at ?? 0;
+  const window = v.window && v.window.start !== null && v.window.start !== undefined
+    ? `${fmt.time(v.window.start)} – ${fmt.time(v.window.end)}` : '—';
+  const tiers = v.tiers ? Object.entries(v.tiers) : [];
+  const details = h('details', { class: `ro-verdict verdict-${v.verdict}`, testid: 'verdict', 'data-result': v.verdict || '', 'data-at': String(at) },
+    h('summary', {},
+      h('span', { class: 'ro-verdict-head' },
+        badge(v.verdict || 'unknown'),
+        h('time', { datetime: new Date(at * 1000).toISOString(), text: fmt.time(at) }),
+        h('span', { text: `at ${percentText(v.percent)}` }),
+        h('span', { text: samplesText(v.samples) }),
+        v.action ? h('span', { class: 'ro-action', text: `→ ${v.action}` }) : null)),
+    dl([
+      ['Window', window],
+      ['Samples per arm', samplesText(v.samples)],
+      ['Action taken', v.action || 'none (hold)'],
+      ['Actor', v.actor],
+    ]),
+    checksTable(v.checks),
+    tiers.length
+      ? h('div', { class: 'ro-tiers' }, h('h4', { text: 'Tiers' }),
+          tiers.map(([tier, t]) => h('div', { class: 'ro-tier', testid: 'verdict-tier', 'data-tier': tier, 'data-result': t.verdict || '' },
+            h('h5', {}, `${tier} `, badge(t.verdict || 'unknown'), ` ${samplesText(t.samples)}`),
+            checksTable(t.checks))))
+      : null);
+  details.open = open;
+  return details;
+}
+
+function verdictsView(verdicts, openSet) {
+  if (!verdicts || !verdicts.length) return h('p', { class: 'ro-muted', text: 'No verdict yet.' });
+  return h('ol', { class: 'ro-verdicts' }, verdicts.map((v, i) => {
+    const key = String(v.at);
+    const el = verdictView(v, openSet.has(key) || (i === 0 && !openSet.has(`closed:${key}`)));
+    el.addEventListener('toggle', () => {
+      if (el.open) { openSet.add(key); openSet.delete(`closed:${key}`); } else { openSet.delete(key); openSet.add(`closed:${key}`); }
+    });
+    return h('li', {}, el);
+  }));
+}
+
+// -- charts ---------------------------------------------------------------------------------
+
+const CHARTS = [
+  { name: 'error-rate', field: 'error_rate', title: 'Error rate', format: (v) => fmt.pct(v) },
+  { name: 'p95-latency', field: 'p95_latency', title: 'p95 latency', format: (v) => fmt.ms(v) },
+  { name: 'p95-ttft', field: 'p95_ttft', title: 'p95 time to first token', format: (v) => fmt.ms(v) },
+  { name: 'length-share', field: 'length_share', title: 'Answers cut by length', format: (v) => fmt.pct(v) },
+  { name: 'answer-tokens', field: 'answer_tokens', title: 'Answer length (mean output tokens)', format: (v) => num(v) },
+  { name: 'judge', field: 'judge', title: 'Judge score', format: (v) => num(v), optional: true },
+];
+
+function chartsView(series) {
+  if (!series || !series.points || !series.points.length) {
+    return h('p', { class: 'ro-muted', testid: 'charts-empty', text: 'No traffic counted in the last 15 minutes.' });
+  }
+  const arms = series.arms || [];
+  const domain = [series.start, series.end];
+  const out = [];
+  for (const c of CHARTS) {
+    const lines = arms.map((arm) => ({
+      key: arm,
+      label: ARM_LABELS[arm] || arm,
+      points: series.points.map((p) => {
+        const a = p.arms && p.arms[arm];
+        const v = a ? a[c.field] : null;
+        return [p.at, v === undefined ? null : v];
+      }),
+    }));
+    if (c.optional && !lines.some((l) => l.points.some((p) => p[1] !== null))) continue;
+    out.push(lineChart({ name: c.name, title: c.title, series: lines, format: c.format, domain }));
+  }
+  return h('div', { class: 'chart-grid' }, out);
+}
+
+// -- writes ---------------------------------------------------------------------------------
+
+function controls(ctx) {
+  // Built once per rollout; `set(rollout)` follows the refreshes without overwriting a
+  // value the operator is editing.
+  let rollout = null;
+  let dirty = false;
+  const current = h('span', { class: 'ro-current' });
+  const slider = h('input', {
+    type: 'range', min: '0', max: '100', step: '1', id: 'percent-slider',
+    testid: 'percent-slider', 'aria-describedby': 'percent-current',
+  });
+  const input = h('input', {
+    type: 'number', min: '0', max: '100', step: '0.01', id: 'percent-input',
+    testid: 'percent-input', inputmode: 'decimal', class: 'ro-number',
+  });
+  const apply = h('button', { type: 'button', testid: 'percent-apply', class: 'primary', text: 'Apply…' });
+  const steps = h('div', { class: 'ro-steps', role: 'group', 'aria-label': 'Step to a percentage' });
+
+  const value = () => Number(input.value);
+  const valid = (p) => Number.isFinite(p) && p >= 0 && p <= 100 && Math.abs(p * 100 - Math.round(p * 100)) < 1e-6;
+  const refreshApply = () => {
+    const p = value();
+    apply.disabled = !rollout || input.value === '' || !valid(p) || Math.abs(p - rollout.percent) < 1e-9;
+  };
+  slider.addEventListener('input', () => { input.value = slider.value; dirty = true; refreshApply(); });
+  input.addEventListener('input', () => {
+    if (valid(value())) slider.value = String(value());
+    dirty = true;
+    refreshApply();
+  });
+  apply.addEventListener('click', () => move(value()));
+  input.addEventListener('keydown', (e) => { if (e.key === 'Enter' && !apply.disabled) { e.preventDefault(); move(value()); } });
+
+  async function move(target) {
+    if (!rollout) return;
+    const from = rollout.percent;
+    const summary = h('div', {},
+      h('p', { class: 'ro-confirm-move', testid: 'confirm-move', text: `${rollout.mode} of v${rollout.candidate}: from ${percentText(from)} to ${percentText(target)}` }),
+      target < from ? h('p', { text: 'Lowering the percentage moves the newest callers back to stable.' }) : null,
+      target === 100 && rollout.mode === 'canary' ? h('p', { text: 'At 100 % no stable traffic is left to compare with: the analysis holds until you promote or lower it.' }) : null);
+    const done = await ctx.act({
+      title: `Move ${rollout.slug} to ${percentText(target)}`,
+      summary,
+      confirmLabel: `Move to ${percentText(target)}`,
+      run: (reason) => api.write('PUT', `/prompts/${enc(rollout.slug)}/rollout`, {
+        body: { candidate: rollout.candidate, mode: rollout.mode, percent: target },
+        reason,
+      }),
+      ok: `${rollout.slug}: ${rollout.mode} moved from ${percentText(from)} to ${percentText(target)}`,
+    });
+    if (done) dirty = false;
+  }
+
+  const promote = h('button', { type: 'button', testid: 'promote', class: 'primary', text: 'Promote…' });
+  const abort = h('button', { type: 'button', testid: 'abort', class: 'danger', text: 'Abort…' });
+  promote.addEventListener('click', () => ctx.act({
+    title: `Promote v${rollout.candidate} of ${rollout.slug}`,
+    summary: `v${rollout.candidate} becomes prod (now ${rollout.prod_version === null ? 'none' : `v${rollout.prod_version}`}, which becomes deprecated) and the ${rollout.mode} rollout at ${percentText(rollout.percent)} ends.`,
+    confirmLabel: 'Promote',
+    run: (reason) => api.write('POST', `/prompts/${enc(rollout.slug)}/rollout/promote`, { body: {}, reason }),
+    ok: `${rollout.slug}: v${rollout.candidate} promoted to prod`,
+  }));
+  abort.addEventListener('click', () => ctx.act({
+    title: `Abort the rollout of ${rollout.slug}`,
+    summary: `All traffic goes back to stable v${rollout.prod_version}; v${rollout.candidate} gets back the status it had before (now at ${percentText(rollout.percent)}).`,
+    confirmLabel: 'Abort rollout',
+    danger: true,
+    run: (reason) => api.write('DELETE', `/prompts/${enc(rollout.slug)}/rollout`, { reason }),
+    ok: `${rollout.slug}: rollout aborted, all traffic on stable`,
+  }));
+
+  const el = h('section', { class: 'ro-section ro-controls', testid: 'percent-controls', 'aria-label': 'Change the rollout' },
+    h('h2', { text: 'Change the rollout' }),
+    h('p', { id: 'percent-current' }, 'Now at ', current, '. Pick a step, or set a percentage and apply it; every change asks for a reason first.'),
+    steps,
+    h('div', { class: 'ro-percent' },
+      h('label', { for: 'percent-slider', text: 'Percentage' }),
+      slider,
+      h('label', { for: 'percent-input', class: 'vh', text: 'Percentage (number)' }),
+      input, h('span', { 'aria-hidden': 'true', text: '%' }),
+      apply),
+    h('div', { class: 'ro-actions' }, promote, abort));
+
+  function set(r) {
+    const stepsChanged = !rollout || JSON.stringify(rollout.analysis && rollout.analysis.steps) !== JSON.stringify(r.analysis && r.analysis.steps);
+    rollout = r;
+    current.textContent = percentText(r.percent);
+    if (stepsChanged) {
+      const list = r.analysis && r.analysis.steps && r.analysis.steps.length ? [...r.analysis.steps] : [...DEFAULT_STEPS];
+      steps.replaceChildren(...list.map((p) => {
+        const b = h('button', { type: 'button', class: 'ro-step', testid: `step-${p}`, text: percentText(p), 'data-percent': String(p) });
+        b.addEventListener('click', () => move(p));
+        return b;
+      }));
+    }
+    for (const b of steps.children) {
+      const p = Number(b.dataset.percent);
+      const here = Math.abs(p - r.percent) < 1e-9;
+      b.disabled = here;
+      b.setAttribute('aria-pressed', here ? 'true' : 'false');
+    }
+    if (!dirty) {
+      input.value = String(r.percent);
+      slider.value = String(r.percent);
+    }
+    refreshApply();
+  }
+  return { el, set };
+}
+
+function rollbackButton(ctx, slug, prod) {
+  const b = h('button', { type: 'button', testid: 'rollback', class: 'danger', text: 'Roll back prod…' });
+  b.addEventListener('click', () => ctx.act({
+    title: `Roll back ${slug}`,
+    summary: `The prod version of ${slug}${prod ? ` (now v${prod})` : ''} goes back to the previous prod. A running rollout keeps going and then compares its candidate with the restored prod.`,
+    confirmLabel: 'Roll back',
+    danger: true,
+    run: (reason) => api.write('POST', `/prompts/${enc(slug)}/rollback`, { body: {}, reason }),
+    ok: `${slug}: prod rolled back`,
+  }));
+  return b;
+}
+
+// -- the page -------------------------------------------------------------------------------
+
+async function render(view, params) {
+  const slug = params.slug;
+  const canWrite = Boolean(session && session.canWrite);
+  const openVerdicts = new Set();
+  const errorSlot = h('div', { testid: 'rollout-error', class: 'ro-error', 'aria-live': 'polite' });
+  const summary = h('div');
+  const controlsSlot = h('div');
+  const policy = h('div');
+  const state = h('div');
+  const charts = h('div');
+  const verdicts = h('div');
+  const rollbackSlot = h('div', { class: 'ro-actions' });
+  const heading = h('h1', {}, 'Rollout ', h('span', { class: 'ro-slug', text: slug }));
+  const main = h('div', { class: 'ro-main' });
+  view.replaceChildren(h('div', { class: 'ro-page', testid: 'rollout-page' }, heading, errorSlot, main));
+
+  let ctl = null;
+  let ctlId = null;
+  let ready = false;
+  let lastProd = null;
+
+  const ctx = {
+    async act({ title, summary: text, confirmLabel, danger = false, run, ok }) {
+      const reason = await confirmAction({ title, summary: text, confirmLabel, danger });
+      if (reason === null) return false;
+      try {
+        await run(reason);
+      } catch (err) {
+        toast(err.message || String(err), 'error');
+        errorSlot.replaceChildren(errorBox(err));
+        return false;
+      }
+      errorSlot.replaceChildren();
+      toast(ok, 'ok');
+      await load();
+      return true;
+    },
+  };
+
+  const layoutRunning = () => {
+    main.replaceChildren(
+      section('Rollout', 'rollout-summary', summary),
+      canWrite ? controlsSlot : null,
+      section('Analysis policy', 'analysis-policy-section', policy),
+      section('Analysis state', 'analysis-state-section', state),
+      h('section', { class: 'ro-section', testid: 'charts', 'aria-label': 'Live charts' },
+        h('h2', {}, 'Live, last 15 minutes ', h('span', { class: 'ro-muted', text: '(every replica, refreshed every 5 s)' })),
+        charts),
+      section('Verdicts', 'verdicts', h('p', { class: 'ro-muted', text: 'Newest first.' }), verdicts),
+      canWrite ? section('Prod', 'prod-actions', rollbackSlot) : null);
+  };
+  const layoutNone = () => {
+    main.replaceChildren(
+      section('No rollout running', 'rollout-none', summary),
+      section('Live, last 15 minutes', 'charts', charts),
+      section('Verdicts of the last analysed rollout', 'verdicts', h('p', { class: 'ro-muted', text: 'Newest first.' }), verdicts),
+      canWrite ? section('Prod', 'prod-actions', rollbackSlot) : null);
+  };
+  let layout = null;
+
+  async function getOr404(path, query) {
+    try {
+      return await api.get(path, query);
+    } catch (err) {
+      if (err instanceof ApiError && err.status === 404) return null;
+      throw err;
+    }
+  }
+
+  let busy = false;
+  async function refresh() {
+    // A slow answer must not stack refreshes on top of each other.
+    if (busy) return;
+    busy = true;
+    try {
+      await load();
+    } finally {
+      busy = false;
+    }
+  }
+
+  async function load() {
+    let rollout;
+    let analysis = null;
+    let series = null;
+    try {
+      rollout = await getOr404(`/prompts/${enc(slug)}/rollout`);
+      if (!rollout) {
+        analysis = await getOr404(`/prompts/${enc(slug)}/analysis`);
+        // Not a 404 here: an unknown prompt is an error worth showing.
+        const prompt = await api.get(`/prompts/${enc(slug)}`);
+        lastProd = prompt.prod_version;
+      }
+    } catch (err) {
+      errorSlot.replaceChildren(errorBox(err));
+      if (!ready) { ready = true; pageReady(); }
+      return;
+    }
+    try {
+      series = await getOr404(`/prompts/${enc(slug)}/rollout/series`, { since: '15m' });
+    } catch (err) {
+      series = { error: err.message || String(err) };
+    }
+    errorSlot.replaceChildren();
+
+    if (rollout) {
+      if (layout !== 'running') { layout = 'running'; layoutRunning(); }
+      update(summary, rollout && { ...rollout, analysis_state: null }, summaryView);
+      update(policy, rollout.analysis, policyView);
+      // The countdown changes every refresh, so the state is redrawn each time; it holds
+      // nothing focusable.
+      state.replaceChildren(stateView(rollout) || h('p', { class: 'ro-muted', text: 'No analysis: the rollout is manual.' }));
+      update(verdicts, rollout.analysis_state ? rollout.analysis_state.verdicts : [], (v) => verdictsView(v, openVerdicts));
+      if (canWrite) {
+        if (!ctl || ctlId !== rollout.id) {
+          ctl = controls(ctx);
+          ctlId = rollout.id;
+          controlsSlot.replaceChildren(ctl.el);
+        }
+        ctl.set(rollout);
+      }
+      lastProd = rollout.prod_version;
+    } else {
+      if (layout !== 'none') { layout = 'none'; layoutNone(); ctl = null; ctlId = null; }
+      update(summary, { analysis, lastProd }, ({ analysis: a }) => [
+        h('p', {}, `${slug} has no rollout running (prod: ${lastProd === null ? 'none' : `v${lastProd}`}). `,
+          h('a', { href: `#/prompts/${enc(slug)}`, testid: 'link-prompt', text: `Back to prompt ${slug}` }),
+          ' to start one.'),
+        a ? dl([
+          ['Last analysed rollout', h('code', { text: a.rollout_id })],
+          ['Failed verdicts', num(a.failures)],
+          a.verdicts && a.verdicts.length ? ['Last verdict', `${a.verdicts[0].verdict} at ${fmt.time(a.verdicts[0].at)}${a.verdicts[0].action ? `, action ${a.verdicts[0].action}` : ''}`] : null,
+        ]) : h('p', { class: 'ro-muted', text: 'No analysed rollout is on record (verdicts expire, and the embedded store forgets them on restart).' }),
+      ]);
+      update(verdicts, analysis ? analysis.verdicts : [], (v) => verdictsView(v, openVerdicts));
+    }
+    if (canWrite && rollbackSlot.dataset.prod !== String(lastProd)) {
+      rollbackSlot.dataset.prod = String(lastProd);
+      rollbackSlot.replaceChildren(rollbackButton(ctx, slug, lastProd));
+    }
+    if (series && series.error) {
+      charts.dataset.key = '';
+      charts.replaceChildren(h('p', { class: 'ro-error', text: `Charts unavailable: ${series.error}` }));
+    } else {
+      update(charts, series, chartsView);
+    }
+    if (!ready) { ready = true; pageReady(); }
+  }
+
+  poll(REFRESH_MS, refresh);
+}
+
+export const routes = [{ path: '/rollouts/:slug', title: 'Rollout', render }];
