@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from aiohttp import web
 
 from proxy.services import Services
-from proxy.web import admin_routes, feedback_routes, proxy_routes
+from proxy.web import admin_routes, console_routes, feedback_routes, proxy_routes
 from proxy.web.keys import SERVICES
 from proxy.web.middlewares import error_middleware
 
@@ -21,8 +23,12 @@ def build_data_app(services: Services) -> web.Application:
     return app
 
 
-def build_admin_app(services: Services) -> web.Application:
+def build_admin_app(
+    services: Services, console_files: Path = console_routes.FILES
+) -> web.Application:
+    """``console_files``: where the console's files are (tests serve their own)."""
     app = web.Application(middlewares=[error_middleware()])
     app[SERVICES] = services
     admin_routes.add_routes(app)
+    console_routes.add_routes(app, console_files)
     return app

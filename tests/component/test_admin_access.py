@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestClient
 from proxy.web.admin_auth import Access
 from proxy.web.admin_endpoint import Endpoint
 from proxy.web.admin_routes import ROUTES
+from proxy.web.console_routes import ROUTES as CONSOLE_ROUTES
 from proxy.web.openapi import document
 from tests.support import READER, admin_settings, make_settings, proxy_clients
 
@@ -145,7 +146,7 @@ async def test_the_admin_app_serves_only_the_routes_of_the_table(
         for route in admin.app.router.routes()
         if route.resource is not None and route.method != "HEAD"
     }
-    assert served == {(r.method, r.path) for r in ROUTES}
+    assert served == {(r.method, r.path) for r in ROUTES} | set(CONSOLE_ROUTES)
 
 
 def test_no_handler_authorizes_by_itself() -> None:

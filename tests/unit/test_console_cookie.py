@@ -61,7 +61,7 @@ def test_each_login_gets_its_own_nonce_and_csrf_value() -> None:
 
 def test_a_payload_renamed_to_another_token_is_refused() -> None:
     """A read-only token's holder rewrites the payload to name the admin token."""
-    cookie, session = mint(BOB, NOW)
+    cookie, _session = mint(BOB, NOW)
     forged = dict(_payload(cookie), name="alice")
     altered = _b64(orjson.dumps(forged)) + "." + cookie.split(".")[1]
     assert verify(altered, GRANTS, NOW) is Refusal.ENDED
@@ -84,7 +84,7 @@ def test_a_changed_or_removed_token_ends_its_sessions() -> None:
 
 def test_two_tokens_of_one_name_each_keep_their_sessions() -> None:
     other = TokenGrant("alice", "another-alice-secret-42", "read")
-    cookie, session = mint(other, NOW)
+    cookie, _session = mint(other, NOW)
     found = verify(cookie, (ALICE, other), NOW)
     assert isinstance(found, Session)
     assert found.grant.role == "read"
