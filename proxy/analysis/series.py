@@ -12,7 +12,8 @@ Points start at multiples of ``step`` (unix seconds), so successive reads cut th
 buckets and a chart does not wobble as it refreshes. A point at ``at`` holds the slots of
 ``[at, at + step)`` that also lie in ``[start, end)``: the first starts at or after
 ``end - since`` (never before what the pool keeps), and the last may be cut short by
-``end``, the current second (which is not in it: still counting).
+``end``, the second after the current one: the current second is in, still counting, as
+are the last ``analysis.flush_seconds`` of other replicas, which have not flushed them yet.
 """
 
 from __future__ import annotations
@@ -59,9 +60,9 @@ def default_step(since: int) -> int:
 
 
 def span(now: float, since: int, step: int) -> Span:
-    """The last ``since`` seconds before ``now``'s second, from the first multiple of
-    ``step`` in them. ``1 <= step <= since`` (the route checks it)."""
-    end = int(now) // SLOT_SECONDS * SLOT_SECONDS
+    """The last ``since`` seconds up to ``now``'s, from the first multiple of ``step`` in
+    them. ``1 <= step <= since`` (the route checks it)."""
+    end = (int(now) // SLOT_SECONDS + 1) * SLOT_SECONDS
     start = -((since - end) // step) * step  # ceil((end - since) / step) * step
     return Span(start, end, step)
 

@@ -796,8 +796,8 @@ class RolloutSeries(Wire):
     mode: RolloutMode
     start: int = Field(description="The first point's `at` (unix seconds)")
     end: int = Field(
-        description="Unix seconds, exclusive: the second that is still counting; the last "
-        "point stops here"
+        description="Unix seconds, exclusive: the second after the current one, where the "
+        "last point stops (its last seconds may still be counting)"
     )
     step: int
     arms: list[str] = Field(

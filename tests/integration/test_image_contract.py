@@ -12,12 +12,14 @@ environment.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -46,6 +48,12 @@ DOCKERIGNORE = REPO / "deploy" / "Dockerfile.dockerignore"
 COMPOSE = REPO / "deploy" / "compose.yaml"
 TOKEN = "image-contract-admin-token"
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+CONSOLE = REPO / "proxy" / "web" / "console"
+#: GET a URL from inside the container: status and content type, as JSON.
+_HEAD = (
+    "import json, sys, urllib.request as u; r = u.urlopen(sys.argv[1], timeout=5); "
+    "print(json.dumps([r.status, r.headers['Content-Type'], r.headers['Content-Security-Policy']]))"
+)
 GREETING = """---
 author: platform-team
 ---
@@ -235,6 +243,35 @@ def test_a_root_without_the_right_to_make_namespaces_skips_with_a_reason() -> No
     assert "namespaces" in probe.stdout, probe.stdout
 
 
+def test_a_wheel_carries_the_consoles_files(tmp_path: Path) -> None:
+    """The package data rule (pyproject) ships whatever proxy/web/console holds, built the
+    way the image builds it (non-editable, isolated); probe files stand in for the page's
+    while the tree has none. Built from a copy without .git, so no VCS plugin adds them."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, tree / name)
+    shutil.copytree(REPO / "proxy", tree / "proxy", ignore=shutil.ignore_patterns("__pycache__"))
+    console = tree / "proxy" / "web" / "console"
+    console.mkdir(exist_ok=True)
+    for probe in ("index.html", "probe.js", "probe.css", "probe.svg"):
+        if not (console / probe).exists():
+            (console / probe).write_text("probe\n")
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(tree), "-w", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
+    (wheel,) = tmp_path.glob("promptproxy-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = {n for n in archive.namelist() if n.startswith("proxy/web/console/")}
+    expected = {f"proxy/web/console/{f.name}" for f in console.iterdir() if f.is_file()}
+    assert expected <= shipped, sorted(expected - shipped)
+
+
 # -- the image, run ----------------------------------------------------------------------
 
 
@@ -281,6 +318,28 @@ def test_starts_as_its_user_with_only_the_volume_writable_and_is_healthy(
         checked = container.exec(["promptproxy", "config", "check", f"{image.volume}/traced.yaml"])
         assert checked.returncode == 0, checked.stdout + checked.stderr
         assert _problems(container) == []
+
+
+def test_the_installed_package_serves_the_console(
+    image: Image, runtime: Stage, settings: Settings, data: Path, tmp_path: Path
+) -> None:
+    if not (CONSOLE / "index.html").is_file():
+        pytest.skip("proxy/web/console/index.html is not in this tree (the console's page)")
+    (venv,) = [p for p in image.from_builder.values() if p.name == "venv"]
+    found = list(venv.glob("lib/python*/site-packages/proxy/web/console"))
+    assert found, "the image's venv has no proxy/web/console: the package data did not ship"
+    installed = found[0]
+    in_tree = {f.name for f in CONSOLE.iterdir() if f.is_file()}
+    assert in_tree <= {f.name for f in installed.iterdir()}, in_tree
+    with run_container(image, tmp_path, data) as container:
+        _wait_ready(container, settings)
+        fetched = container.exec(["python", "-c", _HEAD, f"{_admin(settings)}/console/"])
+        assert fetched.returncode == 0, fetched.stderr
+        status, content_type, policy = json.loads(fetched.stdout)
+        assert status == 200
+        assert content_type.startswith("text/html")
+        assert "script-src 'self'" in policy
+        assert _stop(container, runtime) == 0, container.log_tail()
 
 
 def test_the_registry_and_shadow_pairs_live_in_the_volume_and_survive_a_restart(

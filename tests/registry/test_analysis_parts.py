@@ -30,7 +30,13 @@ from proxy.analysis.pool import MemoryStatsPool, PooledWindow, RedisStatsPool, S
 from proxy.analysis.pool_postgres import PostgresStatsPool
 from proxy.analysis.state import MAX_VERDICTS, AnalysisState, RedisStateStore, StateStore
 from proxy.analysis.state_postgres import PostgresStateStore
-from proxy.analysis.window import ArmStats, RolloutBatch, RolloutKey, WindowRecorder
+from proxy.analysis.window import (
+    ArmStats,
+    RolloutBatch,
+    RolloutKey,
+    WindowRecorder,
+    merge_arms,
+)
 from proxy.config import AnalysisConfig
 from proxy.log import APP_LOGGER
 from proxy.metrics import ProxyMetrics
@@ -220,6 +226,40 @@ async def test_the_pool_gives_the_same_window_as_the_memory_pool(shared: Shared)
         await memory.read(GREET, "r-0", base, base + 5),
     )
     assert (await replicas[0].read(GREET, "r-9", base, base + 5)).arms == {}
+
+
+async def test_the_pool_reads_slots_one_by_one_as_the_memory_pool(shared: Shared) -> None:
+    """The series route's read: every slot of a range on its own, in one store read, the
+    same as the memory pool's, and adding up to the window ``read`` gives."""
+    memory = MemoryStatsPool()
+    replicas = [await shared.pool(0), await shared.pool(1)]
+    base = int(time.time())
+    for replica, pool in enumerate(replicas):
+        await pool.add(replica_batches(replica, base), keep_seconds=30)
+        await memory.add(replica_batches(replica, base), keep_seconds=30)
+
+    want = await memory.read_slots(GREET, "r-1", base, base + 10)
+    assert sorted(want) == [base, base + 1, base + 2, base + 3]
+    for pool in replicas:
+        got = await pool.read_slots(GREET, "r-1", base, base + 10)
+        assert sorted(got) == sorted(want)
+        for slot, arms in want.items():
+            assert set(got[slot]) == set(arms) == {"stable", "canary", "shadow"}
+            for arm, stats in arms.items():
+                assert_same_arm(got[slot][arm], stats)
+    every = await replicas[0].read_slots(GREET, "r-1", base, base + 10)
+    window = await replicas[1].read(GREET, "r-1", base, base + 10)
+    for arm, total in merge_arms(every.values()).items():
+        assert_same_arm(total, window.arms[arm])
+
+    # [start, end), and only the arms asked for.
+    canary = await replicas[1].read_slots(GREET, "r-1", base + 1, base + 3, {"canary"})
+    assert sorted(canary) == [base + 1, base + 2]
+    assert all(set(arms) == {"canary"} for arms in canary.values())
+    assert canary[base + 1]["canary"].requests == want[base + 1]["canary"].requests
+    assert await replicas[0].read_slots(GREET, "r-1", base, base + 10, {"rerun"}) == {}
+    assert await replicas[0].read_slots(GREET, "r-9", base, base + 10) == {}
+    assert await replicas[0].read_slots(GREET, "r-1", base + 5, base + 5) == {}
 
 
 async def test_replicas_adding_at_once_lose_no_increment(shared: Shared) -> None:

@@ -398,6 +398,26 @@ async def test_the_memory_pool_drops_slots_older_than_the_longest_window_and_end
     assert (await pool.read("s", "r1", 0, 3000)).arms == {}
 
 
+async def test_the_memory_pool_keeps_an_ended_rollout_as_long_as_redis_would() -> None:
+    """Its charts still show what happened after an abort, then it is gone: a slot ages out
+    ``keep_seconds`` + 120 s after it was counted, as a Redis key or PostgreSQL row does."""
+    now = [2000.0]
+    pool = MemoryStatsPool(lambda: now[0])
+    key = ("s", "r1")
+    await pool.add({key: batch_with({2000: {"stable": 3}})}, keep_seconds=900)
+
+    pool.forget(set())  # ended
+    assert len(await pool.read_slots("s", "r1", 0, 3000)) == 1
+    now[0] = 2000.0 + 900 + 120
+    pool.forget({key})  # still running: kept, however old
+    assert (await pool.read("s", "r1", 0, 3000)).arm("stable").requests == 3
+    pool.forget(set())
+    assert (await pool.read("s", "r1", 0, 3000)).arm("stable").requests == 3
+    now[0] += 1
+    pool.forget(set())
+    assert await pool.read_slots("s", "r1", 0, 3000) == {}
+
+
 # -- divergence bins -------------------------------------------------------------------------
 
 

@@ -38,18 +38,19 @@ def calls(
     return stats
 
 
-def test_the_span_starts_at_a_multiple_of_step_within_since_and_ends_at_this_second() -> None:
-    cut = span(1_767_000_900.7, 900, 15)
+def test_the_span_starts_at_a_multiple_of_step_within_since_and_ends_after_this_second() -> None:
+    cut = span(1_767_000_899.7, 900, 15)
     assert (cut.start, cut.end, cut.step) == (1_767_000_000, 1_767_000_900, 15)
     assert len(cut.points) == 60
     # Mid-step: the first point moves up to the next multiple (never older than since),
-    # the last one is cut short by the current second.
+    # the last one is cut short after the current second.
     cut = span(1_767_000_907.2, 900, 15)
-    assert cut.start == 1_767_000_015
+    assert (cut.start, cut.end) == (1_767_000_015, 1_767_000_908)
     assert list(cut.points)[-1] == 1_767_000_900
     assert len(cut.points) == 60
     # One step of the whole since: one point.
     assert len(span(1_767_000_450.0, 900, 900).points) == 1
+    assert len(span(1_767_000_899.0, 900, 900).points) == 1
 
 
 def test_the_default_step_gives_about_sixty_points() -> None:

@@ -10,6 +10,13 @@
 
 import { h, svg } from './app.js';
 
+// The stylesheet of the rollout and shadow pages, added to the document once if
+// index.html does not link it already (CSP style-src 'self' allows a same-origin <link>).
+export function useStyles() {
+  if (document.querySelector('link[href$="rollout.css"]')) return;
+  document.head.append(h('link', { rel: 'stylesheet', href: 'rollout.css' }));
+}
+
 const W = 480;
 const H = 190;
 const PAD = { left: 52, right: 12, top: 12, bottom: 26 };
@@ -82,14 +89,16 @@ function summary(series, format) {
  * class (series-<key>: colour and dash pattern). format(value) → string for ticks, legend,
  * table. `domain` optionally fixes [xmin, xmax].
  */
-export function lineChart({ name, title, series, format = String, domain = null, yMin = 0 }) {
+export function lineChart({ name, title, series, format = String, domain = null, yMin = 0, yMaxAtLeast = 0 }) {
   const titleId = `chart-${name}-title`;
   const all = series.flatMap((s) => s.points);
   const xs = all.map((p) => p[0]);
   const ys = all.map((p) => p[1]).filter((v) => v !== null && v !== undefined && Number.isFinite(v));
   const [x0, x1] = domain || [Math.min(...xs), Math.max(...xs)];
   const lo = Math.min(yMin, ...ys);
-  const ticksY = ys.length ? yTicks(lo, Math.max(...ys)) : [0, 1];
+  // yMaxAtLeast keeps a flat line of zeros (no errors) at the bottom of a modest scale
+  // rather than of 0-100 %.
+  const ticksY = yTicks(lo, Math.max(yMaxAtLeast, ...(ys.length ? ys : [1])));
   const y0 = ticksY[0];
   const y1 = ticksY[ticksY.length - 1];
   const plotW = W - PAD.left - PAD.right;
@@ -149,7 +158,8 @@ export function lineChart({ name, title, series, format = String, domain = null,
   // The same numbers as a table, for screen readers (visually hidden).
   const rows = [...new Set(xs)].sort((a, b) => a - b);
   const byKey = series.map((s) => new Map(s.points.map(([x, y]) => [x, y])));
-  const table = h('table', { class: 'vh' },
+  // Wrapped: a table ignores the 1px width of .vh and would widen the page on a phone.
+  const table = h('div', { class: 'vh' }, h('table', {},
     h('caption', { text: `${title}, per time step` }),
     h('thead', {}, h('tr', {}, h('th', { scope: 'col', text: 'time' }),
       series.map((s) => h('th', { scope: 'col', text: s.label })))),
@@ -158,7 +168,7 @@ export function lineChart({ name, title, series, format = String, domain = null,
       byKey.map((m) => {
         const v = m.get(x);
         return h('td', { text: v === null || v === undefined ? 'no data' : format(v) });
-      })))));
+      }))))));
 
   const points = ys.length;
   return h('figure', { class: 'chart', testid: `chart-${name}`, 'data-points': String(points) },

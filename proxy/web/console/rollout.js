@@ -16,8 +16,9 @@
 
 import {
   ApiError, api, session, h, confirmAction, poll, fmt, toast, errorBox, pageReady, badge,
+  promptKey, routeHash,
 } from './app.js';
-import { lineChart } from './charts.js';
+import { lineChart, useStyles } from './charts.js';
 
 const REFRESH_MS = 5000;
 const DEFAULT_STEPS = [1, 5, 10, 25, 50, 100];
@@ -31,6 +32,12 @@ const ARM_LABELS = {
 
 function enc(slug) {
   return encodeURIComponent(slug);
+}
+
+// A route's prompt key (a slug, or tier=/tenant= layer and @variant) as the API takes it.
+function keyOf(text) {
+  const key = promptKey(text);
+  return { ...key, path: `/prompts/${enc(key.slug)}` };
 }
 
 // Percents are 0..100 with at most two decimals (the registry's basis points).
@@ -86,11 +93,11 @@ function segmentText(segment) {
   return parts.join('; ') || 'every caller';
 }
 
-function summaryView(r) {
+function summaryView(r, key) {
   const links = [
-    h('a', { href: `#/prompts/${enc(r.slug)}`, testid: 'link-prompt', text: `Prompt ${r.slug}` }),
+    h('a', { href: routeHash('prompts', key.text), testid: 'link-prompt', text: `Prompt ${key.text}` }),
     r.mode === 'shadow'
-      ? h('a', { href: `#/shadow/${enc(r.slug)}`, testid: 'link-shadow', text: 'Shadow pairs' })
+      ? h('a', { href: routeHash('shadow', key.text), testid: 'link-shadow', text: 'Shadow pairs side by side' })
       : null,
   ];
   return [
@@ -161,6 +168,21 @@ function samplesText(samples) {
   return Object.entries(samples).map(([arm, n]) => `${arm} ${n}`).join(', ');
 }
 
+// How a check's figures read: its name says what stable/candidate/limit measure
+// (judge.py): shares, seconds, tokens, or scores; the limit is a difference or a ratio.
+const points = (v) => `+${num(v * 100)} points`;
+const CHECK_FORMATS = {
+  error_rate: { value: (v) => fmt.pct(v), limit: points },
+  length_finish: { value: (v) => fmt.pct(v), limit: points },
+  p95_latency: { value: (v) => fmt.ms(v), limit: (v) => `× ${num(v)}` },
+  p95_ttft: { value: (v) => fmt.ms(v), limit: (v) => `× ${num(v)}` },
+  answer_length: { value: (v) => `${num(v)} tokens`, limit: (v) => `± ${num(v * 100)} %` },
+};
+
+function checkFormat(name) {
+  return CHECK_FORMATS[name] || { value: num, limit: num };
+}
+
 function checksTable(checks) {
   if (!checks || !checks.length) return h('p', { class: 'ro-muted', text: 'No checks.' });
   return h('div', { class: 'ro-table-wrap' },
@@ -170,9 +192,9 @@ function checksTable(checks) {
       h('tbody', {}, checks.map((c) => h('tr', { testid: 'verdict-check', 'data-name': c.name || '', 'data-result': c.result || '' },
         h('th', { scope: 'row', 'data-label': 'check', text: c.name || '—' }),
         h('td', { 'data-label': 'result' }, c.result ? badge(c.result) : '—'),
-        h('td', { 'data-label': 'stable', text: num(c.stable) }),
-        h('td', { 'data-label': 'candidate', text: num(c.candidate) }),
-        h('td', { 'data-label': 'limit', text: num(c.limit) }),
+        h('td', { 'data-label': 'stable', text: c.stable === null || c.stable === undefined ? '—' : checkFormat(c.name).value(c.stable) }),
+        h('td', { 'data-label': 'candidate', text: c.candidate === null || c.candidate === undefined ? '—' : checkFormat(c.name).value(c.candidate) }),
+        h('td', { 'data-label': 'limit', text: c.limit === null || c.limit === undefined ? '—' : checkFormat(c.name).limit(c.limit) }),
         h('td', { 'data-label': 'p-value', text: num(c.p_value) }),
         h('td', { 'data-label': 'note', class: 'ro-note', text: c.note || '' }))))));
 }
@@ -222,10 +244,10 @@ function verdictsView(verdicts, openSet) {
 // -- charts ---------------------------------------------------------------------------------
 
 const CHARTS = [
-  { name: 'error-rate', field: 'error_rate', title: 'Error rate', format: (v) => fmt.pct(v) },
+  { name: 'error-rate', field: 'error_rate', title: 'Error rate', format: (v) => fmt.pct(v), yMaxAtLeast: 0.05 },
   { name: 'p95-latency', field: 'p95_latency', title: 'p95 latency', format: (v) => fmt.ms(v) },
   { name: 'p95-ttft', field: 'p95_ttft', title: 'p95 time to first token', format: (v) => fmt.ms(v) },
-  { name: 'length-share', field: 'length_share', title: 'Answers cut by length', format: (v) => fmt.pct(v) },
+  { name: 'length-share', field: 'length_share', title: 'Answers cut by length', format: (v) => fmt.pct(v), yMaxAtLeast: 0.05 },
   { name: 'answer-tokens', field: 'answer_tokens', title: 'Answer length (mean output tokens)', format: (v) => num(v) },
   { name: 'judge', field: 'judge', title: 'Judge score', format: (v) => num(v), optional: true },
 ];
@@ -248,7 +270,7 @@ function chartsView(series) {
       }),
     }));
     if (c.optional && !lines.some((l) => l.points.some((p) => p[1] !== null))) continue;
-    out.push(lineChart({ name: c.name, title: c.title, series: lines, format: c.format, domain }));
+    out.push(lineChart({ name: c.name, title: c.title, series: lines, format: c.format, domain, yMaxAtLeast: c.yMaxAtLeast || 0 }));
   }
   return h('div', { class: 'chart-grid' }, out);
 }
@@ -269,7 +291,7 @@ function controls(ctx) {
     type: 'number', min: '0', max: '100', step: '0.01', id: 'percent-input',
     testid: 'percent-input', inputmode: 'decimal', class: 'ro-number',
   });
-  const apply = h('button', { type: 'button', testid: 'percent-apply', class: 'primary', text: 'Apply…' });
+  const apply = h('button', { type: 'button', testid: 'percent-apply', class: 'button button-primary', text: 'Apply…' });
   const steps = h('div', { class: 'ro-steps', role: 'group', 'aria-label': 'Step to a percentage' });
 
   const value = () => Number(input.value);
@@ -295,34 +317,35 @@ function controls(ctx) {
       target < from ? h('p', { text: 'Lowering the percentage moves the newest callers back to stable.' }) : null,
       target === 100 && rollout.mode === 'canary' ? h('p', { text: 'At 100 % no stable traffic is left to compare with: the analysis holds until you promote or lower it.' }) : null);
     const done = await ctx.act({
-      title: `Move ${rollout.slug} to ${percentText(target)}`,
+      title: `Move ${ctx.key.text} to ${percentText(target)}`,
       summary,
       confirmLabel: `Move to ${percentText(target)}`,
-      run: (reason) => api.write('PUT', `/prompts/${enc(rollout.slug)}/rollout`, {
+      run: (reason) => api.write('PUT', `${ctx.key.path}/rollout`, {
         body: { candidate: rollout.candidate, mode: rollout.mode, percent: target },
+        query: ctx.key.query,
         reason,
       }),
-      ok: `${rollout.slug}: ${rollout.mode} moved from ${percentText(from)} to ${percentText(target)}`,
+      ok: `${ctx.key.text}: ${rollout.mode} moved from ${percentText(from)} to ${percentText(target)}`,
     });
     if (done) dirty = false;
   }
 
-  const promote = h('button', { type: 'button', testid: 'promote', class: 'primary', text: 'Promote…' });
-  const abort = h('button', { type: 'button', testid: 'abort', class: 'danger', text: 'Abort…' });
+  const promote = h('button', { type: 'button', testid: 'promote', class: 'button button-primary', text: 'Promote…' });
+  const abort = h('button', { type: 'button', testid: 'abort', class: 'button button-danger', text: 'Abort…' });
   promote.addEventListener('click', () => ctx.act({
-    title: `Promote v${rollout.candidate} of ${rollout.slug}`,
+    title: `Promote v${rollout.candidate} of ${ctx.key.text}`,
     summary: `v${rollout.candidate} becomes prod (now ${rollout.prod_version === null ? 'none' : `v${rollout.prod_version}`}, which becomes deprecated) and the ${rollout.mode} rollout at ${percentText(rollout.percent)} ends.`,
     confirmLabel: 'Promote',
-    run: (reason) => api.write('POST', `/prompts/${enc(rollout.slug)}/rollout/promote`, { body: {}, reason }),
-    ok: `${rollout.slug}: v${rollout.candidate} promoted to prod`,
+    run: (reason) => api.write('POST', `${ctx.key.path}/rollout/promote`, { body: {}, query: ctx.key.query, reason }),
+    ok: `${ctx.key.text}: v${rollout.candidate} promoted to prod`,
   }));
   abort.addEventListener('click', () => ctx.act({
-    title: `Abort the rollout of ${rollout.slug}`,
+    title: `Abort the rollout of ${ctx.key.text}`,
     summary: `All traffic goes back to stable v${rollout.prod_version}; v${rollout.candidate} gets back the status it had before (now at ${percentText(rollout.percent)}).`,
     confirmLabel: 'Abort rollout',
     danger: true,
-    run: (reason) => api.write('DELETE', `/prompts/${enc(rollout.slug)}/rollout`, { reason }),
-    ok: `${rollout.slug}: rollout aborted, all traffic on stable`,
+    run: (reason) => api.write('DELETE', `${ctx.key.path}/rollout`, { query: ctx.key.query, reason }),
+    ok: `${ctx.key.text}: rollout aborted, all traffic on stable`,
   }));
 
   const el = h('section', { class: 'ro-section ro-controls', testid: 'percent-controls', 'aria-label': 'Change the rollout' },
@@ -344,7 +367,7 @@ function controls(ctx) {
     if (stepsChanged) {
       const list = r.analysis && r.analysis.steps && r.analysis.steps.length ? [...r.analysis.steps] : [...DEFAULT_STEPS];
       steps.replaceChildren(...list.map((p) => {
-        const b = h('button', { type: 'button', class: 'ro-step', testid: `step-${p}`, text: percentText(p), 'data-percent': String(p) });
+        const b = h('button', { type: 'button', class: 'button ro-step', testid: `step-${p}`, text: percentText(p), 'data-percent': String(p) });
         b.addEventListener('click', () => move(p));
         return b;
       }));
@@ -364,14 +387,15 @@ function controls(ctx) {
   return { el, set };
 }
 
-function rollbackButton(ctx, slug, prod) {
-  const b = h('button', { type: 'button', testid: 'rollback', class: 'danger', text: 'Roll back prod…' });
+function rollbackButton(ctx, prod) {
+  const slug = ctx.key.text;
+  const b = h('button', { type: 'button', testid: 'rollback', class: 'button button-danger', text: 'Roll back prod…' });
   b.addEventListener('click', () => ctx.act({
     title: `Roll back ${slug}`,
     summary: `The prod version of ${slug}${prod ? ` (now v${prod})` : ''} goes back to the previous prod. A running rollout keeps going and then compares its candidate with the restored prod.`,
     confirmLabel: 'Roll back',
     danger: true,
-    run: (reason) => api.write('POST', `/prompts/${enc(slug)}/rollback`, { body: {}, reason }),
+    run: (reason) => api.write('POST', `${ctx.key.path}/rollback`, { body: {}, query: ctx.key.query, reason }),
     ok: `${slug}: prod rolled back`,
   }));
   return b;
@@ -380,7 +404,9 @@ function rollbackButton(ctx, slug, prod) {
 // -- the page -------------------------------------------------------------------------------
 
 async function render(view, params) {
-  const slug = params.slug;
+  useStyles();
+  const key = keyOf(params.slug);
+  const slug = key.text;
   const canWrite = Boolean(session && session.canWrite);
   const openVerdicts = new Set();
   const errorSlot = h('div', { testid: 'rollout-error', class: 'ro-error', 'aria-live': 'polite' });
@@ -401,6 +427,7 @@ async function render(view, params) {
   let lastProd = null;
 
   const ctx = {
+    key,
     async act({ title, summary: text, confirmLabel, danger = false, run, ok }) {
       const reason = await confirmAction({ title, summary: text, confirmLabel, danger });
       if (reason === null) return false;
@@ -421,13 +448,13 @@ async function render(view, params) {
   const layoutRunning = () => {
     main.replaceChildren(
       section('Rollout', 'rollout-summary', summary),
-      canWrite ? controlsSlot : null,
-      section('Analysis policy', 'analysis-policy-section', policy),
       section('Analysis state', 'analysis-state-section', state),
+      canWrite ? controlsSlot : null,
       h('section', { class: 'ro-section', testid: 'charts', 'aria-label': 'Live charts' },
         h('h2', {}, 'Live, last 15 minutes ', h('span', { class: 'ro-muted', text: '(every replica, refreshed every 5 s)' })),
         charts),
       section('Verdicts', 'verdicts', h('p', { class: 'ro-muted', text: 'Newest first.' }), verdicts),
+      section('Analysis policy', 'analysis-policy-section', policy),
       canWrite ? section('Prod', 'prod-actions', rollbackSlot) : null);
   };
   const layoutNone = () => {
@@ -465,20 +492,20 @@ async function render(view, params) {
     let analysis = null;
     let series = null;
     try {
-      rollout = await getOr404(`/prompts/${enc(slug)}/rollout`);
+      rollout = await getOr404(`${key.path}/rollout`, key.query);
       if (!rollout) {
-        analysis = await getOr404(`/prompts/${enc(slug)}/analysis`);
+        analysis = await getOr404(`${key.path}/analysis`, key.query);
         // Not a 404 here: an unknown prompt is an error worth showing.
-        const prompt = await api.get(`/prompts/${enc(slug)}`);
+        const prompt = await api.get(key.path, key.query);
         lastProd = prompt.prod_version;
       }
     } catch (err) {
       errorSlot.replaceChildren(errorBox(err));
-      if (!ready) { ready = true; pageReady(); }
+      if (!ready) { ready = true; pageReady(view); }
       return;
     }
     try {
-      series = await getOr404(`/prompts/${enc(slug)}/rollout/series`, { since: '15m' });
+      series = await getOr404(`${key.path}/rollout/series`, { ...key.query, since: '15m' });
     } catch (err) {
       series = { error: err.message || String(err) };
     }
@@ -486,7 +513,7 @@ async function render(view, params) {
 
     if (rollout) {
       if (layout !== 'running') { layout = 'running'; layoutRunning(); }
-      update(summary, rollout && { ...rollout, analysis_state: null }, summaryView);
+      update(summary, { ...rollout, analysis_state: null }, (r) => summaryView(r, key));
       update(policy, rollout.analysis, policyView);
       // The countdown changes every refresh, so the state is redrawn each time; it holds
       // nothing focusable.
@@ -505,7 +532,7 @@ async function render(view, params) {
       if (layout !== 'none') { layout = 'none'; layoutNone(); ctl = null; ctlId = null; }
       update(summary, { analysis, lastProd }, ({ analysis: a }) => [
         h('p', {}, `${slug} has no rollout running (prod: ${lastProd === null ? 'none' : `v${lastProd}`}). `,
-          h('a', { href: `#/prompts/${enc(slug)}`, testid: 'link-prompt', text: `Back to prompt ${slug}` }),
+          h('a', { href: routeHash('prompts', key.text), testid: 'link-prompt', text: `Back to prompt ${slug}` }),
           ' to start one.'),
         a ? dl([
           ['Last analysed rollout', h('code', { text: a.rollout_id })],
@@ -517,7 +544,7 @@ async function render(view, params) {
     }
     if (canWrite && rollbackSlot.dataset.prod !== String(lastProd)) {
       rollbackSlot.dataset.prod = String(lastProd);
-      rollbackSlot.replaceChildren(rollbackButton(ctx, slug, lastProd));
+      rollbackSlot.replaceChildren(rollbackButton(ctx, lastProd));
     }
     if (series && series.error) {
       charts.dataset.key = '';
@@ -525,10 +552,10 @@ async function render(view, params) {
     } else {
       update(charts, series, chartsView);
     }
-    if (!ready) { ready = true; pageReady(); }
+    if (!ready) { ready = true; pageReady(view); }
   }
 
-  poll(REFRESH_MS, refresh);
+  poll(REFRESH_MS, refresh, view);
 }
 
 export const routes = [{ path: '/rollouts/:slug', title: 'Rollout', render }];

@@ -10,7 +10,10 @@
 //   (each measure of a pair; data-measure), pair-primary, pair-shadow, pair-text (the
 //   answer of an arm, with <del>/<ins>), diff-whole (textdiff.js).
 
-import { ApiError, api, h, poll, fmt, errorBox, pageReady, badge } from './app.js';
+import {
+  ApiError, api, h, poll, fmt, errorBox, pageReady, badge, promptKey, routeHash,
+} from './app.js';
+import { useStyles } from './charts.js';
 import { diffWords, renderSide } from './textdiff.js';
 
 const REFRESH_MS = 5000;
@@ -99,7 +102,7 @@ function armFacts(arm) {
     arm.layers ? ['layers', arm.layers] : null,
   ].filter(Boolean);
   return h('dl', { class: 'sh-arm-facts' },
-    facts.map(([k, v]) => [h('dt', { text: k }), h('dd', { text: v === null || v === undefined ? '—' : String(v) })]));
+    facts.map(([k, v]) => h('div', {}, h('dt', { text: k }), h('dd', { text: v === null || v === undefined ? '—' : String(v) }))));
 }
 
 function toolCalls(arm) {
@@ -170,7 +173,10 @@ function pairView(pair, diverging) {
 // -- the page -------------------------------------------------------------------------------
 
 async function render(view, params) {
-  const slug = params.slug;
+  useStyles();
+  const key = promptKey(params.slug);
+  const slug = key.text;
+  const path = `/prompts/${enc(key.slug)}/shadow`;
   const errorSlot = h('div', { testid: 'shadow-error', class: 'ro-error', 'aria-live': 'polite' });
   const reportSlot = h('div');
   const list = h('div', { class: 'sh-pairs', testid: 'shadow-pairs' });
@@ -201,8 +207,8 @@ async function render(view, params) {
   view.replaceChildren(h('div', { class: 'sh-page', testid: 'shadow-page' },
     h('h1', {}, 'Shadow pairs ', h('span', { class: 'ro-slug', text: slug })),
     h('p', { class: 'ro-links' },
-      h('a', { href: `#/rollouts/${enc(slug)}`, testid: 'link-rollout', text: 'Rollout and verdicts' }),
-      h('a', { href: `#/prompts/${enc(slug)}`, testid: 'link-prompt', text: `Prompt ${slug}` })),
+      h('a', { href: routeHash('rollouts', slug), testid: 'link-rollout', text: 'Rollout and verdicts' }),
+      h('a', { href: routeHash('prompts', slug), testid: 'link-prompt', text: `Prompt ${slug}` })),
     errorSlot,
     h('section', { class: 'ro-section', testid: 'shadow-report', 'aria-label': 'Report' },
       h('h2', { text: 'Report: noise against candidate' }), reportSlot),
@@ -265,7 +271,7 @@ async function render(view, params) {
 
   async function loadPairs() {
     try {
-      const text = await api.text(`/prompts/${enc(slug)}/shadow/pairs`, { rollout: 'latest', limit: limit.value });
+      const text = await api.text(`${path}/pairs`, { ...key.query, rollout: 'latest', limit: limit.value });
       none = false;
       return parsePairs(text).reverse();
     } catch (err) {
@@ -276,7 +282,7 @@ async function render(view, params) {
 
   async function loadReport() {
     try {
-      return await api.get(`/prompts/${enc(slug)}/shadow/report`, { rollout: 'latest' });
+      return await api.get(`${path}/report`, { ...key.query, rollout: 'latest' });
     } catch (err) {
       if (err instanceof ApiError && err.status === 404) return null;
       throw err;
@@ -310,11 +316,11 @@ async function render(view, params) {
       errorSlot.replaceChildren(errorBox(err));
     } finally {
       busy = false;
-      if (!ready) { ready = true; pageReady(); }
+      if (!ready) { ready = true; pageReady(view); }
     }
   }
 
-  poll(REFRESH_MS, () => load());
+  poll(REFRESH_MS, () => load(), view);
 }
 
 export const routes = [{ path: '/shadow/:slug', title: 'Shadow pairs', render }];
