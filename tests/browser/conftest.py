@@ -15,6 +15,7 @@ import re
 import secrets
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -249,6 +250,29 @@ class ConsoleProxy:
         with client, ThreadPoolExecutor(4) as pool:
             return list(pool.map(one, callers))
 
+    @contextlib.contextmanager
+    def steady_traffic(
+        self, slug: str, callers: Sequence[str], pause: float = 0.05
+    ) -> Iterator[list[Served]]:
+        """Rounds of ``traffic`` in the background until the block ends (analysis windows
+        and charts need requests in every second); yields what was served so far. A failed
+        request fails the test when the block ends."""
+        served: list[Served] = []
+        stop = threading.Event()
+
+        def run() -> None:
+            while not stop.is_set():
+                served.extend(self.traffic(slug, callers))
+                stop.wait(pause)
+
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(run)
+            try:
+                yield served
+            finally:
+                stop.set()
+                running.result(timeout=30)
+
     def log_text(self) -> str:
         return self.proc.log_path.read_text(errors="replace")
 
@@ -346,6 +370,12 @@ class PageWatch:
 #: Before it has a session, the console asks GET /console/session, which answers 401 (the
 #: login form is the answer), and Chromium logs every 4xx fetch as a console error.
 NO_SESSION_YET = r"status of 401 .*\(http://127\.0\.0\.1:\d+/console/session\)"
+#: "No rollout (yet)" is a 404 of the rollout, its analysis, series and shadow routes: the
+#: rollout and shadow pages ask, and draw "no rollout running" from the answer.
+NO_ROLLOUT = (
+    r"status of 404 .*\(http://127\.0\.0\.1:\d+/admin/v1/prompts/[^/ ]+/"
+    r"(rollout|rollout/series|analysis|shadow/report|shadow/pairs)(\?[^ )]*)?\)"
+)
 #: Chromium asks for /favicon.ico by itself when a page names no icon: not the page's doing.
 NO_FAVICON = r"status of 404 .*\(http://127\.0\.0\.1:\d+/favicon\.ico\)"
 
@@ -372,6 +402,7 @@ class Pages:
         watch = PageWatch()
         watch.allow(NO_SESSION_YET)
         watch.allow(NO_FAVICON)
+        watch.allow(NO_ROLLOUT)
         watch.attach(page)
         self.watches[id(page)] = watch
         return watch
@@ -412,6 +443,12 @@ class Screenshots:
         """``name``.png in the folder: stable names, so PROMPTPROXY_SCREENSHOTS=docs/console
         refreshes the documentation's pictures in place."""
         path = self.folder / f"{name}.png"
+        # The picture is of the page: the notices of the steps before it (toasts, gone by
+        # themselves after 6 s) would cover it, so they are dismissed as a reader would.
+        page.evaluate("document.querySelectorAll('.toast-close').forEach((b) => b.click())")
+        if full_page:
+            # Scrolled, a full-page picture draws the sticky header in the middle of it.
+            page.evaluate("window.scrollTo(0, 0)")
         page.screenshot(path=str(path), full_page=full_page, animations="disabled")
         self.taken.append(path)
         return path
