@@ -18,7 +18,6 @@ from tests.browser.conftest import (
     Pages,
     Screenshots,
     ready,
-    until,
 )
 
 pytestmark = pytest.mark.browser

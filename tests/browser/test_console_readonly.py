@@ -211,9 +211,7 @@ def evil_origin(seeded: ConsoleProxy) -> Iterator[str]:
     """Another web server on this host (same site, another port: the browser sends the
     console's SameSite=Strict cookie to the admin port from its pages) serving one page that
     tries to write to the admin port."""
-    body = (
-        EVIL_PAGE.replace("ADMIN", seeded.proc.admin_url).replace("SLUG", SLUG).encode()
-    )
+    body = EVIL_PAGE.replace("ADMIN", seeded.proc.admin_url).replace("SLUG", SLUG).encode()
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -252,8 +250,10 @@ def test_write_from_another_origin_is_refused_even_with_an_admin_session(
     answered: list[tuple[str, str, int]] = []
     evil.on(
         "response",
-        lambda r: r.url.startswith(seeded.proc.admin_url)
-        and answered.append((r.request.method, r.url, r.status)),
+        lambda r: (
+            r.url.startswith(seeded.proc.admin_url)
+            and answered.append((r.request.method, r.url, r.status))
+        ),
     )
     evil.goto(evil_origin)
     evil.wait_for_function("window.__evil !== undefined")
@@ -263,9 +263,11 @@ def test_write_from_another_origin_is_refused_even_with_an_admin_session(
 
     # The simple POSTs did reach the proxy, cookie and all, and were refused there.
     writes = until(
-        lambda: sorted((url.rsplit("/", 1)[1], s) for m, url, s in answered if m == "POST")
-        if len([a for a in answered if a[0] == "POST"]) >= 2
-        else None,
+        lambda: (
+            sorted((url.rsplit("/", 1)[1], s) for m, url, s in answered if m == "POST")
+            if len([a for a in answered if a[0] == "POST"]) >= 2
+            else None
+        ),
         PLAYWRIGHT_TIMEOUT_MS / 1000,
         "the forged POSTs answered",
     )
