@@ -76,8 +76,16 @@ def seeded(console_proxy: ConsoleProxy) -> ConsoleProxy:
 
 
 def horizontal_overflow(page: Page) -> int:
-    """Pixels the page is wider than the viewport (0 when it never scrolls sideways)."""
-    return int(page.evaluate("document.scrollingElement.scrollWidth - window.innerWidth"))
+    """CSS pixels the page is wider than the phone's screen (0 or less: it never scrolls
+    sideways). The screen is the layout viewport, documentElement.clientWidth: a mobile
+    browser zooms out to show content wider than the screen, and its innerWidth then grows
+    with that content, so ``scrollWidth <= innerWidth`` alone would always hold there."""
+    return int(
+        page.evaluate(
+            """() => document.scrollingElement.scrollWidth
+                     - Math.min(window.innerWidth, document.documentElement.clientWidth)"""
+        )
+    )
 
 
 @pytest.mark.timeout(SETUP_BUDGET + 120)
