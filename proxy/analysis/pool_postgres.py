@@ -9,8 +9,8 @@ they write and never lose an increment. The rows of one statement go in key orde
 replicas flushing the same seconds queue on a row instead of deadlocking.
 
 A read adds the window's rows up in the server (``jsonb_each`` + ``GROUP BY``) and sends
-back one number per arm and counter, whatever the window's length. A read of the slots one
-by one (the series route's) is one statement too: a row per slot and arm, as stored.
+back one number per arm and counter, whatever the window's length; the series route's read
+(``read_buckets``) one number per bucket of its chart, arm and counter.
 
 Rows expire like the Redis keys: a slot ``keep_seconds`` + 120 s after its last write,
 divergence a day after. Expired rows are never read; each replica deletes a bounded batch
@@ -133,13 +133,16 @@ WHERE d.slug = %(slug)s AND d.rollout_id = %(rollout_id)s AND d.expires_at > now
 """
 
 
-# ``arms`` null: every arm. The rows come in no order: the caller keys them by slot.
-_READ_SLOTS = """
-SELECT c.slot, c.arm, c.counts
-FROM analysis_counts AS c
+# Added up per bucket in the server, as _READ adds up a window: one number per bucket, arm
+# and counter comes back, never a row per second. ``arms`` null: every arm.
+_READ_BUCKETS = """
+SELECT %(start)s::int8 + (c.slot - %(start)s::int8) / %(step)s::int8 * %(step)s::int8,
+       c.arm, f.key, sum(f.value::float8)
+FROM analysis_counts AS c, jsonb_each_text(c.counts) AS f(key, value)
 WHERE c.slug = %(slug)s AND c.rollout_id = %(rollout_id)s
   AND c.slot >= %(start)s AND c.slot < %(end)s AND c.expires_at > now()
   AND (%(arms)s::text[] IS NULL OR c.arm = ANY(%(arms)s::text[]))
+GROUP BY 1, 2, 3
 """
 
 
@@ -200,12 +203,13 @@ class PostgresStatsPool:
         window.candidate = DivergenceCounts.from_fields(kinds.get(_CANDIDATE, {}))
         return window
 
-    async def read_slots(
+    async def read_buckets(
         self,
         key: PromptKey,
         rollout_id: str,
-        start: float,
-        end: float,
+        start: int,
+        end: int,
+        step: int = 1,
         arms: Collection[str] | None = None,
     ) -> dict[int, dict[str, ArmStats]]:
         params = {
@@ -213,17 +217,21 @@ class PostgresStatsPool:
             "rollout_id": rollout_id,
             "start": int(start) // SLOT_SECONDS,
             "end": int(end) // SLOT_SECONDS,
+            "step": max(1, step // SLOT_SECONDS),
             "arms": None if arms is None else sorted(arms),
         }
 
         async def run(conn: AsyncConnection[Any]) -> list[tuple[Any, ...]]:
-            cur = await conn.execute(_READ_SLOTS, params)
+            cur = await conn.execute(_READ_BUCKETS, params)
             return await cur.fetchall()
 
-        out: dict[int, dict[str, ArmStats]] = {}
-        for slot, arm, counts in await self.session.read(run):
-            out.setdefault(int(slot), {})[arm] = ArmStats.from_fields(counts)
-        return out
+        fields: dict[int, dict[str, dict[str, float]]] = {}
+        for bucket, arm, name, value in await self.session.read(run):
+            fields.setdefault(int(bucket), {}).setdefault(arm, {})[name] = float(value)
+        return {
+            bucket: {arm: ArmStats.from_fields(f) for arm, f in by_arm.items()}
+            for bucket, by_arm in fields.items()
+        }
 
     def forget(self, keep: set[RolloutKey]) -> None:
         return None  # rows expire by themselves

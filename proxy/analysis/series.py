@@ -1,12 +1,12 @@
 """A rollout's pooled counts as a time series: what the console's live charts draw. Pure.
 
 The pool holds every replica's counts per arm and second (``window``); the series route
-(``GET /admin/v1/prompts/{slug}/rollout/series``) reads the slots of the last ``since``
-seconds in one store read and adds them up here into one point per ``step`` seconds and
-arm. The figures are those the verdicts judge (``judge``), from the same counts: an error
-share, a p95 read off the latency bins, the share of answers cut by the token limit, the
-mean answer length and the mean online-judge score, so a chart and a verdict over the same
-seconds agree.
+(``GET /admin/v1/prompts/{slug}/rollout/series``) reads the last ``since`` seconds added up
+per ``step`` (``StatsPool.read_buckets``: in the server where the store can) and makes one
+point per ``step`` seconds and arm of them here. The figures are those the verdicts judge
+(``judge``), from the same counts: an error share, a p95 read off the latency bins, the
+share of answers cut by the token limit, the mean answer length and the mean online-judge
+score, so a chart and a verdict over the same seconds agree.
 
 Points start at multiples of ``step`` (unix seconds), so successive reads cut the same
 buckets and a chart does not wobble as it refreshes. A point at ``at`` holds the slots of
@@ -92,7 +92,9 @@ def bucket(
     slots: Mapping[int, Mapping[str, ArmStats]], arms: Sequence[str], cut: Span
 ) -> list[dict[str, Any]]:
     """One point per ``cut.step``, each with every arm of ``arms`` (an arm without a
-    request there has ``requests: 0`` and nulls). Slots outside the span are left out."""
+    request there has ``requests: 0`` and nulls), from ``slots``: seconds, or buckets the
+    pool already added up (keyed by their first second). Slots outside the span are left
+    out."""
     totals = [{arm: ArmStats() for arm in arms} for _ in cut.points]
     for slot, by_arm in slots.items():
         if not cut.start <= slot < cut.end:

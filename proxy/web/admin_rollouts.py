@@ -221,8 +221,8 @@ async def rollout_series(call: Call[SlugPath, SeriesQuery, NoBody]) -> api.Rollo
     rollout_id, mode = await _charted(services, key, query.rollout)
     cut = series.span(time.time(), since, step)
     try:
-        slots = await services.backend.pool.read_slots(
-            key, rollout_id, cut.start, cut.end, series.KNOWN_ARMS
+        slots = await services.backend.pool.read_buckets(
+            key, rollout_id, cut.start, cut.end, cut.step, series.KNOWN_ARMS
         )
     except Exception as exc:  # whatever the store raised: the pool cannot be read now
         raise ServiceUnavailable(f"The analysis pool is unavailable: {exc}") from exc

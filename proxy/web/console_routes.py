@@ -126,8 +126,11 @@ async def _serve(
         body = await asyncio.to_thread(path.read_bytes)
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         if name == "index.html":
+            # The install path is not the caller's business: the operator's log of the
+            # install (or `pip show -f promptproxy`) tells them.
             raise RouteNotFound(
-                f"The console's files are not installed ({path} is missing)."
+                "The console's files are not installed with this proxy (its package has no "
+                "proxy/web/console/index.html)."
             ) from None
         raise RouteNotFound(f"No console file named {name!r}.") from None
     etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'

@@ -326,6 +326,36 @@ async def test_a_cookie_write_not_from_the_console_is_a_403_and_writes_nothing(
     assert await _versions(admin) == 0
 
 
+@pytest.mark.parametrize(
+    ("origin", "forwarded", "status"),
+    [
+        ("https://console.example", {"X-Forwarded-Proto": "https"}, 403),
+        (
+            "https://console.example",
+            {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "console.example"},
+            201,
+        ),
+        (
+            "https://console.example:443",
+            {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "Console.Example"},
+            201,
+        ),
+        ("https://console.example", {"X-Forwarded-Host": "console.example"}, 403),
+        ("http://console.example.evil", {"X-Forwarded-Host": "console.example"}, 403),
+    ],
+    ids=["proto-only", "proto-and-host", "default-port-and-case", "host-only", "lookalike"],
+)
+async def test_behind_a_tls_proxy_the_origin_is_the_forwarded_one(
+    admin: Admin, origin: str, forwarded: dict[str, str], status: int
+) -> None:
+    """A TLS-terminating proxy that says so: the page's origin is https on the host it
+    names; the scheme and the host must both match."""
+    cookie, csrf = await _log_in(admin)
+    headers = _browser(cookie, csrf, Origin=origin, **forwarded)
+    resp = await admin.post("/admin/v1/prompts/greet/versions", json=VERSION, headers=headers)
+    assert resp.status == status, await resp.text()
+
+
 async def test_another_sessions_csrf_value_does_not_pass(admin: Admin) -> None:
     cookie, _ = await _log_in(admin)
     _, other_csrf = await _log_in(admin)

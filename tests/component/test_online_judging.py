@@ -238,6 +238,25 @@ async def test_a_canary_the_judge_scores_lower_fails_the_judge_check_alone(
     assert entry.action == "rollout_abort"
     assert "judge_score: mean" in entry.reason
 
+    # The console's charts (the series route) read the same pool: the verdict's requests,
+    # and the judge's scores per arm, after the abort too.
+    resp = await admin.get(
+        f"/admin/v1/prompts/support/rollout/series?since=5m&step=1&rollout={started.id}",
+        headers=ADMIN,
+    )
+    assert resp.status == 200, await resp.text()
+    points = (await resp.json())["points"]
+    for arm in ("stable", "canary"):
+        assert sum(p["arms"][arm]["requests"] for p in points) == verdict["samples"][arm]
+    judged = {
+        arm: [p["arms"][arm]["judge"] for p in points if p["arms"][arm]["judge"] is not None]
+        for arm in ("stable", "canary")
+    }
+    assert judged["stable"]
+    assert set(judged["stable"]) == {1.0}
+    assert judged["canary"]
+    assert min(judged["canary"]) < 0.8
+
 
 async def test_a_judge_check_that_could_get_no_scores_is_refused(clients: Clients) -> None:
     admin = clients[1]

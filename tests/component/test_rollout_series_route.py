@@ -115,9 +115,11 @@ async def test_the_series_counts_what_each_arm_served(clients: Clients, upstream
     assert totals(answer, "requests") == sent
     assert totals(answer, "errors") == failed
     busy = [p["arms"]["stable"] for p in answer["points"] if p["arms"]["stable"]["requests"]]
-    assert busy and all(f["answer_tokens"] == 7.0 and f["length_share"] == 0.0 for f in busy)
+    assert busy
+    assert all(f["answer_tokens"] == 7.0 and f["length_share"] == 0.0 for f in busy)
     quiet = [p["arms"]["canary"] for p in answer["points"] if not p["arms"]["canary"]["requests"]]
-    assert quiet and all(f["error_rate"] is None and f["p95_latency"] is None for f in quiet)
+    assert quiet
+    assert all(f["error_rate"] is None and f["p95_latency"] is None for f in quiet)
 
     # One-second points over the last minute hold the same counts.
     status, fine = await series(clients, "?since=1m&step=1&rollout=latest")
@@ -196,3 +198,17 @@ async def test_bad_parameters_are_400s_naming_them(
     status, answer = await series(embedded, query)
     assert (status, answer["error"]["param"]) == (400, param), answer
     assert answer["error"]["type"] == "invalid_request_error"
+
+
+async def test_a_pool_that_cannot_be_read_is_a_503(embedded: Clients, monkeypatch: Any) -> None:
+    _, admin, services = embedded
+    await seed(admin)
+    await call(admin, "PUT", "/prompts/support/rollout", canary_body(10, "none"))
+
+    async def unreachable(*args: Any, **kwargs: Any) -> Any:
+        raise ConnectionError("Connection refused")
+
+    monkeypatch.setattr(services.backend.pool, "read_buckets", unreachable)
+    status, answer = await series(embedded)
+    assert status == 503
+    assert answer["error"]["message"] == ("The analysis pool is unavailable: Connection refused")

@@ -228,9 +228,10 @@ async def test_the_pool_gives_the_same_window_as_the_memory_pool(shared: Shared)
     assert (await replicas[0].read(GREET, "r-9", base, base + 5)).arms == {}
 
 
-async def test_the_pool_reads_slots_one_by_one_as_the_memory_pool(shared: Shared) -> None:
-    """The series route's read: every slot of a range on its own, in one store read, the
-    same as the memory pool's, and adding up to the window ``read`` gives."""
+async def test_the_pool_reads_buckets_as_the_memory_pool(shared: Shared) -> None:
+    """The series route's read: the seconds of a range added up per step (second by second
+    with step 1), the same as the memory pool's, and adding up to the window ``read``
+    gives."""
     memory = MemoryStatsPool()
     replicas = [await shared.pool(0), await shared.pool(1)]
     base = int(time.time())
@@ -238,28 +239,35 @@ async def test_the_pool_reads_slots_one_by_one_as_the_memory_pool(shared: Shared
         await pool.add(replica_batches(replica, base), keep_seconds=30)
         await memory.add(replica_batches(replica, base), keep_seconds=30)
 
-    want = await memory.read_slots(GREET, "r-1", base, base + 10)
-    assert sorted(want) == [base, base + 1, base + 2, base + 3]
-    for pool in replicas:
-        got = await pool.read_slots(GREET, "r-1", base, base + 10)
-        assert sorted(got) == sorted(want)
-        for slot, arms in want.items():
-            assert set(got[slot]) == set(arms) == {"stable", "canary", "shadow"}
-            for arm, stats in arms.items():
-                assert_same_arm(got[slot][arm], stats)
-    every = await replicas[0].read_slots(GREET, "r-1", base, base + 10)
+    for step, firsts in [(1, [0, 1, 2, 3]), (3, [0, 3]), (10, [0])]:
+        want = await memory.read_buckets(GREET, "r-1", base, base + 10, step)
+        assert sorted(want) == [base + first for first in firsts]
+        for pool in replicas:
+            got = await pool.read_buckets(GREET, "r-1", base, base + 10, step)
+            assert sorted(got) == sorted(want)
+            for bucket, arms in want.items():
+                assert set(got[bucket]) == set(arms) == {"stable", "canary", "shadow"}
+                for arm, stats in arms.items():
+                    assert_same_arm(got[bucket][arm], stats)
+    (whole,) = (await replicas[0].read_buckets(GREET, "r-1", base, base + 10, 10)).values()
     window = await replicas[1].read(GREET, "r-1", base, base + 10)
-    for arm, total in merge_arms(every.values()).items():
+    for arm, stats in window.arms.items():
+        assert_same_arm(whole[arm], stats)
+    seconds = await replicas[0].read_buckets(GREET, "r-1", base, base + 10)
+    for arm, total in merge_arms(seconds.values()).items():
         assert_same_arm(total, window.arms[arm])
 
-    # [start, end), and only the arms asked for.
-    canary = await replicas[1].read_slots(GREET, "r-1", base + 1, base + 3, {"canary"})
+    # [start, end), buckets from start, and only the arms asked for.
+    canary = await replicas[1].read_buckets(GREET, "r-1", base + 1, base + 3, 1, {"canary"})
     assert sorted(canary) == [base + 1, base + 2]
     assert all(set(arms) == {"canary"} for arms in canary.values())
-    assert canary[base + 1]["canary"].requests == want[base + 1]["canary"].requests
-    assert await replicas[0].read_slots(GREET, "r-1", base, base + 10, {"rerun"}) == {}
-    assert await replicas[0].read_slots(GREET, "r-9", base, base + 10) == {}
-    assert await replicas[0].read_slots(GREET, "r-1", base + 5, base + 5) == {}
+    assert canary[base + 1]["canary"].requests == seconds[base + 1]["canary"].requests
+    shifted = await replicas[0].read_buckets(GREET, "r-1", base - 1, base + 10, 2)
+    assert sorted(shifted) == [base - 1, base + 1, base + 3]
+    assert shifted[base - 1]["stable"].requests == seconds[base]["stable"].requests
+    assert await replicas[0].read_buckets(GREET, "r-1", base, base + 10, 1, {"rerun"}) == {}
+    assert await replicas[0].read_buckets(GREET, "r-9", base, base + 10) == {}
+    assert await replicas[0].read_buckets(GREET, "r-1", base + 5, base + 5) == {}
 
 
 async def test_replicas_adding_at_once_lose_no_increment(shared: Shared) -> None:

@@ -407,7 +407,7 @@ async def test_the_memory_pool_keeps_an_ended_rollout_as_long_as_redis_would() -
     await pool.add({key: batch_with({2000: {"stable": 3}})}, keep_seconds=900)
 
     pool.forget(set())  # ended
-    assert len(await pool.read_slots("s", "r1", 0, 3000)) == 1
+    assert len(await pool.read_buckets("s", "r1", 0, 3000)) == 1
     now[0] = 2000.0 + 900 + 120
     pool.forget({key})  # still running: kept, however old
     assert (await pool.read("s", "r1", 0, 3000)).arm("stable").requests == 3
@@ -415,7 +415,7 @@ async def test_the_memory_pool_keeps_an_ended_rollout_as_long_as_redis_would() -
     assert (await pool.read("s", "r1", 0, 3000)).arm("stable").requests == 3
     now[0] += 1
     pool.forget(set())
-    assert await pool.read_slots("s", "r1", 0, 3000) == {}
+    assert await pool.read_buckets("s", "r1", 0, 3000) == {}
 
 
 # -- divergence bins -------------------------------------------------------------------------

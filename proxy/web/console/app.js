@@ -79,7 +79,7 @@ async function request(method, path, { query, body, headers } = {}) {
   }
   if (!response.ok) {
     const err = await failure(response);
-    if (response.status === 401) sessionEnded(err.message);
+    if (response.status === 401) sessionEnded();
     throw err;
   }
   return response;
@@ -185,7 +185,6 @@ export function toast(message, kind = 'ok') {
       type: 'button',
       class: 'toast-close',
       'aria-label': 'Dismiss',
-      text: '×',
       on: { click: () => item.remove() },
     }),
   );
@@ -250,8 +249,11 @@ export function confirmAction({ title, summary, confirmLabel = 'Confirm', danger
     dialog.addEventListener('cancel', () => {
       answer = null;
     });
+    const opener = document.activeElement;
     dialog.addEventListener('close', () => {
       dialog.remove();
+      // Back to the control that opened it (if the page did not redraw it away).
+      if (opener instanceof HTMLElement && opener.isConnected) opener.focus();
       resolve(answer);
     });
     document.body.append(dialog);
@@ -330,8 +332,15 @@ export function poll(ms, fn, view) {
   let timer = null;
   const alive = () =>
     generation === state.generation && !state.loggedOut && (!view || view.isConnected);
+  let first = true;
   const tick = async () => {
     if (!alive()) return;
+    // A hidden tab asks nothing after the first call; it catches up within `ms` of being shown.
+    if (document.hidden && !first) {
+      timer = setTimeout(tick, ms);
+      return;
+    }
+    first = false;
     try {
       await fn();
     } catch (err) {
@@ -435,9 +444,9 @@ async function loadSession() {
   return true;
 }
 
-function sessionEnded(message) {
+function sessionEnded() {
   if (state.loggedOut) return;
-  showLogin(message && !/missing/i.test(message) ? `Your session ended: ${message}` : null);
+  showLogin('Your session has ended (expired, logged out elsewhere, or the token changed): log in again.');
 }
 
 function drawHeader() {
@@ -496,7 +505,7 @@ function showLogin(problem, notice) {
     notice ? h('p', { class: 'notice', role: 'status', text: notice }) : null,
     h('label', { for: 'login-token', text: 'Admin API token' }),
     token,
-    h('p', { class: 'hint', text: 'One of admin.tokens in the proxy config. It is sent once, in the request body, and kept in an HttpOnly cookie.' }),
+    h('p', { class: 'hint', text: 'A token of admin.tokens in the proxy’s config. It is sent once; the session it opens lives in an HttpOnly cookie.' }),
     error,
     h('div', { class: 'actions' }, submit),
   );
@@ -593,6 +602,7 @@ async function render() {
       h('h1', { text: 'Not found' }),
       h('p', { testid: 'not-found' }, 'No page at ', h('code', { text: raw }), '. ', h('a', { href: '#/', text: 'All prompts' })),
     );
+    pageReady(view);
     return;
   }
   state.route = found.route;
@@ -603,7 +613,9 @@ async function render() {
   } catch (err) {
     if (generation !== state.generation) return;
     if (err instanceof ApiError && err.status === 401) return;
-    console.error(err);
+    // An API refusal is the page's answer (the browser logged its status already); anything
+    // else is a bug worth a console line.
+    if (!(err instanceof ApiError)) console.error(err);
     view.append(errorBox(err));
   }
 }

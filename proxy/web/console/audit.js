@@ -4,7 +4,7 @@
 // data-testids: audit-filter (slug input), audit-apply, audit-clear, audit-table, audit-row
 // (data-seq on each), audit-older, audit-end.
 
-import { api, badge, dataTable, errorBox, fmt, h, pageReady, routeHash } from './app.js';
+import { api, badge, dataTable, errorBox, fmt, h, pageReady, promptKey, routeHash } from './app.js';
 
 const PAGE = 50;
 
@@ -135,7 +135,7 @@ async function render(view, params) {
   api
     .get('/prompts')
     .then((answer) => {
-      const names = [...new Set(answer.data.map((p) => p.slug))];
+      const names = [...new Set(answer.data.map((p) => promptKey(p.slug).slug))];
       slugs.replaceChildren(...names.map((name) => h('option', { value: name })));
     })
     .catch(() => {});

@@ -17,9 +17,9 @@ export function useStyles() {
   document.head.append(h('link', { rel: 'stylesheet', href: 'rollout.css' }));
 }
 
-const W = 480;
-const H = 190;
-const PAD = { left: 52, right: 12, top: 12, bottom: 26 };
+const W = 400;
+const H = 170;
+const PAD = { left: 54, right: 14, top: 10, bottom: 24 };
 
 // 1, 2, 2.5, 5 times a power of ten: the tick step for about `count` ticks over `span`.
 function niceStep(span, count) {

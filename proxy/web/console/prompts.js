@@ -460,11 +460,10 @@ function writesPanel(key, prompt, running, refresh) {
   const promoteButton = h('button', { type: 'submit', class: 'button button-primary', text: 'Promote…', testid: 'promote-submit', disabled: !candidates.length });
   const promoteForm = h(
     'form',
-    { class: 'toolbar', 'aria-labelledby': 'promote-heading' },
+    { class: 'stack', 'aria-labelledby': 'promote-heading' },
     h('div', { class: 'field' }, h('label', { for: 'promote-version', text: 'Version' }), promoteSelect),
-    promoteGates.element,
-    promoteForce.element,
-    promoteButton,
+    h('div', { class: 'actions' }, promoteGates.element, promoteForce.element),
+    h('div', { class: 'actions' }, promoteButton),
   );
   promoteForm.addEventListener('submit', async (event) => {
     event.preventDefault();
@@ -549,15 +548,15 @@ function rolloutForm(key, versions, prod, fail, apiPath) {
   const mode = h(
     'select',
     { id: 'rollout-mode', testid: 'rollout-mode' },
-    h('option', { value: 'canary', text: 'canary: a share of requests get it' }),
-    h('option', { value: 'shadow', text: 'shadow: copies, answers compared, not served' }),
+    h('option', { value: 'canary', text: 'canary' }),
+    h('option', { value: 'shadow', text: 'shadow' }),
   );
   const percent = h('input', { id: 'rollout-percent', type: 'number', min: '0', max: '100', step: '0.01', value: '10', required: true, inputmode: 'decimal', testid: 'rollout-percent' });
   const sticky = h(
     'select',
     { id: 'rollout-sticky', testid: 'rollout-sticky' },
-    h('option', { value: 'none', text: 'none (each request drawn)' }),
-    h('option', { value: 'user', text: 'user (the body’s user field)' }),
+    h('option', { value: 'none', text: 'none' }),
+    h('option', { value: 'user', text: 'user' }),
     h('option', { value: 'tenant', text: 'tenant' }),
     h('option', { value: 'header', text: 'a header…' }),
   );
@@ -573,10 +572,10 @@ function rolloutForm(key, versions, prod, fail, apiPath) {
   const analysisFields = h(
     'div',
     { class: 'form-grid' },
-    h('div', { class: 'field' }, h('label', { for: 'rollout-steps', text: 'Steps (percents)' }), steps),
-    h('div', { class: 'field' }, h('label', { for: 'rollout-interval', text: 'Interval (seconds)' }), interval),
-    h('div', { class: 'field' }, h('label', { for: 'rollout-min-samples', text: 'Min samples per arm' }), minSamples),
-    h('div', { class: 'field' }, h('label', { for: 'rollout-failure-limit', text: 'Failures tolerated' }), failureLimit),
+    h('div', { class: 'field' }, h('label', { for: 'rollout-steps', text: 'Steps (%)' }), steps),
+    h('div', { class: 'field' }, h('label', { for: 'rollout-interval', text: 'Interval (s)' }), interval),
+    h('div', { class: 'field' }, h('label', { for: 'rollout-min-samples', text: 'Min samples' }), minSamples),
+    h('div', { class: 'field' }, h('label', { for: 'rollout-failure-limit', text: 'Failures allowed' }), failureLimit),
   );
   const setAnalysis = () => {
     for (const input of [steps, interval, minSamples, failureLimit]) input.disabled = !analysis.input.checked;
@@ -595,11 +594,18 @@ function rolloutForm(key, versions, prod, fail, apiPath) {
       { class: 'form-grid' },
       h('div', { class: 'field' }, h('label', { for: 'rollout-candidate', text: 'Candidate' }), candidate),
       h('div', { class: 'field' }, h('label', { for: 'rollout-mode', text: 'Mode' }), mode),
-      h('div', { class: 'field' }, h('label', { for: 'rollout-percent', text: 'Percent of requests' }), percent),
+      h('div', { class: 'field' }, h('label', { for: 'rollout-percent', text: 'Percent' }), percent),
       h('div', { class: 'field' }, h('label', { for: 'rollout-sticky', text: 'Sticky on' }), sticky),
-      h('div', { class: 'field' }, h('label', { for: 'rollout-sticky-header', text: 'Header name' }), stickyHeader),
+      h('div', { class: 'field' }, h('label', { for: 'rollout-sticky-header', text: 'Header' }), stickyHeader),
     ),
-    h('fieldset', { class: 'analysis' }, h('legend', null, analysis.element), analysisFields),
+    h('p', { class: 'hint', text: 'Canary: that share of requests is served the candidate. Shadow: copies go to the candidate and the answers are compared; callers get stable. Sticky: the same user, tenant or header value keeps its arm.' }),
+    h(
+      'fieldset',
+      { class: 'analysis' },
+      h('legend', null, analysis.element),
+      analysisFields,
+      h('p', { class: 'hint', text: 'Min samples: requests per arm in a window before a verdict can pass or fail. Steps: the percents it ramps through, then promotes.' }),
+    ),
     h('div', { class: 'actions' }, gates.element, force.element),
     problem,
     h('div', { class: 'actions' }, submit),
@@ -761,16 +767,18 @@ async function renderPrompt(view, params) {
     history.replaceState(null, '', `${routeHash('prompts', key.text)}?v=${v.version}`);
   }
 
+  const versionsPanel = h(
+    'section',
+    { class: 'panel', 'aria-labelledby': 'versions-heading' },
+    h('h2', { id: 'versions-heading', text: 'Versions' }),
+    h('p', { class: 'hint', text: 'Choose a version to read its template, variables and parameters.' }),
+    table,
+  );
   view.append(
     head,
-    session.canWrite ? writesPanel(key, prompt, running, refresh) : null,
-    h(
-      'section',
-      { class: 'panel', 'aria-labelledby': 'versions-heading' },
-      h('h2', { id: 'versions-heading', text: 'Versions' }),
-      h('p', { class: 'hint', text: 'Choose a version to read its template, variables and parameters.' }),
-      table,
-    ),
+    session.canWrite
+      ? h('div', { class: 'split split-2' }, versionsPanel, writesPanel(key, prompt, running, refresh))
+      : versionsPanel,
     h('div', { id: 'version-detail' }, detail),
     diffPanel(key, versions, prompt.prod_version),
     historyPanel(key, audit.data || []),

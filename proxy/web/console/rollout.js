@@ -229,16 +229,43 @@ function verdictView(v, open) {
   return details;
 }
 
-function verdictsView(verdicts, openSet) {
-  if (!verdicts || !verdicts.length) return h('p', { class: 'ro-muted', text: 'No verdict yet.' });
-  return h('ol', { class: 'ro-verdicts' }, verdicts.map((v, i) => {
-    const key = String(v.at);
-    const el = verdictView(v, openSet.has(key) || (i === 0 && !openSet.has(`closed:${key}`)));
-    el.addEventListener('toggle', () => {
-      if (el.open) { openSet.add(key); openSet.delete(`closed:${key}`); } else { openSet.delete(key); openSet.add(`closed:${key}`); }
+// The verdicts, newest first, as a list that only ever adds and drops items: a refresh
+// never rebuilds (so never closes, or takes the focus from) a verdict being read. The
+// newest opens by itself, and closes again when a newer one comes, unless the operator
+// toggled it.
+function verdictList() {
+  const list = h('ol', { class: 'ro-verdicts' });
+  const empty = h('p', { class: 'ro-muted', text: 'No verdict yet.' });
+  const el = h('div', {}, empty, list);
+  const items = new Map();
+  const touched = new Set();
+  let auto = null;
+  function set(verdicts) {
+    verdicts = verdicts || [];
+    empty.hidden = verdicts.length > 0;
+    const keys = verdicts.map((v) => `${v.rollout_id}:${v.at}`);
+    const wanted = new Set(keys);
+    for (const [k, li] of items) {
+      if (!wanted.has(k)) { li.remove(); items.delete(k); }
+    }
+    keys.forEach((k, i) => {
+      let li = items.get(k);
+      if (!li) {
+        const details = verdictView(verdicts[i], false);
+        details.querySelector('summary').addEventListener('click', () => touched.add(k));
+        li = h('li', {}, details);
+        items.set(k, li);
+      }
+      if (list.children[i] !== li) list.insertBefore(li, list.children[i] || null);
     });
-    return h('li', {}, el);
-  }));
+    const newest = keys[0];
+    if (newest && newest !== auto) {
+      if (auto && items.has(auto) && !touched.has(auto)) items.get(auto).firstChild.open = false;
+      if (!touched.has(newest)) items.get(newest).firstChild.open = true;
+      auto = newest;
+    }
+  }
+  return { el, set };
 }
 
 // -- charts ---------------------------------------------------------------------------------
@@ -334,7 +361,11 @@ function controls(ctx) {
   const abort = h('button', { type: 'button', testid: 'abort', class: 'button button-danger', text: 'Abort…' });
   promote.addEventListener('click', () => ctx.act({
     title: `Promote v${rollout.candidate} of ${ctx.key.text}`,
-    summary: `v${rollout.candidate} becomes prod (now ${rollout.prod_version === null ? 'none' : `v${rollout.prod_version}`}, which becomes deprecated) and the ${rollout.mode} rollout at ${percentText(rollout.percent)} ends.`,
+    summary: h('div', {},
+      h('p', { text: `v${rollout.candidate} becomes prod (now ${rollout.prod_version === null ? 'none' : `v${rollout.prod_version}`}, which becomes deprecated) and the ${rollout.mode} rollout at ${percentText(rollout.percent)} ends.` }),
+      rollout.mode === 'shadow'
+        ? h('p', { text: 'This is a shadow: no caller has been served the candidate yet. A canary first is the careful way.' })
+        : null),
     confirmLabel: 'Promote',
     run: (reason) => api.write('POST', `${ctx.key.path}/rollout/promote`, { body: {}, query: ctx.key.query, reason }),
     ok: `${ctx.key.text}: v${rollout.candidate} promoted to prod`,
@@ -408,14 +439,14 @@ async function render(view, params) {
   const key = keyOf(params.slug);
   const slug = key.text;
   const canWrite = Boolean(session && session.canWrite);
-  const openVerdicts = new Set();
+  const verdictItems = verdictList();
   const errorSlot = h('div', { testid: 'rollout-error', class: 'ro-error', 'aria-live': 'polite' });
   const summary = h('div');
   const controlsSlot = h('div');
   const policy = h('div');
   const state = h('div');
   const charts = h('div');
-  const verdicts = h('div');
+  const verdicts = verdictItems.el;
   const rollbackSlot = h('div', { class: 'ro-actions' });
   const heading = h('h1', {}, 'Rollout ', h('span', { class: 'ro-slug', text: slug }));
   const main = h('div', { class: 'ro-main' });
@@ -425,6 +456,7 @@ async function render(view, params) {
   let ctlId = null;
   let ready = false;
   let lastProd = null;
+  let lastAnalysis;
 
   const ctx = {
     key,
@@ -492,9 +524,21 @@ async function render(view, params) {
     let analysis = null;
     let series = null;
     try {
-      rollout = await getOr404(`${key.path}/rollout`, key.query);
+      if (layout === 'none') {
+        // While none runs, ask the (short) list of running rollouts rather than collect a
+        // 404 (and a console error in the browser) every 5 s.
+        const running = await api.get('/rollouts');
+        const found = (running.data || []).some((r) => r.slug === key.text);
+        rollout = found ? await getOr404(`${key.path}/rollout`, key.query) : null;
+      } else {
+        rollout = await getOr404(`${key.path}/rollout`, key.query);
+      }
       if (!rollout) {
-        analysis = await getOr404(`${key.path}/analysis`, key.query);
+        // The last analysis of an ended rollout does not change: read it once.
+        if (layout !== 'none' || lastAnalysis === undefined) {
+          lastAnalysis = await getOr404(`${key.path}/analysis`, key.query);
+        }
+        analysis = lastAnalysis;
         // Not a 404 here: an unknown prompt is an error worth showing.
         const prompt = await api.get(key.path, key.query);
         lastProd = prompt.prod_version;
@@ -518,7 +562,7 @@ async function render(view, params) {
       // The countdown changes every refresh, so the state is redrawn each time; it holds
       // nothing focusable.
       state.replaceChildren(stateView(rollout) || h('p', { class: 'ro-muted', text: 'No analysis: the rollout is manual.' }));
-      update(verdicts, rollout.analysis_state ? rollout.analysis_state.verdicts : [], (v) => verdictsView(v, openVerdicts));
+      verdictItems.set(rollout.analysis_state ? rollout.analysis_state.verdicts : []);
       if (canWrite) {
         if (!ctl || ctlId !== rollout.id) {
           ctl = controls(ctx);
@@ -540,7 +584,7 @@ async function render(view, params) {
           a.verdicts && a.verdicts.length ? ['Last verdict', `${a.verdicts[0].verdict} at ${fmt.time(a.verdicts[0].at)}${a.verdicts[0].action ? `, action ${a.verdicts[0].action}` : ''}`] : null,
         ]) : h('p', { class: 'ro-muted', text: 'No analysed rollout is on record (verdicts expire, and the embedded store forgets them on restart).' }),
       ]);
-      update(verdicts, analysis ? analysis.verdicts : [], (v) => verdictsView(v, openVerdicts));
+      verdictItems.set(analysis ? analysis.verdicts : []);
     }
     if (canWrite && rollbackSlot.dataset.prod !== String(lastProd)) {
       rollbackSlot.dataset.prod = String(lastProd);

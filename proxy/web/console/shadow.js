@@ -127,7 +127,7 @@ function armView(pair, side, diff) {
   return h('div', { class: `sh-arm sh-${side}`, testid: `pair-${side}` },
     title,
     armFacts(arm),
-    h('div', { class: 'sh-text', testid: 'pair-text', tabindex: '0', 'aria-label': `${role} answer` },
+    h('div', { class: 'sh-text', testid: 'pair-text', tabindex: '0', role: 'region', 'aria-label': isPrimary ? 'primary answer' : 'shadow answer' },
       text ? body : h('span', { class: 'ro-muted', text: '(no text)' })),
     toolCalls(arm));
 }
