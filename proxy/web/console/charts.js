@@ -143,7 +143,7 @@ export function lineChart({ name, title, series, format = String, domain = null,
     svg('line', { x1: PAD.left, x2: W - PAD.right, y1: PAD.top + plotH, y2: PAD.top + plotH, class: 'chart-axis' }),
     xaxis,
     lines,
-    ys.length ? null : svg('text', { x: W / 2, y: H / 2, 'text-anchor': 'middle', class: 'chart-empty', 'data-testid': 'chart-empty' }, 'no data yet'));
+    ys.length ? null : svg('text', { x: W / 2, y: H / 2, 'text-anchor': 'middle', class: 'chart-empty', testid: 'chart-empty' }, 'no data yet'));
 
   const legend = h('ul', { class: 'chart-legend' },
     series.map((s) => {

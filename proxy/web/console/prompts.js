@@ -561,8 +561,10 @@ function rolloutForm(key, versions, prod, fail, apiPath) {
     h('option', { value: 'header', text: 'a header…' }),
   );
   const stickyHeader = h('input', { id: 'rollout-sticky-header', type: 'text', value: 'x-user-id', autocomplete: 'off', spellcheck: 'false', disabled: true, testid: 'rollout-sticky-header' });
+  const stickyHeaderField = h('div', { class: 'field', hidden: true }, h('label', { for: 'rollout-sticky-header', text: 'Header' }), stickyHeader);
   sticky.addEventListener('change', () => {
     stickyHeader.disabled = sticky.value !== 'header';
+    stickyHeaderField.hidden = stickyHeader.disabled;
   });
   const analysis = checkbox('rollout-analysis', 'rollout-analysis', 'Automated analysis', 'Verdicts every interval; ramps through the steps and promotes when they pass');
   const steps = h('input', { id: 'rollout-steps', type: 'text', value: '10, 25, 50', inputmode: 'decimal', autocomplete: 'off', testid: 'rollout-steps' });
@@ -596,7 +598,7 @@ function rolloutForm(key, versions, prod, fail, apiPath) {
       h('div', { class: 'field' }, h('label', { for: 'rollout-mode', text: 'Mode' }), mode),
       h('div', { class: 'field' }, h('label', { for: 'rollout-percent', text: 'Percent' }), percent),
       h('div', { class: 'field' }, h('label', { for: 'rollout-sticky', text: 'Sticky on' }), sticky),
-      h('div', { class: 'field' }, h('label', { for: 'rollout-sticky-header', text: 'Header' }), stickyHeader),
+      stickyHeaderField,
     ),
     h('p', { class: 'hint', text: 'Canary: that share of requests is served the candidate. Shadow: copies go to the candidate and the answers are compared; callers get stable. Sticky: the same user, tenant or header value keeps its arm.' }),
     h(

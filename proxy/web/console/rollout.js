@@ -3,12 +3,14 @@
 // move the percentage, promote, abort, roll back.
 //
 // data-testid set here:
-//   rollout-page, rollout-error (refresh failures), rollout-summary, rollout-candidate,
-//   rollout-prod, rollout-mode, rollout-percent (text: "25 %"; data-percent: 25),
-//   rollout-sticky, rollout-none (no rollout runs), link-prompt, link-shadow,
-//   percent-controls, step-<n> (one per step percent, e.g. step-25), percent-slider,
-//   percent-input, percent-apply, promote, abort, rollback,
-//   analysis-policy, analysis-state, next-step, failures, next-verdict, holder,
+//   rollout-page, rollout-error (refresh and write failures), rollout-summary,
+//   rollout-candidate, rollout-prod, rollout-mode, rollout-percent (text "25 %"; its
+//   inner [data-percent] = 25), rollout-sticky, rollout-none (no rollout runs; says
+//   "prod: vN"), link-prompt, link-shadow (shadow mode), percent-controls, step-<n> (one
+//   per step percent, e.g. step-25), percent-slider, percent-input, percent-apply,
+//   confirm-move (in the dialog: "from X % to Y %"), promote, abort, rollback,
+//   prod-actions, analysis-policy-section, analysis-policy, analysis-state-section,
+//   analysis-state, next-step, failures, next-verdict, holder,
 //   verdicts, verdict (each verdict; data-result = pass|fail|inconclusive, data-at),
 //   verdict-check (each check; data-name, data-result), verdict-tier (data-tier,
 //   data-result), charts, chart-<name> (charts.js; names: error-rate, p95-latency,
@@ -54,6 +56,13 @@ export function untilText(unix, now = Date.now() / 1000) {
   if (s < 120) return `in ${s} s`;
   if (s < 7200) return `in ${Math.round(s / 60)} min`;
   return `in ${Math.round(s / 3600)} h`;
+}
+
+// A p-value as a reader compares it with alpha: two digits, tiny ones as "< 0.0001".
+function pText(p) {
+  if (p === null || p === undefined) return '—';
+  if (p < 0.0001) return '< 0.0001';
+  return String(Number(p.toPrecision(2)));
 }
 
 function num(x) {
@@ -195,7 +204,7 @@ function checksTable(checks) {
         h('td', { 'data-label': 'stable', text: c.stable === null || c.stable === undefined ? '—' : checkFormat(c.name).value(c.stable) }),
         h('td', { 'data-label': 'candidate', text: c.candidate === null || c.candidate === undefined ? '—' : checkFormat(c.name).value(c.candidate) }),
         h('td', { 'data-label': 'limit', text: c.limit === null || c.limit === undefined ? '—' : checkFormat(c.name).limit(c.limit) }),
-        h('td', { 'data-label': 'p-value', text: num(c.p_value) }),
+        h('td', { 'data-label': 'p-value', text: pText(c.p_value) }),
         h('td', { 'data-label': 'note', class: 'ro-note', text: c.note || '' }))))));
 }
 
@@ -557,7 +566,8 @@ async function render(view, params) {
 
     if (rollout) {
       if (layout !== 'running') { layout = 'running'; layoutRunning(); }
-      update(summary, { ...rollout, analysis_state: null }, (r) => summaryView(r, key));
+      // The minute in the key keeps "(3 min ago)" current without redrawing every 5 s.
+      update(summary, { ...rollout, analysis_state: null, minute: Math.floor(Date.now() / 60000) }, (r) => summaryView(r, key));
       update(policy, rollout.analysis, policyView);
       // The countdown changes every refresh, so the state is redrawn each time; it holds
       // nothing focusable.

@@ -23,6 +23,13 @@ function enc(slug) {
   return encodeURIComponent(slug);
 }
 
+// A p-value as a reader compares it with alpha: two digits, tiny ones as "< 0.0001".
+function pText(p) {
+  if (p === null || p === undefined) return '—';
+  if (p < 0.0001) return '< 0.0001';
+  return String(Number(p.toPrecision(2)));
+}
+
 function num(x, digits = 3) {
   if (x === null || x === undefined) return '—';
   if (typeof x !== 'number') return String(x);
@@ -82,7 +89,7 @@ function reportView(report) {
             h('td', { 'data-label': 'candidate mean', text: num(m.candidate_mean) }),
             h('td', { 'data-label': 'candidate p50', text: num(m.candidate_p50) }),
             h('td', { 'data-label': 'candidate p95', text: num(m.candidate_p95) }),
-            h('td', { 'data-label': 'p-value', text: num(m.p_value, 4) }),
+            h('td', { 'data-label': 'p-value', text: pText(m.p_value) }),
             h('td', { 'data-label': 'effect', text: num(m.effect) })))))),
   ];
 }
@@ -197,11 +204,12 @@ async function render(view, params) {
     LIMITS.map((n) => h('option', { value: String(n), text: `last ${n}` })));
 
   const filters = h('form', { class: 'sh-filters', testid: 'shadow-filters', 'aria-label': 'Filter pairs' },
+    // Each label holds its control, so the two stay together when the row wraps.
     h('label', { class: 'sh-check' }, diverging, ' diverging only'),
-    h('label', { for: 'filter-measure', text: 'by measure' }), measure,
-    h('label', { for: 'filter-threshold', text: 'above' }), threshold,
-    h('label', { for: 'filter-kind', text: 'kind' }), kind,
-    h('label', { for: 'filter-limit', text: 'pairs' }), limit);
+    h('label', { class: 'sh-field' }, h('span', { text: 'by measure' }), measure),
+    h('label', { class: 'sh-field' }, h('span', { text: 'above' }), threshold),
+    h('label', { class: 'sh-field' }, h('span', { text: 'kind' }), kind),
+    h('label', { class: 'sh-field' }, h('span', { text: 'pairs' }), limit));
   filters.addEventListener('submit', (e) => e.preventDefault());
 
   view.replaceChildren(h('div', { class: 'sh-page', testid: 'shadow-page' },

@@ -5,7 +5,7 @@
 // MAX_TOKENS tokens on a side, or MAX_EDITS edits, the whole texts are marked as changed
 // (`whole: true`) instead of spending seconds and memory on one pair.
 //
-// data-testid set here: diff-whole (the note shown when a diff fell back to whole texts).
+// No data-testid here: shadow.js marks its elements (the <del>/<ins> come from renderSide).
 
 import { h } from './app.js';
 
