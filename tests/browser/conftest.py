@@ -334,11 +334,10 @@ _CSP = re.compile(r"Content Security Policy|Refused to (load|execute|apply|conne
 
 @dataclass
 class PageWatch:
-    """A page's console errors, warnings and uncaught exceptions. Any page error or CSP
-    violation fails the test; a console error fails it unless the test said to expect it
-    (a refused write the test provoked logs its status as a console error)."""
+    """A page's console errors and uncaught exceptions. Any page error or CSP violation
+    fails the test; a console error fails it unless the test said to expect it (a refused
+    write the test provoked logs its status as a console error)."""
 
-    messages: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     allowed: list[re.Pattern[str]] = field(default_factory=list)
 
@@ -349,7 +348,6 @@ class PageWatch:
     def _console(self, message: ConsoleMessage) -> None:
         where = message.location.get("url", "")
         line = f"console {message.type}: {message.text} ({where})"
-        self.messages.append(line)
         if message.type == "error" or _CSP.search(message.text):
             self.errors.append(line)
 
