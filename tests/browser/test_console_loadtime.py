@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "loadtest" / "results" / "console.json"
 PROMPTS = 200
 ROLLOUTS = 10
-SAMPLES = 5
+SAMPLES = 7
 
 
 def slug(n: int) -> str:
