@@ -434,7 +434,8 @@ async function loadSession() {
     throw new ApiError(0, `The proxy did not answer (${err.message}).`, 'network_error');
   }
   if (response.status === 401) return false;
-  // No login route (an older proxy): reads are anonymous, as without tokens.
+  // No login route (the files served by something else, e.g. while developing): reads are
+  // anonymous, as when no token is configured.
   if (response.status === 404) {
     setSession({ name: 'anonymous', role: 'read', csrf: null });
     return true;
@@ -452,15 +453,15 @@ function sessionEnded() {
 function drawHeader() {
   const who = document.getElementById('who');
   if (!who) return;
-  who.replaceChildren(
-    ...[
+  const parts = [
     h('span', { class: 'whoami', testid: 'whoami', title: 'Logged in as', text: session.name }),
     session.canWrite ? null : h('span', { class: 'badge badge-read', testid: 'role', text: 'read-only' }),
+    // No CSRF value: no session to end (no token is configured, reads are anonymous).
     state.csrf
       ? h('button', { type: 'button', class: 'button button-small', testid: 'logout', text: 'Log out', on: { click: logout } })
       : null,
-    ].filter(Boolean),
-  );
+  ];
+  who.replaceChildren(...parts.filter(Boolean));
 }
 
 async function logout() {

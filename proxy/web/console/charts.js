@@ -10,11 +10,23 @@
 
 import { h, svg } from './app.js';
 
-// The stylesheet of the rollout and shadow pages, added to the document once if
-// index.html does not link it already (CSP style-src 'self' allows a same-origin <link>).
+// The stylesheet of the rollout and shadow pages: index.html leaves it to the pages that
+// use it, so the first of them adds the <link> (CSP style-src 'self' allows a same-origin
+// stylesheet). Resolves once it applies, so a page marks itself ready styled.
 export function useStyles() {
-  if (document.querySelector('link[href$="rollout.css"]')) return;
-  document.head.append(h('link', { rel: 'stylesheet', href: 'rollout.css' }));
+  let link = document.querySelector('link[href$="rollout.css"]');
+  if (link && link.sheet) return Promise.resolve();
+  if (!link) {
+    link = h('link', { rel: 'stylesheet', href: 'rollout.css' });
+    document.head.append(link);
+  }
+  return new Promise((resolve) => {
+    // An error resolves too (the page works unstyled), and so does a link that failed
+    // before we listened: no event would come.
+    link.addEventListener('load', resolve, { once: true });
+    link.addEventListener('error', resolve, { once: true });
+    setTimeout(resolve, 3000);
+  });
 }
 
 const W = 400;

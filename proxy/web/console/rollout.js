@@ -444,7 +444,7 @@ function rollbackButton(ctx, prod) {
 // -- the page -------------------------------------------------------------------------------
 
 async function render(view, params) {
-  useStyles();
+  const styled = useStyles();
   const key = keyOf(params.slug);
   const slug = key.text;
   const canWrite = Boolean(session && session.canWrite);
@@ -554,7 +554,7 @@ async function render(view, params) {
       }
     } catch (err) {
       errorSlot.replaceChildren(errorBox(err));
-      if (!ready) { ready = true; pageReady(view); }
+      if (!ready) { ready = true; await styled; pageReady(view); }
       return;
     }
     try {
@@ -606,7 +606,7 @@ async function render(view, params) {
     } else {
       update(charts, series, chartsView);
     }
-    if (!ready) { ready = true; pageReady(view); }
+    if (!ready) { ready = true; await styled; pageReady(view); }
   }
 
   poll(REFRESH_MS, refresh, view);

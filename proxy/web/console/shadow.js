@@ -180,7 +180,7 @@ function pairView(pair, diverging) {
 // -- the page -------------------------------------------------------------------------------
 
 async function render(view, params) {
-  useStyles();
+  const styled = useStyles();
   const key = promptKey(params.slug);
   const slug = key.text;
   const path = `/prompts/${enc(key.slug)}/shadow`;
@@ -324,7 +324,7 @@ async function render(view, params) {
       errorSlot.replaceChildren(errorBox(err));
     } finally {
       busy = false;
-      if (!ready) { ready = true; pageReady(view); }
+      if (!ready) { ready = true; await styled; pageReady(view); }
     }
   }
 
