@@ -366,7 +366,8 @@ class PageWatch:
 
 
 #: Before it has a session, the console asks GET /console/session, which answers 401 (the
-#: login form is the answer), and Chromium logs every 4xx fetch as a console error.
+#: login form is the answer; a wrong token's POST is a 401 too), and Chromium logs every
+#: 4xx fetch as a console error.
 NO_SESSION_YET = r"status of 401 .*\(http://127\.0\.0\.1:\d+/console/session\)"
 #: "No rollout (yet)" is a 404 of the rollout, its analysis, series and shadow routes: the
 #: rollout and shadow pages ask, and draw "no rollout running" from the answer.

@@ -107,8 +107,11 @@ def test_operator_runs_a_rollout_from_the_console(
     urls: list[str] = []
     page.on("request", lambda request: urls.append(request_line(request)))
 
-    # Log in: the token is typed into the form, never put in a URL.
+    # Log in: the token is typed into the form, never put in a URL. A wrong one is refused.
     page.goto(console.console_url)
+    page.get_by_test_id("login-token").fill(token[::-1])
+    page.get_by_test_id("login-submit").click()
+    expect(page.get_by_test_id("login-error")).to_have_text("That token is not valid.")
     page.get_by_test_id("login-token").fill(token)
     screenshots.take(page, "login")
     page.get_by_test_id("login-submit").click()
@@ -224,6 +227,12 @@ def test_operator_runs_a_rollout_from_the_console(
     expect(page.get_by_test_id("fleet-banner")).to_have_attribute("data-state", "complete")
     expect(page.get_by_test_id("fleet-row")).to_have_count(1)
     screenshots.take(page, "fleet")
+
+    # Logging out ends the session: the next visit asks for a token again.
+    page.get_by_test_id("logout").click()
+    expect(page.get_by_test_id("login-form")).to_be_visible()
+    page.goto(console.console_url + "#/audit")
+    expect(page.get_by_test_id("login-token")).to_be_visible()
 
     # The token went into the login request's body, and nowhere else: not a URL, not the
     # page's storage (the session is an HttpOnly cookie the page cannot read), not a log.
