@@ -181,7 +181,6 @@ def test_operator_runs_a_rollout_from_the_console(
     expect(pair.get_by_test_id("pair-shadow")).to_contain_text("(v2)")
     expect(pair.get_by_test_id("pair-primary").locator("del").first).to_be_visible()
     expect(pair.get_by_test_id("pair-shadow").locator("ins").first).to_be_visible()
-    pair.scroll_into_view_if_needed()
     screenshots.take(page, "shadow-pair")
 
     # Promote the canary, then roll it back: the old version is served again.
