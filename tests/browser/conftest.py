@@ -477,8 +477,10 @@ def ready(page: Page, route: str) -> None:
     page.wait_for_function("(r) => document.body.dataset.ready === r", arg=route)
 
 
-def until(check: Callable[[], Any], seconds: float, what: str, step: float = 0.2) -> Any:
-    """Poll ``check`` until it returns something truthy, at most ``seconds``."""
+def until(check: Callable[[], Any], seconds: float, what: str, page: Page | None = None) -> Any:
+    """Poll ``check`` until it returns something truthy, at most ``seconds``. With a
+    ``page``, the waits go through Playwright: its events (responses, console messages)
+    are only delivered while a Playwright call runs, never during a plain sleep."""
     deadline = time.monotonic() + seconds
     while True:
         value = check()
@@ -486,4 +488,7 @@ def until(check: Callable[[], Any], seconds: float, what: str, step: float = 0.2
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not after {seconds} s")
-        time.sleep(step)
+        if page is None:
+            time.sleep(0.2)
+        else:
+            page.wait_for_timeout(200)
