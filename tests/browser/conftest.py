@@ -410,6 +410,12 @@ class Pages:
         return self.watches[id(page)]
 
     def close(self) -> list[str]:
+        # One round trip per page first: Playwright delivers the console messages the page
+        # sent before it only inside a call, and the test may have ended on a plain assert.
+        for context in self.contexts:
+            for page in context.pages:
+                with contextlib.suppress(Error):
+                    page.evaluate("0")
         problems = [p for w in self.watches.values() for p in w.problems()]
         for context in self.contexts:
             with contextlib.suppress(Error):
