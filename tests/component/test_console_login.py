@@ -598,3 +598,21 @@ async def test_admin_answers_read_with_the_cookie_are_never_stored(admin: Admin)
     for path in ("/admin/v1/prompts", "/admin/v1/audit", "/admin/v1/missing-route"):
         resp = await admin.get(path, headers=_browser(cookie))
         assert resp.headers.get("Cache-Control") == "no-store", (path, resp.status)
+
+
+async def test_a_refused_login_is_logged_with_where_from_and_never_the_token(
+    admin: Admin, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The admin port keeps no access log in production (``access_log=None``): a guesser
+    at the login must still show in the proxy's own log."""
+    caplog.set_level(logging.INFO, logger="promptproxy")
+    guess = "guess-" + ALICE_TOKEN[::-1]
+    resp = await admin.post("/console/session", json={"token": guess})
+    assert resp.status == 401
+    refused = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "promptproxy" and r.levelno == logging.WARNING
+    ]
+    assert refused == ["console login refused: no admin token matches (from 127.0.0.1)"]
+    assert not [r for r in caplog.records if guess in f"{r.getMessage()} {r.__dict__}"]
