@@ -616,3 +616,40 @@ async def test_a_refused_login_is_logged_with_where_from_and_never_the_token(
     ]
     assert refused == ["console login refused: no admin token matches (from 127.0.0.1)"]
     assert not [r for r in caplog.records if guess in f"{r.getMessage()} {r.__dict__}"]
+
+
+@pytest.mark.parametrize(
+    ("make", "status"),
+    [
+        (lambda host, port: f"http://{host}:{port}", 201),
+        (lambda host, port: f"HTTP://{host.upper()}:{port}", 201),
+        (lambda host, port: f"http://{host}:{port + 1}", 403),  # the data port, say
+        (lambda host, port: f"http://{host}", 403),
+        (lambda host, port: f"https://{host}:{port}", 403),
+        (lambda host, port: f"http://{host}:{port}.evil.example", 403),
+        (lambda host, port: f"http://user@{host}:{port}", 403),
+        (lambda host, port: f"http://{host}:{port}/console/", 403),
+        (lambda host, port: f"http://{host}:{port}, https://evil.example", 403),
+    ],
+    ids=[
+        "same",
+        "case",
+        "other-port",
+        "no-port",
+        "other-scheme",
+        "suffix",
+        "userinfo",
+        "with-path",
+        "two-origins",
+    ],
+)
+async def test_an_origin_is_ours_only_with_our_scheme_host_and_port(
+    admin: Admin, make: Callable[[str, int], str], status: int
+) -> None:
+    """Another port of the same host is another origin (but the same site, and browsers
+    send it our cookie): a page there must not write."""
+    cookie, csrf = await _log_in(admin)
+    origin = make(str(admin.host), int(admin.port))
+    headers = _browser(cookie, csrf, Origin=origin)
+    resp = await admin.post("/admin/v1/prompts/greet/versions", json=VERSION, headers=headers)
+    assert resp.status == status, (origin, await resp.text())
