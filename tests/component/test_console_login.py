@@ -653,3 +653,58 @@ async def test_an_origin_is_ours_only_with_our_scheme_host_and_port(
     headers = _browser(cookie, csrf, Origin=origin)
     resp = await admin.post("/admin/v1/prompts/greet/versions", json=VERSION, headers=headers)
     assert resp.status == status, (origin, await resp.text())
+
+
+FOREIGN = b"Origin: https://evil.example"
+
+
+@pytest.mark.parametrize(
+    ("odd", "status"),
+    [
+        ([b"Origin: http://\xff\xfe"], b"403 Forbidden"),
+        ([b"Origin: http://[::1"], b"403 Forbidden"),
+        ([b"Origin: " + b"a" * 4000], b"403 Forbidden"),
+        ([b"X-Forwarded-Host: \xff[", FOREIGN], b"403 Forbidden"),
+        ([b"X-Forwarded-Proto: \xff\xfe", FOREIGN], b"403 Forbidden"),
+        ([b"X-CSRF-Token: \xff\xfe"], b"403 Forbidden"),
+        ([b"X-CSRF-Token: " + b"A" * 4000], b"403 Forbidden"),
+        # Not a value that names another site, and the rest is right: the write is
+        # checked and reaches the body's validation ({} has no template).
+        ([b"Sec-Fetch-Site: \xff"], b"400 Bad Request"),
+    ],
+    ids=[
+        "origin-bytes",
+        "origin-bracket",
+        "origin-long",
+        "forwarded-host-bytes",
+        "forwarded-proto-bytes",
+        "csrf-bytes",
+        "csrf-long",
+        "fetch-site-bytes",
+    ],
+)
+async def test_odd_headers_on_a_cookie_write_are_answered_never_a_500(
+    admin: Admin, odd: list[bytes], status: bytes
+) -> None:
+    cookie, csrf = await _log_in(admin)
+    names = {line.split(b":", 1)[0] for line in odd}
+    lines = [
+        b"POST /admin/v1/prompts/greet/versions HTTP/1.1",
+        f"Host: {admin.host}:{admin.port}".encode(),
+        f"Cookie: {COOKIE_NAME}={cookie}".encode(),
+        b"Content-Type: application/json",
+        b"Content-Length: 2",
+        b"Connection: close",
+        *odd,
+    ]
+    if b"Origin" not in names:
+        lines.append(f"Origin: http://{admin.host}:{admin.port}".encode())
+    if b"X-CSRF-Token" not in names:
+        lines.append(f"X-CSRF-Token: {csrf}".encode())
+    reader, writer = await asyncio.open_connection(admin.host, admin.port)
+    writer.write(b"\r\n".join(lines) + b"\r\n\r\n{}")
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    assert answer.split(b"\r\n", 1)[0] == b"HTTP/1.1 " + status, answer
+    assert await _versions(admin) == 0

@@ -119,3 +119,17 @@ def test_a_csrf_value_is_bound_to_the_token() -> None:
     assert not csrf_matches(session, csrf_value(other))
     assert not csrf_matches(session, "")
     assert not csrf_matches(session, "é")
+
+
+def test_two_names_of_one_secret_keep_their_own_sessions() -> None:
+    """One value configured twice (a read name and an admin name): a cookie stands for the
+    name it was minted for, and renaming its payload fails even though the secret is the
+    same, because the name is under the MAC."""
+    reader = TokenGrant("readers", "one-shared-secret-0123456789", "read")
+    admin = TokenGrant("ops", "one-shared-secret-0123456789", "admin")
+    cookie, _ = mint(reader, NOW)
+    found = verify(cookie, (reader, admin), NOW)
+    assert isinstance(found, Session)
+    assert (found.grant.name, found.grant.role) == ("readers", "read")
+    renamed = _b64(orjson.dumps(dict(_payload(cookie), name="ops"))) + "." + cookie.split(".")[1]
+    assert verify(renamed, (reader, admin), NOW) is Refusal.ENDED
