@@ -1013,6 +1013,20 @@ class TokenGrant:
         return f"TokenGrant(name={self.name!r}, role={self.role!r})"
 
 
+def _shared_token_problems(tokens: list[TokenGrant]) -> list[str]:
+    """One secret under two names would make the audit name whichever matched last, and
+    give a read-only name an admin's rights (or the reverse): each token must be its own."""
+    names: dict[str, list[str]] = {}
+    for grant in tokens:
+        names.setdefault(grant.token, []).append(grant.name)
+    return [
+        f"admin.tokens: {' and '.join(shared)} have the same token value; give each its own "
+        "(the audit names the token a change was made with)"
+        for shared in names.values()
+        if len(shared) > 1
+    ]
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """The validated file plus what came from the environment."""
@@ -1157,6 +1171,7 @@ def load_config(
     default_token = env.get("PROMPTPROXY_ADMIN_TOKEN")
     if default_token:
         tokens.append(TokenGrant("admin", default_token, "admin"))
+    problems += _shared_token_problems(tokens)
     tracing_endpoint, tracing_headers = _tracing_export(config.tracing, env, problems)
     problems += backend_problems(config)
     problems += workers_problems(config)

@@ -107,3 +107,27 @@ def test_the_eval_calls_key_is_read_from_the_variable_named() -> None:
     assert "sk-eval" not in repr(settings)
     with pytest.raises(ConfigError, match=r"evals\.api_key_env: environment variable EVAL_KEY"):
         load_config(None, environ={}, overrides={"evals.api_key_env": "EVAL_KEY"})
+
+
+def test_one_token_value_under_two_names_is_refused(tmp_path: Path) -> None:
+    # The audit names the token a change was made with, and the role comes with the name:
+    # one secret under two names would make both ambiguous.
+    path = write(
+        tmp_path,
+        "admin:\n  tokens:\n"
+        "    - {name: alice, env: ALICE_TOKEN, role: admin}\n"
+        "    - {name: viewers, env: VIEWERS_TOKEN, role: read}\n",
+    )
+    with pytest.raises(ConfigError, match="alice and viewers have the same token value"):
+        load_config(path, environ={"ALICE_TOKEN": "s3cret-value", "VIEWERS_TOKEN": "s3cret-value"})
+    with pytest.raises(ConfigError, match="alice and admin have the same token value"):
+        load_config(
+            path,
+            environ={
+                "ALICE_TOKEN": "s3cret-value",
+                "VIEWERS_TOKEN": "other-value",
+                "PROMPTPROXY_ADMIN_TOKEN": "s3cret-value",
+            },
+        )
+    fine = load_config(path, environ={"ALICE_TOKEN": "one-value", "VIEWERS_TOKEN": "two-value"})
+    assert [g.name for g in fine.admin_tokens] == ["alice", "viewers"]
