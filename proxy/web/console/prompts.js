@@ -16,7 +16,8 @@
 //   with a .diff-sign "+", "−", " "), diff-empty, history-at (datetime-local), history-at-show,
 //   history-served (the "vN was prod at" answer), history-table, audit-row.
 //   Writes (admin only, absent for a read-only session): writes, promote-version (select),
-//   promote-submit, promote-override-gates, promote-force, rollback-submit, rollout-form,
+//   promote-submit, promote-override-gates, promote-force, rollback-submit, rollback-hint,
+//   rollout-form,
 //   rollout-candidate, rollout-mode, rollout-percent, rollout-sticky, rollout-sticky-header,
 //   rollout-analysis (checkbox), rollout-steps, rollout-interval, rollout-min-samples,
 //   rollout-failure-limit, rollout-override-gates, rollout-force, rollout-submit,
@@ -437,7 +438,40 @@ function parseSteps(text) {
   return steps;
 }
 
-function writesPanel(key, prompt, running, refresh) {
+// What a rollback would restore, replayed from the audit as the registry does
+// (lifecycle.prod_stack): each promote moves its version to the top of the prod stack, a
+// rollback pops the top first. `entries` are history entries, newest first; `complete`
+// says they are the whole history. Answers a version number, null when the history shows
+// there is no former prod (the API would refuse with 409), or undefined when a partial
+// history cannot tell.
+export function rollbackTarget(entries, prod, complete) {
+  const stack = [];
+  for (const e of [...entries].reverse()) {
+    if (e.action !== 'promote' && e.action !== 'rollback') continue;
+    if (e.action === 'rollback' && stack.length) stack.pop();
+    const i = stack.indexOf(e.version);
+    if (i >= 0) stack.splice(i, 1);
+    stack.push(e.version);
+  }
+  if (prod !== null && prod !== undefined && stack[stack.length - 1] !== prod) {
+    // A registry restored from a snapshot starts its history at the restore (as the store does).
+    const i = stack.indexOf(prod);
+    if (i >= 0) stack.splice(i, 1);
+    stack.push(prod);
+  }
+  if (stack.length >= 2) return stack[stack.length - 2];
+  return complete ? null : undefined;
+}
+
+// The rollback control's explanation: what it restores, or why it is off.
+export function rollbackHint(target, prod) {
+  if (prod === null || prod === undefined) return 'Nothing to roll back: no version is prod.';
+  if (target === null) return `Nothing to roll back to: v${prod} is the only version that has been prod.`;
+  if (target === undefined) return 'The last former prod version becomes prod again.';
+  return `v${target}, the last former prod, becomes prod again (v${prod} is deprecated).`;
+}
+
+function writesPanel(key, prompt, running, refresh, history) {
   const versions = prompt.data;
   const prod = prompt.prod_version;
   const result = h('div', { testid: 'write-result' });
@@ -499,11 +533,17 @@ function writesPanel(key, prompt, running, refresh) {
   });
 
   // Roll back.
-  const rollbackButton = h('button', { type: 'button', class: 'button button-danger', text: 'Roll back…', testid: 'rollback-submit', disabled: !prod });
+  const target = rollbackTarget(history.entries, prod, history.complete);
+  const rollbackButton = h('button', {
+    type: 'button', class: 'button button-danger', text: 'Roll back…', testid: 'rollback-submit',
+    disabled: !prod || target === null, 'aria-describedby': 'rollback-hint',
+  });
   rollbackButton.addEventListener('click', async () => {
     const reason = await confirmAction({
       title: 'Roll back',
-      summary: h('p', null, `Make the last former prod of ${key.text} prod again`, prod ? ` (v${prod} is prod now).` : '.'),
+      summary: h('p', null, target
+        ? `Make v${target} of ${key.text} prod again (v${prod} is prod now and becomes deprecated).`
+        : `Make the last former prod of ${key.text} prod again (v${prod} is prod now).`),
       confirmLabel: 'Roll back',
       danger: true,
     });
@@ -526,7 +566,7 @@ function writesPanel(key, prompt, running, refresh) {
     h('h3', { id: 'promote-heading', text: 'Promote a version' }),
     candidates.length ? promoteForm : h('p', { class: 'muted', text: 'No other version to promote.' }),
     h('h3', { text: 'Roll back' }),
-    h('p', { class: 'hint', text: 'The last former prod version becomes prod again.' }),
+    h('p', { class: 'hint', id: 'rollback-hint', testid: 'rollback-hint', text: rollbackHint(target, prod) }),
     h('div', { class: 'actions' }, rollbackButton),
     h('h3', { text: 'Start a rollout' }),
     running
@@ -682,13 +722,16 @@ function rolloutForm(key, versions, prod, fail, apiPath) {
 
 // -- the page --------------------------------------------------------------------------------------
 
+// The history entries a prompt's page reads (newest first).
+const HISTORY_LIMIT = 50;
+
 async function renderPrompt(view, params) {
   const key = promptKey(params.slug);
   const path = `/prompts/${encodeURIComponent(key.slug)}`;
   const [prompt, rollouts, audit] = await Promise.all([
     api.get(path, key.query),
     api.get('/rollouts'),
-    api.get(`${path}/history`, { ...key.query, limit: 50 }),
+    api.get(`${path}/history`, { ...key.query, limit: HISTORY_LIMIT }),
   ]);
   const running = rollouts.data.find((r) => r.slug === key.text) || null;
   const versions = prompt.data;
@@ -779,7 +822,7 @@ async function renderPrompt(view, params) {
   view.append(
     head,
     session.canWrite
-      ? h('div', { class: 'split split-2' }, versionsPanel, writesPanel(key, prompt, running, refresh))
+      ? h('div', { class: 'split split-2' }, versionsPanel, writesPanel(key, prompt, running, refresh, { entries: audit.data || [], complete: (audit.data || []).length < HISTORY_LIMIT }))
       : versionsPanel,
     h('div', { id: 'version-detail' }, detail),
     diffPanel(key, versions, prompt.prod_version),

@@ -8,7 +8,7 @@
 //   inner [data-percent] = 25), rollout-sticky, rollout-none (no rollout runs; says
 //   "prod: vN"), link-prompt, link-shadow (shadow mode), percent-controls, step-<n> (one
 //   per step percent, e.g. step-25), percent-slider, percent-input, percent-apply,
-//   confirm-move (in the dialog: "from X % to Y %"), promote, abort, rollback,
+//   confirm-move (in the dialog: "from X % to Y %"), promote, abort, rollback, rollback-hint,
 //   prod-actions, analysis-policy-section, analysis-policy, analysis-state-section,
 //   analysis-state, next-step, failures, next-verdict, holder,
 //   verdicts, verdict (each verdict; data-result = pass|fail|inconclusive, data-at),
@@ -21,6 +21,7 @@ import {
   promptKey, routeHash,
 } from './app.js';
 import { lineChart, useStyles } from './charts.js';
+import { rollbackTarget, rollbackHint } from './prompts.js';
 
 const REFRESH_MS = 5000;
 const DEFAULT_STEPS = [1, 5, 10, 25, 50, 100];
@@ -427,18 +428,38 @@ function controls(ctx) {
   return { el, set };
 }
 
-function rollbackButton(ctx, prod) {
+// The history entries read to tell whether a rollback has a former prod to restore.
+const HISTORY_LIMIT = 100;
+
+// What a rollback of `key` would restore (see rollbackTarget); undefined when unknown.
+async function readRollbackTarget(key, prod) {
+  if (prod === null || prod === undefined) return null;
+  try {
+    const answer = await api.get(`${key.path}/history`, { ...key.query, limit: HISTORY_LIMIT });
+    const entries = answer.data || [];
+    return rollbackTarget(entries, prod, entries.length < HISTORY_LIMIT);
+  } catch {
+    // The button stays offered; the API answers a rollback it cannot do with a 409.
+    return undefined;
+  }
+}
+
+function rollbackButton(ctx, prod, target) {
   const slug = ctx.key.text;
-  const b = h('button', { type: 'button', testid: 'rollback', class: 'button button-danger', text: 'Roll back prod…' });
+  const b = h('button', {
+    type: 'button', testid: 'rollback', class: 'button button-danger', text: 'Roll back prod…',
+    disabled: prod === null || target === null, 'aria-describedby': 'rollback-hint',
+  });
+  const hint = h('p', { class: 'ro-muted', id: 'rollback-hint', testid: 'rollback-hint', text: rollbackHint(target, prod) });
   b.addEventListener('click', () => ctx.act({
     title: `Roll back ${slug}`,
-    summary: `The prod version of ${slug}${prod ? ` (now v${prod})` : ''} goes back to the previous prod. A running rollout keeps going and then compares its candidate with the restored prod.`,
+    summary: `The prod version of ${slug}${prod ? ` (now v${prod})` : ''} goes back to ${target ? `v${target}, ` : ''}the previous prod. A running rollout keeps going and then compares its candidate with the restored prod.`,
     confirmLabel: 'Roll back',
     danger: true,
     run: (reason) => api.write('POST', `${ctx.key.path}/rollback`, { body: {}, query: ctx.key.query, reason }),
     ok: `${slug}: prod rolled back`,
   }));
-  return b;
+  return [hint, b];
 }
 
 // -- the page -------------------------------------------------------------------------------
@@ -598,7 +619,9 @@ async function render(view, params) {
     }
     if (canWrite && rollbackSlot.dataset.prod !== String(lastProd)) {
       rollbackSlot.dataset.prod = String(lastProd);
-      rollbackSlot.replaceChildren(rollbackButton(ctx, lastProd));
+      // One history read per prod change, not per refresh.
+      const target = await readRollbackTarget(key, lastProd);
+      rollbackSlot.replaceChildren(...rollbackButton(ctx, lastProd, target));
     }
     if (series && series.error) {
       charts.dataset.key = '';
