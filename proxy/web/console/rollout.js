@@ -330,6 +330,7 @@ function controls(ctx) {
   });
   const apply = h('button', { type: 'button', testid: 'percent-apply', class: 'button button-primary', text: 'Apply…' });
   const steps = h('div', { class: 'ro-steps', role: 'group', 'aria-label': 'Step to a percentage' });
+  const status = h('p', { id: 'percent-current', tabindex: '-1', class: 'ro-status' }, 'Now at ', current, '. Pick a step, or set a percentage and apply it; every change asks for a reason first.');
 
   const value = () => Number(input.value);
   const valid = (p) => Number.isFinite(p) && p >= 0 && p <= 100 && Math.abs(p * 100 - Math.round(p * 100)) < 1e-6;
@@ -364,7 +365,14 @@ function controls(ctx) {
       }),
       ok: `${ctx.key.text}: ${rollout.mode} moved from ${percentText(from)} to ${percentText(target)}`,
     });
-    if (done) dirty = false;
+    if (done) {
+      dirty = false;
+      // The control that opened the move (the new current step, or Apply now that the value
+      // is the current one) is disabled by the redraw, which drops the focus to the page's
+      // top: give it to the line that says the new percentage instead.
+      const f = document.activeElement;
+      if (!f || f === document.body || f.disabled) status.focus();
+    }
   }
 
   const promote = h('button', { type: 'button', testid: 'promote', class: 'button button-primary', text: 'Promote…' });
@@ -391,7 +399,7 @@ function controls(ctx) {
 
   const el = h('section', { class: 'ro-section ro-controls', testid: 'percent-controls', 'aria-label': 'Change the rollout' },
     h('h2', { text: 'Change the rollout' }),
-    h('p', { id: 'percent-current' }, 'Now at ', current, '. Pick a step, or set a percentage and apply it; every change asks for a reason first.'),
+    status,
     steps,
     h('div', { class: 'ro-percent' },
       h('label', { for: 'percent-slider', text: 'Percentage' }),
