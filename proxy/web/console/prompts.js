@@ -528,6 +528,8 @@ function writesPanel(key, prompt, running, refresh, history) {
       refresh();
     } catch (err) {
       promoteButton.disabled = false;
+      // Disabled while the write ran, it lost the focus: give it back with the refusal.
+      promoteButton.focus();
       fail(err);
     }
   });
@@ -555,6 +557,8 @@ function writesPanel(key, prompt, running, refresh, history) {
       refresh();
     } catch (err) {
       rollbackButton.disabled = false;
+      // Disabled while the write ran, it lost the focus: give it back with the refusal.
+      rollbackButton.focus();
       fail(err);
     }
   });
@@ -714,6 +718,8 @@ function rolloutForm(key, versions, prod, fail, apiPath) {
       navigate(routeHash('rollouts', key.text));
     } catch (err) {
       submit.disabled = false;
+      // Disabled while the write ran, it lost the focus: give it back with the refusal.
+      submit.focus();
       fail(err);
     }
   });
