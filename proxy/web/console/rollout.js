@@ -3,7 +3,8 @@
 // move the percentage, promote, abort, roll back.
 //
 // data-testid set here:
-//   rollout-page, rollout-error (refresh and write failures), rollout-summary,
+//   rollout-page, rollout-error (refresh and write failures), rollout-stale (in it: how old
+//   the figures shown during a failing refresh are), rollout-summary,
 //   rollout-candidate, rollout-prod, rollout-mode, rollout-percent (text "25 %"; its
 //   inner [data-percent] = 25), rollout-sticky, rollout-none (no rollout runs; says
 //   "prod: vN"), link-prompt, link-shadow (shadow mode), percent-controls, step-<n> (one
@@ -505,6 +506,7 @@ async function render(view, params) {
         await run(reason);
       } catch (err) {
         toast(err.message || String(err), 'error');
+        delete errorSlot.dataset.failure;
         errorSlot.replaceChildren(errorBox(err));
         return false;
       }
@@ -545,6 +547,22 @@ async function render(view, params) {
     }
   }
 
+  // A refresh that fails (the proxy restarting, a store outage) says so once, not with a new
+  // alert every 5 s, and says how old the figures still shown are.
+  let lastRead = null;
+  function refreshFailed(err) {
+    const failure = `${err.status}|${err.code}|${err.message}`;
+    const stale = lastRead === null ? null
+      : `Still showing what was read at ${fmt.time(lastRead)}; trying again every ${REFRESH_MS / 1000} s.`;
+    if (errorSlot.dataset.failure === failure) {
+      const note = errorSlot.querySelector('.ro-stale');
+      if (note && stale) note.textContent = stale;
+      return;
+    }
+    errorSlot.dataset.failure = failure;
+    errorSlot.replaceChildren(errorBox(err), stale ? h('p', { class: 'ro-muted ro-stale', testid: 'rollout-stale', text: stale }) : null);
+  }
+
   let busy = false;
   async function refresh() {
     // A slow answer must not stack refreshes on top of each other.
@@ -582,7 +600,7 @@ async function render(view, params) {
         lastProd = prompt.prod_version;
       }
     } catch (err) {
-      errorSlot.replaceChildren(errorBox(err));
+      refreshFailed(err);
       if (!ready) { ready = true; await styled; pageReady(view); }
       return;
     }
@@ -592,6 +610,8 @@ async function render(view, params) {
       series = { error: err.message || String(err) };
     }
     errorSlot.replaceChildren();
+    delete errorSlot.dataset.failure;
+    lastRead = Date.now() / 1000;
 
     if (rollout) {
       if (layout !== 'running') { layout = 'running'; layoutRunning(); }
