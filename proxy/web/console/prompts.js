@@ -7,7 +7,8 @@
 //
 // data-testids, list (#/): prompts-filter (search box), prompts-rollout-only (checkbox),
 //   prompts-count, prompts-table, prompt-row (data-slug on each), prompt-link,
-//   rollout-link (to #/rollouts/<key>), tenants (details), tenants-table.
+//   rollout-link (to #/rollouts/<key>), tenants (details), tenants-table, prompts-changed
+//   (the refresh found prompts added or removed: reload).
 // data-testids, prompt (#/prompts/:slug): prompt-title, prompt-meta, rollout-banner,
 //   rollout-link, versions-table, version-row (data-version, data-status on each),
 //   version-open (button per row), version-panel (data-version), version-template,
@@ -33,6 +34,7 @@ import {
   h,
   navigate,
   pageReady,
+  poll,
   promptKey,
   routeHash,
   session,
@@ -109,6 +111,9 @@ function tenantsDisclosure() {
   return details;
 }
 
+// How often the list follows the registry (two small reads).
+const LIST_REFRESH_MS = 10000;
+
 async function renderList(view, params) {
   const [prompts, rollouts] = await Promise.all([api.get('/prompts'), api.get('/rollouts')]);
   const running = new Map(rollouts.data.map((r) => [r.slug, r]));
@@ -165,12 +170,58 @@ async function renderList(view, params) {
   search.addEventListener('input', apply);
   onlyRollouts.addEventListener('change', apply);
 
+  // During an incident the analyser promotes and aborts by itself: follow the prod versions
+  // and the running rollouts. A row is redrawn only when its data changed (so the focus and
+  // the filter stay), a cell at a time; a prompt added or removed asks for a reload rather
+  // than reorder the rows under the reader.
+  const meta = h('span', { class: 'meta', text: runningText(rollouts.data.length) });
+  const changed = h('p', { class: 'hint list-changed', testid: 'prompts-changed', 'aria-live': 'polite' });
+  const rowKeys = rows.map((row) => JSON.stringify(row));
+  const bySlug = new Map(rows.map((row, i) => [row.slug, i]));
+  let first = true;
+  const refresh = async () => {
+    if (first) { first = false; return; } // drawn from this very answer
+    let fresh;
+    try {
+      const [p, r] = await Promise.all([api.get('/prompts'), api.get('/rollouts')]);
+      fresh = { prompts: p.data, rollouts: r.data };
+    } catch {
+      return; // the next round tries again; the rollout page says more about an outage
+    }
+    const now = new Map(fresh.rollouts.map((r) => [r.slug, r]));
+    meta.textContent = runningText(fresh.rollouts.length);
+    let added = 0;
+    for (const p of fresh.prompts) {
+      const i = bySlug.get(p.slug);
+      if (i === undefined) { added += 1; continue; }
+      const row = { ...p, rollout: now.get(p.slug) || null };
+      const key = JSON.stringify(row);
+      if (key === rowKeys[i]) continue;
+      const tds = trs[i].children;
+      LIST_COLUMNS.forEach((column, c) => {
+        if (c === 0) return; // the slug does not change
+        const before = column.cell(rows[i]);
+        const after = column.cell(row);
+        const text = (n) => (typeof n === 'string' ? n : n.textContent);
+        if (text(before) !== text(after)) tds[c].replaceChildren(after);
+      });
+      rows[i] = row;
+      rowKeys[i] = key;
+      if (row.rollout) trs[i].setAttribute('data-rollout', row.rollout.mode);
+      else trs[i].removeAttribute('data-rollout');
+    }
+    const removed = rows.length - (fresh.prompts.length - added);
+    const note = added || removed ? `The list has changed (${added} added, ${removed} removed): reload to see it.` : '';
+    if (changed.textContent !== note) changed.textContent = note;
+    apply();
+  };
+
   view.append(
     h(
       'div',
       { class: 'page-head' },
       h('h1', { text: 'Prompts' }),
-      h('span', { class: 'meta', text: `${rollouts.data.length} running rollout${rollouts.data.length === 1 ? '' : 's'}` }),
+      meta,
     ),
     h(
       'div',
@@ -180,11 +231,17 @@ async function renderList(view, params) {
       h('label', { class: 'field-inline', for: 'prompts-rollout-only' }, onlyRollouts, 'In rollout only'),
       count,
     ),
+    changed,
     table,
     tenantsDisclosure(),
   );
   apply();
   pageReady(view);
+  poll(LIST_REFRESH_MS, refresh, view);
+}
+
+function runningText(n) {
+  return `${n} running rollout${n === 1 ? '' : 's'}`;
 }
 
 // -- one prompt ----------------------------------------------------------------------------------
