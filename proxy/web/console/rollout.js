@@ -365,15 +365,10 @@ function controls(ctx) {
         reason,
       }),
       ok: `${ctx.key.text}: ${rollout.mode} moved from ${percentText(from)} to ${percentText(target)}`,
+      // The line that says the new percentage (the step that opened the move is now disabled).
+      focusAfter: status,
     });
-    if (done) {
-      dirty = false;
-      // The control that opened the move (the new current step, or Apply now that the value
-      // is the current one) is disabled by the redraw, which drops the focus to the page's
-      // top: give it to the line that says the new percentage instead.
-      const f = document.activeElement;
-      if (!f || f === document.body || f.disabled) status.focus();
-    }
+    if (done) dirty = false;
   }
 
   const promote = h('button', { type: 'button', testid: 'promote', class: 'button button-primary', text: 'Promote…' });
@@ -480,7 +475,8 @@ async function render(view, params) {
   const canWrite = Boolean(session && session.canWrite);
   const verdictItems = verdictList();
   const errorSlot = h('div', { testid: 'rollout-error', class: 'ro-error', 'aria-live': 'polite' });
-  const summary = h('div');
+  // Focusable by script: where the focus goes after a write that removed its control.
+  const summary = h('div', { tabindex: '-1', class: 'ro-focus-target' });
   const controlsSlot = h('div');
   const policy = h('div');
   const state = h('div');
@@ -499,7 +495,7 @@ async function render(view, params) {
 
   const ctx = {
     key,
-    async act({ title, summary: text, confirmLabel, danger = false, run, ok }) {
+    async act({ title, summary: text, confirmLabel, danger = false, run, ok, focusAfter = null }) {
       const reason = await confirmAction({ title, summary: text, confirmLabel, danger });
       if (reason === null) return false;
       try {
@@ -513,6 +509,11 @@ async function render(view, params) {
       errorSlot.replaceChildren();
       toast(ok, 'ok');
       await load();
+      // The redraw disables (a step, Apply) or removes (Promote, Abort: the page now says no
+      // rollout runs) the control that had the focus, and Chromium drops it to the document,
+      // so a keyboard user would start again from the top: give it to what says the outcome.
+      const f = document.activeElement;
+      if (!f || f === document.body || f.disabled || !f.isConnected) (focusAfter || summary).focus();
       return true;
     },
   };
