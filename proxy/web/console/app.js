@@ -318,8 +318,12 @@ export const fmt = {
 /** Go to a route, e.g. navigate('#/rollouts/support-reply'). */
 export function navigate(hash) {
   const target = hash.startsWith('#') ? hash : `#${hash}`;
-  if (location.hash === target) render();
-  else location.hash = target;
+  if (location.hash === target) {
+    // A page redrawn in place (after a write) removes the control that had the focus: keep
+    // the focus in the page, as a hashchange does, rather than drop it to the document.
+    render();
+    document.getElementById('main')?.focus({ preventScroll: true });
+  } else location.hash = target;
 }
 
 /**

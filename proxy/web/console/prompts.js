@@ -7,7 +7,8 @@
 //
 // data-testids, list (#/): prompts-filter (search box), prompts-rollout-only (checkbox),
 //   prompts-count, prompts-table, prompt-row (data-slug on each), prompt-link,
-//   rollout-link (to #/rollouts/<key>), tenants (details), tenants-table.
+//   rollout-link (to #/rollouts/<key>), tenants (details), tenants-table, prompts-changed
+//   (the refresh found prompts added or removed: reload).
 // data-testids, prompt (#/prompts/:slug): prompt-title, prompt-meta, rollout-banner,
 //   rollout-link, versions-table, version-row (data-version, data-status on each),
 //   version-open (button per row), version-panel (data-version), version-template,
@@ -16,7 +17,8 @@
 //   with a .diff-sign "+", "−", " "), diff-empty, history-at (datetime-local), history-at-show,
 //   history-served (the "vN was prod at" answer), history-table, audit-row.
 //   Writes (admin only, absent for a read-only session): writes, promote-version (select),
-//   promote-submit, promote-override-gates, promote-force, rollback-submit, rollout-form,
+//   promote-submit, promote-override-gates, promote-force, rollback-submit, rollback-hint,
+//   rollout-form,
 //   rollout-candidate, rollout-mode, rollout-percent, rollout-sticky, rollout-sticky-header,
 //   rollout-analysis (checkbox), rollout-steps, rollout-interval, rollout-min-samples,
 //   rollout-failure-limit, rollout-override-gates, rollout-force, rollout-submit,
@@ -32,6 +34,7 @@ import {
   h,
   navigate,
   pageReady,
+  poll,
   promptKey,
   routeHash,
   session,
@@ -108,6 +111,9 @@ function tenantsDisclosure() {
   return details;
 }
 
+// How often the list follows the registry (two small reads).
+const LIST_REFRESH_MS = 10000;
+
 async function renderList(view, params) {
   const [prompts, rollouts] = await Promise.all([api.get('/prompts'), api.get('/rollouts')]);
   const running = new Map(rollouts.data.map((r) => [r.slug, r]));
@@ -164,12 +170,58 @@ async function renderList(view, params) {
   search.addEventListener('input', apply);
   onlyRollouts.addEventListener('change', apply);
 
+  // During an incident the analyser promotes and aborts by itself: follow the prod versions
+  // and the running rollouts. A row is redrawn only when its data changed (so the focus and
+  // the filter stay), a cell at a time; a prompt added or removed asks for a reload rather
+  // than reorder the rows under the reader.
+  const meta = h('span', { class: 'meta', text: runningText(rollouts.data.length) });
+  const changed = h('p', { class: 'hint list-changed', testid: 'prompts-changed', 'aria-live': 'polite' });
+  const rowKeys = rows.map((row) => JSON.stringify(row));
+  const bySlug = new Map(rows.map((row, i) => [row.slug, i]));
+  let first = true;
+  const refresh = async () => {
+    if (first) { first = false; return; } // drawn from this very answer
+    let fresh;
+    try {
+      const [p, r] = await Promise.all([api.get('/prompts'), api.get('/rollouts')]);
+      fresh = { prompts: p.data, rollouts: r.data };
+    } catch {
+      return; // the next round tries again; the rollout page says more about an outage
+    }
+    const now = new Map(fresh.rollouts.map((r) => [r.slug, r]));
+    meta.textContent = runningText(fresh.rollouts.length);
+    let added = 0;
+    for (const p of fresh.prompts) {
+      const i = bySlug.get(p.slug);
+      if (i === undefined) { added += 1; continue; }
+      const row = { ...p, rollout: now.get(p.slug) || null };
+      const key = JSON.stringify(row);
+      if (key === rowKeys[i]) continue;
+      const tds = trs[i].children;
+      LIST_COLUMNS.forEach((column, c) => {
+        if (c === 0) return; // the slug does not change
+        const before = column.cell(rows[i]);
+        const after = column.cell(row);
+        const text = (n) => (typeof n === 'string' ? n : n.textContent);
+        if (text(before) !== text(after)) tds[c].replaceChildren(after);
+      });
+      rows[i] = row;
+      rowKeys[i] = key;
+      if (row.rollout) trs[i].setAttribute('data-rollout', row.rollout.mode);
+      else trs[i].removeAttribute('data-rollout');
+    }
+    const removed = rows.length - (fresh.prompts.length - added);
+    const note = added || removed ? `The list has changed (${added} added, ${removed} removed): reload to see it.` : '';
+    if (changed.textContent !== note) changed.textContent = note;
+    apply();
+  };
+
   view.append(
     h(
       'div',
       { class: 'page-head' },
       h('h1', { text: 'Prompts' }),
-      h('span', { class: 'meta', text: `${rollouts.data.length} running rollout${rollouts.data.length === 1 ? '' : 's'}` }),
+      meta,
     ),
     h(
       'div',
@@ -179,11 +231,17 @@ async function renderList(view, params) {
       h('label', { class: 'field-inline', for: 'prompts-rollout-only' }, onlyRollouts, 'In rollout only'),
       count,
     ),
+    changed,
     table,
     tenantsDisclosure(),
   );
   apply();
   pageReady(view);
+  poll(LIST_REFRESH_MS, refresh, view);
+}
+
+function runningText(n) {
+  return `${n} running rollout${n === 1 ? '' : 's'}`;
 }
 
 // -- one prompt ----------------------------------------------------------------------------------
@@ -437,7 +495,40 @@ function parseSteps(text) {
   return steps;
 }
 
-function writesPanel(key, prompt, running, refresh) {
+// What a rollback would restore, replayed from the audit as the registry does
+// (lifecycle.prod_stack): each promote moves its version to the top of the prod stack, a
+// rollback pops the top first. `entries` are history entries, newest first; `complete`
+// says they are the whole history. Answers a version number, null when the history shows
+// there is no former prod (the API would refuse with 409), or undefined when a partial
+// history cannot tell.
+export function rollbackTarget(entries, prod, complete) {
+  const stack = [];
+  for (const e of [...entries].reverse()) {
+    if (e.action !== 'promote' && e.action !== 'rollback') continue;
+    if (e.action === 'rollback' && stack.length) stack.pop();
+    const i = stack.indexOf(e.version);
+    if (i >= 0) stack.splice(i, 1);
+    stack.push(e.version);
+  }
+  if (prod !== null && prod !== undefined && stack[stack.length - 1] !== prod) {
+    // A registry restored from a snapshot starts its history at the restore (as the store does).
+    const i = stack.indexOf(prod);
+    if (i >= 0) stack.splice(i, 1);
+    stack.push(prod);
+  }
+  if (stack.length >= 2) return stack[stack.length - 2];
+  return complete ? null : undefined;
+}
+
+// The rollback control's explanation: what it restores, or why it is off.
+export function rollbackHint(target, prod) {
+  if (prod === null || prod === undefined) return 'Nothing to roll back: no version is prod.';
+  if (target === null) return `Nothing to roll back to: v${prod} is the only version that has been prod.`;
+  if (target === undefined) return 'The last former prod version becomes prod again.';
+  return `v${target}, the last former prod, becomes prod again (v${prod} is deprecated).`;
+}
+
+function writesPanel(key, prompt, running, refresh, history) {
   const versions = prompt.data;
   const prod = prompt.prod_version;
   const result = h('div', { testid: 'write-result' });
@@ -494,16 +585,24 @@ function writesPanel(key, prompt, running, refresh) {
       refresh();
     } catch (err) {
       promoteButton.disabled = false;
+      // Disabled while the write ran, it lost the focus: give it back with the refusal.
+      promoteButton.focus();
       fail(err);
     }
   });
 
   // Roll back.
-  const rollbackButton = h('button', { type: 'button', class: 'button button-danger', text: 'Roll back…', testid: 'rollback-submit', disabled: !prod });
+  const target = rollbackTarget(history.entries, prod, history.complete);
+  const rollbackButton = h('button', {
+    type: 'button', class: 'button button-danger', text: 'Roll back…', testid: 'rollback-submit',
+    disabled: !prod || target === null, 'aria-describedby': 'rollback-hint',
+  });
   rollbackButton.addEventListener('click', async () => {
     const reason = await confirmAction({
       title: 'Roll back',
-      summary: h('p', null, `Make the last former prod of ${key.text} prod again`, prod ? ` (v${prod} is prod now).` : '.'),
+      summary: h('p', null, target
+        ? `Make v${target} of ${key.text} prod again (v${prod} is prod now and becomes deprecated).`
+        : `Make the last former prod of ${key.text} prod again (v${prod} is prod now).`),
       confirmLabel: 'Roll back',
       danger: true,
     });
@@ -515,6 +614,8 @@ function writesPanel(key, prompt, running, refresh) {
       refresh();
     } catch (err) {
       rollbackButton.disabled = false;
+      // Disabled while the write ran, it lost the focus: give it back with the refusal.
+      rollbackButton.focus();
       fail(err);
     }
   });
@@ -526,7 +627,7 @@ function writesPanel(key, prompt, running, refresh) {
     h('h3', { id: 'promote-heading', text: 'Promote a version' }),
     candidates.length ? promoteForm : h('p', { class: 'muted', text: 'No other version to promote.' }),
     h('h3', { text: 'Roll back' }),
-    h('p', { class: 'hint', text: 'The last former prod version becomes prod again.' }),
+    h('p', { class: 'hint', id: 'rollback-hint', testid: 'rollback-hint', text: rollbackHint(target, prod) }),
     h('div', { class: 'actions' }, rollbackButton),
     h('h3', { text: 'Start a rollout' }),
     running
@@ -674,6 +775,8 @@ function rolloutForm(key, versions, prod, fail, apiPath) {
       navigate(routeHash('rollouts', key.text));
     } catch (err) {
       submit.disabled = false;
+      // Disabled while the write ran, it lost the focus: give it back with the refusal.
+      submit.focus();
       fail(err);
     }
   });
@@ -682,13 +785,16 @@ function rolloutForm(key, versions, prod, fail, apiPath) {
 
 // -- the page --------------------------------------------------------------------------------------
 
+// The history entries a prompt's page reads (newest first).
+const HISTORY_LIMIT = 50;
+
 async function renderPrompt(view, params) {
   const key = promptKey(params.slug);
   const path = `/prompts/${encodeURIComponent(key.slug)}`;
   const [prompt, rollouts, audit] = await Promise.all([
     api.get(path, key.query),
     api.get('/rollouts'),
-    api.get(`${path}/history`, { ...key.query, limit: 50 }),
+    api.get(`${path}/history`, { ...key.query, limit: HISTORY_LIMIT }),
   ]);
   const running = rollouts.data.find((r) => r.slug === key.text) || null;
   const versions = prompt.data;
@@ -779,7 +885,7 @@ async function renderPrompt(view, params) {
   view.append(
     head,
     session.canWrite
-      ? h('div', { class: 'split split-2' }, versionsPanel, writesPanel(key, prompt, running, refresh))
+      ? h('div', { class: 'split split-2' }, versionsPanel, writesPanel(key, prompt, running, refresh, { entries: audit.data || [], complete: (audit.data || []).length < HISTORY_LIMIT }))
       : versionsPanel,
     h('div', { id: 'version-detail' }, detail),
     diffPanel(key, versions, prompt.prod_version),

@@ -3,12 +3,13 @@
 // move the percentage, promote, abort, roll back.
 //
 // data-testid set here:
-//   rollout-page, rollout-error (refresh and write failures), rollout-summary,
+//   rollout-page, rollout-error (refresh and write failures), rollout-stale (in it: how old
+//   the figures shown during a failing refresh are), rollout-summary,
 //   rollout-candidate, rollout-prod, rollout-mode, rollout-percent (text "25 %"; its
 //   inner [data-percent] = 25), rollout-sticky, rollout-none (no rollout runs; says
 //   "prod: vN"), link-prompt, link-shadow (shadow mode), percent-controls, step-<n> (one
 //   per step percent, e.g. step-25), percent-slider, percent-input, percent-apply,
-//   confirm-move (in the dialog: "from X % to Y %"), promote, abort, rollback,
+//   confirm-move (in the dialog: "from X % to Y %"), promote, abort, rollback, rollback-hint,
 //   prod-actions, analysis-policy-section, analysis-policy, analysis-state-section,
 //   analysis-state, next-step, failures, next-verdict, holder,
 //   verdicts, verdict (each verdict; data-result = pass|fail|inconclusive, data-at),
@@ -21,6 +22,7 @@ import {
   promptKey, routeHash,
 } from './app.js';
 import { lineChart, useStyles } from './charts.js';
+import { rollbackTarget, rollbackHint } from './prompts.js';
 
 const REFRESH_MS = 5000;
 const DEFAULT_STEPS = [1, 5, 10, 25, 50, 100];
@@ -329,6 +331,7 @@ function controls(ctx) {
   });
   const apply = h('button', { type: 'button', testid: 'percent-apply', class: 'button button-primary', text: 'Apply…' });
   const steps = h('div', { class: 'ro-steps', role: 'group', 'aria-label': 'Step to a percentage' });
+  const status = h('p', { id: 'percent-current', tabindex: '-1', class: 'ro-status' }, 'Now at ', current, '. Pick a step, or set a percentage and apply it; every change asks for a reason first.');
 
   const value = () => Number(input.value);
   const valid = (p) => Number.isFinite(p) && p >= 0 && p <= 100 && Math.abs(p * 100 - Math.round(p * 100)) < 1e-6;
@@ -362,6 +365,8 @@ function controls(ctx) {
         reason,
       }),
       ok: `${ctx.key.text}: ${rollout.mode} moved from ${percentText(from)} to ${percentText(target)}`,
+      // The line that says the new percentage (the step that opened the move is now disabled).
+      focusAfter: status,
     });
     if (done) dirty = false;
   }
@@ -390,7 +395,7 @@ function controls(ctx) {
 
   const el = h('section', { class: 'ro-section ro-controls', testid: 'percent-controls', 'aria-label': 'Change the rollout' },
     h('h2', { text: 'Change the rollout' }),
-    h('p', { id: 'percent-current' }, 'Now at ', current, '. Pick a step, or set a percentage and apply it; every change asks for a reason first.'),
+    status,
     steps,
     h('div', { class: 'ro-percent' },
       h('label', { for: 'percent-slider', text: 'Percentage' }),
@@ -427,18 +432,38 @@ function controls(ctx) {
   return { el, set };
 }
 
-function rollbackButton(ctx, prod) {
+// The history entries read to tell whether a rollback has a former prod to restore.
+const HISTORY_LIMIT = 100;
+
+// What a rollback of `key` would restore (see rollbackTarget); undefined when unknown.
+async function readRollbackTarget(key, prod) {
+  if (prod === null || prod === undefined) return null;
+  try {
+    const answer = await api.get(`${key.path}/history`, { ...key.query, limit: HISTORY_LIMIT });
+    const entries = answer.data || [];
+    return rollbackTarget(entries, prod, entries.length < HISTORY_LIMIT);
+  } catch {
+    // The button stays offered; the API answers a rollback it cannot do with a 409.
+    return undefined;
+  }
+}
+
+function rollbackButton(ctx, prod, target) {
   const slug = ctx.key.text;
-  const b = h('button', { type: 'button', testid: 'rollback', class: 'button button-danger', text: 'Roll back prod…' });
+  const b = h('button', {
+    type: 'button', testid: 'rollback', class: 'button button-danger', text: 'Roll back prod…',
+    disabled: prod === null || target === null, 'aria-describedby': 'rollback-hint',
+  });
+  const hint = h('p', { class: 'ro-muted', id: 'rollback-hint', testid: 'rollback-hint', text: rollbackHint(target, prod) });
   b.addEventListener('click', () => ctx.act({
     title: `Roll back ${slug}`,
-    summary: `The prod version of ${slug}${prod ? ` (now v${prod})` : ''} goes back to the previous prod. A running rollout keeps going and then compares its candidate with the restored prod.`,
+    summary: `The prod version of ${slug}${prod ? ` (now v${prod})` : ''} goes back to ${target ? `v${target}, ` : ''}the previous prod. A running rollout keeps going and then compares its candidate with the restored prod.`,
     confirmLabel: 'Roll back',
     danger: true,
     run: (reason) => api.write('POST', `${ctx.key.path}/rollback`, { body: {}, query: ctx.key.query, reason }),
     ok: `${slug}: prod rolled back`,
   }));
-  return b;
+  return [hint, b];
 }
 
 // -- the page -------------------------------------------------------------------------------
@@ -450,7 +475,8 @@ async function render(view, params) {
   const canWrite = Boolean(session && session.canWrite);
   const verdictItems = verdictList();
   const errorSlot = h('div', { testid: 'rollout-error', class: 'ro-error', 'aria-live': 'polite' });
-  const summary = h('div');
+  // Focusable by script: where the focus goes after a write that removed its control.
+  const summary = h('div', { tabindex: '-1', class: 'ro-focus-target' });
   const controlsSlot = h('div');
   const policy = h('div');
   const state = h('div');
@@ -469,19 +495,25 @@ async function render(view, params) {
 
   const ctx = {
     key,
-    async act({ title, summary: text, confirmLabel, danger = false, run, ok }) {
+    async act({ title, summary: text, confirmLabel, danger = false, run, ok, focusAfter = null }) {
       const reason = await confirmAction({ title, summary: text, confirmLabel, danger });
       if (reason === null) return false;
       try {
         await run(reason);
       } catch (err) {
         toast(err.message || String(err), 'error');
+        delete errorSlot.dataset.failure;
         errorSlot.replaceChildren(errorBox(err));
         return false;
       }
       errorSlot.replaceChildren();
       toast(ok, 'ok');
       await load();
+      // The redraw disables (a step, Apply) or removes (Promote, Abort: the page now says no
+      // rollout runs) the control that had the focus, and Chromium drops it to the document,
+      // so a keyboard user would start again from the top: give it to what says the outcome.
+      const f = document.activeElement;
+      if (!f || f === document.body || f.disabled || !f.isConnected) (focusAfter || summary).focus();
       return true;
     },
   };
@@ -514,6 +546,22 @@ async function render(view, params) {
       if (err instanceof ApiError && err.status === 404) return null;
       throw err;
     }
+  }
+
+  // A refresh that fails (the proxy restarting, a store outage) says so once, not with a new
+  // alert every 5 s, and says how old the figures still shown are.
+  let lastRead = null;
+  function refreshFailed(err) {
+    const failure = `${err.status}|${err.code}|${err.message}`;
+    const stale = lastRead === null ? null
+      : `Still showing what was read at ${fmt.time(lastRead)}; trying again every ${REFRESH_MS / 1000} s.`;
+    if (errorSlot.dataset.failure === failure) {
+      const note = errorSlot.querySelector('.ro-stale');
+      if (note && stale) note.textContent = stale;
+      return;
+    }
+    errorSlot.dataset.failure = failure;
+    errorSlot.replaceChildren(errorBox(err), stale ? h('p', { class: 'ro-muted ro-stale', testid: 'rollout-stale', text: stale }) : null);
   }
 
   let busy = false;
@@ -553,7 +601,7 @@ async function render(view, params) {
         lastProd = prompt.prod_version;
       }
     } catch (err) {
-      errorSlot.replaceChildren(errorBox(err));
+      refreshFailed(err);
       if (!ready) { ready = true; await styled; pageReady(view); }
       return;
     }
@@ -563,6 +611,8 @@ async function render(view, params) {
       series = { error: err.message || String(err) };
     }
     errorSlot.replaceChildren();
+    delete errorSlot.dataset.failure;
+    lastRead = Date.now() / 1000;
 
     if (rollout) {
       if (layout !== 'running') { layout = 'running'; layoutRunning(); }
@@ -598,7 +648,9 @@ async function render(view, params) {
     }
     if (canWrite && rollbackSlot.dataset.prod !== String(lastProd)) {
       rollbackSlot.dataset.prod = String(lastProd);
-      rollbackSlot.replaceChildren(rollbackButton(ctx, lastProd));
+      // One history read per prod change, not per refresh.
+      const target = await readRollbackTarget(key, lastProd);
+      rollbackSlot.replaceChildren(...rollbackButton(ctx, lastProd, target));
     }
     if (series && series.error) {
       charts.dataset.key = '';

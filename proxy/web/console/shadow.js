@@ -78,7 +78,11 @@ function reportView(report) {
             h('th', { scope: 'col', rowspan: '2', text: 'effect' })),
           h('tr', {}, ['n', 'mean', 'p50', 'p95', 'n', 'mean', 'p50', 'p95'].map((c) => h('th', { scope: 'col', text: c })))),
         h('tbody', {}, (report.measures || []).map((m) =>
-          h('tr', { testid: 'shadow-measure', 'data-measure': m.measure, 'data-result': m.result },
+          h('tr', {
+            testid: 'shadow-measure', 'data-measure': m.measure, 'data-result': m.result,
+            // No pair measured it (no JSON answer, no tool call): every figure is a dash.
+            class: !m.noise_n && !m.candidate_n ? 'sh-measure-empty' : null,
+          },
             h('th', { scope: 'row', 'data-label': 'measure', text: m.measure }),
             h('td', { 'data-label': 'result' }, badge(m.result)),
             h('td', { 'data-label': 'noise n', text: num(m.noise_n) }),
