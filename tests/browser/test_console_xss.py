@@ -108,6 +108,17 @@ def test_a_template_and_answers_full_of_markup_show_as_text(
         assert not [h for h in hrefs if h.lower().startswith("javascript:")], hrefs
         _no_markup_ran(page)
 
+    # A dot segment as a prompt key would walk up the API's path (/admin/v1/prompts/..
+    # is /admin/v1): the page refuses it without asking the API anything.
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url))
+    for route in ("#/rollouts/..", "#/prompts/%2e%2e", "#/shadow/."):
+        page.goto(f"{bait.console_url}{route}")
+        expect(page.get_by_test_id("error").first).to_contain_text("Not a prompt key")
+    walked = [u for u in asked if "/admin/v1/" in u and "/prompts/" not in u]
+    assert not [u for u in walked if not u.endswith("/admin/v1/rollouts")], walked
+    assert not [u for u in asked if u.rstrip("/").endswith(("/prompts/..", "/prompts/."))]
+
 
 # --- the policy itself ---------------------------------------------------------------------
 

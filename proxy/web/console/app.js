@@ -65,7 +65,23 @@ async function failure(response) {
   return new ApiError(response.status, message, code, param);
 }
 
+// A prompt key from the address bar becomes a path segment; "." or ".." (or their
+// percent-encodings, which the URL parser also folds) would walk up the API's path.
+function dotSegment(path) {
+  return path.split('/').some((part) => {
+    try {
+      const plain = decodeURIComponent(part);
+      return plain === '.' || plain === '..';
+    } catch {
+      return true;
+    }
+  });
+}
+
 async function request(method, path, { query, body, headers } = {}) {
+  if (dotSegment(path)) {
+    throw new ApiError(400, `Not a prompt key: ${path}`, 'invalid_slug');
+  }
   let response;
   try {
     response = await fetch(API + path + queryString(query), {
@@ -505,7 +521,8 @@ function showLogin(problem, notice) {
   const submit = h('button', { type: 'submit', class: 'button button-primary', text: 'Log in', testid: 'login-submit' });
   const form = h(
     'form',
-    { class: 'login card', testid: 'login-form', novalidate: true },
+    // method=post: were the script ever bypassed, a submit still never puts the token in a URL.
+    { class: 'login card', testid: 'login-form', novalidate: true, method: 'post' },
     h('h1', { text: 'Log in' }),
     notice ? h('p', { class: 'notice', role: 'status', text: notice }) : null,
     h('label', { for: 'login-token', text: 'Admin API token' }),
