@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from proxy.config import AnalysisConfig
 from proxy.prompt_key import PromptKey
 from proxy.registry.models import Rollout
 from proxy.simulator import SimulatorSettings, start_simulator
+from tests.postgres_server import PostgresServer, postgres_server_fixture
+from tests.redis_server import RedisServer, redis_server_fixture
 from tests.support import ADMIN, READER, Clients, admin_settings, proxy_clients, run_cli
 
 INTERVAL = 60.0
@@ -38,11 +41,25 @@ BROKEN = {**PLAIN, "template": PLAIN["template"] + " [[sim error=1.0]]"}
 POLICY = {"interval": INTERVAL, "min_samples": 20, "steps": [], "failure_limit": 3}
 
 
-@pytest.fixture
-async def clients(tmp_path: Path) -> AsyncIterator[Clients]:
+redis_server = redis_server_fixture("module")
+postgres_server = postgres_server_fixture("module")
+
+
+@pytest.fixture(params=["embedded", "redis", "postgres"])
+async def clients(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Clients]:
+    """Each backend's analysis state store, as the summaries read it."""
+    store: dict[str, Any] = {}
+    if request.param == "redis":
+        redis: RedisServer = request.getfixturevalue("redis_server")
+        store = {"registry.store": redis.url, "registry.redis_prefix": f"t-{uuid.uuid4().hex}:"}
+    elif request.param == "postgres":
+        postgres: PostgresServer = request.getfixturevalue("postgres_server")
+        store = {"registry.store": postgres.new_database()}
     sim, port = await start_simulator("127.0.0.1", 0, SimulatorSettings(seed=3))
     try:
-        settings = admin_settings(tmp_path, **{"upstream.base_url": f"http://127.0.0.1:{port}/v1"})
+        settings = admin_settings(
+            tmp_path, **{"upstream.base_url": f"http://127.0.0.1:{port}/v1", **store}
+        )
         async with proxy_clients(settings) as trio:
             # The test's analyser is the only one that judges, on its own clock; the
             # services' one still answers the admin routes from the same state store.
