@@ -28,19 +28,43 @@ def rollout() -> None:
     """Try a candidate version on real traffic: canary, shadow, ramp, promote, abort."""
 
 
-def _row(r: api.Rollout) -> tuple[Any, ...]:
+def _row(r: api.RolloutListItem) -> tuple[Any, ...]:
     return (
         r.slug,
         r.mode,
         f"v{r.candidate}",
         f"{r.percent:g}%",
+        _verdict_text(r),
         r.sticky,
         when(r.started_at),
         r.actor,
     )
 
 
-_HEADERS = ("SLUG", "MODE", "CANDIDATE", "PERCENT", "STICKY", "STARTED", "BY")
+def _verdict_text(r: api.RolloutListItem) -> str:
+    """The last verdict, briefly: ``manual`` without a policy, ``pending`` before the
+    first verdict, ``?`` when the analysis state could not be read."""
+    if r.analysis is None:
+        return "manual"
+    summary = r.analysis_summary
+    if summary is None:
+        return "?"  # a rollout with a policy always has one, unless the store failed
+    text = summary.last_verdict or "pending"
+    if summary.failures:
+        text += f" ({summary.failures} failed)"
+    return text
+
+
+_HEADERS = ("SLUG", "MODE", "CANDIDATE", "PERCENT", "VERDICT", "STICKY", "STARTED", "BY")
+
+
+def _rollout_table(answer: api.RolloutList) -> str:
+    if not answer.data:
+        return "no rollout running"
+    text = table([_row(r) for r in answer.data], _HEADERS)
+    if answer.analysis_unavailable:
+        text += "\nThe analysis state could not be read: a verdict shown as ? is unknown."
+    return text
 
 
 def _describe(r: api.RolloutView) -> str:
@@ -237,11 +261,9 @@ def status(ctx: Context, key: PromptKey | None) -> None:
                     return
                 ctx.emit(last, _describe_ended)
             return
-        rows = ctx.client.list_rollouts().data
-        ctx.emit(
-            rows,
-            lambda rs: table([_row(r) for r in rs], _HEADERS) if rs else "no rollout running",
-        )
+        answer = ctx.client.list_rollouts()
+        # JSON: the items as before (a list), each with its `analysis_summary`.
+        ctx.emit(answer.data, lambda _: _rollout_table(answer))
 
     run(action)
 

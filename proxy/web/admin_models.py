@@ -682,8 +682,34 @@ class Rollout(Wire):
     )
 
 
+class AnalysisSummary(Wire):
+    """A running rollout's analysis at a glance: its last verdict, without the figures
+    (``GET /prompts/{slug}/rollout`` has them)."""
+
+    last_verdict: str | None = doc(
+        description="The last verdict; null: none yet",
+        enum=["pass", "fail", "inconclusive", None],
+    )
+    last_at: float | None = Field(description="When it was given (unix seconds)")
+    failures: int = Field(description="Failed verdicts so far in this rollout")
+    next_at: float = Field(description="When the next verdict is due (unix seconds)")
+
+
+class RolloutListItem(Rollout):
+    analysis_summary: AnalysisSummary | None = Field(
+        None,
+        description="null when the rollout has no analysis policy; absent when the "
+        "analysis state could not be read (then `analysis_unavailable` is true)",
+    )
+
+
 class RolloutList(Wire):
-    data: list[Rollout]
+    data: list[RolloutListItem]
+    analysis_unavailable: bool = Field(
+        False,
+        description="true when the analysis state of a rollout with a policy could not be "
+        "read: its item has no `analysis_summary` (the list itself still answers)",
+    )
 
 
 class RolloutView(Rollout):

@@ -8,17 +8,21 @@ POST   /admin/v1/prompts/{slug}/rollout/promote  the candidate becomes prod; end
 GET    /admin/v1/prompts/{slug}/rollout/series   a rollout's pooled counts per arm, one
                                                  point per step (the console's charts)
 GET    /admin/v1/prompts/{slug}/analysis         the latest analysed rollout's verdicts
-GET    /admin/v1/rollouts                        every running rollout
+GET    /admin/v1/rollouts                        every running rollout, with its last
+                                                 verdict (``analysis_summary``)
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from typing import Any
 
 from proxy.analysis import series
 from proxy.config import EvalsConfig
 from proxy.errors import InvalidRequest, NotFound, ServiceUnavailable
+from proxy.log import APP_LOGGER
 from proxy.prompt_key import PromptKey
 from proxy.registry.analysis_policy import AnalysisPolicy, PolicyError
 from proxy.registry.lifecycle import ROLLOUT_START_ACTION
@@ -36,6 +40,8 @@ from proxy.web.admin_params import (
     SlugPath,
     WaitQuery,
 )
+
+_log = logging.getLogger(APP_LOGGER)
 
 #: Audit entries read per page while looking for a rollout's start.
 _AUDIT_PAGE = 500
@@ -259,5 +265,32 @@ async def promote_rollout(call: Call[SlugPath, WaitQuery, api.ReasonIn]) -> api.
 
 
 async def list_rollouts(call: Call[NoParams, NoParams, NoBody]) -> api.RolloutList:
-    rollouts = await call.services.registry.list_rollouts()
-    return api.RolloutList.model_validate({"data": [r.to_dict() for r in rollouts]})
+    """Every running rollout with its last verdict. The summaries are read at once (one
+    state read per rollout with a policy); one that cannot be read leaves its item without
+    ``analysis_summary`` and sets ``analysis_unavailable``, and the list still answers: it
+    is what an operator reads during an incident, and the registry answered."""
+    services = call.services
+    rollouts = await services.registry.list_rollouts()
+    summaries = await asyncio.gather(
+        *(services.analysis.summary(r) for r in rollouts), return_exceptions=True
+    )
+    items: list[dict[str, Any]] = []
+    failed: list[tuple[Rollout, Exception]] = []
+    for rollout, summary in zip(rollouts, summaries, strict=True):
+        item = rollout.to_dict()
+        if isinstance(summary, Exception):
+            failed.append((rollout, summary))
+        elif isinstance(summary, BaseException):
+            raise summary  # a cancellation or an exit is not the store's answer
+        else:
+            item["analysis_summary"] = summary
+        items.append(item)
+    if failed:
+        rollout, exc = failed[0]
+        _log.warning(
+            "rollouts listed without the analysis summary of %d (first: %s): %s",
+            len(failed),
+            rollout.key,
+            exc,
+        )
+    return api.RolloutList.model_validate({"data": items, "analysis_unavailable": bool(failed)})

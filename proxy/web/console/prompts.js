@@ -7,8 +7,10 @@
 //
 // data-testids, list (#/): prompts-filter (search box), prompts-rollout-only (checkbox),
 //   prompts-count, prompts-table, prompt-row (data-slug on each), prompt-link,
-//   rollout-link (to #/rollouts/<key>), tenants (details), tenants-table, prompts-changed
-//   (the refresh found prompts added or removed: reload).
+//   rollout-link (to #/rollouts/<key>), rollout-verdict (the running rollout's last verdict,
+//   only with an analysis policy; data-result: pass, fail, inconclusive, pending (none yet)
+//   or unknown (the analysis state could not be read)), tenants (details), tenants-table,
+//   prompts-changed (the refresh found prompts added or removed: reload).
 // data-testids, prompt (#/prompts/:slug): prompt-title, prompt-meta, rollout-banner,
 //   rollout-link, versions-table, version-row (data-version, data-status on each),
 //   version-open (button per row), version-panel (data-version), version-template,
@@ -51,7 +53,42 @@ function rolloutChip(rollout) {
     { class: 'rollout-chip' },
     badge(rollout.mode),
     h('span', { text: `v${rollout.candidate} at ${fmt.num(rollout.percent)}%` }),
+    verdictBadge(rollout),
     h('a', { href: routeHash('rollouts', rollout.slug), testid: 'rollout-link', text: 'view rollout' }),
+  );
+}
+
+// The last verdict of a rollout with an analysis policy, from the list's own answer
+// (`analysis_summary`): pass, fail, inconclusive; pending before the first; unknown when
+// the list could not read the analysis state (the key is absent then). A manual rollout
+// has no verdicts, so nothing is shown. Times in the title are absolute, so a refresh
+// redraws the badge only when a new verdict came.
+function verdictBadge(rollout) {
+  if (!rollout.analysis) return null;
+  const summary = rollout.analysis_summary;
+  let result;
+  let title;
+  if (!summary) {
+    result = 'unknown';
+    title = 'The analysis state could not be read: see the rollout’s page.';
+  } else {
+    result = summary.last_verdict || 'pending';
+    const parts = [summary.last_at ? `Last verdict at ${fmt.time(summary.last_at)}` : 'No verdict yet'];
+    if (summary.failures) parts.push(`${fmt.num(summary.failures)} failed so far`);
+    parts.push(`next due at ${fmt.time(summary.next_at)}`);
+    title = parts.join('; ');
+  }
+  const pill = badge(result);
+  pill.setAttribute('data-testid', 'rollout-verdict');
+  pill.setAttribute('data-result', result);
+  pill.setAttribute('title', title);
+  const failed = summary && summary.failures ? ` (${fmt.num(summary.failures)} failed)` : '';
+  return h(
+    'span',
+    { class: 'rollout-verdict' },
+    h('span', { class: 'visually-hidden', text: 'last verdict: ' }),
+    pill,
+    failed ? h('span', { class: 'muted', text: failed }) : null,
   );
 }
 
@@ -202,8 +239,9 @@ async function renderList(view, params) {
         if (c === 0) return; // the slug does not change
         const before = column.cell(rows[i]);
         const after = column.cell(row);
-        const text = (n) => (typeof n === 'string' ? n : n.textContent);
-        if (text(before) !== text(after)) tds[c].replaceChildren(after);
+        // The markup, not only the text: a verdict's time is in its badge's title.
+        const drawn = (n) => (typeof n === 'string' ? n : n.outerHTML);
+        if (drawn(before) !== drawn(after)) tds[c].replaceChildren(after);
       });
       rows[i] = row;
       rowKeys[i] = key;
