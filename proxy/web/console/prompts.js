@@ -241,7 +241,12 @@ async function renderList(view, params) {
         const after = column.cell(row);
         // The markup, not only the text: a verdict's time is in its badge's title.
         const drawn = (n) => (typeof n === 'string' ? n : n.outerHTML);
-        if (drawn(before) !== drawn(after)) tds[c].replaceChildren(after);
+        if (drawn(before) !== drawn(after)) {
+          // A new verdict redraws the cell: the link an operator tabbed to keeps the focus.
+          const focused = tds[c].contains(document.activeElement) ? document.activeElement.dataset.testid : null;
+          tds[c].replaceChildren(after);
+          if (focused) tds[c].querySelector(`[data-testid="${focused}"]`)?.focus();
+        }
       });
       rows[i] = row;
       rowKeys[i] = key;
