@@ -183,6 +183,19 @@ def test_operator_runs_a_rollout_from_the_console(
     expect(pair.get_by_test_id("pair-shadow").locator("ins").first).to_be_visible()
     screenshots.take(page, "shadow-pair")
 
+    # The prompts list says at a glance how each rollout is doing: the canary's last
+    # verdict (it has passed at least once), none for the shadow without a policy.
+    page.goto(f"{console.console_url}#/")
+    ready(page, "/")
+    canary_row = page.locator(f'[data-testid="prompt-row"][data-slug="{SLUG}"]')
+    expect(canary_row.get_by_test_id("rollout-verdict")).to_have_attribute(
+        "data-result", re.compile(r"^(pass|inconclusive)$")
+    )
+    shadow_row = page.locator(f'[data-testid="prompt-row"][data-slug="{SHADOW_SLUG}"]')
+    expect(shadow_row).to_have_attribute("data-rollout", "shadow")
+    expect(shadow_row.get_by_test_id("rollout-verdict")).to_have_count(0)
+    screenshots.take(page, "prompts-list-rollouts")
+
     # Promote the canary, then roll it back: the old version is served again.
     page.goto(f"{console.console_url}#/rollouts/{SLUG}")
     ready(page, "/rollouts/:slug")
