@@ -25,12 +25,15 @@ import errno
 import logging
 from urllib.parse import urlsplit
 
-from proxy.config import ProxyConfig, is_local_host, url_port
+from proxy.config import ProxyConfig, TokenGrant, is_local_host, url_port
 from proxy.log import APP_LOGGER
 
 _log = logging.getLogger(APP_LOGGER)
 
 PROBE_TIMEOUT_S = 3.0
+#: Below this, an admin token is guessable: nothing else slows a guesser down (the admin
+#: API and the console's login answer a wrong token at once, by design: docs/console.md).
+WEAK_TOKEN_CHARS = 16
 
 
 class StartupError(Exception):
@@ -106,3 +109,18 @@ async def check_upstream(config: ProxyConfig) -> None:
         _log.warning(
             "%s; serving anyway (upstream.check_at_start: %s)", message, upstream.check_at_start
         )
+
+
+def warn_weak_tokens(grants: tuple[TokenGrant, ...]) -> None:
+    """One warning per admin token short enough to guess; its name and length, never it.
+
+    A warning, not a refusal: the README's first run uses a short placeholder."""
+    for grant in grants:
+        if len(grant.token) < WEAK_TOKEN_CHARS:
+            _log.warning(
+                "admin token %r is %d characters long: the admin API and the console's login "
+                "are guarded by its length alone; use at least 32 random characters "
+                "(e.g. `openssl rand -hex 32`)",
+                grant.name,
+                len(grant.token),
+            )

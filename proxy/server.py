@@ -21,7 +21,7 @@ from proxy.exchange.upstream import PoolUsage
 from proxy.fd_limit import raise_soft_limit
 from proxy.log import APP_LOGGER, LineSink, setup_logging
 from proxy.metrics import ProxyMetrics
-from proxy.preflight import check_upstream, listen_error
+from proxy.preflight import check_upstream, listen_error, warn_weak_tokens
 from proxy.services import open_services
 from proxy.web.app import build_admin_app, build_data_app
 from proxy.web.listen import listen
@@ -70,6 +70,8 @@ async def serve(
             _log.info("simulated provider listening on http://%s:%d/v1", sim.host, sim_port)
 
         await check_upstream(config)
+        if worker is None:  # the supervisor said it already, once for all its workers
+            warn_weak_tokens(settings.admin_tokens)
         services = await stack.enter_async_context(open_services(settings))
         if log_sink is not None:
             services.metrics.log_lines_dropped.set_function(lambda: log_sink.dropped)

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from proxy.config import ServerConfig, Settings
 from proxy.log import APP_LOGGER, setup_logging
-from proxy.preflight import StartupError, listen_error
+from proxy.preflight import StartupError, listen_error, warn_weak_tokens
 from proxy.web.listen import listen
 from proxy.workers.front import build_front_app
 from proxy.workers.supervisor import Supervisor, SupervisorMetrics, worker_command
@@ -76,6 +76,7 @@ async def _main(settings: Settings, serve_args: Sequence[str]) -> int:
             f"cannot create the workers' private directory in {tempfile.gettempdir()}: "
             f"{exc.strerror or exc}; set TMPDIR to a writable directory"
         ) from None
+    warn_weak_tokens(settings.admin_tokens)  # here once, not by each worker
     metrics = SupervisorMetrics(CollectorRegistry(auto_describe=True))
     supervisor = Supervisor(
         command=worker_command(serve_args),

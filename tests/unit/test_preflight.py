@@ -8,7 +8,8 @@ import logging
 import pytest
 
 from proxy import preflight
-from proxy.config import is_local_host
+from proxy.config import TokenGrant, is_local_host
+from proxy.log import APP_LOGGER
 from tests.support import make_settings
 
 
@@ -70,3 +71,17 @@ async def test_off_does_not_probe(monkeypatch: pytest.MonkeyPatch) -> None:
         **{"upstream.base_url": "http://127.0.0.1:9/v1", "upstream.check_at_start": "off"}
     ).config
     await preflight.check_upstream(config)
+
+
+def test_a_guessable_admin_token_is_warned_about_by_name_never_by_value(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    short, strong = "change-me", "0123456789abcdef0123456789abcdef"
+    with caplog.at_level(logging.WARNING, logger=APP_LOGGER):
+        preflight.warn_weak_tokens(
+            (TokenGrant("admin", short, "admin"), TokenGrant("ci", strong, "admin"))
+        )
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1, lines
+    assert "'admin' is 9 characters long" in lines[0]
+    assert short not in lines[0]
