@@ -27,7 +27,11 @@
 //   rollout-form,
 //   rollout-candidate, rollout-mode, rollout-percent, rollout-sticky, rollout-sticky-header,
 //   rollout-analysis (checkbox), rollout-steps, rollout-interval, rollout-min-samples,
-//   rollout-failure-limit, rollout-override-gates, rollout-force, rollout-submit,
+//   rollout-failure-limit, rollout-segment-tiers, rollout-segment-tenants (the segment's
+//   "only tiers" and "only tenants", comma-separated; on a base or variant key only: an
+//   override's rollout reaches its own tier or tenant), rollout-segment-hint (said instead
+//   on an override's page), confirm-segment (who it reaches, in the start's confirmation),
+//   rollout-override-gates, rollout-force, rollout-submit,
 //   write-result (the last write's error, if any).
 
 import {
@@ -532,6 +536,28 @@ function checkbox(id, testid, label, hint) {
   return { input, element: h('label', { class: 'field-inline', for: id, title: hint }, input, label) };
 }
 
+// A tier or tenant name as the API takes it in a segment (admin_models.SLUG_REGEX).
+const NAME_RE = /^[A-Za-z0-9._-]{1,64}$/;
+
+// "pro, enterprise" → ['pro', 'enterprise'] (each once, in the order written); throws with a
+// message naming the first name the API would refuse.
+function parseNames(text, what) {
+  const names = [...new Set(text.split(',').map((n) => n.trim()).filter(Boolean))];
+  const bad = names.find((n) => !NAME_RE.test(n));
+  if (bad !== undefined) {
+    throw new Error(`“${bad}” is not a ${what} name: letters, digits, “.”, “_” and “-”, at most 64, separated by commas.`);
+  }
+  return names;
+}
+
+function segmentText(segment) {
+  if (!segment) return 'every caller';
+  const parts = [];
+  if (segment.tiers.length) parts.push(`tier${segment.tiers.length === 1 ? '' : 's'} ${segment.tiers.join(', ')}`);
+  if (segment.tenants.length) parts.push(`tenant${segment.tenants.length === 1 ? '' : 's'} ${segment.tenants.join(', ')}`);
+  return `only ${parts.join(' and ')} (everyone else stays on stable)`;
+}
+
 function parseSteps(text) {
   const parts = text
     .split(/[\s,]+/)
@@ -732,6 +758,25 @@ function rolloutForm(key, versions, prod, fail, apiPath) {
   };
   analysis.input.addEventListener('change', setAnalysis);
   setAnalysis();
+  // Who the rollout reaches: a base's (or a variant's) may be kept to some tiers and
+  // tenants; an override's reaches its own tier or tenant and takes no segment (the API
+  // would refuse one).
+  const segmentTiers = h('input', { id: 'rollout-segment-tiers', type: 'text', autocomplete: 'off', spellcheck: 'false', placeholder: 'e.g. pro, enterprise', 'aria-describedby': 'rollout-segment-help', testid: 'rollout-segment-tiers' });
+  const segmentTenants = h('input', { id: 'rollout-segment-tenants', type: 'text', autocomplete: 'off', spellcheck: 'false', placeholder: 'e.g. acme, initech', 'aria-describedby': 'rollout-segment-help', testid: 'rollout-segment-tenants' });
+  const segmentFields = key.layer
+    ? h('p', { class: 'hint', testid: 'rollout-segment-hint', text: `Reaches: ${key.layer.replace('=', ' ')} only (an override’s rollout takes no segment).` })
+    : h(
+        'fieldset',
+        { class: 'segment' },
+        h('legend', { text: 'Reaches (optional)' }),
+        h(
+          'div',
+          { class: 'form-grid' },
+          h('div', { class: 'field' }, h('label', { for: 'rollout-segment-tiers', text: 'Only tiers' }), segmentTiers),
+          h('div', { class: 'field' }, h('label', { for: 'rollout-segment-tenants', text: 'Only tenants' }), segmentTenants),
+        ),
+        h('p', { class: 'hint', id: 'rollout-segment-help', text: 'Comma-separated names. Empty: every caller. Otherwise only the tenants of these tiers and these tenants get the rollout and count in its analysis; fixed for the rollout’s life.' }),
+      );
   const gates = checkbox('rollout-override-gates', 'rollout-override-gates', 'Override gates', 'Start although the candidate has not passed its gates (audited)');
   const force = checkbox('rollout-force', 'rollout-force', 'Force', 'Start although it breaks overrides in use (audited)');
   const submit = h('button', { type: 'submit', class: 'button button-primary', text: 'Start rollout…', testid: 'rollout-submit' });
@@ -756,6 +801,7 @@ function rolloutForm(key, versions, prod, fail, apiPath) {
       analysisFields,
       h('p', { class: 'hint', text: 'Min samples: requests per arm in a window before a verdict can pass or fail. Steps: the percents it ramps through, then promotes.' }),
     ),
+    segmentFields,
     h('div', { class: 'actions' }, gates.element, force.element),
     problem,
     h('div', { class: 'actions' }, submit),
@@ -792,6 +838,25 @@ function rolloutForm(key, versions, prod, fail, apiPath) {
         return;
       }
     }
+    if (!key.layer) {
+      let tiers;
+      let tenants;
+      try {
+        tiers = parseNames(segmentTiers.value, 'tier');
+      } catch (err) {
+        problem.textContent = err.message;
+        segmentTiers.focus();
+        return;
+      }
+      try {
+        tenants = parseNames(segmentTenants.value, 'tenant');
+      } catch (err) {
+        problem.textContent = err.message;
+        segmentTenants.focus();
+        return;
+      }
+      if (tiers.length || tenants.length) body.segment = { tiers, tenants };
+    }
     if (gates.input.checked) body.override_gates = true;
     if (force.input.checked) body.force = true;
     const reason = await confirmAction({
@@ -809,6 +874,8 @@ function rolloutForm(key, versions, prod, fail, apiPath) {
         h('dd', { text: `${body.percent}%` }),
         h('dt', { text: 'Sticky' }),
         h('dd', { text: body.sticky }),
+        h('dt', { text: 'Reaches' }),
+        h('dd', { testid: 'confirm-segment', text: key.layer ? `${key.layer.replace('=', ' ')} only` : segmentText(body.segment) }),
         h('dt', { text: 'Analysis' }),
         h('dd', { text: body.analysis ? `every ${body.analysis.interval} s, steps ${body.analysis.steps.join(', ') || 'none'}` : 'none (you ramp and promote)' }),
       ),
