@@ -5,7 +5,9 @@
 //
 // data-testids drawn here: login-form, login-token, login-submit, login-error, whoami, role,
 // logout, nav-prompts, nav-audit, nav-fleet, toast, error, confirm-dialog, confirm-summary,
-// confirm-reason, confirm-cancel, confirm-ok, not-found.
+// confirm-reason, confirm-cancel, confirm-ok, not-found; login-reason-kept (the login's note
+// that the reason typed when the session ended is kept), confirm-reason-restored (the
+// dialog's note that it filled that reason in).
 
 const API = '/admin/v1';
 const SESSION = '/console/session';
@@ -35,7 +37,36 @@ const state = {
   view: null,
   ready: false,
   loggedOut: false,
+  // A write's reason must survive a session that ends mid-write, in this page's memory only
+  // (never storage: a reason can name customers and incidents). `confirming`: the open
+  // dialog; `confirmed`: the reason just given, until its write answers; `lostReason`:
+  // {who, page, write, reason} kept when the session ended, for that write's dialog.
+  confirming: null,
+  confirmed: null,
+  lostReason: null,
 };
+
+// The page a write's dialog belongs to: the route's path, without its ?query (the prompt
+// page writes ?v= as a version is chosen).
+function currentPage() {
+  return (location.hash.replace(/^#/, '') || '/').split('?')[0];
+}
+
+// A session ended: keep the reason of the write under way, if any. An open dialog is
+// closed (it would sit over the login form and keep it inert); a write refused with 401
+// keeps the reason it was sent with.
+function keepReason(sentReason) {
+  const open = state.confirming;
+  if (open) {
+    const text = open.textarea.value.trim();
+    if (text) state.lostReason = { who: open.who, page: open.page, write: open.write, reason: text };
+    state.confirming = null;
+    open.finish(null);
+    return;
+  }
+  const given = state.confirmed;
+  if (sentReason && given && given.reason === sentReason) state.lostReason = given;
+}
 
 function queryString(query) {
   if (!query) return '';
@@ -78,7 +109,7 @@ function dotSegment(path) {
   });
 }
 
-async function request(method, path, { query, body, headers } = {}) {
+async function request(method, path, { query, body, headers, reason } = {}) {
   if (dotSegment(path)) {
     throw new ApiError(400, `Not a prompt key: ${path}`, 'invalid_slug');
   }
@@ -95,7 +126,7 @@ async function request(method, path, { query, body, headers } = {}) {
   }
   if (!response.ok) {
     const err = await failure(response);
-    if (response.status === 401) sessionEnded();
+    if (response.status === 401) sessionEnded(reason);
     throw err;
   }
   return response;
@@ -118,7 +149,13 @@ export const api = {
     }
     const headers = { 'Content-Type': 'application/json' };
     if (state.csrf) headers['X-CSRF-Token'] = state.csrf;
-    const response = await request(verb, path, { query: sendQuery, body: sendBody, headers });
+    let response;
+    try {
+      response = await request(verb, path, { query: sendQuery, body: sendBody, headers, reason });
+    } finally {
+      // Answered (or refused): the reason is no longer under way.
+      if (state.confirmed && state.confirmed.reason === reason) state.confirmed = null;
+    }
     const text = await response.text();
     return text ? JSON.parse(text) : null;
   },
@@ -193,6 +230,9 @@ export function errorBox(err) {
 export function toast(message, kind = 'ok') {
   const region = document.getElementById('toasts');
   if (!region) return;
+  // A write the ended session refused: the login form says so, and the API's "missing
+  // admin token" would only confuse.
+  if (kind === 'error' && state.loggedOut) return;
   const item = h(
     'div',
     { class: `toast toast-${kind === 'error' ? 'error' : 'ok'}`, testid: 'toast', 'data-kind': kind },
@@ -213,6 +253,15 @@ export function toast(message, kind = 'ok') {
  * Resolves to the trimmed reason, or null when cancelled (Cancel, Escape).
  */
 export function confirmAction({ title, summary, confirmLabel = 'Confirm', danger = false }) {
+  // The write this dialog confirms, as the operator reads it: the same words on the same
+  // page are the same change (a summary that moved on, say "from 25 % to 50 %" after the
+  // analyser ramped, is another one and gets no kept reason).
+  const summaryText = summary instanceof Node ? summary.textContent : String(summary ?? '');
+  const write = JSON.stringify([title || 'Confirm', confirmLabel, summaryText]);
+  const page = currentPage();
+  const lost = state.lostReason;
+  const restored = lost && lost.who === session.name && lost.page === page && lost.write === write ? lost.reason : null;
+  if (restored !== null) state.lostReason = null;
   return new Promise((resolve) => {
     const reason = h('textarea', {
       id: 'confirm-reason',
@@ -223,7 +272,19 @@ export function confirmAction({ title, summary, confirmLabel = 'Confirm', danger
       testid: 'confirm-reason',
       'aria-describedby': 'confirm-hint',
     });
+    if (restored !== null) reason.value = restored;
     const hint = h('p', { id: 'confirm-hint', class: 'hint', text: 'Kept in the audit log with your name.' });
+    const restoredNote =
+      restored !== null
+        ? h('p', {
+            id: 'confirm-restored',
+            class: 'notice',
+            role: 'status',
+            testid: 'confirm-reason-restored',
+            text: 'Your session ended while you were confirming this change: the reason you had typed is filled in. Read it before you confirm.',
+          })
+        : null;
+    if (restoredNote) reason.setAttribute('aria-describedby', 'confirm-restored confirm-hint');
     const problem = h('p', { class: 'field-error', role: 'alert' });
     const cancel = h('button', { type: 'button', class: 'button', text: 'Cancel', testid: 'confirm-cancel' });
     const ok = h('button', {
@@ -237,6 +298,7 @@ export function confirmAction({ title, summary, confirmLabel = 'Confirm', danger
       { class: 'confirm-form', method: 'dialog', novalidate: true },
       h('h2', { id: 'confirm-title', text: title || 'Confirm' }),
       h('div', { class: 'confirm-summary', testid: 'confirm-summary' }, summary ?? null),
+      restoredNote,
       h('label', { for: 'confirm-reason', text: 'Reason (required)' }),
       reason,
       hint,
@@ -249,6 +311,8 @@ export function confirmAction({ title, summary, confirmLabel = 'Confirm', danger
       answer = value;
       if (dialog.open) dialog.close();
     };
+    const open = { who: session.name, page, write, textarea: reason, finish };
+    state.confirming = open;
     cancel.addEventListener('click', () => finish(null));
     form.addEventListener('submit', (event) => {
       event.preventDefault();
@@ -267,6 +331,9 @@ export function confirmAction({ title, summary, confirmLabel = 'Confirm', danger
     });
     const opener = document.activeElement;
     dialog.addEventListener('close', () => {
+      if (state.confirming === open) state.confirming = null;
+      // Kept until its write answers, in case that answer is "session ended".
+      if (answer !== null) state.confirmed = { who: open.who, page, write, reason: answer };
       dialog.remove();
       // Back to the control that opened it (if the page did not redraw it away).
       if (opener instanceof HTMLElement && opener.isConnected) opener.focus();
@@ -275,6 +342,8 @@ export function confirmAction({ title, summary, confirmLabel = 'Confirm', danger
     document.body.append(dialog);
     dialog.showModal();
     reason.focus();
+    // At the end of a kept reason, ready to add to it.
+    if (restored !== null) reason.setSelectionRange(reason.value.length, reason.value.length);
   });
 }
 
@@ -465,9 +534,11 @@ async function loadSession() {
   return true;
 }
 
-function sessionEnded() {
+// `sentReason`: the reason of the write the 401 answered, if a write's.
+function sessionEnded(sentReason) {
   if (state.loggedOut) return;
-  showLogin('Your session has ended (expired, logged out elsewhere, or the token changed): log in again.');
+  keepReason(sentReason);
+  showLogin('Your session has ended (expired, logged out elsewhere, or the token changed): log in again.', null, { kept: state.lostReason !== null });
 }
 
 function drawHeader() {
@@ -497,10 +568,16 @@ async function logout() {
   state.csrf = null;
   session.name = '';
   session.canWrite = false;
+  // Logging out on purpose leaves nothing behind for whoever logs in next.
+  state.lostReason = null;
+  state.confirmed = null;
   showLogin(null, 'You are logged out.');
 }
 
-function showLogin(problem, notice) {
+function showLogin(problem, notice, { kept = false } = {}) {
+  // A dialog still open would sit over the login form and keep it inert.
+  state.confirming?.finish(null);
+  state.confirming = null;
   state.loggedOut = true;
   state.generation += 1;
   state.route = null;
@@ -525,6 +602,13 @@ function showLogin(problem, notice) {
     { class: 'login card', testid: 'login-form', novalidate: true, method: 'post' },
     h('h1', { text: 'Log in' }),
     notice ? h('p', { class: 'notice', role: 'status', text: notice }) : null,
+    kept
+      ? h('p', {
+          class: 'notice',
+          testid: 'login-reason-kept',
+          text: 'The reason you had typed for a change is kept in this page (not stored anywhere): log in again as the same operator and open the same change on the same page to find it filled in.',
+        })
+      : null,
     h('label', { for: 'login-token', text: 'Admin API token' }),
     token,
     h('p', { class: 'hint', text: 'A token of admin.tokens in the proxy’s config. It is sent once; the session it opens lives in an HttpOnly cookie.' }),
@@ -564,6 +648,8 @@ function showLogin(problem, notice) {
 }
 
 function enterApp() {
+  // Another operator's words are not theirs to sign: the audit would name the new one.
+  if (state.lostReason && state.lostReason.who !== session.name) state.lostReason = null;
   state.loggedOut = false;
   document.body.classList.remove('logged-out');
   drawHeader();
@@ -605,6 +691,8 @@ async function render() {
   if (state.loggedOut) return;
   const raw = location.hash.replace(/^#/, '') || '/';
   const [path, search = ''] = raw.split('?');
+  // A kept reason is for its page: going elsewhere drops it.
+  if (state.lostReason && state.lostReason.page !== path) state.lostReason = null;
   state.generation += 1;
   const generation = state.generation;
   state.routeStart = performance.now();

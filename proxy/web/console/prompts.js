@@ -11,7 +11,11 @@
 //   only with an analysis policy; data-result: pass, fail, inconclusive, pending (none yet)
 //   or unknown (the analysis state could not be read)), tenants (details), tenants-table,
 //   prompts-changed (the refresh found prompts added or removed: reload).
-// data-testids, prompt (#/prompts/:slug): prompt-title, prompt-meta, rollout-banner,
+// data-testids, prompt (#/prompts/:slug): prompt-title, prompt-meta, prompt-base-link (on a
+//   layered or variant key's page, the crumb back to its base), prompt-layers (the "Layers
+//   and variants" line, drawn just after the page is ready; data-count, once drawn: how many
+//   other keys of the slug), prompt-layer-link (one per other key, data-key),
+//   prompt-layer-current (this key in that line), rollout-banner,
 //   rollout-link, versions-table, version-row (data-version, data-status on each),
 //   version-open (button per row), version-panel (data-version), version-template,
 //   version-variables, version-params, diff-from, diff-to, diff-show, diff-output
@@ -23,7 +27,11 @@
 //   rollout-form,
 //   rollout-candidate, rollout-mode, rollout-percent, rollout-sticky, rollout-sticky-header,
 //   rollout-analysis (checkbox), rollout-steps, rollout-interval, rollout-min-samples,
-//   rollout-failure-limit, rollout-override-gates, rollout-force, rollout-submit,
+//   rollout-failure-limit, rollout-segment-tiers, rollout-segment-tenants (the segment's
+//   "only tiers" and "only tenants", comma-separated; on a base or variant key only: an
+//   override's rollout reaches its own tier or tenant), rollout-segment-hint (said instead
+//   on an override's page), confirm-segment (who it reaches, in the start's confirmation),
+//   rollout-override-gates, rollout-force, rollout-submit,
 //   write-result (the last write's error, if any).
 
 import {
@@ -528,6 +536,28 @@ function checkbox(id, testid, label, hint) {
   return { input, element: h('label', { class: 'field-inline', for: id, title: hint }, input, label) };
 }
 
+// A tier or tenant name as the API takes it in a segment (admin_models.SLUG_REGEX).
+const NAME_RE = /^[A-Za-z0-9._-]{1,64}$/;
+
+// "pro, enterprise" → ['pro', 'enterprise'] (each once, in the order written); throws with a
+// message naming the first name the API would refuse.
+function parseNames(text, what) {
+  const names = [...new Set(text.split(',').map((n) => n.trim()).filter(Boolean))];
+  const bad = names.find((n) => !NAME_RE.test(n));
+  if (bad !== undefined) {
+    throw new Error(`“${bad}” is not a ${what} name: letters, digits, “.”, “_” and “-”, at most 64, separated by commas.`);
+  }
+  return names;
+}
+
+function segmentText(segment) {
+  if (!segment) return 'every caller';
+  const parts = [];
+  if (segment.tiers.length) parts.push(`tier${segment.tiers.length === 1 ? '' : 's'} ${segment.tiers.join(', ')}`);
+  if (segment.tenants.length) parts.push(`tenant${segment.tenants.length === 1 ? '' : 's'} ${segment.tenants.join(', ')}`);
+  return `only ${parts.join(' and ')} (everyone else stays on stable)`;
+}
+
 function parseSteps(text) {
   const parts = text
     .split(/[\s,]+/)
@@ -728,6 +758,25 @@ function rolloutForm(key, versions, prod, fail, apiPath) {
   };
   analysis.input.addEventListener('change', setAnalysis);
   setAnalysis();
+  // Who the rollout reaches: a base's (or a variant's) may be kept to some tiers and
+  // tenants; an override's reaches its own tier or tenant and takes no segment (the API
+  // would refuse one).
+  const segmentTiers = h('input', { id: 'rollout-segment-tiers', type: 'text', autocomplete: 'off', spellcheck: 'false', placeholder: 'e.g. pro, enterprise', 'aria-describedby': 'rollout-segment-help', testid: 'rollout-segment-tiers' });
+  const segmentTenants = h('input', { id: 'rollout-segment-tenants', type: 'text', autocomplete: 'off', spellcheck: 'false', placeholder: 'e.g. acme, initech', 'aria-describedby': 'rollout-segment-help', testid: 'rollout-segment-tenants' });
+  const segmentFields = key.layer
+    ? h('p', { class: 'hint', testid: 'rollout-segment-hint', text: `Reaches: ${key.layer.replace('=', ' ')} only (an override’s rollout takes no segment).` })
+    : h(
+        'fieldset',
+        { class: 'segment' },
+        h('legend', { text: 'Reaches (optional)' }),
+        h(
+          'div',
+          { class: 'form-grid' },
+          h('div', { class: 'field' }, h('label', { for: 'rollout-segment-tiers', text: 'Only tiers' }), segmentTiers),
+          h('div', { class: 'field' }, h('label', { for: 'rollout-segment-tenants', text: 'Only tenants' }), segmentTenants),
+        ),
+        h('p', { class: 'hint', id: 'rollout-segment-help', text: 'Comma-separated names. Empty: every caller. Otherwise only the tenants of these tiers and these tenants get the rollout and count in its analysis; fixed for the rollout’s life.' }),
+      );
   const gates = checkbox('rollout-override-gates', 'rollout-override-gates', 'Override gates', 'Start although the candidate has not passed its gates (audited)');
   const force = checkbox('rollout-force', 'rollout-force', 'Force', 'Start although it breaks overrides in use (audited)');
   const submit = h('button', { type: 'submit', class: 'button button-primary', text: 'Start rollout…', testid: 'rollout-submit' });
@@ -752,6 +801,7 @@ function rolloutForm(key, versions, prod, fail, apiPath) {
       analysisFields,
       h('p', { class: 'hint', text: 'Min samples: requests per arm in a window before a verdict can pass or fail. Steps: the percents it ramps through, then promotes.' }),
     ),
+    segmentFields,
     h('div', { class: 'actions' }, gates.element, force.element),
     problem,
     h('div', { class: 'actions' }, submit),
@@ -788,6 +838,25 @@ function rolloutForm(key, versions, prod, fail, apiPath) {
         return;
       }
     }
+    if (!key.layer) {
+      let tiers;
+      let tenants;
+      try {
+        tiers = parseNames(segmentTiers.value, 'tier');
+      } catch (err) {
+        problem.textContent = err.message;
+        segmentTiers.focus();
+        return;
+      }
+      try {
+        tenants = parseNames(segmentTenants.value, 'tenant');
+      } catch (err) {
+        problem.textContent = err.message;
+        segmentTenants.focus();
+        return;
+      }
+      if (tiers.length || tenants.length) body.segment = { tiers, tenants };
+    }
     if (gates.input.checked) body.override_gates = true;
     if (force.input.checked) body.force = true;
     const reason = await confirmAction({
@@ -805,6 +874,8 @@ function rolloutForm(key, versions, prod, fail, apiPath) {
         h('dd', { text: `${body.percent}%` }),
         h('dt', { text: 'Sticky' }),
         h('dd', { text: body.sticky }),
+        h('dt', { text: 'Reaches' }),
+        h('dd', { testid: 'confirm-segment', text: key.layer ? `${key.layer.replace('=', ' ')} only` : segmentText(body.segment) }),
         h('dt', { text: 'Analysis' }),
         h('dd', { text: body.analysis ? `every ${body.analysis.interval} s, steps ${body.analysis.steps.join(', ') || 'none'}` : 'none (you ramp and promote)' }),
       ),
@@ -831,9 +902,76 @@ function rolloutForm(key, versions, prod, fail, apiPath) {
 // The history entries a prompt's page reads (newest first).
 const HISTORY_LIMIT = 50;
 
+// Where a key sorts in its slug's "Layers and variants" line: the base lines first, then
+// the tiers', then the tenants' overrides, each by name, a variant after its default line.
+function layerOrder(key) {
+  const rank = key.layer ? (key.layer.startsWith('tier=') ? 1 : 2) : 0;
+  return [rank, key.layer || '', key.variant || ''];
+}
+
+function compareKeys(a, b) {
+  const x = layerOrder(a);
+  const y = layerOrder(b);
+  for (let i = 0; i < x.length; i += 1) {
+    if (x[i] !== y[i]) return x[i] < y[i] ? -1 : 1;
+  }
+  return 0;
+}
+
+function layerLabel(key) {
+  const parts = [];
+  if (key.layer) parts.push(key.layer.replace('=', ' '));
+  if (key.variant) parts.push(`variant ${key.variant}`);
+  return parts.length ? parts.join(', ') : 'base';
+}
+
+// Every key of this prompt's slug (its base, variants, tier and tenant overrides), from the
+// list answer the prompts page reads too: one request whatever the registry's size. Asked
+// once the page is drawn, so the page is as quick as before; `fill` draws the answer, or
+// null (the list could not be read: the line goes, the page is worth showing without it).
+function layersLine(key) {
+  const nav = h(
+    'nav',
+    { class: 'layers', 'aria-labelledby': 'layers-heading', 'aria-busy': 'true', testid: 'prompt-layers' },
+    h('span', { id: 'layers-heading', class: 'layers-title', text: 'Layers and variants:' }),
+    h('span', { class: 'muted', text: '…' }),
+  );
+  const fill = (listed) => {
+    if (!listed) {
+      nav.remove();
+      return;
+    }
+    const keys = listed
+      .map((p) => ({ prompt: p, key: promptKey(p.slug) }))
+      .filter((k) => k.key.slug === key.slug)
+      .sort((a, b) => compareKeys(a.key, b.key));
+    const others = keys.filter((k) => k.key.text !== key.text);
+    const items = keys.map(({ prompt, key: k }) => {
+      const prod = prompt.prod_version ? `prod v${prompt.prod_version}` : 'no prod';
+      const note = h('span', { class: 'key-layer', text: ` (${layerLabel(k)}, ${prod})` });
+      if (k.text === key.text) {
+        return h('li', null, h('span', { class: 'layer-current', 'aria-current': 'page', testid: 'prompt-layer-current', text: k.text }), note);
+      }
+      return h('li', null, h('a', { href: routeHash('prompts', k.text), testid: 'prompt-layer-link', 'data-key': k.text, text: k.text }), note);
+    });
+    nav.replaceChildren(
+      nav.firstChild,
+      others.length
+        ? h('ul', { class: 'layers-list' }, items)
+        : h('span', { class: 'muted', text: 'none (no model variant, no tier or tenant override).' }),
+    );
+    nav.setAttribute('data-count', String(others.length));
+    nav.removeAttribute('aria-busy');
+  };
+  return { element: nav, fill };
+}
+
 async function renderPrompt(view, params) {
   const key = promptKey(params.slug);
   const path = `/prompts/${encodeURIComponent(key.slug)}`;
+  // "." or ".." would walk up the API's path: the shell refuses the key's own read without
+  // a request (and its message is the page's answer), so the other reads must not go out.
+  if (key.slug === '.' || key.slug === '..') await api.get(path, key.query);
   const [prompt, rollouts, audit] = await Promise.all([
     api.get(path, key.query),
     api.get('/rollouts'),
@@ -845,12 +983,22 @@ async function renderPrompt(view, params) {
   const wanted = Number(params.query.get('v'));
   let selected = byNumber.get(wanted) || byNumber.get(prompt.prod_version) || versions[versions.length - 1];
 
+  const layers = layersLine(key);
   const refresh = () => navigate(`${routeHash('prompts', key.text)}${selected ? `?v=${selected.version}` : ''}`);
 
   const head = h(
     'div',
     null,
-    h('nav', { class: 'crumbs', 'aria-label': 'Breadcrumb' }, h('a', { href: '#/', text: 'Prompts' }), ' / '),
+    h(
+      'nav',
+      { class: 'crumbs', 'aria-label': 'Breadcrumb' },
+      h('a', { href: '#/', text: 'Prompts' }),
+      ' / ',
+      // A layer's or a variant's page: back to the base prompt it belongs to.
+      key.layer || key.variant
+        ? [h('a', { href: routeHash('prompts', key.slug), testid: 'prompt-base-link', text: key.slug }), ' / ']
+        : null,
+    ),
     h(
       'div',
       { class: 'page-head' },
@@ -864,6 +1012,7 @@ async function renderPrompt(view, params) {
     key.layer || key.variant
       ? h('p', { class: 'hint', text: `${key.layer ? `The ${key.layer.replace('=', ' ')} override` : 'The base'}${key.variant ? ` of variant ${key.variant}` : ''} of ${key.slug}.` })
       : null,
+    layers.element,
     running
       ? h(
           'div',
@@ -936,6 +1085,8 @@ async function renderPrompt(view, params) {
   );
   if (selected) select(selected);
   pageReady(view);
+  // A failure (a 401 aside, which the shell handles) leaves the line out, not the page.
+  api.get('/prompts').then((answer) => layers.fill(answer.data), () => layers.fill(null));
 }
 
 export const routes = [
