@@ -147,6 +147,8 @@ def bare_context(browser: Browser) -> Iterator[BrowserContext]:
     context.close()
 
 
+# Its own budget: run alone (-k), this test's setup is the one that may install Chromium.
+@pytest.mark.timeout(SETUP_BUDGET + 60)
 def test_the_policy_blocks_and_reports_an_injected_inline_script(
     console_proxy: ConsoleProxy, bare_context: BrowserContext
 ) -> None:
