@@ -471,11 +471,16 @@ def screenshots(tmp_path: Path) -> Screenshots:
 
 
 def login(page: Page, console: ConsoleProxy, name: str) -> None:
-    """Type ``name``'s token into the login form and wait for the console to greet them."""
+    """Type ``name``'s token into the login form, wait for the console to greet them and
+    for the prompts list it lands on to be drawn. A test that navigated on before that lost
+    its navigation now and then: the list, still loading, writes "#/" into the address when
+    it draws (prompts.js renderList's apply(), history.replaceState), over the route the
+    test had just gone to, and the page then showed the list again."""
     page.goto(console.console_url)
     page.get_by_test_id("login-token").fill(console.tokens[name])
     page.get_by_test_id("login-submit").click()
     expect(page.get_by_test_id("whoami")).to_contain_text(name)
+    ready(page, "/")
 
 
 def ready(page: Page, route: str) -> None:

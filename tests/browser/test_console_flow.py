@@ -184,12 +184,14 @@ def test_operator_runs_a_rollout_from_the_console(
     screenshots.take(page, "shadow-pair")
 
     # The prompts list says at a glance how each rollout is doing: the canary's last
-    # verdict (it has passed at least once), none for the shadow without a policy.
+    # verdict (one has been reached, so not "pending" nor "unknown"), none for the shadow
+    # without a policy. Which verdict is last is the analyser's: a chance fail on a loaded
+    # machine is one (the canary tolerates 5), so all three are right here.
     page.goto(f"{console.console_url}#/")
     ready(page, "/")
     canary_row = page.locator(f'[data-testid="prompt-row"][data-slug="{SLUG}"]')
     expect(canary_row.get_by_test_id("rollout-verdict")).to_have_attribute(
-        "data-result", re.compile(r"^(pass|inconclusive)$")
+        "data-result", re.compile(r"^(pass|fail|inconclusive)$")
     )
     shadow_row = page.locator(f'[data-testid="prompt-row"][data-slug="{SHADOW_SLUG}"]')
     expect(shadow_row).to_have_attribute("data-rollout", "shadow")

@@ -54,7 +54,10 @@ def seeded(console_proxy: ConsoleProxy) -> ConsoleProxy:
             "mode": "canary",
             "percent": 50,
             "sticky": "header:x-user-id",
-            "analysis": {"interval": 1, "min_samples": 5},
+            # One chance fail (a latency blip on a loaded machine) would abort the canary
+            # under the tests (the default failure_limit is 0): no abort control, no
+            # percent of 50, a page that says no rollout runs.
+            "analysis": {"interval": 1, "min_samples": 5, "failure_limit": 1000},
         },
     )
     console_proxy.seed(

@@ -246,15 +246,28 @@ def test_write_from_another_origin_is_refused_even_with_an_admin_session(
     evil = console.context.new_page()
     pages.watch_page(evil).allow(r"CORS policy|Failed to load resource|net::ERR_FAILED")
     # What came back from the admin port, as the network saw it (a no-cors answer is opaque
-    # to the page's script, not to the browser).
-    answered: list[tuple[str, str, int]] = []
-    evil.on(
-        "response",
-        lambda r: (
-            r.url.startswith(seeded.proc.admin_url)
-            and answered.append((r.request.method, r.url, r.status))
-        ),
+    # to the page's script, not to the browser), read from the DevTools protocol itself:
+    # Playwright's "response" event is not enough. Chromium aborts the no-cors fetch right
+    # after its opaque JSON answer's headers (net::ERR_ABORTED), and Playwright forgets a
+    # request once it has failed: should the abort reach it first, it never emits "response"
+    # for that fetch, and the wait below ran out with one POST seen.
+    # responseReceivedExtraInfo is the network service's own report of the status line.
+    sent: dict[str, tuple[str, str]] = {}
+    status: dict[str, int] = {}
+    devtools = console.context.new_cdp_session(evil)
+    devtools.on(
+        "Network.requestWillBeSent",
+        lambda e: sent.setdefault(e["requestId"], (e["request"]["method"], e["request"]["url"])),
     )
+    devtools.on(
+        "Network.responseReceivedExtraInfo",
+        lambda e: status.setdefault(e["requestId"], int(e["statusCode"])),
+    )
+    devtools.on(
+        "Network.responseReceived",
+        lambda e: status.setdefault(e["requestId"], int(e["response"]["status"])),
+    )
+    devtools.send("Network.enable")
     evil.goto(evil_origin)
     evil.wait_for_function("window.__evil !== undefined")
     outcome = evil.evaluate("window.__evil")
@@ -264,7 +277,11 @@ def test_write_from_another_origin_is_refused_even_with_an_admin_session(
     # The simple POSTs did reach the proxy and were refused there: 403, not 401, so the
     # cookie came with them (same site, another port) and the CSRF checks said no.
     def posts() -> list[tuple[str, int]] | None:
-        found = sorted((url.rsplit("/", 1)[1], s) for m, url, s in answered if m == "POST")
+        found = sorted(
+            (url.rsplit("/", 1)[1], status[request])
+            for request, (method, url) in sent.items()
+            if method == "POST" and url.startswith(seeded.proc.admin_url) and request in status
+        )
         return found if len(found) >= 2 else None
 
     writes = until(posts, PLAYWRIGHT_TIMEOUT_MS / 1000, "the forged POSTs answered", evil)
