@@ -433,7 +433,10 @@ export function poll(ms, fn, view) {
     try {
       await fn();
     } catch (err) {
-      if (!(err instanceof ApiError && err.status === 401)) console.warn('poll:', err);
+      // An API refusal is the page's to draw; anything else is a defect in the page, and
+      // an error (not a warning) so the browser tests' watch fails on it.
+      if (!(err instanceof ApiError)) console.error('poll:', err);
+      else if (err.status !== 401) console.warn('poll:', err);
     }
     if (alive()) timer = setTimeout(tick, ms);
   };

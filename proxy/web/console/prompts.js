@@ -210,6 +210,9 @@ async function renderList(view, params) {
     if (search.value.trim()) query.set('q', search.value.trim());
     if (only) query.set('rollouts', '1');
     const text = query.toString();
+    // Only while the list is shown: a refresh (or the first draw) finishing after the
+    // operator moved on must not write the list's address over the page they went to.
+    if (!view.isConnected || (location.hash.replace(/^#/, '') || '/').split('?')[0] !== '/') return;
     history.replaceState(null, '', text ? `#/?${text}` : '#/');
   };
   search.addEventListener('input', apply);

@@ -576,7 +576,11 @@ async function render(view, params) {
     }
   }
 
+  // A write's own load (ctx.act) can start while a poll's is still waiting for answers:
+  // only the newest may draw, or the older one would put back the state before the write.
+  let loadSeq = 0;
   async function load() {
+    const seq = ++loadSeq;
     let rollout;
     let analysis = null;
     let series = null;
@@ -610,6 +614,7 @@ async function render(view, params) {
     } catch (err) {
       series = { error: err.message || String(err) };
     }
+    if (seq !== loadSeq) return;
     errorSlot.replaceChildren();
     delete errorSlot.dataset.failure;
     lastRead = Date.now() / 1000;
