@@ -50,6 +50,13 @@ _CHUNK: Final = 64 * 1024
 _FORWARD_TIMEOUT: Final = aiohttp.ClientTimeout(total=None, connect=5.0)
 
 
+#: How long an admin call waits for a worker the supervisor has not seen ready yet. Its
+#: poll runs every 0.1 s (later on a busy machine), while /readyz asks the workers
+#: themselves: a caller told "ready" must not get "no worker is ready" on its next call.
+_READY_WAIT_SECONDS: Final = 2.0
+_READY_POLL_SECONDS: Final = 0.05
+
+
 def build_front_app(supervisor: Supervisor, metrics: SupervisorMetrics) -> web.Application:
     app = web.Application(middlewares=[error_middleware()])
     front = _Front(supervisor, metrics)
@@ -98,8 +105,17 @@ class _Front:
             body=render(merge([workers, own])), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
 
-    async def forward(self, request: web.Request) -> web.StreamResponse:
+    async def _answering(self) -> Slot | None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _READY_WAIT_SECONDS
         slot = self._supervisor.answering()
+        while slot is None and loop.time() < deadline:
+            await asyncio.sleep(_READY_POLL_SECONDS)
+            slot = self._supervisor.answering()
+        return slot
+
+    async def forward(self, request: web.Request) -> web.StreamResponse:
+        slot = await self._answering()
         if slot is None:
             raise ServiceUnavailable("No worker is ready to answer admin calls yet; retry.")
         url = URL("http://worker" + request.raw_path, encoded=True)
